@@ -1,0 +1,34 @@
+/**
+ * A deliberately small logging interface. Library users can pass their own
+ * implementation (pino, winston, console) wherever a `Logger` is accepted.
+ */
+export interface Logger {
+  debug(msg: string): void;
+  info(msg: string): void;
+  warn(msg: string): void;
+  error(msg: string): void;
+}
+
+const LEVELS = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 } as const;
+export type LogLevel = keyof typeof LEVELS;
+
+function envLevel(): LogLevel {
+  const v = (process.env.DFLMOE_LOG_LEVEL ?? 'info').toLowerCase();
+  return v in LEVELS ? (v as LogLevel) : 'info';
+}
+
+/** A logger that writes `[dflmoe:<scope>] message` lines to stderr. */
+export function createLogger(scope: string, level: LogLevel = envLevel()): Logger {
+  const min = LEVELS[level];
+  const out = (lvl: Exclude<LogLevel, 'silent'>, msg: string) => {
+    if (LEVELS[lvl] >= min) process.stderr.write(`[dflmoe:${scope}] ${lvl === 'info' ? '' : lvl + ': '}${msg}\n`);
+  };
+  return {
+    debug: (m) => out('debug', m),
+    info: (m) => out('info', m),
+    warn: (m) => out('warn', m),
+    error: (m) => out('error', m),
+  };
+}
+
+export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };

@@ -1,0 +1,324 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { gunzipSync } from 'node:zlib';
+import { parse as parseCsv } from 'csv-parse/sync';
+import { parseIdx } from './idx.js';
+import { Rng } from './rng.js';
+import { DataError, featureSize, type Dataset } from './types.js';
+
+/** Directory of the data files shipped with this package. */
+export const SHIPPED_DATA_DIR = fileURLToPath(new URL('../datasets/', import.meta.url));
+export const DEFAULT_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist';
+
+export interface LoadOptions {
+  /** csv: the column holding the class label (default: `label`). */
+  labelColumn?: string;
+  /** fashion-mnist: directory with the four idx files (gzipped or not). */
+  dataDir?: string;
+  /** Keep a seeded random subset of at most this many samples. */
+  maxSamples?: number;
+  /** Seed for synthetic data and for `maxSamples`. */
+  seed?: number;
+  /** synthetic: number of classes, feature dimension, sample count, class separation. */
+  classes?: number;
+  dim?: number;
+  samples?: number;
+  separation?: number;
+}
+
+export const BUILTIN_DATASETS = ['breast-cancer', 'digits', 'fashion-mnist', 'synthetic'] as const;
+
+/**
+ * Load a dataset by name: `breast-cancer`, `digits`, `fashion-mnist`
+ * (optionally `fashion-mnist:<dir>`), `synthetic` (optionally
+ * `synthetic:classes=10,dim=32,samples=5000`) or `csv:<path>`.
+ */
+export function loadDataset(spec: string, opts: LoadOptions = {}): Dataset {
+  const colon = spec.indexOf(':');
+  const kind = colon < 0 ? spec : spec.slice(0, colon);
+  const arg = colon < 0 ? undefined : spec.slice(colon + 1);
+  let ds: Dataset;
+  switch (kind) {
+    case 'breast-cancer':
+      ds = loadBreastCancer();
+      break;
+    case 'digits':
+      ds = loadDigits();
+      break;
+    case 'fashion-mnist':
+      ds = loadFashionMnist(arg ?? opts.dataDir);
+      break;
+    case 'csv':
+      if (!arg) throw new DataError('csv dataset needs a path: use csv:<path-to-file.csv>');
+      ds = loadCsv(arg, { labelColumn: opts.labelColumn });
+      break;
+    case 'synthetic':
+      ds = makeSynthetic({ ...parseKeyValues(arg ?? ''), ...pick(opts, ['classes', 'dim', 'samples', 'separation', 'seed']) });
+      break;
+    default:
+      throw new DataError(
+        `Unknown dataset "${spec}". Use one of: ${BUILTIN_DATASETS.join(', ')}, or csv:<path> for your own table.`,
+      );
+  }
+  if (opts.maxSamples != null && opts.maxSamples < ds.numSamples) ds = subsample(ds, opts.maxSamples, opts.seed ?? 0);
+  return ds;
+}
+
+function pick<T extends object, K extends keyof T>(o: T, keys: K[]): Partial<T> {
+  const out: Partial<T> = {};
+  for (const k of keys) if (o[k] !== undefined) out[k] = o[k];
+  return out;
+}
+
+function parseKeyValues(s: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const part of s.split(',').filter(Boolean)) {
+    const [k, v] = part.split('=');
+    const n = Number(v);
+    if (!k || v === undefined || !Number.isFinite(n)) {
+      throw new DataError(`Bad synthetic option "${part}": expected key=number, e.g. synthetic:classes=10,dim=32,samples=5000`);
+    }
+    out[k.trim()] = n;
+  }
+  return out;
+}
+
+/** A seeded random subset of `n` samples (order shuffled). */
+export function subsample(ds: Dataset, n: number, seed: number): Dataset {
+  const idx = new Rng(seed).shuffle(Int32Array.from({ length: ds.numSamples }, (_, i) => i)) as Int32Array;
+  const keep = idx.subarray(0, n);
+  return { ...takeRows(ds, keep), name: ds.name, description: `${ds.description} (random subset of ${n})` };
+}
+
+/** Copy the given rows of a dataset into a new one. */
+export function takeRows(ds: Dataset, rows: ArrayLike<number>): Dataset {
+  const d = featureSize(ds);
+  const features = new Float32Array(rows.length * d);
+  const labels = new Int32Array(rows.length);
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i];
+    features.set(ds.features.subarray(r * d, (r + 1) * d), i * d);
+    labels[i] = ds.labels[r];
+  }
+  return { ...ds, features, labels, numSamples: rows.length };
+}
+
+export interface CsvOptions {
+  labelColumn?: string;
+}
+
+/**
+ * Load a CSV table with a header row. Every column except the label column
+ * must be numeric; the label column may hold any strings (classes are sorted,
+ * numerically when all labels are numbers).
+ */
+export function loadCsv(path: string, opts: CsvOptions = {}): Dataset {
+  const file = resolve(path);
+  if (!existsSync(file)) throw new DataError(`CSV file not found: ${file}`);
+  const text = readFileSync(file, 'utf8');
+  let records: { record: string[]; info: { lines: number } }[];
+  try {
+    records = parseCsv(text, { info: true, skip_empty_lines: true, trim: true, bom: true }) as unknown as typeof records;
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err);
+    throw new DataError(`${file}: malformed CSV: ${msg}`);
+  }
+  if (records.length < 2) throw new DataError(`${file}: needs a header row and at least one data row`);
+  const header = records[0].record;
+  const labelName = opts.labelColumn ?? 'label';
+  const labelCol = header.indexOf(labelName);
+  if (labelCol < 0) {
+    throw new DataError(
+      `${file}: no label column "${labelName}". Columns are: ${header.join(', ')}. Name the label column with --label-column.`,
+    );
+  }
+  const n = records.length - 1;
+  const d = header.length - 1;
+  if (d < 1) throw new DataError(`${file}: needs at least one feature column besides "${labelName}"`);
+  const features = new Float32Array(n * d);
+  const rawLabels: string[] = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const { record, info } = records[i + 1];
+    let k = 0;
+    for (let c = 0; c < record.length; c++) {
+      const cell = record[c];
+      if (c === labelCol) {
+        if (cell === '') throw new DataError(`${file}, line ${info.lines}: empty label in column "${labelName}"`);
+        rawLabels[i] = cell;
+        continue;
+      }
+      const v = cell === '' ? NaN : Number(cell);
+      if (!Number.isFinite(v)) {
+        throw new DataError(
+          `${file}, line ${info.lines}: column "${header[c]}" holds "${cell}", which is not a finite number`,
+        );
+      }
+      features[i * d + k++] = v;
+    }
+  }
+  const distinct = [...new Set(rawLabels)];
+  const numeric = distinct.every((l) => Number.isFinite(Number(l)));
+  distinct.sort(numeric ? (a, b) => Number(a) - Number(b) : undefined);
+  if (distinct.length < 2) throw new DataError(`${file}: the label column "${labelName}" holds a single class; need at least 2`);
+  const classOf = new Map(distinct.map((l, i) => [l, i]));
+  const labels = Int32Array.from(rawLabels, (l) => classOf.get(l)!);
+  return {
+    name: `csv:${path}`,
+    features,
+    labels,
+    numSamples: n,
+    sampleShape: [d],
+    classNames: distinct,
+    description: `User table ${file}: ${n} rows, ${d} numeric features, label column "${labelName}".`,
+    source: file,
+  };
+}
+
+export function loadBreastCancer(): Dataset {
+  const ds = loadCsv(join(SHIPPED_DATA_DIR, 'breast-cancer.csv'), { labelColumn: 'diagnosis' });
+  return {
+    ...ds,
+    name: 'breast-cancer',
+    description:
+      'Breast Cancer Wisconsin (Diagnostic): 569 tumours, 30 features computed from digitized images of fine needle aspirates; benign vs malignant.',
+    source:
+      'W. Wolberg, O. Mangasarian, N. Street, W. Street. Breast Cancer Wisconsin (Diagnostic). UCI Machine Learning Repository, 1993. doi:10.24432/C5DW2B. CC BY 4.0.',
+  };
+}
+
+export function loadDigits(): Dataset {
+  const file = join(SHIPPED_DATA_DIR, 'digits.csv.gz');
+  const text = gunzipSync(readFileSync(file)).toString('utf8').trim();
+  const lines = text.split('\n');
+  const n = lines.length;
+  const features = new Float32Array(n * 64);
+  const labels = new Int32Array(n);
+  lines.forEach((line, i) => {
+    const cells = line.split(',').map(Number);
+    if (cells.length !== 65 || cells.some((v) => !Number.isFinite(v))) {
+      throw new DataError(`${file}, line ${i + 1}: expected 65 numbers (shipped file damaged? reinstall the package)`);
+    }
+    features.set(cells.slice(0, 64), i * 64);
+    labels[i] = cells[64];
+  });
+  return {
+    name: 'digits',
+    features,
+    labels,
+    numSamples: n,
+    sampleShape: [8, 8, 1],
+    classNames: Array.from({ length: 10 }, (_, i) => String(i)),
+    description: '1797 handwritten digits as 8x8 images of counts 0-16 (the test part of the UCI optical digits set).',
+    source:
+      'E. Alpaydin, C. Kaynak. Optical Recognition of Handwritten Digits. UCI Machine Learning Repository, 1998. doi:10.24432/C50P49. CC BY 4.0.',
+  };
+}
+
+export const FASHION_MNIST_CLASSES = [
+  'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot',
+];
+
+function readMaybeGz(dir: string, base: string): Uint8Array {
+  for (const name of [base, `${base}.gz`]) {
+    const p = join(dir, name);
+    if (existsSync(p)) {
+      const buf = readFileSync(p);
+      return name.endsWith('.gz') ? gunzipSync(buf) : buf;
+    }
+  }
+  throw new DataError(
+    `Fashion-MNIST file ${base}(.gz) not found in ${dir}. On Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist ` +
+      `(installs to ${DEFAULT_FASHION_MNIST_DIR}); or download the four idx files from ` +
+      'https://github.com/zalandoresearch/fashion-mnist and pass their directory (fashion-mnist:<dir> or --data-dir).',
+  );
+}
+
+/** Fashion-MNIST: the 60k training and 10k test images, pooled (partitioners make the splits). */
+export function loadFashionMnist(dir: string = process.env.DFLMOE_FASHION_MNIST_DIR ?? DEFAULT_FASHION_MNIST_DIR): Dataset {
+  if (!existsSync(dir)) {
+    throw new DataError(
+      `Fashion-MNIST directory ${dir} does not exist. On Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist; ` +
+        'or download the idx files from https://github.com/zalandoresearch/fashion-mnist and pass their directory.',
+    );
+  }
+  const parts = [
+    ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte'],
+    ['t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'],
+  ].map(([img, lab]) => {
+    const images = parseIdx(readMaybeGz(dir, img), img);
+    const labels = parseIdx(readMaybeGz(dir, lab), lab);
+    if (images.dims.length !== 3 || images.dims[1] !== 28 || images.dims[2] !== 28) {
+      throw new DataError(`${img}: expected 28x28 images, got dims ${images.dims.join('x')}`);
+    }
+    if (labels.dims.length !== 1 || labels.dims[0] !== images.dims[0]) {
+      throw new DataError(`${lab}: ${labels.dims[0]} labels for ${images.dims[0]} images`);
+    }
+    return { images, labels };
+  });
+  const n = parts.reduce((a, p) => a + p.labels.dims[0], 0);
+  const features = new Float32Array(n * 784);
+  const labels = new Int32Array(n);
+  let off = 0;
+  for (const p of parts) {
+    const m = p.labels.dims[0];
+    for (let i = 0; i < m * 784; i++) features[off * 784 + i] = p.images.data[i] / 255;
+    for (let i = 0; i < m; i++) {
+      const l = p.labels.data[i];
+      if (l > 9) throw new DataError(`Fashion-MNIST label ${l} out of range at index ${i}`);
+      labels[off + i] = l;
+    }
+    off += m;
+  }
+  return {
+    name: 'fashion-mnist',
+    features,
+    labels,
+    numSamples: n,
+    sampleShape: [28, 28, 1],
+    classNames: FASHION_MNIST_CLASSES,
+    description: '70,000 28x28 grayscale images of 10 kinds of clothing (60k train + 10k test, pooled), scaled to [0, 1].',
+    source:
+      'H. Xiao, K. Rasul, R. Vollgraf. Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine Learning Algorithms. arXiv:1708.07747, 2017. MIT licence.',
+  };
+}
+
+export interface SyntheticOptions {
+  classes?: number;
+  dim?: number;
+  samples?: number;
+  /** Distance scale between class means in units of the noise std (default 1.5). */
+  separation?: number;
+  seed?: number;
+}
+
+/** Gaussian class clusters: seeded, any size, for tests and scale runs. */
+export function makeSynthetic(o: SyntheticOptions = {}): Dataset {
+  const classes = o.classes ?? 4;
+  const dim = o.dim ?? 16;
+  const samples = o.samples ?? 1000;
+  const sep = o.separation ?? 1.5;
+  const seed = o.seed ?? 0;
+  for (const [k, v, min] of [['classes', classes, 2], ['dim', dim, 1], ['samples', samples, classes]] as const) {
+    if (!Number.isInteger(v) || v < min) throw new DataError(`synthetic: ${k} must be an integer >= ${min}, got ${v}`);
+  }
+  const rng = new Rng(seed);
+  const means = Array.from({ length: classes }, () => Float32Array.from({ length: dim }, () => rng.normal() * sep));
+  const features = new Float32Array(samples * dim);
+  const labels = new Int32Array(samples);
+  for (let i = 0; i < samples; i++) {
+    const c = i % classes;
+    labels[i] = c;
+    for (let j = 0; j < dim; j++) features[i * dim + j] = means[c][j] + rng.normal();
+  }
+  return {
+    name: 'synthetic',
+    features,
+    labels,
+    numSamples: samples,
+    sampleShape: [dim],
+    classNames: Array.from({ length: classes }, (_, i) => `class ${i}`),
+    description: `Synthetic Gaussian clusters: ${classes} classes, ${dim} features, ${samples} samples, separation ${sep}, seed ${seed}.`,
+    source: 'Generated by dflmoe (seeded).',
+  };
+}

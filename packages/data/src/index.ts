@@ -1,0 +1,6 @@
+export * from './types.js';
+export * from './rng.js';
+export * from './idx.js';
+export * from './datasets.js';
+export * from './partition.js';
+export * from './standardize.js';

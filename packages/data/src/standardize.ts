@@ -1,0 +1,39 @@
+/** Per-feature standardization fitted on training rows only. */
+export interface Standardizer {
+  mean: Float32Array;
+  std: Float32Array;
+}
+
+/** Mean and standard deviation of each feature over `rows`; constant features get std 1. */
+export function fitStandardizer(features: Float32Array, dim: number, rows: ArrayLike<number>): Standardizer {
+  const mean = new Float64Array(dim);
+  const sq = new Float64Array(dim);
+  for (let i = 0; i < rows.length; i++) {
+    const off = rows[i] * dim;
+    for (let j = 0; j < dim; j++) mean[j] += features[off + j];
+  }
+  for (let j = 0; j < dim; j++) mean[j] /= Math.max(1, rows.length);
+  for (let i = 0; i < rows.length; i++) {
+    const off = rows[i] * dim;
+    for (let j = 0; j < dim; j++) {
+      const d = features[off + j] - mean[j];
+      sq[j] += d * d;
+    }
+  }
+  const std = new Float32Array(dim);
+  for (let j = 0; j < dim; j++) {
+    const s = Math.sqrt(sq[j] / Math.max(1, rows.length));
+    std[j] = s > 1e-6 ? s : 1;
+  }
+  return { mean: Float32Array.from(mean), std };
+}
+
+/** Gather `rows` and standardize them: returns a new `rows.length * dim` array. */
+export function applyStandardizer(features: Float32Array, dim: number, rows: ArrayLike<number>, st: Standardizer): Float32Array {
+  const out = new Float32Array(rows.length * dim);
+  for (let i = 0; i < rows.length; i++) {
+    const off = rows[i] * dim;
+    for (let j = 0; j < dim; j++) out[i * dim + j] = (features[off + j] - st.mean[j]) / st.std[j];
+  }
+  return out;
+}
