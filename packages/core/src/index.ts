@@ -1,3 +1,3 @@
 export * from './log.js';
 export * from './backend.js';
-export { registerWasmConvKernels } from './wasm-conv.js';
+export { registerWasmConvKernels, setWasmFastInputGrad } from './wasm-conv.js';

@@ -81,8 +81,16 @@ function filterGrad({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap;
   return s.finish(out);
 }
 
+let fastInputGrad = true;
+
+/** Turn the forward-conv input gradient on or off (benchmarks compare the two). */
+export function setWasmFastInputGrad(enabled: boolean): void {
+  fastInputGrad = enabled;
+}
+
 function makeInputGrad(stock: tf.KernelFunc): tf.KernelFunc {
   return (args) => {
+    if (!fastInputGrad) return stock(args);
     const { inputs, backend, attrs } = args;
     const { dy, filter } = inputs as { dy: Info; filter: Info };
     const a = attrs as unknown as ConvAttrs & { inputShape: [number, number, number, number] };
