@@ -73,7 +73,7 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendIn
   for (const name of order) {
     try {
       await loaders[name]();
-      const ok = await tf.setBackend(name);
+      const ok = await withoutNewProcessHandlers(() => tf.setBackend(name));
       if (!ok) throw new Error(`tf.setBackend('${name}') returned false`);
       await tf.ready();
       const info: BackendInfo = { name, forced: forced != null, skipped };
@@ -97,6 +97,25 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendIn
     }
   }
   throw new Error(`No compute backend could load: ${skipped.map((s) => `${s.name}: ${s.reason}`).join('; ')}`);
+}
+
+/**
+ * The Emscripten glue of tfjs-backend-wasm installs process-wide
+ * `uncaughtException`/`unhandledRejection` handlers that rethrow, which makes
+ * Node print the whole minified wasm glue instead of the real error. Remove
+ * whatever handlers appear while `fn` runs.
+ */
+async function withoutNewProcessHandlers<T>(fn: () => Promise<T>): Promise<T> {
+  const events = ['uncaughtException', 'unhandledRejection'];
+  const proc = process as unknown as NodeJS.EventEmitter;
+  const before = events.map((e) => new Set(proc.listeners(e)));
+  try {
+    return await fn();
+  } finally {
+    events.forEach((e, i) => {
+      for (const l of proc.listeners(e)) if (!before[i].has(l)) proc.removeListener(e, l as (...a: unknown[]) => void);
+    });
+  }
 }
 
 let selected: Promise<BackendInfo> | undefined;

@@ -1,3 +1,14 @@
 export * from './log.js';
 export * from './backend.js';
 export { registerWasmConvKernels, setWasmFastInputGrad } from './wasm-conv.js';
+export * from './model.js';
+export * from './codec.js';
+export * from './experts.js';
+export * from './exchange.js';
+export * from './train.js';
+export * from './metrics.js';
+export * from './algorithms/common.js';
+export * from './algorithms/dflmoe.js';
+export * from './algorithms/fedavg.js';
+export * from './algorithms/local.js';
+export * from './simulate.js';

@@ -1,0 +1,79 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type * as tfl from '@tensorflow/tfjs-layers';
+import { deriveSeed } from '@dflmoe/data';
+import { bodyVariables, buildBody, createHead, headLogits, type BodySpec, type DenseLayer, type HeadSpec } from '../model.js';
+import { DEFAULT_TRAIN, accuracy, predictClasses, type ParamGroup, type PeerData, type TrainOptions } from '../train.js';
+
+/** What every peer of every algorithm is built from. */
+export interface PeerModelOptions {
+  id: string;
+  data: PeerData;
+  body: BodySpec;
+  /** Size of the feature vector the body produces (the head's input). */
+  featureDim: number;
+  /** Hidden layer sizes of the head (empty: linear head). */
+  headHidden: number[];
+  train: Partial<TrainOptions>;
+}
+
+/** Result of one peer's evaluation on its own test split. */
+export interface PeerEval {
+  accuracy: number;
+  /** Accuracy of the own head alone (dFLMoE only; else equal to `accuracy`). */
+  ownHeadAccuracy: number;
+}
+
+/** A body and a head trained with cross-entropy: local-only peers and FedAvg clients. */
+export class SupervisedModel {
+  readonly id: string;
+  readonly data: PeerData;
+  readonly body: tfl.LayersModel;
+  readonly head: DenseLayer<tf.Variable>[];
+  readonly headSpec: HeadSpec;
+  readonly train: TrainOptions;
+  optimizer: tf.Optimizer;
+  readonly bodySpec: BodySpec;
+
+  constructor(o: PeerModelOptions) {
+    this.id = o.id;
+    this.data = o.data;
+    this.train = { ...DEFAULT_TRAIN, ...o.train };
+    this.bodySpec = o.body;
+    this.body = buildBody(o.body, o.data.sampleShape, o.featureDim, deriveSeed(this.train.seed, 'body'));
+    this.headSpec = { inputDim: o.featureDim, hidden: o.headHidden, outputDim: o.data.numClasses };
+    this.head = createHead(this.headSpec, deriveSeed(this.train.seed, 'head'));
+    this.optimizer = tf.train.adam(this.train.learningRate);
+  }
+
+  features(x: tf.Tensor, training: boolean): tf.Tensor2D {
+    return this.body.apply(x, { training }) as tf.Tensor2D;
+  }
+
+  logits(x: tf.Tensor, training = false): tf.Tensor2D {
+    return headLogits(this.head, this.features(x, training));
+  }
+
+  /** Trainable variables in a fixed order (body, then head). */
+  variables(): tf.Variable[] {
+    return [...bodyVariables(this.body), ...this.head.flatMap((l) => [l.kernel, l.bias])];
+  }
+
+  /** Parameter groups for `trainEpochs`: one optimizer over body and head. */
+  paramGroups(): ParamGroup[] {
+    return [{ optimizer: this.optimizer, vars: this.variables() }];
+  }
+
+  evaluateOwn(): number {
+    return accuracy(predictClasses(this.data.xTest, (xb) => this.logits(xb)), this.data.yTest);
+  }
+
+  dispose(): void {
+    this.body.dispose();
+    for (const l of this.head) tf.dispose([l.kernel, l.bias]);
+    this.optimizer.dispose();
+  }
+}
+
+export function crossEntropy(logits: tf.Tensor2D, y: tf.Tensor2D): tf.Scalar {
+  return tf.losses.softmaxCrossEntropy(y, logits) as tf.Scalar;
+}

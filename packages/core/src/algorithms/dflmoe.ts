@@ -1,0 +1,158 @@
+/**
+ * A dFLMoE peer (Xie et al., CVPR 2025): trains its body and head on local
+ * data, shares only the head, keeps received heads as frozen experts, and
+ * trains a gate (plus one feature-space transform per expert) to mix them.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { deriveSeed } from '@dflmoe/data';
+import { CodecError, decodeHead, encodeHead, type CodecReason } from '../codec.js';
+import { ExpertPool } from '../experts.js';
+import { Gate, applyFst, createFst, headLogits, headParamCount, moeForward, moeLoss, type DenseLayer, type Expert } from '../model.js';
+import { accuracy, predictClasses, trainEpochs, type ParamGroup } from '../train.js';
+import { SupervisedModel, type PeerEval, type PeerModelOptions } from './common.js';
+
+export interface DflmoeOptions extends PeerModelOptions {
+  /** Weight of the own-head loss; `1 - alpha` goes to the MoE loss (default 0.5). */
+  alpha?: number;
+  /** Hidden units of the gate (default 32). */
+  gateHidden?: number;
+  /** Initial gate logit of the own head, so a new MoE starts by trusting it (default 1). */
+  ownGateBias?: number;
+  /** Rounds a received head stays without a refresh (default 3). */
+  maxStaleness?: number;
+  /** Largest head message accepted, in bytes (default 64 MiB). */
+  maxHeadBytes?: number;
+}
+
+export type ReceiveResult = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender-mismatch' | CodecReason;
+
+export interface ReceiveCounters {
+  accepted: number;
+  rejected: Partial<Record<ReceiveResult, number>>;
+}
+
+export class DflmoePeer extends SupervisedModel {
+  readonly alpha: number;
+  readonly gate: Gate;
+  readonly pool: ExpertPool;
+  private fsts = new Map<string, DenseLayer<tf.Variable>>();
+  /** One optimizer per received expert (its gate slot and FST), so experts can come and go. */
+  private expertOptimizers = new Map<string, tf.Optimizer>();
+  private readonly maxHeadBytes: number;
+  readonly counters: ReceiveCounters = { accepted: 0, rejected: {} };
+
+  constructor(o: DflmoeOptions) {
+    super(o);
+    this.alpha = o.alpha ?? 0.5;
+    if (!(this.alpha >= 0 && this.alpha <= 1)) throw new Error(`alpha must be in [0, 1], got ${this.alpha}`);
+    this.gate = new Gate(o.featureDim, o.gateHidden ?? 32, deriveSeed(this.train.seed, 'gate'), this.id, o.ownGateBias ?? 1);
+    this.pool = new ExpertPool({ maxStaleness: o.maxStaleness ?? 3 });
+    this.maxHeadBytes = o.maxHeadBytes ?? 64 * 1024 * 1024;
+  }
+
+  /** The experts present now: own head first, then received heads by peer id. */
+  experts(): Expert[] {
+    return [
+      { id: this.id, head: this.head },
+      ...this.pool.list().map((e) => ({ id: e.peer, head: e.head, fst: this.fsts.get(e.peer) })),
+    ];
+  }
+
+  /** Serialize the own head for publishing. */
+  encodeHead(version: number): Uint8Array {
+    const layers = this.head.map((l) => ({ kernel: l.kernel.dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array }));
+    return encodeHead({ spec: this.headSpec, version, peer: this.id }, layers);
+  }
+
+  /**
+   * Take in a head received from `from` (the sender as the transport
+   * authenticated it). Invalid input is counted and dropped, never thrown.
+   */
+  receiveHead(payload: Uint8Array, from: string, round: number): ReceiveResult {
+    let result: ReceiveResult;
+    try {
+      const head = decodeHead(payload, this.headSpec, { maxBytes: this.maxHeadBytes, maxParams: headParamCount(this.headSpec) });
+      if (head.peer !== from) result = 'sender-mismatch';
+      else if (from === this.id) result = 'self';
+      else {
+        result = this.pool.offer(head, round, payload.length);
+        if (result !== 'stale-version') {
+          this.gate.ensureSlot(from);
+          if (!this.fsts.has(from)) this.fsts.set(from, createFst(this.headSpec.inputDim));
+        }
+      }
+    } catch (e) {
+      if (!(e instanceof CodecError)) throw e;
+      result = e.reason;
+    }
+    if (result === 'added' || result === 'replaced') this.counters.accepted++;
+    else this.counters.rejected[result] = (this.counters.rejected[result] ?? 0) + 1;
+    return result;
+  }
+
+  /** Start of a round: drop experts that went stale. Returns the dropped peer ids. */
+  startRound(round: number): string[] {
+    return this.pool.expire(round);
+  }
+
+  override paramGroups(): ParamGroup[] {
+    const groups: ParamGroup[] = [{ optimizer: this.optimizer, vars: [...this.variables(), ...this.gate.sharedVariables(this.id)] }];
+    for (const e of this.pool.list()) {
+      let opt = this.expertOptimizers.get(e.peer);
+      if (!opt) {
+        opt = tf.train.adam(this.train.learningRate);
+        this.expertOptimizers.set(e.peer, opt);
+      }
+      const f = this.fsts.get(e.peer)!;
+      groups.push({ optimizer: opt, vars: [...this.gate.slotVariables(e.peer), f.kernel, f.bias] });
+    }
+    return groups;
+  }
+
+  trainRound(round: number): number {
+    return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => {
+      const z = this.features(x, true);
+      const own = headLogits(this.head, z);
+      const { probs } = moeForward(z, this.experts(), this.gate);
+      return moeLoss(own, probs, y, this.alpha);
+    });
+  }
+
+  moeProbs(x: tf.Tensor): tf.Tensor2D {
+    return moeForward(this.features(x, false), this.experts(), this.gate).probs;
+  }
+
+  evaluate(): PeerEval {
+    return {
+      accuracy: accuracy(predictClasses(this.data.xTest, (xb) => this.moeProbs(xb)), this.data.yTest),
+      ownHeadAccuracy: this.evaluateOwn(),
+    };
+  }
+
+  /** Mean gate weight given to each expert present, over the local test split. */
+  meanGateWeights(): Record<string, number> {
+    const ids = this.experts().map((e) => e.id);
+    const means = tf.tidy(() => {
+      const z = this.features(this.data.xTest, false);
+      return Array.from(tf.mean(this.gate.weights(z, ids), 0).dataSync());
+    });
+    return Object.fromEntries(ids.map((id, i) => [id, means[i]]));
+  }
+
+  /** Features after the FST of `peer` (for tests and inspection). */
+  transformed(peer: string, z: tf.Tensor2D): tf.Tensor2D {
+    const f = this.fsts.get(peer);
+    if (!f) throw new Error(`no transform for ${peer}`);
+    return applyFst(f, z);
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.gate.dispose();
+    this.pool.dispose();
+    for (const f of this.fsts.values()) tf.dispose([f.kernel, f.bias]);
+    this.fsts.clear();
+    for (const o of this.expertOptimizers.values()) o.dispose();
+    this.expertOptimizers.clear();
+  }
+}

@@ -1,0 +1,147 @@
+/**
+ * `HeadExchange`: the only thing the learner knows about the network.
+ * A peer publishes its head, takes the heads that arrived, and hears about
+ * members joining and leaving. The simulator uses `MemoryHub`; a real peer
+ * uses the libp2p implementation in `@dflmoe/p2p`.
+ */
+export interface HeadMessage {
+  /** Sender as authenticated by the transport (not as the message claims). */
+  from: string;
+  payload: Uint8Array;
+}
+
+export interface MembershipEvent {
+  type: 'join' | 'leave';
+  peer: string;
+}
+
+export interface ExchangeStats {
+  bytesSent: number;
+  bytesReceived: number;
+  messagesSent: number;
+  messagesReceived: number;
+}
+
+export interface HeadExchange {
+  readonly selfId: string;
+  /** Send this peer's head (already encoded) to the other members. */
+  publish(payload: Uint8Array, version: number): Promise<void>;
+  /** Heads that arrived since the last call, oldest first. */
+  drain(): HeadMessage[];
+  /**
+   * Resolve once at least `count` heads are waiting to be drained, or after
+   * `timeoutMs`; resolves to the number waiting.
+   */
+  waitForHeads(count: number, timeoutMs: number): Promise<number>;
+  /** Subscribe to membership changes; returns an unsubscribe function. */
+  onMembership(listener: (e: MembershipEvent) => void): () => void;
+  /** Current members other than this peer. */
+  members(): string[];
+  stats(): ExchangeStats;
+  close(): Promise<void>;
+}
+
+/** In-process exchange for simulations: every published head reaches every other member. */
+export class MemoryHub {
+  private peers = new Map<string, MemoryExchange>();
+
+  join(id: string): MemoryExchange {
+    if (this.peers.has(id)) throw new Error(`peer ${id} already joined`);
+    const ex = new MemoryExchange(id, this);
+    for (const p of this.peers.values()) p.emit({ type: 'join', peer: id });
+    this.peers.set(id, ex);
+    return ex;
+  }
+
+  /** @internal */
+  leave(id: string): void {
+    if (!this.peers.delete(id)) return;
+    for (const p of this.peers.values()) p.emit({ type: 'leave', peer: id });
+  }
+
+  /** @internal */
+  deliver(from: string, payload: Uint8Array): number {
+    let n = 0;
+    for (const [id, p] of this.peers) {
+      if (id === from) continue;
+      p.receive({ from, payload });
+      n++;
+    }
+    return n;
+  }
+
+  memberIds(): string[] {
+    return [...this.peers.keys()];
+  }
+}
+
+export class MemoryExchange implements HeadExchange {
+  private inbox: HeadMessage[] = [];
+  private listeners = new Set<(e: MembershipEvent) => void>();
+  private waiters = new Set<() => void>();
+  private s: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0 };
+  private closed = false;
+
+  constructor(readonly selfId: string, private hub: MemoryHub) {}
+
+  async publish(payload: Uint8Array, _version?: number): Promise<void> {
+    if (this.closed) throw new Error('exchange is closed');
+    const n = this.hub.deliver(this.selfId, payload);
+    this.s.bytesSent += payload.length * n;
+    this.s.messagesSent += n;
+  }
+
+  /** @internal */
+  receive(m: HeadMessage): void {
+    this.inbox.push(m);
+    this.s.bytesReceived += m.payload.length;
+    this.s.messagesReceived++;
+    for (const w of this.waiters) w();
+  }
+
+  /** @internal */
+  emit(e: MembershipEvent): void {
+    for (const l of this.listeners) l(e);
+  }
+
+  drain(): HeadMessage[] {
+    const out = this.inbox;
+    this.inbox = [];
+    return out;
+  }
+
+  waitForHeads(count: number, timeoutMs: number): Promise<number> {
+    if (this.inbox.length >= count) return Promise.resolve(this.inbox.length);
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters.delete(check);
+        resolve(this.inbox.length);
+      };
+      const check = () => {
+        if (this.inbox.length >= count) done();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      this.waiters.add(check);
+    });
+  }
+
+  onMembership(listener: (e: MembershipEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  members(): string[] {
+    return this.hub.memberIds().filter((id) => id !== this.selfId);
+  }
+
+  stats(): ExchangeStats {
+    return { ...this.s };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.hub.leave(this.selfId);
+  }
+}

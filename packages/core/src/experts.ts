@@ -1,0 +1,101 @@
+/**
+ * The expert pool: heads received from other peers, kept as frozen tensors,
+ * one (the newest) version per peer. Old versions are replaced, and a head
+ * that has not been refreshed for `maxStaleness` local rounds ages out.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { DecodedHead } from './codec.js';
+import type { DenseLayer, HeadWeights } from './model.js';
+
+export interface PoolEntry {
+  peer: string;
+  version: number;
+  /** Local round in which this version arrived. */
+  receivedRound: number;
+  head: HeadWeights;
+  bytes: number;
+}
+
+export type OfferResult = 'added' | 'replaced' | 'stale-version';
+
+export interface ExpertPoolOptions {
+  /** Rounds an expert may go without a new version before it is dropped (default 3). */
+  maxStaleness?: number;
+}
+
+export class ExpertPool {
+  private entries = new Map<string, PoolEntry>();
+  readonly maxStaleness: number;
+
+  constructor(opts: ExpertPoolOptions = {}) {
+    this.maxStaleness = opts.maxStaleness ?? 3;
+  }
+
+  /**
+   * Take in a decoded head. Versions only move forward: a head whose version
+   * is not newer than the one held is refused (and nothing is allocated).
+   */
+  offer(head: DecodedHead, round: number, bytes: number): OfferResult {
+    const old = this.entries.get(head.peer);
+    if (old && head.version <= old.version) return 'stale-version';
+    const weights: DenseLayer[] = head.layers.map((l, i) => ({
+      // Copy: on the cpu backend a tensor may share memory with its source array.
+      kernel: tf.tensor2d(l.kernel.slice(), kernelShape(head, i)),
+      bias: tf.tensor1d(l.bias.slice()),
+    }));
+    if (old) disposeHead(old.head);
+    this.entries.set(head.peer, { peer: head.peer, version: head.version, receivedRound: round, head: weights, bytes });
+    return old ? 'replaced' : 'added';
+  }
+
+  /** Drop experts not refreshed within `maxStaleness` rounds of `round`; returns the dropped peer ids. */
+  expire(round: number): string[] {
+    const dropped: string[] = [];
+    for (const [peer, e] of this.entries) {
+      if (round - e.receivedRound > this.maxStaleness) {
+        disposeHead(e.head);
+        this.entries.delete(peer);
+        dropped.push(peer);
+      }
+    }
+    return dropped;
+  }
+
+  remove(peer: string): boolean {
+    const e = this.entries.get(peer);
+    if (!e) return false;
+    disposeHead(e.head);
+    this.entries.delete(peer);
+    return true;
+  }
+
+  get(peer: string): PoolEntry | undefined {
+    return this.entries.get(peer);
+  }
+
+  /** Entries sorted by peer id, so iteration order does not depend on arrival order. */
+  list(): PoolEntry[] {
+    return [...this.entries.values()].sort((a, b) => (a.peer < b.peer ? -1 : a.peer > b.peer ? 1 : 0));
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  dispose(): void {
+    for (const e of this.entries.values()) disposeHead(e.head);
+    this.entries.clear();
+  }
+}
+
+function kernelShape(head: DecodedHead, i: number): [number, number] {
+  const dims = [head.spec.inputDim, ...head.spec.hidden, head.spec.outputDim];
+  return [dims[i], dims[i + 1]];
+}
+
+export function disposeHead(h: HeadWeights): void {
+  for (const l of h) {
+    l.kernel.dispose();
+    l.bias.dispose();
+  }
+}

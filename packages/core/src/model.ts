@@ -1,0 +1,247 @@
+/**
+ * Model parts of a dFLMoE peer: Body, Head, feature-space transforms (FST),
+ * Gate, and the mixture-of-experts forward pass and loss of DESIGN.md.
+ *
+ * The body is any tfjs layers model (we ship an MLP and a small CNN). Head,
+ * FST and gate are small enough to be plain tensors with a pure forward
+ * function: that lets a received head run as frozen constants, and keeps
+ * serialization trivial.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
+import { deriveSeed } from '@dflmoe/data';
+
+// ---------------------------------------------------------------- body
+
+export type BodySpec =
+  | { kind: 'mlp'; hidden?: number[] }
+  | { kind: 'cnn'; filters?: number[]; kernelSize?: number };
+
+export function parseBodySpec(s: string): BodySpec {
+  const [kind, arg] = s.split(':');
+  const nums = arg ? arg.split('x').map(Number) : undefined;
+  if (nums && nums.some((n) => !Number.isInteger(n) || n < 1)) {
+    throw new Error(`Bad body "${s}": sizes must be positive integers joined by x, e.g. mlp:256x128 or cnn:16x32`);
+  }
+  if (kind === 'mlp') return nums ? { kind, hidden: nums } : { kind };
+  if (kind === 'cnn') return nums ? { kind, filters: nums } : { kind };
+  throw new Error(`Unknown body "${s}": use mlp[:h1xh2...] or cnn[:f1xf2...]`);
+}
+
+export function formatBodySpec(b: BodySpec): string {
+  if (b.kind === 'mlp') return b.hidden ? `mlp:${b.hidden.join('x')}` : 'mlp';
+  return b.filters ? `cnn:${b.filters.join('x')}` : 'cnn';
+}
+
+/**
+ * Build a body mapping one sample of `inputShape` to a `featureDim` vector
+ * (ReLU features). Weights are initialised from `seed`.
+ */
+export function buildBody(spec: BodySpec, inputShape: number[], featureDim: number, seed: number): tfl.LayersModel {
+  let n = 0;
+  const init = () => tfl.initializers.heNormal({ seed: deriveSeed(seed, 'body', n++) });
+  const layers: tfl.layers.Layer[] = [];
+  if (spec.kind === 'mlp') {
+    if (inputShape.length > 1) layers.push(tfl.layers.flatten({ inputShape }));
+    (spec.hidden ?? [128]).forEach((h, i) => {
+      const first = i === 0 && inputShape.length === 1 ? { inputShape } : {};
+      layers.push(tfl.layers.dense({ ...first, units: h, activation: 'relu', kernelInitializer: init() }));
+    });
+  } else {
+    if (inputShape.length !== 3) {
+      throw new Error(`A cnn body needs image data (height x width x channels); this dataset's samples have shape [${inputShape}]. Use an mlp body.`);
+    }
+    const k = spec.kernelSize ?? 3;
+    (spec.filters ?? [16, 32]).forEach((f, i) => {
+      layers.push(
+        tfl.layers.conv2d({
+          ...(i === 0 ? { inputShape } : {}), filters: f, kernelSize: k, padding: 'same', activation: 'relu', kernelInitializer: init(),
+        }),
+      );
+      layers.push(tfl.layers.maxPooling2d({ poolSize: 2, padding: 'same' }));
+    });
+    layers.push(tfl.layers.flatten());
+  }
+  const first = layers.length === 0 ? { inputShape } : {};
+  layers.push(tfl.layers.dense({ ...first, units: featureDim, activation: 'relu', kernelInitializer: init() }));
+  return tfl.sequential({ layers });
+}
+
+export function bodyVariables(body: tfl.LayersModel): tf.Variable[] {
+  return body.trainableWeights.map((w) => w.read() as tf.Variable);
+}
+
+// ---------------------------------------------------------------- head
+
+/** A dense head: `inputDim -> hidden... -> outputDim` (ReLU between, logits out). */
+export interface HeadSpec {
+  inputDim: number;
+  hidden: number[];
+  outputDim: number;
+}
+
+export interface DenseLayer<T extends tf.Tensor = tf.Tensor> {
+  kernel: T;
+  bias: T;
+}
+
+export type HeadWeights = DenseLayer[];
+
+export function headShapes(spec: HeadSpec): { kernel: [number, number]; bias: [number] }[] {
+  const dims = [spec.inputDim, ...spec.hidden, spec.outputDim];
+  return dims.slice(1).map((out, i) => ({ kernel: [dims[i], out], bias: [out] }));
+}
+
+export function headParamCount(spec: HeadSpec): number {
+  return headShapes(spec).reduce((a, s) => a + s.kernel[0] * s.kernel[1] + s.bias[0], 0);
+}
+
+export function createHead(spec: HeadSpec, seed: number): DenseLayer<tf.Variable>[] {
+  return headShapes(spec).map((s, i) => {
+    const fanIn = s.kernel[0];
+    const lim = Math.sqrt(6 / (fanIn + s.kernel[1]));
+    return {
+      kernel: tf.variable(tf.randomUniform(s.kernel, -lim, lim, 'float32', deriveSeed(seed, 'head', i))),
+      bias: tf.variable(tf.zeros(s.bias)),
+    };
+  });
+}
+
+/** Logits of a head for features `z` `[batch, inputDim]`. */
+export function headLogits(w: HeadWeights, z: tf.Tensor2D): tf.Tensor2D {
+  let h: tf.Tensor2D = z;
+  w.forEach((l, i) => {
+    h = tf.add(tf.matMul(h, l.kernel as tf.Tensor2D), l.bias) as tf.Tensor2D;
+    if (i < w.length - 1) h = tf.relu(h);
+  });
+  return h;
+}
+
+// ---------------------------------------------------------------- FST and gate
+
+/** Feature-space transform `z -> z W + b`, identity at start. */
+export function createFst(dim: number): DenseLayer<tf.Variable> {
+  return { kernel: tf.variable(tf.eye(dim)), bias: tf.variable(tf.zeros([dim])) };
+}
+
+export function applyFst(t: DenseLayer, z: tf.Tensor2D): tf.Tensor2D {
+  return tf.add(tf.matMul(z, t.kernel as tf.Tensor2D), t.bias) as tf.Tensor2D;
+}
+
+/**
+ * The gate: features -> one logit per expert slot. A slot is created per
+ * expert (peer) the first time it is seen and kept while it is absent, so
+ * experts can leave and come back without retraining the gate from zero.
+ */
+export class Gate {
+  readonly hidden: DenseLayer<tf.Variable>;
+  private slots = new Map<string, DenseLayer<tf.Variable>>();
+
+  constructor(readonly featureDim: number, readonly hiddenDim: number, private seed: number, private ownId: string, ownBias = 0) {
+    const lim = Math.sqrt(6 / (featureDim + hiddenDim));
+    this.hidden = {
+      kernel: tf.variable(tf.randomUniform([featureDim, hiddenDim], -lim, lim, 'float32', deriveSeed(seed, 'gate'))),
+      bias: tf.variable(tf.zeros([hiddenDim])),
+    };
+    this.ensureSlot(ownId, ownBias);
+  }
+
+  get slotIds(): string[] {
+    return [...this.slots.keys()];
+  }
+
+  ensureSlot(id: string, bias = 0): void {
+    if (this.slots.has(id)) return;
+    this.slots.set(id, { kernel: tf.variable(tf.zeros([this.hiddenDim, 1])), bias: tf.variable(tf.fill([1], bias)) });
+  }
+
+  removeSlot(id: string): void {
+    if (id === this.ownId) return;
+    const s = this.slots.get(id);
+    if (s) {
+      s.kernel.dispose();
+      s.bias.dispose();
+      this.slots.delete(id);
+    }
+  }
+
+  /** The hidden layer and the own slot: present in every round. */
+  sharedVariables(ownId: string = this.ownId): tf.Variable[] {
+    return [this.hidden.kernel, this.hidden.bias, ...this.slotVariables(ownId)];
+  }
+
+  slotVariables(id: string): tf.Variable[] {
+    const s = this.slots.get(id);
+    return s ? [s.kernel, s.bias] : [];
+  }
+
+  /**
+   * Mixing weights `[batch, present.length]` over the `present` experts, in
+   * that order. Absent experts are masked out: the softmax runs over the
+   * slots of present experts only, which equals giving absent slots a logit
+   * of minus infinity.
+   */
+  weights(z: tf.Tensor2D, present: string[]): tf.Tensor2D {
+    const slots = present.map((id) => {
+      const s = this.slots.get(id);
+      if (!s) throw new Error(`gate has no slot for expert ${id}`);
+      return s;
+    });
+    const h = tf.relu(applyFst(this.hidden, z));
+    const kernel = slots.length === 1 ? slots[0].kernel : tf.concat(slots.map((s) => s.kernel), 1);
+    const bias = slots.length === 1 ? slots[0].bias : tf.concat(slots.map((s) => s.bias), 0);
+    return tf.softmax(tf.add(tf.matMul(h, kernel), bias) as tf.Tensor2D);
+  }
+
+  /** Masked weights over all slots (absent ones are exactly 0), for inspection. */
+  allWeights(z: tf.Tensor2D, present: string[]): { ids: string[]; weights: tf.Tensor2D } {
+    const ids = this.slotIds;
+    const w = this.weights(z, present);
+    const cols = ids.map((id) => {
+      const j = present.indexOf(id);
+      return j < 0 ? tf.zeros([z.shape[0], 1]) : tf.slice(w, [0, j], [-1, 1]);
+    });
+    return { ids, weights: tf.concat(cols, 1) as tf.Tensor2D };
+  }
+
+  dispose(): void {
+    this.hidden.kernel.dispose();
+    this.hidden.bias.dispose();
+    for (const id of this.slotIds) {
+      const s = this.slots.get(id)!;
+      s.kernel.dispose();
+      s.bias.dispose();
+    }
+    this.slots.clear();
+  }
+}
+
+// ---------------------------------------------------------------- MoE
+
+export interface Expert {
+  id: string;
+  head: HeadWeights;
+  /** Transform from local features to this expert's input space; none for the own head. */
+  fst?: DenseLayer;
+}
+
+/**
+ * MoE prediction: `sum_j g_j(z) * softmax(head_j(fst_j(z)))`. Returns the
+ * mixture probabilities `[batch, classes]` and the gate weights.
+ */
+export function moeForward(z: tf.Tensor2D, experts: Expert[], gate: Gate): { probs: tf.Tensor2D; gates: tf.Tensor2D } {
+  const g = gate.weights(z, experts.map((e) => e.id));
+  const p = tf.stack(experts.map((e) => tf.softmax(headLogits(e.head, e.fst ? applyFst(e.fst, z) : z))), 1); // [B, K, C]
+  const probs = tf.sum(tf.mul(p, tf.expandDims(g, 2)), 1) as tf.Tensor2D;
+  return { probs, gates: g };
+}
+
+/**
+ * The dFLMoE loss: `alpha * CE(head_i(z), y) + (1 - alpha) * CE(moe(z), y)`.
+ * `ownLogits` are the peer's own head logits; `moeProbs` the mixture.
+ */
+export function moeLoss(ownLogits: tf.Tensor2D, moeProbs: tf.Tensor2D, yOneHot: tf.Tensor2D, alpha: number): tf.Scalar {
+  const ce = tf.losses.softmaxCrossEntropy(yOneHot, ownLogits) as tf.Scalar;
+  const nll = tf.neg(tf.mean(tf.log(tf.add(tf.sum(tf.mul(moeProbs, yOneHot), 1), 1e-7)))) as tf.Scalar;
+  return tf.add(tf.mul(alpha, ce), tf.mul(1 - alpha, nll)) as tf.Scalar;
+}

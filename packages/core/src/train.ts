@@ -1,0 +1,128 @@
+/** Local training and evaluation helpers shared by every algorithm. */
+import * as tf from '@tensorflow/tfjs-core';
+import {
+  Rng, applyStandardizer, deriveSeed, featureSize, fitStandardizer, labelHistogram, type Dataset, type PeerSplit, type Standardizer,
+} from '@dflmoe/data';
+
+export interface TrainOptions {
+  /** Local epochs per round (default 1). */
+  epochs: number;
+  batchSize: number;
+  learningRate: number;
+  seed: number;
+}
+
+export const DEFAULT_TRAIN: TrainOptions = { epochs: 1, batchSize: 32, learningRate: 1e-3, seed: 0 };
+
+/** One peer's data as tensors, standardized with training-data statistics. */
+export interface PeerData {
+  xTrain: tf.Tensor;
+  yTrain: tf.Tensor1D;
+  xTest: tf.Tensor;
+  yTest: tf.Tensor1D;
+  sampleShape: number[];
+  numClasses: number;
+  trainSamples: number;
+  testSamples: number;
+  trainHistogram: number[];
+}
+
+/**
+ * Build a peer's tensors. `st` defaults to statistics of the peer's own
+ * training split; simulations pass statistics pooled over every peer's
+ * training split (what a consortium gets from one exchange of per-feature
+ * sums), because per-site standardization removes exactly the shifts in
+ * feature means that label skew creates, and makes heads and models of
+ * different sites read inputs on different scales.
+ */
+export function preparePeerData(ds: Dataset, split: PeerSplit, st?: Standardizer): PeerData {
+  const d = featureSize(ds);
+  st ??= fitStandardizer(ds.features, d, split.train);
+  const mk = (rows: Int32Array) =>
+    tf.tidy(() => ({
+      x: tf.tensor(applyStandardizer(ds.features, d, rows, st), [rows.length, ...ds.sampleShape]),
+      y: tf.tensor1d(Int32Array.from(rows, (r) => ds.labels[r]), 'int32'),
+    }));
+  const tr = mk(split.train);
+  const te = mk(split.test);
+  return {
+    xTrain: tr.x, yTrain: tr.y, xTest: te.x, yTest: te.y,
+    sampleShape: ds.sampleShape,
+    numClasses: ds.classNames.length,
+    trainSamples: split.train.length,
+    testSamples: split.test.length,
+    trainHistogram: labelHistogram(ds.labels, split.train, ds.classNames.length),
+  };
+}
+
+export function disposePeerData(p: PeerData): void {
+  tf.dispose([p.xTrain, p.yTrain, p.xTest, p.yTest]);
+}
+
+/**
+ * Variables updated by one optimizer. tfjs optimizers keep their state by
+ * position in the variable list, so each group must always list the same
+ * variables in the same order; parts that come and go (one per expert) get
+ * groups of their own.
+ */
+export interface ParamGroup {
+  optimizer: tf.Optimizer;
+  vars: tf.Variable[];
+}
+
+/**
+ * Run `epochs` passes over the training data in seeded random order,
+ * minimising `loss(xBatch, yOneHotBatch)` over the variables of `groups()`.
+ * Returns the mean loss.
+ */
+export function trainEpochs(
+  data: PeerData,
+  opts: TrainOptions,
+  round: number,
+  groups: () => ParamGroup[],
+  loss: (x: tf.Tensor, y: tf.Tensor2D) => tf.Scalar,
+): number {
+  const n = data.trainSamples;
+  let total = 0;
+  let batches = 0;
+  for (let e = 0; e < opts.epochs; e++) {
+    const order = new Rng(deriveSeed(opts.seed, 'epoch', round, e)).shuffle(Int32Array.from({ length: n }, (_, i) => i)) as Int32Array;
+    const gs = groups();
+    const varList = gs.flatMap((g) => g.vars);
+    for (let s = 0; s < n; s += opts.batchSize) {
+      const idx = order.subarray(s, Math.min(n, s + opts.batchSize));
+      const cost = tf.tidy(() => {
+        const it = tf.tensor1d(idx, 'int32');
+        const xb = tf.gather(data.xTrain, it);
+        const yb = tf.cast(tf.oneHot(tf.gather(data.yTrain, it), data.numClasses), 'float32') as tf.Tensor2D;
+        const { value, grads } = tf.variableGrads(() => loss(xb, yb), varList);
+        for (const g of gs) g.optimizer.applyGradients(g.vars.map((v) => ({ name: v.name, tensor: grads[v.name] })));
+        return value;
+      });
+      if (cost) {
+        total += cost.dataSync()[0];
+        cost.dispose();
+      }
+      batches++;
+    }
+  }
+  return batches ? total / batches : NaN;
+}
+
+/** Apply `predict` to `x` in chunks and return the argmax class of each row. */
+export function predictClasses(x: tf.Tensor, predict: (xb: tf.Tensor) => tf.Tensor2D, chunk = 512): Int32Array {
+  const n = x.shape[0];
+  const out = new Int32Array(n);
+  for (let s = 0; s < n; s += chunk) {
+    const cls = tf.tidy(() => tf.argMax(predict(tf.slice(x, s, Math.min(chunk, n - s))), 1).dataSync() as Int32Array);
+    out.set(cls, s);
+  }
+  return out;
+}
+
+export function accuracy(pred: Int32Array, y: tf.Tensor1D): number {
+  const t = y.dataSync();
+  let ok = 0;
+  for (let i = 0; i < pred.length; i++) if (pred[i] === t[i]) ok++;
+  return pred.length ? ok / pred.length : NaN;
+}
