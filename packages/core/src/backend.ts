@@ -124,7 +124,7 @@ let selected: Promise<BackendInfo> | undefined;
  * Pick and activate the compute backend once per process. Safe to call many
  * times; every call returns the same result.
  */
-export function initBackend(opts: SelectOptions = {}): Promise<BackendInfo> {
+export async function initBackend(opts: SelectOptions = {}): Promise<BackendInfo> {
   if (!selected) {
     const logger = opts.logger ?? createLogger('backend');
     selected = selectBackend(opts).then((info) => {
@@ -138,7 +138,10 @@ export function initBackend(opts: SelectOptions = {}): Promise<BackendInfo> {
       selected = undefined;
     });
   }
-  return selected;
+  const info = await selected;
+  // Someone (a test, a host program) may have switched backends since: switch back.
+  if (tf.getBackend() !== info.name) await tf.setBackend(info.name);
+  return info;
 }
 
 export { tf };

@@ -96,13 +96,17 @@ export function headParamCount(spec: HeadSpec): number {
   return headShapes(spec).reduce((a, s) => a + s.kernel[0] * s.kernel[1] + s.bias[0], 0);
 }
 
+/** A trainable variable from an initial value, without leaking the initial tensor. */
+export function newVariable(init: () => tf.Tensor): tf.Variable {
+  return tf.tidy(() => tf.variable(init()));
+}
+
 export function createHead(spec: HeadSpec, seed: number): DenseLayer<tf.Variable>[] {
   return headShapes(spec).map((s, i) => {
-    const fanIn = s.kernel[0];
-    const lim = Math.sqrt(6 / (fanIn + s.kernel[1]));
+    const lim = Math.sqrt(6 / (s.kernel[0] + s.kernel[1]));
     return {
-      kernel: tf.variable(tf.randomUniform(s.kernel, -lim, lim, 'float32', deriveSeed(seed, 'head', i))),
-      bias: tf.variable(tf.zeros(s.bias)),
+      kernel: newVariable(() => tf.randomUniform(s.kernel, -lim, lim, 'float32', deriveSeed(seed, 'head', i))),
+      bias: newVariable(() => tf.zeros(s.bias)),
     };
   });
 }
@@ -121,7 +125,7 @@ export function headLogits(w: HeadWeights, z: tf.Tensor2D): tf.Tensor2D {
 
 /** Feature-space transform `z -> z W + b`, identity at start. */
 export function createFst(dim: number): DenseLayer<tf.Variable> {
-  return { kernel: tf.variable(tf.eye(dim)), bias: tf.variable(tf.zeros([dim])) };
+  return { kernel: newVariable(() => tf.eye(dim)), bias: newVariable(() => tf.zeros([dim])) };
 }
 
 export function applyFst(t: DenseLayer, z: tf.Tensor2D): tf.Tensor2D {
@@ -140,8 +144,8 @@ export class Gate {
   constructor(readonly featureDim: number, readonly hiddenDim: number, private seed: number, private ownId: string, ownBias = 0) {
     const lim = Math.sqrt(6 / (featureDim + hiddenDim));
     this.hidden = {
-      kernel: tf.variable(tf.randomUniform([featureDim, hiddenDim], -lim, lim, 'float32', deriveSeed(seed, 'gate'))),
-      bias: tf.variable(tf.zeros([hiddenDim])),
+      kernel: newVariable(() => tf.randomUniform([featureDim, hiddenDim], -lim, lim, 'float32', deriveSeed(seed, 'gate'))),
+      bias: newVariable(() => tf.zeros([hiddenDim])),
     };
     this.ensureSlot(ownId, ownBias);
   }
@@ -152,7 +156,7 @@ export class Gate {
 
   ensureSlot(id: string, bias = 0): void {
     if (this.slots.has(id)) return;
-    this.slots.set(id, { kernel: tf.variable(tf.zeros([this.hiddenDim, 1])), bias: tf.variable(tf.fill([1], bias)) });
+    this.slots.set(id, { kernel: newVariable(() => tf.zeros([this.hiddenDim, 1])), bias: newVariable(() => tf.fill([1], bias)) });
   }
 
   removeSlot(id: string): void {

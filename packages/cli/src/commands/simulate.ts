@@ -1,0 +1,101 @@
+import { mkdirSync, writeFileSync, renameSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { ALGORITHMS, DEFAULT_SIMULATION, simulate, type AlgorithmName, type SimulationResults } from '@dflmoe/core';
+import { formatBytes, pct, table } from '../format.js';
+
+const int = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer.`);
+  return n;
+};
+const num = (name: string, lo: number, hi: number) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < lo || n > hi) throw new InvalidArgumentError(`${name} must be a number in [${lo}, ${hi}].`);
+  return n;
+};
+const list = (v: string) => v.split(',').map((s) => s.trim()).filter(Boolean);
+const sizes = (v: string) => (v === '' || v === 'none' ? [] : v.split('x').map(int('sizes')));
+
+function algorithms(v: string): AlgorithmName[] {
+  const names = list(v);
+  for (const n of names) {
+    if (!ALGORITHMS.includes(n as AlgorithmName)) throw new InvalidArgumentError(`unknown algorithm "${n}"; choose from ${ALGORITHMS.join(', ')}.`);
+  }
+  return names as AlgorithmName[];
+}
+
+/** The results table printed at the end of a simulation. */
+export function summaryTable(r: SimulationResults): string {
+  const rows = [['algorithm', 'mean acc', 'std', 'min', 'weighted', 'bytes sent', 'per peer/round', 'seconds']];
+  for (const [name, a] of Object.entries(r.algorithms)) {
+    if (!a) continue;
+    rows.push([
+      name, pct(a.accuracy.mean), pct(a.accuracy.std), pct(a.accuracy.min), pct(a.accuracy.weightedMean),
+      formatBytes(a.bytesSent), formatBytes(a.bytesSent / (r.config.peers * r.config.rounds)), a.wallSeconds.toFixed(1),
+    ]);
+  }
+  return table(rows);
+}
+
+/** Write JSON atomically: a crash never leaves a half-written results file. */
+export function writeJsonAtomic(path: string, value: unknown): void {
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n');
+  renameSync(tmp, path);
+}
+
+export function simulateCommand(): Command {
+  const d = DEFAULT_SIMULATION;
+  return new Command('simulate')
+    .description('Run dFLMoE, FedAvg and local-only side by side on one dataset and partition, in one process.')
+    .requiredOption('--dataset <name>', 'breast-cancer | digits | fashion-mnist | synthetic | csv:<path>')
+    .option('--peers <n>', 'number of sites', int('--peers'), d.peers)
+    .option('--partition <spec>', 'iid | dirichlet:<alpha> | shards:<k>', d.partition)
+    .option('--rounds <n>', 'communication rounds', int('--rounds'), d.rounds)
+    .option('--algorithms <list>', `comma-separated: ${ALGORITHMS.join(',')}`, algorithms, d.algorithms)
+    .option('--seed <n>', 'seed for partition, initial weights and batch order', (v) => Number(v), d.seed)
+    .option('--body <list>', 'body per peer, cycled: mlp[:h1xh2], cnn[:f1xf2] (e.g. mlp,cnn for heterogeneous sites)', list, d.bodies)
+    .option('--feature-dim <n>', 'size of the feature vector the body produces', int('--feature-dim'), d.featureDim)
+    .option('--head-hidden <sizes>', 'hidden layers of the head, e.g. 32 or 64x32; none for a linear head', sizes, d.headHidden)
+    .option('--epochs <n>', 'local epochs per round', int('--epochs'), d.epochs)
+    .option('--batch-size <n>', 'batch size', int('--batch-size'), d.batchSize)
+    .option('--lr <x>', 'Adam learning rate', num('--lr', 1e-8, 10), d.learningRate)
+    .option('--alpha <x>', 'dFLMoE: weight of the own-head loss (rest goes to the MoE loss)', num('--alpha', 0, 1), d.alpha)
+    .option('--gate-hidden <n>', 'dFLMoE: hidden units of the gate', int('--gate-hidden'), d.gateHidden)
+    .option('--max-staleness <n>', 'dFLMoE: rounds an expert survives without an update', int('--max-staleness'), d.maxStaleness)
+    .option('--test-fraction <x>', "share of each peer's data held out for its test split", num('--test-fraction', 0.01, 0.99), d.testFraction)
+    .option('--min-size <n>', 'minimum samples per peer', int('--min-size'), d.minSize)
+    .addOption(new Option('--standardize <how>', 'feature statistics: pooled over all training splits, or per peer').choices(['global', 'local']).default(d.standardize))
+    .option('--max-samples <n>', 'use a seeded random subset of the dataset', int('--max-samples'))
+    .option('--data-dir <dir>', 'fashion-mnist: directory of the idx files')
+    .option('--label-column <name>', 'csv: the label column', 'label')
+    .option('--out <dir>', 'output directory for results.json', 'runs/simulate')
+    .option('--quiet', 'print only the final table')
+    .action(async (o) => {
+      const out = resolve(o.out);
+      mkdirSync(out, { recursive: true });
+      const results = await simulate(
+        {
+          dataset: o.dataset,
+          datasetOptions: { maxSamples: o.maxSamples, dataDir: o.dataDir, labelColumn: o.labelColumn },
+          peers: o.peers, partition: o.partition, rounds: o.rounds, algorithms: o.algorithms, seed: o.seed,
+          bodies: o.body, featureDim: o.featureDim, headHidden: o.headHidden, epochs: o.epochs, batchSize: o.batchSize,
+          learningRate: o.lr, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness,
+          testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
+        },
+        {
+          onRound: o.quiet ? undefined : (alg, r, total) =>
+            process.stderr.write(
+              `${alg.padEnd(6)} round ${String(r.round).padStart(String(total).length)}/${total}  accuracy ${pct(r.accuracyMean)} ` +
+                `(min ${pct(r.accuracyMin)})  loss ${r.loss.toFixed(4)}  ${formatBytes(r.bytesSent)}  ${r.seconds.toFixed(2)} s\n`,
+            ),
+        },
+      );
+      const file = join(out, 'results.json');
+      writeJsonAtomic(file, results);
+      process.stdout.write(`\n${results.dataset.name}, ${o.peers} peers, ${o.partition}, ${o.rounds} rounds, backend ${results.backend}\n`);
+      process.stdout.write(summaryTable(results) + '\n');
+      process.stdout.write(`\nResults written to ${file}\n`);
+    });
+}

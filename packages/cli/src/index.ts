@@ -1,0 +1,2 @@
+export { program, run } from './main.js';
+export { summaryTable, writeJsonAtomic } from './commands/simulate.js';

@@ -1,0 +1,30 @@
+import { Command, CommanderError } from 'commander';
+import { simulateCommand } from './commands/simulate.js';
+import { formatError } from './errors.js';
+
+export function program(): Command {
+  return new Command('dflmoe')
+    .description('Decentralized federated learning with a mixture of experts, with a FedAvg baseline.')
+    .version('0.1.0')
+    .showHelpAfterError('(run with --help for usage)')
+    .addCommand(simulateCommand());
+}
+
+/** Run the CLI; returns the exit code (0 ok, 1 runtime failure, 2 usage error). */
+export async function run(argv: string[]): Promise<number> {
+  const p = program().exitOverride();
+  for (const c of p.commands) c.exitOverride();
+  try {
+    await p.parseAsync(argv);
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    process.stderr.write(`dflmoe: error: ${formatError(e)}\n`);
+    return 1;
+  }
+}
+
+const entry = process.argv[1] ?? '';
+if (entry.endsWith('/cli/src/main.ts')) {
+  process.exitCode = await run(process.argv);
+}

@@ -1,0 +1,18 @@
+import { initBackend, preparePeerData, type PeerData } from '@dflmoe/core';
+import { makeSynthetic, partition, type Dataset } from '@dflmoe/data';
+
+/** Activate the process's compute backend (wasm here) quietly. */
+export async function backend(): Promise<string> {
+  process.env.DFLMOE_LOG_LEVEL ??= 'warn';
+  return (await initBackend({ logger: { debug() {}, info() {}, warn() {}, error() {} } })).name;
+}
+
+export function tinyDataset(seed = 1, samples = 240): Dataset {
+  return makeSynthetic({ classes: 4, dim: 8, samples, seed, separation: 1.5 });
+}
+
+export function tinyPeers(n: number, seed = 1): { ds: Dataset; datas: PeerData[] } {
+  const ds = tinyDataset(seed);
+  const splits = partition(ds.labels, 4, n, 'iid', { seed });
+  return { ds, datas: splits.map((s) => preparePeerData(ds, s)) };
+}

@@ -1,0 +1,107 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { simulate, type SimulationResults } from '@dflmoe/core';
+import { backend } from './helpers.js';
+
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+
+function strip(r: SimulationResults) {
+  return Object.fromEntries(
+    Object.entries(r.algorithms).map(([k, a]) => [k, { acc: a!.peers.map((p) => p.accuracy), bytes: a!.bytesSent, loss: a!.rounds.map((x) => x.loss) }]),
+  );
+}
+
+export function cli(args: string[]) {
+  return spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', 'packages/cli/src/main.ts', ...args], {
+    encoding: 'utf8',
+    timeout: 120000,
+    env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' },
+  });
+}
+
+describe('simulate', () => {
+  before(backend);
+
+  it('is reproducible for a seed, and differs for another seed', async () => {
+    const cfg = { dataset: 'breast-cancer', peers: 3, rounds: 2, partition: 'dirichlet:0.5', seed: 5 };
+    const t0 = tf.memory().numTensors;
+    const a = await simulate(cfg, { logger: quiet });
+    const b = await simulate(cfg, { logger: quiet });
+    const c = await simulate({ ...cfg, seed: 6 }, { logger: quiet });
+    assert.deepEqual(strip(a), strip(b));
+    assert.notDeepEqual(strip(a), strip(c));
+    assert.equal(tf.memory().numTensors, t0, 'a whole simulation frees its tensors');
+  });
+
+  it('runs dFLMoE and local-only with heterogeneous bodies (mlp and cnn)', async () => {
+    const r = await simulate(
+      { dataset: 'digits', peers: 2, rounds: 2, epochs: 3, partition: 'iid', algorithms: ['dflmoe', 'local'], bodies: ['mlp:64', 'cnn:8x16'], featureDim: 32 },
+      { logger: quiet },
+    );
+    assert.deepEqual(r.algorithms.dflmoe!.peers.map((p) => p.body), ['mlp:64', 'cnn:8x16']);
+    for (const p of r.algorithms.dflmoe!.peers) {
+      assert.ok(p.accuracy > 0.5, `peer ${p.id} accuracy ${p.accuracy}`);
+      assert.equal(Object.keys(p.gateWeights!).length, 2, 'each peer mixes its own and the other head');
+    }
+  });
+
+  it('counts bytes: heads for dFLMoE, whole models both ways for FedAvg, nothing for local', async () => {
+    const r = await simulate({ dataset: 'breast-cancer', peers: 3, rounds: 2, partition: 'iid' }, { logger: quiet });
+    const d = r.algorithms.dflmoe!;
+    const f = r.algorithms.fedavg!;
+    // Each head goes to the 2 other peers every round.
+    const headBytes = d.peers[0].bytesSent / (2 * 2);
+    assert.ok(headBytes > 64 * 2 * 4 && headBytes < 64 * 2 * 4 + 1024, `head message ${headBytes} bytes`);
+    assert.equal(d.bytesSent, d.peers.reduce((a, p) => a + p.bytesSent, 0));
+    assert.equal(f.bytesSent, f.peers.reduce((a, p) => a + p.bytesSent + p.bytesReceived, 0));
+    assert.ok(f.bytesSent > 20 * d.bytesSent);
+    assert.equal(r.algorithms.local!.bytesSent, 0);
+  });
+});
+
+describe('dflmoe simulate (CLI)', () => {
+  it('prints a table and writes results.json with the documented shape', () => {
+    const out = mkdtempSync(join(tmpdir(), 'dflmoe-sim-'));
+    const r = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--rounds', '2', '--partition', 'dirichlet:0.3', '--seed', '1', '--out', out]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /algorithm\s+mean acc\s+std\s+min/);
+    for (const a of ['dflmoe', 'fedavg', 'local']) assert.match(r.stdout, new RegExp(`^${a}\\s+\\d+\\.\\d+%`, 'm'));
+    assert.match(r.stderr, /dflmoe round 1\/2/);
+    const res = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8'));
+    assert.equal(res.config.peers, 3);
+    assert.equal(typeof res.backend, 'string');
+    for (const a of ['dflmoe', 'fedavg', 'local']) {
+      const alg = res.algorithms[a];
+      for (const k of ['mean', 'std', 'min']) assert.equal(typeof alg.accuracy[k], 'number');
+      assert.equal(typeof alg.bytesSent, 'number');
+      assert.equal(typeof alg.wallSeconds, 'number');
+      assert.equal(alg.peers.length, 3);
+      for (const p of alg.peers) for (const k of ['id', 'accuracy', 'bytesSent', 'bytesReceived', 'trainSamples', 'testSamples']) assert.ok(k in p, k);
+      assert.deepEqual(alg.rounds.map((x: { round: number }) => x.round), [1, 2]);
+      for (const x of alg.rounds) for (const k of ['accuracyMean', 'bytesSent', 'seconds']) assert.equal(typeof x[k], 'number');
+    }
+  });
+
+  it('a bad dataset is one clear line, not a stack trace', () => {
+    const r = cli(['simulate', '--dataset', 'mnist', '--out', mkdtempSync(join(tmpdir(), 'dflmoe-sim-'))]);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /dflmoe: error: Unknown dataset "mnist"/);
+    assert.doesNotMatch(r.stderr, /\n\s+at /);
+  });
+
+  it('bad flags exit 2 and say what is wrong', () => {
+    let r = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '0']);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /--peers must be a positive integer/);
+    r = cli(['simulate', '--dataset', 'breast-cancer', '--algorithms', 'fedprox']);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /unknown algorithm "fedprox"/);
+    r = cli(['simulate', '--dataset', 'breast-cancer', '--partition', 'dirichlet:-2', '--rounds', '1']);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /Bad partition "dirichlet:-2"/);
+  });
+});
