@@ -12,3 +12,4 @@ export * from './algorithms/dflmoe.js';
 export * from './algorithms/fedavg.js';
 export * from './algorithms/local.js';
 export * from './simulate.js';
+export * from './learner.js';
