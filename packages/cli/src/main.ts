@@ -1,5 +1,8 @@
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import { simulateCommand } from './commands/simulate.js';
+import { keygenCommand, peerCommand, serverCommand } from './commands/network.js';
 import { formatError } from './errors.js';
 
 export function program(): Command {
@@ -7,7 +10,10 @@ export function program(): Command {
     .description('Decentralized federated learning with a mixture of experts, with a FedAvg baseline.')
     .version('0.1.0')
     .showHelpAfterError('(run with --help for usage)')
-    .addCommand(simulateCommand());
+    .addCommand(simulateCommand())
+    .addCommand(peerCommand())
+    .addCommand(serverCommand())
+    .addCommand(keygenCommand());
 }
 
 /** Run the CLI; returns the exit code (0 ok, 1 runtime failure, 2 usage error). */
@@ -24,7 +30,7 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
-const entry = process.argv[1] ?? '';
-if (entry.endsWith('/cli/src/main.ts')) {
+// Run when executed directly (`node dist/main.js`, or through tsx in development).
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   process.exitCode = await run(process.argv);
 }

@@ -57,14 +57,19 @@ export interface LearnerRoundMetrics {
   seconds: number;
 }
 
+export interface LearnerLoopOptions {
+  exchange: HeadExchange;
+  quorum?: number;
+  roundDeadlineMs?: number;
+  logger?: Logger;
+}
+
 export class DflmoeLearner {
-  readonly peer: DflmoePeer;
   round = 0;
   private log: Logger;
 
-  constructor(private readonly o: LearnerOptions, peer: DflmoePeer) {
-    this.peer = peer;
-    this.log = o.logger ?? createLogger(`learner:${o.id}`);
+  constructor(readonly peer: DflmoePeer, private readonly o: LearnerLoopOptions) {
+    this.log = o.logger ?? createLogger(`learner:${peer.id}`);
   }
 
   /** Take in every head waiting in the exchange; returns how many were accepted. */
@@ -132,5 +137,5 @@ export async function createLearner(o: LearnerOptions): Promise<DflmoeLearner> {
     id: o.id, data, body, featureDim: o.model?.featureDim ?? 64, headHidden: o.model?.headHidden ?? [], train: o.train ?? {},
     alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness, maxHeadBytes: o.maxHeadBytes,
   });
-  return new DflmoeLearner(o, peer);
+  return new DflmoeLearner(peer, o);
 }

@@ -218,18 +218,22 @@ async function runAlgorithm(
     };
     extra = (p) => ({ gateWeights: (p as DflmoePeer).meanGateWeights() });
   } else if (alg === 'fedavg') {
-    const cs = datas.map((d, i) => new FedAvgClient(peerOptions(cfg, d, i, bodies[i])));
+    // FedAvg starts every client from one shared model.
+    const initSeed = deriveSeed(cfg.seed, 'fedavg-init');
+    const cs = datas.map((d, i) => new FedAvgClient({ ...peerOptions(cfg, d, i, bodies[i]), initSeed }));
     peers = cs;
     checkSameArchitecture(cs);
     const limits = { maxBytes: 1 << 30 };
-    // The server starts from the first client's initial weights.
-    let global = cs[0].encodeModel(0);
+    let global: Uint8Array | undefined;
     step = async (round) => {
       let loss = 0;
       const uploads: { weights: ReturnType<typeof decodeBundle>['tensors']; samples: number }[] = [];
       for (let i = 0; i < cs.length; i++) {
-        cs[i].loadModel(global, limits);
-        received[i] += global.length;
+        // Round 1 starts from the shared initial model, which every client already holds.
+        if (global) {
+          cs[i].loadModel(global, limits);
+          received[i] += global.length;
+        }
         loss += cs[i].trainRound(round);
         const up = cs[i].encodeModel(round);
         sent[i] += up.length;

@@ -1,7 +1,11 @@
 import { mkdirSync, writeFileSync, renameSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { ALGORITHMS, DEFAULT_SIMULATION, simulate, type AlgorithmName, type SimulationResults } from '@dflmoe/core';
+import {
+  ALGORITHMS, DEFAULT_SIMULATION, initBackend, simulate, type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
+} from '@dflmoe/core';
+import { loadDataset, partition, partitionHistograms } from '@dflmoe/data';
+import { collectResults, runConsortium, writeConsortium } from '../consortium.js';
 import { formatBytes, pct, table } from '../format.js';
 
 const int = (name: string) => (v: string) => {
@@ -70,32 +74,54 @@ export function simulateCommand(): Command {
     .option('--max-samples <n>', 'use a seeded random subset of the dataset', int('--max-samples'))
     .option('--data-dir <dir>', 'fashion-mnist: directory of the idx files')
     .option('--label-column <name>', 'csv: the label column', 'label')
+    .addOption(new Option('--transport <kind>', 'memory: one process; tcp: every site its own process over libp2p on 127.0.0.1').choices(['memory', 'tcp']).default('memory'))
+    .option('--deadline <ms>', 'tcp: round deadline in milliseconds', int('--deadline'), 60000)
     .option('--out <dir>', 'output directory for results.json', 'runs/simulate')
     .option('--quiet', 'print only the final table')
     .action(async (o) => {
       const out = resolve(o.out);
       mkdirSync(out, { recursive: true });
-      const results = await simulate(
-        {
-          dataset: o.dataset,
-          datasetOptions: { maxSamples: o.maxSamples, dataDir: o.dataDir, labelColumn: o.labelColumn },
-          peers: o.peers, partition: o.partition, rounds: o.rounds, algorithms: o.algorithms, seed: o.seed,
-          bodies: o.body, featureDim: o.featureDim, headHidden: o.headHidden, epochs: o.epochs, batchSize: o.batchSize,
-          learningRate: o.lr, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness,
-          testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
-        },
-        {
-          onRound: o.quiet ? undefined : (alg, r, total) =>
-            process.stderr.write(
-              `${alg.padEnd(6)} round ${String(r.round).padStart(String(total).length)}/${total}  accuracy ${pct(r.accuracyMean)} ` +
-                `(min ${pct(r.accuracyMin)})  loss ${r.loss.toFixed(4)}  ${formatBytes(r.bytesSent)}  ${r.seconds.toFixed(2)} s\n`,
-            ),
-        },
-      );
+      const cfg: SimulationConfig = {
+        dataset: o.dataset,
+        datasetOptions: { maxSamples: o.maxSamples, dataDir: o.dataDir, labelColumn: o.labelColumn },
+        peers: o.peers, partition: o.partition, rounds: o.rounds, algorithms: o.algorithms, seed: o.seed,
+        bodies: o.body, featureDim: o.featureDim, headHidden: o.headHidden, epochs: o.epochs, batchSize: o.batchSize,
+        learningRate: o.lr, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness,
+        testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
+      };
+      const onRound = o.quiet ? undefined : (alg: string, r: RoundResult, total: number) =>
+        process.stderr.write(
+          `${alg.padEnd(6)} round ${String(r.round).padStart(String(total).length)}/${total}  accuracy ${pct(r.accuracyMean)} ` +
+            `(min ${pct(r.accuracyMin)})  loss ${r.loss.toFixed(4)}  ${formatBytes(r.bytesSent)}  ${r.seconds.toFixed(2)} s\n`,
+        );
+      const results = o.transport === 'tcp'
+        ? await simulateOverTcp(cfg, out, o.deadline, o.quiet)
+        : await simulate(cfg, { onRound });
       const file = join(out, 'results.json');
       writeJsonAtomic(file, results);
       process.stdout.write(`\n${results.dataset.name}, ${o.peers} peers, ${o.partition}, ${o.rounds} rounds, backend ${results.backend}\n`);
       process.stdout.write(summaryTable(results) + '\n');
       process.stdout.write(`\nResults written to ${file}\n`);
     });
+}
+
+/** Run each algorithm as a real consortium: one process per site, libp2p over 127.0.0.1. */
+async function simulateOverTcp(cfg: SimulationConfig, out: string, deadlineMs: number, quiet: boolean): Promise<SimulationResults> {
+  const ds = loadDataset(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
+  const splits = partition(ds.labels, ds.classNames.length, cfg.peers, cfg.partition, { seed: cfg.seed, testFraction: cfg.testFraction, minSize: cfg.minSize });
+  const backend = await initBackend();
+  const results: SimulationResults = {
+    config: cfg,
+    backend: backend.name,
+    dataset: { name: ds.name, samples: ds.numSamples, classes: ds.classNames, sampleShape: ds.sampleShape, source: ds.source },
+    labelHistograms: partitionHistograms(ds.labels, splits, ds.classNames.length),
+    algorithms: {},
+  };
+  for (const alg of cfg.algorithms) {
+    const t0 = performance.now();
+    const files = await writeConsortium({ dir: join(out, 'consortium', alg), algorithm: alg, sim: cfg, deadlineMs, datasetOptions: cfg.datasetOptions });
+    await runConsortium(files, cfg.rounds * deadlineMs * 3 + 120000, quiet ? undefined : (site, line) => process.stderr.write(`${alg.padEnd(6)} ${site}: ${line}\n`));
+    results.algorithms[alg] = collectResults(alg, files, (performance.now() - t0) / 1000, cfg.bodies);
+  }
+  return results;
 }

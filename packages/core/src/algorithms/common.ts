@@ -14,6 +14,8 @@ export interface PeerModelOptions {
   /** Hidden layer sizes of the head (empty: linear head). */
   headHidden: number[];
   train: Partial<TrainOptions>;
+  /** Seed for the initial weights (default: derived from `train.seed`). FedAvg clients share one. */
+  initSeed?: number;
 }
 
 /** Result of one peer's evaluation on its own test split. */
@@ -39,9 +41,10 @@ export class SupervisedModel {
     this.data = o.data;
     this.train = { ...DEFAULT_TRAIN, ...o.train };
     this.bodySpec = o.body;
-    this.body = buildBody(o.body, o.data.sampleShape, o.featureDim, deriveSeed(this.train.seed, 'body'));
+    const init = o.initSeed ?? this.train.seed;
+    this.body = buildBody(o.body, o.data.sampleShape, o.featureDim, deriveSeed(init, 'body'));
     this.headSpec = { inputDim: o.featureDim, hidden: o.headHidden, outputDim: o.data.numClasses };
-    this.head = createHead(this.headSpec, deriveSeed(this.train.seed, 'head'));
+    this.head = createHead(this.headSpec, deriveSeed(init, 'head'));
     this.optimizer = tf.train.adam(this.train.learningRate);
   }
 

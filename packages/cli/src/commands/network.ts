@@ -1,0 +1,60 @@
+import { Command } from 'commander';
+import { createLogger } from '@dflmoe/core';
+import { generateIdentity, loadPeerConfig, loadServerConfig, runPeer, runServer, saveIdentity, savePsk } from '@dflmoe/p2p';
+import { formatBytes, pct } from '../format.js';
+
+export function keygenCommand(): Command {
+  return new Command('keygen')
+    .description('Create an Ed25519 site identity (and optionally a pre-shared key for a private network); prints the peer ID.')
+    .option('--out <file>', 'where to write the key (mode 0600)')
+    .option('--psk <file>', 'also write a pre-shared key file for a private network (share it with every member)')
+    .option('--force', 'overwrite existing files')
+    .action(async (o) => {
+      if (!o.out && !o.psk) throw new Error('say what to create: --out <key file> and/or --psk <file>');
+      if (o.out) {
+        const id = await generateIdentity();
+        saveIdentity(o.out, id.privateKey, Boolean(o.force));
+        process.stdout.write(`${id.peerId}\n`);
+        process.stderr.write(`wrote ${o.out}; give the peer ID above to the other members\n`);
+      }
+      if (o.psk) {
+        savePsk(o.psk, Boolean(o.force));
+        process.stderr.write(`wrote pre-shared key ${o.psk}\n`);
+      }
+    });
+}
+
+export function peerCommand(): Command {
+  return new Command('peer')
+    .description('Run one site of a consortium from its config file (dFLMoE, or a FedAvg client, or local-only).')
+    .requiredOption('--config <file>', 'site config (JSON)')
+    .option('--quiet', 'no per-round lines')
+    .action(async (o) => {
+      const cfg = loadPeerConfig(o.config);
+      const log = createLogger(`peer:${cfg.name ?? 'site'}`);
+      const ac = new AbortController();
+      const stop = () => ac.abort();
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+      const r = await runPeer(cfg, {
+        logger: log,
+        signal: ac.signal,
+        onRound: o.quiet ? undefined : (l) => process.stderr.write(
+          `round ${l.round}/${cfg.rounds}  accuracy ${pct(l.accuracy)}  experts ${l.experts.length}  ` +
+            `in ${formatBytes(l.bytesIn)} out ${formatBytes(l.bytesOut)}  ${l.seconds.toFixed(2)} s\n`,
+        ),
+      });
+      process.stdout.write(`final accuracy ${pct(r.accuracy)} after ${r.rounds.length} rounds; results in ${cfg.out}\n`);
+    });
+}
+
+export function serverCommand(): Command {
+  return new Command('server')
+    .description('Run a FedAvg server (the baseline) over the same libp2p stack.')
+    .requiredOption('--config <file>', 'server config (JSON)')
+    .action(async (o) => {
+      const cfg = loadServerConfig(o.config);
+      const r = await runServer(cfg, createLogger('server'));
+      process.stdout.write(`served ${r.rounds.length} rounds; results in ${cfg.out}\n`);
+    });
+}

@@ -1,0 +1,190 @@
+/**
+ * Start a whole consortium on this machine: one OS process per site on
+ * 127.0.0.1 (so both cores work), each from its own generated config file.
+ * Used by `dflmoe simulate --transport tcp` and by the tests.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { extname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { summarize, type AlgorithmName, type AlgorithmResult, type PeerResult, type RoundResult, type SimulationConfig } from '@dflmoe/core';
+import { generateIdentity, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
+
+/** A free TCP port on 127.0.0.1 (asks the OS). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => (a && typeof a === 'object' ? resolve(a.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+export interface SiteFiles {
+  config: string;
+  peerId: string;
+  port: number;
+  out: string;
+}
+
+export interface ConsortiumFiles {
+  sites: SiteFiles[];
+  server?: SiteFiles;
+}
+
+export interface ConsortiumOptions {
+  dir: string;
+  algorithm: AlgorithmName;
+  sim: SimulationConfig;
+  deadlineMs?: number;
+  quorum?: number;
+  lingerMs?: number;
+  maxHeadBytes?: number;
+  datasetOptions?: { maxSamples?: number; dataDir?: string; labelColumn?: string };
+}
+
+/** Write keys and one config per site (and the FedAvg server's) into `dir`. */
+export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumFiles> {
+  mkdirSync(o.dir, { recursive: true });
+  const n = o.sim.peers;
+  const make = async (name: string): Promise<SiteFiles> => {
+    const id = await generateIdentity();
+    const key = join(o.dir, `${name}.key`);
+    saveIdentity(key, id.privateKey, true);
+    return { config: join(o.dir, `${name}.json`), peerId: id.peerId, port: await freePort(), out: join(o.dir, name) };
+  };
+  const sites: SiteFiles[] = [];
+  for (let i = 0; i < n; i++) sites.push(await make(`site-${i}`));
+  const server = o.algorithm === 'fedavg' ? await make('server') : undefined;
+  const addr = (s: SiteFiles) => `/ip4/127.0.0.1/tcp/${s.port}`;
+  sites.forEach((s, i) => {
+    const cfg = {
+      name: `site-${i}`,
+      key: `site-${i}.key`,
+      listen: [addr(s)],
+      members: sites.map((m, j) => ({ peerId: m.peerId, addrs: [addr(m)], name: `site-${j}` })),
+      algorithm: o.algorithm,
+      ...(server ? { server: { peerId: server.peerId, addrs: [addr(server)], name: 'server' } } : {}),
+      data: {
+        dataset: o.sim.dataset, partition: o.sim.partition, peers: n, index: i, seed: o.sim.seed,
+        testFraction: o.sim.testFraction, minSize: o.sim.minSize, standardize: o.sim.standardize, ...o.datasetOptions,
+      },
+      model: { body: o.sim.bodies[i % o.sim.bodies.length], featureDim: o.sim.featureDim, headHidden: o.sim.headHidden },
+      train: { epochs: o.sim.epochs, batchSize: o.sim.batchSize, learningRate: o.sim.learningRate },
+      dflmoe: { alpha: o.sim.alpha, gateHidden: o.sim.gateHidden },
+      rounds: o.sim.rounds,
+      round: { deadlineMs: o.deadlineMs ?? 60000, maxStaleness: o.sim.maxStaleness, ...(o.quorum !== undefined ? { quorum: o.quorum } : {}) },
+      limits: { maxHeadBytes: o.maxHeadBytes ?? 64 * 1024 * 1024 },
+      lingerMs: o.lingerMs ?? 3000,
+      out: `site-${i}`,
+    };
+    writeFileSync(s.config, JSON.stringify(cfg, null, 2) + '\n');
+  });
+  if (server) {
+    const cfg = {
+      name: 'server', key: 'server.key', listen: [addr(server)],
+      clients: sites.map((m, j) => ({ peerId: m.peerId, addrs: [addr(m)], name: `site-${j}` })),
+      rounds: o.sim.rounds, round: { deadlineMs: o.deadlineMs ?? 60000 }, lingerMs: o.lingerMs ?? 3000, out: 'server',
+    };
+    writeFileSync(server.config, JSON.stringify(cfg, null, 2) + '\n');
+  }
+  return { sites, server };
+}
+
+/** The command line that runs this CLI (source through tsx in development, else the built file). */
+function cliArgs(): string[] {
+  const self = fileURLToPath(import.meta.url);
+  const main = fileURLToPath(new URL(`./main${extname(self)}`, import.meta.url));
+  return [...process.execArgv, main];
+}
+
+export function startProcess(args: string[], logFile?: string, env: NodeJS.ProcessEnv = {}): ChildProcess {
+  const child = spawn(process.execPath, [...cliArgs(), ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, DFLMOE_LOG_LEVEL: process.env.DFLMOE_LOG_LEVEL ?? 'info', ...env },
+  });
+  if (logFile) {
+    let buf = '';
+    const add = (d: Buffer) => {
+      buf += d.toString();
+      writeFileSync(logFile, buf);
+    };
+    child.stdout!.on('data', add);
+    child.stderr!.on('data', add);
+  } else {
+    child.stdout!.resume();
+    child.stderr!.resume();
+  }
+  return child;
+}
+
+export function waitExit(child: ChildProcess, timeoutMs: number): Promise<number | null> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve(child.exitCode);
+    const t = setTimeout(() => {
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    child.once('exit', (code) => {
+      clearTimeout(t);
+      resolve(code);
+    });
+  });
+}
+
+/** Run every site (and the server) as its own process and wait for all of them. */
+export async function runConsortium(files: ConsortiumFiles, timeoutMs: number, onLine?: (site: string, line: string) => void): Promise<void> {
+  const procs: { name: string; child: ChildProcess }[] = [];
+  if (files.server) procs.push({ name: 'server', child: startProcess(['server', '--config', files.server.config], `${files.server.out}.log`) });
+  files.sites.forEach((s, i) => procs.push({ name: `site-${i}`, child: startProcess(['peer', '--config', s.config], `${s.out}.log`) }));
+  if (onLine) {
+    for (const p of procs) {
+      let rest = '';
+      p.child.stderr!.on('data', (d: Buffer) => {
+        const lines = (rest + d.toString()).split('\n');
+        rest = lines.pop()!;
+        for (const l of lines) if (l.startsWith('round ')) onLine(p.name, l);
+      });
+    }
+  }
+  const codes = await Promise.all(procs.map((p) => waitExit(p.child, timeoutMs)));
+  const failed = procs.filter((_, i) => codes[i] !== 0).map((p, i) => `${p.name} (exit ${codes[i]})`);
+  if (failed.length) throw new Error(`consortium processes failed: ${failed.join(', ')}; see the .log files in ${join(files.sites[0].out, '..')}`);
+}
+
+/** Collect the sites' results.json into the simulator's result shape. */
+export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallSeconds: number, bodies: string[]): AlgorithmResult {
+  const res: PeerRunResult[] = files.sites.map((s) => {
+    const f = join(s.out, 'results.json');
+    if (!existsSync(f)) throw new Error(`${f} is missing: the site did not finish`);
+    return JSON.parse(readFileSync(f, 'utf8')) as PeerRunResult;
+  });
+  const server = files.server ? JSON.parse(readFileSync(join(files.server.out, 'results.json'), 'utf8')) as { bytesIn: number; bytesOut: number } : undefined;
+  const peers: PeerResult[] = res.map((r, i) => ({
+    id: r.name ?? r.peerId, accuracy: r.accuracy, ownHeadAccuracy: r.ownHeadAccuracy, bytesSent: r.bytesSent, bytesReceived: r.bytesReceived,
+    trainSamples: r.trainSamples, testSamples: r.testSamples, body: bodies[i % bodies.length],
+    ...(alg === 'dflmoe' ? { gateWeights: Object.fromEntries((r.rounds.at(-1)?.experts ?? []).map((e) => [e.name ?? e.peer, e.gateWeight])) } : {}),
+  }));
+  const nRounds = Math.max(...res.map((r) => r.rounds.length));
+  const rounds: RoundResult[] = [];
+  let prev = 0;
+  for (let k = 0; k < nRounds; k++) {
+    const lines = res.map((r) => r.rounds[k]).filter(Boolean);
+    const accs = lines.map((l) => l.accuracy);
+    const s = summarize(accs);
+    const total = lines.reduce((a, l) => a + l.bytesOut + (alg === 'fedavg' ? l.bytesIn : 0), 0);
+    rounds.push({
+      round: k + 1, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: accs,
+      loss: lines.reduce((a, l) => a + l.loss, 0) / lines.length, bytesSent: total - prev,
+      seconds: Math.max(...lines.map((l) => l.seconds)),
+    });
+    prev = total;
+  }
+  const bytesSent = peers.reduce((a, p) => a + p.bytesSent, 0) + (alg === 'fedavg' ? (server?.bytesOut ?? 0) : 0);
+  return {
+    accuracy: summarize(peers.map((p) => p.accuracy), peers.map((p) => p.testSamples)),
+    bytesSent, wallSeconds, peers, rounds,
+  };
+}

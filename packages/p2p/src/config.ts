@@ -1,0 +1,169 @@
+/**
+ * Site configuration: one JSON file per site. Paths inside it are relative
+ * to the file. Errors name the field and say what is wrong.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { multiaddr } from '@multiformats/multiaddr';
+import { peerIdFromString } from '@libp2p/peer-id';
+import { z } from 'zod';
+
+const addr = z.string().refine((s) => {
+  try {
+    multiaddr(s);
+    return true;
+  } catch {
+    return false;
+  }
+}, 'not a valid multiaddr (e.g. /ip4/127.0.0.1/tcp/9001)');
+
+const peerId = z.string().refine((s) => {
+  try {
+    peerIdFromString(s);
+    return true;
+  } catch {
+    return false;
+  }
+}, 'not a valid peer ID (run `dflmoe keygen` to get one)');
+
+const posInt = z.number().int().min(1);
+
+export const memberSchema = z.object({
+  peerId,
+  addrs: z.array(addr).default([]),
+  name: z.string().optional(),
+}).strict();
+
+export const peerConfigSchema = z.object({
+  name: z.string().optional(),
+  key: z.string(),
+  listen: z.array(addr).min(1),
+  members: z.array(memberSchema).default([]),
+  psk: z.string().optional(),
+  algorithm: z.enum(['dflmoe', 'fedavg', 'local']).default('dflmoe'),
+  server: memberSchema.optional(),
+  data: z.object({
+    dataset: z.string(),
+    partition: z.string().default('iid'),
+    peers: posInt.default(1),
+    index: z.number().int().min(0).default(0),
+    seed: z.number().int().default(1),
+    testFraction: z.number().gt(0).lt(1).default(0.2),
+    minSize: posInt.default(10),
+    maxSamples: posInt.optional(),
+    dataDir: z.string().optional(),
+    labelColumn: z.string().optional(),
+    standardize: z.enum(['global', 'local']).default('local'),
+  }).strict(),
+  model: z.object({
+    body: z.string().default('mlp'),
+    featureDim: posInt.default(64),
+    headHidden: z.array(posInt).default([]),
+  }).strict().default({ body: 'mlp', featureDim: 64, headHidden: [] }),
+  train: z.object({
+    epochs: posInt.default(1),
+    batchSize: posInt.default(32),
+    learningRate: z.number().positive().default(1e-3),
+  }).strict().default({ epochs: 1, batchSize: 32, learningRate: 1e-3 }),
+  dflmoe: z.object({
+    alpha: z.number().min(0).max(1).default(0.5),
+    gateHidden: posInt.default(32),
+  }).strict().default({ alpha: 0.5, gateHidden: 32 }),
+  rounds: posInt,
+  round: z.object({
+    deadlineMs: z.number().int().min(0).default(30000),
+    quorum: z.number().int().min(0).optional(),
+    maxStaleness: posInt.default(3),
+  }).strict().default({ deadlineMs: 30000, maxStaleness: 3 }),
+  limits: z.object({
+    maxHeadBytes: posInt.default(64 * 1024 * 1024),
+    maxModelBytes: posInt.default(512 * 1024 * 1024),
+  }).strict().default({ maxHeadBytes: 64 * 1024 * 1024, maxModelBytes: 512 * 1024 * 1024 }),
+  /** After the last round, keep answering head requests this long. */
+  lingerMs: z.number().int().min(0).default(3000),
+  out: z.string(),
+}).strict();
+
+export type PeerConfig = z.infer<typeof peerConfigSchema>;
+
+export const serverConfigSchema = z.object({
+  name: z.string().optional(),
+  key: z.string(),
+  listen: z.array(addr).min(1),
+  clients: z.array(memberSchema).min(1),
+  psk: z.string().optional(),
+  rounds: posInt,
+  round: z.object({
+    deadlineMs: z.number().int().min(0).default(120000),
+    quorum: z.number().int().min(1).optional(),
+  }).strict().default({ deadlineMs: 120000 }),
+  limits: z.object({ maxModelBytes: posInt.default(512 * 1024 * 1024) }).strict().default({ maxModelBytes: 512 * 1024 * 1024 }),
+  lingerMs: z.number().int().min(0).default(3000),
+  out: z.string(),
+}).strict();
+
+export type ServerConfig = z.infer<typeof serverConfigSchema>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+function formatIssues(file: string, err: z.ZodError): string {
+  const lines = err.issues.map((i) => {
+    const field = i.path.length ? i.path.join('.') : '(top level)';
+    return `  ${field}: ${i.message}`;
+  });
+  return `config ${file} is not valid:\n${lines.join('\n')}`;
+}
+
+function readJson(file: string): unknown {
+  if (!existsSync(file)) throw new ConfigError(`config file ${file} not found`);
+  try {
+    return JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new ConfigError(`config ${file} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+/** Resolve paths in the config relative to the config file's directory. */
+function rel(base: string, p: string | undefined): string | undefined {
+  return p === undefined ? undefined : isAbsolute(p) ? p : resolve(base, p);
+}
+
+export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.cwd()): PeerConfig {
+  const r = peerConfigSchema.safeParse(raw);
+  if (!r.success) throw new ConfigError(formatIssues(file, r.error));
+  const c = r.data;
+  if (c.data.index >= c.data.peers) throw new ConfigError(`config ${file}: data.index (${c.data.index}) must be below data.peers (${c.data.peers})`);
+  if (c.algorithm === 'fedavg' && !c.server) throw new ConfigError(`config ${file}: server: required when algorithm is "fedavg" (the FedAvg server's peerId and addrs)`);
+  if (c.round.quorum !== undefined && c.round.quorum > c.members.length) {
+    throw new ConfigError(`config ${file}: round.quorum (${c.round.quorum}) exceeds the number of members (${c.members.length})`);
+  }
+  c.key = rel(base, c.key)!;
+  c.out = rel(base, c.out)!;
+  c.psk = rel(base, c.psk);
+  c.data.dataDir = rel(base, c.data.dataDir);
+  if (c.data.dataset.startsWith('csv:')) c.data.dataset = `csv:${rel(base, c.data.dataset.slice(4))}`;
+  return c;
+}
+
+export function loadPeerConfig(file: string): PeerConfig {
+  return parsePeerConfig(readJson(file), file, dirname(resolve(file)));
+}
+
+export function parseServerConfig(raw: unknown, file = '<inline>', base = process.cwd()): ServerConfig {
+  const r = serverConfigSchema.safeParse(raw);
+  if (!r.success) throw new ConfigError(formatIssues(file, r.error));
+  const c = r.data;
+  if (c.round.quorum !== undefined && c.round.quorum > c.clients.length) {
+    throw new ConfigError(`config ${file}: round.quorum (${c.round.quorum}) exceeds the number of clients (${c.clients.length})`);
+  }
+  c.key = rel(base, c.key)!;
+  c.out = rel(base, c.out)!;
+  c.psk = rel(base, c.psk);
+  return c;
+}
+
+export function loadServerConfig(file: string): ServerConfig {
+  return parseServerConfig(readJson(file), file, dirname(resolve(file)));
+}

@@ -1,0 +1,51 @@
+/**
+ * Length-prefixed frames over a libp2p 3 stream, streamed with it-pipe.
+ * Reads stop at a size limit per frame; writes are cut into chunks so that
+ * backpressure works for heads and models of any size.
+ */
+import type { Stream } from '@libp2p/interface';
+import { messageStreamToDuplex } from '@libp2p/utils';
+import * as lp from 'it-length-prefixed';
+import { pipe } from 'it-pipe';
+
+/** Read up to `n` length-prefixed frames from a stream (each at most `maxLen` bytes). */
+export async function readFrames(stream: Stream, n: number, maxLen: number, signal: AbortSignal): Promise<Uint8Array[]> {
+  const duplex = messageStreamToDuplex(stream);
+  const onAbort = () => stream.abort(new Error('transfer timed out'));
+  signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    return await pipe(
+      duplex.source,
+      (src) => lp.decode(src, { maxDataLength: maxLen }),
+      async (src) => {
+        const out: Uint8Array[] = [];
+        for await (const f of src) {
+          out.push(f.subarray());
+          if (out.length === n) break;
+        }
+        return out;
+      },
+    );
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+}
+
+const CHUNK = 256 * 1024;
+
+/** Write frames, length-prefixed and cut into chunks (for backpressure), then close our side. */
+export async function writeFrames(stream: Stream, frames: Uint8Array[]): Promise<void> {
+  const duplex = messageStreamToDuplex(stream);
+  const maxDataLength = Math.max(...frames.map((f) => f.length)) + 1;
+  await pipe(
+    frames,
+    (src) => lp.encode(src, { maxDataLength }),
+    async function* (src) {
+      for await (const buf of src) {
+        for (let i = 0; i < buf.byteLength; i += CHUNK) yield buf.subarray(i, Math.min(buf.byteLength, i + CHUNK));
+      }
+    },
+    duplex.sink,
+  );
+}
+

@@ -1,0 +1,271 @@
+/**
+ * `HeadExchange` over libp2p.
+ *
+ * - When a round ends, a peer keeps its encoded head and announces
+ *   `{peer, version, digest, size}` on gossipsub (signed; never the head).
+ * - A peer that hears of a newer head than it holds opens
+ *   `/dflmoe/head/1.0.0` to the announcer and pulls it: a length-prefixed
+ *   `HeadRequest`, answered by a `HeadResponse` and the head bytes, streamed
+ *   with it-pipe under a size limit, then checked against the digest.
+ * - On every new connection a peer pulls the other side's newest head, so a
+ *   late joiner (or a restarted one) catches up without waiting for gossip.
+ *
+ * Everything received is untrusted: unknown senders, bad protobufs, size
+ * over the limit, digest mismatch and versions that do not move forward are
+ * dropped, logged once per (peer, reason) and counted.
+ */
+import { createHash } from 'node:crypto';
+import type { Connection, PeerId, Stream } from '@libp2p/interface';
+import type { Message } from '@libp2p/gossipsub';
+import { peerIdFromString } from '@libp2p/peer-id';
+import { readFrames, writeFrames } from './frames.js';
+import type { ExchangeStats, HeadExchange, HeadMessage, Logger, MembershipEvent } from '@dflmoe/core';
+import { Announce, HeadRequest, HeadResponse } from './proto/messages.js';
+import { dialMembers, type SiteNode } from './node.js';
+
+export const HEAD_PROTOCOL = '/dflmoe/head/1.0.0';
+export const ANNOUNCE_TOPIC = '/dflmoe/announce/1';
+const WIRE_FORMAT = 1;
+const MAX_CONTROL = 4096;
+
+export interface Member {
+  peerId: string;
+  addrs: string[];
+  name?: string;
+}
+
+export interface Libp2pExchangeOptions {
+  members: Member[];
+  maxHeadBytes: number;
+  logger: Logger;
+  /** Re-announce our head and redial missing members this often (default 2000 ms). */
+  heartbeatMs?: number;
+  /** Give up on a head transfer after this long (default 60 s). */
+  transferTimeoutMs?: number;
+}
+
+export type DropReason = 'not-member' | 'bad-announce' | 'spoofed-announce' | 'too-large' | 'bad-response' | 'digest-mismatch' | 'transfer-failed' | 'old-version';
+
+const sha256 = (b: Uint8Array): Uint8Array<ArrayBuffer> => new Uint8Array(createHash('sha256').update(b).digest());
+const equal = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((v, i) => v === b[i]);
+
+export class Libp2pHeadExchange implements HeadExchange {
+  readonly selfId: string;
+  private memberIds: Set<string>;
+  private inbox = new Map<string, HeadMessage>();
+  private latest?: { version: bigint; bytes: Uint8Array; digest: Uint8Array<ArrayBuffer> };
+  /** Highest version per peer that we hold or are fetching. */
+  private known = new Map<string, bigint>();
+  private inflight = new Map<string, Promise<void>>();
+  private listeners = new Set<(e: MembershipEvent) => void>();
+  private waiters = new Set<() => void>();
+  private logged = new Set<string>();
+  private timer?: NodeJS.Timeout;
+  private closed = false;
+  readonly dropped: Partial<Record<DropReason, number>> = {};
+  private s: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0 };
+  /** Seconds spent moving head bytes (both directions), for network-vs-training figures. */
+  transferSeconds = 0;
+
+  constructor(private node: SiteNode, private o: Libp2pExchangeOptions) {
+    this.selfId = node.peerId.toString();
+    this.memberIds = new Set(o.members.map((m) => m.peerId).filter((id) => id !== this.selfId));
+  }
+
+  /** Register the protocol handler and gossip subscription; call before `node.start()`. */
+  async register(): Promise<void> {
+    await this.node.handle(HEAD_PROTOCOL, (stream, connection) => this.serve(stream, connection), { maxInboundStreams: 64 });
+    this.node.services.pubsub.addEventListener('message', (evt) => this.onGossip(evt.detail));
+    this.node.addEventListener('peer:connect', (evt) => this.onConnect(evt.detail));
+    this.node.addEventListener('peer:disconnect', (evt) => {
+      const id = evt.detail.toString();
+      if (this.memberIds.has(id)) this.emit({ type: 'leave', peer: id });
+    });
+  }
+
+  /** After `node.start()`: subscribe, dial members, start the heartbeat (re-announce, redial). */
+  start(): void {
+    this.node.services.pubsub.subscribe(ANNOUNCE_TOPIC);
+    const beat = () => {
+      if (this.closed) return;
+      void dialMembers(this.node, this.o.members).catch(() => {});
+      void this.announce().catch(() => {});
+    };
+    beat();
+    this.timer = setInterval(beat, this.o.heartbeatMs ?? 2000);
+    this.timer.unref();
+  }
+
+  private drop(peer: string, reason: DropReason, detail = ''): void {
+    this.dropped[reason] = (this.dropped[reason] ?? 0) + 1;
+    const key = `${peer}:${reason}`;
+    if (!this.logged.has(key)) {
+      this.logged.add(key);
+      this.o.logger.warn(`dropped input from ${peer}: ${reason}${detail ? ` (${detail})` : ''}`);
+    }
+  }
+
+  private emit(e: MembershipEvent): void {
+    for (const l of this.listeners) l(e);
+  }
+
+  private onConnect(peer: PeerId): void {
+    const id = peer.toString();
+    if (!this.memberIds.has(id)) return;
+    this.emit({ type: 'join', peer: id });
+    // Catch up with whatever the peer has now.
+    this.fetch(id, 0n);
+  }
+
+  private onGossip(msg: Message): void {
+    if (msg.topic !== ANNOUNCE_TOPIC) return;
+    if (msg.type !== 'signed') return this.drop('unknown', 'bad-announce', 'unsigned');
+    const from = msg.from.toString();
+    if (!this.memberIds.has(from)) return this.drop(from, 'not-member');
+    let a: Announce;
+    try {
+      a = Announce.decode(msg.data);
+    } catch (e) {
+      return this.drop(from, 'bad-announce', (e as Error).message);
+    }
+    if (a.format !== WIRE_FORMAT || a.digest.length !== 32) return this.drop(from, 'bad-announce', `format ${a.format}`);
+    if (a.peer !== from) return this.drop(from, 'spoofed-announce', `claims to be ${a.peer}`);
+    if (a.size > BigInt(this.o.maxHeadBytes)) return this.drop(from, 'too-large', `${a.size} bytes`);
+    if (a.version <= (this.known.get(from) ?? -1n)) return;
+    this.fetch(from, a.version, a.digest);
+  }
+
+  /** Pull `peer`'s newest head if it is at least `minVersion` (one transfer per peer at a time). */
+  private fetch(peer: string, minVersion: bigint, digest?: Uint8Array): void {
+    if (this.closed || this.inflight.has(peer)) return;
+    const p = this.transfer(peer, minVersion, digest)
+      .catch((e) => this.drop(peer, 'transfer-failed', (e as Error).message))
+      .finally(() => this.inflight.delete(peer));
+    this.inflight.set(peer, p);
+  }
+
+  private async transfer(peer: string, minVersion: bigint, digest?: Uint8Array): Promise<void> {
+    const signal = AbortSignal.timeout(this.o.transferTimeoutMs ?? 60000);
+    const t0 = performance.now();
+    const stream = await this.node.dialProtocol(peerIdFromString(peer), HEAD_PROTOCOL, { signal });
+    stream.maxReadBufferLength = this.o.maxHeadBytes + MAX_CONTROL;
+    const [, frames] = await Promise.all([
+      writeFrames(stream, [HeadRequest.encode({ format: WIRE_FORMAT, minVersion })]),
+      readFrames(stream, 2, this.o.maxHeadBytes, signal),
+    ]);
+    if (frames.length === 0) throw new Error('no response');
+    let res: HeadResponse;
+    try {
+      res = HeadResponse.decode(frames[0]);
+    } catch (e) {
+      return this.drop(peer, 'bad-response', (e as Error).message);
+    }
+    if (!res.available) return; // nothing yet
+    const body = frames[1];
+    if (!body || BigInt(body.length) !== res.size) return this.drop(peer, 'bad-response', 'size differs from header');
+    const d = sha256(body);
+    if (!equal(d, res.digest) || (digest && res.version === minVersion && !equal(d, digest))) {
+      return this.drop(peer, 'digest-mismatch');
+    }
+    if (res.version < minVersion || res.version <= (this.known.get(peer) ?? -1n)) return this.drop(peer, 'old-version', `${res.version}`);
+    this.known.set(peer, res.version);
+    this.transferSeconds += (performance.now() - t0) / 1000;
+    this.s.bytesReceived += body.length;
+    this.s.messagesReceived++;
+    this.inbox.delete(peer);
+    this.inbox.set(peer, { from: peer, payload: body.slice() });
+    for (const w of this.waiters) w();
+  }
+
+  /** Answer a head request from a member. */
+  private async serve(stream: Stream, connection: Connection): Promise<void> {
+    const from = connection.remotePeer.toString();
+    try {
+      if (!this.memberIds.has(from)) {
+        this.drop(from, 'not-member');
+        stream.abort(new Error('not a member'));
+        return;
+      }
+      const t0 = performance.now();
+      const [req] = await readFrames(stream, 1, MAX_CONTROL, AbortSignal.timeout(10000));
+      let minVersion = 0n;
+      try {
+        const r = HeadRequest.decode(req ?? new Uint8Array());
+        if (r.format !== WIRE_FORMAT) throw new Error(`format ${r.format}`);
+        minVersion = r.minVersion;
+      } catch (e) {
+        this.drop(from, 'bad-response', `bad request: ${(e as Error).message}`);
+        stream.abort(new Error('bad request'));
+        return;
+      }
+      const h = this.latest;
+      if (!h || h.version < minVersion) {
+        await writeFrames(stream, [HeadResponse.encode({ available: false, version: 0n, size: 0n, digest: new Uint8Array() })]);
+        return;
+      }
+      await writeFrames(stream, [HeadResponse.encode({ available: true, version: h.version, size: BigInt(h.bytes.length), digest: h.digest }), h.bytes]);
+      this.s.bytesSent += h.bytes.length;
+      this.s.messagesSent++;
+      this.transferSeconds += (performance.now() - t0) / 1000;
+    } catch (e) {
+      this.o.logger.debug(`serving a head to ${from} failed: ${(e as Error).message}`);
+      stream.abort(e as Error);
+    }
+  }
+
+  private async announce(): Promise<void> {
+    const h = this.latest;
+    if (!h || this.closed) return;
+    const data = Announce.encode({ format: WIRE_FORMAT, peer: this.selfId, version: h.version, digest: h.digest, size: BigInt(h.bytes.length) });
+    await this.node.services.pubsub.publish(ANNOUNCE_TOPIC, data);
+  }
+
+  async publish(payload: Uint8Array, version: number): Promise<void> {
+    if (payload.length > this.o.maxHeadBytes) throw new Error(`own head of ${payload.length} bytes exceeds limits.maxHeadBytes`);
+    this.latest = { version: BigInt(version), bytes: payload, digest: sha256(payload) };
+    await this.announce().catch((e) => this.o.logger.debug(`announce failed: ${(e as Error).message}`));
+  }
+
+  drain(): HeadMessage[] {
+    const out = [...this.inbox.values()];
+    this.inbox.clear();
+    return out;
+  }
+
+  waitForHeads(count: number, timeoutMs: number): Promise<number> {
+    if (this.inbox.size >= count || this.closed) return Promise.resolve(this.inbox.size);
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters.delete(check);
+        resolve(this.inbox.size);
+      };
+      const check = () => {
+        if (this.inbox.size >= count) done();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      this.waiters.add(check);
+    });
+  }
+
+  onMembership(listener: (e: MembershipEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  members(): string[] {
+    return [...new Set(this.node.getConnections().map((c) => c.remotePeer.toString()))].filter((id) => this.memberIds.has(id));
+  }
+
+  stats(): ExchangeStats {
+    return { ...this.s };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.timer);
+    for (const w of this.waiters) w();
+    await Promise.allSettled([...this.inflight.values()]);
+  }
+}

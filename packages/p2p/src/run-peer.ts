@@ -1,0 +1,212 @@
+/**
+ * `dflmoe peer`: run one site from its config file. Writes one JSON line per
+ * round to `<out>/metrics.jsonl` and `<out>/results.json` at the end.
+ */
+import { appendFileSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  DflmoeLearner, DflmoePeer, FedAvgClient, LocalPeer, initBackend, parseBodySpec, preparePeerData, disposePeerData,
+  type HeadExchange, type Logger, type PeerData,
+} from '@dflmoe/core';
+import { deriveSeed, featureSize, fitStandardizer, loadDataset, partition } from '@dflmoe/data';
+import type { PeerConfig } from './config.js';
+import { loadIdentity, loadPsk } from './identity.js';
+import { Libp2pHeadExchange } from './head-exchange.js';
+import { createSiteNode, type SiteNode } from './node.js';
+import { FedAvgNetClient } from './fedavg-net.js';
+
+export interface RoundLine {
+  round: number;
+  accuracy: number;
+  ownHeadAccuracy: number;
+  loss: number;
+  experts: { peer: string; name?: string; version: number; gateWeight: number }[];
+  freshHeads: number;
+  bytesIn: number;
+  bytesOut: number;
+  seconds: number;
+  trainSeconds: number;
+  waitSeconds: number;
+  networkSeconds: number;
+  dropped: Record<string, number>;
+  time: string;
+}
+
+export interface PeerRunResult {
+  peerId: string;
+  name?: string;
+  algorithm: PeerConfig['algorithm'];
+  backend: string;
+  index: number;
+  trainSamples: number;
+  testSamples: number;
+  accuracy: number;
+  ownHeadAccuracy: number;
+  bytesSent: number;
+  bytesReceived: number;
+  wallSeconds: number;
+  rounds: RoundLine[];
+}
+
+export function writeJsonAtomic(path: string, value: unknown): void {
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n');
+  renameSync(tmp, path);
+}
+
+/** The data a site trains on, built exactly as the simulator builds peer `index`. */
+export function sitePeerData(cfg: PeerConfig): PeerData {
+  const d = cfg.data;
+  const ds = loadDataset(d.dataset, { seed: d.seed, maxSamples: d.maxSamples, dataDir: d.dataDir, labelColumn: d.labelColumn });
+  const splits = partition(ds.labels, ds.classNames.length, d.peers, d.partition, { seed: d.seed, testFraction: d.testFraction, minSize: d.minSize });
+  const st = d.standardize === 'global'
+    ? fitStandardizer(ds.features, featureSize(ds), Int32Array.from(splits.flatMap((s) => [...s.train])))
+    : undefined;
+  return preparePeerData(ds, splits[d.index], st);
+}
+
+export interface RunPeerOptions {
+  logger: Logger;
+  signal?: AbortSignal;
+  onRound?: (line: RoundLine) => void;
+}
+
+export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerRunResult> {
+  const t0 = performance.now();
+  const log = o.logger;
+  const id = loadIdentity(cfg.key);
+  const backend = await initBackend({ logger: log });
+  const data = sitePeerData(cfg);
+  mkdirSync(cfg.out, { recursive: true });
+  const metricsFile = join(cfg.out, 'metrics.jsonl');
+  writeFileSync(metricsFile, '');
+  const names = new Map(cfg.members.map((m) => [m.peerId, m.name]));
+  const base = {
+    id: id.peerId,
+    data,
+    body: parseBodySpec(cfg.model.body),
+    featureDim: cfg.model.featureDim,
+    headHidden: cfg.model.headHidden,
+    train: { ...cfg.train, seed: deriveSeed(cfg.data.seed, 'peer', cfg.data.index) },
+  };
+  const rounds: RoundLine[] = [];
+  const record = (line: RoundLine) => {
+    rounds.push(line);
+    appendFileSync(metricsFile, JSON.stringify(line) + '\n');
+    o.onRound?.(line);
+  };
+  let node: SiteNode | undefined;
+  let exchange: Libp2pHeadExchange | undefined;
+  let fedavg: FedAvgNetClient | undefined;
+  let final = { accuracy: NaN, ownHeadAccuracy: NaN, bytesSent: 0, bytesReceived: 0 };
+  const dropped = () => ({ ...(exchange?.dropped ?? {}), ...(fedavg?.dropped ?? {}) }) as Record<string, number>;
+  try {
+    if (cfg.algorithm !== 'local') {
+      const allow = [...cfg.members.map((m) => m.peerId), ...(cfg.server ? [cfg.server.peerId] : [])];
+      node = await createSiteNode({
+        privateKey: id.privateKey,
+        listen: cfg.listen,
+        allow,
+        psk: cfg.psk ? loadPsk(cfg.psk) : undefined,
+        onRefused: (peer, dir) => log.warn(`refused ${dir} connection from non-member ${peer}`),
+      });
+      if (cfg.algorithm === 'dflmoe') {
+        exchange = new Libp2pHeadExchange(node, { members: cfg.members, maxHeadBytes: cfg.limits.maxHeadBytes, logger: log });
+        await exchange.register();
+      }
+      await node.start();
+      log.info(`peer ${id.peerId} (${cfg.name ?? 'unnamed'}) listening on ${node.getMultiaddrs().map(String).join(', ')}`);
+      exchange?.start();
+    }
+
+    if (cfg.algorithm === 'dflmoe') {
+      const ex = exchange as HeadExchange & Libp2pHeadExchange;
+      const peer = new DflmoePeer({ ...base, alpha: cfg.dflmoe.alpha, gateHidden: cfg.dflmoe.gateHidden, maxStaleness: cfg.round.maxStaleness, maxHeadBytes: cfg.limits.maxHeadBytes });
+      const learner = new DflmoeLearner(peer, {
+        exchange: ex,
+        quorum: cfg.round.quorum ?? cfg.members.filter((m) => m.peerId !== id.peerId).length,
+        roundDeadlineMs: cfg.round.deadlineMs,
+        logger: log,
+      });
+      let prevNet = 0;
+      for (let r = 1; r <= cfg.rounds; r++) {
+        if (o.signal?.aborted) throw new Error('stopped');
+        const m = await learner.runRound();
+        const net = ex.transferSeconds;
+        record({
+          round: m.round, accuracy: m.accuracy, ownHeadAccuracy: m.ownHeadAccuracy, loss: m.loss,
+          experts: m.experts.map((e) => ({ ...e, name: names.get(e.peer) })), freshHeads: m.freshHeads,
+          bytesIn: m.bytesReceived, bytesOut: m.bytesSent, seconds: m.seconds, trainSeconds: m.trainSeconds,
+          waitSeconds: m.waitSeconds, networkSeconds: net - prevNet, dropped: { ...dropped(), ...prefixed(m.rejected) },
+          time: new Date().toISOString(),
+        });
+        prevNet = net;
+      }
+      const ev = peer.evaluate();
+      final = { accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy, ...sentReceived(ex) };
+      // Stay a little so that slower peers can fetch our last head.
+      await sleep(cfg.lingerMs, o.signal);
+      peer.dispose();
+    } else if (cfg.algorithm === 'fedavg') {
+      const client = new FedAvgClient({ ...base, initSeed: deriveSeed(cfg.data.seed, 'fedavg-init') });
+      fedavg = new FedAvgNetClient(node!, client, { server: cfg.server!, rank: cfg.data.index, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs });
+      for (let r = 1; r <= cfg.rounds; r++) {
+        if (o.signal?.aborted) throw new Error('stopped');
+        const m = await fedavg.runRound(r);
+        record({
+          round: r, accuracy: m.accuracy, ownHeadAccuracy: m.accuracy, loss: m.loss, experts: [], freshHeads: 0,
+          bytesIn: m.bytesReceived, bytesOut: m.bytesSent, seconds: m.seconds, trainSeconds: m.trainSeconds,
+          waitSeconds: m.waitSeconds, networkSeconds: m.networkSeconds, dropped: dropped(), time: new Date().toISOString(),
+        });
+      }
+      final = { accuracy: rounds.at(-1)!.accuracy, ownHeadAccuracy: rounds.at(-1)!.accuracy, bytesSent: fedavg.bytesSent, bytesReceived: fedavg.bytesReceived };
+      client.dispose();
+    } else {
+      const peer = new LocalPeer(base);
+      for (let r = 1; r <= cfg.rounds; r++) {
+        const rt = performance.now();
+        const loss = peer.trainRound(r);
+        const trainSeconds = (performance.now() - rt) / 1000;
+        const acc = peer.evaluate().accuracy;
+        record({
+          round: r, accuracy: acc, ownHeadAccuracy: acc, loss, experts: [], freshHeads: 0, bytesIn: 0, bytesOut: 0,
+          seconds: (performance.now() - rt) / 1000, trainSeconds, waitSeconds: 0, networkSeconds: 0, dropped: {}, time: new Date().toISOString(),
+        });
+      }
+      final = { accuracy: rounds.at(-1)!.accuracy, ownHeadAccuracy: rounds.at(-1)!.accuracy, bytesSent: 0, bytesReceived: 0 };
+      peer.dispose();
+    }
+  } finally {
+    await exchange?.close();
+    await node?.stop();
+  }
+  const result: PeerRunResult = {
+    peerId: id.peerId, name: cfg.name, algorithm: cfg.algorithm, backend: backend.name, index: cfg.data.index,
+    trainSamples: data.trainSamples, testSamples: data.testSamples, ...final,
+    wallSeconds: (performance.now() - t0) / 1000, rounds,
+  };
+  disposePeerData(data);
+  writeJsonAtomic(join(cfg.out, 'results.json'), result);
+  return result;
+}
+
+function prefixed(r: Record<string, number | undefined>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(r)) if (v) out[`head:${k}`] = v;
+  return out;
+}
+
+function sentReceived(ex: HeadExchange): { bytesSent: number; bytesReceived: number } {
+  const s = ex.stats();
+  return { bytesSent: s.bytesSent, bytesReceived: s.bytesReceived };
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => {
+      clearTimeout(t);
+      resolve();
+    }, { once: true });
+  });
+}
