@@ -33,6 +33,12 @@ export interface HeadExchange {
    * `timeoutMs`; resolves to the number waiting.
    */
   waitForHeads(count: number, timeoutMs: number): Promise<number>;
+  /**
+   * Optional: resolve once the heads that reachable members hold now have
+   * been fetched (or after `timeoutMs`). A site calls it before its first
+   * round, so that a late joiner starts with the newest heads.
+   */
+  settle?(timeoutMs: number): Promise<void>;
   /** Subscribe to membership changes; returns an unsubscribe function. */
   onMembership(listener: (e: MembershipEvent) => void): () => void;
   /** Current members other than this peer. */

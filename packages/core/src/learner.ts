@@ -89,9 +89,9 @@ export class DflmoeLearner {
     this.round++;
     const r = this.round;
     const quorum = this.o.quorum ?? 0;
-    if (r > 1 && quorum > 0 && (this.o.roundDeadlineMs ?? 0) > 0) {
-      await this.o.exchange.waitForHeads(quorum, this.o.roundDeadlineMs!);
-    }
+    const deadline = this.o.roundDeadlineMs ?? 0;
+    if (r === 1 && deadline > 0) await this.o.exchange.settle?.(deadline);
+    if (r > 1 && quorum > 0 && deadline > 0) await this.o.exchange.waitForHeads(quorum, deadline);
     const waitSeconds = (performance.now() - t0) / 1000;
     const fresh = this.absorb();
     const dropped = this.peer.startRound(r);

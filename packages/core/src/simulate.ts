@@ -230,10 +230,7 @@ async function runAlgorithm(
       const uploads: { weights: ReturnType<typeof decodeBundle>['tensors']; samples: number }[] = [];
       for (let i = 0; i < cs.length; i++) {
         // Round 1 starts from the shared initial model, which every client already holds.
-        if (global) {
-          cs[i].loadModel(global, limits);
-          received[i] += global.length;
-        }
+        if (global) cs[i].loadModel(global, limits);
         loss += cs[i].trainRound(round);
         const up = cs[i].encodeModel(round);
         sent[i] += up.length;
@@ -241,7 +238,11 @@ async function runAlgorithm(
       }
       global = encodeBundle('model', { arch: cs[0].architecture(), round }, federatedAverage(uploads));
       // Evaluate the new global model on every peer's own test split.
-      for (const c of cs) c.loadModel(global, limits);
+      // (each client downloads it: that is the traffic from the server)
+      cs.forEach((c, i) => {
+        c.loadModel(global!, limits);
+        received[i] += global!.length;
+      });
       return loss / cs.length;
     };
   } else {

@@ -61,6 +61,9 @@ export class Libp2pHeadExchange implements HeadExchange {
   private waiters = new Set<() => void>();
   private logged = new Set<string>();
   private timer?: NodeJS.Timeout;
+  private firstDial?: Promise<unknown>;
+  /** Members whose newest head we asked for at least once since connecting. */
+  private asked = new Set<string>();
   private closed = false;
   readonly dropped: Partial<Record<DropReason, number>> = {};
   private s: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0 };
@@ -79,6 +82,7 @@ export class Libp2pHeadExchange implements HeadExchange {
     this.node.addEventListener('peer:connect', (evt) => this.onConnect(evt.detail));
     this.node.addEventListener('peer:disconnect', (evt) => {
       const id = evt.detail.toString();
+      this.asked.delete(id);
       if (this.memberIds.has(id)) this.emit({ type: 'leave', peer: id });
     });
   }
@@ -87,11 +91,11 @@ export class Libp2pHeadExchange implements HeadExchange {
   start(): void {
     this.node.services.pubsub.subscribe(ANNOUNCE_TOPIC);
     const beat = () => {
-      if (this.closed) return;
-      void dialMembers(this.node, this.o.members).catch(() => {});
+      if (this.closed) return undefined;
       void this.announce().catch(() => {});
+      return dialMembers(this.node, this.o.members).catch(() => 0);
     };
-    beat();
+    this.firstDial = beat();
     this.timer = setInterval(beat, this.o.heartbeatMs ?? 2000);
     this.timer.unref();
   }
@@ -114,7 +118,19 @@ export class Libp2pHeadExchange implements HeadExchange {
     if (!this.memberIds.has(id)) return;
     this.emit({ type: 'join', peer: id });
     // Catch up with whatever the peer has now.
+    this.asked.add(id);
     this.fetch(id, 0n);
+  }
+
+  async settle(timeoutMs: number): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    const left = () => Math.max(0, end - Date.now());
+    await Promise.race([this.firstDial, new Promise((r) => setTimeout(r, left()))]);
+    while (!this.closed && Date.now() < end) {
+      const connected = this.members();
+      if (connected.every((m) => this.asked.has(m)) && this.inflight.size === 0) return;
+      await Promise.race([Promise.allSettled([...this.inflight.values()]), new Promise((r) => setTimeout(r, Math.min(50, left())))]);
+    }
   }
 
   private onGossip(msg: Message): void {

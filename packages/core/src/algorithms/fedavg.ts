@@ -29,7 +29,7 @@ export class FedAvgClient extends SupervisedModel {
   }
 
   encodeModel(round: number): Uint8Array {
-    return encodeBundle('model', { arch: this.architecture(), round, samples: this.data.trainSamples, peer: this.id }, this.getWeights());
+    return encodeBundle('model', { arch: this.architecture(), round, samples: this.data.trainSamples }, this.getWeights());
   }
 
   /** Load a model sent by the server (validated). */

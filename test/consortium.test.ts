@@ -1,0 +1,157 @@
+/**
+ * Multi-process consortium tests over TCP on 127.0.0.1. Every wait is
+ * bounded; every process is killed in `afterEach` whatever happens.
+ */
+import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DEFAULT_SIMULATION, type AlgorithmName, type SimulationConfig } from '@dflmoe/core';
+import { startProcess, waitExit, writeConsortium, type ConsortiumFiles } from '@dflmoe/cli';
+import type { RoundLine } from '@dflmoe/p2p';
+
+const sim = (o: Partial<SimulationConfig> = {}): SimulationConfig => ({
+  ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 4, rounds: 10, partition: 'dirichlet:0.5', seed: 3, ...o,
+});
+
+function lines(file: string): RoundLine[] {
+  if (!existsSync(file)) return [];
+  return readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+}
+
+async function until<T>(what: string, fn: () => T | undefined | false, timeoutMs: number): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = fn();
+    if (v) return v;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+describe('consortium over TCP (multi-process)', function () {
+  this.timeout(240000);
+  let procs: ChildProcess[] = [];
+  const start = (args: string[], log?: string) => {
+    const p = startProcess(args, log, { DFLMOE_LOG_LEVEL: 'info' });
+    procs.push(p);
+    return p;
+  };
+  afterEach(() => {
+    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
+    procs = [];
+  });
+
+  async function consortium(alg: AlgorithmName, o: Partial<SimulationConfig>, extra: { deadlineMs?: number; quorum?: number; lingerMs?: number } = {}): Promise<ConsortiumFiles> {
+    const dir = mkdtempSync(join(tmpdir(), `dflmoe-${alg}-`));
+    return writeConsortium({ dir, algorithm: alg, sim: sim(o), deadlineMs: extra.deadlineMs ?? 5000, quorum: extra.quorum, lingerMs: extra.lingerMs ?? 1500 });
+  }
+  const metrics = (s: { out: string }) => join(s.out, 'metrics.jsonl');
+
+  it('4 peers finish 10 rounds; each ends with experts from all 3 others', async () => {
+    const f = await consortium('dflmoe', {});
+    const ps = f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`));
+    const codes = await Promise.all(ps.map((p) => waitExit(p, 180000)));
+    assert.deepEqual(codes, [0, 0, 0, 0], 'every peer exits cleanly');
+    for (const s of f.sites) {
+      const ls = lines(metrics(s));
+      assert.equal(ls.length, 10);
+      const last = ls.at(-1)!;
+      const others = f.sites.filter((o) => o !== s).map((o) => o.peerId).sort();
+      assert.deepEqual(last.experts.map((e) => e.peer).sort(), others, `experts of ${s.peerId}`);
+      for (const e of last.experts) assert.ok(e.version >= 8, `expert version ${e.version} is fresh`);
+      assert.ok(last.accuracy > 0.8);
+      assert.ok(last.bytesIn > 0 && last.bytesOut > 0);
+    }
+  });
+
+  it('a peer killed with SIGKILL at round 3: the others finish every round and its expert ages out', async () => {
+    const f = await consortium('dflmoe', { maxStaleness: 2 }, { deadlineMs: 2000 });
+    const ps = f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`));
+    const victim = f.sites[3];
+    await until('the victim to reach round 3', () => lines(metrics(victim)).length >= 3, 60000);
+    ps[3].kill('SIGKILL');
+    const codes = await Promise.all(ps.slice(0, 3).map((p) => waitExit(p, 120000)));
+    assert.deepEqual(codes, [0, 0, 0]);
+    for (const s of f.sites.slice(0, 3)) {
+      const ls = lines(metrics(s));
+      assert.equal(ls.length, 10, 'no round skipped, no hang');
+      const withVictim = ls.filter((l) => l.experts.some((e) => e.peer === victim.peerId));
+      assert.ok(withVictim.length > 0, 'the victim was an expert before it died');
+      const lastSeen = withVictim.at(-1)!;
+      const lastVersionRound = ls.findIndex((l) => l.experts.some((e) => e.peer === victim.peerId && e.version === Math.max(...withVictim.flatMap((w) => w.experts.filter((e2) => e2.peer === victim.peerId).map((e2) => e2.version))))) + 1;
+      // It ages out within maxStaleness (2) rounds of its last update.
+      assert.ok(lastSeen.round <= lastVersionRound + 2, `victim seen until round ${lastSeen.round}, last updated in round ${lastVersionRound}`);
+      assert.ok(!ls.at(-1)!.experts.some((e) => e.peer === victim.peerId));
+      assert.equal(ls.at(-1)!.experts.length, 2);
+    }
+  });
+
+  it('a peer started at round 5 receives the newest heads and finishes', async () => {
+    // Early peers run 16 slower rounds (5 epochs each), so that the late one joins mid-run.
+    const f = await consortium('dflmoe', { rounds: 16, epochs: 5 }, { deadlineMs: 1500, quorum: 2, lingerMs: 4000 });
+    const lateCfg = JSON.parse(readFileSync(f.sites[3].config, 'utf8'));
+    writeFileSync(f.sites[3].config, JSON.stringify({ ...lateCfg, rounds: 10 }));
+    const early = f.sites.slice(0, 3).map((s) => start(['peer', '--config', s.config], `${s.out}.log`));
+    await until('round 5 at the first peers', () => f.sites.slice(0, 3).every((s) => lines(metrics(s)).length >= 5), 90000);
+    const late = f.sites[3];
+    const lp = start(['peer', '--config', late.config], `${late.out}.log`);
+    const codes = await Promise.all([...early, lp].map((p) => waitExit(p, 120000)));
+    assert.deepEqual(codes, [0, 0, 0, 0]);
+    const ls = lines(metrics(late));
+    assert.equal(ls.length, 10, 'the late peer runs all its rounds');
+    const early2 = ls[0].experts;
+    const got = new Set(early2.map((e) => e.peer));
+    for (const s of f.sites.slice(0, 3)) assert.ok(got.has(s.peerId), `late peer got ${s.peerId}'s head before its first round`);
+    for (const e of early2) assert.ok(e.version >= 5, `head version ${e.version} is the newest, not round 1`);
+  });
+
+  it('a node outside the consortium cannot connect, and no head of it enters any pool', async () => {
+    const f = await consortium('dflmoe', { peers: 2, rounds: 6 }, { deadlineMs: 1500 });
+    // The intruder has a valid config of its own that lists the members, but they do not list it.
+    const dir = join(f.sites[0].out, '..');
+    const { generateIdentity, saveIdentity } = await import('@dflmoe/p2p');
+    const { freePort } = await import('@dflmoe/cli');
+    const id = await generateIdentity();
+    saveIdentity(join(dir, 'intruder.key'), id.privateKey, true);
+    const cfg0 = JSON.parse(readFileSync(f.sites[0].config, 'utf8'));
+    const intruder = {
+      ...cfg0, name: 'intruder', key: 'intruder.key', listen: [`/ip4/127.0.0.1/tcp/${await freePort()}`], out: 'intruder',
+      members: [...cfg0.members, { peerId: id.peerId, addrs: [] }], data: { ...cfg0.data, index: 1 },
+    };
+    writeFileSync(join(dir, 'intruder.json'), JSON.stringify(intruder));
+    const ip = start(['peer', '--config', join(dir, 'intruder.json')], join(dir, 'intruder.log'));
+    const ps = f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`));
+    const codes = await Promise.all([...ps, ip].map((p) => waitExit(p, 120000)));
+    assert.deepEqual(codes.slice(0, 2), [0, 0]);
+    for (const s of f.sites) {
+      for (const l of lines(metrics(s))) assert.ok(!l.experts.some((e) => e.peer === id.peerId), 'intruder head in a pool');
+      assert.ok(lines(metrics(s)).at(-1)!.experts.length === 1);
+      const log = readFileSync(`${s.out}.log`, 'utf8');
+      assert.match(log, new RegExp(`refused (inbound|outbound) connection from non-member ${id.peerId}`));
+    }
+    const il = lines(join(dir, 'intruder', 'metrics.jsonl'));
+    assert.ok(il.every((l) => l.experts.length === 0), 'the intruder got no head either');
+  });
+
+  it('FedAvg over libp2p gives exactly the in-memory FedAvg accuracy for the same seed', async () => {
+    const { simulate } = await import('@dflmoe/core');
+    const cfg = sim({ peers: 3, rounds: 4, algorithms: ['fedavg'] });
+    const mem = await simulate(cfg, { logger: { debug() {}, info() {}, warn() {}, error() {} } });
+    const f = await consortium('fedavg', cfg);
+    const ps = [start(['server', '--config', f.server!.config], `${f.server!.out}.log`), ...f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`))];
+    const codes = await Promise.all(ps.map((p) => waitExit(p, 120000)));
+    assert.deepEqual(codes, [0, 0, 0, 0]);
+    f.sites.forEach((s, i) => {
+      const ls = lines(metrics(s));
+      assert.equal(ls.length, 4);
+      ls.forEach((l, r) => {
+        const m = mem.algorithms.fedavg!.rounds[r].peerAccuracy[i];
+        assert.ok(Math.abs(l.accuracy - m) <= 1e-9, `site ${i} round ${r + 1}: tcp ${l.accuracy} vs memory ${m}`);
+      });
+      // Same model bytes in both: one upload and one download per round.
+      assert.equal(JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8')).bytesSent, mem.algorithms.fedavg!.peers[i].bytesSent);
+    });
+  });
+});

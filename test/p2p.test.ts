@@ -1,0 +1,127 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { multiaddr } from '@multiformats/multiaddr';
+import {
+  ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, loadIdentity, parsePeerConfig, type SiteNode,
+} from '@dflmoe/p2p';
+
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+
+async function pair(maxHeadBytes: number) {
+  const ids = await Promise.all([generateIdentity(), generateIdentity()]);
+  const allow = ids.map((i) => i.peerId);
+  const nodes = await Promise.all(ids.map((i) => createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow })));
+  const members = ids.map((i) => ({ peerId: i.peerId, addrs: [] as string[] }));
+  const exs = nodes.map((n) => new Libp2pHeadExchange(n, { members, maxHeadBytes, logger: quiet }));
+  for (const e of exs) await e.register();
+  for (const n of nodes) await n.start();
+  for (const e of exs) e.start();
+  await nodes[0].dial(nodes[1].getMultiaddrs()[0]);
+  return { ids, nodes, exs };
+}
+
+async function stop(nodes: SiteNode[], exs: Libp2pHeadExchange[]) {
+  for (const e of exs) await e.close();
+  for (const n of nodes) await n.stop();
+}
+
+describe('p2p', function () {
+  this.timeout(120000);
+
+  for (const mib of [10, 50]) {
+    it(`a ${mib} MiB head arrives bit-identical`, async () => {
+      const { ids, nodes, exs } = await pair(64 * 1024 * 1024);
+      try {
+        const head = new Uint8Array(mib * 1024 * 1024);
+        let x = 12345;
+        for (let i = 0; i < head.length; i++) {
+          x = (x * 1103515245 + 12345) >>> 0;
+          head[i] = x >>> 24;
+        }
+        const t0 = performance.now();
+        await exs[0].publish(head, 1);
+        assert.equal(await exs[1].waitForHeads(1, 60000), 1);
+        const s = (performance.now() - t0) / 1000;
+        const [m] = exs[1].drain();
+        assert.equal(m.from, ids[0].peerId);
+        assert.equal(m.payload.length, head.length);
+        assert.ok(Buffer.compare(Buffer.from(m.payload), Buffer.from(head)) === 0, 'bytes differ');
+        process.stdout.write(`      (${mib} MiB in ${s.toFixed(2)} s, ${(mib / s).toFixed(0)} MiB/s incl. announce)\n`);
+      } finally {
+        await stop(nodes, exs);
+      }
+    });
+  }
+
+  it('a head over the size limit is refused and counted, and the peer keeps running', async () => {
+    const { nodes, exs } = await pair(1024 * 1024);
+    try {
+      // The sender's own limit is larger: simulate a peer that announces and serves an oversized head.
+      (exs[0] as unknown as { o: { maxHeadBytes: number } }).o.maxHeadBytes = 4 * 1024 * 1024;
+      await exs[0].publish(new Uint8Array(2 * 1024 * 1024), 1);
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(exs[1].drain().length, 0);
+      assert.ok((exs[1].dropped['too-large'] ?? 0) + (exs[1].dropped['transfer-failed'] ?? 0) >= 1, JSON.stringify(exs[1].dropped));
+      await exs[0].publish(new Uint8Array(1000), 2);
+      assert.equal(await exs[1].waitForHeads(1, 10000), 1, 'a good head still gets through');
+    } finally {
+      await stop(nodes, exs);
+    }
+  });
+
+  it('the connection gater refuses a node that is not a member', async () => {
+    const member = await generateIdentity();
+    const outsider = await generateIdentity();
+    const refused: string[] = [];
+    const a = await createSiteNode({ privateKey: member.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow: [], onRefused: (p) => refused.push(p) });
+    const b = await createSiteNode({ privateKey: outsider.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow: [member.peerId] });
+    await a.start();
+    await b.start();
+    try {
+      // The outsider may see its dial complete before the member's gater hangs up after the handshake.
+      await b.dial(multiaddr(`${a.getMultiaddrs()[0].toString()}`), { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
+      const t0 = Date.now();
+      while ((a.getConnections().length || b.getConnections().length) && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual(a.getConnections(), [], 'the member holds no connection to the outsider');
+      assert.deepEqual(b.getConnections(), [], 'the outsider holds no connection to the member');
+      assert.ok(refused.includes(outsider.peerId));
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  });
+
+  it('config errors name the field and what is wrong', () => {
+    const base = { key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], data: { dataset: 'breast-cancer' }, rounds: 3, out: 'o' };
+    assert.doesNotThrow(() => parsePeerConfig(base));
+    const bad = (raw: unknown, re: RegExp) => assert.throws(() => parsePeerConfig(raw, 'site.json'), (e: Error) => e instanceof ConfigError && re.test(e.message), String(re));
+    bad({ ...base, rounds: 0 }, /rounds: Too small/i);
+    bad({ ...base, listen: ['127.0.0.1:9000'] }, /listen\.0: not a valid multiaddr/);
+    bad({ ...base, members: [{ peerId: 'nope' }] }, /members\.0\.peerId: not a valid peer ID/);
+    bad({ ...base, data: { dataset: 'x', peers: 2, index: 2 } }, /data\.index \(2\) must be below data\.peers/);
+    bad({ ...base, algorithm: 'fedavg' }, /server: required when algorithm is "fedavg"/);
+    bad({ ...base, extra: 1 }, /Unrecognized key/);
+    const { rounds: _r, ...noRounds } = base;
+    bad(noRounds, /rounds:/);
+  });
+
+  it('dflmoe keygen writes a private key file and prints its peer ID', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-key-'));
+    const file = join(dir, 'site-a.key');
+    const run = (args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', 'packages/cli/src/main.ts', 'keygen', ...args], { encoding: 'utf8', timeout: 60000 });
+    const r = run(['--out', file]);
+    assert.equal(r.status, 0, r.stderr);
+    const printed = r.stdout.trim();
+    assert.match(printed, /^12D3KooW[1-9A-HJ-NP-Za-km-z]+$/);
+    assert.equal(loadIdentity(file).peerId, printed);
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    const again = run(['--out', file]);
+    assert.notEqual(again.status, 0);
+    assert.match(again.stderr, /already exists/);
+    writeFileSync(join(dir, 'junk.key'), 'hello');
+    assert.throws(() => loadIdentity(join(dir, 'junk.key')), /not a dflmoe key file/);
+  });
+});
