@@ -44,6 +44,14 @@ export interface SimulationConfig {
    * training splits (never test data); `local`: each peer its own.
    */
   standardize: 'global' | 'local';
+  /**
+   * dFLMoE and local-only: start every site's body and head from one shared
+   * seed (as FedAvg does), so that feature spaces start aligned and the
+   * identity-initialised FSTs are meaningful. Bodies still train apart.
+   */
+  sharedInit: boolean;
+  /** dFLMoE: learning rate of the gate slots and FSTs of received experts, as a multiple of `learningRate`. */
+  expertLrScale: number;
 }
 
 export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
@@ -58,12 +66,14 @@ export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
   epochs: 1,
   batchSize: 32,
   learningRate: 1e-3,
-  alpha: 0.5,
+  alpha: 0.2,
   gateHidden: 32,
   maxStaleness: 3,
   testFraction: 0.2,
   minSize: 10,
   standardize: 'global',
+  sharedInit: true,
+  expertLrScale: 1,
 };
 
 export interface PeerResult {
@@ -170,6 +180,11 @@ function validateConfig(c: SimulationConfig): void {
   c.bodies.forEach(parseBodySpec);
 }
 
+/** One initial model per body architecture for the whole consortium. */
+export function sharedInitSeed(seed: number, body: string): number {
+  return deriveSeed(seed, 'shared-init', body);
+}
+
 function peerOptions(cfg: SimulationConfig, data: PeerData, i: number, body: string): PeerModelOptions {
   const bodySpec: BodySpec = parseBodySpec(body);
   return {
@@ -179,6 +194,7 @@ function peerOptions(cfg: SimulationConfig, data: PeerData, i: number, body: str
     featureDim: cfg.featureDim,
     headHidden: cfg.headHidden,
     train: { epochs: cfg.epochs, batchSize: cfg.batchSize, learningRate: cfg.learningRate, seed: deriveSeed(cfg.seed, 'peer', i) },
+    ...(cfg.sharedInit ? { initSeed: sharedInitSeed(cfg.seed, body) } : {}),
   };
 }
 
@@ -195,7 +211,9 @@ async function runAlgorithm(
 
   if (alg === 'dflmoe') {
     const hub = new MemoryHub();
-    const ps = datas.map((d, i) => new DflmoePeer({ ...peerOptions(cfg, d, i, bodies[i]), alpha: cfg.alpha, gateHidden: cfg.gateHidden, maxStaleness: cfg.maxStaleness }));
+    const ps = datas.map((d, i) => new DflmoePeer({
+      ...peerOptions(cfg, d, i, bodies[i]), alpha: cfg.alpha, gateHidden: cfg.gateHidden, maxStaleness: cfg.maxStaleness, expertLrScale: cfg.expertLrScale,
+    }));
     const exchanges = ps.map((p) => hub.join(p.id));
     peers = ps;
     const absorb = (i: number, round: number) => {

@@ -59,16 +59,19 @@ export const peerConfigSchema = z.object({
     body: z.string().default('mlp'),
     featureDim: posInt.default(64),
     headHidden: z.array(posInt).default([]),
-  }).strict().default({ body: 'mlp', featureDim: 64, headHidden: [] }),
+    /** Start from the consortium's shared initial model (seeded by data.seed and the body). */
+    sharedInit: z.boolean().default(true),
+  }).strict().default({ body: 'mlp', featureDim: 64, headHidden: [], sharedInit: true }),
   train: z.object({
     epochs: posInt.default(1),
     batchSize: posInt.default(32),
     learningRate: z.number().positive().default(1e-3),
   }).strict().default({ epochs: 1, batchSize: 32, learningRate: 1e-3 }),
   dflmoe: z.object({
-    alpha: z.number().min(0).max(1).default(0.5),
+    alpha: z.number().min(0).max(1).default(0.2),
     gateHidden: posInt.default(32),
-  }).strict().default({ alpha: 0.5, gateHidden: 32 }),
+    expertLrScale: z.number().positive().default(1),
+  }).strict().default({ alpha: 0.2, gateHidden: 32, expertLrScale: 1 }),
   rounds: posInt,
   round: z.object({
     deadlineMs: z.number().int().min(0).default(30000),

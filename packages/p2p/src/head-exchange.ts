@@ -49,6 +49,11 @@ export type DropReason = 'not-member' | 'bad-announce' | 'spoofed-announce' | 't
 const sha256 = (b: Uint8Array): Uint8Array<ArrayBuffer> => new Uint8Array(createHash('sha256').update(b).digest());
 const equal = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((v, i) => v === b[i]);
 
+/** A timer that does not keep the process alive. */
+function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref());
+}
+
 export class Libp2pHeadExchange implements HeadExchange {
   readonly selfId: string;
   private memberIds: Set<string>;
@@ -125,11 +130,11 @@ export class Libp2pHeadExchange implements HeadExchange {
   async settle(timeoutMs: number): Promise<void> {
     const end = Date.now() + timeoutMs;
     const left = () => Math.max(0, end - Date.now());
-    await Promise.race([this.firstDial, new Promise((r) => setTimeout(r, left()))]);
+    await Promise.race([this.firstDial, delay(left())]);
     while (!this.closed && Date.now() < end) {
       const connected = this.members();
       if (connected.every((m) => this.asked.has(m)) && this.inflight.size === 0) return;
-      await Promise.race([Promise.allSettled([...this.inflight.values()]), new Promise((r) => setTimeout(r, Math.min(50, left())))]);
+      await Promise.race([Promise.allSettled([...this.inflight.values()]), delay(Math.min(50, left()))]);
     }
   }
 
@@ -260,6 +265,7 @@ export class Libp2pHeadExchange implements HeadExchange {
         if (this.inbox.size >= count) done();
       };
       const timer = setTimeout(done, timeoutMs);
+      timer.unref();
       this.waiters.add(check);
     });
   }

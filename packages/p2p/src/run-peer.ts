@@ -5,7 +5,7 @@
 import { appendFileSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  DflmoeLearner, DflmoePeer, FedAvgClient, LocalPeer, initBackend, parseBodySpec, preparePeerData, disposePeerData,
+  DflmoeLearner, DflmoePeer, FedAvgClient, LocalPeer, initBackend, parseBodySpec, preparePeerData, disposePeerData, sharedInitSeed,
   type HeadExchange, type Logger, type PeerData,
 } from '@dflmoe/core';
 import { deriveSeed, featureSize, fitStandardizer, loadDataset, partition } from '@dflmoe/data';
@@ -88,6 +88,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     featureDim: cfg.model.featureDim,
     headHidden: cfg.model.headHidden,
     train: { ...cfg.train, seed: deriveSeed(cfg.data.seed, 'peer', cfg.data.index) },
+    ...(cfg.model.sharedInit ? { initSeed: sharedInitSeed(cfg.data.seed, cfg.model.body) } : {}),
   };
   const rounds: RoundLine[] = [];
   const record = (line: RoundLine) => {
@@ -121,7 +122,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
 
     if (cfg.algorithm === 'dflmoe') {
       const ex = exchange as HeadExchange & Libp2pHeadExchange;
-      const peer = new DflmoePeer({ ...base, alpha: cfg.dflmoe.alpha, gateHidden: cfg.dflmoe.gateHidden, maxStaleness: cfg.round.maxStaleness, maxHeadBytes: cfg.limits.maxHeadBytes });
+      const peer = new DflmoePeer({ ...base, alpha: cfg.dflmoe.alpha, gateHidden: cfg.dflmoe.gateHidden, expertLrScale: cfg.dflmoe.expertLrScale, maxStaleness: cfg.round.maxStaleness, maxHeadBytes: cfg.limits.maxHeadBytes });
       const learner = new DflmoeLearner(peer, {
         exchange: ex,
         quorum: cfg.round.quorum ?? cfg.members.filter((m) => m.peerId !== id.peerId).length,

@@ -71,6 +71,8 @@ export function simulateCommand(): Command {
     .option('--test-fraction <x>', "share of each peer's data held out for its test split", num('--test-fraction', 0.01, 0.99), d.testFraction)
     .option('--min-size <n>', 'minimum samples per peer', int('--min-size'), d.minSize)
     .addOption(new Option('--standardize <how>', 'feature statistics: pooled over all training splits, or per peer').choices(['global', 'local']).default(d.standardize))
+    .option('--no-shared-init', 'dflmoe/local: give every site its own random initial model')
+    .option('--expert-lr-scale <x>', "dflmoe: learning rate of received experts' gate slots and FSTs, relative to --lr", num('--expert-lr-scale', 0, 1000), d.expertLrScale)
     .option('--max-samples <n>', 'use a seeded random subset of the dataset', int('--max-samples'))
     .option('--data-dir <dir>', 'fashion-mnist: directory of the idx files')
     .option('--label-column <name>', 'csv: the label column', 'label')
@@ -88,6 +90,7 @@ export function simulateCommand(): Command {
         bodies: o.body, featureDim: o.featureDim, headHidden: o.headHidden, epochs: o.epochs, batchSize: o.batchSize,
         learningRate: o.lr, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness,
         testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
+        sharedInit: o.sharedInit, expertLrScale: o.expertLrScale,
       };
       const onRound = o.quiet ? undefined : (alg: string, r: RoundResult, total: number) =>
         process.stderr.write(
@@ -120,7 +123,20 @@ async function simulateOverTcp(cfg: SimulationConfig, out: string, deadlineMs: n
   for (const alg of cfg.algorithms) {
     const t0 = performance.now();
     const files = await writeConsortium({ dir: join(out, 'consortium', alg), algorithm: alg, sim: cfg, deadlineMs, datasetOptions: cfg.datasetOptions });
-    await runConsortium(files, cfg.rounds * deadlineMs * 3 + 120000, quiet ? undefined : (site, line) => process.stderr.write(`${alg.padEnd(6)} ${site}: ${line}\n`));
+    // One progress line per round, once every site has finished it.
+    const seen = new Map<number, number[]>();
+    const onLine = (_site: string, line: string) => {
+      const m = /^round (\d+)\/\d+\s+accuracy ([\d.]+)%/.exec(line);
+      if (!m) return;
+      const r = Number(m[1]);
+      const accs = [...(seen.get(r) ?? []), Number(m[2]) / 100];
+      seen.set(r, accs);
+      if (accs.length === cfg.peers) {
+        const mean = accs.reduce((a, b) => a + b, 0) / accs.length;
+        process.stderr.write(`${alg.padEnd(6)} round ${r}/${cfg.rounds}  accuracy ${pct(mean)} (min ${pct(Math.min(...accs))})  ${cfg.peers} sites over tcp\n`);
+      }
+    };
+    await runConsortium(files, cfg.rounds * deadlineMs * 3 + 120000, quiet ? undefined : onLine);
     results.algorithms[alg] = collectResults(alg, files, (performance.now() - t0) / 1000, cfg.bodies);
   }
   return results;

@@ -12,7 +12,7 @@ import { accuracy, predictClasses, trainEpochs, type ParamGroup } from '../train
 import { SupervisedModel, type PeerEval, type PeerModelOptions } from './common.js';
 
 export interface DflmoeOptions extends PeerModelOptions {
-  /** Weight of the own-head loss; `1 - alpha` goes to the MoE loss (default 0.5). */
+  /** Weight of the own-head loss; `1 - alpha` goes to the MoE loss (default 0.2). */
   alpha?: number;
   /** Hidden units of the gate (default 32). */
   gateHidden?: number;
@@ -22,6 +22,8 @@ export interface DflmoeOptions extends PeerModelOptions {
   maxStaleness?: number;
   /** Largest head message accepted, in bytes (default 64 MiB). */
   maxHeadBytes?: number;
+  /** Learning rate of each received expert's gate slot and FST, relative to the base rate (default 1). */
+  expertLrScale?: number;
 }
 
 export type ReceiveResult = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender-mismatch' | CodecReason;
@@ -39,15 +41,17 @@ export class DflmoePeer extends SupervisedModel {
   /** One optimizer per received expert (its gate slot and FST), so experts can come and go. */
   private expertOptimizers = new Map<string, tf.Optimizer>();
   private readonly maxHeadBytes: number;
+  private readonly expertLrScale: number;
   readonly counters: ReceiveCounters = { accepted: 0, rejected: {} };
 
   constructor(o: DflmoeOptions) {
     super(o);
-    this.alpha = o.alpha ?? 0.5;
+    this.alpha = o.alpha ?? 0.2;
     if (!(this.alpha >= 0 && this.alpha <= 1)) throw new Error(`alpha must be in [0, 1], got ${this.alpha}`);
     this.gate = new Gate(o.featureDim, o.gateHidden ?? 32, deriveSeed(this.train.seed, 'gate'), this.id, o.ownGateBias ?? 1);
     this.pool = new ExpertPool({ maxStaleness: o.maxStaleness ?? 3 });
     this.maxHeadBytes = o.maxHeadBytes ?? 64 * 1024 * 1024;
+    this.expertLrScale = o.expertLrScale ?? 1;
   }
 
   /** The experts present now: own head first, then received heads by peer id. */
@@ -100,7 +104,7 @@ export class DflmoePeer extends SupervisedModel {
     for (const e of this.pool.list()) {
       let opt = this.expertOptimizers.get(e.peer);
       if (!opt) {
-        opt = tf.train.adam(this.train.learningRate);
+        opt = tf.train.adam(this.train.learningRate * this.expertLrScale);
         this.expertOptimizers.set(e.peer, opt);
       }
       const f = this.fsts.get(e.peer)!;
