@@ -94,6 +94,33 @@ describe('p2p', function () {
     }
   });
 
+  it('with a pre-shared key, a member holding another key cannot connect', async () => {
+    const { generateKey } = await import('@libp2p/pnet');
+    const psk = () => {
+      const b = new Uint8Array(95);
+      generateKey(b);
+      return b;
+    };
+    const [k1, k2] = [psk(), psk()];
+    const ids = await Promise.all([generateIdentity(), generateIdentity(), generateIdentity()]);
+    const allow = ids.map((i) => i.peerId);
+    const [a, b, c] = await Promise.all([
+      createSiteNode({ privateKey: ids[0].privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow, psk: k1 }),
+      createSiteNode({ privateKey: ids[1].privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow, psk: k1 }),
+      createSiteNode({ privateKey: ids[2].privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow, psk: k2 }),
+    ]);
+    for (const n of [a, b, c]) await n.start();
+    try {
+      await b.dial(a.getMultiaddrs()[0], { signal: AbortSignal.timeout(5000) });
+      for (let t = 0; t < 100 && a.getConnections().length === 0; t++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(a.getConnections().length, 1, 'same key: connected');
+      await assert.rejects(c.dial(a.getMultiaddrs()[0], { signal: AbortSignal.timeout(5000) }));
+      assert.ok(!a.getConnections().some((x) => x.remotePeer.equals(c.peerId)), 'other key: refused');
+    } finally {
+      for (const n of [a, b, c]) await n.stop();
+    }
+  });
+
   it('config errors name the field and what is wrong', () => {
     const base = { key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], data: { dataset: 'breast-cancer' }, rounds: 3, out: 'o' };
     assert.doesNotThrow(() => parsePeerConfig(base));
