@@ -49,6 +49,24 @@ export type DropReason = 'not-member' | 'bad-announce' | 'spoofed-announce' | 't
 const sha256 = (b: Uint8Array): Uint8Array<ArrayBuffer> => new Uint8Array(createHash('sha256').update(b).digest());
 const equal = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((v, i) => v === b[i]);
 
+/**
+ * Decode and check a gossip announcement signed by `from`: a valid
+ * `Announce`, or the reason to drop it. Never throws.
+ */
+export function checkAnnounce(data: Uint8Array, from: string, maxHeadBytes: number): Announce | { reason: DropReason; detail: string } {
+  let a: Announce;
+  try {
+    a = Announce.decode(data);
+  } catch (e) {
+    return { reason: 'bad-announce', detail: (e as Error).message };
+  }
+  if (a.format !== WIRE_FORMAT) return { reason: 'bad-announce', detail: `format ${a.format}` };
+  if (a.digest.length !== 32) return { reason: 'bad-announce', detail: 'digest is not sha-256' };
+  if (a.peer !== from) return { reason: 'spoofed-announce', detail: `claims to be ${a.peer.slice(0, 80)}` };
+  if (a.size === 0n || a.size > BigInt(maxHeadBytes)) return { reason: 'too-large', detail: `${a.size} bytes` };
+  return a;
+}
+
 /** A timer that does not keep the process alive. */
 function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());
@@ -143,15 +161,8 @@ export class Libp2pHeadExchange implements HeadExchange {
     if (msg.type !== 'signed') return this.drop('unknown', 'bad-announce', 'unsigned');
     const from = msg.from.toString();
     if (!this.memberIds.has(from)) return this.drop(from, 'not-member');
-    let a: Announce;
-    try {
-      a = Announce.decode(msg.data);
-    } catch (e) {
-      return this.drop(from, 'bad-announce', (e as Error).message);
-    }
-    if (a.format !== WIRE_FORMAT || a.digest.length !== 32) return this.drop(from, 'bad-announce', `format ${a.format}`);
-    if (a.peer !== from) return this.drop(from, 'spoofed-announce', `claims to be ${a.peer}`);
-    if (a.size > BigInt(this.o.maxHeadBytes)) return this.drop(from, 'too-large', `${a.size} bytes`);
+    const a = checkAnnounce(msg.data, from, this.o.maxHeadBytes);
+    if ('reason' in a) return this.drop(from, a.reason, a.detail);
     if (a.version <= (this.known.get(from) ?? -1n)) return;
     this.fetch(from, a.version, a.digest);
   }

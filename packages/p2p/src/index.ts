@@ -6,3 +6,4 @@ export * from './head-exchange.js';
 export * from './frames.js';
 export * from './fedavg-net.js';
 export * from './run-peer.js';
+export { Announce, HeadRequest, HeadResponse, FedAvgRequest, FedAvgResponse } from './proto/messages.js';
