@@ -1,3 +1,3 @@
 export { program, run } from './main.js';
-export { summaryTable, writeJsonAtomic } from './commands/simulate.js';
+export { summaryTable } from './commands/simulate.js';
 export * from './consortium.js';

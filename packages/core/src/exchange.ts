@@ -47,6 +47,55 @@ export interface HeadExchange {
   close(): Promise<void>;
 }
 
+/**
+ * Heads waiting to be taken in, newest per sender, with waiters that wake
+ * when enough have arrived. Shared by the exchange implementations.
+ */
+export class HeadInbox {
+  private pending = new Map<string, HeadMessage>();
+  private waiters = new Set<(force: boolean) => void>();
+
+  /** Keep `m`, replacing an older message from the same sender. */
+  put(m: HeadMessage): void {
+    this.pending.delete(m.from);
+    this.pending.set(m.from, m);
+    this.wake();
+  }
+
+  get size(): number {
+    return this.pending.size;
+  }
+
+  drain(): HeadMessage[] {
+    const out = [...this.pending.values()];
+    this.pending.clear();
+    return out;
+  }
+
+  /** Let waiters re-check their condition; with `force`, release them all (on close). */
+  wake(force = false): void {
+    for (const w of [...this.waiters]) w(force);
+  }
+
+  /** Resolve once `count` senders have heads waiting, or after `timeoutMs` (the timer does not hold the process). */
+  waitFor(count: number, timeoutMs: number): Promise<number> {
+    if (this.pending.size >= count) return Promise.resolve(this.pending.size);
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters.delete(check);
+        resolve(this.pending.size);
+      };
+      const check = (force: boolean) => {
+        if (force || this.pending.size >= count) done();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      timer.unref();
+      this.waiters.add(check);
+    });
+  }
+}
+
 /** In-process exchange for simulations: every published head reaches every other member. */
 export class MemoryHub {
   private peers = new Map<string, MemoryExchange>();
@@ -82,9 +131,8 @@ export class MemoryHub {
 }
 
 export class MemoryExchange implements HeadExchange {
-  private inbox: HeadMessage[] = [];
+  private inbox = new HeadInbox();
   private listeners = new Set<(e: MembershipEvent) => void>();
-  private waiters = new Set<() => void>();
   private s: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0 };
   private closed = false;
 
@@ -99,10 +147,9 @@ export class MemoryExchange implements HeadExchange {
 
   /** @internal */
   receive(m: HeadMessage): void {
-    this.inbox.push(m);
+    this.inbox.put(m);
     this.s.bytesReceived += m.payload.length;
     this.s.messagesReceived++;
-    for (const w of this.waiters) w();
   }
 
   /** @internal */
@@ -111,25 +158,11 @@ export class MemoryExchange implements HeadExchange {
   }
 
   drain(): HeadMessage[] {
-    const out = this.inbox;
-    this.inbox = [];
-    return out;
+    return this.inbox.drain();
   }
 
   waitForHeads(count: number, timeoutMs: number): Promise<number> {
-    if (this.inbox.length >= count) return Promise.resolve(this.inbox.length);
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-        resolve(this.inbox.length);
-      };
-      const check = () => {
-        if (this.inbox.length >= count) done();
-      };
-      const timer = setTimeout(done, timeoutMs);
-      this.waiters.add(check);
-    });
+    return this.inbox.waitFor(count, timeoutMs);
   }
 
   onMembership(listener: (e: MembershipEvent) => void): () => void {

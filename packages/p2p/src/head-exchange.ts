@@ -19,7 +19,7 @@ import type { Connection, PeerId, Stream } from '@libp2p/interface';
 import type { Message } from '@libp2p/gossipsub';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { readFrames, writeFrames } from './frames.js';
-import type { ExchangeStats, HeadExchange, HeadMessage, Logger, MembershipEvent } from '@dflmoe/core';
+import { HeadInbox, type ExchangeStats, type HeadExchange, type HeadMessage, type Logger, type MembershipEvent } from '@dflmoe/core';
 import { Announce, HeadRequest, HeadResponse } from './proto/messages.js';
 import { dialMembers, type SiteNode } from './node.js';
 
@@ -75,13 +75,12 @@ function delay(ms: number): Promise<void> {
 export class Libp2pHeadExchange implements HeadExchange {
   readonly selfId: string;
   private memberIds: Set<string>;
-  private inbox = new Map<string, HeadMessage>();
+  private inbox = new HeadInbox();
   private latest?: { version: bigint; bytes: Uint8Array; digest: Uint8Array<ArrayBuffer> };
   /** Highest version per peer that we hold or are fetching. */
   private known = new Map<string, bigint>();
   private inflight = new Map<string, Promise<void>>();
   private listeners = new Set<(e: MembershipEvent) => void>();
-  private waiters = new Set<() => void>();
   private logged = new Set<string>();
   private timer?: NodeJS.Timeout;
   private firstDial?: Promise<unknown>;
@@ -204,9 +203,7 @@ export class Libp2pHeadExchange implements HeadExchange {
     this.transferSeconds += (performance.now() - t0) / 1000;
     this.s.bytesReceived += body.length;
     this.s.messagesReceived++;
-    this.inbox.delete(peer);
-    this.inbox.set(peer, { from: peer, payload: body.slice() });
-    for (const w of this.waiters) w();
+    this.inbox.put({ from: peer, payload: body.slice() });
   }
 
   /** Answer a head request from a member. */
@@ -259,26 +256,11 @@ export class Libp2pHeadExchange implements HeadExchange {
   }
 
   drain(): HeadMessage[] {
-    const out = [...this.inbox.values()];
-    this.inbox.clear();
-    return out;
+    return this.inbox.drain();
   }
 
   waitForHeads(count: number, timeoutMs: number): Promise<number> {
-    if (this.inbox.size >= count || this.closed) return Promise.resolve(this.inbox.size);
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        this.waiters.delete(check);
-        resolve(this.inbox.size);
-      };
-      const check = () => {
-        if (this.inbox.size >= count) done();
-      };
-      const timer = setTimeout(done, timeoutMs);
-      timer.unref();
-      this.waiters.add(check);
-    });
+    return this.closed ? Promise.resolve(this.inbox.size) : this.inbox.waitFor(count, timeoutMs);
   }
 
   onMembership(listener: (e: MembershipEvent) => void): () => void {
@@ -298,7 +280,7 @@ export class Libp2pHeadExchange implements HeadExchange {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.timer);
-    for (const w of this.waiters) w();
+    this.inbox.wake(true);
     await Promise.allSettled([...this.inflight.values()]);
   }
 }

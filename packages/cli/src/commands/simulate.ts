@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync, renameSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
@@ -6,6 +6,7 @@ import {
 } from '@dflmoe/core';
 import { loadDataset, partition, partitionHistograms } from '@dflmoe/data';
 import { collectResults, runConsortium, writeConsortium } from '../consortium.js';
+import { writeJsonAtomic } from '@dflmoe/p2p';
 import { formatBytes, pct, table } from '../format.js';
 
 const int = (name: string) => (v: string) => {
@@ -42,12 +43,6 @@ export function summaryTable(r: SimulationResults): string {
   return table(rows);
 }
 
-/** Write JSON atomically: a crash never leaves a half-written results file. */
-export function writeJsonAtomic(path: string, value: unknown): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n');
-  renameSync(tmp, path);
-}
 
 export function simulateCommand(): Command {
   const d = DEFAULT_SIMULATION;
