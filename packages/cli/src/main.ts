@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { simulateCommand } from './commands/simulate.js';
 import { keygenCommand, peerCommand, serverCommand } from './commands/network.js';
 import { formatError } from './errors.js';
+import { writeRunReport } from './report.js';
 
 export function program(): Command {
   return new Command('dflmoe')
@@ -13,7 +14,15 @@ export function program(): Command {
     .addCommand(simulateCommand())
     .addCommand(peerCommand())
     .addCommand(serverCommand())
-    .addCommand(keygenCommand());
+    .addCommand(keygenCommand())
+    .addCommand(
+      new Command('report')
+        .description('Write <dir>/report.html (charts, self-contained) for a run directory holding results.json.')
+        .argument('<dir>', 'run directory (the --out of simulate or bench)')
+        .action(async (dir: string) => {
+          process.stdout.write(`${await writeRunReport(dir)}\n`);
+        }),
+    );
 }
 
 /** Run the CLI; returns the exit code (0 ok, 1 runtime failure, 2 usage error). */

@@ -2,11 +2,13 @@ import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
-  ALGORITHMS, DEFAULT_SIMULATION, initBackend, simulate, type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
+  ALGORITHMS, DEFAULT_SIMULATION, initBackend, simulate, summarize, type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
 import { loadDataset, partition, partitionHistograms } from '@dflmoe/data';
 import { collectResults, runConsortium, writeConsortium } from '../consortium.js';
 import { writeJsonAtomic } from '@dflmoe/p2p';
+import { createProgress, type Progress } from '../progress.js';
+import { writeRunReport } from '../report.js';
 import { formatBytes, pct, table } from '../format.js';
 
 const int = (name: string) => (v: string) => {
@@ -87,24 +89,32 @@ export function simulateCommand(): Command {
         testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
         sharedInit: o.sharedInit, expertLrScale: o.expertLrScale,
       };
-      const onRound = o.quiet ? undefined : (alg: string, r: RoundResult, total: number) =>
-        process.stderr.write(
-          `${alg.padEnd(6)} round ${String(r.round).padStart(String(total).length)}/${total}  accuracy ${pct(r.accuracyMean)} ` +
-            `(min ${pct(r.accuracyMin)})  loss ${r.loss.toFixed(4)}  ${formatBytes(r.bytesSent)}  ${r.seconds.toFixed(2)} s\n`,
-        );
+      // One progress bar per algorithm (plain lines when stderr is not a terminal).
+      const bars = new Map<string, Progress>();
+      const onRound = o.quiet ? undefined : (alg: string, r: RoundResult, total: number) => {
+        if (!bars.has(alg)) {
+          for (const b of bars.values()) b.stop();
+          bars.set(alg, createProgress(alg, total));
+        }
+        bars.get(alg)!.update(r.round, `accuracy ${pct(r.accuracyMean)} (min ${pct(r.accuracyMin)})  ${formatBytes(r.bytesSent)}  ${r.seconds.toFixed(2)} s/round`);
+        if (r.round === total) bars.get(alg)!.stop();
+      };
       const results = o.transport === 'tcp'
-        ? await simulateOverTcp(cfg, out, o.deadline, o.quiet)
+        ? await simulateOverTcp(cfg, out, o.deadline, onRound)
         : await simulate(cfg, { onRound });
       const file = join(out, 'results.json');
       writeJsonAtomic(file, results);
       process.stdout.write(`\n${results.dataset.name}, ${o.peers} peers, ${o.partition}, ${o.rounds} rounds, backend ${results.backend}\n`);
       process.stdout.write(summaryTable(results) + '\n');
-      process.stdout.write(`\nResults written to ${file}\n`);
+      const report = await writeRunReport(out);
+      process.stdout.write(`\nResults written to ${file}\nReport (open in a browser, works offline): ${report}\n`);
     });
 }
 
 /** Run each algorithm as a real consortium: one process per site, libp2p over 127.0.0.1. */
-async function simulateOverTcp(cfg: SimulationConfig, out: string, deadlineMs: number, quiet: boolean): Promise<SimulationResults> {
+async function simulateOverTcp(
+  cfg: SimulationConfig, out: string, deadlineMs: number, onRound?: (alg: string, r: RoundResult, total: number) => void,
+): Promise<SimulationResults> {
   const ds = loadDataset(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
   const splits = partition(ds.labels, ds.classNames.length, cfg.peers, cfg.partition, { seed: cfg.seed, testFraction: cfg.testFraction, minSize: cfg.minSize });
   const backend = await initBackend();
@@ -118,20 +128,22 @@ async function simulateOverTcp(cfg: SimulationConfig, out: string, deadlineMs: n
   for (const alg of cfg.algorithms) {
     const t0 = performance.now();
     const files = await writeConsortium({ dir: join(out, 'consortium', alg), algorithm: alg, sim: cfg, deadlineMs, datasetOptions: cfg.datasetOptions });
-    // One progress line per round, once every site has finished it.
-    const seen = new Map<number, number[]>();
+    // Progress per round, once every site has finished it.
+    const seen = new Map<number, { accs: number[]; seconds: number[] }>();
     const onLine = (_site: string, line: string) => {
-      const m = /^round (\d+)\/\d+\s+accuracy ([\d.]+)%/.exec(line);
+      const m = /^round (\d+)\/\d+\s+accuracy ([\d.]+)%.*\s([\d.]+) s$/.exec(line);
       if (!m) return;
       const r = Number(m[1]);
-      const accs = [...(seen.get(r) ?? []), Number(m[2]) / 100];
-      seen.set(r, accs);
-      if (accs.length === cfg.peers) {
-        const mean = accs.reduce((a, b) => a + b, 0) / accs.length;
-        process.stderr.write(`${alg.padEnd(6)} round ${r}/${cfg.rounds}  accuracy ${pct(mean)} (min ${pct(Math.min(...accs))})  ${cfg.peers} sites over tcp\n`);
+      const e = seen.get(r) ?? { accs: [], seconds: [] };
+      e.accs.push(Number(m[2]) / 100);
+      e.seconds.push(Number(m[3]));
+      seen.set(r, e);
+      if (e.accs.length === cfg.peers) {
+        const s = summarize(e.accs);
+        onRound?.(alg, { round: r, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: e.accs, loss: NaN, bytesSent: NaN, seconds: Math.max(...e.seconds) }, cfg.rounds);
       }
     };
-    await runConsortium(files, cfg.rounds * deadlineMs * 3 + 120000, quiet ? undefined : onLine);
+    await runConsortium(files, cfg.rounds * deadlineMs * 3 + 120000, onRound ? onLine : undefined);
     results.algorithms[alg] = collectResults(alg, files, (performance.now() - t0) / 1000, cfg.bodies);
   }
   return results;

@@ -1,0 +1,170 @@
+/**
+ * Self-contained HTML reports: charts rendered to SVG by Vega-Lite in Node
+ * (no network, no browser needed to build them or to open them).
+ */
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as vega from 'vega';
+import { compile, type TopLevelSpec } from 'vega-lite';
+import type { SimulationResults } from '@dflmoe/core';
+
+export interface Chart {
+  id: string;
+  title: string;
+  description: string;
+  spec: TopLevelSpec;
+  /** The rows the chart plots (also embedded in the page as JSON). */
+  data: Record<string, unknown>[];
+}
+
+const ALG_COLORS = { domain: ['dflmoe', 'fedavg', 'local'], range: ['#1b7837', '#b2182b', '#5e6c84'] };
+
+export async function renderSvg(spec: TopLevelSpec): Promise<string> {
+  const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
+  try {
+    return await view.toSVG();
+  } finally {
+    view.finalize();
+  }
+}
+
+function lineChart(data: Record<string, unknown>[], y: string, yTitle: string, yFormat: string, scale?: object): TopLevelSpec {
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    width: 520, height: 260,
+    data: { values: data },
+    mark: { type: 'line', point: true },
+    encoding: {
+      x: { field: 'round', type: 'quantitative', title: 'round', axis: { tickMinStep: 1 } },
+      y: { field: y, type: 'quantitative', title: yTitle, axis: { format: yFormat }, scale: scale ?? { zero: false } },
+      color: { field: 'algorithm', type: 'nominal', scale: ALG_COLORS },
+    },
+  } as TopLevelSpec;
+}
+
+/** The charts of one simulation run. */
+export function runCharts(r: SimulationResults): Chart[] {
+  const algs = Object.entries(r.algorithms).filter(([, a]) => a) as [string, NonNullable<SimulationResults['algorithms']['dflmoe']>][];
+  const perRound = algs.flatMap(([algorithm, a]) => a.rounds.map((x) => ({ algorithm, round: x.round, accuracy: x.accuracyMean, worst: x.accuracyMin, bytes: x.bytesSent })));
+  const perPeer = algs.flatMap(([algorithm, a]) => a.peers.map((p) => ({ algorithm, peer: p.id, accuracy: p.accuracy })));
+  const charts: Chart[] = [
+    {
+      id: 'accuracy-per-round', title: 'Mean personalized accuracy per round',
+      description: "Each site's model on its own test split, averaged over sites.",
+      spec: lineChart(perRound, 'accuracy', 'mean accuracy', '.1%'), data: perRound,
+    },
+    {
+      id: 'accuracy-per-peer', title: 'Final accuracy per site',
+      description: 'Personalized accuracy of every site after the last round.',
+      spec: {
+        $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 14 }, height: 260,
+        data: { values: perPeer }, mark: 'bar',
+        encoding: {
+          x: { field: 'peer', type: 'nominal', title: 'site', sort: null },
+          xOffset: { field: 'algorithm', type: 'nominal' },
+          y: { field: 'accuracy', type: 'quantitative', axis: { format: '.0%' }, scale: { domain: [0, 1] } },
+          color: { field: 'algorithm', type: 'nominal', scale: ALG_COLORS },
+          tooltip: [{ field: 'peer' }, { field: 'algorithm' }, { field: 'accuracy', format: '.2%' }],
+        },
+      } as TopLevelSpec,
+      data: perPeer,
+    },
+    {
+      id: 'bytes-per-round', title: 'Bytes on the network per round',
+      description: 'All sites together: heads for dFLMoE, whole models up and down for FedAvg (log scale; local-only sends nothing and is left out).',
+      spec: lineChart(perRound.filter((x) => x.bytes > 0), 'bytes', 'bytes per round', '~s', { type: 'log' }),
+      data: perRound.filter((x) => x.bytes > 0),
+    },
+  ];
+  const d = r.algorithms.dflmoe;
+  if (d && d.peers.some((p) => p.gateWeights)) {
+    const gates = d.peers.flatMap((p) => Object.entries(p.gateWeights ?? {}).map(([expert, weight]) => ({ peer: p.id, expert, weight })));
+    charts.push({
+      id: 'gate-weights', title: 'dFLMoE gate weights',
+      description: "Mean weight each site gives each expert on its test split. Rows: sites; columns: whose head; the diagonal is a site's own head; blank: not in the pool.",
+      spec: {
+        $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 34 }, height: { step: 22 },
+        data: { values: gates },
+        layer: [
+          { mark: 'rect', encoding: { color: { field: 'weight', type: 'quantitative', scale: { scheme: 'greens', domain: [0, 1] }, legend: { format: '.0%' } } } },
+          { mark: { type: 'text', fontSize: 9 }, encoding: { text: { field: 'weight', type: 'quantitative', format: '.2f' }, color: { condition: { test: 'datum.weight > 0.5', value: 'white' }, value: 'black' } } },
+        ],
+        encoding: {
+          x: { field: 'expert', type: 'nominal', sort: d.peers.map((p) => p.id), axis: { labelAngle: -40 }, title: 'expert (whose head)' },
+          y: { field: 'peer', type: 'nominal', sort: d.peers.map((p) => p.id), title: 'site' },
+        },
+      } as TopLevelSpec,
+      data: gates,
+    });
+  }
+  return charts;
+}
+
+const esc = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
+
+export interface PageOptions {
+  title: string;
+  intro: string;
+  tables?: { caption: string; rows: string[][] }[];
+  charts: Chart[];
+}
+
+/** One HTML page with inline SVG charts and their data. */
+export async function renderPage(o: PageOptions): Promise<string> {
+  const figures = await Promise.all(
+    o.charts.map(async (c) => `<figure data-chart="${esc(c.id)}">
+  <figcaption><h2>${esc(c.title)}</h2><p>${esc(c.description)}</p></figcaption>
+  ${await renderSvg(c.spec)}
+  <script type="application/json" class="chart-data">${JSON.stringify(c.data).replace(/</g, '\\u003c')}</script>
+</figure>`),
+  );
+  const tables = (o.tables ?? []).map((t) => `<table><caption>${esc(t.caption)}</caption>
+<thead><tr>${t.rows[0].map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead>
+<tbody>${t.rows.slice(1).map((r) => `<tr>${r.map((c) => `<td>${esc(c)}</td>`).join('')}</tr>`).join('\n')}</tbody></table>`);
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>${esc(o.title)}</title>
+<style>
+body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.5rem}h2{font-size:1.1rem;margin:.2rem 0}figure{margin:2rem 0}figcaption p{color:#555;margin:.2rem 0 .6rem}
+table{border-collapse:collapse;margin:1rem 0}td,th{border-bottom:1px solid #ddd;padding:.25rem .6rem;text-align:right}
+td:first-child,th:first-child{text-align:left}caption{text-align:left;font-weight:600;padding:.3rem 0}
+</style></head><body>
+<h1>${esc(o.title)}</h1>
+<p>${esc(o.intro)}</p>
+${tables.join('\n')}
+${figures.join('\n')}
+</body></html>
+`;
+}
+
+function pct(x: number): string {
+  return Number.isFinite(x) ? `${(x * 100).toFixed(2)}%` : '-';
+}
+
+/** Write `<dir>/report.html` for a simulation run directory (one holding results.json). */
+export async function writeRunReport(dir: string): Promise<string> {
+  const file = join(dir, 'results.json');
+  if (!existsSync(file)) throw new Error(`${file} not found: give the directory a simulate or bench run wrote (its --out)`);
+  let r: SimulationResults;
+  try {
+    r = JSON.parse(readFileSync(file, 'utf8')) as SimulationResults;
+  } catch (e) {
+    throw new Error(`${file} is not valid JSON: ${(e as Error).message}`);
+  }
+  if (!r || typeof r !== 'object' || !r.algorithms || !r.config) throw new Error(`${file} does not look like dflmoe simulation results`);
+  const rows = [['algorithm', 'mean acc', 'std', 'worst site', 'bytes sent', 'seconds']];
+  for (const [name, a] of Object.entries(r.algorithms)) {
+    if (a) rows.push([name, pct(a.accuracy.mean), pct(a.accuracy.std), pct(a.accuracy.min), String(a.bytesSent), a.wallSeconds.toFixed(1)]);
+  }
+  const c = r.config;
+  const html = await renderPage({
+    title: `dflmoe: ${r.dataset.name}, ${c.peers} sites, ${c.partition}`,
+    intro: `${c.rounds} rounds x ${c.epochs} epoch(s), bodies ${c.bodies.join(', ')}, feature size ${c.featureDim}, seed ${c.seed}, backend ${r.backend}. ` +
+      `Accuracy is personalized: each site's model on its own held-out split. Data: ${r.dataset.source}`,
+    tables: [{ caption: 'Summary', rows }],
+    charts: runCharts(r),
+  });
+  const out = join(dir, 'report.html');
+  writeFileSync(out, html);
+  return out;
+}
