@@ -20,10 +20,10 @@ function lines(file: string): RoundLine[] {
   return readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
 }
 
-async function until<T>(what: string, fn: () => T | undefined | false, timeoutMs: number): Promise<T> {
+async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | false>, timeoutMs: number): Promise<T> {
   const t0 = Date.now();
   for (;;) {
-    const v = fn();
+    const v = await fn();
     if (v) return v;
     if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 200));
@@ -133,6 +133,30 @@ describe('consortium over TCP (multi-process)', function () {
     }
     const il = lines(join(dir, 'intruder', 'metrics.jsonl'));
     assert.ok(il.every((l) => l.experts.length === 0), 'the intruder got no head either');
+  });
+
+  it('dflmoe peer --metrics serves Prometheus metrics on 127.0.0.1, libp2p metrics included', async () => {
+    const { freePort } = await import('@dflmoe/cli');
+    const f = await consortium('dflmoe', { peers: 2, rounds: 8, epochs: 3 }, { deadlineMs: 3000, lingerMs: 3000 });
+    const port = await freePort();
+    const ps = [start(['peer', '--config', f.sites[0].config, '--metrics', String(port)], `${f.sites[0].out}.log`), start(['peer', '--config', f.sites[1].config], `${f.sites[1].out}.log`)];
+    const body = await until('metrics with two rounds', async () => {
+      try {
+        const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+        const text = await res.text();
+        const m = /^dflmoe_rounds_total (\d+)/m.exec(text);
+        return m && Number(m[1]) >= 2 ? text : false;
+      } catch {
+        return false;
+      }
+    }, 90000);
+    assert.match(body, /^dflmoe_accuracy 0\.\d+/m);
+    assert.match(body, /^dflmoe_experts 1$/m);
+    assert.match(body, /^dflmoe_bytes\{direction="in"\} [1-9]\d*/m);
+    assert.match(body, /^libp2p_/m, 'libp2p metrics');
+    assert.match(body, /^dflmoe_process_/m, 'process metrics');
+    assert.equal((await fetch(`http://127.0.0.1:${port}/other`)).status, 404);
+    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 120000))), [0, 0]);
   });
 
   it('FedAvg over libp2p gives exactly the in-memory FedAvg accuracy for the same seed', async () => {

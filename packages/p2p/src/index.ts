@@ -7,3 +7,4 @@ export * from './frames.js';
 export * from './fedavg-net.js';
 export * from './run-peer.js';
 export { Announce, HeadRequest, HeadResponse, FedAvgRequest, FedAvgResponse } from './proto/messages.js';
+export * from './metrics.js';

@@ -15,6 +15,8 @@ import { tcp } from '@libp2p/tcp';
 import { webSockets } from '@libp2p/websockets';
 import { multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p } from 'libp2p';
+import { prometheusMetrics } from '@libp2p/prometheus-metrics';
+import type { Registry } from 'prom-client';
 
 export interface NodeOptions {
   privateKey: PrivateKey;
@@ -24,6 +26,8 @@ export interface NodeOptions {
   psk?: Uint8Array;
   /** Called when the gater refuses a peer. */
   onRefused?: (peer: string, direction: 'inbound' | 'outbound') => void;
+  /** Register libp2p's own metrics in this Prometheus registry. */
+  metricsRegistry?: Registry;
 }
 
 export type SiteNode = Libp2p<{ identify: ReturnType<ReturnType<typeof identify>>; ping: ReturnType<ReturnType<typeof ping>>; pubsub: ReturnType<ReturnType<typeof gossipsub>> }>;
@@ -44,6 +48,7 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     ...(o.psk ? { connectionProtector: preSharedKey({ psk: o.psk }) } : {}),
+    ...(o.metricsRegistry ? { metrics: prometheusMetrics({ registry: o.metricsRegistry, collectDefaultMetrics: false, preserveExistingMetrics: true }) } : {}),
     connectionGater: {
       // Loopback and private addresses are fine: consortium members may sit on a LAN.
       denyDialMultiaddr: () => false,

@@ -14,6 +14,7 @@ import { loadIdentity, loadPsk } from './identity.js';
 import { Libp2pHeadExchange } from './head-exchange.js';
 import { createSiteNode, type SiteNode } from './node.js';
 import { FedAvgNetClient } from './fedavg-net.js';
+import { PeerMetrics } from './metrics.js';
 
 export interface RoundLine {
   round: number;
@@ -67,6 +68,8 @@ export function sitePeerData(cfg: PeerConfig): PeerData {
 
 export interface RunPeerOptions {
   logger: Logger;
+  /** Serve Prometheus metrics on 127.0.0.1 at this port. */
+  metricsPort?: number;
   signal?: AbortSignal;
   onRound?: (line: RoundLine) => void;
 }
@@ -91,9 +94,24 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     ...(cfg.model.sharedInit ? { initSeed: sharedInitSeed(cfg.data.seed, cfg.model.body) } : {}),
   };
   const rounds: RoundLine[] = [];
+  const prom = o.metricsPort !== undefined ? new PeerMetrics() : undefined;
+  if (prom) log.info(`Prometheus metrics on http://127.0.0.1:${await prom.listen(o.metricsPort!)}/metrics`);
   const record = (line: RoundLine) => {
     rounds.push(line);
     appendFileSync(metricsFile, JSON.stringify(line) + '\n');
+    if (prom) {
+      prom.rounds.inc();
+      prom.accuracy.set(line.accuracy);
+      prom.ownHeadAccuracy.set(line.ownHeadAccuracy);
+      prom.experts.set(line.experts.length);
+      prom.expertVersion.reset();
+      for (const e of line.experts) prom.expertVersion.set({ peer: e.name ?? e.peer }, e.version);
+      prom.bytes.set({ direction: 'in' }, line.bytesIn);
+      prom.bytes.set({ direction: 'out' }, line.bytesOut);
+      for (const [reason, n] of Object.entries(line.dropped)) prom.dropped.set({ reason }, n);
+      for (const part of ['train', 'wait', 'network'] as const) prom.roundSeconds.set({ part }, line[`${part}Seconds`]);
+      prom.roundSeconds.set({ part: 'total' }, line.seconds);
+    }
     o.onRound?.(line);
   };
   let node: SiteNode | undefined;
@@ -110,6 +128,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
         allow,
         psk: cfg.psk ? loadPsk(cfg.psk) : undefined,
         onRefused: (peer, dir) => log.warn(`refused ${dir} connection from non-member ${peer}`),
+        metricsRegistry: prom?.registry,
       });
       if (cfg.algorithm === 'dflmoe') {
         exchange = new Libp2pHeadExchange(node, { members: cfg.members, maxHeadBytes: cfg.limits.maxHeadBytes, logger: log });
@@ -180,6 +199,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   } finally {
     await exchange?.close();
     await node?.stop();
+    await prom?.close();
   }
   const result: PeerRunResult = {
     peerId: id.peerId, name: cfg.name, algorithm: cfg.algorithm, backend: backend.name, index: cfg.data.index,

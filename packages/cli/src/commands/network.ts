@@ -1,4 +1,4 @@
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import { createLogger } from '@dflmoe/core';
 import { generateIdentity, loadPeerConfig, loadServerConfig, runPeer, runServer, saveIdentity, savePsk } from '@dflmoe/p2p';
 import { formatBytes, pct } from '../format.js';
@@ -29,6 +29,11 @@ export function peerCommand(): Command {
     .description('Run one site of a consortium from its config file (dFLMoE, or a FedAvg client, or local-only).')
     .requiredOption('--config <file>', 'site config (JSON)')
     .option('--quiet', 'no per-round lines')
+    .option('--metrics <port>', 'serve Prometheus metrics on 127.0.0.1:<port>/metrics', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('--metrics needs a port number (0-65535).');
+      return n;
+    })
     .action(async (o) => {
       const cfg = loadPeerConfig(o.config);
       const log = createLogger(`peer:${cfg.name ?? 'site'}`);
@@ -39,6 +44,7 @@ export function peerCommand(): Command {
       const r = await runPeer(cfg, {
         logger: log,
         signal: ac.signal,
+        metricsPort: o.metrics,
         onRound: o.quiet ? undefined : (l) => process.stderr.write(
           `round ${l.round}/${cfg.rounds}  accuracy ${pct(l.accuracy)}  experts ${l.experts.length}  ` +
             `in ${formatBytes(l.bytesIn)} out ${formatBytes(l.bytesOut)}  ${l.seconds.toFixed(2)} s\n`,

@@ -1,0 +1,44 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { simulate } from '@dflmoe/core';
+import { writeRunReport } from '@dflmoe/cli';
+import { backend } from './helpers.js';
+
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+
+describe('HTML report', () => {
+  before(backend);
+
+  it('holds one SVG chart per figure, built from the run', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-report-'));
+    const r = await simulate({ dataset: 'breast-cancer', peers: 3, rounds: 3, partition: 'iid', seed: 2 }, { logger: quiet });
+    writeFileSync(join(dir, 'results.json'), JSON.stringify(r));
+    const html = readFileSync(await writeRunReport(dir), 'utf8');
+    const figures = [...html.matchAll(/<figure data-chart="([^"]+)">([\s\S]*?)<\/figure>/g)];
+    assert.deepEqual(figures.map((f) => f[1]), ['accuracy-per-round', 'accuracy-per-peer', 'bytes-per-round', 'gate-weights']);
+    for (const [, id, body] of figures) {
+      assert.equal((body.match(/<svg[\s>]/g) ?? []).length, 1, `${id}: one svg`);
+      assert.ok(/<path|<rect|<line/.test(body), `${id}: the svg draws marks`);
+    }
+    const data = (id: string) => JSON.parse(/<script type="application\/json" class="chart-data">([\s\S]*?)<\/script>/.exec(figures.find((f) => f[1] === id)![2])![1]);
+    // Accuracy per round: every algorithm's every round, with the run's numbers.
+    const rows = data('accuracy-per-round') as { algorithm: 'dflmoe' | 'fedavg' | 'local'; round: number; accuracy: number }[];
+    assert.equal(rows.length, 9);
+    for (const row of rows) assert.equal(row.accuracy, r.algorithms[row.algorithm]!.rounds[row.round - 1].accuracyMean);
+    // Site names from the run appear on the per-site chart's axis.
+    const perPeer = figures.find((f) => f[1] === 'accuracy-per-peer')![2];
+    for (const p of r.algorithms.dflmoe!.peers) assert.ok(perPeer.includes(`>${p.id}<`), `axis label ${p.id}`);
+    // The heatmap prints each gate weight of the run.
+    const heat = figures.find((f) => f[1] === 'gate-weights')![2];
+    for (const p of r.algorithms.dflmoe!.peers) for (const w of Object.values(p.gateWeights!)) assert.ok(heat.includes(`>${w.toFixed(2)}<`), `cell ${w.toFixed(2)}`);
+    // Local-only sends no bytes, so it is absent from the bytes chart.
+    assert.ok((data('bytes-per-round') as { algorithm: string }[]).every((x) => x.algorithm !== 'local'));
+    assert.ok(!/https?:\/\/(?!www\.w3\.org|vega\.github\.io)/.test(html), 'nothing to fetch from the network');
+  });
+
+  it('a directory without results gives a clear error', async () => {
+    await assert.rejects(writeRunReport(mkdtempSync(join(tmpdir(), 'dflmoe-empty-'))), /results\.json not found/);
+  });
+});
