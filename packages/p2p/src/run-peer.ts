@@ -46,6 +46,8 @@ export interface PeerRunResult {
   bytesSent: number;
   bytesReceived: number;
   wallSeconds: number;
+  /** Peak resident set size of this process, MiB. */
+  peakRssMiB: number;
   rounds: RoundLine[];
 }
 
@@ -204,7 +206,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   const result: PeerRunResult = {
     peerId: id.peerId, name: cfg.name, algorithm: cfg.algorithm, backend: backend.name, index: cfg.data.index,
     trainSamples: data.trainSamples, testSamples: data.testSamples, ...final,
-    wallSeconds: (performance.now() - t0) / 1000, rounds,
+    wallSeconds: (performance.now() - t0) / 1000, peakRssMiB: process.resourceUsage().maxRSS / 1024, rounds,
   };
   disposePeerData(data);
   writeJsonAtomic(join(cfg.out, 'results.json'), result);
