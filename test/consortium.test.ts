@@ -88,6 +88,27 @@ describe('consortium over TCP (multi-process)', function () {
     }
   });
 
+  it('kill -9 mid-run and restart: the peer resumes from its last checkpoint with its expert pool, the others are unaffected', async () => {
+    const f = await consortium('dflmoe', { peers: 3, rounds: 10, epochs: 4 }, { deadlineMs: 4000, lingerMs: 4000 });
+    const ps = f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`));
+    const victim = f.sites[2];
+    await until('the victim to finish round 3', () => lines(metrics(victim)).length >= 3, 90000);
+    ps[2].kill('SIGKILL');
+    await waitExit(ps[2], 10000);
+    const doneBefore = lines(metrics(victim)).length;
+    const again = start(['peer', '--config', victim.config], `${victim.out}-restart.log`);
+    const codes = await Promise.all([ps[0], ps[1], again].map((p) => waitExit(p, 150000)));
+    assert.deepEqual(codes, [0, 0, 0]);
+    const log = readFileSync(`${victim.out}-restart.log`, 'utf8');
+    const m = /resumed from the checkpoint of round (\d+) with (\d+) experts in the pool/.exec(log);
+    assert.ok(m, log.slice(0, 2000));
+    assert.ok(Number(m[1]) >= doneBefore - 1 && Number(m[1]) <= doneBefore + 1, `resumed at ${m[1]}, had finished ${doneBefore}`);
+    assert.equal(Number(m[2]), 2, 'expert pool intact');
+    assert.deepEqual(lines(metrics(victim)).map((l) => l.round), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 'every round once, none lost or repeated');
+    for (const l of lines(metrics(victim))) assert.ok((l.checkpointBytes ?? 0) > 1000 && (l.checkpointSeconds ?? -1) >= 0);
+    for (const s of f.sites.slice(0, 2)) assert.equal(lines(metrics(s)).length, 10);
+  });
+
   it('a peer started at round 5 receives the newest heads and finishes', async () => {
     // Early peers run 16 slower rounds (5 epochs each), so that the late one joins mid-run.
     const f = await consortium('dflmoe', { rounds: 16, epochs: 5 }, { deadlineMs: 1500, quorum: 2, lingerMs: 4000 });

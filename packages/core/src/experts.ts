@@ -48,6 +48,13 @@ export class ExpertPool {
     return old ? 'replaced' : 'added';
   }
 
+  /** Put back an entry saved in a checkpoint (takes ownership of `head`). */
+  restore(e: PoolEntry): void {
+    const old = this.entries.get(e.peer);
+    if (old) disposeHead(old.head);
+    this.entries.set(e.peer, e);
+  }
+
   /** Drop experts not refreshed within `maxStaleness` rounds of `round`; returns the dropped peer ids. */
   expire(round: number): string[] {
     const dropped: string[] = [];

@@ -13,3 +13,4 @@ export * from './algorithms/fedavg.js';
 export * from './algorithms/local.js';
 export * from './simulate.js';
 export * from './learner.js';
+export * from './checkpoint.js';

@@ -82,6 +82,10 @@ export const peerConfigSchema = z.object({
     maxHeadBytes: posInt.default(64 * 1024 * 1024),
     maxModelBytes: posInt.default(512 * 1024 * 1024),
   }).strict().default({ maxHeadBytes: 64 * 1024 * 1024, maxModelBytes: 512 * 1024 * 1024 }),
+  checkpoint: z.object({
+    enabled: z.boolean().default(true),
+    keep: posInt.default(2),
+  }).strict().default({ enabled: true, keep: 2 }),
   /** After the last round, keep answering head requests this long. */
   lingerMs: z.number().int().min(0).default(3000),
   out: z.string(),

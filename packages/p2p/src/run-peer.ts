@@ -2,10 +2,11 @@
  * `dflmoe peer`: run one site from its config file. Writes one JSON line per
  * round to `<out>/metrics.jsonl` and `<out>/results.json` at the end.
  */
-import { appendFileSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   DflmoeLearner, DflmoePeer, FedAvgClient, LocalPeer, initBackend, parseBodySpec, preparePeerData, disposePeerData, sharedInitSeed,
+  listCheckpoints, restoreLatestCheckpoint, saveCheckpoint,
   type HeadExchange, type Logger, type PeerData,
 } from '@dflmoe/core';
 import { deriveSeed, featureSize, fitStandardizer, loadDataset, partition } from '@dflmoe/data';
@@ -30,6 +31,9 @@ export interface RoundLine {
   waitSeconds: number;
   networkSeconds: number;
   dropped: Record<string, number>;
+  /** dFLMoE: time and size of this round's checkpoint. */
+  checkpointSeconds?: number;
+  checkpointBytes?: number;
   time: string;
 }
 
@@ -84,7 +88,9 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   const data = sitePeerData(cfg);
   mkdirSync(cfg.out, { recursive: true });
   const metricsFile = join(cfg.out, 'metrics.jsonl');
-  writeFileSync(metricsFile, '');
+  const ckptDir = join(cfg.out, 'checkpoints');
+  const resuming = cfg.algorithm === 'dflmoe' && cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0;
+  if (!resuming) writeFileSync(metricsFile, '');
   const names = new Map(cfg.members.map((m) => [m.peerId, m.name]));
   const base = {
     id: id.peerId,
@@ -144,24 +150,47 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     if (cfg.algorithm === 'dflmoe') {
       const ex = exchange as HeadExchange & Libp2pHeadExchange;
       const peer = new DflmoePeer({ ...base, alpha: cfg.dflmoe.alpha, gateHidden: cfg.dflmoe.gateHidden, expertLrScale: cfg.dflmoe.expertLrScale, maxStaleness: cfg.round.maxStaleness, maxHeadBytes: cfg.limits.maxHeadBytes });
+      let startRound = 1;
+      if (resuming) {
+        const restored = await restoreLatestCheckpoint(ckptDir, peer, log);
+        if (restored) {
+          startRound = restored.round + 1;
+          // Keep the metrics of the rounds the checkpoint covers; put back the last one if the crash lost it.
+          const kept = readMetrics(metricsFile).filter((l) => l.round <= restored.round);
+          if (!kept.some((l) => l.round === restored.round) && restored.extra.line) kept.push(restored.extra.line as RoundLine);
+          writeJsonLinesAtomic(metricsFile, kept);
+          rounds.push(...kept);
+          log.info(`resumed from the checkpoint of round ${restored.round} with ${peer.pool.size} experts in the pool (${restored.path})`);
+        } else {
+          log.warn('no usable checkpoint: starting from round 1');
+          writeFileSync(metricsFile, '');
+        }
+      }
       const learner = new DflmoeLearner(peer, {
         exchange: ex,
         quorum: cfg.round.quorum ?? cfg.members.filter((m) => m.peerId !== id.peerId).length,
         roundDeadlineMs: cfg.round.deadlineMs,
         logger: log,
       });
+      learner.round = startRound - 1;
       let prevNet = 0;
-      for (let r = 1; r <= cfg.rounds; r++) {
+      for (let r = startRound; r <= cfg.rounds; r++) {
         if (o.signal?.aborted) throw new Error('stopped');
         const m = await learner.runRound();
         const net = ex.transferSeconds;
-        record({
+        const line: RoundLine = {
           round: m.round, accuracy: m.accuracy, ownHeadAccuracy: m.ownHeadAccuracy, loss: m.loss,
           experts: m.experts.map((e) => ({ ...e, name: names.get(e.peer) })), freshHeads: m.freshHeads,
           bytesIn: m.bytesReceived, bytesOut: m.bytesSent, seconds: m.seconds, trainSeconds: m.trainSeconds,
           waitSeconds: m.waitSeconds, networkSeconds: net - prevNet, dropped: { ...dropped(), ...prefixed(m.rejected) },
           time: new Date().toISOString(),
-        });
+        };
+        if (cfg.checkpoint.enabled) {
+          const w = await saveCheckpoint(ckptDir, peer, r, { line }, cfg.checkpoint.keep);
+          line.checkpointSeconds = w.seconds;
+          line.checkpointBytes = w.bytes;
+        }
+        record(line);
         prevNet = net;
       }
       const ev = peer.evaluate();
@@ -211,6 +240,26 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   disposePeerData(data);
   writeJsonAtomic(join(cfg.out, 'results.json'), result);
   return result;
+}
+
+function readMetrics(file: string): RoundLine[] {
+  if (!existsSync(file)) return [];
+  const out: RoundLine[] = [];
+  for (const l of readFileSync(file, 'utf8').split('\n')) {
+    if (!l.trim()) continue;
+    try {
+      out.push(JSON.parse(l) as RoundLine);
+    } catch {
+      // A line cut by the crash: drop it.
+    }
+  }
+  return out;
+}
+
+function writeJsonLinesAtomic(path: string, lines: unknown[]): void {
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, lines.map((l) => JSON.stringify(l) + '\n').join(''));
+  renameSync(tmp, path);
 }
 
 function prefixed(r: Record<string, number | undefined>): Record<string, number> {

@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { deriveSeed } from '@dflmoe/data';
-import { CodecError, decodeHead, encodeHead, type CodecReason } from '../codec.js';
+import { CodecError, decodeHead, encodeHead, type CodecReason, type NamedArray } from '../codec.js';
 import { ExpertPool } from '../experts.js';
 import { Gate, applyFst, createFst, headLogits, headParamCount, moeForward, moeLoss, type DenseLayer, type Expert } from '../model.js';
 import { accuracy, predictClasses, trainEpochs, type ParamGroup } from '../train.js';
@@ -24,6 +24,15 @@ export interface DflmoeOptions extends PeerModelOptions {
   maxHeadBytes?: number;
   /** Learning rate of each received expert's gate slot and FST, relative to the base rate (default 1). */
   expertLrScale?: number;
+}
+
+export interface DflmoeStateMeta {
+  headLayers: number;
+  slots: string[];
+  fsts: string[];
+  pool: { peer: string; version: number; receivedRound: number; bytes: number; layers: number }[];
+  optimizers: Record<string, number>;
+  counters: ReceiveCounters;
 }
 
 export type ReceiveResult = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender-mismatch' | CodecReason;
@@ -148,6 +157,85 @@ export class DflmoePeer extends SupervisedModel {
     const f = this.fsts.get(peer);
     if (!f) throw new Error(`no transform for ${peer}`);
     return applyFst(f, z);
+  }
+
+  /**
+   * Everything but the body, as named float arrays plus metadata, for a
+   * checkpoint: own head, gate, FSTs, the expert pool and optimizer state.
+   */
+  async exportState(): Promise<{ meta: DflmoeStateMeta; tensors: NamedArray[] }> {
+    const tensors: NamedArray[] = [];
+    const add = (name: string, t: tf.Tensor) => tensors.push({ name, shape: t.shape, data: Float32Array.from(t.dataSync()) });
+    this.head.forEach((l, i) => (add(`head/${i}/kernel`, l.kernel), add(`head/${i}/bias`, l.bias)));
+    add('gate/hidden/kernel', this.gate.hidden.kernel);
+    add('gate/hidden/bias', this.gate.hidden.bias);
+    for (const id of this.gate.slotIds) this.gate.slotVariables(id).forEach((v, k) => add(`gate/slot/${id}/${k}`, v));
+    for (const [id, f] of this.fsts) (add(`fst/${id}/kernel`, f.kernel), add(`fst/${id}/bias`, f.bias));
+    const pool = this.pool.list();
+    for (const e of pool) e.head.forEach((l, i) => (add(`pool/${e.peer}/${i}/kernel`, l.kernel), add(`pool/${e.peer}/${i}/bias`, l.bias)));
+    const optimizers: Record<string, number> = {};
+    for (const [key, opt] of [['base', this.optimizer] as const, ...this.expertOptimizers]) {
+      const ws = await opt.getWeights();
+      optimizers[key] = ws.length;
+      ws.forEach((w, k) => add(`opt/${key}/${k}`, w.tensor));
+      // The first entry (iteration count) is a fresh tensor; the rest are the optimizer's own variables.
+      ws[0]?.tensor.dispose();
+    }
+    return {
+      meta: {
+        headLayers: this.head.length,
+        slots: this.gate.slotIds,
+        fsts: [...this.fsts.keys()],
+        pool: pool.map((e) => ({ peer: e.peer, version: e.version, receivedRound: e.receivedRound, bytes: e.bytes, layers: e.head.length })),
+        optimizers,
+        counters: this.counters,
+      },
+      tensors,
+    };
+  }
+
+  /** Restore what `exportState` saved (into a freshly built peer with the same spec). */
+  async importState(meta: DflmoeStateMeta, tensors: NamedArray[]): Promise<void> {
+    const byName = new Map(tensors.map((t) => [t.name, t]));
+    const get = (name: string, shape?: number[]): tf.Tensor => {
+      const t = byName.get(name);
+      if (!t) throw new Error(`checkpoint lacks tensor ${name}`);
+      if (shape && t.shape.join() !== shape.join()) throw new Error(`checkpoint tensor ${name} has shape [${t.shape}], expected [${shape}]`);
+      return tf.tensor(t.data.slice(), t.shape);
+    };
+    const assign = (v: tf.Variable, name: string) => {
+      const t = get(name, v.shape);
+      v.assign(t);
+      t.dispose();
+    };
+    this.head.forEach((l, i) => (assign(l.kernel, `head/${i}/kernel`), assign(l.bias, `head/${i}/bias`)));
+    assign(this.gate.hidden.kernel, 'gate/hidden/kernel');
+    assign(this.gate.hidden.bias, 'gate/hidden/bias');
+    for (const id of meta.slots) {
+      this.gate.ensureSlot(id);
+      this.gate.slotVariables(id).forEach((v, k) => assign(v, `gate/slot/${id}/${k}`));
+    }
+    for (const id of meta.fsts) {
+      if (!this.fsts.has(id)) this.fsts.set(id, createFst(this.headSpec.inputDim));
+      const f = this.fsts.get(id)!;
+      assign(f.kernel, `fst/${id}/kernel`);
+      assign(f.bias, `fst/${id}/bias`);
+    }
+    for (const e of meta.pool) {
+      const head = Array.from({ length: e.layers }, (_, i) => ({ kernel: get(`pool/${e.peer}/${i}/kernel`), bias: get(`pool/${e.peer}/${i}/bias`) }));
+      this.pool.restore({ peer: e.peer, version: e.version, receivedRound: e.receivedRound, bytes: e.bytes, head });
+    }
+    for (const [key, n] of Object.entries(meta.optimizers)) {
+      let opt = key === 'base' ? this.optimizer : this.expertOptimizers.get(key);
+      if (!opt) {
+        opt = tf.train.adam(this.train.learningRate * this.expertLrScale);
+        this.expertOptimizers.set(key, opt);
+      }
+      const ws = Array.from({ length: n }, (_, k) => ({ name: `opt/${key}/${k}`, tensor: get(`opt/${key}/${k}`) }));
+      await opt.setWeights(ws);
+      tf.dispose(ws.map((w) => w.tensor));
+    }
+    Object.assign(this.counters, meta.counters);
   }
 
   override dispose(): void {

@@ -1,0 +1,184 @@
+/**
+ * Checkpoints of a dFLMoE site, written after every round so that a crash
+ * loses at most the round in progress.
+ *
+ * Layout: `<dir>/round-000007/` holding
+ * - `body/model.json` + `body/weights.bin`: the body in the tfjs layers
+ *   format, loadable by `tf.loadLayersModel` (and tfjs-node, Python converters);
+ * - `state.bin`: own head, gate, FSTs, expert pool and optimizer state (our
+ *   checked bundle format);
+ * - `manifest.json`: round, sizes and SHA-256 of every file, and the caller's
+ *   extra state. Written last.
+ *
+ * A checkpoint is written to a temporary directory, every file fsynced, then
+ * renamed into place (and the parent directory fsynced): a reader sees a
+ * whole checkpoint or none. Loading checks the manifest, sizes and digests;
+ * a damaged checkpoint is reported and the previous good one is used.
+ */
+import { createHash } from 'node:crypto';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { decodeBundle, encodeBundle } from './codec.js';
+import type { DflmoePeer, DflmoeStateMeta } from './algorithms/dflmoe.js';
+import type { Logger } from './log.js';
+
+const FORMAT = 1;
+const PREFIX = 'round-';
+
+interface Manifest {
+  format: number;
+  round: number;
+  createdAt: string;
+  files: Record<string, { bytes: number; sha256: string }>;
+  state: DflmoeStateMeta;
+  extra: Record<string, unknown>;
+}
+
+export interface CheckpointWrite {
+  path: string;
+  bytes: number;
+  seconds: number;
+}
+
+function writeFileSynced(path: string, data: Uint8Array | string): void {
+  const fd = openSync(path, 'w');
+  try {
+    const buf = typeof data === 'string' ? Buffer.from(data) : data;
+    let off = 0;
+    while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function fsyncDir(path: string): void {
+  const fd = openSync(path, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+const roundDir = (dir: string, round: number) => join(dir, `${PREFIX}${String(round).padStart(6, '0')}`);
+
+/** Write the checkpoint of `round` and keep the newest `keep` checkpoints (default 2). */
+export async function saveCheckpoint(dir: string, peer: DflmoePeer, round: number, extra: Record<string, unknown> = {}, keep = 2): Promise<CheckpointWrite> {
+  const t0 = performance.now();
+  mkdirSync(dir, { recursive: true });
+  const final = roundDir(dir, round);
+  const tmp = `${final}.tmp-${process.pid}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(join(tmp, 'body'), { recursive: true });
+  const files: Manifest['files'] = {};
+  const put = (name: string, data: Uint8Array | string) => {
+    const buf = typeof data === 'string' ? Buffer.from(data) : data;
+    writeFileSynced(join(tmp, name), buf);
+    files[name] = { bytes: buf.length, sha256: sha256(buf) };
+  };
+  // Body: standard tfjs layers artifacts (model.json + one weights file).
+  await peer.body.save(
+    tf.io.withSaveHandler(async (a) => {
+      const weights = new Uint8Array(a.weightData as ArrayBuffer);
+      put('body/weights.bin', weights);
+      put('body/model.json', JSON.stringify({
+        format: 'layers-model', generatedBy: 'dflmoe', convertedBy: null,
+        modelTopology: a.modelTopology, weightsManifest: [{ paths: ['weights.bin'], weights: a.weightSpecs }],
+      }));
+      return { modelArtifactsInfo: { dateSaved: new Date(), modelTopologyType: 'JSON' } };
+    }),
+  );
+  const { meta, tensors } = await peer.exportState();
+  put('state.bin', encodeBundle('model', { kind: 'dflmoe-state' }, tensors));
+  const manifest: Manifest = { format: FORMAT, round, createdAt: new Date().toISOString(), files, state: meta, extra };
+  writeFileSynced(join(tmp, 'manifest.json'), JSON.stringify(manifest, null, 1));
+  fsyncDir(join(tmp, 'body'));
+  fsyncDir(tmp);
+  rmSync(final, { recursive: true, force: true });
+  renameSync(tmp, final);
+  fsyncDir(dir);
+  // Prune old checkpoints (and stale temporaries from crashed writes).
+  const rounds = listCheckpoints(dir);
+  for (const r of rounds.slice(0, Math.max(0, rounds.length - keep))) rmSync(roundDir(dir, r), { recursive: true, force: true });
+  for (const name of readdirSync(dir)) if (name.includes('.tmp-') && name !== `${PREFIX}`) rmSync(join(dir, name), { recursive: true, force: true });
+  const bytes = Object.values(files).reduce((a, f) => a + f.bytes, 0);
+  return { path: final, bytes, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** Rounds that have a checkpoint directory, oldest first. */
+export function listCheckpoints(dir: string): number[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir)
+    .filter((n) => n.startsWith(PREFIX) && /^\d+$/.test(n.slice(PREFIX.length)))
+    .map((n) => Number(n.slice(PREFIX.length)))
+    .sort((a, b) => a - b);
+}
+
+/** Read and verify one checkpoint; throws an Error that says what is wrong. */
+function readVerified(path: string): { manifest: Manifest; read: (name: string) => Uint8Array } {
+  const mf = join(path, 'manifest.json');
+  if (!existsSync(mf)) throw new Error(`${path}: no manifest.json (incomplete checkpoint)`);
+  let manifest: Manifest;
+  try {
+    manifest = JSON.parse(readFileSync(mf, 'utf8')) as Manifest;
+  } catch (e) {
+    throw new Error(`${mf} is not valid JSON (${(e as Error).message})`);
+  }
+  if (manifest.format !== FORMAT) throw new Error(`${path}: checkpoint format ${manifest.format} is not supported (this version reads ${FORMAT})`);
+  const cache = new Map<string, Uint8Array>();
+  for (const [name, f] of Object.entries(manifest.files)) {
+    const p = join(path, name);
+    if (!existsSync(p)) throw new Error(`${p} is missing`);
+    const b = readFileSync(p);
+    if (b.length !== f.bytes) throw new Error(`${p} has ${b.length} bytes, the manifest says ${f.bytes} (truncated?)`);
+    if (sha256(b) !== f.sha256) throw new Error(`${p} does not match its checksum (corrupt)`);
+    cache.set(name, new Uint8Array(b));
+  }
+  return { manifest, read: (name) => cache.get(name)! };
+}
+
+export interface RestoredCheckpoint {
+  round: number;
+  path: string;
+  extra: Record<string, unknown>;
+  /** Checkpoints that were newer but damaged, with the reason. */
+  skipped: { path: string; reason: string }[];
+}
+
+/**
+ * Restore the newest good checkpoint in `dir` into `peer` (built fresh from
+ * the same config). Returns undefined when there is none.
+ */
+export async function restoreLatestCheckpoint(dir: string, peer: DflmoePeer, logger?: Logger): Promise<RestoredCheckpoint | undefined> {
+  const skipped: RestoredCheckpoint['skipped'] = [];
+  for (const round of listCheckpoints(dir).reverse()) {
+    const path = roundDir(dir, round);
+    let v: ReturnType<typeof readVerified>;
+    try {
+      v = readVerified(path);
+    } catch (e) {
+      const reason = (e as Error).message;
+      skipped.push({ path, reason });
+      logger?.error(`checkpoint of round ${round} is damaged and will not be used: ${reason}`);
+      continue;
+    }
+    const model = JSON.parse(Buffer.from(v.read('body/model.json')).toString('utf8'));
+    const specs = model.weightsManifest[0].weights as tf.io.WeightsManifestEntry[];
+    const weights = tf.io.decodeWeights(v.read('body/weights.bin').slice().buffer, specs);
+    const own = peer.body.weights;
+    if (own.length !== specs.length) throw new Error(`${path}: the saved body has ${specs.length} weights but this site's body has ${own.length}; was the model config changed?`);
+    peer.body.setWeights(specs.map((s, i) => {
+      const t = weights[s.name];
+      if (t.shape.join() !== own[i].shape.join()) throw new Error(`${path}: body weight ${s.name} has shape [${t.shape}], this body expects [${own[i].shape}]`);
+      return t;
+    }));
+    tf.dispose(Object.values(weights));
+    const state = decodeBundle(v.read("state.bin"), { maxBytes: 2 ** 31 });
+    await peer.importState(v.manifest.state, state.tensors);
+    return { round, path, extra: v.manifest.extra, skipped };
+  }
+  return undefined;
+}
