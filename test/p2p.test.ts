@@ -72,6 +72,51 @@ describe('p2p', function () {
     }
   });
 
+  it('a member that keeps sending bad data is dropped, counted, disconnected and refused for a while', async () => {
+    const { HEAD_PROTOCOL, ANNOUNCE_TOPIC, Announce, HeadResponse, writeFrames } = await import('@dflmoe/p2p');
+    const ids = await Promise.all([generateIdentity(), generateIdentity()]);
+    const allow = ids.map((i) => i.peerId);
+    let blocked = false;
+    let ex!: Libp2pHeadExchange;
+    const honest = await createSiteNode({ privateKey: ids[0].privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow, isBlocked: (p) => ex?.isBlocked(p) ?? false });
+    const evil = await createSiteNode({ privateKey: ids[1].privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow });
+    ex = new Libp2pHeadExchange(honest, { members: ids.map((i) => ({ peerId: i.peerId, addrs: [] })), maxHeadBytes: 1 << 20, logger: quiet, maxStrikes: 3, blockMs: 30000 });
+    await ex.register();
+    // The hostile member answers head requests with a header whose digest does not match the bytes.
+    await evil.handle(HEAD_PROTOCOL, async (stream) => {
+      await writeFrames(stream, [HeadResponse.encode({ available: true, version: 9n, size: 4n, digest: new Uint8Array(32) }), new Uint8Array([1, 2, 3, 4])]);
+    });
+    await honest.start();
+    await evil.start();
+    ex.start();
+    evil.services.pubsub.subscribe(ANNOUNCE_TOPIC);
+    try {
+      await evil.dial(honest.getMultiaddrs()[0]);
+      const bogus = [
+        Announce.encode({ format: 1, peer: ids[1].peerId, version: 5n, digest: new Uint8Array(32), size: 10n ** 12n }), // too large
+        Announce.encode({ format: 1, peer: ids[0].peerId, version: 6n, digest: new Uint8Array(32), size: 10n }), // claims to be someone else
+        new Uint8Array([0xff, 0xff, 0xff]), // not a protobuf
+      ];
+      for (let t = 0; t < 100 && !ex.isBlocked(ids[1].peerId); t++) {
+        await evil.services.pubsub.publish(ANNOUNCE_TOPIC, bogus[t % bogus.length]).catch(() => {});
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      blocked = ex.isBlocked(ids[1].peerId);
+      assert.ok(blocked, `member blocked; dropped: ${JSON.stringify(ex.dropped)}`);
+      assert.ok((ex.dropped['digest-mismatch'] ?? 0) + (ex.dropped['too-large'] ?? 0) + (ex.dropped['spoofed-announce'] ?? 0) + (ex.dropped['bad-announce'] ?? 0) >= 3);
+      assert.equal(ex.drain().length, 0, 'nothing from it reached the inbox');
+      for (let t = 0; t < 50 && honest.getConnections().length > 0; t++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(honest.getConnections().length, 0, 'disconnected');
+      await evil.dial(honest.getMultiaddrs()[0], { signal: AbortSignal.timeout(3000) }).catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(honest.getConnections().length, 0, 'refused while blocked');
+    } finally {
+      await ex.close();
+      await honest.stop();
+      await evil.stop();
+    }
+  });
+
   it('the connection gater refuses a node that is not a member', async () => {
     const member = await generateIdentity();
     const outsider = await generateIdentity();

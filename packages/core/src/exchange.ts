@@ -39,6 +39,8 @@ export interface HeadExchange {
    * round, so that a late joiner starts with the newest heads.
    */
   settle?(timeoutMs: number): Promise<void>;
+  /** Optional: the learner found a head from `peer` unusable (a transport may disconnect repeat offenders). */
+  reportBad?(peer: string, reason: string): void;
   /** Subscribe to membership changes; returns an unsubscribe function. */
   onMembership(listener: (e: MembershipEvent) => void): () => void;
   /** Current members other than this peer. */

@@ -78,7 +78,10 @@ export class DflmoeLearner {
     for (const m of this.o.exchange.drain()) {
       const r = this.peer.receiveHead(m.payload, m.from, this.round);
       if (r === 'added' || r === 'replaced') accepted++;
-      else if (r !== 'stale-version') this.log.warn(`dropped a head from ${m.from}: ${r}`);
+      else if (r !== 'stale-version') {
+        this.log.warn(`dropped a head from ${m.from}: ${r}`);
+        this.o.exchange.reportBad?.(m.from, r);
+      }
     }
     return accepted;
   }

@@ -42,9 +42,13 @@ export interface Libp2pExchangeOptions {
   heartbeatMs?: number;
   /** Give up on a head transfer after this long (default 60 s). */
   transferTimeoutMs?: number;
+  /** Bad messages from one member before it is disconnected (default 5)... */
+  maxStrikes?: number;
+  /** ...and refused for this long (default 60 s). */
+  blockMs?: number;
 }
 
-export type DropReason = 'not-member' | 'bad-announce' | 'spoofed-announce' | 'too-large' | 'bad-response' | 'digest-mismatch' | 'transfer-failed' | 'old-version';
+export type DropReason = 'blocked' | 'bad-head' | 'not-member' | 'bad-announce' | 'spoofed-announce' | 'too-large' | 'bad-response' | 'digest-mismatch' | 'transfer-failed' | 'old-version';
 
 const sha256 = (b: Uint8Array): Uint8Array<ArrayBuffer> => new Uint8Array(createHash('sha256').update(b).digest());
 const equal = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((v, i) => v === b[i]);
@@ -122,8 +126,38 @@ export class Libp2pHeadExchange implements HeadExchange {
     this.timer.unref();
   }
 
+  private strikes = new Map<string, number>();
+  private blockedUntil = new Map<string, number>();
+
+  /** Whether `peer` is refused for now because it kept sending bad data. */
+  isBlocked(peer: string): boolean {
+    const until = this.blockedUntil.get(peer);
+    if (until === undefined) return false;
+    if (Date.now() < until) return true;
+    this.blockedUntil.delete(peer);
+    return false;
+  }
+
+  private strike(peer: string): void {
+    if (!this.memberIds.has(peer)) return;
+    const n = (this.strikes.get(peer) ?? 0) + 1;
+    this.strikes.set(peer, n);
+    if (n < (this.o.maxStrikes ?? 5)) return;
+    this.strikes.delete(peer);
+    const ms = this.o.blockMs ?? 60000;
+    this.blockedUntil.set(peer, Date.now() + ms);
+    this.dropped['blocked'] = (this.dropped['blocked'] ?? 0) + 1;
+    this.o.logger.warn(`member ${peer} keeps sending bad data: disconnected and refused for ${Math.round(ms / 1000)} s`);
+    void this.node.hangUp(peerIdFromString(peer)).catch(() => {});
+  }
+
+  reportBad(peer: string, reason: string): void {
+    this.drop(peer, 'bad-head', reason);
+  }
+
   private drop(peer: string, reason: DropReason, detail = ''): void {
     this.dropped[reason] = (this.dropped[reason] ?? 0) + 1;
+    if (reason !== 'transfer-failed' && reason !== 'not-member') this.strike(peer);
     const key = `${peer}:${reason}`;
     if (!this.logged.has(key)) {
       this.logged.add(key);
@@ -160,6 +194,7 @@ export class Libp2pHeadExchange implements HeadExchange {
     if (msg.type !== 'signed') return this.drop('unknown', 'bad-announce', 'unsigned');
     const from = msg.from.toString();
     if (!this.memberIds.has(from)) return this.drop(from, 'not-member');
+    if (this.isBlocked(from)) return;
     const a = checkAnnounce(msg.data, from, this.o.maxHeadBytes);
     if ('reason' in a) return this.drop(from, a.reason, a.detail);
     if (a.version <= (this.known.get(from) ?? -1n)) return;
@@ -168,7 +203,7 @@ export class Libp2pHeadExchange implements HeadExchange {
 
   /** Pull `peer`'s newest head if it is at least `minVersion` (one transfer per peer at a time). */
   private fetch(peer: string, minVersion: bigint, digest?: Uint8Array): void {
-    if (this.closed || this.inflight.has(peer)) return;
+    if (this.closed || this.inflight.has(peer) || this.isBlocked(peer)) return;
     const p = this.transfer(peer, minVersion, digest)
       .catch((e) => this.drop(peer, 'transfer-failed', (e as Error).message))
       .finally(() => this.inflight.delete(peer));

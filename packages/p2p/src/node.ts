@@ -26,6 +26,8 @@ export interface NodeOptions {
   psk?: Uint8Array;
   /** Called when the gater refuses a peer. */
   onRefused?: (peer: string, direction: 'inbound' | 'outbound') => void;
+  /** Peers refused for now even though they are members (misbehaving ones). */
+  isBlocked?: (peer: string) => boolean;
   /** Register libp2p's own metrics in this Prometheus registry. */
   metricsRegistry?: Registry;
 }
@@ -35,7 +37,7 @@ export type SiteNode = Libp2p<{ identify: ReturnType<ReturnType<typeof identify>
 export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
   const allowed = new Set(o.allow);
   const refuse = (peer: PeerId, direction: 'inbound' | 'outbound'): boolean => {
-    const ok = allowed.has(peer.toString());
+    const ok = allowed.has(peer.toString()) && !o.isBlocked?.(peer.toString());
     if (!ok) o.onRefused?.(peer.toString(), direction);
     return !ok;
   };

@@ -137,6 +137,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
         psk: cfg.psk ? loadPsk(cfg.psk) : undefined,
         onRefused: (peer, dir) => log.warn(`refused ${dir} connection from non-member ${peer}`),
         metricsRegistry: prom?.registry,
+        isBlocked: (peer) => exchange?.isBlocked(peer) ?? false,
       });
       if (cfg.algorithm === 'dflmoe') {
         exchange = new Libp2pHeadExchange(node, { members: cfg.members, maxHeadBytes: cfg.limits.maxHeadBytes, logger: log });
