@@ -8,9 +8,10 @@ import { DflmoePeer } from './algorithms/dflmoe.js';
 import { FedAvgClient, checkSameArchitecture, federatedAverage } from './algorithms/fedavg.js';
 import { LocalPeer } from './algorithms/local.js';
 import type { PeerEval, PeerModelOptions } from './algorithms/common.js';
-import { decodeBundle, encodeBundle } from './codec.js';
+import { decodeBundle, encodeBundle, encodeHead } from './codec.js';
+import * as tf from '@tensorflow/tfjs-core';
 import { MemoryHub } from './exchange.js';
-import { parseBodySpec, type BodySpec } from './model.js';
+import { createHead, parseBodySpec, type BodySpec } from './model.js';
 import { summarize, type AccuracySummary } from './metrics.js';
 import { disposePeerData, preparePeerData, type PeerData } from './train.js';
 import { createLogger, type Logger } from './log.js';
@@ -52,6 +53,12 @@ export interface SimulationConfig {
   sharedInit: boolean;
   /** dFLMoE: learning rate of the gate slots and FSTs of received experts, as a multiple of `learningRate`. */
   expertLrScale: number;
+  /** Robustness experiments: the last `poisoned` sites are adversarial... */
+  poisoned: number;
+  /** ...publishing random heads, or training on flipped labels (`y -> C-1-y`). */
+  poisonKind: 'random' | 'flipped';
+  /** dFLMoE admission check (see `DflmoeOptions.admission`); undefined: off. */
+  admission?: number;
 }
 
 export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
@@ -74,6 +81,8 @@ export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
   standardize: 'global',
   sharedInit: true,
   expertLrScale: 1,
+  poisoned: 0,
+  poisonKind: 'flipped',
 };
 
 export interface PeerResult {
@@ -87,6 +96,8 @@ export interface PeerResult {
   body: string;
   /** dFLMoE: mean gate weight per expert on the peer's test split. */
   gateWeights?: Record<string, number>;
+  /** dFLMoE: heads refused, by reason. */
+  rejectedHeads?: Record<string, number>;
 }
 
 export interface RoundResult {
@@ -102,6 +113,8 @@ export interface RoundResult {
 
 export interface AlgorithmResult {
   accuracy: AccuracySummary;
+  /** With poisoned sites: the summary over honest sites only. */
+  honestAccuracy?: AccuracySummary;
   bytesSent: number;
   wallSeconds: number;
   peers: PeerResult[];
@@ -153,7 +166,8 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   const st = cfg.standardize === 'global'
     ? fitStandardizer(ds.features, featureSize(ds), Int32Array.from(splits.flatMap((s) => [...s.train])))
     : undefined;
-  const datas = splits.map((s) => preparePeerData(ds, s, st));
+  const flipped = (i: number) => cfg.poisonKind === 'flipped' && i >= cfg.peers - cfg.poisoned;
+  const datas = splits.map((s, i) => preparePeerData(flipped(i) ? flipLabels(ds) : ds, s, st));
   try {
     for (const alg of cfg.algorithms) {
       results.algorithms[alg] = await runAlgorithm(alg, cfg, ds, datas, bodies, hooks);
@@ -177,7 +191,22 @@ function validateConfig(c: SimulationConfig): void {
   if (c.algorithms.length === 0) throw new Error('no algorithms selected');
   for (const a of c.algorithms) if (!ALGORITHMS.includes(a)) throw new Error(`unknown algorithm "${a}"; choose from ${ALGORITHMS.join(', ')}`);
   if (c.bodies.length === 0) throw new Error('at least one body is needed');
+  if (!Number.isInteger(c.poisoned) || c.poisoned < 0 || c.poisoned >= c.peers) throw new Error(`poisoned must be an integer in [0, peers), got ${c.poisoned}`);
   c.bodies.forEach(parseBodySpec);
+}
+
+/** The same dataset with every label `y` replaced by `C-1-y` (a label-flipping attacker's data). */
+function flipLabels(ds: Dataset): Dataset {
+  const c = ds.classNames.length;
+  return { ...ds, labels: Int32Array.from(ds.labels, (y) => c - 1 - y) };
+}
+
+/** A head of random weights, encoded as `peer`'s next version (a poisoning attacker). */
+function randomHead(peer: DflmoePeer, version: number, seed: number): Uint8Array {
+  const h = createHead(peer.headSpec, seed);
+  const layers = h.map((l) => tf.tidy(() => ({ kernel: tf.mul(l.kernel, 5).dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array })));
+  h.forEach((l) => tf.dispose([l.kernel, l.bias]));
+  return encodeHead({ spec: peer.headSpec, version, peer: peer.id }, layers);
 }
 
 /** One initial model per body architecture for the whole consortium. */
@@ -212,7 +241,7 @@ async function runAlgorithm(
   if (alg === 'dflmoe') {
     const hub = new MemoryHub();
     const ps = datas.map((d, i) => new DflmoePeer({
-      ...peerOptions(cfg, d, i, bodies[i]), alpha: cfg.alpha, gateHidden: cfg.gateHidden, maxStaleness: cfg.maxStaleness, expertLrScale: cfg.expertLrScale,
+      ...peerOptions(cfg, d, i, bodies[i]), alpha: cfg.alpha, gateHidden: cfg.gateHidden, maxStaleness: cfg.maxStaleness, expertLrScale: cfg.expertLrScale, admission: cfg.admission,
     }));
     const exchanges = ps.map((p) => hub.join(p.id));
     peers = ps;
@@ -225,7 +254,8 @@ async function runAlgorithm(
         absorb(i, round);
         ps[i].startRound(round);
         loss += ps[i].trainRound(round);
-        await exchanges[i].publish(ps[i].encodeHead(round), round);
+        const random = cfg.poisonKind === 'random' && i >= cfg.peers - cfg.poisoned;
+        await exchanges[i].publish(random ? randomHead(ps[i], round, deriveSeed(cfg.seed, 'poison', i, round)) : ps[i].encodeHead(round), round);
       }
       for (let i = 0; i < ps.length; i++) absorb(i, round);
       exchanges.forEach((e, i) => {
@@ -234,7 +264,7 @@ async function runAlgorithm(
       });
       return loss / ps.length;
     };
-    extra = (p) => ({ gateWeights: (p as DflmoePeer).meanGateWeights() });
+    extra = (p) => ({ gateWeights: (p as DflmoePeer).meanGateWeights(), rejectedHeads: { ...(p as DflmoePeer).counters.rejected } });
   } else if (alg === 'fedavg') {
     // FedAvg starts every client from one shared model.
     const initSeed = deriveSeed(cfg.seed, 'fedavg-init');
@@ -297,8 +327,12 @@ async function runAlgorithm(
       body: bodies[i],
       ...extra(p),
     }));
+    const honest = peers.map((_, i) => i < cfg.peers - cfg.poisoned);
     return {
       accuracy: summarize(evals.map((e) => e.accuracy), peers.map((p) => p.data.testSamples)),
+      ...(cfg.poisoned > 0 ? {
+        honestAccuracy: summarize(evals.filter((_, i) => honest[i]).map((e) => e.accuracy), peers.filter((_, i) => honest[i]).map((p) => p.data.testSamples)),
+      } : {}),
       bytesSent: totalSent(alg, sent, received),
       wallSeconds: (performance.now() - t0) / 1000,
       peers: peerResults,

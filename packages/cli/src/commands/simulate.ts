@@ -70,6 +70,9 @@ export function simulateCommand(): Command {
     .addOption(new Option('--standardize <how>', 'feature statistics: pooled over all training splits, or per peer').choices(['global', 'local']).default(d.standardize))
     .option('--no-shared-init', 'dflmoe/local: give every site its own random initial model')
     .option('--expert-lr-scale <x>', "dflmoe: learning rate of received experts' gate slots and FSTs, relative to --lr", num('--expert-lr-scale', 0, 1000), d.expertLrScale)
+    .option('--poisoned <n>', 'robustness: make the last n sites adversarial', (v) => Number(v), d.poisoned)
+    .addOption(new Option('--poison-kind <kind>', 'what adversarial sites do').choices(['random', 'flipped']).default(d.poisonKind))
+    .option('--admission <x>', "dflmoe: refuse received heads scoring below x times the own head's accuracy on local data", num('--admission', 0, 10))
     .option('--max-samples <n>', 'use a seeded random subset of the dataset', int('--max-samples'))
     .option('--data-dir <dir>', 'fashion-mnist: directory of the idx files')
     .option('--label-column <name>', 'csv: the label column', 'label')
@@ -88,6 +91,7 @@ export function simulateCommand(): Command {
         learningRate: o.lr, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness,
         testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
         sharedInit: o.sharedInit, expertLrScale: o.expertLrScale,
+        poisoned: o.poisoned, poisonKind: o.poisonKind, admission: o.admission,
       };
       // One progress bar per algorithm (plain lines when stderr is not a terminal).
       const bars = new Map<string, Progress>();

@@ -24,6 +24,12 @@ export interface DflmoeOptions extends PeerModelOptions {
   maxHeadBytes?: number;
   /** Learning rate of each received expert's gate slot and FST, relative to the base rate (default 1). */
   expertLrScale?: number;
+  /**
+   * Admission check: score each received head (through its FST) on up to 512
+   * local training samples and refuse it when its accuracy is below this
+   * fraction of the own head's accuracy on the same samples. Off by default.
+   */
+  admission?: number;
 }
 
 export interface DflmoeStateMeta {
@@ -35,7 +41,7 @@ export interface DflmoeStateMeta {
   counters: ReceiveCounters;
 }
 
-export type ReceiveResult = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender-mismatch' | CodecReason;
+export type ReceiveResult = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender-mismatch' | 'admission' | CodecReason;
 
 export interface ReceiveCounters {
   accepted: number;
@@ -51,6 +57,7 @@ export class DflmoePeer extends SupervisedModel {
   private expertOptimizers = new Map<string, tf.Optimizer>();
   private readonly maxHeadBytes: number;
   private readonly expertLrScale: number;
+  private readonly admission?: number;
   readonly counters: ReceiveCounters = { accepted: 0, rejected: {} };
 
   constructor(o: DflmoeOptions) {
@@ -61,6 +68,7 @@ export class DflmoePeer extends SupervisedModel {
     this.pool = new ExpertPool({ maxStaleness: o.maxStaleness ?? 3 });
     this.maxHeadBytes = o.maxHeadBytes ?? 64 * 1024 * 1024;
     this.expertLrScale = o.expertLrScale ?? 1;
+    this.admission = o.admission;
   }
 
   /** The experts present now: own head first, then received heads by peer id. */
@@ -87,6 +95,8 @@ export class DflmoePeer extends SupervisedModel {
       const head = decodeHead(payload, this.headSpec, { maxBytes: this.maxHeadBytes, maxParams: headParamCount(this.headSpec) });
       if (head.peer !== from) result = 'sender-mismatch';
       else if (from === this.id) result = 'self';
+      else if (head.version <= (this.pool.get(from)?.version ?? -1)) result = 'stale-version';
+      else if (this.admission !== undefined && !this.admits(head.layers, from)) result = 'admission';
       else {
         result = this.pool.offer(head, round, payload.length);
         if (result !== 'stale-version') {
@@ -101,6 +111,26 @@ export class DflmoePeer extends SupervisedModel {
     if (result === 'added' || result === 'replaced') this.counters.accepted++;
     else this.counters.rejected[result] = (this.counters.rejected[result] ?? 0) + 1;
     return result;
+  }
+
+  /** Accuracy of a candidate head versus the own head on local training samples. */
+  scoreHead(layers: { kernel: Float32Array; bias: Float32Array }[], from: string): { expert: number; own: number } {
+    return tf.tidy(() => {
+      const n = Math.min(512, this.data.trainSamples);
+      const x = tf.slice(this.data.xTrain, 0, n);
+      const y = tf.slice(this.data.yTrain, 0, n);
+      const z = this.features(x, false);
+      const dims = [this.headSpec.inputDim, ...this.headSpec.hidden, this.headSpec.outputDim];
+      const head = layers.map((l, i) => ({ kernel: tf.tensor2d(l.kernel, [dims[i], dims[i + 1]]), bias: tf.tensor1d(l.bias) }));
+      const f = this.fsts.get(from);
+      const acc = (logits: tf.Tensor2D) => tf.mean(tf.cast(tf.equal(tf.argMax(logits, 1), y), 'float32')).dataSync()[0];
+      return { expert: acc(headLogits(head, f ? applyFst(f, z) : z)), own: acc(headLogits(this.head, z)) };
+    });
+  }
+
+  private admits(layers: { kernel: Float32Array; bias: Float32Array }[], from: string): boolean {
+    const s = this.scoreHead(layers, from);
+    return s.expert >= this.admission! * s.own;
   }
 
   /** Start of a round: drop experts that went stale. Returns the dropped peer ids. */

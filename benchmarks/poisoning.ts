@@ -1,0 +1,49 @@
+/**
+ * Poisoned experts: honest sites' mean accuracy with 1 of 5 sites adversarial
+ * (random heads, or a head trained on flipped labels) against none, with and
+ * without the admission check, and the gate weight honest sites give the
+ * attacker. FedAvg and local-only on the same data for reference.
+ *
+ *   node --import tsx benchmarks/poisoning.ts [--dataset digits] [--rounds 10]
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { simulate, type SimulationConfig } from '@dflmoe/core';
+
+const { values } = parseArgs({ options: { dataset: { type: 'string', default: 'digits' }, rounds: { type: 'string', default: '10' }, out: { type: 'string', default: 'benchmarks/results/poisoning.json' } } });
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const base: Partial<SimulationConfig> & { dataset: string } = { dataset: values.dataset!, peers: 5, partition: 'dirichlet:0.5', rounds: Number(values.rounds), seed: 1 };
+const cases: { name: string; cfg: Partial<SimulationConfig> }[] = [
+  { name: 'no attacker', cfg: { poisoned: 0 } },
+  { name: '1 of 5 random heads', cfg: { poisoned: 1, poisonKind: 'random' } },
+  { name: '1 of 5 flipped labels', cfg: { poisoned: 1, poisonKind: 'flipped' } },
+  { name: 'no attacker, admission 0.5', cfg: { poisoned: 0, admission: 0.5 } },
+  { name: '1 of 5 random heads, admission 0.5', cfg: { poisoned: 1, poisonKind: 'random', admission: 0.5 } },
+  { name: '1 of 5 flipped labels, admission 0.5', cfg: { poisoned: 1, poisonKind: 'flipped', admission: 0.5 } },
+];
+const rows = [];
+for (const c of cases) {
+  const withBaselines = !c.cfg.admission;
+  const r = await simulate({ ...base, ...c.cfg, algorithms: withBaselines ? ['dflmoe', 'fedavg', 'local'] : ['dflmoe'] }, { logger: quiet });
+  // The same four sites count as honest in every case (peer-4 is the attacker when there is one).
+  const honestIds = r.algorithms.dflmoe!.peers.slice(0, 4).map((p) => p.id);
+  const honestMean = (alg: 'dflmoe' | 'fedavg' | 'local') => {
+    const a = r.algorithms[alg];
+    if (!a) return undefined;
+    const ps = a.peers.filter((p) => honestIds.includes(p.id));
+    return ps.reduce((s, p) => s + p.accuracy, 0) / ps.length;
+  };
+  const attacker = c.cfg.poisoned ? 'peer-4' : undefined;
+  const gate = attacker
+    ? r.algorithms.dflmoe!.peers.filter((p) => honestIds.includes(p.id)).reduce((s, p) => s + (p.gateWeights?.[attacker] ?? 0), 0) / honestIds.length
+    : undefined;
+  const refused = r.algorithms.dflmoe!.peers.filter((p) => honestIds.includes(p.id)).reduce((s, p) => s + (p.rejectedHeads?.admission ?? 0), 0);
+  const row = { case: c.name, dflmoe: honestMean('dflmoe'), fedavg: honestMean('fedavg'), local: honestMean('local'), attackerGateWeight: gate, refusedByAdmission: refused };
+  rows.push(row);
+  const f = (x?: number) => (x === undefined ? '   -  ' : `${(100 * x).toFixed(2)}%`);
+  console.log(`${c.name.padEnd(38)} honest mean accuracy: dFLMoE ${f(row.dflmoe)}  FedAvg ${f(row.fedavg)}  local ${f(row.local)}` +
+    (gate !== undefined ? `  gate weight on the attacker ${gate.toFixed(3)}` : '') + (c.cfg.admission ? `  heads refused ${refused}` : ''));
+}
+mkdirSync('benchmarks/results', { recursive: true });
+writeFileSync(values.out!, JSON.stringify({ date: new Date().toISOString(), base, rows }, null, 2) + '\n');
+console.log(`wrote ${values.out}`);
