@@ -105,3 +105,25 @@ describe('dflmoe simulate (CLI)', () => {
     assert.match(r.stderr, /Bad partition "dirichlet:-2"/);
   });
 });
+
+describe('poisoned experts', () => {
+  before(backend);
+
+  it('the admission check refuses random heads and keeps honest ones; without it the gate gives them little weight', async () => {
+    const cfg = { dataset: 'digits', peers: 4, rounds: 4, partition: 'iid', algorithms: ['dflmoe' as const], poisoned: 1, poisonKind: 'random' as const };
+    const guarded = await simulate({ ...cfg, admission: 0.5 }, { logger: quiet });
+    const honest = guarded.algorithms.dflmoe!.peers.slice(0, 3);
+    for (const p of honest) {
+      assert.equal(p.rejectedHeads?.admission, 4, `${p.id} refused the attacker's head every round`);
+      assert.ok(!('peer-3' in p.gateWeights!), 'attacker not in the pool');
+      assert.equal(Object.keys(p.gateWeights!).length, 3, 'honest experts admitted');
+    }
+    assert.ok(guarded.algorithms.dflmoe!.honestAccuracy!.mean > 0.8);
+    const open = await simulate(cfg, { logger: quiet });
+    for (const p of open.algorithms.dflmoe!.peers.slice(0, 3)) assert.ok(p.gateWeights!['peer-3'] < 0.25, `${p.id} gives the attacker ${p.gateWeights!['peer-3']}`);
+  });
+
+  it('refuses an impossible number of attackers', async () => {
+    await assert.rejects(simulate({ dataset: 'breast-cancer', peers: 2, rounds: 1, poisoned: 2 }, { logger: quiet }), /poisoned must be an integer in \[0, peers\)/);
+  });
+});
