@@ -14,3 +14,4 @@ export * from './algorithms/local.js';
 export * from './simulate.js';
 export * from './learner.js';
 export * from './checkpoint.js';
+export * from './privacy.js';
