@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { RdpAccountant, computeRdp, epsilonFromRdp, noiseForEpsilon, rdpSampledGaussian } from '@dflmoe/core';
+import { DEFAULT_ORDERS as DEFAULT_ORDERS_FOR_TEST, RdpAccountant, computeRdp, epsilonFromRdp, noiseForEpsilon, rdpSampledGaussian } from '@dflmoe/core';
 
 // Reference values from the tests of Google's dp_accounting library
 // (python/dp_accounting/dp_accounting/rdp/rdp_privacy_accountant_test.py).
@@ -39,5 +39,49 @@ describe('RDP accountant', () => {
     d.compose(0.05, s, 200);
     assert.ok(Math.abs(d.epsilon(1e-5) - 3) < 1e-3, String(d.epsilon(1e-5)));
     assert.deepEqual(RdpAccountant.fromState(a.state()).epsilon(1e-5), a.epsilon(1e-5));
+  });
+});
+
+describe('DP-SGD training', () => {
+  before(async () => {
+    const { backend } = await import('./helpers.js');
+    await backend();
+  });
+
+  it('reports the epsilon its accountant computes, adds noise that matters, and does not leak tensors', async () => {
+    const tf = await import('@tensorflow/tfjs-core');
+    const { LocalPeer, disposePeerData } = await import('@dflmoe/core');
+    const { tinyPeers } = await import('./helpers.js');
+    const { datas } = tinyPeers(1);
+    const mk = (noise?: number) =>
+      new LocalPeer({
+        id: 'a', data: datas[0], body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [],
+        train: { seed: 1, batchSize: 16, learningRate: 1e-2, epochs: 2, ...(noise !== undefined ? { dp: { noiseMultiplier: noise, clipNorm: 1, microbatches: 4 } } : {}) },
+      });
+    const dp = mk(1.3);
+    const counts: number[] = [];
+    for (let r = 1; r <= 3; r++) {
+      dp.trainRound(r);
+      counts.push(tf.memory().numTensors);
+    }
+    assert.equal(counts[2], counts[1], `tensors per round ${counts}`);
+    const spent = dp.privacySpent()!;
+    const n = datas[0].trainSamples;
+    const steps = 3 * 2 * Math.ceil(n / 16);
+    assert.equal(spent.steps, steps);
+    const expected = epsilonFromRdp(DEFAULT_ORDERS_FOR_TEST, computeRdp(16 / n, 1.3, steps, DEFAULT_ORDERS_FOR_TEST), 1e-5).epsilon;
+    assert.ok(Math.abs(spent.epsilon - expected) < 1e-9 && spent.epsilon > 0 && Number.isFinite(spent.epsilon));
+    // Huge noise drowns the signal; no DP learns.
+    const loud = mk(1000);
+    const clean = mk();
+    for (let r = 1; r <= 3; r++) {
+      loud.trainRound(r);
+      clean.trainRound(r);
+    }
+    assert.ok(clean.evaluate().accuracy > 0.8);
+    assert.ok(loud.evaluate().accuracy < clean.evaluate().accuracy - 0.2, `noisy ${loud.evaluate().accuracy} vs clean ${clean.evaluate().accuracy}`);
+    assert.equal(clean.privacySpent(), undefined);
+    [dp, loud, clean].forEach((p) => p.dispose());
+    datas.forEach(disposePeerData);
   });
 });

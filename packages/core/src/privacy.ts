@@ -85,10 +85,16 @@ export class RdpAccountant {
     return { orders: [...this.orders], rdp: [...this.rdp], steps: this.steps };
   }
 
+  /** Replace this accountant's totals with saved ones (from `state()`). */
+  restore(s: { orders: number[]; rdp: number[]; steps: number }): void {
+    if (s.orders.join() !== this.orders.join()) throw new Error('saved privacy accountant uses other RDP orders');
+    this.rdp = [...s.rdp];
+    this.steps = s.steps;
+  }
+
   static fromState(s: { orders: number[]; rdp: number[]; steps: number }): RdpAccountant {
     const a = new RdpAccountant(s.orders);
-    a.rdp = [...s.rdp];
-    a.steps = s.steps;
+    a.restore(s);
     return a;
   }
 }

@@ -7,13 +7,13 @@ import { initBackend } from './backend.js';
 import { DflmoePeer } from './algorithms/dflmoe.js';
 import { FedAvgClient, checkSameArchitecture, federatedAverage } from './algorithms/fedavg.js';
 import { LocalPeer } from './algorithms/local.js';
-import type { PeerEval, PeerModelOptions } from './algorithms/common.js';
+import type { PeerEval, PeerModelOptions, SupervisedModel } from './algorithms/common.js';
 import { decodeBundle, encodeBundle, encodeHead } from './codec.js';
 import * as tf from '@tensorflow/tfjs-core';
 import { MemoryHub } from './exchange.js';
 import { createHead, parseBodySpec, type BodySpec } from './model.js';
 import { summarize, type AccuracySummary } from './metrics.js';
-import { disposePeerData, preparePeerData, type PeerData } from './train.js';
+import { disposePeerData, preparePeerData, type DpOptions, type PeerData } from './train.js';
 import { createLogger, type Logger } from './log.js';
 
 export const ALGORITHMS = ['dflmoe', 'fedavg', 'local'] as const;
@@ -59,6 +59,8 @@ export interface SimulationConfig {
   poisonKind: 'random' | 'flipped';
   /** dFLMoE admission check (see `DflmoeOptions.admission`); undefined: off. */
   admission?: number;
+  /** DP-SGD for every algorithm's local training; undefined: off. */
+  dp?: DpOptions;
 }
 
 export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
@@ -98,6 +100,8 @@ export interface PeerResult {
   gateWeights?: Record<string, number>;
   /** dFLMoE: heads refused, by reason. */
   rejectedHeads?: Record<string, number>;
+  /** With DP-SGD: (epsilon, delta) spent by this site's training. */
+  privacy?: { epsilon: number; delta: number; steps: number };
 }
 
 export interface RoundResult {
@@ -222,7 +226,7 @@ function peerOptions(cfg: SimulationConfig, data: PeerData, i: number, body: str
     body: bodySpec,
     featureDim: cfg.featureDim,
     headHidden: cfg.headHidden,
-    train: { epochs: cfg.epochs, batchSize: cfg.batchSize, learningRate: cfg.learningRate, seed: deriveSeed(cfg.seed, 'peer', i) },
+    train: { epochs: cfg.epochs, batchSize: cfg.batchSize, learningRate: cfg.learningRate, seed: deriveSeed(cfg.seed, 'peer', i), ...(cfg.dp ? { dp: cfg.dp } : {}) },
     ...(cfg.sharedInit ? { initSeed: sharedInitSeed(cfg.seed, body) } : {}),
   };
 }
@@ -325,6 +329,7 @@ async function runAlgorithm(
       trainSamples: p.data.trainSamples,
       testSamples: p.data.testSamples,
       body: bodies[i],
+      ...((p as unknown as SupervisedModel).privacySpent?.() ? { privacy: (p as unknown as SupervisedModel).privacySpent() } : {}),
       ...extra(p),
     }));
     const honest = peers.map((_, i) => i < cfg.peers - cfg.poisoned);

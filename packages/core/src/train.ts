@@ -10,6 +10,25 @@ export interface TrainOptions {
   batchSize: number;
   learningRate: number;
   seed: number;
+  /** Differentially private training (DP-SGD); off when absent. */
+  dp?: DpOptions;
+}
+
+/**
+ * DP-SGD (Abadi et al., 2016): each microbatch's gradient is clipped to
+ * `clipNorm` (L2, over all trained parameters), the clipped gradients are
+ * summed, Gaussian noise of std `noiseMultiplier * clipNorm` is added, and
+ * the sum is divided by the number of microbatches. With microbatches of
+ * one example this is per-example clipping; larger microbatches trade
+ * utility for speed (the noise is calibrated to one microbatch).
+ */
+export interface DpOptions {
+  clipNorm: number;
+  noiseMultiplier: number;
+  /** Microbatches per batch (default: the batch size, i.e. per-example clipping). */
+  microbatches?: number;
+  /** delta used when reporting epsilon (default 1e-5). */
+  delta?: number;
 }
 
 export const DEFAULT_TRAIN: TrainOptions = { epochs: 1, batchSize: 32, learningRate: 1e-3, seed: 0 };
@@ -95,7 +114,7 @@ export function trainEpochs(
         const it = tf.tensor1d(idx, 'int32');
         const xb = tf.gather(data.xTrain, it);
         const yb = tf.cast(tf.oneHot(tf.gather(data.yTrain, it), data.numClasses), 'float32') as tf.Tensor2D;
-        const { value, grads } = tf.variableGrads(() => loss(xb, yb), varList);
+        const { value, grads } = opts.dp ? dpGradients(xb, yb, varList, loss, opts.dp) : tf.variableGrads(() => loss(xb, yb), varList);
         for (const g of gs) g.optimizer.applyGradients(g.vars.map((v) => ({ name: v.name, tensor: grads[v.name] })));
         return value;
       });
@@ -107,6 +126,32 @@ export function trainEpochs(
     }
   }
   return batches ? total / batches : NaN;
+}
+
+/** Clipped, noised gradients of one batch (see `DpOptions`). Runs inside the caller's tidy. */
+function dpGradients(
+  xb: tf.Tensor, yb: tf.Tensor2D, vars: tf.Variable[], loss: (x: tf.Tensor, y: tf.Tensor2D) => tf.Scalar, dp: DpOptions,
+): { value: tf.Scalar; grads: tf.NamedTensorMap } {
+  const n = xb.shape[0];
+  const m = Math.max(1, Math.min(n, dp.microbatches ?? n));
+  const sums = new Map<string, tf.Tensor>();
+  let total = tf.scalar(0);
+  for (let k = 0; k < m; k++) {
+    const start = Math.floor((k * n) / m);
+    const size = Math.floor(((k + 1) * n) / m) - start;
+    const { value, grads } = tf.variableGrads(() => loss(tf.slice(xb, start, size), tf.slice(yb, start, size)), vars);
+    const norm = tf.sqrt(tf.addN(vars.map((v) => tf.sum(tf.square(grads[v.name])))));
+    const scale = tf.minimum(1, tf.div(dp.clipNorm, tf.add(norm, 1e-12)));
+    for (const v of vars) {
+      const g = tf.mul(grads[v.name], scale);
+      sums.set(v.name, sums.has(v.name) ? tf.add(sums.get(v.name)!, g) : g);
+    }
+    total = tf.add(total, tf.mul(value, size / n));
+  }
+  const std = dp.noiseMultiplier * dp.clipNorm;
+  const grads: tf.NamedTensorMap = {};
+  for (const v of vars) grads[v.name] = tf.div(tf.add(sums.get(v.name)!, tf.randomNormal(v.shape, 0, std)), m);
+  return { value: total as tf.Scalar, grads };
 }
 
 /** Apply `predict` to `x` in chunks and return the argmax class of each row. */

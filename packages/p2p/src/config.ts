@@ -66,6 +66,13 @@ export const peerConfigSchema = z.object({
     epochs: posInt.default(1),
     batchSize: posInt.default(32),
     learningRate: z.number().positive().default(1e-3),
+    /** DP-SGD: per-example (or per-microbatch) clipping and Gaussian noise. */
+    dp: z.object({
+      clipNorm: z.number().positive(),
+      noiseMultiplier: z.number().min(0),
+      microbatches: posInt.optional(),
+      delta: z.number().gt(0).lt(1).default(1e-5),
+    }).strict().optional(),
   }).strict().default({ epochs: 1, batchSize: 32, learningRate: 1e-3 }),
   dflmoe: z.object({
     alpha: z.number().min(0).max(1).default(0.2),

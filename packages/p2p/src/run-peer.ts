@@ -31,6 +31,9 @@ export interface RoundLine {
   waitSeconds: number;
   networkSeconds: number;
   dropped: Record<string, number>;
+  /** With DP-SGD: privacy spent so far. */
+  epsilon?: number;
+  delta?: number;
   /** dFLMoE: time and size of this round's checkpoint. */
   checkpointSeconds?: number;
   checkpointBytes?: number;
@@ -184,6 +187,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
           experts: m.experts.map((e) => ({ ...e, name: names.get(e.peer) })), freshHeads: m.freshHeads,
           bytesIn: m.bytesReceived, bytesOut: m.bytesSent, seconds: m.seconds, trainSeconds: m.trainSeconds,
           waitSeconds: m.waitSeconds, networkSeconds: net - prevNet, dropped: { ...dropped(), ...prefixed(m.rejected) },
+          ...(peer.privacySpent() ? { epsilon: peer.privacySpent()!.epsilon, delta: peer.privacySpent()!.delta } : {}),
           time: new Date().toISOString(),
         };
         if (cfg.checkpoint.enabled) {

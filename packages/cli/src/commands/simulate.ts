@@ -73,6 +73,10 @@ export function simulateCommand(): Command {
     .option('--poisoned <n>', 'robustness: make the last n sites adversarial', (v) => Number(v), d.poisoned)
     .addOption(new Option('--poison-kind <kind>', 'what adversarial sites do').choices(['random', 'flipped']).default(d.poisonKind))
     .option('--admission <x>', "dflmoe: refuse received heads scoring below x times the own head's accuracy on local data", num('--admission', 0, 10))
+    .option('--dp-noise <x>', 'DP-SGD: noise multiplier (turns DP on)', num('--dp-noise', 0, 1000))
+    .option('--dp-clip <x>', 'DP-SGD: clipping norm', num('--dp-clip', 1e-9, 1e6), 1)
+    .option('--dp-microbatches <n>', 'DP-SGD: microbatches per batch (default: per-example)', int('--dp-microbatches'))
+    .option('--dp-delta <x>', 'DP-SGD: delta for the reported epsilon', num('--dp-delta', 1e-20, 0.5), 1e-5)
     .option('--max-samples <n>', 'use a seeded random subset of the dataset', int('--max-samples'))
     .option('--data-dir <dir>', 'fashion-mnist: directory of the idx files')
     .option('--label-column <name>', 'csv: the label column', 'label')
@@ -92,6 +96,7 @@ export function simulateCommand(): Command {
         testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
         sharedInit: o.sharedInit, expertLrScale: o.expertLrScale,
         poisoned: o.poisoned, poisonKind: o.poisonKind, admission: o.admission,
+        ...(o.dpNoise !== undefined ? { dp: { noiseMultiplier: o.dpNoise, clipNorm: o.dpClip, microbatches: o.dpMicrobatches, delta: o.dpDelta } } : {}),
       };
       // One progress bar per algorithm (plain lines when stderr is not a terminal).
       const bars = new Map<string, Progress>();

@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { deriveSeed } from '@dflmoe/data';
 import { bodyVariables, buildBody, createHead, headLogits, type BodySpec, type DenseLayer, type HeadSpec } from '../model.js';
+import { RdpAccountant } from '../privacy.js';
 import { DEFAULT_TRAIN, accuracy, predictClasses, type ParamGroup, type PeerData, type TrainOptions } from '../train.js';
 
 /** What every peer of every algorithm is built from. */
@@ -59,6 +60,26 @@ export class SupervisedModel {
   /** Trainable variables in a fixed order (body, then head). */
   variables(): tf.Variable[] {
     return [...bodyVariables(this.body), ...this.head.flatMap((l) => [l.kernel, l.bias])];
+  }
+
+  /** With DP-SGD: the privacy spent so far by this site's training. */
+  readonly accountant = new RdpAccountant();
+
+  /** Record the DP-SGD steps of one round (a no-op without DP). */
+  protected account(): void {
+    const dp = this.train.dp;
+    if (!dp) return;
+    const q = Math.min(1, this.train.batchSize / this.data.trainSamples);
+    const steps = this.train.epochs * Math.ceil(this.data.trainSamples / this.train.batchSize);
+    this.accountant.compose(q, dp.noiseMultiplier, steps);
+  }
+
+  /** (epsilon, delta) spent so far, or undefined without DP. */
+  privacySpent(): { epsilon: number; delta: number; steps: number } | undefined {
+    const dp = this.train.dp;
+    if (!dp) return undefined;
+    const delta = dp.delta ?? 1e-5;
+    return { epsilon: this.accountant.epsilon(delta), delta, steps: this.accountant.steps };
   }
 
   /** Parameter groups for `trainEpochs`: one optimizer over body and head. */

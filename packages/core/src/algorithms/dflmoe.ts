@@ -39,6 +39,7 @@ export interface DflmoeStateMeta {
   pool: { peer: string; version: number; receivedRound: number; bytes: number; layers: number }[];
   optimizers: Record<string, number>;
   counters: ReceiveCounters;
+  accountant?: { orders: number[]; rdp: number[]; steps: number };
 }
 
 export type ReceiveResult = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender-mismatch' | 'admission' | CodecReason;
@@ -153,6 +154,7 @@ export class DflmoePeer extends SupervisedModel {
   }
 
   trainRound(round: number): number {
+    this.account();
     return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => {
       const z = this.features(x, true);
       const own = headLogits(this.head, z);
@@ -219,6 +221,7 @@ export class DflmoePeer extends SupervisedModel {
         pool: pool.map((e) => ({ peer: e.peer, version: e.version, receivedRound: e.receivedRound, bytes: e.bytes, layers: e.head.length })),
         optimizers,
         counters: this.counters,
+        accountant: this.accountant.state(),
       },
       tensors,
     };
@@ -266,6 +269,7 @@ export class DflmoePeer extends SupervisedModel {
       tf.dispose(ws.map((w) => w.tensor));
     }
     Object.assign(this.counters, meta.counters);
+    if (meta.accountant) this.accountant.restore(meta.accountant);
   }
 
   override dispose(): void {

@@ -47,6 +47,7 @@ export class FedAvgClient extends SupervisedModel {
   trainRound(round: number): number {
     this.optimizer.dispose();
     this.optimizer = tf.train.adam(this.train.learningRate);
+    this.account();
     return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => crossEntropy(this.logits(x, true), y));
   }
 

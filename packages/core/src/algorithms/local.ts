@@ -4,6 +4,7 @@ import { SupervisedModel, crossEntropy, type PeerEval } from './common.js';
 /** Local-only baseline: each peer trains on its own data and never communicates. */
 export class LocalPeer extends SupervisedModel {
   trainRound(round: number): number {
+    this.account();
     return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => crossEntropy(this.logits(x, true), y));
   }
 
