@@ -38,7 +38,7 @@ const cellDir = (c: Cell) => join(runsDir, `${c.dataset}-${c.partition.replace('
 
 // ------------------------------------------------------------ run the cells
 const t0 = performance.now();
-const progress = createProgress('bench', cells.length);
+const progress = createProgress('bench', cells.length, 'cell');
 let done = 0;
 const queue = [...cells];
 async function worker(): Promise<void> {

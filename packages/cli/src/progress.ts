@@ -12,10 +12,10 @@ export interface Progress {
   stop(): void;
 }
 
-export function createProgress(label: string, total: number, stream: NodeJS.WriteStream = process.stderr): Progress {
+export function createProgress(label: string, total: number, unit = 'round', stream: NodeJS.WriteStream = process.stderr): Progress {
   if (!stream.isTTY) {
     return {
-      update: (done, info) => stream.write(`${label} ${done}/${total}  ${info}\n`),
+      update: (done, info) => stream.write(`${label} ${unit} ${done}/${total}  ${info}\n`),
       log: (line) => stream.write(`${line}\n`),
       stop() {},
     };
@@ -23,7 +23,7 @@ export function createProgress(label: string, total: number, stream: NodeJS.Writ
   const bar = new cliProgress.SingleBar(
     {
       stream,
-      format: `${label.padEnd(8)} [{bar}] {value}/{total}  {info}  elapsed {duration_formatted}, left {eta_formatted}`,
+      format: `${label.padEnd(8)} [{bar}] ${unit} {value}/{total}  {info}  elapsed {duration_formatted}, left {eta_formatted}`,
       barsize: 24,
       hideCursor: true,
       clearOnComplete: false,
