@@ -109,6 +109,42 @@ describe('consortium over TCP (multi-process)', function () {
     for (const s of f.sites.slice(0, 2)) assert.equal(lines(metrics(s)).length, 10);
   });
 
+  it('a hostile member sending garbage, truncated streams, oversized prefixes, NaN and wrong-shape heads changes nothing for the honest peers', async () => {
+    const { rmSync } = await import('node:fs');
+    const { spawn } = await import('node:child_process');
+    // Well-separated synthetic classes: accuracy is high and stable, so run-to-run timing differences in
+    // which head version a peer mixes do not move it, while a hostile head that got into a pool would.
+    const f = await consortium('dflmoe', { dataset: 'synthetic:classes=4,dim=16,samples=2400,separation=1', peers: 4, rounds: 6, partition: 'iid', epochs: 2 }, { deadlineMs: 4000, quorum: 2, lingerMs: 2500 });
+    const honest = f.sites.slice(0, 3);
+    const run = async (withHostile: boolean) => {
+      for (const s of honest) rmSync(s.out, { recursive: true, force: true });
+      let hostile: ChildProcess | undefined;
+      if (withHostile) {
+        hostile = spawn(process.execPath, [...process.execArgv, 'test/fixtures/hostile-peer.ts', '--config', f.sites[3].config, '--seconds', '60', '--classes', '4'], { stdio: 'ignore' });
+        procs.push(hostile);
+      }
+      const ps = honest.map((s) => start(['peer', '--config', s.config], `${s.out}-${withHostile ? 'hostile' : 'clean'}.log`));
+      const codes = await Promise.all(ps.map((p) => waitExit(p, 150000)));
+      hostile?.kill('SIGKILL');
+      assert.deepEqual(codes, [0, 0, 0]);
+      return honest.map((s) => lines(metrics(s)));
+    };
+    const clean = await run(false);
+    const attacked = await run(true);
+    const mean = (ls: RoundLine[][]) => ls.reduce((a, l) => a + l.at(-1)!.accuracy, 0) / ls.length;
+    process.stdout.write(`      (honest mean accuracy: ${(100 * mean(clean)).toFixed(2)}% without, ${(100 * mean(attacked)).toFixed(2)}% with the hostile member)\n`);
+    for (const ls of attacked) {
+      assert.equal(ls.length, 6, 'every round finished');
+      for (const l of ls) assert.ok(!l.experts.some((e) => e.peer === f.sites[3].peerId), 'no hostile head in a pool');
+      assert.equal(ls.at(-1)!.experts.length, 2);
+    }
+    const dropped = attacked.map((ls) => Object.values(ls.at(-1)!.dropped).reduce((a, b) => a + b, 0));
+    assert.ok(dropped.every((d) => d > 0), `drops counted: ${dropped}`);
+    const logs = honest.map((s) => readFileSync(`${s.out}-hostile.log`, 'utf8'));
+    assert.ok(logs.some((l) => /keeps sending bad data: disconnected and refused/.test(l)), 'the hostile member was cut off');
+    assert.ok(Math.abs(mean(clean) - mean(attacked)) <= 0.01, `within 1 point: ${mean(clean)} vs ${mean(attacked)}`);
+  });
+
   it('a peer started at round 5 receives the newest heads and finishes', async () => {
     // Early peers run 16 slower rounds (5 epochs each), so that the late one joins mid-run.
     const f = await consortium('dflmoe', { rounds: 16, epochs: 5 }, { deadlineMs: 1500, quorum: 2, lingerMs: 4000 });
