@@ -78,6 +78,8 @@ export const peerConfigSchema = z.object({
     alpha: z.number().min(0).max(1).default(0.2),
     gateHidden: posInt.default(32),
     expertLrScale: z.number().positive().default(1),
+    /** Refuse received heads scoring below this fraction of the own head's accuracy on local data. */
+    admission: z.number().min(0).max(10).optional(),
   }).strict().default({ alpha: 0.2, gateHidden: 32, expertLrScale: 1 }),
   rounds: posInt,
   round: z.object({

@@ -153,7 +153,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
 
     if (cfg.algorithm === 'dflmoe') {
       const ex = exchange as HeadExchange & Libp2pHeadExchange;
-      const peer = new DflmoePeer({ ...base, alpha: cfg.dflmoe.alpha, gateHidden: cfg.dflmoe.gateHidden, expertLrScale: cfg.dflmoe.expertLrScale, maxStaleness: cfg.round.maxStaleness, maxHeadBytes: cfg.limits.maxHeadBytes });
+      const peer = new DflmoePeer({ ...base, alpha: cfg.dflmoe.alpha, gateHidden: cfg.dflmoe.gateHidden, expertLrScale: cfg.dflmoe.expertLrScale, admission: cfg.dflmoe.admission, maxStaleness: cfg.round.maxStaleness, maxHeadBytes: cfg.limits.maxHeadBytes });
       let startRound = 1;
       if (resuming) {
         const restored = await restoreLatestCheckpoint(ckptDir, peer, log);
