@@ -5,13 +5,14 @@
  *
  *   node --import tsx benchmarks/dp.ts
  */
+import { silentLogger } from '@dflmoe/core';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { noiseForEpsilon, simulate, type SimulationConfig } from '@dflmoe/core';
 import { loadDataset, partition } from '@dflmoe/data';
 
 const { values } = parseArgs({ options: { out: { type: 'string', default: 'benchmarks/results/dp.json' } } });
-const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const quiet = silentLogger;
 const base = { dataset: 'breast-cancer', peers: 3, partition: 'iid', rounds: 10, epochs: 1, batchSize: 16, learningRate: 3e-3, seed: 1, algorithms: ['dflmoe', 'local'] } satisfies Partial<SimulationConfig>;
 // The smallest site has the largest sampling rate; calibrate the noise for it.
 const ds = loadDataset(base.dataset);

@@ -9,6 +9,7 @@
  *
  *   node --import tsx benchmarks/network.ts [--out benchmarks/results/network.json]
  */
+import { silentLogger } from '@dflmoe/core';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -18,7 +19,7 @@ import { Libp2pHeadExchange, createSiteNode, generateIdentity, type RoundLine } 
 import { runConsortium, writeConsortium } from '@dflmoe/cli';
 
 const { values } = parseArgs({ options: { out: { type: 'string', default: 'benchmarks/results/network.json' } } });
-const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const quiet = silentLogger;
 const RAW = '/dflmoe/bench/raw/1.0.0';
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
@@ -29,7 +30,7 @@ const nodes = await Promise.all(ids.map((i) => createSiteNode({ privateKey: i.pr
 const members = ids.map((i) => ({ peerId: i.peerId, addrs: [] as string[] }));
 const exs = nodes.map((n) => new Libp2pHeadExchange(n, { members, maxHeadBytes: 64 * 1024 * 1024, logger: quiet, heartbeatMs: 60000 }));
 for (const e of exs) await e.register();
-let rawPayload = new Uint8Array(0);
+let rawPayload: Uint8Array = new Uint8Array(0);
 await nodes[0].handle(RAW, async (stream) => {
   // The raw baseline: write the bytes straight to the stream in 256 KiB sends, honouring backpressure.
   for (let i = 0; i < rawPayload.length; i += 256 * 1024) {

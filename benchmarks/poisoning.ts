@@ -6,12 +6,13 @@
  *
  *   node --import tsx benchmarks/poisoning.ts [--dataset digits] [--rounds 10]
  */
+import { silentLogger } from '@dflmoe/core';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { simulate, type SimulationConfig } from '@dflmoe/core';
 
 const { values } = parseArgs({ options: { dataset: { type: 'string', default: 'digits' }, rounds: { type: 'string', default: '10' }, out: { type: 'string', default: 'benchmarks/results/poisoning.json' } } });
-const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const quiet = silentLogger;
 const base: Partial<SimulationConfig> & { dataset: string } = { dataset: values.dataset!, peers: 5, partition: 'dirichlet:0.5', rounds: Number(values.rounds), seed: 1 };
 const cases: { name: string; cfg: Partial<SimulationConfig> }[] = [
   { name: 'no attacker', cfg: { poisoned: 0 } },

@@ -10,6 +10,7 @@
  *
  *   node --import tsx benchmarks/speed-scale.ts [--max-peers 32] [--out benchmarks/results/speed-scale.json]
  */
+import { silentLogger } from '@dflmoe/core';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -23,7 +24,7 @@ import { runConsortium, writeConsortium } from '@dflmoe/cli';
 import type { PeerRunResult } from '@dflmoe/p2p';
 
 const { values } = parseArgs({ options: { 'max-peers': { type: 'string', default: '32' }, out: { type: 'string', default: 'benchmarks/results/speed-scale.json' } } });
-const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const quiet = silentLogger;
 const backend = (await initBackend({ logger: quiet })).name;
 console.log(`backend: ${backend}`);
 
@@ -96,7 +97,7 @@ const layers = [
   { kernel: new Float32Array(1024 * 1024).map((_, i) => Math.sin(i)), bias: new Float32Array(1024) },
   { kernel: new Float32Array(1024 * 1000).map((_, i) => Math.cos(i)), bias: new Float32Array(1000) },
 ];
-let enc = new Uint8Array();
+let enc: Uint8Array = new Uint8Array();
 const te = performance.now();
 for (let i = 0; i < 3; i++) enc = encodeHead({ spec: big, version: 1, peer: 'x' }, layers);
 const encSec = (performance.now() - te) / 3000;

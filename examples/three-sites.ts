@@ -5,13 +5,13 @@
  *   node --import tsx examples/three-sites.ts
  */
 import { MemoryHub, createLearner } from '@dflmoe/core';
-import { featureSize, fitStandardizer, loadDataset, partition } from '@dflmoe/data';
+import { featureSize, loadDataset, partition, pooledStandardizer } from '@dflmoe/data';
 
 const ds = loadDataset('breast-cancer');
 const splits = partition(ds.labels, ds.classNames.length, 3, 'dirichlet:0.5', { seed: 7 });
 // Feature statistics the consortium agreed on (per-feature means and standard
 // deviations of the training data: aggregates, not records).
-const standardizer = fitStandardizer(ds.features, featureSize(ds), Int32Array.from(splits.flatMap((s) => [...s.train])));
+const standardizer = pooledStandardizer(ds.features, featureSize(ds), splits);
 
 const hub = new MemoryHub(); // stands in for the network; `dflmoe peer` uses libp2p
 const names = ['hospital-a', 'hospital-b', 'hospital-c'];

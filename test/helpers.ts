@@ -1,10 +1,10 @@
-import { initBackend, preparePeerData, type PeerData } from '@dflmoe/core';
+import { initBackend, preparePeerData, silentLogger, type PeerData } from '@dflmoe/core';
 import { makeSynthetic, partition, type Dataset } from '@dflmoe/data';
 
 /** Activate the process's compute backend (wasm here) quietly. */
 export async function backend(): Promise<string> {
   process.env.DFLMOE_LOG_LEVEL ??= 'warn';
-  return (await initBackend({ logger: { debug() {}, info() {}, warn() {}, error() {} } })).name;
+  return (await initBackend({ logger: silentLogger })).name;
 }
 
 export function tinyDataset(seed = 1, samples = 240): Dataset {

@@ -1,3 +1,4 @@
+import { silentLogger } from '@dflmoe/core';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import {
@@ -177,7 +178,7 @@ describe('FedAvg', () => {
   });
 });
 
-const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const quiet = silentLogger;
 
 describe('no tensor leaks across rounds', () => {
   before(backend);

@@ -1,3 +1,4 @@
+import { silentLogger } from '@dflmoe/core';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
@@ -8,7 +9,7 @@ import {
   ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, loadIdentity, parsePeerConfig, type SiteNode,
 } from '@dflmoe/p2p';
 
-const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const quiet = silentLogger;
 
 async function pair(maxHeadBytes: number) {
   const ids = await Promise.all([generateIdentity(), generateIdentity()]);

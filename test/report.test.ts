@@ -1,3 +1,4 @@
+import { silentLogger } from '@dflmoe/core';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -6,7 +7,7 @@ import { simulate } from '@dflmoe/core';
 import { writeRunReport } from '@dflmoe/cli';
 import { backend } from './helpers.js';
 
-const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const quiet = silentLogger;
 
 describe('HTML report', () => {
   before(backend);

@@ -1,3 +1,4 @@
+import { silentLogger } from '@dflmoe/core';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
@@ -7,7 +8,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { simulate, type SimulationResults } from '@dflmoe/core';
 import { backend } from './helpers.js';
 
-const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const quiet = silentLogger;
 
 function strip(r: SimulationResults) {
   return Object.fromEntries(

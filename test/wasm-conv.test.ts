@@ -76,7 +76,6 @@ describe('wasm Conv2D gradient kernels', () => {
         xs[i * 64 + p] = (top === (cls === 0) ? 1 : 0) + (rnd() - 0.5) * 0.8;
       }
     }
-    tf.util.seedrandom?.('1');
     const model = tfl.sequential({
       layers: [
         tfl.layers.conv2d({ inputShape: [8, 8, 1], filters: 4, kernelSize: 3, activation: 'relu', padding: 'same' }),

@@ -2,7 +2,7 @@
  * In-process simulation: every algorithm runs on the same data, partition,
  * models (same initial weights per peer), epochs and optimiser settings.
  */
-import { deriveSeed, featureSize, fitStandardizer, formatPartition, loadDataset, parsePartition, partition, type Dataset, type LoadOptions } from '@dflmoe/data';
+import { deriveSeed, featureSize, partitionHistograms, pooledStandardizer, formatPartition, loadDataset, parsePartition, partition, type Dataset, type LoadOptions } from '@dflmoe/data';
 import { initBackend } from './backend.js';
 import { DflmoePeer } from './algorithms/dflmoe.js';
 import { FedAvgClient, checkSameArchitecture, federatedAverage } from './algorithms/fedavg.js';
@@ -155,12 +155,7 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
     config: cfg,
     backend: backend.name,
     dataset: { name: ds.name, samples: ds.numSamples, classes: ds.classNames, sampleShape: ds.sampleShape, source: ds.source },
-    labelHistograms: splits.map((s) => {
-      const h = new Array(ds.classNames.length).fill(0);
-      for (const r of s.train) h[ds.labels[r]]++;
-      for (const r of s.test) h[ds.labels[r]]++;
-      return h;
-    }),
+    labelHistograms: partitionHistograms(ds.labels, splits, ds.classNames.length),
     algorithms: {},
   };
   log.info(
@@ -168,7 +163,7 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
       `${cfg.rounds} rounds x ${cfg.epochs} epoch(s), bodies ${[...new Set(bodies)].join(', ')}`,
   );
   const st = cfg.standardize === 'global'
-    ? fitStandardizer(ds.features, featureSize(ds), Int32Array.from(splits.flatMap((s) => [...s.train])))
+    ? pooledStandardizer(ds.features, featureSize(ds), splits)
     : undefined;
   const flipped = (i: number) => cfg.poisonKind === 'flipped' && i >= cfg.peers - cfg.poisoned;
   const datas = splits.map((s, i) => preparePeerData(flipped(i) ? flipLabels(ds) : ds, s, st));

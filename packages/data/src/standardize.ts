@@ -37,3 +37,11 @@ export function applyStandardizer(features: Float32Array, dim: number, rows: Arr
   }
   return out;
 }
+
+/**
+ * Statistics pooled over every peer's training rows: what a consortium gets
+ * from one exchange of per-feature sums (never test rows).
+ */
+export function pooledStandardizer(features: Float32Array, dim: number, splits: { train: Int32Array }[]): Standardizer {
+  return fitStandardizer(features, dim, Int32Array.from(splits.flatMap((s) => [...s.train])));
+}

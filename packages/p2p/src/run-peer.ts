@@ -9,7 +9,7 @@ import {
   listCheckpoints, restoreLatestCheckpoint, saveCheckpoint,
   type HeadExchange, type Logger, type PeerData,
 } from '@dflmoe/core';
-import { deriveSeed, featureSize, fitStandardizer, loadDataset, partition } from '@dflmoe/data';
+import { deriveSeed, featureSize, pooledStandardizer, loadDataset, partition } from '@dflmoe/data';
 import type { PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import { Libp2pHeadExchange } from './head-exchange.js';
@@ -70,7 +70,7 @@ export function sitePeerData(cfg: PeerConfig): PeerData {
   const ds = loadDataset(d.dataset, { seed: d.seed, maxSamples: d.maxSamples, dataDir: d.dataDir, labelColumn: d.labelColumn });
   const splits = partition(ds.labels, ds.classNames.length, d.peers, d.partition, { seed: d.seed, testFraction: d.testFraction, minSize: d.minSize });
   const st = d.standardize === 'global'
-    ? fitStandardizer(ds.features, featureSize(ds), Int32Array.from(splits.flatMap((s) => [...s.train])))
+    ? pooledStandardizer(ds.features, featureSize(ds), splits)
     : undefined;
   return preparePeerData(ds, splits[d.index], st);
 }
