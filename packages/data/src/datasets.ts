@@ -1,19 +1,17 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
-import { parse as parseCsv } from 'csv-parse/sync';
 import { parseIdx } from './idx.js';
 import { Rng } from './rng.js';
+import { encodeTable, inferTableSchema, readCsvTable, type TableOptions, type TableSchema } from './table.js';
 import { DataError, featureSize, type Dataset } from './types.js';
 
 /** Directory of the data files shipped with this package. */
 export const SHIPPED_DATA_DIR = fileURLToPath(new URL('../datasets/', import.meta.url));
 export const DEFAULT_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist';
 
-export interface LoadOptions {
-  /** csv: the column holding the class label (default: `label`). */
-  labelColumn?: string;
+export interface LoadOptions extends CsvOptions {
   /** fashion-mnist: directory with the four idx files (gzipped or not). */
   dataDir?: string;
   /** Keep a seeded random subset of at most this many samples. */
@@ -32,7 +30,8 @@ export const BUILTIN_DATASETS = ['breast-cancer', 'digits', 'fashion-mnist', 'sy
 /**
  * Load a dataset by name: `breast-cancer`, `digits`, `fashion-mnist`
  * (optionally `fashion-mnist:<dir>`), `synthetic` (optionally
- * `synthetic:classes=10,dim=32,samples=5000`) or `csv:<path>`.
+ * `synthetic:classes=10,dim=32,samples=5000`) or `csv:<path>`. Image
+ * folders (`images:<dir>`) decode asynchronously: use `loadDatasetAsync`.
  */
 export function loadDataset(spec: string, opts: LoadOptions = {}): Dataset {
   const colon = spec.indexOf(':');
@@ -51,8 +50,10 @@ export function loadDataset(spec: string, opts: LoadOptions = {}): Dataset {
       break;
     case 'csv':
       if (!arg) throw new DataError('csv dataset needs a path: use csv:<path-to-file.csv>');
-      ds = loadCsv(arg, { labelColumn: opts.labelColumn });
+      ds = loadCsv(arg, opts);
       break;
+    case 'images':
+      throw new DataError(`${spec}: image folders are decoded asynchronously; load them with loadDatasetAsync (or loadImageFolder)`);
     case 'synthetic':
       ds = makeSynthetic({ ...parseKeyValues(arg ?? ''), ...pick(opts, ['classes', 'dim', 'samples', 'separation', 'seed']) });
       break;
@@ -104,74 +105,43 @@ export function takeRows(ds: Dataset, rows: ArrayLike<number>): Dataset {
   return { ...ds, features, labels, numSamples: rows.length };
 }
 
-export interface CsvOptions {
-  labelColumn?: string;
+export interface CsvOptions extends TableOptions {
+  /** Encode with this schema (a consortium's agreed one) instead of the one the file describes. */
+  schema?: TableSchema;
 }
 
 /**
- * Load a CSV table with a header row. Every column except the label column
- * must be numeric; the label column may hold any strings (classes are sorted,
- * numerically when all labels are numbers).
+ * Load a CSV table with a header row. Numeric columns are kept as they are,
+ * text columns are one-hot encoded, missing cells are imputed with an
+ * indicator column (see `table.ts` for the policies). Without `schema`, the
+ * schema comes from the file itself: its sorted classes (numerically when
+ * all labels are numbers) and vocabularies, and column means over all rows
+ * for imputation. The dataset carries the schema and the feature names.
  */
 export function loadCsv(path: string, opts: CsvOptions = {}): Dataset {
-  const file = resolve(path);
-  if (!existsSync(file)) throw new DataError(`CSV file not found: ${file}`);
-  const text = readFileSync(file, 'utf8');
-  let records: { record: string[]; info: { lines: number } }[];
-  try {
-    records = parseCsv(text, { info: true, skip_empty_lines: true, trim: true, bom: true }) as unknown as typeof records;
-  } catch (err) {
-    const msg = err instanceof Error ? err.message : String(err);
-    throw new DataError(`${file}: malformed CSV: ${msg}`);
+  const table = readCsvTable(path, opts);
+  const schema = opts.schema ?? inferTableSchema(table);
+  if (schema.classNames.length < 2) {
+    throw new DataError(`${table.source}: the label column "${table.labelColumn}" holds a single class; need at least 2`);
   }
-  if (records.length < 2) throw new DataError(`${file}: needs a header row and at least one data row`);
-  const header = records[0].record;
-  const labelName = opts.labelColumn ?? 'label';
-  const labelCol = header.indexOf(labelName);
-  if (labelCol < 0) {
-    throw new DataError(
-      `${file}: no label column "${labelName}". Columns are: ${header.join(', ')}. Name the label column with --label-column.`,
-    );
-  }
-  const n = records.length - 1;
-  const d = header.length - 1;
-  if (d < 1) throw new DataError(`${file}: needs at least one feature column besides "${labelName}"`);
-  const features = new Float32Array(n * d);
-  const rawLabels: string[] = new Array(n);
-  for (let i = 0; i < n; i++) {
-    const { record, info } = records[i + 1];
-    let k = 0;
-    for (let c = 0; c < record.length; c++) {
-      const cell = record[c];
-      if (c === labelCol) {
-        if (cell === '') throw new DataError(`${file}, line ${info.lines}: empty label in column "${labelName}"`);
-        rawLabels[i] = cell;
-        continue;
-      }
-      const v = cell === '' ? NaN : Number(cell);
-      if (!Number.isFinite(v)) {
-        throw new DataError(
-          `${file}, line ${info.lines}: column "${header[c]}" holds "${cell}", which is not a finite number`,
-        );
-      }
-      features[i * d + k++] = v;
-    }
-  }
-  const distinct = [...new Set(rawLabels)];
-  const numeric = distinct.every((l) => Number.isFinite(Number(l)));
-  distinct.sort(numeric ? (a, b) => Number(a) - Number(b) : undefined);
-  if (distinct.length < 2) throw new DataError(`${file}: the label column "${labelName}" holds a single class; need at least 2`);
-  const classOf = new Map(distinct.map((l, i) => [l, i]));
-  const labels = Int32Array.from(rawLabels, (l) => classOf.get(l)!);
+  const { features, labels, featureNames } = encodeTable(table, schema);
+  const n = labels.length;
+  const d = featureNames.length;
+  const kinds = table.columns.map((c) => c.kind);
+  const numeric = kinds.filter((k) => k === 'numeric').length;
   return {
     name: `csv:${path}`,
     features,
     labels,
     numSamples: n,
     sampleShape: [d],
-    classNames: distinct,
-    description: `User table ${file}: ${n} rows, ${d} numeric features, label column "${labelName}".`,
-    source: file,
+    classNames: schema.classNames,
+    description:
+      `User table ${table.source}: ${n} rows, ${table.columns.length} columns (${numeric} numeric, ` +
+      `${kinds.length - numeric} categorical) encoded as ${d} features, label column "${table.labelColumn}".`,
+    source: table.source,
+    featureNames,
+    schema,
   };
 }
 

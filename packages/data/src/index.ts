@@ -4,3 +4,5 @@ export * from './idx.js';
 export * from './datasets.js';
 export * from './partition.js';
 export * from './standardize.js';
+export * from './table.js';
+export * from './federated.js';

@@ -1,3 +1,5 @@
+import type { TableSchema } from './table.js';
+
 /** A labelled dataset held in flat typed arrays (no tensor library needed). */
 export interface Dataset {
   /** Short name, e.g. `breast-cancer` or `csv:/path/to/file.csv`. */
@@ -14,6 +16,10 @@ export interface Dataset {
   description: string;
   /** Where the data comes from, with its licence and citation when known. */
   source: string;
+  /** Name of each encoded feature, when the features have names (tables). */
+  featureNames?: string[];
+  /** How a table was encoded: columns, kinds, vocabularies, imputation. */
+  schema?: TableSchema;
 }
 
 export function featureSize(ds: Pick<Dataset, 'sampleShape'>): number {

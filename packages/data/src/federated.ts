@@ -1,0 +1,372 @@
+/**
+ * Federated preprocessing as pure functions (no networking): every site
+ * summarizes its training rows ({@link summarizeTable} or
+ * {@link summarizeDataset}), the sites exchange the summaries (plain JSON),
+ * each computes the same agreed schema with {@link mergeSummaries}, and
+ * encodes its own table into the agreed layout with {@link encodeWithSchema},
+ * standardized with the pooled statistics.
+ *
+ * A summary holds the site's label set and counts, its feature schema
+ * (column names, kinds, vocabularies; or a fixed sample shape), and per
+ * encoded feature the count of observed cells, the count of missing cells,
+ * their sum and their sum of squares. Missing numeric cells are left out of
+ * the sums (so the pooled mean is the mean of observed values, and an imputed
+ * cell standardizes to 0); one-hot and indicator features are never missing.
+ * Sums, not means, so that they add up across sites (and could be added
+ * under secure aggregation). Variances come from the pooled sums of squares,
+ * in float64: fine for features whose mean is not many orders of magnitude
+ * above their spread.
+ *
+ * The agreed schema does not depend on the order of the summaries: they are
+ * sorted by site name first, and the first site's column order is kept.
+ */
+import type { Standardizer } from './standardize.js';
+import {
+  encodeTable, featureLayout, inferTableSchema, sortNames, takeTableRows,
+  type ColumnSchema, type RawTable, type TableSchema,
+} from './table.js';
+import { DataError, featureSize, type Dataset } from './types.js';
+
+/** Samples of a fixed shape (images, or features already encoded): no columns to agree on. */
+export interface TensorSchema {
+  kind: 'tensor';
+  classNames: string[];
+  /** Shape of one sample, e.g. `[28, 28, 1]`. */
+  shape: number[];
+}
+
+export type FeatureSchema = TableSchema | TensorSchema;
+
+/** Per encoded feature: observed cells, missing cells, sum and sum of squares of the observed ones. */
+export interface FeatureStats {
+  count: number[];
+  missing: number[];
+  sum: number[];
+  sumSq: number[];
+}
+
+/** What a site shares about its training rows. Plain JSON. */
+export interface LocalSummary {
+  version: 1;
+  site: string;
+  numRows: number;
+  /** The site's schema: its own classes (sorted), vocabularies and missing-value indicators. */
+  schema: FeatureSchema;
+  /** Rows per class, aligned with `schema.classNames`. */
+  labelCounts: number[];
+  /** Names of the encoded features in the site's own layout (tables; empty for tensors). */
+  featureNames: string[];
+  /** Aligned with the site's own encoded layout. */
+  stats: FeatureStats;
+}
+
+/** What every site computes from all the summaries: the same on every site. */
+export interface AgreedSchema {
+  version: 1;
+  /** Union of the classes and vocabularies (sorted); numeric columns impute with the pooled mean. */
+  schema: FeatureSchema;
+  /** Encoded feature names (tables) in the agreed order; empty for tensors. */
+  featureNames: string[];
+  /** Pooled per-feature mean and standard deviation (population; 1 for constant features). */
+  mean: number[];
+  std: number[];
+  /** Pooled stats the mean and std came from. */
+  stats: FeatureStats;
+  /** Sites whose summaries were merged, sorted. */
+  sites: string[];
+  numRows: number;
+  /** Rows per class over all sites, aligned with `schema.classNames`. */
+  labelCounts: number[];
+}
+
+/** Guard used by every standardizer: a feature with a smaller spread gets std 1. */
+const MIN_STD = 1e-6;
+
+function emptyStats(d: number): FeatureStats {
+  return { count: new Array(d).fill(0), missing: new Array(d).fill(0), sum: new Array(d).fill(0), sumSq: new Array(d).fill(0) };
+}
+
+function countLabels(classNames: string[], labels: string[]): number[] {
+  const index = new Map(classNames.map((c, i) => [c, i]));
+  const counts = new Array<number>(classNames.length).fill(0);
+  for (const l of labels) counts[index.get(l)!]++;
+  return counts;
+}
+
+/** Summarize a site's table over `rows` (its training rows; default all). */
+export function summarizeTable(table: RawTable, site: string, rows?: ArrayLike<number>): LocalSummary {
+  const sub = rows ? takeTableRows(table, rows) : table;
+  const schema = inferTableSchema(sub);
+  const slots = featureLayout(schema);
+  const { features } = encodeTable(sub, schema);
+  const n = sub.labels.length;
+  const d = slots.length;
+  const stats = emptyStats(d);
+  const byName = new Map(sub.columns.map((c) => [c.name, c]));
+  slots.forEach((slot, j) => {
+    const raw = byName.get(schema.columns[slot.column].name)!;
+    if (slot.role === 'value' && raw.kind === 'numeric') {
+      for (let i = 0; i < n; i++) {
+        const v = raw.values[i];
+        if (Number.isNaN(v)) stats.missing[j]++;
+        else {
+          stats.count[j]++;
+          stats.sum[j] += v;
+          stats.sumSq[j] += v * v;
+        }
+      }
+    } else {
+      stats.count[j] = n;
+      for (let i = 0; i < n; i++) {
+        const v = features[i * d + j];
+        stats.sum[j] += v;
+        stats.sumSq[j] += v * v;
+      }
+    }
+  });
+  return {
+    version: 1, site, numRows: n, schema, labelCounts: countLabels(schema.classNames, sub.labels),
+    featureNames: slots.map((s) => s.name), stats,
+  };
+}
+
+/** Summarize a site's rows of a fixed-shape dataset (images, or features already encoded). */
+export function summarizeDataset(ds: Dataset, site: string, rows?: ArrayLike<number>): LocalSummary {
+  const idx = rows ? Array.from(rows) : Array.from({ length: ds.numSamples }, (_, i) => i);
+  const d = featureSize(ds);
+  const stats = emptyStats(d);
+  const present = new Set<number>();
+  for (const r of idx) {
+    present.add(ds.labels[r]);
+    for (let j = 0; j < d; j++) {
+      const v = ds.features[r * d + j];
+      if (!Number.isFinite(v)) stats.missing[j]++;
+      else {
+        stats.count[j]++;
+        stats.sum[j] += v;
+        stats.sumSq[j] += v * v;
+      }
+    }
+  }
+  const classNames = sortNames([...present].map((k) => ds.classNames[k]));
+  return {
+    version: 1, site, numRows: idx.length,
+    schema: { kind: 'tensor', classNames, shape: [...ds.sampleShape] },
+    labelCounts: countLabels(classNames, idx.map((r) => ds.classNames[ds.labels[r]])),
+    featureNames: [], stats,
+  };
+}
+
+/** Check a summary received from elsewhere: structure, sizes, finite numbers. Errors name the site. */
+export function validateSummary(s: LocalSummary): void {
+  const site = typeof s?.site === 'string' && s.site !== '' ? s.site : undefined;
+  const bad = (why: string) => new DataError(`summary from site ${site === undefined ? '(unnamed)' : `"${site}"`} is invalid: ${why}`);
+  if (site === undefined) throw bad('no site name');
+  if (s.version !== 1) throw bad(`unknown version ${String(s.version)}`);
+  const isCount = (v: unknown) => Number.isInteger(v) && (v as number) >= 0;
+  const isStrings = (a: unknown) => Array.isArray(a) && a.every((x) => typeof x === 'string');
+  if (!isCount(s.numRows)) throw bad('numRows is not a non-negative integer');
+  const sch = s.schema;
+  if (!sch || !isStrings(sch.classNames) || new Set(sch.classNames).size !== sch.classNames.length) throw bad('classNames must be distinct strings');
+  if (!Array.isArray(s.labelCounts) || s.labelCounts.length !== sch.classNames.length || !s.labelCounts.every(isCount)) {
+    throw bad('labelCounts must give a count per class');
+  }
+  if (s.labelCounts.reduce((a, b) => a + b, 0) !== s.numRows) throw bad('labelCounts do not add up to numRows');
+  let d: number;
+  if (sch.kind === 'tensor') {
+    if (!Array.isArray(sch.shape) || sch.shape.length < 1 || !sch.shape.every((v) => Number.isInteger(v) && v > 0)) throw bad('bad shape');
+    d = sch.shape.reduce((a, b) => a * b, 1);
+  } else if (sch.kind === 'table') {
+    if (!Array.isArray(sch.columns)) throw bad('no columns');
+    for (const c of sch.columns as ColumnSchema[]) {
+      if (typeof c?.name !== 'string' || c.name === '') throw bad('a column has no name');
+      if (c.kind === 'numeric') {
+        if (!Number.isFinite(c.impute) || typeof c.indicator !== 'boolean') throw bad(`column "${c.name}": bad impute or indicator`);
+      } else if (c.kind === 'categorical') {
+        if (!isStrings(c.categories) || new Set(c.categories).size !== c.categories.length) throw bad(`column "${c.name}": categories must be distinct strings`);
+      } else throw bad(`column "${(c as { name: string }).name}": unknown kind`);
+    }
+    if (new Set(sch.columns.map((c) => c.name)).size !== sch.columns.length) throw bad('a column name appears twice');
+    const names = featureLayout(sch).map((f) => f.name);
+    if (!isStrings(s.featureNames) || s.featureNames.join('\u0000') !== names.join('\u0000')) throw bad('featureNames do not match the schema');
+    d = names.length;
+  } else throw bad('unknown schema kind');
+  const st = s.stats;
+  for (const key of ['count', 'missing', 'sum', 'sumSq'] as const) {
+    const a = st?.[key];
+    if (!Array.isArray(a) || a.length !== d) throw bad(`stats.${key} must hold ${d} numbers`);
+    if (!a.every((v) => typeof v === 'number' && Number.isFinite(v))) throw bad(`stats.${key} holds a value that is not a finite number`);
+  }
+  for (let j = 0; j < d; j++) {
+    if (!isCount(st.count[j]) || !isCount(st.missing[j]) || st.count[j] + st.missing[j] !== s.numRows) {
+      throw bad(`stats for feature ${j}: count + missing must equal numRows`);
+    }
+    if (st.sumSq[j] < 0) throw bad(`stats for feature ${j}: negative sum of squares`);
+  }
+}
+
+function meanStd(stats: FeatureStats): { mean: number[]; std: number[] } {
+  const mean = stats.count.map((c, j) => (c > 0 ? stats.sum[j] / c : 0));
+  const std = stats.count.map((c, j) => {
+    if (c === 0) return 1;
+    const s = Math.sqrt(Math.max(0, stats.sumSq[j] / c - mean[j] * mean[j]));
+    return s > MIN_STD ? s : 1;
+  });
+  return { mean, std };
+}
+
+function list(names: string[]): string {
+  return names.map((n) => `"${n}"`).join(', ');
+}
+
+/**
+ * Merge every site's summary into the consortium's agreed schema and pooled
+ * statistics. Classes and vocabularies are unions (sorted); a numeric column
+ * gets an indicator when any site has a missing cell in it. Errors name the
+ * sites that lack a column, and the columns whose kind differs between sites.
+ */
+export function mergeSummaries(summaries: LocalSummary[]): AgreedSchema {
+  if (summaries.length === 0) throw new DataError('mergeSummaries needs at least one summary');
+  for (const s of summaries) validateSummary(s);
+  const sorted = [...summaries].sort((a, b) => (a.site < b.site ? -1 : a.site > b.site ? 1 : 0));
+  for (let i = 1; i < sorted.length; i++) {
+    if (sorted[i].site === sorted[i - 1].site) throw new DataError(`two summaries come from site "${sorted[i].site}"`);
+  }
+  const sites = sorted.map((s) => s.site);
+  const kinds = new Set(sorted.map((s) => s.schema.kind));
+  if (kinds.size > 1) {
+    const tables = sorted.filter((s) => s.schema.kind === 'table').map((s) => s.site);
+    const tensors = sorted.filter((s) => s.schema.kind === 'tensor').map((s) => s.site);
+    throw new DataError(`sites ${list(tables)} summarize tables but ${list(tensors)} summarize fixed-shape samples (images)`);
+  }
+  const classNames = sortNames(sorted.flatMap((s) => s.schema.classNames));
+  const labelCounts = new Array<number>(classNames.length).fill(0);
+  const classIndex = new Map(classNames.map((c, i) => [c, i]));
+  for (const s of sorted) s.schema.classNames.forEach((c, k) => (labelCounts[classIndex.get(c)!] += s.labelCounts[k]));
+  const numRows = sorted.reduce((a, s) => a + s.numRows, 0);
+
+  let schema: FeatureSchema;
+  let featureNames: string[];
+  let stats: FeatureStats;
+  if (sorted[0].schema.kind === 'tensor') {
+    const shape = sorted[0].schema.shape;
+    for (const s of sorted) {
+      const sh = (s.schema as TensorSchema).shape;
+      if (sh.join('x') !== shape.join('x')) {
+        throw new DataError(`site "${s.site}" has samples of shape ${sh.join('x')} but site "${sorted[0].site}" has ${shape.join('x')}: resize to one shape`);
+      }
+    }
+    schema = { kind: 'tensor', classNames, shape: [...shape] };
+    featureNames = [];
+    stats = emptyStats(shape.reduce((a, b) => a * b, 1));
+    for (const s of sorted) addStats(stats, s.stats, (j) => j);
+  } else {
+    const tables = sorted.map((s) => s.schema as TableSchema);
+    // Column sets: every site must have every column.
+    const all = new Set(tables.flatMap((t) => t.columns.map((c) => c.name)));
+    const lacks: string[] = [];
+    tables.forEach((t, i) => {
+      const have = new Set(t.columns.map((c) => c.name));
+      const gone = [...all].filter((c) => !have.has(c));
+      if (gone.length > 0) lacks.push(`site "${sites[i]}" lacks column${gone.length > 1 ? 's' : ''} ${list(gone)}`);
+    });
+    if (lacks.length > 0) throw new DataError(`the sites' tables have different columns: ${lacks.join('; ')}`);
+    // Kinds must agree.
+    const clashes: string[] = [];
+    for (const name of all) {
+      const at = { numeric: [] as string[], categorical: [] as string[] };
+      tables.forEach((t, i) => at[t.columns.find((c) => c.name === name)!.kind].push(sites[i]));
+      if (at.numeric.length > 0 && at.categorical.length > 0) {
+        clashes.push(`column "${name}" is numeric at ${list(at.numeric)} but categorical at ${list(at.categorical)}`);
+      }
+    }
+    if (clashes.length > 0) throw new DataError(`${clashes.join('; ')}: list such columns in categorical at every site, or fix the cells`);
+    const columns: ColumnSchema[] = tables[0].columns.map((first): ColumnSchema => {
+      const cols = tables.map((t) => t.columns.find((c) => c.name === first.name)!);
+      if (first.kind === 'categorical') {
+        return { name: first.name, kind: 'categorical', categories: sortNames(cols.flatMap((c) => (c.kind === 'categorical' ? c.categories : []))) };
+      }
+      // Indicator when any site has a missing cell; impute is filled in below from the pooled mean.
+      const anyMissing = sorted.some((s) => s.stats.missing[s.featureNames.indexOf(first.name)] > 0);
+      return { name: first.name, kind: 'numeric', impute: 0, indicator: anyMissing };
+    });
+    const tableSchema: TableSchema = { kind: 'table', labelColumn: tables[0].labelColumn, classNames, columns };
+    const slots = featureLayout(tableSchema);
+    featureNames = slots.map((s) => s.name);
+    stats = emptyStats(slots.length);
+    for (const s of sorted) {
+      const local = new Map(s.featureNames.map((name, j) => [name, j]));
+      // A feature the site lacks (a category it never saw, an indicator for a column with no missing cell) is all zeros there.
+      const absent: FeatureStats = { count: [s.numRows], missing: [0], sum: [0], sumSq: [0] };
+      slots.forEach((slot, j) => {
+        const k = local.get(slot.name);
+        const src = k === undefined ? absent : s.stats;
+        const at = k ?? 0;
+        stats.count[j] += src.count[at];
+        stats.missing[j] += src.missing[at];
+        stats.sum[j] += src.sum[at];
+        stats.sumSq[j] += src.sumSq[at];
+      });
+    }
+    slots.forEach((slot, j) => {
+      const col = columns[slot.column];
+      if (slot.role === 'value' && col.kind === 'numeric') col.impute = stats.count[j] > 0 ? stats.sum[j] / stats.count[j] : 0;
+    });
+    schema = tableSchema;
+  }
+  const { mean, std } = meanStd(stats);
+  return { version: 1, schema, featureNames, mean, std, stats, sites, numRows, labelCounts };
+}
+
+function addStats(into: FeatureStats, from: FeatureStats, map: (j: number) => number): void {
+  for (let j = 0; j < from.count.length; j++) {
+    const k = map(j);
+    into.count[k] += from.count[j];
+    into.missing[k] += from.missing[j];
+    into.sum[k] += from.sum[j];
+    into.sumSq[k] += from.sumSq[j];
+  }
+}
+
+/** The pooled standardizer of an agreed schema. */
+export function agreedStandardizer(agreed: AgreedSchema): Standardizer {
+  return { mean: Float32Array.from(agreed.mean), std: Float32Array.from(agreed.std) };
+}
+
+/**
+ * Encode a site's data into the agreed layout: a raw table is encoded
+ * column by column (same columns in the same order at every site, one-hot
+ * over the union vocabulary, missing numeric cells imputed with the pooled
+ * mean, indicator columns); a fixed-shape dataset keeps its features and has
+ * its labels renumbered to the agreed classes. Returns the dataset (all of
+ * the site's rows, train and test, in their order) and the pooled
+ * standardizer.
+ */
+export function encodeWithSchema(data: RawTable | Dataset, agreed: AgreedSchema): { dataset: Dataset; standardizer: Standardizer } {
+  const schema = agreed.schema;
+  const standardizer = agreedStandardizer(agreed);
+  if ('columns' in data) {
+    if (schema.kind !== 'table') throw new DataError(`${data.source} is a table but the agreed schema is for samples of shape ${schema.shape.join('x')}`);
+    const { features, labels, featureNames } = encodeTable(data, schema);
+    const n = labels.length;
+    return {
+      dataset: {
+        name: data.source, features, labels, numSamples: n, sampleShape: [featureNames.length], classNames: [...schema.classNames],
+        description: `${data.source}: ${n} rows encoded with the consortium's schema of sites ${agreed.sites.join(', ')} (${featureNames.length} features).`,
+        source: data.source, featureNames, schema,
+      },
+      standardizer,
+    };
+  }
+  if (schema.kind !== 'tensor') throw new DataError(`${data.name} holds fixed-shape samples but the agreed schema is for tables`);
+  if (data.sampleShape.join('x') !== schema.shape.join('x')) {
+    throw new DataError(`${data.name} has samples of shape ${data.sampleShape.join('x')} but the consortium agreed on ${schema.shape.join('x')}`);
+  }
+  const index = new Map(schema.classNames.map((c, i) => [c, i]));
+  const labels = Int32Array.from(data.labels, (l, i) => {
+    const k = index.get(data.classNames[l]);
+    if (k === undefined) throw new DataError(`${data.name}, sample ${i}: class "${data.classNames[l]}" is not one of the agreed classes ${schema.classNames.join(', ')}`);
+    return k;
+  });
+  return { dataset: { ...data, labels, classNames: [...schema.classNames] }, standardizer };
+}

@@ -1,0 +1,359 @@
+/**
+ * Real tables: read a CSV into a raw table (columns typed as numeric or
+ * categorical, missing cells marked), describe it with a schema, and encode
+ * it into a flat feature layout.
+ *
+ * Policies, the same for a single file and for a consortium:
+ *
+ * - Missing cells are the empty string, `NA`, `NaN` and `?` (case-insensitive,
+ *   surrounding spaces ignored).
+ * - A numeric column's missing cells are imputed with the schema's `impute`
+ *   value (the mean of the column's observed values: over the file for
+ *   {@link inferTableSchema}, pooled over the consortium's training rows for
+ *   `mergeSummaries`), and a 0/1 indicator feature `<col>_missing` follows
+ *   the column whenever the schema says the column has missing values.
+ * - A categorical column is one-hot encoded over its sorted vocabulary, one
+ *   feature `<col>=<category>` per category. A missing cell, and a category
+ *   the schema does not know (seen only in test rows, say), encode as all
+ *   zeros: no extra category.
+ * - A column is numeric when every observed cell is a number, categorical
+ *   when none is (or when it is named in `categorical`). A column mixing both
+ *   is accepted only when the minority kind makes up at most `mixedTolerance`
+ *   of its observed cells (default 5%): stray text in a numeric column then
+ *   counts as missing, stray numbers in a text column are categories; both
+ *   are listed in the table's `warnings`. Anything more mixed is an error
+ *   naming the line and the column.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parse as parseCsv } from 'csv-parse/sync';
+import { DataError } from './types.js';
+
+/** Cells that count as missing (compared trimmed and lower-cased). */
+export const MISSING_TOKENS: readonly string[] = ['', 'na', 'nan', '?'];
+
+export function isMissingCell(cell: string): boolean {
+  return MISSING_TOKENS.includes(cell.trim().toLowerCase());
+}
+
+/** Parse a cell as a finite number, or `undefined` when it is not one. */
+function parseNumber(cell: string): number | undefined {
+  const s = cell.trim();
+  if (s === '') return undefined;
+  const v = Number(s);
+  return Number.isFinite(v) ? v : undefined;
+}
+
+/** Sort names the way class names and vocabularies are sorted: numerically when all are numbers, else by code unit. */
+export function sortNames(names: Iterable<string>): string[] {
+  const out = [...new Set(names)];
+  const numeric = out.length > 0 && out.every((s) => parseNumber(s) !== undefined);
+  return numeric ? out.sort((a, b) => Number(a) - Number(b) || (a < b ? -1 : a > b ? 1 : 0)) : out.sort();
+}
+
+export type RawColumn =
+  | { name: string; kind: 'numeric'; /** NaN marks a missing cell. */ values: Float64Array }
+  | { name: string; kind: 'categorical'; /** null marks a missing cell. */ values: (string | null)[] };
+
+/** A table as read, before encoding: typed feature columns, raw labels, and where each row came from. */
+export interface RawTable {
+  /** The file (or a name for an in-memory table). */
+  source: string;
+  labelColumn: string;
+  columns: RawColumn[];
+  /** Label of each row, as written. */
+  labels: string[];
+  /** 1-based line in the file where each row starts (header is line 1 for in-memory tables). */
+  lines: number[];
+  /** Cells that were accepted but worth a look (stray text counted as missing, ...). */
+  warnings: string[];
+}
+
+export interface TableOptions {
+  /** The column holding the class label (default `label`). */
+  labelColumn?: string;
+  /** Keep only these feature columns, in this order. */
+  features?: string[];
+  /** Drop these columns. */
+  drop?: string[];
+  /** Treat these columns as categorical even when their cells are numbers (codes, zip codes). */
+  categorical?: string[];
+  /** Largest share of a column's observed cells that may be of the other kind (default 0.05). */
+  mixedTolerance?: number;
+}
+
+export interface NumericColumnSchema {
+  name: string;
+  kind: 'numeric';
+  /** Value written for a missing cell. */
+  impute: number;
+  /** Whether a `<name>_missing` indicator feature follows the column. */
+  indicator: boolean;
+}
+
+export interface CategoricalColumnSchema {
+  name: string;
+  kind: 'categorical';
+  /** Sorted vocabulary; each category is one one-hot feature `<name>=<category>`. */
+  categories: string[];
+}
+
+export type ColumnSchema = NumericColumnSchema | CategoricalColumnSchema;
+
+/** How a table is encoded: feature columns in order, and the classes. */
+export interface TableSchema {
+  kind: 'table';
+  labelColumn: string;
+  /** Sorted class names; a label's class index is its position here. */
+  classNames: string[];
+  columns: ColumnSchema[];
+}
+
+/** Read a CSV file with a header row into a {@link RawTable}. */
+export function readCsvTable(path: string, opts: TableOptions = {}): RawTable {
+  const file = resolve(path);
+  if (!existsSync(file)) throw new DataError(`CSV file not found: ${file}`);
+  const text = readFileSync(file, 'utf8');
+  let records: { record: string[]; info: { lines: number } }[];
+  try {
+    records = parseCsv(text, { info: true, skip_empty_lines: true, trim: true, bom: true }) as unknown as typeof records;
+  } catch (err) {
+    const msg = err instanceof Error ? err.message : String(err);
+    throw new DataError(`${file}: malformed CSV: ${msg}`);
+  }
+  if (records.length < 2) throw new DataError(`${file}: needs a header row and at least one data row`);
+  return tableFromRows(
+    records[0].record,
+    records.slice(1).map((r) => r.record),
+    { ...opts, source: file, lines: records.slice(1).map((r) => r.info.lines) },
+  );
+}
+
+/**
+ * Build a {@link RawTable} from a header and rows of cells (what
+ * {@link readCsvTable} does after parsing). `lines` gives each row's line
+ * for error messages (default: row i is line i + 2).
+ */
+export function tableFromRows(
+  header: string[],
+  rows: string[][],
+  opts: TableOptions & { source?: string; lines?: number[] } = {},
+): RawTable {
+  const source = opts.source ?? 'table';
+  const lines = opts.lines ?? rows.map((_, i) => i + 2);
+  const labelName = opts.labelColumn ?? 'label';
+  const tolerance = opts.mixedTolerance ?? 0.05;
+  if (!(tolerance >= 0 && tolerance < 0.5)) throw new DataError(`mixedTolerance must be in [0, 0.5), got ${tolerance}`);
+  const seen = new Map<string, number>();
+  header.forEach((h, c) => {
+    if (h === '') throw new DataError(`${source}, line 1: column ${c + 1} has no name`);
+    if (seen.has(h)) throw new DataError(`${source}, line 1: column "${h}" appears twice (columns ${seen.get(h)! + 1} and ${c + 1})`);
+    seen.set(h, c);
+  });
+  const labelCol = seen.get(labelName);
+  if (labelCol === undefined) {
+    throw new DataError(
+      `${source}: no label column "${labelName}". Columns are: ${header.join(', ')}. Name the label column with --label-column.`,
+    );
+  }
+  const unknown = (list: string[] | undefined, what: string) => {
+    for (const name of list ?? []) {
+      if (!seen.has(name)) throw new DataError(`${source}, line 1: column "${name}" in ${what} is not in the header. Columns are: ${header.join(', ')}`);
+      if (name === labelName) throw new DataError(`${source}, line 1: column "${name}" in ${what} is the label column`);
+    }
+  };
+  unknown(opts.features, 'features');
+  unknown(opts.drop, 'drop');
+  unknown(opts.categorical, 'categorical');
+  let keep = opts.features ? [...opts.features] : header.filter((h) => h !== labelName);
+  if (opts.drop) keep = keep.filter((h) => !opts.drop!.includes(h));
+  if (new Set(keep).size !== keep.length) throw new DataError(`${source}: a column is listed twice in features`);
+  if (keep.length < 1) throw new DataError(`${source}: needs at least one feature column besides "${labelName}"`);
+
+  const labels: string[] = new Array(rows.length);
+  rows.forEach((r, i) => {
+    if (r.length !== header.length) {
+      throw new DataError(`${source}, line ${lines[i]}: ${r.length} cells where the header has ${header.length} columns`);
+    }
+    const cell = r[labelCol].trim();
+    if (isMissingCell(cell)) throw new DataError(`${source}, line ${lines[i]}: missing label ("${cell}") in column "${labelName}"`);
+    labels[i] = cell;
+  });
+
+  const warnings: string[] = [];
+  const columns = keep.map((name) => typeColumn(name, seen.get(name)!, rows, lines, source, tolerance, opts.categorical?.includes(name) ?? false, warnings));
+  return { source, labelColumn: labelName, columns, labels, lines, warnings };
+}
+
+function typeColumn(
+  name: string, c: number, rows: string[][], lines: number[], source: string, tolerance: number, forceCategorical: boolean, warnings: string[],
+): RawColumn {
+  const cells = rows.map((r) => r[c].trim());
+  let observed = 0;
+  let numbers = 0;
+  let firstText = -1;
+  let firstNumber = -1;
+  cells.forEach((s, i) => {
+    if (isMissingCell(s)) return;
+    observed++;
+    if (parseNumber(s) !== undefined) {
+      numbers++;
+      if (firstNumber < 0) firstNumber = i;
+    } else if (firstText < 0) firstText = i;
+  });
+  if (observed === 0) {
+    throw new DataError(`${source}, lines ${lines[0]}-${lines[lines.length - 1]}: column "${name}" has no values (every cell is missing); drop it`);
+  }
+  if (forceCategorical) return { name, kind: 'categorical', values: cells.map((s) => (isMissingCell(s) ? null : s)) };
+  const texts = observed - numbers;
+  if (texts === 0 || (texts > 0 && numbers > 0 && texts / observed <= tolerance)) {
+    if (texts > 0) {
+      warnings.push(`column "${name}": ${texts} of ${observed} cells are not numbers (first at line ${lines[firstText]}: "${cells[firstText]}") and count as missing`);
+    }
+    return { name, kind: 'numeric', values: Float64Array.from(cells, (s) => (isMissingCell(s) ? NaN : parseNumber(s) ?? NaN)) };
+  }
+  if (numbers === 0 || numbers / observed <= tolerance) {
+    if (numbers > 0) {
+      warnings.push(`column "${name}": ${numbers} of ${observed} cells are numbers in a text column (first at line ${lines[firstNumber]}: "${cells[firstNumber]}") and count as categories`);
+    }
+    return { name, kind: 'categorical', values: cells.map((s) => (isMissingCell(s) ? null : s)) };
+  }
+  // Too mixed to guess: name the first cell of the minority kind.
+  const i = numbers >= texts ? firstText : firstNumber;
+  const what = numbers >= texts ? 'which is not a number' : 'a number';
+  throw new DataError(
+    `${source}, line ${lines[i]}: column "${name}" holds "${cells[i]}", ${what}, but ${numbers} of its ${observed} observed cells are numbers ` +
+      `and ${texts} are text. Fix the cell, write NA if it is missing, or list the column in categorical (--categorical).`,
+  );
+}
+
+/** The rows of a raw table, as a new table. */
+export function takeTableRows(table: RawTable, rows: ArrayLike<number>): RawTable {
+  const idx = Array.from(rows);
+  return {
+    ...table,
+    columns: table.columns.map((col) =>
+      col.kind === 'numeric'
+        ? { ...col, values: Float64Array.from(idx, (r) => col.values[r]) }
+        : { ...col, values: idx.map((r) => col.values[r]) },
+    ),
+    labels: idx.map((r) => table.labels[r]),
+    lines: idx.map((r) => table.lines[r]),
+  };
+}
+
+/**
+ * The schema a table describes on its own (over `rows`, default all):
+ * sorted classes and vocabularies, numeric columns imputed with the mean of
+ * their observed cells, an indicator for each column with a missing cell.
+ */
+export function inferTableSchema(table: RawTable, rows?: ArrayLike<number>): TableSchema {
+  const idx = rows ? Array.from(rows) : table.labels.map((_, i) => i);
+  const columns = table.columns.map((col): ColumnSchema => {
+    if (col.kind === 'categorical') {
+      const cats = new Set<string>();
+      for (const r of idx) if (col.values[r] !== null) cats.add(col.values[r]!);
+      return { name: col.name, kind: 'categorical', categories: sortNames(cats) };
+    }
+    let sum = 0;
+    let count = 0;
+    for (const r of idx) {
+      const v = col.values[r];
+      if (Number.isNaN(v)) continue;
+      sum += v;
+      count++;
+    }
+    return { name: col.name, kind: 'numeric', impute: count > 0 ? sum / count : 0, indicator: count < idx.length };
+  });
+  return { kind: 'table', labelColumn: table.labelColumn, classNames: sortNames(idx.map((r) => table.labels[r])), columns };
+}
+
+/** One feature of an encoded table. */
+export interface FeatureSlot {
+  name: string;
+  /** Index of the schema column it comes from. */
+  column: number;
+  role: 'value' | 'missing' | 'category';
+  category?: string;
+}
+
+/** The encoded features of a schema, in order: `<col>`, `<col>_missing`, `<col>=<category>`. */
+export function featureLayout(schema: TableSchema): FeatureSlot[] {
+  const slots: FeatureSlot[] = [];
+  schema.columns.forEach((col, c) => {
+    if (col.kind === 'numeric') {
+      slots.push({ name: col.name, column: c, role: 'value' });
+      if (col.indicator) slots.push({ name: `${col.name}_missing`, column: c, role: 'missing' });
+    } else {
+      for (const cat of col.categories) slots.push({ name: `${col.name}=${cat}`, column: c, role: 'category', category: cat });
+    }
+  });
+  const names = new Set<string>();
+  for (const s of slots) {
+    if (names.has(s.name)) throw new DataError(`two encoded features are both named "${s.name}": rename a column`);
+    names.add(s.name);
+  }
+  return slots;
+}
+
+/** Encoded features and class indices of a table under a schema. */
+export interface EncodedTable {
+  features: Float32Array;
+  labels: Int32Array;
+  featureNames: string[];
+}
+
+/**
+ * Encode a raw table with a schema (see the policies at the top of this
+ * file). Columns are matched by name; the table may hold them in any order.
+ * Errors name the column, and the line for a label the schema lacks.
+ */
+export function encodeTable(table: RawTable, schema: TableSchema): EncodedTable {
+  const byName = new Map(table.columns.map((c) => [c.name, c]));
+  const missing = schema.columns.filter((c) => !byName.has(c.name)).map((c) => `"${c.name}"`);
+  if (missing.length > 0) throw new DataError(`${table.source} lacks column${missing.length > 1 ? 's' : ''} ${missing.join(', ')} of the schema`);
+  for (const c of schema.columns) {
+    const have = byName.get(c.name)!.kind;
+    if (have !== c.kind) {
+      throw new DataError(`${table.source}: column "${c.name}" is ${have} here but ${c.kind} in the schema${c.kind === 'categorical' ? ' (list it in categorical)' : ''}`);
+    }
+  }
+  const slots = featureLayout(schema);
+  const d = slots.length;
+  const n = table.labels.length;
+  const features = new Float32Array(n * d);
+  const catIndex = schema.columns.map((c) => (c.kind === 'categorical' ? new Map(c.categories.map((v, k) => [v, k])) : undefined));
+  const firstSlot = schema.columns.map((_, c) => slots.findIndex((s) => s.column === c));
+  schema.columns.forEach((col, c) => {
+    const raw = byName.get(col.name)!;
+    const base = firstSlot[c];
+    if (col.kind === 'numeric' && raw.kind === 'numeric') {
+      for (let i = 0; i < n; i++) {
+        const v = raw.values[i];
+        const miss = Number.isNaN(v);
+        features[i * d + base] = miss ? col.impute : v;
+        if (col.indicator) features[i * d + base + 1] = miss ? 1 : 0;
+      }
+    } else if (col.kind === 'categorical' && raw.kind === 'categorical') {
+      if (base < 0) return; // empty vocabulary: no features
+      const index = catIndex[c]!;
+      for (let i = 0; i < n; i++) {
+        const v = raw.values[i];
+        const k = v === null ? undefined : index.get(v);
+        if (k !== undefined) features[i * d + base + k] = 1;
+      }
+    }
+  });
+  const classOf = new Map(schema.classNames.map((l, i) => [l, i]));
+  const labels = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    const k = classOf.get(table.labels[i]);
+    if (k === undefined) {
+      throw new DataError(
+        `${table.source}, line ${table.lines[i]}: label "${table.labels[i]}" in column "${table.labelColumn}" is not one of the classes ${schema.classNames.join(', ')}`,
+      );
+    }
+    labels[i] = k;
+  }
+  return { features, labels, featureNames: slots.map((s) => s.name) };
+}

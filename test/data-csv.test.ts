@@ -1,0 +1,146 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DataError, inferTableSchema, isMissingCell, loadCsv, loadDataset, readCsvTable, sortNames, tableFromRows } from '@dflmoe/data';
+
+function tmpCsv(text: string): string {
+  const p = join(mkdtempSync(join(tmpdir(), 'dflmoe-csv-')), 't.csv');
+  writeFileSync(p, text);
+  return p;
+}
+
+/** Row i of a dataset's features as a name -> value record. */
+function row(ds: { features: Float32Array; featureNames?: string[] }, i: number): Record<string, number> {
+  const names = ds.featureNames!;
+  return Object.fromEntries(names.map((n, j) => [n, ds.features[i * names.length + j]]));
+}
+
+const PATIENTS = [
+  'id,name,age,smoker,bmi,ward,diagnosis',
+  '1,"Smith, John",50,never,20,"A, east",benign',
+  '2,"Doe, ""JD"" Jane",NA,current,?,B,malignant',
+  '3,Roe,70,,30,nan,benign',
+  '4,"Poe",60,former, NaN ,B,malignant',
+].join('\n');
+
+describe('csv tables', () => {
+  it('quoting, one-hot categories, missing values imputed with indicators', () => {
+    const ds = loadDataset(`csv:${tmpCsv(PATIENTS)}`, { labelColumn: 'diagnosis', drop: ['id', 'name'] });
+    assert.deepEqual(ds.featureNames, [
+      'age', 'age_missing', 'smoker=current', 'smoker=former', 'smoker=never', 'bmi', 'bmi_missing', 'ward=A, east', 'ward=B',
+    ]);
+    assert.deepEqual(ds.sampleShape, [9]);
+    assert.deepEqual(ds.classNames, ['benign', 'malignant']);
+    assert.deepEqual(Array.from(ds.labels), [0, 1, 0, 1]);
+    // Numeric missing: the mean of the observed cells (age: 60, bmi: 25) plus a 1 in the indicator.
+    assert.deepEqual(row(ds, 1), {
+      age: 60, age_missing: 1, 'smoker=current': 1, 'smoker=former': 0, 'smoker=never': 0, bmi: 25, bmi_missing: 1, 'ward=A, east': 0, 'ward=B': 1,
+    });
+    // Categorical missing (empty, nan): all zeros.
+    const r2 = row(ds, 2);
+    assert.equal(r2['smoker=current'] + r2['smoker=former'] + r2['smoker=never'], 0);
+    assert.equal(r2['ward=A, east'] + r2['ward=B'], 0);
+    assert.equal(r2.age, 70);
+    assert.equal(r2.age_missing, 0);
+    assert.equal(row(ds, 0)['ward=A, east'], 1, 'a quoted comma stays inside the category');
+    // The schema states kinds, sorted vocabularies and imputation values.
+    assert.deepEqual(ds.schema!.columns, [
+      { name: 'age', kind: 'numeric', impute: 60, indicator: true },
+      { name: 'smoker', kind: 'categorical', categories: ['current', 'former', 'never'] },
+      { name: 'bmi', kind: 'numeric', impute: 25, indicator: true },
+      { name: 'ward', kind: 'categorical', categories: ['A, east', 'B'] },
+    ]);
+    assert.ok(ds.features.every(Number.isFinite));
+  });
+
+  it('features keeps only the named columns, in the order given', () => {
+    const ds = loadCsv(tmpCsv(PATIENTS), { labelColumn: 'diagnosis', features: ['ward', 'age'] });
+    assert.deepEqual(ds.featureNames, ['ward=A, east', 'ward=B', 'age', 'age_missing']);
+    // A numeric column without a missing cell gets no indicator.
+    const noMissing = loadCsv(tmpCsv('a,b,label\n1,2,x\n3,4,y\n'), { features: ['b'] });
+    assert.deepEqual(noMissing.featureNames, ['b']);
+    assert.deepEqual(Array.from(noMissing.features), [2, 4]);
+  });
+
+  it('unknown names in features or drop, and the label among them, are errors naming line 1 and the column', () => {
+    const p = tmpCsv(PATIENTS);
+    assert.throws(() => loadCsv(p, { labelColumn: 'diagnosis', features: ['age', 'weight'] }), (e: Error) =>
+      e instanceof DataError && /line 1: column "weight" in features is not in the header/.test(e.message) && /Columns are: id, name/.test(e.message));
+    assert.throws(() => loadCsv(p, { labelColumn: 'diagnosis', drop: ['Name'] }), /line 1: column "Name" in drop/);
+    assert.throws(() => loadCsv(p, { labelColumn: 'diagnosis', features: ['diagnosis'] }), /"diagnosis" in features is the label column/);
+  });
+
+  it('a missing label is an error naming the line and the column', () => {
+    const p = tmpCsv('a,label\n1,x\n2,NA\n3,y\n');
+    assert.throws(() => loadCsv(p), (e: Error) => e instanceof DataError && /line 3: missing label \("NA"\) in column "label"/.test(e.message));
+    const q = tmpCsv('a,label\n1,x\n2,\n3,y\n');
+    assert.throws(() => loadCsv(q), /line 3: missing label/);
+  });
+
+  it('a column mixing numbers and text is an error naming the line and column, unless the stray cells are rare', () => {
+    const mixed = tmpCsv('a,b,label\n1,2,x\n2,3,y\n3,high,x\n4,low,y\n');
+    assert.throws(() => loadCsv(mixed), (e: Error) =>
+      e instanceof DataError && /line 4: column "b" holds "high", which is not a number/.test(e.message) && /2 of its 4 observed cells are numbers/.test(e.message));
+    // 1 stray text cell in 25 (4%): counted as missing, with a warning.
+    const lines = ['a,label', ...Array.from({ length: 24 }, (_, i) => `${i},${i % 2 ? 'x' : 'y'}`), 'oops,x'];
+    const p = tmpCsv(lines.join('\n'));
+    const table = readCsvTable(p);
+    assert.equal(table.columns[0].kind, 'numeric');
+    assert.match(table.warnings[0], /column "a": 1 of 25 cells are not numbers \(first at line 26: "oops"\) and count as missing/);
+    const ds = loadCsv(p);
+    assert.deepEqual(ds.featureNames, ['a', 'a_missing']);
+    assert.equal(ds.features[24 * 2], 11.5); // the mean of 0..23
+    assert.equal(ds.features[24 * 2 + 1], 1);
+    // With no tolerance the same file is an error.
+    assert.throws(() => loadCsv(p, { mixedTolerance: 0 }), /line 26: column "a" holds "oops"/);
+    // A text column with a rare number keeps the number as a category.
+    const t = tableFromRows(['c', 'label'], [...Array.from({ length: 24 }, (_, i) => [i % 2 ? 'red' : 'blue', 'x']), ['7', 'y']]);
+    assert.equal(t.columns[0].kind, 'categorical');
+    assert.deepEqual(inferTableSchema(t).columns[0], { name: 'c', kind: 'categorical', categories: ['7', 'blue', 'red'] });
+  });
+
+  it('categorical turns numeric codes into categories, sorted numerically', () => {
+    const p = tmpCsv('grade,v,label\n10,1,x\n2,2,y\n1,3,x\n2,4,y\n');
+    const ds = loadCsv(p, { categorical: ['grade'] });
+    assert.deepEqual(ds.featureNames, ['grade=1', 'grade=2', 'grade=10', 'v']);
+    assert.deepEqual(Array.from(ds.features.subarray(0, 4)), [0, 0, 1, 1]);
+    assert.deepEqual(loadCsv(p).featureNames, ['grade', 'v']);
+  });
+
+  it('a column with no values, or the same name twice, is an error', () => {
+    assert.throws(() => loadCsv(tmpCsv('a,b,label\n1,NA,x\n2,,y\n')), /lines 2-3: column "b" has no values/);
+    assert.throws(() => loadCsv(tmpCsv('a,a,label\n1,2,x\n2,3,y\n')), /line 1: column "a" appears twice/);
+  });
+
+  it('a given schema fixes the layout: unknown categories encode as zeros, unknown labels are errors', () => {
+    const own = loadCsv(tmpCsv(PATIENTS), { labelColumn: 'diagnosis', drop: ['id', 'name'] });
+    const other = tmpCsv('age,smoker,bmi,ward,diagnosis,extra\n40,vaper,22,B,benign,9\n45,never,NA,A,benign,9\n');
+    const ds = loadCsv(other, { labelColumn: 'diagnosis', schema: own.schema });
+    assert.deepEqual(ds.featureNames, own.featureNames);
+    assert.deepEqual(ds.classNames, ['benign', 'malignant']);
+    const r0 = row(ds, 0);
+    assert.equal(r0['smoker=current'] + r0['smoker=former'] + r0['smoker=never'], 0, 'unseen category "vaper"');
+    assert.equal(r0.age_missing, 0);
+    assert.equal(row(ds, 1).bmi, 25, 'imputed with the schema value, not this file\'s mean');
+    assert.equal(row(ds, 1)['ward=A, east'], 0, '"A" is not "A, east"');
+    const bad = tmpCsv('age,smoker,bmi,ward,diagnosis\n40,never,22,B,unclear\n');
+    assert.throws(() => loadCsv(bad, { labelColumn: 'diagnosis', schema: own.schema }), /line 2: label "unclear" in column "diagnosis" is not one of the classes benign, malignant/);
+    const lacking = tmpCsv('age,smoker,diagnosis\n40,never,benign\n');
+    assert.throws(() => loadCsv(lacking, { labelColumn: 'diagnosis', schema: own.schema }), /lacks columns "bmi", "ward" of the schema/);
+  });
+
+  it('missing tokens and name sorting', () => {
+    for (const m of ['', ' ', 'NA', 'na', 'NaN', 'nan', '?', ' ? ']) assert.ok(isMissingCell(m), JSON.stringify(m));
+    for (const v of ['0', 'N/A?', 'none', 'nana']) assert.ok(!isMissingCell(v), v);
+    assert.deepEqual(sortNames(['10', '9', '1e1', '-2']), ['-2', '9', '10', '1e1']);
+    assert.deepEqual(sortNames(['b', 'B', '10', 'a']), ['10', 'B', 'a', 'b']);
+  });
+
+  it('breast-cancer still loads as 30 named numeric features with no indicator', () => {
+    const ds = loadDataset('breast-cancer');
+    assert.equal(ds.featureNames!.length, 30);
+    assert.ok(ds.schema!.columns.every((c) => c.kind === 'numeric' && !c.indicator));
+    assert.equal(ds.featureNames![0], 'mean radius');
+  });
+});
