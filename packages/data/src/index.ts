@@ -6,3 +6,4 @@ export * from './partition.js';
 export * from './standardize.js';
 export * from './table.js';
 export * from './federated.js';
+export * from './images.js';
