@@ -7,3 +7,4 @@ export * from './standardize.js';
 export * from './table.js';
 export * from './federated.js';
 export * from './images.js';
+export * from './shift.js';

@@ -213,3 +213,61 @@ export function partitionHistograms(labels: Int32Array, splits: PeerSplit[], num
     return a.map((v, i) => v + b[i]);
   });
 }
+
+/**
+ * Cut every site's training split to at most `n` samples, keeping the site's
+ * label distribution; test splits are unchanged (copied). Classes are dealt out in a seeded stratified order (each
+ * next sample goes to the class furthest below its share, its rows taken in
+ * a seeded order), so a smaller `n` keeps a subset of what a larger `n` keeps
+ * for the same seed: a sweep over `n` adds samples, never swaps them.
+ */
+export function capTrainPerSite(splits: PeerSplit[], labels: Int32Array, n: number, seed: number): PeerSplit[] {
+  if (!Number.isInteger(n) || n < 1) throw new DataError(`training samples per site must be a positive integer, got ${n}`);
+  return splits.map((s, site) => {
+    const test = Int32Array.from(s.test);
+    if (s.train.length <= n) return { train: Int32Array.from(s.train), test };
+    const rng = new Rng(deriveSeed(seed, 'cap-train', site));
+    const byClass = new Map<number, number[]>();
+    for (const r of s.train) {
+      if (!byClass.has(labels[r])) byClass.set(labels[r], []);
+      byClass.get(labels[r])!.push(r);
+    }
+    // A seeded class order breaks ties; each class's rows in a seeded order.
+    const classes = rng.shuffle([...byClass.keys()].sort((a, b) => a - b)) as number[];
+    const rows = classes.map((c) => rng.shuffle(byClass.get(c)!) as number[]);
+    const share = rows.map((r) => r.length / s.train.length);
+    const taken = new Array<number>(rows.length).fill(0);
+    const train = new Int32Array(n);
+    for (let t = 0; t < n; t++) {
+      let best = -1;
+      let deficit = -Infinity;
+      for (let k = 0; k < rows.length; k++) {
+        if (taken[k] >= rows[k].length) continue;
+        const d = (t + 1) * share[k] - taken[k];
+        if (d > deficit) {
+          deficit = d;
+          best = k;
+        }
+      }
+      train[t] = rows[best][taken[best]++];
+    }
+    return { train, test };
+  });
+}
+
+/**
+ * A seeded split of a site's training rows into train and validation,
+ * stratified by class (every class keeps at least one training row), for
+ * hyperparameter searches that must not touch the test split.
+ */
+export function holdoutSplit(
+  rows: ArrayLike<number>,
+  labels: Int32Array,
+  opts: { seed: number; validationFraction?: number },
+): { train: Int32Array; validation: Int32Array } {
+  const fraction = opts.validationFraction ?? 0.2;
+  if (!(fraction > 0 && fraction < 1)) throw new DataError(`validationFraction must be in (0, 1), got ${fraction}`);
+  if (rows.length < 2) throw new DataError(`a holdout split needs at least 2 rows, got ${rows.length}`);
+  const { train, test } = trainTestSplit(Array.from(rows), labels, fraction, new Rng(deriveSeed(opts.seed, 'holdout')));
+  return { train, validation: test };
+}
