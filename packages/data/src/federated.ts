@@ -86,6 +86,17 @@ function emptyStats(d: number): FeatureStats {
   return { count: new Array(d).fill(0), missing: new Array(d).fill(0), sum: new Array(d).fill(0), sumSq: new Array(d).fill(0) };
 }
 
+/** Count a cell of feature j: missing when it is not a finite number, else into the sums. */
+function observe(stats: FeatureStats, j: number, v: number): void {
+  if (!Number.isFinite(v)) {
+    stats.missing[j]++;
+    return;
+  }
+  stats.count[j]++;
+  stats.sum[j] += v;
+  stats.sumSq[j] += v * v;
+}
+
 function countLabels(classNames: string[], labels: string[]): number[] {
   const index = new Map(classNames.map((c, i) => [c, i]));
   const counts = new Array<number>(classNames.length).fill(0);
@@ -106,15 +117,7 @@ export function summarizeTable(table: RawTable, site: string, rows?: ArrayLike<n
   slots.forEach((slot, j) => {
     const raw = byName.get(schema.columns[slot.column].name)!;
     if (slot.role === 'value' && raw.kind === 'numeric') {
-      for (let i = 0; i < n; i++) {
-        const v = raw.values[i];
-        if (Number.isNaN(v)) stats.missing[j]++;
-        else {
-          stats.count[j]++;
-          stats.sum[j] += v;
-          stats.sumSq[j] += v * v;
-        }
-      }
+      for (let i = 0; i < n; i++) observe(stats, j, raw.values[i]);
     } else {
       stats.count[j] = n;
       for (let i = 0; i < n; i++) {
@@ -138,15 +141,7 @@ export function summarizeDataset(ds: Dataset, site: string, rows?: ArrayLike<num
   const present = new Set<number>();
   for (const r of idx) {
     present.add(ds.labels[r]);
-    for (let j = 0; j < d; j++) {
-      const v = ds.features[r * d + j];
-      if (!Number.isFinite(v)) stats.missing[j]++;
-      else {
-        stats.count[j]++;
-        stats.sum[j] += v;
-        stats.sumSq[j] += v * v;
-      }
-    }
+    for (let j = 0; j < d; j++) observe(stats, j, ds.features[r * d + j]);
   }
   const classNames = sortNames([...present].map((k) => ds.classNames[k]));
   return {

@@ -26,6 +26,7 @@
  */
 import { Rng, deriveSeed } from './rng.js';
 import type { PeerSplit } from './partition.js';
+import { fitStandardizer } from './standardize.js';
 import { DataError, featureSize, type Dataset } from './types.js';
 
 export type ShiftKind = 'rotate' | 'contrast' | 'noise' | 'affine';
@@ -129,24 +130,6 @@ function valueRange(features: Float32Array, d: number, rows: ArrayLike<number>):
   return m > 0 ? m : 1;
 }
 
-/** Population std of each feature over the rows (1 for a constant feature). */
-function featureStd(features: Float32Array, d: number, rows: ArrayLike<number>): Float64Array {
-  const sum = new Float64Array(d);
-  const sq = new Float64Array(d);
-  for (let i = 0; i < rows.length; i++) {
-    for (let j = 0; j < d; j++) {
-      const v = features[rows[i] * d + j];
-      sum[j] += v;
-      sq[j] += v * v;
-    }
-  }
-  const n = Math.max(1, rows.length);
-  return Float64Array.from(sum, (s, j) => {
-    const sd = Math.sqrt(Math.max(0, sq[j] / n - (s / n) ** 2));
-    return sd > 1e-6 ? sd : 1;
-  });
-}
-
 function checkKinds(sampleShape: number[], kinds: readonly ShiftKind[]): 'image' | 'table' {
   const what = sampleShape.length === 3 ? 'image' : sampleShape.length === 1 ? 'table' : undefined;
   if (!what) throw new DataError(`feature shift needs images [h, w, c] or tables [d], got samples of shape [${sampleShape.join(', ')}]`);
@@ -195,7 +178,7 @@ export function applyFeatureShift(
     }
     return out;
   }
-  const sd = opts.scale !== undefined && typeof opts.scale !== 'number' ? Float64Array.from(opts.scale) : featureStd(features, d, rows);
+  const sd = opts.scale !== undefined && typeof opts.scale !== 'number' ? Float64Array.from(opts.scale) : fitStandardizer(features, d, rows).std;
   if (sd.length !== d) throw new DataError(`scale holds ${sd.length} feature stds for ${d} features`);
   for (let i = 0; i < rows.length; i++) {
     const rng = has('noise') ? new Rng(deriveSeed(seed, 'feature-shift-noise', siteIndex, rows[i])) : undefined;
@@ -225,7 +208,7 @@ export function shiftDatasetBySite(
   const what = checkKinds(ds.sampleShape, kinds);
   const d = featureSize(ds);
   const all = Array.from({ length: ds.numSamples }, (_, i) => i);
-  const scale = opts.scale ?? (what === 'image' ? valueRange(ds.features, d, all) : featureStd(ds.features, d, all));
+  const scale = opts.scale ?? (what === 'image' ? valueRange(ds.features, d, all) : fitStandardizer(ds.features, d, all).std);
   const features = ds.features.slice();
   splits.forEach((s, site) => {
     const rows = [...s.train, ...s.test];
