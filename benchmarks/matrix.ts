@@ -5,16 +5,27 @@
  *
  *   npm run bench              # full matrix; updates benchmarks/README.md
  *   npm run bench -- --quick   # a few minutes; writes benchmarks/results/quick/
+ *   npm run bench -- --algorithms dflmoe,fedavg --optimizer sgd   # (default: every registered algorithm, adam)
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import type { AlgorithmName, SimulationResults } from '@dflmoe/core';
+import { ALGORITHMS, OPTIMIZERS, algorithmColors, getAlgorithm, type AlgorithmName, type OptimizerKind, type SimulationResults } from '@dflmoe/core';
 import { createProgress, renderPage, startProcess, waitExit, type Chart } from '@dflmoe/cli';
 
-const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, jobs: { type: 'string', default: '2' } } });
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    jobs: { type: 'string', default: '2' },
+    algorithms: { type: 'string', default: ALGORITHMS.join(',') },
+    optimizer: { type: 'string', default: 'adam' },
+  },
+});
 const quick = values.quick!;
+const algorithms = values.algorithms!.split(',').map((a) => getAlgorithm(a.trim()).name) as AlgorithmName[];
+const optimizer = values.optimizer as OptimizerKind;
+if (!OPTIMIZERS.includes(optimizer)) throw new Error(`unknown optimizer "${optimizer}"; choose from ${OPTIMIZERS.join(', ')}`);
 
 interface Cell { dataset: string; peers: number; extra: string[]; partition: string; seed: number }
 const datasets = quick
@@ -28,7 +39,6 @@ const partitions = quick ? ['iid', 'dirichlet:0.1'] : ['iid', 'dirichlet:0.5', '
 const seeds = quick ? [1] : [1, 2, 3];
 const rounds = quick ? 3 : 10;
 const epochs = 1;
-const algorithms: AlgorithmName[] = ['dflmoe', 'fedavg', 'local'];
 const outDir = quick ? 'benchmarks/results/quick' : 'benchmarks/results';
 const runsDir = join(outDir, 'runs');
 mkdirSync(runsDir, { recursive: true });
@@ -46,7 +56,7 @@ async function worker(): Promise<void> {
     const dir = cellDir(c);
     const args = [
       'simulate', '--dataset', c.dataset, '--peers', String(c.peers), '--partition', c.partition, '--seed', String(c.seed),
-      '--rounds', String(rounds), '--epochs', String(epochs), '--algorithms', algorithms.join(','), '--quiet', '--out', dir, ...c.extra,
+      '--rounds', String(rounds), '--epochs', String(epochs), '--algorithms', algorithms.join(','), '--optimizer', optimizer, '--quiet', '--out', dir, ...c.extra,
     ];
     mkdirSync(dir, { recursive: true });
     const code = await waitExit(startProcess(args, join(dir, 'log.txt'), { DFLMOE_LOG_LEVEL: 'warn' }), 3 * 3600 * 1000);
@@ -96,7 +106,7 @@ for (const d of datasets) {
 const p = (x: number) => `${(100 * x).toFixed(2)}`;
 const kib = (x: number) => (x === 0 ? '0' : x < 1024 ? `${x.toFixed(0)} B` : `${(x / 1024).toFixed(1)} KiB`);
 const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, tfjs backend ${backend}`;
-const settings = `${rounds} rounds x ${epochs} epoch, batch 32, Adam 1e-3, MLP body (128) -> 64 features, linear head, dFLMoE alpha 0.2, seeds ${seeds.join(', ')}`;
+const settings = `${rounds} rounds x ${epochs} epoch, batch 32, ${optimizer} 1e-3, MLP body (128) -> 64 features, linear head, dFLMoE alpha 0.2, fedavg-ft 1 fine-tuning epoch, fedrep 1 head epoch, seeds ${seeds.join(', ')}`;
 let md = `Machine: ${machine}. Settings: ${settings}. Matrix wall time ${(wallSeconds / 60).toFixed(1)} min (${algorithms.length} algorithms, ${cells.length} cells, 2 at a time).\n\n`;
 md += 'Accuracy is the mean personalized accuracy over sites (each site\'s model on its own test split), as mean +- std over seeds; "worst site" is the lowest site accuracy (mean over seeds); "to target" is the first round whose mean accuracy reaches 95% of the best final accuracy of any algorithm in that cell (mean over seeds; - if some seed never reaches it).\n';
 for (const d of datasets) {
@@ -115,7 +125,7 @@ if (!quick && existsSync('benchmarks/README.md')) {
   }
 }
 
-const ALG = { domain: ['dflmoe', 'fedavg', 'local'], range: ['#1b7837', '#b2182b', '#5e6c84'] };
+const ALG = algorithmColors(algorithms);
 const charts: Chart[] = datasets.map((d) => {
   const data = rows.filter((r) => r.dataset === d.dataset).map((r) => ({ partition: r.partition, algorithm: r.algorithm, accuracy: r.accMean, lo: r.accMean - r.accStd, hi: r.accMean + r.accStd }));
   return {

@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { summarize, type AlgorithmName, type AlgorithmResult, type PeerResult, type RoundResult, type SimulationConfig } from '@dflmoe/core';
+import { getAlgorithm, networkBytes, summarize, type AlgorithmName, type AlgorithmResult, type PeerResult, type RoundResult, type SimulationConfig } from '@dflmoe/core';
 import { generateIdentity, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
 
 /** A free TCP port on 127.0.0.1 (asks the OS). */
@@ -46,9 +46,10 @@ export interface ConsortiumOptions {
   datasetOptions?: { maxSamples?: number; dataDir?: string; labelColumn?: string };
 }
 
-/** Write keys and one config per site (and the FedAvg server's) into `dir`. */
+/** Write keys and one config per site (and the server's, for server algorithms) into `dir`. */
 export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumFiles> {
   mkdirSync(o.dir, { recursive: true });
+  const alg = getAlgorithm(o.algorithm);
   const n = o.sim.peers;
   const make = async (name: string): Promise<SiteFiles> => {
     const id = await generateIdentity();
@@ -58,7 +59,7 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
   };
   const sites: SiteFiles[] = [];
   for (let i = 0; i < n; i++) sites.push(await make(`site-${i}`));
-  const server = o.algorithm === 'fedavg' ? await make('server') : undefined;
+  const server = alg.network === 'server' ? await make('server') : undefined;
   const addr = (s: SiteFiles) => `/ip4/127.0.0.1/tcp/${s.port}`;
   sites.forEach((s, i) => {
     const cfg = {
@@ -73,8 +74,10 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
         testFraction: o.sim.testFraction, minSize: o.sim.minSize, standardize: o.sim.standardize, ...o.datasetOptions,
       },
       model: { body: o.sim.bodies[i % o.sim.bodies.length], featureDim: o.sim.featureDim, headHidden: o.sim.headHidden, sharedInit: o.sim.sharedInit },
-      train: { epochs: o.sim.epochs, batchSize: o.sim.batchSize, learningRate: o.sim.learningRate },
+      train: { epochs: o.sim.epochs, batchSize: o.sim.batchSize, learningRate: o.sim.learningRate, optimizer: o.sim.optimizer },
       dflmoe: { alpha: o.sim.alpha, gateHidden: o.sim.gateHidden, expertLrScale: o.sim.expertLrScale },
+      finetune: { epochs: o.sim.fineTuneEpochs },
+      fedrep: { headEpochs: o.sim.headEpochs },
       rounds: o.sim.rounds,
       round: { deadlineMs: o.deadlineMs ?? 60000, maxStaleness: o.sim.maxStaleness, ...(o.quorum !== undefined ? { quorum: o.quorum } : {}) },
       limits: { maxHeadBytes: o.maxHeadBytes ?? 64 * 1024 * 1024 },
@@ -85,7 +88,7 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
   });
   if (server) {
     const cfg = {
-      name: 'server', key: 'server.key', listen: [addr(server)],
+      name: 'server', algorithm: o.algorithm, key: 'server.key', listen: [addr(server)],
       clients: sites.map((m, j) => ({ peerId: m.peerId, addrs: [addr(m)], name: `site-${j}` })),
       rounds: o.sim.rounds, round: { deadlineMs: o.deadlineMs ?? 60000 }, lingerMs: o.lingerMs ?? 3000, out: 'server',
     };
@@ -162,10 +165,11 @@ export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallS
     return JSON.parse(readFileSync(f, 'utf8')) as PeerRunResult;
   });
   const server = files.server ? JSON.parse(readFileSync(join(files.server.out, 'results.json'), 'utf8')) as { bytesIn: number; bytesOut: number } : undefined;
+  const algorithm = getAlgorithm(alg);
   const peers: PeerResult[] = res.map((r, i) => ({
     id: r.name ?? r.peerId, accuracy: r.accuracy, ownHeadAccuracy: r.ownHeadAccuracy, bytesSent: r.bytesSent, bytesReceived: r.bytesReceived,
     trainSamples: r.trainSamples, testSamples: r.testSamples, body: bodies[i % bodies.length],
-    ...(alg === 'dflmoe' ? { gateWeights: Object.fromEntries((r.rounds.at(-1)?.experts ?? []).map((e) => [e.name ?? e.peer, e.gateWeight])) } : {}),
+    ...(r.rounds.at(-1)?.experts.length ? { gateWeights: Object.fromEntries(r.rounds.at(-1)!.experts.map((e) => [e.name ?? e.peer, e.gateWeight])) } : {}),
   }));
   const nRounds = Math.max(...res.map((r) => r.rounds.length));
   const rounds: RoundResult[] = [];
@@ -174,7 +178,7 @@ export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallS
     const lines = res.map((r) => r.rounds[k]).filter(Boolean);
     const accs = lines.map((l) => l.accuracy);
     const s = summarize(accs);
-    const total = lines.reduce((a, l) => a + l.bytesOut + (alg === 'fedavg' ? l.bytesIn : 0), 0);
+    const total = networkBytes(algorithm, lines.map((l) => ({ bytesSent: l.bytesOut, bytesReceived: l.bytesIn })));
     rounds.push({
       round: k + 1, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: accs,
       loss: lines.reduce((a, l) => a + l.loss, 0) / lines.length, bytesSent: total - prev,
@@ -182,7 +186,8 @@ export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallS
     });
     prev = total;
   }
-  const bytesSent = peers.reduce((a, p) => a + p.bytesSent, 0) + (alg === 'fedavg' ? (server?.bytesOut ?? 0) : 0);
+  // Server algorithms: what the server sent (it may differ from what the sites counted if a site missed a round).
+  const bytesSent = peers.reduce((a, p) => a + p.bytesSent, 0) + (server?.bytesOut ?? 0);
   return {
     accuracy: summarize(peers.map((p) => p.accuracy), peers.map((p) => p.testSamples)),
     bytesSent, wallSeconds, peers, rounds,

@@ -6,7 +6,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
-import type { SimulationResults } from '@dflmoe/core';
+import { algorithmColors, type SimulationResults } from '@dflmoe/core';
 
 export interface Chart {
   id: string;
@@ -17,7 +17,6 @@ export interface Chart {
   data: Record<string, unknown>[];
 }
 
-const ALG_COLORS = { domain: ['dflmoe', 'fedavg', 'local'], range: ['#1b7837', '#b2182b', '#5e6c84'] };
 
 export async function renderSvg(spec: TopLevelSpec): Promise<string> {
   const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
@@ -28,7 +27,7 @@ export async function renderSvg(spec: TopLevelSpec): Promise<string> {
   }
 }
 
-function lineChart(data: Record<string, unknown>[], y: string, yTitle: string, yFormat: string, scale?: object): TopLevelSpec {
+function lineChart(data: Record<string, unknown>[], y: string, yTitle: string, yFormat: string, colors: object, scale?: object): TopLevelSpec {
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     width: 520, height: 260,
@@ -37,7 +36,7 @@ function lineChart(data: Record<string, unknown>[], y: string, yTitle: string, y
     encoding: {
       x: { field: 'round', type: 'quantitative', title: 'round', axis: { tickMinStep: 1 } },
       y: { field: y, type: 'quantitative', title: yTitle, axis: { format: yFormat }, scale: scale ?? { zero: false } },
-      color: { field: 'algorithm', type: 'nominal', scale: ALG_COLORS },
+      color: { field: 'algorithm', type: 'nominal', scale: colors },
     },
   } as TopLevelSpec;
 }
@@ -47,11 +46,12 @@ export function runCharts(r: SimulationResults): Chart[] {
   const algs = Object.entries(r.algorithms).filter(([, a]) => a) as [string, NonNullable<SimulationResults['algorithms']['dflmoe']>][];
   const perRound = algs.flatMap(([algorithm, a]) => a.rounds.map((x) => ({ algorithm, round: x.round, accuracy: x.accuracyMean, worst: x.accuracyMin, bytes: x.bytesSent })));
   const perPeer = algs.flatMap(([algorithm, a]) => a.peers.map((p) => ({ algorithm, peer: p.id, accuracy: p.accuracy })));
+  const colors = algorithmColors(algs.map(([name]) => name));
   const charts: Chart[] = [
     {
       id: 'accuracy-per-round', title: 'Mean personalized accuracy per round',
       description: "Each site's model on its own test split, averaged over sites.",
-      spec: lineChart(perRound, 'accuracy', 'mean accuracy', '.1%'), data: perRound,
+      spec: lineChart(perRound, 'accuracy', 'mean accuracy', '.1%', colors), data: perRound,
     },
     {
       id: 'accuracy-per-peer', title: 'Final accuracy per site',
@@ -63,7 +63,7 @@ export function runCharts(r: SimulationResults): Chart[] {
           x: { field: 'peer', type: 'nominal', title: 'site', sort: null },
           xOffset: { field: 'algorithm', type: 'nominal' },
           y: { field: 'accuracy', type: 'quantitative', axis: { format: '.0%' }, scale: { domain: [0, 1] } },
-          color: { field: 'algorithm', type: 'nominal', scale: ALG_COLORS },
+          color: { field: 'algorithm', type: 'nominal', scale: colors },
           tooltip: [{ field: 'peer' }, { field: 'algorithm' }, { field: 'accuracy', format: '.2%' }],
         },
       } as TopLevelSpec,
@@ -71,8 +71,8 @@ export function runCharts(r: SimulationResults): Chart[] {
     },
     {
       id: 'bytes-per-round', title: 'Bytes on the network per round',
-      description: 'All sites together: heads for dFLMoE, whole models up and down for FedAvg (log scale; local-only sends nothing and is left out).',
-      spec: lineChart(perRound.filter((x) => x.bytes > 0), 'bytes', 'bytes per round', '~s', { type: 'log' }),
+      description: 'All sites together: heads for dFLMoE, whole models to the other members for gossip, models (bodies for FedRep) up and down for the server algorithms (log scale; algorithms that send nothing are left out).',
+      spec: lineChart(perRound.filter((x) => x.bytes > 0), 'bytes', 'bytes per round', '~s', colors, { type: 'log' }),
       data: perRound.filter((x) => x.bytes > 0),
     },
   ];

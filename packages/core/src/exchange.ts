@@ -4,6 +4,8 @@
  * members joining and leaving. The simulator uses `MemoryHub`; a real peer
  * uses the libp2p implementation in `@dflmoe/p2p`.
  */
+import type { Logger } from './log.js';
+
 export interface HeadMessage {
   /** Sender as authenticated by the transport (not as the message claims). */
   from: string;
@@ -98,9 +100,17 @@ export class HeadInbox {
   }
 }
 
-/** In-process exchange for simulations: every published head reaches every other member. */
+/**
+ * In-process exchange for simulations: every published head reaches every
+ * other member. With `lockstep`, messages of version v are held until every
+ * member has published v and then delivered together: synchronous rounds,
+ * whatever order the sites run in.
+ */
 export class MemoryHub {
   private peers = new Map<string, MemoryExchange>();
+  private held = new Map<number, Map<string, Uint8Array>>();
+
+  constructor(private readonly o: { lockstep?: boolean } = {}) {}
 
   join(id: string): MemoryExchange {
     if (this.peers.has(id)) throw new Error(`peer ${id} already joined`);
@@ -114,17 +124,32 @@ export class MemoryHub {
   leave(id: string): void {
     if (!this.peers.delete(id)) return;
     for (const p of this.peers.values()) p.emit({ type: 'leave', peer: id });
+    for (const v of [...this.held.keys()]) this.release(v);
   }
 
-  /** @internal */
-  deliver(from: string, payload: Uint8Array): number {
-    let n = 0;
-    for (const [id, p] of this.peers) {
-      if (id === from) continue;
-      p.receive({ from, payload });
-      n++;
+  /** @internal Returns the number of recipients. */
+  deliver(from: string, payload: Uint8Array, version = 0): number {
+    const recipients = [...this.peers.keys()].filter((id) => id !== from).length;
+    if (!this.o.lockstep) {
+      this.send(from, payload);
+      return recipients;
     }
-    return n;
+    const held = this.held.get(version) ?? new Map<string, Uint8Array>();
+    held.set(from, payload);
+    this.held.set(version, held);
+    this.release(version);
+    return recipients;
+  }
+
+  private release(version: number): void {
+    const held = this.held.get(version)!;
+    if ([...this.peers.keys()].some((id) => !held.has(id))) return;
+    this.held.delete(version);
+    for (const [from, payload] of held) this.send(from, payload);
+  }
+
+  private send(from: string, payload: Uint8Array): void {
+    for (const [id, p] of this.peers) if (id !== from) p.receive({ from, payload });
   }
 
   memberIds(): string[] {
@@ -140,9 +165,9 @@ export class MemoryExchange implements HeadExchange {
 
   constructor(readonly selfId: string, private hub: MemoryHub) {}
 
-  async publish(payload: Uint8Array, _version?: number): Promise<void> {
+  async publish(payload: Uint8Array, version?: number): Promise<void> {
     if (this.closed) throw new Error('exchange is closed');
-    const n = this.hub.deliver(this.selfId, payload);
+    const n = this.hub.deliver(this.selfId, payload, version);
     this.s.bytesSent += payload.length * n;
     this.s.messagesSent += n;
   }
@@ -185,4 +210,22 @@ export class MemoryExchange implements HeadExchange {
     this.closed = true;
     this.hub.leave(this.selfId);
   }
+}
+
+/**
+ * Take in every waiting message with `take` (which validates it and returns
+ * `added`, `replaced` or why it refused it). Refusals other than stale
+ * versions are logged and reported to the transport. Returns the accepted count.
+ */
+export function absorbMessages(ex: HeadExchange, log: Logger, what: string, take: (m: HeadMessage) => string): number {
+  let accepted = 0;
+  for (const m of ex.drain()) {
+    const r = take(m);
+    if (r === 'added' || r === 'replaced') accepted++;
+    else if (r !== 'stale-version') {
+      log.warn(`dropped a ${what} from ${m.from}: ${r}`);
+      ex.reportBad?.(m.from, r);
+    }
+  }
+  return accepted;
 }

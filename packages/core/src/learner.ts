@@ -5,6 +5,9 @@
  */
 import { parsePartition, partition, type Dataset, type PeerSplit, type Standardizer } from '@dflmoe/data';
 import { DflmoePeer, type ReceiveResult } from './algorithms/dflmoe.js';
+import { DflmoeSite } from './algorithms/dflmoe-site.js';
+import type { ExpertInfo, SiteNetwork } from './algorithms/api.js';
+import { siteRound } from './rounds.js';
 import { initBackend } from './backend.js';
 import type { HeadExchange } from './exchange.js';
 import { createLogger, type Logger } from './log.js';
@@ -25,18 +28,11 @@ export interface LearnerOptions {
   maxStaleness?: number;
   maxHeadBytes?: number;
   exchange: HeadExchange;
-  /** Before a round, wait for at least this many fresh heads... (default 0) */
+  /** After publishing its head, wait for at least this many fresh heads... (default 0) */
   quorum?: number;
   /** ...but no longer than this (default 0: do not wait). */
   roundDeadlineMs?: number;
   logger?: Logger;
-}
-
-export interface ExpertInfo {
-  peer: string;
-  version: number;
-  /** Mean gate weight on the local test split. */
-  gateWeight: number;
 }
 
 export interface LearnerRoundMetrics {
@@ -46,7 +42,7 @@ export interface LearnerRoundMetrics {
   ownHeadAccuracy: number;
   loss: number;
   experts: ExpertInfo[];
-  /** Heads that arrived before the round started (fresh heads used for the quorum). */
+  /** Heads taken in during the round. */
   freshHeads: number;
   dropped: string[];
   rejected: Partial<Record<ReceiveResult, number>>;
@@ -66,60 +62,27 @@ export interface LearnerLoopOptions {
 
 export class DflmoeLearner {
   round = 0;
-  private log: Logger;
+  /** The same site the simulator and `dflmoe peer` run. */
+  readonly site: DflmoeSite;
+  private net: SiteNetwork;
 
-  constructor(readonly peer: DflmoePeer, private readonly o: LearnerLoopOptions) {
-    this.log = o.logger ?? createLogger(`learner:${peer.id}`);
+  constructor(readonly peer: DflmoePeer, o: LearnerLoopOptions) {
+    this.site = new DflmoeSite(peer);
+    this.net = { exchange: o.exchange, quorum: o.quorum ?? 0, deadlineMs: o.roundDeadlineMs ?? 0, logger: o.logger ?? createLogger(`learner:${peer.id}`) };
   }
 
   /** Take in every head waiting in the exchange; returns how many were accepted. */
   absorb(): number {
-    let accepted = 0;
-    for (const m of this.o.exchange.drain()) {
-      const r = this.peer.receiveHead(m.payload, m.from, this.round);
-      if (r === 'added' || r === 'replaced') accepted++;
-      else if (r !== 'stale-version') {
-        this.log.warn(`dropped a head from ${m.from}: ${r}`);
-        this.o.exchange.reportBad?.(m.from, r);
-      }
-    }
-    return accepted;
+    return this.site.absorb(this.net.exchange!, this.round, this.net.logger);
   }
 
-  /** One round: wait for the quorum (bounded), train, publish the head, take in heads, evaluate. */
+  /** One round: train, publish the head, wait for the quorum (bounded), take in heads, evaluate. */
   async runRound(): Promise<LearnerRoundMetrics> {
-    const t0 = performance.now();
-    this.round++;
-    const r = this.round;
-    const quorum = this.o.quorum ?? 0;
-    const deadline = this.o.roundDeadlineMs ?? 0;
-    if (r === 1 && deadline > 0) await this.o.exchange.settle?.(deadline);
-    if (r > 1 && quorum > 0 && deadline > 0) await this.o.exchange.waitForHeads(quorum, deadline);
-    const waitSeconds = (performance.now() - t0) / 1000;
-    const fresh = this.absorb();
-    const dropped = this.peer.startRound(r);
-    const tt = performance.now();
-    const loss = this.peer.trainRound(r);
-    const trainSeconds = (performance.now() - tt) / 1000;
-    await this.o.exchange.publish(this.peer.encodeHead(r), r);
-    this.absorb();
-    const ev = this.peer.evaluate();
-    const gw = this.peer.meanGateWeights();
-    const stats = this.o.exchange.stats();
+    const m = await siteRound(this.site, this.net, ++this.round);
     return {
-      round: r,
-      accuracy: ev.accuracy,
-      ownHeadAccuracy: ev.ownHeadAccuracy,
-      loss,
-      experts: this.peer.pool.list().map((e) => ({ peer: e.peer, version: e.version, gateWeight: gw[e.peer] ?? 0 })),
-      freshHeads: fresh,
-      dropped,
-      rejected: { ...this.peer.counters.rejected },
-      bytesSent: stats.bytesSent,
-      bytesReceived: stats.bytesReceived,
-      trainSeconds,
-      waitSeconds,
-      seconds: (performance.now() - t0) / 1000,
+      round: m.round, accuracy: m.accuracy, ownHeadAccuracy: m.ownHeadAccuracy, loss: m.loss, experts: m.experts,
+      freshHeads: m.fresh, dropped: m.expired, rejected: m.rejected as LearnerRoundMetrics['rejected'],
+      bytesSent: m.bytesSent, bytesReceived: m.bytesReceived, trainSeconds: m.trainSeconds, waitSeconds: m.waitSeconds, seconds: m.seconds,
     };
   }
 

@@ -1,23 +1,20 @@
 /**
  * In-process simulation: every algorithm runs on the same data, partition,
  * models (same initial weights per peer), epochs and optimiser settings.
+ * All sites of an algorithm run the same round loop as `dflmoe peer`
+ * (`runSite`), concurrently, over in-memory transports.
  */
 import { deriveSeed, featureSize, partitionHistograms, pooledStandardizer, formatPartition, loadDataset, parsePartition, partition, type Dataset, type LoadOptions } from '@dflmoe/data';
 import { initBackend } from './backend.js';
-import { DflmoePeer } from './algorithms/dflmoe.js';
-import { FedAvgClient, checkSameArchitecture, federatedAverage } from './algorithms/fedavg.js';
-import { LocalPeer } from './algorithms/local.js';
-import type { PeerEval, PeerModelOptions, SupervisedModel } from './algorithms/common.js';
-import { decodeBundle, encodeBundle, encodeHead } from './codec.js';
-import * as tf from '@tensorflow/tfjs-core';
-import { MemoryHub } from './exchange.js';
-import { createHead, parseBodySpec, type BodySpec } from './model.js';
+import { DEFAULT_ALGORITHM_OPTIONS, type AlgorithmOptions, type AlgorithmSite } from './algorithms/api.js';
+import type { PeerModelOptions } from './algorithms/common.js';
+import { checkSameArchitecture } from './algorithms/fedavg.js';
+import { REGISTRY, getAlgorithm, type AlgorithmName } from './algorithms/registry.js';
+import { parseBodySpec, type BodySpec } from './model.js';
 import { summarize, type AccuracySummary } from './metrics.js';
-import { disposePeerData, preparePeerData, type DpOptions, type PeerData } from './train.js';
+import { memoryNetworks, networkBytes, runSite, type SiteRoundRecord } from './rounds.js';
+import { disposePeerData, preparePeerData, type DpOptions, type OptimizerKind, type PeerData } from './train.js';
 import { createLogger, type Logger } from './log.js';
-
-export const ALGORITHMS = ['dflmoe', 'fedavg', 'local'] as const;
-export type AlgorithmName = (typeof ALGORITHMS)[number];
 
 export interface SimulationConfig {
   dataset: string;
@@ -34,9 +31,16 @@ export interface SimulationConfig {
   epochs: number;
   batchSize: number;
   learningRate: number;
+  /** Local optimiser of every algorithm. */
+  optimizer: OptimizerKind;
+  /** fedavg-ft: epochs of fine-tuning the global model before evaluating. */
+  fineTuneEpochs: number;
+  /** fedrep: head-only epochs (body frozen) before the body epochs. */
+  headEpochs: number;
   /** dFLMoE: weight of the own-head loss. */
   alpha: number;
   gateHidden: number;
+  /** dFLMoE experts and gossip models: rounds a received one stays usable. */
   maxStaleness: number;
   testFraction: number;
   minSize: number;
@@ -55,7 +59,7 @@ export interface SimulationConfig {
   expertLrScale: number;
   /** Robustness experiments: the last `poisoned` sites are adversarial... */
   poisoned: number;
-  /** ...publishing random heads, or training on flipped labels (`y -> C-1-y`). */
+  /** ...publishing random heads (dFLMoE only), or training on flipped labels (`y -> C-1-y`). */
   poisonKind: 'random' | 'flipped';
   /** dFLMoE admission check (see `DflmoeOptions.admission`); undefined: off. */
   admission?: number;
@@ -75,6 +79,9 @@ export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
   epochs: 1,
   batchSize: 32,
   learningRate: 1e-3,
+  optimizer: 'adam',
+  fineTuneEpochs: 1,
+  headEpochs: 1,
   alpha: 0.2,
   gateHidden: 32,
   maxStaleness: 3,
@@ -100,6 +107,8 @@ export interface PeerResult {
   gateWeights?: Record<string, number>;
   /** dFLMoE: heads refused, by reason. */
   rejectedHeads?: Record<string, number>;
+  /** Other algorithms: received messages refused, by reason (only when some were). */
+  rejected?: Record<string, number>;
   /** With DP-SGD: (epsilon, delta) spent by this site's training. */
   privacy?: { epsilon: number; delta: number; steps: number };
 }
@@ -138,8 +147,6 @@ export interface SimulationHooks {
   onRound?: (algorithm: AlgorithmName, r: RoundResult, totalRounds: number) => void;
 }
 
-type RoundPeer = { id: string; data: PeerData; evaluate(): PeerEval; dispose(): void };
-
 /** Run the configured algorithms and collect comparable results. */
 export async function simulate(partial: Partial<SimulationConfig> & { dataset: string }, hooks: SimulationHooks = {}): Promise<SimulationResults> {
   const cfg: SimulationConfig = { ...DEFAULT_SIMULATION, ...partial };
@@ -169,7 +176,7 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   const datas = splits.map((s, i) => preparePeerData(flipped(i) ? flipLabels(ds) : ds, s, st));
   try {
     for (const alg of cfg.algorithms) {
-      results.algorithms[alg] = await runAlgorithm(alg, cfg, ds, datas, bodies, hooks);
+      results.algorithms[alg] = await runAlgorithm(alg, cfg, datas, bodies, hooks, log);
       const a = results.algorithms[alg]!;
       log.info(`${alg}: mean accuracy ${a.accuracy.mean.toFixed(4)} (min ${a.accuracy.min.toFixed(4)}), ${a.wallSeconds.toFixed(1)} s`);
     }
@@ -184,11 +191,12 @@ function validateConfig(c: SimulationConfig): void {
     const v = c[k] as number;
     if (!Number.isInteger(v) || v < 1) throw new Error(`${k} must be a positive integer, got ${v}`);
   };
-  (['peers', 'rounds', 'epochs', 'batchSize', 'featureDim', 'gateHidden'] as const).forEach(posInt);
+  (['peers', 'rounds', 'epochs', 'batchSize', 'featureDim', 'gateHidden', 'fineTuneEpochs'] as const).forEach(posInt);
+  if (!Number.isInteger(c.headEpochs) || c.headEpochs < 0) throw new Error(`headEpochs must be a non-negative integer, got ${c.headEpochs}`);
   if (!(c.learningRate > 0)) throw new Error(`learningRate must be positive, got ${c.learningRate}`);
   if (!(c.alpha >= 0 && c.alpha <= 1)) throw new Error(`alpha must be in [0, 1], got ${c.alpha}`);
   if (c.algorithms.length === 0) throw new Error('no algorithms selected');
-  for (const a of c.algorithms) if (!ALGORITHMS.includes(a)) throw new Error(`unknown algorithm "${a}"; choose from ${ALGORITHMS.join(', ')}`);
+  c.algorithms.forEach(getAlgorithm);
   if (c.bodies.length === 0) throw new Error('at least one body is needed');
   if (!Number.isInteger(c.poisoned) || c.poisoned < 0 || c.poisoned >= c.peers) throw new Error(`poisoned must be an integer in [0, peers), got ${c.poisoned}`);
   c.bodies.forEach(parseBodySpec);
@@ -198,14 +206,6 @@ function validateConfig(c: SimulationConfig): void {
 function flipLabels(ds: Dataset): Dataset {
   const c = ds.classNames.length;
   return { ...ds, labels: Int32Array.from(ds.labels, (y) => c - 1 - y) };
-}
-
-/** A head of random weights, encoded as `peer`'s next version (a poisoning attacker). */
-function randomHead(peer: DflmoePeer, version: number, seed: number): Uint8Array {
-  const h = createHead(peer.headSpec, seed);
-  const layers = h.map((l) => tf.tidy(() => ({ kernel: tf.mul(l.kernel, 5).dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array })));
-  h.forEach((l) => tf.dispose([l.kernel, l.bias]));
-  return encodeHead({ spec: peer.headSpec, version, peer: peer.id }, layers);
 }
 
 /** One initial model per body architecture for the whole consortium. */
@@ -221,131 +221,81 @@ function peerOptions(cfg: SimulationConfig, data: PeerData, i: number, body: str
     body: bodySpec,
     featureDim: cfg.featureDim,
     headHidden: cfg.headHidden,
-    train: { epochs: cfg.epochs, batchSize: cfg.batchSize, learningRate: cfg.learningRate, seed: deriveSeed(cfg.seed, 'peer', i), ...(cfg.dp ? { dp: cfg.dp } : {}) },
+    train: {
+      epochs: cfg.epochs, batchSize: cfg.batchSize, learningRate: cfg.learningRate, optimizer: cfg.optimizer,
+      seed: deriveSeed(cfg.seed, 'peer', i), ...(cfg.dp ? { dp: cfg.dp } : {}),
+    },
     ...(cfg.sharedInit ? { initSeed: sharedInitSeed(cfg.seed, body) } : {}),
   };
 }
 
+function algorithmOptions(cfg: SimulationConfig, i: number): AlgorithmOptions {
+  return {
+    ...DEFAULT_ALGORITHM_OPTIONS,
+    seed: cfg.seed, alpha: cfg.alpha, gateHidden: cfg.gateHidden, expertLrScale: cfg.expertLrScale, admission: cfg.admission,
+    maxStaleness: cfg.maxStaleness, fineTuneEpochs: cfg.fineTuneEpochs, headEpochs: cfg.headEpochs, maxModelBytes: 1 << 30,
+    randomUpdates: cfg.poisonKind === 'random' && i >= cfg.peers - cfg.poisoned,
+  };
+}
+
 async function runAlgorithm(
-  alg: AlgorithmName, cfg: SimulationConfig, _ds: Dataset, datas: PeerData[], bodies: string[], hooks: SimulationHooks,
+  name: AlgorithmName, cfg: SimulationConfig, datas: PeerData[], bodies: string[], hooks: SimulationHooks, log: Logger,
 ): Promise<AlgorithmResult> {
+  const alg = getAlgorithm(name);
   const t0 = performance.now();
-  const sent = new Array<number>(cfg.peers).fill(0);
-  const received = new Array<number>(cfg.peers).fill(0);
-  const rounds: RoundResult[] = [];
-  let peers: RoundPeer[] = [];
-  let step: (round: number) => Promise<number>;
-  let extra: (p: RoundPeer) => Partial<PeerResult> = () => ({});
-
-  if (alg === 'dflmoe') {
-    const hub = new MemoryHub();
-    const ps = datas.map((d, i) => new DflmoePeer({
-      ...peerOptions(cfg, d, i, bodies[i]), alpha: cfg.alpha, gateHidden: cfg.gateHidden, maxStaleness: cfg.maxStaleness, expertLrScale: cfg.expertLrScale, admission: cfg.admission,
-    }));
-    const exchanges = ps.map((p) => hub.join(p.id));
-    peers = ps;
-    const absorb = (i: number, round: number) => {
-      for (const m of exchanges[i].drain()) ps[i].receiveHead(m.payload, m.from, round);
-    };
-    step = async (round) => {
-      let loss = 0;
-      for (let i = 0; i < ps.length; i++) {
-        absorb(i, round);
-        ps[i].startRound(round);
-        loss += ps[i].trainRound(round);
-        const random = cfg.poisonKind === 'random' && i >= cfg.peers - cfg.poisoned;
-        await exchanges[i].publish(random ? randomHead(ps[i], round, deriveSeed(cfg.seed, 'poison', i, round)) : ps[i].encodeHead(round), round);
-      }
-      for (let i = 0; i < ps.length; i++) absorb(i, round);
-      exchanges.forEach((e, i) => {
-        sent[i] = e.stats().bytesSent;
-        received[i] = e.stats().bytesReceived;
-      });
-      return loss / ps.length;
-    };
-    extra = (p) => ({ gateWeights: (p as DflmoePeer).meanGateWeights(), rejectedHeads: { ...(p as DflmoePeer).counters.rejected } });
-  } else if (alg === 'fedavg') {
-    // FedAvg starts every client from one shared model.
-    const initSeed = deriveSeed(cfg.seed, 'fedavg-init');
-    const cs = datas.map((d, i) => new FedAvgClient({ ...peerOptions(cfg, d, i, bodies[i]), initSeed }));
-    peers = cs;
-    checkSameArchitecture(cs);
-    const limits = { maxBytes: 1 << 30 };
-    let global: Uint8Array | undefined;
-    step = async (round) => {
-      let loss = 0;
-      const uploads: { weights: ReturnType<typeof decodeBundle>['tensors']; samples: number }[] = [];
-      for (let i = 0; i < cs.length; i++) {
-        // Round 1 starts from the shared initial model, which every client already holds.
-        if (global) cs[i].loadModel(global, limits);
-        loss += cs[i].trainRound(round);
-        const up = cs[i].encodeModel(round);
-        sent[i] += up.length;
-        uploads.push({ weights: decodeBundle(up, limits).tensors, samples: cs[i].data.trainSamples });
-      }
-      global = encodeBundle('model', { arch: cs[0].architecture(), round }, federatedAverage(uploads));
-      // Evaluate the new global model on every peer's own test split.
-      // (each client downloads it: that is the traffic from the server)
-      cs.forEach((c, i) => {
-        c.loadModel(global!, limits);
-        received[i] += global!.length;
-      });
-      return loss / cs.length;
-    };
-  } else {
-    const ls = datas.map((d, i) => new LocalPeer(peerOptions(cfg, d, i, bodies[i])));
-    peers = ls;
-    step = async (round) => ls.reduce((a, p) => a + p.trainRound(round), 0) / ls.length;
-  }
-
+  const sites: AlgorithmSite[] = [];
   try {
+    datas.forEach((d, i) => sites.push(alg.createSite(peerOptions(cfg, d, i, bodies[i]), algorithmOptions(cfg, i))));
+    if (alg.sameModel) checkSameArchitecture(sites, alg.label, REGISTRY.filter((a) => !a.sameModel).map((a) => a.name).join(' and '));
+    const nets = memoryNetworks(alg, sites, 1 << 30, log);
+    // A round's result once every site has finished it.
+    const records = sites.map(() => [] as SiteRoundRecord[]);
+    const rounds: RoundResult[] = [];
     let prevBytes = 0;
-    for (let round = 1; round <= cfg.rounds; round++) {
-      const rt = performance.now();
-      const loss = await step(round);
-      const accs = peers.map((p) => p.evaluate().accuracy);
+    let prevTime = performance.now();
+    const onRecord = (i: number, rec: SiteRoundRecord) => {
+      records[i].push(rec);
+      if (records.some((rs) => rs.length < rec.round)) return;
+      const recs = records.map((rs) => rs[rec.round - 1]);
+      const accs = recs.map((x) => x.accuracy);
       const s = summarize(accs);
-      const totalBytes = totalSent(alg, sent, received);
+      const total = networkBytes(alg, recs);
+      const now = performance.now();
       const r: RoundResult = {
-        round, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: accs, loss,
-        bytesSent: totalBytes - prevBytes, seconds: (performance.now() - rt) / 1000,
+        round: rec.round, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: accs,
+        loss: recs.reduce((a, x) => a + x.loss, 0) / recs.length, bytesSent: total - prevBytes, seconds: (now - prevTime) / 1000,
       };
-      prevBytes = totalBytes;
+      prevBytes = total;
+      prevTime = now;
       rounds.push(r);
-      hooks.onRound?.(alg, r, cfg.rounds);
-    }
-    const evals = peers.map((p) => p.evaluate());
-    const peerResults: PeerResult[] = peers.map((p, i) => ({
+      hooks.onRound?.(name, r, cfg.rounds);
+    };
+    await Promise.all(sites.map((site, i) => runSite(site, nets[i], { rounds: cfg.rounds, onRound: (rec) => onRecord(i, rec) })));
+    const last = records.map((rs) => rs.at(-1)!);
+    const peerResults: PeerResult[] = sites.map((p, i) => ({
       id: p.id,
-      accuracy: evals[i].accuracy,
-      ownHeadAccuracy: evals[i].ownHeadAccuracy,
-      bytesSent: sent[i],
-      bytesReceived: received[i],
+      accuracy: last[i].accuracy,
+      ownHeadAccuracy: last[i].ownHeadAccuracy,
+      bytesSent: last[i].bytesSent,
+      bytesReceived: last[i].bytesReceived,
       trainSamples: p.data.trainSamples,
       testSamples: p.data.testSamples,
       body: bodies[i],
-      ...((p as unknown as SupervisedModel).privacySpent?.() ? { privacy: (p as unknown as SupervisedModel).privacySpent() } : {}),
-      ...extra(p),
+      ...(last[i].privacy ? { privacy: last[i].privacy } : {}),
+      ...(p.resultExtras ? p.resultExtras() : Object.keys(last[i].rejected).length ? { rejected: last[i].rejected } : {}),
     }));
-    const honest = peers.map((_, i) => i < cfg.peers - cfg.poisoned);
+    const honest = (i: number) => i < cfg.peers - cfg.poisoned;
+    const summary = (keep: (i: number) => boolean) =>
+      summarize(peerResults.filter((_, i) => keep(i)).map((p) => p.accuracy), peerResults.filter((_, i) => keep(i)).map((p) => p.testSamples));
     return {
-      accuracy: summarize(evals.map((e) => e.accuracy), peers.map((p) => p.data.testSamples)),
-      ...(cfg.poisoned > 0 ? {
-        honestAccuracy: summarize(evals.filter((_, i) => honest[i]).map((e) => e.accuracy), peers.filter((_, i) => honest[i]).map((p) => p.data.testSamples)),
-      } : {}),
-      bytesSent: totalSent(alg, sent, received),
+      accuracy: summary(() => true),
+      ...(cfg.poisoned > 0 ? { honestAccuracy: summary(honest) } : {}),
+      bytesSent: networkBytes(alg, last),
       wallSeconds: (performance.now() - t0) / 1000,
       peers: peerResults,
       rounds,
     };
   } finally {
-    peers.forEach((p) => p.dispose());
+    sites.forEach((p) => p.dispose());
   }
 }
-
-/** Bytes that crossed the network: for FedAvg both directions (server sends too). */
-function totalSent(alg: AlgorithmName, sent: number[], received: number[]): number {
-  const up = sent.reduce((a, b) => a + b, 0);
-  return alg === 'fedavg' ? up + received.reduce((a, b) => a + b, 0) : up;
-}
-

@@ -4,11 +4,17 @@ import {
   Rng, applyStandardizer, deriveSeed, featureSize, fitStandardizer, labelHistogram, type Dataset, type PeerSplit, type Standardizer,
 } from '@dflmoe/data';
 
+/** `adam` (default), `sgd` (plain) or `momentum` (SGD with momentum 0.9). */
+export type OptimizerKind = 'adam' | 'sgd' | 'momentum';
+export const OPTIMIZERS: readonly OptimizerKind[] = ['adam', 'sgd', 'momentum'];
+
 export interface TrainOptions {
   /** Local epochs per round (default 1). */
   epochs: number;
   batchSize: number;
   learningRate: number;
+  /** The local optimiser, shared by every algorithm (default `adam`). */
+  optimizer: OptimizerKind;
   seed: number;
   /** Differentially private training (DP-SGD); off when absent. */
   dp?: DpOptions;
@@ -31,7 +37,18 @@ export interface DpOptions {
   delta?: number;
 }
 
-export const DEFAULT_TRAIN: TrainOptions = { epochs: 1, batchSize: 32, learningRate: 1e-3, seed: 0 };
+export const DEFAULT_TRAIN: TrainOptions = { epochs: 1, batchSize: 32, learningRate: 1e-3, optimizer: 'adam', seed: 0 };
+
+/** A fresh optimiser of the configured kind, at `learningRate * lrScale`. */
+export function createOptimizer(o: Pick<TrainOptions, 'optimizer' | 'learningRate'>, lrScale = 1): tf.Optimizer {
+  const lr = o.learningRate * lrScale;
+  switch (o.optimizer ?? 'adam') {
+    case 'adam': return tf.train.adam(lr);
+    case 'sgd': return tf.train.sgd(lr);
+    case 'momentum': return tf.train.momentum(lr, 0.9);
+    default: throw new Error(`unknown optimizer "${String(o.optimizer)}"; choose from ${OPTIMIZERS.join(', ')}`);
+  }
+}
 
 /** One peer's data as tensors, standardized with training-data statistics. */
 export interface PeerData {

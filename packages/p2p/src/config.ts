@@ -7,6 +7,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { multiaddr } from '@multiformats/multiaddr';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { z } from 'zod';
+import { ALGORITHMS, DEFAULT_ALGORITHM_OPTIONS, OPTIMIZERS, getAlgorithm, type AlgorithmName, type OptimizerKind } from '@dflmoe/core';
 
 const addr = z.string().refine((s) => {
   try {
@@ -27,6 +28,7 @@ const peerId = z.string().refine((s) => {
 }, 'not a valid peer ID (run `dflmoe keygen` to get one)');
 
 const posInt = z.number().int().min(1);
+const algorithm = z.enum(ALGORITHMS as [AlgorithmName, ...AlgorithmName[]]);
 
 export const memberSchema = z.object({
   peerId,
@@ -40,7 +42,7 @@ export const peerConfigSchema = z.object({
   listen: z.array(addr).min(1),
   members: z.array(memberSchema).default([]),
   psk: z.string().optional(),
-  algorithm: z.enum(['dflmoe', 'fedavg', 'local']).default('dflmoe'),
+  algorithm: algorithm.default('dflmoe'),
   server: memberSchema.optional(),
   data: z.object({
     dataset: z.string(),
@@ -66,6 +68,8 @@ export const peerConfigSchema = z.object({
     epochs: posInt.default(1),
     batchSize: posInt.default(32),
     learningRate: z.number().positive().default(1e-3),
+    /** Local optimiser: adam, sgd, or momentum (SGD with momentum 0.9). */
+    optimizer: z.enum(OPTIMIZERS as [OptimizerKind, ...OptimizerKind[]]).default('adam'),
     /** DP-SGD: per-example (or per-microbatch) clipping and Gaussian noise. */
     dp: z.object({
       clipNorm: z.number().positive(),
@@ -73,7 +77,7 @@ export const peerConfigSchema = z.object({
       microbatches: posInt.optional(),
       delta: z.number().gt(0).lt(1).default(1e-5),
     }).strict().optional(),
-  }).strict().default({ epochs: 1, batchSize: 32, learningRate: 1e-3 }),
+  }).strict().default({ epochs: 1, batchSize: 32, learningRate: 1e-3, optimizer: 'adam' }),
   dflmoe: z.object({
     alpha: z.number().min(0).max(1).default(0.2),
     gateHidden: posInt.default(32),
@@ -81,6 +85,12 @@ export const peerConfigSchema = z.object({
     /** Refuse received heads scoring below this fraction of the own head's accuracy on local data. */
     admission: z.number().min(0).max(10).optional(),
   }).strict().default({ alpha: 0.2, gateHidden: 32, expertLrScale: 1 }),
+  /** fedavg-ft: epochs of fine-tuning the global model before evaluating. */
+  finetune: z.object({ epochs: posInt.default(DEFAULT_ALGORITHM_OPTIONS.fineTuneEpochs) }).strict()
+    .default({ epochs: DEFAULT_ALGORITHM_OPTIONS.fineTuneEpochs }),
+  /** fedrep: head-only epochs (body frozen) before the body epochs. */
+  fedrep: z.object({ headEpochs: z.number().int().min(0).default(DEFAULT_ALGORITHM_OPTIONS.headEpochs) }).strict()
+    .default({ headEpochs: DEFAULT_ALGORITHM_OPTIONS.headEpochs }),
   rounds: posInt,
   round: z.object({
     deadlineMs: z.number().int().min(0).default(30000),
@@ -104,6 +114,8 @@ export type PeerConfig = z.infer<typeof peerConfigSchema>;
 
 export const serverConfigSchema = z.object({
   name: z.string().optional(),
+  /** The server algorithm whose aggregation this server runs. */
+  algorithm: algorithm.default('fedavg'),
   key: z.string(),
   listen: z.array(addr).min(1),
   clients: z.array(memberSchema).min(1),
@@ -151,7 +163,9 @@ export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.
   if (!r.success) throw new ConfigError(formatIssues(file, r.error));
   const c = r.data;
   if (c.data.index >= c.data.peers) throw new ConfigError(`config ${file}: data.index (${c.data.index}) must be below data.peers (${c.data.peers})`);
-  if (c.algorithm === 'fedavg' && !c.server) throw new ConfigError(`config ${file}: server: required when algorithm is "fedavg" (the FedAvg server's peerId and addrs)`);
+  if (getAlgorithm(c.algorithm).network === 'server' && !c.server) {
+    throw new ConfigError(`config ${file}: server: required when algorithm is "${c.algorithm}" (the aggregation server's peerId and addrs)`);
+  }
   if (c.round.quorum !== undefined && c.round.quorum > c.members.length) {
     throw new ConfigError(`config ${file}: round.quorum (${c.round.quorum}) exceeds the number of members (${c.members.length})`);
   }
@@ -171,6 +185,7 @@ export function parseServerConfig(raw: unknown, file = '<inline>', base = proces
   const r = serverConfigSchema.safeParse(raw);
   if (!r.success) throw new ConfigError(formatIssues(file, r.error));
   const c = r.data;
+  if (getAlgorithm(c.algorithm).network !== 'server') throw new ConfigError(`config ${file}: algorithm: "${c.algorithm}" does not use a server`);
   if (c.round.quorum !== undefined && c.round.quorum > c.clients.length) {
     throw new ConfigError(`config ${file}: round.quorum (${c.round.quorum}) exceeds the number of clients (${c.clients.length})`);
   }

@@ -1,6 +1,9 @@
 /**
- * FedAvg over the same libp2p stack, so that bytes and seconds compare like
- * with like. Protocol `/dflmoe/fedavg/1.0.0`, one stream per request:
+ * The server algorithms (FedAvg, FedAvg-FT, FedRep) over the same libp2p
+ * stack, so that bytes and seconds compare like with like. The server
+ * aggregates with the algorithm's `aggregate` (config `algorithm`); FedRep's
+ * uploads and aggregates are bodies only. Protocol `/dflmoe/fedavg/1.0.0`,
+ * one stream per request:
  *
  * - UPLOAD: `FedAvgRequest{UPLOAD, round, samples, rank}` + model frame ->
  *   `FedAvgResponse{ok}`.
@@ -8,18 +11,19 @@
  *   once the global model of that round exists: `FedAvgResponse{ok,
  *   has_model}` + model frame.
  *
- * The server averages a round when every client has uploaded, or at the
+ * The server aggregates a round when every client has uploaded, or at the
  * deadline with at least `quorum` uploads, in rank order (so the sum is the
- * same as in the in-memory simulator).
+ * same as in the in-memory simulator). Uploads are checked by
+ * `RoundAggregator` (size, format, finite values, same architecture and
+ * shapes as the others, positive sample count); bad ones are refused,
+ * logged and counted.
  */
 import { mkdirSync, appendFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Connection, Stream } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
-import {
-  CodecError, decodeBundle, encodeBundle, federatedAverage, type FedAvgClient, type Logger, type NamedArray,
-} from '@dflmoe/core';
+import { CodecError, RoundAggregator, getAlgorithm, type ExchangeStats, type Logger, type ServerLink } from '@dflmoe/core';
 import type { ServerConfig } from './config.js';
 import { readFrames, writeFrames } from './frames.js';
 import { loadIdentity, loadPsk } from './identity.js';
@@ -31,27 +35,20 @@ export const FEDAVG_PROTOCOL = '/dflmoe/fedavg/1.0.0';
 const WIRE_FORMAT = 1;
 const MAX_CONTROL = 4096;
 
-export interface FedAvgClientRound {
-  accuracy: number;
-  loss: number;
-  bytesSent: number;
-  bytesReceived: number;
-  seconds: number;
-  trainSeconds: number;
-  waitSeconds: number;
-  networkSeconds: number;
-}
-
-export class FedAvgNetClient {
-  bytesSent = 0;
-  bytesReceived = 0;
-  readonly dropped: Record<string, number> = {};
+/** The client side of the server protocol (`ServerLink`), for every server algorithm. */
+export class Libp2pServerLink implements ServerLink {
+  private s: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0 };
+  /** Seconds spent moving model bytes (upload, and download once the server answers). */
+  transferSeconds = 0;
 
   constructor(
     private node: SiteNode,
-    private client: FedAvgClient,
     private o: { server: { peerId: string; addrs: string[] }; rank: number; maxModelBytes: number; logger: Logger; deadlineMs: number },
   ) {}
+
+  private signal(): AbortSignal {
+    return AbortSignal.timeout(this.o.deadlineMs * 2 + 60000);
+  }
 
   private async open(signal: AbortSignal): Promise<Stream> {
     const { peerId, addrs } = this.o.server;
@@ -76,45 +73,36 @@ export class FedAvgNetClient {
     }
   }
 
-  async runRound(round: number): Promise<FedAvgClientRound> {
+  async upload(round: number, payload: Uint8Array, samples: number): Promise<void> {
+    const signal = this.signal();
     const t0 = performance.now();
-    const loss = this.client.trainRound(round);
-    const trainSeconds = (performance.now() - t0) / 1000;
-    const signal = AbortSignal.timeout(this.o.deadlineMs * 2 + 60000);
-    // Upload.
-    const up = this.client.encodeModel(round);
-    const tu = performance.now();
-    let stream = await this.open(signal);
-    const req = FedAvgRequest.encode({ format: WIRE_FORMAT, kind: FedAvgRequest.Kind.UPLOAD, round: BigInt(round), samples: BigInt(this.client.data.trainSamples), rank: this.o.rank });
-    const [, ack] = await Promise.all([writeFrames(stream, [req, up]), readFrames(stream, 1, MAX_CONTROL, signal)]);
+    const stream = await this.open(signal);
+    const req = FedAvgRequest.encode({ format: WIRE_FORMAT, kind: FedAvgRequest.Kind.UPLOAD, round: BigInt(round), samples: BigInt(samples), rank: this.o.rank });
+    const [, ack] = await Promise.all([writeFrames(stream, [req, payload]), readFrames(stream, 1, MAX_CONTROL, signal)]);
     const a = FedAvgResponse.decode(ack[0] ?? new Uint8Array());
     if (!a.ok) throw new Error(`server refused our upload for round ${round}: ${a.error}`);
-    this.bytesSent += up.length;
-    const networkSeconds = (performance.now() - tu) / 1000;
-    // Download the new global model (the server answers when the round is averaged).
-    const tw = performance.now();
-    stream = await this.open(signal);
+    this.s.bytesSent += payload.length;
+    this.s.messagesSent++;
+    this.transferSeconds += (performance.now() - t0) / 1000;
+  }
+
+  /** The server answers when the round is aggregated; the bytes are checked by the site. */
+  async download(round: number): Promise<Uint8Array> {
+    const signal = this.signal();
+    const stream = await this.open(signal);
     stream.maxReadBufferLength = this.o.maxModelBytes + MAX_CONTROL;
     const get = FedAvgRequest.encode({ format: WIRE_FORMAT, kind: FedAvgRequest.Kind.GET_GLOBAL, round: BigInt(round), samples: 0n, rank: this.o.rank });
     const [, frames] = await Promise.all([writeFrames(stream, [get]), readFrames(stream, 2, this.o.maxModelBytes, signal)]);
     const res = FedAvgResponse.decode(frames[0] ?? new Uint8Array());
     if (!res.ok || !res.hasModel || !frames[1]) throw new Error(`server sent no global model for round ${round}: ${res.error}`);
-    this.client.loadModel(frames[1], { maxBytes: this.o.maxModelBytes });
-    this.bytesReceived += frames[1].length;
-    const waitSeconds = (performance.now() - tw) / 1000;
-    const accuracy = this.client.evaluate().accuracy;
-    return {
-      accuracy, loss, bytesSent: this.bytesSent, bytesReceived: this.bytesReceived,
-      seconds: (performance.now() - t0) / 1000, trainSeconds, waitSeconds, networkSeconds,
-    };
+    this.s.bytesReceived += frames[1].length;
+    this.s.messagesReceived++;
+    return frames[1];
   }
-}
 
-interface Upload {
-  rank: number;
-  samples: number;
-  arch: string;
-  weights: NamedArray[];
+  stats(): ExchangeStats {
+    return { ...this.s };
+  }
 }
 
 export interface ServerRoundLine {
@@ -129,7 +117,7 @@ export interface ServerRoundLine {
 
 export class FedAvgServer {
   round = 1;
-  private uploads = new Map<string, Upload>();
+  private uploads: RoundAggregator;
   private globals = new Map<number, Uint8Array>();
   private waiters = new Set<() => void>();
   readonly dropped: Record<string, number> = {};
@@ -140,6 +128,9 @@ export class FedAvgServer {
 
   constructor(private node: SiteNode, private cfg: ServerConfig, private log: Logger) {
     this.clientIds = new Set(cfg.clients.map((c) => c.peerId));
+    const alg = getAlgorithm(cfg.algorithm);
+    if (!alg.aggregate) throw new Error(`${alg.name} does not use a server`);
+    this.uploads = new RoundAggregator(alg.aggregate, cfg.limits.maxModelBytes);
   }
 
   async register(): Promise<void> {
@@ -199,21 +190,13 @@ export class FedAvgServer {
         const body = frames[1];
         if (round !== this.round) return void (await reply({ error: `server is at round ${this.round}, not ${round}` }));
         if (!body) return void (await reply({ error: 'missing model' }));
-        let up: Upload;
         try {
-          const b = decodeBundle(body, { maxBytes: this.cfg.limits.maxModelBytes });
-          if (b.kind !== 'model' || typeof b.meta.arch !== 'string') throw new CodecError('kind', 'not a model');
-          const samples = Number(req.samples);
-          if (!(samples > 0)) throw new CodecError('header', 'sample count must be positive');
-          up = { rank: req.rank, samples, arch: b.meta.arch, weights: b.tensors };
-          const other = [...this.uploads.values()][0];
-          if (other && (other.arch !== up.arch || other.weights.length !== up.weights.length)) throw new CodecError('mismatch', 'model differs from other clients');
+          this.uploads.accept(from, req.rank, Number(req.samples), body);
         } catch (e) {
           this.drop(from, e instanceof CodecError ? e.reason : 'bad-model');
           return void (await reply({ error: (e as Error).message }));
         }
         this.bytesIn += body.length;
-        this.uploads.set(from, up);
         await reply({ ok: true });
         this.notify();
       } else {
@@ -238,12 +221,9 @@ export class FedAvgServer {
     await this.wait(() => this.uploads.size >= all, this.cfg.round.deadlineMs);
     await this.wait(() => this.uploads.size >= quorum, this.cfg.round.deadlineMs);
     if (this.uploads.size < Math.max(1, quorum)) throw new Error(`round ${this.round}: only ${this.uploads.size} of ${quorum} required uploads by the deadline`);
-    const ups = [...this.uploads.values()].sort((a, b) => a.rank - b.rank);
-    const avg = federatedAverage(ups.map((u) => ({ weights: u.weights, samples: u.samples })));
-    const n = ups.length;
+    const { global, clients: n } = this.uploads.finish(this.round);
     this.globals.delete(this.round - 2);
-    this.globals.set(this.round, encodeBundle('model', { arch: ups[0].arch, round: this.round }, avg));
-    this.uploads.clear();
+    this.globals.set(this.round, global);
     this.round++;
     this.notify();
     return n;

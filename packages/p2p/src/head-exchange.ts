@@ -25,6 +25,9 @@ import { dialMembers, type SiteNode } from './node.js';
 
 export const HEAD_PROTOCOL = '/dflmoe/head/1.0.0';
 export const ANNOUNCE_TOPIC = '/dflmoe/announce/1';
+/** Whole models (gossip) travel the same way on their own protocol and topic. */
+export const MODEL_PROTOCOL = '/dflmoe/model/1.0.0';
+export const MODEL_ANNOUNCE_TOPIC = '/dflmoe/announce-model/1';
 const WIRE_FORMAT = 1;
 const MAX_CONTROL = 4096;
 
@@ -36,7 +39,11 @@ export interface Member {
 
 export interface Libp2pExchangeOptions {
   members: Member[];
+  /** Largest message accepted (heads, or models for gossip). */
   maxHeadBytes: number;
+  /** Stream protocol and announcement topic (default: heads). */
+  protocol?: string;
+  topic?: string;
   logger: Logger;
   /** Re-announce our head and redial missing members this often (default 2000 ms). */
   heartbeatMs?: number;
@@ -96,14 +103,19 @@ export class Libp2pHeadExchange implements HeadExchange {
   /** Seconds spent moving head bytes (both directions), for network-vs-training figures. */
   transferSeconds = 0;
 
+  private readonly protocol: string;
+  private readonly topic: string;
+
   constructor(private node: SiteNode, private o: Libp2pExchangeOptions) {
     this.selfId = node.peerId.toString();
+    this.protocol = o.protocol ?? HEAD_PROTOCOL;
+    this.topic = o.topic ?? ANNOUNCE_TOPIC;
     this.memberIds = new Set(o.members.map((m) => m.peerId).filter((id) => id !== this.selfId));
   }
 
   /** Register the protocol handler and gossip subscription; call before `node.start()`. */
   async register(): Promise<void> {
-    await this.node.handle(HEAD_PROTOCOL, (stream, connection) => this.serve(stream, connection), { maxInboundStreams: 64 });
+    await this.node.handle(this.protocol, (stream, connection) => this.serve(stream, connection), { maxInboundStreams: 64 });
     this.node.services.pubsub.addEventListener('message', (evt) => this.onGossip(evt.detail));
     this.node.addEventListener('peer:connect', (evt) => this.onConnect(evt.detail));
     this.node.addEventListener('peer:disconnect', (evt) => {
@@ -115,7 +127,7 @@ export class Libp2pHeadExchange implements HeadExchange {
 
   /** After `node.start()`: subscribe, dial members, start the heartbeat (re-announce, redial). */
   start(): void {
-    this.node.services.pubsub.subscribe(ANNOUNCE_TOPIC);
+    this.node.services.pubsub.subscribe(this.topic);
     const beat = () => {
       if (this.closed) return undefined;
       void this.announce().catch(() => {});
@@ -190,7 +202,7 @@ export class Libp2pHeadExchange implements HeadExchange {
   }
 
   private onGossip(msg: Message): void {
-    if (msg.topic !== ANNOUNCE_TOPIC) return;
+    if (msg.topic !== this.topic) return;
     if (msg.type !== 'signed') return this.drop('unknown', 'bad-announce', 'unsigned');
     const from = msg.from.toString();
     if (!this.memberIds.has(from)) return this.drop(from, 'not-member');
@@ -213,7 +225,7 @@ export class Libp2pHeadExchange implements HeadExchange {
   private async transfer(peer: string, minVersion: bigint, digest?: Uint8Array): Promise<void> {
     const signal = AbortSignal.timeout(this.o.transferTimeoutMs ?? 60000);
     const t0 = performance.now();
-    const stream = await this.node.dialProtocol(peerIdFromString(peer), HEAD_PROTOCOL, { signal });
+    const stream = await this.node.dialProtocol(peerIdFromString(peer), this.protocol, { signal });
     stream.maxReadBufferLength = this.o.maxHeadBytes + MAX_CONTROL;
     const [, frames] = await Promise.all([
       writeFrames(stream, [HeadRequest.encode({ format: WIRE_FORMAT, minVersion })]),
@@ -281,7 +293,7 @@ export class Libp2pHeadExchange implements HeadExchange {
     const h = this.latest;
     if (!h || this.closed) return;
     const data = Announce.encode({ format: WIRE_FORMAT, peer: this.selfId, version: h.version, digest: h.digest, size: BigInt(h.bytes.length) });
-    await this.node.services.pubsub.publish(ANNOUNCE_TOPIC, data);
+    await this.node.services.pubsub.publish(this.topic, data);
   }
 
   async publish(payload: Uint8Array, version: number): Promise<void> {

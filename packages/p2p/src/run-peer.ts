@@ -5,16 +5,15 @@
 import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  DflmoeLearner, DflmoePeer, FedAvgClient, LocalPeer, initBackend, parseBodySpec, preparePeerData, disposePeerData, sharedInitSeed,
-  listCheckpoints, restoreLatestCheckpoint, saveCheckpoint,
-  type HeadExchange, type Logger, type PeerData,
+  DEFAULT_ALGORITHM_OPTIONS, getAlgorithm, initBackend, listCheckpoints, parseBodySpec, preparePeerData, disposePeerData, runSite, sharedInitSeed,
+  type AlgorithmOptions, type Logger, type PeerData, type PeerModelOptions, type SiteNetwork, type SiteRoundRecord,
 } from '@dflmoe/core';
 import { deriveSeed, featureSize, pooledStandardizer, loadDataset, partition } from '@dflmoe/data';
 import type { PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
-import { Libp2pHeadExchange } from './head-exchange.js';
+import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, Libp2pHeadExchange, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
 import { createSiteNode, type SiteNode } from './node.js';
-import { FedAvgNetClient } from './fedavg-net.js';
+import { Libp2pServerLink } from './fedavg-net.js';
 import { PeerMetrics } from './metrics.js';
 
 export interface RoundLine {
@@ -22,7 +21,9 @@ export interface RoundLine {
   accuracy: number;
   ownHeadAccuracy: number;
   loss: number;
+  /** dFLMoE: the experts in the pool. */
   experts: { peer: string; name?: string; version: number; gateWeight: number }[];
+  /** Messages from other sites taken in this round (heads, models; 1 for a good global model). */
   freshHeads: number;
   bytesIn: number;
   bytesOut: number;
@@ -83,20 +84,10 @@ export interface RunPeerOptions {
   onRound?: (line: RoundLine) => void;
 }
 
-export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerRunResult> {
-  const t0 = performance.now();
-  const log = o.logger;
-  const id = loadIdentity(cfg.key);
-  const backend = await initBackend({ logger: log });
-  const data = sitePeerData(cfg);
-  mkdirSync(cfg.out, { recursive: true });
-  const metricsFile = join(cfg.out, 'metrics.jsonl');
-  const ckptDir = join(cfg.out, 'checkpoints');
-  const resuming = cfg.algorithm === 'dflmoe' && cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0;
-  if (!resuming) writeFileSync(metricsFile, '');
-  const names = new Map(cfg.members.map((m) => [m.peerId, m.name]));
-  const base = {
-    id: id.peerId,
+/** What a site's config says about its model and training, as every algorithm takes it. */
+function siteModelOptions(cfg: PeerConfig, id: string, data: PeerData): PeerModelOptions {
+  return {
+    id,
     data,
     body: parseBodySpec(cfg.model.body),
     featureDim: cfg.model.featureDim,
@@ -104,34 +95,54 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     train: { ...cfg.train, seed: deriveSeed(cfg.data.seed, 'peer', cfg.data.index) },
     ...(cfg.model.sharedInit ? { initSeed: sharedInitSeed(cfg.data.seed, cfg.model.body) } : {}),
   };
+}
+
+function siteAlgorithmOptions(cfg: PeerConfig): AlgorithmOptions {
+  return {
+    ...DEFAULT_ALGORITHM_OPTIONS,
+    seed: cfg.data.seed, alpha: cfg.dflmoe.alpha, gateHidden: cfg.dflmoe.gateHidden, expertLrScale: cfg.dflmoe.expertLrScale,
+    admission: cfg.dflmoe.admission, maxStaleness: cfg.round.maxStaleness, maxHeadBytes: cfg.limits.maxHeadBytes,
+    maxModelBytes: cfg.limits.maxModelBytes, fineTuneEpochs: cfg.finetune.epochs, headEpochs: cfg.fedrep.headEpochs,
+  };
+}
+
+export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerRunResult> {
+  const t0 = performance.now();
+  const log = o.logger;
+  const alg = getAlgorithm(cfg.algorithm);
+  const id = loadIdentity(cfg.key);
+  const backend = await initBackend({ logger: log });
+  const data = sitePeerData(cfg);
+  mkdirSync(cfg.out, { recursive: true });
+  const metricsFile = join(cfg.out, 'metrics.jsonl');
+  const ckptDir = join(cfg.out, 'checkpoints');
+  const names = new Map(cfg.members.map((m) => [m.peerId, m.name]));
+  const site = alg.createSite(siteModelOptions(cfg, id.peerId, data), siteAlgorithmOptions(cfg));
+  const checkpoint = cfg.checkpoint.enabled ? site.checkpoint : undefined;
   const rounds: RoundLine[] = [];
   const prom = o.metricsPort !== undefined ? new PeerMetrics() : undefined;
-  if (prom) log.info(`Prometheus metrics on http://127.0.0.1:${await prom.listen(o.metricsPort!)}/metrics`);
-  const record = (line: RoundLine) => {
-    rounds.push(line);
-    appendFileSync(metricsFile, JSON.stringify(line) + '\n');
-    if (prom) {
-      prom.rounds.inc();
-      prom.accuracy.set(line.accuracy);
-      prom.ownHeadAccuracy.set(line.ownHeadAccuracy);
-      prom.experts.set(line.experts.length);
-      prom.expertVersion.reset();
-      for (const e of line.experts) prom.expertVersion.set({ peer: e.name ?? e.peer }, e.version);
-      prom.bytes.set({ direction: 'in' }, line.bytesIn);
-      prom.bytes.set({ direction: 'out' }, line.bytesOut);
-      for (const [reason, n] of Object.entries(line.dropped)) prom.dropped.set({ reason }, n);
-      for (const part of ['train', 'wait', 'network'] as const) prom.roundSeconds.set({ part }, line[`${part}Seconds`]);
-      prom.roundSeconds.set({ part: 'total' }, line.seconds);
-    }
-    o.onRound?.(line);
-  };
   let node: SiteNode | undefined;
   let exchange: Libp2pHeadExchange | undefined;
-  let fedavg: FedAvgNetClient | undefined;
-  let final = { accuracy: NaN, ownHeadAccuracy: NaN, bytesSent: 0, bytesReceived: 0 };
-  const dropped = () => ({ ...(exchange?.dropped ?? {}), ...(fedavg?.dropped ?? {}) }) as Record<string, number>;
+  let server: Libp2pServerLink | undefined;
   try {
-    if (cfg.algorithm !== 'local') {
+    // Resume from the newest good checkpoint, keeping the metrics of the rounds it covers.
+    let startRound = 1;
+    const restored = checkpoint && listCheckpoints(ckptDir).length > 0 ? await checkpoint.restore(ckptDir, log) : undefined;
+    if (restored) {
+      startRound = restored.round + 1;
+      const kept = readMetrics(metricsFile).filter((l) => l.round <= restored.round);
+      // Put back the checkpoint's own round if the crash lost its line.
+      if (!kept.some((l) => l.round === restored.round) && restored.extra.line) kept.push(restored.extra.line as RoundLine);
+      writeJsonLinesAtomic(metricsFile, kept);
+      rounds.push(...kept);
+      log.info(`resumed from the checkpoint of round ${restored.round} with ${restored.summary} (${restored.path})`);
+    } else {
+      if (checkpoint && listCheckpoints(ckptDir).length > 0) log.warn('no usable checkpoint: starting from round 1');
+      writeFileSync(metricsFile, '');
+    }
+    if (prom) log.info(`Prometheus metrics on http://127.0.0.1:${await prom.listen(o.metricsPort!)}/metrics`);
+
+    if (alg.network !== 'none') {
       const allow = [...cfg.members.map((m) => m.peerId), ...(cfg.server ? [cfg.server.peerId] : [])];
       node = await createSiteNode({
         privateKey: id.privateKey,
@@ -142,109 +153,90 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
         metricsRegistry: prom?.registry,
         isBlocked: (peer) => exchange?.isBlocked(peer) ?? false,
       });
-      if (cfg.algorithm === 'dflmoe') {
-        exchange = new Libp2pHeadExchange(node, { members: cfg.members, maxHeadBytes: cfg.limits.maxHeadBytes, logger: log });
+      if (alg.network === 'peers') {
+        const heads = alg.message === 'head';
+        exchange = new Libp2pHeadExchange(node, {
+          members: cfg.members, logger: log,
+          maxHeadBytes: heads ? cfg.limits.maxHeadBytes : cfg.limits.maxModelBytes,
+          protocol: heads ? HEAD_PROTOCOL : MODEL_PROTOCOL, topic: heads ? ANNOUNCE_TOPIC : MODEL_ANNOUNCE_TOPIC,
+        });
         await exchange.register();
       }
       await node.start();
-      log.info(`peer ${id.peerId} (${cfg.name ?? 'unnamed'}) listening on ${node.getMultiaddrs().map(String).join(', ')}`);
+      log.info(`peer ${id.peerId} (${cfg.name ?? 'unnamed'}, ${alg.name}) listening on ${node.getMultiaddrs().map(String).join(', ')}`);
       exchange?.start();
-    }
-
-    if (cfg.algorithm === 'dflmoe') {
-      const ex = exchange as HeadExchange & Libp2pHeadExchange;
-      const peer = new DflmoePeer({ ...base, alpha: cfg.dflmoe.alpha, gateHidden: cfg.dflmoe.gateHidden, expertLrScale: cfg.dflmoe.expertLrScale, admission: cfg.dflmoe.admission, maxStaleness: cfg.round.maxStaleness, maxHeadBytes: cfg.limits.maxHeadBytes });
-      let startRound = 1;
-      if (resuming) {
-        const restored = await restoreLatestCheckpoint(ckptDir, peer, log);
-        if (restored) {
-          startRound = restored.round + 1;
-          // Keep the metrics of the rounds the checkpoint covers; put back the last one if the crash lost it.
-          const kept = readMetrics(metricsFile).filter((l) => l.round <= restored.round);
-          if (!kept.some((l) => l.round === restored.round) && restored.extra.line) kept.push(restored.extra.line as RoundLine);
-          writeJsonLinesAtomic(metricsFile, kept);
-          rounds.push(...kept);
-          log.info(`resumed from the checkpoint of round ${restored.round} with ${peer.pool.size} experts in the pool (${restored.path})`);
-        } else {
-          log.warn('no usable checkpoint: starting from round 1');
-          writeFileSync(metricsFile, '');
-        }
+      if (alg.network === 'server') {
+        server = new Libp2pServerLink(node, { server: cfg.server!, rank: cfg.data.index, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs });
       }
-      const learner = new DflmoeLearner(peer, {
-        exchange: ex,
-        quorum: cfg.round.quorum ?? cfg.members.filter((m) => m.peerId !== id.peerId).length,
-        roundDeadlineMs: cfg.round.deadlineMs,
-        logger: log,
-      });
-      learner.round = startRound - 1;
-      let prevNet = 0;
-      for (let r = startRound; r <= cfg.rounds; r++) {
-        if (o.signal?.aborted) throw new Error('stopped');
-        const m = await learner.runRound();
-        const net = ex.transferSeconds;
-        const line: RoundLine = {
-          round: m.round, accuracy: m.accuracy, ownHeadAccuracy: m.ownHeadAccuracy, loss: m.loss,
-          experts: m.experts.map((e) => ({ ...e, name: names.get(e.peer) })), freshHeads: m.freshHeads,
-          bytesIn: m.bytesReceived, bytesOut: m.bytesSent, seconds: m.seconds, trainSeconds: m.trainSeconds,
-          waitSeconds: m.waitSeconds, networkSeconds: net - prevNet, dropped: { ...dropped(), ...prefixed(m.rejected) },
-          ...(peer.privacySpent() ? { epsilon: peer.privacySpent()!.epsilon, delta: peer.privacySpent()!.delta } : {}),
-          time: new Date().toISOString(),
-        };
-        if (cfg.checkpoint.enabled) {
-          const w = await saveCheckpoint(ckptDir, peer, r, { line }, cfg.checkpoint.keep);
+    }
+    const net: SiteNetwork = {
+      exchange, server, logger: log,
+      quorum: cfg.round.quorum ?? cfg.members.filter((m) => m.peerId !== id.peerId).length,
+      deadlineMs: cfg.round.deadlineMs,
+      transferSeconds: () => exchange?.transferSeconds ?? server?.transferSeconds ?? 0,
+    };
+    const dropped = () => ({ ...(exchange?.dropped ?? {}) }) as Record<string, number>;
+    await runSite(site, net, {
+      from: startRound, rounds: cfg.rounds, signal: o.signal,
+      onRound: async (m) => {
+        const line = roundLine(m, names, { ...dropped(), ...prefixed(m.rejected, `${alg.message ?? 'input'}:`) });
+        if (checkpoint) {
+          const w = await checkpoint.save(ckptDir, m.round, { line }, cfg.checkpoint.keep);
           line.checkpointSeconds = w.seconds;
           line.checkpointBytes = w.bytes;
         }
-        record(line);
-        prevNet = net;
-      }
-      const ev = peer.evaluate();
-      final = { accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy, ...sentReceived(ex) };
-      // Stay a little so that slower peers can fetch our last head.
-      await sleep(cfg.lingerMs, o.signal);
-      peer.dispose();
-    } else if (cfg.algorithm === 'fedavg') {
-      const client = new FedAvgClient({ ...base, initSeed: deriveSeed(cfg.data.seed, 'fedavg-init') });
-      fedavg = new FedAvgNetClient(node!, client, { server: cfg.server!, rank: cfg.data.index, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs });
-      for (let r = 1; r <= cfg.rounds; r++) {
-        if (o.signal?.aborted) throw new Error('stopped');
-        const m = await fedavg.runRound(r);
-        record({
-          round: r, accuracy: m.accuracy, ownHeadAccuracy: m.accuracy, loss: m.loss, experts: [], freshHeads: 0,
-          bytesIn: m.bytesReceived, bytesOut: m.bytesSent, seconds: m.seconds, trainSeconds: m.trainSeconds,
-          waitSeconds: m.waitSeconds, networkSeconds: m.networkSeconds, dropped: dropped(), time: new Date().toISOString(),
-        });
-      }
-      final = { accuracy: rounds.at(-1)!.accuracy, ownHeadAccuracy: rounds.at(-1)!.accuracy, bytesSent: fedavg.bytesSent, bytesReceived: fedavg.bytesReceived };
-      client.dispose();
-    } else {
-      const peer = new LocalPeer(base);
-      for (let r = 1; r <= cfg.rounds; r++) {
-        const rt = performance.now();
-        const loss = peer.trainRound(r);
-        const trainSeconds = (performance.now() - rt) / 1000;
-        const acc = peer.evaluate().accuracy;
-        record({
-          round: r, accuracy: acc, ownHeadAccuracy: acc, loss, experts: [], freshHeads: 0, bytesIn: 0, bytesOut: 0,
-          seconds: (performance.now() - rt) / 1000, trainSeconds, waitSeconds: 0, networkSeconds: 0, dropped: {}, time: new Date().toISOString(),
-        });
-      }
-      final = { accuracy: rounds.at(-1)!.accuracy, ownHeadAccuracy: rounds.at(-1)!.accuracy, bytesSent: 0, bytesReceived: 0 };
-      peer.dispose();
-    }
+        rounds.push(line);
+        appendFileSync(metricsFile, JSON.stringify(line) + '\n');
+        if (prom) exportRound(prom, line);
+        o.onRound?.(line);
+      },
+    });
+    const ev = site.evaluate();
+    const traffic = exchange?.stats() ?? server?.stats();
+    const result: PeerRunResult = {
+      peerId: id.peerId, name: cfg.name, algorithm: cfg.algorithm, backend: backend.name, index: cfg.data.index,
+      trainSamples: data.trainSamples, testSamples: data.testSamples, accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy,
+      bytesSent: traffic?.bytesSent ?? 0, bytesReceived: traffic?.bytesReceived ?? 0,
+      wallSeconds: 0, peakRssMiB: 0, rounds,
+    };
+    // Stay a little so that slower peers can fetch our last head or model.
+    if (exchange) await sleep(cfg.lingerMs, o.signal);
+    result.wallSeconds = (performance.now() - t0) / 1000;
+    result.peakRssMiB = process.resourceUsage().maxRSS / 1024;
+    writeJsonAtomic(join(cfg.out, 'results.json'), result);
+    return result;
   } finally {
+    site.dispose();
+    disposePeerData(data);
     await exchange?.close();
     await node?.stop();
     await prom?.close();
   }
-  const result: PeerRunResult = {
-    peerId: id.peerId, name: cfg.name, algorithm: cfg.algorithm, backend: backend.name, index: cfg.data.index,
-    trainSamples: data.trainSamples, testSamples: data.testSamples, ...final,
-    wallSeconds: (performance.now() - t0) / 1000, peakRssMiB: process.resourceUsage().maxRSS / 1024, rounds,
+}
+
+function roundLine(m: SiteRoundRecord, names: Map<string, string | undefined>, dropped: Record<string, number>): RoundLine {
+  return {
+    round: m.round, accuracy: m.accuracy, ownHeadAccuracy: m.ownHeadAccuracy, loss: m.loss,
+    experts: m.experts.map((e) => ({ ...e, name: names.get(e.peer) })), freshHeads: m.fresh,
+    bytesIn: m.bytesReceived, bytesOut: m.bytesSent, seconds: m.seconds, trainSeconds: m.trainSeconds,
+    waitSeconds: m.waitSeconds, networkSeconds: m.networkSeconds, dropped,
+    ...(m.privacy ? { epsilon: m.privacy.epsilon, delta: m.privacy.delta } : {}),
+    time: new Date().toISOString(),
   };
-  disposePeerData(data);
-  writeJsonAtomic(join(cfg.out, 'results.json'), result);
-  return result;
+}
+
+function exportRound(prom: PeerMetrics, line: RoundLine): void {
+  prom.rounds.inc();
+  prom.accuracy.set(line.accuracy);
+  prom.ownHeadAccuracy.set(line.ownHeadAccuracy);
+  prom.experts.set(line.experts.length);
+  prom.expertVersion.reset();
+  for (const e of line.experts) prom.expertVersion.set({ peer: e.name ?? e.peer }, e.version);
+  prom.bytes.set({ direction: 'in' }, line.bytesIn);
+  prom.bytes.set({ direction: 'out' }, line.bytesOut);
+  for (const [reason, n] of Object.entries(line.dropped)) prom.dropped.set({ reason }, n);
+  for (const part of ['train', 'wait', 'network'] as const) prom.roundSeconds.set({ part }, line[`${part}Seconds`]);
+  prom.roundSeconds.set({ part: 'total' }, line.seconds);
 }
 
 function readMetrics(file: string): RoundLine[] {
@@ -267,15 +259,10 @@ function writeJsonLinesAtomic(path: string, lines: unknown[]): void {
   renameSync(tmp, path);
 }
 
-function prefixed(r: Record<string, number | undefined>): Record<string, number> {
+function prefixed(r: Record<string, number | undefined>, prefix: string): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const [k, v] of Object.entries(r)) if (v) out[`head:${k}`] = v;
+  for (const [k, v] of Object.entries(r)) if (v) out[`${prefix}${k}`] = v;
   return out;
-}
-
-function sentReceived(ex: HeadExchange): { bytesSent: number; bytesReceived: number } {
-  const s = ex.stats();
-  return { bytesSent: s.bytesSent, bytesReceived: s.bytesReceived };
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

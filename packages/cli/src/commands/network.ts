@@ -26,7 +26,7 @@ export function keygenCommand(): Command {
 
 export function peerCommand(): Command {
   return new Command('peer')
-    .description('Run one site of a consortium from its config file (dFLMoE, or a FedAvg client, or local-only).')
+    .description('Run one site of a consortium from its config file (its `algorithm`: dflmoe, a server algorithm\'s client, gossip or local-only).')
     .requiredOption('--config <file>', 'site config (JSON)')
     .option('--quiet', 'no per-round lines')
     .option('--metrics <port>', 'serve Prometheus metrics on 127.0.0.1:<port>/metrics', (v) => {
@@ -56,7 +56,7 @@ export function peerCommand(): Command {
 
 export function serverCommand(): Command {
   return new Command('server')
-    .description('Run a FedAvg server (the baseline) over the same libp2p stack.')
+    .description('Run the aggregation server of a server algorithm (fedavg, fedavg-ft, fedrep; config `algorithm`) over the same libp2p stack.')
     .requiredOption('--config <file>', 'server config (JSON)')
     .action(async (o) => {
       const cfg = loadServerConfig(o.config);

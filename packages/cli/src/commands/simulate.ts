@@ -2,7 +2,8 @@ import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
-  ALGORITHMS, DEFAULT_SIMULATION, initBackend, simulate, summarize, type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
+  ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, REGISTRY, initBackend, isAlgorithmName, simulate, summarize, unknownAlgorithmMessage,
+  type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
 import { loadDataset, partition, partitionHistograms } from '@dflmoe/data';
 import { collectResults, runConsortium, writeConsortium } from '../consortium.js';
@@ -26,9 +27,7 @@ const sizes = (v: string) => (v === '' || v === 'none' ? [] : v.split('x').map(i
 
 function algorithms(v: string): AlgorithmName[] {
   const names = list(v);
-  for (const n of names) {
-    if (!ALGORITHMS.includes(n as AlgorithmName)) throw new InvalidArgumentError(`unknown algorithm "${n}"; choose from ${ALGORITHMS.join(', ')}.`);
-  }
+  for (const n of names) if (!isAlgorithmName(n)) throw new InvalidArgumentError(`${unknownAlgorithmMessage(n)}.`);
   return names as AlgorithmName[];
 }
 
@@ -49,7 +48,10 @@ export function summaryTable(r: SimulationResults): string {
 export function simulateCommand(): Command {
   const d = DEFAULT_SIMULATION;
   return new Command('simulate')
-    .description('Run dFLMoE, FedAvg and local-only side by side on one dataset and partition, in one process.')
+    .description(
+      'Run algorithms side by side on one dataset and partition, with the same model, rounds, epochs and optimiser:\n' +
+        REGISTRY.map((a) => `  ${a.name.padEnd(10)} ${a.description}`).join('\n'),
+    )
     .requiredOption('--dataset <name>', 'breast-cancer | digits | fashion-mnist | synthetic | csv:<path>')
     .option('--peers <n>', 'number of sites', int('--peers'), d.peers)
     .option('--partition <spec>', 'iid | dirichlet:<alpha> | shards:<k>', d.partition)
@@ -61,17 +63,24 @@ export function simulateCommand(): Command {
     .option('--head-hidden <sizes>', 'hidden layers of the head, e.g. 32 or 64x32; none for a linear head', sizes, d.headHidden)
     .option('--epochs <n>', 'local epochs per round', int('--epochs'), d.epochs)
     .option('--batch-size <n>', 'batch size', int('--batch-size'), d.batchSize)
-    .option('--lr <x>', 'Adam learning rate', num('--lr', 1e-8, 10), d.learningRate)
+    .option('--lr <x>', 'learning rate', num('--lr', 1e-8, 10), d.learningRate)
+    .addOption(new Option('--optimizer <kind>', 'local optimiser of every algorithm (momentum: SGD with momentum 0.9)').choices(OPTIMIZERS).default(d.optimizer))
+    .option('--finetune-epochs <n>', 'fedavg-ft: epochs of fine-tuning the global model before evaluating', int('--finetune-epochs'), d.fineTuneEpochs)
+    .option('--head-epochs <n>', 'fedrep: head-only epochs (body frozen) before the body epochs', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('--head-epochs must be a non-negative integer.');
+      return n;
+    }, d.headEpochs)
     .option('--alpha <x>', 'dFLMoE: weight of the own-head loss (rest goes to the MoE loss)', num('--alpha', 0, 1), d.alpha)
     .option('--gate-hidden <n>', 'dFLMoE: hidden units of the gate', int('--gate-hidden'), d.gateHidden)
-    .option('--max-staleness <n>', 'dFLMoE: rounds an expert survives without an update', int('--max-staleness'), d.maxStaleness)
+    .option('--max-staleness <n>', 'dFLMoE and gossip: rounds a received head or model stays usable without an update', int('--max-staleness'), d.maxStaleness)
     .option('--test-fraction <x>', "share of each peer's data held out for its test split", num('--test-fraction', 0.01, 0.99), d.testFraction)
     .option('--min-size <n>', 'minimum samples per peer', int('--min-size'), d.minSize)
     .addOption(new Option('--standardize <how>', 'feature statistics: pooled over all training splits, or per peer').choices(['global', 'local']).default(d.standardize))
     .option('--no-shared-init', 'dflmoe/local: give every site its own random initial model')
     .option('--expert-lr-scale <x>', "dflmoe: learning rate of received experts' gate slots and FSTs, relative to --lr", num('--expert-lr-scale', 0, 1000), d.expertLrScale)
     .option('--poisoned <n>', 'robustness: make the last n sites adversarial', (v) => Number(v), d.poisoned)
-    .addOption(new Option('--poison-kind <kind>', 'what adversarial sites do').choices(['random', 'flipped']).default(d.poisonKind))
+    .addOption(new Option('--poison-kind <kind>', 'what adversarial sites do (random heads: dflmoe only)').choices(['random', 'flipped']).default(d.poisonKind))
     .option('--admission <x>', "dflmoe: refuse received heads scoring below x times the own head's accuracy on local data", num('--admission', 0, 10))
     .option('--dp-noise <x>', 'DP-SGD: noise multiplier (turns DP on)', num('--dp-noise', 0, 1000))
     .option('--dp-clip <x>', 'DP-SGD: clipping norm', num('--dp-clip', 1e-9, 1e6), 1)
@@ -92,7 +101,7 @@ export function simulateCommand(): Command {
         datasetOptions: { maxSamples: o.maxSamples, dataDir: o.dataDir, labelColumn: o.labelColumn },
         peers: o.peers, partition: o.partition, rounds: o.rounds, algorithms: o.algorithms, seed: o.seed,
         bodies: o.body, featureDim: o.featureDim, headHidden: o.headHidden, epochs: o.epochs, batchSize: o.batchSize,
-        learningRate: o.lr, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness,
+        learningRate: o.lr, optimizer: o.optimizer, fineTuneEpochs: o.finetuneEpochs, headEpochs: o.headEpochs, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness,
         testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
         sharedInit: o.sharedInit, expertLrScale: o.expertLrScale,
         poisoned: o.poisoned, poisonKind: o.poisonKind, admission: o.admission,

@@ -3,7 +3,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { deriveSeed } from '@dflmoe/data';
 import { bodyVariables, buildBody, createHead, headLogits, type BodySpec, type DenseLayer, type HeadSpec } from '../model.js';
 import { RdpAccountant } from '../privacy.js';
-import { DEFAULT_TRAIN, accuracy, predictClasses, type ParamGroup, type PeerData, type TrainOptions } from '../train.js';
+import { DEFAULT_TRAIN, accuracy, createOptimizer, predictClasses, type ParamGroup, type PeerData, type TrainOptions } from '../train.js';
 
 /** What every peer of every algorithm is built from. */
 export interface PeerModelOptions {
@@ -46,7 +46,7 @@ export class SupervisedModel {
     this.body = buildBody(o.body, o.data.sampleShape, o.featureDim, deriveSeed(init, 'body'));
     this.headSpec = { inputDim: o.featureDim, hidden: o.headHidden, outputDim: o.data.numClasses };
     this.head = createHead(this.headSpec, deriveSeed(init, 'head'));
-    this.optimizer = tf.train.adam(this.train.learningRate);
+    this.optimizer = createOptimizer(this.train);
   }
 
   features(x: tf.Tensor, training: boolean): tf.Tensor2D {
@@ -59,18 +59,22 @@ export class SupervisedModel {
 
   /** Trainable variables in a fixed order (body, then head). */
   variables(): tf.Variable[] {
-    return [...bodyVariables(this.body), ...this.head.flatMap((l) => [l.kernel, l.bias])];
+    return [...bodyVariables(this.body), ...this.headVariables()];
+  }
+
+  headVariables(): tf.Variable[] {
+    return this.head.flatMap((l) => [l.kernel, l.bias]);
   }
 
   /** With DP-SGD: the privacy spent so far by this site's training. */
   readonly accountant = new RdpAccountant();
 
-  /** Record the DP-SGD steps of one round (a no-op without DP). */
-  protected account(): void {
+  /** Record the DP-SGD steps of one round of `epochs` passes (a no-op without DP). */
+  protected account(epochs = this.train.epochs): void {
     const dp = this.train.dp;
     if (!dp) return;
     const q = Math.min(1, this.train.batchSize / this.data.trainSamples);
-    const steps = this.train.epochs * Math.ceil(this.data.trainSamples / this.train.batchSize);
+    const steps = epochs * Math.ceil(this.data.trainSamples / this.train.batchSize);
     this.accountant.compose(q, dp.noiseMultiplier, steps);
   }
 

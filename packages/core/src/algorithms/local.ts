@@ -1,5 +1,7 @@
 import { trainEpochs } from '../train.js';
+import type { Algorithm, SiteRound } from './api.js';
 import { SupervisedModel, crossEntropy, type PeerEval } from './common.js';
+import { ModelSite, secondsSince } from './site.js';
 
 /** Local-only baseline: each peer trains on its own data and never communicates. */
 export class LocalPeer extends SupervisedModel {
@@ -13,3 +15,21 @@ export class LocalPeer extends SupervisedModel {
     return { accuracy: a, ownHeadAccuracy: a };
   }
 }
+
+class LocalSite extends ModelSite<LocalPeer> {
+  async runRound(round: number): Promise<SiteRound> {
+    const t0 = performance.now();
+    const loss = this.model.trainRound(round);
+    return { loss, trainSeconds: secondsSince(t0), waitSeconds: 0, fresh: 0 };
+  }
+}
+
+export const local: Algorithm<'local'> = {
+  name: 'local',
+  label: 'local-only',
+  description: 'each site trains on its own data and never communicates',
+  color: '#5e6c84',
+  network: 'none',
+  sameModel: false,
+  createSite: (base) => new LocalSite(new LocalPeer(base)),
+};

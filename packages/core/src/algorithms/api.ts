@@ -1,0 +1,138 @@
+/**
+ * The one interface every algorithm implements, so that the simulator,
+ * `dflmoe peer`, the CLI, reports and benchmarks handle them alike. An
+ * algorithm is a factory of sites plus a few facts about its network use;
+ * a site trains, talks through a `SiteNetwork` and evaluates itself.
+ * Adding one is a file exporting an `Algorithm` and a line in `registry.ts`.
+ */
+import type { ExchangeStats, HeadExchange } from '../exchange.js';
+import type { NamedArray } from '../codec.js';
+import type { Logger } from '../log.js';
+import type { PeerData } from '../train.js';
+import type { CheckpointWrite } from '../checkpoint.js';
+import type { PeerEval, PeerModelOptions } from './common.js';
+
+/** Client side of an aggregation server (FedAvg and its relatives). */
+export interface ServerLink {
+  /** Send this round's update (an encoded bundle) with the site's number of training samples. */
+  upload(round: number, payload: Uint8Array, samples: number): Promise<void>;
+  /** The server's aggregate of `round` (or of a newer round); untrusted bytes. */
+  download(round: number): Promise<Uint8Array>;
+  stats(): ExchangeStats;
+}
+
+/** What a site sees of the network; an algorithm uses the part its `network` names. */
+export interface SiteNetwork {
+  /** `peers` algorithms: broadcast to the other members. */
+  exchange?: HeadExchange;
+  /** `server` algorithms: the aggregation server. */
+  server?: ServerLink;
+  /** After publishing, wait for this many fresh messages from other sites... */
+  quorum: number;
+  /** ...but no longer than this (ms; 0: do not wait). */
+  deadlineMs: number;
+  logger: Logger;
+  /** Seconds spent moving bytes so far, where the transport measures it. */
+  transferSeconds?(): number;
+}
+
+/** What one round of a site did (the loop adds evaluation, bytes and timing). */
+export interface SiteRound {
+  loss: number;
+  trainSeconds: number;
+  waitSeconds: number;
+  /** Messages from other sites taken in this round (heads, models). */
+  fresh: number;
+  /** dFLMoE: experts dropped as stale at the start of the round. */
+  expired?: string[];
+}
+
+export interface ExpertInfo {
+  peer: string;
+  version: number;
+  /** Mean gate weight on the local test split. */
+  gateWeight: number;
+}
+
+/** Per-site fields an algorithm adds to results.json. */
+export interface SiteResultExtras {
+  gateWeights?: Record<string, number>;
+  rejectedHeads?: Record<string, number>;
+}
+
+/** Crash safety: save after each round, restore before the first. */
+export interface SiteCheckpointing {
+  save(dir: string, round: number, extra: Record<string, unknown>, keep: number): Promise<CheckpointWrite>;
+  /** Restore the newest good checkpoint; undefined when there is none. */
+  restore(dir: string, logger: Logger): Promise<{ round: number; path: string; extra: Record<string, unknown>; summary: string } | undefined>;
+}
+
+/** One site of an algorithm. */
+export interface AlgorithmSite {
+  readonly id: string;
+  readonly data: PeerData;
+  /** Local training and this algorithm's communication for `round`. */
+  runRound(round: number, net: SiteNetwork): Promise<SiteRound>;
+  /** Personalized accuracy on the site's own test split. */
+  evaluate(): PeerEval;
+  /** dFLMoE: the experts in the pool with their gate weights. */
+  experts?(): ExpertInfo[];
+  /** Received input the algorithm refused, by reason (cumulative). */
+  rejected(): Record<string, number>;
+  privacySpent(): { epsilon: number; delta: number; steps: number } | undefined;
+  resultExtras?(): SiteResultExtras;
+  /** Algorithms that average models: a string two sites share exactly when their models can be averaged. */
+  architecture?(): string;
+  checkpoint?: SiteCheckpointing;
+  dispose(): void;
+}
+
+/** Algorithm settings that are not part of the model or the local training. */
+export interface AlgorithmOptions {
+  /** The consortium's seed (shared initial models are derived from it). */
+  seed: number;
+  /** dFLMoE: weight of the own-head loss. */
+  alpha: number;
+  gateHidden: number;
+  expertLrScale: number;
+  admission?: number;
+  /** dFLMoE experts and gossip models: rounds a received message stays usable. */
+  maxStaleness: number;
+  maxHeadBytes: number;
+  maxModelBytes: number;
+  /** fedavg-ft: local epochs of fine-tuning the global model before evaluating. */
+  fineTuneEpochs: number;
+  /** fedrep: head-only epochs (body frozen) before the body epochs. */
+  headEpochs: number;
+  /** Robustness experiments: this site publishes random heads (dFLMoE only; others ignore it). */
+  randomUpdates?: boolean;
+}
+
+export const DEFAULT_ALGORITHM_OPTIONS: Omit<AlgorithmOptions, 'seed'> = {
+  alpha: 0.2, gateHidden: 32, expertLrScale: 1, maxStaleness: 3,
+  maxHeadBytes: 64 * 1024 * 1024, maxModelBytes: 512 * 1024 * 1024, fineTuneEpochs: 1, headEpochs: 1,
+};
+
+export interface Upload {
+  weights: NamedArray[];
+  samples: number;
+}
+
+export interface Algorithm<N extends string = string> {
+  readonly name: N;
+  /** Name in prose and error messages (`FedAvg`). */
+  readonly label: string;
+  /** One line for `--help` and reports. */
+  readonly description: string;
+  /** Colour in charts. */
+  readonly color: string;
+  /** `none`: no communication; `peers`: broadcast to the members; `server`: through an aggregation server. */
+  readonly network: 'none' | 'peers' | 'server';
+  /** What crosses the network: heads or (whole or partial) models; sets the size limit. */
+  readonly message?: 'head' | 'model';
+  /** Every site must have the same model (it averages models). */
+  readonly sameModel: boolean;
+  createSite(base: PeerModelOptions, o: AlgorithmOptions): AlgorithmSite;
+  /** `server` algorithms: combine a round's uploads (given in rank order). */
+  aggregate?(uploads: Upload[]): NamedArray[];
+}

@@ -1,0 +1,112 @@
+/**
+ * dFLMoE as a registered algorithm: `DflmoePeer` (unchanged) plus the round
+ * that the simulator, `dflmoe peer` and the embedding API all run.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { deriveSeed } from '@dflmoe/data';
+import { restoreLatestCheckpoint, saveCheckpoint } from '../checkpoint.js';
+import { encodeHead } from '../codec.js';
+import { absorbMessages, type HeadExchange } from '../exchange.js';
+import type { Logger } from '../log.js';
+import { createHead } from '../model.js';
+import type { Algorithm, AlgorithmOptions, AlgorithmSite, ExpertInfo, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
+import { DflmoePeer } from './dflmoe.js';
+import { secondsSince } from './site.js';
+
+/** A head of random weights, encoded as `peer`'s next version (a poisoning attacker). */
+function randomHead(peer: DflmoePeer, version: number, seed: number): Uint8Array {
+  const h = createHead(peer.headSpec, seed);
+  const layers = h.map((l) => tf.tidy(() => ({ kernel: tf.mul(l.kernel, 5).dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array })));
+  h.forEach((l) => tf.dispose([l.kernel, l.bias]));
+  return encodeHead({ spec: peer.headSpec, version, peer: peer.id }, layers);
+}
+
+export class DflmoeSite implements AlgorithmSite {
+  readonly checkpoint: SiteCheckpointing;
+
+  constructor(readonly peer: DflmoePeer, private readonly o: Partial<Pick<AlgorithmOptions, 'randomUpdates' | 'seed'>> = {}) {
+    this.checkpoint = {
+      save: (dir, round, extra, keep) => saveCheckpoint(dir, peer, round, extra, keep),
+      restore: async (dir, logger) => {
+        const r = await restoreLatestCheckpoint(dir, peer, logger);
+        return r && { ...r, summary: `${peer.pool.size} experts in the pool` };
+      },
+    };
+  }
+
+  get id(): string {
+    return this.peer.id;
+  }
+
+  get data() {
+    return this.peer.data;
+  }
+
+  /** Take in every head waiting in the exchange; returns how many were accepted. */
+  absorb(ex: HeadExchange, round: number, log: Logger): number {
+    return absorbMessages(ex, log, 'head', (m) => this.peer.receiveHead(m.payload, m.from, round));
+  }
+
+  /**
+   * Settle before the first round (a late joiner starts with the newest
+   * heads), take in waiting heads, drop stale experts, train, publish the
+   * head, wait (bounded) for the others' heads of this round, take them in.
+   */
+  async runRound(round: number, net: SiteNetwork): Promise<SiteRound> {
+    const ex = net.exchange!;
+    const t0 = performance.now();
+    if (round === 1 && net.deadlineMs > 0) await ex.settle?.(net.deadlineMs);
+    let waitSeconds = secondsSince(t0);
+    let fresh = this.absorb(ex, round, net.logger);
+    const expired = this.peer.startRound(round);
+    const tt = performance.now();
+    const loss = this.peer.trainRound(round);
+    const trainSeconds = secondsSince(tt);
+    const head = this.o.randomUpdates ? randomHead(this.peer, round, deriveSeed(this.o.seed ?? 0, 'poison', this.id, round)) : this.peer.encodeHead(round);
+    await ex.publish(head, round);
+    const tw = performance.now();
+    if (net.quorum > 0 && net.deadlineMs > 0) await ex.waitForHeads(net.quorum, net.deadlineMs);
+    waitSeconds += secondsSince(tw);
+    fresh += this.absorb(ex, round, net.logger);
+    return { loss, trainSeconds, waitSeconds, fresh, expired };
+  }
+
+  evaluate() {
+    return this.peer.evaluate();
+  }
+
+  experts(): ExpertInfo[] {
+    const gw = this.peer.meanGateWeights();
+    return this.peer.pool.list().map((e) => ({ peer: e.peer, version: e.version, gateWeight: gw[e.peer] ?? 0 }));
+  }
+
+  rejected(): Record<string, number> {
+    return { ...this.peer.counters.rejected } as Record<string, number>;
+  }
+
+  privacySpent() {
+    return this.peer.privacySpent();
+  }
+
+  resultExtras() {
+    return { gateWeights: this.peer.meanGateWeights(), rejectedHeads: this.rejected() };
+  }
+
+  dispose(): void {
+    this.peer.dispose();
+  }
+}
+
+export const dflmoe: Algorithm<'dflmoe'> = {
+  name: 'dflmoe',
+  label: 'dFLMoE',
+  description: 'serverless: each site shares only its head and mixes the heads it receives with a learned gate',
+  color: '#1b7837',
+  network: 'peers',
+  message: 'head',
+  sameModel: false,
+  createSite: (base, o) => new DflmoeSite(new DflmoePeer({
+    ...base, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness, expertLrScale: o.expertLrScale,
+    admission: o.admission, maxHeadBytes: o.maxHeadBytes,
+  }), o),
+};

@@ -1,0 +1,51 @@
+/**
+ * FedAvg with local fine-tuning (FedAvg-FT): FedAvg as usual, and each round
+ * every site copies the new global model, fine-tunes the copy on its own
+ * training data for `fineTuneEpochs` epochs with a fresh optimizer, and is
+ * evaluated with the copy. The global model (what the site trains and
+ * uploads next round) is not changed by it; the copy never leaves the site
+ * (with DP-SGD it trains with DP too, and the reported epsilon covers the
+ * uploads, which is what leaves the site).
+ */
+import { deriveSeed } from '@dflmoe/data';
+import type { Algorithm, AlgorithmOptions } from './api.js';
+import type { PeerEval, PeerModelOptions } from './common.js';
+import { FedAvgClient, FedAvgSite, federatedAverage, sharedModelSeed } from './fedavg.js';
+
+export class FedAvgFtSite extends FedAvgSite {
+  /** The personalized copy: the global model after fine-tuning. */
+  readonly tuned: FedAvgClient;
+
+  constructor(base: PeerModelOptions, o: AlgorithmOptions) {
+    const init = { ...base, initSeed: sharedModelSeed(o.seed) };
+    super(new FedAvgClient(init), o);
+    const seed = deriveSeed(this.model.train.seed, 'finetune');
+    this.tuned = new FedAvgClient({ ...init, train: { ...this.model.train, epochs: o.fineTuneEpochs, seed } });
+  }
+
+  protected override afterGlobal(round: number): void {
+    this.tuned.setWeights(this.model.getWeights());
+    this.tuned.trainRound(round);
+  }
+
+  override evaluate(): PeerEval {
+    return this.tuned.evaluate();
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.tuned.dispose();
+  }
+}
+
+export const fedavgFt: Algorithm<'fedavg-ft'> = {
+  name: 'fedavg-ft',
+  label: 'FedAvg-FT',
+  description: 'FedAvg, then each site fine-tunes a copy of the global model on its own data (fineTuneEpochs) and is evaluated with the copy',
+  color: '#ef8a62',
+  network: 'server',
+  message: 'model',
+  sameModel: true,
+  createSite: (base, o) => new FedAvgFtSite(base, o),
+  aggregate: federatedAverage,
+};

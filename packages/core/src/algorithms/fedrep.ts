@@ -1,0 +1,66 @@
+/**
+ * FedRep (Collins et al., "Exploiting Shared Representations for
+ * Personalized Federated Learning", ICML 2021): the server averages only
+ * the body (the representation); each site keeps its own head. Each round a
+ * site first trains its head with the body frozen for `headEpochs` epochs,
+ * then the body with the head frozen for `epochs` epochs, and uploads the
+ * body. As in PFLlib's clientRep, the head has its own optimizer, kept
+ * across rounds (the head never leaves the site); the body's optimizer is
+ * fresh every round, as for every FedAvg client here.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { deriveSeed } from '@dflmoe/data';
+import { bodyVariables, headLogits } from '../model.js';
+import { createOptimizer, trainEpochs } from '../train.js';
+import type { Algorithm } from './api.js';
+import { crossEntropy, type PeerModelOptions } from './common.js';
+import { FedAvgClient, FedAvgSite, federatedAverage, sharedModelSeed } from './fedavg.js';
+
+export class FedRepClient extends FedAvgClient {
+  private headOptimizer: tf.Optimizer;
+
+  constructor(o: PeerModelOptions, readonly headEpochs: number) {
+    super(o);
+    if (!Number.isInteger(headEpochs) || headEpochs < 0) throw new Error(`headEpochs must be a non-negative integer, got ${headEpochs}`);
+    this.headOptimizer = createOptimizer(this.train);
+  }
+
+  override architecture(): string {
+    return `${super.architecture()}|body-only`;
+  }
+
+  /** Only the body travels. */
+  override sharedVariables(): tf.Variable[] {
+    return bodyVariables(this.body);
+  }
+
+  override trainRound(round: number): number {
+    this.account(this.headEpochs + this.train.epochs);
+    const head = this.headVariables();
+    trainEpochs(
+      this.data, { ...this.train, epochs: this.headEpochs, seed: deriveSeed(this.train.seed, 'fedrep-head') }, round,
+      () => [{ optimizer: this.headOptimizer, vars: head }],
+      (x, y) => crossEntropy(headLogits(this.head, this.features(x, false)), y),
+    );
+    this.resetOptimizer();
+    const body = this.sharedVariables();
+    return trainEpochs(this.data, this.train, round, () => [{ optimizer: this.optimizer, vars: body }], (x, y) => crossEntropy(this.logits(x, true), y));
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.headOptimizer.dispose();
+  }
+}
+
+export const fedrep: Algorithm<'fedrep'> = {
+  name: 'fedrep',
+  label: 'FedRep',
+  description: 'a server averages only the body; each site keeps its own head, trained first each round with the body frozen (headEpochs), then the body with the head frozen',
+  color: '#2166ac',
+  network: 'server',
+  message: 'model',
+  sameModel: true,
+  createSite: (base, o) => new FedAvgSite(new FedRepClient({ ...base, initSeed: sharedModelSeed(o.seed) }, o.headEpochs), o),
+  aggregate: federatedAverage,
+};

@@ -1,0 +1,118 @@
+/**
+ * Gossip averaging (decentralized FedAvg, D-PSGD on the complete graph of
+ * members; Lian et al., NeurIPS 2017): no server. Each round every site
+ * trains its whole model locally (fresh optimizer, as a FedAvg client),
+ * sends it to the other members, waits (bounded) for theirs, and replaces
+ * its model by the sample-weighted average of its own and the freshest
+ * model it holds from each member, if received at most `maxStaleness`
+ * rounds ago. Received models are untrusted: size, format, architecture,
+ * shapes, finite values, sender and round are checked; a bad one is
+ * counted, logged and dropped.
+ */
+import { z } from 'zod';
+import { CodecError, type DecodeLimits, type NamedArray } from '../codec.js';
+import { absorbMessages } from '../exchange.js';
+import type { Algorithm, AlgorithmOptions, SiteNetwork, SiteRound } from './api.js';
+import type { PeerModelOptions } from './common.js';
+import { FedAvgClient, federatedAverage, sharedModelSeed } from './fedavg.js';
+import { ModelSite, secondsSince } from './site.js';
+
+const metaSchema = z.object({
+  arch: z.string(),
+  round: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
+  samples: z.number().int().min(1).max(2 ** 31),
+  peer: z.string().min(1).max(256),
+});
+
+interface Held {
+  round: number;
+  receivedRound: number;
+  samples: number;
+  weights: NamedArray[];
+}
+
+export type GossipTake = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender-mismatch' | CodecError['reason'];
+
+export class GossipSite extends ModelSite<FedAvgClient> {
+  private held = new Map<string, Held>();
+  private readonly limits: DecodeLimits;
+  private readonly maxStaleness: number;
+
+  constructor(base: PeerModelOptions, o: Pick<AlgorithmOptions, 'seed' | 'maxModelBytes' | 'maxStaleness'>) {
+    super(new FedAvgClient({ ...base, initSeed: sharedModelSeed(o.seed) }));
+    this.limits = { maxBytes: o.maxModelBytes, maxParams: this.model.variables().reduce((a, v) => a + v.size, 0) };
+    this.maxStaleness = o.maxStaleness;
+  }
+
+  architecture(): string {
+    return this.model.architecture();
+  }
+
+  /** This site's model of `round`, for the other members. */
+  encode(round: number): Uint8Array {
+    return this.model.encodeModel(round, { peer: this.id });
+  }
+
+  /** Validate a model received from `from` (as the transport authenticated it) and keep it as that member's freshest. */
+  take(payload: Uint8Array, from: string, round: number): GossipTake {
+    let r: GossipTake;
+    try {
+      const { meta, weights } = this.model.decodeModel(payload, this.limits);
+      const m = metaSchema.safeParse(meta);
+      if (!m.success) r = 'header';
+      else if (m.data.peer !== from) r = 'sender-mismatch';
+      else if (from === this.id) r = 'self';
+      else if (m.data.round <= (this.held.get(from)?.round ?? 0)) r = 'stale-version';
+      else {
+        r = this.held.has(from) ? 'replaced' : 'added';
+        this.held.set(from, { round: m.data.round, receivedRound: round, samples: m.data.samples, weights });
+      }
+    } catch (e) {
+      if (!(e instanceof CodecError)) throw e;
+      r = e.reason;
+    }
+    if (r !== 'added' && r !== 'replaced') this.refuse(r);
+    return r;
+  }
+
+  /**
+   * Replace the own model by the sample-weighted average of itself and every
+   * held model at most `maxStaleness` rounds old (by sender id, own included,
+   * so that every site sums in the same order). Returns how many others were mixed in.
+   */
+  mix(round: number): number {
+    for (const [peer, h] of this.held) if (round - h.receivedRound > this.maxStaleness) this.held.delete(peer);
+    if (this.held.size === 0) return 0;
+    const parts = [
+      { id: this.id, weights: this.model.getWeights(), samples: this.data.trainSamples },
+      ...[...this.held].map(([id, h]) => ({ id, weights: h.weights, samples: h.samples })),
+    ].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    this.model.setWeights(federatedAverage(parts));
+    return this.held.size;
+  }
+
+  async runRound(round: number, net: SiteNetwork): Promise<SiteRound> {
+    const ex = net.exchange!;
+    const t0 = performance.now();
+    const loss = this.model.trainRound(round);
+    const trainSeconds = secondsSince(t0);
+    await ex.publish(this.encode(round), round);
+    const tw = performance.now();
+    if (net.quorum > 0 && net.deadlineMs > 0) await ex.waitForHeads(net.quorum, net.deadlineMs);
+    const waitSeconds = secondsSince(tw);
+    const fresh = absorbMessages(ex, net.logger, 'model', (m) => this.take(m.payload, m.from, round));
+    this.mix(round);
+    return { loss, trainSeconds, waitSeconds, fresh };
+  }
+}
+
+export const gossip: Algorithm<'gossip'> = {
+  name: 'gossip',
+  label: 'gossip',
+  description: 'serverless: each site sends its whole model to the other members and averages (sample-weighted) with the models it received',
+  color: '#762a83',
+  network: 'peers',
+  message: 'model',
+  sameModel: true,
+  createSite: (base, o) => new GossipSite(base, o),
+};

@@ -1,0 +1,39 @@
+/**
+ * Every algorithm the simulator, `dflmoe peer`, the CLI, reports and
+ * benchmarks know. Adding one: a file exporting an `Algorithm`, and its
+ * line here.
+ */
+import type { Algorithm } from './api.js';
+import { dflmoe } from './dflmoe-site.js';
+import { fedavg } from './fedavg.js';
+import { fedavgFt } from './fedavg-ft.js';
+import { fedrep } from './fedrep.js';
+import { gossip } from './gossip.js';
+import { local } from './local.js';
+
+/** In the order tables list them. */
+export const REGISTRY = [dflmoe, fedavg, fedavgFt, fedrep, gossip, local] as const;
+
+export type AlgorithmName = (typeof REGISTRY)[number]['name'];
+
+export const ALGORITHMS: readonly AlgorithmName[] = REGISTRY.map((a) => a.name);
+
+export function isAlgorithmName(name: string): name is AlgorithmName {
+  return (ALGORITHMS as readonly string[]).includes(name);
+}
+
+export function unknownAlgorithmMessage(name: string): string {
+  return `unknown algorithm "${name}"; choose from ${ALGORITHMS.join(', ')}`;
+}
+
+export function getAlgorithm(name: string): Algorithm<AlgorithmName> {
+  const a = REGISTRY.find((x) => x.name === name);
+  if (!a) throw new Error(unknownAlgorithmMessage(name));
+  return a;
+}
+
+/** A Vega-Lite colour scale for `names` (registered colours; a grey for names this version does not know). */
+export function algorithmColors(names: readonly string[] = ALGORITHMS): { domain: string[]; range: string[] } {
+  const domain = [...new Set([...ALGORITHMS, ...names])];
+  return { domain, range: domain.map((n) => REGISTRY.find((a) => a.name === n)?.color ?? '#999999') };
+}

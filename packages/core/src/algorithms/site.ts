@@ -1,0 +1,42 @@
+/** Shared parts of the sites built on one `SupervisedModel` (every algorithm but dFLMoE). */
+import type { AlgorithmSite, SiteNetwork, SiteRound } from './api.js';
+import type { PeerEval, SupervisedModel } from './common.js';
+
+export const secondsSince = (t0: number) => (performance.now() - t0) / 1000;
+
+export abstract class ModelSite<M extends SupervisedModel & { evaluate(): PeerEval }> implements AlgorithmSite {
+  private readonly counters: Record<string, number> = {};
+
+  constructor(readonly model: M) {}
+
+  get id(): string {
+    return this.model.id;
+  }
+
+  get data() {
+    return this.model.data;
+  }
+
+  abstract runRound(round: number, net: SiteNetwork): Promise<SiteRound>;
+
+  evaluate(): PeerEval {
+    return this.model.evaluate();
+  }
+
+  rejected(): Record<string, number> {
+    return { ...this.counters };
+  }
+
+  /** Count received input refused for `reason`. */
+  protected refuse(reason: string): void {
+    this.counters[reason] = (this.counters[reason] ?? 0) + 1;
+  }
+
+  privacySpent() {
+    return this.model.privacySpent();
+  }
+
+  dispose(): void {
+    this.model.dispose();
+  }
+}
