@@ -123,14 +123,30 @@ export function headLogits(w: HeadWeights, z: tf.Tensor2D): tf.Tensor2D {
 
 // ---------------------------------------------------------------- FST and gate
 
-/** Feature-space transform `z -> z W + b`, identity at start. */
-export function createFst(dim: number): DenseLayer<tf.Variable> {
-  return { kernel: newVariable(() => tf.eye(dim)), bias: newVariable(() => tf.zeros([dim])) };
+/**
+ * Form of the feature-space transform of a received expert: `full` is
+ * `z -> z W + b` (dim x dim), `diag` is `z -> z * w + b` (a scale and shift
+ * per feature), `none` feeds local features to the expert unchanged.
+ */
+export type FstKind = 'full' | 'diag' | 'none';
+export const FST_KINDS: readonly FstKind[] = ['full', 'diag', 'none'];
+
+/** A feature-space transform, identity at start (`none` has no parameters: callers skip it). */
+export function createFst(dim: number, kind: Exclude<FstKind, 'none'> = 'full'): DenseLayer<tf.Variable> {
+  const kernel = kind === 'diag' ? newVariable(() => tf.ones([dim])) : newVariable(() => tf.eye(dim));
+  return { kernel, bias: newVariable(() => tf.zeros([dim])) };
 }
 
 export function applyFst(t: DenseLayer, z: tf.Tensor2D): tf.Tensor2D {
-  return tf.add(tf.matMul(z, t.kernel as tf.Tensor2D), t.bias) as tf.Tensor2D;
+  const scaled = t.kernel.rank === 1 ? tf.mul(z, t.kernel) : tf.matMul(z, t.kernel as tf.Tensor2D);
+  return tf.add(scaled, t.bias) as tf.Tensor2D;
 }
+
+/** The identity with a zero gradient: a fixed target inside a loss. */
+export const stopGradient = tf.customGrad(((x: tf.Tensor) => ({
+  value: tf.clone(x),
+  gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy),
+})) as unknown as Parameters<typeof tf.customGrad>[0]) as (x: tf.Tensor) => tf.Tensor;
 
 /**
  * The gate: features -> one logit per expert slot. A slot is created per

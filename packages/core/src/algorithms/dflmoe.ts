@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { deriveSeed } from '@dflmoe/data';
 import { CodecError, decodeHead, encodeHead, type CodecReason, type NamedArray } from '../codec.js';
 import { ExpertPool } from '../experts.js';
-import { Gate, applyFst, createFst, headLogits, headParamCount, moeForward, moeLoss, type DenseLayer, type Expert } from '../model.js';
+import { Gate, applyFst, createFst, stopGradient, type FstKind, headLogits, headParamCount, moeForward, moeLoss, type DenseLayer, type Expert } from '../model.js';
 import { accuracy, predictClasses, trainEpochs, type ParamGroup } from '../train.js';
 import { SupervisedModel, type PeerEval, type PeerModelOptions } from './common.js';
 
@@ -30,6 +30,14 @@ export interface DflmoeOptions extends PeerModelOptions {
    * fraction of the own head's accuracy on the same samples. Off by default.
    */
   admission?: number;
+  /** Form of each received expert's feature-space transform (default `full`). */
+  fst?: FstKind;
+  /**
+   * Weight of a distillation term that pulls the own head towards the
+   * mixture's prediction (cross-entropy to the mixture, which is held fixed);
+   * 0 turns it off (default).
+   */
+  distill?: number;
 }
 
 export interface DflmoeStateMeta {
@@ -60,6 +68,8 @@ export class DflmoePeer extends SupervisedModel {
   private readonly expertLrScale: number;
   private readonly admission?: number;
   readonly counters: ReceiveCounters = { accepted: 0, rejected: {} };
+  readonly fstKind: FstKind;
+  readonly distill: number;
 
   constructor(o: DflmoeOptions) {
     super(o);
@@ -70,6 +80,9 @@ export class DflmoePeer extends SupervisedModel {
     this.maxHeadBytes = o.maxHeadBytes ?? 64 * 1024 * 1024;
     this.expertLrScale = o.expertLrScale ?? 1;
     this.admission = o.admission;
+    this.fstKind = o.fst ?? 'full';
+    this.distill = o.distill ?? 0;
+    if (!(this.distill >= 0)) throw new Error(`distill must be a non-negative number, got ${this.distill}`);
   }
 
   /** The experts present now: own head first, then received heads by peer id. */
@@ -102,7 +115,7 @@ export class DflmoePeer extends SupervisedModel {
         result = this.pool.offer(head, round, payload.length);
         if (result !== 'stale-version') {
           this.gate.ensureSlot(from);
-          if (!this.fsts.has(from)) this.fsts.set(from, createFst(this.headSpec.inputDim));
+          this.ensureFst(from);
         }
       }
     } catch (e) {
@@ -112,6 +125,10 @@ export class DflmoePeer extends SupervisedModel {
     if (result === 'added' || result === 'replaced') this.counters.accepted++;
     else this.counters.rejected[result] = (this.counters.rejected[result] ?? 0) + 1;
     return result;
+  }
+
+  private ensureFst(peer: string): void {
+    if (this.fstKind !== 'none' && !this.fsts.has(peer)) this.fsts.set(peer, createFst(this.headSpec.inputDim, this.fstKind));
   }
 
   /** Accuracy of a candidate head versus the own head on local training samples. */
@@ -147,8 +164,8 @@ export class DflmoePeer extends SupervisedModel {
         opt = tf.train.adam(this.train.learningRate * this.expertLrScale);
         this.expertOptimizers.set(e.peer, opt);
       }
-      const f = this.fsts.get(e.peer)!;
-      groups.push({ optimizer: opt, vars: [...this.gate.slotVariables(e.peer), f.kernel, f.bias] });
+      const f = this.fsts.get(e.peer);
+      groups.push({ optimizer: opt, vars: [...this.gate.slotVariables(e.peer), ...(f ? [f.kernel, f.bias] : [])] });
     }
     return groups;
   }
@@ -158,8 +175,12 @@ export class DflmoePeer extends SupervisedModel {
     return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => {
       const z = this.features(x, true);
       const own = headLogits(this.head, z);
-      const { probs } = moeForward(z, this.experts(), this.gate);
-      return moeLoss(own, probs, y, this.alpha);
+      const experts = this.experts();
+      const { probs } = moeForward(z, experts, this.gate);
+      const loss = moeLoss(own, probs, y, this.alpha);
+      if (this.distill === 0 || experts.length < 2) return loss;
+      const toMixture = tf.neg(tf.mean(tf.sum(tf.mul(stopGradient(probs), tf.logSoftmax(own)), 1)));
+      return tf.add(loss, tf.mul(this.distill, toMixture)) as tf.Scalar;
     });
   }
 
@@ -249,8 +270,9 @@ export class DflmoePeer extends SupervisedModel {
       this.gate.slotVariables(id).forEach((v, k) => assign(v, `gate/slot/${id}/${k}`));
     }
     for (const id of meta.fsts) {
-      if (!this.fsts.has(id)) this.fsts.set(id, createFst(this.headSpec.inputDim));
-      const f = this.fsts.get(id)!;
+      this.ensureFst(id);
+      const f = this.fsts.get(id);
+      if (!f) throw new Error(`checkpoint holds a transform for ${id}, but this site uses fst "none"`);
       assign(f.kernel, `fst/${id}/kernel`);
       assign(f.bias, `fst/${id}/bias`);
     }
