@@ -216,6 +216,50 @@ describe('consortium over TCP (multi-process)', function () {
     assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 120000))), [0, 0]);
   });
 
+  it('gossip: 3 processes exchange whole models on the pull protocol, mix them every round and finish', async () => {
+    const { simulate } = await import('@dflmoe/core');
+    const cfg = sim({ peers: 3, rounds: 4, algorithms: ['gossip'] });
+    const f = await consortium('gossip', cfg, { deadlineMs: 8000, lingerMs: 2500 });
+    const ps = f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`));
+    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 120000))), [0, 0, 0]);
+    // One model message is about the size of the in-memory one (the sender id in its header is longer here).
+    const mem = await simulate(cfg, { logger: { debug() {}, info() {}, warn() {}, error() {} } });
+    const model = mem.algorithms.gossip!.peers[0].bytesSent / (2 * 4);
+    let sent = 0;
+    let got = 0;
+    for (const s of f.sites) {
+      const ls = lines(metrics(s));
+      assert.deepEqual(ls.map((l) => l.round), [1, 2, 3, 4]);
+      assert.ok(ls.filter((l) => l.freshHeads === 2).length >= 3, `models of both others mixed in: ${ls.map((l) => l.freshHeads)}`);
+      assert.ok(!Object.keys(ls.at(-1)!.dropped).some((k) => k.startsWith('model:')), JSON.stringify(ls.at(-1)!.dropped));
+      const res = JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8'));
+      assert.equal(res.algorithm, 'gossip');
+      assert.ok(res.accuracy > 0.8, `accuracy ${res.accuracy}`);
+      assert.ok(res.bytesSent >= 2 * 3 * model && res.bytesSent <= 2 * 4 * (model + 256), `bytes sent ${res.bytesSent} vs model ${model}`);
+      sent += res.bytesSent;
+      got += res.bytesReceived;
+    }
+    assert.ok(got <= sent && got >= sent - 2 * (model + 256), `received ${got}, served ${sent}`);
+  });
+
+  for (const alg of ['fedrep', 'fedavg-ft'] as const) {
+    it(`${alg} over libp2p (the FedAvg server and protocol) gives exactly the in-memory accuracy and bytes`, async () => {
+      const { simulate } = await import('@dflmoe/core');
+      const cfg = sim({ peers: 3, rounds: 3, algorithms: [alg] });
+      const mem = await simulate(cfg, { logger: { debug() {}, info() {}, warn() {}, error() {} } });
+      const f = await consortium(alg, cfg);
+      assert.equal(JSON.parse(readFileSync(f.server!.config, 'utf8')).algorithm, alg);
+      const ps = [start(['server', '--config', f.server!.config], `${f.server!.out}.log`), ...f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`))];
+      assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 120000))), [0, 0, 0, 0]);
+      f.sites.forEach((s, i) => {
+        const ls = lines(metrics(s));
+        assert.deepEqual(ls.map((l) => l.accuracy), mem.algorithms[alg]!.rounds.map((r) => r.peerAccuracy[i]), `site ${i}`);
+        const res = JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8'));
+        assert.equal(res.bytesSent, mem.algorithms[alg]!.peers[i].bytesSent);
+      });
+    });
+  }
+
   it('FedAvg over libp2p gives exactly the in-memory FedAvg accuracy for the same seed', async () => {
     const { simulate } = await import('@dflmoe/core');
     const cfg = sim({ peers: 3, rounds: 4, algorithms: ['fedavg'] });

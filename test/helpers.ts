@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { initBackend, preparePeerData, silentLogger, type PeerData } from '@dflmoe/core';
 import { makeSynthetic, partition, type Dataset } from '@dflmoe/data';
 
@@ -15,4 +16,13 @@ export function tinyPeers(n: number, seed = 1): { ds: Dataset; datas: PeerData[]
   const ds = tinyDataset(seed);
   const splits = partition(ds.labels, 4, n, 'iid', { seed });
   return { ds, datas: splits.map((s) => preparePeerData(ds, s)) };
+}
+
+/** Run the dflmoe CLI from source. */
+export function cli(args: string[]) {
+  return spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', 'packages/cli/src/main.ts', ...args], {
+    encoding: 'utf8',
+    timeout: 120000,
+    env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' },
+  });
 }

@@ -1,12 +1,11 @@
 import { silentLogger } from '@dflmoe/core';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { simulate, type SimulationResults } from '@dflmoe/core';
-import { backend } from './helpers.js';
+import { backend, cli } from './helpers.js';
 
 const quiet = silentLogger;
 
@@ -16,13 +15,6 @@ function strip(r: SimulationResults) {
   );
 }
 
-export function cli(args: string[]) {
-  return spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', 'packages/cli/src/main.ts', ...args], {
-    encoding: 'utf8',
-    timeout: 120000,
-    env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' },
-  });
-}
 
 describe('simulate', () => {
   before(backend);
