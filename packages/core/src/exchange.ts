@@ -1,8 +1,8 @@
 /**
- * `HeadExchange`: the only thing the learner knows about the network.
- * A peer publishes its head, takes the heads that arrived, and hears about
- * members joining and leaving. The simulator uses `MemoryHub`; a real peer
- * uses the libp2p implementation in `@dflmoe/p2p`.
+ * `HeadExchange`: all that a serverless algorithm knows about the network.
+ * A peer publishes its head (dFLMoE) or model (gossip), takes the messages
+ * that arrived, and hears about members joining and leaving. The simulator
+ * uses `MemoryHub`; a real peer uses the libp2p implementation in `@dflmoe/p2p`.
  */
 import type { Logger } from './log.js';
 

@@ -1,5 +1,6 @@
 /**
- * `HeadExchange` over libp2p.
+ * `HeadExchange` over libp2p, for heads (dFLMoE) and, on their own protocol
+ * and topic, whole models (gossip).
  *
  * - When a round ends, a peer keeps its encoded head and announces
  *   `{peer, version, digest, size}` on gossipsub (signed; never the head).
