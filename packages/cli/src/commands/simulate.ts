@@ -48,10 +48,8 @@ export function summaryTable(r: SimulationResults): string {
 export function simulateCommand(): Command {
   const d = DEFAULT_SIMULATION;
   return new Command('simulate')
-    .description(
-      'Run algorithms side by side on one dataset and partition, with the same model, rounds, epochs and optimiser:\n' +
-        REGISTRY.map((a) => `  ${a.name.padEnd(10)} ${a.description}`).join('\n'),
-    )
+    .description('Run algorithms side by side on one dataset and partition, with the same model, rounds, epochs and optimiser.')
+    .addHelpText('after', `\nAlgorithms:\n${REGISTRY.map((a) => `  ${a.name.padEnd(10)} ${a.description}`).join('\n')}\n`)
     .requiredOption('--dataset <name>', 'breast-cancer | digits | fashion-mnist | synthetic | csv:<path>')
     .option('--peers <n>', 'number of sites', int('--peers'), d.peers)
     .option('--partition <spec>', 'iid | dirichlet:<alpha> | shards:<k>', d.partition)
