@@ -75,7 +75,7 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
       },
       model: { body: o.sim.bodies[i % o.sim.bodies.length], featureDim: o.sim.featureDim, headHidden: o.sim.headHidden, sharedInit: o.sim.sharedInit },
       train: { epochs: o.sim.epochs, batchSize: o.sim.batchSize, learningRate: o.sim.learningRate, optimizer: o.sim.optimizer },
-      dflmoe: { alpha: o.sim.alpha, gateHidden: o.sim.gateHidden, expertLrScale: o.sim.expertLrScale },
+      dflmoe: { alpha: o.sim.alpha, gateHidden: o.sim.gateHidden, expertLrScale: o.sim.expertLrScale, fst: o.sim.fst, distill: o.sim.distill },
       finetune: { epochs: o.sim.fineTuneEpochs },
       fedrep: { headEpochs: o.sim.headEpochs },
       rounds: o.sim.rounds,

@@ -10,7 +10,7 @@ import { DEFAULT_ALGORITHM_OPTIONS, type AlgorithmOptions, type AlgorithmSite } 
 import type { PeerModelOptions } from './algorithms/common.js';
 import { checkSameArchitecture } from './algorithms/fedavg.js';
 import { REGISTRY, getAlgorithm, type AlgorithmName } from './algorithms/registry.js';
-import { parseBodySpec, type BodySpec } from './model.js';
+import { FST_KINDS, parseBodySpec, type BodySpec, type FstKind } from './model.js';
 import { summarize, type AccuracySummary } from './metrics.js';
 import { memoryNetworks, networkBytes, runSite, type SiteRoundRecord } from './rounds.js';
 import { disposePeerData, preparePeerData, type DpOptions, type OptimizerKind, type PeerData } from './train.js';
@@ -61,6 +61,10 @@ export interface SimulationConfig {
   poisoned: number;
   /** ...publishing random heads (dFLMoE only), or training on flipped labels (`y -> C-1-y`). */
   poisonKind: 'random' | 'flipped';
+  /** dFLMoE: form of each received expert's feature-space transform. */
+  fst: FstKind;
+  /** dFLMoE: weight of distilling the mixture into the own head (0: off). */
+  distill: number;
   /** dFLMoE admission check (see `DflmoeOptions.admission`); undefined: off. */
   admission?: number;
   /** DP-SGD for every algorithm's local training; undefined: off. */
@@ -90,6 +94,8 @@ export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
   standardize: 'global',
   sharedInit: true,
   expertLrScale: 1,
+  fst: 'full',
+  distill: 0,
   poisoned: 0,
   poisonKind: 'flipped',
 };
@@ -195,6 +201,8 @@ function validateConfig(c: SimulationConfig): void {
   if (!Number.isInteger(c.headEpochs) || c.headEpochs < 0) throw new Error(`headEpochs must be a non-negative integer, got ${c.headEpochs}`);
   if (!(c.learningRate > 0)) throw new Error(`learningRate must be positive, got ${c.learningRate}`);
   if (!(c.alpha >= 0 && c.alpha <= 1)) throw new Error(`alpha must be in [0, 1], got ${c.alpha}`);
+  if (!FST_KINDS.includes(c.fst)) throw new Error(`fst must be one of ${FST_KINDS.join(', ')}, got ${c.fst}`);
+  if (!(c.distill >= 0)) throw new Error(`distill must be a non-negative number, got ${c.distill}`);
   if (c.algorithms.length === 0) throw new Error('no algorithms selected');
   c.algorithms.forEach(getAlgorithm);
   if (c.bodies.length === 0) throw new Error('at least one body is needed');
@@ -232,7 +240,7 @@ function peerOptions(cfg: SimulationConfig, data: PeerData, i: number, body: str
 function algorithmOptions(cfg: SimulationConfig, i: number): AlgorithmOptions {
   return {
     ...DEFAULT_ALGORITHM_OPTIONS,
-    seed: cfg.seed, alpha: cfg.alpha, gateHidden: cfg.gateHidden, expertLrScale: cfg.expertLrScale, admission: cfg.admission,
+    seed: cfg.seed, alpha: cfg.alpha, gateHidden: cfg.gateHidden, expertLrScale: cfg.expertLrScale, admission: cfg.admission, fst: cfg.fst, distill: cfg.distill,
     maxStaleness: cfg.maxStaleness, fineTuneEpochs: cfg.fineTuneEpochs, headEpochs: cfg.headEpochs, maxModelBytes: 1 << 30,
     randomUpdates: cfg.poisonKind === 'random' && i >= cfg.peers - cfg.poisoned,
   };

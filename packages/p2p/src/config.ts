@@ -84,7 +84,11 @@ export const peerConfigSchema = z.object({
     expertLrScale: z.number().positive().default(1),
     /** Refuse received heads scoring below this fraction of the own head's accuracy on local data. */
     admission: z.number().min(0).max(10).optional(),
-  }).strict().default({ alpha: 0.2, gateHidden: 32, expertLrScale: 1 }),
+    /** Form of each received expert's feature-space transform. */
+    fst: z.enum(['full', 'diag', 'none']).default('full'),
+    /** Weight of distilling the mixture into the own head (0: off). */
+    distill: z.number().min(0).default(0),
+  }).strict().default({ alpha: 0.2, gateHidden: 32, expertLrScale: 1, fst: 'full', distill: 0 }),
   /** fedavg-ft: epochs of fine-tuning the global model before evaluating. */
   finetune: z.object({ epochs: posInt.default(DEFAULT_ALGORITHM_OPTIONS.fineTuneEpochs) }).strict()
     .default({ epochs: DEFAULT_ALGORITHM_OPTIONS.fineTuneEpochs }),

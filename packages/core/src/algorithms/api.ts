@@ -5,12 +5,14 @@
  * a site trains, talks through a `SiteNetwork` and evaluates itself.
  * Adding one is a file exporting an `Algorithm` and a line in `registry.ts`.
  */
+import type * as tf from '@tensorflow/tfjs-core';
 import type { ExchangeStats, HeadExchange } from '../exchange.js';
 import type { NamedArray } from '../codec.js';
 import type { Logger } from '../log.js';
 import type { PeerData } from '../train.js';
 import type { CheckpointWrite } from '../checkpoint.js';
 import type { PeerEval, PeerModelOptions } from './common.js';
+import type { FstKind } from '../model.js';
 
 /** Client side of an aggregation server (FedAvg and its relatives). */
 export interface ServerLink {
@@ -75,6 +77,12 @@ export interface AlgorithmSite {
   runRound(round: number, net: SiteNetwork): Promise<SiteRound>;
   /** Personalized accuracy on the site's own test split. */
   evaluate(): PeerEval;
+  /**
+   * Class probabilities `[batch, classes]` of the model this site is
+   * evaluated with, for standardized samples `x` `[batch, ...sampleShape]`.
+   * The caller disposes the result; `x` is left alone.
+   */
+  predict?(x: tf.Tensor): tf.Tensor2D;
   /** dFLMoE: the experts in the pool with their gate weights. */
   experts?(): ExpertInfo[];
   /** Received input the algorithm refused, by reason (cumulative). */
@@ -96,6 +104,10 @@ export interface AlgorithmOptions {
   gateHidden: number;
   expertLrScale: number;
   admission?: number;
+  /** dFLMoE: form of each received expert's feature-space transform. */
+  fst: FstKind;
+  /** dFLMoE: weight of distilling the mixture into the own head (0: off). */
+  distill: number;
   /** dFLMoE experts and gossip models: rounds a received message stays usable. */
   maxStaleness: number;
   maxHeadBytes: number;
@@ -109,7 +121,7 @@ export interface AlgorithmOptions {
 }
 
 export const DEFAULT_ALGORITHM_OPTIONS: Omit<AlgorithmOptions, 'seed'> = {
-  alpha: 0.2, gateHidden: 32, expertLrScale: 1, maxStaleness: 3,
+  alpha: 0.2, gateHidden: 32, expertLrScale: 1, fst: 'full', distill: 0, maxStaleness: 3,
   maxHeadBytes: 64 * 1024 * 1024, maxModelBytes: 512 * 1024 * 1024, fineTuneEpochs: 1, headEpochs: 1,
 };
 

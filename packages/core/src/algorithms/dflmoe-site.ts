@@ -75,6 +75,11 @@ export class DflmoeSite implements AlgorithmSite {
     return this.peer.evaluate();
   }
 
+  /** The mixture's class probabilities (own head and received experts, weighted by the gate). */
+  predict(x: tf.Tensor): tf.Tensor2D {
+    return tf.tidy(() => this.peer.moeProbs(x));
+  }
+
   experts(): ExpertInfo[] {
     const gw = this.peer.meanGateWeights();
     return this.peer.pool.list().map((e) => ({ peer: e.peer, version: e.version, gateWeight: gw[e.peer] ?? 0 }));
@@ -107,6 +112,6 @@ export const dflmoe: Algorithm<'dflmoe'> = {
   sameModel: false,
   createSite: (base, o) => new DflmoeSite(new DflmoePeer({
     ...base, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness, expertLrScale: o.expertLrScale,
-    admission: o.admission, maxHeadBytes: o.maxHeadBytes,
+    admission: o.admission, maxHeadBytes: o.maxHeadBytes, fst: o.fst, distill: o.distill,
   }), o),
 };
