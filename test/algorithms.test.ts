@@ -57,6 +57,40 @@ describe('algorithm registry', () => {
   });
 });
 
+describe('AlgorithmSite.predict', () => {
+  before(backend);
+
+  it('every algorithm predicts class probabilities (rows sum to 1) whose argmax gives its evaluated accuracy, without leaking tensors', async () => {
+    const { datas } = tinyPeers(2);
+    try {
+      for (const alg of REGISTRY) {
+        const sites = datas.map((_, i) => alg.createSite(base(datas, i), opts()));
+        try {
+          await runInMemory(alg, sites, 2);
+          for (const s of sites) {
+            assert.ok(s.predict, `${alg.name} implements predict`);
+            const before = tf.memory().numTensors;
+            const p = s.predict(s.data.xTest);
+            assert.deepEqual(p.shape, [s.data.testSamples, s.data.numClasses]);
+            const rows = tf.tidy(() => Array.from(tf.sum(p, 1).dataSync()));
+            for (const v of rows) assert.ok(Math.abs(v - 1) < 1e-5, `${alg.name}: a row sums to ${v}`);
+            const pred = tf.tidy(() => Array.from(tf.argMax(p, 1).dataSync()));
+            const y = s.data.yTest.dataSync();
+            const acc = pred.filter((c, i) => c === y[i]).length / y.length;
+            assert.equal(acc, s.evaluate().accuracy, `${alg.name}: predict agrees with evaluate`);
+            p.dispose();
+            assert.equal(tf.memory().numTensors, before, `${alg.name}: predict frees its intermediates`);
+          }
+        } finally {
+          sites.forEach((s) => s.dispose());
+        }
+      }
+    } finally {
+      datas.forEach(disposePeerData);
+    }
+  });
+});
+
 describe('baselines in the simulator', () => {
   before(backend);
 

@@ -7,10 +7,12 @@
  * (with DP-SGD it trains with DP too, and the reported epsilon covers the
  * uploads, which is what leaves the site).
  */
+import type * as tf from '@tensorflow/tfjs-core';
 import { deriveSeed } from '@dflmoe/data';
 import type { Algorithm, AlgorithmOptions } from './api.js';
 import type { PeerEval, PeerModelOptions } from './common.js';
 import { FedAvgClient, FedAvgSite, federatedAverage, sharedModelSeed } from './fedavg.js';
+import { modelProbs } from './site.js';
 
 export class FedAvgFtSite extends FedAvgSite {
   /** The personalized copy: the global model after fine-tuning. */
@@ -30,6 +32,11 @@ export class FedAvgFtSite extends FedAvgSite {
 
   override evaluate(): PeerEval {
     return this.tuned.evaluate();
+  }
+
+  /** The fine-tuned copy's probabilities (what the site is evaluated with). */
+  override predict(x: tf.Tensor): tf.Tensor2D {
+    return modelProbs(this.tuned, x);
   }
 
   override dispose(): void {

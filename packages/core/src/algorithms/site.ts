@@ -1,8 +1,14 @@
 /** Shared parts of the sites built on one `SupervisedModel` (every algorithm but dFLMoE). */
+import * as tf from '@tensorflow/tfjs-core';
 import type { AlgorithmSite, SiteNetwork, SiteRound } from './api.js';
 import type { PeerEval, SupervisedModel } from './common.js';
 
 export const secondsSince = (t0: number) => (performance.now() - t0) / 1000;
+
+/** Class probabilities of one body + head model: the softmax of its logits. */
+export function modelProbs(model: SupervisedModel, x: tf.Tensor): tf.Tensor2D {
+  return tf.tidy(() => tf.softmax(model.logits(x)));
+}
 
 export abstract class ModelSite<M extends SupervisedModel & { evaluate(): PeerEval }> implements AlgorithmSite {
   private readonly counters: Record<string, number> = {};
@@ -21,6 +27,11 @@ export abstract class ModelSite<M extends SupervisedModel & { evaluate(): PeerEv
 
   evaluate(): PeerEval {
     return this.model.evaluate();
+  }
+
+  /** Class probabilities of the site's own model (softmax of its logits). */
+  predict(x: tf.Tensor): tf.Tensor2D {
+    return modelProbs(this.model, x);
   }
 
   rejected(): Record<string, number> {
