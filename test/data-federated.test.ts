@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import {
-  DataError, Rng, applyStandardizer, encodeWithSchema, fitStandardizer, loadDataset, mergeSummaries, partition, summarizeDataset,
+  DataError, Rng, applyStandardizer, encodeWithSchema, federatedStandardizer, featureSize, pooledStandardizer, fitStandardizer, loadDataset, mergeSummaries, partition, summarizeDataset,
   summarizeTable, tableFromRows, takeRows, validateSummary, type LocalSummary, type RawTable,
 } from '@dflmoe/data';
 
@@ -166,6 +166,17 @@ describe('federated preprocessing', () => {
     const liar = JSON.parse(JSON.stringify(summaries[2])) as LocalSummary;
     liar.numRows += 1;
     assert.throws(() => validateSummary(liar), /labelCounts do not add up/);
+  });
+
+  it('federatedStandardizer (summaries + merge, what the simulator uses) equals the pooled standardizer within 1e-6', () => {
+    const bc = loadDataset('breast-cancer');
+    const splits = partition(bc.labels, 2, 4, 'dirichlet:0.3', { seed: 2 });
+    const fed = federatedStandardizer(bc, splits);
+    const ref = pooledStandardizer(bc.features, featureSize(bc), splits);
+    for (let j = 0; j < featureSize(bc); j++) {
+      assert.ok(Math.abs(fed.mean[j] - ref.mean[j]) <= 1e-6 * Math.max(1, Math.abs(ref.mean[j])), `feature ${j} mean ${fed.mean[j]} vs ${ref.mean[j]}`);
+      assert.ok(Math.abs(fed.std[j] - ref.std[j]) <= 1e-6 * Math.max(1, ref.std[j]), `feature ${j} std ${fed.std[j]} vs ${ref.std[j]}`);
+    }
   });
 
   it('images (fixed-shape samples): pooled pixel statistics, union of classes, shape mismatch named', () => {

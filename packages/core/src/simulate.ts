@@ -4,7 +4,10 @@
  * All sites of an algorithm run the same round loop as `dflmoe peer`
  * (`runSite`), concurrently, over in-memory transports.
  */
-import { deriveSeed, featureSize, partitionHistograms, pooledStandardizer, formatPartition, loadDataset, parsePartition, partition, type Dataset, type LoadOptions } from '@dflmoe/data';
+import {
+  capTrainPerSite, deriveSeed, federatedStandardizer, holdoutSplit, partitionHistograms, formatPartition, loadDataset, parsePartition, partition,
+  shiftDatasetBySite, SHIFT_KINDS, type Dataset, type LoadOptions, type PeerSplit, type ShiftKind,
+} from '@dflmoe/data';
 import { initBackend } from './backend.js';
 import { DEFAULT_ALGORITHM_OPTIONS, type AlgorithmOptions, type AlgorithmSite } from './algorithms/api.js';
 import type { PeerModelOptions } from './algorithms/common.js';
@@ -176,7 +179,7 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
       `${cfg.rounds} rounds x ${cfg.epochs} epoch(s), bodies ${[...new Set(bodies)].join(', ')}`,
   );
   const st = cfg.standardize === 'global'
-    ? pooledStandardizer(ds.features, featureSize(ds), splits)
+    ? federatedStandardizer(ds, splits)
     : undefined;
   const flipped = (i: number) => cfg.poisonKind === 'flipped' && i >= cfg.peers - cfg.poisoned;
   const datas = splits.map((s, i) => preparePeerData(flipped(i) ? flipLabels(ds) : ds, s, st));

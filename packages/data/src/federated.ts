@@ -365,3 +365,12 @@ export function encodeWithSchema(data: RawTable | Dataset, agreed: AgreedSchema)
   });
   return { dataset: { ...data, labels, classNames: [...schema.classNames] }, standardizer };
 }
+
+/**
+ * The standardizer a consortium agrees on when site i holds rows
+ * `splits[i].train` of `ds`: each site's summary of its training rows,
+ * merged (what the simulator does in place of an exchange over the network).
+ */
+export function federatedStandardizer(ds: Dataset, splits: { train: ArrayLike<number> }[]): Standardizer {
+  return agreedStandardizer(mergeSummaries(splits.map((s, i) => summarizeDataset(ds, `peer-${i}`, s.train))));
+}
