@@ -16,7 +16,7 @@ import { REGISTRY, getAlgorithm, type AlgorithmName } from './algorithms/registr
 import { FST_KINDS, parseBodySpec, type BodySpec, type FstKind } from './model.js';
 import { summarize, type AccuracySummary } from './metrics.js';
 import { memoryNetworks, networkBytes, runSite, type SiteRoundRecord } from './rounds.js';
-import { disposePeerData, preparePeerData, type DpOptions, type OptimizerKind, type PeerData } from './train.js';
+import { accuracy, disposePeerData, predictClasses, preparePeerData, type DpOptions, type OptimizerKind, type PeerData } from './train.js';
 import { createLogger, type Logger } from './log.js';
 
 export interface SimulationConfig {
@@ -72,6 +72,24 @@ export interface SimulationConfig {
   admission?: number;
   /** DP-SGD for every algorithm's local training; undefined: off. */
   dp?: DpOptions;
+  /**
+   * Cut every site's training split to at most this many samples (same label
+   * distribution), keeping its test split: a sweep over data per site with a
+   * stable test set. Undefined: keep all.
+   */
+  trainPerSite?: number;
+  /**
+   * Feature shift: every site sees its own transformation of the input
+   * (images: rotation, contrast and brightness, noise; tables: a per-feature
+   * affine change and noise), on its training and test rows alike.
+   */
+  featureShift: ShiftKind[];
+  /**
+   * `test`: evaluate on each site's test split; `validation`: hold out 20% of
+   * each site's training split and evaluate on that instead, never touching
+   * the test split (for hyperparameter grids).
+   */
+  evaluateOn: 'test' | 'validation';
 }
 
 export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
@@ -101,6 +119,8 @@ export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
   distill: 0,
   poisoned: 0,
   poisonKind: 'flipped',
+  featureShift: [],
+  evaluateOn: 'test',
 };
 
 export interface PeerResult {
@@ -120,6 +140,8 @@ export interface PeerResult {
   rejected?: Record<string, number>;
   /** With DP-SGD: (epsilon, delta) spent by this site's training. */
   privacy?: { epsilon: number; delta: number; steps: number };
+  /** Accuracy of the site's final model on the pooled test splits of all sites. */
+  pooledAccuracy?: number;
 }
 
 export interface RoundResult {
@@ -137,6 +159,12 @@ export interface AlgorithmResult {
   accuracy: AccuracySummary;
   /** With poisoned sites: the summary over honest sites only. */
   honestAccuracy?: AccuracySummary;
+  /**
+   * Each site's final model on the pooled test splits of all sites (what it
+   * knows beyond its own distribution), summarized over sites; with pooled
+   * standardization only.
+   */
+  pooledAccuracy?: AccuracySummary;
   bytesSent: number;
   wallSeconds: number;
   peers: PeerResult[];
@@ -162,10 +190,9 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   validateConfig(cfg);
   const log = hooks.logger ?? createLogger('simulate');
   const backend = await initBackend();
-  const ds = loadDataset(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
-  const splits = partition(ds.labels, ds.classNames.length, cfg.peers, parsePartition(cfg.partition), {
-    seed: cfg.seed, testFraction: cfg.testFraction, minSize: cfg.minSize,
-  });
+  let ds = loadDataset(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
+  const splits = siteSplits(ds, cfg);
+  if (cfg.featureShift.length > 0) ds = shiftDatasetBySite(ds, splits, deriveSeed(cfg.seed, 'shift'), cfg.featureShift);
   const bodies = cfg.peers > 0 ? Array.from({ length: cfg.peers }, (_, i) => cfg.bodies[i % cfg.bodies.length]) : [];
   const results: SimulationResults = {
     config: cfg,
@@ -183,16 +210,40 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
     : undefined;
   const flipped = (i: number) => cfg.poisonKind === 'flipped' && i >= cfg.peers - cfg.poisoned;
   const datas = splits.map((s, i) => preparePeerData(flipped(i) ? flipLabels(ds) : ds, s, st));
+  // Every site's test rows together, for the pooled metric.
+  const pooled = st ? preparePeerData(ds, { train: new Int32Array(0), test: Int32Array.from(splits.flatMap((s) => [...s.test])) }, st) : undefined;
   try {
     for (const alg of cfg.algorithms) {
-      results.algorithms[alg] = await runAlgorithm(alg, cfg, datas, bodies, hooks, log);
+      results.algorithms[alg] = await runAlgorithm(alg, cfg, datas, bodies, hooks, log, pooled);
       const a = results.algorithms[alg]!;
       log.info(`${alg}: mean accuracy ${a.accuracy.mean.toFixed(4)} (min ${a.accuracy.min.toFixed(4)}), ${a.wallSeconds.toFixed(1)} s`);
     }
   } finally {
     datas.forEach(disposePeerData);
+    if (pooled) disposePeerData(pooled);
   }
   return results;
+}
+
+/** The sites' splits: partition, then the optional cap on training samples, then the optional validation holdout. */
+function siteSplits(ds: Dataset, cfg: SimulationConfig): PeerSplit[] {
+  let splits = partition(ds.labels, ds.classNames.length, cfg.peers, parsePartition(cfg.partition), {
+    seed: cfg.seed, testFraction: cfg.testFraction, minSize: cfg.minSize,
+  });
+  if (cfg.trainPerSite !== undefined) splits = capTrainPerSite(splits, ds.labels, cfg.trainPerSite, deriveSeed(cfg.seed, 'cap'));
+  if (cfg.evaluateOn === 'validation') {
+    splits = splits.map((s, i) => {
+      const h = holdoutSplit(s.train, ds.labels, { seed: deriveSeed(cfg.seed, 'validation', i) });
+      return { train: h.train, test: h.validation };
+    });
+  }
+  return splits;
+}
+
+/** Accuracy of `site`'s model on `data`'s test rows. */
+function accuracyOn(site: AlgorithmSite, data: PeerData): number {
+  const pred = predictClasses(data.xTest, (xb) => site.predict!(xb));
+  return accuracy(pred, data.yTest);
 }
 
 function validateConfig(c: SimulationConfig): void {
@@ -204,6 +255,9 @@ function validateConfig(c: SimulationConfig): void {
   if (!Number.isInteger(c.headEpochs) || c.headEpochs < 0) throw new Error(`headEpochs must be a non-negative integer, got ${c.headEpochs}`);
   if (!(c.learningRate > 0)) throw new Error(`learningRate must be positive, got ${c.learningRate}`);
   if (!(c.alpha >= 0 && c.alpha <= 1)) throw new Error(`alpha must be in [0, 1], got ${c.alpha}`);
+  if (c.trainPerSite !== undefined && (!Number.isInteger(c.trainPerSite) || c.trainPerSite < 1)) throw new Error(`trainPerSite must be a positive integer, got ${c.trainPerSite}`);
+  for (const k of c.featureShift) if (!SHIFT_KINDS.includes(k)) throw new Error(`unknown feature shift "${k}"; choose from ${SHIFT_KINDS.join(', ')}`);
+  if (c.evaluateOn !== 'test' && c.evaluateOn !== 'validation') throw new Error(`evaluateOn must be test or validation, got ${String(c.evaluateOn)}`);
   if (!FST_KINDS.includes(c.fst)) throw new Error(`fst must be one of ${FST_KINDS.join(', ')}, got ${c.fst}`);
   if (!(c.distill >= 0)) throw new Error(`distill must be a non-negative number, got ${c.distill}`);
   if (c.algorithms.length === 0) throw new Error('no algorithms selected');
@@ -250,7 +304,7 @@ function algorithmOptions(cfg: SimulationConfig, i: number): AlgorithmOptions {
 }
 
 async function runAlgorithm(
-  name: AlgorithmName, cfg: SimulationConfig, datas: PeerData[], bodies: string[], hooks: SimulationHooks, log: Logger,
+  name: AlgorithmName, cfg: SimulationConfig, datas: PeerData[], bodies: string[], hooks: SimulationHooks, log: Logger, pooled?: PeerData,
 ): Promise<AlgorithmResult> {
   const alg = getAlgorithm(name);
   const t0 = performance.now();
@@ -295,12 +349,14 @@ async function runAlgorithm(
       ...(last[i].privacy ? { privacy: last[i].privacy } : {}),
       ...(p.resultExtras ? p.resultExtras() : Object.keys(last[i].rejected).length ? { rejected: last[i].rejected } : {}),
     }));
+    if (pooled && sites.every((s) => s.predict)) sites.forEach((s, i) => (peerResults[i].pooledAccuracy = accuracyOn(s, pooled)));
     const honest = (i: number) => i < cfg.peers - cfg.poisoned;
     const summary = (keep: (i: number) => boolean) =>
       summarize(peerResults.filter((_, i) => keep(i)).map((p) => p.accuracy), peerResults.filter((_, i) => keep(i)).map((p) => p.testSamples));
     return {
       accuracy: summary(() => true),
       ...(cfg.poisoned > 0 ? { honestAccuracy: summary(honest) } : {}),
+      ...(peerResults.every((p) => p.pooledAccuracy !== undefined) ? { pooledAccuracy: summarize(peerResults.map((p) => p.pooledAccuracy!)) } : {}),
       bytesSent: networkBytes(alg, last),
       wallSeconds: (performance.now() - t0) / 1000,
       peers: peerResults,

@@ -5,7 +5,7 @@ import {
   ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, REGISTRY, initBackend, isAlgorithmName, simulate, summarize, unknownAlgorithmMessage,
   type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
-import { loadDataset, partition, partitionHistograms } from '@dflmoe/data';
+import { SHIFT_KINDS, loadDataset, partition, partitionHistograms } from '@dflmoe/data';
 import { collectResults, runConsortium, writeConsortium } from '../consortium.js';
 import { writeJsonAtomic } from '@dflmoe/p2p';
 import { createProgress, type Progress } from '../progress.js';
@@ -33,11 +33,13 @@ function algorithms(v: string): AlgorithmName[] {
 
 /** The results table printed at the end of a simulation. */
 export function summaryTable(r: SimulationResults): string {
-  const rows = [['algorithm', 'mean acc', 'std', 'min', 'weighted', 'bytes sent', 'per peer/round', 'seconds']];
+  const withPooled = Object.values(r.algorithms).some((a) => a?.pooledAccuracy);
+  const rows = [['algorithm', 'mean acc', 'std', 'min', 'weighted', ...(withPooled ? ['pooled test'] : []), 'bytes sent', 'per peer/round', 'seconds']];
   for (const [name, a] of Object.entries(r.algorithms)) {
     if (!a) continue;
     rows.push([
       name, pct(a.accuracy.mean), pct(a.accuracy.std), pct(a.accuracy.min), pct(a.accuracy.weightedMean),
+      ...(withPooled ? [a.pooledAccuracy ? pct(a.pooledAccuracy.mean) : '-'] : []),
       formatBytes(a.bytesSent), formatBytes(a.bytesSent / (r.config.peers * r.config.rounds)), a.wallSeconds.toFixed(1),
     ]);
   }
@@ -86,6 +88,9 @@ export function simulateCommand(): Command {
     .option('--dp-clip <x>', 'DP-SGD: clipping norm', num('--dp-clip', 1e-9, 1e6), 1)
     .option('--dp-microbatches <n>', 'DP-SGD: microbatches per batch (default: per-example)', int('--dp-microbatches'))
     .option('--dp-delta <x>', 'DP-SGD: delta for the reported epsilon', num('--dp-delta', 1e-20, 0.5), 1e-5)
+    .option('--train-per-site <n>', "cut each site's training split to n samples (same label mix), keeping its test split", int('--train-per-site'))
+    .option('--feature-shift <kinds>', `every site sees its own transformation of the input: comma-separated ${SHIFT_KINDS.join(', ')} (rotate, contrast, noise: images; affine, noise: tables)`, list, d.featureShift)
+    .addOption(new Option('--evaluate-on <split>', "test: each site's test split; validation: 20% held out of its training split (for tuning)").choices(['test', 'validation']).default(d.evaluateOn))
     .option('--max-samples <n>', 'use a seeded random subset of the dataset', int('--max-samples'))
     .option('--data-dir <dir>', 'fashion-mnist: directory of the idx files')
     .option('--label-column <name>', 'csv: the label column', 'label')
@@ -105,6 +110,7 @@ export function simulateCommand(): Command {
         testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
         sharedInit: o.sharedInit, expertLrScale: o.expertLrScale,
         poisoned: o.poisoned, poisonKind: o.poisonKind, admission: o.admission, fst: o.fst, distill: o.distill,
+        trainPerSite: o.trainPerSite, featureShift: o.featureShift, evaluateOn: o.evaluateOn,
         ...(o.dpNoise !== undefined ? { dp: { noiseMultiplier: o.dpNoise, clipNorm: o.dpClip, microbatches: o.dpMicrobatches, delta: o.dpDelta } } : {}),
       };
       // One progress bar per algorithm (plain lines when stderr is not a terminal).
@@ -133,6 +139,10 @@ export function simulateCommand(): Command {
 async function simulateOverTcp(
   cfg: SimulationConfig, out: string, deadlineMs: number, onRound?: (alg: string, r: RoundResult, total: number) => void,
 ): Promise<SimulationResults> {
+  const unsupported = [
+    cfg.trainPerSite !== undefined && '--train-per-site', cfg.featureShift.length > 0 && '--feature-shift', cfg.evaluateOn !== 'test' && '--evaluate-on',
+  ].filter(Boolean);
+  if (unsupported.length) throw new Error(`${unsupported.join(', ')} ${unsupported.length > 1 ? 'are' : 'is'} not available with --transport tcp yet; run it in memory (the default).`);
   const ds = loadDataset(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
   const splits = partition(ds.labels, ds.classNames.length, cfg.peers, cfg.partition, { seed: cfg.seed, testFraction: cfg.testFraction, minSize: cfg.minSize });
   const backend = await initBackend();
