@@ -1,69 +1,172 @@
 /**
- * The recorded comparison: datasets x partitions x algorithms x seeds, equal
- * rounds and epochs for every algorithm. Each cell is a `dflmoe simulate`
- * process (two at a time, one per core).
+ * The recorded comparison of every algorithm in three regimes, with equal
+ * data, partition, model, rounds and epochs for all, and each algorithm's
+ * local optimiser and learning rate from `npm run bench:tune` (read from
+ * results/tuning.json; Adam 1e-3 for all when it is absent):
  *
- *   npm run bench              # full matrix; updates benchmarks/README.md
- *   npm run bench -- --quick   # a few minutes; writes benchmarks/results/quick/
- *   npm run bench -- --algorithms dflmoe,fedavg --optimizer sgd   # (default: every registered algorithm, adam)
+ * - core: each dataset whole (Fashion-MNIST: a subset), three partitions;
+ * - sweep: training samples per site from 25 up, iid and Dirichlet 0.5
+ *   ("when does joining pay off"), with a fixed test split per site;
+ * - shift: every site sees its own transformation of the input (rotation,
+ *   contrast, noise), with and without label skew.
+ *
+ * Every cell is a `dflmoe simulate` process per group of algorithms that
+ * share optimiser settings, two at a time (one per core).
+ *
+ *   npm run bench                 # full matrix; updates benchmarks/README.md
+ *   npm run bench -- --quick      # under a minute; writes benchmarks/results/quick/
+ *   npm run bench -- --ablation   # dFLMoE variants on the ablation cells; updates benchmarks/README.md
+ *   npm run bench -- --regimes sweep,shift --algorithms dflmoe,local
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ALGORITHMS, OPTIMIZERS, algorithmColors, getAlgorithm, type AlgorithmName, type OptimizerKind, type SimulationResults } from '@dflmoe/core';
+import { ALGORITHMS, algorithmColors, getAlgorithm, type AlgorithmName, type OptimizerKind, type SimulationResults } from '@dflmoe/core';
 import { createProgress, renderPage, startProcess, waitExit, type Chart } from '@dflmoe/cli';
 
 const { values } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
+    ablation: { type: 'boolean', default: false },
     jobs: { type: 'string', default: '2' },
     algorithms: { type: 'string', default: ALGORITHMS.join(',') },
-    optimizer: { type: 'string', default: 'adam' },
+    regimes: { type: 'string', default: 'core,sweep,shift' },
+    seeds: { type: 'string' },
   },
 });
 const quick = values.quick!;
+const ablation = values.ablation!;
 const algorithms = values.algorithms!.split(',').map((a) => getAlgorithm(a.trim()).name) as AlgorithmName[];
-const optimizer = values.optimizer as OptimizerKind;
-if (!OPTIMIZERS.includes(optimizer)) throw new Error(`unknown optimizer "${optimizer}"; choose from ${OPTIMIZERS.join(', ')}`);
-
-interface Cell { dataset: string; peers: number; extra: string[]; partition: string; seed: number }
-const datasets = quick
-  ? [{ dataset: 'breast-cancer', peers: 4, extra: [] }, { dataset: 'digits', peers: 6, extra: [] }]
-  : [
-      { dataset: 'breast-cancer', peers: 4, extra: [] },
-      { dataset: 'digits', peers: 8, extra: [] },
-      { dataset: 'fashion-mnist', peers: 10, extra: ['--max-samples', '20000'] },
-    ];
-const partitions = quick ? ['iid', 'dirichlet:0.1'] : ['iid', 'dirichlet:0.5', 'dirichlet:0.1', 'shards:2'];
-const seeds = quick ? [1] : [1, 2, 3];
-const rounds = quick ? 3 : 10;
+const regimes = values.regimes!.split(',').map((s) => s.trim());
+const seeds = values.seeds ? values.seeds.split(',').map(Number) : quick ? [1] : [1, 2, 3];
+const rounds = quick ? 3 : 20;
 const epochs = 1;
-const outDir = quick ? 'benchmarks/results/quick' : 'benchmarks/results';
+const outDir = quick ? 'benchmarks/results/quick' : ablation ? 'benchmarks/results/ablation' : 'benchmarks/results';
 const runsDir = join(outDir, 'runs');
 mkdirSync(runsDir, { recursive: true });
 
-const cells: Cell[] = datasets.flatMap((d) => partitions.flatMap((partition) => seeds.map((seed) => ({ ...d, partition, seed }))));
-const cellDir = (c: Cell) => join(runsDir, `${c.dataset}-${c.partition.replace(':', '')}-s${c.seed}`);
+// ------------------------------------------------------------ settings per algorithm
+type Setting = { optimizer: OptimizerKind; learningRate: number };
+const tuningFile = 'benchmarks/results/tuning.json';
+const tuned: Record<string, Setting> = existsSync(tuningFile) ? JSON.parse(readFileSync(tuningFile, 'utf8')).chosen : {};
+const settingOf = (a: AlgorithmName): Setting => tuned[a] ?? { optimizer: 'adam', learningRate: 1e-3 };
+const settingKey = (s: Setting) => `${s.optimizer}-${s.learningRate}`;
 
-// ------------------------------------------------------------ run the cells
-const t0 = performance.now();
-const progress = createProgress('bench', cells.length, 'cell');
-let done = 0;
-const queue = [...cells];
-async function worker(): Promise<void> {
-  for (let c = queue.shift(); c; c = queue.shift()) {
-    const dir = cellDir(c);
-    const args = [
-      'simulate', '--dataset', c.dataset, '--peers', String(c.peers), '--partition', c.partition, '--seed', String(c.seed),
-      '--rounds', String(rounds), '--epochs', String(epochs), '--algorithms', algorithms.join(','), '--optimizer', optimizer, '--quiet', '--out', dir, ...c.extra,
+// ------------------------------------------------------------ cells
+interface CellSpec {
+  regime: 'core' | 'sweep' | 'shift';
+  dataset: string;
+  peers: number;
+  partition: string;
+  /** Training samples per site (sweep), or undefined: all the partition gives. */
+  perSite?: number;
+  shift?: string;
+  /** Extra simulate flags (data subset, test fraction). */
+  args: string[];
+  algorithms: AlgorithmName[];
+}
+interface Variant { name: string; args: string[] }
+
+const FM = (n: number) => ['--max-samples', String(n)];
+// Gossip averaging computes exactly FedAvg's models in synchronous in-memory rounds (a test asserts it): it
+// runs in the core cells, where its bytes are shown, and is left out of the sweep and shift cells to save compute.
+const noGossip = algorithms.filter((a) => a !== 'gossip');
+function cellsFor(): CellSpec[] {
+  if (quick) {
+    return [
+      { regime: 'core', dataset: 'breast-cancer', peers: 4, partition: 'iid', args: [], algorithms },
+      { regime: 'core', dataset: 'breast-cancer', peers: 4, partition: 'dirichlet:0.1', args: [], algorithms },
+      { regime: 'sweep', dataset: 'digits', peers: 10, partition: 'dirichlet:0.5', perSite: 50, args: ['--test-fraction', '0.5'], algorithms: noGossip },
     ];
-    mkdirSync(dir, { recursive: true });
-    const code = await waitExit(startProcess(args, join(dir, 'log.txt'), { DFLMOE_LOG_LEVEL: 'warn' }), 3 * 3600 * 1000);
-    if (code !== 0) throw new Error(`cell ${dir} failed (exit ${code}); see ${join(dir, 'log.txt')}`);
+  }
+  const out: CellSpec[] = [];
+  const parts = ['iid', 'dirichlet:0.5', 'dirichlet:0.1'];
+  if (regimes.includes('core')) {
+    for (const partition of parts) {
+      out.push({ regime: 'core', dataset: 'breast-cancer', peers: 4, partition, args: [], algorithms });
+      out.push({ regime: 'core', dataset: 'digits', peers: 10, partition, args: [], algorithms });
+      out.push({ regime: 'core', dataset: 'fashion-mnist', peers: 10, partition, args: FM(5000), algorithms });
+    }
+  }
+  for (const partition of ['iid', 'dirichlet:0.5']) {
+    if (regimes.includes('sweep')) {
+      // digits: 1797 images over 10 sites, half of each site's share held out for testing, so at most ~90 to train on.
+      for (const n of [25, 50, 75]) out.push({ regime: 'sweep', dataset: 'digits', peers: 10, partition, perSite: n, args: ['--test-fraction', '0.5'], algorithms: noGossip });
+      for (const n of [25, 50, 100, 250]) out.push({ regime: 'sweep', dataset: 'fashion-mnist', peers: 10, partition, perSite: n, args: [...FM(12000), '--test-fraction', '0.25'], algorithms: noGossip });
+    }
+    if (regimes.includes('shift')) {
+      const shift = 'rotate,contrast,noise';
+      out.push({ regime: 'shift', dataset: 'digits', peers: 10, partition, shift, args: [], algorithms: noGossip });
+      out.push({ regime: 'shift', dataset: 'fashion-mnist', peers: 10, partition, shift, perSite: 100, args: [...FM(12000), '--test-fraction', '0.25'], algorithms: noGossip });
+    }
+  }
+  return out;
+}
+
+/** dFLMoE variants of the ablation; each runs on every ablation cell beside local-only. */
+const VARIANTS: Variant[] = [
+  { name: 'dflmoe (default: full FST, alpha 0.2)', args: [] },
+  { name: 'fst diag', args: ['--fst', 'diag'] },
+  { name: 'fst none', args: ['--fst', 'none'] },
+  { name: 'distill 1', args: ['--distill', '1'] },
+  { name: 'alpha 0.5', args: ['--alpha', '0.5'] },
+  { name: 'alpha 0', args: ['--alpha', '0'] },
+  { name: 'head with 32 hidden units', args: ['--head-hidden', '32'] },
+];
+function ablationCells(): CellSpec[] {
+  const a: AlgorithmName[] = ['dflmoe'];
+  return [
+    { regime: 'sweep', dataset: 'digits', peers: 10, partition: 'iid', perSite: 50, args: ['--test-fraction', '0.5'], algorithms: a },
+    { regime: 'sweep', dataset: 'digits', peers: 10, partition: 'dirichlet:0.5', perSite: 50, args: ['--test-fraction', '0.5'], algorithms: a },
+    { regime: 'sweep', dataset: 'fashion-mnist', peers: 10, partition: 'iid', perSite: 100, args: [...FM(12000), '--test-fraction', '0.25'], algorithms: a },
+    { regime: 'sweep', dataset: 'fashion-mnist', peers: 10, partition: 'dirichlet:0.5', perSite: 100, args: [...FM(12000), '--test-fraction', '0.25'], algorithms: a },
+    { regime: 'core', dataset: 'breast-cancer', peers: 4, partition: 'dirichlet:0.5', args: [], algorithms: a },
+    { regime: 'core', dataset: 'digits', peers: 10, partition: 'dirichlet:0.1', args: [], algorithms: a },
+  ];
+}
+
+const cells = ablation ? ablationCells() : cellsFor();
+const cellKey = (c: CellSpec) => [c.regime, c.dataset, c.partition.replace(':', ''), c.perSite ? `n${c.perSite}` : '', c.shift ? 'shift' : ''].filter(Boolean).join('-');
+const cellLabel = (c: CellSpec) => `${c.dataset} ${c.partition}${c.perSite ? `, ${c.perSite}/site` : ''}${c.shift ? ', shifted' : ''}`;
+
+// ------------------------------------------------------------ jobs
+interface Job { cell: CellSpec; seed: number; algorithms: AlgorithmName[]; setting?: Setting; variant?: Variant; dir: string }
+const jobs: Job[] = [];
+for (const cell of cells) {
+  for (const seed of seeds) {
+    if (ablation) {
+      const local = settingOf('local');
+      jobs.push({ cell, seed, algorithms: ['local'], setting: local, dir: join(runsDir, `${cellKey(cell)}-s${seed}-local`) });
+      VARIANTS.forEach((v, i) => jobs.push({ cell, seed, algorithms: ['dflmoe'], setting: settingOf('dflmoe'), variant: v, dir: join(runsDir, `${cellKey(cell)}-s${seed}-v${i}`) }));
+      continue;
+    }
+    const groups = new Map<string, AlgorithmName[]>();
+    for (const a of cell.algorithms) groups.set(settingKey(settingOf(a)), [...(groups.get(settingKey(settingOf(a))) ?? []), a]);
+    for (const [key, algs] of groups) jobs.push({ cell, seed, algorithms: algs, setting: settingOf(algs[0]), dir: join(runsDir, `${cellKey(cell)}-s${seed}-${key}`) });
+  }
+}
+
+const t0 = performance.now();
+const progress = createProgress(ablation ? 'ablation' : 'bench', jobs.length, 'run');
+let done = 0;
+const queue = [...jobs];
+async function worker(): Promise<void> {
+  for (let j = queue.shift(); j; j = queue.shift()) {
+    const c = j.cell;
+    const args = [
+      'simulate', '--dataset', c.dataset, '--peers', String(c.peers), '--partition', c.partition, '--seed', String(j.seed),
+      '--rounds', String(rounds), '--epochs', String(epochs), '--algorithms', j.algorithms.join(','),
+      ...(j.setting ? ['--optimizer', j.setting.optimizer, '--lr', String(j.setting.learningRate)] : []),
+      ...(c.perSite ? ['--train-per-site', String(c.perSite)] : []), ...(c.shift ? ['--feature-shift', c.shift] : []),
+      ...c.args, ...(j.variant?.args ?? []), '--quiet', '--out', j.dir,
+    ];
+    mkdirSync(j.dir, { recursive: true });
+    const code = await waitExit(startProcess(args, join(j.dir, 'log.txt'), { DFLMOE_LOG_LEVEL: 'warn' }), 3 * 3600 * 1000);
+    if (code !== 0) throw new Error(`run ${j.dir} failed (exit ${code}); see ${join(j.dir, 'log.txt')}`);
     done++;
     const el = (performance.now() - t0) / 1000;
-    progress.update(done, `${c.dataset} ${c.partition} seed ${c.seed}  (${el.toFixed(0)} s so far, ~${((el / done) * (cells.length - done)).toFixed(0)} s left)`);
+    progress.update(done, `${cellLabel(c)} seed ${j.seed} ${j.variant?.name ?? j.algorithms.join(',')}  (${el.toFixed(0)} s so far, ~${((el / done) * (jobs.length - done)).toFixed(0)} s left)`);
   }
 }
 await Promise.all(Array.from({ length: Number(values.jobs) }, worker));
@@ -73,89 +176,194 @@ const wallSeconds = (performance.now() - t0) / 1000;
 // ------------------------------------------------------------ aggregate
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const std = (xs: number[]) => Math.sqrt(mean(xs.map((x) => (x - mean(xs)) ** 2)));
-const results = new Map(cells.map((c) => [c, JSON.parse(readFileSync(join(cellDir(c), 'results.json'), 'utf8')) as SimulationResults]));
-const backend = [...results.values()][0].backend;
+const load = (j: Job) => JSON.parse(readFileSync(join(j.dir, 'results.json'), 'utf8')) as SimulationResults;
+const backend = load(jobs[0]).backend;
 
 interface Row {
-  dataset: string; partition: string; algorithm: AlgorithmName;
-  accMean: number; accStd: number; worstPeer: number; bytesPerPeerRound: number; roundsToTarget: number | null; target: number; seconds: number;
+  regime: string; cell: string; dataset: string; partition: string; perSite: number | null; shift: boolean; algorithm: string;
+  accMean: number; accStd: number; worstPeer: number; bestRound: number; pooled: number | null; bytesPerPeerRound: number; seconds: number;
+  trainPerSite: number;
 }
 const rows: Row[] = [];
-for (const d of datasets) {
-  for (const partition of partitions) {
-    const group = cells.filter((c) => c.dataset === d.dataset && c.partition === partition);
-    // Target: 95% of the best final mean accuracy of any algorithm, per seed.
-    const targets = group.map((c) => 0.95 * Math.max(...algorithms.map((a) => results.get(c)!.algorithms[a]!.accuracy.mean)));
-    for (const algorithm of algorithms) {
-      const rs = group.map((c) => results.get(c)!.algorithms[algorithm]!);
-      const reach = rs.map((r, i) => r.rounds.find((x) => x.accuracyMean >= targets[i])?.round ?? null);
-      rows.push({
-        dataset: d.dataset, partition, algorithm,
-        accMean: mean(rs.map((r) => r.accuracy.mean)), accStd: std(rs.map((r) => r.accuracy.mean)),
-        worstPeer: mean(rs.map((r) => r.accuracy.min)),
-        bytesPerPeerRound: mean(rs.map((r) => r.bytesSent / (d.peers * rounds))),
-        roundsToTarget: reach.every((x) => x !== null) ? mean(reach as number[]) : null,
-        target: mean(targets),
-        seconds: mean(rs.map((r) => r.wallSeconds)),
-      });
+const names = ablation ? ['local', ...VARIANTS.map((v) => v.name)] : algorithms;
+for (const cell of cells) {
+  for (const name of names) {
+    const rs = seeds.flatMap((seed) => {
+      const j = jobs.find((x) => x.cell === cell && x.seed === seed && (ablation ? (x.variant?.name ?? 'local') === name : x.algorithms.includes(name as AlgorithmName)));
+      if (!j) return [];
+      return [load(j).algorithms[(ablation ? j.algorithms[0] : name) as AlgorithmName]!];
+    });
+    if (rs.length === 0) continue;
+    rows.push({
+      regime: cell.regime, cell: cellLabel(cell), dataset: cell.dataset, partition: cell.partition, perSite: cell.perSite ?? null, shift: !!cell.shift, algorithm: name,
+      accMean: mean(rs.map((r) => r.accuracy.mean)), accStd: std(rs.map((r) => r.accuracy.mean)), worstPeer: mean(rs.map((r) => r.accuracy.min)),
+      bestRound: mean(rs.map((r) => Math.max(...r.rounds.map((x) => x.accuracyMean)))),
+      pooled: rs.every((r) => r.pooledAccuracy) ? mean(rs.map((r) => r.pooledAccuracy!.mean)) : null,
+      bytesPerPeerRound: mean(rs.map((r) => r.bytesSent / (cell.peers * rounds))),
+      seconds: mean(rs.map((r) => r.wallSeconds)),
+      trainPerSite: mean(rs.map((r) => mean(r.peers.map((p) => p.trainSamples)))),
+    });
+  }
+}
+const get = (cell: string, alg: string) => rows.find((r) => r.cell === cell && r.algorithm === alg);
+
+// ------------------------------------------------------------ targets (issue #9)
+const p = (x: number) => `${(100 * x).toFixed(2)}`;
+const pts = (x: number) => `${x >= 0 ? '+' : ''}${(100 * x).toFixed(2)}`;
+const kib = (x: number) => (x === 0 ? '0' : x < 1024 ? `${x.toFixed(0)} B` : `${(x / 1024).toFixed(1)} KiB`);
+function targetLines(): string[] {
+  const out: string[] = [];
+  const cellNames = [...new Set(rows.map((r) => r.cell))];
+  const gap = (c: string, a: string, b: string) => (get(c, a) && get(c, b) ? get(c, a)!.accMean - get(c, b)!.accMean : undefined);
+  const has = (a: string) => rows.some((r) => r.algorithm === a);
+  if (!has('dflmoe') || !has('local')) return out;
+  const low = rows.filter((r) => r.algorithm === 'dflmoe' && r.regime === 'sweep' && (r.perSite ?? Infinity) <= 100).map((r) => r.cell);
+  if (low.length) {
+    const g = low.map((c) => gap(c, 'dflmoe', 'local')!);
+    out.push(`Low-data cells (100 or fewer training samples per site, ${low.length} cells): dFLMoE minus local-only ${pts(mean(g))} points on average (target +5.00); per cell ${g.map(pts).join(', ')}.`);
+    const skewLow = low.filter((c) => !c.includes(' iid'));
+    if (has('fedavg')) {
+      const above = skewLow.filter((c) => gap(c, 'dflmoe', 'fedavg')! > 0);
+      out.push(`Label-skewed low-data cells where dFLMoE beats FedAvg: ${above.length} of ${skewLow.length} (target: all).`);
     }
   }
+  const below = cellNames.filter((c) => (gap(c, 'dflmoe', 'local') ?? 0) < 0);
+  out.push(`Cells where dFLMoE is below local-only: ${below.length} of ${cellNames.length}${below.length ? ` (${below.map((c) => `${c}: ${pts(gap(c, 'dflmoe', 'local')!)}`).join('; ')})` : ''} (target: none).`);
+  if (has('fedavg')) {
+    const iid = cellNames.filter((c) => c.includes(' iid') && gap(c, 'fedavg', 'dflmoe') !== undefined);
+    const far = iid.filter((c) => gap(c, 'fedavg', 'dflmoe')! > 0.02);
+    out.push(`iid cells where FedAvg is more than 2 points ahead of dFLMoE: ${far.length} of ${iid.length} (target: none); FedAvg minus dFLMoE on iid cells: ${iid.map((c) => pts(gap(c, 'fedavg', 'dflmoe')!)).join(', ')}.`);
+  }
+  const skew = cellNames.filter((c) => !c.includes(' iid'));
+  for (const b of ['fedrep', 'gossip', 'fedavg-ft']) {
+    const cs = skew.filter((c) => gap(c, 'dflmoe', b) !== undefined);
+    if (cs.length) out.push(`Label-skewed cells, dFLMoE minus ${b}: ${pts(mean(cs.map((c) => gap(c, 'dflmoe', b)!)))} points on average over ${cs.length} cells.`);
+  }
+  if (has('fedavg')) {
+    for (const d of [...new Set(rows.map((r) => r.dataset))]) {
+      const core = rows.filter((r) => r.dataset === d && r.regime === 'core');
+      const db = mean(core.filter((r) => r.algorithm === 'dflmoe').map((r) => r.bytesPerPeerRound));
+      const fb = mean(core.filter((r) => r.algorithm === 'fedavg').map((r) => r.bytesPerPeerRound));
+      if (db > 0 && fb > 0) out.push(`${d}: dFLMoE sends ${kib(db)} per site per round, FedAvg ${kib(fb)}: ratio 1/${(fb / db).toFixed(1)} (target at most 1/20).`);
+    }
+  }
+  return out;
 }
 
 // ------------------------------------------------------------ tables, JSON, report
-const p = (x: number) => `${(100 * x).toFixed(2)}`;
-const kib = (x: number) => (x === 0 ? '0' : x < 1024 ? `${x.toFixed(0)} B` : `${(x / 1024).toFixed(1)} KiB`);
 const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, tfjs backend ${backend}`;
-const settings = `${rounds} rounds x ${epochs} epoch, batch 32, ${optimizer} 1e-3, MLP body (128) -> 64 features, linear head, dFLMoE alpha 0.2, fedavg-ft 1 fine-tuning epoch, fedrep 1 head epoch, seeds ${seeds.join(', ')}`;
-let md = `Machine: ${machine}. Settings: ${settings}. Matrix wall time ${(wallSeconds / 60).toFixed(1)} min (${algorithms.length} algorithms, ${cells.length} cells, 2 at a time).\n\n`;
-md += 'Accuracy is the mean personalized accuracy over sites (each site\'s model on its own test split), as mean +- std over seeds; "worst site" is the lowest site accuracy (mean over seeds); "to target" is the first round whose mean accuracy reaches 95% of the best final accuracy of any algorithm in that cell (mean over seeds; - if some seed never reaches it).\n';
-for (const d of datasets) {
-  md += `\n#### ${d.dataset} (${d.peers} sites${d.extra.length ? `, ${d.extra.join(' ')}` : ''})\n\n| partition | algorithm | accuracy % | worst site % | bytes/site/round | to target | seconds |\n|---|---|---|---|---|---|---|\n`;
-  for (const r of rows.filter((x) => x.dataset === d.dataset)) {
-    md += `| ${r.partition} | ${r.algorithm} | ${p(r.accMean)} +- ${p(r.accStd)} | ${p(r.worstPeer)} | ${kib(r.bytesPerPeerRound)} | ${r.roundsToTarget?.toFixed(1) ?? '-'} | ${r.seconds.toFixed(1)} |\n`;
+const tuning = [...new Set(names.filter((a) => (ALGORITHMS as readonly string[]).includes(a)))].map((a) => `${a} ${settingOf(a as AlgorithmName).optimizer} ${settingOf(a as AlgorithmName).learningRate}`).join(', ');
+const settings = `${rounds} rounds x ${epochs} epoch, batch 32, MLP body (128) -> 64 features, linear head, dFLMoE alpha 0.2, fedavg-ft 1 fine-tuning epoch, fedrep 1 head epoch; optimiser and learning rate per algorithm (${existsSync(tuningFile) ? 'from bench:tune' : 'bench:tune not run: defaults'}): ${tuning}; seeds ${seeds.join(', ')}`;
+let md = `Machine: ${machine}. Settings: ${settings}. Wall time ${(wallSeconds / 60).toFixed(1)} min (${jobs.length} simulate runs, ${values.jobs} at a time).\n\n`;
+md += 'Accuracy: mean personalized accuracy over sites (each site\'s model on its own test split) after the last round, mean +- std over seeds. "best round": the best round\'s mean (as PFLlib reports). "worst site": lowest site, mean over seeds. "pooled": each site\'s final model on the test splits of all sites together, mean over sites (what a site knows beyond its own distribution).\n';
+const regimeTitle: Record<string, string> = {
+  core: 'Core cells', sweep: 'Training samples per site (sweep)', shift: 'Feature shift: each site its own rotation, contrast and noise',
+};
+for (const regime of ['core', 'sweep', 'shift']) {
+  const rs = rows.filter((r) => r.regime === regime);
+  if (!rs.length) continue;
+  md += `\n#### ${regimeTitle[regime]}\n\n| cell | algorithm | accuracy % | best round % | worst site % | pooled % | train/site | bytes/site/round | seconds |\n|---|---|---|---|---|---|---|---|---|\n`;
+  for (const r of rs) {
+    md += `| ${r.cell} | ${r.algorithm} | ${p(r.accMean)} +- ${p(r.accStd)} | ${p(r.bestRound)} | ${p(r.worstPeer)} | ${r.pooled === null ? '-' : p(r.pooled)} | ${r.trainPerSite.toFixed(0)} | ${kib(r.bytesPerPeerRound)} | ${r.seconds.toFixed(1)} |\n`;
   }
 }
-writeFileSync(join(outDir, quick ? 'matrix-quick.json' : 'matrix.json'), JSON.stringify({ date: new Date().toISOString(), machine, settings, wallSeconds, rows }, null, 2) + '\n');
+const targets = ablation ? [] : targetLines();
+if (targets.length) md += `\n#### Against the targets\n\n${targets.map((t) => `- ${t}`).join('\n')}\n`;
+if (ablation) {
+  const cellNames = [...new Set(rows.map((r) => r.cell))];
+  md = `Machine: ${machine}. ${rounds} rounds, seeds ${seeds.join(', ')}, wall time ${(wallSeconds / 60).toFixed(1)} min. Mean personalized accuracy % (mean over seeds); the last column is the mean gain over local-only across the cells.\n\n`;
+  md += `| variant | ${cellNames.join(' | ')} | mean gain over local |\n|---|${cellNames.map(() => '---|').join('')}---|\n`;
+  for (const name of names) {
+    const accs = cellNames.map((c) => get(c, name)!.accMean);
+    const gains = cellNames.map((c) => get(c, name)!.accMean - get(c, 'local')!.accMean);
+    md += `| ${name} | ${accs.map(p).join(' | ')} | ${name === 'local' ? '-' : pts(mean(gains))} |\n`;
+  }
+}
+const jsonName = quick ? 'matrix-quick.json' : ablation ? 'ablation.json' : 'matrix.json';
+writeFileSync(join(outDir, jsonName), JSON.stringify({ date: new Date().toISOString(), machine, settings, wallSeconds, rows, targets }, null, 2) + '\n');
 writeFileSync(join(outDir, quick ? 'tables-quick.md' : 'tables.md'), md);
 if (!quick && existsSync('benchmarks/README.md')) {
+  const marker = ablation ? 'ablation' : 'matrix';
   const readme = readFileSync('benchmarks/README.md', 'utf8');
-  const [a, b] = ['<!-- matrix:start -->', '<!-- matrix:end -->'];
+  const [a, b] = [`<!-- ${marker}:start -->`, `<!-- ${marker}:end -->`];
   if (readme.includes(a) && readme.includes(b)) {
     writeFileSync('benchmarks/README.md', readme.slice(0, readme.indexOf(a) + a.length) + '\n' + md + readme.slice(readme.indexOf(b)));
   }
 }
 
-const ALG = algorithmColors(algorithms);
-const charts: Chart[] = datasets.map((d) => {
-  const data = rows.filter((r) => r.dataset === d.dataset).map((r) => ({ partition: r.partition, algorithm: r.algorithm, accuracy: r.accMean, lo: r.accMean - r.accStd, hi: r.accMean + r.accStd }));
-  return {
-    id: `accuracy-${d.dataset}`, title: `${d.dataset}: mean personalized accuracy by partition`,
-    description: `Bars: mean over seeds; whiskers: +- one std. ${d.peers} sites, ${rounds} rounds.`,
+const ALG = algorithmColors(names.filter((a) => (ALGORITHMS as readonly string[]).includes(a)));
+const charts: Chart[] = [];
+const sweep = rows.filter((r) => r.regime === 'sweep' && !ablation).map((r) => ({ dataset: r.dataset, partition: r.partition, samples: r.perSite, algorithm: r.algorithm, accuracy: r.accMean }));
+if (sweep.length) {
+  charts.push({
+    id: 'sweep', title: 'When does joining pay off: accuracy against training samples per site',
+    description: `Mean personalized accuracy (mean over seeds ${seeds.join(', ')}), 10 sites, ${rounds} rounds; the x axis is logarithmic. Each site keeps the same test split at every size.`,
+    data: sweep,
+    spec: {
+      $schema: 'https://vega.github.io/schema/vega-lite/v6.json', data: { values: sweep },
+      facet: { row: { field: 'partition', type: 'nominal' }, column: { field: 'dataset', type: 'nominal' } },
+      spec: {
+        width: 260, height: 180, mark: { type: 'line', point: true },
+        encoding: {
+          x: { field: 'samples', type: 'quantitative', scale: { type: 'log' }, title: 'training samples per site' },
+          y: { field: 'accuracy', type: 'quantitative', axis: { format: '.0%' }, scale: { zero: false } },
+          color: { field: 'algorithm', type: 'nominal', scale: ALG },
+        },
+      },
+      resolve: { scale: { x: 'independent' } },
+    } as unknown as Chart['spec'],
+  });
+}
+for (const regime of ['core', 'shift']) {
+  const data = rows.filter((r) => r.regime === regime && !ablation).map((r) => ({ cell: `${r.dataset} ${r.partition}`, algorithm: r.algorithm, accuracy: r.accMean, lo: r.accMean - r.accStd, hi: r.accMean + r.accStd }));
+  if (!data.length) continue;
+  charts.push({
+    id: `accuracy-${regime}`, title: `${regimeTitle[regime]}: mean personalized accuracy`,
+    description: 'Bars: mean over seeds; whiskers: +- one std.',
     data,
     spec: {
-      $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 26 }, height: 240, data: { values: data },
-      encoding: { x: { field: 'partition', type: 'nominal', sort: partitions }, xOffset: { field: 'algorithm', type: 'nominal' }, color: { field: 'algorithm', type: 'nominal', scale: ALG } },
+      $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 14 }, height: 220, data: { values: data },
+      encoding: { x: { field: 'cell', type: 'nominal', title: null }, xOffset: { field: 'algorithm', type: 'nominal' }, color: { field: 'algorithm', type: 'nominal', scale: ALG } },
       layer: [
         { mark: 'bar', encoding: { y: { field: 'accuracy', type: 'quantitative', axis: { format: '.0%' }, scale: { domain: [0, 1] } } } },
         { mark: { type: 'rule', color: 'black' }, encoding: { y: { field: 'lo', type: 'quantitative' }, y2: { field: 'hi' } } },
       ],
     } as Chart['spec'],
-  };
-});
-const bytes = rows.filter((r) => r.bytesPerPeerRound > 0).map((r) => ({ dataset: r.dataset, algorithm: r.algorithm, bytes: r.bytesPerPeerRound }));
-charts.push({
-  id: 'bytes', title: 'Bytes per site per round', description: 'Mean over partitions and seeds (log scale); local-only sends nothing.', data: bytes,
-  spec: {
-    $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 30 }, height: 220, data: { values: bytes }, mark: 'bar',
-    encoding: {
-      x: { field: 'dataset', type: 'nominal' }, xOffset: { field: 'algorithm', type: 'nominal' },
-      y: { aggregate: 'mean', field: 'bytes', type: 'quantitative', scale: { type: 'log' }, axis: { format: '~s' }, title: 'bytes' },
-      color: { field: 'algorithm', type: 'nominal', scale: ALG },
-    },
-  } as Chart['spec'],
-});
-const table = [['dataset', 'partition', 'algorithm', 'accuracy', 'std', 'worst site', 'bytes/site/round', 'to target', 'seconds']].concat(
-  rows.map((r) => [r.dataset, r.partition, r.algorithm, p(r.accMean), p(r.accStd), p(r.worstPeer), kib(r.bytesPerPeerRound), r.roundsToTarget?.toFixed(1) ?? '-', r.seconds.toFixed(1)]),
+  });
+}
+const pooled = rows.filter((r) => r.pooled !== null && r.regime === 'core' && !ablation).map((r) => ({ cell: `${r.dataset} ${r.partition}`, algorithm: r.algorithm, personalized: r.accMean, pooled: r.pooled }));
+if (pooled.length) {
+  charts.push({
+    id: 'pooled', title: 'Beyond the own distribution: each site on the pooled test split of all sites',
+    description: 'Core cells; mean over sites and seeds. Compare with the personalized accuracy above.',
+    data: pooled,
+    spec: {
+      $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 14 }, height: 220, data: { values: pooled }, mark: 'bar',
+      encoding: {
+        x: { field: 'cell', type: 'nominal', title: null }, xOffset: { field: 'algorithm', type: 'nominal' },
+        y: { field: 'pooled', type: 'quantitative', axis: { format: '.0%' }, scale: { domain: [0, 1] }, title: 'accuracy on the pooled test split' },
+        color: { field: 'algorithm', type: 'nominal', scale: ALG },
+      },
+    } as Chart['spec'],
+  });
+}
+const bytes = rows.filter((r) => r.bytesPerPeerRound > 0 && r.regime === 'core').map((r) => ({ dataset: r.dataset, algorithm: r.algorithm, bytes: r.bytesPerPeerRound }));
+if (bytes.length) {
+  charts.push({
+    id: 'bytes', title: 'Bytes per site per round', description: 'Core cells, mean over partitions and seeds (log scale); local-only sends nothing.', data: bytes,
+    spec: {
+      $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 18 }, height: 220, data: { values: bytes }, mark: 'bar',
+      encoding: {
+        x: { field: 'dataset', type: 'nominal' }, xOffset: { field: 'algorithm', type: 'nominal' },
+        y: { aggregate: 'mean', field: 'bytes', type: 'quantitative', scale: { type: 'log' }, axis: { format: '~s' }, title: 'bytes' },
+        color: { field: 'algorithm', type: 'nominal', scale: ALG },
+      },
+    } as Chart['spec'],
+  });
+}
+const table = [['regime', 'cell', 'algorithm', 'accuracy', 'std', 'best round', 'worst site', 'pooled', 'bytes/site/round', 'seconds']].concat(
+  rows.map((r) => [r.regime, r.cell, r.algorithm, p(r.accMean), p(r.accStd), p(r.bestRound), p(r.worstPeer), r.pooled === null ? '-' : p(r.pooled), kib(r.bytesPerPeerRound), r.seconds.toFixed(1)]),
 );
-writeFileSync(join(outDir, 'report.html'), await renderPage({ title: `dflmoe benchmark${quick ? ' (quick)' : ''}`, intro: `${machine}. ${settings}.`, tables: [{ caption: 'All cells', rows: table }], charts }));
-process.stdout.write(md + `\nwrote ${join(outDir, 'report.html')} and ${join(outDir, quick ? 'tables-quick.md' : 'tables.md')}; each cell's own report is in ${runsDir}/*/report.html\n`);
+const title = `dflmoe benchmark${quick ? ' (quick)' : ablation ? ': dFLMoE ablation' : ''}`;
+writeFileSync(join(outDir, 'report.html'), await renderPage({ title, intro: `${machine}. ${settings}.${targets.length ? ' ' + targets.join(' ') : ''}`, tables: [{ caption: 'All cells', rows: table }], charts }));
+process.stdout.write(md + `\nwrote ${join(outDir, 'report.html')} and ${join(outDir, quick ? 'tables-quick.md' : 'tables.md')}; each run's own report is in ${runsDir}/*/report.html\n`);
