@@ -15,22 +15,39 @@ import { deriveSeed } from '@dflmoe/data';
 
 export type BodySpec =
   | { kind: 'mlp'; hidden?: number[] }
-  | { kind: 'cnn'; filters?: number[]; kernelSize?: number };
+  | { kind: 'cnn'; filters?: number[]; kernelSize?: number; padding?: 'same' | 'valid' };
 
+/**
+ * `mlp[:h1xh2...]`, or `cnn[:f1xf2...][:k<size>][:valid]`: convolution
+ * filters per layer (each followed by 2x2 max pooling), kernel size
+ * (default 3) and padding (default same). PFLlib's FedAvgCNN body is
+ * `cnn:32x64:k5:valid` with a feature size of 512.
+ */
 export function parseBodySpec(s: string): BodySpec {
-  const [kind, arg] = s.split(':');
+  const [kind, arg, ...opts] = s.split(':');
   const nums = arg ? arg.split('x').map(Number) : undefined;
   if (nums && nums.some((n) => !Number.isInteger(n) || n < 1)) {
     throw new Error(`Bad body "${s}": sizes must be positive integers joined by x, e.g. mlp:256x128 or cnn:16x32`);
   }
-  if (kind === 'mlp') return nums ? { kind, hidden: nums } : { kind };
-  if (kind === 'cnn') return nums ? { kind, filters: nums } : { kind };
-  throw new Error(`Unknown body "${s}": use mlp[:h1xh2...] or cnn[:f1xf2...]`);
+  if (kind === 'mlp' && opts.length === 0) return nums ? { kind, hidden: nums } : { kind };
+  if (kind === 'cnn') {
+    const spec: BodySpec = nums ? { kind, filters: nums } : { kind };
+    for (const o of opts) {
+      const k = /^k(\d+)$/.exec(o);
+      if (k && Number(k[1]) >= 1) spec.kernelSize = Number(k[1]);
+      else if (o === 'valid' || o === 'same') spec.padding = o;
+      else throw new Error(`Bad body "${s}": "${o}" is neither a kernel size (k5) nor a padding (valid, same)`);
+    }
+    return spec;
+  }
+  throw new Error(`Unknown body "${s}": use mlp[:h1xh2...] or cnn[:f1xf2...][:k<size>][:valid]`);
 }
 
 export function formatBodySpec(b: BodySpec): string {
   if (b.kind === 'mlp') return b.hidden ? `mlp:${b.hidden.join('x')}` : 'mlp';
-  return b.filters ? `cnn:${b.filters.join('x')}` : 'cnn';
+  const opts = [...(b.kernelSize && b.kernelSize !== 3 ? [`k${b.kernelSize}`] : []), ...(b.padding === 'valid' ? ['valid'] : [])];
+  const filters = b.filters ?? (opts.length ? [16, 32] : undefined);
+  return ['cnn', ...(filters ? [filters.join('x')] : []), ...opts].join(':');
 }
 
 /**
@@ -55,7 +72,7 @@ export function buildBody(spec: BodySpec, inputShape: number[], featureDim: numb
     (spec.filters ?? [16, 32]).forEach((f, i) => {
       layers.push(
         tfl.layers.conv2d({
-          ...(i === 0 ? { inputShape } : {}), filters: f, kernelSize: k, padding: 'same', activation: 'relu', kernelInitializer: init(),
+          ...(i === 0 ? { inputShape } : {}), filters: f, kernelSize: k, padding: spec.padding ?? 'same', activation: 'relu', kernelInitializer: init(),
         }),
       );
       layers.push(tfl.layers.maxPooling2d({ poolSize: 2, padding: 'same' }));
