@@ -8,7 +8,9 @@
  * - sweep: training samples per site from 25 up, iid and Dirichlet 0.5
  *   ("when does joining pay off"), with a fixed test split per site;
  * - shift: every site sees its own transformation of the input (rotation,
- *   contrast, noise), with and without label skew.
+ *   contrast, noise), with and without label skew;
+ * - pfllib (run on its own: `--regimes pfllib`): PFLlib's Fashion-MNIST cell
+ *   (20 sites, Dirichlet 0.1, 75/25 split, its CNN, batch 10), scaled down.
  *
  * Every cell is a `dflmoe simulate` process per group of algorithms that
  * share optimiser settings, two at a time (one per core).
@@ -42,7 +44,8 @@ const regimes = values.regimes!.split(',').map((s) => s.trim());
 const seeds = values.seeds ? values.seeds.split(',').map(Number) : quick ? [1] : [1, 2, 3];
 const rounds = quick ? 3 : 20;
 const epochs = 1;
-const outDir = quick ? 'benchmarks/results/quick' : ablation ? 'benchmarks/results/ablation' : 'benchmarks/results';
+const pfllibOnly = regimes.length === 1 && regimes[0] === 'pfllib';
+const outDir = quick ? 'benchmarks/results/quick' : ablation ? 'benchmarks/results/ablation' : pfllibOnly ? 'benchmarks/results/pfllib' : 'benchmarks/results';
 const runsDir = join(outDir, 'runs');
 mkdirSync(runsDir, { recursive: true });
 
@@ -55,7 +58,9 @@ const settingKey = (s: Setting) => `${s.optimizer}-${s.learningRate}`;
 
 // ------------------------------------------------------------ cells
 interface CellSpec {
-  regime: 'core' | 'sweep' | 'shift';
+  regime: 'core' | 'sweep' | 'shift' | 'pfllib';
+  /** Rounds, when not the matrix's. */
+  rounds?: number;
   dataset: string;
   peers: number;
   partition: string;
@@ -101,8 +106,21 @@ function cellsFor(): CellSpec[] {
       out.push({ regime: 'shift', dataset: 'fashion-mnist', peers: 10, partition, shift, perSite: 100, args: [...FM(12000), '--test-fraction', '0.25'], algorithms: noGossip });
     }
   }
+  if (regimes.includes('pfllib')) {
+    // PFLlib: all 70,000 images, 2000 rounds, SGD 0.005. Here: a 14,000-image subset (700 per site) and 20 rounds, each
+    // algorithm with its tuned optimiser; model, partition, split, batch size and local epochs as PFLlib's.
+    out.push({
+      regime: 'pfllib', dataset: 'fashion-mnist', peers: 20, partition: 'dirichlet:0.1', rounds: PFLLIB_ROUNDS,
+      args: [...FM(PFLLIB_SAMPLES), '--test-fraction', '0.25', '--body', 'cnn:32x64:k5:valid', '--feature-dim', '512', '--batch-size', '10'],
+      algorithms: algorithms.filter((a) => a !== 'gossip'),
+    });
+  }
   return out;
 }
+const PFLLIB_SAMPLES = 14000;
+const PFLLIB_ROUNDS = 20;
+/** PFLlib's published best-round accuracies for this cell (its README, Fashion-MNIST, Dir(0.1), 20 clients). */
+const PFLLIB_PUBLISHED = 'FedAvg 85.85, FedPer 97.44, Ditto 97.47, FedRep 97.56, GPFL 97.81, FedCP 97.89';
 
 /** dFLMoE variants of the ablation; each runs on every ablation cell beside local-only. */
 const VARIANTS: Variant[] = [
@@ -156,7 +174,7 @@ async function worker(): Promise<void> {
     const c = j.cell;
     const args = [
       'simulate', '--dataset', c.dataset, '--peers', String(c.peers), '--partition', c.partition, '--seed', String(j.seed),
-      '--rounds', String(rounds), '--epochs', String(epochs), '--algorithms', j.algorithms.join(','),
+      '--rounds', String(c.rounds ?? rounds), '--epochs', String(epochs), '--algorithms', j.algorithms.join(','),
       ...(j.setting ? ['--optimizer', j.setting.optimizer, '--lr', String(j.setting.learningRate)] : []),
       ...(c.perSite ? ['--train-per-site', String(c.perSite)] : []), ...(c.shift ? ['--feature-shift', c.shift] : []),
       ...c.args, ...(j.variant?.args ?? []), '--quiet', '--out', j.dir,
@@ -199,7 +217,7 @@ for (const cell of cells) {
       accMean: mean(rs.map((r) => r.accuracy.mean)), accStd: std(rs.map((r) => r.accuracy.mean)), worstPeer: mean(rs.map((r) => r.accuracy.min)),
       bestRound: mean(rs.map((r) => Math.max(...r.rounds.map((x) => x.accuracyMean)))),
       pooled: rs.every((r) => r.pooledAccuracy) ? mean(rs.map((r) => r.pooledAccuracy!.mean)) : null,
-      bytesPerPeerRound: mean(rs.map((r) => r.bytesSent / (cell.peers * rounds))),
+      bytesPerPeerRound: mean(rs.map((r) => r.bytesSent / (cell.peers * (cell.rounds ?? rounds)))),
       seconds: mean(rs.map((r) => r.wallSeconds)),
       trainPerSite: mean(rs.map((r) => mean(r.peers.map((p) => p.trainSamples)))),
     });
@@ -258,8 +276,9 @@ let md = `Machine: ${machine}. Settings: ${settings}. Wall time ${(wallSeconds /
 md += 'Accuracy: mean personalized accuracy over sites (each site\'s model on its own test split) after the last round, mean +- std over seeds. "best round": the best round\'s mean (as PFLlib reports). "worst site": lowest site, mean over seeds. "pooled": each site\'s final model on the test splits of all sites together, mean over sites (what a site knows beyond its own distribution).\n';
 const regimeTitle: Record<string, string> = {
   core: 'Core cells', sweep: 'Training samples per site (sweep)', shift: 'Feature shift: each site its own rotation, contrast and noise',
+  pfllib: `PFLlib's cell: Fashion-MNIST, 20 sites, Dirichlet 0.1, 75/25 split, CNN conv 32 5x5 - conv 64 5x5 - dense 512, batch 10, 1 local epoch; here ${PFLLIB_SAMPLES} images (700 per site) and ${PFLLIB_ROUNDS} rounds. PFLlib's published best-round figures: ${PFLLIB_PUBLISHED}`,
 };
-for (const regime of ['core', 'sweep', 'shift']) {
+for (const regime of ['core', 'sweep', 'shift', 'pfllib']) {
   const rs = rows.filter((r) => r.regime === regime);
   if (!rs.length) continue;
   md += `\n#### ${regimeTitle[regime]}\n\n| cell | algorithm | accuracy % | best round % | worst site % | pooled % | train/site | bytes/site/round | seconds |\n|---|---|---|---|---|---|---|---|---|\n`;
@@ -283,7 +302,7 @@ const jsonName = quick ? 'matrix-quick.json' : ablation ? 'ablation.json' : 'mat
 writeFileSync(join(outDir, jsonName), JSON.stringify({ date: new Date().toISOString(), machine, settings, wallSeconds, rows, targets }, null, 2) + '\n');
 writeFileSync(join(outDir, quick ? 'tables-quick.md' : 'tables.md'), md);
 if (!quick && existsSync('benchmarks/README.md')) {
-  const marker = ablation ? 'ablation' : 'matrix';
+  const marker = ablation ? 'ablation' : pfllibOnly ? 'pfllib' : 'matrix';
   const readme = readFileSync('benchmarks/README.md', 'utf8');
   const [a, b] = [`<!-- ${marker}:start -->`, `<!-- ${marker}:end -->`];
   if (readme.includes(a) && readme.includes(b)) {
@@ -314,7 +333,7 @@ if (sweep.length) {
     } as unknown as Chart['spec'],
   });
 }
-for (const regime of ['core', 'shift']) {
+for (const regime of ['core', 'shift', 'pfllib']) {
   const data = rows.filter((r) => r.regime === regime && !ablation).map((r) => ({ cell: `${r.dataset} ${r.partition}`, algorithm: r.algorithm, accuracy: r.accMean, lo: r.accMean - r.accStd, hi: r.accMean + r.accStd }));
   if (!data.length) continue;
   charts.push({
