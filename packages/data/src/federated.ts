@@ -253,8 +253,7 @@ export function mergeSummaries(summaries: LocalSummary[]): AgreedSchema {
     }
     schema = { kind: 'tensor', classNames, shape: [...shape] };
     featureNames = [];
-    stats = emptyStats(shape.reduce((a, b) => a * b, 1));
-    for (const s of sorted) addStats(stats, s.stats, (j) => j);
+    stats = poolStats(sorted.map((s) => s.stats), shape.reduce((a, b) => a * b, 1), (_, j) => j);
   } else {
     const tables = sorted.map((s) => s.schema as TableSchema);
     // Column sets: every site must have every column.
@@ -288,21 +287,12 @@ export function mergeSummaries(summaries: LocalSummary[]): AgreedSchema {
     const tableSchema: TableSchema = { kind: 'table', labelColumn: tables[0].labelColumn, classNames, columns };
     const slots = featureLayout(tableSchema);
     featureNames = slots.map((s) => s.name);
-    stats = emptyStats(slots.length);
-    for (const s of sorted) {
-      const local = new Map(s.featureNames.map((name, j) => [name, j]));
-      // A feature the site lacks (a category it never saw, an indicator for a column with no missing cell) is all zeros there.
-      const absent: FeatureStats = { count: [s.numRows], missing: [0], sum: [0], sumSq: [0] };
-      slots.forEach((slot, j) => {
-        const k = local.get(slot.name);
-        const src = k === undefined ? absent : s.stats;
-        const at = k ?? 0;
-        stats.count[j] += src.count[at];
-        stats.missing[j] += src.missing[at];
-        stats.sum[j] += src.sum[at];
-        stats.sumSq[j] += src.sumSq[at];
-      });
-    }
+    // A feature a site lacks (a category it never saw, an indicator for a column with no missing cell) is all zeros there.
+    const locals = sorted.map((s) => new Map(s.featureNames.map((name, j) => [name, j])));
+    const withAbsent = sorted.map((s) => ({
+      count: [...s.stats.count, s.numRows], missing: [...s.stats.missing, 0], sum: [...s.stats.sum, 0], sumSq: [...s.stats.sumSq, 0],
+    }));
+    stats = poolStats(withAbsent, slots.length, (i, j) => locals[i].get(slots[j].name) ?? sorted[i].featureNames.length);
     slots.forEach((slot, j) => {
       const col = columns[slot.column];
       if (slot.role === 'value' && col.kind === 'numeric') col.impute = stats.count[j] > 0 ? stats.sum[j] / stats.count[j] : 0;
@@ -313,14 +303,33 @@ export function mergeSummaries(summaries: LocalSummary[]): AgreedSchema {
   return { version: 1, schema, featureNames, mean, std, stats, sites, numRows, labelCounts };
 }
 
-function addStats(into: FeatureStats, from: FeatureStats, map: (j: number) => number): void {
-  for (let j = 0; j < from.count.length; j++) {
-    const k = map(j);
-    into.count[k] += from.count[j];
-    into.missing[k] += from.missing[j];
-    into.sum[k] += from.sum[j];
-    into.sumSq[k] += from.sumSq[j];
+/**
+ * Pool per-site statistics into `d` features; feature j of site i is
+ * `at(i, j)` in that site's arrays. Sums add the sites' values in ascending
+ * order, so that the result has the same bits whatever order the sites
+ * come in (sites sort by name here, and names differ between a simulation
+ * and a real network).
+ */
+function poolStats(sites: FeatureStats[], d: number, at: (i: number, j: number) => number): FeatureStats {
+  const out = emptyStats(d);
+  const parts = new Float64Array(sites.length);
+  const canonical = (get: (s: FeatureStats, k: number) => number, j: number) => {
+    sites.forEach((s, i) => (parts[i] = get(s, at(i, j))));
+    parts.sort();
+    let t = 0;
+    for (const v of parts) t += v;
+    return t;
+  };
+  for (let j = 0; j < d; j++) {
+    for (let i = 0; i < sites.length; i++) {
+      const k = at(i, j);
+      out.count[j] += sites[i].count[k];
+      out.missing[j] += sites[i].missing[k];
+    }
+    out.sum[j] = canonical((s, k) => s.sum[k], j);
+    out.sumSq[j] = canonical((s, k) => s.sumSq[k], j);
   }
+  return out;
 }
 
 /** The pooled standardizer of an agreed schema. */

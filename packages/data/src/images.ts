@@ -71,15 +71,64 @@ function listClasses(dir: string): { name: string; files: string[] }[] {
 export async function loadImageFolder(dir: string, opts: ImageFolderOptions = {}): Promise<Dataset> {
   const root = resolve(dir);
   const classes = listClasses(root);
+  const files = classes.flatMap((c, k) => c.files.map((file) => ({ file, label: k })));
+  const { features, sampleShape } = await decodeImages(files.map((f) => f.file), opts);
+  const [h, w, channels] = sampleShape;
+  const counts = classes.map((c) => `${c.name} ${c.files.length}`).join(', ');
+  return {
+    name: `images:${dir}`,
+    features,
+    labels: Int32Array.from(files, (f) => f.label),
+    numSamples: files.length,
+    sampleShape,
+    classNames: classes.map((c) => c.name),
+    description: `Images from ${root}: ${files.length} ${channels === 1 ? 'grayscale' : 'RGB'} images at ${h}x${w}, ${classes.length} classes (${counts}).`,
+    source: root,
+  };
+}
+
+/**
+ * Image files to predict from a folder: the images directly in it, or, when
+ * it has none, those of its sub-folders (a labelled folder), by name. Labels
+ * are the sub-folder names (undefined for images directly in the folder).
+ */
+export function listImageInputs(dir: string): { file: string; label?: string }[] {
+  const root = resolve(dir);
+  let st;
+  try {
+    st = statSync(root);
+  } catch {
+    throw new DataError(`image folder not found: ${root}`);
+  }
+  if (!st.isDirectory()) throw new DataError(`${root} is not a folder of PNG or JPEG images`);
+  const entries = readdirSync(root, { withFileTypes: true }).filter((e) => !e.name.startsWith('.'));
+  const isImage = (name: string) => IMAGE_EXTENSIONS.includes(extname(name).toLowerCase());
+  const direct = entries.filter((e) => e.isFile() && isImage(e.name)).map((e) => e.name).sort();
+  if (direct.length > 0) return direct.map((f) => ({ file: join(root, f) }));
+  const out = sortNames(entries.filter((e) => e.isDirectory()).map((e) => e.name)).flatMap((label) =>
+    readdirSync(join(root, label), { withFileTypes: true })
+      .filter((e) => e.isFile() && !e.name.startsWith('.') && isImage(e.name))
+      .map((e) => e.name)
+      .sort()
+      .map((f) => ({ file: join(root, label, f), label })));
+  if (out.length === 0) throw new DataError(`${root} holds no PNG or JPEG images (directly or in sub-folders)`);
+  return out;
+}
+
+/**
+ * Decode image files into `[h, w, c]` samples in [0, 1] (see the policies at
+ * the top of this file); `imageSize` defaults to the first image's size.
+ */
+export async function decodeImages(files: string[], opts: ImageFolderOptions = {}): Promise<{ features: Float32Array; sampleShape: [number, number, number] }> {
   const channels = opts.channels ?? 1;
   if (channels !== 1 && channels !== 3) throw new DataError(`channels must be 1 or 3, got ${String(channels)}`);
+  if (files.length === 0) throw new DataError('no images to decode');
   const sharp = await loadSharp();
-  const files = classes.flatMap((c, k) => c.files.map((file) => ({ file, label: k })));
   const unreadable = (file: string, err: unknown) =>
     new DataError(`cannot read image ${file}: ${err instanceof Error ? err.message : String(err)}`);
   let size = opts.imageSize;
   if (size === undefined) {
-    const first = files[0].file;
+    const first = files[0];
     let meta;
     try {
       meta = await sharp(first).metadata();
@@ -96,10 +145,9 @@ export async function loadImageFolder(dir: string, opts: ImageFolderOptions = {}
   if (!Number.isInteger(h) || !Number.isInteger(w) || h < 1 || w < 1) throw new DataError(`imageSize must be two positive integers [height, width], got ${JSON.stringify(size)}`);
   const d = h * w * channels;
   const features = new Float32Array(files.length * d);
-  const labels = Int32Array.from(files, (f) => f.label);
 
   const decode = async (i: number) => {
-    const { file } = files[i];
+    const file = files[i];
     let data: Buffer;
     let info: { width: number; height: number; channels: number };
     try {
@@ -120,18 +168,7 @@ export async function loadImageFolder(dir: string, opts: ImageFolderOptions = {}
     while (next < files.length) await decode(next++);
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(opts.concurrency ?? 8, files.length)) }, worker));
-
-  const counts = classes.map((c) => `${c.name} ${c.files.length}`).join(', ');
-  return {
-    name: `images:${dir}`,
-    features,
-    labels,
-    numSamples: files.length,
-    sampleShape: [h, w, channels],
-    classNames: classes.map((c) => c.name),
-    description: `Images from ${root}: ${files.length} ${channels === 1 ? 'grayscale' : 'RGB'} images at ${h}x${w}, ${classes.length} classes (${counts}).`,
-    source: root,
-  };
+  return { features, sampleShape: [h, w, channels] };
 }
 
 export interface AsyncLoadOptions extends LoadOptions, ImageFolderOptions {}

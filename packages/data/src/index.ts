@@ -8,3 +8,5 @@ export * from './table.js';
 export * from './federated.js';
 export * from './images.js';
 export * from './shift.js';
+export * from './share.js';
+export * from './site-data.js';

@@ -67,6 +67,8 @@ export interface RawTable {
   lines: number[];
   /** Cells that were accepted but worth a look (stray text counted as missing, ...). */
   warnings: string[];
+  /** False when the file has no label column (only with `labelsOptional`). */
+  labelled?: boolean;
 }
 
 export interface TableOptions {
@@ -80,6 +82,15 @@ export interface TableOptions {
   categorical?: string[];
   /** Largest share of a column's observed cells that may be of the other kind (default 0.05). */
   mixedTolerance?: number;
+  /**
+   * Column kinds fixed in advance (from an agreed schema, for new rows):
+   * a numeric column's cells that are not numbers count as missing (listed
+   * in `warnings`), a categorical column keeps its cells as text, and a
+   * column whose every cell is missing is accepted.
+   */
+  kinds?: Record<string, 'numeric' | 'categorical'>;
+  /** Accept a file without the label column (rows to predict); `labels` are then empty strings. */
+  labelsOptional?: boolean;
 }
 
 export interface NumericColumnSchema {
@@ -151,7 +162,7 @@ export function tableFromRows(
     seen.set(h, c);
   });
   const labelCol = seen.get(labelName);
-  if (labelCol === undefined) {
+  if (labelCol === undefined && !opts.labelsOptional) {
     throw new DataError(
       `${source}: no label column "${labelName}". Columns are: ${header.join(', ')}. Name the label column with --label-column.`,
     );
@@ -165,7 +176,14 @@ export function tableFromRows(
   unknown(opts.features, 'features');
   unknown(opts.drop, 'drop');
   unknown(opts.categorical, 'categorical');
-  let keep = opts.features ? [...opts.features] : header.filter((h) => h !== labelName);
+  const kinds = opts.kinds;
+  if (kinds) {
+    const absent = Object.keys(kinds).filter((k) => !seen.has(k)).map((k) => `"${k}"`);
+    if (absent.length > 0) {
+      throw new DataError(`${source}: lacks column${absent.length > 1 ? 's' : ''} ${absent.join(', ')} of the schema. Columns are: ${header.join(', ')}`);
+    }
+  }
+  let keep = opts.features ? [...opts.features] : header.filter((h) => h !== labelName && (!kinds || Object.hasOwn(kinds, h)));
   if (opts.drop) keep = keep.filter((h) => !opts.drop!.includes(h));
   if (new Set(keep).size !== keep.length) throw new DataError(`${source}: a column is listed twice in features`);
   if (keep.length < 1) throw new DataError(`${source}: needs at least one feature column besides "${labelName}"`);
@@ -175,18 +193,27 @@ export function tableFromRows(
     if (r.length !== header.length) {
       throw new DataError(`${source}, line ${lines[i]}: ${r.length} cells where the header has ${header.length} columns`);
     }
+    if (labelCol === undefined) {
+      labels[i] = '';
+      return;
+    }
     const cell = r[labelCol].trim();
     if (isMissingCell(cell)) throw new DataError(`${source}, line ${lines[i]}: missing label ("${cell}") in column "${labelName}"`);
     labels[i] = cell;
   });
 
   const warnings: string[] = [];
-  const columns = keep.map((name) => typeColumn(name, seen.get(name)!, rows, lines, source, tolerance, opts.categorical?.includes(name) ?? false, warnings));
-  return { source, labelColumn: labelName, columns, labels, lines, warnings };
+  const columns = keep.map((name) => {
+    const fixed = kinds && Object.hasOwn(kinds, name) ? kinds[name] : undefined;
+    const forced = fixed ?? (opts.categorical?.includes(name) ? 'categorical' : undefined);
+    return typeColumn(name, seen.get(name)!, rows, lines, source, tolerance, forced, warnings, fixed !== undefined);
+  });
+  return { source, labelColumn: labelName, columns, labels, lines, warnings, labelled: labelCol !== undefined };
 }
 
 function typeColumn(
-  name: string, c: number, rows: string[][], lines: number[], source: string, tolerance: number, forceCategorical: boolean, warnings: string[],
+  name: string, c: number, rows: string[][], lines: number[], source: string, tolerance: number,
+  forced: 'numeric' | 'categorical' | undefined, warnings: string[], fromSchema = false,
 ): RawColumn {
   const cells = rows.map((r) => r[c].trim());
   let observed = 0;
@@ -201,17 +228,19 @@ function typeColumn(
       if (firstNumber < 0) firstNumber = i;
     } else if (firstText < 0) firstText = i;
   });
-  if (observed === 0) {
-    throw new DataError(`${source}, lines ${lines[0]}-${lines[lines.length - 1]}: column "${name}" has no values (every cell is missing); drop it`);
-  }
-  if (forceCategorical) return { name, kind: 'categorical', values: cells.map((s) => (isMissingCell(s) ? null : s)) };
   const texts = observed - numbers;
-  if (texts === 0 || (texts > 0 && numbers > 0 && texts / observed <= tolerance)) {
+  const numeric = (): RawColumn => {
     if (texts > 0) {
       warnings.push(`column "${name}": ${texts} of ${observed} cells are not numbers (first at line ${lines[firstText]}: "${cells[firstText]}") and count as missing`);
     }
     return { name, kind: 'numeric', values: Float64Array.from(cells, (s) => (isMissingCell(s) ? NaN : parseNumber(s) ?? NaN)) };
+  };
+  if (forced === 'numeric') return numeric();
+  if (observed === 0 && !fromSchema) {
+    throw new DataError(`${source}, lines ${lines[0]}-${lines[lines.length - 1]}: column "${name}" has no values (every cell is missing); drop it`);
   }
+  if (forced === 'categorical') return { name, kind: 'categorical', values: cells.map((s) => (isMissingCell(s) ? null : s)) };
+  if (texts === 0 || (texts > 0 && numbers > 0 && texts / observed <= tolerance)) return numeric();
   if (numbers === 0 || numbers / observed <= tolerance) {
     if (numbers > 0) {
       warnings.push(`column "${name}": ${numbers} of ${observed} cells are numbers in a text column (first at line ${lines[firstNumber]}: "${cells[firstNumber]}") and count as categories`);
@@ -299,6 +328,7 @@ export function featureLayout(schema: TableSchema): FeatureSlot[] {
 /** Encoded features and class indices of a table under a schema. */
 export interface EncodedTable {
   features: Float32Array;
+  /** Class index per row; -1 for every row of a table without labels. */
   labels: Int32Array;
   featureNames: string[];
 }
@@ -346,7 +376,8 @@ export function encodeTable(table: RawTable, schema: TableSchema): EncodedTable 
   });
   const classOf = new Map(schema.classNames.map((l, i) => [l, i]));
   const labels = new Int32Array(n);
-  for (let i = 0; i < n; i++) {
+  if (table.labelled === false) labels.fill(-1);
+  else for (let i = 0; i < n; i++) {
     const k = classOf.get(table.labels[i]);
     if (k === undefined) {
       throw new DataError(

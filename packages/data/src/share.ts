@@ -1,0 +1,113 @@
+/**
+ * A simulated site's share of a dataset, in one file: what `dflmoe simulate
+ * --transport tcp` writes for each site so that a site process reads only
+ * its own rows (not the whole dataset) and trains on exactly the rows the
+ * in-memory simulation gives it.
+ *
+ * Layout: the ASCII magic `DFLMOE-SHARE-1\n`, a little-endian uint32 header
+ * length, the header (JSON: dataset facts, row counts, where the share comes
+ * from), then the features (float32, little-endian, training rows then test
+ * rows, each row `prod(sampleShape)` values) and the labels (int32, same
+ * order). Reading checks the magic, the header and every size.
+ */
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { PeerSplit } from './partition.js';
+import type { TableSchema } from './table.js';
+import { DataError, featureSize, type Dataset } from './types.js';
+
+const MAGIC = Buffer.from('DFLMOE-SHARE-1\n', 'ascii');
+
+/** Where a share comes from. */
+export interface ShareInfo {
+  /** The dataset spec it was cut from (e.g. `fashion-mnist`). */
+  dataset: string;
+  peers: number;
+  index: number;
+  partition: string;
+  seed: number;
+}
+
+interface ShareHeader extends ShareInfo {
+  format: 1;
+  name: string;
+  classNames: string[];
+  sampleShape: number[];
+  featureNames?: string[];
+  /** How a table was encoded (for reading new rows of it). */
+  schema?: TableSchema;
+  description: string;
+  source: string;
+  train: number;
+  test: number;
+}
+
+/** Write site `info.index`'s rows of `ds` (its `split`) to `path` (atomically). */
+export function writeShare(path: string, ds: Dataset, split: PeerSplit, info: ShareInfo): void {
+  const d = featureSize(ds);
+  const rows = [...split.train, ...split.test];
+  const header: ShareHeader = {
+    format: 1, ...info, name: ds.name, classNames: ds.classNames, sampleShape: ds.sampleShape,
+    ...(ds.featureNames ? { featureNames: ds.featureNames } : {}), ...(ds.schema ? { schema: ds.schema } : {}),
+    description: ds.description, source: ds.source, train: split.train.length, test: split.test.length,
+  };
+  const head = Buffer.from(JSON.stringify(header), 'utf8');
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(head.length);
+  const features = new Float32Array(rows.length * d);
+  const labels = new Int32Array(rows.length);
+  rows.forEach((r, i) => {
+    features.set(ds.features.subarray(r * d, (r + 1) * d), i * d);
+    labels[i] = ds.labels[r];
+  });
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, Buffer.concat([MAGIC, len, head, Buffer.from(features.buffer), Buffer.from(labels.buffer)]));
+  renameSync(tmp, path);
+}
+
+/** Read a share: the site's rows as a dataset (training rows first) and the split over them. */
+export function readShare(path: string): { dataset: Dataset; split: PeerSplit; info: ShareInfo } {
+  const file = resolve(path);
+  let buf: Buffer;
+  try {
+    buf = readFileSync(file);
+  } catch (e) {
+    throw new DataError(`cannot read the site's share ${file}: ${(e as Error).message}`);
+  }
+  const bad = (why: string) => new DataError(`${file} is not a valid dflmoe share (${why}); rerun dflmoe simulate to write it again`);
+  if (buf.length < MAGIC.length + 4 || !buf.subarray(0, MAGIC.length).equals(MAGIC)) throw bad('wrong magic');
+  const hlen = buf.readUInt32LE(MAGIC.length);
+  const start = MAGIC.length + 4;
+  if (start + hlen > buf.length) throw bad('header cut short');
+  let h: ShareHeader;
+  try {
+    h = JSON.parse(buf.subarray(start, start + hlen).toString('utf8')) as ShareHeader;
+  } catch {
+    throw bad('header is not JSON');
+  }
+  const count = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
+  if (h?.format !== 1 || !count(h.train) || !count(h.test) || !Array.isArray(h.sampleShape) || !h.sampleShape.every((v) => Number.isInteger(v) && v > 0)
+    || !Array.isArray(h.classNames) || h.classNames.length < 1 || !h.classNames.every((c) => typeof c === 'string')) {
+    throw bad('bad header');
+  }
+  const n = h.train + h.test;
+  const d = featureSize(h);
+  const body = start + hlen;
+  if (buf.length !== body + n * d * 4 + n * 4) throw bad(`size ${buf.length} does not match ${n} rows of ${d} features`);
+  // Copy out: the file buffer's offset need not be aligned for typed arrays.
+  const features = new Float32Array(n * d);
+  Buffer.from(features.buffer).set(buf.subarray(body, body + n * d * 4));
+  const labels = new Int32Array(n);
+  Buffer.from(labels.buffer).set(buf.subarray(body + n * d * 4));
+  if (!labels.every((l) => l >= 0 && l < h.classNames.length)) throw bad('a label is out of range');
+  const dataset: Dataset = {
+    name: h.name, features, labels, numSamples: n, sampleShape: h.sampleShape, classNames: h.classNames,
+    description: `${h.description} (site ${h.index} of ${h.peers}, ${h.partition}: ${h.train} training and ${h.test} test rows)`,
+    source: h.source, ...(h.featureNames ? { featureNames: h.featureNames } : {}), ...(h.schema ? { schema: h.schema } : {}),
+  };
+  const split: PeerSplit = {
+    train: Int32Array.from({ length: h.train }, (_, i) => i),
+    test: Int32Array.from({ length: h.test }, (_, i) => h.train + i),
+  };
+  return { dataset, split, info: { dataset: h.dataset, peers: h.peers, index: h.index, partition: h.partition, seed: h.seed } };
+}

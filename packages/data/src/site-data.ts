@@ -1,0 +1,385 @@
+/**
+ * A real site's own data, from reading its files to tensors-ready arrays,
+ * with the federated preprocessing in between (no row leaves the site):
+ *
+ * 1. {@link loadSiteData}: read the site's own source (`csv:<file>`,
+ *    `images:<dir>`, a built-in dataset, or a simulated share) and split its
+ *    rows into train and test (stratified, seeded).
+ * 2. {@link siteStatement}: what the site tells the others: the summary of
+ *    its training rows (`LocalSummary`: label set, schema, counts, sums and
+ *    sums of squares) and the label set it declares, if any.
+ * 3. {@link reconcileStatements}: every site computes, from every
+ *    statement, the same agreed schema; a site whose schema cannot be
+ *    reconciled with the others is left out, with the reason.
+ * 4. {@link encodeSiteData}: encode the site's rows in the agreed layout
+ *    and standardize them with the pooled (or its own) statistics.
+ *
+ * {@link readInputs} encodes new rows (a CSV file or an image folder) for a
+ * trained site the same way.
+ */
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parse as parseCsv } from 'csv-parse/sync';
+import { loadDataset, subsample } from './datasets.js';
+import {
+  encodeWithSchema, mergeSummaries, summarizeDataset, summarizeTable, validateSummary,
+  type AgreedSchema, type LocalSummary,
+} from './federated.js';
+import { decodeImages, listImageInputs, loadImageFolder } from './images.js';
+import { partition, type PeerSplit } from './partition.js';
+import { Rng } from './rng.js';
+import { readShare } from './share.js';
+import { fitStandardizer, type Standardizer } from './standardize.js';
+import { encodeTable, readCsvTable, sortNames, takeTableRows, type RawTable, type TableSchema } from './table.js';
+import { DataError, featureSize, type Dataset } from './types.js';
+
+/** A site's `data` settings (paths already resolved). */
+export interface SiteDataSpec {
+  /** `csv:<file>`, `images:<dir>`, or a built-in dataset (`breast-cancer`, `digits`, `fashion-mnist[:<dir>]`, `synthetic[:...]`). */
+  dataset: string;
+  /** csv: the label column (default `label`). */
+  labelColumn?: string;
+  /** csv: keep only these columns... */
+  features?: string[];
+  /** ...or drop these. */
+  drop?: string[];
+  /** csv: columns to treat as categories even when their cells are numbers. */
+  categorical?: string[];
+  /** The consortium's label set, in order: the site's labels must be among them, and every site that declares one must declare the same. */
+  classes?: string[];
+  /** images: [height, width] of every sample (default: the first image's size). */
+  imageSize?: [number, number];
+  /** images: 1 (grayscale, default) or 3 (RGB). */
+  channels?: 1 | 3;
+  /** images: how to reach imageSize (default fill: stretch). */
+  fit?: 'fill' | 'cover' | 'contain';
+  seed: number;
+  /** Share of the site's rows held out for its test split. */
+  testFraction: number;
+  /** A seeded random subset of at most this many rows. */
+  maxSamples?: number;
+  /** fashion-mnist: directory of the idx files. */
+  dataDir?: string;
+  /** The simulator's partition mode: this site is share `index` of `peers` of one dataset. */
+  simulate?: {
+    peers: number;
+    index: number;
+    partition: string;
+    minSize: number;
+    /** A share file written by the simulator: only this site's rows (else the whole dataset is read and partitioned). */
+    share?: string;
+  };
+}
+
+/** How new inputs are read for a trained site. */
+export type InputSpec =
+  | { kind: 'table'; labelColumn: string }
+  | { kind: 'images'; fit?: 'fill' | 'cover' | 'contain' }
+  /** Already-numeric features (built-in datasets): CSV columns named `featureNames` (or every column but the label, in order). */
+  | { kind: 'features'; labelColumn: string; featureNames?: string[] };
+
+interface SiteDataBase {
+  split: PeerSplit;
+  /** Every class in the site's rows (and its declared ones). */
+  classes: string[];
+  /** The label set the site declares (ordered), if it declares one. */
+  declared?: string[];
+  input: InputSpec;
+  description: string;
+  /** Cells worth a look (stray text in a numeric column, ...). */
+  warnings: string[];
+}
+
+export type SiteData = (SiteDataBase & { kind: 'table'; table: RawTable }) | (SiteDataBase & { kind: 'tensor'; dataset: Dataset });
+
+/** What a site shares before training: its summary and the label set it declares. Plain JSON. */
+export interface SiteStatement {
+  summary: LocalSummary;
+  declaredClasses?: string[];
+}
+
+/** A stratified, seeded train/test split of all `labels` (class indices). */
+function ownSplit(labels: Int32Array, numClasses: number, seed: number, testFraction: number): PeerSplit {
+  return partition(labels, numClasses, 1, 'iid', { seed, testFraction, minSize: 1 })[0];
+}
+
+function checkDeclared(declared: string[] | undefined, classes: string[], where: string): void {
+  if (!declared) return;
+  if (new Set(declared).size !== declared.length) throw new DataError(`data.classes lists a class twice: ${declared.join(', ')}`);
+  const extra = classes.filter((c) => !declared.includes(c));
+  if (extra.length > 0) {
+    throw new DataError(`${where} has class${extra.length > 1 ? 'es' : ''} ${extra.map((c) => `"${c}"`).join(', ')} that data.classes (${declared.join(', ')}) does not list`);
+  }
+}
+
+/** Read a site's own data and split it into train and test. */
+export async function loadSiteData(spec: SiteDataSpec): Promise<SiteData> {
+  const sim = spec.simulate;
+  if (sim?.share) {
+    const { dataset, split, info } = readShare(sim.share);
+    if (info.index !== sim.index || info.peers !== sim.peers) {
+      throw new DataError(`${sim.share} holds site ${info.index} of ${info.peers}, but this config is site ${sim.index} of ${sim.peers}`);
+    }
+    checkDeclared(spec.classes, dataset.classNames, sim.share);
+    return tensorSite(dataset, split, spec, spec.classes ?? dataset.classNames);
+  }
+  if (spec.dataset.startsWith('csv:')) {
+    const file = spec.dataset.slice(4);
+    let table = readCsvTable(file, spec);
+    if (spec.maxSamples !== undefined && spec.maxSamples < table.labels.length) {
+      const idx = new Rng(spec.seed).shuffle(Int32Array.from(table.labels, (_, i) => i)) as Int32Array;
+      table = takeTableRows(table, idx.subarray(0, spec.maxSamples));
+    }
+    const classes = sortNames(table.labels);
+    checkDeclared(spec.classes, classes, table.source);
+    const index = new Map(classes.map((c, i) => [c, i]));
+    const labels = Int32Array.from(table.labels, (l) => index.get(l)!);
+    const split = sim
+      ? partition(labels, classes.length, sim.peers, sim.partition, { seed: spec.seed, testFraction: spec.testFraction, minSize: sim.minSize })[sim.index]
+      : ownSplit(labels, classes.length, spec.seed, spec.testFraction);
+    if (split.train.length === 0) throw new DataError(`${table.source}: no training rows (it has ${table.labels.length} rows)`);
+    const siteClasses = sortNames([...split.train, ...split.test].map((r) => table.labels[r]));
+    return {
+      kind: 'table', table, split, classes: sortNames([...siteClasses, ...(spec.classes ?? [])]), declared: spec.classes,
+      input: { kind: 'table', labelColumn: table.labelColumn },
+      description: `${table.source}: ${split.train.length} training and ${split.test.length} test rows, ${table.columns.length} feature columns`,
+      warnings: table.warnings,
+    };
+  }
+  const ds = spec.dataset.startsWith('images:')
+    ? await loadImageFolder(spec.dataset.slice('images:'.length), { imageSize: spec.imageSize, channels: spec.channels, fit: spec.fit })
+    : loadDataset(spec.dataset, { seed: spec.seed, maxSamples: spec.maxSamples, dataDir: spec.dataDir, labelColumn: spec.labelColumn });
+  const sub = spec.dataset.startsWith('images:') && spec.maxSamples !== undefined && spec.maxSamples < ds.numSamples
+    ? subsample(ds, spec.maxSamples, spec.seed) : ds;
+  checkDeclared(spec.classes, sub.classNames, sub.name);
+  const split = sim
+    ? partition(sub.labels, sub.classNames.length, sim.peers, sim.partition, { seed: spec.seed, testFraction: spec.testFraction, minSize: sim.minSize })[sim.index]
+    : ownSplit(sub.labels, sub.classNames.length, spec.seed, spec.testFraction);
+  // A built-in dataset names its label set; an image folder's classes are its own sub-folders.
+  const declared = spec.classes ?? (spec.dataset.startsWith('images:') ? undefined : sub.classNames);
+  return tensorSite(sub, split, spec, declared);
+}
+
+function tensorSite(ds: Dataset, split: PeerSplit, spec: SiteDataSpec, declared: string[] | undefined): SiteData {
+  const present = new Set<number>();
+  for (const r of [...split.train, ...split.test]) present.add(ds.labels[r]);
+  const own = [...present].sort((a, b) => a - b).map((k) => ds.classNames[k]);
+  const images = spec.dataset.startsWith('images:');
+  const input: InputSpec = images
+    ? { kind: 'images', ...(spec.fit ? { fit: spec.fit } : {}) }
+    : { kind: 'features', labelColumn: ds.schema?.labelColumn ?? spec.labelColumn ?? 'label', ...(ds.featureNames ? { featureNames: ds.featureNames } : {}) };
+  return {
+    kind: 'tensor', dataset: ds, split, classes: declared ? [...declared] : sortNames(own), declared, input,
+    description: `${ds.name}: ${split.train.length} training and ${split.test.length} test samples of shape ${ds.sampleShape.join('x')}`,
+    warnings: [],
+  };
+}
+
+/** `summary` with `classes` added to its label set (with no rows), sorted as label sets are. */
+export function withClasses(summary: LocalSummary, classes: string[]): LocalSummary {
+  const names = sortNames([...summary.schema.classNames, ...classes]);
+  if (names.length === summary.schema.classNames.length) return summary;
+  const counts = new Map(summary.schema.classNames.map((c, k) => [c, summary.labelCounts[k]]));
+  return { ...summary, schema: { ...summary.schema, classNames: names }, labelCounts: names.map((c) => counts.get(c) ?? 0) };
+}
+
+/** The site's statement: the summary of its training rows under the name `site`, with its whole label set. */
+export function siteStatement(data: SiteData, site: string): SiteStatement {
+  const summary = data.kind === 'table' ? summarizeTable(data.table, site, data.split.train) : summarizeDataset(data.dataset, site, data.split.train);
+  return { summary: withClasses(summary, data.classes), ...(data.declared ? { declaredClasses: [...data.declared] } : {}) };
+}
+
+export interface Reconciled {
+  agreed: AgreedSchema;
+  /** Sites whose statements were merged, sorted. */
+  included: string[];
+  /** Sites left out, with the reason (naming the columns or classes). */
+  excluded: { site: string; reason: string }[];
+  /** Things that merge but look wrong (a site sharing no class with the others). */
+  warnings: string[];
+}
+
+const quote = (xs: string[]) => xs.map((x) => `"${x}"`).join(', ');
+
+/** Throws a DataError when these statements cannot make one schema. */
+function checkGroup(group: SiteStatement[]): AgreedSchema {
+  const declaring = group.filter((s) => s.declaredClasses);
+  const first = declaring[0];
+  for (const s of declaring.slice(1)) {
+    if (s.declaredClasses!.join('\u0000') !== first.declaredClasses!.join('\u0000')) {
+      throw new DataError(
+        `site "${s.summary.site}" declares the classes ${quote(s.declaredClasses!)} but site "${first.summary.site}" declares ${quote(first.declaredClasses!)}`,
+      );
+    }
+  }
+  if (first) {
+    for (const s of group) {
+      const extra = s.summary.schema.classNames.filter((c) => !first.declaredClasses!.includes(c));
+      if (extra.length > 0) {
+        throw new DataError(`site "${s.summary.site}" has class${extra.length > 1 ? 'es' : ''} ${quote(extra)}, not among the declared classes ${quote(first.declaredClasses!)}`);
+      }
+    }
+  }
+  const agreed = mergeSummaries(group.map((s) => s.summary));
+  if (!first) return agreed;
+  // The declared order (with every declared class) instead of the sorted union.
+  const counts = new Map(agreed.schema.classNames.map((c, k) => [c, agreed.labelCounts[k]]));
+  const classNames = [...first.declaredClasses!];
+  return { ...agreed, schema: { ...agreed.schema, classNames }, labelCounts: classNames.map((c) => counts.get(c) ?? 0) };
+}
+
+/**
+ * The consortium's agreed schema from every site's statement. The same
+ * statements give the same result at every site, in any order. Sites that
+ * fit together are merged; a site whose schema cannot join them (columns
+ * missing or of another kind, another sample shape, tables versus images,
+ * classes outside a declared label set) is left out with the reason. Sites
+ * that fit with the most others go first, then by name.
+ */
+export function reconcileStatements(statements: SiteStatement[]): Reconciled {
+  if (statements.length === 0) throw new DataError('no statements to reconcile');
+  const excluded: Reconciled['excluded'] = [];
+  const valid: SiteStatement[] = [];
+  for (const s of statements) {
+    try {
+      validateSummary(s.summary);
+      valid.push(s);
+    } catch (e) {
+      excluded.push({ site: String(s.summary?.site), reason: (e as Error).message });
+    }
+  }
+  const sites = [...valid].sort((a, b) => (a.summary.site < b.summary.site ? -1 : a.summary.site > b.summary.site ? 1 : 0));
+  const fits = (group: SiteStatement[]): string | undefined => {
+    try {
+      checkGroup(group);
+      return undefined;
+    } catch (e) {
+      if (e instanceof DataError) return e.message;
+      throw e;
+    }
+  };
+  const degree = sites.map((a, i) => sites.filter((b, j) => i !== j && fits([a, b]) === undefined).length);
+  const order = sites.map((s, i) => ({ s, d: degree[i], i })).sort((x, y) => y.d - x.d || x.i - y.i).map((x) => x.s);
+  const accepted: SiteStatement[] = [];
+  for (const s of order) {
+    const why = fits([...accepted, s]);
+    if (why === undefined) accepted.push(s);
+    else {
+      const others = accepted.map((a) => a.summary.site);
+      excluded.push({ site: s.summary.site, reason: `site "${s.summary.site}" cannot join ${others.length ? `sites ${quote(others)}` : 'the consortium'}: ${why}` });
+    }
+  }
+  if (accepted.length === 0) throw new DataError(`no site has a usable summary: ${excluded.map((e) => e.reason).join('; ')}`);
+  const agreed = checkGroup(accepted);
+  const warnings: string[] = [];
+  if (accepted.length > 1) {
+    for (const s of accepted) {
+      const others = new Set(accepted.filter((o) => o !== s).flatMap((o) => o.summary.schema.classNames.filter((_, k) => o.summary.labelCounts[k] > 0)));
+      const own = s.summary.schema.classNames.filter((_, k) => s.summary.labelCounts[k] > 0);
+      if (own.length > 0 && !own.some((c) => others.has(c))) {
+        warnings.push(`site "${s.summary.site}" shares no class with the others (its classes: ${quote(own)}); check that every site labels the same way`);
+      }
+    }
+  }
+  return { agreed, included: accepted.map((s) => s.summary.site).sort(), excluded, warnings };
+}
+
+/** A site's rows encoded in the agreed layout, with the split and the standardizer to apply. */
+export interface EncodedSite {
+  dataset: Dataset;
+  split: PeerSplit;
+  standardizer: Standardizer;
+}
+
+/**
+ * Encode the site's rows with the agreed schema; standardize with the
+ * pooled statistics (`federated`) or the site's own training rows (`local`).
+ */
+export function encodeSiteData(data: SiteData, agreed: AgreedSchema, standardize: 'federated' | 'local'): EncodedSite {
+  const { dataset, standardizer } = encodeWithSchema(data.kind === 'table' ? data.table : data.dataset, agreed);
+  return {
+    dataset,
+    split: data.split,
+    standardizer: standardize === 'federated' ? standardizer : fitStandardizer(dataset.features, featureSize(dataset), data.split.train),
+  };
+}
+
+/** New rows for a trained site: features in the agreed layout (not standardized), where each row came from, and labels when known. */
+export interface EncodedInputs {
+  features: Float32Array;
+  numSamples: number;
+  sampleShape: number[];
+  /** Per row: `line <n>` of the CSV, or the image file relative to the folder. */
+  ids: string[];
+  /** Class indices in the agreed classes (only when the input is labelled). */
+  labels?: Int32Array;
+}
+
+/**
+ * Read `path` (a CSV file, or an image folder) as the site's new inputs,
+ * encoded with the agreed schema. `labels: 'required'` (for evaluation)
+ * needs a label column (or one sub-folder per class); every label must be
+ * one of the agreed classes.
+ */
+export async function readInputs(path: string, agreed: AgreedSchema, input: InputSpec, o: { labels: 'required' | 'optional' }): Promise<EncodedInputs> {
+  const schema = agreed.schema;
+  const classIndex = new Map(schema.classNames.map((c, i) => [c, i]));
+  if (input.kind === 'images') {
+    if (schema.kind !== 'tensor' || schema.shape.length !== 3) throw new DataError('this site was not trained on images');
+    const root = resolve(path);
+    const items = listImageInputs(root);
+    const [h, w, c] = schema.shape;
+    const { features } = await decodeImages(items.map((i) => i.file), { imageSize: [h, w], channels: c as 1 | 3, fit: input.fit });
+    const ids = items.map((i) => i.file.slice(root.length + 1));
+    let labels: Int32Array | undefined;
+    if (items.every((i) => i.label !== undefined)) {
+      labels = Int32Array.from(items, (i) => {
+        const k = classIndex.get(i.label!);
+        if (k === undefined) throw new DataError(`${root}: class folder "${i.label}" is not one of the classes ${schema.classNames.join(', ')}`);
+        return k;
+      });
+    } else if (o.labels === 'required') {
+      throw new DataError(`${root}: evaluation needs labelled images, one sub-folder per class (${schema.classNames.join(', ')})`);
+    }
+    return { features, numSamples: items.length, sampleShape: schema.shape, ids, ...(labels ? { labels } : {}) };
+  }
+  let tableSchema: TableSchema;
+  if (input.kind === 'table') {
+    if (schema.kind !== 'table') throw new DataError('this site was not trained on a table');
+    tableSchema = schema;
+  } else {
+    const d = schema.kind === 'tensor' ? featureSize({ sampleShape: schema.shape }) : agreed.featureNames.length;
+    const names = input.featureNames ?? csvHeader(path).filter((h) => h !== input.labelColumn);
+    if (names.length !== d) {
+      throw new DataError(`${resolve(path)} has ${names.length} feature columns (besides "${input.labelColumn}"); this site's model reads ${d}`);
+    }
+    tableSchema = {
+      kind: 'table', labelColumn: input.labelColumn, classNames: schema.classNames,
+      columns: names.map((name, j) => ({ name, kind: 'numeric' as const, impute: agreed.mean[j], indicator: false })),
+    };
+  }
+  const kinds = Object.fromEntries(tableSchema.columns.map((c) => [c.name, c.kind]));
+  const table = readCsvTable(path, { labelColumn: tableSchema.labelColumn, kinds, labelsOptional: true });
+  if (o.labels === 'required' && table.labelled === false) {
+    throw new DataError(`${table.source}: evaluation needs the label column "${tableSchema.labelColumn}"`);
+  }
+  const enc = encodeTable(table, tableSchema);
+  const d = enc.featureNames.length;
+  return {
+    features: enc.features, numSamples: table.labels.length, sampleShape: [d], ids: table.lines.map((l) => `line ${l}`),
+    ...(table.labelled === false ? {} : { labels: enc.labels }),
+  };
+}
+
+/** The header row of a CSV file. */
+function csvHeader(path: string): string[] {
+  const file = resolve(path);
+  let rows: string[][];
+  try {
+    rows = parseCsv(readFileSync(file, 'utf8'), { to_line: 1, trim: true, bom: true }) as string[][];
+  } catch (e) {
+    throw new DataError(`${file}: cannot read its header: ${(e as Error).message}`);
+  }
+  if (!rows[0]) throw new DataError(`${file} is empty: it needs a header row`);
+  return rows[0];
+}
