@@ -4,12 +4,12 @@
  * Used by `dflmoe simulate --transport tcp` and by the tests.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { getAlgorithm, networkBytes, summarize, type AlgorithmName, type AlgorithmResult, type PeerResult, type RoundResult, type SimulationConfig } from '@dflmoe/core';
-import { generateIdentity, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
+import { generateIdentity, parsePeerConfig, parseServerConfig, saveIdentity, siteSettings, type PeerRunResult } from '@dflmoe/p2p';
 
 /** A free TCP port on 127.0.0.1 (asks the OS). */
 export function freePort(): Promise<number> {
@@ -40,10 +40,14 @@ export interface ConsortiumOptions {
   algorithm: AlgorithmName;
   sim: SimulationConfig;
   deadlineMs?: number;
+  /** Sites: fresh messages to wait for each round (default: all other members). */
   quorum?: number;
+  /** Server algorithms: uploads the server needs at the deadline (default: all clients). */
+  serverQuorum?: number;
   lingerMs?: number;
   maxHeadBytes?: number;
-  datasetOptions?: { maxSamples?: number; dataDir?: string; labelColumn?: string };
+  /** Added to `sim.datasetOptions`. */
+  datasetOptions?: SimulationConfig['datasetOptions'];
 }
 
 /** Write keys and one config per site (and the server's, for server algorithms) into `dir`. */
@@ -62,6 +66,8 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
   const server = alg.network === 'server' ? await make('server') : undefined;
   const addr = (s: SiteFiles) => `/ip4/127.0.0.1/tcp/${s.port}`;
   sites.forEach((s, i) => {
+    // Data, model, training and algorithm settings come from the one mapping of simulation options (siteSettings).
+    const settings = siteSettings({ ...o.sim, datasetOptions: { ...o.sim.datasetOptions, ...o.datasetOptions } }, i);
     const cfg = {
       name: `site-${i}`,
       key: `site-${i}.key`,
@@ -69,29 +75,23 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
       members: sites.map((m, j) => ({ peerId: m.peerId, addrs: [addr(m)], name: `site-${j}` })),
       algorithm: o.algorithm,
       ...(server ? { server: { peerId: server.peerId, addrs: [addr(server)], name: 'server' } } : {}),
-      data: {
-        dataset: o.sim.dataset, partition: o.sim.partition, peers: n, index: i, seed: o.sim.seed,
-        testFraction: o.sim.testFraction, minSize: o.sim.minSize, standardize: o.sim.standardize, ...o.datasetOptions,
-      },
-      model: { body: o.sim.bodies[i % o.sim.bodies.length], featureDim: o.sim.featureDim, headHidden: o.sim.headHidden, sharedInit: o.sim.sharedInit },
-      train: { epochs: o.sim.epochs, batchSize: o.sim.batchSize, learningRate: o.sim.learningRate, optimizer: o.sim.optimizer },
-      dflmoe: { alpha: o.sim.alpha, gateHidden: o.sim.gateHidden, expertLrScale: o.sim.expertLrScale, fst: o.sim.fst, distill: o.sim.distill },
-      finetune: { epochs: o.sim.fineTuneEpochs },
-      fedrep: { headEpochs: o.sim.headEpochs },
-      rounds: o.sim.rounds,
-      round: { deadlineMs: o.deadlineMs ?? 60000, maxStaleness: o.sim.maxStaleness, ...(o.quorum !== undefined ? { quorum: o.quorum } : {}) },
-      limits: { maxHeadBytes: o.maxHeadBytes ?? 64 * 1024 * 1024 },
+      ...settings,
+      round: { ...settings.round, deadlineMs: o.deadlineMs ?? 60000, ...(o.quorum !== undefined ? { quorum: o.quorum } : {}) },
+      ...(o.maxHeadBytes !== undefined ? { limits: { maxHeadBytes: o.maxHeadBytes } } : {}),
       lingerMs: o.lingerMs ?? 3000,
       out: `site-${i}`,
     };
+    parsePeerConfig(cfg, s.config, o.dir);
     writeFileSync(s.config, JSON.stringify(cfg, null, 2) + '\n');
   });
   if (server) {
     const cfg = {
       name: 'server', algorithm: o.algorithm, key: 'server.key', listen: [addr(server)],
       clients: sites.map((m, j) => ({ peerId: m.peerId, addrs: [addr(m)], name: `site-${j}` })),
-      rounds: o.sim.rounds, round: { deadlineMs: o.deadlineMs ?? 60000 }, lingerMs: o.lingerMs ?? 3000, out: 'server',
+      rounds: o.sim.rounds, round: { deadlineMs: o.deadlineMs ?? 60000, ...(o.serverQuorum !== undefined ? { quorum: o.serverQuorum } : {}) },
+      lingerMs: o.lingerMs ?? 3000, out: 'server',
     };
+    parseServerConfig(cfg, server.config, o.dir);
     writeFileSync(server.config, JSON.stringify(cfg, null, 2) + '\n');
   }
   return { sites, server };
@@ -110,13 +110,14 @@ export function startProcess(args: string[], logFile?: string, env: NodeJS.Proce
     env: { ...process.env, DFLMOE_LOG_LEVEL: process.env.DFLMOE_LOG_LEVEL ?? 'info', ...env },
   });
   if (logFile) {
-    let buf = '';
-    const add = (d: Buffer) => {
-      buf += d.toString();
-      writeFileSync(logFile, buf);
-    };
-    child.stdout!.on('data', add);
-    child.stderr!.on('data', add);
+    // Appended as it comes (a restarted process adds to its log).
+    const out = createWriteStream(logFile, { flags: 'a' });
+    let open = 2;
+    const end = () => --open === 0 && out.end();
+    for (const s of [child.stdout!, child.stderr!]) {
+      s.on('data', (d: Buffer) => out.write(d));
+      s.once('end', end);
+    }
   } else {
     child.stdout!.resume();
     child.stderr!.resume();
@@ -153,7 +154,7 @@ export async function runConsortium(files: ConsortiumFiles, timeoutMs: number, o
     }
   }
   const codes = await Promise.all(procs.map((p) => waitExit(p.child, timeoutMs)));
-  const failed = procs.filter((_, i) => codes[i] !== 0).map((p, i) => `${p.name} (exit ${codes[i]})`);
+  const failed = procs.flatMap((p, i) => (codes[i] !== 0 ? [`${p.name} (exit ${codes[i] ?? 'killed'})`] : []));
   if (failed.length) throw new Error(`consortium processes failed: ${failed.join(', ')}; see the .log files in ${join(files.sites[0].out, '..')}`);
 }
 

@@ -1,12 +1,13 @@
 /**
- * Checkpoints of a dFLMoE site, written after every round so that a crash
- * loses at most the round in progress.
+ * Checkpoints of a site (every algorithm) and of the FedAvg server, written
+ * after every round so that a crash loses at most the round in progress.
  *
  * Layout: `<dir>/round-000007/` holding
  * - `body/model.json` + `body/weights.bin`: the body in the tfjs layers
  *   format, loadable by `tf.loadLayersModel` (and tfjs-node, Python converters);
- * - `state.bin`: own head, gate, FSTs, expert pool and optimizer state (our
- *   checked bundle format);
+ * - `state.bin`: dFLMoE: own head, gate, FSTs, expert pool and optimizer
+ *   state; other algorithms: every variable and optimizer state (our checked
+ *   bundle format); the FedAvg server: `global.bin`, its newest global model;
  * - `manifest.json`: round, sizes and SHA-256 of every file, and the caller's
  *   extra state. Written last.
  *
@@ -19,6 +20,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
+import type * as tfl from '@tensorflow/tfjs-layers';
 import { decodeBundle, encodeBundle } from './codec.js';
 import type { DflmoePeer, DflmoeStateMeta } from './algorithms/dflmoe.js';
 import type { Logger } from './log.js';
@@ -31,7 +33,8 @@ interface Manifest {
   round: number;
   createdAt: string;
   files: Record<string, { bytes: number; sha256: string }>;
-  state: DflmoeStateMeta;
+  /** What the writer needs to read its files back (for dFLMoE, `DflmoeStateMeta`). */
+  state: unknown;
   extra: Record<string, unknown>;
 }
 
@@ -39,6 +42,8 @@ export interface CheckpointWrite {
   path: string;
   bytes: number;
   seconds: number;
+  /** SHA-256 of the manifest, which holds the SHA-256 of every file: the checkpoint's digest. */
+  digest: string;
 }
 
 function writeFileSynced(path: string, data: Uint8Array | string): void {
@@ -65,37 +70,37 @@ function fsyncDir(path: string): void {
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const roundDir = (dir: string, round: number) => join(dir, `${PREFIX}${String(round).padStart(6, '0')}`);
 
-/** Write the checkpoint of `round` and keep the newest `keep` checkpoints (default 2). */
-export async function saveCheckpoint(dir: string, peer: DflmoePeer, round: number, extra: Record<string, unknown> = {}, keep = 2): Promise<CheckpointWrite> {
+/**
+ * Write the checkpoint of `round` from named files (`a/b.bin` makes a
+ * sub-directory) and a manifest holding `state` and `extra`, atomically,
+ * and keep the newest `keep` checkpoints. Every kind of site and the
+ * FedAvg server write theirs through this.
+ */
+export function writeCheckpoint(
+  dir: string, round: number, data: Record<string, Uint8Array | string>, state: unknown, extra: Record<string, unknown> = {}, keep = 2,
+): CheckpointWrite {
   const t0 = performance.now();
   mkdirSync(dir, { recursive: true });
   const final = roundDir(dir, round);
   const tmp = `${final}.tmp-${process.pid}`;
   rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(join(tmp, 'body'), { recursive: true });
+  mkdirSync(tmp, { recursive: true });
   const files: Manifest['files'] = {};
-  const put = (name: string, data: Uint8Array | string) => {
-    const buf = typeof data === 'string' ? Buffer.from(data) : data;
+  const subdirs = new Set<string>();
+  for (const [name, d] of Object.entries(data)) {
+    const buf = typeof d === 'string' ? Buffer.from(d) : d;
+    const slash = name.lastIndexOf('/');
+    if (slash > 0 && !subdirs.has(name.slice(0, slash))) {
+      subdirs.add(name.slice(0, slash));
+      mkdirSync(join(tmp, name.slice(0, slash)), { recursive: true });
+    }
     writeFileSynced(join(tmp, name), buf);
     files[name] = { bytes: buf.length, sha256: sha256(buf) };
-  };
-  // Body: standard tfjs layers artifacts (model.json + one weights file).
-  await peer.body.save(
-    tf.io.withSaveHandler(async (a) => {
-      const weights = new Uint8Array(a.weightData as ArrayBuffer);
-      put('body/weights.bin', weights);
-      put('body/model.json', JSON.stringify({
-        format: 'layers-model', generatedBy: 'dflmoe', convertedBy: null,
-        modelTopology: a.modelTopology, weightsManifest: [{ paths: ['weights.bin'], weights: a.weightSpecs }],
-      }));
-      return { modelArtifactsInfo: { dateSaved: new Date(), modelTopologyType: 'JSON' } };
-    }),
-  );
-  const { meta, tensors } = await peer.exportState();
-  put('state.bin', encodeBundle('model', { kind: 'dflmoe-state' }, tensors));
-  const manifest: Manifest = { format: FORMAT, round, createdAt: new Date().toISOString(), files, state: meta, extra };
-  writeFileSynced(join(tmp, 'manifest.json'), JSON.stringify(manifest, null, 1));
-  fsyncDir(join(tmp, 'body'));
+  }
+  const manifest: Manifest = { format: FORMAT, round, createdAt: new Date().toISOString(), files, state, extra };
+  const manifestText = JSON.stringify(manifest, null, 1);
+  writeFileSynced(join(tmp, 'manifest.json'), manifestText);
+  for (const d of subdirs) fsyncDir(join(tmp, d));
   fsyncDir(tmp);
   rmSync(final, { recursive: true, force: true });
   renameSync(tmp, final);
@@ -103,9 +108,35 @@ export async function saveCheckpoint(dir: string, peer: DflmoePeer, round: numbe
   // Prune old checkpoints (and stale temporaries from crashed writes).
   const rounds = listCheckpoints(dir);
   for (const r of rounds.slice(0, Math.max(0, rounds.length - keep))) rmSync(roundDir(dir, r), { recursive: true, force: true });
-  for (const name of readdirSync(dir)) if (name.includes('.tmp-') && name !== `${PREFIX}`) rmSync(join(dir, name), { recursive: true, force: true });
+  for (const name of readdirSync(dir)) if (name.includes('.tmp-')) rmSync(join(dir, name), { recursive: true, force: true });
   const bytes = Object.values(files).reduce((a, f) => a + f.bytes, 0);
-  return { path: final, bytes, seconds: (performance.now() - t0) / 1000 };
+  return { path: final, bytes, seconds: (performance.now() - t0) / 1000, digest: sha256(Buffer.from(manifestText)) };
+}
+
+/** A body's files in the tfjs layers format (`body/model.json` + `body/weights.bin`, loadable by `tf.loadLayersModel`). */
+export async function bodyFiles(body: tfl.LayersModel): Promise<Record<string, Uint8Array | string>> {
+  const out: Record<string, Uint8Array | string> = {};
+  await body.save(
+    tf.io.withSaveHandler(async (a) => {
+      out['body/weights.bin'] = new Uint8Array(a.weightData as ArrayBuffer);
+      out['body/model.json'] = JSON.stringify({
+        format: 'layers-model', generatedBy: 'dflmoe', convertedBy: null,
+        modelTopology: a.modelTopology, weightsManifest: [{ paths: ['weights.bin'], weights: a.weightSpecs }],
+      });
+      return { modelArtifactsInfo: { dateSaved: new Date(), modelTopologyType: 'JSON' } };
+    }),
+  );
+  return out;
+}
+
+/** Write the checkpoint of `round` and keep the newest `keep` checkpoints (default 2). */
+export async function saveCheckpoint(dir: string, peer: DflmoePeer, round: number, extra: Record<string, unknown> = {}, keep = 2): Promise<CheckpointWrite> {
+  const t0 = performance.now();
+  const files = await bodyFiles(peer.body);
+  const { meta, tensors } = await peer.exportState();
+  files['state.bin'] = encodeBundle('model', { kind: 'dflmoe-state' }, tensors);
+  const w = writeCheckpoint(dir, round, files, meta, extra, keep);
+  return { ...w, seconds: (performance.now() - t0) / 1000 };
 }
 
 /** Rounds that have a checkpoint directory, oldest first. */
@@ -118,12 +149,14 @@ export function listCheckpoints(dir: string): number[] {
 }
 
 /** Read and verify one checkpoint; throws an Error that says what is wrong. */
-function readVerified(path: string): { manifest: Manifest; read: (name: string) => Uint8Array } {
+function readVerified(path: string): VerifiedCheckpoint {
   const mf = join(path, 'manifest.json');
   if (!existsSync(mf)) throw new Error(`${path}: no manifest.json (incomplete checkpoint)`);
   let manifest: Manifest;
+  let text: Buffer;
   try {
-    manifest = JSON.parse(readFileSync(mf, 'utf8')) as Manifest;
+    text = readFileSync(mf);
+    manifest = JSON.parse(text.toString('utf8')) as Manifest;
   } catch (e) {
     throw new Error(`${mf} is not valid JSON (${(e as Error).message})`);
   }
@@ -137,7 +170,25 @@ function readVerified(path: string): { manifest: Manifest; read: (name: string) 
     if (sha256(b) !== f.sha256) throw new Error(`${p} does not match its checksum (corrupt)`);
     cache.set(name, new Uint8Array(b));
   }
-  return { manifest, read: (name) => cache.get(name)! };
+  return {
+    round: manifest.round, path, state: manifest.state, extra: manifest.extra, digest: sha256(text),
+    read: (name) => {
+      const b = cache.get(name);
+      if (!b) throw new Error(`${path}: the checkpoint has no ${name}`);
+      return b;
+    },
+  };
+}
+
+/** A checkpoint whose files match its manifest. */
+export interface VerifiedCheckpoint {
+  round: number;
+  path: string;
+  state: unknown;
+  extra: Record<string, unknown>;
+  /** SHA-256 of its manifest (which holds the SHA-256 of every file). */
+  digest: string;
+  read(name: string): Uint8Array;
 }
 
 export interface RestoredCheckpoint {
@@ -149,14 +200,17 @@ export interface RestoredCheckpoint {
 }
 
 /**
- * Restore the newest good checkpoint in `dir` into `peer` (built fresh from
- * the same config). Returns undefined when there is none.
+ * Try the checkpoints in `dir` newest first: each one that verifies is
+ * handed to `load`; the first that loads is returned. Damaged ones are
+ * reported and skipped. Undefined when there is none.
  */
-export async function restoreLatestCheckpoint(dir: string, peer: DflmoePeer, logger?: Logger): Promise<RestoredCheckpoint | undefined> {
+export async function restoreNewest<T>(
+  dir: string, load: (c: VerifiedCheckpoint) => Promise<T> | T, logger?: Logger,
+): Promise<{ value: T; checkpoint: VerifiedCheckpoint; skipped: RestoredCheckpoint['skipped'] } | undefined> {
   const skipped: RestoredCheckpoint['skipped'] = [];
   for (const round of listCheckpoints(dir).reverse()) {
     const path = roundDir(dir, round);
-    let v: ReturnType<typeof readVerified>;
+    let v: VerifiedCheckpoint;
     try {
       v = readVerified(path);
     } catch (e) {
@@ -165,20 +219,30 @@ export async function restoreLatestCheckpoint(dir: string, peer: DflmoePeer, log
       logger?.error(`checkpoint of round ${round} is damaged and will not be used: ${reason}`);
       continue;
     }
+    return { value: await load(v), checkpoint: v, skipped };
+  }
+  return undefined;
+}
+
+/**
+ * Restore the newest good checkpoint in `dir` into `peer` (built fresh from
+ * the same config). Returns undefined when there is none.
+ */
+export async function restoreLatestCheckpoint(dir: string, peer: DflmoePeer, logger?: Logger): Promise<RestoredCheckpoint | undefined> {
+  const r = await restoreNewest(dir, async (v) => {
     const model = JSON.parse(Buffer.from(v.read('body/model.json')).toString('utf8'));
     const specs = model.weightsManifest[0].weights as tf.io.WeightsManifestEntry[];
     const weights = tf.io.decodeWeights(v.read('body/weights.bin').slice().buffer, specs);
     const own = peer.body.weights;
-    if (own.length !== specs.length) throw new Error(`${path}: the saved body has ${specs.length} weights but this site's body has ${own.length}; was the model config changed?`);
+    if (own.length !== specs.length) throw new Error(`${v.path}: the saved body has ${specs.length} weights but this site's body has ${own.length}; was the model config changed?`);
     peer.body.setWeights(specs.map((s, i) => {
       const t = weights[s.name];
-      if (t.shape.join() !== own[i].shape.join()) throw new Error(`${path}: body weight ${s.name} has shape [${t.shape}], this body expects [${own[i].shape}]`);
+      if (t.shape.join() !== own[i].shape.join()) throw new Error(`${v.path}: body weight ${s.name} has shape [${t.shape}], this body expects [${own[i].shape}]`);
       return t;
     }));
     tf.dispose(Object.values(weights));
-    const state = decodeBundle(v.read("state.bin"), { maxBytes: 2 ** 31 });
-    await peer.importState(v.manifest.state, state.tensors);
-    return { round, path, extra: v.manifest.extra, skipped };
-  }
-  return undefined;
+    const state = decodeBundle(v.read('state.bin'), { maxBytes: 2 ** 31 });
+    await peer.importState(v.state as DflmoeStateMeta, state.tensors);
+  }, logger);
+  return r && { round: r.checkpoint.round, path: r.checkpoint.path, extra: r.checkpoint.extra, skipped: r.skipped };
 }

@@ -84,41 +84,149 @@ export function networkBytes(alg: Algorithm, recs: { bytesSent: number; bytesRec
 // ---------------------------------------------------------------- server side
 
 interface HeldUpload extends Upload {
+  from: string;
   rank: number;
   arch: string;
+  /** Architecture, tensor names and shapes: uploads are averaged only with uploads of the same layout. */
+  layout: string;
+}
+
+/** What the aggregator refused, or noted and accepted, for counters and logs. */
+export type UploadNote = 'samples-changed' | 'samples-clipped';
+
+export interface AggregatorOptions {
+  /** Largest upload accepted, in bytes. */
+  maxBytes: number;
+  /** Largest sample count a client may declare (claims above are clipped; default 2^31). */
+  maxSamples?: number;
+  /** A client's weight is clipped to this many times the median count of the round's uploads (default 10). */
+  maxSampleRatio?: number;
+}
+
+/** What a server keeps of its aggregator across restarts. */
+export interface AggregatorState {
+  layout?: string;
+  declared: Record<string, number>;
+}
+
+export const DEFAULT_MAX_SAMPLES = 2 ** 31;
+export const DEFAULT_MAX_SAMPLE_RATIO = 10;
+
+/** Architecture, tensor names and shapes (as JSON): two models can be averaged exactly when their layouts are equal. */
+export function modelLayout(arch: string, tensors: { name: string; shape: number[] }[]): string {
+  return JSON.stringify([arch, ...tensors.map((t) => `${t.name}:${t.shape.join('x')}`)]);
+}
+
+/**
+ * Bound sample counts before a weighted average: each is clipped to
+ * `ratio` times the median (so one client cannot own the average by what
+ * it claims), and to `max`.
+ */
+export function boundSampleCounts(counts: number[], ratio = DEFAULT_MAX_SAMPLE_RATIO, max = DEFAULT_MAX_SAMPLES): number[] {
+  const sorted = [...counts].sort((a, b) => a - b);
+  const median = sorted.length ? sorted[Math.floor((sorted.length - 1) / 2)] : 0;
+  const cap = Math.min(max, Math.max(1, Math.floor(ratio * median)));
+  return counts.map((c) => Math.min(c, cap));
 }
 
 /**
  * A server's round: validated uploads in, one aggregate out. Uploads are
- * untrusted: `accept` throws a `CodecError` for a bad one (the caller counts
- * and drops it). Shared by `MemoryServer` and the libp2p server.
+ * untrusted: `accept` throws a `CodecError` for a bad one (size, format,
+ * finite values, tensor names, kind; after the first round, a layout that
+ * differs from the consortium's), and the caller counts and drops it. In the
+ * first round the layout is not known yet: `finish` averages the layout that
+ * most uploads share and returns the others as refused, and that layout is
+ * the consortium's from then on. A client declares its sample count once
+ * (its first upload); counts are clipped (see `boundSampleCounts`). Shared by
+ * `MemoryServer` and the libp2p server.
  */
 export class RoundAggregator {
   private uploads = new Map<string, HeldUpload>();
+  private layout?: string;
+  private declared = new Map<string, number>();
+  private readonly maxSamples: number;
+  private readonly ratio: number;
 
-  constructor(private readonly combine: (ups: Upload[]) => NamedArray[], private readonly maxBytes: number) {}
+  constructor(private readonly combine: (ups: Upload[]) => NamedArray[], private readonly o: AggregatorOptions) {
+    this.maxSamples = o.maxSamples ?? DEFAULT_MAX_SAMPLES;
+    this.ratio = o.maxSampleRatio ?? DEFAULT_MAX_SAMPLE_RATIO;
+  }
 
   get size(): number {
     return this.uploads.size;
   }
 
-  accept(from: string, rank: number, samples: number, payload: Uint8Array): void {
-    const b = decodeBundle(payload, { maxBytes: this.maxBytes });
-    if (b.kind !== 'model' || typeof b.meta.arch !== 'string') throw new CodecError('kind', 'not a model');
-    if (!Number.isSafeInteger(samples) || samples < 1) throw new CodecError('header', 'sample count must be a positive integer');
-    const other = [...this.uploads].find(([k]) => k !== from)?.[1];
-    const sameShapes = (a: NamedArray[], c: NamedArray[]) => a.length === c.length && a.every((t, i) => t.shape.join() === c[i].shape.join());
-    if (other && (other.arch !== b.meta.arch || !sameShapes(other.weights, b.tensors))) throw new CodecError('mismatch', 'model differs from the other clients\'');
-    this.uploads.set(from, { rank, samples, arch: b.meta.arch, weights: b.tensors });
+  has(from: string): boolean {
+    return this.uploads.has(from);
   }
 
-  /** Combine the uploads (in rank order, so that sums are reproducible) into the bundle of `round`, and start afresh. */
-  finish(round: number): { global: Uint8Array; clients: number } {
-    const ups = [...this.uploads.values()].sort((a, b) => a.rank - b.rank);
-    if (ups.length === 0) throw new Error(`round ${round}: nothing to aggregate`);
-    this.uploads.clear();
-    return { global: encodeBundle('model', { arch: ups[0].arch, round }, this.combine(ups)), clients: ups.length };
+  /** Check and keep `from`'s upload of this round (replacing its earlier one); returns notes on its sample count. */
+  accept(from: string, rank: number, samples: number, payload: Uint8Array): UploadNote[] {
+    const b = decodeBundle(payload, { maxBytes: this.o.maxBytes });
+    if (b.kind !== 'model' || typeof b.meta.arch !== 'string') throw new CodecError('kind', 'not a model');
+    if (!Number.isSafeInteger(samples) || samples < 1) throw new CodecError('header', 'sample count must be a positive integer');
+    if (b.tensors.length === 0) throw new CodecError('shape', 'model has no tensors');
+    const names = new Set(b.tensors.map((t) => t.name));
+    if (names.size !== b.tensors.length || names.has('')) throw new CodecError('header', 'tensor names are empty or repeated');
+    const layout = modelLayout(b.meta.arch, b.tensors);
+    if (this.layout !== undefined && layout !== this.layout) {
+      throw new CodecError('mismatch', `model layout differs from the consortium's: ${describeLayoutDifference(this.layout, layout)}`);
+    }
+    const notes: UploadNote[] = [];
+    let declared = this.declared.get(from);
+    if (declared === undefined) {
+      declared = Math.min(samples, this.maxSamples);
+      if (declared < samples) notes.push('samples-clipped');
+      this.declared.set(from, declared);
+    } else if (samples !== declared) {
+      notes.push('samples-changed');
+    }
+    this.uploads.set(from, { from, rank, samples: declared, arch: b.meta.arch, layout, weights: b.tensors });
+    return notes;
   }
+
+  /**
+   * Combine the uploads of the consortium's layout (in rank order, so that
+   * sums are reproducible) into the bundle of `round`, and start afresh.
+   * `refused` lists the clients whose upload had another layout.
+   */
+  finish(round: number): { global: Uint8Array; clients: number; refused: string[]; clipped: string[] } {
+    const all = [...this.uploads.values()];
+    this.uploads.clear();
+    if (all.length === 0) throw new Error(`round ${round}: nothing to aggregate`);
+    let layout = this.layout;
+    if (layout === undefined) {
+      // The layout most uploads share (ties: the smallest rank among its uploads).
+      const votes = new Map<string, HeldUpload[]>();
+      for (const u of all) votes.set(u.layout, [...(votes.get(u.layout) ?? []), u]);
+      const minRank = (us: HeldUpload[]) => Math.min(...us.map((u) => u.rank));
+      layout = [...votes].sort(([, a], [, b]) => b.length - a.length || minRank(a) - minRank(b))[0][0];
+      this.layout = layout;
+    }
+    const ups = all.filter((u) => u.layout === layout).sort((a, b) => a.rank - b.rank || (a.from < b.from ? -1 : 1));
+    const bounded = boundSampleCounts(ups.map((u) => u.samples), this.ratio, this.maxSamples);
+    const clipped = ups.filter((u, i) => bounded[i] < u.samples).map((u) => u.from);
+    const global = encodeBundle('model', { arch: ups[0].arch, round }, this.combine(ups.map((u, i) => ({ weights: u.weights, samples: bounded[i] }))));
+    return { global, clients: ups.length, refused: all.filter((u) => u.layout !== layout).map((u) => u.from), clipped };
+  }
+
+  state(): AggregatorState {
+    return { ...(this.layout !== undefined ? { layout: this.layout } : {}), declared: Object.fromEntries(this.declared) };
+  }
+
+  restore(s: AggregatorState): void {
+    this.layout = s.layout;
+    this.declared = new Map(Object.entries(s.declared));
+  }
+}
+
+function describeLayoutDifference(want: string, got: string): string {
+  const [wa, ...w] = JSON.parse(want) as string[];
+  const [ga, ...g] = JSON.parse(got) as string[];
+  if (wa !== ga) return `architecture "${ga.slice(0, 120)}", expected "${wa}"`;
+  if (w.length !== g.length) return `${g.length} tensors, expected ${w.length}`;
+  const i = w.findIndex((x, k) => x !== g[k]);
+  return `tensor ${i} is ${g[i].slice(0, 120)}, expected ${w[i]}`;
 }
 
 /** In-process aggregation server: aggregates a round once all `clients` have uploaded. */
@@ -128,7 +236,7 @@ export class MemoryServer {
   private waiters = new Set<() => void>();
 
   constructor(private readonly clients: number, combine: (ups: Upload[]) => NamedArray[], maxBytes: number) {
-    this.agg = new RoundAggregator(combine, maxBytes);
+    this.agg = new RoundAggregator(combine, { maxBytes });
   }
 
   join(id: string, rank: number): ServerLink {

@@ -7,7 +7,18 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { multiaddr } from '@multiformats/multiaddr';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { z } from 'zod';
-import { ALGORITHMS, DEFAULT_ALGORITHM_OPTIONS, OPTIMIZERS, getAlgorithm, type AlgorithmName, type OptimizerKind } from '@dflmoe/core';
+import {
+  ALGORITHMS, DEFAULT_ALGORITHM_OPTIONS, DEFAULT_MAX_SAMPLE_RATIO, DEFAULT_MAX_SAMPLES, DEFAULT_SIMULATION, OPTIMIZERS, getAlgorithm, type AlgorithmName, type OptimizerKind, type SimulationConfig,
+} from '@dflmoe/core';
+import { loadIdentity } from './identity.js';
+
+/**
+ * Every default of a site's data, model, training and algorithm settings is
+ * the simulator's (`DEFAULT_SIMULATION`, `DEFAULT_ALGORITHM_OPTIONS`), so a
+ * site config means what the same options mean in `dflmoe simulate`.
+ */
+const D = DEFAULT_SIMULATION;
+const A = DEFAULT_ALGORITHM_OPTIONS;
 
 const addr = z.string().refine((s) => {
   try {
@@ -36,6 +47,11 @@ export const memberSchema = z.object({
   name: z.string().optional(),
 }).strict();
 
+const checkpointSchema = z.object({
+  enabled: z.boolean().default(true),
+  keep: posInt.default(2),
+}).strict().prefault({});
+
 export const peerConfigSchema = z.object({
   name: z.string().optional(),
   key: z.string(),
@@ -49,27 +65,27 @@ export const peerConfigSchema = z.object({
     partition: z.string().default('iid'),
     peers: posInt.default(1),
     index: z.number().int().min(0).default(0),
-    seed: z.number().int().default(1),
-    testFraction: z.number().gt(0).lt(1).default(0.2),
-    minSize: posInt.default(10),
+    seed: z.number().int().default(D.seed),
+    testFraction: z.number().gt(0).lt(1).default(D.testFraction),
+    minSize: posInt.default(D.minSize),
     maxSamples: posInt.optional(),
     dataDir: z.string().optional(),
     labelColumn: z.string().optional(),
-    standardize: z.enum(['global', 'local']).default('local'),
+    standardize: z.enum(['global', 'local']).default(D.standardize),
   }).strict(),
   model: z.object({
-    body: z.string().default('mlp'),
-    featureDim: posInt.default(64),
-    headHidden: z.array(posInt).default([]),
+    body: z.string().default(D.bodies[0]),
+    featureDim: posInt.default(D.featureDim),
+    headHidden: z.array(posInt).default(D.headHidden),
     /** Start from the consortium's shared initial model (seeded by data.seed and the body). */
-    sharedInit: z.boolean().default(true),
-  }).strict().default({ body: 'mlp', featureDim: 64, headHidden: [], sharedInit: true }),
+    sharedInit: z.boolean().default(D.sharedInit),
+  }).strict().prefault({}),
   train: z.object({
-    epochs: posInt.default(1),
-    batchSize: posInt.default(32),
-    learningRate: z.number().positive().default(1e-3),
+    epochs: posInt.default(D.epochs),
+    batchSize: posInt.default(D.batchSize),
+    learningRate: z.number().positive().default(D.learningRate),
     /** Local optimiser: adam, sgd, or momentum (SGD with momentum 0.9). */
-    optimizer: z.enum(OPTIMIZERS as [OptimizerKind, ...OptimizerKind[]]).default('adam'),
+    optimizer: z.enum(OPTIMIZERS as [OptimizerKind, ...OptimizerKind[]]).default(D.optimizer),
     /** DP-SGD: per-example (or per-microbatch) clipping and Gaussian noise. */
     dp: z.object({
       clipNorm: z.number().positive(),
@@ -77,38 +93,34 @@ export const peerConfigSchema = z.object({
       microbatches: posInt.optional(),
       delta: z.number().gt(0).lt(1).default(1e-5),
     }).strict().optional(),
-  }).strict().default({ epochs: 1, batchSize: 32, learningRate: 1e-3, optimizer: 'adam' }),
+  }).strict().prefault({}),
   dflmoe: z.object({
-    alpha: z.number().min(0).max(1).default(0.2),
-    gateHidden: posInt.default(32),
-    expertLrScale: z.number().positive().default(1),
+    alpha: z.number().min(0).max(1).default(D.alpha),
+    gateHidden: posInt.default(D.gateHidden),
+    expertLrScale: z.number().positive().default(D.expertLrScale),
     /** Refuse received heads scoring below this fraction of the own head's accuracy on local data. */
     admission: z.number().min(0).max(10).optional(),
     /** Form of each received expert's feature-space transform. */
-    fst: z.enum(['full', 'diag', 'none']).default('full'),
+    fst: z.enum(['full', 'diag', 'none']).default(D.fst),
     /** Weight of distilling the mixture into the own head (0: off). */
-    distill: z.number().min(0).default(0),
-  }).strict().default({ alpha: 0.2, gateHidden: 32, expertLrScale: 1, fst: 'full', distill: 0 }),
+    distill: z.number().min(0).default(D.distill),
+  }).strict().prefault({}),
   /** fedavg-ft: epochs of fine-tuning the global model before evaluating. */
-  finetune: z.object({ epochs: posInt.default(DEFAULT_ALGORITHM_OPTIONS.fineTuneEpochs) }).strict()
-    .default({ epochs: DEFAULT_ALGORITHM_OPTIONS.fineTuneEpochs }),
+  finetune: z.object({ epochs: posInt.default(D.fineTuneEpochs) }).strict().prefault({}),
   /** fedrep: head-only epochs (body frozen) before the body epochs. */
-  fedrep: z.object({ headEpochs: z.number().int().min(0).default(DEFAULT_ALGORITHM_OPTIONS.headEpochs) }).strict()
-    .default({ headEpochs: DEFAULT_ALGORITHM_OPTIONS.headEpochs }),
+  fedrep: z.object({ headEpochs: z.number().int().min(0).default(D.headEpochs) }).strict().prefault({}),
   rounds: posInt,
   round: z.object({
     deadlineMs: z.number().int().min(0).default(30000),
+    /** Fresh heads (models) from other members to wait for each round; default: all other members. */
     quorum: z.number().int().min(0).optional(),
-    maxStaleness: posInt.default(3),
-  }).strict().default({ deadlineMs: 30000, maxStaleness: 3 }),
+    maxStaleness: posInt.default(D.maxStaleness),
+  }).strict().prefault({}),
   limits: z.object({
-    maxHeadBytes: posInt.default(64 * 1024 * 1024),
-    maxModelBytes: posInt.default(512 * 1024 * 1024),
-  }).strict().default({ maxHeadBytes: 64 * 1024 * 1024, maxModelBytes: 512 * 1024 * 1024 }),
-  checkpoint: z.object({
-    enabled: z.boolean().default(true),
-    keep: posInt.default(2),
-  }).strict().default({ enabled: true, keep: 2 }),
+    maxHeadBytes: posInt.default(A.maxHeadBytes),
+    maxModelBytes: posInt.default(A.maxModelBytes),
+  }).strict().prefault({}),
+  checkpoint: checkpointSchema,
   /** After the last round, keep answering head requests this long. */
   lingerMs: z.number().int().min(0).default(3000),
   out: z.string(),
@@ -128,8 +140,21 @@ export const serverConfigSchema = z.object({
   round: z.object({
     deadlineMs: z.number().int().min(0).default(120000),
     quorum: z.number().int().min(1).optional(),
-  }).strict().default({ deadlineMs: 120000 }),
-  limits: z.object({ maxModelBytes: posInt.default(512 * 1024 * 1024) }).strict().default({ maxModelBytes: 512 * 1024 * 1024 }),
+  }).strict().prefault({}),
+  limits: z.object({
+    maxModelBytes: posInt.default(A.maxModelBytes),
+    /** Largest sample count a client may declare (larger claims are clipped). */
+    maxSamples: posInt.default(DEFAULT_MAX_SAMPLES),
+    /** A client's weight is clipped to this many times the median count of the round. */
+    maxSampleRatio: z.number().min(1).default(DEFAULT_MAX_SAMPLE_RATIO),
+  }).strict().prefault({}),
+  /** Bad uploads: `max` within `decayMs` block a client for `blockMs`. */
+  strikes: z.object({
+    max: posInt.default(5),
+    blockMs: z.number().int().min(0).default(60000),
+    decayMs: z.number().int().min(1).default(30000),
+  }).strict().prefault({}),
+  checkpoint: checkpointSchema,
   lingerMs: z.number().int().min(0).default(3000),
   out: z.string(),
 }).strict();
@@ -170,15 +195,85 @@ export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.
   if (getAlgorithm(c.algorithm).network === 'server' && !c.server) {
     throw new ConfigError(`config ${file}: server: required when algorithm is "${c.algorithm}" (the aggregation server's peerId and addrs)`);
   }
-  if (c.round.quorum !== undefined && c.round.quorum > c.members.length) {
-    throw new ConfigError(`config ${file}: round.quorum (${c.round.quorum}) exceeds the number of members (${c.members.length})`);
-  }
   c.key = rel(base, c.key)!;
+  // The members list usually names the site itself: the quorum counts the others.
+  if (existsSync(c.key)) checkQuorum(c, loadIdentity(c.key).peerId, file);
+  else if (c.round.quorum !== undefined && c.round.quorum > c.members.length) checkQuorum(c, '', file);
   c.out = rel(base, c.out)!;
   c.psk = rel(base, c.psk);
   c.data.dataDir = rel(base, c.data.dataDir);
   if (c.data.dataset.startsWith('csv:')) c.data.dataset = `csv:${rel(base, c.data.dataset.slice(4))}`;
   return c;
+}
+
+/** The members other than the site `selfId`. */
+export function otherMembers(c: PeerConfig, selfId: string): PeerConfig['members'] {
+  return c.members.filter((m) => m.peerId !== selfId);
+}
+
+/** Throws a ConfigError when `round.quorum` asks for more fresh heads than there are other members. */
+export function checkQuorum(c: PeerConfig, selfId: string, file = '<config>'): void {
+  const others = otherMembers(c, selfId).length;
+  if (c.round.quorum !== undefined && c.round.quorum > others) {
+    throw new ConfigError(
+      `config ${file}: round.quorum (${c.round.quorum}) exceeds the number of other members (${others}); every round would wait out its deadline`,
+    );
+  }
+}
+
+/** Simulation options that `siteSettings` carries into a site config. */
+const PER_SITE = [
+  'dataset', 'datasetOptions', 'peers', 'partition', 'seed', 'testFraction', 'minSize', 'standardize', 'bodies', 'featureDim', 'headHidden', 'sharedInit',
+  'epochs', 'batchSize', 'learningRate', 'optimizer', 'dp', 'alpha', 'gateHidden', 'expertLrScale', 'admission', 'fst', 'distill',
+  'fineTuneEpochs', 'headEpochs', 'maxStaleness', 'rounds',
+] as const;
+/** One consortium per algorithm. */
+const PER_CONSORTIUM = ['algorithms'] as const;
+/** Simulation-only experiments: a consortium of processes refuses them rather than ignore them. */
+const SIMULATION_ONLY: Partial<Record<keyof SimulationConfig, (s: SimulationConfig) => boolean>> = {
+  poisoned: (s) => s.poisoned > 0,
+  poisonKind: () => false,
+  trainPerSite: (s) => s.trainPerSite !== undefined,
+  featureShift: (s) => s.featureShift.length > 0,
+  evaluateOn: (s) => s.evaluateOn !== 'test',
+};
+
+/** Every simulation option, sorted by how a consortium of processes treats it (for tests). */
+export const SIMULATION_OPTION_KINDS = { perSite: PER_SITE, perConsortium: PER_CONSORTIUM, simulationOnly: Object.keys(SIMULATION_ONLY) };
+
+/**
+ * The data, model, training and algorithm sections of site `index`'s config
+ * for the simulation `sim`: what `dflmoe simulate --transport tcp` writes,
+ * so that a site process runs with the settings the in-memory simulator uses.
+ * Throws for simulation-only options that a site config cannot express.
+ */
+export function siteSettings(sim: SimulationConfig, index: number) {
+  for (const [k, used] of Object.entries(SIMULATION_ONLY)) {
+    if (used(sim)) throw new ConfigError(`${k} is a simulation-only option: run it with --transport memory`);
+  }
+  const o = sim.datasetOptions ?? {};
+  return {
+    data: {
+      dataset: sim.dataset, partition: sim.partition, peers: sim.peers, index, seed: sim.seed, testFraction: sim.testFraction, minSize: sim.minSize,
+      standardize: sim.standardize,
+      ...(o.maxSamples !== undefined ? { maxSamples: o.maxSamples } : {}),
+      ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}),
+      ...(o.labelColumn !== undefined ? { labelColumn: o.labelColumn } : {}),
+    },
+    model: { body: sim.bodies[index % sim.bodies.length], featureDim: sim.featureDim, headHidden: sim.headHidden, sharedInit: sim.sharedInit },
+    train: {
+      epochs: sim.epochs, batchSize: sim.batchSize, learningRate: sim.learningRate, optimizer: sim.optimizer,
+      ...(sim.dp ? { dp: sim.dp } : {}),
+    },
+    dflmoe: {
+      alpha: sim.alpha, gateHidden: sim.gateHidden, expertLrScale: sim.expertLrScale, fst: sim.fst, distill: sim.distill,
+      ...(sim.admission !== undefined ? { admission: sim.admission } : {}),
+    },
+    finetune: { epochs: sim.fineTuneEpochs },
+    fedrep: { headEpochs: sim.headEpochs },
+    rounds: sim.rounds,
+    round: { maxStaleness: sim.maxStaleness },
+  };
 }
 
 export function loadPeerConfig(file: string): PeerConfig {

@@ -5,45 +5,60 @@
  * uploads and aggregates are bodies only. Protocol `/dflmoe/fedavg/1.0.0`,
  * one stream per request:
  *
- * - UPLOAD: `FedAvgRequest{UPLOAD, round, samples, rank}` + model frame ->
- *   `FedAvgResponse{ok}`.
+ * - UPLOAD: `FedAvgRequest{UPLOAD, round, samples}` + model frame ->
+ *   `FedAvgResponse{ok, round}` (`round`: the server's current round).
  * - GET_GLOBAL: `FedAvgRequest{GET_GLOBAL, round}` -> the server answers
- *   once the global model of that round exists: `FedAvgResponse{ok,
- *   has_model}` + model frame.
+ *   once a global model of that round or a newer one exists: `FedAvgResponse{ok,
+ *   has_model}` + model frame; or at once with `need_upload` when it holds no
+ *   upload of that client for its current round (it restarted).
  *
  * The server aggregates a round when every client has uploaded, or at the
- * deadline with at least `quorum` uploads, in rank order (so the sum is the
- * same as in the in-memory simulator). Uploads are checked by
- * `RoundAggregator` (size, format, finite values, same architecture and
- * shapes as the others, positive sample count); bad ones are refused,
- * logged and counted.
+ * deadline with at least `quorum` uploads, in the order of its `clients`
+ * list (so the sum is the same as in the in-memory simulator). Uploads are
+ * checked by `RoundAggregator` (size, format, finite values, tensor names,
+ * one layout for the consortium, sample counts declared once and clipped);
+ * bad ones are refused, logged once per client and reason, counted, and are
+ * strikes against the client (`StrikeBook`). After every round the server
+ * writes a checkpoint (its newest global model and aggregator state) before
+ * it hands the global model out, and `dflmoe server` resumes from it.
+ * Clients retry through a server restart: they upload again when asked.
  */
-import { mkdirSync, appendFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Connection, Stream } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
-import { CodecError, RoundAggregator, getAlgorithm, type ExchangeStats, type Logger, type ServerLink } from '@dflmoe/core';
+import {
+  CodecError, RoundAggregator, getAlgorithm, listCheckpoints, restoreNewest, writeCheckpoint,
+  type AggregatorState, type ExchangeStats, type Logger, type ServerLink,
+} from '@dflmoe/core';
 import type { ServerConfig } from './config.js';
 import { readFrames, writeFrames } from './frames.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import { createSiteNode, type SiteNode } from './node.js';
 import { FedAvgRequest, FedAvgResponse } from './proto/messages.js';
-import { writeJsonAtomic } from './run-peer.js';
+import { readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
+import { StrikeBook } from './strikes.js';
 
 export const FEDAVG_PROTOCOL = '/dflmoe/fedavg/1.0.0';
 const WIRE_FORMAT = 1;
 const MAX_CONTROL = 4096;
+/** Extra deadlines the server waits for its quorum before it gives up. */
+const QUORUM_RETRIES = 5;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms).unref());
 
 /** The client side of the server protocol (`ServerLink`), for every server algorithm. */
 export class Libp2pServerLink implements ServerLink {
   private s: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0 };
   /** Seconds spent moving model bytes (upload, and download once the server answers). */
   transferSeconds = 0;
+  /** This round's upload, kept to send again if the server restarts before it aggregates. */
+  private last?: { round: number; payload: Uint8Array; samples: number };
 
   constructor(
     private node: SiteNode,
-    private o: { server: { peerId: string; addrs: string[] }; rank: number; maxModelBytes: number; logger: Logger; deadlineMs: number },
+    private o: { server: { peerId: string; addrs: string[] }; maxModelBytes: number; logger: Logger; deadlineMs: number },
   ) {}
 
   private signal(): AbortSignal {
@@ -52,52 +67,87 @@ export class Libp2pServerLink implements ServerLink {
 
   private async open(signal: AbortSignal): Promise<Stream> {
     const { peerId, addrs } = this.o.server;
-    // Keep trying until the deadline: the server may start after us or restart.
+    if (!this.node.getConnections().some((c) => c.remotePeer.toString() === peerId)) {
+      for (const a of addrs) {
+        try {
+          await this.node.dial(multiaddr(`${a}/p2p/${peerId}`), { signal: AbortSignal.any([signal, AbortSignal.timeout(3000)]) });
+          break;
+        } catch {
+          /* next address */
+        }
+      }
+    }
+    return this.node.dialProtocol(peerIdFromString(peerId), FEDAVG_PROTOCOL, { signal });
+  }
+
+  /** One request and its answer; transport failures (the server restarting, starting late) are retried until `signal`. */
+  private async call(frames: Uint8Array[], n: number, maxLen: number, signal: AbortSignal): Promise<{ res: FedAvgResponse; frames: Uint8Array[] }> {
     for (;;) {
       try {
-        if (!this.node.getConnections().some((c) => c.remotePeer.toString() === peerId)) {
-          for (const a of addrs) {
-            try {
-              await this.node.dial(multiaddr(`${a}/p2p/${peerId}`), { signal: AbortSignal.any([signal, AbortSignal.timeout(3000)]) });
-              break;
-            } catch {
-              /* next address */
-            }
-          }
-        }
-        return await this.node.dialProtocol(peerIdFromString(peerId), FEDAVG_PROTOCOL, { signal });
+        const stream = await this.open(signal);
+        stream.maxReadBufferLength = maxLen + MAX_CONTROL;
+        const [, got] = await Promise.all([writeFrames(stream, frames), readFrames(stream, n, maxLen, signal)]);
+        if (got.length === 0) throw new Error('no answer');
+        return { res: FedAvgResponse.decode(got[0]), frames: got };
       } catch (e) {
-        if (signal.aborted) throw new Error(`FedAvg server ${peerId} unreachable: ${(e as Error).message}`);
-        await new Promise((r) => setTimeout(r, 500));
+        if (signal.aborted) throw new Error(`FedAvg server ${this.o.server.peerId} unreachable: ${(e as Error).message}`);
+        this.o.logger.debug(`FedAvg request failed (${(e as Error).message}); retrying`);
+        await sleep(500);
       }
     }
   }
 
   async upload(round: number, payload: Uint8Array, samples: number): Promise<void> {
-    const signal = this.signal();
-    const t0 = performance.now();
-    const stream = await this.open(signal);
-    const req = FedAvgRequest.encode({ format: WIRE_FORMAT, kind: FedAvgRequest.Kind.UPLOAD, round: BigInt(round), samples: BigInt(samples), rank: this.o.rank });
-    const [, ack] = await Promise.all([writeFrames(stream, [req, payload]), readFrames(stream, 1, MAX_CONTROL, signal)]);
-    const a = FedAvgResponse.decode(ack[0] ?? new Uint8Array());
-    if (!a.ok) throw new Error(`server refused our upload for round ${round}: ${a.error}`);
-    this.s.bytesSent += payload.length;
-    this.s.messagesSent++;
-    this.transferSeconds += (performance.now() - t0) / 1000;
+    this.last = { round, payload, samples };
+    await this.sendUpload(this.signal());
+  }
+
+  private async sendUpload(signal: AbortSignal): Promise<void> {
+    const { round, payload, samples } = this.last!;
+    const req = FedAvgRequest.encode({ format: WIRE_FORMAT, kind: FedAvgRequest.Kind.UPLOAD, round: BigInt(round), samples: BigInt(samples), rank: 0 });
+    for (;;) {
+      const t0 = performance.now();
+      const { res } = await this.call([req, payload], 1, MAX_CONTROL, signal);
+      this.s.bytesSent += payload.length;
+      this.s.messagesSent++;
+      this.transferSeconds += (performance.now() - t0) / 1000;
+      if (res.ok) return;
+      const at = Number(res.round);
+      if (at > round) {
+        this.o.logger.info(`the server has moved on to round ${at}; skipping our upload of round ${round} and taking its newest global model`);
+        return;
+      }
+      if (at >= 1 && at < round) {
+        // The server is behind us (it restarted): it gets there once the others have uploaded.
+        await sleep(500);
+        if (signal.aborted) throw new Error(`the FedAvg server stayed at round ${at} while we are at round ${round}`);
+        continue;
+      }
+      throw new Error(`server refused our upload for round ${round}: ${res.error}`);
+    }
   }
 
   /** The server answers when the round is aggregated; the bytes are checked by the site. */
   async download(round: number): Promise<Uint8Array> {
     const signal = this.signal();
-    const stream = await this.open(signal);
-    stream.maxReadBufferLength = this.o.maxModelBytes + MAX_CONTROL;
-    const get = FedAvgRequest.encode({ format: WIRE_FORMAT, kind: FedAvgRequest.Kind.GET_GLOBAL, round: BigInt(round), samples: 0n, rank: this.o.rank });
-    const [, frames] = await Promise.all([writeFrames(stream, [get]), readFrames(stream, 2, this.o.maxModelBytes, signal)]);
-    const res = FedAvgResponse.decode(frames[0] ?? new Uint8Array());
-    if (!res.ok || !res.hasModel || !frames[1]) throw new Error(`server sent no global model for round ${round}: ${res.error}`);
-    this.s.bytesReceived += frames[1].length;
-    this.s.messagesReceived++;
-    return frames[1];
+    const get = FedAvgRequest.encode({ format: WIRE_FORMAT, kind: FedAvgRequest.Kind.GET_GLOBAL, round: BigInt(round), samples: 0n, rank: 0 });
+    for (;;) {
+      const t0 = performance.now();
+      const { res, frames } = await this.call([get], 2, this.o.maxModelBytes, signal);
+      if (res.ok && res.hasModel && frames[1]) {
+        this.transferSeconds += (performance.now() - t0) / 1000;
+        this.s.bytesReceived += frames[1].length;
+        this.s.messagesReceived++;
+        return frames[1];
+      }
+      if (res.needUpload && this.last && Number(res.round) === this.last.round) {
+        this.o.logger.info(`the server lost our upload of round ${this.last.round} (it restarted): uploading again`);
+        await this.sendUpload(signal);
+        continue;
+      }
+      if (signal.aborted) throw new Error(`server sent no global model for round ${round}: ${res.error}`);
+      await sleep(500);
+    }
   }
 
   stats(): ExchangeStats {
@@ -115,6 +165,15 @@ export interface ServerRoundLine {
   time: string;
 }
 
+/** What a server checkpoint holds besides its newest global model. */
+export interface ServerState {
+  kind: 'fedavg-server';
+  aggregator: AggregatorState;
+  dropped: Record<string, number>;
+  bytesIn: number;
+  bytesOut: number;
+}
+
 export class FedAvgServer {
   round = 1;
   private uploads: RoundAggregator;
@@ -123,18 +182,44 @@ export class FedAvgServer {
   readonly dropped: Record<string, number> = {};
   bytesIn = 0;
   bytesOut = 0;
-  private clientIds: Set<string>;
+  /** A client's rank is its place in the config's `clients` list (what it claims is ignored). */
+  private ranks: Map<string, number>;
+  private strikes: StrikeBook;
+  private logged = new Set<string>();
   private finished = false;
 
   constructor(private node: SiteNode, private cfg: ServerConfig, private log: Logger) {
-    this.clientIds = new Set(cfg.clients.map((c) => c.peerId));
+    this.ranks = new Map(cfg.clients.map((c, i) => [c.peerId, i]));
     const alg = getAlgorithm(cfg.algorithm);
     if (!alg.aggregate) throw new Error(`${alg.name} does not use a server`);
-    this.uploads = new RoundAggregator(alg.aggregate, cfg.limits.maxModelBytes);
+    this.uploads = new RoundAggregator(alg.aggregate, {
+      maxBytes: cfg.limits.maxModelBytes, maxSamples: cfg.limits.maxSamples, maxSampleRatio: cfg.limits.maxSampleRatio,
+    });
+    this.strikes = new StrikeBook({ maxStrikes: cfg.strikes.max, blockMs: cfg.strikes.blockMs, decayMs: cfg.strikes.decayMs });
   }
 
   async register(): Promise<void> {
     await this.node.handle(FEDAVG_PROTOCOL, (s, c) => this.serve(s, c), { maxInboundStreams: 256 });
+  }
+
+  /** Whether `peer` is refused for now because it kept sending bad uploads. */
+  isBlocked(peer: string): boolean {
+    return this.strikes.isBlocked(peer);
+  }
+
+  state(): ServerState {
+    return { kind: 'fedavg-server', aggregator: this.uploads.state(), dropped: { ...this.dropped }, bytesIn: this.bytesIn, bytesOut: this.bytesOut };
+  }
+
+  /** Continue after the checkpointed `round` whose global model is `global`. */
+  restore(round: number, s: ServerState, global: Uint8Array): void {
+    if (s?.kind !== 'fedavg-server') throw new Error('not a FedAvg server checkpoint');
+    this.uploads.restore(s.aggregator);
+    Object.assign(this.dropped, s.dropped);
+    this.bytesIn = s.bytesIn;
+    this.bytesOut = s.bytesOut;
+    this.globals.set(round, global);
+    this.round = round + 1;
   }
 
   private notify(): void {
@@ -157,51 +242,68 @@ export class FedAvgServer {
     });
   }
 
-  private drop(peer: string, reason: string): void {
+  /** Count `reason` from `peer`, log it once per (peer, reason); with `strike`, it counts against the peer. */
+  private drop(peer: string, reason: string, detail = '', strike = true): void {
     this.dropped[reason] = (this.dropped[reason] ?? 0) + 1;
-    this.log.warn(`dropped FedAvg traffic from ${peer}: ${reason}`);
+    const key = `${peer}:${reason}`;
+    if (!this.logged.has(key)) {
+      this.logged.add(key);
+      this.log.warn(`dropped FedAvg traffic from ${peer}: ${reason}${detail ? ` (${detail.slice(0, 300)})` : ''}`);
+    }
+    if (strike && this.ranks.has(peer) && this.strikes.strike(peer)) {
+      this.dropped['blocked'] = (this.dropped['blocked'] ?? 0) + 1;
+      this.log.warn(`client ${peer} keeps sending bad data: disconnected and refused for ${Math.round(this.strikes.blockMs / 1000)} s`);
+      void this.node.hangUp(peerIdFromString(peer)).catch(() => {});
+    }
   }
 
   private async serve(stream: Stream, conn: Connection): Promise<void> {
     const from = conn.remotePeer.toString();
     try {
-      if (!this.clientIds.has(from)) {
-        this.drop(from, 'not-a-client');
-        stream.abort(new Error('not a client'));
+      const rank = this.ranks.get(from);
+      if (rank === undefined || this.isBlocked(from)) {
+        if (rank === undefined) this.drop(from, 'not-a-client', '', false);
+        stream.abort(new Error('refused'));
         return;
       }
       stream.maxReadBufferLength = this.cfg.limits.maxModelBytes + MAX_CONTROL;
       const signal = AbortSignal.timeout(this.cfg.round.deadlineMs * 2 + 60000);
-      const duplexFrames = readFrames(stream, 2, this.cfg.limits.maxModelBytes, signal);
-      const frames = await duplexFrames;
+      const frames = await readFrames(stream, 2, this.cfg.limits.maxModelBytes, signal);
       let req: FedAvgRequest;
       try {
         req = FedAvgRequest.decode(frames[0] ?? new Uint8Array());
         if (req.format !== WIRE_FORMAT) throw new Error(`format ${req.format}`);
       } catch (e) {
-        this.drop(from, `bad-request: ${(e as Error).message}`);
+        this.drop(from, 'bad-request', (e as Error).message);
         stream.abort(new Error('bad request'));
         return;
       }
       const round = Number(req.round);
       const reply = (r: Partial<FedAvgResponse>, model?: Uint8Array) =>
-        writeFrames(stream, [FedAvgResponse.encode({ ok: false, round: BigInt(round), hasModel: false, finished: this.finished, error: '', ...r }), ...(model ? [model] : [])]);
+        writeFrames(stream, [FedAvgResponse.encode({ ok: false, round: BigInt(this.round), hasModel: false, finished: this.finished, error: '', ...r }), ...(model ? [model] : [])]);
       if (req.kind === FedAvgRequest.Kind.UPLOAD) {
         const body = frames[1];
+        // A client behind or ahead of us is not an offence (it restarted, or we did): it learns our round.
         if (round !== this.round) return void (await reply({ error: `server is at round ${this.round}, not ${round}` }));
-        if (!body) return void (await reply({ error: 'missing model' }));
+        if (!body) {
+          this.drop(from, 'missing-model');
+          return void (await reply({ error: 'missing model' }));
+        }
         try {
-          this.uploads.accept(from, req.rank, Number(req.samples), body);
+          for (const note of this.uploads.accept(from, rank, Number(req.samples), body)) this.drop(from, note, `claimed ${req.samples}`, false);
         } catch (e) {
-          this.drop(from, e instanceof CodecError ? e.reason : 'bad-model');
+          this.drop(from, e instanceof CodecError ? e.reason : 'bad-model', (e as Error).message);
           return void (await reply({ error: (e as Error).message }));
         }
         this.bytesIn += body.length;
         await reply({ ok: true });
         this.notify();
       } else {
-        // A client that missed a round (deadline) gets the newest global model instead.
-        const newest = () => [...this.globals.entries()].find(([r]) => r >= round)?.[1];
+        const newest = () => {
+          const rs = [...this.globals.keys()].filter((r) => r >= round);
+          return rs.length ? this.globals.get(Math.max(...rs)) : undefined;
+        };
+        if (!newest() && round === this.round && !this.uploads.has(from)) return void (await reply({ needUpload: true, error: `no upload of yours for round ${round}` }));
         const ok = await this.wait(() => newest() !== undefined, this.cfg.round.deadlineMs * 2 + 30000);
         const g = newest();
         if (!ok || !g) return void (await reply({ error: `no global model for round ${round}` }));
@@ -214,19 +316,36 @@ export class FedAvgServer {
     }
   }
 
-  /** Wait for this round's uploads (all clients, or the quorum at the deadline) and average them. */
-  async aggregate(): Promise<number> {
-    const all = this.clientIds.size;
-    const quorum = this.cfg.round.quorum ?? all;
+  /**
+   * Wait for this round's uploads (all clients, or the quorum at the
+   * deadline; a few more deadlines for the quorum before giving up) and
+   * average them, and move to the next round (uploads for this one are now
+   * late). The result is not handed out until `publish`.
+   */
+  async collect(): Promise<{ round: number; global: Uint8Array; clients: number }> {
+    const all = this.ranks.size;
+    const quorum = Math.max(1, this.cfg.round.quorum ?? all);
     await this.wait(() => this.uploads.size >= all, this.cfg.round.deadlineMs);
-    await this.wait(() => this.uploads.size >= quorum, this.cfg.round.deadlineMs);
-    if (this.uploads.size < Math.max(1, quorum)) throw new Error(`round ${this.round}: only ${this.uploads.size} of ${quorum} required uploads by the deadline`);
-    const { global, clients: n } = this.uploads.finish(this.round);
-    this.globals.delete(this.round - 2);
-    this.globals.set(this.round, global);
+    for (let k = 0; this.uploads.size < quorum && k < QUORUM_RETRIES; k++) {
+      this.log.warn(`round ${this.round}: ${this.uploads.size} of ${quorum} required uploads at the deadline; waiting another ${this.cfg.round.deadlineMs} ms`);
+      await this.wait(() => this.uploads.size >= quorum, this.cfg.round.deadlineMs);
+    }
+    if (this.uploads.size < quorum) {
+      throw new Error(`round ${this.round}: only ${this.uploads.size} of ${quorum} required uploads after ${QUORUM_RETRIES + 1} deadlines; giving up`);
+    }
+    const round = this.round;
+    const { global, clients, refused, clipped } = this.uploads.finish(round);
     this.round++;
+    for (const p of refused) this.drop(p, 'mismatch', 'its model layout differs from the one most clients share');
+    for (const p of clipped) this.drop(p, 'samples-clipped', 'weight clipped to the bound of this round', false);
+    return { round, global, clients };
+  }
+
+  /** Hand out the global model of `round` (clients waiting for it get it now). */
+  publish(round: number, global: Uint8Array): void {
+    this.globals.delete(round - 2);
+    this.globals.set(round, global);
     this.notify();
-    return n;
   }
 
   finish(): void {
@@ -234,34 +353,56 @@ export class FedAvgServer {
   }
 }
 
-/** `dflmoe server`: run a FedAvg server from its config. */
+/** `dflmoe server`: run a FedAvg server from its config (resuming from its newest checkpoint). */
 export async function runServer(cfg: ServerConfig, log: Logger): Promise<{ peerId: string; rounds: ServerRoundLine[]; bytesIn: number; bytesOut: number; wallSeconds: number }> {
   const t0 = performance.now();
   const id = loadIdentity(cfg.key);
   mkdirSync(cfg.out, { recursive: true });
   const metricsFile = join(cfg.out, 'metrics.jsonl');
-  writeFileSync(metricsFile, '');
+  const ckptDir = join(cfg.out, 'checkpoints');
+  let server: FedAvgServer | undefined;
   const node = await createSiteNode({
     privateKey: id.privateKey, listen: cfg.listen, allow: cfg.clients.map((c) => c.peerId), psk: cfg.psk ? loadPsk(cfg.psk) : undefined,
     onRefused: (p, d) => log.warn(`refused ${d} connection from non-client ${p}`),
+    isBlocked: (p) => server?.isBlocked(p) ?? false,
   });
-  const server = new FedAvgServer(node, cfg, log);
+  server = new FedAvgServer(node, cfg, log);
+  const rounds: ServerRoundLine[] = [];
+  const restored = cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0
+    ? await restoreNewest(ckptDir, (c) => server!.restore(c.round, c.state as ServerState, c.read('global.bin')), log)
+    : undefined;
+  if (restored) {
+    const r = restored.checkpoint.round;
+    const kept = readJsonLines<ServerRoundLine>(metricsFile).filter((l) => l.round <= r);
+    if (!kept.some((l) => l.round === r) && restored.checkpoint.extra.line) kept.push(restored.checkpoint.extra.line as ServerRoundLine);
+    writeJsonLinesAtomic(metricsFile, kept);
+    rounds.push(...kept);
+    log.info(`resumed from the checkpoint of round ${r} (${restored.checkpoint.path})`);
+  } else {
+    if (cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0) log.warn('no usable checkpoint: starting from round 1');
+    writeFileSync(metricsFile, '');
+  }
   await server.register();
   await node.start();
   log.info(`FedAvg server ${id.peerId} listening on ${node.getMultiaddrs().map(String).join(', ')}`);
-  const rounds: ServerRoundLine[] = [];
   try {
-    for (let r = 1; r <= cfg.rounds; r++) {
+    for (let r = server.round; r <= cfg.rounds; r++) {
       const rt = performance.now();
       const [bi, bo] = [server.bytesIn, server.bytesOut];
-      const n = await server.aggregate();
-      const line = { round: r, clients: n, bytesIn: server.bytesIn - bi, bytesOut: server.bytesOut - bo, seconds: (performance.now() - rt) / 1000, dropped: { ...server.dropped }, time: new Date().toISOString() };
+      const { global, clients: n } = await server.collect();
+      const line: ServerRoundLine = {
+        round: r, clients: n, bytesIn: server.bytesIn - bi, bytesOut: server.bytesOut - bo, seconds: (performance.now() - rt) / 1000,
+        dropped: { ...server.dropped }, time: new Date().toISOString(),
+      };
+      // Checkpoint first: a global model that a client has seen is never lost by a crash.
+      if (cfg.checkpoint.enabled) writeCheckpoint(ckptDir, r, { 'global.bin': global }, server.state(), { line }, cfg.checkpoint.keep);
+      server.publish(r, global);
       rounds.push(line);
       appendFileSync(metricsFile, JSON.stringify(line) + '\n');
       log.info(`round ${r}: averaged ${n} models`);
     }
     server.finish();
-    await new Promise((r) => setTimeout(r, cfg.lingerMs));
+    await sleep(cfg.lingerMs);
   } finally {
     await node.stop();
   }

@@ -8,12 +8,16 @@
  *   `/dflmoe/head/1.0.0` to the announcer and pulls it: a length-prefixed
  *   `HeadRequest`, answered by a `HeadResponse` and the head bytes, streamed
  *   with it-pipe under a size limit, then checked against the digest.
- * - On every new connection a peer pulls the other side's newest head, so a
- *   late joiner (or a restarted one) catches up without waiting for gossip.
+ * - On every new connection a peer asks the other side for a head newer
+ *   than the one it holds, so a late joiner (or a restarted one) catches up
+ *   without waiting for gossip, and a reconnect moves no head twice.
  *
  * Everything received is untrusted: unknown senders, bad protobufs, size
- * over the limit, digest mismatch and versions that do not move forward are
- * dropped, logged once per (peer, reason) and counted.
+ * over the limit, digest mismatch and a version older than the one asked
+ * for are dropped, logged once per (peer, reason), counted, and are strikes
+ * against the sender (`StrikeBook`: strikes decay, enough live ones block
+ * the member for a while). A head we already hold is not an offence: it is
+ * counted as `duplicate` and ignored.
  */
 import { createHash } from 'node:crypto';
 import type { Connection, PeerId, Stream } from '@libp2p/interface';
@@ -23,6 +27,7 @@ import { readFrames, writeFrames } from './frames.js';
 import { HeadInbox, type ExchangeStats, type HeadExchange, type HeadMessage, type Logger, type MembershipEvent } from '@dflmoe/core';
 import { Announce, HeadRequest, HeadResponse } from './proto/messages.js';
 import { dialMembers, type SiteNode } from './node.js';
+import { StrikeBook } from './strikes.js';
 
 export const HEAD_PROTOCOL = '/dflmoe/head/1.0.0';
 export const ANNOUNCE_TOPIC = '/dflmoe/announce/1';
@@ -50,13 +55,20 @@ export interface Libp2pExchangeOptions {
   heartbeatMs?: number;
   /** Give up on a head transfer after this long (default 60 s). */
   transferTimeoutMs?: number;
-  /** Bad messages from one member before it is disconnected (default 5)... */
+  /** Bad messages from one member (within `strikeDecayMs`) before it is disconnected (default 5)... */
   maxStrikes?: number;
   /** ...and refused for this long (default 60 s). */
   blockMs?: number;
+  /** A bad message counts against its sender for this long (default 30 s). */
+  strikeDecayMs?: number;
 }
 
-export type DropReason = 'blocked' | 'bad-head' | 'not-member' | 'bad-announce' | 'spoofed-announce' | 'too-large' | 'bad-response' | 'digest-mismatch' | 'transfer-failed' | 'old-version';
+export type DropReason =
+  | 'blocked' | 'bad-head' | 'not-member' | 'bad-announce' | 'spoofed-announce' | 'too-large' | 'bad-response' | 'digest-mismatch'
+  | 'transfer-failed' | 'old-version' | 'duplicate';
+
+/** Counted, but no offence: transfers cut by a restart, strangers (the gater refuses them), heads we already hold. */
+const NO_STRIKE: ReadonlySet<DropReason> = new Set<DropReason>(['transfer-failed', 'not-member', 'duplicate']);
 
 const sha256 = (b: Uint8Array): Uint8Array<ArrayBuffer> => new Uint8Array(createHash('sha256').update(b).digest());
 const equal = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((v, i) => v === b[i]);
@@ -89,7 +101,7 @@ export class Libp2pHeadExchange implements HeadExchange {
   private memberIds: Set<string>;
   private inbox = new HeadInbox();
   private latest?: { version: bigint; bytes: Uint8Array; digest: Uint8Array<ArrayBuffer> };
-  /** Highest version per peer that we hold or are fetching. */
+  /** Highest version per peer that we hold (set when a transfer of it succeeds). */
   private known = new Map<string, bigint>();
   private inflight = new Map<string, Promise<void>>();
   private listeners = new Set<(e: MembershipEvent) => void>();
@@ -112,6 +124,7 @@ export class Libp2pHeadExchange implements HeadExchange {
     this.protocol = o.protocol ?? HEAD_PROTOCOL;
     this.topic = o.topic ?? ANNOUNCE_TOPIC;
     this.memberIds = new Set(o.members.map((m) => m.peerId).filter((id) => id !== this.selfId));
+    this.strikes = new StrikeBook({ maxStrikes: o.maxStrikes, blockMs: o.blockMs, decayMs: o.strikeDecayMs });
   }
 
   /** Register the protocol handler and gossip subscription; call before `node.start()`. */
@@ -139,28 +152,17 @@ export class Libp2pHeadExchange implements HeadExchange {
     this.timer.unref();
   }
 
-  private strikes = new Map<string, number>();
-  private blockedUntil = new Map<string, number>();
+  private readonly strikes: StrikeBook;
 
   /** Whether `peer` is refused for now because it kept sending bad data. */
   isBlocked(peer: string): boolean {
-    const until = this.blockedUntil.get(peer);
-    if (until === undefined) return false;
-    if (Date.now() < until) return true;
-    this.blockedUntil.delete(peer);
-    return false;
+    return this.strikes.isBlocked(peer);
   }
 
   private strike(peer: string): void {
-    if (!this.memberIds.has(peer)) return;
-    const n = (this.strikes.get(peer) ?? 0) + 1;
-    this.strikes.set(peer, n);
-    if (n < (this.o.maxStrikes ?? 5)) return;
-    this.strikes.delete(peer);
-    const ms = this.o.blockMs ?? 60000;
-    this.blockedUntil.set(peer, Date.now() + ms);
+    if (!this.memberIds.has(peer) || !this.strikes.strike(peer)) return;
     this.dropped['blocked'] = (this.dropped['blocked'] ?? 0) + 1;
-    this.o.logger.warn(`member ${peer} keeps sending bad data: disconnected and refused for ${Math.round(ms / 1000)} s`);
+    this.o.logger.warn(`member ${peer} keeps sending bad data: disconnected and refused for ${Math.round(this.strikes.blockMs / 1000)} s`);
     void this.node.hangUp(peerIdFromString(peer)).catch(() => {});
   }
 
@@ -170,7 +172,7 @@ export class Libp2pHeadExchange implements HeadExchange {
 
   private drop(peer: string, reason: DropReason, detail = ''): void {
     this.dropped[reason] = (this.dropped[reason] ?? 0) + 1;
-    if (reason !== 'transfer-failed' && reason !== 'not-member') this.strike(peer);
+    if (!NO_STRIKE.has(reason)) this.strike(peer);
     const key = `${peer}:${reason}`;
     if (!this.logged.has(key)) {
       this.logged.add(key);
@@ -186,9 +188,9 @@ export class Libp2pHeadExchange implements HeadExchange {
     const id = peer.toString();
     if (!this.memberIds.has(id)) return;
     this.emit({ type: 'join', peer: id });
-    // Catch up with whatever the peer has now.
+    // Catch up with whatever the peer has that is newer than what we hold.
     this.asked.add(id);
-    this.fetch(id, 0n);
+    this.fetch(id, (this.known.get(id) ?? -1n) + 1n);
   }
 
   async settle(timeoutMs: number): Promise<void> {
@@ -246,7 +248,10 @@ export class Libp2pHeadExchange implements HeadExchange {
     if (!equal(d, res.digest) || (digest && res.version === minVersion && !equal(d, digest))) {
       return this.drop(peer, 'digest-mismatch');
     }
-    if (res.version < minVersion || res.version <= (this.known.get(peer) ?? -1n)) return this.drop(peer, 'old-version', `${res.version}`);
+    // Older than asked for: the peer announced or promised what it did not send.
+    if (res.version < minVersion) return this.drop(peer, 'old-version', `${res.version} < ${minVersion}`);
+    // Raced with another transfer of the same head: nothing wrong with it.
+    if (res.version <= (this.known.get(peer) ?? -1n)) return this.drop(peer, 'duplicate');
     this.known.set(peer, res.version);
     this.transferSeconds += (performance.now() - t0) / 1000;
     this.s.bytesReceived += body.length;

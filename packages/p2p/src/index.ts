@@ -6,5 +6,7 @@ export * from './head-exchange.js';
 export * from './frames.js';
 export * from './fedavg-net.js';
 export * from './run-peer.js';
+export * from './files.js';
+export * from './strikes.js';
 export { Announce, HeadRequest, HeadResponse, FedAvgRequest, FedAvgResponse } from './proto/messages.js';
 export * from './metrics.js';

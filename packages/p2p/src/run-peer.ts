@@ -2,19 +2,20 @@
  * `dflmoe peer`: run one site from its config file. Writes one JSON line per
  * round to `<out>/metrics.jsonl` and `<out>/results.json` at the end.
  */
-import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   DEFAULT_ALGORITHM_OPTIONS, getAlgorithm, initBackend, listCheckpoints, parseBodySpec, preparePeerData, disposePeerData, runSite, sharedInitSeed,
   type AlgorithmOptions, type Logger, type PeerData, type PeerModelOptions, type SiteNetwork, type SiteRoundRecord,
 } from '@dflmoe/core';
 import { deriveSeed, featureSize, pooledStandardizer, loadDataset, partition } from '@dflmoe/data';
-import type { PeerConfig } from './config.js';
+import { checkQuorum, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, Libp2pHeadExchange, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
 import { createSiteNode, type SiteNode } from './node.js';
 import { Libp2pServerLink } from './fedavg-net.js';
 import { PeerMetrics } from './metrics.js';
+import { readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
 
 export interface RoundLine {
   round: number;
@@ -57,12 +58,6 @@ export interface PeerRunResult {
   /** Peak resident set size of this process, MiB. */
   peakRssMiB: number;
   rounds: RoundLine[];
-}
-
-export function writeJsonAtomic(path: string, value: unknown): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, JSON.stringify(value, null, 2) + '\n');
-  renameSync(tmp, path);
 }
 
 /** The data a site trains on, built exactly as the simulator builds peer `index`. */
@@ -111,6 +106,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   const log = o.logger;
   const alg = getAlgorithm(cfg.algorithm);
   const id = loadIdentity(cfg.key);
+  checkQuorum(cfg, id.peerId);
   const backend = await initBackend({ logger: log });
   const data = sitePeerData(cfg);
   mkdirSync(cfg.out, { recursive: true });
@@ -130,7 +126,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const restored = checkpoint && listCheckpoints(ckptDir).length > 0 ? await checkpoint.restore(ckptDir, log) : undefined;
     if (restored) {
       startRound = restored.round + 1;
-      const kept = readMetrics(metricsFile).filter((l) => l.round <= restored.round);
+      const kept = readJsonLines<RoundLine>(metricsFile).filter((l) => l.round <= restored.round);
       // Put back the checkpoint's own round if the crash lost its line.
       if (!kept.some((l) => l.round === restored.round) && restored.extra.line) kept.push(restored.extra.line as RoundLine);
       writeJsonLinesAtomic(metricsFile, kept);
@@ -166,12 +162,12 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       log.info(`peer ${id.peerId} (${cfg.name ?? 'unnamed'}, ${alg.name}) listening on ${node.getMultiaddrs().map(String).join(', ')}`);
       exchange?.start();
       if (alg.network === 'server') {
-        server = new Libp2pServerLink(node, { server: cfg.server!, rank: cfg.data.index, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs });
+        server = new Libp2pServerLink(node, { server: cfg.server!, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs });
       }
     }
     const net: SiteNetwork = {
       exchange, server, logger: log,
-      quorum: cfg.round.quorum ?? cfg.members.filter((m) => m.peerId !== id.peerId).length,
+      quorum: cfg.round.quorum ?? otherMembers(cfg, id.peerId).length,
       deadlineMs: cfg.round.deadlineMs,
       transferSeconds: () => exchange?.transferSeconds ?? server?.transferSeconds ?? 0,
     };
@@ -237,26 +233,6 @@ function exportRound(prom: PeerMetrics, line: RoundLine): void {
   for (const [reason, n] of Object.entries(line.dropped)) prom.dropped.set({ reason }, n);
   for (const part of ['train', 'wait', 'network'] as const) prom.roundSeconds.set({ part }, line[`${part}Seconds`]);
   prom.roundSeconds.set({ part: 'total' }, line.seconds);
-}
-
-function readMetrics(file: string): RoundLine[] {
-  if (!existsSync(file)) return [];
-  const out: RoundLine[] = [];
-  for (const l of readFileSync(file, 'utf8').split('\n')) {
-    if (!l.trim()) continue;
-    try {
-      out.push(JSON.parse(l) as RoundLine);
-    } catch {
-      // A line cut by the crash: drop it.
-    }
-  }
-  return out;
-}
-
-function writeJsonLinesAtomic(path: string, lines: unknown[]): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, lines.map((l) => JSON.stringify(l) + '\n').join(''));
-  renameSync(tmp, path);
 }
 
 function prefixed(r: Record<string, number | undefined>, prefix: string): Record<string, number> {

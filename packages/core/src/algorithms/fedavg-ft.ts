@@ -10,7 +10,7 @@
 import type * as tf from '@tensorflow/tfjs-core';
 import { deriveSeed } from '@dflmoe/data';
 import type { Algorithm, AlgorithmOptions } from './api.js';
-import type { PeerEval, PeerModelOptions } from './common.js';
+import type { PeerEval, PeerModelOptions, SupervisedModel } from './common.js';
 import { FedAvgClient, FedAvgSite, federatedAverage, sharedModelSeed } from './fedavg.js';
 import { modelProbs } from './site.js';
 
@@ -23,6 +23,10 @@ export class FedAvgFtSite extends FedAvgSite {
     super(new FedAvgClient(init), o);
     const seed = deriveSeed(this.model.train.seed, 'finetune');
     this.tuned = new FedAvgClient({ ...init, train: { ...this.model.train, epochs: o.fineTuneEpochs, seed } });
+  }
+
+  protected override checkpointModels(): SupervisedModel[] {
+    return [this.model, this.tuned];
   }
 
   protected override afterGlobal(round: number): void {

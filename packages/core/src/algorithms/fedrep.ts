@@ -47,9 +47,20 @@ export class FedRepClient extends FedAvgClient {
     return trainEpochs(this.data, this.train, round, () => [{ optimizer: this.optimizer, vars: body }], (x, y) => crossEntropy(this.logits(x, true), y));
   }
 
+  /** The head's optimizer, kept across rounds (and in checkpoints). */
+  get headOptimizerState(): tf.Optimizer {
+    return this.headOptimizer;
+  }
+
   override dispose(): void {
     super.dispose();
     this.headOptimizer.dispose();
+  }
+}
+
+class FedRepSite extends FedAvgSite<FedRepClient> {
+  protected override checkpointOptimizers(): Record<string, tf.Optimizer> {
+    return { ...super.checkpointOptimizers(), head: this.model.headOptimizerState };
   }
 }
 
@@ -61,6 +72,6 @@ export const fedrep: Algorithm<'fedrep'> = {
   network: 'server',
   message: 'model',
   sameModel: true,
-  createSite: (base, o) => new FedAvgSite(new FedRepClient({ ...base, initSeed: sharedModelSeed(o.seed) }, o.headEpochs), o),
+  createSite: (base, o) => new FedRepSite(new FedRepClient({ ...base, initSeed: sharedModelSeed(o.seed) }, o.headEpochs), o),
   aggregate: federatedAverage,
 };

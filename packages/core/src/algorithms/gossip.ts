@@ -7,11 +7,14 @@
  * model it holds from each member, if received at most `maxStaleness`
  * rounds ago. Received models are untrusted: size, format, architecture,
  * shapes, finite values, sender and round are checked; a bad one is
- * counted, logged and dropped.
+ * counted, logged and dropped. A member's sample count (its weight in the
+ * average) is the one it declared first, clipped like a server clips it
+ * (`boundSampleCounts`): at most 10 times the median of the mix.
  */
 import { z } from 'zod';
 import { CodecError, type DecodeLimits, type NamedArray } from '../codec.js';
 import { absorbMessages } from '../exchange.js';
+import { boundSampleCounts } from '../rounds.js';
 import type { Algorithm, AlgorithmOptions, SiteNetwork, SiteRound } from './api.js';
 import type { PeerModelOptions } from './common.js';
 import { FedAvgClient, federatedAverage, sharedModelSeed } from './fedavg.js';
@@ -35,6 +38,8 @@ export type GossipTake = 'added' | 'replaced' | 'stale-version' | 'self' | 'send
 
 export class GossipSite extends ModelSite<FedAvgClient> {
   private held = new Map<string, Held>();
+  /** The sample count each member declared first; later claims do not change it. */
+  private declared = new Map<string, number>();
   private readonly limits: DecodeLimits;
   private readonly maxStaleness: number;
 
@@ -65,7 +70,9 @@ export class GossipSite extends ModelSite<FedAvgClient> {
       else if (m.data.round <= (this.held.get(from)?.round ?? 0)) r = 'stale-version';
       else {
         r = this.held.has(from) ? 'replaced' : 'added';
-        this.held.set(from, { round: m.data.round, receivedRound: round, samples: m.data.samples, weights });
+        if (!this.declared.has(from)) this.declared.set(from, m.data.samples);
+        else if (this.declared.get(from) !== m.data.samples) this.refuse('samples-changed');
+        this.held.set(from, { round: m.data.round, receivedRound: round, samples: this.declared.get(from)!, weights });
       }
     } catch (e) {
       if (!(e instanceof CodecError)) throw e;
@@ -87,7 +94,8 @@ export class GossipSite extends ModelSite<FedAvgClient> {
       { id: this.id, weights: this.model.getWeights(), samples: this.data.trainSamples },
       ...[...this.held].map(([id, h]) => ({ id, weights: h.weights, samples: h.samples })),
     ].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-    this.model.setWeights(federatedAverage(parts));
+    const bounded = boundSampleCounts(parts.map((p) => p.samples));
+    this.model.setWeights(federatedAverage(parts.map((p, i) => ({ weights: p.weights, samples: bounded[i] }))));
     return this.held.size;
   }
 

@@ -657,6 +657,7 @@ export interface FedAvgResponse {
   hasModel: boolean
   finished: boolean
   error: string
+  needUpload: boolean
 }
 
 export namespace FedAvgResponse {
@@ -694,6 +695,11 @@ export namespace FedAvgResponse {
           w.string(obj.error)
         }
 
+        if ((obj.needUpload != null && obj.needUpload !== false)) {
+          w.uint32(48)
+          w.bool(obj.needUpload)
+        }
+
         if (opts.lengthDelimited !== false) {
           w.ldelim()
         }
@@ -703,7 +709,8 @@ export namespace FedAvgResponse {
           round: 0n,
           hasModel: false,
           finished: false,
-          error: ''
+          error: '',
+          needUpload: false
         }
 
         const end = length == null ? reader.len : reader.pos + length
@@ -730,6 +737,10 @@ export namespace FedAvgResponse {
             }
             case 5: {
               obj.error = reader.string()
+              break
+            }
+            case 6: {
+              obj.needUpload = reader.bool()
               break
             }
             default: {
@@ -782,6 +793,13 @@ export namespace FedAvgResponse {
               }
               break
             }
+            case 6: {
+              yield {
+                field: `${prefix}.needUpload`,
+                value: reader.bool()
+              }
+              break
+            }
             default: {
               reader.skipType(tag & 7)
               break
@@ -819,6 +837,11 @@ export namespace FedAvgResponse {
     value: string
   }
 
+  export interface FedAvgResponseNeedUploadFieldEvent {
+    field: '$.needUpload'
+    value: boolean
+  }
+
   export function encode (obj: Partial<FedAvgResponse>): Uint8Array<ArrayBuffer> {
     return encodeMessage(obj, FedAvgResponse.codec())
   }
@@ -827,7 +850,7 @@ export namespace FedAvgResponse {
     return decodeMessage(buf, FedAvgResponse.codec(), opts)
   }
 
-  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<FedAvgResponse>): Generator<FedAvgResponseOkFieldEvent | FedAvgResponseRoundFieldEvent | FedAvgResponseHasModelFieldEvent | FedAvgResponseFinishedFieldEvent | FedAvgResponseErrorFieldEvent> {
+  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<FedAvgResponse>): Generator<FedAvgResponseOkFieldEvent | FedAvgResponseRoundFieldEvent | FedAvgResponseHasModelFieldEvent | FedAvgResponseFinishedFieldEvent | FedAvgResponseErrorFieldEvent | FedAvgResponseNeedUploadFieldEvent> {
     return streamMessage(buf, FedAvgResponse.codec(), opts)
   }
 }
