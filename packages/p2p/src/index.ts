@@ -10,3 +10,4 @@ export * from './files.js';
 export * from './strikes.js';
 export { Announce, HeadRequest, HeadResponse, FedAvgRequest, FedAvgResponse } from './proto/messages.js';
 export * from './metrics.js';
+export * from './preprocess.js';

@@ -1,0 +1,323 @@
+/**
+ * Federated preprocessing over libp2p, before round 1: the members agree on
+ * the label set, the feature schema (columns, category vocabularies, sample
+ * shape) and standardization statistics pooled from per-site counts, sums
+ * and sums of squares. No row leaves a site: only its `SiteStatement` (its
+ * `LocalSummary` and the label set it declares) does.
+ *
+ * Each member serves its statement on `/dflmoe/preprocess/1.0.0`: a
+ * length-prefixed JSON request `{format}` is answered by one length-prefixed
+ * JSON frame `{format, statement, agreedSites?}`; `agreedSites` is set once
+ * the member has agreed. A member pulls every other member's statement
+ * (retrying until all arrive or the deadline passes), then every member
+ * computes the same agreement from the same statements
+ * (`reconcileStatements`). A member that finds the others already agreed
+ * (it started late, or restarted) adopts the sites they merged. Statements
+ * are keyed by peer ID, which the transport authenticates.
+ *
+ * Everything received is untrusted: a response over the size limit, not
+ * JSON, not matching the schema (zod), failing `validateSummary`, or naming
+ * another sender is dropped, logged once per (member, reason) and counted.
+ */
+import type { Connection, Stream } from '@libp2p/interface';
+import { multiaddr } from '@multiformats/multiaddr';
+import { z } from 'zod';
+import type { Logger } from '@dflmoe/core';
+import { DataError, reconcileStatements, validateSummary, type AgreedSchema, type SiteStatement } from '@dflmoe/data';
+import { readFrames, writeFrames } from './frames.js';
+import type { SiteNode } from './node.js';
+
+export const PREPROCESS_PROTOCOL = '/dflmoe/preprocess/1.0.0';
+const FORMAT = 1;
+const MAX_REQUEST = 1024;
+
+const finite = z.number().refine(Number.isFinite, 'not a finite number');
+const count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+const name = z.string().max(4096);
+const names = z.array(name);
+const column = z.discriminatedUnion('kind', [
+  z.object({ name: name.min(1), kind: z.literal('numeric'), impute: finite, indicator: z.boolean() }).strict(),
+  z.object({ name: name.min(1), kind: z.literal('categorical'), categories: names }).strict(),
+]);
+const featureSchema = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('table'), labelColumn: name, classNames: names, columns: z.array(column) }).strict(),
+  z.object({ kind: z.literal('tensor'), classNames: names, shape: z.array(z.number().int().min(1).max(1 << 20)).min(1).max(8) }).strict(),
+]);
+
+/** A `LocalSummary` as it must arrive (the structure; `validateSummary` checks that its parts fit together). */
+export const localSummarySchema = z.object({
+  version: z.literal(1),
+  site: z.string().min(1).max(256),
+  numRows: count,
+  schema: featureSchema,
+  labelCounts: z.array(count),
+  featureNames: names,
+  stats: z.object({ count: z.array(count), missing: z.array(count), sum: z.array(finite), sumSq: z.array(finite) }).strict(),
+}).strict();
+
+const statementSchema = z.object({ summary: localSummarySchema, declaredClasses: names.min(1).optional() }).strict();
+const responseSchema = z.object({
+  format: z.literal(FORMAT),
+  statement: statementSchema,
+  agreedSites: z.array(z.string().min(1).max(256)).max(100000).optional(),
+}).strict();
+const requestSchema = z.object({ format: z.literal(FORMAT) }).strict();
+
+export type PreprocessDrop = 'not-member' | 'too-large' | 'bad-json' | 'bad-schema' | 'invalid-summary' | 'sender-mismatch' | 'transfer-failed';
+
+/**
+ * Check a response received from `from` (its authenticated peer ID): the
+ * statement, and the sites it agreed on (if it has), or the reason to drop it.
+ */
+export function checkPreprocessResponse(bytes: Uint8Array, from: string):
+  { statement: SiteStatement; agreedSites?: string[] } | { reason: PreprocessDrop; detail: string } {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch (e) {
+    return { reason: 'bad-json', detail: (e as Error).message.slice(0, 200) };
+  }
+  const r = responseSchema.safeParse(raw);
+  if (!r.success) {
+    const i = r.error.issues[0];
+    return { reason: 'bad-schema', detail: `${i.path.join('.') || '(top level)'}: ${i.message}`.slice(0, 300) };
+  }
+  const st = r.data.statement as SiteStatement;
+  try {
+    validateSummary(st.summary);
+  } catch (e) {
+    return { reason: 'invalid-summary', detail: (e as Error).message.slice(0, 300) };
+  }
+  if (st.summary.site !== from) return { reason: 'sender-mismatch', detail: `summary names site ${st.summary.site.slice(0, 80)}` };
+  return { statement: st, ...(r.data.agreedSites ? { agreedSites: r.data.agreedSites } : {}) };
+}
+
+export interface PreprocessMember {
+  peerId: string;
+  addrs: string[];
+  name?: string;
+}
+
+export interface PreprocessOptions {
+  members: PreprocessMember[];
+  /** This site's statement; its summary's `site` must be this node's peer ID. */
+  statement: SiteStatement;
+  /** Wait at most this long for the other members' statements (ms). */
+  deadlineMs: number;
+  /** Largest response accepted, bytes. */
+  maxBytes: number;
+  logger: Logger;
+  /** Give up on one request after this long (default 10 s, bounded by the deadline). */
+  requestTimeoutMs?: number;
+  /** Pause between attempts at members not yet heard from (default 250 ms). */
+  retryMs?: number;
+}
+
+export interface Agreement {
+  agreed: AgreedSchema;
+  /** Peer IDs whose statements were merged, sorted. */
+  included: string[];
+  /** Members left out because their schema cannot be reconciled, with the reason. */
+  excluded: { peer: string; reason: string }[];
+  /** Members not heard from before the deadline. */
+  missing: string[];
+  /** True when the others had agreed already and this site took their agreement (its own statistics are not in it). */
+  adopted: boolean;
+  warnings: string[];
+  seconds: number;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref());
+}
+
+/** The preprocessing protocol of one site: serves its statement and gathers the others'. */
+export class SchemaAgreement {
+  private readonly selfId: string;
+  private readonly others: PreprocessMember[];
+  private readonly memberIds: Set<string>;
+  private agreedSites?: string[];
+  private logged = new Set<string>();
+  readonly dropped: Partial<Record<PreprocessDrop, number>> = {};
+  private readonly names: Map<string, string>;
+
+  constructor(private readonly node: SiteNode, private readonly o: PreprocessOptions) {
+    this.selfId = node.peerId.toString();
+    if (o.statement.summary.site !== this.selfId) throw new Error(`the statement names site ${o.statement.summary.site}, not this node ${this.selfId}`);
+    this.others = o.members.filter((m) => m.peerId !== this.selfId);
+    this.memberIds = new Set(this.others.map((m) => m.peerId));
+    this.names = new Map(o.members.filter((m) => m.name).map((m) => [m.peerId, m.name!]));
+  }
+
+  /** Register the protocol handler (before or after `node.start()`). */
+  async register(): Promise<void> {
+    await this.node.handle(PREPROCESS_PROTOCOL, (stream, connection) => this.serve(stream, connection), { maxInboundStreams: 32 });
+  }
+
+  /** Serve an agreement reached earlier (a restarted site), without gathering again. */
+  useAgreed(sites: string[]): void {
+    this.agreedSites = [...sites].sort();
+  }
+
+  private drop(peer: string, reason: PreprocessDrop, detail: string): void {
+    this.dropped[reason] = (this.dropped[reason] ?? 0) + 1;
+    const key = `${peer}:${reason}`;
+    if (this.logged.has(key)) return;
+    this.logged.add(key);
+    this.o.logger.warn(`preprocessing: dropped input from ${this.label(peer)}: ${reason} (${detail})`);
+  }
+
+  /** A member's name (or its peer ID). */
+  label(peer: string): string {
+    return this.names.get(peer) ?? peer;
+  }
+
+  /** Member names in place of peer IDs, for messages. */
+  private named(text: string): string {
+    let out = text;
+    for (const [id, n] of this.names) out = out.split(id).join(n);
+    return out;
+  }
+
+  private async serve(stream: Stream, connection: Connection): Promise<void> {
+    const from = connection.remotePeer.toString();
+    try {
+      if (!this.memberIds.has(from)) {
+        this.drop(from, 'not-member', 'asked for our statement');
+        stream.abort(new Error('not a member'));
+        return;
+      }
+      const [req] = await readFrames(stream, 1, MAX_REQUEST, AbortSignal.timeout(10000));
+      let ok = false;
+      try {
+        ok = requestSchema.safeParse(JSON.parse(Buffer.from(req ?? new Uint8Array()).toString('utf8'))).success;
+      } catch {
+        ok = false;
+      }
+      if (!ok) {
+        this.drop(from, 'bad-json', 'bad request');
+        stream.abort(new Error('bad request'));
+        return;
+      }
+      const body = { format: FORMAT, statement: this.o.statement, ...(this.agreedSites ? { agreedSites: this.agreedSites } : {}) };
+      await writeFrames(stream, [Buffer.from(JSON.stringify(body), 'utf8')]);
+    } catch (e) {
+      this.o.logger.debug(`preprocessing: serving ${this.label(from)} failed: ${(e as Error).message}`);
+      stream.abort(e as Error);
+    }
+  }
+
+  /** Ask one member for its statement; undefined when it cannot be reached or sent bad data (counted). */
+  private async ask(m: PreprocessMember, timeoutMs: number): Promise<{ statement: SiteStatement; agreedSites?: string[] } | undefined> {
+    const signal = AbortSignal.timeout(Math.max(1, timeoutMs));
+    let lastError = 'no address';
+    for (const a of m.addrs) {
+      let stream: Stream;
+      try {
+        stream = await this.node.dialProtocol(multiaddr(`${a}/p2p/${m.peerId}`), PREPROCESS_PROTOCOL, { signal });
+      } catch (e) {
+        lastError = (e as Error).message;
+        continue;
+      }
+      let frames: Uint8Array[];
+      try {
+        stream.maxReadBufferLength = this.o.maxBytes + 64;
+        [, frames] = await Promise.all([
+          writeFrames(stream, [Buffer.from(JSON.stringify({ format: FORMAT }), 'utf8')]),
+          readFrames(stream, 1, this.o.maxBytes, signal),
+        ]);
+      } catch (e) {
+        const msg = (e as Error).message;
+        if ((e as Error).name.startsWith('InvalidDataLength')) this.drop(m.peerId, 'too-large', `over ${this.o.maxBytes} bytes`);
+        else this.drop(m.peerId, 'transfer-failed', msg.slice(0, 200));
+        stream.abort(e as Error);
+        return undefined;
+      }
+      if (frames.length === 0) {
+        this.drop(m.peerId, 'transfer-failed', 'no response');
+        return undefined;
+      }
+      const r = checkPreprocessResponse(frames[0], m.peerId);
+      if ('reason' in r) {
+        this.drop(m.peerId, r.reason, r.detail);
+        return undefined;
+      }
+      return r;
+    }
+    this.o.logger.debug(`preprocessing: ${this.label(m.peerId)} not reachable yet (${lastError})`);
+    return undefined;
+  }
+
+  /**
+   * Gather the members' statements (bounded by the deadline) and agree.
+   * Throws a DataError naming the columns or classes when this site's own
+   * schema cannot be reconciled with the others'.
+   */
+  async agree(): Promise<Agreement> {
+    const t0 = performance.now();
+    const end = Date.now() + this.o.deadlineMs;
+    const left = () => Math.max(0, end - Date.now());
+    const got = new Map<string, SiteStatement>([[this.selfId, this.o.statement]]);
+    const agreedBy = new Map<string, string[]>();
+    const take = (m: PreprocessMember, r: Awaited<ReturnType<SchemaAgreement['ask']>>) => {
+      if (!r) return;
+      got.set(m.peerId, r.statement);
+      if (r.agreedSites) agreedBy.set(m.peerId, r.agreedSites);
+    };
+    const timeout = () => Math.min(this.o.requestTimeoutMs ?? 10000, left());
+    for (;;) {
+      const missing = this.others.filter((m) => !got.has(m.peerId));
+      if (missing.length === 0 || left() === 0) break;
+      await Promise.all(missing.map(async (m) => take(m, await this.ask(m, timeout()))));
+      if (this.others.some((m) => !got.has(m.peerId)) && left() > 0) await delay(Math.min(this.o.retryMs ?? 250, left()));
+    }
+    // Someone may have agreed meanwhile (without us, if we came late): ask once more.
+    if (agreedBy.size === 0) {
+      await Promise.all(this.others.filter((m) => got.has(m.peerId)).map(async (m) => take(m, await this.ask(m, Math.min(5000, Math.max(1000, timeout()))))));
+    }
+    const missing = this.others.filter((m) => !got.has(m.peerId)).map((m) => m.peerId);
+    let adopted = false;
+    let pool = [...got.values()];
+    if (agreedBy.size > 0) {
+      // The others agreed already: take the sites they merged (the smallest peer ID's word when they differ).
+      const first = [...agreedBy.keys()].sort()[0];
+      const sites = agreedBy.get(first)!;
+      const absent = sites.filter((s) => !got.has(s));
+      if (absent.length > 0) {
+        throw new DataError(
+          `the other members agreed on a schema from sites ${absent.map((s) => this.label(s)).join(', ')} whose statements this site could not fetch; ` +
+            'start it again when they are reachable',
+        );
+      }
+      pool = sites.map((s) => got.get(s)!);
+      adopted = !sites.includes(this.selfId);
+    }
+    let r;
+    try {
+      r = reconcileStatements(pool);
+    } catch (e) {
+      throw e instanceof DataError ? new DataError(this.named(e.message)) : e;
+    }
+    const excluded = r.excluded.map((x) => ({ peer: x.site, reason: this.named(x.reason) }));
+    // Statements outside an agreement taken from the others (ours, if we came late): those that do not fit it are left out.
+    for (const st of got.values()) {
+      if (pool.includes(st)) continue;
+      const why = reconcileStatements([...pool, st]).excluded.find((x) => x.site === st.summary.site);
+      if (why) excluded.push({ peer: st.summary.site, reason: this.named(why.reason) });
+    }
+    const self = excluded.find((x) => x.peer === this.selfId);
+    if (self) throw new DataError(`this site's data cannot join the consortium: ${self.reason}`);
+    for (const x of excluded) this.o.logger.warn(`preprocessing: left out ${this.label(x.peer)}: ${x.reason}`);
+    if (missing.length > 0) {
+      this.o.logger.warn(`preprocessing: no statement from ${missing.map((p) => this.label(p)).join(', ')} within ${Math.round(this.o.deadlineMs / 1000)} s; agreeing without them`);
+    }
+    const warnings = r.warnings.map((w) => this.named(w));
+    for (const w of warnings) this.o.logger.warn(`preprocessing: ${w}`);
+    this.agreedSites = r.included;
+    return { agreed: r.agreed, included: r.included, excluded, missing, adopted, warnings, seconds: (performance.now() - t0) / 1000 };
+  }
+
+  async close(): Promise<void> {
+    await this.node.unhandle(PREPROCESS_PROTOCOL).catch(() => {});
+  }
+}

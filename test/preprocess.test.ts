@@ -1,0 +1,145 @@
+/**
+ * Federated preprocessing over libp2p on 127.0.0.1: members agree on one
+ * schema and pooled statistics from summaries only; a member whose schema
+ * does not fit is told why and the others go on; bad input is dropped and
+ * counted. Every wait is bounded.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { silentLogger, type Logger } from '@dflmoe/core';
+import {
+  fitStandardizer, loadDataset, loadSiteData, reconcileStatements, siteStatement, type SiteDataSpec, type SiteStatement,
+} from '@dflmoe/data';
+import {
+  PREPROCESS_PROTOCOL, SchemaAgreement, createSiteNode, generateIdentity, readFrames, writeFrames, type SiteNode,
+} from '@dflmoe/p2p';
+import { PATIENT_HEADER, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
+
+interface Net {
+  nodes: SiteNode[];
+  ids: string[];
+  members: { peerId: string; addrs: string[]; name: string }[];
+}
+
+async function network(n: number): Promise<Net> {
+  const keys = await Promise.all(Array.from({ length: n }, () => generateIdentity()));
+  const ids = keys.map((k) => k.peerId);
+  const nodes = await Promise.all(keys.map((k) => createSiteNode({ privateKey: k.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow: ids })));
+  for (const node of nodes) await node.start();
+  const members = nodes.map((node, i) => ({ peerId: ids[i], addrs: node.getMultiaddrs().map((a) => a.decapsulateCode(421).toString()), name: `hospital-${i}` }));
+  return { nodes, ids, members };
+}
+
+/** A statement under this node's peer ID. */
+const as = (st: SiteStatement, peer: string): SiteStatement => ({ ...st, summary: { ...st.summary, site: peer } });
+
+function recorder(): Logger & { lines: string[] } {
+  const lines: string[] = [];
+  const add = (m: string) => lines.push(m);
+  return { lines, debug() {}, info: add, warn: add, error: add };
+}
+
+describe('federated preprocessing over libp2p', function () {
+  this.timeout(60000);
+  let nets: SiteNode[] = [];
+  afterEach(async () => {
+    for (const n of nets) await n.stop().catch(() => {});
+    nets = [];
+  });
+
+  it('pooled statistics equal those of every site\'s training rows within 1e-6, and every member agrees on the same schema', async () => {
+    const net = await network(3);
+    nets = net.nodes;
+    const spec = (i: number): SiteDataSpec => ({ dataset: 'digits', seed: 4, testFraction: 0.2, simulate: { peers: 3, index: i, partition: 'dirichlet:0.5', minSize: 10 } });
+    const datas = await Promise.all([0, 1, 2].map((i) => loadSiteData(spec(i))));
+    const statements = datas.map((d, i) => siteStatement(d, net.ids[i]));
+    const agreements = net.nodes.map((node, i) => new SchemaAgreement(node, {
+      members: net.members, statement: statements[i], deadlineMs: 20000, maxBytes: 1 << 20, logger: silentLogger,
+    }));
+    for (const a of agreements) await a.register();
+    const results = await Promise.all(agreements.map((a) => a.agree()));
+    for (const r of results) {
+      assert.deepEqual(r.included, [...net.ids].sort());
+      assert.deepEqual(r.excluded, []);
+      assert.deepEqual(r.missing, []);
+      assert.equal(r.adopted, false);
+      assert.deepEqual(r.agreed, results[0].agreed, 'every member computes the same agreement');
+    }
+    assert.deepEqual(results[0].agreed, reconcileStatements(statements).agreed, 'the same as merging the statements in one place');
+    // Pooled over the network = statistics of the concatenated training rows.
+    const ds = loadDataset('digits');
+    const { partition } = await import('@dflmoe/data');
+    const splits = partition(ds.labels, 10, 3, 'dirichlet:0.5', { seed: 4, testFraction: 0.2, minSize: 10 });
+    const ref = fitStandardizer(ds.features, 64, Int32Array.from(splits.flatMap((s) => [...s.train])));
+    for (let j = 0; j < 64; j++) {
+      assert.ok(Math.abs(results[0].agreed.mean[j] - ref.mean[j]) <= 1e-6, `pixel ${j} mean`);
+      assert.ok(Math.abs(results[0].agreed.std[j] - ref.std[j]) <= 1e-6, `pixel ${j} std`);
+    }
+    // The built-in dataset's label set and order are kept.
+    assert.deepEqual(results[0].agreed.schema.classNames, ds.classNames);
+    for (const a of agreements) assert.deepEqual(a.dropped, {});
+  });
+
+  it('a member whose schema cannot be reconciled gets an error naming the column; the others go on without it', async () => {
+    const net = await network(3);
+    nets = net.nodes;
+    const dir = tmpDir();
+    const csv = (i: number, header = PATIENT_HEADER) => `csv:${writeText(join(dir, `${i}.csv`), patientsCsv({ seed: i + 1, rows: 60, missing: 0.1, header }))}`;
+    const specs: SiteDataSpec[] = [csv(0), csv(1), csv(2, PATIENT_HEADER.filter((h) => h !== 'bmi'))]
+      .map((dataset) => ({ dataset, labelColumn: 'diagnosis', drop: ['id'], seed: 1, testFraction: 0.2 }));
+    const datas = await Promise.all(specs.map(loadSiteData));
+    const logs = [recorder(), recorder(), recorder()];
+    const agreements = net.nodes.map((node, i) => new SchemaAgreement(node, {
+      members: net.members, statement: siteStatement(datas[i], net.ids[i]), deadlineMs: 20000, maxBytes: 1 << 20, logger: logs[i],
+    }));
+    for (const a of agreements) await a.register();
+    const settled = await Promise.allSettled(agreements.map((a) => a.agree()));
+    const odd = settled[2];
+    assert.equal(odd.status, 'rejected');
+    assert.match((odd as PromiseRejectedResult).reason.message, /this site's data cannot join the consortium: site "hospital-2" cannot join sites "hospital-\d", "hospital-\d": .*site "hospital-2" lacks column "bmi"/);
+    for (const i of [0, 1]) {
+      const r = (settled[i] as PromiseFulfilledResult<Awaited<ReturnType<SchemaAgreement['agree']>>>).value;
+      assert.deepEqual(r.included, [net.ids[0], net.ids[1]].sort());
+      assert.deepEqual(r.excluded.map((x) => x.peer), [net.ids[2]]);
+      assert.match(r.excluded[0].reason, /lacks column "bmi"/);
+      assert.ok(r.agreed.featureNames.includes('bmi'));
+      assert.ok(logs[i].lines.some((l) => /left out hospital-2: .*lacks column "bmi"/.test(l)), logs[i].lines.join('\n'));
+    }
+  });
+
+  it('bad responses (not JSON, too large, wrong shape, inconsistent, another sender) are dropped with a log line and counted', async () => {
+    const net = await network(2);
+    nets = net.nodes;
+    const [honest, evil] = net.nodes;
+    const d = await loadSiteData({ dataset: 'breast-cancer', seed: 1, testFraction: 0.2 });
+    const good = siteStatement(d, net.ids[1]);
+    const answers: (Uint8Array | string)[] = [
+      'not json {',
+      JSON.stringify({ format: 1, statement: good, padding: 'x'.repeat(70000) }),
+      JSON.stringify({ format: 1, statement: { ...good, summary: { ...good.summary, stats: { ...good.summary.stats, sum: ['a'] } } } }),
+      JSON.stringify({ format: 1, statement: { ...good, summary: { ...good.summary, numRows: good.summary.numRows + 1 } } }),
+      JSON.stringify({ format: 1, statement: as(good, net.ids[0]) }),
+    ];
+    let k = 0;
+    await evil.handle(PREPROCESS_PROTOCOL, async (stream) => {
+      await readFrames(stream, 1, 1024, AbortSignal.timeout(5000));
+      const a = answers[k++ % answers.length];
+      await writeFrames(stream, [typeof a === 'string' ? Buffer.from(a) : a]).catch(() => {});
+    });
+    const log = recorder();
+    const agreement = new SchemaAgreement(honest, {
+      members: net.members, statement: siteStatement(d, net.ids[0]), deadlineMs: 4000, maxBytes: 64 * 1024, logger: log, retryMs: 100,
+    });
+    await agreement.register();
+    const t0 = Date.now();
+    const r = await agreement.agree();
+    assert.ok(Date.now() - t0 < 15000, 'bounded by the deadline');
+    for (const reason of ['bad-json', 'too-large', 'bad-schema', 'invalid-summary', 'sender-mismatch'] as const) {
+      assert.ok((agreement.dropped[reason] ?? 0) >= 1, `${reason}: ${JSON.stringify(agreement.dropped)}`);
+      assert.equal(log.lines.filter((l) => l.includes(`: ${reason} (`)).length, 1, `one log line for ${reason}`);
+    }
+    assert.deepEqual(r.included, [net.ids[0]]);
+    assert.deepEqual(r.missing, [net.ids[1]]);
+    assert.ok(log.lines.some((l) => /no statement from hospital-1 within 4 s; agreeing without them/.test(l)));
+  });
+});
