@@ -131,8 +131,6 @@ const VARIANTS: Variant[] = [
   { name: 'fst none', args: ['--fst', 'none'] },
   { name: 'distill 1', args: ['--distill', '1'] },
   { name: 'alpha 0.5', args: ['--alpha', '0.5'] },
-  { name: 'alpha 0', args: ['--alpha', '0'] },
-  { name: 'head with 32 hidden units', args: ['--head-hidden', '32'] },
 ];
 function ablationCells(): CellSpec[] {
   const a: AlgorithmName[] = ['dflmoe'];
