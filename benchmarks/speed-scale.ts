@@ -62,11 +62,11 @@ async function bareLoop(): Promise<number> {
 }
 
 const opts = { data, body: { kind: 'mlp' as const, hidden: [256] }, featureDim: 64, headHidden: [], train: { epochs, batchSize: batch, learningRate: 1e-3, seed: 1 } };
-function ours(kind: 'local' | 'dflmoe'): number {
+async function ours(kind: 'local' | 'dflmoe'): Promise<number> {
   if (kind === 'local') {
     const p = new LocalPeer({ id: 'a', ...opts });
     const t0 = performance.now();
-    p.trainRound(1);
+    await p.trainRound(1);
     const sec = (performance.now() - t0) / 1000;
     p.dispose();
     return (epochs * n) / sec;
@@ -80,13 +80,13 @@ function ours(kind: 'local' | 'dflmoe'): number {
     h.forEach((l) => tf.dispose([l.kernel, l.bias]));
   }
   const t0 = performance.now();
-  p.trainRound(1);
+  await p.trainRound(1);
   const sec = (performance.now() - t0) / 1000;
   p.dispose();
   return (epochs * n) / sec;
 }
 await bareLoop(); // warm-up (kernels, allocations)
-const throughput = { bare: await bareLoop(), local: ours('local'), dflmoe9: ours('dflmoe') };
+const throughput = { bare: await bareLoop(), local: await ours('local'), dflmoe9: await ours('dflmoe') };
 const overhead = { localVsBare: throughput.bare / throughput.local, dflmoeVsBare: throughput.bare / throughput.dflmoe9 };
 console.log(`training samples/s (mlp 256-256-64-10, batch ${batch}): bare tfjs loop ${throughput.bare.toFixed(0)}, our local round ${throughput.local.toFixed(0)} ` +
   `(bare/ours ${overhead.localVsBare.toFixed(2)}), our dFLMoE round with 9 experts ${throughput.dflmoe9.toFixed(0)} (bare/ours ${overhead.dflmoeVsBare.toFixed(2)})`);

@@ -211,7 +211,7 @@ describe('gossip', () => {
 
   const make = (datas: PeerData[]) => datas.map((_, i) => gossip.createSite(base(datas, i), opts()) as GossipSite);
 
-  it('averaging identical models is the identity; different ones reach consensus', () => {
+  it('averaging identical models is the identity; different ones reach consensus', async () => {
     const { datas } = tinyPeers(3);
     const sites = make(datas);
     const before = sites[0].model.getWeights();
@@ -223,7 +223,7 @@ describe('gossip', () => {
     assert.deepEqual(exchange(1), [2, 2, 2]);
     for (const s of sites) assert.ok(maxDiff(s.model.getWeights(), before) <= 1e-6, 'identical models stay put');
     // Make them differ: one local step each, then one exchange gives every site the same average.
-    sites.forEach((s, r) => s.model.trainRound(r + 1));
+    for (const [r, s] of sites.entries()) await s.model.trainRound(r + 1);
     assert.ok(maxDiff(sites[0].model.getWeights(), sites[1].model.getWeights()) > 1e-4);
     exchange(2);
     assert.ok(maxDiff(sites[0].model.getWeights(), before) > 1e-4);

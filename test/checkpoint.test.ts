@@ -22,12 +22,12 @@ function close(a: ArrayLike<number>, b: ArrayLike<number>, what: string, tol = 1
 describe('checkpoints', () => {
   before(backend);
 
-  function setup() {
+  async function setup() {
     const { datas } = tinyPeers(3);
     const opts = (i: number): DflmoeOptions => ({ id: `p${i}`, data: datas[i], body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: i } });
     const ps = datas.map((_, i) => new DflmoePeer(opts(i)));
     for (let r = 1; r <= 2; r++) {
-      ps.forEach((p) => p.trainRound(r));
+      for (const p of ps) await p.trainRound(r);
       const heads = ps.map((p) => p.encodeHead(r));
       ps.forEach((p, i) => heads.forEach((h, j) => i !== j && p.receiveHead(h, ps[j].id, r)));
     }
@@ -35,7 +35,7 @@ describe('checkpoints', () => {
   }
 
   it('restore gives back the same predictions, pool and optimizer state', async () => {
-    const { datas, opts, ps } = setup();
+    const { datas, opts, ps } = await setup();
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-ckpt-'));
     const w = await saveCheckpoint(dir, ps[0], 2, { note: 'x' });
     assert.ok(w.bytes > 1000 && w.seconds >= 0);
@@ -47,8 +47,8 @@ describe('checkpoints', () => {
     assert.deepEqual(fresh.pool.list().map((e) => [e.peer, e.version]), ps[0].pool.list().map((e) => [e.peer, e.version]));
     close(probs(fresh), probs(ps[0]), 'predictions after restore');
     // One more round on both: identical only if Adam's moments and step count came back too.
-    ps[0].trainRound(3);
-    fresh.trainRound(3);
+    await ps[0].trainRound(3);
+    await fresh.trainRound(3);
     close(fresh.head[0].kernel.dataSync(), ps[0].head[0].kernel.dataSync(), 'head after one more round');
     close(probs(fresh), probs(ps[0]), 'predictions after one more round');
     assert.ok(tf.memory().numTensors > before);
@@ -58,7 +58,7 @@ describe('checkpoints', () => {
   });
 
   it('a truncated or corrupt checkpoint is reported and the previous good one is used', async () => {
-    const { datas, opts, ps } = setup();
+    const { datas, opts, ps } = await setup();
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-ckpt-'));
     await saveCheckpoint(dir, ps[0], 1);
     await saveCheckpoint(dir, ps[0], 2);
@@ -85,7 +85,7 @@ describe('checkpoints', () => {
   });
 
   it('the body is stored in the tfjs layers format that other tools load', async () => {
-    const { datas, ps } = setup();
+    const { datas, ps } = await setup();
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-ckpt-'));
     const { path } = await saveCheckpoint(dir, ps[0], 2);
     const modelJson = JSON.parse(readFileSync(join(path, 'body', 'model.json'), 'utf8'));

@@ -4,14 +4,14 @@ import { DflmoePeer, disposePeerData, simulate, type DflmoeOptions, type FstKind
 import { backend, tinyPeers } from './helpers.js';
 
 /** Two peers on the tiny dataset; `b` holds `a`'s head. */
-function pair(extra: Partial<DflmoeOptions>) {
+async function pair(extra: Partial<DflmoeOptions>) {
   const { datas } = tinyPeers(2, 5);
   const opts = (i: number): DflmoeOptions => ({
     id: `p${i}`, data: datas[i], body: { kind: 'mlp', hidden: [8] }, featureDim: 8, headHidden: [], train: { seed: 7 + i }, initSeed: 3, ...extra,
   });
   const a = new DflmoePeer(opts(0));
   const b = new DflmoePeer(opts(1));
-  a.trainRound(1); // so that its head differs from the shared initial head
+  await a.trainRound(1); // so that its head differs from the shared initial head
   assert.equal(b.receiveHead(a.encodeHead(1), 'p0', 1), 'added');
   const done = () => {
     a.dispose();
@@ -28,8 +28,8 @@ describe('dFLMoE options: transform form and distillation', () => {
 
   const varsPerExpert: Record<FstKind, number> = { full: 4, diag: 4, none: 2 };
   for (const fst of ['full', 'diag', 'none'] as FstKind[]) {
-    it(`fst ${fst}: the received expert trains ${varsPerExpert[fst]} variables and starts as the identity`, () => {
-      const { b, done } = pair({ fst });
+    it(`fst ${fst}: the received expert trains ${varsPerExpert[fst]} variables and starts as the identity`, async () => {
+      const { b, done } = await pair({ fst });
       const groups = b.paramGroups();
       assert.equal(groups.length, 2, 'base group plus one group for the received expert');
       assert.equal(groups[1].vars.length, varsPerExpert[fst]);
@@ -39,26 +39,26 @@ describe('dFLMoE options: transform form and distillation', () => {
         else assert.ok(tf.max(tf.abs(tf.sub(b.transformed('p0', z), z))).dataSync()[0] < 1e-6);
       });
       if (fst === 'diag') assert.equal(groups[1].vars[2].rank, 1);
-      b.trainRound(1); // creates the optimizers' state
+      await b.trainRound(1); // creates the optimizers' state
       const before = tf.memory().numTensors;
-      b.trainRound(2);
+      await b.trainRound(2);
       assert.equal(tf.memory().numTensors, before, 'a round leaves no tensors behind');
       done();
     });
   }
 
-  it('distillation changes the own head only when there is a mixture to distil', () => {
-    const run = (distill: number, withExpert: boolean) => {
-      const { a, b, done } = pair({ distill });
+  it('distillation changes the own head only when there is a mixture to distil', async () => {
+    const run = async (distill: number, withExpert: boolean) => {
+      const { a, b, done } = await pair({ distill });
       const p = withExpert ? b : a; // a holds no expert
-      p.trainRound(2);
+      await p.trainRound(2);
       const v = headValues(p);
       done();
       return v;
     };
     const diff = (x: number[], y: number[]) => Math.max(...x.map((v, i) => Math.abs(v - y[i])));
-    assert.ok(diff(run(0, true), run(2, true)) > 1e-6, 'with an expert, distillation moves the own head');
-    assert.equal(diff(run(0, false), run(2, false)), 0, 'without experts it is a no-op');
+    assert.ok(diff(await run(0, true), await run(2, true)) > 1e-6, 'with an expert, distillation moves the own head');
+    assert.equal(diff(await run(0, false), await run(2, false)), 0, 'without experts it is a no-op');
   });
 
   it('simulate refuses an unknown transform form and a negative distillation weight', async () => {

@@ -99,17 +99,17 @@ describe('expert pool', () => {
 describe('dFLMoE peer', () => {
   before(backend);
 
-  it('received heads do not change during local training; own parts do', () => {
+  it('received heads do not change during local training; own parts do', async () => {
     const { datas } = tinyPeers(2);
     const a = new DflmoePeer({ id: 'a', data: datas[0], body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: 1 } });
     const b = new DflmoePeer({ id: 'b', data: datas[1], body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: 2 } });
-    b.trainRound(1);
+    await b.trainRound(1);
     assert.equal(a.receiveHead(b.encodeHead(1), 'b', 1), 'added');
     const received = a.pool.get('b')!.head.map((l) => [l.kernel.dataSync().slice(), l.bias.dataSync().slice()]);
     const own = a.head[0].kernel.dataSync().slice();
     const gateBefore = a.gate.slotVariables('b')[1].dataSync()[0];
     const fstBefore = tf.tidy(() => a.transformed('b', tf.eye(8) as tf.Tensor2D).dataSync().slice());
-    a.trainRound(2);
+    await a.trainRound(2);
     a.pool.get('b')!.head.forEach((l, i) => {
       assert.deepEqual(l.kernel.dataSync(), received[i][0]);
       assert.deepEqual(l.bias.dataSync(), received[i][1]);
@@ -184,7 +184,7 @@ describe('no tensor leaks across rounds', () => {
   before(backend);
 
   for (const kind of ['dflmoe', 'fedavg', 'local'] as const) {
-    it(`${kind}: tf.memory().numTensors is steady over 5 rounds`, () => {
+    it(`${kind}: tf.memory().numTensors is steady over 5 rounds`, async () => {
       const { datas } = tinyPeers(3);
       const opts = (i: number) => ({ id: `p${i}`, data: datas[i], body: { kind: 'mlp' as const, hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: i } });
       const counts: number[] = [];
@@ -193,7 +193,7 @@ describe('no tensor leaks across rounds', () => {
         for (let r = 1; r <= 5; r++) {
           for (const p of ps) {
             p.startRound(r);
-            p.trainRound(r);
+            await p.trainRound(r);
           }
           const heads = ps.map((p) => p.encodeHead(r));
           ps.forEach((p, i) => heads.forEach((h, j) => i !== j && p.receiveHead(h, ps[j].id, r)));
@@ -205,7 +205,8 @@ describe('no tensor leaks across rounds', () => {
       } else if (kind === 'fedavg') {
         const cs = datas.map((_, i) => new FedAvgClient(opts(i)));
         for (let r = 1; r <= 5; r++) {
-          const ups = cs.map((c) => (c.trainRound(r), { weights: c.getWeights(), samples: c.data.trainSamples }));
+          for (const c of cs) await c.trainRound(r);
+          const ups = cs.map((c) => ({ weights: c.getWeights(), samples: c.data.trainSamples }));
           const g = federatedAverage(ups);
           cs.forEach((c) => c.setWeights(g));
           cs.forEach((c) => c.evaluate());
@@ -215,7 +216,7 @@ describe('no tensor leaks across rounds', () => {
       } else {
         const ls = datas.map((_, i) => new LocalPeer(opts(i)));
         for (let r = 1; r <= 5; r++) {
-          ls.forEach((l) => (l.trainRound(r), l.evaluate()));
+          for (const l of ls) (await l.trainRound(r), l.evaluate());
           counts.push(tf.memory().numTensors);
         }
         ls.forEach((l) => l.dispose());

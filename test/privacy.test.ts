@@ -61,7 +61,7 @@ describe('DP-SGD training', () => {
     const dp = mk(1.3);
     const counts: number[] = [];
     for (let r = 1; r <= 3; r++) {
-      dp.trainRound(r);
+      await dp.trainRound(r);
       counts.push(tf.memory().numTensors);
     }
     assert.equal(counts[2], counts[1], `tensors per round ${counts}`);
@@ -75,8 +75,8 @@ describe('DP-SGD training', () => {
     const loud = mk(1000);
     const clean = mk();
     for (let r = 1; r <= 3; r++) {
-      loud.trainRound(r);
-      clean.trainRound(r);
+      await loud.trainRound(r);
+      await clean.trainRound(r);
     }
     assert.ok(clean.evaluate().accuracy > 0.8);
     assert.ok(loud.evaluate().accuracy < clean.evaluate().accuracy - 0.2, `noisy ${loud.evaluate().accuracy} vs clean ${clean.evaluate().accuracy}`);

@@ -23,17 +23,17 @@ const close = (a: NamedArray[], b: NamedArray[]) => a.every((t, i) => t.data.eve
 describe('FedAvg uploads are checked before they are accepted', () => {
   before(backend);
 
-  function setup() {
+  async function setup() {
     const { datas } = tinyPeers(3);
     const cs = datas.map(client);
-    cs.forEach((c, i) => c.trainRound(i + 1));
+    for (const [i, c] of cs.entries()) await c.trainRound(i + 1);
     const arch = cs[0].architecture();
     const good = cs.map((c) => c.getWeights());
     return { datas, cs, arch, good, dispose: () => (cs.forEach((c) => c.dispose()), datas.forEach(disposePeerData)) };
   }
 
-  it('a wrong-size tensor sent first neither stops the round nor knocks out the honest uploads; later it is refused at once', () => {
-    const { cs, arch, good, dispose } = setup();
+  it('a wrong-size tensor sent first neither stops the round nor knocks out the honest uploads; later it is refused at once', async () => {
+    const { cs, arch, good, dispose } = await setup();
     const agg = new RoundAggregator(federatedAverage, { maxBytes: 1 << 26 });
     const bad = good[0].map((t, i) => (i === 1 ? { ...t, shape: [t.data.length + 3], data: new Float32Array(t.data.length + 3) } : t));
     agg.accept('evil', 9, 100, encodeBundle('model', { arch }, bad));
@@ -58,8 +58,8 @@ describe('FedAvg uploads are checked before they are accepted', () => {
     dispose();
   });
 
-  it('a client claiming 2^52 samples is clipped to 10x the median, and keeps the count it declared first', () => {
-    const { cs, arch, good, dispose } = setup();
+  it('a client claiming 2^52 samples is clipped to 10x the median, and keeps the count it declared first', async () => {
+    const { cs, arch, good, dispose } = await setup();
     const agg = new RoundAggregator(federatedAverage, { maxBytes: 1 << 26 });
     const evilWeights = good[0].map((t) => ({ ...t, data: new Float32Array(t.data.length).fill(0.5) }));
     assert.deepEqual(agg.accept('evil', 3, 2 ** 52, encodeBundle('model', { arch }, evilWeights)), ['samples-clipped'], 'above maxSamples (2^31)');
@@ -78,10 +78,10 @@ describe('FedAvg uploads are checked before they are accepted', () => {
     dispose();
   });
 
-  it('gossip: a member\'s sample count is the one it declared first, clipped to 10x the median of the mix', () => {
+  it('gossip: a member\'s sample count is the one it declared first, clipped to 10x the median of the mix', async () => {
     const { datas } = tinyPeers(3);
     const sites = datas.map((d, i) => new GossipSite({ id: `g${i}`, data: d, body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: i } }, { seed: 1, maxModelBytes: 1 << 26, maxStaleness: 3 }));
-    sites.forEach((s, i) => s.model.trainRound(i + 1));
+    for (const [i, s] of sites.entries()) await s.model.trainRound(i + 1);
     const w = sites.map((s) => s.model.getWeights());
     const evil = sites[2].model.encodeModel(1, { peer: 'g2', samples: 2 ** 31 });
     assert.equal(sites[0].take(sites[1].encode(1), 'g1', 1), 'added');

@@ -18,6 +18,15 @@ export interface TrainOptions {
   seed: number;
   /** Differentially private training (DP-SGD); off when absent. */
   dp?: DpOptions;
+  /**
+   * Give the event loop a turn once this many milliseconds of training have
+   * passed since the last one (checked after every batch; 0: after every
+   * batch), so that a site keeps answering head requests, gossip and pings
+   * while it trains (default 10).
+   */
+  yieldMs?: number;
+  /** Stop training at the next batch boundary: `trainEpochs` rejects with an `AbortError`. */
+  signal?: AbortSignal;
 }
 
 /**
@@ -38,6 +47,10 @@ export interface DpOptions {
 }
 
 export const DEFAULT_TRAIN: TrainOptions = { epochs: 1, batchSize: 32, learningRate: 1e-3, optimizer: 'adam', seed: 0 };
+export const DEFAULT_YIELD_MS = 10;
+
+/** One turn of the event loop: pending I/O (head requests, gossip, pings) runs before this resolves. */
+export const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /** A fresh optimiser of the configured kind, at `learningRate * lrScale`. */
 export function createOptimizer(o: Pick<TrainOptions, 'optimizer' | 'learningRate'>, lrScale = 1): tf.Optimizer {
@@ -109,23 +122,28 @@ export interface ParamGroup {
 /**
  * Run `epochs` passes over the training data in seeded random order,
  * minimising `loss(xBatch, yOneHotBatch)` over the variables of `groups()`.
- * Returns the mean loss.
+ * Resolves to the mean loss. Each batch runs synchronously; between batches
+ * the event loop gets a turn every `opts.yieldMs` (see `TrainOptions`), so
+ * that the site's network side stays responsive during long epochs.
  */
-export function trainEpochs(
+export async function trainEpochs(
   data: PeerData,
   opts: TrainOptions,
   round: number,
   groups: () => ParamGroup[],
   loss: (x: tf.Tensor, y: tf.Tensor2D) => tf.Scalar,
-): number {
+): Promise<number> {
   const n = data.trainSamples;
+  const yieldMs = opts.yieldMs ?? DEFAULT_YIELD_MS;
   let total = 0;
   let batches = 0;
+  let lastYield = performance.now();
   for (let e = 0; e < opts.epochs; e++) {
     const order = new Rng(deriveSeed(opts.seed, 'epoch', round, e)).shuffle(Int32Array.from({ length: n }, (_, i) => i)) as Int32Array;
     const gs = groups();
     const varList = gs.flatMap((g) => g.vars);
     for (let s = 0; s < n; s += opts.batchSize) {
+      opts.signal?.throwIfAborted();
       const idx = order.subarray(s, Math.min(n, s + opts.batchSize));
       const cost = tf.tidy(() => {
         const it = tf.tensor1d(idx, 'int32');
@@ -140,8 +158,13 @@ export function trainEpochs(
         cost.dispose();
       }
       batches++;
+      if (performance.now() - lastYield >= yieldMs) {
+        await yieldToEventLoop();
+        lastYield = performance.now();
+      }
     }
   }
+  opts.signal?.throwIfAborted();
   return batches ? total / batches : NaN;
 }
 

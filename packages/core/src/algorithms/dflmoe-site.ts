@@ -60,7 +60,7 @@ export class DflmoeSite implements AlgorithmSite {
     let fresh = this.absorb(ex, round, net.logger);
     const expired = this.peer.startRound(round);
     const tt = performance.now();
-    const loss = this.peer.trainRound(round);
+    const loss = await this.peer.trainRound(round);
     const trainSeconds = secondsSince(tt);
     const head = this.o.randomUpdates ? randomHead(this.peer, round, deriveSeed(this.o.seed ?? 0, 'poison', this.id, round)) : this.peer.encodeHead(round);
     await ex.publish(head, round);

@@ -170,7 +170,7 @@ export class DflmoePeer extends SupervisedModel {
     return groups;
   }
 
-  trainRound(round: number): number {
+  trainRound(round: number): Promise<number> {
     this.account();
     return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => {
       const z = this.features(x, true);

@@ -29,9 +29,9 @@ export class FedAvgFtSite extends FedAvgSite {
     return [this.model, this.tuned];
   }
 
-  protected override afterGlobal(round: number): void {
+  protected override async afterGlobal(round: number): Promise<void> {
     this.tuned.setWeights(this.model.getWeights());
-    this.tuned.trainRound(round);
+    await this.tuned.trainRound(round);
   }
 
   override evaluate(): PeerEval {

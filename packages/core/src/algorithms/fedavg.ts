@@ -81,7 +81,7 @@ export class FedAvgClient extends SupervisedModel {
   }
 
   /** Train every variable from the current (global) weights with a fresh optimizer. */
-  trainRound(round: number): number {
+  trainRound(round: number): Promise<number> {
     this.resetOptimizer();
     this.account();
     return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => crossEntropy(this.logits(x, true), y));
@@ -112,7 +112,7 @@ export class FedAvgSite<C extends FedAvgClient = FedAvgClient> extends ModelSite
 
   async runRound(round: number, net: SiteNetwork): Promise<SiteRound> {
     const t0 = performance.now();
-    const loss = this.model.trainRound(round);
+    const loss = await this.model.trainRound(round);
     const trainSeconds = secondsSince(t0);
     const tw = performance.now();
     await net.server!.upload(round, this.model.encodeModel(round), this.data.trainSamples);
@@ -127,12 +127,12 @@ export class FedAvgSite<C extends FedAvgClient = FedAvgClient> extends ModelSite
       this.refuse(e.reason);
       net.logger.warn(`dropped the global model of round ${round}: ${e.message}; keeping our own`);
     }
-    this.afterGlobal(round);
+    await this.afterGlobal(round);
     return { loss, trainSeconds, waitSeconds, fresh };
   }
 
   /** Called once the round's global model is loaded (fedavg-ft fine-tunes here). */
-  protected afterGlobal(_round: number): void {}
+  protected async afterGlobal(_round: number): Promise<void> {}
 }
 
 /** Average models weighted by sample count (all must share names and shapes). */

@@ -34,10 +34,10 @@ export class FedRepClient extends FedAvgClient {
     return bodyVariables(this.body);
   }
 
-  override trainRound(round: number): number {
+  override async trainRound(round: number): Promise<number> {
     this.account(this.headEpochs + this.train.epochs);
     const head = this.headVariables();
-    trainEpochs(
+    await trainEpochs(
       this.data, { ...this.train, epochs: this.headEpochs, seed: deriveSeed(this.train.seed, 'fedrep-head') }, round,
       () => [{ optimizer: this.headOptimizer, vars: head }],
       (x, y) => crossEntropy(headLogits(this.head, this.features(x, false)), y),

@@ -102,7 +102,7 @@ export class GossipSite extends ModelSite<FedAvgClient> {
   async runRound(round: number, net: SiteNetwork): Promise<SiteRound> {
     const ex = net.exchange!;
     const t0 = performance.now();
-    const loss = this.model.trainRound(round);
+    const loss = await this.model.trainRound(round);
     const trainSeconds = secondsSince(t0);
     await ex.publish(this.encode(round), round);
     const tw = performance.now();

@@ -5,7 +5,7 @@ import { ModelSite, secondsSince } from './site.js';
 
 /** Local-only baseline: each peer trains on its own data and never communicates. */
 export class LocalPeer extends SupervisedModel {
-  trainRound(round: number): number {
+  trainRound(round: number): Promise<number> {
     this.account();
     return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => crossEntropy(this.logits(x, true), y));
   }
@@ -19,7 +19,7 @@ export class LocalPeer extends SupervisedModel {
 class LocalSite extends ModelSite<LocalPeer> {
   async runRound(round: number): Promise<SiteRound> {
     const t0 = performance.now();
-    const loss = this.model.trainRound(round);
+    const loss = await this.model.trainRound(round);
     return { loss, trainSeconds: secondsSince(t0), waitSeconds: 0, fresh: 0 };
   }
 }
