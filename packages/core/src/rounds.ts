@@ -160,6 +160,13 @@ export class RoundAggregator {
     return this.uploads.has(from);
   }
 
+  /** Uploads of the consortium's layout (before it is known: of the layout most uploads share): what counts for a quorum. */
+  get agreeing(): number {
+    const counts = new Map<string, number>();
+    for (const u of this.uploads.values()) counts.set(u.layout, (counts.get(u.layout) ?? 0) + 1);
+    return this.layout !== undefined ? (counts.get(this.layout) ?? 0) : Math.max(0, ...counts.values());
+  }
+
   /** Check and keep `from`'s upload of this round (replacing its earlier one); returns notes on its sample count. */
   accept(from: string, rank: number, samples: number, payload: Uint8Array): UploadNote[] {
     const b = decodeBundle(payload, { maxBytes: this.o.maxBytes });

@@ -326,12 +326,13 @@ export class FedAvgServer {
     const all = this.ranks.size;
     const quorum = Math.max(1, this.cfg.round.quorum ?? all);
     await this.wait(() => this.uploads.size >= all, this.cfg.round.deadlineMs);
-    for (let k = 0; this.uploads.size < quorum && k < QUORUM_RETRIES; k++) {
-      this.log.warn(`round ${this.round}: ${this.uploads.size} of ${quorum} required uploads at the deadline; waiting another ${this.cfg.round.deadlineMs} ms`);
-      await this.wait(() => this.uploads.size >= quorum, this.cfg.round.deadlineMs);
+    // Only uploads that can be averaged together count: a client sending something else cannot complete a quorum.
+    for (let k = 0; this.uploads.agreeing < quorum && k < QUORUM_RETRIES; k++) {
+      this.log.warn(`round ${this.round}: ${this.uploads.agreeing} of ${quorum} required uploads at the deadline; waiting another ${this.cfg.round.deadlineMs} ms`);
+      await this.wait(() => this.uploads.agreeing >= quorum, this.cfg.round.deadlineMs);
     }
-    if (this.uploads.size < quorum) {
-      throw new Error(`round ${this.round}: only ${this.uploads.size} of ${quorum} required uploads after ${QUORUM_RETRIES + 1} deadlines; giving up`);
+    if (this.uploads.agreeing < quorum) {
+      throw new Error(`round ${this.round}: only ${this.uploads.agreeing} of ${quorum} required uploads after ${QUORUM_RETRIES + 1} deadlines; giving up`);
     }
     const round = this.round;
     const { global, clients, refused, clipped } = this.uploads.finish(round);

@@ -1,0 +1,143 @@
+/**
+ * Trust and operations over TCP on 127.0.0.1: a hostile FedAvg client, a
+ * FedAvg server killed with SIGKILL and restarted, and reconnects that do
+ * not get an honest member blocked. Every wait is bounded; every process is
+ * killed in `afterEach` whatever happens.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DEFAULT_SIMULATION, silentLogger, simulate, type SimulationConfig } from '@dflmoe/core';
+import { startProcess, waitExit, writeConsortium } from '@dflmoe/cli';
+import { Libp2pHeadExchange, createSiteNode, generateIdentity, type RoundLine, type ServerRoundLine } from '@dflmoe/p2p';
+
+const sim = (o: Partial<SimulationConfig> = {}): SimulationConfig => ({
+  ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 4, rounds: 4, partition: 'dirichlet:0.5', seed: 5, algorithms: ['fedavg'], ...o,
+});
+
+function lines<T = RoundLine>(file: string): T[] {
+  if (!existsSync(file)) return [];
+  return readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+}
+
+async function until(what: string, fn: () => boolean, timeoutMs: number): Promise<void> {
+  const t0 = Date.now();
+  while (!fn()) {
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe('trust and operations over TCP', function () {
+  this.timeout(180000);
+  let procs: ChildProcess[] = [];
+  const start = (args: string[], log?: string) => {
+    const p = startProcess(args, log, { DFLMOE_LOG_LEVEL: 'info' });
+    procs.push(p);
+    return p;
+  };
+  afterEach(() => {
+    for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+    procs = [];
+  });
+
+  it('a hostile FedAvg client (wrong sizes first, garbage, NaN, renamed tensors, 2^60 samples) changes nothing: the server runs on and the average is the honest one', async () => {
+    const { rmSync } = await import('node:fs');
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-hostile-fedavg-'));
+    // The server waits its whole deadline for the fourth client each round: keep it short, but long enough for the others to start.
+    const f = await writeConsortium({ dir, algorithm: 'fedavg', sim: sim({ rounds: 3 }), deadlineMs: 5000, serverQuorum: 3, lingerMs: 1000 });
+    const honest = f.sites.slice(0, 3);
+    const run = async (withHostile: boolean) => {
+      for (const s of [...honest, f.server!]) rmSync(s.out, { recursive: true, force: true });
+      const tag = withHostile ? 'hostile' : 'clean';
+      const server = start(['server', '--config', f.server!.config], `${f.server!.out}-${tag}.log`);
+      if (withHostile) {
+        // It needs no training, so it uploads first in round 1.
+        const h = spawn(process.execPath, [...process.execArgv, 'test/fixtures/hostile-fedavg-client.ts', '--config', f.sites[3].config, '--seconds', '60'], { stdio: 'ignore' });
+        procs.push(h);
+      }
+      const ps = honest.map((s) => start(['peer', '--config', s.config], `${s.out}-${tag}.log`));
+      const codes = await Promise.all([server, ...ps].map((p) => waitExit(p, 120000)));
+      assert.deepEqual(codes, [0, 0, 0, 0], `${tag}: server and honest clients exit cleanly`);
+      return { sites: honest.map((s) => lines(join(s.out, 'metrics.jsonl'))), server: lines<ServerRoundLine>(join(f.server!.out, 'metrics.jsonl')) };
+    };
+    const clean = await run(false);
+    const attacked = await run(true);
+    attacked.sites.forEach((ls, i) => {
+      assert.deepEqual(ls.map((l) => l.round), [1, 2, 3]);
+      assert.deepEqual(ls.map((l) => l.accuracy), clean.sites[i].map((l) => l.accuracy), `site ${i}: exactly the clean run's accuracy`);
+    });
+    assert.deepEqual(attacked.server.map((l) => l.clients), [3, 3, 3], 'only honest models averaged');
+    const dropped = attacked.server.at(-1)!.dropped;
+    for (const reason of ['mismatch', 'magic', 'bad-request', 'nonfinite', 'header']) assert.ok((dropped[reason] ?? 0) > 0, `${reason} counted: ${JSON.stringify(dropped)}`);
+    const log = readFileSync(`${f.server!.out}-hostile.log`, 'utf8');
+    assert.match(log, /dropped FedAvg traffic from \S+: mismatch/);
+    assert.match(log, /keeps sending bad data: disconnected and refused/);
+  });
+
+  it('a FedAvg server killed with SIGKILL and restarted resumes from its checkpoint; the run equals the in-memory FedAvg exactly', async () => {
+    const cfg = sim({ peers: 3, rounds: 6, epochs: 2 });
+    const mem = await simulate(cfg, { logger: silentLogger });
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-server-kill-'));
+    const f = await writeConsortium({ dir, algorithm: 'fedavg', sim: cfg, deadlineMs: 10000, lingerMs: 1500 });
+    const server = start(['server', '--config', f.server!.config], `${f.server!.out}.log`);
+    const ps = f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`));
+    const serverLines = join(f.server!.out, 'metrics.jsonl');
+    await until('the server to finish round 2', () => lines(serverLines).length >= 2, 90000);
+    server.kill('SIGKILL');
+    await waitExit(server, 10000);
+    const before = lines(serverLines).length;
+    await new Promise((r) => setTimeout(r, 1000));
+    const again = start(['server', '--config', f.server!.config], `${f.server!.out}-restart.log`);
+    const codes = await Promise.all([again, ...ps].map((p) => waitExit(p, 150000)));
+    assert.deepEqual(codes, [0, 0, 0, 0]);
+    const log = readFileSync(`${f.server!.out}-restart.log`, 'utf8');
+    const m = /resumed from the checkpoint of round (\d+)/.exec(log);
+    assert.ok(m, log.slice(0, 2000));
+    assert.ok(Number(m[1]) >= before - 1 && Number(m[1]) <= before + 1, `resumed at ${m[1]}, had finished ${before}`);
+    assert.deepEqual(lines(serverLines).map((l) => l.round), [1, 2, 3, 4, 5, 6], 'every server round once');
+    f.sites.forEach((s, i) => {
+      const ls = lines(join(s.out, 'metrics.jsonl'));
+      assert.deepEqual(ls.map((l) => l.round), [1, 2, 3, 4, 5, 6], `site ${i}: every round once`);
+      assert.deepEqual(ls.map((l) => l.accuracy), mem.algorithms.fedavg!.rounds.map((r) => r.peerAccuracy[i]), `site ${i}: the in-memory accuracies`);
+    });
+  });
+
+  it('reconnecting six times moves no head twice and never blocks an honest member', async () => {
+    const ids = await Promise.all([generateIdentity(), generateIdentity()]);
+    const allow = ids.map((i) => i.peerId);
+    let ex: Libp2pHeadExchange[] = [];
+    const nodes = await Promise.all(ids.map((i, k) => createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow, isBlocked: (p) => ex[k]?.isBlocked(p) ?? false })));
+    const members = ids.map((i) => ({ peerId: i.peerId, addrs: [] as string[] }));
+    ex = nodes.map((n) => new Libp2pHeadExchange(n, { members, maxHeadBytes: 1 << 20, logger: silentLogger, maxStrikes: 3 }));
+    for (const e of ex) await e.register();
+    for (const n of nodes) await n.start();
+    for (const e of ex) e.start();
+    try {
+      await ex[0].publish(new Uint8Array(5000).fill(1), 1);
+      await nodes[1].dial(nodes[0].getMultiaddrs()[0]);
+      assert.equal(await ex[1].waitForHeads(1, 10000), 1);
+      ex[1].drain();
+      const got = ex[1].stats().bytesReceived;
+      for (let k = 0; k < 6; k++) {
+        await nodes[1].hangUp(nodes[0].peerId);
+        await until('disconnect', () => nodes[1].getConnections().length === 0, 5000);
+        for (let t = 0; t < 20 && nodes[1].getConnections().length === 0; t++) {
+          await nodes[1].dial(nodes[0].getMultiaddrs()[0], { signal: AbortSignal.timeout(5000) }).catch(() => new Promise((r) => setTimeout(r, 200)));
+        }
+        await ex[1].settle(3000);
+      }
+      assert.equal(ex[1].stats().bytesReceived, got, 'the head it holds was not pulled again');
+      assert.equal(ex[0].isBlocked(ids[1].peerId) || ex[1].isBlocked(ids[0].peerId), false, 'nobody blocked');
+      assert.equal((ex[1].dropped['old-version'] ?? 0) + (ex[1].dropped['blocked'] ?? 0), 0, JSON.stringify(ex[1].dropped));
+      // A newer head still arrives.
+      await ex[0].publish(new Uint8Array(5000).fill(2), 2);
+      assert.equal(await ex[1].waitForHeads(1, 10000), 1);
+    } finally {
+      for (const e of ex) await e.close();
+      for (const n of nodes) await n.stop();
+    }
+  });
+});
