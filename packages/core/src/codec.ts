@@ -1,12 +1,20 @@
 /**
- * Binary codec for bundles of float32 tensors: heads on the wire, whole
- * models for FedAvg. Everything decoded here may come from the network, so
- * the decoder checks size, magic, format version, header schema, shapes,
- * parameter count, checksum and finiteness before returning anything.
+ * Binary codec for bundles of tensors: heads on the wire, whole models for
+ * FedAvg. Everything decoded here may come from the network, so the decoder
+ * checks size, magic, format version, header schema, shapes, parameter
+ * count, checksum and finiteness before returning anything.
  *
  * Layout (little endian):
  *   "DFLM" | u8 format version | u8 kind | u32 header length | header JSON
- *   | zero padding to a multiple of 4 | float32 data | u32 CRC-32 of all before
+ *   | zero padding to a multiple of 4 | tensor data | u32 CRC-32 of all before
+ *
+ * Format 1 (every tensor float32) carries each tensor as float32s. Format 2
+ * names a `dtype` per tensor in the header and stores each tensor from a
+ * multiple of 4 bytes, zero-padded to the next one:
+ *   f32: float32s; f16: IEEE half floats (values beyond +-65504 clipped);
+ *   q8: a float32 scale, then int8s q with value q * scale (symmetric, per tensor).
+ * The encoder writes format 1 when every tensor is float32, so float32 bundles
+ * stay readable by peers that only know format 1.
  */
 import { crc32 } from 'node:zlib';
 import { z } from 'zod';
@@ -14,7 +22,9 @@ import type { HeadSpec } from './model.js';
 import { headShapes } from './model.js';
 
 const MAGIC = [0x44, 0x46, 0x4c, 0x4d]; // "DFLM"
-export const CODEC_VERSION = 1;
+/** Newest format this codec writes and reads (it reads every format from 1). */
+export const CODEC_VERSION = 2;
+const FLOAT32_FORMAT = 1;
 const MAX_HEADER = 64 * 1024;
 
 export const BundleKind = { head: 1, model: 2 } as const;
@@ -36,35 +46,126 @@ export interface NamedArray {
   data: Float32Array;
 }
 
+/** How tensors travel: float32 (exact), float16 (half the bytes), int8 (a quarter, plus a scale per tensor). */
+export type Precision = 'float32' | 'float16' | 'int8';
+export const PRECISIONS: readonly Precision[] = ['float32', 'float16', 'int8'];
+const DTYPE = { float32: 'f32', float16: 'f16', int8: 'q8' } as const;
+type Dtype = (typeof DTYPE)[Precision];
+
+/** Bytes a tensor of `n` values takes in the data section, padding included. */
+function tensorBytes(dtype: Dtype, n: number): number {
+  if (dtype === 'f32') return 4 * n;
+  if (dtype === 'f16') return 4 * Math.ceil(n / 2);
+  return 4 + 4 * Math.ceil(n / 4);
+}
+
+const tensorEntry = z.object({
+  name: z.string().max(128),
+  shape: z.array(z.number().int().min(1).max(1 << 24)).min(0).max(5),
+});
 const headerSchema = z.object({
   meta: z.record(z.string(), z.unknown()),
-  tensors: z
-    .array(
-      z.object({
-        name: z.string().max(128),
-        shape: z.array(z.number().int().min(1).max(1 << 24)).min(0).max(5),
-      }),
-    )
-    .max(1024),
+  tensors: z.array(tensorEntry).max(1024),
+});
+const headerSchemaV2 = z.object({
+  meta: z.record(z.string(), z.unknown()),
+  tensors: z.array(tensorEntry.extend({ dtype: z.enum(['f32', 'f16', 'q8']) })).max(1024),
 });
 
-export function encodeBundle(kind: BundleKind, meta: Record<string, unknown>, tensors: NamedArray[]): Uint8Array {
-  const header = new TextEncoder().encode(JSON.stringify({ meta, tensors: tensors.map((t) => ({ name: t.name, shape: t.shape })) }));
+// ---------------------------------------------------------------- float16
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+const HALF_MAX = 65504;
+
+/** The IEEE half float nearest to `v` (ties to even), its bits; beyond +-65504 clipped to +-65504. */
+export function toHalfBits(v: number): number {
+  f32[0] = v > HALF_MAX ? HALF_MAX : v < -HALF_MAX ? -HALF_MAX : v;
+  const x = u32[0];
+  const sign = (x >>> 16) & 0x8000;
+  const exp = (x >>> 23) & 0xff;
+  let mant = x & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  const e = exp - 112;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    mant |= 0x800000;
+    const shift = 14 - e;
+    let h = mant >>> shift;
+    const rem = mant & ((1 << shift) - 1);
+    const half = 1 << (shift - 1);
+    if (rem > half || (rem === half && h & 1)) h++;
+    return sign | h;
+  }
+  let h = (e << 10) | (mant >>> 13);
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && h & 1)) h++;
+  return sign | h;
+}
+
+let halfTable: Float32Array | undefined;
+/** The value of half float bits `h` (NaN or infinity for exponent 31). */
+export function fromHalfBits(h: number): number {
+  if (!halfTable) {
+    halfTable = new Float32Array(65536);
+    for (let i = 0; i < 65536; i++) {
+      const s = i & 0x8000 ? -1 : 1;
+      const e = (i >>> 10) & 0x1f;
+      const m = i & 0x3ff;
+      halfTable[i] = e === 0 ? s * m * 2 ** -24 : e === 31 ? (m ? NaN : s * Infinity) : s * (1 + m / 1024) * 2 ** (e - 15);
+    }
+  }
+  return halfTable[h & 0xffff];
+}
+
+/** Round-trip `data` through `precision` (what a receiver will see), for measuring the cost of compression. */
+export function quantize(data: Float32Array, precision: Precision): Float32Array {
+  if (precision === 'float32') return data.slice();
+  if (precision === 'float16') return data.map((v) => fromHalfBits(toHalfBits(v)));
+  const scale = int8Scale(data);
+  return data.map((v) => (scale === 0 ? 0 : int8Of(v, scale) * Math.fround(scale)));
+}
+
+function int8Scale(data: Float32Array): number {
+  let m = 0;
+  for (const v of data) m = Math.max(m, Math.abs(v));
+  return Math.fround(m / 127);
+}
+
+function int8Of(v: number, scale: number): number {
+  return Math.max(-127, Math.min(127, Math.round(v / scale)));
+}
+
+export function encodeBundle(kind: BundleKind, meta: Record<string, unknown>, tensors: NamedArray[], precision: Precision = 'float32'): Uint8Array {
+  const dtype = DTYPE[precision];
+  const entries = tensors.map((t) => (precision === 'float32' ? { name: t.name, shape: t.shape } : { name: t.name, shape: t.shape, dtype }));
+  const header = new TextEncoder().encode(JSON.stringify({ meta, tensors: entries }));
   if (header.length > MAX_HEADER) throw new Error('bundle header too large');
   const headEnd = 10 + header.length;
   const dataStart = Math.ceil(headEnd / 4) * 4;
-  const floats = tensors.reduce((a, t) => a + t.data.length, 0);
-  const buf = new Uint8Array(dataStart + floats * 4 + 4);
+  const bytes = tensors.reduce((a, t) => a + tensorBytes(dtype, t.data.length), 0);
+  const buf = new Uint8Array(dataStart + bytes + 4);
   const view = new DataView(buf.buffer);
   buf.set(MAGIC, 0);
-  buf[4] = CODEC_VERSION;
+  buf[4] = precision === 'float32' ? FLOAT32_FORMAT : CODEC_VERSION;
   buf[5] = BundleKind[kind];
   view.setUint32(6, header.length, true);
   buf.set(header, 10);
   let off = dataStart;
   for (const t of tensors) {
-    if (t.data.length !== t.shape.reduce((a, b) => a * b, 1)) throw new Error(`tensor ${t.name}: data length does not match shape`);
-    for (let i = 0; i < t.data.length; i++, off += 4) view.setFloat32(off, t.data[i], true);
+    const n = t.data.length;
+    if (n !== t.shape.reduce((a, b) => a * b, 1)) throw new Error(`tensor ${t.name}: data length does not match shape`);
+    const end = off + tensorBytes(dtype, n);
+    if (dtype === 'f32') {
+      for (let i = 0; i < n; i++) view.setFloat32(off + 4 * i, t.data[i], true);
+    } else if (dtype === 'f16') {
+      for (let i = 0; i < n; i++) view.setUint16(off + 2 * i, toHalfBits(t.data[i]), true);
+    } else {
+      const scale = int8Scale(t.data);
+      view.setFloat32(off, scale, true);
+      for (let i = 0; i < n; i++) view.setInt8(off + 4 + i, scale === 0 ? 0 : int8Of(t.data[i], scale));
+    }
+    off = end;
   }
   view.setUint32(off, crc32(buf.subarray(0, off)), true);
   return buf;
@@ -88,7 +189,10 @@ export function decodeBundle(buf: Uint8Array, limits: DecodeLimits): DecodedBund
   if (buf.length > limits.maxBytes) throw new CodecError('size', `message of ${buf.length} bytes exceeds the limit of ${limits.maxBytes}`);
   if (buf.length < 14) throw new CodecError('size', `message of ${buf.length} bytes is too short`);
   for (let i = 0; i < 4; i++) if (buf[i] !== MAGIC[i]) throw new CodecError('magic', 'not a dflmoe bundle (bad magic)');
-  if (buf[4] !== CODEC_VERSION) throw new CodecError('version', `unsupported bundle format version ${buf[4]} (this peer reads ${CODEC_VERSION})`);
+  const format = buf[4];
+  if (format < FLOAT32_FORMAT || format > CODEC_VERSION) {
+    throw new CodecError('version', `unsupported bundle format version ${format} (this peer reads ${FLOAT32_FORMAT} to ${CODEC_VERSION})`);
+  }
   const kind = (Object.keys(BundleKind) as BundleKind[]).find((k) => BundleKind[k] === buf[5]);
   if (!kind) throw new CodecError('kind', `unknown bundle kind ${buf[5]}`);
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
@@ -96,33 +200,49 @@ export function decodeBundle(buf: Uint8Array, limits: DecodeLimits): DecodedBund
   if (hlen > MAX_HEADER || 10 + hlen > buf.length - 4) throw new CodecError('header', `header length ${hlen} out of range`);
   const crcAt = buf.length - 4;
   if (view.getUint32(crcAt, true) !== crc32(buf.subarray(0, crcAt))) throw new CodecError('checksum', 'checksum mismatch (corrupt or truncated)');
-  let parsed: z.infer<typeof headerSchema>;
+  let parsed: z.infer<typeof headerSchemaV2>;
   try {
-    parsed = headerSchema.parse(JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(buf.subarray(10, 10 + hlen))));
+    const json: unknown = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(buf.subarray(10, 10 + hlen)));
+    if (format === FLOAT32_FORMAT) {
+      const h = headerSchema.parse(json);
+      parsed = { meta: h.meta, tensors: h.tensors.map((t) => ({ ...t, dtype: 'f32' as const })) };
+    } else {
+      parsed = headerSchemaV2.parse(json);
+    }
   } catch (e) {
     throw new CodecError('header', `bad header: ${(e as Error).message.slice(0, 200)}`);
   }
   const dataStart = Math.ceil((10 + hlen) / 4) * 4;
   let total = 0;
+  let bytes = 0;
   for (const t of parsed.tensors) {
-    total += t.shape.reduce((a, b) => a * b, 1);
-    if (!Number.isSafeInteger(total)) throw new CodecError('shape', 'tensor sizes overflow');
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    total += n;
+    bytes += tensorBytes(t.dtype, n);
+    if (!Number.isSafeInteger(total) || !Number.isSafeInteger(bytes)) throw new CodecError('shape', 'tensor sizes overflow');
   }
   if (limits.maxParams != null && total > limits.maxParams) {
     throw new CodecError('shape', `${total} parameters exceed the limit of ${limits.maxParams}`);
   }
-  if (dataStart + total * 4 !== crcAt) {
-    throw new CodecError('shape', `header describes ${total} floats but the message carries ${(crcAt - dataStart) / 4}`);
+  if (dataStart + bytes !== crcAt) {
+    throw new CodecError('shape', `header describes ${bytes} bytes of tensor data (${total} values) but the message carries ${crcAt - dataStart}`);
   }
   let off = dataStart;
   const tensors = parsed.tensors.map((t) => {
     const n = t.shape.reduce((a, b) => a * b, 1);
     const data = new Float32Array(n);
-    for (let i = 0; i < n; i++, off += 4) {
-      const v = view.getFloat32(off, true);
-      if (!Number.isFinite(v)) throw new CodecError('nonfinite', `tensor ${t.name} holds a non-finite value`);
-      data[i] = v;
+    const bad = () => new CodecError('nonfinite', `tensor ${t.name} holds a non-finite value`);
+    if (t.dtype === 'f32') {
+      for (let i = 0; i < n; i++) data[i] = view.getFloat32(off + 4 * i, true);
+    } else if (t.dtype === 'f16') {
+      for (let i = 0; i < n; i++) data[i] = fromHalfBits(view.getUint16(off + 2 * i, true));
+    } else {
+      const scale = view.getFloat32(off, true);
+      if (!Number.isFinite(scale) || scale < 0) throw new CodecError('nonfinite', `tensor ${t.name} has a bad scale ${scale}`);
+      for (let i = 0; i < n; i++) data[i] = view.getInt8(off + 4 + i) * scale;
     }
+    for (let i = 0; i < n; i++) if (!Number.isFinite(data[i])) throw bad();
+    off += tensorBytes(t.dtype, n);
     return { name: t.name, shape: t.shape, data };
   });
   return { kind, meta: parsed.meta, tensors };
@@ -137,14 +257,14 @@ export interface EncodedHeadInfo {
   peer: string;
 }
 
-export function encodeHead(info: EncodedHeadInfo, layers: { kernel: Float32Array; bias: Float32Array }[]): Uint8Array {
+export function encodeHead(info: EncodedHeadInfo, layers: { kernel: Float32Array; bias: Float32Array }[], precision: Precision = 'float32'): Uint8Array {
   const shapes = headShapes(info.spec);
   if (shapes.length !== layers.length) throw new Error('head layers do not match its spec');
   const tensors: NamedArray[] = layers.flatMap((l, i) => [
     { name: `dense${i}/kernel`, shape: shapes[i].kernel, data: l.kernel },
     { name: `dense${i}/bias`, shape: shapes[i].bias, data: l.bias },
   ]);
-  return encodeBundle('head', { spec: info.spec, version: info.version, peer: info.peer }, tensors);
+  return encodeBundle('head', { spec: info.spec, version: info.version, peer: info.peer }, tensors, precision);
 }
 
 const headMetaSchema = z.object({

@@ -14,6 +14,7 @@ import type { PeerModelOptions } from './algorithms/common.js';
 import { checkSameArchitecture } from './algorithms/fedavg.js';
 import { REGISTRY, getAlgorithm, type AlgorithmName } from './algorithms/registry.js';
 import { FST_KINDS, parseBodySpec, type BodySpec, type FstKind } from './model.js';
+import { PRECISIONS, type Precision } from './codec.js';
 import { summarize, type AccuracySummary } from './metrics.js';
 import { memoryNetworks, networkBytes, runSite, type SiteRoundRecord } from './rounds.js';
 import { accuracy, disposePeerData, predictClasses, preparePeerData, type DpOptions, type OptimizerKind, type PeerData } from './train.js';
@@ -68,6 +69,8 @@ export interface SimulationConfig {
   fst: FstKind;
   /** dFLMoE: weight of distilling the mixture into the own head (0: off). */
   distill: number;
+  /** dFLMoE: precision of published heads (float32 when undefined; float16 or int8 to save bytes). */
+  headPrecision?: Precision;
   /** dFLMoE admission check (see `DflmoeOptions.admission`); undefined: off. */
   admission?: number;
   /** DP-SGD for every algorithm's local training; undefined: off. */
@@ -117,6 +120,7 @@ export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
   expertLrScale: 1,
   fst: 'full',
   distill: 0,
+  headPrecision: 'float32',
   poisoned: 0,
   poisonKind: 'flipped',
   featureShift: [],
@@ -260,6 +264,7 @@ function validateConfig(c: SimulationConfig): void {
   if (c.evaluateOn !== 'test' && c.evaluateOn !== 'validation') throw new Error(`evaluateOn must be test or validation, got ${String(c.evaluateOn)}`);
   if (!FST_KINDS.includes(c.fst)) throw new Error(`fst must be one of ${FST_KINDS.join(', ')}, got ${c.fst}`);
   if (!(c.distill >= 0)) throw new Error(`distill must be a non-negative number, got ${c.distill}`);
+  if (c.headPrecision !== undefined && !PRECISIONS.includes(c.headPrecision)) throw new Error(`headPrecision must be one of ${PRECISIONS.join(', ')}, got ${c.headPrecision}`);
   if (c.algorithms.length === 0) throw new Error('no algorithms selected');
   c.algorithms.forEach(getAlgorithm);
   if (c.bodies.length === 0) throw new Error('at least one body is needed');
@@ -297,7 +302,7 @@ function peerOptions(cfg: SimulationConfig, data: PeerData, i: number, body: str
 function algorithmOptions(cfg: SimulationConfig, i: number): AlgorithmOptions {
   return {
     ...DEFAULT_ALGORITHM_OPTIONS,
-    seed: cfg.seed, alpha: cfg.alpha, gateHidden: cfg.gateHidden, expertLrScale: cfg.expertLrScale, admission: cfg.admission, fst: cfg.fst, distill: cfg.distill,
+    seed: cfg.seed, alpha: cfg.alpha, gateHidden: cfg.gateHidden, expertLrScale: cfg.expertLrScale, admission: cfg.admission, fst: cfg.fst, distill: cfg.distill, headPrecision: cfg.headPrecision,
     maxStaleness: cfg.maxStaleness, fineTuneEpochs: cfg.fineTuneEpochs, headEpochs: cfg.headEpochs, maxModelBytes: 1 << 30,
     randomUpdates: cfg.poisonKind === 'random' && i >= cfg.peers - cfg.poisoned,
   };

@@ -8,7 +8,8 @@ import { multiaddr } from '@multiformats/multiaddr';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { z } from 'zod';
 import {
-  ALGORITHMS, DEFAULT_ALGORITHM_OPTIONS, DEFAULT_MAX_SAMPLE_RATIO, DEFAULT_MAX_SAMPLES, DEFAULT_SIMULATION, OPTIMIZERS, getAlgorithm, type AlgorithmName, type OptimizerKind, type SimulationConfig,
+  ALGORITHMS, DEFAULT_ALGORITHM_OPTIONS, DEFAULT_MAX_SAMPLE_RATIO, DEFAULT_MAX_SAMPLES, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, getAlgorithm, type AlgorithmName, type OptimizerKind,
+  type Precision, type SimulationConfig,
 } from '@dflmoe/core';
 import { loadIdentity } from './identity.js';
 
@@ -104,6 +105,8 @@ export const peerConfigSchema = z.object({
     fst: z.enum(['full', 'diag', 'none']).default(D.fst),
     /** Weight of distilling the mixture into the own head (0: off). */
     distill: z.number().min(0).default(D.distill),
+    /** Precision of the published head: float32, float16 (half the bytes) or int8 (a quarter, with a scale per tensor). */
+    headPrecision: z.enum(PRECISIONS as [Precision, ...Precision[]]).default(D.headPrecision ?? 'float32'),
   }).strict().prefault({}),
   /** fedavg-ft: epochs of fine-tuning the global model before evaluating. */
   finetune: z.object({ epochs: posInt.default(D.fineTuneEpochs) }).strict().prefault({}),
@@ -225,7 +228,7 @@ export function checkQuorum(c: PeerConfig, selfId: string, file = '<config>'): v
 const PER_SITE = [
   'dataset', 'datasetOptions', 'peers', 'partition', 'seed', 'testFraction', 'minSize', 'standardize', 'bodies', 'featureDim', 'headHidden', 'sharedInit',
   'epochs', 'batchSize', 'learningRate', 'optimizer', 'dp', 'alpha', 'gateHidden', 'expertLrScale', 'admission', 'fst', 'distill',
-  'fineTuneEpochs', 'headEpochs', 'maxStaleness', 'rounds',
+  'fineTuneEpochs', 'headEpochs', 'maxStaleness', 'rounds', 'headPrecision',
 ] as const;
 /** One consortium per algorithm. */
 const PER_CONSORTIUM = ['algorithms'] as const;
@@ -267,6 +270,7 @@ export function siteSettings(sim: SimulationConfig, index: number) {
     },
     dflmoe: {
       alpha: sim.alpha, gateHidden: sim.gateHidden, expertLrScale: sim.expertLrScale, fst: sim.fst, distill: sim.distill,
+      ...(sim.headPrecision !== undefined ? { headPrecision: sim.headPrecision } : {}),
       ...(sim.admission !== undefined ? { admission: sim.admission } : {}),
     },
     finetune: { epochs: sim.fineTuneEpochs },

@@ -96,7 +96,7 @@ function siteAlgorithmOptions(cfg: PeerConfig): AlgorithmOptions {
   return {
     ...DEFAULT_ALGORITHM_OPTIONS,
     seed: cfg.data.seed, alpha: cfg.dflmoe.alpha, gateHidden: cfg.dflmoe.gateHidden, expertLrScale: cfg.dflmoe.expertLrScale,
-    admission: cfg.dflmoe.admission, fst: cfg.dflmoe.fst, distill: cfg.dflmoe.distill, maxStaleness: cfg.round.maxStaleness, maxHeadBytes: cfg.limits.maxHeadBytes,
+    admission: cfg.dflmoe.admission, fst: cfg.dflmoe.fst, distill: cfg.dflmoe.distill, headPrecision: cfg.dflmoe.headPrecision, maxStaleness: cfg.round.maxStaleness, maxHeadBytes: cfg.limits.maxHeadBytes,
     maxModelBytes: cfg.limits.maxModelBytes, fineTuneEpochs: cfg.finetune.epochs, headEpochs: cfg.fedrep.headEpochs,
   };
 }

@@ -1,5 +1,5 @@
-import { Command, InvalidArgumentError } from 'commander';
-import { createLogger } from '@dflmoe/core';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { PRECISIONS, createLogger, type Precision } from '@dflmoe/core';
 import { generateIdentity, loadPeerConfig, loadServerConfig, runPeer, runServer, saveIdentity, savePsk } from '@dflmoe/p2p';
 import { formatBytes, pct } from '../format.js';
 
@@ -29,6 +29,7 @@ export function peerCommand(): Command {
     .description('Run one site of a consortium from its config file (its `algorithm`: dflmoe, a server algorithm\'s client, gossip or local-only).')
     .requiredOption('--config <file>', 'site config (JSON)')
     .option('--quiet', 'no per-round lines')
+    .addOption(new Option('--head-precision <p>', 'dflmoe: precision of the heads this site publishes (overrides dflmoe.headPrecision): float32, float16, int8').choices([...PRECISIONS]))
     .option('--metrics <port>', 'serve Prometheus metrics on 127.0.0.1:<port>/metrics', (v) => {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('--metrics needs a port number (0-65535).');
@@ -36,6 +37,7 @@ export function peerCommand(): Command {
     })
     .action(async (o) => {
       const cfg = loadPeerConfig(o.config);
+      if (o.headPrecision) cfg.dflmoe.headPrecision = o.headPrecision as Precision;
       const log = createLogger(`peer:${cfg.name ?? 'site'}`);
       const ac = new AbortController();
       const stop = () => ac.abort();

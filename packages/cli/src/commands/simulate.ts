@@ -2,7 +2,7 @@ import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
-  ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, REGISTRY, initBackend, isAlgorithmName, simulate, summarize, unknownAlgorithmMessage,
+  ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, REGISTRY, initBackend, isAlgorithmName, simulate, summarize, unknownAlgorithmMessage,
   type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
 import { SHIFT_KINDS, loadDataset, partition, partitionHistograms } from '@dflmoe/data';
@@ -83,6 +83,7 @@ export function simulateCommand(): Command {
     .addOption(new Option('--poison-kind <kind>', 'what adversarial sites do (random heads: dflmoe only)').choices(['random', 'flipped']).default(d.poisonKind))
     .addOption(new Option('--fst <form>', "dflmoe: each received expert's feature-space transform: full (dim x dim), diag (scale and shift per feature), none").choices(['full', 'diag', 'none']).default(d.fst))
     .option('--distill <x>', 'dflmoe: weight of distilling the mixture into the own head (0: off)', num('--distill', 0, 100), d.distill)
+    .addOption(new Option('--head-precision <p>', 'dflmoe: precision of published heads: float32, float16 (half the bytes), int8 (a quarter, a scale per tensor)').choices([...PRECISIONS]).default(d.headPrecision))
     .option('--admission <x>', "dflmoe: refuse received heads scoring below x times the own head's accuracy on local data", num('--admission', 0, 10))
     .option('--dp-noise <x>', 'DP-SGD: noise multiplier (turns DP on)', num('--dp-noise', 0, 1000))
     .option('--dp-clip <x>', 'DP-SGD: clipping norm', num('--dp-clip', 1e-9, 1e6), 1)
@@ -109,7 +110,7 @@ export function simulateCommand(): Command {
         learningRate: o.lr, optimizer: o.optimizer, fineTuneEpochs: o.finetuneEpochs, headEpochs: o.headEpochs, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness,
         testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
         sharedInit: o.sharedInit, expertLrScale: o.expertLrScale,
-        poisoned: o.poisoned, poisonKind: o.poisonKind, admission: o.admission, fst: o.fst, distill: o.distill,
+        poisoned: o.poisoned, poisonKind: o.poisonKind, admission: o.admission, fst: o.fst, distill: o.distill, headPrecision: o.headPrecision,
         trainPerSite: o.trainPerSite, featureShift: o.featureShift, evaluateOn: o.evaluateOn,
         ...(o.dpNoise !== undefined ? { dp: { noiseMultiplier: o.dpNoise, clipNorm: o.dpClip, microbatches: o.dpMicrobatches, delta: o.dpDelta } } : {}),
       };

@@ -7,7 +7,7 @@
  */
 import type * as tf from '@tensorflow/tfjs-core';
 import type { ExchangeStats, HeadExchange } from '../exchange.js';
-import type { NamedArray } from '../codec.js';
+import type { NamedArray, Precision } from '../codec.js';
 import type { Logger } from '../log.js';
 import type { PeerData } from '../train.js';
 import type { CheckpointWrite } from '../checkpoint.js';
@@ -111,6 +111,8 @@ export interface AlgorithmOptions {
   /** dFLMoE experts and gossip models: rounds a received message stays usable. */
   maxStaleness: number;
   maxHeadBytes: number;
+  /** dFLMoE: precision of published heads (float32, float16, int8). */
+  headPrecision?: Precision;
   maxModelBytes: number;
   /** fedavg-ft: local epochs of fine-tuning the global model before evaluating. */
   fineTuneEpochs: number;
@@ -122,7 +124,7 @@ export interface AlgorithmOptions {
 
 export const DEFAULT_ALGORITHM_OPTIONS: Omit<AlgorithmOptions, 'seed'> = {
   alpha: 0.2, gateHidden: 32, expertLrScale: 1, fst: 'full', distill: 0, maxStaleness: 3,
-  maxHeadBytes: 64 * 1024 * 1024, maxModelBytes: 512 * 1024 * 1024, fineTuneEpochs: 1, headEpochs: 1,
+  maxHeadBytes: 64 * 1024 * 1024, headPrecision: 'float32', maxModelBytes: 512 * 1024 * 1024, fineTuneEpochs: 1, headEpochs: 1,
 };
 
 export interface Upload {

@@ -112,6 +112,6 @@ export const dflmoe: Algorithm<'dflmoe'> = {
   sameModel: false,
   createSite: (base, o) => new DflmoeSite(new DflmoePeer({
     ...base, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness, expertLrScale: o.expertLrScale,
-    admission: o.admission, maxHeadBytes: o.maxHeadBytes, fst: o.fst, distill: o.distill,
+    admission: o.admission, maxHeadBytes: o.maxHeadBytes, fst: o.fst, distill: o.distill, headPrecision: o.headPrecision,
   }), o),
 };

@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { deriveSeed } from '@dflmoe/data';
-import { CodecError, decodeHead, encodeHead, type CodecReason, type NamedArray } from '../codec.js';
+import { CodecError, decodeHead, encodeHead, type CodecReason, type NamedArray, type Precision } from '../codec.js';
 import { ExpertPool } from '../experts.js';
 import { Gate, applyFst, createFst, stopGradient, type FstKind, headLogits, headParamCount, moeForward, moeLoss, type DenseLayer, type Expert } from '../model.js';
 import { accuracy, predictClasses, trainEpochs, type ParamGroup } from '../train.js';
@@ -38,6 +38,8 @@ export interface DflmoeOptions extends PeerModelOptions {
    * 0 turns it off (default).
    */
   distill?: number;
+  /** Precision of the published head: float32 (default), float16 or int8 with a scale per tensor. */
+  headPrecision?: Precision;
 }
 
 export interface DflmoeStateMeta {
@@ -70,6 +72,7 @@ export class DflmoePeer extends SupervisedModel {
   readonly counters: ReceiveCounters = { accepted: 0, rejected: {} };
   readonly fstKind: FstKind;
   readonly distill: number;
+  readonly headPrecision: Precision;
 
   constructor(o: DflmoeOptions) {
     super(o);
@@ -82,6 +85,7 @@ export class DflmoePeer extends SupervisedModel {
     this.admission = o.admission;
     this.fstKind = o.fst ?? 'full';
     this.distill = o.distill ?? 0;
+    this.headPrecision = o.headPrecision ?? 'float32';
     if (!(this.distill >= 0)) throw new Error(`distill must be a non-negative number, got ${this.distill}`);
   }
 
@@ -96,7 +100,7 @@ export class DflmoePeer extends SupervisedModel {
   /** Serialize the own head for publishing. */
   encodeHead(version: number): Uint8Array {
     const layers = this.head.map((l) => ({ kernel: l.kernel.dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array }));
-    return encodeHead({ spec: this.headSpec, version, peer: this.id }, layers);
+    return encodeHead({ spec: this.headSpec, version, peer: this.id }, layers, this.headPrecision);
   }
 
   /**
