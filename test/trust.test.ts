@@ -179,3 +179,71 @@ describe('site configs carry every simulation option', () => {
     );
   });
 });
+
+describe('DP training samples and noises the way the accountant assumes', () => {
+  before(backend);
+
+  it('poissonSample takes each example independently with probability q', async () => {
+    const { poissonSample } = await import('@dflmoe/core');
+    const n = 50;
+    const q = 0.2;
+    const hits = new Array<number>(n).fill(0);
+    const sizes: number[] = [];
+    for (let t = 0; t < 4000; t++) {
+      const b = poissonSample(n, q);
+      sizes.push(b.length);
+      for (const i of b) hits[i]++;
+      assert.ok(b.every((v, k) => k === 0 || v > b[k - 1]), 'sorted, no repeats');
+    }
+    const mean = sizes.reduce((a, b) => a + b, 0) / sizes.length;
+    const variance = sizes.reduce((a, b) => a + (b - mean) ** 2, 0) / sizes.length;
+    assert.ok(Math.abs(mean - n * q) < 0.3, `mean batch ${mean}`);
+    assert.ok(Math.abs(variance - n * q * (1 - q)) < 1, `variance ${variance} (binomial: ${n * q * (1 - q)})`);
+    for (const h of hits) assert.ok(Math.abs(h / 4000 - q) < 0.035, `inclusion rate ${h / 4000}`);
+  });
+
+  it('secureGaussian draws N(0, 1) from node:crypto', async () => {
+    const { secureGaussian } = await import('@dflmoe/core');
+    const z = secureGaussian(200001);
+    assert.equal(z.length, 200001);
+    let m1 = 0;
+    let m2 = 0;
+    let m4 = 0;
+    for (const v of z) (m1 += v, m2 += v * v, m4 += v ** 4);
+    [m1, m2, m4] = [m1 / z.length, m2 / z.length, m4 / z.length];
+    assert.ok(Math.abs(m1) < 0.01 && Math.abs(m2 - 1) < 0.02 && Math.abs(m4 - 3) < 0.1, `moments ${m1} ${m2} ${m4}`);
+    assert.notDeepEqual(secureGaussian(8), secureGaussian(8));
+  });
+
+  it('DP-SGD steps draw Poisson batches (ceil(n / batch) per epoch) and unseeded noise; without DP nothing changes', async () => {
+    const { LocalPeer, poissonSample } = await import('@dflmoe/core');
+    const { datas } = tinyPeers(1);
+    const sizes: number[] = [];
+    const sampler = (n: number, q: number) => {
+      const b = poissonSample(n, q);
+      sizes.push(b.length);
+      return b;
+    };
+    const mk = (dp: boolean) => new LocalPeer({
+      id: 'a', data: datas[0], body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [],
+      train: { seed: 1, batchSize: 16, epochs: 2, sampler, ...(dp ? { dp: { noiseMultiplier: 1, clipNorm: 1 } } : {}) },
+    });
+    const n = datas[0].trainSamples;
+    const [a, b] = [mk(true), mk(true)];
+    await a.trainRound(1);
+    assert.equal(sizes.length, 2 * Math.ceil(n / 16), 'one draw per step the accountant counts');
+    assert.equal(a.privacySpent()!.steps, sizes.length);
+    assert.ok(new Set(sizes).size > 2, `batch sizes vary: ${sizes}`);
+    await b.trainRound(1);
+    const w = (p: InstanceType<typeof LocalPeer>) => Array.from(p.head[0].kernel.dataSync());
+    assert.notDeepEqual(w(a), w(b), 'same seed, different noise');
+    sizes.length = 0;
+    const [c, d] = [mk(false), mk(false)];
+    await c.trainRound(1);
+    await d.trainRound(1);
+    assert.equal(sizes.length, 0, 'no DP: shuffled fixed-size batches');
+    assert.deepEqual(w(c), w(d), 'no DP: reproducible');
+    [a, b, c, d].forEach((p) => p.dispose());
+    datas.forEach(disposePeerData);
+  });
+});

@@ -10,8 +10,10 @@
  * as the Google dp_accounting library does:
  *   eps = min_a  rdp(a) + log((a-1)/a) - (log(delta) + log(a)) / (a-1).
  * Only integer orders are used: the bound stays valid, if slightly looser
- * than with fractional orders.
+ * than with fractional orders. The bound holds for Poisson sampling, which
+ * is how DP training draws its batches (`poissonSample`).
  */
+import { randomFillSync } from 'node:crypto';
 export const DEFAULT_ORDERS: number[] = [...Array.from({ length: 63 }, (_, i) => i + 2), 80, 96, 128, 160, 192, 256];
 
 function logAdd(a: number, b: number): number {
@@ -111,4 +113,31 @@ export function noiseForEpsilon(targetEpsilon: number, q: number, steps: number,
     else hi = mid;
   }
   return hi;
+}
+
+/**
+ * One Poisson-sampled batch: each of `n` examples independently with
+ * probability `q`, drawn from node:crypto. Indices in increasing order.
+ */
+export function poissonSample(n: number, q: number): Int32Array {
+  if (!(q >= 0 && q <= 1)) throw new RangeError(`sampling rate must be in [0, 1], got ${q}`);
+  const u = randomFillSync(new Uint32Array(n));
+  const limit = q * 2 ** 32;
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) if (u[i] < limit) out.push(i);
+  return Int32Array.from(out);
+}
+
+/** `size` independent N(0, 1) draws from node:crypto (Box-Muller on 32-bit uniforms). */
+export function secureGaussian(size: number): Float32Array {
+  const out = new Float32Array(size);
+  const u = randomFillSync(new Uint32Array(2 * Math.ceil(size / 2)));
+  for (let i = 0; i < size; i += 2) {
+    const u1 = (u[i] + 1) / (2 ** 32 + 1); // in (0, 1): log(u1) is finite
+    const u2 = u[i + 1] / 2 ** 32;
+    const r = Math.sqrt(-2 * Math.log(u1));
+    out[i] = r * Math.cos(2 * Math.PI * u2);
+    if (i + 1 < size) out[i + 1] = r * Math.sin(2 * Math.PI * u2);
+  }
+  return out;
 }

@@ -1,5 +1,6 @@
 /** Local training and evaluation helpers shared by every algorithm. */
 import * as tf from '@tensorflow/tfjs-core';
+import { poissonSample, secureGaussian } from './privacy.js';
 import {
   Rng, applyStandardizer, deriveSeed, featureSize, fitStandardizer, labelHistogram, type Dataset, type PeerSplit, type Standardizer,
 } from '@dflmoe/data';
@@ -27,15 +28,22 @@ export interface TrainOptions {
   yieldMs?: number;
   /** Stop training at the next batch boundary: `trainEpochs` rejects with an `AbortError`. */
   signal?: AbortSignal;
+  /** DP only: draws each step's batch (default `poissonSample`; tests wrap it). */
+  sampler?: (n: number, q: number) => Int32Array;
 }
 
 /**
- * DP-SGD (Abadi et al., 2016): each microbatch's gradient is clipped to
- * `clipNorm` (L2, over all trained parameters), the clipped gradients are
- * summed, Gaussian noise of std `noiseMultiplier * clipNorm` is added, and
- * the sum is divided by the number of microbatches. With microbatches of
- * one example this is per-example clipping; larger microbatches trade
- * utility for speed (the noise is calibrated to one microbatch).
+ * DP-SGD (Abadi et al., 2016): each step's batch is drawn by Poisson
+ * sampling (every training example independently with probability
+ * q = batchSize / n, `ceil(n / batchSize)` steps per epoch: what the Renyi
+ * accountant assumes), each microbatch's gradient is clipped to `clipNorm`
+ * (L2, over all trained parameters), the clipped gradients are summed,
+ * Gaussian noise of std `noiseMultiplier * clipNorm` is added, and the sum
+ * is divided by the expected number of microbatches. Sampling and noise come
+ * from node:crypto, not from the seeded generator, so DP training is not
+ * reproducible. With microbatches of one example this is per-example
+ * clipping; larger microbatches trade utility for speed (the noise is
+ * calibrated to one microbatch).
  */
 export interface DpOptions {
   clipNorm: number;
@@ -138,26 +146,34 @@ export async function trainEpochs(
   let total = 0;
   let batches = 0;
   let lastYield = performance.now();
+  const dp = opts.dp;
+  // DP: Poisson-sampled batches, as the accountant assumes; the expected number of clipped units per step.
+  const q = Math.min(1, opts.batchSize / n);
+  const expected = Math.min(dp?.microbatches ?? opts.batchSize, opts.batchSize);
+  const sample = opts.sampler ?? poissonSample;
   for (let e = 0; e < opts.epochs; e++) {
-    const order = new Rng(deriveSeed(opts.seed, 'epoch', round, e)).shuffle(Int32Array.from({ length: n }, (_, i) => i)) as Int32Array;
+    const order = dp ? undefined : new Rng(deriveSeed(opts.seed, 'epoch', round, e)).shuffle(Int32Array.from({ length: n }, (_, i) => i)) as Int32Array;
     const gs = groups();
     const varList = gs.flatMap((g) => g.vars);
     for (let s = 0; s < n; s += opts.batchSize) {
       opts.signal?.throwIfAborted();
-      const idx = order.subarray(s, Math.min(n, s + opts.batchSize));
+      const idx = order ? order.subarray(s, Math.min(n, s + opts.batchSize)) : sample(n, q);
       const cost = tf.tidy(() => {
         const it = tf.tensor1d(idx, 'int32');
         const xb = tf.gather(data.xTrain, it);
         const yb = tf.cast(tf.oneHot(tf.gather(data.yTrain, it), data.numClasses), 'float32') as tf.Tensor2D;
-        const { value, grads } = opts.dp ? dpGradients(xb, yb, varList, loss, opts.dp) : tf.variableGrads(() => loss(xb, yb), varList);
+        const { value, grads } = dp ? dpGradients(xb, yb, varList, loss, dp, expected) : tf.variableGrads(() => loss(xb, yb), varList);
         for (const g of gs) g.optimizer.applyGradients(g.vars.map((v) => ({ name: v.name, tensor: grads[v.name] })));
         return value;
       });
       if (cost) {
-        total += cost.dataSync()[0];
+        // An empty Poisson batch moved the model by noise alone: it has no loss to report.
+        if (idx.length > 0) {
+          total += cost.dataSync()[0];
+          batches++;
+        }
         cost.dispose();
       }
-      batches++;
       if (performance.now() - lastYield >= yieldMs) {
         await yieldToEventLoop();
         lastYield = performance.now();
@@ -168,12 +184,24 @@ export async function trainEpochs(
   return batches ? total / batches : NaN;
 }
 
-/** Clipped, noised gradients of one batch (see `DpOptions`). Runs inside the caller's tidy. */
+/** A tensor of `shape` filled with N(0, std^2) draws from node:crypto. */
+function secureNoise(shape: number[], std: number): tf.Tensor {
+  const size = shape.reduce((a, b) => a * b, 1);
+  const z = secureGaussian(size);
+  for (let i = 0; i < size; i++) z[i] *= std;
+  return tf.tensor(z, shape);
+}
+
+/**
+ * Clipped, noised gradients of one batch (see `DpOptions`), divided by
+ * `expected` units. An empty batch (Poisson sampling allows it) gives noise
+ * alone. Runs inside the caller's tidy.
+ */
 function dpGradients(
-  xb: tf.Tensor, yb: tf.Tensor2D, vars: tf.Variable[], loss: (x: tf.Tensor, y: tf.Tensor2D) => tf.Scalar, dp: DpOptions,
+  xb: tf.Tensor, yb: tf.Tensor2D, vars: tf.Variable[], loss: (x: tf.Tensor, y: tf.Tensor2D) => tf.Scalar, dp: DpOptions, expected: number,
 ): { value: tf.Scalar; grads: tf.NamedTensorMap } {
   const n = xb.shape[0];
-  const m = Math.max(1, Math.min(n, dp.microbatches ?? n));
+  const m = Math.min(n, Math.max(1, dp.microbatches ?? n));
   const sums = new Map<string, tf.Tensor>();
   let total = tf.scalar(0);
   for (let k = 0; k < m; k++) {
@@ -190,7 +218,10 @@ function dpGradients(
   }
   const std = dp.noiseMultiplier * dp.clipNorm;
   const grads: tf.NamedTensorMap = {};
-  for (const v of vars) grads[v.name] = tf.div(tf.add(sums.get(v.name)!, tf.randomNormal(v.shape, 0, std)), m);
+  for (const v of vars) {
+    const noise = secureNoise(v.shape, std);
+    grads[v.name] = tf.div(sums.has(v.name) ? tf.add(sums.get(v.name)!, noise) : noise, Math.max(1, expected));
+  }
   return { value: total as tf.Scalar, grads };
 }
 
