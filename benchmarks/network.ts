@@ -14,7 +14,7 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { DEFAULT_SIMULATION, createHead, encodeHead, headParamCount, initBackend, tf } from '@dflmoe/core';
+import { DEFAULT_SIMULATION, createHead, encodeHead, initBackend, tf } from '@dflmoe/core';
 import { Libp2pHeadExchange, createSiteNode, generateIdentity, type RoundLine } from '@dflmoe/p2p';
 import { runConsortium, writeConsortium } from '@dflmoe/cli';
 

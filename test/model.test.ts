@@ -216,7 +216,10 @@ describe('no tensor leaks across rounds', () => {
       } else {
         const ls = datas.map((_, i) => new LocalPeer(opts(i)));
         for (let r = 1; r <= 5; r++) {
-          for (const l of ls) (await l.trainRound(r), l.evaluate());
+          for (const l of ls) {
+            await l.trainRound(r);
+            l.evaluate();
+          }
           counts.push(tf.memory().numTensors);
         }
         ls.forEach((l) => l.dispose());

@@ -77,11 +77,9 @@ describe('p2p', function () {
     const { HEAD_PROTOCOL, ANNOUNCE_TOPIC, Announce, HeadResponse, writeFrames } = await import('@dflmoe/p2p');
     const ids = await Promise.all([generateIdentity(), generateIdentity()]);
     const allow = ids.map((i) => i.peerId);
-    let blocked = false;
-    let ex!: Libp2pHeadExchange;
-    const honest = await createSiteNode({ privateKey: ids[0].privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow, isBlocked: (p) => ex?.isBlocked(p) ?? false });
+    const honest = await createSiteNode({ privateKey: ids[0].privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow, isBlocked: (p) => ex.isBlocked(p) });
     const evil = await createSiteNode({ privateKey: ids[1].privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow });
-    ex = new Libp2pHeadExchange(honest, { members: ids.map((i) => ({ peerId: i.peerId, addrs: [] })), maxHeadBytes: 1 << 20, logger: quiet, maxStrikes: 3, blockMs: 30000 });
+    const ex = new Libp2pHeadExchange(honest, { members: ids.map((i) => ({ peerId: i.peerId, addrs: [] })), maxHeadBytes: 1 << 20, logger: quiet, maxStrikes: 3, blockMs: 30000 });
     await ex.register();
     // The hostile member answers head requests with a header whose digest does not match the bytes.
     await evil.handle(HEAD_PROTOCOL, async (stream) => {
@@ -102,8 +100,7 @@ describe('p2p', function () {
         await evil.services.pubsub.publish(ANNOUNCE_TOPIC, bogus[t % bogus.length]).catch(() => {});
         await new Promise((r) => setTimeout(r, 100));
       }
-      blocked = ex.isBlocked(ids[1].peerId);
-      assert.ok(blocked, `member blocked; dropped: ${JSON.stringify(ex.dropped)}`);
+      assert.ok(ex.isBlocked(ids[1].peerId), `member blocked; dropped: ${JSON.stringify(ex.dropped)}`);
       assert.ok((ex.dropped['digest-mismatch'] ?? 0) + (ex.dropped['too-large'] ?? 0) + (ex.dropped['spoofed-announce'] ?? 0) + (ex.dropped['bad-announce'] ?? 0) >= 3);
       assert.equal(ex.drain().length, 0, 'nothing from it reached the inbox');
       for (let t = 0; t < 50 && honest.getConnections().length > 0; t++) await new Promise((r) => setTimeout(r, 50));

@@ -209,7 +209,11 @@ describe('DP training samples and noises the way the accountant assumes', () => 
     let m1 = 0;
     let m2 = 0;
     let m4 = 0;
-    for (const v of z) (m1 += v, m2 += v * v, m4 += v ** 4);
+    for (const v of z) {
+      m1 += v;
+      m2 += v * v;
+      m4 += v ** 4;
+    }
     [m1, m2, m4] = [m1 / z.length, m2 / z.length, m4 / z.length];
     assert.ok(Math.abs(m1) < 0.01 && Math.abs(m2 - 1) < 0.02 && Math.abs(m4 - 3) < 0.1, `moments ${m1} ${m2} ${m4}`);
     assert.notDeepEqual(secureGaussian(8), secureGaussian(8));

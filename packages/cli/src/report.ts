@@ -149,7 +149,7 @@ export async function writeRunReport(dir: string): Promise<string> {
   try {
     r = JSON.parse(readFileSync(file, 'utf8')) as SimulationResults;
   } catch (e) {
-    throw new Error(`${file} is not valid JSON: ${(e as Error).message}`);
+    throw new Error(`${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
   if (!r || typeof r !== 'object' || !r.algorithms || !r.config) throw new Error(`${file} does not look like dflmoe simulation results`);
   const rows = [['algorithm', 'mean acc', 'std', 'worst site', 'bytes sent', 'seconds']];

@@ -158,7 +158,7 @@ function readVerified(path: string): VerifiedCheckpoint {
     text = readFileSync(mf);
     manifest = JSON.parse(text.toString('utf8')) as Manifest;
   } catch (e) {
-    throw new Error(`${mf} is not valid JSON (${(e as Error).message})`);
+    throw new Error(`${mf} is not valid JSON (${(e as Error).message})`, { cause: e });
   }
   if (manifest.format !== FORMAT) throw new Error(`${path}: checkpoint format ${manifest.format} is not supported (this version reads ${FORMAT})`);
   const cache = new Map<string, Uint8Array>();

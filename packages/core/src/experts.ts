@@ -68,14 +68,6 @@ export class ExpertPool {
     return dropped;
   }
 
-  remove(peer: string): boolean {
-    const e = this.entries.get(peer);
-    if (!e) return false;
-    disposeHead(e.head);
-    this.entries.delete(peer);
-    return true;
-  }
-
   get(peer: string): PoolEntry | undefined {
     return this.entries.get(peer);
   }

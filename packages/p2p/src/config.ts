@@ -39,7 +39,29 @@ const peerId = z.string().refine((s) => {
   }
 }, 'not a valid peer ID (run `dflmoe keygen` to get one)');
 
+/** A relay's address: a multiaddr that ends in /p2p/<the relay's peer ID>. */
+const relayAddr = addr.refine((s) => {
+  try {
+    const id = multiaddr(s).getComponents().filter((c) => c.name === 'p2p').at(-1)?.value;
+    return id !== undefined && !s.includes('/p2p-circuit') && Boolean(peerIdFromString(id));
+  } catch {
+    return false;
+  }
+}, "a relay address ends in /p2p/<the relay's peer ID> (e.g. /ip4/10.0.0.1/tcp/9101/p2p/12D3KooW...)");
+
 const posInt = z.number().int().min(1);
+
+/** Reaching sites behind NAT through circuit relays (libp2p circuit relay v2) and hole punching (DCUtR). */
+export const relaySchema = z.object({
+  /** Serve as a relay for the members (reservations and relayed connections for member peer IDs only). */
+  serve: z.boolean().default(false),
+  /** Relays this site keeps a reservation on, so that members reach it through them (a site behind NAT). */
+  via: z.array(relayAddr).max(8).default([]),
+  /** Try to replace relayed connections with direct ones by hole punching (DCUtR). */
+  holePunch: z.boolean().default(true),
+  /** Serving: most reservations held at once. */
+  maxReservations: posInt.max(1024).default(64),
+}).strict().prefault({});
 const algorithm = z.enum(ALGORITHMS as [AlgorithmName, ...AlgorithmName[]]);
 
 export const memberSchema = z.object({
@@ -56,8 +78,10 @@ const checkpointSchema = z.object({
 export const peerConfigSchema = z.object({
   name: z.string().optional(),
   key: z.string(),
-  listen: z.array(addr).min(1),
+  /** Addresses to accept connections on; may be empty behind NAT when `relay.via` names a relay. */
+  listen: z.array(addr).default([]),
   members: z.array(memberSchema).default([]),
+  relay: relaySchema,
   psk: z.string().optional(),
   algorithm: algorithm.default('dflmoe'),
   server: memberSchema.optional(),
@@ -194,6 +218,9 @@ export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.
   const r = peerConfigSchema.safeParse(raw);
   if (!r.success) throw new ConfigError(formatIssues(file, r.error));
   const c = r.data;
+  if (c.listen.length === 0 && c.relay.via.length === 0) {
+    throw new ConfigError(`config ${file}: listen: give at least one address to listen on, or (behind NAT) relay.via: a relay that members reach this site through`);
+  }
   if (c.data.index >= c.data.peers) throw new ConfigError(`config ${file}: data.index (${c.data.index}) must be below data.peers (${c.data.peers})`);
   if (getAlgorithm(c.algorithm).network === 'server' && !c.server) {
     throw new ConfigError(`config ${file}: server: required when algorithm is "${c.algorithm}" (the aggregation server's peerId and addrs)`);

@@ -90,7 +90,7 @@ export class Libp2pServerLink implements ServerLink {
         if (got.length === 0) throw new Error('no answer');
         return { res: FedAvgResponse.decode(got[0]), frames: got };
       } catch (e) {
-        if (signal.aborted) throw new Error(`FedAvg server ${this.o.server.peerId} unreachable: ${(e as Error).message}`);
+        if (signal.aborted) throw new Error(`FedAvg server ${this.o.server.peerId} unreachable: ${(e as Error).message}`, { cause: e });
         this.o.logger.debug(`FedAvg request failed (${(e as Error).message}); retrying`);
         await sleep(500);
       }
@@ -361,16 +361,15 @@ export async function runServer(cfg: ServerConfig, log: Logger): Promise<{ peerI
   mkdirSync(cfg.out, { recursive: true });
   const metricsFile = join(cfg.out, 'metrics.jsonl');
   const ckptDir = join(cfg.out, 'checkpoints');
-  let server: FedAvgServer | undefined;
   const node = await createSiteNode({
     privateKey: id.privateKey, listen: cfg.listen, allow: cfg.clients.map((c) => c.peerId), psk: cfg.psk ? loadPsk(cfg.psk) : undefined,
     onRefused: (p, d) => log.warn(`refused ${d} connection from non-client ${p}`),
-    isBlocked: (p) => server?.isBlocked(p) ?? false,
+    isBlocked: (p) => server.isBlocked(p),
   });
-  server = new FedAvgServer(node, cfg, log);
+  const server = new FedAvgServer(node, cfg, log);
   const rounds: ServerRoundLine[] = [];
   const restored = cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0
-    ? await restoreNewest(ckptDir, (c) => server!.restore(c.round, c.state as ServerState, c.read('global.bin')), log)
+    ? await restoreNewest(ckptDir, (c) => server.restore(c.round, c.state as ServerState, c.read('global.bin')), log)
     : undefined;
   if (restored) {
     const r = restored.checkpoint.round;

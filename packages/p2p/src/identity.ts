@@ -29,7 +29,7 @@ export function loadIdentity(path: string): { privateKey: PrivateKey; peerId: st
   try {
     privateKey = privateKeyFromProtobuf(Buffer.from(body, 'base64'));
   } catch (e) {
-    throw new Error(`${path}: cannot read the key (${(e as Error).message})`);
+    throw new Error(`${path}: cannot read the key (${(e as Error).message})`, { cause: e });
   }
   if (privateKey.type !== 'Ed25519') throw new Error(`${path}: expected an Ed25519 key, found ${privateKey.type}`);
   return { privateKey, peerId: peerIdFromPrivateKey(privateKey).toString() };

@@ -13,6 +13,7 @@ import { checkQuorum, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, Libp2pHeadExchange, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
 import { createSiteNode, type SiteNode } from './node.js';
+import { siteRelayOptions, watchConnections } from './reach.js';
 import { Libp2pServerLink } from './fedavg-net.js';
 import { PeerMetrics } from './metrics.js';
 import { readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
@@ -148,7 +149,13 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
         onRefused: (peer, dir) => log.warn(`refused ${dir} connection from non-member ${peer}`),
         metricsRegistry: prom?.registry,
         isBlocked: (peer) => exchange?.isBlocked(peer) ?? false,
+        relay: siteRelayOptions(cfg),
+        onRelayRefused: (peer, what) => log.warn(`refused to relay a ${what} for non-member ${peer}`),
+        onRelayStatus: (s) => (s.state === 'reserved'
+          ? log.info(`reserved a slot on relay ${s.relay}; members reach this site at ${s.addrs.join(', ')}`)
+          : log.warn(`no reservation on relay ${s.relay} yet (retrying): ${s.error}`)),
       });
+      watchConnections(node, log, names);
       if (alg.network === 'peers') {
         const heads = alg.message === 'head';
         exchange = new Libp2pHeadExchange(node, {
