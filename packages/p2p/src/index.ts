@@ -11,3 +11,4 @@ export * from './strikes.js';
 export { Announce, HeadRequest, HeadResponse, FedAvgRequest, FedAvgResponse } from './proto/messages.js';
 export * from './metrics.js';
 export * from './preprocess.js';
+export * from './reach.js';

@@ -2,10 +2,19 @@
  * The libp2p node of a site: TCP (WebSockets optional), noise, yamux,
  * identify, ping and gossipsub; a connection gater that refuses every peer
  * that is not a consortium member; an optional pre-shared key.
+ *
+ * Sites behind NAT: every node can dial through circuit relays (v2); a site
+ * with `relay.via` keeps a reservation on those relays so that members reach
+ * it through them, and DCUtR replaces relayed connections with direct ones
+ * where hole punching works. A site with `relay.serve` relays for members
+ * only: the gater refuses reservations and relayed connections of anyone
+ * else, and relayed connections carry no data or time limit (heads are big).
  */
 import './polyfill.js';
 import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
+import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2';
+import { dcutr } from '@libp2p/dcutr';
 import { gossipsub } from '@libp2p/gossipsub';
 import { identify } from '@libp2p/identify';
 import type { Connection, Libp2p, PeerId, PrivateKey } from '@libp2p/interface';
@@ -16,6 +25,7 @@ import { webSockets } from '@libp2p/websockets';
 import { multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p } from 'libp2p';
 import { prometheusMetrics } from '@libp2p/prometheus-metrics';
+import { RelayKeeper, type RelayStatus } from './relay-keeper.js';
 import type { Registry } from 'prom-client';
 
 export interface NodeOptions {
@@ -30,23 +40,55 @@ export interface NodeOptions {
   isBlocked?: (peer: string) => boolean;
   /** Register libp2p's own metrics in this Prometheus registry. */
   metricsRegistry?: Registry;
+  relay?: RelayOptions;
+  /** Called when the relay this node serves refuses a peer (not a member, or blocked). */
+  onRelayRefused?: (peer: string, what: string) => void;
+  /** Called when a reservation on a relay of `relay.via` is made or fails (once per change). */
+  onRelayStatus?: (s: RelayStatus) => void;
+}
+
+export interface RelayOptions {
+  /** Relay for these peers only (the members): reservations and both ends of a relayed connection. */
+  serve?: { members: string[]; maxReservations?: number };
+  /** Relay addresses (ending in /p2p/<relay>) to keep a reservation on, so that members reach this site through them. */
+  via?: string[];
+  /** DCUtR: replace relayed connections with direct ones where hole punching works (default true). */
+  holePunch?: boolean;
+}
+
+/** The peer ID a multiaddr names last (`/p2p/<id>`), if any. */
+export function peerIdOfAddr(a: string): string | undefined {
+  return multiaddr(a).getComponents().filter((c) => c.name === 'p2p').at(-1)?.value;
+}
+
+/** Whether a connection runs through a relay. */
+export function isRelayed(c: Connection): boolean {
+  return c.remoteAddr.toString().includes('/p2p-circuit');
 }
 
 export type SiteNode = Libp2p<{ identify: ReturnType<ReturnType<typeof identify>>; ping: ReturnType<ReturnType<typeof ping>>; pubsub: ReturnType<ReturnType<typeof gossipsub>> }>;
 
 export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
-  const allowed = new Set(o.allow);
+  const via = o.relay?.via ?? [];
+  // Relays this site reserves on may be run by the consortium without being members: they may connect.
+  const allowed = new Set([...o.allow, ...via.map(peerIdOfAddr).filter((p): p is string => p !== undefined)]);
   const refuse = (peer: PeerId, direction: 'inbound' | 'outbound'): boolean => {
     const ok = allowed.has(peer.toString()) && !o.isBlocked?.(peer.toString());
     if (!ok) o.onRefused?.(peer.toString(), direction);
     return !ok;
+  };
+  const relayFor = new Set(o.relay?.serve?.members ?? []);
+  const notRelayed = (peer: PeerId, what: string): boolean => {
+    if (relayFor.has(peer.toString()) && !o.isBlocked?.(peer.toString())) return false;
+    o.onRelayRefused?.(peer.toString(), what);
+    return true;
   };
   const useWs = o.listen.some((a) => a.includes('/ws'));
   const node = await createLibp2p({
     start: false,
     privateKey: o.privateKey,
     addresses: { listen: o.listen },
-    transports: useWs ? [tcp(), webSockets()] : [tcp()],
+    transports: [tcp(), ...(useWs ? [webSockets()] : []), circuitRelayTransport({ reservationCompletionTimeout: 10000 })],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     ...(o.psk ? { connectionProtector: preSharedKey({ psk: o.psk }) } : {}),
@@ -57,10 +99,23 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
       denyDialPeer: (peer) => refuse(peer, 'outbound'),
       denyInboundEncryptedConnection: (peer) => refuse(peer, 'inbound'),
       denyOutboundEncryptedConnection: (peer) => refuse(peer, 'outbound'),
+      // Relaying: only for members, at both ends.
+      denyInboundRelayReservation: (peer) => notRelayed(peer, 'reservation'),
+      denyOutboundRelayedConnection: (source, destination) => notRelayed(source, 'relayed connection') || notRelayed(destination, 'relayed connection'),
+      denyInboundRelayedConnection: (relay, remote) => refuse(relay, 'inbound') || refuse(remote, 'inbound'),
     },
     services: {
       identify: identify(),
       ping: ping(),
+      ...(o.relay?.serve
+        ? {
+          relay: circuitRelayServer({
+            reservations: { maxReservations: o.relay.serve.maxReservations ?? 64, applyDefaultLimit: false },
+            hopTimeout: 30000,
+          }),
+        }
+        : {}),
+      ...(o.relay?.holePunch !== false ? { dcutr: dcutr() } : {}),
       pubsub: gossipsub({
         allowPublishToZeroTopicPeers: true,
         emitSelf: false,
@@ -70,6 +125,12 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
       }),
     },
   });
+  if (via.length > 0) {
+    // Reservations are asked for (and asked for again) once the node runs: see RelayKeeper.
+    const keeper = new RelayKeeper(node, via, o.onRelayStatus);
+    node.addEventListener('start', () => keeper.start());
+    node.addEventListener('stop', () => keeper.stop());
+  }
   return node as unknown as SiteNode;
 }
 

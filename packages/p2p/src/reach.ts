@@ -1,0 +1,41 @@
+/**
+ * How a site reaches the others and is reached (relays, hole punching), from
+ * its config, and a log line per member connection saying whether it is
+ * direct or relayed.
+ */
+import type { Logger } from '@dflmoe/core';
+import type { PeerConfig } from './config.js';
+import { isRelayed, type RelayOptions, type SiteNode } from './node.js';
+
+/** The relay options of `createSiteNode` for a site config. */
+export function siteRelayOptions(cfg: Pick<PeerConfig, 'members' | 'relay'>): RelayOptions {
+  return {
+    ...(cfg.relay.serve ? { serve: { members: cfg.members.map((m) => m.peerId), maxReservations: cfg.relay.maxReservations } } : {}),
+    via: cfg.relay.via,
+    holePunch: cfg.relay.holePunch,
+  };
+}
+
+export interface ConnectionCounts {
+  direct: number;
+  relayed: number;
+}
+
+/**
+ * Log every connection to a member once it opens ("connected to site-b
+ * (12D3...) relayed via /ip4/...") and count them; a relayed connection that
+ * DCUtR replaces is followed by a direct one.
+ */
+export function watchConnections(node: SiteNode, log: Logger, names: Map<string, string | undefined>): ConnectionCounts {
+  const counts: ConnectionCounts = { direct: 0, relayed: 0 };
+  node.addEventListener('connection:open', (evt) => {
+    const c = evt.detail;
+    const id = c.remotePeer.toString();
+    if (!names.has(id)) return;
+    const name = names.get(id) ?? 'member';
+    const relayed = isRelayed(c);
+    counts[relayed ? 'relayed' : 'direct']++;
+    log.info(`connected to ${name} (${id}) ${relayed ? 'relayed' : 'direct'} ${c.direction} at ${c.remoteAddr.toString()}`);
+  });
+  return counts;
+}
