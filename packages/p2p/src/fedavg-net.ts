@@ -23,6 +23,7 @@
  * it hands the global model out, and `dflmoe server` resumes from it.
  * Clients retry through a server restart: they upload again when asked.
  */
+import { createHash } from 'node:crypto';
 import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Connection, Stream } from '@libp2p/interface';
@@ -55,6 +56,8 @@ export class Libp2pServerLink implements ServerLink {
   transferSeconds = 0;
   /** This round's upload, kept to send again if the server restarts before it aggregates. */
   private last?: { round: number; payload: Uint8Array; samples: number };
+  /** The last global model downloaded: the round it was asked for and its SHA-256 (hex), for the audit trail. */
+  lastGlobal?: { round: number; digest: string };
 
   constructor(
     private node: SiteNode,
@@ -138,6 +141,7 @@ export class Libp2pServerLink implements ServerLink {
         this.transferSeconds += (performance.now() - t0) / 1000;
         this.s.bytesReceived += frames[1].length;
         this.s.messagesReceived++;
+        this.lastGlobal = { round, digest: createHash('sha256').update(frames[1]).digest('hex') };
         return frames[1];
       }
       if (res.needUpload && this.last && Number(res.round) === this.last.round) {
@@ -152,6 +156,11 @@ export class Libp2pServerLink implements ServerLink {
 
   stats(): ExchangeStats {
     return { ...this.s };
+  }
+
+  /** The round and SHA-256 (hex) of the last upload. */
+  lastUpload(): { round: number; digest: string } | undefined {
+    return this.last && { round: this.last.round, digest: createHash('sha256').update(this.last.payload).digest('hex') };
   }
 }
 

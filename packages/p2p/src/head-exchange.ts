@@ -115,6 +115,9 @@ export class Libp2pHeadExchange implements HeadExchange {
   private s: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0 };
   /** Seconds spent moving head bytes (both directions), for network-vs-training figures. */
   transferSeconds = 0;
+  /** Digests of the last few versions delivered per peer, and the deliveries since `takeReceived` (audit trail). */
+  private digests = new Map<string, { version: number; digest: string }[]>();
+  private recent: { peer: string; version: number; digest: string }[] = [];
 
   private readonly protocol: string;
   private readonly topic: string;
@@ -257,6 +260,26 @@ export class Libp2pHeadExchange implements HeadExchange {
     this.s.bytesReceived += body.length;
     this.s.messagesReceived++;
     this.inbox.put({ from: peer, payload: body.slice() });
+    const got = { version: Number(res.version), digest: Buffer.from(d).toString('hex') };
+    this.digests.set(peer, [...(this.digests.get(peer) ?? []).slice(-3), got]);
+    if (this.recent.length < 4096) this.recent.push({ peer, ...got });
+  }
+
+  /** SHA-256 (hex) of `peer`'s head `version` as it arrived, if it was among the last few. */
+  receivedDigest(peer: string, version: number): string | undefined {
+    return this.digests.get(peer)?.find((x) => x.version === version)?.digest;
+  }
+
+  /** What arrived since the last call: peer, version and SHA-256 (hex) of each message. */
+  takeReceived(): { peer: string; version: number; digest: string }[] {
+    const out = this.recent;
+    this.recent = [];
+    return out;
+  }
+
+  /** The version and SHA-256 (hex) of what this site published last. */
+  published(): { version: number; digest: string } | undefined {
+    return this.latest && { version: Number(this.latest.version), digest: Buffer.from(this.latest.digest).toString('hex') };
   }
 
   /** Answer a head request from a member. */
