@@ -23,3 +23,4 @@ export * from './simulate.js';
 export * from './learner.js';
 export * from './checkpoint.js';
 export * from './privacy.js';
+export * from './keyed-adam.js';

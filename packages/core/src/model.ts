@@ -263,14 +263,109 @@ export interface Expert {
 }
 
 /**
- * MoE prediction: `sum_j g_j(z) * softmax(head_j(fst_j(z)))`. Returns the
- * mixture probabilities `[batch, classes]` and the gate weights.
+ * MoE prediction, one small kernel chain per expert (the reference path;
+ * `moeForward` computes the same batched): `sum_j g_j(z) * softmax(head_j(fst_j(z)))`.
  */
-export function moeForward(z: tf.Tensor2D, experts: Expert[], gate: Gate): { probs: tf.Tensor2D; gates: tf.Tensor2D } {
+export function moeForwardPerExpert(z: tf.Tensor2D, experts: Expert[], gate: Gate): { probs: tf.Tensor2D; gates: tf.Tensor2D } {
   const g = gate.weights(z, experts.map((e) => e.id));
   const p = tf.stack(experts.map((e) => tf.softmax(headLogits(e.head, e.fst ? applyFst(e.fst, z) : z))), 1); // [B, K, C]
   const probs = tf.sum(tf.mul(p, tf.expandDims(g, 2)), 1) as tf.Tensor2D;
   return { probs, gates: g };
+}
+
+/** How `moeForward` runs one group's first layer: FST folded into the head's kernel, or applied to the features first. */
+export type MoeFusion = 'auto' | 'fold' | 'apply';
+
+/** FST form of an expert: none, a scale per feature (rank-1 kernel) or a full matrix. */
+function fstForm(e: Expert): FstKind {
+  return !e.fst ? 'none' : e.fst.kernel.rank === 1 ? 'diag' : 'full';
+}
+
+/**
+ * Logits `[B, K, C]` of K experts that share an FST form, batched: one
+ * matMul for all K first layers, then one batched matMul per further head
+ * layer. The FST is linear and so is a head's first layer, so `fold`
+ * computes `z (W_k H_k) + (b_k H_k + c_k)`, whose cost does not grow with
+ * the batch in the d x d part; `apply` computes `(z W_k + b_k) H_k + c_k`.
+ */
+function groupLogits(z: tf.Tensor2D, group: Expert[], form: FstKind, fusion: MoeFusion): tf.Tensor3D {
+  const K = group.length;
+  const [B, d] = z.shape;
+  const layers = group[0].head.length;
+  const kernels = (i: number) => tf.stack(group.map((e) => e.head[i].kernel)) as tf.Tensor3D; // [K, in, out]
+  const biases = (i: number) => tf.stack(group.map((e) => e.head[i].bias)) as tf.Tensor2D; // [K, out]
+  const H = kernels(0);
+  const out = H.shape[2];
+  let h: tf.Tensor3D; // [B, K, out]
+  if (form === 'none' || (fusion === 'auto' ? out <= B : fusion === 'fold')) {
+    // One [d, K*out] kernel for every expert's first layer.
+    let M: tf.Tensor3D = H;
+    let m = biases(0);
+    if (form !== 'none') {
+      const W = tf.stack(group.map((e) => e.fst!.kernel)); // [K, d, d] or [K, d]
+      const b = tf.stack(group.map((e) => e.fst!.bias)) as tf.Tensor2D; // [K, d]
+      M = form === 'full' ? tf.matMul(W as tf.Tensor3D, H) : (tf.mul(tf.expandDims(W, 2), H) as tf.Tensor3D);
+      m = tf.add(tf.reshape(tf.matMul(tf.expandDims(b, 1) as tf.Tensor3D, H), [K, out]), m) as tf.Tensor2D;
+    }
+    const flat = tf.reshape(tf.transpose(M, [1, 0, 2]), [d, K * out]) as tf.Tensor2D;
+    h = tf.reshape(tf.add(tf.matMul(z, flat), tf.reshape(m, [K * out])), [B, K, out]) as tf.Tensor3D;
+  } else {
+    // Transform first: [B, K, d] inputs (one matMul for every full FST), then a batched matMul per head.
+    const b = tf.stack(group.map((e) => e.fst!.bias)) as tf.Tensor2D;
+    let x: tf.Tensor3D;
+    if (form === 'full') {
+      const flat = tf.reshape(tf.transpose(tf.stack(group.map((e) => e.fst!.kernel)), [1, 0, 2]), [d, K * d]) as tf.Tensor2D;
+      x = tf.reshape(tf.add(tf.matMul(z, flat), tf.reshape(b, [K * d])), [B, K, d]) as tf.Tensor3D;
+    } else {
+      x = tf.add(tf.mul(tf.expandDims(z, 1), tf.stack(group.map((e) => e.fst!.kernel))), b) as tf.Tensor3D;
+    }
+    h = tf.transpose(tf.add(tf.matMul(tf.transpose(x, [1, 0, 2]) as tf.Tensor3D, H), tf.expandDims(biases(0), 1)), [1, 0, 2]) as tf.Tensor3D;
+  }
+  for (let i = 1; i < layers; i++) {
+    const y = tf.matMul(tf.transpose(tf.relu(h), [1, 0, 2]) as tf.Tensor3D, kernels(i)); // [K, B, out_i]
+    h = tf.transpose(tf.add(y, tf.expandDims(biases(i), 1)), [1, 0, 2]) as tf.Tensor3D;
+  }
+  return h;
+}
+
+/**
+ * MoE prediction: `sum_j g_j(z) * softmax(head_j(fst_j(z)))`, with every
+ * expert's transform and head run as batched tensor operations: experts
+ * are grouped by FST form and by whether their head trains (the own head,
+ * a variable, apart from received heads, so that no gradient is computed
+ * for frozen kernels), and each group runs as one chain (`groupLogits`).
+ * Gradients reach every expert's own FST variables through the stacks.
+ * Equal to `moeForwardPerExpert` up to float rounding. Returns the mixture
+ * probabilities `[batch, classes]`, the gate weights `[batch, K]` and each
+ * expert's logits `[batch, K, classes]`, all in the order of `experts`.
+ */
+export function moeForward(
+  z: tf.Tensor2D, experts: Expert[], gate: Gate, fusion: MoeFusion = 'auto',
+): { probs: tf.Tensor2D; gates: tf.Tensor2D; logits: tf.Tensor3D } {
+  const g = gate.weights(z, experts.map((e) => e.id));
+  const groups = new Map<string, number[]>();
+  experts.forEach((e, j) => {
+    const key = `${fstForm(e)}:${e.head[0].kernel instanceof tf.Variable && e.head[0].kernel.trainable}`;
+    groups.set(key, [...(groups.get(key) ?? []), j]);
+  });
+  const parts = [...groups.values()].map((idx) => groupLogits(z, idx.map((j) => experts[j]), fstForm(experts[idx[0]]), fusion));
+  const order = [...groups.values()].flat();
+  let logits = parts.length === 1 ? parts[0] : (tf.concat(parts, 1) as tf.Tensor3D);
+  if (order.some((j, i) => j !== i)) {
+    // Back to the experts' order, by slices of consecutive positions (gather has no gradient on wasm).
+    const pos = new Int32Array(order.length);
+    order.forEach((j, i) => (pos[j] = i));
+    const runs: [number, number][] = [];
+    for (let j = 0; j < pos.length; j++) {
+      const last = runs.at(-1);
+      if (last && pos[j] === last[0] + last[1]) last[1]++;
+      else runs.push([pos[j], 1]);
+    }
+    const grouped = logits;
+    logits = tf.concat(runs.map(([start, size]) => tf.slice(grouped, [0, start, 0], [-1, size, -1])), 1) as tf.Tensor3D;
+  }
+  const probs = tf.sum(tf.mul(tf.softmax(logits), tf.expandDims(g, 2)), 1) as tf.Tensor2D;
+  return { probs, gates: g, logits };
 }
 
 /**

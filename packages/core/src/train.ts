@@ -120,7 +120,8 @@ export function disposePeerData(p: PeerData): void {
  * Variables updated by one optimizer. tfjs optimizers keep their state by
  * position in the variable list, so each group must always list the same
  * variables in the same order; parts that come and go (one per expert) get
- * groups of their own.
+ * groups of their own. Groups may share an optimizer (a `KeyedAdam` that
+ * keeps state per group): it is then called once per step with all of them.
  */
 export interface ParamGroup {
   optimizer: tf.Optimizer;
@@ -155,6 +156,9 @@ export async function trainEpochs(
     const order = dp ? undefined : new Rng(deriveSeed(opts.seed, 'epoch', round, e)).shuffle(Int32Array.from({ length: n }, (_, i) => i)) as Int32Array;
     const gs = groups();
     const varList = gs.flatMap((g) => g.vars);
+    // Groups that share an optimizer are updated in one call (a KeyedAdam batches its keys).
+    const updates = new Map<tf.Optimizer, tf.Variable[]>();
+    for (const g of gs) updates.set(g.optimizer, [...(updates.get(g.optimizer) ?? []), ...g.vars]);
     for (let s = 0; s < n; s += opts.batchSize) {
       opts.signal?.throwIfAborted();
       const idx = order ? order.subarray(s, Math.min(n, s + opts.batchSize)) : sample(n, q);
@@ -163,7 +167,7 @@ export async function trainEpochs(
         const xb = tf.gather(data.xTrain, it);
         const yb = tf.cast(tf.oneHot(tf.gather(data.yTrain, it), data.numClasses), 'float32') as tf.Tensor2D;
         const { value, grads } = dp ? dpGradients(xb, yb, varList, loss, dp, expected) : tf.variableGrads(() => loss(xb, yb), varList);
-        for (const g of gs) g.optimizer.applyGradients(g.vars.map((v) => ({ name: v.name, tensor: grads[v.name] })));
+        for (const [optimizer, vars] of updates) optimizer.applyGradients(vars.map((v) => ({ name: v.name, tensor: grads[v.name] })));
         return value;
       });
       if (cost) {

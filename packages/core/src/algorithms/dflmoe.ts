@@ -7,6 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { deriveSeed } from '@dflmoe/data';
 import { CodecError, decodeHead, encodeHead, type CodecReason, type NamedArray, type Precision } from '../codec.js';
 import { ExpertPool } from '../experts.js';
+import { KeyedAdam } from '../keyed-adam.js';
 import { Gate, applyFst, createFst, stopGradient, type FstKind, headLogits, headParamCount, moeForward, moeLoss, type DenseLayer, type Expert } from '../model.js';
 import { accuracy, predictClasses, trainEpochs, type ParamGroup } from '../train.js';
 import { SupervisedModel, type PeerEval, type PeerModelOptions } from './common.js';
@@ -64,8 +65,11 @@ export class DflmoePeer extends SupervisedModel {
   readonly gate: Gate;
   readonly pool: ExpertPool;
   private fsts = new Map<string, DenseLayer<tf.Variable>>();
-  /** One optimizer per received expert (its gate slot and FST), so experts can come and go. */
-  private expertOptimizers = new Map<string, tf.Optimizer>();
+  /**
+   * Adam state per received expert (its gate slot and FST), so experts can
+   * come and go; all experts are updated in one batched step.
+   */
+  private readonly expertAdam: KeyedAdam;
   private readonly maxHeadBytes: number;
   private readonly expertLrScale: number;
   private readonly admission?: number;
@@ -82,6 +86,7 @@ export class DflmoePeer extends SupervisedModel {
     this.pool = new ExpertPool({ maxStaleness: o.maxStaleness ?? 3 });
     this.maxHeadBytes = o.maxHeadBytes ?? 64 * 1024 * 1024;
     this.expertLrScale = o.expertLrScale ?? 1;
+    this.expertAdam = new KeyedAdam(this.train.learningRate * this.expertLrScale);
     this.admission = o.admission;
     this.fstKind = o.fst ?? 'full';
     this.distill = o.distill ?? 0;
@@ -163,13 +168,10 @@ export class DflmoePeer extends SupervisedModel {
   override paramGroups(): ParamGroup[] {
     const groups: ParamGroup[] = [{ optimizer: this.optimizer, vars: [...this.variables(), ...this.gate.sharedVariables(this.id)] }];
     for (const e of this.pool.list()) {
-      let opt = this.expertOptimizers.get(e.peer);
-      if (!opt) {
-        opt = tf.train.adam(this.train.learningRate * this.expertLrScale);
-        this.expertOptimizers.set(e.peer, opt);
-      }
       const f = this.fsts.get(e.peer);
-      groups.push({ optimizer: opt, vars: [...this.gate.slotVariables(e.peer), ...(f ? [f.kernel, f.bias] : [])] });
+      const vars = [...this.gate.slotVariables(e.peer), ...(f ? [f.kernel, f.bias] : [])];
+      this.expertAdam.register(e.peer, vars);
+      groups.push({ optimizer: this.expertAdam, vars });
     }
     return groups;
   }
@@ -178,9 +180,10 @@ export class DflmoePeer extends SupervisedModel {
     this.account();
     return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => {
       const z = this.features(x, true);
-      const own = headLogits(this.head, z);
       const experts = this.experts();
-      const { probs } = moeForward(z, experts, this.gate);
+      const { probs, logits } = moeForward(z, experts, this.gate);
+      // The own head is expert 0 of the batched forward pass.
+      const own = tf.reshape(tf.slice(logits, [0, 0, 0], [-1, 1, -1]), [z.shape[0], this.headSpec.outputDim]) as tf.Tensor2D;
       const loss = moeLoss(own, probs, y, this.alpha);
       if (this.distill === 0 || experts.length < 2) return loss;
       const toMixture = tf.neg(tf.mean(tf.sum(tf.mul(stopGradient(probs), tf.logSoftmax(own)), 1)));
@@ -231,12 +234,16 @@ export class DflmoePeer extends SupervisedModel {
     const pool = this.pool.list();
     for (const e of pool) e.head.forEach((l, i) => (add(`pool/${e.peer}/${i}/kernel`, l.kernel), add(`pool/${e.peer}/${i}/bias`, l.bias)));
     const optimizers: Record<string, number> = {};
-    for (const [key, opt] of [['base', this.optimizer] as const, ...this.expertOptimizers]) {
-      const ws = await opt.getWeights();
+    const base = await this.optimizer.getWeights();
+    optimizers.base = base.length;
+    base.forEach((w, k) => add(`opt/base/${k}`, w.tensor));
+    // The first entry (iteration count) is a fresh tensor; the rest are the optimizer's own variables.
+    base[0]?.tensor.dispose();
+    for (const key of this.expertAdam.keys()) {
+      const ws = this.expertAdam.keyWeights(key);
       optimizers[key] = ws.length;
       ws.forEach((w, k) => add(`opt/${key}/${k}`, w.tensor));
-      // The first entry (iteration count) is a fresh tensor; the rest are the optimizer's own variables.
-      ws[0]?.tensor.dispose();
+      tf.dispose(ws.map((w) => w.tensor));
     }
     return {
       meta: {
@@ -285,14 +292,16 @@ export class DflmoePeer extends SupervisedModel {
       this.pool.restore({ peer: e.peer, version: e.version, receivedRound: e.receivedRound, bytes: e.bytes, head });
     }
     for (const [key, n] of Object.entries(meta.optimizers)) {
-      let opt = key === 'base' ? this.optimizer : this.expertOptimizers.get(key);
-      if (!opt) {
-        opt = tf.train.adam(this.train.learningRate * this.expertLrScale);
-        this.expertOptimizers.set(key, opt);
-      }
       const ws = Array.from({ length: n }, (_, k) => ({ name: `opt/${key}/${k}`, tensor: get(`opt/${key}/${k}`) }));
-      await opt.setWeights(ws);
-      tf.dispose(ws.map((w) => w.tensor));
+      try {
+        if (key === 'base') await this.optimizer.setWeights(ws);
+        else {
+          const f = this.fsts.get(key);
+          this.expertAdam.setKeyWeights(key, [...this.gate.slotVariables(key), ...(f ? [f.kernel, f.bias] : [])], ws);
+        }
+      } finally {
+        tf.dispose(ws.map((w) => w.tensor));
+      }
     }
     Object.assign(this.counters, meta.counters);
     if (meta.accountant) this.accountant.restore(meta.accountant);
@@ -304,7 +313,6 @@ export class DflmoePeer extends SupervisedModel {
     this.pool.dispose();
     for (const f of this.fsts.values()) tf.dispose([f.kernel, f.bias]);
     this.fsts.clear();
-    for (const o of this.expertOptimizers.values()) o.dispose();
-    this.expertOptimizers.clear();
+    this.expertAdam.dispose();
   }
 }
