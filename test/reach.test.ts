@@ -3,9 +3,19 @@
  * for members; every wait bounded.
  */
 import assert from 'node:assert/strict';
-import { silentLogger } from '@dflmoe/core';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DEFAULT_SIMULATION, silentLogger, type SimulationConfig } from '@dflmoe/core';
+import { startProcess, waitExit, writeConsortium, type SiteFiles } from '@dflmoe/cli';
 import { multiaddr } from '@multiformats/multiaddr';
-import { Libp2pHeadExchange, createSiteNode, generateIdentity, isRelayed, type SiteNode } from '@dflmoe/p2p';
+import { Libp2pHeadExchange, createSiteNode, generateIdentity, isRelayed, type RoundLine, type SiteNode } from '@dflmoe/p2p';
+
+function lines(file: string): RoundLine[] {
+  if (!existsSync(file)) return [];
+  return readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+}
 
 async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | false | undefined>, timeoutMs: number): Promise<T> {
   const t0 = Date.now();
@@ -79,5 +89,64 @@ describe('reach: circuit relay for members only', function () {
     assert.ok(!s.getMultiaddrs().some((a) => a.toString().includes('/p2p-circuit')), 'the stranger holds no reservation');
     await assert.rejects(s.dial(multiaddr(`${relayAddr}/p2p-circuit/p2p/${nat.peerId}`), { signal: AbortSignal.timeout(10000) }));
     assert.ok(refusedRelay.some((x) => x === `relayed connection:${stranger.peerId}`), refusedRelay.join());
+  });
+});
+
+describe('reach: a consortium with a site behind NAT (multi-process)', function () {
+  this.timeout(300000);
+  let procs: ChildProcess[] = [];
+  afterEach(() => {
+    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
+    procs = [];
+  });
+
+  it('4 sites, one with no listen address reachable only through a member relay: every round completes with all 3 experts at every site', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-relay-'));
+    const sim: SimulationConfig = { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 4, rounds: 8, partition: 'dirichlet:0.5', seed: 3, algorithms: ['dflmoe'] };
+    const f = await writeConsortium({ dir, algorithm: 'dflmoe', sim, deadlineMs: 20000, lingerMs: 3000 });
+    const [relay, , , nat] = f.sites;
+    const relayAddr = `/ip4/127.0.0.1/tcp/${relay.port}/p2p/${relay.peerId}`;
+    const edit = (s: SiteFiles, fn: (c: Record<string, any>) => void) => {
+      const c = JSON.parse(readFileSync(s.config, 'utf8'));
+      fn(c);
+      writeFileSync(s.config, JSON.stringify(c, null, 2));
+    };
+    for (const s of f.sites) {
+      edit(s, (c) => {
+        if (s === relay) c.relay = { serve: true };
+        if (s === nat) {
+          // No address of its own; it knows only the relay's address (as behind a strict NAT).
+          c.listen = [];
+          c.relay = { via: [relayAddr] };
+          for (const m of c.members) if (m.peerId !== relay.peerId) m.addrs = [];
+        } else {
+          const m = c.members.find((x: { peerId: string }) => x.peerId === nat.peerId);
+          m.addrs = s === relay ? [] : [`${relayAddr}/p2p-circuit`];
+        }
+      });
+    }
+    const ps = f.sites.map((s) => {
+      const p = startProcess(['peer', '--config', s.config], `${s.out}.log`, { DFLMOE_LOG_LEVEL: 'info' });
+      procs.push(p);
+      return p;
+    });
+    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 240000))), [0, 0, 0, 0], 'every site exits cleanly');
+    for (const s of f.sites) {
+      const ls = lines(join(s.out, 'metrics.jsonl'));
+      assert.deepEqual(ls.map((l) => l.round), [1, 2, 3, 4, 5, 6, 7, 8], `rounds of ${s.out}`);
+      const others = f.sites.filter((o) => o !== s).map((o) => o.peerId).sort();
+      for (const l of ls) assert.deepEqual(l.experts.map((e) => e.peer).sort(), others, `${s.out} round ${l.round}: experts`);
+      assert.ok(ls.at(-1)!.experts.every((e) => e.version >= 7), 'fresh experts at the end');
+      assert.ok(ls.at(-1)!.accuracy > 0.8);
+    }
+    const log = (s: SiteFiles) => readFileSync(`${s.out}.log`, 'utf8');
+    assert.match(log(nat), /reserved a slot on relay .*members reach this site at \/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/\w+\/p2p-circuit/);
+    for (const s of f.sites.slice(1, 3)) {
+      // The others reach the NAT'd site through the relay only: never a direct connection.
+      assert.match(log(s), new RegExp(`connected to site-3 \\(${nat.peerId}\\) relayed`));
+      assert.doesNotMatch(log(s), new RegExp(`connected to site-3 \\(${nat.peerId}\\) direct`));
+      assert.doesNotMatch(log(nat), new RegExp(`connected to ${s.out.split('/').at(-1)} \\(${s.peerId}\\) direct`));
+    }
+    assert.match(log(nat), new RegExp(`connected to site-0 \\(${relay.peerId}\\) direct outbound`));
   });
 });

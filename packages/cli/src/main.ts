@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import { simulateCommand } from './commands/simulate.js';
 import { keygenCommand, peerCommand, serverCommand } from './commands/network.js';
+import { auditCommand } from './commands/audit.js';
 import { formatError } from './errors.js';
 import { writeRunReport } from './report.js';
 
@@ -15,6 +16,7 @@ export function program(): Command {
     .addCommand(peerCommand())
     .addCommand(serverCommand())
     .addCommand(keygenCommand())
+    .addCommand(auditCommand())
     .addCommand(
       new Command('report')
         .description('Write <dir>/report.html (charts, self-contained) for a run directory holding results.json.')

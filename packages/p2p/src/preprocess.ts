@@ -20,6 +20,7 @@
  * another sender is dropped, logged once per (member, reason) and counted.
  */
 import type { Connection, Stream } from '@libp2p/interface';
+import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { z } from 'zod';
 import type { Logger } from '@dflmoe/core';
@@ -211,10 +212,13 @@ export class SchemaAgreement {
   private async ask(m: PreprocessMember, timeoutMs: number): Promise<{ statement: SiteStatement; agreedSites?: string[] } | undefined> {
     const signal = AbortSignal.timeout(Math.max(1, timeoutMs));
     let lastError = 'no address';
-    for (const a of m.addrs) {
+    // The configured addresses, then the peer ID alone: a connection that is already open (the member
+    // dialled us, or came through a relay) or addresses found at run time (identify, discovery).
+    for (const a of [...m.addrs, undefined]) {
       let stream: Stream;
       try {
-        stream = await this.node.dialProtocol(multiaddr(`${a}/p2p/${m.peerId}`), PREPROCESS_PROTOCOL, { signal });
+        const target = a === undefined ? peerIdFromString(m.peerId) : multiaddr(`${a}/p2p/${m.peerId}`);
+        stream = await this.node.dialProtocol(target, PREPROCESS_PROTOCOL, { signal });
       } catch (e) {
         lastError = (e as Error).message;
         continue;

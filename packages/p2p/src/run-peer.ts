@@ -16,6 +16,7 @@ import { createSiteNode, type SiteNode } from './node.js';
 import { siteRelayOptions, watchConnections } from './reach.js';
 import { Libp2pServerLink } from './fedavg-net.js';
 import { PeerMetrics } from './metrics.js';
+import { SiteAudit } from './audit.js';
 import { readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
 
 export interface RoundLine {
@@ -179,15 +180,18 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       transferSeconds: () => exchange?.transferSeconds ?? server?.transferSeconds ?? 0,
     };
     const dropped = () => ({ ...(exchange?.dropped ?? {}) }) as Record<string, number>;
+    // The audit trail: one signed, hash-chained entry per round (and one per start).
+    const audit = await SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, startRound, { exchange, server, serverPeer: cfg.server?.peerId });
     await runSite(site, net, {
       from: startRound, rounds: cfg.rounds, signal: o.signal,
       onRound: async (m) => {
         const line = roundLine(m, names, { ...dropped(), ...prefixed(m.rejected, `${alg.message ?? 'input'}:`) });
-        if (checkpoint) {
-          const w = await checkpoint.save(ckptDir, m.round, { line }, cfg.checkpoint.keep);
+        const w = checkpoint ? await checkpoint.save(ckptDir, m.round, { line }, cfg.checkpoint.keep) : undefined;
+        if (w) {
           line.checkpointSeconds = w.seconds;
           line.checkpointBytes = w.bytes;
         }
+        await audit.round(m, w);
         rounds.push(line);
         appendFileSync(metricsFile, JSON.stringify(line) + '\n');
         if (prom) exportRound(prom, line);
