@@ -175,7 +175,7 @@ describe('consortium over TCP (multi-process)', function () {
     const cfg0 = JSON.parse(readFileSync(f.sites[0].config, 'utf8'));
     const intruder = {
       ...cfg0, name: 'intruder', key: 'intruder.key', listen: [`/ip4/127.0.0.1/tcp/${await freePort()}`], out: 'intruder',
-      members: [...cfg0.members, { peerId: id.peerId, addrs: [] }], data: { ...cfg0.data, index: 1 },
+      members: [...cfg0.members, { peerId: id.peerId, addrs: [] }], data: { ...cfg0.data, simulate: { ...cfg0.data.simulate, index: 1, share: 'site-1.share' } },
     };
     writeFileSync(join(dir, 'intruder.json'), JSON.stringify(intruder));
     const ip = start(['peer', '--config', join(dir, 'intruder.json')], join(dir, 'intruder.log'));

@@ -171,7 +171,7 @@ describe('p2p', function () {
     bad({ ...base, rounds: 0 }, /rounds: Too small/i);
     bad({ ...base, listen: ['127.0.0.1:9000'] }, /listen\.0: not a valid multiaddr/);
     bad({ ...base, members: [{ peerId: 'nope' }] }, /members\.0\.peerId: not a valid peer ID/);
-    bad({ ...base, data: { dataset: 'x', peers: 2, index: 2 } }, /data\.index \(2\) must be below data\.peers/);
+    bad({ ...base, data: { dataset: 'x', simulate: { peers: 2, index: 2 } } }, /data\.simulate\.index \(2\) must be below data\.simulate\.peers/);
     bad({ ...base, algorithm: 'fedavg' }, /server: required when algorithm is "fedavg"/);
     bad({ ...base, extra: 1 }, /Unrecognized key/);
     const { rounds: _r, ...noRounds } = base;

@@ -43,7 +43,7 @@ describe('federated preprocessing over libp2p', function () {
   this.timeout(60000);
   let nets: SiteNode[] = [];
   afterEach(async () => {
-    for (const n of nets) await n.stop().catch(() => {});
+    for (const n of nets) await Promise.resolve(n.stop()).catch(() => {});
     nets = [];
   });
 

@@ -9,6 +9,7 @@ import { createServer } from 'node:net';
 import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { getAlgorithm, networkBytes, summarize, type AlgorithmName, type AlgorithmResult, type PeerResult, type RoundResult, type SimulationConfig } from '@dflmoe/core';
+import { loadDataset, partition, writeShare, type Dataset, type PeerSplit } from '@dflmoe/data';
 import { generateIdentity, parsePeerConfig, parseServerConfig, saveIdentity, siteSettings, type PeerRunResult } from '@dflmoe/p2p';
 
 /** A free TCP port on 127.0.0.1 (asks the OS). */
@@ -48,6 +49,29 @@ export interface ConsortiumOptions {
   maxHeadBytes?: number;
   /** Added to `sim.datasetOptions`. */
   datasetOptions?: SimulationConfig['datasetOptions'];
+  /** How long a site waits for the others' summaries before round 1 (default 30 s; they all start at once here). */
+  preprocessDeadlineMs?: number;
+  /**
+   * The dataset and the sites' splits to write the shares from (default:
+   * `sim.dataset` loaded and partitioned as the in-memory simulator does).
+   */
+  shares?: { dataset: Dataset; splits: PeerSplit[] };
+}
+
+/**
+ * Write each site's share of the dataset to `<dir>/site-<i>.share`, so that
+ * a site process reads only its own rows (the files' names, in site order).
+ */
+export function writeShares(dir: string, sim: SimulationConfig, shares?: ConsortiumOptions['shares']): string[] {
+  const ds = shares?.dataset ?? loadDataset(sim.dataset, { seed: sim.seed, ...sim.datasetOptions });
+  const splits = shares?.splits
+    ?? partition(ds.labels, ds.classNames.length, sim.peers, sim.partition, { seed: sim.seed, testFraction: sim.testFraction, minSize: sim.minSize });
+  if (splits.length !== sim.peers) throw new Error(`${splits.length} splits for ${sim.peers} sites`);
+  return splits.map((split, i) => {
+    const file = `site-${i}.share`;
+    writeShare(join(dir, file), ds, split, { dataset: sim.dataset, peers: sim.peers, index: i, partition: sim.partition, seed: sim.seed });
+    return file;
+  });
 }
 
 /** Write keys and one config per site (and the server's, for server algorithms) into `dir`. */
@@ -65,9 +89,12 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
   for (let i = 0; i < n; i++) sites.push(await make(`site-${i}`));
   const server = alg.network === 'server' ? await make('server') : undefined;
   const addr = (s: SiteFiles) => `/ip4/127.0.0.1/tcp/${s.port}`;
+  const sim: SimulationConfig = { ...o.sim, datasetOptions: { ...o.sim.datasetOptions, ...o.datasetOptions } };
+  // Data, model, training and algorithm settings come from the one mapping of simulation options (siteSettings)...
+  const settings = sites.map((_, i) => siteSettings(sim, i));
+  // ...and each site reads only its own share of the dataset.
+  const shares = writeShares(o.dir, sim, o.shares);
   sites.forEach((s, i) => {
-    // Data, model, training and algorithm settings come from the one mapping of simulation options (siteSettings).
-    const settings = siteSettings({ ...o.sim, datasetOptions: { ...o.sim.datasetOptions, ...o.datasetOptions } }, i);
     const cfg = {
       name: `site-${i}`,
       key: `site-${i}.key`,
@@ -75,8 +102,10 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
       members: sites.map((m, j) => ({ peerId: m.peerId, addrs: [addr(m)], name: `site-${j}` })),
       algorithm: o.algorithm,
       ...(server ? { server: { peerId: server.peerId, addrs: [addr(server)], name: 'server' } } : {}),
-      ...settings,
-      round: { ...settings.round, deadlineMs: o.deadlineMs ?? 60000, ...(o.quorum !== undefined ? { quorum: o.quorum } : {}) },
+      ...settings[i],
+      data: { ...settings[i].data, simulate: { ...settings[i].data.simulate, share: shares[i] } },
+      preprocess: { deadlineMs: o.preprocessDeadlineMs ?? 30000 },
+      round: { ...settings[i].round, deadlineMs: o.deadlineMs ?? 60000, ...(o.quorum !== undefined ? { quorum: o.quorum } : {}) },
       ...(o.maxHeadBytes !== undefined ? { limits: { maxHeadBytes: o.maxHeadBytes } } : {}),
       lingerMs: o.lingerMs ?? 3000,
       out: `site-${i}`,

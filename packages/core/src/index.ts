@@ -23,4 +23,6 @@ export * from './simulate.js';
 export * from './learner.js';
 export * from './checkpoint.js';
 export * from './privacy.js';
+export * from './predict.js';
+export * from './trained-site.js';
 export * from './keyed-adam.js';

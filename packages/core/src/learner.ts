@@ -3,7 +3,7 @@
  * spec and a `HeadExchange`; call `runRound()` as often as you like; read
  * the metrics it returns. `dflmoe peer` is this plus libp2p and a config file.
  */
-import { parsePartition, partition, type Dataset, type PeerSplit, type Standardizer } from '@dflmoe/data';
+import { featureSize, fitStandardizer, parsePartition, partition, type Dataset, type PeerSplit, type Standardizer } from '@dflmoe/data';
 import { DflmoePeer, type ReceiveResult } from './algorithms/dflmoe.js';
 import { DflmoeSite } from './algorithms/dflmoe-site.js';
 import type { ExpertInfo, SiteNetwork } from './algorithms/api.js';
@@ -13,6 +13,7 @@ import type { HeadExchange } from './exchange.js';
 import { createLogger, type Logger } from './log.js';
 import { parseBodySpec, type BodySpec } from './model.js';
 import { disposePeerData, preparePeerData, type TrainOptions } from './train.js';
+import { SitePredictor, evaluatePredictions, sitePredictions, type Evaluation, type Predictions, type SampleInput } from './predict.js';
 
 export interface LearnerOptions {
   /** This site's id; must equal `exchange.selfId`. */
@@ -20,6 +21,7 @@ export interface LearnerOptions {
   dataset: Dataset;
   /** Rows of `dataset` this site trains and tests on (default: all, 80/20 split). */
   split?: PeerSplit;
+  /** Feature statistics to standardize with (default: the site's own training rows). */
   standardizer?: Standardizer;
   model?: { body?: BodySpec | string; featureDim?: number; headHidden?: number[] };
   train?: Partial<TrainOptions>;
@@ -66,9 +68,40 @@ export class DflmoeLearner {
   readonly site: DflmoeSite;
   private net: SiteNetwork;
 
-  constructor(readonly peer: DflmoePeer, o: LearnerLoopOptions) {
+  /** Standardizes raw samples as the training data was, then predicts. */
+  private readonly predictor: SitePredictor;
+
+  constructor(readonly peer: DflmoePeer, o: LearnerLoopOptions & { standardizer: Standardizer; classNames: string[] }) {
     this.site = new DflmoeSite(peer);
     this.net = { exchange: o.exchange, quorum: o.quorum ?? 0, deadlineMs: o.roundDeadlineMs ?? 0, logger: o.logger ?? createLogger(`learner:${peer.id}`) };
+    this.predictor = new SitePredictor(this.site, o.standardizer, peer.data.sampleShape, o.classNames);
+  }
+
+  get classNames(): string[] {
+    return this.predictor.classNames;
+  }
+
+  /**
+   * The mixture's prediction for raw samples (the dataset's layout, not
+   * standardized: the learner standardizes them as it did its training
+   * data): predicted class, the probability of every class and the gate
+   * weight of every expert, per sample.
+   */
+  predict(x: SampleInput): Predictions {
+    return this.predictor.predict(x);
+  }
+
+  /**
+   * Accuracy, per-class recall and confusion matrix on raw samples and
+   * their class indices; without arguments, on the site's own test split.
+   */
+  evaluate(x?: SampleInput, labels?: ArrayLike<number>): Evaluation {
+    if (x === undefined) {
+      const p: Predictions = sitePredictions(this.site, this.peer.data.xTest, this.classNames);
+      return evaluatePredictions(p, this.peer.data.yTest.dataSync());
+    }
+    if (labels === undefined) throw new Error('evaluate(x, labels): give the class index of every sample');
+    return this.predictor.evaluate(x, labels);
   }
 
   /** Take in every head waiting in the exchange; returns how many were accepted. */
@@ -97,11 +130,12 @@ export async function createLearner(o: LearnerOptions): Promise<DflmoeLearner> {
   if (o.exchange.selfId !== o.id) throw new Error(`learner id "${o.id}" differs from the exchange's "${o.exchange.selfId}"`);
   await initBackend({ logger: o.logger });
   const split = o.split ?? partition(o.dataset.labels, o.dataset.classNames.length, 1, parsePartition('iid'), { seed: o.train?.seed ?? 0 })[0];
-  const data = preparePeerData(o.dataset, split, o.standardizer);
+  const standardizer = o.standardizer ?? fitStandardizer(o.dataset.features, featureSize(o.dataset), split.train);
+  const data = preparePeerData(o.dataset, split, standardizer);
   const body = typeof o.model?.body === 'string' ? parseBodySpec(o.model.body) : o.model?.body ?? { kind: 'mlp' as const };
   const peer = new DflmoePeer({
     id: o.id, data, body, featureDim: o.model?.featureDim ?? 64, headHidden: o.model?.headHidden ?? [], train: o.train ?? {},
     alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness, maxHeadBytes: o.maxHeadBytes,
   });
-  return new DflmoeLearner(peer, o);
+  return new DflmoeLearner(peer, { ...o, standardizer, classNames: o.dataset.classNames });
 }

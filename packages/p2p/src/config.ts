@@ -85,19 +85,47 @@ export const peerConfigSchema = z.object({
   psk: z.string().optional(),
   algorithm: algorithm.default('dflmoe'),
   server: memberSchema.optional(),
+  /**
+   * The site's own data: `csv:<file>` (with `labelColumn`, optional
+   * `features`/`drop`/`categorical`), `images:<dir>` (one sub-folder per
+   * class; `imageSize`, `channels`, `fit`), or a built-in dataset. Only
+   * `simulate` (the simulator's partition mode) makes it a share of one dataset.
+   */
   data: z.object({
-    dataset: z.string(),
-    partition: z.string().default('iid'),
-    peers: posInt.default(1),
-    index: z.number().int().min(0).default(0),
+    dataset: z.string().min(1),
+    labelColumn: z.string().optional(),
+    features: z.array(z.string()).min(1).optional(),
+    drop: z.array(z.string()).optional(),
+    categorical: z.array(z.string()).optional(),
+    /** The consortium's label set, in order (every site that lists it must list the same). */
+    classes: z.array(z.string().min(1)).min(2).optional(),
+    imageSize: z.tuple([posInt, posInt]).optional(),
+    channels: z.union([z.literal(1), z.literal(3)]).optional(),
+    fit: z.enum(['fill', 'cover', 'contain']).optional(),
     seed: z.number().int().default(D.seed),
     testFraction: z.number().gt(0).lt(1).default(D.testFraction),
-    minSize: posInt.default(D.minSize),
     maxSamples: posInt.optional(),
     dataDir: z.string().optional(),
-    labelColumn: z.string().optional(),
-    standardize: z.enum(['global', 'local']).default(D.standardize),
+    /** `federated`: statistics pooled from every site's counts, sums and sums of squares; `local`: the site's own training rows. */
+    standardize: z.enum(['federated', 'local']).default('federated'),
+    simulate: z.object({
+      peers: posInt,
+      index: z.number().int().min(0),
+      partition: z.string().default('iid'),
+      minSize: posInt.default(D.minSize),
+      /** The share file the simulator wrote (only this site's rows); without it the whole dataset is read and partitioned. */
+      share: z.string().optional(),
+    }).strict().optional(),
   }).strict(),
+  /**
+   * Federated preprocessing before round 1: wait for every other member's
+   * summary at most `deadlineMs`, or, once `round.quorum` of them are in,
+   * `graceMs` more for the rest.
+   */
+  preprocess: z.object({
+    deadlineMs: z.number().int().min(0).default(120000),
+    graceMs: z.number().int().min(0).default(2000),
+  }).strict().prefault({}),
   model: z.object({
     body: z.string().default(D.bodies[0]),
     featureDim: posInt.default(D.featureDim),
@@ -146,6 +174,8 @@ export const peerConfigSchema = z.object({
   limits: z.object({
     maxHeadBytes: posInt.default(A.maxHeadBytes),
     maxModelBytes: posInt.default(A.maxModelBytes),
+    /** Largest preprocessing summary accepted from a member. */
+    maxSummaryBytes: posInt.default(32 * 1024 * 1024),
   }).strict().prefault({}),
   checkpoint: checkpointSchema,
   /** After the last round, keep answering head requests this long. */
@@ -214,14 +244,36 @@ function rel(base: string, p: string | undefined): string | undefined {
   return p === undefined ? undefined : isAbsolute(p) ? p : resolve(base, p);
 }
 
+/** Configs written before sites held their own data: say how to migrate rather than list unknown keys. */
+function checkLegacyData(raw: unknown, file: string): void {
+  const d = (raw as { data?: Record<string, unknown> } | null)?.data;
+  if (!d || typeof d !== 'object') return;
+  const moved = ['peers', 'index', 'partition', 'minSize'].filter((k) => k in d);
+  if (moved.length > 0) {
+    const sim = Object.fromEntries(moved.map((k) => [k, d[k]]));
+    throw new ConfigError(
+      `config ${file}: data.${moved.join(', data.')} ${moved.length > 1 ? 'are' : 'is'} the simulator's partition mode and moved into data.simulate: ` +
+        `write "data": {"dataset": ${JSON.stringify(d.dataset ?? '...')}, "simulate": ${JSON.stringify(sim)}}. ` +
+        'A real site names only its own files, e.g. "data": {"dataset": "csv:our-patients.csv", "labelColumn": "diagnosis"}.',
+    );
+  }
+  if (d.standardize === 'global') {
+    throw new ConfigError(
+      `config ${file}: data.standardize "global" read every site's rows; write "federated" (the default): statistics pooled from every site's counts, sums and sums of squares over libp2p`,
+    );
+  }
+}
+
 export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.cwd()): PeerConfig {
+  checkLegacyData(raw, file);
   const r = peerConfigSchema.safeParse(raw);
   if (!r.success) throw new ConfigError(formatIssues(file, r.error));
   const c = r.data;
   if (c.listen.length === 0 && c.relay.via.length === 0) {
     throw new ConfigError(`config ${file}: listen: give at least one address to listen on, or (behind NAT) relay.via: a relay that members reach this site through`);
   }
-  if (c.data.index >= c.data.peers) throw new ConfigError(`config ${file}: data.index (${c.data.index}) must be below data.peers (${c.data.peers})`);
+  const sim = c.data.simulate;
+  if (sim && sim.index >= sim.peers) throw new ConfigError(`config ${file}: data.simulate.index (${sim.index}) must be below data.simulate.peers (${sim.peers})`);
   if (getAlgorithm(c.algorithm).network === 'server' && !c.server) {
     throw new ConfigError(`config ${file}: server: required when algorithm is "${c.algorithm}" (the aggregation server's peerId and addrs)`);
   }
@@ -232,7 +284,8 @@ export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.
   c.out = rel(base, c.out)!;
   c.psk = rel(base, c.psk);
   c.data.dataDir = rel(base, c.data.dataDir);
-  if (c.data.dataset.startsWith('csv:')) c.data.dataset = `csv:${rel(base, c.data.dataset.slice(4))}`;
+  for (const kind of ['csv:', 'images:']) if (c.data.dataset.startsWith(kind)) c.data.dataset = `${kind}${rel(base, c.data.dataset.slice(kind.length))}`;
+  if (sim) sim.share = rel(base, sim.share);
   return c;
 }
 
@@ -284,8 +337,10 @@ export function siteSettings(sim: SimulationConfig, index: number) {
   const o = sim.datasetOptions ?? {};
   return {
     data: {
-      dataset: sim.dataset, partition: sim.partition, peers: sim.peers, index, seed: sim.seed, testFraction: sim.testFraction, minSize: sim.minSize,
-      standardize: sim.standardize,
+      dataset: sim.dataset, seed: sim.seed, testFraction: sim.testFraction,
+      // The simulator's pooled statistics are the federated ones (summaries merged); local: each site's own.
+      standardize: sim.standardize === 'global' ? 'federated' as const : 'local' as const,
+      simulate: { peers: sim.peers, index, partition: sim.partition, minSize: sim.minSize },
       ...(o.maxSamples !== undefined ? { maxSamples: o.maxSamples } : {}),
       ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}),
       ...(o.labelColumn !== undefined ? { labelColumn: o.labelColumn } : {}),

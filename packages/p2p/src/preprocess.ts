@@ -103,8 +103,15 @@ export interface PreprocessOptions {
   members: PreprocessMember[];
   /** This site's statement; its summary's `site` must be this node's peer ID. */
   statement: SiteStatement;
-  /** Wait at most this long for the other members' statements (ms). */
+  /** Wait at most this long for the other members' statements (ms)... */
   deadlineMs: number;
+  /**
+   * ...or, once this many other members' statements are in, `graceMs` more
+   * for the rest (default: every other member, so the whole deadline).
+   */
+  quorum?: number;
+  /** Default 2000 ms. */
+  graceMs?: number;
   /** Largest response accepted, bytes. */
   maxBytes: number;
   logger: Logger;
@@ -269,11 +276,18 @@ export class SchemaAgreement {
       if (r.agreedSites) agreedBy.set(m.peerId, r.agreedSites);
     };
     const timeout = () => Math.min(this.o.requestTimeoutMs ?? 10000, left());
+    const quorum = Math.min(this.o.quorum ?? this.others.length, this.others.length);
+    let quorumAt: number | undefined;
     for (;;) {
       const missing = this.others.filter((m) => !got.has(m.peerId));
       if (missing.length === 0 || left() === 0) break;
+      if (got.size - 1 >= quorum) {
+        quorumAt ??= Date.now();
+        if (Date.now() - quorumAt >= (this.o.graceMs ?? 2000)) break;
+      }
       await Promise.all(missing.map(async (m) => take(m, await this.ask(m, timeout()))));
       if (this.others.some((m) => !got.has(m.peerId)) && left() > 0) await delay(Math.min(this.o.retryMs ?? 250, left()));
+      if (got.size - 1 >= quorum) quorumAt ??= Date.now();
     }
     // Someone may have agreed meanwhile (without us, if we came late): ask once more.
     if (agreedBy.size === 0) {
@@ -313,7 +327,8 @@ export class SchemaAgreement {
     if (self) throw new DataError(`this site's data cannot join the consortium: ${self.reason}`);
     for (const x of excluded) this.o.logger.warn(`preprocessing: left out ${this.label(x.peer)}: ${x.reason}`);
     if (missing.length > 0) {
-      this.o.logger.warn(`preprocessing: no statement from ${missing.map((p) => this.label(p)).join(', ')} within ${Math.round(this.o.deadlineMs / 1000)} s; agreeing without them`);
+      const waited = Math.round((performance.now() - t0) / 1000);
+      this.o.logger.warn(`preprocessing: no statement from ${missing.map((p) => this.label(p)).join(', ')} within ${waited} s; agreeing without them (they take the agreement when they come)`);
     }
     const warnings = r.warnings.map((w) => this.named(w));
     for (const w of warnings) this.o.logger.warn(`preprocessing: ${w}`);

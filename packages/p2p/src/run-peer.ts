@@ -5,10 +5,9 @@
 import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  DEFAULT_ALGORITHM_OPTIONS, getAlgorithm, initBackend, listCheckpoints, parseBodySpec, preparePeerData, disposePeerData, runSite, sharedInitSeed,
-  type AlgorithmOptions, type Logger, type PeerData, type PeerModelOptions, type SiteNetwork, type SiteRoundRecord,
+  DEFAULT_ALGORITHM_OPTIONS, getAlgorithm, initBackend, listCheckpoints, disposePeerData, runSite,
+  type AlgorithmOptions, type AlgorithmSite, type Logger, type SiteNetwork, type SiteRoundRecord,
 } from '@dflmoe/core';
-import { deriveSeed, featureSize, pooledStandardizer, loadDataset, partition } from '@dflmoe/data';
 import { checkQuorum, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, Libp2pHeadExchange, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
@@ -18,6 +17,7 @@ import { Libp2pServerLink } from './fedavg-net.js';
 import { PeerMetrics } from './metrics.js';
 import { SiteAudit } from './audit.js';
 import { readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
+import { prepareSiteData, siteIndex, siteModelOptions, writeSiteDescription, type PreparedSite } from './site-setup.js';
 
 export interface RoundLine {
   round: number;
@@ -62,36 +62,12 @@ export interface PeerRunResult {
   rounds: RoundLine[];
 }
 
-/** The data a site trains on, built exactly as the simulator builds peer `index`. */
-export function sitePeerData(cfg: PeerConfig): PeerData {
-  const d = cfg.data;
-  const ds = loadDataset(d.dataset, { seed: d.seed, maxSamples: d.maxSamples, dataDir: d.dataDir, labelColumn: d.labelColumn });
-  const splits = partition(ds.labels, ds.classNames.length, d.peers, d.partition, { seed: d.seed, testFraction: d.testFraction, minSize: d.minSize });
-  const st = d.standardize === 'global'
-    ? pooledStandardizer(ds.features, featureSize(ds), splits)
-    : undefined;
-  return preparePeerData(ds, splits[d.index], st);
-}
-
 export interface RunPeerOptions {
   logger: Logger;
   /** Serve Prometheus metrics on 127.0.0.1 at this port. */
   metricsPort?: number;
   signal?: AbortSignal;
   onRound?: (line: RoundLine) => void;
-}
-
-/** What a site's config says about its model and training, as every algorithm takes it. */
-function siteModelOptions(cfg: PeerConfig, id: string, data: PeerData): PeerModelOptions {
-  return {
-    id,
-    data,
-    body: parseBodySpec(cfg.model.body),
-    featureDim: cfg.model.featureDim,
-    headHidden: cfg.model.headHidden,
-    train: { ...cfg.train, seed: deriveSeed(cfg.data.seed, 'peer', cfg.data.index) },
-    ...(cfg.model.sharedInit ? { initSeed: sharedInitSeed(cfg.data.seed, cfg.model.body) } : {}),
-  };
 }
 
 function siteAlgorithmOptions(cfg: PeerConfig): AlgorithmOptions {
@@ -110,37 +86,22 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   const id = loadIdentity(cfg.key);
   checkQuorum(cfg, id.peerId);
   const backend = await initBackend({ logger: log });
-  const data = sitePeerData(cfg);
   mkdirSync(cfg.out, { recursive: true });
   const metricsFile = join(cfg.out, 'metrics.jsonl');
   const ckptDir = join(cfg.out, 'checkpoints');
   const names = new Map(cfg.members.map((m) => [m.peerId, m.name]));
-  const site = alg.createSite(siteModelOptions(cfg, id.peerId, data), siteAlgorithmOptions(cfg));
-  const checkpoint = cfg.checkpoint.enabled ? site.checkpoint : undefined;
+  const index = siteIndex(cfg, id.peerId);
   const rounds: RoundLine[] = [];
   const prom = o.metricsPort !== undefined ? new PeerMetrics() : undefined;
   let node: SiteNode | undefined;
   let exchange: Libp2pHeadExchange | undefined;
   let server: Libp2pServerLink | undefined;
+  let prepared: PreparedSite | undefined;
+  let site: AlgorithmSite | undefined;
   try {
-    // Resume from the newest good checkpoint, keeping the metrics of the rounds it covers.
-    let startRound = 1;
-    const restored = checkpoint && listCheckpoints(ckptDir).length > 0 ? await checkpoint.restore(ckptDir, log) : undefined;
-    if (restored) {
-      startRound = restored.round + 1;
-      const kept = readJsonLines<RoundLine>(metricsFile).filter((l) => l.round <= restored.round);
-      // Put back the checkpoint's own round if the crash lost its line.
-      if (!kept.some((l) => l.round === restored.round) && restored.extra.line) kept.push(restored.extra.line as RoundLine);
-      writeJsonLinesAtomic(metricsFile, kept);
-      rounds.push(...kept);
-      log.info(`resumed from the checkpoint of round ${restored.round} with ${restored.summary} (${restored.path})`);
-    } else {
-      if (checkpoint && listCheckpoints(ckptDir).length > 0) log.warn('no usable checkpoint: starting from round 1');
-      writeFileSync(metricsFile, '');
-    }
     if (prom) log.info(`Prometheus metrics on http://127.0.0.1:${await prom.listen(o.metricsPort!)}/metrics`);
-
-    if (alg.network !== 'none') {
+    // Every member serves federated preprocessing: a local-only site with members starts a node too.
+    if (alg.network !== 'none' || otherMembers(cfg, id.peerId).length > 0) {
       const allow = [...cfg.members.map((m) => m.peerId), ...(cfg.server ? [cfg.server.peerId] : [])];
       node = await createSiteNode({
         privateKey: id.privateKey,
@@ -173,13 +134,41 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
         server = new Libp2pServerLink(node, { server: cfg.server!, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs });
       }
     }
+    // Federated preprocessing (or, resuming, the agreement saved before), then the site's own tensors.
+    const resume = cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0;
+    prepared = await prepareSiteData(cfg, { node, selfId: id.peerId, logger: log, resume });
+    const data = prepared.data;
+    const model = siteModelOptions(cfg, id.peerId, index, data);
+    const algorithmOptions = siteAlgorithmOptions(cfg);
+    site = alg.createSite(model, algorithmOptions);
+    writeSiteDescription(cfg, model, algorithmOptions);
+    const checkpoint = cfg.checkpoint.enabled ? site.checkpoint : undefined;
+    // Resume from the newest good checkpoint, keeping the metrics of the rounds it covers.
+    let startRound = 1;
+    const restored = checkpoint && resume ? await checkpoint.restore(ckptDir, log) : undefined;
+    if (restored) {
+      startRound = restored.round + 1;
+      const kept = readJsonLines<RoundLine>(metricsFile).filter((l) => l.round <= restored.round);
+      // Put back the checkpoint's own round if the crash lost its line.
+      if (!kept.some((l) => l.round === restored.round) && restored.extra.line) kept.push(restored.extra.line as RoundLine);
+      writeJsonLinesAtomic(metricsFile, kept);
+      rounds.push(...kept);
+      log.info(`resumed from the checkpoint of round ${restored.round} with ${restored.summary} (${restored.path})`);
+    } else {
+      if (checkpoint && resume) log.warn('no usable checkpoint: starting from round 1');
+      writeFileSync(metricsFile, '');
+    }
+    // Members left out by preprocessing (their data does not fit) are not waited for.
+    const left = new Set(prepared.preprocessing.excluded.map((x) => x.peer));
+    const others = otherMembers(cfg, id.peerId).filter((m) => !left.has(m.peerId)).length;
     const net: SiteNetwork = {
       exchange, server, logger: log,
-      quorum: cfg.round.quorum ?? otherMembers(cfg, id.peerId).length,
+      quorum: Math.min(cfg.round.quorum ?? others, others),
       deadlineMs: cfg.round.deadlineMs,
       transferSeconds: () => exchange?.transferSeconds ?? server?.transferSeconds ?? 0,
     };
-    const dropped = () => ({ ...(exchange?.dropped ?? {}) }) as Record<string, number>;
+    const agreement = prepared.agreement;
+    const dropped = () => ({ ...(exchange?.dropped ?? {}), ...prefixed(agreement?.dropped ?? {}, 'preprocess:') }) as Record<string, number>;
     // The audit trail: one signed, hash-chained entry per round (and one per start).
     const audit = await SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, startRound, { exchange, server, serverPeer: cfg.server?.peerId });
     await runSite(site, net, {
@@ -198,10 +187,12 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
         o.onRound?.(line);
       },
     });
+    // Without per-round checkpoints, one of the final model, so that `dflmoe predict` can load it.
+    if (!checkpoint && site.checkpoint && rounds.length > 0) await site.checkpoint.save(ckptDir, rounds.at(-1)!.round, { final: true }, 1);
     const ev = site.evaluate();
     const traffic = exchange?.stats() ?? server?.stats();
     const result: PeerRunResult = {
-      peerId: id.peerId, name: cfg.name, algorithm: cfg.algorithm, backend: backend.name, index: cfg.data.index,
+      peerId: id.peerId, name: cfg.name, algorithm: cfg.algorithm, backend: backend.name, index,
       trainSamples: data.trainSamples, testSamples: data.testSamples, accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy,
       bytesSent: traffic?.bytesSent ?? 0, bytesReceived: traffic?.bytesReceived ?? 0,
       wallSeconds: 0, peakRssMiB: 0, rounds,
@@ -213,8 +204,9 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     writeJsonAtomic(join(cfg.out, 'results.json'), result);
     return result;
   } finally {
-    site.dispose();
-    disposePeerData(data);
+    site?.dispose();
+    if (prepared) disposePeerData(prepared.data);
+    await prepared?.agreement?.close();
     await exchange?.close();
     await node?.stop();
     await prom?.close();

@@ -2,6 +2,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { PRECISIONS, createLogger, type Precision } from '@dflmoe/core';
 import { generateIdentity, loadPeerConfig, loadServerConfig, runPeer, runServer, saveIdentity, savePsk } from '@dflmoe/p2p';
 import { formatBytes, pct } from '../format.js';
+import { DATA_POLICY } from './predict.js';
 
 export function keygenCommand(): Command {
   return new Command('keygen')
@@ -28,6 +29,7 @@ export function peerCommand(): Command {
   return new Command('peer')
     .description('Run one site of a consortium from its config file (its `algorithm`: dflmoe, a server algorithm\'s client, gossip or local-only).')
     .requiredOption('--config <file>', 'site config (JSON)')
+    .addHelpText('after', DATA_POLICY)
     .option('--quiet', 'no per-round lines')
     .addOption(new Option('--head-precision <p>', 'dflmoe: precision of the heads this site publishes (overrides dflmoe.headPrecision): float32, float16, int8').choices([...PRECISIONS]))
     .option('--metrics <port>', 'serve Prometheus metrics on 127.0.0.1:<port>/metrics', (v) => {

@@ -1,0 +1,102 @@
+import { writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { Command } from 'commander';
+import { stringify } from 'csv-stringify/sync';
+import { loadSite, silentLogger, createLogger, type Evaluation, type Predictions, type TrainedSite } from '@dflmoe/core';
+import { pct, table } from '../format.js';
+
+/** How a site reads tables: the same policy at training and prediction. */
+export const DATA_POLICY = `
+Tables (CSV with a header row):
+  - Missing cells are empty, NA, NaN or ? (any case). A numeric column's missing
+    cells are filled with the consortium's pooled mean of that column, and a 0/1
+    column <col>_missing marks them whenever any site had a missing cell there.
+  - A column is numeric when its cells are numbers, categorical when they are
+    text (or when listed in "categorical"). Categories are one-hot encoded over
+    the union of every site's categories (sorted); a missing cell, or a category
+    no site trained on, encodes as all zeros.
+  - Features are standardized with statistics pooled from every site's counts,
+    sums and sums of squares (no row leaves a site); "standardize": "local"
+    uses the site's own training rows instead.
+Images: one sub-folder per class of PNG/JPEG files, resized to the agreed size,
+grayscale or RGB, scaled to [0, 1]; prediction reads the images of a folder
+(or of its sub-folders).`;
+
+/** Name the experts (own head first) by member name. */
+function expertNames(site: TrainedSite, p: Predictions): string[] {
+  const seen = new Map<string, number>();
+  return p.experts.map((id) => {
+    const n = site.nameOf(id);
+    const k = (seen.get(n) ?? 0) + 1;
+    seen.set(n, k);
+    return k > 1 ? `${n}#${k}` : n;
+  });
+}
+
+/** One row per input: where it came from, the predicted class, every class's probability and every expert's gate weight. */
+export function predictionRows(site: TrainedSite, ids: string[], p: Predictions): string[][] {
+  const c = p.classNames.length;
+  const k = p.experts.length;
+  const header = ['input', 'predicted', ...p.classNames.map((n) => `prob:${n}`), ...expertNames(site, p).map((n) => `gate:${n}`)];
+  const rows = [header];
+  for (let i = 0; i < p.numSamples; i++) {
+    rows.push([
+      ids[i], p.classNames[p.predicted[i]],
+      ...Array.from(p.probabilities.subarray(i * c, (i + 1) * c), String),
+      ...Array.from(p.gateWeights.subarray(i * k, (i + 1) * k), String),
+    ]);
+  }
+  return rows;
+}
+
+function describe(site: TrainedSite): string {
+  return `${site.description.name ?? site.description.peerId} (${site.algorithm}), checkpoint of round ${site.round}`;
+}
+
+export function predictCommand(): Command {
+  return new Command('predict')
+    .description('Predict with a trained site: one row per input with the predicted class, the probability of every class and the gate weight of every expert.')
+    .requiredOption('--site <dir>', 'the site\'s out directory (holds site.json, preprocessing.json and checkpoints/)')
+    .requiredOption('--input <path>', 'a CSV file with the columns the site trained on (the label column may be absent), or a folder of images')
+    .option('--output <file>', 'write the rows to this CSV file (default: print them)')
+    .addHelpText('after', DATA_POLICY)
+    .action(async (o) => {
+      const site = await loadSite(o.site, { logger: createLogger('predict', 'warn') });
+      try {
+        const { inputs, predictions } = await site.predictFile(o.input);
+        const csv = stringify(predictionRows(site, inputs.ids, predictions));
+        if (o.output) {
+          writeFileSync(resolve(o.output), csv);
+          process.stderr.write(`wrote ${predictions.numSamples} predictions to ${resolve(o.output)} (${describe(site)})\n`);
+        } else process.stdout.write(csv);
+      } finally {
+        site.dispose();
+      }
+    });
+}
+
+/** Accuracy, per-class recall and the confusion matrix as text. */
+export function evaluationReport(e: Evaluation): string {
+  const recall = table([['class', 'samples', 'recall'], ...e.classNames.map((c, k) => [c, String(e.confusion[k].reduce((a, b) => a + b, 0)), e.recall[k] === null ? '-' : pct(e.recall[k]!)])]);
+  const confusion = table([['true \\ predicted', ...e.classNames], ...e.classNames.map((c, k) => [c, ...e.confusion[k].map(String)])]);
+  return `accuracy ${pct(e.accuracy)} on ${e.samples} samples\n\n${recall}\n\nconfusion matrix (rows: true class, columns: predicted)\n${confusion}\n`;
+}
+
+export function evaluateCommand(): Command {
+  return new Command('evaluate')
+    .description('Evaluate a trained site on labelled data: accuracy, per-class recall and a confusion matrix.')
+    .requiredOption('--site <dir>', 'the site\'s out directory')
+    .requiredOption('--input <path>', 'a labelled CSV file (with the label column), or a folder with one sub-folder of images per class')
+    .option('--json', 'print the evaluation as JSON')
+    .addHelpText('after', DATA_POLICY)
+    .action(async (o) => {
+      const site = await loadSite(o.site, { logger: o.json ? silentLogger : createLogger('evaluate', 'warn') });
+      try {
+        const { evaluation } = await site.evaluateFile(o.input);
+        if (o.json) process.stdout.write(JSON.stringify(evaluation, null, 2) + '\n');
+        else process.stdout.write(`${describe(site)}\n${evaluationReport(evaluation)}`);
+      } finally {
+        site.dispose();
+      }
+    });
+}

@@ -1,0 +1,126 @@
+/**
+ * Using a site's model: class probabilities, the predicted class and, for
+ * dFLMoE, the gate weight of every expert, for new samples; and accuracy,
+ * per-class recall and a confusion matrix for labelled ones. The same code
+ * serves a live learner (`DflmoeLearner.predict`) and a site loaded from its
+ * directory (`loadSite`), so both give the same numbers.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { applyStandardizer, featureSize, type Standardizer } from '@dflmoe/data';
+import type { AlgorithmSite } from './algorithms/api.js';
+import { DflmoeSite } from './algorithms/dflmoe-site.js';
+import { moeForward } from './model.js';
+
+export interface Predictions {
+  numSamples: number;
+  classNames: string[];
+  /** Predicted class index per sample (the most probable; the first on ties). */
+  predicted: Int32Array;
+  /** `numSamples x classNames.length`, row-major; each row sums to 1. */
+  probabilities: Float32Array;
+  /** dFLMoE: the experts, own head first (ids as the site knows them); empty for other algorithms. */
+  experts: string[];
+  /** `numSamples x experts.length`, row-major: the gate's weight of each expert per sample. */
+  gateWeights: Float32Array;
+}
+
+export interface Evaluation {
+  samples: number;
+  classNames: string[];
+  accuracy: number;
+  /** Per class: share of its samples predicted as it; null for a class with no samples. */
+  recall: (number | null)[];
+  /** `confusion[true][predicted]` counts. */
+  confusion: number[][];
+}
+
+/**
+ * Probabilities (and gate weights) of `site`'s model for standardized
+ * samples `x` `[n, ...sampleShape]`, in chunks of `chunk` samples.
+ */
+export function sitePredictions(site: AlgorithmSite, x: tf.Tensor, classNames: string[], chunk = 512): Predictions {
+  const n = x.shape[0];
+  const c = classNames.length;
+  const peer = site instanceof DflmoeSite ? site.peer : undefined;
+  const experts = peer ? peer.experts() : [];
+  if (!peer && !site.predict) throw new Error(`site ${site.id} cannot predict`);
+  const probabilities = new Float32Array(n * c);
+  const gateWeights = new Float32Array(n * experts.length);
+  const predicted = new Int32Array(n);
+  for (let s = 0; s < n; s += chunk) {
+    const m = Math.min(chunk, n - s);
+    tf.tidy(() => {
+      const xb = tf.slice(x, s, m);
+      let probs: tf.Tensor2D;
+      if (peer) {
+        const out = moeForward(peer.features(xb, false), experts, peer.gate);
+        probs = out.probs;
+        gateWeights.set(out.gates.dataSync(), s * experts.length);
+      } else probs = site.predict!(xb);
+      if (probs.shape[1] !== c) throw new Error(`the model gives ${probs.shape[1]} class probabilities, expected ${c}`);
+      probabilities.set(probs.dataSync(), s * c);
+      predicted.set(tf.argMax(probs, 1).dataSync() as Int32Array, s);
+    });
+  }
+  return { numSamples: n, classNames: [...classNames], predicted, probabilities, experts: experts.map((e) => e.id), gateWeights };
+}
+
+/** Accuracy, per-class recall and the confusion matrix of `p` against true class indices. */
+export function evaluatePredictions(p: Predictions, labels: ArrayLike<number>): Evaluation {
+  if (labels.length !== p.numSamples) throw new Error(`${labels.length} labels for ${p.numSamples} predictions`);
+  const c = p.classNames.length;
+  const confusion = Array.from({ length: c }, () => new Array<number>(c).fill(0));
+  let ok = 0;
+  for (let i = 0; i < p.numSamples; i++) {
+    const y = labels[i];
+    if (!(Number.isInteger(y) && y >= 0 && y < c)) throw new Error(`label ${y} of sample ${i} is not a class index in [0, ${c})`);
+    confusion[y][p.predicted[i]]++;
+    if (y === p.predicted[i]) ok++;
+  }
+  const recall = confusion.map((row, k) => {
+    const total = row.reduce((a, b) => a + b, 0);
+    return total > 0 ? row[k] / total : null;
+  });
+  return { samples: p.numSamples, classNames: [...p.classNames], accuracy: p.numSamples > 0 ? ok / p.numSamples : NaN, recall, confusion };
+}
+
+/** Samples in the dataset's layout, as features (row-major) or a tensor `[n, ...sampleShape]`. */
+export type SampleInput = Float32Array | tf.Tensor;
+
+/** A site's model with the standardizer and classes it was trained with. */
+export class SitePredictor {
+  constructor(
+    readonly site: AlgorithmSite,
+    readonly standardizer: Standardizer,
+    readonly sampleShape: number[],
+    readonly classNames: string[],
+  ) {}
+
+  /** Standardize raw samples the way the training data was (same arithmetic, so the same bits). */
+  standardize(x: SampleInput): tf.Tensor {
+    const d = featureSize(this);
+    const raw = x instanceof Float32Array ? x : Float32Array.from(x.dataSync());
+    if (raw.length % d !== 0) throw new Error(`${raw.length} values are not a whole number of samples of shape ${this.sampleShape.join('x')}`);
+    if (!(x instanceof Float32Array) && x.shape.slice(1).join() !== this.sampleShape.join()) {
+      throw new Error(`samples have shape [${x.shape.slice(1)}], the model reads [${this.sampleShape}]`);
+    }
+    const n = raw.length / d;
+    const rows = Int32Array.from({ length: n }, (_, i) => i);
+    return tf.tensor(applyStandardizer(raw, d, rows, this.standardizer), [n, ...this.sampleShape]);
+  }
+
+  /** Predictions for raw (not standardized) samples. */
+  predict(x: SampleInput): Predictions {
+    const t = this.standardize(x);
+    try {
+      return sitePredictions(this.site, t, this.classNames);
+    } finally {
+      t.dispose();
+    }
+  }
+
+  /** Evaluation on raw samples and their class indices. */
+  evaluate(x: SampleInput, labels: ArrayLike<number>): Evaluation {
+    return evaluatePredictions(this.predict(x), labels);
+  }
+}

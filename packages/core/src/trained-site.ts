@@ -1,0 +1,185 @@
+/**
+ * A trained site, loaded from its directory (the `out` of `dflmoe peer`):
+ * `site.json` (algorithm, model and peer ID), `preprocessing.json` (the
+ * consortium's agreed schema and the standardizer the site trained with)
+ * and the newest good checkpoint in `checkpoints/` (body, own head and, for
+ * dFLMoE, the received heads it held, their transforms and the gate). The
+ * site is rebuilt through the algorithm registry and restored by its own
+ * checkpoint code, so it predicts exactly as it did at the end of training.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { readInputs, type AgreedSchema, type EncodedInputs, type InputSpec } from '@dflmoe/data';
+import type { AlgorithmOptions, AlgorithmSite } from './algorithms/api.js';
+import { getAlgorithm, type AlgorithmName } from './algorithms/registry.js';
+import { initBackend } from './backend.js';
+import { silentLogger, type Logger } from './log.js';
+import { parseBodySpec } from './model.js';
+import { SitePredictor, evaluatePredictions, type Evaluation, type Predictions } from './predict.js';
+import { disposePeerData, type PeerData, type TrainOptions } from './train.js';
+
+export const SITE_FILE = 'site.json';
+export const PREPROCESSING_FILE = 'preprocessing.json';
+export const CHECKPOINT_DIR = 'checkpoints';
+
+/** `site.json`: what it takes to rebuild the site's model. */
+export interface SiteDescription {
+  format: 1;
+  algorithm: AlgorithmName;
+  peerId: string;
+  name?: string;
+  /** Names of the members by peer ID (to name the experts). */
+  names: Record<string, string>;
+  model: {
+    body: string;
+    featureDim: number;
+    headHidden: number[];
+    sampleShape: number[];
+    numClasses: number;
+    train: Partial<TrainOptions>;
+    initSeed?: number;
+  };
+  algorithmOptions: AlgorithmOptions;
+}
+
+/** `preprocessing.json`: the agreement the site trained under. */
+export interface SitePreprocessing {
+  format: 1;
+  agreed: AgreedSchema;
+  standardize: 'federated' | 'local';
+  /** What the site's features were standardized with (the pooled statistics, or its own). */
+  standardizer: { mean: number[]; std: number[] };
+  /** How new inputs are read (a CSV with the agreed columns, an image folder, numeric features). */
+  input: InputSpec;
+  /** Peer IDs whose statements were merged; left out and not heard from. */
+  included: string[];
+  excluded: { peer: string; reason: string }[];
+  missing: string[];
+  /** The site joined after the others agreed and took their agreement. */
+  adopted: boolean;
+  createdAt: string;
+}
+
+function readJson<T>(file: string, what: string): T {
+  if (!existsSync(file)) throw new Error(`${file} is missing: ${what}`);
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as T;
+  } catch (e) {
+    throw new Error(`${file} is not valid JSON (${(e as Error).message})`);
+  }
+}
+
+/** Read a site directory's `site.json` and `preprocessing.json`, checking what loading relies on. */
+export function readSiteFiles(dir: string): { site: SiteDescription; preprocessing: SitePreprocessing } {
+  const root = resolve(dir);
+  if (!existsSync(join(root, SITE_FILE))) {
+    throw new Error(`${root} is not a trained site's directory (no ${SITE_FILE}): pass the "out" directory of a site that ran dflmoe peer`);
+  }
+  const site = readJson<SiteDescription>(join(root, SITE_FILE), 'the site description');
+  const pre = readJson<SitePreprocessing>(join(root, PREPROCESSING_FILE), 'the preprocessing agreement (was the site trained with this version?)');
+  const bad = (file: string, why: string) => new Error(`${join(root, file)} is not a dflmoe ${file === SITE_FILE ? 'site description' : 'preprocessing file'}: ${why}`);
+  if (site?.format !== 1) throw bad(SITE_FILE, `format ${String(site?.format)} (this version reads 1)`);
+  if (typeof site.peerId !== 'string' || typeof site.model?.body !== 'string' || !Array.isArray(site.model.sampleShape)) throw bad(SITE_FILE, 'fields missing');
+  if (pre?.format !== 1) throw bad(PREPROCESSING_FILE, `format ${String(pre?.format)} (this version reads 1)`);
+  const d = site.model.sampleShape.reduce((a, b) => a * b, 1);
+  if (!Array.isArray(pre.standardizer?.mean) || pre.standardizer.mean.length !== d || pre.standardizer.std?.length !== d) {
+    throw bad(PREPROCESSING_FILE, `the standardizer does not have ${d} features`);
+  }
+  if (pre.agreed?.schema?.classNames?.length !== site.model.numClasses) {
+    throw bad(PREPROCESSING_FILE, `the agreed classes do not match the model's ${site.model.numClasses} outputs`);
+  }
+  return { site, preprocessing: pre };
+}
+
+/** Zero-row tensors in place of training data: a site rebuilt for prediction holds none. */
+function noData(sampleShape: number[], numClasses: number): PeerData {
+  return {
+    xTrain: tf.zeros([0, ...sampleShape]), yTrain: tf.zeros([0], 'int32') as tf.Tensor1D,
+    xTest: tf.zeros([0, ...sampleShape]), yTest: tf.zeros([0], 'int32') as tf.Tensor1D,
+    sampleShape, numClasses, trainSamples: 0, testSamples: 0, trainHistogram: new Array(numClasses).fill(0),
+  };
+}
+
+/** A site's trained model, ready to predict on new inputs. */
+export class TrainedSite extends SitePredictor {
+  constructor(
+    site: AlgorithmSite,
+    private readonly data: PeerData,
+    readonly dir: string,
+    readonly description: SiteDescription,
+    readonly preprocessing: SitePreprocessing,
+    /** The round of the checkpoint loaded, and its path. */
+    readonly round: number,
+    readonly checkpointPath: string,
+  ) {
+    super(
+      site,
+      { mean: Float32Array.from(preprocessing.standardizer.mean), std: Float32Array.from(preprocessing.standardizer.std) },
+      description.model.sampleShape,
+      preprocessing.agreed.schema.classNames,
+    );
+  }
+
+  get algorithm(): AlgorithmName {
+    return this.description.algorithm;
+  }
+
+  /** A member's name (or its peer ID), e.g. to label the experts of `Predictions`. */
+  nameOf(peer: string): string {
+    return this.description.names[peer] ?? peer;
+  }
+
+  /** Read a CSV file or an image folder as this site's inputs (encoded with the agreed schema, not standardized). */
+  readInputs(path: string, labels: 'required' | 'optional' = 'optional'): Promise<EncodedInputs> {
+    return readInputs(path, this.preprocessing.agreed, this.preprocessing.input, { labels });
+  }
+
+  /** Predictions for the rows of a CSV file or the images of a folder. */
+  async predictFile(path: string): Promise<{ inputs: EncodedInputs; predictions: Predictions }> {
+    const inputs = await this.readInputs(path, 'optional');
+    return { inputs, predictions: this.predict(inputs.features) };
+  }
+
+  /** Evaluation on a labelled CSV file or image folder (one sub-folder per class). */
+  async evaluateFile(path: string): Promise<{ inputs: EncodedInputs; predictions: Predictions; evaluation: Evaluation }> {
+    const inputs = await this.readInputs(path, 'required');
+    const predictions = this.predict(inputs.features);
+    return { inputs, predictions, evaluation: evaluatePredictions(predictions, inputs.labels!) };
+  }
+
+  dispose(): void {
+    this.site.dispose();
+    disposePeerData(this.data);
+  }
+}
+
+/**
+ * Load a trained site from its directory: rebuild its model and restore the
+ * newest good checkpoint. Works for every algorithm. Throws an Error saying
+ * what is missing when the directory is not a trained site's.
+ */
+export async function loadSite(dir: string, o: { logger?: Logger } = {}): Promise<TrainedSite> {
+  const root = resolve(dir);
+  const { site: desc, preprocessing } = readSiteFiles(root);
+  const log = o.logger ?? silentLogger;
+  await initBackend({ logger: log });
+  const alg = getAlgorithm(desc.algorithm);
+  const data = noData(desc.model.sampleShape, desc.model.numClasses);
+  let site: AlgorithmSite | undefined;
+  try {
+    site = alg.createSite({
+      id: desc.peerId, data, body: parseBodySpec(desc.model.body), featureDim: desc.model.featureDim, headHidden: desc.model.headHidden,
+      train: desc.model.train, ...(desc.model.initSeed !== undefined ? { initSeed: desc.model.initSeed } : {}),
+    }, desc.algorithmOptions);
+    if (!site.checkpoint) throw new Error(`${alg.label} sites keep no checkpoints in this version`);
+    const ckpt = join(root, CHECKPOINT_DIR);
+    const r = await site.checkpoint.restore(ckpt, log);
+    if (!r) throw new Error(`${root} has no usable checkpoint in ${ckpt}: the site has not finished a round yet`);
+    return new TrainedSite(site, data, root, desc, preprocessing, r.round, r.path);
+  } catch (e) {
+    site?.dispose();
+    disposePeerData(data);
+    throw e;
+  }
+}

@@ -1,0 +1,120 @@
+/**
+ * A site's data, from its config to training tensors: read its own files
+ * (or its simulator share), agree with the other members on the schema and
+ * standardization (federated preprocessing over libp2p, or the agreement
+ * saved before a restart), encode, and save what prediction needs in the
+ * site's out directory (`preprocessing.json`, `site.json`).
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  PREPROCESSING_FILE, SITE_FILE, parseBodySpec, preparePeerData, readSiteFiles, sharedInitSeed,
+  type AlgorithmOptions, type Logger, type PeerData, type PeerModelOptions, type SiteDescription, type SitePreprocessing,
+} from '@dflmoe/core';
+import { deriveSeed, encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type EncodedSite, type SiteDataSpec } from '@dflmoe/data';
+import type { PeerConfig } from './config.js';
+import { writeJsonAtomic } from './files.js';
+import type { SiteNode } from './node.js';
+import { SchemaAgreement } from './preprocess.js';
+
+/** The `data` section of a config as the data package reads it. */
+export function siteDataSpec(cfg: PeerConfig): SiteDataSpec {
+  const d = cfg.data;
+  return {
+    dataset: d.dataset, labelColumn: d.labelColumn, features: d.features, drop: d.drop, categorical: d.categorical, classes: d.classes,
+    imageSize: d.imageSize, channels: d.channels, fit: d.fit, seed: d.seed, testFraction: d.testFraction, maxSamples: d.maxSamples,
+    dataDir: d.dataDir, simulate: d.simulate,
+  };
+}
+
+/** The site's number among the members: its simulator index, else its place in `members` (seeds and ranks derive from it). */
+export function siteIndex(cfg: PeerConfig, selfId: string): number {
+  return cfg.data.simulate?.index ?? Math.max(0, cfg.members.findIndex((m) => m.peerId === selfId));
+}
+
+export interface PreparedSite {
+  data: PeerData;
+  preprocessing: SitePreprocessing;
+  /** Serves this site's statement to members that come later; close it with the node. */
+  agreement?: SchemaAgreement;
+}
+
+/**
+ * Read the site's own rows, agree on the schema with the members (through
+ * `node`, started; without one the site agrees with itself), encode and
+ * standardize. `resume`: reuse the agreement saved in the out directory
+ * (a restart from a checkpoint), so that the site keeps the encoding it
+ * trained with. Throws a DataError when the site's data cannot join.
+ */
+export async function prepareSiteData(cfg: PeerConfig, o: { node?: SiteNode; selfId: string; logger: Logger; resume: boolean }): Promise<PreparedSite> {
+  const log = o.logger;
+  const source = await loadSiteData(siteDataSpec(cfg));
+  for (const w of source.warnings) log.warn(`${cfg.data.dataset}: ${w}`);
+  log.info(`own data: ${source.description}`);
+  const statement = siteStatement(source, o.selfId);
+  const agreement = o.node
+    ? new SchemaAgreement(o.node, {
+      members: cfg.members, statement, deadlineMs: cfg.preprocess.deadlineMs, graceMs: cfg.preprocess.graceMs,
+      quorum: cfg.round.quorum, maxBytes: cfg.limits.maxSummaryBytes, logger: log,
+    })
+    : undefined;
+  await agreement?.register();
+  let pre: SitePreprocessing;
+  let enc: EncodedSite;
+  const saved = join(cfg.out, PREPROCESSING_FILE);
+  if (o.resume && existsSync(saved)) {
+    pre = readSiteFiles(cfg.out).preprocessing;
+    agreement?.useAgreed(pre.included);
+    enc = encodeSiteData(source, pre.agreed, pre.standardize);
+    log.info(`preprocessing: the agreement of ${pre.included.length} site(s) saved in ${saved}`);
+  } else {
+    const ag = agreement
+      ? await agreement.agree()
+      : { ...reconcileStatements([statement]), excluded: [], missing: [], adopted: false, seconds: 0 };
+    enc = encodeSiteData(source, ag.agreed, cfg.data.standardize);
+    pre = {
+      format: 1, agreed: ag.agreed, standardize: cfg.data.standardize,
+      standardizer: { mean: Array.from(enc.standardizer.mean), std: Array.from(enc.standardizer.std) },
+      input: source.input, included: ag.included, excluded: ag.excluded, missing: ag.missing, adopted: ag.adopted,
+      createdAt: new Date().toISOString(),
+    };
+    writeJsonAtomic(saved, pre);
+    const a = ag.agreed;
+    log.info(
+      `preprocessing: agreed with ${ag.included.length} site(s) on ${a.schema.classNames.length} classes and ` +
+        `${a.schema.kind === 'table' ? `${a.featureNames.length} encoded features` : `samples of shape ${a.schema.shape.join('x')}`}` +
+        ` in ${ag.seconds.toFixed(2)} s`,
+    );
+  }
+  // Standardized with what the site trained (or trains) with: the very numbers saved for prediction.
+  const { dataset, split } = enc;
+  const standardizer = { mean: Float32Array.from(pre.standardizer.mean), std: Float32Array.from(pre.standardizer.std) };
+  return { data: preparePeerData(dataset, split, standardizer), preprocessing: pre, agreement };
+}
+
+/** What a site's config says about its model and training, as every algorithm takes it. */
+export function siteModelOptions(cfg: PeerConfig, id: string, index: number, data: PeerData): PeerModelOptions {
+  return {
+    id,
+    data,
+    body: parseBodySpec(cfg.model.body),
+    featureDim: cfg.model.featureDim,
+    headHidden: cfg.model.headHidden,
+    train: { ...cfg.train, seed: deriveSeed(cfg.data.seed, 'peer', index) },
+    ...(cfg.model.sharedInit ? { initSeed: sharedInitSeed(cfg.data.seed, cfg.model.body) } : {}),
+  };
+}
+
+/** Write `site.json`: what `loadSite` needs to rebuild the site's model. */
+export function writeSiteDescription(cfg: PeerConfig, model: PeerModelOptions, algorithmOptions: AlgorithmOptions): void {
+  const desc: SiteDescription = {
+    format: 1, algorithm: cfg.algorithm, peerId: model.id, ...(cfg.name ? { name: cfg.name } : {}),
+    names: Object.fromEntries([...cfg.members.filter((m) => m.name).map((m) => [m.peerId, m.name!]), ...(cfg.name ? [[model.id, cfg.name]] : [])]),
+    model: {
+      body: cfg.model.body, featureDim: model.featureDim, headHidden: model.headHidden, sampleShape: model.data.sampleShape,
+      numClasses: model.data.numClasses, train: model.train, ...(model.initSeed !== undefined ? { initSeed: model.initSeed } : {}),
+    },
+    algorithmOptions,
+  };
+  writeJsonAtomic(join(cfg.out, SITE_FILE), desc);
+}

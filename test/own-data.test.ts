@@ -1,0 +1,206 @@
+/**
+ * Real sites over TCP on 127.0.0.1, one process each: every site holds its
+ * own CSV file (not a share of one dataset), the members agree on the schema
+ * over libp2p, train, and `dflmoe predict` / `dflmoe evaluate` use a site's
+ * model afterwards. Also: local-only and FedAvg sites leave a model that
+ * loads, and a simulated site process reads only its share. Every wait is
+ * bounded; processes are killed in afterEach.
+ */
+import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse } from 'csv-parse/sync';
+import { DEFAULT_SIMULATION, loadSite, type SimulationConfig } from '@dflmoe/core';
+import { loadSiteData, readShare } from '@dflmoe/data';
+import { freePort, startProcess, waitExit, writeConsortium } from '@dflmoe/cli';
+import { generateIdentity, loadPeerConfig, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
+import { cli } from './helpers.js';
+import { PATIENT_HEADER, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
+
+const results = (out: string) => JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as PeerRunResult;
+
+describe('sites with their own data over TCP (multi-process)', function () {
+  this.timeout(300000);
+  let procs: ChildProcess[] = [];
+  afterEach(() => {
+    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
+    procs = [];
+  });
+
+  /** Three hospitals, each with its own CSV; configs written as a user would. */
+  async function hospitals(dir: string, o: { rounds: number; extra?: { name: string; csv: string } }) {
+    const files = [
+      { name: 'hospital-a', csv: patientsCsv({ seed: 11, rows: 160, missing: 0.1, wards: ['north', 'south'] }) },
+      { name: 'hospital-b', csv: patientsCsv({ seed: 12, rows: 120, missing: 0, wards: ['south', 'east'], ageShift: 6, header: [...PATIENT_HEADER].reverse() }) },
+      { name: 'hospital-c', csv: patientsCsv({ seed: 13, rows: 200, missing: 0.2, wards: ['north', 'west', 'east'], ageShift: -6 }) },
+      ...(o.extra ? [o.extra] : []),
+    ];
+    const sites = await Promise.all(files.map(async (f) => {
+      const id = await generateIdentity();
+      saveIdentity(join(dir, `${f.name}.key`), id.privateKey, true);
+      writeText(join(dir, `${f.name}.csv`), f.csv);
+      return { ...f, peerId: id.peerId, port: await freePort(), config: join(dir, `${f.name}.json`), out: join(dir, f.name) };
+    }));
+    const members = sites.map((s) => ({ name: s.name, peerId: s.peerId, addrs: [`/ip4/127.0.0.1/tcp/${s.port}`] }));
+    for (const s of sites) {
+      const cfg = {
+        name: s.name, key: `${s.name}.key`, listen: [`/ip4/127.0.0.1/tcp/${s.port}`], members,
+        data: { dataset: `csv:${s.name}.csv`, labelColumn: 'diagnosis', drop: ['id'] },
+        model: { body: 'mlp:32', featureDim: 16 },
+        train: { learningRate: 0.01 },
+        rounds: o.rounds, round: { deadlineMs: 10000 }, preprocess: { deadlineMs: 30000 }, lingerMs: 1500, out: s.name,
+      };
+      parsePeerConfig(cfg, s.config, dir);
+      writeFileSync(s.config, JSON.stringify(cfg, null, 2));
+    }
+    return sites;
+  }
+
+  it('3 sites, 3 different CSV files: agree, train, then dflmoe predict writes one row per input matching the in-process predictions exactly', async () => {
+    const dir = tmpDir('dflmoe-own-');
+    const sites = await hospitals(dir, { rounds: 5 });
+    const ps = sites.map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`));
+    procs.push(...ps);
+    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 180000))), [0, 0, 0], sites.map((s) => readFileSync(`${s.out}.log`, 'utf8').slice(-1500)).join('\n'));
+
+    // One agreement everywhere, from the three sites' summaries.
+    const pre = sites.map((s) => JSON.parse(readFileSync(join(s.out, 'preprocessing.json'), 'utf8')));
+    for (const p of pre) {
+      assert.deepEqual(p.agreed, pre[0].agreed);
+      assert.deepEqual(p.included, sites.map((s) => s.peerId).sort());
+    }
+    const names: string[] = pre[0].agreed.featureNames;
+    for (const f of ['age', 'age_missing', 'bmi', 'smoker=current', 'ward=north', 'ward=west', 'sex=M']) assert.ok(names.includes(f), f);
+    for (const s of sites) {
+      const r = results(s.out);
+      assert.equal(r.rounds.length, 5);
+      assert.equal(r.rounds.at(-1)!.experts.length, 2, `${s.name} holds both other heads`);
+      assert.ok(r.accuracy > 0.75, `${s.name}: accuracy ${r.accuracy}`);
+    }
+
+    // Fresh patients, without a diagnosis, columns in another order, an extra column.
+    const freshCsv = patientsCsv({ seed: 99, rows: 40, missing: 0.15, wards: ['north', 'unknown-ward'], unlabelled: true, header: ['sex', 'ward', 'id', 'bmi', 'smoker', 'age', 'diagnosis'] });
+    const fresh = writeText(join(dir, 'fresh.csv'), freshCsv);
+    const site = sites[0];
+    const out = join(dir, 'predictions.csv');
+    const r = cli(['predict', '--site', site.out, '--input', fresh, '--output', out]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /wrote 40 predictions to .*predictions\.csv \(hospital-a \(dflmoe\), checkpoint of round 5\)/);
+    const rows = parse(readFileSync(out, 'utf8'), { columns: true }) as Record<string, string>[];
+    assert.equal(rows.length, 40, 'one row per input');
+    // The own head first, then the received experts.
+    const columns = Object.keys(rows[0]);
+    assert.deepEqual(columns.slice(0, 5), ['input', 'predicted', 'prob:benign', 'prob:malignant', 'gate:hospital-a']);
+    assert.deepEqual(columns.slice(5).sort(), ['gate:hospital-b', 'gate:hospital-c']);
+    for (const row of rows) {
+      const p = Number(row['prob:benign']) + Number(row['prob:malignant']);
+      assert.ok(Math.abs(p - 1) < 1e-5, `probabilities sum to ${p}`);
+      const g = ['a', 'b', 'c'].reduce((acc, k) => acc + Number(row[`gate:hospital-${k}`]), 0);
+      assert.ok(Math.abs(g - 1) < 1e-5, `gate weights sum to ${g}`);
+    }
+    // The same model in this process: identical numbers.
+    const loaded = await loadSite(site.out);
+    try {
+      const { inputs, predictions: mine } = await loaded.predictFile(fresh);
+      assert.deepEqual(rows.map((x) => x.input), inputs.ids);
+      rows.forEach((row, i) => {
+        assert.equal(row.predicted, mine.classNames[mine.predicted[i]]);
+        mine.classNames.forEach((c, k) => assert.equal(Number(row[`prob:${c}`]), mine.probabilities[i * 2 + k], `row ${i} ${c}`));
+        mine.experts.forEach((e, k) => assert.equal(Number(row[`gate:${loaded.nameOf(e)}`]), mine.gateWeights[i * 3 + k]));
+      });
+      assert.equal(loaded.round, 5);
+      assert.deepEqual(mine.experts.map((e) => `gate:${loaded.nameOf(e)}`), columns.slice(4));
+    } finally {
+      loaded.dispose();
+    }
+    // Without --output the rows are printed.
+    const printed = cli(['predict', '--site', site.out, '--input', fresh]);
+    assert.equal(printed.status, 0, printed.stderr);
+    assert.equal(printed.stdout, readFileSync(out, 'utf8'));
+
+    // evaluate on the site's own test rows gives the accuracy the site reported, exactly.
+    const data = await loadSiteData({ dataset: `csv:${join(dir, `${site.name}.csv`)}`, labelColumn: 'diagnosis', drop: ['id'], seed: 1, testFraction: 0.2 });
+    assert.equal(data.kind, 'table');
+    const lines = readFileSync(join(dir, `${site.name}.csv`), 'utf8').split('\n');
+    const testRows = data.kind === 'table' ? Array.from(data.split.test, (row) => lines[data.table.lines[row] - 1]) : [];
+    const testCsv = writeText(join(dir, 'test-rows.csv'), [lines[0], ...testRows].join('\n') + '\n');
+    const ev = cli(['evaluate', '--site', site.out, '--input', testCsv, '--json']);
+    assert.equal(ev.status, 0, ev.stderr);
+    const e = JSON.parse(ev.stdout);
+    assert.equal(e.samples, results(site.out).testSamples);
+    assert.equal(e.accuracy, results(site.out).accuracy);
+    assert.equal(e.confusion.flat().reduce((a: number, b: number) => a + b, 0), e.samples);
+    const text = cli(['evaluate', '--site', site.out, '--input', testCsv]);
+    assert.match(text.stdout, /accuracy [\d.]+% on \d+ samples/);
+    assert.match(text.stdout, /confusion matrix \(rows: true class, columns: predicted\)/);
+  });
+
+  it('a member whose CSV lacks a column stops with an error naming it; the other three train without it', async () => {
+    const dir = tmpDir('dflmoe-own-');
+    const sites = await hospitals(dir, { rounds: 2, extra: { name: 'hospital-x', csv: patientsCsv({ seed: 14, rows: 80, header: PATIENT_HEADER.filter((h) => h !== 'smoker') }) } });
+    const ps = sites.map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`));
+    procs.push(...ps);
+    const codes = await Promise.all(ps.map((p) => waitExit(p, 180000)));
+    assert.deepEqual(codes, [0, 0, 0, 1]);
+    const log = readFileSync(`${sites[3].out}.log`, 'utf8');
+    assert.match(log, /dflmoe: error: this site's data cannot join the consortium: site "hospital-x" cannot join sites .*lacks column "smoker"/);
+    assert.doesNotMatch(log, /\n\s+at /, 'no stack trace');
+    for (const s of sites.slice(0, 3)) {
+      assert.match(readFileSync(`${s.out}.log`, 'utf8'), /left out hospital-x: .*lacks column "smoker"/);
+      const r = results(s.out);
+      assert.equal(r.rounds.length, 2);
+      assert.equal(r.rounds.at(-1)!.experts.length, 2);
+      const p = JSON.parse(readFileSync(join(s.out, 'preprocessing.json'), 'utf8'));
+      assert.deepEqual(p.excluded.map((x: { peer: string }) => x.peer), [sites[3].peerId]);
+    }
+  });
+
+  for (const alg of ['local', 'fedavg'] as const) {
+    it(`${alg} sites leave a model that loads: predictions on their own test rows give their reported accuracy`, async () => {
+      const sim: SimulationConfig = { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 2, rounds: 2, partition: 'iid', seed: 5, algorithms: [alg] };
+      const dir = tmpDir(`dflmoe-${alg}-`);
+      const f = await writeConsortium({ dir, algorithm: alg, sim, deadlineMs: 10000, lingerMs: 1000 });
+      const cfg = loadPeerConfig(f.sites[0].config);
+      assert.deepEqual(cfg.data.simulate, { peers: 2, index: 0, partition: 'iid', minSize: 10, share: join(dir, 'site-0.share') });
+      assert.equal(cfg.data.standardize, 'federated');
+      const ps = [...(f.server ? [startProcess(['server', '--config', f.server.config], `${f.server.out}.log`)] : []), ...f.sites.map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`))];
+      procs.push(...ps);
+      const codes = await Promise.all(ps.map((p) => waitExit(p, 120000)));
+      assert.ok(codes.every((c) => c === 0), `exit codes ${codes}: ${[...(f.server ? [f.server] : []), ...f.sites].map((s) => readFileSync(`${s.out}.log`, 'utf8').slice(-800)).join('\n')}`);
+      for (const s of f.sites) {
+        const share = readShare(join(dir, `${s.config.match(/site-\d+/)![0]}.share`));
+        const d = share.dataset.sampleShape[0];
+        const rows = share.split.test;
+        const x = new Float32Array(rows.length * d);
+        rows.forEach((r, i) => x.set(share.dataset.features.subarray(r * d, (r + 1) * d), i * d));
+        const site = await loadSite(s.out);
+        try {
+          assert.equal(site.algorithm, alg);
+          const e = site.evaluate(x, Array.from(rows, (r) => share.dataset.labels[r]));
+          assert.equal(e.accuracy, results(s.out).accuracy);
+          assert.deepEqual(site.predict(x).experts, [], 'no gate');
+        } finally {
+          site.dispose();
+        }
+      }
+      // New rows of the built-in table, by column name.
+      const csv = readFileSync(new URL('../packages/data/datasets/breast-cancer.csv', import.meta.url), 'utf8').split('\n').slice(0, 11).join('\n');
+      const input = writeText(join(dir, 'new.csv'), csv);
+      const r = cli(['predict', '--site', f.sites[1].out, '--input', input]);
+      assert.equal(r.status, 0, r.stderr);
+      const rows = parse(r.stdout, { columns: true }) as Record<string, string>[];
+      assert.equal(rows.length, 10);
+      assert.deepEqual(Object.keys(rows[0]), ['input', 'predicted', 'prob:benign', 'prob:malignant']);
+    });
+  }
+
+  it('clear errors: not a site directory, an unreadable input, an old config', () => {
+    const r = cli(['predict', '--site', tmpDir(), '--input', 'x.csv']);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /^dflmoe: error: .* is not a trained site's directory \(no site\.json\): pass the "out" directory of a site that ran dflmoe peer\n$/);
+    const old = { key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], rounds: 1, out: 'o', data: { dataset: 'fashion-mnist', peers: 10, index: 3, partition: 'dirichlet:0.1' } };
+    assert.throws(() => parsePeerConfig(old, 'old.json'), /data.peers, data.index, data.partition are the simulator's partition mode and moved into data.simulate: write "data": \{"dataset": "fashion-mnist", "simulate": \{"peers":10,"index":3,"partition":"dirichlet:0.1"\}\}/);
+    assert.throws(() => parsePeerConfig({ ...old, data: { dataset: 'x', standardize: 'global' } }, 'old.json'), /"global" read every site's rows; write "federated"/);
+  });
+});
