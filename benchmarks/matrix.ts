@@ -61,6 +61,8 @@ interface CellSpec {
   regime: 'core' | 'sweep' | 'shift' | 'pfllib';
   /** Rounds, when not the matrix's. */
   rounds?: number;
+  /** Seeds, when not the matrix's (the heaviest cells run fewer). */
+  seeds?: number[];
   dataset: string;
   peers: number;
   partition: string;
@@ -77,6 +79,8 @@ const FM = (n: number) => ['--max-samples', String(n)];
 // Gossip averaging computes exactly FedAvg's models in synchronous in-memory rounds (a test asserts it): it
 // runs in the core cells, where its bytes are shown, and is left out of the sweep and shift cells to save compute.
 const noGossip = algorithms.filter((a) => a !== 'gossip');
+/** The heaviest Fashion-MNIST cells (core with label skew, 250 per site) run one seed, to keep the matrix near an hour here. */
+const few = seeds.slice(0, 1);
 function cellsFor(): CellSpec[] {
   if (quick) {
     return [
@@ -91,19 +95,19 @@ function cellsFor(): CellSpec[] {
     for (const partition of parts) {
       out.push({ regime: 'core', dataset: 'breast-cancer', peers: 4, partition, args: [], algorithms });
       out.push({ regime: 'core', dataset: 'digits', peers: 10, partition, args: [], algorithms });
-      out.push({ regime: 'core', dataset: 'fashion-mnist', peers: 10, partition, args: FM(5000), algorithms });
+      out.push({ regime: 'core', dataset: 'fashion-mnist', peers: 10, partition, args: FM(5000), algorithms, ...(partition === 'iid' ? {} : { seeds: few }) });
     }
   }
   for (const partition of ['iid', 'dirichlet:0.5']) {
     if (regimes.includes('sweep')) {
       // digits: 1797 images over 10 sites, half of each site's share held out for testing, so at most ~90 to train on.
       for (const n of [25, 50, 75]) out.push({ regime: 'sweep', dataset: 'digits', peers: 10, partition, perSite: n, args: ['--test-fraction', '0.5'], algorithms: noGossip });
-      for (const n of [25, 50, 100, 250]) out.push({ regime: 'sweep', dataset: 'fashion-mnist', peers: 10, partition, perSite: n, args: [...FM(12000), '--test-fraction', '0.25'], algorithms: noGossip });
+      for (const n of [25, 50, 100, 250]) out.push({ regime: 'sweep', dataset: 'fashion-mnist', peers: 10, partition, perSite: n, args: [...FM(12000), '--test-fraction', '0.25'], algorithms: noGossip, ...(n > 100 ? { seeds: few } : {}) });
     }
     if (regimes.includes('shift')) {
       const shift = 'rotate,contrast,noise';
       out.push({ regime: 'shift', dataset: 'digits', peers: 10, partition, shift, args: [], algorithms: noGossip });
-      out.push({ regime: 'shift', dataset: 'fashion-mnist', peers: 10, partition, shift, perSite: 100, args: [...FM(12000), '--test-fraction', '0.25'], algorithms: noGossip });
+      out.push({ regime: 'shift', dataset: 'fashion-mnist', peers: 10, partition, shift, perSite: 100, args: [...FM(12000), '--test-fraction', '0.25'], algorithms: noGossip, seeds: seeds.slice(0, 2) });
     }
   }
   if (regimes.includes('pfllib')) {
@@ -152,7 +156,7 @@ const cellLabel = (c: CellSpec) => `${c.dataset} ${c.partition}${c.perSite ? `, 
 interface Job { cell: CellSpec; seed: number; algorithms: AlgorithmName[]; setting?: Setting; variant?: Variant; dir: string }
 const jobs: Job[] = [];
 for (const cell of cells) {
-  for (const seed of seeds) {
+  for (const seed of cell.seeds ?? seeds) {
     if (ablation) {
       const local = settingOf('local');
       jobs.push({ cell, seed, algorithms: ['local'], setting: local, dir: join(runsDir, `${cellKey(cell)}-s${seed}-local`) });
@@ -172,6 +176,11 @@ const queue = [...jobs];
 async function worker(): Promise<void> {
   for (let j = queue.shift(); j; j = queue.shift()) {
     const c = j.cell;
+    // A run that finished before (an interrupted matrix started again) is kept, not repeated.
+    if (existsSync(join(j.dir, 'results.json'))) {
+      progress.update(++done, `${cellLabel(c)} seed ${j.seed}: kept from an earlier run`);
+      continue;
+    }
     const args = [
       'simulate', '--dataset', c.dataset, '--peers', String(c.peers), '--partition', c.partition, '--seed', String(j.seed),
       '--rounds', String(c.rounds ?? rounds), '--epochs', String(epochs), '--algorithms', j.algorithms.join(','),
@@ -201,12 +210,14 @@ interface Row {
   regime: string; cell: string; dataset: string; partition: string; perSite: number | null; shift: boolean; algorithm: string;
   accMean: number; accStd: number; worstPeer: number; bestRound: number; pooled: number | null; bytesPerPeerRound: number; seconds: number;
   trainPerSite: number;
+  /** Seeds this row averages. */
+  seeds: number;
 }
 const rows: Row[] = [];
 const names = ablation ? ['local', ...VARIANTS.map((v) => v.name)] : algorithms;
 for (const cell of cells) {
   for (const name of names) {
-    const rs = seeds.flatMap((seed) => {
+    const rs = (cell.seeds ?? seeds).flatMap((seed) => {
       const j = jobs.find((x) => x.cell === cell && x.seed === seed && (ablation ? (x.variant?.name ?? 'local') === name : x.algorithms.includes(name as AlgorithmName)));
       if (!j) return [];
       return [load(j).algorithms[(ablation ? j.algorithms[0] : name) as AlgorithmName]!];
@@ -220,6 +231,7 @@ for (const cell of cells) {
       bytesPerPeerRound: mean(rs.map((r) => r.bytesSent / (cell.peers * (cell.rounds ?? rounds)))),
       seconds: mean(rs.map((r) => r.wallSeconds)),
       trainPerSite: mean(rs.map((r) => mean(r.peers.map((p) => p.trainSamples)))),
+      seeds: rs.length,
     });
   }
 }
@@ -271,7 +283,7 @@ function targetLines(): string[] {
 // ------------------------------------------------------------ tables, JSON, report
 const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, tfjs backend ${backend}`;
 const tuning = [...new Set(names.filter((a) => (ALGORITHMS as readonly string[]).includes(a)))].map((a) => `${a} ${settingOf(a as AlgorithmName).optimizer} ${settingOf(a as AlgorithmName).learningRate}`).join(', ');
-const settings = `${rounds} rounds x ${epochs} epoch, batch 32, MLP body (128) -> 64 features, linear head, dFLMoE alpha 0.2, fedavg-ft 1 fine-tuning epoch, fedrep 1 head epoch; optimiser and learning rate per algorithm (${existsSync(tuningFile) ? 'from bench:tune' : 'bench:tune not run: defaults'}): ${tuning}; seeds ${seeds.join(', ')}`;
+const settings = `${rounds} rounds x ${epochs} epoch, batch 32, MLP body (128) -> 64 features, linear head, dFLMoE alpha 0.2, fedavg-ft 1 fine-tuning epoch, fedrep 1 head epoch; optimiser and learning rate per algorithm (${existsSync(tuningFile) ? 'from bench:tune' : 'bench:tune not run: defaults'}): ${tuning}; seeds ${seeds.join(", ")} (the heaviest Fashion-MNIST cells fewer: see the seeds column)`;
 let md = `Machine: ${machine}. Settings: ${settings}. Wall time ${(wallSeconds / 60).toFixed(1)} min (${jobs.length} simulate runs, ${values.jobs} at a time).\n\n`;
 md += 'Accuracy: mean personalized accuracy over sites (each site\'s model on its own test split) after the last round, mean +- std over seeds. "best round": the best round\'s mean (as PFLlib reports). "worst site": lowest site, mean over seeds. "pooled": each site\'s final model on the test splits of all sites together, mean over sites (what a site knows beyond its own distribution).\n';
 const regimeTitle: Record<string, string> = {
@@ -281,9 +293,9 @@ const regimeTitle: Record<string, string> = {
 for (const regime of ['core', 'sweep', 'shift', 'pfllib']) {
   const rs = rows.filter((r) => r.regime === regime);
   if (!rs.length) continue;
-  md += `\n#### ${regimeTitle[regime]}\n\n| cell | algorithm | accuracy % | best round % | worst site % | pooled % | train/site | bytes/site/round | seconds |\n|---|---|---|---|---|---|---|---|---|\n`;
+  md += `\n#### ${regimeTitle[regime]}\n\n| cell | algorithm | accuracy % | best round % | worst site % | pooled % | train/site | seeds | bytes/site/round | seconds |\n|---|---|---|---|---|---|---|---|---|---|\n`;
   for (const r of rs) {
-    md += `| ${r.cell} | ${r.algorithm} | ${p(r.accMean)} +- ${p(r.accStd)} | ${p(r.bestRound)} | ${p(r.worstPeer)} | ${r.pooled === null ? '-' : p(r.pooled)} | ${r.trainPerSite.toFixed(0)} | ${kib(r.bytesPerPeerRound)} | ${r.seconds.toFixed(1)} |\n`;
+    md += `| ${r.cell} | ${r.algorithm} | ${p(r.accMean)} +- ${p(r.accStd)} | ${p(r.bestRound)} | ${p(r.worstPeer)} | ${r.pooled === null ? '-' : p(r.pooled)} | ${r.trainPerSite.toFixed(0)} | ${r.seeds} | ${kib(r.bytesPerPeerRound)} | ${r.seconds.toFixed(1)} |\n`;
   }
 }
 const targets = ablation ? [] : targetLines();
