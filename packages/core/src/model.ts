@@ -1,6 +1,7 @@
 /**
  * Model parts of a dFLMoE peer: Body, Head, feature-space transforms (FST),
- * Gate, and the mixture-of-experts forward pass and loss of DESIGN.md.
+ * Gate, and the mixture-of-experts forward pass and loss described in
+ * docs/architecture.md ("The model").
  *
  * The body is any tfjs layers model (we ship an MLP and a small CNN). Head,
  * FST and gate are small enough to be plain tensors with a pure forward
