@@ -51,6 +51,18 @@ const relayAddr = addr.refine((s) => {
 
 const posInt = z.number().int().min(1);
 
+/** Finding members at run time: members may be listed by peer ID only. */
+export const discoverySchema = z.object({
+  /** Member addresses (ending in /p2p/<member peer ID>) to contact first; the others' addresses are found through them. */
+  bootstrap: z.array(relayAddr).max(8).default([]),
+  /** Look members up in the consortium's private Kademlia DHT (default: when bootstrap is given or a member has no address). */
+  dht: z.boolean().optional(),
+  /** Find members on the same LAN by multicast DNS. */
+  mdns: z.boolean().default(false),
+  /** Look for members without a connection this often. */
+  intervalMs: z.number().int().min(100).max(600000).default(2000),
+}).strict().prefault({});
+
 /** Reaching sites behind NAT through circuit relays (libp2p circuit relay v2) and hole punching (DCUtR). */
 export const relaySchema = z.object({
   /** Serve as a relay for the members (reservations and relayed connections for member peer IDs only). */
@@ -82,6 +94,7 @@ export const peerConfigSchema = z.object({
   listen: z.array(addr).default([]),
   members: z.array(memberSchema).default([]),
   relay: relaySchema,
+  discovery: discoverySchema,
   psk: z.string().optional(),
   algorithm: algorithm.default('dflmoe'),
   server: memberSchema.optional(),
@@ -272,6 +285,10 @@ export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.
   if (c.listen.length === 0 && c.relay.via.length === 0) {
     throw new ConfigError(`config ${file}: listen: give at least one address to listen on, or (behind NAT) relay.via: a relay that members reach this site through`);
   }
+  c.discovery.bootstrap.forEach((b, i) => {
+    const id = multiaddr(b).getComponents().filter((x) => x.name === 'p2p').at(-1)?.value;
+    if (!c.members.some((m) => m.peerId === id)) throw new ConfigError(`config ${file}: discovery.bootstrap.${i}: ${id} is not in members (bootstrap through members only)`);
+  });
   const sim = c.data.simulate;
   if (sim && sim.index >= sim.peers) throw new ConfigError(`config ${file}: data.simulate.index (${sim.index}) must be below data.simulate.peers (${sim.peers})`);
   if (getAlgorithm(c.algorithm).network === 'server' && !c.server) {

@@ -13,3 +13,4 @@ export { Announce, HeadRequest, HeadResponse, FedAvgRequest, FedAvgResponse } fr
 export * from './metrics.js';
 export * from './preprocess.js';
 export * from './reach.js';
+export * from './discovery.js';

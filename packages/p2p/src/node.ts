@@ -15,6 +15,8 @@ import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
 import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2';
 import { dcutr } from '@libp2p/dcutr';
+import { kadDHT } from '@libp2p/kad-dht';
+import { mdns } from '@libp2p/mdns';
 import { gossipsub } from '@libp2p/gossipsub';
 import { identify } from '@libp2p/identify';
 import type { Connection, Libp2p, PeerId, PrivateKey } from '@libp2p/interface';
@@ -26,6 +28,7 @@ import { multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p } from 'libp2p';
 import { prometheusMetrics } from '@libp2p/prometheus-metrics';
 import { RelayKeeper, type RelayStatus } from './relay-keeper.js';
+import { DHT_PROTOCOL, MemberFinder, memberPeerInfoMapper, type MemberFinderOptions } from './discovery.js';
 import type { Registry } from 'prom-client';
 
 export interface NodeOptions {
@@ -45,6 +48,8 @@ export interface NodeOptions {
   onRelayRefused?: (peer: string, what: string) => void;
   /** Called when a reservation on a relay of `relay.via` is made or fails (once per change). */
   onRelayStatus?: (s: RelayStatus) => void;
+  /** Find members at run time (bootstrap, DHT, mDNS): see MemberFinder. */
+  discovery?: MemberFinderOptions & { mdns: boolean };
 }
 
 export interface RelayOptions {
@@ -93,6 +98,7 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
     streamMuxers: [yamux()],
     ...(o.psk ? { connectionProtector: preSharedKey({ psk: o.psk }) } : {}),
     ...(o.metricsRegistry ? { metrics: prometheusMetrics({ registry: o.metricsRegistry, collectDefaultMetrics: false, preserveExistingMetrics: true }) } : {}),
+    ...(o.discovery?.mdns ? { peerDiscovery: [mdns({ serviceTag: '_dflmoe-discovery._udp.local', interval: 5000 })] } : {}),
     connectionGater: {
       // Loopback and private addresses are fine: consortium members may sit on a LAN.
       denyDialMultiaddr: () => false,
@@ -116,6 +122,9 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
         }
         : {}),
       ...(o.relay?.holePunch !== false ? { dcutr: dcutr() } : {}),
+      ...(o.discovery?.dht
+        ? { dht: kadDHT({ protocol: DHT_PROTOCOL, clientMode: false, peerInfoMapper: memberPeerInfoMapper(o.discovery.onDroppedAddrs) }) }
+        : {}),
       pubsub: gossipsub({
         allowPublishToZeroTopicPeers: true,
         emitSelf: false,
@@ -131,7 +140,18 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
     node.addEventListener('start', () => keeper.start());
     node.addEventListener('stop', () => keeper.stop());
   }
+  if (o.discovery) {
+    const finder = new MemberFinder(node, o.discovery);
+    node.addEventListener('start', () => finder.start());
+    node.addEventListener('stop', () => finder.stop());
+    (node as unknown as { memberFinder: MemberFinder }).memberFinder = finder;
+  }
   return node as unknown as SiteNode;
+}
+
+/** The MemberFinder of a node made with `discovery`, for its counters. */
+export function memberFinderOf(node: SiteNode): MemberFinder | undefined {
+  return (node as unknown as { memberFinder?: MemberFinder }).memberFinder;
 }
 
 /** Dial every member we have addresses for; failures are expected (peers start at different times). */

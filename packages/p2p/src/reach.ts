@@ -5,7 +5,7 @@
  */
 import type { Logger } from '@dflmoe/core';
 import type { PeerConfig } from './config.js';
-import { isRelayed, type RelayOptions, type SiteNode } from './node.js';
+import { isRelayed, type NodeOptions, type RelayOptions, type SiteNode } from './node.js';
 
 /** The relay options of `createSiteNode` for a site config. */
 export function siteRelayOptions(cfg: Pick<PeerConfig, 'members' | 'relay'>): RelayOptions {
@@ -13,6 +13,28 @@ export function siteRelayOptions(cfg: Pick<PeerConfig, 'members' | 'relay'>): Re
     ...(cfg.relay.serve ? { serve: { members: cfg.members.map((m) => m.peerId), maxReservations: cfg.relay.maxReservations } } : {}),
     via: cfg.relay.via,
     holePunch: cfg.relay.holePunch,
+  };
+}
+
+/**
+ * The discovery options of `createSiteNode` for a site config; undefined when
+ * every member has an address and nothing asks for discovery.
+ */
+export function siteDiscoveryOptions(cfg: Pick<PeerConfig, 'members' | 'discovery'>, selfId: string, log: Logger): NodeOptions['discovery'] {
+  const d = cfg.discovery;
+  const unaddressed = cfg.members.some((m) => m.peerId !== selfId && m.addrs.length === 0);
+  const dht = d.dht ?? (d.bootstrap.length > 0 || unaddressed);
+  if (!dht && !d.mdns && d.bootstrap.length === 0) return undefined;
+  const names = new Map(cfg.members.map((m) => [m.peerId, m.name ?? 'member']));
+  const dropped = new Set<string>();
+  return {
+    members: cfg.members, bootstrap: d.bootstrap, dht, mdns: d.mdns, intervalMs: d.intervalMs,
+    onFound: (peer, addr, how) => log.info(`found ${names.get(peer)} (${peer}) at ${addr} (${how === 'dht' ? 'DHT lookup' : how === 'bootstrap' ? 'bootstrap' : 'address known or learnt at run time'})`),
+    onDroppedAddrs: (peer, n) => {
+      if (dropped.has(peer)) return;
+      dropped.add(peer);
+      log.warn(`dropped ${n} unusable or excess address(es) learnt for ${peer} (logged once per peer)`);
+    },
   };
 }
 

@@ -12,7 +12,7 @@ import { checkQuorum, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, Libp2pHeadExchange, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
 import { createSiteNode, type SiteNode } from './node.js';
-import { siteRelayOptions, watchConnections } from './reach.js';
+import { siteDiscoveryOptions, siteRelayOptions, watchConnections } from './reach.js';
 import { Libp2pServerLink } from './fedavg-net.js';
 import { PeerMetrics } from './metrics.js';
 import { SiteAudit } from './audit.js';
@@ -112,6 +112,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
         metricsRegistry: prom?.registry,
         isBlocked: (peer) => exchange?.isBlocked(peer) ?? false,
         relay: siteRelayOptions(cfg),
+        discovery: siteDiscoveryOptions(cfg, id.peerId, log),
         onRelayRefused: (peer, what) => log.warn(`refused to relay a ${what} for non-member ${peer}`),
         onRelayStatus: (s) => (s.state === 'reserved'
           ? log.info(`reserved a slot on relay ${s.relay}; members reach this site at ${s.addrs.join(', ')}`)

@@ -1,0 +1,136 @@
+/**
+ * Discovery: members listed by peer ID only plus a bootstrap address; the
+ * others are found through the members' private DHT, and found again after
+ * a restart on another address. Every wait bounded.
+ */
+import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DEFAULT_SIMULATION, type SimulationConfig } from '@dflmoe/core';
+import { startProcess, waitExit, writeConsortium } from '@dflmoe/cli';
+import type { PrivateKey } from '@libp2p/interface';
+import { multiaddr } from '@multiformats/multiaddr';
+import {
+  ConfigError, boundedAddrs, createSiteNode, generateIdentity, memberFinderOf, parsePeerConfig, type RoundLine, type SiteNode,
+} from '@dflmoe/p2p';
+
+function lines(file: string): RoundLine[] {
+  if (!existsSync(file)) return [];
+  return readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+}
+
+async function until<T>(what: string, fn: () => T | undefined | false, timeoutMs: number): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = fn();
+    if (v) return v;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe('discovery: members by peer ID only', function () {
+  this.timeout(90000);
+  const nodes: SiteNode[] = [];
+  afterEach(async () => {
+    for (const n of nodes.splice(0)) await n.stop().catch(() => {});
+  });
+
+  it('a member known only by peer ID is found through the bootstrap member, and found again on its new address after a restart', async () => {
+    const ids = await Promise.all([generateIdentity(), generateIdentity(), generateIdentity()]);
+    const members = ids.map((i) => ({ peerId: i.peerId, addrs: [] as string[] }));
+    const allow = ids.map((i) => i.peerId);
+    const found: string[] = [];
+    const make = async (key: PrivateKey, bootstrap: string[], port = 0) => {
+      const n = await createSiteNode({
+        privateKey: key, listen: [`/ip4/127.0.0.1/tcp/${port}`], allow,
+        discovery: { members, bootstrap, dht: true, mdns: false, intervalMs: 300, onFound: (p, a, how) => found.push(`${p} ${how} ${a}`) },
+      });
+      nodes.push(n);
+      await n.start();
+      return n;
+    };
+    const a = await make(ids[0].privateKey, []);
+    const boot = `${a.getMultiaddrs()[0].toString()}`;
+    const b = await make(ids[1].privateKey, [boot]);
+    let c = await make(ids[2].privateKey, [boot]);
+    const linked = (x: SiteNode, y: string) => x.getConnections().some((k) => k.remotePeer.toString() === y);
+    // Neither was given the other's address: each learnt it from a (its DHT queries, or an explicit lookup).
+    await until('b and c to find each other', () => linked(b, ids[2].peerId) && linked(c, ids[1].peerId), 30000);
+    assert.ok(memberFinderOf(b)!.found.has(ids[2].peerId) || memberFinderOf(c)!.found.has(ids[1].peerId), found.join('\n'));
+
+    // c restarts on another port: b finds it there.
+    const oldAddr = c.getMultiaddrs()[0].toString();
+    await c.stop();
+    nodes.splice(nodes.indexOf(c), 1);
+    await until('b to notice', () => !linked(b, ids[2].peerId), 15000);
+    c = await make(ids[2].privateKey, [boot]);
+    const newAddr = c.getMultiaddrs()[0].toString();
+    assert.notEqual(newAddr, oldAddr);
+    const port = multiaddr(newAddr).getComponents().find((x) => x.name === 'tcp')!.value;
+    // c does not dial b (its finder is off): b must find c's new address itself.
+    memberFinderOf(c)!.stop();
+    await until('b to find c on its new address', () => b.getConnections().some((k) => k.remotePeer.toString() === ids[2].peerId && k.remoteAddr.toString().includes(`/tcp/${port}/`)), 40000);
+    assert.ok(found.some((f) => f.startsWith(ids[2].peerId) && f.includes(`/tcp/${port}/`)), found.join('\n'));
+  });
+
+  it('addresses learnt from the network are bounded and filtered', () => {
+    const many = Array.from({ length: 40 }, (_, i) => multiaddr(`/ip4/10.0.0.${i}/tcp/1`));
+    const r = boundedAddrs([multiaddr('/ip4/1.2.3.4/udp/5'), ...many]);
+    assert.equal(r.kept.length, 16);
+    assert.equal(r.dropped, 25);
+    assert.ok(r.kept.every((x) => x.toString().includes('/tcp/')));
+  });
+
+  it('config: bootstrap must name a member; members may have no address', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-disc-'));
+    const [x, y, z] = await Promise.all([generateIdentity(), generateIdentity(), generateIdentity()]);
+    const base = { key: 'k.key', listen: ['/ip4/127.0.0.1/tcp/1'], data: { dataset: 'breast-cancer' }, rounds: 2, out: 'o', members: [x, y].map((i) => ({ peerId: i.peerId })) };
+    const ok = parsePeerConfig({ ...base, discovery: { bootstrap: [`/ip4/10.0.0.1/tcp/9101/p2p/${x.peerId}`] } }, 'a.json', dir);
+    assert.equal(ok.discovery.bootstrap.length, 1);
+    assert.throws(() => parsePeerConfig({ ...base, discovery: { bootstrap: [`/ip4/10.0.0.1/tcp/9101/p2p/${z.peerId}`] } }, 'a.json', dir),
+      (e: Error) => e instanceof ConfigError && /discovery\.bootstrap\.0: .* is not in members/.test(e.message));
+    assert.throws(() => parsePeerConfig({ ...base, discovery: { bootstrap: ['/ip4/10.0.0.1/tcp/9101'] } }, 'a.json', dir), /discovery\.bootstrap\.0: a relay address ends in \/p2p\//);
+  });
+});
+
+describe('discovery: a consortium whose configs list peer IDs and one bootstrap address (multi-process)', function () {
+  this.timeout(300000);
+  let procs: ChildProcess[] = [];
+  afterEach(() => {
+    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
+    procs = [];
+  });
+
+  it('4 sites find each other through site-0 and the DHT and complete every round with all 3 experts', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-discovery-'));
+    const sim: SimulationConfig = { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 4, rounds: 8, partition: 'dirichlet:0.5', seed: 4, algorithms: ['dflmoe'] };
+    const f = await writeConsortium({ dir, algorithm: 'dflmoe', sim, deadlineMs: 20000, lingerMs: 3000 });
+    const boot = `/ip4/127.0.0.1/tcp/${f.sites[0].port}/p2p/${f.sites[0].peerId}`;
+    for (const s of f.sites) {
+      const c = JSON.parse(readFileSync(s.config, 'utf8'));
+      c.members = c.members.map((m: { peerId: string; name: string }) => ({ peerId: m.peerId, name: m.name }));
+      c.discovery = { bootstrap: [boot], intervalMs: 500 };
+      writeFileSync(s.config, JSON.stringify(c, null, 2));
+    }
+    const ps = f.sites.map((s) => {
+      const p = startProcess(['peer', '--config', s.config], `${s.out}.log`, { DFLMOE_LOG_LEVEL: 'info' });
+      procs.push(p);
+      return p;
+    });
+    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 240000))), [0, 0, 0, 0], 'every site exits cleanly');
+    for (const s of f.sites) {
+      const ls = lines(join(s.out, 'metrics.jsonl'));
+      assert.deepEqual(ls.map((l) => l.round), [1, 2, 3, 4, 5, 6, 7, 8], `rounds of ${s.out}`);
+      const others = f.sites.filter((o) => o !== s).map((o) => o.peerId).sort();
+      for (const l of ls.slice(1)) assert.deepEqual(l.experts.map((e) => e.peer).sort(), others, `${s.out} round ${l.round}: experts`);
+      assert.ok(ls.at(-1)!.experts.every((e) => e.version >= 7), 'fresh experts at the end');
+    }
+    // Sites 1-3 knew only site-0's address: every pair of them found one another at run time.
+    const logs = f.sites.map((s) => readFileSync(`${s.out}.log`, 'utf8'));
+    const foundBy = (i: number, j: number) => new RegExp(`found site-${j} \\(${f.sites[j].peerId}\\) at /ip4/127\\.0\\.0\\.1/tcp/${f.sites[j].port}/`).test(logs[i]);
+    for (const [i, j] of [[1, 2], [1, 3], [2, 3]]) assert.ok(foundBy(i, j) || foundBy(j, i), `site-${i} and site-${j} found each other`);
+  });
+});
