@@ -44,8 +44,8 @@ import { StrikeBook } from './strikes.js';
 export const FEDAVG_PROTOCOL = '/dflmoe/fedavg/1.0.0';
 const WIRE_FORMAT = 1;
 const MAX_CONTROL = 4096;
-/** Extra deadlines the server waits for its quorum before it gives up. */
-const QUORUM_RETRIES = 5;
+/** How long the server waits for a quorum, a deadline at a time, before it gives up (sites may start late or restart). */
+const GIVE_UP_MS = 10 * 60 * 1000;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms).unref());
 
@@ -327,7 +327,7 @@ export class FedAvgServer {
 
   /**
    * Wait for this round's uploads (all clients, or the quorum at the
-   * deadline; a few more deadlines for the quorum before giving up) and
+   * deadline; more deadlines for the quorum, up to 10 minutes, before giving up) and
    * average them, and move to the next round (uploads for this one are now
    * late). The result is not handed out until `publish`.
    */
@@ -336,12 +336,14 @@ export class FedAvgServer {
     const quorum = Math.max(1, this.cfg.round.quorum ?? all);
     await this.wait(() => this.uploads.size >= all, this.cfg.round.deadlineMs);
     // Only uploads that can be averaged together count: a client sending something else cannot complete a quorum.
-    for (let k = 0; this.uploads.agreeing < quorum && k < QUORUM_RETRIES; k++) {
-      this.log.warn(`round ${this.round}: ${this.uploads.agreeing} of ${quorum} required uploads at the deadline; waiting another ${this.cfg.round.deadlineMs} ms`);
-      await this.wait(() => this.uploads.agreeing >= quorum, this.cfg.round.deadlineMs);
+    const t0 = Date.now();
+    const step = Math.max(1000, this.cfg.round.deadlineMs);
+    while (this.uploads.agreeing < quorum && Date.now() - t0 < GIVE_UP_MS) {
+      this.log.warn(`round ${this.round}: ${this.uploads.agreeing} of ${quorum} required uploads at the deadline; waiting another ${step} ms`);
+      await this.wait(() => this.uploads.agreeing >= quorum, step);
     }
     if (this.uploads.agreeing < quorum) {
-      throw new Error(`round ${this.round}: only ${this.uploads.agreeing} of ${quorum} required uploads after ${QUORUM_RETRIES + 1} deadlines; giving up`);
+      throw new Error(`round ${this.round}: only ${this.uploads.agreeing} of ${quorum} required uploads after ${Math.round((Date.now() - t0) / 1000)} s; giving up`);
     }
     const round = this.round;
     const { global, clients, refused, clipped } = this.uploads.finish(round);
