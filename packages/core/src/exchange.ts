@@ -41,6 +41,16 @@ export interface HeadExchange {
    * round, so that a late joiner starts with the newest heads.
    */
   settle?(timeoutMs: number): Promise<void>;
+  /**
+   * Optional, for a bounded mixture: from now on take in only these
+   * members' messages, and only versions of at least `minVersion`; others
+   * are neither requested nor delivered (`undefined`: every member's, as
+   * before the first call). A member newly selected whose newest message
+   * qualifies is pulled at once.
+   */
+  select?(peers: readonly string[] | undefined, minVersion?: number): void;
+  /** Optional: members known to hold a message (announced or published), with its newest version. */
+  announced?(): Map<string, number>;
   /** Optional: the learner found a head from `peer` unusable (a transport may disconnect repeat offenders). */
   reportBad?(peer: string, reason: string): void;
   /** Subscribe to membership changes; returns an unsubscribe function. */
@@ -101,14 +111,18 @@ export class HeadInbox {
 }
 
 /**
- * In-process exchange for simulations: every published head reaches every
- * other member. With `lockstep`, messages of version v are held until every
- * member has published v and then delivered together: synchronous rounds,
- * whatever order the sites run in.
+ * In-process exchange for simulations. A published message is released to
+ * the other members at once, or with `lockstep` once every member has
+ * published that version (synchronous rounds, whatever order the sites run
+ * in). A member receives a released message when it wants the sender (all
+ * senders, unless it called `select`); bytes count on delivery, so a member
+ * that pulls only k heads costs k heads.
  */
 export class MemoryHub {
   private peers = new Map<string, MemoryExchange>();
   private held = new Map<number, Map<string, Uint8Array>>();
+  /** Newest released message per sender. */
+  private released = new Map<string, { version: number; payload: Uint8Array }>();
 
   constructor(private readonly o: { lockstep?: boolean } = {}) {}
 
@@ -123,15 +137,16 @@ export class MemoryHub {
   /** @internal */
   leave(id: string): void {
     if (!this.peers.delete(id)) return;
+    this.released.delete(id);
     for (const p of this.peers.values()) p.emit({ type: 'leave', peer: id });
     for (const v of [...this.held.keys()]) this.release(v);
   }
 
-  /** @internal Returns the number of recipients. */
+  /** @internal Returns the number of members that may take the message. */
   deliver(from: string, payload: Uint8Array, version = 0): number {
     const recipients = [...this.peers.keys()].filter((id) => id !== from).length;
     if (!this.o.lockstep) {
-      this.send(from, payload);
+      this.send(from, payload, version);
       return recipients;
     }
     const held = this.held.get(version) ?? new Map<string, Uint8Array>();
@@ -145,11 +160,30 @@ export class MemoryHub {
     const held = this.held.get(version)!;
     if ([...this.peers.keys()].some((id) => !held.has(id))) return;
     this.held.delete(version);
-    for (const [from, payload] of held) this.send(from, payload);
+    for (const [from, payload] of held) this.send(from, payload, version);
   }
 
-  private send(from: string, payload: Uint8Array): void {
-    for (const [id, p] of this.peers) if (id !== from) p.receive({ from, payload });
+  private send(from: string, payload: Uint8Array, version: number): void {
+    const old = this.released.get(from);
+    if (!old || version >= old.version) this.released.set(from, { version, payload });
+    for (const [id, p] of this.peers) if (id !== from) this.offer(p, from, { version, payload });
+  }
+
+  /**
+   * @internal Hand `to` a message of `from` if it wants it: a `fresh` one
+   * (being published) always, else the newest released one (`select`
+   * pulling) when `to` does not hold that version yet.
+   */
+  offer(to: MemoryExchange, from: string, fresh?: { version: number; payload: Uint8Array }): void {
+    const r = fresh ?? this.released.get(from);
+    if (!r || !to.wants(from, r.version, fresh !== undefined)) return;
+    to.receive({ from, payload: r.payload }, r.version);
+    this.peers.get(from)?.countSent(r.payload.length);
+  }
+
+  /** @internal Senders with a released message, and its version. */
+  releasedVersions(): Map<string, number> {
+    return new Map([...this.released].map(([id, r]) => [id, r.version]));
   }
 
   memberIds(): string[] {
@@ -162,21 +196,47 @@ export class MemoryExchange implements HeadExchange {
   private listeners = new Set<(e: MembershipEvent) => void>();
   private s: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0 };
   private closed = false;
+  private wanted?: Set<string>;
+  private minVersion = -Infinity;
+  /** Newest version taken per sender. */
+  private taken = new Map<string, number>();
 
   constructor(readonly selfId: string, private hub: MemoryHub) {}
 
   async publish(payload: Uint8Array, version?: number): Promise<void> {
     if (this.closed) throw new Error('exchange is closed');
-    const n = this.hub.deliver(this.selfId, payload, version);
-    this.s.bytesSent += payload.length * n;
-    this.s.messagesSent += n;
+    this.hub.deliver(this.selfId, payload, version);
   }
 
   /** @internal */
-  receive(m: HeadMessage): void {
+  wants(from: string, version: number, fresh: boolean): boolean {
+    return !this.closed && (this.wanted?.has(from) ?? true) && version >= this.minVersion && (fresh || version > (this.taken.get(from) ?? -Infinity));
+  }
+
+  /** @internal */
+  receive(m: HeadMessage, version = 0): void {
+    this.taken.set(m.from, version);
     this.inbox.put(m);
     this.s.bytesReceived += m.payload.length;
     this.s.messagesReceived++;
+  }
+
+  /** @internal */
+  countSent(bytes: number): void {
+    this.s.bytesSent += bytes;
+    this.s.messagesSent++;
+  }
+
+  select(peers: readonly string[] | undefined, minVersion = -Infinity): void {
+    this.wanted = peers ? new Set(peers) : undefined;
+    this.minVersion = minVersion;
+    for (const id of this.hub.memberIds()) if (id !== this.selfId) this.hub.offer(this, id);
+  }
+
+  announced(): Map<string, number> {
+    const m = this.hub.releasedVersions();
+    m.delete(this.selfId);
+    return m;
   }
 
   /** @internal */
@@ -212,17 +272,20 @@ export class MemoryExchange implements HeadExchange {
   }
 }
 
+/** Refusals that are no fault of the sender: an old version, or a head the site no longer selects (it arrived late). */
+const BENIGN_REFUSALS: ReadonlySet<string> = new Set(['stale-version', 'not-selected']);
+
 /**
  * Take in every waiting message with `take` (which validates it and returns
  * `added`, `replaced` or why it refused it). Refusals other than stale
- * versions are logged and reported to the transport. Returns the accepted count.
+ * versions and heads no longer selected are logged and reported to the transport. Returns the accepted count.
  */
 export function absorbMessages(ex: HeadExchange, log: Logger, what: string, take: (m: HeadMessage) => string): number {
   let accepted = 0;
   for (const m of ex.drain()) {
     const r = take(m);
     if (r === 'added' || r === 'replaced') accepted++;
-    else if (r !== 'stale-version') {
+    else if (!BENIGN_REFUSALS.has(r)) {
       log.warn(`dropped a ${what} from ${m.from}: ${r}`);
       ex.reportBad?.(m.from, r);
     }

@@ -68,6 +68,15 @@ export class ExpertPool {
     return dropped;
   }
 
+  /** Drop `peer`'s head (a bounded mixture deselected it); false when not held. */
+  remove(peer: string): boolean {
+    const e = this.entries.get(peer);
+    if (!e) return false;
+    disposeHead(e.head);
+    this.entries.delete(peer);
+    return true;
+  }
+
   get(peer: string): PoolEntry | undefined {
     return this.entries.get(peer);
   }

@@ -26,3 +26,4 @@ export * from './privacy.js';
 export * from './predict.js';
 export * from './trained-site.js';
 export * from './keyed-adam.js';
+export * from './selection.js';

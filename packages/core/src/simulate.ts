@@ -11,6 +11,7 @@ import {
 import { initBackend } from './backend.js';
 import { DEFAULT_ALGORITHM_OPTIONS, type AlgorithmOptions, type AlgorithmSite } from './algorithms/api.js';
 import type { PeerModelOptions } from './algorithms/common.js';
+import { DEFAULT_MAX_EXPERTS } from './algorithms/dflmoe.js';
 import { checkSameArchitecture } from './algorithms/fedavg.js';
 import { REGISTRY, getAlgorithm, type AlgorithmName } from './algorithms/registry.js';
 import { FST_KINDS, parseBodySpec, type BodySpec, type FstKind } from './model.js';
@@ -69,6 +70,8 @@ export interface SimulationConfig {
   fst: FstKind;
   /** dFLMoE: weight of distilling the mixture into the own head (0: off). */
   distill: number;
+  /** dFLMoE: mix at most this many received experts, chosen each round (0: every one). */
+  maxExperts: number;
   /** dFLMoE: precision of published heads (float32 when undefined; float16 or int8 to save bytes). */
   headPrecision?: Precision;
   /** dFLMoE admission check (see `DflmoeOptions.admission`); undefined: off. */
@@ -120,6 +123,7 @@ export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
   expertLrScale: 1,
   fst: 'full',
   distill: 0,
+  maxExperts: DEFAULT_MAX_EXPERTS,
   headPrecision: 'float32',
   poisoned: 0,
   poisonKind: 'flipped',
@@ -264,6 +268,7 @@ function validateConfig(c: SimulationConfig): void {
   if (c.evaluateOn !== 'test' && c.evaluateOn !== 'validation') throw new Error(`evaluateOn must be test or validation, got ${String(c.evaluateOn)}`);
   if (!FST_KINDS.includes(c.fst)) throw new Error(`fst must be one of ${FST_KINDS.join(', ')}, got ${c.fst}`);
   if (!(c.distill >= 0)) throw new Error(`distill must be a non-negative number, got ${c.distill}`);
+  if (!Number.isInteger(c.maxExperts) || c.maxExperts < 0) throw new Error(`maxExperts must be a non-negative integer (0: all), got ${c.maxExperts}`);
   if (c.headPrecision !== undefined && !PRECISIONS.includes(c.headPrecision)) throw new Error(`headPrecision must be one of ${PRECISIONS.join(', ')}, got ${c.headPrecision}`);
   if (c.algorithms.length === 0) throw new Error('no algorithms selected');
   c.algorithms.forEach(getAlgorithm);
@@ -303,6 +308,7 @@ function algorithmOptions(cfg: SimulationConfig, i: number): AlgorithmOptions {
   return {
     ...DEFAULT_ALGORITHM_OPTIONS,
     seed: cfg.seed, alpha: cfg.alpha, gateHidden: cfg.gateHidden, expertLrScale: cfg.expertLrScale, admission: cfg.admission, fst: cfg.fst, distill: cfg.distill, headPrecision: cfg.headPrecision,
+    maxExperts: cfg.maxExperts,
     maxStaleness: cfg.maxStaleness, fineTuneEpochs: cfg.fineTuneEpochs, headEpochs: cfg.headEpochs, maxModelBytes: 1 << 30,
     randomUpdates: cfg.poisonKind === 'random' && i >= cfg.peers - cfg.poisoned,
   };

@@ -172,6 +172,8 @@ export const peerConfigSchema = z.object({
     distill: z.number().min(0).default(D.distill),
     /** Precision of the published head: float32, float16 (half the bytes) or int8 (a quarter, with a scale per tensor). */
     headPrecision: z.enum(PRECISIONS as [Precision, ...Precision[]]).default(D.headPrecision ?? 'float32'),
+    /** Mix at most this many received experts, chosen each round; pull only their heads (0: every member's). */
+    maxExperts: z.number().int().min(0).default(D.maxExperts),
   }).strict().prefault({}),
   /** fedavg-ft: epochs of fine-tuning the global model before evaluating. */
   finetune: z.object({ epochs: posInt.default(D.fineTuneEpochs) }).strict().prefault({}),
@@ -325,7 +327,7 @@ export function checkQuorum(c: PeerConfig, selfId: string, file = '<config>'): v
 const PER_SITE = [
   'dataset', 'datasetOptions', 'peers', 'partition', 'seed', 'testFraction', 'minSize', 'standardize', 'bodies', 'featureDim', 'headHidden', 'sharedInit',
   'epochs', 'batchSize', 'learningRate', 'optimizer', 'dp', 'alpha', 'gateHidden', 'expertLrScale', 'admission', 'fst', 'distill',
-  'fineTuneEpochs', 'headEpochs', 'maxStaleness', 'rounds', 'headPrecision',
+  'fineTuneEpochs', 'headEpochs', 'maxStaleness', 'rounds', 'headPrecision', 'maxExperts',
 ] as const;
 /** One consortium per algorithm. */
 const PER_CONSORTIUM = ['algorithms'] as const;
@@ -368,7 +370,7 @@ export function siteSettings(sim: SimulationConfig, index: number) {
       ...(sim.dp ? { dp: sim.dp } : {}),
     },
     dflmoe: {
-      alpha: sim.alpha, gateHidden: sim.gateHidden, expertLrScale: sim.expertLrScale, fst: sim.fst, distill: sim.distill,
+      alpha: sim.alpha, gateHidden: sim.gateHidden, expertLrScale: sim.expertLrScale, fst: sim.fst, distill: sim.distill, maxExperts: sim.maxExperts,
       ...(sim.headPrecision !== undefined ? { headPrecision: sim.headPrecision } : {}),
       ...(sim.admission !== undefined ? { admission: sim.admission } : {}),
     },

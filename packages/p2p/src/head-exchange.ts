@@ -110,6 +110,11 @@ export class Libp2pHeadExchange implements HeadExchange {
   private firstDial?: Promise<unknown>;
   /** Members whose newest head we asked for at least once since connecting. */
   private asked = new Set<string>();
+  /** Bounded mixture (`select`): the members whose heads we pull, and the oldest version we want; undefined: all. */
+  private wanted?: Set<string>;
+  private wantedFrom = 0n;
+  /** Newest valid announcement per member. */
+  private announcements = new Map<string, { version: bigint; digest: Uint8Array }>();
   private closed = false;
   readonly dropped: Partial<Record<DropReason, number>> = {};
   private s: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0 };
@@ -193,7 +198,9 @@ export class Libp2pHeadExchange implements HeadExchange {
     this.emit({ type: 'join', peer: id });
     // Catch up with whatever the peer has that is newer than what we hold.
     this.asked.add(id);
-    this.fetch(id, (this.known.get(id) ?? -1n) + 1n);
+    if (this.wanted && !this.wanted.has(id)) return;
+    const next = (this.known.get(id) ?? -1n) + 1n;
+    this.fetch(id, next > this.wantedFrom ? next : this.wantedFrom);
   }
 
   async settle(timeoutMs: number): Promise<void> {
@@ -215,8 +222,30 @@ export class Libp2pHeadExchange implements HeadExchange {
     if (this.isBlocked(from)) return;
     const a = checkAnnounce(msg.data, from, this.o.maxHeadBytes);
     if ('reason' in a) return this.drop(from, a.reason, a.detail);
+    const prev = this.announcements.get(from);
+    if (!prev || a.version >= prev.version) this.announcements.set(from, { version: a.version, digest: a.digest });
     if (a.version <= (this.known.get(from) ?? -1n)) return;
+    if (this.wanted && (!this.wanted.has(from) || a.version < this.wantedFrom)) return;
     this.fetch(from, a.version, a.digest);
+  }
+
+  /**
+   * Bounded mixture: from now on pull only these members' heads, of at
+   * least `minVersion`; a newly wanted member whose announced head
+   * qualifies is pulled at once. `undefined`: every member's (the default).
+   */
+  select(peers: readonly string[] | undefined, minVersion = 0): void {
+    this.wanted = peers ? new Set(peers.filter((p) => this.memberIds.has(p))) : undefined;
+    this.wantedFrom = BigInt(Math.max(0, Math.floor(minVersion)));
+    for (const [peer, a] of this.announcements) {
+      if (this.wanted && !this.wanted.has(peer)) continue;
+      if (a.version >= this.wantedFrom && a.version > (this.known.get(peer) ?? -1n)) this.fetch(peer, a.version, a.digest);
+    }
+  }
+
+  /** Members that announced a head, with the newest version announced. */
+  announced(): Map<string, number> {
+    return new Map([...this.announcements].filter(([p]) => !this.isBlocked(p)).map(([p, a]) => [p, Number(a.version)]));
   }
 
   /** Pull `peer`'s newest head if it is at least `minVersion` (one transfer per peer at a time). */

@@ -76,6 +76,7 @@ function siteAlgorithmOptions(cfg: PeerConfig): AlgorithmOptions {
     seed: cfg.data.seed, alpha: cfg.dflmoe.alpha, gateHidden: cfg.dflmoe.gateHidden, expertLrScale: cfg.dflmoe.expertLrScale,
     admission: cfg.dflmoe.admission, fst: cfg.dflmoe.fst, distill: cfg.dflmoe.distill, headPrecision: cfg.dflmoe.headPrecision, maxStaleness: cfg.round.maxStaleness, maxHeadBytes: cfg.limits.maxHeadBytes,
     maxModelBytes: cfg.limits.maxModelBytes, fineTuneEpochs: cfg.finetune.epochs, headEpochs: cfg.fedrep.headEpochs,
+    maxExperts: cfg.dflmoe.maxExperts,
   };
 }
 

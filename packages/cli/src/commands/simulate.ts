@@ -22,6 +22,8 @@ const num = (name: string, lo: number, hi: number) => (v: string) => {
   if (!Number.isFinite(n) || n < lo || n > hi) throw new InvalidArgumentError(`${name} must be a number in [${lo}, ${hi}].`);
   return n;
 };
+/** `--max-experts`: a positive integer, or `all` (0: no limit). */
+const maxExperts = (v: string) => (v === 'all' ? 0 : int('--max-experts')(v));
 const list = (v: string) => v.split(',').map((s) => s.trim()).filter(Boolean);
 const sizes = (v: string) => (v === '' || v === 'none' ? [] : v.split('x').map(int('sizes')));
 
@@ -83,6 +85,7 @@ export function simulateCommand(): Command {
     .addOption(new Option('--poison-kind <kind>', 'what adversarial sites do (random heads: dflmoe only)').choices(['random', 'flipped']).default(d.poisonKind))
     .addOption(new Option('--fst <form>', "dflmoe: each received expert's feature-space transform: full (dim x dim), diag (scale and shift per feature), none").choices(['full', 'diag', 'none']).default(d.fst))
     .option('--distill <x>', 'dflmoe: weight of distilling the mixture into the own head (0: off)', num('--distill', 0, 100), d.distill)
+    .option('--max-experts <k>', 'dflmoe: mix at most k received experts, chosen each round from announcements, local scores and gate weights, with some exploration (all: no limit)', maxExperts, d.maxExperts)
     .addOption(new Option('--head-precision <p>', 'dflmoe: precision of published heads: float32, float16 (half the bytes), int8 (a quarter, a scale per tensor)').choices([...PRECISIONS]).default(d.headPrecision))
     .option('--admission <x>', "dflmoe: refuse received heads scoring below x times the own head's accuracy on local data", num('--admission', 0, 10))
     .option('--dp-noise <x>', 'DP-SGD: noise multiplier (turns DP on)', num('--dp-noise', 0, 1000))
@@ -110,7 +113,7 @@ export function simulateCommand(): Command {
         learningRate: o.lr, optimizer: o.optimizer, fineTuneEpochs: o.finetuneEpochs, headEpochs: o.headEpochs, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness,
         testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
         sharedInit: o.sharedInit, expertLrScale: o.expertLrScale,
-        poisoned: o.poisoned, poisonKind: o.poisonKind, admission: o.admission, fst: o.fst, distill: o.distill, headPrecision: o.headPrecision,
+        poisoned: o.poisoned, poisonKind: o.poisonKind, admission: o.admission, fst: o.fst, distill: o.distill, headPrecision: o.headPrecision, maxExperts: o.maxExperts,
         trainPerSite: o.trainPerSite, featureShift: o.featureShift, evaluateOn: o.evaluateOn,
         ...(o.dpNoise !== undefined ? { dp: { noiseMultiplier: o.dpNoise, clipNorm: o.dpClip, microbatches: o.dpMicrobatches, delta: o.dpDelta } } : {}),
       };

@@ -113,6 +113,8 @@ export interface AlgorithmOptions {
   maxHeadBytes: number;
   /** dFLMoE: precision of published heads (float32, float16, int8). */
   headPrecision?: Precision;
+  /** dFLMoE: mix at most this many received experts, chosen each round (0: every one). */
+  maxExperts?: number;
   maxModelBytes: number;
   /** fedavg-ft: local epochs of fine-tuning the global model before evaluating. */
   fineTuneEpochs: number;

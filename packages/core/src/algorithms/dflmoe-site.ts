@@ -49,7 +49,8 @@ export class DflmoeSite implements AlgorithmSite {
 
   /**
    * Settle before the first round (a late joiner starts with the newest
-   * heads), take in waiting heads, drop stale experts, train, publish the
+   * heads), take in waiting heads, drop stale experts, train, (bounded
+   * mixture: choose the experts to pull and tell the exchange), publish the
    * head, wait (bounded) for the others' heads of this round, take them in.
    */
   async runRound(round: number, net: SiteNetwork): Promise<SiteRound> {
@@ -59,13 +60,23 @@ export class DflmoeSite implements AlgorithmSite {
     let waitSeconds = secondsSince(t0);
     let fresh = this.absorb(ex, round, net.logger);
     const expired = this.peer.startRound(round);
+    // A late joiner may have caught up with more heads than it mixes: keep the best.
+    if (this.peer.maxExperts > 0 && this.peer.pool.size > this.peer.maxExperts) this.peer.selectExperts(round, []);
     const tt = performance.now();
     const loss = await this.peer.trainRound(round);
     const trainSeconds = secondsSince(tt);
+    let quorum = net.quorum;
+    if (this.peer.maxExperts > 0 && ex.select) {
+      const chosen = this.peer.selectExperts(round, [...new Set([...ex.members(), ...(ex.announced?.().keys() ?? [])])]);
+      if (chosen) {
+        ex.select(chosen, round);
+        quorum = Math.min(quorum, chosen.length);
+      }
+    }
     const head = this.o.randomUpdates ? randomHead(this.peer, round, deriveSeed(this.o.seed ?? 0, 'poison', this.id, round)) : this.peer.encodeHead(round);
     await ex.publish(head, round);
     const tw = performance.now();
-    if (net.quorum > 0 && net.deadlineMs > 0) await ex.waitForHeads(net.quorum, net.deadlineMs);
+    if (quorum > 0 && net.deadlineMs > 0) await ex.waitForHeads(quorum, net.deadlineMs);
     waitSeconds += secondsSince(tw);
     fresh += this.absorb(ex, round, net.logger);
     return { loss, trainSeconds, waitSeconds, fresh, expired };
@@ -113,5 +124,6 @@ export const dflmoe: Algorithm<'dflmoe'> = {
   createSite: (base, o) => new DflmoeSite(new DflmoePeer({
     ...base, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness, expertLrScale: o.expertLrScale,
     admission: o.admission, maxHeadBytes: o.maxHeadBytes, fst: o.fst, distill: o.distill, headPrecision: o.headPrecision,
+    maxExperts: o.maxExperts,
   }), o),
 };

@@ -9,6 +9,7 @@ import { CodecError, decodeHead, encodeHead, type CodecReason, type NamedArray, 
 import { ExpertPool } from '../experts.js';
 import { KeyedAdam } from '../keyed-adam.js';
 import { Gate, applyFst, createFst, stopGradient, type FstKind, headLogits, headParamCount, moeForward, moeLoss, type DenseLayer, type Expert } from '../model.js';
+import { chooseExperts, defaultExploration, type ExpertMemory } from '../selection.js';
 import { accuracy, predictClasses, trainEpochs, type ParamGroup } from '../train.js';
 import { SupervisedModel, type PeerEval, type PeerModelOptions } from './common.js';
 
@@ -41,7 +42,21 @@ export interface DflmoeOptions extends PeerModelOptions {
   distill?: number;
   /** Precision of the published head: float32 (default), float16 or int8 with a scale per tensor. */
   headPrecision?: Precision;
+  /**
+   * Bounded mixture: mix at most this many received experts, chosen each
+   * round from the members that announced a head (see `selectExperts`);
+   * 0: every one (default).
+   */
+  maxExperts?: number;
+  /** Bounded mixture: slots per round for experts not held now (default: k/4, at least 1). */
+  exploreExperts?: number;
 }
+
+/** Default of `maxExperts` for simulations and site configs: all experts up to this many. */
+export const DEFAULT_MAX_EXPERTS = 32;
+
+/** Local training samples on which a bounded mixture scores its experts. */
+const EVIDENCE_SAMPLES = 256;
 
 export interface DflmoeStateMeta {
   headLayers: number;
@@ -51,9 +66,11 @@ export interface DflmoeStateMeta {
   optimizers: Record<string, number>;
   counters: ReceiveCounters;
   accountant?: { orders: number[]; rdp: number[]; steps: number };
+  /** Bounded mixture: the experts chosen, what is remembered of others, and the experts whose state is kept while out. */
+  selection?: { chosen?: string[]; memory: [string, number, number][]; dormant: string[] };
 }
 
-export type ReceiveResult = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender-mismatch' | 'admission' | CodecReason;
+export type ReceiveResult = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender-mismatch' | 'admission' | 'not-selected' | CodecReason;
 
 export interface ReceiveCounters {
   accepted: number;
@@ -77,6 +94,15 @@ export class DflmoePeer extends SupervisedModel {
   readonly fstKind: FstKind;
   readonly distill: number;
   readonly headPrecision: Precision;
+  /** Bounded mixture: at most this many received experts (0: every one). */
+  readonly maxExperts: number;
+  private readonly exploreExperts: number;
+  /** Bounded mixture: the experts chosen for the next round (undefined until the first choice). */
+  private chosen?: Set<string>;
+  /** Bounded mixture: an expert's utility when last measured, and that round. */
+  private memory = new Map<string, ExpertMemory>();
+  /** Bounded mixture: experts out of the pool whose gate slot, FST and optimizer state are kept, least recent first. */
+  private dormant: string[] = [];
 
   constructor(o: DflmoeOptions) {
     super(o);
@@ -92,6 +118,9 @@ export class DflmoePeer extends SupervisedModel {
     this.distill = o.distill ?? 0;
     this.headPrecision = o.headPrecision ?? 'float32';
     if (!(this.distill >= 0)) throw new Error(`distill must be a non-negative number, got ${this.distill}`);
+    this.maxExperts = o.maxExperts ?? 0;
+    if (!Number.isInteger(this.maxExperts) || this.maxExperts < 0) throw new Error(`maxExperts must be a non-negative integer (0: all), got ${this.maxExperts}`);
+    this.exploreExperts = o.exploreExperts ?? defaultExploration(this.maxExperts);
   }
 
   /** The experts present now: own head first, then received heads by peer id. */
@@ -119,12 +148,14 @@ export class DflmoePeer extends SupervisedModel {
       if (head.peer !== from) result = 'sender-mismatch';
       else if (from === this.id) result = 'self';
       else if (head.version <= (this.pool.get(from)?.version ?? -1)) result = 'stale-version';
+      else if (this.chosen && !this.chosen.has(from)) result = 'not-selected';
       else if (this.admission !== undefined && !this.admits(head.layers, from)) result = 'admission';
       else {
         result = this.pool.offer(head, round, payload.length);
         if (result !== 'stale-version') {
           this.gate.ensureSlot(from);
           this.ensureFst(from);
+          this.dormant = this.dormant.filter((id) => id !== from);
         }
       }
     } catch (e) {
@@ -162,7 +193,75 @@ export class DflmoePeer extends SupervisedModel {
 
   /** Start of a round: drop experts that went stale. Returns the dropped peer ids. */
   startRound(round: number): string[] {
-    return this.pool.expire(round);
+    const dropped = this.pool.expire(round);
+    if (this.maxExperts > 0) this.retire(dropped);
+    return dropped;
+  }
+
+  /**
+   * Each expert's utility on up to 256 local training samples: its accuracy
+   * (through its FST) plus the mean gate weight the mixture gives it, both
+   * from one batched forward pass.
+   */
+  expertUtilities(): Map<string, number> {
+    const experts = this.experts();
+    if (experts.length < 2) return new Map();
+    const { acc, gate } = tf.tidy(() => {
+      const n = Math.min(EVIDENCE_SAMPLES, this.data.trainSamples);
+      const z = this.features(tf.slice(this.data.xTrain, 0, n), false);
+      const { logits, gates } = moeForward(z, experts, this.gate);
+      const hit = tf.cast(tf.equal(tf.argMax(logits, 2), tf.expandDims(tf.slice(this.data.yTrain, 0, n), 1)), 'float32');
+      return { acc: tf.mean(hit, 0).dataSync(), gate: tf.mean(gates, 0).dataSync() };
+    });
+    return new Map(experts.slice(1).map((e, j) => [e.id, acc[j + 1] + gate[j + 1]]));
+  }
+
+  /**
+   * Bounded mixture: choose the experts to pull next round among
+   * `candidates` (members that announced a head, or are connected), from
+   * evidence on the experts held (`expertUtilities`) with some exploration
+   * (`chooseExperts`), and drop the held experts not chosen. Returns the
+   * choice, or undefined when the mixture is not bounded (`maxExperts` 0,
+   * or no more candidates than `maxExperts` so far: then every head is taken).
+   */
+  selectExperts(round: number, candidates: readonly string[]): string[] | undefined {
+    const k = this.maxExperts;
+    const all = new Set([...candidates, ...this.pool.list().map((e) => e.peer)]);
+    all.delete(this.id);
+    if (k === 0 || (!this.chosen && all.size <= k)) return undefined;
+    const held = this.expertUtilities();
+    for (const [id, utility] of held) this.memory.set(id, { utility, round });
+    const chosen = chooseExperts({
+      k, explore: this.exploreExperts, candidates: [...all], held, memory: this.memory, round,
+      seed: deriveSeed(this.train.seed, 'explore', round),
+    });
+    this.chosen = new Set(chosen);
+    const out = [...held.keys()].filter((id) => !this.chosen!.has(id));
+    for (const id of out) this.pool.remove(id);
+    this.retire(out);
+    return chosen;
+  }
+
+  /** The experts chosen for the next round (bounded mixture), or undefined. */
+  get chosenExperts(): string[] | undefined {
+    return this.chosen && [...this.chosen].sort();
+  }
+
+  /**
+   * Experts that left the pool keep their gate slot, FST and optimizer state
+   * (so they resume where they were if chosen again), for at most 2k of
+   * them; the least recent beyond that are forgotten.
+   */
+  private retire(ids: string[]): void {
+    this.dormant = [...this.dormant.filter((id) => !ids.includes(id)), ...ids];
+    while (this.dormant.length > 2 * this.maxExperts) {
+      const id = this.dormant.shift()!;
+      this.gate.removeSlot(id);
+      const f = this.fsts.get(id);
+      if (f) tf.dispose([f.kernel, f.bias]);
+      this.fsts.delete(id);
+      this.expertAdam.remove(id);
+    }
   }
 
   override paramGroups(): ParamGroup[] {
@@ -254,6 +353,13 @@ export class DflmoePeer extends SupervisedModel {
         optimizers,
         counters: this.counters,
         accountant: this.accountant.state(),
+        ...(this.maxExperts > 0 ? {
+          selection: {
+            ...(this.chosen ? { chosen: [...this.chosen] } : {}),
+            memory: [...this.memory].map(([id, m]): [string, number, number] => [id, m.utility, m.round]),
+            dormant: this.dormant,
+          },
+        } : {}),
       },
       tensors,
     };
@@ -304,6 +410,11 @@ export class DflmoePeer extends SupervisedModel {
       }
     }
     Object.assign(this.counters, meta.counters);
+    if (meta.selection) {
+      this.chosen = meta.selection.chosen && new Set(meta.selection.chosen);
+      this.memory = new Map(meta.selection.memory.map(([id, utility, round]) => [id, { utility, round }]));
+      this.dormant = [...meta.selection.dormant];
+    }
     if (meta.accountant) this.accountant.restore(meta.accountant);
   }
 
