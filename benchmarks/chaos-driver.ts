@@ -22,7 +22,7 @@ import { fileURLToPath } from 'node:url';
 import { DEFAULT_SIMULATION, type SimulationConfig } from '@dflmoe/core';
 import { Rng } from '@dflmoe/data';
 import { startProcess, waitExit, writeConsortium, type ConsortiumFiles, type SiteFiles } from '@dflmoe/cli';
-import { AUDIT_FILE, createSiteNode, generateIdentity, verifyAudit, type RoundLine } from '@dflmoe/p2p';
+import { AUDIT_FILE, createSiteNode, generateIdentity, readJsonLines, verifyAudit, type RoundLine, type ServerRoundLine } from '@dflmoe/p2p';
 import { multiaddr } from '@multiformats/multiaddr';
 
 export interface ChaosOptions {
@@ -71,20 +71,7 @@ export interface ChaosResult {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const fixture = (name: string) => fileURLToPath(new URL(`../test/fixtures/${name}`, import.meta.url));
 
-function metrics(s: { out: string }): RoundLine[] {
-  const f = join(s.out, 'metrics.jsonl');
-  if (!existsSync(f)) return [];
-  const out: RoundLine[] = [];
-  for (const l of readFileSync(f, 'utf8').split('\n')) {
-    if (!l.trim()) continue;
-    try {
-      out.push(JSON.parse(l));
-    } catch {
-      // a line being written
-    }
-  }
-  return out;
-}
+const metrics = (s: { out: string }) => readJsonLines<RoundLine>(join(s.out, 'metrics.jsonl'));
 
 /** Garbage to every port and libp2p dials from a key that is not a member, until `stop`. */
 function stranger(ports: number[], stop: AbortSignal): { done: Promise<void>; writes: () => number; dials: () => number } {
@@ -193,7 +180,7 @@ export async function chaosSoak(o: ChaosOptions): Promise<ChaosResult> {
     const kills: ChaosResult['chaos']['kills'] = [];
     const running = (x: Slot) => x.proc.exitCode === null && x.proc.signalCode === null;
     const kill = async (x: Slot) => {
-      const atRound = x === server ? readLines(join(f.server!.out, 'metrics.jsonl')) : metrics(x).length;
+      const atRound = metrics(x).length;
       x.proc.kill('SIGKILL');
       await waitExit(x.proc, 10000);
       kills.push({ process: x.name, atRound });
@@ -268,7 +255,8 @@ export async function chaosSoak(o: ChaosOptions): Promise<ChaosResult> {
     if (!withinTolerance) problems.push(`mean accuracy ${meanAccuracy} vs undisturbed ${undisturbed.meanAccuracy}`);
     const hostileDrops: Record<string, number> = {};
     for (const x of honest) for (const [k, v] of Object.entries(metrics(x).at(-1)?.dropped ?? {})) hostileDrops[k] = (hostileDrops[k] ?? 0) + v;
-    if (server) Object.assign(hostileDrops, Object.fromEntries(Object.entries(lastServerLine(f.server!.out)?.dropped ?? {}).map(([k, v]) => [`server:${k}`, v])));
+    const serverLine = server ? readJsonLines<ServerRoundLine>(join(server.out, 'metrics.jsonl')).at(-1) : undefined;
+    for (const [k, v] of Object.entries(serverLine?.dropped ?? {})) hostileDrops[`server:${k}`] = v;
     log(`chaos: mean accuracy ${(100 * meanAccuracy).toFixed(2)}% in ${seconds.toFixed(1)} s; ${kills.length} kills; stranger ${s.writes()} garbage writes, ${s.dials()} dials`);
     const { log: _l, dir: _d, ...options } = o;
     return {
@@ -281,15 +269,4 @@ export async function chaosSoak(o: ChaosOptions): Promise<ChaosResult> {
   } finally {
     for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
   }
-}
-
-function readLines(file: string): number {
-  return existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean).length : 0;
-}
-
-function lastServerLine(out: string): { dropped: Record<string, number> } | undefined {
-  const f = join(out, 'metrics.jsonl');
-  if (!existsSync(f)) return undefined;
-  const l = readFileSync(f, 'utf8').split('\n').filter(Boolean).at(-1);
-  return l ? JSON.parse(l) : undefined;
 }

@@ -6,29 +6,19 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, silentLogger, simulate, type SimulationConfig } from '@dflmoe/core';
 import { startProcess, waitExit, writeConsortium } from '@dflmoe/cli';
-import { Libp2pHeadExchange, createSiteNode, generateIdentity, type RoundLine, type ServerRoundLine } from '@dflmoe/p2p';
+import { Libp2pHeadExchange, createSiteNode, generateIdentity, readJsonLines, type RoundLine, type ServerRoundLine } from '@dflmoe/p2p';
+import { until } from './helpers.js';
 
 const sim = (o: Partial<SimulationConfig> = {}): SimulationConfig => ({
   ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 4, rounds: 4, partition: 'dirichlet:0.5', seed: 5, algorithms: ['fedavg'], ...o,
 });
 
-function lines<T = RoundLine>(file: string): T[] {
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
-}
-
-async function until(what: string, fn: () => boolean, timeoutMs: number): Promise<void> {
-  const t0 = Date.now();
-  while (!fn()) {
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const lines = <T = RoundLine>(file: string): T[] => readJsonLines<T>(file);
 
 describe('trust and operations over TCP', function () {
   this.timeout(180000);

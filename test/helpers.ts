@@ -26,3 +26,12 @@ export function cli(args: string[]) {
     env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' },
   });
 }
+
+/** Poll `fn` every 100 ms until it is true; throws after `timeoutMs`. */
+export async function until(what: string, fn: () => boolean, timeoutMs: number): Promise<void> {
+  const t0 = Date.now();
+  while (!fn()) {
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
