@@ -65,7 +65,7 @@ export interface Libp2pExchangeOptions {
 
 export type DropReason =
   | 'blocked' | 'bad-head' | 'not-member' | 'bad-announce' | 'spoofed-announce' | 'too-large' | 'bad-response' | 'digest-mismatch'
-  | 'transfer-failed' | 'old-version' | 'duplicate';
+  | 'transfer-failed' | 'old-version' | 'duplicate' | 'not-selected';
 
 /** Counted, but no offence: transfers cut by a restart, strangers (the gater refuses them), heads we already hold. */
 const NO_STRIKE: ReadonlySet<DropReason> = new Set<DropReason>(['transfer-failed', 'not-member', 'duplicate']);
@@ -288,6 +288,11 @@ export class Libp2pHeadExchange implements HeadExchange {
     this.transferSeconds += (performance.now() - t0) / 1000;
     this.s.bytesReceived += body.length;
     this.s.messagesReceived++;
+    // Selection changed while it was on its way: counted, not handed to the learner (no fault of the sender).
+    if (this.wanted && !this.wanted.has(peer)) {
+      this.dropped['not-selected'] = (this.dropped['not-selected'] ?? 0) + 1;
+      return;
+    }
     this.inbox.put({ from: peer, payload: body.slice() });
     const got = { version: Number(res.version), digest: Buffer.from(d).toString('hex') };
     this.digests.set(peer, [...(this.digests.get(peer) ?? []).slice(-3), got]);
