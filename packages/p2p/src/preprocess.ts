@@ -196,9 +196,14 @@ export class SchemaAgreement {
         return;
       }
       const [req] = await readFrames(stream, 1, MAX_REQUEST, AbortSignal.timeout(10000));
+      if (req === undefined) {
+        // The asker gave up (its own timeout) before sending: nothing bad was received.
+        stream.abort(new Error('no request'));
+        return;
+      }
       let ok = false;
       try {
-        ok = requestSchema.safeParse(JSON.parse(Buffer.from(req ?? new Uint8Array()).toString('utf8'))).success;
+        ok = requestSchema.safeParse(JSON.parse(Buffer.from(req).toString('utf8'))).success;
       } catch {
         ok = false;
       }

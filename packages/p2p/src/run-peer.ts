@@ -18,6 +18,7 @@ import { PeerMetrics } from './metrics.js';
 import { SiteAudit } from './audit.js';
 import { readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
 import { prepareSiteData, siteIndex, siteModelOptions, writeSiteDescription, type PreparedSite } from './site-setup.js';
+import { peakRssMiB } from './process-stats.js';
 
 export interface RoundLine {
   round: number;
@@ -202,7 +203,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     // Stay a little so that slower peers can fetch our last head or model.
     if (exchange) await sleep(cfg.lingerMs, o.signal);
     result.wallSeconds = (performance.now() - t0) / 1000;
-    result.peakRssMiB = process.resourceUsage().maxRSS / 1024;
+    result.peakRssMiB = peakRssMiB();
     writeJsonAtomic(join(cfg.out, 'results.json'), result);
     return result;
   } finally {
