@@ -35,7 +35,7 @@ describe('discovery: members by peer ID only', function () {
   this.timeout(90000);
   const nodes: SiteNode[] = [];
   afterEach(async () => {
-    for (const n of nodes.splice(0)) await n.stop().catch(() => {});
+    for (const n of nodes.splice(0)) await Promise.resolve(n.stop()).catch(() => {});
   });
 
   it('a member known only by peer ID is found through the bootstrap member, and found again on its new address after a restart', async () => {

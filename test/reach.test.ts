@@ -33,7 +33,7 @@ describe('reach: circuit relay for members only', function () {
   const exs: Libp2pHeadExchange[] = [];
   afterEach(async () => {
     for (const e of exs.splice(0)) await e.close();
-    for (const n of nodes.splice(0)) await n.stop().catch(() => {});
+    for (const n of nodes.splice(0)) await Promise.resolve(n.stop()).catch(() => {});
   });
 
   it('a site with no listen address is reached through a member relay and exchanges heads; a stranger can neither reserve nor be relayed', async () => {
@@ -106,7 +106,8 @@ describe('reach: a consortium with a site behind NAT (multi-process)', function 
     const f = await writeConsortium({ dir, algorithm: 'dflmoe', sim, deadlineMs: 20000, lingerMs: 3000 });
     const [relay, , , nat] = f.sites;
     const relayAddr = `/ip4/127.0.0.1/tcp/${relay.port}/p2p/${relay.peerId}`;
-    const edit = (s: SiteFiles, fn: (c: Record<string, any>) => void) => {
+    type Cfg = { listen: string[]; relay: unknown; members: { peerId: string; addrs: string[] }[] };
+    const edit = (s: SiteFiles, fn: (c: Cfg) => void) => {
       const c = JSON.parse(readFileSync(s.config, 'utf8'));
       fn(c);
       writeFileSync(s.config, JSON.stringify(c, null, 2));
@@ -120,7 +121,7 @@ describe('reach: a consortium with a site behind NAT (multi-process)', function 
           c.relay = { via: [relayAddr] };
           for (const m of c.members) if (m.peerId !== relay.peerId) m.addrs = [];
         } else {
-          const m = c.members.find((x: { peerId: string }) => x.peerId === nat.peerId);
+          const m = c.members.find((x) => x.peerId === nat.peerId)!;
           m.addrs = s === relay ? [] : [`${relayAddr}/p2p-circuit`];
         }
       });

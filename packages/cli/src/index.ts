@@ -3,3 +3,4 @@ export { summaryTable } from './commands/simulate.js';
 export * from './consortium.js';
 export * from './report.js';
 export * from './progress.js';
+export * from './slow-link.js';

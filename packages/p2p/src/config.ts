@@ -92,6 +92,8 @@ export const peerConfigSchema = z.object({
   key: z.string(),
   /** Addresses to accept connections on; may be empty behind NAT when `relay.via` names a relay. */
   listen: z.array(addr).default([]),
+  /** Addresses members should dial to reach this site, when not the listen ones (a port a NAT forwards, a proxy). */
+  announce: z.array(addr).default([]),
   members: z.array(memberSchema).default([]),
   relay: relaySchema,
   discovery: discoverySchema,
@@ -185,6 +187,10 @@ export const peerConfigSchema = z.object({
     /** Fresh heads (models) from other members to wait for each round; default: all other members. */
     quorum: z.number().int().min(0).optional(),
     maxStaleness: posInt.default(D.maxStaleness),
+    /** Adapt the deadline to how long heads take to arrive (deadlineMs is then the first rounds' deadline and the ceiling). */
+    adaptive: z.boolean().default(false),
+    /** With `adaptive`: the shortest deadline. */
+    minDeadlineMs: z.number().int().min(0).default(2000),
   }).strict().prefault({}),
   limits: z.object({
     maxHeadBytes: posInt.default(A.maxHeadBytes),

@@ -14,3 +14,5 @@ export * from './metrics.js';
 export * from './preprocess.js';
 export * from './reach.js';
 export * from './discovery.js';
+export * from './link-emulator.js';
+export * from './deadline.js';

@@ -34,6 +34,8 @@ import type { Registry } from 'prom-client';
 export interface NodeOptions {
   privateKey: PrivateKey;
   listen: string[];
+  /** Addresses to announce instead of the listen ones (a forwarded port, a proxy). */
+  announce?: string[];
   /** Peer IDs allowed to connect (in either direction). */
   allow: string[];
   psk?: Uint8Array;
@@ -92,7 +94,7 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
   const node = await createLibp2p({
     start: false,
     privateKey: o.privateKey,
-    addresses: { listen: o.listen },
+    addresses: { listen: o.listen, ...(o.announce?.length ? { announce: o.announce } : {}) },
     transports: [tcp(), ...(useWs ? [webSockets()] : []), circuitRelayTransport({ reservationCompletionTimeout: 10000 })],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],

@@ -13,6 +13,7 @@ import { loadIdentity, loadPsk } from './identity.js';
 import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, Libp2pHeadExchange, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
 import { createSiteNode, type SiteNode } from './node.js';
 import { siteDiscoveryOptions, siteRelayOptions, watchConnections } from './reach.js';
+import { AdaptiveDeadline } from './deadline.js';
 import { Libp2pServerLink } from './fedavg-net.js';
 import { PeerMetrics } from './metrics.js';
 import { SiteAudit } from './audit.js';
@@ -42,6 +43,8 @@ export interface RoundLine {
   /** dFLMoE: time and size of this round's checkpoint. */
   checkpointSeconds?: number;
   checkpointBytes?: number;
+  /** With `round.adaptive`: the deadline this round's wait for heads had (ms). */
+  deadlineMs?: number;
   time: string;
 }
 
@@ -108,6 +111,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       node = await createSiteNode({
         privateKey: id.privateKey,
         listen: cfg.listen,
+        announce: cfg.announce,
         allow,
         psk: cfg.psk ? loadPsk(cfg.psk) : undefined,
         onRefused: (peer, dir) => log.warn(`refused ${dir} connection from non-member ${peer}`),
@@ -164,12 +168,15 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     // Members left out by preprocessing (their data does not fit) are not waited for.
     const left = new Set(prepared.preprocessing.excluded.map((x) => x.peer));
     const others = otherMembers(cfg, id.peerId).filter((m) => !left.has(m.peerId)).length;
+    // With round.adaptive the deadline follows what the link delivers (measured on the exchange's waits).
+    const adaptive = cfg.round.adaptive ? new AdaptiveDeadline({ maxMs: cfg.round.deadlineMs, minMs: Math.min(cfg.round.minDeadlineMs, cfg.round.deadlineMs) }) : undefined;
     const net: SiteNetwork = {
-      exchange, server, logger: log,
+      exchange: exchange && adaptive ? adaptive.wrap(exchange) : exchange, server, logger: log,
       quorum: Math.min(cfg.round.quorum ?? others, others),
       deadlineMs: cfg.round.deadlineMs,
       transferSeconds: () => exchange?.transferSeconds ?? server?.transferSeconds ?? 0,
     };
+    if (adaptive) Object.defineProperty(net, 'deadlineMs', { get: () => adaptive.current, enumerable: true });
     const agreement = prepared.agreement;
     const dropped = () => ({ ...(exchange?.dropped ?? {}), ...prefixed(agreement?.dropped ?? {}, 'preprocess:') }) as Record<string, number>;
     // The audit trail: one signed, hash-chained entry per round (and one per start).
@@ -178,6 +185,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       from: startRound, rounds: cfg.rounds, signal: o.signal,
       onRound: async (m) => {
         const line = roundLine(m, names, { ...dropped(), ...prefixed(m.rejected, `${alg.message ?? 'input'}:`) });
+        if (adaptive?.history.length) line.deadlineMs = adaptive.history.at(-1)!.deadlineMs;
         const w = checkpoint ? await checkpoint.save(ckptDir, m.round, { line }, cfg.checkpoint.keep) : undefined;
         if (w) {
           line.checkpointSeconds = w.seconds;

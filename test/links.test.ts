@@ -1,0 +1,155 @@
+/**
+ * Weak links: the emulated link itself (rate, delay, resets), adaptive round
+ * deadlines, and a 4-site consortium behind emulated 1 MB/s, 100 ms links
+ * with connection resets. Every wait bounded.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { createServer, connect, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DEFAULT_SIMULATION, MemoryHub, type SimulationConfig } from '@dflmoe/core';
+import { emulateLinks, runConsortium, writeConsortium } from '@dflmoe/cli';
+import { AdaptiveDeadline, LinkEmulator, parsePeerConfig, type PeerRunResult } from '@dflmoe/p2p';
+
+describe('weak links: the emulated link', function () {
+  this.timeout(60000);
+  let sink: Server | undefined;
+  let link: LinkEmulator | undefined;
+  afterEach(async () => {
+    await link?.close();
+    await new Promise<void>((r) => (sink ? sink.close(() => r()) : r()));
+    sink = link = undefined;
+  });
+
+  /** A server that answers each 1-byte ping with a pong, or counts a bulk upload and answers its length. */
+  async function target(): Promise<number> {
+    sink = createServer({ allowHalfOpen: true }, (s) => {
+      let n = 0;
+      s.on('data', (d) => {
+        if (d.length === 1 && n === 0 && d[0] === 112) return void s.write('q');
+        n += d.length;
+      });
+      s.on('end', () => s.end(String(n)));
+      s.on('error', () => {});
+    });
+    await new Promise<void>((r) => sink!.listen(0, '127.0.0.1', () => r()));
+    return (sink.address() as { port: number }).port;
+  }
+
+  it('adds the round-trip time, paces bytes at the rate, keeps them in order, and resets the connections it is told to', async () => {
+    link = new LinkEmulator({ host: '127.0.0.1', port: await target() }, { bytesPerSecond: 1e6, rttMs: 100, resetProbability: 0, forceResets: 1 });
+    const port = await link.start();
+    // The first connection is reset within about 1-4 s.
+    const first = connect(port, '127.0.0.1');
+    const closed = await new Promise<string>((r) => {
+      first.on('error', (e) => r((e as NodeJS.ErrnoException).code ?? 'error'));
+      first.on('close', () => r('closed'));
+    });
+    assert.equal(closed, 'ECONNRESET');
+    assert.equal(link.stats.resets, 1);
+    // Round trip: one byte there and back.
+    const s = connect(port, '127.0.0.1');
+    await new Promise((r) => s.once('connect', r));
+    const t0 = performance.now();
+    s.write('p');
+    await new Promise((r) => s.once('data', r));
+    const rtt = performance.now() - t0;
+    assert.ok(rtt >= 95 && rtt < 1000, `rtt ${rtt.toFixed(0)} ms`);
+    s.destroy();
+    // 1.5 MB at 1 MB/s takes about 1.5 s, and arrives whole.
+    const bulk = connect(port, '127.0.0.1');
+    await new Promise((r) => bulk.once('connect', r));
+    const t1 = performance.now();
+    const bytes = Buffer.alloc(1_500_000, 7);
+    bulk.end(bytes);
+    const got = await new Promise<string>((r) => {
+      let txt = '';
+      bulk.on('data', (d) => (txt += d.toString()));
+      bulk.on('end', () => r(txt));
+    });
+    const secs = (performance.now() - t1) / 1000;
+    assert.equal(Number(got), bytes.length);
+    assert.ok(secs >= 1.4 && secs < 10, `1.5 MB in ${secs.toFixed(2)} s`);
+  });
+});
+
+describe('weak links: adaptive round deadlines', () => {
+  it('shrink to what complete rounds need, double when a slow link runs out of time, ignore members that are gone, stay within bounds', () => {
+    const d = new AdaptiveDeadline({ maxMs: 30000, minMs: 2000 });
+    assert.equal(d.current, 30000);
+    d.observe(1000, true, false);
+    assert.equal(d.current, 3500);
+    d.observe(200, true, false);
+    assert.equal(d.current, 3500, 'the slowest of the recent complete waits counts');
+    for (let i = 0; i < 5; i++) d.observe(100, true, false);
+    assert.equal(d.current, 2000, 'floor');
+    d.observe(2000, false, false);
+    assert.equal(d.current, 2000, 'a member gone does not stretch it');
+    d.observe(2000, false, true);
+    assert.equal(d.current, 4000);
+    for (let i = 0; i < 6; i++) d.observe(d.current, false, true);
+    assert.equal(d.current, 30000, 'ceiling');
+    assert.deepEqual(d.history.at(-1), { deadlineMs: 30000, waitedMs: 30000, complete: false });
+  });
+
+  it('wrap() measures waitForHeads and leaves every other method to the exchange', async () => {
+    const hub = new MemoryHub();
+    const [a, b] = [hub.join('a'), hub.join('b')];
+    const d = new AdaptiveDeadline({ maxMs: 5000, minMs: 100 });
+    const wa = d.wrap(a);
+    assert.equal(wa.selfId, 'a');
+    assert.deepEqual(wa.members(), a.members());
+    setTimeout(() => void b.publish(new Uint8Array([1, 2, 3]), 1), 50);
+    assert.equal(await wa.waitForHeads(1, d.current), 1);
+    assert.equal(wa.drain().length, 1);
+    assert.equal(d.history.length, 1);
+    assert.ok(d.history[0].complete && d.history[0].waitedMs >= 40);
+    assert.ok(d.current < 5000);
+  });
+
+  it('config: round.adaptive and round.minDeadlineMs, announce addresses', () => {
+    const base = { key: 'k.key', listen: ['/ip4/127.0.0.1/tcp/1'], data: { dataset: 'breast-cancer' }, rounds: 2, out: 'o' };
+    const c = parsePeerConfig({ ...base, announce: ['/ip4/203.0.113.7/tcp/9101'], round: { adaptive: true, minDeadlineMs: 500 } });
+    assert.deepEqual([c.round.adaptive, c.round.minDeadlineMs, c.announce], [true, 500, ['/ip4/203.0.113.7/tcp/9101']]);
+    assert.equal(parsePeerConfig(base).round.adaptive, false);
+    assert.throws(() => parsePeerConfig({ ...base, announce: ['not an address'] }), /announce\.0: not a valid multiaddr/);
+  });
+});
+
+describe('weak links: a consortium behind emulated slow links (multi-process)', function () {
+  this.timeout(600000);
+
+  it('4 sites behind 1 MB/s, 100 ms links with connection resets, float16 heads, adaptive deadlines: every round completes, heads arrive within the deadline', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-slowlink-'));
+    const sim: SimulationConfig = {
+      ...DEFAULT_SIMULATION, dataset: 'digits', peers: 4, rounds: 8, partition: 'dirichlet:0.5', seed: 2, algorithms: ['dflmoe'],
+      bodies: ['mlp:64'], featureDim: 128, headHidden: [256], learningRate: 3e-3, headPrecision: 'float16',
+    };
+    const files = await writeConsortium({ dir, algorithm: 'dflmoe', sim, deadlineMs: 30000, lingerMs: 5000 });
+    // 2% of connections reset, and for sure the first two into a site still open 5-12 s after they opened (mid-run).
+    const links = await emulateLinks(files, { bytesPerSecond: 1e6, rttMs: 100, resetProbability: 0.02, forceResets: 2, forceResetAfterMs: [5000, 12000], seed: 5 }, (cfg) => {
+      cfg.round = { ...(cfg.round as object), adaptive: true, minDeadlineMs: 2000 };
+    });
+    try {
+      await runConsortium(files, 8 * 60 * 1000);
+    } finally {
+      await links.close();
+    }
+    const stats = links.stats();
+    assert.ok(stats.resets >= 2, `connections reset: ${stats.resets} of ${stats.connections}`);
+    const res = files.sites.map((s) => JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8')) as PeerRunResult);
+    const later = res.flatMap((r) => r.rounds.filter((l) => l.round > 1));
+    for (const r of res) {
+      assert.deepEqual(r.rounds.map((l) => l.round), [1, 2, 3, 4, 5, 6, 7, 8], 'every round, once');
+      assert.equal(r.rounds.at(-1)!.experts.length, 3, 'all experts at the end');
+      // float16 heads of 128x256 + 256x10 (+ biases): about 71 KB, half of float32.
+      assert.ok(r.bytesSent / (8 * 3) < 80_000 && r.bytesSent / (8 * 3) > 60_000, `bytes per head ${r.bytesSent / 24}`);
+    }
+    for (const l of later) assert.ok(l.deadlineMs !== undefined && l.waitSeconds * 1000 <= l.deadlineMs + 500, `round ${l.round}: waited ${l.waitSeconds} s of ${l.deadlineMs} ms`);
+    const complete = later.filter((l) => l.freshHeads >= 3).length;
+    process.stdout.write(`      (all heads within the deadline in ${complete}/${later.length} site-rounds; deadlines ${Math.min(...later.map((l) => l.deadlineMs!))}-${Math.max(...later.map((l) => l.deadlineMs!))} ms; ${stats.resets} of ${stats.connections} connections reset)\n`);
+    assert.ok(complete >= 0.75 * later.length, `all heads within the deadline in ${complete}/${later.length} site-rounds`);
+    assert.ok(later.some((l) => l.deadlineMs! < 30000), 'the deadline adapted to the link');
+  });
+});
