@@ -136,6 +136,42 @@ describe('batched mixture of experts', () => {
   });
 });
 
+describe('packed training of the received experts', () => {
+  before(backend);
+
+  for (const fst of ['full', 'diag', 'none'] as FstKind[]) {
+    it(`fst ${fst}: a round on packed experts trains like the per-expert path (own head, body, every expert's FST and gate slot, Adam state)`, async () => {
+      const { datas } = tinyPeers(4, 6);
+      const mk = (i: number, mixture: 'batched' | 'per-expert') => new DflmoePeer({
+        id: `p${i}`, data: datas[i], body: { kind: 'mlp', hidden: [8] }, featureDim: 8, headHidden: [], train: { seed: i, batchSize: 16 }, initSeed: 1, fst, mixture,
+      });
+      const senders = [1, 2, 3].map((i) => mk(i, 'batched'));
+      for (const p of senders) await p.trainRound(1);
+      const heads = senders.map((p) => p.encodeHead(1));
+      const [a, b] = [mk(0, 'batched'), mk(0, 'per-expert')];
+      for (const p of [a, b]) senders.forEach((q, k) => assert.equal(p.receiveHead(heads[k], q.id, 1), 'added'));
+      const values = (p: DflmoePeer) => [
+        ...p.variables(), ...p.gate.sharedVariables(),
+        ...senders.flatMap((q) => [...p.gate.slotVariables(q.id), ...p.paramGroups().slice(1).find((g) => g.vars.includes(p.gate.slotVariables(q.id)[0]))!.vars.slice(2)]),
+      ];
+      // Two rounds: the second starts from the Adam state the first left behind.
+      for (const r of [2, 3]) {
+        await a.trainRound(r);
+        await b.trainRound(r);
+        const va = values(a);
+        const vb = values(b);
+        assert.equal(va.length, vb.length);
+        va.forEach((v, i) => assert.ok(maxDiff(v, vb[i]) < 1e-4, `round ${r}, variable ${i} (${v.shape}) differs by ${maxDiff(v, vb[i])}`));
+      }
+      const n0 = tf.memory().numTensors;
+      await a.trainRound(4);
+      assert.equal(tf.memory().numTensors, n0, 'packing and unpacking leave no tensors behind');
+      [...senders, a, b].forEach((p) => p.dispose());
+      datas.forEach(disposePeerData);
+    });
+  }
+});
+
 describe('KeyedAdam (one Adam state per expert, updated in one batched step)', () => {
   before(backend);
 

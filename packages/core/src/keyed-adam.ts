@@ -179,8 +179,103 @@ export class KeyedAdam extends tf.Optimizer {
     s.acc2 = Math.fround(Math.pow(this.beta2, steps + 1));
   }
 
+  /**
+   * @internal Hand out `key`'s state (its moments flattened in variable
+   * order, step count and bias-correction accumulators) and forget it; a new
+   * key gets zero state. For training on packed copies (see `RowAdam`).
+   */
+  takeState(key: string, vars: tf.Variable[]): RowState & { m: tf.Tensor1D; v: tf.Tensor1D } {
+    this.register(key, vars);
+    const s = this.states.get(key)!;
+    this.states.delete(key);
+    for (const v of s.vars) this.owners.delete(v.name);
+    return { m: s.m, v: s.v, steps: s.steps, acc1: s.acc1, acc2: s.acc2 };
+  }
+
+  /** @internal Put back what `takeState` handed out (takes ownership of `m` and `v`). */
+  putState(key: string, vars: tf.Variable[], st: RowState & { m: tf.Tensor1D; v: tf.Tensor1D }): void {
+    this.remove(key);
+    this.states.set(key, { vars, m: st.m, v: st.v, steps: st.steps, acc1: st.acc1, acc2: st.acc2 });
+    for (const v of vars) this.owners.set(v.name, key);
+  }
+
   override dispose(): void {
     for (const k of this.keys()) this.remove(k);
+  }
+
+  getConfig(): tf.serialization.ConfigDict {
+    return { learningRate: this.learningRate, beta1: this.beta1, beta2: this.beta2, epsilon: this.epsilon };
+  }
+}
+
+/** Adam bookkeeping of one row (one expert): steps taken and beta^(steps + 1) in float32. */
+export interface RowState {
+  steps: number;
+  acc1: number;
+  acc2: number;
+}
+
+/**
+ * Adam over variables that stack one row per expert along an axis (FST
+ * kernels `[K, d, d]`, gate slots `[hidden, K]`, ...), each row with its own
+ * step count: exactly `tf.train.adam` per expert, in a dozen kernels per
+ * stacked variable whatever K is.
+ */
+export class RowAdam extends tf.Optimizer {
+  static get className(): string {
+    return 'RowAdam';
+  }
+
+  readonly epsilon: number;
+
+  /**
+   * `vars[i]` stacks its rows along `axes[i]`; `m[i]` and `v[i]` are its
+   * moments (same shape; taken over); `rows` the per-row bookkeeping.
+   */
+  constructor(
+    readonly learningRate: number, readonly vars: tf.Variable[], private readonly axes: number[], readonly rows: RowState[],
+    readonly m: tf.Tensor[], readonly v: tf.Tensor[], readonly beta1 = 0.9, readonly beta2 = 0.999, epsilon?: number,
+  ) {
+    super();
+    this.epsilon = epsilon ?? tf.backend().epsilon();
+    vars.forEach((x, i) => {
+      if (x.shape[axes[i]] !== rows.length) throw new Error(`RowAdam: variable ${i} has ${x.shape[axes[i]]} rows on axis ${axes[i]}, expected ${rows.length}`);
+    });
+  }
+
+  applyGradients(variableGradients: tf.NamedTensorMap | NamedTensor[]): void {
+    const grads: tf.NamedTensorMap = Array.isArray(variableGradients)
+      ? Object.fromEntries(variableGradients.map((g) => [g.name, g.tensor]))
+      : variableGradients;
+    const c1 = Float32Array.from(this.rows, (r) => Math.fround(1 - r.acc1));
+    const c2 = Float32Array.from(this.rows, (r) => Math.fround(1 - r.acc2));
+    tf.tidy(() => {
+      const c1t = tf.tensor1d(c1);
+      const c2t = tf.tensor1d(c2);
+      this.vars.forEach((x, i) => {
+        const g = grads[x.name];
+        if (!g) return;
+        const shape = x.shape.map((n, a) => (a === this.axes[i] ? n : 1));
+        const newM = tf.add(tf.mul(this.m[i], this.beta1), tf.mul(g, 1 - this.beta1));
+        const newV = tf.add(tf.mul(this.v[i], this.beta2), tf.mul(tf.square(g), 1 - this.beta2));
+        const bcM = tf.div(newM, tf.reshape(c1t, shape));
+        const bcV = tf.div(newV, tf.reshape(c2t, shape));
+        x.assign(tf.add(tf.mul(tf.div(bcM, tf.add(tf.sqrt(bcV), this.epsilon)), -this.learningRate), x));
+        tf.dispose([this.m[i], this.v[i]]);
+        this.m[i] = tf.keep(newM);
+        this.v[i] = tf.keep(newV);
+      });
+    });
+    for (const r of this.rows) {
+      r.steps++;
+      r.acc1 = Math.fround(r.acc1 * Math.fround(this.beta1));
+      r.acc2 = Math.fround(r.acc2 * Math.fround(this.beta2));
+    }
+    this.incrementIterations();
+  }
+
+  override dispose(): void {
+    tf.dispose([...this.m, ...this.v]);
   }
 
   getConfig(): tf.serialization.ConfigDict {

@@ -231,6 +231,13 @@ export class Gate {
     return tf.softmax(tf.add(tf.matMul(h, kernel), bias) as tf.Tensor2D);
   }
 
+  /** Weights `[batch, 1 + K]` over the own slot and K more slots given as one kernel `[hidden, K]` and bias `[K]`. */
+  weightsWith(z: tf.Tensor2D, slots: { kernel: tf.Tensor2D; bias: tf.Tensor1D }): tf.Tensor2D {
+    const own = this.slots.get(this.ownId)!;
+    const h = tf.relu(applyFst(this.hidden, z));
+    return tf.softmax(tf.add(tf.matMul(h, tf.concat([own.kernel, slots.kernel], 1)), tf.concat([own.bias, slots.bias], 0)) as tf.Tensor2D);
+  }
+
   /** Masked weights over all slots (absent ones are exactly 0), for inspection. */
   allWeights(z: tf.Tensor2D, present: string[]): { ids: string[]; weights: tf.Tensor2D } {
     const ids = this.slotIds;
@@ -282,29 +289,44 @@ function fstForm(e: Expert): FstKind {
   return !e.fst ? 'none' : e.fst.kernel.rank === 1 ? 'diag' : 'full';
 }
 
+/** K experts' heads and transforms as stacked tensors (one FST form for all). */
+export interface StackedExperts {
+  /** Head layers: kernel `[K, in, out]`, bias `[K, out]`. */
+  layers: { kernel: tf.Tensor3D; bias: tf.Tensor2D }[];
+  /** Transforms: kernel `[K, d, d]` (full) or `[K, d]` (diag), bias `[K, d]`; absent for `none`. */
+  fst?: { kernel: tf.Tensor; bias: tf.Tensor2D };
+}
+
+/** Stack K experts that share an FST form (see `StackedExperts`). */
+export function stackExperts(group: Expert[]): StackedExperts {
+  return {
+    layers: group[0].head.map((_, i) => ({
+      kernel: tf.stack(group.map((e) => e.head[i].kernel)) as tf.Tensor3D,
+      bias: tf.stack(group.map((e) => e.head[i].bias)) as tf.Tensor2D,
+    })),
+    ...(group[0].fst ? { fst: { kernel: tf.stack(group.map((e) => e.fst!.kernel)), bias: tf.stack(group.map((e) => e.fst!.bias)) as tf.Tensor2D } } : {}),
+  };
+}
+
 /**
- * Logits `[B, K, C]` of K experts that share an FST form, batched: one
- * matMul for all K first layers, then one batched matMul per further head
- * layer. The FST is linear and so is a head's first layer, so `fold`
- * computes `z (W_k H_k) + (b_k H_k + c_k)`, whose cost does not grow with
- * the batch in the d x d part; `apply` computes `(z W_k + b_k) H_k + c_k`.
+ * Logits `[B, K, C]` of K stacked experts, batched: one matMul for all K
+ * first layers, then one batched matMul per further head layer. The FST is
+ * linear and so is a head's first layer, so `fold` computes
+ * `z (W_k H_k) + (b_k H_k + c_k)`, whose cost does not grow with the batch
+ * in the d x d part; `apply` computes `(z W_k + b_k) H_k + c_k`.
  */
-function groupLogits(z: tf.Tensor2D, group: Expert[], form: FstKind, fusion: MoeFusion): tf.Tensor3D {
-  const K = group.length;
+export function stackedLogits(z: tf.Tensor2D, s: StackedExperts, fusion: MoeFusion = 'auto'): tf.Tensor3D {
   const [B, d] = z.shape;
-  const layers = group[0].head.length;
-  const kernels = (i: number) => tf.stack(group.map((e) => e.head[i].kernel)) as tf.Tensor3D; // [K, in, out]
-  const biases = (i: number) => tf.stack(group.map((e) => e.head[i].bias)) as tf.Tensor2D; // [K, out]
-  const H = kernels(0);
-  const out = H.shape[2];
+  const H = s.layers[0].kernel;
+  const [K, , out] = H.shape;
+  const form: FstKind = !s.fst ? 'none' : s.fst.kernel.rank === 2 ? 'diag' : 'full';
   let h: tf.Tensor3D; // [B, K, out]
   if (form === 'none' || (fusion === 'auto' ? out <= B : fusion === 'fold')) {
     // One [d, K*out] kernel for every expert's first layer.
     let M: tf.Tensor3D = H;
-    let m = biases(0);
-    if (form !== 'none') {
-      const W = tf.stack(group.map((e) => e.fst!.kernel)); // [K, d, d] or [K, d]
-      const b = tf.stack(group.map((e) => e.fst!.bias)) as tf.Tensor2D; // [K, d]
+    let m: tf.Tensor2D = s.layers[0].bias;
+    if (s.fst) {
+      const { kernel: W, bias: b } = s.fst;
       M = form === 'full' ? tf.matMul(W as tf.Tensor3D, H) : (tf.mul(tf.expandDims(W, 2), H) as tf.Tensor3D);
       m = tf.add(tf.reshape(tf.matMul(tf.expandDims(b, 1) as tf.Tensor3D, H), [K, out]), m) as tf.Tensor2D;
     }
@@ -312,21 +334,37 @@ function groupLogits(z: tf.Tensor2D, group: Expert[], form: FstKind, fusion: Moe
     h = tf.reshape(tf.add(tf.matMul(z, flat), tf.reshape(m, [K * out])), [B, K, out]) as tf.Tensor3D;
   } else {
     // Transform first: [B, K, d] inputs (one matMul for every full FST), then a batched matMul per head.
-    const b = tf.stack(group.map((e) => e.fst!.bias)) as tf.Tensor2D;
+    const { kernel: W, bias: b } = s.fst!;
     let x: tf.Tensor3D;
     if (form === 'full') {
-      const flat = tf.reshape(tf.transpose(tf.stack(group.map((e) => e.fst!.kernel)), [1, 0, 2]), [d, K * d]) as tf.Tensor2D;
+      const flat = tf.reshape(tf.transpose(W, [1, 0, 2]), [d, K * d]) as tf.Tensor2D;
       x = tf.reshape(tf.add(tf.matMul(z, flat), tf.reshape(b, [K * d])), [B, K, d]) as tf.Tensor3D;
     } else {
-      x = tf.add(tf.mul(tf.expandDims(z, 1), tf.stack(group.map((e) => e.fst!.kernel))), b) as tf.Tensor3D;
+      x = tf.add(tf.mul(tf.expandDims(z, 1), W), b) as tf.Tensor3D;
     }
-    h = tf.transpose(tf.add(tf.matMul(tf.transpose(x, [1, 0, 2]) as tf.Tensor3D, H), tf.expandDims(biases(0), 1)), [1, 0, 2]) as tf.Tensor3D;
+    h = tf.transpose(tf.add(tf.matMul(tf.transpose(x, [1, 0, 2]) as tf.Tensor3D, H), tf.expandDims(s.layers[0].bias, 1)), [1, 0, 2]) as tf.Tensor3D;
   }
-  for (let i = 1; i < layers; i++) {
-    const y = tf.matMul(tf.transpose(tf.relu(h), [1, 0, 2]) as tf.Tensor3D, kernels(i)); // [K, B, out_i]
-    h = tf.transpose(tf.add(y, tf.expandDims(biases(i), 1)), [1, 0, 2]) as tf.Tensor3D;
+  for (let i = 1; i < s.layers.length; i++) {
+    const y = tf.matMul(tf.transpose(tf.relu(h), [1, 0, 2]) as tf.Tensor3D, s.layers[i].kernel); // [K, B, out_i]
+    h = tf.transpose(tf.add(y, tf.expandDims(s.layers[i].bias, 1)), [1, 0, 2]) as tf.Tensor3D;
   }
   return h;
+}
+
+/**
+ * The mixture of the own head and K received experts held as stacked
+ * tensors (a dFLMoE peer packs them once per round), with the gate's own
+ * slot first and the K experts' slots as one `[hidden, K]` kernel. Equal to
+ * `moeForward` over the same experts in the same order.
+ */
+export function moeForwardStacked(
+  z: tf.Tensor2D, own: HeadWeights, stacked: StackedExperts, gate: Gate, slots: { kernel: tf.Tensor2D; bias: tf.Tensor1D }, fusion: MoeFusion = 'auto',
+): { probs: tf.Tensor2D; gates: tf.Tensor2D; logits: tf.Tensor3D } {
+  const g = gate.weightsWith(z, slots);
+  const ownLogits = tf.expandDims(headLogits(own, z), 1) as tf.Tensor3D;
+  const logits = tf.concat([ownLogits, stackedLogits(z, stacked, fusion)], 1) as tf.Tensor3D;
+  const probs = tf.sum(tf.mul(tf.softmax(logits), tf.expandDims(g, 2)), 1) as tf.Tensor2D;
+  return { probs, gates: g, logits };
 }
 
 /**
@@ -349,7 +387,7 @@ export function moeForward(
     const key = `${fstForm(e)}:${e.head[0].kernel instanceof tf.Variable && e.head[0].kernel.trainable}`;
     groups.set(key, [...(groups.get(key) ?? []), j]);
   });
-  const parts = [...groups.values()].map((idx) => groupLogits(z, idx.map((j) => experts[j]), fstForm(experts[idx[0]]), fusion));
+  const parts = [...groups.values()].map((idx) => stackedLogits(z, stackExperts(idx.map((j) => experts[j])), fusion));
   const order = [...groups.values()].flat();
   let logits = parts.length === 1 ? parts[0] : (tf.concat(parts, 1) as tf.Tensor3D);
   if (order.some((j, i) => j !== i)) {

@@ -7,8 +7,11 @@ import * as tf from '@tensorflow/tfjs-core';
 import { deriveSeed } from '@dflmoe/data';
 import { CodecError, decodeHead, encodeHead, type CodecReason, type NamedArray, type Precision } from '../codec.js';
 import { ExpertPool } from '../experts.js';
-import { KeyedAdam } from '../keyed-adam.js';
-import { Gate, applyFst, createFst, stopGradient, type FstKind, headLogits, headParamCount, moeForward, moeLoss, type DenseLayer, type Expert } from '../model.js';
+import { KeyedAdam, RowAdam } from '../keyed-adam.js';
+import {
+  Gate, applyFst, createFst, stopGradient, type FstKind, headLogits, headParamCount, moeForward, moeForwardPerExpert, moeForwardStacked, moeLoss,
+  type DenseLayer, type Expert, type StackedExperts,
+} from '../model.js';
 import { chooseExperts, defaultExploration, type ExpertMemory } from '../selection.js';
 import { accuracy, predictClasses, trainEpochs, type ParamGroup } from '../train.js';
 import { SupervisedModel, type PeerEval, type PeerModelOptions } from './common.js';
@@ -50,6 +53,8 @@ export interface DflmoeOptions extends PeerModelOptions {
   maxExperts?: number;
   /** Bounded mixture: slots per round for experts not held now (default: k/4, at least 1). */
   exploreExperts?: number;
+  /** `batched` (default): every expert in batched tensor ops; `per-expert`: the reference path, one kernel chain per expert. */
+  mixture?: 'batched' | 'per-expert';
 }
 
 /** Default of `maxExperts` for simulations and site configs: all experts up to this many. */
@@ -68,6 +73,14 @@ export interface DflmoeStateMeta {
   accountant?: { orders: number[]; rdp: number[]; steps: number };
   /** Bounded mixture: the experts chosen, what is remembered of others, and the experts whose state is kept while out. */
   selection?: { chosen?: string[]; memory: [string, number, number][]; dormant: string[] };
+}
+
+/** The received experts of a round, packed for training (see `DflmoePeer.trainRound`). */
+interface Packed {
+  ids: string[];
+  adam: RowAdam;
+  experts: StackedExperts;
+  slots: { kernel: tf.Tensor2D; bias: tf.Tensor1D };
 }
 
 export type ReceiveResult = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender-mismatch' | 'admission' | 'not-selected' | CodecReason;
@@ -103,6 +116,7 @@ export class DflmoePeer extends SupervisedModel {
   private memory = new Map<string, ExpertMemory>();
   /** Bounded mixture: experts out of the pool whose gate slot, FST and optimizer state are kept, least recent first. */
   private dormant: string[] = [];
+  private readonly mixture: 'batched' | 'per-expert';
 
   constructor(o: DflmoeOptions) {
     super(o);
@@ -121,6 +135,7 @@ export class DflmoePeer extends SupervisedModel {
     this.maxExperts = o.maxExperts ?? 0;
     if (!Number.isInteger(this.maxExperts) || this.maxExperts < 0) throw new Error(`maxExperts must be a non-negative integer (0: all), got ${this.maxExperts}`);
     this.exploreExperts = o.exploreExperts ?? defaultExploration(this.maxExperts);
+    this.mixture = o.mixture ?? 'batched';
   }
 
   /** The experts present now: own head first, then received heads by peer id. */
@@ -275,19 +290,114 @@ export class DflmoePeer extends SupervisedModel {
     return groups;
   }
 
-  trainRound(round: number): Promise<number> {
+  /**
+   * One round of local training. With received experts, the batched
+   * mixture trains on packed copies of their transforms and gate slots
+   * (one stacked variable each, packed once per round and written back
+   * after it, with a `RowAdam` that continues each expert's own Adam state),
+   * so that a training step costs the same number of kernels whatever the
+   * number of experts. `mixture: 'per-expert'` trains through the reference path.
+   */
+  async trainRound(round: number): Promise<number> {
     this.account();
-    return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => {
-      const z = this.features(x, true);
-      const experts = this.experts();
-      const { probs, logits } = moeForward(z, experts, this.gate);
-      // The own head is expert 0 of the batched forward pass.
-      const own = tf.reshape(tf.slice(logits, [0, 0, 0], [-1, 1, -1]), [z.shape[0], this.headSpec.outputDim]) as tf.Tensor2D;
-      const loss = moeLoss(own, probs, y, this.alpha);
-      if (this.distill === 0 || experts.length < 2) return loss;
+    const pool = this.pool.list();
+    const loss = (own: tf.Tensor2D, probs: tf.Tensor2D, y: tf.Tensor2D, mixed: boolean): tf.Scalar => {
+      const l = moeLoss(own, probs, y, this.alpha);
+      if (this.distill === 0 || !mixed) return l;
       const toMixture = tf.neg(tf.mean(tf.sum(tf.mul(stopGradient(probs), tf.logSoftmax(own)), 1)));
-      return tf.add(loss, tf.mul(this.distill, toMixture)) as tf.Scalar;
+      return tf.add(l, tf.mul(this.distill, toMixture)) as tf.Scalar;
+    };
+    if (this.mixture === 'per-expert' || pool.length === 0) {
+      return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => {
+        const z = this.features(x, true);
+        const experts = this.experts();
+        if (this.mixture === 'per-expert') return loss(headLogits(this.head, z), moeForwardPerExpert(z, experts, this.gate).probs, y, experts.length > 1);
+        const out = moeForward(z, experts, this.gate);
+        return loss(headLogits(this.head, z), out.probs, y, experts.length > 1);
+      });
+    }
+    const packed = this.pack(pool.map((e) => e.peer));
+    try {
+      const groups = [{ optimizer: this.optimizer, vars: [...this.variables(), ...this.gate.sharedVariables(this.id)] }, { optimizer: packed.adam, vars: packed.adam.vars }];
+      return await trainEpochs(this.data, this.train, round, () => groups, (x, y) => {
+        const z = this.features(x, true);
+        const out = moeForwardStacked(z, this.head, packed.experts, this.gate, packed.slots);
+        // The own head is expert 0 of the mixture.
+        const own = tf.reshape(tf.slice(out.logits, [0, 0, 0], [-1, 1, -1]), [z.shape[0], this.headSpec.outputDim]) as tf.Tensor2D;
+        return loss(own, out.probs, y, true);
+      });
+    } finally {
+      this.unpack(packed);
+    }
+  }
+
+  /** The received experts' variables of one peer, in the order their Adam state follows. */
+  private expertVariables(peer: string): tf.Variable[] {
+    const f = this.fsts.get(peer);
+    return [...this.gate.slotVariables(peer), ...(f ? [f.kernel, f.bias] : [])];
+  }
+
+  /** Stack the experts' heads, transforms, gate slots and Adam state for a round of training. */
+  private pack(ids: string[]): Packed {
+    const h = this.gate.hiddenDim;
+    const d = this.headSpec.inputDim;
+    const states = ids.map((id) => this.expertAdam.takeState(id, this.expertVariables(id)));
+    let packed: Packed | undefined;
+    // Variables are not disposed by tidy; everything else that outlives it is kept explicitly.
+    tf.tidy(() => {
+      const slots = ids.map((id) => this.gate.slotVariables(id));
+      const fsts = this.fstKind === 'none' ? [] : ids.map((id) => this.fsts.get(id)!);
+      const vars = [
+        tf.variable(tf.concat(slots.map((s) => s[0]), 1)),
+        tf.variable(tf.concat(slots.map((s) => s[1]), 0)),
+        ...(fsts.length ? [tf.variable(tf.stack(fsts.map((f) => f.kernel))), tf.variable(tf.stack(fsts.map((f) => f.bias)))] : []),
+      ];
+      const axes = [1, 0, 0, 0].slice(0, vars.length);
+      // Each expert's flat moments, in its variable order (slot kernel, slot bias, FST kernel, FST bias), split and stacked like the variables.
+      const sizes = [h, 1, ...(fsts.length ? [this.fstKind === 'full' ? d * d : d, d] : [])];
+      const moments = (pick: (s: (typeof states)[number]) => tf.Tensor1D) => {
+        const parts = states.map((s) => tf.split(pick(s), sizes));
+        return vars.map((v, i) => {
+          const rows = parts.map((p) => tf.reshape(p[i], [...v.shape.slice(0, axes[i]), ...v.shape.slice(axes[i] + 1)]));
+          return i === 0 ? tf.concat(rows.map((r) => tf.reshape(r, [h, 1])), 1) : tf.stack(rows);
+        });
+      };
+      const m = moments((s) => s.m);
+      const v = moments((s) => s.v);
+      tf.dispose(states.flatMap((s) => [s.m, s.v]));
+      const adam = new RowAdam(this.expertAdam.learningRate, vars, axes, states.map(({ steps, acc1, acc2 }) => ({ steps, acc1, acc2 })), m.map((t) => tf.keep(t)), v.map((t) => tf.keep(t)));
+      const pool = ids.map((id) => this.pool.get(id)!.head);
+      const experts: StackedExperts = {
+        layers: pool[0].map((_, i) => ({
+          kernel: tf.keep(tf.stack(pool.map((l) => l[i].kernel))) as tf.Tensor3D,
+          bias: tf.keep(tf.stack(pool.map((l) => l[i].bias))) as tf.Tensor2D,
+        })),
+        ...(fsts.length ? { fst: { kernel: vars[2], bias: vars[3] as tf.Variable as unknown as tf.Tensor2D } } : {}),
+      };
+      packed = { ids, adam, experts, slots: { kernel: vars[0] as unknown as tf.Tensor2D, bias: vars[1] as unknown as tf.Tensor1D } };
     });
+    return packed!;
+  }
+
+  /** Write the trained packed copies back to each expert's variables and Adam state, and free them. */
+  private unpack(p: Packed): void {
+    const { ids, adam } = p;
+    tf.tidy(() => {
+      const K = ids.length;
+      const cols = (t: tf.Tensor, axis: number) => (K === 1 ? [t] : tf.split(t, K, axis)).map((r) => (axis === 0 ? tf.squeeze(r, [0]) : r));
+      const rowsOf = (ts: tf.Tensor[]) => ts.map((t, i) => (i === 0 ? cols(t, 1) : i === 1 ? cols(t, 0).map((r) => tf.reshape(r, [1])) : cols(t, 0)));
+      const values = rowsOf(adam.vars);
+      const ms = rowsOf(adam.m);
+      const vs = rowsOf(adam.v);
+      ids.forEach((id, k) => {
+        const vars = this.expertVariables(id);
+        vars.forEach((x, i) => x.assign(tf.reshape(values[i][k], x.shape)));
+        const flat = (rows: tf.Tensor[][]) => tf.keep(tf.concat(rows.map((r) => tf.reshape(r[k], [-1])))) as tf.Tensor1D;
+        this.expertAdam.putState(id, vars, { ...adam.rows[k], m: flat(ms), v: flat(vs) });
+      });
+    });
+    adam.dispose();
+    tf.dispose([...adam.vars, ...p.experts.layers.flatMap((l) => [l.kernel, l.bias])]);
   }
 
   moeProbs(x: tf.Tensor): tf.Tensor2D {

@@ -1,0 +1,33 @@
+/**
+ * One point of the in-process scale sweep of `speed-scale.ts`, in its own
+ * process so that its peak RSS is its own: N sites in one process, dFLMoE
+ * with all experts or at most k, and optionally FedAvg. Prints one JSON line.
+ *
+ *   node --import tsx benchmarks/scale-point.ts --dataset synthetic:... --peers 64 --rounds 10 --max-experts 8 [--fedavg]
+ */
+import { parseArgs } from 'node:util';
+import { simulate, silentLogger } from '@dflmoe/core';
+
+const { values } = parseArgs({
+  options: {
+    dataset: { type: 'string' }, peers: { type: 'string' }, rounds: { type: 'string', default: '10' }, 'max-experts': { type: 'string', default: '0' },
+    partition: { type: 'string', default: 'dirichlet:0.5' }, body: { type: 'string', default: 'mlp:64' }, 'feature-dim': { type: 'string', default: '32' },
+    'min-size': { type: 'string', default: '20' }, fedavg: { type: 'boolean', default: false },
+  },
+});
+const peers = Number(values.peers);
+const rounds = Number(values.rounds);
+const maxExperts = Number(values['max-experts']);
+const r = await simulate({
+  dataset: values.dataset!, peers, rounds, partition: values.partition!, algorithms: values.fedavg ? ['dflmoe', 'fedavg'] : ['dflmoe'],
+  bodies: [values.body!], featureDim: Number(values['feature-dim']), minSize: Number(values['min-size']), maxExperts,
+}, { logger: silentLogger });
+const out = Object.fromEntries(Object.entries(r.algorithms).map(([name, a]) => [name, {
+  secondsPerRound: a!.wallSeconds / rounds,
+  bytesPerSiteRound: a!.bytesSent / (peers * rounds),
+  accuracy: a!.accuracy.mean,
+  // Experts each site mixes at the end (own head included).
+  expertsPerSite: name === 'dflmoe' ? a!.peers.reduce((s, p) => s + Object.keys(p.gateWeights ?? {}).length, 0) / peers : undefined,
+  rounds: a!.rounds.length,
+}]));
+console.log(JSON.stringify({ peers, rounds, maxExperts, peakRssMiB: process.resourceUsage().maxRSS / 1024, ...out }));
