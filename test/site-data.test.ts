@@ -154,5 +154,7 @@ describe('site data', () => {
     await assert.rejects(readInputs(noAge, agreed, input, { labels: 'optional' }), /lacks column "age" of the schema/);
     const badLabel = writeText(join(dir, 'bad-label.csv'), 'ward,smoker,age,bmi,sex,diagnosis\nA,never,50,25,F,benign\nA,never,50,25,F,cyst\n');
     await assert.rejects(readInputs(badLabel, agreed, input, { labels: 'required' }), /line 3: label "cyst" in column "diagnosis" is not one of the classes benign, malignant/);
+    await assert.rejects(readInputs(dir, agreed, input, { labels: 'optional' }), /is a folder, but this site was trained on a table: give a CSV file/);
+    await assert.rejects(readInputs(fresh, agreed, { kind: 'images' }, { labels: 'optional' }), /this site was not trained on images/);
   });
 });

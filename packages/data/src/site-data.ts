@@ -17,7 +17,7 @@
  * {@link readInputs} encodes new rows (a CSV file or an image folder) for a
  * trained site the same way.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseCsv } from 'csv-parse/sync';
 import { loadDataset, subsample } from './datasets.js';
@@ -342,6 +342,9 @@ export async function readInputs(path: string, agreed: AgreedSchema, input: Inpu
       throw new DataError(`${root}: evaluation needs labelled images, one sub-folder per class (${schema.classNames.join(', ')})`);
     }
     return { features, numSamples: items.length, sampleShape: schema.shape, ids, ...(labels ? { labels } : {}) };
+  }
+  if (existsSync(path) && statSync(path).isDirectory()) {
+    throw new DataError(`${resolve(path)} is a folder, but this site was trained on a table: give a CSV file with the columns it trained on`);
   }
   let tableSchema: TableSchema;
   if (input.kind === 'table') {
