@@ -8,9 +8,12 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer, connect, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULT_SIMULATION, MemoryHub, type SimulationConfig } from '@dflmoe/core';
+import { DEFAULT_SIMULATION, MemoryHub, silentLogger, type SimulationConfig } from '@dflmoe/core';
 import { emulateLinks, runConsortium, writeConsortium } from '@dflmoe/cli';
-import { AdaptiveDeadline, LinkEmulator, parsePeerConfig, type PeerRunResult } from '@dflmoe/p2p';
+import {
+  AdaptiveDeadline, HeadResponse, LinkEmulator, Libp2pHeadExchange, PartialHeads, RESUME_CHUNK, chunkFrames, createSiteNode, frameGuard, generateIdentity, parsePeerConfig, servePlan,
+  type PeerRunResult,
+} from '@dflmoe/p2p';
 
 describe('weak links: the emulated link', function () {
   this.timeout(60000);
@@ -71,6 +74,88 @@ describe('weak links: the emulated link', function () {
     const secs = (performance.now() - t1) / 1000;
     assert.equal(Number(got), bytes.length);
     assert.ok(secs >= 1.4 && secs < 10, `1.5 MB in ${secs.toFixed(2)} s`);
+  });
+});
+
+describe('weak links: resumable head transfers', function () {
+  this.timeout(120000);
+
+  it('a 12 MiB head whose connection is reset mid-transfer goes on from the bytes that arrived, not from zero', async () => {
+    const [a, b] = await Promise.all([generateIdentity(), generateIdentity()]);
+    const allow = [a.peerId, b.peerId];
+    const na = await createSiteNode({ privateKey: a.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow });
+    await na.start();
+    const port = Number(na.getMultiaddrs()[0].toString().split('/')[4]);
+    // 4 MB/s: the head takes about 3 s; the first connection is reset 1-2 s after it opens.
+    const link = new LinkEmulator({ host: '127.0.0.1', port }, { bytesPerSecond: 4e6, rttMs: 20, resetProbability: 0, forceResets: 1, forceResetAfterMs: [1000, 2000] });
+    const proxy = await link.start();
+    const nb = await createSiteNode({ privateKey: b.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow });
+    const ea = new Libp2pHeadExchange(na, { members: [{ peerId: a.peerId, addrs: [] }, { peerId: b.peerId, addrs: [] }], maxHeadBytes: 32 << 20, logger: silentLogger, heartbeatMs: 500 });
+    const eb = new Libp2pHeadExchange(nb, {
+      members: [{ peerId: a.peerId, addrs: [`/ip4/127.0.0.1/tcp/${proxy}`] }, { peerId: b.peerId, addrs: [] }], maxHeadBytes: 32 << 20, logger: silentLogger, heartbeatMs: 500,
+    });
+    try {
+      for (const e of [ea, eb]) await e.register();
+      await nb.start();
+      const head = new Uint8Array(12 << 20);
+      let x = 7;
+      for (let i = 0; i < head.length; i++) head[i] = (x = (x * 1103515245 + 12345) >>> 0) >>> 24;
+      await ea.publish(head, 1);
+      ea.start();
+      eb.start();
+      assert.equal(await eb.waitForHeads(1, 60000), 1, 'the head arrived');
+      const [m] = eb.drain();
+      assert.ok(Buffer.from(m.payload).equals(Buffer.from(head)), 'bit-identical');
+      assert.equal(link.stats.resets, 1, 'the connection was reset once');
+      assert.equal(eb.partials.resumes, 1, 'the second transfer resumed');
+      assert.ok(eb.partials.resumedBytes >= RESUME_CHUNK, `resumed after ${eb.partials.resumedBytes} bytes`);
+      // What crossed the link: about one head (plus framing and the other protocols), not a head and a half.
+      assert.ok(link.stats.bytes < head.length + eb.partials.resumedBytes / 2 + (1 << 20), `${link.stats.bytes} bytes through the link for a ${head.length}-byte head`);
+      assert.equal((eb.dropped['transfer-failed'] ?? 0) >= 1, true);
+    } finally {
+      await ea.close();
+      await eb.close();
+      await nb.stop();
+      await na.stop();
+      await link.close();
+    }
+  });
+
+  it('resume requests and responses are checked: an offset not asked for, extra bytes, a changed head, oversized frames', () => {
+    const p = new PartialHeads(1 << 20);
+    const digest = new Uint8Array(32).fill(1);
+    const res = (o: Partial<HeadResponse>): HeadResponse => ({ available: true, version: 3n, size: 600_000n, digest, chunkSize: RESUME_CHUNK, offset: 0n, ...o });
+    assert.deepEqual(p.request('x'), { chunkSize: RESUME_CHUNK });
+    // A resumed response we did not ask for.
+    assert.equal((p.assemble('x', res({ offset: 1000n }), []) as { reason: string }).reason, 'bad-response');
+    // Two full chunks arrive, then the connection drops: kept.
+    const bytes = new Uint8Array(600_000).map((_, i) => i & 255);
+    const frames = chunkFrames(bytes, 0, RESUME_CHUNK);
+    assert.deepEqual(p.assemble('x', res({}), frames.slice(0, 2)), { incomplete: 2 * RESUME_CHUNK });
+    const q = p.request('x', digest);
+    assert.equal(q.offset, BigInt(2 * RESUME_CHUNK));
+    // The server's head changed meanwhile: it sends from zero, and servePlan says so.
+    assert.deepEqual(servePlan(q, { digest: new Uint8Array(32).fill(2), bytes }), { chunkSize: RESUME_CHUNK, offset: 0 });
+    assert.deepEqual(servePlan(q, { digest, bytes }), { chunkSize: RESUME_CHUNK, offset: 2 * RESUME_CHUNK });
+    assert.deepEqual(servePlan({}, { digest, bytes }), { chunkSize: 0, offset: 0 }, 'a requester that did not ask gets one frame');
+    // More than the header promised.
+    assert.equal((p.assemble('x', res({ offset: BigInt(2 * RESUME_CHUNK) }), [frames[2], new Uint8Array(10)]) as { reason: string }).reason, 'bad-response');
+    // A new announcement with another digest forgets the prefix.
+    p.assemble('y', res({}), frames.slice(0, 1));
+    assert.deepEqual(p.request('y', new Uint8Array(32).fill(9)), { chunkSize: RESUME_CHUNK });
+    // The rest completes the head.
+    p.assemble('z', res({}), frames.slice(0, 1));
+    const done = p.assemble('z', res({ offset: BigInt(RESUME_CHUNK) }), frames.slice(1)) as { bytes: Uint8Array };
+    assert.ok(Buffer.from(done.bytes).equals(Buffer.from(bytes)));
+    assert.equal(p.resumes, 1);
+    // The frame guard stops a reader at frames beyond the header.
+    const g = frameGuard(1 << 20);
+    g(HeadResponse.encode(res({ size: 20n })), 0);
+    g(new Uint8Array(20), 1);
+    assert.throws(() => g(new Uint8Array(1), 2), /exceed/);
+    const g2 = frameGuard(1 << 20);
+    g2(HeadResponse.encode(res({ size: 10n ** 12n })), 0);
+    assert.throws(() => g2(new Uint8Array(1), 1), /larger than asked/);
   });
 });
 

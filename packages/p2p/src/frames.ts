@@ -8,8 +8,14 @@ import { messageStreamToDuplex } from '@libp2p/utils';
 import * as lp from 'it-length-prefixed';
 import { pipe } from 'it-pipe';
 
-/** Read up to `n` length-prefixed frames from a stream (each at most `maxLen` bytes). */
-export async function readFrames(stream: Stream, n: number, maxLen: number, signal: AbortSignal): Promise<Uint8Array[]> {
+/**
+ * Read up to `n` length-prefixed frames from a stream (each at most `maxLen`
+ * bytes). Frames are collected into `out` as they arrive, so that a caller
+ * keeps what came before a failure; `onFrame` may throw to stop reading.
+ */
+export async function readFrames(
+  stream: Stream, n: number, maxLen: number, signal: AbortSignal, out: Uint8Array[] = [], onFrame?: (f: Uint8Array, i: number) => void,
+): Promise<Uint8Array[]> {
   const duplex = messageStreamToDuplex(stream);
   const onAbort = () => stream.abort(new Error('transfer timed out'));
   signal.addEventListener('abort', onAbort, { once: true });
@@ -18,10 +24,10 @@ export async function readFrames(stream: Stream, n: number, maxLen: number, sign
       duplex.source,
       (src) => lp.decode(src, { maxDataLength: maxLen }),
       async (src) => {
-        const out: Uint8Array[] = [];
         for await (const f of src) {
+          onFrame?.(f.subarray(), out.length);
           out.push(f.subarray());
-          if (out.length === n) break;
+          if (out.length >= n) break;
         }
         return out;
       },

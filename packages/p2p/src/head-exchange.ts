@@ -28,6 +28,7 @@ import { HeadInbox, type ExchangeStats, type HeadExchange, type HeadMessage, typ
 import { Announce, HeadRequest, HeadResponse } from './proto/messages.js';
 import { dialMembers, type SiteNode } from './node.js';
 import { StrikeBook } from './strikes.js';
+import { PartialHeads, RESUME_CHUNK, chunkFrames, frameGuard, servePlan } from './resume.js';
 
 export const HEAD_PROTOCOL = '/dflmoe/head/1.0.0';
 export const ANNOUNCE_TOPIC = '/dflmoe/announce/1';
@@ -120,6 +121,8 @@ export class Libp2pHeadExchange implements HeadExchange {
   private s: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0 };
   /** Seconds spent moving head bytes (both directions), for network-vs-training figures. */
   transferSeconds = 0;
+  /** Transfers broken off mid-head resume from the bytes that arrived (see resume.ts). */
+  readonly partials: PartialHeads;
   /** Digests of the last few versions delivered per peer, and the deliveries since `takeReceived` (audit trail). */
   private digests = new Map<string, { version: number; digest: string }[]>();
   private recent: { peer: string; version: number; digest: string }[] = [];
@@ -132,6 +135,7 @@ export class Libp2pHeadExchange implements HeadExchange {
     this.protocol = o.protocol ?? HEAD_PROTOCOL;
     this.topic = o.topic ?? ANNOUNCE_TOPIC;
     this.memberIds = new Set(o.members.map((m) => m.peerId).filter((id) => id !== this.selfId));
+    this.partials = new PartialHeads(o.maxHeadBytes);
     this.strikes = new StrikeBook({ maxStrikes: o.maxStrikes, blockMs: o.blockMs, decayMs: o.strikeDecayMs });
   }
 
@@ -262,11 +266,18 @@ export class Libp2pHeadExchange implements HeadExchange {
     const t0 = performance.now();
     const stream = await this.node.dialProtocol(peerIdFromString(peer), this.protocol, { signal });
     stream.maxReadBufferLength = this.o.maxHeadBytes + MAX_CONTROL;
-    const [, frames] = await Promise.all([
-      writeFrames(stream, [HeadRequest.encode({ format: WIRE_FORMAT, minVersion })]),
-      readFrames(stream, 2, this.o.maxHeadBytes, signal),
-    ]);
-    if (frames.length === 0) throw new Error('no response');
+    // Ask for the head in frames (resumable), from where a broken-off transfer of the same head stopped.
+    const frames: Uint8Array[] = [];
+    let failure: Error | undefined;
+    try {
+      await Promise.all([
+        writeFrames(stream, [HeadRequest.encode({ format: WIRE_FORMAT, minVersion, ...this.partials.request(peer, digest) })]),
+        readFrames(stream, 2 + Math.ceil(this.o.maxHeadBytes / RESUME_CHUNK), this.o.maxHeadBytes, signal, frames, frameGuard(this.o.maxHeadBytes)),
+      ]);
+    } catch (e) {
+      failure = e as Error;
+    }
+    if (frames.length === 0) throw failure ?? new Error('no response');
     let res: HeadResponse;
     try {
       res = HeadResponse.decode(frames[0]);
@@ -274,7 +285,19 @@ export class Libp2pHeadExchange implements HeadExchange {
       return this.drop(peer, 'bad-response', (e as Error).message);
     }
     if (!res.available) return; // nothing yet
-    const body = frames[1];
+    let body: Uint8Array | undefined;
+    if (res.chunkSize) {
+      const a = this.partials.assemble(peer, res, frames.slice(1));
+      if ('reason' in a) {
+        this.partials.forget(peer);
+        return this.drop(peer, a.reason, a.detail);
+      }
+      if ('incomplete' in a) throw failure ?? new Error(`head cut short at ${a.incomplete} of ${res.size} bytes`);
+      body = a.bytes;
+    } else {
+      if (failure) throw failure;
+      body = frames[1];
+    }
     if (!body || BigInt(body.length) !== res.size) return this.drop(peer, 'bad-response', 'size differs from header');
     const d = sha256(body);
     if (!equal(d, res.digest) || (digest && res.version === minVersion && !equal(d, digest))) {
@@ -328,8 +351,9 @@ export class Libp2pHeadExchange implements HeadExchange {
       const t0 = performance.now();
       const [req] = await readFrames(stream, 1, MAX_CONTROL, AbortSignal.timeout(10000));
       let minVersion = 0n;
+      let r: HeadRequest;
       try {
-        const r = HeadRequest.decode(req ?? new Uint8Array());
+        r = HeadRequest.decode(req ?? new Uint8Array());
         if (r.format !== WIRE_FORMAT) throw new Error(`format ${r.format}`);
         minVersion = r.minVersion;
       } catch (e) {
@@ -342,8 +366,11 @@ export class Libp2pHeadExchange implements HeadExchange {
         await writeFrames(stream, [HeadResponse.encode({ available: false, version: 0n, size: 0n, digest: new Uint8Array() })]);
         return;
       }
-      await writeFrames(stream, [HeadResponse.encode({ available: true, version: h.version, size: BigInt(h.bytes.length), digest: h.digest }), h.bytes]);
-      this.s.bytesSent += h.bytes.length;
+      // Resumable: in frames, from where the requester's broken-off transfer of this same head stopped.
+      const plan = servePlan(r, h);
+      const head = HeadResponse.encode({ available: true, version: h.version, size: BigInt(h.bytes.length), digest: h.digest, ...(plan.chunkSize ? { chunkSize: plan.chunkSize, offset: BigInt(plan.offset) } : {}) });
+      await writeFrames(stream, [head, ...(plan.chunkSize ? chunkFrames(h.bytes, plan.offset, plan.chunkSize) : [h.bytes])]);
+      this.s.bytesSent += h.bytes.length - plan.offset;
       this.s.messagesSent++;
       this.transferSeconds += (performance.now() - t0) / 1000;
     } catch (e) {

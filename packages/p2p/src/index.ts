@@ -16,3 +16,4 @@ export * from './reach.js';
 export * from './discovery.js';
 export * from './link-emulator.js';
 export * from './deadline.js';
+export * from './resume.js';

@@ -187,6 +187,9 @@ export namespace Announce {
 export interface HeadRequest {
   format: number
   minVersion: bigint
+  chunkSize?: number
+  offset?: bigint
+  resumeDigest?: Uint8Array<ArrayBuffer>
 }
 
 export namespace HeadRequest {
@@ -207,6 +210,21 @@ export namespace HeadRequest {
         if ((obj.minVersion != null && obj.minVersion !== 0n)) {
           w.uint32(16)
           w.uint64(obj.minVersion)
+        }
+
+        if (obj.chunkSize != null) {
+          w.uint32(24)
+          w.uint32(obj.chunkSize)
+        }
+
+        if (obj.offset != null) {
+          w.uint32(32)
+          w.uint64(obj.offset)
+        }
+
+        if (obj.resumeDigest != null) {
+          w.uint32(42)
+          w.bytes(obj.resumeDigest)
         }
 
         if (opts.lengthDelimited !== false) {
@@ -230,6 +248,18 @@ export namespace HeadRequest {
             }
             case 2: {
               obj.minVersion = reader.uint64()
+              break
+            }
+            case 3: {
+              obj.chunkSize = reader.uint32()
+              break
+            }
+            case 4: {
+              obj.offset = reader.uint64()
+              break
+            }
+            case 5: {
+              obj.resumeDigest = reader.bytes()
               break
             }
             default: {
@@ -261,6 +291,27 @@ export namespace HeadRequest {
               }
               break
             }
+            case 3: {
+              yield {
+                field: `${prefix}.chunkSize`,
+                value: reader.uint32()
+              }
+              break
+            }
+            case 4: {
+              yield {
+                field: `${prefix}.offset`,
+                value: reader.uint64()
+              }
+              break
+            }
+            case 5: {
+              yield {
+                field: `${prefix}.resumeDigest`,
+                value: reader.bytes()
+              }
+              break
+            }
             default: {
               reader.skipType(tag & 7)
               break
@@ -283,6 +334,21 @@ export namespace HeadRequest {
     value: bigint
   }
 
+  export interface HeadRequestChunkSizeFieldEvent {
+    field: '$.chunkSize'
+    value: number
+  }
+
+  export interface HeadRequestOffsetFieldEvent {
+    field: '$.offset'
+    value: bigint
+  }
+
+  export interface HeadRequestResumeDigestFieldEvent {
+    field: '$.resumeDigest'
+    value: Uint8Array<ArrayBuffer>
+  }
+
   export function encode (obj: Partial<HeadRequest>): Uint8Array<ArrayBuffer> {
     return encodeMessage(obj, HeadRequest.codec())
   }
@@ -291,7 +357,7 @@ export namespace HeadRequest {
     return decodeMessage(buf, HeadRequest.codec(), opts)
   }
 
-  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<HeadRequest>): Generator<HeadRequestFormatFieldEvent | HeadRequestMinVersionFieldEvent> {
+  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<HeadRequest>): Generator<HeadRequestFormatFieldEvent | HeadRequestMinVersionFieldEvent | HeadRequestChunkSizeFieldEvent | HeadRequestOffsetFieldEvent | HeadRequestResumeDigestFieldEvent> {
     return streamMessage(buf, HeadRequest.codec(), opts)
   }
 }
@@ -301,6 +367,8 @@ export interface HeadResponse {
   version: bigint
   size: bigint
   digest: Uint8Array<ArrayBuffer>
+  chunkSize?: number
+  offset?: bigint
 }
 
 export namespace HeadResponse {
@@ -331,6 +399,16 @@ export namespace HeadResponse {
         if ((obj.digest != null && obj.digest.byteLength > 0)) {
           w.uint32(34)
           w.bytes(obj.digest)
+        }
+
+        if (obj.chunkSize != null) {
+          w.uint32(40)
+          w.uint32(obj.chunkSize)
+        }
+
+        if (obj.offset != null) {
+          w.uint32(48)
+          w.uint64(obj.offset)
         }
 
         if (opts.lengthDelimited !== false) {
@@ -364,6 +442,14 @@ export namespace HeadResponse {
             }
             case 4: {
               obj.digest = reader.bytes()
+              break
+            }
+            case 5: {
+              obj.chunkSize = reader.uint32()
+              break
+            }
+            case 6: {
+              obj.offset = reader.uint64()
               break
             }
             default: {
@@ -409,6 +495,20 @@ export namespace HeadResponse {
               }
               break
             }
+            case 5: {
+              yield {
+                field: `${prefix}.chunkSize`,
+                value: reader.uint32()
+              }
+              break
+            }
+            case 6: {
+              yield {
+                field: `${prefix}.offset`,
+                value: reader.uint64()
+              }
+              break
+            }
             default: {
               reader.skipType(tag & 7)
               break
@@ -441,6 +541,16 @@ export namespace HeadResponse {
     value: Uint8Array<ArrayBuffer>
   }
 
+  export interface HeadResponseChunkSizeFieldEvent {
+    field: '$.chunkSize'
+    value: number
+  }
+
+  export interface HeadResponseOffsetFieldEvent {
+    field: '$.offset'
+    value: bigint
+  }
+
   export function encode (obj: Partial<HeadResponse>): Uint8Array<ArrayBuffer> {
     return encodeMessage(obj, HeadResponse.codec())
   }
@@ -449,7 +559,7 @@ export namespace HeadResponse {
     return decodeMessage(buf, HeadResponse.codec(), opts)
   }
 
-  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<HeadResponse>): Generator<HeadResponseAvailableFieldEvent | HeadResponseVersionFieldEvent | HeadResponseSizeFieldEvent | HeadResponseDigestFieldEvent> {
+  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<HeadResponse>): Generator<HeadResponseAvailableFieldEvent | HeadResponseVersionFieldEvent | HeadResponseSizeFieldEvent | HeadResponseDigestFieldEvent | HeadResponseChunkSizeFieldEvent | HeadResponseOffsetFieldEvent> {
     return streamMessage(buf, HeadResponse.codec(), opts)
   }
 }
