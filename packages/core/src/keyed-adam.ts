@@ -3,22 +3,20 @@
  * go: dFLMoE keys the gate slot and feature-space transform of each received
  * expert by the expert's peer. Every key's variables get exactly
  * `tf.train.adam`'s update, with that key's own moments and step count (a
- * new expert starts from zero moments while the others keep theirs), but
- * the keys updated in one step are updated together: their variables,
- * gradients and moments are flattened and concatenated, and the update runs
- * as one chain of a dozen kernels instead of a dozen kernels per variable.
+ * new expert starts from zero moments while the others keep theirs). The
+ * keys updated in one step are updated together: their variables, gradients
+ * and moments are flattened and concatenated, and the update runs as one
+ * chain of a dozen kernels instead of a dozen kernels per variable. A
+ * dFLMoE peer trains on packed copies instead (`RowAdam`) and keeps the
+ * state here between rounds (`takeState`, `putState`).
  */
 import * as tf from '@tensorflow/tfjs-core';
 
-interface KeyState {
+/** One key's state: moments per variable (its shape), and the step bookkeeping. */
+export interface KeyState extends RowState {
   vars: tf.Variable[];
-  /** First and second moments of all of the key's variables, flattened in `vars` order. */
-  m: tf.Tensor1D;
-  v: tf.Tensor1D;
-  steps: number;
-  /** beta^(steps + 1) in float32, as tfjs's Adam keeps it. */
-  acc1: number;
-  acc2: number;
+  m: tf.Tensor[];
+  v: tf.Tensor[];
 }
 
 const size = (v: tf.Tensor) => v.size;
@@ -52,12 +50,14 @@ export class KeyedAdam extends tf.Optimizer {
     const old = this.states.get(key);
     if (old && old.vars.length === vars.length && old.vars.every((v, i) => v === vars[i])) return;
     this.remove(key);
-    const n = vars.reduce((a, v) => a + size(v), 0);
     // Kept: a key may be registered inside the caller's tidy.
-    this.states.set(key, {
-      vars, m: tf.keep(tf.zeros([n])), v: tf.keep(tf.zeros([n])), steps: 0, acc1: Math.fround(this.beta1), acc2: Math.fround(this.beta2),
-    });
-    for (const v of vars) this.owners.set(v.name, key);
+    const zeros = () => vars.map((v) => tf.keep(tf.zeros(v.shape)));
+    this.put(key, { vars, m: zeros(), v: zeros(), steps: 0, acc1: Math.fround(this.beta1), acc2: Math.fround(this.beta2) });
+  }
+
+  private put(key: string, st: KeyState): void {
+    this.states.set(key, st);
+    for (const v of st.vars) this.owners.set(v.name, key);
   }
 
   has(key: string): boolean {
@@ -77,7 +77,7 @@ export class KeyedAdam extends tf.Optimizer {
   remove(key: string): void {
     const s = this.states.get(key);
     if (!s) return;
-    tf.dispose([s.m, s.v]);
+    tf.dispose([...s.m, ...s.v]);
     for (const v of s.vars) this.owners.delete(v.name);
     this.states.delete(key);
   }
@@ -99,37 +99,38 @@ export class KeyedAdam extends tf.Optimizer {
     }
     if (keys.length === 0) return;
     const states = keys.map((k) => this.states.get(k)!);
-    const total = states.reduce((a, s) => a + s.m.size, 0);
+    const vars = states.flatMap((s) => s.vars);
     // Bias corrections per element: 1 - beta^t of the element's key.
-    const c1 = new Float32Array(total);
-    const c2 = new Float32Array(total);
+    const c1 = new Float32Array(vars.reduce((a, v) => a + v.size, 0));
+    const c2 = new Float32Array(c1.length);
     let off = 0;
     for (const s of states) {
-      c1.fill(Math.fround(1 - s.acc1), off, off + s.m.size);
-      c2.fill(Math.fround(1 - s.acc2), off, off + s.m.size);
-      off += s.m.size;
+      const n = s.vars.reduce((a, v) => a + v.size, 0);
+      c1.fill(Math.fround(1 - s.acc1), off, off + n);
+      c2.fill(Math.fround(1 - s.acc2), off, off + n);
+      off += n;
     }
-    const vars = states.flatMap((s) => s.vars);
     const flat = (ts: tf.Tensor[]) => (ts.length === 1 ? tf.reshape(ts[0], [-1]) : tf.concat(ts.map((t) => tf.reshape(t, [-1]))));
+    const unflat = (t: tf.Tensor) => (vars.length === 1 ? [t] : tf.split(t, vars.map(size))).map((p, i) => tf.reshape(p, vars[i].shape));
     tf.tidy(() => {
       const g = flat(vars.map((v) => grads[v.name] ?? tf.zerosLike(v)));
-      const m = states.length === 1 ? states[0].m : tf.concat(states.map((s) => s.m));
-      const v = states.length === 1 ? states[0].v : tf.concat(states.map((s) => s.v));
+      const m = flat(states.flatMap((s) => s.m));
+      const v = flat(states.flatMap((s) => s.v));
       const newM = tf.add(tf.mul(m, this.beta1), tf.mul(g, 1 - this.beta1));
       const newV = tf.add(tf.mul(v, this.beta2), tf.mul(tf.square(g), 1 - this.beta2));
       const bcM = tf.div(newM, tf.tensor1d(c1));
       const bcV = tf.div(newV, tf.tensor1d(c2));
-      const value = flat(vars);
-      const newValue = tf.add(tf.mul(tf.div(bcM, tf.add(tf.sqrt(bcV), this.epsilon)), -this.learningRate), value);
-      const ms = states.length === 1 ? [newM] : tf.split(newM, states.map((s) => s.m.size));
-      const vs = states.length === 1 ? [newV] : tf.split(newV, states.map((s) => s.v.size));
-      states.forEach((s, i) => {
-        tf.dispose([s.m, s.v]);
-        s.m = tf.keep(ms[i]) as tf.Tensor1D;
-        s.v = tf.keep(vs[i]) as tf.Tensor1D;
-      });
-      const values = vars.length === 1 ? [newValue] : tf.split(newValue, vars.map(size));
-      vars.forEach((x, i) => x.assign(tf.reshape(values[i], x.shape)));
+      const newValue = tf.add(tf.mul(tf.div(bcM, tf.add(tf.sqrt(bcV), this.epsilon)), -this.learningRate), flat(vars));
+      const ms = unflat(newM);
+      const vs = unflat(newV);
+      let k = 0;
+      for (const s of states) {
+        tf.dispose([...s.m, ...s.v]);
+        s.m = s.vars.map((_, i) => tf.keep(ms[k + i]));
+        s.v = s.vars.map((_, i) => tf.keep(vs[k + i]));
+        k += s.vars.length;
+      }
+      unflat(newValue).forEach((x, i) => vars[i].assign(x));
     });
     for (const s of states) {
       s.steps++;
@@ -147,16 +148,11 @@ export class KeyedAdam extends tf.Optimizer {
   keyWeights(key: string): NamedTensor[] {
     const s = this.states.get(key);
     if (!s) throw new Error(`KeyedAdam: no state for ${key}`);
-    return tf.tidy(() => {
-      const parts = (t: tf.Tensor1D) => (s.vars.length === 1 ? [t] : tf.split(t, s.vars.map(size))).map((p, i) => tf.reshape(p, s.vars[i].shape));
-      const m = parts(s.m);
-      const v = parts(s.v);
-      return [
-        { name: 'iter', tensor: tf.scalar(s.steps, 'int32') },
-        ...m.map((t, i) => ({ name: `${s.vars[i].name}/m`, tensor: t })),
-        ...v.map((t, i) => ({ name: `${s.vars[i].name}/v`, tensor: t })),
-      ];
-    });
+    return [
+      { name: 'iter', tensor: tf.scalar(s.steps, 'int32') },
+      ...s.m.map((t, i) => ({ name: `${s.vars[i].name}/m`, tensor: tf.clone(t) })),
+      ...s.v.map((t, i) => ({ name: `${s.vars[i].name}/v`, tensor: tf.clone(t) })),
+    ];
   }
 
   /** Put back what `keyWeights` gave (or what `tf.train.adam` saved for these variables). */
@@ -168,35 +164,32 @@ export class KeyedAdam extends tf.Optimizer {
     });
     const steps = ws[0].tensor.dataSync()[0];
     if (!Number.isInteger(steps) || steps < 0) throw new Error(`KeyedAdam: bad step count ${steps} for ${key}`);
-    this.register(key, vars);
-    const s = this.states.get(key)!;
-    tf.dispose([s.m, s.v]);
+    this.remove(key);
     const n = vars.length;
-    s.m = tf.tidy(() => tf.concat(ws.slice(1, 1 + n).map((w) => tf.reshape(w.tensor, [-1])))) as tf.Tensor1D;
-    s.v = tf.tidy(() => tf.concat(ws.slice(1 + n).map((w) => tf.reshape(w.tensor, [-1])))) as tf.Tensor1D;
-    s.steps = steps;
-    s.acc1 = Math.fround(Math.pow(this.beta1, steps + 1));
-    s.acc2 = Math.fround(Math.pow(this.beta2, steps + 1));
+    const copy = (w: NamedTensor, i: number) => tf.keep(tf.reshape(tf.clone(w.tensor), vars[i].shape));
+    this.put(key, {
+      vars, m: tf.tidy(() => ws.slice(1, 1 + n).map(copy)), v: tf.tidy(() => ws.slice(1 + n).map(copy)),
+      steps, acc1: Math.fround(Math.pow(this.beta1, steps + 1)), acc2: Math.fround(Math.pow(this.beta2, steps + 1)),
+    });
   }
 
   /**
-   * @internal Hand out `key`'s state (its moments flattened in variable
-   * order, step count and bias-correction accumulators) and forget it; a new
-   * key gets zero state. For training on packed copies (see `RowAdam`).
+   * @internal Hand out `key`'s state (moments per variable, step count and
+   * bias-correction accumulators) and forget it; a key not seen yet gets
+   * zero state. For training on packed copies (see `RowAdam`).
    */
-  takeState(key: string, vars: tf.Variable[]): RowState & { m: tf.Tensor1D; v: tf.Tensor1D } {
+  takeState(key: string, vars: tf.Variable[]): KeyState {
     this.register(key, vars);
     const s = this.states.get(key)!;
     this.states.delete(key);
     for (const v of s.vars) this.owners.delete(v.name);
-    return { m: s.m, v: s.v, steps: s.steps, acc1: s.acc1, acc2: s.acc2 };
+    return s;
   }
 
-  /** @internal Put back what `takeState` handed out (takes ownership of `m` and `v`). */
-  putState(key: string, vars: tf.Variable[], st: RowState & { m: tf.Tensor1D; v: tf.Tensor1D }): void {
+  /** @internal Put back state that `takeState` handed out (takes ownership of its moments). */
+  putState(key: string, st: KeyState): void {
     this.remove(key);
-    this.states.set(key, { vars, m: st.m, v: st.v, steps: st.steps, acc1: st.acc1, acc2: st.acc2 });
-    for (const v of vars) this.owners.set(v.name, key);
+    this.put(key, st);
   }
 
   override dispose(): void {

@@ -339,40 +339,26 @@ export class DflmoePeer extends SupervisedModel {
 
   /** Stack the experts' heads, transforms, gate slots and Adam state for a round of training. */
   private pack(ids: string[]): Packed {
-    const h = this.gate.hiddenDim;
-    const d = this.headSpec.inputDim;
     const states = ids.map((id) => this.expertAdam.takeState(id, this.expertVariables(id)));
     let packed: Packed | undefined;
     // Variables are not disposed by tidy; everything else that outlives it is kept explicitly.
     tf.tidy(() => {
-      const slots = ids.map((id) => this.gate.slotVariables(id));
-      const fsts = this.fstKind === 'none' ? [] : ids.map((id) => this.fsts.get(id)!);
-      const vars = [
-        tf.variable(tf.concat(slots.map((s) => s[0]), 1)),
-        tf.variable(tf.concat(slots.map((s) => s[1]), 0)),
-        ...(fsts.length ? [tf.variable(tf.stack(fsts.map((f) => f.kernel))), tf.variable(tf.stack(fsts.map((f) => f.bias)))] : []),
-      ];
-      const axes = [1, 0, 0, 0].slice(0, vars.length);
-      // Each expert's flat moments, in its variable order (slot kernel, slot bias, FST kernel, FST bias), split and stacked like the variables.
-      const sizes = [h, 1, ...(fsts.length ? [this.fstKind === 'full' ? d * d : d, d] : [])];
-      const moments = (pick: (s: (typeof states)[number]) => tf.Tensor1D) => {
-        const parts = states.map((s) => tf.split(pick(s), sizes));
-        return vars.map((v, i) => {
-          const rows = parts.map((p) => tf.reshape(p[i], [...v.shape.slice(0, axes[i]), ...v.shape.slice(axes[i] + 1)]));
-          return i === 0 ? tf.concat(rows.map((r) => tf.reshape(r, [h, 1])), 1) : tf.stack(rows);
-        });
-      };
-      const m = moments((s) => s.m);
-      const v = moments((s) => s.v);
-      tf.dispose(states.flatMap((s) => [s.m, s.v]));
-      const adam = new RowAdam(this.expertAdam.learningRate, vars, axes, states.map(({ steps, acc1, acc2 }) => ({ steps, acc1, acc2 })), m.map((t) => tf.keep(t)), v.map((t) => tf.keep(t)));
+      // Per expert: slot kernel [h, 1], slot bias [1], FST kernel, FST bias. Slots join along their last axis, FSTs stack on a new first one.
+      const join = (ts: tf.Tensor[], i: number) => (i < 2 ? tf.concat(ts, i === 0 ? 1 : 0) : tf.stack(ts));
+      const n = states[0].vars.length;
+      const vars = Array.from({ length: n }, (_, i) => tf.variable(join(states.map((s) => s.vars[i]), i)));
+      const adam = new RowAdam(
+        this.expertAdam.learningRate, vars, [1, 0, 0, 0].slice(0, n), states.map(({ steps, acc1, acc2 }) => ({ steps, acc1, acc2 })),
+        vars.map((_, i) => tf.keep(join(states.map((s) => s.m[i]), i))), vars.map((_, i) => tf.keep(join(states.map((s) => s.v[i]), i))),
+      );
+      tf.dispose(states.flatMap((s) => [...s.m, ...s.v]));
       const pool = ids.map((id) => this.pool.get(id)!.head);
       const experts: StackedExperts = {
         layers: pool[0].map((_, i) => ({
           kernel: tf.keep(tf.stack(pool.map((l) => l[i].kernel))) as tf.Tensor3D,
           bias: tf.keep(tf.stack(pool.map((l) => l[i].bias))) as tf.Tensor2D,
         })),
-        ...(fsts.length ? { fst: { kernel: vars[2], bias: vars[3] as tf.Variable as unknown as tf.Tensor2D } } : {}),
+        ...(n > 2 ? { fst: { kernel: vars[2], bias: vars[3] as unknown as tf.Tensor2D } } : {}),
       };
       packed = { ids, adam, experts, slots: { kernel: vars[0] as unknown as tf.Tensor2D, bias: vars[1] as unknown as tf.Tensor1D } };
     });
@@ -384,16 +370,15 @@ export class DflmoePeer extends SupervisedModel {
     const { ids, adam } = p;
     tf.tidy(() => {
       const K = ids.length;
-      const cols = (t: tf.Tensor, axis: number) => (K === 1 ? [t] : tf.split(t, K, axis)).map((r) => (axis === 0 ? tf.squeeze(r, [0]) : r));
-      const rowsOf = (ts: tf.Tensor[]) => ts.map((t, i) => (i === 0 ? cols(t, 1) : i === 1 ? cols(t, 0).map((r) => tf.reshape(r, [1])) : cols(t, 0)));
-      const values = rowsOf(adam.vars);
-      const ms = rowsOf(adam.m);
-      const vs = rowsOf(adam.v);
+      // Undo `join`: slot kernels are columns, slot biases entries, FSTs rows.
+      const split = (t: tf.Tensor, i: number): tf.Tensor[] => (i < 2 ? (K === 1 ? [tf.clone(t)] : tf.split(t, K, 1 - i)) : tf.unstack(t));
+      const values = adam.vars.map(split);
+      const ms = adam.m.map(split);
+      const vs = adam.v.map(split);
       ids.forEach((id, k) => {
         const vars = this.expertVariables(id);
-        vars.forEach((x, i) => x.assign(tf.reshape(values[i][k], x.shape)));
-        const flat = (rows: tf.Tensor[][]) => tf.keep(tf.concat(rows.map((r) => tf.reshape(r[k], [-1])))) as tf.Tensor1D;
-        this.expertAdam.putState(id, vars, { ...adam.rows[k], m: flat(ms), v: flat(vs) });
+        vars.forEach((x, i) => x.assign(values[i][k]));
+        this.expertAdam.putState(id, { vars, ...adam.rows[k], m: ms.map((r) => tf.keep(r[k])), v: vs.map((r) => tf.keep(r[k])) });
       });
     });
     adam.dispose();
