@@ -10,7 +10,9 @@ import { join } from 'node:path';
 import { DEFAULT_SIMULATION, silentLogger, type SimulationConfig } from '@dflmoe/core';
 import { startProcess, waitExit, writeConsortium, type SiteFiles } from '@dflmoe/cli';
 import { multiaddr } from '@multiformats/multiaddr';
-import { Libp2pHeadExchange, createSiteNode, generateIdentity, isRelayed, type RoundLine, type SiteNode } from '@dflmoe/p2p';
+import {
+  ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, isRelayed, parseRelayConfig, saveIdentity, startRelay, type RoundLine, type SiteNode,
+} from '@dflmoe/p2p';
 
 function lines(file: string): RoundLine[] {
   if (!existsSync(file)) return [];
@@ -89,6 +91,45 @@ describe('reach: circuit relay for members only', function () {
     assert.ok(!s.getMultiaddrs().some((a) => a.toString().includes('/p2p-circuit')), 'the stranger holds no reservation');
     await assert.rejects(s.dial(multiaddr(`${relayAddr}/p2p-circuit/p2p/${nat.peerId}`), { signal: AbortSignal.timeout(10000) }));
     assert.ok(refusedRelay.some((x) => x === `relayed connection:${stranger.peerId}`), refusedRelay.join());
+  });
+});
+
+describe('reach: a relay the consortium runs (dflmoe relay)', function () {
+  this.timeout(60000);
+
+  it('relays between two members that cannot reach each other, refuses a stranger, and its config is checked', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-relayd-'));
+    const [relayId, a, b, stranger] = await Promise.all([generateIdentity(), generateIdentity(), generateIdentity(), generateIdentity()]);
+    saveIdentity(join(dir, 'relay.key'), relayId.privateKey, true);
+    const members = [a, b].map((i) => ({ peerId: i.peerId }));
+    assert.throws(() => parseRelayConfig({ key: 'relay.key', listen: [], members }, 'relay.json', dir), (e: Error) => e instanceof ConfigError && /listen/.test(e.message));
+    const cfg = parseRelayConfig({ name: 'relay', key: 'relay.key', listen: ['/ip4/127.0.0.1/tcp/0'], members }, 'relay.json', dir);
+    const relay = await startRelay(cfg, silentLogger);
+    const nodes: SiteNode[] = [];
+    try {
+      const via = relay.addrs[0];
+      assert.match(via, new RegExp(`/p2p/${relayId.peerId}$`));
+      // Both members are behind NAT: no listen address, reachable only through the relay.
+      const allow = [a.peerId, b.peerId];
+      for (const i of [a, b]) nodes.push(await createSiteNode({ privateKey: i.privateKey, listen: [], allow, relay: { via: [via] } }));
+      for (const n of nodes) await n.start();
+      const circuits = await until('both reservations', () => {
+        const c = nodes.map((n) => n.getMultiaddrs().find((x) => x.toString().includes('/p2p-circuit')));
+        return c.every(Boolean) && c;
+      }, 20000);
+      assert.equal(relay.reservations(), 2);
+      const conn = await nodes[0].dial(circuits[1]!);
+      assert.ok(isRelayed(conn) && conn.remotePeer.toString() === b.peerId);
+      await nodes[0].services.ping.ping(conn.remotePeer);
+      // A stranger: the relay does not even let it connect.
+      const s = await createSiteNode({ privateKey: stranger.privateKey, listen: [], allow: [...allow, relayId.peerId, stranger.peerId] });
+      nodes.push(s);
+      await s.start();
+      await assert.rejects(s.dial(multiaddr(`${via}/p2p-circuit/p2p/${b.peerId}`), { signal: AbortSignal.timeout(10000) }));
+    } finally {
+      for (const n of nodes) await Promise.resolve(n.stop()).catch(() => {});
+      await relay.stop();
+    }
   });
 });
 

@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import { simulateCommand } from './commands/simulate.js';
-import { keygenCommand, peerCommand, serverCommand } from './commands/network.js';
+import { keygenCommand, peerCommand, relayCommand, serverCommand } from './commands/network.js';
 import { auditCommand } from './commands/audit.js';
 import { evaluateCommand, predictCommand } from './commands/predict.js';
 import { formatError } from './errors.js';
@@ -16,6 +16,7 @@ export function program(): Command {
     .addCommand(simulateCommand())
     .addCommand(peerCommand())
     .addCommand(serverCommand())
+    .addCommand(relayCommand())
     .addCommand(keygenCommand())
     .addCommand(auditCommand())
     .addCommand(predictCommand())

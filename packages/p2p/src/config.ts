@@ -408,3 +408,34 @@ export function parseServerConfig(raw: unknown, file = '<inline>', base = proces
 export function loadServerConfig(file: string): ServerConfig {
   return parseServerConfig(readJson(file), file, dirname(resolve(file)));
 }
+
+/**
+ * `dflmoe relay`: a relay the consortium runs for sites behind NAT. It is no
+ * member (it sees no heads, only who connects to whom) and relays for the
+ * listed members only.
+ */
+export const relayConfigSchema = z.object({
+  name: z.string().optional(),
+  key: z.string(),
+  listen: z.array(addr).min(1),
+  /** Addresses members dial, when not the listen ones. */
+  announce: z.array(addr).default([]),
+  members: z.array(memberSchema).min(1),
+  psk: z.string().optional(),
+  maxReservations: posInt.max(1024).default(64),
+}).strict();
+
+export type RelayConfig = z.infer<typeof relayConfigSchema>;
+
+export function parseRelayConfig(raw: unknown, file = '<inline>', base = process.cwd()): RelayConfig {
+  const r = relayConfigSchema.safeParse(raw);
+  if (!r.success) throw new ConfigError(formatIssues(file, r.error));
+  const c = r.data;
+  c.key = rel(base, c.key)!;
+  c.psk = rel(base, c.psk);
+  return c;
+}
+
+export function loadRelayConfig(file: string): RelayConfig {
+  return parseRelayConfig(readJson(file), file, dirname(resolve(file)));
+}

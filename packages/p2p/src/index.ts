@@ -17,3 +17,4 @@ export * from './discovery.js';
 export * from './link-emulator.js';
 export * from './deadline.js';
 export * from './resume.js';
+export * from './relay.js';

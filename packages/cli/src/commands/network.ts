@@ -1,6 +1,6 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { PRECISIONS, createLogger, type Precision } from '@dflmoe/core';
-import { generateIdentity, loadPeerConfig, loadServerConfig, runPeer, runServer, saveIdentity, savePsk } from '@dflmoe/p2p';
+import { generateIdentity, loadPeerConfig, loadRelayConfig, loadServerConfig, runPeer, runServer, saveIdentity, savePsk, startRelay } from '@dflmoe/p2p';
 import { formatBytes, pct } from '../format.js';
 import { DATA_POLICY } from './predict.js';
 
@@ -55,6 +55,22 @@ export function peerCommand(): Command {
         ),
       });
       process.stdout.write(`final accuracy ${pct(r.accuracy)} after ${r.rounds.length} rounds; results in ${cfg.out}\n`);
+    });
+}
+
+export function relayCommand(): Command {
+  return new Command('relay')
+    .description('Run a circuit relay for the members of a consortium (sites behind NAT put its address in relay.via); it relays for members only.')
+    .requiredOption('--config <file>', 'relay config (JSON): key, listen, members, psk')
+    .action(async (o) => {
+      const cfg = loadRelayConfig(o.config);
+      const r = await startRelay(cfg, createLogger(`relay:${cfg.name ?? 'relay'}`));
+      process.stdout.write(`${r.addrs.join('\n')}\n`);
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await r.stop();
     });
 }
 
