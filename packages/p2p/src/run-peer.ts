@@ -210,6 +210,10 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     };
     // Stay a little so that slower peers can fetch our last head or model.
     if (exchange) await sleep(cfg.lingerMs, o.signal);
+    // What it served while lingering counts too (the others' last pulls of our head or model).
+    const served = exchange?.stats() ?? server?.stats();
+    result.bytesSent = served?.bytesSent ?? 0;
+    result.bytesReceived = served?.bytesReceived ?? 0;
     result.wallSeconds = (performance.now() - t0) / 1000;
     result.peakRssMiB = peakRssMiB();
     writeJsonAtomic(join(cfg.out, 'results.json'), result);
