@@ -7,8 +7,11 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { MemoryHub, createLearner, type DflmoeLearner } from '@dflmoe/core';
-import { encodeSiteData, loadSiteData, readInputs, reconcileStatements, siteStatement, type SiteDataSpec } from '@dflmoe/data';
+import { MemoryHub, createLearner, disposePeerData, preparePeerData, takePeerData, type DflmoeLearner } from '@dflmoe/core';
+import {
+  encodeSiteData, fitStandardizer, loadDataset, loadSiteData, partition, readInputs, readShare, reconcileStatements, siteStatement, writeShare,
+  type SiteDataSpec,
+} from '@dflmoe/data';
 import { backend } from './helpers.js';
 import { PATIENT_HEADER, imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
@@ -69,6 +72,27 @@ describe('real sites in one process (library)', function () {
       learners.forEach((l) => l.dispose());
     }
     assert.equal(tf.memory().numTensors, t0, 'every tensor freed');
+  });
+
+  it('a site process\'s own rows (a share, standardized in place, handed over as views) give exactly preparePeerData\'s tensors', () => {
+    const ds = loadDataset('digits');
+    const split = partition(ds.labels, 10, 4, 'dirichlet:0.5', { seed: 3 })[2];
+    const file = join(tmpDir(), 'site.share');
+    writeShare(file, ds, split, { dataset: 'digits', peers: 4, index: 2, partition: 'dirichlet:0.5', seed: 3 });
+    const st = fitStandardizer(ds.features, 64, split.train);
+    const copied = preparePeerData(ds, split, st);
+    const share = readShare(file);
+    const taken = takePeerData(share.dataset, share.split, st);
+    try {
+      for (const k of ['xTrain', 'yTrain', 'xTest', 'yTest'] as const) {
+        assert.deepEqual(taken[k].shape, copied[k].shape, k);
+        assert.deepEqual(taken[k].dataSync(), copied[k].dataSync(), k);
+      }
+      assert.deepEqual(taken.trainHistogram, copied.trainHistogram);
+    } finally {
+      disposePeerData(copied);
+      disposePeerData(taken);
+    }
   });
 
   it('image folders (generated PNG and JPEG files per class) train a CNN, and new images are predicted', async () => {

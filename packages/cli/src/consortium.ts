@@ -49,7 +49,7 @@ export interface ConsortiumOptions {
   maxHeadBytes?: number;
   /** Added to `sim.datasetOptions`. */
   datasetOptions?: SimulationConfig['datasetOptions'];
-  /** How long a site waits for the others' summaries before round 1 (default 30 s; they all start at once here). */
+  /** How long a site waits for the others' summaries before round 1 (default: the site config's, 120 s). */
   preprocessDeadlineMs?: number;
   /**
    * The dataset and the sites' splits to write the shares from (default:
@@ -104,7 +104,7 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
       ...(server ? { server: { peerId: server.peerId, addrs: [addr(server)], name: 'server' } } : {}),
       ...settings[i],
       data: { ...settings[i].data, simulate: { ...settings[i].data.simulate, share: shares[i] } },
-      preprocess: { deadlineMs: o.preprocessDeadlineMs ?? 30000 },
+      ...(o.preprocessDeadlineMs !== undefined ? { preprocess: { deadlineMs: o.preprocessDeadlineMs } } : {}),
       round: { ...settings[i].round, deadlineMs: o.deadlineMs ?? 60000, ...(o.quorum !== undefined ? { quorum: o.quorum } : {}) },
       ...(o.maxHeadBytes !== undefined ? { limits: { maxHeadBytes: o.maxHeadBytes } } : {}),
       lingerMs: o.lingerMs ?? 3000,

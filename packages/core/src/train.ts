@@ -112,6 +112,32 @@ export function preparePeerData(ds: Dataset, split: PeerSplit, st?: Standardizer
   };
 }
 
+/**
+ * `preparePeerData` for a dataset that is the caller's to consume (a site
+ * process's own rows, train rows first): standardizes the rows in place and
+ * hands the backend views of them rather than copies, so that the site holds
+ * its rows once. The same values as `preparePeerData`; `ds.features` is
+ * standardized afterwards. Other row orders fall back to `preparePeerData`.
+ */
+export function takePeerData(ds: Dataset, split: PeerSplit, st: Standardizer): PeerData {
+  const nTrain = split.train.length;
+  const n = nTrain + split.test.length;
+  const inOrder = (rows: Int32Array, start: number) => rows.every((r, i) => r === start + i);
+  if (!inOrder(split.train, 0) || !inOrder(split.test, nTrain)) return preparePeerData(ds, split, st);
+  const d = featureSize(ds);
+  applyStandardizer(ds.features, d, Int32Array.from({ length: n }, (_, i) => i), st, ds.features);
+  const x = (a: number, b: number) => tf.tensor(ds.features.subarray(a * d, b * d), [b - a, ...ds.sampleShape]);
+  const y = (a: number, b: number) => tf.tensor1d(ds.labels.slice(a, b), 'int32');
+  return {
+    xTrain: x(0, nTrain), yTrain: y(0, nTrain), xTest: x(nTrain, n), yTest: y(nTrain, n),
+    sampleShape: ds.sampleShape,
+    numClasses: ds.classNames.length,
+    trainSamples: nTrain,
+    testSamples: split.test.length,
+    trainHistogram: labelHistogram(ds.labels, split.train, ds.classNames.length),
+  };
+}
+
 export function disposePeerData(p: PeerData): void {
   tf.dispose([p.xTrain, p.yTrain, p.xTest, p.yTest]);
 }

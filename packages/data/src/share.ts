@@ -6,7 +6,8 @@
  *
  * Layout: the ASCII magic `DFLMOE-SHARE-1\n`, a little-endian uint32 header
  * length, the header (JSON: dataset facts, row counts, where the share comes
- * from), then the features (float32, little-endian, training rows then test
+ * from; padded with spaces so that what follows starts at a multiple of 4
+ * bytes, and a reader can use the file's bytes as they are), then the features (float32, little-endian, training rows then test
  * rows, each row `prod(sampleShape)` values) and the labels (int32, same
  * order). Reading checks the magic, the header and every size.
  */
@@ -51,7 +52,9 @@ export function writeShare(path: string, ds: Dataset, split: PeerSplit, info: Sh
     ...(ds.featureNames ? { featureNames: ds.featureNames } : {}), ...(ds.schema ? { schema: ds.schema } : {}),
     description: ds.description, source: ds.source, train: split.train.length, test: split.test.length,
   };
-  const head = Buffer.from(JSON.stringify(header), 'utf8');
+  const json = JSON.stringify(header);
+  const start = MAGIC.length + 4;
+  const head = Buffer.from(json.padEnd(json.length + ((4 - ((start + Buffer.byteLength(json)) % 4)) % 4)), 'utf8');
   const len = Buffer.alloc(4);
   len.writeUInt32LE(head.length);
   const features = new Float32Array(rows.length * d);
@@ -94,11 +97,19 @@ export function readShare(path: string): { dataset: Dataset; split: PeerSplit; i
   const d = featureSize(h);
   const body = start + hlen;
   if (buf.length !== body + n * d * 4 + n * 4) throw bad(`size ${buf.length} does not match ${n} rows of ${d} features`);
-  // Copy out: the file buffer's offset need not be aligned for typed arrays.
-  const features = new Float32Array(n * d);
-  Buffer.from(features.buffer).set(buf.subarray(body, body + n * d * 4));
-  const labels = new Int32Array(n);
-  Buffer.from(labels.buffer).set(buf.subarray(body + n * d * 4));
+  let features: Float32Array;
+  let labels: Int32Array;
+  if ((buf.byteOffset + body) % 4 === 0) {
+    // Views of the file's bytes: no second copy of the rows.
+    features = new Float32Array(buf.buffer, buf.byteOffset + body, n * d);
+    labels = new Int32Array(buf.buffer, buf.byteOffset + body + n * d * 4, n);
+  } else {
+    // Typed arrays need aligned offsets: copy.
+    features = new Float32Array(n * d);
+    Buffer.from(features.buffer).set(buf.subarray(body, body + n * d * 4));
+    labels = new Int32Array(n);
+    Buffer.from(labels.buffer).set(buf.subarray(body + n * d * 4));
+  }
   if (!labels.every((l) => l >= 0 && l < h.classNames.length)) throw bad('a label is out of range');
   const dataset: Dataset = {
     name: h.name, features, labels, numSamples: n, sampleShape: h.sampleShape, classNames: h.classNames,

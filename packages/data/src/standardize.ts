@@ -28,9 +28,14 @@ export function fitStandardizer(features: Float32Array, dim: number, rows: Array
   return { mean: Float32Array.from(mean), std };
 }
 
-/** Gather `rows` and standardize them: returns a new `rows.length * dim` array. */
-export function applyStandardizer(features: Float32Array, dim: number, rows: ArrayLike<number>, st: Standardizer): Float32Array {
-  const out = new Float32Array(rows.length * dim);
+/**
+ * Gather `rows` and standardize them into `out` (default: a new
+ * `rows.length * dim` array). `out` may be `features` itself when row i is
+ * `rows[i]` (standardizing in place).
+ */
+export function applyStandardizer(
+  features: Float32Array, dim: number, rows: ArrayLike<number>, st: Standardizer, out: Float32Array = new Float32Array(rows.length * dim),
+): Float32Array {
   for (let i = 0; i < rows.length; i++) {
     const off = rows[i] * dim;
     for (let j = 0; j < dim; j++) out[i * dim + j] = (features[off + j] - st.mean[j]) / st.std[j];

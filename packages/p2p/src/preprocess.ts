@@ -115,7 +115,7 @@ export interface PreprocessOptions {
   /** Largest response accepted, bytes. */
   maxBytes: number;
   logger: Logger;
-  /** Give up on one request after this long (default 10 s, bounded by the deadline). */
+  /** Give up on one request after this long (default 30 s, bounded by the deadline). */
   requestTimeoutMs?: number;
   /** Pause between attempts at members not yet heard from (default 250 ms). */
   retryMs?: number;
@@ -244,7 +244,7 @@ export class SchemaAgreement {
         ]);
       } catch (e) {
         const msg = (e as Error).message;
-        if ((e as Error).name.startsWith('InvalidDataLength')) this.drop(m.peerId, 'too-large', `over ${this.o.maxBytes} bytes`);
+        if (String((e as Error)?.name).startsWith('InvalidDataLength')) this.drop(m.peerId, 'too-large', `over ${this.o.maxBytes} bytes`);
         else this.drop(m.peerId, 'transfer-failed', msg.slice(0, 200));
         stream.abort(e as Error);
         return undefined;
@@ -280,36 +280,40 @@ export class SchemaAgreement {
       got.set(m.peerId, r.statement);
       if (r.agreedSites) agreedBy.set(m.peerId, r.agreedSites);
     };
-    const timeout = () => Math.min(this.o.requestTimeoutMs ?? 10000, left());
+    const timeout = () => Math.min(this.o.requestTimeoutMs ?? 30000, left());
     const quorum = Math.min(this.o.quorum ?? this.others.length, this.others.length);
-    let quorumAt: number | undefined;
-    for (;;) {
-      const missing = this.others.filter((m) => !got.has(m.peerId));
-      if (missing.length === 0 || left() === 0) break;
-      if (got.size - 1 >= quorum) {
-        quorumAt ??= Date.now();
-        if (Date.now() - quorumAt >= (this.o.graceMs ?? 2000)) break;
+    // Once others report an agreement, the sites it merged are what this site needs (the smallest peer ID's word when they differ).
+    const agreedSites = () => (agreedBy.size > 0 ? agreedBy.get([...agreedBy.keys()].sort()[0])! : undefined);
+    const gather = async () => {
+      let quorumAt: number | undefined;
+      for (;;) {
+        const sites = agreedSites();
+        const missing = this.others.filter((m) => !got.has(m.peerId) && (!sites || sites.includes(m.peerId)));
+        if (missing.length === 0 || left() === 0) return;
+        if (!sites && got.size - 1 >= quorum) {
+          quorumAt ??= Date.now();
+          if (Date.now() - quorumAt >= (this.o.graceMs ?? 2000)) return;
+        }
+        await Promise.all(missing.map(async (m) => take(m, await this.ask(m, timeout()))));
+        if (missing.some((m) => !got.has(m.peerId)) && left() > 0) await delay(Math.min(this.o.retryMs ?? 250, left()));
       }
-      await Promise.all(missing.map(async (m) => take(m, await this.ask(m, timeout()))));
-      if (this.others.some((m) => !got.has(m.peerId)) && left() > 0) await delay(Math.min(this.o.retryMs ?? 250, left()));
-      if (got.size - 1 >= quorum) quorumAt ??= Date.now();
-    }
-    // Someone may have agreed meanwhile (without us, if we came late): ask once more.
+    };
+    await gather();
+    // Someone may have agreed meanwhile (without us, if we came late): ask once more, and fetch what that agreement needs.
     if (agreedBy.size === 0) {
       await Promise.all(this.others.filter((m) => got.has(m.peerId)).map(async (m) => take(m, await this.ask(m, Math.min(5000, Math.max(1000, timeout()))))));
+      await gather();
     }
     const missing = this.others.filter((m) => !got.has(m.peerId)).map((m) => m.peerId);
     let adopted = false;
     let pool = [...got.values()];
-    if (agreedBy.size > 0) {
-      // The others agreed already: take the sites they merged (the smallest peer ID's word when they differ).
-      const first = [...agreedBy.keys()].sort()[0];
-      const sites = agreedBy.get(first)!;
+    const sites = agreedSites();
+    if (sites) {
       const absent = sites.filter((s) => !got.has(s));
       if (absent.length > 0) {
         throw new DataError(
-          `the other members agreed on a schema from sites ${absent.map((s) => this.label(s)).join(', ')} whose statements this site could not fetch; ` +
-            'start it again when they are reachable',
+          `the other members agreed on a schema that includes ${absent.map((s) => this.label(s)).join(', ')}, whose statement this site could not fetch ` +
+            `within ${Math.round(this.o.deadlineMs / 1000)} s; start it again when ${absent.length > 1 ? 'they are' : 'it is'} reachable`,
         );
       }
       pool = sites.map((s) => got.get(s)!);

@@ -8,7 +8,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  PREPROCESSING_FILE, SITE_FILE, parseBodySpec, preparePeerData, readSiteFiles, sharedInitSeed,
+  PREPROCESSING_FILE, SITE_FILE, parseBodySpec, readSiteFiles, sharedInitSeed, takePeerData,
   type AlgorithmOptions, type Logger, type PeerData, type PeerModelOptions, type SiteDescription, type SitePreprocessing,
 } from '@dflmoe/core';
 import { deriveSeed, encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type EncodedSite, type SiteDataSpec } from '@dflmoe/data';
@@ -89,7 +89,8 @@ export async function prepareSiteData(cfg: PeerConfig, o: { node?: SiteNode; sel
   // Standardized with what the site trained (or trains) with: the very numbers saved for prediction.
   const { dataset, split } = enc;
   const standardizer = { mean: Float32Array.from(pre.standardizer.mean), std: Float32Array.from(pre.standardizer.std) };
-  return { data: preparePeerData(dataset, split, standardizer), preprocessing: pre, agreement };
+  // The site's rows are its own: standardized in place and handed to the backend once.
+  return { data: takePeerData(dataset, split, standardizer), preprocessing: pre, agreement };
 }
 
 /** What a site's config says about its model and training, as every algorithm takes it. */
