@@ -6,7 +6,7 @@ import {
   type HeadSpec, type NamedArray, type Precision,
 } from '@dflmoe/core';
 import { parsePeerConfig, siteSettings } from '@dflmoe/p2p';
-import { backend } from './helpers.js';
+import { backend, mutated } from './helpers.js';
 
 const spec: HeadSpec = { inputDim: 64, hidden: [], outputDim: 10 };
 
@@ -122,14 +122,7 @@ describe('head compression (codec format 2)', () => {
     for (const p of ['float16', 'int8'] as Precision[]) {
       const good = encodeHead({ spec: small, version: 2, peer: 'b' }, [{ kernel: Float32Array.from({ length: 32 }, (_, i) => Math.sin(i)), bias: new Float32Array(4) }], p);
       fc.assert(fc.property(
-        fc.oneof(
-          fc.array(fc.tuple(fc.nat(good.length - 1), fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 8 }).map((flips) => {
-            const b = good.slice();
-            for (const [i, x] of flips) b[i] ^= x;
-            return b;
-          }),
-          fc.nat(good.length - 1).map((n) => good.slice(0, n)),
-        ),
+        mutated(good),
         (b) => {
           try {
             const h = decodeHead(b, small, { maxBytes: 1 << 16, maxParams: 36 });

@@ -4,32 +4,19 @@
  * a restart on another address. Every wait bounded.
  */
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, type SimulationConfig } from '@dflmoe/core';
-import { startProcess, waitExit, writeConsortium } from '@dflmoe/cli';
+import { waitExit, writeConsortium } from '@dflmoe/cli';
 import type { PrivateKey } from '@libp2p/interface';
 import { multiaddr } from '@multiformats/multiaddr';
 import {
-  ConfigError, boundedAddrs, createSiteNode, generateIdentity, memberFinderOf, parsePeerConfig, type RoundLine, type SiteNode,
+  ConfigError, boundedAddrs, createSiteNode, generateIdentity, memberFinderOf, parsePeerConfig, readJsonLines, type RoundLine, type SiteNode,
 } from '@dflmoe/p2p';
+import { processGroup, until } from './helpers.js';
 
-function lines(file: string): RoundLine[] {
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
-}
-
-async function until<T>(what: string, fn: () => T | undefined | false, timeoutMs: number): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = fn();
-    if (v) return v;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const lines = (file: string) => readJsonLines<RoundLine>(file);
 
 describe('discovery: members by peer ID only', function () {
   this.timeout(90000);
@@ -98,11 +85,8 @@ describe('discovery: members by peer ID only', function () {
 
 describe('discovery: a consortium whose configs list peer IDs and one bootstrap address (multi-process)', function () {
   this.timeout(300000);
-  let procs: ChildProcess[] = [];
-  afterEach(() => {
-    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
-    procs = [];
-  });
+  const procs = processGroup();
+  afterEach(() => procs.kill());
 
   it('4 sites find each other through site-0 and the DHT and complete every round with all 3 experts', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-discovery-'));
@@ -115,11 +99,7 @@ describe('discovery: a consortium whose configs list peer IDs and one bootstrap 
       c.discovery = { bootstrap: [boot], intervalMs: 500 };
       writeFileSync(s.config, JSON.stringify(c, null, 2));
     }
-    const ps = f.sites.map((s) => {
-      const p = startProcess(['peer', '--config', s.config], `${s.out}.log`, { DFLMOE_LOG_LEVEL: 'info' });
-      procs.push(p);
-      return p;
-    });
+    const ps = f.sites.map((s) => procs.start(['peer', '--config', s.config], `${s.out}.log`));
     assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 240000))), [0, 0, 0, 0], 'every site exits cleanly');
     for (const s of f.sites) {
       const ls = lines(join(s.out, 'metrics.jsonl'));

@@ -4,7 +4,7 @@ import fc from 'fast-check';
 import * as tf from '@tensorflow/tfjs-core';
 import { CodecError, DflmoePeer, createHead, decodeBundle, decodeHead, disposePeerData, encodeHead, type HeadSpec } from '@dflmoe/core';
 import { Announce, checkAnnounce } from '@dflmoe/p2p';
-import { backend, tinyPeers } from './helpers.js';
+import { backend, mutated, tinyPeers } from './helpers.js';
 
 const spec: HeadSpec = { inputDim: 8, hidden: [], outputDim: 4 };
 
@@ -14,18 +14,6 @@ function validHead(version: number, peer: string): Uint8Array {
   h.forEach((l) => tf.dispose([l.kernel, l.bias]));
   return b;
 }
-
-/** A valid message with some bytes flipped, cut, or extended. */
-const mutated = (base: Uint8Array) =>
-  fc.oneof(
-    fc.array(fc.tuple(fc.nat(base.length - 1), fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 8 }).map((flips) => {
-      const b = base.slice();
-      for (const [i, x] of flips) b[i] ^= x;
-      return b;
-    }),
-    fc.nat(base.length - 1).map((n) => base.slice(0, n)),
-    fc.uint8Array({ minLength: 1, maxLength: 64 }).map((tail) => Uint8Array.from([...base, ...tail])),
-  );
 
 describe('fuzzing decoders', () => {
   before(backend);

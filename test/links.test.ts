@@ -8,12 +8,13 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer, connect, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULT_SIMULATION, MemoryHub, silentLogger, type SimulationConfig } from '@dflmoe/core';
+import { DEFAULT_ALGORITHM_OPTIONS, DEFAULT_SIMULATION, MemoryHub, disposePeerData, getAlgorithm, silentLogger, type SimulationConfig } from '@dflmoe/core';
 import { emulateLinks, runConsortium, writeConsortium } from '@dflmoe/cli';
 import {
   AdaptiveDeadline, HeadResponse, LinkEmulator, Libp2pHeadExchange, PartialHeads, RESUME_CHUNK, chunkFrames, createSiteNode, frameGuard, generateIdentity, parsePeerConfig, servePlan,
   type PeerRunResult,
 } from '@dflmoe/p2p';
+import { backend, tinyPeers } from './helpers.js';
 
 describe('weak links: the emulated link', function () {
   this.timeout(60000);
@@ -191,6 +192,33 @@ describe('weak links: adaptive round deadlines', () => {
     assert.equal(d.history.length, 1);
     assert.ok(d.history[0].complete && d.history[0].waitedMs >= 40);
     assert.ok(d.current < 5000);
+  });
+
+  it('a site that lags behind counts the heads of this round it already holds: it does not wait out the deadline', async function () {
+    this.timeout(60000);
+    await backend();
+    const { datas } = tinyPeers(2);
+    const alg = getAlgorithm('dflmoe');
+    const sites = datas.map((d, i) => alg.createSite({ id: `p${i}`, data: d, body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: i } }, { ...DEFAULT_ALGORITHM_OPTIONS, seed: 1 }));
+    const hub = new MemoryHub();
+    const nets = sites.map((s) => ({ exchange: hub.join(s.id), quorum: 1, deadlineMs: 8000, logger: silentLogger }));
+    try {
+      // p1 runs round 1 ahead and publishes; then it waits for p0's head.
+      const ahead = sites[1].runRound(1, nets[1]);
+      assert.equal(await nets[0].exchange.waitForHeads(1, 20000), 1);
+      // p0 starts round 1 with p1's round-1 head already there (taken in before it trains):
+      // after publishing it has all it needs.
+      const t0 = performance.now();
+      const r0 = await sites[0].runRound(1, nets[0]);
+      const r1 = await ahead;
+      assert.ok((performance.now() - t0) / 1000 < 5, `p0's round took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      assert.ok(r0.waitSeconds < 4, `p0 waited ${r0.waitSeconds} s`);
+      assert.equal(r0.fresh, 1);
+      assert.equal(r1.fresh, 1);
+    } finally {
+      sites.forEach((s) => s.dispose());
+      datas.forEach(disposePeerData);
+    }
   });
 
   it('config: round.adaptive and round.minDeadlineMs, announce addresses', () => {

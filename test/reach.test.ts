@@ -3,31 +3,18 @@
  * for members; every wait bounded.
  */
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, silentLogger, type SimulationConfig } from '@dflmoe/core';
-import { startProcess, waitExit, writeConsortium, type SiteFiles } from '@dflmoe/cli';
+import { waitExit, writeConsortium, type SiteFiles } from '@dflmoe/cli';
 import { multiaddr } from '@multiformats/multiaddr';
 import {
-  ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, isRelayed, parseRelayConfig, saveIdentity, startRelay, type RoundLine, type SiteNode,
+  ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, isRelayed, parseRelayConfig, readJsonLines, saveIdentity, startRelay, type RoundLine, type SiteNode,
 } from '@dflmoe/p2p';
+import { processGroup, untilValue as until } from './helpers.js';
 
-function lines(file: string): RoundLine[] {
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
-}
-
-async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | false | undefined>, timeoutMs: number): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const lines = (file: string) => readJsonLines<RoundLine>(file);
 
 describe('reach: circuit relay for members only', function () {
   this.timeout(60000);
@@ -135,11 +122,8 @@ describe('reach: a relay the consortium runs (dflmoe relay)', function () {
 
 describe('reach: a consortium with a site behind NAT (multi-process)', function () {
   this.timeout(300000);
-  let procs: ChildProcess[] = [];
-  afterEach(() => {
-    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
-    procs = [];
-  });
+  const procs = processGroup();
+  afterEach(() => procs.kill());
 
   it('4 sites, one with no listen address reachable only through a member relay: every round completes with all 3 experts at every site', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-relay-'));
@@ -157,9 +141,9 @@ describe('reach: a consortium with a site behind NAT (multi-process)', function 
       edit(s, (c) => {
         if (s === relay) c.relay = { serve: true };
         if (s === nat) {
-          // No address of its own; it knows only the relay's address (as behind a strict NAT).
+          // No address of its own, and a firewall that lets connections out to the relay alone.
           c.listen = [];
-          c.relay = { via: [relayAddr] };
+          c.relay = { via: [relayAddr], only: true };
           for (const m of c.members) if (m.peerId !== relay.peerId) m.addrs = [];
         } else {
           const m = c.members.find((x) => x.peerId === nat.peerId)!;
@@ -167,11 +151,7 @@ describe('reach: a consortium with a site behind NAT (multi-process)', function 
         }
       });
     }
-    const ps = f.sites.map((s) => {
-      const p = startProcess(['peer', '--config', s.config], `${s.out}.log`, { DFLMOE_LOG_LEVEL: 'info' });
-      procs.push(p);
-      return p;
-    });
+    const ps = f.sites.map((s) => procs.start(['peer', '--config', s.config], `${s.out}.log`));
     assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 240000))), [0, 0, 0, 0], 'every site exits cleanly');
     for (const s of f.sites) {
       const ls = lines(join(s.out, 'metrics.jsonl'));

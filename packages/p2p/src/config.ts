@@ -71,6 +71,8 @@ export const relaySchema = z.object({
   via: z.array(relayAddr).max(8).default([]),
   /** Try to replace relayed connections with direct ones by hole punching (DCUtR). */
   holePunch: z.boolean().default(true),
+  /** Reach members through the relays in `via` only (a firewall that lets connections out to the relays alone). */
+  only: z.boolean().default(false),
   /** Serving: most reservations held at once. */
   maxReservations: posInt.max(1024).default(64),
 }).strict().prefault({});
@@ -293,6 +295,7 @@ export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.
   if (c.listen.length === 0 && c.relay.via.length === 0) {
     throw new ConfigError(`config ${file}: listen: give at least one address to listen on, or (behind NAT) relay.via: a relay that members reach this site through`);
   }
+  if (c.relay.only && c.relay.via.length === 0) throw new ConfigError(`config ${file}: relay.only: needs relay.via (the relays to reach members through)`);
   c.discovery.bootstrap.forEach((b, i) => {
     const id = multiaddr(b).getComponents().filter((x) => x.name === 'p2p').at(-1)?.value;
     if (!c.members.some((m) => m.peerId === id)) throw new ConfigError(`config ${file}: discovery.bootstrap.${i}: ${id} is not in members (bootstrap through members only)`);

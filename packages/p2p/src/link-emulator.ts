@@ -8,6 +8,7 @@
  * connection, so both directions are shaped.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
+import { mulberry32 } from '@dflmoe/data';
 
 export interface LinkOptions {
   /** Per connection and direction (default 1 MB/s). */
@@ -29,18 +30,6 @@ export interface LinkStats {
   connections: number;
   resets: number;
   bytes: number;
-}
-
-/** A mulberry32 generator: reset decisions are reproducible for a seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /**
@@ -99,7 +88,8 @@ export class LinkEmulator {
       bytesPerSecond: o.bytesPerSecond ?? 1e6, rttMs: o.rttMs ?? 100, resetProbability: o.resetProbability ?? 0.02,
       resetWithinMs: o.resetWithinMs ?? 30000, forceResets: o.forceResets ?? 0, forceResetAfterMs: o.forceResetAfterMs ?? [1000, 4000], seed: o.seed ?? 1,
     };
-    this.random = rng(this.o.seed);
+    // Reset decisions are reproducible for a seed.
+    this.random = mulberry32(this.o.seed);
   }
 
   /** Listen on 127.0.0.1:`port` (0: any); returns the port. */

@@ -61,6 +61,8 @@ export interface RelayOptions {
   via?: string[];
   /** DCUtR: replace relayed connections with direct ones where hole punching works (default true). */
   holePunch?: boolean;
+  /** Dial only the relays in `via` and circuit addresses through them (a firewall that lets nothing else out). */
+  only?: boolean;
 }
 
 /** The peer ID a multiaddr names last (`/p2p/<id>`), if any. */
@@ -102,8 +104,12 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
     ...(o.metricsRegistry ? { metrics: prometheusMetrics({ registry: o.metricsRegistry, collectDefaultMetrics: false, preserveExistingMetrics: true }) } : {}),
     ...(o.discovery?.mdns ? { peerDiscovery: [mdns({ serviceTag: '_dflmoe-discovery._udp.local', interval: 5000 })] } : {}),
     connectionGater: {
-      // Loopback and private addresses are fine: consortium members may sit on a LAN.
-      denyDialMultiaddr: () => false,
+      // Loopback and private addresses are fine: consortium members may sit on a LAN. With relay.only, the relays alone.
+      denyDialMultiaddr: (ma) => {
+        if (!o.relay?.only) return false;
+        const a = ma.toString();
+        return !(a.includes('/p2p-circuit') || via.some((r) => peerIdOfAddr(r) === peerIdOfAddr(a)));
+      },
       denyDialPeer: (peer) => refuse(peer, 'outbound'),
       denyInboundEncryptedConnection: (peer) => refuse(peer, 'inbound'),
       denyOutboundEncryptedConnection: (peer) => refuse(peer, 'outbound'),

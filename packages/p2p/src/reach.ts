@@ -13,6 +13,7 @@ export function siteRelayOptions(cfg: Pick<PeerConfig, 'members' | 'relay'>): Re
     ...(cfg.relay.serve ? { serve: { members: cfg.members.map((m) => m.peerId), maxReservations: cfg.relay.maxReservations } } : {}),
     via: cfg.relay.via,
     holePunch: cfg.relay.holePunch,
+    only: cfg.relay.only,
   };
 }
 

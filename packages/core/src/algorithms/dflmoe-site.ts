@@ -75,8 +75,12 @@ export class DflmoeSite implements AlgorithmSite {
     }
     const head = this.o.randomUpdates ? randomHead(this.peer, round, deriveSeed(this.o.seed ?? 0, 'poison', this.id, round)) : this.peer.encodeHead(round);
     await ex.publish(head, round);
+    // A site that lags behind already holds some of this round's heads (they came while it trained):
+    // they count towards the quorum, or it would wait out the whole deadline for heads that never come.
+    fresh += this.absorb(ex, round, net.logger);
+    const have = this.peer.pool.list().filter((e) => e.version >= round).length;
     const tw = performance.now();
-    if (quorum > 0 && net.deadlineMs > 0) await ex.waitForHeads(quorum, net.deadlineMs);
+    if (quorum > have && net.deadlineMs > 0) await ex.waitForHeads(quorum - have, net.deadlineMs);
     waitSeconds += secondsSince(tw);
     fresh += this.absorb(ex, round, net.logger);
     return { loss, trainSeconds, waitSeconds, fresh, expired };
