@@ -88,3 +88,16 @@ describe('CNN body options (kernel size, padding)', () => {
     body.dispose();
   });
 });
+
+describe('gate weights of a TCP site include its own head', () => {
+  it('the own head gets the weight the received experts leave', async () => {
+    const { gateWeightsOf } = await import('@dflmoe/cli');
+    const w = gateWeightsOf({
+      name: 'site-0', peerId: '12D3KooWx',
+      rounds: [{ experts: [{ peer: 'p1', name: 'site-1', version: 3, gateWeight: 0.25 }, { peer: 'p2', version: 3, gateWeight: 0.15 }] }] as never,
+    });
+    assert.deepEqual(Object.keys(w), ['site-0', 'site-1', 'p2']);
+    assert.ok(Math.abs(w['site-0'] - 0.6) < 1e-12);
+    assert.ok(Math.abs(Object.values(w).reduce((a, b) => a + b, 0) - 1) < 1e-12);
+  });
+});

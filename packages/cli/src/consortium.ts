@@ -187,6 +187,17 @@ export async function runConsortium(files: ConsortiumFiles, timeoutMs: number, o
   if (failed.length) throw new Error(`consortium processes failed: ${failed.join(', ')}; see the .log files in ${join(files.sites[0].out, '..')}`);
 }
 
+/**
+ * Mean gate weight per expert, own head included: a site's metrics list the
+ * received experts; the gate's weights sum to one, so the own head has the rest.
+ */
+export function gateWeightsOf(r: Pick<PeerRunResult, 'name' | 'peerId' | 'rounds'>): Record<string, number> {
+  const experts = r.rounds.at(-1)?.experts ?? [];
+  const received = experts.map((e) => [e.name ?? e.peer, e.gateWeight] as const);
+  const own = Math.max(0, 1 - received.reduce((a, [, w]) => a + w, 0));
+  return Object.fromEntries([[r.name ?? r.peerId, own], ...received]);
+}
+
 /** Collect the sites' results.json into the simulator's result shape. */
 export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallSeconds: number, bodies: string[]): AlgorithmResult {
   const res: PeerRunResult[] = files.sites.map((s) => {
@@ -199,7 +210,7 @@ export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallS
   const peers: PeerResult[] = res.map((r, i) => ({
     id: r.name ?? r.peerId, accuracy: r.accuracy, ownHeadAccuracy: r.ownHeadAccuracy, bytesSent: r.bytesSent, bytesReceived: r.bytesReceived,
     trainSamples: r.trainSamples, testSamples: r.testSamples, body: bodies[i % bodies.length],
-    ...(r.rounds.at(-1)?.experts.length ? { gateWeights: Object.fromEntries(r.rounds.at(-1)!.experts.map((e) => [e.name ?? e.peer, e.gateWeight])) } : {}),
+    ...(r.rounds.at(-1)?.experts.length ? { gateWeights: gateWeightsOf(r) } : {}),
   }));
   const nRounds = Math.max(...res.map((r) => r.rounds.length));
   const rounds: RoundResult[] = [];
