@@ -118,8 +118,8 @@ async function consortium(o: ChaosOptions, sub: string): Promise<ConsortiumFiles
   const honest = o.sites - 1;
   return writeConsortium({
     dir, algorithm: o.algorithm, sim, deadlineMs: o.deadlineMs, lingerMs: 4000,
-    // Wait for the honest others only: the hostile member never sends anything usable.
-    quorum: o.algorithm === 'dflmoe' ? honest - 1 : undefined,
+    // Wait for the honest others only (heads, and summaries in preprocessing): the hostile member never sends anything usable.
+    quorum: honest - 1,
     serverQuorum: o.algorithm === 'fedavg' ? honest : undefined,
   });
 }
