@@ -116,7 +116,7 @@ function cellsFor(): CellSpec[] {
   }
   if (regimes.includes('pfllib')) {
     // PFLlib: all 70,000 images, 2000 rounds, SGD 0.005, CNN 32-64 filters and 512 features. One round of that CNN on
-    // 14,000 images took 133 s for dFLMoE here, so: 7,000 images (350 per site), 10 rounds, half the filters and a quarter
+    // 14,000 images took 133 s for dFLMoE here, so: 3,500 images (175 per site), 10 rounds, half the filters and a quarter
     // of the features (cnn:16x32:k5:valid, 128), each algorithm with its tuned optimiser; partition, split, batch size
     // and local epochs as PFLlib's.
     out.push({
@@ -127,7 +127,7 @@ function cellsFor(): CellSpec[] {
   }
   return out;
 }
-const PFLLIB_SAMPLES = 7000;
+const PFLLIB_SAMPLES = 3500;
 const PFLLIB_ROUNDS = 10;
 /** PFLlib's published best-round accuracies for this cell (its README, Fashion-MNIST, Dir(0.1), 20 clients). */
 const PFLLIB_PUBLISHED = 'FedAvg 85.85, FedPer 97.44, Ditto 97.47, FedRep 97.56, GPFL 97.81, FedCP 97.89';
@@ -292,7 +292,7 @@ let md = `Machine: ${machine}. Settings: ${settings}. Wall time ${(wallSeconds /
 md += 'Accuracy: mean personalized accuracy over sites (each site\'s model on its own test split) after the last round, mean +- std over seeds. "best round": the best round\'s mean (as PFLlib reports). "worst site": lowest site, mean over seeds. "pooled": each site\'s final model on the test splits of all sites together, mean over sites (what a site knows beyond its own distribution).\n';
 const regimeTitle: Record<string, string> = {
   core: 'Core cells', sweep: 'Training samples per site (sweep)', shift: 'Feature shift: each site its own rotation, contrast and noise',
-  pfllib: `PFLlib's cell: Fashion-MNIST, 20 sites, Dirichlet 0.1, 75/25 split, batch 10, 1 local epoch. Scaled down from PFLlib's (70,000 images, 2000 rounds, CNN conv 32 5x5 - conv 64 5x5 - dense 512) to ${PFLLIB_SAMPLES} images (350 per site), ${PFLLIB_ROUNDS} rounds and CNN conv 16 5x5 - conv 32 5x5 - dense 128 (cnn:16x32:k5:valid), for this 2-core machine. PFLlib's published best-round figures: ${PFLLIB_PUBLISHED}`,
+  pfllib: `PFLlib's cell: Fashion-MNIST, 20 sites, Dirichlet 0.1, 75/25 split, batch 10, 1 local epoch. Scaled down from PFLlib's (70,000 images, 2000 rounds, CNN conv 32 5x5 - conv 64 5x5 - dense 512) to ${PFLLIB_SAMPLES} images (175 per site), ${PFLLIB_ROUNDS} rounds and CNN conv 16 5x5 - conv 32 5x5 - dense 128 (cnn:16x32:k5:valid), for this 2-core machine. PFLlib's published best-round figures: ${PFLLIB_PUBLISHED}`,
 };
 for (const regime of ['core', 'sweep', 'shift', 'pfllib']) {
   const rs = rows.filter((r) => r.regime === regime);
