@@ -63,6 +63,20 @@ describe('discovery: members by peer ID only', function () {
     assert.ok(found.some((f) => f.startsWith(ids[2].peerId) && f.includes(`/tcp/${port}/`)), found.join('\n'));
   });
 
+  it('mDNS: two members on one LAN, listed by peer ID only and without bootstrap, find each other', async function () {
+    const { networkInterfaces } = await import('node:os');
+    if (!Object.values(networkInterfaces()).flat().some((i) => i && i.family === 'IPv4' && !i.internal)) this.skip();
+    const ids = await Promise.all([generateIdentity(), generateIdentity()]);
+    const members = ids.map((i) => ({ peerId: i.peerId, addrs: [] as string[] }));
+    const allow = ids.map((i) => i.peerId);
+    for (const i of ids) {
+      const n = await createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/0.0.0.0/tcp/0'], allow, discovery: { members, bootstrap: [], dht: false, mdns: true, intervalMs: 300 } });
+      nodes.push(n);
+      await n.start();
+    }
+    await until('an mDNS-found connection', () => nodes[0].getConnections().some((c) => c.remotePeer.toString() === ids[1].peerId), 30000);
+  });
+
   it('addresses learnt from the network are bounded and filtered', () => {
     const many = Array.from({ length: 40 }, (_, i) => multiaddr(`/ip4/10.0.0.${i}/tcp/1`));
     const r = boundedAddrs([multiaddr('/ip4/1.2.3.4/udp/5'), ...many]);

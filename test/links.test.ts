@@ -165,8 +165,9 @@ describe('weak links: adaptive round deadlines', () => {
     const d = new AdaptiveDeadline({ maxMs: 30000, minMs: 2000 });
     assert.equal(d.current, 30000);
     d.observe(1000, true, false);
-    assert.equal(d.current, 3500);
     d.observe(200, true, false);
+    assert.equal(d.current, 30000, 'not before three complete waits');
+    d.observe(300, true, false);
     assert.equal(d.current, 3500, 'the slowest of the recent complete waits counts');
     for (let i = 0; i < 5; i++) d.observe(100, true, false);
     assert.equal(d.current, 2000, 'floor');
@@ -174,6 +175,8 @@ describe('weak links: adaptive round deadlines', () => {
     assert.equal(d.current, 2000, 'a member gone does not stretch it');
     d.observe(2000, false, true);
     assert.equal(d.current, 4000);
+    d.observe(100, true, false);
+    assert.equal(d.current, 4000, 'after a miss, three complete waits again before it shrinks');
     for (let i = 0; i < 6; i++) d.observe(d.current, false, true);
     assert.equal(d.current, 30000, 'ceiling');
     assert.deepEqual(d.history.at(-1), { deadlineMs: 30000, waitedMs: 30000, complete: false });
@@ -182,7 +185,7 @@ describe('weak links: adaptive round deadlines', () => {
   it('wrap() measures waitForHeads and leaves every other method to the exchange', async () => {
     const hub = new MemoryHub();
     const [a, b] = [hub.join('a'), hub.join('b')];
-    const d = new AdaptiveDeadline({ maxMs: 5000, minMs: 100 });
+    const d = new AdaptiveDeadline({ maxMs: 5000, minMs: 100, minSamples: 1 });
     const wa = d.wrap(a);
     assert.equal(wa.selfId, 'a');
     assert.deepEqual(wa.members(), a.members());

@@ -2,8 +2,9 @@
  * Round deadlines that adapt to what the link delivers. A site waits for
  * the other members' heads at most `deadlineMs` each round; with
  * `round.adaptive` it learns how long the heads take to arrive when all of
- * them do, and waits `factor` times the slowest of the last `window` such
- * rounds plus a margin (between `minMs` and the configured `deadlineMs`). A
+ * them do, and (once it has seen `minSamples` such rounds) waits `factor`
+ * times the slowest of the last `window` of them plus a margin (between
+ * `minMs` and the configured `deadlineMs`). A
  * round that runs out of time while every awaited member is connected (the
  * link is slow, not a member gone) doubles the deadline, up to `deadlineMs`;
  * members that are gone do not stretch it.
@@ -19,8 +20,10 @@ export interface AdaptiveDeadlineOptions {
   factor?: number;
   /** ...plus this margin (default 500 ms)... */
   marginMs?: number;
-  /** ...over the last this many complete rounds (default 5). */
+  /** ...over the last this many complete rounds (default 5)... */
   window?: number;
+  /** ...once there are this many (default 3; until then the deadline stays at `maxMs`). */
+  minSamples?: number;
 }
 
 export interface DeadlineRecord {
@@ -59,7 +62,9 @@ export class AdaptiveDeadline {
     if (complete) {
       this.samples.push(waitedMs);
       if (this.samples.length > (this.o.window ?? 5)) this.samples.shift();
-      this.cur = this.clamp((this.o.factor ?? 3) * Math.max(...this.samples) + (this.o.marginMs ?? 500));
+      if (this.samples.length >= Math.min(this.o.minSamples ?? 3, this.o.window ?? 5)) {
+        this.cur = this.clamp((this.o.factor ?? 3) * Math.max(...this.samples) + (this.o.marginMs ?? 500));
+      }
     } else if (linkSlow) {
       this.samples = [];
       this.cur = this.clamp(this.cur * 2);
