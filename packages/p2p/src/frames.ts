@@ -17,10 +17,19 @@ export async function readFrames(
   stream: Stream, n: number, maxLen: number, signal: AbortSignal, out: Uint8Array[] = [], onFrame?: (f: Uint8Array, i: number) => void,
 ): Promise<Uint8Array[]> {
   const duplex = messageStreamToDuplex(stream);
-  const onAbort = () => stream.abort(new Error('transfer timed out'));
+  // At the deadline: abort the stream, and settle even if its source never ends (a peer that stalls mid-frame).
+  let onAbort = () => {};
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => {
+      stream.abort(new Error('transfer timed out'));
+      reject(new Error('transfer timed out'));
+    };
+  });
+  aborted.catch(() => {});
+  if (signal.aborted) onAbort();
   signal.addEventListener('abort', onAbort, { once: true });
   try {
-    return await pipe(
+    return await Promise.race([aborted, pipe(
       duplex.source,
       (src) => lp.decode(src, { maxDataLength: maxLen }),
       async (src) => {
@@ -31,7 +40,7 @@ export async function readFrames(
         }
         return out;
       },
-    );
+    )]);
   } finally {
     signal.removeEventListener('abort', onAbort);
   }
