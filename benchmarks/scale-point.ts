@@ -5,6 +5,7 @@
  *
  *   node --import tsx benchmarks/scale-point.ts --dataset synthetic:... --peers 64 --rounds 10 --max-experts 8 [--fedavg]
  */
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { simulate, silentLogger } from '@dflmoe/core';
 
@@ -30,4 +31,6 @@ const out = Object.fromEntries(Object.entries(r.algorithms).map(([name, a]) => [
   expertsPerSite: name === 'dflmoe' ? a!.peers.reduce((s, p) => s + Object.keys(p.gateWeights ?? {}).length, 0) / peers : undefined,
   rounds: a!.rounds.length,
 }]));
-console.log(JSON.stringify({ peers, rounds, maxExperts, peakRssMiB: process.resourceUsage().maxRSS / 1024, ...out }));
+// This process's own high-water mark (getrusage's maxRSS would carry the parent's over fork and exec).
+const hwm = /^VmHWM:\s+(\d+)\s+kB/m.exec(readFileSync('/proc/self/status', 'utf8'));
+console.log(JSON.stringify({ peers, rounds, maxExperts, peakRssMiB: hwm ? Number(hwm[1]) / 1024 : process.resourceUsage().maxRSS / 1024, ...out }));
