@@ -4,19 +4,13 @@
  * a restart on another address. Every wait bounded.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULT_SIMULATION, type SimulationConfig } from '@dflmoe/core';
-import { waitExit, writeConsortium } from '@dflmoe/cli';
 import type { PrivateKey } from '@libp2p/interface';
 import { multiaddr } from '@multiformats/multiaddr';
-import {
-  ConfigError, boundedAddrs, createSiteNode, generateIdentity, memberFinderOf, parsePeerConfig, readJsonLines, type RoundLine, type SiteNode,
-} from '@dflmoe/p2p';
-import { processGroup, until } from './helpers.js';
-
-const lines = (file: string) => readJsonLines<RoundLine>(file);
+import { ConfigError, boundedAddrs, createSiteNode, generateIdentity, memberFinderOf, parsePeerConfig, type SiteNode } from '@dflmoe/p2p';
+import { processGroup, runFourSites, until } from './helpers.js';
 
 describe('discovery: members by peer ID only', function () {
   this.timeout(90000);
@@ -103,27 +97,12 @@ describe('discovery: a consortium whose configs list peer IDs and one bootstrap 
   afterEach(() => procs.kill());
 
   it('4 sites find each other through site-0 and the DHT and complete every round with all 3 experts', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-discovery-'));
-    const sim: SimulationConfig = { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 4, rounds: 8, partition: 'dirichlet:0.5', seed: 4, algorithms: ['dflmoe'] };
-    const f = await writeConsortium({ dir, algorithm: 'dflmoe', sim, deadlineMs: 20000, lingerMs: 3000 });
-    const boot = `/ip4/127.0.0.1/tcp/${f.sites[0].port}/p2p/${f.sites[0].peerId}`;
-    for (const s of f.sites) {
-      const c = JSON.parse(readFileSync(s.config, 'utf8'));
-      c.members = c.members.map((m: { peerId: string; name: string }) => ({ peerId: m.peerId, name: m.name }));
-      c.discovery = { bootstrap: [boot], intervalMs: 500 };
-      writeFileSync(s.config, JSON.stringify(c, null, 2));
-    }
-    const ps = f.sites.map((s) => procs.start(['peer', '--config', s.config], `${s.out}.log`));
-    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 240000))), [0, 0, 0, 0], 'every site exits cleanly');
-    for (const s of f.sites) {
-      const ls = lines(join(s.out, 'metrics.jsonl'));
-      assert.deepEqual(ls.map((l) => l.round), [1, 2, 3, 4, 5, 6, 7, 8], `rounds of ${s.out}`);
-      const others = f.sites.filter((o) => o !== s).map((o) => o.peerId).sort();
-      for (const l of ls.slice(1)) assert.deepEqual(l.experts.map((e) => e.peer).sort(), others, `${s.out} round ${l.round}: experts`);
-      assert.ok(ls.at(-1)!.experts.every((e) => e.version >= 7), 'fresh experts at the end');
-    }
+    // Every config lists the members by peer ID only, and site-0's address to bootstrap from.
+    const { files: f, logs } = await runFourSites(procs, 'discovery', 4, (c, _s, files) => {
+      c.members = c.members.map((m) => ({ peerId: m.peerId, name: m.name }));
+      c.discovery = { bootstrap: [`/ip4/127.0.0.1/tcp/${files.sites[0].port}/p2p/${files.sites[0].peerId}`], intervalMs: 500 };
+    }, 2);
     // Sites 1-3 knew only site-0's address: every pair of them found one another at run time.
-    const logs = f.sites.map((s) => readFileSync(`${s.out}.log`, 'utf8'));
     const foundBy = (i: number, j: number) => new RegExp(`found site-${j} \\(${f.sites[j].peerId}\\) at /ip4/127\\.0\\.0\\.1/tcp/${f.sites[j].port}/`).test(logs[i]);
     for (const [i, j] of [[1, 2], [1, 3], [2, 3]]) assert.ok(foundBy(i, j) || foundBy(j, i), `site-${i} and site-${j} found each other`);
   });

@@ -2,7 +2,13 @@ import { spawnSync, type ChildProcess } from 'node:child_process';
 import fc from 'fast-check';
 import { initBackend, preparePeerData, silentLogger, type PeerData } from '@dflmoe/core';
 import { makeSynthetic, partition, type Dataset } from '@dflmoe/data';
-import { startProcess } from '@dflmoe/cli';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DEFAULT_SIMULATION, type SimulationConfig } from '@dflmoe/core';
+import { startProcess, waitExit, writeConsortium, type ConsortiumFiles, type SiteFiles } from '@dflmoe/cli';
+import { readJsonLines, type RoundLine } from '@dflmoe/p2p';
 
 /** Activate the process's compute backend (wasm here) quietly. */
 export async function backend(): Promise<string> {
@@ -73,3 +79,42 @@ export const mutated = (base: Uint8Array) =>
     fc.nat(base.length - 1).map((n) => base.slice(0, n)),
     fc.uint8Array({ minLength: 1, maxLength: 64 }).map((tail) => Uint8Array.from([...base, ...tail])),
   );
+
+/**
+ * A 4-site dFLMoE consortium on breast-cancer (8 rounds, 20 s deadline) for
+ * the reach tests: write it, let `edit` change each site's config, run every
+ * site as a process of `procs`, check that each exits cleanly and ran every
+ * round once with all 3 others as experts from round `from` on (fresh at the
+ * end); returns the files and the sites' logs.
+ */
+export async function runFourSites(
+  procs: ReturnType<typeof processGroup>, name: string, seed: number, edit: (cfg: SiteConfigJson, site: SiteFiles, files: ConsortiumFiles) => void, from = 1,
+): Promise<{ files: ConsortiumFiles; logs: string[] }> {
+  const dir = mkdtempSync(join(tmpdir(), `dflmoe-${name}-`));
+  const sim: SimulationConfig = { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 4, rounds: 8, partition: 'dirichlet:0.5', seed, algorithms: ['dflmoe'] };
+  const files = await writeConsortium({ dir, algorithm: 'dflmoe', sim, deadlineMs: 20000, lingerMs: 3000 });
+  for (const s of files.sites) {
+    const c = JSON.parse(readFileSync(s.config, 'utf8')) as SiteConfigJson;
+    edit(c, s, files);
+    writeFileSync(s.config, JSON.stringify(c, null, 2));
+  }
+  const ps = files.sites.map((s) => procs.start(['peer', '--config', s.config], `${s.out}.log`));
+  assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 240000))), [0, 0, 0, 0], 'every site exits cleanly');
+  for (const s of files.sites) {
+    const ls = readJsonLines<RoundLine>(join(s.out, 'metrics.jsonl'));
+    assert.deepEqual(ls.map((l) => l.round), [1, 2, 3, 4, 5, 6, 7, 8], `rounds of ${s.out}`);
+    const others = files.sites.filter((o) => o !== s).map((o) => o.peerId).sort();
+    for (const l of ls.slice(from - 1)) assert.deepEqual(l.experts.map((e) => e.peer).sort(), others, `${s.out} round ${l.round}: experts`);
+    assert.ok(ls.at(-1)!.experts.every((e) => e.version >= 7), 'fresh experts at the end');
+    assert.ok(ls.at(-1)!.accuracy > 0.8);
+  }
+  return { files, logs: files.sites.map((s) => readFileSync(`${s.out}.log`, 'utf8')) };
+}
+
+/** The parts of a site config the reach tests change. */
+export interface SiteConfigJson {
+  listen: string[];
+  relay?: unknown;
+  discovery?: unknown;
+  members: { peerId: string; addrs?: string[]; name?: string }[];
+}

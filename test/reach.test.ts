@@ -3,18 +3,16 @@
  * for members; every wait bounded.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULT_SIMULATION, silentLogger, type SimulationConfig } from '@dflmoe/core';
-import { waitExit, writeConsortium, type SiteFiles } from '@dflmoe/cli';
+import { silentLogger } from '@dflmoe/core';
+import type { SiteFiles } from '@dflmoe/cli';
 import { multiaddr } from '@multiformats/multiaddr';
 import {
-  ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, isRelayed, parseRelayConfig, readJsonLines, saveIdentity, startRelay, type RoundLine, type SiteNode,
+  ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, isRelayed, parseRelayConfig, saveIdentity, startRelay, type SiteNode,
 } from '@dflmoe/p2p';
-import { processGroup, untilValue as until } from './helpers.js';
-
-const lines = (file: string) => readJsonLines<RoundLine>(file);
+import { processGroup, runFourSites, untilValue as until } from './helpers.js';
 
 describe('reach: circuit relay for members only', function () {
   this.timeout(60000);
@@ -126,42 +124,23 @@ describe('reach: a consortium with a site behind NAT (multi-process)', function 
   afterEach(() => procs.kill());
 
   it('4 sites, one with no listen address reachable only through a member relay: every round completes with all 3 experts at every site', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-relay-'));
-    const sim: SimulationConfig = { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 4, rounds: 8, partition: 'dirichlet:0.5', seed: 3, algorithms: ['dflmoe'] };
-    const f = await writeConsortium({ dir, algorithm: 'dflmoe', sim, deadlineMs: 20000, lingerMs: 3000 });
+    let relayAddr = '';
+    const { files: f, logs } = await runFourSites(procs, 'relay', 3, (c, s, files) => {
+      const [relay, , , nat] = files.sites;
+      relayAddr = `/ip4/127.0.0.1/tcp/${relay.port}/p2p/${relay.peerId}`;
+      if (s === relay) c.relay = { serve: true };
+      if (s === nat) {
+        // No address of its own, and a firewall that lets connections out to the relay alone.
+        c.listen = [];
+        c.relay = { via: [relayAddr], only: true };
+        for (const m of c.members) if (m.peerId !== relay.peerId) m.addrs = [];
+      } else {
+        const m = c.members.find((x) => x.peerId === nat.peerId)!;
+        m.addrs = s === relay ? [] : [`${relayAddr}/p2p-circuit`];
+      }
+    });
     const [relay, , , nat] = f.sites;
-    const relayAddr = `/ip4/127.0.0.1/tcp/${relay.port}/p2p/${relay.peerId}`;
-    type Cfg = { listen: string[]; relay: unknown; members: { peerId: string; addrs: string[] }[] };
-    const edit = (s: SiteFiles, fn: (c: Cfg) => void) => {
-      const c = JSON.parse(readFileSync(s.config, 'utf8'));
-      fn(c);
-      writeFileSync(s.config, JSON.stringify(c, null, 2));
-    };
-    for (const s of f.sites) {
-      edit(s, (c) => {
-        if (s === relay) c.relay = { serve: true };
-        if (s === nat) {
-          // No address of its own, and a firewall that lets connections out to the relay alone.
-          c.listen = [];
-          c.relay = { via: [relayAddr], only: true };
-          for (const m of c.members) if (m.peerId !== relay.peerId) m.addrs = [];
-        } else {
-          const m = c.members.find((x) => x.peerId === nat.peerId)!;
-          m.addrs = s === relay ? [] : [`${relayAddr}/p2p-circuit`];
-        }
-      });
-    }
-    const ps = f.sites.map((s) => procs.start(['peer', '--config', s.config], `${s.out}.log`));
-    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 240000))), [0, 0, 0, 0], 'every site exits cleanly');
-    for (const s of f.sites) {
-      const ls = lines(join(s.out, 'metrics.jsonl'));
-      assert.deepEqual(ls.map((l) => l.round), [1, 2, 3, 4, 5, 6, 7, 8], `rounds of ${s.out}`);
-      const others = f.sites.filter((o) => o !== s).map((o) => o.peerId).sort();
-      for (const l of ls) assert.deepEqual(l.experts.map((e) => e.peer).sort(), others, `${s.out} round ${l.round}: experts`);
-      assert.ok(ls.at(-1)!.experts.every((e) => e.version >= 7), 'fresh experts at the end');
-      assert.ok(ls.at(-1)!.accuracy > 0.8);
-    }
-    const log = (s: SiteFiles) => readFileSync(`${s.out}.log`, 'utf8');
+    const log = (s: SiteFiles) => logs[f.sites.indexOf(s)];
     assert.match(log(nat), /reserved a slot on relay .*members reach this site at \/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/\w+\/p2p-circuit/);
     for (const s of f.sites.slice(1, 3)) {
       // The others reach the NAT'd site through the relay only: never a direct connection.

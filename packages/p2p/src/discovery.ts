@@ -66,7 +66,7 @@ export function memberPeerInfoMapper(onDropped?: (peer: string, n: number) => vo
   };
 }
 
-type RoutingNode = Pick<Libp2p, 'dial' | 'getConnections' | 'peerId' | 'peerRouting'>;
+type RoutingNode = Pick<Libp2p, 'dial' | 'getConnections' | 'peerId' | 'peerRouting' | 'peerStore'>;
 
 export class MemberFinder {
   private timer?: NodeJS.Timeout;
@@ -141,13 +141,30 @@ export class MemberFinder {
     return true;
   }
 
+  /** The member's configured addresses and those the peer store holds (identify, mDNS, an earlier lookup). */
+  private async knownAddrs(m: FinderMember): Promise<Multiaddr[]> {
+    const own = `/p2p/${m.peerId}`;
+    const out = m.addrs.map((a) => multiaddr(a.endsWith(own) ? a : `${a}${own}`));
+    try {
+      const p = await this.node.peerStore.get(peerIdFromString(m.peerId));
+      for (const a of p.addresses) out.push(a.multiaddr.toString().includes(own) ? a.multiaddr : a.multiaddr.encapsulate(own));
+    } catch {
+      // not in the peer store yet
+    }
+    return boundedAddrs(out).kept;
+  }
+
   private async find(m: FinderMember): Promise<boolean> {
     const id = peerIdFromString(m.peerId);
-    // Known addresses first (config, identify, mDNS, an earlier lookup).
-    try {
-      if (await this.dialAddr(m.peerId, id, 'known')) return true;
-    } catch {
-      // none of them works (or none known): look it up
+    // Known addresses first. Never dial by peer ID alone: libp2p would look the peer up inside the dial,
+    // and every other dial to that member (the exchange's, preprocessing's) would queue behind the lookup.
+    const known = await this.knownAddrs(m);
+    if (known.length > 0) {
+      try {
+        if (await this.dialAddr(m.peerId, known, 'known')) return true;
+      } catch {
+        // none of them works: look it up
+      }
     }
     if (!this.o.dht || this.stopped) return false;
     this.lookups++;

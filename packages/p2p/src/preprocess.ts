@@ -224,9 +224,11 @@ export class SchemaAgreement {
   private async ask(m: PreprocessMember, timeoutMs: number): Promise<{ statement: SiteStatement; agreedSites?: string[] } | undefined> {
     const signal = AbortSignal.timeout(Math.max(1, timeoutMs));
     let lastError = 'no address';
-    // The configured addresses, then the peer ID alone: a connection that is already open (the member
-    // dialled us, or came through a relay) or addresses found at run time (identify, discovery).
+    // The configured addresses, then a connection that is already open (the member dialled us, came
+    // through a relay, or was found at run time); no lookup here: finding members is discovery's job.
+    const open = () => this.node.getConnections(peerIdFromString(m.peerId)).length > 0;
     for (const a of [...m.addrs, undefined]) {
+      if (a === undefined && !open()) break;
       let stream: Stream;
       try {
         const target = a === undefined ? peerIdFromString(m.peerId) : multiaddr(`${a}/p2p/${m.peerId}`);

@@ -75,10 +75,10 @@ export class RelayKeeper {
       this.failures.delete(relay);
       this.report(relay, { relay, state: 'reserved', addrs: this.addrsVia(relay) });
     } catch (e) {
-      // Back off up to 30 s between attempts on a relay that is down or refuses us.
+      // Back off by a second more after each failure, up to 10 s, on a relay that is down or refuses us.
       const n = (this.failures.get(relay) ?? 0) + 1;
       this.failures.set(relay, n);
-      this.nextTry.set(relay, Date.now() + Math.min(30000, 500 * 2 ** Math.min(n, 6)));
+      this.nextTry.set(relay, Date.now() + Math.min(10000, 1000 * n));
       this.report(relay, { relay, state: 'failed', error: (e as Error).message.split('\n')[0].slice(0, 200) });
     } finally {
       this.inflight.delete(relay);
