@@ -10,6 +10,7 @@ import { applyStandardizer, featureSize, type Standardizer } from '@dflmoe/data'
 import type { AlgorithmSite } from './algorithms/api.js';
 import { DflmoeSite } from './algorithms/dflmoe-site.js';
 import { moeForward } from './model.js';
+import { rowsOf } from './train.js';
 
 export interface Predictions {
   numSamples: number;
@@ -50,7 +51,7 @@ export function sitePredictions(site: AlgorithmSite, x: tf.Tensor, classNames: s
   for (let s = 0; s < n; s += chunk) {
     const m = Math.min(chunk, n - s);
     tf.tidy(() => {
-      const xb = tf.slice(x, s, m);
+      const xb = rowsOf(x, s, m);
       let probs: tf.Tensor2D;
       if (peer) {
         const out = moeForward(peer.features(xb, false), experts, peer.gate);

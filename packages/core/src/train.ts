@@ -255,12 +255,21 @@ function dpGradients(
   return { value: total as tf.Scalar, grads };
 }
 
+/**
+ * Rows `[start, start + count)` of `x`. A gather, not `tf.slice`: the wasm
+ * backend's slice first copies its whole input into JavaScript (a full copy
+ * of the test split for every chunk evaluated); gather runs in the backend.
+ */
+export function rowsOf(x: tf.Tensor, start: number, count: number): tf.Tensor {
+  return tf.tidy(() => tf.gather(x, tf.range(start, start + count, 1, 'int32')));
+}
+
 /** Apply `predict` to `x` in chunks and return the argmax class of each row. */
 export function predictClasses(x: tf.Tensor, predict: (xb: tf.Tensor) => tf.Tensor2D, chunk = 512): Int32Array {
   const n = x.shape[0];
   const out = new Int32Array(n);
   for (let s = 0; s < n; s += chunk) {
-    const cls = tf.tidy(() => tf.argMax(predict(tf.slice(x, s, Math.min(chunk, n - s))), 1).dataSync() as Int32Array);
+    const cls = tf.tidy(() => tf.argMax(predict(rowsOf(x, s, Math.min(chunk, n - s))), 1).dataSync() as Int32Array);
     out.set(cls, s);
   }
   return out;
