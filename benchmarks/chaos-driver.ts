@@ -187,7 +187,18 @@ export async function chaosSoak(o: ChaosOptions): Promise<ChaosResult> {
       log(`killed ${x.name} (SIGKILL) after round ${atRound}; restarting`);
       await sleep(300);
       x.restarts++;
+      const logged = existsSync(`${x.out}.log`) ? readFileSync(`${x.out}.log`).length : 0;
       x.proc = start(x.args, `${x.out}.log`);
+      // No other kill until this process has restored its checkpoint (or had none), so that every kill tests a resume.
+      const resumed = () => {
+        const text = existsSync(`${x.out}.log`) ? readFileSync(`${x.out}.log`).subarray(logged).toString('utf8') : '';
+        const m = /resumed from the checkpoint of round (\d+)/.exec(text);
+        return m ? Number(m[1]) : /starting from round 1|listening on/.test(text) && atRound === 0 ? 0 : undefined;
+      };
+      const t = Date.now();
+      while (resumed() === undefined && running(x) && Date.now() - t < 90000) await sleep(200);
+      const r = resumed();
+      if (r !== undefined && atRound > 0) kills[kills.length - 1].resumedFrom = r;
     };
     let nextKill = o.killEvery;
     let serverKilled = false;
@@ -220,16 +231,10 @@ export async function chaosSoak(o: ChaosOptions): Promise<ChaosResult> {
     });
     const noHangOrCrash = codes.every((c) => c === 0);
     if (!noHangOrCrash) problems.push(`exit codes ${codes} (null: killed at the deadline)`);
-    // The log of a process is appended across restarts: its n-th resume line answers its n-th kill after a checkpoint.
-    for (const slot of slots) {
-      const text = existsSync(`${slot.out}.log`) ? readFileSync(`${slot.out}.log`, 'utf8') : '';
-      const resumes = [...text.matchAll(/resumed from the checkpoint of round (\d+)/g)].map((m) => Number(m[1]));
-      for (const k of kills.filter((x) => x.process === slot.name && x.atRound > 0)) {
-        const r = resumes.shift();
-        k.resumedFrom = r;
-        if (r === undefined || r < k.atRound - 1 || r > k.atRound + 1) {
-          problems.push(`${k.process} killed after round ${k.atRound} did not resume from its checkpoint (resumed from ${r ?? 'nothing'})`);
-        }
+    for (const k of kills) {
+      const r = k.resumedFrom;
+      if (k.atRound > 0 && (r === undefined || r < k.atRound - 1 || r > k.atRound + 1)) {
+        problems.push(`${k.process} killed after round ${k.atRound} did not resume from its checkpoint (resumed from ${r ?? 'nothing'})`);
       }
     }
     const resumedFromCheckpoint = kills.every((k) => k.atRound === 0 || (k.resumedFrom !== undefined && Math.abs(k.resumedFrom - k.atRound) <= 1));

@@ -18,7 +18,7 @@ describe('chaos soak (short)', function () {
       algorithm: 'dflmoe', dir: mkdtempSync(join(tmpdir(), 'dflmoe-chaos-test-')), sites: 5, rounds: 8, classes: 4,
       // Well-separated classes: accuracy is stable, so a pool that missed a head for a round does not move it, while a hostile head would.
       sim: { dataset: 'synthetic:classes=4,dim=16,samples=2000,separation=1', partition: 'iid', seed: 4, epochs: 2 },
-      killEvery: 3, deadlineMs: 3000, timeoutMs: 100000, seed: 3,
+      killEvery: 3, deadlineMs: 3000, timeoutMs: 150000, seed: 3,
     });
     process.stdout.write(`      (undisturbed ${(100 * r.undisturbed.meanAccuracy).toFixed(2)}% in ${r.undisturbed.seconds.toFixed(0)} s, ` +
       `chaos ${(100 * r.chaos.meanAccuracy).toFixed(2)}% in ${r.chaos.seconds.toFixed(0)} s, kills ${JSON.stringify(r.chaos.kills)}, stranger writes ${r.chaos.strangerWrites})\n`);
