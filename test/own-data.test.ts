@@ -195,7 +195,7 @@ describe('sites with their own data over TCP (multi-process)', function () {
     });
   }
 
-  it('clear errors: not a site directory, an unreadable input, an old config', () => {
+  it('clear errors: not a site directory, an old config (with how to migrate it)', () => {
     const r = cli(['predict', '--site', tmpDir(), '--input', 'x.csv']);
     assert.equal(r.status, 1);
     assert.match(r.stderr, /^dflmoe: error: .* is not a trained site's directory \(no site\.json\): pass the "out" directory of a site that ran dflmoe peer\n$/);
