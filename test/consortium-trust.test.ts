@@ -10,9 +10,9 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, silentLogger, simulate, type SimulationConfig } from '@dflmoe/core';
-import { startProcess, waitExit, writeConsortium } from '@dflmoe/cli';
+import { waitExit, writeConsortium } from '@dflmoe/cli';
 import { Libp2pHeadExchange, createSiteNode, generateIdentity, readJsonLines, type RoundLine, type ServerRoundLine } from '@dflmoe/p2p';
-import { until } from './helpers.js';
+import { processGroup, until } from './helpers.js';
 
 const sim = (o: Partial<SimulationConfig> = {}): SimulationConfig => ({
   ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 4, rounds: 4, partition: 'dirichlet:0.5', seed: 5, algorithms: ['fedavg'], ...o,
@@ -22,14 +22,13 @@ const lines = <T = RoundLine>(file: string): T[] => readJsonLines<T>(file);
 
 describe('trust and operations over TCP', function () {
   this.timeout(180000);
+  const group = processGroup();
+  const start = (args: string[], log?: string) => group.start(args, log);
+  /** Processes this file spawns itself (the hostile client). */
   let procs: ChildProcess[] = [];
-  const start = (args: string[], log?: string) => {
-    const p = startProcess(args, log, { DFLMOE_LOG_LEVEL: 'info' });
-    procs.push(p);
-    return p;
-  };
   afterEach(() => {
-    for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+    group.kill();
+    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
     procs = [];
   });
 
