@@ -24,7 +24,8 @@ async function trail(rounds: number) {
 }
 
 describe('audit trail', function () {
-  this.timeout(60000);
+  // Two CLI runs from source: slow on a busy machine.
+  this.timeout(180000);
 
   it('records each round (heads mixed with digests, own head, checkpoint, privacy) and verifies, also after a restart', async () => {
     const { dir, id, file, sources } = await trail(3);
