@@ -42,9 +42,18 @@ export class DflmoeSite implements AlgorithmSite {
     return this.peer.data;
   }
 
-  /** Take in every head waiting in the exchange; returns how many were accepted. */
-  absorb(ex: HeadExchange, round: number, log: Logger): number {
-    return absorbMessages(ex, log, 'head', (m) => this.peer.receiveHead(m.payload, m.from, round));
+  /**
+   * Take in every head waiting in the exchange; returns how many were
+   * accepted. `refused` counts the others that are this round's word from
+   * their sender (refused by validation or the admission check, not stale
+   * or unselected).
+   */
+  absorb(ex: HeadExchange, round: number, log: Logger, refused?: { count: number }): number {
+    return absorbMessages(ex, log, 'head', (m) => {
+      const r = this.peer.receiveHead(m.payload, m.from, round);
+      if (refused && r !== 'added' && r !== 'replaced' && r !== 'stale-version' && r !== 'not-selected') refused.count++;
+      return r;
+    });
   }
 
   /**
@@ -76,9 +85,11 @@ export class DflmoeSite implements AlgorithmSite {
     const head = this.o.randomUpdates ? randomHead(this.peer, round, deriveSeed(this.o.seed ?? 0, 'poison', this.id, round)) : this.peer.encodeHead(round);
     await ex.publish(head, round);
     // A site that lags behind already holds some of this round's heads (they came while it trained):
-    // they count towards the quorum, or it would wait out the whole deadline for heads that never come.
-    fresh += this.absorb(ex, round, net.logger);
-    const have = this.peer.pool.list().filter((e) => e.version >= round).length;
+    // they count towards the quorum, or it would wait out the whole deadline for heads that never come;
+    // so do heads it refused (an attacker's, say), which no longer wait in the exchange.
+    const refused = { count: 0 };
+    fresh += this.absorb(ex, round, net.logger, refused);
+    const have = this.peer.pool.list().filter((e) => e.version >= round).length + refused.count;
     const tw = performance.now();
     if (quorum > have && net.deadlineMs > 0) await ex.waitForHeads(quorum - have, net.deadlineMs);
     waitSeconds += secondsSince(tw);
