@@ -10,7 +10,7 @@ import { silentLogger } from '@dflmoe/core';
 import type { SiteFiles } from '@dflmoe/cli';
 import { multiaddr } from '@multiformats/multiaddr';
 import {
-  ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, isRelayed, parseRelayConfig, saveIdentity, startRelay, type SiteNode,
+  ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, isRelayed, parsePeerConfig, parseRelayConfig, saveIdentity, startRelay, type SiteNode,
 } from '@dflmoe/p2p';
 import { processGroup, runFourSites, untilValue as until } from './helpers.js';
 
@@ -76,6 +76,21 @@ describe('reach: circuit relay for members only', function () {
     assert.ok(!s.getMultiaddrs().some((a) => a.toString().includes('/p2p-circuit')), 'the stranger holds no reservation');
     await assert.rejects(s.dial(multiaddr(`${relayAddr}/p2p-circuit/p2p/${nat.peerId}`), { signal: AbortSignal.timeout(10000) }));
     assert.ok(refusedRelay.some((x) => x === `relayed connection:${stranger.peerId}`), refusedRelay.join());
+  });
+});
+
+describe('reach: config', () => {
+  it('a site needs a listen address or a relay; relay.only needs relays; relay addresses name the relay', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-reachcfg-'));
+    const r = await generateIdentity();
+    const base = { key: 'k.key', data: { dataset: 'breast-cancer' }, rounds: 2, out: 'o' };
+    const via = `/ip4/10.0.0.1/tcp/9101/p2p/${r.peerId}`;
+    const bad = (cfg: object, re: RegExp) => assert.throws(() => parsePeerConfig(cfg, 'a.json', dir), (e: Error) => e instanceof ConfigError && re.test(e.message));
+    bad({ ...base, listen: [] }, /listen: give at least one address to listen on, or \(behind NAT\) relay\.via/);
+    bad({ ...base, listen: ['/ip4/127.0.0.1/tcp/1'], relay: { only: true } }, /relay\.only: needs relay\.via/);
+    bad({ ...base, listen: [], relay: { via: ['/ip4/10.0.0.1/tcp/9101'] } }, /relay\.via\.0: a relay address ends in \/p2p\//);
+    const ok = parsePeerConfig({ ...base, listen: [], relay: { via: [via], only: true } }, 'a.json', dir);
+    assert.deepEqual([ok.listen, ok.relay.via, ok.relay.only, ok.relay.serve, ok.relay.holePunch], [[], [via], true, false, true]);
   });
 });
 
