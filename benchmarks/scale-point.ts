@@ -19,12 +19,19 @@ const { values } = parseArgs({
 const peers = Number(values.peers);
 const rounds = Number(values.rounds);
 const maxExperts = Number(values['max-experts']);
+// CPU seconds per algorithm, from the end of its first round to the end of its last (robust to a loaded machine).
+const cpuAt = new Map<string, number[]>();
+const cpuNow = () => {
+  const c = process.cpuUsage();
+  return (c.user + c.system) / 1e6;
+};
 const r = await simulate({
   dataset: values.dataset!, peers, rounds, partition: values.partition!, algorithms: values.fedavg ? ['dflmoe', 'fedavg'] : ['dflmoe'],
   bodies: [values.body!], featureDim: Number(values['feature-dim']), minSize: Number(values['min-size']), maxExperts,
-}, { logger: silentLogger });
+}, { logger: silentLogger, onRound: (alg) => cpuAt.set(alg, [...(cpuAt.get(alg) ?? []), cpuNow()]) });
 const out = Object.fromEntries(Object.entries(r.algorithms).map(([name, a]) => [name, {
   secondsPerRound: a!.wallSeconds / rounds,
+  cpuSecondsPerRound: rounds > 1 ? (cpuAt.get(name)!.at(-1)! - cpuAt.get(name)![0]) / (rounds - 1) : undefined,
   bytesPerSiteRound: a!.bytesSent / (peers * rounds),
   accuracy: a!.accuracy.mean,
   // Experts each site mixes at the end (own head included).

@@ -52,6 +52,15 @@ const ROUNDS = Number(values.rounds);
 const quiet = silentLogger;
 const backend = (await initBackend({ logger: quiet })).name;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+/**
+ * CPU seconds of this process since `c0` (user + system). The training loops
+ * run on the main thread, so on a loaded machine this tracks their compute
+ * better than wall time.
+ */
+const cpuSince = (c0: NodeJS.CpuUsage) => {
+  const c = process.cpuUsage(c0);
+  return (c.user + c.system) / 1e6;
+};
 console.log(`backend: ${backend}`);
 // Merge into the previous results, so that parts can be re-run alone.
 const results: Record<string, unknown> = existsSync(values.out!) ? JSON.parse(readFileSync(values.out!, 'utf8')) : {};
@@ -83,7 +92,7 @@ if (parts.has('overhead')) {
     });
     m.compile({ optimizer: tf.train.adam(1e-3), loss: tf.losses.softmaxCrossEntropy });
     const y = tf.oneHot(data.yTrain, 10);
-    const t0 = performance.now();
+    const c0 = process.cpuUsage();
     for (let e = 0; e < epochs; e++) {
       for (let s = 0; s < n; s += batch) {
         const [xb, yb] = tf.tidy(() => [tf.slice(data.xTrain, s, Math.min(batch, n - s)), tf.slice(y, s, Math.min(batch, n - s))]);
@@ -91,7 +100,7 @@ if (parts.has('overhead')) {
         tf.dispose([xb, yb]);
       }
     }
-    const sec = (performance.now() - t0) / 1000;
+    const sec = cpuSince(c0);
     y.dispose();
     m.dispose();
     return (epochs * n) / sec;
@@ -109,30 +118,31 @@ if (parts.has('overhead')) {
         h.forEach((l) => tf.dispose([l.kernel, l.bias]));
       }
     }
-    const t0 = performance.now();
+    const c0 = process.cpuUsage();
     await p.trainRound(1);
-    const sec = (performance.now() - t0) / 1000;
+    const sec = cpuSince(c0);
     p.dispose();
     return (epochs * n) / sec;
   };
   await bareLoop(); // warm-up (kernels, allocations)
   await ours('dflmoe');
-  // Three interleaved repetitions; medians.
+  // Five interleaved repetitions; throughput in samples per CPU second, medians; ratios are medians of each repetition's ratio.
   const runs: Record<'bare' | 'local' | 'dflmoe9' | 'perExpert9', number[]> = { bare: [], local: [], dflmoe9: [], perExpert9: [] };
-  for (let rep = 0; rep < 3; rep++) {
+  for (let rep = 0; rep < 5; rep++) {
     runs.bare.push(await bareLoop());
     runs.local.push(await ours('local'));
     runs.dflmoe9.push(await ours('dflmoe'));
     runs.perExpert9.push(await ours('per-expert'));
   }
   const throughput = Object.fromEntries(Object.entries(runs).map(([k, v]) => [k, median(v)])) as Record<keyof typeof runs, number>;
+  const paired = (a: number[], b: number[]) => median(a.map((x, i) => x / b[i]));
   const ratios = {
-    localVsBare: throughput.bare / throughput.local,
-    dflmoeVsBare: throughput.bare / throughput.dflmoe9,
-    dflmoeVsLocal: throughput.local / throughput.dflmoe9,
-    perExpertVsLocal: throughput.local / throughput.perExpert9,
+    localVsBare: paired(runs.bare, runs.local),
+    dflmoeVsBare: paired(runs.bare, runs.dflmoe9),
+    dflmoeVsLocal: paired(runs.local, runs.dflmoe9),
+    perExpertVsLocal: paired(runs.local, runs.perExpert9),
   };
-  console.log(`training samples/s (mlp 256-256-64-10, batch ${batch}, median of 3): bare tfjs loop ${throughput.bare.toFixed(0)}, our local round ${throughput.local.toFixed(0)} ` +
+  console.log(`training samples per CPU second (mlp 256-256-64-10, batch ${batch}, median of 5): bare tfjs loop ${throughput.bare.toFixed(0)}, our local round ${throughput.local.toFixed(0)} ` +
     `(bare/ours ${ratios.localVsBare.toFixed(2)}), dFLMoE round with 9 experts ${throughput.dflmoe9.toFixed(0)} (bare/ours ${ratios.dflmoeVsBare.toFixed(2)}; ` +
     `dFLMoE/local ${ratios.dflmoeVsLocal.toFixed(2)}), per-expert path ${throughput.perExpert9.toFixed(0)} (per-expert/local ${ratios.perExpertVsLocal.toFixed(2)})`);
   save('overhead', { throughput, ratios, runs });
@@ -163,7 +173,7 @@ function moeMacs(K: number, d: number, classes: number, gateHidden: number, B: n
   return d * gateHidden + gateHidden * K + d * classes * K + ((K - 1) * d * d * classes) / B;
 }
 
-/** Seconds per training step of the mixture alone (forward, backward, Adam) with K experts, as a dFLMoE peer trains them (packed). */
+/** CPU seconds per training step of the mixture alone (forward, backward, Adam) with K experts, as a dFLMoE peer trains them (packed). */
 async function moeStepSeconds(K: number, d: number, classes: number, B: number, steps: number): Promise<number> {
   const gate = new Gate(d, 32, 1, 'own');
   const spec = { inputDim: d, hidden: [], outputDim: classes };
@@ -192,9 +202,9 @@ async function moeStepSeconds(K: number, d: number, classes: number, B: number, 
     value.dataSync();
   });
   for (let i = 0; i < 5; i++) step();
-  const t0 = performance.now();
+  const c0 = process.cpuUsage();
   for (let i = 0; i < steps; i++) step();
-  const sec = (performance.now() - t0) / 1000 / steps;
+  const sec = cpuSince(c0) / steps;
   gate.dispose();
   adam.dispose();
   own.dispose();
@@ -208,7 +218,7 @@ if (parts.has('moe')) {
   for (const experts of [K + 1, 64]) {
     const t = median([await moeStepSeconds(experts, 32, 10, 32, 100), await moeStepSeconds(experts, 32, 10, 32, 100), await moeStepSeconds(experts, 32, 10, 32, 100)]);
     moe.push({ experts, stepMs: t * 1000, macsPerSample: moeMacs(experts, 32, 10, 32, 32) });
-    console.log(`MoE step (forward, backward, update of the mixture alone; d 32, 10 classes, batch 32) with ${experts} experts: ${(t * 1000).toFixed(2)} ms, ${moeMacs(experts, 32, 10, 32, 32).toFixed(0)} multiply-adds per sample`);
+    console.log(`MoE step (forward, backward, update of the mixture alone; d 32, 10 classes, batch 32) with ${experts} experts: ${(t * 1000).toFixed(2)} CPU ms, ${moeMacs(experts, 32, 10, 32, 32).toFixed(0)} multiply-adds per sample`);
   }
   console.log(`  ${K + 1} experts against 64: step time ${(moe[0].stepMs / moe[1].stepMs).toFixed(3)}, multiply-adds ${(moe[0].macsPerSample / moe[1].macsPerSample).toFixed(3)}`);
   save('moe', moe);
@@ -217,8 +227,8 @@ if (parts.has('moe')) {
 // ------------------------------------------------------------ 4, 5. scale in one process (each point its own process)
 interface PointResult {
   peers: number; rounds: number; maxExperts: number; peakRssMiB: number;
-  dflmoe: { secondsPerRound: number; bytesPerSiteRound: number; accuracy: number; expertsPerSite: number };
-  fedavg?: { secondsPerRound: number; bytesPerSiteRound: number; accuracy: number };
+  dflmoe: { secondsPerRound: number; cpuSecondsPerRound: number; bytesPerSiteRound: number; accuracy: number; expertsPerSite: number };
+  fedavg?: { secondsPerRound: number; cpuSecondsPerRound: number; bytesPerSiteRound: number; accuracy: number };
 }
 function point(args: { dataset: string; peers: number; rounds: number; maxExperts: number; fedavg?: boolean; partition?: string; minSize?: number }): PointResult {
   const argv = ['--import', 'tsx', '--conditions=development', 'benchmarks/scale-point.ts', '--dataset', args.dataset, '--peers', String(args.peers),
@@ -237,9 +247,9 @@ if (parts.has('scale')) {
       const t0 = performance.now();
       const r = { ...point({ dataset: synthetic(peers), peers, rounds: ROUNDS, maxExperts, fedavg: maxExperts === 0 }), k: maxExperts ? String(maxExperts) : 'all' };
       scale.push(r);
-      console.log(`scale ${String(peers).padStart(3)} sites in one process, dFLMoE k=${r.k.padEnd(3)}: ${r.dflmoe.secondsPerRound.toFixed(3)} s/round, ` +
+      console.log(`scale ${String(peers).padStart(3)} sites in one process, dFLMoE k=${r.k.padEnd(3)}: ${r.dflmoe.secondsPerRound.toFixed(3)} s/round (${r.dflmoe.cpuSecondsPerRound.toFixed(3)} CPU s), ` +
         `${(r.dflmoe.bytesPerSiteRound / 1024).toFixed(1)} KiB per site per round, accuracy ${(r.dflmoe.accuracy * 100).toFixed(2)}%` +
-        (r.fedavg ? `; FedAvg ${r.fedavg.secondsPerRound.toFixed(3)} s/round, ${(r.fedavg.bytesPerSiteRound / 1024).toFixed(1)} KiB` : '') +
+        (r.fedavg ? `; FedAvg ${r.fedavg.secondsPerRound.toFixed(3)} s/round (${r.fedavg.cpuSecondsPerRound.toFixed(3)} CPU s), ${(r.fedavg.bytesPerSiteRound / 1024).toFixed(1)} KiB` : '') +
         `; peak RSS ${r.peakRssMiB.toFixed(0)} MiB (${(r.peakRssMiB / peers).toFixed(1)} MiB per site); ${r.rounds} rounds in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
       save('scale', scale);
     }
@@ -261,7 +271,7 @@ if (parts.has('compare')) {
     compare.push(row);
     console.log(`64 sites on ${dataset.split(':')[0]}: k=${K} against all: bytes per site per round ${row.bytesRatio.toFixed(3)}, experts mixed per site ${row.expertsRatio.toFixed(3)} ` +
       `(${bounded.dflmoe.expertsPerSite.toFixed(1)} of ${full.dflmoe.expertsPerSite.toFixed(1)}), accuracy ${(bounded.dflmoe.accuracy * 100).toFixed(2)}% against ${(full.dflmoe.accuracy * 100).toFixed(2)}% ` +
-      `(${row.accuracyPoints >= 0 ? '+' : ''}${row.accuracyPoints.toFixed(2)} points), ${bounded.dflmoe.secondsPerRound.toFixed(2)} against ${full.dflmoe.secondsPerRound.toFixed(2)} s/round`);
+      `(${row.accuracyPoints >= 0 ? '+' : ''}${row.accuracyPoints.toFixed(2)} points), ${bounded.dflmoe.cpuSecondsPerRound.toFixed(2)} against ${full.dflmoe.cpuSecondsPerRound.toFixed(2)} CPU s per round (all 64 sites)`);
     save('compare', compare);
   }
 }
