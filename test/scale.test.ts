@@ -193,6 +193,36 @@ describe('bounded mixture over libp2p', function () {
   });
 });
 
+describe('many members on one address', function () {
+  this.timeout(120000);
+
+  it('16 members on 127.0.0.1 hear every announcement (no gossipsub penalty for sharing an address, no refused dials)', async () => {
+    const { ids, nodes: ns, exs, stop } = await nodes(16);
+    try {
+      for (let i = 0; i < ns.length; i++) {
+        for (let j = i + 1; j < ns.length; j++) {
+          // A dial may be reset while twelve nodes set up at once: try again (bounded).
+          for (let attempt = 0; ; attempt++) {
+            try {
+              await ns[i].dial(ns[j].getMultiaddrs()[0]);
+              break;
+            } catch (e) {
+              if (attempt === 4) throw e;
+            }
+          }
+        }
+      }
+      // Nobody pulls (an empty selection): only the announcements are counted.
+      exs.forEach((e) => e.select([], 1));
+      await Promise.all(exs.map((e, i) => e.publish(new Uint8Array(100).fill(i), 1)));
+      await until(() => exs.every((e) => e.announced().size === 15), 'every announcement everywhere', 600);
+      exs.forEach((e, i) => assert.deepEqual([...e.announced().keys()].sort(), ids.filter((_, j) => j !== i).map((x) => x.peerId).sort()));
+    } finally {
+      await stop();
+    }
+  });
+});
+
 describe('training yields to the event loop', function () {
   this.timeout(180000);
   before(backend);

@@ -100,6 +100,9 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
     transports: [tcp(), ...(useWs ? [webSockets()] : []), circuitRelayTransport({ reservationCompletionTimeout: 10000 })],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
+    // Every member may connect at once from one host (one machine, a NAT, a relay): libp2p's defaults
+    // (5 inbound connections per host per second, 10 pending) refused most of a 64-site consortium's dials.
+    connectionManager: { inboundConnectionThreshold: Math.max(5, 2 * allowed.size), maxIncomingPendingConnections: Math.max(10, 2 * allowed.size) },
     ...(o.psk ? { connectionProtector: preSharedKey({ psk: o.psk }) } : {}),
     ...(o.metricsRegistry ? { metrics: prometheusMetrics({ registry: o.metricsRegistry, collectDefaultMetrics: false, preserveExistingMetrics: true }) } : {}),
     ...(o.discovery?.mdns ? { peerDiscovery: [mdns({ serviceTag: '_dflmoe-discovery._udp.local', interval: 5000 })] } : {}),
