@@ -3,7 +3,7 @@
  * process so that its peak RSS is its own: N sites in one process, dFLMoE
  * with all experts or at most k, and optionally FedAvg. Prints one JSON line.
  *
- *   node --import tsx benchmarks/scale-point.ts --dataset synthetic:... --peers 64 --rounds 10 --max-experts 8 [--fedavg]
+ *   node --import tsx benchmarks/scale-point.ts --dataset synthetic:... --peers 64 --rounds 10 --max-experts 8 [--fedavg] [--lr 3e-3]
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -13,7 +13,7 @@ const { values } = parseArgs({
   options: {
     dataset: { type: 'string' }, peers: { type: 'string' }, rounds: { type: 'string', default: '10' }, 'max-experts': { type: 'string', default: '0' },
     partition: { type: 'string', default: 'dirichlet:0.5' }, body: { type: 'string', default: 'mlp:64' }, 'feature-dim': { type: 'string', default: '32' },
-    'min-size': { type: 'string', default: '20' }, fedavg: { type: 'boolean', default: false },
+    'min-size': { type: 'string', default: '20' }, fedavg: { type: 'boolean', default: false }, lr: { type: 'string', default: '1e-3' },
   },
 });
 const peers = Number(values.peers);
@@ -27,7 +27,7 @@ const cpuNow = () => {
 };
 const r = await simulate({
   dataset: values.dataset!, peers, rounds, partition: values.partition!, algorithms: values.fedavg ? ['dflmoe', 'fedavg'] : ['dflmoe'],
-  bodies: [values.body!], featureDim: Number(values['feature-dim']), minSize: Number(values['min-size']), maxExperts,
+  bodies: [values.body!], featureDim: Number(values['feature-dim']), minSize: Number(values['min-size']), maxExperts, learningRate: Number(values.lr),
 }, { logger: silentLogger, onRound: (alg) => cpuAt.set(alg, [...(cpuAt.get(alg) ?? []), cpuNow()]) });
 const out = Object.fromEntries(Object.entries(r.algorithms).map(([name, a]) => [name, {
   secondsPerRound: a!.wallSeconds / rounds,

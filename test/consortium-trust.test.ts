@@ -120,11 +120,45 @@ describe('trust and operations over TCP', function () {
         await ex[1].settle(3000);
       }
       assert.equal(ex[1].stats().bytesReceived, got, 'the head it holds was not pulled again');
-      assert.equal(ex[0].isBlocked(ids[1].peerId) || ex[1].isBlocked(ids[0].peerId), false, 'nobody blocked');
+      assert.equal(ex[0].isBlocked(ids[1].peerId) || ex[1].isBlocked(ids[0].peerId), false, `nobody blocked (dropped: ${JSON.stringify([ex[0].dropped, ex[1].dropped])})`);
       assert.equal((ex[1].dropped['old-version'] ?? 0) + (ex[1].dropped['blocked'] ?? 0), 0, JSON.stringify(ex[1].dropped));
       // A newer head still arrives.
       await ex[0].publish(new Uint8Array(5000).fill(2), 2);
-      assert.equal(await ex[1].waitForHeads(1, 10000), 1);
+      assert.equal(await ex[1].waitForHeads(1, 30000), 1, `the newer head (dropped: ${JSON.stringify([ex[0].dropped, ex[1].dropped])}, connections ${nodes[1].getConnections().length})`);
+    } finally {
+      for (const e of ex) await e.close();
+      for (const n of nodes) await n.stop();
+    }
+  });
+
+  it('a member whose gossip never arrives is polled: its new heads still come, and nothing is pulled twice', async () => {
+    const ids = await Promise.all([generateIdentity(), generateIdentity()]);
+    const allow = ids.map((i) => i.peerId);
+    const nodes = await Promise.all(ids.map((i) => createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow })));
+    const members = ids.map((i) => ({ peerId: i.peerId, addrs: [] as string[] }));
+    const ex = nodes.map((n) => new Libp2pHeadExchange(n, { members, maxHeadBytes: 1 << 20, logger: silentLogger, heartbeatMs: 100 }));
+    for (const e of ex) await e.register();
+    for (const n of nodes) await n.start();
+    for (const e of ex) e.start();
+    try {
+      // Site 1 hears no announcement at all (as when gossip is lost): only polling can bring it heads.
+      for (const t of nodes[1].services.pubsub.getTopics()) nodes[1].services.pubsub.unsubscribe(t);
+      await nodes[1].dial(nodes[0].getMultiaddrs()[0]);
+      await ex[1].settle(3000);
+      assert.equal(ex[1].stats().bytesReceived, 0);
+      await ex[0].publish(new Uint8Array(3000).fill(1), 1);
+      assert.equal(await ex[1].waitForHeads(1, 10000), 1, 'version 1 arrived by polling');
+      assert.ok(ex[1].polls > 0);
+      assert.deepEqual(ex[1].drain().map((m) => m.payload[0]), [1]);
+      await ex[0].publish(new Uint8Array(3000).fill(2), 2);
+      assert.equal(await ex[1].waitForHeads(1, 10000), 1, 'version 2 too');
+      assert.deepEqual(ex[1].drain().map((m) => m.payload[0]), [2]);
+      // More polls find nothing newer: no bytes move.
+      const got = ex[1].stats().bytesReceived;
+      const polls = ex[1].polls;
+      await until('more polls', () => ex[1].polls >= polls + 3, 10000);
+      assert.equal(ex[1].stats().bytesReceived, got);
+      assert.equal(ex[1].announced().get(ids[0].peerId), 2, 'a polled head counts as announced (expert choice sees it)');
     } finally {
       for (const e of ex) await e.close();
       for (const n of nodes) await n.stop();

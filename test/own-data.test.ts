@@ -49,7 +49,7 @@ describe('sites with their own data over TCP (multi-process)', function () {
         data: { dataset: `csv:${s.name}.csv`, labelColumn: 'diagnosis', drop: ['id'] },
         model: { body: 'mlp:32', featureDim: 16 },
         train: { learningRate: 0.01 },
-        rounds: o.rounds, round: { deadlineMs: 10000 }, preprocess: { deadlineMs: 30000 }, lingerMs: 1500, out: s.name,
+        rounds: o.rounds, round: { deadlineMs: 10000 }, preprocess: { deadlineMs: 60000 }, lingerMs: 1500, out: s.name,
       };
       parsePeerConfig(cfg, s.config, dir);
       writeFileSync(s.config, JSON.stringify(cfg, null, 2));
@@ -147,12 +147,13 @@ describe('sites with their own data over TCP (multi-process)', function () {
     assert.match(log, /dflmoe: error: this site's data cannot join the consortium: site "hospital-x" cannot join sites .*lacks column "smoker"/);
     assert.doesNotMatch(log, /\n\s+at /, 'no stack trace');
     for (const s of sites.slice(0, 3)) {
-      assert.match(readFileSync(`${s.out}.log`, 'utf8'), /left out hospital-x: .*lacks column "smoker"/);
+      // Left out by reason, or (a loaded machine starting hospital-x late) agreed without, after which it took the agreement and failed.
+      assert.match(readFileSync(`${s.out}.log`, 'utf8'), /left out hospital-x: .*lacks column "smoker"|no statement from hospital-x within/);
       const r = results(s.out);
       assert.equal(r.rounds.length, 2);
       assert.equal(r.rounds.at(-1)!.experts.length, 2);
       const p = JSON.parse(readFileSync(join(s.out, 'preprocessing.json'), 'utf8'));
-      assert.deepEqual(p.excluded.map((x: { peer: string }) => x.peer), [sites[3].peerId]);
+      assert.deepEqual([...p.excluded.map((x: { peer: string }) => x.peer), ...(p.missing ?? [])], [sites[3].peerId]);
     }
   });
 

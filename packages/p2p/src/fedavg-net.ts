@@ -278,9 +278,14 @@ export class FedAvgServer {
       stream.maxReadBufferLength = this.cfg.limits.maxModelBytes + MAX_CONTROL;
       const signal = AbortSignal.timeout(this.cfg.round.deadlineMs * 2 + 60000);
       const frames = await readFrames(stream, 2, this.cfg.limits.maxModelBytes, signal);
+      if (frames.length === 0) {
+        // The connection closed before any request came (a client restarting): not an offence.
+        stream.abort(new Error('no request'));
+        return;
+      }
       let req: FedAvgRequest;
       try {
-        req = FedAvgRequest.decode(frames[0] ?? new Uint8Array());
+        req = FedAvgRequest.decode(frames[0]);
         if (req.format !== WIRE_FORMAT) throw new Error(`format ${req.format}`);
       } catch (e) {
         this.drop(from, 'bad-request', (e as Error).message);

@@ -154,17 +154,36 @@ export class Libp2pHeadExchange implements HeadExchange {
   /** After `node.start()`: subscribe, dial members, start the heartbeat (re-announce, redial). */
   start(): void {
     this.node.services.pubsub.subscribe(this.topic);
+    const hb = this.o.heartbeatMs ?? 2000;
     const beat = () => {
       if (this.closed) return undefined;
       void this.announce().catch(() => {});
+      // Every member re-announces each heartbeat. A connected member not heard from for several
+      // (gossip lost in reconnect churn) is asked directly: a pull answers "nothing newer" cheaply.
+      const now = Date.now();
+      for (const id of this.members()) {
+        const heard = this.lastHeard.get(id);
+        if (heard === undefined) this.lastHeard.set(id, now);
+        else if (now - heard > 5 * hb) {
+          this.lastHeard.set(id, now);
+          if (this.wanted && !this.wanted.has(id)) continue;
+          this.polls++;
+          const next = (this.known.get(id) ?? -1n) + 1n;
+          this.fetch(id, next > this.wantedFrom ? next : this.wantedFrom);
+        }
+      }
       return dialMembers(this.node, this.o.members).catch(() => 0);
     };
     this.firstDial = beat();
-    this.timer = setInterval(beat, this.o.heartbeatMs ?? 2000);
+    this.timer = setInterval(beat, hb);
     this.timer.unref();
   }
 
   private readonly strikes: StrikeBook;
+  /** When each member's gossip was last heard (or it was last polled). */
+  private readonly lastHeard = new Map<string, number>();
+  /** Pulls made because a connected member's gossip went silent. */
+  polls = 0;
 
   /** Whether `peer` is refused for now because it kept sending bad data. */
   isBlocked(peer: string): boolean {
@@ -226,6 +245,7 @@ export class Libp2pHeadExchange implements HeadExchange {
     if (this.isBlocked(from)) return;
     const a = checkAnnounce(msg.data, from, this.o.maxHeadBytes);
     if ('reason' in a) return this.drop(from, a.reason, a.detail);
+    this.lastHeard.set(from, Date.now());
     const prev = this.announcements.get(from);
     if (!prev || a.version >= prev.version) this.announcements.set(from, { version: a.version, digest: a.digest });
     if (a.version <= (this.known.get(from) ?? -1n)) return;
@@ -308,6 +328,8 @@ export class Libp2pHeadExchange implements HeadExchange {
     // Raced with another transfer of the same head: nothing wrong with it.
     if (res.version <= (this.known.get(peer) ?? -1n)) return this.drop(peer, 'duplicate');
     this.known.set(peer, res.version);
+    const prev = this.announcements.get(peer);
+    if (!prev || res.version >= prev.version) this.announcements.set(peer, { version: res.version, digest: res.digest });
     this.transferSeconds += (performance.now() - t0) / 1000;
     this.s.bytesReceived += body.length;
     this.s.messagesReceived++;
@@ -350,10 +372,15 @@ export class Libp2pHeadExchange implements HeadExchange {
       }
       const t0 = performance.now();
       const [req] = await readFrames(stream, 1, MAX_CONTROL, AbortSignal.timeout(10000));
+      if (req === undefined) {
+        // The connection closed (a reconnect, the asker's own timeout) before the request came: not an offence.
+        stream.abort(new Error('no request'));
+        return;
+      }
       let minVersion = 0n;
       let r: HeadRequest;
       try {
-        r = HeadRequest.decode(req ?? new Uint8Array());
+        r = HeadRequest.decode(req);
         if (r.format !== WIRE_FORMAT) throw new Error(`format ${r.format}`);
         minVersion = r.minVersion;
       } catch (e) {

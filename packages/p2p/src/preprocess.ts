@@ -146,6 +146,8 @@ export class SchemaAgreement {
   private readonly memberIds: Set<string>;
   private agreedSites?: string[];
   private logged = new Set<string>();
+  /** Members that hold our statement (we served it to them). */
+  private readonly servedTo = new Set<string>();
   readonly dropped: Partial<Record<PreprocessDrop, number>> = {};
   private readonly names: Map<string, string>;
 
@@ -214,6 +216,7 @@ export class SchemaAgreement {
       }
       const body = { format: FORMAT, statement: this.o.statement, ...(this.agreedSites ? { agreedSites: this.agreedSites } : {}) };
       await writeFrames(stream, [Buffer.from(JSON.stringify(body), 'utf8')]);
+      this.servedTo.add(from);
     } catch (e) {
       this.o.logger.debug(`preprocessing: serving ${this.label(from)} failed: ${(e as Error).message}`);
       stream.abort(e as Error);
@@ -345,6 +348,22 @@ export class SchemaAgreement {
     for (const w of warnings) this.o.logger.warn(`preprocessing: ${w}`);
     this.agreedSites = r.included;
     return { agreed: r.agreed, included: r.included, excluded, missing, adopted, warnings, seconds: (performance.now() - t0) / 1000 };
+  }
+
+  /**
+   * Members of the agreement that have not fetched our statement yet. A site
+   * whose run ends quickly (local-only, few rounds) waits for them before it
+   * stops serving, or a slower member would wait out its whole deadline.
+   */
+  unserved(): string[] {
+    const sites = this.agreedSites ?? [];
+    return this.others.map((m) => m.peerId).filter((p) => sites.includes(p) && !this.servedTo.has(p));
+  }
+
+  /** Wait (at most `ms`, polling) until every member of the agreement holds our statement. */
+  async waitServed(ms: number, signal?: AbortSignal): Promise<void> {
+    const end = Date.now() + ms;
+    while (this.unserved().length > 0 && Date.now() < end && !signal?.aborted) await delay(Math.min(100, Math.max(1, end - Date.now())));
   }
 
   async close(): Promise<void> {

@@ -210,6 +210,12 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     };
     // Stay a little so that slower peers can fetch our last head or model.
     if (exchange) await sleep(cfg.lingerMs, o.signal);
+    // A member whose statement we merged may still be asking for ours (it started later, or a
+    // short run ended here before it asked): keep serving until it has it, within the preprocessing deadline.
+    if (agreement && agreement.unserved().length > 0) {
+      log.info(`waiting for ${agreement.unserved().length} member(s) to fetch this site's preprocessing statement`);
+      await agreement.waitServed(cfg.preprocess.deadlineMs, o.signal);
+    }
     // What it served while lingering counts too (the others' last pulls of our head or model).
     const served = exchange?.stats() ?? server?.stats();
     result.bytesSent = served?.bytesSent ?? 0;
