@@ -47,6 +47,33 @@ describe('federated preprocessing over libp2p', function () {
     nets = [];
   });
 
+  it('a site that agreed keeps serving until a member it merged has fetched its statement; a member that came late owes nobody', async () => {
+    const net = await network(2);
+    nets = net.nodes;
+    const spec = (i: number): SiteDataSpec => ({ dataset: 'digits', seed: 4, testFraction: 0.2, simulate: { peers: 2, index: i, partition: 'iid', minSize: 10 } });
+    const statements = await Promise.all([0, 1].map(async (i) => siteStatement(await loadSiteData(spec(i)), net.ids[i])));
+    const [a, b] = net.nodes.map((node, i) => new SchemaAgreement(node, {
+      members: net.members, statement: statements[i], deadlineMs: 20000, maxBytes: 1 << 20, logger: silentLogger,
+    }));
+    await a.register();
+    await b.register();
+    // B serves its statement but has not agreed yet: A merges it, so A owes B its own.
+    const ra = await a.agree();
+    assert.deepEqual(ra.included, [...net.ids].sort());
+    assert.deepEqual(a.unserved(), [net.ids[1]]);
+    let waited = false;
+    const wait = a.waitServed(20000).then(() => (waited = true));
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(waited, false, 'still waiting for B');
+    const rb = await b.agree();
+    await wait;
+    assert.deepEqual(a.unserved(), []);
+    assert.deepEqual(rb.included, ra.included);
+    assert.deepEqual(b.unserved(), [], 'A had agreed already: B owes it nothing');
+    await a.close();
+    await b.close();
+  });
+
   it('pooled statistics equal those of every site\'s training rows within 1e-6, and every member agrees on the same schema', async () => {
     const net = await network(3);
     nets = net.nodes;

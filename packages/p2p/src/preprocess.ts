@@ -148,6 +148,8 @@ export class SchemaAgreement {
   private logged = new Set<string>();
   /** Members that hold our statement (we served it to them). */
   private readonly servedTo = new Set<string>();
+  /** Members whose statement we merged while they were still gathering (they had not agreed). */
+  private readonly gathering = new Set<string>();
   readonly dropped: Partial<Record<PreprocessDrop, number>> = {};
   private readonly names: Map<string, string>;
 
@@ -283,7 +285,10 @@ export class SchemaAgreement {
     const take = (m: PreprocessMember, r: Awaited<ReturnType<SchemaAgreement['ask']>>) => {
       if (!r) return;
       got.set(m.peerId, r.statement);
-      if (r.agreedSites) agreedBy.set(m.peerId, r.agreedSites);
+      if (r.agreedSites) {
+        agreedBy.set(m.peerId, r.agreedSites);
+        this.gathering.delete(m.peerId);
+      } else this.gathering.add(m.peerId);
     };
     const timeout = () => Math.min(this.o.requestTimeoutMs ?? 30000, left());
     const quorum = Math.min(this.o.quorum ?? this.others.length, this.others.length);
@@ -351,13 +356,15 @@ export class SchemaAgreement {
   }
 
   /**
-   * Members of the agreement that have not fetched our statement yet. A site
-   * whose run ends quickly (local-only, few rounds) waits for them before it
-   * stops serving, or a slower member would wait out its whole deadline.
+   * Members of the agreement that were still gathering when we took their
+   * statement and have not fetched ours since. A site whose run ends quickly
+   * (local-only, few rounds) waits for them before it stops serving, or such
+   * a member would wait out its whole deadline. Members that had agreed
+   * already (we came late, or resumed) need nothing from us.
    */
   unserved(): string[] {
     const sites = this.agreedSites ?? [];
-    return this.others.map((m) => m.peerId).filter((p) => sites.includes(p) && !this.servedTo.has(p));
+    return [...this.gathering].filter((p) => sites.includes(p) && !this.servedTo.has(p));
   }
 
   /** Wait (at most `ms`, polling) until every member of the agreement holds our statement. */
