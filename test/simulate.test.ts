@@ -86,6 +86,14 @@ describe('dflmoe simulate (CLI)', () => {
     assert.doesNotMatch(r.stderr, /\n\s+at /);
   });
 
+  it('a diverging run stops with a clear message that says what to change, not a codec error or a stack trace', () => {
+    const r = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '2', '--rounds', '3', '--algorithms', 'fedavg', '--optimizer', 'sgd', '--lr', '10',
+      '--quiet', '--out', mkdtempSync(join(tmpdir(), 'dflmoe-sim-'))]);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /dflmoe: error: training diverged in round \d+ .*lower the learning rate \(--lr/);
+    assert.doesNotMatch(r.stderr, /\n\s+at /);
+  });
+
   it('bad flags exit 2 and say what is wrong', () => {
     let r = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '0']);
     assert.equal(r.status, 2);

@@ -92,6 +92,7 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendIn
             (name === 'tensorflow'
               ? 'Install @tensorflow/tfjs-node (needs internet access for its native library) or unset DFLMOE_BACKEND.'
               : 'Reinstall dependencies (npm ci) or unset DFLMOE_BACKEND.'),
+          { cause: err },
         );
       }
     }

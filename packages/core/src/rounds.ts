@@ -37,11 +37,27 @@ export function networkStats(net: SiteNetwork): ExchangeStats {
   return net.exchange?.stats() ?? net.server?.stats() ?? NO_TRAFFIC;
 }
 
+/** A site's weights or loss became NaN or infinite: the learning rate is too high for this model and data. */
+export class TrainingDiverged extends Error {
+  override name = 'TrainingDiverged';
+  constructor(readonly round: number, cause?: Error) {
+    super(`training diverged in round ${round} (the model's weights or loss became NaN or infinite); lower the learning rate (--lr, or train.learningRate in a site config) or try --optimizer adam`, cause ? { cause } : undefined);
+  }
+}
+
 /** One round of `site` and its evaluation. */
 export async function siteRound(site: AlgorithmSite, net: SiteNetwork, round: number): Promise<SiteRoundRecord> {
   const t0 = performance.now();
   const moved = net.transferSeconds?.() ?? 0;
-  const r = await site.runRound(round, net);
+  let r: Awaited<ReturnType<AlgorithmSite['runRound']>>;
+  try {
+    r = await site.runRound(round, net);
+  } catch (e) {
+    // Encoding our own head or model found NaN or infinity: training diverged (received input is checked, and dropped, elsewhere).
+    if (e instanceof CodecError && e.reason === 'nonfinite') throw new TrainingDiverged(round, e);
+    throw e;
+  }
+  if (r.loss === Infinity || r.loss === -Infinity) throw new TrainingDiverged(round);
   const ev = site.evaluate();
   const s = networkStats(net);
   const privacy = site.privacySpent();

@@ -66,7 +66,7 @@ function readJson<T>(file: string, what: string): T {
   try {
     return JSON.parse(readFileSync(file, 'utf8')) as T;
   } catch (e) {
-    throw new Error(`${file} is not valid JSON (${(e as Error).message})`);
+    throw new Error(`${file} is not valid JSON (${(e as Error).message})`, { cause: e });
   }
 }
 

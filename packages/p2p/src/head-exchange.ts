@@ -306,6 +306,8 @@ export class Libp2pHeadExchange implements HeadExchange {
     }
     if (!res.available) return; // nothing yet
     let body: Uint8Array | undefined;
+    // Chunked: assembled into a buffer of its own. One frame: a view into the stream's buffers, copied once accepted.
+    let owned = false;
     if (res.chunkSize) {
       const a = this.partials.assemble(peer, res, frames.slice(1));
       if ('reason' in a) {
@@ -314,6 +316,7 @@ export class Libp2pHeadExchange implements HeadExchange {
       }
       if ('incomplete' in a) throw failure ?? new Error(`head cut short at ${a.incomplete} of ${res.size} bytes`);
       body = a.bytes;
+      owned = true;
     } else {
       if (failure) throw failure;
       body = frames[1];
@@ -338,7 +341,7 @@ export class Libp2pHeadExchange implements HeadExchange {
       this.dropped['not-selected'] = (this.dropped['not-selected'] ?? 0) + 1;
       return;
     }
-    this.inbox.put({ from: peer, payload: body.slice() });
+    this.inbox.put({ from: peer, payload: owned ? body : body.slice() });
     const got = { version: Number(res.version), digest: Buffer.from(d).toString('hex') };
     this.digests.set(peer, [...(this.digests.get(peer) ?? []).slice(-3), got]);
     if (this.recent.length < 4096) this.recent.push({ peer, ...got });

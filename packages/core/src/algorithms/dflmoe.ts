@@ -13,7 +13,7 @@ import {
   type DenseLayer, type Expert, type StackedExperts,
 } from '../model.js';
 import { chooseExperts, defaultExploration, type ExpertMemory } from '../selection.js';
-import { accuracy, predictClasses, trainEpochs, type ParamGroup } from '../train.js';
+import { accuracy, predictClasses, rowsOf, trainEpochs, type ParamGroup } from '../train.js';
 import { SupervisedModel, type PeerEval, type PeerModelOptions } from './common.js';
 
 export interface DflmoeOptions extends PeerModelOptions {
@@ -190,8 +190,8 @@ export class DflmoePeer extends SupervisedModel {
   scoreHead(layers: { kernel: Float32Array; bias: Float32Array }[], from: string): { expert: number; own: number } {
     return tf.tidy(() => {
       const n = Math.min(512, this.data.trainSamples);
-      const x = tf.slice(this.data.xTrain, 0, n);
-      const y = tf.slice(this.data.yTrain, 0, n);
+      const x = rowsOf(this.data.xTrain, 0, n);
+      const y = rowsOf(this.data.yTrain, 0, n);
       const z = this.features(x, false);
       const dims = [this.headSpec.inputDim, ...this.headSpec.hidden, this.headSpec.outputDim];
       const head = layers.map((l, i) => ({ kernel: tf.tensor2d(l.kernel, [dims[i], dims[i + 1]]), bias: tf.tensor1d(l.bias) }));
@@ -223,9 +223,9 @@ export class DflmoePeer extends SupervisedModel {
     if (experts.length < 2) return new Map();
     const { acc, gate } = tf.tidy(() => {
       const n = Math.min(EVIDENCE_SAMPLES, this.data.trainSamples);
-      const z = this.features(tf.slice(this.data.xTrain, 0, n), false);
+      const z = this.features(rowsOf(this.data.xTrain, 0, n), false);
       const { logits, gates } = moeForward(z, experts, this.gate);
-      const hit = tf.cast(tf.equal(tf.argMax(logits, 2), tf.expandDims(tf.slice(this.data.yTrain, 0, n), 1)), 'float32');
+      const hit = tf.cast(tf.equal(tf.argMax(logits, 2), tf.expandDims(rowsOf(this.data.yTrain, 0, n), 1)), 'float32');
       return { acc: tf.mean(hit, 0).dataSync(), gate: tf.mean(gates, 0).dataSync() };
     });
     return new Map(experts.slice(1).map((e, j) => [e.id, acc[j + 1] + gate[j + 1]]));
@@ -424,7 +424,10 @@ export class DflmoePeer extends SupervisedModel {
     add('gate/hidden/kernel', this.gate.hidden.kernel);
     add('gate/hidden/bias', this.gate.hidden.bias);
     for (const id of this.gate.slotIds) this.gate.slotVariables(id).forEach((v, k) => add(`gate/slot/${id}/${k}`, v));
-    for (const [id, f] of this.fsts) (add(`fst/${id}/kernel`, f.kernel), add(`fst/${id}/bias`, f.bias));
+    for (const [id, f] of this.fsts) {
+      add(`fst/${id}/kernel`, f.kernel);
+      add(`fst/${id}/bias`, f.bias);
+    }
     const pool = this.pool.list();
     for (const e of pool) e.head.forEach((l, i) => (add(`pool/${e.peer}/${i}/kernel`, l.kernel), add(`pool/${e.peer}/${i}/bias`, l.bias)));
     const optimizers: Record<string, number> = {};
