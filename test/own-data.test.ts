@@ -8,6 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'csv-parse/sync';
@@ -203,5 +204,23 @@ describe('sites with their own data over TCP (multi-process)', function () {
     const old = { key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], rounds: 1, out: 'o', data: { dataset: 'fashion-mnist', peers: 10, index: 3, partition: 'dirichlet:0.1' } };
     assert.throws(() => parsePeerConfig(old, 'old.json'), /data.peers, data.index, data.partition are the simulator's partition mode and moved into data.simulate: write "data": \{"dataset": "fashion-mnist", "simulate": \{"peers":10,"index":3,"partition":"dirichlet:0.1"\}\}/);
     assert.throws(() => parsePeerConfig({ ...old, data: { dataset: 'x', standardize: 'global' } }, 'old.json'), /"global" read every site's rows; write "federated"/);
+  });
+
+  it('a listen port another program holds is one clear line naming the address, and ports handed out are below the ephemeral range', async () => {
+    const sim: SimulationConfig = { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 2, rounds: 1, partition: 'iid', seed: 5, algorithms: ['local'] };
+    const dir = tmpDir('dflmoe-port-');
+    const f = await writeConsortium({ dir, algorithm: 'local', sim, deadlineMs: 5000, lingerMs: 0 });
+    const lo = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    for (const s of f.sites) assert.ok(s.port < lo, `port ${s.port} below ${lo}`);
+    const holder = createServer();
+    await new Promise<void>((r) => holder.listen(f.sites[0].port, '127.0.0.1', () => r()));
+    try {
+      const r = cli(['peer', '--config', f.sites[0].config]);
+      assert.equal(r.status, 1, r.stderr);
+      assert.match(r.stderr, new RegExp(`dflmoe: error: cannot listen on /ip4/127.0.0.1/tcp/${f.sites[0].port}: the port is in use by another program; change "listen" in the config`));
+      assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+    } finally {
+      holder.close();
+    }
   });
 });

@@ -12,16 +12,44 @@ import { getAlgorithm, networkBytes, summarize, type AlgorithmName, type Algorit
 import { loadDataset, partition, writeShare, type Dataset, type PeerSplit } from '@dflmoe/data';
 import { generateIdentity, parsePeerConfig, parseServerConfig, saveIdentity, siteSettings, type PeerRunResult } from '@dflmoe/p2p';
 
-/** A free TCP port on 127.0.0.1 (asks the OS). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/** Lowest port the kernel hands out for outgoing connections (Linux; 32768 elsewhere). */
+function ephemeralFloor(): number {
+  try {
+    const lo = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    return Number.isInteger(lo) && lo > 2048 ? lo : 32768;
+  } catch {
+    return 32768;
+  }
+}
+
+const handedOut = new Set<number>();
+
+function tryListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => (a && typeof a === 'object' ? resolve(a.port) : reject(new Error('no port'))));
-    });
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
   });
+}
+
+/**
+ * A free TCP port on 127.0.0.1 for a site to listen on later, below the
+ * kernel's ephemeral range: a port from that range (what `listen(0)` gives)
+ * can be taken by another site's outgoing connection before the site that
+ * was given it starts, and with dozens of sites on one machine it was.
+ */
+export async function freePort(): Promise<number> {
+  const hi = ephemeralFloor();
+  const lo = Math.max(1025, hi - 12000);
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = lo + Math.floor(Math.random() * (hi - lo));
+    if (handedOut.has(port)) continue;
+    if (await tryListen(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error(`no free port found between ${lo} and ${hi} on 127.0.0.1`);
 }
 
 export interface SiteFiles {

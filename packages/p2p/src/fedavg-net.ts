@@ -36,7 +36,7 @@ import {
 import type { ServerConfig } from './config.js';
 import { readFrames, writeFrames } from './frames.js';
 import { loadIdentity, loadPsk } from './identity.js';
-import { createSiteNode, type SiteNode } from './node.js';
+import { createSiteNode, startNode, type SiteNode } from './node.js';
 import { FedAvgRequest, FedAvgResponse } from './proto/messages.js';
 import { readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
 import { StrikeBook } from './strikes.js';
@@ -399,7 +399,7 @@ export async function runServer(cfg: ServerConfig, log: Logger): Promise<{ peerI
     writeFileSync(metricsFile, '');
   }
   await server.register();
-  await node.start();
+  await startNode(node, cfg.listen);
   log.info(`FedAvg server ${id.peerId} listening on ${node.getMultiaddrs().map(String).join(', ')}`);
   try {
     for (let r = server.round; r <= cfg.rounds; r++) {

@@ -289,10 +289,25 @@ export class Libp2pHeadExchange implements HeadExchange {
     // Ask for the head in frames (resumable), from where a broken-off transfer of the same head stopped.
     const frames: Uint8Array[] = [];
     let failure: Error | undefined;
+    // Hash while the frames stream in (a head sent from its start), rather than in a pass over the assembled head.
+    const guard = frameGuard(this.o.maxHeadBytes);
+    let hasher: ReturnType<typeof createHash> | undefined;
+    const onFrame = (f: Uint8Array, i: number) => {
+      guard(f, i);
+      if (i > 0) hasher?.update(f);
+      else {
+        try {
+          const h = HeadResponse.decode(f);
+          if (h.available && !h.offset) hasher = createHash('sha256');
+        } catch {
+          // reported below
+        }
+      }
+    };
     try {
       await Promise.all([
         writeFrames(stream, [HeadRequest.encode({ format: WIRE_FORMAT, minVersion, ...this.partials.request(peer, digest) })]),
-        readFrames(stream, 2 + Math.ceil(this.o.maxHeadBytes / RESUME_CHUNK), this.o.maxHeadBytes, signal, frames, frameGuard(this.o.maxHeadBytes)),
+        readFrames(stream, 2 + Math.ceil(this.o.maxHeadBytes / RESUME_CHUNK), this.o.maxHeadBytes, signal, frames, onFrame),
       ]);
     } catch (e) {
       failure = e as Error;
@@ -322,7 +337,8 @@ export class Libp2pHeadExchange implements HeadExchange {
       body = frames[1];
     }
     if (!body || BigInt(body.length) !== res.size) return this.drop(peer, 'bad-response', 'size differs from header');
-    const d = sha256(body);
+    // The streamed hash covers exactly the body when the head came whole from offset 0; a resumed head is hashed whole.
+    const d = hasher && !res.offset ? new Uint8Array(hasher.digest()) : sha256(body);
     if (!equal(d, res.digest) || (digest && res.version === minVersion && !equal(d, digest))) {
       return this.drop(peer, 'digest-mismatch');
     }

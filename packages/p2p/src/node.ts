@@ -169,6 +169,26 @@ export function memberFinderOf(node: SiteNode): MemberFinder | undefined {
   return (node as unknown as { memberFinder?: MemberFinder }).memberFinder;
 }
 
+/**
+ * Start a node; a listen address that cannot be bound (the port is taken,
+ * the address is not this machine's) is one clear line naming it, not
+ * libp2p's message with a stack trace inside.
+ */
+export async function startNode(node: SiteNode, listen: readonly string[]): Promise<void> {
+  try {
+    await node.start();
+  } catch (e) {
+    const msg = (e as Error).message ?? String(e);
+    const bad = listen.filter((a) => msg.includes(a));
+    const why = /EADDRINUSE/.test(msg) ? 'the port is in use by another program' : /EADDRNOTAVAIL/.test(msg) ? 'the address is not one of this machine\'s' : /EACCES/.test(msg) ? 'permission denied (ports below 1024 need privileges)' : undefined;
+    if (why) {
+      await Promise.resolve(node.stop()).catch(() => {});
+      throw new Error(`cannot listen on ${(bad.length ? bad : listen).join(', ')}: ${why}; change "listen" in the config`, { cause: e });
+    }
+    throw e;
+  }
+}
+
 /** Dial every member we have addresses for; failures are expected (peers start at different times). */
 export async function dialMembers(node: SiteNode, members: { peerId: string; addrs: string[] }[], signal?: AbortSignal): Promise<number> {
   let ok = 0;

@@ -11,7 +11,7 @@ import {
 import { checkQuorum, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, Libp2pHeadExchange, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
-import { createSiteNode, type SiteNode } from './node.js';
+import { createSiteNode, startNode, type SiteNode } from './node.js';
 import { siteDiscoveryOptions, siteRelayOptions, watchConnections } from './reach.js';
 import { AdaptiveDeadline } from './deadline.js';
 import { Libp2pServerLink } from './fedavg-net.js';
@@ -134,7 +134,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
         });
         await exchange.register();
       }
-      await node.start();
+      await startNode(node, cfg.listen);
       log.info(`peer ${id.peerId} (${cfg.name ?? 'unnamed'}, ${alg.name}) listening on ${node.getMultiaddrs().map(String).join(', ')}`);
       exchange?.start();
       if (alg.network === 'server') {
