@@ -17,7 +17,7 @@
  * 7. how fast a site answers a head pull while it trains (median of 20).
  *
  *   node --import tsx benchmarks/speed-scale.ts [--only overhead,codec,moe,scale,compare,tcp,pull]
- *     [--max-peers 100] [--max-tcp 64] [--k 8] [--rounds 10] [--out benchmarks/results/speed-scale.json]
+ *     [--max-peers 100] [--max-tcp 64 | --tcp-sizes 32,64] [--k 8] [--rounds 10] [--out benchmarks/results/speed-scale.json]
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -41,6 +41,8 @@ const { values } = parseArgs({
     only: { type: 'string', default: 'overhead,codec,moe,scale,compare,tcp,pull' },
     'max-peers': { type: 'string', default: '100' },
     'max-tcp': { type: 'string', default: '64' },
+    /** Only these TCP sizes (comma-separated); their rows replace earlier ones of the same size. */
+    'tcp-sizes': { type: 'string' },
     k: { type: 'string', default: '8' },
     rounds: { type: 'string', default: '10' },
     out: { type: 'string', default: 'benchmarks/results/speed-scale.json' },
@@ -282,7 +284,8 @@ if (parts.has('compare')) {
 if (parts.has('tcp')) {
   const tcp: { peers: number; k: string; rounds: number; secondsPerRound: number; bytesPerSiteRound: number; peakRssMiB: { min: number; median: number; max: number }; wallSeconds: number }[] = [];
   const dir = mkdtempSync(join(tmpdir(), 'dflmoe-tcp-scale-'));
-  const sizes = [2, 4, 8, 16, 32, 64].filter((n) => n <= Number(values['max-tcp']));
+  const sizes = values['tcp-sizes'] ? values['tcp-sizes'].split(',').map(Number) : [2, 4, 8, 16, 32, 64].filter((n) => n <= Number(values['max-tcp']));
+  if (values['tcp-sizes']) tcp.push(...((results.tcp as typeof tcp | undefined) ?? []).filter((r) => !sizes.includes(r.peers)));
   for (const peers of sizes) {
     for (const maxExperts of peers - 1 > K ? [0, K] : [0]) {
       const k = maxExperts ? String(maxExperts) : 'all';
@@ -305,6 +308,7 @@ if (parts.has('tcp')) {
         peakRssMiB: { min: rss[0], median: median(rss), max: rss.at(-1)! },
       };
       tcp.push(row);
+      tcp.sort((a, b) => a.peers - b.peers || a.k.localeCompare(b.k));
       console.log(`tcp ${String(peers).padStart(2)} site processes, dFLMoE k=${k.padEnd(3)}: ${row.secondsPerRound.toFixed(2)} s/round, ${(row.bytesPerSiteRound / 1024).toFixed(1)} KiB per site per round, ` +
         `peak RSS per site ${rss[0].toFixed(0)}-${rss.at(-1)!.toFixed(0)} MiB (median ${row.peakRssMiB.median.toFixed(0)}); ${ROUNDS} rounds in ${wallSeconds.toFixed(0)} s with process start`);
       save('tcp', tcp);

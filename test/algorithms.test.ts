@@ -296,6 +296,35 @@ describe('the shared round loop in memory', () => {
     datas.forEach(disposePeerData);
   });
 
+  it('dflmoe does not wait out its deadline for a member that left without sending its head; one that stays is still waited for', async () => {
+    const { datas } = tinyPeers(3);
+    const alg = getAlgorithm('dflmoe');
+    const sites = datas.map((_, i) => alg.createSite(base(datas, i), opts()) as DflmoeSite);
+    const hub = new MemoryHub();
+    const ex = sites.map((s) => hub.join(s.id));
+    const net = (i: number): SiteNetwork => ({ exchange: ex[i], quorum: 2, others: 2, deadlineMs: 20000, logger: quiet });
+    // Round 1: everyone publishes (the wait is for the two others' heads).
+    await Promise.all(sites.map((s, i) => s.runRound(1, net(i))));
+    // Round 2: site 2 leaves before sending; site 1 sends late. Site 0 waits for site 1 only.
+    const t0 = performance.now();
+    const r0 = sites[0].runRound(2, net(0));
+    await new Promise((r) => setTimeout(r, 300));
+    await ex[2].close();
+    await new Promise((r) => setTimeout(r, 1500));
+    let done = false;
+    void r0.then(() => (done = true));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(done, false, 'still waiting for site 1, which has not left');
+    await sites[1].runRound(2, net(1)).catch(() => {});
+    const round = await r0;
+    const waited = (performance.now() - t0) / 1000;
+    assert.ok(waited < 10, `round 2 took ${waited.toFixed(1)} s against a 20 s deadline`);
+    assert.ok(round.waitSeconds < 10);
+    assert.equal(sites[0].experts!().find((e) => e.peer === sites[1].id)?.version, 2, "site 1's round-2 head is in");
+    sites.forEach((s) => s.dispose());
+    datas.forEach(disposePeerData);
+  });
+
   it('a lockstep MemoryHub delivers version v only once every member has published it', async () => {
     const hub = new MemoryHub({ lockstep: true });
     const [a, b, c] = ['a', 'b', 'c'].map((id) => hub.join(id));

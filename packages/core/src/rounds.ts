@@ -299,7 +299,7 @@ export function memoryNetworks(alg: Algorithm, sites: AlgorithmSite[], combineLi
   const n = sites.length;
   if (alg.network === 'peers') {
     const hub = new MemoryHub({ lockstep: true });
-    return sites.map((s) => ({ exchange: hub.join(s.id), quorum: n - 1, deadlineMs: MEMORY_DEADLINE_MS, logger }));
+    return sites.map((s) => ({ exchange: hub.join(s.id), quorum: n - 1, others: n - 1, deadlineMs: MEMORY_DEADLINE_MS, logger }));
   }
   if (alg.network === 'server') {
     if (!alg.aggregate) throw new Error(`${alg.name} is a server algorithm without an aggregate`);

@@ -173,6 +173,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const net: SiteNetwork = {
       exchange: exchange && adaptive ? adaptive.wrap(exchange) : exchange, server, logger: log,
       quorum: Math.min(cfg.round.quorum ?? others, others),
+      others,
       deadlineMs: cfg.round.deadlineMs,
       transferSeconds: () => exchange?.transferSeconds ?? server?.transferSeconds ?? 0,
     };

@@ -33,6 +33,8 @@ export interface SiteNetwork {
   quorum: number;
   /** ...but no longer than this (ms; 0: do not wait). */
   deadlineMs: number;
+  /** The number of other members, when known: members that left are not waited for beyond what the quorum allows. */
+  others?: number;
   logger: Logger;
   /** Seconds spent moving bytes so far, where the transport measures it. */
   transferSeconds?(): number;

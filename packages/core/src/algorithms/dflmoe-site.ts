@@ -23,6 +23,9 @@ function randomHead(peer: DflmoePeer, version: number, seed: number): Uint8Array
 
 export class DflmoeSite implements AlgorithmSite {
   readonly checkpoint: SiteCheckpointing;
+  /** Members that disconnected and have not come back (watched from the first round on). */
+  private readonly gone = new Set<string>();
+  private watching?: HeadExchange;
 
   constructor(readonly peer: DflmoePeer, private readonly o: Partial<Pick<AlgorithmOptions, 'randomUpdates' | 'seed'>> = {}) {
     this.checkpoint = {
@@ -75,8 +78,9 @@ export class DflmoeSite implements AlgorithmSite {
     const loss = await this.peer.trainRound(round);
     const trainSeconds = secondsSince(tt);
     let quorum = net.quorum;
+    let chosen: string[] | undefined;
     if (this.peer.maxExperts > 0 && ex.select) {
-      const chosen = this.peer.selectExperts(round, [...new Set([...ex.members(), ...(ex.announced?.().keys() ?? [])])]);
+      chosen = this.peer.selectExperts(round, [...new Set([...ex.members(), ...(ex.announced?.().keys() ?? [])])]) ?? undefined;
       if (chosen) {
         ex.select(chosen, round);
         quorum = Math.min(quorum, chosen.length);
@@ -89,12 +93,38 @@ export class DflmoeSite implements AlgorithmSite {
     // so do heads it refused (an attacker's, say), which no longer wait in the exchange.
     const refused = { count: 0 };
     fresh += this.absorb(ex, round, net.logger, refused);
-    const have = this.peer.pool.list().filter((e) => e.version >= round).length + refused.count;
     const tw = performance.now();
-    if (quorum > have && net.deadlineMs > 0) await ex.waitForHeads(quorum - have, net.deadlineMs);
+    if (net.deadlineMs > 0) fresh += await this.awaitRound(ex, net, round, quorum, chosen, refused);
     waitSeconds += secondsSince(tw);
     fresh += this.absorb(ex, round, net.logger);
     return { loss, trainSeconds, waitSeconds, fresh, expired };
+  }
+
+  /**
+   * Wait (at most the deadline) until `quorum` heads of this round are in.
+   * Members that disconnected without sending theirs (they finished and
+   * left, or crashed) are not waited for beyond what the quorum allows, so
+   * the last sites of a run do not sit out the whole deadline for heads that
+   * cannot come; a member that comes back counts again.
+   */
+  private async awaitRound(ex: HeadExchange, net: SiteNetwork, round: number, quorum: number, chosen: string[] | undefined, refused: { count: number }): Promise<number> {
+    if (this.watching !== ex) {
+      this.watching = ex;
+      ex.onMembership((e) => (e.type === 'leave' ? this.gone.add(e.peer) : this.gone.delete(e.peer)));
+    }
+    const end = Date.now() + net.deadlineMs;
+    let fresh = 0;
+    for (;;) {
+      const delivered = new Set(this.peer.pool.list().filter((e) => e.version >= round).map((e) => e.peer));
+      const have = delivered.size + refused.count;
+      const candidates = chosen?.length ?? net.others ?? quorum;
+      const lost = [...this.gone].filter((p) => !delivered.has(p) && (!chosen || chosen.includes(p))).length;
+      const target = Math.min(quorum, candidates - lost);
+      const left = end - Date.now();
+      if (have >= target || left <= 0) return fresh;
+      await ex.waitForHeads(target - have, Math.min(left, 1000));
+      fresh += this.absorb(ex, round, net.logger, refused);
+    }
   }
 
   evaluate() {
