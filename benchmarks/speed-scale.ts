@@ -17,7 +17,7 @@
  * 7. how fast a site answers a head pull while it trains (median of 20).
  *
  *   node --import tsx benchmarks/speed-scale.ts [--only overhead,codec,moe,scale,compare,tcp,pull]
- *     [--max-peers 100] [--max-tcp 64 | --tcp-sizes 32,64] [--k 8] [--rounds 10] [--out benchmarks/results/speed-scale.json]
+ *     [--max-peers 100] [--max-tcp 64 | --tcp-sizes 32,64] [--tcp-k all,k] [--k 8] [--rounds 10] [--out benchmarks/results/speed-scale.json]
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -43,6 +43,8 @@ const { values } = parseArgs({
     'max-tcp': { type: 'string', default: '64' },
     /** Only these TCP sizes (comma-separated); their rows replace earlier ones of the same size. */
     'tcp-sizes': { type: 'string' },
+    /** TCP: the mixtures to run at sizes above k+1 (`all`, `k`, or both). */
+    'tcp-k': { type: 'string', default: 'all,k' },
     k: { type: 'string', default: '8' },
     rounds: { type: 'string', default: '10' },
     out: { type: 'string', default: 'benchmarks/results/speed-scale.json' },
@@ -246,7 +248,8 @@ if (parts.has('scale')) {
   const scale: (PointResult & { k: string })[] = [];
   const sizes = [2, 4, 8, 16, 32, 64, 100].filter((n) => n <= Number(values['max-peers']));
   for (const peers of sizes) {
-    for (const maxExperts of peers - 1 > K ? [0, K] : [0]) {
+    const kinds = values['tcp-k']!.split(',');
+    for (const maxExperts of peers - 1 > K ? [...(kinds.includes('all') ? [0] : []), ...(kinds.includes('k') ? [K] : [])] : [0]) {
       const t0 = performance.now();
       const r = { ...point({ dataset: synthetic(peers), peers, rounds: ROUNDS, maxExperts, fedavg: maxExperts === 0 }), k: maxExperts ? String(maxExperts) : 'all' };
       scale.push(r);
@@ -285,7 +288,9 @@ if (parts.has('tcp')) {
   const tcp: { peers: number; k: string; rounds: number; secondsPerRound: number; bytesPerSiteRound: number; peakRssMiB: { min: number; median: number; max: number }; wallSeconds: number }[] = [];
   const dir = mkdtempSync(join(tmpdir(), 'dflmoe-tcp-scale-'));
   const sizes = values['tcp-sizes'] ? values['tcp-sizes'].split(',').map(Number) : [2, 4, 8, 16, 32, 64].filter((n) => n <= Number(values['max-tcp']));
-  if (values['tcp-sizes']) tcp.push(...((results.tcp as typeof tcp | undefined) ?? []).filter((r) => !sizes.includes(r.peers)));
+  const runKs = values['tcp-k']!.split(',').map((k) => (k === 'k' ? String(K) : k));
+  // Rows of sizes or mixtures not run now are kept from the previous results.
+  if (values['tcp-sizes']) tcp.push(...((results.tcp as typeof tcp | undefined) ?? []).filter((r) => !sizes.includes(r.peers) || !runKs.includes(r.k)));
   for (const peers of sizes) {
     for (const maxExperts of peers - 1 > K ? [0, K] : [0]) {
       const k = maxExperts ? String(maxExperts) : 'all';
