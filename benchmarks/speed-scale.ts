@@ -248,8 +248,7 @@ if (parts.has('scale')) {
   const scale: (PointResult & { k: string })[] = [];
   const sizes = [2, 4, 8, 16, 32, 64, 100].filter((n) => n <= Number(values['max-peers']));
   for (const peers of sizes) {
-    const kinds = values['tcp-k']!.split(',');
-    for (const maxExperts of peers - 1 > K ? [...(kinds.includes('all') ? [0] : []), ...(kinds.includes('k') ? [K] : [])] : [0]) {
+    for (const maxExperts of peers - 1 > K ? [0, K] : [0]) {
       const t0 = performance.now();
       const r = { ...point({ dataset: synthetic(peers), peers, rounds: ROUNDS, maxExperts, fedavg: maxExperts === 0 }), k: maxExperts ? String(maxExperts) : 'all' };
       scale.push(r);
@@ -292,7 +291,8 @@ if (parts.has('tcp')) {
   // Rows of sizes or mixtures not run now are kept from the previous results.
   if (values['tcp-sizes']) tcp.push(...((results.tcp as typeof tcp | undefined) ?? []).filter((r) => !sizes.includes(r.peers) || !runKs.includes(r.k)));
   for (const peers of sizes) {
-    for (const maxExperts of peers - 1 > K ? [0, K] : [0]) {
+    const kinds = values['tcp-k']!.split(',');
+    for (const maxExperts of peers - 1 > K ? [...(kinds.includes('all') ? [0] : []), ...(kinds.includes('k') ? [K] : [])] : [0]) {
       const k = maxExperts ? String(maxExperts) : 'all';
       const sim = {
         ...DEFAULT_SIMULATION, dataset: synthetic(peers), peers, rounds: ROUNDS, partition: 'dirichlet:0.5', bodies: ['mlp:64'], featureDim: 32, minSize: 20,
