@@ -155,16 +155,23 @@ export class Libp2pHeadExchange implements HeadExchange {
   start(): void {
     this.node.services.pubsub.subscribe(this.topic);
     const hb = this.o.heartbeatMs ?? 2000;
+    // Re-announcing costs every other member a signature check: in a large consortium, less often
+    // (every heartbeat up to 8 members, then 250 ms per member: 16 s with 64).
+    const reannounceMs = Math.max(hb, 250 * this.memberIds.size);
+    let announcedAt = 0;
     const beat = () => {
       if (this.closed) return undefined;
-      void this.announce().catch(() => {});
-      // Every member re-announces each heartbeat. A connected member not heard from for several
-      // (gossip lost in reconnect churn) is asked directly: a pull answers "nothing newer" cheaply.
       const now = Date.now();
+      if (now - announcedAt >= reannounceMs - hb / 2) {
+        announcedAt = now;
+        void this.announce().catch(() => {});
+      }
+      // A connected member not heard from for five re-announcements (gossip lost in reconnect
+      // churn) is asked directly: a pull answers "nothing newer" cheaply.
       for (const id of this.members()) {
         const heard = this.lastHeard.get(id);
         if (heard === undefined) this.lastHeard.set(id, now);
-        else if (now - heard > 5 * hb) {
+        else if (now - heard > 5 * reannounceMs) {
           this.lastHeard.set(id, now);
           if (this.wanted && !this.wanted.has(id)) continue;
           this.polls++;
