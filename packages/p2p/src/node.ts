@@ -190,8 +190,13 @@ export async function startNode(node: SiteNode, listen: readonly string[]): Prom
 }
 
 /** Dial every member we have addresses for; failures are expected (peers start at different times). */
+/** Members each node is dialling now: a heartbeat does not start a second dial while one is under way. */
+const dialling = new WeakMap<SiteNode, Set<string>>();
+
 export async function dialMembers(node: SiteNode, members: { peerId: string; addrs: string[] }[], signal?: AbortSignal): Promise<number> {
   let ok = 0;
+  const busy = dialling.get(node) ?? new Set<string>();
+  dialling.set(node, busy);
   await Promise.all(
     members.map(async (m) => {
       if (m.peerId === node.peerId.toString() || m.addrs.length === 0) return;
@@ -199,14 +204,22 @@ export async function dialMembers(node: SiteNode, members: { peerId: string; add
         ok++;
         return;
       }
-      for (const a of m.addrs) {
-        try {
-          await node.dial(multiaddr(`${a}/p2p/${m.peerId}`), { signal: signal ?? AbortSignal.timeout(3000) });
-          ok++;
-          return;
-        } catch {
-          // try the next address, or the next time round
+      if (busy.has(m.peerId)) return;
+      busy.add(m.peerId);
+      try {
+        for (const a of m.addrs) {
+          try {
+            // A generous timeout: on a loaded machine a handshake can take seconds, and a dial cut short
+            // only to be started again two seconds later kept dozens of sites from ever connecting.
+            await node.dial(multiaddr(`${a}/p2p/${m.peerId}`), { signal: signal ?? AbortSignal.timeout(20000) });
+            ok++;
+            return;
+          } catch {
+            // try the next address, or the next time round
+          }
         }
+      } finally {
+        busy.delete(m.peerId);
       }
     }),
   );
