@@ -1,7 +1,9 @@
 /**
  * Network figures, measured in one run:
  * 1. head transfer MB/s through our head protocol against a raw libp2p
- *    stream between the same two nodes (1, 10 and 50 MiB, median of 3);
+ *    stream between the same two nodes (1, 10 and 50 MiB, median of 5),
+ *    with both nodes in this process, then with the serving node in a
+ *    process of its own (benchmarks/network-serve.ts), as between two sites;
  * 2. bytes per peer per round for dFLMoE (heads) and FedAvg (models) on the
  *    same model;
  * 3. how long a dFLMoE round spends training, waiting for heads and moving
@@ -15,7 +17,10 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DEFAULT_SIMULATION, createHead, encodeHead, initBackend, tf } from '@dflmoe/core';
-import { Libp2pHeadExchange, createSiteNode, generateIdentity, type RoundLine } from '@dflmoe/p2p';
+import { fork } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { multiaddr } from '@multiformats/multiaddr';
+import { Libp2pHeadExchange, createSiteNode, generateIdentity, saveIdentity, type RoundLine } from '@dflmoe/p2p';
 import { runConsortium, writeConsortium } from '@dflmoe/cli';
 
 const { values } = parseArgs({ options: { out: { type: 'string', default: 'benchmarks/results/network.json' } } });
@@ -90,6 +95,55 @@ for (const mib of [1, 10, 50]) {
 for (const e of exs) await e.close();
 for (const n of nodes) await n.stop();
 
+// ------------------------------------------------------------ 1b. the same between two OS processes (as between two sites)
+const serverId = await generateIdentity();
+const pullerId = await generateIdentity();
+const keyDir = mkdtempSync(join(tmpdir(), 'dflmoe-bench-net-key-'));
+saveIdentity(join(keyDir, 'serve.key'), serverId.privateKey, true);
+const child = fork(fileURLToPath(new URL('./network-serve.ts', import.meta.url)), [join(keyDir, 'serve.key'), pullerId.peerId], {
+  execArgv: process.execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+});
+const fromChild = () => new Promise<{ addr?: string; ready?: boolean }>((resolve) => child.once('message', (m) => resolve(m as { addr?: string; ready?: boolean })));
+const { addr } = await fromChild();
+const pullerNode = await createSiteNode({ privateKey: pullerId.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow: [serverId.peerId, pullerId.peerId] });
+const puller = new Libp2pHeadExchange(pullerNode, {
+  members: [serverId, pullerId].map((i) => ({ peerId: i.peerId, addrs: [] as string[] })), maxHeadBytes: 64 * 1024 * 1024, logger: quiet, heartbeatMs: 60000,
+});
+await puller.register();
+await pullerNode.start();
+puller.start();
+await pullerNode.dial(multiaddr(addr!));
+let version2 = 0;
+const twoProcess: { mib: number; pullMBps: number; rawMBps: number; pullRatio: number }[] = [];
+for (const mib of [1, 10, 50]) {
+  const ps: number[] = [];
+  const rs: number[] = [];
+  for (let k = 0; k < REPS; k++) {
+    const pulled = puller.transferSeconds;
+    const ready = fromChild();
+    child.send({ mib, version: ++version2 });
+    await ready;
+    if ((await puller.waitForHeads(1, 60000)) < 1) throw new Error('head did not arrive');
+    const [m] = puller.drain();
+    if (m.payload.length !== mib * 1024 * 1024) throw new Error('wrong head size');
+    ps.push(puller.transferSeconds - pulled);
+    const t0 = performance.now();
+    const s = await pullerNode.dialProtocol(multiaddr(addr!), RAW);
+    s.maxReadBufferLength = mib * 1024 * 1024 + 1024;
+    let got = 0;
+    for await (const chunk of s) got += chunk.byteLength;
+    if (got !== mib * 1024 * 1024) throw new Error(`raw: got ${got}`);
+    rs.push((performance.now() - t0) / 1000);
+  }
+  const mb = (mib * 1024 * 1024) / 1e6;
+  const row = { mib, pullMBps: mb / median(ps), rawMBps: mb / median(rs), pullRatio: median(rs) / median(ps) };
+  twoProcess.push(row);
+  console.log(`${String(mib).padStart(2)} MiB, two processes: raw stream ${row.rawMBps.toFixed(0)} MB/s; head pull ${row.pullMBps.toFixed(0)} MB/s (pull/raw ${row.pullRatio.toFixed(2)})`);
+}
+child.send({ stop: true });
+await puller.close();
+await pullerNode.stop();
+
 // ------------------------------------------------------------ 2. bytes per peer per round
 await initBackend({ logger: quiet });
 function headBytes(featureDim: number, classes: number): number {
@@ -139,5 +193,5 @@ console.log(`\n4-site dFLMoE round over TCP (breast-cancer, mean of ${lines.leng
   `training ${timing.trainSeconds.toFixed(3)} s, waiting for heads ${timing.waitSeconds.toFixed(3)} s, moving head bytes ${timing.networkSeconds.toFixed(3)} s; whole run ${wall.toFixed(1)} s with process start`);
 
 mkdirSync(dirname(values.out!), { recursive: true });
-writeFileSync(values.out!, JSON.stringify({ date: new Date().toISOString(), node: process.version, transfer, sizes, timing }, null, 2) + '\n');
+writeFileSync(values.out!, JSON.stringify({ date: new Date().toISOString(), node: process.version, transfer, twoProcess, sizes, timing }, null, 2) + '\n');
 console.log(`wrote ${values.out}`);
