@@ -317,8 +317,11 @@ export class FedAvgServer {
           const rs = [...this.globals.keys()].filter((r) => r >= round);
           return rs.length ? this.globals.get(Math.max(...rs)) : undefined;
         };
-        if (!newest() && round === this.round && !this.uploads.has(from)) return void (await reply({ needUpload: true, error: `no upload of yours for round ${round}` }));
-        const ok = await this.wait(() => newest() !== undefined, this.cfg.round.deadlineMs * 2 + 30000);
+        // This round has no upload of the client's (we restarted and lost it): ask for it again, also when the
+        // server only reaches that round while the client waits, or the two would wait for each other.
+        const lost = () => !newest() && round === this.round && !this.uploads.has(from);
+        const ok = await this.wait(() => newest() !== undefined || lost(), this.cfg.round.deadlineMs * 2 + 30000);
+        if (lost()) return void (await reply({ needUpload: true, error: `no upload of yours for round ${round}` }));
         const g = newest();
         if (!ok || !g) return void (await reply({ error: `no global model for round ${round}` }));
         await reply({ ok: true, hasModel: true }, g);
