@@ -343,7 +343,14 @@ export class SchemaAgreement {
       if (why) excluded.push({ peer: st.summary.site, reason: this.named(why.reason) });
     }
     const self = excluded.find((x) => x.peer === this.selfId);
-    if (self) throw new DataError(`this site's data cannot join the consortium: ${self.reason}`);
+    if (self) {
+      // Before stopping, serve our statement to the members still gathering: without it they would wait out
+      // their whole deadline for us, while a member that already agreed trains on alone.
+      const owed = () => this.others.filter((m) => !agreedBy.has(m.peerId) && !this.servedTo.has(m.peerId)).length;
+      const until = Date.now() + Math.min(left(), 30000);
+      while (owed() > 0 && Date.now() < until) await delay(100);
+      throw new DataError(`this site's data cannot join the consortium: ${self.reason}`);
+    }
     for (const x of excluded) this.o.logger.warn(`preprocessing: left out ${this.label(x.peer)}: ${x.reason}`);
     if (missing.length > 0) {
       const waited = Math.round((performance.now() - t0) / 1000);
