@@ -346,9 +346,8 @@ export class SchemaAgreement {
     if (self) {
       // Before stopping, serve our statement to the members still gathering: without it they would wait out
       // their whole deadline for us, while a member that already agreed trains on alone.
-      const owed = () => this.others.filter((m) => !agreedBy.has(m.peerId) && !this.servedTo.has(m.peerId)).length;
-      const until = Date.now() + Math.min(left(), 30000);
-      while (owed() > 0 && Date.now() < until) await delay(100);
+      const owed = () => this.others.map((m) => m.peerId).filter((p) => !agreedBy.has(p) && !this.servedTo.has(p));
+      await this.servedOrTimeout(owed, Math.min(left(), 30000));
       throw new DataError(`this site's data cannot join the consortium: ${self.reason}`);
     }
     for (const x of excluded) this.o.logger.warn(`preprocessing: left out ${this.label(x.peer)}: ${x.reason}`);
@@ -375,9 +374,14 @@ export class SchemaAgreement {
   }
 
   /** Wait (at most `ms`, polling) until every member of the agreement holds our statement. */
-  async waitServed(ms: number, signal?: AbortSignal): Promise<void> {
+  waitServed(ms: number, signal?: AbortSignal): Promise<void> {
+    return this.servedOrTimeout(() => this.unserved(), ms, signal);
+  }
+
+  /** Poll until `owed()` is empty (the members it lists fetched our statement), at most `ms`. */
+  private async servedOrTimeout(owed: () => string[], ms: number, signal?: AbortSignal): Promise<void> {
     const end = Date.now() + ms;
-    while (this.unserved().length > 0 && Date.now() < end && !signal?.aborted) await delay(Math.min(100, Math.max(1, end - Date.now())));
+    while (owed().length > 0 && Date.now() < end && !signal?.aborted) await delay(Math.min(100, Math.max(1, end - Date.now())));
   }
 
   async close(): Promise<void> {
