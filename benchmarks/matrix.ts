@@ -10,7 +10,11 @@
  * - shift: every site sees its own transformation of the input (rotation,
  *   contrast, noise), with and without label skew;
  * - pfllib (run on its own: `--regimes pfllib`): PFLlib's Fashion-MNIST cell
- *   (20 sites, Dirichlet 0.1, 75/25 split, its CNN, batch 10), scaled down.
+ *   (20 sites, Dirichlet 0.1, 75/25 split, its CNN, batch 10), scaled down;
+ * - pretrained (run on its own: `--regimes pretrained`): every site starts
+ *   from a body pretrained on public Fashion-MNIST rows that no site holds
+ *   (`dflmoe pretrain --exclude-subset`), fine-tuned or frozen, beside the
+ *   same cells from a random start.
  *
  * Every cell is a `dflmoe simulate` process per group of algorithms that
  * share optimiser settings, two at a time (one per core).
@@ -44,8 +48,9 @@ const regimes = values.regimes!.split(',').map((s) => s.trim());
 const seeds = values.seeds ? values.seeds.split(',').map(Number) : quick ? [1] : [1, 2, 3];
 const rounds = quick ? 3 : 20;
 const epochs = 1;
-const pfllibOnly = regimes.length === 1 && regimes[0] === 'pfllib';
-const outDir = quick ? 'benchmarks/results/quick' : ablation ? 'benchmarks/results/ablation' : pfllibOnly ? 'benchmarks/results/pfllib' : 'benchmarks/results';
+// pfllib and pretrained run on their own, into their own directory and README section.
+const alone = regimes.length === 1 && ['pfllib', 'pretrained'].includes(regimes[0]) ? regimes[0] : undefined;
+const outDir = quick ? 'benchmarks/results/quick' : ablation ? 'benchmarks/results/ablation' : alone ? `benchmarks/results/${alone}` : 'benchmarks/results';
 const runsDir = join(outDir, 'runs');
 mkdirSync(runsDir, { recursive: true });
 
@@ -58,7 +63,9 @@ const settingKey = (s: Setting) => `${s.optimizer}-${s.learningRate}`;
 
 // ------------------------------------------------------------ cells
 interface CellSpec {
-  regime: 'core' | 'sweep' | 'shift' | 'pfllib';
+  regime: 'core' | 'sweep' | 'shift' | 'pfllib' | 'pretrained';
+  /** Pretrained regime: start from the public body, fine-tuned or frozen (undefined: a random start). */
+  body?: 'fine-tuned' | 'frozen';
   /** Rounds, when not the matrix's. */
   rounds?: number;
   /** Seeds, when not the matrix's (the heaviest cells run fewer). */
@@ -128,8 +135,24 @@ function cellsFor(): CellSpec[] {
       algorithms: algorithms.filter((a) => a !== 'gossip'),
     });
   }
+  if (regimes.includes('pretrained')) {
+    // Fashion-MNIST, 100 training images per site: the low-data cell where a public body matters most.
+    for (const partition of ['iid', 'dirichlet:0.5']) {
+      for (const body of [undefined, 'fine-tuned', 'frozen'] as const) {
+        out.push({
+          regime: 'pretrained', dataset: 'fashion-mnist', peers: 10, partition, perSite: 100, ...(body ? { body } : {}),
+          args: [...FM(PRETRAIN_SUBSET), '--test-fraction', '0.25'], algorithms: noGossip,
+        });
+      }
+    }
+  }
   return out;
 }
+/** Pretrained regime: the sites' subset of Fashion-MNIST, and how many of the other rows the public body learns from. */
+const PRETRAIN_SUBSET = 12000;
+const PRETRAIN_ROWS = 10000;
+const PRETRAIN_EPOCHS = 3;
+const bodyDir = (seed: number) => join(outDir, 'bodies', `s${seed}`);
 const PFLLIB_SAMPLES = 3500;
 const PFLLIB_ROUNDS = 10;
 /** PFLlib's published best-round accuracies for this cell (its README, Fashion-MNIST, Dir(0.1), 20 clients). */
@@ -156,8 +179,9 @@ function ablationCells(): CellSpec[] {
 }
 
 const cells = ablation ? ablationCells() : cellsFor();
-const cellKey = (c: CellSpec) => [c.regime, c.dataset, c.partition.replace(':', ''), c.perSite ? `n${c.perSite}` : '', c.shift ? 'shift' : ''].filter(Boolean).join('-');
-const cellLabel = (c: CellSpec) => `${c.dataset} ${c.partition}${c.perSite ? `, ${c.perSite}/site` : ''}${c.shift ? ', shifted' : ''}`;
+const cellKey = (c: CellSpec) => [c.regime, c.dataset, c.partition.replace(':', ''), c.perSite ? `n${c.perSite}` : '', c.shift ? 'shift' : '', c.body ?? ''].filter(Boolean).join('-');
+const cellLabel = (c: CellSpec) =>
+  `${c.dataset} ${c.partition}${c.perSite ? `, ${c.perSite}/site` : ''}${c.shift ? ', shifted' : ''}${c.regime === 'pretrained' ? `, ${c.body ? `public body ${c.body}` : 'random start'}` : ''}`;
 
 // ------------------------------------------------------------ jobs
 interface Job { cell: CellSpec; seed: number; algorithms: AlgorithmName[]; setting?: Setting; variant?: Variant; dir: string }
@@ -178,6 +202,19 @@ for (const cell of cells) {
 }
 
 const t0 = performance.now();
+// The pretrained regime's public body, one per seed: the rows a seed's sites hold differ from seed to seed.
+if (cells.some((c) => c.body)) {
+  for (const seed of seeds) {
+    if (existsSync(join(bodyDir(seed), 'model.json'))) continue;
+    const args = [
+      'pretrain', '--dataset', 'fashion-mnist', '--exclude-subset', String(PRETRAIN_SUBSET), '--max-rows', String(PRETRAIN_ROWS),
+      '--epochs', String(PRETRAIN_EPOCHS), '--seed', String(seed), '--out', bodyDir(seed),
+    ];
+    mkdirSync(bodyDir(seed), { recursive: true });
+    const code = await waitExit(startProcess(args, join(bodyDir(seed), 'log.txt'), { DFLMOE_LOG_LEVEL: 'warn' }), 3600 * 1000);
+    if (code !== 0) throw new Error(`pretraining for seed ${seed} failed (exit ${code}); see ${join(bodyDir(seed), 'log.txt')}`);
+  }
+}
 const progress = createProgress(ablation ? 'ablation' : 'bench', jobs.length, 'run');
 let done = 0;
 const queue = [...jobs];
@@ -194,6 +231,7 @@ async function worker(): Promise<void> {
       '--rounds', String(c.rounds ?? rounds), '--epochs', String(epochs), '--algorithms', j.algorithms.join(','),
       ...(j.setting ? ['--optimizer', j.setting.optimizer, '--lr', String(j.setting.learningRate)] : []),
       ...(c.perSite ? ['--train-per-site', String(c.perSite)] : []), ...(c.shift ? ['--feature-shift', c.shift] : []),
+      ...(c.body ? ['--pretrained-body', bodyDir(j.seed), ...(c.body === 'frozen' ? ['--freeze-body'] : [])] : []),
       ...c.args, ...(j.variant?.args ?? []), '--quiet', '--out', j.dir,
     ];
     mkdirSync(j.dir, { recursive: true });
@@ -296,9 +334,10 @@ let md = `Machine: ${machine}. Settings: ${settings}. Wall time ${(wallSeconds /
 md += 'Accuracy: mean personalized accuracy over sites (each site\'s model on its own test split) after the last round, mean +- std over seeds. "best round": the best round\'s mean (as PFLlib reports). "worst site": lowest site, mean over seeds. "pooled": each site\'s final model on the test splits of all sites together, mean over sites (what a site knows beyond its own distribution).\n';
 const regimeTitle: Record<string, string> = {
   core: 'Core cells', sweep: 'Training samples per site (sweep)', shift: 'Feature shift: each site its own rotation, contrast and noise',
+  pretrained: `A body pretrained on public data: Fashion-MNIST, 10 sites, 100 training images per site; every site starts from one body trained for ${PRETRAIN_EPOCHS} epochs on ${PRETRAIN_ROWS * 0.9} labelled images that no site holds (dflmoe pretrain --exclude-subset ${PRETRAIN_SUBSET}, one body per seed), then trains it further (fine-tuned) or never (frozen: heads, gates and transforms learn); inputs standardized with the body's statistics`,
   pfllib: `PFLlib's cell: Fashion-MNIST, 20 sites, Dirichlet 0.1, 75/25 split, batch 10, 1 local epoch. Scaled down from PFLlib's (70,000 images, 2000 rounds, CNN conv 32 5x5 - conv 64 5x5 - dense 512) to ${PFLLIB_SAMPLES} images (175 per site), ${PFLLIB_ROUNDS} rounds and CNN conv 16 5x5 - conv 32 5x5 - dense 128 (cnn:16x32:k5:valid), for this 2-core machine; every algorithm with Adam 1e-3 (the rates tuned on the MLP diverge on this CNN). PFLlib's published best-round figures: ${PFLLIB_PUBLISHED}`,
 };
-for (const regime of ['core', 'sweep', 'shift', 'pfllib']) {
+for (const regime of ['core', 'sweep', 'shift', 'pfllib', 'pretrained']) {
   const rs = rows.filter((r) => r.regime === regime);
   if (!rs.length) continue;
   md += `\n#### ${regimeTitle[regime]}\n\n| cell | algorithm | accuracy % | best round % | worst site % | pooled % | train/site | seeds | bytes/site/round | seconds |\n|---|---|---|---|---|---|---|---|---|---|\n`;
@@ -322,7 +361,7 @@ const jsonName = quick ? 'matrix-quick.json' : ablation ? 'ablation.json' : 'mat
 writeFileSync(join(outDir, jsonName), JSON.stringify({ date: new Date().toISOString(), machine, settings, wallSeconds, rows, targets }, null, 2) + '\n');
 writeFileSync(join(outDir, quick ? 'tables-quick.md' : 'tables.md'), md);
 if (!quick && existsSync('benchmarks/README.md')) {
-  const marker = ablation ? 'ablation' : pfllibOnly ? 'pfllib' : 'matrix';
+  const marker = ablation ? 'ablation' : alone ?? 'matrix';
   const readme = readFileSync('benchmarks/README.md', 'utf8');
   const [a, b] = [`<!-- ${marker}:start -->`, `<!-- ${marker}:end -->`];
   if (readme.includes(a) && readme.includes(b)) {

@@ -158,7 +158,7 @@ describe('site configs carry every simulation option', () => {
         { ...c.train, dp: undefined },
         { epochs: sim.epochs, batchSize: sim.batchSize, learningRate: sim.learningRate, optimizer: sim.optimizer, dp: undefined },
       );
-      assert.deepEqual(c.model, { body: sim.bodies[i], featureDim: sim.featureDim, headHidden: sim.headHidden, sharedInit: sim.sharedInit });
+      assert.deepEqual(c.model, { body: sim.bodies[i], featureDim: sim.featureDim, headHidden: sim.headHidden, sharedInit: sim.sharedInit, freezeBody: sim.freezeBody });
       // The partition settings sit in data or in data.simulate, as the config schema has them.
       const d = c.data as unknown as Record<string, unknown>;
       const part = (d.simulate ?? d) as Record<string, unknown>;

@@ -1,3 +1,4 @@
+import { InvalidArgumentError } from 'commander';
 /** Small helpers for human-readable numbers and plain-text tables. */
 export function formatBytes(n: number): string {
   if (!Number.isFinite(n)) return '-';
@@ -21,3 +22,17 @@ export function table(rows: string[][]): string {
   const line = (r: string[]) => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ');
   return [line(rows[0]), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.slice(1).map(line)].join('\n');
 }
+
+/** Option parser: a positive integer. */
+export const int = (name: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer.`);
+  return n;
+};
+
+/** Option parser: a number in [lo, hi]. */
+export const num = (name: string, lo: number, hi: number) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < lo || n > hi) throw new InvalidArgumentError(`${name} must be a number in [${lo}, ${hi}].`);
+  return n;
+};

@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { simulateCommand } from './commands/simulate.js';
 import { keygenCommand, peerCommand, relayCommand, serverCommand } from './commands/network.js';
 import { auditCommand } from './commands/audit.js';
+import { pretrainCommand } from './commands/pretrain.js';
 import { evaluateCommand, predictCommand } from './commands/predict.js';
 import { formatError } from './errors.js';
 import { writeRunReport } from './report.js';
@@ -21,6 +22,7 @@ export function program(): Command {
     .addCommand(auditCommand())
     .addCommand(predictCommand())
     .addCommand(evaluateCommand())
+    .addCommand(pretrainCommand())
     .addCommand(
       new Command('report')
         .description('Write <dir>/report.html (charts, self-contained) for a run directory holding results.json.')

@@ -24,6 +24,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { decodeBundle, encodeBundle } from './codec.js';
 import type { DflmoePeer, DflmoeStateMeta } from './algorithms/dflmoe.js';
 import type { Logger } from './log.js';
+import { applyBodyWeights } from './pretrained.js';
 
 const FORMAT = 1;
 const PREFIX = 'round-';
@@ -231,16 +232,8 @@ export async function restoreNewest<T>(
 export async function restoreLatestCheckpoint(dir: string, peer: DflmoePeer, logger?: Logger): Promise<RestoredCheckpoint | undefined> {
   const r = await restoreNewest(dir, async (v) => {
     const model = JSON.parse(Buffer.from(v.read('body/model.json')).toString('utf8'));
-    const specs = model.weightsManifest[0].weights as tf.io.WeightsManifestEntry[];
-    const weights = tf.io.decodeWeights(v.read('body/weights.bin').slice().buffer, specs);
-    const own = peer.body.weights;
-    if (own.length !== specs.length) throw new Error(`${v.path}: the saved body has ${specs.length} weights but this site's body has ${own.length}; was the model config changed?`);
-    peer.body.setWeights(specs.map((s, i) => {
-      const t = weights[s.name];
-      if (t.shape.join() !== own[i].shape.join()) throw new Error(`${v.path}: body weight ${s.name} has shape [${t.shape}], this body expects [${own[i].shape}]`);
-      return t;
-    }));
-    tf.dispose(Object.values(weights));
+    const data = v.read('body/weights.bin');
+    applyBodyWeights(peer.body, { source: v.path, specs: model.weightsManifest[0].weights, data: data.slice().buffer as ArrayBuffer });
     const state = decodeBundle(v.read('state.bin'), { maxBytes: 2 ** 31 });
     await peer.importState(v.state as DflmoeStateMeta, state.tensors);
   }, logger);

@@ -22,6 +22,8 @@ export * from './rounds.js';
 export * from './simulate.js';
 export * from './learner.js';
 export * from './checkpoint.js';
+export * from './pretrained.js';
+export * from './pretrain.js';
 export * from './privacy.js';
 export * from './predict.js';
 export * from './trained-site.js';

@@ -12,6 +12,7 @@ import { initBackend } from './backend.js';
 import type { HeadExchange } from './exchange.js';
 import { createLogger, type Logger } from './log.js';
 import { parseBodySpec, type BodySpec } from './model.js';
+import { checkBodyStandardizer, readBodyWeights } from './pretrained.js';
 import { disposePeerData, preparePeerData, type TrainOptions } from './train.js';
 import { SitePredictor, evaluatePredictions, sitePredictions, type Evaluation, type Predictions, type SampleInput } from './predict.js';
 
@@ -23,7 +24,12 @@ export interface LearnerOptions {
   split?: PeerSplit;
   /** Feature statistics to standardize with (default: the site's own training rows). */
   standardizer?: Standardizer;
-  model?: { body?: BodySpec | string; featureDim?: number; headHidden?: number[] };
+  /**
+   * `pretrainedBody`: start the body from this directory (as `dflmoe pretrain`
+   * writes); its standardizer, when it has one, replaces the default one.
+   * `freezeBody`: never train the body.
+   */
+  model?: { body?: BodySpec | string; featureDim?: number; headHidden?: number[]; pretrainedBody?: string; freezeBody?: boolean };
   train?: Partial<TrainOptions>;
   alpha?: number;
   gateHidden?: number;
@@ -130,12 +136,21 @@ export async function createLearner(o: LearnerOptions): Promise<DflmoeLearner> {
   if (o.exchange.selfId !== o.id) throw new Error(`learner id "${o.id}" differs from the exchange's "${o.exchange.selfId}"`);
   await initBackend({ logger: o.logger });
   const split = o.split ?? partition(o.dataset.labels, o.dataset.classNames.length, 1, parsePartition('iid'), { seed: o.train?.seed ?? 0 })[0];
-  const standardizer = o.standardizer ?? fitStandardizer(o.dataset.features, featureSize(o.dataset), split.train);
+  const pre = o.model?.pretrainedBody !== undefined ? readBodyWeights(o.model.pretrainedBody) : undefined;
+  if (pre) checkBodyStandardizer(pre, featureSize(o.dataset), o.dataset.featureNames);
+  const standardizer = o.standardizer ?? pre?.standardizer ?? fitStandardizer(o.dataset.features, featureSize(o.dataset), split.train);
   const data = preparePeerData(o.dataset, split, standardizer);
   const body = typeof o.model?.body === 'string' ? parseBodySpec(o.model.body) : o.model?.body ?? { kind: 'mlp' as const };
-  const peer = new DflmoePeer({
-    id: o.id, data, body, featureDim: o.model?.featureDim ?? 64, headHidden: o.model?.headHidden ?? [], train: o.train ?? {},
-    alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness, maxHeadBytes: o.maxHeadBytes,
-  });
+  let peer: DflmoePeer;
+  try {
+    peer = new DflmoePeer({
+      id: o.id, data, body, featureDim: o.model?.featureDim ?? 64, headHidden: o.model?.headHidden ?? [], train: o.train ?? {},
+      alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness, maxHeadBytes: o.maxHeadBytes,
+      ...(pre ? { initialBody: pre } : {}), freezeBody: o.model?.freezeBody ?? false,
+    });
+  } catch (e) {
+    disposePeerData(data);
+    throw e;
+  }
   return new DflmoeLearner(peer, { ...o, standardizer, classNames: o.dataset.classNames });
 }

@@ -5,7 +5,7 @@
  * (`runSite`), concurrently, over in-memory transports.
  */
 import {
-  capTrainPerSite, deriveSeed, federatedStandardizer, holdoutSplit, partitionHistograms, formatPartition, loadDataset, parsePartition, partition,
+  capTrainPerSite, deriveSeed, featureSize, federatedStandardizer, holdoutSplit, partitionHistograms, formatPartition, loadDataset, parsePartition, partition,
   shiftDatasetBySite, SHIFT_KINDS, type Dataset, type LoadOptions, type PeerSplit, type ShiftKind,
 } from '@dflmoe/data';
 import { initBackend } from './backend.js';
@@ -15,6 +15,7 @@ import { DEFAULT_MAX_EXPERTS } from './algorithms/dflmoe.js';
 import { checkSameArchitecture } from './algorithms/fedavg.js';
 import { REGISTRY, getAlgorithm, type AlgorithmName } from './algorithms/registry.js';
 import { FST_KINDS, parseBodySpec, type BodySpec, type FstKind } from './model.js';
+import { checkBodyStandardizer, readBodyWeights, type BodyWeights } from './pretrained.js';
 import { PRECISIONS, type Precision } from './codec.js';
 import { summarize, type AccuracySummary } from './metrics.js';
 import { memoryNetworks, networkBytes, runSite, type SiteRoundRecord } from './rounds.js';
@@ -60,6 +61,10 @@ export interface SimulationConfig {
    * identity-initialised FSTs are meaningful. Bodies still train apart.
    */
   sharedInit: boolean;
+  /** Every site's body starts from this pretrained body (a layers-format directory, as `dflmoe pretrain` writes). */
+  pretrainedBody?: string;
+  /** Never train the body: only heads (and dFLMoE's gates and transforms) learn. */
+  freezeBody: boolean;
   /** dFLMoE: learning rate of the gate slots and FSTs of received experts, as a multiple of `learningRate`. */
   expertLrScale: number;
   /** Robustness experiments: the last `poisoned` sites are adversarial... */
@@ -125,6 +130,7 @@ export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
   minSize: 10,
   standardize: 'global',
   sharedInit: true,
+  freezeBody: false,
   maxExperts: DEFAULT_MAX_EXPERTS,
   poisoned: 0,
   poisonKind: 'flipped',
@@ -214,16 +220,20 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
     `${ds.name}: ${ds.numSamples} samples, ${cfg.peers} peers, ${formatPartition(parsePartition(cfg.partition))}, ` +
       `${cfg.rounds} rounds x ${cfg.epochs} epoch(s), bodies ${[...new Set(bodies)].join(', ')}`,
   );
-  const st = cfg.standardize === 'global'
-    ? federatedStandardizer(ds, splits)
-    : undefined;
+  const initialBody = cfg.pretrainedBody !== undefined ? readBodyWeights(cfg.pretrainedBody) : undefined;
+  if (initialBody) {
+    checkBodyStandardizer(initialBody, featureSize(ds), ds.featureNames);
+    log.info(`every site starts from the pretrained body ${initialBody.source}${cfg.freezeBody ? ' (frozen)' : ''}${initialBody.standardizer ? ', inputs standardized as it was trained' : ''}`);
+  }
+  // A pretrained body's own input statistics win: it learnt on inputs scaled with them.
+  const st = initialBody?.standardizer ?? (cfg.standardize === 'global' ? federatedStandardizer(ds, splits) : undefined);
   const flipped = (i: number) => cfg.poisonKind === 'flipped' && i >= cfg.peers - cfg.poisoned;
   const datas = splits.map((s, i) => preparePeerData(flipped(i) ? flipLabels(ds) : ds, s, st));
   // Every site's test rows together, for the pooled metric.
   const pooled = st ? preparePeerData(ds, { train: new Int32Array(0), test: Int32Array.from(splits.flatMap((s) => [...s.test])) }, st) : undefined;
   try {
     for (const alg of cfg.algorithms) {
-      results.algorithms[alg] = await runAlgorithm(alg, cfg, datas, bodies, hooks, log, pooled);
+      results.algorithms[alg] = await runAlgorithm(alg, cfg, datas, bodies, hooks, log, pooled, initialBody);
       const a = results.algorithms[alg]!;
       log.info(`${alg}: mean accuracy ${a.accuracy.mean.toFixed(4)} (min ${a.accuracy.min.toFixed(4)}), ${a.wallSeconds.toFixed(1)} s`);
     }
@@ -289,7 +299,7 @@ export function sharedInitSeed(seed: number, body: string): number {
   return deriveSeed(seed, 'shared-init', body);
 }
 
-function peerOptions(cfg: SimulationConfig, data: PeerData, i: number, body: string): PeerModelOptions {
+function peerOptions(cfg: SimulationConfig, data: PeerData, i: number, body: string, initialBody?: BodyWeights): PeerModelOptions {
   const bodySpec: BodySpec = parseBodySpec(body);
   return {
     id: `peer-${i}`,
@@ -302,6 +312,8 @@ function peerOptions(cfg: SimulationConfig, data: PeerData, i: number, body: str
       seed: deriveSeed(cfg.seed, 'peer', i), ...(cfg.dp ? { dp: cfg.dp } : {}),
     },
     ...(cfg.sharedInit ? { initSeed: sharedInitSeed(cfg.seed, body) } : {}),
+    ...(initialBody ? { initialBody } : {}),
+    freezeBody: cfg.freezeBody,
   };
 }
 
@@ -316,13 +328,13 @@ function algorithmOptions(cfg: SimulationConfig, i: number): AlgorithmOptions {
 }
 
 async function runAlgorithm(
-  name: AlgorithmName, cfg: SimulationConfig, datas: PeerData[], bodies: string[], hooks: SimulationHooks, log: Logger, pooled?: PeerData,
+  name: AlgorithmName, cfg: SimulationConfig, datas: PeerData[], bodies: string[], hooks: SimulationHooks, log: Logger, pooled?: PeerData, initialBody?: BodyWeights,
 ): Promise<AlgorithmResult> {
   const alg = getAlgorithm(name);
   const t0 = performance.now();
   const sites: AlgorithmSite[] = [];
   try {
-    datas.forEach((d, i) => sites.push(alg.createSite(peerOptions(cfg, d, i, bodies[i]), algorithmOptions(cfg, i))));
+    datas.forEach((d, i) => sites.push(alg.createSite(peerOptions(cfg, d, i, bodies[i], initialBody), algorithmOptions(cfg, i))));
     if (alg.sameModel) checkSameArchitecture(sites, alg.label, REGISTRY.filter((a) => !a.sameModel).map((a) => a.name).join(' and '));
     const nets = memoryNetworks(alg, sites, 1 << 30, log);
     // A round's result once every site has finished it.

@@ -50,6 +50,8 @@ export interface SitePreprocessing {
   standardize: 'federated' | 'local';
   /** What the site's features were standardized with (the pooled statistics, or its own). */
   standardizer: { mean: number[]; std: number[] };
+  /** Set when the standardizer is a pretrained body's (its path), not the consortium's statistics. */
+  standardizerFrom?: string;
   /** How new inputs are read (a CSV with the agreed columns, an image folder, numeric features). */
   input: InputSpec;
   /** Peer IDs whose statements were merged; left out and not heard from. */

@@ -87,9 +87,14 @@ function parseKeyValues(s: string): Record<string, number> {
 
 /** A seeded random subset of `n` samples (order shuffled). */
 export function subsample(ds: Dataset, n: number, seed: number): Dataset {
-  const idx = new Rng(seed).shuffle(Int32Array.from({ length: ds.numSamples }, (_, i) => i)) as Int32Array;
-  const keep = idx.subarray(0, n);
+  const keep = subsampleRows(ds.numSamples, n, seed);
   return { ...takeRows(ds, keep), name: ds.name, description: `${ds.description} (random subset of ${n})` };
+}
+
+/** The rows `subsample(ds, n, seed)` keeps, for a dataset of `numSamples` rows. */
+export function subsampleRows(numSamples: number, n: number, seed: number): Int32Array {
+  const idx = new Rng(seed).shuffle(Int32Array.from({ length: numSamples }, (_, i) => i)) as Int32Array;
+  return idx.subarray(0, Math.min(n, numSamples));
 }
 
 /** Copy the given rows of a dataset into a new one. */

@@ -149,6 +149,14 @@ export const peerConfigSchema = z.object({
     headHidden: z.array(posInt).default(D.headHidden),
     /** Start from the consortium's shared initial model (seeded by data.seed and the body). */
     sharedInit: z.boolean().default(D.sharedInit),
+    /**
+     * A body pretrained on public data to start from (a directory with
+     * model.json and weights.bin, as "dflmoe pretrain" writes); relative to
+     * this file. Every member should name the same file.
+     */
+    pretrainedBody: z.string().min(1).optional(),
+    /** Never train the body (a pretrained one, usually): only the head, gate and transforms learn. */
+    freezeBody: z.boolean().default(false),
   }).strict().prefault({}),
   train: z.object({
     epochs: posInt.default(D.epochs),
@@ -311,6 +319,10 @@ export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.
   else if (c.round.quorum !== undefined && c.round.quorum > c.members.length) checkQuorum(c, '', file);
   c.out = rel(base, c.out)!;
   c.psk = rel(base, c.psk);
+  if (c.model.pretrainedBody !== undefined) c.model.pretrainedBody = rel(base, c.model.pretrainedBody);
+  if (c.model.pretrainedBody !== undefined && !existsSync(c.model.pretrainedBody)) {
+    throw new ConfigError(`config ${file}: model.pretrainedBody: ${c.model.pretrainedBody} not found (a directory with model.json and weights.bin, as "dflmoe pretrain" writes)`);
+  }
   c.data.dataDir = rel(base, c.data.dataDir);
   for (const kind of ['csv:', 'images:']) if (c.data.dataset.startsWith(kind)) c.data.dataset = `${kind}${rel(base, c.data.dataset.slice(kind.length))}`;
   if (sim) sim.share = rel(base, sim.share);
@@ -335,6 +347,7 @@ export function checkQuorum(c: PeerConfig, selfId: string, file = '<config>'): v
 /** Simulation options that `siteSettings` carries into a site config. */
 const PER_SITE = [
   'dataset', 'datasetOptions', 'peers', 'partition', 'seed', 'testFraction', 'minSize', 'standardize', 'bodies', 'featureDim', 'headHidden', 'sharedInit',
+  'pretrainedBody', 'freezeBody',
   'epochs', 'batchSize', 'learningRate', 'optimizer', 'dp', 'alpha', 'gateHidden', 'expertLrScale', 'admission', 'fst', 'distill',
   'fineTuneEpochs', 'headEpochs', 'maxStaleness', 'rounds', 'headPrecision', 'maxExperts',
 ] as const;
@@ -373,7 +386,10 @@ export function siteSettings(sim: SimulationConfig, index: number) {
       ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}),
       ...(o.labelColumn !== undefined ? { labelColumn: o.labelColumn } : {}),
     },
-    model: { body: sim.bodies[index % sim.bodies.length], featureDim: sim.featureDim, headHidden: sim.headHidden, sharedInit: sim.sharedInit },
+    model: {
+      body: sim.bodies[index % sim.bodies.length], featureDim: sim.featureDim, headHidden: sim.headHidden, sharedInit: sim.sharedInit,
+      ...(sim.pretrainedBody !== undefined ? { pretrainedBody: resolve(sim.pretrainedBody) } : {}), freezeBody: sim.freezeBody,
+    },
     train: {
       epochs: sim.epochs, batchSize: sim.batchSize, learningRate: sim.learningRate, optimizer: sim.optimizer,
       ...(sim.dp ? { dp: sim.dp } : {}),

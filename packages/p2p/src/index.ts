@@ -18,3 +18,4 @@ export * from './link-emulator.js';
 export * from './deadline.js';
 export * from './resume.js';
 export * from './relay.js';
+export * from './site-setup.js';

@@ -8,7 +8,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  PREPROCESSING_FILE, SITE_FILE, parseBodySpec, readSiteFiles, sharedInitSeed, takePeerData,
+  PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, readBodyStandardizer, readBodyWeights, readSiteFiles, sharedInitSeed, takePeerData,
   type AlgorithmOptions, type Logger, type PeerData, type PeerModelOptions, type SiteDescription, type SitePreprocessing,
 } from '@dflmoe/core';
 import { deriveSeed, encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type EncodedSite, type SiteDataSpec } from '@dflmoe/data';
@@ -72,9 +72,17 @@ export async function prepareSiteData(cfg: PeerConfig, o: { node?: SiteNode; sel
       ? await agreement.agree()
       : { ...reconcileStatements([statement]), excluded: [], missing: [], adopted: false, seconds: 0 };
     enc = encodeSiteData(source, ag.agreed, cfg.data.standardize);
+    // A pretrained body's own input statistics win over the pooled ones: it learnt on inputs scaled with them.
+    const bodySt = cfg.model.pretrainedBody !== undefined ? readBodyStandardizer(cfg.model.pretrainedBody) : undefined;
+    if (bodySt) {
+      checkBodyStandardizer({ source: cfg.model.pretrainedBody!, standardizer: bodySt }, enc.standardizer.mean.length, ag.agreed.schema.kind === 'table' ? ag.agreed.featureNames : undefined);
+      log.info(`preprocessing: inputs standardized with the statistics of the pretrained body ${cfg.model.pretrainedBody}`);
+    }
+    const st = bodySt ?? enc.standardizer;
     pre = {
       format: 1, agreed: ag.agreed, standardize: cfg.data.standardize,
-      standardizer: { mean: Array.from(enc.standardizer.mean), std: Array.from(enc.standardizer.std) },
+      ...(bodySt ? { standardizerFrom: cfg.model.pretrainedBody } : {}),
+      standardizer: { mean: Array.from(st.mean), std: Array.from(st.std) },
       input: source.input, included: ag.included, excluded: ag.excluded, missing: ag.missing, adopted: ag.adopted,
       createdAt: new Date().toISOString(),
     };
@@ -103,6 +111,8 @@ export function siteModelOptions(cfg: PeerConfig, id: string, index: number, dat
     headHidden: cfg.model.headHidden,
     train: { ...cfg.train, seed: deriveSeed(cfg.data.seed, 'peer', index) },
     ...(cfg.model.sharedInit ? { initSeed: sharedInitSeed(cfg.data.seed, cfg.model.body) } : {}),
+    ...(cfg.model.pretrainedBody !== undefined ? { initialBody: readBodyWeights(cfg.model.pretrainedBody) } : {}),
+    freezeBody: cfg.model.freezeBody,
   };
 }
 

@@ -10,18 +10,8 @@ import { collectResults, runConsortium, writeConsortium } from '../consortium.js
 import { writeJsonAtomic } from '@dflmoe/p2p';
 import { createProgress, type Progress } from '../progress.js';
 import { writeRunReport } from '../report.js';
-import { formatBytes, pct, table } from '../format.js';
+import { formatBytes, int, num, pct, table } from '../format.js';
 
-const int = (name: string) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer.`);
-  return n;
-};
-const num = (name: string, lo: number, hi: number) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < lo || n > hi) throw new InvalidArgumentError(`${name} must be a number in [${lo}, ${hi}].`);
-  return n;
-};
 /** `--max-experts`: a positive integer, or `all` (0: no limit). */
 const maxExperts = (v: string) => (v === 'all' ? 0 : int('--max-experts')(v));
 const list = (v: string) => v.split(',').map((s) => s.trim()).filter(Boolean);
@@ -80,6 +70,8 @@ export function simulateCommand(): Command {
     .option('--min-size <n>', 'minimum samples per peer', int('--min-size'), d.minSize)
     .addOption(new Option('--standardize <how>', 'feature statistics: pooled over all training splits, or per peer').choices(['global', 'local']).default(d.standardize))
     .option('--no-shared-init', 'dflmoe/local: give every site its own random initial model')
+    .option('--pretrained-body <dir>', 'every site starts from this body pretrained on public data (written by "dflmoe pretrain")')
+    .option('--freeze-body', 'never train the body: only heads (and dFLMoE gates and transforms) learn', false)
     .option('--expert-lr-scale <x>', "dflmoe: learning rate of received experts' gate slots and FSTs, relative to --lr", num('--expert-lr-scale', 0, 1000), d.expertLrScale)
     .option('--poisoned <n>', 'robustness: make the last n sites adversarial', (v) => Number(v), d.poisoned)
     .addOption(new Option('--poison-kind <kind>', 'what adversarial sites do (random heads: dflmoe only)').choices(['random', 'flipped']).default(d.poisonKind))
@@ -112,7 +104,8 @@ export function simulateCommand(): Command {
         bodies: o.body, featureDim: o.featureDim, headHidden: o.headHidden, epochs: o.epochs, batchSize: o.batchSize,
         learningRate: o.lr, optimizer: o.optimizer, fineTuneEpochs: o.finetuneEpochs, headEpochs: o.headEpochs, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness,
         testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
-        sharedInit: o.sharedInit, expertLrScale: o.expertLrScale,
+        sharedInit: o.sharedInit, expertLrScale: o.expertLrScale, freezeBody: o.freezeBody,
+        ...(o.pretrainedBody !== undefined ? { pretrainedBody: resolve(o.pretrainedBody) } : {}),
         poisoned: o.poisoned, poisonKind: o.poisonKind, admission: o.admission, fst: o.fst, distill: o.distill, headPrecision: o.headPrecision, maxExperts: o.maxExperts,
         trainPerSite: o.trainPerSite, featureShift: o.featureShift, evaluateOn: o.evaluateOn,
         ...(o.dpNoise !== undefined ? { dp: { noiseMultiplier: o.dpNoise, clipNorm: o.dpClip, microbatches: o.dpMicrobatches, delta: o.dpDelta } } : {}),

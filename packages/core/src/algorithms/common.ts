@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { deriveSeed } from '@dflmoe/data';
 import { bodyVariables, buildBody, createHead, headLogits, type BodySpec, type DenseLayer, type HeadSpec } from '../model.js';
+import { applyBodyWeights, type BodyWeights } from '../pretrained.js';
 import { RdpAccountant } from '../privacy.js';
 import { DEFAULT_TRAIN, accuracy, createOptimizer, predictClasses, type ParamGroup, type PeerData, type TrainOptions } from '../train.js';
 
@@ -17,6 +18,10 @@ export interface PeerModelOptions {
   train: Partial<TrainOptions>;
   /** Seed for the initial weights (default: derived from `train.seed`). FedAvg clients share one. */
   initSeed?: number;
+  /** Start the body from these weights (a body pretrained on public data) instead of its seeded initial weights. */
+  initialBody?: BodyWeights;
+  /** Never train the body: only the head (and, for dFLMoE, the gate and transforms) learn. */
+  freezeBody?: boolean;
 }
 
 /** Result of one peer's evaluation on its own test split. */
@@ -36,6 +41,7 @@ export class SupervisedModel {
   readonly train: TrainOptions;
   optimizer: tf.Optimizer;
   readonly bodySpec: BodySpec;
+  readonly freezeBody: boolean;
 
   constructor(o: PeerModelOptions) {
     this.id = o.id;
@@ -44,6 +50,13 @@ export class SupervisedModel {
     this.bodySpec = o.body;
     const init = o.initSeed ?? this.train.seed;
     this.body = buildBody(o.body, o.data.sampleShape, o.featureDim, deriveSeed(init, 'body'));
+    this.freezeBody = o.freezeBody ?? false;
+    try {
+      if (o.initialBody) applyBodyWeights(this.body, o.initialBody);
+    } catch (e) {
+      this.body.dispose();
+      throw e;
+    }
     this.headSpec = { inputDim: o.featureDim, hidden: o.headHidden, outputDim: o.data.numClasses };
     this.head = createHead(this.headSpec, deriveSeed(init, 'head'));
     this.optimizer = createOptimizer(this.train);
@@ -60,6 +73,11 @@ export class SupervisedModel {
   /** Trainable variables in a fixed order (body, then head). */
   variables(): tf.Variable[] {
     return [...bodyVariables(this.body), ...this.headVariables()];
+  }
+
+  /** The variables local training updates: all of them, or the head's alone with a frozen body. */
+  trainableVariables(): tf.Variable[] {
+    return this.freezeBody ? this.headVariables() : this.variables();
   }
 
   headVariables(): tf.Variable[] {
@@ -88,7 +106,7 @@ export class SupervisedModel {
 
   /** Parameter groups for `trainEpochs`: one optimizer over body and head. */
   paramGroups(): ParamGroup[] {
-    return [{ optimizer: this.optimizer, vars: this.variables() }];
+    return [{ optimizer: this.optimizer, vars: this.trainableVariables() }];
   }
 
   evaluateOwn(): number {

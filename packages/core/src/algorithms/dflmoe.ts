@@ -280,7 +280,7 @@ export class DflmoePeer extends SupervisedModel {
   }
 
   override paramGroups(): ParamGroup[] {
-    const groups: ParamGroup[] = [{ optimizer: this.optimizer, vars: [...this.variables(), ...this.gate.sharedVariables(this.id)] }];
+    const groups: ParamGroup[] = [{ optimizer: this.optimizer, vars: [...this.trainableVariables(), ...this.gate.sharedVariables(this.id)] }];
     for (const e of this.pool.list()) {
       const f = this.fsts.get(e.peer);
       const vars = [...this.gate.slotVariables(e.peer), ...(f ? [f.kernel, f.bias] : [])];
@@ -318,7 +318,7 @@ export class DflmoePeer extends SupervisedModel {
     }
     const packed = this.pack(pool.map((e) => e.peer));
     try {
-      const groups = [{ optimizer: this.optimizer, vars: [...this.variables(), ...this.gate.sharedVariables(this.id)] }, { optimizer: packed.adam, vars: packed.adam.vars }];
+      const groups = [{ optimizer: this.optimizer, vars: [...this.trainableVariables(), ...this.gate.sharedVariables(this.id)] }, { optimizer: packed.adam, vars: packed.adam.vars }];
       return await trainEpochs(this.data, this.train, round, () => groups, (x, y) => {
         const z = this.features(x, true);
         const out = moeForwardStacked(z, this.head, packed.experts, this.gate, packed.slots);

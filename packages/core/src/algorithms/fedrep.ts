@@ -37,12 +37,14 @@ export class FedRepClient extends FedAvgClient {
   override async trainRound(round: number): Promise<number> {
     this.account(this.headEpochs + this.train.epochs);
     const head = this.headVariables();
-    await trainEpochs(
+    const headLoss = await trainEpochs(
       this.data, { ...this.train, epochs: this.headEpochs, seed: deriveSeed(this.train.seed, 'fedrep-head') }, round,
       () => [{ optimizer: this.headOptimizer, vars: head }],
       (x, y) => crossEntropy(headLogits(this.head, this.features(x, false)), y),
     );
     this.resetOptimizer();
+    // A frozen body: the head epochs are the whole round.
+    if (this.freezeBody) return headLoss;
     const body = this.sharedVariables();
     return trainEpochs(this.data, this.train, round, () => [{ optimizer: this.optimizer, vars: body }], (x, y) => crossEntropy(this.logits(x, true), y));
   }

@@ -1,0 +1,74 @@
+/**
+ * Pretrain a body on public labelled data (`dflmoe pretrain`), for every
+ * site of a consortium to start from (see `pretrained.ts`).
+ */
+import { Rng, featureSize, pooledStandardizer, type Dataset } from '@dflmoe/data';
+import { LocalPeer } from './algorithms/local.js';
+import { parseBodySpec } from './model.js';
+import { writeBody } from './pretrained.js';
+import { disposePeerData, preparePeerData, type OptimizerKind } from './train.js';
+
+export interface PretrainOptions {
+  /** Body spec, as in site configs (`mlp`, `mlp:256x128`, `cnn:16x32`). */
+  body: string;
+  featureDim: number;
+  epochs: number;
+  batchSize: number;
+  learningRate: number;
+  optimizer: OptimizerKind;
+  seed: number;
+  /** Share of the rows held out to report accuracy (default 0.1). */
+  holdout?: number;
+  /** Leave out these rows (for example every row a benchmark's sites hold). */
+  exclude?: ArrayLike<number>;
+  /** Use at most this many rows (after `exclude`). */
+  maxRows?: number;
+  /** Called after every epoch with the held-out accuracy. */
+  onEpoch?: (epoch: number, loss: number, accuracy: number) => void;
+}
+
+export interface PretrainResult {
+  trainRows: number;
+  holdoutRows: number;
+  /** Held-out accuracy after the last epoch (of the body with a linear head). */
+  accuracy: number;
+}
+
+/** The rows a public set keeps: all but `exclude`, in a seeded order, at most `maxRows`. */
+export function publicRows(numSamples: number, seed: number, exclude?: ArrayLike<number>, maxRows?: number): Int32Array {
+  const out = new Set<number>(Array.from({ length: numSamples }, (_, i) => i));
+  for (const r of Array.from(exclude ?? [])) out.delete(r);
+  const rows = new Rng(seed).shuffle(Int32Array.from(out)) as Int32Array;
+  return maxRows !== undefined ? rows.slice(0, maxRows) : rows;
+}
+
+/**
+ * Train a body and a linear head on `ds` and write the body to `outDir`
+ * (model.json + weights.bin). The head is thrown away: each site trains its
+ * own.
+ */
+export async function pretrainBody(ds: Dataset, outDir: string, o: PretrainOptions): Promise<PretrainResult> {
+  const rows = publicRows(ds.numSamples, o.seed, o.exclude, o.maxRows);
+  const nHold = Math.max(1, Math.round(rows.length * (o.holdout ?? 0.1)));
+  if (rows.length - nHold < o.batchSize) throw new Error(`only ${rows.length} public rows: too few to pretrain a body (need more than ${nHold + o.batchSize})`);
+  const split = { train: rows.slice(nHold), test: rows.slice(0, nHold) };
+  const st = pooledStandardizer(ds.features, featureSize(ds), [split]);
+  const data = preparePeerData(ds, split, st);
+  const peer = new LocalPeer({
+    id: 'pretrain', data, body: parseBodySpec(o.body), featureDim: o.featureDim, headHidden: [],
+    train: { epochs: 1, batchSize: o.batchSize, learningRate: o.learningRate, optimizer: o.optimizer, seed: o.seed },
+  });
+  try {
+    let acc = 0;
+    for (let e = 1; e <= o.epochs; e++) {
+      const loss = await peer.trainRound(e);
+      acc = peer.evaluateOwn();
+      o.onEpoch?.(e, loss, acc);
+    }
+    await writeBody(outDir, peer.body, { ...st, ...(ds.featureNames ? { featureNames: ds.featureNames } : {}) });
+    return { trainRows: split.train.length, holdoutRows: nHold, accuracy: acc };
+  } finally {
+    peer.dispose();
+    disposePeerData(data);
+  }
+}
