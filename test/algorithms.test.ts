@@ -296,10 +296,11 @@ describe('the shared round loop in memory', () => {
     datas.forEach(disposePeerData);
   });
 
-  it('dflmoe does not wait out its deadline for a member that left without sending its head; one that stays is still waited for', async () => {
+  for (const name of ['dflmoe', 'gossip'] as const) {
+  it(`${name} does not wait out its deadline for a member that left without sending; one that stays is still waited for`, async () => {
     const { datas } = tinyPeers(3);
-    const alg = getAlgorithm('dflmoe');
-    const sites = datas.map((_, i) => alg.createSite(base(datas, i), opts()) as DflmoeSite);
+    const alg = getAlgorithm(name);
+    const sites = datas.map((_, i) => alg.createSite(base(datas, i), opts()));
     const hub = new MemoryHub();
     const ex = sites.map((s) => hub.join(s.id));
     const net = (i: number): SiteNetwork => ({ exchange: ex[i], quorum: 2, others: 2, deadlineMs: 20000, logger: quiet });
@@ -320,10 +321,12 @@ describe('the shared round loop in memory', () => {
     const waited = (performance.now() - t0) / 1000;
     assert.ok(waited < 10, `round 2 took ${waited.toFixed(1)} s against a 20 s deadline`);
     assert.ok(round.waitSeconds < 10);
-    assert.equal(sites[0].experts!().find((e) => e.peer === sites[1].id)?.version, 2, "site 1's round-2 head is in");
+    assert.ok(round.fresh >= 1, "site 1's round-2 message is taken in");
+    if (name === 'dflmoe') assert.equal(sites[0].experts!().find((e) => e.peer === sites[1].id)?.version, 2, "site 1's round-2 head is in");
     sites.forEach((s) => s.dispose());
     datas.forEach(disposePeerData);
   });
+  }
 
   it('a lockstep MemoryHub delivers version v only once every member has published it', async () => {
     const hub = new MemoryHub({ lockstep: true });

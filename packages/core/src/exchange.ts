@@ -292,3 +292,63 @@ export function absorbMessages(ex: HeadExchange, log: Logger, what: string, take
   }
   return accepted;
 }
+
+/**
+ * Members that disconnected and have not come back, as an exchange reports
+ * them (watched from the first call of `of` on): a round does not wait for
+ * messages they can no longer send.
+ */
+export class DepartedMembers {
+  private readonly gone = new Set<string>();
+  private watching?: HeadExchange;
+
+  /** The departed members of `ex` (starts watching it on the first call). */
+  of(ex: HeadExchange): ReadonlySet<string> {
+    if (this.watching !== ex) {
+      this.watching = ex;
+      this.gone.clear();
+      ex.onMembership((e) => (e.type === 'leave' ? this.gone.add(e.peer) : this.gone.delete(e.peer)));
+    }
+    return this.gone;
+  }
+}
+
+export interface RoundWait {
+  /** Messages of this round wanted. */
+  quorum: number;
+  /** Members that could send one (default: `quorum`). */
+  candidates: number;
+  /** Only these members' messages are wanted (a bounded mixture's choice), or all. */
+  from?: readonly string[];
+  deadlineMs: number;
+  /** Members whose message of this round is in. */
+  delivered(): ReadonlySet<string>;
+  /** Messages of this round that were refused (they count: their senders have spoken). */
+  refused?(): number;
+  /** Take in what waits in the exchange; returns how many were accepted. */
+  absorb(): number;
+}
+
+/**
+ * Wait (at most the deadline) until `quorum` messages of this round are in,
+ * taking them in as they come. Members that left without sending theirs
+ * (they finished, or crashed) are not waited for beyond what the quorum
+ * allows, so the last sites of a run do not sit out the deadline for
+ * messages that cannot come; a member that comes back counts again.
+ * Returns how many messages were accepted.
+ */
+export async function awaitRound(ex: HeadExchange, departed: DepartedMembers, w: RoundWait): Promise<number> {
+  const gone = departed.of(ex);
+  const end = Date.now() + w.deadlineMs;
+  let fresh = 0;
+  for (;;) {
+    const delivered = w.delivered();
+    const have = delivered.size + (w.refused?.() ?? 0);
+    const lost = [...gone].filter((p) => !delivered.has(p) && (!w.from || w.from.includes(p))).length;
+    const target = Math.min(w.quorum, w.candidates - lost);
+    const left = end - Date.now();
+    if (have >= target || left <= 0) return fresh;
+    await ex.waitForHeads(target - have, Math.min(left, 1000));
+    fresh += w.absorb();
+  }
+}

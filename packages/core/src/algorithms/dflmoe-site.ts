@@ -6,7 +6,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { deriveSeed } from '@dflmoe/data';
 import { restoreLatestCheckpoint, saveCheckpoint } from '../checkpoint.js';
 import { encodeHead } from '../codec.js';
-import { absorbMessages, type HeadExchange } from '../exchange.js';
+import { DepartedMembers, absorbMessages, awaitRound, type HeadExchange } from '../exchange.js';
 import type { Logger } from '../log.js';
 import { createHead } from '../model.js';
 import type { Algorithm, AlgorithmOptions, AlgorithmSite, ExpertInfo, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
@@ -24,8 +24,7 @@ function randomHead(peer: DflmoePeer, version: number, seed: number): Uint8Array
 export class DflmoeSite implements AlgorithmSite {
   readonly checkpoint: SiteCheckpointing;
   /** Members that disconnected and have not come back (watched from the first round on). */
-  private readonly gone = new Set<string>();
-  private watching?: HeadExchange;
+  private readonly departed = new DepartedMembers();
 
   constructor(readonly peer: DflmoePeer, private readonly o: Partial<Pick<AlgorithmOptions, 'randomUpdates' | 'seed'>> = {}) {
     this.checkpoint = {
@@ -94,37 +93,20 @@ export class DflmoeSite implements AlgorithmSite {
     const refused = { count: 0 };
     fresh += this.absorb(ex, round, net.logger, refused);
     const tw = performance.now();
-    if (net.deadlineMs > 0) fresh += await this.awaitRound(ex, net, round, quorum, chosen, refused);
+    if (net.deadlineMs > 0) fresh += await this.waitForRound(ex, net, round, quorum, chosen, refused);
     waitSeconds += secondsSince(tw);
     fresh += this.absorb(ex, round, net.logger);
     return { loss, trainSeconds, waitSeconds, fresh, expired };
   }
 
-  /**
-   * Wait (at most the deadline) until `quorum` heads of this round are in.
-   * Members that disconnected without sending theirs (they finished and
-   * left, or crashed) are not waited for beyond what the quorum allows, so
-   * the last sites of a run do not sit out the whole deadline for heads that
-   * cannot come; a member that comes back counts again.
-   */
-  private async awaitRound(ex: HeadExchange, net: SiteNetwork, round: number, quorum: number, chosen: string[] | undefined, refused: { count: number }): Promise<number> {
-    if (this.watching !== ex) {
-      this.watching = ex;
-      ex.onMembership((e) => (e.type === 'leave' ? this.gone.add(e.peer) : this.gone.delete(e.peer)));
-    }
-    const end = Date.now() + net.deadlineMs;
-    let fresh = 0;
-    for (;;) {
-      const delivered = new Set(this.peer.pool.list().filter((e) => e.version >= round).map((e) => e.peer));
-      const have = delivered.size + refused.count;
-      const candidates = chosen?.length ?? net.others ?? quorum;
-      const lost = [...this.gone].filter((p) => !delivered.has(p) && (!chosen || chosen.includes(p))).length;
-      const target = Math.min(quorum, candidates - lost);
-      const left = end - Date.now();
-      if (have >= target || left <= 0) return fresh;
-      await ex.waitForHeads(target - have, Math.min(left, 1000));
-      fresh += this.absorb(ex, round, net.logger, refused);
-    }
+  /** Wait (bounded) for this round's heads; members that left are not waited for (see `awaitRound`). */
+  private waitForRound(ex: HeadExchange, net: SiteNetwork, round: number, quorum: number, chosen: string[] | undefined, refused: { count: number }): Promise<number> {
+    return awaitRound(ex, this.departed, {
+      quorum, candidates: chosen?.length ?? net.others ?? quorum, ...(chosen ? { from: chosen } : {}), deadlineMs: net.deadlineMs,
+      delivered: () => new Set(this.peer.pool.list().filter((e) => e.version >= round).map((e) => e.peer)),
+      refused: () => refused.count,
+      absorb: () => this.absorb(ex, round, net.logger, refused),
+    });
   }
 
   evaluate() {

@@ -13,7 +13,7 @@
  */
 import { z } from 'zod';
 import { CodecError, type DecodeLimits, type NamedArray } from '../codec.js';
-import { absorbMessages } from '../exchange.js';
+import { DepartedMembers, absorbMessages, awaitRound } from '../exchange.js';
 import { boundSampleCounts } from '../rounds.js';
 import type { Algorithm, AlgorithmOptions, SiteNetwork, SiteRound } from './api.js';
 import type { PeerModelOptions } from './common.js';
@@ -42,6 +42,8 @@ export class GossipSite extends ModelSite<FedAvgClient> {
   private declared = new Map<string, number>();
   private readonly limits: DecodeLimits;
   private readonly maxStaleness: number;
+  /** Members that disconnected and have not come back: a round does not wait for their models. */
+  private readonly departed = new DepartedMembers();
 
   constructor(base: PeerModelOptions, o: Pick<AlgorithmOptions, 'seed' | 'maxModelBytes' | 'maxStaleness'>) {
     super(new FedAvgClient({ ...base, initSeed: sharedModelSeed(o.seed) }));
@@ -106,9 +108,17 @@ export class GossipSite extends ModelSite<FedAvgClient> {
     const trainSeconds = secondsSince(t0);
     await ex.publish(this.encode(round), round);
     const tw = performance.now();
-    if (net.quorum > 0 && net.deadlineMs > 0) await ex.waitForHeads(net.quorum, net.deadlineMs);
+    const absorb = () => absorbMessages(ex, net.logger, 'model', (m) => this.take(m.payload, m.from, round));
+    let fresh = absorb();
+    if (net.quorum > 0 && net.deadlineMs > 0) {
+      fresh += await awaitRound(ex, this.departed, {
+        quorum: net.quorum, candidates: net.others ?? net.quorum, deadlineMs: net.deadlineMs, absorb,
+        // A member's model of this round (or a newer one, from a site ahead of this one).
+        delivered: () => new Set([...this.held].filter(([, h]) => h.round >= round).map(([id]) => id)),
+      });
+    }
     const waitSeconds = secondsSince(tw);
-    const fresh = absorbMessages(ex, net.logger, 'model', (m) => this.take(m.payload, m.from, round));
+    fresh += absorb();
     this.mix(round);
     return { loss, trainSeconds, waitSeconds, fresh };
   }
