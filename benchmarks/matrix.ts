@@ -60,6 +60,10 @@ const tuningFile = 'benchmarks/results/tuning.json';
 const tuned: Record<string, Setting> = existsSync(tuningFile) ? JSON.parse(readFileSync(tuningFile, 'utf8')).chosen : {};
 const settingOf = (a: AlgorithmName): Setting => tuned[a] ?? { optimizer: 'adam', learningRate: 1e-3 };
 const settingKey = (s: Setting) => `${s.optimizer}-${s.learningRate}`;
+// A frozen public body: only heads (and dFLMoE's gates and transforms) train, at the rates `bench:tune -- --frozen-body` chose.
+const frozenTuningFile = 'benchmarks/results/tuning-frozen.json';
+const frozenTuned: Record<string, Setting> = existsSync(frozenTuningFile) ? JSON.parse(readFileSync(frozenTuningFile, 'utf8')).chosen : {};
+const cellSetting = (c: CellSpec, a: AlgorithmName): Setting => c.setting ?? (c.body === 'frozen' ? frozenTuned[a] : undefined) ?? settingOf(a);
 
 // ------------------------------------------------------------ cells
 interface CellSpec {
@@ -194,7 +198,7 @@ for (const cell of cells) {
       VARIANTS.forEach((v, i) => jobs.push({ cell, seed, algorithms: ['dflmoe'], setting: settingOf('dflmoe'), variant: v, dir: join(runsDir, `${cellKey(cell)}-s${seed}-v${i}`) }));
       continue;
     }
-    const setting = (a: AlgorithmName) => cell.setting ?? settingOf(a);
+    const setting = (a: AlgorithmName) => cellSetting(cell, a);
     const groups = new Map<string, AlgorithmName[]>();
     for (const a of cell.algorithms) groups.set(settingKey(setting(a)), [...(groups.get(settingKey(setting(a))) ?? []), a]);
     for (const [key, algs] of groups) jobs.push({ cell, seed, algorithms: algs, setting: setting(algs[0]), dir: join(runsDir, `${cellKey(cell)}-s${seed}-${key}`) });
@@ -330,7 +334,10 @@ function targetLines(): string[] {
 const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, tfjs backend ${backend}`;
 const tuning = [...new Set(names.filter((a) => (ALGORITHMS as readonly string[]).includes(a)))].map((a) => `${a} ${settingOf(a as AlgorithmName).optimizer} ${settingOf(a as AlgorithmName).learningRate}`).join(', ');
 const settings = `${rounds} rounds x ${epochs} epoch, batch 32, MLP body (128) -> 64 features, linear head, dFLMoE alpha 0.2, fedavg-ft 1 fine-tuning epoch, fedrep 1 head epoch; optimiser and learning rate per algorithm (${existsSync(tuningFile) ? 'from bench:tune' : 'bench:tune not run: defaults'}): ${tuning}; seeds ${seeds.join(", ")} (the heaviest Fashion-MNIST cells fewer: see the seeds column)`;
-let md = `Machine: ${machine}. Settings: ${settings}. Wall time ${(wallSeconds / 60).toFixed(1)} min (${jobs.length} simulate runs, ${values.jobs} at a time).\n\n`;
+const frozenNote = cells.some((c) => c.body === 'frozen')
+  ? ` Frozen public body: ${Object.keys(frozenTuned).length ? `rates from bench:tune -- --frozen-body: ${algorithms.map((a) => `${a} ${cellSetting({ body: 'frozen' } as CellSpec, a).optimizer} ${cellSetting({ body: 'frozen' } as CellSpec, a).learningRate}`).join(', ')}` : 'bench:tune -- --frozen-body not run: the rates above'}.`
+  : '';
+let md = `Machine: ${machine}. Settings: ${settings}.${frozenNote} Wall time ${(wallSeconds / 60).toFixed(1)} min (${jobs.length} simulate runs, ${values.jobs} at a time).\n\n`;
 md += 'Accuracy: mean personalized accuracy over sites (each site\'s model on its own test split) after the last round, mean +- std over seeds. "best round": the best round\'s mean (as PFLlib reports). "worst site": lowest site, mean over seeds. "pooled": each site\'s final model on the test splits of all sites together, mean over sites (what a site knows beyond its own distribution).\n';
 const regimeTitle: Record<string, string> = {
   core: 'Core cells', sweep: 'Training samples per site (sweep)', shift: 'Feature shift: each site its own rotation, contrast and noise',

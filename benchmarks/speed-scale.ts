@@ -32,7 +32,7 @@ import {
 import { makeSynthetic, partition } from '@dflmoe/data';
 import { runConsortium, writeConsortium } from '@dflmoe/cli';
 import {
-  HEAD_PROTOCOL, HeadRequest, HeadResponse, Libp2pHeadExchange, createSiteNode, generateIdentity, readFrames, writeFrames, type PeerRunResult,
+  HEAD_PROTOCOL, HeadRequest, HeadResponse, createSiteNode, loopbackMembers, readFrames, writeFrames, type PeerRunResult,
   type RoundLine,
 } from '@dflmoe/p2p';
 
@@ -336,14 +336,7 @@ async function pullOnce(node: Awaited<ReturnType<typeof createSiteNode>>, peer: 
 }
 
 if (parts.has('pull')) {
-  const ids = await Promise.all([generateIdentity(), generateIdentity()]);
-  const allow = ids.map((i) => i.peerId);
-  const nodes = await Promise.all(ids.map((i) => createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow })));
-  const members = ids.map((i) => ({ peerId: i.peerId, addrs: [] as string[] }));
-  const exs = nodes.map((n) => new Libp2pHeadExchange(n, { members, maxHeadBytes: 1 << 24, logger: quiet, heartbeatMs: 60000 }));
-  for (const e of exs) await e.register();
-  for (const n of nodes) await n.start();
-  for (const e of exs) e.start();
+  const { ids, nodes, exchanges: exs, stop } = await loopbackMembers(2, { maxHeadBytes: 1 << 24, logger: quiet, heartbeatMs: 60000 });
   await nodes[1].dial(nodes[0].getMultiaddrs()[0]);
   // The serving site: an MLP 784-256-64 (Fashion-MNIST-sized) on 20,000 samples, batch 32, nine experts.
   const ds = makeSynthetic({ classes: 10, dim: 784, samples: 25000, seed: 2 });
@@ -366,8 +359,7 @@ if (parts.has('pull')) {
   const pull = { idleMedianMs: median(idle), trainingMedianMs: median(busy), trainingMaxMs: Math.max(...busy), trainingMs: busy };
   console.log(`head pull (2.6 KB head) answered by a site: idle median ${pull.idleMedianMs.toFixed(1)} ms; while it trains (MLP 784-256-64, batch 32) median ${pull.trainingMedianMs.toFixed(1)} ms, max ${pull.trainingMaxMs.toFixed(1)} ms (20 pulls)`);
   site.dispose();
-  for (const e of exs) await e.close();
-  for (const n of nodes) await n.stop();
+  await stop();
   save('pull', pull);
 }
 

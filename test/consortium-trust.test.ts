@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, silentLogger, simulate, type SimulationConfig } from '@dflmoe/core';
 import { waitExit, writeConsortium } from '@dflmoe/cli';
-import { Libp2pHeadExchange, createSiteNode, generateIdentity, readJsonLines, type RoundLine, type ServerRoundLine } from '@dflmoe/p2p';
+import { Libp2pHeadExchange, createSiteNode, generateIdentity, loopbackMembers, readJsonLines, type RoundLine, type ServerRoundLine } from '@dflmoe/p2p';
 import { processGroup, until } from './helpers.js';
 
 const sim = (o: Partial<SimulationConfig> = {}): SimulationConfig => ({
@@ -132,14 +132,7 @@ describe('trust and operations over TCP', function () {
   });
 
   it('a member whose gossip never arrives is polled: its new heads still come, and nothing is pulled twice', async () => {
-    const ids = await Promise.all([generateIdentity(), generateIdentity()]);
-    const allow = ids.map((i) => i.peerId);
-    const nodes = await Promise.all(ids.map((i) => createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow })));
-    const members = ids.map((i) => ({ peerId: i.peerId, addrs: [] as string[] }));
-    const ex = nodes.map((n) => new Libp2pHeadExchange(n, { members, maxHeadBytes: 1 << 20, logger: silentLogger, heartbeatMs: 100 }));
-    for (const e of ex) await e.register();
-    for (const n of nodes) await n.start();
-    for (const e of ex) e.start();
+    const { ids, nodes, exchanges: ex, stop } = await loopbackMembers(2, { maxHeadBytes: 1 << 20, logger: silentLogger, heartbeatMs: 100 });
     try {
       // Site 1 hears no announcement at all (as when gossip is lost): only polling can bring it heads.
       for (const t of nodes[1].services.pubsub.getTopics()) nodes[1].services.pubsub.unsubscribe(t);
@@ -160,8 +153,7 @@ describe('trust and operations over TCP', function () {
       assert.equal(ex[1].stats().bytesReceived, got);
       assert.equal(ex[1].announced().get(ids[0].peerId), 2, 'a polled head counts as announced (expert choice sees it)');
     } finally {
-      for (const e of ex) await e.close();
-      for (const n of nodes) await n.stop();
+      await stop();
     }
   });
 });

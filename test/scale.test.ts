@@ -5,7 +5,7 @@ import {
   type DflmoeSite, type ExpertMemory, type PeerData,
 } from '@dflmoe/core';
 import { partition } from '@dflmoe/data';
-import { Libp2pHeadExchange, createSiteNode, generateIdentity } from '@dflmoe/p2p';
+import { loopbackMembers } from '@dflmoe/p2p';
 import { backend, tinyDataset, tinyPeers } from './helpers.js';
 
 const quiet = silentLogger;
@@ -147,19 +147,8 @@ describe('bounded mixture: dFLMoE sites', function () {
 });
 
 async function nodes(n: number) {
-  const ids = await Promise.all(Array.from({ length: n }, () => generateIdentity()));
-  const allow = ids.map((i) => i.peerId);
-  const ns = await Promise.all(ids.map((i) => createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow })));
-  const members = ids.map((i) => ({ peerId: i.peerId, addrs: [] as string[] }));
-  const exs = ns.map((node) => new Libp2pHeadExchange(node, { members, maxHeadBytes: 1 << 20, logger: quiet, heartbeatMs: 500 }));
-  for (const e of exs) await e.register();
-  for (const node of ns) await node.start();
-  for (const e of exs) e.start();
-  const stop = async () => {
-    for (const e of exs) await e.close();
-    for (const node of ns) await node.stop();
-  };
-  return { ids, nodes: ns, exs, stop };
+  const m = await loopbackMembers(n, { maxHeadBytes: 1 << 20, logger: quiet, heartbeatMs: 500 });
+  return { ids: m.ids, nodes: m.nodes, exs: m.exchanges, stop: m.stop };
 }
 
 const until = async (cond: () => boolean, what: string, limit = 400) => {

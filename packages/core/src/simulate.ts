@@ -199,6 +199,17 @@ export interface SimulationHooks {
   onRound?: (algorithm: AlgorithmName, r: RoundResult, totalRounds: number) => void;
 }
 
+/** Results of `cfg` before any algorithm ran: the settings, backend, dataset and partition. */
+export function emptyResults(cfg: SimulationConfig, backend: string, ds: Dataset, splits: PeerSplit[]): SimulationResults {
+  return {
+    config: cfg,
+    backend,
+    dataset: { name: ds.name, samples: ds.numSamples, classes: ds.classNames, sampleShape: ds.sampleShape, source: ds.source },
+    labelHistograms: partitionHistograms(ds.labels, splits, ds.classNames.length),
+    algorithms: {},
+  };
+}
+
 /** Run the configured algorithms and collect comparable results. */
 export async function simulate(partial: Partial<SimulationConfig> & { dataset: string }, hooks: SimulationHooks = {}): Promise<SimulationResults> {
   const cfg: SimulationConfig = { ...DEFAULT_SIMULATION, ...partial };
@@ -209,13 +220,7 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   const splits = siteSplits(ds, cfg);
   if (cfg.featureShift.length > 0) ds = shiftDatasetBySite(ds, splits, deriveSeed(cfg.seed, 'shift'), cfg.featureShift);
   const bodies = cfg.peers > 0 ? Array.from({ length: cfg.peers }, (_, i) => cfg.bodies[i % cfg.bodies.length]) : [];
-  const results: SimulationResults = {
-    config: cfg,
-    backend: backend.name,
-    dataset: { name: ds.name, samples: ds.numSamples, classes: ds.classNames, sampleShape: ds.sampleShape, source: ds.source },
-    labelHistograms: partitionHistograms(ds.labels, splits, ds.classNames.length),
-    algorithms: {},
-  };
+  const results = emptyResults(cfg, backend.name, ds, splits);
   log.info(
     `${ds.name}: ${ds.numSamples} samples, ${cfg.peers} peers, ${formatPartition(parsePartition(cfg.partition))}, ` +
       `${cfg.rounds} rounds x ${cfg.epochs} epoch(s), bodies ${[...new Set(bodies)].join(', ')}`,

@@ -19,3 +19,4 @@ export * from './deadline.js';
 export * from './resume.js';
 export * from './relay.js';
 export * from './site-setup.js';
+export * from './loopback.js';

@@ -2,10 +2,10 @@ import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
-  ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, REGISTRY, initBackend, isAlgorithmName, simulate, summarize, unknownAlgorithmMessage,
+  ALGORITHMS, DEFAULT_SIMULATION, emptyResults, OPTIMIZERS, PRECISIONS, REGISTRY, initBackend, isAlgorithmName, simulate, summarize, unknownAlgorithmMessage,
   type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
-import { SHIFT_KINDS, loadDataset, partition, partitionHistograms } from '@dflmoe/data';
+import { SHIFT_KINDS, loadDataset, partition } from '@dflmoe/data';
 import { collectResults, runConsortium, writeConsortium } from '../consortium.js';
 import { writeJsonAtomic } from '@dflmoe/p2p';
 import { createProgress, type Progress } from '../progress.js';
@@ -143,13 +143,7 @@ async function simulateOverTcp(
   const ds = loadDataset(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
   const splits = partition(ds.labels, ds.classNames.length, cfg.peers, cfg.partition, { seed: cfg.seed, testFraction: cfg.testFraction, minSize: cfg.minSize });
   const backend = await initBackend();
-  const results: SimulationResults = {
-    config: cfg,
-    backend: backend.name,
-    dataset: { name: ds.name, samples: ds.numSamples, classes: ds.classNames, sampleShape: ds.sampleShape, source: ds.source },
-    labelHistograms: partitionHistograms(ds.labels, splits, ds.classNames.length),
-    algorithms: {},
-  };
+  const results = emptyResults(cfg, backend.name, ds, splits);
   for (const alg of cfg.algorithms) {
     const t0 = performance.now();
     const files = await writeConsortium({ dir: join(out, 'consortium', alg), algorithm: alg, sim: cfg, deadlineMs, datasetOptions: cfg.datasetOptions });
