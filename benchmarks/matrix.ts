@@ -221,12 +221,15 @@ if (cells.some((c) => c.body)) {
 }
 const progress = createProgress(ablation ? 'ablation' : 'bench', jobs.length, 'run');
 let done = 0;
+/** Runs found finished from an earlier, interrupted matrix (their time is not in this run's wall time). */
+let kept = 0;
 const queue = [...jobs];
 async function worker(): Promise<void> {
   for (let j = queue.shift(); j; j = queue.shift()) {
     const c = j.cell;
     // A run that finished before (an interrupted matrix started again) is kept, not repeated.
     if (existsSync(join(j.dir, 'results.json'))) {
+      kept++;
       progress.update(++done, `${cellLabel(c)} seed ${j.seed}: kept from an earlier run`);
       continue;
     }
@@ -337,7 +340,7 @@ const settings = `${rounds} rounds x ${epochs} epoch, batch 32, MLP body (128) -
 const frozenNote = cells.some((c) => c.body === 'frozen')
   ? ` Frozen public body: ${Object.keys(frozenTuned).length ? `rates from bench:tune -- --frozen-body: ${algorithms.map((a) => `${a} ${cellSetting({ body: 'frozen' } as CellSpec, a).optimizer} ${cellSetting({ body: 'frozen' } as CellSpec, a).learningRate}`).join(', ')}` : 'bench:tune -- --frozen-body not run: the rates above'}.`
   : '';
-let md = `Machine: ${machine}. Settings: ${settings}.${frozenNote} Wall time ${(wallSeconds / 60).toFixed(1)} min (${jobs.length} simulate runs, ${values.jobs} at a time).\n\n`;
+let md = `Machine: ${machine}. Settings: ${settings}.${frozenNote} Wall time ${(wallSeconds / 60).toFixed(1)} min (${jobs.length} simulate runs${kept ? `, ${kept} of them kept from an earlier run` : ''}, ${values.jobs} at a time).\n\n`;
 md += 'Accuracy: mean personalized accuracy over sites (each site\'s model on its own test split) after the last round, mean +- std over seeds. "best round": the best round\'s mean (as PFLlib reports). "worst site": lowest site, mean over seeds. "pooled": each site\'s final model on the test splits of all sites together, mean over sites (what a site knows beyond its own distribution).\n';
 const regimeTitle: Record<string, string> = {
   core: 'Core cells', sweep: 'Training samples per site (sweep)', shift: 'Feature shift: each site its own rotation, contrast and noise',
@@ -399,8 +402,9 @@ if (sweep.length) {
     } as unknown as Chart['spec'],
   });
 }
-for (const regime of ['core', 'shift', 'pfllib']) {
-  const data = rows.filter((r) => r.regime === regime && !ablation).map((r) => ({ cell: `${r.dataset} ${r.partition}`, algorithm: r.algorithm, accuracy: r.accMean, lo: r.accMean - r.accStd, hi: r.accMean + r.accStd }));
+for (const regime of ['core', 'shift', 'pfllib', 'pretrained']) {
+  // The pretrained regime's cells differ by body too: label them whole.
+  const data = rows.filter((r) => r.regime === regime && !ablation).map((r) => ({ cell: regime === 'pretrained' ? r.cell : `${r.dataset} ${r.partition}`, algorithm: r.algorithm, accuracy: r.accMean, lo: r.accMean - r.accStd, hi: r.accMean + r.accStd }));
   if (!data.length) continue;
   charts.push({
     id: `accuracy-${regime}`, title: `${regimeTitle[regime]}: mean personalized accuracy`,
