@@ -232,7 +232,11 @@ describe('consortium over TCP (multi-process)', function () {
     for (const s of f.sites) {
       const ls = lines(metrics(s));
       assert.deepEqual(ls.map((l) => l.round), [1, 2, 3, 4]);
-      assert.ok(ls.filter((l) => l.freshHeads === 2).length >= 3, `models of both others mixed in: ${ls.map((l) => l.freshHeads)}`);
+      // Every round mixes in at least one other's model, and nearly all of the 8 models the others sent are taken in. A round's
+      // count may be 1 and the next one 3 (a member a round ahead: its next model came before this site's round ended), and a
+      // model overtaken by the same member's newer one is refused as stale.
+      const fresh = ls.map((l) => l.freshHeads);
+      assert.ok(fresh.every((n) => n >= 1) && fresh.reduce((a, b) => a + b, 0) >= 6, `models of both others mixed in: ${fresh}`);
       assert.ok(!Object.keys(ls.at(-1)!.dropped).some((k) => k.startsWith('model:')), JSON.stringify(ls.at(-1)!.dropped));
       const res = JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8'));
       assert.equal(res.algorithm, 'gossip');

@@ -1,5 +1,12 @@
 import assert from 'node:assert/strict';
-import { DEFAULT_ORDERS as DEFAULT_ORDERS_FOR_TEST, RdpAccountant, computeRdp, epsilonFromRdp, noiseForEpsilon, rdpSampledGaussian } from '@dflmoe/core';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  DEFAULT_ORDERS as DEFAULT_ORDERS_FOR_TEST, RdpAccountant, computeRdp, epsilonFromRdp, noiseForEpsilon, rdpSampledGaussian, silentLogger, simulate,
+  type SimulationResults,
+} from '@dflmoe/core';
+import { backend, cli } from './helpers.js';
 
 // Reference values from the tests of Google's dp_accounting library
 // (python/dp_accounting/dp_accounting/rdp/rdp_privacy_accountant_test.py).
@@ -83,5 +90,33 @@ describe('DP-SGD training', () => {
     assert.equal(clean.privacySpent(), undefined);
     [dp, loud, clean].forEach((p) => p.dispose());
     datas.forEach(disposePeerData);
+  });
+});
+
+describe('DP-SGD over libp2p', function () {
+  this.timeout(240000);
+
+  it('a consortium of processes reports the epsilon the in-memory simulator reports for the same run', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-dp-'));
+    const args = ['--dataset', 'breast-cancer', '--peers', '2', '--partition', 'iid', '--rounds', '2', '--algorithms', 'dflmoe,local', '--seed', '3', '--dp-noise', '1.1', '--dp-clip', '1'];
+    const r = cli(['simulate', ...args, '--transport', 'tcp', '--deadline', '20000', '--quiet', '--out', dir]);
+    assert.equal(r.status, 0, r.stderr);
+    const tcp = JSON.parse(readFileSync(join(dir, 'results.json'), 'utf8')) as SimulationResults;
+    await backend();
+    const mem = await simulate({
+      dataset: 'breast-cancer', peers: 2, partition: 'iid', rounds: 2, algorithms: ['dflmoe', 'local'], seed: 3, dp: { noiseMultiplier: 1.1, clipNorm: 1 },
+    }, { logger: silentLogger });
+    for (const alg of ['dflmoe', 'local'] as const) {
+      const a = tcp.algorithms[alg]!.peers.map((p) => p.privacy);
+      const b = mem.algorithms[alg]!.peers.map((p) => p.privacy);
+      assert.equal(a.length, 2);
+      a.forEach((p, i) => {
+        assert.ok(p && b[i], `${alg} site ${i}: privacy reported by both`);
+        assert.ok(p.epsilon > 0 && Number.isFinite(p.epsilon), `${alg}: epsilon ${p.epsilon}`);
+        assert.equal(p.steps, b[i]!.steps, `${alg} site ${i}: DP steps`);
+        assert.ok(Math.abs(p.epsilon - b[i]!.epsilon) < 1e-9, `${alg} site ${i}: epsilon over TCP ${p.epsilon}, in memory ${b[i]!.epsilon}`);
+        assert.equal(p.delta, b[i]!.delta);
+      });
+    }
   });
 });

@@ -235,11 +235,16 @@ export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallS
   });
   const server = files.server ? JSON.parse(readFileSync(join(files.server.out, 'results.json'), 'utf8')) as { bytesIn: number; bytesOut: number } : undefined;
   const algorithm = getAlgorithm(alg);
-  const peers: PeerResult[] = res.map((r, i) => ({
-    id: r.name ?? r.peerId, accuracy: r.accuracy, ownHeadAccuracy: r.ownHeadAccuracy, bytesSent: r.bytesSent, bytesReceived: r.bytesReceived,
-    trainSamples: r.trainSamples, testSamples: r.testSamples, body: bodies[i % bodies.length],
-    ...(r.rounds.at(-1)?.experts.length ? { gateWeights: gateWeightsOf(r) } : {}),
-  }));
+  const peers: PeerResult[] = res.map((r, i) => {
+    const last = r.rounds.at(-1);
+    return {
+      id: r.name ?? r.peerId, accuracy: r.accuracy, ownHeadAccuracy: r.ownHeadAccuracy, bytesSent: r.bytesSent, bytesReceived: r.bytesReceived,
+      trainSamples: r.trainSamples, testSamples: r.testSamples, body: bodies[i % bodies.length],
+      ...(last?.experts.length ? { gateWeights: gateWeightsOf(r) } : {}),
+      // With DP-SGD: the privacy a site spent, as its last round reported it (the simulator's figure, from the same accountant).
+      ...(last?.epsilon !== undefined ? { privacy: { epsilon: last.epsilon, delta: last.delta!, steps: last.dpSteps ?? 0 } } : {}),
+    };
+  });
   const nRounds = Math.max(...res.map((r) => r.rounds.length));
   const rounds: RoundResult[] = [];
   let prev = 0;

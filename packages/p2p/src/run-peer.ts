@@ -37,9 +37,10 @@ export interface RoundLine {
   waitSeconds: number;
   networkSeconds: number;
   dropped: Record<string, number>;
-  /** With DP-SGD: privacy spent so far. */
+  /** With DP-SGD: privacy spent so far, over this many noisy steps. */
   epsilon?: number;
   delta?: number;
+  dpSteps?: number;
   /** dFLMoE: time and size of this round's checkpoint. */
   checkpointSeconds?: number;
   checkpointBytes?: number;
@@ -241,7 +242,7 @@ function roundLine(m: SiteRoundRecord, names: Map<string, string | undefined>, d
     experts: m.experts.map((e) => ({ ...e, name: names.get(e.peer) })), freshHeads: m.fresh,
     bytesIn: m.bytesReceived, bytesOut: m.bytesSent, seconds: m.seconds, trainSeconds: m.trainSeconds,
     waitSeconds: m.waitSeconds, networkSeconds: m.networkSeconds, dropped,
-    ...(m.privacy ? { epsilon: m.privacy.epsilon, delta: m.privacy.delta } : {}),
+    ...(m.privacy ? { epsilon: m.privacy.epsilon, delta: m.privacy.delta, dpSteps: m.privacy.steps } : {}),
     time: new Date().toISOString(),
   };
 }
