@@ -9,15 +9,15 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { copyFileSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { DEFAULT_SIMULATION, loadSite, type SimulationConfig } from '@dflmoe/core';
 import { loadSiteData, readShare } from '@dflmoe/data';
 import { freePort, startProcess, waitExit, writeConsortium } from '@dflmoe/cli';
 import { generateIdentity, loadPeerConfig, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
 import { cli } from './helpers.js';
-import { PATIENT_HEADER, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
+import { PATIENT_HEADER, imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
 const results = (out: string) => JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as PeerRunResult;
 
@@ -196,6 +196,48 @@ describe('sites with their own data over TCP (multi-process)', function () {
       assert.deepEqual(Object.keys(rows[0]), ['input', 'predicted', 'prob:benign', 'prob:malignant']);
     });
   }
+
+  it('2 sites with image folders train a CNN; dflmoe predict reads a folder of new images and dflmoe evaluate a folder per class', async () => {
+    const dir = tmpDir('dflmoe-img-sites-');
+    const sites = await Promise.all(['lab-a', 'lab-b'].map(async (name, i) => {
+      const id = await generateIdentity();
+      saveIdentity(join(dir, `${name}.key`), id.privateKey, true);
+      await imageFolder(join(dir, `${name}-images`), { seed: 31 + i, perClass: 20, size: 12 });
+      return { name, peerId: id.peerId, port: await freePort(), config: join(dir, `${name}.json`), out: join(dir, name) };
+    }));
+    const members = sites.map((s) => ({ name: s.name, peerId: s.peerId, addrs: [`/ip4/127.0.0.1/tcp/${s.port}`] }));
+    for (const s of sites) {
+      const cfg = {
+        name: s.name, key: `${s.name}.key`, listen: [`/ip4/127.0.0.1/tcp/${s.port}`], members,
+        data: { dataset: `images:${s.name}-images`, testFraction: 0.25 }, model: { body: 'cnn:4', featureDim: 8 }, train: { learningRate: 0.01 },
+        rounds: 4, round: { deadlineMs: 10000 }, preprocess: { deadlineMs: 60000 }, lingerMs: 1500, out: s.name,
+      };
+      parsePeerConfig(cfg, s.config, dir);
+      writeFileSync(s.config, JSON.stringify(cfg, null, 2));
+    }
+    const ps = sites.map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`));
+    procs.push(...ps);
+    const codes = await Promise.all(ps.map((p) => waitExit(p, 180000)));
+    assert.deepEqual(codes, [0, 0], sites.map((s) => readFileSync(`${s.out}.log`, 'utf8').slice(-1500)).join('\n'));
+    // New images of another size (resized to the agreed 12x12), in a flat folder: one row each.
+    const fresh = await imageFolder(join(dir, 'new'), { seed: 40, perClass: 3, size: 20 });
+    const flat = join(dir, 'flat');
+    mkdirSync(flat);
+    for (const cls of ['blob', 'stripes']) for (const f of readdirSync(join(fresh, cls))) copyFileSync(join(fresh, cls, f), join(flat, `${cls}-${f}`));
+    const r = cli(['predict', '--site', sites[0].out, '--input', flat]);
+    assert.equal(r.status, 0, r.stderr);
+    const rows = parse(r.stdout, { columns: true }) as Record<string, string>[];
+    assert.equal(rows.length, 6);
+    assert.deepEqual(Object.keys(rows[0]).slice(0, 4), ['input', 'predicted', 'prob:blob', 'prob:stripes']);
+    const right = rows.filter((row) => basename(row.input).startsWith(row.predicted)).length;
+    assert.ok(right >= 5, `${right} of 6 new images predicted right: ${JSON.stringify(rows.map((row) => [row.input, row.predicted]))}`);
+    const e = cli(['evaluate', '--site', sites[1].out, '--input', fresh, '--json']);
+    assert.equal(e.status, 0, e.stderr);
+    const ev = JSON.parse(e.stdout) as { accuracy: number; samples: number; classNames: string[] };
+    assert.equal(ev.samples, 6);
+    assert.deepEqual(ev.classNames, ['blob', 'stripes']);
+    assert.ok(ev.accuracy >= 5 / 6, `accuracy ${ev.accuracy}`);
+  });
 
   it('clear errors: not a site directory, an old config (with how to migrate it)', () => {
     const r = cli(['predict', '--site', tmpDir(), '--input', 'x.csv']);
