@@ -8,13 +8,24 @@ import { messageStreamToDuplex } from '@libp2p/utils';
 import * as lp from 'it-length-prefixed';
 import { pipe } from 'it-pipe';
 
+/** A frame as the stream delivered it: the pieces it arrived in (iterable), its length, and a copy in one piece. */
+export interface FrameBytes {
+  readonly length: number;
+  subarray(): Uint8Array;
+  [Symbol.iterator](): Iterator<Uint8Array>;
+}
+
+const CONSUMED = new Uint8Array(0);
+
 /**
  * Read up to `n` length-prefixed frames from a stream (each at most `maxLen`
  * bytes). Frames are collected into `out` as they arrive, so that a caller
- * keeps what came before a failure; `onFrame` may throw to stop reading.
+ * keeps what came before a failure; `onFrame` sees each frame in the pieces
+ * it arrived in and may take it itself (return true: `out` gets an empty
+ * array in its place, and no copy is made), or throw to stop reading.
  */
 export async function readFrames(
-  stream: Stream, n: number, maxLen: number, signal: AbortSignal, out: Uint8Array[] = [], onFrame?: (f: Uint8Array, i: number) => void,
+  stream: Stream, n: number, maxLen: number, signal: AbortSignal, out: Uint8Array[] = [], onFrame?: (f: FrameBytes, i: number) => boolean | void,
 ): Promise<Uint8Array[]> {
   const duplex = messageStreamToDuplex(stream);
   // At the deadline: abort the stream, and settle even if its source never ends (a peer that stalls mid-frame).
@@ -34,8 +45,7 @@ export async function readFrames(
       (src) => lp.decode(src, { maxDataLength: maxLen }),
       async (src) => {
         for await (const f of src) {
-          onFrame?.(f.subarray(), out.length);
-          out.push(f.subarray());
+          out.push(onFrame?.(f, out.length) === true ? CONSUMED : f.subarray());
           if (out.length >= n) break;
         }
         return out;

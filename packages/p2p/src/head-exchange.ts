@@ -23,12 +23,12 @@ import { createHash } from 'node:crypto';
 import type { Connection, PeerId, Stream } from '@libp2p/interface';
 import type { Message } from '@libp2p/gossipsub';
 import { peerIdFromString } from '@libp2p/peer-id';
-import { readFrames, writeFrames } from './frames.js';
+import { readFrames, writeFrames, type FrameBytes } from './frames.js';
 import { HeadInbox, type ExchangeStats, type HeadExchange, type HeadMessage, type Logger, type MembershipEvent } from '@dflmoe/core';
 import { Announce, HeadRequest, HeadResponse } from './proto/messages.js';
 import { dialMembers, type SiteNode } from './node.js';
 import { StrikeBook } from './strikes.js';
-import { PartialHeads, RESUME_CHUNK, chunkFrames, frameGuard, servePlan } from './resume.js';
+import { HeadSink, PartialHeads, RESUME_CHUNK, chunkFrames, frameGuard, servePlan } from './resume.js';
 
 export const HEAD_PROTOCOL = '/dflmoe/head/1.0.0';
 export const ANNOUNCE_TOPIC = '/dflmoe/announce/1';
@@ -299,17 +299,38 @@ export class Libp2pHeadExchange implements HeadExchange {
     // Hash while the frames stream in (a head sent from its start), rather than in a pass over the assembled head.
     const guard = frameGuard(this.o.maxHeadBytes);
     let hasher: ReturnType<typeof createHash> | undefined;
-    const onFrame = (f: Uint8Array, i: number) => {
+    // A chunked head goes straight into its buffer, piece by piece, as the stream delivers it.
+    let sink: HeadSink | undefined;
+    let refused: { reason: 'bad-response' | 'too-large'; detail: string } | undefined;
+    const onFrame = (f: FrameBytes, i: number): boolean => {
       guard(f, i);
-      if (i > 0) hasher?.update(f);
-      else {
+      if (i === 0) {
+        let h: HeadResponse | undefined;
         try {
-          const h = HeadResponse.decode(f);
-          if (h.available && !h.offset) hasher = createHash('sha256');
+          h = HeadResponse.decode(f.subarray());
         } catch {
-          // reported below
+          return false; // reported below
         }
+        if (h.available && !h.offset) hasher = createHash('sha256');
+        if (h.available && h.chunkSize) {
+          const o = this.partials.open(peer, h);
+          if ('reason' in o) {
+            refused = o;
+            throw new Error(o.detail);
+          }
+          sink = o;
+        }
+        return false;
       }
+      if (!sink) {
+        if (hasher) for (const piece of f) hasher.update(piece);
+        return false;
+      }
+      for (const piece of f) {
+        sink.write(piece);
+        hasher?.update(piece);
+      }
+      return true;
     };
     try {
       await Promise.all([
@@ -318,6 +339,10 @@ export class Libp2pHeadExchange implements HeadExchange {
       ]);
     } catch (e) {
       failure = e as Error;
+    }
+    if (refused) {
+      this.partials.forget(peer);
+      return this.drop(peer, refused.reason, refused.detail);
     }
     if (frames.length === 0) throw failure ?? new Error('no response');
     let res: HeadResponse;
@@ -331,7 +356,7 @@ export class Libp2pHeadExchange implements HeadExchange {
     // Chunked: assembled into a buffer of its own. One frame: a view into the stream's buffers, copied once accepted.
     let owned = false;
     if (res.chunkSize) {
-      const a = this.partials.assemble(peer, res, frames.slice(1));
+      const a = sink ? sink.finish() : this.partials.assemble(peer, res, []);
       if ('reason' in a) {
         this.partials.forget(peer);
         return this.drop(peer, a.reason, a.detail);

@@ -8,6 +8,7 @@
  * against the digest as before, so a prefix from an older head can never
  * slip in; a response that does not fit what was asked for is a bad response.
  */
+import type { FrameBytes } from './frames.js';
 import { HeadResponse } from './proto/messages.js';
 
 export const RESUME_CHUNK = 256 * 1024;
@@ -48,13 +49,13 @@ export function chunkFrames(bytes: Uint8Array, offset: number, chunkSize: number
  * the frames go beyond what the header promised, so a member cannot make us
  * buffer more than one head.
  */
-export function frameGuard(maxBytes: number): (f: Uint8Array, i: number) => void {
+export function frameGuard(maxBytes: number): (f: Uint8Array | FrameBytes, i: number) => void {
   let head: HeadResponse | undefined;
   let total = 0;
   return (f, i) => {
     if (i === 0) {
       try {
-        head = HeadResponse.decode(f);
+        head = HeadResponse.decode(f instanceof Uint8Array ? f : f.subarray());
       } catch {
         head = undefined; // reported by the caller
       }
@@ -89,7 +90,13 @@ export class PartialHeads {
     return q ? { chunkSize: RESUME_CHUNK, offset: BigInt(q.have), resumeDigest: q.digest } : { chunkSize: RESUME_CHUNK };
   }
 
-  assemble(peer: string, res: HeadResponse, chunks: Uint8Array[]): Assembled {
+  /**
+   * Start taking in a chunked response for `peer`: checks the header against
+   * what was asked for and returns the buffer the frames go into as they
+   * arrive (a resumed head continues the kept prefix), or why the response
+   * is refused.
+   */
+  open(peer: string, res: HeadResponse): HeadSink | { reason: 'bad-response' | 'too-large'; detail: string } {
     const size = Number(res.size);
     const offset = Number(res.offset ?? 0n);
     if (size > this.maxBytes) return { reason: 'too-large', detail: `${size} bytes` };
@@ -98,24 +105,34 @@ export class PartialHeads {
       return { reason: 'bad-response', detail: `resumed at ${offset}, which was not asked for` };
     }
     if (offset === 0) this.byPeer.delete(peer);
-    const got = chunks.reduce((a, c) => a + c.length, 0);
-    if (offset + got > size) return { reason: 'bad-response', detail: 'more bytes than the header says' };
-    const buf = offset > 0 ? prev!.bytes : new Uint8Array(size);
-    let at = offset;
-    for (const c of chunks) {
-      buf.set(c, at);
-      at += c.length;
+    return new HeadSink(this, peer, res, offset > 0 ? prev!.bytes : new Uint8Array(size), offset);
+  }
+
+  /** `open`, every chunk written, then `finish` (for frames already in memory). */
+  assemble(peer: string, res: HeadResponse, chunks: Uint8Array[]): Assembled {
+    const sink = this.open(peer, res);
+    if ('reason' in sink) return sink;
+    try {
+      for (const c of chunks) sink.write(c);
+    } catch (e) {
+      return { reason: 'bad-response', detail: (e as Error).message };
     }
+    return sink.finish();
+  }
+
+  /** Called by a sink when its transfer ends: count a resume, keep a prefix worth resuming from. */
+  settle(peer: string, res: HeadResponse, bytes: Uint8Array, offset: number, at: number): Assembled {
+    const size = bytes.length;
     if (offset > 0) {
       this.resumes++;
       this.resumedBytes += offset;
     }
     if (at === size) {
       this.byPeer.delete(peer);
-      return { bytes: buf };
+      return { bytes };
     }
     // Keep a prefix worth resuming from (at least one frame).
-    if (at >= Math.min(RESUME_CHUNK, size)) this.byPeer.set(peer, { digest: new Uint8Array(res.digest), version: res.version, size, bytes: buf, have: at, at: Date.now() });
+    if (at >= Math.min(RESUME_CHUNK, size)) this.byPeer.set(peer, { digest: new Uint8Array(res.digest), version: res.version, size, bytes, have: at, at: Date.now() });
     else this.byPeer.delete(peer);
     return { incomplete: at };
   }
@@ -123,5 +140,28 @@ export class PartialHeads {
   /** Forget `peer`'s prefix (its head moved on, or it was bad). */
   forget(peer: string): void {
     this.byPeer.delete(peer);
+  }
+}
+
+/**
+ * One chunked head coming in: each piece of each frame is copied once, straight
+ * into the head's buffer, as the stream delivers it.
+ */
+export class HeadSink {
+  constructor(
+    private readonly partials: PartialHeads, private readonly peer: string, private readonly res: HeadResponse,
+    readonly bytes: Uint8Array, private readonly offset: number, private at = offset,
+  ) {}
+
+  /** Append `piece`; throws when the head would grow beyond the size its header gave. */
+  write(piece: Uint8Array): void {
+    if (this.at + piece.length > this.bytes.length) throw new Error('more bytes than the header says');
+    this.bytes.set(piece, this.at);
+    this.at += piece.length;
+  }
+
+  /** The transfer is over (complete or cut off): the whole head, or how much of it came (kept to resume from). */
+  finish(): Assembled {
+    return this.partials.settle(this.peer, this.res, this.bytes, this.offset, this.at);
   }
 }
