@@ -17,7 +17,8 @@ Tables (CSV with a header row):
     no site trained on, encodes as all zeros.
   - Features are standardized with statistics pooled from every site's counts,
     sums and sums of squares (no row leaves a site); "standardize": "local"
-    uses the site's own training rows instead.
+    uses the site's own training rows instead; a pretrained body
+    ("model": {"pretrainedBody": ...}) brings its own, which then win.
 Images: one sub-folder per class of PNG/JPEG files, resized to the agreed size,
 grayscale or RGB, scaled to [0, 1]; prediction reads the images of a folder
 (or of its sub-folders).`;
