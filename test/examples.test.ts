@@ -15,4 +15,21 @@ describe('examples', () => {
       assert.ok(acc > 80, l);
     }
   });
+
+  it('pretrained-body.ts pretrains on the public rows, and three labs with frozen bodies exchange heads and predict well', () => {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', 'examples/pretrained-body.ts'], {
+      encoding: 'utf8', timeout: 120000, env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const pub = /public body: (\d+) images, held-out accuracy ([\d.]+)%/.exec(r.stdout);
+    assert.ok(pub, r.stdout);
+    assert.equal(Number(pub[1]) + Math.round((1797 - 450) * 0.1), 1797 - 450, 'every public row but the held-out tenth, and no lab row');
+    assert.ok(Number(pub[2]) > 85, pub[0]);
+    const last = r.stdout.trim().split('\n').filter((l) => l.startsWith('round 4'));
+    assert.equal(last.length, 3);
+    for (const l of last) {
+      assert.match(l, /experts 2$/);
+      assert.ok(Number(/accuracy ([\d.]+)%/.exec(l)![1]) > 80, l);
+    }
+  });
 });

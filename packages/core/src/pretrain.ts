@@ -4,6 +4,8 @@
  */
 import { Rng, featureSize, pooledStandardizer, type Dataset } from '@dflmoe/data';
 import { LocalPeer } from './algorithms/local.js';
+import { initBackend } from './backend.js';
+import type { Logger } from './log.js';
 import { parseBodySpec } from './model.js';
 import { writeBody } from './pretrained.js';
 import { disposePeerData, preparePeerData, type OptimizerKind } from './train.js';
@@ -23,6 +25,8 @@ export interface PretrainOptions {
   exclude?: ArrayLike<number>;
   /** Use at most this many rows (after `exclude`). */
   maxRows?: number;
+  /** Where the compute backend reports which one it picked (default: the library's logger). */
+  logger?: Logger;
   /** Called after every epoch with the held-out accuracy. */
   onEpoch?: (epoch: number, loss: number, accuracy: number) => void;
 }
@@ -43,11 +47,12 @@ export function publicRows(numSamples: number, seed: number, exclude?: ArrayLike
 }
 
 /**
- * Train a body and a linear head on `ds` and write the body to `outDir`
+ * Train a body and a linear head on `ds` (picks the compute backend on first use) and write the body to `outDir`
  * (model.json + weights.bin). The head is thrown away: each site trains its
  * own.
  */
 export async function pretrainBody(ds: Dataset, outDir: string, o: PretrainOptions): Promise<PretrainResult> {
+  await initBackend({ logger: o.logger });
   const rows = publicRows(ds.numSamples, o.seed, o.exclude, o.maxRows);
   const nHold = Math.max(1, Math.round(rows.length * (o.holdout ?? 0.1)));
   if (rows.length - nHold < o.batchSize) throw new Error(`only ${rows.length} public rows: too few to pretrain a body (need more than ${nHold + o.batchSize})`);
