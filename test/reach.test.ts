@@ -3,6 +3,7 @@
  * for members; every wait bounded.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -76,6 +77,42 @@ describe('reach: circuit relay for members only', function () {
     assert.ok(!s.getMultiaddrs().some((a) => a.toString().includes('/p2p-circuit')), 'the stranger holds no reservation');
     await assert.rejects(s.dial(multiaddr(`${relayAddr}/p2p-circuit/p2p/${nat.peerId}`), { signal: AbortSignal.timeout(10000) }));
     assert.ok(refusedRelay.some((x) => x === `relayed connection:${stranger.peerId}`), refusedRelay.join());
+  });
+});
+
+describe('reach: hole punching (DCUtR) in a network namespace', function () {
+  this.timeout(90000);
+  // DCUtR only dials public addresses, so loopback cannot show it: the test makes a namespace of its own whose loopback
+  // carries 5.5.5.1-3 (nothing leaves the namespace) and runs a relay and two members there (test/fixtures/dcutr-run.ts).
+  const ns = `dflmoe-dcutr-${process.pid}`;
+  const ip = (...args: string[]) => spawnSync('ip', args, { encoding: 'utf8' });
+  before(function () {
+    const made = ip('netns', 'add', ns);
+    if (made.status !== 0) this.skip(); // needs root and iproute2, as CI has
+    for (const a of [['link', 'set', 'lo', 'up'], ...[1, 2, 3].map((i) => ['addr', 'add', `5.5.5.${i}/32`, 'dev', 'lo'])]) {
+      const r = ip('netns', 'exec', ns, 'ip', ...a);
+      assert.equal(r.status, 0, r.stderr);
+    }
+  });
+  after(() => void ip('netns', 'del', ns));
+  const run = (holePunch: boolean) => {
+    const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, '--import', 'tsx', '--conditions=development', 'test/fixtures/dcutr-run.ts'], {
+      encoding: 'utf8', timeout: 60000, env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn', HOLE_PUNCH: holePunch ? 'on' : 'off' },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { firstRelayed?: boolean; direct?: string | null; directDirection?: string | null; error?: string };
+  };
+
+  it('a member reached through the relay opens a direct connection to the member that dialed it; with hole punching off, none comes', () => {
+    const on = run(true);
+    assert.equal(on.error, undefined);
+    assert.equal(on.firstRelayed, true, 'the first connection went through the relay');
+    assert.ok(on.direct?.startsWith('/ip4/5.5.5.'), `a direct connection: ${on.direct}`);
+    assert.equal(on.directDirection, 'inbound', 'dialed by the member the relayed connection came in to');
+    const off = run(false);
+    assert.equal(off.error, undefined);
+    assert.equal(off.firstRelayed, true);
+    assert.equal(off.direct, null, 'nothing else opens a direct connection');
   });
 });
 
