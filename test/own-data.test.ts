@@ -9,12 +9,12 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { DEFAULT_SIMULATION, loadSite, type SimulationConfig } from '@dflmoe/core';
 import { loadSiteData, readShare } from '@dflmoe/data';
-import { freePort, startProcess, waitExit, writeConsortium } from '@dflmoe/cli';
+import { freePort, runConsortium, startProcess, waitExit, writeConsortium } from '@dflmoe/cli';
 import { generateIdentity, loadPeerConfig, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
 import { cli } from './helpers.js';
 import { PATIENT_HEADER, imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
@@ -237,6 +237,20 @@ describe('sites with their own data over TCP (multi-process)', function () {
     assert.equal(ev.samples, 6);
     assert.deepEqual(ev.classNames, ['blob', 'stripes']);
     assert.ok(ev.accuracy >= 5 / 6, `accuracy ${ev.accuracy}`);
+  });
+
+  it('a local consortium whose site fails stops at once, with that site\'s error in the message (nobody waits out deadlines)', async () => {
+    const sim: SimulationConfig = { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 3, rounds: 3, partition: 'iid', seed: 5, algorithms: ['fedavg'] };
+    const dir = tmpDir('dflmoe-fail-');
+    const f = await writeConsortium({ dir, algorithm: 'fedavg', sim, deadlineMs: 60000, lingerMs: 1000 });
+    rmSync(join(dir, 'site-2.share')); // site 2 cannot read its data
+    const t0 = Date.now();
+    await assert.rejects(runConsortium(f, 300000), (e: Error) => {
+      assert.match(e.message, /site-2 \(exit 1\): .*site-2\.share/);
+      assert.doesNotMatch(e.message, /site-0|site-1|server/, 'the processes stopped because of it are not reported as failures');
+      return true;
+    });
+    assert.ok(Date.now() - t0 < 30000, `stopped after ${Date.now() - t0} ms`);
   });
 
   it('clear errors: not a site directory, an old config (with how to migrate it)', () => {

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { multiaddr } from '@multiformats/multiaddr';
 import {
-  ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, loadIdentity, parsePeerConfig, type SiteNode,
+  ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, loadIdentity, loopbackMembers, parsePeerConfig, type SiteNode,
 } from '@dflmoe/p2p';
 
 const quiet = silentLogger;
@@ -32,8 +32,34 @@ async function stop(nodes: SiteNode[], exs: Libp2pHeadExchange[]) {
 describe('p2p', function () {
   this.timeout(120000);
 
+  it('a reader told how many frames a message has answers without waiting for the sender to close its side', async () => {
+    const { readFrames, writeFrames } = await import('@dflmoe/p2p');
+    const m = await loopbackMembers(2, { maxHeadBytes: 1 << 20, logger: quiet, heartbeatMs: 60000 });
+    const PROTOCOL = '/dflmoe/test/frames/1.0.0';
+    try {
+      // As the FedAvg server reads a request: a body follows only when the first frame says so.
+      await m.nodes[0].handle(PROTOCOL, async (stream) => {
+        const fs = await readFrames(stream, (got) => (got[0][0] === 1 ? 2 : 1), 1 << 10, AbortSignal.timeout(20000));
+        await writeFrames(stream, [Uint8Array.of(fs.length)]);
+      });
+      await m.nodes[1].dial(m.nodes[0].getMultiaddrs()[0]);
+      for (const frames of [[Uint8Array.of(0)], [Uint8Array.of(1), Uint8Array.of(7, 7)]]) {
+        const stream = await m.nodes[1].dialProtocol(m.nodes[0].peerId, PROTOCOL);
+        // Length-prefixed by hand (one-byte varints), and our side is never closed.
+        for (const f of frames) stream.send(Uint8Array.of(f.length, ...f));
+        const t0 = Date.now();
+        const [answer] = await readFrames(stream, 1, 16, AbortSignal.timeout(10000));
+        assert.equal(answer[0], frames.length, 'the reader took exactly the frames the message has');
+        assert.ok(Date.now() - t0 < 5000, `answered in ${Date.now() - t0} ms`);
+        stream.abort(new Error('done'));
+      }
+    } finally {
+      await m.stop();
+    }
+  });
+
   for (const mib of [10, 50]) {
-    it(`a ${mib} MiB head arrives bit-identical`, async () => {
+  it(`a ${mib} MiB head arrives bit-identical`, async () => {
       const { ids, nodes, exs } = await pair(64 * 1024 * 1024);
       try {
         const head = new Uint8Array(mib * 1024 * 1024);

@@ -210,9 +210,35 @@ export async function runConsortium(files: ConsortiumFiles, timeoutMs: number, o
       });
     }
   }
-  const codes = await Promise.all(procs.map((p) => waitExit(p.child, timeoutMs)));
-  const failed = procs.flatMap((p, i) => (codes[i] !== 0 ? [`${p.name} (exit ${codes[i] ?? 'killed'})`] : []));
-  if (failed.length) throw new Error(`consortium processes failed: ${failed.join(', ')}; see the .log files in ${join(files.sites[0].out, '..')}`);
+  // A site that fails makes the comparison void, and the others (and the server) would wait out their deadlines for it:
+  // the first failure stops every process still running.
+  let stopping = false;
+  const stopAll = () => {
+    if (stopping) return;
+    stopping = true;
+    for (const p of procs) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+  };
+  const sites = procs.filter((p) => p.name !== 'server');
+  const siteCodes = await Promise.all(sites.map(async (p) => {
+    const code = await waitExit(p.child, timeoutMs);
+    if (code !== 0 && !stopping) stopAll();
+    return code;
+  }));
+  // The server ends by itself after the last round.
+  const server = procs.find((p) => p.name === 'server');
+  const serverCode = server ? await waitExit(server.child, stopping ? 5000 : 60000) : 0;
+  const codes = [...(server ? [serverCode] : []), ...siteCodes];
+  const logOf = (name: string) => `${name === 'server' ? files.server!.out : files.sites[Number(name.slice('site-'.length))].out}.log`;
+  // What a failed process said last about its error, so the cause shows without opening the logs.
+  const why = (name: string) => {
+    const f = logOf(name);
+    const line = existsSync(f) ? readFileSync(f, 'utf8').split('\n').reverse().find((l) => /error/i.test(l)) : undefined;
+    return line ? `: ${line.trim()}` : '';
+  };
+  // The processes stopped because another failed are not failures of their own.
+  const failed = procs.flatMap((p, i) => (codes[i] !== 0 && codes[i] !== null ? [`${p.name} (exit ${codes[i]})${why(p.name)}`] : []));
+  if (!failed.length && codes.some((c) => c !== 0)) failed.push(`${procs.filter((_, i) => codes[i] !== 0).map((p) => p.name).join(', ')} (killed at the time limit)`);
+  if (failed.length) throw new Error(`consortium processes failed: ${failed.join('; ')}; see the .log files in ${join(files.sites[0].out, '..')}`);
 }
 
 /**

@@ -164,6 +164,15 @@ export class Libp2pServerLink implements ServerLink {
   }
 }
 
+/** Whether a request frame asks to upload (a model frame follows); a frame that does not decode is not. */
+function isUpload(frame: Uint8Array): boolean {
+  try {
+    return FedAvgRequest.decode(frame).kind === FedAvgRequest.Kind.UPLOAD;
+  } catch {
+    return false;
+  }
+}
+
 export interface ServerRoundLine {
   round: number;
   clients: number;
@@ -277,7 +286,8 @@ export class FedAvgServer {
       }
       stream.maxReadBufferLength = this.cfg.limits.maxModelBytes + MAX_CONTROL;
       const signal = AbortSignal.timeout(this.cfg.round.deadlineMs * 2 + 60000);
-      const frames = await readFrames(stream, 2, this.cfg.limits.maxModelBytes, signal);
+      // An upload is a request and a model; anything else, the request alone: read no further than that.
+      const frames = await readFrames(stream, (fs) => (isUpload(fs[0]) ? 2 : 1), this.cfg.limits.maxModelBytes, signal);
       if (frames.length === 0) {
         // The connection closed before any request came (a client restarting): not an offence.
         stream.abort(new Error('no request'));

@@ -19,14 +19,18 @@ const CONSUMED = new Uint8Array(0);
 
 /**
  * Read up to `n` length-prefixed frames from a stream (each at most `maxLen`
- * bytes). Frames are collected into `out` as they arrive, so that a caller
+ * bytes), or until the sender closes its side. Frames are collected into `out` as they arrive, so that a caller
  * keeps what came before a failure; `onFrame` sees each frame in the pieces
  * it arrived in and may take it itself (return true: `out` gets an empty
  * array in its place, and no copy is made), or throw to stop reading.
  */
 export async function readFrames(
-  stream: Stream, n: number, maxLen: number, signal: AbortSignal, out: Uint8Array[] = [], onFrame?: (f: FrameBytes, i: number) => boolean | void,
+  stream: Stream, n: number | ((frames: Uint8Array[]) => number), maxLen: number, signal: AbortSignal, out: Uint8Array[] = [],
+  onFrame?: (f: FrameBytes, i: number) => boolean | void,
 ): Promise<Uint8Array[]> {
+  // `n` as a function: how many frames this message has, from the frames read so far (a request whose first frame
+  // says whether a body follows), so that the reader never waits on the sender closing its side.
+  const count = typeof n === 'number' ? () => n : n;
   const duplex = messageStreamToDuplex(stream);
   // At the deadline: abort the stream, and settle even if its source never ends (a peer that stalls mid-frame).
   let onAbort = () => {};
@@ -46,7 +50,7 @@ export async function readFrames(
       async (src) => {
         for await (const f of src) {
           out.push(onFrame?.(f, out.length) === true ? CONSUMED : f.subarray());
-          if (out.length >= n) break;
+          if (out.length >= count(out)) break;
         }
         return out;
       },
