@@ -12,16 +12,9 @@ import {
 const quiet = silentLogger;
 
 async function pair(maxHeadBytes: number) {
-  const ids = await Promise.all([generateIdentity(), generateIdentity()]);
-  const allow = ids.map((i) => i.peerId);
-  const nodes = await Promise.all(ids.map((i) => createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow })));
-  const members = ids.map((i) => ({ peerId: i.peerId, addrs: [] as string[] }));
-  const exs = nodes.map((n) => new Libp2pHeadExchange(n, { members, maxHeadBytes, logger: quiet }));
-  for (const e of exs) await e.register();
-  for (const n of nodes) await n.start();
-  for (const e of exs) e.start();
-  await nodes[0].dial(nodes[1].getMultiaddrs()[0]);
-  return { ids, nodes, exs };
+  const m = await loopbackMembers(2, { maxHeadBytes, logger: quiet });
+  await m.nodes[0].dial(m.nodes[1].getMultiaddrs()[0]);
+  return { ids: m.ids, nodes: m.nodes, exs: m.exchanges };
 }
 
 async function stop(nodes: SiteNode[], exs: Libp2pHeadExchange[]) {

@@ -17,7 +17,7 @@ export interface LoopbackMembers {
   stop(): Promise<void>;
 }
 
-export async function loopbackMembers(n: number, o: { maxHeadBytes: number; heartbeatMs: number; logger: Logger }): Promise<LoopbackMembers> {
+export async function loopbackMembers(n: number, o: { maxHeadBytes: number; heartbeatMs?: number; logger: Logger }): Promise<LoopbackMembers> {
   const ids = await Promise.all(Array.from({ length: n }, () => generateIdentity()));
   const allow = ids.map((i) => i.peerId);
   const nodes = await Promise.all(ids.map((i) => createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow })));
