@@ -250,7 +250,8 @@ export class SchemaAgreement {
           readFrames(stream, 1, this.o.maxBytes, signal),
         ]);
       } catch (e) {
-        const msg = (e as Error).message;
+        // Not every rejection of a stream is an Error with a message.
+        const msg = String((e as Error | undefined)?.message ?? e);
         if (String((e as Error)?.name).startsWith('InvalidDataLength')) this.drop(m.peerId, 'too-large', `over ${this.o.maxBytes} bytes`);
         else this.drop(m.peerId, 'transfer-failed', msg.slice(0, 200));
         stream.abort(e as Error);

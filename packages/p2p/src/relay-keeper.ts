@@ -79,7 +79,7 @@ export class RelayKeeper {
       const n = (this.failures.get(relay) ?? 0) + 1;
       this.failures.set(relay, n);
       this.nextTry.set(relay, Date.now() + Math.min(10000, 1000 * n));
-      this.report(relay, { relay, state: 'failed', error: (e as Error).message.split('\n')[0].slice(0, 200) });
+      this.report(relay, { relay, state: 'failed', error: String((e as Error | undefined)?.message ?? e).split('\n')[0].slice(0, 200) });
     } finally {
       this.inflight.delete(relay);
     }
