@@ -63,7 +63,8 @@ const settingKey = (s: Setting) => `${s.optimizer}-${s.learningRate}`;
 // A frozen public body: only heads (and dFLMoE's gates and transforms) train, at the rates `bench:tune -- --frozen-body` chose.
 const frozenTuningFile = 'benchmarks/results/tuning-frozen.json';
 const frozenTuned: Record<string, Setting> = existsSync(frozenTuningFile) ? JSON.parse(readFileSync(frozenTuningFile, 'utf8')).chosen : {};
-const cellSetting = (c: CellSpec, a: AlgorithmName): Setting => c.setting ?? (c.body === 'frozen' ? frozenTuned[a] : undefined) ?? settingOf(a);
+const frozenSettingOf = (a: AlgorithmName): Setting => frozenTuned[a] ?? settingOf(a);
+const cellSetting = (c: CellSpec, a: AlgorithmName): Setting => c.setting ?? (c.body === 'frozen' ? frozenSettingOf(a) : settingOf(a));
 
 // ------------------------------------------------------------ cells
 interface CellSpec {
@@ -338,7 +339,7 @@ const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() 
 const tuning = [...new Set(names.filter((a) => (ALGORITHMS as readonly string[]).includes(a)))].map((a) => `${a} ${settingOf(a as AlgorithmName).optimizer} ${settingOf(a as AlgorithmName).learningRate}`).join(', ');
 const settings = `${rounds} rounds x ${epochs} epoch, batch 32, MLP body (128) -> 64 features, linear head, dFLMoE alpha 0.2, fedavg-ft 1 fine-tuning epoch, fedrep 1 head epoch; optimiser and learning rate per algorithm (${existsSync(tuningFile) ? 'from bench:tune' : 'bench:tune not run: defaults'}): ${tuning}; seeds ${seeds.join(", ")} (the heaviest Fashion-MNIST cells fewer: see the seeds column)`;
 const frozenNote = cells.some((c) => c.body === 'frozen')
-  ? ` Frozen public body: ${Object.keys(frozenTuned).length ? `rates from bench:tune -- --frozen-body: ${algorithms.map((a) => `${a} ${cellSetting({ body: 'frozen' } as CellSpec, a).optimizer} ${cellSetting({ body: 'frozen' } as CellSpec, a).learningRate}`).join(', ')}` : 'bench:tune -- --frozen-body not run: the rates above'}.`
+  ? ` Frozen public body: ${Object.keys(frozenTuned).length ? `rates from bench:tune -- --frozen-body: ${algorithms.map((a) => `${a} ${frozenSettingOf(a).optimizer} ${frozenSettingOf(a).learningRate}`).join(', ')}` : 'bench:tune -- --frozen-body not run: the rates above'}.`
   : '';
 let md = `Machine: ${machine}. Settings: ${settings}.${frozenNote} Wall time ${(wallSeconds / 60).toFixed(1)} min (${jobs.length} simulate runs${kept ? `, ${kept} of them kept from an earlier run` : ''}, ${values.jobs} at a time).\n\n`;
 md += 'Accuracy: mean personalized accuracy over sites (each site\'s model on its own test split) after the last round, mean +- std over seeds. "best round": the best round\'s mean (as PFLlib reports). "worst site": lowest site, mean over seeds. "pooled": each site\'s final model on the test splits of all sites together, mean over sites (what a site knows beyond its own distribution).\n';

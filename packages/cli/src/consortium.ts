@@ -197,9 +197,10 @@ export function waitExit(child: ChildProcess, timeoutMs: number): Promise<number
 
 /** Run every site (and the server) as its own process and wait for all of them. */
 export async function runConsortium(files: ConsortiumFiles, timeoutMs: number, onLine?: (site: string, line: string) => void): Promise<void> {
-  const procs: { name: string; child: ChildProcess }[] = [];
-  if (files.server) procs.push({ name: 'server', child: startProcess(['server', '--config', files.server.config], `${files.server.out}.log`) });
-  files.sites.forEach((s, i) => procs.push({ name: `site-${i}`, child: startProcess(['peer', '--config', s.config], `${s.out}.log`) }));
+  const procs: { name: string; log: string; child: ChildProcess }[] = [];
+  const launch = (name: string, args: string[], out: string) => procs.push({ name, log: `${out}.log`, child: startProcess(args, `${out}.log`) });
+  if (files.server) launch('server', ['server', '--config', files.server.config], files.server.out);
+  files.sites.forEach((s, i) => launch(`site-${i}`, ['peer', '--config', s.config], s.out));
   if (onLine) {
     for (const p of procs) {
       let rest = '';
@@ -228,15 +229,13 @@ export async function runConsortium(files: ConsortiumFiles, timeoutMs: number, o
   const server = procs.find((p) => p.name === 'server');
   const serverCode = server ? await waitExit(server.child, stopping ? 5000 : 60000) : 0;
   const codes = [...(server ? [serverCode] : []), ...siteCodes];
-  const logOf = (name: string) => `${name === 'server' ? files.server!.out : files.sites[Number(name.slice('site-'.length))].out}.log`;
   // What a failed process said last about its error, so the cause shows without opening the logs.
-  const why = (name: string) => {
-    const f = logOf(name);
+  const why = (f: string) => {
     const line = existsSync(f) ? readFileSync(f, 'utf8').split('\n').reverse().find((l) => /error/i.test(l)) : undefined;
     return line ? `: ${line.trim()}` : '';
   };
   // The processes stopped because another failed are not failures of their own.
-  const failed = procs.flatMap((p, i) => (codes[i] !== 0 && codes[i] !== null ? [`${p.name} (exit ${codes[i]})${why(p.name)}`] : []));
+  const failed = procs.flatMap((p, i) => (codes[i] !== 0 && codes[i] !== null ? [`${p.name} (exit ${codes[i]})${why(p.log)}`] : []));
   if (!failed.length && codes.some((c) => c !== 0)) failed.push(`${procs.filter((_, i) => codes[i] !== 0).map((p) => p.name).join(', ')} (killed at the time limit)`);
   if (failed.length) throw new Error(`consortium processes failed: ${failed.join('; ')}; see the .log files in ${join(files.sites[0].out, '..')}`);
 }

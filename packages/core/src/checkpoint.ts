@@ -19,12 +19,10 @@
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import * as tf from '@tensorflow/tfjs-core';
-import type * as tfl from '@tensorflow/tfjs-layers';
 import { decodeBundle, encodeBundle } from './codec.js';
 import type { DflmoePeer, DflmoeStateMeta } from './algorithms/dflmoe.js';
 import type { Logger } from './log.js';
-import { applyBodyWeights } from './pretrained.js';
+import { applyBodyWeights, bodyFiles } from './pretrained.js';
 
 const FORMAT = 1;
 const PREFIX = 'round-';
@@ -112,22 +110,6 @@ export function writeCheckpoint(
   for (const name of readdirSync(dir)) if (name.includes('.tmp-')) rmSync(join(dir, name), { recursive: true, force: true });
   const bytes = Object.values(files).reduce((a, f) => a + f.bytes, 0);
   return { path: final, bytes, seconds: (performance.now() - t0) / 1000, digest: sha256(Buffer.from(manifestText)) };
-}
-
-/** A body's files in the tfjs layers format (`body/model.json` + `body/weights.bin`, loadable by `tf.loadLayersModel`). */
-export async function bodyFiles(body: tfl.LayersModel): Promise<Record<string, Uint8Array | string>> {
-  const out: Record<string, Uint8Array | string> = {};
-  await body.save(
-    tf.io.withSaveHandler(async (a) => {
-      out['body/weights.bin'] = new Uint8Array(a.weightData as ArrayBuffer);
-      out['body/model.json'] = JSON.stringify({
-        format: 'layers-model', generatedBy: 'dflmoe', convertedBy: null,
-        modelTopology: a.modelTopology, weightsManifest: [{ paths: ['weights.bin'], weights: a.weightSpecs }],
-      });
-      return { modelArtifactsInfo: { dateSaved: new Date(), modelTopologyType: 'JSON' } };
-    }),
-  );
-  return out;
 }
 
 /** Write the checkpoint of `round` and keep the newest `keep` checkpoints (default 2). */

@@ -24,7 +24,6 @@ import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import type { Standardizer } from '@dflmoe/data';
-import { bodyFiles } from './checkpoint.js';
 
 /** The weights of a body, read from a file and not yet placed in a model. */
 export interface BodyWeights {
@@ -141,6 +140,22 @@ export function applyBodyWeights(body: tfl.LayersModel, w: BodyWeights): void {
   } finally {
     tf.dispose(Object.values(decoded));
   }
+}
+
+/** A body's files in the tfjs layers format (`body/model.json` + `body/weights.bin`, loadable by `tf.loadLayersModel`). */
+export async function bodyFiles(body: tfl.LayersModel): Promise<Record<string, Uint8Array | string>> {
+  const out: Record<string, Uint8Array | string> = {};
+  await body.save(
+    tf.io.withSaveHandler(async (a) => {
+      out['body/weights.bin'] = new Uint8Array(a.weightData as ArrayBuffer);
+      out['body/model.json'] = JSON.stringify({
+        format: 'layers-model', generatedBy: 'dflmoe', convertedBy: null,
+        modelTopology: a.modelTopology, weightsManifest: [{ paths: ['weights.bin'], weights: a.weightSpecs }],
+      });
+      return { modelArtifactsInfo: { dateSaved: new Date(), modelTopologyType: 'JSON' } };
+    }),
+  );
+  return out;
 }
 
 /**

@@ -146,7 +146,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const resume = cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0;
     prepared = await prepareSiteData(cfg, { node, selfId: id.peerId, logger: log, resume });
     const data = prepared.data;
-    const model = siteModelOptions(cfg, id.peerId, index, data);
+    const model = siteModelOptions(cfg, id.peerId, index, data, prepared.body);
     const algorithmOptions = siteAlgorithmOptions(cfg);
     site = alg.createSite(model, algorithmOptions);
     writeSiteDescription(cfg, model, algorithmOptions);

@@ -8,8 +8,8 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, readBodyStandardizer, readBodyWeights, readSiteFiles, sharedInitSeed, takePeerData,
-  type AlgorithmOptions, type Logger, type PeerData, type PeerModelOptions, type SiteDescription, type SitePreprocessing,
+  PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, readBodyWeights, readSiteFiles, sharedInitSeed, takePeerData,
+  type AlgorithmOptions, type BodyWeights, type Logger, type PeerData, type PeerModelOptions, type SiteDescription, type SitePreprocessing,
 } from '@dflmoe/core';
 import { deriveSeed, encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type EncodedSite, type SiteDataSpec } from '@dflmoe/data';
 import type { PeerConfig } from './config.js';
@@ -34,6 +34,8 @@ export function siteIndex(cfg: PeerConfig, selfId: string): number {
 
 export interface PreparedSite {
   data: PeerData;
+  /** The pretrained body the config names (read before preprocessing, so a damaged file stops the site at once). */
+  body?: BodyWeights;
   preprocessing: SitePreprocessing;
   /** Serves this site's statement to members that come later; close it with the node. */
   agreement?: SchemaAgreement;
@@ -48,6 +50,7 @@ export interface PreparedSite {
  */
 export async function prepareSiteData(cfg: PeerConfig, o: { node?: SiteNode; selfId: string; logger: Logger; resume: boolean }): Promise<PreparedSite> {
   const log = o.logger;
+  const body = cfg.model.pretrainedBody !== undefined ? readBodyWeights(cfg.model.pretrainedBody) : undefined;
   const source = await loadSiteData(siteDataSpec(cfg));
   for (const w of source.warnings) log.warn(`${cfg.data.dataset}: ${w}`);
   log.info(`own data: ${source.description}`);
@@ -73,10 +76,10 @@ export async function prepareSiteData(cfg: PeerConfig, o: { node?: SiteNode; sel
       : { ...reconcileStatements([statement]), excluded: [], missing: [], adopted: false, seconds: 0 };
     enc = encodeSiteData(source, ag.agreed, cfg.data.standardize);
     // A pretrained body's own input statistics win over the pooled ones: it learnt on inputs scaled with them.
-    const bodySt = cfg.model.pretrainedBody !== undefined ? readBodyStandardizer(cfg.model.pretrainedBody) : undefined;
-    if (bodySt) {
-      checkBodyStandardizer({ source: cfg.model.pretrainedBody!, standardizer: bodySt }, enc.standardizer.mean.length, ag.agreed.schema.kind === 'table' ? ag.agreed.featureNames : undefined);
-      log.info(`preprocessing: inputs standardized with the statistics of the pretrained body ${cfg.model.pretrainedBody}`);
+    const bodySt = body?.standardizer;
+    if (body && bodySt) {
+      checkBodyStandardizer(body, enc.standardizer.mean.length, ag.agreed.schema.kind === 'table' ? ag.agreed.featureNames : undefined);
+      log.info(`preprocessing: inputs standardized with the statistics of the pretrained body ${body.source}`);
     }
     const st = bodySt ?? enc.standardizer;
     pre = {
@@ -98,11 +101,11 @@ export async function prepareSiteData(cfg: PeerConfig, o: { node?: SiteNode; sel
   const { dataset, split } = enc;
   const standardizer = { mean: Float32Array.from(pre.standardizer.mean), std: Float32Array.from(pre.standardizer.std) };
   // The site's rows are its own: standardized in place and handed to the backend once.
-  return { data: takePeerData(dataset, split, standardizer), preprocessing: pre, agreement };
+  return { data: takePeerData(dataset, split, standardizer), preprocessing: pre, agreement, ...(body ? { body } : {}) };
 }
 
 /** What a site's config says about its model and training, as every algorithm takes it. */
-export function siteModelOptions(cfg: PeerConfig, id: string, index: number, data: PeerData): PeerModelOptions {
+export function siteModelOptions(cfg: PeerConfig, id: string, index: number, data: PeerData, body?: BodyWeights): PeerModelOptions {
   return {
     id,
     data,
@@ -111,7 +114,7 @@ export function siteModelOptions(cfg: PeerConfig, id: string, index: number, dat
     headHidden: cfg.model.headHidden,
     train: { ...cfg.train, seed: deriveSeed(cfg.data.seed, 'peer', index) },
     ...(cfg.model.sharedInit ? { initSeed: sharedInitSeed(cfg.data.seed, cfg.model.body) } : {}),
-    ...(cfg.model.pretrainedBody !== undefined ? { initialBody: readBodyWeights(cfg.model.pretrainedBody) } : {}),
+    ...(body ? { initialBody: body } : {}),
     freezeBody: cfg.model.freezeBody,
   };
 }

@@ -1,6 +1,7 @@
 /** Shared parts of the sites built on one `SupervisedModel` (every algorithm but dFLMoE). */
 import * as tf from '@tensorflow/tfjs-core';
-import { bodyFiles, restoreNewest, writeCheckpoint } from '../checkpoint.js';
+import { restoreNewest, writeCheckpoint } from '../checkpoint.js';
+import { bodyFiles } from '../pretrained.js';
 import { decodeBundle, encodeBundle, type NamedArray } from '../codec.js';
 import type { AlgorithmSite, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
 import type { PeerEval, SupervisedModel } from './common.js';
