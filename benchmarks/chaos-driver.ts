@@ -192,7 +192,7 @@ export async function chaosSoak(o: ChaosOptions): Promise<ChaosResult> {
       // No other kill until this process has restored its checkpoint (or had none), so that every kill tests a resume.
       const resumed = () => {
         const text = existsSync(`${x.out}.log`) ? readFileSync(`${x.out}.log`).subarray(logged).toString('utf8') : '';
-        const m = /resumed from the checkpoint of round (\d+)/.exec(text);
+        const m = /resumed from round (\d+)/.exec(text);
         return m ? Number(m[1]) : /starting from round 1|listening on/.test(text) && atRound === 0 ? 0 : undefined;
       };
       const t = Date.now();

@@ -84,7 +84,7 @@ describe('trust and operations over TCP', function () {
     const codes = await Promise.all([again, ...ps].map((p) => waitExit(p, 150000)));
     assert.deepEqual(codes, [0, 0, 0, 0]);
     const log = readFileSync(`${f.server!.out}-restart.log`, 'utf8');
-    const m = /resumed from the checkpoint of round (\d+)/.exec(log);
+    const m = /resumed from round (\d+) \(its checkpoint/.exec(log);
     assert.ok(m, log.slice(0, 2000));
     assert.ok(Number(m[1]) >= before - 1 && Number(m[1]) <= before + 1, `resumed at ${m[1]}, had finished ${before}`);
     assert.deepEqual(lines(serverLines).map((l) => l.round), [1, 2, 3, 4, 5, 6], 'every server round once');

@@ -100,12 +100,15 @@ describe('consortium over TCP (multi-process)', function () {
     const codes = await Promise.all([ps[0], ps[1], again].map((p) => waitExit(p, 150000)));
     assert.deepEqual(codes, [0, 0, 0]);
     const log = readFileSync(`${victim.out}-restart.log`, 'utf8');
-    const m = /resumed from the checkpoint of round (\d+) with (\d+) experts in the pool/.exec(log);
+    const m = /resumed from round (\d+) \(its checkpoint, with (\d+) experts in the pool/.exec(log);
     assert.ok(m, log.slice(0, 2000));
     assert.ok(Number(m[1]) >= doneBefore - 1 && Number(m[1]) <= doneBefore + 1, `resumed at ${m[1]}, had finished ${doneBefore}`);
     assert.equal(Number(m[2]), 2, 'expert pool intact');
     assert.deepEqual(lines(metrics(victim)).map((l) => l.round), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 'every round once, none lost or repeated');
     for (const l of lines(metrics(victim))) assert.ok((l.checkpointBytes ?? 0) > 1000 && (l.checkpointSeconds ?? -1) >= 0);
+    // Bytes and time count the whole run: the restarted part adds to what the killed part had moved.
+    const vl = lines(metrics(victim));
+    for (let k = 1; k < vl.length; k++) assert.ok(vl[k].bytesOut >= vl[k - 1].bytesOut && vl[k].wallSeconds! > vl[k - 1].wallSeconds!, `round ${vl[k].round}: bytes and seconds so far go on`);
     for (const s of f.sites.slice(0, 2)) assert.equal(lines(metrics(s)).length, 10);
   });
 

@@ -8,9 +8,9 @@ import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync }
 import { createServer } from 'node:net';
 import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { getAlgorithm, networkBytes, summarize, type AlgorithmName, type AlgorithmResult, type PeerResult, type RoundResult, type SimulationConfig } from '@dflmoe/core';
+import { Interrupted, getAlgorithm, networkBytes, summarize, type AlgorithmName, type AlgorithmResult, type PeerResult, type RoundResult, type SimulationConfig } from '@dflmoe/core';
 import { loadDataset, partition, writeShare, type Dataset, type PeerSplit } from '@dflmoe/data';
-import { generateIdentity, parsePeerConfig, parseServerConfig, saveIdentity, siteSettings, type PeerRunResult } from '@dflmoe/p2p';
+import { generateIdentity, loadIdentity, parsePeerConfig, parseServerConfig, saveIdentity, siteSettings, writeJsonAtomic, type PeerRunResult } from '@dflmoe/p2p';
 
 /** Lowest port the kernel hands out for outgoing connections (Linux; 32768 elsewhere). */
 function ephemeralFloor(): number {
@@ -86,6 +86,9 @@ export interface ConsortiumOptions {
   shares?: { dataset: Dataset; splits: PeerSplit[] };
 }
 
+/** The file name of site `i`'s share of the dataset. */
+const shareName = (i: number) => `site-${i}.share`;
+
 /**
  * Write each site's share of the dataset to `<dir>/site-<i>.share`, so that
  * a site process reads only its own rows (the files' names, in site order).
@@ -96,7 +99,7 @@ export function writeShares(dir: string, sim: SimulationConfig, shares?: Consort
     ?? partition(ds.labels, ds.classNames.length, sim.peers, sim.partition, { seed: sim.seed, testFraction: sim.testFraction, minSize: sim.minSize });
   if (splits.length !== sim.peers) throw new Error(`${splits.length} splits for ${sim.peers} sites`);
   return splits.map((split, i) => {
-    const file = `site-${i}.share`;
+    const file = shareName(i);
     writeShare(join(dir, file), ds, split, { dataset: sim.dataset, peers: sim.peers, index: i, partition: sim.partition, seed: sim.seed });
     return file;
   });
@@ -107,10 +110,12 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
   mkdirSync(o.dir, { recursive: true });
   const alg = getAlgorithm(o.algorithm);
   const n = o.sim.peers;
+  // A site's identity lives in the directory: written into again (a rerun), the sites keep theirs, so that
+  // they resume from their own checkpoints and their audit trails stay signed by one key.
   const make = async (name: string): Promise<SiteFiles> => {
-    const id = await generateIdentity();
     const key = join(o.dir, `${name}.key`);
-    saveIdentity(key, id.privateKey, true);
+    const id = existsSync(key) ? loadIdentity(key) : await generateIdentity();
+    if (!existsSync(key)) saveIdentity(key, id.privateKey, true);
     return { config: join(o.dir, `${name}.json`), peerId: id.peerId, port: await freePort(), out: join(o.dir, name) };
   };
   const sites: SiteFiles[] = [];
@@ -120,9 +125,9 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
   const sim: SimulationConfig = { ...o.sim, datasetOptions: { ...o.sim.datasetOptions, ...o.datasetOptions } };
   // Data, model, training and algorithm settings come from the one mapping of simulation options (siteSettings)...
   const settings = sites.map((_, i) => siteSettings(sim, i));
-  // ...and each site reads only its own share of the dataset.
-  const shares = writeShares(o.dir, sim, o.shares);
-  sites.forEach((s, i) => {
+  // ...and each site reads only its own share of the dataset (written once the directory is known to take this run).
+  const shares = sites.map((_, i) => shareName(i));
+  const configs: { file: SiteFiles; cfg: Record<string, unknown> }[] = sites.map((s, i) => {
     const cfg = {
       name: `site-${i}`,
       key: `site-${i}.key`,
@@ -139,7 +144,7 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
       out: `site-${i}`,
     };
     parsePeerConfig(cfg, s.config, o.dir);
-    writeFileSync(s.config, JSON.stringify(cfg, null, 2) + '\n');
+    return { file: s, cfg };
   });
   if (server) {
     const cfg = {
@@ -149,9 +154,58 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
       lingerMs: o.lingerMs ?? 3000, out: 'server',
     };
     parseServerConfig(cfg, server.config, o.dir);
-    writeFileSync(server.config, JSON.stringify(cfg, null, 2) + '\n');
+    configs.push({ file: server, cfg });
   }
+  // Sites with output of an earlier run resume from it: only with the settings it had.
+  for (const { file, cfg } of configs) {
+    if (!existsSync(file.out) || !existsSync(file.config)) continue;
+    const changed = changedSettings(JSON.parse(readFileSync(file.config, 'utf8')) as Record<string, unknown>, cfg);
+    if (changed.length > 0) {
+      throw new Error(`${o.dir} holds an earlier run with other settings (${changed.join(', ')}); rerun with --fresh to start over, or pick another --out`);
+    }
+  }
+  writeShares(o.dir, sim, o.shares);
+  for (const { file, cfg } of configs) writeFileSync(file.config, JSON.stringify(cfg, null, 2) + '\n');
   return { sites, server };
+}
+
+/** A config without what changes from run to run (listen ports, members' addresses). */
+function settingsOf(cfg: Record<string, unknown>): Record<string, unknown> {
+  const noAddrs = (ms: unknown) => (Array.isArray(ms) ? ms.map((m: Record<string, unknown>) => ({ ...m, addrs: undefined })) : ms);
+  const { listen: _listen, ...rest } = cfg;
+  return JSON.parse(JSON.stringify({
+    ...rest, members: noAddrs(cfg.members), clients: noAddrs(cfg.clients),
+    ...(cfg.server ? { server: { ...(cfg.server as Record<string, unknown>), addrs: undefined } } : {}),
+  })) as Record<string, unknown>;
+}
+
+/** The top-level settings in which two configs of a site differ. */
+function changedSettings(before: Record<string, unknown>, after: Record<string, unknown>): string[] {
+  const [a, b] = [settingsOf(before), settingsOf(after)];
+  return [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
+}
+
+/** What a run directory of `simulate --transport tcp` keeps between its parts (interrupted, then run again). */
+interface RunRecord {
+  /** Seconds the earlier parts took. */
+  seconds: number;
+}
+
+const RUN_FILE = 'run.json';
+
+/** Seconds the earlier parts of the run in `dir` took (0 for a new run). */
+export function earlierRunSeconds(dir: string): number {
+  try {
+    const r = JSON.parse(readFileSync(join(dir, RUN_FILE), 'utf8')) as RunRecord;
+    return Number.isFinite(r.seconds) ? r.seconds : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Record that the run in `dir` has taken `seconds` so far (all its parts). */
+export function recordRunSeconds(dir: string, seconds: number): void {
+  writeJsonAtomic(join(dir, RUN_FILE), { seconds } satisfies RunRecord);
 }
 
 /** The command line that runs this CLI (source through tsx in development, else the built file). */
@@ -195,8 +249,12 @@ export function waitExit(child: ChildProcess, timeoutMs: number): Promise<number
   });
 }
 
-/** Run every site (and the server) as its own process and wait for all of them. */
-export async function runConsortium(files: ConsortiumFiles, timeoutMs: number, onLine?: (site: string, line: string) => void): Promise<void> {
+/**
+ * Run every site (and the server) as its own process and wait for all of them.
+ * When `signal` aborts (Ctrl-C), every process is asked to stop (SIGTERM: each
+ * saves what it has and exits), and this throws `Interrupted` once they have.
+ */
+export async function runConsortium(files: ConsortiumFiles, timeoutMs: number, onLine?: (site: string, line: string) => void, signal?: AbortSignal): Promise<void> {
   const procs: { name: string; log: string; child: ChildProcess }[] = [];
   const launch = (name: string, args: string[], out: string) => procs.push({ name, log: `${out}.log`, child: startProcess(args, `${out}.log`) });
   if (files.server) launch('server', ['server', '--config', files.server.config], files.server.out);
@@ -219,15 +277,22 @@ export async function runConsortium(files: ConsortiumFiles, timeoutMs: number, o
     stopping = true;
     for (const p of procs) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
   };
+  const interrupt = () => {
+    for (const p of procs) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGTERM');
+  };
+  signal?.addEventListener('abort', interrupt, { once: true });
+  if (signal?.aborted) interrupt();
   const sites = procs.filter((p) => p.name !== 'server');
   const siteCodes = await Promise.all(sites.map(async (p) => {
     const code = await waitExit(p.child, timeoutMs);
-    if (code !== 0 && !stopping) stopAll();
+    if (code !== 0 && !stopping && !signal?.aborted) stopAll();
     return code;
   }));
   // The server ends by itself after the last round.
   const server = procs.find((p) => p.name === 'server');
-  const serverCode = server ? await waitExit(server.child, stopping ? 5000 : 60000) : 0;
+  const serverCode = server ? await waitExit(server.child, stopping || signal?.aborted ? 5000 : 60000) : 0;
+  signal?.removeEventListener('abort', interrupt);
+  if (signal?.aborted) throw new Interrupted();
   const codes = [...(server ? [serverCode] : []), ...siteCodes];
   // What a failed process said last about its error, so the cause shows without opening the logs.
   const why = (f: string) => {

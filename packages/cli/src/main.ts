@@ -6,6 +6,7 @@ import { keygenCommand, peerCommand, relayCommand, serverCommand } from './comma
 import { auditCommand } from './commands/audit.js';
 import { pretrainCommand } from './commands/pretrain.js';
 import { evaluateCommand, predictCommand } from './commands/predict.js';
+import { isInterrupted } from '@dflmoe/core';
 import { formatError } from './errors.js';
 import { writeRunReport } from './report.js';
 
@@ -33,7 +34,7 @@ export function program(): Command {
     );
 }
 
-/** Run the CLI; returns the exit code (0 ok, 1 runtime failure, 2 usage error). */
+/** Run the CLI; returns the exit code (0 ok, 1 runtime failure, 2 usage error, 130 interrupted). */
 export async function run(argv: string[]): Promise<number> {
   const p = program().exitOverride();
   for (const c of p.commands) c.exitOverride();
@@ -42,6 +43,11 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    // Ctrl-C (SIGINT) or SIGTERM: what was finished is saved; the shell's code for SIGINT.
+    if (isInterrupted(e)) {
+      process.stderr.write(`dflmoe: ${(e as Error).message}\n`);
+      return 130;
+    }
     process.stderr.write(`dflmoe: error: ${formatError(e)}\n`);
     return 1;
   }

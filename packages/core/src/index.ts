@@ -19,6 +19,7 @@ export * from './algorithms/fedrep.js';
 export * from './algorithms/gossip.js';
 export * from './algorithms/registry.js';
 export * from './rounds.js';
+export * from './interrupt.js';
 export * from './simulate.js';
 export * from './learner.js';
 export * from './checkpoint.js';

@@ -8,6 +8,7 @@ import type { Algorithm, AlgorithmSite, ServerLink, SiteNetwork, ExpertInfo, Upl
 import { CodecError, decodeBundle, encodeBundle, type NamedArray } from './codec.js';
 import { MemoryHub, type ExchangeStats } from './exchange.js';
 import type { Logger } from './log.js';
+import { throwIfInterrupted } from './interrupt.js';
 
 export interface SiteRoundRecord {
   round: number;
@@ -84,7 +85,7 @@ export interface RunSiteOptions {
 export async function runSite(site: AlgorithmSite, net: SiteNetwork, o: RunSiteOptions): Promise<SiteRoundRecord[]> {
   const out: SiteRoundRecord[] = [];
   for (let r = o.from ?? 1; r <= o.rounds; r++) {
-    if (o.signal?.aborted) throw new Error('stopped');
+    throwIfInterrupted(o.signal);
     const rec = await siteRound(site, net, r);
     out.push(rec);
     await o.onRound?.(rec);

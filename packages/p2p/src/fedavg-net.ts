@@ -30,7 +30,7 @@ import type { Connection, Stream } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import {
-  CodecError, RoundAggregator, getAlgorithm, listCheckpoints, restoreNewest, writeCheckpoint,
+  CodecError, RoundAggregator, getAlgorithm, listCheckpoints, pause, restoreNewest, throwIfInterrupted, writeCheckpoint,
   type AggregatorState, type ExchangeStats, type Logger, type ServerLink,
 } from '@dflmoe/core';
 import type { ServerConfig } from './config.js';
@@ -38,7 +38,7 @@ import { readFrames, writeFrames } from './frames.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import { createSiteNode, startNode, type SiteNode } from './node.js';
 import { FedAvgRequest, FedAvgResponse } from './proto/messages.js';
-import { readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
+import { readJsonFile, readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
 import { StrikeBook } from './strikes.js';
 
 export const FEDAVG_PROTOCOL = '/dflmoe/fedavg/1.0.0';
@@ -47,7 +47,6 @@ const MAX_CONTROL = 4096;
 /** How long the server waits for a quorum, a deadline at a time, before it gives up (sites may start late or restart). */
 const GIVE_UP_MS = 10 * 60 * 1000;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms).unref());
 
 /** The client side of the server protocol (`ServerLink`), for every server algorithm. */
 export class Libp2pServerLink implements ServerLink {
@@ -61,11 +60,16 @@ export class Libp2pServerLink implements ServerLink {
 
   constructor(
     private node: SiteNode,
-    private o: { server: { peerId: string; addrs: string[] }; maxModelBytes: number; logger: Logger; deadlineMs: number },
+    private o: {
+      server: { peerId: string; addrs: string[] }; maxModelBytes: number; logger: Logger; deadlineMs: number;
+      /** The site is stopping (SIGINT/SIGTERM): requests and waits end with `Interrupted`. */
+      signal?: AbortSignal;
+    },
   ) {}
 
   private signal(): AbortSignal {
-    return AbortSignal.timeout(this.o.deadlineMs * 2 + 60000);
+    const t = AbortSignal.timeout(this.o.deadlineMs * 2 + 60000);
+    return this.o.signal ? AbortSignal.any([t, this.o.signal]) : t;
   }
 
   private async open(signal: AbortSignal): Promise<Stream> {
@@ -93,9 +97,10 @@ export class Libp2pServerLink implements ServerLink {
         if (got.length === 0) throw new Error('no answer');
         return { res: FedAvgResponse.decode(got[0]), frames: got };
       } catch (e) {
+        throwIfInterrupted(this.o.signal);
         if (signal.aborted) throw new Error(`FedAvg server ${this.o.server.peerId} unreachable: ${(e as Error).message}`, { cause: e });
         this.o.logger.debug(`FedAvg request failed (${(e as Error).message}); retrying`);
-        await sleep(500);
+        await pause(500, this.o.signal);
       }
     }
   }
@@ -122,7 +127,7 @@ export class Libp2pServerLink implements ServerLink {
       }
       if (at >= 1 && at < round) {
         // The server is behind us (it restarted): it gets there once the others have uploaded.
-        await sleep(500);
+        await pause(500, this.o.signal);
         if (signal.aborted) throw new Error(`the FedAvg server stayed at round ${at} while we are at round ${round}`);
         continue;
       }
@@ -149,8 +154,9 @@ export class Libp2pServerLink implements ServerLink {
         await this.sendUpload(signal);
         continue;
       }
+      throwIfInterrupted(this.o.signal);
       if (signal.aborted) throw new Error(`server sent no global model for round ${round}: ${res.error}`);
-      await sleep(500);
+      await pause(500, this.o.signal);
     }
   }
 
@@ -206,7 +212,8 @@ export class FedAvgServer {
   private logged = new Set<string>();
   private finished = false;
 
-  constructor(private node: SiteNode, private cfg: ServerConfig, private log: Logger) {
+  /** @param signal the server is stopping (SIGINT/SIGTERM): its waits end, and `collect` throws `Interrupted`. */
+  constructor(private node: SiteNode, private cfg: ServerConfig, private log: Logger, private readonly signal?: AbortSignal) {
     this.ranks = new Map(cfg.clients.map((c, i) => [c.peerId, i]));
     const alg = getAlgorithm(cfg.algorithm);
     if (!alg.aggregate) throw new Error(`${alg.name} does not use a server`);
@@ -250,13 +257,17 @@ export class FedAvgServer {
       const check = () => {
         if (pred()) done(true);
       };
+      const stop = () => done(pred());
       const done = (v: boolean) => {
         clearTimeout(t);
         this.waiters.delete(check);
+        this.signal?.removeEventListener('abort', stop);
         resolve(v);
       };
-      const t = setTimeout(() => done(pred()), ms);
+      const t = setTimeout(stop, ms);
       this.waiters.add(check);
+      this.signal?.addEventListener('abort', stop, { once: true });
+      if (this.signal?.aborted) stop();
     });
   }
 
@@ -353,12 +364,14 @@ export class FedAvgServer {
     const all = this.ranks.size;
     const quorum = Math.max(1, this.cfg.round.quorum ?? all);
     await this.wait(() => this.uploads.size >= all, this.cfg.round.deadlineMs);
+    throwIfInterrupted(this.signal);
     // Only uploads that can be averaged together count: a client sending something else cannot complete a quorum.
     const t0 = Date.now();
     const step = Math.max(1000, this.cfg.round.deadlineMs);
     while (this.uploads.agreeing < quorum && Date.now() - t0 < GIVE_UP_MS) {
       this.log.warn(`round ${this.round}: ${this.uploads.agreeing} of ${quorum} required uploads at the deadline; waiting another ${step} ms`);
       await this.wait(() => this.uploads.agreeing >= quorum, step);
+      throwIfInterrupted(this.signal);
     }
     if (this.uploads.agreeing < quorum) {
       throw new Error(`round ${this.round}: only ${this.uploads.agreeing} of ${quorum} required uploads after ${Math.round((Date.now() - t0) / 1000)} s; giving up`);
@@ -384,7 +397,7 @@ export class FedAvgServer {
 }
 
 /** `dflmoe server`: run a FedAvg server from its config (resuming from its newest checkpoint). */
-export async function runServer(cfg: ServerConfig, log: Logger): Promise<{ peerId: string; rounds: ServerRoundLine[]; bytesIn: number; bytesOut: number; wallSeconds: number }> {
+export async function runServer(cfg: ServerConfig, log: Logger, signal?: AbortSignal): Promise<{ peerId: string; rounds: ServerRoundLine[]; bytesIn: number; bytesOut: number; wallSeconds: number }> {
   const t0 = performance.now();
   const id = loadIdentity(cfg.key);
   mkdirSync(cfg.out, { recursive: true });
@@ -395,8 +408,9 @@ export async function runServer(cfg: ServerConfig, log: Logger): Promise<{ peerI
     onRefused: (p, d) => log.warn(`refused ${d} connection from non-client ${p}`),
     isBlocked: (p) => server.isBlocked(p),
   });
-  const server = new FedAvgServer(node, cfg, log);
+  const server = new FedAvgServer(node, cfg, log, signal);
   const rounds: ServerRoundLine[] = [];
+  let earlierSeconds = 0;
   const restored = cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0
     ? await restoreNewest(ckptDir, (c) => server.restore(c.round, c.state as ServerState, c.read('global.bin')), log)
     : undefined;
@@ -406,7 +420,14 @@ export async function runServer(cfg: ServerConfig, log: Logger): Promise<{ peerI
     if (!kept.some((l) => l.round === r) && restored.checkpoint.extra.line) kept.push(restored.checkpoint.extra.line as ServerRoundLine);
     writeJsonLinesAtomic(metricsFile, kept);
     rounds.push(...kept);
-    log.info(`resumed from the checkpoint of round ${r} (${restored.checkpoint.path})`);
+    // An earlier part that ended at this round also counted the last downloads (after its checkpoint), and its time.
+    const done = readJsonFile<{ rounds?: ServerRoundLine[]; bytesIn: number; bytesOut: number; wallSeconds: number }>(join(cfg.out, 'results.json'));
+    if (done?.rounds?.at(-1)?.round === r && Number.isFinite(done.bytesOut)) {
+      server.bytesIn = done.bytesIn;
+      server.bytesOut = done.bytesOut;
+      earlierSeconds = done.wallSeconds;
+    }
+    log.info(`resumed from round ${r} (its checkpoint: ${restored.checkpoint.path})`);
   } else {
     if (cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0) log.warn('no usable checkpoint: starting from round 1');
     writeFileSync(metricsFile, '');
@@ -431,11 +452,12 @@ export async function runServer(cfg: ServerConfig, log: Logger): Promise<{ peerI
       log.info(`round ${r}: averaged ${n} models`);
     }
     server.finish();
-    await sleep(cfg.lingerMs);
+    // Every round is done: a stop while lingering ends the linger, not the run.
+    await pause(cfg.lingerMs, signal).catch(() => {});
   } finally {
     await node.stop();
   }
-  const result = { peerId: id.peerId, rounds, bytesIn: server.bytesIn, bytesOut: server.bytesOut, wallSeconds: (performance.now() - t0) / 1000 };
+  const result = { peerId: id.peerId, rounds, bytesIn: server.bytesIn, bytesOut: server.bytesOut, wallSeconds: earlierSeconds + (performance.now() - t0) / 1000 };
   writeJsonAtomic(join(cfg.out, 'results.json'), result);
   return result;
 }

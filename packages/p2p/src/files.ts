@@ -13,6 +13,15 @@ export function writeJsonLinesAtomic(path: string, lines: unknown[]): void {
   renameSync(tmp, path);
 }
 
+/** The JSON value in `file`, or undefined when it is missing or not JSON. */
+export function readJsonFile<T>(file: string): T | undefined {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as T;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The JSON lines of `file` (none when it is missing); a line cut by a crash is dropped. */
 export function readJsonLines<T>(file: string): T[] {
   if (!existsSync(file)) return [];

@@ -24,7 +24,7 @@ import type { Connection, PeerId, Stream } from '@libp2p/interface';
 import type { Message } from '@libp2p/gossipsub';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { readFrames, writeFrames, type FrameBytes } from './frames.js';
-import { HeadInbox, type ExchangeStats, type HeadExchange, type HeadMessage, type Logger, type MembershipEvent } from '@dflmoe/core';
+import { HeadInbox, throwIfInterrupted, unlessInterrupted, type ExchangeStats, type HeadExchange, type HeadMessage, type Logger, type MembershipEvent } from '@dflmoe/core';
 import { Announce, HeadRequest, HeadResponse } from './proto/messages.js';
 import { dialMembers, type SiteNode } from './node.js';
 import { StrikeBook } from './strikes.js';
@@ -62,6 +62,8 @@ export interface Libp2pExchangeOptions {
   blockMs?: number;
   /** A bad message counts against its sender for this long (default 30 s). */
   strikeDecayMs?: number;
+  /** The site is stopping (SIGINT/SIGTERM): waits for heads end with `Interrupted`. */
+  signal?: AbortSignal;
 }
 
 export type DropReason =
@@ -236,8 +238,10 @@ export class Libp2pHeadExchange implements HeadExchange {
   async settle(timeoutMs: number): Promise<void> {
     const end = Date.now() + timeoutMs;
     const left = () => Math.max(0, end - Date.now());
-    await Promise.race([this.firstDial, delay(left())]);
+    const signal = this.o.signal;
+    await unlessInterrupted(Promise.race([this.firstDial, delay(left())]), signal);
     while (!this.closed && Date.now() < end) {
+      throwIfInterrupted(signal);
       const connected = this.members();
       if (connected.every((m) => this.asked.has(m)) && this.inflight.size === 0) return;
       await Promise.race([Promise.allSettled([...this.inflight.values()]), delay(Math.min(50, left()))]);
@@ -475,7 +479,7 @@ export class Libp2pHeadExchange implements HeadExchange {
   }
 
   waitForHeads(count: number, timeoutMs: number): Promise<number> {
-    return this.closed ? Promise.resolve(this.inbox.size) : this.inbox.waitFor(count, timeoutMs);
+    return this.closed ? Promise.resolve(this.inbox.size) : unlessInterrupted(this.inbox.waitFor(count, timeoutMs), this.o.signal);
   }
 
   onMembership(listener: (e: MembershipEvent) => void): () => void {

@@ -23,7 +23,7 @@ import type { Connection, Stream } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { z } from 'zod';
-import type { Logger } from '@dflmoe/core';
+import { pause, throwIfInterrupted, type Logger } from '@dflmoe/core';
 import { DataError, reconcileStatements, validateSummary, type AgreedSchema, type SiteStatement } from '@dflmoe/data';
 import { readFrames, writeFrames } from './frames.js';
 import type { SiteNode } from './node.js';
@@ -119,6 +119,8 @@ export interface PreprocessOptions {
   requestTimeoutMs?: number;
   /** Pause between attempts at members not yet heard from (default 250 ms). */
   retryMs?: number;
+  /** The site is stopping (SIGINT/SIGTERM): gathering ends with `Interrupted`. */
+  signal?: AbortSignal;
 }
 
 export interface Agreement {
@@ -227,7 +229,7 @@ export class SchemaAgreement {
 
   /** Ask one member for its statement; undefined when it cannot be reached or sent bad data (counted). */
   private async ask(m: PreprocessMember, timeoutMs: number): Promise<{ statement: SiteStatement; agreedSites?: string[] } | undefined> {
-    const signal = AbortSignal.timeout(Math.max(1, timeoutMs));
+    const signal = this.o.signal ? AbortSignal.any([this.o.signal, AbortSignal.timeout(Math.max(1, timeoutMs))]) : AbortSignal.timeout(Math.max(1, timeoutMs));
     let lastError = 'no address';
     // The configured addresses, then a connection that is already open (the member dialled us, came
     // through a relay, or was found at run time); no lookup here: finding members is discovery's job.
@@ -298,6 +300,7 @@ export class SchemaAgreement {
     const gather = async () => {
       let quorumAt: number | undefined;
       for (;;) {
+        throwIfInterrupted(this.o.signal);
         const sites = agreedSites();
         const missing = this.others.filter((m) => !got.has(m.peerId) && (!sites || sites.includes(m.peerId)));
         if (missing.length === 0 || left() === 0) return;
@@ -306,13 +309,14 @@ export class SchemaAgreement {
           if (Date.now() - quorumAt >= (this.o.graceMs ?? 2000)) return;
         }
         await Promise.all(missing.map(async (m) => take(m, await this.ask(m, timeout()))));
-        if (missing.some((m) => !got.has(m.peerId)) && left() > 0) await delay(Math.min(this.o.retryMs ?? 250, left()));
+        if (missing.some((m) => !got.has(m.peerId)) && left() > 0) await pause(Math.min(this.o.retryMs ?? 250, left()), this.o.signal);
       }
     };
     await gather();
     // Someone may have agreed meanwhile (without us, if we came late): ask once more, and fetch what that agreement needs.
     if (agreedBy.size === 0) {
       await Promise.all(this.others.filter((m) => got.has(m.peerId)).map(async (m) => take(m, await this.ask(m, Math.min(5000, Math.max(1000, timeout()))))));
+      throwIfInterrupted(this.o.signal);
       await gather();
     }
     const missing = this.others.filter((m) => !got.has(m.peerId)).map((m) => m.peerId);
@@ -348,7 +352,7 @@ export class SchemaAgreement {
       // Before stopping, serve our statement to the members still gathering: without it they would wait out
       // their whole deadline for us, while a member that already agreed trains on alone.
       const owed = () => this.others.map((m) => m.peerId).filter((p) => !agreedBy.has(p) && !this.servedTo.has(p));
-      await this.servedOrTimeout(owed, Math.min(left(), 30000));
+      await this.servedOrTimeout(owed, Math.min(left(), 30000), this.o.signal);
       throw new DataError(`this site's data cannot join the consortium: ${self.reason}`);
     }
     for (const x of excluded) this.o.logger.warn(`preprocessing: left out ${this.label(x.peer)}: ${x.reason}`);

@@ -17,7 +17,7 @@ import { AdaptiveDeadline } from './deadline.js';
 import { Libp2pServerLink } from './fedavg-net.js';
 import { PeerMetrics } from './metrics.js';
 import { SiteAudit } from './audit.js';
-import { readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
+import { readJsonFile, readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
 import { prepareSiteData, siteIndex, siteModelOptions, writeSiteDescription, type PreparedSite } from './site-setup.js';
 import { peakRssMiB } from './process-stats.js';
 
@@ -46,6 +46,8 @@ export interface RoundLine {
   checkpointBytes?: number;
   /** With `round.adaptive`: the deadline this round's wait for heads had (ms). */
   deadlineMs?: number;
+  /** Seconds since the site's run began (with the time of the earlier parts of a resumed run). */
+  wallSeconds?: number;
   time: string;
 }
 
@@ -129,7 +131,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       if (alg.network === 'peers') {
         const heads = alg.message === 'head';
         exchange = new Libp2pHeadExchange(node, {
-          members: cfg.members, logger: log,
+          members: cfg.members, logger: log, signal: o.signal,
           maxHeadBytes: heads ? cfg.limits.maxHeadBytes : cfg.limits.maxModelBytes,
           protocol: heads ? HEAD_PROTOCOL : MODEL_PROTOCOL, topic: heads ? ANNOUNCE_TOPIC : MODEL_ANNOUNCE_TOPIC,
         });
@@ -139,12 +141,12 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       log.info(`peer ${id.peerId} (${cfg.name ?? 'unnamed'}, ${alg.name}) listening on ${node.getMultiaddrs().map(String).join(', ')}`);
       exchange?.start();
       if (alg.network === 'server') {
-        server = new Libp2pServerLink(node, { server: cfg.server!, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs });
+        server = new Libp2pServerLink(node, { server: cfg.server!, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs, signal: o.signal });
       }
     }
     // Federated preprocessing (or, resuming, the agreement saved before), then the site's own tensors.
     const resume = cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0;
-    prepared = await prepareSiteData(cfg, { node, selfId: id.peerId, logger: log, resume });
+    prepared = await prepareSiteData(cfg, { node, selfId: id.peerId, logger: log, resume, signal: o.signal });
     const data = prepared.data;
     const model = siteModelOptions(cfg, id.peerId, index, data, prepared.body);
     const algorithmOptions = siteAlgorithmOptions(cfg);
@@ -153,6 +155,8 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const checkpoint = cfg.checkpoint.enabled ? site.checkpoint : undefined;
     // Resume from the newest good checkpoint, keeping the metrics of the rounds it covers.
     let startRound = 1;
+    // A resumed run reports the whole run: what its earlier parts moved, and their time, are added to this part's.
+    let before: EarlierParts = { bytesSent: 0, bytesReceived: 0, seconds: 0 };
     const restored = checkpoint && resume ? await checkpoint.restore(ckptDir, log) : undefined;
     if (restored) {
       startRound = restored.round + 1;
@@ -161,7 +165,8 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       if (!kept.some((l) => l.round === restored.round) && restored.extra.line) kept.push(restored.extra.line as RoundLine);
       writeJsonLinesAtomic(metricsFile, kept);
       rounds.push(...kept);
-      log.info(`resumed from the checkpoint of round ${restored.round} with ${restored.summary} (${restored.path})`);
+      before = earlierParts(cfg.out, kept, restored.round);
+      log.info(`resumed from round ${restored.round} (its checkpoint, with ${restored.summary}: ${restored.path})`);
     } else {
       if (checkpoint && resume) log.warn('no usable checkpoint: starting from round 1');
       writeFileSync(metricsFile, '');
@@ -188,6 +193,9 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       onRound: async (m) => {
         const line = roundLine(m, names, { ...dropped(), ...prefixed(m.rejected, `${alg.message ?? 'input'}:`) });
         if (adaptive?.history.length) line.deadlineMs = adaptive.history.at(-1)!.deadlineMs;
+        line.bytesIn += before.bytesReceived;
+        line.bytesOut += before.bytesSent;
+        line.wallSeconds = before.seconds + (performance.now() - t0) / 1000;
         const w = checkpoint ? await checkpoint.save(ckptDir, m.round, { line }, cfg.checkpoint.keep) : undefined;
         if (w) {
           line.checkpointSeconds = w.seconds;
@@ -222,7 +230,9 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const served = exchange?.stats() ?? server?.stats();
     result.bytesSent = served?.bytesSent ?? 0;
     result.bytesReceived = served?.bytesReceived ?? 0;
-    result.wallSeconds = (performance.now() - t0) / 1000;
+    result.bytesSent += before.bytesSent;
+    result.bytesReceived += before.bytesReceived;
+    result.wallSeconds = before.seconds + (performance.now() - t0) / 1000;
     result.peakRssMiB = peakRssMiB();
     writeJsonAtomic(join(cfg.out, 'results.json'), result);
     return result;
@@ -234,6 +244,28 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     await node?.stop();
     await prom?.close();
   }
+}
+
+/** Bytes and seconds of a run's earlier parts. */
+interface EarlierParts {
+  bytesSent: number;
+  bytesReceived: number;
+  seconds: number;
+}
+
+/**
+ * What the earlier parts of a run resumed from the checkpoint of `round`
+ * moved and took: an earlier part's results.json when it ended at that round
+ * (its figures include what it served while lingering), else the round's
+ * metrics line (bytes and seconds so far, including the parts before it).
+ */
+function earlierParts(out: string, lines: RoundLine[], round: number): EarlierParts {
+  const done = readJsonFile<PeerRunResult>(join(out, 'results.json'));
+  if (done?.rounds?.at(-1)?.round === round && Number.isFinite(done.bytesSent)) {
+    return { bytesSent: done.bytesSent, bytesReceived: done.bytesReceived, seconds: done.wallSeconds };
+  }
+  const l = lines.find((x) => x.round === round);
+  return { bytesSent: l?.bytesOut ?? 0, bytesReceived: l?.bytesIn ?? 0, seconds: l?.wallSeconds ?? 0 };
 }
 
 function roundLine(m: SiteRoundRecord, names: Map<string, string | undefined>, dropped: Record<string, number>): RoundLine {

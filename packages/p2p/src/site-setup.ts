@@ -48,7 +48,7 @@ export interface PreparedSite {
  * (a restart from a checkpoint), so that the site keeps the encoding it
  * trained with. Throws a DataError when the site's data cannot join.
  */
-export async function prepareSiteData(cfg: PeerConfig, o: { node?: SiteNode; selfId: string; logger: Logger; resume: boolean }): Promise<PreparedSite> {
+export async function prepareSiteData(cfg: PeerConfig, o: { node?: SiteNode; selfId: string; logger: Logger; resume: boolean; signal?: AbortSignal }): Promise<PreparedSite> {
   const log = o.logger;
   const body = cfg.model.pretrainedBody !== undefined ? readBodyWeights(cfg.model.pretrainedBody) : undefined;
   const source = await loadSiteData(siteDataSpec(cfg));
@@ -58,7 +58,7 @@ export async function prepareSiteData(cfg: PeerConfig, o: { node?: SiteNode; sel
   const agreement = o.node
     ? new SchemaAgreement(o.node, {
       members: cfg.members, statement, deadlineMs: cfg.preprocess.deadlineMs, graceMs: cfg.preprocess.graceMs,
-      quorum: cfg.round.quorum, maxBytes: cfg.limits.maxSummaryBytes, logger: log,
+      quorum: cfg.round.quorum, maxBytes: cfg.limits.maxSummaryBytes, logger: log, signal: o.signal,
     })
     : undefined;
   await agreement?.register();

@@ -1,8 +1,27 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { PRECISIONS, createLogger, type Precision } from '@dflmoe/core';
+import { Interrupted, PRECISIONS, createLogger, type Precision } from '@dflmoe/core';
 import { generateIdentity, loadPeerConfig, loadRelayConfig, loadServerConfig, runPeer, runServer, saveIdentity, savePsk, startRelay } from '@dflmoe/p2p';
 import { formatBytes, pct } from '../format.js';
 import { DATA_POLICY } from './predict.js';
+
+/** Aborts on the first SIGINT or SIGTERM (a second SIGINT kills the process as usual). */
+export function stopSignal(): AbortSignal {
+  const ac = new AbortController();
+  const stop = () => ac.abort();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  return ac.signal;
+}
+
+/** Run `fn`; once `signal` has aborted, whatever it fails with (a dial or stream cut short, say) is `Interrupted`. */
+export async function interruptible<T>(signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (signal.aborted) throw new Interrupted();
+    throw e;
+  }
+}
 
 export function keygenCommand(): Command {
   return new Command('keygen')
@@ -41,19 +60,16 @@ export function peerCommand(): Command {
       const cfg = loadPeerConfig(o.config);
       if (o.headPrecision) cfg.dflmoe.headPrecision = o.headPrecision as Precision;
       const log = createLogger(`peer:${cfg.name ?? 'site'}`);
-      const ac = new AbortController();
-      const stop = () => ac.abort();
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
-      const r = await runPeer(cfg, {
+      const signal = stopSignal();
+      const r = await interruptible(signal, () => runPeer(cfg, {
         logger: log,
-        signal: ac.signal,
+        signal,
         metricsPort: o.metrics,
         onRound: o.quiet ? undefined : (l) => process.stderr.write(
           `round ${l.round}/${cfg.rounds}  accuracy ${pct(l.accuracy)}  experts ${l.experts.length}  ` +
             `in ${formatBytes(l.bytesIn)} out ${formatBytes(l.bytesOut)}  ${l.seconds.toFixed(2)} s\n`,
         ),
-      });
+      }));
       process.stdout.write(`final accuracy ${pct(r.accuracy)} after ${r.rounds.length} rounds; results in ${cfg.out}\n`);
     });
 }
@@ -80,7 +96,8 @@ export function serverCommand(): Command {
     .requiredOption('--config <file>', 'server config (JSON)')
     .action(async (o) => {
       const cfg = loadServerConfig(o.config);
-      const r = await runServer(cfg, createLogger('server'));
+      const signal = stopSignal();
+      const r = await interruptible(signal, () => runServer(cfg, createLogger('server'), signal));
       process.stdout.write(`served ${r.rounds.length} rounds; results in ${cfg.out}\n`);
     });
 }

@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
@@ -6,7 +6,8 @@ import {
   type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
 import { SHIFT_KINDS, loadDataset, partition } from '@dflmoe/data';
-import { collectResults, runConsortium, writeConsortium } from '../consortium.js';
+import { collectResults, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium } from '../consortium.js';
+import { stopSignal } from './network.js';
 import { writeJsonAtomic } from '@dflmoe/p2p';
 import { createProgress, type Progress } from '../progress.js';
 import { writeRunReport } from '../report.js';
@@ -93,6 +94,7 @@ export function simulateCommand(): Command {
     .addOption(new Option('--transport <kind>', 'memory: one process; tcp: every site its own process over libp2p on 127.0.0.1').choices(['memory', 'tcp']).default('memory'))
     .option('--deadline <ms>', 'tcp: round deadline in milliseconds', int('--deadline'), 60000)
     .option('--out <dir>', 'output directory for results.json', 'runs/simulate')
+    .option('--fresh', "tcp: start over, removing an earlier run's sites in --out (without it, a rerun resumes them from their checkpoints)")
     .option('--quiet', 'print only the final table')
     .action(async (o) => {
       const out = resolve(o.out);
@@ -121,7 +123,7 @@ export function simulateCommand(): Command {
         if (r.round === total) bars.get(alg)!.stop();
       };
       const results = o.transport === 'tcp'
-        ? await simulateOverTcp(cfg, out, o.deadline, onRound)
+        ? await simulateOverTcp(cfg, out, { deadlineMs: o.deadline, fresh: Boolean(o.fresh), signal: stopSignal() }, onRound)
         : await simulate(cfg, { onRound });
       const file = join(out, 'results.json');
       writeJsonAtomic(file, results);
@@ -134,8 +136,9 @@ export function simulateCommand(): Command {
 
 /** Run each algorithm as a real consortium: one process per site, libp2p over 127.0.0.1. */
 async function simulateOverTcp(
-  cfg: SimulationConfig, out: string, deadlineMs: number, onRound?: (alg: string, r: RoundResult, total: number) => void,
+  cfg: SimulationConfig, out: string, o: { deadlineMs: number; fresh: boolean; signal: AbortSignal }, onRound?: (alg: string, r: RoundResult, total: number) => void,
 ): Promise<SimulationResults> {
+  const { deadlineMs, fresh, signal } = o;
   const unsupported = [
     cfg.trainPerSite !== undefined && '--train-per-site', cfg.featureShift.length > 0 && '--feature-shift', cfg.evaluateOn !== 'test' && '--evaluate-on',
   ].filter(Boolean);
@@ -146,7 +149,14 @@ async function simulateOverTcp(
   const results = emptyResults(cfg, backend.name, ds, splits);
   for (const alg of cfg.algorithms) {
     const t0 = performance.now();
-    const files = await writeConsortium({ dir: join(out, 'consortium', alg), algorithm: alg, sim: cfg, deadlineMs, datasetOptions: cfg.datasetOptions });
+    const dir = join(out, 'consortium', alg);
+    if (fresh) rmSync(dir, { recursive: true, force: true });
+    // A run in this directory that was stopped (or finished) goes on: each site resumes from its checkpoint with its key.
+    const earlier = earlierRunSeconds(dir);
+    const resuming = existsSync(join(dir, 'site-0', 'checkpoints'));
+    const files = await writeConsortium({ dir, algorithm: alg, sim: cfg, deadlineMs, datasetOptions: cfg.datasetOptions });
+    if (resuming) process.stderr.write(`${alg}: resuming the earlier run in ${dir} (--fresh starts over)\n`);
+    const seconds = () => earlier + (performance.now() - t0) / 1000;
     // Progress per round, once every site has finished it.
     const seen = new Map<number, { accs: number[]; seconds: number[] }>();
     const onLine = (_site: string, line: string) => {
@@ -162,8 +172,12 @@ async function simulateOverTcp(
         onRound?.(alg, { round: r, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: e.accs, loss: NaN, bytesSent: NaN, seconds: Math.max(...e.seconds) }, cfg.rounds);
       }
     };
-    await runConsortium(files, cfg.rounds * deadlineMs * 3 + 120000, onRound ? onLine : undefined);
-    results.algorithms[alg] = collectResults(alg, files, (performance.now() - t0) / 1000, cfg.bodies);
+    try {
+      await runConsortium(files, cfg.rounds * deadlineMs * 3 + 120000, onRound ? onLine : undefined, signal);
+    } finally {
+      recordRunSeconds(dir, seconds());
+    }
+    results.algorithms[alg] = collectResults(alg, files, seconds(), cfg.bodies);
   }
   return results;
 }
