@@ -192,7 +192,7 @@ describe('p2p', function () {
     bad({ ...base, members: [{ peerId: 'nope' }] }, /members\.0\.peerId: not a valid peer ID/);
     bad({ ...base, data: { dataset: 'x', simulate: { peers: 2, index: 2 } } }, /data\.simulate\.index \(2\) must be below data\.simulate\.peers/);
     bad({ ...base, algorithm: 'fedavg' }, /server: required when algorithm is "fedavg"/);
-    bad({ ...base, extra: 1 }, /Unrecognized key/);
+    bad({ ...base, extra: 1 }, /^config site\.json: unknown key "extra"$/);
     const { rounds: _r, ...noRounds } = base;
     bad(noRounds, /rounds:/);
   });

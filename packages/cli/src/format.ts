@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from 'commander';
+import { Help, InvalidArgumentError, type Command, type Option } from 'commander';
 /** Small helpers for human-readable numbers and plain-text tables. */
 export function formatBytes(n: number): string {
   if (!Number.isFinite(n)) return '-';
@@ -36,3 +36,26 @@ export const num = (name: string, lo: number, hi: number) => (v: string) => {
   if (!Number.isFinite(n) || n < lo || n > hi) throw new InvalidArgumentError(`${name} must be a number in [${lo}, ${hi}].`);
   return n;
 };
+
+/** A value as a user types it on the command line: lists comma-separated (layer sizes joined by x), an empty list `none`. */
+export function typedValue(v: unknown): string {
+  if (Array.isArray(v)) return v.length === 0 ? 'none' : v.join(v.every((x) => typeof x === 'number') ? 'x' : ',');
+  return String(v);
+}
+
+/** An option's help with its choices and default as users type them (`adam | sgd`, `dflmoe,fedavg,local`), not as JSON. */
+function optionDescription(o: Option): string {
+  const extra: string[] = [];
+  if (o.argChoices) extra.push(`choices: ${o.argChoices.join(' | ')}`);
+  // As commander: a default is shown for options that take a value, and for booleans (negated ones default to true).
+  const shown = o.required || o.optional || (o.isBoolean() && typeof o.defaultValue === 'boolean');
+  if (o.defaultValue !== undefined && shown) extra.push(`default: ${o.defaultValueDescription ?? typedValue(o.defaultValue)}`);
+  return extra.length ? `${o.description} (${extra.join(', ')})`.trim() : o.description;
+}
+
+/** Render every option's help of `cmd` and its subcommands with {@link optionDescription}. */
+export function plainHelp(cmd: Command): Command {
+  cmd.configureHelp({ optionDescription: (o: Option) => (o.argChoices || o.defaultValue !== undefined ? optionDescription(o) : new Help().optionDescription(o)) });
+  for (const c of cmd.commands) plainHelp(c);
+  return cmd;
+}

@@ -8,10 +8,11 @@ import { pretrainCommand } from './commands/pretrain.js';
 import { evaluateCommand, predictCommand } from './commands/predict.js';
 import { isInterrupted } from '@dflmoe/core';
 import { formatError } from './errors.js';
+import { plainHelp } from './format.js';
 import { writeRunReport } from './report.js';
 
 export function program(): Command {
-  return new Command('dflmoe')
+  return plainHelp(new Command('dflmoe')
     .description('Decentralized federated learning with a mixture of experts, with a FedAvg baseline.')
     .version('0.1.0')
     .showHelpAfterError('(run with --help for usage)')
@@ -31,11 +32,25 @@ export function program(): Command {
         .action(async (dir: string) => {
           process.stdout.write(`${await writeRunReport(dir)}\n`);
         }),
-    );
+    ));
+}
+
+/** Output into a closed pipe (`dflmoe simulate --help | head -2`) ends the program quietly. */
+let pipeWatched = false;
+function quietOnClosedPipe(): void {
+  if (pipeWatched) return;
+  pipeWatched = true;
+  for (const s of [process.stdout, process.stderr]) {
+    s.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'EPIPE') process.exit(0);
+      throw e;
+    });
+  }
 }
 
 /** Run the CLI; returns the exit code (0 ok, 1 runtime failure, 2 usage error, 130 interrupted). */
 export async function run(argv: string[]): Promise<number> {
+  quietOnClosedPipe();
   const p = program().exitOverride();
   for (const c of p.commands) c.exitOverride();
   try {

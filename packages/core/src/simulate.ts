@@ -51,10 +51,12 @@ export interface SimulationConfig {
   testFraction: number;
   minSize: number;
   /**
-   * `global`: standardize features with statistics pooled over all peers'
-   * training splits (never test data); `local`: each peer its own.
+   * `federated`: standardize features with statistics pooled over all peers'
+   * training splits (never test data), as sites merge their summaries (the
+   * site config's `data.standardize` of the same name); `local`: each peer
+   * its own. (`global`, the former name of `federated`, is read as it.)
    */
-  standardize: 'global' | 'local';
+  standardize: 'federated' | 'local';
   /**
    * dFLMoE and local-only: start every site's body and head from one shared
    * seed (as FedAvg does), so that feature spaces start aligned and the
@@ -128,7 +130,7 @@ export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
   optimizer: 'adam',
   testFraction: 0.2,
   minSize: 10,
-  standardize: 'global',
+  standardize: 'federated',
   sharedInit: true,
   freezeBody: false,
   maxExperts: DEFAULT_MAX_EXPERTS,
@@ -213,6 +215,7 @@ export function emptyResults(cfg: SimulationConfig, backend: string, ds: Dataset
 /** Run the configured algorithms and collect comparable results. */
 export async function simulate(partial: Partial<SimulationConfig> & { dataset: string }, hooks: SimulationHooks = {}): Promise<SimulationResults> {
   const cfg: SimulationConfig = { ...DEFAULT_SIMULATION, ...partial };
+  if ((cfg.standardize as string) === 'global') cfg.standardize = 'federated';
   validateConfig(cfg);
   const log = hooks.logger ?? createLogger('simulate');
   const backend = await initBackend();
@@ -231,7 +234,7 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
     log.info(`every site starts from the pretrained body ${initialBody.source}${cfg.freezeBody ? ' (frozen)' : ''}${initialBody.standardizer ? ', inputs standardized as it was trained' : ''}`);
   }
   // A pretrained body's own input statistics win: it learnt on inputs scaled with them.
-  const st = initialBody?.standardizer ?? (cfg.standardize === 'global' ? federatedStandardizer(ds, splits) : undefined);
+  const st = initialBody?.standardizer ?? (cfg.standardize === 'federated' ? federatedStandardizer(ds, splits) : undefined);
   const flipped = (i: number) => cfg.poisonKind === 'flipped' && i >= cfg.peers - cfg.poisoned;
   const datas = splits.map((s, i) => preparePeerData(flipped(i) ? flipLabels(ds) : ds, s, st));
   // Every site's test rows together, for the pooled metric.
@@ -277,6 +280,7 @@ function validateConfig(c: SimulationConfig): void {
   };
   (['peers', 'rounds', 'epochs', 'batchSize', 'featureDim', 'gateHidden', 'fineTuneEpochs'] as const).forEach(posInt);
   if (!Number.isInteger(c.headEpochs) || c.headEpochs < 0) throw new Error(`headEpochs must be a non-negative integer, got ${c.headEpochs}`);
+  if (c.standardize !== 'federated' && c.standardize !== 'local') throw new Error(`standardize must be federated or local, got ${c.standardize}`);
   if (!(c.learningRate > 0)) throw new Error(`learningRate must be positive, got ${c.learningRate}`);
   if (!(c.alpha >= 0 && c.alpha <= 1)) throw new Error(`alpha must be in [0, 1], got ${c.alpha}`);
   if (c.trainPerSite !== undefined && (!Number.isInteger(c.trainPerSite) || c.trainPerSite < 1)) throw new Error(`trainPerSite must be a positive integer, got ${c.trainPerSite}`);

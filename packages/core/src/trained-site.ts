@@ -103,6 +103,12 @@ function noData(sampleShape: number[], numClasses: number): PeerData {
   };
 }
 
+/** How `TrainedSite` reads a file of new inputs. */
+export interface ReadOptions {
+  /** Read a cell that is not a number in a numeric column as missing (and mark its row in `inputs.invalid`) instead of refusing the file. */
+  invalidAsMissing?: boolean;
+}
+
 /** A site's trained model, ready to predict on new inputs. */
 export class TrainedSite extends SitePredictor {
   constructor(
@@ -132,20 +138,23 @@ export class TrainedSite extends SitePredictor {
     return this.description.names[peer] ?? peer;
   }
 
-  /** Read a CSV file or an image folder as this site's inputs (encoded with the agreed schema, not standardized). */
-  readInputs(path: string, labels: 'required' | 'optional' = 'optional'): Promise<EncodedInputs> {
-    return readInputs(path, this.preprocessing.agreed, this.preprocessing.input, { labels });
+  /**
+   * Read a CSV file or an image folder as this site's inputs (encoded with the agreed schema, not standardized).
+   * A cell that is not a number in a numeric column is an error, unless `invalidAsMissing` (then `inputs.invalid` marks its row).
+   */
+  readInputs(path: string, labels: 'required' | 'optional' = 'optional', o: ReadOptions = {}): Promise<EncodedInputs> {
+    return readInputs(path, this.preprocessing.agreed, this.preprocessing.input, { labels, invalidAsMissing: o.invalidAsMissing });
   }
 
   /** Predictions for the rows of a CSV file or the images of a folder. */
-  async predictFile(path: string): Promise<{ inputs: EncodedInputs; predictions: Predictions }> {
-    const inputs = await this.readInputs(path, 'optional');
+  async predictFile(path: string, o: ReadOptions = {}): Promise<{ inputs: EncodedInputs; predictions: Predictions }> {
+    const inputs = await this.readInputs(path, 'optional', o);
     return { inputs, predictions: this.predict(inputs.features) };
   }
 
   /** Evaluation on a labelled CSV file or image folder (one sub-folder per class). */
-  async evaluateFile(path: string): Promise<{ inputs: EncodedInputs; predictions: Predictions; evaluation: Evaluation }> {
-    const inputs = await this.readInputs(path, 'required');
+  async evaluateFile(path: string, o: ReadOptions = {}): Promise<{ inputs: EncodedInputs; predictions: Predictions; evaluation: Evaluation }> {
+    const inputs = await this.readInputs(path, 'required', o);
     const predictions = this.predict(inputs.features);
     return { inputs, predictions, evaluation: evaluatePredictions(predictions, inputs.labels!) };
   }

@@ -5,7 +5,8 @@ import { gunzipSync } from 'node:zlib';
 import { parseIdx } from './idx.js';
 import { Rng } from './rng.js';
 import { encodeTable, inferTableSchema, readCsvTable, type TableOptions, type TableSchema } from './table.js';
-import { DataError, featureSize, type Dataset } from './types.js';
+import { DataError } from './errors.js';
+import { featureSize, type Dataset } from './types.js';
 
 /** Directory of the data files shipped with this package. */
 export const SHIPPED_DATA_DIR = fileURLToPath(new URL('../datasets/', import.meta.url));

@@ -25,7 +25,8 @@ import {
   encodeTable, featureLayout, inferTableSchema, sortNames, takeTableRows,
   type ColumnSchema, type RawTable, type TableSchema,
 } from './table.js';
-import { DataError, featureSize, type Dataset } from './types.js';
+import { DataError } from './errors.js';
+import { featureSize, type Dataset } from './types.js';
 
 /** Samples of a fixed shape (images, or features already encoded): no columns to agree on. */
 export interface TensorSchema {

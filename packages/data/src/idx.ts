@@ -1,5 +1,5 @@
 /** Reader for the IDX format used by MNIST and Fashion-MNIST (LeCun et al.). */
-import { DataError } from './types.js';
+import { DataError } from './errors.js';
 
 const DTYPE_UBYTE = 0x08;
 

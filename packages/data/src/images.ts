@@ -14,7 +14,8 @@ import { readdirSync, statSync } from 'node:fs';
 import { extname, join, resolve } from 'node:path';
 import { loadDataset, subsample, type LoadOptions } from './datasets.js';
 import { sortNames } from './table.js';
-import { DataError, type Dataset } from './types.js';
+import { DataError } from './errors.js';
+import { type Dataset } from './types.js';
 
 export const IMAGE_EXTENSIONS: readonly string[] = ['.png', '.jpg', '.jpeg'];
 

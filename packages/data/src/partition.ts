@@ -19,7 +19,7 @@
  * the peer's own label distribution (personalized evaluation).
  */
 import { Rng, deriveSeed } from './rng.js';
-import { DataError } from './types.js';
+import { DataError } from './errors.js';
 
 export type PartitionSpec =
   | { kind: 'iid' }

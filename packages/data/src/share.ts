@@ -15,7 +15,8 @@ import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { PeerSplit } from './partition.js';
 import type { TableSchema } from './table.js';
-import { DataError, featureSize, type Dataset } from './types.js';
+import { DataError } from './errors.js';
+import { featureSize, type Dataset } from './types.js';
 
 const MAGIC = Buffer.from('DFLMOE-SHARE-1\n', 'ascii');
 

@@ -27,7 +27,8 @@
 import { Rng, deriveSeed } from './rng.js';
 import type { PeerSplit } from './partition.js';
 import { fitStandardizer } from './standardize.js';
-import { DataError, featureSize, type Dataset } from './types.js';
+import { DataError } from './errors.js';
+import { featureSize, type Dataset } from './types.js';
 
 export type ShiftKind = 'rotate' | 'contrast' | 'noise' | 'affine';
 export const SHIFT_KINDS: readonly ShiftKind[] = ['rotate', 'contrast', 'noise', 'affine'];

@@ -31,7 +31,8 @@ import { Rng } from './rng.js';
 import { readShare } from './share.js';
 import { fitStandardizer, type Standardizer } from './standardize.js';
 import { encodeTable, readCsvTable, sortNames, takeTableRows, type RawTable, type TableSchema } from './table.js';
-import { DataError, featureSize, type Dataset } from './types.js';
+import { DataError } from './errors.js';
+import { featureSize, type Dataset } from './types.js';
 
 /** A site's `data` settings (paths already resolved). */
 export interface SiteDataSpec {
@@ -39,6 +40,8 @@ export interface SiteDataSpec {
   dataset: string;
   /** csv: the label column (default `label`). */
   labelColumn?: string;
+  /** csv: where the user names the label column, for the error when it is missing (e.g. `data.labelColumn in the site config`). */
+  labelColumnSetting?: string;
   /** csv: keep only these columns... */
   features?: string[];
   /** ...or drop these. */
@@ -313,15 +316,25 @@ export interface EncodedInputs {
   ids: string[];
   /** Class indices in the agreed classes (only when the input is labelled). */
   labels?: Int32Array;
+  /**
+   * With `invalidAsMissing`: per row, the cells of numeric columns that were
+   * not numbers and were read as missing (`age="sixty"`, `; `-separated;
+   * empty for a row without any). Absent when no row has one.
+   */
+  invalid?: string[];
 }
 
 /**
  * Read `path` (a CSV file, or an image folder) as the site's new inputs,
  * encoded with the agreed schema. `labels: 'required'` (for evaluation)
  * needs a label column (or one sub-folder per class); every label must be
- * one of the agreed classes.
+ * one of the agreed classes. A cell that is not a number in a numeric
+ * column is an error naming its line and column, unless `invalidAsMissing`
+ * (then it is missing, and `invalid` marks its row).
  */
-export async function readInputs(path: string, agreed: AgreedSchema, input: InputSpec, o: { labels: 'required' | 'optional' }): Promise<EncodedInputs> {
+export async function readInputs(
+  path: string, agreed: AgreedSchema, input: InputSpec, o: { labels: 'required' | 'optional'; invalidAsMissing?: boolean },
+): Promise<EncodedInputs> {
   const schema = agreed.schema;
   const classIndex = new Map(schema.classNames.map((c, i) => [c, i]));
   if (input.kind === 'images') {
@@ -362,15 +375,21 @@ export async function readInputs(path: string, agreed: AgreedSchema, input: Inpu
     };
   }
   const kinds = Object.fromEntries(tableSchema.columns.map((c) => [c.name, c.kind]));
-  const table = readCsvTable(path, { labelColumn: tableSchema.labelColumn, kinds, labelsOptional: true });
+  const table = readCsvTable(path, { labelColumn: tableSchema.labelColumn, kinds, labelsOptional: true, invalidAsMissing: o.invalidAsMissing });
   if (o.labels === 'required' && table.labelled === false) {
     throw new DataError(`${table.source}: evaluation needs the label column "${tableSchema.labelColumn}"`);
   }
   const enc = encodeTable(table, tableSchema);
   const d = enc.featureNames.length;
+  let invalid: string[] | undefined;
+  if (table.invalid) {
+    invalid = table.labels.map(() => '');
+    for (const c of table.invalid) invalid[c.row] += `${invalid[c.row] ? '; ' : ''}${c.column}=${JSON.stringify(c.cell)}`;
+  }
   return {
     features: enc.features, numSamples: table.labels.length, sampleShape: [d], ids: table.lines.map((l) => `line ${l}`),
     ...(table.labelled === false ? {} : { labels: enc.labels }),
+    ...(invalid ? { invalid } : {}),
   };
 }
 

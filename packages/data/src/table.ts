@@ -27,7 +27,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseCsv } from 'csv-parse/sync';
-import { DataError } from './types.js';
+import { DataError } from './errors.js';
 
 /** Cells that count as missing (compared trimmed and lower-cased). */
 export const MISSING_TOKENS: readonly string[] = ['', 'na', 'nan', '?'];
@@ -69,11 +69,15 @@ export interface RawTable {
   warnings: string[];
   /** False when the file has no label column (only with `labelsOptional`). */
   labelled?: boolean;
+  /** With `invalidAsMissing`: the cells of schema-numeric columns that were not numbers and were read as missing. */
+  invalid?: { row: number; column: string; cell: string }[];
 }
 
 export interface TableOptions {
   /** The column holding the class label (default `label`). */
   labelColumn?: string;
+  /** Where the user names the label column, for the error when it is missing (default: the CLI's `--label-column`). */
+  labelColumnSetting?: string;
   /** Keep only these feature columns, in this order. */
   features?: string[];
   /** Drop these columns. */
@@ -84,11 +88,13 @@ export interface TableOptions {
   mixedTolerance?: number;
   /**
    * Column kinds fixed in advance (from an agreed schema, for new rows):
-   * a numeric column's cells that are not numbers count as missing (listed
-   * in `warnings`), a categorical column keeps its cells as text, and a
-   * column whose every cell is missing is accepted.
+   * a numeric column's cell that is not a number is an error naming its line
+   * and column (see `invalidAsMissing`), a categorical column keeps its cells
+   * as text, and a column whose every cell is missing is accepted.
    */
   kinds?: Record<string, 'numeric' | 'categorical'>;
+  /** With `kinds`: read a numeric column's cells that are not numbers as missing instead, listing them in the table's `invalid`. */
+  invalidAsMissing?: boolean;
   /** Accept a file without the label column (rows to predict); `labels` are then empty strings. */
   labelsOptional?: boolean;
 }
@@ -164,7 +170,7 @@ export function tableFromRows(
   const labelCol = seen.get(labelName);
   if (labelCol === undefined && !opts.labelsOptional) {
     throw new DataError(
-      `${source}: no label column "${labelName}". Columns are: ${header.join(', ')}. Name the label column with --label-column.`,
+      `${source}: no label column "${labelName}". Columns are: ${header.join(', ')}. Name the label column with ${opts.labelColumnSetting ?? '--label-column'}.`,
     );
   }
   const unknown = (list: string[] | undefined, what: string) => {
@@ -208,7 +214,34 @@ export function tableFromRows(
     const forced = fixed ?? (opts.categorical?.includes(name) ? 'categorical' : undefined);
     return typeColumn(name, seen.get(name)!, rows, lines, source, tolerance, forced, warnings, fixed !== undefined);
   });
-  return { source, labelColumn: labelName, columns, labels, lines, warnings, labelled: labelCol !== undefined };
+  const invalid = kinds ? schemaNumericTextCells(columns, rows, keep.map((k) => seen.get(k)!), lines, source, Boolean(opts.invalidAsMissing)) : [];
+  return { source, labelColumn: labelName, columns, labels, lines, warnings, labelled: labelCol !== undefined, ...(invalid.length ? { invalid } : {}) };
+}
+
+/**
+ * New rows read with a schema's column kinds: a cell that is not a number in
+ * a numeric column would change the prediction silently if it counted as
+ * missing, so it is an error naming its line and column, unless
+ * `asMissing`; then the cells are returned (row order) and stay missing.
+ */
+function schemaNumericTextCells(
+  columns: RawColumn[], rows: string[][], at: number[], lines: number[], source: string, asMissing: boolean,
+): { row: number; column: string; cell: string }[] {
+  const found: { row: number; column: string; cell: string }[] = [];
+  rows.forEach((r, i) => {
+    columns.forEach((col, j) => {
+      const cell = r[at[j]].trim();
+      if (col.kind !== 'numeric' || isMissingCell(cell) || parseNumber(cell) !== undefined) return;
+      if (!asMissing) {
+        throw new DataError(
+          `${source}, line ${lines[i]}: column "${col.name}" holds "${cell}", which is not a number (the model reads numbers there). ` +
+            'Fix the cell, write NA if it is missing, or read such cells as missing (--invalid-as-missing), which marks their rows.',
+        );
+      }
+      found.push({ row: i, column: col.name, cell });
+    });
+  });
+  return found;
 }
 
 function typeColumn(

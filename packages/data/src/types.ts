@@ -25,8 +25,3 @@ export interface Dataset {
 export function featureSize(ds: Pick<Dataset, 'sampleShape'>): number {
   return ds.sampleShape.reduce((a, b) => a * b, 1);
 }
-
-/** An error a user can meet, with a message that says what to do. */
-export class DataError extends Error {
-  override name = 'DataError';
-}

@@ -7,8 +7,9 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { multiaddr } from '@multiformats/multiaddr';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { z } from 'zod';
+import { closest, distance } from 'fastest-levenshtein';
 import {
-  ALGORITHMS, DEFAULT_ALGORITHM_OPTIONS, DEFAULT_MAX_SAMPLE_RATIO, DEFAULT_MAX_SAMPLES, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, getAlgorithm, type AlgorithmName, type OptimizerKind,
+  ALGORITHMS, DEFAULT_ALGORITHM_OPTIONS, DEFAULT_MAX_SAMPLE_RATIO, DEFAULT_MAX_SAMPLES, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, getAlgorithm, parseBodySpec, type AlgorithmName, type OptimizerKind,
   type Precision, type SimulationConfig,
 } from '@dflmoe/core';
 import { loadIdentity } from './identity.js';
@@ -20,6 +21,15 @@ import { loadIdentity } from './identity.js';
  */
 const D = DEFAULT_SIMULATION;
 const A = DEFAULT_ALGORITHM_OPTIONS;
+
+/** A string that `parse` accepts; otherwise the issue is the parser's own message (e.g. what a body spec looks like). */
+const parsedBy = (parse: (s: string) => unknown) => z.string().superRefine((s, ctx) => {
+  try {
+    parse(s);
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+  }
+});
 
 const addr = z.string().refine((s) => {
   try {
@@ -144,7 +154,7 @@ export const peerConfigSchema = z.object({
     graceMs: z.number().int().min(0).default(2000),
   }).strict().prefault({}),
   model: z.object({
-    body: z.string().default(D.bodies[0]),
+    body: parsedBy(parseBodySpec).default(D.bodies[0]),
     featureDim: posInt.default(D.featureDim),
     headHidden: z.array(posInt).default(D.headHidden),
     /** Start from the consortium's shared initial model (seeded by data.seed and the body). */
@@ -253,12 +263,39 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
-function formatIssues(file: string, err: z.ZodError): string {
-  const lines = err.issues.map((i) => {
-    const field = i.path.length ? i.path.join('.') : '(top level)';
-    return `  ${field}: ${i.message}`;
-  });
-  return `config ${file} is not valid:\n${lines.join('\n')}`;
+/** The keys the object schema at `path` of `schema` accepts (through defaults, optionals and arrays); none when it is no object. */
+function keysAt(schema: z.ZodType, path: PropertyKey[]): string[] {
+  let s: z.ZodType | undefined = schema;
+  for (const k of [...path, undefined]) {
+    for (let inner: z.ZodType | undefined = s; inner; inner = (inner._zod.def as { innerType?: z.ZodType }).innerType) s = inner;
+    if (k === undefined) break;
+    s = s instanceof z.ZodObject ? (s.shape as Record<string, z.ZodType>)[String(k)] : s instanceof z.ZodArray ? (s.element as z.ZodType) : undefined;
+  }
+  return s instanceof z.ZodObject ? Object.keys(s.shape) : [];
+}
+
+/** The known key a misspelled one most likely meant (at most a third of its letters off), if any. */
+function suggestKey(key: string, known: string[]): string | undefined {
+  if (known.length === 0) return undefined;
+  const best = closest(key, known);
+  return distance(key, best) <= Math.max(1, Math.ceil(key.length / 3)) ? best : undefined;
+}
+
+/** One line per problem, `field: what is wrong`; a misspelled key says which one it meant: `unknown key "rouds" (did you mean "rounds"?)`. */
+function formatIssues(file: string, err: z.ZodError, schema: z.ZodType): string {
+  const at = (path: PropertyKey[]) => (path.length ? `${path.join('.')}: ` : '');
+  const meant = new Set<string>();
+  const unknown = err.issues.flatMap((i) => (i.code !== 'unrecognized_keys' ? [] : i.keys.map((k) => {
+    const s = suggestKey(k, keysAt(schema, i.path));
+    if (s) meant.add([...i.path, s].join('.'));
+    return `${at(i.path)}unknown key "${k}"${s ? ` (did you mean "${s}"?)` : ''}`;
+  })));
+  const others = err.issues
+    // A required key reported missing because it was misspelled is the same mistake.
+    .filter((i) => i.code !== 'unrecognized_keys' && !(i.code === 'invalid_type' && meant.has(i.path.join('.'))))
+    .map((i) => `${at(i.path)}${i.message}`);
+  const lines = [...others, ...unknown];
+  return lines.length === 1 ? `config ${file}: ${lines[0]}` : `config ${file} is not valid:\n${lines.map((l) => `  ${l}`).join('\n')}`;
 }
 
 function readJson(file: string): unknown {
@@ -298,7 +335,7 @@ function checkLegacyData(raw: unknown, file: string): void {
 export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.cwd()): PeerConfig {
   checkLegacyData(raw, file);
   const r = peerConfigSchema.safeParse(raw);
-  if (!r.success) throw new ConfigError(formatIssues(file, r.error));
+  if (!r.success) throw new ConfigError(formatIssues(file, r.error, peerConfigSchema));
   const c = r.data;
   if (c.listen.length === 0 && c.relay.via.length === 0) {
     throw new ConfigError(`config ${file}: listen: give at least one address to listen on, or (behind NAT) relay.via: a relay that members reach this site through`);
@@ -380,7 +417,7 @@ export function siteSettings(sim: SimulationConfig, index: number) {
     data: {
       dataset: sim.dataset, seed: sim.seed, testFraction: sim.testFraction,
       // The simulator's pooled statistics are the federated ones (summaries merged); local: each site's own.
-      standardize: sim.standardize === 'global' ? 'federated' as const : 'local' as const,
+      standardize: (sim.standardize as string) === 'global' ? 'federated' as const : sim.standardize,
       simulate: { peers: sim.peers, index, partition: sim.partition, minSize: sim.minSize },
       ...(o.maxSamples !== undefined ? { maxSamples: o.maxSamples } : {}),
       ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}),
@@ -412,7 +449,7 @@ export function loadPeerConfig(file: string): PeerConfig {
 
 export function parseServerConfig(raw: unknown, file = '<inline>', base = process.cwd()): ServerConfig {
   const r = serverConfigSchema.safeParse(raw);
-  if (!r.success) throw new ConfigError(formatIssues(file, r.error));
+  if (!r.success) throw new ConfigError(formatIssues(file, r.error, serverConfigSchema));
   const c = r.data;
   if (getAlgorithm(c.algorithm).network !== 'server') throw new ConfigError(`config ${file}: algorithm: "${c.algorithm}" does not use a server`);
   if (c.round.quorum !== undefined && c.round.quorum > c.clients.length) {
@@ -448,7 +485,7 @@ export type RelayConfig = z.infer<typeof relayConfigSchema>;
 
 export function parseRelayConfig(raw: unknown, file = '<inline>', base = process.cwd()): RelayConfig {
   const r = relayConfigSchema.safeParse(raw);
-  if (!r.success) throw new ConfigError(formatIssues(file, r.error));
+  if (!r.success) throw new ConfigError(formatIssues(file, r.error, relayConfigSchema));
   const c = r.data;
   c.key = rel(base, c.key)!;
   c.psk = rel(base, c.psk);

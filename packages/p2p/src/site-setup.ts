@@ -21,7 +21,7 @@ import { SchemaAgreement } from './preprocess.js';
 export function siteDataSpec(cfg: PeerConfig): SiteDataSpec {
   const d = cfg.data;
   return {
-    dataset: d.dataset, labelColumn: d.labelColumn, features: d.features, drop: d.drop, categorical: d.categorical, classes: d.classes,
+    dataset: d.dataset, labelColumn: d.labelColumn, labelColumnSetting: 'data.labelColumn in the site config', features: d.features, drop: d.drop, categorical: d.categorical, classes: d.classes,
     imageSize: d.imageSize, channels: d.channels, fit: d.fit, seed: d.seed, testFraction: d.testFraction, maxSamples: d.maxSamples,
     dataDir: d.dataDir, simulate: d.simulate,
   };

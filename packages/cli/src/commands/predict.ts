@@ -12,7 +12,9 @@ Tables (CSV with a header row):
     cells are filled with the consortium's pooled mean of that column, and a 0/1
     column <col>_missing marks them whenever any site had a missing cell there.
   - A column is numeric when its cells are numbers, categorical when they are
-    text (or when listed in "categorical"). Categories are one-hot encoded over
+    text (or when listed in "categorical"). In new rows, text in a column the
+    site reads as numbers is refused, naming the line and column
+    (--invalid-as-missing reads it as missing and marks the row). Categories are one-hot encoded over
     the union of every site's categories (sorted); a missing cell, or a category
     no site trained on, encodes as all zeros.
   - Features are standardized with statistics pooled from every site's counts,
@@ -34,20 +36,33 @@ function expertNames(site: TrainedSite, p: Predictions): string[] {
   });
 }
 
-/** One row per input: where it came from, the predicted class, every class's probability and every expert's gate weight. */
-export function predictionRows(site: TrainedSite, ids: string[], p: Predictions): string[][] {
+/**
+ * One row per input: where it came from, the predicted class, every class's
+ * probability and every expert's gate weight; with `invalid` (cells read as
+ * missing, `--invalid-as-missing`), a last column `read as missing` that marks their rows.
+ */
+export function predictionRows(site: TrainedSite, ids: string[], p: Predictions, invalid?: string[]): string[][] {
   const c = p.classNames.length;
   const k = p.experts.length;
-  const header = ['input', 'predicted', ...p.classNames.map((n) => `prob:${n}`), ...expertNames(site, p).map((n) => `gate:${n}`)];
+  const header = ['input', 'predicted', ...p.classNames.map((n) => `prob:${n}`), ...expertNames(site, p).map((n) => `gate:${n}`), ...(invalid ? ['read as missing'] : [])];
   const rows = [header];
   for (let i = 0; i < p.numSamples; i++) {
     rows.push([
       ids[i], p.classNames[p.predicted[i]],
       ...Array.from(p.probabilities.subarray(i * c, (i + 1) * c), String),
       ...Array.from(p.gateWeights.subarray(i * k, (i + 1) * k), String),
+      ...(invalid ? [invalid[i]] : []),
     ]);
   }
   return rows;
+}
+
+const INVALID_AS_MISSING = 'read a cell that is not a number in a numeric column as missing (its row is marked) instead of refusing the file';
+
+/** Say on stderr which rows had cells read as missing. */
+function reportInvalid(ids: string[], invalid: string[] | undefined): void {
+  const rows = (invalid ?? []).flatMap((v, i) => (v ? [`${ids[i]} (${v})`] : []));
+  if (rows.length) process.stderr.write(`read as missing, not numbers: ${rows.length} row${rows.length > 1 ? 's' : ''}: ${rows.slice(0, 5).join(', ')}${rows.length > 5 ? ', ...' : ''}\n`);
 }
 
 function describe(site: TrainedSite): string {
@@ -60,12 +75,14 @@ export function predictCommand(): Command {
     .requiredOption('--site <dir>', 'the site\'s out directory (holds site.json, preprocessing.json and checkpoints/)')
     .requiredOption('--input <path>', 'a CSV file with the columns the site trained on (the label column may be absent), or a folder of images')
     .option('--output <file>', 'write the rows to this CSV file (default: print them)')
+    .option('--invalid-as-missing', INVALID_AS_MISSING)
     .addHelpText('after', DATA_POLICY)
     .action(async (o) => {
       const site = await loadSite(o.site, { logger: createLogger('predict', 'warn') });
       try {
-        const { inputs, predictions } = await site.predictFile(o.input);
-        const csv = stringify(predictionRows(site, inputs.ids, predictions));
+        const { inputs, predictions } = await site.predictFile(o.input, { invalidAsMissing: o.invalidAsMissing });
+        reportInvalid(inputs.ids, inputs.invalid);
+        const csv = stringify(predictionRows(site, inputs.ids, predictions, inputs.invalid));
         if (o.output) {
           writeFileSync(resolve(o.output), csv);
           process.stderr.write(`wrote ${predictions.numSamples} predictions to ${resolve(o.output)} (${describe(site)})\n`);
@@ -89,11 +106,13 @@ export function evaluateCommand(): Command {
     .requiredOption('--site <dir>', 'the site\'s out directory')
     .requiredOption('--input <path>', 'a labelled CSV file (with the label column), or a folder with one sub-folder of images per class')
     .option('--json', 'print the evaluation as JSON')
+    .option('--invalid-as-missing', INVALID_AS_MISSING)
     .addHelpText('after', DATA_POLICY)
     .action(async (o) => {
       const site = await loadSite(o.site, { logger: o.json ? silentLogger : createLogger('evaluate', 'warn') });
       try {
-        const { evaluation } = await site.evaluateFile(o.input);
+        const { evaluation, inputs } = await site.evaluateFile(o.input, { invalidAsMissing: o.invalidAsMissing });
+        reportInvalid(inputs.ids, inputs.invalid);
         if (o.json) process.stdout.write(JSON.stringify(evaluation, null, 2) + '\n');
         else process.stdout.write(`${describe(site)}\n${evaluationReport(evaluation)}`);
       } finally {

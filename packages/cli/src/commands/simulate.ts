@@ -13,8 +13,19 @@ import { createProgress, type Progress } from '../progress.js';
 import { writeRunReport } from '../report.js';
 import { formatBytes, int, num, pct, table } from '../format.js';
 
-/** `--max-experts`: a positive integer, or `all` (0: no limit). */
-const maxExperts = (v: string) => (v === 'all' ? 0 : int('--max-experts')(v));
+/** `--max-experts`: a positive integer, or `0` or `all` for no limit. */
+const maxExperts = (v: string) => (v === 'all' || v === '0' ? 0 : int('--max-experts')(v));
+/** `--standardize`: federated (the site config's name) or local; `global`, its former name, still reads as federated. */
+function standardizeOption(dflt: SimulationConfig['standardize']): Option {
+  const how = ['federated', 'local'];
+  return new Option('--standardize <how>', "feature statistics: pooled over all training splits from per-site sums (as a site config's data.standardize), or per peer")
+    .choices(how).default(dflt)
+    .argParser((v) => {
+      if (v === 'global') return 'federated';
+      if (!how.includes(v)) throw new InvalidArgumentError(`Allowed choices are ${how.join(', ')}.`);
+      return v;
+    });
+}
 const list = (v: string) => v.split(',').map((s) => s.trim()).filter(Boolean);
 const sizes = (v: string) => (v === '' || v === 'none' ? [] : v.split('x').map(int('sizes')));
 
@@ -69,7 +80,7 @@ export function simulateCommand(): Command {
     .option('--max-staleness <n>', 'dFLMoE and gossip: rounds a received head or model stays usable without an update', int('--max-staleness'), d.maxStaleness)
     .option('--test-fraction <x>', "share of each peer's data held out for its test split", num('--test-fraction', 0.01, 0.99), d.testFraction)
     .option('--min-size <n>', 'minimum samples per peer', int('--min-size'), d.minSize)
-    .addOption(new Option('--standardize <how>', 'feature statistics: pooled over all training splits, or per peer').choices(['global', 'local']).default(d.standardize))
+    .addOption(standardizeOption(d.standardize))
     .option('--no-shared-init', 'dflmoe/local: give every site its own random initial model')
     .option('--pretrained-body <dir>', 'every site starts from this body pretrained on public data (written by "dflmoe pretrain")')
     .option('--freeze-body', 'never train the body: only heads (and dFLMoE gates and transforms) learn', false)
@@ -78,7 +89,7 @@ export function simulateCommand(): Command {
     .addOption(new Option('--poison-kind <kind>', 'what adversarial sites do (random heads: dflmoe only)').choices(['random', 'flipped']).default(d.poisonKind))
     .addOption(new Option('--fst <form>', "dflmoe: each received expert's feature-space transform: full (dim x dim), diag (scale and shift per feature), none").choices(['full', 'diag', 'none']).default(d.fst))
     .option('--distill <x>', 'dflmoe: weight of distilling the mixture into the own head (0: off)', num('--distill', 0, 100), d.distill)
-    .option('--max-experts <k>', 'dflmoe: mix at most k received experts, chosen each round from announcements, local scores and gate weights, with some exploration (all: no limit)', maxExperts, d.maxExperts)
+    .option('--max-experts <k>', 'dflmoe: mix at most k received experts, chosen each round from announcements, local scores and gate weights, with some exploration (0 or all: no limit)', maxExperts, d.maxExperts)
     .addOption(new Option('--head-precision <p>', 'dflmoe: precision of published heads: float32, float16 (half the bytes), int8 (a quarter, a scale per tensor)').choices([...PRECISIONS]).default(d.headPrecision))
     .option('--admission <x>', "dflmoe: refuse received heads scoring below x times the own head's accuracy on local data", num('--admission', 0, 10))
     .option('--dp-noise <x>', 'DP-SGD: noise multiplier (turns DP on)', num('--dp-noise', 0, 1000))

@@ -1,0 +1,4 @@
+/** An error a user can meet, with a message that says what to do. */
+export class DataError extends Error {
+  override name = 'DataError';
+}

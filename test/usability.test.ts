@@ -1,0 +1,170 @@
+/**
+ * What a new user meets at the command line (issue #21): help text, option
+ * values, config errors, data errors at prediction. Each test spawns the CLI
+ * the way a user runs it, or calls the function behind it.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse } from 'csv-parse/sync';
+import { ConfigError, parsePeerConfig, prepareSiteData } from '@dflmoe/p2p';
+import { silentLogger } from '@dflmoe/core';
+import { cli } from './helpers.js';
+import { patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
+
+/** A one-site, one-round local-only site trained by `dflmoe peer` on a patient table; returns its out directory. */
+function trainedSite(dir: string): string {
+  writeText(join(dir, 'a.csv'), patientsCsv({ seed: 3, rows: 120, missing: 0.1 }));
+  const key = cli(['keygen', '--out', join(dir, 'a.key')]);
+  assert.equal(key.status, 0, key.stderr);
+  writeFileSync(join(dir, 'a.json'), JSON.stringify({
+    name: 'hospital-a', key: 'a.key', listen: ['/ip4/127.0.0.1/tcp/0'], members: [], algorithm: 'local',
+    data: { dataset: 'csv:a.csv', labelColumn: 'diagnosis', drop: ['id'] }, model: { body: 'mlp:8', featureDim: 8 }, rounds: 1, lingerMs: 0, out: 'site-a',
+  }));
+  const r = cli(['peer', '--config', join(dir, 'a.json')]);
+  assert.equal(r.status, 0, r.stderr);
+  return join(dir, 'site-a');
+}
+
+/** The one-line error a failed command printed. */
+function oneLineError(r: ReturnType<typeof cli>): string {
+  assert.equal(r.status, 1, `exit code; stdout ${r.stdout}`);
+  const lines = r.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, `one line, no stack trace:\n${r.stderr}`);
+  assert.match(lines[0], /^dflmoe: error: /);
+  return lines[0];
+}
+
+const TINY = ['--dataset', 'synthetic:classes=3,dim=4,samples=150', '--peers', '2', '--rounds', '1', '--body', 'mlp:4', '--feature-dim', '4', '--quiet'];
+
+describe('command line usability', function () {
+  this.timeout(120000);
+
+  it('help shows defaults and choices as a user types them, not as JSON', () => {
+    const r = cli(['simulate', '--help']);
+    assert.equal(r.status, 0, r.stderr);
+    const help = r.stdout.replace(/\s+/g, ' ');
+    assert.match(help, /\(default: dflmoe,fedavg,local\)/);
+    assert.match(help, /a linear head \(default: none\)/);
+    assert.match(help, /\(choices: adam \| sgd \| momentum, default: adam\)/);
+    assert.match(help, /csv: the label column \(default: label\)/);
+    assert.doesNotMatch(help, /default: \[|default: "/, 'no JSON in the help');
+  });
+
+  it('output into a closed pipe (dflmoe simulate --help | head -2) ends the program quietly', async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=development', 'packages/cli/src/main.ts', 'simulate', '--help'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.destroy(); // the reader has gone before the first write
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d));
+    const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+    assert.equal(stderr, '', 'no EPIPE stack trace');
+    assert.equal(code, 0);
+  });
+
+  it('--max-experts 0 means all experts, as the README says (and all still does)', () => {
+    for (const k of ['0', 'all']) {
+      const out = tmpDir('dflmoe-k-');
+      const r = cli(['simulate', ...TINY, '--algorithms', 'dflmoe', '--max-experts', k, '--out', out]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')).config.maxExperts, 0);
+    }
+    assert.match(cli(['simulate', ...TINY, '--max-experts', '-1']).stderr, /--max-experts must be a positive integer/);
+    assert.match(readFileSync('README.md', 'utf8'), /--max-experts <k>` \(dFLMoE; default 32, `0` or `all` for no limit\)/);
+  });
+
+  it('--standardize federated is the name the site config uses; global still reads as it', () => {
+    for (const how of ['federated', 'global']) {
+      const out = tmpDir('dflmoe-std-');
+      const r = cli(['simulate', ...TINY, '--algorithms', 'local', '--standardize', how, '--out', out]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')).config.standardize, 'federated');
+    }
+    assert.match(cli(['simulate', '--help']).stdout.replace(/\s+/g, ' '), /--standardize <how> .*\(choices: federated \| local, default: federated\)/);
+    assert.match(cli(['simulate', ...TINY, '--standardize', 'pooled']).stderr, /Allowed choices are federated, local/);
+  });
+
+  it('a site config with a bad body spec is refused when the config is read, saying what a body looks like', () => {
+    const base = { key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], data: { dataset: 'breast-cancer' }, rounds: 3, out: 'o' };
+    assert.throws(() => parsePeerConfig({ ...base, model: { body: 'mlp:abc' } }, 'site.json'),
+      (e: Error) => e instanceof ConfigError && /^config site\.json: model\.body: Bad body "mlp:abc": sizes must be positive integers/.test(e.message));
+    assert.throws(() => parsePeerConfig({ ...base, model: { body: 'transformer' } }, 'site.json'), /model\.body: Unknown body "transformer": use mlp/);
+    assert.equal(parsePeerConfig({ ...base, model: { body: 'cnn:8x16:k5' } }, 'site.json').model.body, 'cnn:8x16:k5');
+    // dflmoe peer stops at once, before any network or data.
+    const dir = tmpDir('dflmoe-body-');
+    writeFileSync(join(dir, 'site.json'), JSON.stringify({ ...base, model: { body: 'mlp:abc' } }));
+    assert.match(oneLineError(cli(['peer', '--config', join(dir, 'site.json')])), /model\.body: Bad body "mlp:abc"/);
+  });
+
+  it('a misspelled config key says which key it meant, in one line', () => {
+    const base = { key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], data: { dataset: 'breast-cancer' }, out: 'o' };
+    const msg = (raw: unknown) => {
+      try {
+        parsePeerConfig(raw, 'site.json');
+      } catch (e) {
+        return (e as Error).message;
+      }
+      assert.fail('accepted');
+    };
+    assert.equal(msg({ ...base, rouds: 3 }), 'config site.json: unknown key "rouds" (did you mean "rounds"?)');
+    assert.equal(msg({ ...base, rounds: 3, dflmoe: { alpah: 0.5 } }), 'config site.json: dflmoe: unknown key "alpah" (did you mean "alpha"?)');
+    assert.equal(msg({ ...base, rounds: 3, data: { dataset: 'x', lableColumn: 'y' } }), 'config site.json: data: unknown key "lableColumn" (did you mean "labelColumn"?)');
+    assert.equal(msg({ ...base, rounds: 3, members: [{ peerID: 'x' }] }), 'config site.json: members.0: unknown key "peerID" (did you mean "peerId"?)');
+    assert.equal(msg({ ...base, rounds: 3, zzzzzz: 1 }), 'config site.json: unknown key "zzzzzz"', 'no suggestion when nothing is close');
+    // Several problems: one line each.
+    assert.equal(msg({ ...base, rounds: 0, rouds: 3 }), 'config site.json is not valid:\n  rounds: Too small: expected number to be >=1\n  unknown key "rouds" (did you mean "rounds"?)');
+    const dir = tmpDir('dflmoe-key-');
+    writeFileSync(join(dir, 'site.json'), JSON.stringify({ ...base, rouds: 3 }));
+    assert.match(oneLineError(cli(['peer', '--config', join(dir, 'site.json')])), /unknown key "rouds" \(did you mean "rounds"\?\)$/);
+  });
+
+  it('a site config without the label column names data.labelColumn; simulate names --label-column', async () => {
+    const dir = tmpDir('dflmoe-label-');
+    writeText(join(dir, 'a.csv'), patientsCsv({ seed: 1, rows: 40 }));
+    const cfg = parsePeerConfig({ key: 'a.key', listen: ['/ip4/127.0.0.1/tcp/1'], data: { dataset: 'csv:a.csv' }, rounds: 1, out: 'o' }, join(dir, 'site.json'), dir);
+    await assert.rejects(prepareSiteData(cfg, { selfId: 'x', logger: silentLogger, resume: false }), (e: Error) => {
+      assert.match(e.message, /no label column "label"\. Columns are: id, age, bmi, smoker, sex, ward, diagnosis\. Name the label column with data\.labelColumn in the site config\.$/);
+      return true;
+    });
+    const r = cli(['simulate', '--dataset', `csv:${join(dir, 'a.csv')}`, '--peers', '2', '--rounds', '1', '--quiet', '--out', join(dir, 'sim')]);
+    assert.match(oneLineError(r), /Name the label column with --label-column\.$/);
+  });
+
+  describe('predict: text in a numeric column', () => {
+    let dir: string;
+    let site: string;
+    before(() => {
+      dir = tmpDir('dflmoe-invalid-');
+      site = trainedSite(dir);
+    });
+
+    const fresh = (age: string) => {
+      const csv = patientsCsv({ seed: 5, rows: 6, unlabelled: true }).split('\n');
+      const cols = csv[0].split(',');
+      const row = csv[3].split(',');
+      row[cols.indexOf('age')] = age;
+      csv[3] = row.join(',');
+      return writeText(join(dir, `fresh-${age || 'empty'}.csv`), csv.join('\n'));
+    };
+
+    it('a cell that is not a number is refused, naming the line and the column', () => {
+      for (const cmd of ['predict', 'evaluate']) {
+        const line = oneLineError(cli([cmd, '--site', site, '--input', fresh('sixty')]));
+        assert.match(line, /fresh-sixty\.csv, line 4: column "age" holds "sixty", which is not a number .*--invalid-as-missing/);
+      }
+    });
+
+    it('--invalid-as-missing reads it as missing, as NA would be, and marks the row', async () => {
+      const r = cli(['predict', '--site', site, '--input', fresh('sixty'), '--invalid-as-missing']);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, /read as missing, not numbers: 1 row: line 4 \(age="sixty"\)/);
+      const rows = parse(r.stdout, { columns: true }) as Record<string, string>[];
+      assert.deepEqual(rows.map((x) => x['read as missing']), ['', '', 'age="sixty"', '', '', '']);
+      const na = cli(['predict', '--site', site, '--input', fresh('NA')]);
+      assert.equal(na.status, 0, na.stderr);
+      const naRows = parse(na.stdout, { columns: true }) as Record<string, string>[];
+      assert.equal(naRows[2]['read as missing'], undefined, 'no marks column without the option');
+      assert.deepEqual(rows.map(({ 'read as missing': _, ...rest }) => rest), naRows);
+    });
+  });
+});
