@@ -33,7 +33,7 @@ describe('algorithm registry', () => {
   before(backend);
 
   it('lists every algorithm once, each with a description, a colour and a network kind', () => {
-    assert.deepEqual([...ALGORITHMS], ['dflmoe', 'fedavg', 'fedavg-ft', 'fedrep', 'gossip', 'local']);
+    assert.deepEqual([...ALGORITHMS], ['dflmoe', 'fedavg', 'fedavg-ft', 'fedrep', 'fedrep-p2p', 'gossip', 'local']);
     for (const a of REGISTRY) {
       assert.equal(getAlgorithm(a.name), a);
       assert.ok(a.description.length > 20, a.name);
@@ -45,7 +45,7 @@ describe('algorithm registry', () => {
   });
 
   it('an unknown name is refused with the list of choices, by the library, the site config and the CLI', async () => {
-    assert.throws(() => getAlgorithm('fedprox'), /unknown algorithm "fedprox"; choose from dflmoe, fedavg, fedavg-ft, fedrep, gossip, local/);
+    assert.throws(() => getAlgorithm('fedprox'), /unknown algorithm "fedprox"; choose from dflmoe, fedavg, fedavg-ft, fedrep, fedrep-p2p, gossip, local/);
     await assert.rejects(simulate({ dataset: 'breast-cancer', algorithms: ['fedprox' as 'fedavg'] }, { logger: quiet }), /unknown algorithm "fedprox"/);
     const cfg = { key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], rounds: 1, out: 'o', data: { dataset: 'breast-cancer' } };
     assert.throws(() => parsePeerConfig({ ...cfg, algorithm: 'fedprox' }), /algorithm: .*"gossip"/s);
@@ -53,7 +53,7 @@ describe('algorithm registry', () => {
     assert.equal(parsePeerConfig({ ...cfg, algorithm: 'gossip' }).algorithm, 'gossip');
     const r = cli(['simulate', '--dataset', 'breast-cancer', '--algorithms', 'dflmoe,fedprox']);
     assert.equal(r.status, 2);
-    assert.match(r.stderr, /unknown algorithm "fedprox"; choose from dflmoe, fedavg, fedavg-ft, fedrep, gossip, local/);
+    assert.match(r.stderr, /unknown algorithm "fedprox"; choose from dflmoe, fedavg, fedavg-ft, fedrep, fedrep-p2p, gossip, local/);
   });
 });
 
@@ -94,7 +94,7 @@ describe('AlgorithmSite.predict', () => {
 describe('baselines in the simulator', () => {
   before(backend);
 
-  for (const alg of ['fedavg-ft', 'fedrep', 'gossip'] as const) {
+  for (const alg of ['fedavg-ft', 'fedrep', 'fedrep-p2p', 'gossip'] as const) {
     it(`${alg} runs, learns, counts bytes, and tf.memory().numTensors is steady across rounds`, async () => {
       const t0 = tf.memory().numTensors;
       const counts: number[] = [];

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  DflmoePeer, MemoryHub, chooseExperts, disposePeerData, getAlgorithm, memoryNetworks, preparePeerData, runSite, silentLogger, simulate,
+  DEFAULT_ALGORITHM_OPTIONS, DflmoePeer, MemoryHub, chooseExperts, disposePeerData, getAlgorithm, memoryNetworks, preparePeerData, runSite, silentLogger, simulate,
   type DflmoeSite, type ExpertMemory, type PeerData,
 } from '@dflmoe/core';
 import { partition } from '@dflmoe/data';
@@ -79,7 +79,7 @@ describe('bounded mixture: dFLMoE sites', function () {
     const alg = getAlgorithm('dflmoe');
     const sites = datas.map((d, i) => alg.createSite(
       { id: `p${i}`, data: d, body: { kind: 'mlp', hidden: [8] }, featureDim: 8, headHidden: [], train: { seed: i }, initSeed: 1 },
-      { seed: 1, alpha: 0.2, gateHidden: 8, expertLrScale: 1, fst: 'full', distill: 0, maxStaleness: 3, maxHeadBytes: 1 << 20, maxModelBytes: 1 << 20, fineTuneEpochs: 1, headEpochs: 1, maxExperts: 2 },
+      { ...DEFAULT_ALGORITHM_OPTIONS, seed: 1, gateHidden: 8, maxHeadBytes: 1 << 20, maxModelBytes: 1 << 20, maxExperts: 2 },
     ) as DflmoeSite);
     const nets = memoryNetworks(alg, sites, 1 << 30, quiet);
     const held = sites.map(() => new Set<string>());

@@ -27,7 +27,7 @@ export const CODEC_VERSION = 2;
 const FLOAT32_FORMAT = 1;
 const MAX_HEADER = 64 * 1024;
 
-export const BundleKind = { head: 1, model: 2 } as const;
+export const BundleKind = { head: 1, model: 2, body: 3 } as const;
 export type BundleKind = keyof typeof BundleKind;
 
 export type CodecReason = 'size' | 'magic' | 'version' | 'kind' | 'header' | 'shape' | 'checksum' | 'nonfinite' | 'mismatch';

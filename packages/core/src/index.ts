@@ -5,6 +5,7 @@ export * from './model.js';
 export * from './codec.js';
 export * from './experts.js';
 export * from './exchange.js';
+export * from './body-share.js';
 export * from './train.js';
 export * from './metrics.js';
 export * from './algorithms/common.js';

@@ -9,6 +9,7 @@ import { CodecError, decodeBundle, encodeBundle, type NamedArray } from './codec
 import { MemoryHub, type ExchangeStats } from './exchange.js';
 import type { Logger } from './log.js';
 import { throwIfInterrupted } from './interrupt.js';
+import type { MixedBody } from './body-share.js';
 
 export interface SiteRoundRecord {
   round: number;
@@ -22,9 +23,14 @@ export interface SiteRoundRecord {
   expired: string[];
   /** Received input the algorithm refused so far, by reason. */
   rejected: Record<string, number>;
-  /** Bytes so far (this site's side of the transport). */
+  /** Bytes so far (this site's side of the transport; bodies included). */
   bytesSent: number;
   bytesReceived: number;
+  /** Sites that share bodies: the part of those bytes that were bodies... */
+  bodyBytesSent?: number;
+  bodyBytesReceived?: number;
+  /** ...and the members' bodies combined into this site's body this round. */
+  bodies?: MixedBody[];
   trainSeconds: number;
   waitSeconds: number;
   networkSeconds: number;
@@ -34,8 +40,13 @@ export interface SiteRoundRecord {
 
 const NO_TRAFFIC: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0 };
 
+/** A site's traffic so far: heads or models, bodies, server. */
 export function networkStats(net: SiteNetwork): ExchangeStats {
-  return net.exchange?.stats() ?? net.server?.stats() ?? NO_TRAFFIC;
+  const parts = [net.exchange?.stats(), net.bodies?.stats(), net.server?.stats()].filter((s) => s !== undefined);
+  return parts.reduce((a, s) => ({
+    bytesSent: a.bytesSent + s.bytesSent, bytesReceived: a.bytesReceived + s.bytesReceived,
+    messagesSent: a.messagesSent + s.messagesSent, messagesReceived: a.messagesReceived + s.messagesReceived,
+  }), NO_TRAFFIC);
 }
 
 /** A site's weights or loss became NaN or infinite: the learning rate is too high for this model and data. */
@@ -61,11 +72,14 @@ export async function siteRound(site: AlgorithmSite, net: SiteNetwork, round: nu
   if (r.loss === Infinity || r.loss === -Infinity) throw new TrainingDiverged(round);
   const ev = site.evaluate();
   const s = networkStats(net);
+  const b = net.bodies?.stats();
   const privacy = site.privacySpent();
   return {
     round, accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy, loss: r.loss,
     experts: site.experts?.() ?? [], fresh: r.fresh, expired: r.expired ?? [], rejected: site.rejected(),
     bytesSent: s.bytesSent, bytesReceived: s.bytesReceived,
+    ...(b ? { bodyBytesSent: b.bytesSent, bodyBytesReceived: b.bytesReceived } : {}),
+    ...(r.bodies ? { bodies: r.bodies } : {}),
     trainSeconds: r.trainSeconds, waitSeconds: r.waitSeconds, networkSeconds: (net.transferSeconds?.() ?? 0) - moved,
     seconds: (performance.now() - t0) / 1000,
     ...(privacy ? { privacy } : {}),
@@ -299,8 +313,13 @@ const MEMORY_DEADLINE_MS = 2 ** 31 - 1;
 export function memoryNetworks(alg: Algorithm, sites: AlgorithmSite[], combineLimitBytes: number, logger: Logger): SiteNetwork[] {
   const n = sites.length;
   if (alg.network === 'peers') {
-    const hub = new MemoryHub({ lockstep: true });
-    return sites.map((s) => ({ exchange: hub.join(s.id), quorum: n - 1, others: n - 1, deadlineMs: MEMORY_DEADLINE_MS, logger }));
+    const hub = alg.message === 'body' ? undefined : new MemoryHub({ lockstep: true });
+    // Bodies travel on a hub of their own, so that they are counted and pulled apart from heads.
+    const bodies = sites.some((s) => s.bodyShare) ? new MemoryHub({ lockstep: true }) : undefined;
+    return sites.map((s) => ({
+      ...(hub ? { exchange: hub.join(s.id) } : {}), ...(bodies && s.bodyShare ? { bodies: bodies.join(s.id) } : {}),
+      quorum: n - 1, others: n - 1, deadlineMs: MEMORY_DEADLINE_MS, logger,
+    }));
   }
   if (alg.network === 'server') {
     if (!alg.aggregate) throw new Error(`${alg.name} is a server algorithm without an aggregate`);

@@ -5,7 +5,7 @@
  * (`runSite`), concurrently, over in-memory transports.
  */
 import {
-  capTrainPerSite, deriveSeed, featureSize, federatedStandardizer, holdoutSplit, partitionHistograms, formatPartition, loadDataset, parsePartition, partition,
+  capTrainPerSite, deriveSeed, featureSize, federatedStandardizer, holdoutSplit, partitionHistograms, formatPartition, loadDatasetAsync, parsePartition, partition,
   shiftDatasetBySite, SHIFT_KINDS, type Dataset, type LoadOptions, type PeerSplit, type ShiftKind,
 } from '@dflmoe/data';
 import { initBackend } from './backend.js';
@@ -14,6 +14,7 @@ import type { PeerModelOptions } from './algorithms/common.js';
 import { DEFAULT_MAX_EXPERTS } from './algorithms/dflmoe.js';
 import { checkSameArchitecture } from './algorithms/fedavg.js';
 import { REGISTRY, getAlgorithm, type AlgorithmName } from './algorithms/registry.js';
+import { parseBodyCombiner, parseTopology } from './body-share.js';
 import { FST_KINDS, parseBodySpec, type BodySpec, type FstKind } from './model.js';
 import { checkBodyStandardizer, readBodyWeights, type BodyWeights } from './pretrained.js';
 import { PRECISIONS, type Precision } from './codec.js';
@@ -71,8 +72,20 @@ export interface SimulationConfig {
   expertLrScale: number;
   /** Robustness experiments: the last `poisoned` sites are adversarial... */
   poisoned: number;
-  /** ...publishing random heads (dFLMoE only), or training on flipped labels (`y -> C-1-y`). */
-  poisonKind: 'random' | 'flipped';
+  /**
+   * ...publishing random heads (dFLMoE only) and, where bodies are shared,
+   * random bodies (`random`); training on flipped labels (`y -> C-1-y`,
+   * `flipped`); or, where bodies are shared, publishing their body negated (`sign-flip`).
+   */
+  poisonKind: 'random' | 'flipped' | 'sign-flip';
+  /** dFLMoE: also share bodies, combined peer to peer (fedrep-p2p always does). */
+  shareBody: boolean;
+  /** Sites that share bodies: publish and combine every this many rounds. */
+  bodyEvery: number;
+  /** Sites that share bodies: `mean`, `median` or `trimmed:<fraction>`. */
+  bodyCombiner: string;
+  /** Sites that share bodies: `full`, `ring` or `random:<k>` (k members drawn afresh each round). */
+  topology: string;
   /** dFLMoE: form of each received expert's feature-space transform. */
   fst: FstKind;
   /** dFLMoE: weight of distilling the mixture into the own head (0: off). */
@@ -134,6 +147,10 @@ export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
   sharedInit: true,
   freezeBody: false,
   maxExperts: DEFAULT_MAX_EXPERTS,
+  shareBody: false,
+  bodyEvery: DEFAULT_ALGORITHM_OPTIONS.bodyEvery,
+  bodyCombiner: DEFAULT_ALGORITHM_OPTIONS.bodyCombiner,
+  topology: DEFAULT_ALGORITHM_OPTIONS.topology,
   poisoned: 0,
   poisonKind: 'flipped',
   featureShift: [],
@@ -146,6 +163,9 @@ export interface PeerResult {
   ownHeadAccuracy: number;
   bytesSent: number;
   bytesReceived: number;
+  /** Sites that share bodies: the part of the bytes that were bodies. */
+  bodyBytesSent?: number;
+  bodyBytesReceived?: number;
   trainSamples: number;
   testSamples: number;
   body: string;
@@ -183,6 +203,8 @@ export interface AlgorithmResult {
    */
   pooledAccuracy?: AccuracySummary;
   bytesSent: number;
+  /** Sites that share bodies: the part of `bytesSent` that were bodies. */
+  bodyBytesSent?: number;
   wallSeconds: number;
   peers: PeerResult[];
   rounds: RoundResult[];
@@ -219,7 +241,7 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   validateConfig(cfg);
   const log = hooks.logger ?? createLogger('simulate');
   const backend = await initBackend();
-  let ds = loadDataset(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
+  let ds = await loadDatasetAsync(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
   const splits = siteSplits(ds, cfg);
   if (cfg.featureShift.length > 0) ds = shiftDatasetBySite(ds, splits, deriveSeed(cfg.seed, 'shift'), cfg.featureShift);
   const bodies = cfg.peers > 0 ? Array.from({ length: cfg.peers }, (_, i) => cfg.bodies[i % cfg.bodies.length]) : [];
@@ -289,6 +311,10 @@ function validateConfig(c: SimulationConfig): void {
   if (!FST_KINDS.includes(c.fst)) throw new Error(`fst must be one of ${FST_KINDS.join(', ')}, got ${c.fst}`);
   if (!(c.distill >= 0)) throw new Error(`distill must be a non-negative number, got ${c.distill}`);
   if (!Number.isInteger(c.maxExperts) || c.maxExperts < 0) throw new Error(`maxExperts must be a non-negative integer (0: all), got ${c.maxExperts}`);
+  if (!Number.isInteger(c.bodyEvery) || c.bodyEvery < 1) throw new Error(`bodyEvery must be a positive integer, got ${c.bodyEvery}`);
+  parseBodyCombiner(c.bodyCombiner);
+  parseTopology(c.topology);
+  if (c.shareBody && c.freezeBody) throw new Error('shareBody needs a body that trains: a frozen body is the same at every site (drop freezeBody or shareBody)');
   if (c.headPrecision !== undefined && !PRECISIONS.includes(c.headPrecision)) throw new Error(`headPrecision must be one of ${PRECISIONS.join(', ')}, got ${c.headPrecision}`);
   if (c.algorithms.length === 0) throw new Error('no algorithms selected');
   c.algorithms.forEach(getAlgorithm);
@@ -331,6 +357,8 @@ function algorithmOptions(cfg: SimulationConfig, i: number): AlgorithmOptions {
     ...DEFAULT_ALGORITHM_OPTIONS,
     seed: cfg.seed, alpha: cfg.alpha, gateHidden: cfg.gateHidden, expertLrScale: cfg.expertLrScale, admission: cfg.admission, fst: cfg.fst, distill: cfg.distill, headPrecision: cfg.headPrecision,
     maxExperts: cfg.maxExperts,
+    shareBody: cfg.shareBody, bodyEvery: cfg.bodyEvery, bodyCombiner: cfg.bodyCombiner, topology: cfg.topology,
+    ...(i >= cfg.peers - cfg.poisoned && cfg.poisonKind !== 'flipped' ? { poisonBody: cfg.poisonKind } : {}),
     maxStaleness: cfg.maxStaleness, fineTuneEpochs: cfg.fineTuneEpochs, headEpochs: cfg.headEpochs, maxModelBytes: 1 << 30,
     randomUpdates: cfg.poisonKind === 'random' && i >= cfg.peers - cfg.poisoned,
   };
@@ -376,6 +404,7 @@ async function runAlgorithm(
       ownHeadAccuracy: last[i].ownHeadAccuracy,
       bytesSent: last[i].bytesSent,
       bytesReceived: last[i].bytesReceived,
+      ...(last[i].bodyBytesSent !== undefined ? { bodyBytesSent: last[i].bodyBytesSent, bodyBytesReceived: last[i].bodyBytesReceived } : {}),
       trainSamples: p.data.trainSamples,
       testSamples: p.data.testSamples,
       body: bodies[i],
@@ -391,6 +420,7 @@ async function runAlgorithm(
       ...(cfg.poisoned > 0 ? { honestAccuracy: summary(honest) } : {}),
       ...(peerResults.every((p) => p.pooledAccuracy !== undefined) ? { pooledAccuracy: summarize(peerResults.map((p) => p.pooledAccuracy!)) } : {}),
       bytesSent: networkBytes(alg, last),
+      ...(last.some((r) => r.bodyBytesSent !== undefined) ? { bodyBytesSent: last.reduce((a, r) => a + (r.bodyBytesSent ?? 0), 0) } : {}),
       wallSeconds: (performance.now() - t0) / 1000,
       peers: peerResults,
       rounds,

@@ -14,7 +14,9 @@
  *   what the site mixed this round (heads for dFLMoE, models for gossip, the
  *   global model for server algorithms; `digest` is the SHA-256 of the bytes
  *   received, null when unknown), the digest of what it sent, the digest of
- *   its checkpoint's manifest, and its privacy spend so far.
+ *   its checkpoint's manifest, and its privacy spend so far; sites that share
+ *   bodies add `"bodies":[{"peer","version","digest"}]` (the members' bodies
+ *   combined into theirs that round) and `"ownBody":{"version","digest"}`.
  *
  * `verifyAudit` checks the chain and every signature and names the first
  * line (and round) that does not check out.
@@ -40,6 +42,9 @@ export interface AuditRound {
   own: { version: number; digest: string } | null;
   checkpoint: string | null;
   privacy: { epsilon: number; delta: number; steps: number } | null;
+  /** Sites that share bodies: the members' bodies combined into this site's body this round, and the body it published. */
+  bodies?: AuditDigest[];
+  ownBody?: { version: number; digest: string } | null;
 }
 
 export type AuditEntry =
@@ -172,6 +177,8 @@ export interface AuditSources {
   };
   server?: { lastGlobal?: { round: number; digest: string }; lastUpload(): { round: number; digest: string } | undefined };
   serverPeer?: string;
+  /** Sites that share bodies: the body exchange (what the site published). */
+  bodies?: { published(): { version: number; digest: string } | undefined };
 }
 
 /** The audit trail of a running site: a `start` entry when opened, a `round` entry per round. */
@@ -191,7 +198,10 @@ export class SiteAudit {
 
   /** Record round `m.round`: the experts in the pool (dFLMoE) or what arrived (gossip, server), what was sent, the checkpoint. */
   async round(
-    m: { round: number; experts: { peer: string; version: number }[]; privacy?: { epsilon: number; delta: number; steps: number } },
+    m: {
+      round: number; experts: { peer: string; version: number }[]; privacy?: { epsilon: number; delta: number; steps: number };
+      bodies?: AuditDigest[];
+    },
     checkpoint?: { digest: string },
   ): Promise<void> {
     const { exchange, server, serverPeer } = this.sources;
@@ -206,6 +216,7 @@ export class SiteAudit {
     await this.log.append({
       kind: 'round', site: this.log.site, time: new Date().toISOString(), round: m.round, mixed, own,
       checkpoint: checkpoint?.digest ?? null, privacy: m.privacy ?? null,
+      ...(this.sources.bodies ? { bodies: m.bodies ?? [], ownBody: this.sources.bodies.published() ?? null } : {}),
     });
   }
 }

@@ -9,7 +9,7 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { z } from 'zod';
 import { closest, distance } from 'fastest-levenshtein';
 import {
-  ALGORITHMS, DEFAULT_ALGORITHM_OPTIONS, DEFAULT_MAX_SAMPLE_RATIO, DEFAULT_MAX_SAMPLES, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, getAlgorithm, parseBodySpec, type AlgorithmName, type OptimizerKind,
+  ALGORITHMS, DEFAULT_ALGORITHM_OPTIONS, DEFAULT_MAX_SAMPLE_RATIO, parseBodyCombiner, parseTopology, DEFAULT_MAX_SAMPLES, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, getAlgorithm, parseBodySpec, type AlgorithmName, type OptimizerKind,
   type Precision, type SimulationConfig,
 } from '@dflmoe/core';
 import { loadIdentity } from './identity.js';
@@ -21,6 +21,16 @@ import { loadIdentity } from './identity.js';
  */
 const D = DEFAULT_SIMULATION;
 const A = DEFAULT_ALGORITHM_OPTIONS;
+
+/** A refinement that accepts what `parse` parses. */
+const parses = (parse: (s: string) => unknown) => (s: string) => {
+  try {
+    parse(s);
+    return true;
+  } catch {
+    return false;
+  }
+};
 
 /** A string that `parse` accepts; otherwise the issue is the parser's own message (e.g. what a body spec looks like). */
 const parsedBy = (parse: (s: string) => unknown) => z.string().superRefine((s, ctx) => {
@@ -196,6 +206,19 @@ export const peerConfigSchema = z.object({
     headPrecision: z.enum(PRECISIONS as [Precision, ...Precision[]]).default(D.headPrecision ?? 'float32'),
     /** Mix at most this many received experts, chosen each round; pull only their heads (0: every member's). */
     maxExperts: z.number().int().min(0).default(D.maxExperts),
+    /** Also share the body: combined peer to peer before each round (see `bodies`); heads stay experts. Off: heads only. */
+    shareBody: z.boolean().default(D.shareBody),
+  }).strict().prefault({}),
+  /** How bodies are shared, by dflmoe with `dflmoe.shareBody` and by fedrep-p2p. */
+  bodies: z.object({
+    /** Publish and combine bodies every this many rounds. */
+    every: posInt.default(D.bodyEvery),
+    /** `mean` (weighted by training rows), `median` or `trimmed:<fraction>` (coordinate-wise). */
+    combiner: z.string().default(D.bodyCombiner).refine(parses(parseBodyCombiner), { message: 'use mean, median or trimmed:<fraction> with 0 <= fraction < 0.5' }),
+    /** Whose bodies a site combines: `full` (every member), `ring` (its two neighbours by peer ID) or `random:<k>` (k drawn afresh each round). */
+    topology: z.string().default(D.topology).refine(parses(parseTopology), { message: 'use full, ring or random:<k>' }),
+    /** Shorthand for `topology: "random:<k>"`. */
+    gossipPeers: posInt.optional(),
   }).strict().prefault({}),
   /** fedavg-ft: epochs of fine-tuning the global model before evaluating. */
   finetune: z.object({ epochs: posInt.default(D.fineTuneEpochs) }).strict().prefault({}),
@@ -387,6 +410,7 @@ const PER_SITE = [
   'pretrainedBody', 'freezeBody',
   'epochs', 'batchSize', 'learningRate', 'optimizer', 'dp', 'alpha', 'gateHidden', 'expertLrScale', 'admission', 'fst', 'distill',
   'fineTuneEpochs', 'headEpochs', 'maxStaleness', 'rounds', 'headPrecision', 'maxExperts',
+  'shareBody', 'bodyEvery', 'bodyCombiner', 'topology',
 ] as const;
 /** One consortium per algorithm. */
 const PER_CONSORTIUM = ['algorithms'] as const;
@@ -433,9 +457,11 @@ export function siteSettings(sim: SimulationConfig, index: number) {
     },
     dflmoe: {
       alpha: sim.alpha, gateHidden: sim.gateHidden, expertLrScale: sim.expertLrScale, fst: sim.fst, distill: sim.distill, maxExperts: sim.maxExperts,
+      shareBody: sim.shareBody,
       ...(sim.headPrecision !== undefined ? { headPrecision: sim.headPrecision } : {}),
       ...(sim.admission !== undefined ? { admission: sim.admission } : {}),
     },
+    bodies: { every: sim.bodyEvery, combiner: sim.bodyCombiner, topology: sim.topology },
     finetune: { epochs: sim.fineTuneEpochs },
     fedrep: { headEpochs: sim.headEpochs },
     rounds: sim.rounds,

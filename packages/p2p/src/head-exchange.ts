@@ -35,6 +35,9 @@ export const ANNOUNCE_TOPIC = '/dflmoe/announce/1';
 /** Whole models (gossip) travel the same way on their own protocol and topic. */
 export const MODEL_PROTOCOL = '/dflmoe/model/1.0.0';
 export const MODEL_ANNOUNCE_TOPIC = '/dflmoe/announce-model/1';
+/** Bodies (dFLMoE with shareBody, fedrep-p2p), beside the heads, on theirs. */
+export const BODY_PROTOCOL = '/dflmoe/body/1.0.0';
+export const BODY_ANNOUNCE_TOPIC = '/dflmoe/announce-body/1';
 const WIRE_FORMAT = 1;
 const MAX_CONTROL = 4096;
 

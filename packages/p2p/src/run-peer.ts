@@ -5,12 +5,12 @@
 import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  DEFAULT_ALGORITHM_OPTIONS, getAlgorithm, initBackend, listCheckpoints, disposePeerData, runSite,
+  DEFAULT_ALGORITHM_OPTIONS, getAlgorithm, sharesBodies, networkStats, initBackend, listCheckpoints, disposePeerData, runSite,
   type AlgorithmOptions, type AlgorithmSite, type Logger, type SiteNetwork, type SiteRoundRecord,
 } from '@dflmoe/core';
 import { checkQuorum, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
-import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, Libp2pHeadExchange, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
+import { ANNOUNCE_TOPIC, BODY_ANNOUNCE_TOPIC, BODY_PROTOCOL, HEAD_PROTOCOL, Libp2pHeadExchange, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
 import { createSiteNode, startNode, type SiteNode } from './node.js';
 import { siteDiscoveryOptions, siteRelayOptions, watchConnections } from './reach.js';
 import { AdaptiveDeadline } from './deadline.js';
@@ -32,6 +32,10 @@ export interface RoundLine {
   freshHeads: number;
   bytesIn: number;
   bytesOut: number;
+  /** Sites that share bodies: body bytes so far, and the members' bodies combined this round (SHA-256 of what arrived). */
+  bodyBytesIn?: number;
+  bodyBytesOut?: number;
+  bodies?: { peer: string; name?: string; version: number; digest: string }[];
   seconds: number;
   trainSeconds: number;
   waitSeconds: number;
@@ -63,6 +67,9 @@ export interface PeerRunResult {
   ownHeadAccuracy: number;
   bytesSent: number;
   bytesReceived: number;
+  /** Sites that share bodies: the part of the bytes that were bodies. */
+  bodyBytesSent?: number;
+  bodyBytesReceived?: number;
   wallSeconds: number;
   /** Peak resident set size of this process, MiB. */
   peakRssMiB: number;
@@ -84,6 +91,8 @@ function siteAlgorithmOptions(cfg: PeerConfig): AlgorithmOptions {
     admission: cfg.dflmoe.admission, fst: cfg.dflmoe.fst, distill: cfg.dflmoe.distill, headPrecision: cfg.dflmoe.headPrecision, maxStaleness: cfg.round.maxStaleness, maxHeadBytes: cfg.limits.maxHeadBytes,
     maxModelBytes: cfg.limits.maxModelBytes, fineTuneEpochs: cfg.finetune.epochs, headEpochs: cfg.fedrep.headEpochs,
     maxExperts: cfg.dflmoe.maxExperts,
+    shareBody: cfg.dflmoe.shareBody, bodyEvery: cfg.bodies.every, bodyCombiner: cfg.bodies.combiner,
+    topology: cfg.bodies.gossipPeers !== undefined ? `random:${cfg.bodies.gossipPeers}` : cfg.bodies.topology,
   };
 }
 
@@ -103,6 +112,8 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   const prom = o.metricsPort !== undefined ? new PeerMetrics() : undefined;
   let node: SiteNode | undefined;
   let exchange: Libp2pHeadExchange | undefined;
+  /** Sites that share bodies: the body exchange, beside the head exchange. */
+  let bodies: Libp2pHeadExchange | undefined;
   let server: Libp2pServerLink | undefined;
   let prepared: PreparedSite | undefined;
   let site: AlgorithmSite | undefined;
@@ -119,7 +130,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
         psk: cfg.psk ? loadPsk(cfg.psk) : undefined,
         onRefused: (peer, dir) => log.warn(`refused ${dir} connection from non-member ${peer}`),
         metricsRegistry: prom?.registry,
-        isBlocked: (peer) => exchange?.isBlocked(peer) ?? false,
+        isBlocked: (peer) => (exchange?.isBlocked(peer) ?? false) || (bodies?.isBlocked(peer) ?? false),
         relay: siteRelayOptions(cfg),
         discovery: siteDiscoveryOptions(cfg, id.peerId, log),
         onRelayRefused: (peer, what) => log.warn(`refused to relay a ${what} for non-member ${peer}`),
@@ -128,7 +139,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
           : log.warn(`no reservation on relay ${s.relay} yet (retrying): ${s.error}`)),
       });
       watchConnections(node, log, names);
-      if (alg.network === 'peers') {
+      if (alg.network === 'peers' && alg.message !== 'body') {
         const heads = alg.message === 'head';
         exchange = new Libp2pHeadExchange(node, {
           members: cfg.members, logger: log, signal: o.signal,
@@ -137,9 +148,17 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
         });
         await exchange.register();
       }
+      if (sharesBodies(alg, siteAlgorithmOptions(cfg))) {
+        // Bodies travel like heads (signed announcements, pulls, checks, strikes) on their own protocol and topic.
+        bodies = new Libp2pHeadExchange(node, {
+          members: cfg.members, logger: log, maxHeadBytes: cfg.limits.maxModelBytes, protocol: BODY_PROTOCOL, topic: BODY_ANNOUNCE_TOPIC,
+        });
+        await bodies.register();
+      }
       await startNode(node, cfg.listen);
       log.info(`peer ${id.peerId} (${cfg.name ?? 'unnamed'}, ${alg.name}) listening on ${node.getMultiaddrs().map(String).join(', ')}`);
       exchange?.start();
+      bodies?.start();
       if (alg.network === 'server') {
         server = new Libp2pServerLink(node, { server: cfg.server!, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs, signal: o.signal });
       }
@@ -177,17 +196,19 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     // With round.adaptive the deadline follows what the link delivers (measured on the exchange's waits).
     const adaptive = cfg.round.adaptive ? new AdaptiveDeadline({ maxMs: cfg.round.deadlineMs, minMs: Math.min(cfg.round.minDeadlineMs, cfg.round.deadlineMs) }) : undefined;
     const net: SiteNetwork = {
-      exchange: exchange && adaptive ? adaptive.wrap(exchange) : exchange, server, logger: log,
+      exchange: exchange && adaptive ? adaptive.wrap(exchange) : exchange, ...(bodies ? { bodies } : {}), server, logger: log,
       quorum: Math.min(cfg.round.quorum ?? others, others),
       others,
       deadlineMs: cfg.round.deadlineMs,
-      transferSeconds: () => exchange?.transferSeconds ?? server?.transferSeconds ?? 0,
+      transferSeconds: () => (exchange?.transferSeconds ?? server?.transferSeconds ?? 0) + (bodies?.transferSeconds ?? 0),
     };
     if (adaptive) Object.defineProperty(net, 'deadlineMs', { get: () => adaptive.current, enumerable: true });
     const agreement = prepared.agreement;
-    const dropped = () => ({ ...(exchange?.dropped ?? {}), ...prefixed(agreement?.dropped ?? {}, 'preprocess:') }) as Record<string, number>;
+    const dropped = () => ({
+      ...(exchange?.dropped ?? {}), ...prefixed(bodies?.dropped ?? {}, 'body-transfer:'), ...prefixed(agreement?.dropped ?? {}, 'preprocess:'),
+    }) as Record<string, number>;
     // The audit trail: one signed, hash-chained entry per round (and one per start).
-    const audit = await SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, startRound, { exchange, server, serverPeer: cfg.server?.peerId });
+    const audit = await SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, startRound, { exchange, server, serverPeer: cfg.server?.peerId, ...(bodies ? { bodies } : {}) });
     await runSite(site, net, {
       from: startRound, rounds: cfg.rounds, signal: o.signal,
       onRound: async (m) => {
@@ -211,15 +232,16 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     // Without per-round checkpoints, one of the final model, so that `dflmoe predict` can load it.
     if (!checkpoint && site.checkpoint && rounds.length > 0) await site.checkpoint.save(ckptDir, rounds.at(-1)!.round, { final: true }, 1);
     const ev = site.evaluate();
-    const traffic = exchange?.stats() ?? server?.stats();
+    const traffic = networkStats(net);
     const result: PeerRunResult = {
       peerId: id.peerId, name: cfg.name, algorithm: cfg.algorithm, backend: backend.name, index,
       trainSamples: data.trainSamples, testSamples: data.testSamples, accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy,
-      bytesSent: traffic?.bytesSent ?? 0, bytesReceived: traffic?.bytesReceived ?? 0,
+      bytesSent: traffic.bytesSent, bytesReceived: traffic.bytesReceived,
+      ...(bodies ? { bodyBytesSent: bodies.stats().bytesSent, bodyBytesReceived: bodies.stats().bytesReceived } : {}),
       wallSeconds: 0, peakRssMiB: 0, rounds,
     };
     // Stay a little so that slower peers can fetch our last head or model.
-    if (exchange) await sleep(cfg.lingerMs, o.signal);
+    if (exchange || bodies) await sleep(cfg.lingerMs, o.signal);
     // A member whose statement we merged may still be asking for ours (it started later, or a
     // short run ended here before it asked): keep serving until it has it, within the preprocessing deadline.
     if (agreement && agreement.unserved().length > 0) {
@@ -227,9 +249,10 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       await agreement.waitServed(cfg.preprocess.deadlineMs, o.signal);
     }
     // What it served while lingering counts too (the others' last pulls of our head or model).
-    const served = exchange?.stats() ?? server?.stats();
-    result.bytesSent = served?.bytesSent ?? 0;
-    result.bytesReceived = served?.bytesReceived ?? 0;
+    const served = networkStats(net);
+    result.bytesSent = served.bytesSent;
+    result.bytesReceived = served.bytesReceived;
+    if (bodies) Object.assign(result, { bodyBytesSent: bodies.stats().bytesSent, bodyBytesReceived: bodies.stats().bytesReceived });
     result.bytesSent += before.bytesSent;
     result.bytesReceived += before.bytesReceived;
     result.wallSeconds = before.seconds + (performance.now() - t0) / 1000;
@@ -241,6 +264,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     if (prepared) disposePeerData(prepared.data);
     await prepared?.agreement?.close();
     await exchange?.close();
+    await bodies?.close();
     await node?.stop();
     await prom?.close();
   }
@@ -272,7 +296,10 @@ function roundLine(m: SiteRoundRecord, names: Map<string, string | undefined>, d
   return {
     round: m.round, accuracy: m.accuracy, ownHeadAccuracy: m.ownHeadAccuracy, loss: m.loss,
     experts: m.experts.map((e) => ({ ...e, name: names.get(e.peer) })), freshHeads: m.fresh,
-    bytesIn: m.bytesReceived, bytesOut: m.bytesSent, seconds: m.seconds, trainSeconds: m.trainSeconds,
+    bytesIn: m.bytesReceived, bytesOut: m.bytesSent,
+    ...(m.bodyBytesSent !== undefined ? { bodyBytesIn: m.bodyBytesReceived, bodyBytesOut: m.bodyBytesSent } : {}),
+    ...(m.bodies ? { bodies: m.bodies.map((b) => ({ ...b, name: names.get(b.peer) })) } : {}),
+    seconds: m.seconds, trainSeconds: m.trainSeconds,
     waitSeconds: m.waitSeconds, networkSeconds: m.networkSeconds, dropped,
     ...(m.privacy ? { epsilon: m.privacy.epsilon, delta: m.privacy.delta, dpSteps: m.privacy.steps } : {}),
     time: new Date().toISOString(),

@@ -13,6 +13,7 @@ import type { PeerData } from '../train.js';
 import type { CheckpointWrite } from '../checkpoint.js';
 import type { PeerEval, PeerModelOptions } from './common.js';
 import type { FstKind } from '../model.js';
+import type { BodyShare, MixedBody } from '../body-share.js';
 
 /** Client side of an aggregation server (FedAvg and its relatives). */
 export interface ServerLink {
@@ -27,6 +28,8 @@ export interface ServerLink {
 export interface SiteNetwork {
   /** `peers` algorithms: broadcast to the other members. */
   exchange?: HeadExchange;
+  /** Sites that share bodies (dFLMoE with `shareBody`, fedrep-p2p): the body exchange, on its own channel. */
+  bodies?: HeadExchange;
   /** `server` algorithms: the aggregation server. */
   server?: ServerLink;
   /** After publishing, wait for this many fresh messages from other sites... */
@@ -49,6 +52,8 @@ export interface SiteRound {
   fresh: number;
   /** dFLMoE: experts dropped as stale at the start of the round. */
   expired?: string[];
+  /** Sites that share bodies: the members' bodies combined into this site's body this round. */
+  bodies?: MixedBody[];
 }
 
 export interface ExpertInfo {
@@ -94,6 +99,8 @@ export interface AlgorithmSite {
   /** Algorithms that average models: a string two sites share exactly when their models can be averaged. */
   architecture?(): string;
   checkpoint?: SiteCheckpointing;
+  /** Sites that share bodies: their body share (the network builders give them a body exchange). */
+  readonly bodyShare?: BodyShare;
   dispose(): void;
 }
 
@@ -122,13 +129,24 @@ export interface AlgorithmOptions {
   fineTuneEpochs: number;
   /** fedrep: head-only epochs (body frozen) before the body epochs. */
   headEpochs: number;
-  /** Robustness experiments: this site publishes random heads (dFLMoE only; others ignore it). */
+  /** Robustness experiments: this site publishes random heads (dFLMoE only; others ignore it)... */
   randomUpdates?: boolean;
+  /** ...and, when it shares bodies, random (`random`) or sign-flipped (`sign-flip`) bodies. */
+  poisonBody?: 'random' | 'sign-flip';
+  /** dFLMoE: also share bodies, combined peer to peer (off: heads only, as always). fedrep-p2p always shares. */
+  shareBody?: boolean;
+  /** Sites that share bodies: publish and combine every this many rounds. */
+  bodyEvery: number;
+  /** Sites that share bodies: `mean`, `median` or `trimmed:<fraction>`. */
+  bodyCombiner: string;
+  /** Sites that share bodies: whose bodies a site combines: `full`, `ring` or `random:<k>`. */
+  topology: string;
 }
 
 export const DEFAULT_ALGORITHM_OPTIONS: Omit<AlgorithmOptions, 'seed'> = {
   alpha: 0.2, gateHidden: 32, expertLrScale: 1, fst: 'full', distill: 0, maxStaleness: 3,
   maxHeadBytes: 64 * 1024 * 1024, headPrecision: 'float32', maxModelBytes: 512 * 1024 * 1024, fineTuneEpochs: 1, headEpochs: 1,
+  bodyEvery: 1, bodyCombiner: 'mean', topology: 'full',
 };
 
 export interface Upload {
@@ -147,10 +165,17 @@ export interface Algorithm<N extends string = string> {
   /** `none`: no communication; `peers`: broadcast to the members; `server`: through an aggregation server. */
   readonly network: 'none' | 'peers' | 'server';
   /** What crosses the network: heads or (whole or partial) models; sets the size limit. */
-  readonly message?: 'head' | 'model';
+  readonly message?: 'head' | 'model' | 'body';
   /** Every site must have the same model (it averages models). */
   readonly sameModel: boolean;
+  /** Shares bodies peer to peer: `always` (fedrep-p2p), `opt-in` with `shareBody` (dFLMoE); absent: never. */
+  readonly bodies?: 'always' | 'opt-in';
   createSite(base: PeerModelOptions, o: AlgorithmOptions): AlgorithmSite;
   /** `server` algorithms: combine a round's uploads (given in rank order). */
   aggregate?(uploads: Upload[]): NamedArray[];
+}
+
+/** Whether sites of `alg` with options `o` share their bodies. */
+export function sharesBodies(alg: Pick<Algorithm, 'bodies'>, o: Pick<AlgorithmOptions, 'shareBody'>): boolean {
+  return alg.bodies === 'always' || (alg.bodies === 'opt-in' && o.shareBody === true);
 }

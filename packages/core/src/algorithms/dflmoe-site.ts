@@ -11,7 +11,8 @@ import type { Logger } from '../log.js';
 import { createHead } from '../model.js';
 import type { Algorithm, AlgorithmOptions, AlgorithmSite, ExpertInfo, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
 import { DflmoePeer } from './dflmoe.js';
-import { secondsSince } from './site.js';
+import { prefixKeys, secondsSince, siteBodyShare } from './site.js';
+import type { BodyShare, MixedBody } from '../body-share.js';
 
 /** A head of random weights, encoded as `peer`'s next version (a poisoning attacker). */
 function randomHead(peer: DflmoePeer, version: number, seed: number): Uint8Array {
@@ -26,11 +27,17 @@ export class DflmoeSite implements AlgorithmSite {
   /** Members that disconnected and have not come back (watched from the first round on). */
   private readonly departed = new DepartedMembers();
 
-  constructor(readonly peer: DflmoePeer, private readonly o: Partial<Pick<AlgorithmOptions, 'randomUpdates' | 'seed'>> = {}) {
+  /**
+   * @param bodyShare with `shareBody`: the site also publishes its body and,
+   * before each round's training, combines its partners' bodies into its own.
+   */
+  constructor(
+    readonly peer: DflmoePeer, private readonly o: Partial<Pick<AlgorithmOptions, 'randomUpdates' | 'poisonBody' | 'seed'>> = {}, readonly bodyShare?: BodyShare,
+  ) {
     this.checkpoint = {
-      save: (dir, round, extra, keep) => saveCheckpoint(dir, peer, round, extra, keep),
+      save: (dir, round, extra, keep) => saveCheckpoint(dir, peer, round, extra, keep, bodyShare),
       restore: async (dir, logger) => {
-        const r = await restoreLatestCheckpoint(dir, peer, logger);
+        const r = await restoreLatestCheckpoint(dir, peer, logger, bodyShare);
         return r && { ...r, summary: `${peer.pool.size} experts in the pool` };
       },
     };
@@ -68,6 +75,13 @@ export class DflmoeSite implements AlgorithmSite {
     const ex = net.exchange!;
     const t0 = performance.now();
     if (round === 1 && net.deadlineMs > 0) await ex.settle?.(net.deadlineMs);
+    // With shareBody: the partners' bodies of the last round that published them, combined into this site's before it trains.
+    const share = net.bodies ? this.bodyShare : undefined;
+    let bodies: MixedBody[] | undefined;
+    if (share && round > 1 && share.due(round - 1)) {
+      await share.gather(net.bodies!, round - 1, { quorum: net.quorum, deadlineMs: net.deadlineMs, logger: net.logger });
+      bodies = share.mix(round - 1, round, net.bodies!.members());
+    }
     let waitSeconds = secondsSince(t0);
     let fresh = this.absorb(ex, round, net.logger);
     const expired = this.peer.startRound(round);
@@ -87,6 +101,8 @@ export class DflmoeSite implements AlgorithmSite {
     }
     const head = this.o.randomUpdates ? randomHead(this.peer, round, deriveSeed(this.o.seed ?? 0, 'poison', this.id, round)) : this.peer.encodeHead(round);
     await ex.publish(head, round);
+    // The body goes out with the head; its partners pull it while this site waits for heads.
+    if (share?.due(round)) await share.publish(net.bodies!, round, this.o.poisonBody ? share.encodePoisoned(this.o.poisonBody, round) : undefined);
     // A site that lags behind already holds some of this round's heads (they came while it trained):
     // they count towards the quorum, or it would wait out the whole deadline for heads that never come;
     // so do heads it refused (an attacker's, say), which no longer wait in the exchange.
@@ -96,13 +112,13 @@ export class DflmoeSite implements AlgorithmSite {
     if (net.deadlineMs > 0) fresh += await this.waitForRound(ex, net, round, quorum, chosen, refused);
     waitSeconds += secondsSince(tw);
     fresh += this.absorb(ex, round, net.logger);
-    return { loss, trainSeconds, waitSeconds, fresh, expired };
+    return { loss, trainSeconds, waitSeconds, fresh, expired, ...(bodies ? { bodies } : {}) };
   }
 
   /** Wait (bounded) for this round's heads; members that left are not waited for (see `awaitRound`). */
   private waitForRound(ex: HeadExchange, net: SiteNetwork, round: number, quorum: number, chosen: string[] | undefined, refused: { count: number }): Promise<number> {
     return awaitRound(ex, this.departed, {
-      quorum, candidates: chosen?.length ?? net.others ?? quorum, ...(chosen ? { from: chosen } : {}), deadlineMs: net.deadlineMs,
+      round, quorum, candidates: chosen?.length ?? net.others ?? quorum, ...(chosen ? { from: chosen } : {}), deadlineMs: net.deadlineMs,
       delivered: () => new Set(this.peer.pool.list().filter((e) => e.version >= round).map((e) => e.peer)),
       refused: () => refused.count,
       absorb: () => this.absorb(ex, round, net.logger, refused),
@@ -124,7 +140,7 @@ export class DflmoeSite implements AlgorithmSite {
   }
 
   rejected(): Record<string, number> {
-    return { ...this.peer.counters.rejected } as Record<string, number>;
+    return { ...this.peer.counters.rejected, ...prefixKeys(this.bodyShare?.counters, 'body:') } as Record<string, number>;
   }
 
   privacySpent() {
@@ -148,9 +164,14 @@ export const dflmoe: Algorithm<'dflmoe'> = {
   network: 'peers',
   message: 'head',
   sameModel: false,
-  createSite: (base, o) => new DflmoeSite(new DflmoePeer({
-    ...base, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness, expertLrScale: o.expertLrScale,
-    admission: o.admission, maxHeadBytes: o.maxHeadBytes, fst: o.fst, distill: o.distill, headPrecision: o.headPrecision,
-    maxExperts: o.maxExperts,
-  }), o),
+  bodies: 'opt-in',
+  createSite: (base, o) => {
+    if (o.shareBody && base.freezeBody) throw new Error('shareBody needs a body that trains: a frozen body is the same at every site (drop freezeBody or shareBody)');
+    const peer = new DflmoePeer({
+      ...base, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness, expertLrScale: o.expertLrScale,
+      admission: o.admission, maxHeadBytes: o.maxHeadBytes, fst: o.fst, distill: o.distill, headPrecision: o.headPrecision,
+      maxExperts: o.maxExperts,
+    });
+    return new DflmoeSite(peer, o, o.shareBody ? siteBodyShare(peer, o) : undefined);
+  },
 };

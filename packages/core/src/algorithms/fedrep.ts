@@ -12,7 +12,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { deriveSeed } from '@dflmoe/data';
 import { bodyVariables, headLogits } from '../model.js';
 import { createOptimizer, trainEpochs } from '../train.js';
-import type { Algorithm } from './api.js';
+import type { Algorithm, AlgorithmOptions, SiteNetwork, SiteRound } from './api.js';
+import type { BodyShare } from '../body-share.js';
+import { secondsSince, siteBodyShare } from './site.js';
 import { crossEntropy, type PeerModelOptions } from './common.js';
 import { FedAvgClient, FedAvgSite, federatedAverage, sharedModelSeed } from './fedavg.js';
 
@@ -76,4 +78,48 @@ export const fedrep: Algorithm<'fedrep'> = {
   sameModel: true,
   createSite: (base, o) => new FedRepSite(new FedRepClient({ ...base, initSeed: sharedModelSeed(o.seed) }, o.headEpochs), o),
   aggregate: federatedAverage,
+};
+
+/**
+ * FedRep without a server: the same client rounds (head epochs, then body
+ * epochs), but instead of uploading its body to a server a site publishes
+ * it to the members and replaces it with the combination of its own and its
+ * partners' bodies of the round (`BodyShare`: mean by default, peer to
+ * peer). With every member as a partner, the mean and no faults, every site
+ * ends each round with the body a FedRep server would have sent it. No
+ * experts: the ablation that shows what dFLMoE's mixture adds on a shared body.
+ */
+class FedRepP2pSite extends FedRepSite {
+  override readonly bodyShare: BodyShare;
+
+  constructor(client: FedRepClient, private readonly o: AlgorithmOptions) {
+    super(client, o);
+    this.bodyShare = siteBodyShare(client, o);
+  }
+
+  override async runRound(round: number, net: SiteNetwork): Promise<SiteRound> {
+    const t0 = performance.now();
+    const loss = await this.model.trainRound(round);
+    const trainSeconds = secondsSince(t0);
+    const tw = performance.now();
+    const ex = net.bodies;
+    if (!ex || !this.bodyShare.due(round)) return { loss, trainSeconds, waitSeconds: 0, fresh: 0 };
+    const share = this.bodyShare;
+    await share.publish(ex, round, this.o.poisonBody ? share.encodePoisoned(this.o.poisonBody, round) : undefined);
+    const fresh = await share.gather(ex, round, { quorum: net.quorum, deadlineMs: net.deadlineMs, logger: net.logger });
+    const bodies = share.mix(round, round, ex.members());
+    return { loss, trainSeconds, waitSeconds: secondsSince(tw), fresh, bodies };
+  }
+}
+
+export const fedrepP2p: Algorithm<'fedrep-p2p'> = {
+  name: 'fedrep-p2p',
+  label: 'FedRep-p2p',
+  description: 'serverless FedRep: each site keeps its own head and combines its body with the members\' bodies peer to peer every round (no experts)',
+  color: '#67a9cf',
+  network: 'peers',
+  message: 'body',
+  sameModel: true,
+  bodies: 'always',
+  createSite: (base, o) => new FedRepP2pSite(new FedRepClient({ ...base, initSeed: sharedModelSeed(o.seed) }, o.headEpochs), o),
 };

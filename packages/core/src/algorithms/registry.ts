@@ -7,12 +7,12 @@ import type { Algorithm } from './api.js';
 import { dflmoe } from './dflmoe-site.js';
 import { fedavg } from './fedavg.js';
 import { fedavgFt } from './fedavg-ft.js';
-import { fedrep } from './fedrep.js';
+import { fedrep, fedrepP2p } from './fedrep.js';
 import { gossip } from './gossip.js';
 import { local } from './local.js';
 
 /** In the order tables list them. */
-export const REGISTRY = [dflmoe, fedavg, fedavgFt, fedrep, gossip, local] as const;
+export const REGISTRY = [dflmoe, fedavg, fedavgFt, fedrep, fedrepP2p, gossip, local] as const;
 
 export type AlgorithmName = (typeof REGISTRY)[number]['name'];
 

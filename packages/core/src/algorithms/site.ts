@@ -3,10 +3,24 @@ import * as tf from '@tensorflow/tfjs-core';
 import { restoreNewest, writeCheckpoint } from '../checkpoint.js';
 import { bodyFiles } from '../pretrained.js';
 import { decodeBundle, encodeBundle, type NamedArray } from '../codec.js';
-import type { AlgorithmSite, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
+import type { AlgorithmOptions, AlgorithmSite, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
 import type { PeerEval, SupervisedModel } from './common.js';
+import { createBodyShare, type BodyShare, type BodyShareState } from '../body-share.js';
+import { bodyVariables } from '../model.js';
 
 export const secondsSince = (t0: number) => (performance.now() - t0) / 1000;
+
+/** The body share of a site's model (dFLMoE with shareBody, fedrep-p2p). */
+export function siteBodyShare(m: SupervisedModel, o: AlgorithmOptions): BodyShare {
+  return createBodyShare(m.id, {
+    vars: () => bodyVariables(m.body), spec: m.bodySpec, sampleShape: m.data.sampleShape, featureDim: m.headSpec.inputDim, samples: m.data.trainSamples,
+  }, o);
+}
+
+/** `r`'s entries with `prefix` before each key (none for undefined). */
+export function prefixKeys(r: Record<string, number> | undefined, prefix: string): Record<string, number> {
+  return Object.fromEntries(Object.entries(r ?? {}).map(([k, v]) => [`${prefix}${k}`, v]));
+}
 
 /** Class probabilities of one body + head model: the softmax of its logits. */
 export function modelProbs(model: SupervisedModel, x: tf.Tensor): tf.Tensor2D {
@@ -22,6 +36,8 @@ interface ModelSiteState {
   optimizers: Record<string, number>;
   accountants: ReturnType<SupervisedModel['accountant']['state']>[];
   counters: Record<string, number>;
+  /** Sites that share bodies: the bodies held from the members. */
+  bodies?: BodyShareState;
 }
 
 export abstract class ModelSite<M extends SupervisedModel & { evaluate(): PeerEval }> implements AlgorithmSite {
@@ -46,10 +62,13 @@ export abstract class ModelSite<M extends SupervisedModel & { evaluate(): PeerEv
         ws.forEach((w, i) => add(`opt/${key}/${i}`, w.tensor));
         ws[0]?.tensor.dispose(); // the iteration count is a fresh tensor; the rest are the optimizer's own
       }
+      const bodies = this.bodyShare?.exportState();
+      if (bodies) tensors.push(...bodies.tensors);
       files['state.bin'] = encodeBundle('model', { kind: 'model-site-state' }, tensors);
       const state: ModelSiteState = {
         kind: 'model-site', variables: models.map((m) => m.variables().length), optimizers,
         accountants: models.map((m) => m.accountant.state()), counters: { ...this.counters },
+        ...(bodies ? { bodies: bodies.meta } : {}),
       };
       const w = writeCheckpoint(dir, round, files, state, extra, keep);
       return { ...w, seconds: secondsSince(t0) };
@@ -61,7 +80,8 @@ export abstract class ModelSite<M extends SupervisedModel & { evaluate(): PeerEv
         if (st?.kind !== 'model-site' || st.variables.join() !== models.map((m) => m.variables().length).join()) {
           throw new Error(`${c.path} is not a checkpoint of this kind of site (was the algorithm or model config changed?)`);
         }
-        const byName = new Map(decodeBundle(c.read('state.bin'), { maxBytes: 2 ** 31 }).tensors.map((t) => [t.name, t]));
+        const all = decodeBundle(c.read('state.bin'), { maxBytes: 2 ** 31 }).tensors;
+        const byName = new Map(all.map((t) => [t.name, t]));
         const get = (name: string, shape?: number[]): tf.Tensor => {
           const t = byName.get(name);
           if (!t) throw new Error(`${c.path} lacks tensor ${name}`);
@@ -83,10 +103,14 @@ export abstract class ModelSite<M extends SupervisedModel & { evaluate(): PeerEv
         }
         models.forEach((m, k) => st.accountants[k] && m.accountant.restore(st.accountants[k]));
         Object.assign(this.counters, st.counters);
+        if (st.bodies && this.bodyShare) this.bodyShare.importState(st.bodies, all);
       }, logger);
       return r && { round: r.checkpoint.round, path: r.checkpoint.path, extra: r.checkpoint.extra, summary: 'its model' };
     },
   };
+
+  /** Sites that share bodies: set by the subclass. */
+  readonly bodyShare?: BodyShare;
 
   constructor(readonly model: M) {}
 
@@ -120,7 +144,7 @@ export abstract class ModelSite<M extends SupervisedModel & { evaluate(): PeerEv
   }
 
   rejected(): Record<string, number> {
-    return { ...this.counters };
+    return { ...this.counters, ...prefixKeys(this.bodyShare?.counters, 'body:') };
   }
 
   /** Count received input refused for `reason`. */
