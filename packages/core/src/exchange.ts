@@ -313,7 +313,18 @@ export class DepartedMembers {
   }
 }
 
+/**
+ * A member whose newest announced message is more than this many rounds
+ * behind the round waited for is not waited for (see `awaitRound`).
+ */
+export const BEHIND_ROUNDS = 2;
+
 export interface RoundWait {
+  /**
+   * The round waited for: a member whose newest message (`HeadExchange.announced`)
+   * is more than `BEHIND_ROUNDS` rounds older is not waited for.
+   */
+  round?: number;
   /** Messages of this round wanted. */
   quorum: number;
   /** Members that could send one (default: `quorum`). */
@@ -335,7 +346,11 @@ export interface RoundWait {
  * (they finished, or crashed) are not waited for beyond what the quorum
  * allows, so the last sites of a run do not sit out the deadline for
  * messages that cannot come; a member that comes back counts again.
- * Returns how many messages were accepted.
+ * Nor are members far behind (`w.round`): a site that restarted from an
+ * old checkpoint while the others went on cannot send this round's message
+ * for many rounds, and waiting out the deadline for it every round would
+ * hold the whole consortium to the deadline; it counts again once it has
+ * caught up. Returns how many messages were accepted.
  */
 export async function awaitRound(ex: HeadExchange, departed: DepartedMembers, w: RoundWait): Promise<number> {
   const gone = departed.of(ex);
@@ -344,8 +359,11 @@ export async function awaitRound(ex: HeadExchange, departed: DepartedMembers, w:
   for (;;) {
     const delivered = w.delivered();
     const have = delivered.size + (w.refused?.() ?? 0);
-    const lost = [...gone].filter((p) => !delivered.has(p) && (!w.from || w.from.includes(p))).length;
-    const target = Math.min(w.quorum, w.candidates - lost);
+    const owing = (p: string) => !delivered.has(p) && (!w.from || w.from.includes(p));
+    const lost = [...gone].filter(owing).length;
+    const behind = w.round === undefined ? 0
+      : [...(ex.announced?.() ?? [])].filter(([p, v]) => v < w.round! - BEHIND_ROUNDS && owing(p) && !gone.has(p)).length;
+    const target = Math.min(w.quorum, w.candidates - lost - behind);
     const left = end - Date.now();
     if (have >= target || left <= 0) return fresh;
     await ex.waitForHeads(target - have, Math.min(left, 1000));

@@ -112,7 +112,7 @@ export class GossipSite extends ModelSite<FedAvgClient> {
     let fresh = absorb();
     if (net.quorum > 0 && net.deadlineMs > 0) {
       fresh += await awaitRound(ex, this.departed, {
-        quorum: net.quorum, candidates: net.others ?? net.quorum, deadlineMs: net.deadlineMs, absorb,
+        round, quorum: net.quorum, candidates: net.others ?? net.quorum, deadlineMs: net.deadlineMs, absorb,
         // A member's model of this round (or a newer one, from a site ahead of this one).
         delivered: () => new Set([...this.held].filter(([, h]) => h.round >= round).map(([id]) => id)),
       });

@@ -1,0 +1,84 @@
+/**
+ * A site that rejoins far behind: three dFLMoE peers (5 s round deadline);
+ * one is killed early and restarted from its old checkpoint while the other
+ * two are many rounds ahead. The others must not wait out their deadline for
+ * it every round: their round waits are back to normal within two rounds.
+ * Every process is killed in `afterEach` whatever happens.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DEFAULT_SIMULATION, DepartedMembers, MemoryHub, awaitRound } from '@dflmoe/core';
+import { waitExit, writeConsortium } from '@dflmoe/cli';
+import { readJsonLines, type RoundLine } from '@dflmoe/p2p';
+import { processGroup, until, untilValue } from './helpers.js';
+
+const DEADLINE_MS = 5000;
+const ROUNDS = 80;
+
+describe('awaitRound and members far behind', () => {
+  it('does not wait for a member whose newest message is more than two rounds behind, and waits for it again once it is within two', async () => {
+    const hub = new MemoryHub();
+    const [a, b, c] = ['a', 'b', 'c'].map((id) => hub.join(id));
+    // A message's payload is its version; `delivered`: members whose message of the round waited for is in.
+    const newest = new Map<string, number>();
+    const absorb = () => a.drain().map((m) => newest.set(m.from, Math.max(newest.get(m.from) ?? 0, m.payload[0]))).length;
+    const wait = async (round: number | undefined) => {
+      const t0 = performance.now();
+      await awaitRound(a, new DepartedMembers(), {
+        ...(round !== undefined ? { round } : {}), quorum: 2, candidates: 2, deadlineMs: 1500, absorb,
+        delivered: () => new Set([...newest].filter(([, v]) => v >= (round ?? 10)).map(([p]) => p)),
+      });
+      return performance.now() - t0;
+    };
+    await b.publish(Uint8Array.of(10), 10);
+    await c.publish(Uint8Array.of(3), 3); // c restarted from its checkpoint of round 3
+    assert.ok((await wait(10)) < 500, 'round 10: c, at round 3, is not waited for');
+    assert.ok((await wait(undefined)) >= 1400, 'without the round, c is waited for until the deadline');
+    await c.publish(Uint8Array.of(8), 8);
+    assert.ok((await wait(10)) >= 1400, 'round 10: c, at round 8, is waited for again');
+    await c.publish(Uint8Array.of(10), 10);
+    assert.ok((await wait(10)) < 500, 'and its message of round 10 completes the quorum');
+  });
+});
+
+describe('a site that rejoins far behind (multi-process)', function () {
+  this.timeout(300000);
+  const group = processGroup();
+  afterEach(() => group.kill());
+
+  it("does not hold the others to the deadline: their waits are back to normal within two rounds", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-rejoin-'));
+    const sim = { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 3, rounds: ROUNDS, partition: 'iid', seed: 6, epochs: 1, algorithms: ['dflmoe' as const] };
+    const f = await writeConsortium({ dir, algorithm: 'dflmoe', sim, deadlineMs: DEADLINE_MS, lingerMs: 2000 });
+    const metrics = (i: number) => readJsonLines<RoundLine>(join(f.sites[i].out, 'metrics.jsonl'));
+    const ps = f.sites.map((s) => group.start(['peer', '--config', s.config], `${s.out}.log`));
+    const victim = f.sites[2];
+    await until('the victim to finish round 3', () => metrics(2).length >= 3, 90000);
+    ps[2].kill('SIGKILL');
+    await waitExit(ps[2], 10000);
+    // The others go on without it (a member that left is not waited for)...
+    const ahead = 20;
+    await until(`the others to be ${ahead} rounds ahead`, () => [0, 1].every((i) => metrics(i).length >= metrics(2).length + ahead), 120000);
+    // ...and it comes back from its old checkpoint.
+    const log = `${victim.out}-rejoin.log`;
+    const again = group.start(['peer', '--config', victim.config], log);
+    const resumedAt = await untilValue('the victim to resume', () => existsSync(log) && Number(/resumed from round (\d+)/.exec(readFileSync(log, 'utf8'))?.[1]), 60000);
+    const rejoined = Date.now();
+    const at = [0, 1].map((i) => metrics(i).length);
+    assert.ok(at.every((n) => n >= resumedAt + ahead && n < ROUNDS - 12), `the others are far ahead (rounds ${at}, the victim at ${resumedAt}) with rounds to go`);
+    // Eight rounds of the others after the rejoin (at the deadline each, this would take 40 s).
+    const after = (i: number) => metrics(i).filter((l) => Date.parse(l.time) > rejoined);
+    await until('8 rounds of the others after the rejoin', () => [0, 1].every((i) => after(i).length >= 8), 120000);
+    for (const i of [0, 1]) {
+      const waits = after(i).map((l) => l.waitSeconds);
+      process.stdout.write(`      (site-${i}: waitSeconds after the rejoin ${waits.map((w) => w.toFixed(2)).join(' ')})\n`);
+      // The first two rounds may still be the old regime; from then on, nowhere near the 5 s deadline.
+      for (const [k, w] of waits.entries()) if (k >= 2) assert.ok(w < DEADLINE_MS / 2000, `site-${i}, round ${after(i)[k].round}: waited ${w.toFixed(2)} s`);
+    }
+    // Everyone finishes, the rejoined site too (its rounds after the others left are its own).
+    assert.deepEqual(await Promise.all([ps[0], ps[1], again].map((p) => waitExit(p, 180000))), [0, 0, 0]);
+    assert.deepEqual(metrics(2).map((l) => l.round), Array.from({ length: ROUNDS }, (_, k) => k + 1), 'the rejoined site ran every round once');
+  });
+});
