@@ -2,7 +2,9 @@
  * Poisoned experts: honest sites' mean accuracy with 1 of 5 sites adversarial
  * (random heads, or a head trained on flipped labels) against none, with and
  * without the admission check, and the gate weight honest sites give the
- * attacker. FedAvg and local-only on the same data for reference.
+ * attacker. FedAvg and local-only on the same data for reference. Then
+ * shared bodies: 1 of 10 members sending random or sign-flipped bodies,
+ * with each body combiner (mean, median, trimmed mean).
  *
  *   node --import tsx benchmarks/poisoning.ts [--dataset digits] [--rounds 10]
  */
@@ -45,6 +47,22 @@ for (const c of cases) {
   console.log(`${c.name.padEnd(38)} honest mean accuracy: dFLMoE ${f(row.dflmoe)}  FedAvg ${f(row.fedavg)}  local ${f(row.local)}` +
     (gate !== undefined ? `  gate weight on the attacker ${gate.toFixed(3)}` : '') + (c.cfg.admission ? `  heads refused ${refused}` : ''));
 }
+
+// Shared bodies: 1 of 10 members sends random or sign-flipped bodies; each combiner. dFLMoE with shared bodies
+// (fst none) and fedrep-p2p; honest sites are the first nine.
+const bodyBase: Partial<SimulationConfig> & { dataset: string } = { ...base, peers: 10, shareBody: true, fst: 'none', learningRate: 3e-3 };
+const bodyRows = [];
+for (const attack of ['none', 'random', 'sign-flip'] as const) {
+  for (const bodyCombiner of ['mean', 'median', 'trimmed:0.1']) {
+    const r = await simulate({
+      ...bodyBase, algorithms: ['dflmoe', 'fedrep-p2p'], bodyCombiner, ...(attack === 'none' ? { poisoned: 0 } : { poisoned: 1, poisonKind: attack }),
+    }, { logger: quiet });
+    const honest = (alg: 'dflmoe' | 'fedrep-p2p') => r.algorithms[alg]!.peers.slice(0, 9).reduce((a, x) => a + x.accuracy, 0) / 9;
+    const row = { attack: attack === 'none' ? 'no attacker' : `1 of 10 ${attack} bodies`, combiner: bodyCombiner, dflmoe: honest('dflmoe'), fedrepP2p: honest('fedrep-p2p') };
+    bodyRows.push(row);
+    console.log(`shared bodies, ${row.attack.padEnd(24)} ${bodyCombiner.padEnd(12)} honest mean accuracy: dFLMoE+body ${(100 * row.dflmoe).toFixed(2)}%  fedrep-p2p ${(100 * row.fedrepP2p).toFixed(2)}%`);
+  }
+}
 mkdirSync('benchmarks/results', { recursive: true });
-writeFileSync(values.out!, JSON.stringify({ date: new Date().toISOString(), base, rows }, null, 2) + '\n');
+writeFileSync(values.out!, JSON.stringify({ date: new Date().toISOString(), base, rows, bodies: { base: bodyBase, rows: bodyRows } }, null, 2) + '\n');
 console.log(`wrote ${values.out}`);

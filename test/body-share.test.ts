@@ -4,17 +4,18 @@
  * default (heads only) left exactly as it was.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  BodyShare, DEFAULT_ALGORITHM_OPTIONS, MemoryHub, bodyVariables, choosePartners, combineBodies, decodeBundle, dflmoe, encodeBundle,
+  BodyShare, DEFAULT_ALGORITHM_OPTIONS, createLearner, MemoryHub, bodyVariables, choosePartners, combineBodies, decodeBundle, dflmoe, encodeBundle,
   DEFAULT_SIMULATION, memoryNetworks, parseBodyCombiner, parseTopology, runSite, silentLogger, simulate,
-  type AlgorithmOptions, type DflmoeSite, type NamedArray, type PeerData, type PeerModelOptions,
+  type AlgorithmOptions, type DflmoeSite, type SimulationResults, type NamedArray, type PeerData, type PeerModelOptions,
 } from '@dflmoe/core';
 import { parsePeerConfig, siteSettings } from '@dflmoe/p2p';
+import { loadDataset, partition } from '@dflmoe/data';
 import { backend, cli, tinyPeers } from './helpers.js';
 
 const quiet = silentLogger;
@@ -260,6 +261,53 @@ describe('dFLMoE with shared bodies and fedrep-p2p', () => {
     assert.equal(r.status, 2);
     assert.match(r.stderr, /unknown body combiner "avg"/);
     assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  });
+});
+
+describe('shared bodies over TCP', () => {
+  it('simulate --transport tcp --share-body: dflmoe and fedrep-p2p run to the end, body bytes in the results, bodies in a verified audit trail', () => {
+    const out = mkdtempSync(join(tmpdir(), 'dflmoe-bodies-tcp-'));
+    const r = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--rounds', '3', '--partition', 'iid', '--algorithms', 'dflmoe,fedrep-p2p',
+      '--share-body', '--transport', 'tcp', '--deadline', '20000', '--quiet', '--out', out]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /dflmoe \(shared bodies\)/);
+    const res = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as SimulationResults;
+    for (const alg of ['dflmoe', 'fedrep-p2p'] as const) {
+      const a = res.algorithms[alg]!;
+      assert.ok(a.bodyBytesSent! > 0, alg);
+      assert.ok(a.peers.every((p) => p.bodyBytesSent! > 0 && p.bodyBytesSent! <= p.bytesSent), alg);
+    }
+    const site = join(out, 'consortium', 'dflmoe', 'site-0');
+    const lines = readFileSync(join(site, 'audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const round3 = lines.find((l) => l.kind === 'round' && l.round === 3);
+    assert.equal(round3.bodies.length, 2, 'round 3 combined both members\' bodies');
+    assert.ok(round3.bodies.every((b: { digest: string; version: number }) => /^[0-9a-f]{64}$/.test(b.digest) && b.version === 2));
+    assert.match(round3.ownBody.digest, /^[0-9a-f]{64}$/);
+    const audit = cli(['audit', site]);
+    assert.equal(audit.status, 0, audit.stdout + audit.stderr);
+    assert.match(audit.stdout, /verified/);
+  });
+});
+
+describe('the library learner with shared bodies', () => {
+  before(backend);
+
+  it('createLearner({ bodies }) combines the other learner\'s body before its second round; without it, heads only', async () => {
+    const ds = loadDataset('breast-cancer');
+    const splits = partition(ds.labels, 2, 2, 'iid', { seed: 3 });
+    const [heads, bodies] = [new MemoryHub(), new MemoryHub()];
+    const mk = (id: string, i: number, share: boolean) => createLearner({
+      id, dataset: ds, split: splits[i], exchange: heads.join(id), ...(share ? { bodies: bodies.join(id) } : {}), model: { initSeed: 5 }, logger: quiet,
+    });
+    const [a, b] = [await mk('a', 0, true), await mk('b', 1, true)];
+    await a.runRound();
+    await b.runRound();
+    const m = await a.runRound();
+    assert.deepEqual(m.bodies?.map((x) => [x.peer, x.version]), [['b', 1]]);
+    assert.ok(m.bytesSent > 0);
+    const c = await createLearner({ id: 'c', dataset: ds, split: splits[0], exchange: new MemoryHub().join('c'), logger: quiet });
+    assert.equal((await c.runRound()).bodies, undefined);
+    [a, b, c].forEach((l) => l.dispose());
   });
 });
 

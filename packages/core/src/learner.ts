@@ -6,10 +6,12 @@
 import { featureSize, fitStandardizer, parsePartition, partition, type Dataset, type PeerSplit, type Standardizer } from '@dflmoe/data';
 import { DflmoePeer, type ReceiveResult } from './algorithms/dflmoe.js';
 import { DflmoeSite } from './algorithms/dflmoe-site.js';
-import type { ExpertInfo, SiteNetwork } from './algorithms/api.js';
+import { DEFAULT_ALGORITHM_OPTIONS, type ExpertInfo, type SiteNetwork } from './algorithms/api.js';
+import { siteBodyShare } from './algorithms/site.js';
 import { siteRound } from './rounds.js';
 import { initBackend } from './backend.js';
 import type { HeadExchange } from './exchange.js';
+import type { MixedBody } from './body-share.js';
 import { createLogger, type Logger } from './log.js';
 import { parseBodySpec, type BodySpec } from './model.js';
 import { checkBodyStandardizer, readBodyWeights } from './pretrained.js';
@@ -29,13 +31,26 @@ export interface LearnerOptions {
    * writes); its standardizer, when it has one, replaces the default one.
    * `freezeBody`: never train the body.
    */
-  model?: { body?: BodySpec | string; featureDim?: number; headHidden?: number[]; pretrainedBody?: string; freezeBody?: boolean };
+  model?: {
+    body?: BodySpec | string; featureDim?: number; headHidden?: number[]; pretrainedBody?: string; freezeBody?: boolean;
+    /** Seed of the initial body and head (default: derived from `train.seed`); sites that share bodies should start from one. */
+    initSeed?: number;
+  };
   train?: Partial<TrainOptions>;
   alpha?: number;
   gateHidden?: number;
   maxStaleness?: number;
   maxHeadBytes?: number;
   exchange: HeadExchange;
+  /**
+   * Share bodies too (dFLMoE's `shareBody`): the exchange bodies travel on,
+   * apart from heads (another `MemoryHub`, or the body protocol over
+   * libp2p). Before each round the site combines its partners' bodies into
+   * its own; heads stay experts. Give every site the same `model.initSeed`.
+   */
+  bodies?: HeadExchange;
+  /** How bodies are shared (defaults: every round, mean, every member). */
+  bodySharing?: { every?: number; combiner?: string; topology?: string };
   /** After publishing its head, wait for at least this many fresh heads... (default 0) */
   quorum?: number;
   /** ...but no longer than this (default 0: do not wait). */
@@ -50,6 +65,8 @@ export interface LearnerRoundMetrics {
   ownHeadAccuracy: number;
   loss: number;
   experts: ExpertInfo[];
+  /** With `bodies`: the members' bodies combined into this site's before this round's training. */
+  bodies?: MixedBody[];
   /** Heads taken in during the round. */
   freshHeads: number;
   dropped: string[];
@@ -63,6 +80,9 @@ export interface LearnerRoundMetrics {
 
 export interface LearnerLoopOptions {
   exchange: HeadExchange;
+  bodies?: HeadExchange;
+  bodySharing?: LearnerOptions['bodySharing'];
+  maxStaleness?: number;
   quorum?: number;
   roundDeadlineMs?: number;
   logger?: Logger;
@@ -78,8 +98,12 @@ export class DflmoeLearner {
   private readonly predictor: SitePredictor;
 
   constructor(readonly peer: DflmoePeer, o: LearnerLoopOptions & { standardizer: Standardizer; classNames: string[] }) {
-    this.site = new DflmoeSite(peer);
-    this.net = { exchange: o.exchange, quorum: o.quorum ?? 0, deadlineMs: o.roundDeadlineMs ?? 0, logger: o.logger ?? createLogger(`learner:${peer.id}`) };
+    const share = o.bodies ? siteBodyShare(peer, {
+      ...DEFAULT_ALGORITHM_OPTIONS, seed: peer.train.seed, bodyEvery: o.bodySharing?.every ?? 1, bodyCombiner: o.bodySharing?.combiner ?? 'mean',
+      topology: o.bodySharing?.topology ?? 'full', ...(o.maxStaleness !== undefined ? { maxStaleness: o.maxStaleness } : {}),
+    }) : undefined;
+    this.site = new DflmoeSite(peer, {}, share);
+    this.net = { exchange: o.exchange, ...(o.bodies ? { bodies: o.bodies } : {}), quorum: o.quorum ?? 0, deadlineMs: o.roundDeadlineMs ?? 0, logger: o.logger ?? createLogger(`learner:${peer.id}`) };
     this.predictor = new SitePredictor(this.site, o.standardizer, peer.data.sampleShape, o.classNames);
   }
 
@@ -121,7 +145,7 @@ export class DflmoeLearner {
     return {
       round: m.round, accuracy: m.accuracy, ownHeadAccuracy: m.ownHeadAccuracy, loss: m.loss, experts: m.experts,
       freshHeads: m.fresh, dropped: m.expired, rejected: m.rejected as LearnerRoundMetrics['rejected'],
-      bytesSent: m.bytesSent, bytesReceived: m.bytesReceived, trainSeconds: m.trainSeconds, waitSeconds: m.waitSeconds, seconds: m.seconds,
+      bytesSent: m.bytesSent, bytesReceived: m.bytesReceived, ...(m.bodies ? { bodies: m.bodies } : {}), trainSeconds: m.trainSeconds, waitSeconds: m.waitSeconds, seconds: m.seconds,
     };
   }
 
@@ -147,6 +171,7 @@ export async function createLearner(o: LearnerOptions): Promise<DflmoeLearner> {
       id: o.id, data, body, featureDim: o.model?.featureDim ?? 64, headHidden: o.model?.headHidden ?? [], train: o.train ?? {},
       alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness, maxHeadBytes: o.maxHeadBytes,
       ...(pre ? { initialBody: pre } : {}), freezeBody: o.model?.freezeBody ?? false,
+      ...(o.model?.initSeed !== undefined ? { initSeed: o.model.initSeed } : {}),
     });
   } catch (e) {
     disposePeerData(data);

@@ -1,0 +1,206 @@
+/**
+ * Serverless consortia that share bodies (issue #20): dFLMoE with shared
+ * bodies against head-only dFLMoE, local-only, FedRep (server), its
+ * serverless twin fedrep-p2p and FedAvg, on the low-data cells of the issue
+ * (10 sites, 20 rounds, Adam 3e-3; digits with 700 samples, Fashion-MNIST
+ * with 1250, iid and Dirichlet 0.5) and Fashion-MNIST Dirichlet 0.1 (5000
+ * samples, the matrix's core cell). Seed 3 is the one the settings were
+ * chosen on (on validation splits, `--evaluate-on validation`); seeds 1 and
+ * 2 check them. Passes over the data per round differ between algorithms
+ * (FedRep makes a head epoch and a body epoch): the tables say how many.
+ *
+ *   npm run bench:bodies                   # seeds 3, 1, 2; updates benchmarks/README.md
+ *   npm run bench:bodies -- --seeds 3      # one seed
+ *   npm run bench:bodies -- --scale        # bytes per site-round with k gossip peers, 20 and 100 sites, one process
+ */
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { algorithmColors, silentLogger, simulate, type AlgorithmResult, type SimulationResults } from '@dflmoe/core';
+import { createProgress, renderPage, startProcess, waitExit, type Chart } from '@dflmoe/cli';
+
+const { values } = parseArgs({
+  options: {
+    seeds: { type: 'string', default: '3,1,2' },
+    jobs: { type: 'string', default: '2' },
+    scale: { type: 'boolean', default: false },
+    out: { type: 'string', default: 'benchmarks/results/bodies' },
+  },
+});
+const outDir = values.out!;
+mkdirSync(join(outDir, 'runs'), { recursive: true });
+const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const p = (x: number) => (100 * x).toFixed(2);
+const pts = (x: number) => `${x >= 0 ? '+' : ''}${(100 * x).toFixed(2)}`;
+const kib = (x: number) => (x === 0 ? '0' : `${(x / 1024).toFixed(1)} KiB`);
+
+function updateReadme(marker: string, md: string): void {
+  const file = 'benchmarks/README.md';
+  const readme = readFileSync(file, 'utf8');
+  const [a, b] = [`<!-- ${marker}:start -->`, `<!-- ${marker}:end -->`];
+  if (readme.includes(a) && readme.includes(b)) writeFileSync(file, readme.slice(0, readme.indexOf(a) + a.length) + '\n' + md + readme.slice(readme.indexOf(b)));
+}
+
+// ------------------------------------------------------------ scale: k gossip peers
+if (values.scale) {
+  const rows: { peers: number; topology: string; bytesPerSiteRound: number; accuracy: number; seconds: number }[] = [];
+  for (const [peers, topology] of [[20, 'random:8'], [100, 'random:8'], [20, 'full'], [100, 'full']] as const) {
+    const t0 = performance.now();
+    const r = await simulate({
+      dataset: `synthetic:classes=10,dim=32,samples=${peers * 200}`, peers, rounds: 10, partition: 'dirichlet:0.5', seed: 3, algorithms: ['dflmoe'],
+      shareBody: true, topology, fst: 'none', bodies: ['mlp:64'], featureDim: 32, minSize: 20, learningRate: 3e-3,
+    }, { logger: silentLogger });
+    const a = r.algorithms.dflmoe!;
+    rows.push({ peers, topology, bytesPerSiteRound: a.bytesSent / (peers * 10), accuracy: a.accuracy.mean, seconds: (performance.now() - t0) / 1000 });
+    console.log(`${peers} sites, ${topology}: ${kib(rows.at(-1)!.bytesPerSiteRound)} per site-round, accuracy ${p(a.accuracy.mean)}%, ${rows.at(-1)!.seconds.toFixed(0)} s`);
+  }
+  const at = (n: number, t: string) => rows.find((r) => r.peers === n && r.topology === t)!;
+  const ratio = at(100, 'random:8').bytesPerSiteRound / at(20, 'random:8').bytesPerSiteRound;
+  let md = `Machine: ${machine}. dFLMoE with shared bodies (fst none), synthetic data (10 classes, 32 features, 200 samples per site, Dirichlet 0.5), mlp:64 body, 32 features, 10 rounds, seed 3, one process.\n\n`;
+  md += '| sites | topology | bytes per site-round | accuracy % | seconds |\n|---|---|---|---|---|\n';
+  md += rows.map((r) => `| ${r.peers} | ${r.topology} | ${kib(r.bytesPerSiteRound)} | ${p(r.accuracy)} | ${r.seconds.toFixed(0)} |`).join('\n') + '\n';
+  md += `\n- 100 sites with k = 8: ${ratio.toFixed(3)} times the bytes per site-round of 20 sites with k = 8 (target: within 10%).\n`;
+  md += `- Accuracy cost of k = 8 against full averaging: ${pts(at(20, 'random:8').accuracy - at(20, 'full').accuracy)} points at 20 sites, ${pts(at(100, 'random:8').accuracy - at(100, 'full').accuracy)} at 100 (bytes per site-round ${(at(100, 'full').bytesPerSiteRound / at(100, 'random:8').bytesPerSiteRound).toFixed(1)} times lower).\n`;
+  writeFileSync(join(outDir, 'scale.json'), JSON.stringify({ date: new Date().toISOString(), machine, rows, ratio }, null, 2) + '\n');
+  updateReadme('bodies-scale', md);
+  process.stdout.write(`\n${md}`);
+  process.exit(0);
+}
+
+// ------------------------------------------------------------ the target cells
+interface Cell { key: string; label: string; dataset: string; samples: number; partition: string; lowData: boolean }
+const cells: Cell[] = [
+  { key: 'digits-iid', label: 'digits 700, iid', dataset: 'digits', samples: 700, partition: 'iid', lowData: true },
+  { key: 'digits-dir05', label: 'digits 700, Dirichlet 0.5', dataset: 'digits', samples: 700, partition: 'dirichlet:0.5', lowData: true },
+  { key: 'fm-iid', label: 'Fashion-MNIST 1250, iid', dataset: 'fashion-mnist', samples: 1250, partition: 'iid', lowData: true },
+  { key: 'fm-dir05', label: 'Fashion-MNIST 1250, Dirichlet 0.5', dataset: 'fashion-mnist', samples: 1250, partition: 'dirichlet:0.5', lowData: true },
+  { key: 'fm-dir01', label: 'Fashion-MNIST 5000, Dirichlet 0.1', dataset: 'fashion-mnist', samples: 5000, partition: 'dirichlet:0.1', lowData: false },
+];
+/** A column of the tables: an algorithm run with some flags, and how many passes over the site's data it makes per round. */
+interface Column { name: string; algorithm: string; passes: number; args: string[] }
+const columns: Column[] = [
+  { name: 'local', algorithm: 'local', passes: 1, args: [] },
+  { name: 'local x2', algorithm: 'local', passes: 2, args: ['--epochs', '2'] },
+  { name: 'dflmoe (heads only)', algorithm: 'dflmoe', passes: 1, args: [] },
+  { name: 'dflmoe+body', algorithm: 'dflmoe', passes: 2, args: ['--share-body', '--fst', 'none', '--epochs', '2'] },
+  { name: 'dflmoe+body x1', algorithm: 'dflmoe', passes: 1, args: ['--share-body'] },
+  { name: 'fedrep', algorithm: 'fedrep', passes: 2, args: [] },
+  { name: 'fedrep-p2p', algorithm: 'fedrep-p2p', passes: 2, args: [] },
+  { name: 'fedavg', algorithm: 'fedavg', passes: 1, args: [] },
+];
+// Columns without flags run together in one process per cell and seed.
+const groups = [columns.filter((c) => c.args.length === 0), ...columns.filter((c) => c.args.length > 0).map((c) => [c])];
+const seeds = values.seeds!.split(',').map(Number);
+interface Job { cell: Cell; seed: number; cols: Column[]; dir: string }
+const jobs: Job[] = cells.flatMap((cell) => seeds.flatMap((seed) => groups.map((cols) => ({
+  cell, seed, cols, dir: join(outDir, 'runs', `${cell.key}-s${seed}-${cols.length > 1 ? 'base' : cols[0].name.replace(/[^a-z0-9]+/gi, '_')}`),
+}))));
+const t0 = performance.now();
+const progress = createProgress('bench:bodies', jobs.length, 'run');
+let done = 0;
+const queue = [...jobs];
+async function worker(): Promise<void> {
+  for (let j = queue.shift(); j; j = queue.shift()) {
+    if (!existsSync(join(j.dir, 'results.json'))) {
+      const args = [
+        'simulate', '--dataset', j.cell.dataset, '--max-samples', String(j.cell.samples), '--peers', '10', '--partition', j.cell.partition,
+        '--rounds', '20', '--seed', String(j.seed), '--optimizer', 'adam', '--lr', '0.003', '--algorithms', [...new Set(j.cols.map((c) => c.algorithm))].join(','),
+        ...j.cols[0].args, '--quiet', '--out', j.dir,
+      ];
+      mkdirSync(j.dir, { recursive: true });
+      const code = await waitExit(startProcess(args, join(j.dir, 'log.txt'), { DFLMOE_LOG_LEVEL: 'warn' }), 3600 * 1000);
+      if (code !== 0) throw new Error(`run ${j.dir} failed (exit ${code}); see ${join(j.dir, 'log.txt')}`);
+    }
+    progress.update(++done, `${j.cell.label} seed ${j.seed} ${j.cols.map((c) => c.name).join(', ')}`);
+  }
+}
+await Promise.all(Array.from({ length: Number(values.jobs) }, worker));
+progress.stop();
+const wallSeconds = (performance.now() - t0) / 1000;
+
+interface Row { cell: string; column: string; passes: number; seed: number; accuracy: number; pooled: number | null; bytesPerSiteRound: number; bodyBytesPerSiteRound: number }
+const rows: Row[] = [];
+for (const j of jobs) {
+  const r = JSON.parse(readFileSync(join(j.dir, 'results.json'), 'utf8')) as SimulationResults;
+  for (const c of j.cols) {
+    const a = r.algorithms[c.algorithm as keyof SimulationResults['algorithms']] as AlgorithmResult;
+    rows.push({
+      cell: j.cell.label, column: c.name, passes: c.passes, seed: j.seed, accuracy: a.accuracy.mean, pooled: a.pooledAccuracy?.mean ?? null,
+      bytesPerSiteRound: a.bytesSent / 200, bodyBytesPerSiteRound: (a.bodyBytesSent ?? 0) / 200,
+    });
+  }
+}
+const of = (cell: string, column: string, seed?: number) => rows.filter((r) => r.cell === cell && r.column === column && (seed === undefined || r.seed === seed));
+const acc = (cell: string, column: string, seed?: number) => mean(of(cell, column, seed).map((r) => r.accuracy));
+const pooled = (cell: string, column: string) => mean(of(cell, column).map((r) => r.pooled ?? NaN));
+
+let md = `Machine: ${machine}. 10 sites, 20 rounds, Adam 3e-3, batch 32, MLP body (128) -> 64 features, linear head; seeds ${seeds.join(', ')} (seed 3 chose the settings, on validation splits); wall time ${(wallSeconds / 60).toFixed(1)} min (${jobs.length} simulate runs, ${values.jobs} at a time). `;
+md += '"dflmoe+body": dFLMoE with shared bodies (`--share-body --fst none --epochs 2`); "x1", "x2": passes over the data per round. Mean personalized accuracy % over sites, mean over seeds (seed 3 alone in brackets); pooled: each site on every site\'s test rows.\n\n';
+md += `| cell | algorithm | passes/round | accuracy % | pooled % | bytes/site/round (bodies) |\n|---|---|---|---|---|---|\n`;
+for (const cell of cells) {
+  for (const c of columns) {
+    if (!of(cell.label, c.name).length) continue;
+    const b = mean(of(cell.label, c.name).map((r) => r.bytesPerSiteRound));
+    const bb = mean(of(cell.label, c.name).map((r) => r.bodyBytesPerSiteRound));
+    md += `| ${cell.label} | ${c.name} | ${c.passes} | ${p(acc(cell.label, c.name))} (${seeds.includes(3) ? p(acc(cell.label, c.name, 3)) : '-'}) | ${p(pooled(cell.label, c.name))} | ${kib(b)}${bb ? ` (${kib(bb)})` : ''} |\n`;
+  }
+}
+// Against the targets of #20.
+const low = cells.filter((c) => c.lowData).map((c) => c.label);
+const gap = (a: string, b: string, seed?: number) => low.map((c) => acc(c, a, seed) - acc(c, b, seed));
+const targets: string[] = [];
+for (const seed of [3, undefined]) {
+  if (seed !== undefined && !seeds.includes(seed)) continue;
+  const what = seed === undefined ? `mean over seeds ${seeds.join(', ')}` : `seed ${seed}`;
+  const g = gap('dflmoe+body', 'local', seed);
+  targets.push(`${what}: dflmoe+body minus local-only, four low-data cells: ${pts(mean(g))} points on average (target +5.00; per cell ${g.map(pts).join(', ')}; lowest ${pts(Math.min(...g))}, target >= -0.50); against local-only at 2 passes: ${pts(mean(gap('dflmoe+body', 'local x2', seed)))}.`);
+  const r = gap('dflmoe+body', 'fedrep', seed);
+  targets.push(`${what}: dflmoe+body minus FedRep: ${pts(mean(r))} points on average (target >= -1.00; per cell ${r.map(pts).join(', ')}).`);
+}
+const d01 = 'Fashion-MNIST 5000, Dirichlet 0.1';
+targets.push(`${d01}: dflmoe+body minus local-only ${pts(acc(d01, 'dflmoe+body') - acc(d01, 'local'))} points (target >= -0.50); FedAvg ${p(acc(d01, 'fedavg'))}%.`);
+const dirCells = low.filter((c) => c.includes('Dirichlet'));
+targets.push(`Pooled accuracy in the Dirichlet 0.5 cells, dflmoe+body minus FedRep: ${dirCells.map((c) => pts(pooled(c, 'dflmoe+body') - pooled(c, 'fedrep'))).join(', ')} (target >= 0).`);
+const headOnly = mean(low.map((c) => acc(c, 'dflmoe (heads only)') - acc(c, 'local')));
+targets.push(`Head-only dFLMoE (the default) minus local-only: ${pts(headOnly)} points on average over the low-data cells.`);
+md += `\n${targets.map((t) => `- ${t}`).join('\n')}\n`;
+
+// Accuracy against bytes: one point per algorithm (mean over the four low-data cells and the seeds), the Pareto front drawn.
+const points = columns.map((c) => ({
+  algorithm: c.name, accuracy: mean(low.map((cell) => acc(cell, c.name))), bytes: Math.max(1, mean(low.flatMap((cell) => of(cell, c.name).map((r) => r.bytesPerSiteRound)))),
+})).filter((x) => Number.isFinite(x.accuracy));
+const front = points.filter((x) => !points.some((y) => y !== x && y.bytes <= x.bytes && y.accuracy >= x.accuracy && (y.bytes < x.bytes || y.accuracy > x.accuracy)))
+  .sort((a, b) => a.bytes - b.bytes);
+md += `\nPareto front (accuracy against bytes per site-round, mean of the four low-data cells): ${front.map((x) => `${x.algorithm} (${p(x.accuracy)}%, ${kib(x.bytes)})`).join(' -> ')}.\n`;
+const colors = algorithmColors([]);
+const colorOf = (name: string) => colors.range[colors.domain.indexOf(name.split(' ')[0].replace('+body', ''))] ?? '#999999';
+const charts: Chart[] = [{
+  id: 'accuracy-bytes', title: 'Accuracy against bytes per site-round',
+  description: `Mean personalized accuracy over the four low-data cells and seeds ${seeds.join(', ')}; x: bytes a site sends per round (log scale; local-only sends none and sits at 1 byte). The line joins the Pareto front.`,
+  data: points.map((x) => ({ ...x, front: front.includes(x) })),
+  spec: {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: 520, height: 300,
+    layer: [
+      { data: { values: front }, mark: { type: 'line', color: '#888', strokeDash: [4, 3] }, encoding: { x: { field: 'bytes', type: 'quantitative', scale: { type: 'log' } }, y: { field: 'accuracy', type: 'quantitative' } } },
+      {
+        data: { values: points }, mark: { type: 'point', filled: true, size: 90 },
+        encoding: {
+          x: { field: 'bytes', type: 'quantitative', scale: { type: 'log' }, axis: { format: '~s' }, title: 'bytes per site per round' },
+          y: { field: 'accuracy', type: 'quantitative', axis: { format: '.0%' }, scale: { zero: false } },
+          color: { field: 'algorithm', type: 'nominal', scale: { domain: points.map((x) => x.algorithm), range: points.map((x) => colorOf(x.algorithm)) } },
+          shape: { field: 'algorithm', type: 'nominal' },
+        },
+      },
+      { data: { values: points }, mark: { type: 'text', dx: 8, align: 'left', fontSize: 10 }, encoding: { x: { field: 'bytes', type: 'quantitative', scale: { type: 'log' } }, y: { field: 'accuracy', type: 'quantitative' }, text: { field: 'algorithm' } } },
+    ],
+  } as unknown as Chart['spec'],
+}];
+const table = [['cell', 'algorithm', 'passes/round', 'seed', 'accuracy', 'pooled', 'bytes/site/round', 'body bytes/site/round']].concat(
+  rows.map((r) => [r.cell, r.column, String(r.passes), String(r.seed), p(r.accuracy), r.pooled === null ? '-' : p(r.pooled), kib(r.bytesPerSiteRound), kib(r.bodyBytesPerSiteRound)]),
+);
+writeFileSync(join(outDir, 'bodies.json'), JSON.stringify({ date: new Date().toISOString(), machine, seeds, wallSeconds, rows, targets, front }, null, 2) + '\n');
+writeFileSync(join(outDir, 'report.html'), await renderPage({ title: 'dflmoe benchmark: shared bodies', intro: `${machine}. ${targets.join(' ')}`, tables: [{ caption: 'Every run', rows: table }], charts }));
+updateReadme('bodies', md);
+process.stdout.write(`\n${md}\nwrote ${join(outDir, 'report.html')} and ${join(outDir, 'bodies.json')}\n`);
