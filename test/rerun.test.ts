@@ -15,7 +15,7 @@ import { waitExit } from '@dflmoe/cli';
 import { readJsonLines, verifyAudit, type RoundLine } from '@dflmoe/p2p';
 import { until } from './helpers.js';
 
-const ROUNDS = 30;
+const ROUNDS = 20;
 const args = (out: string, more: string[] = []) => [
   'simulate', '--transport', 'tcp', '--dataset', 'breast-cancer', '--peers', '2', '--rounds', String(ROUNDS), '--epochs', '3',
   '--algorithms', 'dflmoe,fedavg', '--deadline', '20000', '--out', out, '--quiet', ...more,

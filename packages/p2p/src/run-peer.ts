@@ -151,7 +151,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       if (sharesBodies(alg, siteAlgorithmOptions(cfg))) {
         // Bodies travel like heads (signed announcements, pulls, checks, strikes) on their own protocol and topic.
         bodies = new Libp2pHeadExchange(node, {
-          members: cfg.members, logger: log, maxHeadBytes: cfg.limits.maxModelBytes, protocol: BODY_PROTOCOL, topic: BODY_ANNOUNCE_TOPIC,
+          members: cfg.members, logger: log, signal: o.signal, maxHeadBytes: cfg.limits.maxModelBytes, protocol: BODY_PROTOCOL, topic: BODY_ANNOUNCE_TOPIC,
         });
         await bodies.register();
       }
