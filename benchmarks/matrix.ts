@@ -43,7 +43,16 @@ const { values } = parseArgs({
 });
 const quick = values.quick!;
 const ablation = values.ablation!;
-const algorithms = values.algorithms!.split(',').map((a) => getAlgorithm(a.trim()).name) as AlgorithmName[];
+interface Variant { name: string; args: string[] }
+/**
+ * Columns that are a registered algorithm with flags: dFLMoE with shared bodies (the settings chosen on seed 3's
+ * validation splits: no transforms, two epochs per round as FedRep's head and body epochs). They run, with
+ * fedrep-p2p, in the low-data sweep cells (100 or fewer training samples per site) and Fashion-MNIST Dirichlet 0.1.
+ */
+const EXTRA: (Variant & { algorithm: AlgorithmName })[] = [{ name: 'dflmoe+body', algorithm: 'dflmoe', args: ['--share-body', '--fst', 'none', '--epochs', '2'] }];
+const requested = values.algorithms!.split(',').map((a) => a.trim());
+const extras = EXTRA.filter((v) => requested.includes(v.name) || values.algorithms === ALGORITHMS.join(','));
+const algorithms = requested.filter((a) => !EXTRA.some((v) => v.name === a)).map((a) => getAlgorithm(a).name) as AlgorithmName[];
 const regimes = values.regimes!.split(',').map((s) => s.trim());
 const seeds = values.seeds ? values.seeds.split(',').map(Number) : quick ? [1] : [1, 2, 3];
 const rounds = quick ? 3 : 20;
@@ -58,7 +67,8 @@ mkdirSync(runsDir, { recursive: true });
 type Setting = { optimizer: OptimizerKind; learningRate: number };
 const tuningFile = 'benchmarks/results/tuning.json';
 const tuned: Record<string, Setting> = existsSync(tuningFile) ? JSON.parse(readFileSync(tuningFile, 'utf8')).chosen : {};
-const settingOf = (a: AlgorithmName): Setting => tuned[a] ?? { optimizer: 'adam', learningRate: 1e-3 };
+// fedrep-p2p computes FedRep's models (a test checks it): FedRep's rate.
+const settingOf = (a: AlgorithmName): Setting => tuned[a] ?? (a === 'fedrep-p2p' ? tuned.fedrep : undefined) ?? { optimizer: 'adam', learningRate: 1e-3 };
 const settingKey = (s: Setting) => `${s.optimizer}-${s.learningRate}`;
 // A frozen public body: only heads (and dFLMoE's gates and transforms) train, at the rates `bench:tune -- --frozen-body` chose.
 const frozenTuningFile = 'benchmarks/results/tuning-frozen.json';
@@ -86,13 +96,17 @@ interface CellSpec {
   /** Extra simulate flags (data subset, test fraction). */
   args: string[];
   algorithms: AlgorithmName[];
+  /** Run the EXTRA columns here too. */
+  extra?: boolean;
 }
-interface Variant { name: string; args: string[] }
 
 const FM = (n: number) => ['--max-samples', String(n)];
 // Gossip averaging computes exactly FedAvg's models in synchronous in-memory rounds (a test asserts it): it
 // runs in the core cells, where its bytes are shown, and is left out of the sweep and shift cells to save compute.
-const noGossip = algorithms.filter((a) => a !== 'gossip');
+const noGossip = algorithms.filter((a) => a !== 'gossip' && a !== 'fedrep-p2p');
+/** Cells with the shared-body columns: fedrep-p2p too. */
+const withP2p = (algs: AlgorithmName[]) => [...algs, ...algorithms.filter((a) => a === 'fedrep-p2p')];
+const everyButP2p = algorithms.filter((a) => a !== 'fedrep-p2p');
 /**
  * Fewer seeds where a cell is heavy, to keep the matrix near an hour on two shared cores: Fashion-MNIST core cells with
  * label skew, 250 per site and the shifted cell run one seed; the other Fashion-MNIST sweep cells and the shifted digits two.
@@ -102,25 +116,34 @@ const two = seeds.slice(0, 2);
 function cellsFor(): CellSpec[] {
   if (quick) {
     return [
-      { regime: 'core', dataset: 'breast-cancer', peers: 4, partition: 'iid', args: [], algorithms },
-      { regime: 'core', dataset: 'breast-cancer', peers: 4, partition: 'dirichlet:0.1', args: [], algorithms },
-      { regime: 'sweep', dataset: 'digits', peers: 10, partition: 'dirichlet:0.5', perSite: 50, args: ['--test-fraction', '0.5'], algorithms: noGossip },
+      { regime: 'core', dataset: 'breast-cancer', peers: 4, partition: 'iid', args: [], algorithms: everyButP2p },
+      { regime: 'core', dataset: 'breast-cancer', peers: 4, partition: 'dirichlet:0.1', args: [], algorithms: everyButP2p },
+      { regime: 'sweep', dataset: 'digits', peers: 10, partition: 'dirichlet:0.5', perSite: 50, args: ['--test-fraction', '0.5'], algorithms: withP2p(noGossip), extra: true },
     ];
   }
   const out: CellSpec[] = [];
   const parts = ['iid', 'dirichlet:0.5', 'dirichlet:0.1'];
   if (regimes.includes('core')) {
     for (const partition of parts) {
-      out.push({ regime: 'core', dataset: 'breast-cancer', peers: 4, partition, args: [], algorithms });
-      out.push({ regime: 'core', dataset: 'digits', peers: 10, partition, args: [], algorithms });
-      out.push({ regime: 'core', dataset: 'fashion-mnist', peers: 10, partition, args: FM(5000), algorithms, ...(partition === 'iid' ? {} : { seeds: few }) });
+      out.push({ regime: 'core', dataset: 'breast-cancer', peers: 4, partition, args: [], algorithms: everyButP2p });
+      out.push({ regime: 'core', dataset: 'digits', peers: 10, partition, args: [], algorithms: everyButP2p });
+      const d01 = partition === 'dirichlet:0.1';
+      out.push({
+        regime: 'core', dataset: 'fashion-mnist', peers: 10, partition, args: FM(5000), algorithms: d01 ? withP2p(everyButP2p) : everyButP2p,
+        ...(partition === 'iid' ? {} : { seeds: few }), ...(d01 ? { extra: true } : {}),
+      });
     }
   }
   for (const partition of ['iid', 'dirichlet:0.5']) {
     if (regimes.includes('sweep')) {
       // digits: 1797 images over 10 sites, half of each site's share held out for testing, so at most ~90 to train on.
-      for (const n of [25, 50, 75]) out.push({ regime: 'sweep', dataset: 'digits', peers: 10, partition, perSite: n, args: ['--test-fraction', '0.5'], algorithms: noGossip });
-      for (const n of [25, 50, 100, 250]) out.push({ regime: 'sweep', dataset: 'fashion-mnist', peers: 10, partition, perSite: n, args: [...FM(12000), '--test-fraction', '0.25'], algorithms: noGossip, seeds: n > 100 ? few : two });
+      for (const n of [25, 50, 75]) out.push({ regime: 'sweep', dataset: 'digits', peers: 10, partition, perSite: n, args: ['--test-fraction', '0.5'], algorithms: withP2p(noGossip), extra: true });
+      for (const n of [25, 50, 100, 250]) {
+        out.push({
+          regime: 'sweep', dataset: 'fashion-mnist', peers: 10, partition, perSite: n, args: [...FM(12000), '--test-fraction', '0.25'],
+          algorithms: n <= 100 ? withP2p(noGossip) : noGossip, seeds: n > 100 ? few : two, ...(n <= 100 ? { extra: true } : {}),
+        });
+      }
     }
     if (regimes.includes('shift')) {
       const shift = 'rotate,contrast,noise';
@@ -203,6 +226,7 @@ for (const cell of cells) {
     const groups = new Map<string, AlgorithmName[]>();
     for (const a of cell.algorithms) groups.set(settingKey(setting(a)), [...(groups.get(settingKey(setting(a))) ?? []), a]);
     for (const [key, algs] of groups) jobs.push({ cell, seed, algorithms: algs, setting: setting(algs[0]), dir: join(runsDir, `${cellKey(cell)}-s${seed}-${key}`) });
+    if (cell.extra) for (const v of extras) jobs.push({ cell, seed, algorithms: [v.algorithm], setting: setting(v.algorithm), variant: v, dir: join(runsDir, `${cellKey(cell)}-s${seed}-${v.name.replace(/\W+/g, '_')}`) });
   }
 }
 
@@ -268,13 +292,13 @@ interface Row {
   seeds: number;
 }
 const rows: Row[] = [];
-const names = ablation ? ['local', ...VARIANTS.map((v) => v.name)] : algorithms;
+const names = ablation ? ['local', ...VARIANTS.map((v) => v.name)] : [...algorithms, ...extras.map((v) => v.name)];
 for (const cell of cells) {
   for (const name of names) {
     const rs = (cell.seeds ?? seeds).flatMap((seed) => {
-      const j = jobs.find((x) => x.cell === cell && x.seed === seed && (ablation ? (x.variant?.name ?? 'local') === name : x.algorithms.includes(name as AlgorithmName)));
+      const j = jobs.find((x) => x.cell === cell && x.seed === seed && (ablation ? (x.variant?.name ?? 'local') === name : x.variant ? x.variant.name === name : x.algorithms.includes(name as AlgorithmName)));
       if (!j) return [];
-      return [load(j).algorithms[(ablation ? j.algorithms[0] : name) as AlgorithmName]!];
+      return [load(j).algorithms[(ablation || j.variant ? j.algorithms[0] : name) as AlgorithmName]!];
     });
     if (rs.length === 0) continue;
     rows.push({
@@ -311,6 +335,15 @@ function targetLines(): string[] {
       out.push(`Label-skewed low-data cells where dFLMoE beats FedAvg: ${above.length} of ${skewLow.length} (target: all).`);
     }
   }
+  // Shared bodies (#20): the EXTRA column against local-only and FedRep where it ran.
+  const shared = rows.filter((r) => r.algorithm === 'dflmoe+body').map((r) => r.cell);
+  const sharedLow = shared.filter((c) => low.includes(c));
+  if (sharedLow.length) {
+    const g = sharedLow.map((c) => gap(c, 'dflmoe+body', 'local')!);
+    out.push(`Low-data cells, dFLMoE with shared bodies minus local-only: ${pts(mean(g))} points on average (target +5.00; lowest ${pts(Math.min(...g))}, target >= -0.50).`);
+    if (has('fedrep')) out.push(`Low-data cells, dFLMoE with shared bodies minus FedRep: ${pts(mean(sharedLow.map((c) => gap(c, 'dflmoe+body', 'fedrep')!)))} points on average (target >= -1.00).`);
+    if (has('fedrep-p2p')) out.push(`Low-data cells, fedrep-p2p minus FedRep: ${pts(mean(sharedLow.map((c) => gap(c, 'fedrep-p2p', 'fedrep') ?? 0)))} points on average.`);
+  }
   const below = cellNames.filter((c) => (gap(c, 'dflmoe', 'local') ?? 0) < 0);
   out.push(`Cells where dFLMoE is below local-only: ${below.length} of ${cellNames.length}${below.length ? ` (${below.map((c) => `${c}: ${pts(gap(c, 'dflmoe', 'local')!)}`).join('; ')})` : ''} (target: none).`);
   if (has('fedavg')) {
@@ -337,7 +370,7 @@ function targetLines(): string[] {
 // ------------------------------------------------------------ tables, JSON, report
 const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, tfjs backend ${backend}`;
 const tuning = [...new Set(names.filter((a) => (ALGORITHMS as readonly string[]).includes(a)))].map((a) => `${a} ${settingOf(a as AlgorithmName).optimizer} ${settingOf(a as AlgorithmName).learningRate}`).join(', ');
-const settings = `${rounds} rounds x ${epochs} epoch, batch 32, MLP body (128) -> 64 features, linear head, dFLMoE alpha 0.2, fedavg-ft 1 fine-tuning epoch, fedrep 1 head epoch; optimiser and learning rate per algorithm (${existsSync(tuningFile) ? 'from bench:tune' : 'bench:tune not run: defaults'}): ${tuning}; seeds ${seeds.join(", ")} (the heaviest Fashion-MNIST cells fewer: see the seeds column)`;
+const settings = `${rounds} rounds x ${epochs} epoch, batch 32, MLP body (128) -> 64 features, linear head, dFLMoE alpha 0.2, fedavg-ft 1 fine-tuning epoch, fedrep and fedrep-p2p 1 head epoch (2 passes over the data per round; everyone else 1, but dflmoe+body: --share-body --fst none --epochs 2, 2 passes, at dFLMoE's rate); optimiser and learning rate per algorithm (${existsSync(tuningFile) ? 'from bench:tune' : 'bench:tune not run: defaults'}): ${tuning}; seeds ${seeds.join(", ")} (the heaviest Fashion-MNIST cells fewer: see the seeds column)`;
 const frozenNote = cells.some((c) => c.body === 'frozen')
   ? ` Frozen public body: ${Object.keys(frozenTuned).length ? `rates from bench:tune -- --frozen-body: ${algorithms.map((a) => `${a} ${frozenSettingOf(a).optimizer} ${frozenSettingOf(a).learningRate}`).join(', ')}` : 'bench:tune -- --frozen-body not run: the rates above'}.`
   : '';
@@ -380,7 +413,7 @@ if (!quick && existsSync('benchmarks/README.md')) {
   }
 }
 
-const ALG = algorithmColors(names.filter((a) => (ALGORITHMS as readonly string[]).includes(a)));
+const ALG = algorithmColors(names.filter((a) => (ALGORITHMS as readonly string[]).includes(a) || extras.some((v) => v.name === a)));
 const charts: Chart[] = [];
 const sweep = rows.filter((r) => r.regime === 'sweep' && !ablation).map((r) => ({ dataset: r.dataset, partition: r.partition, samples: r.perSite, algorithm: r.algorithm, accuracy: r.accMean }));
 if (sweep.length) {
