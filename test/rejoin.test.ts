@@ -24,10 +24,10 @@ describe('awaitRound and members far behind', () => {
     // A message's payload is its version; `delivered`: members whose message of the round waited for is in.
     const newest = new Map<string, number>();
     const absorb = () => a.drain().map((m) => newest.set(m.from, Math.max(newest.get(m.from) ?? 0, m.payload[0]))).length;
-    const wait = async (round: number | undefined) => {
+    const wait = async (round: number | undefined, step?: number) => {
       const t0 = performance.now();
       await awaitRound(a, new DepartedMembers(), {
-        ...(round !== undefined ? { round } : {}), quorum: 2, candidates: 2, deadlineMs: 1500, absorb,
+        ...(round !== undefined ? { round } : {}), ...(step ? { step } : {}), quorum: 2, candidates: 2, deadlineMs: 1500, absorb,
         delivered: () => new Set([...newest].filter(([, v]) => v >= (round ?? 10)).map(([p]) => p)),
       });
       return performance.now() - t0;
@@ -35,6 +35,8 @@ describe('awaitRound and members far behind', () => {
     await b.publish(Uint8Array.of(10), 10);
     await c.publish(Uint8Array.of(3), 3); // c restarted from its checkpoint of round 3
     assert.ok((await wait(10)) < 500, 'round 10: c, at round 3, is not waited for');
+    // Messages every 4 rounds (bodies with bodyEvery 4): c's newest, of round 3, is one step behind round 10's.
+    assert.ok((await wait(10, 4)) >= 1400, 'in steps of 4 rounds, c at round 3 is waited for');
     assert.ok((await wait(undefined)) >= 1400, 'without the round, c is waited for until the deadline');
     await c.publish(Uint8Array.of(8), 8);
     assert.ok((await wait(10)) >= 1400, 'round 10: c, at round 8, is waited for again');

@@ -316,7 +316,7 @@ export class BodyShare {
     let fresh = this.absorb(ex, round, w.logger, refused);
     if (w.deadlineMs > 0 && partners.length > 0) {
       fresh += await awaitRound(ex, this.departed, {
-        round, quorum: Math.min(w.quorum, partners.length), candidates: partners.length, from: partners, deadlineMs: w.deadlineMs,
+        round, step: this.o.every, quorum: Math.min(w.quorum, partners.length), candidates: partners.length, from: partners, deadlineMs: w.deadlineMs,
         delivered: () => new Set(partners.filter((p) => (this.held.get(p)?.version ?? 0) >= round)),
         refused: () => refused.count,
         absorb: () => this.absorb(ex, round, w.logger, refused),

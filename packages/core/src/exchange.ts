@@ -325,6 +325,12 @@ export interface RoundWait {
    * is more than `BEHIND_ROUNDS` rounds older is not waited for.
    */
   round?: number;
+  /**
+   * Versions that a member in step publishes per round waited for (default 1;
+   * bodies shared every k rounds: k): far behind means more than
+   * `BEHIND_ROUNDS` steps older.
+   */
+  step?: number;
   /** Messages of this round wanted. */
   quorum: number;
   /** Members that could send one (default: `quorum`). */
@@ -362,7 +368,7 @@ export async function awaitRound(ex: HeadExchange, departed: DepartedMembers, w:
     const owing = (p: string) => !delivered.has(p) && (!w.from || w.from.includes(p));
     const lost = [...gone].filter(owing).length;
     const behind = w.round === undefined ? 0
-      : [...(ex.announced?.() ?? [])].filter(([p, v]) => v < w.round! - BEHIND_ROUNDS && owing(p) && !gone.has(p)).length;
+      : [...(ex.announced?.() ?? [])].filter(([p, v]) => v < w.round! - BEHIND_ROUNDS * (w.step ?? 1) && owing(p) && !gone.has(p)).length;
     const target = Math.min(w.quorum, w.candidates - lost - behind);
     const left = end - Date.now();
     if (have >= target || left <= 0) return fresh;
