@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 
 describe('examples', () => {
   it('three-sites.ts runs and every site ends up with both other experts', () => {
@@ -31,5 +32,28 @@ describe('examples', () => {
       assert.match(l, /experts 2$/);
       assert.ok(Number(/accuracy ([\d.]+)%/.exec(l)![1]) > 80, l);
     }
+  });
+
+  it("the README's snippets marked as run (the library's simulate) run as written", () => {
+    const blocks = [...readFileSync('README.md', 'utf8').matchAll(/<!-- run by test\/examples\.test\.ts -->\n```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
+    assert.ok(blocks.some((b) => b.includes('await simulate(')), 'the simulate() snippet is marked');
+    blocks.forEach((code, i) => {
+      // Inside the repository, so that its imports resolve as a user's project would.
+      const file = `test/_tmp-readme-${process.pid}-${i}.ts`;
+      writeFileSync(file, code);
+      try {
+        const r = spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', file], {
+          encoding: 'utf8', timeout: 120000, env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' },
+        });
+        assert.equal(r.status, 0, `README snippet ${i}:\n${code}\n${r.stderr}`);
+        if (code.includes('await simulate(')) {
+          const lines = r.stdout.trim().split('\n');
+          assert.equal(lines.length, 2, r.stdout);
+          lines.forEach((l, k) => assert.match(l, new RegExp(`^${['dflmoe', 'local'][k]}: mean accuracy \\d+\\.\\d\\d%, \\d+ bytes sent$`)));
+        }
+      } finally {
+        rmSync(file, { force: true });
+      }
+    });
   });
 });

@@ -4,8 +4,8 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { simulate } from '@dflmoe/core';
-import { writeRunReport } from '@dflmoe/cli';
-import { backend } from './helpers.js';
+import { summaryTable, writeRunReport } from '@dflmoe/cli';
+import { backend, cli } from './helpers.js';
 
 const quiet = silentLogger;
 
@@ -40,6 +40,34 @@ describe('HTML report', () => {
   });
 
   it('a directory without results gives a clear error', async () => {
-    await assert.rejects(writeRunReport(mkdtempSync(join(tmpdir(), 'dflmoe-empty-'))), /results\.json not found/);
+    await assert.rejects(writeRunReport(mkdtempSync(join(tmpdir(), 'dflmoe-empty-'))), /results\.json not found: report takes the directory a dflmoe simulate \(or bench\) run wrote, its --out/);
+  });
+
+  it("legends list only the algorithms that ran; the summary's bytes read as the console table's", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-report-'));
+    const r = await simulate({ dataset: 'breast-cancer', peers: 3, rounds: 2, partition: 'iid', seed: 2, algorithms: ['dflmoe', 'local'] }, { logger: quiet });
+    writeFileSync(join(dir, 'results.json'), JSON.stringify(r));
+    const html = readFileSync(await writeRunReport(dir), 'utf8');
+    const legends = [...html.matchAll(/aria-label="Symbol legend titled 'algorithm' [^"]* with \d+ values?: ([^"]+)"/g)].map((m) => m[1]);
+    // Accuracy per round and per site: both algorithms; bytes: dflmoe only (local-only sends nothing).
+    assert.deepEqual(legends, ['dflmoe, local', 'dflmoe, local', 'dflmoe']);
+    const console = summaryTable(r).split('\n');
+    const at = console[0].indexOf('bytes sent') + 'bytes sent'.length;
+    const bytes = console.find((l) => l.startsWith('dflmoe'))!.slice(0, at).trim().split(/\s+/).slice(-2).join(' ');
+    assert.match(bytes, /^[\d.]+ (B|KiB|MiB)$/);
+    const summary = /<caption>Summary<\/caption>[\s\S]*?<tr><td>dflmoe<\/td>((?:<td>[^<]*<\/td>)+)<\/tr>/.exec(html);
+    assert.ok(summary, 'the summary row of dflmoe');
+    assert.equal([...summary[1].matchAll(/<td>([^<]*)<\/td>/g)][3][1], bytes);
+  });
+
+  it("report on a site's directory says what report takes and what to use for a site", async () => {
+    const site = mkdtempSync(join(tmpdir(), 'dflmoe-site-'));
+    writeFileSync(join(site, 'site.json'), '{}');
+    writeFileSync(join(site, 'results.json'), JSON.stringify({ peerId: '12D3KooW', accuracy: 0.9, rounds: [] }));
+    const r = cli(['report', site]);
+    assert.equal(r.status, 1);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.match(r.stderr, /is a site's directory \(a dflmoe peer's out\), not a simulation run: report takes the directory a dflmoe simulate \(or bench\) run wrote, its --out/);
+    assert.match(r.stderr, new RegExp(`dflmoe audit ${site} .*dflmoe evaluate --site ${site}`));
   });
 });

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 import { algorithmColors, type SimulationResults } from '@dflmoe/core';
+import { formatBytes } from './format.js';
 
 export interface Chart {
   id: string;
@@ -27,7 +28,15 @@ export async function renderSvg(spec: TopLevelSpec): Promise<string> {
   }
 }
 
-function lineChart(data: Record<string, unknown>[], y: string, yTitle: string, yFormat: string, colors: object, scale?: object): TopLevelSpec {
+/** The colour scale of a chart's rows: each algorithm in its registry colour, and only the algorithms the rows hold (a legend lists what ran). */
+function colorsOf(rows: { algorithm: string }[]): { domain: string[]; range: string[] } {
+  const names = [...new Set(rows.map((x) => x.algorithm))];
+  const all = algorithmColors(names);
+  return { domain: names, range: names.map((n) => all.range[all.domain.indexOf(n)]) };
+}
+
+function lineChart(data: { algorithm: string }[], y: string, yTitle: string, yFormat: string, scale?: object): TopLevelSpec {
+  const colors = colorsOf(data);
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     width: 520, height: 260,
@@ -46,12 +55,12 @@ export function runCharts(r: SimulationResults): Chart[] {
   const algs = Object.entries(r.algorithms).filter(([, a]) => a) as [string, NonNullable<SimulationResults['algorithms']['dflmoe']>][];
   const perRound = algs.flatMap(([algorithm, a]) => a.rounds.map((x) => ({ algorithm, round: x.round, accuracy: x.accuracyMean, worst: x.accuracyMin, bytes: x.bytesSent })));
   const perPeer = algs.flatMap(([algorithm, a]) => a.peers.map((p) => ({ algorithm, peer: p.id, accuracy: p.accuracy })));
-  const colors = algorithmColors(algs.map(([name]) => name));
+  const sending = perRound.filter((x) => x.bytes > 0);
   const charts: Chart[] = [
     {
       id: 'accuracy-per-round', title: 'Mean personalized accuracy per round',
       description: "Each site's model on its own test split, averaged over sites.",
-      spec: lineChart(perRound, 'accuracy', 'mean accuracy', '.1%', colors), data: perRound,
+      spec: lineChart(perRound, 'accuracy', 'mean accuracy', '.1%'), data: perRound,
     },
     {
       id: 'accuracy-per-peer', title: 'Final accuracy per site',
@@ -63,7 +72,7 @@ export function runCharts(r: SimulationResults): Chart[] {
           x: { field: 'peer', type: 'nominal', title: 'site', sort: null },
           xOffset: { field: 'algorithm', type: 'nominal' },
           y: { field: 'accuracy', type: 'quantitative', axis: { format: '.0%' }, scale: { domain: [0, 1] } },
-          color: { field: 'algorithm', type: 'nominal', scale: colors },
+          color: { field: 'algorithm', type: 'nominal', scale: colorsOf(perPeer) },
           tooltip: [{ field: 'peer' }, { field: 'algorithm' }, { field: 'accuracy', format: '.2%' }],
         },
       } as TopLevelSpec,
@@ -72,8 +81,8 @@ export function runCharts(r: SimulationResults): Chart[] {
     {
       id: 'bytes-per-round', title: 'Bytes on the network per round',
       description: 'All sites together: heads for dFLMoE, whole models to the other members for gossip, models (bodies for FedRep) up and down for the server algorithms (log scale; algorithms that send nothing are left out).',
-      spec: lineChart(perRound.filter((x) => x.bytes > 0), 'bytes', 'bytes per round', '~s', colors, { type: 'log' }),
-      data: perRound.filter((x) => x.bytes > 0),
+      spec: lineChart(sending, 'bytes', 'bytes per round', '~s', { type: 'log' }),
+      data: sending,
     },
   ];
   const d = r.algorithms.dflmoe;
@@ -141,20 +150,34 @@ function pct(x: number): string {
   return Number.isFinite(x) ? `${(x * 100).toFixed(2)}%` : '-';
 }
 
+/** What `report` takes, for its errors. */
+const REPORT_TAKES = 'report takes the directory a dflmoe simulate (or bench) run wrote, its --out, which holds results.json with every algorithm';
+
+/** Say what `report` takes; for a site's directory (a `dflmoe peer`'s out, or one of simulate --transport tcp's sites), what to use instead. */
+function notARunDirectory(dir: string, why: string): Error {
+  if (existsSync(join(dir, 'site.json')) || existsSync(join(dir, 'metrics.jsonl'))) {
+    return new Error(
+      `${dir} is a site's directory (a dflmoe peer's out), not a simulation run: ${REPORT_TAKES}. ` +
+        `For this site: dflmoe audit ${dir} (its rounds, verified), dflmoe evaluate --site ${dir} --input <labelled file>, or its metrics.jsonl and results.json`,
+    );
+  }
+  return new Error(`${why}: ${REPORT_TAKES}`);
+}
+
 /** Write `<dir>/report.html` for a simulation run directory (one holding results.json). */
 export async function writeRunReport(dir: string): Promise<string> {
   const file = join(dir, 'results.json');
-  if (!existsSync(file)) throw new Error(`${file} not found: give the directory a simulate or bench run wrote (its --out)`);
+  if (!existsSync(file)) throw notARunDirectory(dir, `${file} not found`);
   let r: SimulationResults;
   try {
     r = JSON.parse(readFileSync(file, 'utf8')) as SimulationResults;
   } catch (e) {
     throw new Error(`${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
-  if (!r || typeof r !== 'object' || !r.algorithms || !r.config) throw new Error(`${file} does not look like dflmoe simulation results`);
+  if (!r || typeof r !== 'object' || !r.algorithms || !r.config) throw notARunDirectory(dir, `${file} does not hold dflmoe simulation results`);
   const rows = [['algorithm', 'mean acc', 'std', 'worst site', 'bytes sent', 'seconds']];
   for (const [name, a] of Object.entries(r.algorithms)) {
-    if (a) rows.push([name, pct(a.accuracy.mean), pct(a.accuracy.std), pct(a.accuracy.min), String(a.bytesSent), a.wallSeconds.toFixed(1)]);
+    if (a) rows.push([name, pct(a.accuracy.mean), pct(a.accuracy.std), pct(a.accuracy.min), formatBytes(a.bytesSent), a.wallSeconds.toFixed(1)]);
   }
   const c = r.config;
   const html = await renderPage({

@@ -19,8 +19,14 @@ export interface Predictions {
   predicted: Int32Array;
   /** `numSamples x classNames.length`, row-major; each row sums to 1. */
   probabilities: Float32Array;
-  /** dFLMoE: the experts, own head first (ids as the site knows them); empty for other algorithms. */
+  /**
+   * dFLMoE: the experts, own head first (ids as the site knows them; a site
+   * loaded from its directory names them as its site.json does); empty for
+   * other algorithms.
+   */
   experts: string[];
+  /** A site loaded from its directory: the experts' peer IDs (`experts` then holds their names). */
+  expertIds?: string[];
   /** `numSamples x experts.length`, row-major: the gate's weight of each expert per sample. */
   gateWeights: Float32Array;
 }

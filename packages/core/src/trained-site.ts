@@ -16,7 +16,7 @@ import { getAlgorithm, type AlgorithmName } from './algorithms/registry.js';
 import { initBackend } from './backend.js';
 import { silentLogger, type Logger } from './log.js';
 import { parseBodySpec } from './model.js';
-import { SitePredictor, evaluatePredictions, type Evaluation, type Predictions } from './predict.js';
+import { SitePredictor, evaluatePredictions, type Evaluation, type Predictions, type SampleInput } from './predict.js';
 import { disposePeerData, type PeerData, type TrainOptions } from './train.js';
 
 export const SITE_FILE = 'site.json';
@@ -136,6 +136,12 @@ export class TrainedSite extends SitePredictor {
   /** A member's name (or its peer ID), e.g. to label the experts of `Predictions`. */
   nameOf(peer: string): string {
     return this.description.names[peer] ?? peer;
+  }
+
+  /** Predictions whose experts are named as site.json names them (their peer IDs in `expertIds`). */
+  override predict(x: SampleInput): Predictions {
+    const p = super.predict(x);
+    return { ...p, experts: p.experts.map((id) => this.nameOf(id)), expertIds: p.experts };
   }
 
   /**

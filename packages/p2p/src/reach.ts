@@ -45,12 +45,16 @@ export interface ConnectionCounts {
 }
 
 /**
- * Log every connection to a member once it opens ("connected to site-b
- * (12D3...) relayed via /ip4/...") and count them; a relayed connection that
- * DCUtR replaces is followed by a direct one.
+ * Log a member once it is connected ("connected to site-b (12D3...) relayed
+ * at /ip4/..."), not once per connection: two members that dial each other
+ * at once hold an inbound and an outbound connection, and the second is
+ * logged at debug level only. A direct connection that replaces relayed ones
+ * (DCUtR) is logged again. Every connection is counted.
  */
 export function watchConnections(node: SiteNode, log: Logger, names: Map<string, string | undefined>): ConnectionCounts {
   const counts: ConnectionCounts = { direct: 0, relayed: 0 };
+  /** The open connections to each member, by connection ID: relayed or not. */
+  const open = new Map<string, Map<string, boolean>>();
   node.addEventListener('connection:open', (evt) => {
     const c = evt.detail;
     const id = c.remotePeer.toString();
@@ -58,7 +62,16 @@ export function watchConnections(node: SiteNode, log: Logger, names: Map<string,
     const name = names.get(id) ?? 'member';
     const relayed = isRelayed(c);
     counts[relayed ? 'relayed' : 'direct']++;
-    log.info(`connected to ${name} (${id}) ${relayed ? 'relayed' : 'direct'} ${c.direction} at ${c.remoteAddr.toString()}`);
+    const mine = open.get(id) ?? new Map<string, boolean>();
+    open.set(id, mine);
+    const news = mine.size === 0 || (!relayed && [...mine.values()].every(Boolean));
+    mine.set(c.id, relayed);
+    (news ? log.info : log.debug).call(log, `connected to ${name} (${id}) ${relayed ? 'relayed' : 'direct'} ${c.direction} at ${c.remoteAddr.toString()}`);
+  });
+  node.addEventListener('connection:close', (evt) => {
+    const id = evt.detail.remotePeer.toString();
+    open.get(id)?.delete(evt.detail.id);
+    if (open.get(id)?.size === 0) open.delete(id);
   });
   return counts;
 }

@@ -1,15 +1,27 @@
-import { existsSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { Command } from 'commander';
+import { SITE_FILE, type SiteDescription } from '@dflmoe/core';
 import { AUDIT_FILE, verifyAudit, type AuditEntry } from '@dflmoe/p2p';
 
 const short = (s: string | null | undefined, n = 12) => (s ? s.slice(0, n) : '-');
 const peer = (p: string) => (p.length > 16 ? `...${p.slice(-8)}` : p);
 
-/** One line of history per entry. */
-export function formatAuditEntry(e: AuditEntry): string {
+/** The members' names by peer ID that the site's site.json (beside its audit trail) knows; none without one. */
+function memberNames(auditFile: string): Record<string, string> {
+  const file = join(dirname(auditFile), SITE_FILE);
+  if (!existsSync(file)) return {};
+  try {
+    return (JSON.parse(readFileSync(file, 'utf8')) as Partial<SiteDescription>).names ?? {};
+  } catch {
+    return {};
+  }
+}
+
+/** One line of history per entry; members by name where `names` knows them. */
+export function formatAuditEntry(e: AuditEntry, names: Record<string, string> = {}): string {
   if (e.kind === 'start') return `${e.time}  start      ${e.algorithm}, from round ${e.fromRound}${e.note ? ` (${e.note})` : ''}`;
-  const mixed = e.mixed.map((m) => `${peer(m.peer)} v${m.version} ${short(m.digest, 8)}`).join(', ') || 'nothing';
+  const mixed = e.mixed.map((m) => `${names[m.peer] ?? peer(m.peer)} v${m.version} ${short(m.digest, 8)}`).join(', ') || 'nothing';
   const own = e.own ? `v${e.own.version} ${short(e.own.digest, 8)}` : '-';
   const eps = e.privacy ? `  epsilon ${e.privacy.epsilon.toFixed(3)} (delta ${e.privacy.delta})` : '';
   return `${e.time}  round ${String(e.round).padEnd(4)} mixed [${mixed}]  own ${own}  checkpoint ${short(e.checkpoint, 8)}${eps}`;
@@ -24,10 +36,12 @@ export function auditCommand(): Command {
       const file = existsSync(dir) && statSync(dir).isDirectory() ? join(dir, AUDIT_FILE) : dir;
       if (!existsSync(file)) throw new Error(`${file} not found: a site writes its audit trail to <out>/${AUDIT_FILE}`);
       const r = await verifyAudit(file);
-      if (!o.quiet) for (const e of r.entries) process.stdout.write(`${formatAuditEntry(e)}\n`);
+      const names = memberNames(file);
+      if (!o.quiet) for (const e of r.entries) process.stdout.write(`${formatAuditEntry(e, names)}\n`);
       for (const p of r.problems) process.stderr.write(`TAMPERED line ${p.line}${p.round !== undefined ? ` (round ${p.round})` : ''}: ${p.reason}\n`);
       if (r.problems.length) throw new Error(`${file}: ${r.problems.length} line(s) fail verification`);
       const rounds = r.entries.filter((e) => e.kind === 'round').length;
-      process.stdout.write(`audit trail of ${r.site ?? '?'}: ${r.entries.length} entries (${rounds} rounds); hash chain and signatures verified\n`);
+      const site = r.site && names[r.site] ? `${names[r.site]} (${r.site})` : r.site ?? '?';
+      process.stdout.write(`audit trail of ${site}: ${r.entries.length} entries (${rounds} rounds); hash chain and signatures verified\n`);
     });
 }
