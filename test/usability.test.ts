@@ -8,10 +8,10 @@ import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'csv-parse/sync';
-import { ConfigError, parsePeerConfig, prepareSiteData } from '@dflmoe/p2p';
-import { silentLogger } from '@dflmoe/core';
-import { cli } from './helpers.js';
-import { patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
+import { ConfigError, createSiteNode, generateIdentity, parsePeerConfig, prepareSiteData, watchConnections } from '@dflmoe/p2p';
+import { loadSite, silentLogger, type SimulationResults } from '@dflmoe/core';
+import { cli, until } from './helpers.js';
+import { imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
 /** A one-site, one-round local-only site trained by `dflmoe peer` on a patient table; returns its out directory. */
 function trainedSite(dir: string): string {
@@ -166,5 +166,94 @@ describe('command line usability', function () {
       assert.equal(naRows[2]['read as missing'], undefined, 'no marks column without the option');
       assert.deepEqual(rows.map(({ 'read as missing': _, ...rest }) => rest), naRows);
     });
+  });
+
+  describe('simulate, in one process and over TCP', function () {
+    this.timeout(240000);
+    const results = (dir: string) => JSON.parse(readFileSync(join(dir, 'results.json'), 'utf8')) as SimulationResults;
+    const pooled = (r: SimulationResults, alg: 'local' | 'dflmoe') => r.algorithms[alg]!.peers.map((p) => p.pooledAccuracy);
+
+    it('--dataset images:<dir> runs on both transports, and --help lists it', async () => {
+      const dir = tmpDir('dflmoe-simimg-');
+      const images = await imageFolder(join(dir, 'images'), { seed: 4, perClass: 24 });
+      const args = ['simulate', '--dataset', `images:${images}`, '--peers', '2', '--partition', 'iid', '--rounds', '2', '--algorithms', 'local',
+        '--body', 'mlp:8', '--feature-dim', '8', '--quiet'];
+      const mem = cli([...args, '--out', join(dir, 'mem')]);
+      assert.equal(mem.status, 0, mem.stderr);
+      const tcp = cli([...args, '--transport', 'tcp', '--deadline', '20000', '--out', join(dir, 'tcp')]);
+      assert.equal(tcp.status, 0, tcp.stderr);
+      const [m, t] = [results(join(dir, 'mem')), results(join(dir, 'tcp'))];
+      assert.deepEqual(m.dataset.sampleShape, [12, 12, 1]);
+      assert.equal(m.dataset.samples, 48);
+      assert.deepEqual(t.algorithms.local!.peers.map((p) => p.accuracy), m.algorithms.local!.peers.map((p) => p.accuracy), 'the same sites train the same models');
+      assert.match(cli(['simulate', '--help']).stdout.replace(/\s+/g, ' '), /--dataset <name> .*\| images:<dir>/);
+    });
+
+    describe('a consortium of processes (simulate --transport tcp)', () => {
+      let dir: string;
+      let tcp: ReturnType<typeof cli>;
+      const args = ['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--partition', 'iid', '--rounds', '2', '--algorithms', 'local,dflmoe', '--seed', '2', '--quiet'];
+      before(() => {
+        dir = tmpDir('dflmoe-simtcp-');
+        tcp = cli([...args, '--transport', 'tcp', '--deadline', '20000', '--out', join(dir, 'tcp')]);
+        assert.equal(tcp.status, 0, tcp.stderr);
+      });
+
+      it("prints the pooled test column too: each site's saved model on every site's test rows, as in memory", () => {
+        assert.match(tcp.stdout, /algorithm +mean acc +std +min +weighted +pooled test +bytes sent/);
+        assert.match(tcp.stdout, /\nlocal +[\d.]+% +[\d.]+% +[\d.]+% +[\d.]+% +[\d.]+% /);
+        const mem = cli([...args, '--out', join(dir, 'mem')]);
+        assert.equal(mem.status, 0, mem.stderr);
+        const [t, m] = [results(join(dir, 'tcp')), results(join(dir, 'mem'))];
+        // local-only trains the same models in both, so the pooled figures agree exactly.
+        assert.deepEqual(pooled(t, 'local'), pooled(m, 'local'));
+        assert.ok(pooled(t, 'local').every((p) => p! > 0.5 && p! <= 1));
+        assert.ok(pooled(t, 'dflmoe').every((p) => p !== undefined && p > 0.5 && p <= 1), `dflmoe pooled ${pooled(t, 'dflmoe')}`);
+        assert.ok(Math.abs(t.algorithms.dflmoe!.pooledAccuracy!.mean - pooled(t, 'dflmoe').reduce((a, b) => a! + b!, 0)! / 3) < 1e-12);
+      });
+
+      it('dflmoe audit and predictFile name the experts as site.json does, as dflmoe predict does', async () => {
+        const site = join(dir, 'tcp', 'consortium', 'dflmoe', 'site-0');
+        const desc = JSON.parse(readFileSync(join(site, 'site.json'), 'utf8')) as { peerId: string; names: Record<string, string> };
+        const audit = cli(['audit', site]);
+        assert.equal(audit.status, 0, audit.stderr);
+        assert.match(audit.stdout, /round 2 +mixed \[site-[12] v\d [0-9a-f]{8}, site-[12] v\d [0-9a-f]{8}\]/);
+        assert.match(audit.stdout, new RegExp(`audit trail of site-0 \\(${desc.peerId}\\): 3 entries \\(2 rounds\\); hash chain and signatures verified`));
+        const trained = await loadSite(site);
+        try {
+          const { predictions: p } = await trained.predictFile('packages/data/datasets/breast-cancer.csv');
+          assert.deepEqual([...p.experts].sort(), ['site-0', 'site-1', 'site-2']);
+          assert.equal(p.experts[0], 'site-0', 'own head first');
+          assert.deepEqual(p.expertIds!.map((id) => desc.names[id]), p.experts);
+        } finally {
+          trained.dispose();
+        }
+      });
+    });
+  });
+
+  it('a member is logged "connected to" once, though both sites dialled (an inbound and an outbound connection)', async () => {
+    const ids = await Promise.all([generateIdentity(), generateIdentity()]);
+    const allow = ids.map((i) => i.peerId);
+    const [a, b] = await Promise.all(ids.map((i) => createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow })));
+    const logs = [[], []] as { level: string; msg: string }[][];
+    const logger = (k: number) => ({
+      debug: (msg: string) => logs[k].push({ level: 'debug', msg }), info: (msg: string) => logs[k].push({ level: 'info', msg }),
+      warn: (msg: string) => logs[k].push({ level: 'warn', msg }), error: (msg: string) => logs[k].push({ level: 'error', msg }),
+    });
+    try {
+      await Promise.all([a.start(), b.start()]);
+      watchConnections(a, logger(0), new Map([[ids[1].peerId, 'site-b']]));
+      watchConnections(b, logger(1), new Map([[ids[0].peerId, 'site-a']]));
+      await a.dial(b.getMultiaddrs()[0]);
+      await b.dial(a.getMultiaddrs()[0], { force: true });
+      await until('two connections each way', () => a.getConnections(b.peerId).length === 2 && b.getConnections(a.peerId).length === 2, 20000);
+      const connected = (k: number, level: string) => logs[k].filter((l) => l.level === level && l.msg.startsWith('connected to ')).length;
+      assert.deepEqual([connected(0, 'info'), connected(1, 'info')], [1, 1], JSON.stringify(logs));
+      assert.deepEqual([connected(0, 'debug'), connected(1, 'debug')], [1, 1], 'the second connection, at debug level');
+      assert.match(logs[0].find((l) => l.level === 'info')!.msg, /^connected to site-b \(.*\) direct outbound at /);
+    } finally {
+      await Promise.all([a.stop(), b.stop()]);
+    }
   });
 });
