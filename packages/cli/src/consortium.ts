@@ -330,6 +330,7 @@ export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallS
     return {
       id: r.name ?? r.peerId, accuracy: r.accuracy, ownHeadAccuracy: r.ownHeadAccuracy, bytesSent: r.bytesSent, bytesReceived: r.bytesReceived,
       trainSamples: r.trainSamples, testSamples: r.testSamples, body: bodies[i % bodies.length],
+      ...(r.bodyBytesSent !== undefined ? { bodyBytesSent: r.bodyBytesSent, bodyBytesReceived: r.bodyBytesReceived } : {}),
       ...(last?.experts.length ? { gateWeights: gateWeightsOf(r) } : {}),
       // With DP-SGD: the privacy a site spent, as its last round reported it (the simulator's figure, from the same accountant).
       ...(last?.epsilon !== undefined ? { privacy: { epsilon: last.epsilon, delta: last.delta!, steps: last.dpSteps ?? 0 } } : {}),
@@ -355,5 +356,6 @@ export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallS
   return {
     accuracy: summarize(peers.map((p) => p.accuracy), peers.map((p) => p.testSamples)),
     bytesSent, wallSeconds, peers, rounds,
+    ...(peers.some((p) => p.bodyBytesSent !== undefined) ? { bodyBytesSent: peers.reduce((a, p) => a + (p.bodyBytesSent ?? 0), 0) } : {}),
   };
 }

@@ -2,16 +2,15 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
-  ALGORITHMS, DEFAULT_SIMULATION, emptyResults, OPTIMIZERS, PRECISIONS, REGISTRY, initBackend, isAlgorithmName, simulate, summarize, unknownAlgorithmMessage,
+  ALGORITHMS, DEFAULT_SIMULATION, emptyResults, parseBodyCombiner, parseTopology, OPTIMIZERS, PRECISIONS, REGISTRY, initBackend, isAlgorithmName, simulate, summarize, unknownAlgorithmMessage,
   type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
-import { SHIFT_KINDS, loadDatasetAsync, partition } from '@dflmoe/data';
+import { SHIFT_KINDS, loadDataset, partition } from '@dflmoe/data';
 import { collectResults, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium } from '../consortium.js';
 import { stopSignal } from './network.js';
 import { writeJsonAtomic } from '@dflmoe/p2p';
 import { createProgress, type Progress } from '../progress.js';
 import { writeRunReport } from '../report.js';
-import { pooledAccuracies } from '../pooled.js';
 import { formatBytes, int, num, pct, table } from '../format.js';
 
 /** `--max-experts`: a positive integer, or `0` or `all` for no limit. */
@@ -27,6 +26,17 @@ function standardizeOption(dflt: SimulationConfig['standardize']): Option {
       return v;
     });
 }
+/** Parse with a core parser, turning its error into commander's. */
+const parsed = (parse: (v: string) => unknown) => (v: string) => {
+  try {
+    parse(v);
+  } catch (e) {
+    throw new InvalidArgumentError(`${(e as Error).message}.`);
+  }
+  return v;
+};
+const combiner = parsed(parseBodyCombiner);
+const topology = parsed(parseTopology);
 const list = (v: string) => v.split(',').map((s) => s.trim()).filter(Boolean);
 const sizes = (v: string) => (v === '' || v === 'none' ? [] : v.split('x').map(int('sizes')));
 
@@ -39,13 +49,15 @@ function algorithms(v: string): AlgorithmName[] {
 /** The results table printed at the end of a simulation. */
 export function summaryTable(r: SimulationResults): string {
   const withPooled = Object.values(r.algorithms).some((a) => a?.pooledAccuracy);
-  const rows = [['algorithm', 'mean acc', 'std', 'min', 'weighted', ...(withPooled ? ['pooled test'] : []), 'bytes sent', 'per peer/round', 'seconds']];
+  const withBodies = Object.values(r.algorithms).some((a) => a?.bodyBytesSent !== undefined);
+  const rows = [['algorithm', 'mean acc', 'std', 'min', 'weighted', ...(withPooled ? ['pooled test'] : []), 'bytes sent', ...(withBodies ? ['of which bodies'] : []), 'per peer/round', 'seconds']];
   for (const [name, a] of Object.entries(r.algorithms)) {
     if (!a) continue;
     rows.push([
-      name, pct(a.accuracy.mean), pct(a.accuracy.std), pct(a.accuracy.min), pct(a.accuracy.weightedMean),
+      name === 'dflmoe' && r.config.shareBody ? 'dflmoe (shared bodies)' : name, pct(a.accuracy.mean), pct(a.accuracy.std), pct(a.accuracy.min), pct(a.accuracy.weightedMean),
       ...(withPooled ? [a.pooledAccuracy ? pct(a.pooledAccuracy.mean) : '-'] : []),
-      formatBytes(a.bytesSent), formatBytes(a.bytesSent / (r.config.peers * r.config.rounds)), a.wallSeconds.toFixed(1),
+      formatBytes(a.bytesSent), ...(withBodies ? [a.bodyBytesSent !== undefined ? formatBytes(a.bodyBytesSent) : '-'] : []),
+      formatBytes(a.bytesSent / (r.config.peers * r.config.rounds)), a.wallSeconds.toFixed(1),
     ]);
   }
   return table(rows);
@@ -57,7 +69,7 @@ export function simulateCommand(): Command {
   return new Command('simulate')
     .description('Run algorithms side by side on one dataset and partition, with the same model, rounds, epochs and optimiser.')
     .addHelpText('after', `\nAlgorithms:\n${REGISTRY.map((a) => `  ${a.name.padEnd(10)} ${a.description}`).join('\n')}\n`)
-    .requiredOption('--dataset <name>', 'breast-cancer | digits | fashion-mnist | synthetic | csv:<path> | images:<dir> (one sub-folder of PNG/JPEG files per class)')
+    .requiredOption('--dataset <name>', 'breast-cancer | digits | fashion-mnist | synthetic | csv:<path>')
     .option('--peers <n>', 'number of sites', int('--peers'), d.peers)
     .option('--partition <spec>', 'iid | dirichlet:<alpha> | shards:<k>', d.partition)
     .option('--rounds <n>', 'communication rounds', int('--rounds'), d.rounds)
@@ -87,11 +99,16 @@ export function simulateCommand(): Command {
     .option('--freeze-body', 'never train the body: only heads (and dFLMoE gates and transforms) learn', false)
     .option('--expert-lr-scale <x>', "dflmoe: learning rate of received experts' gate slots and FSTs, relative to --lr", num('--expert-lr-scale', 0, 1000), d.expertLrScale)
     .option('--poisoned <n>', 'robustness: make the last n sites adversarial', (v) => Number(v), d.poisoned)
-    .addOption(new Option('--poison-kind <kind>', 'what adversarial sites do (random heads: dflmoe only)').choices(['random', 'flipped']).default(d.poisonKind))
+    .addOption(new Option('--poison-kind <kind>', 'what adversarial sites do: random heads (dflmoe) and bodies (where shared), flipped labels, sign-flipped bodies (where shared)').choices(['random', 'flipped', 'sign-flip']).default(d.poisonKind))
     .addOption(new Option('--fst <form>', "dflmoe: each received expert's feature-space transform: full (dim x dim), diag (scale and shift per feature), none").choices(['full', 'diag', 'none']).default(d.fst))
     .option('--distill <x>', 'dflmoe: weight of distilling the mixture into the own head (0: off)', num('--distill', 0, 100), d.distill)
     .option('--max-experts <k>', 'dflmoe: mix at most k received experts, chosen each round from announcements, local scores and gate weights, with some exploration (0 or all: no limit)', maxExperts, d.maxExperts)
     .addOption(new Option('--head-precision <p>', 'dflmoe: precision of published heads: float32, float16 (half the bytes), int8 (a quarter, a scale per tensor)').choices([...PRECISIONS]).default(d.headPrecision))
+    .option('--share-body', 'dflmoe: also share bodies, combined peer to peer before each round (heads stay experts; off: heads only)', false)
+    .option('--body-every <n>', 'dflmoe --share-body and fedrep-p2p: exchange bodies every n rounds', int('--body-every'), d.bodyEvery)
+    .option('--body-combiner <how>', 'dflmoe --share-body and fedrep-p2p: mean (weighted by rows), median or trimmed:<fraction> (coordinate-wise)', combiner, d.bodyCombiner)
+    .option('--gossip-peers <k>', 'dflmoe --share-body and fedrep-p2p: combine with k members drawn afresh each round (same as --topology random:k)', int('--gossip-peers'))
+    .option('--topology <t>', 'dflmoe --share-body and fedrep-p2p: whose bodies a site combines: full, ring, random:<k>', topology, d.topology)
     .option('--admission <x>', "dflmoe: refuse received heads scoring below x times the own head's accuracy on local data", num('--admission', 0, 10))
     .option('--dp-noise <x>', 'DP-SGD: noise multiplier (turns DP on)', num('--dp-noise', 0, 1000))
     .option('--dp-clip <x>', 'DP-SGD: clipping norm', num('--dp-clip', 1e-9, 1e6), 1)
@@ -121,6 +138,7 @@ export function simulateCommand(): Command {
         sharedInit: o.sharedInit, expertLrScale: o.expertLrScale, freezeBody: o.freezeBody,
         ...(o.pretrainedBody !== undefined ? { pretrainedBody: resolve(o.pretrainedBody) } : {}),
         poisoned: o.poisoned, poisonKind: o.poisonKind, admission: o.admission, fst: o.fst, distill: o.distill, headPrecision: o.headPrecision, maxExperts: o.maxExperts,
+        shareBody: o.shareBody, bodyEvery: o.bodyEvery, bodyCombiner: o.bodyCombiner, topology: o.gossipPeers !== undefined ? `random:${o.gossipPeers}` : o.topology,
         trainPerSite: o.trainPerSite, featureShift: o.featureShift, evaluateOn: o.evaluateOn,
         ...(o.dpNoise !== undefined ? { dp: { noiseMultiplier: o.dpNoise, clipNorm: o.dpClip, microbatches: o.dpMicrobatches, delta: o.dpDelta } } : {}),
       };
@@ -155,8 +173,7 @@ async function simulateOverTcp(
     cfg.trainPerSite !== undefined && '--train-per-site', cfg.featureShift.length > 0 && '--feature-shift', cfg.evaluateOn !== 'test' && '--evaluate-on',
   ].filter(Boolean);
   if (unsupported.length) throw new Error(`${unsupported.join(', ')} ${unsupported.length > 1 ? 'are' : 'is'} not available with --transport tcp yet; run it in memory (the default).`);
-  // Image folders decode asynchronously; the sites' shares are written from this one copy.
-  const ds = await loadDatasetAsync(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
+  const ds = loadDataset(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
   const splits = partition(ds.labels, ds.classNames.length, cfg.peers, cfg.partition, { seed: cfg.seed, testFraction: cfg.testFraction, minSize: cfg.minSize });
   const backend = await initBackend();
   const results = emptyResults(cfg, backend.name, ds, splits);
@@ -167,7 +184,7 @@ async function simulateOverTcp(
     // A run in this directory that was stopped (or finished) goes on: each site resumes from its checkpoint with its key.
     const earlier = earlierRunSeconds(dir);
     const resuming = existsSync(join(dir, 'site-0', 'checkpoints'));
-    const files = await writeConsortium({ dir, algorithm: alg, sim: cfg, deadlineMs, datasetOptions: cfg.datasetOptions, shares: { dataset: ds, splits } });
+    const files = await writeConsortium({ dir, algorithm: alg, sim: cfg, deadlineMs, datasetOptions: cfg.datasetOptions });
     if (resuming) process.stderr.write(`${alg}: resuming the earlier run in ${dir} (--fresh starts over)\n`);
     const seconds = () => earlier + (performance.now() - t0) / 1000;
     // Progress per round, once every site has finished it.
@@ -190,14 +207,7 @@ async function simulateOverTcp(
     } finally {
       recordRunSeconds(dir, seconds());
     }
-    const a = collectResults(alg, files, seconds(), cfg.bodies);
-    // Pooled test accuracy where the in-memory simulator reports it (every site standardizes alike): each site's saved model on every site's test rows.
-    if (cfg.standardize === 'federated' || cfg.pretrainedBody !== undefined) {
-      const pooled = await pooledAccuracies(files.sites.map((s) => s.out), ds, splits);
-      pooled.forEach((p, i) => (a.peers[i].pooledAccuracy = p));
-      a.pooledAccuracy = summarize(pooled);
-    }
-    results.algorithms[alg] = a;
+    results.algorithms[alg] = collectResults(alg, files, seconds(), cfg.bodies);
   }
   return results;
 }
