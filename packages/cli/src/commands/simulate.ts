@@ -5,27 +5,17 @@ import {
   ALGORITHMS, DEFAULT_SIMULATION, emptyResults, parseBodyCombiner, parseTopology, OPTIMIZERS, PRECISIONS, REGISTRY, initBackend, isAlgorithmName, simulate, summarize, unknownAlgorithmMessage,
   type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
-import { SHIFT_KINDS, loadDataset, partition } from '@dflmoe/data';
+import { SHIFT_KINDS, loadDatasetAsync, partition } from '@dflmoe/data';
 import { collectResults, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium } from '../consortium.js';
 import { stopSignal } from './network.js';
 import { writeJsonAtomic } from '@dflmoe/p2p';
 import { createProgress, type Progress } from '../progress.js';
 import { writeRunReport } from '../report.js';
+import { pooledAccuracies } from '../pooled.js';
 import { formatBytes, int, num, pct, table } from '../format.js';
 
 /** `--max-experts`: a positive integer, or `0` or `all` for no limit. */
 const maxExperts = (v: string) => (v === 'all' || v === '0' ? 0 : int('--max-experts')(v));
-/** `--standardize`: federated (the site config's name) or local; `global`, its former name, still reads as federated. */
-function standardizeOption(dflt: SimulationConfig['standardize']): Option {
-  const how = ['federated', 'local'];
-  return new Option('--standardize <how>', "feature statistics: pooled over all training splits from per-site sums (as a site config's data.standardize), or per peer")
-    .choices(how).default(dflt)
-    .argParser((v) => {
-      if (v === 'global') return 'federated';
-      if (!how.includes(v)) throw new InvalidArgumentError(`Allowed choices are ${how.join(', ')}.`);
-      return v;
-    });
-}
 /** Parse with a core parser, turning its error into commander's. */
 const parsed = (parse: (v: string) => unknown) => (v: string) => {
   try {
@@ -37,6 +27,17 @@ const parsed = (parse: (v: string) => unknown) => (v: string) => {
 };
 const combiner = parsed(parseBodyCombiner);
 const topology = parsed(parseTopology);
+/** `--standardize`: federated (the site config's name) or local; `global`, its former name, still reads as federated. */
+function standardizeOption(dflt: SimulationConfig['standardize']): Option {
+  const how = ['federated', 'local'];
+  return new Option('--standardize <how>', "feature statistics: pooled over all training splits from per-site sums (as a site config's data.standardize), or per peer")
+    .choices(how).default(dflt)
+    .argParser((v) => {
+      if (v === 'global') return 'federated';
+      if (!how.includes(v)) throw new InvalidArgumentError(`Allowed choices are ${how.join(', ')}.`);
+      return v;
+    });
+}
 const list = (v: string) => v.split(',').map((s) => s.trim()).filter(Boolean);
 const sizes = (v: string) => (v === '' || v === 'none' ? [] : v.split('x').map(int('sizes')));
 
@@ -69,7 +70,7 @@ export function simulateCommand(): Command {
   return new Command('simulate')
     .description('Run algorithms side by side on one dataset and partition, with the same model, rounds, epochs and optimiser.')
     .addHelpText('after', `\nAlgorithms:\n${REGISTRY.map((a) => `  ${a.name.padEnd(10)} ${a.description}`).join('\n')}\n`)
-    .requiredOption('--dataset <name>', 'breast-cancer | digits | fashion-mnist | synthetic | csv:<path>')
+    .requiredOption('--dataset <name>', 'breast-cancer | digits | fashion-mnist | synthetic | csv:<path> | images:<dir> (one sub-folder of PNG/JPEG files per class)')
     .option('--peers <n>', 'number of sites', int('--peers'), d.peers)
     .option('--partition <spec>', 'iid | dirichlet:<alpha> | shards:<k>', d.partition)
     .option('--rounds <n>', 'communication rounds', int('--rounds'), d.rounds)
@@ -173,7 +174,8 @@ async function simulateOverTcp(
     cfg.trainPerSite !== undefined && '--train-per-site', cfg.featureShift.length > 0 && '--feature-shift', cfg.evaluateOn !== 'test' && '--evaluate-on',
   ].filter(Boolean);
   if (unsupported.length) throw new Error(`${unsupported.join(', ')} ${unsupported.length > 1 ? 'are' : 'is'} not available with --transport tcp yet; run it in memory (the default).`);
-  const ds = loadDataset(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
+  // Image folders decode asynchronously; the sites' shares are written from this one copy.
+  const ds = await loadDatasetAsync(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
   const splits = partition(ds.labels, ds.classNames.length, cfg.peers, cfg.partition, { seed: cfg.seed, testFraction: cfg.testFraction, minSize: cfg.minSize });
   const backend = await initBackend();
   const results = emptyResults(cfg, backend.name, ds, splits);
@@ -184,7 +186,7 @@ async function simulateOverTcp(
     // A run in this directory that was stopped (or finished) goes on: each site resumes from its checkpoint with its key.
     const earlier = earlierRunSeconds(dir);
     const resuming = existsSync(join(dir, 'site-0', 'checkpoints'));
-    const files = await writeConsortium({ dir, algorithm: alg, sim: cfg, deadlineMs, datasetOptions: cfg.datasetOptions });
+    const files = await writeConsortium({ dir, algorithm: alg, sim: cfg, deadlineMs, datasetOptions: cfg.datasetOptions, shares: { dataset: ds, splits } });
     if (resuming) process.stderr.write(`${alg}: resuming the earlier run in ${dir} (--fresh starts over)\n`);
     const seconds = () => earlier + (performance.now() - t0) / 1000;
     // Progress per round, once every site has finished it.
@@ -207,7 +209,14 @@ async function simulateOverTcp(
     } finally {
       recordRunSeconds(dir, seconds());
     }
-    results.algorithms[alg] = collectResults(alg, files, seconds(), cfg.bodies);
+    const a = collectResults(alg, files, seconds(), cfg.bodies);
+    // Pooled test accuracy where the in-memory simulator reports it (every site standardizes alike): each site's saved model on every site's test rows.
+    if (cfg.standardize === 'federated' || cfg.pretrainedBody !== undefined) {
+      const pooled = await pooledAccuracies(files.sites.map((s) => s.out), ds, splits);
+      pooled.forEach((p, i) => (a.peers[i].pooledAccuracy = p));
+      a.pooledAccuracy = summarize(pooled);
+    }
+    results.algorithms[alg] = a;
   }
   return results;
 }
