@@ -277,6 +277,9 @@ describe('shared bodies over TCP', () => {
       assert.ok(a.bodyBytesSent! > 0, alg);
       assert.ok(a.peers.every((p) => p.bodyBytesSent! > 0 && p.bodyBytesSent! <= p.bytesSent), alg);
     }
+    const report = readFileSync(join(out, 'report.html'), 'utf8');
+    assert.match(report, /of which bodies/);
+    assert.match(report, /dflmoe \(shared bodies\)/);
     const site = join(out, 'consortium', 'dflmoe', 'site-0');
     const lines = readFileSync(join(site, 'audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     const round3 = lines.find((l) => l.kind === 'round' && l.round === 3);

@@ -175,9 +175,14 @@ export async function writeRunReport(dir: string): Promise<string> {
     throw new Error(`${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
   if (!r || typeof r !== 'object' || !r.algorithms || !r.config) throw notARunDirectory(dir, `${file} does not hold dflmoe simulation results`);
-  const rows = [['algorithm', 'mean acc', 'std', 'worst site', 'bytes sent', 'seconds']];
+  // Sites that share bodies: how many of the bytes were bodies.
+  const withBodies = Object.values(r.algorithms).some((a) => a?.bodyBytesSent !== undefined);
+  const rows = [['algorithm', 'mean acc', 'std', 'worst site', 'bytes sent', ...(withBodies ? ['of which bodies'] : []), 'seconds']];
   for (const [name, a] of Object.entries(r.algorithms)) {
-    if (a) rows.push([name, pct(a.accuracy.mean), pct(a.accuracy.std), pct(a.accuracy.min), formatBytes(a.bytesSent), a.wallSeconds.toFixed(1)]);
+    if (!a) continue;
+    const label = name === 'dflmoe' && r.config.shareBody ? 'dflmoe (shared bodies)' : name;
+    const bodies = withBodies ? [a.bodyBytesSent !== undefined ? formatBytes(a.bodyBytesSent) : '-'] : [];
+    rows.push([label, pct(a.accuracy.mean), pct(a.accuracy.std), pct(a.accuracy.min), formatBytes(a.bytesSent), ...bodies, a.wallSeconds.toFixed(1)]);
   }
   const c = r.config;
   const html = await renderPage({
