@@ -34,6 +34,19 @@ describe('examples', () => {
     }
   });
 
+  it('custom-bodies.ts trains three sites whose bodies are user-written tfjs models of different shapes', () => {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', 'examples/custom-bodies.ts'], {
+      encoding: 'utf8', timeout: 120000, env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const last = r.stdout.trim().split('\n').filter((l) => l.startsWith('round 5'));
+    assert.deepEqual(last.map((l) => /\((\d+) layers\)/.exec(l)?.[1]), ['4', '5', '6'], 'three different networks');
+    for (const l of last) {
+      assert.match(l, /experts 2$/);
+      assert.ok(Number(/accuracy ([\d.]+)%/.exec(l)![1]) > 85, l);
+    }
+  });
+
   it("the README's snippets marked as run (the library's simulate) run as written", () => {
     const blocks = [...readFileSync('README.md', 'utf8').matchAll(/<!-- run by test\/examples\.test\.ts -->\n```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
     assert.ok(blocks.some((b) => b.includes('await simulate(')), 'the simulate() snippet is marked');

@@ -2,6 +2,7 @@ export * from './log.js';
 export * from './backend.js';
 export { registerWasmConvKernels, setWasmFastInputGrad } from './wasm-conv.js';
 export * from './model.js';
+export * from './custom-body.js';
 export * from './codec.js';
 export * from './experts.js';
 export * from './exchange.js';

@@ -13,7 +13,7 @@ import { initBackend } from './backend.js';
 import type { HeadExchange } from './exchange.js';
 import type { MixedBody } from './body-share.js';
 import { createLogger, type Logger } from './log.js';
-import { parseBodySpec, type BodySpec } from './model.js';
+import { resolveBody, type BodyInput } from './custom-body.js';
 import { checkBodyStandardizer, readBodyWeights } from './pretrained.js';
 import { disposePeerData, preparePeerData, type TrainOptions } from './train.js';
 import { SitePredictor, evaluatePredictions, sitePredictions, type Evaluation, type Predictions, type SampleInput } from './predict.js';
@@ -32,7 +32,12 @@ export interface LearnerOptions {
    * `freezeBody`: never train the body.
    */
   model?: {
-    body?: BodySpec | string; featureDim?: number; headHidden?: number[]; pretrainedBody?: string; freezeBody?: boolean;
+    /**
+     * `mlp[:h1xh2]`, `cnn[:...]`, `tfjs:<dir>` (a saved tfjs layers model), a
+     * spec, a tfjs LayersModel (the site trains a copy) or a function
+     * `(inputShape, featureDim) => LayersModel`; default `mlp`.
+     */
+    body?: BodyInput; featureDim?: number; headHidden?: number[]; pretrainedBody?: string; freezeBody?: boolean;
     /** Seed of the initial body and head (default: derived from `train.seed`); sites that share bodies should start from one. */
     initSeed?: number;
   };
@@ -164,7 +169,13 @@ export async function createLearner(o: LearnerOptions): Promise<DflmoeLearner> {
   if (pre) checkBodyStandardizer(pre, featureSize(o.dataset), o.dataset.featureNames);
   const standardizer = o.standardizer ?? pre?.standardizer ?? fitStandardizer(o.dataset.features, featureSize(o.dataset), split.train);
   const data = preparePeerData(o.dataset, split, standardizer);
-  const body = typeof o.model?.body === 'string' ? parseBodySpec(o.model.body) : o.model?.body ?? { kind: 'mlp' as const };
+  let body;
+  try {
+    body = await resolveBody(o.model?.body);
+  } catch (e) {
+    disposePeerData(data);
+    throw e;
+  }
   let peer: DflmoePeer;
   try {
     peer = new DflmoePeer({

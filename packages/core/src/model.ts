@@ -16,7 +16,20 @@ import { deriveSeed } from '@dflmoe/data';
 
 export type BodySpec =
   | { kind: 'mlp'; hidden?: number[] }
-  | { kind: 'cnn'; filters?: number[]; kernelSize?: number; padding?: 'same' | 'valid' };
+  | { kind: 'cnn'; filters?: number[]; kernelSize?: number; padding?: 'same' | 'valid' }
+  | CustomBodySpec;
+
+/**
+ * A body the host brings (see `custom-body.ts`): `build` makes a fresh one
+ * for a site; `source` says where it came from (`tfjs:<dir>` for a saved
+ * model); `arch` is its architecture string once built.
+ */
+export interface CustomBodySpec {
+  kind: 'custom';
+  build?: (inputShape: number[], featureDim: number) => tfl.LayersModel;
+  source?: string;
+  arch?: string;
+}
 
 /**
  * `mlp[:h1xh2...]`, or `cnn[:f1xf2...][:k<size>][:valid]`: convolution
@@ -25,6 +38,8 @@ export type BodySpec =
  * `cnn:32x64:k5:valid` with a feature size of 512.
  */
 export function parseBodySpec(s: string): BodySpec {
+  // A saved tfjs layers model: read (asynchronously) by resolveBody before a site builds it.
+  if (s.startsWith('tfjs:') && s.length > 5) return { kind: 'custom', source: s };
   const [kind, arg, ...opts] = s.split(':');
   const nums = arg ? arg.split('x').map(Number) : undefined;
   if (nums && nums.some((n) => !Number.isInteger(n) || n < 1)) {
@@ -41,10 +56,12 @@ export function parseBodySpec(s: string): BodySpec {
     }
     return spec;
   }
-  throw new Error(`Unknown body "${s}": use mlp[:h1xh2...] or cnn[:f1xf2...][:k<size>][:valid]`);
+  throw new Error(`Unknown body "${s}": use mlp[:h1xh2...], cnn[:f1xf2...][:k<size>][:valid] or tfjs:<dir> (a saved tfjs layers model)`);
 }
 
+/** A body spec as a string: a custom body's architecture string once built, else where it came from. */
 export function formatBodySpec(b: BodySpec): string {
+  if (b.kind === 'custom') return b.arch ?? b.source ?? 'custom';
   if (b.kind === 'mlp') return b.hidden ? `mlp:${b.hidden.join('x')}` : 'mlp';
   const opts = [...(b.kernelSize && b.kernelSize !== 3 ? [`k${b.kernelSize}`] : []), ...(b.padding === 'valid' ? ['valid'] : [])];
   const filters = b.filters ?? (opts.length ? [16, 32] : undefined);
@@ -56,6 +73,7 @@ export function formatBodySpec(b: BodySpec): string {
  * (ReLU features). Weights are initialised from `seed`.
  */
 export function buildBody(spec: BodySpec, inputShape: number[], featureDim: number, seed: number): tfl.LayersModel {
+  if (spec.kind === 'custom') throw new Error('buildBody builds mlp and cnn bodies; a custom body is built by buildCustomBody');
   let n = 0;
   const init = () => tfl.initializers.heNormal({ seed: deriveSeed(seed, 'body', n++) });
   const layers: tfl.layers.Layer[] = [];

@@ -6,13 +6,13 @@ import { Rng, featureSize, pooledStandardizer, type Dataset } from '@dflmoe/data
 import { LocalPeer } from './algorithms/local.js';
 import { initBackend } from './backend.js';
 import type { Logger } from './log.js';
-import { parseBodySpec } from './model.js';
+import { resolveBody, type BodyInput } from './custom-body.js';
 import { writeBody } from './pretrained.js';
 import { disposePeerData, preparePeerData, type OptimizerKind } from './train.js';
 
 export interface PretrainOptions {
-  /** Body spec, as in site configs (`mlp`, `mlp:256x128`, `cnn:16x32`). */
-  body: string;
+  /** Body spec, as in site configs (`mlp`, `mlp:256x128`, `cnn:16x32`, `tfjs:<dir>`), or a tfjs LayersModel or a function building one. */
+  body: BodyInput;
   featureDim: number;
   epochs: number;
   batchSize: number;
@@ -58,9 +58,10 @@ export async function pretrainBody(ds: Dataset, outDir: string, o: PretrainOptio
   if (rows.length - nHold < o.batchSize) throw new Error(`only ${rows.length} public rows: too few to pretrain a body (need more than ${nHold + o.batchSize})`);
   const split = { train: rows.slice(nHold), test: rows.slice(0, nHold) };
   const st = pooledStandardizer(ds.features, featureSize(ds), [split]);
+  const body = await resolveBody(o.body);
   const data = preparePeerData(ds, split, st);
   const peer = new LocalPeer({
-    id: 'pretrain', data, body: parseBodySpec(o.body), featureDim: o.featureDim, headHidden: [],
+    id: 'pretrain', data, body, featureDim: o.featureDim, headHidden: [],
     train: { epochs: 1, batchSize: o.batchSize, learningRate: o.learningRate, optimizer: o.optimizer, seed: o.seed },
   });
   try {

@@ -15,7 +15,9 @@ import type { AlgorithmOptions, AlgorithmSite } from './algorithms/api.js';
 import { getAlgorithm, type AlgorithmName } from './algorithms/registry.js';
 import { initBackend } from './backend.js';
 import { silentLogger, type Logger } from './log.js';
-import { parseBodySpec } from './model.js';
+import { parseBodySpec, type BodySpec } from './model.js';
+import { listCheckpoints } from './checkpoint.js';
+import { loadBodyModel, resolveBody } from './custom-body.js';
 import { SitePredictor, evaluatePredictions, type Evaluation, type Predictions, type SampleInput } from './predict.js';
 import { disposePeerData, type PeerData, type TrainOptions } from './train.js';
 
@@ -171,6 +173,19 @@ export class TrainedSite extends SitePredictor {
   }
 }
 
+/** A custom body's topology from the newest readable checkpoint (else from where site.json says it came from). */
+async function checkpointedBody(root: string, spec: BodySpec): Promise<BodySpec> {
+  if (spec.kind !== 'custom') return spec;
+  for (const round of listCheckpoints(join(root, CHECKPOINT_DIR)).reverse()) {
+    try {
+      return await loadBodyModel(join(root, CHECKPOINT_DIR, `round-${String(round).padStart(6, '0')}`, 'body'));
+    } catch {
+      // damaged: the restore below reports it; try the one before
+    }
+  }
+  return resolveBody(spec);
+}
+
 /**
  * Load a trained site from its directory: rebuild its model and restore the
  * newest good checkpoint. Works for every algorithm. Throws an Error saying
@@ -185,8 +200,10 @@ export async function loadSite(dir: string, o: { logger?: Logger } = {}): Promis
   const data = noData(desc.model.sampleShape, desc.model.numClasses);
   let site: AlgorithmSite | undefined;
   try {
+    // A custom body (a saved tfjs model) is rebuilt from the newest checkpoint's body/model.json, whose weights are restored below.
+    const body = await checkpointedBody(root, parseBodySpec(desc.model.body));
     site = alg.createSite({
-      id: desc.peerId, data, body: parseBodySpec(desc.model.body), featureDim: desc.model.featureDim, headHidden: desc.model.headHidden,
+      id: desc.peerId, data, body, featureDim: desc.model.featureDim, headHidden: desc.model.headHidden,
       train: desc.model.train, ...(desc.model.initSeed !== undefined ? { initSeed: desc.model.initSeed } : {}),
     }, desc.algorithmOptions);
     if (!site.checkpoint) throw new Error(`${alg.label} sites keep no checkpoints in this version`);

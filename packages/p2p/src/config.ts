@@ -380,6 +380,10 @@ export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.
   c.out = rel(base, c.out)!;
   c.psk = rel(base, c.psk);
   if (c.model.pretrainedBody !== undefined) c.model.pretrainedBody = rel(base, c.model.pretrainedBody);
+  if (c.model.body.startsWith('tfjs:')) {
+    c.model.body = `tfjs:${rel(base, c.model.body.slice(5))}`;
+    if (!existsSync(c.model.body.slice(5))) throw new ConfigError(`config ${file}: model.body: ${c.model.body.slice(5)} not found (a saved tfjs layers model: a directory with model.json and its weights)`);
+  }
   if (c.model.pretrainedBody !== undefined && !existsSync(c.model.pretrainedBody)) {
     throw new ConfigError(`config ${file}: model.pretrainedBody: ${c.model.pretrainedBody} not found (a directory with model.json and weights.bin, as "dflmoe pretrain" writes)`);
   }

@@ -167,7 +167,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const resume = cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0;
     prepared = await prepareSiteData(cfg, { node, selfId: id.peerId, logger: log, resume, signal: o.signal });
     const data = prepared.data;
-    const model = siteModelOptions(cfg, id.peerId, index, data, prepared.body);
+    const model = siteModelOptions(cfg, id.peerId, index, data, prepared.body, prepared.bodySpec);
     const algorithmOptions = siteAlgorithmOptions(cfg);
     site = alg.createSite(model, algorithmOptions);
     writeSiteDescription(cfg, model, algorithmOptions);

@@ -8,8 +8,8 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, readBodyWeights, readSiteFiles, sharedInitSeed, takePeerData,
-  type AlgorithmOptions, type BodyWeights, type Logger, type PeerData, type PeerModelOptions, type SiteDescription, type SitePreprocessing,
+  PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, readBodyWeights, readSiteFiles, resolveBody, sharedInitSeed, takePeerData,
+  type AlgorithmOptions, type BodySpec, type BodyWeights, type Logger, type PeerData, type PeerModelOptions, type SiteDescription, type SitePreprocessing,
 } from '@dflmoe/core';
 import { deriveSeed, encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type EncodedSite, type SiteDataSpec } from '@dflmoe/data';
 import type { PeerConfig } from './config.js';
@@ -36,6 +36,8 @@ export interface PreparedSite {
   data: PeerData;
   /** The pretrained body the config names (read before preprocessing, so a damaged file stops the site at once). */
   body?: BodyWeights;
+  /** The body the config names, read (a saved tfjs model, `tfjs:<dir>`, is read before preprocessing too). */
+  bodySpec: BodySpec;
   preprocessing: SitePreprocessing;
   /** Serves this site's statement to members that come later; close it with the node. */
   agreement?: SchemaAgreement;
@@ -51,6 +53,7 @@ export interface PreparedSite {
 export async function prepareSiteData(cfg: PeerConfig, o: { node?: SiteNode; selfId: string; logger: Logger; resume: boolean; signal?: AbortSignal }): Promise<PreparedSite> {
   const log = o.logger;
   const body = cfg.model.pretrainedBody !== undefined ? readBodyWeights(cfg.model.pretrainedBody) : undefined;
+  const bodySpec = await resolveBody(cfg.model.body);
   const source = await loadSiteData(siteDataSpec(cfg));
   for (const w of source.warnings) log.warn(`${cfg.data.dataset}: ${w}`);
   log.info(`own data: ${source.description}`);
@@ -101,15 +104,15 @@ export async function prepareSiteData(cfg: PeerConfig, o: { node?: SiteNode; sel
   const { dataset, split } = enc;
   const standardizer = { mean: Float32Array.from(pre.standardizer.mean), std: Float32Array.from(pre.standardizer.std) };
   // The site's rows are its own: standardized in place and handed to the backend once.
-  return { data: takePeerData(dataset, split, standardizer), preprocessing: pre, agreement, ...(body ? { body } : {}) };
+  return { data: takePeerData(dataset, split, standardizer), preprocessing: pre, agreement, bodySpec, ...(body ? { body } : {}) };
 }
 
 /** What a site's config says about its model and training, as every algorithm takes it. */
-export function siteModelOptions(cfg: PeerConfig, id: string, index: number, data: PeerData, body?: BodyWeights): PeerModelOptions {
+export function siteModelOptions(cfg: PeerConfig, id: string, index: number, data: PeerData, body?: BodyWeights, bodySpec?: BodySpec): PeerModelOptions {
   return {
     id,
     data,
-    body: parseBodySpec(cfg.model.body),
+    body: bodySpec ?? parseBodySpec(cfg.model.body),
     featureDim: cfg.model.featureDim,
     headHidden: cfg.model.headHidden,
     train: { ...cfg.train, seed: deriveSeed(cfg.data.seed, 'peer', index) },

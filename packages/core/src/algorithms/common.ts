@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { deriveSeed } from '@dflmoe/data';
 import { bodyVariables, buildBody, createHead, headLogits, type BodySpec, type DenseLayer, type HeadSpec } from '../model.js';
+import { bodySpecOf, buildCustomBody, type BodyBuilder } from '../custom-body.js';
 import { applyBodyWeights, type BodyWeights } from '../pretrained.js';
 import { RdpAccountant } from '../privacy.js';
 import { DEFAULT_TRAIN, accuracy, createOptimizer, predictClasses, type ParamGroup, type PeerData, type TrainOptions } from '../train.js';
@@ -10,7 +11,11 @@ import { DEFAULT_TRAIN, accuracy, createOptimizer, predictClasses, type ParamGro
 export interface PeerModelOptions {
   id: string;
   data: PeerData;
-  body: BodySpec;
+  /**
+   * A spec (`parseBodySpec`), a tfjs LayersModel (the site trains a copy of
+   * it) or a function building one from the input shape and `featureDim`.
+   */
+  body: BodySpec | tfl.LayersModel | BodyBuilder;
   /** Size of the feature vector the body produces (the head's input). */
   featureDim: number;
   /** Hidden layer sizes of the head (empty: linear head). */
@@ -47,9 +52,17 @@ export class SupervisedModel {
     this.id = o.id;
     this.data = o.data;
     this.train = { ...DEFAULT_TRAIN, ...o.train };
-    this.bodySpec = o.body;
+    const spec = bodySpecOf(o.body);
     const init = o.initSeed ?? this.train.seed;
-    this.body = buildBody(o.body, o.data.sampleShape, o.featureDim, deriveSeed(init, 'body'));
+    if (spec.kind === 'custom') {
+      // The host's own network: built (or copied) and checked; its architecture string says which bodies it combines with.
+      const { model, arch } = buildCustomBody(spec, o.data.sampleShape, o.featureDim);
+      this.body = model;
+      this.bodySpec = { ...spec, arch };
+    } else {
+      this.body = buildBody(spec, o.data.sampleShape, o.featureDim, deriveSeed(init, 'body'));
+      this.bodySpec = spec;
+    }
     this.freezeBody = o.freezeBody ?? false;
     try {
       if (o.initialBody) applyBodyWeights(this.body, o.initialBody);
