@@ -34,9 +34,7 @@ import { CodecError, decodeBundle, encodeBundle, type CodecReason, type NamedArr
 import { DepartedMembers, absorbMessages, awaitRound, type HeadExchange } from './exchange.js';
 import type { Logger } from './log.js';
 import { formatBodySpec, type BodySpec } from './model.js';
-import type { AlgorithmOptions } from './algorithms/api.js';
-import { boundSampleCounts } from './rounds.js';
-import { federatedAverage } from './algorithms/fedavg.js';
+import { boundSampleCounts, federatedAverage } from './averaging.js';
 
 // ---------------------------------------------------------------- settings
 
@@ -382,10 +380,21 @@ export class BodyShare {
   }
 }
 
+/** The algorithm options a body share is made from (see `AlgorithmOptions`). */
+export interface BodySharingSettings {
+  bodyEvery: number;
+  bodyCombiner: string;
+  topology: string;
+  headPrecision?: Precision;
+  maxModelBytes: number;
+  maxStaleness: number;
+  seed: number;
+}
+
 /** A body share for a site's body, from the algorithm options (the head precision and model size limit apply). */
 export function createBodyShare(
   id: string, body: { vars: () => tf.Variable[]; spec: BodySpec; sampleShape: number[]; featureDim: number; samples: number },
-  o: Pick<AlgorithmOptions, 'bodyEvery' | 'bodyCombiner' | 'topology' | 'headPrecision' | 'maxModelBytes' | 'maxStaleness' | 'seed'>,
+  o: BodySharingSettings,
 ): BodyShare {
   const arch = `${formatBodySpec(body.spec)}|in=${body.sampleShape.join('x')}|features=${body.featureDim}`;
   return new BodyShare(id, body.vars, arch, body.samples, {

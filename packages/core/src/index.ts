@@ -7,6 +7,7 @@ export * from './codec.js';
 export * from './experts.js';
 export * from './exchange.js';
 export * from './body-share.js';
+export * from './averaging.js';
 export * from './train.js';
 export * from './metrics.js';
 export * from './algorithms/common.js';

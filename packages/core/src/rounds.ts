@@ -10,6 +10,7 @@ import { MemoryHub, type ExchangeStats } from './exchange.js';
 import type { Logger } from './log.js';
 import { throwIfInterrupted } from './interrupt.js';
 import type { MixedBody } from './body-share.js';
+import { DEFAULT_MAX_SAMPLE_RATIO, DEFAULT_MAX_SAMPLES, boundSampleCounts } from './averaging.js';
 
 export interface SiteRoundRecord {
   round: number;
@@ -140,25 +141,12 @@ export interface AggregatorState {
   declared: Record<string, number>;
 }
 
-export const DEFAULT_MAX_SAMPLES = 2 ** 31;
-export const DEFAULT_MAX_SAMPLE_RATIO = 10;
 
 /** Architecture, tensor names and shapes (as JSON): two models can be averaged exactly when their layouts are equal. */
 export function modelLayout(arch: string, tensors: { name: string; shape: number[] }[]): string {
   return JSON.stringify([arch, ...tensors.map((t) => `${t.name}:${t.shape.join('x')}`)]);
 }
 
-/**
- * Bound sample counts before a weighted average: each is clipped to
- * `ratio` times the median (so one client cannot own the average by what
- * it claims), and to `max`.
- */
-export function boundSampleCounts(counts: number[], ratio = DEFAULT_MAX_SAMPLE_RATIO, max = DEFAULT_MAX_SAMPLES): number[] {
-  const sorted = [...counts].sort((a, b) => a - b);
-  const median = sorted.length ? sorted[Math.floor((sorted.length - 1) / 2)] : 0;
-  const cap = Math.min(max, Math.max(1, Math.floor(ratio * median)));
-  return counts.map((c) => Math.min(c, cap));
-}
 
 /**
  * A server's round: validated uploads in, one aggregate out. Uploads are

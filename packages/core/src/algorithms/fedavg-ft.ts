@@ -11,7 +11,8 @@ import type * as tf from '@tensorflow/tfjs-core';
 import { deriveSeed } from '@dflmoe/data';
 import type { Algorithm, AlgorithmOptions } from './api.js';
 import type { PeerEval, PeerModelOptions, SupervisedModel } from './common.js';
-import { FedAvgClient, FedAvgSite, federatedAverage, sharedModelSeed } from './fedavg.js';
+import { FedAvgClient, FedAvgSite, sharedModelSeed } from './fedavg.js';
+import { federatedAverage } from '../averaging.js';
 import { modelProbs } from './site.js';
 
 export class FedAvgFtSite extends FedAvgSite {

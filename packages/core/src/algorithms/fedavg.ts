@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { deriveSeed } from '@dflmoe/data';
 import { decodeBundle, encodeBundle, CodecError, type DecodeLimits, type NamedArray } from '../codec.js';
 import { formatBodySpec } from '../model.js';
+import { federatedAverage } from '../averaging.js';
 import { createOptimizer, trainEpochs } from '../train.js';
 import type { Algorithm, AlgorithmOptions, SiteNetwork, SiteRound } from './api.js';
 import { SupervisedModel, crossEntropy, type PeerEval } from './common.js';
@@ -135,22 +136,6 @@ export class FedAvgSite<C extends FedAvgClient = FedAvgClient> extends ModelSite
   protected async afterGlobal(_round: number): Promise<void> {}
 }
 
-/** Average models weighted by sample count (all must share names and shapes). */
-export function federatedAverage(models: { weights: NamedArray[]; samples: number }[]): NamedArray[] {
-  if (models.length === 0) throw new Error('nothing to average');
-  const total = models.reduce((a, m) => a + m.samples, 0);
-  if (!(total > 0)) throw new Error('total sample count must be positive');
-  return models[0].weights.map((w0, i) => {
-    const data = new Float32Array(w0.data.length);
-    for (const m of models) {
-      const w = m.weights[i];
-      if (!w || w.data.length !== data.length) throw new Error(`model tensor ${i} differs in size between clients`);
-      const f = m.samples / total;
-      for (let j = 0; j < data.length; j++) data[j] += f * w.data[j];
-    }
-    return { name: w0.name, shape: w0.shape, data };
-  });
-}
 
 /** Throws a clear error when sites cannot be averaged (heterogeneous bodies). */
 export function checkSameArchitecture(

@@ -16,7 +16,8 @@ import type { Algorithm, AlgorithmOptions, SiteNetwork, SiteRound } from './api.
 import type { BodyShare } from '../body-share.js';
 import { secondsSince, siteBodyShare } from './site.js';
 import { crossEntropy, type PeerModelOptions } from './common.js';
-import { FedAvgClient, FedAvgSite, federatedAverage, sharedModelSeed } from './fedavg.js';
+import { FedAvgClient, FedAvgSite, sharedModelSeed } from './fedavg.js';
+import { federatedAverage } from '../averaging.js';
 
 export class FedRepClient extends FedAvgClient {
   private headOptimizer: tf.Optimizer;

@@ -14,10 +14,10 @@
 import { z } from 'zod';
 import { CodecError, type DecodeLimits, type NamedArray } from '../codec.js';
 import { DepartedMembers, absorbMessages, awaitRound } from '../exchange.js';
-import { boundSampleCounts } from '../rounds.js';
+import { boundSampleCounts, federatedAverage } from '../averaging.js';
 import type { Algorithm, AlgorithmOptions, SiteNetwork, SiteRound } from './api.js';
 import type { PeerModelOptions } from './common.js';
-import { FedAvgClient, federatedAverage, sharedModelSeed } from './fedavg.js';
+import { FedAvgClient, sharedModelSeed } from './fedavg.js';
 import { ModelSite, secondsSince } from './site.js';
 
 const metaSchema = z.object({
