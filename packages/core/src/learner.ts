@@ -11,6 +11,7 @@ import { siteBodyShare } from './algorithms/site.js';
 import { siteRound } from './rounds.js';
 import { initBackend } from './backend.js';
 import type { HeadExchange } from './exchange.js';
+import { throwIfInterrupted, unlessInterrupted } from './interrupt.js';
 import type { MixedBody } from './body-share.js';
 import { createLogger, type Logger } from './log.js';
 import { resolveBody, type BodyInput } from './custom-body.js';
@@ -108,7 +109,9 @@ export class DflmoeLearner {
       topology: o.bodySharing?.topology ?? 'full', ...(o.maxStaleness !== undefined ? { maxStaleness: o.maxStaleness } : {}),
     }) : undefined;
     this.site = new DflmoeSite(peer, {}, share);
-    this.net = { exchange: o.exchange, ...(o.bodies ? { bodies: o.bodies } : {}), quorum: o.quorum ?? 0, deadlineMs: o.roundDeadlineMs ?? 0, logger: o.logger ?? createLogger(`learner:${peer.id}`) };
+    // The exchanges' waits end with Interrupted when the signal of the running round aborts.
+    const stoppable = (ex: HeadExchange) => interruptible(ex, () => this.signal);
+    this.net = { exchange: stoppable(o.exchange), ...(o.bodies ? { bodies: stoppable(o.bodies) } : {}), quorum: o.quorum ?? 0, deadlineMs: o.roundDeadlineMs ?? 0, logger: o.logger ?? createLogger(`learner:${peer.id}`) };
     this.predictor = new SitePredictor(this.site, o.standardizer, peer.data.sampleShape, o.classNames);
   }
 
@@ -144,9 +147,26 @@ export class DflmoeLearner {
     return this.site.absorb(this.net.exchange!, this.round, this.net.logger);
   }
 
-  /** One round: train, publish the head, wait for the quorum (bounded), take in heads, evaluate. */
-  async runRound(): Promise<LearnerRoundMetrics> {
-    const m = await siteRound(this.site, this.net, ++this.round);
+  /** The signal of the round running now (`runRound`, `rounds`). */
+  private signal?: AbortSignal;
+
+  /**
+   * One round: train, publish the head, wait for the quorum (bounded), take
+   * in heads, evaluate. With `signal`, every wait of the round (the others'
+   * heads, with `bodies` their bodies) ends as soon as it aborts, and the
+   * round rejects with `Interrupted` (`isInterrupted(e)`); a round stopped
+   * while waiting has trained and published, and the next call runs the
+   * next round.
+   */
+  async runRound(o: { signal?: AbortSignal } = {}): Promise<LearnerRoundMetrics> {
+    throwIfInterrupted(o.signal);
+    this.signal = o.signal;
+    let m;
+    try {
+      m = await siteRound(this.site, this.net, ++this.round);
+    } finally {
+      this.signal = undefined;
+    }
     return {
       round: m.round, accuracy: m.accuracy, ownHeadAccuracy: m.ownHeadAccuracy, loss: m.loss, experts: m.experts,
       freshHeads: m.fresh, dropped: m.expired, rejected: m.rejected as LearnerRoundMetrics['rejected'],
@@ -154,10 +174,40 @@ export class DflmoeLearner {
     };
   }
 
+  /**
+   * The rounds as an async iterable: each round's metrics as it ends.
+   * `rounds` bounds how many (default: until `signal` aborts or the loop
+   * breaks); when `signal` aborts, the wait under way ends at once and the
+   * iteration rejects with `Interrupted`.
+   *
+   *     for await (const m of site.rounds({ rounds: 10, signal })) console.log(m.round, m.accuracy);
+   */
+  async *rounds(o: { rounds?: number; signal?: AbortSignal } = {}): AsyncGenerator<LearnerRoundMetrics, void, undefined> {
+    for (let i = 0; o.rounds === undefined || i < o.rounds; i++) yield await this.runRound({ signal: o.signal });
+  }
+
   dispose(): void {
     this.peer.dispose();
     disposePeerData(this.peer.data);
   }
+}
+
+/**
+ * `ex` whose waits (`waitForHeads`, `settle`) end with `Interrupted` when
+ * the signal `signal()` gives at the time aborts; the same object for the
+ * life of a learner (membership watchers key on it).
+ */
+function interruptible(ex: HeadExchange, signal: () => AbortSignal | undefined): HeadExchange {
+  return new Proxy(ex, {
+    get(target, prop) {
+      const v: unknown = Reflect.get(target, prop, target);
+      if (typeof v !== 'function') return v;
+      if (prop === 'waitForHeads' || prop === 'settle') {
+        return (...args: unknown[]) => unlessInterrupted((v as (...a: unknown[]) => Promise<unknown>).apply(target, args), signal());
+      }
+      return (v as (...a: unknown[]) => unknown).bind(target);
+    },
+  });
 }
 
 /** Create a dFLMoE site. Picks the compute backend on first use. */
