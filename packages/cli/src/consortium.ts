@@ -57,6 +57,8 @@ export interface SiteFiles {
   peerId: string;
   port: number;
   out: string;
+  /** With `ui`: the port of the site's live view on 127.0.0.1. */
+  uiPort?: number;
 }
 
 export interface ConsortiumFiles {
@@ -77,6 +79,8 @@ export interface ConsortiumOptions {
   maxHeadBytes?: number;
   /** Added to `sim.datasetOptions`. */
   datasetOptions?: SimulationConfig['datasetOptions'];
+  /** Every site serves its live view on 127.0.0.1 (`ui.listen`; `simulate --ui` follows them). */
+  ui?: boolean;
   /** How long a site waits for the others' summaries before round 1 (default: the site config's, 120 s). */
   preprocessDeadlineMs?: number;
   /**
@@ -120,6 +124,7 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
   };
   const sites: SiteFiles[] = [];
   for (let i = 0; i < n; i++) sites.push(await make(`site-${i}`));
+  if (o.ui) for (const s of sites) s.uiPort = await freePort();
   const server = alg.network === 'server' ? await make('server') : undefined;
   const addr = (s: SiteFiles) => `/ip4/127.0.0.1/tcp/${s.port}`;
   const sim: SimulationConfig = { ...o.sim, datasetOptions: { ...o.sim.datasetOptions, ...o.datasetOptions } };
@@ -141,6 +146,7 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
       round: { ...settings[i].round, deadlineMs: o.deadlineMs ?? 60000, ...(o.quorum !== undefined ? { quorum: o.quorum } : {}) },
       ...(o.maxHeadBytes !== undefined ? { limits: { maxHeadBytes: o.maxHeadBytes } } : {}),
       lingerMs: o.lingerMs ?? 3000,
+      ...(s.uiPort !== undefined ? { ui: { listen: `127.0.0.1:${s.uiPort}` } } : {}),
       out: `site-${i}`,
     };
     parsePeerConfig(cfg, s.config, o.dir);
@@ -169,10 +175,10 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
   return { sites, server };
 }
 
-/** A config without what changes from run to run (listen ports, members' addresses). */
+/** A config without what changes from run to run (listen ports, members' addresses, the live view). */
 function settingsOf(cfg: Record<string, unknown>): Record<string, unknown> {
   const noAddrs = (ms: unknown) => (Array.isArray(ms) ? ms.map((m: Record<string, unknown>) => ({ ...m, addrs: undefined })) : ms);
-  const { listen: _listen, ...rest } = cfg;
+  const { listen: _listen, ui: _ui, ...rest } = cfg;
   return JSON.parse(JSON.stringify({
     ...rest, members: noAddrs(cfg.members), clients: noAddrs(cfg.clients),
     ...(cfg.server ? { server: { ...(cfg.server as Record<string, unknown>), addrs: undefined } } : {}),

@@ -33,3 +33,4 @@ export * from './predict.js';
 export * from './trained-site.js';
 export * from './keyed-adam.js';
 export * from './selection.js';
+export * from './status.js';

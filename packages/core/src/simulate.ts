@@ -22,6 +22,7 @@ import { summarize, type AccuracySummary } from './metrics.js';
 import { memoryNetworks, networkBytes, runSite, type SiteRoundRecord } from './rounds.js';
 import { accuracy, disposePeerData, predictClasses, preparePeerData, type DpOptions, type OptimizerKind, type PeerData } from './train.js';
 import { createLogger, type Logger } from './log.js';
+import { gateWeights, networkMembers, type StatusBoard } from './status.js';
 
 export interface SimulationConfig {
   dataset: string;
@@ -221,6 +222,8 @@ export interface SimulationResults {
 export interface SimulationHooks {
   logger?: Logger;
   onRound?: (algorithm: AlgorithmName, r: RoundResult, totalRounds: number) => void;
+  /** The live view's status: every site of every algorithm, fed round by round. */
+  status?: StatusBoard;
 }
 
 /** Results of `cfg` before any algorithm ran: the settings, backend, dataset and partition. */
@@ -374,6 +377,8 @@ async function runAlgorithm(
     datas.forEach((d, i) => sites.push(alg.createSite(peerOptions(cfg, d, i, bodies[i], initialBody), algorithmOptions(cfg, i))));
     if (alg.sameModel) checkSameArchitecture(sites, alg.label, REGISTRY.filter((a) => !a.sameModel).map((a) => a.name).join(' and '));
     const nets = memoryNetworks(alg, sites, 1 << 30, log);
+    const ids = sites.map((s) => s.id);
+    const feeds = hooks.status && sites.map((s) => hooks.status!.site({ id: s.id, algorithm: name, rounds: cfg.rounds, members: ids.filter((o) => o !== s.id).map((id) => ({ id })), state: 'training' }));
     // A round's result once every site has finished it.
     const records = sites.map(() => [] as SiteRoundRecord[]);
     const rounds: RoundResult[] = [];
@@ -381,6 +386,10 @@ async function runAlgorithm(
     let prevTime = performance.now();
     const onRecord = (i: number, rec: SiteRoundRecord) => {
       records[i].push(rec);
+      if (feeds) {
+        feeds[i].round({ ...rec, gate: gateWeights(ids[i], rec.experts), epsilon: rec.privacy?.epsilon, delta: rec.privacy?.delta });
+        feeds[i].members(networkMembers(nets[i], ids.filter((o) => o !== ids[i])));
+      }
       if (records.some((rs) => rs.length < rec.round)) return;
       const recs = records.map((rs) => rs[rec.round - 1]);
       const accs = recs.map((x) => x.accuracy);
@@ -396,7 +405,13 @@ async function runAlgorithm(
       rounds.push(r);
       hooks.onRound?.(name, r, cfg.rounds);
     };
-    await Promise.all(sites.map((site, i) => runSite(site, nets[i], { rounds: cfg.rounds, onRound: (rec) => onRecord(i, rec) })));
+    await Promise.all(sites.map((site, i) => runSite(site, nets[i], { rounds: cfg.rounds, onRound: (rec) => onRecord(i, rec) }).then(
+      () => feeds?.[i].state('done'),
+      (e: unknown) => {
+        feeds?.[i].state('failed', e instanceof Error ? e.message : String(e));
+        throw e;
+      },
+    )));
     const last = records.map((rs) => rs.at(-1)!);
     const peerResults: PeerResult[] = sites.map((p, i) => ({
       id: p.id,

@@ -244,6 +244,17 @@ export const peerConfigSchema = z.object({
   checkpoint: checkpointSchema,
   /** After the last round, keep answering head requests this long. */
   lingerMs: z.number().int().min(0).default(3000),
+  /**
+   * The live view of this site in a browser (`dflmoe peer --ui` overrides):
+   * `listen` is host:port (default host 127.0.0.1); an address other than
+   * loopback needs `token` (or one is generated and printed once).
+   */
+  ui: z.object({
+    listen: z.string().min(1),
+    token: z.string().optional(),
+    /** Show the DP epsilon spent against this budget. */
+    epsilonBudget: z.number().positive().optional(),
+  }).strict().optional(),
   out: z.string(),
 }).strict();
 

@@ -202,6 +202,11 @@ export class Libp2pHeadExchange implements HeadExchange {
     return this.strikes.isBlocked(peer);
   }
 
+  /** Strikes given to `peer` since the exchange started (the live view's count). */
+  strikesOf(peer: string): number {
+    return this.strikes.given(peer);
+  }
+
   private strike(peer: string): void {
     if (!this.memberIds.has(peer) || !this.strikes.strike(peer)) return;
     this.dropped['blocked'] = (this.dropped['blocked'] ?? 0) + 1;

@@ -5,8 +5,8 @@
 import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  DEFAULT_ALGORITHM_OPTIONS, getAlgorithm, sharesBodies, networkStats, initBackend, listCheckpoints, disposePeerData, runSite,
-  type AlgorithmOptions, type AlgorithmSite, type Logger, type SiteNetwork, type SiteRoundRecord,
+  DEFAULT_ALGORITHM_OPTIONS, getAlgorithm, sharesBodies, networkStats, initBackend, listCheckpoints, disposePeerData, runSite, gateWeights, isInterrupted,
+  type AlgorithmOptions, type AlgorithmSite, type Logger, type SiteFeed, type SiteNetwork, type SiteRoundRecord, type StatusBoard,
 } from '@dflmoe/core';
 import { checkQuorum, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
@@ -20,6 +20,7 @@ import { SiteAudit } from './audit.js';
 import { readJsonFile, readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
 import { prepareSiteData, siteIndex, siteModelOptions, writeSiteDescription, type PreparedSite } from './site-setup.js';
 import { peakRssMiB } from './process-stats.js';
+import { PeerStatusWatch } from './live-status.js';
 
 export interface RoundLine {
   round: number;
@@ -82,6 +83,8 @@ export interface RunPeerOptions {
   metricsPort?: number;
   signal?: AbortSignal;
   onRound?: (line: RoundLine) => void;
+  /** The live view's status (`--ui`): this site's, fed as it runs. */
+  status?: StatusBoard;
 }
 
 function siteAlgorithmOptions(cfg: PeerConfig): AlgorithmOptions {
@@ -117,6 +120,13 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   let server: Libp2pServerLink | undefined;
   let prepared: PreparedSite | undefined;
   let site: AlgorithmSite | undefined;
+  const selfName = names.get(id.peerId) ?? cfg.name ?? id.peerId;
+  const memberId = (peer: string) => names.get(peer) ?? peer;
+  const feed: SiteFeed | undefined = o.status?.site({
+    id: selfName, peerId: id.peerId, algorithm: alg.name, rounds: cfg.rounds,
+    members: [...otherMembers(cfg, id.peerId), ...(cfg.server ? [cfg.server] : [])].map((m) => ({ id: m.name ?? m.peerId, peerId: m.peerId })),
+  });
+  let watch: PeerStatusWatch | undefined;
   try {
     if (prom) log.info(`Prometheus metrics on http://127.0.0.1:${await prom.listen(o.metricsPort!)}/metrics`);
     // Every member serves federated preprocessing: a local-only site with members starts a node too.
@@ -163,6 +173,14 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
         server = new Libp2pServerLink(node, { server: cfg.server!, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs, signal: o.signal });
       }
     }
+    if (feed) {
+      watch = new PeerStatusWatch(feed, {
+        members: [...otherMembers(cfg, id.peerId), ...(cfg.server ? [cfg.server] : [])], node, auditFile: join(cfg.out, 'audit.jsonl'),
+        exchanges: [exchange, bodies].filter((x) => x !== undefined),
+        ...(server && cfg.server ? { server: { peerId: cfg.server.peerId, lastRound: () => server?.lastGlobal?.round } } : {}),
+      });
+      feed.state('preprocessing');
+    }
     // Federated preprocessing (or, resuming, the agreement saved before), then the site's own tensors.
     const resume = cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0;
     prepared = await prepareSiteData(cfg, { node, selfId: id.peerId, logger: log, resume, signal: o.signal });
@@ -185,6 +203,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       writeJsonLinesAtomic(metricsFile, kept);
       rounds.push(...kept);
       before = earlierParts(cfg.out, kept, restored.round);
+      for (const l of kept) feed?.round(statusRound(l, selfName, memberId));
       log.info(`resumed from round ${restored.round} (its checkpoint, with ${restored.summary}: ${restored.path})`);
     } else {
       if (checkpoint && resume) log.warn('no usable checkpoint: starting from round 1');
@@ -226,6 +245,11 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
         rounds.push(line);
         appendFileSync(metricsFile, JSON.stringify(line) + '\n');
         if (prom) exportRound(prom, line);
+        if (feed) {
+          feed.round(statusRound(line, selfName, memberId));
+          watch!.refresh();
+          await watch!.checkAudit();
+        }
         o.onRound?.(line);
       },
     });
@@ -258,8 +282,14 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     result.wallSeconds = before.seconds + (performance.now() - t0) / 1000;
     result.peakRssMiB = peakRssMiB();
     writeJsonAtomic(join(cfg.out, 'results.json'), result);
+    feed?.bytes({ bytesSent: result.bytesSent, bytesReceived: result.bytesReceived });
+    feed?.state('done');
     return result;
+  } catch (e) {
+    feed?.state(isInterrupted(e) ? 'interrupted' : 'failed', e instanceof Error ? e.message : String(e));
+    throw e;
   } finally {
+    watch?.stop();
     site?.dispose();
     if (prepared) disposePeerData(prepared.data);
     await prepared?.agreement?.close();
@@ -303,6 +333,17 @@ function roundLine(m: SiteRoundRecord, names: Map<string, string | undefined>, d
     waitSeconds: m.waitSeconds, networkSeconds: m.networkSeconds, dropped,
     ...(m.privacy ? { epsilon: m.privacy.epsilon, delta: m.privacy.delta, dpSteps: m.privacy.steps } : {}),
     time: new Date().toISOString(),
+  };
+}
+
+/** A round line as the live view's status takes it (experts named as the members are). */
+function statusRound(l: RoundLine, self: string, name: (peer: string) => string) {
+  return {
+    round: l.round, accuracy: l.accuracy, loss: l.loss, gate: gateWeights(self, l.experts, name), seconds: l.seconds,
+    bytesSent: l.bytesOut, bytesReceived: l.bytesIn,
+    ...(l.bodyBytesOut !== undefined ? { bodyBytesSent: l.bodyBytesOut, bodyBytesReceived: l.bodyBytesIn } : {}),
+    ...(l.epsilon !== undefined ? { epsilon: l.epsilon, delta: l.delta } : {}),
+    at: Date.parse(l.time),
   };
 }
 

@@ -19,6 +19,8 @@ export interface StrikeOptions {
 export class StrikeBook {
   private strikes = new Map<string, number[]>();
   private blockedUntil = new Map<string, number>();
+  /** Every strike given, per member (they never expire here). */
+  private total = new Map<string, number>();
   readonly maxStrikes: number;
   readonly blockMs: number;
   readonly decayMs: number;
@@ -49,9 +51,15 @@ export class StrikeBook {
     return kept.length;
   }
 
+  /** Strikes `peer` was given so far, expired ones included. */
+  given(peer: string): number {
+    return this.total.get(peer) ?? 0;
+  }
+
   /** Give `peer` a strike; true when that blocks it (from now for `blockMs`). */
   strike(peer: string): boolean {
     this.live(peer);
+    this.total.set(peer, this.given(peer) + 1);
     const list = [...(this.strikes.get(peer) ?? []), this.now()];
     if (list.length < this.maxStrikes) {
       this.strikes.set(peer, list);

@@ -3,6 +3,7 @@ import { Interrupted, PRECISIONS, createLogger, type Precision } from '@dflmoe/c
 import { generateIdentity, loadPeerConfig, loadRelayConfig, loadServerConfig, runPeer, runServer, saveIdentity, savePsk, startRelay } from '@dflmoe/p2p';
 import { formatBytes, pct } from '../format.js';
 import { DATA_POLICY } from './predict.js';
+import { startLiveView, withUiOptions } from '../live.js';
 
 /** Aborts on the first SIGINT or SIGTERM (a second SIGINT kills the process as usual). */
 export function stopSignal(): AbortSignal {
@@ -45,7 +46,7 @@ export function keygenCommand(): Command {
 }
 
 export function peerCommand(): Command {
-  return new Command('peer')
+  return withUiOptions(new Command('peer'), 'this site')
     .description('Run one site of a consortium from its config file (its `algorithm`: dflmoe, a server algorithm\'s client, gossip or local-only).')
     .requiredOption('--config <file>', 'site config (JSON)')
     .addHelpText('after', DATA_POLICY)
@@ -60,16 +61,23 @@ export function peerCommand(): Command {
       const cfg = loadPeerConfig(o.config);
       if (o.headPrecision) cfg.dflmoe.headPrecision = o.headPrecision as Precision;
       const log = createLogger(`peer:${cfg.name ?? 'site'}`);
+      // The live view (--ui, or ui.listen in the config) binds before anything starts.
+      const listen: string | undefined = o.ui ?? cfg.ui?.listen;
+      const view = listen === undefined ? undefined : await startLiveView({
+        listen, token: o.uiToken ?? cfg.ui?.token, epsilonBudget: o.uiEpsilonBudget ?? cfg.ui?.epsilonBudget,
+        option: o.ui !== undefined ? '--ui' : 'ui.listen', tokenOption: o.uiToken !== undefined ? '--ui-token' : 'ui.token',
+      });
       const signal = stopSignal();
       const r = await interruptible(signal, () => runPeer(cfg, {
         logger: log,
         signal,
+        status: view?.board,
         metricsPort: o.metrics,
         onRound: o.quiet ? undefined : (l) => process.stderr.write(
           `round ${l.round}/${cfg.rounds}  accuracy ${pct(l.accuracy)}  experts ${l.experts.length}  ` +
             `in ${formatBytes(l.bytesIn)} out ${formatBytes(l.bytesOut)}  ${l.seconds.toFixed(2)} s\n`,
         ),
-      }));
+      })).finally(() => view?.close());
       process.stdout.write(`final accuracy ${pct(r.accuracy)} after ${r.rounds.length} rounds; results in ${cfg.out}\n`);
     });
 }

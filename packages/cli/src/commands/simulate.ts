@@ -13,6 +13,8 @@ import { createProgress, type Progress } from '../progress.js';
 import { writeRunReport } from '../report.js';
 import { pooledAccuracies } from '../pooled.js';
 import { formatBytes, int, num, pct, table } from '../format.js';
+import { followSites, withLiveView, withUiOptions } from '../live.js';
+import type { StatusBoard } from '@dflmoe/core';
 
 /** `--max-experts`: a positive integer, or `0` or `all` for no limit. */
 const maxExperts = (v: string) => (v === 'all' || v === '0' ? 0 : int('--max-experts')(v));
@@ -67,7 +69,7 @@ export function summaryTable(r: SimulationResults): string {
 
 export function simulateCommand(): Command {
   const d = DEFAULT_SIMULATION;
-  return new Command('simulate')
+  return withUiOptions(new Command('simulate'), 'every site of the run')
     .description('Run algorithms side by side on one dataset and partition, with the same model, rounds, epochs and optimiser.')
     .addHelpText('after', `\nAlgorithms:\n${REGISTRY.map((a) => `  ${a.name.padEnd(10)} ${a.description}`).join('\n')}\n`)
     .requiredOption('--dataset <name>', 'breast-cancer | digits | fashion-mnist | synthetic | csv:<path> | images:<dir> (one sub-folder of PNG/JPEG files per class)')
@@ -126,7 +128,7 @@ export function simulateCommand(): Command {
     .option('--out <dir>', 'output directory for results.json', 'runs/simulate')
     .option('--fresh', "tcp: start over, removing an earlier run's sites in --out (without it, a rerun resumes them from their checkpoints)")
     .option('--quiet', 'print only the final table')
-    .action(async (o) => {
+    .action(withLiveView(async (o, board) => {
       const out = resolve(o.out);
       mkdirSync(out, { recursive: true });
       const cfg: SimulationConfig = {
@@ -154,20 +156,20 @@ export function simulateCommand(): Command {
         if (r.round === total) bars.get(alg)!.stop();
       };
       const results = o.transport === 'tcp'
-        ? await simulateOverTcp(cfg, out, { deadlineMs: o.deadline, fresh: Boolean(o.fresh), signal: stopSignal() }, onRound)
-        : await simulate(cfg, { onRound });
+        ? await simulateOverTcp(cfg, out, { deadlineMs: o.deadline, fresh: Boolean(o.fresh), signal: stopSignal(), board }, onRound)
+        : await simulate(cfg, { onRound, status: board });
       const file = join(out, 'results.json');
       writeJsonAtomic(file, results);
       process.stdout.write(`\n${results.dataset.name}, ${o.peers} peers, ${o.partition}, ${o.rounds} rounds, backend ${results.backend}\n`);
       process.stdout.write(summaryTable(results) + '\n');
       const report = await writeRunReport(out);
       process.stdout.write(`\nResults written to ${file}\nReport (open in a browser, works offline): ${report}\n`);
-    });
+    }));
 }
 
 /** Run each algorithm as a real consortium: one process per site, libp2p over 127.0.0.1. */
 async function simulateOverTcp(
-  cfg: SimulationConfig, out: string, o: { deadlineMs: number; fresh: boolean; signal: AbortSignal }, onRound?: (alg: string, r: RoundResult, total: number) => void,
+  cfg: SimulationConfig, out: string, o: { deadlineMs: number; fresh: boolean; signal: AbortSignal; board?: StatusBoard }, onRound?: (alg: string, r: RoundResult, total: number) => void,
 ): Promise<SimulationResults> {
   const { deadlineMs, fresh, signal } = o;
   const unsupported = [
@@ -186,7 +188,7 @@ async function simulateOverTcp(
     // A run in this directory that was stopped (or finished) goes on: each site resumes from its checkpoint with its key.
     const earlier = earlierRunSeconds(dir);
     const resuming = existsSync(join(dir, 'site-0', 'checkpoints'));
-    const files = await writeConsortium({ dir, algorithm: alg, sim: cfg, deadlineMs, datasetOptions: cfg.datasetOptions, shares: { dataset: ds, splits } });
+    const files = await writeConsortium({ dir, algorithm: alg, sim: cfg, deadlineMs, datasetOptions: cfg.datasetOptions, shares: { dataset: ds, splits }, ui: o.board !== undefined });
     if (resuming) process.stderr.write(`${alg}: resuming the earlier run in ${dir} (--fresh starts over)\n`);
     const seconds = () => earlier + (performance.now() - t0) / 1000;
     // Progress per round, once every site has finished it.
@@ -204,8 +206,15 @@ async function simulateOverTcp(
         onRound?.(alg, { round: r, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: e.accs, loss: NaN, bytesSent: NaN, seconds: Math.max(...e.seconds) }, cfg.rounds);
       }
     };
+    // --ui: every site process serves its own status; this process shows them all.
+    const remote = o.board && followSites(o.board, files.sites.map((s) => s.uiPort!));
     try {
       await runConsortium(files, cfg.rounds * deadlineMs * 3 + 120000, onRound ? onLine : undefined, signal);
+      await remote?.settled(3000);
+      remote?.stop('done');
+    } catch (e) {
+      remote?.stop(signal.aborted ? 'interrupted' : 'failed', signal.aborted ? undefined : (e as Error).message);
+      throw e;
     } finally {
       recordRunSeconds(dir, seconds());
     }

@@ -1,0 +1,296 @@
+/**
+ * The status of running sites, as the live view shows it (`dflmoe peer --ui`,
+ * `dflmoe simulate --ui`; docs/live-view.md has the JSON schema). One model
+ * for both: the in-memory simulator feeds it from its round records,
+ * `dflmoe peer` from its round lines, connections, strikes and audit trail,
+ * and `simulate --transport tcp` copies in what its site processes report.
+ * Plain numbers and strings only: nothing here holds a tensor.
+ */
+import { z } from 'zod';
+import type { SiteNetwork } from './algorithms/api.js';
+
+/** Where a site is in its run. */
+export const SITE_STATES = ['starting', 'preprocessing', 'training', 'done', 'failed', 'interrupted'] as const;
+export type SiteState = (typeof SITE_STATES)[number];
+
+export interface MemberStatus {
+  /** The member's name where the consortium gives one, else its peer ID. */
+  id: string;
+  peerId?: string;
+  connected: boolean;
+  /** Bad messages counted against it so far (refused heads, models, bodies, uploads). */
+  strikes: number;
+  /** Refused for now after too many strikes. */
+  blocked?: boolean;
+  /** The newest round of its head (model, body) that this site knows of; null before any. */
+  lastHeadRound: number | null;
+}
+
+export interface AuditStatus {
+  /** The audit trail's chain and signatures check out; null where the site keeps none (the in-memory simulator). */
+  ok: boolean | null;
+  lines: number;
+  /** The first problem found, when `ok` is false. */
+  problem?: string;
+}
+
+export interface SiteStatus {
+  id: string;
+  peerId?: string;
+  algorithm: string;
+  state: SiteState;
+  /** Why the site failed (one line). */
+  error?: string;
+  /** The last round finished (0 before the first). */
+  round: number;
+  rounds: number;
+  members: MemberStatus[];
+  /** Per round, index r - 1 (null for a round not seen, such as one before a resumed run began). */
+  accuracy: (number | null)[];
+  loss: (number | null)[];
+  /** dFLMoE: the mean gate weight of each expert (by member id; the own head under the site's id) per round. */
+  gate: (Record<string, number> | null)[];
+  /** Seconds each round took, and when it finished (ms since the epoch): the round timeline. */
+  seconds: (number | null)[];
+  finishedAt: (number | null)[];
+  /** When this process began the site (ms since the epoch). */
+  startedAt: number;
+  bytesSent: number;
+  bytesReceived: number;
+  /** Sites that share bodies: the part of the bytes that were bodies. */
+  bodyBytesSent?: number;
+  bodyBytesReceived?: number;
+  /** With DP-SGD: epsilon spent so far (at `delta`), and the budget to show it against; null when off or unset. */
+  epsilon: number | null;
+  delta: number | null;
+  epsilonBudget: number | null;
+  audit: AuditStatus;
+  /** When this status last changed (ms since the epoch). */
+  updatedAt: number;
+}
+
+export interface StatusSnapshot {
+  sites: SiteStatus[];
+}
+
+/** A site's key on a board: sites of different algorithms may share an id. */
+export const siteKey = (s: Pick<SiteStatus, 'algorithm' | 'id'>): string => `${s.algorithm}/${s.id}`;
+
+const MAX_ROUNDS = 1_000_000;
+const text = z.string().max(256);
+const count = z.number().finite().min(0);
+const num = z.number().finite().nullable();
+const memberSchema = z.object({
+  id: text, peerId: text.optional(), connected: z.boolean(), strikes: count, blocked: z.boolean().optional(), lastHeadRound: num,
+});
+const perRound = <T extends z.ZodType>(t: T) => z.array(t).max(MAX_ROUNDS);
+
+/** What a site status must look like (checked where one arrives from another process). */
+export const siteStatusSchema = z.object({
+  id: text, peerId: text.optional(), algorithm: text, state: z.enum(SITE_STATES), error: z.string().max(2000).optional(),
+  round: count, rounds: count, members: z.array(memberSchema).max(100_000),
+  accuracy: perRound(num), loss: perRound(num), gate: perRound(z.record(text, z.number().finite()).nullable()),
+  seconds: perRound(num), finishedAt: perRound(num), startedAt: count,
+  bytesSent: count, bytesReceived: count, bodyBytesSent: count.optional(), bodyBytesReceived: count.optional(),
+  epsilon: num, delta: num, epsilonBudget: num,
+  audit: z.object({ ok: z.boolean().nullable(), lines: count, problem: z.string().max(2000).optional() }),
+  updatedAt: count,
+});
+
+/** A site status from untrusted JSON (another process's status endpoint); throws when it is not one. */
+export function parseSiteStatus(x: unknown): SiteStatus {
+  return siteStatusSchema.parse(x) as SiteStatus;
+}
+
+/** One finished round, as the status takes it. */
+export interface RoundUpdate {
+  round: number;
+  accuracy: number;
+  loss: number;
+  gate?: Record<string, number>;
+  seconds: number;
+  bytesSent: number;
+  bytesReceived: number;
+  bodyBytesSent?: number;
+  bodyBytesReceived?: number;
+  epsilon?: number;
+  delta?: number;
+  /** When the round finished (default now). */
+  at?: number;
+}
+
+/** A change to what a site knows of a member (by id); fields left out stay as they were. */
+export type MemberUpdate = Pick<MemberStatus, 'id'> & Partial<Omit<MemberStatus, 'id'>>;
+
+/**
+ * The gate weights of a round by expert: the received experts' mean weights
+ * (`name` maps a peer to its id on the board), and the rest for the own head,
+ * under `self`. Undefined without experts (algorithms that have no gate).
+ */
+export function gateWeights(self: string, experts: readonly { peer: string; gateWeight: number }[], name: (peer: string) => string = (p) => p): Record<string, number> | undefined {
+  if (experts.length === 0) return undefined;
+  const out: Record<string, number> = {};
+  let received = 0;
+  for (const e of experts) {
+    out[name(e.peer)] = e.gateWeight;
+    received += e.gateWeight;
+  }
+  return { [self]: Math.max(0, 1 - received), ...out };
+}
+
+/** What a site's network says of `ids`: connected (a member of its exchange now) and the newest round it announced. */
+export function networkMembers(net: SiteNetwork, ids: readonly string[]): MemberUpdate[] {
+  const ex = net.exchange ?? net.bodies;
+  if (!ex) return [];
+  const connected = new Set(ex.members());
+  const announced = ex.announced?.();
+  return ids.map((id) => ({ id, connected: connected.has(id), lastHeadRound: announced?.get(id) ?? null }));
+}
+
+export interface SiteInit {
+  id: string;
+  peerId?: string;
+  algorithm: string;
+  rounds: number;
+  members?: { id: string; peerId?: string }[];
+  state?: SiteState;
+}
+
+type Listener = (site: SiteStatus) => void;
+
+/**
+ * The status of every site one process runs or watches. Feeds (`site`)
+ * change it; listeners hear of every change with the site's new status
+ * (the object is replaced, never changed in place after it was handed out).
+ */
+export class StatusBoard {
+  private readonly sites = new Map<string, SiteStatus>();
+  private readonly listeners = new Set<Listener>();
+  readonly epsilonBudget: number | null;
+
+  constructor(o: { epsilonBudget?: number } = {}) {
+    this.epsilonBudget = o.epsilonBudget ?? null;
+  }
+
+  /** The feed of a site, created with `init` the first time (later calls return a feed of the same site). */
+  site(init: SiteInit): SiteFeed {
+    const key = siteKey(init);
+    if (!this.sites.has(key)) {
+      const now = Date.now();
+      this.set({
+        id: init.id, ...(init.peerId ? { peerId: init.peerId } : {}), algorithm: init.algorithm, state: init.state ?? 'starting', round: 0, rounds: init.rounds,
+        members: (init.members ?? []).map((m) => ({ id: m.id, ...(m.peerId ? { peerId: m.peerId } : {}), connected: false, strikes: 0, lastHeadRound: null })),
+        accuracy: [], loss: [], gate: [], seconds: [], finishedAt: [], startedAt: now,
+        bytesSent: 0, bytesReceived: 0, epsilon: null, delta: null, epsilonBudget: this.epsilonBudget, audit: { ok: null, lines: 0 }, updatedAt: now,
+      });
+    }
+    return new SiteFeed(this, key);
+  }
+
+  /** Put a whole site status (one another process reported); the board's budget wins when it has one. */
+  put(s: SiteStatus): void {
+    this.set(this.epsilonBudget !== null ? { ...s, epsilonBudget: this.epsilonBudget } : s);
+  }
+
+  get(key: string): SiteStatus | undefined {
+    return this.sites.get(key);
+  }
+
+  snapshot(): StatusSnapshot {
+    return { sites: [...this.sites.values()] };
+  }
+
+  /** Hear of every change; returns the function that stops it. */
+  onChange(l: Listener): () => void {
+    this.listeners.add(l);
+    return () => this.listeners.delete(l);
+  }
+
+  /** @internal */
+  set(s: SiteStatus): void {
+    this.sites.set(siteKey(s), s);
+    for (const l of this.listeners) l(s);
+  }
+}
+
+/** Changes one site on a board. */
+export class SiteFeed {
+  constructor(private readonly board: StatusBoard, readonly key: string) {}
+
+  get status(): SiteStatus {
+    return this.board.get(this.key)!;
+  }
+
+  private change(patch: Partial<SiteStatus>): void {
+    this.board.set({ ...this.status, ...patch, updatedAt: Date.now() });
+  }
+
+  state(state: SiteState, error?: string): void {
+    const s = this.status;
+    if (s.state === state && s.error === error) return;
+    const { error: _old, ...rest } = s;
+    this.board.set({ ...rest, state, ...(error !== undefined ? { error: firstLine(error) } : {}), updatedAt: Date.now() });
+  }
+
+  round(u: RoundUpdate): void {
+    if (!Number.isInteger(u.round) || u.round < 1 || u.round > MAX_ROUNDS) return;
+    const s = this.status;
+    const finite = (x: number | undefined) => (x !== undefined && Number.isFinite(x) ? x : null);
+    this.change({
+      ...(s.state === 'starting' || s.state === 'preprocessing' ? { state: 'training' as const } : {}),
+      round: Math.max(s.round, u.round),
+      accuracy: withRound(s.accuracy, u.round, finite(u.accuracy)),
+      loss: withRound(s.loss, u.round, finite(u.loss)),
+      gate: withRound(s.gate, u.round, u.gate ?? null),
+      seconds: withRound(s.seconds, u.round, finite(u.seconds)),
+      finishedAt: withRound(s.finishedAt, u.round, u.at ?? Date.now()),
+      bytesSent: u.bytesSent, bytesReceived: u.bytesReceived,
+      ...(u.bodyBytesSent !== undefined ? { bodyBytesSent: u.bodyBytesSent, bodyBytesReceived: u.bodyBytesReceived ?? 0 } : {}),
+      ...(u.epsilon !== undefined ? { epsilon: finite(u.epsilon), delta: finite(u.delta) } : {}),
+    });
+  }
+
+  /** Update members by id (members not known yet are added); a change is reported only when something changed. */
+  members(updates: readonly MemberUpdate[]): void {
+    const s = this.status;
+    const next = s.members.slice();
+    let changed = false;
+    for (const u of updates) {
+      const i = next.findIndex((m) => m.id === u.id);
+      const old: MemberStatus = i >= 0 ? next[i] : { id: u.id, connected: false, strikes: 0, lastHeadRound: null };
+      const m: MemberStatus = { ...old };
+      for (const [k, v] of Object.entries(u)) if (v !== undefined) (m as unknown as Record<string, unknown>)[k] = v;
+      if (i >= 0 && sameMember(old, m)) continue;
+      changed = true;
+      if (i >= 0) next[i] = m;
+      else next.push(m);
+    }
+    if (changed) this.change({ members: next });
+  }
+
+  bytes(b: Pick<SiteStatus, 'bytesSent' | 'bytesReceived'>): void {
+    const s = this.status;
+    if (s.bytesSent !== b.bytesSent || s.bytesReceived !== b.bytesReceived) this.change(b);
+  }
+
+  audit(a: AuditStatus): void {
+    const o = this.status.audit;
+    if (o.ok !== a.ok || o.lines !== a.lines || o.problem !== a.problem) this.change({ audit: a });
+  }
+}
+
+/** A copy of a per-round list with round `round`'s entry set (rounds between filled with null). */
+function withRound<T>(xs: readonly (T | null)[], round: number, v: T | null): (T | null)[] {
+  const out = xs.slice();
+  while (out.length < round) out.push(null);
+  out[round - 1] = v;
+  return out;
+}
+
+function sameMember(a: MemberStatus, b: MemberStatus): boolean {
+  return a.connected === b.connected && a.strikes === b.strikes && a.blocked === b.blocked && a.lastHeadRound === b.lastHeadRound && a.peerId === b.peerId;
+}
+
+function firstLine(s: string): string {
+  return s.split('\n')[0].slice(0, 2000);
+}

@@ -1,0 +1,3 @@
+export * from './address.js';
+export * from './server.js';
+export * from './remote.js';
