@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import {
-  BodyError, DflmoePeer, MemoryHub, bodyArchitecture, createLearner, loadSite, parseBodySpec, preparePeerData, disposePeerData, pretrainBody,
+  BodyError, DflmoePeer, DflmoeSite, MemoryHub, bodyArchitecture, createLearner, loadSite, parseBodySpec, preparePeerData, disposePeerData, pretrainBody,
   readBodyWeights, silentLogger, writeBody, type DflmoeLearner,
 } from '@dflmoe/core';
 import { loadDataset, partition, type Dataset } from '@dflmoe/data';
@@ -144,8 +144,15 @@ describe('custom bodies', function () {
     assert.equal(JSON.parse(readFileSync(join(cfg.out, 'site.json'), 'utf8')).model.body, `tfjs:${join(dir, 'lab-body')}`);
     const site = await loadSite(cfg.out);
     try {
+      // The rebuilt body holds the trained weights of the last checkpoint (not the saved model's, nor fresh ones).
+      const trained = readBodyWeights(join(cfg.out, 'checkpoints', 'round-000002', 'body'));
+      const fromCkpt = tf.io.decodeWeights(trained.data, trained.specs);
+      const body = (site.site as DflmoeSite).peer.body;
+      body.weights.forEach((v, i) => assert.deepEqual(Array.from(v.read().dataSync()), Array.from(fromCkpt[trained.specs[i].name].dataSync())));
+      assert.notDeepEqual(Array.from(body.weights[0].read().dataSync()), Array.from(saved.weights[0].read().dataSync()), 'trained, so not the saved start');
+      tf.dispose(Object.values(fromCkpt));
       const ev = site.evaluate(ds.features.subarray(0, 100 * 30), ds.labels.subarray(0, 100));
-      assert.ok(ev.accuracy > 0.7, `accuracy ${ev.accuracy}`);
+      assert.ok(ev.accuracy > 0.6, `accuracy ${ev.accuracy}`);
     } finally {
       site.dispose();
     }

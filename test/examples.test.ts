@@ -47,6 +47,16 @@ describe('examples', () => {
     }
   });
 
+  it('libp2p-service.ts runs three sites on libp2p nodes of their own that also answer pings', () => {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', 'examples/libp2p-service.ts'], {
+      encoding: 'utf8', timeout: 120000, env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const last = r.stdout.trim().split('\n').filter((l) => l.startsWith('round 4'));
+    assert.equal(last.filter((l) => /hospital-[abc]: accuracy [\d.]+% {2}experts 2$/.test(l)).length, 3, r.stdout);
+    assert.ok(last.some((l) => /ping hospital-a -> hospital-b: \d+ ms$/.test(l)), r.stdout);
+  });
+
   it("the README's snippets marked as run (the library's simulate) run as written", () => {
     const blocks = [...readFileSync('README.md', 'utf8').matchAll(/<!-- run by test\/examples\.test\.ts -->\n```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
     assert.ok(blocks.some((b) => b.includes('await simulate(')), 'the simulate() snippet is marked');

@@ -26,7 +26,7 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { readFrames, writeFrames, type FrameBytes } from './frames.js';
 import { HeadInbox, throwIfInterrupted, unlessInterrupted, type ExchangeStats, type HeadExchange, type HeadMessage, type Logger, type MembershipEvent } from '@dflmoe/core';
 import { Announce, HeadRequest, HeadResponse } from './proto/messages.js';
-import { dialMembers, type SiteNode } from './node.js';
+import { dialMembers, type ExchangeNode } from './node.js';
 import { StrikeBook } from './strikes.js';
 import { HeadSink, PartialHeads, RESUME_CHUNK, chunkFrames, frameGuard, servePlan } from './resume.js';
 
@@ -135,7 +135,7 @@ export class Libp2pHeadExchange implements HeadExchange {
   private readonly protocol: string;
   private readonly topic: string;
 
-  constructor(private node: SiteNode, private o: Libp2pExchangeOptions) {
+  constructor(private node: ExchangeNode, private o: Libp2pExchangeOptions) {
     this.selfId = node.peerId.toString();
     this.protocol = o.protocol ?? HEAD_PROTOCOL;
     this.topic = o.topic ?? ANNOUNCE_TOPIC;
@@ -235,6 +235,11 @@ export class Libp2pHeadExchange implements HeadExchange {
   private onConnect(peer: PeerId): void {
     const id = peer.toString();
     if (!this.memberIds.has(id)) return;
+    // A member refused for now that connects anyway (a host's node without our gater): hang up.
+    if (this.isBlocked(id)) {
+      void this.node.hangUp(peer).catch(() => {});
+      return;
+    }
     this.emit({ type: 'join', peer: id });
     // Catch up with whatever the peer has that is newer than what we hold.
     this.asked.add(id);
@@ -431,6 +436,11 @@ export class Libp2pHeadExchange implements HeadExchange {
       if (!this.memberIds.has(from)) {
         this.drop(from, 'not-member');
         stream.abort(new Error('not a member'));
+        return;
+      }
+      // Refused for now (too many strikes); on a host's node without our gater, the connection itself may still be up.
+      if (this.isBlocked(from)) {
+        stream.abort(new Error('blocked'));
         return;
       }
       const t0 = performance.now();

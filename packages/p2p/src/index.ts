@@ -3,6 +3,7 @@ export * from './identity.js';
 export * from './config.js';
 export * from './node.js';
 export * from './head-exchange.js';
+export * from './service.js';
 export * from './frames.js';
 export * from './fedavg-net.js';
 export * from './run-peer.js';

@@ -52,6 +52,8 @@ export interface NodeOptions {
   onRelayStatus?: (s: RelayStatus) => void;
   /** Find members at run time (bootstrap, DHT, mDNS): see MemberFinder. */
   discovery?: MemberFinderOptions & { mdns: boolean };
+  /** More libp2p services on the node (the dflmoe exchanges: `headExchange`, `bodyExchange`). */
+  services?: Record<string, (components: never) => unknown>;
 }
 
 export interface RelayOptions {
@@ -76,6 +78,14 @@ export function isRelayed(c: Connection): boolean {
 }
 
 export type SiteNode = Libp2p<{ identify: ReturnType<ReturnType<typeof identify>>; ping: ReturnType<ReturnType<typeof ping>>; pubsub: ReturnType<ReturnType<typeof gossipsub>> }>;
+
+/**
+ * What the head exchange uses of a node: a site's own node, or a host's
+ * node seen from a libp2p service (`headExchange`, service.ts).
+ */
+export type ExchangeNode = Pick<SiteNode, 'peerId' | 'handle' | 'unhandle' | 'getConnections' | 'hangUp' | 'dialProtocol' | 'dial' | 'addEventListener'> & {
+  services: Pick<SiteNode['services'], 'pubsub'>;
+};
 
 export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
   const via = o.relay?.via ?? [];
@@ -147,6 +157,7 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
         // announcements were ignored: a 16-site consortium on one machine moved no heads.
         scoreParams: { IPColocationFactorWeight: 0 },
       }),
+      ...(o.services as Record<string, (components: unknown) => unknown> | undefined),
     },
   });
   if (via.length > 0) {
@@ -191,9 +202,9 @@ export async function startNode(node: SiteNode, listen: readonly string[]): Prom
 
 /** Dial every member we have addresses for; failures are expected (peers start at different times). */
 /** Members each node is dialling now: a heartbeat does not start a second dial while one is under way. */
-const dialling = new WeakMap<SiteNode, Set<string>>();
+const dialling = new WeakMap<ExchangeNode, Set<string>>();
 
-export async function dialMembers(node: SiteNode, members: { peerId: string; addrs: string[] }[], signal?: AbortSignal): Promise<number> {
+export async function dialMembers(node: ExchangeNode, members: { peerId: string; addrs: string[] }[], signal?: AbortSignal): Promise<number> {
   let ok = 0;
   const busy = dialling.get(node) ?? new Set<string>();
   dialling.set(node, busy);

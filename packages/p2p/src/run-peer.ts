@@ -10,7 +10,8 @@ import {
 } from '@dflmoe/core';
 import { checkQuorum, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
-import { ANNOUNCE_TOPIC, BODY_ANNOUNCE_TOPIC, BODY_PROTOCOL, HEAD_PROTOCOL, Libp2pHeadExchange, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
+import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
+import { bodyExchange, headExchange, type ExchangeService } from './service.js';
 import { createSiteNode, startNode, type SiteNode } from './node.js';
 import { siteDiscoveryOptions, siteRelayOptions, watchConnections } from './reach.js';
 import { AdaptiveDeadline } from './deadline.js';
@@ -114,9 +115,9 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   const rounds: RoundLine[] = [];
   const prom = o.metricsPort !== undefined ? new PeerMetrics() : undefined;
   let node: SiteNode | undefined;
-  let exchange: Libp2pHeadExchange | undefined;
+  let exchange: ExchangeService | undefined;
   /** Sites that share bodies: the body exchange, beside the head exchange. */
-  let bodies: Libp2pHeadExchange | undefined;
+  let bodies: ExchangeService | undefined;
   let server: Libp2pServerLink | undefined;
   let prepared: PreparedSite | undefined;
   let site: AlgorithmSite | undefined;
@@ -132,7 +133,21 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     // Every member serves federated preprocessing: a local-only site with members starts a node too.
     if (alg.network !== 'none' || otherMembers(cfg, id.peerId).length > 0) {
       const allow = [...cfg.members.map((m) => m.peerId), ...(cfg.server ? [cfg.server.peerId] : [])];
+      // The exchanges are libp2p services on the node (the same ones a host adds to its own node: service.ts).
+      const heads = alg.message === 'head';
+      const services = {
+        ...(alg.network === 'peers' && alg.message !== 'body' ? {
+          heads: headExchange({
+            members: cfg.members, logger: log, signal: o.signal,
+            maxHeadBytes: heads ? cfg.limits.maxHeadBytes : cfg.limits.maxModelBytes,
+            protocol: heads ? HEAD_PROTOCOL : MODEL_PROTOCOL, topic: heads ? ANNOUNCE_TOPIC : MODEL_ANNOUNCE_TOPIC,
+          }),
+        } : {}),
+        // Bodies travel like heads (signed announcements, pulls, checks, strikes) on their own protocol and topic.
+        ...(sharesBodies(alg, siteAlgorithmOptions(cfg)) ? { bodies: bodyExchange({ members: cfg.members, logger: log, signal: o.signal, maxHeadBytes: cfg.limits.maxModelBytes }) } : {}),
+      };
       node = await createSiteNode({
+        services,
         privateKey: id.privateKey,
         listen: cfg.listen,
         announce: cfg.announce,
@@ -149,26 +164,10 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
           : log.warn(`no reservation on relay ${s.relay} yet (retrying): ${s.error}`)),
       });
       watchConnections(node, log, names);
-      if (alg.network === 'peers' && alg.message !== 'body') {
-        const heads = alg.message === 'head';
-        exchange = new Libp2pHeadExchange(node, {
-          members: cfg.members, logger: log, signal: o.signal,
-          maxHeadBytes: heads ? cfg.limits.maxHeadBytes : cfg.limits.maxModelBytes,
-          protocol: heads ? HEAD_PROTOCOL : MODEL_PROTOCOL, topic: heads ? ANNOUNCE_TOPIC : MODEL_ANNOUNCE_TOPIC,
-        });
-        await exchange.register();
-      }
-      if (sharesBodies(alg, siteAlgorithmOptions(cfg))) {
-        // Bodies travel like heads (signed announcements, pulls, checks, strikes) on their own protocol and topic.
-        bodies = new Libp2pHeadExchange(node, {
-          members: cfg.members, logger: log, signal: o.signal, maxHeadBytes: cfg.limits.maxModelBytes, protocol: BODY_PROTOCOL, topic: BODY_ANNOUNCE_TOPIC,
-        });
-        await bodies.register();
-      }
+      ({ heads: exchange, bodies } = node.services as { heads?: ExchangeService; bodies?: ExchangeService });
+      // Starting the node starts the exchanges: protocols registered, announcements subscribed, members dialled.
       await startNode(node, cfg.listen);
       log.info(`peer ${id.peerId} (${cfg.name ?? 'unnamed'}, ${alg.name}) listening on ${node.getMultiaddrs().map(String).join(', ')}`);
-      exchange?.start();
-      bodies?.start();
       if (alg.network === 'server') {
         server = new Libp2pServerLink(node, { server: cfg.server!, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs, signal: o.signal });
       }

@@ -1,0 +1,184 @@
+/**
+ * The head exchange (and the body exchange) as libp2p services: a host that
+ * already runs libp2p adds them to its own node, the way it adds ping,
+ * identify or gossipsub, and hands the service to `createLearner` as its
+ * exchange:
+ *
+ *     const node = await createLibp2p({
+ *       privateKey, addresses, transports: [tcp()], connectionEncrypters: [noise()], streamMuxers: [yamux()],
+ *       services: { identify: identify(), pubsub: gossipsub(), heads: headExchange({ members }) },
+ *     });
+ *     const site = await createLearner({ id: node.peerId.toString(), exchange: node.services.heads, ... });
+ *
+ * The service registers `/dflmoe/head/1.0.0` (or the body protocol) when
+ * the node starts, subscribes to its announcement topic and dials the
+ * members once it runs, and closes when the node stops. It keeps the
+ * allowlist and strikes of `dflmoe peer` (which runs the same service on
+ * its own node): only members' streams and announcements are served or
+ * heard, bad input is counted and struck, a member with too many strikes is
+ * hung up on and refused for a while. `membersOnlyGater` refuses everyone
+ * else at the connection level too, as `dflmoe peer` does.
+ *
+ * A node without a pubsub service (gossipsub) is refused by `createLibp2p`
+ * itself (this service declares it needs `@libp2p/pubsub`); one whose
+ * transports can dial none of the members' addresses fails to start with
+ * an error that says so, rather than waiting for heads that cannot come.
+ */
+import type { PeerId, PrivateKey, Startable } from '@libp2p/interface';
+import { serviceDependencies } from '@libp2p/interface';
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
+import { silentLogger, type Logger } from '@dflmoe/core';
+import { BODY_ANNOUNCE_TOPIC, BODY_PROTOCOL, Libp2pHeadExchange, type Libp2pExchangeOptions, type Member } from './head-exchange.js';
+import type { ExchangeNode } from './node.js';
+
+/** What the service takes from the node (libp2p's components; structural, so any libp2p 3 node fits). */
+export interface ExchangeComponents {
+  peerId: PeerId;
+  privateKey?: PrivateKey;
+  registrar: { handle(...a: unknown[]): Promise<void>; unhandle(...a: unknown[]): Promise<void> };
+  connectionManager: {
+    getConnections(peer?: PeerId): ReturnType<ExchangeNode['getConnections']>;
+    openConnection(peer: unknown, o?: unknown): ReturnType<ExchangeNode['dial']>;
+    openStream(peer: unknown, protocols: string[], o?: unknown): ReturnType<ExchangeNode['dialProtocol']>;
+    closeConnections(peer: PeerId, o?: unknown): Promise<void>;
+  };
+  events: { addEventListener(type: string, l: (e: CustomEvent) => void): void };
+  transportManager?: { dialTransportForMultiaddr?(ma: Multiaddr): unknown };
+}
+
+export interface ExchangeServiceInit extends Partial<Omit<Libp2pExchangeOptions, 'members' | 'logger'>> {
+  /** The consortium: peer IDs (and addresses to dial, when known) of every member. */
+  members: Member[];
+  /** Where drops, strikes and transfer problems are logged (default: nowhere). */
+  logger?: Logger;
+  /** The name of the node's pubsub (gossipsub) service (default `pubsub`). */
+  pubsub?: string;
+}
+
+const DEFAULT_MAX_HEAD_BYTES = 16 * 1024 * 1024;
+const DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024;
+
+/** A clear error for a host whose node lacks what the exchange needs. */
+export class ExchangeServiceError extends Error {
+  override name = 'ExchangeServiceError';
+}
+
+/** The node, as the exchange uses it, from a libp2p service's components. */
+function nodeFromComponents(c: ExchangeComponents, pubsubName: string): ExchangeNode {
+  const pubsub = () => {
+    let p: unknown;
+    try {
+      p = (c as unknown as Record<string, unknown>)[pubsubName];
+    } catch {
+      p = undefined;
+    }
+    const ps = p as { subscribe?: unknown; publish?: unknown; addEventListener?: unknown } | undefined;
+    if (!ps || typeof ps.subscribe !== 'function' || typeof ps.publish !== 'function' || typeof ps.addEventListener !== 'function') {
+      throw new ExchangeServiceError(
+        `the dflmoe exchange needs a pubsub service named "${pubsubName}" on the node (services: { ${pubsubName}: gossipsub() }, with identify()); ` +
+          'give headExchange({ pubsub: "<name>" }) if yours has another name',
+      );
+    }
+    return p as ExchangeNode['services']['pubsub'];
+  };
+  const node = {
+    peerId: c.peerId,
+    handle: (protocol: string, handler: unknown, o?: unknown) => c.registrar.handle(protocol, handler, o),
+    unhandle: (protocol: string) => c.registrar.unhandle(protocol),
+    getConnections: (peer?: PeerId) => c.connectionManager.getConnections(peer),
+    hangUp: (peer: PeerId) => c.connectionManager.closeConnections(peer),
+    dialProtocol: (peer: unknown, protocols: string | string[], o?: unknown) => c.connectionManager.openStream(peer, Array.isArray(protocols) ? protocols : [protocols], o),
+    dial: (peer: unknown, o?: unknown) => c.connectionManager.openConnection(peer, { priority: 75, ...(o as object | undefined) }),
+    addEventListener: (type: string, l: (e: CustomEvent) => void) => c.events.addEventListener(type, l),
+    get services() {
+      return { pubsub: pubsub() };
+    },
+  };
+  return node as unknown as ExchangeNode;
+}
+
+/**
+ * The exchange as a libp2p service: a `HeadExchange` (give it to
+ * `createLearner`) that starts and stops with the node.
+ */
+export class ExchangeService extends Libp2pHeadExchange implements Startable {
+  readonly [Symbol.toStringTag] = '@dflmoe/exchange';
+  readonly [serviceDependencies]: string[] = ['@libp2p/pubsub'];
+  private running = false;
+
+  constructor(private readonly components: ExchangeComponents, private readonly init: ExchangeServiceInit & { maxHeadBytes: number }) {
+    super(nodeFromComponents(components, init.pubsub ?? 'pubsub'), { ...init, logger: init.logger ?? silentLogger });
+  }
+
+  /** libp2p: the node is starting. Registers the protocol and listens for announcements and connections. */
+  override async start(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    this.checkTransports();
+    await this.register();
+  }
+
+  /** libp2p: the node runs. Subscribes, dials the members and starts re-announcing. */
+  async afterStart(): Promise<void> {
+    super.start();
+  }
+
+  /** libp2p: the node is stopping. */
+  async stop(): Promise<void> {
+    await this.close();
+  }
+
+  /** Members with addresses must be dialable by one of the node's transports, or heads could never come. */
+  private checkTransports(): void {
+    const tm = this.components.transportManager;
+    if (!tm?.dialTransportForMultiaddr) return;
+    const addrs = this.init.members.filter((m) => m.peerId !== this.selfId).flatMap((m) => m.addrs);
+    if (addrs.length === 0) return;
+    const dialable = addrs.some((a) => {
+      try {
+        return tm.dialTransportForMultiaddr!(multiaddr(a)) !== undefined;
+      } catch {
+        return false;
+      }
+    });
+    if (!dialable) {
+      throw new ExchangeServiceError(
+        `the dflmoe exchange cannot reach any member: no transport of this node dials ${addrs.slice(0, 3).join(', ')}${addrs.length > 3 ? ', ...' : ''} ` +
+          '(add the transport those addresses need, e.g. tcp() from @libp2p/tcp, with a connection encrypter and a stream muxer)',
+      );
+    }
+  }
+}
+
+/**
+ * The head exchange as a libp2p service factory: `services: { heads:
+ * headExchange({ members }) }`. Options as `Libp2pHeadExchange` takes them
+ * (`maxHeadBytes` default 16 MiB; strikes, heartbeat, timeouts), plus the
+ * pubsub service's name.
+ */
+export function headExchange(init: ExchangeServiceInit): (components: ExchangeComponents) => ExchangeService {
+  return (components) => new ExchangeService(components, { ...init, maxHeadBytes: init.maxHeadBytes ?? DEFAULT_MAX_HEAD_BYTES });
+}
+
+/**
+ * The body exchange (sites that share bodies: `createLearner({ bodies })`)
+ * as a libp2p service factory, on `/dflmoe/body/1.0.0` and its own topic
+ * (`maxHeadBytes`, the largest body, default 256 MiB).
+ */
+export function bodyExchange(init: ExchangeServiceInit): (components: ExchangeComponents) => ExchangeService {
+  return (components) => new ExchangeService(components, {
+    protocol: BODY_PROTOCOL, topic: BODY_ANNOUNCE_TOPIC, ...init, maxHeadBytes: init.maxHeadBytes ?? DEFAULT_MAX_BODY_BYTES,
+  });
+}
+
+/**
+ * A connection gater for a host's `createLibp2p({ connectionGater })` that
+ * admits only these peers (and, while `isBlocked` says so, not even them):
+ * what `dflmoe peer` does on its own node. Spread it into a gater of your
+ * own to keep other rules.
+ */
+export function membersOnlyGater(allow: readonly string[], isBlocked: (peer: string) => boolean = () => false) {
+  const ok = new Set(allow);
+  const deny = (peer: PeerId) => !ok.has(peer.toString()) || isBlocked(peer.toString());
+  return { denyDialPeer: deny, denyInboundEncryptedConnection: deny, denyOutboundEncryptedConnection: deny };
+}
