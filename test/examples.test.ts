@@ -2,6 +2,13 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 
+/** Run an example program from source, quietly. */
+function runExample(file: string) {
+  return spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', file], {
+    encoding: 'utf8', timeout: 120000, env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' },
+  });
+}
+
 describe('examples', () => {
   it('three-sites.ts runs and every site ends up with both other experts', () => {
     const r = spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', 'examples/three-sites.ts'], {
@@ -35,9 +42,7 @@ describe('examples', () => {
   });
 
   it('custom-bodies.ts trains three sites whose bodies are user-written tfjs models of different shapes', () => {
-    const r = spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', 'examples/custom-bodies.ts'], {
-      encoding: 'utf8', timeout: 120000, env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' },
-    });
+    const r = runExample('examples/custom-bodies.ts');
     assert.equal(r.status, 0, r.stderr);
     const last = r.stdout.trim().split('\n').filter((l) => l.startsWith('round 5'));
     assert.deepEqual(last.map((l) => /\((\d+) layers\)/.exec(l)?.[1]), ['4', '5', '6'], 'three different networks');
@@ -48,9 +53,7 @@ describe('examples', () => {
   });
 
   it('libp2p-service.ts runs three sites on libp2p nodes of their own that also answer pings', () => {
-    const r = spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', 'examples/libp2p-service.ts'], {
-      encoding: 'utf8', timeout: 120000, env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' },
-    });
+    const r = runExample('examples/libp2p-service.ts');
     assert.equal(r.status, 0, r.stderr);
     const last = r.stdout.trim().split('\n').filter((l) => l.startsWith('round 4'));
     assert.equal(last.filter((l) => /hospital-[abc]: accuracy [\d.]+% {2}experts 2$/.test(l)).length, 3, r.stdout);
