@@ -272,8 +272,12 @@ export class MemoryExchange implements HeadExchange {
   }
 }
 
-/** Refusals that are no fault of the sender: an old version, or a head the site no longer selects (it arrived late). */
-const BENIGN_REFUSALS: ReadonlySet<string> = new Set(['stale-version', 'not-selected']);
+/**
+ * Refusals that are no fault of the sender: an old version, a head the site
+ * no longer selects (it arrived late), a body of another architecture (bodies
+ * are combined within architecture groups).
+ */
+const BENIGN_REFUSALS: ReadonlySet<string> = new Set(['stale-version', 'not-selected', 'other-architecture']);
 
 /**
  * Take in every waiting message with `take` (which validates it and returns

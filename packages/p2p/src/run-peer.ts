@@ -192,7 +192,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     // Resume from the newest good checkpoint, keeping the metrics of the rounds it covers.
     let startRound = 1;
     // A resumed run reports the whole run: what its earlier parts moved, and their time, are added to this part's.
-    let before: EarlierParts = { bytesSent: 0, bytesReceived: 0, seconds: 0 };
+    let before: EarlierParts = { bytesSent: 0, bytesReceived: 0, bodyBytesSent: 0, bodyBytesReceived: 0, seconds: 0 };
     const restored = checkpoint && resume ? await checkpoint.restore(ckptDir, log) : undefined;
     if (restored) {
       startRound = restored.round + 1;
@@ -234,6 +234,10 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
         if (adaptive?.history.length) line.deadlineMs = adaptive.history.at(-1)!.deadlineMs;
         line.bytesIn += before.bytesReceived;
         line.bytesOut += before.bytesSent;
+        if (line.bodyBytesIn !== undefined && line.bodyBytesOut !== undefined) {
+          line.bodyBytesIn += before.bodyBytesReceived;
+          line.bodyBytesOut += before.bodyBytesSent;
+        }
         line.wallSeconds = before.seconds + (performance.now() - t0) / 1000;
         const w = checkpoint ? await checkpoint.save(ckptDir, m.round, { line }, cfg.checkpoint.keep) : undefined;
         if (w) {
@@ -275,7 +279,9 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const served = networkStats(net);
     result.bytesSent = served.bytesSent;
     result.bytesReceived = served.bytesReceived;
-    if (bodies) Object.assign(result, { bodyBytesSent: bodies.stats().bytesSent, bodyBytesReceived: bodies.stats().bytesReceived });
+    if (bodies) {
+      Object.assign(result, { bodyBytesSent: bodies.stats().bytesSent + before.bodyBytesSent, bodyBytesReceived: bodies.stats().bytesReceived + before.bodyBytesReceived });
+    }
     result.bytesSent += before.bytesSent;
     result.bytesReceived += before.bytesReceived;
     result.wallSeconds = before.seconds + (performance.now() - t0) / 1000;
@@ -303,6 +309,9 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
 interface EarlierParts {
   bytesSent: number;
   bytesReceived: number;
+  /** The part of those bytes that were bodies (sites that share bodies). */
+  bodyBytesSent: number;
+  bodyBytesReceived: number;
   seconds: number;
 }
 
@@ -315,10 +324,16 @@ interface EarlierParts {
 function earlierParts(out: string, lines: RoundLine[], round: number): EarlierParts {
   const done = readJsonFile<PeerRunResult>(join(out, 'results.json'));
   if (done?.rounds?.at(-1)?.round === round && Number.isFinite(done.bytesSent)) {
-    return { bytesSent: done.bytesSent, bytesReceived: done.bytesReceived, seconds: done.wallSeconds };
+    return {
+      bytesSent: done.bytesSent, bytesReceived: done.bytesReceived, bodyBytesSent: done.bodyBytesSent ?? 0, bodyBytesReceived: done.bodyBytesReceived ?? 0,
+      seconds: done.wallSeconds,
+    };
   }
   const l = lines.find((x) => x.round === round);
-  return { bytesSent: l?.bytesOut ?? 0, bytesReceived: l?.bytesIn ?? 0, seconds: l?.wallSeconds ?? 0 };
+  return {
+    bytesSent: l?.bytesOut ?? 0, bytesReceived: l?.bytesIn ?? 0, bodyBytesSent: l?.bodyBytesOut ?? 0, bodyBytesReceived: l?.bodyBytesIn ?? 0,
+    seconds: l?.wallSeconds ?? 0,
+  };
 }
 
 function roundLine(m: SiteRoundRecord, names: Map<string, string | undefined>, dropped: Record<string, number>): RoundLine {
