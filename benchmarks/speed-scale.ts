@@ -14,21 +14,24 @@
  *    sites (synthetic and digits);
  * 6. 2 to 64 site processes over TCP, with and without k: seconds per
  *    round, bytes per site per round, peak RSS per site process;
- * 7. how fast a site answers a head pull while it trains (median of 20).
+ * 7. how fast a site answers a head pull while it trains (median of 20);
+ * 8. what the live view (`--ui`) costs a simulation while it serves the page
+ *    and the event stream to two open tabs: round time with and without it.
  *
- *   node --import tsx benchmarks/speed-scale.ts [--only overhead,codec,moe,scale,compare,tcp,pull]
+ *   node --import tsx benchmarks/speed-scale.ts [--only overhead,codec,moe,scale,compare,tcp,pull,live]
  *     [--max-peers 100] [--max-tcp 64 | --tcp-sizes 32,64] [--tcp-k all,k] [--k 8] [--rounds 10] [--out benchmarks/results/speed-scale.json]
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tfl from '@tensorflow/tfjs-layers';
 import {
-  DEFAULT_SIMULATION, DflmoePeer, Gate, LocalPeer, RowAdam, createHead, decodeHead, encodeHead, initBackend, moeForwardStacked,
-  moeLoss, preparePeerData, silentLogger, tf, type StackedExperts,
+  DEFAULT_SIMULATION, DflmoePeer, Gate, LocalPeer, RowAdam, StatusBoard, createHead, decodeHead, encodeHead, initBackend, moeForwardStacked,
+  moeLoss, preparePeerData, silentLogger, simulate, tf, type StackedExperts,
 } from '@dflmoe/core';
+import { LiveServer } from '@dflmoe/live';
 import { makeSynthetic, partition } from '@dflmoe/data';
 import { runConsortium, writeConsortium } from '@dflmoe/cli';
 import {
@@ -38,7 +41,7 @@ import {
 
 const { values } = parseArgs({
   options: {
-    only: { type: 'string', default: 'overhead,codec,moe,scale,compare,tcp,pull' },
+    only: { type: 'string', default: 'overhead,codec,moe,scale,compare,tcp,pull,live' },
     'max-peers': { type: 'string', default: '100' },
     'max-tcp': { type: 'string', default: '64' },
     /** Only these TCP sizes (comma-separated); their rows replace earlier ones of the same size. */
@@ -361,6 +364,97 @@ if (parts.has('pull')) {
   site.dispose();
   await stop();
   save('pull', pull);
+}
+
+// ------------------------------------------------------------ 8. the live view's cost
+/**
+ * One in-memory dFLMoE run (10 sites, 10 rounds), with or without the live
+ * view serving two tabs: each tab (a client in another process, as a
+ * browser is) loads the page and keeps the event stream open. Seconds per
+ * round (wall, from the round results) and CPU seconds of this process per
+ * round; with the view, the milliseconds its server spent answering and
+ * writing events.
+ */
+async function liveRun(withView: boolean): Promise<{ secondsPerRound: number; cpuSecondsPerRound: number; serverMsPerRound?: number; modelMsPerRound?: number; events?: number }> {
+  const rounds = 10;
+  const board = withView ? new StatusBoard() : undefined;
+  const server = board ? await LiveServer.start({ board, listen: '127.0.0.1:0' }) : undefined;
+  // Two tabs in another process: the page, then the stream, counting the events they get.
+  const tabs = server && spawn(process.execPath, ['-e', `
+    const http = require('node:http');
+    let events = 0;
+    for (let i = 0; i < 2; i++) {
+      http.get(process.argv[1], (r) => r.resume());
+      http.get(process.argv[1] + 'api/events', (r) => r.on('data', (d) => { events += (String(d).match(/^event: /gm) || []).length; }));
+    }
+    process.on('SIGTERM', () => { console.log(events); process.exit(0); });
+  `, server.url], { stdio: ['ignore', 'pipe', 'inherit'] });
+  if (server) while (server.openStreams < 2) await new Promise((r) => setTimeout(r, 20));
+  const secs: number[] = [];
+  const c0 = process.cpuUsage();
+  await simulate({
+    ...DEFAULT_SIMULATION, dataset: synthetic(10), peers: 10, rounds, algorithms: ['dflmoe'], bodies: ['mlp:64'], featureDim: 32, partition: 'dirichlet:0.5', minSize: 20,
+  }, { logger: quiet, status: board, onRound: (_a, r) => secs.push(r.seconds) });
+  const cpu = cpuSince(c0);
+  let events: number | undefined;
+  if (tabs) {
+    const out = new Promise<string>((resolve) => {
+      let s = '';
+      tabs.stdout!.on('data', (d: Buffer) => (s += d));
+      tabs.once('exit', () => resolve(s));
+    });
+    tabs.kill('SIGTERM');
+    events = Number((await out).trim());
+  }
+  const busy = server?.busyMs;
+  await server?.close();
+  return {
+    secondsPerRound: secs.reduce((a, b) => a + b, 0) / rounds, cpuSecondsPerRound: cpu / rounds,
+    ...(busy !== undefined ? { serverMsPerRound: busy / rounds, modelMsPerRound: feedingMs(board!) / rounds, events } : {}),
+  };
+}
+
+/** Milliseconds the status model takes to be fed a run like the one on `board` (every site's rounds and members again, on a new board). */
+function feedingMs(board: StatusBoard): number {
+  const sites = board.snapshot().sites;
+  const t0 = performance.now();
+  const fresh = new StatusBoard();
+  fresh.onChange(() => {});
+  for (const s of sites) {
+    const f = fresh.site({ id: s.id, algorithm: s.algorithm, rounds: s.rounds, members: s.members });
+    for (let r = 1; r <= s.round; r++) {
+      f.round({ round: r, accuracy: s.accuracy[r - 1] ?? 0, loss: s.loss[r - 1] ?? 0, gate: s.gate[r - 1] ?? undefined, seconds: s.seconds[r - 1] ?? 0, bytesSent: r, bytesReceived: r });
+      f.members(s.members.map((m) => ({ ...m, lastHeadRound: r })));
+    }
+  }
+  return performance.now() - t0;
+}
+
+if (parts.has('live')) {
+  await liveRun(false); // warm-up
+  const runs: { without: Awaited<ReturnType<typeof liveRun>>; with: Awaited<ReturnType<typeof liveRun>> }[] = [];
+  // Seven interleaved pairs; the figure is the median of each pair's ratio.
+  for (let rep = 0; rep < 7; rep++) runs.push({ without: await liveRun(false), with: await liveRun(true) });
+  const ratios = (f: (r: Awaited<ReturnType<typeof liveRun>>) => number) => runs.map((p) => f(p.with) / f(p.without) - 1);
+  const ratio = (f: (r: Awaited<ReturnType<typeof liveRun>>) => number) => median(ratios(f));
+  const wallPairs = ratios((r) => r.secondsPerRound);
+  const live = {
+    sites: 10, rounds: 10, tabs: 2,
+    wallOverhead: ratio((r) => r.secondsPerRound),
+    wallOverheadRange: [Math.min(...wallPairs), Math.max(...wallPairs)],
+    cpuOverhead: ratio((r) => r.cpuSecondsPerRound),
+    /** The server's own time (answering and writing events) per round, as a share of the round without the view. */
+    serverShare: median(runs.map((p) => p.with.serverMsPerRound! / 1000 / p.without.secondsPerRound)),
+    /** The view's whole work (feeding the status model, and the server's time) per round, as a share of the round without the view. */
+    viewShare: median(runs.map((p) => (p.with.serverMsPerRound! + p.with.modelMsPerRound!) / 1000 / p.without.secondsPerRound)),
+    secondsPerRound: { without: median(runs.map((p) => p.without.secondsPerRound)), with: median(runs.map((p) => p.with.secondsPerRound)) },
+    eventsPerTab: median(runs.map((p) => p.with.events! / 2)),
+    runs,
+  };
+  console.log(`live view serving 2 tabs (10 sites in one process, 10 rounds, median of 7 interleaved pairs): round time ${(live.wallOverhead * 100).toFixed(2)}% ` +
+    `(${live.secondsPerRound.without.toFixed(3)} -> ${live.secondsPerRound.with.toFixed(3)} s; pairs from ${(Math.min(...wallPairs) * 100).toFixed(1)}% to ${(Math.max(...wallPairs) * 100).toFixed(1)}%), CPU ${(live.cpuOverhead * 100).toFixed(2)}%; measured directly, the server's own time ${(live.serverShare * 100).toFixed(3)}% of a round, with the status model ${(live.viewShare * 100).toFixed(3)}%; ` +
+    `${live.eventsPerTab} events per tab`);
+  save('live', live);
 }
 
 console.log(`wrote ${values.out}`);

@@ -134,13 +134,13 @@ describe('live view in a browser', function () {
     await page.close();
   });
 
-  it('shows hostile names as text: no markup from a site or member runs', async () => {
-    const board = new StatusBoard();
+  it('shows hostile names as text: no markup from a site or member runs; epsilon against the budget', async () => {
+    const board = new StatusBoard({ epsilonBudget: 4 });
     const evil = '<img src=x onerror="window.__pwned=1">';
     const evilMember = '</td><script>window.__pwned=2</script>';
     const feed = board.site({ id: evil, algorithm: 'dflmoe"><b>x</b>', rounds: 3, members: [{ id: evilMember }] });
     feed.members([{ id: evilMember, connected: true, strikes: 4 }]);
-    feed.round({ round: 1, accuracy: 0.5, loss: 1, seconds: 0.1, bytesSent: 1, bytesReceived: 1, gate: gateWeights(evil, [{ peer: evilMember, gateWeight: 0.3 }]) });
+    feed.round({ round: 1, accuracy: 0.5, loss: 1, seconds: 0.1, bytesSent: 1, bytesReceived: 1, gate: gateWeights(evil, [{ peer: evilMember, gateWeight: 0.3 }]), epsilon: 1, delta: 1e-5 });
     feed.state('failed', '<svg onload="window.__pwned=3">');
     const server = await LiveServer.start({ board, listen: '127.0.0.1:0' });
     const page = await browser.newPage();
@@ -152,6 +152,9 @@ describe('live view in a browser', function () {
       const text = await page.evaluate(() => document.body.innerText);
       for (const s of [evil, evilMember, '<svg onload="window.__pwned=3">']) assert.ok(text.includes(s), `shows ${s} as text`);
       assert.equal(await page.$$eval('#overview tbody tr', (trs) => trs.length), 1);
+      // Epsilon 1 of a budget of 4: a quarter of the gauge.
+      assert.match(text, /ε 1\.00 of 4/);
+      assert.equal(await page.$eval('svg.gauge rect.gauge-fill', (r) => r.getAttribute('width')), '50.0');
     } finally {
       await page.close();
       await server.close();

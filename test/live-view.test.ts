@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { StatusBoard, gateWeights, parseSiteStatus, simulate, siteKey, type SiteStatus, type StatusSnapshot } from '@dflmoe/core';
 import { LiveServer, LiveViewError, RemoteSites, parseListen } from '@dflmoe/live';
-import { AUDIT_FILE, SiteAudit, generateIdentity, verifyAudit } from '@dflmoe/p2p';
+import { AUDIT_FILE, PeerStatusWatch, SiteAudit, generateIdentity, verifyAudit, type SiteNode } from '@dflmoe/p2p';
 import { writeConsortium } from '@dflmoe/cli';
 import { DEFAULT_SIMULATION } from '@dflmoe/core';
 import { backend, cli, until } from './helpers.js';
@@ -148,6 +148,33 @@ describe('live view: status model', () => {
     }
     assert.equal(d[0].accuracy[2], r.algorithms.dflmoe!.peers[0].accuracy);
     assert.ok(sites.filter((s) => s.algorithm === 'local').every((s) => s.gate.every((g) => g === null) && s.bytesSent === 0));
+  });
+
+  it("a peer's members: connections, strikes of both exchanges, blocked, newest head round, the server's last round", () => {
+    const board = new StatusBoard();
+    const feed = board.site({ id: 'me', algorithm: 'dflmoe', rounds: 3 });
+    const open = new Set<string>();
+    const node = new EventTarget() as EventTarget & { getConnections(): { remotePeer: { toString(): string } }[] };
+    node.getConnections = () => [...open].map((p) => ({ remotePeer: { toString: () => p } }));
+    const strikes = new Map<string, number>([['P2', 2]]);
+    const heads = { strikesOf: (p: string) => strikes.get(p) ?? 0, isBlocked: (p: string) => p === 'P2', announced: () => new Map([['P1', 4]]) };
+    const bodies = { strikesOf: (p: string) => (p === 'P2' ? 1 : 0), isBlocked: () => false, announced: () => new Map([['P1', 5]]) };
+    const watch = new PeerStatusWatch(feed, {
+      members: [{ peerId: 'P1', name: 'one' }, { peerId: 'P2' }, { peerId: 'S', name: 'server' }], node: node as unknown as SiteNode,
+      exchanges: [heads, bodies], server: { peerId: 'S', lastRound: () => 3 }, auditFile: '/nonexistent', periodMs: 60000,
+    });
+    try {
+      const m = () => Object.fromEntries(feed.status.members.map((x) => [x.id, x]));
+      assert.deepEqual(m().one, { id: 'one', peerId: 'P1', connected: false, strikes: 0, blocked: false, lastHeadRound: 5 });
+      assert.deepEqual(m().P2, { id: 'P2', peerId: 'P2', connected: false, strikes: 3, blocked: true, lastHeadRound: null });
+      assert.equal(m().server.lastHeadRound, 3);
+      // A connection event refreshes at once.
+      open.add('P1');
+      node.dispatchEvent(new Event('connection:open'));
+      assert.equal(m().one.connected, true);
+    } finally {
+      watch.stop();
+    }
   });
 
   it('checks an audit trail again, verifying the signatures of new lines only', async () => {

@@ -11,11 +11,9 @@ const FINAL = new Set(['done', 'failed', 'interrupted']);
 
 const sites = new Map<string, SiteStatus>();
 const keyOf = (s: Pick<SiteStatus, 'algorithm' | 'id'>) => `${s.algorithm}/${s.id}`;
+/** A site's colour: by its place among the sites in order (set at each render). */
 const colors = new Map<string, string>();
-const colorOf = (key: string) => {
-  if (!colors.has(key)) colors.set(key, PALETTE[colors.size % PALETTE.length]);
-  return colors.get(key)!;
-};
+const colorOf = (key: string) => colors.get(key) ?? PALETTE[0];
 
 // ------------------------------------------------------------ the token: kept for this tab, out of the address bar
 const TOKEN_KEY = 'dflmoe-live-token';
@@ -88,6 +86,7 @@ function sorted(): SiteStatus[] {
 
 function render(): void {
   const list = sorted();
+  list.forEach((s, i) => colors.set(keyOf(s), PALETTE[i % PALETTE.length]));
   document.body.dataset.sites = String(list.length);
   document.body.dataset.maxRound = String(Math.max(0, ...list.map((s) => s.round)));
   $('summary').textContent = list.length === 0 ? 'waiting for the first site…'
@@ -97,6 +96,9 @@ function render(): void {
   renderCharts(list);
   renderTimeline(list);
   for (const s of list) if (dirty.has(keyOf(s)) || !document.querySelector(`[data-card="${CSS.escape(keyOf(s))}"]`)) renderCard(s);
+  // Cards in the sites' order (appending moves a card that is there already).
+  const cards = $('cards');
+  for (const s of list) cards.append(document.querySelector(`[data-card="${CSS.escape(keyOf(s))}"]`)!);
   dirty.clear();
   if (conn === 'reconnecting' && list.length > 0 && list.every((s) => FINAL.has(s.state))) setConn('ended');
 }
@@ -177,7 +179,7 @@ function renderCard(s: SiteStatus): void {
   members.append(mb);
   // Gate heatmap: experts by round.
   const experts = [...new Set(s.gate.flatMap((g) => (g ? Object.keys(g) : [])))];
-  const gate = h('div', { class: 'gate' }, h('h4', {}, 'gate weights (experts by round)'));
+  const gate = h('div', { class: 'gate' }, h('h4', {}, 'gate weights (experts by round)'), h('p', { class: 'muted small' }, 'the own head first; darker: more weight'));
   if (experts.length) gate.append(heatmap(experts, s.gate.length, (e, r) => s.gate[r - 1]?.[e], `gate weights of ${s.id}`));
   else gate.append(h('p', { class: 'muted' }, 'no gate (this algorithm mixes no experts)'));
   // Bytes, privacy, audit.

@@ -36,7 +36,7 @@ function ticks(lo: number, hi: number, n = 4): number[] {
 
 /** Lines over rounds, one per series; rounds without a value break the line. */
 export function lineChart(series: Series[], o: { label: string; cls: string; format: (v: number) => string; min?: number; max?: number }): SVGSVGElement {
-  const W = 460, H = 220, L = 48, R = 12, T = 10, B = 28;
+  const W = 460, H = 236, L = 48, R = 12, T = 10, B = 40;
   const svg = svgRoot(W, H, `chart ${o.cls}`, o.label);
   const all = series.flatMap((s) => s.values.filter((v): v is number => v !== null && Number.isFinite(v)));
   const rounds = Math.max(1, ...series.map((s) => s.values.length));
@@ -51,9 +51,9 @@ export function lineChart(series: Series[], o: { label: string; cls: string; for
     svg.append(el('text', { x: L - 6, y: y(t) + 4, 'text-anchor': 'end', class: 'tick' }, o.format(t)));
   }
   for (const t of ticks(1, rounds, 6).filter((t) => Number.isInteger(t))) {
-    svg.append(el('text', { x: x(t), y: H - 10, 'text-anchor': 'middle', class: 'tick' }, String(t)));
+    svg.append(el('text', { x: x(t), y: H - 22, 'text-anchor': 'middle', class: 'tick' }, String(t)));
   }
-  svg.append(el('text', { x: W - R, y: H - 10, 'text-anchor': 'end', class: 'axis-label' }, 'round'));
+  svg.append(el('text', { x: (L + W - R) / 2, y: H - 4, 'text-anchor': 'middle', class: 'axis-label' }, 'round'));
   for (const s of series) {
     let d = '';
     let pen = false;
@@ -84,14 +84,14 @@ export function lineChart(series: Series[], o: { label: string; cls: string; for
 
 /** Gate weights: one row per expert, one column per round, darker for more weight. */
 export function heatmap(experts: string[], rounds: number, weight: (expert: string, round: number) => number | undefined, label: string): SVGSVGElement {
-  const cell = Math.max(4, Math.min(18, Math.floor(360 / Math.max(1, rounds))));
-  const rowH = 16, L = 110, T = 4, B = 18;
+  const cell = Math.max(4, Math.min(22, Math.floor(360 / Math.max(1, rounds))));
+  const rowH = 20, L = 110, T = 4, B = 18;
   const W = L + rounds * cell + 8, H = T + experts.length * rowH + B;
   const svg = svgRoot(W, H, 'gate-heatmap', label);
   svg.setAttribute('width', String(W));
   experts.forEach((ex, i) => {
     const name = ex.length > 16 ? `${ex.slice(0, 15)}…` : ex;
-    const t = el('text', { x: L - 6, y: T + i * rowH + 12, 'text-anchor': 'end', class: 'tick' }, name);
+    const t = el('text', { x: L - 6, y: T + i * rowH + 14, 'text-anchor': 'end', class: 'tick' }, name);
     t.append(el('title', {}, ex));
     svg.append(t);
     for (let r = 1; r <= rounds; r++) {

@@ -10,6 +10,7 @@ export * from './run-peer.js';
 export * from './files.js';
 export * from './strikes.js';
 export * from './audit.js';
+export * from './live-status.js';
 export { Announce, HeadRequest, HeadResponse, FedAvgRequest, FedAvgResponse } from './proto/messages.js';
 export * from './metrics.js';
 export * from './preprocess.js';
