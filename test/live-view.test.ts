@@ -129,9 +129,9 @@ describe('live view: status model', () => {
     this.timeout(60000);
     await backend();
     const board = new StatusBoard();
-    const r = await simulate({ ...DEFAULT_SIMULATION, dataset: 'synthetic:classes=3,dim=8,samples=240', peers: 3, rounds: 3, algorithms: ['dflmoe', 'local'], minSize: 5 }, { status: board });
+    const r = await simulate({ ...DEFAULT_SIMULATION, dataset: 'synthetic:classes=3,dim=8,samples=240', peers: 3, rounds: 3, algorithms: ['dflmoe', 'local', 'fedavg'], minSize: 5 }, { status: board });
     const sites = board.snapshot().sites;
-    assert.equal(sites.length, 6);
+    assert.equal(sites.length, 9);
     for (const s of sites) {
       assert.equal(s.state, 'done');
       assert.equal(s.round, 3);
@@ -147,7 +147,9 @@ describe('live view: status model', () => {
       assert.ok(s.bytesSent > 0 && s.bytesReceived > 0);
     }
     assert.equal(d[0].accuracy[2], r.algorithms.dflmoe!.peers[0].accuracy);
-    assert.ok(sites.filter((s) => s.algorithm === 'local').every((s) => s.gate.every((g) => g === null) && s.bytesSent === 0));
+    assert.ok(sites.filter((s) => s.algorithm === 'local').every((s) => s.gate.every((g) => g === null) && s.bytesSent === 0 && s.members.length === 0));
+    // A server algorithm's member is the server.
+    assert.ok(sites.filter((s) => s.algorithm === 'fedavg').every((s) => JSON.stringify(s.members) === JSON.stringify([{ id: 'server', connected: true, strikes: 0, lastHeadRound: 3 }])));
   });
 
   it("a peer's members: connections, strikes of both exchanges, blocked, newest head round, the server's last round", () => {

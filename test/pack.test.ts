@@ -57,11 +57,13 @@ describe('installed from npm pack tarballs, outside the repository', function ()
   });
 
   it('the packages are real copies with their built code, not links into the workspace', () => {
-    for (const p of ['data', 'core', 'p2p', 'cli']) {
+    for (const p of ['data', 'core', 'p2p', 'live', 'cli']) {
       const pkg = join(app, 'node_modules', '@dflmoe', p);
       assert.equal(realpathSync(pkg), pkg, `@dflmoe/${p} is not a link`);
       assert.ok(existsSync(join(pkg, 'dist', 'index.js')), `@dflmoe/${p} has dist/`);
     }
+    // The live view's page, bundled at build time, ships with it.
+    assert.ok(existsSync(join(app, 'node_modules', '@dflmoe', 'live', 'dist', 'page.json')), '@dflmoe/live has its page');
   });
 
   it("the README's library snippets and the custom-body example run there", () => {

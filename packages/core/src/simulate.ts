@@ -378,7 +378,9 @@ async function runAlgorithm(
     if (alg.sameModel) checkSameArchitecture(sites, alg.label, REGISTRY.filter((a) => !a.sameModel).map((a) => a.name).join(' and '));
     const nets = memoryNetworks(alg, sites, 1 << 30, log);
     const ids = sites.map((s) => s.id);
-    const feeds = hooks.status && sites.map((s) => hooks.status!.site({ id: s.id, algorithm: name, rounds: cfg.rounds, members: ids.filter((o) => o !== s.id).map((id) => ({ id })), state: 'training' }));
+    // A site's members in the live view: the other sites (serverless), the server, or none (local-only).
+    const memberIds = (i: number) => (alg.network === 'peers' ? ids.filter((o) => o !== ids[i]) : alg.network === 'server' ? ['server'] : []);
+    const feeds = hooks.status && sites.map((s, i) => hooks.status!.site({ id: s.id, algorithm: name, rounds: cfg.rounds, members: memberIds(i).map((id) => ({ id })), state: 'training' }));
     // A round's result once every site has finished it.
     const records = sites.map(() => [] as SiteRoundRecord[]);
     const rounds: RoundResult[] = [];
@@ -388,7 +390,7 @@ async function runAlgorithm(
       records[i].push(rec);
       if (feeds) {
         feeds[i].round({ ...rec, gate: gateWeights(ids[i], rec.experts), epsilon: rec.privacy?.epsilon, delta: rec.privacy?.delta });
-        feeds[i].members(networkMembers(nets[i], ids.filter((o) => o !== ids[i])));
+        feeds[i].members(alg.network === 'server' ? [{ id: 'server', connected: true, lastHeadRound: rec.round }] : networkMembers(nets[i], memberIds(i)));
       }
       if (records.some((rs) => rs.length < rec.round)) return;
       const recs = records.map((rs) => rs[rec.round - 1]);

@@ -7,7 +7,6 @@
  * Plain numbers and strings only: nothing here holds a tensor.
  */
 import { z } from 'zod';
-import type { SiteNetwork } from './algorithms/api.js';
 
 /** Where a site is in its run. */
 export const SITE_STATES = ['starting', 'preprocessing', 'training', 'done', 'failed', 'interrupted'] as const;
@@ -138,8 +137,14 @@ export function gateWeights(self: string, experts: readonly { peer: string; gate
   return { [self]: Math.max(0, 1 - received), ...out };
 }
 
-/** What a site's network says of `ids`: connected (a member of its exchange now) and the newest round it announced. */
-export function networkMembers(net: SiteNetwork, ids: readonly string[]): MemberUpdate[] {
+/** What the live view asks of an exchange (a `HeadExchange`): who is a member now, and their newest announced rounds. */
+export interface MemberSource {
+  members(): string[];
+  announced?(): Map<string, number>;
+}
+
+/** What a site's network (`SiteNetwork`) says of `ids`: connected (a member of its exchange now) and the newest round it announced. */
+export function networkMembers(net: { exchange?: MemberSource; bodies?: MemberSource }, ids: readonly string[]): MemberUpdate[] {
   const ex = net.exchange ?? net.bodies;
   if (!ex) return [];
   const connected = new Set(ex.members());
