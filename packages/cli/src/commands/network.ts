@@ -46,7 +46,7 @@ export function keygenCommand(): Command {
 }
 
 export function peerCommand(): Command {
-  return withUiOptions(new Command('peer'), 'this site')
+  return withUiOptions(new Command('peer')
     .description('Run one site of a consortium from its config file (its `algorithm`: dflmoe, a server algorithm\'s client, gossip or local-only).')
     .requiredOption('--config <file>', 'site config (JSON)')
     .addHelpText('after', DATA_POLICY)
@@ -56,7 +56,7 @@ export function peerCommand(): Command {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('--metrics needs a port number (0-65535).');
       return n;
-    })
+    }), 'this site')
     .action(async (o) => {
       const cfg = loadPeerConfig(o.config);
       if (o.headPrecision) cfg.dflmoe.headPrecision = o.headPrecision as Precision;

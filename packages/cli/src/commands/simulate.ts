@@ -69,7 +69,7 @@ export function summaryTable(r: SimulationResults): string {
 
 export function simulateCommand(): Command {
   const d = DEFAULT_SIMULATION;
-  return withUiOptions(new Command('simulate'), 'every site of the run')
+  return withUiOptions(new Command('simulate')
     .description('Run algorithms side by side on one dataset and partition, with the same model, rounds, epochs and optimiser.')
     .addHelpText('after', `\nAlgorithms:\n${REGISTRY.map((a) => `  ${a.name.padEnd(10)} ${a.description}`).join('\n')}\n`)
     .requiredOption('--dataset <name>', 'breast-cancer | digits | fashion-mnist | synthetic | csv:<path> | images:<dir> (one sub-folder of PNG/JPEG files per class)')
@@ -127,7 +127,7 @@ export function simulateCommand(): Command {
     .option('--deadline <ms>', 'tcp: round deadline in milliseconds', int('--deadline'), 60000)
     .option('--out <dir>', 'output directory for results.json', 'runs/simulate')
     .option('--fresh', "tcp: start over, removing an earlier run's sites in --out (without it, a rerun resumes them from their checkpoints)")
-    .option('--quiet', 'print only the final table')
+    .option('--quiet', 'print only the final table'), 'every site of the run')
     .action(withLiveView(async (o, board) => {
       const out = resolve(o.out);
       mkdirSync(out, { recursive: true });
