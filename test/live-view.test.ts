@@ -307,6 +307,30 @@ describe('live view: server', () => {
     await until('no stream left', () => server!.openStreams === 0, 5000);
   });
 
+  it('a client that stops reading is dropped, not buffered for', async function () {
+    this.timeout(60000);
+    const b = new StatusBoard();
+    const base = b.site({ id: 'long', algorithm: 'dflmoe', rounds: 1_000_000 }).status;
+    const rounds = 50000;
+    const big = (r: number) => ({ ...base, round: r, accuracy: Array(rounds).fill(0.123456789), loss: Array(rounds).fill(1.23456789), seconds: Array(rounds).fill(0.5), finishedAt: Array(rounds).fill(Date.now()), updatedAt: Date.now() + r });
+    b.put(big(1));
+    server = await LiveServer.start({ board: b, listen: '127.0.0.1:0', throttleMs: 1 });
+    const port = server.address.port;
+    const sock = connect(port, '127.0.0.1', () => sock.write(`GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`));
+    sock.pause();
+    try {
+      await until('the stream', () => server!.openStreams === 1, 5000);
+      // Events of about 3 MB each that nobody reads: the socket's buffers fill, then the server lets the client go.
+      for (let i = 2; i < 60 && server.openStreams > 0; i++) {
+        b.put(big(i));
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(server.openStreams, 0);
+    } finally {
+      sock.destroy();
+    }
+  });
+
   it('a port in use is a LiveViewError naming the option', async () => {
     const busy = await occupy();
     try {

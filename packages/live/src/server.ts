@@ -46,8 +46,8 @@ interface PageAsset {
 }
 
 const MAX_URL = 2048;
-/** A client that holds this much unread is dropped. */
-const MAX_BACKLOG = 1 << 20;
+/** A client that still holds this much unread when the next event is due is dropped. */
+const MAX_BACKLOG = 8 << 20;
 
 let page: PageAsset | undefined;
 function loadPage(): PageAsset {
@@ -250,9 +250,12 @@ export class LiveServer {
 
   private write(s: Stream, chunk: string): void {
     if (s.res.destroyed) return;
+    // A client that stopped reading (a frozen tab) is let go rather than buffered for; one large event is fine.
+    if (s.res.writableLength > MAX_BACKLOG) {
+      s.res.destroy();
+      return;
+    }
     s.res.write(chunk);
-    // A client that stops reading (a frozen tab) is let go rather than buffered for.
-    if (s.res.writableLength > MAX_BACKLOG) s.res.destroy();
   }
 
   private changed(s: SiteStatus): void {
