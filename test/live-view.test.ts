@@ -11,9 +11,9 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { StatusBoard, gateWeights, parseSiteStatus, simulate, siteKey, type SiteStatus, type StatusSnapshot } from '@dflmoe/core';
+import { StatusBoard, gateWeights, parseSiteStatus, silentLogger, simulate, siteKey, type SiteStatus, type StatusSnapshot } from '@dflmoe/core';
 import { LiveServer, LiveViewError, RemoteSites, parseListen } from '@dflmoe/live';
-import { AUDIT_FILE, PeerStatusWatch, SiteAudit, generateIdentity, verifyAudit, type SiteNode } from '@dflmoe/p2p';
+import { AUDIT_FILE, PeerStatusWatch, SiteAudit, generateIdentity, loopbackMembers, verifyAudit, type SiteNode } from '@dflmoe/p2p';
 import { writeConsortium } from '@dflmoe/cli';
 import { DEFAULT_SIMULATION } from '@dflmoe/core';
 import { backend, cli, until } from './helpers.js';
@@ -176,6 +176,31 @@ describe('live view: status model', () => {
       assert.equal(m().one.connected, true);
     } finally {
       watch.stop();
+    }
+  });
+
+  it('over libp2p: a member connecting and earning strikes (a bad head reported by the learner) shows in the status', async function () {
+    this.timeout(60000);
+    const { ids, nodes, exchanges, stop } = await loopbackMembers(2, { maxHeadBytes: 1 << 20, logger: silentLogger, heartbeatMs: 60000 });
+    const board = new StatusBoard();
+    const feed = board.site({ id: 'a', algorithm: 'dflmoe', rounds: 2 });
+    const watch = new PeerStatusWatch(feed, { members: [{ peerId: ids[1].peerId, name: 'b' }], node: nodes[0], exchanges: [exchanges[0]], auditFile: '/nonexistent', periodMs: 60000 });
+    try {
+      assert.equal(feed.status.members[0].connected, false);
+      await nodes[0].dial(nodes[1].getMultiaddrs()[0]);
+      await until('b connected', () => feed.status.members[0].connected, 10000);
+      await exchanges[1].publish(new Uint8Array([1, 2, 3]), 1);
+      exchanges[0].reportBad(ids[1].peerId, 'not a head');
+      exchanges[0].reportBad(ids[1].peerId, 'not a head');
+      watch.refresh();
+      assert.equal(feed.status.members[0].strikes, 2);
+      await until('the announced round', () => {
+        watch.refresh();
+        return feed.status.members[0].lastHeadRound === 1;
+      }, 10000);
+    } finally {
+      watch.stop();
+      await stop();
     }
   });
 
