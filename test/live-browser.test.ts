@@ -10,18 +10,31 @@
  * also writes the README's screenshot.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'node:http';
 import type { ChildProcess } from 'node:child_process';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
-import { StatusBoard, gateWeights } from '@dflmoe/core';
+import { StatusBoard, gateWeights, type StatusSnapshot } from '@dflmoe/core';
 import { LiveServer } from '@dflmoe/live';
 import { freePort, startProcess, waitExit } from '@dflmoe/cli';
 import { until } from './helpers.js';
 
 const CHROMIUM = process.env.DFLMOE_CHROMIUM ?? '/usr/bin/chromium';
+
+function getJson(url: string): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve(JSON.parse(body)));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
 
 function status(url: string): Promise<number> {
   return new Promise((resolve) => {
@@ -120,6 +133,10 @@ describe('live view in a browser', function () {
     const members = await page.$$eval('[data-card]', (cards) => cards.map((c) => [...c.querySelectorAll('tr[data-member]')].map((tr) => tr.textContent)));
     assert.ok(members.every((m) => m.length === 2 && m.every((t) => t!.includes('connected'))), JSON.stringify(members));
     assert.match(await page.$eval('#conn', (e) => e.textContent!), /^live$/);
+    // Each site process serves its own view (ui.listen in its config, on loopback): one site, as dflmoe peer --ui does.
+    const site0 = JSON.parse(readFileSync(join(out, 'consortium', 'dflmoe', 'site-0.json'), 'utf8')) as { ui: { listen: string } };
+    const own = await getJson(`http://${site0.ui.listen}/api/status`) as StatusSnapshot;
+    assert.deepEqual(own.sites.map((x) => [x.id, x.algorithm, x.members.map((m) => m.id)]), [['site-0', 'dflmoe', ['site-1', 'site-2']]]);
     if (process.env.DFLMOE_SCREENSHOT) {
       await page.waitForFunction(() => [...document.querySelectorAll<HTMLElement>('#overview tbody tr[data-site]')].every((tr) => Number(tr.dataset.round) >= 8), { timeout: 120000, polling: 200 });
       await page.screenshot({ path: process.env.DFLMOE_SCREENSHOT, fullPage: true });
