@@ -63,6 +63,7 @@ describe('examples', () => {
   it("the README's snippets marked as run (the library's simulate) run as written", () => {
     const blocks = [...readFileSync('README.md', 'utf8').matchAll(/<!-- run by test\/examples\.test\.ts -->\n```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
     assert.ok(blocks.some((b) => b.includes('await simulate(')), 'the simulate() snippet is marked');
+    assert.ok(blocks.some((b) => b.includes('agreeOnData(')), 'the in-memory data snippet is marked');
     blocks.forEach((code, i) => {
       // Inside the repository, so that its imports resolve as a user's project would.
       const file = `test/_tmp-readme-${process.pid}-${i}.ts`;
@@ -76,6 +77,14 @@ describe('examples', () => {
           const lines = r.stdout.trim().split('\n');
           assert.equal(lines.length, 2, r.stdout);
           lines.forEach((l, k) => assert.match(l, new RegExp(`^${['dflmoe', 'local'][k]}: mean accuracy \\d+\\.\\d\\d%, \\d+ bytes sent$`)));
+        }
+        if (code.includes('agreeOnData(')) {
+          // In-memory rows: the two sites' vocabularies and the missing doses in one schema, trained, and a new row predicted.
+          assert.match(r.stdout, /^agreed features: dose, dose_missing, clinic=east, clinic=north, clinic=south$/m);
+          assert.match(r.stdout, /^round 3: accuracy (\d+\.\d)%, (\d+\.\d)%$/m);
+          const [, x, y] = /^round 3: accuracy (\d+\.\d)%, (\d+\.\d)%$/m.exec(r.stdout)!;
+          assert.ok(Number(x) > 90 && Number(y) > 90, r.stdout);
+          assert.match(r.stdout, /^prediction: sick$/m);
         }
       } finally {
         rmSync(file, { force: true });

@@ -25,6 +25,7 @@ export * from './rounds.js';
 export * from './interrupt.js';
 export * from './simulate.js';
 export * from './learner.js';
+export * from './agree.js';
 export * from './checkpoint.js';
 export * from './pretrained.js';
 export * from './pretrain.js';

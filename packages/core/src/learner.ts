@@ -11,6 +11,7 @@ import { siteBodyShare } from './algorithms/site.js';
 import { siteRound } from './rounds.js';
 import { initBackend } from './backend.js';
 import type { HeadExchange } from './exchange.js';
+import type { AgreedData } from './agree.js';
 import { throwIfInterrupted, unlessInterrupted } from './interrupt.js';
 import type { MixedBody } from './body-share.js';
 import { createLogger, type Logger } from './log.js';
@@ -22,7 +23,14 @@ import { SitePredictor, evaluatePredictions, sitePredictions, type Evaluation, t
 export interface LearnerOptions {
   /** This site's id; must equal `exchange.selfId`. */
   id: string;
-  dataset: Dataset;
+  /** The site's samples (raw: the learner standardizes them); give this or `data`. */
+  dataset?: Dataset;
+  /**
+   * The site's data after federated preprocessing (`agreeOnData`): its rows
+   * in the agreed layout, its split and the standardizer agreed on. Give
+   * this or `dataset`.
+   */
+  data?: AgreedData;
   /** Rows of `dataset` this site trains and tests on (default: all, 80/20 split). */
   split?: PeerSplit;
   /** Feature statistics to standardize with (default: the site's own training rows). */
@@ -213,12 +221,14 @@ function interruptible(ex: HeadExchange, signal: () => AbortSignal | undefined):
 /** Create a dFLMoE site. Picks the compute backend on first use. */
 export async function createLearner(o: LearnerOptions): Promise<DflmoeLearner> {
   if (o.exchange.selfId !== o.id) throw new Error(`learner id "${o.id}" differs from the exchange's "${o.exchange.selfId}"`);
+  if ((o.dataset === undefined) === (o.data === undefined)) throw new Error('createLearner: give either dataset (raw samples) or data (from agreeOnData)');
   await initBackend({ logger: o.logger });
-  const split = o.split ?? partition(o.dataset.labels, o.dataset.classNames.length, 1, parsePartition('iid'), { seed: o.train?.seed ?? 0 })[0];
+  const dataset = o.data?.dataset ?? o.dataset!;
+  const split = o.split ?? o.data?.split ?? partition(dataset.labels, dataset.classNames.length, 1, parsePartition('iid'), { seed: o.train?.seed ?? 0 })[0];
   const pre = o.model?.pretrainedBody !== undefined ? readBodyWeights(o.model.pretrainedBody) : undefined;
-  if (pre) checkBodyStandardizer(pre, featureSize(o.dataset), o.dataset.featureNames);
-  const standardizer = o.standardizer ?? pre?.standardizer ?? fitStandardizer(o.dataset.features, featureSize(o.dataset), split.train);
-  const data = preparePeerData(o.dataset, split, standardizer);
+  if (pre) checkBodyStandardizer(pre, featureSize(dataset), dataset.featureNames);
+  const standardizer = o.standardizer ?? pre?.standardizer ?? o.data?.standardizer ?? fitStandardizer(dataset.features, featureSize(dataset), split.train);
+  const data = preparePeerData(dataset, split, standardizer);
   let body;
   try {
     body = await resolveBody(o.model?.body);
@@ -238,5 +248,5 @@ export async function createLearner(o: LearnerOptions): Promise<DflmoeLearner> {
     disposePeerData(data);
     throw e;
   }
-  return new DflmoeLearner(peer, { ...o, standardizer, classNames: o.dataset.classNames });
+  return new DflmoeLearner(peer, { ...o, standardizer, classNames: dataset.classNames });
 }

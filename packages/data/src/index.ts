@@ -11,3 +11,4 @@ export * from './images.js';
 export * from './shift.js';
 export * from './share.js';
 export * from './site-data.js';
+export * from './in-memory.js';

@@ -63,8 +63,10 @@ export interface RawTable {
   columns: RawColumn[];
   /** Label of each row, as written. */
   labels: string[];
-  /** 1-based line in the file where each row starts (header is line 1 for in-memory tables). */
+  /** 1-based line in the file where each row starts (header is line 1 for in-memory tables); with `rowWord: 'row'`, the row's index. */
   lines: number[];
+  /** How messages name a row: `line <n>` of a file (default) or `row <i>` of in-memory rows. */
+  rowWord?: 'line' | 'row';
   /** Cells that were accepted but worth a look (stray text counted as missing, ...). */
   warnings: string[];
   /** False when the file has no label column (only with `labelsOptional`). */
@@ -154,17 +156,19 @@ export function readCsvTable(path: string, opts: TableOptions = {}): RawTable {
 export function tableFromRows(
   header: string[],
   rows: string[][],
-  opts: TableOptions & { source?: string; lines?: number[] } = {},
+  opts: TableOptions & { source?: string; lines?: number[]; rowWord?: 'line' | 'row' } = {},
 ): RawTable {
   const source = opts.source ?? 'table';
   const lines = opts.lines ?? rows.map((_, i) => i + 2);
+  const word = opts.rowWord ?? 'line';
+  const head = word === 'line' ? 'line 1' : 'columns';
   const labelName = opts.labelColumn ?? 'label';
   const tolerance = opts.mixedTolerance ?? 0.05;
   if (!(tolerance >= 0 && tolerance < 0.5)) throw new DataError(`mixedTolerance must be in [0, 0.5), got ${tolerance}`);
   const seen = new Map<string, number>();
   header.forEach((h, c) => {
-    if (h === '') throw new DataError(`${source}, line 1: column ${c + 1} has no name`);
-    if (seen.has(h)) throw new DataError(`${source}, line 1: column "${h}" appears twice (columns ${seen.get(h)! + 1} and ${c + 1})`);
+    if (h === '') throw new DataError(`${source}, ${head}: column ${c + 1} has no name`);
+    if (seen.has(h)) throw new DataError(`${source}, ${head}: column "${h}" appears twice (columns ${seen.get(h)! + 1} and ${c + 1})`);
     seen.set(h, c);
   });
   const labelCol = seen.get(labelName);
@@ -175,8 +179,8 @@ export function tableFromRows(
   }
   const unknown = (list: string[] | undefined, what: string) => {
     for (const name of list ?? []) {
-      if (!seen.has(name)) throw new DataError(`${source}, line 1: column "${name}" in ${what} is not in the header. Columns are: ${header.join(', ')}`);
-      if (name === labelName) throw new DataError(`${source}, line 1: column "${name}" in ${what} is the label column`);
+      if (!seen.has(name)) throw new DataError(`${source}, ${head}: column "${name}" in ${what} is not in the header. Columns are: ${header.join(', ')}`);
+      if (name === labelName) throw new DataError(`${source}, ${head}: column "${name}" in ${what} is the label column`);
     }
   };
   unknown(opts.features, 'features');
@@ -197,14 +201,14 @@ export function tableFromRows(
   const labels: string[] = new Array(rows.length);
   rows.forEach((r, i) => {
     if (r.length !== header.length) {
-      throw new DataError(`${source}, line ${lines[i]}: ${r.length} cells where the header has ${header.length} columns`);
+      throw new DataError(`${source}, ${word} ${lines[i]}: ${r.length} cells where the header has ${header.length} columns`);
     }
     if (labelCol === undefined) {
       labels[i] = '';
       return;
     }
     const cell = r[labelCol].trim();
-    if (isMissingCell(cell)) throw new DataError(`${source}, line ${lines[i]}: missing label ("${cell}") in column "${labelName}"`);
+    if (isMissingCell(cell)) throw new DataError(`${source}, ${word} ${lines[i]}: missing label ("${cell}") in column "${labelName}"`);
     labels[i] = cell;
   });
 
@@ -212,10 +216,10 @@ export function tableFromRows(
   const columns = keep.map((name) => {
     const fixed = kinds && Object.hasOwn(kinds, name) ? kinds[name] : undefined;
     const forced = fixed ?? (opts.categorical?.includes(name) ? 'categorical' : undefined);
-    return typeColumn(name, seen.get(name)!, rows, lines, source, tolerance, forced, warnings, fixed !== undefined);
+    return typeColumn(name, seen.get(name)!, rows, lines, source, tolerance, forced, warnings, fixed !== undefined, word);
   });
-  const invalid = kinds ? schemaNumericTextCells(columns, rows, keep.map((k) => seen.get(k)!), lines, source, Boolean(opts.invalidAsMissing)) : [];
-  return { source, labelColumn: labelName, columns, labels, lines, warnings, labelled: labelCol !== undefined, ...(invalid.length ? { invalid } : {}) };
+  const invalid = kinds ? schemaNumericTextCells(columns, rows, keep.map((k) => seen.get(k)!), lines, source, Boolean(opts.invalidAsMissing), word) : [];
+  return { source, labelColumn: labelName, columns, labels, lines, ...(word === 'row' ? { rowWord: word } : {}), warnings, labelled: labelCol !== undefined, ...(invalid.length ? { invalid } : {}) };
 }
 
 /**
@@ -225,7 +229,7 @@ export function tableFromRows(
  * `asMissing`; then the cells are returned (row order) and stay missing.
  */
 function schemaNumericTextCells(
-  columns: RawColumn[], rows: string[][], at: number[], lines: number[], source: string, asMissing: boolean,
+  columns: RawColumn[], rows: string[][], at: number[], lines: number[], source: string, asMissing: boolean, word = 'line',
 ): { row: number; column: string; cell: string }[] {
   const found: { row: number; column: string; cell: string }[] = [];
   rows.forEach((r, i) => {
@@ -234,7 +238,7 @@ function schemaNumericTextCells(
       if (col.kind !== 'numeric' || isMissingCell(cell) || parseNumber(cell) !== undefined) return;
       if (!asMissing) {
         throw new DataError(
-          `${source}, line ${lines[i]}: column "${col.name}" holds "${cell}", which is not a number (the model reads numbers there). ` +
+          `${source}, ${word} ${lines[i]}: column "${col.name}" holds "${cell}", which is not a number (the model reads numbers there). ` +
             'Fix the cell, write NA if it is missing, or read such cells as missing (--invalid-as-missing), which marks their rows.',
         );
       }
@@ -246,7 +250,7 @@ function schemaNumericTextCells(
 
 function typeColumn(
   name: string, c: number, rows: string[][], lines: number[], source: string, tolerance: number,
-  forced: 'numeric' | 'categorical' | undefined, warnings: string[], fromSchema = false,
+  forced: 'numeric' | 'categorical' | undefined, warnings: string[], fromSchema = false, word = 'line',
 ): RawColumn {
   const cells = rows.map((r) => r[c].trim());
   let observed = 0;
@@ -264,19 +268,19 @@ function typeColumn(
   const texts = observed - numbers;
   const numeric = (): RawColumn => {
     if (texts > 0) {
-      warnings.push(`column "${name}": ${texts} of ${observed} cells are not numbers (first at line ${lines[firstText]}: "${cells[firstText]}") and count as missing`);
+      warnings.push(`column "${name}": ${texts} of ${observed} cells are not numbers (first at ${word} ${lines[firstText]}: "${cells[firstText]}") and count as missing`);
     }
     return { name, kind: 'numeric', values: Float64Array.from(cells, (s) => (isMissingCell(s) ? NaN : parseNumber(s) ?? NaN)) };
   };
   if (forced === 'numeric') return numeric();
   if (observed === 0 && !fromSchema) {
-    throw new DataError(`${source}, lines ${lines[0]}-${lines[lines.length - 1]}: column "${name}" has no values (every cell is missing); drop it`);
+    throw new DataError(`${source}, ${word}s ${lines[0]}-${lines[lines.length - 1]}: column "${name}" has no values (every cell is missing); drop it`);
   }
   if (forced === 'categorical') return { name, kind: 'categorical', values: cells.map((s) => (isMissingCell(s) ? null : s)) };
   if (texts === 0 || (texts > 0 && numbers > 0 && texts / observed <= tolerance)) return numeric();
   if (numbers === 0 || numbers / observed <= tolerance) {
     if (numbers > 0) {
-      warnings.push(`column "${name}": ${numbers} of ${observed} cells are numbers in a text column (first at line ${lines[firstNumber]}: "${cells[firstNumber]}") and count as categories`);
+      warnings.push(`column "${name}": ${numbers} of ${observed} cells are numbers in a text column (first at ${word} ${lines[firstNumber]}: "${cells[firstNumber]}") and count as categories`);
     }
     return { name, kind: 'categorical', values: cells.map((s) => (isMissingCell(s) ? null : s)) };
   }
@@ -284,7 +288,7 @@ function typeColumn(
   const i = numbers >= texts ? firstText : firstNumber;
   const what = numbers >= texts ? 'which is not a number' : 'a number';
   throw new DataError(
-    `${source}, line ${lines[i]}: column "${name}" holds "${cells[i]}", ${what}, but ${numbers} of its ${observed} observed cells are numbers ` +
+    `${source}, ${word} ${lines[i]}: column "${name}" holds "${cells[i]}", ${what}, but ${numbers} of its ${observed} observed cells are numbers ` +
       `and ${texts} are text. Fix the cell, write NA if it is missing, or list the column in categorical (--categorical).`,
   );
 }
@@ -414,7 +418,7 @@ export function encodeTable(table: RawTable, schema: TableSchema): EncodedTable 
     const k = classOf.get(table.labels[i]);
     if (k === undefined) {
       throw new DataError(
-        `${table.source}, line ${table.lines[i]}: label "${table.labels[i]}" in column "${table.labelColumn}" is not one of the classes ${schema.classNames.join(', ')}`,
+        `${table.source}, ${table.rowWord ?? 'line'} ${table.lines[i]}: label "${table.labels[i]}" in column "${table.labelColumn}" is not one of the classes ${schema.classNames.join(', ')}`,
       );
     }
     labels[i] = k;

@@ -155,7 +155,7 @@ export class SchemaAgreement {
   readonly dropped: Partial<Record<PreprocessDrop, number>> = {};
   private readonly names: Map<string, string>;
 
-  constructor(private readonly node: SiteNode, private readonly o: PreprocessOptions) {
+  constructor(private readonly node: Pick<SiteNode, 'peerId' | 'handle' | 'unhandle' | 'dialProtocol' | 'getConnections'>, private readonly o: PreprocessOptions) {
     this.selfId = node.peerId.toString();
     if (o.statement.summary.site !== this.selfId) throw new Error(`the statement names site ${o.statement.summary.site}, not this node ${this.selfId}`);
     this.others = o.members.filter((m) => m.peerId !== this.selfId);

@@ -27,9 +27,11 @@
 import type { PeerId, PrivateKey, Startable } from '@libp2p/interface';
 import { serviceDependencies } from '@libp2p/interface';
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
-import { silentLogger, type Logger } from '@dflmoe/core';
+import { silentLogger, type DataAgreement, type Logger, type StatementExchange } from '@dflmoe/core';
+import type { SiteStatement } from '@dflmoe/data';
 import { BODY_ANNOUNCE_TOPIC, BODY_PROTOCOL, Libp2pHeadExchange, type Libp2pExchangeOptions, type Member } from './head-exchange.js';
 import type { ExchangeNode } from './node.js';
+import { SchemaAgreement, type PreprocessMember } from './preprocess.js';
 
 /** What the service takes from the node (libp2p's components; structural, so any libp2p 3 node fits). */
 export interface ExchangeComponents {
@@ -181,4 +183,63 @@ export function membersOnlyGater(allow: readonly string[], isBlocked: (peer: str
   const ok = new Set(allow);
   const deny = (peer: PeerId) => !ok.has(peer.toString()) || isBlocked(peer.toString());
   return { denyDialPeer: deny, denyInboundEncryptedConnection: deny, denyOutboundEncryptedConnection: deny };
+}
+
+export interface StatementServiceInit {
+  /** The consortium: peer IDs (and addresses to dial, when known) of every member. */
+  members: PreprocessMember[];
+  /** Wait at most this long for the other members' statements (default 120 s)... */
+  deadlineMs?: number;
+  /** ...or, once this many other members' statements are in, `graceMs` (default 2 s) more for the rest (default: every member). */
+  quorum?: number;
+  graceMs?: number;
+  /** Largest statement accepted, bytes (default 32 MiB). */
+  maxBytes?: number;
+  /** Where drops and who was left out are logged (default: nowhere). */
+  logger?: Logger;
+}
+
+/**
+ * Federated preprocessing as a libp2p service: the `StatementExchange` that
+ * `agreeOnData` takes, on `/dflmoe/preprocess/1.0.0` (what `dflmoe peer`
+ * runs). `agree` serves this site's statement to the members, pulls
+ * theirs (members only; bad input dropped and counted) and agrees; it
+ * keeps serving the statement, for members that come later, until the
+ * node stops. A site agrees once per service.
+ */
+export class StatementService implements StatementExchange, Startable {
+  readonly [Symbol.toStringTag] = '@dflmoe/statements';
+  readonly selfId: string;
+  private agreement?: SchemaAgreement;
+
+  constructor(private readonly components: ExchangeComponents, private readonly init: StatementServiceInit) {
+    this.selfId = components.peerId.toString();
+  }
+
+  async agree(statement: SiteStatement, o: { signal?: AbortSignal } = {}): Promise<DataAgreement> {
+    if (this.agreement) throw new Error('this site has agreed already (one agreement per statement service)');
+    const logger = this.init.logger ?? silentLogger;
+    this.agreement = new SchemaAgreement(nodeFromComponents(this.components, 'pubsub'), {
+      members: this.init.members, statement, deadlineMs: this.init.deadlineMs ?? 120000, quorum: this.init.quorum, graceMs: this.init.graceMs,
+      maxBytes: this.init.maxBytes ?? 32 * 1024 * 1024, logger, signal: o.signal,
+    });
+    await this.agreement.register();
+    const a = await this.agreement.agree();
+    return { agreed: a.agreed, included: a.included, excluded: a.excluded.map((x) => ({ site: x.peer, reason: x.reason })), missing: a.missing, warnings: a.warnings };
+  }
+
+  start(): void {}
+
+  async stop(): Promise<void> {
+    await this.agreement?.close();
+  }
+}
+
+/**
+ * Federated preprocessing as a libp2p service factory: `services: {
+ * statements: statementExchange({ members }) }`, then
+ * `agreeOnData(data, node.services.statements)`.
+ */
+export function statementExchange(init: StatementServiceInit): (components: ExchangeComponents) => StatementService {
+  return (components) => new StatementService(components, init);
 }
