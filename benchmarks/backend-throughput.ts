@@ -9,7 +9,7 @@ import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
-import { defaultLoaders, registerWasmConvKernels, setWasmFastInputGrad, type BackendName } from '@dflmoe/core';
+import { defaultLoaders, registerWasmConvKernels, setWasmFastInputGrad, type BackendName } from '@dflmoe/core/internal';
 import { Rng } from '@dflmoe/data';
 
 const { values } = parseArgs({

@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import {
   DEFAULT_ALGORITHM_OPTIONS, DflmoePeer, MemoryHub, chooseExperts, disposePeerData, getAlgorithm, memoryNetworks, preparePeerData, runSite, silentLogger, simulate,
   type DflmoeSite, type ExpertMemory, type PeerData,
-} from '@dflmoe/core';
+} from '@dflmoe/core/internal';
 import { partition } from '@dflmoe/data';
 import { loopbackMembers } from '@dflmoe/p2p';
 import { backend, tinyDataset, tinyPeers } from './helpers.js';

@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 import * as tfl from '@tensorflow/tfjs-layers';
-import { registerWasmConvKernels } from '@dflmoe/core';
+import { registerWasmConvKernels } from '@dflmoe/core/internal';
 import { mulberry32 } from '@dflmoe/data';
 
 type Case = { x: [number, number, number, number]; f: [number, number, number, number]; stride: number; pad: 'valid' | 'same' };

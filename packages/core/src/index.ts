@@ -1,6 +1,9 @@
+/**
+ * `@dflmoe/core`: the public API, written down in `api/core.api.md` (`npm run api`).
+ * Workspace-only internals are in `./internal.ts` (`@dflmoe/core/internal`).
+ */
 export * from './log.js';
 export * from './backend.js';
-export { registerWasmConvKernels, setWasmFastInputGrad } from './wasm-conv.js';
 export * from './model.js';
 export * from './custom-body.js';
 export * from './codec.js';
@@ -32,6 +35,6 @@ export * from './pretrain.js';
 export * from './privacy.js';
 export * from './predict.js';
 export * from './trained-site.js';
+// The keyed optimisers stay public while the performance work on them is under way (benchmarks import them); they belong in ./internal.ts.
 export * from './keyed-adam.js';
-export * from './selection.js';
 export * from './status.js';
