@@ -174,8 +174,8 @@ describe('site configs carry every simulation option', () => {
     const c = parsePeerConfig({ key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], out: 'o', rounds: 2, data: { dataset: 'digits', simulate: { peers: 2, index: 0 } } });
     const d = DEFAULT_SIMULATION;
     assert.deepEqual(
-      // A site's federated statistics are the simulator's pooled ("global") ones.
-      [c.data.standardize === 'federated' ? 'global' : 'local', c.data.seed, c.data.testFraction, c.data.simulate!.minSize, c.model.body, c.model.featureDim, c.model.sharedInit, c.train.epochs,
+      // A site's federated statistics are the simulator's pooled ones (both call them federated).
+      [c.data.standardize, c.data.seed, c.data.testFraction, c.data.simulate!.minSize, c.model.body, c.model.featureDim, c.model.sharedInit, c.train.epochs,
         c.train.batchSize, c.train.learningRate, c.train.optimizer, c.dflmoe.alpha, c.dflmoe.gateHidden, c.dflmoe.fst, c.dflmoe.distill,
         c.finetune.epochs, c.fedrep.headEpochs, c.round.maxStaleness],
       [d.standardize, d.seed, d.testFraction, d.minSize, d.bodies[0], d.featureDim, d.sharedInit, d.epochs, d.batchSize, d.learningRate, d.optimizer,
