@@ -11,7 +11,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import {
   BodyError, DflmoePeer, DflmoeSite, MemoryHub, bodyArchitecture, createLearner, loadSite, parseBodySpec, preparePeerData, disposePeerData, pretrainBody,
-  readBodyWeights, silentLogger, writeBody, type DflmoeLearner,
+  readBodyWeights, silentLogger, simulate, writeBody, type DflmoeLearner,
 } from '@dflmoe/core';
 import { loadDataset, partition, type Dataset } from '@dflmoe/data';
 import { generateIdentity, parsePeerConfig, runPeer, saveIdentity } from '@dflmoe/p2p';
@@ -173,5 +173,25 @@ describe('custom bodies', function () {
     }
     assert.equal(parseBodySpec('tfjs:x').kind, 'custom');
     saved.dispose();
+  });
+});
+
+describe('simulate with a saved body', () => {
+  before(backend);
+
+  it('simulate --body tfjs:<dir> builds one sequential body per site, for every algorithm (the saved config is not used up by the first site)', async () => {
+    const dir = tmpDir('dflmoe-sim-saved-body-');
+    const saved = tfl.sequential({ layers: [tfl.layers.flatten({ inputShape: [8, 8, 1] }), tfl.layers.dense({ units: 24, activation: 'relu' }), tfl.layers.dense({ units: FEATURES, activation: 'relu' })] });
+    await writeBody(join(dir, 'body'), saved);
+    saved.dispose();
+    const r = await simulate({
+      dataset: 'digits', peers: 3, rounds: 3, partition: 'iid', algorithms: ['dflmoe', 'local'], bodies: [`tfjs:${join(dir, 'body')}`], featureDim: FEATURES,
+      learningRate: 3e-3,
+    }, { logger: silentLogger });
+    for (const a of [r.algorithms.dflmoe!, r.algorithms.local!]) {
+      assert.equal(a.peers.length, 3);
+      // Ten classes: chance is 10%; three rounds of training on a built body get well above it.
+      assert.ok(a.accuracy.mean > 0.3, `accuracy ${a.accuracy.mean}`);
+    }
   });
 });

@@ -62,7 +62,8 @@ function fromConfig(c: ModelConfig, what: string): tfl.LayersModel {
   const entry = tf.serialization.SerializationMap.getMap().classNameMap[c.className];
   if (!entry) throw new BodyError(`${what}: a ${c.className} cannot be rebuilt from its configuration; build the body with tf.sequential or tf.model`);
   try {
-    return entry[1](entry[0], c.config) as unknown as tfl.LayersModel;
+    // A copy each time: tfjs's Sequential.fromConfig takes the layers out of the config it is given.
+    return entry[1](entry[0], structuredClone(c.config)) as unknown as tfl.LayersModel;
   } catch (e) {
     throw new BodyError(`${what}: cannot be rebuilt from its configuration (${(e as Error).message.split('\n')[0]})`);
   }

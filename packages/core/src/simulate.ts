@@ -16,6 +16,7 @@ import { checkSameArchitecture } from './algorithms/fedavg.js';
 import { REGISTRY, getAlgorithm, type AlgorithmName } from './algorithms/registry.js';
 import { parseBodyCombiner, parseTopology } from './body-share.js';
 import { FST_KINDS, parseBodySpec, type BodySpec, type FstKind } from './model.js';
+import { resolveBody } from './custom-body.js';
 import { checkBodyStandardizer, readBodyWeights, type BodyWeights } from './pretrained.js';
 import { PRECISIONS, type Precision } from './codec.js';
 import { summarize, type AccuracySummary } from './metrics.js';
@@ -248,6 +249,9 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   const splits = siteSplits(ds, cfg);
   if (cfg.featureShift.length > 0) ds = shiftDatasetBySite(ds, splits, deriveSeed(cfg.seed, 'shift'), cfg.featureShift);
   const bodies = cfg.peers > 0 ? Array.from({ length: cfg.peers }, (_, i) => cfg.bodies[i % cfg.bodies.length]) : [];
+  // Each body once: a saved model (tfjs:<dir>) is read here.
+  const specs = new Map<string, BodySpec>();
+  for (const b of new Set(bodies)) specs.set(b, await resolveBody(b));
   const results = emptyResults(cfg, backend.name, ds, splits);
   log.info(
     `${ds.name}: ${ds.numSamples} samples, ${cfg.peers} peers, ${formatPartition(parsePartition(cfg.partition))}, ` +
@@ -266,7 +270,7 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   const pooled = st ? preparePeerData(ds, { train: new Int32Array(0), test: Int32Array.from(splits.flatMap((s) => [...s.test])) }, st) : undefined;
   try {
     for (const alg of cfg.algorithms) {
-      results.algorithms[alg] = await runAlgorithm(alg, cfg, datas, bodies, hooks, log, pooled, initialBody);
+      results.algorithms[alg] = await runAlgorithm(alg, cfg, datas, bodies, specs, hooks, log, pooled, initialBody);
       const a = results.algorithms[alg]!;
       log.info(`${alg}: mean accuracy ${a.accuracy.mean.toFixed(4)} (min ${a.accuracy.min.toFixed(4)}), ${a.wallSeconds.toFixed(1)} s`);
     }
@@ -337,8 +341,7 @@ export function sharedInitSeed(seed: number, body: string): number {
   return deriveSeed(seed, 'shared-init', body);
 }
 
-function peerOptions(cfg: SimulationConfig, data: PeerData, i: number, body: string, initialBody?: BodyWeights): PeerModelOptions {
-  const bodySpec: BodySpec = parseBodySpec(body);
+function peerOptions(cfg: SimulationConfig, data: PeerData, i: number, body: string, bodySpec: BodySpec, initialBody?: BodyWeights): PeerModelOptions {
   return {
     id: `peer-${i}`,
     data,
@@ -368,13 +371,14 @@ function algorithmOptions(cfg: SimulationConfig, i: number): AlgorithmOptions {
 }
 
 async function runAlgorithm(
-  name: AlgorithmName, cfg: SimulationConfig, datas: PeerData[], bodies: string[], hooks: SimulationHooks, log: Logger, pooled?: PeerData, initialBody?: BodyWeights,
+  name: AlgorithmName, cfg: SimulationConfig, datas: PeerData[], bodies: string[], specs: ReadonlyMap<string, BodySpec>, hooks: SimulationHooks, log: Logger,
+  pooled?: PeerData, initialBody?: BodyWeights,
 ): Promise<AlgorithmResult> {
   const alg = getAlgorithm(name);
   const t0 = performance.now();
   const sites: AlgorithmSite[] = [];
   try {
-    datas.forEach((d, i) => sites.push(alg.createSite(peerOptions(cfg, d, i, bodies[i], initialBody), algorithmOptions(cfg, i))));
+    datas.forEach((d, i) => sites.push(alg.createSite(peerOptions(cfg, d, i, bodies[i], specs.get(bodies[i])!, initialBody), algorithmOptions(cfg, i))));
     if (alg.sameModel) checkSameArchitecture(sites, alg.label, REGISTRY.filter((a) => !a.sameModel).map((a) => a.name).join(' and '));
     const nets = memoryNetworks(alg, sites, 1 << 30, log);
     const ids = sites.map((s) => s.id);

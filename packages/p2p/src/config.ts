@@ -447,6 +447,11 @@ export const SIMULATION_OPTION_KINDS = { perSite: PER_SITE, perConsortium: PER_C
  * so that a site process runs with the settings the in-memory simulator uses.
  * Throws for simulation-only options that a site config cannot express.
  */
+/** A saved body (`tfjs:<dir>`) with its directory made absolute: a site config reads paths relative to itself. */
+function absoluteBody(body: string): string {
+  return body.startsWith('tfjs:') ? `tfjs:${resolve(body.slice('tfjs:'.length))}` : body;
+}
+
 export function siteSettings(sim: SimulationConfig, index: number) {
   for (const [k, used] of Object.entries(SIMULATION_ONLY)) {
     if (used(sim)) throw new ConfigError(`${k} is a simulation-only option: run it with --transport memory`);
@@ -463,7 +468,7 @@ export function siteSettings(sim: SimulationConfig, index: number) {
       ...(o.labelColumn !== undefined ? { labelColumn: o.labelColumn } : {}),
     },
     model: {
-      body: sim.bodies[index % sim.bodies.length], featureDim: sim.featureDim, headHidden: sim.headHidden, sharedInit: sim.sharedInit,
+      body: absoluteBody(sim.bodies[index % sim.bodies.length]), featureDim: sim.featureDim, headHidden: sim.headHidden, sharedInit: sim.sharedInit,
       ...(sim.pretrainedBody !== undefined ? { pretrainedBody: resolve(sim.pretrainedBody) } : {}), freezeBody: sim.freezeBody,
     },
     train: {
