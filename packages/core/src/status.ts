@@ -85,7 +85,7 @@ const memberSchema = z.object({
 const perRound = <T extends z.ZodType>(t: T) => z.array(t).max(MAX_ROUNDS);
 
 /** What a site status must look like (checked where one arrives from another process). */
-export const siteStatusSchema = z.object({
+const siteStatusSchema = z.object({
   id: text, peerId: text.optional(), algorithm: text, state: z.enum(SITE_STATES), error: z.string().max(2000).optional(),
   round: count, rounds: count, members: z.array(memberSchema).max(100_000),
   accuracy: perRound(num), loss: perRound(num), gate: perRound(z.record(text, z.number().finite()).nullable()),
