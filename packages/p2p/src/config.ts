@@ -441,17 +441,17 @@ const SIMULATION_ONLY: Partial<Record<keyof SimulationConfig, (s: SimulationConf
 /** Every simulation option, sorted by how a consortium of processes treats it (for tests). */
 export const SIMULATION_OPTION_KINDS = { perSite: PER_SITE, perConsortium: PER_CONSORTIUM, simulationOnly: Object.keys(SIMULATION_ONLY) };
 
+/** A saved body (`tfjs:<dir>`) with its directory made absolute: a site config reads paths relative to itself. */
+function absoluteBody(body: string): string {
+  return body.startsWith('tfjs:') ? `tfjs:${resolve(body.slice('tfjs:'.length))}` : body;
+}
+
 /**
  * The data, model, training and algorithm sections of site `index`'s config
  * for the simulation `sim`: what `dflmoe simulate --transport tcp` writes,
  * so that a site process runs with the settings the in-memory simulator uses.
  * Throws for simulation-only options that a site config cannot express.
  */
-/** A saved body (`tfjs:<dir>`) with its directory made absolute: a site config reads paths relative to itself. */
-function absoluteBody(body: string): string {
-  return body.startsWith('tfjs:') ? `tfjs:${resolve(body.slice('tfjs:'.length))}` : body;
-}
-
 export function siteSettings(sim: SimulationConfig, index: number) {
   for (const [k, used] of Object.entries(SIMULATION_ONLY)) {
     if (used(sim)) throw new ConfigError(`${k} is a simulation-only option: run it with --transport memory`);
