@@ -16,9 +16,11 @@
  *    round, bytes per site per round, peak RSS per site process;
  * 7. how fast a site answers a head pull while it trains (median of 20);
  * 8. what the live view (`--ui`) costs a simulation while it serves the page
- *    and the event stream to two open tabs: round time with and without it.
+ *    and the event stream to two open tabs: round time with and without it;
+ * 9. 100 sites in one process, 3 rounds, dFLMoE (default k) against
+ *    local-only in the same process: the ratio of their wall times.
  *
- *   node --import tsx benchmarks/speed-scale.ts [--only overhead,codec,moe,scale,compare,tcp,pull,live]
+ *   node --import tsx benchmarks/speed-scale.ts [--only overhead,codec,moe,scale,compare,tcp,pull,live,vs-local]
  *     [--max-peers 100] [--max-tcp 64 | --tcp-sizes 32,64] [--tcp-k all,k] [--k 8] [--rounds 10] [--out benchmarks/results/speed-scale.json]
  */
 import { execFileSync, spawn } from 'node:child_process';
@@ -28,7 +30,7 @@ import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tfl from '@tensorflow/tfjs-layers';
 import {
-  DEFAULT_SIMULATION, DflmoePeer, Gate, LocalPeer, RowAdam, StatusBoard, createHead, decodeHead, encodeHead, initBackend, moeForwardStacked,
+  DEFAULT_MAX_EXPERTS, DEFAULT_SIMULATION, DflmoePeer, Gate, LocalPeer, RowAdam, StatusBoard, createHead, decodeHead, encodeHead, initBackend, moeForwardStacked,
   moeLoss, preparePeerData, silentLogger, simulate, tf, type StackedExperts,
 } from '@dflmoe/core';
 import { LiveServer } from '@dflmoe/live';
@@ -41,7 +43,7 @@ import {
 
 const { values } = parseArgs({
   options: {
-    only: { type: 'string', default: 'overhead,codec,moe,scale,compare,tcp,pull,live' },
+    only: { type: 'string', default: 'overhead,codec,moe,scale,compare,tcp,pull,live,vs-local' },
     'max-peers': { type: 'string', default: '100' },
     'max-tcp': { type: 'string', default: '64' },
     /** Only these TCP sizes (comma-separated); their rows replace earlier ones of the same size. */
@@ -234,12 +236,13 @@ if (parts.has('moe')) {
 // ------------------------------------------------------------ 4, 5. scale in one process (each point its own process)
 interface PointResult {
   peers: number; rounds: number; maxExperts: number; peakRssMiB: number;
-  dflmoe: { secondsPerRound: number; cpuSecondsPerRound: number; bytesPerSiteRound: number; accuracy: number; expertsPerSite: number };
+  dflmoe: { secondsPerRound: number; cpuSecondsPerRound: number; cpuSeconds: number; bytesPerSiteRound: number; accuracy: number; expertsPerSite: number };
   fedavg?: { secondsPerRound: number; cpuSecondsPerRound: number; bytesPerSiteRound: number; accuracy: number };
+  local?: { secondsPerRound: number; cpuSeconds: number; accuracy: number };
 }
-function point(args: { dataset: string; peers: number; rounds: number; maxExperts: number; fedavg?: boolean; partition?: string; minSize?: number; lr?: number }): PointResult {
+function point(args: { dataset: string; peers: number; rounds: number; maxExperts: number; fedavg?: boolean; local?: boolean; partition?: string; minSize?: number; lr?: number }): PointResult {
   const argv = ['--import', 'tsx', '--conditions=development', 'benchmarks/scale-point.ts', '--dataset', args.dataset, '--peers', String(args.peers),
-    '--rounds', String(args.rounds), '--max-experts', String(args.maxExperts), ...(args.fedavg ? ['--fedavg'] : []),
+    '--rounds', String(args.rounds), '--max-experts', String(args.maxExperts), ...(args.fedavg ? ['--fedavg'] : []), ...(args.local ? ['--local'] : []),
     ...(args.partition ? ['--partition', args.partition] : []), ...(args.minSize !== undefined ? ['--min-size', String(args.minSize)] : []),
     ...(args.lr !== undefined ? ['--lr', String(args.lr)] : [])];
   const out = execFileSync(process.execPath, argv, { encoding: 'utf8', maxBuffer: 1 << 24, env: { ...process.env, DFLMOE_LOG_LEVEL: 'error' } });
@@ -283,6 +286,23 @@ if (parts.has('compare')) {
       `(${row.accuracyPoints >= 0 ? '+' : ''}${row.accuracyPoints.toFixed(2)} points), ${bounded.dflmoe.cpuSecondsPerRound.toFixed(2)} against ${full.dflmoe.cpuSecondsPerRound.toFixed(2)} CPU s per round (all 64 sites)`);
     save('compare', compare);
   }
+}
+
+// ------------------------------------------------------------ 9. dFLMoE against local-only, 100 sites in one process
+if (parts.has('vs-local')) {
+  // 100 sites, 3 rounds, the default bounded mixture; each algorithm's whole simulation (sites, rounds, pooled accuracy),
+  // in wall seconds (as `dflmoe simulate` reports them) and CPU seconds (robust to other load). Three repetitions, each its own process.
+  const runs: { dflmoe: number; local: number; ratio: number; cpuDflmoe: number; cpuLocal: number; cpuRatio: number }[] = [];
+  for (let i = 0; i < 3; i++) {
+    const r = point({ dataset: synthetic(100), peers: 100, rounds: 3, maxExperts: DEFAULT_MAX_EXPERTS, local: true });
+    const d = r.dflmoe;
+    const l = r.local!;
+    runs.push({ dflmoe: d.secondsPerRound * 3, local: l.secondsPerRound * 3, ratio: d.secondsPerRound / l.secondsPerRound, cpuDflmoe: d.cpuSeconds, cpuLocal: l.cpuSeconds, cpuRatio: d.cpuSeconds / l.cpuSeconds });
+    const x = runs[i];
+    console.log(`100 sites, 3 rounds in one process: dFLMoE (k=${DEFAULT_MAX_EXPERTS}) ${x.dflmoe.toFixed(1)} s (${x.cpuDflmoe.toFixed(1)} CPU s), local-only ${x.local.toFixed(1)} s (${x.cpuLocal.toFixed(1)} CPU s): ` +
+      `${x.ratio.toFixed(2)}x wall, ${x.cpuRatio.toFixed(2)}x CPU`);
+  }
+  save('vsLocal', { runs, medianRatio: median(runs.map((r) => r.ratio)), medianCpuRatio: median(runs.map((r) => r.cpuRatio)) });
 }
 
 // ------------------------------------------------------------ 6. site processes over TCP

@@ -186,6 +186,18 @@ export class KeyedAdam extends tf.Optimizer {
     return s;
   }
 
+  /**
+   * @internal `takeState`, except that a key without state for these
+   * variables (which `takeState` would start from zero moments) gets no
+   * moment tensors: the caller supplies the zeros.
+   */
+  takeStateLazily(key: string, vars: tf.Variable[]): RowState & { m?: tf.Tensor[]; v?: tf.Tensor[] } {
+    const old = this.states.get(key);
+    if (old && old.vars.length === vars.length && old.vars.every((v, i) => v === vars[i])) return this.takeState(key, vars);
+    this.remove(key);
+    return { steps: 0, acc1: Math.fround(this.beta1), acc2: Math.fround(this.beta2) };
+  }
+
   /** @internal Put back state that `takeState` handed out (takes ownership of its moments). */
   putState(key: string, st: KeyState): void {
     this.remove(key);

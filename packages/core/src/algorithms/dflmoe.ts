@@ -10,7 +10,7 @@ import { ExpertPool } from '../experts.js';
 import { KeyedAdam, RowAdam } from '../keyed-adam.js';
 import {
   Gate, applyFst, createFst, stopGradient, type FstKind, headLogits, headParamCount, moeForward, moeForwardPerExpert, moeForwardStacked, moeLoss,
-  type DenseLayer, type Expert, type StackedExperts,
+  stackExperts, type DenseLayer, type Expert, type HeadWeights, type StackedExperts,
 } from '../model.js';
 import { chooseExperts, defaultExploration, type ExpertMemory } from '../selection.js';
 import { accuracy, predictClasses, rowsOf, trainEpochs, type ParamGroup } from '../train.js';
@@ -78,7 +78,21 @@ export interface DflmoeStateMeta {
 /** The received experts of a round, packed for training (see `DflmoePeer.trainRound`). */
 interface Packed {
   ids: string[];
+  /** The pool's heads that `experts` stacks. */
+  heads: HeadWeights[];
   adam: RowAdam;
+  experts: StackedExperts;
+  slots: { kernel: tf.Tensor2D; bias: tf.Tensor1D };
+}
+
+/**
+ * The received experts stacked for inference (`moeForwardStacked`), kept
+ * while they are the same: `key` holds, per expert in pool order, its head
+ * tensors and the data of its FST and gate slot variables (an assignment
+ * gives a variable new data), so any change to them is a different key.
+ */
+interface InferenceStack {
+  key: object[];
   experts: StackedExperts;
   slots: { kernel: tf.Tensor2D; bias: tf.Tensor1D };
 }
@@ -117,6 +131,14 @@ export class DflmoePeer extends SupervisedModel {
   /** Bounded mixture: experts out of the pool whose gate slot, FST and optimizer state are kept, least recent first. */
   private dormant: string[] = [];
   private readonly mixture: 'batched' | 'per-expert';
+  /** Inference over the received experts: their stacked copies (see `InferenceStack`). */
+  private stack?: InferenceStack;
+  /**
+   * Whether the gate has had a gradient (or was restored): until then its
+   * optimizer state is zero, and a round without received experts can leave
+   * it out of the loss (see `trainRound`).
+   */
+  private gateTouched = false;
 
   constructor(o: DflmoeOptions) {
     super(o);
@@ -224,7 +246,7 @@ export class DflmoePeer extends SupervisedModel {
     const { acc, gate } = tf.tidy(() => {
       const n = Math.min(EVIDENCE_SAMPLES, this.data.trainSamples);
       const z = this.features(rowsOf(this.data.xTrain, 0, n), false);
-      const { logits, gates } = moeForward(z, experts, this.gate);
+      const { logits, gates } = this.mixtureOf(z);
       const hit = tf.cast(tf.equal(tf.argMax(logits, 2), tf.expandDims(rowsOf(this.data.yTrain, 0, n), 1)), 'float32');
       return { acc: tf.mean(hit, 0).dataSync(), gate: tf.mean(gates, 0).dataSync() };
     });
@@ -307,6 +329,18 @@ export class DflmoePeer extends SupervisedModel {
       const toMixture = tf.neg(tf.mean(tf.sum(tf.mul(stopGradient(probs), tf.logSoftmax(own)), 1)));
       return tf.add(l, tf.mul(this.distill, toMixture)) as tf.Scalar;
     };
+    const dp = this.train.dp !== undefined;
+    if (this.mixture === 'batched' && pool.length === 0 && !this.gateTouched && !dp && (this.train.optimizer ?? 'adam') === 'adam') {
+      // No received expert yet: the mixture is the own head alone, with gate weight exactly 1, so its
+      // probabilities are the head's softmax and the gate's gradient is exactly 0. Adam leaves a variable
+      // whose moments are 0 unchanged by a zero gradient as by none, so the gate is left out of the loss.
+      // (A second head pass keeps the two loss terms' gradients apart, as the mixture computes them.)
+      return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => {
+        const z = this.features(x, true);
+        return loss(headLogits(this.head, z), tf.softmax(headLogits(this.head, z)), y, false);
+      });
+    }
+    this.gateTouched = true;
     if (this.mixture === 'per-expert' || pool.length === 0) {
       return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => {
         const z = this.features(x, true);
@@ -339,19 +373,23 @@ export class DflmoePeer extends SupervisedModel {
 
   /** Stack the experts' heads, transforms, gate slots and Adam state for a round of training. */
   private pack(ids: string[]): Packed {
-    const states = ids.map((id) => this.expertAdam.takeState(id, this.expertVariables(id)));
+    const exVars = ids.map((id) => this.expertVariables(id));
+    // A new expert's moments are zero: one zero tensor per variable serves every such expert.
+    const states = ids.map((id, k) => this.expertAdam.takeStateLazily(id, exVars[k]));
     let packed: Packed | undefined;
     // Variables are not disposed by tidy; everything else that outlives it is kept explicitly.
     tf.tidy(() => {
       // Per expert: slot kernel [h, 1], slot bias [1], FST kernel, FST bias. Slots join along their last axis, FSTs stack on a new first one.
       const join = (ts: tf.Tensor[], i: number) => (i < 2 ? tf.concat(ts, i === 0 ? 1 : 0) : tf.stack(ts));
-      const n = states[0].vars.length;
-      const vars = Array.from({ length: n }, (_, i) => tf.variable(join(states.map((s) => s.vars[i]), i)));
+      const n = exVars[0].length;
+      const zeros: tf.Tensor[] = [];
+      const moments = (m: (tf.Tensor[] | undefined)[], i: number) => join(m.map((t) => t?.[i] ?? (zeros[i] ??= tf.zeros(exVars[0][i].shape))), i);
+      const vars = Array.from({ length: n }, (_, i) => tf.variable(join(exVars.map((vs) => vs[i]), i)));
       const adam = new RowAdam(
         this.expertAdam.learningRate, vars, [1, 0, 0, 0].slice(0, n), states.map(({ steps, acc1, acc2 }) => ({ steps, acc1, acc2 })),
-        vars.map((_, i) => tf.keep(join(states.map((s) => s.m[i]), i))), vars.map((_, i) => tf.keep(join(states.map((s) => s.v[i]), i))),
+        vars.map((_, i) => tf.keep(moments(states.map((s) => s.m), i))), vars.map((_, i) => tf.keep(moments(states.map((s) => s.v), i))),
       );
-      tf.dispose(states.flatMap((s) => [...s.m, ...s.v]));
+      tf.dispose(states.flatMap((s) => [...(s.m ?? []), ...(s.v ?? [])]));
       const pool = ids.map((id) => this.pool.get(id)!.head);
       const experts: StackedExperts = {
         layers: pool[0].map((_, i) => ({
@@ -360,18 +398,31 @@ export class DflmoePeer extends SupervisedModel {
         })),
         ...(n > 2 ? { fst: { kernel: vars[2], bias: vars[3] as unknown as tf.Tensor2D } } : {}),
       };
-      packed = { ids, adam, experts, slots: { kernel: vars[0] as unknown as tf.Tensor2D, bias: vars[1] as unknown as tf.Tensor1D } };
+      packed = { ids, heads: pool, adam, experts, slots: { kernel: vars[0] as unknown as tf.Tensor2D, bias: vars[1] as unknown as tf.Tensor1D } };
     });
     return packed!;
   }
 
-  /** Write the trained packed copies back to each expert's variables and Adam state, and free them. */
+  /**
+   * Write the trained packed copies back to each expert's variables and Adam
+   * state. The packed heads, transforms and gate slots then serve inference
+   * (`stacked`) while they stay current; the rest is freed.
+   */
   private unpack(p: Packed): void {
     const { ids, adam } = p;
+    const K = ids.length;
     tf.tidy(() => {
-      const K = ids.length;
-      // Undo `join`: slot kernels are columns, slot biases entries, FSTs rows.
-      const split = (t: tf.Tensor, i: number): tf.Tensor[] => (i < 2 ? (K === 1 ? [tf.clone(t)] : tf.split(t, K, 1 - i)) : tf.unstack(t));
+      // Undo `join` on the values read back (exact copies): slot kernels are columns, slot biases entries, FSTs rows.
+      const split = (t: tf.Tensor, i: number): tf.Tensor[] => {
+        const data = t.dataSync() as Float32Array;
+        if (i === 0) {
+          const h = t.shape[0];
+          return ids.map((_, k) => tf.tensor2d(Float32Array.from({ length: h }, (_, r) => data[r * K + k]), [h, 1]));
+        }
+        const shape = i === 1 ? [1] : t.shape.slice(1);
+        const n = data.length / K;
+        return ids.map((_, k) => tf.tensor(data.slice(k * n, (k + 1) * n), shape));
+      };
       const values = adam.vars.map(split);
       const ms = adam.m.map(split);
       const vs = adam.v.map(split);
@@ -382,11 +433,65 @@ export class DflmoePeer extends SupervisedModel {
       });
     });
     adam.dispose();
-    tf.dispose([...adam.vars, ...p.experts.layers.flatMap((l) => [l.kernel, l.bias])]);
+    // The pool as packed: the stacks are its experts as they now are.
+    const pool = this.pool.list();
+    if (pool.length === K && pool.every((e, k) => e.peer === ids[k] && e.head === p.heads[k])) {
+      this.setStack({ key: this.stackKey(), experts: p.experts, slots: p.slots });
+    } else {
+      tf.dispose([...adam.vars, ...p.experts.layers.flatMap((l) => [l.kernel, l.bias])]);
+    }
+  }
+
+  /** See `InferenceStack`. */
+  private stackKey(): object[] {
+    return this.pool.list().flatMap((e) => [...e.head.flatMap((l) => [l.kernel.dataId, l.bias.dataId]), ...this.expertVariables(e.peer).map((v) => v.dataId)]);
+  }
+
+  private setStack(s: InferenceStack | undefined): void {
+    const old = this.stack;
+    this.stack = s;
+    if (old) tf.dispose([...old.experts.layers.flatMap((l) => [l.kernel, l.bias]), ...(old.experts.fst ? [old.experts.fst.kernel, old.experts.fst.bias] : []), old.slots.kernel, old.slots.bias]);
+  }
+
+  /**
+   * The received experts stacked for inference, built when they changed; or
+   * undefined when there are none, or their transforms differ in form.
+   */
+  private stacked(): InferenceStack | undefined {
+    const pool = this.pool.list();
+    const withFst = this.fstKind !== 'none';
+    if (pool.length === 0 || !pool.every((e) => this.fsts.has(e.peer) === withFst && this.gate.slotVariables(e.peer).length === 2)) return undefined;
+    const key = this.stackKey();
+    const cur = this.stack;
+    if (cur && cur.key.length === key.length && cur.key.every((k, i) => k === key[i])) return cur;
+    // Kept: this may run inside the caller's tidy.
+    const built = tf.tidy(() => {
+      const experts = stackExperts(pool.map((e) => ({ id: e.peer, head: e.head, fst: this.fsts.get(e.peer) })));
+      const slots = pool.map((e) => this.gate.slotVariables(e.peer));
+      return {
+        experts: {
+          layers: experts.layers.map((l) => ({ kernel: tf.keep(l.kernel), bias: tf.keep(l.bias) })),
+          ...(experts.fst ? { fst: { kernel: tf.keep(experts.fst.kernel), bias: tf.keep(experts.fst.bias) } } : {}),
+        },
+        slots: { kernel: tf.keep(tf.concat(slots.map((v) => v[0]), 1)) as tf.Tensor2D, bias: tf.keep(tf.concat(slots.map((v) => v[1]), 0)) as tf.Tensor1D },
+      };
+    });
+    this.setStack({ key, ...built });
+    return this.stack;
+  }
+
+  /**
+   * The mixture over the own head and the received experts, through their
+   * stacked copies when there are any (equal to `moeForward` over `experts()`:
+   * the same kernels on the same values).
+   */
+  private mixtureOf(z: tf.Tensor2D): { probs: tf.Tensor2D; gates: tf.Tensor2D; logits: tf.Tensor3D } {
+    const s = this.stacked();
+    return s ? moeForwardStacked(z, this.head, s.experts, this.gate, s.slots) : moeForward(z, this.experts(), this.gate);
   }
 
   moeProbs(x: tf.Tensor): tf.Tensor2D {
-    return moeForward(this.features(x, false), this.experts(), this.gate).probs;
+    return this.mixtureOf(this.features(x, false)).probs;
   }
 
   evaluate(): PeerEval {
@@ -401,7 +506,9 @@ export class DflmoePeer extends SupervisedModel {
     const ids = this.experts().map((e) => e.id);
     const means = tf.tidy(() => {
       const z = this.features(this.data.xTest, false);
-      return Array.from(tf.mean(this.gate.weights(z, ids), 0).dataSync());
+      // The stacked slots, when current, are the received experts' slots in this order.
+      const s = ids.length > 1 ? this.stacked() : undefined;
+      return Array.from(tf.mean(s ? this.gate.weightsWith(z, s.slots) : this.gate.weights(z, ids), 0).dataSync());
     });
     return Object.fromEntries(ids.map((id, i) => [id, means[i]]));
   }
@@ -514,10 +621,12 @@ export class DflmoePeer extends SupervisedModel {
       this.dormant = [...meta.selection.dormant];
     }
     if (meta.accountant) this.accountant.restore(meta.accountant);
+    this.gateTouched = true;
   }
 
   override dispose(): void {
     super.dispose();
+    this.setStack(undefined);
     this.gate.dispose();
     this.pool.dispose();
     for (const f of this.fsts.values()) tf.dispose([f.kernel, f.bias]);
