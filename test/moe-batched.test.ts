@@ -172,6 +172,54 @@ describe('packed training of the received experts', () => {
   }
 });
 
+describe('a dFLMoE peer\'s shortcuts (100 sites against local-only)', () => {
+  before(backend);
+
+  it('a round without received experts trains exactly as the mixture of the own head alone does, and leaves the gate as it was', async () => {
+    const { datas } = tinyPeers(2, 8);
+    const mk = (mixture: 'batched' | 'per-expert') => new DflmoePeer({
+      id: 'p0', data: datas[0], body: { kind: 'mlp', hidden: [8] }, featureDim: 8, headHidden: [], train: { seed: 3, batchSize: 16 }, initSeed: 1, mixture,
+    });
+    // The per-expert path keeps the one-expert mixture (gate included) in the loss.
+    const [a, b] = [mk('batched'), mk('per-expert')];
+    const gate0 = a.gate.sharedVariables().map((v) => v.dataSync().slice());
+    const [la, lb] = [await a.trainRound(1), await b.trainRound(1)];
+    assert.equal(la, lb, 'the same loss');
+    const [va, vb] = [[...a.variables(), ...a.gate.sharedVariables()], [...b.variables(), ...b.gate.sharedVariables()]];
+    va.forEach((v, i) => assert.equal(maxDiff(v, vb[i]), 0, `variable ${i} (${v.shape})`));
+    a.gate.sharedVariables().forEach((v, i) => assert.deepEqual(v.dataSync(), gate0[i], `gate variable ${i} unchanged`));
+    [a, b].forEach((p) => p.dispose());
+    datas.forEach(disposePeerData);
+  });
+
+  it('inference through the stacked experts equals moeForward over experts() exactly, and follows a changed gate slot or a new head', async () => {
+    const { datas } = tinyPeers(4, 9);
+    const peers = datas.map((d, i) => new DflmoePeer({ id: `p${i}`, data: d, body: { kind: 'mlp', hidden: [8] }, featureDim: 8, headHidden: [4], train: { seed: i }, initSeed: 1 }));
+    for (const p of peers) await p.trainRound(1);
+    const a = peers[0];
+    peers.slice(1).forEach((p) => assert.equal(a.receiveHead(p.encodeHead(1), p.id, 1), 'added'));
+    const x = datas[0].xTest;
+    const check = (what: string) => tf.tidy(() => {
+      const z = a.features(x, false);
+      const ref = moeForward(z, a.experts(), a.gate);
+      assert.equal(maxDiff(a.moeProbs(x), ref.probs), 0, `probabilities ${what}`);
+      const gw = a.meanGateWeights();
+      const means = tf.mean(ref.gates, 0).dataSync();
+      a.experts().forEach((e, j) => assert.equal(gw[e.id], means[j], `gate weight of ${e.id} ${what}`));
+    });
+    check('before training');
+    await a.trainRound(2);
+    check('after a round (the packed copies)');
+    tf.tidy(() => a.gate.slotVariables('p2')[1].assign(tf.fill([1], 1.5)));
+    check('after a gate slot changed');
+    await peers[3].trainRound(2);
+    assert.equal(a.receiveHead(peers[3].encodeHead(2), 'p3', 2), 'replaced');
+    check('after a new head');
+    peers.forEach((p) => p.dispose());
+    datas.forEach(disposePeerData);
+  });
+});
+
 describe('KeyedAdam (one Adam state per expert, updated in one batched step)', () => {
   before(backend);
 
