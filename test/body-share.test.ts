@@ -280,12 +280,12 @@ describe('shared bodies over TCP', () => {
     const report = readFileSync(join(out, 'report.html'), 'utf8');
     assert.match(report, /of which bodies/);
     assert.match(report, /dflmoe \(shared bodies\)/);
-    // A rerun into the same directory resumes the finished run: the whole run's body bytes, as before.
-    const again = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--rounds', '3', '--partition', 'iid', '--algorithms', 'dflmoe,fedrep-p2p',
+    // A rerun into the same directory resumes the finished run: the whole run's body bytes, as before (dflmoe alone, to keep the test short).
+    const again = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--rounds', '3', '--partition', 'iid', '--algorithms', 'dflmoe',
       '--share-body', '--transport', 'tcp', '--deadline', '20000', '--quiet', '--out', out]);
     assert.equal(again.status, 0, again.stderr);
     const res2 = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as SimulationResults;
-    for (const alg of ['dflmoe', 'fedrep-p2p'] as const) assert.equal(res2.algorithms[alg]!.bodyBytesSent, res.algorithms[alg]!.bodyBytesSent, alg);
+    assert.equal(res2.algorithms.dflmoe!.bodyBytesSent, res.algorithms.dflmoe!.bodyBytesSent);
     const site = join(out, 'consortium', 'dflmoe', 'site-0');
     const lines = readFileSync(join(site, 'audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     const round3 = lines.find((l) => l.kind === 'round' && l.round === 3);
