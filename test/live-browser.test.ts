@@ -10,18 +10,18 @@
  * also writes the README's screenshot.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'node:http';
 import type { ChildProcess } from 'node:child_process';
-import puppeteer, { type Browser, type Page } from 'puppeteer-core';
+import type { Browser, Page } from 'puppeteer-core';
 import { StatusBoard, gateWeights, type StatusSnapshot } from '@dflmoe/core';
 import { LiveServer } from '@dflmoe/live';
 import { freePort, startProcess, waitExit } from '@dflmoe/cli';
 import { until } from './helpers.js';
+import { launchChromium } from './browser.js';
 
-const CHROMIUM = process.env.DFLMOE_CHROMIUM ?? '/usr/bin/chromium';
 
 function getJson(url: string): Promise<unknown> {
   return new Promise((resolve, reject) => {
@@ -55,21 +55,14 @@ const rows = (page: Page) => page.$$eval('#overview tbody tr[data-site]', (trs) 
 describe('live view in a browser', function () {
   this.timeout(240000);
   let browser: Browser;
-  let profile: string;
+  let close: (() => Promise<void>) | undefined;
 
   before(async () => {
-    if (!existsSync(CHROMIUM)) throw new Error(`no browser at ${CHROMIUM}: apt-get install -y chromium (or set DFLMOE_CHROMIUM)`);
-    profile = mkdtempSync(join(tmpdir(), 'dflmoe-chromium-'));
-    browser = await puppeteer.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', `--user-data-dir=${profile}`],
-    });
+    ({ browser, close } = await launchChromium());
   });
 
   after(async () => {
-    await browser?.close();
-    if (profile) rmSync(profile, { recursive: true, force: true });
+    await close?.();
   });
 
   let sim: ChildProcess | undefined;

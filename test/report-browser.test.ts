@@ -1,0 +1,72 @@
+/// <reference lib="dom" />
+/**
+ * The run report (report.html) as a person sees it: opened in Debian's
+ * chromium from disk with the network cut off, so that it must render from
+ * what the file holds (no CDN): every chart drawn at a visible size, the
+ * summary table with shared-body dFLMoE and its body bytes, no page errors.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { Browser } from 'puppeteer-core';
+import { cli } from './helpers.js';
+import { launchChromium } from './browser.js';
+
+describe('run report in a browser', function () {
+  this.timeout(180000);
+  let browser: Browser;
+  let close: (() => Promise<void>) | undefined;
+
+  before(async () => {
+    ({ browser, close } = await launchChromium());
+  });
+
+  after(async () => {
+    await close?.();
+  });
+
+  it('report.html of a shared-body run renders offline: charts drawn, the table names dFLMoE with shared bodies and its body bytes', async () => {
+    const out = mkdtempSync(join(tmpdir(), 'dflmoe-report-browser-'));
+    const r = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--rounds', '3', '--partition', 'iid', '--algorithms', 'dflmoe,fedrep-p2p,local',
+      '--share-body', '--quiet', '--out', out]);
+    assert.equal(r.status, 0, r.stderr);
+    const page = await browser.newPage();
+    try {
+      const errors: string[] = [];
+      const outside: string[] = [];
+      page.on('pageerror', (e) => errors.push(String(e)));
+      await page.setRequestInterception(true);
+      page.on('request', (req) => {
+        if (req.url().startsWith('file:')) void req.continue();
+        else {
+          outside.push(req.url());
+          void req.abort();
+        }
+      });
+      await page.goto(pathToFileURL(join(out, 'report.html')).href, { waitUntil: 'load' });
+      const charts = await page.$$eval('figure[data-chart]', (fs) => fs.map((f) => {
+        const svg = f.querySelector('svg');
+        const box = svg?.getBoundingClientRect();
+        return { id: (f as HTMLElement).dataset.chart!, width: box?.width ?? 0, height: box?.height ?? 0, marks: svg?.querySelectorAll('path, rect, line').length ?? 0 };
+      }));
+      assert.ok(charts.length >= 2, `charts: ${JSON.stringify(charts)}`);
+      for (const c of charts) assert.ok(c.width > 100 && c.height > 50 && c.marks > 5, `chart ${c.id} is not drawn: ${JSON.stringify(c)}`);
+      const table = await page.$$eval('table', (ts) => ts.map((t) => ({
+        head: [...t.querySelectorAll('th')].map((th) => th.textContent),
+        rows: [...t.querySelectorAll('tbody tr')].map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent)),
+      }))[0]);
+      assert.ok(table.head.includes('of which bodies'), `header ${table.head}`);
+      const shared = table.rows.find((row) => row[0] === 'dflmoe (shared bodies)');
+      assert.ok(shared, `rows ${JSON.stringify(table.rows)}`);
+      const bodiesCol = table.head.indexOf('of which bodies');
+      assert.match(shared[bodiesCol]!, /KiB|MiB/);
+      assert.equal(table.rows.find((row) => row[0] === 'local')![bodiesCol], '-', 'local-only shares no body');
+      assert.deepEqual(errors, []);
+      assert.deepEqual(outside, [], 'the report asks for nothing outside its file');
+    } finally {
+      await page.close();
+    }
+  });
+});
