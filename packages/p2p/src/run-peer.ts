@@ -5,7 +5,7 @@
 import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  DEFAULT_ALGORITHM_OPTIONS, getAlgorithm, sharesBodies, networkStats, initBackend, listCheckpoints, disposePeerData, runSite, gateWeights, isInterrupted,
+  DEFAULT_ALGORITHM_OPTIONS, getAlgorithm, sharesBodies, networkStats, prefixKeys, initBackend, listCheckpoints, disposePeerData, runSite, gateWeights, isInterrupted,
   type AlgorithmOptions, type AlgorithmSite, type Logger, type SiteFeed, type SiteNetwork, type SiteRoundRecord, type StatusBoard,
 } from '@dflmoe/core';
 import { checkQuorum, otherMembers, type PeerConfig } from './config.js';
@@ -223,14 +223,14 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     if (adaptive) Object.defineProperty(net, 'deadlineMs', { get: () => adaptive.current, enumerable: true });
     const agreement = prepared.agreement;
     const dropped = () => ({
-      ...(exchange?.dropped ?? {}), ...prefixed(bodies?.dropped ?? {}, 'body-transfer:'), ...prefixed(agreement?.dropped ?? {}, 'preprocess:'),
+      ...(exchange?.dropped ?? {}), ...prefixKeys(bodies?.dropped ?? {}, 'body-transfer:'), ...prefixKeys(agreement?.dropped ?? {}, 'preprocess:'),
     }) as Record<string, number>;
     // The audit trail: one signed, hash-chained entry per round (and one per start).
     const audit = await SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, startRound, { exchange, server, serverPeer: cfg.server?.peerId, ...(bodies ? { bodies } : {}) });
     await runSite(site, net, {
       from: startRound, rounds: cfg.rounds, signal: o.signal,
       onRound: async (m) => {
-        const line = roundLine(m, names, { ...dropped(), ...prefixed(m.rejected, `${alg.message ?? 'input'}:`) });
+        const line = roundLine(m, names, { ...dropped(), ...prefixKeys(m.rejected, `${alg.message ?? 'input'}:`) });
         if (adaptive?.history.length) line.deadlineMs = adaptive.history.at(-1)!.deadlineMs;
         line.bytesIn += before.bytesReceived;
         line.bytesOut += before.bytesSent;
@@ -375,11 +375,6 @@ function exportRound(prom: PeerMetrics, line: RoundLine): void {
   prom.roundSeconds.set({ part: 'total' }, line.seconds);
 }
 
-function prefixed(r: Record<string, number | undefined>, prefix: string): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [k, v] of Object.entries(r)) if (v) out[`${prefix}${k}`] = v;
-  return out;
-}
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {

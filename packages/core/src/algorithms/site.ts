@@ -17,9 +17,9 @@ export function siteBodyShare(m: SupervisedModel, o: AlgorithmOptions): BodyShar
   }, o);
 }
 
-/** `r`'s entries with `prefix` before each key (none for undefined). */
-export function prefixKeys(r: Record<string, number> | undefined, prefix: string): Record<string, number> {
-  return Object.fromEntries(Object.entries(r ?? {}).map(([k, v]) => [`${prefix}${k}`, v]));
+/** `r`'s counts with `prefix` before each key; zero and undefined counts left out (none for undefined `r`). */
+export function prefixKeys(r: Partial<Record<string, number>> | undefined, prefix: string): Record<string, number> {
+  return Object.fromEntries(Object.entries(r ?? {}).filter((e): e is [string, number] => Boolean(e[1])).map(([k, v]) => [`${prefix}${k}`, v]));
 }
 
 /** Class probabilities of one body + head model: the softmax of its logits. */
