@@ -254,6 +254,9 @@ describe('dFLMoE with shared bodies and fedrep-p2p', () => {
     assert.deepEqual(c.bodies, { every: 2, combiner: 'trimmed:0.2', topology: 'full', gossipPeers: 3 });
     assert.equal(parsePeerConfig(cfg).dflmoe.shareBody, false, 'off by default');
     assert.throws(() => parsePeerConfig({ ...cfg, bodies: { combiner: 'avg' } }), /combiner.*use mean, median or trimmed/s);
+    // A frozen body cannot be shared: refused when the config is read, by the simulator and by the site itself.
+    assert.throws(() => parsePeerConfig({ ...cfg, dflmoe: { shareBody: true }, model: { freezeBody: true } }), /dflmoe.shareBody: shareBody needs a body that trains/);
+    assert.throws(() => dflmoe.createSite({ ...base(tinyPeers(1).datas, 0), freezeBody: true }, opts({ shareBody: true })), /shareBody needs a body that trains/);
     const s = siteSettings({ ...DEFAULT_SIMULATION, dataset: 'breast-cancer', shareBody: true, bodyEvery: 3, topology: 'ring' }, 0);
     assert.equal(s.dflmoe.shareBody, true);
     assert.deepEqual(s.bodies, { every: 3, combiner: 'mean', topology: 'ring' });

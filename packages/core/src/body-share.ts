@@ -84,6 +84,11 @@ export interface BodyShareOptions {
   seed: number;
 }
 
+/** Why these settings cannot share bodies, or undefined when they can (checked by the simulator, site configs and dFLMoE's sites). */
+export function bodySharingProblem(o: { shareBody?: boolean; freezeBody?: boolean }): string | undefined {
+  return o.shareBody && o.freezeBody ? 'shareBody needs a body that trains: a frozen body is the same at every site (drop freezeBody or shareBody)' : undefined;
+}
+
 // ---------------------------------------------------------------- combining
 
 /**

@@ -14,7 +14,7 @@ import type { PeerModelOptions } from './algorithms/common.js';
 import { DEFAULT_MAX_EXPERTS } from './algorithms/dflmoe.js';
 import { checkSameArchitecture } from './algorithms/fedavg.js';
 import { REGISTRY, getAlgorithm, type AlgorithmName } from './algorithms/registry.js';
-import { parseBodyCombiner, parseTopology } from './body-share.js';
+import { bodySharingProblem, parseBodyCombiner, parseTopology } from './body-share.js';
 import { FST_KINDS, parseBodySpec, type BodySpec, type FstKind } from './model.js';
 import { resolveBody } from './custom-body.js';
 import { checkBodyStandardizer, readBodyWeights, type BodyWeights } from './pretrained.js';
@@ -321,7 +321,8 @@ function validateConfig(c: SimulationConfig): void {
   if (!Number.isInteger(c.bodyEvery) || c.bodyEvery < 1) throw new Error(`bodyEvery must be a positive integer, got ${c.bodyEvery}`);
   parseBodyCombiner(c.bodyCombiner);
   parseTopology(c.topology);
-  if (c.shareBody && c.freezeBody) throw new Error('shareBody needs a body that trains: a frozen body is the same at every site (drop freezeBody or shareBody)');
+  const sharing = bodySharingProblem(c);
+  if (sharing) throw new Error(sharing);
   if (c.headPrecision !== undefined && !PRECISIONS.includes(c.headPrecision)) throw new Error(`headPrecision must be one of ${PRECISIONS.join(', ')}, got ${c.headPrecision}`);
   if (c.algorithms.length === 0) throw new Error('no algorithms selected');
   c.algorithms.forEach(getAlgorithm);

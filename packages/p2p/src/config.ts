@@ -9,7 +9,7 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { z } from 'zod';
 import { closest, distance } from 'fastest-levenshtein';
 import {
-  ALGORITHMS, DEFAULT_ALGORITHM_OPTIONS, DEFAULT_MAX_SAMPLE_RATIO, parseBodyCombiner, parseTopology, DEFAULT_MAX_SAMPLES, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, getAlgorithm, parseBodySpec, type AlgorithmName, type OptimizerKind,
+  ALGORITHMS, DEFAULT_ALGORITHM_OPTIONS, DEFAULT_MAX_SAMPLE_RATIO, bodySharingProblem, parseBodyCombiner, parseTopology, DEFAULT_MAX_SAMPLES, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, getAlgorithm, parseBodySpec, type AlgorithmName, type OptimizerKind,
   type Precision, type SimulationConfig,
 } from '@dflmoe/core';
 import { loadIdentity } from './identity.js';
@@ -381,6 +381,8 @@ export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.
   });
   const sim = c.data.simulate;
   if (sim && sim.index >= sim.peers) throw new ConfigError(`config ${file}: data.simulate.index (${sim.index}) must be below data.simulate.peers (${sim.peers})`);
+  const sharing = bodySharingProblem({ shareBody: c.dflmoe.shareBody, freezeBody: c.model.freezeBody });
+  if (sharing) throw new ConfigError(`config ${file}: dflmoe.shareBody: ${sharing}`);
   if (getAlgorithm(c.algorithm).network === 'server' && !c.server) {
     throw new ConfigError(`config ${file}: server: required when algorithm is "${c.algorithm}" (the aggregation server's peerId and addrs)`);
   }

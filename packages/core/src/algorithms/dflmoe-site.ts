@@ -12,7 +12,7 @@ import { createHead } from '../model.js';
 import type { Algorithm, AlgorithmOptions, AlgorithmSite, ExpertInfo, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
 import { DflmoePeer } from './dflmoe.js';
 import { prefixKeys, secondsSince, siteBodyShare } from './site.js';
-import type { BodyShare, MixedBody } from '../body-share.js';
+import { bodySharingProblem, type BodyShare, type MixedBody } from '../body-share.js';
 
 /** A head of random weights, encoded as `peer`'s next version (a poisoning attacker). */
 function randomHead(peer: DflmoePeer, version: number, seed: number): Uint8Array {
@@ -166,7 +166,8 @@ export const dflmoe: Algorithm<'dflmoe'> = {
   sameModel: false,
   bodies: 'opt-in',
   createSite: (base, o) => {
-    if (o.shareBody && base.freezeBody) throw new Error('shareBody needs a body that trains: a frozen body is the same at every site (drop freezeBody or shareBody)');
+    const sharing = bodySharingProblem({ shareBody: o.shareBody, freezeBody: base.freezeBody });
+    if (sharing) throw new Error(sharing);
     const peer = new DflmoePeer({
       ...base, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness, expertLrScale: o.expertLrScale,
       admission: o.admission, maxHeadBytes: o.maxHeadBytes, fst: o.fst, distill: o.distill, headPrecision: o.headPrecision,
