@@ -10,8 +10,11 @@ import * as tf from '@tensorflow/tfjs-core';
 import { createLogger, type Logger } from './log.js';
 import { registerWasmConvKernels } from './wasm-conv.js';
 
+/** Backends in the order Node tries them. */
 export const BACKENDS = ['tensorflow', 'wasm', 'cpu'] as const;
-export type BackendName = (typeof BACKENDS)[number];
+/** The order a browser tab tries them in (tfjs-node does not run there; WebGL does). */
+export const BROWSER_BACKENDS = ['webgl', 'wasm', 'cpu'] as const;
+export type BackendName = (typeof BACKENDS)[number] | (typeof BROWSER_BACKENDS)[number];
 
 export interface BackendInfo {
   name: BackendName;
@@ -41,13 +44,17 @@ export const defaultLoaders: Record<BackendName, BackendLoader> = {
   async cpu() {
     await import('@tensorflow/tfjs-backend-cpu');
   },
+  async webgl() {
+    // The browser app brings its own loader (its bundle holds the WebGL backend).
+    throw new Error('the webgl backend is for browsers; give a loader for it');
+  },
 };
 
 export function parseBackendName(value: string): BackendName {
   const v = value.trim().toLowerCase();
   const alias: Record<string, BackendName> = { node: 'tensorflow', native: 'tensorflow', 'tfjs-node': 'tensorflow' };
   const name = (alias[v] ?? v) as BackendName;
-  if (!BACKENDS.includes(name)) {
+  if (!(BACKENDS as readonly string[]).includes(name) && !(BROWSER_BACKENDS as readonly string[]).includes(name)) {
     throw new Error(`Unknown compute backend "${value}". Use one of: ${BACKENDS.join(', ')} (DFLMOE_BACKEND).`);
   }
   return name;
@@ -57,6 +64,8 @@ export interface SelectOptions {
   /** Force a backend; defaults to process.env.DFLMOE_BACKEND. */
   force?: string;
   loaders?: Partial<Record<BackendName, BackendLoader>>;
+  /** The order to try backends in (default `BACKENDS`; a browser tab: `BROWSER_BACKENDS`). */
+  order?: readonly BackendName[];
   logger?: Logger;
 }
 
@@ -68,7 +77,7 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendIn
   const loaders = { ...defaultLoaders, ...opts.loaders };
   const forcedRaw = opts.force ?? process.env.DFLMOE_BACKEND;
   const forced = forcedRaw != null && forcedRaw !== '' ? parseBackendName(forcedRaw) : undefined;
-  const order: BackendName[] = forced ? [forced] : [...BACKENDS];
+  const order: BackendName[] = forced ? [forced] : [...(opts.order ?? BACKENDS)];
   const skipped: BackendInfo['skipped'] = [];
   for (const name of order) {
     try {

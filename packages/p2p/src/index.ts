@@ -22,3 +22,4 @@ export * from './resume.js';
 export * from './relay.js';
 export * from './site-setup.js';
 export * from './loopback.js';
+export * from './join.js';

@@ -54,7 +54,16 @@ export interface NodeOptions {
   discovery?: MemberFinderOptions & { mdns: boolean };
   /** More libp2p services on the node (the dflmoe exchanges: `headExchange`, `bodyExchange`). */
   services?: Record<string, (components: never) => unknown>;
+  /**
+   * The node's transports besides the circuit relay (always added); default
+   * TCP, plus WebSockets when a listen address ends in `/ws`. A site in a
+   * browser tab passes WebSockets and WebRTC.
+   */
+  transports?: NodeTransport[];
 }
+
+/** A libp2p transport factory, as `tcp()` or `webSockets()` return. */
+export type NodeTransport = ReturnType<typeof tcp> | ReturnType<typeof webSockets>;
 
 export interface RelayOptions {
   /** Relay for these peers only (the members): reservations and both ends of a relayed connection. */
@@ -107,7 +116,7 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
     start: false,
     privateKey: o.privateKey,
     addresses: { listen: o.listen, ...(o.announce?.length ? { announce: o.announce } : {}) },
-    transports: [tcp(), ...(useWs ? [webSockets()] : []), circuitRelayTransport({ reservationCompletionTimeout: 10000 })],
+    transports: [...(o.transports ?? [tcp(), ...(useWs ? [webSockets()] : [])]), circuitRelayTransport({ reservationCompletionTimeout: 10000 })],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     // Every member may connect at once from one host (one machine, a NAT, a relay): libp2p's defaults

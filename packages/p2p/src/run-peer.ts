@@ -12,7 +12,7 @@ import { checkQuorum, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
 import { bodyExchange, headExchange, type ExchangeService } from './service.js';
-import { createSiteNode, startNode, type SiteNode } from './node.js';
+import { createSiteNode, startNode, type NodeOptions, type SiteNode } from './node.js';
 import { siteDiscoveryOptions, siteRelayOptions, watchConnections } from './reach.js';
 import { AdaptiveDeadline } from './deadline.js';
 import { Libp2pServerLink } from './fedavg-net.js';
@@ -86,6 +86,8 @@ export interface RunPeerOptions {
   onRound?: (line: RoundLine) => void;
   /** The live view's status (`--ui`): this site's, fed as it runs. */
   status?: StatusBoard;
+  /** The node's transports (default TCP, and WebSockets for `/ws` listen addresses); a site in a browser tab passes its own. */
+  transports?: NodeOptions['transports'];
 }
 
 function siteAlgorithmOptions(cfg: PeerConfig): AlgorithmOptions {
@@ -148,6 +150,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       };
       node = await createSiteNode({
         services,
+        ...(o.transports ? { transports: o.transports } : {}),
         privateKey: id.privateKey,
         listen: cfg.listen,
         announce: cfg.announce,
