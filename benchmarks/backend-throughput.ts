@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { defaultLoaders, registerWasmConvKernels, setWasmFastInputGrad, type BackendName } from '@dflmoe/core/internal';
-import { Rng } from '@dflmoe/data';
+import { Rng } from '@dflmoe/data/internal';
 
 const { values } = parseArgs({
   options: {

@@ -13,7 +13,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import {
   DflmoePeer, accuracy, applyFst, headLogits, initBackend, predictClasses, preparePeerData, silentLogger, sharedInitSeed, type PeerData,
 } from '@dflmoe/core';
-import { capTrainPerSite, deriveSeed, federatedStandardizer, loadDataset, parsePartition, partition } from '@dflmoe/data';
+import { capTrainPerSite, deriveSeed, federatedStandardizer, loadDataset, parsePartition, partition } from '@dflmoe/data/internal';
 
 const ROUNDS = 20;
 const cells = [

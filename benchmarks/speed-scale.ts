@@ -34,7 +34,7 @@ import {
   moeLoss, preparePeerData, silentLogger, simulate, tf, type StackedExperts,
 } from '@dflmoe/core';
 import { LiveServer } from '@dflmoe/live';
-import { makeSynthetic, partition } from '@dflmoe/data';
+import { makeSynthetic, partition } from '@dflmoe/data/internal';
 import { runConsortium, writeConsortium } from '@dflmoe/cli';
 import {
   HEAD_PROTOCOL, HeadRequest, HeadResponse, createSiteNode, loopbackMembers, readFrames, writeFrames, type PeerRunResult,

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DataError, inferTableSchema, isMissingCell, loadCsv, loadDataset, readCsvTable, sortNames, tableFromRows } from '@dflmoe/data';
+import { DataError, inferTableSchema, isMissingCell, loadCsv, loadDataset, readCsvTable, sortNames, tableFromRows } from '@dflmoe/data/internal';
 
 function tmpCsv(text: string): string {
   const p = join(mkdtempSync(join(tmpdir(), 'dflmoe-csv-')), 't.csv');

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import {
   DataError, Rng, applyStandardizer, encodeWithSchema, federatedStandardizer, featureSize, pooledStandardizer, fitStandardizer, loadDataset, mergeSummaries, partition, summarizeDataset,
   summarizeTable, tableFromRows, takeRows, validateSummary, type LocalSummary, type RawTable,
-} from '@dflmoe/data';
+} from '@dflmoe/data/internal';
 
 /** A patient record as written in a CSV. */
 type Rec = Record<string, string>;

@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import {
   DataError, applyFeatureShift, capTrainPerSite, featureSize, holdoutSplit, labelHistogram, loadDataset, makeSynthetic, partition,
   rotateImage, shiftDatasetBySite, siteShift, type PeerSplit,
-} from '@dflmoe/data';
+} from '@dflmoe/data/internal';
 
 const digits = loadDataset('digits');
 

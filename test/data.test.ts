@@ -6,7 +6,7 @@ import fc from 'fast-check';
 import {
   DataError, DEFAULT_FASHION_MNIST_DIR, applyStandardizer, featureSize, fitStandardizer, labelHistogram, loadDataset,
   makeSynthetic, parseIdx, parsePartition, partition, partitionHistograms, type Dataset, type PeerSplit,
-} from '@dflmoe/data';
+} from '@dflmoe/data/internal';
 
 function checkDataset(ds: Dataset, n: number, shape: number[], classes: number) {
   assert.equal(ds.numSamples, n);

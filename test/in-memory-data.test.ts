@@ -12,7 +12,7 @@ import { tcp } from '@libp2p/tcp';
 import type { PrivateKey } from '@libp2p/interface';
 import { createLibp2p } from 'libp2p';
 import { MemoryHub, MemoryStatementHub, agreeOnData, createLearner, initBackend } from '@dflmoe/core';
-import { DataError, Rng, encodeRows, siteDataFromRows, siteDataFromSamples, type Row } from '@dflmoe/data';
+import { DataError, Rng, encodeRows, siteDataFromRows, siteDataFromSamples, type Row } from '@dflmoe/data/internal';
 import { generateIdentity, statementExchange } from '@dflmoe/p2p';
 
 /** Rows of one site: `dose` separates the classes, `clinic` from the site's own vocabulary, some doses missing. */

@@ -11,7 +11,7 @@ import { MemoryHub, createLearner, disposePeerData, preparePeerData, takePeerDat
 import {
   encodeSiteData, fitStandardizer, loadDataset, loadSiteData, partition, readInputs, readShare, reconcileStatements, siteStatement, writeShare,
   type SiteDataSpec,
-} from '@dflmoe/data';
+} from '@dflmoe/data/internal';
 import { backend } from './helpers.js';
 import { PATIENT_HEADER, imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 

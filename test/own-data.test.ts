@@ -13,7 +13,7 @@ import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSy
 import { basename, join } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { DEFAULT_SIMULATION, loadSite, type SimulationConfig } from '@dflmoe/core';
-import { loadSiteData, readShare } from '@dflmoe/data';
+import { loadSiteData, readShare } from '@dflmoe/data/internal';
 import { freePort, runConsortium, startProcess, waitExit, writeConsortium } from '@dflmoe/cli';
 import { generateIdentity, loadPeerConfig, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
 import { cli } from './helpers.js';

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import {
   DataError, encodeSiteData, featureSize, fitStandardizer, loadDataset, loadSiteData, partition, readInputs, readShare, reconcileStatements,
   siteStatement, writeShare, type SiteDataSpec, type SiteStatement,
-} from '@dflmoe/data';
+} from '@dflmoe/data/internal';
 import { PATIENT_HEADER, imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
 const spec = (dataset: string, o: Partial<SiteDataSpec> = {}): SiteDataSpec => ({ dataset, seed: 1, testFraction: 0.25, ...o });

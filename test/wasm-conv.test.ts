@@ -4,7 +4,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { registerWasmConvKernels } from '@dflmoe/core/internal';
-import { mulberry32 } from '@dflmoe/data';
+import { mulberry32 } from '@dflmoe/data/internal';
 
 type Case = { x: [number, number, number, number]; f: [number, number, number, number]; stride: number; pad: 'valid' | 'same' };
 

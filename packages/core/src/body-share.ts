@@ -29,7 +29,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
 import { sha256 } from '@noble/hashes/sha2.js';
 import { bytesToHex } from '@noble/hashes/utils.js';
-import { Rng, deriveSeed } from '@dflmoe/data';
+import { Rng, deriveSeed } from '@dflmoe/data/internal';
 import { CodecError, decodeBundle, encodeBundle, type CodecReason, type NamedArray, type Precision } from './codec.js';
 import { DepartedMembers, absorbMessages, awaitRound, type HeadExchange } from './exchange.js';
 import type { Logger } from './log.js';

@@ -3,7 +3,7 @@
  * spec and a `HeadExchange`; call `runRound()` as often as you like; read
  * the metrics it returns. `dflmoe peer` is this plus libp2p and a config file.
  */
-import { featureSize, fitStandardizer, parsePartition, partition, type Dataset, type PeerSplit, type Standardizer } from '@dflmoe/data';
+import { featureSize, fitStandardizer, parsePartition, partition, type Dataset, type PeerSplit, type Standardizer } from '@dflmoe/data/internal';
 import { DflmoePeer, type ReceiveResult } from './algorithms/dflmoe.js';
 import { DflmoeSite } from './algorithms/dflmoe-site.js';
 import { DEFAULT_ALGORITHM_OPTIONS, type ExpertInfo, type SiteNetwork } from './algorithms/api.js';

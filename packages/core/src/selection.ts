@@ -7,7 +7,7 @@
  * random order), then the ones it dropped, most promising and longest
  * untested first. With `k` or fewer candidates it takes them all.
  */
-import { Rng } from '@dflmoe/data';
+import { Rng } from '@dflmoe/data/internal';
 
 /** What a site remembers of an expert it held: its utility when last measured, and that round. */
 export interface ExpertMemory {

@@ -7,7 +7,7 @@
 import {
   capTrainPerSite, deriveSeed, featureSize, federatedStandardizer, holdoutSplit, partitionHistograms, formatPartition, loadDatasetAsync, parsePartition, partition,
   shiftDatasetBySite, SHIFT_KINDS, type Dataset, type LoadOptions, type PeerSplit, type ShiftKind,
-} from '@dflmoe/data';
+} from '@dflmoe/data/internal';
 import { initBackend } from './backend.js';
 import { DEFAULT_ALGORITHM_OPTIONS, type AlgorithmOptions, type AlgorithmSite } from './algorithms/api.js';
 import type { PeerModelOptions } from './algorithms/common.js';

@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { poissonSample, secureGaussian } from './privacy.js';
 import {
   Rng, applyStandardizer, deriveSeed, featureSize, fitStandardizer, labelHistogram, type Dataset, type PeerSplit, type Standardizer,
-} from '@dflmoe/data';
+} from '@dflmoe/data/internal';
 
 /** `adam` (default), `sgd` (plain) or `momentum` (SGD with momentum 0.9). */
 export type OptimizerKind = 'adam' | 'sgd' | 'momentum';

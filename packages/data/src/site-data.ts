@@ -81,7 +81,8 @@ export type InputSpec =
   /** Already-numeric features (built-in datasets): CSV columns named `featureNames` (or every column but the label, in order). */
   | { kind: 'features'; labelColumn: string; featureNames?: string[] };
 
-interface SiteDataBase {
+/** What every {@link SiteData} holds, whatever its kind. */
+export interface SiteDataBase {
   split: PeerSplit;
   /** Every class in the site's rows (and its declared ones). */
   classes: string[];
@@ -93,6 +94,7 @@ interface SiteDataBase {
   warnings: string[];
 }
 
+/** A site's own data after {@link loadSiteData}: a table (`csv:`) or tensors (images, built-in datasets), with its split. */
 export type SiteData = (SiteDataBase & { kind: 'table'; table: RawTable }) | (SiteDataBase & { kind: 'tensor'; dataset: Dataset });
 
 /** What a site shares before training: its summary and the label set it declares. Plain JSON. */

@@ -8,7 +8,7 @@
  * connection, so both directions are shaped.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { mulberry32 } from '@dflmoe/data';
+import { mulberry32 } from '@dflmoe/data/internal';
 
 export interface LinkOptions {
   /** Per connection and direction (default 1 MB/s). */

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
-import { deriveSeed } from '@dflmoe/data';
+import { deriveSeed } from '@dflmoe/data/internal';
 import { bodyVariables, buildBody, createHead, headLogits, type BodySpec, type DenseLayer, type HeadSpec } from '../model.js';
 import { bodySpecOf, buildCustomBody, type BodyBuilder } from '../custom-body.js';
 import { applyBodyWeights, type BodyWeights } from '../pretrained.js';

@@ -3,7 +3,7 @@
  * that the simulator, `dflmoe peer` and the embedding API all run.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { deriveSeed } from '@dflmoe/data';
+import { deriveSeed } from '@dflmoe/data/internal';
 import { restoreLatestCheckpoint, saveCheckpoint } from '../checkpoint.js';
 import { encodeHead } from '../codec.js';
 import { DepartedMembers, absorbMessages, awaitRound, type HeadExchange } from '../exchange.js';

@@ -4,7 +4,7 @@
  * trains a gate (plus one feature-space transform per expert) to mix them.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { deriveSeed } from '@dflmoe/data';
+import { deriveSeed } from '@dflmoe/data/internal';
 import { CodecError, decodeHead, encodeHead, type CodecReason, type NamedArray, type Precision } from '../codec.js';
 import { ExpertPool } from '../experts.js';
 import { KeyedAdam, RowAdam } from '../keyed-adam.js';

@@ -8,7 +8,7 @@
  * uploads, which is what leaves the site).
  */
 import type * as tf from '@tensorflow/tfjs-core';
-import { deriveSeed } from '@dflmoe/data';
+import { deriveSeed } from '@dflmoe/data/internal';
 import type { Algorithm, AlgorithmOptions } from './api.js';
 import type { PeerEval, PeerModelOptions, SupervisedModel } from './common.js';
 import { FedAvgClient, FedAvgSite, sharedModelSeed } from './fedavg.js';

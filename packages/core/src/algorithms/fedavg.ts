@@ -5,7 +5,7 @@
  * client side of the other server algorithms (fedavg-ft, fedrep).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { deriveSeed } from '@dflmoe/data';
+import { deriveSeed } from '@dflmoe/data/internal';
 import { decodeBundle, encodeBundle, CodecError, type DecodeLimits, type NamedArray } from '../codec.js';
 import { formatBodySpec } from '../model.js';
 import { federatedAverage } from '../averaging.js';

@@ -9,7 +9,7 @@
  * fresh every round, as for every FedAvg client here.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { deriveSeed } from '@dflmoe/data';
+import { deriveSeed } from '@dflmoe/data/internal';
 import { bodyVariables, headLogits } from '../model.js';
 import { createOptimizer, trainEpochs } from '../train.js';
 import type { Algorithm, AlgorithmOptions, SiteNetwork, SiteRound } from './api.js';
