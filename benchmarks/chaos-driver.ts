@@ -22,7 +22,7 @@ import { fileURLToPath } from 'node:url';
 import { DEFAULT_SIMULATION, type SimulationConfig } from '@dflmoe/core';
 import { Rng } from '@dflmoe/data/internal';
 import { startProcess, waitExit, writeConsortium, type ConsortiumFiles, type SiteFiles } from '@dflmoe/cli';
-import { AUDIT_FILE, createSiteNode, generateIdentity, readJsonLines, verifyAudit, type RoundLine, type ServerRoundLine } from '@dflmoe/p2p';
+import { AUDIT_FILE, createSiteNode, generateIdentity, readJsonLines, verifyAudit, type RoundLine, type ServerRoundLine } from '@dflmoe/p2p/internal';
 import { multiaddr } from '@multiformats/multiaddr';
 
 export interface ChaosOptions {

@@ -10,7 +10,7 @@
  * sends `{ addr }`, its listen address.
  */
 import { silentLogger } from '@dflmoe/core';
-import { Libp2pHeadExchange, createSiteNode, loadIdentity } from '@dflmoe/p2p';
+import { Libp2pHeadExchange, createSiteNode, loadIdentity } from '@dflmoe/p2p/internal';
 
 const RAW_PROTOCOL = '/dflmoe/bench/raw/1.0.0'; // the same as in network.ts
 

@@ -20,7 +20,7 @@ import { DEFAULT_SIMULATION, createHead, encodeHead, initBackend, tf } from '@df
 import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { multiaddr } from '@multiformats/multiaddr';
-import { Libp2pHeadExchange, createSiteNode, generateIdentity, saveIdentity, type RoundLine } from '@dflmoe/p2p';
+import { Libp2pHeadExchange, createSiteNode, generateIdentity, saveIdentity, type RoundLine } from '@dflmoe/p2p/internal';
 import { runConsortium, writeConsortium } from '@dflmoe/cli';
 
 const { values } = parseArgs({ options: { out: { type: 'string', default: 'benchmarks/results/network.json' } } });

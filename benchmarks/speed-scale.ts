@@ -39,7 +39,7 @@ import { runConsortium, writeConsortium } from '@dflmoe/cli';
 import {
   HEAD_PROTOCOL, HeadRequest, HeadResponse, createSiteNode, loopbackMembers, readFrames, writeFrames, type PeerRunResult,
   type RoundLine,
-} from '@dflmoe/p2p';
+} from '@dflmoe/p2p/internal';
 
 const { values } = parseArgs({
   options: {

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AUDIT_FILE, SiteAudit, generateIdentity, verifyAudit } from '@dflmoe/p2p';
+import { AUDIT_FILE, SiteAudit, generateIdentity, verifyAudit } from '@dflmoe/p2p/internal';
 import { cli } from './helpers.js';
 
 async function trail(rounds: number) {

@@ -14,7 +14,7 @@ import {
   DEFAULT_SIMULATION, memoryNetworks, parseBodyCombiner, parseTopology, runSite, silentLogger, simulate,
   type AlgorithmOptions, type DflmoeSite, type SimulationResults, type NamedArray, type PeerData, type PeerModelOptions,
 } from '@dflmoe/core';
-import { parsePeerConfig, siteSettings } from '@dflmoe/p2p';
+import { parsePeerConfig, siteSettings } from '@dflmoe/p2p/internal';
 import { loadDataset, partition } from '@dflmoe/data';
 import { backend, cli, tinyPeers } from './helpers.js';
 

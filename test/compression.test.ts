@@ -5,7 +5,7 @@ import {
   CodecError, DEFAULT_SIMULATION, PRECISIONS, decodeBundle, decodeHead, encodeBundle, encodeHead, fromHalfBits, quantize, simulate, silentLogger, toHalfBits,
   type HeadSpec, type NamedArray, type Precision,
 } from '@dflmoe/core';
-import { parsePeerConfig, siteSettings } from '@dflmoe/p2p';
+import { parsePeerConfig, siteSettings } from '@dflmoe/p2p/internal';
 import { backend, mutated } from './helpers.js';
 
 const spec: HeadSpec = { inputDim: 64, hidden: [], outputDim: 10 };

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { PrivateKey } from '@libp2p/interface';
 import { multiaddr } from '@multiformats/multiaddr';
 import { peerIdFromString } from '@libp2p/peer-id';
-import { ConfigError, boundedAddrs, createSiteNode, generateIdentity, memberFinderOf, parsePeerConfig, type SiteNode } from '@dflmoe/p2p';
+import { ConfigError, boundedAddrs, createSiteNode, generateIdentity, memberFinderOf, parsePeerConfig, type SiteNode } from '@dflmoe/p2p/internal';
 import { processGroup, runFourSites, until } from './helpers.js';
 
 describe('discovery: members by peer ID only', function () {

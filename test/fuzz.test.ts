@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import * as tf from '@tensorflow/tfjs-core';
 import { CodecError, DflmoePeer, createHead, decodeBundle, decodeHead, disposePeerData, encodeHead, type HeadSpec } from '@dflmoe/core';
-import { Announce, checkAnnounce } from '@dflmoe/p2p';
+import { Announce, checkAnnounce } from '@dflmoe/p2p/internal';
 import { backend, mutated, tinyPeers } from './helpers.js';
 
 const spec: HeadSpec = { inputDim: 8, hidden: [], outputDim: 4 };

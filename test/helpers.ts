@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, type SimulationConfig } from '@dflmoe/core';
 import { startProcess, waitExit, writeConsortium, type ConsortiumFiles, type SiteFiles } from '@dflmoe/cli';
-import { readJsonLines, type RoundLine } from '@dflmoe/p2p';
+import { readJsonLines, type RoundLine } from '@dflmoe/p2p/internal';
 
 /** Activate the process's compute backend (wasm here) quietly. */
 export async function backend(): Promise<string> {

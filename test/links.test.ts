@@ -13,7 +13,7 @@ import { emulateLinks, runConsortium, writeConsortium } from '@dflmoe/cli';
 import {
   AdaptiveDeadline, HeadResponse, LinkEmulator, Libp2pHeadExchange, PartialHeads, RESUME_CHUNK, chunkFrames, createSiteNode, frameGuard, generateIdentity, parsePeerConfig, servePlan,
   type PeerRunResult,
-} from '@dflmoe/p2p';
+} from '@dflmoe/p2p/internal';
 import { backend, tinyPeers } from './helpers.js';
 
 describe('weak links: the emulated link', function () {

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { StatusBoard, gateWeights, parseSiteStatus, silentLogger, simulate, siteKey, type SiteStatus, type StatusSnapshot } from '@dflmoe/core';
 import { LiveServer, LiveViewError, RemoteSites, parseListen } from '@dflmoe/live';
-import { AUDIT_FILE, PeerStatusWatch, SiteAudit, generateIdentity, loopbackMembers, verifyAudit, type SiteNode } from '@dflmoe/p2p';
+import { AUDIT_FILE, PeerStatusWatch, SiteAudit, generateIdentity, loopbackMembers, verifyAudit, type SiteNode } from '@dflmoe/p2p/internal';
 import { writeConsortium } from '@dflmoe/cli';
 import { DEFAULT_SIMULATION } from '@dflmoe/core';
 import { backend, cli, until } from './helpers.js';

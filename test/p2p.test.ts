@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { multiaddr } from '@multiformats/multiaddr';
 import {
   ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, loadIdentity, loopbackMembers, parsePeerConfig, type SiteNode,
-} from '@dflmoe/p2p';
+} from '@dflmoe/p2p/internal';
 
 const quiet = silentLogger;
 
@@ -26,7 +26,7 @@ describe('p2p', function () {
   this.timeout(120000);
 
   it('a reader told how many frames a message has answers without waiting for the sender to close its side', async () => {
-    const { readFrames, writeFrames } = await import('@dflmoe/p2p');
+    const { readFrames, writeFrames } = await import('@dflmoe/p2p/internal');
     const m = await loopbackMembers(2, { maxHeadBytes: 1 << 20, logger: quiet, heartbeatMs: 60000 });
     const PROTOCOL = '/dflmoe/test/frames/1.0.0';
     try {
@@ -93,7 +93,7 @@ describe('p2p', function () {
   });
 
   it('a member that keeps sending bad data is dropped, counted, disconnected and refused for a while', async () => {
-    const { HEAD_PROTOCOL, ANNOUNCE_TOPIC, Announce, HeadResponse, writeFrames } = await import('@dflmoe/p2p');
+    const { HEAD_PROTOCOL, ANNOUNCE_TOPIC, Announce, HeadResponse, writeFrames } = await import('@dflmoe/p2p/internal');
     const ids = await Promise.all([generateIdentity(), generateIdentity()]);
     const allow = ids.map((i) => i.peerId);
     const honest = await createSiteNode({ privateKey: ids[0].privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow, isBlocked: (p) => ex.isBlocked(p) });

@@ -12,7 +12,7 @@ import {
 } from '@dflmoe/data';
 import {
   PREPROCESS_PROTOCOL, SchemaAgreement, createSiteNode, generateIdentity, readFrames, writeFrames, type SiteNode,
-} from '@dflmoe/p2p';
+} from '@dflmoe/p2p/internal';
 import { PATIENT_HEADER, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
 interface Net {

@@ -14,7 +14,7 @@ import {
   type PeerData, type PeerModelOptions,
 } from '@dflmoe/core';
 import { featureSize, loadDataset, subsampleRows, type Dataset } from '@dflmoe/data';
-import { ConfigError, parsePeerConfig, prepareSiteData, siteSettings } from '@dflmoe/p2p';
+import { ConfigError, parsePeerConfig, prepareSiteData, siteSettings } from '@dflmoe/p2p/internal';
 import { DEFAULT_SIMULATION } from '@dflmoe/core';
 import { backend, cli } from './helpers.js';
 import { tmpDir } from './fixtures/sites.js';

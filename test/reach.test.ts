@@ -12,7 +12,7 @@ import type { SiteFiles } from '@dflmoe/cli';
 import { multiaddr } from '@multiformats/multiaddr';
 import {
   ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, isRelayed, parsePeerConfig, parseRelayConfig, saveIdentity, startRelay, type SiteNode,
-} from '@dflmoe/p2p';
+} from '@dflmoe/p2p/internal';
 import { processGroup, runFourSites, untilValue as until } from './helpers.js';
 
 describe('reach: circuit relay for members only', function () {

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, DepartedMembers, MemoryHub, awaitRound } from '@dflmoe/core';
 import { waitExit, writeConsortium } from '@dflmoe/cli';
-import { readJsonLines, type RoundLine } from '@dflmoe/p2p';
+import { readJsonLines, type RoundLine } from '@dflmoe/p2p/internal';
 import { processGroup, until, untilValue } from './helpers.js';
 
 const DEADLINE_MS = 5000;

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { SimulationResults } from '@dflmoe/core';
 import { waitExit } from '@dflmoe/cli';
-import { readJsonLines, verifyAudit, type RoundLine } from '@dflmoe/p2p';
+import { readJsonLines, verifyAudit, type RoundLine } from '@dflmoe/p2p/internal';
 import { until } from './helpers.js';
 
 const ROUNDS = 20;

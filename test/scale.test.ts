@@ -5,7 +5,7 @@ import {
   type DflmoeSite, type ExpertMemory, type PeerData,
 } from '@dflmoe/core/internal';
 import { partition } from '@dflmoe/data';
-import { loopbackMembers } from '@dflmoe/p2p';
+import { loopbackMembers } from '@dflmoe/p2p/internal';
 import { backend, tinyDataset, tinyPeers } from './helpers.js';
 
 const quiet = silentLogger;

@@ -13,7 +13,7 @@ import { tcp } from '@libp2p/tcp';
 import { webSockets } from '@libp2p/websockets';
 import type { PrivateKey } from '@libp2p/interface';
 import { createLibp2p } from 'libp2p';
-import { ExchangeServiceError, HEAD_PROTOCOL, generateIdentity, headExchange, membersOnlyGater, writeFrames, type ExchangeService } from '@dflmoe/p2p';
+import { ExchangeServiceError, HEAD_PROTOCOL, generateIdentity, headExchange, membersOnlyGater, writeFrames, type ExchangeService } from '@dflmoe/p2p/internal';
 
 type Services = Record<string, (c: never) => unknown>;
 

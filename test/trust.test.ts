@@ -9,7 +9,7 @@ import {
   CodecError, DEFAULT_SIMULATION, FedAvgClient, GossipSite, RoundAggregator, disposePeerData, encodeBundle, federatedAverage, silentLogger,
   type NamedArray, type PeerData, type SimulationConfig,
 } from '@dflmoe/core';
-import { ConfigError, SIMULATION_OPTION_KINDS, StrikeBook, generateIdentity, parsePeerConfig, saveIdentity, siteSettings } from '@dflmoe/p2p';
+import { ConfigError, SIMULATION_OPTION_KINDS, StrikeBook, generateIdentity, parsePeerConfig, saveIdentity, siteSettings } from '@dflmoe/p2p/internal';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

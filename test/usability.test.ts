@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'csv-parse/sync';
-import { ConfigError, createSiteNode, generateIdentity, parsePeerConfig, prepareSiteData, watchConnections } from '@dflmoe/p2p';
+import { ConfigError, createSiteNode, generateIdentity, parsePeerConfig, prepareSiteData, watchConnections } from '@dflmoe/p2p/internal';
 import { loadSite, silentLogger, type SimulationResults } from '@dflmoe/core';
 import { cli, until } from './helpers.js';
 import { imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';

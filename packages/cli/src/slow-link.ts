@@ -5,7 +5,7 @@
  * proxy's address, so every connection between two sites is shaped.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import { LinkEmulator, type LinkOptions, type LinkStats } from '@dflmoe/p2p';
+import { LinkEmulator, type LinkOptions, type LinkStats } from '@dflmoe/p2p/internal';
 import type { ConsortiumFiles } from './consortium.js';
 
 export interface EmulatedLinks {

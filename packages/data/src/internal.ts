@@ -1,12 +1,11 @@
 /**
- * `@dflmoe/data/internal`: the public API (`@dflmoe/data`) plus what only the
- * workspace uses (seeded random numbers, the simulator's partition and shift
+ * `@dflmoe/data/internal`: every module's exports, that is the public API
+ * (`@dflmoe/data`) and what only the workspace uses (seeded random numbers, the simulator's partition and shift
  * helpers, dataset shares, the table and summary building blocks, the idx
  * reader): the other `@dflmoe` packages, the tests and the benchmarks import
  * these from here. Not part of the documented API, not in `api/data.api.md`,
  * and free to change in any release.
  */
-export * from './index.js';
 export * from './errors.js';
 export * from './types.js';
 export * from './rng.js';

@@ -11,8 +11,8 @@ import {
 import { checkQuorum, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
-import { bodyExchange, headExchange, type ExchangeService } from './service.js';
-import { createSiteNode, startNode, type NodeOptions, type SiteNode } from './node.js';
+import { bodyExchange, headExchange, type Libp2pExchangeService as ExchangeService } from './service.js';
+import { createSiteNode, startNode, type NodeTransport, type SiteNode } from './node.js';
 import { siteDiscoveryOptions, siteRelayOptions, watchConnections } from './reach.js';
 import { AdaptiveDeadline } from './deadline.js';
 import { Libp2pServerLink } from './fedavg-net.js';
@@ -87,7 +87,7 @@ export interface RunPeerOptions {
   /** The live view's status (`--ui`): this site's, fed as it runs. */
   status?: StatusBoard;
   /** The node's transports (default TCP, and WebSockets for `/ws` listen addresses); a site in a browser tab passes its own. */
-  transports?: NodeOptions['transports'];
+  transports?: NodeTransport[];
 }
 
 function siteAlgorithmOptions(cfg: PeerConfig): AlgorithmOptions {

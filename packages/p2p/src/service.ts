@@ -24,14 +24,14 @@
  * transports can dial none of the members' addresses fails to start with
  * an error that says so, rather than waiting for heads that cannot come.
  */
-import type { PeerId, PrivateKey, Startable } from '@libp2p/interface';
+import type { Connection, PeerId, PrivateKey, Startable, Stream } from '@libp2p/interface';
 import { serviceDependencies } from '@libp2p/interface';
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
-import { silentLogger, type DataAgreement, type Logger, type StatementExchange } from '@dflmoe/core';
+import { silentLogger, type DataAgreement, type HeadExchange, type Logger, type StatementExchange } from '@dflmoe/core';
 import type { SiteStatement } from '@dflmoe/data';
-import { BODY_ANNOUNCE_TOPIC, BODY_PROTOCOL, Libp2pHeadExchange, type Libp2pExchangeOptions, type Member } from './head-exchange.js';
+import { BODY_ANNOUNCE_TOPIC, BODY_PROTOCOL, Libp2pHeadExchange, type DropReason, type Libp2pExchangeOptions, type Member } from './head-exchange.js';
 import type { ExchangeNode } from './node.js';
-import { SchemaAgreement, type PreprocessMember } from './preprocess.js';
+import { SchemaAgreement } from './preprocess.js';
 
 /** What the service takes from the node (libp2p's components; structural, so any libp2p 3 node fits). */
 export interface ExchangeComponents {
@@ -39,15 +39,16 @@ export interface ExchangeComponents {
   privateKey?: PrivateKey;
   registrar: { handle(...a: unknown[]): Promise<void>; unhandle(...a: unknown[]): Promise<void> };
   connectionManager: {
-    getConnections(peer?: PeerId): ReturnType<ExchangeNode['getConnections']>;
-    openConnection(peer: unknown, o?: unknown): ReturnType<ExchangeNode['dial']>;
-    openStream(peer: unknown, protocols: string[], o?: unknown): ReturnType<ExchangeNode['dialProtocol']>;
+    getConnections(peer?: PeerId): Connection[];
+    openConnection(peer: unknown, o?: unknown): Promise<Connection>;
+    openStream(peer: unknown, protocols: string[], o?: unknown): Promise<Stream>;
     closeConnections(peer: PeerId, o?: unknown): Promise<void>;
   };
   events: { addEventListener(type: string, l: (e: CustomEvent) => void): void };
   transportManager?: { dialTransportForMultiaddr?(ma: Multiaddr): unknown };
 }
 
+/** What `headExchange` and `bodyExchange` take: the members, and the exchange's limits and timings. */
 export interface ExchangeServiceInit extends Partial<Omit<Libp2pExchangeOptions, 'members' | 'logger'>> {
   /** The consortium: peer IDs (and addresses to dial, when known) of every member. */
   members: Member[];
@@ -100,10 +101,24 @@ function nodeFromComponents(c: ExchangeComponents, pubsubName: string): Exchange
 }
 
 /**
- * The exchange as a libp2p service: a `HeadExchange` (give it to
- * `createLearner`) that starts and stops with the node.
+ * The exchange as a libp2p service (what `headExchange` and `bodyExchange`
+ * add to a node): a `HeadExchange` (give it to `createLearner`) that starts
+ * and stops with the node, and what it holds against members that send bad
+ * data.
  */
-export class ExchangeService extends Libp2pHeadExchange implements Startable {
+export interface ExchangeService extends HeadExchange, Startable {
+  /** Messages dropped so far, by reason. */
+  readonly dropped: Partial<Record<DropReason, number>>;
+  /** Seconds spent moving bytes (both directions). */
+  readonly transferSeconds: number;
+  /** Whether `peer` is refused for now because it kept sending bad data. */
+  isBlocked(peer: string): boolean;
+  /** Strikes given to `peer` since the exchange started. */
+  strikesOf(peer: string): number;
+}
+
+/** The libp2p service behind `headExchange` and `bodyExchange`: the site's `Libp2pHeadExchange` on the host's node. */
+export class Libp2pExchangeService extends Libp2pHeadExchange implements ExchangeService {
   readonly [Symbol.toStringTag] = '@dflmoe/exchange';
   readonly [serviceDependencies]: string[] = ['@libp2p/pubsub'];
   private running = false;
@@ -159,7 +174,7 @@ export class ExchangeService extends Libp2pHeadExchange implements Startable {
  * pubsub service's name.
  */
 export function headExchange(init: ExchangeServiceInit): (components: ExchangeComponents) => ExchangeService {
-  return (components) => new ExchangeService(components, { ...init, maxHeadBytes: init.maxHeadBytes ?? DEFAULT_MAX_HEAD_BYTES });
+  return (components) => new Libp2pExchangeService(components, { ...init, maxHeadBytes: init.maxHeadBytes ?? DEFAULT_MAX_HEAD_BYTES });
 }
 
 /**
@@ -168,7 +183,7 @@ export function headExchange(init: ExchangeServiceInit): (components: ExchangeCo
  * (`maxHeadBytes`, the largest body, default 256 MiB).
  */
 export function bodyExchange(init: ExchangeServiceInit): (components: ExchangeComponents) => ExchangeService {
-  return (components) => new ExchangeService(components, {
+  return (components) => new Libp2pExchangeService(components, {
     protocol: BODY_PROTOCOL, topic: BODY_ANNOUNCE_TOPIC, ...init, maxHeadBytes: init.maxHeadBytes ?? DEFAULT_MAX_BODY_BYTES,
   });
 }
@@ -187,7 +202,7 @@ export function membersOnlyGater(allow: readonly string[], isBlocked: (peer: str
 
 export interface StatementServiceInit {
   /** The consortium: peer IDs (and addresses to dial, when known) of every member. */
-  members: PreprocessMember[];
+  members: Member[];
   /** Wait at most this long for the other members' statements (default 120 s)... */
   deadlineMs?: number;
   /** ...or, once this many other members' statements are in, `graceMs` (default 2 s) more for the rest (default: every member). */

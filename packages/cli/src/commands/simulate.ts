@@ -8,7 +8,7 @@ import {
 import { SHIFT_KINDS, loadDatasetAsync, partition } from '@dflmoe/data';
 import { collectResults, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium } from '../consortium.js';
 import { stopSignal } from './network.js';
-import { writeJsonAtomic } from '@dflmoe/p2p';
+import { writeJsonAtomic } from '@dflmoe/p2p/internal';
 import { createProgress, type Progress } from '../progress.js';
 import { writeRunReport } from '../report.js';
 import { pooledAccuracies } from '../pooled.js';
