@@ -5,6 +5,7 @@ import { simulateCommand } from './commands/simulate.js';
 import { keygenCommand, peerCommand, relayCommand, serverCommand } from './commands/network.js';
 import { auditCommand } from './commands/audit.js';
 import { pretrainCommand } from './commands/pretrain.js';
+import { webCommand } from './commands/web.js';
 import { evaluateCommand, predictCommand } from './commands/predict.js';
 import { isInterrupted } from '@dflmoe/core';
 import { formatError } from './errors.js';
@@ -25,6 +26,7 @@ export function program(): Command {
     .addCommand(predictCommand())
     .addCommand(evaluateCommand())
     .addCommand(pretrainCommand())
+    .addCommand(webCommand())
     .addCommand(
       new Command('report')
         .description('Write <dir>/report.html (charts, self-contained) for a run directory holding results.json.')

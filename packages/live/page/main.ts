@@ -1,19 +1,16 @@
 /**
  * The live view's page: reads `/api/events` (Server-Sent Events) and draws
- * every site's status. Every name that came from a site or member goes into
- * the page as text (textContent, setAttribute), never as markup.
+ * every site's status with view.ts.
  */
-import type { SiteStatus, StatusSnapshot } from '@dflmoe/core';
-import { gauge, heatmap, lineChart, timeline, type Series } from './svg.js';
+import type { StatusSnapshot } from '@dflmoe/core';
+import { FINAL, drawnSites, mountLiveView, take as draw } from './view.js';
 
-const PALETTE = ['#2563eb', '#dc2626', '#16a34a', '#9333ea', '#ea580c', '#0891b2', '#ca8a04', '#db2777', '#4b5563', '#65a30d'];
-const FINAL = new Set(['done', 'failed', 'interrupted']);
-
-const sites = new Map<string, SiteStatus>();
-const keyOf = (s: Pick<SiteStatus, 'algorithm' | 'id'>) => `${s.algorithm}/${s.id}`;
-/** A site's colour: by its place among the sites in order (set at each render). */
-const colors = new Map<string, string>();
-const colorOf = (key: string) => colors.get(key) ?? PALETTE[0];
+const $ = (id: string) => document.getElementById(id)!;
+let lastEvent = 0;
+const take = (snapshot: StatusSnapshot, full: boolean) => {
+  lastEvent = Date.now();
+  draw(snapshot, full);
+};
 
 // ------------------------------------------------------------ the token: kept for this tab, out of the address bar
 const TOKEN_KEY = 'dflmoe-live-token';
@@ -24,35 +21,9 @@ if (fromUrl) {
 }
 const token = sessionStorage.getItem(TOKEN_KEY);
 
-// ------------------------------------------------------------ small DOM helpers (text only)
-function h<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, ...children: (Node | string)[]): HTMLElementTagNameMap[K] {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  for (const c of children) e.append(c);
-  return e;
-}
-const $ = (id: string) => document.getElementById(id)!;
-
-const pct = (v: number | null | undefined) => (v === null || v === undefined ? '–' : `${(v * 100).toFixed(1)}%`);
-function bytes(n: number | undefined): string {
-  if (n === undefined) return '–';
-  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  while (n >= 1024 && i < u.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${i === 0 ? n : n.toFixed(1)} ${u[i]}`;
-}
-const last = <T>(xs: readonly (T | null)[]): T | null => {
-  for (let i = xs.length - 1; i >= 0; i--) if (xs[i] !== null) return xs[i];
-  return null;
-};
-
 // ------------------------------------------------------------ connection state
 type Conn = 'connecting' | 'live' | 'reconnecting' | 'ended' | 'unauthorized';
 let conn: Conn = 'connecting';
-let lastEvent = 0;
 function setConn(c: Conn): void {
   conn = c;
   const text: Record<Conn, string> = {
@@ -67,144 +38,15 @@ function setConn(c: Conn): void {
   pill.className = `pill ${c}`;
 }
 
-// ------------------------------------------------------------ rendering (at most once per frame)
-let scheduled = false;
-const dirty = new Set<string>();
-function schedule(keys: string[]): void {
-  keys.forEach((k) => dirty.add(k));
-  if (scheduled) return;
-  scheduled = true;
-  requestAnimationFrame(() => {
-    scheduled = false;
-    render();
-  });
+/** Whether every site drawn has finished (then a lost stream means the run ended). */
+function allFinal(): boolean {
+  const list = drawnSites();
+  return list.length > 0 && list.every((s) => FINAL.has(s.state));
 }
 
-function sorted(): SiteStatus[] {
-  return [...sites.values()].sort((a, b) => a.algorithm.localeCompare(b.algorithm) || a.id.localeCompare(b.id, undefined, { numeric: true }));
-}
-
-function render(): void {
-  const list = sorted();
-  list.forEach((s, i) => colors.set(keyOf(s), PALETTE[i % PALETTE.length]));
-  document.body.dataset.sites = String(list.length);
-  document.body.dataset.maxRound = String(Math.max(0, ...list.map((s) => s.round)));
-  $('summary').textContent = list.length === 0 ? 'waiting for the first site…'
-    : `${list.length} site${list.length === 1 ? '' : 's'}, ${[...new Set(list.map((s) => s.algorithm))].join(', ')}; ` +
-      `${list.filter((s) => FINAL.has(s.state)).length} finished`;
-  renderOverview(list);
-  renderCharts(list);
-  renderTimeline(list);
-  for (const s of list) if (dirty.has(keyOf(s)) || !document.querySelector(`[data-card="${CSS.escape(keyOf(s))}"]`)) renderCard(s);
-  // Cards in the sites' order (appending moves a card that is there already).
-  const cards = $('cards');
-  for (const s of list) cards.append(document.querySelector(`[data-card="${CSS.escape(keyOf(s))}"]`)!);
-  dirty.clear();
+mountLiveView($('view'), (list) => {
   if (conn === 'reconnecting' && list.length > 0 && list.every((s) => FINAL.has(s.state))) setConn('ended');
-}
-
-function stateCell(s: SiteStatus): HTMLElement {
-  const c = h('span', { class: `state ${s.state}` }, s.state);
-  if (s.error) c.title = s.error;
-  return c;
-}
-
-function auditText(s: SiteStatus): string {
-  if (s.audit.ok === null) return s.audit.lines ? `${s.audit.lines} lines` : 'not kept';
-  return s.audit.ok ? `intact (${s.audit.lines} lines)` : `BROKEN: ${s.audit.problem ?? 'see dflmoe audit'}`;
-}
-
-function epsilonText(s: SiteStatus): string {
-  if (s.epsilon === null) return 'DP off';
-  return `ε ${s.epsilon.toFixed(2)}${s.epsilonBudget !== null ? ` of ${s.epsilonBudget}` : ''}`;
-}
-
-function renderOverview(list: SiteStatus[]): void {
-  const body = h('tbody');
-  for (const s of list) {
-    const key = keyOf(s);
-    const swatch = h('span', { class: 'swatch' });
-    swatch.style.background = colorOf(key);
-    const connected = s.members.filter((m) => m.connected).length;
-    const tr = h('tr', { 'data-site': key, 'data-round': String(s.round), 'data-state': s.state },
-      h('td', {}, swatch, s.id), h('td', {}, s.algorithm), h('td', {}, stateCell(s)),
-      h('td', { class: 'num' }, `${s.round}/${s.rounds}`), h('td', { class: 'num' }, pct(last(s.accuracy))),
-      h('td', { class: 'num' }, s.members.length ? `${connected}/${s.members.length}` : '–'),
-      h('td', { class: 'num' }, String(s.members.reduce((a, m) => a + m.strikes, 0))),
-      h('td', { class: 'num' }, bytes(s.bytesSent)), h('td', { class: 'num' }, bytes(s.bytesReceived)),
-      h('td', {}, epsilonText(s)), h('td', { class: s.audit.ok === false ? 'bad' : '' }, auditText(s)));
-    body.append(tr);
-  }
-  $('overview').querySelector('tbody')!.replaceWith(body);
-}
-
-function renderCharts(list: SiteStatus[]): void {
-  const series = (f: (s: SiteStatus) => readonly (number | null)[]): Series[] => list.map((s) => ({ name: `${s.id} (${s.algorithm})`, color: colorOf(keyOf(s)), values: f(s) }));
-  $('accuracy').replaceChildren(lineChart(series((s) => s.accuracy), { label: 'accuracy per round', cls: 'accuracy-chart', format: (v) => `${Math.round(v * 100)}%`, min: 0, max: 1 }));
-  $('loss').replaceChildren(lineChart(series((s) => s.loss), { label: 'training loss per round', cls: 'loss-chart', format: (v) => v.toFixed(2), min: 0 }));
-  const legend = h('div', { class: 'legend' });
-  for (const s of list) {
-    const sw = h('span', { class: 'swatch' });
-    sw.style.background = colorOf(keyOf(s));
-    legend.append(h('span', { class: 'legend-item' }, sw, `${s.id} (${s.algorithm})`));
-  }
-  $('legend').replaceChildren(legend);
-}
-
-function renderTimeline(list: SiteStatus[]): void {
-  const rows = list.map((s) => ({
-    name: `${s.id} (${s.algorithm})`, color: colorOf(keyOf(s)),
-    rounds: s.finishedAt.flatMap((end, i) => (end === null ? [] : [{ round: i + 1, end, start: end - (s.seconds[i] ?? 0) * 1000 }])),
-  }));
-  $('timeline').replaceChildren(timeline(rows, Date.now()));
-}
-
-function renderCard(s: SiteStatus): void {
-  const key = keyOf(s);
-  const card = h('section', { class: 'card', 'data-card': key });
-  const title = h('h3', {}, `${s.id} `, h('small', {}, `${s.algorithm}${s.peerId && s.peerId !== s.id ? ` · ${s.peerId}` : ''}`));
-  card.append(title);
-  if (s.error) card.append(h('p', { class: 'bad' }, s.error));
-  // Members.
-  const members = h('table', { class: 'members' }, h('thead', {}, h('tr', {}, h('th', {}, 'member'), h('th', {}, 'connection'), h('th', {}, 'strikes'), h('th', {}, 'last head'))));
-  const mb = h('tbody');
-  for (const m of s.members) {
-    const dot = h('span', { class: `dot ${m.blocked ? 'blocked' : m.connected ? 'up' : 'down'}` });
-    const name = h('td', {}, m.id);
-    if (m.peerId && m.peerId !== m.id) name.title = m.peerId;
-    mb.append(h('tr', { 'data-member': m.id }, name, h('td', {}, dot, m.blocked ? 'refused' : m.connected ? 'connected' : 'not connected'),
-      h('td', { class: m.strikes > 0 ? 'num bad' : 'num' }, String(m.strikes)), h('td', { class: 'num' }, m.lastHeadRound === null ? '–' : String(m.lastHeadRound))));
-  }
-  if (!s.members.length) mb.append(h('tr', {}, h('td', { colspan: '4' }, 'no members (local training)')));
-  members.append(mb);
-  // Gate heatmap: experts by round.
-  const experts = [...new Set(s.gate.flatMap((g) => (g ? Object.keys(g) : [])))];
-  const gate = h('div', { class: 'gate' }, h('h4', {}, 'gate weights (experts by round)'), h('p', { class: 'muted small' }, 'the own head first; darker: more weight'));
-  if (experts.length) gate.append(heatmap(experts, s.gate.length, (e, r) => s.gate[r - 1]?.[e], `gate weights of ${s.id}`));
-  else gate.append(h('p', { class: 'muted' }, 'no gate (this algorithm mixes no experts)'));
-  // Bytes, privacy, audit.
-  const facts = h('dl', { class: 'facts' },
-    h('dt', {}, 'bytes out'), h('dd', {}, bytes(s.bytesSent), s.bodyBytesSent !== undefined ? ` (bodies ${bytes(s.bodyBytesSent)})` : ''),
-    h('dt', {}, 'bytes in'), h('dd', {}, bytes(s.bytesReceived), s.bodyBytesReceived !== undefined ? ` (bodies ${bytes(s.bodyBytesReceived)})` : ''),
-    h('dt', {}, 'privacy'), h('dd', {}, epsilonText(s), s.delta !== null ? ` (δ ${s.delta})` : ''),
-    h('dt', {}, 'audit trail'), h('dd', { class: s.audit.ok === false ? 'bad' : '' }, auditText(s)));
-  if (s.epsilon !== null) facts.append(h('dt', {}, 'budget spent'), h('dd', {}, gauge(s.epsilon, s.epsilonBudget, `epsilon of ${s.id} against its budget`)));
-  card.append(h('div', { class: 'card-body' }, h('div', {}, h('h4', {}, 'members'), members, facts), gate));
-  const old = document.querySelector(`[data-card="${CSS.escape(key)}"]`);
-  if (old) old.replaceWith(card);
-  else $('cards').append(card);
-}
-
-// ------------------------------------------------------------ the event stream
-function take(snapshot: StatusSnapshot, full: boolean): void {
-  if (full) {
-    sites.clear();
-    $('cards').replaceChildren();
-  }
-  for (const s of snapshot.sites) sites.set(keyOf(s), s);
-  lastEvent = Date.now();
-  schedule(snapshot.sites.map(keyOf));
-}
+});
 
 function connect(): void {
   const es = new EventSource(`/api/events${token ? `?token=${encodeURIComponent(token)}` : ''}`);
@@ -218,12 +60,11 @@ function connect(): void {
       // The server refused the stream (a wrong token), or is gone for good.
       void fetch(`/api/status`, { headers: token ? { Authorization: `Bearer ${token}` } : {} }).then(
         (r) => setConn(r.status === 401 ? 'unauthorized' : 'ended'),
-        () => setConn([...sites.values()].every((s) => FINAL.has(s.state)) && sites.size > 0 ? 'ended' : 'reconnecting'),
+        () => setConn(allFinal() ? 'ended' : 'reconnecting'),
       );
       return;
     }
-    const allDone = sites.size > 0 && [...sites.values()].every((s) => FINAL.has(s.state));
-    setConn(allDone ? 'ended' : 'reconnecting');
+    setConn(allFinal() ? 'ended' : 'reconnecting');
   };
 }
 

@@ -25,7 +25,7 @@ import { preSharedKey } from '@libp2p/pnet';
 import { tcp } from '@libp2p/tcp';
 import { webSockets } from '@libp2p/websockets';
 import { multiaddr } from '@multiformats/multiaddr';
-import { createLibp2p } from 'libp2p';
+import { createLibp2p, type Libp2pOptions } from 'libp2p';
 import { prometheusMetrics } from '@libp2p/prometheus-metrics';
 import { RelayKeeper, type RelayStatus } from './relay-keeper.js';
 import { DHT_PROTOCOL, MemberFinder, memberPeerInfoMapper, type MemberFinderOptions } from './discovery.js';
@@ -63,7 +63,7 @@ export interface NodeOptions {
 }
 
 /** A libp2p transport factory, as `tcp()` or `webSockets()` return. */
-export type NodeTransport = ReturnType<typeof tcp> | ReturnType<typeof webSockets>;
+export type NodeTransport = NonNullable<Libp2pOptions['transports']>[number];
 
 export interface RelayOptions {
   /** Relay for these peers only (the members): reservations and both ends of a relayed connection. */

@@ -8,6 +8,7 @@ import {
   DEFAULT_ALGORITHM_OPTIONS, getAlgorithm, sharesBodies, networkStats, prefixKeys, initBackend, listCheckpoints, disposePeerData, runSite, gateWeights, isInterrupted,
   type AlgorithmOptions, type AlgorithmSite, type Logger, type SiteFeed, type SiteNetwork, type SiteRoundRecord, type StatusBoard,
 } from '@dflmoe/core';
+import type { SiteData } from '@dflmoe/data';
 import { checkQuorum, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
@@ -88,6 +89,8 @@ export interface RunPeerOptions {
   status?: StatusBoard;
   /** The node's transports (default TCP, and WebSockets for `/ws` listen addresses); a site in a browser tab passes its own. */
   transports?: NodeTransport[];
+  /** The site's rows or samples, already read (a browser tab decodes its image folder itself); default: read what `data.dataset` names. */
+  data?: SiteData;
 }
 
 function siteAlgorithmOptions(cfg: PeerConfig): AlgorithmOptions {
@@ -185,7 +188,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     }
     // Federated preprocessing (or, resuming, the agreement saved before), then the site's own tensors.
     const resume = cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0;
-    prepared = await prepareSiteData(cfg, { node, selfId: id.peerId, logger: log, resume, signal: o.signal });
+    prepared = await prepareSiteData(cfg, { node, selfId: id.peerId, logger: log, resume, signal: o.signal, ...(o.data ? { source: o.data } : {}) });
     const data = prepared.data;
     const model = siteModelOptions(cfg, id.peerId, index, data, prepared.body, prepared.bodySpec);
     const algorithmOptions = siteAlgorithmOptions(cfg);

@@ -11,7 +11,7 @@ import {
   PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, readBodyWeights, readSiteFiles, resolveBody, sharedInitSeed, takePeerData,
   type AlgorithmOptions, type BodySpec, type BodyWeights, type Logger, type PeerData, type PeerModelOptions, type SiteDescription, type SitePreprocessing,
 } from '@dflmoe/core';
-import { deriveSeed, encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type EncodedSite, type SiteDataSpec } from '@dflmoe/data/internal';
+import { deriveSeed, encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type EncodedSite, type SiteData, type SiteDataSpec } from '@dflmoe/data/internal';
 import type { PeerConfig } from './config.js';
 import { writeJsonAtomic } from './files.js';
 import type { SiteNode } from './node.js';
@@ -50,11 +50,13 @@ export interface PreparedSite {
  * (a restart from a checkpoint), so that the site keeps the encoding it
  * trained with. Throws a DataError when the site's data cannot join.
  */
-export async function prepareSiteData(cfg: PeerConfig, o: { node?: SiteNode; selfId: string; logger: Logger; resume: boolean; signal?: AbortSignal }): Promise<PreparedSite> {
+export async function prepareSiteData(
+  cfg: PeerConfig, o: { node?: SiteNode; selfId: string; logger: Logger; resume: boolean; signal?: AbortSignal; source?: SiteData },
+): Promise<PreparedSite> {
   const log = o.logger;
   const body = cfg.model.pretrainedBody !== undefined ? readBodyWeights(cfg.model.pretrainedBody) : undefined;
   const bodySpec = await resolveBody(cfg.model.body);
-  const source = await loadSiteData(siteDataSpec(cfg));
+  const source = o.source ?? await loadSiteData(siteDataSpec(cfg));
   for (const w of source.warnings) log.warn(`${cfg.data.dataset}: ${w}`);
   log.info(`own data: ${source.description}`);
   const statement = siteStatement(source, o.selfId);

@@ -2,13 +2,17 @@
 // (@dflmoe/core, data, p2p, live's view) are imported, never copied; the Node
 // built-ins they import are replaced by the shims in app/shims/.
 import { build } from 'esbuild';
-import { builtinModules } from 'node:module';
+import { copyFileSync, mkdirSync, readdirSync } from 'node:fs';
+import { builtinModules, createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const at = (p) => fileURLToPath(new URL(`../${p}`, import.meta.url));
 const shim = (name) => at(`app/shims/${name}.ts`);
 /** Built-ins the shared code uses in a browser site, and what stands in for them. */
-const SHIMS = { fs: shim('fs'), crypto: shim('crypto'), zlib: shim('zlib'), url: shim('url'), process: shim('process'), path: 'path-browserify', buffer: 'buffer' };
+const SHIMS = { fs: shim('fs'), crypto: shim('crypto'), zlib: shim('zlib'), url: shim('url'), process: shim('process'), path: 'path-browserify', buffer: 'buffer', stream: 'readable-stream' };
+/** Built-ins replaced by the stub (printed with DFLMOE_WEB_DEBUG). */
+const stubbed = new Set();
 const builtins = new Set(builtinModules.filter((m) => !m.startsWith('_')));
 
 const nodeBuiltins = {
@@ -23,28 +27,38 @@ const nodeBuiltins = {
       if (to.startsWith('/')) return { path: to };
       // An npm package of that name (buffer, events, util: the browser versions libraries depend on), else the stub.
       const r = await b.resolve(to, { kind: args.kind, resolveDir: args.resolveDir, pluginData: { inner: true } });
-      return r.errors.length === 0 && r.path.startsWith('/') ? { path: r.path } : { path: shim('unavailable') };
+      if (r.errors.length === 0 && r.path.startsWith('/')) return { path: r.path };
+      stubbed.add(`${name} (from ${args.importer.replace(/.*node_modules\//, '')})`);
+      return { path: shim('unavailable') };
     });
   },
 };
 
-const entry = process.argv[2] ?? 'app/main.ts';
 const result = await build({
-  entryPoints: [at(entry)],
+  entryPoints: { app: at('app/main.ts'), live: at('../live/page/style.css') },
   bundle: true,
   format: 'esm',
   platform: 'browser',
   conditions: ['development', 'browser'],
   target: ['chrome120', 'firefox121', 'safari17'],
   outdir: at('dist/app'),
-  minify: false,
+  minify: !process.env.DFLMOE_WEB_DEBUG,
   sourcemap: false,
   metafile: true,
   inject: [at('app/shims/globals.ts')],
   define: { global: 'globalThis' },
   plugins: [nodeBuiltins],
+  // Image folders are decoded by the page itself (app/images.ts), never by sharp.
+  external: ['sharp'],
   logLevel: 'warning',
   legalComments: 'none',
 });
-const out = Object.entries(result.metafile.outputs).filter(([f]) => f.endsWith('.js'));
-for (const [f, o] of out) console.log(`web app: ${f} ${(o.bytes / 1024 / 1024).toFixed(2)} MiB`);
+// The page and its style; tfjs's wasm binaries (the wasm backend fetches them from ./wasm/).
+copyFileSync(at('app/index.html'), at('dist/app/index.html'));
+copyFileSync(at('app/app.css'), at('dist/app/app.css'));
+const wasmDir = dirname(createRequire(import.meta.url).resolve('@tensorflow/tfjs-backend-wasm/package.json'));
+mkdirSync(at('dist/app/wasm'), { recursive: true });
+for (const f of readdirSync(join(wasmDir, 'dist')).filter((n) => n.endsWith('.wasm'))) copyFileSync(join(wasmDir, 'dist', f), at(`dist/app/wasm/${f}`));
+const js = result.metafile.outputs['dist/app/app.js'] ?? Object.values(result.metafile.outputs)[0];
+if (process.env.DFLMOE_WEB_DEBUG) console.log(`stubbed: ${[...stubbed].sort().join('\n  ')}`);
+console.log(`web app: ${(js.bytes / 1024 / 1024).toFixed(2)} MiB of script -> dist/app/`);

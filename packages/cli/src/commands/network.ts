@@ -1,6 +1,7 @@
+import { writeFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { Interrupted, PRECISIONS, createLogger, type Precision } from '@dflmoe/core';
-import { generateIdentity, loadPeerConfig, loadRelayConfig, loadServerConfig, runPeer, runServer, saveIdentity, savePsk, startRelay } from '@dflmoe/p2p';
+import { generateIdentity, joinDetails, loadIdentity, loadPeerConfig, loadRelayConfig, loadServerConfig, runPeer, runServer, saveIdentity, savePsk, startRelay } from '@dflmoe/p2p';
 import { formatBytes, pct } from '../format.js';
 import { DATA_POLICY } from './predict.js';
 import { startLiveView, withUiOptions } from '../live.js';
@@ -56,9 +57,20 @@ export function peerCommand(): Command {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('--metrics needs a port number (0-65535).');
       return n;
-    }), 'this site')
+    })
+    .option('--print-join [file]', 'print the consortium\'s join details (for a site joining from a browser tab: dflmoe web) to stdout or <file>, and exit'), 'this site')
     .action(async (o) => {
       const cfg = loadPeerConfig(o.config);
+      if (o.printJoin !== undefined) {
+        const { join, warnings } = joinDetails(cfg, loadIdentity(cfg.key).peerId);
+        for (const w of warnings) process.stderr.write(`warning: ${w}\n`);
+        const text = `${JSON.stringify(join, null, 2)}\n`;
+        if (typeof o.printJoin === 'string') {
+          writeFileSync(o.printJoin, text);
+          process.stderr.write(`wrote the join details to ${o.printJoin}\n`);
+        } else process.stdout.write(text);
+        return;
+      }
       if (o.headPrecision) cfg.dflmoe.headPrecision = o.headPrecision as Precision;
       const log = createLogger(`peer:${cfg.name ?? 'site'}`);
       // The live view (--ui, or ui.listen in the config) binds before anything starts.

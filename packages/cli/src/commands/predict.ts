@@ -1,5 +1,7 @@
-import { writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { unzipSync } from 'fflate';
 import { Command } from 'commander';
 import { stringify } from 'csv-stringify/sync';
 import { loadSite, silentLogger, createLogger, type Evaluation, type Predictions, type TrainedSite } from '@dflmoe/core';
@@ -65,6 +67,32 @@ function reportInvalid(ids: string[], invalid: string[] | undefined): void {
   if (rows.length) process.stderr.write(`read as missing, not numbers: ${rows.length} row${rows.length > 1 ? 's' : ''}: ${rows.slice(0, 5).join(', ')}${rows.length > 5 ? ', ...' : ''}\n`);
 }
 
+/**
+ * A site directory from `--site`: the directory itself, or a browser tab's
+ * download (a zip holding `site/`) unpacked into a temporary directory
+ * (entries outside `site/` or with `..` are refused).
+ */
+export function siteDir(path: string): string {
+  if (!path.toLowerCase().endsWith('.zip')) return path;
+  if (!existsSync(path)) throw new Error(`--site ${path}: no such file`);
+  let entries: Record<string, Uint8Array>;
+  try {
+    entries = unzipSync(readFileSync(path));
+  } catch (e) {
+    throw new Error(`--site ${path} is not a zip file (${(e as Error).message})`, { cause: e });
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'dflmoe-site-'));
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  for (const [name, data] of Object.entries(entries)) {
+    if (name.endsWith('/')) continue;
+    if (!name.startsWith('site/') || name.split('/').some((p) => p === '..' || p === '')) throw new Error(`--site ${path}: unexpected entry ${JSON.stringify(name)} (a site's zip holds site/...)`);
+    mkdirSync(dirname(join(dir, name)), { recursive: true });
+    writeFileSync(join(dir, name), data);
+  }
+  if (!existsSync(join(dir, 'site', 'site.json'))) throw new Error(`--site ${path}: no site/site.json inside (download the trained site again from the tab)`);
+  return join(dir, 'site');
+}
+
 function describe(site: TrainedSite): string {
   return `${site.description.name ?? site.description.peerId} (${site.algorithm}), checkpoint of round ${site.round}`;
 }
@@ -72,13 +100,13 @@ function describe(site: TrainedSite): string {
 export function predictCommand(): Command {
   return new Command('predict')
     .description('Predict with a trained site: one row per input with the predicted class, the probability of every class and the gate weight of every expert.')
-    .requiredOption('--site <dir>', 'the site\'s out directory (holds site.json, preprocessing.json and checkpoints/)')
+    .requiredOption('--site <dir>', 'the site\'s out directory (holds site.json, preprocessing.json and checkpoints/), or the .zip a browser tab\'s site downloads')
     .requiredOption('--input <path>', 'a CSV file with the columns the site trained on (the label column may be absent), or a folder of images')
     .option('--output <file>', 'write the rows to this CSV file (default: print them)')
     .option('--invalid-as-missing', INVALID_AS_MISSING)
     .addHelpText('after', DATA_POLICY)
     .action(async (o) => {
-      const site = await loadSite(o.site, { logger: createLogger('predict', 'warn') });
+      const site = await loadSite(siteDir(o.site), { logger: createLogger('predict', 'warn') });
       try {
         const { inputs, predictions } = await site.predictFile(o.input, { invalidAsMissing: o.invalidAsMissing });
         reportInvalid(inputs.ids, inputs.invalid);
@@ -103,13 +131,13 @@ export function evaluationReport(e: Evaluation): string {
 export function evaluateCommand(): Command {
   return new Command('evaluate')
     .description('Evaluate a trained site on labelled data: accuracy, per-class recall and a confusion matrix.')
-    .requiredOption('--site <dir>', 'the site\'s out directory')
+    .requiredOption('--site <dir>', 'the site\'s out directory, or the .zip a browser tab\'s site downloads')
     .requiredOption('--input <path>', 'a labelled CSV file (with the label column), or a folder with one sub-folder of images per class')
     .option('--json', 'print the evaluation as JSON')
     .option('--invalid-as-missing', INVALID_AS_MISSING)
     .addHelpText('after', DATA_POLICY)
     .action(async (o) => {
-      const site = await loadSite(o.site, { logger: o.json ? silentLogger : createLogger('evaluate', 'warn') });
+      const site = await loadSite(siteDir(o.site), { logger: o.json ? silentLogger : createLogger('evaluate', 'warn') });
       try {
         const { evaluation, inputs } = await site.evaluateFile(o.input, { invalidAsMissing: o.invalidAsMissing });
         reportInvalid(inputs.ids, inputs.invalid);

@@ -1,0 +1,141 @@
+/**
+ * The page of a site in a browser tab: its identity, the join details, the
+ * data it picks, and the live view of its run (the live view's own drawing,
+ * fed by a StatusBoard in the tab). Messages about bad input say what to fix.
+ */
+import { StatusBoard, isInterrupted, type Logger } from '@dflmoe/core';
+import { JoinError, parseJoinDetails, type JoinDetails } from '@dflmoe/p2p';
+import { mountLiveView, take } from '@dflmoe/live/view';
+import { tabIdentity } from './key.js';
+import { readImageFolder } from './images.js';
+import { runTabSite, siteArchive, tabBackend } from './site.js';
+
+const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
+const logBox = $('log');
+
+function logLine(level: string, msg: string): void {
+  const line = `${new Date().toLocaleTimeString()} ${level === 'info' ? '' : `${level}: `}${msg}\n`;
+  logBox.append(line);
+  logBox.scrollTop = logBox.scrollHeight;
+  (level === 'error' ? console.error : console.log)(`[dflmoe] ${line.trim()}`);
+}
+const logger: Logger = {
+  debug: () => {},
+  info: (m) => logLine('info', m),
+  warn: (m) => logLine('warn', m),
+  error: (m) => logLine('error', m),
+} as Logger;
+
+function message(text: string, kind: 'bad' | 'ok' | '' = ''): void {
+  const m = $('message');
+  m.textContent = text;
+  m.className = kind;
+}
+
+type Phase = 'not joined' | 'running' | 'done' | 'stopped' | 'failed';
+function phase(p: Phase): void {
+  const el = $('phase');
+  el.textContent = p;
+  el.className = `pill ${p === 'running' ? 'live' : p === 'failed' ? 'unauthorized' : p === 'done' ? 'ended' : ''}`;
+  document.body.dataset.phase = p;
+}
+
+const board = new StatusBoard();
+mountLiveView($('view'));
+board.onChange(() => take(board.snapshot(), true));
+
+const identity = tabIdentity();
+void identity.then((id) => {
+  $('peer-id').textContent = id.peerId;
+  document.body.dataset.peerId = id.peerId;
+}, (e) => message(`this browser cannot keep a key (IndexedDB: ${(e as Error).message}); allow site data for this page and reload`, 'bad'));
+$('copy-id').addEventListener('click', () => void identity.then((id) => navigator.clipboard?.writeText(id.peerId)));
+
+void tabBackend(logger).then((b) => {
+  $('backend').textContent = `compute: ${b.name}${b.name === 'wasm' ? ` (SIMD ${b.simd ? 'on' : 'off'})` : ''}`;
+  document.body.dataset.backend = b.name;
+}, (e) => message(`no compute backend could start in this browser: ${(e as Error).message}`, 'bad'));
+
+$<HTMLInputElement>('join-file').addEventListener('change', async (e) => {
+  const f = (e.target as HTMLInputElement).files?.[0];
+  if (f) $<HTMLTextAreaElement>('join-text').value = await f.text();
+});
+
+/** The join details typed or picked, checked; a message says what is wrong. */
+function readJoin(): JoinDetails | undefined {
+  const text = $<HTMLTextAreaElement>('join-text').value.trim();
+  if (!text) {
+    message('paste the join details (or pick their file) first: a member prints them with dflmoe peer --config <file> --print-join', 'bad');
+    return undefined;
+  }
+  try {
+    return parseJoinDetails(text);
+  } catch (e) {
+    message(e instanceof JoinError ? e.message : `the join details cannot be read: ${(e as Error).message}`, 'bad');
+    return undefined;
+  }
+}
+
+let running: AbortController | undefined;
+
+$('join').addEventListener('click', async () => {
+  if (running) return;
+  message('');
+  const join = readJoin();
+  if (!join) return;
+  const csvFile = $<HTMLInputElement>('csv-file').files?.[0];
+  const images = [...($<HTMLInputElement>('image-folder').files ?? [])];
+  if (!csvFile && images.length === 0) {
+    message('pick this site\'s data: a CSV file, or a folder of images with one sub-folder per class', 'bad');
+    return;
+  }
+  const ac = new AbortController();
+  running = ac;
+  $<HTMLButtonElement>('join').disabled = true;
+  $<HTMLButtonElement>('stop').disabled = false;
+  $<HTMLButtonElement>('download').disabled = true;
+  phase('running');
+  try {
+    const id = await identity;
+    const samples = csvFile ? undefined : await readImageFolder(images, join.data, logger);
+    const r = await runTabSite({
+      join, name: $<HTMLInputElement>('site-name').value.trim() || undefined, privateKey: id.privateKey, peerId: id.peerId,
+      ...(csvFile ? { csv: await csvFile.text() } : { samples }), logger, status: board, signal: ac.signal,
+    });
+    // For scripts driving the page (and tests): the outcome, and whose heads were mixed in the last round.
+    document.body.dataset.accuracy = String(r.accuracy);
+    document.body.dataset.rounds = String(r.rounds.length);
+    document.body.dataset.experts = (r.rounds.at(-1)?.experts ?? []).map((e) => e.peer).join(' ');
+    message(`done: accuracy ${(r.accuracy * 100).toFixed(1)}% after ${r.rounds.length} rounds; download the trained site to run dflmoe predict on it`, 'ok');
+    phase('done');
+    $<HTMLButtonElement>('download').disabled = false;
+  } catch (e) {
+    if (isInterrupted(e) || ac.signal.aborted) {
+      phase('stopped');
+      message('stopped; what was trained so far can be downloaded');
+      $<HTMLButtonElement>('download').disabled = false;
+    } else {
+      phase('failed');
+      message((e as Error).message ?? String(e), 'bad');
+      logger.error((e as Error).stack ?? String(e));
+    }
+  } finally {
+    running = undefined;
+    $<HTMLButtonElement>('join').disabled = false;
+    $<HTMLButtonElement>('stop').disabled = true;
+  }
+});
+
+$('stop').addEventListener('click', () => running?.abort());
+
+$('download').addEventListener('click', () => {
+  const zip = siteArchive();
+  const url = URL.createObjectURL(new Blob([zip as BlobPart], { type: 'application/zip' }));
+  const a = Object.assign(document.createElement('a'), { href: url, download: 'dflmoe-site.zip' });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+});
+
+phase('not joined');

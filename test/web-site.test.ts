@@ -1,0 +1,150 @@
+/// <reference lib="dom" />
+/// <reference lib="dom.iterable" />
+/**
+ * A site in a browser tab (`dflmoe web`), in Debian's chromium driven by
+ * puppeteer-core: two node sites (processes, TCP and WebSockets on
+ * 127.0.0.1) and the tab form a consortium; the tab reads its CSV in the
+ * page, takes part in federated preprocessing, trains 3 rounds and trades
+ * heads with both node sites; its download is a site `dflmoe evaluate`
+ * reads. Bad input gives a message that says what to fix. Every wait is
+ * bounded; processes are killed at the end.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import type { Page } from 'puppeteer-core';
+import { freePort, startProcess, waitExit } from '@dflmoe/cli';
+import { generateIdentity, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
+import { serveWebApp, type WebAppServer } from '@dflmoe/web';
+import { cli, until } from './helpers.js';
+import { launchChromium } from './browser.js';
+import { patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
+
+const message = (page: Page) => page.$eval('#message', (m) => m.textContent ?? '');
+
+describe('a site in a browser tab (dflmoe web)', function () {
+  this.timeout(300000);
+  let procs: ChildProcess[] = [];
+  let web: WebAppServer | undefined;
+  let chromium: Awaited<ReturnType<typeof launchChromium>> | undefined;
+  after(async () => {
+    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
+    procs = [];
+    await chromium?.close();
+    await web?.close();
+  });
+
+  it('joins two node sites from a tab: CSV read in the page, 3 rounds, heads both ways, no row sent, a download that dflmoe evaluate reads', async () => {
+    const dir = tmpDir('dflmoe-web-');
+    web = await serveWebApp({ listen: '127.0.0.1:0' });
+    chromium = await launchChromium();
+    const page = await chromium.browser.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    // Every HTTP request the page makes, with its body: it may fetch the app's files, nothing else.
+    const requests: { url: string; method: string; body?: string }[] = [];
+    page.on('request', (r) => requests.push({ url: r.url(), method: r.method(), body: r.postData() }));
+    const cdp = await page.createCDPSession();
+    await cdp.send('Network.enable');
+    const sockets: string[] = [];
+    cdp.on('Network.webSocketCreated', (e: { url: string }) => sockets.push(e.url));
+    await cdp.send('Browser.setDownloadBehavior', { behavior: 'allow', downloadPath: dir });
+    await page.goto(web.url);
+    const tabId = await page.waitForFunction(() => document.body.dataset.peerId, { timeout: 60000 }).then((h) => h.jsonValue() as Promise<string>);
+    assert.match(tabId, /^12D3KooW/);
+    const backend = await page.waitForFunction(() => document.body.dataset.backend, { timeout: 60000 }).then((h) => h.jsonValue());
+    assert.ok(['webgl', 'wasm', 'cpu'].includes(String(backend)), String(backend));
+
+    // Two node sites that list the tab among their members, each with its own CSV.
+    const nodes = await Promise.all(['hospital-a', 'hospital-b'].map(async (name, i) => {
+      const id = await generateIdentity();
+      saveIdentity(join(dir, `${name}.key`), id.privateKey, true);
+      writeText(join(dir, `${name}.csv`), patientsCsv({ seed: 21 + i, rows: 150, missing: 0.1, wards: i ? ['south', 'east'] : ['north', 'south'] }));
+      return { name, peerId: id.peerId, tcp: await freePort(), ws: await freePort(), config: join(dir, `${name}.json`), out: join(dir, name) };
+    }));
+    const members = [
+      ...nodes.map((n) => ({ name: n.name, peerId: n.peerId, addrs: [`/ip4/127.0.0.1/tcp/${n.tcp}`, `/ip4/127.0.0.1/tcp/${n.ws}/ws`] })),
+      { name: 'clinic-tab', peerId: tabId },
+    ];
+    for (const n of nodes) {
+      const cfg = {
+        name: n.name, key: `${n.name}.key`, listen: [`/ip4/127.0.0.1/tcp/${n.tcp}`, `/ip4/127.0.0.1/tcp/${n.ws}/ws`], members,
+        data: { dataset: `csv:${n.name}.csv`, labelColumn: 'diagnosis', drop: ['id'] },
+        model: { body: 'mlp:32', featureDim: 16 }, train: { learningRate: 0.01 },
+        rounds: 3, round: { deadlineMs: 30000 }, preprocess: { deadlineMs: 120000 }, lingerMs: 5000, out: n.name,
+      };
+      parsePeerConfig(cfg, n.config, dir);
+      writeFileSync(n.config, JSON.stringify(cfg, null, 2));
+    }
+    const joinRun = cli(['peer', '--config', nodes[0].config, '--print-join']);
+    assert.equal(joinRun.status, 0, joinRun.stderr);
+    const details = JSON.parse(joinRun.stdout) as { members: { peerId: string; addrs: string[] }[] };
+    assert.ok(details.members.find((m) => m.peerId === nodes[0].peerId)!.addrs.some((a) => a.endsWith(`/ws/p2p/${nodes[0].peerId}`)), joinRun.stdout);
+
+    // Bad input first: each says what to fix, and nothing starts.
+    await page.$eval('#join-text', (t) => ((t as HTMLTextAreaElement).value = '{"format": "dflmoe-join/1", "members": ['));
+    await page.click('#join');
+    assert.match(await message(page), /not JSON.*--print-join/);
+    await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), joinRun.stdout);
+    await page.click('#join');
+    assert.match(await message(page), /pick this site's data: a CSV file/);
+    const notMember = JSON.stringify({ ...details, members: details.members.filter((m) => m.peerId !== tabId) });
+    await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), notMember);
+    const csv = writeText(join(dir, 'clinic.csv'), patientsCsv({ seed: 23, rows: 130, missing: 0.1, wards: ['north', 'east'], ageShift: 4 }));
+    const input = await page.$('#csv-file');
+    await (input as unknown as { uploadFile(p: string): Promise<void> }).uploadFile(csv);
+    await page.click('#join');
+    await page.waitForFunction(() => document.body.dataset.phase === 'failed', { timeout: 60000 });
+    assert.match(await message(page), new RegExp(`this site \\(${tabId}\\) is not among the consortium's members yet`));
+
+    // The real run.
+    const ps = nodes.map((n) => startProcess(['peer', '--config', n.config], `${n.out}.log`));
+    procs.push(...ps);
+    await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), joinRun.stdout);
+    await page.type('#site-name', 'clinic-tab');
+    await page.click('#join');
+    await page.waitForFunction(() => ['done', 'failed'].includes(document.body.dataset.phase ?? ''), { timeout: 240000, polling: 500 });
+    const log = await page.$eval('#log', (l) => l.textContent ?? '');
+    assert.equal(await page.evaluate(() => document.body.dataset.phase), 'done', `${await message(page)}\n${log.slice(-3000)}`);
+    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 120000))), [0, 0], nodes.map((n) => readFileSync(`${n.out}.log`, 'utf8').slice(-1500)).join('\n'));
+
+    // The tab: a number for its accuracy, 3 rounds, both node sites' heads mixed in.
+    const acc = Number(await page.evaluate(() => document.body.dataset.accuracy));
+    assert.ok(Number.isFinite(acc) && acc > 0.5 && acc <= 1, `tab accuracy ${acc}`);
+    assert.equal(await page.evaluate(() => document.body.dataset.rounds), '3');
+    const tabExperts = String(await page.evaluate(() => document.body.dataset.experts)).split(' ').sort();
+    assert.deepEqual(tabExperts, nodes.map((n) => n.peerId).sort());
+    // The node sites: the tab's statement merged in preprocessing, its head mixed in.
+    for (const n of nodes) {
+      const pre = JSON.parse(readFileSync(join(n.out, 'preprocessing.json'), 'utf8')) as { included: string[] };
+      assert.ok(pre.included.includes(tabId), `${n.name} agreed with the tab`);
+      const r = JSON.parse(readFileSync(join(n.out, 'results.json'), 'utf8')) as PeerRunResult;
+      assert.ok(r.rounds.at(-1)!.experts.some((e) => e.peer === tabId), `${n.name} holds the tab's head`);
+    }
+    // The live view in the tab drew its rounds.
+    assert.equal(await page.$eval('#overview tbody tr[data-site]', (tr) => (tr as HTMLElement).dataset.round), '3');
+
+    // Nothing the page sent over HTTP carried data: GETs of the app's own files only. Its other traffic is
+    // libp2p (Noise-encrypted) on WebSockets to the members' addresses.
+    const origin = new URL(web.url).origin;
+    for (const r of requests) {
+      assert.ok(r.url.startsWith(origin) || r.url.startsWith('blob:') || r.url.startsWith('data:'), `the page asked ${r.url}`);
+      assert.equal(r.method, 'GET', `${r.method} ${r.url}`);
+      assert.equal(r.body, undefined, `${r.url} carried a body`);
+    }
+    const wsPorts = new Set(nodes.map((n) => String(n.ws)));
+    assert.ok(sockets.length > 0, 'the tab opened WebSockets');
+    for (const s of sockets) assert.ok(wsPorts.has(new URL(s).port) && new URL(s).hostname === '127.0.0.1', `a WebSocket to ${s}`);
+    assert.deepEqual(web.requests.filter((r) => !r.startsWith('GET ')), []);
+
+    // The download: a zip that dflmoe evaluate reads as a site.
+    await page.click('#download');
+    await until('the download', () => existsSync(join(dir, 'dflmoe-site.zip')), 30000);
+    const ev = cli(['evaluate', '--site', join(dir, 'dflmoe-site.zip'), '--input', csv, '--json']);
+    assert.equal(ev.status, 0, ev.stderr);
+    const evaluation = JSON.parse(ev.stdout) as { accuracy: number };
+    assert.ok(evaluation.accuracy > 0.5, `evaluate: ${ev.stdout}`);
+    assert.deepEqual(errors, []);
+  });
+});
