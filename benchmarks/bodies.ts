@@ -17,7 +17,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { algorithmColors, silentLogger, simulate, type AlgorithmResult, type SimulationResults } from '@dflmoe/core';
+import { algorithmColors, silentLogger, simulate, type AlgorithmResult, type SimulationResults } from '@dflmoe/core/internal';
 import { createProgress, renderPage, startProcess, waitExit, type Chart } from '@dflmoe/cli';
 
 const { values } = parseArgs({

@@ -12,7 +12,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
 import {
   DflmoePeer, accuracy, applyFst, headLogits, initBackend, predictClasses, preparePeerData, silentLogger, sharedInitSeed, type PeerData,
-} from '@dflmoe/core';
+} from '@dflmoe/core/internal';
 import { capTrainPerSite, deriveSeed, federatedStandardizer, loadDataset, parsePartition, partition } from '@dflmoe/data/internal';
 
 const ROUNDS = 20;

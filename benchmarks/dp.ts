@@ -8,7 +8,7 @@
 import { silentLogger } from '@dflmoe/core';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { noiseForEpsilon, simulate, type SimulationConfig } from '@dflmoe/core';
+import { noiseForEpsilon, simulate, type SimulationConfig } from '@dflmoe/core/internal';
 import { loadDataset, partition } from '@dflmoe/data';
 
 const { values } = parseArgs({ options: { out: { type: 'string', default: 'benchmarks/results/dp.json' } } });

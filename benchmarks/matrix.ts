@@ -28,7 +28,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ALGORITHMS, algorithmColors, getAlgorithm, type AlgorithmName, type OptimizerKind, type SimulationResults } from '@dflmoe/core';
+import { ALGORITHMS, algorithmColors, getAlgorithm, type AlgorithmName, type OptimizerKind, type SimulationResults } from '@dflmoe/core/internal';
 import { createProgress, renderPage, startProcess, waitExit, type Chart } from '@dflmoe/cli';
 
 const { values } = parseArgs({

@@ -16,7 +16,7 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { DEFAULT_SIMULATION, createHead, encodeHead, initBackend, tf } from '@dflmoe/core';
+import { DEFAULT_SIMULATION, createHead, encodeHead, initBackend, tf } from '@dflmoe/core/internal';
 import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { multiaddr } from '@multiformats/multiaddr';
@@ -153,7 +153,7 @@ function headBytes(featureDim: number, classes: number): number {
   h.forEach((l) => tf.dispose([l.kernel, l.bias]));
   return b.length;
 }
-const { FedAvgClient, preparePeerData } = await import('@dflmoe/core');
+const { FedAvgClient, preparePeerData } = await import('@dflmoe/core/internal');
 const { loadDataset, partition } = await import('@dflmoe/data');
 function modelBytes(dataset: string, body: string): number {
   const ds = loadDataset(dataset, { maxSamples: 200 });

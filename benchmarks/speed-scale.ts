@@ -32,7 +32,7 @@ import * as tfl from '@tensorflow/tfjs-layers';
 import {
   DEFAULT_MAX_EXPERTS, DEFAULT_SIMULATION, DflmoePeer, Gate, LocalPeer, RowAdam, StatusBoard, createHead, decodeHead, encodeHead, initBackend, moeForwardStacked,
   moeLoss, preparePeerData, silentLogger, simulate, tf, type StackedExperts,
-} from '@dflmoe/core';
+} from '@dflmoe/core/internal';
 import { LiveServer } from '@dflmoe/live';
 import { makeSynthetic, partition } from '@dflmoe/data/internal';
 import { runConsortium, writeConsortium } from '@dflmoe/cli';

@@ -15,7 +15,7 @@
  */
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { ALGORITHMS, getAlgorithm, simulate, silentLogger, type AlgorithmName, type OptimizerKind, type SimulationConfig } from '@dflmoe/core';
+import { ALGORITHMS, getAlgorithm, simulate, silentLogger, type AlgorithmName, type OptimizerKind, type SimulationConfig } from '@dflmoe/core/internal';
 import { createProgress } from '@dflmoe/cli';
 
 const { values } = parseArgs({

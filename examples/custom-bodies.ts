@@ -66,7 +66,7 @@ const sites = await Promise.all(labs.map((lab, i) => createLearner({
 for (let round = 1; round <= 5; round++) {
   for (const site of sites) {
     const m = await site.runRound();
-    console.log(`round ${round} ${site.peer.id} (${site.peer.body.layers.length} layers): accuracy ${(m.accuracy * 100).toFixed(1)}%  experts ${m.experts.length}`);
+    console.log(`round ${round} ${site.id} (${site.body.layers.length} layers): accuracy ${(m.accuracy * 100).toFixed(1)}%  experts ${m.experts.length}`);
   }
 }
 sites.forEach((s) => s.dispose());

@@ -44,7 +44,7 @@ const sites = await Promise.all(
 for (let round = 1; round <= 4; round++) {
   for (const site of sites) {
     const m = await site.runRound();
-    console.log(`round ${round} ${site.peer.id}: accuracy ${(m.accuracy * 100).toFixed(1)}%  experts ${m.experts.length}`);
+    console.log(`round ${round} ${site.id}: accuracy ${(m.accuracy * 100).toFixed(1)}%  experts ${m.experts.length}`);
   }
 }
 sites.forEach((s) => s.dispose());

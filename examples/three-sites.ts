@@ -33,7 +33,7 @@ for (let round = 1; round <= 6; round++) {
   for (const site of sites) {
     const m = await site.runRound();
     const experts = m.experts.map((e) => `${e.peer}@v${e.version} (gate ${e.gateWeight.toFixed(2)})`).join(', ') || 'none yet';
-    console.log(`round ${round} ${site.peer.id}: accuracy ${(m.accuracy * 100).toFixed(1)}%  experts: ${experts}`);
+    console.log(`round ${round} ${site.id}: accuracy ${(m.accuracy * 100).toFixed(1)}%  experts: ${experts}`);
   }
 }
 sites.forEach((s) => s.dispose());

@@ -9,7 +9,7 @@ import {
   fedavg, fedavgFt, fedrep, getAlgorithm, gossip, memoryNetworks, runSite, silentLogger, simulate,
   type Algorithm, type AlgorithmOptions, type AlgorithmSite, type FedAvgFtSite, type FedAvgSite, type GossipSite,
   type Logger, type PeerData, type PeerModelOptions, type SiteNetwork, type DflmoeSite,
-} from '@dflmoe/core';
+} from '@dflmoe/core/internal';
 import { parsePeerConfig } from '@dflmoe/p2p';
 import { backend, cli, tinyPeers } from './helpers.js';
 

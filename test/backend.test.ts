@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs-core';
-import { parseBackendName, selectBackend, type BackendLoader } from '@dflmoe/core';
+import { parseBackendName, selectBackend, type BackendLoader } from '@dflmoe/core/internal';
 
 const fail: BackendLoader = async () => {
   throw new Error('not installed here');
@@ -20,7 +20,7 @@ function tfjsNodeInstalled(): boolean {
 /** Run a tiny program in a fresh process, where the backend has not been chosen yet. */
 function childBackend(env: Record<string, string>): { status: number | null; stdout: string; stderr: string } {
   const code = `
-    import { initBackend, tf } from '@dflmoe/core';
+    import { initBackend, tf } from '@dflmoe/core/internal';
     const a = await initBackend();
     const b = await initBackend();
     process.stdout.write(JSON.stringify({ name: a.name, same: a === b, active: tf.getBackend(), sum: tf.add(tf.scalar(2), tf.scalar(3)).dataSync()[0] }));

@@ -13,7 +13,7 @@ import {
   BodyShare, DEFAULT_ALGORITHM_OPTIONS, createLearner, MemoryHub, bodyVariables, choosePartners, combineBodies, decodeBundle, dflmoe, encodeBundle,
   DEFAULT_SIMULATION, memoryNetworks, parseBodyCombiner, parseTopology, runSite, silentLogger, simulate,
   type AlgorithmOptions, type DflmoeSite, type SimulationResults, type NamedArray, type PeerData, type PeerModelOptions,
-} from '@dflmoe/core';
+} from '@dflmoe/core/internal';
 import { parsePeerConfig, siteSettings } from '@dflmoe/p2p/internal';
 import { loadDataset, partition } from '@dflmoe/data';
 import { backend, cli, tinyPeers } from './helpers.js';

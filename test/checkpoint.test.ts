@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
-import { DflmoePeer, disposePeerData, listCheckpoints, restoreLatestCheckpoint, saveCheckpoint, type DflmoeOptions } from '@dflmoe/core';
+import { DflmoePeer, disposePeerData, listCheckpoints, restoreLatestCheckpoint, saveCheckpoint, type DflmoeOptions } from '@dflmoe/core/internal';
 import { backend, tinyPeers } from './helpers.js';
 
 function probs(p: DflmoePeer): Float32Array {

@@ -4,7 +4,7 @@ import fc from 'fast-check';
 import {
   CodecError, DEFAULT_SIMULATION, PRECISIONS, decodeBundle, decodeHead, encodeBundle, encodeHead, fromHalfBits, quantize, simulate, silentLogger, toHalfBits,
   type HeadSpec, type NamedArray, type Precision,
-} from '@dflmoe/core';
+} from '@dflmoe/core/internal';
 import { parsePeerConfig, siteSettings } from '@dflmoe/p2p/internal';
 import { backend, mutated } from './helpers.js';
 

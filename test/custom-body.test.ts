@@ -11,8 +11,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import {
   BodyError, DflmoePeer, DflmoeSite, MemoryHub, bodyArchitecture, createLearner, loadSite, parseBodySpec, preparePeerData, disposePeerData, pretrainBody,
-  readBodyWeights, silentLogger, simulate, writeBody, type DflmoeLearner,
-} from '@dflmoe/core';
+  readBodyWeights, silentLogger, simulate, writeBody, type DflmoeLearner, type Learner, type SavedSite,
+} from '@dflmoe/core/internal';
 import { loadDataset, partition, type Dataset } from '@dflmoe/data';
 import { generateIdentity, parsePeerConfig, runPeer, saveIdentity } from '@dflmoe/p2p';
 import { backend } from './helpers.js';
@@ -63,7 +63,7 @@ describe('custom bodies', function () {
       id, dataset: ds, split: splits[split], exchange: hub.join(id), model: { body: body as never, featureDim: FEATURES }, train: { seed: split, learningRate: 0.01 }, ...extra,
     });
     learners.push(l);
-    return l;
+    return l as Learner; // the class behind the public interface: the test looks at the site's model (peer)
   }
 
   it('a LayersModel and a function train as bodies; the host\'s model is copied, not trained; no tensor leaks across rounds', async () => {
@@ -147,7 +147,7 @@ describe('custom bodies', function () {
       // The rebuilt body holds the trained weights of the last checkpoint (not the saved model's, nor fresh ones).
       const trained = readBodyWeights(join(cfg.out, 'checkpoints', 'round-000002', 'body'));
       const fromCkpt = tf.io.decodeWeights(trained.data, trained.specs);
-      const body = (site.site as DflmoeSite).peer.body;
+      const body = ((site as SavedSite).site as DflmoeSite).peer.body;
       body.weights.forEach((v, i) => assert.deepEqual(Array.from(v.read().dataSync()), Array.from(fromCkpt[trained.specs[i].name].dataSync())));
       assert.notDeepEqual(Array.from(body.weights[0].read().dataSync()), Array.from(saved.weights[0].read().dataSync()), 'trained, so not the saved start');
       tf.dispose(Object.values(fromCkpt));

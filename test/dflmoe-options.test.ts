@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
-import { DflmoePeer, disposePeerData, simulate, type DflmoeOptions, type FstKind } from '@dflmoe/core';
+import { DflmoePeer, disposePeerData, simulate, type DflmoeOptions, type FstKind } from '@dflmoe/core/internal';
 import { backend, tinyPeers } from './helpers.js';
 
 /** Two peers on the tiny dataset; `b` holds `a`'s head. */
@@ -71,7 +71,7 @@ describe('CNN body options (kernel size, padding)', () => {
   before(backend);
 
   it('parses and formats kernel size and padding, and refuses unknown options', async () => {
-    const { parseBodySpec, formatBodySpec } = await import('@dflmoe/core');
+    const { parseBodySpec, formatBodySpec } = await import('@dflmoe/core/internal');
     assert.deepEqual(parseBodySpec('cnn:32x64:k5:valid'), { kind: 'cnn', filters: [32, 64], kernelSize: 5, padding: 'valid' });
     for (const s of ['cnn:32x64:k5:valid', 'cnn:8x16', 'cnn:16x32:k5', 'mlp:64']) assert.equal(formatBodySpec(parseBodySpec(s)), s);
     assert.deepEqual(parseBodySpec(formatBodySpec({ kind: 'cnn', kernelSize: 5 })), { kind: 'cnn', filters: [16, 32], kernelSize: 5 });
@@ -80,7 +80,7 @@ describe('CNN body options (kernel size, padding)', () => {
   });
 
   it("builds PFLlib's FedAvgCNN body: 28x28 -> conv 32 5x5 -> pool -> conv 64 5x5 -> pool -> 512 features", async () => {
-    const { buildBody, parseBodySpec } = await import('@dflmoe/core');
+    const { buildBody, parseBodySpec } = await import('@dflmoe/core/internal');
     const body = buildBody(parseBodySpec('cnn:32x64:k5:valid'), [28, 28, 1], 512, 1);
     assert.deepEqual(body.outputs[0].shape, [null, 512]);
     // conv1 5*5*1*32+32, conv2 5*5*32*64+64, dense 1024*512+512 (as in PFLlib).

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import * as tf from '@tensorflow/tfjs-core';
-import { CodecError, DflmoePeer, createHead, decodeBundle, decodeHead, disposePeerData, encodeHead, type HeadSpec } from '@dflmoe/core';
+import { CodecError, DflmoePeer, createHead, decodeBundle, decodeHead, disposePeerData, encodeHead, type HeadSpec } from '@dflmoe/core/internal';
 import { Announce, checkAnnounce } from '@dflmoe/p2p/internal';
 import { backend, mutated, tinyPeers } from './helpers.js';
 

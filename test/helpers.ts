@@ -1,6 +1,6 @@
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import fc from 'fast-check';
-import { initBackend, preparePeerData, silentLogger, type PeerData } from '@dflmoe/core';
+import { initBackend, preparePeerData, silentLogger, type PeerData } from '@dflmoe/core/internal';
 import { makeSynthetic, partition, type Dataset } from '@dflmoe/data/internal';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { MemoryHub, createLearner, disposePeerData, preparePeerData, takePeerData, type DflmoeLearner } from '@dflmoe/core';
+import { MemoryHub, createLearner, disposePeerData, preparePeerData, takePeerData, type DflmoeLearner } from '@dflmoe/core/internal';
 import {
   encodeSiteData, fitStandardizer, loadDataset, loadSiteData, partition, readInputs, readShare, reconcileStatements, siteStatement, writeShare,
   type SiteDataSpec,

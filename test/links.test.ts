@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer, connect, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULT_ALGORITHM_OPTIONS, DEFAULT_SIMULATION, MemoryHub, disposePeerData, getAlgorithm, silentLogger, type SimulationConfig } from '@dflmoe/core';
+import { DEFAULT_ALGORITHM_OPTIONS, DEFAULT_SIMULATION, MemoryHub, disposePeerData, getAlgorithm, silentLogger, type SimulationConfig } from '@dflmoe/core/internal';
 import { emulateLinks, runConsortium, writeConsortium } from '@dflmoe/cli';
 import {
   AdaptiveDeadline, HeadResponse, LinkEmulator, Libp2pHeadExchange, PartialHeads, RESUME_CHUNK, chunkFrames, createSiteNode, frameGuard, generateIdentity, parsePeerConfig, servePlan,

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { request } from 'node:http';
 import type { ChildProcess } from 'node:child_process';
 import type { Browser, Page } from 'puppeteer-core';
-import { StatusBoard, gateWeights, type StatusSnapshot } from '@dflmoe/core';
+import { StatusBoard, gateWeights, type StatusSnapshot } from '@dflmoe/core/internal';
 import { LiveServer } from '@dflmoe/live';
 import { freePort, startProcess, waitExit } from '@dflmoe/cli';
 import { until } from './helpers.js';

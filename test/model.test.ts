@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import {
   DflmoePeer, ExpertPool, FedAvgClient, Gate, LocalPeer, createHead, decodeHead, disposePeerData, encodeHead, federatedAverage,
   headLogits, moeForward, type HeadSpec,
-} from '@dflmoe/core';
+} from '@dflmoe/core/internal';
 import { backend, tinyPeers } from './helpers.js';
 
 const spec: HeadSpec = { inputDim: 8, hidden: [], outputDim: 4 };

@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import {
   DflmoePeer, Gate, KeyedAdam, createFst, createHead, disposePeerData, moeForward, moeForwardPerExpert, moeLoss,
   type DenseLayer, type Expert, type FstKind, type HeadSpec, type MoeFusion,
-} from '@dflmoe/core';
+} from '@dflmoe/core/internal';
 import { backend, tinyPeers } from './helpers.js';
 
 const maxDiff = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);

@@ -12,7 +12,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import {
   BodyFileError, DflmoePeer, checkBodyStandardizer, LocalPeer, disposePeerData, parseBodySpec, preparePeerData, pretrainBody, publicRows, readBodyWeights, silentLogger, simulate,
   type PeerData, type PeerModelOptions,
-} from '@dflmoe/core';
+} from '@dflmoe/core/internal';
 import { featureSize, loadDataset, subsampleRows, type Dataset } from '@dflmoe/data';
 import { ConfigError, parsePeerConfig, prepareSiteData, siteSettings } from '@dflmoe/p2p/internal';
 import { DEFAULT_SIMULATION } from '@dflmoe/core';

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import {
   DEFAULT_ORDERS as DEFAULT_ORDERS_FOR_TEST, RdpAccountant, computeRdp, epsilonFromRdp, noiseForEpsilon, rdpSampledGaussian, silentLogger, simulate,
   type SimulationResults,
-} from '@dflmoe/core';
+} from '@dflmoe/core/internal';
 import { backend, cli } from './helpers.js';
 
 // Reference values from the tests of Google's dp_accounting library
@@ -57,7 +57,7 @@ describe('DP-SGD training', () => {
 
   it('reports the epsilon its accountant computes, adds noise that matters, and does not leak tensors', async () => {
     const tf = await import('@tensorflow/tfjs-core');
-    const { LocalPeer, disposePeerData } = await import('@dflmoe/core');
+    const { LocalPeer, disposePeerData } = await import('@dflmoe/core/internal');
     const { tinyPeers } = await import('./helpers.js');
     const { datas } = tinyPeers(1);
     const mk = (noise?: number) =>

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import {
   CodecError, DEFAULT_SIMULATION, FedAvgClient, GossipSite, RoundAggregator, disposePeerData, encodeBundle, federatedAverage, silentLogger,
   type NamedArray, type PeerData, type SimulationConfig,
-} from '@dflmoe/core';
+} from '@dflmoe/core/internal';
 import { ConfigError, SIMULATION_OPTION_KINDS, StrikeBook, generateIdentity, parsePeerConfig, saveIdentity, siteSettings } from '@dflmoe/p2p/internal';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -188,7 +188,7 @@ describe('DP training samples and noises the way the accountant assumes', () => 
   before(backend);
 
   it('poissonSample takes each example independently with probability q', async () => {
-    const { poissonSample } = await import('@dflmoe/core');
+    const { poissonSample } = await import('@dflmoe/core/internal');
     const n = 50;
     const q = 0.2;
     const hits = new Array<number>(n).fill(0);
@@ -207,7 +207,7 @@ describe('DP training samples and noises the way the accountant assumes', () => 
   });
 
   it('secureGaussian draws N(0, 1) from node:crypto', async () => {
-    const { secureGaussian } = await import('@dflmoe/core');
+    const { secureGaussian } = await import('@dflmoe/core/internal');
     const z = secureGaussian(200001);
     assert.equal(z.length, 200001);
     let m1 = 0;
@@ -224,7 +224,7 @@ describe('DP training samples and noises the way the accountant assumes', () => 
   });
 
   it('DP-SGD steps draw Poisson batches (ceil(n / batch) per epoch) and unseeded noise; without DP nothing changes', async () => {
-    const { LocalPeer, poissonSample } = await import('@dflmoe/core');
+    const { LocalPeer, poissonSample } = await import('@dflmoe/core/internal');
     const { datas } = tinyPeers(1);
     const sizes: number[] = [];
     const sampler = (n: number, q: number) => {
@@ -261,13 +261,13 @@ describe('every site kind checkpoints and resumes', () => {
 
   for (const name of ['local', 'fedrep', 'fedavg-ft', 'fedavg'] as const) {
     it(`${name}: a site restored from its checkpoint continues exactly as the original (weights, optimizer state, accountant)`, async () => {
-      const { getAlgorithm, DEFAULT_ALGORITHM_OPTIONS } = await import('@dflmoe/core');
+      const { getAlgorithm, DEFAULT_ALGORITHM_OPTIONS } = await import('@dflmoe/core/internal');
       const { datas } = tinyPeers(1);
       const alg = getAlgorithm(name);
       const mk = () => alg.createSite(
         { id: 's', data: datas[0], body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: 3, dp: { noiseMultiplier: 0, clipNorm: 100 } } },
         { ...DEFAULT_ALGORITHM_OPTIONS, seed: 1 },
-      ) as unknown as { model: FedAvgClient; tuned?: FedAvgClient; checkpoint: NonNullable<import('@dflmoe/core').AlgorithmSite['checkpoint']>; dispose(): void; privacySpent(): unknown };
+      ) as unknown as { model: FedAvgClient; tuned?: FedAvgClient; checkpoint: NonNullable<import('@dflmoe/core/internal').AlgorithmSite['checkpoint']>; dispose(): void; privacySpent(): unknown };
       const a = mk();
       await a.model.trainRound(1);
       if (a.tuned) await a.tuned.trainRound(1);

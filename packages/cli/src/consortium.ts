@@ -8,9 +8,12 @@ import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync }
 import { createServer } from 'node:net';
 import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Interrupted, getAlgorithm, networkBytes, summarize, type AlgorithmName, type AlgorithmResult, type PeerResult, type RoundResult, type SimulationConfig } from '@dflmoe/core';
-import { loadDataset, partition, writeShare, type Dataset, type PeerSplit } from '@dflmoe/data/internal';
-import { generateIdentity, loadIdentity, parsePeerConfig, parseServerConfig, saveIdentity, siteSettings, writeJsonAtomic, type PeerRunResult } from '@dflmoe/p2p/internal';
+import { Interrupted, type AlgorithmName, type AlgorithmResult, type PeerResult, type RoundResult, type SimulationConfig } from '@dflmoe/core';
+import { getAlgorithm, networkBytes, summarize } from '@dflmoe/core/internal';
+import { loadDataset, partition, type Dataset, type PeerSplit } from '@dflmoe/data';
+import { writeShare } from '@dflmoe/data/internal';
+import { generateIdentity, loadIdentity, parsePeerConfig, parseServerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
+import { siteSettings, writeJsonAtomic } from '@dflmoe/p2p/internal';
 
 /** Lowest port the kernel hands out for outgoing connections (Linux; 32768 elsewhere). */
 function ephemeralFloor(): number {

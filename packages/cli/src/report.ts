@@ -6,7 +6,8 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
-import { algorithmColors, type SimulationResults } from '@dflmoe/core';
+import { type SimulationResults } from '@dflmoe/core';
+import { algorithmColors } from '@dflmoe/core/internal';
 import { formatBytes } from './format.js';
 
 export interface Chart {

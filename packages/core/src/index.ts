@@ -1,40 +1,55 @@
 /**
  * `@dflmoe/core`: the public API, written down in `api/core.api.md` (`npm run api`).
- * Workspace-only internals are in `./internal.ts` (`@dflmoe/core/internal`).
+ *
+ * A site as a library (`createLearner`), its in-memory transports
+ * (`MemoryHub`, `MemoryStatementHub`) and the interfaces a transport of
+ * one's own implements (`HeadExchange`, `StatementExchange`), agreeing on
+ * the data (`agreeOnData`), a trained site (`loadSite`), a body pretrained
+ * on public data (`pretrainBody`), the simulator (`simulate`), the compute
+ * backend, logging, interruption and the live view's status model.
+ *
+ * What only the other `@dflmoe` packages, the tests and the benchmarks use
+ * (the algorithms' sites and registry, models and their layers, the codec,
+ * optimisers, checkpoints, privacy accounting, ...) is in `./internal.ts`
+ * (`@dflmoe/core/internal`): not part of the API, and free to change in any
+ * release.
+ * @packageDocumentation
  */
-export * from './log.js';
-export * from './backend.js';
-export * from './model.js';
-export * from './custom-body.js';
-export * from './codec.js';
-export * from './experts.js';
-export * from './exchange.js';
-export * from './body-share.js';
-export * from './averaging.js';
-export * from './train.js';
-export * from './metrics.js';
-export * from './algorithms/common.js';
-export * from './algorithms/dflmoe.js';
-export * from './algorithms/fedavg.js';
-export * from './algorithms/local.js';
-export * from './algorithms/api.js';
-export * from './algorithms/site.js';
-export * from './algorithms/dflmoe-site.js';
-export * from './algorithms/fedavg-ft.js';
-export * from './algorithms/fedrep.js';
-export * from './algorithms/gossip.js';
-export * from './algorithms/registry.js';
-export * from './rounds.js';
-export * from './interrupt.js';
-export * from './simulate.js';
-export * from './learner.js';
-export * from './agree.js';
-export * from './checkpoint.js';
-export * from './pretrained.js';
-export * from './pretrain.js';
-export * from './privacy.js';
-export * from './predict.js';
-export * from './trained-site.js';
-// The keyed optimisers stay public while the performance work on them is under way (benchmarks import them); they belong in ./internal.ts.
-export * from './keyed-adam.js';
-export * from './status.js';
+export { createLogger, silentLogger, type LogLevel, type Logger } from './log.js';
+export {
+  BACKENDS, BROWSER_BACKENDS, initBackend, selectBackend,
+  type BackendInfo, type BackendLoader, type BackendName, type SelectOptions,
+} from './backend.js';
+export { FST_KINDS, type BodySpec, type CustomBodySpec, type FstKind, type HeadSpec, type MoeFusion } from './model.js';
+export { BodyError, type BodyBuilder, type BodyInput } from './custom-body.js';
+export { CodecError, PRECISIONS, type CodecReason, type Precision } from './codec.js';
+export {
+  HeadInbox, MemoryExchange, MemoryHub,
+  type ExchangeStats, type HeadExchange, type HeadMessage, type MembershipEvent,
+} from './exchange.js';
+export { type BodyCombiner, type MixedBody, type Topology } from './body-share.js';
+export { DEFAULT_TRAIN, OPTIMIZERS, type DpOptions, type OptimizerKind, type TrainOptions } from './train.js';
+export { type AccuracySummary } from './metrics.js';
+export { type ReceiveResult } from './algorithms/dflmoe.js';
+export { type AlgorithmOptions, type ExpertInfo } from './algorithms/api.js';
+export { ALGORITHMS, type AlgorithmName } from './algorithms/registry.js';
+export { TrainingDiverged } from './rounds.js';
+export { Interrupted, isInterrupted, throwIfInterrupted, unlessInterrupted } from './interrupt.js';
+export {
+  DEFAULT_SIMULATION, simulate,
+  type AlgorithmResult, type PeerResult, type RoundResult, type SimulationConfig, type SimulationHooks, type SimulationResults,
+} from './simulate.js';
+export {
+  createLearner,
+  type DflmoeLearner, type LearnerLoopOptions, type LearnerOptions, type LearnerRoundMetrics,
+} from './learner.js';
+export { MemoryStatementHub, agreeOnData, type AgreedData, type DataAgreement, type StatementExchange } from './agree.js';
+export { BodyFileError, type BodyStandardizer, type BodyWeights } from './pretrained.js';
+export { pretrainBody, type PretrainOptions, type PretrainResult } from './pretrain.js';
+export { type Evaluation, type Predictions, type SampleInput } from './predict.js';
+export { loadSite, type ReadOptions, type TrainedSite, type SiteDescription, type SitePreprocessing } from './trained-site.js';
+export {
+  SITE_STATES, SiteFeed, StatusBoard,
+  type AuditStatus, type MemberStatus, type MemberUpdate, type RoundUpdate, type SiteInit, type SiteState, type SiteStatus, type StatusListener,
+  type StatusSnapshot,
+} from './status.js';

@@ -3,7 +3,9 @@
  * spec and a `HeadExchange`; call `runRound()` as often as you like; read
  * the metrics it returns. `dflmoe peer` is this plus libp2p and a config file.
  */
-import { featureSize, fitStandardizer, parsePartition, partition, type Dataset, type PeerSplit, type Standardizer } from '@dflmoe/data/internal';
+import type * as tfl from '@tensorflow/tfjs-layers';
+import { featureSize, fitStandardizer, partition, type Dataset, type PeerSplit, type Standardizer } from '@dflmoe/data';
+import { parsePartition } from '@dflmoe/data/internal';
 import { DflmoePeer, type ReceiveResult } from './algorithms/dflmoe.js';
 import { DflmoeSite } from './algorithms/dflmoe-site.js';
 import { DEFAULT_ALGORITHM_OPTIONS, type ExpertInfo, type SiteNetwork } from './algorithms/api.js';
@@ -102,7 +104,58 @@ export interface LearnerLoopOptions {
   logger?: Logger;
 }
 
-export class DflmoeLearner {
+/**
+ * One dFLMoE site as an object (`createLearner`): it trains on its own data,
+ * exchanges heads through its `HeadExchange`, and predicts with its mixture
+ * of experts.
+ */
+export interface DflmoeLearner {
+  /** This site's id (the exchange's `selfId`). */
+  readonly id: string;
+  /** Rounds run so far. */
+  readonly round: number;
+  /** The class names, in the order of the model's outputs. */
+  readonly classNames: string[];
+  /** The site's own body: the copy it trains (of a `LayersModel` given as `model.body`, or the one it built). */
+  readonly body: tfl.LayersModel;
+  /**
+   * The mixture's prediction for raw samples (the dataset's layout, not
+   * standardized: the learner standardizes them as it did its training
+   * data): predicted class, the probability of every class and the gate
+   * weight of every expert, per sample.
+   */
+  predict(x: SampleInput): Predictions;
+  /**
+   * Accuracy, per-class recall and confusion matrix on raw samples and
+   * their class indices; without arguments, on the site's own test split.
+   */
+  evaluate(x?: SampleInput, labels?: ArrayLike<number>): Evaluation;
+  /** Take in every head waiting in the exchange; returns how many were accepted. */
+  absorb(): number;
+  /**
+   * One round: train, publish the head, wait for the quorum (bounded), take
+   * in heads, evaluate. With `signal`, every wait of the round (the others'
+   * heads, with `bodies` their bodies) ends as soon as it aborts, and the
+   * round rejects with `Interrupted` (`isInterrupted(e)`); a round stopped
+   * while waiting has trained and published, and the next call runs the
+   * next round.
+   */
+  runRound(o?: { signal?: AbortSignal }): Promise<LearnerRoundMetrics>;
+  /**
+   * The rounds as an async iterable: each round's metrics as it ends.
+   * `rounds` bounds how many (default: until `signal` aborts or the loop
+   * breaks); when `signal` aborts, the wait under way ends at once and the
+   * iteration rejects with `Interrupted`.
+   *
+   *     for await (const m of site.rounds({ rounds: 10, signal })) console.log(m.round, m.accuracy);
+   */
+  rounds(o?: { rounds?: number; signal?: AbortSignal }): AsyncGenerator<LearnerRoundMetrics, void, undefined>;
+  /** Free the site's tensors. */
+  dispose(): void;
+}
+
+/** The class behind `createLearner`; the workspace reaches the site's model through `peer` and `site`. */
+export class Learner implements DflmoeLearner {
   round = 0;
   /** The same site the simulator and `dflmoe peer` run. */
   readonly site: DflmoeSite;
@@ -121,6 +174,14 @@ export class DflmoeLearner {
     const stoppable = (ex: HeadExchange) => interruptible(ex, () => this.signal);
     this.net = { exchange: stoppable(o.exchange), ...(o.bodies ? { bodies: stoppable(o.bodies) } : {}), quorum: o.quorum ?? 0, deadlineMs: o.roundDeadlineMs ?? 0, logger: o.logger ?? createLogger(`learner:${peer.id}`) };
     this.predictor = new SitePredictor(this.site, o.standardizer, peer.data.sampleShape, o.classNames);
+  }
+
+  get id(): string {
+    return this.peer.id;
+  }
+
+  get body(): tfl.LayersModel {
+    return this.peer.body;
   }
 
   get classNames(): string[] {
@@ -248,5 +309,5 @@ export async function createLearner(o: LearnerOptions): Promise<DflmoeLearner> {
     disposePeerData(data);
     throw e;
   }
-  return new DflmoeLearner(peer, { ...o, standardizer, classNames: dataset.classNames });
+  return new Learner(peer, { ...o, standardizer, classNames: dataset.classNames });
 }

@@ -9,8 +9,10 @@ export interface Logger {
   error(msg: string): void;
 }
 
-const LEVELS = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 } as const;
-export type LogLevel = keyof typeof LEVELS;
+/** How much a `createLogger` logger writes: its level and every level above it (`silent`: nothing). */
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
+
+const LEVELS: Readonly<Record<LogLevel, number>> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 };
 
 function envLevel(): LogLevel {
   const v = (process.env.DFLMOE_LOG_LEVEL ?? 'info').toLowerCase();

@@ -2,7 +2,8 @@
  * Pretrain a body on public labelled data (`dflmoe pretrain`), for every
  * site of a consortium to start from (see `pretrained.ts`).
  */
-import { Rng, featureSize, pooledStandardizer, type Dataset } from '@dflmoe/data/internal';
+import { featureSize, pooledStandardizer, type Dataset } from '@dflmoe/data';
+import { Rng } from '@dflmoe/data/internal';
 import { LocalPeer } from './algorithms/local.js';
 import { initBackend } from './backend.js';
 import type { Logger } from './log.js';

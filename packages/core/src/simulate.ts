@@ -5,9 +5,9 @@
  * (`runSite`), concurrently, over in-memory transports.
  */
 import {
-  capTrainPerSite, deriveSeed, featureSize, federatedStandardizer, holdoutSplit, partitionHistograms, formatPartition, loadDatasetAsync, parsePartition, partition,
-  shiftDatasetBySite, SHIFT_KINDS, type Dataset, type LoadOptions, type PeerSplit, type ShiftKind,
-} from '@dflmoe/data/internal';
+  featureSize, federatedStandardizer, loadDatasetAsync, partition, SHIFT_KINDS, type Dataset, type LoadOptions, type PeerSplit, type ShiftKind,
+} from '@dflmoe/data';
+import { capTrainPerSite, deriveSeed, holdoutSplit, partitionHistograms, formatPartition, parsePartition, shiftDatasetBySite } from '@dflmoe/data/internal';
 import { initBackend } from './backend.js';
 import { DEFAULT_ALGORITHM_OPTIONS, type AlgorithmOptions, type AlgorithmSite } from './algorithms/api.js';
 import type { PeerModelOptions } from './algorithms/common.js';

@@ -161,7 +161,8 @@ export interface SiteInit {
   state?: SiteState;
 }
 
-type Listener = (site: SiteStatus) => void;
+/** What `StatusBoard.onChange` calls with a site's new status. */
+export type StatusListener = (site: SiteStatus) => void;
 
 /**
  * The status of every site one process runs or watches. Feeds (`site`)
@@ -170,7 +171,7 @@ type Listener = (site: SiteStatus) => void;
  */
 export class StatusBoard {
   private readonly sites = new Map<string, SiteStatus>();
-  private readonly listeners = new Set<Listener>();
+  private readonly listeners = new Set<StatusListener>();
   readonly epsilonBudget: number | null;
 
   constructor(o: { epsilonBudget?: number } = {}) {
@@ -206,7 +207,7 @@ export class StatusBoard {
   }
 
   /** Hear of every change; returns the function that stops it. */
-  onChange(l: Listener): () => void {
+  onChange(l: StatusListener): () => void {
     this.listeners.add(l);
     return () => this.listeners.delete(l);
   }

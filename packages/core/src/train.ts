@@ -1,9 +1,8 @@
 /** Local training and evaluation helpers shared by every algorithm. */
 import * as tf from '@tensorflow/tfjs-core';
 import { poissonSample, secureGaussian } from './privacy.js';
-import {
-  Rng, applyStandardizer, deriveSeed, featureSize, fitStandardizer, labelHistogram, type Dataset, type PeerSplit, type Standardizer,
-} from '@dflmoe/data/internal';
+import { applyStandardizer, featureSize, fitStandardizer, type Dataset, type PeerSplit, type Standardizer } from '@dflmoe/data';
+import { Rng, deriveSeed, labelHistogram } from '@dflmoe/data/internal';
 
 /** `adam` (default), `sgd` (plain) or `momentum` (SGD with momentum 0.9). */
 export type OptimizerKind = 'adam' | 'sgd' | 'momentum';

@@ -111,8 +111,49 @@ export interface ReadOptions {
   invalidAsMissing?: boolean;
 }
 
-/** A site's trained model, ready to predict on new inputs. */
-export class TrainedSite extends SitePredictor {
+/**
+ * A site trained by `dflmoe peer` (any algorithm), loaded from its out
+ * directory by `loadSite`: it predicts exactly as the site did at the end of
+ * training, from raw samples or from files read with the agreed schema.
+ */
+export interface TrainedSite {
+  /** The site's out directory. */
+  readonly dir: string;
+  /** `site.json`: algorithm, peer ID, member names, model and algorithm options. */
+  readonly description: SiteDescription;
+  /** `preprocessing.json`: the agreed schema, the standardizer and how to read new inputs. */
+  readonly preprocessing: SitePreprocessing;
+  /** The round of the checkpoint loaded... */
+  readonly round: number;
+  /** ...and its path. */
+  readonly checkpointPath: string;
+  /** The algorithm the site trained with. */
+  readonly algorithm: AlgorithmName;
+  /** The class names, in the order of the model's outputs. */
+  readonly classNames: string[];
+  /** The shape of one sample. */
+  readonly sampleShape: number[];
+  /** A member's name (or its peer ID), e.g. to label the experts of `Predictions`. */
+  nameOf(peer: string): string;
+  /** Predictions for raw (not standardized) samples, the experts named as site.json names them (their peer IDs in `expertIds`). */
+  predict(x: SampleInput): Predictions;
+  /** Evaluation on raw samples and their class indices. */
+  evaluate(x: SampleInput, labels: ArrayLike<number>): Evaluation;
+  /**
+   * Read a CSV file or an image folder as this site's inputs (encoded with the agreed schema, not standardized).
+   * A cell that is not a number in a numeric column is an error, unless `invalidAsMissing` (then `inputs.invalid` marks its row).
+   */
+  readInputs(path: string, labels?: 'required' | 'optional', o?: ReadOptions): Promise<EncodedInputs>;
+  /** Predictions for the rows of a CSV file or the images of a folder. */
+  predictFile(path: string, o?: ReadOptions): Promise<{ inputs: EncodedInputs; predictions: Predictions }>;
+  /** Evaluation on a labelled CSV file or image folder (one sub-folder per class). */
+  evaluateFile(path: string, o?: ReadOptions): Promise<{ inputs: EncodedInputs; predictions: Predictions; evaluation: Evaluation }>;
+  /** Free the site's tensors. */
+  dispose(): void;
+}
+
+/** The class behind `loadSite`; the workspace reaches the algorithm's site through `site`. */
+export class SavedSite extends SitePredictor implements TrainedSite {
   constructor(
     site: AlgorithmSite,
     private readonly data: PeerData,
@@ -210,7 +251,7 @@ export async function loadSite(dir: string, o: { logger?: Logger } = {}): Promis
     const ckpt = join(root, CHECKPOINT_DIR);
     const r = await site.checkpoint.restore(ckpt, log);
     if (!r) throw new Error(`${root} has no usable checkpoint in ${ckpt}: the site has not finished a round yet`);
-    return new TrainedSite(site, data, root, desc, preprocessing, r.round, r.path);
+    return new SavedSite(site, data, root, desc, preprocessing, r.round, r.path);
   } catch (e) {
     site?.dispose();
     disposePeerData(data);

@@ -6,7 +6,8 @@
  * bounded; a stream that fails is opened again until the site has finished.
  */
 import { request, type ClientRequest } from 'node:http';
-import { parseSiteStatus, siteKey, type SiteState, type StatusBoard } from '@dflmoe/core';
+import { type SiteState, type StatusBoard } from '@dflmoe/core';
+import { parseSiteStatus, siteKey } from '@dflmoe/core/internal';
 
 export interface RemoteSite {
   /** `http://127.0.0.1:<port>` of the site's live view. */

@@ -18,7 +18,8 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { siteKey, type SiteStatus, type StatusBoard } from '@dflmoe/core';
+import { type SiteStatus, type StatusBoard } from '@dflmoe/core';
+import { siteKey } from '@dflmoe/core/internal';
 import { LiveViewError, checkToken, generateToken, parseListen, type ListenAddress } from './address.js';
 
 export interface LiveServerOptions {

@@ -9,9 +9,11 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { z } from 'zod';
 import { closest, distance } from 'fastest-levenshtein';
 import {
-  ALGORITHMS, DEFAULT_ALGORITHM_OPTIONS, DEFAULT_MAX_SAMPLE_RATIO, bodySharingProblem, parseBodyCombiner, parseTopology, DEFAULT_MAX_SAMPLES, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, getAlgorithm, parseBodySpec, type AlgorithmName, type OptimizerKind,
-  type Precision, type SimulationConfig,
+  ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, type AlgorithmName, type OptimizerKind, type Precision, type SimulationConfig,
 } from '@dflmoe/core';
+import {
+  DEFAULT_ALGORITHM_OPTIONS, DEFAULT_MAX_SAMPLE_RATIO, bodySharingProblem, parseBodyCombiner, parseTopology, DEFAULT_MAX_SAMPLES, getAlgorithm, parseBodySpec,
+} from '@dflmoe/core/internal';
 import { loadIdentity } from './identity.js';
 
 /**

@@ -29,10 +29,10 @@ import { join } from 'node:path';
 import type { Connection, Stream } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
+import { CodecError, throwIfInterrupted, type ExchangeStats, type Logger } from '@dflmoe/core';
 import {
-  CodecError, RoundAggregator, getAlgorithm, listCheckpoints, pause, restoreNewest, throwIfInterrupted, writeCheckpoint,
-  type AggregatorState, type ExchangeStats, type Logger, type ServerLink,
-} from '@dflmoe/core';
+  RoundAggregator, getAlgorithm, listCheckpoints, pause, restoreNewest, writeCheckpoint, type AggregatorState, type ServerLink,
+} from '@dflmoe/core/internal';
 import type { ServerConfig } from './config.js';
 import { readFrames, writeFrames } from './frames.js';
 import { loadIdentity, loadPsk } from './identity.js';

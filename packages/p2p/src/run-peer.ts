@@ -4,10 +4,10 @@
  */
 import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { initBackend, isInterrupted, type AlgorithmOptions, type Logger, type SiteFeed, type StatusBoard } from '@dflmoe/core';
 import {
-  DEFAULT_ALGORITHM_OPTIONS, getAlgorithm, sharesBodies, networkStats, prefixKeys, initBackend, listCheckpoints, disposePeerData, runSite, gateWeights, isInterrupted,
-  type AlgorithmOptions, type AlgorithmSite, type Logger, type SiteFeed, type SiteNetwork, type SiteRoundRecord, type StatusBoard,
-} from '@dflmoe/core';
+  DEFAULT_ALGORITHM_OPTIONS, getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, runSite, gateWeights, type AlgorithmSite, type SiteNetwork, type SiteRoundRecord,
+} from '@dflmoe/core/internal';
 import type { SiteData } from '@dflmoe/data';
 import { checkQuorum, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';

@@ -7,11 +7,12 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { type AlgorithmOptions, type BodySpec, type BodyWeights, type Logger, type SiteDescription, type SitePreprocessing } from '@dflmoe/core';
 import {
-  PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, readBodyWeights, readSiteFiles, resolveBody, sharedInitSeed, takePeerData,
-  type AlgorithmOptions, type BodySpec, type BodyWeights, type Logger, type PeerData, type PeerModelOptions, type SiteDescription, type SitePreprocessing,
-} from '@dflmoe/core';
-import { deriveSeed, encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type EncodedSite, type SiteData, type SiteDataSpec } from '@dflmoe/data/internal';
+  PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, readBodyWeights, readSiteFiles, resolveBody, sharedInitSeed, takePeerData, type PeerData, type PeerModelOptions,
+} from '@dflmoe/core/internal';
+import { encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type EncodedSite, type SiteData, type SiteDataSpec } from '@dflmoe/data';
+import { deriveSeed } from '@dflmoe/data/internal';
 import type { PeerConfig } from './config.js';
 import { writeJsonAtomic } from './files.js';
 import type { SiteNode } from './node.js';

@@ -1,7 +1,8 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Command } from 'commander';
-import { SITE_FILE, type SiteDescription } from '@dflmoe/core';
+import { type SiteDescription } from '@dflmoe/core';
+import { SITE_FILE } from '@dflmoe/core/internal';
 import { AUDIT_FILE, verifyAudit, type AuditEntry } from '@dflmoe/p2p';
 
 const short = (s: string | null | undefined, n = 12) => (s ? s.slice(0, n) : '-');

@@ -2,9 +2,9 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
-  ALGORITHMS, DEFAULT_SIMULATION, emptyResults, parseBodyCombiner, parseTopology, OPTIMIZERS, PRECISIONS, REGISTRY, initBackend, isAlgorithmName, simulate, summarize, unknownAlgorithmMessage,
-  type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
+  ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, initBackend, simulate, type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
+import { emptyResults, parseBodyCombiner, parseTopology, REGISTRY, isAlgorithmName, summarize, unknownAlgorithmMessage } from '@dflmoe/core/internal';
 import { SHIFT_KINDS, loadDatasetAsync, partition } from '@dflmoe/data';
 import { collectResults, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium } from '../consortium.js';
 import { stopSignal } from './network.js';

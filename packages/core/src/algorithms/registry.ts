@@ -11,11 +11,16 @@ import { fedrep, fedrepP2p } from './fedrep.js';
 import { gossip } from './gossip.js';
 import { local } from './local.js';
 
+/** The name of an algorithm: `dflmoe` and the baselines. */
+export type AlgorithmName = 'dflmoe' | 'fedavg' | 'fedavg-ft' | 'fedrep' | 'fedrep-p2p' | 'gossip' | 'local';
+
 /** In the order tables list them. */
 export const REGISTRY = [dflmoe, fedavg, fedavgFt, fedrep, fedrepP2p, gossip, local] as const;
 
-export type AlgorithmName = (typeof REGISTRY)[number]['name'];
+// AlgorithmName names exactly the registered algorithms (this line fails to compile when one is added to only one of them).
+const _sameNames: [AlgorithmName, (typeof REGISTRY)[number]['name']] extends [(typeof REGISTRY)[number]['name'], AlgorithmName] ? true : never = true;
 
+/** Every algorithm's name, in the order tables list them. */
 export const ALGORITHMS: readonly AlgorithmName[] = REGISTRY.map((a) => a.name);
 
 export function isAlgorithmName(name: string): name is AlgorithmName {
