@@ -18,7 +18,7 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { algorithmColors, silentLogger, simulate, type AlgorithmResult, type SimulationResults } from '@dflmoe/core/internal';
-import { createProgress, renderPage, startProcess, waitExit, type Chart } from '@dflmoe/cli';
+import { createProgress, renderPage, startProcess, waitExit, type Chart } from '@dflmoe/cli/internal';
 
 const { values } = parseArgs({
   options: {

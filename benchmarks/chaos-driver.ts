@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_SIMULATION, type SimulationConfig } from '@dflmoe/core';
 import { Rng } from '@dflmoe/data/internal';
-import { startProcess, waitExit, writeConsortium, type ConsortiumFiles, type SiteFiles } from '@dflmoe/cli';
+import { startProcess, waitExit, writeConsortium, type ConsortiumFiles, type SiteFiles } from '@dflmoe/cli/internal';
 import { AUDIT_FILE, createSiteNode, generateIdentity, readJsonLines, verifyAudit, type RoundLine, type ServerRoundLine } from '@dflmoe/p2p/internal';
 import { multiaddr } from '@multiformats/multiaddr';
 

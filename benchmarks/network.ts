@@ -21,7 +21,7 @@ import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { multiaddr } from '@multiformats/multiaddr';
 import { Libp2pHeadExchange, createSiteNode, generateIdentity, saveIdentity, type RoundLine } from '@dflmoe/p2p/internal';
-import { runConsortium, writeConsortium } from '@dflmoe/cli';
+import { runConsortium, writeConsortium } from '@dflmoe/cli/internal';
 
 const { values } = parseArgs({ options: { out: { type: 'string', default: 'benchmarks/results/network.json' } } });
 const quiet = silentLogger;

@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, type Precision, type SimulationConfig } from '@dflmoe/core';
-import { emulateLinks, runConsortium, writeConsortium } from '@dflmoe/cli';
+import { emulateLinks, runConsortium, writeConsortium } from '@dflmoe/cli/internal';
 import type { PeerRunResult, RoundLine } from '@dflmoe/p2p';
 
 export interface SlowLinkOptions {

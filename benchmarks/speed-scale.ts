@@ -35,7 +35,7 @@ import {
 } from '@dflmoe/core/internal';
 import { LiveServer } from '@dflmoe/live';
 import { makeSynthetic, partition } from '@dflmoe/data/internal';
-import { runConsortium, writeConsortium } from '@dflmoe/cli';
+import { runConsortium, writeConsortium } from '@dflmoe/cli/internal';
 import {
   HEAD_PROTOCOL, HeadRequest, HeadResponse, createSiteNode, loopbackMembers, readFrames, writeFrames, type PeerRunResult,
   type RoundLine,

@@ -16,7 +16,7 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ALGORITHMS, getAlgorithm, simulate, silentLogger, type AlgorithmName, type OptimizerKind, type SimulationConfig } from '@dflmoe/core/internal';
-import { createProgress } from '@dflmoe/cli';
+import { createProgress } from '@dflmoe/cli/internal';
 
 const { values } = parseArgs({
   options: { algorithms: { type: 'string', default: ALGORITHMS.filter((a) => a !== 'gossip').join(',') }, 'frozen-body': { type: 'boolean', default: false } },

@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, silentLogger, simulate, type SimulationConfig } from '@dflmoe/core';
-import { waitExit, writeConsortium } from '@dflmoe/cli';
+import { waitExit, writeConsortium } from '@dflmoe/cli/internal';
 import { Libp2pHeadExchange, createSiteNode, generateIdentity, loopbackMembers, readJsonLines, type RoundLine, type ServerRoundLine } from '@dflmoe/p2p/internal';
 import { processGroup, until } from './helpers.js';
 

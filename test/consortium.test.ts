@@ -8,7 +8,7 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, type AlgorithmName, type SimulationConfig } from '@dflmoe/core';
-import { startProcess, waitExit, writeConsortium, type ConsortiumFiles } from '@dflmoe/cli';
+import { startProcess, waitExit, writeConsortium, type ConsortiumFiles } from '@dflmoe/cli/internal';
 import type { RoundLine } from '@dflmoe/p2p';
 
 const sim = (o: Partial<SimulationConfig> = {}): SimulationConfig => ({
@@ -172,7 +172,7 @@ describe('consortium over TCP (multi-process)', function () {
     // The intruder has a valid config of its own that lists the members, but they do not list it.
     const dir = join(f.sites[0].out, '..');
     const { generateIdentity, saveIdentity } = await import('@dflmoe/p2p');
-    const { freePort } = await import('@dflmoe/cli');
+    const { freePort } = await import('@dflmoe/cli/internal');
     const id = await generateIdentity();
     saveIdentity(join(dir, 'intruder.key'), id.privateKey, true);
     const cfg0 = JSON.parse(readFileSync(f.sites[0].config, 'utf8'));
@@ -198,7 +198,7 @@ describe('consortium over TCP (multi-process)', function () {
   });
 
   it('dflmoe peer --metrics serves Prometheus metrics on 127.0.0.1, libp2p metrics included', async () => {
-    const { freePort } = await import('@dflmoe/cli');
+    const { freePort } = await import('@dflmoe/cli/internal');
     const f = await consortium('dflmoe', { peers: 2, rounds: 8, epochs: 3 }, { deadlineMs: 3000, lingerMs: 3000 });
     const port = await freePort();
     const ps = [start(['peer', '--config', f.sites[0].config, '--metrics', String(port)], `${f.sites[0].out}.log`), start(['peer', '--config', f.sites[1].config], `${f.sites[1].out}.log`)];

@@ -91,7 +91,7 @@ describe('CNN body options (kernel size, padding)', () => {
 
 describe('gate weights of a TCP site include its own head', () => {
   it('the own head gets the weight the received experts leave', async () => {
-    const { gateWeightsOf } = await import('@dflmoe/cli');
+    const { gateWeightsOf } = await import('@dflmoe/cli/internal');
     const w = gateWeightsOf({
       name: 'site-0', peerId: '12D3KooWx',
       rounds: [{ experts: [{ peer: 'p1', name: 'site-1', version: 3, gateWeight: 0.25 }, { peer: 'p2', version: 3, gateWeight: 0.15 }] }] as never,

@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, type SimulationConfig } from '@dflmoe/core';
-import { startProcess, waitExit, writeConsortium, type ConsortiumFiles, type SiteFiles } from '@dflmoe/cli';
+import { startProcess, waitExit, writeConsortium, type ConsortiumFiles, type SiteFiles } from '@dflmoe/cli/internal';
 import { readJsonLines, type RoundLine } from '@dflmoe/p2p/internal';
 
 /** Activate the process's compute backend (wasm here) quietly. */

@@ -11,7 +11,7 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, type AlgorithmName, type SimulationConfig } from '@dflmoe/core';
-import { waitExit, writeConsortium } from '@dflmoe/cli';
+import { waitExit, writeConsortium } from '@dflmoe/cli/internal';
 import { processGroup, until } from './helpers.js';
 
 /** Far above what stopping takes (about a second), far below the waits it cuts short (60 s and more). */

@@ -9,7 +9,7 @@ import { createServer, connect, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_ALGORITHM_OPTIONS, DEFAULT_SIMULATION, MemoryHub, disposePeerData, getAlgorithm, silentLogger, type SimulationConfig } from '@dflmoe/core/internal';
-import { emulateLinks, runConsortium, writeConsortium } from '@dflmoe/cli';
+import { emulateLinks, runConsortium, writeConsortium } from '@dflmoe/cli/internal';
 import {
   AdaptiveDeadline, HeadResponse, LinkEmulator, Libp2pHeadExchange, PartialHeads, RESUME_CHUNK, chunkFrames, createSiteNode, frameGuard, generateIdentity, parsePeerConfig, servePlan,
   type PeerRunResult,

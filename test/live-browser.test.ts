@@ -18,7 +18,7 @@ import type { ChildProcess } from 'node:child_process';
 import type { Browser, Page } from 'puppeteer-core';
 import { StatusBoard, gateWeights, type StatusSnapshot } from '@dflmoe/core/internal';
 import { LiveServer } from '@dflmoe/live';
-import { freePort, startProcess, waitExit } from '@dflmoe/cli';
+import { freePort, startProcess, waitExit } from '@dflmoe/cli/internal';
 import { until } from './helpers.js';
 import { launchChromium } from './browser.js';
 

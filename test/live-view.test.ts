@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { StatusBoard, gateWeights, parseSiteStatus, silentLogger, simulate, siteKey, type SiteStatus, type StatusSnapshot } from '@dflmoe/core/internal';
 import { LiveServer, LiveViewError, RemoteSites, parseListen } from '@dflmoe/live';
 import { AUDIT_FILE, PeerStatusWatch, SiteAudit, generateIdentity, loopbackMembers, verifyAudit, type SiteNode } from '@dflmoe/p2p/internal';
-import { writeConsortium } from '@dflmoe/cli';
+import { writeConsortium } from '@dflmoe/cli/internal';
 import { DEFAULT_SIMULATION } from '@dflmoe/core';
 import { backend, cli, until } from './helpers.js';
 

@@ -14,7 +14,7 @@ import { basename, join } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { DEFAULT_SIMULATION, loadSite, type SimulationConfig } from '@dflmoe/core';
 import { loadSiteData, readShare } from '@dflmoe/data/internal';
-import { freePort, runConsortium, startProcess, waitExit, writeConsortium } from '@dflmoe/cli';
+import { freePort, runConsortium, startProcess, waitExit, writeConsortium } from '@dflmoe/cli/internal';
 import { generateIdentity, loadPeerConfig, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
 import { cli } from './helpers.js';
 import { PATIENT_HEADER, imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';

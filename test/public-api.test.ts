@@ -2,7 +2,7 @@
  * The public API of each package is its index and no more (#22): what only
  * the workspace uses is reachable through `@dflmoe/<package>/internal`, the
  * examples use the public entry points only, and the `exports` maps of
- * data, core and p2p name both entries with the same conditions.
+ * data, core, p2p and cli name both entries with the same conditions.
  */
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync, existsSync } from 'node:fs';
@@ -13,6 +13,8 @@ import * as core from '@dflmoe/core';
 import * as coreInternal from '@dflmoe/core/internal';
 import * as p2p from '@dflmoe/p2p';
 import * as p2pInternal from '@dflmoe/p2p/internal';
+import * as cli from '@dflmoe/cli';
+import * as cliInternal from '@dflmoe/cli/internal';
 
 type Namespace = Record<string, unknown>;
 
@@ -42,6 +44,10 @@ const packages: { name: string; pub: Namespace; internal: Namespace; internals: 
       'readFrames', 'writeFrames', 'Announce', 'HeadResponse', 'HEAD_PROTOCOL', 'PREPROCESS_PROTOCOL', 'checkAnnounce', 'loopbackMembers', 'siteSettings',
       'writeJsonAtomic', 'readJsonLines', 'prepareSiteData', 'SiteAudit', 'MemberFinder', 'FedAvgServer', 'startNode',
     ],
+  },
+  {
+    name: 'cli', pub: cli, internal: cliInternal,
+    internals: ['writeConsortium', 'runConsortium', 'startProcess', 'waitExit', 'freePort', 'emulateLinks', 'summaryTable', 'writeRunReport', 'createProgress'],
   },
 ];
 
@@ -77,12 +83,12 @@ describe('public API', () => {
     assert.notDeepEqual(Object.keys(core).sort(), listed.sort());
   });
 
-  it('data, core and p2p map "." and "./internal" with the same conditions; every package maps "." with them', () => {
+  it('data, core, p2p and cli map "." and "./internal" with the same conditions; every package maps "." with them', () => {
     for (const pkg of readdirSync('packages')) {
       const file = join('packages', pkg, 'package.json');
       if (!existsSync(file)) continue;
       const exports = JSON.parse(readFileSync(file, 'utf8')).exports as Record<string, Record<string, string>>;
-      const checked = ['data', 'core', 'p2p'].includes(pkg) ? ['.', './internal'] : ['.'];
+      const checked = ['data', 'core', 'p2p', 'cli'].includes(pkg) ? ['.', './internal'] : ['.'];
       if (checked.length > 1) assert.deepEqual(Object.keys(exports), checked, pkg);
       for (const sub of checked) {
         const entry = exports[sub];

@@ -8,7 +8,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '@dflmoe/core';
-import type { SiteFiles } from '@dflmoe/cli';
+import type { SiteFiles } from '@dflmoe/cli/internal';
 import { multiaddr } from '@multiformats/multiaddr';
 import {
   ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, isRelayed, parsePeerConfig, parseRelayConfig, saveIdentity, startRelay, type SiteNode,

@@ -10,7 +10,7 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, DepartedMembers, MemoryHub, awaitRound } from '@dflmoe/core/internal';
-import { waitExit, writeConsortium } from '@dflmoe/cli';
+import { waitExit, writeConsortium } from '@dflmoe/cli/internal';
 import { readJsonLines, type RoundLine } from '@dflmoe/p2p/internal';
 import { processGroup, until, untilValue } from './helpers.js';
 

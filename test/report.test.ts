@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { simulate } from '@dflmoe/core';
-import { summaryTable, writeRunReport } from '@dflmoe/cli';
+import { summaryTable, writeRunReport } from '@dflmoe/cli/internal';
 import { backend, cli } from './helpers.js';
 
 const quiet = silentLogger;

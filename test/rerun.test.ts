@@ -11,7 +11,7 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { SimulationResults } from '@dflmoe/core';
-import { waitExit } from '@dflmoe/cli';
+import { waitExit } from '@dflmoe/cli/internal';
 import { readJsonLines, verifyAudit, type RoundLine } from '@dflmoe/p2p/internal';
 import { until } from './helpers.js';
 

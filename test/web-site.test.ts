@@ -14,7 +14,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import type { Page } from 'puppeteer-core';
-import { freePort, startProcess, waitExit } from '@dflmoe/cli';
+import { freePort, startProcess, waitExit } from '@dflmoe/cli/internal';
 import { generateIdentity, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
 import { serveWebApp, type WebAppServer } from '@dflmoe/web';
 import { cli, until } from './helpers.js';
