@@ -12,6 +12,10 @@ import { formatError } from './errors.js';
 import { plainHelp } from './format.js';
 import { writeRunReport } from './report.js';
 
+/**
+ * The `dflmoe` command (commander), with its subcommands: simulate, peer,
+ * server, relay, keygen, predict, evaluate, pretrain, report, ...
+ */
 export function program(): Command {
   return plainHelp(new Command('dflmoe')
     .description('Decentralized federated learning with a mixture of experts, with a FedAvg baseline.')

@@ -14,8 +14,13 @@ import { registerWasmConvKernels } from './wasm-conv.js';
 export const BACKENDS = ['tensorflow', 'wasm', 'cpu'] as const;
 /** The order a browser tab tries them in (tfjs-node does not run there; WebGL does). */
 export const BROWSER_BACKENDS = ['webgl', 'wasm', 'cpu'] as const;
+/**
+ * A tfjs compute backend dflmoe knows: Node's (`tensorflow`, `wasm`, `cpu`)
+ * and a browser's (`webgl`, `wasm`, `cpu`).
+ */
 export type BackendName = (typeof BACKENDS)[number] | (typeof BROWSER_BACKENDS)[number];
 
+/** The backend `initBackend` chose, and why the ones before it were skipped. */
 export interface BackendInfo {
   name: BackendName;
   /** Whether the backend was forced through DFLMOE_BACKEND (or an option). */
@@ -26,6 +31,7 @@ export interface BackendInfo {
   skipped: { name: BackendName; reason: string }[];
 }
 
+/** Makes a backend available to tfjs (imports its package); rejects where it cannot run. */
 export type BackendLoader = () => Promise<void>;
 
 /** How each backend is made available. Tests replace these. */
@@ -60,6 +66,7 @@ export function parseBackendName(value: string): BackendName {
   return name;
 }
 
+/** How `initBackend` chooses: a forced backend, the order to try, the loaders, where to log the choice. */
 export interface SelectOptions {
   /** Force a backend; defaults to process.env.DFLMOE_BACKEND. */
   force?: string;

@@ -38,7 +38,15 @@ import { boundSampleCounts, federatedAverage } from './averaging.js';
 
 // ---------------------------------------------------------------- settings
 
+/**
+ * How a site combines its partners' bodies with its own: the row-weighted
+ * mean, the coordinate-wise median or trimmed mean.
+ */
 export type BodyCombiner = { kind: 'mean' } | { kind: 'median' } | { kind: 'trimmed'; fraction: number };
+/**
+ * Whose bodies a site takes: every member (`full`), its two neighbours in
+ * peer-ID order (`ring`), or k drawn per round (`random`).
+ */
 export type Topology = { kind: 'full' } | { kind: 'ring' } | { kind: 'random'; k: number };
 
 /** `mean`, `median` or `trimmed:<fraction>` with 0 <= fraction < 0.5. */

@@ -39,6 +39,10 @@ export type BodyInput = BodySpec | string | tfl.LayersModel | BodyBuilder;
 /** The prefix of a site config's body that names a saved tfjs layers model. */
 export const SAVED_BODY_PREFIX = 'tfjs:';
 
+/**
+ * A body the host brought that cannot serve as one (wrong input or output
+ * shape, a layer tfjs cannot save, ...), naming the problem.
+ */
 export class BodyError extends Error {
   override name = 'BodyError';
 }

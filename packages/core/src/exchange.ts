@@ -6,17 +6,20 @@
  */
 import type { Logger } from './log.js';
 
+/** A head as a transport delivers it: the encoded head and its authenticated sender. */
 export interface HeadMessage {
   /** Sender as authenticated by the transport (not as the message claims). */
   from: string;
   payload: Uint8Array;
 }
 
+/** A member connected (`join`) or went away (`leave`). */
 export interface MembershipEvent {
   type: 'join' | 'leave';
   peer: string;
 }
 
+/** What an exchange has moved so far, in bytes and messages, both ways. */
 export interface ExchangeStats {
   bytesSent: number;
   bytesReceived: number;
@@ -24,6 +27,11 @@ export interface ExchangeStats {
   messagesReceived: number;
 }
 
+/**
+ * All a serverless algorithm knows about the network: publish the own head,
+ * take in the members' heads, wait for them. `MemoryHub` gives in-memory ones;
+ * `@dflmoe/p2p`'s `headExchange` a libp2p one.
+ */
 export interface HeadExchange {
   readonly selfId: string;
   /** Send this peer's head (already encoded) to the other members. */
@@ -191,6 +199,10 @@ export class MemoryHub {
   }
 }
 
+/**
+ * One member's `HeadExchange` on a `MemoryHub` (`hub.join(id)`): heads go to
+ * the other members of the hub in the same process.
+ */
 export class MemoryExchange implements HeadExchange {
   private inbox = new HeadInbox();
   private listeners = new Set<(e: MembershipEvent) => void>();

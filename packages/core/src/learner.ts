@@ -22,6 +22,10 @@ import { checkBodyStandardizer, readBodyWeights } from './pretrained.js';
 import { disposePeerData, preparePeerData, type TrainOptions } from './train.js';
 import { SitePredictor, evaluatePredictions, sitePredictions, type Evaluation, type Predictions, type SampleInput } from './predict.js';
 
+/**
+ * What `createLearner` takes: the site's id and data, its model and training
+ * settings, and the exchange its heads travel on.
+ */
 export interface LearnerOptions {
   /** This site's id; must equal `exchange.selfId`. */
   id: string;
@@ -74,6 +78,10 @@ export interface LearnerOptions {
   logger?: Logger;
 }
 
+/**
+ * What one round of a `DflmoeLearner` did: accuracy, loss, the experts and
+ * their gate weights, heads taken in or refused, bytes and seconds.
+ */
 export interface LearnerRoundMetrics {
   round: number;
   /** Personalized accuracy of the MoE on the local test split. */
@@ -94,6 +102,7 @@ export interface LearnerRoundMetrics {
   seconds: number;
 }
 
+/** The round loop's part of `LearnerOptions`: the exchanges, the wait for heads and where to log. */
 export interface LearnerLoopOptions {
   exchange: HeadExchange;
   bodies?: HeadExchange;

@@ -33,4 +33,5 @@ export function createLogger(scope: string, level: LogLevel = envLevel()): Logge
   };
 }
 
+/** A `Logger` that writes nothing. */
 export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };

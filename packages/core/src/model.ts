@@ -14,6 +14,7 @@ import { deriveSeed } from '@dflmoe/data/internal';
 
 // ---------------------------------------------------------------- body
 
+/** A body: an MLP with its hidden sizes, a small CNN with its filters, or one the host brought (`CustomBodySpec`). */
 export type BodySpec =
   | { kind: 'mlp'; hidden?: number[] }
   | { kind: 'cnn'; filters?: number[]; kernelSize?: number; padding?: 'same' | 'valid' }
@@ -165,6 +166,7 @@ export function headLogits(w: HeadWeights, z: tf.Tensor2D): tf.Tensor2D {
  * per feature), `none` feeds local features to the expert unchanged.
  */
 export type FstKind = 'full' | 'diag' | 'none';
+/** Every `FstKind`. */
 export const FST_KINDS: readonly FstKind[] = ['full', 'diag', 'none'];
 
 /** A feature-space transform, identity at start (`none` has no parameters: callers skip it). */

@@ -12,6 +12,10 @@ import { DflmoeSite } from './algorithms/dflmoe-site.js';
 import { moeForward } from './model.js';
 import { rowsOf } from './train.js';
 
+/**
+ * A model's predictions for some samples: the class, every class's probability
+ * and, for dFLMoE, every expert's gate weight, per sample.
+ */
 export interface Predictions {
   numSamples: number;
   classNames: string[];
@@ -31,6 +35,7 @@ export interface Predictions {
   gateWeights: Float32Array;
 }
 
+/** Accuracy, per-class recall and the confusion matrix of predictions against known labels. */
 export interface Evaluation {
   samples: number;
   classNames: string[];

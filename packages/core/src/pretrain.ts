@@ -11,6 +11,7 @@ import { resolveBody, type BodyInput } from './custom-body.js';
 import { writeBody } from './pretrained.js';
 import { disposePeerData, preparePeerData, type OptimizerKind } from './train.js';
 
+/** What `pretrainBody` takes: the body, its feature size, the training settings and the held-out share. */
 export interface PretrainOptions {
   /** Body spec, as in site configs (`mlp`, `mlp:256x128`, `cnn:16x32`, `tfjs:<dir>`), or a tfjs LayersModel or a function building one. */
   body: BodyInput;
@@ -32,6 +33,7 @@ export interface PretrainOptions {
   onEpoch?: (epoch: number, loss: number, accuracy: number) => void;
 }
 
+/** What `pretrainBody` did: the rows it trained and held out, the held-out accuracy and where it wrote the body. */
 export interface PretrainResult {
   trainRows: number;
   holdoutRows: number;

@@ -42,6 +42,10 @@ export interface BodyStandardizer extends Standardizer {
 
 export const STANDARDIZER_FILE = 'standardizer.json';
 
+/**
+ * A pretrained body's files that cannot be read or do not fit the site's body
+ * (missing, malformed, other shapes or inputs).
+ */
 export class BodyFileError extends Error {
   override name = 'BodyFileError';
 }

@@ -25,6 +25,10 @@ import { accuracy, disposePeerData, predictClasses, preparePeerData, type DpOpti
 import { createLogger, type Logger } from './log.js';
 import { gateWeights, networkMembers, type StatusBoard } from './status.js';
 
+/**
+ * A simulation, as `dflmoe simulate` takes it: the dataset and its partition,
+ * the algorithms, model, training and network settings.
+ */
 export interface SimulationConfig {
   dataset: string;
   datasetOptions?: LoadOptions;
@@ -120,6 +124,7 @@ export interface SimulationConfig {
   evaluateOn: 'test' | 'validation';
 }
 
+/** What `simulate` uses for every setting not given (the command's defaults). */
 export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
   // The algorithms' own defaults (alpha, gate size, FST, ...) are defined once, in DEFAULT_ALGORITHM_OPTIONS.
   alpha: DEFAULT_ALGORITHM_OPTIONS.alpha,
@@ -159,6 +164,7 @@ export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
   evaluateOn: 'test',
 };
 
+/** One site's result in one algorithm's run: accuracy, bytes, seconds, and what the algorithm adds. */
 export interface PeerResult {
   id: string;
   accuracy: number;
@@ -183,6 +189,7 @@ export interface PeerResult {
   pooledAccuracy?: number;
 }
 
+/** One round of one algorithm over all sites: accuracy across sites, loss, bytes and seconds. */
 export interface RoundResult {
   round: number;
   accuracyMean: number;
@@ -194,6 +201,7 @@ export interface RoundResult {
   seconds: number;
 }
 
+/** One algorithm's run: the accuracy summary across sites, bytes, seconds, every round and every site. */
 export interface AlgorithmResult {
   accuracy: AccuracySummary;
   /** With poisoned sites: the summary over honest sites only. */
@@ -212,6 +220,10 @@ export interface AlgorithmResult {
   rounds: RoundResult[];
 }
 
+/**
+ * What `simulate` returns (and `dflmoe simulate` writes to `results.json`):
+ * the settings, the data, and every algorithm's result.
+ */
 export interface SimulationResults {
   config: SimulationConfig;
   backend: string;
@@ -220,6 +232,7 @@ export interface SimulationResults {
   algorithms: Partial<Record<AlgorithmName, AlgorithmResult>>;
 }
 
+/** What `simulate` reports as it runs: a logger, each round, the live view's status. */
 export interface SimulationHooks {
   logger?: Logger;
   onRound?: (algorithm: AlgorithmName, r: RoundResult, totalRounds: number) => void;

@@ -10,8 +10,10 @@ import { z } from 'zod';
 
 /** Where a site is in its run. */
 export const SITE_STATES = ['starting', 'preprocessing', 'training', 'done', 'failed', 'interrupted'] as const;
+/** Where a site is in its run (one of `SITE_STATES`). */
 export type SiteState = (typeof SITE_STATES)[number];
 
+/** A member as a site sees it: connected or not, strikes given, the round of its newest head. */
 export interface MemberStatus {
   /** The member's name where the consortium gives one, else its peer ID. */
   id: string;
@@ -25,6 +27,7 @@ export interface MemberStatus {
   lastHeadRound: number | null;
 }
 
+/** Whether a site's audit trail checks out, and how long it is. */
 export interface AuditStatus {
   /** The audit trail's chain and signatures check out; null where the site keeps none (the in-memory simulator). */
   ok: boolean | null;
@@ -33,6 +36,11 @@ export interface AuditStatus {
   problem?: string;
 }
 
+/**
+ * A site's status in the live view (`GET /api/status`): its state and round,
+ * accuracy, loss and gate weights per round, members, bytes, privacy spent,
+ * audit.
+ */
 export interface SiteStatus {
   id: string;
   peerId?: string;
@@ -68,6 +76,7 @@ export interface SiteStatus {
   updatedAt: number;
 }
 
+/** Every site on a `StatusBoard`, as `GET /api/status` returns them. */
 export interface StatusSnapshot {
   sites: SiteStatus[];
 }
@@ -152,6 +161,7 @@ export function networkMembers(net: { exchange?: MemberSource; bodies?: MemberSo
   return ids.map((id) => ({ id, connected: connected.has(id), lastHeadRound: announced?.get(id) ?? null }));
 }
 
+/** What a `StatusBoard` needs to start showing a site: its id, algorithm, rounds and members. */
 export interface SiteInit {
   id: string;
   peerId?: string;

@@ -6,8 +6,10 @@ import { Rng, deriveSeed, labelHistogram } from '@dflmoe/data/internal';
 
 /** `adam` (default), `sgd` (plain) or `momentum` (SGD with momentum 0.9). */
 export type OptimizerKind = 'adam' | 'sgd' | 'momentum';
+/** Every `OptimizerKind`. */
 export const OPTIMIZERS: readonly OptimizerKind[] = ['adam', 'sgd', 'momentum'];
 
+/** Local training: epochs per round, batch size, learning rate, optimiser, seed, and optional differential privacy. */
 export interface TrainOptions {
   /** Local epochs per round (default 1). */
   epochs: number;
@@ -53,6 +55,7 @@ export interface DpOptions {
   delta?: number;
 }
 
+/** The training settings used where none are given. */
 export const DEFAULT_TRAIN: TrainOptions = { epochs: 1, batchSize: 32, learningRate: 1e-3, optimizer: 'adam', seed: 0 };
 export const DEFAULT_YIELD_MS = 10;
 

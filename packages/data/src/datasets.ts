@@ -12,6 +12,10 @@ import { featureSize, type Dataset } from './types.js';
 export const SHIPPED_DATA_DIR = fileURLToPath(new URL('../datasets/', import.meta.url));
 export const DEFAULT_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist';
 
+/**
+ * How `loadDataset` reads a dataset: a CSV file's columns, a directory for
+ * fashion-mnist, a seeded subset, the synthetic data's shape.
+ */
 export interface LoadOptions extends CsvOptions {
   /** fashion-mnist: directory with the four idx files (gzipped or not). */
   dataDir?: string;
@@ -26,6 +30,7 @@ export interface LoadOptions extends CsvOptions {
   separation?: number;
 }
 
+/** The datasets `loadDataset` knows by name. */
 export const BUILTIN_DATASETS = ['breast-cancer', 'digits', 'fashion-mnist', 'synthetic'] as const;
 
 /**
@@ -111,6 +116,7 @@ export function takeRows(ds: Dataset, rows: ArrayLike<number>): Dataset {
   return { ...ds, features, labels, numSamples: rows.length };
 }
 
+/** How a CSV file becomes a dataset: the table's columns, and optionally a schema to encode it with. */
 export interface CsvOptions extends TableOptions {
   /** Encode with this schema (a consortium's agreed one) instead of the one the file describes. */
   schema?: TableSchema;

@@ -36,6 +36,7 @@ export interface TensorSchema {
   shape: number[];
 }
 
+/** How a site's samples are encoded: a table's columns (`TableSchema`) or a tensor's sample shape (`TensorSchema`). */
 export type FeatureSchema = TableSchema | TensorSchema;
 
 /** Per encoded feature: observed cells, missing cells, sum and sum of squares of the observed ones. */

@@ -19,6 +19,7 @@ import { type Dataset } from './types.js';
 
 export const IMAGE_EXTENSIONS: readonly string[] = ['.png', '.jpg', '.jpeg'];
 
+/** How an image folder is decoded: the samples' size, grayscale or RGB, how to fit a different aspect ratio. */
 export interface ImageFolderOptions {
   /** [height, width] of every sample; default: the first image's size. */
   imageSize?: [number, number];
@@ -172,6 +173,7 @@ export async function decodeImages(files: string[], opts: ImageFolderOptions = {
   return { features, sampleShape: [h, w, channels] };
 }
 
+/** `loadDatasetAsync`'s options: `loadDataset`'s, and an image folder's. */
 export interface AsyncLoadOptions extends LoadOptions, ImageFolderOptions {}
 
 /** {@link loadDataset}, plus image folders (`images:<dir>`), which decode asynchronously. */

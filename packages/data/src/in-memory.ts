@@ -34,6 +34,7 @@ export interface SplitOptions {
   name?: string;
 }
 
+/** How `siteDataFromRows` reads rows: the label column, the columns and their kinds, the split. */
 export interface RowsOptions extends SplitOptions, Pick<TableOptions, 'features' | 'drop' | 'categorical' | 'mixedTolerance'> {
   /** The column holding the class label (default `label`). */
   labelColumn?: string;
@@ -41,6 +42,7 @@ export interface RowsOptions extends SplitOptions, Pick<TableOptions, 'features'
   columns?: string[];
 }
 
+/** How `siteDataFromSamples` reads samples: their shape, the class names, the split. */
 export interface SamplesOptions extends SplitOptions {
   /** Shape of one sample (default: the nested arrays' or tensor's shape after the first axis, else one flat vector per sample). */
   sampleShape?: number[];

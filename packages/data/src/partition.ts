@@ -21,6 +21,10 @@
 import { Rng, deriveSeed } from './rng.js';
 import { DataError } from './errors.js';
 
+/**
+ * How a dataset is split among sites: at random (`iid`), by Dirichlet(alpha)
+ * class proportions, or k class shards per site.
+ */
 export type PartitionSpec =
   | { kind: 'iid' }
   | { kind: 'dirichlet'; alpha: number }
@@ -52,12 +56,14 @@ export function formatPartition(p: PartitionSpec): string {
   return p.kind === 'iid' ? 'iid' : p.kind === 'dirichlet' ? `dirichlet:${p.alpha}` : `shards:${p.k}`;
 }
 
+/** A site's rows of a dataset: train and test. */
 export interface PeerSplit {
   /** Row indices into the dataset. */
   train: Int32Array;
   test: Int32Array;
 }
 
+/** The partition's seed, test share and minimum size per site. */
 export interface PartitionOptions {
   seed: number;
   /** Share of each peer's samples held out for its test split (default 0.2). */
@@ -68,6 +74,10 @@ export interface PartitionOptions {
   maxTries?: number;
 }
 
+/**
+ * Split a dataset's rows among `numPeers` sites (`iid`, `dirichlet:<alpha>` or
+ * `shards:<k>`), each into train and test, seeded and stratified.
+ */
 export function partition(
   labels: Int32Array,
   numClasses: number,

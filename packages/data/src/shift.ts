@@ -30,7 +30,9 @@ import { fitStandardizer } from './standardize.js';
 import { DataError } from './errors.js';
 import { featureSize, type Dataset } from './types.js';
 
+/** A feature shift the simulator gives each site's images: rotation, contrast, noise, or an affine change. */
 export type ShiftKind = 'rotate' | 'contrast' | 'noise' | 'affine';
+/** Every `ShiftKind`. */
 export const SHIFT_KINDS: readonly ShiftKind[] = ['rotate', 'contrast', 'noise', 'affine'];
 
 export interface ShiftOptions {

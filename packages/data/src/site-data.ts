@@ -194,6 +194,7 @@ export function siteStatement(data: SiteData, site: string): SiteStatement {
   return { summary: withClasses(summary, data.classes), ...(data.declared ? { declaredClasses: [...data.declared] } : {}) };
 }
 
+/** What `reconcileStatements` agreed: the schema, the sites merged, those left out with the reason, and warnings. */
 export interface Reconciled {
   agreed: AgreedSchema;
   /** Sites whose statements were merged, sorted. */

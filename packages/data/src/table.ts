@@ -51,6 +51,7 @@ export function sortNames(names: Iterable<string>): string[] {
   return numeric ? out.sort((a, b) => Number(a) - Number(b) || (a < b ? -1 : a > b ? 1 : 0)) : out.sort();
 }
 
+/** A feature column as read: numbers (NaN missing) or categories (null missing). */
 export type RawColumn =
   | { name: string; kind: 'numeric'; /** NaN marks a missing cell. */ values: Float64Array }
   | { name: string; kind: 'categorical'; /** null marks a missing cell. */ values: (string | null)[] };
@@ -75,6 +76,10 @@ export interface RawTable {
   invalid?: { row: number; column: string; cell: string }[];
 }
 
+/**
+ * How a table is read: the label column, the columns to keep or drop, which
+ * are categorical, how mixed columns and bad cells are treated.
+ */
 export interface TableOptions {
   /** The column holding the class label (default `label`). */
   labelColumn?: string;
@@ -101,6 +106,10 @@ export interface TableOptions {
   labelsOptional?: boolean;
 }
 
+/**
+ * A numeric column in the agreed schema: the value missing cells take, and
+ * whether a missing-indicator feature follows it.
+ */
 export interface NumericColumnSchema {
   name: string;
   kind: 'numeric';
@@ -110,6 +119,7 @@ export interface NumericColumnSchema {
   indicator: boolean;
 }
 
+/** A categorical column in the agreed schema: its vocabulary, one feature per category. */
 export interface CategoricalColumnSchema {
   name: string;
   kind: 'categorical';
@@ -117,6 +127,7 @@ export interface CategoricalColumnSchema {
   categories: string[];
 }
 
+/** A column of a table's schema: numeric or categorical. */
 export type ColumnSchema = NumericColumnSchema | CategoricalColumnSchema;
 
 /** How a table is encoded: feature columns in order, and the classes. */

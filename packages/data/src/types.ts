@@ -22,6 +22,7 @@ export interface Dataset {
   schema?: TableSchema;
 }
 
+/** The number of values in one sample (the product of `sampleShape`). */
 export function featureSize(ds: Pick<Dataset, 'sampleShape'>): number {
   return ds.sampleShape.reduce((a, b) => a * b, 1);
 }

@@ -11,6 +11,7 @@ export class LiveViewError extends Error {
   override name = 'LiveViewError';
 }
 
+/** Where the live view listens (`parseListen`), and whether that is only this machine. */
 export interface ListenAddress {
   host: string;
   port: number;
@@ -44,6 +45,7 @@ export function parseListen(spec: string, option = '--ui'): ListenAddress {
   return { host, port: n, loopback: isLoopback(host) };
 }
 
+/** Whether `host` reaches only this machine (`localhost`, `127.x.x.x`, `::1`). */
 export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }

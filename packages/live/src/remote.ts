@@ -9,6 +9,7 @@ import { request, type ClientRequest } from 'node:http';
 import { type SiteState, type StatusBoard } from '@dflmoe/core';
 import { parseSiteStatus, siteKey } from '@dflmoe/core/internal';
 
+/** A site process's own live view to follow: its URL and token. */
 export interface RemoteSite {
   /** `http://127.0.0.1:<port>` of the site's live view. */
   url: string;
@@ -19,6 +20,10 @@ export interface RemoteSite {
 const MAX_EVENT_BYTES = 32 << 20;
 const FINAL: ReadonlySet<SiteState> = new Set(['done', 'failed', 'interrupted']);
 
+/**
+ * Follows the live views of site processes (`dflmoe simulate --transport tcp
+ * --ui`) and puts their sites on one board.
+ */
 export class RemoteSites {
   private stopped = false;
   private readonly requests = new Set<ClientRequest>();

@@ -22,6 +22,7 @@ import { type SiteStatus, type StatusBoard } from '@dflmoe/core';
 import { siteKey } from '@dflmoe/core/internal';
 import { LiveViewError, checkToken, generateToken, parseListen, type ListenAddress } from './address.js';
 
+/** What `LiveServer` takes: the board, where to listen, the token for non-loopback addresses. */
 export interface LiveServerOptions {
   board: StatusBoard;
   /** `host:port` (see `parseListen`). */
@@ -66,6 +67,7 @@ interface Stream {
   res: ServerResponse;
 }
 
+/** Serves a `StatusBoard` over HTTP: the page, `GET /api/status` and `GET /api/events` (Server-Sent Events). */
 export class LiveServer {
   private readonly streams = new Set<Stream>();
   private readonly dirty = new Map<string, SiteStatus>();

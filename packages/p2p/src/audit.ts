@@ -27,15 +27,21 @@ import type { PrivateKey } from '@libp2p/interface';
 import { join } from 'node:path';
 import { peerIdFromString } from '@libp2p/peer-id';
 
+/** The audit trail's file name in a site's out directory. */
 export const AUDIT_FILE = 'audit.jsonl';
 const GENESIS = '0'.repeat(64);
 
+/** A head (or body) a site mixed in a round: whose, which version, and its SHA-256. */
 export interface AuditDigest {
   peer: string;
   version: number;
   digest: string | null;
 }
 
+/**
+ * What a site's audit trail records for one round: what it mixed, its own
+ * head, its checkpoint and the privacy spent.
+ */
 export interface AuditRound {
   round: number;
   mixed: AuditDigest[];
@@ -47,6 +53,7 @@ export interface AuditRound {
   ownBody?: { version: number; digest: string } | null;
 }
 
+/** One line of an audit trail: the start of a run, or a round. */
 export type AuditEntry =
   | ({ kind: 'start'; site: string; time: string; algorithm: string; fromRound: number; note?: string })
   | ({ kind: 'round'; site: string; time: string } & AuditRound);
@@ -102,6 +109,7 @@ export class AuditLog {
   }
 }
 
+/** Where an audit trail does not check out, and why. */
 export interface AuditProblem {
   /** 1-based line number. */
   line: number;
@@ -109,6 +117,7 @@ export interface AuditProblem {
   reason: string;
 }
 
+/** The result of `verifyAudit`: the entries read and the problems found (none when the trail checks out). */
 export interface AuditReport {
   site?: string;
   entries: AuditEntry[];

@@ -111,6 +111,7 @@ const checkpointSchema = z.object({
   keep: posInt.default(2),
 }).strict().prefault({});
 
+/** The schema of a site config (`dflmoe peer --config`); `parsePeerConfig` checks a config against it. */
 export const peerConfigSchema = z.object({
   name: z.string().optional(),
   key: z.string(),
@@ -260,8 +261,10 @@ export const peerConfigSchema = z.object({
   out: z.string(),
 }).strict();
 
+/** A site config after `parsePeerConfig`: defaults filled in, paths resolved. */
 export type PeerConfig = z.infer<typeof peerConfigSchema>;
 
+/** The schema of a FedAvg server's config (`dflmoe server --config`). */
 export const serverConfigSchema = z.object({
   name: z.string().optional(),
   /** The server algorithm whose aggregation this server runs. */
@@ -293,8 +296,10 @@ export const serverConfigSchema = z.object({
   out: z.string(),
 }).strict();
 
+/** A FedAvg server's config after `parseServerConfig`. */
 export type ServerConfig = z.infer<typeof serverConfigSchema>;
 
+/** A config that cannot be used, with what to change (the file and the setting). */
 export class ConfigError extends Error {
   override name = 'ConfigError';
 }
@@ -368,6 +373,10 @@ function checkLegacyData(raw: unknown, file: string): void {
   }
 }
 
+/**
+ * Check a site config and fill in its defaults; relative paths are resolved
+ * against `base`. Throws a `ConfigError` naming the file and the setting.
+ */
 export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.cwd()): PeerConfig {
   checkLegacyData(raw, file);
   const r = peerConfigSchema.safeParse(raw);
@@ -493,10 +502,12 @@ export function siteSettings(sim: SimulationConfig, index: number) {
   };
 }
 
+/** Read and check a site config file (`parsePeerConfig`, paths relative to the file). */
 export function loadPeerConfig(file: string): PeerConfig {
   return parsePeerConfig(readJson(file), file, dirname(resolve(file)));
 }
 
+/** Check a FedAvg server's config and fill in its defaults. Throws a `ConfigError`. */
 export function parseServerConfig(raw: unknown, file = '<inline>', base = process.cwd()): ServerConfig {
   const r = serverConfigSchema.safeParse(raw);
   if (!r.success) throw new ConfigError(formatIssues(file, r.error, serverConfigSchema));
@@ -511,6 +522,7 @@ export function parseServerConfig(raw: unknown, file = '<inline>', base = proces
   return c;
 }
 
+/** Read and check a FedAvg server's config file. */
 export function loadServerConfig(file: string): ServerConfig {
   return parseServerConfig(readJson(file), file, dirname(resolve(file)));
 }
@@ -531,8 +543,10 @@ export const relayConfigSchema = z.object({
   maxReservations: posInt.max(1024).default(64),
 }).strict();
 
+/** A relay's config after `parseRelayConfig`. */
 export type RelayConfig = z.infer<typeof relayConfigSchema>;
 
+/** Check a relay's config and fill in its defaults. Throws a `ConfigError`. */
 export function parseRelayConfig(raw: unknown, file = '<inline>', base = process.cwd()): RelayConfig {
   const r = relayConfigSchema.safeParse(raw);
   if (!r.success) throw new ConfigError(formatIssues(file, r.error, relayConfigSchema));
@@ -542,6 +556,7 @@ export function parseRelayConfig(raw: unknown, file = '<inline>', base = process
   return c;
 }
 
+/** Read and check a relay's config file. */
 export function loadRelayConfig(file: string): RelayConfig {
   return parseRelayConfig(readJson(file), file, dirname(resolve(file)));
 }

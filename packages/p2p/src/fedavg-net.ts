@@ -179,6 +179,7 @@ function isUpload(frame: Uint8Array): boolean {
   }
 }
 
+/** One round of a FedAvg server: clients heard, bytes in and out, seconds. */
 export interface ServerRoundLine {
   round: number;
   clients: number;

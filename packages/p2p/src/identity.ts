@@ -21,6 +21,7 @@ export function saveIdentity(path: string, key: PrivateKey, force = false): void
   chmodSync(path, 0o600);
 }
 
+/** Read a key file written by `saveIdentity` (`dflmoe keygen`): the private key and its peer ID. */
 export function loadIdentity(path: string): { privateKey: PrivateKey; peerId: string } {
   if (!existsSync(path)) throw new Error(`key file ${path} not found; create one with: dflmoe keygen --out ${path}`);
   const [header, body] = readFileSync(path, 'utf8').trim().split('\n');
@@ -43,6 +44,7 @@ export function savePsk(path: string, force = false): void {
   writeFileSync(path, bytes, { mode: 0o600 });
 }
 
+/** Read a libp2p pre-shared key file (`dflmoe keygen --psk`). */
 export function loadPsk(path: string): Uint8Array {
   if (!existsSync(path)) throw new Error(`pre-shared key file ${path} not found; create one with: dflmoe keygen --psk ${path}`);
   const b = readFileSync(path);

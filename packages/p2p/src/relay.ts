@@ -10,6 +10,7 @@ import { loadIdentity, loadPsk } from './identity.js';
 import { createSiteNode, type SiteNode } from './node.js';
 import { watchConnections } from './reach.js';
 
+/** A running relay: its node and addresses, its reservations, and how to stop it. */
 export interface RelayHandle {
   node: SiteNode;
   peerId: string;
@@ -20,6 +21,10 @@ export interface RelayHandle {
   stop(): Promise<void>;
 }
 
+/**
+ * Start a relay for a consortium's members (`dflmoe relay`): sites behind NAT
+ * keep a reservation on it and reach each other through it.
+ */
 export async function startRelay(cfg: RelayConfig, log: Logger): Promise<RelayHandle> {
   const id = loadIdentity(cfg.key);
   const members = cfg.members.map((m) => m.peerId);

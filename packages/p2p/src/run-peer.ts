@@ -24,6 +24,7 @@ import { prepareSiteData, siteIndex, siteModelOptions, writeSiteDescription, typ
 import { peakRssMiB } from './process-stats.js';
 import { PeerStatusWatch } from './live-status.js';
 
+/** One round of a site, as a line of `metrics.jsonl`: accuracy, loss, experts, bytes, seconds, drops, privacy spent. */
 export interface RoundLine {
   round: number;
   accuracy: number;
@@ -58,6 +59,7 @@ export interface RoundLine {
   time: string;
 }
 
+/** What `runPeer` returns (and writes to `results.json`): the site's accuracy, bytes, seconds and every round. */
 export interface PeerRunResult {
   peerId: string;
   name?: string;
@@ -79,6 +81,10 @@ export interface PeerRunResult {
   rounds: RoundLine[];
 }
 
+/**
+ * How `runPeer` runs a site: where to log, when to stop, a callback per round,
+ * the live view's status, the node's transports.
+ */
 export interface RunPeerOptions {
   logger: Logger;
   /** Serve Prometheus metrics on 127.0.0.1 at this port. */
@@ -105,6 +111,11 @@ function siteAlgorithmOptions(cfg: PeerConfig): AlgorithmOptions {
   };
 }
 
+/**
+ * Run one site from its config, as `dflmoe peer` does: start its node, agree
+ * on the data, train the rounds, write metrics, checkpoints and the audit
+ * trail.
+ */
 export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerRunResult> {
   const t0 = performance.now();
   const log = o.logger;

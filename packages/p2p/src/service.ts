@@ -200,6 +200,7 @@ export function membersOnlyGater(allow: readonly string[], isBlocked: (peer: str
   return { denyDialPeer: deny, denyInboundEncryptedConnection: deny, denyOutboundEncryptedConnection: deny };
 }
 
+/** What `statementExchange` takes: the members, how long to wait for their statements, the largest one accepted. */
 export interface StatementServiceInit {
   /** The consortium: peer IDs (and addresses to dial, when known) of every member. */
   members: Member[];

@@ -56,6 +56,7 @@ export interface SiteRound {
   bodies?: MixedBody[];
 }
 
+/** An expert a dFLMoE site held in a round: the member whose head it is, the head's version and its gate weight. */
 export interface ExpertInfo {
   peer: string;
   version: number;

@@ -97,6 +97,10 @@ interface InferenceStack {
   slots: { kernel: tf.Tensor2D; bias: tf.Tensor1D };
 }
 
+/**
+ * What became of a received head: taken in (`added`, `replaced`) or why it was
+ * refused (a codec check's reason included).
+ */
 export type ReceiveResult = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender-mismatch' | 'admission' | 'not-selected' | CodecReason;
 
 export interface ReceiveCounters {
