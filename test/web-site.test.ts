@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
-import type { Page } from 'puppeteer-core';
+import type { ElementHandle, Page } from 'puppeteer-core';
 import { freePort, startProcess, waitExit } from '@dflmoe/cli/internal';
 import { generateIdentity, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
 import { serveWebApp, type WebAppServer } from '@dflmoe/web';
@@ -50,7 +50,8 @@ describe('a site in a browser tab (dflmoe web)', function () {
     const sockets: string[] = [];
     cdp.on('Network.webSocketCreated', (e: { url: string }) => sockets.push(e.url));
     await cdp.send('Browser.setDownloadBehavior', { behavior: 'allow', downloadPath: dir });
-    await page.goto(web.url);
+    // The page says so when no member can be reached after 3 s (15 s by default).
+    await page.goto(`${web.url}?unreachable=3000`);
     const tabId = await page.waitForFunction(() => document.body.dataset.peerId, { timeout: 60000 }).then((h) => h.jsonValue() as Promise<string>);
     assert.match(tabId, /^12D3KooW/);
     const backend = await page.waitForFunction(() => document.body.dataset.backend, { timeout: 60000 }).then((h) => h.jsonValue());
@@ -80,7 +81,7 @@ describe('a site in a browser tab (dflmoe web)', function () {
     const joinRun = cli(['peer', '--config', nodes[0].config, '--print-join']);
     assert.equal(joinRun.status, 0, joinRun.stderr);
     const details = JSON.parse(joinRun.stdout) as { members: { peerId: string; addrs: string[] }[] };
-    assert.ok(details.members.find((m) => m.peerId === nodes[0].peerId)!.addrs.some((a) => a.endsWith(`/ws/p2p/${nodes[0].peerId}`)), joinRun.stdout);
+    assert.ok(details.members.find((m) => m.peerId === nodes[0].peerId)!.addrs.includes(`/ip4/127.0.0.1/tcp/${nodes[0].ws}/ws`), joinRun.stdout);
 
     // Bad input first: each says what to fix, and nothing starts.
     await page.$eval('#join-text', (t) => ((t as HTMLTextAreaElement).value = '{"format": "dflmoe-join/1", "members": ['));
@@ -92,11 +93,29 @@ describe('a site in a browser tab (dflmoe web)', function () {
     const notMember = JSON.stringify({ ...details, members: details.members.filter((m) => m.peerId !== tabId) });
     await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), notMember);
     const csv = writeText(join(dir, 'clinic.csv'), patientsCsv({ seed: 23, rows: 130, missing: 0.1, wards: ['north', 'east'], ageShift: 4 }));
-    const input = await page.$('#csv-file');
-    await (input as unknown as { uploadFile(p: string): Promise<void> }).uploadFile(csv);
+    const input = (await page.$('#csv-file')) as ElementHandle<HTMLInputElement> | null;
+    await input!.uploadFile(csv);
     await page.click('#join');
     await page.waitForFunction(() => document.body.dataset.phase === 'failed', { timeout: 60000 });
     assert.match(await message(page), new RegExp(`this site \\(${tabId}\\) is not among the consortium's members yet`));
+    // A CSV without the consortium's label column: the message names the setting.
+    const noLabel = writeText(join(dir, 'no-label.csv'), patientsCsv({ seed: 5, rows: 40, unlabelled: true }));
+    await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), joinRun.stdout);
+    await input!.uploadFile(noLabel);
+    await page.evaluate(() => delete document.body.dataset.phase);
+    await page.click('#join');
+    await page.waitForFunction(() => document.body.dataset.phase === 'failed', { timeout: 60000 });
+    assert.match(await message(page), /diagnosis.*data\.labelColumn|data\.labelColumn.*diagnosis/);
+    // A member nobody answers for: the page says what to check, and Stop ends the run.
+    const closed = await freePort();
+    const unreachable = JSON.stringify({ ...details, members: [{ peerId: nodes[0].peerId, name: 'gone', addrs: [`/ip4/127.0.0.1/tcp/${closed}/ws/p2p/${nodes[0].peerId}`] }, { peerId: tabId }] });
+    await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), unreachable);
+    await input!.uploadFile(csv);
+    await page.click('#join');
+    await page.waitForFunction(() => document.body.dataset.unreachable === 'true', { timeout: 60000 });
+    assert.match(await message(page), new RegExp(`no member can be reached yet \\(tried /ip4/127.0.0.1/tcp/${closed}/ws/.*WebSockets address`));
+    await page.click('#stop');
+    await page.waitForFunction(() => document.body.dataset.phase === 'stopped', { timeout: 30000 });
 
     // The real run.
     const ps = nodes.map((n) => startProcess(['peer', '--config', n.config], `${n.out}.log`));
@@ -146,5 +165,60 @@ describe('a site in a browser tab (dflmoe web)', function () {
     const evaluation = JSON.parse(ev.stdout) as { accuracy: number };
     assert.ok(evaluation.accuracy > 0.5, `evaluate: ${ev.stdout}`);
     assert.deepEqual(errors, []);
+  });
+
+  it('two tabs reach each other over WebRTC through a member\'s relay: each mixes the other\'s head', async () => {
+    const dir = tmpDir('dflmoe-web2-');
+    web ??= await serveWebApp({ listen: '127.0.0.1:0' });
+    chromium ??= await launchChromium();
+    // Two browser profiles (incognito contexts): two keys, two sites.
+    const tabs = await Promise.all([0, 1].map(async (i) => {
+      const context = await chromium!.browser.createBrowserContext();
+      const page = await context.newPage();
+      // wasm: two tabs training at once on software WebGL (no GPU here) would crawl.
+      if (process.env.DEBUG_TABS) page.on('console', (m) => console.log(`tab-${i}:`, m.text().slice(0, 400)));
+      await page.goto(`${web!.url}?backend=wasm`);
+      const peerId = await page.waitForFunction(() => document.body.dataset.peerId, { timeout: 60000 }).then((h) => h.jsonValue() as Promise<string>);
+      const csv = writeText(join(dir, `tab-${i}.csv`), patientsCsv({ seed: 31 + i, rows: 120, missing: 0.1, wards: ['north', 'east'] }));
+      return { page, peerId, csv, name: `tab-${i}` };
+    }));
+    assert.notEqual(tabs[0].peerId, tabs[1].peerId);
+    const id = await generateIdentity();
+    saveIdentity(join(dir, 'hub.key'), id.privateKey, true);
+    writeText(join(dir, 'hub.csv'), patientsCsv({ seed: 30, rows: 150, missing: 0.1 }));
+    const [tcp, ws] = [await freePort(), await freePort()];
+    const cfg = {
+      name: 'hub', key: 'hub.key', listen: [`/ip4/127.0.0.1/tcp/${tcp}`, `/ip4/127.0.0.1/tcp/${ws}/ws`],
+      members: [{ name: 'hub', peerId: id.peerId }, ...tabs.map((t) => ({ name: t.name, peerId: t.peerId }))],
+      relay: { serve: true },
+      data: { dataset: 'csv:hub.csv', labelColumn: 'diagnosis', drop: ['id'] },
+      model: { body: 'mlp:32', featureDim: 16 }, train: { learningRate: 0.01 },
+      rounds: 3, round: { deadlineMs: 30000 }, preprocess: { deadlineMs: 120000 }, lingerMs: 5000, out: 'hub',
+    };
+    writeFileSync(join(dir, 'hub.json'), JSON.stringify(cfg, null, 2));
+    const hub = startProcess(['peer', '--config', join(dir, 'hub.json')], join(dir, 'hub.log'));
+    procs.push(hub);
+    const printed = cli(['peer', '--config', join(dir, 'hub.json'), '--print-join']);
+    assert.equal(printed.status, 0, printed.stderr);
+    assert.deepEqual((JSON.parse(printed.stdout) as { relays: string[] }).relays, [`/ip4/127.0.0.1/tcp/${ws}/ws/p2p/${id.peerId}`]);
+    for (const t of tabs) {
+      await t.page.$eval('#join-text', (el, j) => ((el as HTMLTextAreaElement).value = j), printed.stdout);
+      await ((await t.page.$('#csv-file')) as ElementHandle<HTMLInputElement>).uploadFile(t.csv);
+      await t.page.type('#site-name', t.name);
+      await t.page.click('#join');
+    }
+    for (const t of tabs) {
+      await t.page.waitForFunction(() => ['done', 'failed'].includes(document.body.dataset.phase ?? ''), { timeout: 240000, polling: 500 });
+      const log = await t.page.$eval('#log', (l) => l.textContent ?? '');
+      assert.equal(await t.page.evaluate(() => document.body.dataset.phase), 'done', `${t.name}: ${await message(t.page)}\n${log.slice(-3000)}`);
+    }
+    assert.equal(await waitExit(hub, 120000), 0, readFileSync(join(dir, 'hub.log'), 'utf8').slice(-2000));
+    for (const [t, other] of [[tabs[0], tabs[1]], [tabs[1], tabs[0]]]) {
+      const experts = String(await t.page.evaluate(() => document.body.dataset.experts)).split(' ');
+      assert.deepEqual(experts.sort(), [id.peerId, other.peerId].sort(), `${t.name} mixes the hub's and the other tab's heads`);
+    }
+    // Besides the relayed connection, the tabs open a direct WebRTC one (signalled through the hub's relay).
+    const logs = await Promise.all(tabs.map((t) => t.page.$eval('#log', (l) => l.textContent ?? '')));
+    assert.ok(logs.some((l) => /connected to tab-[01] \(\S+\) direct (in|out)bound at \S*\/webrtc\//.test(l)), logs.join('\n').slice(-3000));
   });
 });

@@ -146,7 +146,7 @@ export async function initBackend(opts: SelectOptions = {}): Promise<BackendInfo
     const logger = opts.logger ?? createLogger('backend');
     selected = selectBackend(opts).then((info) => {
       const extra = info.name === 'wasm' ? ` (SIMD ${info.simd ? 'on' : 'off'})` : '';
-      const why = info.forced ? ' (forced by DFLMOE_BACKEND)' : '';
+      const why = info.forced ? (opts.force ? ' (forced)' : ' (forced by DFLMOE_BACKEND)') : '';
       logger.info(`compute backend: ${info.name}${extra}${why}`);
       for (const s of info.skipped) logger.debug(`backend ${s.name} unavailable: ${s.reason}`);
       return info;

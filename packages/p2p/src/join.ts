@@ -53,9 +53,11 @@ export function joinDetails(cfg: PeerConfig, selfId: string): { join: JoinDetail
   if (cfg.model.body.startsWith('tfjs:')) throw new Error(`model.body ${cfg.model.body} is a saved model on this machine: a browser tab cannot load it`);
   const own = (cfg.announce.length > 0 ? cfg.announce : cfg.listen).filter((a) => !a.includes('/p2p-circuit'));
   for (const a of own) if (/\/ip[46]\/(0\.0\.0\.0|::)\//.test(a)) warnings.push(`${a} listens on every interface: members cannot dial it; set "announce" to the address they reach this site at`);
-  const withId = (a: string) => (a.includes('/p2p/') ? a : `${a}/p2p/${selfId}`);
-  const members = cfg.members.map((m) => (m.peerId === selfId ? { ...m, addrs: [...new Set([...own.map(withId), ...m.addrs])] } : m));
-  if (!members.some((m) => m.peerId === selfId)) members.push({ peerId: selfId, addrs: own.map(withId), ...(cfg.name ? { name: cfg.name } : {}) });
+  // Member addresses are written without the peer ID (the dialler appends /p2p/<member>); a relay's with it.
+  const withoutId = (a: string) => a.replace(new RegExp(`/p2p/${selfId}$`), '');
+  const withId = (a: string) => `${withoutId(a)}/p2p/${selfId}`;
+  const members = cfg.members.map((m) => (m.peerId === selfId ? { ...m, addrs: [...new Set([...own.map(withoutId), ...m.addrs])] } : m));
+  if (!members.some((m) => m.peerId === selfId)) members.push({ peerId: selfId, addrs: own.map(withoutId), ...(cfg.name ? { name: cfg.name } : {}) });
   if (!members.some((m) => m.addrs.some(browserDialable))) {
     warnings.push('no member has a WebSockets address (/ws): a browser tab cannot reach any; add one to "listen", e.g. /ip4/0.0.0.0/tcp/9002/ws');
   }
@@ -119,9 +121,14 @@ export function siteConfigFromJoin(join: JoinDetails, site: JoiningSite): PeerCo
   if (others.length > 0 && !others.some((m) => m.addrs.some(browserDialable)) && join.relays.length === 0) {
     throw new JoinError('no member has an address a browser can dial (WebSockets, /ws): a member must listen on one, e.g. /ip4/0.0.0.0/tcp/9002/ws');
   }
-  const { format: _f, relays, data, ...shared } = join;
+  const { format: _f, relays, data, members, ...shared } = join;
   const raw = {
     ...shared,
+    // Members with no address of their own (browser tabs, sites behind NAT) hold reservations on the
+    // consortium's relays: reach them there, over WebRTC (tabs) or the relayed connection itself.
+    members: members.map((m) => (m.addrs.length > 0 || m.peerId === site.peerId ? m : {
+      ...m, addrs: relays.flatMap((r) => [`${r}/p2p-circuit/webrtc`, `${r}/p2p-circuit`]),
+    })),
     ...(site.name ? { name: site.name } : {}),
     key: site.key,
     listen: site.listen,

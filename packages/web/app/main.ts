@@ -4,7 +4,7 @@
  * fed by a StatusBoard in the tab). Messages about bad input say what to fix.
  */
 import { StatusBoard, isInterrupted, type Logger } from '@dflmoe/core';
-import { JoinError, parseJoinDetails, type JoinDetails } from '@dflmoe/p2p';
+import { JoinError, browserDialable, parseJoinDetails, type JoinDetails } from '@dflmoe/p2p';
 import { mountLiveView, take } from '@dflmoe/live/view';
 import { tabIdentity } from './key.js';
 import { readImageFolder } from './images.js';
@@ -40,9 +40,17 @@ function phase(p: Phase): void {
   document.body.dataset.phase = p;
 }
 
-const board = new StatusBoard();
+// The live view shows the run under way: each run gets a fresh board.
 mountLiveView($('view'));
-board.onChange(() => take(board.snapshot(), true));
+let board = new StatusBoard();
+let unwatch = () => {};
+function newBoard(): StatusBoard {
+  unwatch();
+  board = new StatusBoard();
+  unwatch = board.onChange(() => take(board.snapshot(), true));
+  take(board.snapshot(), true);
+  return board;
+}
 
 const identity = tabIdentity();
 void identity.then((id) => {
@@ -51,7 +59,7 @@ void identity.then((id) => {
 }, (e) => message(`this browser cannot keep a key (IndexedDB: ${(e as Error).message}); allow site data for this page and reload`, 'bad'));
 $('copy-id').addEventListener('click', () => void identity.then((id) => navigator.clipboard?.writeText(id.peerId)));
 
-void tabBackend(logger).then((b) => {
+void tabBackend(logger, new URLSearchParams(location.search).get('backend') ?? undefined).then((b) => {
   $('backend').textContent = `compute: ${b.name}${b.name === 'wasm' ? ` (SIMD ${b.simd ? 'on' : 'off'})` : ''}`;
   document.body.dataset.backend = b.name;
 }, (e) => message(`no compute backend could start in this browser: ${(e as Error).message}`, 'bad'));
@@ -77,6 +85,8 @@ function readJoin(): JoinDetails | undefined {
 }
 
 let running: AbortController | undefined;
+/** How long a run may go without any member connected before the page says so (?unreachable=<ms> for tests). */
+const UNREACHABLE_MS = Number(new URLSearchParams(location.search).get('unreachable') ?? 15000);
 
 $('join').addEventListener('click', async () => {
   if (running) return;
@@ -91,16 +101,41 @@ $('join').addEventListener('click', async () => {
   }
   const ac = new AbortController();
   running = ac;
+  // One run per browser profile: its tabs share the key (IndexedDB), so a second tab would be the same peer.
+  const lock = await acquireSiteLock();
+  if (!lock) {
+    running = undefined;
+    message('this site is already running in another tab of this browser (the tabs share its key); use that tab, or another browser profile for another site', 'bad');
+    return;
+  }
   $<HTMLButtonElement>('join').disabled = true;
   $<HTMLButtonElement>('stop').disabled = false;
   $<HTMLButtonElement>('download').disabled = true;
   phase('running');
+  // No member reached after a while: say what to check (the run goes on, and the message clears once one connects).
+  const started = Date.now();
+  const reachCheck = setInterval(() => {
+    const site = board.snapshot().sites[0];
+    if (!site || site.members.length === 0) return;
+    if (site.members.some((m) => m.connected)) {
+      if (document.body.dataset.unreachable) message('');
+      delete document.body.dataset.unreachable;
+    } else if (Date.now() - started > UNREACHABLE_MS && !document.body.dataset.unreachable) {
+      document.body.dataset.unreachable = 'true';
+      const addrs = join.members.flatMap((m) => m.addrs.filter(browserDialable));
+      message(
+        `no member can be reached yet (tried ${addrs.length ? addrs.join(', ') : 'no WebSockets address'}). Check that the members are running, that one of them ` +
+          'listens on a WebSockets address ("/ws" in its "listen") that this browser can reach, that this tab\'s peer ID is in their "members", and that a page ' +
+          'served over https dials wss:// addresses only. Still trying.', 'bad',
+      );
+    }
+  }, 1000);
   try {
     const id = await identity;
     const samples = csvFile ? undefined : await readImageFolder(images, join.data, logger);
     const r = await runTabSite({
       join, name: $<HTMLInputElement>('site-name').value.trim() || undefined, privateKey: id.privateKey, peerId: id.peerId,
-      ...(csvFile ? { csv: await csvFile.text() } : { samples }), logger, status: board, signal: ac.signal,
+      ...(csvFile ? { csv: await csvFile.text() } : { samples }), logger, status: newBoard(), signal: ac.signal,
     });
     // For scripts driving the page (and tests): the outcome, and whose heads were mixed in the last round.
     document.body.dataset.accuracy = String(r.accuracy);
@@ -120,11 +155,27 @@ $('join').addEventListener('click', async () => {
       logger.error((e as Error).stack ?? String(e));
     }
   } finally {
+    lock();
+    clearInterval(reachCheck);
     running = undefined;
     $<HTMLButtonElement>('join').disabled = false;
     $<HTMLButtonElement>('stop').disabled = true;
   }
 });
+
+/** Hold the Web Lock of this browser's site while a run lasts; undefined when another tab holds it. Returns the release. */
+async function acquireSiteLock(): Promise<(() => void) | undefined> {
+  if (!navigator.locks) return () => {};
+  return new Promise((resolve) => {
+    void navigator.locks.request('dflmoe-site', { ifAvailable: true }, (l) => {
+      if (!l) {
+        resolve(undefined);
+        return undefined;
+      }
+      return new Promise<void>((release) => resolve(release));
+    });
+  });
+}
 
 $('stop').addEventListener('click', () => running?.abort());
 

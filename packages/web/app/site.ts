@@ -19,10 +19,14 @@ const OUT = `${SITE_ROOT}/out`;
 
 let backend: Promise<BackendInfo> | undefined;
 
-/** WebGL where the browser has it, else wasm (its binaries served beside the app), else plain JS. */
-export function tabBackend(logger?: Logger): Promise<BackendInfo> {
+/**
+ * WebGL where the browser has it, else wasm (its binaries served beside the
+ * app), else plain JS; `force` (the page's `?backend=wasm`) picks one.
+ */
+export function tabBackend(logger?: Logger, force?: string): Promise<BackendInfo> {
   backend ??= initBackend({
     order: BROWSER_BACKENDS,
+    ...(force ? { force } : {}),
     logger,
     loaders: {
       webgl: async () => {
