@@ -19,7 +19,7 @@ import { generateIdentity, parsePeerConfig, saveIdentity, type PeerRunResult } f
 import { serveWebApp, type WebAppServer } from '@dflmoe/web';
 import { cli, until } from './helpers.js';
 import { launchChromium } from './browser.js';
-import { patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
+import { imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
 const message = (page: Page) => page.$eval('#message', (m) => m.textContent ?? '');
 
@@ -220,5 +220,39 @@ describe('a site in a browser tab (dflmoe web)', function () {
     // Besides the relayed connection, the tabs open a direct WebRTC one (signalled through the hub's relay).
     const logs = await Promise.all(tabs.map((t) => t.page.$eval('#log', (l) => l.textContent ?? '')));
     assert.ok(logs.some((l) => /connected to tab-[01] \(\S+\) direct (in|out)bound at \S*\/webrtc\//.test(l)), logs.join('\n').slice(-3000));
+  });
+
+  it('an image folder picked in the page: decoded by the browser, trained in the tab; the download predicts the same folder decoded by sharp', async () => {
+    const dir = tmpDir('dflmoe-web3-');
+    web ??= await serveWebApp({ listen: '127.0.0.1:0' });
+    chromium ??= await launchChromium();
+    const page = await chromium.browser.newPage();
+    await (await page.createCDPSession()).send('Browser.setDownloadBehavior', { behavior: 'allow', downloadPath: dir });
+    await page.goto(`${web.url}?backend=wasm`);
+    const tabId = await page.waitForFunction(() => document.body.dataset.peerId, { timeout: 60000 }).then((h) => h.jsonValue() as Promise<string>);
+    // A consortium of one (the tab): nothing to wait for, the data path is what is tested.
+    const details = {
+      format: 'dflmoe-join/1', members: [{ peerId: tabId }], algorithm: 'dflmoe', rounds: 8,
+      data: {}, model: { body: 'mlp:32', featureDim: 16 },
+    };
+    const images = await imageFolder(join(dir, 'images'), { seed: 3, perClass: 20 });
+    await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), JSON.stringify(details));
+    await ((await page.$('#image-folder')) as ElementHandle<HTMLInputElement>).uploadFile(images);
+    await page.click('#join');
+    await page.waitForFunction(() => ['done', 'failed'].includes(document.body.dataset.phase ?? ''), { timeout: 120000, polling: 500 });
+    const log = await page.$eval('#log', (l) => l.textContent ?? '');
+    assert.equal(await page.evaluate(() => document.body.dataset.phase), 'done', `${await message(page)}\n${log.slice(-2000)}`);
+    assert.match(log, /image folder: 40 images in 2 classes, 12x12x1/);
+    const acc = Number(await page.evaluate(() => document.body.dataset.accuracy));
+    assert.ok(acc >= 0.75, `tab accuracy ${acc}`);
+    await page.click('#download');
+    await until('the download', () => existsSync(join(dir, 'dflmoe-site.zip')), 30000);
+    // Node reads the folder with sharp: were the browser's pixels different, the model would miss here.
+    const ev = cli(['evaluate', '--site', join(dir, 'dflmoe-site.zip'), '--input', images, '--json']);
+    assert.equal(ev.status, 0, ev.stderr);
+    const evaluation = JSON.parse(ev.stdout) as { accuracy: number; samples: number };
+    assert.equal(evaluation.samples, 40);
+    assert.ok(evaluation.accuracy >= 0.9, `evaluate on the folder decoded by sharp: ${evaluation.accuracy}`);
+    await page.close();
   });
 });
