@@ -4,10 +4,11 @@
  * fresh project in a temporary directory outside the repository (no
  * workspace links, no `src/`, no development condition; third-party
  * packages come from the registry or npm's cache), and there the README's
- * library snippets, the custom-body example and `npx dflmoe --help` run.
+ * library snippets, the custom-body example, `npx dflmoe web` and
+ * `npx dflmoe --help` run.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
@@ -57,13 +58,16 @@ describe('installed from npm pack tarballs, outside the repository', function ()
   });
 
   it('the packages are real copies with their built code, not links into the workspace', () => {
-    for (const p of ['data', 'core', 'p2p', 'live', 'cli']) {
+    for (const p of ['data', 'core', 'p2p', 'live', 'web', 'cli']) {
       const pkg = join(app, 'node_modules', '@dflmoe', p);
       assert.equal(realpathSync(pkg), pkg, `@dflmoe/${p} is not a link`);
       assert.ok(existsSync(join(pkg, 'dist', 'index.js')), `@dflmoe/${p} has dist/`);
     }
     // The live view's page, bundled at build time, ships with it.
     assert.ok(existsSync(join(app, 'node_modules', '@dflmoe', 'live', 'dist', 'page.json')), '@dflmoe/live has its page');
+    // So does the browser app (its bundle inputs are development dependencies: none of them is installed).
+    for (const f of ['index.html', 'app.js', 'wasm/tfjs-backend-wasm-simd.wasm']) assert.ok(existsSync(join(app, 'node_modules', '@dflmoe', 'web', 'dist', 'app', f)), `@dflmoe/web has ${f}`);
+    assert.ok(!existsSync(join(app, 'node_modules', '@libp2p', 'webrtc')), 'the browser-only packages stay out of an install');
   });
 
   it("the README's library snippets and the custom-body example run there", () => {
@@ -80,6 +84,30 @@ describe('installed from npm pack tarballs, outside the repository', function ()
       ex = r.stdout;
     }
     assert.equal(ex.trim().split('\n').filter((l) => /^round 5 lab-\w+ .*experts 2$/.test(l)).length, 3, ex);
+  });
+
+  it('npx dflmoe web serves the browser app from the installed package', async () => {
+    const child = spawn('npx', ['--no-install', 'dflmoe', 'web', '--listen', '127.0.0.1:0'], { cwd: app, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_OPTIONS: '' } });
+    try {
+      const url = await new Promise<string>((resolve, reject) => {
+        let out = '';
+        child.stdout.on('data', (d: Buffer) => {
+          out += d;
+          const m = /http:\/\/\S+\//.exec(out);
+          if (m) resolve(m[0]);
+        });
+        child.once('exit', (code) => reject(new Error(`dflmoe web exited with ${code}: ${out}`)));
+        setTimeout(() => reject(new Error(`no address printed within 60 s: ${out}`)), 60000).unref();
+      });
+      const page = await fetch(url);
+      assert.equal(page.status, 200);
+      assert.match(await page.text(), /<script type="module" src="app.js">/);
+      const script = await fetch(new URL('app.js', url));
+      assert.equal(script.status, 200);
+      assert.ok((await script.arrayBuffer()).byteLength > 1e6, 'the bundled app');
+    } finally {
+      child.kill('SIGINT');
+    }
   });
 
   it('npx dflmoe --help works', () => {
