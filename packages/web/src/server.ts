@@ -32,11 +32,15 @@ function appFiles(): Map<string, { body: Buffer; type: string }> {
   return files;
 }
 
+/** The app being served. */
 export interface WebAppServer {
+  /** Where it listens (the port bound, when 0 was asked for). */
   address: ListenAddress;
+  /** The address to open in a browser. */
   url: string;
   /** Requests answered, by path (tests check what a tab asked for). */
   readonly requests: string[];
+  /** Stop serving (open connections are closed). */
   close(): Promise<void>;
 }
 
