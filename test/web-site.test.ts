@@ -255,4 +255,39 @@ describe('a site in a browser tab (dflmoe web)', function () {
     assert.ok(evaluation.accuracy >= 0.9, `evaluate on the folder decoded by sharp: ${evaluation.accuracy}`);
     await page.close();
   });
+
+  it('a tab closed mid-run is a site that drops out: the node site finishes its rounds', async () => {
+    const dir = tmpDir('dflmoe-web4-');
+    web ??= await serveWebApp({ listen: '127.0.0.1:0' });
+    chromium ??= await launchChromium();
+    const context = await chromium.browser.createBrowserContext();
+    const page = await context.newPage();
+    await page.goto(`${web.url}?backend=wasm`);
+    const tabId = await page.waitForFunction(() => document.body.dataset.peerId, { timeout: 60000 }).then((h) => h.jsonValue() as Promise<string>);
+    const id = await generateIdentity();
+    saveIdentity(join(dir, 'site.key'), id.privateKey, true);
+    writeText(join(dir, 'site.csv'), patientsCsv({ seed: 40, rows: 120 }));
+    const ws = await freePort();
+    const cfg = {
+      name: 'site', key: 'site.key', listen: [`/ip4/127.0.0.1/tcp/${ws}/ws`], members: [{ name: 'site', peerId: id.peerId }, { name: 'tab', peerId: tabId }],
+      data: { dataset: 'csv:site.csv', labelColumn: 'diagnosis', drop: ['id'] }, model: { body: 'mlp:16', featureDim: 8 },
+      rounds: 6, round: { deadlineMs: 3000 }, preprocess: { deadlineMs: 60000 }, lingerMs: 500, out: 'site',
+    };
+    writeFileSync(join(dir, 'site.json'), JSON.stringify(cfg));
+    const site = startProcess(['peer', '--config', join(dir, 'site.json')], join(dir, 'site.log'));
+    procs.push(site);
+    const printed = cli(['peer', '--config', join(dir, 'site.json'), '--print-join']);
+    assert.equal(printed.status, 0, printed.stderr);
+    await page.$eval('#join-text', (el, j) => ((el as HTMLTextAreaElement).value = j), printed.stdout);
+    await ((await page.$('#csv-file')) as ElementHandle<HTMLInputElement>).uploadFile(join(dir, 'site.csv'));
+    await page.click('#join');
+    // Gone once the tab has trained a round with the site.
+    await page.waitForFunction(() => Number(document.querySelector<HTMLElement>('#overview tbody tr[data-site]')?.dataset.round ?? 0) >= 1, { timeout: 120000, polling: 200 });
+    await context.close();
+    assert.equal(await waitExit(site, 120000), 0, readFileSync(join(dir, 'site.log'), 'utf8').slice(-2000));
+    const r = JSON.parse(readFileSync(join(dir, 'site', 'results.json'), 'utf8')) as PeerRunResult;
+    assert.equal(r.rounds.length, 6, 'every round, without the tab');
+    assert.ok(r.rounds.some((l) => l.experts.some((e) => e.peer === tabId)), 'the tab\'s head arrived before it closed');
+    assert.match(readFileSync(join(dir, 'site.log'), 'utf8'), new RegExp(`no connection to tab \\(${tabId}\\) any more`));
+  });
 });

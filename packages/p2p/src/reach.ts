@@ -70,8 +70,11 @@ export function watchConnections(node: SiteNode, log: Logger, names: Map<string,
   });
   node.addEventListener('connection:close', (evt) => {
     const id = evt.detail.remotePeer.toString();
-    open.get(id)?.delete(evt.detail.id);
-    if (open.get(id)?.size === 0) open.delete(id);
+    const mine = open.get(id);
+    if (!mine?.delete(evt.detail.id) || mine.size > 0) return;
+    open.delete(id);
+    // The last connection to a member went (it stopped, its tab closed, the link broke): rounds go on without it.
+    log.info(`no connection to ${names.get(id) ?? 'member'} (${id}) any more`);
   });
   return counts;
 }
