@@ -42,7 +42,7 @@ const packages: { name: string; pub: Namespace; internal: Namespace; internals: 
     internals: [
       'LinkEmulator', 'createSiteNode', 'Libp2pHeadExchange', 'Libp2pExchangeService', 'SchemaAgreement', 'StrikeBook', 'AdaptiveDeadline', 'PartialHeads',
       'readFrames', 'writeFrames', 'Announce', 'HeadResponse', 'HEAD_PROTOCOL', 'PREPROCESS_PROTOCOL', 'checkAnnounce', 'loopbackMembers', 'siteSettings',
-      'writeJsonAtomic', 'readJsonLines', 'prepareSiteData', 'SiteAudit', 'MemberFinder', 'FedAvgServer', 'startNode',
+      'writeJsonAtomic', 'readJsonLines', 'prepareSiteData', 'SiteAudit', 'MemberFinder', 'FedAvgServer', 'startNode', 'joinSchema',
     ],
   },
   {

@@ -35,6 +35,6 @@ export {
 } from './audit.js';
 export { startRelay, type RelayHandle } from './relay.js';
 export {
-  JOIN_FORMAT, JoinError, browserDialable, joinDetails, joinSchema, parseJoinDetails, siteConfigFromJoin,
+  JOIN_FORMAT, JoinError, browserDialable, joinDetails, parseJoinDetails, siteConfigFromJoin,
   type JoinDetails, type JoiningSite,
 } from './join.js';

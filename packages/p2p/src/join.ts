@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { multiaddr } from '@multiformats/multiaddr';
 import { memberSchema, parsePeerConfig, peerConfigSchema, type PeerConfig } from './config.js';
 
+/** The `format` that join details start with (and the version of their layout). */
 export const JOIN_FORMAT = 'dflmoe-join/1';
 
 /** The sections of a site config that every member shares (the rest is a site's own). */
@@ -17,6 +18,7 @@ const SHARED = ['algorithm', 'preprocess', 'model', 'train', 'dflmoe', 'bodies',
 /** The `data` settings that describe the consortium's table, not one site's file. */
 const dataSettings = peerConfigSchema.shape.data.omit({ dataset: true, dataDir: true, simulate: true, maxSamples: true });
 
+/** The schema of join details (zod); `parseJoinDetails` checks with it. */
 export const joinSchema = peerConfigSchema.pick(Object.fromEntries(SHARED.map((k) => [k, true])) as { [K in (typeof SHARED)[number]]: true }).extend({
   format: z.literal(JOIN_FORMAT),
   /** Every member: peer ID, name and the addresses it can be reached at (a browser tab dials the WebSockets ones). */
@@ -26,7 +28,25 @@ export const joinSchema = peerConfigSchema.pick(Object.fromEntries(SHARED.map((k
   data: dataSettings,
 }).strict();
 
-export type JoinDetails = z.infer<typeof joinSchema>;
+/**
+ * Join details: the consortium's shared sections of a site config, its
+ * members and relays, and the data settings that describe its table.
+ * (Written out rather than inferred from `joinSchema`, so that the type
+ * reads the same wherever it is printed.)
+ */
+export type JoinDetails = Pick<PeerConfig, 'algorithm' | 'preprocess' | 'model' | 'train' | 'dflmoe' | 'bodies' | 'finetune' | 'fedrep' | 'rounds' | 'round' | 'limits'> & {
+  format: typeof JOIN_FORMAT;
+  /** Every member: peer ID, name and the addresses it can be reached at (a browser tab dials the WebSockets ones). */
+  members: PeerConfig['members'];
+  /** Relays of the consortium (members that serve one, with their peer ID), through which browser tabs reach each other. */
+  relays: string[];
+  data: Omit<PeerConfig['data'], 'dataset' | 'dataDir' | 'simulate' | 'maxSamples'>;
+};
+
+// The written-out type and the schema's must stay the same.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+const sameJoinType: Same<JoinDetails, z.infer<typeof joinSchema>> = true;
+void sameJoinType;
 
 /** Whether a browser can dial this address (WebSockets, or WebRTC through a relay). */
 export function browserDialable(addr: string): boolean {
