@@ -25,9 +25,12 @@ const nodeBuiltins = {
       if (!builtins.has(name)) return undefined;
       const to = SHIMS[name] ?? name;
       if (to.startsWith('/')) return { path: to };
-      // An npm package of that name (buffer, events, util: the browser versions libraries depend on), else the stub.
-      const r = await b.resolve(to, { kind: args.kind, resolveDir: args.resolveDir, pluginData: { inner: true } });
-      if (r.errors.length === 0 && r.path.startsWith('/')) return { path: r.path };
+      // An npm package of that name or the one SHIMS names (buffer, events, util, readable-stream: browser versions), found from the
+      // importer or from this package (whose development dependencies they are), else the stub.
+      for (const resolveDir of [args.resolveDir, at('.')]) {
+        const r = await b.resolve(to, { kind: args.kind, resolveDir, pluginData: { inner: true } });
+        if (r.errors.length === 0 && r.path.startsWith('/')) return { path: r.path };
+      }
       stubbed.add(`${name} (from ${args.importer.replace(/.*node_modules\//, '')})`);
       return { path: shim('unavailable') };
     });
