@@ -274,7 +274,8 @@ describe('a site in a browser tab (dflmoe web)', function () {
       rounds: 6, round: { deadlineMs: 3000 }, preprocess: { deadlineMs: 60000 }, lingerMs: 500, out: 'site',
     };
     writeFileSync(join(dir, 'site.json'), JSON.stringify(cfg));
-    const site = startProcess(['peer', '--config', join(dir, 'site.json')], join(dir, 'site.log'));
+    // Info lines: the connection going is logged at info (other suites may have turned the level down in this process's environment).
+    const site = startProcess(['peer', '--config', join(dir, 'site.json')], join(dir, 'site.log'), { DFLMOE_LOG_LEVEL: 'info' });
     procs.push(site);
     const printed = cli(['peer', '--config', join(dir, 'site.json'), '--print-join']);
     assert.equal(printed.status, 0, printed.stderr);
