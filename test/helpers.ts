@@ -26,9 +26,18 @@ export function tinyPeers(n: number, seed = 1): { ds: Dataset; datas: PeerData[]
   return { ds, datas: splits.map((s) => preparePeerData(ds, s)) };
 }
 
-/** Run the dflmoe CLI from source. */
+/**
+ * How to start the dflmoe CLI: from source through tsx, or, under `npm test`
+ * (which builds every package first and sets DFLMOE_TEST_BUILT=1), the
+ * built code, which starts faster.
+ */
+export function cliCommand(): string[] {
+  return process.env.DFLMOE_TEST_BUILT === '1' ? ['packages/cli/dist/main.js'] : ['--import', 'tsx', '--conditions=development', 'packages/cli/src/main.ts'];
+}
+
+/** Run the dflmoe CLI (see `cliCommand`). */
 export function cli(args: string[]) {
-  return spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', 'packages/cli/src/main.ts', ...args], {
+  return spawnSync(process.execPath, [...cliCommand(), ...args], {
     encoding: 'utf8',
     timeout: 120000,
     env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' },

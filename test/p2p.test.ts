@@ -5,6 +5,7 @@ import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { multiaddr } from '@multiformats/multiaddr';
+import { cliCommand } from './helpers.js';
 import {
   ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, loadIdentity, loopbackMembers, parsePeerConfig, type SiteNode,
 } from '@dflmoe/p2p/internal';
@@ -200,7 +201,7 @@ describe('p2p', function () {
   it('dflmoe keygen writes a private key file and prints its peer ID', () => {
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-key-'));
     const file = join(dir, 'site-a.key');
-    const run = (args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', 'packages/cli/src/main.ts', 'keygen', ...args], { encoding: 'utf8', timeout: 60000 });
+    const run = (args: string[]) => spawnSync(process.execPath, [...cliCommand(), 'keygen', ...args], { encoding: 'utf8', timeout: 60000 });
     const r = run(['--out', file]);
     assert.equal(r.status, 0, r.stderr);
     const printed = r.stdout.trim();

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import type { SimulationResults } from '@dflmoe/core';
 import { waitExit } from '@dflmoe/cli/internal';
 import { readJsonLines, verifyAudit, type RoundLine } from '@dflmoe/p2p/internal';
-import { until } from './helpers.js';
+import { until, cliCommand } from './helpers.js';
 
 const ROUNDS = 12;
 const args = (out: string, more: string[] = []) => [
@@ -31,7 +31,7 @@ describe('simulate over TCP into an earlier run (multi-process)', function () {
 
   /** Start the CLI (its sites log at info level); resolves with its exit code and output. */
   function start(argv: string[]) {
-    const p = spawn(process.execPath, ['--import', 'tsx', '--conditions=development', 'packages/cli/src/main.ts', ...argv], {
+    const p = spawn(process.execPath, [...cliCommand(), ...argv], {
       stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DFLMOE_LOG_LEVEL: 'info' },
     });
     procs.push(p);

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { ConfigError, createSiteNode, generateIdentity, parsePeerConfig, prepareSiteData, watchConnections } from '@dflmoe/p2p/internal';
 import { loadSite, silentLogger, type SimulationResults } from '@dflmoe/core';
-import { cli, until } from './helpers.js';
+import { cli, until, cliCommand } from './helpers.js';
 import { imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
 /** A one-site, one-round local-only site trained by `dflmoe peer` on a patient table; returns its out directory. */
@@ -53,7 +53,7 @@ describe('command line usability', function () {
   });
 
   it('output into a closed pipe (dflmoe simulate --help | head -2) ends the program quietly', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=development', 'packages/cli/src/main.ts', 'simulate', '--help'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...cliCommand(), 'simulate', '--help'], { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout.destroy(); // the reader has gone before the first write
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d));

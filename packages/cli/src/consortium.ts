@@ -219,6 +219,9 @@ export function recordRunSeconds(dir: string, seconds: number): void {
 
 /** The command line that runs this CLI (source through tsx in development, else the built file). */
 function cliArgs(): string[] {
+  // `npm test` builds every package before the tests and sets DFLMOE_TEST_BUILT=1: the processes the tests start then run
+  // the built code, which starts without compiling TypeScript (about half a second less per process).
+  if (process.env.DFLMOE_TEST_BUILT === '1') return [fileURLToPath(new URL('../dist/main.js', import.meta.url))];
   const self = fileURLToPath(import.meta.url);
   const main = fileURLToPath(new URL(`./main${extname(self)}`, import.meta.url));
   return [...process.execArgv, main];
