@@ -259,8 +259,10 @@ describe('weak links: a consortium behind emulated slow links (multi-process)', 
     for (const r of res) {
       assert.deepEqual(r.rounds.map((l) => l.round), [1, 2, 3, 4, 5, 6, 7, 8], 'every round, once');
       assert.equal(r.rounds.at(-1)!.experts.length, 3, 'all experts at the end');
-      // float16 heads of 128x256 + 256x10 (+ biases): about 71 KB, half of float32.
-      assert.ok(r.bytesSent / (8 * 3) < 80_000 && r.bytesSent / (8 * 3) > 60_000, `bytes per head ${r.bytesSent / 24}`);
+      // float16 heads of 128x256 + 256x10 (+ biases): about 71 KB, half of float32 (142 KB) and twice int8 (36 KB). The bytes
+      // over 24 possible pulls: a member that moved on before pulling a round's head lowers it (59.6 KB seen once), so the
+      // lower bound only tells float16 from int8.
+      assert.ok(r.bytesSent / (8 * 3) < 80_000 && r.bytesSent / (8 * 3) > 45_000, `bytes per head ${r.bytesSent / 24}`);
     }
     for (const l of later) assert.ok(l.deadlineMs !== undefined && l.waitSeconds * 1000 <= l.deadlineMs + 500, `round ${l.round}: waited ${l.waitSeconds} s of ${l.deadlineMs} ms`);
     const complete = later.filter((l) => l.freshHeads >= 3).length;
