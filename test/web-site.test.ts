@@ -8,6 +8,9 @@
  * heads with both node sites; its download is a site `dflmoe evaluate`
  * reads. Bad input gives a message that says what to fix. Every wait is
  * bounded; processes are killed at the end.
+ *
+ * `DFLMOE_SCREENSHOT=docs/browser-site.png npx mocha test/web-site.test.ts`
+ * also writes the screenshot in docs/browser.md.
  */
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -140,6 +143,11 @@ describe('a site in a browser tab (dflmoe web)', function () {
       assert.ok(pre.included.includes(tabId), `${n.name} agreed with the tab`);
       const r = JSON.parse(readFileSync(join(n.out, 'results.json'), 'utf8')) as PeerRunResult;
       assert.ok(r.rounds.at(-1)!.experts.some((e) => e.peer === tabId), `${n.name} holds the tab's head`);
+    }
+    // `DFLMOE_SCREENSHOT=docs/browser-site.png npx mocha test/web-site.test.ts` also writes docs/browser.md's screenshot.
+    if (process.env.DFLMOE_SCREENSHOT) {
+      await page.setViewport({ width: 1280, height: 900 });
+      await page.screenshot({ path: process.env.DFLMOE_SCREENSHOT as `${string}.png`, fullPage: true });
     }
     // The live view in the tab drew its rounds.
     assert.equal(await page.$eval('#overview tbody tr[data-site]', (tr) => (tr as HTMLElement).dataset.round), '3');

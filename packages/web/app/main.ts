@@ -152,7 +152,9 @@ $('join').addEventListener('click', async () => {
     } else {
       phase('failed');
       message((e as Error).message ?? String(e), 'bad');
-      logger.error((e as Error).stack ?? String(e));
+      // Input the user can fix is one line; anything else keeps its stack for a bug report.
+      const known = ['JoinError', 'ConfigError', 'DataError', 'Interrupted'].includes((e as Error).name);
+      logger.error(known ? `${(e as Error).message}` : (e as Error).stack ?? String(e));
     }
   } finally {
     lock();
