@@ -109,22 +109,7 @@ export class LiveServer {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
       else socket.destroy();
     });
-    await new Promise<void>((resolve, reject) => {
-      const fail = (e: NodeJS.ErrnoException) => {
-        const where = `${option} ${o.listen}`;
-        reject(new LiveViewError(
-          e.code === 'EADDRINUSE' ? `${where}: the port is in use; choose another port for ${option}`
-            : e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' ? `${where}: not an address of this machine`
-              : e.code === 'EACCES' ? `${where}: not allowed to listen there (ports below 1024 need privileges)`
-                : `${where}: cannot listen (${e.code ?? e.message})`,
-        ));
-      };
-      server.once('error', fail);
-      server.listen(address.port, address.host, () => {
-        server.off('error', fail);
-        resolve();
-      });
-    });
+    await listenAt(server, address, `${option} ${o.listen}`, option);
     const bound = { ...address, port: (server.address() as AddressInfo).port };
     const live = new LiveServer(server, o, bound, token, token !== undefined && o.token === undefined);
     ref.live = live;
@@ -303,4 +288,27 @@ export class LiveServer {
     await done;
     clearTimeout(cut);
   }
+}
+
+/**
+ * Bind `server` to `address`; a port in use, an address not this
+ * machine's or one that needs privileges is a `LiveViewError` that names
+ * `where` (the option and its value) and the option to change.
+ */
+export async function listenAt(server: Server, address: ListenAddress, where: string, option: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const fail = (e: NodeJS.ErrnoException) => {
+      reject(new LiveViewError(
+        e.code === 'EADDRINUSE' ? `${where}: the port is in use; choose another port for ${option}`
+          : e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' ? `${where}: not an address of this machine`
+            : e.code === 'EACCES' ? `${where}: not allowed to listen there (ports below 1024 need privileges)`
+              : `${where}: cannot listen (${e.code ?? e.message})`,
+      ));
+    };
+    server.once('error', fail);
+    server.listen(address.port, address.host, () => {
+      server.off('error', fail);
+      resolve();
+    });
+  });
 }

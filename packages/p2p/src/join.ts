@@ -52,7 +52,7 @@ void sameJoinType;
 export function browserDialable(addr: string): boolean {
   try {
     const names = multiaddr(addr).getComponents().map((c) => c.name);
-    return names.includes('ws') || names.includes('wss') || names.includes('tls') && names.includes('ws') || names.includes('webrtc');
+    return names.includes('ws') || names.includes('wss') || names.includes('webrtc');
   } catch {
     return false;
   }

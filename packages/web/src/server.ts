@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { LiveViewError, parseListen, type ListenAddress } from '@dflmoe/live';
+import { LiveViewError, listenAt, parseListen, type ListenAddress } from '@dflmoe/live';
 
 /** Where the app's files are (built by `npm run build`). */
 export const WEB_APP_DIR = fileURLToPath(new URL('../dist/app/', import.meta.url));
@@ -71,12 +71,7 @@ export async function serveWebApp(o: { listen: string; option?: string }): Promi
     });
     res.end(req.method === 'HEAD' ? undefined : f.body);
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (e: NodeJS.ErrnoException) => reject(new LiveViewError(
-      e.code === 'EADDRINUSE' ? `${option} ${o.listen}: the port is in use; choose another port` : `${option} ${o.listen}: cannot listen (${e.code ?? e.message})`,
-    )));
-    server.listen(address.port, address.host, () => resolve());
-  });
+  await listenAt(server, address, `${option} ${o.listen}`, option);
   const bound = { ...address, port: (server.address() as AddressInfo).port };
   const host = bound.host.includes(':') ? `[${bound.host}]` : bound.host;
   return {
