@@ -235,11 +235,12 @@ describe('consortium over TCP (multi-process)', function () {
     for (const s of f.sites) {
       const ls = lines(metrics(s));
       assert.deepEqual(ls.map((l) => l.round), [1, 2, 3, 4]);
-      // Every round mixes in at least one other's model, and nearly all of the 8 models the others sent are taken in. A round's
-      // count may be 1 and the next one 3 (a member a round ahead: its next model came before this site's round ended), and a
-      // model overtaken by the same member's newer one is refused as stale.
+      // No two rounds in a row without another's model, and nearly all of the 8 models the others sent are taken in. A round's
+      // count may be 1 and the next one 3, or 2 and then 0 (members a round ahead: their next models came before this site's
+      // round ended, so the next round has nothing new and does not wait: seen once as 2,2,0,2 with 0.0 s waited), and a model
+      // overtaken by the same member's newer one is refused as stale.
       const fresh = ls.map((l) => l.freshHeads);
-      assert.ok(fresh.every((n) => n >= 1) && fresh.reduce((a, b) => a + b, 0) >= 6, `models of both others mixed in: ${fresh}`);
+      assert.ok(fresh.every((n, k) => n >= 1 || (k > 0 && fresh[k - 1] >= 1)) && fresh[0] >= 1 && fresh.reduce((a, b) => a + b, 0) >= 6, `models of both others mixed in: ${fresh}`);
       assert.ok(!Object.keys(ls.at(-1)!.dropped).some((k) => k.startsWith('model:')), JSON.stringify(ls.at(-1)!.dropped));
       const res = JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8'));
       assert.equal(res.algorithm, 'gossip');
