@@ -30,7 +30,7 @@ import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tfl from '@tensorflow/tfjs-layers';
 import {
-  DEFAULT_MAX_EXPERTS, DEFAULT_SIMULATION, DflmoePeer, Gate, LocalPeer, RowAdam, StatusBoard, createHead, decodeHead, encodeHead, initBackend, moeForwardStacked,
+  DEFAULT_ALGORITHM_OPTIONS, DEFAULT_SIMULATION, DflmoePeer, Gate, LocalPeer, RowAdam, StatusBoard, createHead, decodeHead, encodeHead, initBackend, moeForwardStacked,
   moeLoss, preparePeerData, silentLogger, simulate, tf, type StackedExperts,
 } from '@dflmoe/core/internal';
 import { LiveServer } from '@dflmoe/live';
@@ -294,12 +294,12 @@ if (parts.has('vs-local')) {
   // in wall seconds (as `dflmoe simulate` reports them) and CPU seconds (robust to other load). Three repetitions, each its own process.
   const runs: { dflmoe: number; local: number; ratio: number; cpuDflmoe: number; cpuLocal: number; cpuRatio: number }[] = [];
   for (let i = 0; i < 3; i++) {
-    const r = point({ dataset: synthetic(100), peers: 100, rounds: 3, maxExperts: DEFAULT_MAX_EXPERTS, local: true });
+    const r = point({ dataset: synthetic(100), peers: 100, rounds: 3, maxExperts: DEFAULT_ALGORITHM_OPTIONS.maxExperts, local: true });
     const d = r.dflmoe;
     const l = r.local!;
     runs.push({ dflmoe: d.secondsPerRound * 3, local: l.secondsPerRound * 3, ratio: d.secondsPerRound / l.secondsPerRound, cpuDflmoe: d.cpuSeconds, cpuLocal: l.cpuSeconds, cpuRatio: d.cpuSeconds / l.cpuSeconds });
     const x = runs[i];
-    console.log(`100 sites, 3 rounds in one process: dFLMoE (k=${DEFAULT_MAX_EXPERTS}) ${x.dflmoe.toFixed(1)} s (${x.cpuDflmoe.toFixed(1)} CPU s), local-only ${x.local.toFixed(1)} s (${x.cpuLocal.toFixed(1)} CPU s): ` +
+    console.log(`100 sites, 3 rounds in one process: dFLMoE (k=${DEFAULT_ALGORITHM_OPTIONS.maxExperts}) ${x.dflmoe.toFixed(1)} s (${x.cpuDflmoe.toFixed(1)} CPU s), local-only ${x.local.toFixed(1)} s (${x.cpuLocal.toFixed(1)} CPU s): ` +
       `${x.ratio.toFixed(2)}x wall, ${x.cpuRatio.toFixed(2)}x CPU`);
   }
   save('vsLocal', { runs, medianRatio: median(runs.map((r) => r.ratio)), medianCpuRatio: median(runs.map((r) => r.cpuRatio)) });

@@ -62,8 +62,8 @@ describe('dFLMoE options: transform form and distillation', () => {
   });
 
   it('simulate refuses an unknown transform form and a negative distillation weight', async () => {
-    await assert.rejects(simulate({ dataset: 'breast-cancer', rounds: 1, fst: 'wide' as FstKind }), /fst must be one of full, diag, none/);
-    await assert.rejects(simulate({ dataset: 'breast-cancer', rounds: 1, distill: -1 }), /distill must be a non-negative/);
+    await assert.rejects(simulate({ dataset: 'breast-cancer', rounds: 1, fst: 'wide' as FstKind }), /fst: Invalid option: expected one of "full"\|"diag"\|"none"/);
+    await assert.rejects(simulate({ dataset: 'breast-cancer', rounds: 1, distill: -1 }), /distill: Too small: expected number to be >=0/);
   });
 });
 

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import {
-  CodecError, DEFAULT_SIMULATION, FedAvgClient, GossipSite, RoundAggregator, disposePeerData, encodeBundle, federatedAverage, silentLogger,
+  CodecError, SETTINGS, settingsList, simulationSettings, DEFAULT_SIMULATION, FedAvgClient, GossipSite, RoundAggregator, disposePeerData, encodeBundle, federatedAverage, silentLogger,
   type NamedArray, type PeerData, type SimulationConfig,
 } from '@dflmoe/core/internal';
 import { ConfigError, SIMULATION_OPTION_KINDS, StrikeBook, generateIdentity, parsePeerConfig, saveIdentity, siteSettings } from '@dflmoe/p2p/internal';
@@ -130,7 +130,7 @@ describe('strikes decay; a quorum counts the other members', () => {
 });
 
 describe('site configs carry every simulation option', () => {
-  const allKeys = (): string[] => [...new Set([...Object.keys(DEFAULT_SIMULATION), 'dataset', 'datasetOptions', 'admission', 'dp', 'trainPerSite'])];
+  const allKeys = (): string[] => [...new Set([...Object.keys(DEFAULT_SIMULATION), 'dataset', 'datasetOptions', 'epochs', 'dp', 'trainPerSite', ...settingsList(SETTINGS).map((x) => x.name)])];
 
   it('every simulation option is carried into site configs, or refused as simulation-only (none silently dropped)', () => {
     const known = new Set<string>([...SIMULATION_OPTION_KINDS.perSite, ...SIMULATION_OPTION_KINDS.perConsortium, ...SIMULATION_OPTION_KINDS.simulationOnly]);
@@ -146,17 +146,18 @@ describe('site configs carry every simulation option', () => {
       dp: { noiseMultiplier: 1.1, clipNorm: 0.7, microbatches: 4, delta: 1e-6 }, optimizer: 'sgd', learningRate: 0.05, fst: 'diag', distill: 0.1,
       datasetOptions: { maxSamples: 900 },
     };
+    const eff = simulationSettings(sim, 'dflmoe');
     for (const i of [0, 1]) {
       const c = parsePeerConfig({ key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], out: 'o', ...siteSettings(sim, i) });
       assert.deepEqual(c.train.dp, { ...sim.dp }, 'DP settings');
       assert.equal(c.dflmoe.admission, 0.5, 'admission check');
       assert.deepEqual(
         { alpha: c.dflmoe.alpha, fst: c.dflmoe.fst, distill: c.dflmoe.distill, gateHidden: c.dflmoe.gateHidden, expertLrScale: c.dflmoe.expertLrScale },
-        { alpha: sim.alpha, fst: sim.fst, distill: sim.distill, gateHidden: sim.gateHidden, expertLrScale: sim.expertLrScale },
+        { alpha: 0.35, fst: 'diag', distill: 0.1, gateHidden: eff.gateHidden, expertLrScale: eff.expertLrScale },
       );
       assert.deepEqual(
         { ...c.train, dp: undefined },
-        { epochs: sim.epochs, batchSize: sim.batchSize, learningRate: sim.learningRate, optimizer: sim.optimizer, dp: undefined },
+        { epochs: eff.epochs, batchSize: sim.batchSize, learningRate: sim.learningRate, optimizer: sim.optimizer, dp: undefined },
       );
       assert.deepEqual(c.model, { body: sim.bodies[i], featureDim: sim.featureDim, headHidden: sim.headHidden, sharedInit: sim.sharedInit, freezeBody: sim.freezeBody });
       // The partition settings sit in data or in data.simulate, as the config schema has them.
@@ -166,13 +167,13 @@ describe('site configs carry every simulation option', () => {
         { dataset: d.dataset, seed: d.seed, testFraction: d.testFraction, standardize: d.standardize, maxSamples: d.maxSamples, peers: part.peers, index: part.index, partition: part.partition, minSize: part.minSize },
         { dataset: 'digits', seed: 9, testFraction: sim.testFraction, standardize: 'local', maxSamples: 900, peers: 3, index: i, partition: sim.partition, minSize: sim.minSize },
       );
-      assert.equal(c.round.maxStaleness, sim.maxStaleness);
+      assert.equal(c.round.maxStaleness, eff.maxStaleness);
     }
   });
 
   it('a site config\'s defaults are the simulator\'s defaults', () => {
     const c = parsePeerConfig({ key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], out: 'o', rounds: 2, data: { dataset: 'digits', simulate: { peers: 2, index: 0 } } });
-    const d = DEFAULT_SIMULATION;
+    const d = { ...DEFAULT_SIMULATION, ...simulationSettings({ ...DEFAULT_SIMULATION, dataset: 'digits' }, 'dflmoe') };
     assert.deepEqual(
       // A site's federated statistics are the simulator's pooled ones (both call them federated).
       [c.data.standardize, c.data.seed, c.data.testFraction, c.data.simulate!.minSize, c.model.body, c.model.featureDim, c.model.sharedInit, c.train.epochs,

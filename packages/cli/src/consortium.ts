@@ -132,7 +132,7 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
   const addr = (s: SiteFiles) => `/ip4/127.0.0.1/tcp/${s.port}`;
   const sim: SimulationConfig = { ...o.sim, datasetOptions: { ...o.sim.datasetOptions, ...o.datasetOptions } };
   // Data, model, training and algorithm settings come from the one mapping of simulation options (siteSettings)...
-  const settings = sites.map((_, i) => siteSettings(sim, i));
+  const settings = sites.map((_, i) => siteSettings(sim, i, o.algorithm));
   // ...and each site reads only its own share of the dataset (written once the directory is known to take this run).
   const shares = sites.map((_, i) => shareName(i));
   const configs: { file: SiteFiles; cfg: Record<string, unknown> }[] = sites.map((s, i) => {
@@ -329,7 +329,7 @@ export function gateWeightsOf(r: Pick<PeerRunResult, 'name' | 'peerId' | 'rounds
 }
 
 /** Collect the sites' results.json into the simulator's result shape. */
-export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallSeconds: number, bodies: string[]): AlgorithmResult {
+export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallSeconds: number, bodies: string[], settings: AlgorithmResult['settings']): AlgorithmResult {
   const res: PeerRunResult[] = files.sites.map((s) => {
     const f = join(s.out, 'results.json');
     if (!existsSync(f)) throw new Error(`${f} is missing: the site did not finish`);
@@ -366,6 +366,7 @@ export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallS
   // Server algorithms: what the server sent (it may differ from what the sites counted if a site missed a round).
   const bytesSent = peers.reduce((a, p) => a + p.bytesSent, 0) + (server?.bytesOut ?? 0);
   return {
+    settings,
     accuracy: summarize(peers.map((p) => p.accuracy), peers.map((p) => p.testSamples)),
     bytesSent, wallSeconds, peers, rounds,
     ...(peers.some((p) => p.bodyBytesSent !== undefined) ? { bodyBytesSent: peers.reduce((a, p) => a + (p.bodyBytesSent ?? 0), 0) } : {}),

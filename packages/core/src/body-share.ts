@@ -35,6 +35,7 @@ import { DepartedMembers, absorbMessages, awaitRound, type HeadExchange } from '
 import type { Logger } from './log.js';
 import { formatBodySpec, type BodySpec } from './model.js';
 import { boundSampleCounts, federatedAverage } from './averaging.js';
+import { defineSettings, parsedString, type SettingsOf } from './settings.js';
 
 // ---------------------------------------------------------------- settings
 
@@ -92,10 +93,28 @@ export interface BodyShareOptions {
   seed: number;
 }
 
-/** Why these settings cannot share bodies, or undefined when they can (checked by the simulator, site configs and dFLMoE's sites). */
-export function bodySharingProblem(o: { shareBody?: boolean; freezeBody?: boolean }): string | undefined {
-  return o.shareBody && o.freezeBody ? 'shareBody needs a body that trains: a frozen body is the same at every site (drop freezeBody or shareBody)' : undefined;
-}
+/** How bodies are shared (dFLMoE with `shareBody`, fedrep-p2p): the site config's `bodies` section. */
+export const bodySettings = defineSettings({
+  section: 'bodies',
+  usedBy: 'dflmoe --share-body and fedrep-p2p',
+  shape: {
+    bodyEvery: z.number().int().min(1).default(1).describe('publish and combine bodies every this many rounds'),
+    bodyCombiner: parsedString(parseBodyCombiner).default('mean')
+      .describe('mean (weighted by training rows), median or trimmed:<fraction> (coordinate-wise)'),
+    topology: parsedString(parseTopology).default('full')
+      .describe("whose bodies a site combines: full (every member), ring (its two neighbours by id) or random:<k> (k drawn afresh each round)"),
+    gossipPeers: z.number().int().min(1).optional().describe('combine with k members drawn afresh each round (topology random:<k>)'),
+  },
+  keys: { bodyEvery: 'every', bodyCombiner: 'combiner' },
+  // gossipPeers is a shorthand: expanded here, once.
+  finish: (v) => {
+    if (v.gossipPeers !== undefined) v.topology = `random:${v.gossipPeers as number}`;
+    return undefined;
+  },
+});
+
+/** Body sharing's settings, resolved. */
+export type BodySettings = SettingsOf<typeof bodySettings>;
 
 // ---------------------------------------------------------------- combining
 
@@ -393,11 +412,8 @@ export class BodyShare {
   }
 }
 
-/** The algorithm options a body share is made from (see `AlgorithmOptions`). */
-export interface BodySharingSettings {
-  bodyEvery: number;
-  bodyCombiner: string;
-  topology: string;
+/** The algorithm options a body share is made from: its settings, the head precision, the model size limit and the staleness bound. */
+export interface BodySharingSettings extends Pick<BodySettings, 'bodyEvery' | 'bodyCombiner' | 'topology'> {
   headPrecision?: Precision;
   maxModelBytes: number;
   maxStaleness: number;

@@ -6,6 +6,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { DecodedHead } from './codec.js';
 import type { DenseLayer, HeadWeights } from './model.js';
+import { z } from 'zod';
+import { defineSettings, settingDefault, type SettingsOf } from './settings.js';
 
 export interface PoolEntry {
   peer: string;
@@ -18,8 +20,20 @@ export interface PoolEntry {
 
 export type OfferResult = 'added' | 'replaced' | 'stale-version';
 
+/** How long a received head (dFLMoE), body or model (gossip) stays usable: the site config's `round` section. */
+export const stalenessSettings = defineSettings({
+  section: 'round',
+  usedBy: 'dflmoe, gossip and body sharing',
+  shape: {
+    maxStaleness: z.number().int().min(1).default(3).describe('rounds a received head, body or model stays usable without an update'),
+  },
+});
+
+/** The staleness bound, resolved. */
+export type StalenessSettings = SettingsOf<typeof stalenessSettings>;
+
 export interface ExpertPoolOptions {
-  /** Rounds an expert may go without a new version before it is dropped (default 3). */
+  /** Rounds an expert may go without a new version before it is dropped (`stalenessSettings`). */
   maxStaleness?: number;
 }
 
@@ -28,7 +42,7 @@ export class ExpertPool {
   readonly maxStaleness: number;
 
   constructor(opts: ExpertPoolOptions = {}) {
-    this.maxStaleness = opts.maxStaleness ?? 3;
+    this.maxStaleness = opts.maxStaleness ?? (settingDefault(stalenessSettings.shape.maxStaleness) as number);
   }
 
   /**

@@ -31,7 +31,8 @@ export { type BodyCombiner, type MixedBody, type Topology } from './body-share.j
 export { DEFAULT_TRAIN, OPTIMIZERS, type DpOptions, type OptimizerKind, type TrainOptions } from './train.js';
 export { type AccuracySummary } from './metrics.js';
 export { type ReceiveResult } from './algorithms/dflmoe.js';
-export { type AlgorithmOptions, type ExpertInfo } from './algorithms/api.js';
+export { type AlgorithmBaseOptions, type ExpertInfo } from './algorithms/api.js';
+export { type AlgorithmOptions, type AlgorithmSettings } from './algorithms/registry.js';
 export { ALGORITHMS, type AlgorithmName } from './algorithms/registry.js';
 export { TrainingDiverged } from './rounds.js';
 export { Interrupted, isInterrupted, throwIfInterrupted, unlessInterrupted } from './interrupt.js';

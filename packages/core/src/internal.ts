@@ -21,6 +21,8 @@ export * from './train.js';
 export * from './metrics.js';
 export * from './algorithms/common.js';
 export * from './algorithms/dflmoe.js';
+export * from './algorithms/dflmoe-settings.js';
+export * from './settings.js';
 export * from './algorithms/fedavg.js';
 export * from './algorithms/local.js';
 export * from './algorithms/api.js';

@@ -8,14 +8,18 @@ import { featureSize, fitStandardizer, partition, type Dataset, type PeerSplit, 
 import { parsePartition } from '@dflmoe/data/internal';
 import { DflmoePeer, type ReceiveResult } from './algorithms/dflmoe.js';
 import { DflmoeSite } from './algorithms/dflmoe-site.js';
-import { DEFAULT_ALGORITHM_OPTIONS, type ExpertInfo, type SiteNetwork } from './algorithms/api.js';
+import { DEFAULT_LIMITS, type ExpertInfo, type SiteNetwork } from './algorithms/api.js';
+import { dflmoe } from './algorithms/dflmoe-site.js';
+import type { DflmoeSettings } from './algorithms/dflmoe-settings.js';
+import { algorithmSettings, type AlgorithmSettings } from './algorithms/registry.js';
+import type { StalenessSettings } from './experts.js';
 import { siteBodyShare } from './algorithms/site.js';
 import { siteRound } from './rounds.js';
 import { initBackend } from './backend.js';
 import type { HeadExchange } from './exchange.js';
 import type { AgreedData } from './agree.js';
 import { throwIfInterrupted, unlessInterrupted } from './interrupt.js';
-import type { MixedBody } from './body-share.js';
+import type { BodySettings, MixedBody } from './body-share.js';
 import { createLogger, type Logger } from './log.js';
 import { resolveBody, type BodyInput } from './custom-body.js';
 import { checkBodyStandardizer, readBodyWeights } from './pretrained.js';
@@ -24,9 +28,13 @@ import { SitePredictor, evaluatePredictions, sitePredictions, type Evaluation, t
 
 /**
  * What `createLearner` takes: the site's id and data, its model and training
- * settings, and the exchange its heads travel on.
+ * settings, the exchange its heads travel on, and dFLMoE's settings as a
+ * site config's `dflmoe`, `bodies` and `round.maxStaleness` have them
+ * (`alpha`, `gateHidden`, `fst`, `maxExperts`, `headPrecision`, ...;
+ * `bodyEvery`, `bodyCombiner`, `topology`, `gossipPeers`), with the same
+ * defaults and checks.
  */
-export interface LearnerOptions {
+export interface LearnerOptions extends Partial<DflmoeSettings>, Partial<BodySettings>, Partial<StalenessSettings> {
   /** This site's id; must equal `exchange.selfId`. */
   id: string;
   /** The site's samples (raw: the learner standardizes them); give this or `data`. */
@@ -57,9 +65,7 @@ export interface LearnerOptions {
     initSeed?: number;
   };
   train?: Partial<TrainOptions>;
-  alpha?: number;
-  gateHidden?: number;
-  maxStaleness?: number;
+  /** Largest head message accepted, in bytes (default 64 MiB). */
   maxHeadBytes?: number;
   exchange: HeadExchange;
   /**
@@ -67,10 +73,10 @@ export interface LearnerOptions {
    * apart from heads (another `MemoryHub`, or the body protocol over
    * libp2p). Before each round the site combines its partners' bodies into
    * its own; heads stay experts. Give every site the same `model.initSeed`.
+   * Giving it sets `shareBody`, which brings its own defaults: no
+   * feature-space transforms, two local epochs per round (unless set).
    */
   bodies?: HeadExchange;
-  /** How bodies are shared (defaults: every round, mean, every member). */
-  bodySharing?: { every?: number; combiner?: string; topology?: string };
   /** After publishing its head, wait for at least this many fresh heads... (default 0) */
   quorum?: number;
   /** ...but no longer than this (default 0: do not wait). */
@@ -102,12 +108,12 @@ export interface LearnerRoundMetrics {
   seconds: number;
 }
 
-/** The round loop's part of `LearnerOptions`: the exchanges, the wait for heads and where to log. */
+/** The round loop's part of `LearnerOptions`: the exchanges, the settings, the wait for heads and where to log. */
 export interface LearnerLoopOptions {
   exchange: HeadExchange;
   bodies?: HeadExchange;
-  bodySharing?: LearnerOptions['bodySharing'];
-  maxStaleness?: number;
+  /** dFLMoE's settings, resolved (`algorithmSettings`). */
+  settings: AlgorithmSettings;
   quorum?: number;
   roundDeadlineMs?: number;
   logger?: Logger;
@@ -174,10 +180,7 @@ export class Learner implements DflmoeLearner {
   private readonly predictor: SitePredictor;
 
   constructor(readonly peer: DflmoePeer, o: LearnerLoopOptions & { standardizer: Standardizer; classNames: string[] }) {
-    const share = o.bodies ? siteBodyShare(peer, {
-      ...DEFAULT_ALGORITHM_OPTIONS, seed: peer.train.seed, bodyEvery: o.bodySharing?.every ?? 1, bodyCombiner: o.bodySharing?.combiner ?? 'mean',
-      topology: o.bodySharing?.topology ?? 'full', ...(o.maxStaleness !== undefined ? { maxStaleness: o.maxStaleness } : {}),
-    }) : undefined;
+    const share = o.bodies ? siteBodyShare(peer, { ...o.settings, seed: peer.train.seed, maxModelBytes: DEFAULT_LIMITS.maxModelBytes }) : undefined;
     this.site = new DflmoeSite(peer, {}, share);
     // The exchanges' waits end with Interrupted when the signal of the running round aborts.
     const stoppable = (ex: HeadExchange) => interruptible(ex, () => this.signal);
@@ -292,6 +295,10 @@ function interruptible(ex: HeadExchange, signal: () => AbortSignal | undefined):
 export async function createLearner(o: LearnerOptions): Promise<DflmoeLearner> {
   if (o.exchange.selfId !== o.id) throw new Error(`learner id "${o.id}" differs from the exchange's "${o.exchange.selfId}"`);
   if ((o.dataset === undefined) === (o.data === undefined)) throw new Error('createLearner: give either dataset (raw samples) or data (from agreeOnData)');
+  // dFLMoE's settings as the simulator and site configs resolve them: checked, with their defaults and variants.
+  const shareBody = o.shareBody ?? o.bodies !== undefined;
+  if (shareBody && !o.bodies) throw new Error('createLearner: shareBody needs `bodies`, the exchange bodies travel on');
+  const { settings, epochs } = algorithmSettings(dflmoe, { ...o, shareBody, epochs: o.train?.epochs }, { freezeBody: o.model?.freezeBody });
   await initBackend({ logger: o.logger });
   const dataset = o.data?.dataset ?? o.dataset!;
   const split = o.split ?? o.data?.split ?? partition(dataset.labels, dataset.classNames.length, 1, parsePartition('iid'), { seed: o.train?.seed ?? 0 })[0];
@@ -309,8 +316,8 @@ export async function createLearner(o: LearnerOptions): Promise<DflmoeLearner> {
   let peer: DflmoePeer;
   try {
     peer = new DflmoePeer({
-      id: o.id, data, body, featureDim: o.model?.featureDim ?? 64, headHidden: o.model?.headHidden ?? [], train: o.train ?? {},
-      alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness, maxHeadBytes: o.maxHeadBytes,
+      id: o.id, data, body, featureDim: o.model?.featureDim ?? 64, headHidden: o.model?.headHidden ?? [],
+      train: { ...o.train, ...(epochs !== undefined ? { epochs } : {}) }, ...settings, maxHeadBytes: o.maxHeadBytes,
       ...(pre ? { initialBody: pre } : {}), freezeBody: o.model?.freezeBody ?? false,
       ...(o.model?.initSeed !== undefined ? { initSeed: o.model.initSeed } : {}),
     });
@@ -318,5 +325,5 @@ export async function createLearner(o: LearnerOptions): Promise<DflmoeLearner> {
     disposePeerData(data);
     throw e;
   }
-  return new Learner(peer, { ...o, standardizer, classNames: dataset.classNames });
+  return new Learner(peer, { ...o, settings, standardizer, classNames: dataset.classNames });
 }

@@ -9,27 +9,26 @@ import {
 } from '@dflmoe/data';
 import { capTrainPerSite, deriveSeed, holdoutSplit, partitionHistograms, formatPartition, parsePartition, shiftDatasetBySite } from '@dflmoe/data/internal';
 import { initBackend } from './backend.js';
-import { DEFAULT_ALGORITHM_OPTIONS, type AlgorithmOptions, type AlgorithmSite } from './algorithms/api.js';
+import { DEFAULT_LIMITS, type AlgorithmSite } from './algorithms/api.js';
 import type { PeerModelOptions } from './algorithms/common.js';
-import { DEFAULT_MAX_EXPERTS } from './algorithms/dflmoe.js';
 import { checkSameArchitecture } from './algorithms/fedavg.js';
-import { REGISTRY, getAlgorithm, type AlgorithmName } from './algorithms/registry.js';
-import { bodySharingProblem, parseBodyCombiner, parseTopology } from './body-share.js';
-import { FST_KINDS, parseBodySpec, type BodySpec, type FstKind } from './model.js';
+import { REGISTRY, algorithmSettings, getAlgorithm, type AlgorithmName, type AlgorithmOptions, type AlgorithmSettings } from './algorithms/registry.js';
+import { parseBodySpec, type BodySpec } from './model.js';
 import { resolveBody } from './custom-body.js';
 import { checkBodyStandardizer, readBodyWeights, type BodyWeights } from './pretrained.js';
-import { PRECISIONS, type Precision } from './codec.js';
 import { summarize, type AccuracySummary } from './metrics.js';
 import { memoryNetworks, networkBytes, runSite, type SiteRoundRecord } from './rounds.js';
-import { accuracy, disposePeerData, predictClasses, preparePeerData, type DpOptions, type OptimizerKind, type PeerData } from './train.js';
+import { DEFAULT_TRAIN, accuracy, disposePeerData, predictClasses, preparePeerData, type DpOptions, type OptimizerKind, type PeerData } from './train.js';
 import { createLogger, type Logger } from './log.js';
 import { gateWeights, networkMembers, type StatusBoard } from './status.js';
 
 /**
  * A simulation, as `dflmoe simulate` takes it: the dataset and its partition,
- * the algorithms, model, training and network settings.
+ * the algorithms, model, training and network settings, and any of the
+ * algorithms' settings (`AlgorithmSettings`; what is left unset takes each
+ * algorithm's default, which its variants may choose: see `algorithmSettings`).
  */
-export interface SimulationConfig {
+export interface SimulationConfig extends Partial<AlgorithmSettings> {
   dataset: string;
   datasetOptions?: LoadOptions;
   peers: number;
@@ -41,20 +40,12 @@ export interface SimulationConfig {
   bodies: string[];
   featureDim: number;
   headHidden: number[];
-  epochs: number;
+  /** Local epochs per round; unset: 1, or what an algorithm's variant says (dFLMoE with shared bodies: 2). */
+  epochs?: number;
   batchSize: number;
   learningRate: number;
   /** Local optimiser of every algorithm. */
   optimizer: OptimizerKind;
-  /** fedavg-ft: epochs of fine-tuning the global model before evaluating. */
-  fineTuneEpochs: number;
-  /** fedrep: head-only epochs (body frozen) before the body epochs. */
-  headEpochs: number;
-  /** dFLMoE: weight of the own-head loss. */
-  alpha: number;
-  gateHidden: number;
-  /** dFLMoE experts and gossip models: rounds a received one stays usable. */
-  maxStaleness: number;
   testFraction: number;
   minSize: number;
   /**
@@ -74,8 +65,6 @@ export interface SimulationConfig {
   pretrainedBody?: string;
   /** Never train the body: only heads (and dFLMoE's gates and transforms) learn. */
   freezeBody: boolean;
-  /** dFLMoE: learning rate of the gate slots and FSTs of received experts, as a multiple of `learningRate`. */
-  expertLrScale: number;
   /** Robustness experiments: the last `poisoned` sites are adversarial... */
   poisoned: number;
   /**
@@ -84,24 +73,6 @@ export interface SimulationConfig {
    * `flipped`); or, where bodies are shared, publishing their body negated (`sign-flip`).
    */
   poisonKind: 'random' | 'flipped' | 'sign-flip';
-  /** dFLMoE: also share bodies, combined peer to peer (fedrep-p2p always does). */
-  shareBody: boolean;
-  /** Sites that share bodies: publish and combine every this many rounds. */
-  bodyEvery: number;
-  /** Sites that share bodies: `mean`, `median` or `trimmed:<fraction>`. */
-  bodyCombiner: string;
-  /** Sites that share bodies: `full`, `ring` or `random:<k>` (k members drawn afresh each round). */
-  topology: string;
-  /** dFLMoE: form of each received expert's feature-space transform. */
-  fst: FstKind;
-  /** dFLMoE: weight of distilling the mixture into the own head (0: off). */
-  distill: number;
-  /** dFLMoE: mix at most this many received experts, chosen each round (0: every one). */
-  maxExperts: number;
-  /** dFLMoE: precision of published heads (float32 when undefined; float16 or int8 to save bytes). */
-  headPrecision?: Precision;
-  /** dFLMoE admission check (see `DflmoeOptions.admission`); undefined: off. */
-  admission?: number;
   /** DP-SGD for every algorithm's local training; undefined: off. */
   dp?: DpOptions;
   /**
@@ -124,18 +95,8 @@ export interface SimulationConfig {
   evaluateOn: 'test' | 'validation';
 }
 
-/** What `simulate` uses for every setting not given (the command's defaults). */
+/** What `simulate` uses for every setting not given (the command's defaults); the algorithms' settings have theirs in their own schemas. */
 export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
-  // The algorithms' own defaults (alpha, gate size, FST, ...) are defined once, in DEFAULT_ALGORITHM_OPTIONS.
-  alpha: DEFAULT_ALGORITHM_OPTIONS.alpha,
-  gateHidden: DEFAULT_ALGORITHM_OPTIONS.gateHidden,
-  maxStaleness: DEFAULT_ALGORITHM_OPTIONS.maxStaleness,
-  expertLrScale: DEFAULT_ALGORITHM_OPTIONS.expertLrScale,
-  fst: DEFAULT_ALGORITHM_OPTIONS.fst,
-  distill: DEFAULT_ALGORITHM_OPTIONS.distill,
-  headPrecision: DEFAULT_ALGORITHM_OPTIONS.headPrecision,
-  fineTuneEpochs: DEFAULT_ALGORITHM_OPTIONS.fineTuneEpochs,
-  headEpochs: DEFAULT_ALGORITHM_OPTIONS.headEpochs,
   peers: 4,
   partition: 'dirichlet:0.3',
   rounds: 10,
@@ -144,20 +105,14 @@ export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
   bodies: ['mlp'],
   featureDim: 64,
   headHidden: [],
-  epochs: 1,
-  batchSize: 32,
-  learningRate: 1e-3,
-  optimizer: 'adam',
+  batchSize: DEFAULT_TRAIN.batchSize,
+  learningRate: DEFAULT_TRAIN.learningRate,
+  optimizer: DEFAULT_TRAIN.optimizer,
   testFraction: 0.2,
   minSize: 10,
   standardize: 'federated',
   sharedInit: true,
   freezeBody: false,
-  maxExperts: DEFAULT_MAX_EXPERTS,
-  shareBody: false,
-  bodyEvery: DEFAULT_ALGORITHM_OPTIONS.bodyEvery,
-  bodyCombiner: DEFAULT_ALGORITHM_OPTIONS.bodyCombiner,
-  topology: DEFAULT_ALGORITHM_OPTIONS.topology,
   poisoned: 0,
   poisonKind: 'flipped',
   featureShift: [],
@@ -203,6 +158,8 @@ export interface RoundResult {
 
 /** One algorithm's run: the accuracy summary across sites, bytes, seconds, every round and every site. */
 export interface AlgorithmResult {
+  /** The algorithm's settings in this run (what was set, its variants' defaults, the rest's defaults) and its local epochs. */
+  settings: AlgorithmSettings & { epochs: number };
   accuracy: AccuracySummary;
   /** With poisoned sites: the summary over honest sites only. */
   honestAccuracy?: AccuracySummary;
@@ -320,28 +277,25 @@ function validateConfig(c: SimulationConfig): void {
     const v = c[k] as number;
     if (!Number.isInteger(v) || v < 1) throw new Error(`${k} must be a positive integer, got ${v}`);
   };
-  (['peers', 'rounds', 'epochs', 'batchSize', 'featureDim', 'gateHidden', 'fineTuneEpochs'] as const).forEach(posInt);
-  if (!Number.isInteger(c.headEpochs) || c.headEpochs < 0) throw new Error(`headEpochs must be a non-negative integer, got ${c.headEpochs}`);
+  (['peers', 'rounds', 'batchSize', 'featureDim'] as const).forEach(posInt);
+  if (c.epochs !== undefined) posInt('epochs');
   if (c.standardize !== 'federated' && c.standardize !== 'local') throw new Error(`standardize must be federated or local, got ${c.standardize}`);
   if (!(c.learningRate > 0)) throw new Error(`learningRate must be positive, got ${c.learningRate}`);
-  if (!(c.alpha >= 0 && c.alpha <= 1)) throw new Error(`alpha must be in [0, 1], got ${c.alpha}`);
   if (c.trainPerSite !== undefined && (!Number.isInteger(c.trainPerSite) || c.trainPerSite < 1)) throw new Error(`trainPerSite must be a positive integer, got ${c.trainPerSite}`);
   for (const k of c.featureShift) if (!SHIFT_KINDS.includes(k)) throw new Error(`unknown feature shift "${k}"; choose from ${SHIFT_KINDS.join(', ')}`);
   if (c.evaluateOn !== 'test' && c.evaluateOn !== 'validation') throw new Error(`evaluateOn must be test or validation, got ${String(c.evaluateOn)}`);
-  if (!FST_KINDS.includes(c.fst)) throw new Error(`fst must be one of ${FST_KINDS.join(', ')}, got ${c.fst}`);
-  if (!(c.distill >= 0)) throw new Error(`distill must be a non-negative number, got ${c.distill}`);
-  if (!Number.isInteger(c.maxExperts) || c.maxExperts < 0) throw new Error(`maxExperts must be a non-negative integer (0: all), got ${c.maxExperts}`);
-  if (!Number.isInteger(c.bodyEvery) || c.bodyEvery < 1) throw new Error(`bodyEvery must be a positive integer, got ${c.bodyEvery}`);
-  parseBodyCombiner(c.bodyCombiner);
-  parseTopology(c.topology);
-  const sharing = bodySharingProblem(c);
-  if (sharing) throw new Error(sharing);
-  if (c.headPrecision !== undefined && !PRECISIONS.includes(c.headPrecision)) throw new Error(`headPrecision must be one of ${PRECISIONS.join(', ')}, got ${c.headPrecision}`);
   if (c.algorithms.length === 0) throw new Error('no algorithms selected');
-  c.algorithms.forEach(getAlgorithm);
+  // Every algorithm's settings, checked by their schemas before anything runs.
+  for (const a of c.algorithms) simulationSettings(c, a);
   if (c.bodies.length === 0) throw new Error('at least one body is needed');
   if (!Number.isInteger(c.poisoned) || c.poisoned < 0 || c.poisoned >= c.peers) throw new Error(`poisoned must be an integer in [0, peers), got ${c.poisoned}`);
   c.bodies.forEach(parseBodySpec);
+}
+
+/** The settings algorithm `name` runs with in simulation `c`, and its local epochs (see `algorithmSettings`). */
+export function simulationSettings(c: SimulationConfig, name: AlgorithmName): AlgorithmSettings & { epochs: number } {
+  const { settings, epochs } = algorithmSettings(getAlgorithm(name), c, { freezeBody: c.freezeBody });
+  return { ...settings, epochs: epochs ?? DEFAULT_TRAIN.epochs };
 }
 
 /** The same dataset with every label `y` replaced by `C-1-y` (a label-flipping attacker's data). */
@@ -355,7 +309,7 @@ export function sharedInitSeed(seed: number, body: string): number {
   return deriveSeed(seed, 'shared-init', body);
 }
 
-function peerOptions(cfg: SimulationConfig, data: PeerData, i: number, body: string, bodySpec: BodySpec, initialBody?: BodyWeights): PeerModelOptions {
+function peerOptions(cfg: SimulationConfig, epochs: number, data: PeerData, i: number, body: string, bodySpec: BodySpec, initialBody?: BodyWeights): PeerModelOptions {
   return {
     id: `peer-${i}`,
     data,
@@ -363,7 +317,7 @@ function peerOptions(cfg: SimulationConfig, data: PeerData, i: number, body: str
     featureDim: cfg.featureDim,
     headHidden: cfg.headHidden,
     train: {
-      epochs: cfg.epochs, batchSize: cfg.batchSize, learningRate: cfg.learningRate, optimizer: cfg.optimizer,
+      epochs, batchSize: cfg.batchSize, learningRate: cfg.learningRate, optimizer: cfg.optimizer,
       seed: deriveSeed(cfg.seed, 'peer', i), ...(cfg.dp ? { dp: cfg.dp } : {}),
     },
     ...(cfg.sharedInit ? { initSeed: sharedInitSeed(cfg.seed, body) } : {}),
@@ -372,15 +326,12 @@ function peerOptions(cfg: SimulationConfig, data: PeerData, i: number, body: str
   };
 }
 
-function algorithmOptions(cfg: SimulationConfig, i: number): AlgorithmOptions {
+function algorithmOptions(cfg: SimulationConfig, settings: AlgorithmSettings, i: number): AlgorithmOptions {
+  const poisoned = i >= cfg.peers - cfg.poisoned;
   return {
-    ...DEFAULT_ALGORITHM_OPTIONS,
-    seed: cfg.seed, alpha: cfg.alpha, gateHidden: cfg.gateHidden, expertLrScale: cfg.expertLrScale, admission: cfg.admission, fst: cfg.fst, distill: cfg.distill, headPrecision: cfg.headPrecision,
-    maxExperts: cfg.maxExperts,
-    shareBody: cfg.shareBody, bodyEvery: cfg.bodyEvery, bodyCombiner: cfg.bodyCombiner, topology: cfg.topology,
-    ...(i >= cfg.peers - cfg.poisoned && cfg.poisonKind !== 'flipped' ? { poisonBody: cfg.poisonKind } : {}),
-    maxStaleness: cfg.maxStaleness, fineTuneEpochs: cfg.fineTuneEpochs, headEpochs: cfg.headEpochs, maxModelBytes: 1 << 30,
-    randomUpdates: cfg.poisonKind === 'random' && i >= cfg.peers - cfg.poisoned,
+    ...settings, seed: cfg.seed, maxHeadBytes: DEFAULT_LIMITS.maxHeadBytes, maxModelBytes: 1 << 30,
+    ...(poisoned && cfg.poisonKind !== 'flipped' ? { poisonBody: cfg.poisonKind } : {}),
+    randomUpdates: cfg.poisonKind === 'random' && poisoned,
   };
 }
 
@@ -391,8 +342,9 @@ async function runAlgorithm(
   const alg = getAlgorithm(name);
   const t0 = performance.now();
   const sites: AlgorithmSite[] = [];
+  const settings = simulationSettings(cfg, name);
   try {
-    datas.forEach((d, i) => sites.push(alg.createSite(peerOptions(cfg, d, i, bodies[i], specs.get(bodies[i])!, initialBody), algorithmOptions(cfg, i))));
+    datas.forEach((d, i) => sites.push(alg.createSite(peerOptions(cfg, settings.epochs, d, i, bodies[i], specs.get(bodies[i])!, initialBody), algorithmOptions(cfg, settings, i))));
     if (alg.sameModel) checkSameArchitecture(sites, alg.label, REGISTRY.filter((a) => !a.sameModel).map((a) => a.name).join(' and '));
     const nets = memoryNetworks(alg, sites, 1 << 30, log);
     const ids = sites.map((s) => s.id);
@@ -451,6 +403,7 @@ async function runAlgorithm(
     const summary = (keep: (i: number) => boolean) =>
       summarize(peerResults.filter((_, i) => keep(i)).map((p) => p.accuracy), peerResults.filter((_, i) => keep(i)).map((p) => p.testSamples));
     return {
+      settings,
       accuracy: summary(() => true),
       ...(cfg.poisoned > 0 ? { honestAccuracy: summary(honest) } : {}),
       ...(peerResults.every((p) => p.pooledAccuracy !== undefined) ? { pooledAccuracy: summarize(peerResults.map((p) => p.pooledAccuracy!)) } : {}),

@@ -9,39 +9,24 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { z } from 'zod';
 import { closest, distance } from 'fastest-levenshtein';
 import {
-  ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, type AlgorithmName, type OptimizerKind, type Precision, type SimulationConfig,
+  ALGORITHMS, DEFAULT_SIMULATION, DEFAULT_TRAIN, OPTIMIZERS, type AlgorithmName, type OptimizerKind, type SimulationConfig,
 } from '@dflmoe/core';
 import {
-  DEFAULT_ALGORITHM_OPTIONS, DEFAULT_MAX_SAMPLE_RATIO, bodySharingProblem, parseBodyCombiner, parseTopology, DEFAULT_MAX_SAMPLES, getAlgorithm, parseBodySpec,
+  DEFAULT_LIMITS, DEFAULT_MAX_SAMPLE_RATIO, DEFAULT_MAX_SAMPLES, SETTINGS, SettingError, algorithmSettings, bodySettings, configPath, dflmoeSettings,
+  fedrepSettings, fineTuneSettings, fromSections, getAlgorithm, settingsList, parseBodySpec, parsedString, sectionShape, simulationSettings, stalenessSettings, toSections,
+  type SectionOf,
 } from '@dflmoe/core/internal';
 import { loadIdentity } from './identity.js';
 
 /**
- * Every default of a site's data, model, training and algorithm settings is
- * the simulator's (`DEFAULT_SIMULATION`, `DEFAULT_ALGORITHM_OPTIONS`), so a
- * site config means what the same options mean in `dflmoe simulate`.
+ * Every default of a site's data, model and training settings is the
+ * simulator's (`DEFAULT_SIMULATION`), and the algorithms' sections
+ * (`dflmoe`, `bodies`, `finetune`, `fedrep`, `round.maxStaleness`) are the
+ * algorithms' own settings (`SETTINGS`), so a site config means what the
+ * same options mean in `dflmoe simulate`.
  */
 const D = DEFAULT_SIMULATION;
-const A = DEFAULT_ALGORITHM_OPTIONS;
-
-/** A refinement that accepts what `parse` parses. */
-const parses = (parse: (s: string) => unknown) => (s: string) => {
-  try {
-    parse(s);
-    return true;
-  } catch {
-    return false;
-  }
-};
-
-/** A string that `parse` accepts; otherwise the issue is the parser's own message (e.g. what a body spec looks like). */
-const parsedBy = (parse: (s: string) => unknown) => z.string().superRefine((s, ctx) => {
-  try {
-    parse(s);
-  } catch (e) {
-    ctx.addIssue({ code: 'custom', message: (e as Error).message });
-  }
-});
+const A = DEFAULT_LIMITS;
 
 const addr = z.string().refine((s) => {
   try {
@@ -167,7 +152,7 @@ export const peerConfigSchema = z.object({
     graceMs: z.number().int().min(0).default(2000),
   }).strict().prefault({}),
   model: z.object({
-    body: parsedBy(parseBodySpec).default(D.bodies[0]),
+    body: parsedString(parseBodySpec).default(D.bodies[0]),
     featureDim: posInt.default(D.featureDim),
     headHidden: z.array(posInt).default(D.headHidden),
     /** Start from the consortium's shared initial model (seeded by data.seed and the body). */
@@ -182,7 +167,8 @@ export const peerConfigSchema = z.object({
     freezeBody: z.boolean().default(false),
   }).strict().prefault({}),
   train: z.object({
-    epochs: posInt.default(D.epochs),
+    /** Local epochs per round (default 1; 2 for dFLMoE with `shareBody`). */
+    epochs: posInt.optional(),
     batchSize: posInt.default(D.batchSize),
     learningRate: z.number().positive().default(D.learningRate),
     /** Local optimiser: adam, sgd, or momentum (SGD with momentum 0.9). */
@@ -195,44 +181,20 @@ export const peerConfigSchema = z.object({
       delta: z.number().gt(0).lt(1).default(1e-5),
     }).strict().optional(),
   }).strict().prefault({}),
-  dflmoe: z.object({
-    alpha: z.number().min(0).max(1).default(D.alpha),
-    gateHidden: posInt.default(D.gateHidden),
-    expertLrScale: z.number().positive().default(D.expertLrScale),
-    /** Refuse received heads scoring below this fraction of the own head's accuracy on local data. */
-    admission: z.number().min(0).max(10).optional(),
-    /** Form of each received expert's feature-space transform. */
-    fst: z.enum(['full', 'diag', 'none']).default(D.fst),
-    /** Weight of distilling the mixture into the own head (0: off). */
-    distill: z.number().min(0).default(D.distill),
-    /** Precision of the published head: float32, float16 (half the bytes) or int8 (a quarter, with a scale per tensor). */
-    headPrecision: z.enum(PRECISIONS as [Precision, ...Precision[]]).default(D.headPrecision ?? 'float32'),
-    /** Mix at most this many received experts, chosen each round; pull only their heads (0: every member's). */
-    maxExperts: z.number().int().min(0).default(D.maxExperts),
-    /** Also share the body: combined peer to peer before each round (see `bodies`); heads stay experts. Off: heads only. */
-    shareBody: z.boolean().default(D.shareBody),
-  }).strict().prefault({}),
-  /** How bodies are shared, by dflmoe with `dflmoe.shareBody` and by fedrep-p2p. */
-  bodies: z.object({
-    /** Publish and combine bodies every this many rounds. */
-    every: posInt.default(D.bodyEvery),
-    /** `mean` (weighted by training rows), `median` or `trimmed:<fraction>` (coordinate-wise). */
-    combiner: z.string().default(D.bodyCombiner).refine(parses(parseBodyCombiner), { message: 'use mean, median or trimmed:<fraction> with 0 <= fraction < 0.5' }),
-    /** Whose bodies a site combines: `full` (every member), `ring` (its two neighbours by peer ID) or `random:<k>` (k drawn afresh each round). */
-    topology: z.string().default(D.topology).refine(parses(parseTopology), { message: 'use full, ring or random:<k>' }),
-    /** Shorthand for `topology: "random:<k>"`. */
-    gossipPeers: posInt.optional(),
-  }).strict().prefault({}),
-  /** fedavg-ft: epochs of fine-tuning the global model before evaluating. */
-  finetune: z.object({ epochs: posInt.default(D.fineTuneEpochs) }).strict().prefault({}),
-  /** fedrep: head-only epochs (body frozen) before the body epochs. */
-  fedrep: z.object({ headEpochs: z.number().int().min(0).default(D.headEpochs) }).strict().prefault({}),
+  /** dFLMoE's settings (`dflmoeSettings`). */
+  dflmoe: z.object(sectionShape(dflmoeSettings)).strict().prefault({}),
+  /** How bodies are shared, by dflmoe with `dflmoe.shareBody` and by fedrep-p2p (`bodySettings`). */
+  bodies: z.object(sectionShape(bodySettings)).strict().prefault({}),
+  /** fedavg-ft's settings (`fineTuneSettings`). */
+  finetune: z.object(sectionShape(fineTuneSettings)).strict().prefault({}),
+  /** fedrep's settings (`fedrepSettings`). */
+  fedrep: z.object(sectionShape(fedrepSettings)).strict().prefault({}),
   rounds: posInt,
   round: z.object({
     deadlineMs: z.number().int().min(0).default(30000),
     /** Fresh heads (models) from other members to wait for each round; default: all other members. */
     quorum: z.number().int().min(0).optional(),
-    maxStaleness: posInt.default(D.maxStaleness),
+    ...sectionShape(stalenessSettings),
     /** Adapt the deadline to how long heads take to arrive (deadlineMs is then the first rounds' deadline and the ceiling). */
     adaptive: z.boolean().default(false),
     /** With `adaptive`: the shortest deadline. */
@@ -261,8 +223,18 @@ export const peerConfigSchema = z.object({
   out: z.string(),
 }).strict();
 
-/** A site config after `parsePeerConfig`: defaults filled in, paths resolved. */
-export type PeerConfig = z.infer<typeof peerConfigSchema>;
+/** A site config as its file gives it (the schema's output), before its algorithm's settings are resolved. */
+export type ParsedConfig = z.infer<typeof peerConfigSchema>;
+
+/** A site config after `parsePeerConfig`: defaults filled in (the algorithm's settings too), paths resolved. */
+export type PeerConfig = Omit<ParsedConfig, 'dflmoe' | 'bodies' | 'finetune' | 'fedrep' | 'round' | 'train'> & {
+  dflmoe: SectionOf<typeof dflmoeSettings>;
+  bodies: SectionOf<typeof bodySettings>;
+  finetune: SectionOf<typeof fineTuneSettings>;
+  fedrep: SectionOf<typeof fedrepSettings>;
+  round: Omit<ParsedConfig['round'], 'maxStaleness'> & SectionOf<typeof stalenessSettings>;
+  train: Omit<ParsedConfig['train'], 'epochs'> & { epochs: number };
+};
 
 /** The schema of a FedAvg server's config (`dflmoe server --config`). */
 export const serverConfigSchema = z.object({
@@ -381,7 +353,7 @@ export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.
   checkLegacyData(raw, file);
   const r = peerConfigSchema.safeParse(raw);
   if (!r.success) throw new ConfigError(formatIssues(file, r.error, peerConfigSchema));
-  const c = r.data;
+  const c = withSettings(r.data, file);
   if (c.listen.length === 0 && c.relay.via.length === 0) {
     throw new ConfigError(`config ${file}: listen: give at least one address to listen on, or (behind NAT) relay.via: a relay that members reach this site through`);
   }
@@ -392,8 +364,6 @@ export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.
   });
   const sim = c.data.simulate;
   if (sim && sim.index >= sim.peers) throw new ConfigError(`config ${file}: data.simulate.index (${sim.index}) must be below data.simulate.peers (${sim.peers})`);
-  const sharing = bodySharingProblem({ shareBody: c.dflmoe.shareBody, freezeBody: c.model.freezeBody });
-  if (sharing) throw new ConfigError(`config ${file}: dflmoe.shareBody: ${sharing}`);
   if (getAlgorithm(c.algorithm).network === 'server' && !c.server) {
     throw new ConfigError(`config ${file}: server: required when algorithm is "${c.algorithm}" (the aggregation server's peerId and addrs)`);
   }
@@ -417,6 +387,34 @@ export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.
   return c;
 }
 
+/**
+ * The config with its algorithm's settings resolved into its sections: what
+ * it sets, else the algorithm's variants (dFLMoE with `shareBody`: no FST,
+ * two epochs), else the defaults; a bad value names its key.
+ */
+function withSettings(c: ParsedConfig, file: string): PeerConfig {
+  const given = { ...fromSections(SETTINGS, c as unknown as Record<string, Record<string, unknown>>), epochs: c.train.epochs };
+  let resolved;
+  try {
+    resolved = algorithmSettings(getAlgorithm(c.algorithm), given, { freezeBody: c.model.freezeBody });
+  } catch (e) {
+    if (e instanceof SettingError) throw new ConfigError(`config ${file}: ${configPath(SETTINGS, e.setting)}: ${e.problem}`);
+    throw e;
+  }
+  const sections = toSections(SETTINGS, resolved.settings);
+  return {
+    ...c,
+    dflmoe: sections.dflmoe, bodies: sections.bodies, finetune: sections.finetune, fedrep: sections.fedrep,
+    round: { ...c.round, ...sections.round },
+    train: { ...c.train, epochs: resolved.epochs ?? DEFAULT_TRAIN.epochs },
+  } as PeerConfig;
+}
+
+/** A site's algorithm settings from its (parsed) config: the flat names the algorithms take. */
+export function configSettings(c: PeerConfig): ReturnType<typeof algorithmSettings>['settings'] {
+  return fromSections(SETTINGS, c as unknown as Record<string, Record<string, unknown>>) as ReturnType<typeof algorithmSettings>['settings'];
+}
+
 /** The members other than the site `selfId`. */
 export function otherMembers(c: PeerConfig, selfId: string): PeerConfig['members'] {
   return c.members.filter((m) => m.peerId !== selfId);
@@ -435,11 +433,10 @@ export function checkQuorum(c: PeerConfig, selfId: string, file = '<config>'): v
 /** Simulation options that `siteSettings` carries into a site config. */
 const PER_SITE = [
   'dataset', 'datasetOptions', 'peers', 'partition', 'seed', 'testFraction', 'minSize', 'standardize', 'bodies', 'featureDim', 'headHidden', 'sharedInit',
-  'pretrainedBody', 'freezeBody',
-  'epochs', 'batchSize', 'learningRate', 'optimizer', 'dp', 'alpha', 'gateHidden', 'expertLrScale', 'admission', 'fst', 'distill',
-  'fineTuneEpochs', 'headEpochs', 'maxStaleness', 'rounds', 'headPrecision', 'maxExperts',
-  'shareBody', 'bodyEvery', 'bodyCombiner', 'topology',
-] as const;
+  'pretrainedBody', 'freezeBody', 'epochs', 'batchSize', 'learningRate', 'optimizer', 'dp', 'rounds',
+  // Every algorithm's settings, into their sections.
+  ...settingsList(SETTINGS).map((s) => s.name),
+];
 /** One consortium per algorithm. */
 const PER_CONSORTIUM = ['algorithms'] as const;
 /** Simulation-only experiments: a consortium of processes refuses them rather than ignore them. */
@@ -465,11 +462,14 @@ function absoluteBody(body: string): string {
  * so that a site process runs with the settings the in-memory simulator uses.
  * Throws for simulation-only options that a site config cannot express.
  */
-export function siteSettings(sim: SimulationConfig, index: number) {
+export function siteSettings(sim: SimulationConfig, index: number, algorithm: AlgorithmName = sim.algorithms[0]) {
   for (const [k, used] of Object.entries(SIMULATION_ONLY)) {
     if (used(sim)) throw new ConfigError(`${k} is a simulation-only option: run it with --transport memory`);
   }
   const o = sim.datasetOptions ?? {};
+  // The algorithm's settings as the in-memory simulator resolves them (its variants' defaults included).
+  const { epochs, ...settings } = simulationSettings(sim, algorithm);
+  const sections = toSections(SETTINGS, settings);
   return {
     data: {
       dataset: sim.dataset, seed: sim.seed, testFraction: sim.testFraction,
@@ -485,20 +485,12 @@ export function siteSettings(sim: SimulationConfig, index: number) {
       ...(sim.pretrainedBody !== undefined ? { pretrainedBody: resolve(sim.pretrainedBody) } : {}), freezeBody: sim.freezeBody,
     },
     train: {
-      epochs: sim.epochs, batchSize: sim.batchSize, learningRate: sim.learningRate, optimizer: sim.optimizer,
+      epochs, batchSize: sim.batchSize, learningRate: sim.learningRate, optimizer: sim.optimizer,
       ...(sim.dp ? { dp: sim.dp } : {}),
     },
-    dflmoe: {
-      alpha: sim.alpha, gateHidden: sim.gateHidden, expertLrScale: sim.expertLrScale, fst: sim.fst, distill: sim.distill, maxExperts: sim.maxExperts,
-      shareBody: sim.shareBody,
-      ...(sim.headPrecision !== undefined ? { headPrecision: sim.headPrecision } : {}),
-      ...(sim.admission !== undefined ? { admission: sim.admission } : {}),
-    },
-    bodies: { every: sim.bodyEvery, combiner: sim.bodyCombiner, topology: sim.topology },
-    finetune: { epochs: sim.fineTuneEpochs },
-    fedrep: { headEpochs: sim.headEpochs },
+    dflmoe: sections.dflmoe, bodies: sections.bodies, finetune: sections.finetune, fedrep: sections.fedrep,
     rounds: sim.rounds,
-    round: { maxStaleness: sim.maxStaleness },
+    round: sections.round,
   };
 }
 

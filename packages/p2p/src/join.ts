@@ -7,7 +7,7 @@
  */
 import { z } from 'zod';
 import { multiaddr } from '@multiformats/multiaddr';
-import { memberSchema, parsePeerConfig, peerConfigSchema, type PeerConfig } from './config.js';
+import { memberSchema, parsePeerConfig, peerConfigSchema, type ParsedConfig, type PeerConfig } from './config.js';
 
 /** The `format` that join details start with (and the version of their layout). */
 export const JOIN_FORMAT = 'dflmoe-join/1';
@@ -34,7 +34,7 @@ export const joinSchema = peerConfigSchema.pick(Object.fromEntries(SHARED.map((k
  * (Written out rather than inferred from `joinSchema`, so that the type
  * reads the same wherever it is printed.)
  */
-export type JoinDetails = Pick<PeerConfig, 'algorithm' | 'preprocess' | 'model' | 'train' | 'dflmoe' | 'bodies' | 'finetune' | 'fedrep' | 'rounds' | 'round' | 'limits'> & {
+export type JoinDetails = Pick<ParsedConfig, 'algorithm' | 'preprocess' | 'model' | 'train' | 'dflmoe' | 'bodies' | 'finetune' | 'fedrep' | 'rounds' | 'round' | 'limits'> & {
   format: typeof JOIN_FORMAT;
   /** Every member: peer ID, name and the addresses it can be reached at (a browser tab dials the WebSockets ones). */
   members: PeerConfig['members'];

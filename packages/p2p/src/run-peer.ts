@@ -6,10 +6,10 @@ import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { initBackend, isInterrupted, type AlgorithmOptions, type Logger, type SiteFeed, type StatusBoard } from '@dflmoe/core';
 import {
-  DEFAULT_ALGORITHM_OPTIONS, getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, runSite, gateWeights, type AlgorithmSite, type SiteNetwork, type SiteRoundRecord,
+  getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, runSite, gateWeights, type AlgorithmSite, type SiteNetwork, type SiteRoundRecord,
 } from '@dflmoe/core/internal';
 import type { SiteData } from '@dflmoe/data';
-import { checkQuorum, otherMembers, type PeerConfig } from './config.js';
+import { checkQuorum, configSettings, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
 import { bodyExchange, headExchange, type Libp2pExchangeService as ExchangeService } from './service.js';
@@ -99,16 +99,9 @@ export interface RunPeerOptions {
   data?: SiteData;
 }
 
+/** What the site's algorithm is made with: the settings its config resolved, the consortium's seed and the size limits. */
 function siteAlgorithmOptions(cfg: PeerConfig): AlgorithmOptions {
-  return {
-    ...DEFAULT_ALGORITHM_OPTIONS,
-    seed: cfg.data.seed, alpha: cfg.dflmoe.alpha, gateHidden: cfg.dflmoe.gateHidden, expertLrScale: cfg.dflmoe.expertLrScale,
-    admission: cfg.dflmoe.admission, fst: cfg.dflmoe.fst, distill: cfg.dflmoe.distill, headPrecision: cfg.dflmoe.headPrecision, maxStaleness: cfg.round.maxStaleness, maxHeadBytes: cfg.limits.maxHeadBytes,
-    maxModelBytes: cfg.limits.maxModelBytes, fineTuneEpochs: cfg.finetune.epochs, headEpochs: cfg.fedrep.headEpochs,
-    maxExperts: cfg.dflmoe.maxExperts,
-    shareBody: cfg.dflmoe.shareBody, bodyEvery: cfg.bodies.every, bodyCombiner: cfg.bodies.combiner,
-    topology: cfg.bodies.gossipPeers !== undefined ? `random:${cfg.bodies.gossipPeers}` : cfg.bodies.topology,
-  };
+  return { ...configSettings(cfg), seed: cfg.data.seed, maxHeadBytes: cfg.limits.maxHeadBytes, maxModelBytes: cfg.limits.maxModelBytes };
 }
 
 /**

@@ -2,9 +2,10 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
-  ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, initBackend, simulate, type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
+  ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, initBackend, simulate, type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
-import { emptyResults, parseBodyCombiner, parseTopology, REGISTRY, isAlgorithmName, summarize, unknownAlgorithmMessage } from '@dflmoe/core/internal';
+import { emptyResults, REGISTRY, isAlgorithmName, simulationSettings, summarize, unknownAlgorithmMessage } from '@dflmoe/core/internal';
+import { addSettingsOptions, givenSettings } from '../settings-options.js';
 import { SHIFT_KINDS, loadDatasetAsync, partition } from '@dflmoe/data';
 import { collectResults, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium } from '../consortium.js';
 import { stopSignal } from './network.js';
@@ -16,19 +17,6 @@ import { formatBytes, int, num, pct, table } from '../format.js';
 import { followSites, withLiveView, withUiOptions } from '../live.js';
 import type { StatusBoard } from '@dflmoe/core';
 
-/** `--max-experts`: a positive integer, or `0` or `all` for no limit. */
-const maxExperts = (v: string) => (v === 'all' || v === '0' ? 0 : int('--max-experts')(v));
-/** Parse with a core parser, turning its error into commander's. */
-const parsed = (parse: (v: string) => unknown) => (v: string) => {
-  try {
-    parse(v);
-  } catch (e) {
-    throw new InvalidArgumentError(`${(e as Error).message}.`);
-  }
-  return v;
-};
-const combiner = parsed(parseBodyCombiner);
-const topology = parsed(parseTopology);
 /** `--standardize`: federated (the site config's name) or local; `global`, its former name, still reads as federated. */
 function standardizeOption(dflt: SimulationConfig['standardize']): Option {
   const how = ['federated', 'local'];
@@ -69,7 +57,7 @@ export function summaryTable(r: SimulationResults): string {
 
 export function simulateCommand(): Command {
   const d = DEFAULT_SIMULATION;
-  return withUiOptions(new Command('simulate')
+  const cmd = withUiOptions(new Command('simulate')
     .description('Run algorithms side by side on one dataset and partition, with the same model, rounds, epochs and optimiser.')
     .addHelpText('after', `\nAlgorithms:\n${REGISTRY.map((a) => `  ${a.name.padEnd(10)} ${a.description}`).join('\n')}\n`)
     .requiredOption('--dataset <name>', 'breast-cancer | digits | fashion-mnist | synthetic | csv:<path> | images:<dir> (one sub-folder of PNG/JPEG files per class)')
@@ -81,38 +69,18 @@ export function simulateCommand(): Command {
     .option('--body <list>', 'body per peer, cycled: mlp[:h1xh2], cnn[:f1xf2] (e.g. mlp,cnn for heterogeneous sites)', list, d.bodies)
     .option('--feature-dim <n>', 'size of the feature vector the body produces', int('--feature-dim'), d.featureDim)
     .option('--head-hidden <sizes>', 'hidden layers of the head, e.g. 32 or 64x32; none for a linear head', sizes, d.headHidden)
-    .option('--epochs <n>', 'local epochs per round', int('--epochs'), d.epochs)
+    .option('--epochs <n>', 'local epochs per round (default: 1; 2 for dflmoe with --share-body)', int('--epochs'))
     .option('--batch-size <n>', 'batch size', int('--batch-size'), d.batchSize)
     .option('--lr <x>', 'learning rate', num('--lr', 1e-8, 10), d.learningRate)
     .addOption(new Option('--optimizer <kind>', 'local optimiser of every algorithm (momentum: SGD with momentum 0.9)').choices(OPTIMIZERS).default(d.optimizer))
-    .option('--finetune-epochs <n>', 'fedavg-ft: epochs of fine-tuning the global model before evaluating', int('--finetune-epochs'), d.fineTuneEpochs)
-    .option('--head-epochs <n>', 'fedrep: head-only epochs (body frozen) before the body epochs', (v) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('--head-epochs must be a non-negative integer.');
-      return n;
-    }, d.headEpochs)
-    .option('--alpha <x>', 'dFLMoE: weight of the own-head loss (rest goes to the MoE loss)', num('--alpha', 0, 1), d.alpha)
-    .option('--gate-hidden <n>', 'dFLMoE: hidden units of the gate', int('--gate-hidden'), d.gateHidden)
-    .option('--max-staleness <n>', 'dFLMoE and gossip: rounds a received head or model stays usable without an update', int('--max-staleness'), d.maxStaleness)
     .option('--test-fraction <x>', "share of each peer's data held out for its test split", num('--test-fraction', 0.01, 0.99), d.testFraction)
     .option('--min-size <n>', 'minimum samples per peer', int('--min-size'), d.minSize)
     .addOption(standardizeOption(d.standardize))
     .option('--no-shared-init', 'dflmoe/local: give every site its own random initial model')
     .option('--pretrained-body <dir>', 'every site starts from this body pretrained on public data (written by "dflmoe pretrain")')
     .option('--freeze-body', 'never train the body: only heads (and dFLMoE gates and transforms) learn', false)
-    .option('--expert-lr-scale <x>', "dflmoe: learning rate of received experts' gate slots and FSTs, relative to --lr", num('--expert-lr-scale', 0, 1000), d.expertLrScale)
     .option('--poisoned <n>', 'robustness: make the last n sites adversarial', (v) => Number(v), d.poisoned)
     .addOption(new Option('--poison-kind <kind>', 'what adversarial sites do: random heads (dflmoe) and bodies (where shared), flipped labels, sign-flipped bodies (where shared)').choices(['random', 'flipped', 'sign-flip']).default(d.poisonKind))
-    .addOption(new Option('--fst <form>', "dflmoe: each received expert's feature-space transform: full (dim x dim), diag (scale and shift per feature), none").choices(['full', 'diag', 'none']).default(d.fst))
-    .option('--distill <x>', 'dflmoe: weight of distilling the mixture into the own head (0: off)', num('--distill', 0, 100), d.distill)
-    .option('--max-experts <k>', 'dflmoe: mix at most k received experts, chosen each round from announcements, local scores and gate weights, with some exploration (0 or all: no limit)', maxExperts, d.maxExperts)
-    .addOption(new Option('--head-precision <p>', 'dflmoe: precision of published heads: float32, float16 (half the bytes), int8 (a quarter, a scale per tensor)').choices([...PRECISIONS]).default(d.headPrecision))
-    .option('--share-body', 'dflmoe: also share bodies, combined peer to peer before each round (heads stay experts; off: heads only)', false)
-    .option('--body-every <n>', 'dflmoe --share-body and fedrep-p2p: exchange bodies every n rounds', int('--body-every'), d.bodyEvery)
-    .option('--body-combiner <how>', 'dflmoe --share-body and fedrep-p2p: mean (weighted by rows), median or trimmed:<fraction> (coordinate-wise)', combiner, d.bodyCombiner)
-    .option('--gossip-peers <k>', 'dflmoe --share-body and fedrep-p2p: combine with k members drawn afresh each round (same as --topology random:k)', int('--gossip-peers'))
-    .option('--topology <t>', 'dflmoe --share-body and fedrep-p2p: whose bodies a site combines: full, ring, random:<k>', topology, d.topology)
-    .option('--admission <x>', "dflmoe: refuse received heads scoring below x times the own head's accuracy on local data", num('--admission', 0, 10))
     .option('--dp-noise <x>', 'DP-SGD: noise multiplier (turns DP on)', num('--dp-noise', 0, 1000))
     .option('--dp-clip <x>', 'DP-SGD: clipping norm', num('--dp-clip', 1e-9, 1e6), 1)
     .option('--dp-microbatches <n>', 'DP-SGD: microbatches per batch (default: per-example)', int('--dp-microbatches'))
@@ -127,8 +95,10 @@ export function simulateCommand(): Command {
     .option('--deadline <ms>', 'tcp: round deadline in milliseconds', int('--deadline'), 60000)
     .option('--out <dir>', 'output directory for results.json', 'runs/simulate')
     .option('--fresh', "tcp: start over, removing an earlier run's sites in --out (without it, a rerun resumes them from their checkpoints)")
-    .option('--quiet', 'print only the final table'), 'every site of the run')
-    .action(withLiveView(async (o, board) => {
+    .option('--quiet', 'print only the final table'), 'every site of the run');
+  // Every algorithm's settings, from their schemas.
+  addSettingsOptions(cmd);
+  return cmd.action(withLiveView(async (o, board) => {
       const out = resolve(o.out);
       mkdirSync(out, { recursive: true });
       const cfg: SimulationConfig = {
@@ -136,12 +106,12 @@ export function simulateCommand(): Command {
         datasetOptions: { maxSamples: o.maxSamples, dataDir: o.dataDir, labelColumn: o.labelColumn },
         peers: o.peers, partition: o.partition, rounds: o.rounds, algorithms: o.algorithms, seed: o.seed,
         bodies: o.body, featureDim: o.featureDim, headHidden: o.headHidden, epochs: o.epochs, batchSize: o.batchSize,
-        learningRate: o.lr, optimizer: o.optimizer, fineTuneEpochs: o.finetuneEpochs, headEpochs: o.headEpochs, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness,
+        learningRate: o.lr, optimizer: o.optimizer,
         testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
-        sharedInit: o.sharedInit, expertLrScale: o.expertLrScale, freezeBody: o.freezeBody,
+        sharedInit: o.sharedInit, freezeBody: o.freezeBody,
         ...(o.pretrainedBody !== undefined ? { pretrainedBody: resolve(o.pretrainedBody) } : {}),
-        poisoned: o.poisoned, poisonKind: o.poisonKind, admission: o.admission, fst: o.fst, distill: o.distill, headPrecision: o.headPrecision, maxExperts: o.maxExperts,
-        shareBody: o.shareBody, bodyEvery: o.bodyEvery, bodyCombiner: o.bodyCombiner, topology: o.gossipPeers !== undefined ? `random:${o.gossipPeers}` : o.topology,
+        poisoned: o.poisoned, poisonKind: o.poisonKind,
+        ...givenSettings(cmd),
         trainPerSite: o.trainPerSite, featureShift: o.featureShift, evaluateOn: o.evaluateOn,
         ...(o.dpNoise !== undefined ? { dp: { noiseMultiplier: o.dpNoise, clipNorm: o.dpClip, microbatches: o.dpMicrobatches, delta: o.dpDelta } } : {}),
       };
@@ -218,7 +188,7 @@ async function simulateOverTcp(
     } finally {
       recordRunSeconds(dir, seconds());
     }
-    const a = collectResults(alg, files, seconds(), cfg.bodies);
+    const a = collectResults(alg, files, seconds(), cfg.bodies, simulationSettings(cfg, alg));
     // Pooled test accuracy where the in-memory simulator reports it (every site standardizes alike): each site's saved model on every site's test rows.
     if (cfg.standardize === 'federated' || cfg.pretrainedBody !== undefined) {
       const pooled = await pooledAccuracies(files.sites.map((s) => s.out), ds, splits);

@@ -7,12 +7,12 @@
  */
 import type * as tf from '@tensorflow/tfjs-core';
 import type { ExchangeStats, HeadExchange } from '../exchange.js';
-import type { NamedArray, Precision } from '../codec.js';
+import type { NamedArray } from '../codec.js';
 import type { Logger } from '../log.js';
 import type { PeerData } from '../train.js';
 import type { CheckpointWrite } from '../checkpoint.js';
 import type { PeerEval, PeerModelOptions } from './common.js';
-import type { FstKind } from '../model.js';
+import type { SettingsGroup } from '../settings.js';
 import type { BodyShare, MixedBody } from '../body-share.js';
 
 /** Client side of an aggregation server (FedAvg and its relatives). */
@@ -105,57 +105,34 @@ export interface AlgorithmSite {
   dispose(): void;
 }
 
-/** Algorithm settings that are not part of the model or the local training. */
-export interface AlgorithmOptions {
+/**
+ * What every algorithm's site is made with besides its settings: the
+ * consortium's seed, the size limits of received messages and the
+ * simulator's robustness experiments. `AlgorithmOptions` (the registry) adds
+ * every algorithm's settings.
+ */
+export interface AlgorithmBaseOptions {
   /** The consortium's seed (shared initial models are derived from it). */
   seed: number;
-  /** dFLMoE: weight of the own-head loss. */
-  alpha: number;
-  gateHidden: number;
-  expertLrScale: number;
-  admission?: number;
-  /** dFLMoE: form of each received expert's feature-space transform. */
-  fst: FstKind;
-  /** dFLMoE: weight of distilling the mixture into the own head (0: off). */
-  distill: number;
-  /** dFLMoE experts and gossip models: rounds a received message stays usable. */
-  maxStaleness: number;
+  /** Largest head message accepted, in bytes. */
   maxHeadBytes: number;
-  /** dFLMoE: precision of published heads (float32, float16, int8). */
-  headPrecision?: Precision;
-  /** dFLMoE: mix at most this many received experts, chosen each round (0: every one). */
-  maxExperts?: number;
+  /** Largest model or body message accepted, in bytes. */
   maxModelBytes: number;
-  /** fedavg-ft: local epochs of fine-tuning the global model before evaluating. */
-  fineTuneEpochs: number;
-  /** fedrep: head-only epochs (body frozen) before the body epochs. */
-  headEpochs: number;
   /** Robustness experiments: this site publishes random heads (dFLMoE only; others ignore it)... */
   randomUpdates?: boolean;
   /** ...and, when it shares bodies, random (`random`) or sign-flipped (`sign-flip`) bodies. */
   poisonBody?: 'random' | 'sign-flip';
-  /** dFLMoE: also share bodies, combined peer to peer (off: heads only, as always). fedrep-p2p always shares. */
-  shareBody?: boolean;
-  /** Sites that share bodies: publish and combine every this many rounds. */
-  bodyEvery: number;
-  /** Sites that share bodies: `mean`, `median` or `trimmed:<fraction>`. */
-  bodyCombiner: string;
-  /** Sites that share bodies: whose bodies a site combines: `full`, `ring` or `random:<k>`. */
-  topology: string;
 }
 
-export const DEFAULT_ALGORITHM_OPTIONS: Omit<AlgorithmOptions, 'seed'> = {
-  alpha: 0.2, gateHidden: 32, expertLrScale: 1, fst: 'full', distill: 0, maxStaleness: 3,
-  maxHeadBytes: 64 * 1024 * 1024, headPrecision: 'float32', maxModelBytes: 512 * 1024 * 1024, fineTuneEpochs: 1, headEpochs: 1,
-  bodyEvery: 1, bodyCombiner: 'mean', topology: 'full',
-};
+/** The size limits a site has unless its config sets others (the site config's `limits`). */
+export const DEFAULT_LIMITS: Pick<AlgorithmBaseOptions, 'maxHeadBytes' | 'maxModelBytes'> = { maxHeadBytes: 64 * 1024 * 1024, maxModelBytes: 512 * 1024 * 1024 };
 
 export interface Upload {
   weights: NamedArray[];
   samples: number;
 }
 
-export interface Algorithm<N extends string = string> {
+export interface Algorithm<N extends string = string, O extends AlgorithmBaseOptions = AlgorithmBaseOptions> {
   readonly name: N;
   /** Name in prose and error messages (`FedAvg`). */
   readonly label: string;
@@ -171,12 +148,14 @@ export interface Algorithm<N extends string = string> {
   readonly sameModel: boolean;
   /** Shares bodies peer to peer: `always` (fedrep-p2p), `opt-in` with `shareBody` (dFLMoE); absent: never. */
   readonly bodies?: 'always' | 'opt-in';
-  createSite(base: PeerModelOptions, o: AlgorithmOptions): AlgorithmSite;
+  /** The groups of settings this algorithm takes (their variants apply to its runs). */
+  readonly settings: readonly SettingsGroup[];
+  createSite(base: PeerModelOptions, o: O): AlgorithmSite;
   /** `server` algorithms: combine a round's uploads (given in rank order). */
   aggregate?(uploads: Upload[]): NamedArray[];
 }
 
 /** Whether sites of `alg` with options `o` share their bodies. */
-export function sharesBodies(alg: Pick<Algorithm, 'bodies'>, o: Pick<AlgorithmOptions, 'shareBody'>): boolean {
+export function sharesBodies(alg: Pick<Algorithm, 'bodies'>, o: { shareBody?: boolean }): boolean {
   return alg.bodies === 'always' || (alg.bodies === 'opt-in' && o.shareBody === true);
 }

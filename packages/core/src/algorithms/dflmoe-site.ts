@@ -9,10 +9,13 @@ import { encodeHead } from '../codec.js';
 import { DepartedMembers, absorbMessages, awaitRound, type HeadExchange } from '../exchange.js';
 import type { Logger } from '../log.js';
 import { createHead } from '../model.js';
-import type { Algorithm, AlgorithmOptions, AlgorithmSite, ExpertInfo, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
+import type { Algorithm, AlgorithmBaseOptions, AlgorithmSite, ExpertInfo, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
 import { DflmoePeer } from './dflmoe.js';
 import { prefixKeys, secondsSince, siteBodyShare } from './site.js';
-import { bodySharingProblem, type BodyShare, type MixedBody } from '../body-share.js';
+import { bodySettings, type BodySettings, type BodyShare, type MixedBody } from '../body-share.js';
+import { stalenessSettings, type StalenessSettings } from '../experts.js';
+import { dflmoeSettings, type DflmoeSettings } from './dflmoe-settings.js';
+import { resolveSettings } from '../settings.js';
 
 /** A head of random weights, encoded as `peer`'s next version (a poisoning attacker). */
 function randomHead(peer: DflmoePeer, version: number, seed: number): Uint8Array {
@@ -32,7 +35,7 @@ export class DflmoeSite implements AlgorithmSite {
    * before each round's training, combines its partners' bodies into its own.
    */
   constructor(
-    readonly peer: DflmoePeer, private readonly o: Partial<Pick<AlgorithmOptions, 'randomUpdates' | 'poisonBody' | 'seed'>> = {}, readonly bodyShare?: BodyShare,
+    readonly peer: DflmoePeer, private readonly o: Partial<Pick<AlgorithmBaseOptions, 'randomUpdates' | 'poisonBody' | 'seed'>> = {}, readonly bodyShare?: BodyShare,
   ) {
     this.checkpoint = {
       save: (dir, round, extra, keep) => saveCheckpoint(dir, peer, round, extra, keep, bodyShare),
@@ -156,7 +159,10 @@ export class DflmoeSite implements AlgorithmSite {
   }
 }
 
-export const dflmoe: Algorithm<'dflmoe'> = {
+/** What dFLMoE's sites are made with: its settings, body sharing's and the staleness bound. */
+export type DflmoeSiteOptions = AlgorithmBaseOptions & DflmoeSettings & BodySettings & StalenessSettings;
+
+export const dflmoe: Algorithm<'dflmoe', DflmoeSiteOptions> = {
   name: 'dflmoe',
   label: 'dFLMoE',
   description: 'serverless: each site shares only its head and mixes the heads it receives with a learned gate',
@@ -165,14 +171,11 @@ export const dflmoe: Algorithm<'dflmoe'> = {
   message: 'head',
   sameModel: false,
   bodies: 'opt-in',
+  settings: [dflmoeSettings, bodySettings, stalenessSettings],
   createSite: (base, o) => {
-    const sharing = bodySharingProblem({ shareBody: o.shareBody, freezeBody: base.freezeBody });
-    if (sharing) throw new Error(sharing);
-    const peer = new DflmoePeer({
-      ...base, alpha: o.alpha, gateHidden: o.gateHidden, maxStaleness: o.maxStaleness, expertLrScale: o.expertLrScale,
-      admission: o.admission, maxHeadBytes: o.maxHeadBytes, fst: o.fst, distill: o.distill, headPrecision: o.headPrecision,
-      maxExperts: o.maxExperts,
-    });
+    // The settings' own checks (a frozen body cannot be shared), whoever built `o`.
+    resolveSettings([dflmoeSettings], [], o, { freezeBody: base.freezeBody });
+    const peer = new DflmoePeer({ ...base, ...o });
     return new DflmoeSite(peer, o, o.shareBody ? siteBodyShare(peer, o) : undefined);
   },
 };

@@ -6,7 +6,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { deriveSeed } from '@dflmoe/data/internal';
 import { CodecError, decodeHead, encodeHead, type CodecReason, type NamedArray, type Precision } from '../codec.js';
-import { ExpertPool } from '../experts.js';
 import { KeyedAdam, RowAdam } from '../keyed-adam.js';
 import {
   Gate, applyFst, createFst, stopGradient, type FstKind, headLogits, headParamCount, moeForward, moeForwardPerExpert, moeForwardStacked, moeLoss,
@@ -15,50 +14,26 @@ import {
 import { chooseExperts, defaultExploration, type ExpertMemory } from '../selection.js';
 import { accuracy, predictClasses, rowsOf, trainEpochs, type ParamGroup } from '../train.js';
 import { SupervisedModel, type PeerEval, type PeerModelOptions } from './common.js';
+import { DEFAULT_LIMITS } from './api.js';
+import { dflmoeSettings, type DflmoeSettings } from './dflmoe-settings.js';
+import { ExpertPool, stalenessSettings, type StalenessSettings } from '../experts.js';
+import { resolveSettings } from '../settings.js';
 
-export interface DflmoeOptions extends PeerModelOptions {
-  /** Weight of the own-head loss; `1 - alpha` goes to the MoE loss (default 0.2). */
-  alpha?: number;
-  /** Hidden units of the gate (default 32). */
-  gateHidden?: number;
+/**
+ * A dFLMoE peer's options: the model, dFLMoE's settings (`dflmoeSettings`:
+ * alpha, gate size, transforms, admission, distillation, head precision,
+ * bounded mixture; defaults there) and a few that only code sets.
+ */
+export interface DflmoeOptions extends PeerModelOptions, Partial<DflmoeSettings>, Partial<StalenessSettings> {
   /** Initial gate logit of the own head, so a new MoE starts by trusting it (default 1). */
   ownGateBias?: number;
-  /** Rounds a received head stays without a refresh (default 3). */
-  maxStaleness?: number;
-  /** Largest head message accepted, in bytes (default 64 MiB). */
+  /** Largest head message accepted, in bytes (default: `DEFAULT_LIMITS`). */
   maxHeadBytes?: number;
-  /** Learning rate of each received expert's gate slot and FST, relative to the base rate (default 1). */
-  expertLrScale?: number;
-  /**
-   * Admission check: score each received head (through its FST) on up to 512
-   * local training samples and refuse it when its accuracy is below this
-   * fraction of the own head's accuracy on the same samples. Off by default.
-   */
-  admission?: number;
-  /** Form of each received expert's feature-space transform (default `full`). */
-  fst?: FstKind;
-  /**
-   * Weight of a distillation term that pulls the own head towards the
-   * mixture's prediction (cross-entropy to the mixture, which is held fixed);
-   * 0 turns it off (default).
-   */
-  distill?: number;
-  /** Precision of the published head: float32 (default), float16 or int8 with a scale per tensor. */
-  headPrecision?: Precision;
-  /**
-   * Bounded mixture: mix at most this many received experts, chosen each
-   * round from the members that announced a head (see `selectExperts`);
-   * 0: every one (default).
-   */
-  maxExperts?: number;
   /** Bounded mixture: slots per round for experts not held now (default: k/4, at least 1). */
   exploreExperts?: number;
   /** `batched` (default): every expert in batched tensor ops; `per-expert`: the reference path, one kernel chain per expert. */
   mixture?: 'batched' | 'per-expert';
 }
-
-/** Default of `maxExperts` for simulations and site configs: all experts up to this many. */
-export const DEFAULT_MAX_EXPERTS = 32;
 
 /** Local training samples on which a bounded mixture scores its experts. */
 const EVIDENCE_SAMPLES = 256;
@@ -146,20 +121,19 @@ export class DflmoePeer extends SupervisedModel {
 
   constructor(o: DflmoeOptions) {
     super(o);
-    this.alpha = o.alpha ?? 0.2;
-    if (!(this.alpha >= 0 && this.alpha <= 1)) throw new Error(`alpha must be in [0, 1], got ${this.alpha}`);
-    this.gate = new Gate(o.featureDim, o.gateHidden ?? 32, deriveSeed(this.train.seed, 'gate'), this.id, o.ownGateBias ?? 1);
-    this.pool = new ExpertPool({ maxStaleness: o.maxStaleness ?? 3 });
-    this.maxHeadBytes = o.maxHeadBytes ?? 64 * 1024 * 1024;
-    this.expertLrScale = o.expertLrScale ?? 1;
+    // Unset settings take dFLMoE's defaults; a bad value is a SettingError naming it.
+    const s = resolveSettings([dflmoeSettings, stalenessSettings], [], o).values as DflmoeSettings & StalenessSettings;
+    this.alpha = s.alpha;
+    this.gate = new Gate(o.featureDim, s.gateHidden, deriveSeed(this.train.seed, 'gate'), this.id, o.ownGateBias ?? 1);
+    this.pool = new ExpertPool({ maxStaleness: s.maxStaleness });
+    this.maxHeadBytes = o.maxHeadBytes ?? DEFAULT_LIMITS.maxHeadBytes;
+    this.expertLrScale = s.expertLrScale;
     this.expertAdam = new KeyedAdam(this.train.learningRate * this.expertLrScale);
-    this.admission = o.admission;
-    this.fstKind = o.fst ?? 'full';
-    this.distill = o.distill ?? 0;
-    this.headPrecision = o.headPrecision ?? 'float32';
-    if (!(this.distill >= 0)) throw new Error(`distill must be a non-negative number, got ${this.distill}`);
-    this.maxExperts = o.maxExperts ?? 0;
-    if (!Number.isInteger(this.maxExperts) || this.maxExperts < 0) throw new Error(`maxExperts must be a non-negative integer (0: all), got ${this.maxExperts}`);
+    this.admission = s.admission;
+    this.fstKind = s.fst;
+    this.distill = s.distill;
+    this.headPrecision = s.headPrecision;
+    this.maxExperts = s.maxExperts;
     this.exploreExperts = o.exploreExperts ?? defaultExploration(this.maxExperts);
     this.mixture = o.mixture ?? 'batched';
   }

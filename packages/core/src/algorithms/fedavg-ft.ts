@@ -8,18 +8,34 @@
  * uploads, which is what leaves the site).
  */
 import type * as tf from '@tensorflow/tfjs-core';
+import { z } from 'zod';
 import { deriveSeed } from '@dflmoe/data/internal';
-import type { Algorithm, AlgorithmOptions } from './api.js';
+import { defineSettings, type SettingsOf } from '../settings.js';
+import type { Algorithm, AlgorithmBaseOptions } from './api.js';
 import type { PeerEval, PeerModelOptions, SupervisedModel } from './common.js';
 import { FedAvgClient, FedAvgSite, sharedModelSeed } from './fedavg.js';
 import { federatedAverage } from '../averaging.js';
 import { modelProbs } from './site.js';
 
+/** FedAvg-FT's settings: the site config's `finetune` section. */
+export const fineTuneSettings = defineSettings({
+  section: 'finetune',
+  usedBy: 'fedavg-ft',
+  shape: {
+    fineTuneEpochs: z.number().int().min(1).default(1).describe('epochs of fine-tuning the global model before evaluating'),
+  },
+  keys: { fineTuneEpochs: 'epochs' },
+  flags: { fineTuneEpochs: 'finetune-epochs' },
+});
+
+/** FedAvg-FT's settings, resolved. */
+export type FineTuneSettings = SettingsOf<typeof fineTuneSettings>;
+
 export class FedAvgFtSite extends FedAvgSite {
   /** The personalized copy: the global model after fine-tuning. */
   readonly tuned: FedAvgClient;
 
-  constructor(base: PeerModelOptions, o: AlgorithmOptions) {
+  constructor(base: PeerModelOptions, o: AlgorithmBaseOptions & FineTuneSettings) {
     const init = { ...base, initSeed: sharedModelSeed(o.seed) };
     super(new FedAvgClient(init), o);
     const seed = deriveSeed(this.model.train.seed, 'finetune');
@@ -50,7 +66,7 @@ export class FedAvgFtSite extends FedAvgSite {
   }
 }
 
-export const fedavgFt: Algorithm<'fedavg-ft'> = {
+export const fedavgFt: Algorithm<'fedavg-ft', AlgorithmBaseOptions & FineTuneSettings> = {
   name: 'fedavg-ft',
   label: 'FedAvg-FT',
   description: 'FedAvg, then each site fine-tunes a copy of the global model on its own data (fineTuneEpochs) and is evaluated with the copy',
@@ -58,6 +74,7 @@ export const fedavgFt: Algorithm<'fedavg-ft'> = {
   network: 'server',
   message: 'model',
   sameModel: true,
+  settings: [fineTuneSettings],
   createSite: (base, o) => new FedAvgFtSite(base, o),
   aggregate: federatedAverage,
 };

@@ -10,7 +10,7 @@ import { decodeBundle, encodeBundle, CodecError, type DecodeLimits, type NamedAr
 import { formatBodySpec } from '../model.js';
 import { federatedAverage } from '../averaging.js';
 import { createOptimizer, trainEpochs } from '../train.js';
-import type { Algorithm, AlgorithmOptions, SiteNetwork, SiteRound } from './api.js';
+import type { Algorithm, AlgorithmBaseOptions, SiteNetwork, SiteRound } from './api.js';
 import { SupervisedModel, crossEntropy, type PeerEval } from './common.js';
 import { ModelSite, secondsSince } from './site.js';
 
@@ -102,7 +102,7 @@ export class FedAvgClient extends SupervisedModel {
 export class FedAvgSite<C extends FedAvgClient = FedAvgClient> extends ModelSite<C> {
   protected readonly limits: DecodeLimits;
 
-  constructor(client: C, o: Pick<AlgorithmOptions, 'maxModelBytes'>) {
+  constructor(client: C, o: Pick<AlgorithmBaseOptions, 'maxModelBytes'>) {
     super(client);
     this.limits = { maxBytes: o.maxModelBytes };
   }
@@ -160,6 +160,7 @@ export const fedavg: Algorithm<'fedavg'> = {
   network: 'server',
   message: 'model',
   sameModel: true,
+  settings: [],
   createSite: (base, o) => new FedAvgSite(new FedAvgClient({ ...base, initSeed: sharedModelSeed(o.seed) }), o),
   aggregate: federatedAverage,
 };

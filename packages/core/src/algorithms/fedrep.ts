@@ -9,11 +9,14 @@
  * fresh every round, as for every FedAvg client here.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { z } from 'zod';
 import { deriveSeed } from '@dflmoe/data/internal';
+import { defineSettings, type SettingsOf } from '../settings.js';
+import { stalenessSettings, type StalenessSettings } from '../experts.js';
 import { bodyVariables, headLogits } from '../model.js';
 import { createOptimizer, trainEpochs } from '../train.js';
-import type { Algorithm, AlgorithmOptions, SiteNetwork, SiteRound } from './api.js';
-import type { BodyShare } from '../body-share.js';
+import type { Algorithm, AlgorithmBaseOptions, SiteNetwork, SiteRound } from './api.js';
+import { bodySettings, type BodySettings, type BodyShare } from '../body-share.js';
 import { secondsSince, siteBodyShare } from './site.js';
 import { crossEntropy, type PeerModelOptions } from './common.js';
 import { FedAvgClient, FedAvgSite, sharedModelSeed } from './fedavg.js';
@@ -69,7 +72,22 @@ class FedRepSite extends FedAvgSite<FedRepClient> {
   }
 }
 
-export const fedrep: Algorithm<'fedrep'> = {
+/** FedRep's settings (and fedrep-p2p's): the site config's `fedrep` section. */
+export const fedrepSettings = defineSettings({
+  section: 'fedrep',
+  usedBy: 'fedrep and fedrep-p2p',
+  shape: {
+    headEpochs: z.number().int().min(0).default(1).describe('head-only epochs (body frozen) before the body epochs'),
+  },
+});
+
+/** FedRep's settings, resolved. */
+export type FedRepSettings = SettingsOf<typeof fedrepSettings>;
+
+/** What fedrep-p2p's sites are made with: FedRep's settings and body sharing's. */
+type FedRepP2pOptions = AlgorithmBaseOptions & FedRepSettings & BodySettings & StalenessSettings;
+
+export const fedrep: Algorithm<'fedrep', AlgorithmBaseOptions & FedRepSettings> = {
   name: 'fedrep',
   label: 'FedRep',
   description: 'a server averages only the body; each site keeps its own head, trained first each round with the body frozen (headEpochs), then the body with the head frozen',
@@ -77,6 +95,7 @@ export const fedrep: Algorithm<'fedrep'> = {
   network: 'server',
   message: 'model',
   sameModel: true,
+  settings: [fedrepSettings],
   createSite: (base, o) => new FedRepSite(new FedRepClient({ ...base, initSeed: sharedModelSeed(o.seed) }, o.headEpochs), o),
   aggregate: federatedAverage,
 };
@@ -93,7 +112,7 @@ export const fedrep: Algorithm<'fedrep'> = {
 class FedRepP2pSite extends FedRepSite {
   override readonly bodyShare: BodyShare;
 
-  constructor(client: FedRepClient, private readonly o: AlgorithmOptions) {
+  constructor(client: FedRepClient, private readonly o: FedRepP2pOptions) {
     super(client, o);
     this.bodyShare = siteBodyShare(client, o);
   }
@@ -113,7 +132,7 @@ class FedRepP2pSite extends FedRepSite {
   }
 }
 
-export const fedrepP2p: Algorithm<'fedrep-p2p'> = {
+export const fedrepP2p: Algorithm<'fedrep-p2p', FedRepP2pOptions> = {
   name: 'fedrep-p2p',
   label: 'FedRep-p2p',
   description: 'serverless FedRep: each site keeps its own head and combines its body with the members\' bodies peer to peer every round (no experts)',
@@ -122,5 +141,6 @@ export const fedrepP2p: Algorithm<'fedrep-p2p'> = {
   message: 'body',
   sameModel: true,
   bodies: 'always',
+  settings: [fedrepSettings, bodySettings, stalenessSettings],
   createSite: (base, o) => new FedRepP2pSite(new FedRepClient({ ...base, initSeed: sharedModelSeed(o.seed) }, o.headEpochs), o),
 };

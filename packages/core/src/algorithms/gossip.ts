@@ -15,7 +15,8 @@ import { z } from 'zod';
 import { CodecError, type DecodeLimits, type NamedArray } from '../codec.js';
 import { DepartedMembers, absorbMessages, awaitRound } from '../exchange.js';
 import { boundSampleCounts, federatedAverage } from '../averaging.js';
-import type { Algorithm, AlgorithmOptions, SiteNetwork, SiteRound } from './api.js';
+import type { Algorithm, AlgorithmBaseOptions, SiteNetwork, SiteRound } from './api.js';
+import { stalenessSettings, type StalenessSettings } from '../experts.js';
 import type { PeerModelOptions } from './common.js';
 import { FedAvgClient, sharedModelSeed } from './fedavg.js';
 import { ModelSite, secondsSince } from './site.js';
@@ -45,7 +46,7 @@ export class GossipSite extends ModelSite<FedAvgClient> {
   /** Members that disconnected and have not come back: a round does not wait for their models. */
   private readonly departed = new DepartedMembers();
 
-  constructor(base: PeerModelOptions, o: Pick<AlgorithmOptions, 'seed' | 'maxModelBytes' | 'maxStaleness'>) {
+  constructor(base: PeerModelOptions, o: Pick<AlgorithmBaseOptions, 'seed' | 'maxModelBytes'> & StalenessSettings) {
     super(new FedAvgClient({ ...base, initSeed: sharedModelSeed(o.seed) }));
     this.limits = { maxBytes: o.maxModelBytes, maxParams: this.model.variables().reduce((a, v) => a + v.size, 0) };
     this.maxStaleness = o.maxStaleness;
@@ -124,7 +125,7 @@ export class GossipSite extends ModelSite<FedAvgClient> {
   }
 }
 
-export const gossip: Algorithm<'gossip'> = {
+export const gossip: Algorithm<'gossip', AlgorithmBaseOptions & StalenessSettings> = {
   name: 'gossip',
   label: 'gossip',
   description: 'serverless: each site sends its whole model to the other members and averages (sample-weighted) with the models it received',
@@ -132,5 +133,6 @@ export const gossip: Algorithm<'gossip'> = {
   network: 'peers',
   message: 'model',
   sameModel: true,
+  settings: [stalenessSettings],
   createSite: (base, o) => new GossipSite(base, o),
 };

@@ -31,5 +31,6 @@ export const local: Algorithm<'local'> = {
   color: '#5e6c84',
   network: 'none',
   sameModel: false,
+  settings: [],
   createSite: (base) => new LocalSite(new LocalPeer(base)),
 };

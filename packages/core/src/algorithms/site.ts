@@ -3,15 +3,15 @@ import * as tf from '@tensorflow/tfjs-core';
 import { restoreNewest, writeCheckpoint } from '../checkpoint.js';
 import { bodyFiles } from '../pretrained.js';
 import { decodeBundle, encodeBundle, type NamedArray } from '../codec.js';
-import type { AlgorithmOptions, AlgorithmSite, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
+import type { AlgorithmSite, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
 import type { PeerEval, SupervisedModel } from './common.js';
-import { createBodyShare, type BodyShare, type BodyShareState } from '../body-share.js';
+import { createBodyShare, type BodyShare, type BodySharingSettings, type BodyShareState } from '../body-share.js';
 import { bodyVariables } from '../model.js';
 
 export const secondsSince = (t0: number) => (performance.now() - t0) / 1000;
 
 /** The body share of a site's model (dFLMoE with shareBody, fedrep-p2p). */
-export function siteBodyShare(m: SupervisedModel, o: AlgorithmOptions): BodyShare {
+export function siteBodyShare(m: SupervisedModel, o: BodySharingSettings): BodyShare {
   return createBodyShare(m.id, {
     vars: () => bodyVariables(m.body), spec: m.bodySpec, sampleShape: m.data.sampleShape, featureDim: m.headSpec.inputDim, samples: m.data.trainSamples,
   }, o);
