@@ -32,7 +32,13 @@ export { DEFAULT_TRAIN, OPTIMIZERS, type DpOptions, type OptimizerKind, type Tra
 export { type AccuracySummary } from './metrics.js';
 export { type ReceiveResult } from './algorithms/dflmoe.js';
 export { type AlgorithmBaseOptions, type ExpertInfo } from './algorithms/api.js';
-export { type AlgorithmOptions, type AlgorithmSettings } from './algorithms/registry.js';
+export { SETTINGS, algorithmSettings, type AlgorithmOptions, type AlgorithmSettings } from './algorithms/registry.js';
+export { SettingError, type SectionOf, type SectionShape, type SettingsContext, type SettingsGroup, type SettingsOf } from './settings.js';
+export { dflmoeSettings, type DflmoeSettings } from './algorithms/dflmoe-settings.js';
+export { bodySettings, type BodySettings } from './body-share.js';
+export { stalenessSettings, type StalenessSettings } from './experts.js';
+export { fineTuneSettings, type FineTuneSettings } from './algorithms/fedavg-ft.js';
+export { fedrepSettings, type FedRepSettings } from './algorithms/fedrep.js';
 export { ALGORITHMS, type AlgorithmName } from './algorithms/registry.js';
 export { TrainingDiverged } from './rounds.js';
 export { Interrupted, isInterrupted, throwIfInterrupted, unlessInterrupted } from './interrupt.js';

@@ -9,12 +9,12 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { z } from 'zod';
 import { closest, distance } from 'fastest-levenshtein';
 import {
-  ALGORITHMS, DEFAULT_SIMULATION, DEFAULT_TRAIN, OPTIMIZERS, type AlgorithmName, type OptimizerKind, type SimulationConfig,
+  ALGORITHMS, DEFAULT_SIMULATION, DEFAULT_TRAIN, OPTIMIZERS, SETTINGS, SettingError, algorithmSettings, bodySettings, dflmoeSettings, fedrepSettings,
+  fineTuneSettings, stalenessSettings, type AlgorithmName, type AlgorithmSettings, type OptimizerKind, type SectionOf, type SimulationConfig,
 } from '@dflmoe/core';
 import {
-  DEFAULT_LIMITS, DEFAULT_MAX_SAMPLE_RATIO, DEFAULT_MAX_SAMPLES, SETTINGS, SettingError, algorithmSettings, bodySettings, configPath, dflmoeSettings,
-  fedrepSettings, fineTuneSettings, fromSections, getAlgorithm, settingsList, parseBodySpec, parsedString, sectionShape, simulationSettings, stalenessSettings, toSections,
-  type SectionOf,
+  DEFAULT_LIMITS, DEFAULT_MAX_SAMPLE_RATIO, DEFAULT_MAX_SAMPLES, configPath, fromSections, getAlgorithm, settingsList, parseBodySpec, parsedString, sectionShape,
+  simulationSettings, toSections,
 } from '@dflmoe/core/internal';
 import { loadIdentity } from './identity.js';
 
@@ -411,8 +411,8 @@ function withSettings(c: ParsedConfig, file: string): PeerConfig {
 }
 
 /** A site's algorithm settings from its (parsed) config: the flat names the algorithms take. */
-export function configSettings(c: PeerConfig): ReturnType<typeof algorithmSettings>['settings'] {
-  return fromSections(SETTINGS, c as unknown as Record<string, Record<string, unknown>>) as ReturnType<typeof algorithmSettings>['settings'];
+export function configSettings(c: PeerConfig): AlgorithmSettings {
+  return fromSections(SETTINGS, c as unknown as Record<string, Record<string, unknown>>) as unknown as AlgorithmSettings;
 }
 
 /** The members other than the site `selfId`. */

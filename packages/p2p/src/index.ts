@@ -19,7 +19,7 @@ export { generateIdentity, loadIdentity, loadPsk, saveIdentity, savePsk } from '
 export {
   ConfigError, loadPeerConfig, loadRelayConfig, loadServerConfig, parsePeerConfig, parseRelayConfig, parseServerConfig,
   peerConfigSchema, relayConfigSchema, serverConfigSchema,
-  type PeerConfig, type RelayConfig, type ServerConfig,
+  type ParsedConfig, type PeerConfig, type RelayConfig, type ServerConfig,
 } from './config.js';
 export { type NodeTransport, type SiteNode } from './node.js';
 export { type DropReason, type Libp2pExchangeOptions, type Member } from './head-exchange.js';
