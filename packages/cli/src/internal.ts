@@ -12,3 +12,4 @@ export * from './consortium.js';
 export * from './report.js';
 export * from './progress.js';
 export * from './slow-link.js';
+export * from './settings-options.js';
