@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { DflmoePeer, disposePeerData, simulate, type DflmoeOptions, type FstKind } from '@dflmoe/core/internal';
+import { parsePeerConfig } from '@dflmoe/p2p/internal';
 import { backend, tinyPeers } from './helpers.js';
 
 /** Two peers on the tiny dataset; `b` holds `a`'s head. */
@@ -59,6 +60,19 @@ describe('dFLMoE options: transform form and distillation', () => {
     const diff = (x: number[], y: number[]) => Math.max(...x.map((v, i) => Math.abs(v - y[i])));
     assert.ok(diff(await run(0, true), await run(2, true)) > 1e-6, 'with an expert, distillation moves the own head');
     assert.equal(diff(await run(0, false), await run(2, false)), 0, 'without experts it is a no-op');
+  });
+
+  it('ownGateBias: the own head\'s initial gate logit, from the peer's options or a site config (and, like every setting, a flag: settings.test), checked by its schema', async () => {
+    // b has not trained yet: its own slot holds the initial bias.
+    const bias = (o: Partial<DflmoeOptions>) => pair(o).then(({ b, done }) => {
+      const v = b.gate.slotVariables(b.id)[1].dataSync()[0];
+      done();
+      return v;
+    });
+    assert.equal(await bias({}), 1, 'default');
+    assert.equal(await bias({ ownGateBias: 4 }), 4);
+    await assert.rejects(pair({ ownGateBias: 99 }), /ownGateBias: Too big/);
+    assert.equal(parsePeerConfig({ key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], rounds: 1, out: 'o', data: { dataset: 'digits' }, dflmoe: { ownGateBias: 2 } }).dflmoe.ownGateBias, 2);
   });
 
   it('simulate refuses an unknown transform form and a negative distillation weight', async () => {

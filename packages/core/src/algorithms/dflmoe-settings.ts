@@ -14,6 +14,7 @@ export const dflmoeSettings = defineSettings({
   shape: {
     alpha: z.number().min(0).max(1).default(0.2).describe("weight of the own head's loss (the rest goes to the mixture's loss)"),
     gateHidden: z.number().int().min(1).default(32).describe('hidden units of the gate'),
+    ownGateBias: z.number().min(-20).max(20).default(1).describe("initial gate logit of the own head: how much a new mixture trusts it before it has learnt"),
     expertLrScale: z.number().min(0).max(1000).default(1).describe("learning rate of the received experts' gate slots and transforms, as a multiple of the learning rate"),
     admission: z.number().min(0).max(10).optional()
       .describe("refuse received heads scoring below this fraction of the own head's accuracy on local training rows (off when unset)"),

@@ -25,8 +25,6 @@ import { resolveSettings } from '../settings.js';
  * bounded mixture; defaults there) and a few that only code sets.
  */
 export interface DflmoeOptions extends PeerModelOptions, Partial<DflmoeSettings>, Partial<StalenessSettings> {
-  /** Initial gate logit of the own head, so a new MoE starts by trusting it (default 1). */
-  ownGateBias?: number;
   /** Largest head message accepted, in bytes (default: `DEFAULT_LIMITS`). */
   maxHeadBytes?: number;
   /** Bounded mixture: slots per round for experts not held now (default: k/4, at least 1). */
@@ -124,7 +122,7 @@ export class DflmoePeer extends SupervisedModel {
     // Unset settings take dFLMoE's defaults; a bad value is a SettingError naming it.
     const s = resolveSettings([dflmoeSettings, stalenessSettings], [], o).values as DflmoeSettings & StalenessSettings;
     this.alpha = s.alpha;
-    this.gate = new Gate(o.featureDim, s.gateHidden, deriveSeed(this.train.seed, 'gate'), this.id, o.ownGateBias ?? 1);
+    this.gate = new Gate(o.featureDim, s.gateHidden, deriveSeed(this.train.seed, 'gate'), this.id, s.ownGateBias);
     this.pool = new ExpertPool({ maxStaleness: s.maxStaleness });
     this.maxHeadBytes = o.maxHeadBytes ?? DEFAULT_LIMITS.maxHeadBytes;
     this.expertLrScale = s.expertLrScale;
