@@ -12,6 +12,7 @@
  *   npm run bench:bodies                   # seeds 3, 1, 2; updates benchmarks/README.md
  *   npm run bench:bodies -- --seeds 3      # one seed
  *   npm run bench:bodies -- --scale        # bytes per site-round with k gossip peers, 20 and 100 sites, one process
+ *   npm run bench:bodies -- --combiners    # the body combiner's default: mean against median on these cells, no attacker
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -25,10 +26,11 @@ const { values } = parseArgs({
     seeds: { type: 'string', default: '3,1,2' },
     jobs: { type: 'string', default: '2' },
     scale: { type: 'boolean', default: false },
-    out: { type: 'string', default: 'benchmarks/results/bodies' },
+    combiners: { type: 'boolean', default: false },
+    out: { type: 'string' },
   },
 });
-const outDir = values.out!;
+const outDir = values.out ?? (values.combiners ? 'benchmarks/results/bodies-combiners' : 'benchmarks/results/bodies');
 mkdirSync(join(outDir, 'runs'), { recursive: true });
 const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -85,12 +87,18 @@ const cells: Cell[] = [
 ];
 /** A column of the tables: an algorithm run with some flags, and how many passes over the site's data it makes per round. */
 interface Column { name: string; algorithm: string; passes: number; args: string[] }
-const columns: Column[] = [
+// `--share-body` alone brings dFLMoE's shared-body defaults (no FST, two epochs); "x1" is what it meant before (full FST, one epoch).
+const columns: Column[] = values.combiners ? [
+  { name: 'dflmoe+body', algorithm: 'dflmoe', passes: 2, args: ['--share-body'] },
+  { name: 'dflmoe+body median', algorithm: 'dflmoe', passes: 2, args: ['--share-body', '--body-combiner', 'median'] },
+  { name: 'fedrep-p2p', algorithm: 'fedrep-p2p', passes: 2, args: [] },
+  { name: 'fedrep-p2p median', algorithm: 'fedrep-p2p', passes: 2, args: ['--body-combiner', 'median'] },
+] : [
   { name: 'local', algorithm: 'local', passes: 1, args: [] },
   { name: 'local x2', algorithm: 'local', passes: 2, args: ['--epochs', '2'] },
   { name: 'dflmoe (heads only)', algorithm: 'dflmoe', passes: 1, args: [] },
-  { name: 'dflmoe+body', algorithm: 'dflmoe', passes: 2, args: ['--share-body', '--fst', 'none', '--epochs', '2'] },
-  { name: 'dflmoe+body x1', algorithm: 'dflmoe', passes: 1, args: ['--share-body'] },
+  { name: 'dflmoe+body', algorithm: 'dflmoe', passes: 2, args: ['--share-body'] },
+  { name: 'dflmoe+body x1', algorithm: 'dflmoe', passes: 1, args: ['--share-body', '--fst', 'full', '--epochs', '1'] },
   { name: 'fedrep', algorithm: 'fedrep', passes: 2, args: [] },
   { name: 'fedrep-p2p', algorithm: 'fedrep-p2p', passes: 2, args: [] },
   { name: 'fedavg', algorithm: 'fedavg', passes: 1, args: [] },
@@ -140,6 +148,21 @@ for (const j of jobs) {
 const of = (cell: string, column: string, seed?: number) => rows.filter((r) => r.cell === cell && r.column === column && (seed === undefined || r.seed === seed));
 const acc = (cell: string, column: string, seed?: number) => mean(of(cell, column, seed).map((r) => r.accuracy));
 const pooled = (cell: string, column: string) => mean(of(cell, column).map((r) => r.pooled ?? NaN));
+
+if (values.combiners) {
+  // The body combiner's default: the median is safer against a poisoned member (npm run bench:poisoning); what does it cost here?
+  let md = `Machine: ${machine}. The cells below, 10 sites, 20 rounds, Adam 3e-3, seeds ${seeds.join(', ')}, no attacker; wall time ${(wallSeconds / 60).toFixed(1)} min. Mean personalized accuracy %, mean over seeds.\n\n`;
+  md += '| cell | dflmoe+body mean | median | fedrep-p2p mean | median |\n|---|---|---|---|---|\n';
+  md += cells.map((c) => `| ${c.label} | ${['dflmoe+body', 'dflmoe+body median', 'fedrep-p2p', 'fedrep-p2p median'].map((n) => p(acc(c.label, n))).join(' | ')} |`).join('\n') + '\n';
+  const cost = (a: string) => cells.flatMap((c) => seeds.map((s) => acc(c.label, a, s) - acc(c.label, `${a} median`, s)));
+  const worst = Math.max(...cost('dflmoe+body'), ...cost('fedrep-p2p'));
+  md += `\n- Median minus mean, per cell (mean over seeds): dflmoe+body ${cells.map((c) => pts(acc(c.label, 'dflmoe+body median') - acc(c.label, 'dflmoe+body'))).join(', ')}; fedrep-p2p ${cells.map((c) => pts(acc(c.label, 'fedrep-p2p median') - acc(c.label, 'fedrep-p2p'))).join(', ')}.\n`;
+  md += `- Largest cost of the median in any cell and seed: ${pts(worst)} points (the default becomes the median if it is under 0.50 everywhere).\n`;
+  writeFileSync(join(outDir, 'combiners.json'), JSON.stringify({ date: new Date().toISOString(), machine, seeds, wallSeconds, rows, worstCost: worst }, null, 2) + '\n');
+  updateReadme('bodies-combiners', md);
+  process.stdout.write(`\n${md}`);
+  process.exit(0);
+}
 
 let md = `Machine: ${machine}. 10 sites, 20 rounds, Adam 3e-3, batch 32, MLP body (128) -> 64 features, linear head; seeds ${seeds.join(', ')} (seed 3 chose the settings, on validation splits); wall time ${(wallSeconds / 60).toFixed(1)} min (${jobs.length} simulate runs, ${values.jobs} at a time). `;
 md += '"dflmoe+body": dFLMoE with shared bodies (`--share-body --fst none --epochs 2`); "x1", "x2": passes over the data per round. Mean personalized accuracy % over sites, mean over seeds (seed 3 alone in brackets); pooled: each site on every site\'s test rows.\n\n';

@@ -62,7 +62,7 @@ describe('dFLMoE options: transform form and distillation', () => {
     assert.equal(diff(await run(0, false), await run(2, false)), 0, 'without experts it is a no-op');
   });
 
-  it('ownGateBias: the own head\'s initial gate logit, from the peer's options or a site config (and, like every setting, a flag: settings.test), checked by its schema', async () => {
+  it('ownGateBias: the own head\'s initial gate logit, from the peer\'s options or a site config (and, like every setting, a flag: settings.test), checked by its schema', async () => {
     // b has not trained yet: its own slot holds the initial bias.
     const bias = (o: Partial<DflmoeOptions>) => pair(o).then(({ b, done }) => {
       const v = b.gate.slotVariables(b.id)[1].dataSync()[0];
