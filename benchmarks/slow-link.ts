@@ -45,7 +45,7 @@ export async function slowLinkRun(o: SlowLinkOptions) {
     const res = files.sites.map((s) => JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8')) as PeerRunResult);
     const lines: RoundLine[] = res.flatMap((r) => r.rounds);
     const later = res.flatMap((r) => r.rounds.filter((l) => l.round > 1));
-    const complete = later.filter((l) => l.freshHeads >= 3);
+    const complete = later.filter((l) => l.fresh >= 3);
     const withinDeadline = later.filter((l) => l.deadlineMs !== undefined && l.waitSeconds * 1000 <= l.deadlineMs + 250);
     const deadlines = later.map((l) => l.deadlineMs ?? 0);
     const headBytes = res.reduce((a, r) => a + r.bytesSent, 0) / (rounds * 4 * 3);

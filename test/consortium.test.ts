@@ -62,7 +62,7 @@ describe('consortium over TCP (multi-process)', function () {
       assert.deepEqual(last.experts.map((e) => e.peer).sort(), others, `experts of ${s.peerId}`);
       for (const e of last.experts) assert.ok(e.version >= 8, `expert version ${e.version} is fresh`);
       assert.ok(last.accuracy > 0.8);
-      assert.ok(last.bytesIn > 0 && last.bytesOut > 0);
+      assert.ok(last.bytesReceived > 0 && last.bytesSent > 0);
     }
   });
 
@@ -108,7 +108,7 @@ describe('consortium over TCP (multi-process)', function () {
     for (const l of lines(metrics(victim))) assert.ok((l.checkpointBytes ?? 0) > 1000 && (l.checkpointSeconds ?? -1) >= 0);
     // Bytes and time count the whole run: the restarted part adds to what the killed part had moved.
     const vl = lines(metrics(victim));
-    for (let k = 1; k < vl.length; k++) assert.ok(vl[k].bytesOut >= vl[k - 1].bytesOut && vl[k].wallSeconds! > vl[k - 1].wallSeconds!, `round ${vl[k].round}: bytes and seconds so far go on`);
+    for (let k = 1; k < vl.length; k++) assert.ok(vl[k].bytesSent >= vl[k - 1].bytesSent && vl[k].wallSeconds! > vl[k - 1].wallSeconds!, `round ${vl[k].round}: bytes and seconds so far go on`);
     for (const s of f.sites.slice(0, 2)) assert.equal(lines(metrics(s)).length, 10);
   });
 
@@ -239,7 +239,7 @@ describe('consortium over TCP (multi-process)', function () {
       // count may be 1 and the next one 3, or 2 and then 0 (members a round ahead: their next models came before this site's
       // round ended, so the next round has nothing new and does not wait: seen once as 2,2,0,2 with 0.0 s waited), and a model
       // overtaken by the same member's newer one is refused as stale.
-      const fresh = ls.map((l) => l.freshHeads);
+      const fresh = ls.map((l) => l.fresh);
       assert.ok(fresh.every((n, k) => n >= 1 || (k > 0 && fresh[k - 1] >= 1)) && fresh[0] >= 1 && fresh.reduce((a, b) => a + b, 0) >= 6, `models of both others mixed in: ${fresh}`);
       assert.ok(!Object.keys(ls.at(-1)!.dropped).some((k) => k.startsWith('model:')), JSON.stringify(ls.at(-1)!.dropped));
       const res = JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8'));

@@ -265,7 +265,7 @@ describe('weak links: a consortium behind emulated slow links (multi-process)', 
       assert.ok(r.bytesSent / (8 * 3) < 80_000 && r.bytesSent / (8 * 3) > 45_000, `bytes per head ${r.bytesSent / 24}`);
     }
     for (const l of later) assert.ok(l.deadlineMs !== undefined && l.waitSeconds * 1000 <= l.deadlineMs + 500, `round ${l.round}: waited ${l.waitSeconds} s of ${l.deadlineMs} ms`);
-    const complete = later.filter((l) => l.freshHeads >= 3).length;
+    const complete = later.filter((l) => l.fresh >= 3).length;
     process.stdout.write(`      (all heads within the deadline in ${complete}/${later.length} site-rounds; deadlines ${Math.min(...later.map((l) => l.deadlineMs!))}-${Math.max(...later.map((l) => l.deadlineMs!))} ms; ${stats.resets} of ${stats.connections} connections reset)\n`);
     assert.ok(complete >= 0.75 * later.length, `all heads within the deadline in ${complete}/${later.length} site-rounds`);
     assert.ok(later.some((l) => l.deadlineMs! < 30000), 'the deadline adapted to the link');

@@ -75,7 +75,7 @@ describe('simulate over TCP into an earlier run (multi-process)', function () {
       assert.deepEqual(ls.map((l) => l.round), Array.from({ length: ROUNDS }, (_, k) => k + 1), 'every round once');
       // Bytes and time run on across the restart: the lines count the whole run.
       for (let k = 1; k < ls.length; k++) {
-        assert.ok(ls[k].bytesOut >= ls[k - 1].bytesOut, `${s} round ${ls[k].round}: bytes out ${ls[k].bytesOut} < ${ls[k - 1].bytesOut}`);
+        assert.ok(ls[k].bytesSent >= ls[k - 1].bytesSent, `${s} round ${ls[k].round}: bytes out ${ls[k].bytesSent} < ${ls[k - 1].bytesSent}`);
         assert.ok(ls[k].wallSeconds! > ls[k - 1].wallSeconds!, `${s} round ${ls[k].round}: seconds`);
       }
     });
@@ -83,7 +83,7 @@ describe('simulate over TCP into an earlier run (multi-process)', function () {
     await auditsVerify(out, 'fedavg', 1);
     const rb = results(out);
     // The table counts what the lines count (bytes so far, over both parts), and what went out while the sites lingered.
-    const lastLines = sites(out, 'dflmoe').reduce((a, s) => a + readJsonLines<RoundLine>(join(s, 'metrics.jsonl')).at(-1)!.bytesOut, 0);
+    const lastLines = sites(out, 'dflmoe').reduce((a, s) => a + readJsonLines<RoundLine>(join(s, 'metrics.jsonl')).at(-1)!.bytesSent, 0);
     assert.ok(rb.algorithms.dflmoe!.bytesSent >= lastLines, `dflmoe bytes ${rb.algorithms.dflmoe!.bytesSent} cover the whole run (${lastLines})`);
 
     // Part 3: a rerun of the finished run resumes every site at its last round and reports the same bytes.

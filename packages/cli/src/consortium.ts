@@ -4,7 +4,7 @@
  * Used by `dflmoe simulate --transport tcp` and by the tests.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,7 +12,7 @@ import { Interrupted, type AlgorithmName, type AlgorithmResult, type PeerResult,
 import { getAlgorithm, networkBytes, summarize } from '@dflmoe/core/internal';
 import { loadDataset, partition, type Dataset, type PeerSplit } from '@dflmoe/data';
 import { writeShare } from '@dflmoe/data/internal';
-import { generateIdentity, loadIdentity, parsePeerConfig, parseServerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
+import { generateIdentity, loadIdentity, parsePeerConfig, parseServerConfig, saveIdentity, type PeerRunResult, type RoundLine } from '@dflmoe/p2p';
 import { siteSettings, writeJsonAtomic } from '@dflmoe/p2p/internal';
 
 /** Lowest port the kernel hands out for outgoing connections (Linux; 32768 elsewhere). */
@@ -266,21 +266,61 @@ export function waitExit(child: ChildProcess, timeoutMs: number): Promise<number
  * When `signal` aborts (Ctrl-C), every process is asked to stop (SIGTERM: each
  * saves what it has and exits), and this throws `Interrupted` once they have.
  */
-export async function runConsortium(files: ConsortiumFiles, timeoutMs: number, onLine?: (site: string, line: string) => void, signal?: AbortSignal): Promise<void> {
+export async function runConsortium(files: ConsortiumFiles, timeoutMs: number, onRound?: (site: number, line: RoundLine) => void, signal?: AbortSignal): Promise<void> {
   const procs: { name: string; log: string; child: ChildProcess }[] = [];
   const launch = (name: string, args: string[], out: string) => procs.push({ name, log: `${out}.log`, child: startProcess(args, `${out}.log`) });
   if (files.server) launch('server', ['server', '--config', files.server.config], files.server.out);
   files.sites.forEach((s, i) => launch(`site-${i}`, ['peer', '--config', s.config], s.out));
-  if (onLine) {
-    for (const p of procs) {
-      let rest = '';
-      p.child.stderr!.on('data', (d: Buffer) => {
-        const lines = (rest + d.toString()).split('\n');
-        rest = lines.pop()!;
-        for (const l of lines) if (l.startsWith('round ')) onLine(p.name, l);
-      });
-    }
+  // Progress from the sites' round records (metrics.jsonl), the file every reader of a site reads.
+  const follow = onRound ? followRounds(files.sites.map((s) => join(s.out, 'metrics.jsonl')), onRound) : undefined;
+  try {
+    await waitConsortium(files, procs, timeoutMs, signal);
+  } finally {
+    follow?.stop();
   }
+}
+
+/**
+ * Follow the `metrics.jsonl` of each site (by index), calling `onRound` once
+ * per site and round as its line appears; a file rewritten (a resumed run
+ * keeps the lines its checkpoint covers) is read again, rounds already
+ * reported skipped. Polls every `intervalMs` until `stop()`, which reads
+ * what came last.
+ */
+export function followRounds(files: string[], onRound: (site: number, line: RoundLine) => void, intervalMs = 250): { stop(): void } {
+  const state = files.map(() => ({ offset: 0, last: 0 }));
+  const poll = () => files.forEach((f, i) => {
+    const st = state[i];
+    const size = existsSync(f) ? statSync(f).size : 0;
+    if (size < st.offset) st.offset = 0;
+    if (size === st.offset) return;
+    const text = readFileSync(f).subarray(st.offset).toString('utf8');
+    const complete = text.slice(0, text.lastIndexOf('\n') + 1);
+    st.offset += Buffer.byteLength(complete);
+    for (const l of complete.split('\n')) {
+      if (!l) continue;
+      let line: RoundLine;
+      try {
+        line = JSON.parse(l) as RoundLine;
+      } catch {
+        continue;
+      }
+      if (Number.isInteger(line.round) && line.round > st.last) {
+        st.last = line.round;
+        onRound(i, line);
+      }
+    }
+  });
+  const timer = setInterval(poll, intervalMs);
+  return {
+    stop() {
+      clearInterval(timer);
+      poll();
+    },
+  };
+}
+
+async function waitConsortium(files: ConsortiumFiles, procs: { name: string; log: string; child: ChildProcess }[], timeoutMs: number, signal?: AbortSignal): Promise<void> {
   // A site that fails makes the comparison void, and the others (and the server) would wait out their deadlines for it:
   // the first failure stops every process still running.
   let stopping = false;
@@ -328,6 +368,22 @@ export function gateWeightsOf(r: Pick<PeerRunResult, 'name' | 'peerId' | 'rounds
   return Object.fromEntries([[r.name ?? r.peerId, own], ...received]);
 }
 
+/**
+ * One round over the sites of a consortium, from their round records: the
+ * accuracy across sites, the mean loss, the bytes moved since the round
+ * before (`earlier`: the rounds before, in order) and the slowest site's seconds.
+ */
+export function consortiumRound(alg: AlgorithmName, round: number, lines: RoundLine[], earlier: readonly RoundResult[]): RoundResult {
+  const accs = lines.map((l) => l.accuracy);
+  const s = summarize(accs);
+  const before = earlier.reduce((a, r) => a + r.bytesSent, 0);
+  return {
+    round, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: accs,
+    loss: lines.reduce((a, l) => a + l.loss, 0) / lines.length, bytesSent: networkBytes(getAlgorithm(alg), lines) - before,
+    seconds: Math.max(...lines.map((l) => l.seconds)),
+  };
+}
+
 /** Collect the sites' results.json into the simulator's result shape. */
 export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallSeconds: number, bodies: string[], settings: AlgorithmResult['settings']): AlgorithmResult {
   const res: PeerRunResult[] = files.sites.map((s) => {
@@ -336,7 +392,6 @@ export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallS
     return JSON.parse(readFileSync(f, 'utf8')) as PeerRunResult;
   });
   const server = files.server ? JSON.parse(readFileSync(join(files.server.out, 'results.json'), 'utf8')) as { bytesIn: number; bytesOut: number } : undefined;
-  const algorithm = getAlgorithm(alg);
   const peers: PeerResult[] = res.map((r, i) => {
     const last = r.rounds.at(-1);
     return {
@@ -345,24 +400,12 @@ export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallS
       ...(r.bodyBytesSent !== undefined ? { bodyBytesSent: r.bodyBytesSent, bodyBytesReceived: r.bodyBytesReceived } : {}),
       ...(last?.experts.length ? { gateWeights: gateWeightsOf(r) } : {}),
       // With DP-SGD: the privacy a site spent, as its last round reported it (the simulator's figure, from the same accountant).
-      ...(last?.epsilon !== undefined ? { privacy: { epsilon: last.epsilon, delta: last.delta!, steps: last.dpSteps ?? 0 } } : {}),
+      ...(last?.privacy ? { privacy: last.privacy } : {}),
     };
   });
   const nRounds = Math.max(...res.map((r) => r.rounds.length));
   const rounds: RoundResult[] = [];
-  let prev = 0;
-  for (let k = 0; k < nRounds; k++) {
-    const lines = res.map((r) => r.rounds[k]).filter(Boolean);
-    const accs = lines.map((l) => l.accuracy);
-    const s = summarize(accs);
-    const total = networkBytes(algorithm, lines.map((l) => ({ bytesSent: l.bytesOut, bytesReceived: l.bytesIn })));
-    rounds.push({
-      round: k + 1, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: accs,
-      loss: lines.reduce((a, l) => a + l.loss, 0) / lines.length, bytesSent: total - prev,
-      seconds: Math.max(...lines.map((l) => l.seconds)),
-    });
-    prev = total;
-  }
+  for (let k = 0; k < nRounds; k++) rounds.push(consortiumRound(alg, k + 1, res.map((r) => r.rounds[k]).filter(Boolean), rounds));
   // Server algorithms: what the server sent (it may differ from what the sites counted if a site missed a round).
   const bytesSent = peers.reduce((a, p) => a + p.bytesSent, 0) + (server?.bytesOut ?? 0);
   return {

@@ -40,7 +40,7 @@ export { stalenessSettings, type StalenessSettings } from './experts.js';
 export { fineTuneSettings, type FineTuneSettings } from './algorithms/fedavg-ft.js';
 export { fedrepSettings, type FedRepSettings } from './algorithms/fedrep.js';
 export { ALGORITHMS, type AlgorithmName } from './algorithms/registry.js';
-export { TrainingDiverged } from './rounds.js';
+export { TrainingDiverged, type SiteRoundRecord } from './rounds.js';
 export { Interrupted, isInterrupted, throwIfInterrupted, unlessInterrupted } from './interrupt.js';
 export {
   DEFAULT_SIMULATION, simulate,
@@ -57,6 +57,6 @@ export { type Evaluation, type Predictions, type SampleInput } from './predict.j
 export { loadSite, type ReadOptions, type TrainedSite, type SiteDescription, type SitePreprocessing } from './trained-site.js';
 export {
   SITE_STATES, SiteFeed, StatusBoard,
-  type AuditStatus, type MemberStatus, type MemberUpdate, type RoundUpdate, type SiteInit, type SiteState, type SiteStatus, type StatusListener,
+  type AuditStatus, type MemberStatus, type MemberUpdate, type RecordedRound, type RoundUpdate, type SiteInit, type SiteState, type SiteStatus, type StatusListener,
   type StatusSnapshot,
 } from './status.js';

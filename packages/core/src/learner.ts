@@ -6,20 +6,20 @@
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { featureSize, fitStandardizer, partition, type Dataset, type PeerSplit, type Standardizer } from '@dflmoe/data';
 import { parsePartition } from '@dflmoe/data/internal';
-import { DflmoePeer, type ReceiveResult } from './algorithms/dflmoe.js';
+import { DflmoePeer } from './algorithms/dflmoe.js';
 import { DflmoeSite } from './algorithms/dflmoe-site.js';
-import { DEFAULT_LIMITS, type ExpertInfo, type SiteNetwork } from './algorithms/api.js';
+import { DEFAULT_LIMITS, type SiteNetwork } from './algorithms/api.js';
 import { dflmoe } from './algorithms/dflmoe-site.js';
 import type { DflmoeSettings } from './algorithms/dflmoe-settings.js';
 import { algorithmSettings, type AlgorithmSettings } from './algorithms/registry.js';
 import type { StalenessSettings } from './experts.js';
 import { siteBodyShare } from './algorithms/site.js';
-import { siteRound } from './rounds.js';
+import { siteRound, type SiteRoundRecord } from './rounds.js';
 import { initBackend } from './backend.js';
 import type { HeadExchange } from './exchange.js';
 import type { AgreedData } from './agree.js';
 import { throwIfInterrupted, unlessInterrupted } from './interrupt.js';
-import type { BodySettings, MixedBody } from './body-share.js';
+import type { BodySettings } from './body-share.js';
 import { createLogger, type Logger } from './log.js';
 import { resolveBody, type BodyInput } from './custom-body.js';
 import { checkBodyStandardizer, readBodyWeights } from './pretrained.js';
@@ -85,28 +85,12 @@ export interface LearnerOptions extends Partial<DflmoeSettings>, Partial<BodySet
 }
 
 /**
- * What one round of a `DflmoeLearner` did: accuracy, loss, the experts and
- * their gate weights, heads taken in or refused, bytes and seconds.
+ * What one round of a `DflmoeLearner` did: the round loop's record, the same
+ * one the simulator, `dflmoe peer`'s metrics.jsonl and the live view read
+ * (accuracy, loss, the experts and their gate weights, heads taken in or
+ * refused, bytes so far and seconds).
  */
-export interface LearnerRoundMetrics {
-  round: number;
-  /** Personalized accuracy of the MoE on the local test split. */
-  accuracy: number;
-  ownHeadAccuracy: number;
-  loss: number;
-  experts: ExpertInfo[];
-  /** With `bodies`: the members' bodies combined into this site's before this round's training. */
-  bodies?: MixedBody[];
-  /** Heads taken in during the round. */
-  freshHeads: number;
-  dropped: string[];
-  rejected: Partial<Record<ReceiveResult, number>>;
-  bytesSent: number;
-  bytesReceived: number;
-  trainSeconds: number;
-  waitSeconds: number;
-  seconds: number;
-}
+export type LearnerRoundMetrics = SiteRoundRecord;
 
 /** The round loop's part of `LearnerOptions`: the exchanges, the settings, the wait for heads and where to log. */
 export interface LearnerLoopOptions {
@@ -242,17 +226,11 @@ export class Learner implements DflmoeLearner {
   async runRound(o: { signal?: AbortSignal } = {}): Promise<LearnerRoundMetrics> {
     throwIfInterrupted(o.signal);
     this.signal = o.signal;
-    let m;
     try {
-      m = await siteRound(this.site, this.net, ++this.round);
+      return await siteRound(this.site, this.net, ++this.round);
     } finally {
       this.signal = undefined;
     }
-    return {
-      round: m.round, accuracy: m.accuracy, ownHeadAccuracy: m.ownHeadAccuracy, loss: m.loss, experts: m.experts,
-      freshHeads: m.fresh, dropped: m.expired, rejected: m.rejected as LearnerRoundMetrics['rejected'],
-      bytesSent: m.bytesSent, bytesReceived: m.bytesReceived, ...(m.bodies ? { bodies: m.bodies } : {}), trainSeconds: m.trainSeconds, waitSeconds: m.waitSeconds, seconds: m.seconds,
-    };
   }
 
   /**

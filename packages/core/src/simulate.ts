@@ -20,7 +20,7 @@ import { summarize, type AccuracySummary } from './metrics.js';
 import { memoryNetworks, networkBytes, runSite, type SiteRoundRecord } from './rounds.js';
 import { DEFAULT_TRAIN, accuracy, disposePeerData, predictClasses, preparePeerData, type DpOptions, type OptimizerKind, type PeerData } from './train.js';
 import { createLogger, type Logger } from './log.js';
-import { gateWeights, networkMembers, type StatusBoard } from './status.js';
+import { networkMembers, type StatusBoard } from './status.js';
 
 /**
  * A simulation, as `dflmoe simulate` takes it: the dataset and its partition,
@@ -359,7 +359,7 @@ async function runAlgorithm(
     const onRecord = (i: number, rec: SiteRoundRecord) => {
       records[i].push(rec);
       if (feeds) {
-        feeds[i].round({ ...rec, gate: gateWeights(ids[i], rec.experts), epsilon: rec.privacy?.epsilon, delta: rec.privacy?.delta });
+        feeds[i].record(rec);
         feeds[i].members(alg.network === 'server' ? [{ id: 'server', connected: true, lastHeadRound: rec.round }] : networkMembers(nets[i], memberIds(i)));
       }
       if (records.some((rs) => rs.length < rec.round)) return;

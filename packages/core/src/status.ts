@@ -7,6 +7,7 @@
  * Plain numbers and strings only: nothing here holds a tensor.
  */
 import { z } from 'zod';
+import type { SiteRoundRecord } from './rounds.js';
 
 /** Where a site is in its run. */
 export const SITE_STATES = ['starting', 'preprocessing', 'training', 'done', 'failed', 'interrupted'] as const;
@@ -127,6 +128,9 @@ export interface RoundUpdate {
   at?: number;
 }
 
+/** What the status takes of a round record. */
+export type RecordedRound = Pick<SiteRoundRecord, 'round' | 'accuracy' | 'loss' | 'experts' | 'seconds' | 'bytesSent' | 'bytesReceived' | 'bodyBytesSent' | 'bodyBytesReceived' | 'privacy'>;
+
 /** A change to what a site knows of a member (by id); fields left out stay as they were. */
 export type MemberUpdate = Pick<MemberStatus, 'id'> & Partial<Omit<MemberStatus, 'id'>>;
 
@@ -246,6 +250,21 @@ export class SiteFeed {
     if (s.state === state && s.error === error) return;
     const { error: _old, ...rest } = s;
     this.board.set({ ...rest, state, ...(error !== undefined ? { error: firstLine(error) } : {}), updatedAt: Date.now() });
+  }
+
+  /**
+   * A round as the round loop recorded it (a `SiteRoundRecord`, or a site's
+   * metrics line, which is one): its gate weights by expert (`name` maps a
+   * member's peer to its id here), bytes and privacy spent.
+   */
+  record(r: RecordedRound, name?: (peer: string) => string, at?: number): void {
+    this.round({
+      round: r.round, accuracy: r.accuracy, loss: r.loss, gate: gateWeights(this.status.id, r.experts, name), seconds: r.seconds,
+      bytesSent: r.bytesSent, bytesReceived: r.bytesReceived,
+      ...(r.bodyBytesSent !== undefined ? { bodyBytesSent: r.bodyBytesSent, bodyBytesReceived: r.bodyBytesReceived } : {}),
+      ...(r.privacy ? { epsilon: r.privacy.epsilon, delta: r.privacy.delta } : {}),
+      ...(at !== undefined ? { at } : {}),
+    });
   }
 
   round(u: RoundUpdate): void {

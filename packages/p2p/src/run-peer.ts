@@ -6,7 +6,7 @@ import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { initBackend, isInterrupted, type AlgorithmOptions, type Logger, type SiteFeed, type StatusBoard } from '@dflmoe/core';
 import {
-  getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, runSite, gateWeights, type AlgorithmSite, type SiteNetwork, type SiteRoundRecord,
+  getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, runSite, type AlgorithmSite, type SiteNetwork, type SiteRoundRecord,
 } from '@dflmoe/core/internal';
 import type { SiteData } from '@dflmoe/data';
 import { checkQuorum, configSettings, otherMembers, type PeerConfig } from './config.js';
@@ -24,31 +24,19 @@ import { prepareSiteData, siteIndex, siteModelOptions, writeSiteDescription, typ
 import { peakRssMiB } from './process-stats.js';
 import { PeerStatusWatch } from './live-status.js';
 
-/** One round of a site, as a line of `metrics.jsonl`: accuracy, loss, experts, bytes, seconds, drops, privacy spent. */
-export interface RoundLine {
-  round: number;
-  accuracy: number;
-  ownHeadAccuracy: number;
-  loss: number;
-  /** dFLMoE: the experts in the pool. */
-  experts: { peer: string; name?: string; version: number; gateWeight: number }[];
-  /** Messages from other sites taken in this round (heads, models; 1 for a good global model). */
-  freshHeads: number;
-  bytesIn: number;
-  bytesOut: number;
-  /** Sites that share bodies: body bytes so far, and the members' bodies combined this round (SHA-256 of what arrived). */
-  bodyBytesIn?: number;
-  bodyBytesOut?: number;
-  bodies?: { peer: string; name?: string; version: number; digest: string }[];
-  seconds: number;
-  trainSeconds: number;
-  waitSeconds: number;
-  networkSeconds: number;
+/**
+ * One round of a site, as a line of `metrics.jsonl`: the round loop's record
+ * (`SiteRoundRecord`: accuracy, loss, experts, bytes so far, seconds, privacy
+ * spent), its members named, and what the site adds: the transport's drops,
+ * the checkpoint, the deadline, the time.
+ */
+export interface RoundLine extends Omit<SiteRoundRecord, 'experts' | 'bodies'> {
+  /** dFLMoE: the experts in the pool, with the members' names. */
+  experts: (SiteRoundRecord['experts'][number] & { name?: string })[];
+  /** Sites that share bodies: the members' bodies combined this round (SHA-256 of what arrived), named. */
+  bodies?: (NonNullable<SiteRoundRecord['bodies']>[number] & { name?: string })[];
+  /** Input dropped so far by the transports and refused by the algorithm, by reason. */
   dropped: Record<string, number>;
-  /** With DP-SGD: privacy spent so far, over this many noisy steps. */
-  epsilon?: number;
-  delta?: number;
-  dpSteps?: number;
   /** dFLMoE: time and size of this round's checkpoint. */
   checkpointSeconds?: number;
   checkpointBytes?: number;
@@ -212,7 +200,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       writeJsonLinesAtomic(metricsFile, kept);
       rounds.push(...kept);
       before = earlierParts(cfg.out, kept, restored.round);
-      for (const l of kept) feed?.round(statusRound(l, selfName, memberId));
+      for (const l of kept) feed?.record(l, memberId, Date.parse(l.time));
       log.info(`resumed from round ${restored.round} (its checkpoint, with ${restored.summary}: ${restored.path})`);
     } else {
       if (checkpoint && resume) log.warn('no usable checkpoint: starting from round 1');
@@ -242,11 +230,11 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       onRound: async (m) => {
         const line = roundLine(m, names, { ...dropped(), ...prefixKeys(m.rejected, `${alg.message ?? 'input'}:`) });
         if (adaptive?.history.length) line.deadlineMs = adaptive.history.at(-1)!.deadlineMs;
-        line.bytesIn += before.bytesReceived;
-        line.bytesOut += before.bytesSent;
-        if (line.bodyBytesIn !== undefined && line.bodyBytesOut !== undefined) {
-          line.bodyBytesIn += before.bodyBytesReceived;
-          line.bodyBytesOut += before.bodyBytesSent;
+        line.bytesReceived += before.bytesReceived;
+        line.bytesSent += before.bytesSent;
+        if (line.bodyBytesReceived !== undefined && line.bodyBytesSent !== undefined) {
+          line.bodyBytesReceived += before.bodyBytesReceived;
+          line.bodyBytesSent += before.bodyBytesSent;
         }
         line.wallSeconds = before.seconds + (performance.now() - t0) / 1000;
         const w = checkpoint ? await checkpoint.save(ckptDir, m.round, { line }, cfg.checkpoint.keep) : undefined;
@@ -259,7 +247,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
         appendFileSync(metricsFile, JSON.stringify(line) + '\n');
         if (prom) exportRound(prom, line);
         if (feed) {
-          feed.round(statusRound(line, selfName, memberId));
+          feed.record(line, memberId, Date.parse(line.time));
           watch!.refresh();
           await watch!.checkAudit();
         }
@@ -341,33 +329,18 @@ function earlierParts(out: string, lines: RoundLine[], round: number): EarlierPa
   }
   const l = lines.find((x) => x.round === round);
   return {
-    bytesSent: l?.bytesOut ?? 0, bytesReceived: l?.bytesIn ?? 0, bodyBytesSent: l?.bodyBytesOut ?? 0, bodyBytesReceived: l?.bodyBytesIn ?? 0,
+    bytesSent: l?.bytesSent ?? 0, bytesReceived: l?.bytesReceived ?? 0, bodyBytesSent: l?.bodyBytesSent ?? 0, bodyBytesReceived: l?.bodyBytesReceived ?? 0,
     seconds: l?.wallSeconds ?? 0,
   };
 }
 
 function roundLine(m: SiteRoundRecord, names: Map<string, string | undefined>, dropped: Record<string, number>): RoundLine {
   return {
-    round: m.round, accuracy: m.accuracy, ownHeadAccuracy: m.ownHeadAccuracy, loss: m.loss,
-    experts: m.experts.map((e) => ({ ...e, name: names.get(e.peer) })), freshHeads: m.fresh,
-    bytesIn: m.bytesReceived, bytesOut: m.bytesSent,
-    ...(m.bodyBytesSent !== undefined ? { bodyBytesIn: m.bodyBytesReceived, bodyBytesOut: m.bodyBytesSent } : {}),
+    ...m,
+    experts: m.experts.map((e) => ({ ...e, name: names.get(e.peer) })),
     ...(m.bodies ? { bodies: m.bodies.map((b) => ({ ...b, name: names.get(b.peer) })) } : {}),
-    seconds: m.seconds, trainSeconds: m.trainSeconds,
-    waitSeconds: m.waitSeconds, networkSeconds: m.networkSeconds, dropped,
-    ...(m.privacy ? { epsilon: m.privacy.epsilon, delta: m.privacy.delta, dpSteps: m.privacy.steps } : {}),
+    dropped,
     time: new Date().toISOString(),
-  };
-}
-
-/** A round line as the live view's status takes it (experts named as the members are). */
-function statusRound(l: RoundLine, self: string, name: (peer: string) => string) {
-  return {
-    round: l.round, accuracy: l.accuracy, loss: l.loss, gate: gateWeights(self, l.experts, name), seconds: l.seconds,
-    bytesSent: l.bytesOut, bytesReceived: l.bytesIn,
-    ...(l.bodyBytesOut !== undefined ? { bodyBytesSent: l.bodyBytesOut, bodyBytesReceived: l.bodyBytesIn } : {}),
-    ...(l.epsilon !== undefined ? { epsilon: l.epsilon, delta: l.delta } : {}),
-    at: Date.parse(l.time),
   };
 }
 
@@ -378,8 +351,8 @@ function exportRound(prom: PeerMetrics, line: RoundLine): void {
   prom.experts.set(line.experts.length);
   prom.expertVersion.reset();
   for (const e of line.experts) prom.expertVersion.set({ peer: e.name ?? e.peer }, e.version);
-  prom.bytes.set({ direction: 'in' }, line.bytesIn);
-  prom.bytes.set({ direction: 'out' }, line.bytesOut);
+  prom.bytes.set({ direction: 'in' }, line.bytesReceived);
+  prom.bytes.set({ direction: 'out' }, line.bytesSent);
   for (const [reason, n] of Object.entries(line.dropped)) prom.dropped.set({ reason }, n);
   for (const part of ['train', 'wait', 'network'] as const) prom.roundSeconds.set({ part }, line[`${part}Seconds`]);
   prom.roundSeconds.set({ part: 'total' }, line.seconds);

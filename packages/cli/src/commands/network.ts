@@ -87,7 +87,7 @@ export function peerCommand(): Command {
         metricsPort: o.metrics,
         onRound: o.quiet ? undefined : (l) => process.stderr.write(
           `round ${l.round}/${cfg.rounds}  accuracy ${pct(l.accuracy)}  experts ${l.experts.length}  ` +
-            `in ${formatBytes(l.bytesIn)} out ${formatBytes(l.bytesOut)}  ${l.seconds.toFixed(2)} s\n`,
+            `in ${formatBytes(l.bytesReceived)} out ${formatBytes(l.bytesSent)}  ${l.seconds.toFixed(2)} s\n`,
         ),
       })).finally(() => view?.close());
       process.stdout.write(`final accuracy ${pct(r.accuracy)} after ${r.rounds.length} rounds; results in ${cfg.out}\n`);

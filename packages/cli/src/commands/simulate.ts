@@ -7,7 +7,7 @@ import {
 import { emptyResults, REGISTRY, isAlgorithmName, simulationSettings, summarize, unknownAlgorithmMessage } from '@dflmoe/core/internal';
 import { addSettingsOptions, givenSettings } from '../settings-options.js';
 import { SHIFT_KINDS, loadDatasetAsync, partition } from '@dflmoe/data';
-import { collectResults, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium } from '../consortium.js';
+import { collectResults, consortiumRound, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium } from '../consortium.js';
 import { stopSignal } from './network.js';
 import { writeJsonAtomic } from '@dflmoe/p2p/internal';
 import { createProgress, type Progress } from '../progress.js';
@@ -16,6 +16,7 @@ import { pooledAccuracies } from '../pooled.js';
 import { formatBytes, int, num, pct, table } from '../format.js';
 import { followSites, withLiveView, withUiOptions } from '../live.js';
 import type { StatusBoard } from '@dflmoe/core';
+import type { RoundLine } from '@dflmoe/p2p';
 
 /** `--standardize`: federated (the site config's name) or local; `global`, its former name, still reads as federated. */
 function standardizeOption(dflt: SimulationConfig['standardize']): Option {
@@ -161,25 +162,22 @@ async function simulateOverTcp(
     const files = await writeConsortium({ dir, algorithm: alg, sim: cfg, deadlineMs, datasetOptions: cfg.datasetOptions, shares: { dataset: ds, splits }, ui: o.board !== undefined });
     if (resuming) process.stderr.write(`${alg}: resuming the earlier run in ${dir} (--fresh starts over)\n`);
     const seconds = () => earlier + (performance.now() - t0) / 1000;
-    // Progress per round, once every site has finished it.
-    const seen = new Map<number, { accs: number[]; seconds: number[] }>();
-    const onLine = (_site: string, line: string) => {
-      const m = /^round (\d+)\/\d+\s+accuracy ([\d.]+)%.*\s([\d.]+) s$/.exec(line);
-      if (!m) return;
-      const r = Number(m[1]);
-      const e = seen.get(r) ?? { accs: [], seconds: [] };
-      e.accs.push(Number(m[2]) / 100);
-      e.seconds.push(Number(m[3]));
-      seen.set(r, e);
-      if (e.accs.length === cfg.peers) {
-        const s = summarize(e.accs);
-        onRound?.(alg, { round: r, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: e.accs, loss: NaN, bytesSent: NaN, seconds: Math.max(...e.seconds) }, cfg.rounds);
+    // Progress per round, once every site has recorded it (in its metrics.jsonl).
+    const seen = new Map<number, RoundLine[]>();
+    const done: RoundResult[] = [];
+    const onSiteRound = (_site: number, line: RoundLine) => {
+      const lines = [...(seen.get(line.round) ?? []), line];
+      seen.set(line.round, lines);
+      if (lines.length < cfg.peers || line.round !== done.length + 1) return;
+      for (let r = line.round; seen.get(r)?.length === cfg.peers; r++) {
+        done.push(consortiumRound(alg, r, seen.get(r)!, done));
+        onRound?.(alg, done.at(-1)!, cfg.rounds);
       }
     };
     // --ui: every site process serves its own status; this process shows them all.
     const remote = o.board && followSites(o.board, files.sites.map((s) => s.uiPort!));
     try {
-      await runConsortium(files, cfg.rounds * deadlineMs * 3 + 120000, onRound ? onLine : undefined, signal);
+      await runConsortium(files, cfg.rounds * deadlineMs * 3 + 120000, onRound ? onSiteRound : undefined, signal);
       await remote?.settled(3000);
       remote?.stop('done');
     } catch (e) {
