@@ -17,7 +17,7 @@ import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
-import { selectBackend, stockWasmKernels } from '@dflmoe/core/internal';
+import { selectBackend, setWasmFastMatMul, stockWasmKernels } from '@dflmoe/core/internal';
 import { Rng } from '@dflmoe/data/internal';
 
 const { values } = parseArgs({
@@ -154,13 +154,21 @@ tf.enableProdMode();
 const skipped = ensureTorch();
 if (skipped) console.log(skipped);
 console.log(`dflmoe on ${backend.name}${stockWasmKernels() ? ' (stock kernels)' : ''}; ${repeats} alternations of ${seconds} s per model`);
-const runs: { dflmoe: Record<Workload, number>; torch?: Record<Workload, number> }[] = [];
+const runs: { dflmoe: Record<Workload, number>; stockMatMul?: Record<Workload, number>; torch?: Record<Workload, number> }[] = [];
+const compareStock = backend.name === 'wasm' && !stockWasmKernels();
 let torchVersion: string | undefined;
 for (let r = 0; r < repeats; r++) {
   const d = await dflmoeSide();
+  let stock: Record<Workload, number> | undefined;
+  if (compareStock) {
+    setWasmFastMatMul(false);
+    stock = await dflmoeSide();
+    setWasmFastMatMul(true);
+    console.log(`repeat ${r + 1}: samples/s with tfjs's transposed BatchMatMul: ${WORKLOADS.map((w) => `${w} ${stock![w].toFixed(0)}`).join('   ')}`);
+  }
   const t = skipped ? undefined : torchSide();
   if (t) torchVersion = t.torch;
-  runs.push({ dflmoe: d, ...(t ? { torch: { dense: t.dense, cnn: t.cnn, fedavg: t.fedavg } } : {}) });
+  runs.push({ dflmoe: d, ...(stock ? { stockMatMul: stock } : {}), ...(t ? { torch: { dense: t.dense, cnn: t.cnn, fedavg: t.fedavg } } : {}) });
   const line = WORKLOADS.map((w) => `${w} ${d[w].toFixed(0)}${t ? ` / ${t[w].toFixed(0)} = ${(d[w] / t[w]).toFixed(2)}` : ''}`).join('   ');
   console.log(`repeat ${r + 1}: samples/s dflmoe${t ? ' / PyTorch 1 thread' : ''}: ${line}`);
 }
@@ -168,11 +176,12 @@ const summary = Object.fromEntries(WORKLOADS.map((w) => {
   const d = median(runs.map((r) => r.dflmoe[w]));
   const ratios = runs.filter((r) => r.torch).map((r) => r.dflmoe[w] / r.torch![w]);
   const t = runs[0]!.torch ? median(runs.map((r) => r.torch![w])) : undefined;
-  return [w, { dflmoe: d, torch: t, ratio: ratios.length ? median(ratios) : undefined }];
-})) as Record<Workload, { dflmoe: number; torch?: number; ratio?: number }>;
+  const st = runs[0]!.stockMatMul ? median(runs.map((r) => r.stockMatMul![w])) : undefined;
+  return [w, { dflmoe: d, stockMatMul: st, torch: t, ratio: ratios.length ? median(ratios) : undefined }];
+})) as Record<Workload, { dflmoe: number; stockMatMul?: number; torch?: number; ratio?: number }>;
 for (const w of WORKLOADS) {
   const s = summary[w];
-  console.log(`${w.padEnd(7)} dflmoe ${s.dflmoe.toFixed(0).padStart(6)} samples/s` + (s.torch ? `   PyTorch ${s.torch.toFixed(0).padStart(6)}   ratio ${s.ratio!.toFixed(2)} (median of per-repeat ratios)` : ''));
+  console.log(`${w.padEnd(7)} dflmoe ${s.dflmoe.toFixed(0).padStart(6)} samples/s` + (s.stockMatMul ? ` (stock BatchMatMul ${s.stockMatMul.toFixed(0)})` : '') + (s.torch ? `   PyTorch ${s.torch.toFixed(0).padStart(6)}   ratio ${s.ratio!.toFixed(2)} (median of per-repeat ratios)` : ''));
 }
 mkdirSync(dirname(values.out!), { recursive: true });
 writeFileSync(values.out!, JSON.stringify({
