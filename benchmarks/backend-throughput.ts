@@ -9,7 +9,7 @@ import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
-import { defaultLoaders, registerWasmConvKernels, setWasmFastInputGrad, type BackendName } from '@dflmoe/core/internal';
+import { defaultLoaders, registerWasmConvKernels, registerWasmMatMulKernels, setWasmFastInputGrad, type BackendName } from '@dflmoe/core/internal';
 import { Rng } from '@dflmoe/data/internal';
 
 const { values } = parseArgs({
@@ -95,7 +95,7 @@ for (const name of available) {
   const variants: { label: string; setup?: () => void }[] =
     name === 'wasm'
       ? [
-          { label: 'wasm', setup: () => (registerWasmConvKernels(), setWasmFastInputGrad(true)) },
+          { label: 'wasm', setup: () => (registerWasmConvKernels(), registerWasmMatMulKernels(), setWasmFastInputGrad(true)) },
           { label: 'wasm (stock input grad)', setup: () => setWasmFastInputGrad(false) },
         ]
       : [{ label: name }];

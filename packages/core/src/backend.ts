@@ -9,6 +9,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { createLogger, type Logger } from './log.js';
 import { registerWasmConvKernels } from './wasm-conv.js';
+import { registerWasmMatMulKernels } from './wasm-matmul.js';
 
 /** Backends in the order Node tries them. */
 export const BACKENDS = ['tensorflow', 'wasm', 'cpu'] as const;
@@ -96,6 +97,7 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendIn
       if (name === 'wasm') {
         info.simd = Boolean(await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT'));
         registerWasmConvKernels();
+        registerWasmMatMulKernels();
       }
       if (name === 'cpu') tf.enableProdMode();
       return info;

@@ -47,3 +47,4 @@ export * from './keyed-adam.js';
 export * from './status.js';
 export * from './selection.js';
 export { registerWasmConvKernels, setWasmFastInputGrad } from './wasm-conv.js';
+export { registerWasmMatMulKernels, setWasmFastMatMul, stockWasmKernels } from './wasm-matmul.js';

@@ -1,0 +1,193 @@
+/**
+ * dflmoe (wasm) against PyTorch on one CPU thread, side by side in one run:
+ * training samples/s of bench:backend's dense net (batch 64) and small CNN
+ * (batch 32), and one FedAvg round of the Fashion-MNIST MLP cell (10 sites of
+ * 400 samples, MLP 784-128-64-10, batch 32, Adam, then the weights averaged).
+ * The two sides alternate `--repeats` times so load from other processes on
+ * the machine hits both alike; the ratio is taken per repeat and the median
+ * reported. The PyTorch side is benchmarks/peer_torch.py under Debian's
+ * /usr/bin/python3 with python3-torch (installed with apt-get when missing
+ * and root; skipped with one line otherwise).
+ *
+ *   npm run bench:peer -- [--seconds 3] [--repeats 3] [--out benchmarks/results/peer.json]
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { parseArgs } from 'node:util';
+import * as tf from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
+import { selectBackend, setWasmFastMatMul, stockWasmKernels } from '@dflmoe/core/internal';
+import { Rng } from '@dflmoe/data/internal';
+
+const { values } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '3' },
+    repeats: { type: 'string', default: '3' },
+    out: { type: 'string', default: 'benchmarks/results/peer.json' },
+  },
+});
+const seconds = Number(values.seconds);
+const repeats = Number(values.repeats);
+const PY = '/usr/bin/python3';
+const SITES = 10;
+const PER_SITE = 400;
+type Workload = 'dense' | 'cnn' | 'fedavg';
+const WORKLOADS: Workload[] = ['dense', 'cnn', 'fedavg'];
+
+function hasTorch(): boolean {
+  return spawnSync(PY, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0;
+}
+
+function ensureTorch(): string | undefined {
+  if (hasTorch()) return undefined;
+  if (process.getuid?.() === 0) {
+    spawnSync('apt-get', ['install', '-y', 'python3-torch'], { stdio: 'ignore' });
+    if (hasTorch()) return undefined;
+  }
+  return `PyTorch: skipped (${PY} cannot import torch and apt-get install python3-torch ${process.getuid?.() === 0 ? 'failed' : 'needs root'})`;
+}
+
+function layers(kind: Workload): tfl.layers.Layer[] {
+  if (kind === 'dense') {
+    return [
+      tfl.layers.dense({ inputShape: [784], units: 256, activation: 'relu' }),
+      tfl.layers.dense({ units: 128, activation: 'relu' }),
+      tfl.layers.dense({ units: 10, activation: 'softmax' }),
+    ];
+  }
+  if (kind === 'fedavg') {
+    return [
+      tfl.layers.dense({ inputShape: [784], units: 128, activation: 'relu' }),
+      tfl.layers.dense({ units: 64, activation: 'relu' }),
+      tfl.layers.dense({ units: 10, activation: 'softmax' }),
+    ];
+  }
+  return [
+    tfl.layers.conv2d({ inputShape: [28, 28, 1], filters: 16, kernelSize: 3, activation: 'relu', padding: 'same' }),
+    tfl.layers.maxPooling2d({ poolSize: 2 }),
+    tfl.layers.conv2d({ filters: 32, kernelSize: 3, activation: 'relu', padding: 'same' }),
+    tfl.layers.maxPooling2d({ poolSize: 2 }),
+    tfl.layers.flatten(),
+    tfl.layers.dense({ units: 10, activation: 'softmax' }),
+  ];
+}
+
+function build(kind: Workload): tfl.LayersModel {
+  const m = tfl.sequential({ layers: layers(kind) });
+  m.compile({ optimizer: tf.train.adam(1e-3), loss: 'categoricalCrossentropy' });
+  return m;
+}
+
+function batchOf(rng: Rng, shape: number[]): { x: tf.Tensor; y: tf.Tensor } {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const x = tf.tensor(Float32Array.from({ length: n }, () => rng.uniform()), shape);
+  const y = tf.tidy(() => tf.oneHot(tf.tensor1d(Int32Array.from({ length: shape[0]! }, () => rng.int(10)), 'int32'), 10));
+  return { x, y };
+}
+
+async function throughput(kind: 'dense' | 'cnn', batch: number): Promise<number> {
+  const { x, y } = batchOf(new Rng(1), kind === 'dense' ? [batch, 784] : [batch, 28, 28, 1]);
+  const model = build(kind);
+  for (let i = 0; i < 2; i++) await model.trainOnBatch(x, y);
+  let steps = 0;
+  const t0 = performance.now();
+  while (performance.now() - t0 < seconds * 1000 && steps < 2000) {
+    await model.trainOnBatch(x, y);
+    steps++;
+  }
+  const rate = (steps * batch) / ((performance.now() - t0) / 1000);
+  model.dispose();
+  tf.dispose([x, y]);
+  return rate;
+}
+
+/** One FedAvg round: each site trains a copy of the global MLP for one epoch, then the weights are averaged. */
+async function fedavgRound(): Promise<number> {
+  const rng = new Rng(2);
+  const data = Array.from({ length: SITES }, () => batchOf(rng, [PER_SITE, 784]));
+  const global = build('fedavg');
+  const t0 = performance.now();
+  const sums = global.getWeights().map((w) => tf.zerosLike(w));
+  for (const { x, y } of data) {
+    const model = build('fedavg');
+    model.setWeights(global.getWeights());
+    for (let i = 0; i < PER_SITE; i += 32) {
+      const [xb, yb] = [tf.slice(x, i, 32), tf.slice(y, i, 32)];
+      await model.trainOnBatch(xb, yb);
+      tf.dispose([xb, yb]);
+    }
+    model.getWeights().forEach((w, i) => {
+      const s = tf.add(sums[i]!, w);
+      sums[i]!.dispose();
+      sums[i] = s;
+    });
+    model.dispose();
+  }
+  const avg = sums.map((s) => tf.div(s, SITES));
+  global.setWeights(avg);
+  tf.dispose([...sums, ...avg]);
+  const rate = (SITES * PER_SITE) / ((performance.now() - t0) / 1000);
+  global.dispose();
+  for (const d of data) tf.dispose([d.x, d.y]);
+  return rate;
+}
+
+async function dflmoeSide(): Promise<Record<Workload, number>> {
+  const dense = await throughput('dense', 64);
+  const cnn = await throughput('cnn', 32);
+  let fedavg = 0;
+  for (let i = 0; i < 3; i++) fedavg = Math.max(fedavg, await fedavgRound());
+  return { dense, cnn, fedavg };
+}
+
+function torchSide(): Record<Workload, number> & { torch: string } {
+  const out = execFileSync(PY, ['benchmarks/peer_torch.py', String(seconds), String(SITES), String(PER_SITE)], { encoding: 'utf8' });
+  return JSON.parse(out.trim().split('\n').pop()!);
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+process.env.DFLMOE_BACKEND ??= 'wasm';
+const backend = await selectBackend();
+tf.enableProdMode();
+const skipped = ensureTorch();
+if (skipped) console.log(skipped);
+console.log(`dflmoe on ${backend.name}${stockWasmKernels() ? ' (stock kernels)' : ''}; ${repeats} alternations of ${seconds} s per model`);
+const runs: { dflmoe: Record<Workload, number>; stockMatMul?: Record<Workload, number>; torch?: Record<Workload, number> }[] = [];
+const compareStock = backend.name === 'wasm' && !stockWasmKernels();
+let torchVersion: string | undefined;
+for (let r = 0; r < repeats; r++) {
+  const d = await dflmoeSide();
+  let stock: Record<Workload, number> | undefined;
+  if (compareStock) {
+    setWasmFastMatMul(false);
+    stock = await dflmoeSide();
+    setWasmFastMatMul(true);
+    console.log(`repeat ${r + 1}: samples/s with tfjs's transposed BatchMatMul: ${WORKLOADS.map((w) => `${w} ${stock![w].toFixed(0)}`).join('   ')}`);
+  }
+  const t = skipped ? undefined : torchSide();
+  if (t) torchVersion = t.torch;
+  runs.push({ dflmoe: d, ...(stock ? { stockMatMul: stock } : {}), ...(t ? { torch: { dense: t.dense, cnn: t.cnn, fedavg: t.fedavg } } : {}) });
+  const line = WORKLOADS.map((w) => `${w} ${d[w].toFixed(0)}${t ? ` / ${t[w].toFixed(0)} = ${(d[w] / t[w]).toFixed(2)}` : ''}`).join('   ');
+  console.log(`repeat ${r + 1}: samples/s dflmoe${t ? ' / PyTorch 1 thread' : ''}: ${line}`);
+}
+const summary = Object.fromEntries(WORKLOADS.map((w) => {
+  const d = median(runs.map((r) => r.dflmoe[w]));
+  const ratios = runs.filter((r) => r.torch).map((r) => r.dflmoe[w] / r.torch![w]);
+  const t = runs[0]!.torch ? median(runs.map((r) => r.torch![w])) : undefined;
+  const st = runs[0]!.stockMatMul ? median(runs.map((r) => r.stockMatMul![w])) : undefined;
+  return [w, { dflmoe: d, stockMatMul: st, torch: t, ratio: ratios.length ? median(ratios) : undefined }];
+})) as Record<Workload, { dflmoe: number; stockMatMul?: number; torch?: number; ratio?: number }>;
+for (const w of WORKLOADS) {
+  const s = summary[w];
+  console.log(`${w.padEnd(7)} dflmoe ${s.dflmoe.toFixed(0).padStart(6)} samples/s` + (s.stockMatMul ? ` (stock BatchMatMul ${s.stockMatMul.toFixed(0)})` : '') + (s.torch ? `   PyTorch ${s.torch.toFixed(0).padStart(6)}   ratio ${s.ratio!.toFixed(2)} (median of per-repeat ratios)` : ''));
+}
+mkdirSync(dirname(values.out!), { recursive: true });
+writeFileSync(values.out!, JSON.stringify({
+  date: new Date().toISOString(), node: process.version, cpus: (await import('node:os')).cpus().length,
+  backend: backend.name, stockKernels: stockWasmKernels(), torch: torchVersion ?? null, skipped: skipped ?? null,
+  seconds, repeats, fedavgCell: { sites: SITES, perSite: PER_SITE, model: 'MLP 784-128-64-10', batch: 32, optimizer: 'adam 1e-3' },
+  summary, runs,
+}, null, 2) + '\n');
+console.log(`wrote ${values.out}`);
