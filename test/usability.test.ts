@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { ConfigError, createSiteNode, generateIdentity, parsePeerConfig, prepareSiteData, watchConnections } from '@dflmoe/p2p/internal';
@@ -219,6 +219,16 @@ describe('command line usability', function () {
         assert.equal(audit.status, 0, audit.stderr);
         assert.match(audit.stdout, /round 2 +mixed \[site-[12] v\d [0-9a-f]{8}, site-[12] v\d [0-9a-f]{8}\]/);
         assert.match(audit.stdout, new RegExp(`audit trail of site-0 \\(${desc.peerId}\\): 3 entries \\(2 rounds\\); hash chain and signatures verified`));
+        assert.match(audit.stdout, /its end matches the checkpoint and results\.json/);
+        // The same site with the last line of its trail removed: the chain still holds, the end does not.
+        const cut = join(dir, 'cut-site');
+        cpSync(site, cut, { recursive: true });
+        const lines = readFileSync(join(cut, 'audit.jsonl'), 'utf8').split('\n').filter(Boolean);
+        writeFileSync(join(cut, 'audit.jsonl'), lines.slice(0, -1).join('\n') + '\n');
+        const cutAudit = cli(['audit', cut, '--quiet']);
+        assert.equal(cutAudit.status, 1, cutAudit.stdout);
+        assert.match(cutAudit.stderr, /TAMPERED line 2 \(round 1\): the trail ends at round 1 but the newest checkpoint .* is of round 2/);
+        assert.match(cutAudit.stderr, /results\.json seals 3 lines, the trail has 2/);
         const trained = await loadSite(site);
         try {
           const { predictions: p } = await trained.predictFile('packages/data/datasets/breast-cancer.csv');

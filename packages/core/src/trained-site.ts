@@ -20,6 +20,7 @@ import { listCheckpoints } from './checkpoint.js';
 import { loadBodyModel, resolveBody } from './custom-body.js';
 import { SitePredictor, evaluatePredictions, type Evaluation, type Predictions, type SampleInput } from './predict.js';
 import { disposePeerData, type PeerData, type TrainOptions } from './train.js';
+import { isZipFile, unpackSiteArchive } from './site-archive.js';
 
 export const SITE_FILE = 'site.json';
 export const PREPROCESSING_FILE = 'preprocessing.json';
@@ -228,12 +229,24 @@ async function checkpointedBody(root: string, spec: BodySpec): Promise<BodySpec>
 }
 
 /**
- * Load a trained site from its directory: rebuild its model and restore the
- * newest good checkpoint. Works for every algorithm. Throws an Error saying
- * what is missing when the directory is not a trained site's.
+ * Load a trained site from its directory, or from the zip a browser tab's
+ * site downloads (unpacked into a temporary directory, which becomes `dir`
+ * and is removed when the process exits): rebuild its model and restore
+ * the newest good checkpoint. Works for every algorithm. Throws an Error
+ * saying what is missing when the directory is not a trained site's.
  */
 export async function loadSite(dir: string, o: { logger?: Logger } = {}): Promise<TrainedSite> {
-  const root = resolve(dir);
+  if (!existsSync(dir)) throw new Error(`${dir}: no such site directory or zip`);
+  const unpacked = isZipFile(dir) ? unpackSiteArchive(dir) : undefined;
+  try {
+    return await loadSiteDir(unpacked?.dir ?? resolve(dir), o);
+  } catch (e) {
+    unpacked?.remove();
+    throw e;
+  }
+}
+
+async function loadSiteDir(root: string, o: { logger?: Logger }): Promise<TrainedSite> {
   const { site: desc, preprocessing } = readSiteFiles(root);
   const log = o.logger ?? silentLogger;
   await initBackend({ logger: log });

@@ -3,6 +3,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { Interrupted, PRECISIONS, createLogger, type Precision } from '@dflmoe/core';
 import { generateIdentity, joinDetails, loadIdentity, loadPeerConfig, loadRelayConfig, loadServerConfig, runPeer, runServer, saveIdentity, savePsk, startRelay } from '@dflmoe/p2p';
 import { formatBytes, pct } from '../format.js';
+import { checkOutputPath } from '../output.js';
 import { DATA_POLICY } from './predict.js';
 import { startLiveView, withUiOptions } from '../live.js';
 
@@ -33,6 +34,8 @@ export function keygenCommand(): Command {
     .option('--force', 'overwrite existing files')
     .action(async (o) => {
       if (!o.out && !o.psk) throw new Error('say what to create: --out <key file> and/or --psk <file>');
+      if (o.out) checkOutputPath(o.out, '--out');
+      if (o.psk) checkOutputPath(o.psk, '--psk');
       if (o.out) {
         const id = await generateIdentity();
         saveIdentity(o.out, id.privateKey, Boolean(o.force));

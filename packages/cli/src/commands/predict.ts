@@ -1,11 +1,9 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { unzipSync } from 'fflate';
+import { writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { stringify } from 'csv-stringify/sync';
 import { loadSite, silentLogger, createLogger, type Evaluation, type Predictions, type TrainedSite } from '@dflmoe/core';
 import { pct, table } from '../format.js';
+import { checkOutputPath } from '../output.js';
 
 /** How a site reads tables: the same policy at training and prediction. */
 export const DATA_POLICY = `
@@ -67,32 +65,6 @@ function reportInvalid(ids: string[], invalid: string[] | undefined): void {
   if (rows.length) process.stderr.write(`read as missing, not numbers: ${rows.length} row${rows.length > 1 ? 's' : ''}: ${rows.slice(0, 5).join(', ')}${rows.length > 5 ? ', ...' : ''}\n`);
 }
 
-/**
- * A site directory from `--site`: the directory itself, or a browser tab's
- * download (a zip holding `site/`) unpacked into a temporary directory
- * (entries outside `site/` or with `..` are refused).
- */
-export function siteDir(path: string): string {
-  if (!path.toLowerCase().endsWith('.zip')) return path;
-  if (!existsSync(path)) throw new Error(`--site ${path}: no such file`);
-  let entries: Record<string, Uint8Array>;
-  try {
-    entries = unzipSync(readFileSync(path));
-  } catch (e) {
-    throw new Error(`--site ${path} is not a zip file (${(e as Error).message})`, { cause: e });
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'dflmoe-site-'));
-  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
-  for (const [name, data] of Object.entries(entries)) {
-    if (name.endsWith('/')) continue;
-    if (!name.startsWith('site/') || name.split('/').some((p) => p === '..' || p === '')) throw new Error(`--site ${path}: unexpected entry ${JSON.stringify(name)} (a site's zip holds site/...)`);
-    mkdirSync(dirname(join(dir, name)), { recursive: true });
-    writeFileSync(join(dir, name), data);
-  }
-  if (!existsSync(join(dir, 'site', 'site.json'))) throw new Error(`--site ${path}: no site/site.json inside (download the trained site again from the tab)`);
-  return join(dir, 'site');
-}
-
 function describe(site: TrainedSite): string {
   return `${site.description.name ?? site.description.peerId} (${site.algorithm}), checkpoint of round ${site.round}`;
 }
@@ -106,14 +78,15 @@ export function predictCommand(): Command {
     .option('--invalid-as-missing', INVALID_AS_MISSING)
     .addHelpText('after', DATA_POLICY)
     .action(async (o) => {
-      const site = await loadSite(siteDir(o.site), { logger: createLogger('predict', 'warn') });
+      const output = o.output ? checkOutputPath(o.output, '--output') : undefined;
+      const site = await loadSite(o.site, { logger: createLogger('predict', 'warn') });
       try {
         const { inputs, predictions } = await site.predictFile(o.input, { invalidAsMissing: o.invalidAsMissing });
         reportInvalid(inputs.ids, inputs.invalid);
         const csv = stringify(predictionRows(site, inputs.ids, predictions, inputs.invalid));
-        if (o.output) {
-          writeFileSync(resolve(o.output), csv);
-          process.stderr.write(`wrote ${predictions.numSamples} predictions to ${resolve(o.output)} (${describe(site)})\n`);
+        if (output) {
+          writeFileSync(output, csv);
+          process.stderr.write(`wrote ${predictions.numSamples} predictions to ${output} (${describe(site)})\n`);
         } else process.stdout.write(csv);
       } finally {
         site.dispose();
@@ -137,7 +110,7 @@ export function evaluateCommand(): Command {
     .option('--invalid-as-missing', INVALID_AS_MISSING)
     .addHelpText('after', DATA_POLICY)
     .action(async (o) => {
-      const site = await loadSite(siteDir(o.site), { logger: o.json ? silentLogger : createLogger('evaluate', 'warn') });
+      const site = await loadSite(o.site, { logger: o.json ? silentLogger : createLogger('evaluate', 'warn') });
       try {
         const { evaluation, inputs } = await site.evaluateFile(o.input, { invalidAsMissing: o.invalidAsMissing });
         reportInvalid(inputs.ids, inputs.invalid);
