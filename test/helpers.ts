@@ -127,3 +127,10 @@ export interface SiteConfigJson {
   discovery?: unknown;
   members: { peerId: string; addrs?: string[]; name?: string }[];
 }
+
+/** The share of the most common class: the accuracy of always answering it (the bound a model must beat). */
+export function majorityRate(labels: ArrayLike<number | string>): number {
+  const counts = new Map<number | string, number>();
+  for (let i = 0; i < labels.length; i++) counts.set(labels[i], (counts.get(labels[i]) ?? 0) + 1);
+  return Math.max(...counts.values()) / labels.length;
+}

@@ -12,7 +12,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { StatusBoard, gateWeights, parseSiteStatus, silentLogger, simulate, siteKey, type SiteStatus, type StatusSnapshot } from '@dflmoe/core/internal';
-import { LiveServer, LiveViewError, RemoteSites, parseListen } from '@dflmoe/live';
+import { LiveServer, LiveViewError, RemoteSites, parseListen, serverToken } from '@dflmoe/live';
 import { AUDIT_FILE, PeerStatusWatch, SiteAudit, generateIdentity, loopbackMembers, verifyAudit, type SiteNode } from '@dflmoe/p2p/internal';
 import { writeConsortium } from '@dflmoe/cli/internal';
 import { DEFAULT_SIMULATION } from '@dflmoe/core';
@@ -129,6 +129,11 @@ describe('live view: status model', () => {
     this.timeout(60000);
     await backend();
     const board = new StatusBoard();
+    // What the view showed of dFLMoE's members at each round, while the sites ran.
+    const seen = new Map<string, boolean[][]>();
+    board.onChange((s) => {
+      if (s.algorithm === 'dflmoe' && s.state === 'training') seen.set(`${s.id}@${s.round}`, [s.members.map((m) => m.connected)]);
+    });
     const r = await simulate({ ...DEFAULT_SIMULATION, dataset: 'synthetic:classes=3,dim=8,samples=240', peers: 3, rounds: 3, algorithms: ['dflmoe', 'local', 'fedavg'], minSize: 5 }, { status: board });
     const sites = board.snapshot().sites;
     assert.equal(sites.length, 9);
@@ -143,13 +148,15 @@ describe('live view: status model', () => {
     for (const s of d) {
       assert.deepEqual(Object.keys(s.gate[2]!).sort(), ['peer-0', 'peer-1', 'peer-2']);
       assert.ok(Math.abs(Object.values(s.gate[2]!).reduce((a, b) => a + b, 0) - 1) < 1e-6);
-      assert.deepEqual(s.members.map((m) => [m.connected, m.lastHeadRound]), [[true, 3], [true, 3]]);
+      assert.deepEqual(seen.get(`${s.id}@3`), [[true, true]], 'connected while it ran');
+      // Once done, the site has left: no member is shown connected to it (their newest head stays).
+      assert.deepEqual(s.members.map((m) => [m.connected, m.lastHeadRound]), [[false, 3], [false, 3]]);
       assert.ok(s.bytesSent > 0 && s.bytesReceived > 0);
     }
     assert.equal(d[0].accuracy[2], r.algorithms.dflmoe!.peers[0].accuracy);
     assert.ok(sites.filter((s) => s.algorithm === 'local').every((s) => s.gate.every((g) => g === null) && s.bytesSent === 0 && s.members.length === 0));
     // A server algorithm's member is the server.
-    assert.ok(sites.filter((s) => s.algorithm === 'fedavg').every((s) => JSON.stringify(s.members) === JSON.stringify([{ id: 'server', connected: true, strikes: 0, lastHeadRound: 3 }])));
+    assert.ok(sites.filter((s) => s.algorithm === 'fedavg').every((s) => JSON.stringify(s.members) === JSON.stringify([{ id: 'server', connected: false, strikes: 0, lastHeadRound: 3 }])));
   });
 
   it("a peer's members: connections, strikes of both exchanges, blocked, newest head round, the server's last round", () => {
@@ -174,6 +181,12 @@ describe('live view: status model', () => {
       open.add('P1');
       node.dispatchEvent(new Event('connection:open'));
       assert.equal(m().one.connected, true);
+      // The site's run ended: it has left, so no member shows connected, even if a refresh still sees the connection.
+      feed.state('done');
+      assert.equal(m().one.connected, false);
+      watch.refresh();
+      assert.equal(m().one.connected, false);
+      assert.equal(m().one.lastHeadRound, 5);
     } finally {
       watch.stop();
     }
@@ -257,6 +270,8 @@ describe('live view: server', () => {
     // Self-contained: no script or style from elsewhere, and a policy that allows none.
     assert.doesNotMatch(page.body, /<script[^>]+src=|<link[^>]+stylesheet|https?:\/\/(?!www\.w3\.org)/);
     assert.match(String(page.headers['content-security-policy']), /default-src 'none'; script-src 'sha256-/);
+    // The gate heatmap's caption says what its weights are: routing, not trust.
+    assert.match(page.body, /A weight near 1 is where the gate routes rows, not a measure of trust/);
     const status = await http(`${base}/api/status`);
     assert.equal(status.status, 200);
     assert.equal((JSON.parse(status.body) as StatusSnapshot).sites[0].id, 'site-0');
@@ -293,11 +308,12 @@ describe('live view: server', () => {
     await assert.rejects(LiveServer.start({ board: board(), listen: '127.0.0.1:0', token: 'short' }), /--ui-token: use 16 to 256 characters/);
   });
 
-  it('an address other than loopback gets a generated token', async () => {
-    server = await LiveServer.start({ board: board(), listen: '0.0.0.0:0' });
-    assert.ok(server.generatedToken);
-    assert.match(server.token!, /^[A-Za-z0-9_-]{24}$/);
-    assert.equal((await http(`http://127.0.0.1:${server.address.port}/api/status`)).status, 401);
+  it('an address other than loopback gets a generated token (decided without binding one: tests stay on 127.0.0.1)', () => {
+    const token = serverToken(parseListen('0.0.0.0:0'), {});
+    assert.match(token!, /^[A-Za-z0-9_-]{24}$/);
+    assert.notEqual(serverToken(parseListen('192.168.7.1:80'), {}), token, 'a fresh one each time');
+    assert.equal(serverToken(parseListen('127.0.0.1:0'), {}), undefined);
+    assert.equal(serverToken(parseListen('0.0.0.0:0'), { token: 'a'.repeat(16) }), 'a'.repeat(16));
   });
 
   it('streams the status, then the sites that change; a closed client leaves no open stream', async () => {

@@ -39,12 +39,16 @@ function expertNames(site: TrainedSite, p: Predictions): string[] {
 /**
  * One row per input: where it came from, the predicted class, every class's
  * probability and every expert's gate weight; with `invalid` (cells read as
- * missing, `--invalid-as-missing`), a last column `read as missing` that marks their rows.
+ * missing, `--invalid-as-missing`), a column `read as missing` that marks their rows;
+ * with `flags` (unseen categories, every feature missing), a last column `flags`.
  */
-export function predictionRows(site: TrainedSite, ids: string[], p: Predictions, invalid?: string[]): string[][] {
+export function predictionRows(site: TrainedSite, ids: string[], p: Predictions, invalid?: string[], flags?: string[]): string[][] {
   const c = p.classNames.length;
   const k = p.experts.length;
-  const header = ['input', 'predicted', ...p.classNames.map((n) => `prob:${n}`), ...expertNames(site, p).map((n) => `gate:${n}`), ...(invalid ? ['read as missing'] : [])];
+  const header = [
+    'input', 'predicted', ...p.classNames.map((n) => `prob:${n}`), ...expertNames(site, p).map((n) => `gate:${n}`),
+    ...(invalid ? ['read as missing'] : []), ...(flags ? ['flags'] : []),
+  ];
   const rows = [header];
   for (let i = 0; i < p.numSamples; i++) {
     rows.push([
@@ -52,6 +56,7 @@ export function predictionRows(site: TrainedSite, ids: string[], p: Predictions,
       ...Array.from(p.probabilities.subarray(i * c, (i + 1) * c), String),
       ...Array.from(p.gateWeights.subarray(i * k, (i + 1) * k), String),
       ...(invalid ? [invalid[i]] : []),
+      ...(flags ? [flags[i]] : []),
     ]);
   }
   return rows;
@@ -59,10 +64,14 @@ export function predictionRows(site: TrainedSite, ids: string[], p: Predictions,
 
 const INVALID_AS_MISSING = 'read a cell that is not a number in a numeric column as missing (its row is marked) instead of refusing the file';
 
-/** Say on stderr which rows had cells read as missing. */
-function reportInvalid(ids: string[], invalid: string[] | undefined): void {
-  const rows = (invalid ?? []).flatMap((v, i) => (v ? [`${ids[i]} (${v})`] : []));
-  if (rows.length) process.stderr.write(`read as missing, not numbers: ${rows.length} row${rows.length > 1 ? 's' : ''}: ${rows.slice(0, 5).join(', ')}${rows.length > 5 ? ', ...' : ''}\n`);
+/** Say on stderr which rows had cells read as missing, and which the model could not see all of (`flags`). */
+function reportInvalid(ids: string[], invalid: string[] | undefined, flags?: string[]): void {
+  const say = (what: string, marks: string[] | undefined) => {
+    const rows = (marks ?? []).flatMap((v, i) => (v ? [`${ids[i]} (${v})`] : []));
+    if (rows.length) process.stderr.write(`${what}: ${rows.length} row${rows.length > 1 ? 's' : ''}: ${rows.slice(0, 5).join(', ')}${rows.length > 5 ? ', ...' : ''}\n`);
+  };
+  say('read as missing, not numbers', invalid);
+  say('flagged (a category no site trained on encodes as all zeros; missing cells take the pooled means)', flags);
 }
 
 function describe(site: TrainedSite): string {
@@ -82,8 +91,8 @@ export function predictCommand(): Command {
       const site = await loadSite(o.site, { logger: createLogger('predict', 'warn') });
       try {
         const { inputs, predictions } = await site.predictFile(o.input, { invalidAsMissing: o.invalidAsMissing });
-        reportInvalid(inputs.ids, inputs.invalid);
-        const csv = stringify(predictionRows(site, inputs.ids, predictions, inputs.invalid));
+        reportInvalid(inputs.ids, inputs.invalid, inputs.flags);
+        const csv = stringify(predictionRows(site, inputs.ids, predictions, inputs.invalid, inputs.flags));
         if (output) {
           writeFileSync(output, csv);
           process.stderr.write(`wrote ${predictions.numSamples} predictions to ${output} (${describe(site)})\n`);
@@ -113,7 +122,7 @@ export function evaluateCommand(): Command {
       const site = await loadSite(o.site, { logger: o.json ? silentLogger : createLogger('evaluate', 'warn') });
       try {
         const { evaluation, inputs } = await site.evaluateFile(o.input, { invalidAsMissing: o.invalidAsMissing });
-        reportInvalid(inputs.ids, inputs.invalid);
+        reportInvalid(inputs.ids, inputs.invalid, inputs.flags);
         if (o.json) process.stdout.write(JSON.stringify(evaluation, null, 2) + '\n');
         else process.stdout.write(`${describe(site)}\n${evaluationReport(evaluation)}`);
       } finally {
