@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { connect, createServer, type Server } from 'node:net';
 import { request } from 'node:http';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,7 +17,7 @@ import { LiveServer, LiveViewError, RemoteSites, parseListen, serverToken } from
 import { AUDIT_FILE, PeerStatusWatch, SiteAudit, generateIdentity, loopbackMembers, verifyAudit, type SiteNode } from '@dflmoe/p2p/internal';
 import { writeConsortium } from '@dflmoe/cli/internal';
 import { DEFAULT_SIMULATION } from '@dflmoe/core';
-import { backend, cli, until } from './helpers.js';
+import { backend, cli, cliCommand, until } from './helpers.js';
 
 /** GET (or another method) on the server; resolves with the status, headers and body. */
 function http(url: string, o: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; headers: Record<string, unknown>; body: string }> {
@@ -411,6 +412,31 @@ describe('live view: server', () => {
 });
 
 describe('live view: command line', () => {
+  it('simulate --ui --ui-keep serves the finished run until Ctrl-C, then exits 0; --ui-keep without --ui is refused', async function () {
+    this.timeout(120000);
+    const out = mkdtempSync(join(tmpdir(), 'dflmoe-live-keep-'));
+    const p = spawn(process.execPath, [...cliCommand(), 'simulate', '--dataset', 'synthetic:classes=2,dim=4,samples=120', '--peers', '2', '--rounds', '2',
+      '--algorithms', 'dflmoe', '--quiet', '--ui', '127.0.0.1:0', '--ui-keep', '--out', out], { env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' } });
+    let stderr = '';
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => p.on('exit', (code) => resolve(code)));
+    try {
+      await until('the run to end', () => /still serving/.test(stderr), 100000);
+      const url = /live view: the run has ended; still serving (http:\/\/127\.0\.0\.1:\d+\/) until Ctrl-C/.exec(stderr)![1];
+      const status = await http(`${url}api/status`);
+      assert.equal(status.status, 200);
+      const sites = (JSON.parse(status.body) as StatusSnapshot).sites;
+      assert.deepEqual(sites.map((x) => [x.state, x.round]), [['done', 2], ['done', 2]]);
+      p.kill('SIGINT');
+      assert.equal(await exited, 0, stderr);
+      await assert.rejects(http(`${url}api/status`), /ECONNREFUSED/);
+    } finally {
+      p.kill('SIGKILL');
+    }
+    const plain = cli(['simulate', '--dataset', 'synthetic:classes=2,dim=4,samples=120', '--peers', '2', '--rounds', '1', '--algorithms', 'local', '--quiet', '--ui-keep', '--out', out]);
+    assert.equal(plain.stderr, 'dflmoe: error: --ui-keep keeps the live view of --ui: give --ui <host:port> too\n');
+  });
+
   it('simulate --ui on a port in use: one line naming --ui, before any training', async () => {
     const busy = await occupy();
     try {

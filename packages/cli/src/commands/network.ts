@@ -5,7 +5,7 @@ import { generateIdentity, joinDetails, loadIdentity, loadPeerConfig, loadRelayC
 import { formatBytes, pct } from '../format.js';
 import { checkOutputPath } from '../output.js';
 import { DATA_POLICY } from './predict.js';
-import { startLiveView, withUiOptions } from '../live.js';
+import { endLiveView, startLiveView, withUiOptions } from '../live.js';
 
 /** Aborts on the first SIGINT or SIGTERM (a second SIGINT kills the process as usual). */
 export function stopSignal(): AbortSignal {
@@ -92,7 +92,11 @@ export function peerCommand(): Command {
           `round ${l.round}/${cfg.rounds}  accuracy ${pct(l.accuracy)}  experts ${l.experts.length}  ` +
             `in ${formatBytes(l.bytesIn)} out ${formatBytes(l.bytesOut)}  ${l.seconds.toFixed(2)} s\n`,
         ),
-      })).finally(() => view?.close());
+      })).catch(async (e: unknown) => {
+        await view?.close();
+        throw e;
+      });
+      await endLiveView(view, o.uiKeep, true);
       process.stdout.write(`final accuracy ${pct(r.accuracy)} after ${r.rounds.length} rounds; results in ${cfg.out}\n`);
     });
 }
