@@ -236,6 +236,20 @@ describe('command line usability', function () {
         assert.ok(Math.abs(t.algorithms.dflmoe!.pooledAccuracy!.mean - pooled(t, 'dflmoe').reduce((a, b) => a! + b!, 0)! / 3) < 1e-12);
       });
 
+      it("dflmoe report on the sites' directories draws the charts the run's report draws from its results.json", () => {
+        const charts = (html: string) => Object.fromEntries([...html.matchAll(/<figure data-chart="([^"]+)">[\s\S]*?<script type="application\/json" class="chart-data">([\s\S]*?)<\/script>/g)]
+          .map((m) => [m[1], (JSON.parse(m[2]) as { algorithm?: string }[]).filter((x) => x.algorithm === undefined || x.algorithm === 'dflmoe')]));
+        const run = cli(['report', join(dir, 'tcp')]);
+        assert.equal(run.status, 0, run.stderr);
+        const sites = cli(['report', join(dir, 'tcp', 'consortium', 'dflmoe'), '--output', join(dir, 'sites.html')]);
+        assert.equal(sites.status, 0, sites.stderr);
+        const [a, b] = [charts(readFileSync(join(dir, 'tcp', 'report.html'), 'utf8')), charts(readFileSync(join(dir, 'sites.html'), 'utf8'))];
+        assert.deepEqual(Object.keys(b), ['accuracy-per-round', 'accuracy-per-peer', 'bytes-per-round', 'gate-weights']);
+        // Per site and per round the same numbers (the run's seconds include starting the processes, so the wall time is left out).
+        for (const id of Object.keys(b)) assert.deepEqual(b[id], a[id], id);
+        assert.match(readFileSync(join(dir, 'sites.html'), 'utf8'), /<caption>Sites<\/caption>[\s\S]*<td>site-0<\/td><td>dflmoe<\/td>/);
+      });
+
       it('dflmoe audit and predictFile name the experts as site.json does, as dflmoe predict does', async () => {
         const site = join(dir, 'tcp', 'consortium', 'dflmoe', 'site-0');
         const desc = JSON.parse(readFileSync(join(site, 'site.json'), 'utf8')) as { peerId: string; names: Record<string, string> };

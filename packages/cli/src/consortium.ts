@@ -329,7 +329,9 @@ export function gateWeightsOf(r: Pick<PeerRunResult, 'name' | 'peerId' | 'rounds
 }
 
 /** Collect the sites' results.json into the simulator's result shape. */
-export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallSeconds: number, bodies: string[]): AlgorithmResult {
+export function collectResults(
+  alg: AlgorithmName, files: { sites: { out: string }[]; server?: { out: string } }, wallSeconds: number, bodies: string[],
+): AlgorithmResult {
   const res: PeerRunResult[] = files.sites.map((s) => {
     const f = join(s.out, 'results.json');
     if (!existsSync(f)) throw new Error(`${f} is missing: the site did not finish`);
