@@ -216,8 +216,18 @@ describe('command line usability', function () {
       const args = ['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--partition', 'iid', '--rounds', '2', '--algorithms', 'local,dflmoe', '--seed', '2', '--quiet'];
       before(() => {
         dir = tmpDir('dflmoe-simtcp-');
-        tcp = cli([...args, '--transport', 'tcp', '--deadline', '20000', '--out', join(dir, 'tcp')]);
+        // Without --quiet: the per-round progress lines too.
+        tcp = cli([...args.filter((a) => a !== '--quiet'), '--transport', 'tcp', '--deadline', '20000', '--out', join(dir, 'tcp')]);
         assert.equal(tcp.status, 0, tcp.stderr);
+      });
+
+      it("per-round lines: the consortium's bytes of each round (not '-'), each site's bytes so far, experts only for dFLMoE", () => {
+        const progress = tcp.stderr.split('\n').filter((l) => /^dflmoe round \d\/2 /.test(l));
+        assert.equal(progress.length, 2, tcp.stderr);
+        for (const l of progress) assert.match(l, /accuracy [\d.]+% \(min [\d.]+%\) {2}[\d.]+ (B|KiB|MiB) {2}[\d.]+ s\/round$/);
+        const log = (alg: string) => readFileSync(join(dir, 'tcp', 'consortium', alg, 'site-0.log'), 'utf8').split('\n').filter((l) => l.startsWith('round '));
+        assert.match(log('dflmoe')[1], /^round 2\/2 {2}accuracy [\d.]+% {2}experts 2 {2}so far in [\d.]+ KiB out [\d.]+ KiB {2}[\d.]+ s$/);
+        assert.match(log('local')[1], /^round 2\/2 {2}accuracy [\d.]+% {2}so far in 0 B out 0 B {2}[\d.]+ s$/);
       });
 
       it("prints the pooled test column too: each site's saved model on every site's test rows, as in memory", () => {

@@ -88,9 +88,10 @@ export function peerCommand(): Command {
         signal,
         status: view?.board,
         metricsPort: o.metrics,
+        // Bytes so far (the run's, with its earlier parts); experts only where the algorithm mixes them (dFLMoE).
         onRound: o.quiet ? undefined : (l) => process.stderr.write(
-          `round ${l.round}/${cfg.rounds}  accuracy ${pct(l.accuracy)}  experts ${l.experts.length}  ` +
-            `in ${formatBytes(l.bytesIn)} out ${formatBytes(l.bytesOut)}  ${l.seconds.toFixed(2)} s\n`,
+          `round ${l.round}/${cfg.rounds}  accuracy ${pct(l.accuracy)}  ${cfg.algorithm === 'dflmoe' ? `experts ${l.experts.length}  ` : ''}` +
+            `so far in ${formatBytes(l.bytesIn)} out ${formatBytes(l.bytesOut)}  ${l.seconds.toFixed(2)} s\n`,
         ),
       })).catch(async (e: unknown) => {
         await view?.close();

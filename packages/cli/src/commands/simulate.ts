@@ -4,11 +4,13 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import {
   ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, PRECISIONS, initBackend, simulate, type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
-import { emptyResults, parseBodyCombiner, parseTopology, REGISTRY, isAlgorithmName, summarize, unknownAlgorithmMessage } from '@dflmoe/core/internal';
+import {
+  emptyResults, getAlgorithm, networkBytes, parseBodyCombiner, parseTopology, REGISTRY, isAlgorithmName, summarize, unknownAlgorithmMessage,
+} from '@dflmoe/core/internal';
 import { SHIFT_KINDS, loadDatasetAsync, partition } from '@dflmoe/data';
-import { collectResults, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium } from '../consortium.js';
+import { collectResults, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium, type ConsortiumFiles } from '../consortium.js';
 import { stopSignal } from './network.js';
-import { writeJsonAtomic } from '@dflmoe/p2p/internal';
+import { readJsonLines, writeJsonAtomic, type RoundLine } from '@dflmoe/p2p/internal';
 import { createProgress, type Progress } from '../progress.js';
 import { writeRunReport } from '../report.js';
 import { pooledAccuracies } from '../pooled.js';
@@ -50,6 +52,15 @@ function algorithms(v: string): AlgorithmName[] {
 }
 
 /** The results table printed at the end of a simulation. */
+/** What a consortium's sites moved in round `r` as the table counts it, from their metrics.jsonl (each line holds the run's bytes so far); NaN before every site has one. */
+function roundBytesSent(alg: AlgorithmName, files: ConsortiumFiles, r: number): number {
+  const at = (round: number) => files.sites.map((s) => readJsonLines<RoundLine>(join(s.out, 'metrics.jsonl')).findLast((l) => l.round === round));
+  const [now, before] = [at(r), at(r - 1)];
+  if (now.some((l) => !l)) return NaN;
+  const total = (lines: (RoundLine | undefined)[]) => networkBytes(getAlgorithm(alg), lines.map((l) => ({ bytesSent: l?.bytesOut ?? 0, bytesReceived: l?.bytesIn ?? 0 })));
+  return total(now) - total(before);
+}
+
 export function summaryTable(r: SimulationResults): string {
   const withPooled = Object.values(r.algorithms).some((a) => a?.pooledAccuracy);
   const withBodies = Object.values(r.algorithms).some((a) => a?.bodyBytesSent !== undefined);
@@ -204,7 +215,7 @@ async function simulateOverTcp(
       seen.set(r, e);
       if (e.accs.length === cfg.peers) {
         const s = summarize(e.accs);
-        onRound?.(alg, { round: r, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: e.accs, loss: NaN, bytesSent: NaN, seconds: Math.max(...e.seconds) }, cfg.rounds);
+        onRound?.(alg, { round: r, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: e.accs, loss: NaN, bytesSent: roundBytesSent(alg, files, r), seconds: Math.max(...e.seconds) }, cfg.rounds);
       }
     };
     // --ui: every site process serves its own status; this process shows them all.
