@@ -11,6 +11,7 @@ import {
   type Logger, type PeerData, type PeerModelOptions, type SiteNetwork, type DflmoeSite,
 } from '@dflmoe/core/internal';
 import { parsePeerConfig } from '@dflmoe/p2p';
+import { summaryTable } from '@dflmoe/cli/internal';
 import { backend, cli, tinyPeers } from './helpers.js';
 
 const quiet = silentLogger;
@@ -151,6 +152,19 @@ describe('baselines in the simulator', () => {
         new RegExp(`${getAlgorithm(alg).label} needs the same model at every site.*dflmoe and local only`),
       );
     }
+  });
+
+  it('heterogeneous bodies with several algorithms: the ones that need one model are skipped, saying why; the others run', async () => {
+    const warnings: string[] = [];
+    const logger = { ...quiet, warn: (m: string) => warnings.push(m) };
+    const r = await simulate({ dataset: 'digits', peers: 2, rounds: 1, algorithms: ['fedavg', 'dflmoe', 'gossip'], bodies: ['mlp', 'mlp:16'], partition: 'iid' }, { logger });
+    assert.deepEqual(Object.keys(r.algorithms), ['dflmoe']);
+    assert.deepEqual(Object.keys(r.skipped ?? {}), ['fedavg', 'gossip']);
+    assert.match(r.skipped!.fedavg!, /^FedAvg needs the same model at every site, but peer-0 has "mlp\|.*" and peer-1 has "mlp:16\|.*"/);
+    assert.deepEqual(warnings.map((w) => w.split(':')[0]), ['skipped fedavg', 'skipped gossip']);
+    const table = summaryTable(r);
+    assert.match(table, /\nskipped fedavg: FedAvg needs the same model at every site/);
+    assert.match(table, /\ndflmoe +[\d.]+%/);
   });
 });
 

@@ -11,7 +11,7 @@ import type { PrivateKey } from '@libp2p/interface';
 import { multiaddr } from '@multiformats/multiaddr';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { ConfigError, boundedAddrs, createSiteNode, generateIdentity, memberFinderOf, parsePeerConfig, type SiteNode } from '@dflmoe/p2p/internal';
-import { processGroup, runFourSites, until } from './helpers.js';
+import { processGroup, runFourSites, testNamespace, until } from './helpers.js';
 
 describe('discovery: members by peer ID only', function () {
   this.timeout(90000);
@@ -60,18 +60,21 @@ describe('discovery: members by peer ID only', function () {
     assert.ok(found.some((f) => f.startsWith(ids[2].peerId) && f.includes(`/tcp/${port}/`)), found.join('\n'));
   });
 
-  it('mDNS: two members on one LAN, listed by peer ID only and without bootstrap, find each other', async function () {
-    const { networkInterfaces } = await import('node:os');
-    if (!Object.values(networkInterfaces()).flat().some((i) => i && i.family === 'IPv4' && !i.internal)) this.skip();
-    const ids = await Promise.all([generateIdentity(), generateIdentity()]);
-    const members = ids.map((i) => ({ peerId: i.peerId, addrs: [] as string[] }));
-    const allow = ids.map((i) => i.peerId);
-    for (const i of ids) {
-      const n = await createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/0.0.0.0/tcp/0'], allow, discovery: { members, bootstrap: [], dht: false, mdns: true, intervalMs: 300 } });
-      nodes.push(n);
-      await n.start();
+  it('mDNS: two members on one LAN, listed by peer ID only and without bootstrap, find each other (in a network namespace of the test\'s own)', function () {
+    // The LAN is the loopback of a namespace made for the test, with multicast on: the nodes listen on 127.0.0.1 and
+    // their mDNS queries and answers stay inside it (test/fixtures/mdns-run.ts).
+    const ns = testNamespace('dflmoe-mdns', [['link', 'set', 'lo', 'multicast', 'on']]);
+    if (!ns) this.skip();
+    try {
+      const r = ns.run([process.execPath, '--import', 'tsx', '--conditions=development', 'test/fixtures/mdns-run.ts'], { timeout: 60000, env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' } });
+      assert.equal(r.status, 0, r.stderr);
+      const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { found?: boolean; remoteAddr?: string; error?: string };
+      assert.equal(out.error, undefined);
+      assert.equal(out.found, true, 'an mDNS-found connection');
+      assert.match(out.remoteAddr!, /^\/ip4\/127\.0\.0\.1\/tcp\/\d+\//);
+    } finally {
+      ns.remove();
     }
-    await until('an mDNS-found connection', () => nodes[0].getConnections().some((c) => c.remotePeer.toString() === ids[1].peerId), 30000);
   });
 
   it('addresses learnt from the network are bounded and filtered', () => {

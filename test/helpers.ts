@@ -1,4 +1,4 @@
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess, type SpawnSyncOptions, type SpawnSyncReturns } from 'node:child_process';
 import fc from 'fast-check';
 import { initBackend, preparePeerData, silentLogger, type PeerData } from '@dflmoe/core/internal';
 import { makeSynthetic, partition, type Dataset } from '@dflmoe/data/internal';
@@ -126,4 +126,40 @@ export interface SiteConfigJson {
   relay?: unknown;
   discovery?: unknown;
   members: { peerId: string; addrs?: string[]; name?: string }[];
+}
+
+/** The share of the most common class: the accuracy of always answering it (the bound a model must beat). */
+export function majorityRate(labels: ArrayLike<number | string>): number {
+  const counts = new Map<number | string, number>();
+  for (let i = 0; i < labels.length; i++) counts.set(labels[i], (counts.get(labels[i]) ?? 0) + 1);
+  return Math.max(...counts.values()) / labels.length;
+}
+
+/**
+ * A network namespace of the test's own (`ip netns`, needs root and iproute2):
+ * its loopback up, then `setup` run in it (each an `ip` command's arguments).
+ * Nothing sent inside it leaves it. Undefined when it cannot be made: the
+ * reason is printed, so that a skipped test says why it was skipped.
+ */
+export function testNamespace(prefix: string, setup: string[][] = []): { name: string; run(args: string[], o?: SpawnSyncOptions): SpawnSyncReturns<string>; remove(): void } | undefined {
+  const name = `${prefix}-${process.pid}`;
+  const ip = (...args: string[]) => spawnSync('ip', args, { encoding: 'utf8' });
+  const made = ip('netns', 'add', name);
+  if (made.status !== 0) {
+    const why = made.error ? made.error.message : made.stderr.trim();
+    process.stdout.write(`      skipped: a network namespace needs root and iproute2 (ip netns add: ${why}); run as root to include this test\n`);
+    return undefined;
+  }
+  for (const a of [['link', 'set', 'lo', 'up'], ...setup]) {
+    const r = ip('netns', 'exec', name, 'ip', ...a);
+    if (r.status !== 0) {
+      ip('netns', 'del', name);
+      throw new Error(`ip ${a.join(' ')} in the namespace: ${r.stderr}`);
+    }
+  }
+  return {
+    name,
+    run: (args, o = {}) => spawnSync('ip', ['netns', 'exec', name, ...args], { encoding: 'utf8', ...o }) as SpawnSyncReturns<string>,
+    remove: () => void ip('netns', 'del', name),
+  };
 }

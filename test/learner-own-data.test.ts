@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { MemoryHub, createLearner, disposePeerData, preparePeerData, takePeerData, type DflmoeLearner } from '@dflmoe/core/internal';
+import { MemoryHub, createLearner, disposePeerData, inputFlags, preparePeerData, takePeerData, type DflmoeLearner } from '@dflmoe/core/internal';
 import {
   encodeSiteData, fitStandardizer, loadDataset, loadSiteData, partition, readInputs, readShare, reconcileStatements, siteStatement, writeShare,
   type SiteDataSpec,
@@ -68,6 +68,20 @@ describe('real sites in one process (library)', function () {
       // The same rows through evaluate with made-up labels: the confusion matrix counts them by predicted class.
       const e = learners[0].evaluate(x.features, Array.from(p.predicted));
       assert.equal(e.accuracy, 1);
+      // Plain arrays predict as the Float32Array does (one array per sample, or row-major numbers).
+      const d = agreed.featureNames.length;
+      const rows = Array.from({ length: 3 }, (_, i) => Array.from(x.features.subarray(i * d, (i + 1) * d)));
+      const fromRows = learners[0].predict(rows);
+      assert.deepEqual(fromRows.probabilities, learners[0].predict(x.features.subarray(0, 3 * d)).probabilities);
+      assert.deepEqual(learners[0].predict(rows.flat()).probabilities, fromRows.probabilities);
+      // A NaN is refused, naming the sample and feature, not predicted as if it were a value.
+      const holed = x.features.slice(0, 2 * d);
+      holed[d + 3] = NaN;
+      assert.throws(() => learners[0].predict(holed), /^Error: sample 1, feature 3 is NaN: samples must be finite/);
+      // Rows the model cannot see all of are flagged: ward "Z" (no site trained on it) and a row of missing cells only.
+      const flagged = writeText(join(dir, 'flagged.csv'), 'id,age,bmi,smoker,sex,ward\nq1,60,25,never,F,A\nq2,61,27,former,M,Z\nq3,NA,,?,NA,\n');
+      assert.deepEqual(inputFlags(flagged, agreed), ['', 'unseen ward="Z"', 'every feature missing']);
+      assert.equal(inputFlags(writeText(join(dir, 'plain.csv'), 'id,age,bmi,smoker,sex,ward\nq1,60,25,never,F,A\n'), agreed), undefined);
     } finally {
       learners.forEach((l) => l.dispose());
     }

@@ -7,16 +7,17 @@
 import assert from 'node:assert/strict';
 import { connect, createServer, type Server } from 'node:net';
 import { request } from 'node:http';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { StatusBoard, gateWeights, parseSiteStatus, silentLogger, simulate, siteKey, type SiteStatus, type StatusSnapshot } from '@dflmoe/core/internal';
-import { LiveServer, LiveViewError, RemoteSites, parseListen } from '@dflmoe/live';
+import { LiveServer, LiveViewError, RemoteSites, parseListen, serverToken } from '@dflmoe/live';
 import { AUDIT_FILE, PeerStatusWatch, SiteAudit, generateIdentity, loopbackMembers, verifyAudit, type SiteNode } from '@dflmoe/p2p/internal';
 import { writeConsortium } from '@dflmoe/cli/internal';
 import { DEFAULT_SIMULATION } from '@dflmoe/core';
-import { backend, cli, until } from './helpers.js';
+import { backend, cli, cliCommand, until } from './helpers.js';
 
 /** GET (or another method) on the server; resolves with the status, headers and body. */
 function http(url: string, o: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; headers: Record<string, unknown>; body: string }> {
@@ -129,6 +130,11 @@ describe('live view: status model', () => {
     this.timeout(60000);
     await backend();
     const board = new StatusBoard();
+    // What the view showed of dFLMoE's members at each round, while the sites ran.
+    const seen = new Map<string, boolean[][]>();
+    board.onChange((s) => {
+      if (s.algorithm === 'dflmoe' && s.state === 'training') seen.set(`${s.id}@${s.round}`, [s.members.map((m) => m.connected)]);
+    });
     const r = await simulate({ ...DEFAULT_SIMULATION, dataset: 'synthetic:classes=3,dim=8,samples=240', peers: 3, rounds: 3, algorithms: ['dflmoe', 'local', 'fedavg'], minSize: 5 }, { status: board });
     const sites = board.snapshot().sites;
     assert.equal(sites.length, 9);
@@ -143,13 +149,15 @@ describe('live view: status model', () => {
     for (const s of d) {
       assert.deepEqual(Object.keys(s.gate[2]!).sort(), ['peer-0', 'peer-1', 'peer-2']);
       assert.ok(Math.abs(Object.values(s.gate[2]!).reduce((a, b) => a + b, 0) - 1) < 1e-6);
-      assert.deepEqual(s.members.map((m) => [m.connected, m.lastHeadRound]), [[true, 3], [true, 3]]);
+      assert.deepEqual(seen.get(`${s.id}@3`), [[true, true]], 'connected while it ran');
+      // Once done, the site has left: no member is shown connected to it (their newest head stays).
+      assert.deepEqual(s.members.map((m) => [m.connected, m.lastHeadRound]), [[false, 3], [false, 3]]);
       assert.ok(s.bytesSent > 0 && s.bytesReceived > 0);
     }
     assert.equal(d[0].accuracy[2], r.algorithms.dflmoe!.peers[0].accuracy);
     assert.ok(sites.filter((s) => s.algorithm === 'local').every((s) => s.gate.every((g) => g === null) && s.bytesSent === 0 && s.members.length === 0));
     // A server algorithm's member is the server.
-    assert.ok(sites.filter((s) => s.algorithm === 'fedavg').every((s) => JSON.stringify(s.members) === JSON.stringify([{ id: 'server', connected: true, strikes: 0, lastHeadRound: 3 }])));
+    assert.ok(sites.filter((s) => s.algorithm === 'fedavg').every((s) => JSON.stringify(s.members) === JSON.stringify([{ id: 'server', connected: false, strikes: 0, lastHeadRound: 3 }])));
   });
 
   it("a peer's members: connections, strikes of both exchanges, blocked, newest head round, the server's last round", () => {
@@ -174,6 +182,12 @@ describe('live view: status model', () => {
       open.add('P1');
       node.dispatchEvent(new Event('connection:open'));
       assert.equal(m().one.connected, true);
+      // The site's run ended: it has left, so no member shows connected, even if a refresh still sees the connection.
+      feed.state('done');
+      assert.equal(m().one.connected, false);
+      watch.refresh();
+      assert.equal(m().one.connected, false);
+      assert.equal(m().one.lastHeadRound, 5);
     } finally {
       watch.stop();
     }
@@ -257,6 +271,8 @@ describe('live view: server', () => {
     // Self-contained: no script or style from elsewhere, and a policy that allows none.
     assert.doesNotMatch(page.body, /<script[^>]+src=|<link[^>]+stylesheet|https?:\/\/(?!www\.w3\.org)/);
     assert.match(String(page.headers['content-security-policy']), /default-src 'none'; script-src 'sha256-/);
+    // The gate heatmap's caption says what its weights are: routing, not trust.
+    assert.match(page.body, /A weight near 1 is where the gate routes rows, not a measure of trust/);
     const status = await http(`${base}/api/status`);
     assert.equal(status.status, 200);
     assert.equal((JSON.parse(status.body) as StatusSnapshot).sites[0].id, 'site-0');
@@ -293,11 +309,12 @@ describe('live view: server', () => {
     await assert.rejects(LiveServer.start({ board: board(), listen: '127.0.0.1:0', token: 'short' }), /--ui-token: use 16 to 256 characters/);
   });
 
-  it('an address other than loopback gets a generated token', async () => {
-    server = await LiveServer.start({ board: board(), listen: '0.0.0.0:0' });
-    assert.ok(server.generatedToken);
-    assert.match(server.token!, /^[A-Za-z0-9_-]{24}$/);
-    assert.equal((await http(`http://127.0.0.1:${server.address.port}/api/status`)).status, 401);
+  it('an address other than loopback gets a generated token (decided without binding one: tests stay on 127.0.0.1)', () => {
+    const token = serverToken(parseListen('0.0.0.0:0'), {});
+    assert.match(token!, /^[A-Za-z0-9_-]{24}$/);
+    assert.notEqual(serverToken(parseListen('192.168.7.1:80'), {}), token, 'a fresh one each time');
+    assert.equal(serverToken(parseListen('127.0.0.1:0'), {}), undefined);
+    assert.equal(serverToken(parseListen('0.0.0.0:0'), { token: 'a'.repeat(16) }), 'a'.repeat(16));
   });
 
   it('streams the status, then the sites that change; a closed client leaves no open stream', async () => {
@@ -395,6 +412,31 @@ describe('live view: server', () => {
 });
 
 describe('live view: command line', () => {
+  it('simulate --ui --ui-keep serves the finished run until Ctrl-C, then exits 0; --ui-keep without --ui is refused', async function () {
+    this.timeout(120000);
+    const out = mkdtempSync(join(tmpdir(), 'dflmoe-live-keep-'));
+    const p = spawn(process.execPath, [...cliCommand(), 'simulate', '--dataset', 'synthetic:classes=2,dim=4,samples=120', '--peers', '2', '--rounds', '2',
+      '--algorithms', 'dflmoe', '--quiet', '--ui', '127.0.0.1:0', '--ui-keep', '--out', out], { env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' } });
+    let stderr = '';
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => p.on('exit', (code) => resolve(code)));
+    try {
+      await until('the run to end', () => /still serving/.test(stderr), 100000);
+      const url = /live view: the run has ended; still serving (http:\/\/127\.0\.0\.1:\d+\/) until Ctrl-C/.exec(stderr)![1];
+      const status = await http(`${url}api/status`);
+      assert.equal(status.status, 200);
+      const sites = (JSON.parse(status.body) as StatusSnapshot).sites;
+      assert.deepEqual(sites.map((x) => [x.state, x.round]), [['done', 2], ['done', 2]]);
+      p.kill('SIGINT');
+      assert.equal(await exited, 0, stderr);
+      await assert.rejects(http(`${url}api/status`), /ECONNREFUSED/);
+    } finally {
+      p.kill('SIGKILL');
+    }
+    const plain = cli(['simulate', '--dataset', 'synthetic:classes=2,dim=4,samples=120', '--peers', '2', '--rounds', '1', '--algorithms', 'local', '--quiet', '--ui-keep', '--out', out]);
+    assert.equal(plain.stderr, 'dflmoe: error: --ui-keep keeps the live view of --ui: give --ui <host:port> too\n');
+  });
+
   it('simulate --ui on a port in use: one line naming --ui, before any training', async () => {
     const busy = await occupy();
     try {

@@ -3,7 +3,6 @@
  * for members; every wait bounded.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +12,7 @@ import { multiaddr } from '@multiformats/multiaddr';
 import {
   ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, isRelayed, parsePeerConfig, parseRelayConfig, saveIdentity, startRelay, type SiteNode,
 } from '@dflmoe/p2p/internal';
-import { processGroup, runFourSites, untilValue as until } from './helpers.js';
+import { processGroup, runFourSites, testNamespace, untilValue as until } from './helpers.js';
 
 describe('reach: circuit relay for members only', function () {
   this.timeout(60000);
@@ -84,20 +83,15 @@ describe('reach: hole punching (DCUtR) in a network namespace', function () {
   this.timeout(90000);
   // DCUtR only dials public addresses, so loopback cannot show it: the test makes a namespace of its own whose loopback
   // carries 5.5.5.1-3 (nothing leaves the namespace) and runs a relay and two members there (test/fixtures/dcutr-run.ts).
-  const ns = `dflmoe-dcutr-${process.pid}`;
-  const ip = (...args: string[]) => spawnSync('ip', args, { encoding: 'utf8' });
+  let ns: ReturnType<typeof testNamespace>;
   before(function () {
-    const made = ip('netns', 'add', ns);
-    if (made.status !== 0) this.skip(); // needs root and iproute2, as CI has
-    for (const a of [['link', 'set', 'lo', 'up'], ...[1, 2, 3].map((i) => ['addr', 'add', `5.5.5.${i}/32`, 'dev', 'lo'])]) {
-      const r = ip('netns', 'exec', ns, 'ip', ...a);
-      assert.equal(r.status, 0, r.stderr);
-    }
+    ns = testNamespace('dflmoe-dcutr', [1, 2, 3].map((i) => ['addr', 'add', `5.5.5.${i}/32`, 'dev', 'lo']));
+    if (!ns) this.skip();
   });
-  after(() => void ip('netns', 'del', ns));
+  after(() => ns?.remove());
   const run = (holePunch: boolean) => {
-    const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, '--import', 'tsx', '--conditions=development', 'test/fixtures/dcutr-run.ts'], {
-      encoding: 'utf8', timeout: 60000, env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn', HOLE_PUNCH: holePunch ? 'on' : 'off' },
+    const r = ns!.run([process.execPath, '--import', 'tsx', '--conditions=development', 'test/fixtures/dcutr-run.ts'], {
+      timeout: 60000, env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn', HOLE_PUNCH: holePunch ? 'on' : 'off' },
     });
     assert.equal(r.status, 0, r.stderr);
     return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { firstRelayed?: boolean; direct?: string | null; directDirection?: string | null; error?: string };

@@ -34,14 +34,19 @@ describe('awaitRound and members far behind', () => {
     };
     await b.publish(Uint8Array.of(10), 10);
     await c.publish(Uint8Array.of(3), 3); // c restarted from its checkpoint of round 3
-    assert.ok((await wait(10)) < 500, 'round 10: c, at round 3, is not waited for');
+    // Waits that run to the deadline take at least the deadline (timers do not fire early); the others are compared
+    // with one measured here, under the same load, not with a fixed number of milliseconds.
+    const full = await wait(undefined);
+    assert.ok(full >= 1400, 'without the round, c is waited for until the deadline');
+    const quick = await wait(10);
+    assert.ok(quick < full / 3, `round 10: c, at round 3, is not waited for (${quick.toFixed(0)} ms against ${full.toFixed(0)} at the deadline)`);
     // Messages every 4 rounds (bodies with bodyEvery 4): c's newest, of round 3, is one step behind round 10's.
     assert.ok((await wait(10, 4)) >= 1400, 'in steps of 4 rounds, c at round 3 is waited for');
-    assert.ok((await wait(undefined)) >= 1400, 'without the round, c is waited for until the deadline');
     await c.publish(Uint8Array.of(8), 8);
     assert.ok((await wait(10)) >= 1400, 'round 10: c, at round 8, is waited for again');
     await c.publish(Uint8Array.of(10), 10);
-    assert.ok((await wait(10)) < 500, 'and its message of round 10 completes the quorum');
+    const done = await wait(10);
+    assert.ok(done < full / 3, `and its message of round 10 completes the quorum (${done.toFixed(0)} ms)`);
   });
 });
 
@@ -76,8 +81,10 @@ describe('a site that rejoins far behind (multi-process)', function () {
     for (const i of [0, 1]) {
       const waits = after(i).map((l) => l.waitSeconds);
       process.stdout.write(`      (site-${i}: waitSeconds after the rejoin ${waits.map((w) => w.toFixed(2)).join(' ')})\n`);
-      // The first two rounds may still be the old regime; from then on, nowhere near the 5 s deadline.
-      for (const [k, w] of waits.entries()) if (k >= 2) assert.ok(w < DEADLINE_MS / 2000, `site-${i}, round ${after(i)[k].round}: waited ${w.toFixed(2)} s`);
+      // The first two rounds may still be the old regime; from then on no wait runs to the 5 s deadline (a wait that
+      // does lasts at least the deadline, however loaded the machine; one the quorum ends is shorter).
+      const atDeadline = waits.slice(2).filter((w) => w * 1000 >= DEADLINE_MS);
+      assert.equal(atDeadline.length, 0, `site-${i}: ${atDeadline.length} of ${waits.length - 2} rounds waited out the deadline (${waits.map((w) => w.toFixed(2)).join(' ')})`);
     }
     // Everyone finishes, the rejoined site too (its rounds after the others left are its own).
     assert.deepEqual(await Promise.all([ps[0], ps[1], again].map((p) => waitExit(p, 180000))), [0, 0, 0]);

@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { simulate } from '@dflmoe/core';
-import { summaryTable, writeRunReport } from '@dflmoe/cli/internal';
+import { summaryTable, writeReport, writeRunReport } from '@dflmoe/cli/internal';
 import { backend, cli } from './helpers.js';
 
 const quiet = silentLogger;
@@ -41,6 +41,7 @@ describe('HTML report', () => {
 
   it('a directory without results gives a clear error', async () => {
     await assert.rejects(writeRunReport(mkdtempSync(join(tmpdir(), 'dflmoe-empty-'))), /results\.json not found: report takes the directory a dflmoe simulate \(or bench\) run wrote, its --out/);
+    await assert.rejects(writeReport([mkdtempSync(join(tmpdir(), 'dflmoe-empty-'))]), /no results\.json of a run and no site directory/);
   });
 
   it("legends list only the algorithms that ran; the summary's bytes read as the console table's", async () => {
@@ -60,14 +61,15 @@ describe('HTML report', () => {
     assert.equal([...summary[1].matchAll(/<td>([^<]*)<\/td>/g)][3][1], bytes);
   });
 
-  it("report on a site's directory says what report takes and what to use for a site", async () => {
+  it("report on a site that has not finished, or on a directory with neither a run nor sites, says what report takes (one line)", async () => {
     const site = mkdtempSync(join(tmpdir(), 'dflmoe-site-'));
-    writeFileSync(join(site, 'site.json'), '{}');
-    writeFileSync(join(site, 'results.json'), JSON.stringify({ peerId: '12D3KooW', accuracy: 0.9, rounds: [] }));
-    const r = cli(['report', site]);
+    writeFileSync(join(site, 'site.json'), JSON.stringify({ format: 1, algorithm: 'local', peerId: '12D3KooW', names: {}, model: { body: 'mlp:8' } }));
+    let r = cli(['report', site]);
     assert.equal(r.status, 1);
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
-    assert.match(r.stderr, /is a site's directory \(a dflmoe peer's out\), not a simulation run: report takes the directory a dflmoe simulate \(or bench\) run wrote, its --out/);
-    assert.match(r.stderr, new RegExp(`dflmoe audit ${site} .*dflmoe evaluate --site ${site}`));
+    assert.match(r.stderr, /results\.json is missing: the site has not finished its run \(report draws finished sites\)/);
+    r = cli(['report', mkdtempSync(join(tmpdir(), 'dflmoe-nothing-'))]);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /no results\.json of a run and no site directory \(with site\.json\): report takes the directory a dflmoe simulate \(or bench\) run wrote.*or the out directories of a consortium's sites/);
   });
 });

@@ -5,12 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { ConfigError, createSiteNode, generateIdentity, parsePeerConfig, prepareSiteData, watchConnections } from '@dflmoe/p2p/internal';
 import { loadSite, silentLogger, type SimulationResults } from '@dflmoe/core';
-import { cli, until, cliCommand } from './helpers.js';
+import { loadDataset } from '@dflmoe/data';
+import { cli, majorityRate, until, cliCommand } from './helpers.js';
 import { imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
 /** A one-site, one-round local-only site trained by `dflmoe peer` on a patient table; returns its out directory. */
@@ -166,6 +167,26 @@ describe('command line usability', function () {
       assert.equal(naRows[2]['read as missing'], undefined, 'no marks column without the option');
       assert.deepEqual(rows.map(({ 'read as missing': _, ...rest }) => rest), naRows);
     });
+
+    it('rows with a ward no site trained on, or with every cell missing, are flagged in a last column and on stderr', () => {
+      const csv = patientsCsv({ seed: 5, rows: 3, unlabelled: true }).trim().split('\n');
+      const cols = csv[0].split(',');
+      const row = csv[2].split(',');
+      row[cols.indexOf('ward')] = 'Z';
+      const empty = cols.map((c) => (c === 'id' ? 'q9' : 'NA'));
+      const file = writeText(join(dir, 'flagged.csv'), [...csv.slice(0, 2), row.join(','), csv[3], empty.join(',')].join('\n') + '\n');
+      const r = cli(['predict', '--site', site, '--input', file]);
+      assert.equal(r.status, 0, r.stderr);
+      const rows = parse(r.stdout, { columns: true }) as Record<string, string>[];
+      assert.deepEqual(rows.map((x) => x.flags), ['', 'unseen ward="Z"', '', 'every feature missing']);
+      assert.match(r.stderr, /flagged \(a category no site trained on encodes as all zeros; missing cells take the pooled means\): 2 rows: line 3 \(unseen ward="Z"\), line 5 \(every feature missing\)/);
+    });
+
+    it('--output and keygen --out into a directory that does not exist: one line naming it, before any work', () => {
+      const line = oneLineError(cli(['predict', '--site', site, '--input', fresh('61'), '--output', '/no/dir/p.csv']));
+      assert.match(line, /--output \/no\/dir\/p\.csv: the directory \/no\/dir does not exist \(create it first: mkdir -p \/no\/dir\)$/);
+      assert.match(oneLineError(cli(['keygen', '--out', '/no/dir/k'])), /--out \/no\/dir\/k: the directory \/no\/dir does not exist/);
+    });
   });
 
   describe('simulate, in one process and over TCP', function () {
@@ -195,8 +216,18 @@ describe('command line usability', function () {
       const args = ['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--partition', 'iid', '--rounds', '2', '--algorithms', 'local,dflmoe', '--seed', '2', '--quiet'];
       before(() => {
         dir = tmpDir('dflmoe-simtcp-');
-        tcp = cli([...args, '--transport', 'tcp', '--deadline', '20000', '--out', join(dir, 'tcp')]);
+        // Without --quiet: the per-round progress lines too.
+        tcp = cli([...args.filter((a) => a !== '--quiet'), '--transport', 'tcp', '--deadline', '20000', '--out', join(dir, 'tcp')]);
         assert.equal(tcp.status, 0, tcp.stderr);
+      });
+
+      it("per-round lines: the consortium's bytes of each round (not '-'), each site's bytes so far, experts only for dFLMoE", () => {
+        const progress = tcp.stderr.split('\n').filter((l) => /^dflmoe round \d\/2 /.test(l));
+        assert.equal(progress.length, 2, tcp.stderr);
+        for (const l of progress) assert.match(l, /accuracy [\d.]+% \(min [\d.]+%\) {2}[\d.]+ (B|KiB|MiB) {2}[\d.]+ s\/round$/);
+        const log = (alg: string) => readFileSync(join(dir, 'tcp', 'consortium', alg, 'site-0.log'), 'utf8').split('\n').filter((l) => l.startsWith('round '));
+        assert.match(log('dflmoe')[1], /^round 2\/2 {2}accuracy [\d.]+% {2}experts 2 {2}so far in [\d.]+ KiB out [\d.]+ KiB {2}[\d.]+ s$/);
+        assert.match(log('local')[1], /^round 2\/2 {2}accuracy [\d.]+% {2}so far in 0 B out 0 B {2}[\d.]+ s$/);
       });
 
       it("prints the pooled test column too: each site's saved model on every site's test rows, as in memory", () => {
@@ -207,9 +238,26 @@ describe('command line usability', function () {
         const [t, m] = [results(join(dir, 'tcp')), results(join(dir, 'mem'))];
         // local-only trains the same models in both, so the pooled figures agree exactly.
         assert.deepEqual(pooled(t, 'local'), pooled(m, 'local'));
-        assert.ok(pooled(t, 'local').every((p) => p! > 0.5 && p! <= 1));
-        assert.ok(pooled(t, 'dflmoe').every((p) => p !== undefined && p > 0.5 && p <= 1), `dflmoe pooled ${pooled(t, 'dflmoe')}`);
+        // Above what always answering the most common class scores on breast-cancer (62.7%), not just above a coin.
+        const majority = majorityRate(loadDataset('breast-cancer').labels);
+        assert.ok(majority > 0.6 && majority < 0.65, `majority ${majority}`);
+        assert.ok(pooled(t, 'local').every((p) => p! > majority && p! <= 1), `local pooled ${pooled(t, 'local')}`);
+        assert.ok(pooled(t, 'dflmoe').every((p) => p !== undefined && p > majority && p <= 1), `dflmoe pooled ${pooled(t, 'dflmoe')}`);
         assert.ok(Math.abs(t.algorithms.dflmoe!.pooledAccuracy!.mean - pooled(t, 'dflmoe').reduce((a, b) => a! + b!, 0)! / 3) < 1e-12);
+      });
+
+      it("dflmoe report on the sites' directories draws the charts the run's report draws from its results.json", () => {
+        const charts = (html: string) => Object.fromEntries([...html.matchAll(/<figure data-chart="([^"]+)">[\s\S]*?<script type="application\/json" class="chart-data">([\s\S]*?)<\/script>/g)]
+          .map((m) => [m[1], (JSON.parse(m[2]) as { algorithm?: string }[]).filter((x) => x.algorithm === undefined || x.algorithm === 'dflmoe')]));
+        const run = cli(['report', join(dir, 'tcp')]);
+        assert.equal(run.status, 0, run.stderr);
+        const sites = cli(['report', join(dir, 'tcp', 'consortium', 'dflmoe'), '--output', join(dir, 'sites.html')]);
+        assert.equal(sites.status, 0, sites.stderr);
+        const [a, b] = [charts(readFileSync(join(dir, 'tcp', 'report.html'), 'utf8')), charts(readFileSync(join(dir, 'sites.html'), 'utf8'))];
+        assert.deepEqual(Object.keys(b), ['accuracy-per-round', 'accuracy-per-peer', 'bytes-per-round', 'gate-weights']);
+        // Per site and per round the same numbers (the run's seconds include starting the processes, so the wall time is left out).
+        for (const id of Object.keys(b)) assert.deepEqual(b[id], a[id], id);
+        assert.match(readFileSync(join(dir, 'sites.html'), 'utf8'), /<caption>Sites<\/caption>[\s\S]*<td>site-0<\/td><td>dflmoe<\/td>/);
       });
 
       it('dflmoe audit and predictFile name the experts as site.json does, as dflmoe predict does', async () => {
@@ -219,6 +267,16 @@ describe('command line usability', function () {
         assert.equal(audit.status, 0, audit.stderr);
         assert.match(audit.stdout, /round 2 +mixed \[site-[12] v\d [0-9a-f]{8}, site-[12] v\d [0-9a-f]{8}\]/);
         assert.match(audit.stdout, new RegExp(`audit trail of site-0 \\(${desc.peerId}\\): 3 entries \\(2 rounds\\); hash chain and signatures verified`));
+        assert.match(audit.stdout, /its end matches the checkpoint and results\.json/);
+        // The same site with the last line of its trail removed: the chain still holds, the end does not.
+        const cut = join(dir, 'cut-site');
+        cpSync(site, cut, { recursive: true });
+        const lines = readFileSync(join(cut, 'audit.jsonl'), 'utf8').split('\n').filter(Boolean);
+        writeFileSync(join(cut, 'audit.jsonl'), lines.slice(0, -1).join('\n') + '\n');
+        const cutAudit = cli(['audit', cut, '--quiet']);
+        assert.equal(cutAudit.status, 1, cutAudit.stdout);
+        assert.match(cutAudit.stderr, /TAMPERED line 2 \(round 1\): the trail ends at round 1 but the newest checkpoint .* is of round 2/);
+        assert.match(cutAudit.stderr, /results\.json seals 3 lines, the trail has 2/);
         const trained = await loadSite(site);
         try {
           const { predictions: p } = await trained.predictFile('packages/data/datasets/breast-cancer.csv');

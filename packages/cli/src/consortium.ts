@@ -385,7 +385,9 @@ export function consortiumRound(alg: AlgorithmName, round: number, lines: RoundL
 }
 
 /** Collect the sites' results.json into the simulator's result shape. */
-export function collectResults(alg: AlgorithmName, files: ConsortiumFiles, wallSeconds: number, bodies: string[], settings: AlgorithmResult['settings']): AlgorithmResult {
+export function collectResults(
+  alg: AlgorithmName, files: { sites: { out: string }[]; server?: { out: string } }, wallSeconds: number, bodies: string[], settings: AlgorithmResult['settings'],
+): AlgorithmResult {
   const res: PeerRunResult[] = files.sites.map((s) => {
     const f = join(s.out, 'results.json');
     if (!existsSync(f)) throw new Error(`${f} is missing: the site did not finish`);

@@ -8,10 +8,11 @@ import { StatusBoard } from '@dflmoe/core';
 import { LiveServer, RemoteSites } from '@dflmoe/live';
 import { num } from './format.js';
 
-/** Add `--ui`, `--ui-token` and `--ui-epsilon-budget` to a command. */
+/** Add `--ui`, `--ui-keep`, `--ui-token` and `--ui-epsilon-budget` to a command. */
 export function withUiOptions(cmd: Command, what: string): Command {
   return cmd
     .option('--ui <host:port>', `serve a live view of ${what} in a browser at this address (host default 127.0.0.1; another address than loopback needs a token)`)
+    .option('--ui-keep', 'keep serving the live view after the run has ended, until Ctrl-C (else it closes with the run)')
     .option('--ui-token <token>', 'the token every request to the live view must carry (Authorization: Bearer, or ?token=); generated and printed once when --ui is not loopback')
     .option('--ui-epsilon-budget <x>', 'live view: show the DP epsilon spent against this budget', num('--ui-epsilon-budget', 1e-9, 1e9));
 }
@@ -35,18 +36,37 @@ export async function startLiveView(o: {
 }
 
 /**
- * A command action with the live view of `--ui`: bound before the action
- * starts, closed (after sending the final state) when it ends.
+ * Close the live view when the run is over; with `keep` (`--ui-keep`) and a
+ * run that finished, first go on serving it until SIGINT or SIGTERM.
  */
-export function withLiveView<O extends { ui?: string; uiToken?: string; uiEpsilonBudget?: number }>(
+export async function endLiveView(view: LiveView | undefined, keep: boolean | undefined, finished: boolean): Promise<void> {
+  if (view && keep && finished) {
+    process.stderr.write(`live view: the run has ended; still serving ${view.server.url} until Ctrl-C\n`);
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    });
+  }
+  await view?.close();
+}
+
+/**
+ * A command action with the live view of `--ui`: bound before the action
+ * starts, closed (after sending the final state) when it ends, or with
+ * `--ui-keep` kept until Ctrl-C after a run that finished.
+ */
+export function withLiveView<O extends { ui?: string; uiKeep?: boolean; uiToken?: string; uiEpsilonBudget?: number }>(
   action: (o: O, board: StatusBoard | undefined) => Promise<void>,
 ): (o: O) => Promise<void> {
   return async (o) => {
+    if (o.uiKeep && o.ui === undefined) throw new Error('--ui-keep keeps the live view of --ui: give --ui <host:port> too');
     const view = o.ui !== undefined ? await startLiveView({ listen: o.ui, token: o.uiToken, epsilonBudget: o.uiEpsilonBudget }) : undefined;
+    let finished = false;
     try {
       await action(o, view?.board);
+      finished = true;
     } finally {
-      await view?.close();
+      await endLiveView(view, o.uiKeep, finished);
     }
   };
 }

@@ -10,7 +10,7 @@ import { evaluateCommand, predictCommand } from './commands/predict.js';
 import { isInterrupted } from '@dflmoe/core';
 import { formatError } from './errors.js';
 import { plainHelp } from './format.js';
-import { writeRunReport } from './report.js';
+import { reportCommand } from './commands/report.js';
 
 /**
  * The `dflmoe` command (commander), with its subcommands: simulate, peer,
@@ -31,14 +31,7 @@ export function program(): Command {
     .addCommand(evaluateCommand())
     .addCommand(pretrainCommand())
     .addCommand(webCommand())
-    .addCommand(
-      new Command('report')
-        .description('Write <dir>/report.html (charts, self-contained) for a run directory holding results.json.')
-        .argument('<dir>', 'run directory (the --out of simulate or bench)')
-        .action(async (dir: string) => {
-          process.stdout.write(`${await writeRunReport(dir)}\n`);
-        }),
-    ));
+    .addCommand(reportCommand()));
 }
 
 /** Output into a closed pipe (`dflmoe simulate --help | head -2`) ends the program quietly. */

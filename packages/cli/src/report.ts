@@ -2,12 +2,14 @@
  * Self-contained HTML reports: charts rendered to SVG by Vega-Lite in Node
  * (no network, no browser needed to build them or to open them).
  */
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
-import { type SimulationResults } from '@dflmoe/core';
-import { algorithmColors } from '@dflmoe/core/internal';
+import { DEFAULT_TRAIN, type SimulationResults, type SiteDescription } from '@dflmoe/core';
+import { SITE_FILE, algorithmColors, getAlgorithm, isAlgorithmName, type AlgorithmName } from '@dflmoe/core/internal';
+import type { PeerRunResult } from '@dflmoe/p2p';
+import { collectResults } from './consortium.js';
 import { formatBytes } from './format.js';
 
 export interface Chart {
@@ -51,8 +53,8 @@ function lineChart(data: { algorithm: string }[], y: string, yTitle: string, yFo
   } as TopLevelSpec;
 }
 
-/** The charts of one simulation run. */
-export function runCharts(r: SimulationResults): Chart[] {
+/** The charts of one simulation run (or of a consortium's site directories, gathered into the same shape). */
+export function runCharts(r: Pick<SimulationResults, 'algorithms'>): Chart[] {
   const algs = Object.entries(r.algorithms).filter(([, a]) => a) as [string, NonNullable<SimulationResults['algorithms']['dflmoe']>][];
   const perRound = algs.flatMap(([algorithm, a]) => a.rounds.map((x) => ({ algorithm, round: x.round, accuracy: x.accuracyMean, worst: x.accuracyMin, bytes: x.bytesSent })));
   const perPeer = algs.flatMap(([algorithm, a]) => a.peers.map((p) => ({ algorithm, peer: p.id, accuracy: p.accuracy })));
@@ -152,30 +154,91 @@ function pct(x: number): string {
 }
 
 /** What `report` takes, for its errors. */
-const REPORT_TAKES = 'report takes the directory a dflmoe simulate (or bench) run wrote, its --out, which holds results.json with every algorithm';
+const REPORT_TAKES = "report takes the directory a dflmoe simulate (or bench) run wrote, its --out, which holds results.json with every algorithm; or the out directories of a consortium's sites (dflmoe peer), or a directory holding them";
 
-/** Say what `report` takes; for a site's directory (a `dflmoe peer`'s out, or one of simulate --transport tcp's sites), what to use instead. */
-function notARunDirectory(dir: string, why: string): Error {
-  if (existsSync(join(dir, 'site.json')) || existsSync(join(dir, 'metrics.jsonl'))) {
-    return new Error(
-      `${dir} is a site's directory (a dflmoe peer's out), not a simulation run: ${REPORT_TAKES}. ` +
-        `For this site: dflmoe audit ${dir} (its rounds, verified), dflmoe evaluate --site ${dir} --input <labelled file>, or its metrics.jsonl and results.json`,
-    );
-  }
-  return new Error(`${why}: ${REPORT_TAKES}`);
+const isSiteDir = (dir: string) => existsSync(join(dir, SITE_FILE));
+
+/** The site directories `dirs` name: each one that is a site, and the sites directly inside each one that is not. */
+export function siteDirectories(dirs: string[]): string[] {
+  return dirs.flatMap((d) => {
+    if (isSiteDir(d)) return [d];
+    if (!existsSync(d) || !statSync(d).isDirectory()) return [];
+    return readdirSync(d).sort().map((n) => join(d, n)).filter((p) => statSync(p).isDirectory() && isSiteDir(p));
+  });
 }
 
-/** Write `<dir>/report.html` for a simulation run directory (one holding results.json). */
-export async function writeRunReport(dir: string): Promise<string> {
+function readJsonFile<T>(file: string, what: string): T {
+  if (!existsSync(file)) throw new Error(`${file} is missing: ${what}`);
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as T;
+  } catch (e) {
+    throw new Error(`${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/**
+ * The report of a consortium from its sites' directories (each `dflmoe
+ * peer`'s out): the same charts as a simulation's, from each site's
+ * results.json, grouped by algorithm. Written to `output` (default: the
+ * report.html of the one directory given, else of the first site's parent).
+ */
+export async function writeSitesReport(dirs: string[], output?: string): Promise<string> {
+  const sites = siteDirectories(dirs);
+  if (sites.length === 0) throw new Error(`${dirs.join(', ')}: no results.json of a run and no site directory (with ${SITE_FILE}): ${REPORT_TAKES}`);
+  const byAlg = new Map<AlgorithmName, { dir: string; desc: SiteDescription; result: PeerRunResult }[]>();
+  for (const dir of sites) {
+    const desc = readJsonFile<SiteDescription>(join(dir, SITE_FILE), 'the site description');
+    if (!isAlgorithmName(desc.algorithm)) throw new Error(`${join(dir, SITE_FILE)} is not a dflmoe site description (no algorithm)`);
+    const result = readJsonFile<PeerRunResult>(join(dir, 'results.json'), 'the site has not finished its run (report draws finished sites)');
+    byAlg.set(desc.algorithm, [...(byAlg.get(desc.algorithm) ?? []), { dir, desc, result }]);
+  }
+  const algorithms: SimulationResults['algorithms'] = {};
+  for (const [alg, list] of byAlg) {
+    // The settings the first site ran with, as its site description holds them.
+    const d = list[0].desc;
+    const settings = { ...d.algorithmOptions, epochs: d.model.train.epochs ?? DEFAULT_TRAIN.epochs };
+    algorithms[alg] = collectResults(alg, { sites: list.map((s) => ({ out: s.dir })) }, Math.max(...list.map((s) => s.result.wallSeconds)), list.map((s) => s.desc.model.body), settings);
+  }
+  const all = [...byAlg.values()].flat();
+  const rows = [['site', 'algorithm', 'accuracy', 'rounds', 'train rows', 'test rows', 'bytes sent', 'bytes received', 'seconds', 'directory']];
+  for (const s of all) {
+    const r = s.result;
+    rows.push([r.name ?? r.peerId, s.desc.algorithm, pct(r.accuracy), String(r.rounds.length), String(r.trainSamples), String(r.testSamples), formatBytes(r.bytesSent), formatBytes(r.bytesReceived), r.wallSeconds.toFixed(1), s.dir]);
+  }
+  const names = [...byAlg.keys()].map((a) => getAlgorithm(a).label);
+  const html = await renderPage({
+    title: `dflmoe: a consortium of ${all.length} site${all.length > 1 ? 's' : ''} (${names.join(', ')})`,
+    intro: "From the sites' own directories (each dflmoe peer's results.json). Accuracy is personalized: each site's model on its own held-out split. " +
+      'Bytes are what the sites counted (a server algorithm\'s server is not among them).',
+    tables: [{ caption: 'Sites', rows }],
+    charts: runCharts({ algorithms }),
+  });
+  const out = output ? resolve(output) : join(dirs.length === 1 ? dirs[0] : dirname(sites[0]), 'report.html');
+  writeFileSync(out, html);
+  return out;
+}
+
+/**
+ * Write the report of `dirs`: `<dir>/report.html` for a simulation run
+ * directory (one holding results.json with every algorithm), else the report
+ * of the consortium whose site directories they are or hold.
+ */
+export async function writeReport(dirs: string[], output?: string): Promise<string> {
+  if (dirs.length === 1 && !isSiteDir(dirs[0]) && existsSync(join(dirs[0], 'results.json'))) return writeRunReport(dirs[0], output);
+  return writeSitesReport(dirs, output);
+}
+
+/** Write `<dir>/report.html` (or `output`) for a simulation run directory (one holding results.json). */
+export async function writeRunReport(dir: string, output?: string): Promise<string> {
   const file = join(dir, 'results.json');
-  if (!existsSync(file)) throw notARunDirectory(dir, `${file} not found`);
+  if (!existsSync(file)) throw new Error(`${file} not found: ${REPORT_TAKES}`);
   let r: SimulationResults;
   try {
     r = JSON.parse(readFileSync(file, 'utf8')) as SimulationResults;
   } catch (e) {
     throw new Error(`${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
-  if (!r || typeof r !== 'object' || !r.algorithms || !r.config) throw notARunDirectory(dir, `${file} does not hold dflmoe simulation results`);
+  if (!r || typeof r !== 'object' || !r.algorithms || !r.config) throw new Error(`${file} does not hold dflmoe simulation results: ${REPORT_TAKES}`);
   // Sites that share bodies: how many of the bytes were bodies.
   const withBodies = Object.values(r.algorithms).some((a) => a?.bodyBytesSent !== undefined);
   const rows = [['algorithm', 'mean acc', 'std', 'worst site', 'bytes sent', ...(withBodies ? ['of which bodies'] : []), 'seconds']];
@@ -193,7 +256,7 @@ export async function writeRunReport(dir: string): Promise<string> {
     tables: [{ caption: 'Summary', rows }],
     charts: runCharts(r),
   });
-  const out = join(dir, 'report.html');
+  const out = output ? resolve(output) : join(dir, 'report.html');
   writeFileSync(out, html);
   return out;
 }

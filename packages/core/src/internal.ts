@@ -43,6 +43,7 @@ export * from './pretrain.js';
 export * from './privacy.js';
 export * from './predict.js';
 export * from './trained-site.js';
+export * from './site-archive.js';
 export * from './keyed-adam.js';
 export * from './status.js';
 export * from './selection.js';

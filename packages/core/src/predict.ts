@@ -96,8 +96,21 @@ export function evaluatePredictions(p: Predictions, labels: ArrayLike<number>): 
   return { samples: p.numSamples, classNames: [...p.classNames], accuracy: p.numSamples > 0 ? ok / p.numSamples : NaN, recall, confusion };
 }
 
-/** Samples in the dataset's layout, as features (row-major) or a tensor `[n, ...sampleShape]`. */
-export type SampleInput = Float32Array | tf.Tensor;
+/**
+ * Samples in the dataset's layout: features row-major (a `Float32Array` or
+ * any array of numbers), one array per sample, or a tensor `[n, ...sampleShape]`.
+ */
+export type SampleInput = Float32Array | tf.Tensor | ArrayLike<number> | ArrayLike<number>[];
+
+/** The raw values of `x`, row-major. */
+function rawValues(x: SampleInput): Float32Array {
+  if (x instanceof Float32Array) return x;
+  if (x instanceof tf.Tensor) return Float32Array.from(x.dataSync());
+  const rows = Array.from(x as ArrayLike<number | ArrayLike<number>>);
+  if (rows.length > 0 && typeof rows[0] !== 'number') return Float32Array.from(rows.flatMap((r) => Array.from(r as ArrayLike<number>)));
+  if (rows.some((v) => typeof v !== 'number')) throw new Error('samples must be numbers, or one array of numbers per sample');
+  return Float32Array.from(rows as number[]);
+}
 
 /** A site's model with the standardizer and classes it was trained with. */
 export class SitePredictor {
@@ -111,10 +124,15 @@ export class SitePredictor {
   /** Standardize raw samples the way the training data was (same arithmetic, so the same bits). */
   standardize(x: SampleInput): tf.Tensor {
     const d = featureSize(this);
-    const raw = x instanceof Float32Array ? x : Float32Array.from(x.dataSync());
+    const raw = rawValues(x);
     if (raw.length % d !== 0) throw new Error(`${raw.length} values are not a whole number of samples of shape ${this.sampleShape.join('x')}`);
-    if (!(x instanceof Float32Array) && x.shape.slice(1).join() !== this.sampleShape.join()) {
+    if (x instanceof tf.Tensor && x.shape.slice(1).join() !== this.sampleShape.join()) {
       throw new Error(`samples have shape [${x.shape.slice(1)}], the model reads [${this.sampleShape}]`);
+    }
+    // A NaN would come out as a confident-looking prediction: missing values are the reader's to fill (readInputs, predictFile).
+    const bad = raw.findIndex((v) => !Number.isFinite(v));
+    if (bad >= 0) {
+      throw new Error(`sample ${Math.floor(bad / d)}, feature ${bad % d} is ${raw[bad]}: samples must be finite (read a file with predictFile, which fills missing cells as the site was trained)`);
     }
     const n = raw.length / d;
     const rows = Int32Array.from({ length: n }, (_, i) => i);

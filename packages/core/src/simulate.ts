@@ -187,7 +187,12 @@ export interface SimulationResults {
   dataset: { name: string; samples: number; classes: string[]; sampleShape: number[]; source: string };
   labelHistograms: number[][];
   algorithms: Partial<Record<AlgorithmName, AlgorithmResult>>;
+  /** Algorithms asked for that did not run, and why (one that needs the same model everywhere, given mixed bodies). */
+  skipped?: Partial<Record<AlgorithmName, string>>;
 }
+
+/** An algorithm that needs the same model at every site, given mixed bodies: the others still run. */
+class MixedBodiesRefused extends Error {}
 
 /** What `simulate` reports as it runs: a logger, each round, the live view's status. */
 export interface SimulationHooks {
@@ -240,7 +245,14 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   const pooled = st ? preparePeerData(ds, { train: new Int32Array(0), test: Int32Array.from(splits.flatMap((s) => [...s.test])) }, st) : undefined;
   try {
     for (const alg of cfg.algorithms) {
-      results.algorithms[alg] = await runAlgorithm(alg, cfg, datas, bodies, specs, hooks, log, pooled, initialBody);
+      try {
+        results.algorithms[alg] = await runAlgorithm(alg, cfg, datas, bodies, specs, hooks, log, pooled, initialBody);
+      } catch (e) {
+        if (!(e instanceof MixedBodiesRefused) || cfg.algorithms.length === 1) throw e;
+        log.warn(`skipped ${alg}: ${e.message}`);
+        results.skipped = { ...results.skipped, [alg]: e.message };
+        continue;
+      }
       const a = results.algorithms[alg]!;
       log.info(`${alg}: mean accuracy ${a.accuracy.mean.toFixed(4)} (min ${a.accuracy.min.toFixed(4)}), ${a.wallSeconds.toFixed(1)} s`);
     }
@@ -345,7 +357,13 @@ async function runAlgorithm(
   const settings = simulationSettings(cfg, name);
   try {
     datas.forEach((d, i) => sites.push(alg.createSite(peerOptions(cfg, settings.epochs, d, i, bodies[i], specs.get(bodies[i])!, initialBody), algorithmOptions(cfg, settings, i))));
-    if (alg.sameModel) checkSameArchitecture(sites, alg.label, REGISTRY.filter((a) => !a.sameModel).map((a) => a.name).join(' and '));
+    if (alg.sameModel) {
+      try {
+        checkSameArchitecture(sites, alg.label, REGISTRY.filter((a) => !a.sameModel).map((a) => a.name).join(' and '));
+      } catch (e) {
+        throw new MixedBodiesRefused((e as Error).message);
+      }
+    }
     const nets = memoryNetworks(alg, sites, 1 << 30, log);
     const ids = sites.map((s) => s.id);
     // A site's members in the live view: the other sites (serverless), the server, or none (local-only).

@@ -13,6 +13,8 @@ import type { SiteRoundRecord } from './rounds.js';
 export const SITE_STATES = ['starting', 'preprocessing', 'training', 'done', 'failed', 'interrupted'] as const;
 /** Where a site is in its run (one of `SITE_STATES`). */
 export type SiteState = (typeof SITE_STATES)[number];
+/** The states of a site whose run has ended (and which has left the network). */
+const ENDED: ReadonlySet<SiteState> = new Set(['done', 'failed', 'interrupted']);
 
 /** A member as a site sees it: connected or not, strikes given, the round of its newest head. */
 export interface MemberStatus {
@@ -249,7 +251,9 @@ export class SiteFeed {
     const s = this.status;
     if (s.state === state && s.error === error) return;
     const { error: _old, ...rest } = s;
-    this.board.set({ ...rest, state, ...(error !== undefined ? { error: firstLine(error) } : {}), updatedAt: Date.now() });
+    // A site that has ended has left the network: none of its members is connected to it any more.
+    const members = ENDED.has(state) && s.members.some((m) => m.connected) ? s.members.map((m) => ({ ...m, connected: false })) : s.members;
+    this.board.set({ ...rest, members, state, ...(error !== undefined ? { error: firstLine(error) } : {}), updatedAt: Date.now() });
   }
 
   /**
@@ -295,6 +299,7 @@ export class SiteFeed {
       const old: MemberStatus = i >= 0 ? next[i] : { id: u.id, connected: false, strikes: 0, lastHeadRound: null };
       const m: MemberStatus = { ...old };
       for (const [k, v] of Object.entries(u)) if (v !== undefined) (m as unknown as Record<string, unknown>)[k] = v;
+      if (ENDED.has(s.state)) m.connected = false;
       if (i >= 0 && sameMember(old, m)) continue;
       changed = true;
       if (i >= 0) next[i] = m;

@@ -11,6 +11,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { readInputs, type AgreedSchema, type EncodedInputs, type InputSpec } from '@dflmoe/data';
+import { readCsvTable } from '@dflmoe/data/internal';
 import type { AlgorithmSite } from './algorithms/api.js';
 import type { AlgorithmOptions } from './algorithms/registry.js';
 import { getAlgorithm, type AlgorithmName } from './algorithms/registry.js';
@@ -21,6 +22,7 @@ import { listCheckpoints } from './checkpoint.js';
 import { loadBodyModel, resolveBody } from './custom-body.js';
 import { SitePredictor, evaluatePredictions, type Evaluation, type Predictions, type SampleInput } from './predict.js';
 import { disposePeerData, type PeerData, type TrainOptions } from './train.js';
+import { isZipFile, unpackSiteArchive } from './site-archive.js';
 
 export const SITE_FILE = 'site.json';
 export const PREPROCESSING_FILE = 'preprocessing.json';
@@ -106,6 +108,40 @@ function noData(sampleShape: number[], numClasses: number): PeerData {
   };
 }
 
+/**
+ * New inputs read by a trained site: encoded with the agreed schema and, for
+ * tables, `flags`: per row, what the model could not see (a category no site
+ * trained on, which encodes as all zeros; every feature missing, so the row
+ * is the pooled means), empty for a row without any. Absent when no row has one.
+ */
+export interface SiteInputs extends EncodedInputs {
+  flags?: string[];
+}
+
+/** Per row of a table to predict: its unseen categories, or that every feature is missing (undefined when no row has either). */
+export function inputFlags(path: string, agreed: AgreedSchema, invalidAsMissing?: boolean): string[] | undefined {
+  const schema = agreed.schema;
+  if (schema.kind !== 'table') return undefined;
+  const kinds = Object.fromEntries(schema.columns.map((c) => [c.name, c.kind]));
+  const table = readCsvTable(path, { labelColumn: schema.labelColumn, kinds, labelsOptional: true, invalidAsMissing });
+  const byName = new Map(table.columns.map((c) => [c.name, c]));
+  const flags = table.labels.map(() => [] as string[]);
+  const present = table.labels.map(() => false);
+  for (const col of schema.columns) {
+    const raw = byName.get(col.name);
+    if (!raw) continue;
+    const known = col.kind === 'categorical' ? new Set(col.categories) : undefined;
+    for (let i = 0; i < flags.length; i++) {
+      const v = raw.values[i];
+      if (v === null || (typeof v === 'number' && Number.isNaN(v))) continue;
+      present[i] = true;
+      if (known && !known.has(v as string)) flags[i].push(`unseen ${col.name}=${JSON.stringify(v)}`);
+    }
+  }
+  const out = flags.map((f, i) => (present[i] ? f : ['every feature missing', ...f]).join('; '));
+  return out.some(Boolean) ? out : undefined;
+}
+
 /** How `TrainedSite` reads a file of new inputs. */
 export interface ReadOptions {
   /** Read a cell that is not a number in a numeric column as missing (and mark its row in `inputs.invalid`) instead of refusing the file. */
@@ -144,11 +180,11 @@ export interface TrainedSite {
    * Read a CSV file or an image folder as this site's inputs (encoded with the agreed schema, not standardized).
    * A cell that is not a number in a numeric column is an error, unless `invalidAsMissing` (then `inputs.invalid` marks its row).
    */
-  readInputs(path: string, labels?: 'required' | 'optional', o?: ReadOptions): Promise<EncodedInputs>;
-  /** Predictions for the rows of a CSV file or the images of a folder. */
-  predictFile(path: string, o?: ReadOptions): Promise<{ inputs: EncodedInputs; predictions: Predictions }>;
+  readInputs(path: string, labels?: 'required' | 'optional', o?: ReadOptions): Promise<SiteInputs>;
+  /** Predictions for the rows of a CSV file or the images of a folder (`inputs.flags` marks rows with unseen categories or no features). */
+  predictFile(path: string, o?: ReadOptions): Promise<{ inputs: SiteInputs; predictions: Predictions }>;
   /** Evaluation on a labelled CSV file or image folder (one sub-folder per class). */
-  evaluateFile(path: string, o?: ReadOptions): Promise<{ inputs: EncodedInputs; predictions: Predictions; evaluation: Evaluation }>;
+  evaluateFile(path: string, o?: ReadOptions): Promise<{ inputs: SiteInputs; predictions: Predictions; evaluation: Evaluation }>;
   /** Free the site's tensors. */
   dispose(): void;
 }
@@ -190,20 +226,23 @@ export class SavedSite extends SitePredictor implements TrainedSite {
 
   /**
    * Read a CSV file or an image folder as this site's inputs (encoded with the agreed schema, not standardized).
-   * A cell that is not a number in a numeric column is an error, unless `invalidAsMissing` (then `inputs.invalid` marks its row).
+   * A cell that is not a number in a numeric column is an error, unless `invalidAsMissing` (then `inputs.invalid` marks its row);
+   * `flags` marks rows with a category no site trained on, or with every feature missing.
    */
-  readInputs(path: string, labels: 'required' | 'optional' = 'optional', o: ReadOptions = {}): Promise<EncodedInputs> {
-    return readInputs(path, this.preprocessing.agreed, this.preprocessing.input, { labels, invalidAsMissing: o.invalidAsMissing });
+  async readInputs(path: string, labels: 'required' | 'optional' = 'optional', o: ReadOptions = {}): Promise<SiteInputs> {
+    const inputs = await readInputs(path, this.preprocessing.agreed, this.preprocessing.input, { labels, invalidAsMissing: o.invalidAsMissing });
+    const flags = this.preprocessing.input.kind === 'table' ? inputFlags(path, this.preprocessing.agreed, o.invalidAsMissing) : undefined;
+    return flags ? { ...inputs, flags } : inputs;
   }
 
-  /** Predictions for the rows of a CSV file or the images of a folder. */
-  async predictFile(path: string, o: ReadOptions = {}): Promise<{ inputs: EncodedInputs; predictions: Predictions }> {
+  /** Predictions for the rows of a CSV file or the images of a folder (`inputs.flags` marks rows with unseen categories or no features). */
+  async predictFile(path: string, o: ReadOptions = {}): Promise<{ inputs: SiteInputs; predictions: Predictions }> {
     const inputs = await this.readInputs(path, 'optional', o);
     return { inputs, predictions: this.predict(inputs.features) };
   }
 
   /** Evaluation on a labelled CSV file or image folder (one sub-folder per class). */
-  async evaluateFile(path: string, o: ReadOptions = {}): Promise<{ inputs: EncodedInputs; predictions: Predictions; evaluation: Evaluation }> {
+  async evaluateFile(path: string, o: ReadOptions = {}): Promise<{ inputs: SiteInputs; predictions: Predictions; evaluation: Evaluation }> {
     const inputs = await this.readInputs(path, 'required', o);
     const predictions = this.predict(inputs.features);
     return { inputs, predictions, evaluation: evaluatePredictions(predictions, inputs.labels!) };
@@ -229,12 +268,24 @@ async function checkpointedBody(root: string, spec: BodySpec): Promise<BodySpec>
 }
 
 /**
- * Load a trained site from its directory: rebuild its model and restore the
- * newest good checkpoint. Works for every algorithm. Throws an Error saying
- * what is missing when the directory is not a trained site's.
+ * Load a trained site from its directory, or from the zip a browser tab's
+ * site downloads (unpacked into a temporary directory, which becomes `dir`
+ * and is removed when the process exits): rebuild its model and restore
+ * the newest good checkpoint. Works for every algorithm. Throws an Error
+ * saying what is missing when the directory is not a trained site's.
  */
 export async function loadSite(dir: string, o: { logger?: Logger } = {}): Promise<TrainedSite> {
-  const root = resolve(dir);
+  if (!existsSync(dir)) throw new Error(`${dir}: no such site directory or zip`);
+  const unpacked = isZipFile(dir) ? unpackSiteArchive(dir) : undefined;
+  try {
+    return await loadSiteDir(unpacked?.dir ?? resolve(dir), o);
+  } catch (e) {
+    unpacked?.remove();
+    throw e;
+  }
+}
+
+async function loadSiteDir(root: string, o: { logger?: Logger }): Promise<TrainedSite> {
   const { site: desc, preprocessing } = readSiteFiles(root);
   const log = o.logger ?? silentLogger;
   await initBackend({ logger: log });

@@ -185,7 +185,7 @@ function renderCard(s: SiteStatus): void {
   members.append(mb);
   // Gate heatmap: experts by round.
   const experts = [...new Set(s.gate.flatMap((g) => (g ? Object.keys(g) : [])))];
-  const gate = h('div', { class: 'gate' }, h('h4', {}, 'gate weights (experts by round)'), h('p', { class: 'muted small' }, 'the own head first; darker: more weight'));
+  const gate = h('div', { class: 'gate' }, h('h4', {}, 'gate weights (experts by round)'), h('p', { class: 'muted small' }, 'mean gate weight per head on the test rows, own head first; darker: more weight. A weight near 1 is where the gate routes rows, not a measure of trust'));
   if (experts.length) gate.append(heatmap(experts, s.gate.length, (e, r) => s.gate[r - 1]?.[e], `gate weights of ${s.id}`));
   else gate.append(h('p', { class: 'muted' }, 'no gate (this algorithm mixes no experts)'));
   // Bytes, privacy, audit.

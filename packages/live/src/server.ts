@@ -22,6 +22,14 @@ import { type SiteStatus, type StatusBoard } from '@dflmoe/core';
 import { siteKey } from '@dflmoe/core/internal';
 import { LiveViewError, checkToken, generateToken, parseListen, type ListenAddress } from './address.js';
 
+/**
+ * The token a live view at `address` requires: the one given (checked), else
+ * a generated one when the address is not loopback, else none.
+ */
+export function serverToken(address: ListenAddress, o: Pick<LiveServerOptions, 'token' | 'tokenOption'>): string | undefined {
+  return o.token !== undefined ? checkToken(o.token, o.tokenOption ?? '--ui-token') : address.loopback ? undefined : generateToken();
+}
+
 /** What `LiveServer` takes: the board, where to listen, the token for non-loopback addresses. */
 export interface LiveServerOptions {
   board: StatusBoard;
@@ -98,7 +106,7 @@ export class LiveServer {
     const option = o.option ?? '--ui';
     const address = parseListen(o.listen, option);
     const asset = loadPage();
-    const token = o.token !== undefined ? checkToken(o.token, o.tokenOption ?? '--ui-token') : address.loopback ? undefined : generateToken();
+    const token = serverToken(address, o);
     // The handler needs the LiveServer, which needs the bound server.
     const ref: { live?: LiveServer } = {};
     const server = createServer({ maxHeaderSize: 8192, requestTimeout: 10000, headersTimeout: 10000, keepAliveTimeout: 5000 }, (req, res) => ref.live!.handle(req, res, asset));

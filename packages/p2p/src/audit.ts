@@ -19,13 +19,19 @@
  *   combined into theirs that round) and `"ownBody":{"version","digest"}`.
  *
  * `verifyAudit` checks the chain and every signature and names the first
- * line (and round) that does not check out.
+ * line (and round) that does not check out. A chain alone cannot show that
+ * lines were removed from its end, so `verifySiteAudit` also checks the
+ * trail against what the site wrote after it: the newest checkpoint (its
+ * round and the digest of its manifest must be the trail's last round's) and
+ * the seal in `results.json` (`audit`: the number of lines and the SHA-256 of
+ * the last line when the run ended, signed with the site's key).
  */
 import { createHash } from 'node:crypto';
-import { appendFileSync, closeSync, existsSync, fsyncSync, openSync, readFileSync, truncateSync } from 'node:fs';
+import { appendFileSync, closeSync, existsSync, fsyncSync, openSync, readFileSync, statSync, truncateSync } from 'node:fs';
 import type { PrivateKey } from '@libp2p/interface';
 import { join } from 'node:path';
 import { peerIdFromString } from '@libp2p/peer-id';
+import { CHECKPOINT_DIR, listCheckpoints } from '@dflmoe/core/internal';
 
 /** The audit trail's file name in a site's out directory. */
 export const AUDIT_FILE = 'audit.jsonl';
@@ -66,11 +72,29 @@ function signedText(line: string): string | undefined {
   return m ? `${line.slice(0, m.index)}}` : undefined;
 }
 
+/**
+ * The end of a trail when a run ended (`results.json`'s `audit`): how many
+ * lines it had and the SHA-256 of the last one, signed (base64 Ed25519) by the
+ * site's key over {@link sealText}. A trail that verifies but has fewer lines,
+ * or another line there, was cut.
+ */
+export interface AuditSeal {
+  lines: number;
+  /** Hex SHA-256 of line `lines` (64 zeros for an empty trail). */
+  hash: string;
+  sig: string;
+}
+
+/** The text an {@link AuditSeal} signs. */
+export const sealText = (lines: number, hash: string): string => `dflmoe audit seal ${lines} ${hash}`;
+
 export class AuditLog {
   private prev: string;
+  private count: number;
 
-  private constructor(private readonly file: string, private readonly key: PrivateKey, readonly site: string, prev: string) {
+  private constructor(private readonly file: string, private readonly key: PrivateKey, readonly site: string, prev: string, count: number) {
     this.prev = prev;
+    this.count = count;
   }
 
   /**
@@ -87,10 +111,17 @@ export class AuditLog {
         tornBytes = Buffer.byteLength(text.slice(end));
         truncateSync(file, Buffer.byteLength(text.slice(0, end)));
       }
-      const last = text.slice(0, end).trimEnd().split('\n').at(-1);
-      if (last) prev = sha256(last);
+      const lines = text.slice(0, end).trimEnd().split('\n').filter(Boolean);
+      if (lines.length) prev = sha256(lines.at(-1)!);
+      return { log: new AuditLog(file, key, site, prev, lines.length), tornBytes };
     }
-    return { log: new AuditLog(file, key, site, prev), tornBytes };
+    return { log: new AuditLog(file, key, site, prev, 0), tornBytes };
+  }
+
+  /** The trail's end as it stands, signed: what `results.json` keeps so that removing lines at the end shows. */
+  async seal(): Promise<AuditSeal> {
+    const sig = Buffer.from(await this.key.sign(new TextEncoder().encode(sealText(this.count, this.prev)))).toString('base64');
+    return { lines: this.count, hash: this.prev, sig };
   }
 
   /** Append one entry (signed, chained, fsynced). */
@@ -106,6 +137,7 @@ export class AuditLog {
       closeSync(fd);
     }
     this.prev = sha256(line);
+    this.count++;
   }
 }
 
@@ -130,9 +162,10 @@ export interface AuditReport {
  * whose signature checked out before, not verified again; lines that check
  * out now are added.
  */
-export async function verifyAudit(file: string, verified?: Set<string>): Promise<AuditReport> {
+export async function verifyAudit(file: string, verified?: Set<string>, tail?: AuditTail): Promise<AuditReport> {
   const entries: AuditEntry[] = [];
   const problems: AuditProblem[] = [];
+  const hashes: string[] = [];
   const text = readFileSync(file, 'utf8');
   const lines = text.split('\n');
   if (lines.at(-1) === '') lines.pop();
@@ -149,12 +182,14 @@ export async function verifyAudit(file: string, verified?: Set<string>): Promise
     } catch {
       problems.push({ line: n, reason: 'not valid JSON' });
       prev = sha256(line);
+      hashes.push(prev);
       continue;
     }
     const round = typeof (e as { round?: unknown }).round === 'number' ? (e as { round: number }).round : undefined;
     const bad = (reason: string) => problems.push({ line: n, ...(round !== undefined ? { round } : {}), reason });
     if (e.prev !== prev) bad(i === 0 ? 'the first line does not start the chain' : 'the chain is broken: prev is not the hash of the line before (a line was changed, removed or inserted)');
     prev = sha256(line);
+    hashes.push(prev);
     const known = verified?.has(prev) ?? false;
     if (typeof e.site !== 'string') {
       bad('no site');
@@ -178,7 +213,94 @@ export async function verifyAudit(file: string, verified?: Set<string>): Promise
     const { prev: _p, sig: _s, ...entry } = e;
     entries.push(entry as AuditEntry);
   }
+  if (tail) problems.push(...(await tailProblems(entries, hashes, key, tail)));
   return { site, entries, problems };
+}
+
+/** What a site wrote after its trail, to check the trail's end against (`verifySiteAudit` reads them from the site's directory). */
+export interface AuditTail {
+  /** `results.json`'s seal, when the site's run ended. */
+  seal?: AuditSeal;
+  /** The newest checkpoint: its round, the SHA-256 of its manifest and its path. */
+  checkpoint?: { round: number; digest: string; path: string };
+}
+
+/** The round a trail ends at: its last round line's, or the round before where its last start line goes on. */
+function lastRound(entries: AuditEntry[]): number {
+  const e = entries.at(-1);
+  if (!e) return 0;
+  return e.kind === 'round' ? e.round : e.fromRound - 1;
+}
+
+/** Lines removed from the end of a trail, shown by the checkpoint and the seal the site wrote after them. */
+async function tailProblems(
+  entries: AuditEntry[], hashes: string[], key: { verify(data: Uint8Array, sig: Uint8Array): boolean | Promise<boolean> } | undefined, tail: AuditTail,
+): Promise<AuditProblem[]> {
+  const out: AuditProblem[] = [];
+  const n = hashes.length;
+  const end = lastRound(entries);
+  const c = tail.checkpoint;
+  if (c && c.round > end) {
+    out.push({
+      line: n, round: end,
+      reason: `the trail ends at round ${end} but the newest checkpoint (${c.path}) is of round ${c.round}: lines were removed from the end (or the site stopped between the two writes; starting it again records that)`,
+    });
+  } else if (c) {
+    const at = entries.findLastIndex((e) => e.kind === 'round' && e.round === c.round);
+    const digest = at >= 0 ? (entries[at] as { checkpoint: string | null }).checkpoint : null;
+    if (digest !== null && digest !== c.digest) out.push({ line: at + 1, round: c.round, reason: `the checkpoint digest of round ${c.round} is not that of ${c.path} (the checkpoint or the line was replaced)` });
+  }
+  const s = tail.seal;
+  if (s) {
+    const signed = key && typeof s.sig === 'string' && await checkSignature(key, sealText(s.lines, s.hash), s.sig);
+    if (!signed) out.push({ line: n, reason: "results.json's audit seal is not signed by the site's key" });
+    else if (s.lines > n) out.push({ line: n, round: end, reason: `results.json seals ${s.lines} lines, the trail has ${n}: ${s.lines - n} line(s) were removed from the end` });
+    else if (s.lines > 0 && hashes[s.lines - 1] !== s.hash) out.push({ line: s.lines, reason: `line ${s.lines} is not the one results.json seals (lines were replaced at the end)` });
+  }
+  return out;
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+const readJsonOr = <T>(file: string): T | undefined => parseJson(readFileSync(file, 'utf8')) as T | undefined;
+
+/** The newest checkpoint of a site directory with a readable manifest: its round, manifest digest and path. */
+function newestCheckpoint(dir: string): AuditTail['checkpoint'] {
+  const root = join(dir, CHECKPOINT_DIR);
+  for (const round of listCheckpoints(root).reverse()) {
+    const path = join(root, `round-${String(round).padStart(6, '0')}`);
+    const mf = join(path, 'manifest.json');
+    if (!existsSync(mf)) continue;
+    const text = readFileSync(mf);
+    const m = parseJson(text.toString('utf8')) as { round?: unknown } | undefined;
+    if (typeof m?.round === 'number') return { round: m.round, digest: sha256(text), path };
+  }
+  return undefined;
+}
+
+/**
+ * Verify a site directory's audit trail: the chain and every signature
+ * (`verifyAudit`), and its end against the newest checkpoint and the seal
+ * in `results.json`, so that lines removed from the end are reported too.
+ */
+export async function verifySiteAudit(dir: string, verified?: Set<string>): Promise<AuditReport> {
+  const results = existsSync(join(dir, 'results.json')) ? readJsonOr<{ audit?: AuditSeal }>(join(dir, 'results.json')) : undefined;
+  const checkpoint = newestCheckpoint(dir);
+  return verifyAudit(join(dir, AUDIT_FILE), verified, { ...(results?.audit ? { seal: results.audit } : {}), ...(checkpoint ? { checkpoint } : {}) });
+}
+
+/** Whether `file` reads as an audit trail: its first line is a JSON object with a `kind` and a `prev` (a CSV or a zip does not). */
+export function isAuditTrail(file: string): boolean {
+  if (!existsSync(file) || !statSync(file).isFile()) return false;
+  const first = readFileSync(file, 'utf8').split('\n', 1)[0];
+  const e = parseJson(first);
+  return typeof e === 'object' && e !== null && typeof (e as { kind?: unknown }).kind === 'string' && typeof (e as { prev?: unknown }).prev === 'string';
 }
 
 /** Whether `sig` (base64) signs `text`; false, not an exception, for a signature of the wrong length. */
@@ -219,6 +341,11 @@ export class SiteAudit {
       ...(tornBytes ? { note: `removed ${tornBytes} bytes of a line cut by a crash` } : {}),
     });
     return new SiteAudit(log, sources);
+  }
+
+  /** The trail's end, signed (what `results.json` keeps as `audit`). */
+  seal(): Promise<AuditSeal> {
+    return this.log.seal();
   }
 
   /** Record round `m.round`: the experts in the pool (dFLMoE) or what arrived (gossip, server), what was sent, the checkpoint. */

@@ -30,8 +30,8 @@ export {
 export { runServer, type ServerRoundLine } from './fedavg-net.js';
 export { runPeer, type PeerRunResult, type RoundLine, type RunPeerOptions } from './run-peer.js';
 export {
-  AUDIT_FILE, verifyAudit,
-  type AuditDigest, type AuditEntry, type AuditProblem, type AuditReport, type AuditRound,
+  AUDIT_FILE, verifyAudit, verifySiteAudit,
+  type AuditDigest, type AuditEntry, type AuditProblem, type AuditReport, type AuditRound, type AuditSeal, type AuditTail,
 } from './audit.js';
 export { startRelay, type RelayHandle } from './relay.js';
 export {

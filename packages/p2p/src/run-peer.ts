@@ -18,7 +18,7 @@ import { siteDiscoveryOptions, siteRelayOptions, watchConnections } from './reac
 import { AdaptiveDeadline } from './deadline.js';
 import { Libp2pServerLink } from './fedavg-net.js';
 import { PeerMetrics } from './metrics.js';
-import { SiteAudit } from './audit.js';
+import { SiteAudit, type AuditSeal } from './audit.js';
 import { readJsonFile, readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
 import { prepareSiteData, siteIndex, siteModelOptions, writeSiteDescription, type PreparedSite } from './site-setup.js';
 import { peakRssMiB } from './process-stats.js';
@@ -67,6 +67,8 @@ export interface PeerRunResult {
   /** Peak resident set size of this process, MiB. */
   peakRssMiB: number;
   rounds: RoundLine[];
+  /** The audit trail's end when the run ended, signed: `dflmoe audit` checks the trail against it. */
+  audit?: AuditSeal;
 }
 
 /**
@@ -284,6 +286,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     result.bytesReceived += before.bytesReceived;
     result.wallSeconds = before.seconds + (performance.now() - t0) / 1000;
     result.peakRssMiB = peakRssMiB();
+    result.audit = await audit.seal();
     writeJsonAtomic(join(cfg.out, 'results.json'), result);
     feed?.bytes({ bytesSent: result.bytesSent, bytesReceived: result.bytesReceived });
     feed?.state('done');

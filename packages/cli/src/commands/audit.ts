@@ -1,9 +1,10 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { Command } from 'commander';
 import { type SiteDescription } from '@dflmoe/core';
-import { SITE_FILE } from '@dflmoe/core/internal';
-import { AUDIT_FILE, verifyAudit, type AuditEntry } from '@dflmoe/p2p';
+import { SITE_FILE, isZipFile, unpackSiteArchive } from '@dflmoe/core/internal';
+import { AUDIT_FILE, verifyAudit, verifySiteAudit, type AuditEntry } from '@dflmoe/p2p';
+import { isAuditTrail } from '@dflmoe/p2p/internal';
 
 const short = (s: string | null | undefined, n = 12) => (s ? s.slice(0, n) : '-');
 const peer = (p: string) => (p.length > 16 ? `...${p.slice(-8)}` : p);
@@ -28,21 +29,40 @@ export function formatAuditEntry(e: AuditEntry, names: Record<string, string> = 
   return `${e.time}  round ${String(e.round).padEnd(4)} mixed [${mixed}]  own ${own}  checkpoint ${short(e.checkpoint, 8)}${eps}`;
 }
 
+/**
+ * The trail to check, and the site directory beside it (undefined for a bare
+ * audit.jsonl from elsewhere): a site directory, the zip a browser tab's
+ * site downloads, or an audit.jsonl; anything else is refused in one line.
+ */
+function auditTarget(path: string): { file: string; dir?: string } {
+  const notASite = `${path} is not a site directory, a site's zip or an audit trail (a site writes <out>/${AUDIT_FILE}; a browser tab downloads dflmoe-site.zip)`;
+  if (!existsSync(path)) throw new Error(`${path}: no such site directory or file`);
+  const dir = statSync(path).isDirectory() ? path : isZipFile(path) ? unpackSiteArchive(path).dir : undefined;
+  if (dir !== undefined) {
+    const file = join(dir, AUDIT_FILE);
+    if (!existsSync(file)) throw new Error(`${existsSync(join(dir, SITE_FILE)) ? `${path} has no ${AUDIT_FILE}` : notASite}`);
+    return { file, dir };
+  }
+  if (!isAuditTrail(path)) throw new Error(notASite);
+  // An audit.jsonl in a site's directory is checked with that directory's checkpoint and results.json.
+  return { file: path, ...(basename(path) === AUDIT_FILE && existsSync(join(dirname(path), SITE_FILE)) ? { dir: dirname(path) } : {}) };
+}
+
 export function auditCommand(): Command {
   return new Command('audit')
-    .description("Verify a site's audit trail (<site dir>/audit.jsonl): the hash chain and every signature; print the history. Exit 1 if a line does not check out.")
-    .argument('<site dir>', "the site's out directory, or its audit.jsonl")
+    .description("Verify a site's audit trail (<site dir>/audit.jsonl): the hash chain, every signature, and its end against the site's newest checkpoint and results.json (lines removed from the end); print the history. Exit 1 if it does not check out.")
+    .argument('<site dir>', "the site's out directory, the .zip a browser tab's site downloads, or an audit.jsonl")
     .option('--quiet', 'print only the verdict')
-    .action(async (dir: string, o: { quiet?: boolean }) => {
-      const file = existsSync(dir) && statSync(dir).isDirectory() ? join(dir, AUDIT_FILE) : dir;
-      if (!existsSync(file)) throw new Error(`${file} not found: a site writes its audit trail to <out>/${AUDIT_FILE}`);
-      const r = await verifyAudit(file);
+    .action(async (path: string, o: { quiet?: boolean }) => {
+      const { file, dir } = auditTarget(path);
+      const r = dir !== undefined ? await verifySiteAudit(dir) : await verifyAudit(file);
       const names = memberNames(file);
       if (!o.quiet) for (const e of r.entries) process.stdout.write(`${formatAuditEntry(e, names)}\n`);
       for (const p of r.problems) process.stderr.write(`TAMPERED line ${p.line}${p.round !== undefined ? ` (round ${p.round})` : ''}: ${p.reason}\n`);
-      if (r.problems.length) throw new Error(`${file}: ${r.problems.length} line(s) fail verification`);
+      if (r.problems.length) throw new Error(`${path}: ${r.problems.length} problem(s): the audit trail does not verify`);
       const rounds = r.entries.filter((e) => e.kind === 'round').length;
       const site = r.site && names[r.site] ? `${names[r.site]} (${r.site})` : r.site ?? '?';
-      process.stdout.write(`audit trail of ${site}: ${r.entries.length} entries (${rounds} rounds); hash chain and signatures verified\n`);
+      const against = dir !== undefined ? '; its end matches the checkpoint and results.json' : ' (a bare trail: its end is not checked)';
+      process.stdout.write(`audit trail of ${site}: ${r.entries.length} entries (${rounds} rounds); hash chain and signatures verified${against}\n`);
     });
 }

@@ -3,8 +3,9 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { Interrupted, PRECISIONS, createLogger, type Precision } from '@dflmoe/core';
 import { generateIdentity, joinDetails, loadIdentity, loadPeerConfig, loadRelayConfig, loadServerConfig, runPeer, runServer, saveIdentity, savePsk, startRelay } from '@dflmoe/p2p';
 import { formatBytes, pct } from '../format.js';
+import { checkOutputPath } from '../output.js';
 import { DATA_POLICY } from './predict.js';
-import { startLiveView, withUiOptions } from '../live.js';
+import { endLiveView, startLiveView, withUiOptions } from '../live.js';
 
 /** Aborts on the first SIGINT or SIGTERM (a second SIGINT kills the process as usual). */
 export function stopSignal(): AbortSignal {
@@ -33,6 +34,8 @@ export function keygenCommand(): Command {
     .option('--force', 'overwrite existing files')
     .action(async (o) => {
       if (!o.out && !o.psk) throw new Error('say what to create: --out <key file> and/or --psk <file>');
+      if (o.out) checkOutputPath(o.out, '--out');
+      if (o.psk) checkOutputPath(o.psk, '--psk');
       if (o.out) {
         const id = await generateIdentity();
         saveIdentity(o.out, id.privateKey, Boolean(o.force));
@@ -85,11 +88,16 @@ export function peerCommand(): Command {
         signal,
         status: view?.board,
         metricsPort: o.metrics,
+        // Bytes so far (the run's, with its earlier parts); experts only where the algorithm mixes them (dFLMoE).
         onRound: o.quiet ? undefined : (l) => process.stderr.write(
-          `round ${l.round}/${cfg.rounds}  accuracy ${pct(l.accuracy)}  experts ${l.experts.length}  ` +
-            `in ${formatBytes(l.bytesReceived)} out ${formatBytes(l.bytesSent)}  ${l.seconds.toFixed(2)} s\n`,
+          `round ${l.round}/${cfg.rounds}  accuracy ${pct(l.accuracy)}  ${cfg.algorithm === 'dflmoe' ? `experts ${l.experts.length}  ` : ''}` +
+            `so far in ${formatBytes(l.bytesReceived)} out ${formatBytes(l.bytesSent)}  ${l.seconds.toFixed(2)} s\n`,
         ),
-      })).finally(() => view?.close());
+      })).catch(async (e: unknown) => {
+        await view?.close();
+        throw e;
+      });
+      await endLiveView(view, o.uiKeep, true);
       process.stdout.write(`final accuracy ${pct(r.accuracy)} after ${r.rounds.length} rounds; results in ${cfg.out}\n`);
     });
 }

@@ -1,11 +1,9 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { unzipSync } from 'fflate';
+import { writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { stringify } from 'csv-stringify/sync';
 import { loadSite, silentLogger, createLogger, type Evaluation, type Predictions, type TrainedSite } from '@dflmoe/core';
 import { pct, table } from '../format.js';
+import { checkOutputPath } from '../output.js';
 
 /** How a site reads tables: the same policy at training and prediction. */
 export const DATA_POLICY = `
@@ -41,12 +39,16 @@ function expertNames(site: TrainedSite, p: Predictions): string[] {
 /**
  * One row per input: where it came from, the predicted class, every class's
  * probability and every expert's gate weight; with `invalid` (cells read as
- * missing, `--invalid-as-missing`), a last column `read as missing` that marks their rows.
+ * missing, `--invalid-as-missing`), a column `read as missing` that marks their rows;
+ * with `flags` (unseen categories, every feature missing), a last column `flags`.
  */
-export function predictionRows(site: TrainedSite, ids: string[], p: Predictions, invalid?: string[]): string[][] {
+export function predictionRows(site: TrainedSite, ids: string[], p: Predictions, invalid?: string[], flags?: string[]): string[][] {
   const c = p.classNames.length;
   const k = p.experts.length;
-  const header = ['input', 'predicted', ...p.classNames.map((n) => `prob:${n}`), ...expertNames(site, p).map((n) => `gate:${n}`), ...(invalid ? ['read as missing'] : [])];
+  const header = [
+    'input', 'predicted', ...p.classNames.map((n) => `prob:${n}`), ...expertNames(site, p).map((n) => `gate:${n}`),
+    ...(invalid ? ['read as missing'] : []), ...(flags ? ['flags'] : []),
+  ];
   const rows = [header];
   for (let i = 0; i < p.numSamples; i++) {
     rows.push([
@@ -54,6 +56,7 @@ export function predictionRows(site: TrainedSite, ids: string[], p: Predictions,
       ...Array.from(p.probabilities.subarray(i * c, (i + 1) * c), String),
       ...Array.from(p.gateWeights.subarray(i * k, (i + 1) * k), String),
       ...(invalid ? [invalid[i]] : []),
+      ...(flags ? [flags[i]] : []),
     ]);
   }
   return rows;
@@ -61,36 +64,14 @@ export function predictionRows(site: TrainedSite, ids: string[], p: Predictions,
 
 const INVALID_AS_MISSING = 'read a cell that is not a number in a numeric column as missing (its row is marked) instead of refusing the file';
 
-/** Say on stderr which rows had cells read as missing. */
-function reportInvalid(ids: string[], invalid: string[] | undefined): void {
-  const rows = (invalid ?? []).flatMap((v, i) => (v ? [`${ids[i]} (${v})`] : []));
-  if (rows.length) process.stderr.write(`read as missing, not numbers: ${rows.length} row${rows.length > 1 ? 's' : ''}: ${rows.slice(0, 5).join(', ')}${rows.length > 5 ? ', ...' : ''}\n`);
-}
-
-/**
- * A site directory from `--site`: the directory itself, or a browser tab's
- * download (a zip holding `site/`) unpacked into a temporary directory
- * (entries outside `site/` or with `..` are refused).
- */
-export function siteDir(path: string): string {
-  if (!path.toLowerCase().endsWith('.zip')) return path;
-  if (!existsSync(path)) throw new Error(`--site ${path}: no such file`);
-  let entries: Record<string, Uint8Array>;
-  try {
-    entries = unzipSync(readFileSync(path));
-  } catch (e) {
-    throw new Error(`--site ${path} is not a zip file (${(e as Error).message})`, { cause: e });
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'dflmoe-site-'));
-  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
-  for (const [name, data] of Object.entries(entries)) {
-    if (name.endsWith('/')) continue;
-    if (!name.startsWith('site/') || name.split('/').some((p) => p === '..' || p === '')) throw new Error(`--site ${path}: unexpected entry ${JSON.stringify(name)} (a site's zip holds site/...)`);
-    mkdirSync(dirname(join(dir, name)), { recursive: true });
-    writeFileSync(join(dir, name), data);
-  }
-  if (!existsSync(join(dir, 'site', 'site.json'))) throw new Error(`--site ${path}: no site/site.json inside (download the trained site again from the tab)`);
-  return join(dir, 'site');
+/** Say on stderr which rows had cells read as missing, and which the model could not see all of (`flags`). */
+function reportInvalid(ids: string[], invalid: string[] | undefined, flags?: string[]): void {
+  const say = (what: string, marks: string[] | undefined) => {
+    const rows = (marks ?? []).flatMap((v, i) => (v ? [`${ids[i]} (${v})`] : []));
+    if (rows.length) process.stderr.write(`${what}: ${rows.length} row${rows.length > 1 ? 's' : ''}: ${rows.slice(0, 5).join(', ')}${rows.length > 5 ? ', ...' : ''}\n`);
+  };
+  say('read as missing, not numbers', invalid);
+  say('flagged (a category no site trained on encodes as all zeros; missing cells take the pooled means)', flags);
 }
 
 function describe(site: TrainedSite): string {
@@ -106,14 +87,15 @@ export function predictCommand(): Command {
     .option('--invalid-as-missing', INVALID_AS_MISSING)
     .addHelpText('after', DATA_POLICY)
     .action(async (o) => {
-      const site = await loadSite(siteDir(o.site), { logger: createLogger('predict', 'warn') });
+      const output = o.output ? checkOutputPath(o.output, '--output') : undefined;
+      const site = await loadSite(o.site, { logger: createLogger('predict', 'warn') });
       try {
         const { inputs, predictions } = await site.predictFile(o.input, { invalidAsMissing: o.invalidAsMissing });
-        reportInvalid(inputs.ids, inputs.invalid);
-        const csv = stringify(predictionRows(site, inputs.ids, predictions, inputs.invalid));
-        if (o.output) {
-          writeFileSync(resolve(o.output), csv);
-          process.stderr.write(`wrote ${predictions.numSamples} predictions to ${resolve(o.output)} (${describe(site)})\n`);
+        reportInvalid(inputs.ids, inputs.invalid, inputs.flags);
+        const csv = stringify(predictionRows(site, inputs.ids, predictions, inputs.invalid, inputs.flags));
+        if (output) {
+          writeFileSync(output, csv);
+          process.stderr.write(`wrote ${predictions.numSamples} predictions to ${output} (${describe(site)})\n`);
         } else process.stdout.write(csv);
       } finally {
         site.dispose();
@@ -137,10 +119,10 @@ export function evaluateCommand(): Command {
     .option('--invalid-as-missing', INVALID_AS_MISSING)
     .addHelpText('after', DATA_POLICY)
     .action(async (o) => {
-      const site = await loadSite(siteDir(o.site), { logger: o.json ? silentLogger : createLogger('evaluate', 'warn') });
+      const site = await loadSite(o.site, { logger: o.json ? silentLogger : createLogger('evaluate', 'warn') });
       try {
         const { evaluation, inputs } = await site.evaluateFile(o.input, { invalidAsMissing: o.invalidAsMissing });
-        reportInvalid(inputs.ids, inputs.invalid);
+        reportInvalid(inputs.ids, inputs.invalid, inputs.flags);
         if (o.json) process.stdout.write(JSON.stringify(evaluation, null, 2) + '\n');
         else process.stdout.write(`${describe(site)}\n${evaluationReport(evaluation)}`);
       } finally {

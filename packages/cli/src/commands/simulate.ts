@@ -52,7 +52,8 @@ export function summaryTable(r: SimulationResults): string {
       formatBytes(a.bytesSent / (r.config.peers * r.config.rounds)), a.wallSeconds.toFixed(1),
     ]);
   }
-  return table(rows);
+  const skipped = Object.entries(r.skipped ?? {}).map(([name, why]) => `\nskipped ${name}: ${why}`).join('');
+  return table(rows) + skipped;
 }
 
 
