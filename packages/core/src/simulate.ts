@@ -14,7 +14,7 @@ import type { PeerModelOptions } from './algorithms/common.js';
 import { DEFAULT_MAX_EXPERTS } from './algorithms/dflmoe.js';
 import { checkSameArchitecture } from './algorithms/fedavg.js';
 import { REGISTRY, getAlgorithm, type AlgorithmName } from './algorithms/registry.js';
-import { bodySharingProblem, parseBodyCombiner, parseTopology } from './body-share.js';
+import { bodySharingProblem, parseBodyCombiner, parseTopology, secureAggregationProblem } from './body-share.js';
 import { FST_KINDS, parseBodySpec, type BodySpec, type FstKind } from './model.js';
 import { resolveBody } from './custom-body.js';
 import { checkBodyStandardizer, readBodyWeights, type BodyWeights } from './pretrained.js';
@@ -92,6 +92,8 @@ export interface SimulationConfig {
   bodyCombiner: string;
   /** Sites that share bodies: `full`, `ring` or `random:<k>` (k members drawn afresh each round). */
   topology: string;
+  /** Sites that share bodies: combine them under secure aggregation (mean only; docs/secure-aggregation.md). */
+  secureAggregation?: boolean;
   /** dFLMoE: form of each received expert's feature-space transform. */
   fst: FstKind;
   /** dFLMoE: weight of distilling the mixture into the own head (0: off). */
@@ -334,7 +336,7 @@ function validateConfig(c: SimulationConfig): void {
   if (!Number.isInteger(c.bodyEvery) || c.bodyEvery < 1) throw new Error(`bodyEvery must be a positive integer, got ${c.bodyEvery}`);
   parseBodyCombiner(c.bodyCombiner);
   parseTopology(c.topology);
-  const sharing = bodySharingProblem(c);
+  const sharing = bodySharingProblem(c) ?? secureAggregationProblem(c);
   if (sharing) throw new Error(sharing);
   if (c.headPrecision !== undefined && !PRECISIONS.includes(c.headPrecision)) throw new Error(`headPrecision must be one of ${PRECISIONS.join(', ')}, got ${c.headPrecision}`);
   if (c.algorithms.length === 0) throw new Error('no algorithms selected');
@@ -377,7 +379,7 @@ function algorithmOptions(cfg: SimulationConfig, i: number): AlgorithmOptions {
     ...DEFAULT_ALGORITHM_OPTIONS,
     seed: cfg.seed, alpha: cfg.alpha, gateHidden: cfg.gateHidden, expertLrScale: cfg.expertLrScale, admission: cfg.admission, fst: cfg.fst, distill: cfg.distill, headPrecision: cfg.headPrecision,
     maxExperts: cfg.maxExperts,
-    shareBody: cfg.shareBody, bodyEvery: cfg.bodyEvery, bodyCombiner: cfg.bodyCombiner, topology: cfg.topology,
+    shareBody: cfg.shareBody, bodyEvery: cfg.bodyEvery, bodyCombiner: cfg.bodyCombiner, topology: cfg.topology, ...(cfg.secureAggregation ? { secureAggregation: true } : {}),
     ...(i >= cfg.peers - cfg.poisoned && cfg.poisonKind !== 'flipped' ? { poisonBody: cfg.poisonKind } : {}),
     maxStaleness: cfg.maxStaleness, fineTuneEpochs: cfg.fineTuneEpochs, headEpochs: cfg.headEpochs, maxModelBytes: 1 << 30,
     randomUpdates: cfg.poisonKind === 'random' && i >= cfg.peers - cfg.poisoned,

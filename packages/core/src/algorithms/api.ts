@@ -142,6 +142,8 @@ export interface AlgorithmOptions {
   bodyCombiner: string;
   /** Sites that share bodies: whose bodies a site combines: `full`, `ring` or `random:<k>`. */
   topology: string;
+  /** Sites that share bodies: combine them under secure aggregation (mean only; see docs/secure-aggregation.md). */
+  secureAggregation?: boolean;
 }
 
 export const DEFAULT_ALGORITHM_OPTIONS: Omit<AlgorithmOptions, 'seed'> = {

@@ -3,3 +3,4 @@ export * from './fixed-point.js';
 export * from './messages.js';
 export * from './groups.js';
 export * from './protocol.js';
+export * from './body-rounds.js';
