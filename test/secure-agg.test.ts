@@ -42,7 +42,7 @@ function broadcast(members: SecAggMember[], msgs: (Uint8Array | undefined)[], al
  */
 async function runRound(values: Float32Array[], samples: number[], dropAfter: Record<number, number[]> = {}): Promise<{ members: SecAggMember[]; results: (SecAggResult | undefined)[] }> {
   const g = group(values.length);
-  const members = g.members.map((id, i) => new SecAggMember(id, g, values[0].length, { samples: samples[i], arch: 'mlp' }));
+  const members = await Promise.all(g.members.map((id, i) => SecAggMember.create(id, g, values[0].length, { samples: samples[i], arch: 'mlp' })));
   const gone = new Set<number>();
   const live = (i: number) => !gone.has(i);
   const step = async (phase: number, make: (m: SecAggMember) => Uint8Array | undefined | Promise<Uint8Array | undefined>) => {
@@ -140,7 +140,7 @@ describe('secure aggregation', () => {
     }
     // Three never advertise: the others do not even share their keys.
     const g = group(6);
-    const members = g.members.map((id) => new SecAggMember(id, g, 16, { samples: 10, arch: 'mlp' }));
+    const members = await Promise.all(g.members.map((id) => SecAggMember.create(id, g, 16, { samples: 10, arch: 'mlp' })));
     broadcast(members, members.map((m, i) => (i < 3 ? undefined : m.advertise())));
     assert.equal(await members[4].shareKeys(), undefined);
   });
@@ -170,10 +170,10 @@ describe('secure aggregation', () => {
 
 describe('secure aggregation: hostile input', () => {
   const g = group(4);
-  const fresh = () => g.members.map((id) => new SecAggMember(id, g, 8, { samples: 10, arch: 'mlp' }));
+  const fresh = () => Promise.all(g.members.map((id) => SecAggMember.create(id, g, 8, { samples: 10, arch: 'mlp' })));
 
   it('fuzzing the decoder: random and mutated messages of every phase raise SecAggError or decode to a message that the member checks', async () => {
-    const ms = fresh();
+    const ms = await fresh();
     const adv = ms.map((m) => m.advertise());
     broadcast(ms, adv);
     const shares = await Promise.all(ms.map((m) => m.shareKeys()));
@@ -181,7 +181,7 @@ describe('secure aggregation: hostile input', () => {
     const masked = ms.map((m) => m.maskedInput(new Float32Array(8).fill(0.25))!.message);
     const reveal = ms.map((m) => m.reveal()!);
     for (const base of [adv[1], shares[1]!, masked[1], reveal[1]]) {
-      const target = fresh()[0];
+      const target = (await fresh())[0];
       fc.assert(
         fc.property(fc.oneof(mutated(base), fc.uint8Array({ maxLength: 400 })), (b) => {
           try {
@@ -198,33 +198,41 @@ describe('secure aggregation: hostile input', () => {
   });
 
   it('a share for the wrong round or group, a spoofed sender, changed keys, a bad ciphertext: refused with a reason', async () => {
-    const ms = fresh();
+    const ms = await fresh();
     const other = group(4, 4);
-    const stranger = new SecAggMember(g.members[1], other, 8, { samples: 10, arch: 'mlp' });
+    const stranger = await SecAggMember.create(g.members[1], other, 8, { samples: 10, arch: 'mlp' });
     assert.equal(ms[0].receive(stranger.advertise(), g.members[1]), 'wrong-round');
     const g5 = secAggGroups([...ids(4), 'site-99'], 3, 5, 1)[0];
-    const outsider = new SecAggMember(g.members[1], g5, 8, { samples: 10, arch: 'mlp' });
+    const outsider = await SecAggMember.create(g.members[1], g5, 8, { samples: 10, arch: 'mlp' });
     assert.equal(ms[0].receive(outsider.advertise(), g.members[1]), 'wrong-group');
     assert.equal(ms[0].receive(ms[1].advertise(), g.members[2]), 'sender-mismatch');
     assert.equal(ms[0].receive(ms[1].advertise(), g.members[1]), 'ok');
     // The same member advertising other keys in the same round.
-    const twin = new SecAggMember(g.members[1], g, 8, { samples: 10, arch: 'mlp' });
+    const twin = await SecAggMember.create(g.members[1], g, 8, { samples: 10, arch: 'mlp' });
     assert.equal(ms[0].receive(twin.advertise(), g.members[1]), 'changed-keys');
-    const otherArch = new SecAggMember(g.members[2], g, 8, { samples: 10, arch: 'cnn' });
+    const otherArch = await SecAggMember.create(g.members[2], g, 8, { samples: 10, arch: 'cnn' });
     assert.equal(ms[0].receive(otherArch.advertise(), g.members[2]), 'other-architecture');
-    // A low-order public key.
+    // A low-order public key: found when the member agrees secrets (before sharing its keys), and its sender left out.
     const bad = decodeSecAgg(ms[3].advertise(), { maxBytes: 1 << 20 });
     bad.keys.s = new Uint8Array(32);
-    assert.equal(ms[0].receive(encodeSecAgg(bad), g.members[3]), 'bad-key');
+    const probe = (await fresh())[0];
+    assert.equal(probe.receive(encodeSecAgg(bad), g.members[3]), 'ok');
+    assert.equal(probe.receive(ms[1].advertise(), g.members[1]), 'ok');
+    assert.equal(probe.receive(ms[2].advertise(), g.members[2]), 'ok');
+    assert.ok(await probe.shareKeys());
+    assert.deepEqual(probe.refusals(), [{ peer: g.members[3], reason: 'bad-key' }]);
+    assert.deepEqual(probe.advertised(), g.members.slice(0, 3));
+    assert.equal(probe.receive(encodeSecAgg(bad), g.members[3]), 'bad-key');
     // A ciphertext that does not decrypt.
     broadcast(ms, ms.map((m) => m.advertise()));
+    await Promise.all(ms.map((m) => m.shareKeys()));
     const sh = decodeSecAgg((await ms[1].shareKeys())!, { maxBytes: 1 << 20 });
     sh.shares!.get(g.members[0])![5] ^= 1;
     assert.equal(ms[0].receive(encodeSecAgg(sh), g.members[1]), 'bad-share');
   });
 
   it('a member that sends different masked bodies to different peers: the others refuse the round and name it', async () => {
-    const ms = fresh();
+    const ms = await fresh();
     broadcast(ms, ms.map((m) => m.advertise()));
     broadcast(ms, await Promise.all(ms.map((m) => m.shareKeys())));
     const honest = ms.map((m, i) => m.maskedInput(new Float32Array(8).fill(0.1 * i))!.message);

@@ -57,7 +57,7 @@ export class SecureBodyRounds {
     for (const m of [...ex.members(), ...(ex.announced?.().keys() ?? [])]) if (m !== this.selfId) this.roster.add(m);
     const group = secAggGroupOf(this.selfId, [...this.roster], round, secAggGroupSize(this.o.topology, this.roster.size + 1), this.o.seed);
     const length = this.vars().reduce((a, v) => a + v.size, 0);
-    const member = new SecAggMember(this.selfId, group, length, { samples: this.samples, arch: this.arch }, this.o.maxBytes);
+    const member = await SecAggMember.create(this.selfId, group, length, { samples: this.samples, arch: this.arch }, this.o.maxBytes);
     this.current = { round, member, refused: new Set() };
     ex.select?.(group.members.filter((m) => m !== this.selfId), secAggVersion(round, 1));
     for (const [from, e] of [...this.early]) {
@@ -92,7 +92,14 @@ export class SecureBodyRounds {
   }
 
   private absorb(ex: HeadExchange, log: Logger): number {
-    return absorbMessages(ex, log, 'secure aggregation message', (m) => this.take(m.payload, m.from));
+    const n = absorbMessages(ex, log, 'secure aggregation message', (m) => this.take(m.payload, m.from));
+    // Refusals found after a message was taken (keys that agree no secret, shares that do not decrypt).
+    for (const { peer, reason } of this.current?.member.refusals() ?? []) {
+      this.count(`secagg-${reason}`);
+      log.warn(`dropped a secure aggregation message from ${peer}: ${reason}`);
+      ex.reportBad?.(peer, `secagg-${reason}`);
+    }
+    return n;
   }
 
   /** Wait (bounded) until the members `from()` names (others than this site) have delivered what `have()` lists. */
@@ -125,6 +132,7 @@ export class SecureBodyRounds {
     await this.wait(ex, round, 1, () => m.group.members, () => m.advertised(), w);
     const shares = await m.shareKeys();
     if (!shares) return done({ ok: false, reason: 'too-few', detail: `${m.advertised().length} members of the group advertised keys, fewer than the threshold ${t}` });
+    this.absorb(ex, w.logger);
     await ex.publish(shares, secAggVersion(round, 2));
     await this.wait(ex, round, 2, () => m.advertised(), () => m.sharers(), w);
     const flat = new Float32Array(m.length);

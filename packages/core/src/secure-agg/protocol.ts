@@ -27,7 +27,6 @@
  * inputs to different members), masks that do not pair up, or a share that
  * does not reconstruct: the member refuses the round and keeps its own body.
  */
-import { x25519 } from '@noble/curves/ed25519.js';
 import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
 import { hkdf } from '@noble/hashes/hkdf.js';
 import { sha256 } from '@noble/hashes/sha2.js';
@@ -37,6 +36,7 @@ import { boundSampleCounts } from '../averaging.js';
 import { addWords, decodeSum, encodeFixed, prgWords } from './fixed-point.js';
 import { SecAggError, decodeSecAgg, encodeSecAgg, maskedDigest, type SecAggDecodeReason, type SecAggKeys, type SecAggMessage, type SecAggPhase } from './messages.js';
 import type { SecAggGroup } from './groups.js';
+import { X25519Key, agreeWith, publicKeyOf } from './x25519.js';
 
 /** Why a message was refused (all but `other-architecture` and `late` are the sender's fault). */
 export type SecAggReason =
@@ -65,8 +65,6 @@ interface Input {
 }
 
 export class SecAggMember {
-  private readonly cSecret = x25519.utils.randomSecretKey();
-  private readonly sSecret = x25519.utils.randomSecretKey();
   private readonly bSeed = randomBytes(32);
   private readonly ownKeys: SecAggKeys;
   /** Members that advertised (own included). */
@@ -81,13 +79,61 @@ export class SecAggMember {
   private own?: Input;
   /** Set once the member revealed: the inputs it holds then are the ones it sums. */
   private committed?: Set<string>;
+  /** X25519 of this member's `c` and `s` secrets with each member's public keys (computed once, before sharing). */
+  private readonly shared = new Map<string, { c: Uint8Array; s: Uint8Array }>();
+  /** Encrypted shares that came before the sender's keys were agreed with. */
+  private readonly pending = new Map<string, Uint8Array>();
+  /** Refusals found after `receive` returned (keys that agree no secret, shares that do not decrypt): see `refusals`. */
+  private readonly later: { peer: string; reason: SecAggReason }[] = [];
+  private readonly badKeys = new Set<string>();
   /** Members found to have sent different inputs to different members. */
   readonly faulty = new Set<string>();
 
-  constructor(readonly self: string, readonly group: SecAggGroup, readonly length: number, o: { samples: number; arch: string }, private readonly maxBytes = 2 ** 31) {
+  private constructor(
+    readonly self: string, readonly group: SecAggGroup, readonly length: number, o: { samples: number; arch: string }, private readonly maxBytes: number,
+    private readonly cKey: X25519Key, private readonly sKey: X25519Key,
+  ) {
     if (!group.members.includes(self)) throw new Error(`${self} is not in its group`);
-    this.ownKeys = { c: x25519.getPublicKey(this.cSecret), s: x25519.getPublicKey(this.sSecret), samples: o.samples, arch: o.arch, commit: sha256(this.bSeed) };
+    this.ownKeys = { c: cKey.publicKey, s: sKey.publicKey, samples: o.samples, arch: o.arch, commit: sha256(this.bSeed) };
     this.keys.set(self, this.ownKeys);
+  }
+
+  /** A member of `group` for a body of `length` weights, with fresh keys. */
+  static async create(self: string, group: SecAggGroup, length: number, o: { samples: number; arch: string }, maxBytes = 2 ** 31): Promise<SecAggMember> {
+    const [c, s] = await Promise.all([X25519Key.generate(), X25519Key.generate()]);
+    return new SecAggMember(self, group, length, o, maxBytes, c, s);
+  }
+
+  /** Refusals found since the last call, after `receive` had taken the message. */
+  refusals(): { peer: string; reason: SecAggReason }[] {
+    return this.later.splice(0);
+  }
+
+  /** Agree secrets with every member whose keys arrived; a key that agrees none drops its member. */
+  private async agree(): Promise<void> {
+    const todo = [...this.keys.keys()].filter((m) => m !== this.self && !this.shared.has(m));
+    await Promise.all(todo.map(async (m) => {
+      const k = this.keys.get(m)!;
+      try {
+        const [c, s] = await Promise.all([this.cKey.agree(k.c), this.sKey.agree(k.s)]);
+        this.shared.set(m, { c, s });
+      } catch {
+        this.keys.delete(m);
+        this.badKeys.add(m);
+        this.later.push({ peer: m, reason: 'bad-key' });
+      }
+    }));
+    this.settle();
+  }
+
+  /** Decrypt the shares that waited for their sender's keys. */
+  private settle(): void {
+    for (const [from, ct] of [...this.pending]) {
+      if (!this.shared.has(from)) continue;
+      this.pending.delete(from);
+      const r = this.decryptShares(from, ct);
+      if (r !== 'ok') this.later.push({ peer: from, reason: r });
+    }
   }
 
   private message(phase: SecAggPhase, extra: Partial<SecAggMessage> = {}): Uint8Array {
@@ -99,14 +145,14 @@ export class SecAggMember {
     return this.message(1);
   }
 
-  /** Members that advertised with this member's architecture (own included). */
+  /** Members that advertised with this member's architecture (own included; before sharing, keys not yet checked). */
   advertised(): string[] {
     return [...this.keys.keys()].sort();
   }
 
-  /** Members whose shares this member holds (own included). */
+  /** Members whose shares this member holds or has waiting (own included). */
   sharers(): string[] {
-    return [...this.held.keys()].sort();
+    return [...new Set([...this.held.keys(), ...this.pending.keys()])].sort();
   }
 
   /** Members whose masked input this member holds (own included). */
@@ -121,14 +167,15 @@ export class SecAggMember {
 
   /** Phase 2: shares of `b` and the `s` key for every member that advertised; undefined when fewer than t did. */
   async shareKeys(): Promise<Uint8Array | undefined> {
+    await this.agree();
     const to = this.advertised();
     if (to.length < this.group.threshold) return undefined;
-    const [bs, ss] = await Promise.all([split(this.bSeed, to.length, this.group.threshold), split(this.sSecret, to.length, this.group.threshold)]);
+    const [bs, ss] = await Promise.all([split(this.bSeed, to.length, this.group.threshold), split(this.sKey.secretKey, to.length, this.group.threshold)]);
     this.sentShares = new Map();
     to.forEach((m, i) => {
       if (m === this.self) this.held.set(m, { b: bs[i], s: ss[i] });
       else {
-        const key = kdf(x25519.getSharedSecret(this.cSecret, this.keys.get(m)!.c), `share|${this.group.round}|${this.group.id}|${this.self}|${m}`);
+        const key = kdf(this.shared.get(m)!.c, `share|${this.group.round}|${this.group.id}|${this.self}|${m}`);
         const plain = new Uint8Array(66);
         plain.set(bs[i], 0);
         plain.set(ss[i], 33);
@@ -138,9 +185,9 @@ export class SecAggMember {
     return this.message(2, { shares: this.sentShares });
   }
 
-  /** The pairwise mask seed of this member and `peer`. */
-  private pairSeed(secret: Uint8Array, publicKey: Uint8Array): Uint8Array {
-    return kdf(x25519.getSharedSecret(secret, publicKey), `mask|${this.group.round}|${this.group.id}`);
+  /** A pairwise mask seed from the pair's X25519 shared secret. */
+  private pairSeed(sharedSecret: Uint8Array): Uint8Array {
+    return kdf(sharedSecret, `mask|${this.group.round}|${this.group.id}`);
   }
 
   private selfMask(seed: Uint8Array): Uint32Array {
@@ -154,17 +201,18 @@ export class SecAggMember {
    */
   maskedInput(values: Float32Array): { message: Uint8Array; clipped: number } | undefined {
     if (values.length !== this.length) throw new Error(`input of ${values.length} values, expected ${this.length}`);
+    this.settle();
     // Masks pair up only with members that hold this member's shares too (it sent them) and whose shares it holds.
     const sent = this.sentShares;
     if (!sent) return undefined;
-    const partners = this.sharers().filter((m) => m === this.self || sent.has(m));
+    const partners = [...this.held.keys()].filter((m) => m === this.self || sent.has(m)).sort();
     if (partners.length < this.group.threshold) return undefined;
     const bounded = boundSampleCounts(partners.map((m) => this.keys.get(m)!.samples));
     const a = bounded[partners.indexOf(this.self)] / Math.max(...bounded);
     const { words, clipped } = encodeFixed(values, a);
     addWords(words, this.selfMask(this.bSeed), 1);
     for (const m of partners) {
-      if (m !== this.self) addWords(words, prgWords(this.pairSeed(this.sSecret, this.keys.get(m)!.s), words.length), this.self < m ? 1 : -1);
+      if (m !== this.self) addWords(words, prgWords(this.pairSeed(this.shared.get(m)!.s), words.length), this.self < m ? 1 : -1);
     }
     this.own = { vector: words, with: partners, digest: maskedDigest(words) };
     this.inputs.set(this.self, this.own);
@@ -175,6 +223,7 @@ export class SecAggMember {
   /** Phase 4: fix the inputs held and reveal one share per member (see the module's comment). */
   reveal(): Uint8Array | undefined {
     if (!this.own) return undefined;
+    this.settle();
     this.committed = new Set(this.inputs.keys());
     const b = new Map<string, Uint8Array>();
     const s = new Map<string, Uint8Array>();
@@ -222,12 +271,8 @@ export class SecAggMember {
     const known = this.keys.get(from);
     if (known) return sameKeys(known, keys) ? 'ok' : 'changed-keys';
     if (keys.arch !== this.ownKeys.arch) return 'other-architecture';
-    try {
-      x25519.getSharedSecret(this.cSecret, keys.c);
-      x25519.getSharedSecret(this.sSecret, keys.s);
-    } catch {
-      return 'bad-key';
-    }
+    // Checked when this member agrees secrets with them (before sharing its keys), or refused then.
+    if (this.badKeys.has(from)) return 'bad-key';
     this.keys.set(from, keys);
     return 'ok';
   }
@@ -235,7 +280,17 @@ export class SecAggMember {
   private takeShares(from: string, shares: Map<string, Uint8Array>): 'ok' | SecAggReason {
     const ct = shares.get(this.self);
     if (!ct) return 'ok';
-    const key = kdf(x25519.getSharedSecret(this.cSecret, this.keys.get(from)!.c), `share|${this.group.round}|${this.group.id}|${from}|${this.self}`);
+    if (!this.shared.has(from)) {
+      const had = this.pending.get(from);
+      if (had && !sameBytes(had, ct)) return 'changed-keys';
+      this.pending.set(from, ct);
+      return 'ok';
+    }
+    return this.decryptShares(from, ct);
+  }
+
+  private decryptShares(from: string, ct: Uint8Array): 'ok' | SecAggReason {
+    const key = kdf(this.shared.get(from)!.c, `share|${this.group.round}|${this.group.id}|${from}|${this.self}`);
     let plain: Uint8Array;
     try {
       plain = chacha20poly1305(key, ZERO_NONCE).decrypt(ct);
@@ -262,7 +317,7 @@ export class SecAggMember {
     if (shares.size < this.group.threshold) return undefined;
     const secret = await combine([...shares.values()].slice(0, this.group.threshold));
     const keys = this.keys.get(of)!;
-    const good = kind === 'b' ? sameBytes(sha256(secret), keys.commit) : sameBytes(x25519.getPublicKey(secret), keys.s);
+    const good = kind === 'b' ? sameBytes(sha256(secret), keys.commit) : sameBytes(publicKeyOf(secret), keys.s);
     return good ? secret : undefined;
   }
 
@@ -278,6 +333,7 @@ export class SecAggMember {
 
   /** The group's mean over the inputs this member committed to, or why it refuses it. */
   async result(): Promise<SecAggResult> {
+    this.settle();
     const t = this.group.threshold;
     if (!this.committed || !this.own) return { ok: false, reason: 'not-masked', detail: `fewer than ${t} members shared their keys` };
     const survivors = [...this.committed].sort();
@@ -302,7 +358,7 @@ export class SecAggMember {
       const sk = await this.reconstruct(k, 's');
       if (!sk) return { ok: false, reason: 'unrecoverable', detail: `fewer than ${t} good shares of the mask key of ${k}, which dropped out` };
       for (const j of survivors) {
-        if (this.inputs.get(j)!.with.includes(k)) addWords(sum, prgWords(this.pairSeed(sk, this.keys.get(j)!.s), sum.length), j < k ? -1 : 1);
+        if (this.inputs.get(j)!.with.includes(k)) addWords(sum, prgWords(this.pairSeed(agreeWith(sk, this.keys.get(j)!.s)), sum.length), j < k ? -1 : 1);
       }
     }
     const d = decodeSum(sum, survivors.length);
