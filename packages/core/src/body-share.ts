@@ -24,6 +24,9 @@
  * - **Combine**: `mean` (weighted by training rows, clipped like a server
  *   clips them), coordinate-wise `median`, or `trimmed:<f>` (coordinate-wise
  *   mean after dropping the lowest and highest fraction `f`).
+ * - **Secure aggregation** (`secureAggregation`, mean only): no body travels
+ *   in the clear; each round's groups sum masked bodies and every member
+ *   takes its group's mean (`SecureBodyRounds`, docs/secure-aggregation.md).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
@@ -36,6 +39,7 @@ import type { Logger } from './log.js';
 import { formatBodySpec, type BodySpec } from './model.js';
 import { boundSampleCounts, federatedAverage } from './averaging.js';
 import { defineSettings, parsedString, type SettingsOf } from './settings.js';
+import { SecureBodyRounds } from './secure-agg/body-rounds.js';
 
 // ---------------------------------------------------------------- settings
 
@@ -91,6 +95,8 @@ export interface BodyShareOptions {
   maxStaleness: number;
   /** The consortium's seed (draws of `random:k` partners). */
   seed: number;
+  /** Combine under secure aggregation (the mean only): no member sees another's body. */
+  secureAggregation?: boolean;
 }
 
 /** How bodies are shared (dFLMoE with `shareBody`, fedrep-p2p): the site config's `bodies` section. */
@@ -104,17 +110,27 @@ export const bodySettings = defineSettings({
     topology: parsedString(parseTopology).default('full')
       .describe("whose bodies a site combines: full (every member), ring (its two neighbours by id) or random:<k> (k drawn afresh each round)"),
     gossipPeers: z.number().int().min(1).optional().describe('combine with k members drawn afresh each round (topology random:<k>)'),
+    secureAggregation: z.boolean().default(false)
+      .describe("combine bodies under secure aggregation (pairwise masks, mean only): no member sees another's body"),
   },
   keys: { bodyEvery: 'every', bodyCombiner: 'combiner' },
   // gossipPeers is a shorthand: expanded here, once.
   finish: (v) => {
     if (v.gossipPeers !== undefined) v.topology = `random:${v.gossipPeers as number}`;
-    return undefined;
+    const secure = secureAggregationProblem(v as { secureAggregation?: boolean; bodyCombiner?: string });
+    return secure ? ['bodyCombiner', secure] : undefined;
   },
 });
 
 /** Body sharing's settings, resolved. */
 export type BodySettings = SettingsOf<typeof bodySettings>;
+
+/** Why these settings cannot combine under secure aggregation, or undefined when they can. */
+export function secureAggregationProblem(o: { secureAggregation?: boolean; bodyCombiner?: string }): string | undefined {
+  return o.secureAggregation && (o.bodyCombiner ?? 'mean') !== 'mean'
+    ? `secure aggregation combines bodies by their mean only: under masking no site sees another's body, so the ${o.bodyCombiner} cannot be taken (use the mean combiner, or turn secure aggregation off)`
+    : undefined;
+}
 
 // ---------------------------------------------------------------- combining
 
@@ -221,6 +237,8 @@ export class BodyShare {
   /** What went into the last combination, and the digest of the last body published. */
   lastMixed: MixedBody[] = [];
   lastPublished?: { version: number; digest: string };
+  /** With secure aggregation: the rounds' protocol. */
+  private readonly secure?: SecureBodyRounds;
 
   /**
    * @param vars the body's variables, in a fixed order (read and assigned in place)
@@ -229,6 +247,11 @@ export class BodyShare {
    */
   constructor(readonly selfId: string, private readonly vars: () => tf.Variable[], readonly arch: string, readonly samples: number, readonly o: BodyShareOptions) {
     if (!Number.isInteger(o.every) || o.every < 1) throw new Error(`bodyEvery must be a positive integer, got ${o.every}`);
+    if (o.secureAggregation) {
+      const problem = secureAggregationProblem({ secureAggregation: true, bodyCombiner: formatBodyCombiner(o.combiner) });
+      if (problem) throw new Error(problem);
+      this.secure = new SecureBodyRounds(selfId, vars, arch, samples, { topology: o.topology, seed: o.seed, maxBytes: o.maxBytes, every: o.every }, (r) => this.count(r));
+    }
   }
 
   /** Bodies are published after training round `round`, and combined before the next. */
@@ -278,6 +301,8 @@ export class BodyShare {
    */
   async publish(ex: HeadExchange, round: number, payload = this.encode(round)): Promise<void> {
     this.lastPublished = { version: round, digest: digestHex(payload) };
+    // Under secure aggregation the body stays here: the site advertises its keys for the round.
+    if (this.secure) return this.secure.begin(ex, round);
     const partners = this.partners(round, ex.members());
     // Every member (also ones that join later) unless the topology or the architecture groups narrow it.
     ex.select?.(this.o.topology.kind === 'full' && this.otherArch.size === 0 ? undefined : partners, round);
@@ -341,6 +366,7 @@ export class BodyShare {
    * many bodies were accepted.
    */
   async gather(ex: HeadExchange, round: number, w: { quorum: number; deadlineMs: number; logger: Logger }): Promise<number> {
+    if (this.secure) return this.secure.run(ex, round, w);
     const partners = this.partners(round, ex.members());
     const refused = { count: 0 };
     let fresh = this.absorb(ex, round, w.logger, refused);
@@ -361,6 +387,7 @@ export class BodyShare {
    * Returns the bodies combined besides the own one (also kept in `lastMixed`).
    */
   mix(round: number, now: number, members: readonly string[]): MixedBody[] {
+    if (this.secure) return (this.lastMixed = this.secure.mix(round));
     for (const [peer, h] of this.held) if (now - h.receivedRound > this.o.maxStaleness) this.held.delete(peer);
     const partners = new Set(this.partners(round, [...members, ...this.held.keys()]));
     const used = [...this.held.values()].filter((h) => partners.has(h.peer));
@@ -413,7 +440,7 @@ export class BodyShare {
 }
 
 /** The algorithm options a body share is made from: its settings, the head precision, the model size limit and the staleness bound. */
-export interface BodySharingSettings extends Pick<BodySettings, 'bodyEvery' | 'bodyCombiner' | 'topology'> {
+export interface BodySharingSettings extends Pick<BodySettings, 'bodyEvery' | 'bodyCombiner' | 'topology'>, Partial<Pick<BodySettings, 'secureAggregation'>> {
   headPrecision?: Precision;
   maxModelBytes: number;
   maxStaleness: number;
@@ -429,5 +456,6 @@ export function createBodyShare(
   return new BodyShare(id, body.vars, arch, body.samples, {
     every: o.bodyEvery, combiner: parseBodyCombiner(o.bodyCombiner), topology: parseTopology(o.topology),
     precision: o.headPrecision ?? 'float32', maxBytes: o.maxModelBytes, maxStaleness: o.maxStaleness, seed: o.seed,
+    ...(o.secureAggregation ? { secureAggregation: true } : {}),
   });
 }

@@ -16,6 +16,7 @@ export * from './codec.js';
 export * from './experts.js';
 export * from './exchange.js';
 export * from './body-share.js';
+export * from './secure-agg/index.js';
 export * from './averaging.js';
 export * from './train.js';
 export * from './metrics.js';
