@@ -258,7 +258,7 @@ describe('dFLMoE with shared bodies and fedrep-p2p', () => {
     const cfg = { key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], rounds: 1, out: 'o', data: { dataset: 'breast-cancer' } };
     const c = parsePeerConfig({ ...cfg, dflmoe: { shareBody: true }, bodies: { every: 2, combiner: 'trimmed:0.2', gossipPeers: 3 } });
     assert.equal(c.dflmoe.shareBody, true);
-    assert.deepEqual(c.bodies, { every: 2, combiner: 'trimmed:0.2', topology: 'random:3', gossipPeers: 3 }, 'gossipPeers is topology random:k');
+    assert.deepEqual(c.bodies, { every: 2, combiner: 'trimmed:0.2', topology: 'random:3', gossipPeers: 3, secureAggregation: false }, 'gossipPeers is topology random:k');
     assert.equal(parsePeerConfig(cfg).dflmoe.shareBody, false, 'off by default');
     assert.throws(() => parsePeerConfig({ ...cfg, bodies: { combiner: 'avg' } }), /combiner.*use mean, median or trimmed/s);
     // A frozen body cannot be shared: refused when the config is read, by the simulator and by the site itself.
@@ -266,7 +266,7 @@ describe('dFLMoE with shared bodies and fedrep-p2p', () => {
     assert.throws(() => dflmoe.createSite({ ...base(tinyPeers(1).datas, 0), freezeBody: true }, opts({ shareBody: true })), /shareBody needs a body that trains/);
     const s = siteSettings({ ...DEFAULT_SIMULATION, dataset: 'breast-cancer', shareBody: true, bodyEvery: 3, topology: 'ring' }, 0);
     assert.equal(s.dflmoe.shareBody, true);
-    assert.deepEqual(s.bodies, { every: 3, combiner: 'mean', topology: 'ring' });
+    assert.deepEqual(s.bodies, { every: 3, combiner: 'mean', topology: 'ring', secureAggregation: false });
     const r = cli(['simulate', '--dataset', 'breast-cancer', '--share-body', '--body-combiner', 'avg']);
     assert.equal(r.status, 2);
     assert.match(r.stderr, /unknown body combiner "avg"/);
