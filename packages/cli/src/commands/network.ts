@@ -52,6 +52,7 @@ export function peerCommand(): Command {
     .requiredOption('--config <file>', 'site config (JSON)')
     .addHelpText('after', DATA_POLICY)
     .option('--quiet', 'no per-round lines')
+    .option('--fresh', "start over: remove an earlier run's checkpoints, agreement, audit trail and metrics from the config's out (without it, a rerun resumes)")
     .addOption(new Option('--head-precision <p>', 'dflmoe: precision of the heads this site publishes (overrides dflmoe.headPrecision): float32, float16, int8').choices([...PRECISIONS]))
     .option('--metrics <port>', 'serve Prometheus metrics on 127.0.0.1:<port>/metrics', (v) => {
       const n = Number(v);
@@ -85,6 +86,7 @@ export function peerCommand(): Command {
         signal,
         status: view?.board,
         metricsPort: o.metrics,
+        fresh: Boolean(o.fresh),
         onRound: o.quiet ? undefined : (l) => process.stderr.write(
           `round ${l.round}/${cfg.rounds}  accuracy ${pct(l.accuracy)}  experts ${l.experts.length}  ` +
             `in ${formatBytes(l.bytesIn)} out ${formatBytes(l.bytesOut)}  ${l.seconds.toFixed(2)} s\n`,
