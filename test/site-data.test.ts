@@ -60,11 +60,15 @@ describe('site data', () => {
     const noBmi = writeText(join(dir, 'd.csv'), patientsCsv({ seed: 4, rows: 60, header: PATIENT_HEADER.filter((h) => h !== 'bmi') }));
     const good = await Promise.all(files.map((f) => loadSiteData(csvSpec(f))));
     const sts = [...good.map((d, i) => siteStatement(d, `site-${i}`)), siteStatement(await loadSiteData(csvSpec(noBmi)), 'site-x')];
+    // A site that lacks a column is not left out: the column reads as missing there, with a warning naming the other way.
     const r = reconcileStatements(sts);
-    assert.deepEqual(r.included, ['site-0', 'site-1', 'site-2']);
-    assert.equal(r.excluded.length, 1);
-    assert.equal(r.excluded[0].site, 'site-x');
-    assert.match(r.excluded[0].reason, /site "site-x" cannot join sites .*lacks column "bmi"/);
+    assert.deepEqual(r.included, ['site-0', 'site-1', 'site-2', 'site-x']);
+    assert.deepEqual(r.excluded, []);
+    assert.ok(r.agreed.featureNames.includes('bmi_missing'));
+    assert.deepEqual(r.warnings.filter((w) => /lacks column/.test(w)), [
+      'site "site-x" lacks column "bmi": its rows read as missing there (imputed with the others\' pooled mean, with the indicator "bmi_missing"); ' +
+        'to leave the column out instead, drop it at every site ("drop": ["bmi"])',
+    ]);
 
     // A column numeric here and text there.
     const textAge = writeText(join(dir, 'e.csv'), patientsCsv({ seed: 5, rows: 40 }).replace(/^(p5-\d+),[\d.]+/gm, '$1,old'));

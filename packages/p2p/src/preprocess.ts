@@ -354,7 +354,6 @@ export class SchemaAgreement {
     } catch (e) {
       throw e instanceof DataError ? new DataError(this.named(e.message)) : e;
     }
-    if (adopted) this.checkAdoption(r.agreed);
     const excluded = r.excluded.map((x) => ({ peer: x.site, reason: this.named(x.reason) }));
     // Statements outside an agreement taken from the others (ours, if we came late): those that do not fit it are left out.
     for (const st of got.values()) {
@@ -370,6 +369,8 @@ export class SchemaAgreement {
       await this.servedOrTimeout(owed, Math.min(left(), 30000), this.o.signal);
       throw new DataError(`this site's data cannot join the consortium: ${self.reason}`);
     }
+    // Data that would merge with the others', but came after they agreed: their agreement must hold all of it.
+    if (adopted) this.checkAdoption(r.agreed);
     for (const x of excluded) this.o.logger.warn(`preprocessing: left out ${this.label(x.peer)}: ${x.reason}`);
     if (missing.length > 0) {
       const waited = Math.round((performance.now() - t0) / 1000);
