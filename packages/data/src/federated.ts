@@ -277,7 +277,11 @@ function mergeTables(sorted: LocalSummary[], classNames: string[]): { schema: Ta
   const tables = sorted.map((s) => s.schema as TableSchema);
   const order: string[] = [];
   const seen = new Set<string>();
-  for (const t of tables) for (const c of t.columns) if (!seen.has(c.name)) order.push(c.name), seen.add(c.name);
+  for (const c of tables.flatMap((t) => t.columns)) {
+    if (seen.has(c.name)) continue;
+    seen.add(c.name);
+    order.push(c.name);
+  }
   const has = tables.map((t) => new Map(t.columns.map((c) => [c.name, c])));
   if (tables.length > 1) {
     const alone = tables.map((t, i) => (t.columns.some((c) => has.some((h, k) => k !== i && h.has(c.name))) ? undefined : sites[i])).filter((x) => x !== undefined);
