@@ -89,6 +89,14 @@ describe('site data', () => {
     assert.match(r4.excluded[0].reason, /declares the classes "malignant", "benign" but site "site-0" declares "benign", "malignant"/);
     // The agreed classes follow the declared order.
     assert.deepEqual(reconcileStatements([declared(good[0], 'a', ['malignant', 'benign'])]).agreed.schema.classNames, ['malignant', 'benign']);
+    // Classes that differ only in case across sites: a warning naming where each is.
+    const low = writeText(join(dir, 'g.csv'), patientsCsv({ seed: 7, rows: 40 }).replace(/,benign$/gm, ',Benign'));
+    const r5 = reconcileStatements([siteStatement(good[0], 'site-0'), siteStatement(await loadSiteData(csvSpec(low)), 'site-w')]);
+    assert.ok(r5.warnings.includes('classes "Benign" and "benign" differ only in case and count as 2 classes ("Benign" at "site-w"; "benign" at "site-0"); write them alike at every site if they are one class'), r5.warnings.join('\n'));
+    // One class among all the sites: a clear error when encoding, not the tensor library's later.
+    const one = await loadSiteData(csvSpec(writeText(join(dir, 'h.csv'), patientsCsv({ seed: 8, rows: 40 }).replace(/,malignant$/gm, ',benign'))));
+    assert.throws(() => encodeSiteData(one, reconcileStatements([siteStatement(one, 'a')]).agreed, 'federated'), (e: Error) => e instanceof DataError &&
+      /^the label column holds only the class "benign" at this site: a classifier needs at least two classes/.test(e.message));
     // A site's own labels outside its declared classes: an error before anything is shared.
     await assert.rejects(loadSiteData({ ...csvSpec(cyst), classes: ['benign', 'malignant'] }), /has class "cyst" that data.classes \(benign, malignant\) does not list/);
   });

@@ -325,8 +325,18 @@ export interface EncodedSite {
 /**
  * Encode the site's rows with the agreed schema; standardize with the
  * pooled statistics (`federated`) or the site's own training rows (`local`).
+ * Throws a DataError when the agreement has fewer than two classes.
  */
 export function encodeSiteData(data: SiteData, agreed: AgreedSchema, standardize: 'federated' | 'local'): EncodedSite {
+  // A classifier needs two classes: one class among all the sites is a clear error here, not the tensor library's later.
+  const classes = agreed.schema.classNames;
+  if (classes.length < 2) {
+    const n = agreed.sites.length;
+    throw new DataError(
+      `the label column holds only the class ${quote(classes)} at ${n > 1 ? `all ${n} sites` : 'this site'}: ` +
+        'a classifier needs at least two classes (check data.labelColumn, or declare every class in data.classes)',
+    );
+  }
   const { dataset, standardizer } = encodeWithSchema(data.kind === 'table' ? data.table : data.dataset, agreed);
   return {
     dataset,

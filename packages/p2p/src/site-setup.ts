@@ -87,7 +87,6 @@ export async function prepareSiteData(
     const ag = agreement
       ? await agreement.agree()
       : { ...reconcileStatements([statement]), excluded: [], missing: [], adopted: false, seconds: 0 };
-    checkClassCount(ag.agreed.schema.classNames, ag.included.length);
     enc = encodeSiteData(source, ag.agreed, cfg.data.standardize);
     // A pretrained body's own input statistics win over the pooled ones: it learnt on inputs scaled with them.
     const bodySt = body?.standardizer;
@@ -135,15 +134,6 @@ export function checkSameRun(out: string, savedPeerId: string, saved: SitePrepro
     changed.push(saved.dataset !== now.dataset ? `from other data (${saved.dataset}; this config reads ${now.dataset})` : `from other rows of ${now.dataset}, or other data settings`);
   }
   if (changed.length > 0) throw new DataError(`${out} holds a run made ${changed.join(' and ')}: rerun with --fresh to start over there, or set another out`);
-}
-
-/** A classifier needs two classes: one class among all the sites is a clear error, not a tensor library's. */
-function checkClassCount(classes: string[], sites: number): void {
-  if (classes.length >= 2) return;
-  throw new DataError(
-    `the label column holds only the class ${classes.map((c) => `"${c}"`).join(', ')} at ${sites > 1 ? `all ${sites} sites` : 'this site'}: ` +
-      'a classifier needs at least two classes (check data.labelColumn, or declare every class in data.classes)',
-  );
 }
 
 /**
