@@ -9,14 +9,14 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
-import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { DEFAULT_SIMULATION, loadSite, type SimulationConfig } from '@dflmoe/core';
 import { loadSiteData, readShare } from '@dflmoe/data/internal';
 import { freePort, runConsortium, startProcess, waitExit, writeConsortium } from '@dflmoe/cli/internal';
-import { generateIdentity, loadPeerConfig, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
-import { cli } from './helpers.js';
+import { generateIdentity, loadIdentity, loadPeerConfig, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
+import { cli, until } from './helpers.js';
 import { PATIENT_HEADER, imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
 const results = (out: string) => JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as PeerRunResult;
@@ -158,6 +158,32 @@ describe('sites with their own data over TCP (multi-process)', function () {
     assert.ok(pre[0].agreed.featureNames.includes('bmi_missing'));
   });
 
+  it('sites started after the first one agreed alone (past its preprocess.deadlineMs) stop in one line naming the wards its agreement leaves out, and how to start over', async () => {
+    const dir = tmpDir('dflmoe-late-');
+    const sites = await hospitals(dir, { rounds: 1 });
+    const first = JSON.parse(readFileSync(sites[0].config, 'utf8'));
+    writeFileSync(sites[0].config, JSON.stringify({ ...first, preprocess: { deadlineMs: 3000 } }));
+    const a = startProcess(['peer', '--config', sites[0].config], `${sites[0].out}.log`);
+    procs.push(a);
+    await until('hospital-a agreeing alone', () => existsSync(join(sites[0].out, 'preprocessing.json')), 120000);
+    const late = sites.slice(1).map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`));
+    procs.push(...late);
+    assert.deepEqual(await Promise.all(late.map((p) => waitExit(p, 120000))), [1, 1]);
+    const fix = 'Stop every site and start them over together (each with --fresh), within preprocess.deadlineMs of each other (raise it at every site)';
+    const wards = { 'hospital-b': 'category "east"', 'hospital-c': 'categories "east", "west"' };
+    for (const s of sites.slice(1)) {
+      const log = readFileSync(`${s.out}.log`, 'utf8');
+      assert.doesNotMatch(log, /\n\s+at /, 'no stack trace');
+      assert.equal(log.trim().split('\n').at(-1),
+        `dflmoe: error: this site came after hospital-a had agreed on the data without it, and the agreement leaves out its ${wards[s.name as keyof typeof wards]} of column "ward". ${fix}`);
+      assert.ok(!existsSync(join(s.out, 'results.json')), `${s.name} did not train`);
+    }
+    assert.equal(await waitExit(a, 120000), 0);
+    const pre = JSON.parse(readFileSync(join(sites[0].out, 'preprocessing.json'), 'utf8'));
+    assert.deepEqual(pre.included, [sites[0].peerId]);
+    assert.deepEqual([...pre.missing].sort(), [sites[1].peerId, sites[2].peerId].sort());
+  });
+
   for (const alg of ['local', 'fedavg'] as const) {
     it(`${alg} sites leave a model that loads: predictions on their own test rows give their reported accuracy`, async () => {
       const sim: SimulationConfig = { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 2, rounds: 2, partition: 'iid', seed: 5, algorithms: [alg] };
@@ -279,7 +305,7 @@ describe('sites with their own data over TCP (multi-process)', function () {
     const b = loadPeerConfig(config({ key: 'b.key' })[2]);
     const aId = JSON.parse(readFileSync(join(out, 'preprocessing.json'), 'utf8')).from.peerId;
     assert.equal(refusal(cli(config({ key: 'b.key' }))),
-      `dflmoe: error: ${out} holds a run made with another key (peer ${aId}; this config's key is peer ${(await import('@dflmoe/p2p')).loadIdentity(b.key).peerId}): rerun with --fresh to start over there, or set another out`);
+      `dflmoe: error: ${out} holds a run made with another key (peer ${aId}; this config's key is peer ${loadIdentity(b.key).peerId}): rerun with --fresh to start over there, or set another out`);
     // The same file with other rows.
     writeText(join(dir, 'a.csv'), patientsCsv({ seed: 23, rows: 60 }));
     assert.match(refusal(cli(config({})))!, new RegExp(`holds a run made from other rows of csv:${join(dir, 'a.csv')}, or other data settings: rerun with --fresh`));
