@@ -319,6 +319,9 @@ describe('sites with their own data over TCP (multi-process)', function () {
     assert.equal(pre.from.dataset, `csv:${join(dir, 'b.csv')}`);
     assert.equal(results(out).rounds.length, 2);
     assert.equal(readFileSync(join(out, 'audit.jsonl'), 'utf8').split('\n').filter(Boolean).every((l) => l.includes(pre.from.peerId)), true, 'the audit trail is the new key\'s');
+    // Without a checkpoint to resume (checkpoints off) a rerun starts over, but not under another key in the same out.
+    writeFileSync(join(dir, 'site.json'), JSON.stringify({ ...JSON.parse(readFileSync(join(dir, 'site.json'), 'utf8')), key: 'a.key', checkpoint: { enabled: false } }));
+    assert.match(refusal(cli(['peer', '--config', join(dir, 'site.json'), '--quiet']))!, /holds a run made with another key \(peer .*; this config's key is peer .*\): rerun with --fresh/);
     // Every row of one class: one line, not the tensor library's oneHot error.
     writeText(join(dir, 'a.csv'), patientsCsv({ seed: 21, rows: 60 }).replace(/,malignant$/gm, ',benign'));
     assert.equal(refusal(cli([...config({}), '--fresh'])),

@@ -6,7 +6,7 @@
  * site's out directory (`preprocessing.json`, `site.json`).
  */
 import { createHash } from 'node:crypto';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { type AlgorithmOptions, type BodySpec, type BodyWeights, type Logger, type SiteDescription, type SitePreprocessing } from '@dflmoe/core';
 import {
@@ -69,6 +69,11 @@ export async function prepareSiteData(
   const saved = join(cfg.out, PREPROCESSING_FILE);
   const earlier = o.resume && existsSync(saved) ? readSiteFiles(cfg.out) : undefined;
   if (earlier) checkSameRun(cfg.out, earlier.site.peerId, earlier.preprocessing.from, from);
+  else {
+    // Not resuming (no checkpoint), the run starts over, but in the audit trail of the same key only.
+    const before = earlierPeerId(cfg.out);
+    if (before !== undefined) checkSameRun(cfg.out, before, undefined, from);
+  }
   const agreement = o.node
     ? new SchemaAgreement(o.node, {
       members: cfg.members, statement, deadlineMs: cfg.preprocess.deadlineMs, graceMs: cfg.preprocess.graceMs,
@@ -134,6 +139,16 @@ export function checkSameRun(out: string, savedPeerId: string, saved: SitePrepro
     changed.push(saved.dataset !== now.dataset ? `from other data (${saved.dataset}; this config reads ${now.dataset})` : `from other rows of ${now.dataset}, or other data settings`);
   }
   if (changed.length > 0) throw new DataError(`${out} holds a run made ${changed.join(' and ')}: rerun with --fresh to start over there, or set another out`);
+}
+
+/** The peer ID in the `site.json` an earlier run left in `out`, if any. */
+function earlierPeerId(out: string): string | undefined {
+  try {
+    const id: unknown = JSON.parse(readFileSync(join(out, SITE_FILE), 'utf8')).peerId;
+    return typeof id === 'string' ? id : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
