@@ -137,6 +137,35 @@ describe('csv tables', () => {
     assert.deepEqual(sortNames(['b', 'B', '10', 'a']), ['10', 'B', 'a', 'b']);
   });
 
+  it('a semicolon- or tab-separated file is read with its delimiter; a comma in the header wins', () => {
+    const semi = readCsvTable(tmpCsv('age;ward;risk\n50;"north; old";low\n60;south;high\n'), { labelColumn: 'risk' });
+    assert.deepEqual(semi.columns.map((c) => c.name), ['age', 'ward']);
+    assert.deepEqual(semi.labels, ['low', 'high']);
+    assert.deepEqual(semi.columns[1].values, ['north; old', 'south']);
+    const tab = readCsvTable(tmpCsv('\uFEFFage\tward\trisk\n50\tnorth\tlow\n'), { labelColumn: 'risk' });
+    assert.deepEqual(tab.columns.map((c) => c.name), ['age', 'ward']);
+    // A comma-separated file whose cells hold semicolons stays comma-separated.
+    const comma = readCsvTable(tmpCsv('"a;b",risk\n1,low\n'), { labelColumn: 'risk' });
+    assert.deepEqual(comma.columns.map((c) => c.name), ['a;b']);
+  });
+
+  it('a cell beyond what a 32-bit float holds is an error naming the file, line and column (whichever split the row lands in)', () => {
+    const p = tmpCsv('age,mg,risk\n50,2.1,low\n60,1e308,high\n61,-2,low\n');
+    assert.throws(() => readCsvTable(p, { labelColumn: 'risk' }), (e: Error) => e instanceof DataError &&
+      e.message === `${p}, line 3: column "mg" holds 1e308, beyond the largest number the model reads (±3.4e38, a 32-bit float). Fix the cell, or write NA if it is missing.`);
+    // The largest float32 itself is accepted, and so is its square in the sums (float64).
+    assert.doesNotThrow(() => readCsvTable(tmpCsv('age,mg,risk\n50,3.4e38,low\n60,-3.4e38,high\n'), { labelColumn: 'risk' }));
+  });
+
+  it('labels or categories that differ only in case are warned about, naming both', () => {
+    const t = readCsvTable(tmpCsv('age,ward,risk\n50,North,Low\n60,north,low\n61,south,high\n'), { labelColumn: 'risk' });
+    assert.deepEqual(t.warnings, [
+      'labels "Low" and "low" in column "risk" differ only in case and count as 2 classes; write them alike if they are one class',
+      'column "ward": "North" and "north" differ only in case and count as 2 categories; write them alike if they are one',
+    ]);
+    assert.deepEqual(readCsvTable(tmpCsv('age,ward,risk\n50,a,x\n60,b,y\n'), { labelColumn: 'risk' }).warnings, []);
+  });
+
   it('breast-cancer still loads as 30 named numeric features with no indicator', () => {
     const ds = loadDataset('breast-cancer');
     assert.equal(ds.featureNames!.length, 30);

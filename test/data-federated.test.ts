@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import {
-  DataError, Rng, applyStandardizer, encodeWithSchema, federatedStandardizer, featureSize, pooledStandardizer, fitStandardizer, loadDataset, mergeSummaries, partition, summarizeDataset,
+  DataError, Rng, agreementFit, applyStandardizer, encodeWithSchema, federatedStandardizer, featureSize, pooledStandardizer, fitStandardizer, loadDataset, mergeSummaries, partition, summarizeDataset,
   summarizeTable, tableFromRows, takeRows, validateSummary, type LocalSummary, type RawTable,
 } from '@dflmoe/data/internal';
 
@@ -129,17 +129,67 @@ describe('federated preprocessing', () => {
     assert.equal(c.features[i * d + agreed.featureNames.indexOf('age_missing')], 1);
   });
 
-  it('a site lacking a column, or a column numeric at one site and text at another, is an error naming both', () => {
+  it('a column one site lacks is all-missing there: pooled from the others, imputed with their mean, with an indicator', () => {
     const noBmi = toTable(sites[2].recs, ['age', 'smoker', 'sex', 'label'], 'hospital-c');
-    assert.throws(() => mergeSummaries([summaries[0], summaries[1], summarizeTable(noBmi, 'hospital-c')]), (e: Error) =>
-      e instanceof DataError && /site "hospital-c" lacks column "bmi"/.test(e.message));
-    const extra = summarizeTable(toTable(sites[0].recs.map((r) => ({ ...r, ward: 'x' })), [...HEADER, 'ward'], 'hospital-b'), 'hospital-b');
-    assert.throws(() => mergeSummaries([extra, summaries[1], summaries[2]]), (e: Error) =>
-      /site "hospital-a" lacks column "ward"; site "hospital-c" lacks column "ward"/.test(e.message));
+    const lacking = summarizeTable(noBmi, 'hospital-c');
+    const ag = mergeSummaries([summaries[0], summaries[1], lacking]);
+    const names = ag.featureNames;
+    assert.deepEqual(names.filter((n) => n.startsWith('bmi')), ['bmi', 'bmi_missing']);
+    const bmi = names.indexOf('bmi');
+    const ind = names.indexOf('bmi_missing');
+    // The value's statistics are those of the two sites that have the column; hospital-c's 120 rows are all missing.
+    const observed = [...sites[0].recs, ...sites[1].recs].map((r) => Number(r.bmi));
+    const ref = reference(observed);
+    assert.equal(ag.stats.count[bmi], 130);
+    assert.equal(ag.stats.missing[bmi], 120);
+    assert.ok(Math.abs(ag.mean[bmi] - ref.mean) < 1e-9 && Math.abs(ag.std[bmi] - ref.std) < 1e-9);
+    assert.ok(Math.abs(ag.mean[ind] - 120 / 250) < 1e-12, `indicator mean ${ag.mean[ind]}`);
+    const col = (ag.schema as { columns: { name: string; impute?: number }[] }).columns.find((c) => c.name === 'bmi')!;
+    assert.ok(Math.abs(col.impute! - ref.mean) < 1e-9);
+    // Encoded at the site that lacks it: the pooled mean and the indicator set; the others' rows are as they were.
+    const enc = encodeWithSchema(noBmi, ag).dataset;
+    const d = names.length;
+    for (let i = 0; i < enc.numSamples; i++) {
+      assert.equal(enc.features[i * d + bmi], Math.fround(col.impute!));
+      assert.equal(enc.features[i * d + ind], 1);
+    }
+    const a = encodeWithSchema(tables[1], ag).dataset;
+    assert.equal(a.features[bmi], Math.fround(Number(sites[1].recs[0].bmi)));
+    assert.equal(a.features[ind], 0);
+    // The first site (by name) may be the one that lacks a column: the column comes after its own, in order.
+    const ward = summarizeTable(toTable(sites[0].recs.map((r) => ({ ...r, ward: r.sex === 'F' ? 'x' : 'y' })), [...HEADER, 'ward'], 'hospital-b'), 'hospital-b');
+    const ag2 = mergeSummaries([ward, summaries[1], summaries[2]]);
+    assert.deepEqual(ag2.featureNames.slice(-2), ['ward=x', 'ward=y']);
+    assert.deepEqual(mergeSummaries([summaries[2], ward, summaries[1]]), ag2, 'order of the summaries does not matter');
+  });
+
+  it('a site sharing no column with the others, or a column numeric at one site and text at another, is an error naming them', () => {
+    const other = summarizeTable(toTable(sites[0].recs.map((r) => ({ height: r.age, label: r.label })), ['height', 'label'], 'hospital-z'), 'hospital-z');
+    assert.throws(() => mergeSummaries([summaries[0], summaries[1], other]), (e: Error) => e instanceof DataError && /^site "hospital-z" shares no column with the others/.test(e.message));
     const textBmi = toTable(sites[1].recs.map((r) => ({ ...r, bmi: Number(r.bmi) > 24 ? 'high' : 'low' })), HEADER, 'hospital-a');
     assert.throws(() => mergeSummaries([summaries[0], summarizeTable(textBmi, 'hospital-a'), summaries[2]]), (e: Error) =>
       /column "bmi" is numeric at "hospital-b", "hospital-c" but categorical at "hospital-a"/.test(e.message));
     assert.throws(() => mergeSummaries([summaries[0], summaries[0]]), /two summaries come from site "hospital-b"/);
+  });
+
+  it('agreementFit: what an agreement made without a site leaves out of its data (classes, columns, categories), and what it takes in differently', () => {
+    const early = mergeSummaries([summaries[0]]);
+    // hospital-a: a class and a category hospital-b lacks; statistics not in the agreement.
+    const fit = agreementFit(summaries[1], early);
+    assert.deepEqual(fit.problems, ['class "cyst" (the agreed classes are "benign", "malignant")', 'category "former" of column "smoker"']);
+    assert.match(fit.notes.at(-1)!, /standardized with the statistics of "hospital-b" \(80 training rows\), without this site's own 50/);
+    // A site whose data the agreement holds entirely: no problem, the statistics are noted.
+    const same = summarizeTable(toTable(sites[0].recs.slice(0, 40), HEADER, 'x'), 'hospital-x');
+    assert.deepEqual(agreementFit(same, early).problems, []);
+    // Its own column the agreement lacks is a problem; a column of the agreement it lacks reads as missing (a note).
+    const extra = summarizeTable(toTable(sites[0].recs.map((r) => ({ ...r, ward: 'x' })), [...HEADER, 'ward'], 'w'), 'hospital-w');
+    assert.deepEqual(agreementFit(extra, early).problems, ['column "ward" (not in the agreement)']);
+    const noBmi = summarizeTable(toTable(sites[0].recs, ['age', 'smoker', 'sex', 'label'], 'n'), 'hospital-n');
+    const f2 = agreementFit(noBmi, early);
+    assert.deepEqual(f2.problems, []);
+    assert.ok(f2.notes.some((n) => /lacks column "bmi": its rows read as missing/.test(n)), f2.notes.join('\n'));
+    // Another kind, another shape.
+    assert.match(agreementFit(summaries[0], mergeSummaries([summarizeDataset(loadDataset('digits'), 'd', [0, 1, 2])])).problems.join(), /a table \(the agreement is for fixed-shape samples\)/);
   });
 
   it('summaries of training rows only: test rows do not move the statistics', () => {

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { silentLogger, type Logger } from '@dflmoe/core';
 import {
-  fitStandardizer, loadDataset, loadSiteData, reconcileStatements, siteStatement, type SiteDataSpec, type SiteStatement,
+  DataError, encodeSiteData, fitStandardizer, loadDataset, loadSiteData, reconcileStatements, siteStatement, type SiteDataSpec, type SiteStatement,
 } from '@dflmoe/data';
 import {
   PREPROCESS_PROTOCOL, SchemaAgreement, createSiteNode, generateIdentity, readFrames, writeFrames, type SiteNode,
@@ -107,15 +107,17 @@ describe('federated preprocessing over libp2p', function () {
     for (const a of agreements) assert.deepEqual(a.dropped, {});
   });
 
-  it('a member whose schema cannot be reconciled gets an error naming the column; the others go on without it', async () => {
-    const net = await network(3);
+  it('a member whose schema cannot be reconciled gets an error naming the column; the others go on without it; a member lacking a column joins', async () => {
+    const net = await network(4);
     nets = net.nodes;
     const dir = tmpDir();
-    const csv = (i: number, header = PATIENT_HEADER) => `csv:${writeText(join(dir, `${i}.csv`), patientsCsv({ seed: i + 1, rows: 60, missing: 0.1, header }))}`;
-    const specs: SiteDataSpec[] = [csv(0), csv(1), csv(2, PATIENT_HEADER.filter((h) => h !== 'bmi'))]
+    const csv = (i: number, text = patientsCsv({ seed: i + 1, rows: 60, missing: 0.1 })) => `csv:${writeText(join(dir, `${i}.csv`), text)}`;
+    // hospital-2 writes ages as words (numeric elsewhere); hospital-3 has no bmi column.
+    const words = patientsCsv({ seed: 3, rows: 60 }).replace(/^(p3-\d+),[\d.]+/gm, '$1,old');
+    const specs: SiteDataSpec[] = [csv(0), csv(1), csv(2, words), csv(3, patientsCsv({ seed: 4, rows: 60, header: PATIENT_HEADER.filter((h) => h !== 'bmi') }))]
       .map((dataset) => ({ dataset, labelColumn: 'diagnosis', drop: ['id'], seed: 1, testFraction: 0.2 }));
     const datas = await Promise.all(specs.map(loadSiteData));
-    const logs = [recorder(), recorder(), recorder()];
+    const logs = [recorder(), recorder(), recorder(), recorder()];
     const agreements = net.nodes.map((node, i) => new SchemaAgreement(node, {
       members: net.members, statement: siteStatement(datas[i], net.ids[i]), deadlineMs: 20000, maxBytes: 1 << 20, logger: logs[i],
     }));
@@ -123,15 +125,76 @@ describe('federated preprocessing over libp2p', function () {
     const settled = await Promise.allSettled(agreements.map((a) => a.agree()));
     const odd = settled[2];
     assert.equal(odd.status, 'rejected');
-    assert.match((odd as PromiseRejectedResult).reason.message, /this site's data cannot join the consortium: site "hospital-2" cannot join sites "hospital-\d", "hospital-\d": .*site "hospital-2" lacks column "bmi"/);
-    for (const i of [0, 1]) {
+    assert.match((odd as PromiseRejectedResult).reason.message, /^this site's data cannot join the consortium: site "hospital-2" cannot join sites "hospital-\d", "hospital-\d", "hospital-\d": column "age" is numeric at .* but categorical at "hospital-2"/);
+    for (const i of [0, 1, 3]) {
       const r = (settled[i] as PromiseFulfilledResult<Awaited<ReturnType<SchemaAgreement['agree']>>>).value;
-      assert.deepEqual(r.included, [net.ids[0], net.ids[1]].sort());
+      assert.deepEqual(r.included, [net.ids[0], net.ids[1], net.ids[3]].sort());
       assert.deepEqual(r.excluded.map((x) => x.peer), [net.ids[2]]);
-      assert.match(r.excluded[0].reason, /lacks column "bmi"/);
-      assert.ok(r.agreed.featureNames.includes('bmi'));
-      assert.ok(logs[i].lines.some((l) => /left out hospital-2: .*lacks column "bmi"/.test(l)), logs[i].lines.join('\n'));
+      assert.ok(r.agreed.featureNames.includes('bmi') && r.agreed.featureNames.includes('bmi_missing'));
+      assert.ok(logs[i].lines.some((l) => /left out hospital-2: .*column "age" is numeric/.test(l)), logs[i].lines.join('\n'));
+      assert.ok(logs[i].lines.some((l) => /preprocessing: site "hospital-3" lacks column "bmi": its rows read as missing there/.test(l)), logs[i].lines.join('\n'));
     }
+  });
+
+  it('a site that comes after the others agreed without it stops when the agreement leaves out its classes or categories, naming them and the fix; one whose data fits takes the agreement and says the statistics are not its own', async () => {
+    const net = await network(3);
+    nets = net.nodes;
+    const dir = tmpDir();
+    const site = (i: number, text: string) => loadSiteData({ dataset: `csv:${writeText(join(dir, `${i}.csv`), text)}`, labelColumn: 'diagnosis', drop: ['id'], seed: 1, testFraction: 0.2 });
+    const datas = await Promise.all([
+      site(0, patientsCsv({ seed: 1, rows: 80, wards: ['north', 'south'] })),
+      // Comes late with a ward and a class the first site never saw.
+      site(1, patientsCsv({ seed: 2, rows: 80, wards: ['south', 'east'] }).replace(/benign$/gm, 'cyst')),
+      // Comes late with data the agreement holds entirely (a ward the first site has; no bmi column, which reads as missing).
+      site(2, patientsCsv({ seed: 3, rows: 50, wards: ['north'], header: PATIENT_HEADER.filter((h) => h !== 'bmi') })),
+    ]);
+    const logs = [recorder(), recorder(), recorder()];
+    const make = (i: number, deadlineMs: number) => new SchemaAgreement(net.nodes[i], {
+      members: net.members, statement: siteStatement(datas[i], net.ids[i]), deadlineMs, maxBytes: 1 << 20, logger: logs[i], retryMs: 100,
+    });
+    // hospital-0 is alone until its deadline: it agrees with itself.
+    const first = make(0, 1500);
+    await first.register();
+    const r0 = await first.agree();
+    assert.deepEqual(r0.included, [net.ids[0]]);
+    assert.deepEqual(r0.missing, [net.ids[1], net.ids[2]]);
+    assert.ok(logs[0].lines.some((l) => /agreeing without them \(when they come, they take the agreement if their data fits it, else they stop\)/.test(l)), logs[0].lines.join('\n'));
+
+    const late = make(1, 10000);
+    await late.register();
+    await assert.rejects(late.agree(), (e: Error) => e instanceof DataError && e.message ===
+      'this site came after hospital-0 had agreed on the data without it, and the agreement leaves out its class "cyst" (the agreed classes are "benign", "malignant"); ' +
+        'category "east" of column "ward". Stop every site and start them over together (each with --fresh), within preprocess.deadlineMs of each other ' +
+        '(raise it at every site), with every class declared in data.classes at every site');
+
+    const fits = make(2, 10000);
+    await fits.register();
+    const r2 = await fits.agree();
+    assert.equal(r2.adopted, true);
+    assert.deepEqual(r2.included, [net.ids[0]]);
+    assert.deepEqual(r2.agreed, r0.agreed, 'the agreement the first site trains on');
+    const said = logs[2].lines.find((l) => l.startsWith('preprocessing: this site came after hospital-0 had agreed and takes their agreement: '));
+    assert.ok(said, logs[2].lines.join('\n'));
+    assert.match(said, /this site lacks column "bmi": its rows read as missing there/);
+    assert.match(said, new RegExp(`inputs are standardized with the statistics of "hospital-0" \\(${r0.agreed.numRows} training rows\\), without this site's own ${datas[2].split.train.length}$`));
+    // It encodes with the agreed layout: bmi read as missing at every row.
+    const enc = encodeSiteData(datas[2], r2.agreed, 'federated').dataset;
+    assert.deepEqual(enc.featureNames, r0.agreed.featureNames);
+    for (const a of [first, late, fits]) await a.close();
+  });
+
+  it('a site\'s own summary that cannot be shared is its own error, named by the site\'s name, before it serves anything', async () => {
+    const net = await network(1);
+    nets = net.nodes;
+    const d = await loadSiteData({ dataset: 'breast-cancer', seed: 1, testFraction: 0.2 });
+    const st = siteStatement(d, net.ids[0]);
+    st.summary.stats.sumSq[4] = Infinity;
+    assert.throws(() => new SchemaAgreement(net.nodes[0], { members: net.members, statement: st, deadlineMs: 1000, maxBytes: 1 << 20, logger: silentLogger }), (e: Error) =>
+      e instanceof DataError && e.message === 'this site\'s own data cannot be summarized for the others: summary from site "hospital-0" is invalid: stats.sumSq holds a value that is not a finite number');
+    // Named by selfName when the members do not name it.
+    assert.throws(() => new SchemaAgreement(net.nodes[0], {
+      members: [{ peerId: net.ids[0], addrs: [] }], selfName: 'clinic', statement: st, deadlineMs: 1000, maxBytes: 1 << 20, logger: silentLogger,
+    }), /summary from site "clinic" is invalid/);
   });
 
   it('bad responses (not JSON, too large, wrong shape, inconsistent, another sender) are dropped with a log line and counted', async () => {

@@ -60,11 +60,15 @@ describe('site data', () => {
     const noBmi = writeText(join(dir, 'd.csv'), patientsCsv({ seed: 4, rows: 60, header: PATIENT_HEADER.filter((h) => h !== 'bmi') }));
     const good = await Promise.all(files.map((f) => loadSiteData(csvSpec(f))));
     const sts = [...good.map((d, i) => siteStatement(d, `site-${i}`)), siteStatement(await loadSiteData(csvSpec(noBmi)), 'site-x')];
+    // A site that lacks a column is not left out: the column reads as missing there, with a warning naming the other way.
     const r = reconcileStatements(sts);
-    assert.deepEqual(r.included, ['site-0', 'site-1', 'site-2']);
-    assert.equal(r.excluded.length, 1);
-    assert.equal(r.excluded[0].site, 'site-x');
-    assert.match(r.excluded[0].reason, /site "site-x" cannot join sites .*lacks column "bmi"/);
+    assert.deepEqual(r.included, ['site-0', 'site-1', 'site-2', 'site-x']);
+    assert.deepEqual(r.excluded, []);
+    assert.ok(r.agreed.featureNames.includes('bmi_missing'));
+    assert.deepEqual(r.warnings.filter((w) => /lacks column/.test(w)), [
+      'site "site-x" lacks column "bmi": its rows read as missing there (imputed with the others\' pooled mean, with the indicator "bmi_missing"); ' +
+        'to leave the column out instead, drop it at every site ("drop": ["bmi"])',
+    ]);
 
     // A column numeric here and text there.
     const textAge = writeText(join(dir, 'e.csv'), patientsCsv({ seed: 5, rows: 40 }).replace(/^(p5-\d+),[\d.]+/gm, '$1,old'));
@@ -85,6 +89,14 @@ describe('site data', () => {
     assert.match(r4.excluded[0].reason, /declares the classes "malignant", "benign" but site "site-0" declares "benign", "malignant"/);
     // The agreed classes follow the declared order.
     assert.deepEqual(reconcileStatements([declared(good[0], 'a', ['malignant', 'benign'])]).agreed.schema.classNames, ['malignant', 'benign']);
+    // Classes that differ only in case across sites: a warning naming where each is.
+    const low = writeText(join(dir, 'g.csv'), patientsCsv({ seed: 7, rows: 40 }).replace(/,benign$/gm, ',Benign'));
+    const r5 = reconcileStatements([siteStatement(good[0], 'site-0'), siteStatement(await loadSiteData(csvSpec(low)), 'site-w')]);
+    assert.ok(r5.warnings.includes('classes "Benign" and "benign" differ only in case and count as 2 classes ("Benign" at "site-w"; "benign" at "site-0"); write them alike at every site if they are one class'), r5.warnings.join('\n'));
+    // One class among all the sites: a clear error when encoding, not the tensor library's later.
+    const one = await loadSiteData(csvSpec(writeText(join(dir, 'h.csv'), patientsCsv({ seed: 8, rows: 40 }).replace(/,malignant$/gm, ',benign'))));
+    assert.throws(() => encodeSiteData(one, reconcileStatements([siteStatement(one, 'a')]).agreed, 'federated'), (e: Error) => e instanceof DataError &&
+      /^the label column holds only the class "benign" at this site: a classifier needs at least two classes/.test(e.message));
     // A site's own labels outside its declared classes: an error before anything is shared.
     await assert.rejects(loadSiteData({ ...csvSpec(cyst), classes: ['benign', 'malignant'] }), /has class "cyst" that data.classes \(benign, malignant\) does not list/);
   });

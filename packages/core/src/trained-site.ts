@@ -65,6 +65,8 @@ export interface SitePreprocessing {
   missing: string[];
   /** The site joined after the others agreed and took their agreement. */
   adopted: boolean;
+  /** What the agreement was made from (a resumed run checks that its key and data are the same): peer ID, `data.dataset`, digest of the site's statement. */
+  from?: { peerId: string; dataset: string; digest: string };
   createdAt: string;
 }
 

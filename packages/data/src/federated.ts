@@ -4,7 +4,8 @@
  * {@link summarizeDataset}), the sites exchange the summaries (plain JSON),
  * each computes the same agreed schema with {@link mergeSummaries}, and
  * encodes its own table into the agreed layout with {@link encodeWithSchema},
- * standardized with the pooled statistics.
+ * standardized with the pooled statistics. A column that some sites lack is
+ * kept: it reads as missing at those sites.
  *
  * A summary holds the site's label set and counts, its feature schema
  * (column names, kinds, vocabularies; or a fixed sample shape), and per
@@ -23,7 +24,7 @@
 import type { Standardizer } from './standardize.js';
 import {
   encodeTable, featureLayout, inferTableSchema, sortNames, takeTableRows,
-  type ColumnSchema, type RawTable, type TableSchema,
+  type ColumnSchema, type RawColumn, type RawTable, type TableSchema,
 } from './table.js';
 import { DataError } from './errors.js';
 import { featureSize, type Dataset } from './types.js';
@@ -219,8 +220,9 @@ function list(names: string[]): string {
 /**
  * Merge every site's summary into the consortium's agreed schema and pooled
  * statistics. Classes and vocabularies are unions (sorted); a numeric column
- * gets an indicator when any site has a missing cell in it. Errors name the
- * sites that lack a column, and the columns whose kind differs between sites.
+ * gets an indicator when any site has a missing cell in it or lacks it (a
+ * column a site lacks is all-missing there). Errors name the columns whose
+ * kind differs between sites, and a site sharing no column with the others.
  */
 export function mergeSummaries(summaries: LocalSummary[]): AgreedSchema {
   if (summaries.length === 0) throw new DataError('mergeSummaries needs at least one summary');
@@ -257,52 +259,119 @@ export function mergeSummaries(summaries: LocalSummary[]): AgreedSchema {
     featureNames = [];
     stats = poolStats(sorted.map((s) => s.stats), shape.reduce((a, b) => a * b, 1), (_, j) => j);
   } else {
-    const tables = sorted.map((s) => s.schema as TableSchema);
-    // Column sets: every site must have every column.
-    const all = new Set(tables.flatMap((t) => t.columns.map((c) => c.name)));
-    const lacks: string[] = [];
-    tables.forEach((t, i) => {
-      const have = new Set(t.columns.map((c) => c.name));
-      const gone = [...all].filter((c) => !have.has(c));
-      if (gone.length > 0) lacks.push(`site "${sites[i]}" lacks column${gone.length > 1 ? 's' : ''} ${list(gone)}`);
-    });
-    if (lacks.length > 0) throw new DataError(`the sites' tables have different columns: ${lacks.join('; ')}`);
-    // Kinds must agree.
-    const clashes: string[] = [];
-    for (const name of all) {
-      const at = { numeric: [] as string[], categorical: [] as string[] };
-      tables.forEach((t, i) => at[t.columns.find((c) => c.name === name)!.kind].push(sites[i]));
-      if (at.numeric.length > 0 && at.categorical.length > 0) {
-        clashes.push(`column "${name}" is numeric at ${list(at.numeric)} but categorical at ${list(at.categorical)}`);
-      }
-    }
-    if (clashes.length > 0) throw new DataError(`${clashes.join('; ')}: list such columns in categorical at every site, or fix the cells`);
-    const columns: ColumnSchema[] = tables[0].columns.map((first): ColumnSchema => {
-      const cols = tables.map((t) => t.columns.find((c) => c.name === first.name)!);
-      if (first.kind === 'categorical') {
-        return { name: first.name, kind: 'categorical', categories: sortNames(cols.flatMap((c) => (c.kind === 'categorical' ? c.categories : []))) };
-      }
-      // Indicator when any site has a missing cell; impute is filled in below from the pooled mean.
-      const anyMissing = sorted.some((s) => s.stats.missing[s.featureNames.indexOf(first.name)] > 0);
-      return { name: first.name, kind: 'numeric', impute: 0, indicator: anyMissing };
-    });
-    const tableSchema: TableSchema = { kind: 'table', labelColumn: tables[0].labelColumn, classNames, columns };
-    const slots = featureLayout(tableSchema);
-    featureNames = slots.map((s) => s.name);
-    // A feature a site lacks (a category it never saw, an indicator for a column with no missing cell) is all zeros there.
-    const locals = sorted.map((s) => new Map(s.featureNames.map((name, j) => [name, j])));
-    const withAbsent = sorted.map((s) => ({
-      count: [...s.stats.count, s.numRows], missing: [...s.stats.missing, 0], sum: [...s.stats.sum, 0], sumSq: [...s.stats.sumSq, 0],
-    }));
-    stats = poolStats(withAbsent, slots.length, (i, j) => locals[i].get(slots[j].name) ?? sorted[i].featureNames.length);
-    slots.forEach((slot, j) => {
-      const col = columns[slot.column];
-      if (slot.role === 'value' && col.kind === 'numeric') col.impute = stats.count[j] > 0 ? stats.sum[j] / stats.count[j] : 0;
-    });
-    schema = tableSchema;
+    ({ schema, featureNames, stats } = mergeTables(sorted, classNames));
   }
   const { mean, std } = meanStd(stats);
   return { version: 1, schema, featureNames, mean, std, stats, sites, numRows, labelCounts };
+}
+
+/**
+ * The table part of `mergeSummaries`: columns in the first site's order
+ * (then those only later sites have), kinds checked, vocabularies merged.
+ * A column a site lacks is all-missing there: numeric, it is imputed with
+ * the pooled mean of the sites that have it and gets an indicator; it adds
+ * nothing to the pooled sums of its value and 1 per row to its indicator's.
+ */
+function mergeTables(sorted: LocalSummary[], classNames: string[]): { schema: TableSchema; featureNames: string[]; stats: FeatureStats } {
+  const sites = sorted.map((s) => s.site);
+  const tables = sorted.map((s) => s.schema as TableSchema);
+  const order: string[] = [];
+  const seen = new Set<string>();
+  for (const c of tables.flatMap((t) => t.columns)) {
+    if (seen.has(c.name)) continue;
+    seen.add(c.name);
+    order.push(c.name);
+  }
+  const has = tables.map((t) => new Map(t.columns.map((c) => [c.name, c])));
+  if (tables.length > 1) {
+    const alone = tables.map((t, i) => (t.columns.some((c) => has.some((h, k) => k !== i && h.has(c.name))) ? undefined : sites[i])).filter((x) => x !== undefined);
+    if (alone.length > 0) throw new DataError(`site${alone.length > 1 ? 's' : ''} ${list(alone)} share${alone.length > 1 ? '' : 's'} no column with the others: check that every site reads the same kind of table`);
+  }
+  const clashes: string[] = [];
+  for (const name of order) {
+    const at = { numeric: [] as string[], categorical: [] as string[] };
+    has.forEach((h, i) => h.get(name) && at[h.get(name)!.kind].push(sites[i]));
+    if (at.numeric.length > 0 && at.categorical.length > 0) {
+      clashes.push(`column "${name}" is numeric at ${list(at.numeric)} but categorical at ${list(at.categorical)}`);
+    }
+  }
+  if (clashes.length > 0) throw new DataError(`${clashes.join('; ')}: list such columns in categorical at every site, or fix the cells`);
+  const columns = order.map((name): ColumnSchema => {
+    const cols = has.map((h) => h.get(name));
+    if (cols.find((c) => c)!.kind === 'categorical') {
+      return { name, kind: 'categorical', categories: sortNames(cols.flatMap((c) => (c?.kind === 'categorical' ? c.categories : []))) };
+    }
+    // Indicator when any site has a missing cell (or lacks the column); impute is filled in below from the pooled mean.
+    const anyMissing = sorted.some((s, i) => !cols[i] || s.stats.missing[s.featureNames.indexOf(name)] > 0);
+    return { name, kind: 'numeric', impute: 0, indicator: anyMissing };
+  });
+  const schema: TableSchema = { kind: 'table', labelColumn: tables[0].labelColumn, classNames, columns };
+  const slots = featureLayout(schema);
+  // Three features every site has beyond its own: all zeros (a category it never saw, an indicator for a column
+  // with no missing cell), and for a column it lacks, a value never observed and an indicator always 1.
+  const locals = sorted.map((s) => new Map(s.featureNames.map((name, j) => [name, j])));
+  const withAbsent = sorted.map((s) => ({
+    count: [...s.stats.count, s.numRows, 0, s.numRows], missing: [...s.stats.missing, 0, s.numRows, 0],
+    sum: [...s.stats.sum, 0, 0, s.numRows], sumSq: [...s.stats.sumSq, 0, 0, s.numRows],
+  }));
+  const at = (i: number, j: number) => {
+    const d = sorted[i].featureNames.length;
+    const slot = slots[j];
+    if (!has[i].has(columns[slot.column].name)) return slot.role === 'value' ? d + 1 : slot.role === 'missing' ? d + 2 : d;
+    return locals[i].get(slot.name) ?? d;
+  };
+  const stats = poolStats(withAbsent, slots.length, at);
+  slots.forEach((slot, j) => {
+    const col = columns[slot.column];
+    if (slot.role === 'value' && col.kind === 'numeric') col.impute = stats.count[j] > 0 ? stats.sum[j] / stats.count[j] : 0;
+  });
+  return { schema, featureNames: slots.map((s) => s.name), stats };
+}
+
+/** The columns of `agreed` (a table schema) that a site's summary lacks. */
+export function lackedColumns(summary: LocalSummary, agreed: TableSchema): ColumnSchema[] {
+  const own = summary.schema.kind === 'table' ? new Set(summary.schema.columns.map((c) => c.name)) : new Set<string>();
+  return agreed.columns.filter((c) => !own.has(c.name));
+}
+
+/**
+ * How a site's own summary fits an agreement made without it (it came after
+ * the others had agreed): `problems` are what the agreement would leave out
+ * (its classes, columns or categories; the site cannot train on it),
+ * `notes` what it takes in differently (a column it lacks reads as missing,
+ * the statistics are the others').
+ */
+export function agreementFit(own: LocalSummary, agreed: AgreedSchema): { problems: string[]; notes: string[] } {
+  const problems: string[] = [];
+  const notes: string[] = [];
+  const s = (n: number, one: string, more: string) => (n > 1 ? more : one);
+  const newClasses = own.schema.classNames.filter((c) => !agreed.schema.classNames.includes(c));
+  if (newClasses.length > 0) problems.push(`${s(newClasses.length, 'class', 'classes')} ${list(newClasses)} (the agreed classes are ${list(agreed.schema.classNames)})`);
+  const sch = agreed.schema;
+  if (own.schema.kind !== sch.kind) {
+    problems.push(own.schema.kind === 'table' ? 'a table (the agreement is for fixed-shape samples)' : 'fixed-shape samples (the agreement is for tables)');
+  } else if (own.schema.kind === 'tensor' && sch.kind === 'tensor') {
+    if (own.schema.shape.join('x') !== sch.shape.join('x')) problems.push(`samples of shape ${own.schema.shape.join('x')} (the agreement's are ${sch.shape.join('x')})`);
+  } else if (own.schema.kind === 'table' && sch.kind === 'table') {
+    const agreedCols = new Map(sch.columns.map((c) => [c.name, c]));
+    const extra = own.schema.columns.filter((c) => !agreedCols.has(c.name)).map((c) => c.name);
+    if (extra.length > 0) problems.push(`${s(extra.length, 'column', 'columns')} ${list(extra)} (not in the agreement)`);
+    for (const c of own.schema.columns) {
+      const a = agreedCols.get(c.name);
+      if (!a) continue;
+      if (a.kind !== c.kind) problems.push(`column "${c.name}", ${c.kind} here but ${a.kind} in the agreement`);
+      else if (c.kind === 'categorical' && a.kind === 'categorical') {
+        const cats = c.categories.filter((x) => !a.categories.includes(x));
+        if (cats.length > 0) problems.push(`${s(cats.length, 'category', 'categories')} ${list(cats)} of column "${c.name}"`);
+      } else if (c.kind === 'numeric' && a.kind === 'numeric' && !a.indicator) {
+        const k = own.featureNames.indexOf(c.name);
+        if (own.stats.missing[k] > 0) notes.push(`column "${c.name}" has ${own.stats.missing[k]} missing training cells here, imputed with the agreed mean and no "${c.name}_missing" indicator`);
+      }
+    }
+    for (const c of lackedColumns(own, sch)) notes.push(`this site lacks column "${c.name}": its rows read as missing there`);
+  }
+  notes.push(`inputs are standardized with the statistics of ${list(agreed.sites)} (${agreed.numRows} training rows), without this site's own ${own.numRows}`);
+  return { problems, notes };
 }
 
 /**
@@ -353,7 +422,12 @@ export function encodeWithSchema(data: RawTable | Dataset, agreed: AgreedSchema)
   const standardizer = agreedStandardizer(agreed);
   if ('columns' in data) {
     if (schema.kind !== 'table') throw new DataError(`${data.source} is a table but the agreed schema is for samples of shape ${schema.shape.join('x')}`);
-    const { features, labels, featureNames } = encodeTable(data, schema);
+    // A column of the agreement this site lacks is all-missing here (the agreement gave it an indicator).
+    const rows = data.labels.length;
+    const absent = schema.columns.filter((c) => !data.columns.some((d) => d.name === c.name)).map((c): RawColumn => (c.kind === 'numeric'
+      ? { name: c.name, kind: 'numeric', values: new Float64Array(rows).fill(NaN) }
+      : { name: c.name, kind: 'categorical', values: new Array<string | null>(rows).fill(null) }));
+    const { features, labels, featureNames } = encodeTable(absent.length > 0 ? { ...data, columns: [...data.columns, ...absent] } : data, schema);
     const n = labels.length;
     return {
       dataset: {

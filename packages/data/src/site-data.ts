@@ -22,7 +22,7 @@ import { resolve } from 'node:path';
 import { parse as parseCsv } from 'csv-parse/sync';
 import { loadDataset, subsample } from './datasets.js';
 import {
-  encodeWithSchema, mergeSummaries, summarizeDataset, summarizeTable, validateSummary,
+  encodeWithSchema, lackedColumns, mergeSummaries, summarizeDataset, summarizeTable, validateSummary,
   type AgreedSchema, type LocalSummary,
 } from './federated.js';
 import { decodeImages, listImageInputs, loadImageFolder } from './images.js';
@@ -30,7 +30,7 @@ import { partition, type PeerSplit } from './partition.js';
 import { Rng } from './rng.js';
 import { readShare } from './share.js';
 import { fitStandardizer, type Standardizer } from './standardize.js';
-import { encodeTable, readCsvTable, sortNames, takeTableRows, type RawTable, type TableSchema } from './table.js';
+import { caseClashes, detectDelimiter, encodeTable, quoteGroup, readCsvTable, sortNames, takeTableRows, type RawTable, type TableSchema } from './table.js';
 import { DataError } from './errors.js';
 import { featureSize, type Dataset } from './types.js';
 
@@ -277,7 +277,32 @@ export function reconcileStatements(statements: SiteStatement[]): Reconciled {
   }
   if (accepted.length === 0) throw new DataError(`no site has a usable summary: ${excluded.map((e) => e.reason).join('; ')}`);
   const agreed = checkGroup(accepted);
+  const warnings = groupWarnings(accepted, agreed);
+  return { agreed, included: accepted.map((s) => s.summary.site).sort(), excluded, warnings };
+}
+
+/** What merges but deserves a look: a site sharing no class with the others, a column a site lacks, names differing only in case. */
+function groupWarnings(accepted: SiteStatement[], agreed: AgreedSchema): string[] {
   const warnings: string[] = [];
+  if (agreed.schema.kind === 'table') {
+    for (const s of accepted) {
+      for (const c of lackedColumns(s.summary, agreed.schema)) {
+        warnings.push(
+          `site "${s.summary.site}" lacks column "${c.name}": its rows read as missing there` +
+            `${c.kind === 'numeric' ? ` (imputed with the others' pooled mean, with the indicator "${c.name}_missing")` : ''}; ` +
+            `to leave the column out instead, drop it at every site ("drop": ["${c.name}"])`,
+        );
+      }
+    }
+    for (const c of agreed.schema.columns) {
+      if (c.kind !== 'categorical') continue;
+      for (const g of caseClashes(c.categories)) warnings.push(`column "${c.name}": the sites' categories ${quoteGroup(g)} differ only in case and count as ${g.length}`);
+    }
+  }
+  for (const g of caseClashes(agreed.schema.classNames)) {
+    const at = g.map((c) => `"${c}" at ${quote(accepted.filter((s) => s.summary.schema.classNames.includes(c)).map((s) => s.summary.site))}`);
+    warnings.push(`classes ${quoteGroup(g)} differ only in case and count as ${g.length} classes (${at.join('; ')}); write them alike at every site if they are one class`);
+  }
   if (accepted.length > 1) {
     for (const s of accepted) {
       const others = new Set(accepted.filter((o) => o !== s).flatMap((o) => o.summary.schema.classNames.filter((_, k) => o.summary.labelCounts[k] > 0)));
@@ -287,7 +312,7 @@ export function reconcileStatements(statements: SiteStatement[]): Reconciled {
       }
     }
   }
-  return { agreed, included: accepted.map((s) => s.summary.site).sort(), excluded, warnings };
+  return warnings;
 }
 
 /** A site's rows encoded in the agreed layout, with the split and the standardizer to apply. */
@@ -300,8 +325,18 @@ export interface EncodedSite {
 /**
  * Encode the site's rows with the agreed schema; standardize with the
  * pooled statistics (`federated`) or the site's own training rows (`local`).
+ * Throws a DataError when the agreement has fewer than two classes.
  */
 export function encodeSiteData(data: SiteData, agreed: AgreedSchema, standardize: 'federated' | 'local'): EncodedSite {
+  // A classifier needs two classes: one class among all the sites is a clear error here, not the tensor library's later.
+  const classes = agreed.schema.classNames;
+  if (classes.length < 2) {
+    const n = agreed.sites.length;
+    throw new DataError(
+      `the label column holds only the class ${quote(classes)} at ${n > 1 ? `all ${n} sites` : 'this site'}: ` +
+        'a classifier needs at least two classes (check data.labelColumn, or declare every class in data.classes)',
+    );
+  }
   const { dataset, standardizer } = encodeWithSchema(data.kind === 'table' ? data.table : data.dataset, agreed);
   return {
     dataset,
@@ -401,7 +436,8 @@ function csvHeader(path: string): string[] {
   const file = resolve(path);
   let rows: string[][];
   try {
-    rows = parseCsv(readFileSync(file, 'utf8'), { to_line: 1, trim: true, bom: true }) as string[][];
+    const text = readFileSync(file, 'utf8');
+    rows = parseCsv(text, { to_line: 1, trim: true, bom: true, delimiter: detectDelimiter(text) }) as string[][];
   } catch (e) {
     throw new DataError(`${file}: cannot read its header: ${(e as Error).message}`);
   }

@@ -44,6 +44,47 @@ function parseNumber(cell: string): number | undefined {
   return Number.isFinite(v) ? v : undefined;
 }
 
+/** The largest magnitude a 32-bit float holds: features are float32, so a cell beyond it would read as infinite. */
+export const MAX_CELL = 3.4028234663852886e38;
+
+/**
+ * Names that differ only in letter case (`Low`, `low`), in groups: they
+ * count as different classes or categories, which is seldom what was meant.
+ */
+export function caseClashes(names: Iterable<string>): string[][] {
+  const byKey = new Map<string, Set<string>>();
+  for (const n of names) {
+    const k = n.toLowerCase();
+    if (!byKey.has(k)) byKey.set(k, new Set());
+    byKey.get(k)!.add(n);
+  }
+  return [...byKey.values()].filter((g) => g.size > 1).map((g) => [...g].sort());
+}
+
+/** `"Low" and "low"` (or `"a", "A" and "á"`). */
+export function quoteGroup(group: string[]): string {
+  const q = group.map((x) => `"${x}"`);
+  return q.length === 2 ? q.join(' and ') : `${q.slice(0, -1).join(', ')} and ${q.at(-1)}`;
+}
+
+/**
+ * The delimiter of a CSV text, from its first line: a comma when the line
+ * has one outside quotes, else a semicolon or a tab (whichever it has more
+ * of), else a comma (a file of one column).
+ */
+export function detectDelimiter(text: string): ',' | ';' | '\t' {
+  const counts = { ',': 0, ';': 0, '\t': 0 };
+  let quoted = false;
+  for (const ch of text.replace(/^\uFEFF/, '')) {
+    if (ch === '"') quoted = !quoted;
+    else if (!quoted && (ch === '\n' || ch === '\r')) break;
+    else if (!quoted && ch in counts) counts[ch as keyof typeof counts]++;
+  }
+  if (counts[','] > 0) return ',';
+  if (counts[';'] === 0 && counts['\t'] === 0) return ',';
+  return counts[';'] >= counts['\t'] ? ';' : '\t';
+}
+
 /** Sort names the way class names and vocabularies are sorted: numerically when all are numbers, else by code unit. */
 export function sortNames(names: Iterable<string>): string[] {
   const out = [...new Set(names)];
@@ -146,7 +187,7 @@ export function readCsvTable(path: string, opts: TableOptions = {}): RawTable {
   const text = readFileSync(file, 'utf8');
   let records: { record: string[]; info: { lines: number } }[];
   try {
-    records = parseCsv(text, { info: true, skip_empty_lines: true, trim: true, bom: true }) as unknown as typeof records;
+    records = parseCsv(text, { info: true, skip_empty_lines: true, trim: true, bom: true, delimiter: detectDelimiter(text) }) as unknown as typeof records;
   } catch (err) {
     const msg = err instanceof Error ? err.message : String(err);
     throw new DataError(`${file}: malformed CSV: ${msg}`);
@@ -224,6 +265,9 @@ export function tableFromRows(
   });
 
   const warnings: string[] = [];
+  for (const g of caseClashes(labels.filter((l) => l !== ''))) {
+    warnings.push(`labels ${quoteGroup(g)} in column "${labelName}" differ only in case and count as ${g.length} classes; write them alike if they are one class`);
+  }
   const columns = keep.map((name) => {
     const fixed = kinds && Object.hasOwn(kinds, name) ? kinds[name] : undefined;
     const forced = fixed ?? (opts.categorical?.includes(name) ? 'categorical' : undefined);
@@ -281,19 +325,34 @@ function typeColumn(
     if (texts > 0) {
       warnings.push(`column "${name}": ${texts} of ${observed} cells are not numbers (first at ${word} ${lines[firstText]}: "${cells[firstText]}") and count as missing`);
     }
-    return { name, kind: 'numeric', values: Float64Array.from(cells, (s) => (isMissingCell(s) ? NaN : parseNumber(s) ?? NaN)) };
+    const values = Float64Array.from(cells, (s) => (isMissingCell(s) ? NaN : parseNumber(s) ?? NaN));
+    const huge = values.findIndex((v) => Math.abs(v) > MAX_CELL);
+    if (huge >= 0) {
+      throw new DataError(
+        `${source}, ${word} ${lines[huge]}: column "${name}" holds ${cells[huge]}, beyond the largest number the model reads (±3.4e38, a 32-bit float). ` +
+          'Fix the cell, or write NA if it is missing.',
+      );
+    }
+    return { name, kind: 'numeric', values };
   };
   if (forced === 'numeric') return numeric();
   if (observed === 0 && !fromSchema) {
     throw new DataError(`${source}, ${word}s ${lines[0]}-${lines[lines.length - 1]}: column "${name}" has no values (every cell is missing); drop it`);
   }
-  if (forced === 'categorical') return { name, kind: 'categorical', values: cells.map((s) => (isMissingCell(s) ? null : s)) };
+  const categorical = (): RawColumn => {
+    const values = cells.map((s) => (isMissingCell(s) ? null : s));
+    for (const g of caseClashes(values.filter((v) => v !== null))) {
+      warnings.push(`column "${name}": ${quoteGroup(g)} differ only in case and count as ${g.length} categories; write them alike if they are one`);
+    }
+    return { name, kind: 'categorical', values };
+  };
+  if (forced === 'categorical') return categorical();
   if (texts === 0 || (texts > 0 && numbers > 0 && texts / observed <= tolerance)) return numeric();
   if (numbers === 0 || numbers / observed <= tolerance) {
     if (numbers > 0) {
       warnings.push(`column "${name}": ${numbers} of ${observed} cells are numbers in a text column (first at ${word} ${lines[firstNumber]}: "${cells[firstNumber]}") and count as categories`);
     }
-    return { name, kind: 'categorical', values: cells.map((s) => (isMissingCell(s) ? null : s)) };
+    return categorical();
   }
   // Too mixed to guess: name the first cell of the minority kind.
   const i = numbers >= texts ? firstText : firstNumber;

@@ -12,8 +12,11 @@
  * (retrying until all arrive or the deadline passes), then every member
  * computes the same agreement from the same statements
  * (`reconcileStatements`). A member that finds the others already agreed
- * (it started late, or restarted) adopts the sites they merged. Statements
- * are keyed by peer ID, which the transport authenticates.
+ * (it started late, or restarted) adopts the sites they merged, but only when
+ * its own classes, columns and categories are all in that agreement (it
+ * warns that the statistics are the others'); else it stops, naming what
+ * does not fit. The agreement is never reopened once a site has trained on
+ * it. Statements are keyed by peer ID, which the transport authenticates.
  *
  * Everything received is untrusted: a response over the size limit, not
  * JSON, not matching the schema (zod), failing `validateSummary`, or naming
@@ -26,6 +29,7 @@ import { z } from 'zod';
 import { throwIfInterrupted, type Logger } from '@dflmoe/core';
 import { pause } from '@dflmoe/core/internal';
 import { DataError, reconcileStatements, validateSummary, type AgreedSchema, type SiteStatement } from '@dflmoe/data';
+import { agreementFit } from '@dflmoe/data/internal';
 import { readFrames, writeFrames } from './frames.js';
 import type { SiteNode } from './node.js';
 
@@ -122,6 +126,8 @@ export interface PreprocessOptions {
   retryMs?: number;
   /** The site is stopping (SIGINT/SIGTERM): gathering ends with `Interrupted`. */
   signal?: AbortSignal;
+  /** This site's name, for messages (when `members` does not name it). */
+  selfName?: string;
 }
 
 export interface Agreement {
@@ -162,6 +168,13 @@ export class SchemaAgreement {
     this.others = o.members.filter((m) => m.peerId !== this.selfId);
     this.memberIds = new Set(this.others.map((m) => m.peerId));
     this.names = new Map(o.members.filter((m) => m.name).map((m) => [m.peerId, m.name!]));
+    if (o.selfName && !this.names.has(this.selfId)) this.names.set(this.selfId, o.selfName);
+    // The site's own summary is checked before anything is served: bad data of its own is its own error, not a strike at its members.
+    try {
+      validateSummary(o.statement.summary);
+    } catch (e) {
+      throw new DataError(`this site's own data cannot be summarized for the others: ${this.named((e as Error).message)}`);
+    }
   }
 
   /** Register the protocol handler (before or after `node.start()`). */
@@ -356,15 +369,37 @@ export class SchemaAgreement {
       await this.servedOrTimeout(owed, Math.min(left(), 30000), this.o.signal);
       throw new DataError(`this site's data cannot join the consortium: ${self.reason}`);
     }
+    // Data that would merge with the others', but came after they agreed: their agreement must hold all of it.
+    if (adopted) this.checkAdoption(r.agreed);
     for (const x of excluded) this.o.logger.warn(`preprocessing: left out ${this.label(x.peer)}: ${x.reason}`);
     if (missing.length > 0) {
       const waited = Math.round((performance.now() - t0) / 1000);
-      this.o.logger.warn(`preprocessing: no statement from ${missing.map((p) => this.label(p)).join(', ')} within ${waited} s; agreeing without them (they take the agreement when they come)`);
+      this.o.logger.warn(`preprocessing: no statement from ${missing.map((p) => this.label(p)).join(', ')} within ${waited} s; agreeing without them (when they come, they take the agreement if their data fits it, else they stop)`);
     }
     const warnings = r.warnings.map((w) => this.named(w));
     for (const w of warnings) this.o.logger.warn(`preprocessing: ${w}`);
     this.agreedSites = r.included;
     return { agreed: r.agreed, included: r.included, excluded, missing, adopted, warnings, seconds: (performance.now() - t0) / 1000 };
+  }
+
+  /**
+   * A site that came after the others agreed takes their agreement only when
+   * its own classes, columns and categories are all in it (and says what it
+   * takes in differently); else it stops, naming what does not fit and how to
+   * start the consortium so that every site is taken in.
+   */
+  private checkAdoption(agreed: AgreedSchema): void {
+    const { problems, notes } = agreementFit(this.o.statement.summary, agreed);
+    const by = agreed.sites.map((p) => this.label(p)).join(', ');
+    if (problems.length > 0) {
+      const classes = problems.some((p) => p.startsWith('class'));
+      throw new DataError(
+        `this site came after ${by} had agreed on the data without it, and the agreement leaves out its ${this.named(problems.join('; '))}. ` +
+          'Stop every site and start them over together (each with --fresh), within preprocess.deadlineMs of each other (raise it at every site)' +
+          `${classes ? ', with every class declared in data.classes at every site' : ''}`,
+      );
+    }
+    this.o.logger.warn(`preprocessing: this site came after ${by} had agreed and takes their agreement: ${this.named(notes.join('; '))}`);
   }
 
   /**

@@ -20,7 +20,7 @@ import { Libp2pServerLink } from './fedavg-net.js';
 import { PeerMetrics } from './metrics.js';
 import { SiteAudit, type AuditSeal } from './audit.js';
 import { readJsonFile, readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
-import { prepareSiteData, siteIndex, siteModelOptions, writeSiteDescription, type PreparedSite } from './site-setup.js';
+import { prepareSiteData, removeEarlierRun, siteIndex, siteModelOptions, writeSiteDescription, type PreparedSite } from './site-setup.js';
 import { peakRssMiB } from './process-stats.js';
 import { PeerStatusWatch } from './live-status.js';
 
@@ -87,6 +87,8 @@ export interface RunPeerOptions {
   transports?: NodeTransport[];
   /** The site's rows or samples, already read (a browser tab decodes its image folder itself); default: read what `data.dataset` names. */
   data?: SiteData;
+  /** Start over: remove what an earlier run left in `out` (checkpoints, agreement, audit trail, metrics) instead of resuming it. */
+  fresh?: boolean;
 }
 
 /** What the site's algorithm is made with: the settings its config resolved, the consortium's seed and the size limits. */
@@ -107,6 +109,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   checkQuorum(cfg, id.peerId);
   const backend = await initBackend({ logger: log });
   mkdirSync(cfg.out, { recursive: true });
+  if (o.fresh) log.info(`--fresh: removed ${removeEarlierRun(cfg.out).join(', ') || 'nothing'} from ${cfg.out}`);
   const metricsFile = join(cfg.out, 'metrics.jsonl');
   const ckptDir = join(cfg.out, 'checkpoints');
   const names = new Map(cfg.members.map((m) => [m.peerId, m.name]));

@@ -5,18 +5,22 @@
  * saved before a restart), encode, and save what prediction needs in the
  * site's out directory (`preprocessing.json`, `site.json`).
  */
-import { existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { type AlgorithmOptions, type BodySpec, type BodyWeights, type Logger, type SiteDescription, type SitePreprocessing } from '@dflmoe/core';
 import {
   PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, readBodyWeights, readSiteFiles, resolveBody, sharedInitSeed, takePeerData, type PeerData, type PeerModelOptions,
 } from '@dflmoe/core/internal';
-import { encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type EncodedSite, type SiteData, type SiteDataSpec } from '@dflmoe/data';
+import { DataError, encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type EncodedSite, type SiteData, type SiteDataSpec, type SiteStatement } from '@dflmoe/data';
 import { deriveSeed } from '@dflmoe/data/internal';
 import type { PeerConfig } from './config.js';
 import { writeJsonAtomic } from './files.js';
 import type { SiteNode } from './node.js';
+import { AUDIT_FILE } from './audit.js';
 import { SchemaAgreement } from './preprocess.js';
+
+const CHECKPOINT_DIR = 'checkpoints';
 
 /** The `data` section of a config as the data package reads it. */
 export function siteDataSpec(cfg: PeerConfig): SiteDataSpec {
@@ -61,18 +65,26 @@ export async function prepareSiteData(
   for (const w of source.warnings) log.warn(`${cfg.data.dataset}: ${w}`);
   log.info(`own data: ${source.description}`);
   const statement = siteStatement(source, o.selfId);
+  const from = { peerId: o.selfId, dataset: cfg.data.dataset, digest: statementDigest(statement) };
+  const saved = join(cfg.out, PREPROCESSING_FILE);
+  const earlier = o.resume && existsSync(saved) ? readSiteFiles(cfg.out) : undefined;
+  if (earlier) checkSameRun(cfg.out, earlier.site.peerId, earlier.preprocessing.from, from);
+  else {
+    // Not resuming (no checkpoint), the run starts over, but in the audit trail of the same key only.
+    const before = earlierPeerId(cfg.out);
+    if (before !== undefined) checkSameRun(cfg.out, before, undefined, from);
+  }
   const agreement = o.node
     ? new SchemaAgreement(o.node, {
       members: cfg.members, statement, deadlineMs: cfg.preprocess.deadlineMs, graceMs: cfg.preprocess.graceMs,
-      quorum: cfg.round.quorum, maxBytes: cfg.limits.maxSummaryBytes, logger: log, signal: o.signal,
+      quorum: cfg.round.quorum, maxBytes: cfg.limits.maxSummaryBytes, logger: log, signal: o.signal, ...(cfg.name ? { selfName: cfg.name } : {}),
     })
     : undefined;
   await agreement?.register();
   let pre: SitePreprocessing;
   let enc: EncodedSite;
-  const saved = join(cfg.out, PREPROCESSING_FILE);
-  if (o.resume && existsSync(saved)) {
-    pre = readSiteFiles(cfg.out).preprocessing;
+  if (earlier) {
+    pre = earlier.preprocessing;
     agreement?.useAgreed(pre.included);
     enc = encodeSiteData(source, pre.agreed, pre.standardize);
     log.info(`preprocessing: the agreement of ${pre.included.length} site(s) saved in ${saved}`);
@@ -93,7 +105,7 @@ export async function prepareSiteData(
       ...(bodySt ? { standardizerFrom: cfg.model.pretrainedBody } : {}),
       standardizer: { mean: Array.from(st.mean), std: Array.from(st.std) },
       input: source.input, included: ag.included, excluded: ag.excluded, missing: ag.missing, adopted: ag.adopted,
-      createdAt: new Date().toISOString(),
+      from, createdAt: new Date().toISOString(),
     };
     writeJsonAtomic(saved, pre);
     const a = ag.agreed;
@@ -108,6 +120,51 @@ export async function prepareSiteData(
   const standardizer = { mean: Float32Array.from(pre.standardizer.mean), std: Float32Array.from(pre.standardizer.std) };
   // The site's rows are its own: standardized in place and handed to the backend once.
   return { data: takePeerData(dataset, split, standardizer), preprocessing: pre, agreement, bodySpec, ...(body ? { body } : {}) };
+}
+
+/** The digest of a site's statement without its peer ID: the same data (rows, split, columns read) gives the same digest. */
+export function statementDigest(st: SiteStatement): string {
+  return createHash('sha256').update(JSON.stringify({ ...st, summary: { ...st.summary, site: '' } })).digest('hex');
+}
+
+/**
+ * A resumed run must be the run its out directory holds: the same key and
+ * the same data. Throws a DataError naming what changed.
+ */
+export function checkSameRun(out: string, savedPeerId: string, saved: SitePreprocessing['from'], now: NonNullable<SitePreprocessing['from']>): void {
+  const changed: string[] = [];
+  const peerId = saved?.peerId ?? savedPeerId;
+  if (peerId !== now.peerId) changed.push(`with another key (peer ${peerId}; this config's key is peer ${now.peerId})`);
+  if (saved && saved.digest !== now.digest) {
+    changed.push(saved.dataset !== now.dataset ? `from other data (${saved.dataset}; this config reads ${now.dataset})` : `from other rows of ${now.dataset}, or other data settings`);
+  }
+  if (changed.length > 0) throw new DataError(`${out} holds a run made ${changed.join(' and ')}: rerun with --fresh to start over there, or set another out`);
+}
+
+/** The peer ID in the `site.json` an earlier run left in `out`, if any. */
+function earlierPeerId(out: string): string | undefined {
+  try {
+    const id: unknown = JSON.parse(readFileSync(join(out, SITE_FILE), 'utf8')).peerId;
+    return typeof id === 'string' ? id : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * `--fresh`: remove what an earlier run left in `out` (checkpoints, the
+ * agreement, the audit trail, metrics and results), so that the site starts
+ * over; nothing else in the directory is touched.
+ */
+export function removeEarlierRun(out: string): string[] {
+  const gone: string[] = [];
+  for (const f of [CHECKPOINT_DIR, PREPROCESSING_FILE, SITE_FILE, AUDIT_FILE, 'metrics.jsonl', 'results.json']) {
+    const p = join(out, f);
+    if (!existsSync(p)) continue;
+    rmSync(p, { recursive: true, force: true });
+    gone.push(f);
+  }
+  return gone;
 }
 
 /** What a site's config says about its model and training, as every algorithm takes it. */

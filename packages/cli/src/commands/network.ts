@@ -55,6 +55,7 @@ export function peerCommand(): Command {
     .requiredOption('--config <file>', 'site config (JSON)')
     .addHelpText('after', DATA_POLICY)
     .option('--quiet', 'no per-round lines')
+    .option('--fresh', "start over: remove an earlier run's checkpoints, agreement, audit trail and metrics from the config's out (without it, a rerun resumes)")
     .addOption(new Option('--head-precision <p>', 'dflmoe: precision of the heads this site publishes (overrides dflmoe.headPrecision): float32, float16, int8').choices([...PRECISIONS]))
     .option('--metrics <port>', 'serve Prometheus metrics on 127.0.0.1:<port>/metrics', (v) => {
       const n = Number(v);
@@ -88,6 +89,7 @@ export function peerCommand(): Command {
         signal,
         status: view?.board,
         metricsPort: o.metrics,
+        fresh: Boolean(o.fresh),
         // Bytes so far (the run's, with its earlier parts); experts only where the algorithm mixes them (dFLMoE).
         onRound: o.quiet ? undefined : (l) => process.stderr.write(
           `round ${l.round}/${cfg.rounds}  accuracy ${pct(l.accuracy)}  ${cfg.algorithm === 'dflmoe' ? `experts ${l.experts.length}  ` : ''}` +

@@ -10,7 +10,10 @@ export const DATA_POLICY = `
 Tables (CSV with a header row):
   - Missing cells are empty, NA, NaN or ? (any case). A numeric column's missing
     cells are filled with the consortium's pooled mean of that column, and a 0/1
-    column <col>_missing marks them whenever any site had a missing cell there.
+    column <col>_missing marks them whenever any site had a missing cell there;
+    a column a site lacks reads as missing there ("drop" it at every site instead).
+  - Cells are separated by commas, semicolons or tabs (found from the header).
+    A number beyond +-3.4e38 is refused, naming its line and column.
   - A column is numeric when its cells are numbers, categorical when they are
     text (or when listed in "categorical"). In new rows, text in a column the
     site reads as numbers is refused, naming the line and column
