@@ -124,8 +124,7 @@ export interface AlgorithmBaseOptions {
   poisonBody?: 'random' | 'sign-flip';
 }
 
-/** The size limits a site has unless its config sets others (the site config's `limits`). */
-export const DEFAULT_LIMITS: Pick<AlgorithmBaseOptions, 'maxHeadBytes' | 'maxModelBytes'> = { maxHeadBytes: 64 * 1024 * 1024, maxModelBytes: 512 * 1024 * 1024 };
+export { DEFAULT_LIMITS } from '../limits.js';
 
 export interface Upload {
   weights: NamedArray[];

@@ -14,7 +14,7 @@ import {
 import { chooseExperts, defaultExploration, type ExpertMemory } from '../selection.js';
 import { accuracy, predictClasses, rowsOf, trainEpochs, type ParamGroup } from '../train.js';
 import { SupervisedModel, type PeerEval, type PeerModelOptions } from './common.js';
-import { DEFAULT_LIMITS } from './api.js';
+import { DEFAULT_LIMITS } from '../limits.js';
 import { dflmoeSettings, type DflmoeSettings } from './dflmoe-settings.js';
 import { ExpertPool, stalenessSettings, type StalenessSettings } from '../experts.js';
 import { resolveSettings } from '../settings.js';

@@ -18,7 +18,6 @@ import type { Logger } from '../log.js';
 import { SecAggError, decodeSecAgg } from './messages.js';
 import { SECAGG_BENIGN, SecAggMember, type SecAggResult } from './protocol.js';
 import { secAggGroupOf, secAggGroupSize } from './groups.js';
-import type { Topology } from '../body-share.js';
 
 /** A body that went into a secure combination, for the audit trail: whose masked input, which round, its digest. */
 export interface MaskedBody {
@@ -28,7 +27,8 @@ export interface MaskedBody {
 }
 
 export interface SecureBodyOptions {
-  topology: Topology;
+  /** Whose bodies a site combines (body sharing's `Topology`, written out: body-share.ts imports this file). */
+  topology: { kind: 'full' } | { kind: 'ring' } | { kind: 'random'; k: number };
   seed: number;
   maxBytes: number;
   /** Rounds between two body rounds (for how far behind a member may be). */
