@@ -93,7 +93,8 @@ describe('sites with their own data over TCP (multi-process)', function () {
     // The own head first, then the received experts.
     const columns = Object.keys(rows[0]);
     assert.deepEqual(columns.slice(0, 5), ['input', 'predicted', 'prob:benign', 'prob:malignant', 'gate:hospital-a']);
-    assert.deepEqual(columns.slice(5).sort(), ['gate:hospital-b', 'gate:hospital-c']);
+    // Then the received experts' gates, and the flags column (rows with unseen categories or no features).
+    assert.deepEqual(columns.slice(5).sort(), ['flags', 'gate:hospital-b', 'gate:hospital-c']);
     for (const row of rows) {
       const p = Number(row['prob:benign']) + Number(row['prob:malignant']);
       assert.ok(Math.abs(p - 1) < 1e-5, `probabilities sum to ${p}`);
