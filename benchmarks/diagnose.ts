@@ -11,7 +11,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  DflmoePeer, accuracy, applyFst, headLogits, initBackend, predictClasses, preparePeerData, silentLogger, sharedInitSeed, type PeerData,
+  DflmoePeer, applyFst, headLogits, initBackend, evaluateTask, preparePeerData, silentLogger, sharedInitSeed, type PeerData,
 } from '@dflmoe/core/internal';
 import { capTrainPerSite, deriveSeed, federatedStandardizer, loadDataset, parsePartition, partition } from '@dflmoe/data/internal';
 
@@ -47,7 +47,7 @@ for (const c of cells) {
   const own = peers.map((p) => p.evaluate().ownHeadAccuracy);
   const sites = peers.map((p, i) => {
     const d = p.data;
-    const acc = (f: (z: tf.Tensor2D) => tf.Tensor2D) => accuracy(predictClasses(d.xTest, (xb) => f(p.features(xb, false))), d.yTest);
+    const acc = (f: (z: tf.Tensor2D) => tf.Tensor2D) => evaluateTask(d.task, d.xTest, d.yTest, (xb) => f(p.features(xb, false))).accuracy;
     const experts = p.experts().slice(1);
     const withFst = experts.map((e) => acc((z) => headLogits(e.head, e.fst ? applyFst(e.fst, z) : z)));
     const raw = experts.map((e) => acc((z) => headLogits(e.head, z)));

@@ -72,7 +72,7 @@ describe('AlgorithmSite.predict', () => {
             assert.ok(s.predict, `${alg.name} implements predict`);
             const before = tf.memory().numTensors;
             const p = s.predict(s.data.xTest);
-            assert.deepEqual(p.shape, [s.data.testSamples, s.data.numClasses]);
+            assert.deepEqual(p.shape, [s.data.testSamples, s.data.task.classNames.length]);
             const rows = tf.tidy(() => Array.from(tf.sum(p, 1).dataSync()));
             for (const v of rows) assert.ok(Math.abs(v - 1) < 1e-5, `${alg.name}: a row sums to ${v}`);
             const pred = tf.tidy(() => Array.from(tf.argMax(p, 1).dataSync()));

@@ -71,11 +71,32 @@ describe('csv tables', () => {
     assert.throws(() => loadCsv(p, { labelColumn: 'diagnosis', features: ['diagnosis'] }), /"diagnosis" in features is the label column/);
   });
 
-  it('a missing label is an error naming the line and the column', () => {
-    const p = tmpCsv('a,label\n1,x\n2,NA\n3,y\n');
-    assert.throws(() => loadCsv(p), (e: Error) => e instanceof DataError && /line 3: missing label \("NA"\) in column "label"/.test(e.message));
-    const q = tmpCsv('a,label\n1,x\n2,\n3,y\n');
-    assert.throws(() => loadCsv(q), /line 3: missing label/);
+  it('a row without its label is left out with a count naming its line; a file with no label at all is an error', () => {
+    const p = tmpCsv('a,label\n1,x\n2,NA\n3,y\n4,\n5,x\n');
+    const ds = loadCsv(p);
+    assert.equal(ds.numSamples, 3);
+    assert.deepEqual(Array.from(ds.features), [1, 3, 5]);
+    assert.deepEqual(ds.warnings, ['2 row(s) without a label in column "label" left out (line 3, 5)']);
+    assert.throws(() => loadCsv(tmpCsv('a,label\n1,\n2,NA\n')), (e: Error) => e instanceof DataError && /every row's label in column "label" is missing/.test(e.message));
+  });
+
+  it('a regression target: numbers kept as they are, quintiles as strata; text or an overflowing cell is refused naming its line', () => {
+    const rows = Array.from({ length: 20 }, (_, i) => `${i},${i * 1.5}`).join('\n');
+    const ds = loadCsv(tmpCsv(`a,y\n${rows}\n`), { labelColumn: 'y', taskKind: 'regression' });
+    assert.equal(ds.task?.kind, 'regression');
+    assert.deepEqual(Array.from((ds.task as { values: Float32Array }).values).slice(0, 3), [0, 1.5, 3]);
+    assert.deepEqual([...new Set(ds.labels)], [0, 1, 2, 3, 4]);
+    assert.equal(ds.classNames.length, 5);
+    assert.throws(() => loadCsv(tmpCsv('a,y\n1,2\n2,high\n3,4\n'), { labelColumn: 'y', taskKind: 'regression' }), /line 3: "high" in column "y" is not a finite number/);
+    assert.throws(() => loadCsv(tmpCsv('a,y\n1,2\n2,1e39\n'), { labelColumn: 'y', taskKind: 'regression' }), /line 3: "1e39" in column "y" is not a finite number/);
+  });
+
+  it('a label column of many distinct numbers is refused with the hint to declare it a regression task', () => {
+    const rows = Array.from({ length: 60 }, (_, i) => `${i % 7},${20 + i}`).join('\n');
+    const p = tmpCsv(`a,age\n${rows}\n`);
+    assert.throws(() => loadCsv(p, { labelColumn: 'age' }), /"age" holds 60 distinct numbers in 60 rows: it looks like a number to predict.*"kind": "regression"/);
+    // Declared classes are taken as they are.
+    assert.equal(loadCsv(p, { labelColumn: 'age', taskKind: 'classification' }).classNames.length, 60);
   });
 
   it('a column mixing numbers and text is an error naming the line and column, unless the stray cells are rare', () => {

@@ -83,7 +83,7 @@ describe('in-memory data', function () {
     // The CSV rules: a column this mixed is an error naming the row (not a line of a file).
     const mixed = Array.from({ length: 10 }, (_, i) => ({ x: i < 5 ? i : `t${i}`, label: i % 2 ? 'p' : 'q' }));
     assert.throws(() => siteDataFromRows(mixed, { name: 'lab rows' }), /lab rows, row 5: column "x" holds "t5", which is not a number/);
-    assert.throws(() => siteDataFromRows([{ x: 1, label: null }]), /rows, row 0: missing label/);
+    assert.throws(() => siteDataFromRows([{ x: 1, label: null }]), /rows: every row's label in column "label" is missing/);
   });
 
   it('takes samples as nested arrays or a tensor-like, refusing a sample of the wrong shape', () => {

@@ -9,7 +9,7 @@ import { createServer } from 'node:net';
 import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Interrupted, type AlgorithmName, type AlgorithmResult, type PeerResult, type RoundResult, type SimulationConfig } from '@dflmoe/core';
-import { getAlgorithm, networkBytes, summarize } from '@dflmoe/core/internal';
+import { getAlgorithm, networkBytes, roundHeadlines, summarize, summarizeTasks } from '@dflmoe/core/internal';
 import { loadDataset, partition, type Dataset, type PeerSplit } from '@dflmoe/data';
 import { writeShare } from '@dflmoe/data/internal';
 import { generateIdentity, loadIdentity, parsePeerConfig, parseServerConfig, saveIdentity, type PeerRunResult, type RoundLine } from '@dflmoe/p2p';
@@ -378,7 +378,7 @@ export function consortiumRound(alg: AlgorithmName, round: number, lines: RoundL
   const s = summarize(accs);
   const before = earlier.reduce((a, r) => a + r.bytesSent, 0);
   return {
-    round, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: accs,
+    round, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: accs, tasks: roundHeadlines(lines),
     loss: lines.reduce((a, l) => a + l.loss, 0) / lines.length, bytesSent: networkBytes(getAlgorithm(alg), lines) - before,
     seconds: Math.max(...lines.map((l) => l.seconds)),
   };
@@ -398,7 +398,7 @@ export function collectResults(
     const last = r.rounds.at(-1);
     return {
       id: r.name ?? r.peerId, accuracy: r.accuracy, ownHeadAccuracy: r.ownHeadAccuracy, bytesSent: r.bytesSent, bytesReceived: r.bytesReceived,
-      trainSamples: r.trainSamples, testSamples: r.testSamples, body: bodies[i % bodies.length],
+      trainSamples: r.trainSamples, testSamples: r.testSamples, body: bodies[i % bodies.length], tasks: r.tasks,
       ...(r.bodyBytesSent !== undefined ? { bodyBytesSent: r.bodyBytesSent, bodyBytesReceived: r.bodyBytesReceived } : {}),
       ...(last?.experts.length ? { gateWeights: gateWeightsOf(r) } : {}),
       // With DP-SGD: the privacy a site spent, as its last round reported it (the simulator's figure, from the same accountant).
@@ -413,6 +413,7 @@ export function collectResults(
   return {
     settings,
     accuracy: summarize(peers.map((p) => p.accuracy), peers.map((p) => p.testSamples)),
+    tasks: summarizeTasks(peers),
     bytesSent, wallSeconds, peers, rounds,
     ...(peers.some((p) => p.bodyBytesSent !== undefined) ? { bodyBytesSent: peers.reduce((a, p) => a + (p.bodyBytesSent ?? 0), 0) } : {}),
   };

@@ -19,6 +19,7 @@ export * from './body-share.js';
 export * from './secure-agg/index.js';
 export * from './averaging.js';
 export * from './train.js';
+export * from './tasks/index.js';
 export * from './metrics.js';
 export * from './algorithms/common.js';
 export * from './algorithms/dflmoe.js';

@@ -9,6 +9,8 @@
  * serialization trivial.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { classification } from './tasks/classification.js';
+import type { TaskKind } from './tasks/api.js';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { deriveSeed } from '@dflmoe/data/internal';
 
@@ -294,12 +296,15 @@ export interface Expert {
  * MoE prediction, one small kernel chain per expert (the reference path;
  * `moeForward` computes the same batched): `sum_j g_j(z) * softmax(head_j(fst_j(z)))`.
  */
-export function moeForwardPerExpert(z: tf.Tensor2D, experts: Expert[], gate: Gate): { probs: tf.Tensor2D; gates: tf.Tensor2D } {
+export function moeForwardPerExpert(z: tf.Tensor2D, experts: Expert[], gate: Gate, activate: Activation = tf.softmax): { probs: tf.Tensor2D; gates: tf.Tensor2D } {
   const g = gate.weights(z, experts.map((e) => e.id));
-  const p = tf.stack(experts.map((e) => tf.softmax(headLogits(e.head, e.fst ? applyFst(e.fst, z) : z))), 1); // [B, K, C]
+  const p = tf.stack(experts.map((e) => activate(headLogits(e.head, e.fst ? applyFst(e.fst, z) : z))), 1); // [B, K, C]
   const probs = tf.sum(tf.mul(p, tf.expandDims(g, 2)), 1) as tf.Tensor2D;
   return { probs, gates: g };
 }
+
+/** How a head's outputs enter a mixture: the softmax (classification, the default) or as they are (regression); see `TaskKind.activate`. */
+export type Activation = (outputs: tf.Tensor) => tf.Tensor;
 
 /** How `moeForward` runs one group's first layer: FST folded into the head's kernel, or applied to the features first. */
 export type MoeFusion = 'auto' | 'fold' | 'apply';
@@ -379,11 +384,12 @@ export function stackedLogits(z: tf.Tensor2D, s: StackedExperts, fusion: MoeFusi
  */
 export function moeForwardStacked(
   z: tf.Tensor2D, own: HeadWeights, stacked: StackedExperts, gate: Gate, slots: { kernel: tf.Tensor2D; bias: tf.Tensor1D }, fusion: MoeFusion = 'auto',
+  activate: Activation = tf.softmax,
 ): { probs: tf.Tensor2D; gates: tf.Tensor2D; logits: tf.Tensor3D } {
   const g = gate.weightsWith(z, slots);
   const ownLogits = tf.expandDims(headLogits(own, z), 1) as tf.Tensor3D;
   const logits = tf.concat([ownLogits, stackedLogits(z, stacked, fusion)], 1) as tf.Tensor3D;
-  const probs = tf.sum(tf.mul(tf.softmax(logits), tf.expandDims(g, 2)), 1) as tf.Tensor2D;
+  const probs = tf.sum(tf.mul(activate(logits), tf.expandDims(g, 2)), 1) as tf.Tensor2D;
   return { probs, gates: g, logits };
 }
 
@@ -399,7 +405,7 @@ export function moeForwardStacked(
  * expert's logits `[batch, K, classes]`, all in the order of `experts`.
  */
 export function moeForward(
-  z: tf.Tensor2D, experts: Expert[], gate: Gate, fusion: MoeFusion = 'auto',
+  z: tf.Tensor2D, experts: Expert[], gate: Gate, fusion: MoeFusion = 'auto', activate: Activation = tf.softmax,
 ): { probs: tf.Tensor2D; gates: tf.Tensor2D; logits: tf.Tensor3D } {
   const g = gate.weights(z, experts.map((e) => e.id));
   const groups = new Map<string, number[]>();
@@ -423,16 +429,16 @@ export function moeForward(
     const grouped = logits;
     logits = tf.concat(runs.map(([start, size]) => tf.slice(grouped, [0, start, 0], [-1, size, -1])), 1) as tf.Tensor3D;
   }
-  const probs = tf.sum(tf.mul(tf.softmax(logits), tf.expandDims(g, 2)), 1) as tf.Tensor2D;
+  const probs = tf.sum(tf.mul(activate(logits), tf.expandDims(g, 2)), 1) as tf.Tensor2D;
   return { probs, gates: g, logits };
 }
 
 /**
- * The dFLMoE loss: `alpha * CE(head_i(z), y) + (1 - alpha) * CE(moe(z), y)`.
- * `ownLogits` are the peer's own head logits; `moeProbs` the mixture.
+ * The dFLMoE loss: `alpha * loss(head_i(z), y) + (1 - alpha) * mixtureLoss(moe(z), y)`
+ * with the task kind's losses (default classification: the cross-entropy of
+ * the own head's logits and the negative log-likelihood of the mixture's
+ * probabilities). `ownLogits` are the peer's own head outputs; `moeProbs` the mixture.
  */
-export function moeLoss(ownLogits: tf.Tensor2D, moeProbs: tf.Tensor2D, yOneHot: tf.Tensor2D, alpha: number): tf.Scalar {
-  const ce = tf.losses.softmaxCrossEntropy(yOneHot, ownLogits) as tf.Scalar;
-  const nll = tf.neg(tf.mean(tf.log(tf.add(tf.sum(tf.mul(moeProbs, yOneHot), 1), 1e-7)))) as tf.Scalar;
-  return tf.add(tf.mul(alpha, ce), tf.mul(1 - alpha, nll)) as tf.Scalar;
+export function moeLoss(ownLogits: tf.Tensor2D, moeProbs: tf.Tensor2D, targets: tf.Tensor2D, alpha: number, task: TaskKind = classification): tf.Scalar {
+  return tf.add(tf.mul(alpha, task.loss(ownLogits, targets)), tf.mul(1 - alpha, task.mixtureLoss(moeProbs, targets))) as tf.Scalar;
 }

@@ -71,7 +71,7 @@ export async function pretrainBody(ds: Dataset, outDir: string, o: PretrainOptio
     let acc = 0;
     for (let e = 1; e <= o.epochs; e++) {
       const loss = await peer.trainRound(e);
-      acc = peer.evaluateOwn();
+      acc = peer.evaluateOwn().accuracy;
       o.onEpoch?.(e, loss, acc);
     }
     await writeBody(outDir, peer.body, { ...st, ...(ds.featureNames ? { featureNames: ds.featureNames } : {}) });

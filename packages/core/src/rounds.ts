@@ -10,12 +10,18 @@ import { MemoryHub, type ExchangeStats } from './exchange.js';
 import type { Logger } from './log.js';
 import { throwIfInterrupted } from './interrupt.js';
 import type { MixedBody } from './body-share.js';
+import type { TaskResult } from './tasks/index.js';
+import type { PeerData } from './train.js';
+import type { PeerEval } from './algorithms/common.js';
 import { DEFAULT_MAX_SAMPLE_RATIO, DEFAULT_MAX_SAMPLES, boundSampleCounts } from './averaging.js';
 
 export interface SiteRoundRecord {
   round: number;
+  /** The site's accuracy (NaN for a task without one: see `tasks`). */
   accuracy: number;
   ownHeadAccuracy: number;
+  /** Every task the site learns, by name: its kind, test rows and metrics (`accuracy`, ... or `rmse`, `mae`, `r2`). */
+  tasks: Record<string, TaskResult>;
   loss: number;
   experts: ExpertInfo[];
   /** Messages from other sites taken in this round. */
@@ -58,6 +64,11 @@ export class TrainingDiverged extends Error {
   }
 }
 
+/** A site's evaluation as its tasks' results, by task name (see `SiteRoundRecord.tasks`). */
+export function siteTasks(data: Pick<PeerData, 'task' | 'testSamples'>, ev: PeerEval): Record<string, TaskResult> {
+  return { [data.task.name]: { kind: data.task.kind, testRows: data.testSamples, ...ev.metrics } };
+}
+
 /** One round of `site` and its evaluation. */
 export async function siteRound(site: AlgorithmSite, net: SiteNetwork, round: number): Promise<SiteRoundRecord> {
   const t0 = performance.now();
@@ -76,7 +87,9 @@ export async function siteRound(site: AlgorithmSite, net: SiteNetwork, round: nu
   const b = net.bodies?.stats();
   const privacy = site.privacySpent();
   return {
-    round, accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy, loss: r.loss,
+    round, accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy,
+    tasks: siteTasks(site.data, ev),
+    loss: r.loss,
     experts: site.experts?.() ?? [], fresh: r.fresh, expired: r.expired ?? [], rejected: site.rejected(),
     bytesSent: s.bytesSent, bytesReceived: s.bytesReceived,
     ...(b ? { bodyBytesSent: b.bytesSent, bodyBytesReceived: b.bytesReceived } : {}),

@@ -3,6 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { poissonSample, secureGaussian } from './privacy.js';
 import { applyStandardizer, featureSize, fitStandardizer, type Dataset, type PeerSplit, type Standardizer } from '@dflmoe/data';
 import { Rng, deriveSeed, labelHistogram } from '@dflmoe/data/internal';
+import { fittedTask, taskKind, type TaskInfo, type TaskMetrics } from './tasks/index.js';
 
 /** `adam` (default), `sgd` (plain) or `momentum` (SGD with momentum 0.9). */
 export type OptimizerKind = 'adam' | 'sgd' | 'momentum';
@@ -80,7 +81,8 @@ export interface PeerData {
   xTest: tf.Tensor;
   yTest: tf.Tensor1D;
   sampleShape: number[];
-  numClasses: number;
+  /** What the site learns: `yTrain`/`yTest` are its labels in the label tensor's units (class indexes, standardized targets). */
+  task: TaskInfo;
   trainSamples: number;
   testSamples: number;
   trainHistogram: number[];
@@ -94,20 +96,21 @@ export interface PeerData {
  * feature means that label skew creates, and makes heads and models of
  * different sites read inputs on different scales.
  */
-export function preparePeerData(ds: Dataset, split: PeerSplit, st?: Standardizer): PeerData {
+export function preparePeerData(ds: Dataset, split: PeerSplit, st?: Standardizer, task: TaskInfo = fittedTask(ds, split.train)): PeerData {
   const d = featureSize(ds);
   st ??= fitStandardizer(ds.features, d, split.train);
+  const kind = taskKind(task);
   const mk = (rows: Int32Array) =>
     tf.tidy(() => ({
       x: tf.tensor(applyStandardizer(ds.features, d, rows, st), [rows.length, ...ds.sampleShape]),
-      y: tf.tensor1d(Int32Array.from(rows, (r) => ds.labels[r]), 'int32'),
+      y: tf.tensor1d(kind.labelsOf(ds, rows, task), kind.labelDtype),
     }));
   const tr = mk(split.train);
   const te = mk(split.test);
   return {
     xTrain: tr.x, yTrain: tr.y, xTest: te.x, yTest: te.y,
     sampleShape: ds.sampleShape,
-    numClasses: ds.classNames.length,
+    task,
     trainSamples: split.train.length,
     testSamples: split.test.length,
     trainHistogram: labelHistogram(ds.labels, split.train, ds.classNames.length),
@@ -121,19 +124,20 @@ export function preparePeerData(ds: Dataset, split: PeerSplit, st?: Standardizer
  * its rows once. The same values as `preparePeerData`; `ds.features` is
  * standardized afterwards. Other row orders fall back to `preparePeerData`.
  */
-export function takePeerData(ds: Dataset, split: PeerSplit, st: Standardizer): PeerData {
+export function takePeerData(ds: Dataset, split: PeerSplit, st: Standardizer, task: TaskInfo = fittedTask(ds, split.train)): PeerData {
   const nTrain = split.train.length;
   const n = nTrain + split.test.length;
   const inOrder = (rows: Int32Array, start: number) => rows.every((r, i) => r === start + i);
-  if (!inOrder(split.train, 0) || !inOrder(split.test, nTrain)) return preparePeerData(ds, split, st);
+  if (!inOrder(split.train, 0) || !inOrder(split.test, nTrain)) return preparePeerData(ds, split, st, task);
+  const kind = taskKind(task);
   const d = featureSize(ds);
   applyStandardizer(ds.features, d, Int32Array.from({ length: n }, (_, i) => i), st, ds.features);
   const x = (a: number, b: number) => tf.tensor(ds.features.subarray(a * d, b * d), [b - a, ...ds.sampleShape]);
-  const y = (a: number, b: number) => tf.tensor1d(ds.labels.slice(a, b), 'int32');
+  const y = (a: number, b: number) => tf.tensor1d(kind.labelsOf(ds, Int32Array.from({ length: b - a }, (_, i) => a + i), task), kind.labelDtype);
   return {
     xTrain: x(0, nTrain), yTrain: y(0, nTrain), xTest: x(nTrain, n), yTest: y(nTrain, n),
     sampleShape: ds.sampleShape,
-    numClasses: ds.classNames.length,
+    task,
     trainSamples: nTrain,
     testSamples: split.test.length,
     trainHistogram: labelHistogram(ds.labels, split.train, ds.classNames.length),
@@ -158,7 +162,7 @@ export interface ParamGroup {
 
 /**
  * Run `epochs` passes over the training data in seeded random order,
- * minimising `loss(xBatch, yOneHotBatch)` over the variables of `groups()`.
+ * minimising `loss(xBatch, targets)` (the task kind's encoding of the labels: one-hot classes, standardized targets) over the variables of `groups()`.
  * Resolves to the mean loss. Each batch runs synchronously; between batches
  * the event loop gets a turn every `opts.yieldMs` (see `TrainOptions`), so
  * that the site's network side stays responsive during long epochs.
@@ -180,6 +184,7 @@ export async function trainEpochs(
   const q = Math.min(1, opts.batchSize / n);
   const expected = Math.min(dp?.microbatches ?? opts.batchSize, opts.batchSize);
   const sample = opts.sampler ?? poissonSample;
+  const kind = taskKind(data.task);
   for (let e = 0; e < opts.epochs; e++) {
     const order = dp ? undefined : new Rng(deriveSeed(opts.seed, 'epoch', round, e)).shuffle(Int32Array.from({ length: n }, (_, i) => i)) as Int32Array;
     const gs = groups();
@@ -193,7 +198,7 @@ export async function trainEpochs(
       const cost = tf.tidy(() => {
         const it = tf.tensor1d(idx, 'int32');
         const xb = tf.gather(data.xTrain, it);
-        const yb = tf.cast(tf.oneHot(tf.gather(data.yTrain, it), data.numClasses), 'float32') as tf.Tensor2D;
+        const yb = kind.encode(tf.gather(data.yTrain, it) as tf.Tensor1D, data.task);
         const { value, grads } = dp ? dpGradients(xb, yb, varList, loss, dp, expected) : tf.variableGrads(() => loss(xb, yb), varList);
         for (const [optimizer, vars] of updates) optimizer.applyGradients(vars.map((v) => ({ name: v.name, tensor: grads[v.name] })));
         return value;
@@ -266,20 +271,23 @@ export function rowsOf(x: tf.Tensor, start: number, count: number): tf.Tensor {
   return tf.tidy(() => tf.gather(x, tf.range(start, start + count, 1, 'int32')));
 }
 
-/** Apply `predict` to `x` in chunks and return the argmax class of each row. */
-export function predictClasses(x: tf.Tensor, predict: (xb: tf.Tensor) => tf.Tensor2D, chunk = 512): Int32Array {
+/**
+ * Apply `outputs` (a head's raw or activated outputs, or a mixture) to `x`
+ * in chunks and return each row's prediction in the label tensor's units
+ * (the most probable class, the standardized value).
+ */
+export function predictLabels(x: tf.Tensor, task: TaskInfo, outputs: (xb: tf.Tensor) => tf.Tensor2D, chunk = 512): Float32Array {
+  const kind = taskKind(task);
   const n = x.shape[0];
-  const out = new Int32Array(n);
+  const out = new Float32Array(n);
   for (let s = 0; s < n; s += chunk) {
-    const cls = tf.tidy(() => tf.argMax(predict(rowsOf(x, s, Math.min(chunk, n - s))), 1).dataSync() as Int32Array);
-    out.set(cls, s);
+    const p = tf.tidy(() => kind.predict(outputs(rowsOf(x, s, Math.min(chunk, n - s)))).dataSync());
+    out.set(p, s);
   }
   return out;
 }
 
-export function accuracy(pred: Int32Array, y: tf.Tensor1D): number {
-  const t = y.dataSync();
-  let ok = 0;
-  for (let i = 0; i < pred.length; i++) if (pred[i] === t[i]) ok++;
-  return pred.length ? ok / pred.length : NaN;
+/** The task's metrics of `outputs` on the rows `x` with labels `y` (see `predictLabels`). */
+export function evaluateTask(task: TaskInfo, x: tf.Tensor, y: tf.Tensor1D, outputs: (xb: tf.Tensor) => tf.Tensor2D): TaskMetrics {
+  return taskKind(task).metrics(predictLabels(x, task, outputs), y.dataSync(), task);
 }

@@ -10,6 +10,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
+import { taskKind, type TaskInfo } from './tasks/index.js';
 import { readInputs, type AgreedSchema, type EncodedInputs, type InputSpec } from '@dflmoe/data';
 import { readCsvTable } from '@dflmoe/data/internal';
 import type { AlgorithmSite } from './algorithms/api.js';
@@ -42,6 +43,8 @@ export interface SiteDescription {
     headHidden: number[];
     sampleShape: number[];
     numClasses: number;
+    /** What the site learned (older sites: one classification task over the agreed classes). */
+    task?: TaskInfo;
     train: Partial<TrainOptions>;
     initSeed?: number;
   };
@@ -102,11 +105,12 @@ export function readSiteFiles(dir: string): { site: SiteDescription; preprocessi
 }
 
 /** Zero-row tensors in place of training data: a site rebuilt for prediction holds none. */
-function noData(sampleShape: number[], numClasses: number): PeerData {
+function noData(sampleShape: number[], task: TaskInfo): PeerData {
+  const dtype = taskKind(task).labelDtype;
   return {
-    xTrain: tf.zeros([0, ...sampleShape]), yTrain: tf.zeros([0], 'int32') as tf.Tensor1D,
-    xTest: tf.zeros([0, ...sampleShape]), yTest: tf.zeros([0], 'int32') as tf.Tensor1D,
-    sampleShape, numClasses, trainSamples: 0, testSamples: 0, trainHistogram: new Array(numClasses).fill(0),
+    xTrain: tf.zeros([0, ...sampleShape]), yTrain: tf.zeros([0], dtype) as tf.Tensor1D,
+    xTest: tf.zeros([0, ...sampleShape]), yTest: tf.zeros([0], dtype) as tf.Tensor1D,
+    sampleShape, task, trainSamples: 0, testSamples: 0, trainHistogram: new Array(task.classNames.length).fill(0),
   };
 }
 
@@ -292,7 +296,8 @@ async function loadSiteDir(root: string, o: { logger?: Logger }): Promise<Traine
   const log = o.logger ?? silentLogger;
   await initBackend({ logger: log });
   const alg = getAlgorithm(desc.algorithm);
-  const data = noData(desc.model.sampleShape, desc.model.numClasses);
+  const schema = preprocessing.agreed.schema;
+  const data = noData(desc.model.sampleShape, desc.model.task ?? { name: 'labelColumn' in schema ? schema.labelColumn : 'label', kind: 'classification', classNames: schema.classNames });
   let site: AlgorithmSite | undefined;
   try {
     // A custom body (a saved tfjs model) is rebuilt from the newest checkpoint's body/model.json, whose weights are restored below.

@@ -4,9 +4,9 @@ import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
 import { parseIdx } from './idx.js';
 import { Rng } from './rng.js';
-import { encodeTable, inferTableSchema, readCsvTable, type TableOptions, type TableSchema } from './table.js';
+import { MAX_CELL, encodeTable, inferTableSchema, readCsvTable, type RawTable, type TableOptions, type TableSchema } from './table.js';
 import { DataError } from './errors.js';
-import { featureSize, type Dataset } from './types.js';
+import { featureSize, quantileStrata, type Dataset } from './types.js';
 
 /** Directory of the data files shipped with this package. */
 export const SHIPPED_DATA_DIR = fileURLToPath(new URL('../datasets/', import.meta.url));
@@ -31,10 +31,10 @@ export interface LoadOptions extends CsvOptions {
 }
 
 /** The datasets `loadDataset` knows by name. */
-export const BUILTIN_DATASETS = ['breast-cancer', 'digits', 'fashion-mnist', 'synthetic'] as const;
+export const BUILTIN_DATASETS = ['breast-cancer', 'diabetes', 'digits', 'fashion-mnist', 'synthetic'] as const;
 
 /**
- * Load a dataset by name: `breast-cancer`, `digits`, `fashion-mnist`
+ * Load a dataset by name: `breast-cancer`, `diabetes` (regression), `digits`, `fashion-mnist`
  * (optionally `fashion-mnist:<dir>`), `synthetic` (optionally
  * `synthetic:classes=10,dim=32,samples=5000`) or `csv:<path>`. Image
  * folders (`images:<dir>`) decode asynchronously: use `loadDatasetAsync`.
@@ -47,6 +47,9 @@ export function loadDataset(spec: string, opts: LoadOptions = {}): Dataset {
   switch (kind) {
     case 'breast-cancer':
       ds = loadBreastCancer();
+      break;
+    case 'diabetes':
+      ds = loadDiabetes();
       break;
     case 'digits':
       ds = loadDigits();
@@ -113,13 +116,20 @@ export function takeRows(ds: Dataset, rows: ArrayLike<number>): Dataset {
     features.set(ds.features.subarray(r * d, (r + 1) * d), i * d);
     labels[i] = ds.labels[r];
   }
-  return { ...ds, features, labels, numSamples: rows.length };
+  const task = ds.task?.kind === 'regression' ? { ...ds.task, values: Float32Array.from(rows, (r) => (ds.task as { values: Float32Array }).values[r]) } : ds.task;
+  return { ...ds, features, labels, numSamples: rows.length, ...(task ? { task } : {}) };
 }
 
 /** How a CSV file becomes a dataset: the table's columns, and optionally a schema to encode it with. */
 export interface CsvOptions extends TableOptions {
   /** Encode with this schema (a consortium's agreed one) instead of the one the file describes. */
   schema?: TableSchema;
+  /**
+   * What the label column holds: classes, or a number (`regression`: the
+   * dataset gets a regression `task`). Unset: classes, refused with a hint
+   * when the column looks like a number to predict.
+   */
+  taskKind?: 'classification' | 'regression';
 }
 
 /**
@@ -132,28 +142,73 @@ export interface CsvOptions extends TableOptions {
  */
 export function loadCsv(path: string, opts: CsvOptions = {}): Dataset {
   const table = readCsvTable(path, opts);
+  if (opts.taskKind === 'regression') return regressionDataset(path, table, opts.schema ?? inferTableSchema(table));
   const schema = opts.schema ?? inferTableSchema(table);
   if (schema.classNames.length < 2) {
     throw new DataError(`${table.source}: the label column "${table.labelColumn}" holds a single class; need at least 2`);
   }
+  if (opts.taskKind === undefined) refuseContinuousLabels(table, schema.classNames);
   const { features, labels, featureNames } = encodeTable(table, schema);
-  const n = labels.length;
-  const d = featureNames.length;
+  return {
+    ...describeTable(path, table, featureNames.length, labels.length),
+    features,
+    labels,
+    classNames: schema.classNames,
+    featureNames,
+    schema,
+  };
+}
+
+/** A label column of many distinct numbers for its rows (an age, a length of stay) is a number to predict, not classes. */
+function refuseContinuousLabels(table: RawTable, classNames: string[]): void {
+  const n = table.labels.length;
+  if (classNames.length < 20 || classNames.length < n / 10 || !classNames.every((c) => Number.isFinite(Number(c)))) return;
+  throw new DataError(
+    `${table.source}: the label column "${table.labelColumn}" holds ${classNames.length} distinct numbers in ${n} rows: it looks like a number to predict, ` +
+      'not classes. Declare it a regression task ("tasks": [{ "column": "' + table.labelColumn + '", "kind": "regression" }] in a site config), ' +
+      'or "kind": "classification" if they are class codes',
+  );
+}
+
+/** The name, sizes, description and source of a dataset read from a table. */
+function describeTable(path: string, table: RawTable, d: number, n: number): Pick<Dataset, 'name' | 'numSamples' | 'sampleShape' | 'description' | 'source'> {
   const kinds = table.columns.map((c) => c.kind);
   const numeric = kinds.filter((k) => k === 'numeric').length;
   return {
     name: `csv:${path}`,
-    features,
-    labels,
     numSamples: n,
     sampleShape: [d],
-    classNames: schema.classNames,
     description:
       `User table ${table.source}: ${n} rows, ${table.columns.length} columns (${numeric} numeric, ` +
       `${kinds.length - numeric} categorical) encoded as ${d} features, label column "${table.labelColumn}".`,
     source: table.source,
+    ...(table.warnings.length ? { warnings: table.warnings } : {}),
+  };
+}
+
+/** The target of each row of a regression table: a finite number, or an error naming the line and the column. */
+export function regressionTargets(table: RawTable): Float32Array {
+  return Float32Array.from(table.labels, (cell, i) => {
+    const v = Number(cell);
+    if (cell === '' || !Number.isFinite(v) || Math.abs(v) > MAX_CELL) {
+      throw new DataError(`${table.source}, ${table.rowWord ?? 'line'} ${table.lines[i]}: "${cell}" in column "${table.labelColumn}" is not a finite number (the column is a regression target)`);
+    }
+    return v;
+  });
+}
+
+/** A table whose label column is a regression target: the target per row, its quintiles as `labels`. */
+function regressionDataset(path: string, table: RawTable, schema: TableSchema): Dataset {
+  const values = regressionTargets(table);
+  const { features, featureNames } = encodeTable({ ...table, labelled: false }, { ...schema, classNames: [] });
+  const strata = quantileStrata(values);
+  return {
+    ...describeTable(path, table, featureNames.length, values.length),
+    features,
+    ...strata,
     featureNames,
-    schema,
+    schema: { ...schema, classNames: [] },
+    task: { name: table.labelColumn, kind: 'regression', values },
   };
 }
 
@@ -166,6 +221,19 @@ export function loadBreastCancer(): Dataset {
       'Breast Cancer Wisconsin (Diagnostic): 569 tumours, 30 features computed from digitized images of fine needle aspirates; benign vs malignant.',
     source:
       'W. Wolberg, O. Mangasarian, N. Street, W. Street. Breast Cancer Wisconsin (Diagnostic). UCI Machine Learning Repository, 1993. doi:10.24432/C5DW2B. CC BY 4.0.',
+  };
+}
+
+/** Diabetes progression (a regression table): 442 patients, 10 baseline measurements, the disease's progression one year later. */
+export function loadDiabetes(): Dataset {
+  const ds = loadCsv(join(SHIPPED_DATA_DIR, 'diabetes.csv'), { labelColumn: 'progression', taskKind: 'regression' });
+  return {
+    ...ds,
+    name: 'diabetes',
+    description:
+      'Diabetes: 442 patients, 10 baseline variables (age, sex, body mass index, blood pressure, six blood serum measurements); the target is a quantitative measure of disease progression one year after baseline.',
+    source:
+      'B. Efron, T. Hastie, I. Johnstone, R. Tibshirani. Least Angle Regression. Annals of Statistics 32(2), 2004. The unscaled table as shipped by scikit-learn (BSD-3-Clause).',
   };
 }
 

@@ -12,7 +12,7 @@
  * @packageDocumentation
  */
 export { DataError } from './errors.js';
-export { featureSize, type Dataset } from './types.js';
+export { featureSize, quantileStrata, type Dataset, type DatasetTask } from './types.js';
 export {
   BUILTIN_DATASETS, loadCsv, loadDataset, subsampleRows, takeRows,
   type CsvOptions, type LoadOptions,

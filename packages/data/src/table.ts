@@ -211,7 +211,7 @@ export function tableFromRows(
   opts: TableOptions & { source?: string; lines?: number[]; rowWord?: 'line' | 'row' } = {},
 ): RawTable {
   const source = opts.source ?? 'table';
-  const lines = opts.lines ?? rows.map((_, i) => i + 2);
+  let lines = opts.lines ?? rows.map((_, i) => i + 2);
   const word = opts.rowWord ?? 'line';
   const head = word === 'line' ? 'line 1' : 'columns';
   const labelName = opts.labelColumn ?? 'label';
@@ -250,21 +250,25 @@ export function tableFromRows(
   if (new Set(keep).size !== keep.length) throw new DataError(`${source}: a column is listed twice in features`);
   if (keep.length < 1) throw new DataError(`${source}: needs at least one feature column besides "${labelName}"`);
 
-  const labels: string[] = new Array(rows.length);
   rows.forEach((r, i) => {
     if (r.length !== header.length) {
       throw new DataError(`${source}, ${word} ${lines[i]}: ${r.length} cells where the header has ${header.length} columns`);
     }
-    if (labelCol === undefined) {
-      labels[i] = '';
-      return;
-    }
-    const cell = r[labelCol].trim();
-    if (isMissingCell(cell)) throw new DataError(`${source}, ${word} ${lines[i]}: missing label ("${cell}") in column "${labelName}"`);
-    labels[i] = cell;
   });
-
   const warnings: string[] = [];
+  if (labelCol !== undefined) {
+    // A row without its label teaches nothing: it is left out, and counted.
+    const unlabelled = rows.flatMap((r, i) => (isMissingCell(r[labelCol]) ? [i] : []));
+    if (unlabelled.length === rows.length) throw new DataError(`${source}: every row's label in column "${labelName}" is missing`);
+    if (unlabelled.length > 0) {
+      const shown = unlabelled.slice(0, 5).map((i) => lines[i]).join(', ');
+      warnings.push(`${unlabelled.length} row(s) without a label in column "${labelName}" left out (${word} ${shown}${unlabelled.length > 5 ? ', ...' : ''})`);
+      const drop = new Set(unlabelled);
+      rows = rows.filter((_, i) => !drop.has(i));
+      lines = lines.filter((_, i) => !drop.has(i));
+    }
+  }
+  const labels = rows.map((r) => (labelCol === undefined ? '' : r[labelCol].trim()));
   for (const g of caseClashes(labels.filter((l) => l !== ''))) {
     warnings.push(`labels ${quoteGroup(g)} in column "${labelName}" differ only in case and count as ${g.length} classes; write them alike if they are one class`);
   }

@@ -6,7 +6,11 @@ export interface Dataset {
   name: string;
   /** Row-major features, `numSamples * prod(sampleShape)` values. */
   features: Float32Array;
-  /** Class index per sample, in `[0, classNames.length)`. */
+  /**
+   * Class index per sample, in `[0, classNames.length)`. With a regression
+   * `task`, the quintile of the sample's target instead (what partitions a
+   * dataset among sites and shows how they differ), named in `classNames`.
+   */
   labels: Int32Array;
   numSamples: number;
   /** Shape of one sample: `[30]` for a table, `[28, 28, 1]` for an image. */
@@ -20,6 +24,28 @@ export interface Dataset {
   featureNames?: string[];
   /** How a table was encoded: columns, kinds, vocabularies, imputation. */
   schema?: TableSchema;
+  /** Things read that are worth a look (rows left out for a missing label, stray text in a numeric column, ...). */
+  warnings?: string[];
+  /** What the samples are labelled with; absent: one classification task over `labels`, named after the label column (`label`). */
+  task?: DatasetTask;
+}
+
+/**
+ * A dataset's task: its name (shared across a consortium) and kind; a
+ * regression task's target per sample (NaN: missing).
+ */
+export type DatasetTask =
+  | { name: string; kind: 'classification' }
+  | { name: string; kind: 'regression'; values: Float32Array };
+
+/** Quintile bins of `values` (NaN: bin 0): the strata a regression dataset is partitioned by, and the bins' names. */
+export function quantileStrata(values: Float32Array, bins = 5): { labels: Int32Array; classNames: string[] } {
+  const sorted = Float32Array.from(values.filter((v) => Number.isFinite(v))).sort();
+  const cuts = Array.from({ length: bins - 1 }, (_, k) => sorted[Math.floor(((k + 1) * sorted.length) / bins)] ?? 0);
+  const labels = Int32Array.from(values, (v) => (Number.isFinite(v) ? cuts.filter((c) => v >= c).length : 0));
+  const fmt = (v: number) => String(Number(v.toPrecision(4)));
+  const classNames = Array.from({ length: bins }, (_, k) => (k === 0 ? `< ${fmt(cuts[0])}` : k === bins - 1 ? `>= ${fmt(cuts[k - 1])}` : `${fmt(cuts[k - 1])}..${fmt(cuts[k])}`));
+  return { labels, classNames };
 }
 
 /** The number of values in one sample (the product of `sampleShape`). */

@@ -6,7 +6,7 @@ import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { initBackend, isInterrupted, type AlgorithmOptions, type Logger, type SiteFeed, type StatusBoard } from '@dflmoe/core';
 import {
-  getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, runSite, type AlgorithmSite, type SiteNetwork, type SiteRoundRecord,
+  getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, runSite, siteTasks, type AlgorithmSite, type SiteNetwork, type SiteRoundRecord, type TaskResult,
 } from '@dflmoe/core/internal';
 import type { SiteData } from '@dflmoe/data';
 import { checkQuorum, configSettings, otherMembers, type PeerConfig } from './config.js';
@@ -58,6 +58,8 @@ export interface PeerRunResult {
   testSamples: number;
   accuracy: number;
   ownHeadAccuracy: number;
+  /** Every task of the site, by name: its kind, test rows and metrics (`accuracy`, ... or `rmse`, `mae`, `r2`). */
+  tasks: Record<string, TaskResult>;
   bytesSent: number;
   bytesReceived: number;
   /** Sites that share bodies: the part of the bytes that were bodies. */
@@ -266,7 +268,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const result: PeerRunResult = {
       peerId: id.peerId, name: cfg.name, algorithm: cfg.algorithm, backend: backend.name, index,
       trainSamples: data.trainSamples, testSamples: data.testSamples, accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy,
-      bytesSent: traffic.bytesSent, bytesReceived: traffic.bytesReceived,
+      tasks: siteTasks(data, ev), bytesSent: traffic.bytesSent, bytesReceived: traffic.bytesReceived,
       ...(bodies ? { bodyBytesSent: bodies.stats().bytesSent, bodyBytesReceived: bodies.stats().bytesReceived } : {}),
       wallSeconds: 0, peakRssMiB: 0, rounds,
     };

@@ -189,7 +189,7 @@ export function writeSiteDescription(cfg: PeerConfig, model: PeerModelOptions, a
     names: Object.fromEntries([...cfg.members.filter((m) => m.name).map((m) => [m.peerId, m.name!]), ...(cfg.name ? [[model.id, cfg.name]] : [])]),
     model: {
       body: cfg.model.body, featureDim: model.featureDim, headHidden: model.headHidden, sampleShape: model.data.sampleShape,
-      numClasses: model.data.numClasses, train: model.train, ...(model.initSeed !== undefined ? { initSeed: model.initSeed } : {}),
+      numClasses: model.data.task.classNames.length, task: model.data.task, train: model.train, ...(model.initSeed !== undefined ? { initSeed: model.initSeed } : {}),
     },
     algorithmOptions,
   };

@@ -4,7 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import {
   ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, initBackend, simulate, type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
-import { emptyResults, REGISTRY, isAlgorithmName, simulationSettings, summarize, unknownAlgorithmMessage } from '@dflmoe/core/internal';
+import { emptyResults, REGISTRY, isAlgorithmName, oneClassification, simulationSettings, summarize, taskKind, unknownAlgorithmMessage } from '@dflmoe/core/internal';
 import { addSettingsOptions, givenSettings } from '../settings-options.js';
 import { SHIFT_KINDS, loadDatasetAsync, partition } from '@dflmoe/data';
 import { collectResults, consortiumRound, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium } from '../consortium.js';
@@ -42,27 +42,52 @@ function algorithms(v: string): AlgorithmName[] {
 export function summaryTable(r: SimulationResults): string {
   const withPooled = Object.values(r.algorithms).some((a) => a?.pooledAccuracy);
   const withBodies = Object.values(r.algorithms).some((a) => a?.bodyBytesSent !== undefined);
-  const rows = [['algorithm', 'mean acc', 'std', 'min', 'weighted', ...(withPooled ? ['pooled test'] : []), 'bytes sent', ...(withBodies ? ['of which bodies'] : []), 'per peer/round', 'seconds']];
+  const plain = Object.values(r.algorithms).every((a) => !a || oneClassification(a.tasks));
+  const head = plain ? ['mean acc', 'std', 'min', 'weighted', ...(withPooled ? ['pooled test'] : [])] : ['task', 'metric', 'mean', 'std', 'worst', 'others (mean)'];
+  const rows = [['algorithm', ...head, 'bytes sent', ...(withBodies ? ['of which bodies'] : []), 'per peer/round', 'seconds']];
   for (const [name, a] of Object.entries(r.algorithms)) {
     if (!a) continue;
-    rows.push([
-      name === 'dflmoe' && r.config.shareBody ? 'dflmoe (shared bodies)' : name, pct(a.accuracy.mean), pct(a.accuracy.std), pct(a.accuracy.min), pct(a.accuracy.weightedMean),
-      ...(withPooled ? [a.pooledAccuracy ? pct(a.pooledAccuracy.mean) : '-'] : []),
+    const label = name === 'dflmoe' && r.config.shareBody ? 'dflmoe (shared bodies)' : name;
+    const tail = [
       formatBytes(a.bytesSent), ...(withBodies ? [a.bodyBytesSent !== undefined ? formatBytes(a.bodyBytesSent) : '-'] : []),
       formatBytes(a.bytesSent / (r.config.peers * r.config.rounds)), a.wallSeconds.toFixed(1),
-    ]);
+    ];
+    if (plain) {
+      rows.push([
+        label, pct(a.accuracy.mean), pct(a.accuracy.std), pct(a.accuracy.min), pct(a.accuracy.weightedMean),
+        ...(withPooled ? [a.pooledAccuracy ? pct(a.pooledAccuracy.mean) : '-'] : []), ...tail,
+      ]);
+      continue;
+    }
+    // One row per task: its headline metric over the sites that learn it, then the others' means.
+    Object.entries(a.tasks).forEach(([task, t], k) => {
+      const kind = taskKind(t.kind);
+      const h = kind.headline;
+      const m = t.metrics[h.metric];
+      const fmt = (metric: string, v: number) => (Number.isNaN(v) ? '-' : kind.name === 'classification' && metric !== 'r2' ? pct(v) : v.toPrecision(4));
+      const others = kind.metricNames.filter((x) => x !== h.metric).map((x) => `${x} ${fmt(x, t.metrics[x].mean)}`).join(', ');
+      rows.push([
+        k === 0 ? label : '', task, h.metric, fmt(h.metric, m.mean), fmt(h.metric, m.std), fmt(h.metric, h.higherIsBetter ? m.min : m.max), others,
+        ...(k === 0 ? tail : tail.map(() => '')),
+      ]);
+    });
   }
   const skipped = Object.entries(r.skipped ?? {}).map(([name, why]) => `\nskipped ${name}: ${why}`).join('');
   return table(rows) + skipped;
 }
 
+/** A round's progress: the mean and worst accuracy, or each task's headline metric. */
+export function roundProgress(r: RoundResult): string {
+  if (oneClassification(r.tasks)) return `accuracy ${pct(r.accuracyMean)} (min ${pct(r.accuracyMin)})`;
+  return Object.entries(r.tasks).map(([name, t]) => `${name} ${t.metric} ${t.mean.toPrecision(4)} (worst ${t.worst.toPrecision(4)})`).join(', ');
+}
 
 export function simulateCommand(): Command {
   const d = DEFAULT_SIMULATION;
   const cmd = withUiOptions(new Command('simulate')
     .description('Run algorithms side by side on one dataset and partition, with the same model, rounds, epochs and optimiser.')
     .addHelpText('after', `\nAlgorithms:\n${REGISTRY.map((a) => `  ${a.name.padEnd(10)} ${a.description}`).join('\n')}\n`)
-    .requiredOption('--dataset <name>', 'breast-cancer | digits | fashion-mnist | synthetic | csv:<path> | images:<dir> (one sub-folder of PNG/JPEG files per class)')
+    .requiredOption('--dataset <name>', 'breast-cancer | diabetes (regression) | digits | fashion-mnist | synthetic | csv:<path> | images:<dir> (one sub-folder of PNG/JPEG files per class)')
     .option('--peers <n>', 'number of sites', int('--peers'), d.peers)
     .option('--partition <spec>', 'iid | dirichlet:<alpha> | shards:<k>', d.partition)
     .option('--rounds <n>', 'communication rounds', int('--rounds'), d.rounds)
@@ -124,7 +149,7 @@ export function simulateCommand(): Command {
           for (const b of bars.values()) b.stop();
           bars.set(alg, createProgress(alg, total));
         }
-        bars.get(alg)!.update(r.round, `accuracy ${pct(r.accuracyMean)} (min ${pct(r.accuracyMin)})  ${formatBytes(r.bytesSent)}  ${r.seconds.toFixed(2)} s/round`);
+        bars.get(alg)!.update(r.round, `${roundProgress(r)}  ${formatBytes(r.bytesSent)}  ${r.seconds.toFixed(2)} s/round`);
         if (r.round === total) bars.get(alg)!.stop();
       };
       const results = o.transport === 'tcp'

@@ -83,10 +83,11 @@ export interface AlgorithmSite {
   readonly data: PeerData;
   /** Local training and this algorithm's communication for `round`. */
   runRound(round: number, net: SiteNetwork): Promise<SiteRound>;
-  /** Personalized accuracy on the site's own test split. */
+  /** Personalized metrics on the site's own test split. */
   evaluate(): PeerEval;
   /**
-   * Class probabilities `[batch, classes]` of the model this site is
+   * Activated outputs (class probabilities `[batch, classes]`, or a
+   * regression's predictions `[batch, 1]`) of the model this site is
    * evaluated with, for standardized samples `x` `[batch, ...sampleShape]`.
    * The caller disposes the result; `x` is left alone.
    */

@@ -5,7 +5,8 @@ import { bodyVariables, buildBody, createHead, headLogits, type BodySpec, type D
 import { bodySpecOf, buildCustomBody, type BodyBuilder } from '../custom-body.js';
 import { applyBodyWeights, type BodyWeights } from '../pretrained.js';
 import { RdpAccountant } from '../privacy.js';
-import { DEFAULT_TRAIN, accuracy, createOptimizer, predictClasses, type ParamGroup, type PeerData, type TrainOptions } from '../train.js';
+import { DEFAULT_TRAIN, createOptimizer, evaluateTask, type ParamGroup, type PeerData, type TrainOptions } from '../train.js';
+import { taskKind, type TaskKind, type TaskMetrics } from '../tasks/index.js';
 
 /** What every peer of every algorithm is built from. */
 export interface PeerModelOptions {
@@ -31,12 +32,22 @@ export interface PeerModelOptions {
 
 /** Result of one peer's evaluation on its own test split. */
 export interface PeerEval {
+  /** The task's metrics (`accuracy`, ... or `rmse`, ...; see `TaskKind.metricNames`). */
+  metrics: TaskMetrics;
+  /** The own head alone (dFLMoE only; else equal to `metrics`). */
+  ownHeadMetrics: TaskMetrics;
+  /** `metrics.accuracy` (NaN for a task without accuracy). */
   accuracy: number;
-  /** Accuracy of the own head alone (dFLMoE only; else equal to `accuracy`). */
+  /** `ownHeadMetrics.accuracy`. */
   ownHeadAccuracy: number;
 }
 
-/** A body and a head trained with cross-entropy: local-only peers and FedAvg clients. */
+/** A `PeerEval` from the site's metrics and its own head's (the same model when not given). */
+export function peerEval(metrics: TaskMetrics, ownHeadMetrics: TaskMetrics = metrics): PeerEval {
+  return { metrics, ownHeadMetrics, accuracy: metrics.accuracy ?? NaN, ownHeadAccuracy: ownHeadMetrics.accuracy ?? NaN };
+}
+
+/** A body and a head trained with its task's loss (cross-entropy, squared error): local-only peers and FedAvg clients. */
 export class SupervisedModel {
   readonly id: string;
   readonly data: PeerData;
@@ -47,10 +58,13 @@ export class SupervisedModel {
   optimizer: tf.Optimizer;
   readonly bodySpec: BodySpec;
   readonly freezeBody: boolean;
+  /** The kind of task the site learns: its loss, outputs and metrics. */
+  readonly task: TaskKind;
 
   constructor(o: PeerModelOptions) {
     this.id = o.id;
     this.data = o.data;
+    this.task = taskKind(o.data.task);
     this.train = { ...DEFAULT_TRAIN, ...o.train };
     const spec = bodySpecOf(o.body);
     const init = o.initSeed ?? this.train.seed;
@@ -70,7 +84,7 @@ export class SupervisedModel {
       this.body.dispose();
       throw e;
     }
-    this.headSpec = { inputDim: o.featureDim, hidden: o.headHidden, outputDim: o.data.numClasses };
+    this.headSpec = { inputDim: o.featureDim, hidden: o.headHidden, outputDim: this.task.outputDim(o.data.task) };
     this.head = createHead(this.headSpec, deriveSeed(init, 'head'));
     this.optimizer = createOptimizer(this.train);
   }
@@ -122,8 +136,14 @@ export class SupervisedModel {
     return [{ optimizer: this.optimizer, vars: this.trainableVariables() }];
   }
 
-  evaluateOwn(): number {
-    return accuracy(predictClasses(this.data.xTest, (xb) => this.logits(xb)), this.data.yTest);
+  /** The own model's (body and head) metrics on the site's test split. */
+  evaluateOwn(): TaskMetrics {
+    return evaluateTask(this.data.task, this.data.xTest, this.data.yTest, (xb) => this.logits(xb));
+  }
+
+  /** The task's loss of the own model's outputs on a batch. */
+  ownLoss(x: tf.Tensor, y: tf.Tensor2D, training = true): tf.Scalar {
+    return this.task.loss(this.logits(x, training), y);
   }
 
   dispose(): void {
@@ -131,8 +151,4 @@ export class SupervisedModel {
     for (const l of this.head) tf.dispose([l.kernel, l.bias]);
     this.optimizer.dispose();
   }
-}
-
-export function crossEntropy(logits: tf.Tensor2D, y: tf.Tensor2D): tf.Scalar {
-  return tf.losses.softmaxCrossEntropy(y, logits) as tf.Scalar;
 }

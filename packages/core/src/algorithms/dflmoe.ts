@@ -12,8 +12,8 @@ import {
   stackExperts, type DenseLayer, type Expert, type HeadWeights, type StackedExperts,
 } from '../model.js';
 import { chooseExperts, defaultExploration, type ExpertMemory } from '../selection.js';
-import { accuracy, predictClasses, rowsOf, trainEpochs, type ParamGroup } from '../train.js';
-import { SupervisedModel, type PeerEval, type PeerModelOptions } from './common.js';
+import { evaluateTask, rowsOf, trainEpochs, type ParamGroup } from '../train.js';
+import { SupervisedModel, peerEval, type PeerEval, type PeerModelOptions } from './common.js';
 import { DEFAULT_LIMITS } from '../limits.js';
 import { dflmoeSettings, type DflmoeSettings } from './dflmoe-settings.js';
 import { ExpertPool, stalenessSettings, type StalenessSettings } from '../experts.js';
@@ -184,7 +184,7 @@ export class DflmoePeer extends SupervisedModel {
     if (this.fstKind !== 'none' && !this.fsts.has(peer)) this.fsts.set(peer, createFst(this.headSpec.inputDim, this.fstKind));
   }
 
-  /** Accuracy of a candidate head versus the own head on local training samples. */
+  /** Score (accuracy; a regression's `rowScores`) of a candidate head versus the own head on local training samples. */
   scoreHead(layers: { kernel: Float32Array; bias: Float32Array }[], from: string): { expert: number; own: number } {
     return tf.tidy(() => {
       const n = Math.min(512, this.data.trainSamples);
@@ -194,7 +194,7 @@ export class DflmoePeer extends SupervisedModel {
       const dims = [this.headSpec.inputDim, ...this.headSpec.hidden, this.headSpec.outputDim];
       const head = layers.map((l, i) => ({ kernel: tf.tensor2d(l.kernel, [dims[i], dims[i + 1]]), bias: tf.tensor1d(l.bias) }));
       const f = this.fsts.get(from);
-      const acc = (logits: tf.Tensor2D) => tf.mean(tf.cast(tf.equal(tf.argMax(logits, 1), y), 'float32')).dataSync()[0];
+      const acc = (logits: tf.Tensor2D) => tf.mean(this.task.rowScores(tf.expandDims(logits, 1) as tf.Tensor3D, y as tf.Tensor1D)).dataSync()[0];
       return { expert: acc(headLogits(head, f ? applyFst(f, z) : z)), own: acc(headLogits(this.head, z)) };
     });
   }
@@ -223,7 +223,7 @@ export class DflmoePeer extends SupervisedModel {
       const n = Math.min(EVIDENCE_SAMPLES, this.data.trainSamples);
       const z = this.features(rowsOf(this.data.xTrain, 0, n), false);
       const { logits, gates } = this.mixtureOf(z);
-      const hit = tf.cast(tf.equal(tf.argMax(logits, 2), tf.expandDims(rowsOf(this.data.yTrain, 0, n), 1)), 'float32');
+      const hit = this.task.rowScores(logits, rowsOf(this.data.yTrain, 0, n) as tf.Tensor1D);
       return { acc: tf.mean(hit, 0).dataSync(), gate: tf.mean(gates, 0).dataSync() };
     });
     return new Map(experts.slice(1).map((e, j) => [e.id, acc[j + 1] + gate[j + 1]]));
@@ -300,10 +300,9 @@ export class DflmoePeer extends SupervisedModel {
     this.account();
     const pool = this.pool.list();
     const loss = (own: tf.Tensor2D, probs: tf.Tensor2D, y: tf.Tensor2D, mixed: boolean): tf.Scalar => {
-      const l = moeLoss(own, probs, y, this.alpha);
+      const l = moeLoss(own, probs, y, this.alpha, this.task);
       if (this.distill === 0 || !mixed) return l;
-      const toMixture = tf.neg(tf.mean(tf.sum(tf.mul(stopGradient(probs), tf.logSoftmax(own)), 1)));
-      return tf.add(l, tf.mul(this.distill, toMixture)) as tf.Scalar;
+      return tf.add(l, tf.mul(this.distill, this.task.distill(own, stopGradient(probs) as tf.Tensor2D))) as tf.Scalar;
     };
     const dp = this.train.dp !== undefined;
     if (this.mixture === 'batched' && pool.length === 0 && !this.gateTouched && !dp && (this.train.optimizer ?? 'adam') === 'adam') {
@@ -313,7 +312,7 @@ export class DflmoePeer extends SupervisedModel {
       // (A second head pass keeps the two loss terms' gradients apart, as the mixture computes them.)
       return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => {
         const z = this.features(x, true);
-        return loss(headLogits(this.head, z), tf.softmax(headLogits(this.head, z)), y, false);
+        return loss(headLogits(this.head, z), this.task.activate(headLogits(this.head, z)) as tf.Tensor2D, y, false);
       });
     }
     this.gateTouched = true;
@@ -321,8 +320,8 @@ export class DflmoePeer extends SupervisedModel {
       return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => {
         const z = this.features(x, true);
         const experts = this.experts();
-        if (this.mixture === 'per-expert') return loss(headLogits(this.head, z), moeForwardPerExpert(z, experts, this.gate).probs, y, experts.length > 1);
-        const out = moeForward(z, experts, this.gate);
+        if (this.mixture === 'per-expert') return loss(headLogits(this.head, z), moeForwardPerExpert(z, experts, this.gate, this.task.activate).probs, y, experts.length > 1);
+        const out = moeForward(z, experts, this.gate, 'auto', this.task.activate);
         return loss(headLogits(this.head, z), out.probs, y, experts.length > 1);
       });
     }
@@ -331,7 +330,7 @@ export class DflmoePeer extends SupervisedModel {
       const groups = [{ optimizer: this.optimizer, vars: [...this.trainableVariables(), ...this.gate.sharedVariables(this.id)] }, { optimizer: packed.adam, vars: packed.adam.vars }];
       return await trainEpochs(this.data, this.train, round, () => groups, (x, y) => {
         const z = this.features(x, true);
-        const out = moeForwardStacked(z, this.head, packed.experts, this.gate, packed.slots);
+        const out = moeForwardStacked(z, this.head, packed.experts, this.gate, packed.slots, 'auto', this.task.activate);
         // The own head is expert 0 of the mixture.
         const own = tf.reshape(tf.slice(out.logits, [0, 0, 0], [-1, 1, -1]), [z.shape[0], this.headSpec.outputDim]) as tf.Tensor2D;
         return loss(own, out.probs, y, true);
@@ -463,7 +462,7 @@ export class DflmoePeer extends SupervisedModel {
    */
   private mixtureOf(z: tf.Tensor2D): { probs: tf.Tensor2D; gates: tf.Tensor2D; logits: tf.Tensor3D } {
     const s = this.stacked();
-    return s ? moeForwardStacked(z, this.head, s.experts, this.gate, s.slots) : moeForward(z, this.experts(), this.gate);
+    return s ? moeForwardStacked(z, this.head, s.experts, this.gate, s.slots, 'auto', this.task.activate) : moeForward(z, this.experts(), this.gate, 'auto', this.task.activate);
   }
 
   moeProbs(x: tf.Tensor): tf.Tensor2D {
@@ -471,10 +470,7 @@ export class DflmoePeer extends SupervisedModel {
   }
 
   evaluate(): PeerEval {
-    return {
-      accuracy: accuracy(predictClasses(this.data.xTest, (xb) => this.moeProbs(xb)), this.data.yTest),
-      ownHeadAccuracy: this.evaluateOwn(),
-    };
+    return peerEval(evaluateTask(this.data.task, this.data.xTest, this.data.yTest, (xb) => this.moeProbs(xb)), this.evaluateOwn());
   }
 
   /** Mean gate weight given to each expert present, over the local test split. */

@@ -11,7 +11,7 @@ import { formatBodySpec } from '../model.js';
 import { federatedAverage } from '../averaging.js';
 import { createOptimizer, trainEpochs } from '../train.js';
 import type { Algorithm, AlgorithmBaseOptions, SiteNetwork, SiteRound } from './api.js';
-import { SupervisedModel, crossEntropy, type PeerEval } from './common.js';
+import { SupervisedModel, peerEval, type PeerEval } from './common.js';
 import { ModelSite, secondsSince } from './site.js';
 
 /** Seed of the one initial model that the sites of model-averaging algorithms share. */
@@ -85,12 +85,11 @@ export class FedAvgClient extends SupervisedModel {
   trainRound(round: number): Promise<number> {
     this.resetOptimizer();
     this.account();
-    return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => crossEntropy(this.logits(x, true), y));
+    return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => this.ownLoss(x, y));
   }
 
   evaluate(): PeerEval {
-    const a = this.evaluateOwn();
-    return { accuracy: a, ownHeadAccuracy: a };
+    return peerEval(this.evaluateOwn());
   }
 }
 

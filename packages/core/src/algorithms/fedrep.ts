@@ -18,7 +18,7 @@ import { createOptimizer, trainEpochs } from '../train.js';
 import type { Algorithm, AlgorithmBaseOptions, SiteNetwork, SiteRound } from './api.js';
 import { bodySettings, type BodySettings, type BodyShare } from '../body-share.js';
 import { secondsSince, siteBodyShare } from './site.js';
-import { crossEntropy, type PeerModelOptions } from './common.js';
+import type { PeerModelOptions } from './common.js';
 import { FedAvgClient, FedAvgSite, sharedModelSeed } from './fedavg.js';
 import { federatedAverage } from '../averaging.js';
 
@@ -46,13 +46,13 @@ export class FedRepClient extends FedAvgClient {
     const headLoss = await trainEpochs(
       this.data, { ...this.train, epochs: this.headEpochs, seed: deriveSeed(this.train.seed, 'fedrep-head') }, round,
       () => [{ optimizer: this.headOptimizer, vars: head }],
-      (x, y) => crossEntropy(headLogits(this.head, this.features(x, false)), y),
+      (x, y) => this.task.loss(headLogits(this.head, this.features(x, false)), y),
     );
     this.resetOptimizer();
     // A frozen body: the head epochs are the whole round.
     if (this.freezeBody) return headLoss;
     const body = this.sharedVariables();
-    return trainEpochs(this.data, this.train, round, () => [{ optimizer: this.optimizer, vars: body }], (x, y) => crossEntropy(this.logits(x, true), y));
+    return trainEpochs(this.data, this.train, round, () => [{ optimizer: this.optimizer, vars: body }], (x, y) => this.ownLoss(x, y));
   }
 
   /** The head's optimizer, kept across rounds (and in checkpoints). */

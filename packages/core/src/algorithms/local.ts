@@ -1,18 +1,17 @@
 import { trainEpochs } from '../train.js';
 import type { Algorithm, SiteRound } from './api.js';
-import { SupervisedModel, crossEntropy, type PeerEval } from './common.js';
+import { SupervisedModel, peerEval, type PeerEval } from './common.js';
 import { ModelSite, secondsSince } from './site.js';
 
 /** Local-only baseline: each peer trains on its own data and never communicates. */
 export class LocalPeer extends SupervisedModel {
   trainRound(round: number): Promise<number> {
     this.account();
-    return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => crossEntropy(this.logits(x, true), y));
+    return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => this.ownLoss(x, y));
   }
 
   evaluate(): PeerEval {
-    const a = this.evaluateOwn();
-    return { accuracy: a, ownHeadAccuracy: a };
+    return peerEval(this.evaluateOwn());
   }
 }
 

@@ -22,9 +22,9 @@ export function prefixKeys(r: Partial<Record<string, number>> | undefined, prefi
   return Object.fromEntries(Object.entries(r ?? {}).filter((e): e is [string, number] => Boolean(e[1])).map(([k, v]) => [`${prefix}${k}`, v]));
 }
 
-/** Class probabilities of one body + head model: the softmax of its logits. */
+/** One body + head model's activated outputs (class probabilities: the softmax of its logits; a regression's prediction). */
 export function modelProbs(model: SupervisedModel, x: tf.Tensor): tf.Tensor2D {
-  return tf.tidy(() => tf.softmax(model.logits(x)));
+  return tf.tidy(() => model.task.activate(model.logits(x)) as tf.Tensor2D);
 }
 
 /** What a model site's checkpoint holds besides the files: enough to check and read `state.bin` back. */
@@ -124,7 +124,7 @@ export abstract class ModelSite<M extends SupervisedModel & { evaluate(): PeerEv
 
   abstract runRound(round: number, net: SiteNetwork): Promise<SiteRound>;
 
-  /** Class probabilities of the site's own model (softmax of its logits). */
+  /** The site's own model's activated outputs (class probabilities, or predictions; see `modelProbs`). */
   predict(x: tf.Tensor): tf.Tensor2D {
     return modelProbs(this.model, x);
   }

@@ -1,0 +1,38 @@
+/**
+ * The task kinds, by name: a new kind is one file in this folder and a line
+ * here. See `api.ts` for what a kind provides.
+ */
+import type { Dataset } from '@dflmoe/data';
+import type { TaskInfo, TaskKind, TaskKindName } from './api.js';
+export { metricOf } from './api.js';
+import { classification } from './classification.js';
+import { regression } from './regression.js';
+
+export type { TargetScale, TaskInfo, TaskKind, TaskKindName, TaskMetrics, TaskResult } from './api.js';
+export { classificationMetrics } from './classification.js';
+export { fitTargetScale, regressionMetrics } from './regression.js';
+
+const KINDS: Readonly<Record<TaskKindName, TaskKind>> = { classification, regression };
+
+/** Every task kind's name. */
+export const TASK_KINDS: readonly TaskKindName[] = Object.keys(KINDS) as TaskKindName[];
+
+/** The kind of `task` (or of that name). */
+export function taskKind(task: Pick<TaskInfo, 'kind'> | TaskKindName): TaskKind {
+  const name = typeof task === 'string' ? task : task.kind;
+  const k = (KINDS as Record<string, TaskKind | undefined>)[name];
+  if (!k) throw new Error(`unknown task kind "${name}"; choose from ${TASK_KINDS.join(', ')}`);
+  return k;
+}
+
+/** The task `ds` is labelled for (one classification over its labels when it names none), without a target scale. */
+export function datasetTask(ds: Dataset): TaskInfo {
+  return taskKind(ds.task?.kind ?? 'classification').fromDataset(ds);
+}
+
+/** `datasetTask(ds)` with the scale its labels need, fitted on `rows` (the pooled training rows, in a simulation). */
+export function fittedTask(ds: Dataset, rows: ArrayLike<number>): TaskInfo {
+  const task = datasetTask(ds);
+  const scale = taskKind(task).fitScale(ds, rows);
+  return scale ? { ...task, scale } : task;
+}
