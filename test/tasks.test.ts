@@ -1,0 +1,115 @@
+/**
+ * Tasks: the kinds' metrics on hand-checked cases, and a regression
+ * consortium (the built-in diabetes table) that every algorithm learns,
+ * with metrics in the target's units and no tensor left behind.
+ */
+import assert from 'node:assert/strict';
+import * as tf from '@tensorflow/tfjs-core';
+import { ALGORITHMS, classificationMetrics, regressionMetrics, silentLogger, simulate, taskKind, TASK_KINDS } from '@dflmoe/core/internal';
+import { loadDataset } from '@dflmoe/data';
+import { summaryTable } from '@dflmoe/cli/internal';
+import { backend } from './helpers.js';
+
+describe('task kinds', () => {
+  before(backend);
+
+  it('classification: accuracy, balanced accuracy (mean recall) and macro F1', () => {
+    const m = classificationMetrics([0, 0, 1, 1], [0, 1, 1, 1]);
+    assert.equal(m.accuracy, 0.75);
+    assert.ok(Math.abs(m.balancedAccuracy - (1 + 2 / 3) / 2) < 1e-12);
+    assert.ok(Math.abs(m.macroF1 - (2 / 3 + 4 / 5) / 2) < 1e-12);
+    // A majority-class guess: accuracy looks fine, balanced accuracy says one class is never found.
+    const guess = classificationMetrics([1, 1, 1, 1], [0, 1, 1, 1]);
+    assert.equal(guess.accuracy, 0.75);
+    assert.equal(guess.balancedAccuracy, 0.5);
+  });
+
+  it('regression: RMSE, MAE and R^2 in the target units (labels and predictions standardized)', () => {
+    const m = regressionMetrics([1, 2, 3], [1, 2, 5], { mean: 10, std: 2 });
+    assert.ok(Math.abs(m.rmse - Math.sqrt(16 / 3)) < 1e-9, `rmse ${m.rmse}`);
+    assert.ok(Math.abs(m.mae - 4 / 3) < 1e-9);
+    const mean = 8 / 3;
+    const ss = [1, 2, 5].reduce((a, y) => a + ((y - mean) * 2) ** 2, 0);
+    assert.ok(Math.abs(m.r2 - (1 - 16 / ss)) < 1e-9, `r2 ${m.r2}`);
+    assert.deepEqual(regressionMetrics([], []), { rmse: NaN, mae: NaN, r2: NaN });
+  });
+
+  it('every kind: its outputs, loss and mixture on a batch, without leaking tensors', () => {
+    assert.deepEqual([...TASK_KINDS], ['classification', 'regression']);
+    assert.throws(() => taskKind('ranking' as 'regression'), /unknown task kind "ranking"; choose from classification, regression/);
+    for (const name of TASK_KINDS) {
+      const kind = taskKind(name);
+      const task = { name: 't', kind: name, classNames: name === 'classification' ? ['a', 'b', 'c'] : [] };
+      const before = tf.memory().numTensors;
+      tf.tidy(() => {
+        const d = kind.outputDim(task);
+        const labels = tf.tensor1d(name === 'classification' ? [0, 2] : [0.5, -1], kind.labelDtype);
+        const y = kind.encode(labels, task);
+        assert.deepEqual(y.shape, [2, d]);
+        const right = name === 'classification' ? tf.tensor2d([[9, 0, 0], [0, 0, 9]]) : tf.tensor2d([[0.5], [-1]]);
+        const wrong = name === 'classification' ? tf.tensor2d([[0, 9, 0], [9, 0, 0]]) : tf.tensor2d([[3], [2]]);
+        assert.ok(kind.loss(right, y).dataSync()[0] < kind.loss(wrong, y).dataSync()[0], `${name}: a right output costs less`);
+        assert.ok(kind.mixtureLoss(kind.activate(right) as tf.Tensor2D, y).dataSync()[0] < kind.mixtureLoss(kind.activate(wrong) as tf.Tensor2D, y).dataSync()[0]);
+        assert.deepEqual(Array.from(kind.predict(right).dataSync()), Array.from(labels.dataSync()));
+        const scores = kind.rowScores(tf.stack([right, wrong], 1) as tf.Tensor3D, labels).arraySync();
+        for (const [r, w] of scores) assert.ok(r > 0.99 && w < 0.5, `${name}: row scores ${r}, ${w}`);
+        assert.equal(kind.metricNames[0], kind.headline.metric);
+      });
+      assert.equal(tf.memory().numTensors, before, `${name}: tidy frees everything`);
+    }
+  });
+});
+
+describe('a regression consortium (diabetes)', () => {
+  before(backend);
+  let r: Awaited<ReturnType<typeof simulate>>;
+  const counts: number[] = [];
+  let t0 = 0;
+  before(async function () {
+    this.timeout(240_000);
+    t0 = tf.memory().numTensors;
+    r = await simulate(
+      { dataset: 'diabetes', peers: 4, rounds: 6, partition: 'iid', algorithms: [...ALGORITHMS], learningRate: 0.01, seed: 1 },
+      { logger: silentLogger, onRound: (alg, x) => alg === 'dflmoe' && counts.push(tf.memory().numTensors) },
+    );
+  });
+
+  it('is the built-in table: 442 rows, 10 features, a regression target with quintile strata', () => {
+    const ds = loadDataset('diabetes');
+    assert.equal(ds.numSamples, 442);
+    assert.deepEqual(ds.sampleShape, [10]);
+    assert.equal(ds.task?.kind, 'regression');
+    assert.deepEqual(r.dataset.task, { name: 'progression', kind: 'regression' });
+  });
+
+  it('every algorithm learns it: metrics in the target units, better than predicting the mean', () => {
+    for (const alg of ALGORITHMS) {
+      const a = r.algorithms[alg]!;
+      const t = a.tasks.progression;
+      assert.equal(t.kind, 'regression', alg);
+      assert.equal(t.sites, 4);
+      // The target's standard deviation is about 77: predicting the mean gives RMSE 77 and R^2 0.
+      assert.ok(t.metrics.rmse.mean > 40 && t.metrics.rmse.mean < 77, `${alg}: rmse ${t.metrics.rmse.mean}`);
+      assert.ok(t.metrics.r2.mean > 0, `${alg}: r2 ${t.metrics.r2.mean}`);
+      assert.ok(t.metrics.mae.mean < t.metrics.rmse.mean, alg);
+      for (const p of a.peers) assert.equal(p.tasks.progression.testRows, p.testSamples);
+      assert.ok(Number.isNaN(a.accuracy.mean), `${alg}: no accuracy for a regression task`);
+      assert.equal(a.rounds.at(-1)!.tasks.progression.metric, 'rmse');
+    }
+  });
+
+  it('dFLMoE mixes the other sites\' heads as experts, and no round leaks a tensor', () => {
+    const d = r.algorithms.dflmoe!;
+    assert.ok(d.peers.every((p) => Object.keys(p.gateWeights ?? {}).length === 4), 'own head and three experts');
+    assert.equal(counts.length, 6);
+    assert.deepEqual(counts.slice(2), counts.slice(1, -1), `tensor counts per round: ${counts}`);
+    assert.equal(tf.memory().numTensors, t0, 'the run frees its tensors');
+  });
+
+  it('the results table shows each task\'s headline metric, not accuracy', () => {
+    const text = summaryTable(r);
+    assert.match(text, /task\s+metric\s+mean\s+std\s+worst/);
+    assert.match(text, /dflmoe\s+progression\s+rmse\s+\d+\.\d+/);
+    assert.doesNotMatch(text, /mean acc/);
+  });
+});
