@@ -70,7 +70,7 @@ describe('a regression consortium (diabetes)', () => {
     t0 = tf.memory().numTensors;
     r = await simulate(
       { dataset: 'diabetes', peers: 4, rounds: 6, partition: 'iid', algorithms: [...ALGORITHMS], learningRate: 0.01, seed: 1 },
-      { logger: silentLogger, onRound: (alg, x) => alg === 'dflmoe' && counts.push(tf.memory().numTensors) },
+      { logger: silentLogger, onRound: (alg) => alg === 'dflmoe' && counts.push(tf.memory().numTensors) },
     );
   });
 
