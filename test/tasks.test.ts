@@ -8,7 +8,10 @@ import * as tf from '@tensorflow/tfjs-core';
 import { ALGORITHMS, classificationMetrics, regressionMetrics, silentLogger, simulate, taskKind, TASK_KINDS } from '@dflmoe/core/internal';
 import { loadDataset } from '@dflmoe/data';
 import { summaryTable } from '@dflmoe/cli/internal';
-import { backend } from './helpers.js';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { backend, cli } from './helpers.js';
 
 describe('task kinds', () => {
   before(backend);
@@ -111,5 +114,33 @@ describe('a regression consortium (diabetes)', () => {
     assert.match(text, /task\s+metric\s+mean\s+std\s+worst/);
     assert.match(text, /dflmoe\s+progression\s+rmse\s+\d+\.\d+/);
     assert.doesNotMatch(text, /mean acc/);
+  });
+});
+
+describe('a regression target from the command line', () => {
+  it('a numeric label column is refused with the hint; --label-kind regression learns it and reports RMSE', function () {
+    this.timeout(120_000);
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-reg-'));
+    // age = 30 + 4 x + noise: 150 rows, about 150 distinct ages.
+    let seed = 7;
+    const rand = () => ((seed = (seed * 16807) % 2147483647) / 2147483647);
+    const rows = Array.from({ length: 150 }, () => {
+      const x = 10 * rand();
+      return `${x.toFixed(3)},${(rand() * 2).toFixed(3)},${(30 + 4 * x + 2 * rand()).toFixed(2)}`;
+    });
+    const file = join(dir, 'ages.csv');
+    writeFileSync(file, `x,z,age\n${rows.join('\n')}\n`);
+    const args = ['simulate', '--dataset', `csv:${file}`, '--label-column', 'age', '--peers', '3', '--rounds', '4', '--partition', 'iid', '--algorithms', 'local,dflmoe', '--lr', '0.01', '--quiet'];
+    const refused = cli([...args, '--out', join(dir, 'a')]);
+    assert.notEqual(refused.status, 0);
+    assert.match(refused.stderr, /holds \d+ distinct numbers in 150 rows: it looks like a number to predict/);
+    assert.doesNotMatch(refused.stderr, /\n\s+at /, 'one line, no stack trace');
+    const ok = cli([...args, '--label-kind', 'regression', '--out', join(dir, 'b')]);
+    assert.equal(ok.status, 0, ok.stderr);
+    assert.match(ok.stdout, /dflmoe\s+age\s+rmse/);
+    const res = JSON.parse(readFileSync(join(dir, 'b', 'results.json'), 'utf8')) as Awaited<ReturnType<typeof simulate>>;
+    // The target spans about 30..72 (std about 12): a model that learnt x is well under it.
+    const rmse = res.algorithms.local!.tasks.age.metrics.rmse.mean;
+    assert.ok(rmse > 0 && rmse < 10, `rmse ${rmse}`);
   });
 });

@@ -118,6 +118,7 @@ export function simulateCommand(): Command {
     .option('--max-samples <n>', 'use a seeded random subset of the dataset', int('--max-samples'))
     .option('--data-dir <dir>', 'fashion-mnist: directory of the idx files')
     .option('--label-column <name>', 'csv: the label column', 'label')
+    .addOption(new Option('--label-kind <kind>', 'csv: what the label column holds: classes, or a number to predict').choices(['classification', 'regression']))
     .addOption(new Option('--transport <kind>', 'memory: one process; tcp: every site its own process over libp2p on 127.0.0.1').choices(['memory', 'tcp']).default('memory'))
     .option('--deadline <ms>', 'tcp: round deadline in milliseconds', int('--deadline'), 60000)
     .option('--out <dir>', 'output directory for results.json', 'runs/simulate')
@@ -130,7 +131,7 @@ export function simulateCommand(): Command {
       mkdirSync(out, { recursive: true });
       const cfg: SimulationConfig = {
         dataset: o.dataset,
-        datasetOptions: { maxSamples: o.maxSamples, dataDir: o.dataDir, labelColumn: o.labelColumn },
+        datasetOptions: { maxSamples: o.maxSamples, dataDir: o.dataDir, labelColumn: o.labelColumn, ...(o.labelKind ? { taskKind: o.labelKind as 'classification' | 'regression' } : {}) },
         peers: o.peers, partition: o.partition, rounds: o.rounds, algorithms: o.algorithms, seed: o.seed,
         bodies: o.body, featureDim: o.featureDim, headHidden: o.headHidden, epochs: o.epochs, batchSize: o.batchSize,
         learningRate: o.lr, optimizer: o.optimizer,
