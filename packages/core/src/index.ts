@@ -44,8 +44,10 @@ export { TrainingDiverged, type SiteRoundRecord } from './rounds.js';
 export { Interrupted, isInterrupted, throwIfInterrupted, unlessInterrupted } from './interrupt.js';
 export {
   DEFAULT_SIMULATION, simulate,
-  type AlgorithmResult, type PeerResult, type RoundResult, type SimulationConfig, type SimulationHooks, type SimulationResults,
+  type AlgorithmResult, type PeerResult, type RoundHeadline, type RoundResult, type SimulationConfig, type SimulationHooks, type SimulationResults,
+  type TaskSummary,
 } from './simulate.js';
+export { TASK_KINDS, metricOf, taskKind, type TargetScale, type TaskInfo, type TaskKind, type TaskKindName, type TaskMetrics, type TaskResult } from './tasks/index.js';
 export {
   createLearner,
   type DflmoeLearner, type LearnerLoopOptions, type LearnerOptions, type LearnerRoundMetrics,
