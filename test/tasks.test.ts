@@ -5,7 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
-import { ALGORITHMS, classificationMetrics, regressionMetrics, silentLogger, simulate, taskKind, TASK_KINDS } from '@dflmoe/core/internal';
+import { ALGORITHMS, MemoryHub, classificationMetrics, createLearner, regressionMetrics, silentLogger, simulate, taskKind, TASK_KINDS, type DflmoeLearner } from '@dflmoe/core/internal';
+import { encodeSiteData, loadSiteData, mergeSummaries, reconcileStatements, siteStatement, type SiteDataSpec } from '@dflmoe/data/internal';
 import { loadDataset } from '@dflmoe/data';
 import { summaryTable } from '@dflmoe/cli/internal';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -142,5 +143,87 @@ describe('a regression target from the command line', () => {
     // The target spans about 30..72 (std about 12): a model that learnt x is well under it.
     const rmse = res.algorithms.local!.tasks.age.metrics.rmse.mean;
     assert.ok(rmse > 0 && rmse < 10, `rmse ${rmse}`);
+  });
+});
+
+/** A site's CSV: stay = 2 + 1.5 age/10 - 0.8 bmi/10 + noise (+ a site's offset), with a text column. */
+function stayCsv(dir: string, name: string, rows: number, seed: number, offset = 0): string {
+  let x = seed;
+  const rand = () => ((x = (x * 16807) % 2147483647) / 2147483647);
+  const lines = Array.from({ length: rows }, () => {
+    const age = 20 + 60 * rand();
+    const bmi = 18 + 20 * rand();
+    const ward = rand() < 0.5 ? 'A' : 'B';
+    return `${age.toFixed(1)},${bmi.toFixed(1)},${ward},${(2 + offset + 0.15 * age - 0.08 * bmi + (ward === 'A' ? 1 : 0) + 0.5 * rand()).toFixed(3)}`;
+  });
+  const file = join(dir, name);
+  writeFileSync(file, `age,bmi,ward,stay\n${lines.join('\n')}\n`);
+  return file;
+}
+
+describe('regression sites with their own data', function () {
+  this.timeout(120_000);
+  before(backend);
+  const dir = mkdtempSync(join(tmpdir(), 'dflmoe-stay-'));
+  const spec = (file: string, kind: 'classification' | 'regression' = 'regression'): SiteDataSpec => ({
+    dataset: `csv:${file}`, labelColumn: 'stay', task: { name: 'stay', kind }, seed: 1, testFraction: 0.25,
+  });
+
+  it('the sites agree on the target\'s pooled mean and standard deviation from sums, not rows', async () => {
+    const files = [stayCsv(dir, 'a.csv', 120, 3), stayCsv(dir, 'b.csv', 80, 4, 3)];
+    const datas = await Promise.all(files.map((f) => loadSiteData(spec(f))));
+    const statements = datas.map((d, i) => siteStatement(d, `s${i}`));
+    for (const st of statements) {
+      assert.equal(st.summary.task?.kind, 'regression');
+      assert.deepEqual(st.summary.labelCounts, [], 'no classes travel for a regression target');
+    }
+    const { agreed } = reconcileStatements(statements);
+    // The pooled statistics are those of every site's training targets together.
+    const targets = datas.flatMap((d) => d.kind === 'table' ? [...d.split.train].map((r) => Number(d.table.labels[r])) : []);
+    const mean = targets.reduce((a, b) => a + b, 0) / targets.length;
+    const std = Math.sqrt(targets.reduce((a, b) => a + (b - mean) ** 2, 0) / targets.length);
+    assert.equal(agreed.task?.kind, 'regression');
+    assert.ok(Math.abs(agreed.task!.scale!.mean - mean) < 1e-5 && Math.abs(agreed.task!.scale!.std - std) < 1e-5, `${JSON.stringify(agreed.task)} vs ${mean}, ${std}`);
+    const enc = encodeSiteData(datas[0], agreed, 'federated');
+    assert.deepEqual(enc.targetScale, agreed.task!.scale);
+    assert.equal(enc.dataset.task?.kind, 'regression');
+    assert.ok(!agreed.featureNames.includes('stay'), 'a task column is never a feature');
+  });
+
+  it('a task that is a regression at one site and classes at another is refused naming both', async () => {
+    const a = await loadSiteData(spec(stayCsv(dir, 'c.csv', 40, 5)));
+    const b = await loadSiteData({ ...spec(stayCsv(dir, 'd.csv', 40, 6), 'classification') });
+    assert.throws(() => mergeSummaries([siteStatement(a, 'east').summary, siteStatement(b, 'west').summary]),
+      /the label is a regression target at "east" but classes at "west": declare one kind for task "stay" at every site/);
+  });
+
+  it('three dFLMoE learners learn the target together: RMSE in its units per round, below its spread', async () => {
+    const files = [stayCsv(dir, 'e.csv', 150, 7), stayCsv(dir, 'f.csv', 100, 8, 1), stayCsv(dir, 'g.csv', 60, 9, -1)];
+    const datas = await Promise.all(files.map((f) => loadSiteData(spec(f))));
+    const { agreed } = reconcileStatements(datas.map((d, i) => siteStatement(d, `s${i}`)));
+    const hub = new MemoryHub({ lockstep: true });
+    const learners: DflmoeLearner[] = [];
+    const t0 = tf.memory().numTensors;
+    try {
+      for (const [i, d] of datas.entries()) {
+        const enc = encodeSiteData(d, agreed, 'federated');
+        learners.push(await createLearner({
+          id: `s${i}`, data: { ...enc, agreed, included: agreed.sites, excluded: [], missing: [], warnings: [] },
+          model: { body: 'mlp:32', featureDim: 16 }, train: { seed: i, learningRate: 0.01 }, exchange: hub.join(`s${i}`), quorum: 2, roundDeadlineMs: 10000,
+        }));
+      }
+      let last: Awaited<ReturnType<DflmoeLearner['runRound']>>[] = [];
+      for (let r = 0; r < 8; r++) last = await Promise.all(learners.map((l) => l.runRound()));
+      for (const m of last) {
+        const t = m.tasks.stay;
+        assert.equal(t.kind, 'regression');
+        // The target's spread is about 3 (age alone moves it by 9 over its range); learnt, the error is well under it.
+        assert.ok((t.rmse as number) > 0 && (t.rmse as number) < 1.5, `rmse ${t.rmse}`);
+        assert.equal(m.experts.length, 2, `the two other sites' heads: ${JSON.stringify(m.experts)}`);
+      }
+    } finally {
+      learners.forEach((l) => l.dispose());
+    }
+    assert.equal(tf.memory().numTensors, t0, 'every tensor freed');
   });
 });

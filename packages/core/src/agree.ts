@@ -121,6 +121,8 @@ export interface AgreedData extends DataAgreement {
   split: PeerSplit;
   /** The pooled statistics (`federated`) or the site's own (`local`) that the learner standardizes with. */
   standardizer: Standardizer;
+  /** A regression target's pooled mean and standard deviation (`federated` only). */
+  targetScale?: { mean: number; std: number };
 }
 
 /**
@@ -141,5 +143,5 @@ export async function agreeOnData(
     ag = { agreed: r.agreed, included: r.included, excluded: r.excluded, missing: [], warnings: r.warnings };
   }
   const enc = encodeSiteData(data, ag.agreed, o.standardize ?? 'federated');
-  return { ...ag, dataset: enc.dataset, split: enc.split, standardizer: enc.standardizer };
+  return { ...ag, dataset: enc.dataset, split: enc.split, standardizer: enc.standardizer, ...(enc.targetScale ? { targetScale: enc.targetScale } : {}) };
 }

@@ -24,6 +24,7 @@ import { createLogger, type Logger } from './log.js';
 import { resolveBody, type BodyInput } from './custom-body.js';
 import { checkBodyStandardizer, readBodyWeights } from './pretrained.js';
 import { disposePeerData, preparePeerData, type TrainOptions } from './train.js';
+import { scaledTask } from './tasks/index.js';
 import { SitePredictor, evaluatePredictions, sitePredictions, type Evaluation, type Predictions, type SampleInput } from './predict.js';
 
 /**
@@ -283,7 +284,7 @@ export async function createLearner(o: LearnerOptions): Promise<DflmoeLearner> {
   const pre = o.model?.pretrainedBody !== undefined ? readBodyWeights(o.model.pretrainedBody) : undefined;
   if (pre) checkBodyStandardizer(pre, featureSize(dataset), dataset.featureNames);
   const standardizer = o.standardizer ?? pre?.standardizer ?? o.data?.standardizer ?? fitStandardizer(dataset.features, featureSize(dataset), split.train);
-  const data = preparePeerData(dataset, split, standardizer);
+  const data = preparePeerData(dataset, split, standardizer, scaledTask(dataset, split.train, o.data?.targetScale));
   let body;
   try {
     body = await resolveBody(o.model?.body);

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
 import { parseIdx } from './idx.js';
 import { Rng } from './rng.js';
-import { MAX_CELL, encodeTable, inferTableSchema, readCsvTable, type RawTable, type TableOptions, type TableSchema } from './table.js';
+import { encodeTable, inferTableSchema, readCsvTable, regressionTargets, type RawTable, type TableOptions, type TableSchema } from './table.js';
 import { DataError } from './errors.js';
 import { featureSize, quantileStrata, type Dataset } from './types.js';
 
@@ -160,13 +160,13 @@ export function loadCsv(path: string, opts: CsvOptions = {}): Dataset {
 }
 
 /** A label column of many distinct numbers for its rows (an age, a length of stay) is a number to predict, not classes. */
-function refuseContinuousLabels(table: RawTable, classNames: string[]): void {
+export function refuseContinuousLabels(table: RawTable, classNames: string[]): void {
   const n = table.labels.length;
   if (classNames.length < 20 || classNames.length < n / 10 || !classNames.every((c) => Number.isFinite(Number(c)))) return;
   throw new DataError(
     `${table.source}: the label column "${table.labelColumn}" holds ${classNames.length} distinct numbers in ${n} rows: it looks like a number to predict, ` +
-      'not classes. Declare it a regression task ("tasks": [{ "column": "' + table.labelColumn + '", "kind": "regression" }] in a site config), ' +
-      'or "kind": "classification" if they are class codes',
+      'not classes. Declare it a regression task (--label-kind regression, or "tasks": [{ "column": "' + table.labelColumn + '", "kind": "regression" }] ' +
+      'in a site config), or classification if they are class codes',
   );
 }
 
@@ -184,17 +184,6 @@ function describeTable(path: string, table: RawTable, d: number, n: number): Pic
     source: table.source,
     ...(table.warnings.length ? { warnings: table.warnings } : {}),
   };
-}
-
-/** The target of each row of a regression table: a finite number, or an error naming the line and the column. */
-export function regressionTargets(table: RawTable): Float32Array {
-  return Float32Array.from(table.labels, (cell, i) => {
-    const v = Number(cell);
-    if (cell === '' || !Number.isFinite(v) || Math.abs(v) > MAX_CELL) {
-      throw new DataError(`${table.source}, ${table.rowWord ?? 'line'} ${table.lines[i]}: "${cell}" in column "${table.labelColumn}" is not a finite number (the column is a regression target)`);
-    }
-    return v;
-  });
 }
 
 /** A table whose label column is a regression target: the target per row, its quintiles as `labels`. */

@@ -23,11 +23,11 @@
  */
 import type { Standardizer } from './standardize.js';
 import {
-  encodeTable, featureLayout, inferTableSchema, sortNames, takeTableRows,
+  encodeTable, featureLayout, inferTableSchema, regressionTargets, sortNames, takeTableRows,
   type ColumnSchema, type RawColumn, type RawTable, type TableSchema,
 } from './table.js';
 import { DataError } from './errors.js';
-import { featureSize, type Dataset } from './types.js';
+import { featureSize, quantileStrata, type Dataset } from './types.js';
 
 /** Samples of a fixed shape (images, or features already encoded): no columns to agree on. */
 export interface TensorSchema {
@@ -48,8 +48,22 @@ export interface FeatureStats {
   sumSq: number[];
 }
 
+/**
+ * The task a summary's labels are for: its name and kind; a regression
+ * target's sum and sum of squares over the rows (its rows are `numRows`;
+ * the label counts and classes are then empty).
+ */
+export interface SummaryTask {
+  name: string;
+  kind: 'classification' | 'regression';
+  sum?: number;
+  sumSq?: number;
+}
+
 /** What a site shares about its training rows. Plain JSON. */
 export interface LocalSummary {
+  /** The task the labels are for (absent: one classification task, named after the label column). */
+  task?: SummaryTask;
   version: 1;
   site: string;
   numRows: number;
@@ -80,6 +94,8 @@ export interface AgreedSchema {
   numRows: number;
   /** Rows per class over all sites, aligned with `schema.classNames`. */
   labelCounts: number[];
+  /** The task the sites agreed on; a regression target's pooled mean and standard deviation. */
+  task?: { name: string; kind: 'classification' | 'regression'; scale?: { mean: number; std: number } };
 }
 
 /** Guard used by every standardizer: a feature with a smaller spread gets std 1. */
@@ -108,11 +124,13 @@ function countLabels(classNames: string[], labels: string[]): number[] {
 }
 
 /** Summarize a site's table over `rows` (its training rows; default all). */
-export function summarizeTable(table: RawTable, site: string, rows?: ArrayLike<number>): LocalSummary {
+export function summarizeTable(table: RawTable, site: string, rows?: ArrayLike<number>, task?: SummaryTask): LocalSummary {
   const sub = rows ? takeTableRows(table, rows) : table;
-  const schema = inferTableSchema(sub);
+  const regression = task?.kind === 'regression';
+  const inferred = inferTableSchema(sub);
+  const schema = regression ? { ...inferred, classNames: [] } : inferred;
   const slots = featureLayout(schema);
-  const { features } = encodeTable(sub, schema);
+  const { features } = encodeTable(regression ? { ...sub, labelled: false } : sub, schema);
   const n = sub.labels.length;
   const d = slots.length;
   const stats = emptyStats(d);
@@ -131,13 +149,25 @@ export function summarizeTable(table: RawTable, site: string, rows?: ArrayLike<n
     }
   });
   return {
-    version: 1, site, numRows: n, schema, labelCounts: countLabels(schema.classNames, sub.labels),
+    version: 1, site, numRows: n, schema, labelCounts: regression ? [] : countLabels(schema.classNames, sub.labels),
     featureNames: slots.map((s) => s.name), stats,
+    ...(task ? { task: regression ? { ...task, ...targetSums(regressionTargets(sub)) } : { name: task.name, kind: task.kind } } : {}),
   };
 }
 
+/** The sum and sum of squares of a regression target (float64). */
+function targetSums(values: Float32Array): { sum: number; sumSq: number } {
+  let sum = 0;
+  let sumSq = 0;
+  for (const v of values) {
+    sum += v;
+    sumSq += v * v;
+  }
+  return { sum, sumSq };
+}
+
 /** Summarize a site's rows of a fixed-shape dataset (images, or features already encoded). */
-export function summarizeDataset(ds: Dataset, site: string, rows?: ArrayLike<number>): LocalSummary {
+export function summarizeDataset(ds: Dataset, site: string, rows?: ArrayLike<number>, task?: SummaryTask): LocalSummary {
   const idx = rows ? Array.from(rows) : Array.from({ length: ds.numSamples }, (_, i) => i);
   const d = featureSize(ds);
   const stats = emptyStats(d);
@@ -152,6 +182,7 @@ export function summarizeDataset(ds: Dataset, site: string, rows?: ArrayLike<num
     schema: { kind: 'tensor', classNames, shape: [...ds.sampleShape] },
     labelCounts: countLabels(classNames, idx.map((r) => ds.classNames[ds.labels[r]])),
     featureNames: [], stats,
+    ...(task ? { task: { name: task.name, kind: task.kind } } : {}),
   };
 }
 
@@ -169,7 +200,15 @@ export function validateSummary(s: LocalSummary): void {
   if (!Array.isArray(s.labelCounts) || s.labelCounts.length !== sch.classNames.length || !s.labelCounts.every(isCount)) {
     throw bad('labelCounts must give a count per class');
   }
-  if (s.labelCounts.reduce((a, b) => a + b, 0) !== s.numRows) throw bad('labelCounts do not add up to numRows');
+  const t = s.task;
+  if (t !== undefined) {
+    if (typeof t?.name !== 'string' || t.name === '') throw bad('the task has no name');
+    if (t.kind !== 'classification' && t.kind !== 'regression') throw bad(`task "${t.name}": unknown kind`);
+  }
+  if (t?.kind === 'regression') {
+    if (sch.classNames.length > 0) throw bad(`task "${t.name}" is a regression: it has no classes`);
+    if (!Number.isFinite(t.sum) || !Number.isFinite(t.sumSq) || t.sumSq! < 0) throw bad(`task "${t.name}": the target's sums must be finite numbers`);
+  } else if (s.labelCounts.reduce((a, b) => a + b, 0) !== s.numRows) throw bad('labelCounts do not add up to numRows');
   let d: number;
   if (sch.kind === 'tensor') {
     if (!Array.isArray(sch.shape) || sch.shape.length < 1 || !sch.shape.every((v) => Number.isInteger(v) && v > 0)) throw bad('bad shape');
@@ -262,7 +301,32 @@ export function mergeSummaries(summaries: LocalSummary[]): AgreedSchema {
     ({ schema, featureNames, stats } = mergeTables(sorted, classNames));
   }
   const { mean, std } = meanStd(stats);
-  return { version: 1, schema, featureNames, mean, std, stats, sites, numRows, labelCounts };
+  const task = agreedTask(sorted);
+  return { version: 1, schema, featureNames, mean, std, stats, sites, numRows, labelCounts, ...(task ? { task } : {}) };
+}
+
+/**
+ * The task the sites agree on: every site's the same kind (the sites named
+ * when not), and a regression target's pooled mean and standard deviation
+ * from the sites' sums. Undefined when no site names a task.
+ */
+function agreedTask(sorted: LocalSummary[]): AgreedSchema['task'] {
+  const named = sorted.filter((s) => s.task);
+  if (named.length === 0) return undefined;
+  const kindOf = (s: LocalSummary) => s.task?.kind ?? 'classification';
+  const regression = sorted.filter((s) => kindOf(s) === 'regression').map((s) => s.site);
+  const classification = sorted.filter((s) => kindOf(s) === 'classification').map((s) => s.site);
+  const name = named[0].task!.name;
+  if (regression.length > 0 && classification.length > 0) {
+    throw new DataError(`the label is a regression target at ${list(regression)} but classes at ${list(classification)}: declare one kind for task "${name}" at every site`);
+  }
+  if (regression.length === 0) return { name, kind: 'classification' };
+  const n = sorted.reduce((a, s) => a + s.numRows, 0);
+  // In ascending order, as the features' sums: the same bits whatever order the sites come in.
+  const add = (xs: number[]) => Float64Array.from(xs).sort().reduce((a, b) => a + b, 0);
+  const mean = n > 0 ? add(sorted.map((s) => s.task!.sum!)) / n : 0;
+  const sd = n > 0 ? Math.sqrt(Math.max(0, add(sorted.map((s) => s.task!.sumSq!)) / n - mean * mean)) : 0;
+  return { name, kind: 'regression', scale: { mean, std: sd > MIN_STD ? sd : 1 } };
 }
 
 /**
@@ -427,13 +491,19 @@ export function encodeWithSchema(data: RawTable | Dataset, agreed: AgreedSchema)
     const absent = schema.columns.filter((c) => !data.columns.some((d) => d.name === c.name)).map((c): RawColumn => (c.kind === 'numeric'
       ? { name: c.name, kind: 'numeric', values: new Float64Array(rows).fill(NaN) }
       : { name: c.name, kind: 'categorical', values: new Array<string | null>(rows).fill(null) }));
-    const { features, labels, featureNames } = encodeTable(absent.length > 0 ? { ...data, columns: [...data.columns, ...absent] } : data, schema);
+    const full = absent.length > 0 ? { ...data, columns: [...data.columns, ...absent] } : data;
+    const regression = agreed.task?.kind === 'regression';
+    const { features, labels, featureNames } = encodeTable(regression ? { ...full, labelled: false } : full, schema);
     const n = labels.length;
+    // A regression target: its values, and their quintiles where classes would be.
+    const target = regression ? regressionTargets(data) : undefined;
+    const strata = target ? quantileStrata(target) : { labels, classNames: [...schema.classNames] };
     return {
       dataset: {
-        name: data.source, features, labels, numSamples: n, sampleShape: [featureNames.length], classNames: [...schema.classNames],
+        name: data.source, features, ...strata, numSamples: n, sampleShape: [featureNames.length],
         description: `${data.source}: ${n} rows encoded with the consortium's schema of sites ${agreed.sites.join(', ')} (${featureNames.length} features).`,
         source: data.source, featureNames, schema,
+        ...(target ? { task: { name: agreed.task!.name, kind: 'regression' as const, values: target } } : agreed.task ? { task: { name: agreed.task.name, kind: 'classification' as const } } : {}),
       },
       standardizer,
     };

@@ -20,7 +20,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseCsv } from 'csv-parse/sync';
-import { loadDataset, subsample } from './datasets.js';
+import { loadDataset, refuseContinuousLabels, subsample } from './datasets.js';
 import {
   encodeWithSchema, lackedColumns, mergeSummaries, summarizeDataset, summarizeTable, validateSummary,
   type AgreedSchema, type LocalSummary,
@@ -30,9 +30,9 @@ import { partition, type PeerSplit } from './partition.js';
 import { Rng } from './rng.js';
 import { readShare } from './share.js';
 import { fitStandardizer, type Standardizer } from './standardize.js';
-import { caseClashes, detectDelimiter, encodeTable, quoteGroup, readCsvTable, sortNames, takeTableRows, type RawTable, type TableSchema } from './table.js';
+import { caseClashes, detectDelimiter, encodeTable, quoteGroup, readCsvTable, regressionTargets, sortNames, takeTableRows, type RawTable, type TableSchema } from './table.js';
 import { DataError } from './errors.js';
-import { featureSize, type Dataset } from './types.js';
+import { featureSize, quantileStrata, type Dataset } from './types.js';
 
 /** A site's `data` settings (paths already resolved). */
 export interface SiteDataSpec {
@@ -40,6 +40,8 @@ export interface SiteDataSpec {
   dataset: string;
   /** csv: the label column (default `label`). */
   labelColumn?: string;
+  /** csv: what the label column holds (see `CsvOptions.taskKind`), and the task's name (default: the column's). */
+  task?: { name?: string; kind?: 'classification' | 'regression' };
   /** csv: where the user names the label column, for the error when it is missing (e.g. `data.labelColumn in the site config`). */
   labelColumnSetting?: string;
   /** csv: keep only these columns... */
@@ -92,6 +94,8 @@ export interface SiteDataBase {
   description: string;
   /** Cells worth a look (stray text in a numeric column, ...). */
   warnings: string[];
+  /** The task the site declared (its name and kind), if it declared one. */
+  task?: { name: string; kind: 'classification' | 'regression' };
 }
 
 /** A site's own data after {@link loadSiteData}: a table (`csv:`) or tensors (images, built-in datasets), with its split. */
@@ -135,20 +139,27 @@ export async function loadSiteData(spec: SiteDataSpec): Promise<SiteData> {
       const idx = new Rng(spec.seed).shuffle(Int32Array.from(table.labels, (_, i) => i)) as Int32Array;
       table = takeTableRows(table, idx.subarray(0, spec.maxSamples));
     }
-    const classes = sortNames(table.labels);
-    checkDeclared(spec.classes, classes, table.source);
+    const task = spec.task ? { name: spec.task.name ?? table.labelColumn, kind: spec.task.kind ?? 'classification' } : undefined;
+    const regression = task?.kind === 'regression';
+    // A regression target's quintiles stand for classes where rows are split (stratified by the target's range).
+    const strata = regression ? quantileStrata(regressionTargets(table)) : undefined;
+    const classes = strata ? strata.classNames : sortNames(table.labels);
+    if (!regression) checkDeclared(spec.classes, classes, table.source);
+    if (!regression && task?.kind === undefined) refuseContinuousLabels(table, classes);
     const index = new Map(classes.map((c, i) => [c, i]));
-    const labels = Int32Array.from(table.labels, (l) => index.get(l)!);
+    const labels = strata ? strata.labels : Int32Array.from(table.labels, (l) => index.get(l)!);
     const split = sim
       ? partition(labels, classes.length, sim.peers, sim.partition, { seed: spec.seed, testFraction: spec.testFraction, minSize: sim.minSize })[sim.index]
       : ownSplit(labels, classes.length, spec.seed, spec.testFraction);
     if (split.train.length === 0) throw new DataError(`${table.source}: no training rows (it has ${table.labels.length} rows)`);
-    const siteClasses = sortNames([...split.train, ...split.test].map((r) => table.labels[r]));
+    const siteClasses = regression ? [] : sortNames([...split.train, ...split.test].map((r) => table.labels[r]));
     return {
-      kind: 'table', table, split, classes: sortNames([...siteClasses, ...(spec.classes ?? [])]), declared: spec.classes,
+      kind: 'table', table, split, classes: regression ? [] : sortNames([...siteClasses, ...(spec.classes ?? [])]), declared: regression ? undefined : spec.classes,
       input: { kind: 'table', labelColumn: table.labelColumn },
-      description: `${table.source}: ${split.train.length} training and ${split.test.length} test rows, ${table.columns.length} feature columns`,
+      description: `${table.source}: ${split.train.length} training and ${split.test.length} test rows, ${table.columns.length} feature columns` +
+        (task ? `, task "${task.name}" (${task.kind} of column "${table.labelColumn}")` : ''),
       warnings: table.warnings,
+      ...(task ? { task } : {}),
     };
   }
   const ds = spec.dataset.startsWith('images:')
@@ -156,6 +167,7 @@ export async function loadSiteData(spec: SiteDataSpec): Promise<SiteData> {
     : loadDataset(spec.dataset, { seed: spec.seed, maxSamples: spec.maxSamples, dataDir: spec.dataDir, labelColumn: spec.labelColumn });
   const sub = spec.dataset.startsWith('images:') && spec.maxSamples !== undefined && spec.maxSamples < ds.numSamples
     ? subsample(ds, spec.maxSamples, spec.seed) : ds;
+  if (spec.task?.kind === 'regression') throw new DataError(`${sub.name}: a regression task needs a table (csv:<file>) whose column holds the numbers`);
   checkDeclared(spec.classes, sub.classNames, sub.name);
   const split = sim
     ? partition(sub.labels, sub.classNames.length, sim.peers, sim.partition, { seed: spec.seed, testFraction: spec.testFraction, minSize: sim.minSize })[sim.index]
@@ -173,7 +185,9 @@ function tensorSite(ds: Dataset, split: PeerSplit, spec: SiteDataSpec, declared:
   const input: InputSpec = images
     ? { kind: 'images', ...(spec.fit ? { fit: spec.fit } : {}) }
     : { kind: 'features', labelColumn: ds.schema?.labelColumn ?? spec.labelColumn ?? 'label', ...(ds.featureNames ? { featureNames: ds.featureNames } : {}) };
+  const name = spec.task?.name;
   return {
+    ...(name !== undefined ? { task: { name, kind: 'classification' as const } } : {}),
     kind: 'tensor', dataset: ds, split, classes: declared ? [...declared] : sortNames(own), declared, input,
     description: `${ds.name}: ${split.train.length} training and ${split.test.length} test samples of shape ${ds.sampleShape.join('x')}`,
     warnings: [],
@@ -190,7 +204,7 @@ export function withClasses(summary: LocalSummary, classes: string[]): LocalSumm
 
 /** The site's statement: the summary of its training rows under the name `site`, with its whole label set. */
 export function siteStatement(data: SiteData, site: string): SiteStatement {
-  const summary = data.kind === 'table' ? summarizeTable(data.table, site, data.split.train) : summarizeDataset(data.dataset, site, data.split.train);
+  const summary = data.kind === 'table' ? summarizeTable(data.table, site, data.split.train, data.task) : summarizeDataset(data.dataset, site, data.split.train, data.task);
   return { summary: withClasses(summary, data.classes), ...(data.declared ? { declaredClasses: [...data.declared] } : {}) };
 }
 
@@ -320,6 +334,8 @@ export interface EncodedSite {
   dataset: Dataset;
   split: PeerSplit;
   standardizer: Standardizer;
+  /** A regression target's pooled mean and standard deviation (`federated`; with `local` the site fits its own). */
+  targetScale?: { mean: number; std: number };
 }
 
 /**
@@ -330,7 +346,7 @@ export interface EncodedSite {
 export function encodeSiteData(data: SiteData, agreed: AgreedSchema, standardize: 'federated' | 'local'): EncodedSite {
   // A classifier needs two classes: one class among all the sites is a clear error here, not the tensor library's later.
   const classes = agreed.schema.classNames;
-  if (classes.length < 2) {
+  if (agreed.task?.kind !== 'regression' && classes.length < 2) {
     const n = agreed.sites.length;
     throw new DataError(
       `the label column holds only the class ${quote(classes)} at ${n > 1 ? `all ${n} sites` : 'this site'}: ` +
@@ -342,6 +358,7 @@ export function encodeSiteData(data: SiteData, agreed: AgreedSchema, standardize
     dataset,
     split: data.split,
     standardizer: standardize === 'federated' ? standardizer : fitStandardizer(dataset.features, featureSize(dataset), data.split.train),
+    ...(standardize === 'federated' && agreed.task?.scale ? { targetScale: agreed.task.scale } : {}),
   };
 }
 

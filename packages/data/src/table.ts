@@ -499,3 +499,14 @@ export function encodeTable(table: RawTable, schema: TableSchema): EncodedTable 
   }
   return { features, labels, featureNames: slots.map((s) => s.name) };
 }
+
+/** The target of each row of a regression table: a finite number, or an error naming the line and the column. */
+export function regressionTargets(table: RawTable): Float32Array {
+  return Float32Array.from(table.labels, (cell, i) => {
+    const v = Number(cell);
+    if (cell === '' || !Number.isFinite(v) || Math.abs(v) > MAX_CELL) {
+      throw new DataError(`${table.source}, ${table.rowWord ?? 'line'} ${table.lines[i]}: "${cell}" in column "${table.labelColumn}" is not a finite number (the column is a regression target)`);
+    }
+    return v;
+  });
+}

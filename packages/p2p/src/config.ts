@@ -119,6 +119,16 @@ export const peerConfigSchema = z.object({
   data: z.object({
     dataset: z.string().min(1),
     labelColumn: z.string().optional(),
+    /**
+     * What the site learns: a task's name (the same across the consortium),
+     * its label column (csv) and kind. `labelColumn` is the shorthand for one
+     * classification task named after its column.
+     */
+    tasks: z.array(z.object({
+      name: z.string().min(1).optional(),
+      column: z.string().min(1).optional(),
+      kind: z.enum(['classification', 'regression']).default('classification'),
+    }).strict()).min(1).max(1, { message: 'one task per site for now: several tasks at one site (multi-task heads on one body) are not built yet' }).optional(),
     features: z.array(z.string()).min(1).optional(),
     drop: z.array(z.string()).optional(),
     categorical: z.array(z.string()).optional(),

@@ -59,6 +59,7 @@ export const localSummarySchema = z.object({
   labelCounts: z.array(count),
   featureNames: names,
   stats: z.object({ count: z.array(count), missing: z.array(count), sum: z.array(finite), sumSq: z.array(finite) }).strict(),
+  task: z.object({ name: z.string().min(1).max(256), kind: z.enum(['classification', 'regression']), sum: finite.optional(), sumSq: finite.optional() }).strict().optional(),
 }).strict();
 
 const statementSchema = z.object({ summary: localSummarySchema, declaredClasses: names.min(1).optional() }).strict();

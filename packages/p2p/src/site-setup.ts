@@ -10,7 +10,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { type AlgorithmOptions, type BodySpec, type BodyWeights, type Logger, type SiteDescription, type SitePreprocessing } from '@dflmoe/core';
 import {
-  PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, readBodyWeights, readSiteFiles, resolveBody, sharedInitSeed, takePeerData, type PeerData, type PeerModelOptions,
+  PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, readBodyWeights, readSiteFiles, resolveBody, sharedInitSeed, scaledTask, takePeerData, type PeerData, type PeerModelOptions,
 } from '@dflmoe/core/internal';
 import { DataError, encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type EncodedSite, type SiteData, type SiteDataSpec, type SiteStatement } from '@dflmoe/data';
 import { deriveSeed } from '@dflmoe/data/internal';
@@ -25,8 +25,13 @@ const CHECKPOINT_DIR = 'checkpoints';
 /** The `data` section of a config as the data package reads it. */
 export function siteDataSpec(cfg: PeerConfig): SiteDataSpec {
   const d = cfg.data;
+  const t = d.tasks?.[0];
+  if (t?.column !== undefined && d.labelColumn !== undefined && t.column !== d.labelColumn) {
+    throw new DataError(`data.labelColumn "${d.labelColumn}" and data.tasks[0].column "${t.column}" name two label columns: keep one`);
+  }
   return {
-    dataset: d.dataset, labelColumn: d.labelColumn, labelColumnSetting: 'data.labelColumn in the site config', features: d.features, drop: d.drop, categorical: d.categorical, classes: d.classes,
+    dataset: d.dataset, labelColumn: t?.column ?? d.labelColumn, labelColumnSetting: t ? 'data.tasks[0].column in the site config' : 'data.labelColumn in the site config',
+    ...(t ? { task: { ...(t.name !== undefined || t.column !== undefined ? { name: t.name ?? t.column } : {}), kind: t.kind } } : {}), features: d.features, drop: d.drop, categorical: d.categorical, classes: d.classes,
     imageSize: d.imageSize, channels: d.channels, fit: d.fit, seed: d.seed, testFraction: d.testFraction, maxSamples: d.maxSamples,
     dataDir: d.dataDir, simulate: d.simulate,
   };
@@ -110,7 +115,7 @@ export async function prepareSiteData(
     writeJsonAtomic(saved, pre);
     const a = ag.agreed;
     log.info(
-      `preprocessing: agreed with ${ag.included.length} site(s) on ${a.schema.classNames.length} classes and ` +
+      `preprocessing: agreed with ${ag.included.length} site(s) on ${a.task?.scale ? `the target "${a.task.name}" (pooled mean ${a.task.scale.mean.toPrecision(4)}, sd ${a.task.scale.std.toPrecision(4)})` : `${a.schema.classNames.length} classes`} and ` +
         `${a.schema.kind === 'table' ? `${a.featureNames.length} encoded features` : `samples of shape ${a.schema.shape.join('x')}`}` +
         ` in ${ag.seconds.toFixed(2)} s`,
     );
@@ -119,7 +124,8 @@ export async function prepareSiteData(
   const { dataset, split } = enc;
   const standardizer = { mean: Float32Array.from(pre.standardizer.mean), std: Float32Array.from(pre.standardizer.std) };
   // The site's rows are its own: standardized in place and handed to the backend once.
-  return { data: takePeerData(dataset, split, standardizer), preprocessing: pre, agreement, bodySpec, ...(body ? { body } : {}) };
+  // A regression target standardized as the features are: with the pooled statistics, or the site's own.
+  return { data: takePeerData(dataset, split, standardizer, scaledTask(dataset, split.train, enc.targetScale)), preprocessing: pre, agreement, bodySpec, ...(body ? { body } : {}) };
 }
 
 /** The digest of a site's statement without its peer ID: the same data (rows, split, columns read) gives the same digest. */

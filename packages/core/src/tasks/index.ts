@@ -3,7 +3,7 @@
  * here. See `api.ts` for what a kind provides.
  */
 import type { Dataset } from '@dflmoe/data';
-import type { TaskInfo, TaskKind, TaskKindName } from './api.js';
+import type { TargetScale, TaskInfo, TaskKind, TaskKindName } from './api.js';
 export { metricOf } from './api.js';
 import { classification } from './classification.js';
 import { regression } from './regression.js';
@@ -35,4 +35,11 @@ export function fittedTask(ds: Dataset, rows: ArrayLike<number>): TaskInfo {
   const task = datasetTask(ds);
   const scale = taskKind(task).fitScale(ds, rows);
   return scale ? { ...task, scale } : task;
+}
+
+/** `datasetTask(ds)` with the scale `given` (a consortium's pooled one), else fitted on `rows`. */
+export function scaledTask(ds: Dataset, rows: ArrayLike<number>, given?: TargetScale): TaskInfo {
+  if (!given) return fittedTask(ds, rows);
+  const task = datasetTask(ds);
+  return taskKind(task).fitScale(ds, rows) ? { ...task, scale: given } : task;
 }
