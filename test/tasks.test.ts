@@ -214,6 +214,20 @@ describe('regression sites with their own data', function () {
       }
       let last: Awaited<ReturnType<DflmoeLearner['runRound']>>[] = [];
       for (let r = 0; r < 8; r++) last = await Promise.all(learners.map((l) => l.runRound()));
+      // predict and evaluate speak the target's units: evaluate() on the test split repeats the round's RMSE.
+      for (const [i, l] of learners.entries()) {
+        const e = l.evaluate();
+        assert.ok(Math.abs(e.metrics.rmse - (last[i].tasks.stay.rmse as number)) < 1e-4, `evaluate ${e.metrics.rmse}, round ${last[i].tasks.stay.rmse}`);
+        assert.ok(Number.isNaN(e.accuracy));
+        // Two new rows in the agreed layout (age, bmi, ward=A, ward=B): the older patient stays longer.
+        const p = l.predict([[30, 25, 1, 0], [75, 25, 1, 0]]);
+        assert.equal(p.task.kind, 'regression');
+        assert.deepEqual(p.probabilities.length, 0);
+        const [young, old] = p.values!;
+        assert.ok(old - young > 3, `predicted ${young} and ${old}: age moves the stay by 0.15 a year`);
+        const again = l.evaluate([[30, 25, 1, 0], [75, 25, 1, 0]], [young, old + 2]);
+        assert.ok(Math.abs(again.metrics.rmse - Math.sqrt(2)) < 1e-3 && Math.abs(again.metrics.mae - 1) < 1e-3);
+      }
       for (const m of last) {
         const t = m.tasks.stay;
         assert.equal(t.kind, 'regression');

@@ -24,7 +24,7 @@ import { createLogger, type Logger } from './log.js';
 import { resolveBody, type BodyInput } from './custom-body.js';
 import { checkBodyStandardizer, readBodyWeights } from './pretrained.js';
 import { disposePeerData, preparePeerData, type TrainOptions } from './train.js';
-import { scaledTask } from './tasks/index.js';
+import { scaledTask, taskKind } from './tasks/index.js';
 import { SitePredictor, evaluatePredictions, sitePredictions, type Evaluation, type Predictions, type SampleInput } from './predict.js';
 
 /**
@@ -170,7 +170,7 @@ export class Learner implements DflmoeLearner {
     // The exchanges' waits end with Interrupted when the signal of the running round aborts.
     const stoppable = (ex: HeadExchange) => interruptible(ex, () => this.signal);
     this.net = { exchange: stoppable(o.exchange), ...(o.bodies ? { bodies: stoppable(o.bodies) } : {}), quorum: o.quorum ?? 0, deadlineMs: o.roundDeadlineMs ?? 0, logger: o.logger ?? createLogger(`learner:${peer.id}`) };
-    this.predictor = new SitePredictor(this.site, o.standardizer, peer.data.sampleShape, o.classNames);
+    this.predictor = new SitePredictor(this.site, o.standardizer, peer.data.sampleShape, o.classNames, peer.data.task);
   }
 
   get id(): string {
@@ -201,8 +201,9 @@ export class Learner implements DflmoeLearner {
    */
   evaluate(x?: SampleInput, labels?: ArrayLike<number>): Evaluation {
     if (x === undefined) {
-      const p: Predictions = sitePredictions(this.site, this.peer.data.xTest, this.classNames);
-      return evaluatePredictions(p, this.peer.data.yTest.dataSync());
+      const task = this.peer.data.task;
+      const p: Predictions = sitePredictions(this.site, this.peer.data.xTest, this.classNames, 512, task);
+      return evaluatePredictions(p, taskKind(task).toUnits(Float32Array.from(this.peer.data.yTest.dataSync()), task));
     }
     if (labels === undefined) throw new Error('evaluate(x, labels): give the class index of every sample');
     return this.predictor.evaluate(x, labels);
@@ -304,5 +305,5 @@ export async function createLearner(o: LearnerOptions): Promise<DflmoeLearner> {
     disposePeerData(data);
     throw e;
   }
-  return new Learner(peer, { ...o, settings, standardizer, classNames: dataset.classNames });
+  return new Learner(peer, { ...o, settings, standardizer, classNames: data.task.classNames });
 }

@@ -11,6 +11,7 @@ import type { AlgorithmSite } from './algorithms/api.js';
 import { DflmoeSite } from './algorithms/dflmoe-site.js';
 import { moeForward } from './model.js';
 import { rowsOf } from './train.js';
+import { taskKind, type TaskInfo, type TaskKindName, type TaskMetrics } from './tasks/index.js';
 
 /**
  * A model's predictions for some samples: the class, every class's probability
@@ -18,10 +19,15 @@ import { rowsOf } from './train.js';
  */
 export interface Predictions {
   numSamples: number;
+  /** The task predicted: its name and kind. */
+  task: { name: string; kind: TaskKindName };
+  /** Classification: the classes (regression: none). */
   classNames: string[];
-  /** Predicted class index per sample (the most probable; the first on ties). */
+  /** Regression: the predicted value per sample, in the target's units (absent for classification). */
+  values?: Float32Array;
+  /** Predicted class index per sample (the most probable; the first on ties); zeros for regression. */
   predicted: Int32Array;
-  /** `numSamples x classNames.length`, row-major; each row sums to 1. */
+  /** `numSamples x classNames.length`, row-major; each row sums to 1 (empty for regression). */
   probabilities: Float32Array;
   /**
    * dFLMoE: the experts, own head first (ids as the site knows them; a site
@@ -35,10 +41,13 @@ export interface Predictions {
   gateWeights: Float32Array;
 }
 
-/** Accuracy, per-class recall and the confusion matrix of predictions against known labels. */
+/** The task's metrics of predictions against known labels; for classification also per-class recall and the confusion matrix. */
 export interface Evaluation {
   samples: number;
   classNames: string[];
+  /** The task's metrics (`accuracy`, `balancedAccuracy`, `macroF1`, or `rmse`, `mae`, `r2` in the target's units). */
+  metrics: TaskMetrics;
+  /** Classification: the share predicted right (NaN for regression). */
   accuracy: number;
   /** Per class: share of its samples predicted as it; null for a class with no samples. */
   recall: (number | null)[];
@@ -50,36 +59,50 @@ export interface Evaluation {
  * Probabilities (and gate weights) of `site`'s model for standardized
  * samples `x` `[n, ...sampleShape]`, in chunks of `chunk` samples.
  */
-export function sitePredictions(site: AlgorithmSite, x: tf.Tensor, classNames: string[], chunk = 512): Predictions {
+export function sitePredictions(site: AlgorithmSite, x: tf.Tensor, classNames: string[], chunk = 512, task: TaskInfo = { name: 'label', kind: 'classification', classNames }): Predictions {
+  const kind = taskKind(task);
   const n = x.shape[0];
-  const c = classNames.length;
+  const c = kind.probabilities ? classNames.length : 0;
   const peer = site instanceof DflmoeSite ? site.peer : undefined;
   const experts = peer ? peer.experts() : [];
   if (!peer && !site.predict) throw new Error(`site ${site.id} cannot predict`);
   const probabilities = new Float32Array(n * c);
   const gateWeights = new Float32Array(n * experts.length);
   const predicted = new Int32Array(n);
+  const values = new Float32Array(kind.probabilities ? 0 : n);
   for (let s = 0; s < n; s += chunk) {
     const m = Math.min(chunk, n - s);
     tf.tidy(() => {
       const xb = rowsOf(x, s, m);
       let probs: tf.Tensor2D;
       if (peer) {
-        const out = moeForward(peer.features(xb, false), experts, peer.gate);
+        const out = moeForward(peer.features(xb, false), experts, peer.gate, 'auto', kind.activate);
         probs = out.probs;
         gateWeights.set(out.gates.dataSync(), s * experts.length);
       } else probs = site.predict!(xb);
+      if (!kind.probabilities) {
+        values.set(kind.toUnits(kind.predict(probs).dataSync() as Float32Array, task), s);
+        return;
+      }
       if (probs.shape[1] !== c) throw new Error(`the model gives ${probs.shape[1]} class probabilities, expected ${c}`);
       probabilities.set(probs.dataSync(), s * c);
       predicted.set(tf.argMax(probs, 1).dataSync() as Int32Array, s);
     });
   }
-  return { numSamples: n, classNames: [...classNames], predicted, probabilities, experts: experts.map((e) => e.id), gateWeights };
+  return {
+    numSamples: n, task: { name: task.name, kind: task.kind }, classNames: [...classNames], predicted, probabilities,
+    ...(kind.probabilities ? {} : { values }), experts: experts.map((e) => e.id), gateWeights,
+  };
 }
 
-/** Accuracy, per-class recall and the confusion matrix of `p` against true class indices. */
+/** The task's metrics of `p` against the true labels (class indices, or targets in their units); with classes, also recall and confusion. */
 export function evaluatePredictions(p: Predictions, labels: ArrayLike<number>): Evaluation {
   if (labels.length !== p.numSamples) throw new Error(`${labels.length} labels for ${p.numSamples} predictions`);
+  if (p.values) {
+    for (let i = 0; i < labels.length; i++) if (!Number.isFinite(labels[i])) throw new Error(`label ${labels[i]} of sample ${i} is not a finite number`);
+    const metrics = taskKind(p.task).metrics(p.values, labels, { ...p.task, classNames: [] });
+    return { samples: p.numSamples, classNames: [], metrics, accuracy: NaN, recall: [], confusion: [] };
+  }
   const c = p.classNames.length;
   const confusion = Array.from({ length: c }, () => new Array<number>(c).fill(0));
   let ok = 0;
@@ -93,7 +116,8 @@ export function evaluatePredictions(p: Predictions, labels: ArrayLike<number>): 
     const total = row.reduce((a, b) => a + b, 0);
     return total > 0 ? row[k] / total : null;
   });
-  return { samples: p.numSamples, classNames: [...p.classNames], accuracy: p.numSamples > 0 ? ok / p.numSamples : NaN, recall, confusion };
+  const metrics = taskKind(p.task).metrics(p.predicted, labels, { ...p.task, classNames: p.classNames });
+  return { samples: p.numSamples, classNames: [...p.classNames], metrics, accuracy: p.numSamples > 0 ? ok / p.numSamples : NaN, recall, confusion };
 }
 
 /**
@@ -119,6 +143,8 @@ export class SitePredictor {
     readonly standardizer: Standardizer,
     readonly sampleShape: number[],
     readonly classNames: string[],
+    /** What the model predicts (default: one classification over `classNames`). */
+    readonly task: TaskInfo = { name: 'label', kind: 'classification', classNames },
   ) {}
 
   /** Standardize raw samples the way the training data was (same arithmetic, so the same bits). */
@@ -143,7 +169,7 @@ export class SitePredictor {
   predict(x: SampleInput): Predictions {
     const t = this.standardize(x);
     try {
-      return sitePredictions(this.site, t, this.classNames);
+      return sitePredictions(this.site, t, this.classNames, 512, this.task);
     } finally {
       t.dispose();
     }

@@ -212,6 +212,7 @@ export class SavedSite extends SitePredictor implements TrainedSite {
       { mean: Float32Array.from(preprocessing.standardizer.mean), std: Float32Array.from(preprocessing.standardizer.std) },
       description.model.sampleShape,
       preprocessing.agreed.schema.classNames,
+      site.data.task,
     );
   }
 

@@ -90,6 +90,10 @@ export interface TaskKind {
   rowScores(outputs: tf.Tensor3D, labels: tf.Tensor1D): tf.Tensor2D;
   /** Predictions `[B]` from activated (or mixed) outputs `[B, outputDim]`, in the label tensor's units. */
   predict(activated: tf.Tensor2D): tf.Tensor1D;
+  /** Whether the activated outputs are class probabilities (one per class), which predictions report; else each row's prediction is one value. */
+  readonly probabilities: boolean;
+  /** Values in the label tensor's units (class indexes, standardized targets) in the task's own units (class indexes, the target's units). */
+  toUnits(values: Float32Array, task: TaskInfo): Float32Array;
   /** Metrics of predictions against labels (both in the label tensor's units), reported in the target's own units. */
   metrics(predicted: ArrayLike<number>, labels: ArrayLike<number>, task: TaskInfo): TaskMetrics;
 }

@@ -43,6 +43,8 @@ export const classification: TaskKind = {
   headline: { metric: 'accuracy', higherIsBetter: true },
   metricNames: ['accuracy', 'balancedAccuracy', 'macroF1'],
   labelDtype: 'int32',
+  probabilities: true,
+  toUnits: (values) => values,
   fromDataset: (ds) => ({ name: ds.task?.name ?? ds.schema?.labelColumn ?? 'label', kind: 'classification', classNames: ds.classNames }),
   fitScale: () => undefined,
   labelsOf: (ds, rows) => Int32Array.from(rows, (r) => ds.labels[r]),

@@ -51,6 +51,11 @@ export const regression: TaskKind = {
   headline: { metric: 'rmse', higherIsBetter: false },
   metricNames: ['rmse', 'mae', 'r2'],
   labelDtype: 'float32',
+  probabilities: false,
+  toUnits: (values, task) => {
+    const { mean, std } = task.scale ?? { mean: 0, std: 1 };
+    return Float32Array.from(values, (v) => v * std + mean);
+  },
   fromDataset: (ds) => ({ name: ds.task?.name ?? 'target', kind: 'regression', classNames: [] }),
   fitScale: (ds, rows) => fitTargetScale(targetsOf(ds), rows),
   labelsOf: (ds, rows, task) => {
