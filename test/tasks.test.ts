@@ -197,6 +197,20 @@ describe('regression sites with their own data', function () {
       /the label is a regression target at "east" but classes at "west": declare one kind for task "stay" at every site/);
   });
 
+  it('a site merges with the sites that learn its task; one whose task no other site has trains alone and says so', async () => {
+    const stay = await loadSiteData(spec(stayCsv(dir, 'h.csv', 40, 10)));
+    const cost = await loadSiteData({ ...spec(stayCsv(dir, 'i.csv', 40, 11)), task: { name: 'cost', kind: 'regression' } });
+    const stay2 = await loadSiteData(spec(stayCsv(dir, 'j.csv', 40, 12)));
+    const statements = [siteStatement(stay, 'a'), siteStatement(cost, 'b'), siteStatement(stay2, 'c')];
+    const fromA = reconcileStatements(statements, 'a');
+    assert.deepEqual(fromA.included, ['a', 'c']);
+    assert.deepEqual(fromA.excluded.map((x) => x.reason), ['site "b" learns task "cost", this site "stay": sites merge with those that learn their task']);
+    assert.deepEqual(fromA.warnings.filter((w) => /trains alone/.test(w)), []);
+    const fromB = reconcileStatements(statements, 'b');
+    assert.deepEqual(fromB.included, ['b']);
+    assert.ok(fromB.warnings.includes('no other site learns task "cost": this site trains alone on it'), fromB.warnings.join('; '));
+  });
+
   it('three dFLMoE learners learn the target together: RMSE in its units per round, below its spread', async () => {
     const files = [stayCsv(dir, 'e.csv', 150, 7), stayCsv(dir, 'f.csv', 100, 8, 1), stayCsv(dir, 'g.csv', 60, 9, -1)];
     const datas = await Promise.all(files.map((f) => loadSiteData(spec(f))));

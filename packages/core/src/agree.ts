@@ -107,7 +107,7 @@ export class MemoryStatementHub {
     const got = [...this.statements.values()];
     const missing = Array.isArray(this.o.sites) ? this.o.sites.filter((s) => !this.statements.has(s)).sort() : [];
     if (missing.length === 0 && got.length < this.expected) missing.push(`${this.expected - got.length} site(s) not joined`);
-    const r = reconcileStatements(got);
+    const r = reconcileStatements(got, id);
     const self = r.excluded.find((x) => x.site === id);
     if (self) throw new DataError(`this site's data cannot join the consortium: ${self.reason}`);
     return { agreed: r.agreed, included: r.included, excluded: r.excluded, missing, warnings: r.warnings };

@@ -254,12 +254,23 @@ function checkGroup(group: SiteStatement[]): AgreedSchema {
  * fit together are merged; a site whose schema cannot join them (columns
  * missing or of another kind, another sample shape, tables versus images,
  * classes outside a declared label set) is left out with the reason. Sites
- * that fit with the most others go first, then by name.
+ * that fit with the most others go first, then by name. Given `self` (the
+ * site reconciling), sites naming another task than its own are left out
+ * first: a site merges with the sites that learn its task.
  */
-export function reconcileStatements(statements: SiteStatement[]): Reconciled {
+export function reconcileStatements(statements: SiteStatement[], self?: string): Reconciled {
   if (statements.length === 0) throw new DataError('no statements to reconcile');
   const excluded: Reconciled['excluded'] = [];
   const valid: SiteStatement[] = [];
+  // Seen from site `self`: sites that name another task than its own learn something else, and are not merged.
+  const own = statements.find((s) => s.summary?.site === self)?.summary.task?.name;
+  const taskWarnings: string[] = [];
+  if (own !== undefined) {
+    const others = statements.filter((s) => s.summary?.site !== self && typeof s.summary?.task?.name === 'string' && s.summary.task.name !== own);
+    for (const s of others) excluded.push({ site: s.summary.site, reason: `site "${s.summary.site}" learns task "${s.summary.task!.name}", this site "${own}": sites merge with those that learn their task` });
+    if (others.length > 0 && others.length === statements.length - 1) taskWarnings.push(`no other site learns task "${own}": this site trains alone on it`);
+    statements = statements.filter((s) => !others.includes(s));
+  }
   for (const s of statements) {
     try {
       validateSummary(s.summary);
@@ -291,7 +302,7 @@ export function reconcileStatements(statements: SiteStatement[]): Reconciled {
   }
   if (accepted.length === 0) throw new DataError(`no site has a usable summary: ${excluded.map((e) => e.reason).join('; ')}`);
   const agreed = checkGroup(accepted);
-  const warnings = groupWarnings(accepted, agreed);
+  const warnings = [...taskWarnings, ...groupWarnings(accepted, agreed)];
   return { agreed, included: accepted.map((s) => s.summary.site).sort(), excluded, warnings };
 }
 

@@ -351,7 +351,7 @@ export class SchemaAgreement {
     }
     let r;
     try {
-      r = reconcileStatements(pool);
+      r = reconcileStatements(pool, this.selfId);
     } catch (e) {
       throw e instanceof DataError ? new DataError(this.named(e.message)) : e;
     }
@@ -359,7 +359,7 @@ export class SchemaAgreement {
     // Statements outside an agreement taken from the others (ours, if we came late): those that do not fit it are left out.
     for (const st of got.values()) {
       if (pool.includes(st)) continue;
-      const why = reconcileStatements([...pool, st]).excluded.find((x) => x.site === st.summary.site);
+      const why = reconcileStatements([...pool, st], this.selfId).excluded.find((x) => x.site === st.summary.site);
       if (why) excluded.push({ peer: st.summary.site, reason: this.named(why.reason) });
     }
     const self = excluded.find((x) => x.peer === this.selfId);
