@@ -8,7 +8,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { ALGORITHMS, MemoryHub, classificationMetrics, createLearner, regressionMetrics, silentLogger, simulate, taskKind, TASK_KINDS, type DflmoeLearner } from '@dflmoe/core/internal';
 import { encodeSiteData, loadSiteData, mergeSummaries, reconcileStatements, siteStatement, type SiteDataSpec } from '@dflmoe/data/internal';
 import { loadDataset } from '@dflmoe/data';
-import { summaryTable } from '@dflmoe/cli/internal';
+import { freePort, startProcess, summaryTable, waitExit } from '@dflmoe/cli/internal';
+import { generateIdentity, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -253,5 +255,61 @@ describe('regression sites with their own data', function () {
       learners.forEach((l) => l.dispose());
     }
     assert.equal(tf.memory().numTensors, t0, 'every tensor freed');
+  });
+});
+
+describe('regression sites over TCP (multi-process): site configs with data.tasks', function () {
+  this.timeout(240_000);
+  let procs: ChildProcess[] = [];
+  afterEach(() => {
+    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
+    procs = [];
+  });
+
+  it('two sites agree on the target, train, and dflmoe predict / evaluate answer in its units', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-stay-tcp-'));
+    const sites = await Promise.all(['north', 'south'].map(async (name, i) => {
+      const id = await generateIdentity();
+      saveIdentity(join(dir, `${name}.key`), id.privateKey, true);
+      stayCsv(dir, `${name}.csv`, 120 + 40 * i, 31 + i, i);
+      return { name, peerId: id.peerId, port: await freePort(), config: join(dir, `${name}.json`), out: join(dir, name) };
+    }));
+    const members = sites.map((s) => ({ name: s.name, peerId: s.peerId, addrs: [`/ip4/127.0.0.1/tcp/${s.port}`] }));
+    for (const s of sites) {
+      const cfg = {
+        name: s.name, key: `${s.name}.key`, listen: [`/ip4/127.0.0.1/tcp/${s.port}`], members,
+        data: { dataset: `csv:${s.name}.csv`, tasks: [{ name: 'stay', column: 'stay', kind: 'regression' }] },
+        model: { body: 'mlp:32', featureDim: 16 }, train: { learningRate: 0.01 },
+        rounds: 4, round: { deadlineMs: 10000 }, preprocess: { deadlineMs: 60000 }, lingerMs: 1000, out: s.name,
+      };
+      parsePeerConfig(cfg, s.config, dir);
+      writeFileSync(s.config, JSON.stringify(cfg, null, 2));
+    }
+    const ps = sites.map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`));
+    procs.push(...ps);
+    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 180000))), [0, 0], sites.map((s) => readFileSync(`${s.out}.log`, 'utf8').slice(-1500)).join('\n'));
+    const pre = sites.map((s) => JSON.parse(readFileSync(join(s.out, 'preprocessing.json'), 'utf8')) as { agreed: { task: { kind: string; scale: { mean: number; std: number } } } });
+    assert.equal(pre[0].agreed.task.kind, 'regression');
+    assert.deepEqual(pre[1].agreed.task, pre[0].agreed.task, 'one agreement on the target\'s scale');
+    assert.match(readFileSync(`${sites[0].out}.log`, 'utf8'), /agreed with 2 site\(s\) on the target "stay" \(pooled mean/);
+    for (const s of sites) {
+      const r = JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8')) as PeerRunResult;
+      assert.equal(r.tasks.stay.kind, 'regression');
+      assert.ok((r.tasks.stay.rmse as number) < 2, `${s.name}: rmse ${r.tasks.stay.rmse}`);
+      assert.equal(r.rounds.at(-1)!.tasks.stay.kind, 'regression');
+      assert.equal(r.rounds.at(-1)!.experts.length, 1, 'the other site\'s head');
+    }
+    // predict: one value per row, in days; evaluate: RMSE on labelled rows.
+    const fresh = join(dir, 'fresh.csv');
+    writeFileSync(fresh, 'age,bmi,ward\n30,25,A\n75,25,A\n');
+    const p = cli(['predict', '--site', sites[0].out, '--input', fresh]);
+    assert.equal(p.status, 0, p.stderr);
+    const lines = p.stdout.trim().split('\n');
+    assert.match(lines[0], /^input,predicted:stay,gate:north,gate:south$/);
+    const [young, old] = lines.slice(1).map((l) => Number(l.split(',')[1]));
+    assert.ok(old - young > 3, `predicted ${young} and ${old}`);
+    const e = cli(['evaluate', '--site', sites[0].out, '--input', join(dir, 'south.csv')]);
+    assert.equal(e.status, 0, e.stderr);
+    assert.match(e.stdout, /^north \(dflmoe\), checkpoint of round 4\nrmse \d+\.\d+, mae \d+\.\d+, r2 0\.\d+ on 160 samples \(in the target's units\)/);
   });
 });

@@ -380,8 +380,8 @@ export interface EncodedInputs {
   sampleShape: number[];
   /** Per row: `line <n>` of the CSV, or the image file relative to the folder. */
   ids: string[];
-  /** Class indices in the agreed classes (only when the input is labelled). */
-  labels?: Int32Array;
+  /** Class indices in the agreed classes, or a regression's targets in their units (only when the input is labelled). */
+  labels?: Int32Array | Float32Array;
   /**
    * With `invalidAsMissing`: per row, the cells of numeric columns that were
    * not numbers and were read as missing (`age="sixty"`, `; `-separated;
@@ -445,7 +445,8 @@ export async function readInputs(
   if (o.labels === 'required' && table.labelled === false) {
     throw new DataError(`${table.source}: evaluation needs the label column "${tableSchema.labelColumn}"`);
   }
-  const enc = encodeTable(table, tableSchema);
+  const regression = agreed.task?.kind === 'regression';
+  const enc = encodeTable(regression ? { ...table, labelled: false } : table, tableSchema);
   const d = enc.featureNames.length;
   let invalid: string[] | undefined;
   if (table.invalid) {
@@ -454,7 +455,7 @@ export async function readInputs(
   }
   return {
     features: enc.features, numSamples: table.labels.length, sampleShape: [d], ids: table.lines.map((l) => `line ${l}`),
-    ...(table.labelled === false ? {} : { labels: enc.labels }),
+    ...(table.labelled === false ? {} : { labels: regression ? regressionTargets(table) : enc.labels }),
     ...(invalid ? { invalid } : {}),
   };
 }

@@ -259,6 +259,11 @@ export function tableFromRows(
   if (labelCol !== undefined) {
     // A row without its label teaches nothing: it is left out, and counted.
     const unlabelled = rows.flatMap((r, i) => (isMissingCell(r[labelCol]) ? [i] : []));
+    // New rows to predict or evaluate are never left out: a missing label there is an error naming the line.
+    if (opts.labelsOptional && unlabelled.length > 0) {
+      const i = unlabelled[0];
+      throw new DataError(`${source}, ${word} ${lines[i]}: missing label ("${rows[i][labelCol].trim()}") in column "${labelName}"`);
+    }
     if (unlabelled.length === rows.length) throw new DataError(`${source}: every row's label in column "${labelName}" is missing`);
     if (unlabelled.length > 0) {
       const shown = unlabelled.slice(0, 5).map((i) => lines[i]).join(', ');

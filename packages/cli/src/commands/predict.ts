@@ -48,15 +48,15 @@ function expertNames(site: TrainedSite, p: Predictions): string[] {
 export function predictionRows(site: TrainedSite, ids: string[], p: Predictions, invalid?: string[], flags?: string[]): string[][] {
   const c = p.classNames.length;
   const k = p.experts.length;
+  // A regression site predicts one value per row (in the target's units), a classifier a class and its probabilities.
   const header = [
-    'input', 'predicted', ...p.classNames.map((n) => `prob:${n}`), ...expertNames(site, p).map((n) => `gate:${n}`),
+    'input', ...(p.values ? [`predicted:${p.task.name}`] : ['predicted', ...p.classNames.map((n) => `prob:${n}`)]), ...expertNames(site, p).map((n) => `gate:${n}`),
     ...(invalid ? ['read as missing'] : []), ...(flags ? ['flags'] : []),
   ];
   const rows = [header];
   for (let i = 0; i < p.numSamples; i++) {
     rows.push([
-      ids[i], p.classNames[p.predicted[i]],
-      ...Array.from(p.probabilities.subarray(i * c, (i + 1) * c), String),
+      ids[i], ...(p.values ? [String(p.values[i])] : [p.classNames[p.predicted[i]], ...Array.from(p.probabilities.subarray(i * c, (i + 1) * c), String)]),
       ...Array.from(p.gateWeights.subarray(i * k, (i + 1) * k), String),
       ...(invalid ? [invalid[i]] : []),
       ...(flags ? [flags[i]] : []),
@@ -106,8 +106,11 @@ export function predictCommand(): Command {
     });
 }
 
-/** Accuracy, per-class recall and the confusion matrix as text. */
+/** Accuracy, per-class recall and the confusion matrix as text (a regression site: RMSE, MAE and R^2). */
 export function evaluationReport(e: Evaluation): string {
+  if (e.confusion.length === 0 && e.metrics.rmse !== undefined) {
+    return `rmse ${e.metrics.rmse.toPrecision(4)}, mae ${e.metrics.mae.toPrecision(4)}, r2 ${e.metrics.r2.toFixed(3)} on ${e.samples} samples (in the target's units)\n`;
+  }
   const recall = table([['class', 'samples', 'recall'], ...e.classNames.map((c, k) => [c, String(e.confusion[k].reduce((a, b) => a + b, 0)), e.recall[k] === null ? '-' : pct(e.recall[k]!)])]);
   const confusion = table([['true \\ predicted', ...e.classNames], ...e.classNames.map((c, k) => [c, ...e.confusion[k].map(String)])]);
   return `accuracy ${pct(e.accuracy)} on ${e.samples} samples\n\n${recall}\n\nconfusion matrix (rows: true class, columns: predicted)\n${confusion}\n`;
