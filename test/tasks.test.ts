@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { ALGORITHMS, MemoryHub, classificationMetrics, createLearner, regressionMetrics, silentLogger, simulate, taskKind, TASK_KINDS, type DflmoeLearner } from '@dflmoe/core/internal';
 import { encodeSiteData, loadSiteData, mergeSummaries, reconcileStatements, siteStatement, type SiteDataSpec } from '@dflmoe/data/internal';
 import { loadDataset } from '@dflmoe/data';
-import { freePort, startProcess, summaryTable, waitExit } from '@dflmoe/cli/internal';
+import { freePort, runCharts, startProcess, summaryTable, waitExit } from '@dflmoe/cli/internal';
 import { generateIdentity, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -110,6 +110,16 @@ describe('a regression consortium (diabetes)', () => {
     assert.equal(counts.length, 6);
     assert.deepEqual(counts.slice(2), counts.slice(1, -1), `tensor counts per round: ${counts}`);
     assert.equal(tf.memory().numTensors, t0, 'the run frees its tensors');
+  });
+
+  it('the report charts the task\'s headline metric per round and per site', () => {
+    const [perRound, perSite] = runCharts(r);
+    assert.equal(perRound.title, 'Mean personalized rmse of task "progression" per round');
+    assert.equal(perSite.title, 'Final rmse of task "progression" per site');
+    const values = perSite.data.map((x) => x.rmse as number);
+    assert.equal(values.length, ALGORITHMS.length * 4);
+    assert.ok(values.every((v) => v > 20 && v < 120), `rmse per site ${values}`);
+    assert.ok(perRound.data.every((x) => Number.isFinite(x.rmse as number)));
   });
 
   it('the results table shows each task\'s headline metric, not accuracy', () => {

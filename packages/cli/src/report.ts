@@ -7,7 +7,7 @@ import { dirname, join, resolve } from 'node:path';
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 import { DEFAULT_TRAIN, type SimulationResults, type SiteDescription } from '@dflmoe/core';
-import { SITE_FILE, algorithmColors, getAlgorithm, isAlgorithmName, type AlgorithmName } from '@dflmoe/core/internal';
+import { SITE_FILE, algorithmColors, getAlgorithm, isAlgorithmName, metricOf, oneClassification, taskKind, type AlgorithmName } from '@dflmoe/core/internal';
 import type { PeerRunResult } from '@dflmoe/p2p';
 import { collectResults } from './consortium.js';
 import { formatBytes } from './format.js';
@@ -53,30 +53,46 @@ function lineChart(data: { algorithm: string }[], y: string, yTitle: string, yFo
   } as TopLevelSpec;
 }
 
+/**
+ * What a report charts: accuracy when every site learns one classification
+ * task (as before tasks had kinds), else the first task's headline metric
+ * (a regression's RMSE, in its units).
+ */
+function reportedMetric(r: Pick<SimulationResults, 'algorithms'>): { field: string; title: string; format: string; task?: string } {
+  const runs = Object.values(r.algorithms).filter((a) => a !== undefined);
+  if (runs.every((a) => oneClassification(a.tasks))) return { field: 'accuracy', title: 'accuracy', format: '.1%' };
+  const [task, t] = Object.entries(runs[0].tasks)[0];
+  const metric = taskKind(t.kind).headline.metric;
+  return { field: metric, title: `${metric} of task "${task}"`, format: '.4~g', task };
+}
+
 /** The charts of one simulation run (or of a consortium's site directories, gathered into the same shape). */
 export function runCharts(r: Pick<SimulationResults, 'algorithms'>): Chart[] {
   const algs = Object.entries(r.algorithms).filter(([, a]) => a) as [string, NonNullable<SimulationResults['algorithms']['dflmoe']>][];
-  const perRound = algs.flatMap(([algorithm, a]) => a.rounds.map((x) => ({ algorithm, round: x.round, accuracy: x.accuracyMean, worst: x.accuracyMin, bytes: x.bytesSent })));
-  const perPeer = algs.flatMap(([algorithm, a]) => a.peers.map((p) => ({ algorithm, peer: p.id, accuracy: p.accuracy })));
+  const h = reportedMetric(r);
+  const perRound = algs.flatMap(([algorithm, a]) => a.rounds.map((x) => ({
+    algorithm, round: x.round, [h.field]: h.task ? x.tasks[h.task].mean : x.accuracyMean, worst: h.task ? x.tasks[h.task].worst : x.accuracyMin, bytes: x.bytesSent,
+  })));
+  const perPeer = algs.flatMap(([algorithm, a]) => a.peers.map((p) => ({ algorithm, peer: p.id, [h.field]: h.task ? metricOf(p.tasks[h.task], h.field) : p.accuracy })));
   const sending = perRound.filter((x) => x.bytes > 0);
   const charts: Chart[] = [
     {
-      id: 'accuracy-per-round', title: 'Mean personalized accuracy per round',
+      id: 'accuracy-per-round', title: `Mean personalized ${h.title} per round`,
       description: "Each site's model on its own test split, averaged over sites.",
-      spec: lineChart(perRound, 'accuracy', 'mean accuracy', '.1%'), data: perRound,
+      spec: lineChart(perRound, h.field, `mean ${h.title}`, h.format), data: perRound,
     },
     {
-      id: 'accuracy-per-peer', title: 'Final accuracy per site',
-      description: 'Personalized accuracy of every site after the last round.',
+      id: 'accuracy-per-peer', title: `Final ${h.title} per site`,
+      description: `Personalized ${h.title} of every site after the last round.`,
       spec: {
         $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 14 }, height: 260,
         data: { values: perPeer }, mark: 'bar',
         encoding: {
           x: { field: 'peer', type: 'nominal', title: 'site', sort: null },
           xOffset: { field: 'algorithm', type: 'nominal' },
-          y: { field: 'accuracy', type: 'quantitative', axis: { format: '.0%' }, scale: { domain: [0, 1] } },
+          y: { field: h.field, type: 'quantitative', axis: { format: h.task ? '~g' : '.0%' }, scale: h.task ? { zero: true } : { domain: [0, 1] } },
           color: { field: 'algorithm', type: 'nominal', scale: colorsOf(perPeer) },
-          tooltip: [{ field: 'peer' }, { field: 'algorithm' }, { field: 'accuracy', format: '.2%' }],
+          tooltip: [{ field: 'peer' }, { field: 'algorithm' }, { field: h.field, format: h.task ? '.4~g' : '.2%' }],
         },
       } as TopLevelSpec,
       data: perPeer,
@@ -208,7 +224,7 @@ export async function writeSitesReport(dirs: string[], output?: string): Promise
   const names = [...byAlg.keys()].map((a) => getAlgorithm(a).label);
   const html = await renderPage({
     title: `dflmoe: a consortium of ${all.length} site${all.length > 1 ? 's' : ''} (${names.join(', ')})`,
-    intro: "From the sites' own directories (each dflmoe peer's results.json). Accuracy is personalized: each site's model on its own held-out split. " +
+    intro: "From the sites' own directories (each dflmoe peer's results.json). Metrics are personalized: each site's model on its own held-out split. " +
       'Bytes are what the sites counted (a server algorithm\'s server is not among them).',
     tables: [{ caption: 'Sites', rows }],
     charts: runCharts({ algorithms }),
@@ -241,18 +257,21 @@ export async function writeRunReport(dir: string, output?: string): Promise<stri
   if (!r || typeof r !== 'object' || !r.algorithms || !r.config) throw new Error(`${file} does not hold dflmoe simulation results: ${REPORT_TAKES}`);
   // Sites that share bodies: how many of the bytes were bodies.
   const withBodies = Object.values(r.algorithms).some((a) => a?.bodyBytesSent !== undefined);
-  const rows = [['algorithm', 'mean acc', 'std', 'worst site', 'bytes sent', ...(withBodies ? ['of which bodies'] : []), 'seconds']];
+  const h = reportedMetric(r);
+  const rows = [['algorithm', h.task ? `mean ${h.title}` : 'mean acc', 'std', 'worst site', 'bytes sent', ...(withBodies ? ['of which bodies'] : []), 'seconds']];
   for (const [name, a] of Object.entries(r.algorithms)) {
     if (!a) continue;
     const label = name === 'dflmoe' && r.config.shareBody ? 'dflmoe (shared bodies)' : name;
     const bodies = withBodies ? [a.bodyBytesSent !== undefined ? formatBytes(a.bodyBytesSent) : '-'] : [];
-    rows.push([label, pct(a.accuracy.mean), pct(a.accuracy.std), pct(a.accuracy.min), formatBytes(a.bytesSent), ...bodies, a.wallSeconds.toFixed(1)]);
+    const m = h.task ? a.tasks[h.task].metrics[h.field] : a.accuracy;
+    const f = (v: number) => (h.task ? v.toPrecision(4) : pct(v));
+    rows.push([label, f(m.mean), f(m.std), f(h.task && !taskKind(a.tasks[h.task].kind).headline.higherIsBetter ? m.max : m.min), formatBytes(a.bytesSent), ...bodies, a.wallSeconds.toFixed(1)]);
   }
   const c = r.config;
   const html = await renderPage({
     title: `dflmoe: ${r.dataset.name}, ${c.peers} sites, ${c.partition}`,
     intro: `${c.rounds} rounds x ${c.epochs} epoch(s), bodies ${c.bodies.join(', ')}, feature size ${c.featureDim}, seed ${c.seed}, backend ${r.backend}. ` +
-      `Accuracy is personalized: each site's model on its own held-out split. Data: ${r.dataset.source}`,
+      `Metrics are personalized: each site's model on its own held-out split. Data: ${r.dataset.source}`,
     tables: [{ caption: 'Summary', rows }],
     charts: runCharts(r),
   });
