@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
-import { ALGORITHMS, MemoryHub, classificationMetrics, createLearner, regressionMetrics, silentLogger, simulate, taskKind, TASK_KINDS, type DflmoeLearner } from '@dflmoe/core/internal';
+import { ALGORITHMS, MemoryHub, withoutMembers, classificationMetrics, createLearner, regressionMetrics, silentLogger, simulate, taskKind, TASK_KINDS, type DflmoeLearner } from '@dflmoe/core/internal';
 import { encodeSiteData, loadSiteData, mergeSummaries, reconcileStatements, siteStatement, type SiteDataSpec } from '@dflmoe/data/internal';
 import { loadDataset } from '@dflmoe/data';
 import { freePort, runCharts, startProcess, summaryTable, waitExit } from '@dflmoe/cli/internal';
@@ -221,6 +221,23 @@ describe('regression sites with their own data', function () {
     const fromB = reconcileStatements(statements, 'b');
     assert.deepEqual(fromB.included, ['b']);
     assert.ok(fromB.warnings.includes('no other site learns task "cost": this site trains alone on it'), fromB.warnings.join('; '));
+  });
+
+  it('heads of members left out of the agreement (another task) are dropped, logged once and counted', async () => {
+    const hub = new MemoryHub();
+    const [a, b, c] = ['a', 'b', 'c'].map((id) => hub.join(id));
+    const said: string[] = [];
+    const log = { ...silentLogger, info: (m: string) => said.push(m) };
+    const only = withoutMembers(a, new Set(['c']), log, 'learns task "cost"');
+    await b.publish(new Uint8Array([1]), 1);
+    await c.publish(new Uint8Array([2]), 1);
+    await c.publish(new Uint8Array([3]), 2);
+    await a.waitForHeads(2, 2000);
+    assert.deepEqual(only.drain().map((m) => m.from), ['b']);
+    assert.equal(only.dropped, 1, 'the newest head of c waited, and was dropped');
+    assert.deepEqual(only.members(), ['b']);
+    assert.deepEqual(said, ['not taking messages from c: learns task "cost"']);
+    await Promise.all([a, b, c].map((x) => x.close()));
   });
 
   it('three dFLMoE learners learn the target together: RMSE in its units per round, below its spread', async () => {

@@ -310,6 +310,36 @@ export function absorbMessages(ex: HeadExchange, log: Logger, what: string, take
 }
 
 /**
+ * `exchange` without the messages of `excluded` members (those left out of
+ * the data agreement: another task, or data that does not fit): their heads
+ * are dropped when drained, each sender logged once and counted in
+ * `dropped`, and they are not among `members()` or `announced()`.
+ */
+export function withoutMembers<E extends HeadExchange>(exchange: E, excluded: ReadonlySet<string>, log: Logger, why = 'left out of the data agreement'): E & { dropped: number } {
+  let dropped = 0;
+  const told = new Set<string>();
+  const drain = () => exchange.drain().filter((m) => {
+    if (!excluded.has(m.from)) return true;
+    dropped++;
+    if (!told.has(m.from)) log.info(`not taking messages from ${m.from}: ${why}`);
+    told.add(m.from);
+    return false;
+  });
+  const members = () => exchange.members().filter((p) => !excluded.has(p));
+  const announced = exchange.announced && (() => new Map([...exchange.announced!()].filter(([p]) => !excluded.has(p))));
+  return new Proxy(exchange, {
+    get(target, key) {
+      if (key === 'drain') return drain;
+      if (key === 'members') return members;
+      if (key === 'announced') return announced;
+      if (key === 'dropped') return dropped;
+      const v = Reflect.get(target, key, target) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  }) as E & { dropped: number };
+}
+
+/**
  * Members that disconnected and have not come back, as an exchange reports
  * them (watched from the first call of `of` on): a round does not wait for
  * messages they can no longer send.

@@ -6,7 +6,7 @@ import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { initBackend, isInterrupted, type AlgorithmOptions, type Logger, type SiteFeed, type StatusBoard } from '@dflmoe/core';
 import {
-  getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, runSite, siteTasks, type AlgorithmSite, type SiteNetwork, type SiteRoundRecord, type TaskResult,
+  getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, runSite, siteTasks, withoutMembers, type AlgorithmSite, type SiteNetwork, type SiteRoundRecord, type TaskResult,
 } from '@dflmoe/core/internal';
 import type { SiteData } from '@dflmoe/data';
 import { checkQuorum, configSettings, otherMembers, type PeerConfig } from './config.js';
@@ -218,8 +218,10 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const others = otherMembers(cfg, id.peerId).filter((m) => !left.has(m.peerId)).length;
     // With round.adaptive the deadline follows what the link delivers (measured on the exchange's waits).
     const adaptive = cfg.round.adaptive ? new AdaptiveDeadline({ maxMs: cfg.round.deadlineMs, minMs: Math.min(cfg.round.minDeadlineMs, cfg.round.deadlineMs) }) : undefined;
+    // Their heads are not experts here (they learn another task, or their data does not fit ours).
+    const agreedExchange = exchange && left.size > 0 ? withoutMembers(exchange, left, log) : exchange;
     const net: SiteNetwork = {
-      exchange: exchange && adaptive ? adaptive.wrap(exchange) : exchange, ...(bodies ? { bodies } : {}), server, logger: log,
+      exchange: agreedExchange && adaptive ? adaptive.wrap(agreedExchange) : agreedExchange, ...(bodies ? { bodies } : {}), server, logger: log,
       quorum: Math.min(cfg.round.quorum ?? others, others),
       others,
       deadlineMs: cfg.round.deadlineMs,
