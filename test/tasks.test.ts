@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
-import { ALGORITHMS, MemoryHub, withoutMembers, classificationMetrics, createLearner, regressionMetrics, silentLogger, simulate, taskKind, TASK_KINDS, type DflmoeLearner } from '@dflmoe/core/internal';
+import { ALGORITHMS, MemoryHub, StatusBoard, parseSiteStatus, withoutMembers, classificationMetrics, createLearner, regressionMetrics, silentLogger, simulate, taskKind, TASK_KINDS, type DflmoeLearner } from '@dflmoe/core/internal';
 import { encodeSiteData, loadSiteData, mergeSummaries, reconcileStatements, siteStatement, type SiteDataSpec } from '@dflmoe/data/internal';
 import { loadDataset } from '@dflmoe/data';
 import { freePort, runCharts, startProcess, summaryTable, waitExit } from '@dflmoe/cli/internal';
@@ -120,6 +120,21 @@ describe('a regression consortium (diabetes)', () => {
     assert.equal(values.length, ALGORITHMS.length * 4);
     assert.ok(values.every((v) => v > 20 && v < 120), `rmse per site ${values}`);
     assert.ok(perRound.data.every((x) => Number.isFinite(x.rmse as number)));
+  });
+
+  it('the live view\'s status carries the task\'s RMSE per round, and a status from elsewhere with it parses', () => {
+    const board = new StatusBoard();
+    const feed = board.site({ id: 'peer-0', algorithm: 'dflmoe', rounds: 6, members: [] });
+    const recs = r.algorithms.dflmoe!.rounds;
+    for (const x of recs) {
+      feed.record({
+        round: x.round, accuracy: NaN, tasks: { progression: { kind: 'regression', testRows: 10, rmse: x.tasks.progression.mean, mae: 1, r2: 0 } },
+        loss: x.loss, experts: [], seconds: x.seconds, bytesSent: 0, bytesReceived: 0,
+      });
+    }
+    const s = board.snapshot().sites[0];
+    assert.deepEqual(s.metric, { task: 'progression', name: 'rmse', higherIsBetter: false, values: recs.map((x) => x.tasks.progression.mean) });
+    assert.deepEqual(parseSiteStatus(JSON.parse(JSON.stringify(s))).metric, s.metric);
   });
 
   it('the results table shows each task\'s headline metric, not accuracy', () => {

@@ -8,6 +8,7 @@
  */
 import { z } from 'zod';
 import type { SiteRoundRecord } from './rounds.js';
+import { metricOf, taskKind } from './tasks/index.js';
 
 /** Where a site is in its run. */
 export const SITE_STATES = ['starting', 'preprocessing', 'training', 'done', 'failed', 'interrupted'] as const;
@@ -57,6 +58,8 @@ export interface SiteStatus {
   members: MemberStatus[];
   /** Per round, index r - 1 (null for a round not seen, such as one before a resumed run began). */
   accuracy: (number | null)[];
+  /** A site whose task is not a classification: its task's headline metric (a regression's RMSE) per round, as `accuracy` is kept. */
+  metric?: { task: string; name: string; higherIsBetter: boolean; values: (number | null)[] };
   loss: (number | null)[];
   /** dFLMoE: the mean gate weight of each expert (by member id; the own head under the site's id) per round. */
   gate: (Record<string, number> | null)[];
@@ -100,7 +103,8 @@ const perRound = <T extends z.ZodType>(t: T) => z.array(t).max(MAX_ROUNDS);
 const siteStatusSchema = z.object({
   id: text, peerId: text.optional(), algorithm: text, state: z.enum(SITE_STATES), error: z.string().max(2000).optional(),
   round: count, rounds: count, members: z.array(memberSchema).max(100_000),
-  accuracy: perRound(num), loss: perRound(num), gate: perRound(z.record(text, z.number().finite()).nullable()),
+  accuracy: perRound(num), loss: perRound(num),
+  metric: z.object({ task: text, name: text, higherIsBetter: z.boolean(), values: perRound(num) }).optional(), gate: perRound(z.record(text, z.number().finite()).nullable()),
   seconds: perRound(num), finishedAt: perRound(num), startedAt: count,
   bytesSent: count, bytesReceived: count, bodyBytesSent: count.optional(), bodyBytesReceived: count.optional(),
   epsilon: num, delta: num, epsilonBudget: num,
@@ -113,10 +117,20 @@ export function parseSiteStatus(x: unknown): SiteStatus {
   return siteStatusSchema.parse(x) as SiteStatus;
 }
 
+/** The headline metric of a site's first task when it is not a classification (whose accuracy the status keeps anyway). */
+function headlineOf(tasks: SiteRoundRecord['tasks'] | undefined): Pick<RoundUpdate, 'metric'> {
+  const first = Object.entries(tasks ?? {})[0];
+  if (!first || first[1].kind === 'classification') return {};
+  const h = taskKind(first[1].kind).headline;
+  return { metric: { task: first[0], name: h.metric, higherIsBetter: h.higherIsBetter, value: metricOf(first[1], h.metric) } };
+}
+
 /** One finished round, as the status takes it. */
 export interface RoundUpdate {
   round: number;
   accuracy: number;
+  /** A task that is not a classification: its headline metric this round. */
+  metric?: { task: string; name: string; higherIsBetter: boolean; value: number };
   loss: number;
   gate?: Record<string, number>;
   seconds: number;
@@ -131,7 +145,7 @@ export interface RoundUpdate {
 }
 
 /** What the status takes of a round record. */
-export type RecordedRound = Pick<SiteRoundRecord, 'round' | 'accuracy' | 'loss' | 'experts' | 'seconds' | 'bytesSent' | 'bytesReceived' | 'bodyBytesSent' | 'bodyBytesReceived' | 'privacy'>;
+export type RecordedRound = Pick<SiteRoundRecord, 'round' | 'accuracy' | 'tasks' | 'loss' | 'experts' | 'seconds' | 'bytesSent' | 'bytesReceived' | 'bodyBytesSent' | 'bodyBytesReceived' | 'privacy'>;
 
 /** A change to what a site knows of a member (by id); fields left out stay as they were. */
 export type MemberUpdate = Pick<MemberStatus, 'id'> & Partial<Omit<MemberStatus, 'id'>>;
@@ -263,7 +277,7 @@ export class SiteFeed {
    */
   record(r: RecordedRound, name?: (peer: string) => string, at?: number): void {
     this.round({
-      round: r.round, accuracy: r.accuracy, loss: r.loss, gate: gateWeights(this.status.id, r.experts, name), seconds: r.seconds,
+      round: r.round, accuracy: r.accuracy, ...headlineOf(r.tasks), loss: r.loss, gate: gateWeights(this.status.id, r.experts, name), seconds: r.seconds,
       bytesSent: r.bytesSent, bytesReceived: r.bytesReceived,
       ...(r.bodyBytesSent !== undefined ? { bodyBytesSent: r.bodyBytesSent, bodyBytesReceived: r.bodyBytesReceived } : {}),
       ...(r.privacy ? { epsilon: r.privacy.epsilon, delta: r.privacy.delta } : {}),
@@ -279,6 +293,7 @@ export class SiteFeed {
       ...(s.state === 'starting' || s.state === 'preprocessing' ? { state: 'training' as const } : {}),
       round: Math.max(s.round, u.round),
       accuracy: withRound(s.accuracy, u.round, finite(u.accuracy)),
+      ...(u.metric ? { metric: { task: u.metric.task, name: u.metric.name, higherIsBetter: u.metric.higherIsBetter, values: withRound(s.metric?.values ?? [], u.round, finite(u.metric.value)) } } : {}),
       loss: withRound(s.loss, u.round, finite(u.loss)),
       gate: withRound(s.gate, u.round, u.gate ?? null),
       seconds: withRound(s.seconds, u.round, finite(u.seconds)),

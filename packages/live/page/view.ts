@@ -125,6 +125,13 @@ function epsilonText(s: SiteStatus): string {
   return `ε ${s.epsilon.toFixed(2)}${s.epsilonBudget !== null ? ` of ${s.epsilonBudget}` : ''}`;
 }
 
+/** The site's accuracy, or its task's headline metric when it is not a classification (`rmse 54.2`). */
+function scoreText(s: SiteStatus): string {
+  if (!s.metric) return pct(last(s.accuracy));
+  const v = last(s.metric.values);
+  return v === null || v === undefined ? '–' : `${s.metric.name} ${v.toPrecision(4)}`;
+}
+
 function renderOverview(list: SiteStatus[]): void {
   const body = h('tbody');
   for (const s of list) {
@@ -134,7 +141,7 @@ function renderOverview(list: SiteStatus[]): void {
     const connected = s.members.filter((m) => m.connected).length;
     const tr = h('tr', { 'data-site': key, 'data-round': String(s.round), 'data-state': s.state },
       h('td', {}, swatch, s.id), h('td', {}, s.algorithm), h('td', {}, stateCell(s)),
-      h('td', { class: 'num' }, `${s.round}/${s.rounds}`), h('td', { class: 'num' }, pct(last(s.accuracy))),
+      h('td', { class: 'num' }, `${s.round}/${s.rounds}`), h('td', { class: 'num' }, scoreText(s)),
       h('td', { class: 'num' }, s.members.length ? `${connected}/${s.members.length}` : '–'),
       h('td', { class: 'num' }, String(s.members.reduce((a, m) => a + m.strikes, 0))),
       h('td', { class: 'num' }, bytes(s.bytesSent)), h('td', { class: 'num' }, bytes(s.bytesReceived)),
@@ -146,7 +153,11 @@ function renderOverview(list: SiteStatus[]): void {
 
 function renderCharts(list: SiteStatus[]): void {
   const series = (f: (s: SiteStatus) => readonly (number | null)[]): Series[] => list.map((s) => ({ name: `${s.id} (${s.algorithm})`, color: colorOf(keyOf(s)), values: f(s) }));
-  $('accuracy').replaceChildren(lineChart(series((s) => s.accuracy), { label: 'accuracy per round', cls: 'accuracy-chart', format: (v) => `${Math.round(v * 100)}%`, min: 0, max: 1 }));
+  // Sites of a task that is not a classification chart its headline metric (one metric for the chart: the first such site's).
+  const metric = list.find((s) => s.metric)?.metric;
+  $('accuracy').replaceChildren(metric
+    ? lineChart(series((s) => s.metric?.values ?? []), { label: `${metric.name} per round (task "${metric.task}")`, cls: 'accuracy-chart', format: (v) => v.toPrecision(3), min: 0 })
+    : lineChart(series((s) => s.accuracy), { label: 'accuracy per round', cls: 'accuracy-chart', format: (v) => `${Math.round(v * 100)}%`, min: 0, max: 1 }));
   $('loss').replaceChildren(lineChart(series((s) => s.loss), { label: 'training loss per round', cls: 'loss-chart', format: (v) => v.toFixed(2), min: 0 }));
   const legend = h('div', { class: 'legend' });
   for (const s of list) {
