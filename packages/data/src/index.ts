@@ -26,7 +26,7 @@ export {
 } from './table.js';
 export {
   federatedStandardizer, validateSummary,
-  type AgreedSchema, type FeatureSchema, type FeatureStats, type LocalSummary, type TensorSchema,
+  type AgreedSchema, type FeatureSchema, type FeatureStats, type LocalSummary, type SummaryTask, type TensorSchema,
 } from './federated.js';
 export {
   encodeSiteData, loadSiteData, readInputs, reconcileStatements, siteStatement,
