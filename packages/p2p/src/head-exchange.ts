@@ -388,6 +388,19 @@ export class Libp2pHeadExchange implements HeadExchange {
     if (!body || BigInt(body.length) !== res.size) return this.drop(peer, 'bad-response', 'size differs from header');
     // The streamed hash covers exactly the body when the head came whole from offset 0; a resumed head is hashed whole.
     const d = hasher && !res.offset ? new Uint8Array(hasher.digest()) : sha256(body);
+    this.deliver(peer, res, { body, owned }, d, minVersion, digest, t0);
+  }
+
+  /**
+   * A head that arrived whole: check its digest (against the header, and
+   * the one announced when given) and version, count it, and hand it to the
+   * learner unless the selection no longer wants it (a head that is a view
+   * into the stream's buffers, not `owned`, is copied then).
+   */
+  private deliver(
+    peer: string, res: HeadResponse, head: { body: Uint8Array; owned: boolean }, d: Uint8Array, minVersion: bigint, digest: Uint8Array | undefined, t0: number,
+  ): void {
+    const { body, owned } = head;
     if (!equal(d, res.digest) || (digest && res.version === minVersion && !equal(d, digest))) {
       return this.drop(peer, 'digest-mismatch');
     }
