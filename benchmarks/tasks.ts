@@ -10,6 +10,7 @@
  *
  *   npm run bench:tasks                  # writes benchmarks/results/tasks, updates benchmarks/README.md
  *   npm run bench:tasks -- --seeds 1     # one seed
+ *   npm run bench:tasks -- --body mlp:32 --feature-dim 16   # a model sized for a small table (results apart, README untouched)
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -21,9 +22,15 @@ import {
 import { federatedStandardizer, loadDataset, parsePartition, partition } from '@dflmoe/data/internal';
 import { renderPage, type Chart } from '@dflmoe/cli/internal';
 
-const { values } = parseArgs({ options: { seeds: { type: 'string', default: '1,2,3' }, out: { type: 'string', default: 'benchmarks/results/tasks' } } });
+const { values } = parseArgs({
+  options: { seeds: { type: 'string', default: '1,2,3' }, body: { type: 'string' }, 'feature-dim': { type: 'string' }, out: { type: 'string' } },
+});
 const seeds = values.seeds.split(',').map(Number);
-const outDir = values.out;
+// The model: the simulator's defaults (sized for images), or one given (a smaller one suits a 10-feature table).
+const BODY = values.body ?? DEFAULT_SIMULATION.bodies[0];
+const FEATURE_DIM = Number(values['feature-dim'] ?? DEFAULT_SIMULATION.featureDim);
+const defaults = values.body === undefined && values['feature-dim'] === undefined;
+const outDir = values.out ?? (defaults ? 'benchmarks/results/tasks' : `benchmarks/results/tasks-${BODY.replace(/[^a-z0-9]+/gi, '-')}-f${FEATURE_DIM}`);
 mkdirSync(outDir, { recursive: true });
 const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -47,7 +54,7 @@ async function pooledBound(part: string, seed: number): Promise<Omit<Row, 'parti
   const task = fittedTask(ds, train);
   const data = preparePeerData(ds, { train, test: new Int32Array(0) }, st, task);
   const peer = new LocalPeer({
-    id: 'pooled', data, body: parseBodySpec(c.bodies[0]), featureDim: c.featureDim, headHidden: c.headHidden,
+    id: 'pooled', data, body: parseBodySpec(BODY), featureDim: FEATURE_DIM, headHidden: c.headHidden,
     train: { epochs: 1, batchSize: c.batchSize, learningRate: LR, optimizer: 'adam', seed },
   });
   try {
@@ -73,7 +80,7 @@ const rows: Row[] = [];
 const t0 = performance.now();
 for (const part of PARTITIONS) {
   for (const seed of seeds) {
-    const base = { dataset: 'diabetes', peers: PEERS, rounds: ROUNDS, partition: part, seed, learningRate: LR };
+    const base = { dataset: 'diabetes', peers: PEERS, rounds: ROUNDS, partition: part, seed, learningRate: LR, bodies: [BODY], featureDim: FEATURE_DIM };
     const runs = [
       await simulate({ ...base, algorithms: ['local', 'fedavg', 'fedrep-p2p', 'dflmoe'] }, { logger: silentLogger }),
       await simulate({ ...base, algorithms: ['dflmoe'], shareBody: true }, { logger: silentLogger }),
@@ -112,7 +119,7 @@ const summary = PARTITIONS.map((part) => {
 });
 
 const md = [
-  `Diabetes progression (442 rows, 10 features; target's standard deviation 77.0), ${PEERS} sites, ${ROUNDS} rounds, Adam ${LR}, seeds ${seeds.join(', ')}; ${wallSeconds.toFixed(0)} s on ${machine}.`,
+  `Diabetes progression (442 rows, 10 features; target's standard deviation 77.0), ${PEERS} sites, ${ROUNDS} rounds, Adam ${LR}, body ${BODY}, feature size ${FEATURE_DIM}, seeds ${seeds.join(', ')}; ${wallSeconds.toFixed(0)} s on ${machine}.`,
   'RMSE in the target\'s units (lower is better), mean over sites and seeds; "gap closed": the share of the distance from local-only to the pooled (centralized) bound; "sites > 1.01 local": site-seeds whose RMSE is above 1.01 x their own local-only RMSE.',
   '',
   `| partition | ${COLUMNS.join(' | ')} |`,
@@ -146,4 +153,4 @@ writeFileSync(join(outDir, 'report.html'), await renderPage({ title: 'dflmoe ben
 const readme = 'benchmarks/README.md';
 const text = readFileSync(readme, 'utf8');
 const [a, b] = ['<!-- tasks:start -->', '<!-- tasks:end -->'];
-if (text.includes(a) && text.includes(b)) writeFileSync(readme, text.slice(0, text.indexOf(a) + a.length) + '\n' + md + '\n' + text.slice(text.indexOf(b)));
+if (defaults && text.includes(a) && text.includes(b)) writeFileSync(readme, text.slice(0, text.indexOf(a) + a.length) + '\n' + md + '\n' + text.slice(text.indexOf(b)));
