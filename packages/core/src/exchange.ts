@@ -370,7 +370,7 @@ export interface RoundWait {
   absorb(): number;
   /**
    * Say every few seconds (`waitNoticeMs`) whom the wait is still for, as
-   * `<what> of round <n>: waiting for <names> (<s> s of <s> s left)`, until it ends.
+   * `<what> of round <n>: waiting for <names> (<s> s of <s> s left)` (`waitLeft`), until it ends.
    */
   notice?: { logger: Logger; what: string; name(peer: string): string };
 }
@@ -381,6 +381,12 @@ export interface RoundWait {
  */
 export function waitNoticeMs(deadlineMs: number): number {
   return Math.min(5000, Math.max(1000, Math.round(deadlineMs / 4)));
+}
+
+/** `(<left> s of <deadline> s left)`, for a wait's notices (tenths of a second below 10 s). */
+export function waitLeft(leftMs: number, deadlineMs: number): string {
+  const s = (ms: number) => (ms < 10000 ? String(Math.round(ms / 100) / 10) : String(Math.round(ms / 1000)));
+  return `(${s(Math.max(0, leftMs))} s of ${s(deadlineMs)} s left)`;
 }
 
 /**
@@ -431,7 +437,7 @@ export async function awaitRound(ex: HeadExchange, departed: DepartedMembers, w:
     if (w.notice && now - noticed >= noticeMs) {
       noticed = now;
       const who = waitingFor.length > 0 ? waitingFor.map((p) => w.notice!.name(p)).join(', ') : `${target - have} more`;
-      w.notice.logger.info(`${w.notice.what} of round ${w.round ?? '?'}: waiting for ${who} (${Math.ceil(left / 1000)} s of ${Math.round(w.deadlineMs / 1000)} s left)`);
+      w.notice.logger.info(`${w.notice.what} of round ${w.round ?? '?'}: waiting for ${who} ${waitLeft(left, w.deadlineMs)}`);
     }
     await ex.waitForHeads(target - have, Math.min(left, 1000));
     fresh += w.absorb();

@@ -27,7 +27,7 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { z } from 'zod';
 import { throwIfInterrupted, type Logger } from '@dflmoe/core';
-import { pause, waitNoticeMs } from '@dflmoe/core/internal';
+import { pause, waitLeft, waitNoticeMs } from '@dflmoe/core/internal';
 import { DataError, reconcileStatements, validateSummary, type AgreedSchema, type SiteStatement } from '@dflmoe/data';
 import { agreementFit } from '@dflmoe/data/internal';
 import { readFrames, writeFrames } from './frames.js';
@@ -367,10 +367,7 @@ export class SchemaAgreement {
         }
         if (waiting.length > 0 && Date.now() - noticed >= noticeMs) {
           noticed = Date.now();
-          this.o.logger.info(
-            `preprocessing: waiting for the statements of ${waiting.map((m) => this.label(m.peerId)).join(', ')} ` +
-              `(${Math.ceil(left() / 1000)} s of ${Math.round(this.o.deadlineMs / 1000)} s left; preprocess.deadlineMs)`,
-          );
+          this.o.logger.info(`preprocessing: waiting for the statements of ${waiting.map((m) => this.label(m.peerId)).join(', ')} ${waitLeft(left(), this.o.deadlineMs)}`);
         }
         await Promise.all(waiting.map(async (m) => take(m, await this.ask(m, timeout()))));
         if (missing.some((m) => !got.has(m.peerId)) && left() > 0) await pause(Math.min(this.o.retryMs ?? 250, left()), this.o.signal);
@@ -413,9 +410,9 @@ export class SchemaAgreement {
     }
     const self = excluded.find((x) => x.peer === this.selfId);
     if (self) {
-      // Before stopping, serve our statement to the members still gathering: without it they would wait out
-      // their whole deadline for us, while a member that already agreed trains on alone.
-      const owed = () => this.others.map((m) => m.peerId).filter((p) => !agreedBy.has(p) && !this.servedTo.has(p) && !this.gone(p));
+      // Before stopping, serve our statement to the members still gathering (connected, not agreed): without it they
+      // would wait out their whole deadline for us, while a member that already agreed trains on alone.
+      const owed = () => this.others.map((m) => m.peerId).filter((p) => !agreedBy.has(p) && !this.servedTo.has(p) && this.connected(p));
       await this.servedOrTimeout(owed, Math.min(left(), 30000), this.o.signal);
       throw new DataError(`this site's data cannot join the consortium: ${self.reason}`);
     }
