@@ -169,7 +169,8 @@ describe('sites with their own data over TCP (multi-process)', function () {
     const PREPROCESS_MS = 3000;
     // Its rounds wait for nobody: it stays (lingers) until the late sites have come and gone, then is stopped with SIGINT.
     writeFileSync(sites[0].config, JSON.stringify({ ...first, preprocess: { deadlineMs: PREPROCESS_MS }, lingerMs: 120000 }));
-    const a = startProcess(['peer', '--config', sites[0].config], `${sites[0].out}.log`);
+    // At log level info, whatever an earlier test set: the notices of whom it waits for are info lines.
+    const a = startProcess(['peer', '--config', sites[0].config], `${sites[0].out}.log`, { DFLMOE_LOG_LEVEL: 'info' });
     procs.push(a);
     await until('hospital-a agreeing alone', () => existsSync(join(sites[0].out, 'preprocessing.json')), 120000);
     const late = sites.slice(1, 3).map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`));
