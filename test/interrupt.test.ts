@@ -60,13 +60,14 @@ describe('Ctrl-C while a site waits (multi-process)', function () {
   });
 
   it('a site waiting in a round quorum stops at once', async () => {
-    // Three members, two started: after 3 s of preprocessing the two agree, then each round waits (60 s) for the third.
-    const f = await consortium('dflmoe', {}, 3000);
-    const logs = f.sites.slice(0, 2).map((s) => `${s.out}.log`);
-    const ps = f.sites.slice(0, 2).map((s, i) => group.start(['peer', '--config', s.config], logs[i]));
-    await until('the two sites to agree', () => logs.every((l) => read(l).includes('preprocessing: agreed')), 60000);
-    await new Promise((r) => setTimeout(r, 3000));
-    assert.equal(read(join(f.sites[0].out, 'metrics.jsonl')), '', 'still in round 1');
+    // Three members agree; then the third is frozen (SIGSTOP: connected, silent), and each round of the two waits (60 s) for its head.
+    const f = await consortium('dflmoe', { rounds: 50 }, 3000);
+    const logs = f.sites.map((s) => `${s.out}.log`);
+    const ps = f.sites.map((s, i) => group.start(['peer', '--config', s.config], logs[i]));
+    await until('the third site to agree', () => read(logs[2]).includes('preprocessing: agreed'), 60000);
+    ps[2].kill('SIGSTOP');
+    // Each says whom it waits for (a member it agreed with, connected): it is waiting in a round.
+    await until('the two sites to wait for the third', () => logs.slice(0, 2).every((l) => /heads of round \d+: waiting for site-2 \(/.test(read(l))), 60000);
     await interrupt(ps[0], logs[0], 'waiting in a round quorum');
     // The other site, still waiting for the third, goes the same way.
     await interrupt(ps[1], logs[1], 'waiting in a round quorum (second site)');

@@ -16,6 +16,8 @@ import { DEFAULT_SIMULATION, loadSite, type SimulationConfig } from '@dflmoe/cor
 import { loadSiteData, readShare } from '@dflmoe/data/internal';
 import { freePort, runConsortium, startProcess, waitExit, writeConsortium } from '@dflmoe/cli/internal';
 import { generateIdentity, loadIdentity, loadPeerConfig, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
+import { readJsonLines, type RoundLine } from '@dflmoe/p2p/internal';
+import { waitNoticeMs } from '@dflmoe/core/internal';
 import { cli, until } from './helpers.js';
 import { PATIENT_HEADER, imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
@@ -159,30 +161,44 @@ describe('sites with their own data over TCP (multi-process)', function () {
     assert.ok(pre[0].agreed.featureNames.includes('bmi_missing'));
   });
 
-  it('sites started after the first one agreed alone (past its preprocess.deadlineMs) stop in one line naming the wards its agreement leaves out, and how to start over', async () => {
+  it('sites started after the first one agreed alone (past its preprocess.deadlineMs) stop in one line naming the wards its agreement leaves out, and how to start over; the first says whom it waits for, and its rounds wait for none of them', async () => {
     const dir = tmpDir('dflmoe-late-');
-    const sites = await hospitals(dir, { rounds: 1 });
+    // hospital-d is a member that never starts.
+    const sites = await hospitals(dir, { rounds: 1, extra: { name: 'hospital-d', csv: patientsCsv({ seed: 14, rows: 40 }) } });
     const first = JSON.parse(readFileSync(sites[0].config, 'utf8'));
-    writeFileSync(sites[0].config, JSON.stringify({ ...first, preprocess: { deadlineMs: 3000 } }));
-    const a = startProcess(['peer', '--config', sites[0].config], `${sites[0].out}.log`);
+    const PREPROCESS_MS = 3000;
+    // Its rounds wait for nobody: it stays (lingers) until the late sites have come and gone, then is stopped with SIGINT.
+    writeFileSync(sites[0].config, JSON.stringify({ ...first, preprocess: { deadlineMs: PREPROCESS_MS }, lingerMs: 120000 }));
+    // At log level info, whatever an earlier test set: the notices of whom it waits for are info lines.
+    const a = startProcess(['peer', '--config', sites[0].config], `${sites[0].out}.log`, { DFLMOE_LOG_LEVEL: 'info' });
     procs.push(a);
     await until('hospital-a agreeing alone', () => existsSync(join(sites[0].out, 'preprocessing.json')), 120000);
-    const late = sites.slice(1).map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`));
+    const late = sites.slice(1, 3).map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`));
     procs.push(...late);
     assert.deepEqual(await Promise.all(late.map((p) => waitExit(p, 120000))), [1, 1]);
     const fix = 'Stop every site and start them over together (each with --fresh), within preprocess.deadlineMs of each other (raise it at every site)';
     const wards = { 'hospital-b': 'category "east"', 'hospital-c': 'categories "east", "west"' };
-    for (const s of sites.slice(1)) {
+    for (const s of sites.slice(1, 3)) {
       const log = readFileSync(`${s.out}.log`, 'utf8');
       assert.doesNotMatch(log, /\n\s+at /, 'no stack trace');
       assert.equal(log.trim().split('\n').at(-1),
         `dflmoe: error: this site came after hospital-a had agreed on the data without it, and the agreement leaves out its ${wards[s.name as keyof typeof wards]} of column "ward". ${fix}`);
       assert.ok(!existsSync(join(s.out, 'results.json')), `${s.name} did not train`);
     }
+    a.kill('SIGINT');
     assert.equal(await waitExit(a, 120000), 0);
     const pre = JSON.parse(readFileSync(join(sites[0].out, 'preprocessing.json'), 'utf8'));
     assert.deepEqual(pre.included, [sites[0].peerId]);
-    assert.deepEqual([...pre.missing].sort(), [sites[1].peerId, sites[2].peerId].sort());
+    assert.deepEqual([...pre.missing].sort(), sites.slice(1).map((s) => s.peerId).sort());
+    // While it waited it said, every second or so, for whom (by name); it agreed with nobody, so its round waited for nobody
+    // (not its 10 s deadline for hospital-d, which never came, nor for the late sites until they left).
+    const logA = readFileSync(`${sites[0].out}.log`, 'utf8');
+    const notices = logA.split('\n').filter((l) => l.includes('preprocessing: waiting for the statements of'));
+    assert.ok(notices.length >= 1 && notices.length <= Math.ceil(PREPROCESS_MS / waitNoticeMs(PREPROCESS_MS)), logA);
+    for (const l of notices) assert.match(l, /preprocessing: waiting for the statements of hospital-b, hospital-c, hospital-d \([\d.]+ s of 3 s left\)$/);
+    const [round] = readJsonLines<RoundLine>(join(sites[0].out, 'metrics.jsonl'));
+    assert.ok(round.waitSeconds < first.round.deadlineMs / 1000 / 4, `round 1 waited ${round.waitSeconds.toFixed(1)} s`);
+    assert.doesNotMatch(logA, /heads of round 1: waiting for/);
   });
 
   for (const alg of ['local', 'fedavg'] as const) {

@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { multiaddr } from '@multiformats/multiaddr';
 import { silentLogger, type Logger } from '@dflmoe/core';
 import {
   DataError, encodeSiteData, fitStandardizer, loadDataset, loadSiteData, reconcileStatements, siteStatement, type SiteDataSpec, type SiteStatement,
@@ -47,19 +48,27 @@ describe('federated preprocessing over libp2p', function () {
     nets = [];
   });
 
-  it('a site that agreed keeps serving until a member it merged has fetched its statement; a member that came late owes nobody', async () => {
-    const net = await network(2);
+  it('a site that agreed keeps serving until a member it merged has fetched its statement; a member that came late owes nobody; one that disconnected without its statement is not waited for', async () => {
+    const net = await network(3);
     nets = net.nodes;
     const spec = (i: number): SiteDataSpec => ({ dataset: 'digits', seed: 4, testFraction: 0.2, simulate: { peers: 2, index: i, partition: 'iid', minSize: 10 } });
     const statements = await Promise.all([0, 1].map(async (i) => siteStatement(await loadSiteData(spec(i)), net.ids[i])));
-    const [a, b] = net.nodes.map((node, i) => new SchemaAgreement(node, {
-      members: net.members, statement: statements[i], deadlineMs: 20000, maxBytes: 1 << 20, logger: silentLogger,
+    const logA = recorder();
+    const DEADLINE_MS = 20000;
+    const [a, b] = net.nodes.slice(0, 2).map((node, i) => new SchemaAgreement(node, {
+      members: net.members, statement: statements[i], deadlineMs: DEADLINE_MS, graceMs: 500, maxBytes: 1 << 20, logger: i === 0 ? logA : silentLogger,
     }));
     await a.register();
     await b.register();
+    // hospital-2 connects to A and stops before it serves a statement (its data failed to load, say): A does not wait for it.
+    await net.nodes[2].dial(multiaddr(`${net.members[0].addrs[0]}/p2p/${net.ids[0]}`));
+    await net.nodes[2].stop();
     // B serves its statement but has not agreed yet: A merges it, so A owes B its own.
     const ra = await a.agree();
-    assert.deepEqual(ra.included, [...net.ids].sort());
+    assert.deepEqual(ra.included, net.ids.slice(0, 2).sort());
+    assert.deepEqual(ra.missing, [net.ids[2]]);
+    assert.ok(ra.seconds < DEADLINE_MS / 1000 / 4, `agreed after ${ra.seconds.toFixed(1)} s, not at the ${DEADLINE_MS / 1000} s deadline`);
+    assert.ok(logA.lines.includes('preprocessing: hospital-2 disconnected before sending its statement: not waiting for it (it takes the agreement when it comes back, if its data fits)'), logA.lines.join('\n'));
     assert.deepEqual(a.unserved(), [net.ids[1]]);
     let waited = false;
     const wait = a.waitServed(20000).then(() => (waited = true));

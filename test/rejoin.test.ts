@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULT_SIMULATION, DepartedMembers, MemoryHub, awaitRound } from '@dflmoe/core/internal';
+import { DEFAULT_SIMULATION, DepartedMembers, MemoryHub, awaitRound, waitNoticeMs } from '@dflmoe/core/internal';
 import { waitExit, writeConsortium } from '@dflmoe/cli/internal';
 import { readJsonLines, type RoundLine } from '@dflmoe/p2p/internal';
 import { processGroup, until, untilValue } from './helpers.js';
@@ -47,6 +47,39 @@ describe('awaitRound and members far behind', () => {
     await c.publish(Uint8Array.of(10), 10);
     const done = await wait(10);
     assert.ok(done < full / 3, `and its message of round 10 completes the quorum (${done.toFixed(0)} ms)`);
+  });
+});
+
+describe('awaitRound and the members a site agreed with', () => {
+  it('waits only for those connected now (not one that left before the wait began, nor one that never came), and says whom it waits for, by name', async () => {
+    const hub = new MemoryHub();
+    const [a, b, d] = ['a', 'b', 'd'].map((id) => hub.join(id));
+    await d.close(); // d left before a ever waited: a saw no leave; c never joined
+    const newest = new Map<string, number>();
+    const absorb = () => a.drain().map((m) => newest.set(m.from, m.payload[0])).length;
+    const lines: string[] = [];
+    const logger = { debug() {}, info: (m: string) => lines.push(m), warn: (m: string) => lines.push(m), error: (m: string) => lines.push(m) };
+    const DEADLINE_MS = 1500;
+    const wait = async () => {
+      const t0 = performance.now();
+      await awaitRound(a, new DepartedMembers(), {
+        round: 1, quorum: 3, candidates: 3, awaited: ['b', 'c', 'd'], deadlineMs: DEADLINE_MS, absorb,
+        delivered: () => new Set([...newest].filter(([, v]) => v >= 1).map(([p]) => p)),
+        notice: { logger, what: 'heads', name: (p) => `site-${p}` },
+      });
+      return performance.now() - t0;
+    };
+    // b is connected and owes its head: waited for until the deadline, and named while it is (at most once a second).
+    const full = await wait();
+    assert.ok(full >= DEADLINE_MS - 100, 'b is waited for until the deadline');
+    assert.ok(lines.length >= 1 && lines.length <= Math.ceil(DEADLINE_MS / waitNoticeMs(DEADLINE_MS)), lines.join('\n'));
+    for (const l of lines) assert.match(l, /^heads of round 1: waiting for site-b \(0\.\d s of 1\.5 s left\)$/);
+    // Once b's head is in, nobody is left to wait for: c never came, d is gone.
+    await b.publish(Uint8Array.of(1), 1);
+    lines.length = 0;
+    const quick = await wait();
+    assert.ok(quick < full / 3, `c and d are not waited for (${quick.toFixed(0)} ms against ${full.toFixed(0)} at the deadline)`);
+    assert.deepEqual(lines, []);
   });
 });
 

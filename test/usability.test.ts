@@ -5,10 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { cpSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'csv-parse/sync';
-import { ConfigError, createSiteNode, generateIdentity, parsePeerConfig, prepareSiteData, watchConnections } from '@dflmoe/p2p/internal';
+import { ConfigError, createSiteNode, generateIdentity, parsePeerConfig, prepareSiteData, runPeer, saveIdentity, watchConnections } from '@dflmoe/p2p/internal';
 import { loadSite, silentLogger, type SimulationResults } from '@dflmoe/core';
 import { loadDataset } from '@dflmoe/data';
 import { cli, majorityRate, until, cliCommand } from './helpers.js';
@@ -117,6 +117,21 @@ describe('command line usability', function () {
     const dir = tmpDir('dflmoe-key-');
     writeFileSync(join(dir, 'site.json'), JSON.stringify({ ...base, rouds: 3 }));
     assert.match(oneLineError(cli(['peer', '--config', join(dir, 'site.json')])), /unknown key "rouds" \(did you mean "rounds"\?\)$/);
+  });
+
+  it('a site config whose own key is not among its members stops at once, naming the peer ID to add', async () => {
+    const dir = tmpDir('dflmoe-self-');
+    const [self, other] = await Promise.all([generateIdentity(), generateIdentity()]);
+    saveIdentity(join(dir, 'a.key'), self.privateKey, true);
+    const cfg = parsePeerConfig({
+      key: 'a.key', listen: ['/ip4/127.0.0.1/tcp/0'], members: [{ peerId: other.peerId, addrs: ['/ip4/127.0.0.1/tcp/1'], name: 'hospital-b' }],
+      data: { dataset: 'breast-cancer' }, rounds: 1, out: 'o',
+    }, join(dir, 'a.json'), dir);
+    // A ConfigError: the command prints its message as its one line (see the test above), before any node starts.
+    await assert.rejects(runPeer(cfg, { logger: silentLogger }), (e: Error) => e instanceof ConfigError && e.message ===
+      `this site's key ${join(dir, 'a.key')} is peer ${self.peerId}, which is not among "members": add {"peerId": "${self.peerId}"} ` +
+        '(with the addresses the others reach it at) to "members" in every site\'s config (members refuse a site they do not list), or use the key of a member');
+    assert.ok(!existsSync(join(dir, 'o')), 'nothing was started or written');
   });
 
   it('a site config without the label column names data.labelColumn; simulate names --label-column', async () => {

@@ -34,7 +34,7 @@ import { sha256 } from '@noble/hashes/sha2.js';
 import { bytesToHex } from '@noble/hashes/utils.js';
 import { Rng, deriveSeed } from '@dflmoe/data/internal';
 import { CodecError, decodeBundle, encodeBundle, type CodecReason, type NamedArray, type Precision } from './codec.js';
-import { DepartedMembers, absorbMessages, awaitRound, type HeadExchange } from './exchange.js';
+import { DepartedMembers, absorbMessages, awaitRound, type HeadExchange, type RoundWait } from './exchange.js';
 import type { Logger } from './log.js';
 import { formatBodySpec, type BodySpec } from './model.js';
 import { boundSampleCounts, federatedAverage } from './averaging.js';
@@ -365,7 +365,7 @@ export class BodyShare {
    * them in as they come; members that left are not waited for. Returns how
    * many bodies were accepted.
    */
-  async gather(ex: HeadExchange, round: number, w: { quorum: number; deadlineMs: number; logger: Logger }): Promise<number> {
+  async gather(ex: HeadExchange, round: number, w: { quorum: number; deadlineMs: number; logger: Logger } & Pick<RoundWait, 'notice'>): Promise<number> {
     if (this.secure) return this.secure.run(ex, round, w);
     const partners = this.partners(round, ex.members());
     const refused = { count: 0 };
@@ -376,6 +376,7 @@ export class BodyShare {
         delivered: () => new Set(partners.filter((p) => (this.held.get(p)?.version ?? 0) >= round)),
         refused: () => refused.count,
         absorb: () => this.absorb(ex, round, w.logger, refused),
+        ...(w.notice ? { notice: w.notice } : {}),
       });
     }
     return fresh + this.absorb(ex, round, w.logger, refused);

@@ -379,10 +379,18 @@ export interface RoundWait {
   step?: number;
   /** Messages of this round wanted. */
   quorum: number;
-  /** Members that could send one (default: `quorum`). */
+  /** Members that could send one (default: `quorum`; with `awaited`, those of them that `from` allows). */
   candidates: number;
   /** Only these members' messages are wanted (a bounded mixture's choice), or all. */
   from?: readonly string[];
+  /**
+   * The members this wait is for, when the site knows them (`dflmoe peer`:
+   * the members it agreed on the data with; see `SiteNetwork.awaited`): only
+   * those connected now (`HeadExchange.members`) are waited for, whenever
+   * they left; a member outside the list is never waited for (its message is
+   * taken in when it comes).
+   */
+  awaited?: readonly string[];
   deadlineMs: number;
   /** Members whose message of this round is in. */
   delivered(): ReadonlySet<string>;
@@ -390,6 +398,25 @@ export interface RoundWait {
   refused?(): number;
   /** Take in what waits in the exchange; returns how many were accepted. */
   absorb(): number;
+  /**
+   * Say every few seconds (`waitNoticeMs`) whom the wait is still for, as
+   * `<what> of round <n>: waiting for <names> (<s> s of <s> s left)` (`waitLeft`), until it ends.
+   */
+  notice?: { logger: Logger; what: string; name(peer: string): string };
+}
+
+/**
+ * How often a wait of `deadlineMs` says whom it waits for: a quarter of
+ * the deadline, between 1 s and 5 s (a 120 s wait says so at most 24 times).
+ */
+export function waitNoticeMs(deadlineMs: number): number {
+  return Math.min(5000, Math.max(1000, Math.round(deadlineMs / 4)));
+}
+
+/** `(<left> s of <deadline> s left)`, for a wait's notices (tenths of a second below 10 s). */
+export function waitLeft(leftMs: number, deadlineMs: number): string {
+  const s = (ms: number) => (ms < 10000 ? String(Math.round(ms / 100) / 10) : String(Math.round(ms / 1000)));
+  return `(${s(Math.max(0, leftMs))} s of ${s(deadlineMs)} s left)`;
 }
 
 /**
@@ -397,27 +424,51 @@ export interface RoundWait {
  * taking them in as they come. Members that left without sending theirs
  * (they finished, or crashed) are not waited for beyond what the quorum
  * allows, so the last sites of a run do not sit out the deadline for
- * messages that cannot come; a member that comes back counts again.
- * Nor are members far behind (`w.round`): a site that restarted from an
- * old checkpoint while the others went on cannot send this round's message
- * for many rounds, and waiting out the deadline for it every round would
- * hold the whole consortium to the deadline; it counts again once it has
- * caught up. Returns how many messages were accepted.
+ * messages that cannot come; a member that comes back counts again. With
+ * `awaited`, that is every listed member not connected now (it may have
+ * left before the wait began, or never come); without it, the members seen
+ * leaving since the first wait (`DepartedMembers`). Nor are members far
+ * behind (`w.round`): a site that restarted from an old checkpoint while the
+ * others went on cannot send this round's message for many rounds, and
+ * waiting out the deadline for it every round would hold the whole
+ * consortium to the deadline; it counts again once it has caught up.
+ * Returns how many messages were accepted.
  */
 export async function awaitRound(ex: HeadExchange, departed: DepartedMembers, w: RoundWait): Promise<number> {
   const gone = departed.of(ex);
-  const end = Date.now() + w.deadlineMs;
+  const t0 = Date.now();
+  const end = t0 + w.deadlineMs;
+  const noticeMs = waitNoticeMs(w.deadlineMs);
+  let noticed = t0;
   let fresh = 0;
   for (;;) {
     const delivered = w.delivered();
     const have = delivered.size + (w.refused?.() ?? 0);
     const owing = (p: string) => !delivered.has(p) && (!w.from || w.from.includes(p));
-    const lost = [...gone].filter(owing).length;
-    const behind = w.round === undefined ? 0
-      : [...(ex.announced?.() ?? [])].filter(([p, v]) => v < w.round! - BEHIND_ROUNDS * (w.step ?? 1) && owing(p) && !gone.has(p)).length;
-    const target = Math.min(w.quorum, w.candidates - lost - behind);
-    const left = end - Date.now();
+    const announced = ex.announced?.() ?? new Map<string, number>();
+    const far = (p: string) => w.round !== undefined && (announced.get(p) ?? Infinity) < w.round - BEHIND_ROUNDS * (w.step ?? 1);
+    const connected = new Set(ex.members());
+    let target: number;
+    let waitingFor: string[];
+    if (w.awaited) {
+      const wanted = w.awaited.filter((p) => !w.from || w.from.includes(p));
+      waitingFor = wanted.filter((p) => owing(p) && connected.has(p) && !far(p));
+      const unavailable = wanted.filter((p) => owing(p) && !waitingFor.includes(p)).length;
+      target = Math.min(w.quorum, wanted.length - unavailable);
+    } else {
+      const lost = [...gone].filter(owing).length;
+      const behind = [...announced.keys()].filter((p) => far(p) && owing(p) && !gone.has(p)).length;
+      target = Math.min(w.quorum, w.candidates - lost - behind);
+      waitingFor = [...connected].filter((p) => owing(p) && !gone.has(p) && !far(p));
+    }
+    const now = Date.now();
+    const left = end - now;
     if (have >= target || left <= 0) return fresh;
+    if (w.notice && now - noticed >= noticeMs) {
+      noticed = now;
+      const who = waitingFor.length > 0 ? waitingFor.map((p) => w.notice!.name(p)).join(', ') : `${target - have} more`;
+      w.notice.logger.info(`${w.notice.what} of round ${w.round ?? '?'}: waiting for ${who} ${waitLeft(left, w.deadlineMs)}`);
+    }
     await ex.waitForHeads(target - have, Math.min(left, 1000));
     fresh += w.absorb();
   }

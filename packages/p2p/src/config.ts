@@ -430,6 +430,20 @@ export function otherMembers(c: PeerConfig, selfId: string): PeerConfig['members
   return c.members.filter((m) => m.peerId !== selfId);
 }
 
+/**
+ * Throws a ConfigError when the site's own key is not among the config's
+ * `members` (the members would refuse it, and it would wait out every
+ * deadline): one line naming the peer ID to add. A config without members
+ * (a site alone) needs none.
+ */
+export function checkSelfMember(c: PeerConfig, selfId: string): void {
+  if (c.members.length === 0 || c.members.some((m) => m.peerId === selfId)) return;
+  throw new ConfigError(
+    `this site's key ${c.key} is peer ${selfId}, which is not among "members": add {"peerId": "${selfId}"} (with the addresses the others reach it at) to "members" ` +
+      'in every site\'s config (members refuse a site they do not list), or use the key of a member',
+  );
+}
+
 /** Throws a ConfigError when `round.quorum` asks for more fresh heads than there are other members. */
 export function checkQuorum(c: PeerConfig, selfId: string, file = '<config>'): void {
   const others = otherMembers(c, selfId).length;

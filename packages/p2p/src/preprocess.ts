@@ -27,7 +27,7 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { z } from 'zod';
 import { throwIfInterrupted, type Logger } from '@dflmoe/core';
-import { pause } from '@dflmoe/core/internal';
+import { pause, waitLeft, waitNoticeMs } from '@dflmoe/core/internal';
 import { DataError, reconcileStatements, validateSummary, type AgreedSchema, type SiteStatement } from '@dflmoe/data';
 import { agreementFit } from '@dflmoe/data/internal';
 import { readFrames, writeFrames } from './frames.js';
@@ -163,7 +163,7 @@ export class SchemaAgreement {
   readonly dropped: Partial<Record<PreprocessDrop, number>> = {};
   private readonly names: Map<string, string>;
 
-  constructor(private readonly node: Pick<SiteNode, 'peerId' | 'handle' | 'unhandle' | 'dialProtocol' | 'getConnections'>, private readonly o: PreprocessOptions) {
+  constructor(private readonly node: Pick<SiteNode, 'peerId' | 'handle' | 'unhandle' | 'dialProtocol' | 'getConnections' | 'addEventListener'>, private readonly o: PreprocessOptions) {
     this.selfId = node.peerId.toString();
     if (o.statement.summary.site !== this.selfId) throw new Error(`the statement names site ${o.statement.summary.site}, not this node ${this.selfId}`);
     this.others = o.members.filter((m) => m.peerId !== this.selfId);
@@ -178,8 +178,35 @@ export class SchemaAgreement {
     }
   }
 
+  /** Members seen connected since `agree` began (or before). */
+  private readonly seen = new Set<string>();
+  /** Members said to have gone (logged once). */
+  private readonly saidGone = new Set<string>();
+  private watching = false;
+
+  private connected(peer: string): boolean {
+    return this.node.getConnections(peerIdFromString(peer)).length > 0;
+  }
+
+  /** Whether `peer` was connected since gathering began and is not any more. */
+  private gone(peer: string): boolean {
+    return this.seen.has(peer) && !this.connected(peer);
+  }
+
+  /** Note the members connected now and every member that connects from now on. */
+  private watchConnections(): void {
+    if (this.watching) return;
+    this.watching = true;
+    for (const c of this.node.getConnections()) if (this.memberIds.has(c.remotePeer.toString())) this.seen.add(c.remotePeer.toString());
+    this.node.addEventListener('peer:connect', (evt) => {
+      const id = evt.detail.toString();
+      if (this.memberIds.has(id)) this.seen.add(id);
+    });
+  }
+
   /** Register the protocol handler (before or after `node.start()`). */
   async register(): Promise<void> {
+    this.watchConnections();
     await this.node.handle(PREPROCESS_PROTOCOL, (stream, connection) => this.serve(stream, connection), { maxInboundStreams: 32 });
   }
 
@@ -296,6 +323,7 @@ export class SchemaAgreement {
    */
   async agree(): Promise<Agreement> {
     const t0 = performance.now();
+    this.watchConnections();
     const end = Date.now() + this.o.deadlineMs;
     const left = () => Math.max(0, end - Date.now());
     const got = new Map<string, SiteStatement>([[this.selfId, this.o.statement]]);
@@ -312,18 +340,37 @@ export class SchemaAgreement {
     const quorum = Math.min(this.o.quorum ?? this.others.length, this.others.length);
     // Once others report an agreement, the sites it merged are what this site needs (the smallest peer ID's word when they differ).
     const agreedSites = () => (agreedBy.size > 0 ? agreedBy.get([...agreedBy.keys()].sort()[0])! : undefined);
+    const noticeMs = waitNoticeMs(this.o.deadlineMs);
+    let noticed = Date.now();
     const gather = async () => {
       let quorumAt: number | undefined;
+      let goneAt: number | undefined;
       for (;;) {
         throwIfInterrupted(this.o.signal);
         const sites = agreedSites();
         const missing = this.others.filter((m) => !got.has(m.peerId) && (!sites || sites.includes(m.peerId)));
         if (missing.length === 0 || left() === 0) return;
+        // A member that was connected and is not any more, without having sent its statement, stopped (or
+        // crashed): not waited for (after the grace, in case it only reconnects); it counts again when it is back.
+        const waiting = missing.filter((m) => !this.gone(m.peerId));
+        for (const m of missing) {
+          if (waiting.includes(m) || this.saidGone.has(m.peerId)) continue;
+          this.saidGone.add(m.peerId);
+          this.o.logger.warn(`preprocessing: ${this.label(m.peerId)} disconnected before sending its statement: not waiting for it (it takes the agreement when it comes back, if its data fits)`);
+        }
+        if (waiting.length === 0) {
+          goneAt ??= Date.now();
+          if (Date.now() - goneAt >= (this.o.graceMs ?? 2000)) return;
+        } else goneAt = undefined;
         if (!sites && got.size - 1 >= quorum) {
           quorumAt ??= Date.now();
           if (Date.now() - quorumAt >= (this.o.graceMs ?? 2000)) return;
         }
-        await Promise.all(missing.map(async (m) => take(m, await this.ask(m, timeout()))));
+        if (waiting.length > 0 && Date.now() - noticed >= noticeMs) {
+          noticed = Date.now();
+          this.o.logger.info(`preprocessing: waiting for the statements of ${waiting.map((m) => this.label(m.peerId)).join(', ')} ${waitLeft(left(), this.o.deadlineMs)}`);
+        }
+        await Promise.all(waiting.map(async (m) => take(m, await this.ask(m, timeout()))));
         if (missing.some((m) => !got.has(m.peerId)) && left() > 0) await pause(Math.min(this.o.retryMs ?? 250, left()), this.o.signal);
       }
     };
@@ -364,9 +411,9 @@ export class SchemaAgreement {
     }
     const self = excluded.find((x) => x.peer === this.selfId);
     if (self) {
-      // Before stopping, serve our statement to the members still gathering: without it they would wait out
-      // their whole deadline for us, while a member that already agreed trains on alone.
-      const owed = () => this.others.map((m) => m.peerId).filter((p) => !agreedBy.has(p) && !this.servedTo.has(p));
+      // Before stopping, serve our statement to the members still gathering (connected, not agreed): without it they
+      // would wait out their whole deadline for us, while a member that already agreed trains on alone.
+      const owed = () => this.others.map((m) => m.peerId).filter((p) => !agreedBy.has(p) && !this.servedTo.has(p) && this.connected(p));
       await this.servedOrTimeout(owed, Math.min(left(), 30000), this.o.signal);
       throw new DataError(`this site's data cannot join the consortium: ${self.reason}`);
     }
@@ -408,11 +455,12 @@ export class SchemaAgreement {
    * statement and have not fetched ours since. A site whose run ends quickly
    * (local-only, few rounds) waits for them before it stops serving, or such
    * a member would wait out its whole deadline. Members that had agreed
-   * already (we came late, or resumed) need nothing from us.
+   * already (we came late, or resumed) need nothing from us, nor do members
+   * that disconnected since (they stopped).
    */
   unserved(): string[] {
     const sites = this.agreedSites ?? [];
-    return [...this.gathering].filter((p) => sites.includes(p) && !this.servedTo.has(p));
+    return [...this.gathering].filter((p) => sites.includes(p) && !this.servedTo.has(p) && !this.gone(p));
   }
 
   /** Wait (at most `ms`, polling) until every member of the agreement holds our statement. */

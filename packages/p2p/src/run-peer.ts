@@ -9,7 +9,7 @@ import {
   getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, runSite, siteTasks, withoutMembers, type AlgorithmSite, type SiteNetwork, type SiteRoundRecord, type TaskResult,
 } from '@dflmoe/core/internal';
 import type { SiteData } from '@dflmoe/data';
-import { checkQuorum, configSettings, otherMembers, type PeerConfig } from './config.js';
+import { checkQuorum, checkSelfMember, configSettings, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
 import { bodyExchange, headExchange, type Libp2pExchangeService as ExchangeService } from './service.js';
@@ -108,6 +108,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   const log = o.logger;
   const alg = getAlgorithm(cfg.algorithm);
   const id = loadIdentity(cfg.key);
+  checkSelfMember(cfg, id.peerId);
   checkQuorum(cfg, id.peerId);
   const backend = await initBackend({ logger: log });
   mkdirSync(cfg.out, { recursive: true });
@@ -213,9 +214,11 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       if (checkpoint && resume) log.warn('no usable checkpoint: starting from round 1');
       writeFileSync(metricsFile, '');
     }
-    // Members left out by preprocessing (their data does not fit) are not waited for.
-    const left = new Set(prepared.preprocessing.excluded.map((x) => x.peer));
-    const others = otherMembers(cfg, id.peerId).filter((m) => !left.has(m.peerId)).length;
+    // Rounds wait for the members the site agreed on the data with, and only while they are connected: not for one
+    // left out (its data does not fit), never heard from (it came late, or never) or gone (it stopped, or crashed).
+    const agreed = new Set(prepared.preprocessing.included);
+    const awaited = otherMembers(cfg, id.peerId).map((m) => m.peerId).filter((p) => agreed.has(p));
+    const others = awaited.length;
     // With round.adaptive the deadline follows what the link delivers (measured on the exchange's waits).
     const adaptive = cfg.round.adaptive ? new AdaptiveDeadline({ maxMs: cfg.round.deadlineMs, minMs: Math.min(cfg.round.minDeadlineMs, cfg.round.deadlineMs) }) : undefined;
     // Their heads are not experts here (they learn another task, or their data does not fit ours).
@@ -224,6 +227,8 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       exchange: agreedExchange && adaptive ? adaptive.wrap(agreedExchange) : agreedExchange, ...(bodies ? { bodies } : {}), server, logger: log,
       quorum: Math.min(cfg.round.quorum ?? others, others),
       others,
+      awaited,
+      memberName: memberId,
       deadlineMs: cfg.round.deadlineMs,
       transferSeconds: () => (exchange?.transferSeconds ?? server?.transferSeconds ?? 0) + (bodies?.transferSeconds ?? 0),
     };
@@ -279,7 +284,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     // A member whose statement we merged may still be asking for ours (it started later, or a
     // short run ended here before it asked): keep serving until it has it, within the preprocessing deadline.
     if (agreement && agreement.unserved().length > 0) {
-      log.info(`waiting for ${agreement.unserved().length} member(s) to fetch this site's preprocessing statement`);
+      log.info(`waiting (at most preprocess.deadlineMs) for ${agreement.unserved().map((p) => agreement.label(p)).join(', ')} to fetch this site's preprocessing statement`);
       await agreement.waitServed(cfg.preprocess.deadlineMs, o.signal);
     }
     // What it served while lingering counts too (the others' last pulls of our head or model).

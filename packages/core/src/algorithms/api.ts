@@ -38,6 +38,16 @@ export interface SiteNetwork {
   deadlineMs: number;
   /** The number of other members, when known: members that left are not waited for beyond what the quorum allows. */
   others?: number;
+  /**
+   * The other members a round waits for, when the site knows them (`dflmoe
+   * peer`: those it agreed on the data with, `others` of them): only those
+   * connected now are waited for, so a member that left before the wait, or
+   * never came, costs no deadline. Default: the exchange's members, those
+   * seen leaving not counted.
+   */
+  awaited?: readonly string[];
+  /** A member's name for messages; with it, a wait says every few seconds whom it is still waiting for. */
+  memberName?(peer: string): string;
   logger: Logger;
   /** Seconds spent moving bytes so far, where the transport measures it. */
   transferSeconds?(): number;

@@ -11,7 +11,7 @@ import type { Logger } from '../log.js';
 import { createHead } from '../model.js';
 import type { Algorithm, AlgorithmBaseOptions, AlgorithmSite, ExpertInfo, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
 import { DflmoePeer } from './dflmoe.js';
-import { prefixKeys, secondsSince, siteBodyShare } from './site.js';
+import { prefixKeys, secondsSince, siteBodyShare, waitOptions } from './site.js';
 import { bodySettings, type BodySettings, type BodyShare, type MixedBody } from '../body-share.js';
 import { stalenessSettings, type StalenessSettings } from '../experts.js';
 import { dflmoeSettings, type DflmoeSettings } from './dflmoe-settings.js';
@@ -82,7 +82,7 @@ export class DflmoeSite implements AlgorithmSite {
     const share = net.bodies ? this.bodyShare : undefined;
     let bodies: MixedBody[] | undefined;
     if (share && round > 1 && share.due(round - 1)) {
-      await share.gather(net.bodies!, round - 1, { quorum: net.quorum, deadlineMs: net.deadlineMs, logger: net.logger });
+      await share.gather(net.bodies!, round - 1, { quorum: net.quorum, deadlineMs: net.deadlineMs, logger: net.logger, ...waitOptions(net, 'bodies') });
       bodies = share.mix(round - 1, round, net.bodies!.members());
     }
     let waitSeconds = secondsSince(t0);
@@ -122,6 +122,7 @@ export class DflmoeSite implements AlgorithmSite {
   private waitForRound(ex: HeadExchange, net: SiteNetwork, round: number, quorum: number, chosen: string[] | undefined, refused: { count: number }): Promise<number> {
     return awaitRound(ex, this.departed, {
       round, quorum, candidates: chosen?.length ?? net.others ?? quorum, ...(chosen ? { from: chosen } : {}), deadlineMs: net.deadlineMs,
+      ...waitOptions(net, 'heads'),
       delivered: () => new Set(this.peer.pool.list().filter((e) => e.version >= round).map((e) => e.peer)),
       refused: () => refused.count,
       absorb: () => this.absorb(ex, round, net.logger, refused),

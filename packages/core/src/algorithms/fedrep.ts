@@ -17,7 +17,7 @@ import { bodyVariables, headLogits } from '../model.js';
 import { createOptimizer, trainEpochs } from '../train.js';
 import type { Algorithm, AlgorithmBaseOptions, SiteNetwork, SiteRound } from './api.js';
 import { bodySettings, type BodySettings, type BodyShare } from '../body-share.js';
-import { secondsSince, siteBodyShare } from './site.js';
+import { secondsSince, siteBodyShare, waitOptions } from './site.js';
 import type { PeerModelOptions } from './common.js';
 import { FedAvgClient, FedAvgSite, sharedModelSeed } from './fedavg.js';
 import { federatedAverage } from '../averaging.js';
@@ -126,7 +126,7 @@ class FedRepP2pSite extends FedRepSite {
     if (!ex || !this.bodyShare.due(round)) return { loss, trainSeconds, waitSeconds: 0, fresh: 0 };
     const share = this.bodyShare;
     await share.publish(ex, round, this.o.poisonBody ? share.encodePoisoned(this.o.poisonBody, round) : undefined);
-    const fresh = await share.gather(ex, round, { quorum: net.quorum, deadlineMs: net.deadlineMs, logger: net.logger });
+    const fresh = await share.gather(ex, round, { quorum: net.quorum, deadlineMs: net.deadlineMs, logger: net.logger, ...waitOptions(net, 'bodies') });
     const bodies = share.mix(round, round, ex.members());
     return { loss, trainSeconds, waitSeconds: secondsSince(tw), fresh, bodies };
   }

@@ -19,7 +19,7 @@ import type { Algorithm, AlgorithmBaseOptions, SiteNetwork, SiteRound } from './
 import { stalenessSettings, type StalenessSettings } from '../experts.js';
 import type { PeerModelOptions } from './common.js';
 import { FedAvgClient, sharedModelSeed } from './fedavg.js';
-import { ModelSite, secondsSince } from './site.js';
+import { ModelSite, secondsSince, waitOptions } from './site.js';
 
 const metaSchema = z.object({
   arch: z.string(),
@@ -113,7 +113,7 @@ export class GossipSite extends ModelSite<FedAvgClient> {
     let fresh = absorb();
     if (net.quorum > 0 && net.deadlineMs > 0) {
       fresh += await awaitRound(ex, this.departed, {
-        round, quorum: net.quorum, candidates: net.others ?? net.quorum, deadlineMs: net.deadlineMs, absorb,
+        round, quorum: net.quorum, candidates: net.others ?? net.quorum, deadlineMs: net.deadlineMs, absorb, ...waitOptions(net, 'models'),
         // A member's model of this round (or a newer one, from a site ahead of this one).
         delivered: () => new Set([...this.held].filter(([, h]) => h.round >= round).map(([id]) => id)),
       });

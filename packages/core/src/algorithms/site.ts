@@ -7,8 +7,19 @@ import type { AlgorithmSite, SiteCheckpointing, SiteNetwork, SiteRound } from '.
 import type { PeerEval, SupervisedModel } from './common.js';
 import { createBodyShare, type BodyShare, type BodySharingSettings, type BodyShareState } from '../body-share.js';
 import { bodyVariables } from '../model.js';
+import type { RoundWait } from '../exchange.js';
 
 export const secondsSince = (t0: number) => (performance.now() - t0) / 1000;
+
+/**
+ * What a site's network adds to its round waits (`awaitRound`): the members
+ * it waits for (`SiteNetwork.awaited`) and, where members have names, notices
+ * of whom it is still waiting for (`what`: heads, models, bodies).
+ */
+export function waitOptions(net: SiteNetwork, what: string): Pick<RoundWait, 'awaited' | 'notice'> {
+  const name = net.memberName;
+  return { ...(net.awaited ? { awaited: net.awaited } : {}), ...(name ? { notice: { logger: net.logger, what, name: (p: string) => name.call(net, p) } } : {}) };
+}
 
 /** The body share of a site's model (dFLMoE with shareBody, fedrep-p2p). */
 export function siteBodyShare(m: SupervisedModel, o: BodySharingSettings): BodyShare {
