@@ -221,7 +221,8 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const others = awaited.length;
     // With round.adaptive the deadline follows what the link delivers (measured on the exchange's waits).
     const adaptive = cfg.round.adaptive ? new AdaptiveDeadline({ maxMs: cfg.round.deadlineMs, minMs: Math.min(cfg.round.minDeadlineMs, cfg.round.deadlineMs) }) : undefined;
-    // Their heads are not experts here (they learn another task, or their data does not fit ours).
+    // Members left out by preprocessing: their heads are not experts here (they learn another task, or their data does not fit ours).
+    const left = new Set(prepared.preprocessing.excluded.map((x) => x.peer));
     const agreedExchange = exchange && left.size > 0 ? withoutMembers(exchange, left, log) : exchange;
     const net: SiteNetwork = {
       exchange: agreedExchange && adaptive ? adaptive.wrap(agreedExchange) : agreedExchange, ...(bodies ? { bodies } : {}), server, logger: log,
