@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { Interrupted, PRECISIONS, createLogger, type Precision } from '@dflmoe/core';
 import { generateIdentity, joinDetails, loadIdentity, loadPeerConfig, loadRelayConfig, loadServerConfig, runPeer, runServer, saveIdentity, savePsk, startRelay } from '@dflmoe/p2p';
-import { formatBytes, pct } from '../format.js';
+import { formatBytes, siteScore } from '../format.js';
 import { checkOutputPath } from '../output.js';
 import { DATA_POLICY } from './predict.js';
 import { endLiveView, startLiveView, withUiOptions } from '../live.js';
@@ -92,7 +92,7 @@ export function peerCommand(): Command {
         fresh: Boolean(o.fresh),
         // Bytes so far (the run's, with its earlier parts); experts only where the algorithm mixes them (dFLMoE).
         onRound: o.quiet ? undefined : (l) => process.stderr.write(
-          `round ${l.round}/${cfg.rounds}  accuracy ${pct(l.accuracy)}  ${cfg.algorithm === 'dflmoe' ? `experts ${l.experts.length}  ` : ''}` +
+          `round ${l.round}/${cfg.rounds}  ${siteScore(l.tasks, l.accuracy)}  ${cfg.algorithm === 'dflmoe' ? `experts ${l.experts.length}  ` : ''}` +
             `so far in ${formatBytes(l.bytesReceived)} out ${formatBytes(l.bytesSent)}  ${l.seconds.toFixed(2)} s\n`,
         ),
       })).catch(async (e: unknown) => {
@@ -100,7 +100,7 @@ export function peerCommand(): Command {
         throw e;
       });
       await endLiveView(view, o.uiKeep, true);
-      process.stdout.write(`final accuracy ${pct(r.accuracy)} after ${r.rounds.length} rounds; results in ${cfg.out}\n`);
+      process.stdout.write(`final ${siteScore(r.tasks, r.accuracy)} after ${r.rounds.length} rounds; results in ${cfg.out}\n`);
     });
 }
 
