@@ -1,4 +1,4 @@
-import { spawnSync, type ChildProcess, type SpawnSyncOptions, type SpawnSyncReturns } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess, type SpawnSyncOptions, type SpawnSyncReturns } from 'node:child_process';
 import fc from 'fast-check';
 import { initBackend, preparePeerData, silentLogger, type PeerData } from '@dflmoe/core/internal';
 import { makeSynthetic, partition, type Dataset } from '@dflmoe/data/internal';
@@ -42,6 +42,42 @@ export function cli(args: string[]) {
     timeout: 120000,
     env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' },
   });
+}
+
+/** What `cli` returns, for a run that `cliAsync` made. */
+export interface CliResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Run the dflmoe CLI as `cli` does, without blocking: independent runs of one
+ * test can go at once (`Promise.all`). The same environment and timeout.
+ */
+export function cliAsync(args: string[]): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [...cliCommand(), ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' } });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    p.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const timer = setTimeout(() => p.kill('SIGTERM'), 120000);
+    p.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    p.on('close', (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
+
+let helpOfSimulate: CliResult | undefined;
+/** `dflmoe simulate --help`, run once per test process (several tests read it). */
+export function simulateHelp(): CliResult {
+  return (helpOfSimulate ??= cli(['simulate', '--help']));
 }
 
 /** Poll `fn` every 100 ms until it is true; throws after `timeoutMs`. */

@@ -11,7 +11,7 @@ import { parse } from 'csv-parse/sync';
 import { ConfigError, createSiteNode, generateIdentity, parsePeerConfig, prepareSiteData, runPeer, saveIdentity, watchConnections } from '@dflmoe/p2p/internal';
 import { loadSite, silentLogger, type SimulationResults } from '@dflmoe/core';
 import { loadDataset } from '@dflmoe/data';
-import { cli, majorityRate, until, cliCommand } from './helpers.js';
+import { cli, cliAsync, majorityRate, simulateHelp, until, cliCommand, type CliResult } from './helpers.js';
 import { imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
 /** A one-site, one-round local-only site trained by `dflmoe peer` on a patient table; returns its out directory. */
@@ -29,7 +29,7 @@ function trainedSite(dir: string): string {
 }
 
 /** The one-line error a failed command printed. */
-function oneLineError(r: ReturnType<typeof cli>): string {
+function oneLineError(r: CliResult): string {
   assert.equal(r.status, 1, `exit code; stdout ${r.stdout}`);
   const lines = r.stderr.trim().split('\n');
   assert.equal(lines.length, 1, `one line, no stack trace:\n${r.stderr}`);
@@ -43,7 +43,7 @@ describe('command line usability', function () {
   this.timeout(120000);
 
   it('help shows defaults and choices as a user types them, not as JSON', () => {
-    const r = cli(['simulate', '--help']);
+    const r = simulateHelp();
     assert.equal(r.status, 0, r.stderr);
     const help = r.stdout.replace(/\s+/g, ' ');
     assert.match(help, /\(default: dflmoe,fedavg,local\)/);
@@ -63,26 +63,34 @@ describe('command line usability', function () {
     assert.equal(code, 0);
   });
 
-  it('--max-experts 0 means all experts, as the README says (and all still does)', () => {
-    for (const k of ['0', 'all']) {
-      const out = tmpDir('dflmoe-k-');
-      const r = cli(['simulate', ...TINY, '--algorithms', 'dflmoe', '--max-experts', k, '--out', out]);
-      assert.equal(r.status, 0, r.stderr);
+  it('--max-experts 0 means all experts, as the README says (and all still does)', async () => {
+    // Independent runs: at once.
+    const outs = ['0', 'all'].map((k) => ({ k, out: tmpDir('dflmoe-k-') }));
+    const [runs, bad] = await Promise.all([
+      Promise.all(outs.map(({ k, out }) => cliAsync(['simulate', ...TINY, '--algorithms', 'dflmoe', '--max-experts', k, '--out', out]))),
+      cliAsync(['simulate', ...TINY, '--max-experts', '-1']),
+    ]);
+    outs.forEach(({ out }, i) => {
+      assert.equal(runs[i].status, 0, runs[i].stderr);
       assert.equal(JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')).config.maxExperts, 0);
-    }
-    assert.match(cli(['simulate', ...TINY, '--max-experts', '-1']).stderr, /'--max-experts <n>' argument '-1' is invalid\. Too small: expected number to be >=0/);
+    });
+    assert.match(bad.stderr, /'--max-experts <n>' argument '-1' is invalid\. Too small: expected number to be >=0/);
     assert.match(readFileSync('README.md', 'utf8'), /--max-experts <k>` \(dFLMoE; default 32, `0` or `all` for no limit\)/);
   });
 
-  it('--standardize federated is the name the site config uses; global still reads as it', () => {
-    for (const how of ['federated', 'global']) {
-      const out = tmpDir('dflmoe-std-');
-      const r = cli(['simulate', ...TINY, '--algorithms', 'local', '--standardize', how, '--out', out]);
-      assert.equal(r.status, 0, r.stderr);
+  it('--standardize federated is the name the site config uses; global still reads as it', async () => {
+    // Independent runs: at once.
+    const outs = ['federated', 'global'].map((how) => ({ how, out: tmpDir('dflmoe-std-') }));
+    const [runs, bad] = await Promise.all([
+      Promise.all(outs.map(({ how, out }) => cliAsync(['simulate', ...TINY, '--algorithms', 'local', '--standardize', how, '--out', out]))),
+      cliAsync(['simulate', ...TINY, '--standardize', 'pooled']),
+    ]);
+    outs.forEach(({ out }, i) => {
+      assert.equal(runs[i].status, 0, runs[i].stderr);
       assert.equal(JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')).config.standardize, 'federated');
-    }
-    assert.match(cli(['simulate', '--help']).stdout.replace(/\s+/g, ' '), /--standardize <how> .*\(choices: federated \| local, default: federated\)/);
-    assert.match(cli(['simulate', ...TINY, '--standardize', 'pooled']).stderr, /Allowed choices are federated, local/);
+    });
+    assert.match(simulateHelp().stdout.replace(/\s+/g, ' '), /--standardize <how> .*\(choices: federated \| local, default: federated\)/);
+    assert.match(bad.stderr, /Allowed choices are federated, local/);
   });
 
   it('a site config with a bad body spec is refused when the config is read, saying what a body looks like', () => {
@@ -163,20 +171,22 @@ describe('command line usability', function () {
       return writeText(join(dir, `fresh-${age || 'empty'}.csv`), csv.join('\n'));
     };
 
-    it('a cell that is not a number is refused, naming the line and the column', () => {
-      for (const cmd of ['predict', 'evaluate']) {
-        const line = oneLineError(cli([cmd, '--site', site, '--input', fresh('sixty')]));
+    it('a cell that is not a number is refused, naming the line and the column', async () => {
+      const file = fresh('sixty');
+      const runs = await Promise.all(['predict', 'evaluate'].map((cmd) => cliAsync([cmd, '--site', site, '--input', file])));
+      for (const r of runs) {
+        const line = oneLineError(r);
         assert.match(line, /fresh-sixty\.csv, line 4: column "age" holds "sixty", which is not a number .*--invalid-as-missing/);
       }
     });
 
     it('--invalid-as-missing reads it as missing, as NA would be, and marks the row', async () => {
-      const r = cli(['predict', '--site', site, '--input', fresh('sixty'), '--invalid-as-missing']);
+      const [sixty, naFile] = [fresh('sixty'), fresh('NA')];
+      const [r, na] = await Promise.all([cliAsync(['predict', '--site', site, '--input', sixty, '--invalid-as-missing']), cliAsync(['predict', '--site', site, '--input', naFile])]);
       assert.equal(r.status, 0, r.stderr);
       assert.match(r.stderr, /read as missing, not numbers: 1 row: line 4 \(age="sixty"\)/);
       const rows = parse(r.stdout, { columns: true }) as Record<string, string>[];
       assert.deepEqual(rows.map((x) => x['read as missing']), ['', '', 'age="sixty"', '', '', '']);
-      const na = cli(['predict', '--site', site, '--input', fresh('NA')]);
       assert.equal(na.status, 0, na.stderr);
       const naRows = parse(na.stdout, { columns: true }) as Record<string, string>[];
       assert.equal(naRows[2]['read as missing'], undefined, 'no marks column without the option');
@@ -197,10 +207,11 @@ describe('command line usability', function () {
       assert.match(r.stderr, /flagged \(a category no site trained on encodes as all zeros; missing cells take the pooled means\): 2 rows: line 3 \(unseen ward="Z"\), line 5 \(every feature missing\)/);
     });
 
-    it('--output and keygen --out into a directory that does not exist: one line naming it, before any work', () => {
-      const line = oneLineError(cli(['predict', '--site', site, '--input', fresh('61'), '--output', '/no/dir/p.csv']));
+    it('--output and keygen --out into a directory that does not exist: one line naming it, before any work', async () => {
+      const [predict, keygen] = await Promise.all([cliAsync(['predict', '--site', site, '--input', fresh('61'), '--output', '/no/dir/p.csv']), cliAsync(['keygen', '--out', '/no/dir/k'])]);
+      const line = oneLineError(predict);
       assert.match(line, /--output \/no\/dir\/p\.csv: the directory \/no\/dir does not exist \(create it first: mkdir -p \/no\/dir\)$/);
-      assert.match(oneLineError(cli(['keygen', '--out', '/no/dir/k'])), /--out \/no\/dir\/k: the directory \/no\/dir does not exist/);
+      assert.match(oneLineError(keygen), /--out \/no\/dir\/k: the directory \/no\/dir does not exist/);
     });
   });
 
@@ -214,25 +225,29 @@ describe('command line usability', function () {
       const images = await imageFolder(join(dir, 'images'), { seed: 4, perClass: 24 });
       const args = ['simulate', '--dataset', `images:${images}`, '--peers', '2', '--partition', 'iid', '--rounds', '2', '--algorithms', 'local',
         '--body', 'mlp:8', '--feature-dim', '8', '--quiet'];
-      const mem = cli([...args, '--out', join(dir, 'mem')]);
+      // Both transports at once (separate outs).
+      const [mem, tcp] = await Promise.all([cliAsync([...args, '--out', join(dir, 'mem')]), cliAsync([...args, '--transport', 'tcp', '--deadline', '20000', '--out', join(dir, 'tcp')])]);
       assert.equal(mem.status, 0, mem.stderr);
-      const tcp = cli([...args, '--transport', 'tcp', '--deadline', '20000', '--out', join(dir, 'tcp')]);
       assert.equal(tcp.status, 0, tcp.stderr);
       const [m, t] = [results(join(dir, 'mem')), results(join(dir, 'tcp'))];
       assert.deepEqual(m.dataset.sampleShape, [12, 12, 1]);
       assert.equal(m.dataset.samples, 48);
       assert.deepEqual(t.algorithms.local!.peers.map((p) => p.accuracy), m.algorithms.local!.peers.map((p) => p.accuracy), 'the same sites train the same models');
-      assert.match(cli(['simulate', '--help']).stdout.replace(/\s+/g, ' '), /--dataset <name> .*\| images:<dir>/);
+      assert.match(simulateHelp().stdout.replace(/\s+/g, ' '), /--dataset <name> .*\| images:<dir>/);
     });
 
     describe('a consortium of processes (simulate --transport tcp)', () => {
       let dir: string;
-      let tcp: ReturnType<typeof cli>;
+      let tcp: CliResult;
+      let mem: CliResult;
       const args = ['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--partition', 'iid', '--rounds', '2', '--algorithms', 'local,dflmoe', '--seed', '2', '--quiet'];
-      before(() => {
+      before(async () => {
         dir = tmpDir('dflmoe-simtcp-');
-        // Without --quiet: the per-round progress lines too.
-        tcp = cli([...args.filter((a) => a !== '--quiet'), '--transport', 'tcp', '--deadline', '20000', '--out', join(dir, 'tcp')]);
+        // Without --quiet: the per-round progress lines too. The same run in one process (the pooled test compares them) at the same time.
+        [tcp, mem] = await Promise.all([
+          cliAsync([...args.filter((a) => a !== '--quiet'), '--transport', 'tcp', '--deadline', '20000', '--out', join(dir, 'tcp')]),
+          cliAsync([...args, '--out', join(dir, 'mem')]),
+        ]);
         assert.equal(tcp.status, 0, tcp.stderr);
       });
 
@@ -248,7 +263,6 @@ describe('command line usability', function () {
       it("prints the pooled test column too: each site's saved model on every site's test rows, as in memory", () => {
         assert.match(tcp.stdout, /algorithm +mean acc +std +min +weighted +pooled test +bytes sent/);
         assert.match(tcp.stdout, /\nlocal +[\d.]+% +[\d.]+% +[\d.]+% +[\d.]+% +[\d.]+% /);
-        const mem = cli([...args, '--out', join(dir, 'mem')]);
         assert.equal(mem.status, 0, mem.stderr);
         const [t, m] = [results(join(dir, 'tcp')), results(join(dir, 'mem'))];
         // local-only trains the same models in both, so the pooled figures agree exactly.
@@ -261,12 +275,11 @@ describe('command line usability', function () {
         assert.ok(Math.abs(t.algorithms.dflmoe!.pooledAccuracy!.mean - pooled(t, 'dflmoe').reduce((a, b) => a! + b!, 0)! / 3) < 1e-12);
       });
 
-      it("dflmoe report on the sites' directories draws the charts the run's report draws from its results.json", () => {
+      it("dflmoe report on the sites' directories draws the charts the run's report draws from its results.json", async () => {
         const charts = (html: string) => Object.fromEntries([...html.matchAll(/<figure data-chart="([^"]+)">[\s\S]*?<script type="application\/json" class="chart-data">([\s\S]*?)<\/script>/g)]
           .map((m) => [m[1], (JSON.parse(m[2]) as { algorithm?: string }[]).filter((x) => x.algorithm === undefined || x.algorithm === 'dflmoe')]));
-        const run = cli(['report', join(dir, 'tcp')]);
+        const [run, sites] = await Promise.all([cliAsync(['report', join(dir, 'tcp')]), cliAsync(['report', join(dir, 'tcp', 'consortium', 'dflmoe'), '--output', join(dir, 'sites.html')])]);
         assert.equal(run.status, 0, run.stderr);
-        const sites = cli(['report', join(dir, 'tcp', 'consortium', 'dflmoe'), '--output', join(dir, 'sites.html')]);
         assert.equal(sites.status, 0, sites.stderr);
         const [a, b] = [charts(readFileSync(join(dir, 'tcp', 'report.html'), 'utf8')), charts(readFileSync(join(dir, 'sites.html'), 'utf8'))];
         assert.deepEqual(Object.keys(b), ['accuracy-per-round', 'accuracy-per-peer', 'bytes-per-round', 'gate-weights']);
@@ -278,17 +291,17 @@ describe('command line usability', function () {
       it('dflmoe audit and predictFile name the experts as site.json does, as dflmoe predict does', async () => {
         const site = join(dir, 'tcp', 'consortium', 'dflmoe', 'site-0');
         const desc = JSON.parse(readFileSync(join(site, 'site.json'), 'utf8')) as { peerId: string; names: Record<string, string> };
-        const audit = cli(['audit', site]);
-        assert.equal(audit.status, 0, audit.stderr);
-        assert.match(audit.stdout, /round 2 +mixed \[site-[12] v\d [0-9a-f]{8}, site-[12] v\d [0-9a-f]{8}\]/);
-        assert.match(audit.stdout, new RegExp(`audit trail of site-0 \\(${desc.peerId}\\): 3 entries \\(2 rounds\\); hash chain and signatures verified`));
-        assert.match(audit.stdout, /its end matches the checkpoint and results\.json/);
-        // The same site with the last line of its trail removed: the chain still holds, the end does not.
+        // The same site with the last line of its trail removed (made first, so that both audits run at once).
         const cut = join(dir, 'cut-site');
         cpSync(site, cut, { recursive: true });
         const lines = readFileSync(join(cut, 'audit.jsonl'), 'utf8').split('\n').filter(Boolean);
         writeFileSync(join(cut, 'audit.jsonl'), lines.slice(0, -1).join('\n') + '\n');
-        const cutAudit = cli(['audit', cut, '--quiet']);
+        const [audit, cutAudit] = await Promise.all([cliAsync(['audit', site]), cliAsync(['audit', cut, '--quiet'])]);
+        assert.equal(audit.status, 0, audit.stderr);
+        assert.match(audit.stdout, /round 2 +mixed \[site-[12] v\d [0-9a-f]{8}, site-[12] v\d [0-9a-f]{8}\]/);
+        assert.match(audit.stdout, new RegExp(`audit trail of site-0 \\(${desc.peerId}\\): 3 entries \\(2 rounds\\); hash chain and signatures verified`));
+        assert.match(audit.stdout, /its end matches the checkpoint and results\.json/);
+        // The cut trail: the chain still holds, the end does not.
         assert.equal(cutAudit.status, 1, cutAudit.stdout);
         assert.match(cutAudit.stderr, /TAMPERED line 2 \(round 1\): the trail ends at round 1 but the newest checkpoint .* is of round 2/);
         assert.match(cutAudit.stderr, /results\.json seals 3 lines, the trail has 2/);
