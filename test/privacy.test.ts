@@ -6,7 +6,7 @@ import {
   DEFAULT_ORDERS as DEFAULT_ORDERS_FOR_TEST, RdpAccountant, computeRdp, epsilonFromRdp, noiseForEpsilon, rdpSampledGaussian, silentLogger, simulate,
   type SimulationResults,
 } from '@dflmoe/core/internal';
-import { backend, cli } from './helpers.js';
+import { backend, cliAsync } from './helpers.js';
 
 // Reference values from the tests of Google's dp_accounting library
 // (python/dp_accounting/dp_accounting/rdp/rdp_privacy_accountant_test.py).
@@ -99,13 +99,15 @@ describe('DP-SGD over libp2p', function () {
   it('a consortium of processes reports the epsilon the in-memory simulator reports for the same run', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-dp-'));
     const args = ['--dataset', 'breast-cancer', '--peers', '2', '--partition', 'iid', '--rounds', '2', '--algorithms', 'dflmoe,local', '--seed', '3', '--dp-noise', '1.1', '--dp-clip', '1'];
-    const r = cli(['simulate', ...args, '--transport', 'tcp', '--deadline', '20000', '--quiet', '--out', dir]);
-    assert.equal(r.status, 0, r.stderr);
-    const tcp = JSON.parse(readFileSync(join(dir, 'results.json'), 'utf8')) as SimulationResults;
+    // The consortium's processes and the in-memory run of the same settings at the same time.
+    const running = cliAsync(['simulate', ...args, '--transport', 'tcp', '--deadline', '20000', '--quiet', '--out', dir]);
     await backend();
     const mem = await simulate({
       dataset: 'breast-cancer', peers: 2, partition: 'iid', rounds: 2, algorithms: ['dflmoe', 'local'], seed: 3, dp: { noiseMultiplier: 1.1, clipNorm: 1 },
     }, { logger: silentLogger });
+    const r = await running;
+    assert.equal(r.status, 0, r.stderr);
+    const tcp = JSON.parse(readFileSync(join(dir, 'results.json'), 'utf8')) as SimulationResults;
     for (const alg of ['dflmoe', 'local'] as const) {
       const a = tcp.algorithms[alg]!.peers.map((p) => p.privacy);
       const b = mem.algorithms[alg]!.peers.map((p) => p.privacy);
