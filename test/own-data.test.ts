@@ -18,7 +18,7 @@ import { freePort, runConsortium, startProcess, waitExit, writeConsortium } from
 import { generateIdentity, loadIdentity, loadPeerConfig, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
 import { readJsonLines, type RoundLine } from '@dflmoe/p2p/internal';
 import { waitNoticeMs } from '@dflmoe/core/internal';
-import { cli, until } from './helpers.js';
+import { cli, cliAsync, until } from './helpers.js';
 import { PATIENT_HEADER, imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
 const results = (out: string) => JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as PeerRunResult;
@@ -87,7 +87,19 @@ describe('sites with their own data over TCP (multi-process)', function () {
     const fresh = writeText(join(dir, 'fresh.csv'), freshCsv);
     const site = sites[0];
     const out = join(dir, 'predictions.csv');
-    const r = cli(['predict', '--site', site.out, '--input', fresh, '--output', out]);
+    // The site's test rows, for dflmoe evaluate below.
+    const data = await loadSiteData({ dataset: `csv:${join(dir, `${site.name}.csv`)}`, labelColumn: 'diagnosis', drop: ['id'], seed: 1, testFraction: 0.2 });
+    assert.equal(data.kind, 'table');
+    const lines = readFileSync(join(dir, `${site.name}.csv`), 'utf8').split('\n');
+    const testRows = data.kind === 'table' ? Array.from(data.split.test, (row) => lines[data.table.lines[row] - 1]) : [];
+    const testCsv = writeText(join(dir, 'test-rows.csv'), [lines[0], ...testRows].join('\n') + '\n');
+    // The four commands read the site and write nothing it reads: at once.
+    const [r, printed, ev, text] = await Promise.all([
+      cliAsync(['predict', '--site', site.out, '--input', fresh, '--output', out]),
+      cliAsync(['predict', '--site', site.out, '--input', fresh]),
+      cliAsync(['evaluate', '--site', site.out, '--input', testCsv, '--json']),
+      cliAsync(['evaluate', '--site', site.out, '--input', testCsv]),
+    ]);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stderr, /wrote 40 predictions to .*predictions\.csv \(hospital-a \(dflmoe\), checkpoint of round 5\)/);
     const rows = parse(readFileSync(out, 'utf8'), { columns: true }) as Record<string, string>[];
@@ -119,23 +131,15 @@ describe('sites with their own data over TCP (multi-process)', function () {
       loaded.dispose();
     }
     // Without --output the rows are printed.
-    const printed = cli(['predict', '--site', site.out, '--input', fresh]);
     assert.equal(printed.status, 0, printed.stderr);
     assert.equal(printed.stdout, readFileSync(out, 'utf8'));
 
     // evaluate on the site's own test rows gives the accuracy the site reported, exactly.
-    const data = await loadSiteData({ dataset: `csv:${join(dir, `${site.name}.csv`)}`, labelColumn: 'diagnosis', drop: ['id'], seed: 1, testFraction: 0.2 });
-    assert.equal(data.kind, 'table');
-    const lines = readFileSync(join(dir, `${site.name}.csv`), 'utf8').split('\n');
-    const testRows = data.kind === 'table' ? Array.from(data.split.test, (row) => lines[data.table.lines[row] - 1]) : [];
-    const testCsv = writeText(join(dir, 'test-rows.csv'), [lines[0], ...testRows].join('\n') + '\n');
-    const ev = cli(['evaluate', '--site', site.out, '--input', testCsv, '--json']);
     assert.equal(ev.status, 0, ev.stderr);
     const e = JSON.parse(ev.stdout);
     assert.equal(e.samples, results(site.out).testSamples);
     assert.equal(e.accuracy, results(site.out).accuracy);
     assert.equal(e.confusion.flat().reduce((a: number, b: number) => a + b, 0), e.samples);
-    const text = cli(['evaluate', '--site', site.out, '--input', testCsv]);
     assert.match(text.stdout, /accuracy [\d.]+% on \d+ samples/);
     assert.match(text.stdout, /confusion matrix \(rows: true class, columns: predicted\)/);
   });
@@ -213,6 +217,10 @@ describe('sites with their own data over TCP (multi-process)', function () {
       procs.push(...ps);
       const codes = await Promise.all(ps.map((p) => waitExit(p, 120000)));
       assert.ok(codes.every((c) => c === 0), `exit codes ${codes}: ${[...(f.server ? [f.server] : []), ...f.sites].map((s) => readFileSync(`${s.out}.log`, 'utf8').slice(-800)).join('\n')}`);
+      // New rows of the built-in table, by column name: dflmoe predict runs while this process loads the sites.
+      const csv = readFileSync(new URL('../packages/data/datasets/breast-cancer.csv', import.meta.url), 'utf8').split('\n').slice(0, 11).join('\n');
+      const input = writeText(join(dir, 'new.csv'), csv);
+      const predicting = cliAsync(['predict', '--site', f.sites[1].out, '--input', input]);
       for (const s of f.sites) {
         const share = readShare(join(dir, `${s.config.match(/site-\d+/)![0]}.share`));
         const d = share.dataset.sampleShape[0];
@@ -229,10 +237,7 @@ describe('sites with their own data over TCP (multi-process)', function () {
           site.dispose();
         }
       }
-      // New rows of the built-in table, by column name.
-      const csv = readFileSync(new URL('../packages/data/datasets/breast-cancer.csv', import.meta.url), 'utf8').split('\n').slice(0, 11).join('\n');
-      const input = writeText(join(dir, 'new.csv'), csv);
-      const r = cli(['predict', '--site', f.sites[1].out, '--input', input]);
+      const r = await predicting;
       assert.equal(r.status, 0, r.stderr);
       const rows = parse(r.stdout, { columns: true }) as Record<string, string>[];
       assert.equal(rows.length, 10);
@@ -267,14 +272,13 @@ describe('sites with their own data over TCP (multi-process)', function () {
     const flat = join(dir, 'flat');
     mkdirSync(flat);
     for (const cls of ['blob', 'stripes']) for (const f of readdirSync(join(fresh, cls))) copyFileSync(join(fresh, cls, f), join(flat, `${cls}-${f}`));
-    const r = cli(['predict', '--site', sites[0].out, '--input', flat]);
+    const [r, e] = await Promise.all([cliAsync(['predict', '--site', sites[0].out, '--input', flat]), cliAsync(['evaluate', '--site', sites[1].out, '--input', fresh, '--json'])]);
     assert.equal(r.status, 0, r.stderr);
     const rows = parse(r.stdout, { columns: true }) as Record<string, string>[];
     assert.equal(rows.length, 6);
     assert.deepEqual(Object.keys(rows[0]).slice(0, 4), ['input', 'predicted', 'prob:blob', 'prob:stripes']);
     const right = rows.filter((row) => basename(row.input).startsWith(row.predicted)).length;
     assert.ok(right >= 5, `${right} of 6 new images predicted right: ${JSON.stringify(rows.map((row) => [row.input, row.predicted]))}`);
-    const e = cli(['evaluate', '--site', sites[1].out, '--input', fresh, '--json']);
     assert.equal(e.status, 0, e.stderr);
     const ev = JSON.parse(e.stdout) as { accuracy: number; samples: number; classNames: string[] };
     assert.equal(ev.samples, 6);
