@@ -3,7 +3,8 @@
  * server`) process in each wait state ends it within seconds, with exit code
  * 130 and `interrupted; rerun to resume`, instead of at the end of the wait
  * (the preprocessing deadline, the round deadline, the server's deadline).
- * Every process is killed in `afterEach` whatever happens.
+ * Every process is killed in `afterEach` (or, for a set-up that two tests
+ * share, in `after`) whatever happens.
  */
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
@@ -59,32 +60,42 @@ describe('Ctrl-C while a site waits (multi-process)', function () {
     assert.ok(!existsSync(join(s.out, 'results.json')), 'no results for a run that did not happen');
   });
 
-  it('a site waiting in a round quorum stops at once', async () => {
-    // Three members agree; then the third is frozen (SIGSTOP: connected, silent), and each round of the two waits (60 s) for its head.
-    const f = await consortium('dflmoe', { rounds: 50 }, 3000);
-    const logs = f.sites.map((s) => `${s.out}.log`);
-    const ps = f.sites.map((s, i) => group.start(['peer', '--config', s.config], logs[i]));
-    await until('the third site to agree', () => read(logs[2]).includes('preprocessing: agreed'), 60000);
-    ps[2].kill('SIGSTOP');
-    // Each says whom it waits for (a member it agreed with, connected): it is waiting in a round.
-    await until('the two sites to wait for the third', () => logs.slice(0, 2).every((l) => /heads of round \d+: waiting for site-2 \(/.test(read(l))), 60000);
-    await interrupt(ps[0], logs[0], 'waiting in a round quorum');
-    // The other site, still waiting for the third, goes the same way.
-    await interrupt(ps[1], logs[1], 'waiting in a round quorum (second site)');
-  });
+  describe('waiting in a round (both consortia set up at once)', () => {
+    // The two consortia below each wait 3 s to agree and 3 s more in round 1: started together, in one before hook.
+    const shared = processGroup();
+    after(() => shared.kill());
+    let dfl: { logs: string[]; ps: ChildProcess[] };
+    let fed: { slog: string; sp: ChildProcess; logs: string[]; ps: ChildProcess[] };
+    before(async () => {
+      // Three members agree; then the third is frozen (SIGSTOP: connected, silent), and each round of the two waits (60 s) for its head.
+      const fd = await consortium('dflmoe', { rounds: 50 }, 3000);
+      const dlogs = fd.sites.map((s) => `${s.out}.log`);
+      dfl = { logs: dlogs, ps: fd.sites.map((s, i) => shared.start(['peer', '--config', s.config], dlogs[i])) };
+      // Three clients, two started: the server waits its deadline (60 s) for the third upload, the two clients for the global model.
+      const ff = await consortium('fedavg', {}, 3000);
+      const server = ff.server!;
+      const slog = `${server.out}.log`;
+      const sp = shared.start(['server', '--config', server.config], slog);
+      const flogs = ff.sites.slice(0, 2).map((s) => `${s.out}.log`);
+      fed = { slog, sp, logs: flogs, ps: ff.sites.slice(0, 2).map((s, i) => shared.start(['peer', '--config', s.config], flogs[i])) };
+      await until('the third site to agree', () => read(dlogs[2]).includes('preprocessing: agreed'), 60000);
+      dfl.ps[2].kill('SIGSTOP');
+      await until('the two clients to agree', () => flogs.every((l) => read(l).includes('preprocessing: agreed')), 60000);
+      await new Promise((r) => setTimeout(r, 3000));
+    });
 
-  it('a FedAvg client waiting for its server, and the server waiting for uploads, stop at once', async () => {
-    // Three clients, two started: the server waits its deadline (60 s) for the third upload, the two clients for the global model.
-    const f = await consortium('fedavg', {}, 3000);
-    const server = f.server!;
-    const slog = `${server.out}.log`;
-    const sp = group.start(['server', '--config', server.config], slog);
-    const logs = f.sites.slice(0, 2).map((s) => `${s.out}.log`);
-    const ps = f.sites.slice(0, 2).map((s, i) => group.start(['peer', '--config', s.config], logs[i]));
-    await until('the two clients to agree', () => logs.every((l) => read(l).includes('preprocessing: agreed')), 60000);
-    await new Promise((r) => setTimeout(r, 3000));
-    await interrupt(ps[0], logs[0], 'FedAvg client waiting for the global model');
-    await interrupt(sp, slog, 'FedAvg server waiting for uploads');
-    await interrupt(ps[1], logs[1], 'FedAvg client whose server is gone');
+    it('a site waiting in a round quorum stops at once', async () => {
+      // Each says whom it waits for (a member it agreed with, connected): it is waiting in a round.
+      await until('the two sites to wait for the third', () => dfl.logs.slice(0, 2).every((l) => /heads of round \d+: waiting for site-2 \(/.test(read(l))), 60000);
+      await interrupt(dfl.ps[0], dfl.logs[0], 'waiting in a round quorum');
+      // The other site, still waiting for the third, goes the same way.
+      await interrupt(dfl.ps[1], dfl.logs[1], 'waiting in a round quorum (second site)');
+    });
+
+    it('a FedAvg client waiting for its server, and the server waiting for uploads, stop at once', async () => {
+      await interrupt(fed.ps[0], fed.logs[0], 'FedAvg client waiting for the global model');
+      await interrupt(fed.sp, fed.slog, 'FedAvg server waiting for uploads');
+      await interrupt(fed.ps[1], fed.logs[1], 'FedAvg client whose server is gone');
+    });
   });
 });
