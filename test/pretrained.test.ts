@@ -16,7 +16,7 @@ import {
 import { featureSize, loadDataset, subsampleRows, type Dataset } from '@dflmoe/data';
 import { ConfigError, parsePeerConfig, prepareSiteData, siteSettings } from '@dflmoe/p2p/internal';
 import { DEFAULT_SIMULATION } from '@dflmoe/core';
-import { backend, cli } from './helpers.js';
+import { backend, cliAsync } from './helpers.js';
 import { tmpDir } from './fixtures/sites.js';
 
 const SUBSET = 600;
@@ -168,19 +168,22 @@ describe('a body pretrained on public data', function () {
     assert.equal(settings.model.freezeBody, true);
   });
 
-  it('dflmoe pretrain writes a body from the CLI, and a bad dataset is one line, not a stack trace', () => {
+  it('dflmoe pretrain writes a body from the CLI, and a bad dataset is one line, not a stack trace', async () => {
     const out = join(tmpDir('dflmoe-body-'), 'cli-body');
-    const ok = cli(['pretrain', '--dataset', 'digits', '--body', 'mlp:16', '--feature-dim', '8', '--epochs', '1', '--max-rows', '300', '--out', out]);
+    // Three independent runs, at once (the bad one stops before it writes anything).
+    const [ok, csv, bad] = await Promise.all([
+      cliAsync(['pretrain', '--dataset', 'digits', '--body', 'mlp:16', '--feature-dim', '8', '--epochs', '1', '--max-rows', '300', '--out', out]),
+      cliAsync(['pretrain', '--dataset', 'csv:packages/data/datasets/breast-cancer.csv', '--label-column', 'diagnosis', '--epochs', '1', '--out', `${out}-csv`]),
+      cliAsync(['pretrain', '--dataset', 'nope', '--out', out]),
+    ]);
     assert.equal(ok.status, 0, ok.stderr);
     assert.match(ok.stdout, /pretrained on 270 rows of digits; held-out accuracy \d+\.\d\d% on 30 rows/);
     for (const f of ['model.json', 'weights.bin', 'standardizer.json']) assert.ok(existsSync(join(out, f)), f);
     // A table: the body records its encoded columns, so a site with other columns is refused rather than fed shuffled inputs.
-    const csv = cli(['pretrain', '--dataset', 'csv:packages/data/datasets/breast-cancer.csv', '--label-column', 'diagnosis', '--epochs', '1', '--out', `${out}-csv`]);
     assert.equal(csv.status, 0, csv.stderr);
     const st = readBodyWeights(`${out}-csv`).standardizer!;
     assert.equal(st.featureNames?.length, 30);
     assert.equal(st.featureNames?.[0], 'mean radius');
-    const bad = cli(['pretrain', '--dataset', 'nope', '--out', out]);
     assert.notEqual(bad.status, 0);
     assert.match(bad.stderr, /Unknown dataset "nope"/);
     assert.doesNotMatch(bad.stderr, /\n\s+at /, 'no stack trace');

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { simulate, type SimulationResults } from '@dflmoe/core';
-import { backend, cli } from './helpers.js';
+import { backend, cli, cliAsync } from './helpers.js';
 
 const quiet = silentLogger;
 
@@ -94,14 +94,20 @@ describe('dflmoe simulate (CLI)', () => {
     assert.doesNotMatch(r.stderr, /\n\s+at /);
   });
 
-  it('bad flags exit 2 and say what is wrong', () => {
-    let r = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '0']);
+  it('bad flags exit 2 and say what is wrong', async () => {
+    // Independent runs: at once.
+    const [peers, alg, partition] = await Promise.all([
+      cliAsync(['simulate', '--dataset', 'breast-cancer', '--peers', '0']),
+      cliAsync(['simulate', '--dataset', 'breast-cancer', '--algorithms', 'fedprox']),
+      cliAsync(['simulate', '--dataset', 'breast-cancer', '--partition', 'dirichlet:-2', '--rounds', '1']),
+    ]);
+    let r = peers;
     assert.equal(r.status, 2);
     assert.match(r.stderr, /--peers must be a positive integer/);
-    r = cli(['simulate', '--dataset', 'breast-cancer', '--algorithms', 'fedprox']);
+    r = alg;
     assert.equal(r.status, 2);
     assert.match(r.stderr, /unknown algorithm "fedprox"/);
-    r = cli(['simulate', '--dataset', 'breast-cancer', '--partition', 'dirichlet:-2', '--rounds', '1']);
+    r = partition;
     assert.equal(r.status, 1);
     assert.match(r.stderr, /Bad partition "dirichlet:-2"/);
   });
