@@ -69,7 +69,6 @@ describe('trust and operations over TCP', function () {
 
   it('a FedAvg server killed with SIGKILL and restarted resumes from its checkpoint; the run equals the in-memory FedAvg exactly', async () => {
     const cfg = sim({ peers: 3, rounds: 6, epochs: 2 });
-    const mem = await simulate(cfg, { logger: silentLogger });
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-server-kill-'));
     const f = await writeConsortium({ dir, algorithm: 'fedavg', sim: cfg, deadlineMs: 10000, lingerMs: 1500 });
     const server = start(['server', '--config', f.server!.config], `${f.server!.out}.log`);
@@ -81,6 +80,8 @@ describe('trust and operations over TCP', function () {
     const before = lines(serverLines).length;
     await new Promise((r) => setTimeout(r, 1000));
     const again = start(['server', '--config', f.server!.config], `${f.server!.out}-restart.log`);
+    // The in-memory run while the restarted server and the clients finish.
+    const mem = await simulate(cfg, { logger: silentLogger });
     const codes = await Promise.all([again, ...ps].map((p) => waitExit(p, 150000)));
     assert.deepEqual(codes, [0, 0, 0, 0]);
     const log = readFileSync(`${f.server!.out}-restart.log`, 'utf8');

@@ -231,9 +231,9 @@ describe('consortium over TCP (multi-process)', function () {
     const cfg = sim({ peers: 3, rounds: 4, algorithms: ['gossip'] });
     const f = await consortium('gossip', cfg, { deadlineMs: 8000, lingerMs: 2500 });
     const ps = f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`));
-    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 120000))), [0, 0, 0]);
-    // One model message is about the size of the in-memory one (the sender id in its header is longer here).
+    // One model message is about the size of the in-memory one (the sender id in its header is longer here): run while the processes run.
     const mem = await simulate(cfg, { logger: { debug() {}, info() {}, warn() {}, error() {} } });
+    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 120000))), [0, 0, 0]);
     const model = mem.algorithms.gossip!.peers[0].bytesSent / (2 * 4);
     let sent = 0;
     let got = 0;
@@ -261,10 +261,11 @@ describe('consortium over TCP (multi-process)', function () {
     it(`${alg} over libp2p (the FedAvg server and protocol) gives exactly the in-memory accuracy and bytes`, async () => {
       const { simulate } = await import('@dflmoe/core');
       const cfg = sim({ peers: 3, rounds: 3, algorithms: [alg] });
-      const mem = await simulate(cfg, { logger: { debug() {}, info() {}, warn() {}, error() {} } });
       const f = await consortium(alg, cfg);
       assert.equal(JSON.parse(readFileSync(f.server!.config, 'utf8')).algorithm, alg);
       const ps = [start(['server', '--config', f.server!.config], `${f.server!.out}.log`), ...f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`))];
+      // The in-memory run while the processes run.
+      const mem = await simulate(cfg, { logger: { debug() {}, info() {}, warn() {}, error() {} } });
       assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 120000))), [0, 0, 0, 0]);
       f.sites.forEach((s, i) => {
         const ls = lines(metrics(s));
@@ -278,9 +279,10 @@ describe('consortium over TCP (multi-process)', function () {
   it('FedAvg over libp2p gives exactly the in-memory FedAvg accuracy for the same seed', async () => {
     const { simulate } = await import('@dflmoe/core');
     const cfg = sim({ peers: 3, rounds: 4, algorithms: ['fedavg'] });
-    const mem = await simulate(cfg, { logger: { debug() {}, info() {}, warn() {}, error() {} } });
     const f = await consortium('fedavg', cfg);
     const ps = [start(['server', '--config', f.server!.config], `${f.server!.out}.log`), ...f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`))];
+    // The in-memory run while the processes run.
+    const mem = await simulate(cfg, { logger: { debug() {}, info() {}, warn() {}, error() {} } });
     const codes = await Promise.all(ps.map((p) => waitExit(p, 120000)));
     assert.deepEqual(codes, [0, 0, 0, 0]);
     f.sites.forEach((s, i) => {
