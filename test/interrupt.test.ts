@@ -61,25 +61,25 @@ describe('Ctrl-C while a site waits (multi-process)', function () {
   });
 
   describe('waiting in a round (both consortia set up at once)', () => {
-    // The two consortia below each wait 3 s to agree and 3 s more in round 1: started together, in one before hook.
+    // The two consortia below are set up in one before hook: the FedAvg one agrees and settles into its wait while the
+    // dFLMoE sites wait in their rounds.
     const shared = processGroup();
     after(() => shared.kill());
     let dfl: { logs: string[]; ps: ChildProcess[] };
     let fed: { slog: string; sp: ChildProcess; logs: string[]; ps: ChildProcess[] };
     before(async () => {
+      const [fd, ff] = [await consortium('dflmoe', { rounds: 50 }, 3000), await consortium('fedavg', {}, 3000)];
       // Three members agree; then the third is frozen (SIGSTOP: connected, silent), and each round of the two waits (60 s) for its head.
-      const fd = await consortium('dflmoe', { rounds: 50 }, 3000);
       const dlogs = fd.sites.map((s) => `${s.out}.log`);
       dfl = { logs: dlogs, ps: fd.sites.map((s, i) => shared.start(['peer', '--config', s.config], dlogs[i])) };
+      await until('the third site to agree', () => read(dlogs[2]).includes('preprocessing: agreed'), 60000);
+      dfl.ps[2].kill('SIGSTOP');
       // Three clients, two started: the server waits its deadline (60 s) for the third upload, the two clients for the global model.
-      const ff = await consortium('fedavg', {}, 3000);
       const server = ff.server!;
       const slog = `${server.out}.log`;
       const sp = shared.start(['server', '--config', server.config], slog);
       const flogs = ff.sites.slice(0, 2).map((s) => `${s.out}.log`);
       fed = { slog, sp, logs: flogs, ps: ff.sites.slice(0, 2).map((s, i) => shared.start(['peer', '--config', s.config], flogs[i])) };
-      await until('the third site to agree', () => read(dlogs[2]).includes('preprocessing: agreed'), 60000);
-      dfl.ps[2].kill('SIGSTOP');
       await until('the two clients to agree', () => flogs.every((l) => read(l).includes('preprocessing: agreed')), 60000);
       await new Promise((r) => setTimeout(r, 3000));
     });
