@@ -4,8 +4,7 @@
  */
 import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import * as vega from 'vega';
-import { compile, type TopLevelSpec } from 'vega-lite';
+import type { TopLevelSpec } from 'vega-lite';
 import { DEFAULT_TRAIN, type SimulationResults, type SiteDescription } from '@dflmoe/core';
 import { SITE_FILE, algorithmColors, getAlgorithm, isAlgorithmName, metricOf, oneClassification, taskKind, type AlgorithmName } from '@dflmoe/core/internal';
 import type { PeerRunResult } from '@dflmoe/p2p';
@@ -23,6 +22,8 @@ export interface Chart {
 
 
 export async function renderSvg(spec: TopLevelSpec): Promise<string> {
+  // Loaded when a chart is drawn: every dflmoe process (a site, a server) would otherwise load them at start.
+  const [vega, { compile }] = await Promise.all([import('vega'), import('vega-lite')]);
   const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
   try {
     return await view.toSVG();
