@@ -37,7 +37,11 @@ export type CodecReason = 'size' | 'magic' | 'version' | 'kind' | 'header' | 'sh
 export class CodecError extends Error {
   /** Always `CodecError`. */
   override name = 'CodecError';
-  constructor(readonly reason: CodecReason, message: string) {
+  constructor(
+    /** Why the message failed validation, as a short code for counters. */
+    readonly reason: CodecReason,
+    message: string,
+  ) {
     super(message);
   }
 }

@@ -227,7 +227,11 @@ export class MemoryExchange implements HeadExchange {
   /** Newest version taken per sender. */
   private taken = new Map<string, number>();
 
-  constructor(readonly selfId: string, private hub: MemoryHub) {}
+  constructor(
+    /** This member's id on the hub. */
+    readonly selfId: string,
+    private hub: MemoryHub,
+  ) {}
 
   /** {@inheritDoc HeadExchange.publish} */
   async publish(payload: Uint8Array, version?: number): Promise<void> {

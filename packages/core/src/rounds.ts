@@ -76,7 +76,11 @@ export class TrainingDiverged extends Error {
    * @param round - The round in which training diverged.
    * @param cause - The error that showed it, when one did.
    */
-  constructor(readonly round: number, cause?: Error) {
+  constructor(
+    /** The round in which training diverged. */
+    readonly round: number,
+    cause?: Error,
+  ) {
     super(`training diverged in round ${round} (the model's weights or loss became NaN or infinite); lower the learning rate (--lr, or train.learningRate in a site config) or try --optimizer adam`, cause ? { cause } : undefined);
   }
 }

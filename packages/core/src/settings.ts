@@ -59,7 +59,12 @@ export function defineSettings<S extends z.ZodRawShape, const K extends { readon
 export class SettingError extends Error {
   /** Always `SettingError`. */
   override name = 'SettingError';
-  constructor(readonly setting: string, readonly problem: string) {
+  constructor(
+    /** The setting at fault, by name. */
+    readonly setting: string,
+    /** What is wrong with it. */
+    readonly problem: string,
+  ) {
     super(`${setting}: ${problem}`);
   }
 }

@@ -289,7 +289,11 @@ export class StatusBoard {
 
 /** Changes one site on a board. */
 export class SiteFeed {
-  constructor(private readonly board: StatusBoard, readonly key: string) {}
+  constructor(
+    private readonly board: StatusBoard,
+    /** The site's key on the board (see `siteKey`). */
+    readonly key: string,
+  ) {}
 
   /** The site's current status on the board. */
   get status(): SiteStatus {
