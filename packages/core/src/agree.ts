@@ -20,6 +20,7 @@ import { Interrupted, throwIfInterrupted } from './interrupt.js';
 
 /** What the sites agreed on, as one site sees it. */
 export interface DataAgreement {
+  /** The merged schema every included site encodes its rows with: columns, categories, classes and pooled statistics. */
   agreed: AgreedSchema;
   /** Sites whose statements were merged, sorted. */
   included: string[];
@@ -40,6 +41,7 @@ export interface DataAgreement {
 export interface StatementExchange {
   /** This site's id; the statement is made under it. */
   readonly selfId: string;
+  /** Offer this site's statement, wait for the others' (up to the deadline) and return the agreement; `signal` stops the wait. */
   agree(statement: SiteStatement, o?: { signal?: AbortSignal }): Promise<DataAgreement>;
 }
 
@@ -66,6 +68,7 @@ export class MemoryStatementHub {
     return typeof this.o.sites === 'number' ? this.o.sites : this.o.sites.length;
   }
 
+  /** The statement exchange of site `id`. Throws when `id` has joined already, is not among the hub's `sites`, or would be one site too many. */
   join(id: string): StatementExchange {
     if (this.joined.has(id)) throw new Error(`site ${id} already joined`);
     if (Array.isArray(this.o.sites) && !this.o.sites.includes(id)) throw new Error(`site ${id} is not one of the hub's sites (${this.o.sites.join(', ')})`);
@@ -118,6 +121,7 @@ export class MemoryStatementHub {
 export interface AgreedData extends DataAgreement {
   /** The site's rows in the agreed layout (not standardized). */
   dataset: Dataset;
+  /** Which of `dataset`'s rows are the site's training and test splits. */
   split: PeerSplit;
   /** The pooled statistics (`federated`) or the site's own (`local`) that the learner standardizes with. */
   standardizer: Standardizer;

@@ -23,6 +23,7 @@ export type BackendName = (typeof BACKENDS)[number] | (typeof BROWSER_BACKENDS)[
 
 /** The backend `initBackend` chose, and why the ones before it were skipped. */
 export interface BackendInfo {
+  /** The backend in use (`wasm`, `cpu`, `webgl`, ...). */
   name: BackendName;
   /** Whether the backend was forced through DFLMOE_BACKEND (or an option). */
   forced: boolean;
@@ -71,9 +72,11 @@ export function parseBackendName(value: string): BackendName {
 export interface SelectOptions {
   /** Force a backend; defaults to process.env.DFLMOE_BACKEND. */
   force?: string;
+  /** Loaders to use instead of the built-in ones, by backend (tests, or a host that bundles its own). */
   loaders?: Partial<Record<BackendName, BackendLoader>>;
   /** The order to try backends in (default `BACKENDS`; a browser tab: `BROWSER_BACKENDS`). */
   order?: readonly BackendName[];
+  /** Where to say which backend was chosen and why others were skipped (default none). */
   logger?: Logger;
 }
 

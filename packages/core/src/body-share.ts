@@ -202,7 +202,9 @@ export type BodyTake = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender
 
 /** A body that went into a combination, for the audit trail. */
 export interface MixedBody {
+  /** The member whose body it was. */
   peer: string;
+  /** The round of that member's body. */
   version: number;
   /** SHA-256 (hex) of the bytes received. */
   digest: string;

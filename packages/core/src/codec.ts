@@ -30,12 +30,18 @@ const MAX_HEADER = 64 * 1024;
 export const BundleKind = { head: 1, model: 2, body: 3 } as const;
 export type BundleKind = keyof typeof BundleKind;
 
+/** Why a message failed validation (`CodecError.reason`): bad size, magic, version, kind, header, shapes or checksum, NaN or infinite values, or shapes that do not fit the receiver. */
 export type CodecReason = 'size' | 'magic' | 'version' | 'kind' | 'header' | 'shape' | 'checksum' | 'nonfinite' | 'mismatch';
 
 /** A message failed validation; `reason` is a short code for counters. */
 export class CodecError extends Error {
+  /** Always `CodecError`. */
   override name = 'CodecError';
-  constructor(readonly reason: CodecReason, message: string) {
+  constructor(
+    /** Why the message failed validation, as a short code for counters. */
+    readonly reason: CodecReason,
+    message: string,
+  ) {
     super(message);
   }
 }
@@ -48,6 +54,7 @@ export interface NamedArray {
 
 /** How tensors travel: float32 (exact), float16 (half the bytes), int8 (a quarter, plus a scale per tensor). */
 export type Precision = 'float32' | 'float16' | 'int8';
+/** Every `Precision`, most exact first. */
 export const PRECISIONS: readonly Precision[] = ['float32', 'float16', 'int8'];
 const DTYPE = { float32: 'f32', float16: 'f16', int8: 'q8' } as const;
 type Dtype = (typeof DTYPE)[Precision];

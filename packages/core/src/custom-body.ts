@@ -44,6 +44,7 @@ export const SAVED_BODY_PREFIX = 'tfjs:';
  * shape, a layer tfjs cannot save, ...), naming the problem.
  */
 export class BodyError extends Error {
+  /** Always `BodyError`. */
   override name = 'BodyError';
 }
 

@@ -10,20 +10,27 @@ import type { Logger } from './log.js';
 export interface HeadMessage {
   /** Sender as authenticated by the transport (not as the message claims). */
   from: string;
+  /** The encoded head (or model, body) as it was sent. */
   payload: Uint8Array;
 }
 
 /** A member connected (`join`) or went away (`leave`). */
 export interface MembershipEvent {
+  /** 'leave'; | Whether the member connected or went away. */
   type: 'join' | 'leave';
+  /** The member's id (its peer ID on libp2p). */
   peer: string;
 }
 
 /** What an exchange has moved so far, in bytes and messages, both ways. */
 export interface ExchangeStats {
+  /** Payload bytes sent so far, cumulative since the exchange was created. */
   bytesSent: number;
+  /** Payload bytes received so far, cumulative since the exchange was created. */
   bytesReceived: number;
+  /** Messages sent so far (cumulative); one message per recipient. */
   messagesSent: number;
+  /** Messages received so far (cumulative). */
   messagesReceived: number;
 }
 
@@ -33,6 +40,7 @@ export interface ExchangeStats {
  * `@dflmoe/p2p`'s `headExchange` a libp2p one.
  */
 export interface HeadExchange {
+  /** This peer's own id on the exchange. */
   readonly selfId: string;
   /** Send this peer's head (already encoded) to the other members. */
   publish(payload: Uint8Array, version: number): Promise<void>;
@@ -65,7 +73,9 @@ export interface HeadExchange {
   onMembership(listener: (e: MembershipEvent) => void): () => void;
   /** Current members other than this peer. */
   members(): string[];
+  /** What the exchange has moved so far (cumulative bytes and messages). */
   stats(): ExchangeStats;
+  /** Leave the network; publishing afterwards throws. */
   close(): Promise<void>;
 }
 
@@ -84,10 +94,12 @@ export class HeadInbox {
     this.wake();
   }
 
+  /** The number of senders with a head waiting. */
   get size(): number {
     return this.pending.size;
   }
 
+  /** Take every waiting head (the newest per sender), leaving the inbox empty. */
   drain(): HeadMessage[] {
     const out = [...this.pending.values()];
     this.pending.clear();
@@ -134,6 +146,7 @@ export class MemoryHub {
 
   constructor(private readonly o: { lockstep?: boolean } = {}) {}
 
+  /** Add a member with this id and return its exchange; the others hear it join. Throws when the id has joined already. */
   join(id: string): MemoryExchange {
     if (this.peers.has(id)) throw new Error(`peer ${id} already joined`);
     const ex = new MemoryExchange(id, this);
@@ -142,7 +155,7 @@ export class MemoryHub {
     return ex;
   }
 
-  /** @internal */
+  /** Remove a member (its exchange was closed); the others hear it leave, and lockstep versions it held back are released. @internal */
   leave(id: string): void {
     if (!this.peers.delete(id)) return;
     this.released.delete(id);
@@ -194,6 +207,7 @@ export class MemoryHub {
     return new Map([...this.released].map(([id, r]) => [id, r.version]));
   }
 
+  /** The ids of every member now, this hub's own included. */
   memberIds(): string[] {
     return [...this.peers.keys()];
   }
@@ -213,19 +227,24 @@ export class MemoryExchange implements HeadExchange {
   /** Newest version taken per sender. */
   private taken = new Map<string, number>();
 
-  constructor(readonly selfId: string, private hub: MemoryHub) {}
+  constructor(
+    /** This member's id on the hub. */
+    readonly selfId: string,
+    private hub: MemoryHub,
+  ) {}
 
+  /** {@inheritDoc HeadExchange.publish} */
   async publish(payload: Uint8Array, version?: number): Promise<void> {
     if (this.closed) throw new Error('exchange is closed');
     this.hub.deliver(this.selfId, payload, version);
   }
 
-  /** @internal */
+  /** Whether this member takes `from`'s message of `version` now (selected, new enough, not taken yet unless `fresh`). @internal */
   wants(from: string, version: number, fresh: boolean): boolean {
     return !this.closed && (this.wanted?.has(from) ?? true) && version >= this.minVersion && (fresh || version > (this.taken.get(from) ?? -Infinity));
   }
 
-  /** @internal */
+  /** Put a delivered message in the inbox and count its bytes. @internal */
   receive(m: HeadMessage, version = 0): void {
     this.taken.set(m.from, version);
     this.inbox.put(m);
@@ -233,50 +252,58 @@ export class MemoryExchange implements HeadExchange {
     this.s.messagesReceived++;
   }
 
-  /** @internal */
+  /** Count one message of `bytes` that this member's publish delivered to another. @internal */
   countSent(bytes: number): void {
     this.s.bytesSent += bytes;
     this.s.messagesSent++;
   }
 
+  /** {@inheritDoc HeadExchange.select} */
   select(peers: readonly string[] | undefined, minVersion = -Infinity): void {
     this.wanted = peers ? new Set(peers) : undefined;
     this.minVersion = minVersion;
     for (const id of this.hub.memberIds()) if (id !== this.selfId) this.hub.offer(this, id);
   }
 
+  /** {@inheritDoc HeadExchange.announced} */
   announced(): Map<string, number> {
     const m = this.hub.releasedVersions();
     m.delete(this.selfId);
     return m;
   }
 
-  /** @internal */
+  /** Tell this member's listeners of a membership change. @internal */
   emit(e: MembershipEvent): void {
     for (const l of this.listeners) l(e);
   }
 
+  /** {@inheritDoc HeadExchange.drain} */
   drain(): HeadMessage[] {
     return this.inbox.drain();
   }
 
+  /** {@inheritDoc HeadExchange.waitForHeads} */
   waitForHeads(count: number, timeoutMs: number): Promise<number> {
     return this.inbox.waitFor(count, timeoutMs);
   }
 
+  /** {@inheritDoc HeadExchange.onMembership} */
   onMembership(listener: (e: MembershipEvent) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
   }
 
+  /** {@inheritDoc HeadExchange.members} */
   members(): string[] {
     return this.hub.memberIds().filter((id) => id !== this.selfId);
   }
 
+  /** {@inheritDoc HeadExchange.stats} */
   stats(): ExchangeStats {
     return { ...this.s };
   }
 
+  /** {@inheritDoc HeadExchange.close} */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

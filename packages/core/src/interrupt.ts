@@ -6,6 +6,7 @@
 
 /** The run was stopped by a signal (Ctrl-C): what it finished is saved, and running it again resumes. */
 export class Interrupted extends Error {
+  /** Always `Interrupted`. */
   override name = 'Interrupted';
   constructor() {
     super('interrupted; rerun to resume');

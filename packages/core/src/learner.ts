@@ -65,9 +65,11 @@ export interface LearnerOptions extends Partial<DflmoeSettings>, Partial<BodySet
     /** Seed of the initial body and head (default: derived from `train.seed`); sites that share bodies should start from one. */
     initSeed?: number;
   };
+  /** Local training: epochs, batch size, learning rate, optimiser, seed, DP-SGD; unset fields take `DEFAULT_TRAIN`'s values. */
   train?: Partial<TrainOptions>;
   /** Largest head message accepted, in bytes (default 64 MiB). */
   maxHeadBytes?: number;
+  /** Where the site publishes its head and takes in the others' (a `MemoryHub` member, or libp2p's `headExchange`). */
   exchange: HeadExchange;
   /**
    * Share bodies too (dFLMoE's `shareBody`): the exchange bodies travel on,
@@ -82,6 +84,7 @@ export interface LearnerOptions extends Partial<DflmoeSettings>, Partial<BodySet
   quorum?: number;
   /** ...but no longer than this (default 0: do not wait). */
   roundDeadlineMs?: number;
+  /** Where the learner logs (default a logger named `learner:<id>`). */
   logger?: Logger;
 }
 
@@ -95,12 +98,17 @@ export type LearnerRoundMetrics = SiteRoundRecord;
 
 /** The round loop's part of `LearnerOptions`: the exchanges, the settings, the wait for heads and where to log. */
 export interface LearnerLoopOptions {
+  /** Where heads travel. */
   exchange: HeadExchange;
+  /** Where bodies travel, when the site shares them. */
   bodies?: HeadExchange;
   /** dFLMoE's settings, resolved (`algorithmSettings`). */
   settings: AlgorithmSettings;
+  /** After publishing its head, wait for at least this many fresh heads (default 0)... */
   quorum?: number;
+  /** ...but no longer than this many milliseconds (default 0: do not wait). */
   roundDeadlineMs?: number;
+  /** Where the round loop logs (default a logger named `learner:<id>`). */
   logger?: Logger;
 }
 

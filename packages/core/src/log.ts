@@ -3,9 +3,13 @@
  * implementation (pino, winston, console) wherever a `Logger` is accepted.
  */
 export interface Logger {
+  /** Detail for debugging, hidden by default. */
   debug(msg: string): void;
+  /** Progress a person running the site wants to see. */
   info(msg: string): void;
+  /** Something went wrong but the run goes on (a refused head, a late member). */
   warn(msg: string): void;
+  /** Something the run cannot get past. */
   error(msg: string): void;
 }
 

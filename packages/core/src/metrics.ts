@@ -1,8 +1,12 @@
 /** Summaries of per-peer accuracy: mean, std, min, and the sample-weighted mean. */
 export interface AccuracySummary {
+  /** Unweighted mean over the peers. */
   mean: number;
+  /** Population standard deviation over the peers. */
   std: number;
+  /** The lowest peer's value. */
   min: number;
+  /** The highest peer's value. */
   max: number;
   /** Mean weighted by each peer's number of test samples. */
   weightedMean: number;

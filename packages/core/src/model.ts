@@ -28,9 +28,13 @@ export type BodySpec =
  * model); `arch` is its architecture string once built.
  */
 export interface CustomBodySpec {
+  /** Marks a body the host brings. */
   kind: 'custom';
+  /** Makes a fresh body for an input shape and feature width; unset until a saved model (`source`) has been read. */
   build?: (inputShape: number[], featureDim: number) => tfl.LayersModel;
+  /** Where the body came from (`tfjs:<dir>` for a saved model), for messages and loading. */
   source?: string;
+  /** The built body's architecture string, once built. */
   arch?: string;
 }
 
@@ -114,8 +118,11 @@ export function bodyVariables(body: tfl.LayersModel): tf.Variable[] {
 
 /** A dense head: `inputDim -> hidden... -> outputDim` (ReLU between, logits out). */
 export interface HeadSpec {
+  /** Width of the head's input (the body's `featureDim`). */
   inputDim: number;
+  /** Hidden layer widths, in order (empty: a linear head). */
   hidden: number[];
+  /** Outputs per row, as the task kind says (`TaskKind.outputDim`: the class count for a classification). */
   outputDim: number;
 }
 

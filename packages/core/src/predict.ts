@@ -18,6 +18,7 @@ import { taskKind, type TaskInfo, type TaskKindName, type TaskMetrics } from './
  * and, for dFLMoE, every expert's gate weight, per sample.
  */
 export interface Predictions {
+  /** Rows predicted. */
   numSamples: number;
   /** The task predicted: its name and kind. */
   task: { name: string; kind: TaskKindName };
@@ -43,7 +44,9 @@ export interface Predictions {
 
 /** The task's metrics of predictions against known labels; for classification also per-class recall and the confusion matrix. */
 export interface Evaluation {
+  /** Rows evaluated. */
   samples: number;
+  /** Classification: the classes, in the order of `recall` and `confusion` (regression: none). */
   classNames: string[];
   /** The task's metrics (`accuracy`, `balancedAccuracy`, `macroF1`, or `rmse`, `mae`, `r2` in the target's units). */
   metrics: TaskMetrics;

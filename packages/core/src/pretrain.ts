@@ -15,11 +15,17 @@ import { disposePeerData, preparePeerData, type OptimizerKind } from './train.js
 export interface PretrainOptions {
   /** Body spec, as in site configs (`mlp`, `mlp:256x128`, `cnn:16x32`, `tfjs:<dir>`), or a tfjs LayersModel or a function building one. */
   body: BodyInput;
+  /** Width of the feature vector the body outputs (as the sites' `featureDim`). */
   featureDim: number;
+  /** Passes over the training rows. */
   epochs: number;
+  /** Rows per training batch. */
   batchSize: number;
+  /** The optimiser's learning rate. */
   learningRate: number;
+  /** The optimiser (`adam`, `sgd`, ...). */
   optimizer: OptimizerKind;
+  /** Seed of initialisation, holdout and batch order. */
   seed: number;
   /** Share of the rows held out to report accuracy (default 0.1). */
   holdout?: number;
@@ -35,7 +41,9 @@ export interface PretrainOptions {
 
 /** What `pretrainBody` did: the rows it trained and held out, the held-out accuracy and where it wrote the body. */
 export interface PretrainResult {
+  /** Rows the body was trained on. */
   trainRows: number;
+  /** Rows held out to report `accuracy`. */
   holdoutRows: number;
   /** Held-out accuracy after the last epoch (of the body with a linear head). */
   accuracy: number;

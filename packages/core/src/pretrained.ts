@@ -29,7 +29,9 @@ import type { Standardizer } from '@dflmoe/data';
 export interface BodyWeights {
   /** Where they came from, for error messages. */
   source: string;
+  /** The tfjs weights manifest: each weight's name, shape and dtype, in the order of `data`. */
   specs: tf.io.WeightsManifestEntry[];
+  /** The weights' values, concatenated as the manifest lists them. */
   data: ArrayBuffer;
   /** The statistics the body's inputs were standardized with, when the file says. */
   standardizer?: BodyStandardizer;
@@ -37,6 +39,7 @@ export interface BodyWeights {
 
 /** A body's input statistics, and for tables the encoded column of each input (their order matters). */
 export interface BodyStandardizer extends Standardizer {
+  /** Tables: the encoded column name of each input, in input order; a site's columns must match them. */
   featureNames?: string[];
 }
 
@@ -47,6 +50,7 @@ export const STANDARDIZER_FILE = 'standardizer.json';
  * (missing, malformed, other shapes or inputs).
  */
 export class BodyFileError extends Error {
+  /** Always `BodyFileError`. */
   override name = 'BodyFileError';
 }
 

@@ -15,14 +15,19 @@ import type { PeerData } from './train.js';
 import type { PeerEval } from './algorithms/common.js';
 import { DEFAULT_MAX_SAMPLE_RATIO, DEFAULT_MAX_SAMPLES, boundSampleCounts } from './averaging.js';
 
+/** What the round loop records of one site's round: metrics after it, experts, cumulative bytes, timing and privacy spent. */
 export interface SiteRoundRecord {
+  /** The round (from 1). */
   round: number;
   /** The site's accuracy (NaN for a task without one: see `tasks`). */
   accuracy: number;
+  /** The accuracy of the site's own head alone, without the received experts. */
   ownHeadAccuracy: number;
   /** Every task the site learns, by name: its kind, test rows and metrics (`accuracy`, ... or `rmse`, `mae`, `r2`). */
   tasks: Record<string, TaskResult>;
+  /** The training loss of the round. */
   loss: number;
+  /** dFLMoE: the experts the site's gate mixed this round and their mean gate weights (empty for other algorithms). */
   experts: ExpertInfo[];
   /** Messages from other sites taken in this round. */
   fresh: number;
@@ -32,16 +37,23 @@ export interface SiteRoundRecord {
   rejected: Record<string, number>;
   /** Bytes so far (this site's side of the transport; bodies included). */
   bytesSent: number;
+  /** Bytes received so far, cumulative over the run (bodies included). */
   bytesReceived: number;
   /** Sites that share bodies: the part of those bytes that were bodies... */
   bodyBytesSent?: number;
+  /** Of `bytesReceived`, the bytes that were bodies (cumulative). */
   bodyBytesReceived?: number;
   /** ...and the members' bodies combined into this site's body this round. */
   bodies?: MixedBody[];
+  /** Seconds of local training this round. */
   trainSeconds: number;
+  /** Seconds spent waiting for other sites' messages this round. */
   waitSeconds: number;
+  /** Seconds spent moving bytes this round, where the transport measures it (else 0). */
   networkSeconds: number;
+  /** Wall-clock seconds of the whole round, evaluation included. */
   seconds: number;
+  /** With DP-SGD: the privacy spent so far over the run (epsilon at delta, and DP-SGD steps taken). */
   privacy?: { epsilon: number; delta: number; steps: number };
 }
 
@@ -58,8 +70,17 @@ export function networkStats(net: SiteNetwork): ExchangeStats {
 
 /** A site's weights or loss became NaN or infinite: the learning rate is too high for this model and data. */
 export class TrainingDiverged extends Error {
+  /** Always `TrainingDiverged`. */
   override name = 'TrainingDiverged';
-  constructor(readonly round: number, cause?: Error) {
+  /**
+   * @param round - The round in which training diverged.
+   * @param cause - The error that showed it, when one did.
+   */
+  constructor(
+    /** The round in which training diverged. */
+    readonly round: number,
+    cause?: Error,
+  ) {
     super(`training diverged in round ${round} (the model's weights or loss became NaN or infinite); lower the learning rate (--lr, or train.learningRate in a site config) or try --optimizer adam`, cause ? { cause } : undefined);
   }
 }

@@ -38,6 +38,7 @@ export interface SettingsGroup<S extends z.ZodRawShape = z.ZodRawShape, K extend
 
 /** What the settings' checks see beyond the settings themselves. */
 export interface SettingsContext {
+  /** Whether the body is frozen (never trained), which rules out some settings (dFLMoE's `shareBody`). */
   freezeBody?: boolean;
 }
 
@@ -56,8 +57,14 @@ export function defineSettings<S extends z.ZodRawShape, const K extends { readon
 
 /** A setting that cannot be used; `setting` is its flat name (callers name it as their users know it). */
 export class SettingError extends Error {
+  /** Always `SettingError`. */
   override name = 'SettingError';
-  constructor(readonly setting: string, readonly problem: string) {
+  constructor(
+    /** The setting at fault, by name. */
+    readonly setting: string,
+    /** What is wrong with it. */
+    readonly problem: string,
+  ) {
     super(`${setting}: ${problem}`);
   }
 }

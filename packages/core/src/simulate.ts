@@ -30,24 +30,37 @@ import { networkMembers, type StatusBoard } from './status.js';
  * algorithm's default, which its variants may choose: see `algorithmSettings`).
  */
 export interface SimulationConfig extends Partial<AlgorithmSettings> {
+  /** The dataset to load by name (a built-in one or a CSV path, as `loadDatasetAsync` takes it). */
   dataset: string;
+  /** Options for loading the dataset (a data directory, a row cap, a seed, synthetic data's shape); default none. */
   datasetOptions?: LoadOptions;
+  /** The number of simulated sites (default 4). */
   peers: number;
+  /** How the dataset is split over the sites: `iid`, `dirichlet:ALPHA`, ... (default `dirichlet:0.3`). */
   partition: string;
+  /** Communication rounds each algorithm runs (default 10). */
   rounds: number;
+  /** The algorithms to run, one after the other on the same split (default dFLMoE, FedAvg, local-only). */
   algorithms: AlgorithmName[];
+  /** Seed of the partition, initialisation and training order: equal seeds give equal runs (default 1). */
   seed: number;
   /** Body per peer, cycled over peers: `["mlp"]`, `["mlp:64", "cnn:8x16"]`. */
   bodies: string[];
+  /** Width of the feature vector each body outputs and each head takes (default 64). */
   featureDim: number;
+  /** Hidden layer widths of each head (default none: a linear head). */
   headHidden: number[];
   /** Local epochs per round; unset: 1, or what an algorithm's variant says (dFLMoE with shared bodies: 2). */
   epochs?: number;
+  /** Local training batch size. */
   batchSize: number;
+  /** Local optimiser's learning rate. */
   learningRate: number;
   /** Local optimiser of every algorithm. */
   optimizer: OptimizerKind;
+  /** The part of each site's rows held out as its test split (0..1, default 0.2). */
   testFraction: number;
+  /** The fewest rows a site may get from the partition (default 10). */
   minSize: number;
   /**
    * `federated`: standardize features with statistics pooled over all peers'
@@ -122,16 +135,25 @@ export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
 
 /** One site's result in one algorithm's run: accuracy, bytes, seconds, and what the algorithm adds. */
 export interface PeerResult {
+  /** The site's id in the simulation (`peer-0`, `peer-1`, ...). */
   id: string;
+  /** The site's test accuracy after the last round (0..1). */
   accuracy: number;
+  /** The test accuracy of the site's own head alone after the last round. */
   ownHeadAccuracy: number;
+  /** Bytes the site sent over the whole run (cumulative, bodies included). */
   bytesSent: number;
+  /** Bytes the site received over the whole run (cumulative, bodies included). */
   bytesReceived: number;
   /** Sites that share bodies: the part of the bytes that were bodies. */
   bodyBytesSent?: number;
+  /** Sites that share bodies: of `bytesReceived`, the bytes that were bodies. */
   bodyBytesReceived?: number;
+  /** Rows in the site's training split. */
   trainSamples: number;
+  /** Rows in the site's test split. */
   testSamples: number;
+  /** The site's body architecture (`mlp`, `cnn:8x16`, ...). */
   body: string;
   /** dFLMoE: mean gate weight per expert on the peer's test split. */
   gateWeights?: Record<string, number>;
@@ -149,6 +171,7 @@ export interface PeerResult {
 
 /** One task's metrics summarized over the sites that learn it. */
 export interface TaskSummary {
+  /** The task's kind (`classification`, `regression`). */
   kind: TaskKindName;
   /** Sites that learn the task. */
   sites: number;
@@ -158,23 +181,35 @@ export interface TaskSummary {
 
 /** One round of one algorithm over all sites: accuracy across sites, loss, bytes and seconds. */
 export interface RoundResult {
+  /** The round (from 1). */
   round: number;
+  /** Mean test accuracy over the sites after this round (unweighted). */
   accuracyMean: number;
+  /** Standard deviation of the sites' test accuracy after this round. */
   accuracyStd: number;
+  /** The worst site's test accuracy after this round. */
   accuracyMin: number;
+  /** Each site's test accuracy after this round, in site order. */
   peerAccuracy: number[];
   /** Each task's headline metric over the sites that learn it (accuracy, RMSE, ...): its mean and its worst site. */
   tasks: Record<string, RoundHeadline>;
+  /** Mean training loss over the sites this round. */
   loss: number;
+  /** Bytes that crossed the network in this round alone (all sites' sends, plus the server's downloads), not cumulative. */
   bytesSent: number;
+  /** Wall-clock seconds since the previous round finished. */
   seconds: number;
 }
 
 /** A task's headline metric in one round: which, its mean over the sites that learn the task, and the worst site's. */
 export interface RoundHeadline {
+  /** The task's kind. */
   kind: TaskKindName;
+  /** The headline metric's name (`accuracy`, `rmse`, ...). */
   metric: string;
+  /** The metric's mean over the sites that learn the task. */
   mean: number;
+  /** The worst site's value (lowest, or highest where lower is better). */
   worst: number;
 }
 
@@ -182,6 +217,7 @@ export interface RoundHeadline {
 export interface AlgorithmResult {
   /** The algorithm's settings in this run (what was set, its variants' defaults, the rest's defaults) and its local epochs. */
   settings: AlgorithmSettings & { epochs: number };
+  /** Final test accuracy summarized over all sites (its `weightedMean` weighs each by its test rows). */
   accuracy: AccuracySummary;
   /** Every task's metrics over the sites that learn it, by task name. */
   tasks: Record<string, TaskSummary>;
@@ -193,11 +229,15 @@ export interface AlgorithmResult {
    * standardization only.
    */
   pooledAccuracy?: AccuracySummary;
+  /** Bytes that crossed the network over the whole run, all sites (plus the server's downloads). */
   bytesSent: number;
   /** Sites that share bodies: the part of `bytesSent` that were bodies. */
   bodyBytesSent?: number;
+  /** Wall-clock seconds of the algorithm's whole run. */
   wallSeconds: number;
+  /** Each site's final result, in site order. */
   peers: PeerResult[];
+  /** Every round's result, in order. */
   rounds: RoundResult[];
 }
 
@@ -206,10 +246,15 @@ export interface AlgorithmResult {
  * the settings, the data, and every algorithm's result.
  */
 export interface SimulationResults {
+  /** The settings of the run, defaults filled in. */
   config: SimulationConfig;
+  /** The TensorFlow.js backend that ran it (`wasm`, `cpu`, ...). */
   backend: string;
+  /** The dataset: name, rows, class names, sample shape, where it came from, and its task. */
   dataset: { name: string; samples: number; classes: string[]; sampleShape: number[]; source: string; task: { name: string; kind: TaskKindName } };
+  /** Rows per class at each site after partitioning (site, then class). */
   labelHistograms: number[][];
+  /** Each algorithm's result, by name (those that ran). */
   algorithms: Partial<Record<AlgorithmName, AlgorithmResult>>;
   /** Algorithms asked for that did not run, and why (one that needs the same model everywhere, given mixed bodies). */
   skipped?: Partial<Record<AlgorithmName, string>>;
@@ -220,7 +265,9 @@ class MixedBodiesRefused extends Error {}
 
 /** What `simulate` reports as it runs: a logger, each round, the live view's status. */
 export interface SimulationHooks {
+  /** Where progress lines go (default none). */
   logger?: Logger;
+  /** Called after each round of each algorithm with that round's result across sites. */
   onRound?: (algorithm: AlgorithmName, r: RoundResult, totalRounds: number) => void;
   /** The live view's status: every site of every algorithm, fed round by round. */
   status?: StatusBoard;

@@ -21,7 +21,9 @@ const ENDED: ReadonlySet<SiteState> = new Set(['done', 'failed', 'interrupted'])
 export interface MemberStatus {
   /** The member's name where the consortium gives one, else its peer ID. */
   id: string;
+  /** The member's libp2p peer ID, when `id` is a name. */
   peerId?: string;
+  /** Whether the member is connected to this site now (false for every member once the site's run has ended). */
   connected: boolean;
   /** Bad messages counted against it so far (refused heads, models, bodies, uploads). */
   strikes: number;
@@ -35,6 +37,7 @@ export interface MemberStatus {
 export interface AuditStatus {
   /** The audit trail's chain and signatures check out; null where the site keeps none (the in-memory simulator). */
   ok: boolean | null;
+  /** Lines in the audit trail so far (0 where the site keeps none). */
   lines: number;
   /** The first problem found, when `ok` is false. */
   problem?: string;
@@ -46,37 +49,51 @@ export interface AuditStatus {
  * audit.
  */
 export interface SiteStatus {
+  /** The site's name on the board (its consortium name, or its peer ID without one). */
   id: string;
+  /** The site's libp2p peer ID, where it has one (not in the in-memory simulator). */
   peerId?: string;
+  /** The algorithm the site runs (`dflmoe`, `fedavg`, ...). */
   algorithm: string;
+  /** Where the site is in its run. */
   state: SiteState;
   /** Why the site failed (one line). */
   error?: string;
   /** The last round finished (0 before the first). */
   round: number;
+  /** The rounds the run is to take in all. */
   rounds: number;
+  /** The other members of the consortium as this site sees them. */
   members: MemberStatus[];
   /** Per round, index r - 1 (null for a round not seen, such as one before a resumed run began). */
   accuracy: (number | null)[];
   /** A site whose task is not a classification: its task's headline metric (a regression's RMSE) per round, as `accuracy` is kept. */
   metric?: { task: string; name: string; higherIsBetter: boolean; values: (number | null)[] };
+  /** null)[]; | Training loss per round, kept as `accuracy` is. */
   loss: (number | null)[];
   /** dFLMoE: the mean gate weight of each expert (by member id; the own head under the site's id) per round. */
   gate: (Record<string, number> | null)[];
   /** Seconds each round took, and when it finished (ms since the epoch): the round timeline. */
   seconds: (number | null)[];
+  /** null)[]; | When each round finished (ms since the epoch), kept as `accuracy` is. */
   finishedAt: (number | null)[];
   /** When this process began the site (ms since the epoch). */
   startedAt: number;
+  /** Bytes sent so far, cumulative over the run (this site's side of the transport). */
   bytesSent: number;
+  /** Bytes received so far, cumulative over the run. */
   bytesReceived: number;
   /** Sites that share bodies: the part of the bytes that were bodies. */
   bodyBytesSent?: number;
+  /** Of `bytesReceived`, the bytes that were bodies (cumulative). */
   bodyBytesReceived?: number;
   /** With DP-SGD: epsilon spent so far (at `delta`), and the budget to show it against; null when off or unset. */
   epsilon: number | null;
+  /** null; | The DP delta at which `epsilon` is reckoned; null without DP-SGD. */
   delta: number | null;
+  /** null; | The epsilon budget the live view shows `epsilon` against, set by the board; null when unset. */
   epsilonBudget: number | null;
+  /** Whether the site's audit trail verifies, and its length. */
   audit: AuditStatus;
   /** When this status last changed (ms since the epoch). */
   updatedAt: number;
@@ -84,6 +101,7 @@ export interface SiteStatus {
 
 /** Every site on a `StatusBoard`, as `GET /api/status` returns them. */
 export interface StatusSnapshot {
+  /** Every site on the board, in the order they were added. */
   sites: SiteStatus[];
 }
 
@@ -127,18 +145,29 @@ function headlineOf(tasks: SiteRoundRecord['tasks'] | undefined): Pick<RoundUpda
 
 /** One finished round, as the status takes it. */
 export interface RoundUpdate {
+  /** The round that finished (from 1). */
   round: number;
+  /** The site's test accuracy after the round (0..1; NaN for a task without one). */
   accuracy: number;
   /** A task that is not a classification: its headline metric this round. */
   metric?: { task: string; name: string; higherIsBetter: boolean; value: number };
+  /** The training loss of the round. */
   loss: number;
+  /** dFLMoE: the mean gate weight of each expert this round, by member id (the own head under the site's id). */
   gate?: Record<string, number>;
+  /** Wall-clock seconds the round took. */
   seconds: number;
+  /** Bytes sent so far, cumulative over the run (not this round's). */
   bytesSent: number;
+  /** Bytes received so far, cumulative over the run (not this round's). */
   bytesReceived: number;
+  /** Sites that share bodies: of `bytesSent`, the bytes that were bodies (cumulative). */
   bodyBytesSent?: number;
+  /** Sites that share bodies: of `bytesReceived`, the bytes that were bodies (cumulative). */
   bodyBytesReceived?: number;
+  /** With DP-SGD: epsilon spent so far over the run, at `delta`. */
   epsilon?: number;
+  /** With DP-SGD: the delta at which `epsilon` is reckoned. */
   delta?: number;
   /** When the round finished (default now). */
   at?: number;
@@ -183,11 +212,17 @@ export function networkMembers(net: { exchange?: MemberSource; bodies?: MemberSo
 
 /** What a `StatusBoard` needs to start showing a site: its id, algorithm, rounds and members. */
 export interface SiteInit {
+  /** The site's name on the board. */
   id: string;
+  /** The site's libp2p peer ID, where it has one. */
   peerId?: string;
+  /** The algorithm the site runs; with `id`, the site's key on the board. */
   algorithm: string;
+  /** The rounds the run is to take in all. */
   rounds: number;
+  /** The members known from the start, shown as not connected until told otherwise. */
   members?: { id: string; peerId?: string }[];
+  /** The state to start in (default `starting`). */
   state?: SiteState;
 }
 
@@ -202,6 +237,7 @@ export type StatusListener = (site: SiteStatus) => void;
 export class StatusBoard {
   private readonly sites = new Map<string, SiteStatus>();
   private readonly listeners = new Set<StatusListener>();
+  /** null; | The epsilon budget every site on the board is shown against (overrides a reported site's own); null when unset. */
   readonly epsilonBudget: number | null;
 
   constructor(o: { epsilonBudget?: number } = {}) {
@@ -228,10 +264,12 @@ export class StatusBoard {
     this.set(this.epsilonBudget !== null ? { ...s, epsilonBudget: this.epsilonBudget } : s);
   }
 
+  /** The status of the site with this key (see `siteKey`), if on the board. */
   get(key: string): SiteStatus | undefined {
     return this.sites.get(key);
   }
 
+  /** Every site on the board now, as `GET /api/status` returns them. */
   snapshot(): StatusSnapshot {
     return { sites: [...this.sites.values()] };
   }
@@ -242,7 +280,7 @@ export class StatusBoard {
     return () => this.listeners.delete(l);
   }
 
-  /** @internal */
+  /** Replace a site's status and tell the listeners. @internal */
   set(s: SiteStatus): void {
     this.sites.set(siteKey(s), s);
     for (const l of this.listeners) l(s);
@@ -251,8 +289,13 @@ export class StatusBoard {
 
 /** Changes one site on a board. */
 export class SiteFeed {
-  constructor(private readonly board: StatusBoard, readonly key: string) {}
+  constructor(
+    private readonly board: StatusBoard,
+    /** The site's key on the board (see `siteKey`). */
+    readonly key: string,
+  ) {}
 
+  /** The site's current status on the board. */
   get status(): SiteStatus {
     return this.board.get(this.key)!;
   }
@@ -261,6 +304,7 @@ export class SiteFeed {
     this.board.set({ ...this.status, ...patch, updatedAt: Date.now() });
   }
 
+  /** Move the site to `state` (with `error`'s first line when it failed); a site that ended shows no member connected. */
   state(state: SiteState, error?: string): void {
     const s = this.status;
     if (s.state === state && s.error === error) return;
@@ -285,6 +329,7 @@ export class SiteFeed {
     });
   }
 
+  /** Take in a finished round: its per-round entries, the cumulative bytes and privacy; the first round moves a starting site to `training`. Rounds out of range are ignored. */
   round(u: RoundUpdate): void {
     if (!Number.isInteger(u.round) || u.round < 1 || u.round > MAX_ROUNDS) return;
     const s = this.status;
@@ -323,11 +368,13 @@ export class SiteFeed {
     if (changed) this.change({ members: next });
   }
 
+  /** Set the cumulative bytes sent and received (between rounds); reported only when they changed. */
   bytes(b: Pick<SiteStatus, 'bytesSent' | 'bytesReceived'>): void {
     const s = this.status;
     if (s.bytesSent !== b.bytesSent || s.bytesReceived !== b.bytesReceived) this.change(b);
   }
 
+  /** Set whether the audit trail verifies and its length; reported only when it changed. */
   audit(a: AuditStatus): void {
     const o = this.status.audit;
     if (o.ok !== a.ok || o.lines !== a.lines || o.problem !== a.problem) this.change({ audit: a });

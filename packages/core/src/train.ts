@@ -14,10 +14,13 @@ export const OPTIMIZERS: readonly OptimizerKind[] = ['adam', 'sgd', 'momentum'];
 export interface TrainOptions {
   /** Local epochs per round (default 1). */
   epochs: number;
+  /** Rows per training batch (default 32). */
   batchSize: number;
+  /** The optimiser's learning rate (default 1e-3). */
   learningRate: number;
   /** The local optimiser, shared by every algorithm (default `adam`). */
   optimizer: OptimizerKind;
+  /** Seed of each epoch's shuffle, and of the initial model where no `initSeed` is given (default 0); DP-SGD's sampling and noise are not seeded. */
   seed: number;
   /** Differentially private training (DP-SGD); off when absent. */
   dp?: DpOptions;
@@ -48,7 +51,9 @@ export interface TrainOptions {
  * calibrated to one microbatch).
  */
 export interface DpOptions {
+  /** Each microbatch's gradient is clipped to this L2 norm before noise is added. */
   clipNorm: number;
+  /** Standard deviation of the Gaussian noise added to the summed gradients, as a multiple of `clipNorm`. */
   noiseMultiplier: number;
   /** Microbatches per batch (default: the batch size, i.e. per-example clipping). */
   microbatches?: number;

@@ -31,12 +31,17 @@ export const CHECKPOINT_DIR = 'checkpoints';
 
 /** `site.json`: what it takes to rebuild the site's model. */
 export interface SiteDescription {
+  /** Version of this file's layout (1). */
   format: 1;
+  /** The algorithm the site trained with. */
   algorithm: AlgorithmName;
+  /** The site's own libp2p peer ID. */
   peerId: string;
+  /** The site's name in the consortium, when its config gives one. */
   name?: string;
   /** Names of the members by peer ID (to name the experts). */
   names: Record<string, string>;
+  /** How to rebuild the model: body architecture, feature width, head layers, input shape, classes, task, training options and initial seed. */
   model: {
     body: string;
     featureDim: number;
@@ -48,13 +53,17 @@ export interface SiteDescription {
     train: Partial<TrainOptions>;
     initSeed?: number;
   };
+  /** The algorithm's options as the site ran it (settings, seed, limits). */
   algorithmOptions: AlgorithmOptions;
 }
 
 /** `preprocessing.json`: the agreement the site trained under. */
 export interface SitePreprocessing {
+  /** Version of this file's layout (1). */
   format: 1;
+  /** The merged schema the site's rows were encoded with (columns, categories, classes, pooled statistics). */
   agreed: AgreedSchema;
+  /** 'local'; | Whether features were standardized with the pooled statistics (`federated`) or the site's own (`local`). */
   standardize: 'federated' | 'local';
   /** What the site's features were standardized with (the pooled statistics, or its own). */
   standardizer: { mean: number[]; std: number[] };
@@ -64,12 +73,15 @@ export interface SitePreprocessing {
   input: InputSpec;
   /** Peer IDs whose statements were merged; left out and not heard from. */
   included: string[];
+  /** Peer IDs left out of the agreement, with the reason. */
   excluded: { peer: string; reason: string }[];
+  /** Peer IDs not heard from before the deadline. */
   missing: string[];
   /** The site joined after the others agreed and took their agreement. */
   adopted: boolean;
   /** What the agreement was made from (a resumed run checks that its key and data are the same): peer ID, `data.dataset`, digest of the site's statement. */
   from?: { peerId: string; dataset: string; digest: string };
+  /** When the agreement was made (ISO 8601). */
   createdAt: string;
 }
 
@@ -121,6 +133,7 @@ function noData(sampleShape: number[], task: TaskInfo): PeerData {
  * is the pooled means), empty for a row without any. Absent when no row has one.
  */
 export interface SiteInputs extends EncodedInputs {
+  /** Per row, what the model could not see (see above); an empty string for a row without any. */
   flags?: string[];
 }
 

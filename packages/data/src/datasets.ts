@@ -23,10 +23,13 @@ export interface LoadOptions extends CsvOptions {
   maxSamples?: number;
   /** Seed for synthetic data and for `maxSamples`. */
   seed?: number;
-  /** synthetic: number of classes, feature dimension, sample count, class separation. */
+  /** synthetic: the number of classes (default 4). */
   classes?: number;
+  /** synthetic: the feature dimension (default 16). */
   dim?: number;
+  /** synthetic: the sample count (default 1000). */
   samples?: number;
+  /** synthetic: the scale of the random class centres, in units of the clusters' spread (default 1.5). */
   separation?: number;
 }
 

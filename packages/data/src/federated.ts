@@ -31,7 +31,9 @@ import { featureSize, quantileStrata, type Dataset } from './types.js';
 
 /** Samples of a fixed shape (images, or features already encoded): no columns to agree on. */
 export interface TensorSchema {
+  /** Marks a tensor schema. */
   kind: 'tensor';
+  /** The classes (sorted). */
   classNames: string[];
   /** Shape of one sample, e.g. `[28, 28, 1]`. */
   shape: number[];
@@ -42,9 +44,13 @@ export type FeatureSchema = TableSchema | TensorSchema;
 
 /** Per encoded feature: observed cells, missing cells, sum and sum of squares of the observed ones. */
 export interface FeatureStats {
+  /** Per feature, cells observed (not missing). */
   count: number[];
+  /** Per feature, cells missing. */
   missing: number[];
+  /** Per feature, the sum of the observed values. */
   sum: number[];
+  /** Per feature, the sum of the squares of the observed values. */
   sumSq: number[];
 }
 
@@ -54,9 +60,13 @@ export interface FeatureStats {
  * the label counts and classes are then empty).
  */
 export interface SummaryTask {
+  /** The task's name (the label column's). */
   name: string;
+  /** 'regression'; | Whether the labels are classes or numbers. */
   kind: 'classification' | 'regression';
+  /** Regression: the sum of the target over the rows. */
   sum?: number;
+  /** Regression: the sum of the target's squares over the rows. */
   sumSq?: number;
 }
 
@@ -64,8 +74,11 @@ export interface SummaryTask {
 export interface LocalSummary {
   /** The task the labels are for (absent: one classification task, named after the label column). */
   task?: SummaryTask;
+  /** Version of the summary's layout (1). */
   version: 1;
+  /** The id of the site the summary is from (its peer ID over libp2p). */
   site: string;
+  /** The site's training rows summarized. */
   numRows: number;
   /** The site's schema: its own classes (sorted), vocabularies and missing-value indicators. */
   schema: FeatureSchema;
@@ -79,18 +92,21 @@ export interface LocalSummary {
 
 /** What every site computes from all the summaries: the same on every site. */
 export interface AgreedSchema {
+  /** Version of the agreement's layout (1). */
   version: 1;
   /** Union of the classes and vocabularies (sorted); numeric columns impute with the pooled mean. */
   schema: FeatureSchema;
   /** Encoded feature names (tables) in the agreed order; empty for tensors. */
   featureNames: string[];
-  /** Pooled per-feature mean and standard deviation (population; 1 for constant features). */
+  /** Pooled per-feature mean. */
   mean: number[];
+  /** Pooled per-feature standard deviation (population; 1 for a constant feature). */
   std: number[];
   /** Pooled stats the mean and std came from. */
   stats: FeatureStats;
   /** Sites whose summaries were merged, sorted. */
   sites: string[];
+  /** Training rows over all merged sites. */
   numRows: number;
   /** Rows per class over all sites, aligned with `schema.classNames`. */
   labelCounts: number[];

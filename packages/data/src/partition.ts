@@ -60,11 +60,13 @@ export function formatPartition(p: PartitionSpec): string {
 export interface PeerSplit {
   /** Row indices into the dataset. */
   train: Int32Array;
+  /** Row indices of the site's test split. */
   test: Int32Array;
 }
 
 /** The partition's seed, test share and minimum size per site. */
 export interface PartitionOptions {
+  /** Seed of the split: equal seeds give equal partitions. */
   seed: number;
   /** Share of each peer's samples held out for its test split (default 0.2). */
   testFraction?: number;

@@ -58,6 +58,7 @@ export interface SiteDataSpec {
   channels?: 1 | 3;
   /** images: how to reach imageSize (default fill: stretch). */
   fit?: 'fill' | 'cover' | 'contain';
+  /** Seed of the site's train/test split (and the simulator's partition) and of `maxSamples`' subset. */
   seed: number;
   /** Share of the site's rows held out for its test split. */
   testFraction: number;
@@ -85,12 +86,15 @@ export type InputSpec =
 
 /** What every {@link SiteData} holds, whatever its kind. */
 export interface SiteDataBase {
+  /** The site's train and test rows. */
   split: PeerSplit;
   /** Every class in the site's rows (and its declared ones). */
   classes: string[];
   /** The label set the site declares (ordered), if it declares one. */
   declared?: string[];
+  /** How the site's inputs are read, and how new inputs must be (columns, image size, features). */
   input: InputSpec;
+  /** One line on what the data is and where it came from. */
   description: string;
   /** Cells worth a look (stray text in a numeric column, ...). */
   warnings: string[];
@@ -103,7 +107,9 @@ export type SiteData = (SiteDataBase & { kind: 'table'; table: RawTable }) | (Si
 
 /** What a site shares before training: its summary and the label set it declares. Plain JSON. */
 export interface SiteStatement {
+  /** The site's summary of its training rows. */
   summary: LocalSummary;
+  /** The label set the site declares (`data.classes`), in order, if it declares one. */
   declaredClasses?: string[];
 }
 
@@ -210,6 +216,7 @@ export function siteStatement(data: SiteData, site: string): SiteStatement {
 
 /** What `reconcileStatements` agreed: the schema, the sites merged, those left out with the reason, and warnings. */
 export interface Reconciled {
+  /** The agreed schema and pooled statistics. */
   agreed: AgreedSchema;
   /** Sites whose statements were merged, sorted. */
   included: string[];
@@ -342,8 +349,11 @@ function groupWarnings(accepted: SiteStatement[], agreed: AgreedSchema): string[
 
 /** A site's rows encoded in the agreed layout, with the split and the standardizer to apply. */
 export interface EncodedSite {
+  /** The site's rows in the agreed layout (not standardized). */
   dataset: Dataset;
+  /** Which rows are the site's training and test splits. */
   split: PeerSplit;
+  /** The statistics to standardize with: the pooled ones (`federated`) or the site's own (`local`). */
   standardizer: Standardizer;
   /** A regression target's pooled mean and standard deviation (`federated`; with `local` the site fits its own). */
   targetScale?: { mean: number; std: number };
@@ -375,8 +385,11 @@ export function encodeSiteData(data: SiteData, agreed: AgreedSchema, standardize
 
 /** New rows for a trained site: features in the agreed layout (not standardized), where each row came from, and labels when known. */
 export interface EncodedInputs {
+  /** Row-major features, `numSamples * prod(sampleShape)` values. */
   features: Float32Array;
+  /** Number of rows read. */
   numSamples: number;
+  /** Shape of one sample (`[features]` for a table). */
   sampleShape: number[];
   /** Per row: `line <n>` of the CSV, or the image file relative to the folder. */
   ids: string[];

@@ -1,6 +1,8 @@
 /** Per-feature standardization fitted on training rows only. */
 export interface Standardizer {
+  /** Per-feature mean (subtracted). */
   mean: Float32Array;
+  /** Per-feature standard deviation (divided by; 1 for a constant feature). */
   std: Float32Array;
 }
 

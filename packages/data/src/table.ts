@@ -101,7 +101,9 @@ export type RawColumn =
 export interface RawTable {
   /** The file (or a name for an in-memory table). */
   source: string;
+  /** The label column's name. */
   labelColumn: string;
+  /** The feature columns in file order, typed as numeric or categorical. */
   columns: RawColumn[];
   /** Label of each row, as written. */
   labels: string[];
@@ -152,7 +154,9 @@ export interface TableOptions {
  * whether a missing-indicator feature follows it.
  */
 export interface NumericColumnSchema {
+  /** The column's name in the file. */
   name: string;
+  /** Marks a numeric column. */
   kind: 'numeric';
   /** Value written for a missing cell. */
   impute: number;
@@ -162,7 +166,9 @@ export interface NumericColumnSchema {
 
 /** A categorical column in the agreed schema: its vocabulary, one feature per category. */
 export interface CategoricalColumnSchema {
+  /** The column's name in the file. */
   name: string;
+  /** Marks a categorical column. */
   kind: 'categorical';
   /** Sorted vocabulary; each category is one one-hot feature `<name>=<category>`. */
   categories: string[];
@@ -173,10 +179,13 @@ export type ColumnSchema = NumericColumnSchema | CategoricalColumnSchema;
 
 /** How a table is encoded: feature columns in order, and the classes. */
 export interface TableSchema {
+  /** Marks a table schema. */
   kind: 'table';
+  /** The label column's name. */
   labelColumn: string;
   /** Sorted class names; a label's class index is its position here. */
   classNames: string[];
+  /** The feature columns, in encoding order. */
   columns: ColumnSchema[];
 }
 

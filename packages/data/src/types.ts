@@ -12,9 +12,11 @@ export interface Dataset {
    * dataset among sites and shows how they differ), named in `classNames`.
    */
   labels: Int32Array;
+  /** Number of samples (rows). */
   numSamples: number;
   /** Shape of one sample: `[30]` for a table, `[28, 28, 1]` for an image. */
   sampleShape: number[];
+  /** The classes, by label index (regression: the target's quintiles). */
   classNames: string[];
   /** One or two sentences: what it is and where it comes from. */
   description: string;

@@ -8,13 +8,17 @@ import { isIP } from 'node:net';
 
 /** A problem with the live view's settings or its port: one line that names the option. */
 export class LiveViewError extends Error {
+  /** Always `LiveViewError`. */
   override name = 'LiveViewError';
 }
 
 /** Where the live view listens (`parseListen`), and whether that is only this machine. */
 export interface ListenAddress {
+  /** The host or IP address to bind (default 127.0.0.1). */
   host: string;
+  /** The TCP port (0: any free port; the bound port once listening). */
   port: number;
+  /** Whether the address is loopback only, so no token is needed. */
   loopback: boolean;
 }
 

@@ -13,6 +13,7 @@ import { parseSiteStatus, siteKey } from '@dflmoe/core/internal';
 export interface RemoteSite {
   /** `http://127.0.0.1:<port>` of the site's live view. */
   url: string;
+  /** The token its live view requires, when it requires one. */
   token?: string;
 }
 

@@ -32,11 +32,13 @@ export function serverToken(address: ListenAddress, o: Pick<LiveServerOptions, '
 
 /** What `LiveServer` takes: the board, where to listen, the token for non-loopback addresses. */
 export interface LiveServerOptions {
+  /** The status board to serve. */
   board: StatusBoard;
   /** `host:port` (see `parseListen`). */
   listen: string;
   /** The option that gave `listen` and `token`, for errors: `--ui` (`--ui-token`) or `ui.listen` (`ui.token`). */
   option?: string;
+  /** See `option`: the option named in errors about `token` (default `--ui-token`). */
   tokenOption?: string;
   /** Required from every client when given; generated when the address is not loopback and none is given. */
   token?: string;
@@ -89,7 +91,9 @@ export class LiveServer {
   readonly responses = new Map<number, number>();
 
   private constructor(
-    private readonly server: Server, private readonly o: LiveServerOptions, readonly address: ListenAddress,
+    private readonly server: Server, private readonly o: LiveServerOptions,
+    /** Where the server listens (the port bound, when 0 was asked for). */
+    readonly address: ListenAddress,
     /** The token clients must send (undefined: none needed). */
     readonly token: string | undefined,
     /** True when the token was generated here (print it once). */

@@ -39,8 +39,11 @@ const GENESIS = '0'.repeat(64);
 
 /** A head (or body) a site mixed in a round: whose, which version, and its SHA-256. */
 export interface AuditDigest {
+  /** The member (peer ID) whose head, model or body it was; `server` for a FedAvg global model without a known server peer. */
   peer: string;
+  /** Its version: the round it was published for. */
   version: number;
+  /** null; | Hex SHA-256 of the bytes received; null where the site no longer holds them. */
   digest: string | null;
 }
 
@@ -49,13 +52,19 @@ export interface AuditDigest {
  * head, its checkpoint and the privacy spent.
  */
 export interface AuditRound {
+  /** The round (from 1). */
   round: number;
+  /** What the site took in: the experts it mixed (dFLMoE), the server's global model (FedAvg), else the models that arrived. */
   mixed: AuditDigest[];
+  /** null; | The head or model this site published (or uploaded) this round; null when none. */
   own: { version: number; digest: string } | null;
+  /** null; | Hex SHA-256 of the checkpoint manifest written after the round; null when none was written. */
   checkpoint: string | null;
+  /** null; | With DP-SGD: privacy spent so far over the run (cumulative); null without. */
   privacy: { epsilon: number; delta: number; steps: number } | null;
   /** Sites that share bodies: the members' bodies combined into this site's body this round, and the body it published. */
   bodies?: AuditDigest[];
+  /** null; | Sites that share bodies: the body this site published; null before it published one. */
   ownBody?: { version: number; digest: string } | null;
 }
 
@@ -79,9 +88,11 @@ function signedText(line: string): string | undefined {
  * or another line there, was cut.
  */
 export interface AuditSeal {
+  /** Lines in the trail when the run ended. */
   lines: number;
   /** Hex SHA-256 of line `lines` (64 zeros for an empty trail). */
   hash: string;
+  /** Base64 Ed25519 signature by the site's key over `sealText`. */
   sig: string;
 }
 
@@ -145,14 +156,19 @@ export class AuditLog {
 export interface AuditProblem {
   /** 1-based line number. */
   line: number;
+  /** The round of the entry, when the line could be read. */
   round?: number;
+  /** What is wrong, in words. */
   reason: string;
 }
 
 /** The result of `verifyAudit`: the entries read and the problems found (none when the trail checks out). */
 export interface AuditReport {
+  /** The site (peer ID) the trail belongs to, as its first readable entry says. */
   site?: string;
+  /** Every entry that could be read, in order. */
   entries: AuditEntry[];
+  /** Every problem found, in line order; empty when the trail checks out. */
   problems: AuditProblem[];
 }
 

@@ -283,6 +283,7 @@ export type ServerConfig = z.infer<typeof serverConfigSchema>;
 
 /** A config that cannot be used, with what to change (the file and the setting). */
 export class ConfigError extends Error {
+  /** Always `ConfigError`. */
   override name = 'ConfigError';
 }
 

@@ -181,12 +181,19 @@ function isUpload(frame: Uint8Array): boolean {
 
 /** One round of a FedAvg server: clients heard, bytes in and out, seconds. */
 export interface ServerRoundLine {
+  /** The round (from 1). */
   round: number;
+  /** Clients whose uploads went into this round's global model. */
   clients: number;
+  /** Bytes the server received in this round alone (not cumulative, unlike a site's round line). */
   bytesIn: number;
+  /** Bytes the server sent in this round alone. */
   bytesOut: number;
+  /** Wall-clock seconds the round took. */
   seconds: number;
+  /** Uploads dropped so far over the run (cumulative), by reason. */
   dropped: Record<string, number>;
+  /** When the round finished (ISO 8601). */
   time: string;
 }
 

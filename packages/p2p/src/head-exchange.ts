@@ -41,19 +41,27 @@ export const BODY_ANNOUNCE_TOPIC = '/dflmoe/announce-body/1';
 const WIRE_FORMAT = 1;
 const MAX_CONTROL = 4096;
 
+/** A consortium member: its peer ID, the addresses to dial it at (when known) and its name. */
 export interface Member {
+  /** The member's libp2p peer ID. */
   peerId: string;
+  /** Multiaddrs to dial it at; empty when it is to be found otherwise (it dials us, discovery). */
   addrs: string[];
+  /** The member's name for logs and the live view. */
   name?: string;
 }
 
+/** What `headExchange` and `bodyExchange` take: the members, limits, protocol and topic, timing, strikes. */
 export interface Libp2pExchangeOptions {
+  /** The consortium: only these peers' messages are taken in. */
   members: Member[];
   /** Largest message accepted (heads, or models for gossip). */
   maxHeadBytes: number;
   /** Stream protocol and announcement topic (default: heads). */
   protocol?: string;
+  /** Gossipsub topic announcements go on (default: the heads' topic). */
   topic?: string;
+  /** Where drops, strikes and transfers are logged. */
   logger: Logger;
   /** Re-announce our head and redial missing members this often (default 2000 ms). */
   heartbeatMs?: number;
@@ -69,6 +77,7 @@ export interface Libp2pExchangeOptions {
   signal?: AbortSignal;
 }
 
+/** Why a received announcement or head was dropped (counted per reason; most count as a strike against the sender). */
 export type DropReason =
   | 'blocked' | 'bad-head' | 'not-member' | 'bad-announce' | 'spoofed-announce' | 'too-large' | 'bad-response' | 'digest-mismatch'
   | 'transfer-failed' | 'old-version' | 'duplicate' | 'not-selected';

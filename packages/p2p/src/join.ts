@@ -89,6 +89,7 @@ export function joinDetails(cfg: PeerConfig, selfId: string): { join: JoinDetail
 
 /** Join details that do not parse: one line per problem, naming the field. */
 export class JoinError extends Error {
+  /** Always `JoinError`. */
   override name = 'JoinError';
 }
 
@@ -112,11 +113,13 @@ export function parseJoinDetails(input: unknown): JoinDetails {
 
 /** What a joining site adds to the join details: its own key, data, addresses and files. */
 export interface JoiningSite {
+  /** Its name in the consortium, for logs and the live view. */
   name?: string;
   /** Its key file. */
   key: string;
   /** Its data: `csv:<file>` or `images:<dir>`. */
   dataset: string;
+  /** Its output directory (checkpoints, agreement, audit trail, results). */
   out: string;
   /** Addresses to listen on (a browser tab: `/p2p-circuit` and `/webrtc`, reached through relays). */
   listen: string[];

@@ -86,6 +86,7 @@ export function isRelayed(c: Connection): boolean {
   return c.remoteAddr.toString().includes('/p2p-circuit');
 }
 
+/** A site's libp2p node, with the identify, ping and gossipsub services it runs. */
 export type SiteNode = Libp2p<{ identify: ReturnType<ReturnType<typeof identify>>; ping: ReturnType<ReturnType<typeof ping>>; pubsub: ReturnType<ReturnType<typeof gossipsub>> }>;
 
 /**

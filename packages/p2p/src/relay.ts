@@ -12,12 +12,15 @@ import { watchConnections } from './reach.js';
 
 /** A running relay: its node and addresses, its reservations, and how to stop it. */
 export interface RelayHandle {
+  /** The relay's libp2p node. */
   node: SiteNode;
+  /** The relay's peer ID. */
   peerId: string;
   /** The addresses members put in `relay.via` (with /p2p/<relay>). */
   addrs: string[];
   /** Reservations held now. */
   reservations(): number;
+  /** Stop the relay's node. */
   stop(): Promise<void>;
 }
 

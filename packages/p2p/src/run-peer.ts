@@ -39,35 +39,51 @@ export interface RoundLine extends Omit<SiteRoundRecord, 'experts' | 'bodies'> {
   dropped: Record<string, number>;
   /** dFLMoE: time and size of this round's checkpoint. */
   checkpointSeconds?: number;
+  /** ...and its size in bytes. */
   checkpointBytes?: number;
   /** With `round.adaptive`: the deadline this round's wait for heads had (ms). */
   deadlineMs?: number;
   /** Seconds since the site's run began (with the time of the earlier parts of a resumed run). */
   wallSeconds?: number;
+  /** When the round finished (ISO 8601). */
   time: string;
 }
 
 /** What `runPeer` returns (and writes to `results.json`): the site's accuracy, bytes, seconds and every round. */
 export interface PeerRunResult {
+  /** The site's libp2p peer ID. */
   peerId: string;
+  /** The site's name, when its config gives one. */
   name?: string;
+  /** The algorithm the site ran. */
   algorithm: PeerConfig['algorithm'];
+  /** The TensorFlow.js backend that ran it. */
   backend: string;
+  /** The site's index: `data.simulate.index` for a simulated partition, else its position in the config's `members`. */
   index: number;
+  /** Rows in the site's training split. */
   trainSamples: number;
+  /** Rows in the site's test split. */
   testSamples: number;
+  /** The site's final test accuracy (0..1; NaN for a task without one). */
   accuracy: number;
+  /** The final test accuracy of the site's own head alone. */
   ownHeadAccuracy: number;
   /** Every task of the site, by name: its kind, test rows and metrics (`accuracy`, ... or `rmse`, `mae`, `r2`). */
   tasks: Record<string, TaskResult>;
+  /** Bytes sent over the whole run, cumulative: every part of a resumed run, and what was served while lingering after the last round. */
   bytesSent: number;
+  /** Bytes received over the whole run, cumulative as `bytesSent` is. */
   bytesReceived: number;
   /** Sites that share bodies: the part of the bytes that were bodies. */
   bodyBytesSent?: number;
+  /** Of `bytesReceived`, the bytes that were bodies. */
   bodyBytesReceived?: number;
+  /** Wall-clock seconds of the run (with the earlier parts of a resumed run). */
   wallSeconds: number;
   /** Peak resident set size of this process, MiB. */
   peakRssMiB: number;
+  /** Every round's metrics line, as in `metrics.jsonl`. */
   rounds: RoundLine[];
   /** The audit trail's end when the run ended, signed: `dflmoe audit` checks the trail against it. */
   audit?: AuditSeal;
@@ -78,10 +94,13 @@ export interface PeerRunResult {
  * the live view's status, the node's transports.
  */
 export interface RunPeerOptions {
+  /** Where the site's progress lines go. */
   logger: Logger;
   /** Serve Prometheus metrics on 127.0.0.1 at this port. */
   metricsPort?: number;
+  /** Stop the run (SIGINT/SIGTERM): it ends with `Interrupted` after saving what it finished. */
   signal?: AbortSignal;
+  /** Called with each round's metrics line as it is written. */
   onRound?: (line: RoundLine) => void;
   /** The live view's status (`--ui`): this site's, fed as it runs. */
   status?: StatusBoard;

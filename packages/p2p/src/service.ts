@@ -35,16 +35,22 @@ import { SchemaAgreement } from './preprocess.js';
 
 /** What the service takes from the node (libp2p's components; structural, so any libp2p 3 node fits). */
 export interface ExchangeComponents {
+  /** This node's peer ID. */
   peerId: PeerId;
+  /** This node's private key, as libp2p's components carry it. */
   privateKey?: PrivateKey;
+  /** Where the service registers and removes its stream protocol handlers. */
   registrar: { handle(...a: unknown[]): Promise<void>; unhandle(...a: unknown[]): Promise<void> };
+  /** Connections to members: list, open, open a stream, close. */
   connectionManager: {
     getConnections(peer?: PeerId): Connection[];
     openConnection(peer: unknown, o?: unknown): Promise<Connection>;
     openStream(peer: unknown, protocols: string[], o?: unknown): Promise<Stream>;
     closeConnections(peer: PeerId, o?: unknown): Promise<void>;
   };
+  /** The node's event target, for the connection events the exchange listens to. */
   events: { addEventListener(type: string, l: (e: CustomEvent) => void): void };
+  /** Used to check that members' addresses can be dialled by one of the node's transports (the check is skipped without it). */
   transportManager?: { dialTransportForMultiaddr?(ma: Multiaddr): unknown };
 }
 
@@ -63,6 +69,7 @@ const DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024;
 
 /** A clear error for a host whose node lacks what the exchange needs. */
 export class ExchangeServiceError extends Error {
+  /** Always `ExchangeServiceError`. */
   override name = 'ExchangeServiceError';
 }
 
@@ -208,6 +215,7 @@ export interface StatementServiceInit {
   deadlineMs?: number;
   /** ...or, once this many other members' statements are in, `graceMs` (default 2 s) more for the rest (default: every member). */
   quorum?: number;
+  /** See `quorum`: extra milliseconds to wait for the rest once the quorum is in (default 2000). */
   graceMs?: number;
   /** Largest statement accepted, bytes (default 32 MiB). */
   maxBytes?: number;
@@ -224,7 +232,9 @@ export interface StatementServiceInit {
  * node stops. A site agrees once per service.
  */
 export class StatementService implements StatementExchange, Startable {
+  /** libp2p's service tag. */
   readonly [Symbol.toStringTag] = '@dflmoe/statements';
+  /** This site's peer ID: the statement is made under it. */
   readonly selfId: string;
   private agreement?: SchemaAgreement;
 
@@ -232,6 +242,7 @@ export class StatementService implements StatementExchange, Startable {
     this.selfId = components.peerId.toString();
   }
 
+  /** Serve this site's statement to the members, pull theirs (up to the deadline) and agree on the data; one agreement per service (a second call throws). */
   async agree(statement: SiteStatement, o: { signal?: AbortSignal } = {}): Promise<DataAgreement> {
     if (this.agreement) throw new Error('this site has agreed already (one agreement per statement service)');
     const logger = this.init.logger ?? silentLogger;
@@ -244,8 +255,10 @@ export class StatementService implements StatementExchange, Startable {
     return { agreed: a.agreed, included: a.included, excluded: a.excluded.map((x) => ({ site: x.peer, reason: x.reason })), missing: a.missing, warnings: a.warnings };
   }
 
+  /** libp2p's start hook: nothing to do until `agree`. */
   start(): void {}
 
+  /** libp2p: the node is stopping; stop serving the statement. */
   async stop(): Promise<void> {
     await this.agreement?.close();
   }

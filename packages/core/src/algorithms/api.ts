@@ -68,7 +68,9 @@ export interface SiteRound {
 
 /** An expert a dFLMoE site held in a round: the member whose head it is, the head's version and its gate weight. */
 export interface ExpertInfo {
+  /** The member whose head this expert is. */
   peer: string;
+  /** The round of that member's head in use. */
   version: number;
   /** Mean gate weight on the local test split. */
   gateWeight: number;

@@ -8,6 +8,7 @@ import { PRECISIONS, type Precision } from '../codec.js';
 import { FST_KINDS, type FstKind } from '../model.js';
 import { defineSettings, type SettingsOf } from '../settings.js';
 
+/** dFLMoE's own settings (the `dflmoe` section of a site config), each with its default, range and help text. */
 export const dflmoeSettings = defineSettings({
   section: 'dflmoe',
   usedBy: 'dflmoe',

@@ -13,7 +13,9 @@ export type TaskKindName = 'classification' | 'regression';
 
 /** A regression target's standardization: training targets are `(y - mean) / std`, predictions are mapped back. */
 export interface TargetScale {
+  /** The target's pooled mean, in its own units. */
   mean: number;
+  /** The target's pooled standard deviation, in its own units. */
   std: number;
 }
 
@@ -21,6 +23,7 @@ export interface TargetScale {
 export interface TaskInfo {
   /** The task's name: sites that share it learn the same thing (a label column's name, `label` for built-in data). */
   name: string;
+  /** Whether the task is a classification or a regression. */
   kind: TaskKindName;
   /** Classification: the class names (a label's index is its position). Regression: empty. */
   classNames: string[];
@@ -37,7 +40,9 @@ export type TaskMetrics = Record<string, number>;
 
 /** A task's metrics on a site's test rows, as round records and results.json report them: its kind, test rows and each metric. */
 export interface TaskResult {
+  /** The task's kind. */
   kind: TaskKindName;
+  /** Test rows the metrics were computed on. */
   testRows: number;
   /** The metrics (`TaskKind.metricNames`): read them with `metricOf`. */
   [metric: string]: number | string;
@@ -55,6 +60,7 @@ export function metricOf(r: TaskResult, metric: string): number {
  * or the prediction itself), and a mixture is a gate-weighted sum there.
  */
 export interface TaskKind {
+  /** The kind's name (`classification`, `regression`). */
   readonly name: TaskKindName;
   /** One line for docs and help. */
   readonly description: string;
