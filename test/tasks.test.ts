@@ -300,6 +300,26 @@ describe('regression sites with their own data', function () {
   });
 });
 
+describe('a regression simulation over TCP', function () {
+  this.timeout(240_000);
+  before(backend);
+
+  it('simulate --transport tcp: site processes learn the target from their shares; local-only gives the in-memory RMSE exactly', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-diab-tcp-'));
+    const args = { dataset: 'diabetes', peers: 3, rounds: 3, partition: 'iid', algorithms: ['local', 'dflmoe'] as ('local' | 'dflmoe')[], seed: 1 };
+    const mem = await simulate(args, { logger: silentLogger });
+    const t = cli(['simulate', '--dataset', 'diabetes', '--peers', '3', '--rounds', '3', '--partition', 'iid', '--algorithms', 'local,dflmoe', '--seed', '1', '--transport', 'tcp', '--quiet', '--out', dir]);
+    assert.equal(t.status, 0, t.stderr);
+    const tcp = JSON.parse(readFileSync(join(dir, 'results.json'), 'utf8')) as typeof mem;
+    for (const alg of ['local', 'dflmoe'] as const) assert.equal(tcp.algorithms[alg]!.tasks.progression.kind, 'regression', alg);
+    // Local-only is the same computation to the bit: the shares, their agreement on the target's scale, the training.
+    assert.deepEqual(tcp.algorithms.local!.peers.map((p) => p.tasks.progression.rmse), mem.algorithms.local!.peers.map((p) => p.tasks.progression.rmse));
+    // dFLMoE mixes the heads in the order they arrived, which TCP does not fix: close, not equal.
+    const [a, b] = [tcp, mem].map((x) => x.algorithms.dflmoe!.tasks.progression.metrics.rmse.mean);
+    assert.ok(Math.abs(a - b) / b < 0.05, `dflmoe rmse ${a} over TCP, ${b} in memory`);
+  });
+});
+
 describe('regression sites over TCP (multi-process): site configs with data.tasks', function () {
   this.timeout(240_000);
   let procs: ChildProcess[] = [];

@@ -5,9 +5,9 @@
  * (`runSite`), concurrently, over in-memory transports.
  */
 import {
-  featureSize, federatedStandardizer, loadDatasetAsync, partition, SHIFT_KINDS, type Dataset, type LoadOptions, type PeerSplit, type ShiftKind,
+  featureSize, loadDatasetAsync, partition, SHIFT_KINDS, type Dataset, type LoadOptions, type PeerSplit, type ShiftKind,
 } from '@dflmoe/data';
-import { capTrainPerSite, deriveSeed, holdoutSplit, partitionHistograms, formatPartition, parsePartition, shiftDatasetBySite } from '@dflmoe/data/internal';
+import { agreedStandardizer, capTrainPerSite, federatedAgreement, deriveSeed, holdoutSplit, partitionHistograms, formatPartition, parsePartition, shiftDatasetBySite } from '@dflmoe/data/internal';
 import { initBackend } from './backend.js';
 import { DEFAULT_LIMITS, type AlgorithmSite } from './algorithms/api.js';
 import type { PeerModelOptions } from './algorithms/common.js';
@@ -18,7 +18,7 @@ import { resolveBody } from './custom-body.js';
 import { checkBodyStandardizer, readBodyWeights, type BodyWeights } from './pretrained.js';
 import { summarize, type AccuracySummary } from './metrics.js';
 import { memoryNetworks, networkBytes, runSite, type SiteRoundRecord } from './rounds.js';
-import { datasetTask, fittedTask, metricOf, taskKind, type TaskKindName, type TaskResult } from './tasks/index.js';
+import { datasetTask, metricOf, scaledTask, taskKind, type TaskKindName, type TaskResult } from './tasks/index.js';
 import { DEFAULT_TRAIN, disposePeerData, evaluateTask, preparePeerData, type DpOptions, type OptimizerKind, type PeerData } from './train.js';
 import { createLogger, type Logger } from './log.js';
 import { networkMembers, type StatusBoard } from './status.js';
@@ -310,10 +310,12 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
     log.info(`every site starts from the pretrained body ${initialBody.source}${cfg.freezeBody ? ' (frozen)' : ''}${initialBody.standardizer ? ', inputs standardized as it was trained' : ''}`);
   }
   // A pretrained body's own input statistics win: it learnt on inputs scaled with them.
-  const st = initialBody?.standardizer ?? (cfg.standardize === 'federated' ? federatedStandardizer(ds, splits) : undefined);
+  const agreement = cfg.standardize === 'federated' ? federatedAgreement(ds, splits) : undefined;
+  const st = initialBody?.standardizer ?? (agreement ? agreedStandardizer(agreement) : undefined);
   const flipped = (i: number) => cfg.poisonKind === 'flipped' && i >= cfg.peers - cfg.poisoned;
   // A regression target is standardized like the features: pooled over every site's training rows, or each site's own.
-  const task = st ? fittedTask(ds, Int32Array.from(splits.flatMap((s) => [...s.train]))) : undefined;
+  // (The agreement's scale, from the sites' sums: what site processes agree on, to the bit.)
+  const task = st ? scaledTask(ds, Int32Array.from(splits.flatMap((s) => [...s.train])), agreement?.task?.scale) : undefined;
   const datas = splits.map((s, i) => preparePeerData(flipped(i) ? flipLabels(ds) : ds, s, st, task));
   // Every site's test rows together, for the pooled metric.
   const pooled = st ? preparePeerData(ds, { train: new Int32Array(0), test: Int32Array.from(splits.flatMap((s) => [...s.test])) }, st, task) : undefined;

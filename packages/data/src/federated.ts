@@ -192,6 +192,14 @@ export function summarizeDataset(ds: Dataset, site: string, rows?: ArrayLike<num
     present.add(ds.labels[r]);
     for (let j = 0; j < d; j++) observe(stats, j, ds.features[r * d + j]);
   }
+  // A regression target: its sums instead of classes (the labels are only its quintiles).
+  const dsTask = ds.task;
+  if (dsTask?.kind === 'regression') {
+    return {
+      version: 1, site, numRows: idx.length, schema: { kind: 'tensor', classNames: [], shape: [...ds.sampleShape] }, labelCounts: [], featureNames: [], stats,
+      task: { name: task?.name ?? dsTask.name, kind: 'regression', ...targetSums(Float32Array.from(idx, (r) => dsTask.values[r])) },
+    };
+  }
   const classNames = sortNames([...present].map((k) => ds.classNames[k]));
   return {
     version: 1, site, numRows: idx.length,
@@ -528,6 +536,11 @@ export function encodeWithSchema(data: RawTable | Dataset, agreed: AgreedSchema)
   if (data.sampleShape.join('x') !== schema.shape.join('x')) {
     throw new DataError(`${data.name} has samples of shape ${data.sampleShape.join('x')} but the consortium agreed on ${schema.shape.join('x')}`);
   }
+  // A regression target travels as it is (its quintiles stay the labels).
+  if (agreed.task?.kind === 'regression') {
+    if (data.task?.kind !== 'regression') throw new DataError(`${data.name} has no regression target, but the consortium agreed on the regression task "${agreed.task.name}"`);
+    return { dataset: data, standardizer };
+  }
   const index = new Map(schema.classNames.map((c, i) => [c, i]));
   const labels = Int32Array.from(data.labels, (l, i) => {
     const k = index.get(data.classNames[l]);
@@ -543,5 +556,10 @@ export function encodeWithSchema(data: RawTable | Dataset, agreed: AgreedSchema)
  * merged (what the simulator does in place of an exchange over the network).
  */
 export function federatedStandardizer(ds: Dataset, splits: { train: ArrayLike<number> }[]): Standardizer {
-  return agreedStandardizer(mergeSummaries(splits.map((s, i) => summarizeDataset(ds, `peer-${i}`, s.train))));
+  return agreedStandardizer(federatedAgreement(ds, splits));
+}
+
+/** The agreement a consortium makes when site i holds rows `splits[i].train` of `ds` (its standardizer, and a regression target's pooled scale). */
+export function federatedAgreement(ds: Dataset, splits: { train: ArrayLike<number> }[]): AgreedSchema {
+  return mergeSummaries(splits.map((s, i) => summarizeDataset(ds, `peer-${i}`, s.train)));
 }

@@ -42,6 +42,8 @@ interface ShareHeader extends ShareInfo {
   source: string;
   train: number;
   test: number;
+  /** A regression task: its name (its targets follow the labels, one float32 per row). */
+  regression?: string;
 }
 
 /** Write site `info.index`'s rows of `ds` (its `split`) to `path` (atomically). */
@@ -52,6 +54,7 @@ export function writeShare(path: string, ds: Dataset, split: PeerSplit, info: Sh
     format: 1, ...info, name: ds.name, classNames: ds.classNames, sampleShape: ds.sampleShape,
     ...(ds.featureNames ? { featureNames: ds.featureNames } : {}), ...(ds.schema ? { schema: ds.schema } : {}),
     description: ds.description, source: ds.source, train: split.train.length, test: split.test.length,
+    ...(ds.task?.kind === 'regression' ? { regression: ds.task.name } : {}),
   };
   const json = JSON.stringify(header);
   const start = MAGIC.length + 4;
@@ -65,7 +68,9 @@ export function writeShare(path: string, ds: Dataset, split: PeerSplit, info: Sh
     labels[i] = ds.labels[r];
   });
   const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, Buffer.concat([MAGIC, len, head, Buffer.from(features.buffer), Buffer.from(labels.buffer)]));
+  const task = ds.task;
+  const targets = task?.kind === 'regression' ? [Buffer.from(Float32Array.from(rows, (r) => task.values[r]).buffer)] : [];
+  writeFileSync(tmp, Buffer.concat([MAGIC, len, head, Buffer.from(features.buffer), Buffer.from(labels.buffer), ...targets]));
   renameSync(tmp, path);
 }
 
@@ -97,7 +102,8 @@ export function readShare(path: string): { dataset: Dataset; split: PeerSplit; i
   const n = h.train + h.test;
   const d = featureSize(h);
   const body = start + hlen;
-  if (buf.length !== body + n * d * 4 + n * 4) throw bad(`size ${buf.length} does not match ${n} rows of ${d} features`);
+  const regression = typeof h.regression === 'string' && h.regression !== '' ? h.regression : undefined;
+  if (buf.length !== body + n * d * 4 + n * 4 + (regression ? n * 4 : 0)) throw bad(`size ${buf.length} does not match ${n} rows of ${d} features`);
   let features: Float32Array;
   let labels: Int32Array;
   if ((buf.byteOffset + body) % 4 === 0) {
@@ -109,13 +115,21 @@ export function readShare(path: string): { dataset: Dataset; split: PeerSplit; i
     features = new Float32Array(n * d);
     Buffer.from(features.buffer).set(buf.subarray(body, body + n * d * 4));
     labels = new Int32Array(n);
-    Buffer.from(labels.buffer).set(buf.subarray(body + n * d * 4));
+    Buffer.from(labels.buffer).set(buf.subarray(body + n * d * 4, body + n * d * 4 + n * 4));
+  }
+  // A regression share's targets (copied: 4 bytes a row), each a finite number.
+  let values: Float32Array | undefined;
+  if (regression) {
+    values = new Float32Array(n);
+    Buffer.from(values.buffer).set(buf.subarray(body + n * d * 4 + n * 4));
+    if (!values.every(Number.isFinite)) throw bad('a target is not a finite number');
   }
   if (!labels.every((l) => l >= 0 && l < h.classNames.length)) throw bad('a label is out of range');
   const dataset: Dataset = {
     name: h.name, features, labels, numSamples: n, sampleShape: h.sampleShape, classNames: h.classNames,
     description: `${h.description} (site ${h.index} of ${h.peers}, ${h.partition}: ${h.train} training and ${h.test} test rows)`,
     source: h.source, ...(h.featureNames ? { featureNames: h.featureNames } : {}), ...(h.schema ? { schema: h.schema } : {}),
+    ...(regression && values ? { task: { name: regression, kind: 'regression' as const, values } } : {}),
   };
   const split: PeerSplit = {
     train: Int32Array.from({ length: h.train }, (_, i) => i),

@@ -173,7 +173,7 @@ export async function loadSiteData(spec: SiteDataSpec): Promise<SiteData> {
     : loadDataset(spec.dataset, { seed: spec.seed, maxSamples: spec.maxSamples, dataDir: spec.dataDir, labelColumn: spec.labelColumn });
   const sub = spec.dataset.startsWith('images:') && spec.maxSamples !== undefined && spec.maxSamples < ds.numSamples
     ? subsample(ds, spec.maxSamples, spec.seed) : ds;
-  if (spec.task?.kind === 'regression') throw new DataError(`${sub.name}: a regression task needs a table (csv:<file>) whose column holds the numbers`);
+  if (spec.task?.kind === 'regression' && sub.task?.kind !== 'regression') throw new DataError(`${sub.name}: a regression task needs a table (csv:<file>) whose column holds the numbers`);
   checkDeclared(spec.classes, sub.classNames, sub.name);
   const split = sim
     ? partition(sub.labels, sub.classNames.length, sim.peers, sim.partition, { seed: spec.seed, testFraction: spec.testFraction, minSize: sim.minSize })[sim.index]
@@ -191,10 +191,12 @@ function tensorSite(ds: Dataset, split: PeerSplit, spec: SiteDataSpec, declared:
   const input: InputSpec = images
     ? { kind: 'images', ...(spec.fit ? { fit: spec.fit } : {}) }
     : { kind: 'features', labelColumn: ds.schema?.labelColumn ?? spec.labelColumn ?? 'label', ...(ds.featureNames ? { featureNames: ds.featureNames } : {}) };
-  const name = spec.task?.name;
+  // A dataset with a regression target (the built-in diabetes table, or a share of one) is that task; else a named classification.
+  const name = ds.task?.name ?? spec.task?.name;
+  const kind = ds.task?.kind ?? 'classification';
   return {
-    ...(name !== undefined ? { task: { name, kind: 'classification' as const } } : {}),
-    kind: 'tensor', dataset: ds, split, classes: declared ? [...declared] : sortNames(own), declared, input,
+    ...(name !== undefined ? { task: { name, kind } } : {}),
+    kind: 'tensor', dataset: ds, split, ...(kind === 'regression' ? { classes: [], declared: undefined } : { classes: declared ? [...declared] : sortNames(own), declared }), input,
     description: `${ds.name}: ${split.train.length} training and ${split.test.length} test samples of shape ${ds.sampleShape.join('x')}`,
     warnings: [],
   };
