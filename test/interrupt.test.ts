@@ -72,7 +72,8 @@ describe('Ctrl-C while a site waits (multi-process)', function () {
       // Three members agree; then the third is frozen (SIGSTOP: connected, silent), and each round of the two waits (60 s) for its head.
       const dlogs = fd.sites.map((s) => `${s.out}.log`);
       dfl = { logs: dlogs, ps: fd.sites.map((s, i) => shared.start(['peer', '--config', s.config], dlogs[i])) };
-      await until('the third site to agree', () => read(dlogs[2]).includes('preprocessing: agreed'), 60000);
+      // All three agreed (so no one still pulls the third's statement, which would keep it in preprocessing), then the third freezes.
+      await until('the three sites to agree', () => dlogs.every((l) => read(l).includes('preprocessing: agreed')), 60000);
       dfl.ps[2].kill('SIGSTOP');
       // Three clients, two started: the server waits its deadline (60 s) for the third upload, the two clients for the global model.
       const server = ff.server!;
