@@ -87,7 +87,8 @@ describe('Ctrl-C while a site waits (multi-process)', function () {
 
     it('a site waiting in a round quorum stops at once', async () => {
       // Each says whom it waits for (a member it agreed with, connected): it is waiting in a round.
-      await until('the two sites to wait for the third', () => dfl.logs.slice(0, 2).every((l) => /heads of round \d+: waiting for site-2 \(/.test(read(l))), 60000);
+      // In their rounds (one finished): every round now waits its deadline for the frozen third, so an interrupt finds them waiting.
+      await until('the two sites to be in their rounds', () => dfl.logs.slice(0, 2).every((l) => /^round \d+\/50 /m.test(read(l))), 60000);
       await interrupt(dfl.ps[0], dfl.logs[0], 'waiting in a round quorum');
       // The other site, still waiting for the third, goes the same way.
       await interrupt(dfl.ps[1], dfl.logs[1], 'waiting in a round quorum (second site)');
