@@ -61,7 +61,8 @@ const NO_TRAFFIC: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent
 
 /** A site's traffic so far: heads or models, bodies, server. */
 export function networkStats(net: SiteNetwork): ExchangeStats {
-  const parts = [net.exchange?.stats(), net.bodies?.stats(), net.server?.stats()].filter((s) => s !== undefined);
+  const parts = [net.exchange?.stats(), net.bodies?.stats(), net.server?.stats(), ...Object.values(net.tasks ?? {}).map((t) => t.exchange?.stats())]
+    .filter((s) => s !== undefined);
   return parts.reduce((a, s) => ({
     bytesSent: a.bytesSent + s.bytesSent, bytesReceived: a.bytesReceived + s.bytesReceived,
     messagesSent: a.messagesSent + s.messagesSent, messagesReceived: a.messagesReceived + s.messagesReceived,
@@ -109,7 +110,7 @@ export async function siteRound(site: AlgorithmSite, net: SiteNetwork, round: nu
   const privacy = site.privacySpent();
   return {
     round, accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy,
-    tasks: siteTasks(site.data, ev),
+    tasks: site.taskResults?.() ?? siteTasks(site.data, ev),
     loss: r.loss,
     experts: site.experts?.() ?? [], fresh: r.fresh, expired: r.expired ?? [], rejected: site.rejected(),
     bytesSent: s.bytesSent, bytesReceived: s.bytesReceived,
@@ -334,6 +335,7 @@ const MEMORY_DEADLINE_MS = 2 ** 31 - 1;
 /** In-memory networks for the sites of `alg`, in site order. */
 export function memoryNetworks(alg: Algorithm, sites: AlgorithmSite[], combineLimitBytes: number, logger: Logger): SiteNetwork[] {
   const n = sites.length;
+  if (sites.some((s) => s.headTasks)) return multiTaskNetworks(alg, sites, combineLimitBytes, logger);
   if (alg.network === 'peers') {
     const hub = alg.message === 'body' ? undefined : new MemoryHub({ lockstep: true });
     // Bodies travel on a hub of their own, so that they are counted and pulled apart from heads.
@@ -349,4 +351,24 @@ export function memoryNetworks(alg: Algorithm, sites: AlgorithmSite[], combineLi
     return sites.map((s, i) => ({ server: server.join(s.id, i), quorum: 0, deadlineMs: 0, logger }));
   }
   return sites.map(() => ({ quorum: 0, deadlineMs: 0, logger }));
+}
+
+/**
+ * In-memory networks of multi-task sites whose tasks exchange heads: a hub
+ * per task among the sites that learn it (`SiteNetwork.tasks`), and the
+ * bodies' hub when they share bodies.
+ */
+function multiTaskNetworks(alg: Algorithm, sites: AlgorithmSite[], combineLimitBytes: number, logger: Logger): SiteNetwork[] {
+  // Heads travel on the tasks' hubs only: the site-level network is the bodies' (or none).
+  const nets = memoryNetworks({ ...alg, message: 'body' }, sites.map((s) => ({ id: s.id, bodyShare: s.bodyShare }) as AlgorithmSite), combineLimitBytes, logger);
+  const learners = new Map<string, string[]>();
+  for (const s of sites) for (const t of s.headTasks ?? []) learners.set(t, [...(learners.get(t) ?? []), s.id]);
+  const hubs = new Map([...learners.keys()].map((t) => [t, new MemoryHub({ lockstep: true })]));
+  return sites.map((s, i) => {
+    const tasks = Object.fromEntries((s.headTasks ?? []).map((t) => {
+      const others = learners.get(t)!.length - 1;
+      return [t, { exchange: hubs.get(t)!.join(s.id), quorum: others, others, deadlineMs: MEMORY_DEADLINE_MS, logger }];
+    }));
+    return { ...nets[i], tasks };
+  });
 }

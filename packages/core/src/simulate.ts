@@ -5,7 +5,7 @@
  * (`runSite`), concurrently, over in-memory transports.
  */
 import {
-  featureSize, loadDatasetAsync, partition, SHIFT_KINDS, type Dataset, type LoadOptions, type PeerSplit, type ShiftKind,
+  featureSize, labelledRows, loadDatasetAsync, partition, SHIFT_KINDS, taskDataset, type Dataset, type LoadOptions, type PeerSplit, type ShiftKind, type Standardizer,
 } from '@dflmoe/data';
 import { agreedStandardizer, capTrainPerSite, federatedAgreement, deriveSeed, holdoutSplit, partitionHistograms, formatPartition, parsePartition, shiftDatasetBySite } from '@dflmoe/data/internal';
 import { initBackend } from './backend.js';
@@ -19,7 +19,8 @@ import { checkBodyStandardizer, readBodyWeights, type BodyWeights } from './pret
 import { summarize, type AccuracySummary } from './metrics.js';
 import { memoryNetworks, networkBytes, runSite, type SiteRoundRecord } from './rounds.js';
 import { datasetTask, metricOf, scaledTask, taskKind, type TaskKindName, type TaskResult } from './tasks/index.js';
-import { DEFAULT_TRAIN, disposePeerData, evaluateTask, preparePeerData, type DpOptions, type OptimizerKind, type PeerData } from './train.js';
+import { DEFAULT_TRAIN, disposePeerData, evaluateTask, preparePeerData, prepareSiteTasks, type DpOptions, type OptimizerKind, type PeerData, type SiteTasks } from './train.js';
+import { createMultiTaskSite } from './algorithms/multi-task.js';
 import { createLogger, type Logger } from './log.js';
 import { networkMembers, type StatusBoard } from './status.js';
 
@@ -36,6 +37,12 @@ export interface SimulationConfig extends Partial<AlgorithmSettings> {
   datasetOptions?: LoadOptions;
   /** The number of simulated sites (default 4). */
   peers: number;
+  /**
+   * A multi-task dataset (`digits-tasks`, ...): the tasks each site learns,
+   * by site number, cycled over the sites; default the dataset's own
+   * assignment (`Dataset.siteTasks`), else every task at every site.
+   */
+  siteTasks?: string[][];
   /** How the dataset is split over the sites: `iid`, `dirichlet:ALPHA`, ... (default `dirichlet:0.3`). */
   partition: string;
   /** Communication rounds each algorithm runs (default 10). */
@@ -251,7 +258,11 @@ export interface SimulationResults {
   /** The TensorFlow.js backend that ran it (`wasm`, `cpu`, ...). */
   backend: string;
   /** The dataset: name, rows, class names, sample shape, where it came from, and its task. */
-  dataset: { name: string; samples: number; classes: string[]; sampleShape: number[]; source: string; task: { name: string; kind: TaskKindName } };
+  dataset: {
+    name: string; samples: number; classes: string[]; sampleShape: number[]; source: string; task: { name: string; kind: TaskKindName };
+    /** A multi-task dataset: its tasks, and the tasks each site learns (by site). */
+    tasks?: { name: string; kind: TaskKindName }[]; siteTasks?: string[][];
+  };
   /** Rows per class at each site after partitioning (site, then class). */
   labelHistograms: number[][];
   /** Each algorithm's result, by name (those that ran). */
@@ -278,7 +289,10 @@ export function emptyResults(cfg: SimulationConfig, backend: string, ds: Dataset
   return {
     config: cfg,
     backend,
-    dataset: { name: ds.name, samples: ds.numSamples, classes: ds.classNames, sampleShape: ds.sampleShape, source: ds.source, task: (({ name, kind }) => ({ name, kind }))(datasetTask(ds)) },
+    dataset: {
+      name: ds.name, samples: ds.numSamples, classes: ds.classNames, sampleShape: ds.sampleShape, source: ds.source, task: (({ name, kind }) => ({ name, kind }))(datasetTask(ds)),
+      ...(ds.tasks ? { tasks: ds.tasks.map((t) => ({ name: t.name, kind: t.kind })), siteTasks: splits.map((_, i) => assignedTasks(ds, cfg, i)) } : {}),
+    },
     labelHistograms: partitionHistograms(ds.labels, splits, ds.classNames.length),
     algorithms: {},
   };
@@ -316,13 +330,15 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   // A regression target is standardized like the features: pooled over every site's training rows, or each site's own.
   // (The agreement's scale, from the sites' sums: what site processes agree on, to the bit.)
   const task = st ? scaledTask(ds, Int32Array.from(splits.flatMap((s) => [...s.train])), agreement?.task?.scale) : undefined;
-  const datas = splits.map((s, i) => preparePeerData(flipped(i) ? flipLabels(ds) : ds, s, st, task));
+  const multi = ds.tasks ? multiTaskData(ds, cfg, splits, st) : undefined;
+  const datas = multi ? multi.map((m) => ({ ...m.tasks[0], trainSamples: m.trainSamples, testSamples: m.testSamples, tasks: m.tasks }))
+    : splits.map((s, i) => preparePeerData(flipped(i) ? flipLabels(ds) : ds, s, st, task));
   // Every site's test rows together, for the pooled metric.
-  const pooled = st ? preparePeerData(ds, { train: new Int32Array(0), test: Int32Array.from(splits.flatMap((s) => [...s.test])) }, st, task) : undefined;
+  const pooled = st && !multi ? preparePeerData(ds, { train: new Int32Array(0), test: Int32Array.from(splits.flatMap((s) => [...s.test])) }, st, task) : undefined;
   try {
     for (const alg of cfg.algorithms) {
       try {
-        results.algorithms[alg] = await runAlgorithm(alg, cfg, datas, bodies, specs, hooks, log, pooled, initialBody);
+        results.algorithms[alg] = await runAlgorithm(alg, cfg, datas, bodies, specs, hooks, log, pooled, initialBody, multi);
       } catch (e) {
         if (!(e instanceof MixedBodiesRefused) || cfg.algorithms.length === 1) throw e;
         log.warn(`skipped ${alg}: ${e.message}`);
@@ -337,6 +353,40 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
     if (pooled) disposePeerData(pooled);
   }
   return results;
+}
+
+/** The tasks site `i` learns in a simulation of the multi-task `ds` (see `SimulationConfig.siteTasks`). */
+function assignedTasks(ds: Dataset, cfg: Pick<SimulationConfig, 'siteTasks'>, i: number): string[] {
+  const plan = cfg.siteTasks ?? ds.siteTasks ?? [ds.tasks!.map((t) => t.name)];
+  return plan[i % plan.length];
+}
+
+/**
+ * Each site's tasks of a multi-task dataset, as tensors: every task's
+ * regression scale pooled over the training rows of the sites that learn it.
+ */
+function multiTaskData(ds: Dataset, cfg: SimulationConfig, splits: PeerSplit[], st: Standardizer | undefined): SiteTasks[] {
+  if (cfg.poisoned > 0) throw new Error('poisoned sites are not simulated with a multi-task dataset');
+  const names = new Set(ds.tasks!.map((t) => t.name));
+  const plan = splits.map((_, i) => assignedTasks(ds, cfg, i));
+  for (const [i, ts] of plan.entries()) {
+    const bad = ts.find((t) => !names.has(t));
+    if (bad !== undefined) throw new Error(`site ${i}'s task "${bad}" is not a task of ${ds.name}; its tasks are ${[...names].join(', ')}`);
+    if (ts.length === 0) throw new Error(`site ${i} has no task to learn`);
+  }
+  const infos = new Map([...names].map((name) => {
+    const view = taskDataset(ds, name);
+    const rows = Int32Array.from(splits.flatMap((s, i) => (plan[i].includes(name) ? [...labelledRows(view, s.train)] : [])));
+    return [name, st ? scaledTask(view, rows) : datasetTask(view)];
+  }));
+  const out: SiteTasks[] = [];
+  try {
+    for (const [i, s] of splits.entries()) out.push(prepareSiteTasks(ds, s, st, plan[i].map((t) => infos.get(t)!)));
+  } catch (e) {
+    out.forEach((m) => m.tasks.forEach(disposePeerData));
+    throw e;
+  }
+  return out;
 }
 
 /** The sites' splits: partition, then the optional cap on training samples, then the optional validation holdout. */
@@ -466,14 +516,17 @@ function algorithmOptions(cfg: SimulationConfig, settings: AlgorithmSettings, i:
 
 async function runAlgorithm(
   name: AlgorithmName, cfg: SimulationConfig, datas: PeerData[], bodies: string[], specs: ReadonlyMap<string, BodySpec>, hooks: SimulationHooks, log: Logger,
-  pooled?: PeerData, initialBody?: BodyWeights,
+  pooled?: PeerData, initialBody?: BodyWeights, multi?: SiteTasks[],
 ): Promise<AlgorithmResult> {
   const alg = getAlgorithm(name);
   const t0 = performance.now();
   const sites: AlgorithmSite[] = [];
   const settings = simulationSettings(cfg, name);
   try {
-    datas.forEach((d, i) => sites.push(alg.createSite(peerOptions(cfg, settings.epochs, d, i, bodies[i], specs.get(bodies[i])!, initialBody), algorithmOptions(cfg, settings, i))));
+    datas.forEach((d, i) => {
+      const base = peerOptions(cfg, settings.epochs, d, i, bodies[i], specs.get(bodies[i])!, initialBody);
+      sites.push(multi ? createMultiTaskSite(alg, base, multi[i], algorithmOptions(cfg, settings, i)) : alg.createSite(base, algorithmOptions(cfg, settings, i)));
+    });
     if (alg.sameModel) {
       try {
         checkSameArchitecture(sites, alg.label, REGISTRY.filter((a) => !a.sameModel).map((a) => a.name).join(' and '));

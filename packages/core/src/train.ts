@@ -1,7 +1,7 @@
 /** Local training and evaluation helpers shared by every algorithm. */
 import * as tf from '@tensorflow/tfjs-core';
 import { poissonSample, secureGaussian } from './privacy.js';
-import { applyStandardizer, featureSize, fitStandardizer, type Dataset, type PeerSplit, type Standardizer } from '@dflmoe/data';
+import { applyStandardizer, featureSize, fitStandardizer, labelledRows, taskDataset, type Dataset, type PeerSplit, type Standardizer } from '@dflmoe/data';
 import { Rng, deriveSeed, labelHistogram } from '@dflmoe/data/internal';
 import { fittedTask, taskKind, type TaskInfo, type TaskMetrics } from './tasks/index.js';
 
@@ -91,6 +91,42 @@ export interface PeerData {
   trainSamples: number;
   testSamples: number;
   trainHistogram: number[];
+  /** A multi-task site: each task's data (the rows that carry its label); the fields above are then its first task's, but for the row counts (rows with any label). */
+  tasks?: PeerData[];
+}
+
+/** A multi-task site's data: each task's, over the rows that carry its label, and the site's rows (those with any label). */
+export interface SiteTasks {
+  /** Each task's data. */
+  tasks: PeerData[];
+  /** Training rows that carry a label of some task. */
+  trainSamples: number;
+  /** Test rows that carry a label of some task. */
+  testSamples: number;
+}
+
+/**
+ * A multi-task site's tensors: for each of `tasks` (by name, each a task of
+ * the multi-task `ds`, with its scale), the site's rows that carry its label
+ * (`preparePeerData` over `taskDataset(ds, name)`).
+ */
+export function prepareSiteTasks(ds: Dataset, split: PeerSplit, st: Standardizer | undefined, tasks: TaskInfo[]): SiteTasks {
+  const out: PeerData[] = [];
+  const train = new Set<number>();
+  const test = new Set<number>();
+  try {
+    for (const task of tasks) {
+      const view = taskDataset(ds, task.name);
+      const rows = { train: labelledRows(view, split.train), test: labelledRows(view, split.test) };
+      rows.train.forEach((r) => train.add(r));
+      rows.test.forEach((r) => test.add(r));
+      out.push(preparePeerData(view, rows, st ?? fitStandardizer(ds.features, featureSize(ds), split.train), task));
+    }
+  } catch (e) {
+    out.forEach(disposePeerData);
+    throw e;
+  }
+  return { tasks: out, trainSamples: train.size, testSamples: test.size };
 }
 
 /**
@@ -150,7 +186,8 @@ export function takePeerData(ds: Dataset, split: PeerSplit, st: Standardizer, ta
 }
 
 export function disposePeerData(p: PeerData): void {
-  tf.dispose([p.xTrain, p.yTrain, p.xTest, p.yTest]);
+  if (p.tasks) p.tasks.forEach(disposePeerData);
+  else tf.dispose([p.xTrain, p.yTrain, p.xTest, p.yTest]);
 }
 
 /**

@@ -5,6 +5,7 @@ import { gunzipSync } from 'node:zlib';
 import { parseIdx } from './idx.js';
 import { Rng } from './rng.js';
 import { encodeTable, inferTableSchema, readCsvTable, regressionTargets, type RawTable, type TableOptions, type TableSchema } from './table.js';
+import { withDerivedTasks } from './multi-task.js';
 import { DataError } from './errors.js';
 import { featureSize, quantileStrata, type Dataset } from './types.js';
 
@@ -34,11 +35,12 @@ export interface LoadOptions extends CsvOptions {
 }
 
 /** The datasets `loadDataset` knows by name. */
-export const BUILTIN_DATASETS = ['breast-cancer', 'diabetes', 'digits', 'fashion-mnist', 'synthetic'] as const;
+export const BUILTIN_DATASETS = ['breast-cancer', 'diabetes', 'digits', 'digits-tasks', 'fashion-mnist', 'fashion-mnist-tasks', 'synthetic'] as const;
 
 /**
  * Load a dataset by name: `breast-cancer`, `diabetes` (regression), `digits`, `fashion-mnist`
- * (optionally `fashion-mnist:<dir>`), `synthetic` (optionally
+ * (optionally `fashion-mnist:<dir>`), the multi-task `digits-tasks` and
+ * `fashion-mnist-tasks` (see `withDerivedTasks`), `synthetic` (optionally
  * `synthetic:classes=10,dim=32,samples=5000`) or `csv:<path>`. Image
  * folders (`images:<dir>`) decode asynchronously: use `loadDatasetAsync`.
  */
@@ -55,9 +57,11 @@ export function loadDataset(spec: string, opts: LoadOptions = {}): Dataset {
       ds = loadDiabetes();
       break;
     case 'digits':
+    case 'digits-tasks':
       ds = loadDigits();
       break;
     case 'fashion-mnist':
+    case 'fashion-mnist-tasks':
       ds = loadFashionMnist(arg ?? opts.dataDir);
       break;
     case 'csv':
@@ -75,7 +79,7 @@ export function loadDataset(spec: string, opts: LoadOptions = {}): Dataset {
       );
   }
   if (opts.maxSamples != null && opts.maxSamples < ds.numSamples) ds = subsample(ds, opts.maxSamples, opts.seed ?? 0);
-  return ds;
+  return kind === 'digits-tasks' || kind === 'fashion-mnist-tasks' ? withDerivedTasks(kind, ds) : ds;
 }
 
 function pick<T extends object, K extends keyof T>(o: T, keys: K[]): Partial<T> {
@@ -120,7 +124,10 @@ export function takeRows(ds: Dataset, rows: ArrayLike<number>): Dataset {
     labels[i] = ds.labels[r];
   }
   const task = ds.task?.kind === 'regression' ? { ...ds.task, values: Float32Array.from(rows, (r) => (ds.task as { values: Float32Array }).values[r]) } : ds.task;
-  return { ...ds, features, labels, numSamples: rows.length, ...(task ? { task } : {}) };
+  const tasks = ds.tasks?.map((t) => ({
+    ...t, labels: Int32Array.from(rows, (r) => t.labels[r]), ...(t.values ? { values: Float32Array.from(rows, (r) => t.values![r]) } : {}),
+  }));
+  return { ...ds, features, labels, numSamples: rows.length, ...(task ? { task } : {}), ...(tasks ? { tasks } : {}) };
 }
 
 /** How a CSV file becomes a dataset: the table's columns, and optionally a schema to encode it with. */

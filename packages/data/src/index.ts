@@ -12,7 +12,8 @@
  * @packageDocumentation
  */
 export { DataError } from './errors.js';
-export { featureSize, quantileStrata, type Dataset, type DatasetTask } from './types.js';
+export { featureSize, quantileStrata, type Dataset, type DatasetTask, type DatasetTaskColumn } from './types.js';
+export { FASHION_MNIST_GROUPS, labelledRows, taskDataset, withDerivedTasks } from './multi-task.js';
 export {
   BUILTIN_DATASETS, loadCsv, loadDataset, subsampleRows, takeRows,
   type CsvOptions, type LoadOptions,

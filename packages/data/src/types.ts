@@ -30,6 +30,30 @@ export interface Dataset {
   warnings?: string[];
   /** What the samples are labelled with; absent: one classification task over `labels`, named after the label column (`label`). */
   task?: DatasetTask;
+  /**
+   * A multi-task dataset: every task its rows are labelled for, each with
+   * its own labels (see `multi-task.ts`); absent: the one task of `task`.
+   */
+  tasks?: DatasetTaskColumn[];
+  /** A multi-task dataset: the tasks each site learns by default, by site number (cycled). */
+  siteTasks?: string[][];
+}
+
+/**
+ * One task of a multi-task dataset: its name and kind, and its label of
+ * every row (a row may lack it).
+ */
+export interface DatasetTaskColumn {
+  /** The task's name (what sites that learn it share). */
+  name: string;
+  /** A classification or a regression. */
+  kind: 'classification' | 'regression';
+  /** Class index per row, -1 where the row has no label; a regression: the target's quintile (-1: missing). */
+  labels: Int32Array;
+  /** The classes, by index (a regression: its quintiles). */
+  classNames: string[];
+  /** A regression: the target per row (NaN: missing). */
+  values?: Float32Array;
 }
 
 /**

@@ -14,6 +14,8 @@ import type { CheckpointWrite } from '../checkpoint.js';
 import type { PeerEval, PeerModelOptions } from './common.js';
 import type { SettingsGroup } from '../settings.js';
 import type { BodyShare, MixedBody } from '../body-share.js';
+import type { TaskResult } from '../tasks/index.js';
+import type { MultiTaskForm } from './multi-task.js';
 
 /** Client side of an aggregation server (FedAvg and its relatives). */
 export interface ServerLink {
@@ -46,6 +48,11 @@ export interface SiteNetwork {
    * seen leaving not counted.
    */
   awaited?: readonly string[];
+  /**
+   * Multi-task sites whose tasks exchange heads (dFLMoE): one network per
+   * task the site learns, among the sites that learn that task.
+   */
+  tasks?: Record<string, SiteNetwork>;
   /** A member's name for messages; with it, a wait says every few seconds whom it is still waiting for. */
   memberName?(peer: string): string;
   logger: Logger;
@@ -74,6 +81,8 @@ export interface ExpertInfo {
   version: number;
   /** Mean gate weight on the local test split. */
   gateWeight: number;
+  /** A multi-task site: the task whose head it is. */
+  task?: string;
 }
 
 /** Per-site fields an algorithm adds to results.json. */
@@ -97,6 +106,10 @@ export interface AlgorithmSite {
   runRound(round: number, net: SiteNetwork): Promise<SiteRound>;
   /** Personalized metrics on the site's own test split. */
   evaluate(): PeerEval;
+  /** A multi-task site: every task's metrics on its test rows, by task name (else the round loop reports `evaluate` as the site's one task). */
+  taskResults?(): Record<string, TaskResult>;
+  /** A multi-task site: the tasks whose heads it exchanges, each on its own network (`SiteNetwork.tasks`). */
+  readonly headTasks?: readonly string[];
   /**
    * Activated outputs (class probabilities `[batch, classes]`, or a
    * regression's predictions `[batch, 1]`) of the model this site is
@@ -163,6 +176,8 @@ export interface Algorithm<N extends string = string, O extends AlgorithmBaseOpt
   /** The groups of settings this algorithm takes (their variants apply to its runs). */
   readonly settings: readonly SettingsGroup[];
   createSite(base: PeerModelOptions, o: O): AlgorithmSite;
+  /** How it learns several tasks at a site (`multi-task.ts`); absent: it has no multi-task form. */
+  multiTask?(o: O): MultiTaskForm;
   /** `server` algorithms: combine a round's uploads (given in rank order). */
   aggregate?(uploads: Upload[]): NamedArray[];
 }

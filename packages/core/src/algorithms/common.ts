@@ -28,6 +28,40 @@ export interface PeerModelOptions {
   initialBody?: BodyWeights;
   /** Never train the body: only the head (and, for dFLMoE, the gate and transforms) learn. */
   freezeBody?: boolean;
+  /**
+   * Use this body as it is instead of building one (`body`, `initSeed` and
+   * `initialBody` then only describe it): the tasks of a multi-task site
+   * share their site's body. The caller disposes it.
+   */
+  sharedBody?: SiteBody;
+}
+
+/** A site's body: the tfjs model and the spec it was built from. */
+export interface SiteBody {
+  /** The body's layers model. */
+  model: tfl.LayersModel;
+  /** What it was built from (a custom body's spec carries its architecture string). */
+  spec: BodySpec;
+}
+
+/** The body a site built from `o` starts with: seeded from its initial seed, or the host's own network, then the pretrained weights if given. */
+export function buildSiteBody(o: PeerModelOptions, initSeed: number): SiteBody {
+  const spec = bodySpecOf(o.body);
+  let body: SiteBody;
+  if (spec.kind === 'custom') {
+    // The host's own network: built (or copied) and checked; its architecture string says which bodies it combines with.
+    const { model, arch } = buildCustomBody(spec, o.data.sampleShape, o.featureDim);
+    body = { model, spec: { ...spec, arch } };
+  } else {
+    body = { model: buildBody(spec, o.data.sampleShape, o.featureDim, deriveSeed(initSeed, 'body')), spec };
+  }
+  try {
+    if (o.initialBody) applyBodyWeights(body.model, o.initialBody);
+  } catch (e) {
+    body.model.dispose();
+    throw e;
+  }
+  return body;
 }
 
 /** Result of one peer's evaluation on its own test split. */
@@ -60,30 +94,20 @@ export class SupervisedModel {
   readonly freezeBody: boolean;
   /** The kind of task the site learns: its loss, outputs and metrics. */
   readonly task: TaskKind;
+  /** Whether the body is this model's own (else a multi-task site's, shared by its tasks). */
+  private readonly ownsBody: boolean;
 
   constructor(o: PeerModelOptions) {
     this.id = o.id;
     this.data = o.data;
     this.task = taskKind(o.data.task);
     this.train = { ...DEFAULT_TRAIN, ...o.train };
-    const spec = bodySpecOf(o.body);
     const init = o.initSeed ?? this.train.seed;
-    if (spec.kind === 'custom') {
-      // The host's own network: built (or copied) and checked; its architecture string says which bodies it combines with.
-      const { model, arch } = buildCustomBody(spec, o.data.sampleShape, o.featureDim);
-      this.body = model;
-      this.bodySpec = { ...spec, arch };
-    } else {
-      this.body = buildBody(spec, o.data.sampleShape, o.featureDim, deriveSeed(init, 'body'));
-      this.bodySpec = spec;
-    }
+    const body = o.sharedBody ?? buildSiteBody(o, init);
+    this.ownsBody = !o.sharedBody;
+    this.body = body.model;
+    this.bodySpec = body.spec;
     this.freezeBody = o.freezeBody ?? false;
-    try {
-      if (o.initialBody) applyBodyWeights(this.body, o.initialBody);
-    } catch (e) {
-      this.body.dispose();
-      throw e;
-    }
     this.headSpec = { inputDim: o.featureDim, hidden: o.headHidden, outputDim: this.task.outputDim(o.data.task) };
     this.head = createHead(this.headSpec, deriveSeed(init, 'head'));
     this.optimizer = createOptimizer(this.train);
@@ -147,7 +171,7 @@ export class SupervisedModel {
   }
 
   dispose(): void {
-    this.body.dispose();
+    if (this.ownsBody) this.body.dispose();
     for (const l of this.head) tf.dispose([l.kernel, l.bias]);
     this.optimizer.dispose();
   }

@@ -173,6 +173,7 @@ export const dflmoe: Algorithm<'dflmoe', DflmoeSiteOptions> = {
   sameModel: false,
   bodies: 'opt-in',
   settings: [dflmoeSettings, bodySettings, stalenessSettings],
+  multiTask: (o) => ({ heads: 'experts', body: o.shareBody ? 'peers' : 'none' }),
   createSite: (base, o) => {
     // The settings' own checks (a frozen body cannot be shared), whoever built `o`.
     resolveSettings([dflmoeSettings], [], o, { freezeBody: base.freezeBody });

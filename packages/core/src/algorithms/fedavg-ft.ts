@@ -76,5 +76,6 @@ export const fedavgFt: Algorithm<'fedavg-ft', AlgorithmBaseOptions & FineTuneSet
   sameModel: true,
   settings: [fineTuneSettings],
   createSite: (base, o) => new FedAvgFtSite(base, o),
+  multiTask: () => ({ heads: 'own', body: 'server' }),
   aggregate: federatedAverage,
 };

@@ -161,5 +161,6 @@ export const fedavg: Algorithm<'fedavg'> = {
   sameModel: true,
   settings: [],
   createSite: (base, o) => new FedAvgSite(new FedAvgClient({ ...base, initSeed: sharedModelSeed(o.seed) }), o),
+  multiTask: () => ({ heads: 'own', body: 'server' }),
   aggregate: federatedAverage,
 };

@@ -97,6 +97,7 @@ export const fedrep: Algorithm<'fedrep', AlgorithmBaseOptions & FedRepSettings> 
   sameModel: true,
   settings: [fedrepSettings],
   createSite: (base, o) => new FedRepSite(new FedRepClient({ ...base, initSeed: sharedModelSeed(o.seed) }, o.headEpochs), o),
+  multiTask: () => ({ heads: 'own', body: 'server' }),
   aggregate: federatedAverage,
 };
 
@@ -143,4 +144,5 @@ export const fedrepP2p: Algorithm<'fedrep-p2p', FedRepP2pOptions> = {
   bodies: 'always',
   settings: [fedrepSettings, bodySettings, stalenessSettings],
   createSite: (base, o) => new FedRepP2pSite(new FedRepClient({ ...base, initSeed: sharedModelSeed(o.seed) }, o.headEpochs), o),
+  multiTask: () => ({ heads: 'own', body: 'peers' }),
 };

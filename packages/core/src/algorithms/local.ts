@@ -32,4 +32,5 @@ export const local: Algorithm<'local'> = {
   sameModel: false,
   settings: [],
   createSite: (base) => new LocalSite(new LocalPeer(base)),
+  multiTask: () => ({ heads: 'own', body: 'none' }),
 };
