@@ -56,34 +56,54 @@ function lineChart(data: { algorithm: string }[], y: string, yTitle: string, yFo
 
 /**
  * What a report charts: accuracy when every site learns one classification
- * task (as before tasks had kinds), else the first task's headline metric
- * (a regression's RMSE, in its units).
+ * task (as before tasks had kinds), else each task's headline metric (a
+ * regression's RMSE, in its units), one chart per task.
  */
-function reportedMetric(r: Pick<SimulationResults, 'algorithms'>): { field: string; title: string; format: string; task?: string } {
+function reportedMetrics(r: Pick<SimulationResults, 'algorithms'>): { field: string; title: string; format: string; task?: string }[] {
   const runs = Object.values(r.algorithms).filter((a) => a !== undefined);
-  if (runs.every((a) => oneClassification(a.tasks))) return { field: 'accuracy', title: 'accuracy', format: '.1%' };
-  const [task, t] = Object.entries(runs[0].tasks)[0];
-  const metric = taskKind(t.kind).headline.metric;
-  return { field: metric, title: `${metric} of task "${task}"`, format: '.4~g', task };
+  if (runs.every((a) => oneClassification(a.tasks))) return [{ field: 'accuracy', title: 'accuracy', format: '.1%' }];
+  return Object.entries(runs[0].tasks).map(([task, t]) => {
+    const metric = taskKind(t.kind).headline.metric;
+    return { field: metric, title: `${metric} of task "${task}"`, format: metric === 'accuracy' ? '.1%' : '.4~g', task };
+  });
 }
 
 /** The charts of one simulation run (or of a consortium's site directories, gathered into the same shape). */
 export function runCharts(r: Pick<SimulationResults, 'algorithms'>): Chart[] {
   const algs = Object.entries(r.algorithms).filter(([, a]) => a) as [string, NonNullable<SimulationResults['algorithms']['dflmoe']>][];
-  const h = reportedMetric(r);
-  const perRound = algs.flatMap(([algorithm, a]) => a.rounds.map((x) => ({
-    algorithm, round: x.round, [h.field]: h.task ? x.tasks[h.task].mean : x.accuracyMean, worst: h.task ? x.tasks[h.task].worst : x.accuracyMin, bytes: x.bytesSent,
-  })));
-  const perPeer = algs.flatMap(([algorithm, a]) => a.peers.map((p) => ({ algorithm, peer: p.id, [h.field]: h.task ? metricOf(p.tasks[h.task], h.field) : p.accuracy })));
+  const charts = reportedMetrics(r).flatMap((h, k) => metricCharts(algs, h, k === 0 ? '' : `:${h.task}`));
+  const perRound = algs.flatMap(([algorithm, a]) => a.rounds.map((x) => ({ algorithm, round: x.round, bytes: x.bytesSent })));
   const sending = perRound.filter((x) => x.bytes > 0);
-  const charts: Chart[] = [
+  charts.push({
+    id: 'bytes-per-round', title: 'Bytes on the network per round',
+    description: 'All sites together: heads for dFLMoE, whole models to the other members for gossip, models (bodies for FedRep) up and down for the server algorithms (log scale; algorithms that send nothing are left out).',
+    spec: lineChart(sending, 'bytes', 'bytes per round', '~s', { type: 'log' }),
+    data: sending,
+  });
+  const d = r.algorithms.dflmoe;
+  if (d && d.peers.some((p) => p.gateWeights)) charts.push(gateChart(d));
+  return charts;
+}
+
+/** The per-round and per-site charts of one metric (`idSuffix` tells a multi-task run's further tasks apart). */
+function metricCharts(
+  algs: [string, NonNullable<SimulationResults['algorithms']['dflmoe']>][], h: ReturnType<typeof reportedMetrics>[number], idSuffix: string,
+): Chart[] {
+  const perRound = algs.flatMap(([algorithm, a]) => a.rounds.map((x) => ({
+    algorithm, round: x.round, [h.field]: h.task ? x.tasks[h.task].mean : x.accuracyMean, worst: h.task ? x.tasks[h.task].worst : x.accuracyMin,
+  })));
+  const share = h.format.endsWith('%');
+  // A multi-task run: the sites that learn the task.
+  const perPeer = algs.flatMap(([algorithm, a]) => a.peers.filter((p) => !h.task || p.tasks[h.task])
+    .map((p) => ({ algorithm, peer: p.id, [h.field]: h.task ? metricOf(p.tasks[h.task], h.field) : p.accuracy })));
+  return [
     {
-      id: 'accuracy-per-round', title: `Mean personalized ${h.title} per round`,
+      id: `accuracy-per-round${idSuffix}`, title: `Mean personalized ${h.title} per round`,
       description: "Each site's model on its own test split, averaged over sites.",
       spec: lineChart(perRound, h.field, `mean ${h.title}`, h.format), data: perRound,
     },
     {
-      id: 'accuracy-per-peer', title: `Final ${h.title} per site`,
+      id: `accuracy-per-peer${idSuffix}`, title: `Final ${h.title} per site`,
       description: `Personalized ${h.title} of every site after the last round.`,
       spec: {
         $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 14 }, height: 260,
@@ -91,42 +111,36 @@ export function runCharts(r: Pick<SimulationResults, 'algorithms'>): Chart[] {
         encoding: {
           x: { field: 'peer', type: 'nominal', title: 'site', sort: null },
           xOffset: { field: 'algorithm', type: 'nominal' },
-          y: { field: h.field, type: 'quantitative', axis: { format: h.task ? '~g' : '.0%' }, scale: h.task ? { zero: true } : { domain: [0, 1] } },
+          y: { field: h.field, type: 'quantitative', axis: { format: share ? '.0%' : '~g' }, scale: share ? { domain: [0, 1] } : { zero: true } },
           color: { field: 'algorithm', type: 'nominal', scale: colorsOf(perPeer) },
-          tooltip: [{ field: 'peer' }, { field: 'algorithm' }, { field: h.field, format: h.task ? '.4~g' : '.2%' }],
+          tooltip: [{ field: 'peer' }, { field: 'algorithm' }, { field: h.field, format: share ? '.2%' : '.4~g' }],
         },
       } as TopLevelSpec,
       data: perPeer,
     },
-    {
-      id: 'bytes-per-round', title: 'Bytes on the network per round',
-      description: 'All sites together: heads for dFLMoE, whole models to the other members for gossip, models (bodies for FedRep) up and down for the server algorithms (log scale; algorithms that send nothing are left out).',
-      spec: lineChart(sending, 'bytes', 'bytes per round', '~s', { type: 'log' }),
-      data: sending,
-    },
   ];
-  const d = r.algorithms.dflmoe;
-  if (d && d.peers.some((p) => p.gateWeights)) {
-    const gates = d.peers.flatMap((p) => Object.entries(p.gateWeights ?? {}).map(([expert, weight]) => ({ peer: p.id, expert, weight })));
-    charts.push({
-      id: 'gate-weights', title: 'dFLMoE gate weights',
-      description: "Mean weight each site gives each expert on its test split. Rows: sites; columns: whose head; the diagonal is a site's own head; blank: not in the pool.",
-      spec: {
-        $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 34 }, height: { step: 22 },
-        data: { values: gates },
-        layer: [
-          { mark: 'rect', encoding: { color: { field: 'weight', type: 'quantitative', scale: { scheme: 'greens', domain: [0, 1] }, legend: { format: '.0%' } } } },
-          { mark: { type: 'text', fontSize: 9 }, encoding: { text: { field: 'weight', type: 'quantitative', format: '.2f' }, color: { condition: { test: 'datum.weight > 0.5', value: 'white' }, value: 'black' } } },
-        ],
-        encoding: {
-          x: { field: 'expert', type: 'nominal', sort: d.peers.map((p) => p.id), axis: { labelAngle: -40 }, title: 'expert (whose head)' },
-          y: { field: 'peer', type: 'nominal', sort: d.peers.map((p) => p.id), title: 'site' },
-        },
-      } as TopLevelSpec,
-      data: gates,
-    });
-  }
-  return charts;
+}
+
+/** dFLMoE's gate weights: site by expert. */
+function gateChart(d: NonNullable<SimulationResults['algorithms']['dflmoe']>): Chart {
+  const gates = d.peers.flatMap((p) => Object.entries(p.gateWeights ?? {}).map(([expert, weight]) => ({ peer: p.id, expert, weight })));
+  return {
+    id: 'gate-weights', title: 'dFLMoE gate weights',
+    description: "Mean weight each site gives each expert on its test split. Rows: sites; columns: whose head; the diagonal is a site's own head; blank: not in the pool.",
+    spec: {
+      $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 34 }, height: { step: 22 },
+      data: { values: gates },
+      layer: [
+        { mark: 'rect', encoding: { color: { field: 'weight', type: 'quantitative', scale: { scheme: 'greens', domain: [0, 1] }, legend: { format: '.0%' } } } },
+        { mark: { type: 'text', fontSize: 9 }, encoding: { text: { field: 'weight', type: 'quantitative', format: '.2f' }, color: { condition: { test: 'datum.weight > 0.5', value: 'white' }, value: 'black' } } },
+      ],
+      encoding: {
+        x: { field: 'expert', type: 'nominal', sort: d.peers.map((p) => p.id), axis: { labelAngle: -40 }, title: 'expert (whose head)' },
+        y: { field: 'peer', type: 'nominal', sort: d.peers.map((p) => p.id), title: 'site' },
+      },
+    } as TopLevelSpec,
+    data: gates,
+  };
 }
 
 const esc = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
@@ -258,20 +272,28 @@ export async function writeRunReport(dir: string, output?: string): Promise<stri
   if (!r || typeof r !== 'object' || !r.algorithms || !r.config) throw new Error(`${file} does not hold dflmoe simulation results: ${REPORT_TAKES}`);
   // Sites that share bodies: how many of the bytes were bodies.
   const withBodies = Object.values(r.algorithms).some((a) => a?.bodyBytesSent !== undefined);
-  const h = reportedMetric(r);
-  const rows = [['algorithm', h.task ? `mean ${h.title}` : 'mean acc', 'std', 'worst site', 'bytes sent', ...(withBodies ? ['of which bodies'] : []), 'seconds']];
+  const hs = reportedMetrics(r);
+  const one = hs.length === 1;
+  const h0 = hs[0];
+  const rows = [[
+    'algorithm', ...(one ? [h0.task ? `mean ${h0.title}` : 'mean acc'] : ['task', 'metric', 'mean']), 'std', 'worst site', 'bytes sent', ...(withBodies ? ['of which bodies'] : []), 'seconds',
+  ]];
   for (const [name, a] of Object.entries(r.algorithms)) {
     if (!a) continue;
     const label = name === 'dflmoe' && r.config.shareBody ? 'dflmoe (shared bodies)' : name;
     const bodies = withBodies ? [a.bodyBytesSent !== undefined ? formatBytes(a.bodyBytesSent) : '-'] : [];
-    const m = h.task ? a.tasks[h.task].metrics[h.field] : a.accuracy;
-    const f = (v: number) => (h.task ? v.toPrecision(4) : pct(v));
-    rows.push([label, f(m.mean), f(m.std), f(h.task && !taskKind(a.tasks[h.task].kind).headline.higherIsBetter ? m.max : m.min), formatBytes(a.bytesSent), ...bodies, a.wallSeconds.toFixed(1)]);
+    hs.forEach((h, k) => {
+      const m = h.task ? a.tasks[h.task].metrics[h.field] : a.accuracy;
+      const f = (v: number) => (h.task ? v.toPrecision(4) : pct(v));
+      const worst = f(h.task && !taskKind(a.tasks[h.task].kind).headline.higherIsBetter ? m.max : m.min);
+      const traffic = k === 0 ? [formatBytes(a.bytesSent), ...bodies, a.wallSeconds.toFixed(1)] : ['', ...bodies.map(() => ''), ''];
+      rows.push([k === 0 ? label : '', ...(one ? [] : [h.task!, h.field]), f(m.mean), f(m.std), worst, ...traffic]);
+    });
   }
   const c = r.config;
   const html = await renderPage({
     title: `dflmoe: ${r.dataset.name}, ${c.peers} sites, ${c.partition}`,
-    intro: `${c.rounds} rounds x ${c.epochs} epoch(s), bodies ${c.bodies.join(', ')}, feature size ${c.featureDim}, seed ${c.seed}, backend ${r.backend}. ` +
+    intro: `${c.rounds} rounds${c.epochs !== undefined ? ` x ${c.epochs} epoch(s)` : ''}, bodies ${c.bodies.join(', ')}, feature size ${c.featureDim}, seed ${c.seed}, backend ${r.backend}. ` +
       `Metrics are personalized: each site's model on its own held-out split. Data: ${r.dataset.source}`,
     tables: [{ caption: 'Summary', rows }],
     charts: runCharts(r),

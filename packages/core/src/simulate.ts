@@ -271,7 +271,7 @@ export interface SimulationResults {
   skipped?: Partial<Record<AlgorithmName, string>>;
 }
 
-/** An algorithm that needs the same model at every site, given mixed bodies: the others still run. */
+/** An algorithm that cannot run on this consortium (mixed bodies where it averages models; no multi-task form): the others still run. */
 class MixedBodiesRefused extends Error {}
 
 /** What `simulate` reports as it runs: a logger, each round, the live view's status. */
@@ -307,6 +307,7 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   const backend = await initBackend();
   let ds = await loadDatasetAsync(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
   for (const w of ds.warnings ?? []) log.warn(`${ds.name}: ${w}`);
+  if (cfg.siteTasks && !ds.tasks) throw new Error(`siteTasks needs a multi-task dataset (digits-tasks, fashion-mnist-tasks); ${ds.name} has one task`);
   const splits = siteSplits(ds, cfg);
   if (cfg.featureShift.length > 0) ds = shiftDatasetBySite(ds, splits, deriveSeed(cfg.seed, 'shift'), cfg.featureShift);
   const bodies = cfg.peers > 0 ? Array.from({ length: cfg.peers }, (_, i) => cfg.bodies[i % cfg.bodies.length]) : [];
@@ -316,7 +317,7 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   const results = emptyResults(cfg, backend.name, ds, splits);
   log.info(
     `${ds.name}: ${ds.numSamples} samples, ${cfg.peers} peers, ${formatPartition(parsePartition(cfg.partition))}, ` +
-      `${cfg.rounds} rounds x ${cfg.epochs} epoch(s), bodies ${[...new Set(bodies)].join(', ')}`,
+      `${cfg.rounds} rounds${cfg.epochs !== undefined ? ` x ${cfg.epochs} epoch(s)` : ''}, bodies ${[...new Set(bodies)].join(', ')}`,
   );
   const initialBody = cfg.pretrainedBody !== undefined ? readBodyWeights(cfg.pretrainedBody) : undefined;
   if (initialBody) {
@@ -525,6 +526,7 @@ async function runAlgorithm(
   try {
     datas.forEach((d, i) => {
       const base = peerOptions(cfg, settings.epochs, d, i, bodies[i], specs.get(bodies[i])!, initialBody);
+      if (multi && !alg.multiTask) throw new MixedBodiesRefused(`${alg.label} has no multi-task form: it averages whole models, and a multi-task site's heads stay its own`);
       sites.push(multi ? createMultiTaskSite(alg, base, multi[i], algorithmOptions(cfg, settings, i)) : alg.createSite(base, algorithmOptions(cfg, settings, i)));
     });
     if (alg.sameModel) {

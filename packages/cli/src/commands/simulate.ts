@@ -115,6 +115,7 @@ export function simulateCommand(): Command {
     .option('--train-per-site <n>', "cut each site's training split to n samples (same label mix), keeping its test split", int('--train-per-site'))
     .option('--feature-shift <kinds>', `every site sees its own transformation of the input: comma-separated ${SHIFT_KINDS.join(', ')} (rotate, contrast, noise: images; affine, noise: tables)`, list, d.featureShift)
     .addOption(new Option('--evaluate-on <split>', "test: each site's test split; validation: 20% held out of its training split (for tuning)").choices(['test', 'validation']).default(d.evaluateOn))
+    .option('--site-tasks <plan>', "multi-task datasets (digits-tasks, fashion-mnist-tasks): each site's tasks, sites separated by ; and a site's tasks by commas, cycled over the sites (default: the dataset's own plan)", siteTaskPlan)
     .option('--max-samples <n>', 'use a seeded random subset of the dataset', int('--max-samples'))
     .option('--data-dir <dir>', 'fashion-mnist: directory of the idx files')
     .option('--label-column <name>', 'csv: the label column', 'label')
@@ -141,6 +142,7 @@ export function simulateCommand(): Command {
         poisoned: o.poisoned, poisonKind: o.poisonKind,
         ...givenSettings(cmd),
         trainPerSite: o.trainPerSite, featureShift: o.featureShift, evaluateOn: o.evaluateOn,
+        ...(o.siteTasks ? { siteTasks: o.siteTasks } : {}),
         ...(o.dpNoise !== undefined ? { dp: { noiseMultiplier: o.dpNoise, clipNorm: o.dpClip, microbatches: o.dpMicrobatches, delta: o.dpDelta } } : {}),
       };
       // One progress bar per algorithm (plain lines when stderr is not a terminal).
@@ -176,6 +178,7 @@ async function simulateOverTcp(
   if (unsupported.length) throw new Error(`${unsupported.join(', ')} ${unsupported.length > 1 ? 'are' : 'is'} not available with --transport tcp yet; run it in memory (the default).`);
   // Image folders decode asynchronously; the sites' shares are written from this one copy.
   const ds = await loadDatasetAsync(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
+  if (ds.tasks) throw new Error(`${ds.name} is a multi-task dataset: multi-task sites are simulated in memory only for now (run without --transport tcp)`);
   const splits = partition(ds.labels, ds.classNames.length, cfg.peers, cfg.partition, { seed: cfg.seed, testFraction: cfg.testFraction, minSize: cfg.minSize });
   const backend = await initBackend();
   const results = emptyResults(cfg, backend.name, ds, splits);
@@ -223,4 +226,13 @@ async function simulateOverTcp(
     results.algorithms[alg] = a;
   }
   return results;
+}
+
+/** `--site-tasks digit;parity,value`: each site's tasks (sites by ;, a site's tasks by commas). */
+function siteTaskPlan(v: string): string[][] {
+  const plan = v.split(';').map((site) => site.split(',').map((t) => t.trim()).filter(Boolean));
+  if (plan.length === 0 || plan.some((ts) => ts.length === 0)) {
+    throw new InvalidArgumentError(`--site-tasks "${v}": give each site at least one task, sites separated by ; and a site's tasks by commas (digit;parity,value)`);
+  }
+  return plan;
 }

@@ -1,0 +1,181 @@
+/**
+ * Multi-task sites: several tasks on one body, each task's loss over the
+ * rows that carry its label; dFLMoE's experts matched by task; the body
+ * combined by a server or peer to peer; the built-in multi-task cells.
+ */
+import assert from 'node:assert/strict';
+import * as tf from '@tensorflow/tfjs-core';
+import {
+  algorithmSettings, createMultiTaskSite, getAlgorithm, memoryNetworks, prepareSiteTasks, runSite, silentLogger, simulate, datasetTask, scaledTask,
+  type AlgorithmName, type MultiTaskSite, type SiteRoundRecord,
+} from '@dflmoe/core/internal';
+import { fitStandardizer, labelledRows, loadDataset, partition, taskDataset, featureSize, type Dataset } from '@dflmoe/data';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { backend, cli } from './helpers.js';
+
+/** digits-tasks with some labels taken away: every third row has no parity label, every fifth no value. */
+function withMissingLabels(ds: Dataset): Dataset {
+  return {
+    ...ds,
+    tasks: ds.tasks!.map((t) => t.name === 'parity' ? { ...t, labels: t.labels.map((y, r) => (r % 3 === 0 ? -1 : y)) }
+      : t.name === 'value' ? { ...t, values: t.values!.map((v, r) => (r % 5 === 0 ? NaN : v)) } : t),
+  };
+}
+
+/** Four sites of `alg` on digits-tasks (site tasks: digit | parity,high | high | value,digit), in memory. */
+function buildSites(alg: AlgorithmName, ds: Dataset, o: Record<string, unknown> = {}): { sites: MultiTaskSite[]; dispose(): void } {
+  const splits = partition(ds.labels, ds.classNames.length, 4, 'iid', { seed: 3, testFraction: 0.3, minSize: 10 })
+    .map((s) => ({ train: s.train.subarray(0, 60), test: s.test.subarray(0, 40) }));
+  const plan = ds.siteTasks!;
+  const st = fitStandardizer(ds.features, featureSize(ds), Int32Array.from(splits.flatMap((s) => [...s.train])));
+  const info = (name: string) => {
+    const view = taskDataset(ds, name);
+    return scaledTask(view, Int32Array.from(splits.flatMap((s) => [...labelledRows(view, s.train)])));
+  };
+  const datas = splits.map((s, i) => prepareSiteTasks(ds, s, st, plan[i].map(info)));
+  const a = getAlgorithm(alg);
+  const sites = datas.map((d, i) => createMultiTaskSite(a, {
+    id: `site-${i}`, data: d.tasks[0], body: { kind: 'mlp', hidden: [32] }, featureDim: 16, headHidden: [], train: { seed: 10 + i, learningRate: 1e-2, epochs: 2 },
+  }, d, { seed: 1, maxHeadBytes: 1 << 22, maxModelBytes: 1 << 26, ...algorithmSettings(a, {}).settings, ...o } as never));
+  return {
+    sites,
+    dispose: () => {
+      sites.forEach((s) => s.dispose());
+      datas.forEach((d) => d.tasks.forEach((t) => tf.dispose([t.xTrain, t.yTrain, t.xTest, t.yTest])));
+    },
+  };
+}
+
+describe('multi-task sites', () => {
+  before(backend);
+
+  it('digits-tasks: four tasks of one image, a plan of one or two tasks per site, and labelled rows per task', () => {
+    const ds = loadDataset('digits-tasks');
+    assert.deepEqual(ds.tasks!.map((t) => [t.name, t.kind]), [['digit', 'classification'], ['parity', 'classification'], ['high', 'classification'], ['value', 'regression']]);
+    const [digit, parity, high, value] = ds.tasks!;
+    for (let r = 0; r < ds.numSamples; r += 97) {
+      assert.equal(digit.labels[r], ds.labels[r]);
+      assert.equal(parity.labels[r], ds.labels[r] % 2);
+      assert.equal(high.labels[r], ds.labels[r] >= 5 ? 1 : 0);
+      assert.equal(value.values![r], ds.labels[r]);
+    }
+    assert.deepEqual(ds.siteTasks, [['digit'], ['parity', 'high'], ['high'], ['value', 'digit']]);
+    const view = taskDataset(withMissingLabels(ds), 'parity');
+    assert.equal(datasetTask(view).name, 'parity');
+    assert.deepEqual(datasetTask(view).classNames, ['even', 'odd']);
+    assert.equal(labelledRows(view, Int32Array.from([0, 1, 2, 3, 4, 5, 6])).join(), '1,2,4,5');
+    assert.equal(labelledRows(taskDataset(withMissingLabels(ds), 'value'), Int32Array.from([0, 1, 5, 6])).join(), '1,6');
+    assert.throws(() => taskDataset(ds, 'colour'), /digits-tasks has no task "colour"; its tasks are digit, parity, high, value/);
+    const fm = loadDataset('fashion-mnist-tasks', { maxSamples: 300 });
+    assert.deepEqual(fm.tasks!.map((t) => t.name), ['item', 'group']);
+    const group = fm.tasks![1];
+    // Footwear is sandals (5), sneakers (7) and ankle boots (9).
+    for (let r = 0; r < fm.numSamples; r++) assert.equal(group.labels[r] === 2, [5, 7, 9].includes(fm.labels[r]));
+  });
+
+  it("dFLMoE: each task mixes only the heads of that task's other sites; rows without a label stay out of its loss; no tensor leaks", async () => {
+    const ds = withMissingLabels(loadDataset('digits-tasks'));
+    const { sites, dispose } = buildSites('dflmoe', ds);
+    try {
+      // Site 1 learns parity on the rows that carry a parity label only.
+      const parity = sites[1].data.tasks!.find((t) => t.task.name === 'parity')!;
+      assert.ok(parity.trainSamples < 60 && parity.trainSamples > 30, `parity rows ${parity.trainSamples}`);
+      assert.equal(sites[1].data.trainSamples, 60);
+      const nets = memoryNetworks(getAlgorithm('dflmoe'), sites, 1 << 26, silentLogger);
+      // 'high' is learnt at sites 1 and 2, 'digit' at 0 and 3; parity and value at one site each.
+      assert.deepEqual(Object.keys(nets[1].tasks!).sort(), ['high', 'parity']);
+      // Tensors held once every site has finished round 2, 3 and 4.
+      const counts: number[] = [];
+      let recs: SiteRoundRecord[][] = [];
+      for (const [from, rounds] of [[1, 2], [3, 3], [4, 4]]) {
+        recs = await Promise.all(sites.map((s, i) => runSite(s, nets[i], { from, rounds })));
+        counts.push(tf.memory().numTensors);
+      }
+      assert.equal(counts[2], counts[1], `tensors after rounds 2, 3, 4: ${counts.join(', ')}`);
+      const last = recs.map((r) => r.at(-1)!);
+      assert.deepEqual(last.map((r) => Object.keys(r.tasks).sort()), [['digit'], ['high', 'parity'], ['high'], ['digit', 'value']]);
+      for (const r of last) for (const t of Object.values(r.tasks)) assert.ok(t.testRows > 0);
+      assert.ok(last[0].tasks.digit.accuracy as number > 0.3, `digit accuracy ${String(last[0].tasks.digit.accuracy)}`);
+      assert.ok(Number.isFinite(last[3].tasks.value.rmse as number));
+      // Experts are task-matched: site 0's digit pool holds site 3's digit head, site 1's high pool site 2's; lone tasks have none.
+      const experts = sites.map((s) => s.experts().map((e) => `${e.task}:${e.peer}`).sort());
+      assert.deepEqual(experts, [['digit:site-3'], ['high:site-2'], ['high:site-1'], ['digit:site-0']]);
+      // Only heads travel: a lone task's sites send nothing for it.
+      assert.equal(nets[1].tasks!.parity.exchange!.stats().bytesSent, 0);
+      assert.ok(nets[1].tasks!.high.exchange!.stats().bytesSent > 0);
+    } finally {
+      dispose();
+    }
+  });
+
+  it('a combined body: FedAvg (a server) and fedrep-p2p (peer to peer, the mean of every member) give the same sites to the bit', async () => {
+    const ds = loadDataset('digits-tasks');
+    const results: Record<string, number>[][] = [];
+    for (const alg of ['fedavg', 'fedrep-p2p'] as const) {
+      const { sites, dispose } = buildSites(alg, ds);
+      try {
+        const nets = memoryNetworks(getAlgorithm(alg), sites, 1 << 26, silentLogger);
+        const recs = await Promise.all(sites.map((s, i) => runSite(s, nets[i], { rounds: 2 })));
+        results.push(recs.map((r) => Object.fromEntries(Object.entries(r[1].tasks).map(([k, t]) => [k, (t.accuracy ?? t.rmse) as number]))));
+        // The body travels once per site and round (not once per task): to the server, or to each of the 3 members.
+        const sent = nets.map((n) => (n.server ?? n.bodies)!.stats().messagesSent);
+        assert.deepEqual(sent, Array(4).fill(alg === 'fedavg' ? 2 : 6));
+      } finally {
+        dispose();
+      }
+    }
+    assert.deepEqual(results[0], results[1]);
+    // The combined body differs from learning alone.
+    const { sites, dispose } = buildSites('local', ds);
+    try {
+      const nets = memoryNetworks(getAlgorithm('local'), sites, 1 << 26, silentLogger);
+      const recs = await Promise.all(sites.map((s, i) => runSite(s, nets[i], { rounds: 2 })));
+      assert.notDeepEqual(recs.map((r) => Object.fromEntries(Object.entries(r[1].tasks).map(([k, t]) => [k, (t.accuracy ?? t.rmse) as number]))), results[0]);
+    } finally {
+      dispose();
+    }
+  });
+
+  it('simulate: every algorithm with a multi-task form, per-task summaries over the sites that learn each task, gossip skipped with the reason', async function () {
+    this.timeout(120_000);
+    const r = await simulate({
+      dataset: 'digits-tasks', peers: 5, rounds: 2, trainPerSite: 50, seed: 2, partition: 'iid', bodies: ['mlp:32'], featureDim: 16,
+      algorithms: ['local', 'fedavg', 'fedavg-ft', 'fedrep', 'fedrep-p2p', 'dflmoe', 'gossip'], siteTasks: [['digit', 'value'], ['parity'], ['digit']],
+    }, { logger: silentLogger });
+    assert.deepEqual(r.dataset.siteTasks, [['digit', 'value'], ['parity'], ['digit'], ['digit', 'value'], ['parity']]);
+    assert.match(r.skipped?.gossip ?? '', /Gossip has no multi-task form/i);
+    for (const alg of ['local', 'fedavg', 'fedavg-ft', 'fedrep', 'fedrep-p2p', 'dflmoe'] as const) {
+      const a = r.algorithms[alg]!;
+      assert.deepEqual(Object.fromEntries(Object.entries(a.tasks).map(([k, t]) => [k, t.sites])), { digit: 3, parity: 2, value: 2 }, alg);
+      assert.ok(Number.isNaN(a.accuracy.mean), `${alg}: a multi-task run has no one accuracy`);
+      assert.ok(a.tasks.digit.metrics.accuracy.mean > 0.1, `${alg} digit ${a.tasks.digit.metrics.accuracy.mean}`);
+      assert.ok(Number.isFinite(a.tasks.value.metrics.rmse.mean));
+      assert.ok(a.peers[1].tasks.parity && !a.peers[1].tasks.digit);
+      assert.equal(a.rounds.length, 2);
+      assert.ok(a.rounds[1].tasks.value.metric === 'rmse');
+    }
+    assert.ok(r.algorithms.local!.bytesSent === 0 && r.algorithms.dflmoe!.bytesSent > 0 && r.algorithms.fedavg!.bytesSent > r.algorithms.dflmoe!.bytesSent);
+    await assert.rejects(simulate({ dataset: 'digits-tasks', peers: 3, rounds: 1, algorithms: ['local'], siteTasks: [['digit', 'colour']] }, { logger: silentLogger }),
+      /site 0's task "colour" is not a task of digits-tasks; its tasks are digit, parity, high, value/);
+    await assert.rejects(simulate({ dataset: 'digits', peers: 3, rounds: 1, algorithms: ['local'], siteTasks: [['digit']] }, { logger: silentLogger }), /siteTasks needs a multi-task dataset/);
+    await assert.rejects(simulate({ dataset: 'digits-tasks', peers: 3, rounds: 1, algorithms: ['local'], dp: { noiseMultiplier: 1, clipNorm: 1 } }, { logger: silentLogger }),
+      /differential privacy is not available for multi-task sites yet/);
+  });
+
+  it('the CLI: --site-tasks, a table row per task, a report with a chart per task; a bad plan is one line', async function () {
+    this.timeout(60_000);
+    const out = mkdtempSync(join(tmpdir(), 'dflmoe-mt-'));
+    const r = cli(['simulate', '--dataset', 'digits-tasks', '--peers', '3', '--rounds', '1', '--algorithms', 'local,dflmoe', '--site-tasks', 'digit;value,digit', '--train-per-site', '40', '--quiet', '--out', out]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /dflmoe\s+digit\s+accuracy/);
+    assert.match(r.stdout, /^\s+value\s+rmse/m);
+    const html = readFileSync(join(out, 'report.html'), 'utf8');
+    assert.ok(html.includes('accuracy-per-round') && html.includes('accuracy-per-round:value'), 'a chart per task');
+    const bad = cli(['simulate', '--dataset', 'digits-tasks', '--site-tasks', 'digit;;value', '--out', out]);
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /--site-tasks "digit;;value": give each site at least one task/);
+    assert.equal(bad.stderr.split('\n').filter(Boolean).length <= 2, true, bad.stderr);
+  });
+});
