@@ -27,22 +27,42 @@ import { renderPage, type Chart } from '@dflmoe/cli/internal';
 
 const { values } = parseArgs({ options: { seeds: { type: 'string', default: '1,2,3' }, cells: { type: 'string', default: 'digits,fashion' }, out: { type: 'string' } } });
 const seeds = values.seeds.split(',').map(Number);
-const outDir = values.out ?? 'benchmarks/results/tasks-multi';
+const outDir = values.out ?? (values.cells === 'cross' ? 'benchmarks/results/tasks-cross' : 'benchmarks/results/tasks-multi');
 mkdirSync(outDir, { recursive: true });
 const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 const ROUNDS = 30;
 const LR = 3e-3;
-const CELLS: Record<string, { label: string; cfg: Partial<SimulationConfig> & { dataset: string } }> = {
-  digits: { label: 'digits, 4 tasks, 10 sites, 60 rows each', cfg: { dataset: 'digits-tasks', trainPerSite: 60 } },
+type Run = Partial<SimulationConfig> & { algorithms: SimulationConfig['algorithms'] };
+/** A cell: its data and the runs whose algorithms make its columns (a run of one algorithm names its column). */
+interface Cell { label: string; cfg: Partial<SimulationConfig> & { dataset: string }; runs: { column?: string; run: Run }[] }
+const STANDARD: Cell['runs'] = [
+  { run: { algorithms: ['local', 'fedavg', 'fedrep-p2p', 'dflmoe'] } },
+  { column: 'dflmoe+body', run: { algorithms: ['dflmoe'], shareBody: true } },
+];
+const CELLS: Record<string, Cell> = {
+  digits: { label: 'digits, 4 tasks, 10 sites, 60 rows each', cfg: { dataset: 'digits-tasks', trainPerSite: 60 }, runs: STANDARD },
   fashion: {
     label: 'Fashion-MNIST, items at 5 sites and groups at 5, 100 rows each',
-    cfg: { dataset: 'fashion-mnist-tasks', trainPerSite: 100, datasetOptions: { maxSamples: 6000 } },
+    cfg: { dataset: 'fashion-mnist-tasks', trainPerSite: 100, datasetOptions: { maxSamples: 6000 } }, runs: STANDARD,
+  },
+  // Experts across tasks (issue #28): "high" (digit >= 5) is a new task at site 0 alone; the others learn the digit, its parity and its value.
+  cross: {
+    label: 'digits, a new task ("high") at one site, 30 rows per site',
+    cfg: {
+      dataset: 'digits-tasks', trainPerSite: 30,
+      siteTasks: [['high'], ['digit'], ['parity'], ['digit', 'value'], ['digit'], ['parity', 'digit'], ['value'], ['digit'], ['parity'], ['digit']],
+    },
+    runs: [
+      { run: { algorithms: ['local', 'dflmoe'] } },
+      { column: 'cross 0.5', run: { algorithms: ['dflmoe'], crossTask: true } },
+      { column: 'cross 0.3', run: { algorithms: ['dflmoe'], crossTask: true, crossTaskWeight: 0.3 } },
+    ],
   },
 };
-const COLUMNS = ['local', 'fedavg', 'fedrep-p2p', 'dflmoe', 'dflmoe+body'] as const;
-type Column = (typeof COLUMNS)[number];
+type Column = string;
+const columnsOf = (cell: string) => CELLS[cell].runs.flatMap((r) => r.column ? [r.column] : r.run.algorithms);
 /** One (cell, seed, column, task): the headline metric over the task's sites, and each site's. */
 interface Row { cell: string; seed: number; column: Column; task: string; metric: string; mean: number; perSite: Record<string, number>; bytesSent: number; seconds: number }
 
@@ -54,16 +74,13 @@ for (const cell of cells) {
   const { cfg } = CELLS[cell];
   for (const seed of seeds) {
     const base = { ...cfg, peers: 10, rounds: ROUNDS, partition: 'dirichlet:0.5', seed, learningRate: LR };
-    const runs = [
-      await simulate({ ...base, algorithms: ['local', 'fedavg', 'fedrep-p2p', 'dflmoe'] }, { logger: silentLogger }),
-      await simulate({ ...base, algorithms: ['dflmoe'], shareBody: true }, { logger: silentLogger }),
-    ];
-    for (const [k, r] of runs.entries()) {
+    for (const { column, run } of CELLS[cell].runs) {
+      const r = await simulate({ ...base, ...run }, { logger: silentLogger });
       for (const [alg, a] of Object.entries(r.algorithms)) {
         for (const [task, t] of Object.entries(a!.tasks)) {
           const metric = taskKind(t.kind).headline.metric;
           rows.push({
-            cell, seed, column: (k === 1 ? 'dflmoe+body' : alg) as Column, task, metric, mean: t.metrics[metric].mean,
+            cell, seed, column: column ?? alg, task, metric, mean: t.metrics[metric].mean,
             perSite: Object.fromEntries(a!.peers.filter((p) => p.tasks[task]).map((p) => [p.id, p.tasks[task][metric] as number])),
             bytesSent: a!.bytesSent, seconds: a!.wallSeconds,
           });
@@ -77,6 +94,7 @@ const wallSeconds = (performance.now() - t0) / 1000;
 
 /** Per cell and task: each column's mean over seeds, and the site-seeds below their local-only model (accuracy < local - 0.5 pt, RMSE > 1.01 x local). */
 const summary = cells.map((cell) => {
+  const COLUMNS = columnsOf(cell);
   const tasks = [...new Set(rows.filter((r) => r.cell === cell).map((r) => r.task))];
   return {
     cell, label: CELLS[cell].label,
@@ -104,7 +122,9 @@ const fmt = (metric: string, v: number) => (metric === 'accuracy' ? `${(100 * v)
 const md = [
   `${ROUNDS} rounds, Adam ${LR}, the simulator's default model (mlp body, feature size 64), Dirichlet 0.5, seeds ${seeds.join(', ')}; ${wallSeconds.toFixed(0)} s on ${machine}.`,
   'Each task\'s headline metric over the sites that learn it, mean over seeds (accuracy: higher is better; RMSE, in the target\'s units: lower is better); "below local": site-seeds under their own local-only model (accuracy < local - 0.5 pt, RMSE > 1.01 x local).',
-  ...summary.flatMap((s) => [
+  ...summary.flatMap((s) => {
+    const COLUMNS = columnsOf(s.cell);
+    return [
     '',
     `**${s.label}**`,
     '',
@@ -113,7 +133,8 @@ const md = [
     ...s.tasks.map((t) => `| ${t.task} (${t.sites}): ${t.metric} | ${COLUMNS.map((c) => fmt(t.metric, t.columns[c].mean)).join(' | ')} |`),
     ...s.tasks.map((t) => `| ${t.task}: below local | ${COLUMNS.map((c) => (c === 'local' ? '-' : `${t.columns[c].belowLocal} / ${t.sites * seeds.length}`)).join(' | ')} |`),
     `| bytes sent | ${COLUMNS.map((c) => `${(s.tasks[0].columns[c].bytesSent / 2 ** 20).toFixed(1)} MiB`).join(' | ')} |`,
-  ]),
+    ];
+  }),
 ].join('\n');
 process.stdout.write(`${md}\n`);
 
@@ -126,8 +147,8 @@ const chart = (metric: string, title: string): Chart => ({
     mark: 'bar',
     encoding: {
       x: { field: 'series', type: 'nominal', title: null },
-      xOffset: { field: 'column', type: 'nominal', sort: [...COLUMNS] },
-      color: { field: 'column', type: 'nominal', sort: [...COLUMNS], title: 'algorithm' },
+      xOffset: { field: 'column', type: 'nominal' },
+      color: { field: 'column', type: 'nominal', title: 'algorithm' },
       y: { aggregate: 'mean', field: 'mean', type: 'quantitative', title: metric, scale: { zero: false }, ...(metric === 'accuracy' ? { axis: { format: '.0%' } } : {}) },
       tooltip: [{ field: 'series' }, { field: 'column' }, { aggregate: 'mean', field: 'mean', format: '.4f' }],
     },
@@ -139,7 +160,9 @@ writeFileSync(join(outDir, 'tasks-multi.json'), JSON.stringify({ date: new Date(
 writeFileSync(join(outDir, 'report.html'), await renderPage({ title: 'dflmoe benchmark: multi-task sites', intro: machine, tables: [], charts }));
 const readme = 'benchmarks/README.md';
 const text = readFileSync(readme, 'utf8');
-const [a, b] = ['<!-- tasks-multi:start -->', '<!-- tasks-multi:end -->'];
-if (values.out === undefined && cells.length === 2 && seeds.length === 3 && text.includes(a) && text.includes(b)) {
+// The README's section of this set of cells: the standard two, or the cross-task cell.
+const marker = cells.join() === 'cross' ? 'tasks-cross' : 'tasks-multi';
+const [a, b] = [`<!-- ${marker}:start -->`, `<!-- ${marker}:end -->`];
+if (values.out === undefined && (marker === 'tasks-cross' || cells.join() === 'digits,fashion') && seeds.length === 3 && text.includes(a) && text.includes(b)) {
   writeFileSync(readme, text.slice(0, text.indexOf(a) + a.length) + '\n' + md + '\n' + text.slice(text.indexOf(b)));
 }

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  algorithmSettings, createMultiTaskSite, getAlgorithm, memoryNetworks, prepareSiteTasks, runSite, silentLogger, simulate, datasetTask, scaledTask,
+  algorithmSettings, createMultiTaskSite, decodeTaskHeads, encodeTaskHeads, getAlgorithm, CodecError, memoryNetworks, prepareSiteTasks, runSite, silentLogger, simulate, datasetTask, scaledTask,
   type AlgorithmName, type MultiTaskSite, type SiteRoundRecord,
 } from '@dflmoe/core/internal';
 import { fitStandardizer, labelledRows, loadDataset, partition, taskDataset, featureSize, type Dataset } from '@dflmoe/data';
@@ -177,5 +177,48 @@ describe('multi-task sites', () => {
     assert.equal(bad.status, 2);
     assert.match(bad.stderr, /--site-tasks "digit;;value": give each site at least one task/);
     assert.equal(bad.stderr.split('\n').filter(Boolean).length <= 2, true, bad.stderr);
+  });
+
+  it("experts across tasks: a site's task heads as one message, refused when they disagree with their shapes", () => {
+    const task = (name: string, kind: 'classification' | 'regression', classes: number) => ({ name, kind, classNames: kind === 'classification' ? Array.from({ length: classes }, String) : [] });
+    const layer = (i: number, o: number, v = 0.5) => ({ kernel: tf.fill([i, o], v), bias: tf.zeros([o]) });
+    const heads = [{ task: task('digit', 'classification', 10), layers: [layer(8, 10)] }, { task: task('value', 'regression', 0), layers: [layer(8, 4), layer(4, 1)] }];
+    try {
+      const before = tf.memory().numTensors;
+      const r = decodeTaskHeads(encodeTaskHeads('site-1', 3, heads), 'site-1', 8, { maxBytes: 1 << 20 });
+      assert.equal(r.round, 3);
+      assert.deepEqual(r.heads.map((h) => [h.id, h.task, h.kind, h.layers.length]), [['site-1/digit', 'digit', 'classification', 1], ['site-1/value', 'value', 'regression', 2]]);
+      r.heads.forEach((h) => tf.dispose(h.layers.flatMap((l) => [l.kernel, l.bias])));
+      assert.equal(tf.memory().numTensors, before);
+      const refused = (bytes: Uint8Array, width: number, why: RegExp) => assert.throws(() => decodeTaskHeads(bytes, 'x', width, { maxBytes: 1 << 20 }), (e: unknown) => e instanceof CodecError && why.test(e.message));
+      refused(encodeTaskHeads('s', 1, heads), 16, /layer 0 has kernel \[8,10\].*expected \[16, n\]/);
+      refused(encodeTaskHeads('s', 1, [heads[0], heads[0]]), 8, /unique name/);
+      refused(encodeTaskHeads('s', 1, [{ task: task('digit', 'classification', 10), layers: [layer(8, 10, NaN)] }]), 8, /non-finite/);
+      refused(encodeTaskHeads('s', 1, [{ task: { ...task('digit', 'classification', 10), kind: 'ranking' as 'regression' }, layers: [layer(8, 10)] }]), 8, /unknown kind/);
+    } finally {
+      heads.forEach((h) => tf.dispose(h.layers.flatMap((l) => [l.kernel, l.bias])));
+    }
+  });
+
+  it('experts across tasks: a new task at one site reads the digit heads of the others; the bytes carry every task; nothing leaks', async function () {
+    this.timeout(120_000);
+    const cfg = {
+      dataset: 'digits-tasks', peers: 4, rounds: 3, trainPerSite: 30, seed: 1, partition: 'iid', bodies: ['mlp:32'], featureDim: 16, learningRate: 3e-3,
+      algorithms: ['dflmoe' as const], siteTasks: [['high'], ['digit'], ['digit', 'value'], ['parity']],
+    };
+    const before = tf.memory().numTensors;
+    const plain = await simulate(cfg, { logger: silentLogger });
+    const cross = await simulate({ ...cfg, crossTask: true }, { logger: silentLogger });
+    assert.equal(tf.memory().numTensors, before, 'every tensor of both runs disposed');
+    const c = cross.algorithms.dflmoe!;
+    // The lone task's read-out leans on the digit heads most (digit >= 5 is a linear read-out of a digit's class probabilities).
+    const w = c.peers[0].gateWeights!;
+    assert.ok(w['high <- digit'] > w['high <- parity'] && w['high <- digit'] > w['high <- value'], JSON.stringify(w));
+    assert.ok(c.bytesSent > plain.algorithms.dflmoe!.bytesSent, 'every task head goes to every site');
+    for (const p of c.peers) for (const t of Object.values(p.tasks)) assert.ok(Number.isFinite((t.accuracy ?? t.rmse) as number));
+    // Off by default: the setting's absence and false give the same run.
+    const off = await simulate({ ...cfg, crossTask: false }, { logger: silentLogger });
+    assert.deepEqual(off.algorithms.dflmoe!.tasks, plain.algorithms.dflmoe!.tasks);
+    await assert.rejects(simulate({ dataset: 'digits', peers: 2, rounds: 1, algorithms: ['dflmoe'], crossTask: true }, { logger: silentLogger }), /crossTask reads the heads of other tasks: it needs multi-task sites/);
   });
 });

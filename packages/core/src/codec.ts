@@ -27,7 +27,7 @@ export const CODEC_VERSION = 2;
 const FLOAT32_FORMAT = 1;
 const MAX_HEADER = 64 * 1024;
 
-export const BundleKind = { head: 1, model: 2, body: 3 } as const;
+export const BundleKind = { head: 1, model: 2, body: 3, heads: 4 } as const;
 export type BundleKind = keyof typeof BundleKind;
 
 /** Why a message failed validation (`CodecError.reason`): bad size, magic, version, kind, header, shapes or checksum, NaN or infinite values, or shapes that do not fit the receiver. */

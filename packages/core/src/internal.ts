@@ -34,6 +34,7 @@ export * from './algorithms/fedavg-ft.js';
 export * from './algorithms/fedrep.js';
 export * from './algorithms/gossip.js';
 export * from './algorithms/multi-task.js';
+export * from './algorithms/cross-task.js';
 export * from './algorithms/registry.js';
 export * from './rounds.js';
 export * from './interrupt.js';

@@ -61,7 +61,7 @@ const NO_TRAFFIC: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent
 
 /** A site's traffic so far: heads or models, bodies, server. */
 export function networkStats(net: SiteNetwork): ExchangeStats {
-  const parts = [net.exchange?.stats(), net.bodies?.stats(), net.server?.stats(), ...Object.values(net.tasks ?? {}).map((t) => t.exchange?.stats())]
+  const parts = [net.exchange?.stats(), net.bodies?.stats(), net.server?.stats(), ...Object.values(net.tasks ?? {}).map((t) => t.exchange?.stats()), net.crossTask?.stats()]
     .filter((s) => s !== undefined);
   return parts.reduce((a, s) => ({
     bytesSent: a.bytesSent + s.bytesSent, bytesReceived: a.bytesReceived + s.bytesReceived,
@@ -364,11 +364,15 @@ function multiTaskNetworks(alg: Algorithm, sites: AlgorithmSite[], combineLimitB
   const learners = new Map<string, string[]>();
   for (const s of sites) for (const t of s.headTasks ?? []) learners.set(t, [...(learners.get(t) ?? []), s.id]);
   const hubs = new Map([...learners.keys()].map((t) => [t, new MemoryHub({ lockstep: true })]));
+  // Heads of every task to every site that mixes across tasks.
+  const crossing = sites.filter((s) => 'crossTask' in s && s.crossTask);
+  const cross = crossing.length > 0 ? new MemoryHub({ lockstep: true }) : undefined;
   return sites.map((s, i) => {
     const tasks = Object.fromEntries((s.headTasks ?? []).map((t) => {
       const others = learners.get(t)!.length - 1;
       return [t, { exchange: hubs.get(t)!.join(s.id), quorum: others, others, deadlineMs: MEMORY_DEADLINE_MS, logger }];
     }));
-    return { ...nets[i], tasks };
+    const crossing_ = cross && crossing.includes(s) ? { crossTask: cross.join(s.id), crossOthers: crossing.length - 1 } : {};
+    return { ...nets[i], tasks, ...crossing_ };
   });
 }

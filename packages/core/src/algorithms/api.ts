@@ -53,6 +53,10 @@ export interface SiteNetwork {
    * task the site learns, among the sites that learn that task.
    */
   tasks?: Record<string, SiteNetwork>;
+  /** Multi-task dFLMoE with `crossTask`: every site's heads of every task, among all the members... */
+  crossTask?: HeadExchange;
+  /** ...of which there are this many others. */
+  crossOthers?: number;
   /** A member's name for messages; with it, a wait says every few seconds whom it is still waiting for. */
   memberName?(peer: string): string;
   logger: Logger;

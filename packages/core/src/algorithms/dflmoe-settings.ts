@@ -26,6 +26,9 @@ export const dflmoeSettings = defineSettings({
       .describe('precision of published heads: float32, float16 (half the bytes) or int8 (a quarter, with a scale per tensor)'),
     maxExperts: z.number().int().min(0).default(32)
       .describe('mix at most this many received experts, chosen each round from announcements, local scores and gate weights (0: every one)'),
+    crossTask: z.boolean().default(false)
+      .describe("multi-task consortia: each task also reads the heads of the other tasks (the members' and the site's own) through a learned map to its outputs"),
+    crossTaskWeight: z.number().min(0).max(1).default(0.5).describe("crossTask: the read-out's share of each task's output (the rest is the task's own mixture)"),
     shareBody: z.boolean().default(false)
       .describe('also share bodies, combined peer to peer before each round (see the body settings); heads stay experts'),
   },

@@ -177,6 +177,7 @@ export const dflmoe: Algorithm<'dflmoe', DflmoeSiteOptions> = {
   createSite: (base, o) => {
     // The settings' own checks (a frozen body cannot be shared), whoever built `o`.
     resolveSettings([dflmoeSettings], [], o, { freezeBody: base.freezeBody });
+    if (o.crossTask) throw new Error('crossTask reads the heads of other tasks: it needs multi-task sites (a multi-task dataset such as digits-tasks); this site learns one task');
     const peer = new DflmoePeer({ ...base, ...o });
     return new DflmoeSite(peer, o, o.shareBody ? siteBodyShare(peer, o) : undefined);
   },

@@ -15,7 +15,11 @@ import { CodecError, decodeBundle, encodeBundle, type DecodeLimits } from '../co
 import { bodyVariables, formatBodySpec } from '../model.js';
 import { createBodyShare, type BodySharingSettings, type BodyShare, type MixedBody } from '../body-share.js';
 import type { TaskResult } from '../tasks/index.js';
-import type { PeerData, SiteTasks } from '../train.js';
+import { evaluateTask, type PeerData, type SiteTasks } from '../train.js';
+import { absorbMessages } from '../exchange.js';
+import { CrossTaskReadOut, decodeTaskHeads, encodeTaskHeads, type TaskHead } from './cross-task.js';
+import { DflmoeSite } from './dflmoe-site.js';
+import * as tf from '@tensorflow/tfjs-core';
 import type { Algorithm, AlgorithmBaseOptions, AlgorithmSite, ExpertInfo, SiteNetwork, SiteRound } from './api.js';
 import { buildSiteBody, peerEval, type PeerEval, type PeerModelOptions, type SiteBody } from './common.js';
 import { assignVariables, checkShapes, readVariables, sharedModelSeed } from './fedavg.js';
@@ -37,10 +41,19 @@ export interface MultiTaskForm {
   body: 'none' | 'server' | 'peers';
 }
 
-/** One task of a multi-task site: its data and the site that trains it on the shared body. */
+/** One task of a multi-task site: its data, the site that trains it on the shared body and, with `crossTask`, its mixer. */
 interface TaskPart {
   data: PeerData;
   site: AlgorithmSite;
+  cross?: CrossTaskReadOut;
+}
+
+/** What a multi-task site is made with besides the algorithm's own settings: dFLMoE's cross-task settings, when on. */
+export interface MultiTaskOptions {
+  /** Read other tasks' heads too (`cross-task.ts`); dFLMoE only. */
+  crossTask?: boolean;
+  /** The read-out's share of each task's output. */
+  crossTaskWeight?: number;
 }
 
 /** A multi-task site (see the file's comment). */
@@ -49,15 +62,21 @@ export class MultiTaskSite implements AlgorithmSite {
   readonly bodyShare?: BodyShare;
   /** The tasks whose heads this site exchanges (`SiteNetwork.tasks`), in round order. */
   readonly headTasks: readonly string[];
+  /** Whether it also mixes other tasks' heads, sent and received on `SiteNetwork.crossTask`. */
+  readonly crossTask: boolean;
   private readonly parts: TaskPart[];
   private readonly body: SiteBody;
   private readonly arch: string;
   private readonly limits: DecodeLimits;
   private readonly counters: Record<string, number> = {};
+  /** `crossTask`: the newest heads of every other site's tasks, by site. */
+  private readonly received = new Map<string, { round: number; heads: TaskHead[] }>();
+  /** `crossTask`: this site's own heads of the round, as constants. */
+  private ownHeads: TaskHead[] = [];
 
   constructor(
     private readonly alg: Algorithm, readonly form: MultiTaskForm, base: PeerModelOptions, site: SiteTasks,
-    o: AlgorithmBaseOptions & Partial<BodySharingSettings>,
+    o: AlgorithmBaseOptions & Partial<BodySharingSettings> & MultiTaskOptions,
   ) {
     const tasks = site.tasks;
     if (tasks.length === 0) throw new Error(`site ${base.id} has no task to learn`);
@@ -74,14 +93,18 @@ export class MultiTaskSite implements AlgorithmSite {
       for (const data of ordered) {
         const seed = deriveSeed(base.train.seed ?? 0, 'task', data.task.name);
         const { initSeed: _i, ...rest } = base;
-        const site = taskAlg.createSite({ ...rest, data, sharedBody: this.body, train: { ...base.train, seed } }, { ...o, shareBody: false } as never);
-        this.parts.push({ data, site });
+        const site = taskAlg.createSite({ ...rest, data, sharedBody: this.body, train: { ...base.train, seed } }, { ...o, shareBody: false, crossTask: false } as never);
+        const cross = form.heads === 'experts' && o.crossTask === true ? new CrossTaskReadOut(data.task, {
+          weight: o.crossTaskWeight ?? 0.5, learningRate: base.train.learningRate ?? 1e-3, batchSize: base.train.batchSize ?? 32, seed: deriveSeed(seed, 'cross'),
+        }) : undefined;
+        this.parts.push({ data, site, ...(cross ? { cross } : {}) });
       }
     } catch (e) {
       this.dispose();
       throw e;
     }
     this.headTasks = form.heads === 'experts' ? ordered.map((d) => d.task.name) : [];
+    this.crossTask = this.parts.some((p) => p.cross);
     this.data = multiTaskData(site, ordered);
     if (form.body === 'peers') {
       this.bodyShare = createBodyShare(base.id, {
@@ -134,6 +157,12 @@ export class MultiTaskSite implements AlgorithmSite {
       fresh += r.fresh;
       expired.push(...(r.expired ?? []).map((e) => `${p.data.task.name}/${e}`));
     }
+    if (this.crossTask && net.crossTask) {
+      const t = await this.crossRound(round, net);
+      waitSeconds += t.waitSeconds;
+      trainSeconds += t.trainSeconds;
+      fresh += t.fresh;
+    }
     const tw = performance.now();
     if (this.form.body === 'server' && net.server) {
       await net.server.upload(round, encodeBundle('model', { arch: this.arch, round, samples: this.data.trainSamples }, readVariables(bodyVariables(this.body.model))), this.data.trainSamples);
@@ -141,6 +170,62 @@ export class MultiTaskSite implements AlgorithmSite {
     if (share?.due(round)) await share.publish(net.bodies!, round);
     waitSeconds += secondsSince(tw);
     return { loss, trainSeconds, waitSeconds, fresh, expired, ...(bodies ? { bodies } : {}) };
+  }
+
+  /**
+   * `crossTask`: publish every task's head, wait (bounded) for the other
+   * sites' heads of the round, then train each task's mixer over the
+   * heads of the other tasks (received and the site's own).
+   */
+  private async crossRound(round: number, net: SiteNetwork): Promise<{ waitSeconds: number; trainSeconds: number; fresh: number }> {
+    const ex = net.crossTask!;
+    const peers = this.parts.map((p) => (p.site as DflmoeSite).peer);
+    await ex.publish(encodeTaskHeads(this.id, round, peers.map((peer) => ({ task: peer.data.task, layers: peer.head }))), round);
+    const tw = performance.now();
+    const others = net.crossOthers ?? 0;
+    const fresh = () => [...this.received.values()].filter((r) => r.round >= round).length;
+    const take = () => absorbMessages(ex, net.logger, 'task heads', (m) => {
+      try {
+        const r = decodeTaskHeads(m.payload, m.from, this.body.model.outputs[0].shape.at(-1) as number, this.limits);
+        const old = this.received.get(m.from);
+        if (old && old.round > r.round) {
+          r.heads.forEach((h) => tf.dispose(h.layers.flatMap((l) => [l.kernel, l.bias])));
+          return 'stale-version';
+        }
+        old?.heads.forEach((h) => tf.dispose(h.layers.flatMap((l) => [l.kernel, l.bias])));
+        this.received.set(m.from, r);
+        return 'added';
+      } catch (e) {
+        if (!(e instanceof CodecError)) throw e;
+        this.counters[`cross:${e.reason}`] = (this.counters[`cross:${e.reason}`] ?? 0) + 1;
+        return e.reason as never;
+      }
+    });
+    take();
+    const deadline = Date.now() + net.deadlineMs;
+    while (fresh() < Math.min(others, net.quorum || others) && Date.now() < deadline) {
+      await ex.waitForHeads(1, Math.max(1, deadline - Date.now()));
+      take();
+    }
+    const waitSeconds = secondsSince(tw);
+    const tt = performance.now();
+    this.ownHeads.forEach((h) => tf.dispose(h.layers.flatMap((l) => [l.kernel, l.bias])));
+    this.ownHeads = peers.map((peer) => ({
+      id: `${this.id}/${peer.data.task.name}`, task: peer.data.task.name, kind: peer.data.task.kind,
+      layers: peer.head.map((l) => ({ kernel: tf.clone(l.kernel), bias: tf.clone(l.bias) })),
+    }));
+    for (const p of this.parts) {
+      tf.tidy(() => {
+        p.cross!.train(this.body.model.apply(p.data.xTrain, { training: false }) as tf.Tensor2D, p.data.yTrain, this.crossExperts(p), round);
+      });
+    }
+    return { waitSeconds, trainSeconds: secondsSince(tt), fresh: fresh() };
+  }
+
+  /** The heads a task's mixer mixes: every other task's, received or the site's own. */
+  private crossExperts(p: TaskPart): TaskHead[] {
+    const name = p.data.task.name;
+    return [...this.ownHeads, ...[...this.received.values()].flatMap((r) => r.heads)].filter((h) => h.task !== name);
   }
 
   /** Load the server's average of the bodies of `round` (a bad one is counted, logged and skipped). */
@@ -168,7 +253,29 @@ export class MultiTaskSite implements AlgorithmSite {
   }
 
   taskResults(): Record<string, TaskResult> {
-    return Object.fromEntries(this.parts.map((p) => [p.data.task.name, { kind: p.data.task.kind, testRows: p.data.testSamples, ...p.site.evaluate().metrics }]));
+    return Object.fromEntries(this.parts.map((p) => [p.data.task.name, { kind: p.data.task.kind, testRows: p.data.testSamples, ...this.taskMetrics(p) }]));
+  }
+
+  /** A task's metrics: its site's, or with `crossTask` its mixer's over the task's mixture and the other tasks' heads. */
+  private taskMetrics(p: TaskPart): Record<string, number> {
+    if (!p.cross || this.ownHeads.length === 0) return p.site.evaluate().metrics;
+    const experts = this.crossExperts(p);
+    return evaluateTask(p.data.task, p.data.xTest, p.data.yTest, (xb) => {
+      const z = this.body.model.apply(xb, { training: false }) as tf.Tensor2D;
+      return p.cross!.predict(z, p.site.predict!(xb), experts);
+    });
+  }
+
+  /** `crossTask`: how much each task's read-out leans on each other task (`<task> <- <other>`: the share of its map weights). */
+  resultExtras() {
+    if (!this.crossTask || this.ownHeads.length === 0) return {};
+    const gateWeights: Record<string, number> = {};
+    for (const p of this.parts) {
+      const experts = this.crossExperts(p);
+      const w = p.cross!.reliance(experts);
+      for (const e of experts) gateWeights[`${p.data.task.name} <- ${e.task}`] = (gateWeights[`${p.data.task.name} <- ${e.task}`] ?? 0) + w[e.id];
+    }
+    return { gateWeights };
   }
 
   experts(): ExpertInfo[] {
@@ -187,7 +294,11 @@ export class MultiTaskSite implements AlgorithmSite {
   }
 
   dispose(): void {
-    for (const p of this.parts) p.site.dispose();
+    for (const p of this.parts) {
+      p.site.dispose();
+      p.cross?.dispose();
+    }
+    for (const h of [...this.ownHeads, ...[...this.received.values()].flatMap((r) => r.heads)]) tf.dispose(h.layers.flatMap((l) => [l.kernel, l.bias]));
     this.body.model.dispose();
   }
 }
@@ -198,7 +309,7 @@ function multiTaskData(s: SiteTasks, ordered: PeerData[]): PeerData {
 }
 
 /** Sites of `alg` that learn several tasks, or one task of a multi-task dataset; throws when `alg` has no multi-task form. */
-export function createMultiTaskSite(alg: Algorithm, base: PeerModelOptions, tasks: SiteTasks, o: AlgorithmBaseOptions & Partial<BodySharingSettings>): MultiTaskSite {
+export function createMultiTaskSite(alg: Algorithm, base: PeerModelOptions, tasks: SiteTasks, o: AlgorithmBaseOptions & Partial<BodySharingSettings> & MultiTaskOptions): MultiTaskSite {
   const form = alg.multiTask?.(o);
   if (!form) throw new Error(`${alg.label} has no multi-task form: ${alg.name} averages whole models, and a multi-task site's heads stay its own; use fedrep-p2p (body peer to peer) or fedavg (body through a server)`);
   return new MultiTaskSite(alg, form, base, tasks, o);
