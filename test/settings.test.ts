@@ -17,7 +17,7 @@ import { backend, cli, tinyDataset, tinyPeers } from './helpers.js';
 const site = { key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], rounds: 1, out: 'o', data: { dataset: 'breast-cancer' } };
 /** A value of a setting other than its default, that its schema accepts. */
 function otherValue(name: string, dflt: unknown): unknown {
-  const special: Record<string, unknown> = { alpha: 0.5, fst: 'diag', headPrecision: 'float16', bodyCombiner: 'median', topology: 'ring', admission: 0.5, gossipPeers: 4 };
+  const special: Record<string, unknown> = { alpha: 0.5, fst: 'diag', headPrecision: 'float16', bodyCombiner: 'median', topology: 'ring', admission: 0.5, gossipPeers: 4, crossTaskWeight: 0.3 };
   if (name in special) return special[name];
   if (typeof dflt === 'boolean') return !dflt;
   if (typeof dflt === 'number') return dflt + 1;

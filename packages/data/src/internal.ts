@@ -8,6 +8,7 @@
  */
 export * from './errors.js';
 export * from './types.js';
+export * from './multi-task.js';
 export * from './rng.js';
 export * from './idx.js';
 export * from './datasets.js';
