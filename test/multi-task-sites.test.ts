@@ -5,14 +5,14 @@
  * the sites that learn them.
  */
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type SiteDataSpec } from '@dflmoe/data/internal';
-import { freePort, startProcess, waitExit } from '@dflmoe/cli/internal';
+import { freePort, waitExit } from '@dflmoe/cli/internal';
 import { ConfigError, generateIdentity, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
 import { Rng } from '@dflmoe/data/internal';
+import { processGroup } from './helpers.js';
 
 /** Patients: age, bmi, ward; `died` (0/1, older patients more often) and `los_days` (longer with age); `blank` empties some label cells. */
 function patients(dir: string, name: string, rows: number, seed: number, columns: ('died' | 'los_days')[], blank: (i: number) => ('died' | 'los_days')[] = () => []): string {
@@ -122,11 +122,8 @@ describe('multi-task site data and its agreement', () => {
 
 describe('a multi-task consortium of site processes (dFLMoE over TCP)', function () {
   this.timeout(120_000);
-  let procs: ChildProcess[] = [];
-  after(() => {
-    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
-    procs = [];
-  });
+  const procs = processGroup();
+  after(() => procs.kill());
 
   it('north learns two tasks, south and east one each: each task\'s heads go only to the sites that learn it, and the run stops by itself', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-mt-tcp-'));
@@ -153,8 +150,7 @@ describe('a multi-task consortium of site processes (dFLMoE over TCP)', function
       writeFileSync(s.config, JSON.stringify(cfg, null, 2));
     }
     const t0 = Date.now();
-    const ps = sites.map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`));
-    procs.push(...ps);
+    const ps = sites.map((s) => procs.start(['peer', '--config', s.config], `${s.out}.log`));
     const logs = () => sites.map((s) => `${s.name}:\n${readFileSync(`${s.out}.log`, 'utf8').slice(-2000)}`).join('\n');
     assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 90000))), [0, 0, 0], logs());
     assert.ok(Date.now() - t0 < 90000, 'the run stopped by itself');
