@@ -9,7 +9,7 @@ import { createServer } from 'node:net';
 import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Interrupted, type AlgorithmName, type AlgorithmResult, type PeerResult, type RoundResult, type SimulationConfig } from '@dflmoe/core';
-import { getAlgorithm, networkBytes, roundHeadlines, summarize, summarizeTasks } from '@dflmoe/core/internal';
+import { assignedTasks, getAlgorithm, networkBytes, roundHeadlines, summarize, summarizeTasks } from '@dflmoe/core/internal';
 import { loadDataset, partition, type Dataset, type PeerSplit } from '@dflmoe/data';
 import { writeShare } from '@dflmoe/data/internal';
 import { generateIdentity, loadIdentity, parsePeerConfig, parseServerConfig, saveIdentity, type PeerRunResult, type RoundLine } from '@dflmoe/p2p';
@@ -107,9 +107,16 @@ export function writeShares(dir: string, sim: SimulationConfig, shares?: Consort
   if (splits.length !== sim.peers) throw new Error(`${splits.length} splits for ${sim.peers} sites`);
   return splits.map((split, i) => {
     const file = shareName(i);
-    writeShare(join(dir, file), ds, split, { dataset: sim.dataset, peers: sim.peers, index: i, partition: sim.partition, seed: sim.seed });
+    // A multi-task dataset: the site's share holds the label columns of its own tasks only.
+    const own = ds.tasks ? { ...ds, tasks: assignedTasks(ds, sim, i).map((t) => ds.tasks!.find((c) => c.name === t) ?? unknownTask(ds, t, i)) } : ds;
+    writeShare(join(dir, file), own, split, { dataset: sim.dataset, peers: sim.peers, index: i, partition: sim.partition, seed: sim.seed });
     return file;
   });
+}
+
+/** Throws: site `i`'s task `t` is not one of the multi-task `ds`'s. */
+function unknownTask(ds: Dataset, t: string, i: number): never {
+  throw new Error(`site ${i}'s task "${t}" is not a task of ${ds.name}; its tasks are ${ds.tasks!.map((c) => c.name).join(', ')}`);
 }
 
 /** Write keys and one config per site (and the server's, for server algorithms) into `dir`. */

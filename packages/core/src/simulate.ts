@@ -7,7 +7,7 @@
 import {
   featureSize, labelledRows, loadDatasetAsync, partition, SHIFT_KINDS, taskDataset, type Dataset, type LoadOptions, type PeerSplit, type ShiftKind, type Standardizer,
 } from '@dflmoe/data';
-import { agreedStandardizer, capTrainPerSite, federatedAgreement, deriveSeed, holdoutSplit, partitionHistograms, formatPartition, parsePartition, shiftDatasetBySite } from '@dflmoe/data/internal';
+import { agreedStandardizer, capTrainPerSite, federatedAgreement, federatedTaskAgreement, deriveSeed, holdoutSplit, partitionHistograms, formatPartition, parsePartition, shiftDatasetBySite } from '@dflmoe/data/internal';
 import { initBackend } from './backend.js';
 import { DEFAULT_LIMITS, type AlgorithmSite } from './algorithms/api.js';
 import type { PeerModelOptions } from './algorithms/common.js';
@@ -357,7 +357,7 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
 }
 
 /** The tasks site `i` learns in a simulation of the multi-task `ds` (see `SimulationConfig.siteTasks`). */
-function assignedTasks(ds: Dataset, cfg: Pick<SimulationConfig, 'siteTasks'>, i: number): string[] {
+export function assignedTasks(ds: Dataset, cfg: Pick<SimulationConfig, 'siteTasks'>, i: number): string[] {
   const plan = cfg.siteTasks ?? ds.siteTasks ?? [ds.tasks!.map((t) => t.name)];
   return plan[i % plan.length];
 }
@@ -375,10 +375,12 @@ function multiTaskData(ds: Dataset, cfg: SimulationConfig, splits: PeerSplit[], 
     if (bad !== undefined) throw new Error(`site ${i}'s task "${bad}" is not a task of ${ds.name}; its tasks are ${[...names].join(', ')}`);
     if (ts.length === 0) throw new Error(`site ${i} has no task to learn`);
   }
+  // A regression target's pooled scale from the sites' sums, as site processes agree on it (to the bit).
+  const agreed = cfg.standardize === 'federated' ? federatedTaskAgreement(ds, splits, plan) : undefined;
   const infos = new Map([...names].map((name) => {
     const view = taskDataset(ds, name);
     const rows = Int32Array.from(splits.flatMap((s, i) => (plan[i].includes(name) ? [...labelledRows(view, s.train)] : [])));
-    return [name, st ? scaledTask(view, rows) : datasetTask(view)];
+    return [name, st ? scaledTask(view, rows, agreed?.find((a) => a.name === name)?.scale) : datasetTask(view)];
   }));
   const out: SiteTasks[] = [];
   try {

@@ -70,10 +70,30 @@ export interface SummaryTask {
   sumSq?: number;
 }
 
+/**
+ * One task of a multi-task site's summary (`LocalSummary.tasks`): the task,
+ * over the site's training rows that carry its label.
+ */
+export interface SummaryTaskEntry extends SummaryTask {
+  /** Training rows that carry this task's label. */
+  numRows: number;
+  /** Classification: the classes (sorted; with the declared ones); regression: empty. */
+  classNames: string[];
+  /** Rows per class, aligned with `classNames` (regression: empty). */
+  labelCounts: number[];
+  /** Classification: the label set the site declares for the task, in order, if it declares one. */
+  declared?: string[];
+}
+
 /** What a site shares about its training rows. Plain JSON. */
 export interface LocalSummary {
   /** The task the labels are for (absent: one classification task, named after the label column). */
   task?: SummaryTask;
+  /**
+   * A multi-task site: each of its tasks over the rows that carry its label
+   * (`task` is then absent, and `schema.classNames` and `labelCounts` empty).
+   */
+  tasks?: SummaryTaskEntry[];
   /** Version of the summary's layout (1). */
   version: 1;
   /** The id of the site the summary is from (its peer ID over libp2p). */
@@ -112,6 +132,29 @@ export interface AgreedSchema {
   labelCounts: number[];
   /** The task the sites agreed on; a regression target's pooled mean and standard deviation. */
   task?: { name: string; kind: 'classification' | 'regression'; scale?: { mean: number; std: number } };
+  /**
+   * A multi-task agreement (some site learns several tasks): every task of
+   * the merged sites, by name; `task` is then absent and the classes are each task's.
+   */
+  tasks?: AgreedTask[];
+}
+
+/** One task of a multi-task agreement: its kind, the sites that learn it, its label set or a regression target's pooled scale. */
+export interface AgreedTask {
+  /** The task's name. */
+  name: string;
+  /** Whether its labels are classes or numbers. */
+  kind: 'classification' | 'regression';
+  /** Classification: the union of the sites' classes (sorted), or the declared label set in its order; regression: empty. */
+  classNames: string[];
+  /** Rows per class over the sites that learn it, aligned with `classNames`. */
+  labelCounts: number[];
+  /** Training rows that carry its label, over those sites. */
+  numRows: number;
+  /** The sites that learn it, sorted. */
+  sites: string[];
+  /** Regression: the target's pooled mean and standard deviation. */
+  scale?: { mean: number; std: number };
 }
 
 /** Guard used by every standardizer: a feature with a smaller spread gets std 1. */
@@ -145,8 +188,37 @@ export function summarizeTable(table: RawTable, site: string, rows?: ArrayLike<n
   const regression = task?.kind === 'regression';
   const inferred = inferTableSchema(sub);
   const schema = regression ? { ...inferred, classNames: [] } : inferred;
+  const { featureNames, stats } = tableStats(sub, schema, regression);
+  const n = sub.labels.length;
+  return {
+    version: 1, site, numRows: n, schema, labelCounts: regression ? [] : countLabels(schema.classNames, sub.labels),
+    featureNames, stats,
+    ...(task ? { task: regression ? { ...task, ...targetSums(regressionTargets(sub)) } : { name: task.name, kind: task.kind } } : {}),
+  };
+}
+
+/**
+ * A multi-task site's summary (`LocalSummary.tasks`): its features over
+ * `rows` (its training rows), with no classes of its own, and `tasks`, each
+ * task's entry over those rows that carry its label.
+ */
+export function summarizeMultiTask(data: RawTable | Dataset, site: string, rows: ArrayLike<number>, tasks: SummaryTaskEntry[]): LocalSummary {
+  if ('columns' in data) {
+    const sub = takeTableRows(data, rows);
+    const schema = { ...inferTableSchema(sub), classNames: [] };
+    return { version: 1, site, numRows: sub.labels.length, schema, labelCounts: [], ...tableStats(sub, schema, true), tasks };
+  }
+  const idx = Array.from(rows);
+  return {
+    version: 1, site, numRows: idx.length, schema: { kind: 'tensor', classNames: [], shape: [...data.sampleShape] }, labelCounts: [], featureNames: [],
+    stats: datasetStats(data, idx), tasks,
+  };
+}
+
+/** A table's per-feature statistics in the layout of `schema` (`unlabelled`: its labels are not classes). */
+function tableStats(sub: RawTable, schema: TableSchema, unlabelled: boolean): { featureNames: string[]; stats: FeatureStats } {
   const slots = featureLayout(schema);
-  const { features } = encodeTable(regression ? { ...sub, labelled: false } : sub, schema);
+  const { features } = encodeTable(unlabelled ? { ...sub, labelled: false } : sub, schema);
   const n = sub.labels.length;
   const d = slots.length;
   const stats = emptyStats(d);
@@ -164,15 +236,11 @@ export function summarizeTable(table: RawTable, site: string, rows?: ArrayLike<n
       }
     }
   });
-  return {
-    version: 1, site, numRows: n, schema, labelCounts: regression ? [] : countLabels(schema.classNames, sub.labels),
-    featureNames: slots.map((s) => s.name), stats,
-    ...(task ? { task: regression ? { ...task, ...targetSums(regressionTargets(sub)) } : { name: task.name, kind: task.kind } } : {}),
-  };
+  return { featureNames: slots.map((s) => s.name), stats };
 }
 
 /** The sum and sum of squares of a regression target (float64). */
-function targetSums(values: Float32Array): { sum: number; sumSq: number } {
+export function targetSums(values: Iterable<number>): { sum: number; sumSq: number } {
   let sum = 0;
   let sumSq = 0;
   for (const v of values) {
@@ -185,13 +253,9 @@ function targetSums(values: Float32Array): { sum: number; sumSq: number } {
 /** Summarize a site's rows of a fixed-shape dataset (images, or features already encoded). */
 export function summarizeDataset(ds: Dataset, site: string, rows?: ArrayLike<number>, task?: SummaryTask): LocalSummary {
   const idx = rows ? Array.from(rows) : Array.from({ length: ds.numSamples }, (_, i) => i);
-  const d = featureSize(ds);
-  const stats = emptyStats(d);
+  const stats = datasetStats(ds, idx);
   const present = new Set<number>();
-  for (const r of idx) {
-    present.add(ds.labels[r]);
-    for (let j = 0; j < d; j++) observe(stats, j, ds.features[r * d + j]);
-  }
+  for (const r of idx) present.add(ds.labels[r]);
   // A regression target: its sums instead of classes (the labels are only its quintiles).
   const dsTask = ds.task;
   if (dsTask?.kind === 'regression') {
@@ -210,6 +274,36 @@ export function summarizeDataset(ds: Dataset, site: string, rows?: ArrayLike<num
   };
 }
 
+/** Per-feature statistics of a fixed-shape dataset's rows `idx`. */
+function datasetStats(ds: Dataset, idx: number[]): FeatureStats {
+  const d = featureSize(ds);
+  const stats = emptyStats(d);
+  for (const r of idx) for (let j = 0; j < d; j++) observe(stats, j, ds.features[r * d + j]);
+  return stats;
+}
+
+/** Check a multi-task summary's tasks (`bad` makes the error naming the site). */
+function validateTasks(s: LocalSummary, bad: (why: string) => DataError): void {
+  const ts = s.tasks!;
+  const isCount = (v: unknown) => Number.isInteger(v) && (v as number) >= 0;
+  const isStrings = (a: unknown) => Array.isArray(a) && a.every((x) => typeof x === 'string');
+  if (!Array.isArray(ts) || ts.length === 0) throw bad('tasks must list at least one task');
+  if (s.task !== undefined || s.schema.classNames.length > 0) throw bad('a multi-task summary has its classes in its tasks');
+  if (new Set(ts.map((t) => t?.name)).size !== ts.length) throw bad('a task is listed twice');
+  for (const t of ts) {
+    if (typeof t?.name !== 'string' || t.name === '') throw bad('a task has no name');
+    if (t.kind !== 'classification' && t.kind !== 'regression') throw bad(`task "${t.name}": unknown kind`);
+    if (!isCount(t.numRows) || t.numRows > s.numRows) throw bad(`task "${t.name}": numRows must be a count of at most the summary's rows`);
+    if (!isStrings(t.classNames) || new Set(t.classNames).size !== t.classNames.length) throw bad(`task "${t.name}": classNames must be distinct strings`);
+    if (!Array.isArray(t.labelCounts) || t.labelCounts.length !== t.classNames.length || !t.labelCounts.every(isCount)) throw bad(`task "${t.name}": labelCounts must give a count per class`);
+    if (t.declared !== undefined && (!isStrings(t.declared) || t.kind === 'regression')) throw bad(`task "${t.name}": bad declared classes`);
+    if (t.kind === 'regression') {
+      if (t.classNames.length > 0) throw bad(`task "${t.name}" is a regression: it has no classes`);
+      if (!Number.isFinite(t.sum) || !Number.isFinite(t.sumSq) || t.sumSq! < 0) throw bad(`task "${t.name}": the target's sums must be finite numbers`);
+    } else if (t.labelCounts.reduce((a, b) => a + b, 0) !== t.numRows) throw bad(`task "${t.name}": labelCounts do not add up to its numRows`);
+  }
+}
+
 /** Check a summary received from elsewhere: structure, sizes, finite numbers. Errors name the site. */
 export function validateSummary(s: LocalSummary): void {
   const site = typeof s?.site === 'string' && s.site !== '' ? s.site : undefined;
@@ -225,14 +319,15 @@ export function validateSummary(s: LocalSummary): void {
     throw bad('labelCounts must give a count per class');
   }
   const t = s.task;
-  if (t !== undefined) {
+  if (s.tasks !== undefined) validateTasks(s, bad);
+  else if (t !== undefined) {
     if (typeof t?.name !== 'string' || t.name === '') throw bad('the task has no name');
     if (t.kind !== 'classification' && t.kind !== 'regression') throw bad(`task "${t.name}": unknown kind`);
   }
   if (t?.kind === 'regression') {
     if (sch.classNames.length > 0) throw bad(`task "${t.name}" is a regression: it has no classes`);
     if (!Number.isFinite(t.sum) || !Number.isFinite(t.sumSq) || t.sumSq! < 0) throw bad(`task "${t.name}": the target's sums must be finite numbers`);
-  } else if (s.labelCounts.reduce((a, b) => a + b, 0) !== s.numRows) throw bad('labelCounts do not add up to numRows');
+  } else if (s.tasks === undefined && s.labelCounts.reduce((a, b) => a + b, 0) !== s.numRows) throw bad('labelCounts do not add up to numRows');
   let d: number;
   if (sch.kind === 'tensor') {
     if (!Array.isArray(sch.shape) || sch.shape.length < 1 || !sch.shape.every((v) => Number.isInteger(v) && v > 0)) throw bad('bad shape');
@@ -325,8 +420,11 @@ export function mergeSummaries(summaries: LocalSummary[]): AgreedSchema {
     ({ schema, featureNames, stats } = mergeTables(sorted, classNames));
   }
   const { mean, std } = meanStd(stats);
-  const task = agreedTask(sorted);
-  return { version: 1, schema, featureNames, mean, std, stats, sites, numRows, labelCounts, ...(task ? { task } : {}) };
+  // Multi-task summaries: every task agreed over the sites that learn it (a one-task summary among them has its task in `tasks` too).
+  const multi = sorted.some((s) => s.tasks);
+  const task = multi ? undefined : agreedTask(sorted);
+  const tasks = multi ? agreedTasks(sorted.map((s) => ({ site: s.site, tasks: s.tasks ?? [] }))) : undefined;
+  return { version: 1, schema, featureNames, mean, std, stats, sites, numRows, labelCounts, ...(task ? { task } : {}), ...(tasks ? { tasks } : {}) };
 }
 
 /**
@@ -337,20 +435,70 @@ export function mergeSummaries(summaries: LocalSummary[]): AgreedSchema {
 function agreedTask(sorted: LocalSummary[]): AgreedSchema['task'] {
   const named = sorted.filter((s) => s.task);
   if (named.length === 0) return undefined;
-  const kindOf = (s: LocalSummary) => s.task?.kind ?? 'classification';
-  const regression = sorted.filter((s) => kindOf(s) === 'regression').map((s) => s.site);
-  const classification = sorted.filter((s) => kindOf(s) === 'classification').map((s) => s.site);
   const name = named[0].task!.name;
+  const kind = agreedKind(name, sorted.map((s) => ({ site: s.site, kind: s.task?.kind ?? 'classification' })));
+  if (kind === 'classification') return { name, kind: 'classification' };
+  return { name, kind: 'regression', scale: pooledScale(sorted.map((s) => ({ numRows: s.numRows, sum: s.task!.sum!, sumSq: s.task!.sumSq! }))) };
+}
+
+/** The one kind the sites give task `name`; throws naming the sites of each kind when they differ. */
+function agreedKind(name: string, at: { site: string; kind: 'classification' | 'regression' }[]): 'classification' | 'regression' {
+  const regression = at.filter((s) => s.kind === 'regression').map((s) => s.site);
+  const classification = at.filter((s) => s.kind === 'classification').map((s) => s.site);
   if (regression.length > 0 && classification.length > 0) {
     throw new DataError(`the label is a regression target at ${list(regression)} but classes at ${list(classification)}: declare one kind for task "${name}" at every site`);
   }
-  if (regression.length === 0) return { name, kind: 'classification' };
-  const n = sorted.reduce((a, s) => a + s.numRows, 0);
+  return regression.length > 0 ? 'regression' : 'classification';
+}
+
+/** A regression target's pooled mean and standard deviation from the sites' row counts and sums. */
+function pooledScale(parts: { numRows: number; sum: number; sumSq: number }[]): { mean: number; std: number } {
+  const n = parts.reduce((a, s) => a + s.numRows, 0);
   // In ascending order, as the features' sums: the same bits whatever order the sites come in.
   const add = (xs: number[]) => Float64Array.from(xs).sort().reduce((a, b) => a + b, 0);
-  const mean = n > 0 ? add(sorted.map((s) => s.task!.sum!)) / n : 0;
-  const sd = n > 0 ? Math.sqrt(Math.max(0, add(sorted.map((s) => s.task!.sumSq!)) / n - mean * mean)) : 0;
-  return { name, kind: 'regression', scale: { mean, std: sd > MIN_STD ? sd : 1 } };
+  const mean = n > 0 ? add(parts.map((s) => s.sum)) / n : 0;
+  const sd = n > 0 ? Math.sqrt(Math.max(0, add(parts.map((s) => s.sumSq)) / n - mean * mean)) : 0;
+  return { mean, std: sd > MIN_STD ? sd : 1 };
+}
+
+/** A classification task's summary entry from the labels of its rows (`extra`: classes the site has beyond them, with no rows). */
+export function classificationEntry(name: string, labels: string[], extra: string[], declared?: string[]): SummaryTaskEntry {
+  const classNames = sortNames([...labels, ...extra]);
+  return { name, kind: 'classification', numRows: labels.length, classNames, labelCounts: countLabels(classNames, labels), ...(declared ? { declared: [...declared] } : {}) };
+}
+
+/**
+ * Every task of multi-task sites, agreed per task name over the sites that
+ * learn it: one kind (a clash names the sites of each), the label set (the
+ * union, sorted, or the one declared: every declaring site must declare the
+ * same, and hold no class outside it), and a regression target's pooled
+ * scale. Sorted by name; the same whatever order the sites come in.
+ */
+export function agreedTasks(sites: { site: string; tasks: SummaryTaskEntry[] }[]): AgreedTask[] {
+  const sorted = [...sites].sort((a, b) => (a.site < b.site ? -1 : a.site > b.site ? 1 : 0));
+  const names = [...new Set(sorted.flatMap((s) => s.tasks.map((t) => t.name)))].sort();
+  return names.map((name): AgreedTask => {
+    const at = sorted.flatMap((s) => s.tasks.filter((t) => t.name === name).map((t) => ({ site: s.site, t })));
+    const kind = agreedKind(name, at.map((a) => ({ site: a.site, kind: a.t.kind })));
+    const base = { name, kind, numRows: at.reduce((a, x) => a + x.t.numRows, 0), sites: at.map((a) => a.site) };
+    if (kind === 'regression') return { ...base, classNames: [], labelCounts: [], scale: pooledScale(at.map((a) => ({ numRows: a.t.numRows, sum: a.t.sum!, sumSq: a.t.sumSq! }))) };
+    const declaring = at.filter((a) => a.t.declared);
+    const first = declaring[0];
+    for (const d of declaring.slice(1)) {
+      if (d.t.declared!.join('\u0000') !== first.t.declared!.join('\u0000')) {
+        throw new DataError(`site "${d.site}" declares the classes ${list(d.t.declared!)} of task "${name}" but site "${first.site}" declares ${list(first.t.declared!)}`);
+      }
+    }
+    const classNames = first ? [...first.t.declared!] : sortNames(at.flatMap((a) => a.t.classNames));
+    for (const a of at) {
+      const extra = a.t.classNames.filter((c) => !classNames.includes(c));
+      if (extra.length > 0) throw new DataError(`site "${a.site}" has class${extra.length > 1 ? 'es' : ''} ${list(extra)} of task "${name}", not among the declared classes ${list(classNames)}`);
+    }
+    const index = new Map(classNames.map((c, k) => [c, k]));
+    const labelCounts = new Array<number>(classNames.length).fill(0);
+    for (const a of at) a.t.classNames.forEach((c, k) => (labelCounts[index.get(c)!] += a.t.labelCounts[k]));
+    return { ...base, classNames, labelCounts };
+  });
 }
 
 /**
@@ -517,7 +665,8 @@ export function encodeWithSchema(data: RawTable | Dataset, agreed: AgreedSchema)
       : { name: c.name, kind: 'categorical', values: new Array<string | null>(rows).fill(null) }));
     const full = absent.length > 0 ? { ...data, columns: [...data.columns, ...absent] } : data;
     const regression = agreed.task?.kind === 'regression';
-    const { features, labels, featureNames } = encodeTable(regression ? { ...full, labelled: false } : full, schema);
+    // Multi-task: the labels are each task's (encoded by the caller).
+    const { features, labels, featureNames } = encodeTable(regression || agreed.tasks ? { ...full, labelled: false } : full, schema);
     const n = labels.length;
     // A regression target: its values, and their quintiles where classes would be.
     const target = regression ? regressionTargets(data) : undefined;
@@ -536,7 +685,8 @@ export function encodeWithSchema(data: RawTable | Dataset, agreed: AgreedSchema)
   if (data.sampleShape.join('x') !== schema.shape.join('x')) {
     throw new DataError(`${data.name} has samples of shape ${data.sampleShape.join('x')} but the consortium agreed on ${schema.shape.join('x')}`);
   }
-  // A regression target travels as it is (its quintiles stay the labels).
+  // A regression target travels as it is (its quintiles stay the labels); a multi-task site's labels are encoded per task.
+  if (agreed.tasks) return { dataset: data, standardizer };
   if (agreed.task?.kind === 'regression') {
     if (data.task?.kind !== 'regression') throw new DataError(`${data.name} has no regression target, but the consortium agreed on the regression task "${agreed.task.name}"`);
     return { dataset: data, standardizer };

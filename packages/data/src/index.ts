@@ -27,12 +27,12 @@ export {
 } from './table.js';
 export {
   federatedStandardizer, validateSummary,
-  type AgreedSchema, type FeatureSchema, type FeatureStats, type LocalSummary, type SummaryTask, type TensorSchema,
+  type AgreedSchema, type AgreedTask, type FeatureSchema, type FeatureStats, type LocalSummary, type SummaryTask, type SummaryTaskEntry, type TensorSchema,
 } from './federated.js';
 export {
   encodeSiteData, loadSiteData, readInputs, reconcileStatements, siteStatement,
   type EncodedInputs, type EncodedSite, type InputSpec, type Reconciled, type SiteData, type SiteDataBase, type SiteDataSpec,
-  type SiteStatement,
+  type SiteStatement, type SiteTask,
 } from './site-data.js';
 export {
   encodeRows, siteDataFromRows, siteDataFromSamples,

@@ -21,3 +21,4 @@ export * from './shift.js';
 export * from './share.js';
 export * from './site-data.js';
 export * from './in-memory.js';
+export * from './multi-task.js';

@@ -4,6 +4,7 @@
  * Fashion-MNIST (`digits-tasks`, `fashion-mnist-tasks`).
  */
 import { DataError } from './errors.js';
+import { agreedTasks, classificationEntry, targetSums, type AgreedTask, type SummaryTaskEntry } from './federated.js';
 import { quantileStrata, type Dataset, type DatasetTaskColumn } from './types.js';
 
 /** The single-task dataset of task `name` of a multi-task `ds`: the same rows and features, that task's labels. */
@@ -77,4 +78,33 @@ export function withDerivedTasks(cell: 'digits-tasks' | 'fashion-mnist-tasks', b
     ],
     siteTasks: [['item'], ['group']],
   };
+}
+
+/**
+ * The summary entry of task `name` of the multi-task `ds` over `rows` (a
+ * site's training rows; those that carry its label count): its classes
+ * (with `declared`, the label set the site declares) and counts, or a
+ * regression target's sums.
+ */
+export function datasetTaskEntry(ds: Dataset, name: string, rows: ArrayLike<number>, declared?: string[]): SummaryTaskEntry {
+  const view = taskDataset(ds, name);
+  const own = labelledRows(view, Int32Array.from(rows));
+  if (view.task?.kind === 'regression') {
+    const values = view.task.values;
+    return { name, kind: 'regression', numRows: own.length, classNames: [], labelCounts: [], ...targetSums(Array.from(own, (r) => values[r])) };
+  }
+  return classificationEntry(name, Array.from(own, (r) => view.classNames[view.labels[r]]), declared ?? [], declared);
+}
+
+/**
+ * The tasks a consortium agrees on when site i holds rows `splits[i].train`
+ * of the multi-task `ds` and learns the tasks `plan[i]`: each site's entries
+ * merged per task (what site processes agree on from their summaries, to
+ * the bit; the simulator takes a regression target's scale from it).
+ */
+export function federatedTaskAgreement(ds: Dataset, splits: { train: ArrayLike<number> }[], plan: string[][]): AgreedTask[] {
+  return agreedTasks(splits.map((s, i) => ({
+    site: `peer-${i}`,
+    tasks: plan[i].map((t) => datasetTaskEntry(ds, t, s.train, taskDataset(ds, t).task?.kind === 'regression' ? undefined : taskDataset(ds, t).classNames)),
+  })));
 }

@@ -9,14 +9,17 @@
  * from; padded with spaces so that what follows starts at a multiple of 4
  * bytes, and a reader can use the file's bytes as they are), then the features (float32, little-endian, training rows then test
  * rows, each row `prod(sampleShape)` values) and the labels (int32, same
- * order). Reading checks the magic, the header and every size.
+ * order), then a regression share's targets (float32) and a multi-task
+ * share's task columns (each an int32 label per row, -1 where the row lacks
+ * it, and for a regression a float32 target per row, NaN where it lacks it).
+ * Reading checks the magic, the header and every size.
  */
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { PeerSplit } from './partition.js';
 import type { TableSchema } from './table.js';
 import { DataError } from './errors.js';
-import { featureSize, type Dataset } from './types.js';
+import { featureSize, type Dataset, type DatasetTaskColumn } from './types.js';
 
 const MAGIC = Buffer.from('DFLMOE-SHARE-1\n', 'ascii');
 
@@ -44,6 +47,8 @@ interface ShareHeader extends ShareInfo {
   test: number;
   /** A regression task: its name (its targets follow the labels, one float32 per row). */
   regression?: string;
+  /** A multi-task share: the tasks whose columns follow. */
+  tasks?: { name: string; kind: 'classification' | 'regression'; classNames: string[] }[];
 }
 
 /** Write site `info.index`'s rows of `ds` (its `split`) to `path` (atomically). */
@@ -55,6 +60,7 @@ export function writeShare(path: string, ds: Dataset, split: PeerSplit, info: Sh
     ...(ds.featureNames ? { featureNames: ds.featureNames } : {}), ...(ds.schema ? { schema: ds.schema } : {}),
     description: ds.description, source: ds.source, train: split.train.length, test: split.test.length,
     ...(ds.task?.kind === 'regression' ? { regression: ds.task.name } : {}),
+    ...(ds.tasks ? { tasks: ds.tasks.map((t) => ({ name: t.name, kind: t.kind, classNames: t.classNames })) } : {}),
   };
   const json = JSON.stringify(header);
   const start = MAGIC.length + 4;
@@ -70,8 +76,20 @@ export function writeShare(path: string, ds: Dataset, split: PeerSplit, info: Sh
   const tmp = `${path}.tmp-${process.pid}`;
   const task = ds.task;
   const targets = task?.kind === 'regression' ? [Buffer.from(Float32Array.from(rows, (r) => task.values[r]).buffer)] : [];
-  writeFileSync(tmp, Buffer.concat([MAGIC, len, head, Buffer.from(features.buffer), Buffer.from(labels.buffer), ...targets]));
+  const columns = (ds.tasks ?? []).flatMap((t) => [
+    Buffer.from(Int32Array.from(rows, (r) => t.labels[r]).buffer), ...(t.values ? [Buffer.from(Float32Array.from(rows, (r) => t.values![r]).buffer)] : []),
+  ]);
+  writeFileSync(tmp, Buffer.concat([MAGIC, len, head, Buffer.from(features.buffer), Buffer.from(labels.buffer), ...targets, ...columns]));
   renameSync(tmp, path);
+}
+
+/** A share header's tasks, checked (none: a one-task share). */
+function shareTasks(v: unknown, bad: (why: string) => DataError): NonNullable<ShareHeader['tasks']> {
+  if (v === undefined) return [];
+  const ok = Array.isArray(v) && v.length > 0 && v.every((t) => typeof t?.name === 'string' && t.name !== '' && (t.kind === 'classification' || t.kind === 'regression')
+    && Array.isArray(t.classNames) && t.classNames.every((c: unknown) => typeof c === 'string'));
+  if (!ok) throw bad('bad tasks');
+  return v as NonNullable<ShareHeader['tasks']>;
 }
 
 /** Read a share: the site's rows as a dataset (training rows first) and the split over them. */
@@ -103,7 +121,9 @@ export function readShare(path: string): { dataset: Dataset; split: PeerSplit; i
   const d = featureSize(h);
   const body = start + hlen;
   const regression = typeof h.regression === 'string' && h.regression !== '' ? h.regression : undefined;
-  if (buf.length !== body + n * d * 4 + n * 4 + (regression ? n * 4 : 0)) throw bad(`size ${buf.length} does not match ${n} rows of ${d} features`);
+  const taskHeads = shareTasks(h.tasks, bad);
+  const columnBytes = taskHeads.reduce((a, t) => a + n * 4 * (t.kind === 'regression' ? 2 : 1), 0);
+  if (buf.length !== body + n * d * 4 + n * 4 + (regression ? n * 4 : 0) + columnBytes) throw bad(`size ${buf.length} does not match ${n} rows of ${d} features`);
   let features: Float32Array;
   let labels: Int32Array;
   if ((buf.byteOffset + body) % 4 === 0) {
@@ -121,15 +141,31 @@ export function readShare(path: string): { dataset: Dataset; split: PeerSplit; i
   let values: Float32Array | undefined;
   if (regression) {
     values = new Float32Array(n);
-    Buffer.from(values.buffer).set(buf.subarray(body + n * d * 4 + n * 4));
+    Buffer.from(values.buffer).set(buf.subarray(body + n * d * 4 + n * 4, body + n * d * 4 + n * 8));
     if (!values.every(Number.isFinite)) throw bad('a target is not a finite number');
   }
+  // A multi-task share's columns (copied), each label in range or -1, each target finite or NaN (the row lacks it).
+  let at = body + n * d * 4 + n * 4 + (regression ? n * 4 : 0);
+  const take = <T extends Int32Array | Float32Array>(out: T): T => {
+    Buffer.from(out.buffer).set(buf.subarray(at, at + n * 4));
+    at += n * 4;
+    return out;
+  };
+  const tasks = taskHeads.map((t): DatasetTaskColumn => {
+    const labels = take(new Int32Array(n));
+    if (!labels.every((l) => l >= -1 && l < Math.max(t.classNames.length, 5))) throw bad(`a label of task "${t.name}" is out of range`);
+    if (t.kind === 'classification') return { ...t, labels };
+    const vs = take(new Float32Array(n));
+    if (!vs.every((v) => Number.isNaN(v) || Number.isFinite(v))) throw bad(`a target of task "${t.name}" is not a finite number`);
+    return { ...t, labels, values: vs };
+  });
   if (!labels.every((l) => l >= 0 && l < h.classNames.length)) throw bad('a label is out of range');
   const dataset: Dataset = {
     name: h.name, features, labels, numSamples: n, sampleShape: h.sampleShape, classNames: h.classNames,
     description: `${h.description} (site ${h.index} of ${h.peers}, ${h.partition}: ${h.train} training and ${h.test} test rows)`,
     source: h.source, ...(h.featureNames ? { featureNames: h.featureNames } : {}), ...(h.schema ? { schema: h.schema } : {}),
     ...(regression && values ? { task: { name: regression, kind: 'regression' as const, values } } : {}),
+    ...(taskHeads.length > 0 ? { tasks } : {}),
   };
   const split: PeerSplit = {
     train: Int32Array.from({ length: h.train }, (_, i) => i),

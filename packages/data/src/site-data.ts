@@ -22,9 +22,10 @@ import { resolve } from 'node:path';
 import { parse as parseCsv } from 'csv-parse/sync';
 import { loadDataset, refuseContinuousLabels, subsample } from './datasets.js';
 import {
-  encodeWithSchema, lackedColumns, mergeSummaries, summarizeDataset, summarizeTable, validateSummary,
-  type AgreedSchema, type LocalSummary,
+  classificationEntry, encodeWithSchema, lackedColumns, mergeSummaries, summarizeDataset, summarizeMultiTask, summarizeTable, targetSums, validateSummary,
+  type AgreedSchema, type LocalSummary, type SummaryTaskEntry,
 } from './federated.js';
+import { datasetTaskEntry } from './multi-task.js';
 import { decodeImages, listImageInputs, loadImageFolder } from './images.js';
 import { partition, type PeerSplit } from './partition.js';
 import { Rng } from './rng.js';
@@ -32,7 +33,7 @@ import { readShare } from './share.js';
 import { fitStandardizer, type Standardizer } from './standardize.js';
 import { caseClashes, detectDelimiter, encodeTable, quoteGroup, readCsvTable, regressionTargets, sortNames, takeTableRows, type RawTable, type TableSchema } from './table.js';
 import { DataError } from './errors.js';
-import { featureSize, quantileStrata, type Dataset } from './types.js';
+import { featureSize, quantileStrata, type Dataset, type DatasetTaskColumn } from './types.js';
 
 /** A site's `data` settings (paths already resolved). */
 export interface SiteDataSpec {
@@ -42,6 +43,12 @@ export interface SiteDataSpec {
   labelColumn?: string;
   /** csv: what the label column holds (see `CsvOptions.taskKind`), and the task's name (default: the column's). */
   task?: { name?: string; kind?: 'classification' | 'regression' };
+  /**
+   * Several tasks (multi-task): each task's name, label column (csv;
+   * default its name), kind and optionally its declared label set. A row
+   * lacking a task's label (an empty cell) stays in the other tasks.
+   */
+  tasks?: { name: string; column?: string; kind: 'classification' | 'regression'; classes?: string[] }[];
   /** csv: where the user names the label column, for the error when it is missing (e.g. `data.labelColumn in the site config`). */
   labelColumnSetting?: string;
   /** csv: keep only these columns... */
@@ -100,6 +107,22 @@ export interface SiteDataBase {
   warnings: string[];
   /** The task the site declared (its name and kind), if it declared one. */
   task?: { name: string; kind: 'classification' | 'regression' };
+  /** A multi-task site: its tasks (`classes` and `declared` are then each task's). */
+  tasks?: SiteTask[];
+}
+
+/** One task of a multi-task site's data. */
+export interface SiteTask {
+  /** The task's name (what the sites that learn it share). */
+  name: string;
+  /** A classification or a regression. */
+  kind: 'classification' | 'regression';
+  /** A table: the task's label column. */
+  column?: string;
+  /** Classification: every class in the site's rows (and its declared ones); regression: empty. */
+  classes: string[];
+  /** The label set the site declares for the task (ordered), if it declares one. */
+  declared?: string[];
 }
 
 /** A site's own data after {@link loadSiteData}: a table (`csv:`) or tensors (images, built-in datasets), with its split. */
@@ -138,13 +161,10 @@ export async function loadSiteData(spec: SiteDataSpec): Promise<SiteData> {
     checkDeclared(spec.classes, dataset.classNames, sim.share);
     return tensorSite(dataset, split, spec, spec.classes ?? dataset.classNames);
   }
+  if (spec.dataset.startsWith('csv:') && spec.tasks && spec.tasks.length > 1) return multiTaskTable(spec);
   if (spec.dataset.startsWith('csv:')) {
     const file = spec.dataset.slice(4);
-    let table = readCsvTable(file, spec);
-    if (spec.maxSamples !== undefined && spec.maxSamples < table.labels.length) {
-      const idx = new Rng(spec.seed).shuffle(Int32Array.from(table.labels, (_, i) => i)) as Int32Array;
-      table = takeTableRows(table, idx.subarray(0, spec.maxSamples));
-    }
+    const table = cappedRows(readCsvTable(file, spec), spec);
     const task = spec.task ? { name: spec.task.name ?? table.labelColumn, kind: spec.task.kind ?? 'classification' } : undefined;
     const regression = task?.kind === 'regression';
     // A regression target's quintiles stand for classes where rows are split (stratified by the target's range).
@@ -183,7 +203,57 @@ export async function loadSiteData(spec: SiteDataSpec): Promise<SiteData> {
   return tensorSite(sub, split, spec, declared);
 }
 
+/** `table`, or a seeded random subset of `spec.maxSamples` of its rows. */
+function cappedRows(table: RawTable, spec: SiteDataSpec): RawTable {
+  if (spec.maxSamples === undefined || spec.maxSamples >= table.labels.length) return table;
+  const idx = new Rng(spec.seed).shuffle(Int32Array.from(table.labels, (_, i) => i)) as Int32Array;
+  return takeTableRows(table, idx.subarray(0, spec.maxSamples));
+}
+
+/**
+ * A multi-task site's table: every task's column a label (never a
+ * feature), a row lacking a task's label kept for the others; split
+ * stratified by the first task's label.
+ */
+function multiTaskTable(spec: SiteDataSpec): SiteData {
+  const sim = spec.simulate;
+  const specs = spec.tasks!.map((t) => ({ ...t, column: t.column ?? t.name }));
+  const table = cappedRows(readCsvTable(spec.dataset.slice(4), { ...spec, taskColumns: specs.map((t) => t.column) }), spec);
+  const strata = taskStrata(table, specs[0]);
+  const split = sim
+    ? partition(strata.labels, strata.count, sim.peers, sim.partition, { seed: spec.seed, testFraction: spec.testFraction, minSize: sim.minSize })[sim.index]
+    : ownSplit(strata.labels, strata.count, spec.seed, spec.testFraction);
+  if (split.train.length === 0) throw new DataError(`${table.source}: no training rows (it has ${table.labels.length} rows)`);
+  const rows = [...split.train, ...split.test];
+  const tasks = specs.map((t): SiteTask => {
+    const labels = table.taskLabels![t.column];
+    if (t.kind === 'regression') {
+      regressionTargets({ ...table, labelColumn: t.column, labels }, 'nan');
+      return { name: t.name, kind: t.kind, column: t.column, classes: [] };
+    }
+    checkDeclared(t.classes, sortNames(labels.filter((l) => l !== '')), `${table.source} (task "${t.name}")`);
+    const own = sortNames(rows.map((r) => labels[r]).filter((l) => l !== ''));
+    return { name: t.name, kind: t.kind, column: t.column, classes: sortNames([...own, ...(t.classes ?? [])]), ...(t.classes ? { declared: [...t.classes] } : {}) };
+  });
+  return {
+    kind: 'table', table, split, classes: [], input: { kind: 'table', labelColumn: table.labelColumn },
+    description: `${table.source}: ${split.train.length} training and ${split.test.length} test rows, ${table.columns.length} feature columns, ` +
+      `tasks ${tasks.map((t) => `"${t.name}" (${t.kind} of column "${t.column}")`).join(', ')}`,
+    warnings: table.warnings, tasks,
+  };
+}
+
+/** What a multi-task table's rows are split by: the first task's class (a row without it: a stratum of its own), or its target's quintile. */
+function taskStrata(table: RawTable, task: { column: string; kind: 'classification' | 'regression' }): { labels: Int32Array; count: number } {
+  const labels = table.taskLabels![task.column];
+  if (task.kind === 'regression') return { labels: quantileStrata(regressionTargets({ ...table, labelColumn: task.column, labels }, 'nan')).labels, count: 5 };
+  const classes = sortNames(labels.filter((l) => l !== ''));
+  const index = new Map(classes.map((c, i) => [c, i]));
+  return { labels: Int32Array.from(labels, (l) => index.get(l) ?? classes.length), count: classes.length + 1 };
+}
+
 function tensorSite(ds: Dataset, split: PeerSplit, spec: SiteDataSpec, declared: string[] | undefined): SiteData {
+  if (ds.tasks) return multiTaskTensorSite(ds, split, spec);
   const present = new Set<number>();
   for (const r of [...split.train, ...split.test]) present.add(ds.labels[r]);
   const own = [...present].sort((a, b) => a - b).map((k) => ds.classNames[k]);
@@ -202,6 +272,24 @@ function tensorSite(ds: Dataset, split: PeerSplit, spec: SiteDataSpec, declared:
   };
 }
 
+/** A multi-task dataset's site (a simulator's share of `digits-tasks`, say): the tasks it learns (`spec.tasks`, default all), each declaring its classes. */
+function multiTaskTensorSite(ds: Dataset, split: PeerSplit, spec: SiteDataSpec): SiteData {
+  const wanted = spec.tasks?.map((t) => t.name);
+  const cols = wanted ? wanted.map((name) => {
+    const c = ds.tasks!.find((t) => t.name === name);
+    if (!c) throw new DataError(`${ds.name} has no task "${name}"; its tasks are ${ds.tasks!.map((t) => t.name).join(', ')}`);
+    return c;
+  }) : ds.tasks!;
+  const tasks = cols.map((c): SiteTask => (c.kind === 'regression'
+    ? { name: c.name, kind: 'regression', classes: [] }
+    : { name: c.name, kind: 'classification', classes: [...c.classNames], declared: [...c.classNames] }));
+  return {
+    kind: 'tensor', dataset: { ...ds, tasks: cols }, split, classes: [], input: { kind: 'features', labelColumn: spec.labelColumn ?? 'label', ...(ds.featureNames ? { featureNames: ds.featureNames } : {}) },
+    description: `${ds.name}: ${split.train.length} training and ${split.test.length} test samples of shape ${ds.sampleShape.join('x')}, tasks ${tasks.map((t) => `"${t.name}" (${t.kind})`).join(', ')}`,
+    warnings: [], tasks,
+  };
+}
+
 /** `summary` with `classes` added to its label set (with no rows), sorted as label sets are. */
 export function withClasses(summary: LocalSummary, classes: string[]): LocalSummary {
   const names = sortNames([...summary.schema.classNames, ...classes]);
@@ -212,8 +300,24 @@ export function withClasses(summary: LocalSummary, classes: string[]): LocalSumm
 
 /** The site's statement: the summary of its training rows under the name `site`, with its whole label set. */
 export function siteStatement(data: SiteData, site: string): SiteStatement {
+  if (data.tasks) {
+    const train = data.split.train;
+    return { summary: summarizeMultiTask(data.kind === 'table' ? data.table : data.dataset, site, train, data.tasks.map((t) => taskEntry(data, t, train))) };
+  }
   const summary = data.kind === 'table' ? summarizeTable(data.table, site, data.split.train, data.task) : summarizeDataset(data.dataset, site, data.split.train, data.task);
   return { summary: withClasses(summary, data.classes), ...(data.declared ? { declaredClasses: [...data.declared] } : {}) };
+}
+
+/** A multi-task site's summary entry of task `t` over its rows `train` (those that carry its label count). */
+function taskEntry(data: SiteData, t: SiteTask, train: Int32Array): SummaryTaskEntry {
+  if (data.kind === 'tensor') return datasetTaskEntry(data.dataset, t.name, train, t.declared);
+  const labels = data.table.taskLabels![t.column!];
+  const own = Array.from(train).filter((r) => labels[r] !== '');
+  if (t.kind === 'regression') {
+    const values = regressionTargets({ ...data.table, labelColumn: t.column!, labels }, 'nan');
+    return { name: t.name, kind: t.kind, numRows: own.length, classNames: [], labelCounts: [], ...targetSums(own.map((r) => values[r])) };
+  }
+  return classificationEntry(t.name, own.map((r) => labels[r]), t.classes, t.declared);
 }
 
 /** What `reconcileStatements` agreed: the schema, the sites merged, those left out with the reason, and warnings. */
@@ -269,6 +373,7 @@ function checkGroup(group: SiteStatement[]): AgreedSchema {
  */
 export function reconcileStatements(statements: SiteStatement[], self?: string): Reconciled {
   if (statements.length === 0) throw new DataError('no statements to reconcile');
+  if (statements.some((s) => s.summary?.tasks !== undefined)) return reconcileMultiTask(statements, self);
   const excluded: Reconciled['excluded'] = [];
   const valid: SiteStatement[] = [];
   // Seen from site `self`: sites that name another task than its own learn something else, and are not merged.
@@ -288,6 +393,20 @@ export function reconcileStatements(statements: SiteStatement[], self?: string):
       excluded.push({ site: String(s.summary?.site), reason: (e as Error).message });
     }
   }
+  const { accepted, agreed } = acceptFitting(valid, checkGroup, excluded);
+  const warnings = [...taskWarnings, ...groupWarnings(accepted, agreed)];
+  return { agreed, included: accepted.map((s) => s.summary.site).sort(), excluded, warnings };
+}
+
+/**
+ * Of the valid statements, those that fit together under `check` (the
+ * sites that fit with the most others first, then by name), and their
+ * agreement; each one that does not fit is added to `excluded` with the reason.
+ */
+function acceptFitting(
+  valid: SiteStatement[], check: (group: SiteStatement[]) => AgreedSchema, excluded: Reconciled['excluded'],
+): { accepted: SiteStatement[]; agreed: AgreedSchema } {
+  const checkGroup = check;
   const sites = [...valid].sort((a, b) => (a.summary.site < b.summary.site ? -1 : a.summary.site > b.summary.site ? 1 : 0));
   const fits = (group: SiteStatement[]): string | undefined => {
     try {
@@ -310,9 +429,49 @@ export function reconcileStatements(statements: SiteStatement[], self?: string):
     }
   }
   if (accepted.length === 0) throw new DataError(`no site has a usable summary: ${excluded.map((e) => e.reason).join('; ')}`);
-  const agreed = checkGroup(accepted);
-  const warnings = [...taskWarnings, ...groupWarnings(accepted, agreed)];
+  return { accepted, agreed: checkGroup(accepted) };
+}
+
+/**
+ * `reconcileStatements` when some site learns several tasks: every site
+ * whose data fits is merged (the features, and a body shared across tasks,
+ * are the consortium's), and each task is agreed over the sites that learn
+ * it (`AgreedSchema.tasks`: its kind, a clash naming the sites; its label
+ * set; a regression target's pooled scale). A one-task site's statement
+ * takes part as a site with that one task. Given `self`, a task of its own
+ * that no other merged site learns is said (once) to train alone.
+ */
+function reconcileMultiTask(statements: SiteStatement[], self?: string): Reconciled {
+  const excluded: Reconciled['excluded'] = [];
+  const valid: SiteStatement[] = [];
+  for (const s of statements.map(asMultiTask)) {
+    try {
+      validateSummary(s.summary);
+      if (s.summary.tasks === undefined) throw new DataError(`summary from site "${s.summary.site}" is invalid: it names no task`);
+      valid.push(s);
+    } catch (e) {
+      excluded.push({ site: String(s.summary?.site), reason: (e as Error).message });
+    }
+  }
+  const { accepted, agreed } = acceptFitting(valid, (group) => mergeSummaries(group.map((g) => g.summary)), excluded);
+  const own = accepted.find((s) => s.summary.site === self)?.summary.tasks ?? [];
+  const alone = accepted.length > 1 ? own.filter((t) => agreed.tasks!.find((a) => a.name === t.name)!.sites.length === 1) : [];
+  const warnings = [...alone.map((t) => `no other site learns task "${t.name}": this site trains alone on it`), ...groupWarnings(accepted, agreed)];
   return { agreed, included: accepted.map((s) => s.summary.site).sort(), excluded, warnings };
+}
+
+/** A one-task statement as a multi-task one (its task in `summary.tasks`); a multi-task (or malformed) one as it is. */
+function asMultiTask(st: SiteStatement): SiteStatement {
+  const s = st.summary;
+  if (s?.tasks !== undefined || !s?.schema || !Array.isArray(s.labelCounts)) return st;
+  const kind = s.task?.kind ?? 'classification';
+  const name = s.task?.name ?? (s.schema.kind === 'table' ? s.schema.labelColumn : 'label');
+  const entry: SummaryTaskEntry = {
+    name, kind, numRows: s.numRows, classNames: s.schema.classNames, labelCounts: s.labelCounts,
+    ...(kind === 'regression' ? { sum: s.task?.sum, sumSq: s.task?.sumSq } : {}), ...(st.declaredClasses ? { declared: st.declaredClasses } : {}),
+  };
+  const { task: _task, ...rest } = s;
+  return { summary: { ...rest, schema: { ...s.schema, classNames: [] }, labelCounts: [], tasks: [entry] } };
 }
 
 /** What merges but deserves a look: a site sharing no class with the others, a column a site lacks, names differing only in case. */
@@ -359,6 +518,8 @@ export interface EncodedSite {
   standardizer: Standardizer;
   /** A regression target's pooled mean and standard deviation (`federated`; with `local` the site fits its own). */
   targetScale?: { mean: number; std: number };
+  /** A multi-task site: each regression task's pooled scale, by task name (`federated`). */
+  targetScales?: Record<string, { mean: number; std: number }>;
 }
 
 /**
@@ -367,6 +528,7 @@ export interface EncodedSite {
  * Throws a DataError when the agreement has fewer than two classes.
  */
 export function encodeSiteData(data: SiteData, agreed: AgreedSchema, standardize: 'federated' | 'local'): EncodedSite {
+  if (agreed.tasks) return encodeMultiTask(data, agreed, standardize);
   // A classifier needs two classes: one class among all the sites is a clear error here, not the tensor library's later.
   const classes = agreed.schema.classNames;
   if (agreed.task?.kind !== 'regression' && classes.length < 2) {
@@ -383,6 +545,58 @@ export function encodeSiteData(data: SiteData, agreed: AgreedSchema, standardize
     standardizer: standardize === 'federated' ? standardizer : fitStandardizer(dataset.features, featureSize(dataset), data.split.train),
     ...(standardize === 'federated' && agreed.task?.scale ? { targetScale: agreed.task.scale } : {}),
   };
+}
+
+/**
+ * `encodeSiteData` under a multi-task agreement: the features in the agreed
+ * layout, and a label column per task of the site (`Dataset.tasks`, in the
+ * agreed classes; -1 or NaN where a row lacks the label), with each
+ * regression target's pooled scale (`federated`).
+ */
+function encodeMultiTask(data: SiteData, agreed: AgreedSchema, standardize: 'federated' | 'local'): EncodedSite {
+  const { dataset, standardizer } = encodeWithSchema(data.kind === 'table' ? data.table : data.dataset, agreed);
+  const tasks = (data.tasks ?? [oneTask(data)]).map((t): DatasetTaskColumn => {
+    const at = agreed.tasks!.find((a) => a.name === t.name);
+    if (!at) throw new DataError(`the consortium's agreement has no task "${t.name}" (its tasks are ${agreed.tasks!.map((a) => `"${a.name}"`).join(', ')})`);
+    const labels = rowLabels(data, t);
+    if (at.kind === 'regression') {
+      const values = labels as Float32Array;
+      return { name: t.name, kind: 'regression', values, ...quantileStrata(values) };
+    }
+    if (at.classNames.length < 2) {
+      throw new DataError(`task "${t.name}" has only the class ${quote(at.classNames)} at ${at.sites.length > 1 ? `all ${at.sites.length} sites that learn it` : 'this site'}: a classifier needs at least two classes`);
+    }
+    const index = new Map(at.classNames.map((c, k) => [c, k]));
+    return { name: t.name, kind: 'classification', classNames: [...at.classNames], labels: Int32Array.from(labels as string[], (l) => (l === '' ? -1 : index.get(l) ?? -1)) };
+  });
+  const scales = Object.fromEntries(agreed.tasks!.filter((a) => a.scale && tasks.some((t) => t.name === a.name)).map((a) => [a.name, a.scale!]));
+  const { task: _task, ...rest } = dataset;
+  return {
+    dataset: { ...rest, tasks, labels: tasks[0].labels, classNames: tasks[0].classNames },
+    split: data.split,
+    standardizer: standardize === 'federated' ? standardizer : fitStandardizer(dataset.features, featureSize(dataset), data.split.train),
+    ...(standardize === 'federated' && Object.keys(scales).length > 0 ? { targetScales: scales } : {}),
+  };
+}
+
+/** A one-task site's task, as a multi-task agreement takes it. */
+function oneTask(data: SiteData): SiteTask {
+  const kind = data.task?.kind ?? (data.kind === 'tensor' && data.dataset.task?.kind === 'regression' ? 'regression' : 'classification');
+  const fallback = data.kind === 'table' ? data.table.labelColumn : data.dataset.task?.name ?? data.dataset.schema?.labelColumn ?? 'label';
+  return { name: data.task?.name ?? fallback, kind, ...(data.kind === 'table' ? { column: data.table.labelColumn } : {}), classes: data.classes, ...(data.declared ? { declared: data.declared } : {}) };
+}
+
+/** Each row's label of task `t`: a class name (`''`: the row lacks it) or a regression target (NaN: it lacks it). */
+function rowLabels(data: SiteData, t: SiteTask): string[] | Float32Array {
+  if (data.kind === 'table') {
+    const labels = data.table.taskLabels?.[t.column!] ?? data.table.labels;
+    return t.kind === 'regression' ? regressionTargets({ ...data.table, labelColumn: t.column!, labels }, 'nan') : labels;
+  }
+  const ds = data.dataset;
+  const col = ds.tasks?.find((c) => c.name === t.name);
+  if (t.kind === 'regression') return col?.values ?? (ds.task?.kind === 'regression' ? ds.task.values : new Float32Array(ds.numSamples).fill(NaN));
+  const [labels, names] = col ? [col.labels, col.classNames] : [ds.labels, ds.classNames];
+  return Array.from(labels, (l) => (l >= 0 ? names[l] : ''));
 }
 
 /** New rows for a trained site: features in the agreed layout (not standardized), where each row came from, and labels when known. */

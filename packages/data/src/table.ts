@@ -117,6 +117,11 @@ export interface RawTable {
   labelled?: boolean;
   /** With `invalidAsMissing`: the cells of schema-numeric columns that were not numbers and were read as missing. */
   invalid?: { row: number; column: string; cell: string }[];
+  /**
+   * A multi-task table (`TableOptions.taskColumns`): each label column's
+   * label of every row, as written (trimmed), `''` where the row lacks it.
+   */
+  taskLabels?: Record<string, string[]>;
 }
 
 /**
@@ -147,6 +152,13 @@ export interface TableOptions {
   invalidAsMissing?: boolean;
   /** Accept a file without the label column (rows to predict); `labels` are then empty strings. */
   labelsOptional?: boolean;
+  /**
+   * A multi-task table: the label column of every task (the first is the
+   * table's `labelColumn`). Each is a label, never a feature; a missing cell
+   * means the row lacks that task's label (it stays for the others), and a
+   * row without any label is left out (counted in one warning).
+   */
+  taskColumns?: string[];
 }
 
 /**
@@ -223,7 +235,8 @@ export function tableFromRows(
   let lines = opts.lines ?? rows.map((_, i) => i + 2);
   const word = opts.rowWord ?? 'line';
   const head = word === 'line' ? 'line 1' : 'columns';
-  const labelName = opts.labelColumn ?? 'label';
+  const labelName = opts.taskColumns?.[0] ?? opts.labelColumn ?? 'label';
+  const labelNames = opts.taskColumns ?? [labelName];
   const tolerance = opts.mixedTolerance ?? 0.05;
   if (!(tolerance >= 0 && tolerance < 0.5)) throw new DataError(`mixedTolerance must be in [0, 0.5), got ${tolerance}`);
   const seen = new Map<string, number>();
@@ -233,15 +246,16 @@ export function tableFromRows(
     seen.set(h, c);
   });
   const labelCol = seen.get(labelName);
-  if (labelCol === undefined && !opts.labelsOptional) {
+  for (const l of labelNames) {
+    if (seen.get(l) !== undefined || opts.labelsOptional) continue;
     throw new DataError(
-      `${source}: no label column "${labelName}". Columns are: ${header.join(', ')}. Name the label column with ${opts.labelColumnSetting ?? '--label-column'}.`,
+      `${source}: no label column "${l}". Columns are: ${header.join(', ')}. Name the label column with ${opts.labelColumnSetting ?? '--label-column'}.`,
     );
   }
   const unknown = (list: string[] | undefined, what: string) => {
     for (const name of list ?? []) {
       if (!seen.has(name)) throw new DataError(`${source}, ${head}: column "${name}" in ${what} is not in the header. Columns are: ${header.join(', ')}`);
-      if (name === labelName) throw new DataError(`${source}, ${head}: column "${name}" in ${what} is the label column`);
+      if (labelNames.includes(name)) throw new DataError(`${source}, ${head}: column "${name}" in ${what} is ${labelNames.length > 1 ? 'a' : 'the'} label column`);
     }
   };
   unknown(opts.features, 'features');
@@ -254,7 +268,7 @@ export function tableFromRows(
       throw new DataError(`${source}: lacks column${absent.length > 1 ? 's' : ''} ${absent.join(', ')} of the schema. Columns are: ${header.join(', ')}`);
     }
   }
-  let keep = opts.features ? [...opts.features] : header.filter((h) => h !== labelName && (!kinds || Object.hasOwn(kinds, h)));
+  let keep = opts.features ? [...opts.features] : header.filter((h) => !labelNames.includes(h) && (!kinds || Object.hasOwn(kinds, h)));
   if (opts.drop) keep = keep.filter((h) => !opts.drop!.includes(h));
   if (new Set(keep).size !== keep.length) throw new DataError(`${source}: a column is listed twice in features`);
   if (keep.length < 1) throw new DataError(`${source}: needs at least one feature column besides "${labelName}"`);
@@ -265,7 +279,10 @@ export function tableFromRows(
     }
   });
   const warnings: string[] = [];
-  if (labelCol !== undefined) {
+  let taskLabels: Record<string, string[]> | undefined;
+  if (opts.taskColumns && labelCol !== undefined) {
+    ({ rows, lines, taskLabels } = multiLabelRows(opts.taskColumns, seen, rows, lines, source, word, warnings));
+  } else if (labelCol !== undefined) {
     // A row without its label teaches nothing: it is left out, and counted.
     const unlabelled = rows.flatMap((r, i) => (isMissingCell(r[labelCol]) ? [i] : []));
     // New rows to predict or evaluate are never left out: a missing label there is an error naming the line.
@@ -282,9 +299,11 @@ export function tableFromRows(
       lines = lines.filter((_, i) => !drop.has(i));
     }
   }
-  const labels = rows.map((r) => (labelCol === undefined ? '' : r[labelCol].trim()));
-  for (const g of caseClashes(labels.filter((l) => l !== ''))) {
-    warnings.push(`labels ${quoteGroup(g)} in column "${labelName}" differ only in case and count as ${g.length} classes; write them alike if they are one class`);
+  const labels = taskLabels ? taskLabels[labelName] : rows.map((r) => (labelCol === undefined ? '' : r[labelCol].trim()));
+  for (const [column, ls] of Object.entries(taskLabels ?? { [labelName]: labels })) {
+    for (const g of caseClashes(ls.filter((l) => l !== ''))) {
+      warnings.push(`labels ${quoteGroup(g)} in column "${column}" differ only in case and count as ${g.length} classes; write them alike if they are one class`);
+    }
   }
   const columns = keep.map((name) => {
     const fixed = kinds && Object.hasOwn(kinds, name) ? kinds[name] : undefined;
@@ -292,7 +311,39 @@ export function tableFromRows(
     return typeColumn(name, seen.get(name)!, rows, lines, source, tolerance, forced, warnings, fixed !== undefined, word);
   });
   const invalid = kinds ? schemaNumericTextCells(columns, rows, keep.map((k) => seen.get(k)!), lines, source, Boolean(opts.invalidAsMissing), word) : [];
-  return { source, labelColumn: labelName, columns, labels, lines, ...(word === 'row' ? { rowWord: word } : {}), warnings, labelled: labelCol !== undefined, ...(invalid.length ? { invalid } : {}) };
+  return {
+    source, labelColumn: labelName, columns, labels, lines, ...(word === 'row' ? { rowWord: word } : {}), warnings, labelled: labelCol !== undefined,
+    ...(invalid.length ? { invalid } : {}), ...(taskLabels ? { taskLabels } : {}),
+  };
+}
+
+/**
+ * The rows of a multi-task table and each task column's labels (`''`
+ * where a row lacks one): a row without any label is left out, counted in
+ * one warning, and each column's missing labels are counted in another.
+ */
+function multiLabelRows(
+  columns: string[], seen: Map<string, number>, rows: string[][], lines: number[], source: string, word: string, warnings: string[],
+): { rows: string[][]; lines: number[]; taskLabels: Record<string, string[]> } {
+  const at = columns.map((c) => seen.get(c)!);
+  const none = rows.flatMap((r, i) => (at.every((c) => isMissingCell(r[c])) ? [i] : []));
+  if (none.length === rows.length) throw new DataError(`${source}: no row has a label in any of the columns ${columns.map((c) => `"${c}"`).join(', ')}`);
+  if (none.length > 0) {
+    const shown = none.slice(0, 5).map((i) => lines[i]).join(', ');
+    warnings.push(`${none.length} row(s) without a label in any of the columns ${columns.map((c) => `"${c}"`).join(', ')} left out (${word} ${shown}${none.length > 5 ? ', ...' : ''})`);
+    const drop = new Set(none);
+    rows = rows.filter((_, i) => !drop.has(i));
+    lines = lines.filter((_, i) => !drop.has(i));
+  }
+  const taskLabels: Record<string, string[]> = {};
+  columns.forEach((column, k) => {
+    const ls = rows.map((r) => (isMissingCell(r[at[k]]) ? '' : r[at[k]].trim()));
+    const lacking = ls.filter((l) => l === '').length;
+    if (lacking === ls.length) throw new DataError(`${source}: every row's label in column "${column}" is missing`);
+    if (lacking > 0) warnings.push(`${lacking} row(s) without a label in column "${column}": left out of that task only`);
+    taskLabels[column] = ls;
+  });
+  return { rows, lines, taskLabels };
 }
 
 /**
@@ -393,6 +444,7 @@ export function takeTableRows(table: RawTable, rows: ArrayLike<number>): RawTabl
     ),
     labels: idx.map((r) => table.labels[r]),
     lines: idx.map((r) => table.lines[r]),
+    ...(table.taskLabels ? { taskLabels: Object.fromEntries(Object.entries(table.taskLabels).map(([c, ls]) => [c, idx.map((r) => ls[r])])) } : {}),
   };
 }
 
@@ -514,9 +566,10 @@ export function encodeTable(table: RawTable, schema: TableSchema): EncodedTable 
   return { features, labels, featureNames: slots.map((s) => s.name) };
 }
 
-/** The target of each row of a regression table: a finite number, or an error naming the line and the column. */
-export function regressionTargets(table: RawTable): Float32Array {
+/** The target of each row of a regression table: a finite number, or an error naming the line and the column (`nan`: an empty cell, a row that lacks it, is NaN). */
+export function regressionTargets(table: RawTable, missing: 'error' | 'nan' = 'error'): Float32Array {
   return Float32Array.from(table.labels, (cell, i) => {
+    if (cell === '' && missing === 'nan') return NaN;
     const v = Number(cell);
     if (cell === '' || !Number.isFinite(v) || Math.abs(v) > MAX_CELL) {
       throw new DataError(`${table.source}, ${table.rowWord ?? 'line'} ${table.lines[i]}: "${cell}" in column "${table.labelColumn}" is not a finite number (the column is a regression target)`);

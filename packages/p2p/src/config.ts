@@ -57,6 +57,8 @@ const relayAddr = addr.refine((s) => {
 }, "a relay address ends in /p2p/<the relay's peer ID> (e.g. /ip4/10.0.0.1/tcp/9101/p2p/12D3KooW...)");
 
 const posInt = z.number().int().min(1);
+/** The most tasks one site learns. */
+const MAX_TASKS = 16;
 
 /** Finding members at run time: members may be listed by peer ID only. */
 export const discoverySchema = z.object({
@@ -122,13 +124,17 @@ export const peerConfigSchema = z.object({
     /**
      * What the site learns: a task's name (the same across the consortium),
      * its label column (csv) and kind. `labelColumn` is the shorthand for one
-     * classification task named after its column.
+     * classification task named after its column. Several tasks (multi-task:
+     * one body, a head per task) each name their column; a row whose cell in
+     * a task's column is empty lacks that task's label and stays for the others.
      */
     tasks: z.array(z.object({
-      name: z.string().min(1).optional(),
+      name: z.string().min(1).max(128).optional(),
       column: z.string().min(1).optional(),
       kind: z.enum(['classification', 'regression']).default('classification'),
-    }).strict()).min(1).max(1, { message: 'one task per site for now: several tasks at one site (multi-task heads on one body) are not built yet' }).optional(),
+      /** A classification task's label set, in order (with several tasks; one task declares it in `data.classes`). */
+      classes: z.array(z.string().min(1)).min(2).optional(),
+    }).strict()).min(1).max(MAX_TASKS, { message: `at most ${MAX_TASKS} tasks per site` }).optional(),
     features: z.array(z.string()).min(1).optional(),
     drop: z.array(z.string()).optional(),
     categorical: z.array(z.string()).optional(),
@@ -373,6 +379,7 @@ export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.
     const id = multiaddr(b).getComponents().filter((x) => x.name === 'p2p').at(-1)?.value;
     if (!c.members.some((m) => m.peerId === id)) throw new ConfigError(`config ${file}: discovery.bootstrap.${i}: ${id} is not in members (bootstrap through members only)`);
   });
+  checkTasks(c, file);
   const sim = c.data.simulate;
   if (sim && sim.index >= sim.peers) throw new ConfigError(`config ${file}: data.simulate.index (${sim.index}) must be below data.simulate.peers (${sim.peers})`);
   if (getAlgorithm(c.algorithm).network === 'server' && !c.server) {
@@ -396,6 +403,29 @@ export function parsePeerConfig(raw: unknown, file = '<inline>', base = process.
   for (const kind of ['csv:', 'images:']) if (c.data.dataset.startsWith(kind)) c.data.dataset = `${kind}${rel(base, c.data.dataset.slice(kind.length))}`;
   if (sim) sim.share = rel(base, sim.share);
   return c;
+}
+
+/** Several tasks: each with a distinct name and column, its classes in its own entry; one task keeps `data.classes`. */
+function checkTasks(c: ParsedConfig, file: string): void {
+  const ts = c.data.tasks ?? [];
+  ts.forEach((t, i) => {
+    if (t.classes && ts.length === 1) throw new ConfigError(`config ${file}: data.tasks.0.classes: one task declares its classes in data.classes`);
+    if (t.classes && t.kind === 'regression') throw new ConfigError(`config ${file}: data.tasks.${i}.classes: task "${t.name ?? t.column}" is a regression (it has no classes)`);
+  });
+  if (ts.length < 2) return;
+  ts.forEach((t, i) => {
+    if (t.name === undefined && t.column === undefined) throw new ConfigError(`config ${file}: data.tasks.${i}: give the task a name or a column (several tasks: each names its label column)`);
+  });
+  for (const [what, of] of [['name', (t: typeof ts[number]) => t.name ?? t.column], ['column', (t: typeof ts[number]) => t.column ?? t.name]] as const) {
+    const seen = new Map<string, number>();
+    ts.forEach((t, i) => {
+      const v = of(t)!;
+      if (seen.has(v)) throw new ConfigError(`config ${file}: data.tasks.${i}: ${what} "${v}" is task ${seen.get(v)}'s too (each task has its own ${what})`);
+      seen.set(v, i);
+    });
+  }
+  if (c.data.labelColumn !== undefined) throw new ConfigError(`config ${file}: data.labelColumn: with several tasks, each names its label column in data.tasks[].column`);
+  if (c.data.classes !== undefined) throw new ConfigError(`config ${file}: data.classes: with several tasks, each declares its classes in data.tasks[].classes`);
 }
 
 /**

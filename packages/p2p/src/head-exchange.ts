@@ -39,6 +39,16 @@ export const MODEL_ANNOUNCE_TOPIC = '/dflmoe/announce-model/1';
 export const BODY_PROTOCOL = '/dflmoe/body/1.0.0';
 export const BODY_ANNOUNCE_TOPIC = '/dflmoe/announce-body/1';
 const WIRE_FORMAT = 1;
+
+/**
+ * A multi-task site's head channel of task `name`: its own protocol and
+ * announcement topic (the one-task ones with the task appended), so that a
+ * task's heads travel only among the sites that learn it.
+ */
+export function taskChannel(name: string): { protocol: string; topic: string; task: string } {
+  const tail = `/task/${encodeURIComponent(name)}`;
+  return { protocol: `${HEAD_PROTOCOL}${tail}`, topic: `${ANNOUNCE_TOPIC}${tail}`, task: name };
+}
 const MAX_CONTROL = 4096;
 
 /** A consortium member: its peer ID, the addresses to dial it at (when known) and its name. */
@@ -75,12 +85,18 @@ export interface Libp2pExchangeOptions {
   strikeDecayMs?: number;
   /** The site is stopping (SIGINT/SIGTERM): waits for heads end with `Interrupted`. */
   signal?: AbortSignal;
+  /**
+   * A multi-task site's channel (`taskChannel`): the task whose heads it
+   * carries. Announcements, requests and responses name it, and any that
+   * name another task (or none) are dropped as `other-task`.
+   */
+  task?: string;
 }
 
 /** Why a received announcement or head was dropped (counted per reason; most count as a strike against the sender). */
 export type DropReason =
   | 'blocked' | 'bad-head' | 'not-member' | 'bad-announce' | 'spoofed-announce' | 'too-large' | 'bad-response' | 'digest-mismatch'
-  | 'transfer-failed' | 'old-version' | 'duplicate' | 'not-selected';
+  | 'transfer-failed' | 'old-version' | 'duplicate' | 'not-selected' | 'other-task';
 
 /** Counted, but no offence: transfers cut by a restart, strangers (the gater refuses them), heads we already hold. */
 const NO_STRIKE: ReadonlySet<DropReason> = new Set<DropReason>(['transfer-failed', 'not-member', 'duplicate']);
@@ -104,6 +120,11 @@ export function checkAnnounce(data: Uint8Array, from: string, maxHeadBytes: numb
   if (a.peer !== from) return { reason: 'spoofed-announce', detail: `claims to be ${a.peer.slice(0, 80)}` };
   if (a.size === 0n || a.size > BigInt(maxHeadBytes)) return { reason: 'too-large', detail: `${a.size} bytes` };
   return a;
+}
+
+/** `task "x"`, or `no task` (a one-task channel's messages name none). */
+function taskLabel(task: string | undefined): string {
+  return task === undefined ? 'no task' : `task "${task.slice(0, 80)}"`;
 }
 
 /** A timer that does not keep the process alive. */
@@ -278,6 +299,7 @@ export class Libp2pHeadExchange implements HeadExchange {
     if (this.isBlocked(from)) return;
     const a = checkAnnounce(msg.data, from, this.o.maxHeadBytes);
     if ('reason' in a) return this.drop(from, a.reason, a.detail);
+    if (a.task !== this.o.task) return this.drop(from, 'other-task', `announces a head of ${taskLabel(a.task)} on the channel of ${taskLabel(this.o.task)}`);
     this.lastHeard.set(from, Date.now());
     const prev = this.announcements.get(from);
     if (!prev || a.version >= prev.version) this.announcements.set(from, { version: a.version, digest: a.digest });
@@ -360,7 +382,7 @@ export class Libp2pHeadExchange implements HeadExchange {
     };
     try {
       await Promise.all([
-        writeFrames(stream, [HeadRequest.encode({ format: WIRE_FORMAT, minVersion, ...this.partials.request(peer, digest) })]),
+        writeFrames(stream, [HeadRequest.encode({ format: WIRE_FORMAT, minVersion, ...this.partials.request(peer, digest), ...this.taskField() })]),
         readFrames(stream, 2 + Math.ceil(this.o.maxHeadBytes / RESUME_CHUNK), this.o.maxHeadBytes, signal, frames, onFrame),
       ]);
     } catch (e) {
@@ -378,6 +400,7 @@ export class Libp2pHeadExchange implements HeadExchange {
       return this.drop(peer, 'bad-response', (e as Error).message);
     }
     if (!res.available) return; // nothing yet
+    if (res.task !== this.o.task) return this.drop(peer, 'other-task', `sent a head of ${taskLabel(res.task)} on the channel of ${taskLabel(this.o.task)}`);
     let body: Uint8Array | undefined;
     // Chunked: assembled into a buffer of its own. One frame: a view into the stream's buffers, copied once accepted.
     let owned = false;
@@ -478,6 +501,11 @@ export class Libp2pHeadExchange implements HeadExchange {
         r = HeadRequest.decode(req);
         if (r.format !== WIRE_FORMAT) throw new Error(`format ${r.format}`);
         minVersion = r.minVersion;
+        if (r.task !== this.o.task) {
+          this.drop(from, 'other-task', `asked for a head of ${taskLabel(r.task)} on the channel of ${taskLabel(this.o.task)}`);
+          stream.abort(new Error('another task'));
+          return;
+        }
       } catch (e) {
         this.drop(from, 'bad-response', `bad request: ${(e as Error).message}`);
         stream.abort(new Error('bad request'));
@@ -490,7 +518,10 @@ export class Libp2pHeadExchange implements HeadExchange {
       }
       // Resumable: in frames, from where the requester's broken-off transfer of this same head stopped.
       const plan = servePlan(r, h);
-      const head = HeadResponse.encode({ available: true, version: h.version, size: BigInt(h.bytes.length), digest: h.digest, ...(plan.chunkSize ? { chunkSize: plan.chunkSize, offset: BigInt(plan.offset) } : {}) });
+      const head = HeadResponse.encode({
+        available: true, version: h.version, size: BigInt(h.bytes.length), digest: h.digest, ...(plan.chunkSize ? { chunkSize: plan.chunkSize, offset: BigInt(plan.offset) } : {}),
+        ...this.taskField(),
+      });
       await writeFrames(stream, [head, ...(plan.chunkSize ? chunkFrames(h.bytes, plan.offset, plan.chunkSize) : [h.bytes])]);
       this.s.bytesSent += h.bytes.length - plan.offset;
       this.s.messagesSent++;
@@ -504,8 +535,28 @@ export class Libp2pHeadExchange implements HeadExchange {
   private async announce(): Promise<void> {
     const h = this.latest;
     if (!h || this.closed) return;
-    const data = Announce.encode({ format: WIRE_FORMAT, peer: this.selfId, version: h.version, digest: h.digest, size: BigInt(h.bytes.length) });
+    const data = Announce.encode({ format: WIRE_FORMAT, peer: this.selfId, version: h.version, digest: h.digest, size: BigInt(h.bytes.length), ...this.taskField() });
     await this.node.services.pubsub.publish(this.topic, data);
+  }
+
+  /** The `task` field of this channel's messages (none on a one-task channel: its bytes stay as they were). */
+  private taskField(): { task?: string } {
+    return this.o.task !== undefined ? { task: this.o.task } : {};
+  }
+
+  /**
+   * Count the members connected now as greeted (joined, and asked): for an
+   * exchange started on a node whose connections are up already (a
+   * multi-task site's task channels, opened after the data agreement, when
+   * a member may not have opened its own yet). Their heads come as they
+   * announce them (every heartbeat).
+   */
+  greetConnected(): void {
+    for (const id of this.members()) {
+      if (this.isBlocked(id) || this.asked.has(id)) continue;
+      this.emit({ type: 'join', peer: id });
+      this.asked.add(id);
+    }
   }
 
   async publish(payload: Uint8Array, version: number): Promise<void> {

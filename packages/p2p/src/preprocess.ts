@@ -60,6 +60,11 @@ export const localSummarySchema = z.object({
   featureNames: names,
   stats: z.object({ count: z.array(count), missing: z.array(count), sum: z.array(finite), sumSq: z.array(finite) }).strict(),
   task: z.object({ name: z.string().min(1).max(256), kind: z.enum(['classification', 'regression']), sum: finite.optional(), sumSq: finite.optional() }).strict().optional(),
+  /** A multi-task site's tasks (`validateSummary` checks that they fit the rows). */
+  tasks: z.array(z.object({
+    name: z.string().min(1).max(256), kind: z.enum(['classification', 'regression']), numRows: count, classNames: names, labelCounts: z.array(count),
+    sum: finite.optional(), sumSq: finite.optional(), declared: names.min(1).optional(),
+  }).strict()).min(1).max(64).optional(),
 }).strict();
 
 const statementSchema = z.object({ summary: localSummarySchema, declaredClasses: names.min(1).optional() }).strict();

@@ -6,12 +6,12 @@ import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { initBackend, isInterrupted, type AlgorithmOptions, type Logger, type SiteFeed, type StatusBoard } from '@dflmoe/core';
 import {
-  getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, runSite, siteTasks, withoutMembers, type AlgorithmSite, type SiteNetwork, type SiteRoundRecord, type TaskResult,
+  createMultiTaskSite, getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, runSite, siteTasks, withoutMembers, type AlgorithmSite, type SiteNetwork, type SiteRoundRecord, type TaskResult,
 } from '@dflmoe/core/internal';
 import type { SiteData } from '@dflmoe/data';
 import { checkQuorum, checkSelfMember, configSettings, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
-import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL } from './head-exchange.js';
+import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, Libp2pHeadExchange, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL, taskChannel } from './head-exchange.js';
 import { bodyExchange, headExchange, type Libp2pExchangeService as ExchangeService } from './service.js';
 import { createSiteNode, startNode, type NodeTransport, type SiteNode } from './node.js';
 import { siteDiscoveryOptions, siteRelayOptions, watchConnections } from './reach.js';
@@ -145,6 +145,8 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   let server: Libp2pServerLink | undefined;
   let prepared: PreparedSite | undefined;
   let site: AlgorithmSite | undefined;
+  /** dFLMoE at a multi-task site: each task's head channel. */
+  let taskExchanges: Record<string, Libp2pHeadExchange> = {};
   const selfName = names.get(id.peerId) ?? cfg.name ?? id.peerId;
   const memberId = (peer: string) => names.get(peer) ?? peer;
   const feed: SiteFeed | undefined = o.status?.site({
@@ -211,7 +213,8 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const data = prepared.data;
     const model = siteModelOptions(cfg, id.peerId, index, data, prepared.body, prepared.bodySpec);
     const algorithmOptions = siteAlgorithmOptions(cfg);
-    site = alg.createSite(model, algorithmOptions);
+    // Several tasks (or one task of a multi-task agreement): every task a site of its own over the one body.
+    site = prepared.tasks ? createMultiTaskSite(alg, model, prepared.tasks, algorithmOptions) : alg.createSite(model, algorithmOptions);
     writeSiteDescription(cfg, model, algorithmOptions);
     const checkpoint = cfg.checkpoint.enabled ? site.checkpoint : undefined;
     // Resume from the newest good checkpoint, keeping the metrics of the rounds it covers.
@@ -253,9 +256,15 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       transferSeconds: () => (exchange?.transferSeconds ?? server?.transferSeconds ?? 0) + (bodies?.transferSeconds ?? 0),
     };
     if (adaptive) Object.defineProperty(net, 'deadlineMs', { get: () => adaptive.current, enumerable: true });
+    // dFLMoE's tasks: each exchanges heads on a channel of its own, among the members that learn it.
+    if (node && site.headTasks?.length) {
+      taskExchanges = await openTaskChannels(node, site.headTasks, prepared.preprocessing, cfg, id.peerId, log, o.signal);
+      net.tasks = taskNetworks(taskExchanges, prepared.preprocessing, cfg, id.peerId, log, memberId);
+    }
     const agreement = prepared.agreement;
     const dropped = () => ({
       ...(exchange?.dropped ?? {}), ...prefixKeys(bodies?.dropped ?? {}, 'body-transfer:'), ...prefixKeys(agreement?.dropped ?? {}, 'preprocess:'),
+      ...Object.fromEntries(Object.entries(taskExchanges).flatMap(([t, ex]) => Object.entries(prefixKeys(ex.dropped, `task:${t}:`)))),
     }) as Record<string, number>;
     // The audit trail: one signed, hash-chained entry per round (and one per start).
     const audit = await SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, startRound, { exchange, server, serverPeer: cfg.server?.peerId, ...(bodies ? { bodies } : {}) });
@@ -295,12 +304,12 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const result: PeerRunResult = {
       peerId: id.peerId, name: cfg.name, algorithm: cfg.algorithm, backend: backend.name, index,
       trainSamples: data.trainSamples, testSamples: data.testSamples, accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy,
-      tasks: siteTasks(data, ev), bytesSent: traffic.bytesSent, bytesReceived: traffic.bytesReceived,
+      tasks: site.taskResults?.() ?? siteTasks(data, ev), bytesSent: traffic.bytesSent, bytesReceived: traffic.bytesReceived,
       ...(bodies ? { bodyBytesSent: bodies.stats().bytesSent, bodyBytesReceived: bodies.stats().bytesReceived } : {}),
       wallSeconds: 0, peakRssMiB: 0, rounds,
     };
     // Stay a little so that slower peers can fetch our last head or model.
-    if (exchange || bodies) await sleep(cfg.lingerMs, o.signal);
+    if (exchange || bodies || Object.keys(taskExchanges).length > 0) await sleep(cfg.lingerMs, o.signal);
     // A member whose statement we merged may still be asking for ours (it started later, or a
     // short run ended here before it asked): keep serving until it has it, within the preprocessing deadline.
     if (agreement && agreement.unserved().length > 0) {
@@ -332,6 +341,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     if (prepared) disposePeerData(prepared.data);
     await prepared?.agreement?.close();
     await exchange?.close();
+    for (const ex of Object.values(taskExchanges)) await ex.close();
     await bodies?.close();
     await node?.stop();
     await prom?.close();
@@ -393,6 +403,47 @@ function exportRound(prom: PeerMetrics, line: RoundLine): void {
   prom.roundSeconds.set({ part: 'total' }, line.seconds);
 }
 
+
+/**
+ * Open a head channel (`taskChannel`) for each of `tasks` on the running
+ * node, among the members the agreement says learn it: announcements,
+ * requests and heads of anyone else, or naming another task, are dropped,
+ * logged and counted (`task:<name>:<reason>` in a round's `dropped`).
+ */
+async function openTaskChannels(
+  node: SiteNode, tasks: readonly string[], pre: PreparedSite['preprocessing'], cfg: PeerConfig, selfId: string, log: Logger, signal?: AbortSignal,
+): Promise<Record<string, Libp2pHeadExchange>> {
+  const out: Record<string, Libp2pHeadExchange> = {};
+  for (const t of tasks) {
+    const learners = new Set(taskLearners(pre, t, selfId));
+    const ex = new Libp2pHeadExchange(node, {
+      members: cfg.members.filter((m) => m.peerId === selfId || learners.has(m.peerId)), logger: log, signal, maxHeadBytes: cfg.limits.maxHeadBytes, ...taskChannel(t),
+    });
+    await ex.register();
+    ex.start();
+    // The members are connected already (preprocessing): greeted now; their heads come as they announce them.
+    ex.greetConnected();
+    out[t] = ex;
+  }
+  return out;
+}
+
+/** The other members that learn task `t`, as the data agreement says. */
+function taskLearners(pre: PreparedSite['preprocessing'], t: string, selfId: string): string[] {
+  return (pre.agreed.tasks?.find((a) => a.name === t)?.sites ?? []).filter((p) => p !== selfId && pre.included.includes(p));
+}
+
+/** Each task's network: its channel, waiting (up to the quorum) for the members that learn it. */
+function taskNetworks(
+  exchanges: Record<string, Libp2pHeadExchange>, pre: PreparedSite['preprocessing'], cfg: PeerConfig, selfId: string, log: Logger, memberName: (p: string) => string,
+): Record<string, SiteNetwork> {
+  return Object.fromEntries(Object.entries(exchanges).map(([t, ex]) => {
+    const awaited = taskLearners(pre, t, selfId);
+    const n = awaited.length;
+    if (n === 0) log.info(`task "${t}": no other member learns it; its head stays here`);
+    return [t, { exchange: ex, quorum: Math.min(cfg.round.quorum ?? n, n), others: n, awaited, memberName, deadlineMs: cfg.round.deadlineMs, logger: log }];
+  }));
+}
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {

@@ -10,9 +10,13 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { type AlgorithmOptions, type BodySpec, type BodyWeights, type Logger, type SiteDescription, type SitePreprocessing } from '@dflmoe/core';
 import {
-  PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, readBodyWeights, readSiteFiles, resolveBody, sharedInitSeed, scaledTask, takePeerData, type PeerData, type PeerModelOptions,
+  PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, prepareSiteTasks, readBodyWeights, readSiteFiles, resolveBody, sharedInitSeed, scaledTask, takePeerData,
+  type PeerData, type PeerModelOptions, type SiteTasks,
 } from '@dflmoe/core/internal';
-import { DataError, encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type EncodedSite, type SiteData, type SiteDataSpec, type SiteStatement } from '@dflmoe/data';
+import {
+  DataError, encodeSiteData, labelledRows, loadSiteData, reconcileStatements, siteStatement, taskDataset,
+  type AgreedSchema, type EncodedSite, type SiteData, type SiteDataSpec, type SiteStatement,
+} from '@dflmoe/data';
 import { deriveSeed } from '@dflmoe/data/internal';
 import type { PeerConfig } from './config.js';
 import { writeJsonAtomic } from './files.js';
@@ -25,6 +29,14 @@ const CHECKPOINT_DIR = 'checkpoints';
 /** The `data` section of a config as the data package reads it. */
 export function siteDataSpec(cfg: PeerConfig): SiteDataSpec {
   const d = cfg.data;
+  if (d.tasks && d.tasks.length > 1) {
+    // Several tasks: each names its label column (the config check makes sure).
+    const { labelColumn: _l, classes: _c, tasks, ...rest } = d;
+    return {
+      ...rest, labelColumnSetting: 'data.tasks[].column in the site config',
+      tasks: tasks.map((t) => ({ name: (t.name ?? t.column)!, column: t.column ?? t.name, kind: t.kind, ...(t.classes ? { classes: t.classes } : {}) })),
+    };
+  }
   const t = d.tasks?.[0];
   if (t?.column !== undefined && d.labelColumn !== undefined && t.column !== d.labelColumn) {
     throw new DataError(`data.labelColumn "${d.labelColumn}" and data.tasks[0].column "${t.column}" name two label columns: keep one`);
@@ -44,6 +56,8 @@ export function siteIndex(cfg: PeerConfig, selfId: string): number {
 
 export interface PreparedSite {
   data: PeerData;
+  /** A multi-task agreement: the site's tasks' data (`data` is then the first task's, with `tasks`). */
+  tasks?: SiteTasks;
   /** The pretrained body the config names (read before preprocessing, so a damaged file stops the site at once). */
   body?: BodyWeights;
   /** The body the config names, read (a saved tfjs model, `tfjs:<dir>`, is read before preprocessing too). */
@@ -114,18 +128,40 @@ export async function prepareSiteData(
     };
     writeJsonAtomic(saved, pre);
     const a = ag.agreed;
-    log.info(
+    if (a.tasks) log.info(`preprocessing: agreed with ${ag.included.length} site(s) on ${agreedTasksLine(a, o.selfId)} and ${featuresLine(a)} in ${ag.seconds.toFixed(2)} s`);
+    else log.info(
       `preprocessing: agreed with ${ag.included.length} site(s) on ${a.task?.scale ? `the target "${a.task.name}" (pooled mean ${a.task.scale.mean.toPrecision(4)}, sd ${a.task.scale.std.toPrecision(4)})` : `${a.schema.classNames.length} classes`} and ` +
-        `${a.schema.kind === 'table' ? `${a.featureNames.length} encoded features` : `samples of shape ${a.schema.shape.join('x')}`}` +
-        ` in ${ag.seconds.toFixed(2)} s`,
+        `${featuresLine(a)} in ${ag.seconds.toFixed(2)} s`,
     );
   }
   // Standardized with what the site trained (or trains) with: the very numbers saved for prediction.
   const { dataset, split } = enc;
   const standardizer = { mean: Float32Array.from(pre.standardizer.mean), std: Float32Array.from(pre.standardizer.std) };
+  if (pre.agreed.tasks) {
+    // Several tasks: each over the site's rows that carry its label; a regression target scaled with its pooled statistics (or the site's own).
+    const infos = dataset.tasks!.map((c) => {
+      const view = taskDataset(dataset, c.name);
+      return scaledTask(view, labelledRows(view, split.train), enc.targetScales?.[c.name]);
+    });
+    const tasks = prepareSiteTasks(dataset, split, standardizer, infos);
+    const data = { ...tasks.tasks[0], trainSamples: tasks.trainSamples, testSamples: tasks.testSamples, tasks: tasks.tasks };
+    return { data, tasks, preprocessing: pre, agreement, bodySpec, ...(body ? { body } : {}) };
+  }
   // The site's rows are its own: standardized in place and handed to the backend once.
   // A regression target standardized as the features are: with the pooled statistics, or the site's own.
   return { data: takePeerData(dataset, split, standardizer, scaledTask(dataset, split.train, enc.targetScale)), preprocessing: pre, agreement, bodySpec, ...(body ? { body } : {}) };
+}
+
+/** `samples of shape 8x8x1`, or `30 encoded features`. */
+function featuresLine(a: AgreedSchema): string {
+  return a.schema.kind === 'table' ? `${a.featureNames.length} encoded features` : `samples of shape ${a.schema.shape.join('x')}`;
+}
+
+/** A multi-task agreement's tasks as the log line names them: classes or the target's scale, and how many sites learn each (this site's first). */
+function agreedTasksLine(a: AgreedSchema, self: string): string {
+  const ts = [...a.tasks!].sort((x, y) => Number(y.sites.includes(self)) - Number(x.sites.includes(self)));
+  return `${ts.length} task(s): ${ts.map((t) => `"${t.name}" (${t.scale ? `target pooled mean ${t.scale.mean.toPrecision(4)}, sd ${t.scale.std.toPrecision(4)}` : `${t.classNames.length} classes`}, ` +
+    `${t.sites.length} site(s)${t.sites.includes(self) ? '' : ', not learnt here'})`).join(', ')}`;
 }
 
 /** The digest of a site's statement without its peer ID: the same data (rows, split, columns read) gives the same digest. */

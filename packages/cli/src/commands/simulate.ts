@@ -178,7 +178,6 @@ async function simulateOverTcp(
   if (unsupported.length) throw new Error(`${unsupported.join(', ')} ${unsupported.length > 1 ? 'are' : 'is'} not available with --transport tcp yet; run it in memory (the default).`);
   // Image folders decode asynchronously; the sites' shares are written from this one copy.
   const ds = await loadDatasetAsync(cfg.dataset, { seed: cfg.seed, ...cfg.datasetOptions });
-  if (ds.tasks) throw new Error(`${ds.name} is a multi-task dataset: multi-task sites are simulated in memory only for now (run without --transport tcp)`);
   const splits = partition(ds.labels, ds.classNames.length, cfg.peers, cfg.partition, { seed: cfg.seed, testFraction: cfg.testFraction, minSize: cfg.minSize });
   const backend = await initBackend();
   const results = emptyResults(cfg, backend.name, ds, splits);
@@ -218,7 +217,7 @@ async function simulateOverTcp(
     }
     const a = collectResults(alg, files, seconds(), cfg.bodies, simulationSettings(cfg, alg));
     // Pooled test accuracy where the in-memory simulator reports it (every site standardizes alike): each site's saved model on every site's test rows.
-    if (cfg.standardize === 'federated' || cfg.pretrainedBody !== undefined) {
+    if (!ds.tasks && (cfg.standardize === 'federated' || cfg.pretrainedBody !== undefined)) {
       const pooled = await pooledAccuracies(files.sites.map((s) => s.out), ds, splits);
       pooled.forEach((p, i) => (a.peers[i].pooledAccuracy = p));
       a.pooledAccuracy = summarize(pooled);

@@ -9,6 +9,7 @@ export interface Announce {
   version: bigint
   digest: Uint8Array<ArrayBuffer>
   size: bigint
+  task?: string
 }
 
 export namespace Announce {
@@ -44,6 +45,11 @@ export namespace Announce {
         if ((obj.size != null && obj.size !== 0n)) {
           w.uint32(40)
           w.uint64(obj.size)
+        }
+
+        if (obj.task != null) {
+          w.uint32(50)
+          w.string(obj.task)
         }
 
         if (opts.lengthDelimited !== false) {
@@ -82,6 +88,10 @@ export namespace Announce {
             }
             case 5: {
               obj.size = reader.uint64()
+              break
+            }
+            case 6: {
+              obj.task = reader.string()
               break
             }
             default: {
@@ -134,6 +144,13 @@ export namespace Announce {
               }
               break
             }
+            case 6: {
+              yield {
+                field: `${prefix}.task`,
+                value: reader.string()
+              }
+              break
+            }
             default: {
               reader.skipType(tag & 7)
               break
@@ -171,6 +188,11 @@ export namespace Announce {
     value: bigint
   }
 
+  export interface AnnounceTaskFieldEvent {
+    field: '$.task'
+    value: string
+  }
+
   export function encode (obj: Partial<Announce>): Uint8Array<ArrayBuffer> {
     return encodeMessage(obj, Announce.codec())
   }
@@ -179,7 +201,7 @@ export namespace Announce {
     return decodeMessage(buf, Announce.codec(), opts)
   }
 
-  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<Announce>): Generator<AnnounceFormatFieldEvent | AnnouncePeerFieldEvent | AnnounceVersionFieldEvent | AnnounceDigestFieldEvent | AnnounceSizeFieldEvent> {
+  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<Announce>): Generator<AnnounceFormatFieldEvent | AnnouncePeerFieldEvent | AnnounceVersionFieldEvent | AnnounceDigestFieldEvent | AnnounceSizeFieldEvent | AnnounceTaskFieldEvent> {
     return streamMessage(buf, Announce.codec(), opts)
   }
 }
@@ -190,6 +212,7 @@ export interface HeadRequest {
   chunkSize?: number
   offset?: bigint
   resumeDigest?: Uint8Array<ArrayBuffer>
+  task?: string
 }
 
 export namespace HeadRequest {
@@ -227,6 +250,11 @@ export namespace HeadRequest {
           w.bytes(obj.resumeDigest)
         }
 
+        if (obj.task != null) {
+          w.uint32(50)
+          w.string(obj.task)
+        }
+
         if (opts.lengthDelimited !== false) {
           w.ldelim()
         }
@@ -260,6 +288,10 @@ export namespace HeadRequest {
             }
             case 5: {
               obj.resumeDigest = reader.bytes()
+              break
+            }
+            case 6: {
+              obj.task = reader.string()
               break
             }
             default: {
@@ -312,6 +344,13 @@ export namespace HeadRequest {
               }
               break
             }
+            case 6: {
+              yield {
+                field: `${prefix}.task`,
+                value: reader.string()
+              }
+              break
+            }
             default: {
               reader.skipType(tag & 7)
               break
@@ -349,6 +388,11 @@ export namespace HeadRequest {
     value: Uint8Array<ArrayBuffer>
   }
 
+  export interface HeadRequestTaskFieldEvent {
+    field: '$.task'
+    value: string
+  }
+
   export function encode (obj: Partial<HeadRequest>): Uint8Array<ArrayBuffer> {
     return encodeMessage(obj, HeadRequest.codec())
   }
@@ -357,7 +401,7 @@ export namespace HeadRequest {
     return decodeMessage(buf, HeadRequest.codec(), opts)
   }
 
-  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<HeadRequest>): Generator<HeadRequestFormatFieldEvent | HeadRequestMinVersionFieldEvent | HeadRequestChunkSizeFieldEvent | HeadRequestOffsetFieldEvent | HeadRequestResumeDigestFieldEvent> {
+  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<HeadRequest>): Generator<HeadRequestFormatFieldEvent | HeadRequestMinVersionFieldEvent | HeadRequestChunkSizeFieldEvent | HeadRequestOffsetFieldEvent | HeadRequestResumeDigestFieldEvent | HeadRequestTaskFieldEvent> {
     return streamMessage(buf, HeadRequest.codec(), opts)
   }
 }
@@ -369,6 +413,7 @@ export interface HeadResponse {
   digest: Uint8Array<ArrayBuffer>
   chunkSize?: number
   offset?: bigint
+  task?: string
 }
 
 export namespace HeadResponse {
@@ -411,6 +456,11 @@ export namespace HeadResponse {
           w.uint64(obj.offset)
         }
 
+        if (obj.task != null) {
+          w.uint32(58)
+          w.string(obj.task)
+        }
+
         if (opts.lengthDelimited !== false) {
           w.ldelim()
         }
@@ -450,6 +500,10 @@ export namespace HeadResponse {
             }
             case 6: {
               obj.offset = reader.uint64()
+              break
+            }
+            case 7: {
+              obj.task = reader.string()
               break
             }
             default: {
@@ -509,6 +563,13 @@ export namespace HeadResponse {
               }
               break
             }
+            case 7: {
+              yield {
+                field: `${prefix}.task`,
+                value: reader.string()
+              }
+              break
+            }
             default: {
               reader.skipType(tag & 7)
               break
@@ -551,6 +612,11 @@ export namespace HeadResponse {
     value: bigint
   }
 
+  export interface HeadResponseTaskFieldEvent {
+    field: '$.task'
+    value: string
+  }
+
   export function encode (obj: Partial<HeadResponse>): Uint8Array<ArrayBuffer> {
     return encodeMessage(obj, HeadResponse.codec())
   }
@@ -559,7 +625,7 @@ export namespace HeadResponse {
     return decodeMessage(buf, HeadResponse.codec(), opts)
   }
 
-  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<HeadResponse>): Generator<HeadResponseAvailableFieldEvent | HeadResponseVersionFieldEvent | HeadResponseSizeFieldEvent | HeadResponseDigestFieldEvent | HeadResponseChunkSizeFieldEvent | HeadResponseOffsetFieldEvent> {
+  export function stream (buf: Uint8Array | Uint8ArrayList, opts?: DecodeOptions<HeadResponse>): Generator<HeadResponseAvailableFieldEvent | HeadResponseVersionFieldEvent | HeadResponseSizeFieldEvent | HeadResponseDigestFieldEvent | HeadResponseChunkSizeFieldEvent | HeadResponseOffsetFieldEvent | HeadResponseTaskFieldEvent> {
     return streamMessage(buf, HeadResponse.codec(), opts)
   }
 }
