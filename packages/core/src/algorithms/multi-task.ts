@@ -135,6 +135,9 @@ export class MultiTaskSite implements AlgorithmSite {
    * on the combined body).
    */
   async runRound(round: number, net: SiteNetwork): Promise<SiteRound> {
+    if (this.crossTask && !net.crossTask) {
+      throw new Error("crossTask needs a network that carries every task's heads to every site: the in-memory simulator has one, site processes (dflmoe peer, --transport tcp) not yet");
+    }
     const t0 = performance.now();
     let fresh = 0;
     let bodies: MixedBody[] | undefined;
