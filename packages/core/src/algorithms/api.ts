@@ -15,7 +15,6 @@ import type { PeerEval, PeerModelOptions } from './common.js';
 import type { SettingsGroup } from '../settings.js';
 import type { BodyShare, MixedBody } from '../body-share.js';
 import type { TaskResult } from '../tasks/index.js';
-import type { MultiTaskForm } from './multi-task.js';
 
 /** Client side of an aggregation server (FedAvg and its relatives). */
 export interface ServerLink {
@@ -184,6 +183,21 @@ export interface Algorithm<N extends string = string, O extends AlgorithmBaseOpt
   multiTask?(o: O): MultiTaskForm;
   /** `server` algorithms: combine a round's uploads (given in rank order). */
   aggregate?(uploads: Upload[]): NamedArray[];
+}
+
+/**
+ * How an algorithm learns several tasks at one site: each task's head is
+ * the site's own (trained with the body, as local-only trains) or mixed
+ * with that task's heads from the other sites (`experts`: dFLMoE); the body
+ * is kept, averaged by a server (FedAvg, FedAvg-FT and FedRep alike) or
+ * combined with the members' bodies peer to peer (fedrep-p2p, dFLMoE with
+ * `shareBody`).
+ */
+export interface MultiTaskForm {
+  /** Each task's head: the site's own, or mixed with the same task's heads of other sites. */
+  heads: 'own' | 'experts';
+  /** How the site's body is combined with the others' after each round. */
+  body: 'none' | 'server' | 'peers';
 }
 
 /** Whether sites of `alg` with options `o` share their bodies. */

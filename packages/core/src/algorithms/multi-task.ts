@@ -20,26 +20,12 @@ import { absorbMessages } from '../exchange.js';
 import { CrossTaskReadOut, decodeTaskHeads, encodeTaskHeads, type TaskHead } from './cross-task.js';
 import { DflmoeSite } from './dflmoe-site.js';
 import * as tf from '@tensorflow/tfjs-core';
-import type { Algorithm, AlgorithmBaseOptions, AlgorithmSite, ExpertInfo, SiteNetwork, SiteRound } from './api.js';
+import type { Algorithm, AlgorithmBaseOptions, AlgorithmSite, ExpertInfo, MultiTaskForm, SiteNetwork, SiteRound } from './api.js';
 import { buildSiteBody, peerEval, type PeerEval, type PeerModelOptions, type SiteBody } from './common.js';
 import { assignVariables, checkShapes, readVariables, sharedModelSeed } from './fedavg.js';
 import { local } from './local.js';
 import { secondsSince, waitOptions } from './site.js';
 
-/**
- * How an algorithm learns several tasks at one site: each task's head is
- * the site's own (trained with the body, as local-only trains) or mixed
- * with that task's heads from the other sites (`experts`: dFLMoE); the body
- * is kept, averaged by a server (FedAvg, FedAvg-FT and FedRep alike) or
- * combined with the members' bodies peer to peer (fedrep-p2p, dFLMoE with
- * `shareBody`).
- */
-export interface MultiTaskForm {
-  /** Each task's head: the site's own, or mixed with the same task's heads of other sites. */
-  heads: 'own' | 'experts';
-  /** How the site's body is combined with the others' after each round. */
-  body: 'none' | 'server' | 'peers';
-}
 
 /** One task of a multi-task site: its data, the site that trains it on the shared body and, with `crossTask`, its mixer. */
 interface TaskPart {
