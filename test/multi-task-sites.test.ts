@@ -13,6 +13,7 @@ import { freePort, waitExit } from '@dflmoe/cli/internal';
 import { ConfigError, generateIdentity, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
 import { Rng } from '@dflmoe/data/internal';
 import { processGroup } from './helpers.js';
+import { listCheckpoints, loadSite } from '@dflmoe/core/internal';
 
 /** Patients: age, bmi, ward; `died` (0/1, older patients more often) and `los_days` (longer with age); `blank` empties some label cells. */
 function patients(dir: string, name: string, rows: number, seed: number, columns: ('died' | 'los_days')[], blank: (i: number) => ('died' | 'los_days')[] = () => []): string {
@@ -176,5 +177,11 @@ describe('a multi-task consortium of site processes (dFLMoE over TCP)', function
     assert.match(north, /agreed with 3 site\(s\) on 2 task\(s\): "mortality" \(2 classes, 2 site\(s\)\), "stay" \(target pooled mean/);
     assert.match(north, /round 2\/2 .*mortality accuracy \d/);
     assert.match(north, /round 2\/2 .*stay rmse \d/);
+    // Every round left a checkpoint of all of north's tasks (what a restart resumes from); predict says it loads one-task sites only.
+    const ckpt = sites.find((s) => s.name === 'north')!;
+    assert.deepEqual(listCheckpoints(join(ckpt.out, 'checkpoints')), [1, 2]);
+    const site = JSON.parse(readFileSync(join(ckpt.out, 'site.json'), 'utf8')) as { model: { tasks: { name: string }[] } };
+    assert.deepEqual(site.model.tasks.map((t) => t.name), ['mortality', 'stay']);
+    await assert.rejects(loadSite(ckpt.out), /is a multi-task site \(mortality, stay\): predict and evaluate load sites of one task only for now/);
   });
 });

@@ -110,6 +110,34 @@ describe('multi-task sites', () => {
     }
   });
 
+  it('a checkpoint after a round holds every task (and the bodies held): a fresh site restored from it evaluates the same', async () => {
+    const ds = loadDataset('digits-tasks');
+    for (const [alg, o] of [['dflmoe', { shareBody: true }], ['fedavg', {}]] as const) {
+      const a = buildSites(alg, ds, o);
+      const b = buildSites(alg, ds, o);
+      const dir = mkdtempSync(join(tmpdir(), 'dflmoe-mt-ckpt-'));
+      try {
+        const nets = memoryNetworks(getAlgorithm(alg), a.sites, 1 << 26, silentLogger);
+        await Promise.all(a.sites.map((s, i) => runSite(s, nets[i], { rounds: 2 })));
+        const want = a.sites.map((s) => s.taskResults());
+        for (const [i, s] of a.sites.entries()) await s.checkpoint!.save(join(dir, `s${i}`, 'checkpoints'), 2, { note: i }, 2);
+        // Before restoring, the fresh sites differ.
+        assert.notDeepEqual(b.sites.map((s) => s.taskResults()), want);
+        for (const [i, s] of b.sites.entries()) {
+          const r = await s.checkpoint!.restore(join(dir, `s${i}`, 'checkpoints'), silentLogger);
+          assert.equal(r?.round, 2);
+          assert.deepEqual(r?.extra, { note: i });
+        }
+        assert.deepEqual(b.sites.map((s) => s.taskResults()), want, alg);
+        // Another site's checkpoint (other tasks) is refused.
+        await assert.rejects(b.sites[1].checkpoint!.restore(join(dir, 's0', 'checkpoints'), silentLogger), /not a checkpoint of this site's tasks \(high, parity\)/);
+      } finally {
+        a.dispose();
+        b.dispose();
+      }
+    }
+  });
+
   it('a combined body: FedAvg (a server) and fedrep-p2p (peer to peer, the mean of every member) give the same sites to the bit', async () => {
     const ds = loadDataset('digits-tasks');
     const results: Record<string, number>[][] = [];

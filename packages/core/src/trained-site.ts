@@ -48,8 +48,10 @@ export interface SiteDescription {
     headHidden: number[];
     sampleShape: number[];
     numClasses: number;
-    /** What the site learned (older sites: one classification task over the agreed classes). */
+    /** What the site learned (older sites: one classification task over the agreed classes); a multi-task site: its first task. */
     task?: TaskInfo;
+    /** A multi-task site: every task it learns. */
+    tasks?: TaskInfo[];
     train: Partial<TrainOptions>;
     initSeed?: number;
   };
@@ -105,6 +107,9 @@ export function readSiteFiles(dir: string): { site: SiteDescription; preprocessi
   const bad = (file: string, why: string) => new Error(`${join(root, file)} is not a dflmoe ${file === SITE_FILE ? 'site description' : 'preprocessing file'}: ${why}`);
   if (site?.format !== 1) throw bad(SITE_FILE, `format ${String(site?.format)} (this version reads 1)`);
   if (typeof site.peerId !== 'string' || typeof site.model?.body !== 'string' || !Array.isArray(site.model.sampleShape)) throw bad(SITE_FILE, 'fields missing');
+  if (site.model.tasks && site.model.tasks.length > 1) {
+    throw new Error(`${root} is a multi-task site (${site.model.tasks.map((t) => t.name).join(', ')}): predict and evaluate load sites of one task only for now (its checkpoints resume it)`);
+  }
   if (pre?.format !== 1) throw bad(PREPROCESSING_FILE, `format ${String(pre?.format)} (this version reads 1)`);
   const d = site.model.sampleShape.reduce((a, b) => a * b, 1);
   if (!Array.isArray(pre.standardizer?.mean) || pre.standardizer.mean.length !== d || pre.standardizer.std?.length !== d) {

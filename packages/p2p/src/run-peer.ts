@@ -215,7 +215,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const algorithmOptions = siteAlgorithmOptions(cfg);
     // Several tasks (or one task of a multi-task agreement): every task a site of its own over the one body.
     site = prepared.tasks ? createMultiTaskSite(alg, model, prepared.tasks, algorithmOptions) : alg.createSite(model, algorithmOptions);
-    writeSiteDescription(cfg, model, algorithmOptions);
+    writeSiteDescription(cfg, model, algorithmOptions, prepared.tasks?.tasks.map((t) => t.task));
     const checkpoint = cfg.checkpoint.enabled ? site.checkpoint : undefined;
     // Resume from the newest good checkpoint, keeping the metrics of the rounds it covers.
     let startRound = 1;

@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { type AlgorithmOptions, type BodySpec, type BodyWeights, type Logger, type SiteDescription, type SitePreprocessing } from '@dflmoe/core';
+import { type AlgorithmOptions, type BodySpec, type BodyWeights, type Logger, type SiteDescription, type SitePreprocessing, type TaskInfo } from '@dflmoe/core';
 import {
   PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, prepareSiteTasks, readBodyWeights, readSiteFiles, resolveBody, sharedInitSeed, scaledTask, takePeerData,
   type PeerData, type PeerModelOptions, type SiteTasks,
@@ -225,13 +225,13 @@ export function siteModelOptions(cfg: PeerConfig, id: string, index: number, dat
 }
 
 /** Write `site.json`: what `loadSite` needs to rebuild the site's model. */
-export function writeSiteDescription(cfg: PeerConfig, model: PeerModelOptions, algorithmOptions: AlgorithmOptions): void {
+export function writeSiteDescription(cfg: PeerConfig, model: PeerModelOptions, algorithmOptions: AlgorithmOptions, tasks?: TaskInfo[]): void {
   const desc: SiteDescription = {
     format: 1, algorithm: cfg.algorithm, peerId: model.id, ...(cfg.name ? { name: cfg.name } : {}),
     names: Object.fromEntries([...cfg.members.filter((m) => m.name).map((m) => [m.peerId, m.name!]), ...(cfg.name ? [[model.id, cfg.name]] : [])]),
     model: {
       body: cfg.model.body, featureDim: model.featureDim, headHidden: model.headHidden, sampleShape: model.data.sampleShape,
-      numClasses: model.data.task.classNames.length, task: model.data.task, train: model.train, ...(model.initSeed !== undefined ? { initSeed: model.initSeed } : {}),
+      numClasses: model.data.task.classNames.length, task: model.data.task, ...(tasks ? { tasks } : {}), train: model.train, ...(model.initSeed !== undefined ? { initSeed: model.initSeed } : {}),
     },
     algorithmOptions,
   };

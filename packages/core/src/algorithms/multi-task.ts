@@ -13,14 +13,18 @@
 import { deriveSeed } from '@dflmoe/data/internal';
 import { CodecError, decodeBundle, encodeBundle, type DecodeLimits } from '../codec.js';
 import { bodyVariables, formatBodySpec } from '../model.js';
-import { createBodyShare, type BodySharingSettings, type BodyShare, type MixedBody } from '../body-share.js';
+import { createBodyShare, type BodySharingSettings, type BodyShare, type BodyShareState, type MixedBody } from '../body-share.js';
 import type { TaskResult } from '../tasks/index.js';
 import { evaluateTask, type PeerData, type SiteTasks } from '../train.js';
 import { absorbMessages } from '../exchange.js';
 import { CrossTaskReadOut, decodeTaskHeads, encodeTaskHeads, type TaskHead } from './cross-task.js';
 import { DflmoeSite } from './dflmoe-site.js';
 import * as tf from '@tensorflow/tfjs-core';
-import type { Algorithm, AlgorithmBaseOptions, AlgorithmSite, ExpertInfo, MultiTaskForm, SiteNetwork, SiteRound } from './api.js';
+import type { Algorithm, AlgorithmBaseOptions, AlgorithmSite, ExpertInfo, MultiTaskForm, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join, relative } from 'node:path';
+import { restoreNewest, writeCheckpoint, type CheckpointWrite } from '../checkpoint.js';
+import type { Logger } from '../log.js';
 import { buildSiteBody, peerEval, type PeerEval, type PeerModelOptions, type SiteBody } from './common.js';
 import { assignVariables, checkShapes, readVariables, sharedModelSeed } from './fedavg.js';
 import { local } from './local.js';
@@ -60,6 +64,16 @@ export class MultiTaskSite implements AlgorithmSite {
   /** `crossTask`: this site's own heads of the round, as constants. */
   private ownHeads: TaskHead[] = [];
 
+  /**
+   * After every round: each task's site writes its own checkpoint (body,
+   * head, gate, experts, optimizers, counters), and the site keeps them
+   * together in one checkpoint of its own, under `task-<i>/`, with the
+   * bodies held from the members; restored into a site built from the same
+   * config. `crossTask` read-outs start again after a restore (they learn
+   * anew from the next round's heads).
+   */
+  readonly checkpoint?: SiteCheckpointing;
+
   constructor(
     private readonly alg: Algorithm, readonly form: MultiTaskForm, base: PeerModelOptions, site: SiteTasks,
     o: AlgorithmBaseOptions & Partial<BodySharingSettings> & MultiTaskOptions,
@@ -92,6 +106,7 @@ export class MultiTaskSite implements AlgorithmSite {
     this.headTasks = form.heads === 'experts' ? ordered.map((d) => d.task.name) : [];
     this.crossTask = this.parts.some((p) => p.cross);
     this.data = multiTaskData(site, ordered);
+    if (this.parts.every((p) => p.site.checkpoint)) this.checkpoint = { save: (...a) => this.save(...a), restore: (...a) => this.restore(...a) };
     if (form.body === 'peers') {
       this.bodyShare = createBodyShare(base.id, {
         vars: () => bodyVariables(this.body.model), spec: this.body.spec, sampleShape: this.data.sampleShape, featureDim: base.featureDim, samples: this.data.trainSamples,
@@ -236,6 +251,53 @@ export class MultiTaskSite implements AlgorithmSite {
     }
   }
 
+  private async save(dir: string, round: number, extra: Record<string, unknown>, keep: number): Promise<CheckpointWrite> {
+    const t0 = performance.now();
+    mkdirSync(dir, { recursive: true });
+    const tmp = mkdtempSync(join(dir, '..', `.multi-task-${process.pid}-`));
+    try {
+      const data: Record<string, Uint8Array> = {};
+      const files: string[][] = [];
+      for (const [i, p] of this.parts.entries()) {
+        const w = await p.site.checkpoint!.save(join(tmp, `task-${i}`), round, {}, 1);
+        files.push(filesUnder(w.path));
+        for (const f of files[i]) data[`task-${i}/${f}`] = readFileSync(join(w.path, f));
+      }
+      const bodies = this.bodyShare?.exportState();
+      if (bodies) data['bodies.bin'] = encodeBundle('body', { kind: 'body-share-state' }, bodies.tensors);
+      const state: MultiTaskState = { kind: 'multi-task', tasks: this.taskNames, files, counters: { ...this.counters }, ...(bodies ? { bodies: bodies.meta } : {}) };
+      return { ...writeCheckpoint(dir, round, data, state, extra, keep), seconds: secondsSince(t0) };
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  }
+
+  private async restore(dir: string, logger: Logger): Promise<{ round: number; path: string; extra: Record<string, unknown>; summary: string } | undefined> {
+    const r = await restoreNewest(dir, async (c) => {
+      const st = c.state as MultiTaskState;
+      if (st?.kind !== 'multi-task' || st.tasks.join() !== this.taskNames.join()) {
+        throw new Error(`${c.path} is not a checkpoint of this site's tasks (${this.taskNames.join(', ')}): was the algorithm, the model or a task changed?`);
+      }
+      const tmp = mkdtempSync(join(dir, '..', `.multi-task-${process.pid}-`));
+      try {
+        for (const [i, p] of this.parts.entries()) {
+          // The task's own checkpoint, laid out again as its site wrote it, and read back by that site.
+          const into = join(tmp, `task-${i}`, basename(c.path));
+          for (const f of st.files[i]) {
+            mkdirSync(dirname(join(into, f)), { recursive: true });
+            writeFileSync(join(into, f), c.read(`task-${i}/${f}`));
+          }
+          if (!(await p.site.checkpoint!.restore(join(tmp, `task-${i}`), logger))) throw new Error(`${c.path}: task ${p.data.task.name}'s checkpoint did not restore`);
+        }
+      } finally {
+        rmSync(tmp, { recursive: true, force: true });
+      }
+      Object.assign(this.counters, st.counters);
+      if (st.bodies && this.bodyShare) this.bodyShare.importState(st.bodies, decodeBundle(c.read('bodies.bin'), { maxBytes: 2 ** 31 }).tensors);
+    }, logger);
+    return r && { round: r.checkpoint.round, path: r.checkpoint.path, extra: r.checkpoint.extra, summary: `its ${this.parts.length} tasks` };
+  }
+
   /** A multi-task site has no one accuracy: its tasks' metrics are in `taskResults`. */
   evaluate(): PeerEval {
     return peerEval({});
@@ -307,4 +369,22 @@ export function createMultiTaskSite(alg: Algorithm, base: PeerModelOptions, task
 /** Whether `s` is a multi-task site (its records list every task). */
 export function isMultiTask(s: AlgorithmSite): s is MultiTaskSite {
   return s instanceof MultiTaskSite;
+}
+
+/** What a multi-task site's checkpoint holds besides its tasks' files. */
+interface MultiTaskState {
+  kind: 'multi-task';
+  /** The tasks, in round order (`task-<i>/` holds the i-th's checkpoint). */
+  tasks: string[];
+  /** Each task's checkpoint files, relative to its directory. */
+  files: string[][];
+  counters: Record<string, number>;
+  /** Sharing bodies: what the body share held (its tensors in `bodies.bin`). */
+  bodies?: BodyShareState;
+}
+
+/** Every file under `dir`, as paths relative to it. */
+function filesUnder(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile())
+    .map((e) => relative(dir, join(e.parentPath, e.name)));
 }
