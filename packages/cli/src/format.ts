@@ -1,5 +1,5 @@
 import { Help, InvalidArgumentError, type Command, type Option } from 'commander';
-import { metricOf, taskKind, type TaskResult } from '@dflmoe/core/internal';
+import { metricOf, oneClassification, taskKind, type TaskResult } from '@dflmoe/core/internal';
 /** Small helpers for human-readable numbers and plain-text tables. */
 export function formatBytes(n: number): string {
   if (!Number.isFinite(n)) return '-';
@@ -64,7 +64,7 @@ export function plainHelp(cmd: Command): Command {
 /** A site's score as a line shows it: `accuracy 95.0%` for one classification task, else each task's headline metric (`stay rmse 1.240`). */
 export function siteScore(tasks: Record<string, TaskResult> | undefined, accuracy: number): string {
   const entries = Object.entries(tasks ?? {});
-  if (entries.length <= 1 && entries.every(([, t]) => t.kind === 'classification')) return `accuracy ${pct(accuracy)}`;
+  if (oneClassification(tasks ?? {})) return `accuracy ${pct(accuracy)}`;
   return entries.map(([name, t]) => {
     const metric = taskKind(t.kind).headline.metric;
     return `${name} ${metric} ${metricOf(t, metric).toPrecision(4)}`;

@@ -64,7 +64,7 @@ function reportedMetrics(r: Pick<SimulationResults, 'algorithms'>): { field: str
   if (runs.every((a) => oneClassification(a.tasks))) return [{ field: 'accuracy', title: 'accuracy', format: '.1%' }];
   return Object.entries(runs[0].tasks).map(([task, t]) => {
     const metric = taskKind(t.kind).headline.metric;
-    return { field: metric, title: `${metric} of task "${task}"`, format: metric === 'accuracy' ? '.1%' : '.4~g', task };
+    return { field: metric, title: `${metric} of task "${task}"`, format: taskKind(t.kind).shareMetrics.includes(metric) ? '.1%' : '.4~g', task };
   });
 }
 

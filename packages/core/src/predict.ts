@@ -11,7 +11,7 @@ import type { AlgorithmSite } from './algorithms/api.js';
 import { DflmoeSite } from './algorithms/dflmoe-site.js';
 import { moeForward } from './model.js';
 import { rowsOf } from './train.js';
-import { taskKind, type TaskInfo, type TaskKindName, type TaskMetrics } from './tasks/index.js';
+import { classificationTask, taskKind, type TaskInfo, type TaskKindName, type TaskMetrics } from './tasks/index.js';
 
 /**
  * A model's predictions for some samples: the class, every class's probability
@@ -62,7 +62,7 @@ export interface Evaluation {
  * Probabilities (and gate weights) of `site`'s model for standardized
  * samples `x` `[n, ...sampleShape]`, in chunks of `chunk` samples.
  */
-export function sitePredictions(site: AlgorithmSite, x: tf.Tensor, classNames: string[], chunk = 512, task: TaskInfo = { name: 'label', kind: 'classification', classNames }): Predictions {
+export function sitePredictions(site: AlgorithmSite, x: tf.Tensor, classNames: string[], chunk = 512, task: TaskInfo = classificationTask('label', classNames)): Predictions {
   const kind = taskKind(task);
   const n = x.shape[0];
   const c = kind.probabilities ? classNames.length : 0;
@@ -147,7 +147,7 @@ export class SitePredictor {
     readonly sampleShape: number[],
     readonly classNames: string[],
     /** What the model predicts (default: one classification over `classNames`). */
-    readonly task: TaskInfo = { name: 'label', kind: 'classification', classNames },
+    readonly task: TaskInfo = classificationTask('label', classNames),
   ) {}
 
   /** Standardize raw samples the way the training data was (same arithmetic, so the same bits). */

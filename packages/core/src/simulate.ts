@@ -18,7 +18,7 @@ import { resolveBody } from './custom-body.js';
 import { checkBodyStandardizer, readBodyWeights, type BodyWeights } from './pretrained.js';
 import { summarize, type AccuracySummary } from './metrics.js';
 import { memoryNetworks, networkBytes, runSite, type SiteRoundRecord } from './rounds.js';
-import { datasetTask, metricOf, scaledTask, taskKind, type TaskKindName, type TaskResult } from './tasks/index.js';
+import { datasetTask, metricOf, oneClassification, scaledTask, taskKind, type TaskKindName, type TaskResult } from './tasks/index.js';
 import { DEFAULT_TRAIN, disposePeerData, evaluateTask, preparePeerData, prepareSiteTasks, type DpOptions, type OptimizerKind, type PeerData, type SiteTasks } from './train.js';
 import { createMultiTaskSite } from './algorithms/multi-task.js';
 import { createLogger, type Logger } from './log.js';
@@ -433,11 +433,6 @@ export function roundHeadlines(recs: Pick<SiteRoundRecord, 'tasks'>[]): Record<s
   return out;
 }
 
-/** Whether every site learns one classification task, the same (what accuracy columns describe alone). */
-export function oneClassification(tasks: Record<string, { kind: TaskKindName }>): boolean {
-  const t = Object.values(tasks);
-  return t.length <= 1 && t.every((x) => x.kind === 'classification');
-}
 
 /** `mean accuracy 0.9113 (min 0.8438)`, or each task's headline metric (`label: mean rmse 54.2 (worst 61.0)`) when a site learns another kind. */
 export function headlineLine(a: Pick<AlgorithmResult, 'accuracy' | 'tasks'>): string {

@@ -8,7 +8,7 @@
  */
 import { z } from 'zod';
 import type { SiteRoundRecord } from './rounds.js';
-import { metricOf, taskKind } from './tasks/index.js';
+import { metricOf, oneClassification, taskKind } from './tasks/index.js';
 
 /** Where a site is in its run. */
 export const SITE_STATES = ['starting', 'preprocessing', 'training', 'done', 'failed', 'interrupted'] as const;
@@ -135,10 +135,10 @@ export function parseSiteStatus(x: unknown): SiteStatus {
   return siteStatusSchema.parse(x) as SiteStatus;
 }
 
-/** The headline metric of a site's first task when it is not a classification (whose accuracy the status keeps anyway). */
+/** The headline metric of a site's first task, unless the site learns one classification task (whose accuracy the status keeps anyway). */
 function headlineOf(tasks: SiteRoundRecord['tasks'] | undefined): Pick<RoundUpdate, 'metric'> {
   const first = Object.entries(tasks ?? {})[0];
-  if (!first || first[1].kind === 'classification') return {};
+  if (!first || oneClassification(tasks ?? {})) return {};
   const h = taskKind(first[1].kind).headline;
   return { metric: { task: first[0], name: h.metric, higherIsBetter: h.higherIsBetter, value: metricOf(first[1], h.metric) } };
 }

@@ -10,7 +10,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { taskKind, type TaskInfo } from './tasks/index.js';
+import { classificationTask, taskKind, type TaskInfo } from './tasks/index.js';
 import { readInputs, type AgreedSchema, type EncodedInputs, type InputSpec } from '@dflmoe/data';
 import { readCsvTable } from '@dflmoe/data/internal';
 import type { AlgorithmSite } from './algorithms/api.js';
@@ -316,7 +316,7 @@ async function loadSiteDir(root: string, o: { logger?: Logger }): Promise<Traine
   await initBackend({ logger: log });
   const alg = getAlgorithm(desc.algorithm);
   const schema = preprocessing.agreed.schema;
-  const data = noData(desc.model.sampleShape, desc.model.task ?? { name: 'labelColumn' in schema ? schema.labelColumn : 'label', kind: 'classification', classNames: schema.classNames });
+  const data = noData(desc.model.sampleShape, desc.model.task ?? classificationTask('labelColumn' in schema ? schema.labelColumn : 'label', schema.classNames));
   let site: AlgorithmSite | undefined;
   try {
     // A custom body (a saved tfjs model) is rebuilt from the newest checkpoint's body/model.json, whose weights are restored below.

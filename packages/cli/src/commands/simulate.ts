@@ -4,7 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import {
   ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, initBackend, simulate, type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
-import { emptyResults, REGISTRY, isAlgorithmName, oneClassification, simulationSettings, summarize, taskKind, unknownAlgorithmMessage } from '@dflmoe/core/internal';
+import { emptyResults, REGISTRY, isAlgorithmName, oneClassification, simulationSettings, summarize, taskKind, TASK_KINDS, unknownAlgorithmMessage, type TaskKindName } from '@dflmoe/core/internal';
 import { addSettingsOptions, givenSettings } from '../settings-options.js';
 import { SHIFT_KINDS, loadDatasetAsync, partition } from '@dflmoe/data';
 import { collectResults, consortiumRound, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium } from '../consortium.js';
@@ -64,7 +64,7 @@ export function summaryTable(r: SimulationResults): string {
       const kind = taskKind(t.kind);
       const h = kind.headline;
       const m = t.metrics[h.metric];
-      const fmt = (metric: string, v: number) => (Number.isNaN(v) ? '-' : kind.name === 'classification' && metric !== 'r2' ? pct(v) : v.toPrecision(4));
+      const fmt = (metric: string, v: number) => (Number.isNaN(v) ? '-' : kind.shareMetrics.includes(metric) ? pct(v) : v.toPrecision(4));
       const others = kind.metricNames.filter((x) => x !== h.metric).map((x) => `${x} ${fmt(x, t.metrics[x].mean)}`).join(', ');
       rows.push([
         k === 0 ? label : '', task, h.metric, fmt(h.metric, m.mean), fmt(h.metric, m.std), fmt(h.metric, h.higherIsBetter ? m.min : m.max), others,
@@ -119,7 +119,7 @@ export function simulateCommand(): Command {
     .option('--max-samples <n>', 'use a seeded random subset of the dataset', int('--max-samples'))
     .option('--data-dir <dir>', 'fashion-mnist: directory of the idx files')
     .option('--label-column <name>', 'csv: the label column', 'label')
-    .addOption(new Option('--label-kind <kind>', 'csv: what the label column holds: classes, or a number to predict').choices(['classification', 'regression']))
+    .addOption(new Option('--label-kind <kind>', 'csv: what the label column holds: classes, or a number to predict').choices([...TASK_KINDS]))
     .addOption(new Option('--transport <kind>', 'memory: one process; tcp: every site its own process over libp2p on 127.0.0.1').choices(['memory', 'tcp']).default('memory'))
     .option('--deadline <ms>', 'tcp: round deadline in milliseconds', int('--deadline'), 60000)
     .option('--out <dir>', 'output directory for results.json', 'runs/simulate')
@@ -132,7 +132,7 @@ export function simulateCommand(): Command {
       mkdirSync(out, { recursive: true });
       const cfg: SimulationConfig = {
         dataset: o.dataset,
-        datasetOptions: { maxSamples: o.maxSamples, dataDir: o.dataDir, labelColumn: o.labelColumn, ...(o.labelKind ? { taskKind: o.labelKind as 'classification' | 'regression' } : {}) },
+        datasetOptions: { maxSamples: o.maxSamples, dataDir: o.dataDir, labelColumn: o.labelColumn, ...(o.labelKind ? { taskKind: o.labelKind as TaskKindName } : {}) },
         peers: o.peers, partition: o.partition, rounds: o.rounds, algorithms: o.algorithms, seed: o.seed,
         bodies: o.body, featureDim: o.featureDim, headHidden: o.headHidden, epochs: o.epochs, batchSize: o.batchSize,
         learningRate: o.lr, optimizer: o.optimizer,

@@ -68,6 +68,8 @@ export interface TaskKind {
   readonly headline: { metric: string; higherIsBetter: boolean };
   /** The metrics `metrics` returns, headline first. */
   readonly metricNames: readonly string[];
+  /** Of those, the shares of rows (in [0, 1]; tables show them as percentages). */
+  readonly shareMetrics: readonly string[];
   /** The dtype of a label tensor (`int32` class indexes, `float32` standardized targets). */
   readonly labelDtype: 'int32' | 'float32';
   /** A dataset's task of this kind (without a target scale). */

@@ -42,6 +42,7 @@ export const classification: TaskKind = {
   description: 'one of a set of classes: softmax cross-entropy; accuracy, balanced accuracy, macro F1',
   headline: { metric: 'accuracy', higherIsBetter: true },
   metricNames: ['accuracy', 'balancedAccuracy', 'macroF1'],
+  shareMetrics: ['accuracy', 'balancedAccuracy', 'macroF1'],
   labelDtype: 'int32',
   probabilities: true,
   toUnits: (values) => values,

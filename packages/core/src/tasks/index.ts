@@ -25,6 +25,17 @@ export function taskKind(task: Pick<TaskInfo, 'kind'> | TaskKindName): TaskKind 
   return k;
 }
 
+/** Whether these are a site's (or a run's) tasks when it learns one classification task (what accuracy columns describe alone, as before tasks had kinds). */
+export function oneClassification(tasks: Record<string, { kind: TaskKindName }>): boolean {
+  const t = Object.values(tasks);
+  return t.length <= 1 && t.every((x) => x.kind === classification.name);
+}
+
+/** One classification task over `classNames` (what a site learnt before tasks had kinds). */
+export function classificationTask(name: string, classNames: string[]): TaskInfo {
+  return { name, kind: classification.name, classNames };
+}
+
 /** The task `ds` is labelled for (one classification over its labels when it names none), without a target scale. */
 export function datasetTask(ds: Dataset): TaskInfo {
   return taskKind(ds.task?.kind ?? 'classification').fromDataset(ds);

@@ -50,6 +50,7 @@ export const regression: TaskKind = {
   description: 'a number: mean squared error on the standardized target; RMSE, MAE and R^2 in its own units',
   headline: { metric: 'rmse', higherIsBetter: false },
   metricNames: ['rmse', 'mae', 'r2'],
+  shareMetrics: [],
   labelDtype: 'float32',
   probabilities: false,
   toUnits: (values, task) => {
