@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  algorithmSettings, createMultiTaskSite, decodeTaskHeads, encodeTaskHeads, getAlgorithm, CodecError, memoryNetworks, prepareSiteTasks, runSite, silentLogger, simulate, datasetTask, scaledTask,
+  RdpAccountant, algorithmSettings, createMultiTaskSite, decodeTaskHeads, encodeTaskHeads, getAlgorithm, CodecError, memoryNetworks, prepareSiteTasks, runSite, silentLogger, simulate, datasetTask, scaledTask,
   type AlgorithmName, type MultiTaskSite, type SiteRoundRecord,
 } from '@dflmoe/core/internal';
 import { fitStandardizer, labelledRows, loadDataset, partition, taskDataset, featureSize, type Dataset } from '@dflmoe/data';
@@ -25,7 +25,7 @@ function withMissingLabels(ds: Dataset): Dataset {
 }
 
 /** Four sites of `alg` on digits-tasks (site tasks: digit | parity,high | high | value,digit), in memory. */
-function buildSites(alg: AlgorithmName, ds: Dataset, o: Record<string, unknown> = {}): { sites: MultiTaskSite[]; dispose(): void } {
+function buildSites(alg: AlgorithmName, ds: Dataset, o: Record<string, unknown> = {}, train: Record<string, unknown> = {}): { sites: MultiTaskSite[]; dispose(): void } {
   const splits = partition(ds.labels, ds.classNames.length, 4, 'iid', { seed: 3, testFraction: 0.3, minSize: 10 })
     .map((s) => ({ train: s.train.subarray(0, 60), test: s.test.subarray(0, 40) }));
   const plan = ds.siteTasks!;
@@ -37,7 +37,7 @@ function buildSites(alg: AlgorithmName, ds: Dataset, o: Record<string, unknown> 
   const datas = splits.map((s, i) => prepareSiteTasks(ds, s, st, plan[i].map(info)));
   const a = getAlgorithm(alg);
   const sites = datas.map((d, i) => createMultiTaskSite(a, {
-    id: `site-${i}`, data: d.tasks[0], body: { kind: 'mlp', hidden: [32] }, featureDim: 16, headHidden: [], train: { seed: 10 + i, learningRate: 1e-2, epochs: 2 },
+    id: `site-${i}`, data: d.tasks[0], body: { kind: 'mlp', hidden: [32] }, featureDim: 16, headHidden: [], train: { seed: 10 + i, learningRate: 1e-2, epochs: 2, ...train },
   }, d, { seed: 1, maxHeadBytes: 1 << 22, maxModelBytes: 1 << 26, ...algorithmSettings(a, {}).settings, ...o } as never));
   return {
     sites,
@@ -138,6 +138,26 @@ describe('multi-task sites', () => {
     }
   });
 
+  it("DP-SGD at a multi-task site: its epsilon composes every task's steps (each at its own sampling rate over its rows)", async () => {
+    const ds = loadDataset('digits-tasks');
+    const dp = { noiseMultiplier: 1.1, clipNorm: 1, microbatches: 4, delta: 1e-5 };
+    const { sites, dispose } = buildSites('local', ds, {}, { dp, batchSize: 16 });
+    try {
+      const nets = memoryNetworks(getAlgorithm('local'), sites, 1 << 26, silentLogger);
+      const recs = await Promise.all(sites.map((s, i) => runSite(s, nets[i], { rounds: 2 })));
+      // Site 1 learns parity and high on its 60 rows: two mechanisms over the same rows.
+      const want = new RdpAccountant();
+      for (const t of sites[1].data.tasks!) want.compose(16 / t.trainSamples, dp.noiseMultiplier, 2 * 2 * Math.ceil(t.trainSamples / 16)); // 2 rounds of 2 epochs
+      const got = recs[1][1].privacy!;
+      assert.ok(Math.abs(got.epsilon - want.epsilon(1e-5)) < 1e-9, `${got.epsilon} vs ${want.epsilon(1e-5)}`);
+      assert.equal(got.steps, want.steps);
+      // One task over as many rows spends less.
+      assert.ok(recs[2][1].privacy!.epsilon < got.epsilon, `${recs[2][1].privacy!.epsilon} < ${got.epsilon}`);
+    } finally {
+      dispose();
+    }
+  });
+
   it('a combined body: FedAvg (a server) and fedrep-p2p (peer to peer, the mean of every member) give the same sites to the bit', async () => {
     const ds = loadDataset('digits-tasks');
     const results: Record<string, number>[][] = [];
@@ -188,8 +208,8 @@ describe('multi-task sites', () => {
     await assert.rejects(simulate({ dataset: 'digits-tasks', peers: 3, rounds: 1, algorithms: ['local'], siteTasks: [['digit', 'colour']] }, { logger: silentLogger }),
       /site 0's task "colour" is not a task of digits-tasks; its tasks are digit, parity, high, value/);
     await assert.rejects(simulate({ dataset: 'digits', peers: 3, rounds: 1, algorithms: ['local'], siteTasks: [['digit']] }, { logger: silentLogger }), /siteTasks needs a multi-task dataset/);
-    await assert.rejects(simulate({ dataset: 'digits-tasks', peers: 3, rounds: 1, algorithms: ['local'], dp: { noiseMultiplier: 1, clipNorm: 1 } }, { logger: silentLogger }),
-      /differential privacy is not available for multi-task sites yet/);
+    await assert.rejects(simulate({ dataset: 'digits-tasks', peers: 3, rounds: 1, algorithms: ['dflmoe'], crossTask: true, dp: { noiseMultiplier: 1, clipNorm: 1 } }, { logger: silentLogger }),
+      /crossTask is not available with differential privacy/);
   });
 
   it('the CLI: --site-tasks, a table row per task, a report with a chart per task; a bad plan is one line', async function () {

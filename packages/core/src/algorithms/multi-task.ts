@@ -15,7 +15,8 @@ import { CodecError, decodeBundle, encodeBundle, type DecodeLimits } from '../co
 import { bodyVariables, formatBodySpec } from '../model.js';
 import { createBodyShare, type BodySharingSettings, type BodyShare, type BodyShareState, type MixedBody } from '../body-share.js';
 import type { TaskResult } from '../tasks/index.js';
-import { evaluateTask, type PeerData, type SiteTasks } from '../train.js';
+import { evaluateTask, type DpOptions, type PeerData, type SiteTasks } from '../train.js';
+import { RdpAccountant } from '../privacy.js';
 import { absorbMessages } from '../exchange.js';
 import { CrossTaskReadOut, decodeTaskHeads, encodeTaskHeads, type TaskHead } from './cross-task.js';
 import { DflmoeSite } from './dflmoe-site.js';
@@ -25,10 +26,10 @@ import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSyn
 import { basename, dirname, join, relative } from 'node:path';
 import { restoreNewest, writeCheckpoint, type CheckpointWrite } from '../checkpoint.js';
 import type { Logger } from '../log.js';
-import { buildSiteBody, peerEval, type PeerEval, type PeerModelOptions, type SiteBody } from './common.js';
+import { buildSiteBody, peerEval, type PeerEval, type PeerModelOptions, type SiteBody, type SupervisedModel } from './common.js';
 import { assignVariables, checkShapes, readVariables, sharedModelSeed } from './fedavg.js';
 import { local } from './local.js';
-import { secondsSince, waitOptions } from './site.js';
+import { ModelSite, secondsSince, waitOptions } from './site.js';
 
 
 /** One task of a multi-task site: its data, the site that trains it on the shared body and, with `crossTask`, its mixer. */
@@ -59,6 +60,7 @@ export class MultiTaskSite implements AlgorithmSite {
   private readonly arch: string;
   private readonly limits: DecodeLimits;
   private readonly counters: Record<string, number> = {};
+  private readonly dp?: DpOptions;
   /** `crossTask`: the newest heads of every other site's tasks, by site. */
   private readonly received = new Map<string, { round: number; heads: TaskHead[] }>();
   /** `crossTask`: this site's own heads of the round, as constants. */
@@ -80,7 +82,8 @@ export class MultiTaskSite implements AlgorithmSite {
   ) {
     const tasks = site.tasks;
     if (tasks.length === 0) throw new Error(`site ${base.id} has no task to learn`);
-    if (base.train.dp) throw new Error('differential privacy is not available for multi-task sites yet (one accountant would have to compose every task\'s steps over shared rows)');
+    if (base.train.dp && o.crossTask) throw new Error('crossTask is not available with differential privacy: its read-outs train on the rows without DP-SGD');
+    this.dp = base.train.dp;
     const ordered = [...tasks].sort((a, b) => (a.task.name < b.task.name ? -1 : a.task.name > b.task.name ? 1 : 0));
     // A body that is combined starts the same at every site, as FedAvg's model does.
     const initSeed = form.body === 'none' ? base.initSeed ?? base.train.seed ?? 0 : sharedModelSeed(o.seed);
@@ -340,8 +343,20 @@ export class MultiTaskSite implements AlgorithmSite {
     return out;
   }
 
-  privacySpent(): undefined {
-    return undefined;
+  /**
+   * With DP-SGD: the privacy spent by every task's training together. Each
+   * task's steps are accounted at its own sampling rate over its rows, and
+   * a row may be in every task, so the site's Renyi DP is the sum of the
+   * tasks' (composition); epsilon follows from that sum.
+   */
+  privacySpent(): { epsilon: number; delta: number; steps: number } | undefined {
+    if (!this.dp) return undefined;
+    const states = this.parts.map((p) => modelOf(p.site).accountant.state());
+    const total = RdpAccountant.fromState({
+      orders: states[0].orders, rdp: states[0].rdp.map((_, k) => states.reduce((a, s) => a + s.rdp[k], 0)), steps: states.reduce((a, s) => a + s.steps, 0),
+    });
+    const delta = this.dp.delta ?? 1e-5;
+    return { epsilon: total.epsilon(delta), delta, steps: total.steps };
   }
 
   dispose(): void {
@@ -387,4 +402,11 @@ interface MultiTaskState {
 function filesUnder(dir: string): string[] {
   return readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile())
     .map((e) => relative(dir, join(e.parentPath, e.name)));
+}
+
+/** The model a task's site trains (its accountant counts its DP-SGD steps). */
+function modelOf(site: AlgorithmSite): SupervisedModel {
+  if (site instanceof DflmoeSite) return site.peer;
+  if (site instanceof ModelSite) return site.model as SupervisedModel;
+  throw new Error(`a task site of unknown shape (${site.constructor.name})`);
 }
