@@ -87,7 +87,9 @@ describe('installed from npm pack tarballs, outside the repository', function ()
   });
 
   it('npx dflmoe web serves the browser app from the installed package', async () => {
-    const child = spawn('npx', ['--no-install', 'dflmoe', 'web', '--listen', '127.0.0.1:0'], { cwd: app, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_OPTIONS: '' } });
+    // In a process group of its own, stopped as a whole: npx runs dflmoe through a shell, which does not pass SIGINT on
+    // (the dflmoe web process outlived the test).
+    const child = spawn('npx', ['--no-install', 'dflmoe', 'web', '--listen', '127.0.0.1:0'], { cwd: app, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_OPTIONS: '' }, detached: true });
     try {
       const url = await new Promise<string>((resolve, reject) => {
         let out = '';
@@ -106,7 +108,11 @@ describe('installed from npm pack tarballs, outside the repository', function ()
       assert.equal(script.status, 200);
       assert.ok((await script.arrayBuffer()).byteLength > 1e6, 'the bundled app');
     } finally {
-      child.kill('SIGINT');
+      try {
+        process.kill(-child.pid!, 'SIGINT');
+      } catch {
+        child.kill('SIGINT');
+      }
     }
   });
 

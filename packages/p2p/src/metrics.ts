@@ -4,22 +4,32 @@
  * messages), together with libp2p's own metrics and Node's process metrics.
  */
 import { createServer, type Server } from 'node:http';
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { createRequire } from 'node:module';
+import type * as PromClient from 'prom-client';
+
+/**
+ * prom-client (CommonJS) loads with the first PeerMetrics, that is for
+ * `dflmoe peer --metrics`, not with this module: every other process that
+ * imports @dflmoe/p2p goes without it.
+ */
+let promClient: typeof PromClient | undefined;
+const prom = (): typeof PromClient => (promClient ??= createRequire(import.meta.url)('prom-client') as typeof PromClient);
 
 export class PeerMetrics {
-  readonly registry = new Registry();
-  readonly rounds = new Counter({ name: 'dflmoe_rounds_total', help: 'Local rounds completed', registers: [this.registry] });
-  readonly accuracy = new Gauge({ name: 'dflmoe_accuracy', help: 'Personalized accuracy on the local test split after the last round', registers: [this.registry] });
-  readonly ownHeadAccuracy = new Gauge({ name: 'dflmoe_own_head_accuracy', help: 'Accuracy of the own head alone after the last round', registers: [this.registry] });
-  readonly experts = new Gauge({ name: 'dflmoe_experts', help: 'Received experts in the pool', registers: [this.registry] });
-  readonly expertVersion = new Gauge({ name: 'dflmoe_expert_version', help: 'Head version held per expert', labelNames: ['peer'], registers: [this.registry] });
-  readonly bytes = new Gauge({ name: 'dflmoe_bytes', help: 'Head or model bytes moved since start', labelNames: ['direction'], registers: [this.registry] });
-  readonly dropped = new Gauge({ name: 'dflmoe_dropped_messages', help: 'Messages dropped since start, by reason', labelNames: ['reason'], registers: [this.registry] });
-  readonly roundSeconds = new Gauge({ name: 'dflmoe_round_seconds', help: 'Duration of the last round, by part', labelNames: ['part'], registers: [this.registry] });
+  private readonly prom = prom();
+  readonly registry = new this.prom.Registry();
+  readonly rounds = new this.prom.Counter({ name: 'dflmoe_rounds_total', help: 'Local rounds completed', registers: [this.registry] });
+  readonly accuracy = new this.prom.Gauge({ name: 'dflmoe_accuracy', help: 'Personalized accuracy on the local test split after the last round', registers: [this.registry] });
+  readonly ownHeadAccuracy = new this.prom.Gauge({ name: 'dflmoe_own_head_accuracy', help: 'Accuracy of the own head alone after the last round', registers: [this.registry] });
+  readonly experts = new this.prom.Gauge({ name: 'dflmoe_experts', help: 'Received experts in the pool', registers: [this.registry] });
+  readonly expertVersion = new this.prom.Gauge({ name: 'dflmoe_expert_version', help: 'Head version held per expert', labelNames: ['peer'], registers: [this.registry] });
+  readonly bytes = new this.prom.Gauge({ name: 'dflmoe_bytes', help: 'Head or model bytes moved since start', labelNames: ['direction'], registers: [this.registry] });
+  readonly dropped = new this.prom.Gauge({ name: 'dflmoe_dropped_messages', help: 'Messages dropped since start, by reason', labelNames: ['reason'], registers: [this.registry] });
+  readonly roundSeconds = new this.prom.Gauge({ name: 'dflmoe_round_seconds', help: 'Duration of the last round, by part', labelNames: ['part'], registers: [this.registry] });
   private server?: Server;
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: 'dflmoe_process_' });
+    this.prom.collectDefaultMetrics({ register: this.registry, prefix: 'dflmoe_process_' });
   }
 
   /** Serve `/metrics` on 127.0.0.1:`port` (0 picks a free port); resolves to the port. */

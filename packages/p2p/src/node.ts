@@ -11,22 +11,14 @@
  * else, and relayed connections carry no data or time limit (heads are big).
  */
 import './polyfill.js';
-import { noise } from '@chainsafe/libp2p-noise';
-import { yamux } from '@chainsafe/libp2p-yamux';
-import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2';
-import { dcutr } from '@libp2p/dcutr';
-import { kadDHT } from '@libp2p/kad-dht';
-import { mdns } from '@libp2p/mdns';
-import { gossipsub } from '@libp2p/gossipsub';
-import { identify } from '@libp2p/identify';
+// libp2p and its transports and services load when a node is made (`createSiteNode`), not with this module:
+// a process that only reads configs, identities or audit trails (dflmoe simulate, audit, ...) never loads them.
+import type { gossipsub } from '@libp2p/gossipsub';
+import type { identify } from '@libp2p/identify';
 import type { Connection, Libp2p, PeerId, PrivateKey } from '@libp2p/interface';
-import { ping } from '@libp2p/ping';
-import { preSharedKey } from '@libp2p/pnet';
-import { tcp } from '@libp2p/tcp';
-import { webSockets } from '@libp2p/websockets';
+import type { ping } from '@libp2p/ping';
 import { multiaddr } from '@multiformats/multiaddr';
-import { createLibp2p, type Libp2pOptions } from 'libp2p';
-import { prometheusMetrics } from '@libp2p/prometheus-metrics';
+import type { Libp2pOptions } from 'libp2p';
 import { RelayKeeper, type RelayStatus } from './relay-keeper.js';
 import { DHT_PROTOCOL, MemberFinder, memberPeerInfoMapper, type MemberFinderOptions } from './discovery.js';
 import type { Registry } from 'prom-client';
@@ -113,19 +105,31 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
     return true;
   };
   const useWs = o.listen.some((a) => a.includes('/ws'));
+  const [
+    { createLibp2p }, { noise }, { yamux }, { circuitRelayServer, circuitRelayTransport }, { dcutr }, { gossipsub }, { identify }, { ping }, { tcp },
+  ] = await Promise.all([
+    import('libp2p'), import('@chainsafe/libp2p-noise'), import('@chainsafe/libp2p-yamux'), import('@libp2p/circuit-relay-v2'), import('@libp2p/dcutr'),
+    import('@libp2p/gossipsub'), import('@libp2p/identify'), import('@libp2p/ping'), import('@libp2p/tcp'),
+  ]);
+  // What only some nodes use loads only for them.
+  const webSockets = useWs && !o.transports ? (await import('@libp2p/websockets')).webSockets : undefined;
+  const preSharedKey = o.psk ? (await import('@libp2p/pnet')).preSharedKey : undefined;
+  const prometheusMetrics = o.metricsRegistry ? (await import('@libp2p/prometheus-metrics')).prometheusMetrics : undefined;
+  const mdns = o.discovery?.mdns ? (await import('@libp2p/mdns')).mdns : undefined;
+  const kadDHT = o.discovery?.dht ? (await import('@libp2p/kad-dht')).kadDHT : undefined;
   const node = await createLibp2p({
     start: false,
     privateKey: o.privateKey,
     addresses: { listen: o.listen, ...(o.announce?.length ? { announce: o.announce } : {}) },
-    transports: [...(o.transports ?? [tcp(), ...(useWs ? [webSockets()] : [])]), circuitRelayTransport({ reservationCompletionTimeout: 10000 })],
+    transports: [...(o.transports ?? [tcp(), ...(webSockets ? [webSockets()] : [])]), circuitRelayTransport({ reservationCompletionTimeout: 10000 })],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     // Every member may connect at once from one host (one machine, a NAT, a relay): libp2p's defaults
     // (5 inbound connections per host per second, 10 pending) refused most of a 64-site consortium's dials.
     connectionManager: { inboundConnectionThreshold: Math.max(5, 2 * allowed.size), maxIncomingPendingConnections: Math.max(10, 2 * allowed.size) },
-    ...(o.psk ? { connectionProtector: preSharedKey({ psk: o.psk }) } : {}),
-    ...(o.metricsRegistry ? { metrics: prometheusMetrics({ registry: o.metricsRegistry, collectDefaultMetrics: false, preserveExistingMetrics: true }) } : {}),
-    ...(o.discovery?.mdns ? { peerDiscovery: [mdns({ serviceTag: '_dflmoe-discovery._udp.local', interval: 5000 })] } : {}),
+    ...(o.psk && preSharedKey ? { connectionProtector: preSharedKey({ psk: o.psk }) } : {}),
+    ...(o.metricsRegistry && prometheusMetrics ? { metrics: prometheusMetrics({ registry: o.metricsRegistry, collectDefaultMetrics: false, preserveExistingMetrics: true }) } : {}),
+    ...(mdns ? { peerDiscovery: [mdns({ serviceTag: '_dflmoe-discovery._udp.local', interval: 5000 })] } : {}),
     connectionGater: {
       // Loopback and private addresses are fine: consortium members may sit on a LAN. With relay.only, the relays alone.
       denyDialMultiaddr: (ma) => {
@@ -153,7 +157,7 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
         }
         : {}),
       ...(o.relay?.holePunch !== false ? { dcutr: dcutr() } : {}),
-      ...(o.discovery?.dht
+      ...(o.discovery?.dht && kadDHT
         ? { dht: kadDHT({ protocol: DHT_PROTOCOL, clientMode: false, peerInfoMapper: memberPeerInfoMapper(o.discovery.onDroppedAddrs) }) }
         : {}),
       pubsub: gossipsub({
