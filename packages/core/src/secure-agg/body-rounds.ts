@@ -115,12 +115,15 @@ export class SecureBodyRounds {
     this.absorb(ex, w.logger);
     const want = from().filter((m) => m !== this.selfId);
     if (want.length === 0 || w.deadlineMs <= 0) return;
+    const t0 = performance.now();
     await awaitRound(ex, this.departed, {
       round: secAggVersion(round, phase), step: 4 * this.o.every, quorum: want.length, candidates: want.length, from: want, deadlineMs: w.deadlineMs,
       ...(w.awaited ? { awaited: w.awaited } : {}),
       delivered: () => new Set([...have(), ...this.current!.refused].filter((m) => want.includes(m))),
       absorb: () => this.absorb(ex, w.logger),
     });
+    const got = have().filter((m) => want.includes(m)).length;
+    w.logger.debug(`secure aggregation, round ${round} phase ${phase}: ${got} of ${want.length} in ${((performance.now() - t0) / 1000).toFixed(2)} s`);
   }
 
   /** Phases 2 to 4 of `round` (after `begin`); the outcome waits for `mix`. Returns how many members' masked inputs were summed. */
