@@ -14,6 +14,8 @@
  *   npm run bench:bodies -- --scale        # bytes per site-round with k gossip peers, 20 and 100 sites, one process
  *   npm run bench:bodies -- --combiners    # the body combiner's default: mean against median on these cells, no attacker
  *   npm run bench:bodies -- --secure       # secure aggregation against the plain mean: bytes, seconds, accuracy; 10 and 50 sites, gossipPeers 8
+ *   npm run bench:bodies -- --secure --secure-cells full,tcp
+ *                                          # the same partners (topology full: accuracy up to rounding), and 10 site processes over libp2p
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -29,6 +31,7 @@ const { values } = parseArgs({
     scale: { type: 'boolean', default: false },
     combiners: { type: 'boolean', default: false },
     secure: { type: 'boolean', default: false },
+    'secure-cells': { type: 'string', default: 'gossip,full,tcp' },
     out: { type: 'string' },
   },
 });
@@ -78,9 +81,102 @@ if (values.scale) {
   process.exit(0);
 }
 
+// ------------------------------------------------------------ secure aggregation: same partners, and over libp2p
+interface SecurePair { label: string; algorithm: string; plain: { accuracy: number; bytes: number; seconds: number }; secure: { accuracy: number; bytes: number; seconds: number } }
+
+function secureTable(pairs: SecurePair[], bytesWhat: string): string {
+  let md = `| cell | algorithm | accuracy % plain | secure | difference (points) | ${bytesWhat} plain | secure | ratio | s/round plain | secure | ratio |\n|---|---|---|---|---|---|---|---|---|---|---|\n`;
+  for (const { label, algorithm, plain: pl, secure: se } of pairs) {
+    md += `| ${label} | ${algorithm} | ${p(pl.accuracy)} | ${p(se.accuracy)} | ${pts(se.accuracy - pl.accuracy)} | ${kib(pl.bytes)} | ${kib(se.bytes)} | ${(se.bytes / pl.bytes).toFixed(2)} | ${pl.seconds.toFixed(2)} | ${se.seconds.toFixed(2)} | ${(se.seconds / pl.seconds).toFixed(2)} |\n`;
+  }
+  return md;
+}
+
+/**
+ * Topology `full` (every member a partner, one group of everyone): secure
+ * and plain combine exactly the same bodies, so the accuracy differs by
+ * the fixed-point rounding only (gossipPeers 8 draws different partners:
+ * k per site for the plain mean, symmetric groups of 9 or more under
+ * masking). 10 sites, 20 rounds, in one process.
+ */
+async function secureSamePartners(seed: number): Promise<void> {
+  const rounds = 20;
+  const cells = [
+    { dataset: 'digits', samples: 700, label: 'digits 700, Dirichlet 0.5' },
+    { dataset: 'fashion-mnist', samples: 1250, label: 'Fashion-MNIST 1250, Dirichlet 0.5' },
+  ];
+  const algs = [
+    { name: 'fedrep-p2p', config: { algorithms: ['fedrep-p2p' as const] } },
+    { name: 'dflmoe+body', config: { algorithms: ['dflmoe' as const], shareBody: true, fst: 'none' as const, epochs: 2 } },
+  ];
+  const pairs: SecurePair[] = [];
+  for (const cell of cells) {
+    for (const alg of algs) {
+      const run = async (secure: boolean) => {
+        const r = await simulate({
+          dataset: cell.dataset, datasetOptions: { maxSamples: cell.samples }, peers: 10, partition: 'dirichlet:0.5', rounds, seed,
+          optimizer: 'adam', learningRate: 3e-3, topology: 'full', ...alg.config, ...(secure ? { secureAggregation: true } : {}),
+        }, { logger: silentLogger });
+        const a = Object.values(r.algorithms)[0] as AlgorithmResult;
+        return { accuracy: a.accuracy.mean, bytes: (a.bodyBytesSent ?? 0) / (10 * rounds), seconds: a.wallSeconds / rounds };
+      };
+      const pair = { label: cell.label, algorithm: alg.name, plain: await run(false), secure: await run(true) };
+      pairs.push(pair);
+      console.log(`full, ${cell.label}, ${alg.name}: ${p(pair.plain.accuracy)}% plain, ${p(pair.secure.accuracy)}% secure`);
+    }
+  }
+  let md = `Machine: ${machine}. Topology \`full\` (every member a partner; secure: one group of all 10, threshold 7), 10 sites, 20 rounds, Adam 3e-3, seed ${seed}, one process. The same bodies are combined with and without masking, so the accuracy differs by the fixed-point rounding alone (2^-16 per weight).\n\n`;
+  md += secureTable(pairs, 'body bytes/site/round');
+  md += `\n- Largest accuracy gap |secure - plain|: ${(100 * Math.max(...pairs.map((x) => Math.abs(x.secure.accuracy - x.plain.accuracy)))).toFixed(2)} points (target <= 0.50).\n`;
+  writeFileSync(join(outDir, 'secure-full.json'), JSON.stringify({ date: new Date().toISOString(), machine, seed, rounds, pairs }, null, 2) + '\n');
+  updateReadme('bodies-secure-full', md);
+  process.stdout.write(`\n${md}`);
+}
+
+/**
+ * Ten site processes on 127.0.0.1 over libp2p (\`simulate --transport tcp\`),
+ * gossipPeers 8, plain against secure; scaled down to digits 700 and 8 rounds
+ * (ten processes share the machine's two cores).
+ */
+async function secureOverTcp(seed: number): Promise<void> {
+  const rounds = 8;
+  const pairs: SecurePair[] = [];
+  for (const alg of [{ name: 'fedrep-p2p', args: ['--algorithms', 'fedrep-p2p'] }]) {
+    const run = async (secure: boolean) => {
+      const dir = join(outDir, 'runs', `secure-tcp-${alg.name}-${secure ? 'secure' : 'plain'}-s${seed}`);
+      if (!existsSync(join(dir, 'results.json'))) {
+        mkdirSync(dir, { recursive: true });
+        const args = [
+          'simulate', '--transport', 'tcp', '--dataset', 'digits', '--max-samples', '700', '--peers', '10', '--partition', 'dirichlet:0.5', '--rounds', String(rounds),
+          '--seed', String(seed), '--optimizer', 'adam', '--lr', '0.003', '--gossip-peers', '8', ...alg.args, ...(secure ? ['--secure-aggregation'] : []), '--quiet', '--fresh', '--out', dir,
+        ];
+        const code = await waitExit(startProcess(args, join(dir, 'log.txt'), { DFLMOE_LOG_LEVEL: 'warn' }), 1800 * 1000);
+        if (code !== 0) throw new Error(`run ${dir} failed (exit ${code}); see ${join(dir, 'log.txt')}`);
+      }
+      const r = JSON.parse(readFileSync(join(dir, 'results.json'), 'utf8')) as SimulationResults;
+      const a = Object.values(r.algorithms)[0] as AlgorithmResult;
+      // Seconds per round: rounds 2 on (round 1 holds the start-up), as the run's rounds record them.
+      return { accuracy: a.accuracy.mean, bytes: (a.bodyBytesSent ?? 0) / (10 * rounds), seconds: mean(a.rounds.slice(1).map((x) => x.seconds)) };
+    };
+    const pair = { label: 'digits 700, Dirichlet 0.5, 10 processes', algorithm: alg.name, plain: await run(false), secure: await run(true) };
+    pairs.push(pair);
+    console.log(`tcp, ${alg.name}: ${p(pair.plain.accuracy)}% plain, ${p(pair.secure.accuracy)}% secure; ${pair.plain.seconds.toFixed(2)} s against ${pair.secure.seconds.toFixed(2)} s per round`);
+  }
+  let md = `Machine: ${machine}. Ten \`dflmoe peer\` processes on 127.0.0.1 (\`simulate --transport tcp\`), gossipPeers 8 (secure: one group of all 10, threshold 7), digits 700, Dirichlet 0.5, 8 rounds, Adam 3e-3, seed ${seed}. Scaled down from the in-memory cells (8 rounds, not 20; one dataset; fedrep-p2p only) because ten processes share two cores. Seconds per round: the mean of rounds 2 to 8 as the run records them (training, waits and secure aggregation included; round 1, which holds the start-up, left out). Bytes: body-channel payload bytes sent per site and round.\n\n`;
+  md += secureTable(pairs, 'body bytes/site/round');
+  writeFileSync(join(outDir, 'secure-tcp.json'), JSON.stringify({ date: new Date().toISOString(), machine, seed, rounds, pairs }, null, 2) + '\n');
+  updateReadme('bodies-secure-tcp', md);
+  process.stdout.write(`\n${md}`);
+}
+
 // ------------------------------------------------------------ secure aggregation against the plain mean
 if (values.secure) {
   const secureSeed = Number(values.seeds!.split(',')[0]);
+  const secureCells = new Set(values['secure-cells']!.split(','));
+  for (const c of secureCells) if (!['gossip', 'full', 'tcp'].includes(c)) throw new Error(`unknown --secure-cells entry "${c}": use gossip, full, tcp`);
+  if (secureCells.has('full')) await secureSamePartners(secureSeed);
+  if (secureCells.has('tcp')) await secureOverTcp(secureSeed);
+  if (!secureCells.has('gossip')) process.exit(0);
   const cellsOf = [
     { sites: 10, dataset: 'digits', samples: 700, label: 'digits 700, Dirichlet 0.5' },
     { sites: 10, dataset: 'fashion-mnist', samples: 1250, label: 'Fashion-MNIST 1250, Dirichlet 0.5' },

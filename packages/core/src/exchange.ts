@@ -79,28 +79,49 @@ export interface HeadExchange {
   close(): Promise<void>;
 }
 
+/** Messages a `HeadInbox` with `every` keeps per sender. */
+const EVERY_KEPT = 8;
+
 /**
  * Heads waiting to be taken in, newest per sender, with waiters that wake
  * when enough have arrived. Shared by the exchange implementations.
  */
 export class HeadInbox {
   private pending = new Map<string, HeadMessage>();
+  /** With `every`: every message waiting, oldest first. */
+  private queue?: HeadMessage[];
   private waiters = new Set<(force: boolean) => void>();
 
-  /** Keep `m`, replacing an older message from the same sender. */
+  /**
+   * @param o `every`: keep every message (at most `EVERY_KEPT` per sender,
+   * the oldest dropped beyond), not only the newest per sender, for a
+   * protocol of several messages per round (secure aggregation's phases).
+   */
+  constructor(o: { every?: boolean } = {}) {
+    if (o.every) this.queue = [];
+  }
+
+  /** Keep `m`, replacing an older message from the same sender (with `every`: after them). */
   put(m: HeadMessage): void {
-    this.pending.delete(m.from);
-    this.pending.set(m.from, m);
+    if (this.queue) {
+      this.queue.push(m);
+      const mine = this.queue.filter((x) => x.from === m.from);
+      if (mine.length > EVERY_KEPT) this.queue.splice(this.queue.indexOf(mine[0]), 1);
+    } else {
+      this.pending.delete(m.from);
+      this.pending.set(m.from, m);
+    }
     this.wake();
   }
 
   /** The number of senders with a head waiting. */
   get size(): number {
-    return this.pending.size;
+    return this.queue ? new Set(this.queue.map((m) => m.from)).size : this.pending.size;
   }
 
-  /** Take every waiting head (the newest per sender), leaving the inbox empty. */
+  /** Take every waiting head (the newest per sender; with `every`, all of them, oldest first), leaving the inbox empty. */
   drain(): HeadMessage[] {
+    if (this.queue) return this.queue.splice(0);
     const out = [...this.pending.values()];
     this.pending.clear();
     return out;
@@ -113,15 +134,15 @@ export class HeadInbox {
 
   /** Resolve once `count` senders have heads waiting, or after `timeoutMs` (the timer does not hold the process). */
   waitFor(count: number, timeoutMs: number): Promise<number> {
-    if (this.pending.size >= count) return Promise.resolve(this.pending.size);
+    if (this.size >= count) return Promise.resolve(this.size);
     return new Promise((resolve) => {
       const done = () => {
         clearTimeout(timer);
         this.waiters.delete(check);
-        resolve(this.pending.size);
+        resolve(this.size);
       };
       const check = (force: boolean) => {
-        if (force || this.pending.size >= count) done();
+        if (force || this.size >= count) done();
       };
       const timer = setTimeout(done, timeoutMs);
       timer.unref();

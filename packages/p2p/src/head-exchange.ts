@@ -91,7 +91,21 @@ export interface Libp2pExchangeOptions {
    * name another task (or none) are dropped as `other-task`.
    */
   task?: string;
+  /**
+   * Deliver every version a member publishes, in order, not only its
+   * newest: for a protocol of several messages per round (secure
+   * aggregation's four phases on the body channel), where a member that
+   * moved on to its next message must still serve the one before. The
+   * exchange keeps its last `EVERY_VERSION_KEPT` messages and answers a
+   * request with the oldest at or above the version asked for; a puller
+   * asks for the version after the newest it holds (or the selection's
+   * oldest), and again after each transfer, until it has caught up.
+   */
+  everyVersion?: boolean;
 }
+
+/** Messages an exchange with `everyVersion` keeps to serve. */
+export const EVERY_VERSION_KEPT = 8;
 
 /** Why a received announcement or head was dropped (counted per reason; most count as a strike against the sender). */
 export type DropReason =
@@ -135,8 +149,10 @@ function delay(ms: number): Promise<void> {
 export class Libp2pHeadExchange implements HeadExchange {
   readonly selfId: string;
   private memberIds: Set<string>;
-  private inbox = new HeadInbox();
+  private inbox: HeadInbox;
   private latest?: { version: bigint; bytes: Uint8Array; digest: Uint8Array<ArrayBuffer> };
+  /** With `everyVersion`: the last messages published, oldest first (the newest is `latest`). */
+  private history: { version: bigint; bytes: Uint8Array; digest: Uint8Array<ArrayBuffer> }[] = [];
   /** Highest version per peer that we hold (set when a transfer of it succeeds). */
   private known = new Map<string, bigint>();
   private inflight = new Map<string, Promise<void>>();
@@ -171,6 +187,7 @@ export class Libp2pHeadExchange implements HeadExchange {
     this.topic = o.topic ?? ANNOUNCE_TOPIC;
     this.memberIds = new Set(o.members.map((m) => m.peerId).filter((id) => id !== this.selfId));
     this.partials = new PartialHeads(o.maxHeadBytes);
+    this.inbox = new HeadInbox({ every: o.everyVersion === true });
     this.strikes = new StrikeBook({ maxStrikes: o.maxStrikes, blockMs: o.blockMs, decayMs: o.strikeDecayMs });
   }
 
@@ -305,7 +322,24 @@ export class Libp2pHeadExchange implements HeadExchange {
     if (!prev || a.version >= prev.version) this.announcements.set(from, { version: a.version, digest: a.digest });
     if (a.version <= (this.known.get(from) ?? -1n)) return;
     if (this.wanted && (!this.wanted.has(from) || a.version < this.wantedFrom)) return;
+    if (this.o.everyVersion) return this.pullNext(from);
     this.fetch(from, a.version, a.digest);
+  }
+
+  /** `everyVersion`: the version to ask `peer` for (the one after the newest held, or the selection's oldest) and its digest when announced. */
+  private nextOf(peer: string, announced: { version: bigint; digest: Uint8Array }): { minVersion: bigint; digest?: Uint8Array } {
+    const next = (this.known.get(peer) ?? -1n) + 1n;
+    const minVersion = next > this.wantedFrom ? next : this.wantedFrom;
+    return minVersion === announced.version ? { minVersion, digest: announced.digest } : { minVersion };
+  }
+
+  /** `everyVersion`: after a transfer that brought a new message, pull the next one if `peer` announced a newer one. */
+  private pullNext(peer: string): void {
+    const a = this.announcements.get(peer);
+    if (!a || a.version <= (this.known.get(peer) ?? -1n)) return;
+    if (this.wanted && (!this.wanted.has(peer) || a.version < this.wantedFrom)) return;
+    const n = this.nextOf(peer, a);
+    this.fetch(peer, n.minVersion, n.digest);
   }
 
   /**
@@ -318,7 +352,10 @@ export class Libp2pHeadExchange implements HeadExchange {
     this.wantedFrom = BigInt(Math.max(0, Math.floor(minVersion)));
     for (const [peer, a] of this.announcements) {
       if (this.wanted && !this.wanted.has(peer)) continue;
-      if (a.version >= this.wantedFrom && a.version > (this.known.get(peer) ?? -1n)) this.fetch(peer, a.version, a.digest);
+      if (a.version >= this.wantedFrom && a.version > (this.known.get(peer) ?? -1n)) {
+        if (this.o.everyVersion) this.pullNext(peer);
+        else this.fetch(peer, a.version, a.digest);
+      }
     }
   }
 
@@ -330,9 +367,14 @@ export class Libp2pHeadExchange implements HeadExchange {
   /** Pull `peer`'s newest head if it is at least `minVersion` (one transfer per peer at a time). */
   private fetch(peer: string, minVersion: bigint, digest?: Uint8Array): void {
     if (this.closed || this.inflight.has(peer) || this.isBlocked(peer)) return;
+    const had = this.known.get(peer) ?? -1n;
     const p = this.transfer(peer, minVersion, digest)
       .catch((e) => this.drop(peer, 'transfer-failed', (e as Error).message))
-      .finally(() => this.inflight.delete(peer));
+      .finally(() => {
+        this.inflight.delete(peer);
+        // Caught up one message: the next, if there is one (a transfer that brought nothing waits for the next announcement).
+        if (this.o.everyVersion && (this.known.get(peer) ?? -1n) > had) this.pullNext(peer);
+      });
     this.inflight.set(peer, p);
   }
 
@@ -511,7 +553,8 @@ export class Libp2pHeadExchange implements HeadExchange {
         stream.abort(new Error('bad request'));
         return;
       }
-      const h = this.latest;
+      // With everyVersion: the oldest kept at or above what was asked for (the newest otherwise).
+      const h = this.o.everyVersion ? this.history.find((x) => x.version >= minVersion) : this.latest;
       if (!h || h.version < minVersion) {
         await writeFrames(stream, [HeadResponse.encode({ available: false, version: 0n, size: 0n, digest: new Uint8Array() })]);
         return;
@@ -562,6 +605,10 @@ export class Libp2pHeadExchange implements HeadExchange {
   async publish(payload: Uint8Array, version: number): Promise<void> {
     if (payload.length > this.o.maxHeadBytes) throw new Error(`own head of ${payload.length} bytes exceeds limits.maxHeadBytes`);
     this.latest = { version: BigInt(version), bytes: payload, digest: sha256(payload) };
+    if (this.o.everyVersion) {
+      // Versions only go forward: a message republished at a version not above the last replaces those at or above it.
+      this.history = [...this.history.filter((x) => x.version < this.latest!.version), this.latest].slice(-EVERY_VERSION_KEPT);
+    }
     await this.announce().catch((e) => this.o.logger.debug(`announce failed: ${(e as Error).message}`));
   }
 

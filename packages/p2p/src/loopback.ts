@@ -5,7 +5,7 @@
  * allow-list does); nodes find each other by dialing or through discovery.
  */
 import type { Logger } from '@dflmoe/core';
-import { Libp2pHeadExchange } from './head-exchange.js';
+import { Libp2pHeadExchange, type Libp2pExchangeOptions } from './head-exchange.js';
 import { generateIdentity } from './identity.js';
 import { createSiteNode, type SiteNode } from './node.js';
 
@@ -17,7 +17,7 @@ export interface LoopbackMembers {
   stop(): Promise<void>;
 }
 
-export async function loopbackMembers(n: number, o: { maxHeadBytes: number; heartbeatMs?: number; logger: Logger }): Promise<LoopbackMembers> {
+export async function loopbackMembers(n: number, o: { maxHeadBytes: number; heartbeatMs?: number; logger: Logger } & Pick<Libp2pExchangeOptions, 'everyVersion'>): Promise<LoopbackMembers> {
   const ids = await Promise.all(Array.from({ length: n }, () => generateIdentity()));
   const allow = ids.map((i) => i.peerId);
   const nodes = await Promise.all(ids.map((i) => createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow })));

@@ -170,7 +170,12 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
           }),
         } : {}),
         // Bodies travel like heads (signed announcements, pulls, checks, strikes) on their own protocol and topic.
-        ...(sharesBodies(alg, siteAlgorithmOptions(cfg)) ? { bodies: bodyExchange({ members: cfg.members, logger: log, signal: o.signal, maxHeadBytes: cfg.limits.maxModelBytes }) } : {}),
+        // Under secure aggregation a round is four messages per member, each needed: every version is delivered, not only the newest.
+        ...(sharesBodies(alg, siteAlgorithmOptions(cfg)) ? {
+          bodies: bodyExchange({
+            members: cfg.members, logger: log, signal: o.signal, maxHeadBytes: cfg.limits.maxModelBytes, ...(cfg.bodies.secureAggregation ? { everyVersion: true } : {}),
+          }),
+        } : {}),
       };
       node = await createSiteNode({
         services,
@@ -267,7 +272,11 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       ...Object.fromEntries(Object.entries(taskExchanges).flatMap(([t, ex]) => Object.entries(prefixKeys(ex.dropped, `task:${t}:`)))),
     }) as Record<string, number>;
     // The audit trail: one signed, hash-chained entry per round (and one per start).
-    const audit = await SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, startRound, { exchange, server, serverPeer: cfg.server?.peerId, ...(bodies ? { bodies } : {}) });
+    const audit = await SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, startRound, {
+      exchange, server, serverPeer: cfg.server?.peerId,
+      // Under secure aggregation what the body channel carries is masked: the trail keeps the digest of the body itself, which never left.
+      ...(bodies ? { bodies: cfg.bodies.secureAggregation ? { published: () => site!.bodyShare?.lastPublished ?? bodies!.published() } : bodies } : {}),
+    });
     await runSite(site, net, {
       from: startRound, rounds: cfg.rounds, signal: o.signal,
       onRound: async (m) => {

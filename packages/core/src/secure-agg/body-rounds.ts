@@ -13,7 +13,7 @@
  * is kept until that round begins; one of an earlier round is stale.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { DepartedMembers, absorbMessages, awaitRound, type HeadExchange } from '../exchange.js';
+import { DepartedMembers, absorbMessages, awaitRound, type HeadExchange, type RoundWait } from '../exchange.js';
 import type { Logger } from '../log.js';
 import { SecAggError, decodeSecAgg } from './messages.js';
 import { SECAGG_BENIGN, SecAggMember, type SecAggResult } from './protocol.js';
@@ -54,6 +54,8 @@ export class SecureBodyRounds {
 
   /** Draw this round's group and publish this site's keys. */
   async begin(ex: HeadExchange, round: number): Promise<void> {
+    // Watch departures before the roster is read: a member that leaves between now and the first wait is not waited for.
+    this.departed.of(ex);
     for (const m of [...ex.members(), ...(ex.announced?.().keys() ?? [])]) if (m !== this.selfId) this.roster.add(m);
     const group = secAggGroupOf(this.selfId, [...this.roster], round, secAggGroupSize(this.o.topology, this.roster.size + 1), this.o.seed);
     const length = this.vars().reduce((a, v) => a + v.size, 0);
@@ -102,22 +104,33 @@ export class SecureBodyRounds {
     return n;
   }
 
-  /** Wait (bounded) until the members `from()` names (others than this site) have delivered what `have()` lists. */
-  private async wait(ex: HeadExchange, round: number, phase: number, from: () => string[], have: () => string[], w: { deadlineMs: number; logger: Logger }): Promise<void> {
+  /**
+   * Wait (at most the round's deadline) until the members `from()` names
+   * (others than this site) have delivered what `have()` lists. Each phase
+   * waits only for members that delivered the phase before, so a member
+   * that goes silent without its departure being seen (frozen, or cut off)
+   * costs the round one deadline, in the phase it went silent in.
+   */
+  private async wait(ex: HeadExchange, round: number, phase: number, from: () => string[], have: () => string[], w: { deadlineMs: number; logger: Logger } & Pick<RoundWait, 'awaited'>): Promise<void> {
     this.absorb(ex, w.logger);
     const want = from().filter((m) => m !== this.selfId);
     if (want.length === 0 || w.deadlineMs <= 0) return;
+    const t0 = performance.now();
     await awaitRound(ex, this.departed, {
       round: secAggVersion(round, phase), step: 4 * this.o.every, quorum: want.length, candidates: want.length, from: want, deadlineMs: w.deadlineMs,
+      ...(w.awaited ? { awaited: w.awaited } : {}),
       delivered: () => new Set([...have(), ...this.current!.refused].filter((m) => want.includes(m))),
       absorb: () => this.absorb(ex, w.logger),
     });
+    const got = have().filter((m) => want.includes(m)).length;
+    w.logger.debug(`secure aggregation, round ${round} phase ${phase}: ${got} of ${want.length} in ${((performance.now() - t0) / 1000).toFixed(2)} s`);
   }
 
   /** Phases 2 to 4 of `round` (after `begin`); the outcome waits for `mix`. Returns how many members' masked inputs were summed. */
-  async run(ex: HeadExchange, round: number, w: { deadlineMs: number; logger: Logger }): Promise<number> {
+  async run(ex: HeadExchange, round: number, w: { deadlineMs: number; logger: Logger } & Pick<RoundWait, 'awaited'>): Promise<number> {
     if (this.current?.round !== round) await this.begin(ex, round);
     const m = this.current!.member;
+    const wait = (phase: number, from: () => string[], have: () => string[]) => this.wait(ex, round, phase, from, have, w);
     const t = m.group.threshold;
     const done = (r: SecAggResult) => {
       this.results.set(round, r);
@@ -129,12 +142,12 @@ export class SecureBodyRounds {
       }
       return r.ok ? r.survivors.length - 1 : 0;
     };
-    await this.wait(ex, round, 1, () => m.group.members, () => m.advertised(), w);
+    await wait(1, () => m.group.members, () => m.advertised());
     const shares = await m.shareKeys();
     if (!shares) return done({ ok: false, reason: 'too-few', detail: `${m.advertised().length} members of the group advertised keys, fewer than the threshold ${t}` });
     this.absorb(ex, w.logger);
     await ex.publish(shares, secAggVersion(round, 2));
-    await this.wait(ex, round, 2, () => m.advertised(), () => m.sharers(), w);
+    await wait(2, () => m.advertised(), () => m.sharers());
     const flat = new Float32Array(m.length);
     let at = 0;
     for (const v of this.vars()) {
@@ -145,9 +158,9 @@ export class SecureBodyRounds {
     if (!masked) return done({ ok: false, reason: 'too-few', detail: `${m.sharers().length} members of the group shared their keys, fewer than the threshold ${t}` });
     if (masked.clipped) this.count('secagg-clipped');
     await ex.publish(masked.message, secAggVersion(round, 3));
-    await this.wait(ex, round, 3, () => m.sharers(), () => m.holders(), w);
+    await wait(3, () => m.sharers(), () => m.holders());
     await ex.publish(m.reveal()!, secAggVersion(round, 4));
-    await this.wait(ex, round, 4, () => m.holders(), () => m.revealers(), w);
+    await wait(4, () => m.holders(), () => m.revealers());
     return done(await m.result());
   }
 
