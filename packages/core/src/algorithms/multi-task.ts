@@ -23,7 +23,7 @@ import { DflmoeSite } from './dflmoe-site.js';
 import * as tf from '@tensorflow/tfjs-core';
 import type { Algorithm, AlgorithmBaseOptions, AlgorithmSite, ExpertInfo, MultiTaskForm, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { basename, dirname, join, relative } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { restoreNewest, writeCheckpoint, type CheckpointWrite } from '../checkpoint.js';
 import type { Logger } from '../log.js';
 import { buildSiteBody, peerEval, type PeerEval, type PeerModelOptions, type SiteBody, type SupervisedModel } from './common.js';
@@ -399,9 +399,9 @@ interface MultiTaskState {
 }
 
 /** Every file under `dir`, as paths relative to it. */
-function filesUnder(dir: string): string[] {
-  return readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile())
-    .map((e) => relative(dir, join(e.parentPath, e.name)));
+function filesUnder(dir: string, prefix = ''): string[] {
+  return readdirSync(join(dir, prefix), { withFileTypes: true })
+    .flatMap((e) => (e.isDirectory() ? filesUnder(dir, join(prefix, e.name)) : e.isFile() ? [join(prefix, e.name)] : []));
 }
 
 /** The model a task's site trains (its accountant counts its DP-SGD steps). */
