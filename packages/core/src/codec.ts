@@ -53,9 +53,9 @@ export interface NamedArray {
 }
 
 /** How tensors travel: float32 (exact), float16 (half the bytes), int8 (a quarter, plus a scale per tensor). */
-export type Precision = 'float32' | 'float16' | 'int8';
+export type Precision = (typeof PRECISIONS)[number];
 /** Every `Precision`, most exact first. */
-export const PRECISIONS: readonly Precision[] = ['float32', 'float16', 'int8'];
+export const PRECISIONS = ['float32', 'float16', 'int8'] as const;
 const DTYPE = { float32: 'f32', float16: 'f16', int8: 'q8' } as const;
 type Dtype = (typeof DTYPE)[Precision];
 

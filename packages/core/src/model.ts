@@ -174,9 +174,9 @@ export function headLogits(w: HeadWeights, z: tf.Tensor2D): tf.Tensor2D {
  * `z -> z W + b` (dim x dim), `diag` is `z -> z * w + b` (a scale and shift
  * per feature), `none` feeds local features to the expert unchanged.
  */
-export type FstKind = 'full' | 'diag' | 'none';
+export type FstKind = (typeof FST_KINDS)[number];
 /** Every `FstKind`. */
-export const FST_KINDS: readonly FstKind[] = ['full', 'diag', 'none'];
+export const FST_KINDS = ['full', 'diag', 'none'] as const;
 
 /** A feature-space transform, identity at start (`none` has no parameters: callers skip it). */
 export function createFst(dim: number, kind: Exclude<FstKind, 'none'> = 'full'): DenseLayer<tf.Variable> {

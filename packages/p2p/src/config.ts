@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { closest, distance } from 'fastest-levenshtein';
 import {
   ALGORITHMS, DEFAULT_SIMULATION, DEFAULT_TRAIN, OPTIMIZERS, SETTINGS, SettingError, algorithmSettings, bodySettings, dflmoeSettings, fedrepSettings,
-  fineTuneSettings, stalenessSettings, type AlgorithmName, type AlgorithmSettings, type OptimizerKind, type SectionOf, type SimulationConfig, TASK_KINDS, type TaskKindName,
+  fineTuneSettings, stalenessSettings, type AlgorithmName, type AlgorithmSettings, type OptimizerKind, type SectionOf, type SimulationConfig, TASK_KINDS,
 } from '@dflmoe/core';
 import {
   DEFAULT_LIMITS, DEFAULT_MAX_SAMPLE_RATIO, DEFAULT_MAX_SAMPLES, configPath, fromSections, getAlgorithm, settingsList, parseBodySpec, parsedString, sectionShape,
@@ -131,7 +131,7 @@ export const peerConfigSchema = z.object({
     tasks: z.array(z.object({
       name: z.string().min(1).max(128).optional(),
       column: z.string().min(1).optional(),
-      kind: z.enum(TASK_KINDS as [TaskKindName, ...TaskKindName[]]).default('classification'),
+      kind: z.enum(TASK_KINDS).default('classification'),
       /** A classification task's label set, in order (with several tasks; one task declares it in `data.classes`). */
       classes: z.array(z.string().min(1)).min(2).optional(),
     }).strict()).min(1).max(MAX_TASKS, { message: `at most ${MAX_TASKS} tasks per site` }).optional(),

@@ -26,7 +26,7 @@ import type { Connection, Stream } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { z } from 'zod';
-import { TASK_KINDS, throwIfInterrupted, type Logger, type TaskKindName } from '@dflmoe/core';
+import { TASK_KINDS, throwIfInterrupted, type Logger } from '@dflmoe/core';
 import { pause, waitLeft, waitNoticeMs } from '@dflmoe/core/internal';
 import { DataError, reconcileStatements, validateSummary, type AgreedSchema, type SiteStatement } from '@dflmoe/data';
 import { agreementFit } from '@dflmoe/data/internal';
@@ -59,10 +59,10 @@ export const localSummarySchema = z.object({
   labelCounts: z.array(count),
   featureNames: names,
   stats: z.object({ count: z.array(count), missing: z.array(count), sum: z.array(finite), sumSq: z.array(finite) }).strict(),
-  task: z.object({ name: z.string().min(1).max(256), kind: z.enum(TASK_KINDS as [TaskKindName, ...TaskKindName[]]), sum: finite.optional(), sumSq: finite.optional() }).strict().optional(),
+  task: z.object({ name: z.string().min(1).max(256), kind: z.enum(TASK_KINDS), sum: finite.optional(), sumSq: finite.optional() }).strict().optional(),
   /** A multi-task site's tasks (`validateSummary` checks that they fit the rows). */
   tasks: z.array(z.object({
-    name: z.string().min(1).max(256), kind: z.enum(TASK_KINDS as [TaskKindName, ...TaskKindName[]]), numRows: count, classNames: names, labelCounts: z.array(count),
+    name: z.string().min(1).max(256), kind: z.enum(TASK_KINDS), numRows: count, classNames: names, labelCounts: z.array(count),
     sum: finite.optional(), sumSq: finite.optional(), declared: names.min(1).optional(),
   }).strict()).min(1).max(64).optional(),
 }).strict();

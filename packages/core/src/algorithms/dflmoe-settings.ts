@@ -4,8 +4,8 @@
  * learner and `DflmoePeer` all take them from here.
  */
 import { z } from 'zod';
-import { PRECISIONS, type Precision } from '../codec.js';
-import { FST_KINDS, type FstKind } from '../model.js';
+import { PRECISIONS } from '../codec.js';
+import { FST_KINDS } from '../model.js';
 import { defineSettings, type SettingsOf } from '../settings.js';
 
 /** dFLMoE's own settings (the `dflmoe` section of a site config), each with its default, range and help text. */
@@ -19,10 +19,10 @@ export const dflmoeSettings = defineSettings({
     expertLrScale: z.number().min(0).max(1000).default(1).describe("learning rate of the received experts' gate slots and transforms, as a multiple of the learning rate"),
     admission: z.number().min(0).max(10).optional()
       .describe("refuse received heads scoring below this fraction of the own head's accuracy on local training rows (off when unset)"),
-    fst: z.enum(FST_KINDS as [FstKind, ...FstKind[]]).default('full')
+    fst: z.enum(FST_KINDS).default('full')
       .describe("each received expert's feature-space transform: full (dim x dim), diag (scale and shift per feature) or none"),
     distill: z.number().min(0).max(100).default(0).describe('weight of distilling the mixture into the own head (0: off)'),
-    headPrecision: z.enum(PRECISIONS as [Precision, ...Precision[]]).default('float32')
+    headPrecision: z.enum(PRECISIONS).default('float32')
       .describe('precision of published heads: float32, float16 (half the bytes) or int8 (a quarter, with a scale per tensor)'),
     maxExperts: z.number().int().min(0).default(32)
       .describe('mix at most this many received experts, chosen each round from announcements, local scores and gate weights (0: every one)'),

@@ -9,7 +9,9 @@ import type * as tf from '@tensorflow/tfjs-core';
 import type { Dataset } from '@dflmoe/data';
 
 /** The kinds of task: `classification` (one of a set of classes) and `regression` (a number). */
-export type TaskKindName = 'classification' | 'regression';
+export type TaskKindName = (typeof TASK_KIND_NAMES)[number];
+/** Every kind's name, in the order help and errors list them (each kind is a file beside this one, listed in `index.ts`). */
+export const TASK_KIND_NAMES = ['classification', 'regression'] as const;
 
 /** A regression target's standardization: training targets are `(y - mean) / std`, predictions are mapped back. */
 export interface TargetScale {

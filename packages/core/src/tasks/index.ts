@@ -3,7 +3,7 @@
  * here. See `api.ts` for what a kind provides.
  */
 import type { Dataset } from '@dflmoe/data';
-import type { TargetScale, TaskInfo, TaskKind, TaskKindName } from './api.js';
+import { TASK_KIND_NAMES, type TargetScale, type TaskInfo, type TaskKind, type TaskKindName } from './api.js';
 export { metricOf } from './api.js';
 import { classification } from './classification.js';
 import { regression } from './regression.js';
@@ -15,7 +15,7 @@ export { fitTargetScale, regressionMetrics } from './regression.js';
 const KINDS: Readonly<Record<TaskKindName, TaskKind>> = { classification, regression };
 
 /** Every task kind's name. */
-export const TASK_KINDS: readonly TaskKindName[] = Object.keys(KINDS) as TaskKindName[];
+export const TASK_KINDS = TASK_KIND_NAMES;
 
 /** The kind of `task` (or of that name). */
 export function taskKind(task: Pick<TaskInfo, 'kind'> | TaskKindName): TaskKind {
