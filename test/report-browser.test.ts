@@ -27,11 +27,8 @@ describe('run report in a browser', function () {
     await close?.();
   });
 
-  it('report.html of a shared-body run renders offline: charts drawn, the table names dFLMoE with shared bodies and its body bytes', async () => {
-    const out = mkdtempSync(join(tmpdir(), 'dflmoe-report-browser-'));
-    const r = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--rounds', '3', '--partition', 'iid', '--algorithms', 'dflmoe,fedrep-p2p,local',
-      '--share-body', '--quiet', '--out', out]);
-    assert.equal(r.status, 0, r.stderr);
+  /** Open `out`/report.html offline: its charts (size and marks), its first table, page errors and requests that left the file. */
+  async function openReport(out: string) {
     const page = await browser.newPage();
     try {
       const errors: string[] = [];
@@ -51,22 +48,43 @@ describe('run report in a browser', function () {
         const box = svg?.getBoundingClientRect();
         return { id: (f as HTMLElement).dataset.chart!, width: box?.width ?? 0, height: box?.height ?? 0, marks: svg?.querySelectorAll('path, rect, line').length ?? 0 };
       }));
-      assert.ok(charts.length >= 2, `charts: ${JSON.stringify(charts)}`);
-      for (const c of charts) assert.ok(c.width > 100 && c.height > 50 && c.marks > 5, `chart ${c.id} is not drawn: ${JSON.stringify(c)}`);
       const table = await page.$$eval('table', (ts) => ts.map((t) => ({
         head: [...t.querySelectorAll('th')].map((th) => th.textContent),
         rows: [...t.querySelectorAll('tbody tr')].map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent)),
       }))[0]);
-      assert.ok(table.head.includes('of which bodies'), `header ${table.head}`);
-      const shared = table.rows.find((row) => row[0] === 'dflmoe (shared bodies)');
-      assert.ok(shared, `rows ${JSON.stringify(table.rows)}`);
-      const bodiesCol = table.head.indexOf('of which bodies');
-      assert.match(shared[bodiesCol]!, /KiB|MiB/);
-      assert.equal(table.rows.find((row) => row[0] === 'local')![bodiesCol], '-', 'local-only shares no body');
+      for (const c of charts) assert.ok(c.width > 100 && c.height > 50 && c.marks > 5, `chart ${c.id} is not drawn: ${JSON.stringify(c)}`);
       assert.deepEqual(errors, []);
       assert.deepEqual(outside, [], 'the report asks for nothing outside its file');
+      return { charts, table };
     } finally {
       await page.close();
     }
+  }
+
+  it('report.html of a shared-body run renders offline: charts drawn, the table names dFLMoE with shared bodies and its body bytes', async () => {
+    const out = mkdtempSync(join(tmpdir(), 'dflmoe-report-browser-'));
+    const r = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--rounds', '3', '--partition', 'iid', '--algorithms', 'dflmoe,fedrep-p2p,local',
+      '--share-body', '--quiet', '--out', out]);
+    assert.equal(r.status, 0, r.stderr);
+    const { charts, table } = await openReport(out);
+    assert.ok(charts.length >= 2, `charts: ${JSON.stringify(charts)}`);
+    assert.ok(table.head.includes('of which bodies'), `header ${table.head}`);
+    const shared = table.rows.find((row) => row[0] === 'dflmoe (shared bodies)');
+    assert.ok(shared, `rows ${JSON.stringify(table.rows)}`);
+    const bodiesCol = table.head.indexOf('of which bodies');
+    assert.match(shared[bodiesCol]!, /KiB|MiB/);
+    assert.equal(table.rows.find((row) => row[0] === 'local')![bodiesCol], '-', 'local-only shares no body');
+  });
+
+  it("report.html of a multi-task run: each task's charts drawn, a table row per task", async () => {
+    const out = mkdtempSync(join(tmpdir(), 'dflmoe-report-browser-mt-'));
+    const r = cli(['simulate', '--dataset', 'digits-tasks', '--peers', '3', '--rounds', '2', '--algorithms', 'dflmoe,local', '--site-tasks', 'digit;value,digit',
+      '--train-per-site', '40', '--quiet', '--out', out]);
+    assert.equal(r.status, 0, r.stderr);
+    const { charts, table } = await openReport(out);
+    const ids = charts.map((c) => c.id);
+    for (const id of ['accuracy-per-round', 'accuracy-per-peer', 'accuracy-per-round:value', 'accuracy-per-peer:value']) assert.ok(ids.includes(id), `charts ${ids}`);
+    assert.deepEqual(table.head.slice(0, 4), ['algorithm', 'task', 'metric', 'mean']);
+    assert.deepEqual(table.rows.map((row) => row.slice(1, 3)), [['digit', 'accuracy'], ['value', 'rmse'], ['digit', 'accuracy'], ['value', 'rmse']]);
   });
 });

@@ -335,7 +335,8 @@ const MEMORY_DEADLINE_MS = 2 ** 31 - 1;
 /** In-memory networks for the sites of `alg`, in site order. */
 export function memoryNetworks(alg: Algorithm, sites: AlgorithmSite[], combineLimitBytes: number, logger: Logger): SiteNetwork[] {
   const n = sites.length;
-  if (sites.some((s) => s.headTasks)) return multiTaskNetworks(alg, sites, combineLimitBytes, logger);
+  // Multi-task sites whose tasks exchange heads do so on the tasks' hubs (`withTaskHubs`), not on one of the site's.
+  if (sites.some((s) => s.headTasks)) return withTaskHubs(sites, memoryNetworks({ ...alg, message: 'body' }, sites.map((s) => ({ id: s.id, bodyShare: s.bodyShare }) as AlgorithmSite), combineLimitBytes, logger), logger);
   if (alg.network === 'peers') {
     const hub = alg.message === 'body' ? undefined : new MemoryHub({ lockstep: true });
     // Bodies travel on a hub of their own, so that they are counted and pulled apart from heads.
@@ -354,25 +355,21 @@ export function memoryNetworks(alg: Algorithm, sites: AlgorithmSite[], combineLi
 }
 
 /**
- * In-memory networks of multi-task sites whose tasks exchange heads: a hub
- * per task among the sites that learn it (`SiteNetwork.tasks`), and the
- * bodies' hub when they share bodies.
+ * Multi-task sites whose tasks exchange heads: beside each site's network
+ * `nets[i]` (bodies, server), a hub per task among the sites that learn it
+ * (`SiteNetwork.tasks`), and with `crossTask` one hub of every task's heads.
  */
-function multiTaskNetworks(alg: Algorithm, sites: AlgorithmSite[], combineLimitBytes: number, logger: Logger): SiteNetwork[] {
-  // Heads travel on the tasks' hubs only: the site-level network is the bodies' (or none).
-  const nets = memoryNetworks({ ...alg, message: 'body' }, sites.map((s) => ({ id: s.id, bodyShare: s.bodyShare }) as AlgorithmSite), combineLimitBytes, logger);
+function withTaskHubs(sites: AlgorithmSite[], nets: SiteNetwork[], logger: Logger): SiteNetwork[] {
   const learners = new Map<string, string[]>();
   for (const s of sites) for (const t of s.headTasks ?? []) learners.set(t, [...(learners.get(t) ?? []), s.id]);
   const hubs = new Map([...learners.keys()].map((t) => [t, new MemoryHub({ lockstep: true })]));
-  // Heads of every task to every site that mixes across tasks.
-  const crossing = sites.filter((s) => 'crossTask' in s && s.crossTask);
+  const crossing = sites.filter((s) => s.crossTask);
   const cross = crossing.length > 0 ? new MemoryHub({ lockstep: true }) : undefined;
   return sites.map((s, i) => {
     const tasks = Object.fromEntries((s.headTasks ?? []).map((t) => {
       const others = learners.get(t)!.length - 1;
       return [t, { exchange: hubs.get(t)!.join(s.id), quorum: others, others, deadlineMs: MEMORY_DEADLINE_MS, logger }];
     }));
-    const crossing_ = cross && crossing.includes(s) ? { crossTask: cross.join(s.id), crossOthers: crossing.length - 1 } : {};
-    return { ...nets[i], tasks, ...crossing_ };
+    return { ...nets[i], tasks, ...(cross && s.crossTask ? { crossTask: cross.join(s.id), crossOthers: crossing.length - 1 } : {}) };
   });
 }

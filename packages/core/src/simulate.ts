@@ -19,7 +19,7 @@ import { checkBodyStandardizer, readBodyWeights, type BodyWeights } from './pret
 import { summarize, type AccuracySummary } from './metrics.js';
 import { memoryNetworks, networkBytes, runSite, type SiteRoundRecord } from './rounds.js';
 import { datasetTask, metricOf, oneClassification, scaledTask, taskKind, type TaskKindName, type TaskResult } from './tasks/index.js';
-import { DEFAULT_TRAIN, disposePeerData, evaluateTask, preparePeerData, prepareSiteTasks, type DpOptions, type OptimizerKind, type PeerData, type SiteTasks } from './train.js';
+import { DEFAULT_TRAIN, disposePeerData, evaluateTask, preparePeerData, prepareSiteTasks, siteTasksData, type DpOptions, type OptimizerKind, type PeerData, type SiteTasks } from './train.js';
 import { createMultiTaskSite } from './algorithms/multi-task.js';
 import { createLogger, type Logger } from './log.js';
 import { networkMembers, type StatusBoard } from './status.js';
@@ -332,7 +332,7 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   // (The agreement's scale, from the sites' sums: what site processes agree on, to the bit.)
   const task = st ? scaledTask(ds, Int32Array.from(splits.flatMap((s) => [...s.train])), agreement?.task?.scale) : undefined;
   const multi = ds.tasks ? multiTaskData(ds, cfg, splits, st) : undefined;
-  const datas = multi ? multi.map((m) => ({ ...m.tasks[0], trainSamples: m.trainSamples, testSamples: m.testSamples, tasks: m.tasks }))
+  const datas = multi ? multi.map(siteTasksData)
     : splits.map((s, i) => preparePeerData(flipped(i) ? flipLabels(ds) : ds, s, st, task));
   // Every site's test rows together, for the pooled metric.
   const pooled = st && !multi ? preparePeerData(ds, { train: new Int32Array(0), test: Int32Array.from(splits.flatMap((s) => [...s.test])) }, st, task) : undefined;

@@ -105,6 +105,11 @@ export interface SiteTasks {
   testSamples: number;
 }
 
+/** A multi-task site's data as one `PeerData`: its first task's fields, its rows (those with any label) and every task's data in `tasks`. */
+export function siteTasksData(s: SiteTasks): PeerData {
+  return { ...s.tasks[0], trainSamples: s.trainSamples, testSamples: s.testSamples, tasks: s.tasks };
+}
+
 /**
  * A multi-task site's tensors: for each of `tasks` (by name, each a task of
  * the multi-task `ds`, with its scale), the site's rows that carry its label

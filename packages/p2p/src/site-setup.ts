@@ -10,7 +10,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { type AlgorithmOptions, type BodySpec, type BodyWeights, type Logger, type SiteDescription, type SitePreprocessing, type TaskInfo } from '@dflmoe/core';
 import {
-  PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, prepareSiteTasks, readBodyWeights, readSiteFiles, resolveBody, sharedInitSeed, scaledTask, takePeerData,
+  PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, prepareSiteTasks, readBodyWeights, readSiteFiles, resolveBody, sharedInitSeed, scaledTask, siteTasksData, takePeerData,
   type PeerData, type PeerModelOptions, type SiteTasks,
 } from '@dflmoe/core/internal';
 import {
@@ -144,7 +144,7 @@ export async function prepareSiteData(
       return scaledTask(view, labelledRows(view, split.train), enc.targetScales?.[c.name]);
     });
     const tasks = prepareSiteTasks(dataset, split, standardizer, infos);
-    const data = { ...tasks.tasks[0], trainSamples: tasks.trainSamples, testSamples: tasks.testSamples, tasks: tasks.tasks };
+    const data = siteTasksData(tasks);
     return { data, tasks, preprocessing: pre, agreement, bodySpec, ...(body ? { body } : {}) };
   }
   // The site's rows are its own: standardized in place and handed to the backend once.

@@ -113,6 +113,8 @@ export interface AlgorithmSite {
   taskResults?(): Record<string, TaskResult>;
   /** A multi-task site: the tasks whose heads it exchanges, each on its own network (`SiteNetwork.tasks`). */
   readonly headTasks?: readonly string[];
+  /** A multi-task dFLMoE site with `crossTask`: it also sends and takes every task's heads (`SiteNetwork.crossTask`). */
+  readonly crossTask?: boolean;
   /**
    * Activated outputs (class probabilities `[batch, classes]`, or a
    * regression's predictions `[batch, 1]`) of the model this site is

@@ -15,9 +15,9 @@ import { CodecError, decodeBundle, encodeBundle, type DecodeLimits } from '../co
 import { bodyVariables, formatBodySpec } from '../model.js';
 import { createBodyShare, type BodySharingSettings, type BodyShare, type BodyShareState, type MixedBody } from '../body-share.js';
 import type { TaskResult } from '../tasks/index.js';
-import { evaluateTask, type DpOptions, type PeerData, type SiteTasks } from '../train.js';
+import { evaluateTask, siteTasksData, type DpOptions, type PeerData, type SiteTasks } from '../train.js';
 import { RdpAccountant } from '../privacy.js';
-import { absorbMessages } from '../exchange.js';
+import { DepartedMembers, absorbMessages, awaitRound } from '../exchange.js';
 import { CrossTaskReadOut, decodeTaskHeads, encodeTaskHeads, type TaskHead } from './cross-task.js';
 import { DflmoeSite } from './dflmoe-site.js';
 import * as tf from '@tensorflow/tfjs-core';
@@ -65,6 +65,9 @@ export class MultiTaskSite implements AlgorithmSite {
   private readonly received = new Map<string, { round: number; heads: TaskHead[] }>();
   /** `crossTask`: this site's own heads of the round, as constants. */
   private ownHeads: TaskHead[] = [];
+  /** `crossTask`: members that left (its waits do not hold the round for them). */
+  private readonly departed = new DepartedMembers();
+  private readonly featureDim: number;
 
   /**
    * After every round: each task's site writes its own checkpoint (body,
@@ -90,6 +93,7 @@ export class MultiTaskSite implements AlgorithmSite {
     this.body = buildSiteBody({ ...base, data: ordered[0] }, initSeed);
     this.arch = `${formatBodySpec(this.body.spec)}|in=${ordered[0].sampleShape.join('x')}|features=${base.featureDim}`;
     this.limits = { maxBytes: o.maxModelBytes };
+    this.featureDim = base.featureDim;
     const taskAlg = form.heads === 'experts' ? this.alg : local;
     this.parts = [];
     try {
@@ -108,7 +112,7 @@ export class MultiTaskSite implements AlgorithmSite {
     }
     this.headTasks = form.heads === 'experts' ? ordered.map((d) => d.task.name) : [];
     this.crossTask = this.parts.some((p) => p.cross);
-    this.data = multiTaskData(site, ordered);
+    this.data = siteTasksData({ ...site, tasks: ordered });
     if (this.parts.every((p) => p.site.checkpoint)) this.checkpoint = { save: (...a) => this.save(...a), restore: (...a) => this.restore(...a) };
     if (form.body === 'peers') {
       this.bodyShare = createBodyShare(base.id, {
@@ -190,33 +194,36 @@ export class MultiTaskSite implements AlgorithmSite {
     await ex.publish(encodeTaskHeads(this.id, round, peers.map((peer) => ({ task: peer.data.task, layers: peer.head }))), round);
     const tw = performance.now();
     const others = net.crossOthers ?? 0;
-    const fresh = () => [...this.received.values()].filter((r) => r.round >= round).length;
+    const refused = { count: 0 };
     const take = () => absorbMessages(ex, net.logger, 'task heads', (m) => {
       try {
-        const r = decodeTaskHeads(m.payload, m.from, this.body.model.outputs[0].shape.at(-1) as number, this.limits);
+        const r = decodeTaskHeads(m.payload, m.from, this.featureDim, this.limits);
         const old = this.received.get(m.from);
         if (old && old.round > r.round) {
-          r.heads.forEach((h) => tf.dispose(h.layers.flatMap((l) => [l.kernel, l.bias])));
+          disposeHeads(r.heads);
           return 'stale-version';
         }
-        old?.heads.forEach((h) => tf.dispose(h.layers.flatMap((l) => [l.kernel, l.bias])));
+        if (old) disposeHeads(old.heads);
         this.received.set(m.from, r);
         return 'added';
       } catch (e) {
         if (!(e instanceof CodecError)) throw e;
         this.counters[`cross:${e.reason}`] = (this.counters[`cross:${e.reason}`] ?? 0) + 1;
+        refused.count++;
         return e.reason as never;
       }
     });
-    take();
-    const deadline = Date.now() + net.deadlineMs;
-    while (fresh() < Math.min(others, net.quorum || others) && Date.now() < deadline) {
-      await ex.waitForHeads(1, Math.max(1, deadline - Date.now()));
-      take();
-    }
+    let fresh = take();
+    // Bounded, as every wait of a round: members that left, or are far behind, are not waited for.
+    fresh += await awaitRound(ex, this.departed, {
+      round, quorum: others, candidates: others, deadlineMs: net.deadlineMs, ...waitOptions(net, 'task heads'),
+      delivered: () => new Set([...this.received].filter(([, r]) => r.round >= round).map(([peer]) => peer)),
+      refused: () => refused.count,
+      absorb: take,
+    });
     const waitSeconds = secondsSince(tw);
     const tt = performance.now();
-    this.ownHeads.forEach((h) => tf.dispose(h.layers.flatMap((l) => [l.kernel, l.bias])));
+    disposeHeads(this.ownHeads);
     this.ownHeads = peers.map((peer) => ({
       id: `${this.id}/${peer.data.task.name}`, task: peer.data.task.name, kind: peer.data.task.kind,
       layers: peer.head.map((l) => ({ kernel: tf.clone(l.kernel), bias: tf.clone(l.bias) })),
@@ -226,7 +233,7 @@ export class MultiTaskSite implements AlgorithmSite {
         p.cross!.train(this.body.model.apply(p.data.xTrain, { training: false }) as tf.Tensor2D, p.data.yTrain, this.crossExperts(p), round);
       });
     }
-    return { waitSeconds, trainSeconds: secondsSince(tt), fresh: fresh() };
+    return { waitSeconds, trainSeconds: secondsSince(tt), fresh };
   }
 
   /** The heads a task's mixer mixes: every other task's, received or the site's own. */
@@ -364,15 +371,11 @@ export class MultiTaskSite implements AlgorithmSite {
       p.site.dispose();
       p.cross?.dispose();
     }
-    for (const h of [...this.ownHeads, ...[...this.received.values()].flatMap((r) => r.heads)]) tf.dispose(h.layers.flatMap((l) => [l.kernel, l.bias]));
+    disposeHeads([...this.ownHeads, ...[...this.received.values()].flatMap((r) => r.heads)]);
     this.body.model.dispose();
   }
 }
 
-/** A multi-task site's data: its first task's fields, its rows (those that carry any label) and every task's data. */
-function multiTaskData(s: SiteTasks, ordered: PeerData[]): PeerData {
-  return { ...ordered[0], trainSamples: s.trainSamples, testSamples: s.testSamples, tasks: ordered };
-}
 
 /** Sites of `alg` that learn several tasks, or one task of a multi-task dataset; throws when `alg` has no multi-task form. */
 export function createMultiTaskSite(alg: Algorithm, base: PeerModelOptions, tasks: SiteTasks, o: AlgorithmBaseOptions & Partial<BodySharingSettings> & MultiTaskOptions): MultiTaskSite {
@@ -409,4 +412,9 @@ function modelOf(site: AlgorithmSite): SupervisedModel {
   if (site instanceof DflmoeSite) return site.peer;
   if (site instanceof ModelSite) return site.model as SupervisedModel;
   throw new Error(`a task site of unknown shape (${site.constructor.name})`);
+}
+
+/** Dispose frozen heads' layers. */
+function disposeHeads(heads: TaskHead[]): void {
+  tf.dispose(heads.flatMap((h) => h.layers.flatMap((l) => [l.kernel, l.bias])));
 }
