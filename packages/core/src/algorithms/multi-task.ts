@@ -15,9 +15,11 @@ import { CodecError, decodeBundle, encodeBundle, type DecodeLimits } from '../co
 import { bodyVariables, formatBodySpec } from '../model.js';
 import { createBodyShare, type BodySharingSettings, type BodyShare, type BodyShareState, type MixedBody } from '../body-share.js';
 import type { TaskResult } from '../tasks/index.js';
-import { evaluateTask, siteTasksData, type DpOptions, type PeerData, type SiteTasks } from '../train.js';
+import { DEFAULT_TRAIN, evaluateTask, siteTasksData, type DpOptions, type PeerData, type SiteTasks } from '../train.js';
 import { RdpAccountant } from '../privacy.js';
 import { DepartedMembers, absorbMessages, awaitRound } from '../exchange.js';
+import { resolveSettings } from '../settings.js';
+import { dflmoeSettings } from './dflmoe-settings.js';
 import { CrossTaskReadOut, decodeTaskHeads, encodeTaskHeads, type TaskHead } from './cross-task.js';
 import { DflmoeSite } from './dflmoe-site.js';
 import * as tf from '@tensorflow/tfjs-core';
@@ -95,6 +97,9 @@ export class MultiTaskSite implements AlgorithmSite {
     this.limits = { maxBytes: o.maxModelBytes };
     this.featureDim = base.featureDim;
     const taskAlg = form.heads === 'experts' ? this.alg : local;
+    const train = { ...DEFAULT_TRAIN, ...base.train };
+    // The read-out's weight as dFLMoE's settings resolve it (their default where it is not given).
+    const crossWeight = o.crossTask ? resolveSettings([dflmoeSettings], [], { crossTaskWeight: o.crossTaskWeight }).values.crossTaskWeight as number : 0;
     this.parts = [];
     try {
       for (const data of ordered) {
@@ -102,7 +107,7 @@ export class MultiTaskSite implements AlgorithmSite {
         const { initSeed: _i, ...rest } = base;
         const site = taskAlg.createSite({ ...rest, data, sharedBody: this.body, train: { ...base.train, seed } }, { ...o, shareBody: false, crossTask: false } as never);
         const cross = form.heads === 'experts' && o.crossTask === true ? new CrossTaskReadOut(data.task, {
-          weight: o.crossTaskWeight ?? 0.5, learningRate: base.train.learningRate ?? 1e-3, batchSize: base.train.batchSize ?? 32, seed: deriveSeed(seed, 'cross'),
+          weight: crossWeight, learningRate: train.learningRate, batchSize: train.batchSize, seed: deriveSeed(seed, 'cross'),
         }) : undefined;
         this.parts.push({ data, site, ...(cross ? { cross } : {}) });
       }
