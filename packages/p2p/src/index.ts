@@ -28,7 +28,8 @@ export {
   type ExchangeComponents, type ExchangeService, type ExchangeServiceInit, type StatementServiceInit,
 } from './service.js';
 export { runServer, type ServerRoundLine } from './fedavg-net.js';
-export { runPeer, type PeerRunResult, type RoundLine, type RunPeerOptions } from './run-peer.js';
+export { runPeer, type PeerRunResult, type RunPeerOptions } from './run-peer.js';
+export { driveSite, type DrivenSite, type EarlierParts, type RoundAudit, type RoundLine, type SiteDriverOptions } from './site-driver.js';
 export {
   AUDIT_FILE, verifyAudit, verifySiteAudit,
   type AuditDigest, type AuditEntry, type AuditProblem, type AuditReport, type AuditRound, type AuditSeal, type AuditTail,

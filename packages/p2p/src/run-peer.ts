@@ -2,11 +2,11 @@
  * `dflmoe peer`: run one site from its config file. Writes one JSON line per
  * round to `<out>/metrics.jsonl` and `<out>/results.json` at the end.
  */
-import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { initBackend, isInterrupted, type AlgorithmOptions, type Logger, type SiteFeed, type StatusBoard } from '@dflmoe/core';
 import {
-  createMultiTaskSite, getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, runSite, siteTasks, withoutMembers, type AlgorithmSite, type SiteNetwork, type SiteRoundRecord, type TaskResult,
+  createMultiTaskSite, getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, siteTasks, withoutMembers, type Algorithm, type AlgorithmSite, type SiteNetwork, type TaskResult,
 } from '@dflmoe/core/internal';
 import type { SiteData } from '@dflmoe/data';
 import { checkQuorum, checkSelfMember, configSettings, otherMembers, type PeerConfig } from './config.js';
@@ -19,35 +19,11 @@ import { AdaptiveDeadline } from './deadline.js';
 import { Libp2pServerLink } from './fedavg-net.js';
 import { PeerMetrics } from './metrics.js';
 import { SiteAudit, type AuditSeal } from './audit.js';
-import { readJsonFile, readJsonLines, writeJsonAtomic, writeJsonLinesAtomic } from './files.js';
+import { writeJsonAtomic } from './files.js';
+import { driveSite, type EarlierParts, type RoundLine } from './site-driver.js';
 import { prepareSiteData, removeEarlierRun, siteIndex, siteModelOptions, writeSiteDescription, type PreparedSite } from './site-setup.js';
 import { peakRssMiB } from './process-stats.js';
 import { PeerStatusWatch } from './live-status.js';
-
-/**
- * One round of a site, as a line of `metrics.jsonl`: the round loop's record
- * (`SiteRoundRecord`: accuracy, loss, experts, bytes so far, seconds, privacy
- * spent), its members named, and what the site adds: the transport's drops,
- * the checkpoint, the deadline, the time.
- */
-export interface RoundLine extends Omit<SiteRoundRecord, 'experts' | 'bodies'> {
-  /** dFLMoE: the experts in the pool, with the members' names. */
-  experts: (SiteRoundRecord['experts'][number] & { name?: string })[];
-  /** Sites that share bodies: the members' bodies combined this round (SHA-256 of what arrived), named. */
-  bodies?: (NonNullable<SiteRoundRecord['bodies']>[number] & { name?: string })[];
-  /** Input dropped so far by the transports and refused by the algorithm, by reason. */
-  dropped: Record<string, number>;
-  /** dFLMoE: time and size of this round's checkpoint. */
-  checkpointSeconds?: number;
-  /** ...and its size in bytes. */
-  checkpointBytes?: number;
-  /** With `round.adaptive`: the deadline this round's wait for heads had (ms). */
-  deadlineMs?: number;
-  /** Seconds since the site's run began (with the time of the earlier parts of a resumed run). */
-  wallSeconds?: number;
-  /** When the round finished (ISO 8601). */
-  time: string;
-}
 
 /** What `runPeer` returns (and writes to `results.json`): the site's accuracy, bytes, seconds and every round. */
 export interface PeerRunResult {
@@ -117,6 +93,28 @@ function siteAlgorithmOptions(cfg: PeerConfig): AlgorithmOptions {
   return { ...configSettings(cfg), seed: cfg.data.seed, maxHeadBytes: cfg.limits.maxHeadBytes, maxModelBytes: cfg.limits.maxModelBytes };
 }
 
+/** A site's links to the others: its libp2p node and the exchanges on it (none for a local-only site without members). */
+interface SiteLinks {
+  node?: SiteNode;
+  /** The head (or model) exchange of an algorithm that sends to its peers. */
+  heads?: ExchangeService;
+  /** Sites that share bodies: the body exchange, beside the head exchange. */
+  bodies?: ExchangeService;
+  /** FedAvg-style algorithms: the link to the server. */
+  server?: Libp2pServerLink;
+  /** dFLMoE at a multi-task site: each task's head channel. */
+  tasks: Record<string, Libp2pHeadExchange>;
+}
+
+/** What a run holds while it lasts, released (in this order) when it ends however it ends. */
+interface PeerRunHeld {
+  links: SiteLinks;
+  watch?: PeerStatusWatch;
+  site?: AlgorithmSite;
+  prepared?: PreparedSite;
+  prom?: PeerMetrics;
+}
+
 /**
  * Run one site from its config, as `dflmoe peer` does: start its node, agree
  * on the data, train the rounds, write metrics, checkpoints and the audit
@@ -132,211 +130,69 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   const backend = await initBackend({ logger: log });
   mkdirSync(cfg.out, { recursive: true });
   if (o.fresh) log.info(`--fresh: removed ${removeEarlierRun(cfg.out).join(', ') || 'nothing'} from ${cfg.out}`);
-  const metricsFile = join(cfg.out, 'metrics.jsonl');
-  const ckptDir = join(cfg.out, 'checkpoints');
   const names = new Map(cfg.members.map((m) => [m.peerId, m.name]));
-  const index = siteIndex(cfg, id.peerId);
-  const rounds: RoundLine[] = [];
-  const prom = o.metricsPort !== undefined ? new PeerMetrics() : undefined;
-  let node: SiteNode | undefined;
-  let exchange: ExchangeService | undefined;
-  /** Sites that share bodies: the body exchange, beside the head exchange. */
-  let bodies: ExchangeService | undefined;
-  let server: Libp2pServerLink | undefined;
-  let prepared: PreparedSite | undefined;
-  let site: AlgorithmSite | undefined;
-  /** dFLMoE at a multi-task site: each task's head channel. */
-  let taskExchanges: Record<string, Libp2pHeadExchange> = {};
-  const selfName = names.get(id.peerId) ?? cfg.name ?? id.peerId;
   const memberId = (peer: string) => names.get(peer) ?? peer;
+  const remote = [...otherMembers(cfg, id.peerId), ...(cfg.server ? [cfg.server] : [])];
+  const held: PeerRunHeld = { links: { tasks: {} }, prom: o.metricsPort !== undefined ? new PeerMetrics() : undefined };
   const feed: SiteFeed | undefined = o.status?.site({
-    id: selfName, peerId: id.peerId, algorithm: alg.name, rounds: cfg.rounds,
-    members: [...otherMembers(cfg, id.peerId), ...(cfg.server ? [cfg.server] : [])].map((m) => ({ id: m.name ?? m.peerId, peerId: m.peerId })),
+    id: names.get(id.peerId) ?? cfg.name ?? id.peerId, peerId: id.peerId, algorithm: alg.name, rounds: cfg.rounds,
+    members: remote.map((m) => ({ id: m.name ?? m.peerId, peerId: m.peerId })),
   });
-  let watch: PeerStatusWatch | undefined;
   try {
+    const prom = held.prom;
     if (prom) log.info(`Prometheus metrics on http://127.0.0.1:${await prom.listen(o.metricsPort!)}/metrics`);
-    // Every member serves federated preprocessing: a local-only site with members starts a node too.
-    if (alg.network !== 'none' || otherMembers(cfg, id.peerId).length > 0) {
-      const allow = [...cfg.members.map((m) => m.peerId), ...(cfg.server ? [cfg.server.peerId] : [])];
-      // The exchanges are libp2p services on the node (the same ones a host adds to its own node: service.ts).
-      const heads = alg.message === 'head';
-      const services = {
-        ...(alg.network === 'peers' && alg.message !== 'body' ? {
-          heads: headExchange({
-            members: cfg.members, logger: log, signal: o.signal,
-            maxHeadBytes: heads ? cfg.limits.maxHeadBytes : cfg.limits.maxModelBytes,
-            protocol: heads ? HEAD_PROTOCOL : MODEL_PROTOCOL, topic: heads ? ANNOUNCE_TOPIC : MODEL_ANNOUNCE_TOPIC,
-          }),
-        } : {}),
-        // Bodies travel like heads (signed announcements, pulls, checks, strikes) on their own protocol and topic.
-        // Under secure aggregation a round is four messages per member, each needed: every version is delivered, not only the newest.
-        ...(sharesBodies(alg, siteAlgorithmOptions(cfg)) ? {
-          bodies: bodyExchange({
-            members: cfg.members, logger: log, signal: o.signal, maxHeadBytes: cfg.limits.maxModelBytes, ...(cfg.bodies.secureAggregation ? { everyVersion: true } : {}),
-          }),
-        } : {}),
-      };
-      node = await createSiteNode({
-        services,
-        ...(o.transports ? { transports: o.transports } : {}),
-        privateKey: id.privateKey,
-        listen: cfg.listen,
-        announce: cfg.announce,
-        allow,
-        psk: cfg.psk ? loadPsk(cfg.psk) : undefined,
-        onRefused: (peer, dir) => log.warn(`refused ${dir} connection from non-member ${peer}`),
-        metricsRegistry: prom?.registry,
-        isBlocked: (peer) => (exchange?.isBlocked(peer) ?? false) || (bodies?.isBlocked(peer) ?? false),
-        relay: siteRelayOptions(cfg),
-        discovery: siteDiscoveryOptions(cfg, id.peerId, log),
-        onRelayRefused: (peer, what) => log.warn(`refused to relay a ${what} for non-member ${peer}`),
-        onRelayStatus: (s) => (s.state === 'reserved'
-          ? log.info(`reserved a slot on relay ${s.relay}; members reach this site at ${s.addrs.join(', ')}`)
-          : log.warn(`no reservation on relay ${s.relay} yet (retrying): ${s.error}`)),
-      });
-      watchConnections(node, log, names);
-      ({ heads: exchange, bodies } = node.services as { heads?: ExchangeService; bodies?: ExchangeService });
-      // Starting the node starts the exchanges: protocols registered, announcements subscribed, members dialled.
-      await startNode(node, cfg.listen);
-      log.info(`peer ${id.peerId} (${cfg.name ?? 'unnamed'}, ${alg.name}) listening on ${node.getMultiaddrs().map(String).join(', ')}`);
-      if (alg.network === 'server') {
-        server = new Libp2pServerLink(node, { server: cfg.server!, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs, signal: o.signal });
-      }
-    }
+    const links = (held.links = await startLinks(cfg, alg, id, o, names, prom));
     if (feed) {
-      watch = new PeerStatusWatch(feed, {
-        members: [...otherMembers(cfg, id.peerId), ...(cfg.server ? [cfg.server] : [])], node, auditFile: join(cfg.out, 'audit.jsonl'),
-        exchanges: [exchange, bodies].filter((x) => x !== undefined),
-        ...(server && cfg.server ? { server: { peerId: cfg.server.peerId, lastRound: () => server?.lastGlobal?.round } } : {}),
+      const { node, heads, bodies, server } = links;
+      held.watch = new PeerStatusWatch(feed, {
+        members: remote, node, auditFile: join(cfg.out, 'audit.jsonl'), exchanges: [heads, bodies].filter((x) => x !== undefined),
+        ...(server && cfg.server ? { server: { peerId: cfg.server.peerId, lastRound: () => server.lastGlobal?.round } } : {}),
       });
       feed.state('preprocessing');
     }
     // Federated preprocessing (or, resuming, the agreement saved before), then the site's own tensors.
-    const resume = cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0;
-    prepared = await prepareSiteData(cfg, { node, selfId: id.peerId, logger: log, resume, signal: o.signal, ...(o.data ? { source: o.data } : {}) });
-    const data = prepared.data;
-    const model = siteModelOptions(cfg, id.peerId, index, data, prepared.body, prepared.bodySpec);
+    const resume = cfg.checkpoint.enabled && listCheckpoints(join(cfg.out, 'checkpoints')).length > 0;
+    const prepared = (held.prepared = await prepareSiteData(cfg, {
+      node: links.node, selfId: id.peerId, logger: log, resume, signal: o.signal, ...(o.data ? { source: o.data } : {}),
+    }));
+    const index = siteIndex(cfg, id.peerId);
+    const model = siteModelOptions(cfg, id.peerId, index, prepared.data, prepared.body, prepared.bodySpec);
     const algorithmOptions = siteAlgorithmOptions(cfg);
     // Several tasks (or one task of a multi-task agreement): every task a site of its own over the one body.
-    site = prepared.tasks ? createMultiTaskSite(alg, model, prepared.tasks, algorithmOptions) : alg.createSite(model, algorithmOptions);
+    const site = (held.site = prepared.tasks ? createMultiTaskSite(alg, model, prepared.tasks, algorithmOptions) : alg.createSite(model, algorithmOptions));
     writeSiteDescription(cfg, model, algorithmOptions, prepared.tasks?.tasks.map((t) => t.task));
-    const checkpoint = cfg.checkpoint.enabled ? site.checkpoint : undefined;
-    // Resume from the newest good checkpoint, keeping the metrics of the rounds it covers.
-    let startRound = 1;
-    // A resumed run reports the whole run: what its earlier parts moved, and their time, are added to this part's.
-    let before: EarlierParts = { bytesSent: 0, bytesReceived: 0, bodyBytesSent: 0, bodyBytesReceived: 0, seconds: 0 };
-    const restored = checkpoint && resume ? await checkpoint.restore(ckptDir, log) : undefined;
-    if (restored) {
-      startRound = restored.round + 1;
-      const kept = readJsonLines<RoundLine>(metricsFile).filter((l) => l.round <= restored.round);
-      // Put back the checkpoint's own round if the crash lost its line.
-      if (!kept.some((l) => l.round === restored.round) && restored.extra.line) kept.push(restored.extra.line as RoundLine);
-      writeJsonLinesAtomic(metricsFile, kept);
-      rounds.push(...kept);
-      before = earlierParts(cfg.out, kept, restored.round);
-      for (const l of kept) feed?.record(l, memberId, Date.parse(l.time));
-      log.info(`resumed from round ${restored.round} (its checkpoint, with ${restored.summary}: ${restored.path})`);
-    } else {
-      if (checkpoint && resume) log.warn('no usable checkpoint: starting from round 1');
-      writeFileSync(metricsFile, '');
-    }
-    // Rounds wait for the members the site agreed on the data with, and only while they are connected: not for one
-    // left out (its data does not fit), never heard from (it came late, or never) or gone (it stopped, or crashed).
-    const agreed = new Set(prepared.preprocessing.included);
-    const awaited = otherMembers(cfg, id.peerId).map((m) => m.peerId).filter((p) => agreed.has(p));
-    const others = awaited.length;
-    // With round.adaptive the deadline follows what the link delivers (measured on the exchange's waits).
-    const adaptive = cfg.round.adaptive ? new AdaptiveDeadline({ maxMs: cfg.round.deadlineMs, minMs: Math.min(cfg.round.minDeadlineMs, cfg.round.deadlineMs) }) : undefined;
-    // Members left out by preprocessing: their heads are not experts here (they learn another task, or their data does not fit ours).
-    const left = new Set(prepared.preprocessing.excluded.map((x) => x.peer));
-    const agreedExchange = exchange && left.size > 0 ? withoutMembers(exchange, left, log) : exchange;
-    const net: SiteNetwork = {
-      exchange: agreedExchange && adaptive ? adaptive.wrap(agreedExchange) : agreedExchange, ...(bodies ? { bodies } : {}), server, logger: log,
-      quorum: Math.min(cfg.round.quorum ?? others, others),
-      others,
-      awaited,
-      memberName: memberId,
-      deadlineMs: cfg.round.deadlineMs,
-      transferSeconds: () => (exchange?.transferSeconds ?? server?.transferSeconds ?? 0) + (bodies?.transferSeconds ?? 0),
-    };
-    if (adaptive) Object.defineProperty(net, 'deadlineMs', { get: () => adaptive.current, enumerable: true });
-    // dFLMoE's tasks: each exchanges heads on a channel of its own, among the members that learn it.
-    if (node && site.headTasks?.length) {
-      taskExchanges = await openTaskChannels(node, site.headTasks, prepared.preprocessing, cfg, id.peerId, log, o.signal);
-      net.tasks = taskNetworks(taskExchanges, prepared.preprocessing, cfg, id.peerId, log, memberId);
-    }
-    const agreement = prepared.agreement;
-    const dropped = () => ({
-      ...(exchange?.dropped ?? {}), ...prefixKeys(bodies?.dropped ?? {}, 'body-transfer:'), ...prefixKeys(agreement?.dropped ?? {}, 'preprocess:'),
-      ...Object.fromEntries(Object.entries(taskExchanges).flatMap(([t, ex]) => Object.entries(prefixKeys(ex.dropped, `task:${t}:`)))),
-    }) as Record<string, number>;
-    // The audit trail: one signed, hash-chained entry per round (and one per start).
-    const audit = await SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, startRound, {
-      exchange, server, serverPeer: cfg.server?.peerId,
-      // Under secure aggregation what the body channel carries is masked: the trail keeps the digest of the body itself, which never left.
-      ...(bodies ? { bodies: cfg.bodies.secureAggregation ? { published: () => site!.bodyShare?.lastPublished ?? bodies!.published() } : bodies } : {}),
-    });
-    await runSite(site, net, {
-      from: startRound, rounds: cfg.rounds, signal: o.signal,
-      onRound: async (m) => {
-        const line = roundLine(m, names, { ...dropped(), ...prefixKeys(m.rejected, `${alg.message ?? 'input'}:`) });
-        if (adaptive?.history.length) line.deadlineMs = adaptive.history.at(-1)!.deadlineMs;
-        line.bytesReceived += before.bytesReceived;
-        line.bytesSent += before.bytesSent;
-        if (line.bodyBytesReceived !== undefined && line.bodyBytesSent !== undefined) {
-          line.bodyBytesReceived += before.bodyBytesReceived;
-          line.bodyBytesSent += before.bodyBytesSent;
-        }
-        line.wallSeconds = before.seconds + (performance.now() - t0) / 1000;
-        const w = checkpoint ? await checkpoint.save(ckptDir, m.round, { line }, cfg.checkpoint.keep) : undefined;
-        if (w) {
-          line.checkpointSeconds = w.seconds;
-          line.checkpointBytes = w.bytes;
-        }
-        await audit.round(m, w);
-        rounds.push(line);
-        appendFileSync(metricsFile, JSON.stringify(line) + '\n');
+    const { net, adaptive } = await siteNetwork(cfg, id.peerId, links, site, prepared, memberId, o.signal, log);
+    const { heads, bodies, server } = links;
+    const driven = await driveSite(site, net, {
+      out: cfg.out, rounds: cfg.rounds, checkpoint: cfg.checkpoint, resume, logger: log, signal: o.signal, names, adaptive, startedAt: t0,
+      dropped: () => droppedSoFar(links, prepared), rejectedAs: alg.message ?? 'input',
+      // The audit trail: one signed, hash-chained entry per round (and one per start).
+      openAudit: (from) => SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, from, {
+        exchange: heads, server, serverPeer: cfg.server?.peerId,
+        // Under secure aggregation what the body channel carries is masked: the trail keeps the digest of the body itself, which never left.
+        ...(bodies ? { bodies: cfg.bodies.secureAggregation ? { published: () => site.bodyShare?.lastPublished ?? bodies.published() } : bodies } : {}),
+      }),
+      onLine: async (line, restored) => {
+        feed?.record(line, memberId, Date.parse(line.time));
+        if (restored) return;
         if (prom) exportRound(prom, line);
-        if (feed) {
-          feed.record(line, memberId, Date.parse(line.time));
-          watch!.refresh();
-          await watch!.checkAudit();
+        if (held.watch) {
+          held.watch.refresh();
+          await held.watch.checkAudit();
         }
         o.onRound?.(line);
       },
     });
-    // Without per-round checkpoints, one of the final model, so that `dflmoe predict` can load it.
-    if (!checkpoint && site.checkpoint && rounds.length > 0) await site.checkpoint.save(ckptDir, rounds.at(-1)!.round, { final: true }, 1);
     const ev = site.evaluate();
-    const traffic = networkStats(net);
+    // Stay a little so that slower peers can fetch our last head or model.
+    await linger(cfg, links, prepared, log, o.signal);
     const result: PeerRunResult = {
       peerId: id.peerId, name: cfg.name, algorithm: cfg.algorithm, backend: backend.name, index,
-      trainSamples: data.trainSamples, testSamples: data.testSamples, accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy,
-      tasks: site.taskResults?.() ?? siteTasks(data, ev), bytesSent: traffic.bytesSent, bytesReceived: traffic.bytesReceived,
-      ...(bodies ? { bodyBytesSent: bodies.stats().bytesSent, bodyBytesReceived: bodies.stats().bytesReceived } : {}),
-      wallSeconds: 0, peakRssMiB: 0, rounds,
+      trainSamples: prepared.data.trainSamples, testSamples: prepared.data.testSamples, accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy,
+      tasks: site.taskResults?.() ?? siteTasks(prepared.data, ev), ...runTraffic(net, links, driven.before),
+      wallSeconds: driven.before.seconds + (performance.now() - t0) / 1000, peakRssMiB: peakRssMiB(), rounds: driven.rounds,
+      audit: await driven.audit.seal(),
     };
-    // Stay a little so that slower peers can fetch our last head or model.
-    if (exchange || bodies || Object.keys(taskExchanges).length > 0) await sleep(cfg.lingerMs, o.signal);
-    // A member whose statement we merged may still be asking for ours (it started later, or a
-    // short run ended here before it asked): keep serving until it has it, within the preprocessing deadline.
-    if (agreement && agreement.unserved().length > 0) {
-      log.info(`waiting (at most preprocess.deadlineMs) for ${agreement.unserved().map((p) => agreement.label(p)).join(', ')} to fetch this site's preprocessing statement`);
-      await agreement.waitServed(cfg.preprocess.deadlineMs, o.signal);
-    }
-    // What it served while lingering counts too (the others' last pulls of our head or model).
-    const served = networkStats(net);
-    result.bytesSent = served.bytesSent;
-    result.bytesReceived = served.bytesReceived;
-    if (bodies) {
-      Object.assign(result, { bodyBytesSent: bodies.stats().bytesSent + before.bodyBytesSent, bodyBytesReceived: bodies.stats().bytesReceived + before.bodyBytesReceived });
-    }
-    result.bytesSent += before.bytesSent;
-    result.bytesReceived += before.bytesReceived;
-    result.wallSeconds = before.seconds + (performance.now() - t0) / 1000;
-    result.peakRssMiB = peakRssMiB();
-    result.audit = await audit.seal();
     writeJsonAtomic(join(cfg.out, 'results.json'), result);
     feed?.bytes({ bytesSent: result.bytesSent, bytesReceived: result.bytesReceived });
     feed?.state('done');
@@ -345,57 +201,149 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     feed?.state(isInterrupted(e) ? 'interrupted' : 'failed', e instanceof Error ? e.message : String(e));
     throw e;
   } finally {
-    watch?.stop();
-    site?.dispose();
-    if (prepared) disposePeerData(prepared.data);
-    await prepared?.agreement?.close();
-    await exchange?.close();
-    for (const ex of Object.values(taskExchanges)) await ex.close();
-    await bodies?.close();
-    await node?.stop();
-    await prom?.close();
+    await release(held);
   }
-}
-
-/** Bytes and seconds of a run's earlier parts. */
-interface EarlierParts {
-  bytesSent: number;
-  bytesReceived: number;
-  /** The part of those bytes that were bodies (sites that share bodies). */
-  bodyBytesSent: number;
-  bodyBytesReceived: number;
-  seconds: number;
 }
 
 /**
- * What the earlier parts of a run resumed from the checkpoint of `round`
- * moved and took: an earlier part's results.json when it ended at that round
- * (its figures include what it served while lingering), else the round's
- * metrics line (bytes and seconds so far, including the parts before it).
+ * Start the site's libp2p node with the exchanges its algorithm needs (the
+ * same services a host adds to its own node: service.ts). Every member serves
+ * federated preprocessing, so a local-only site with members starts one too.
  */
-function earlierParts(out: string, lines: RoundLine[], round: number): EarlierParts {
-  const done = readJsonFile<PeerRunResult>(join(out, 'results.json'));
-  if (done?.rounds?.at(-1)?.round === round && Number.isFinite(done.bytesSent)) {
-    return {
-      bytesSent: done.bytesSent, bytesReceived: done.bytesReceived, bodyBytesSent: done.bodyBytesSent ?? 0, bodyBytesReceived: done.bodyBytesReceived ?? 0,
-      seconds: done.wallSeconds,
-    };
+async function startLinks(
+  cfg: PeerConfig, alg: Algorithm, id: { peerId: string; privateKey: Parameters<typeof createSiteNode>[0]['privateKey'] }, o: RunPeerOptions,
+  names: Map<string, string | undefined>, prom: PeerMetrics | undefined,
+): Promise<SiteLinks> {
+  const log = o.logger;
+  if (alg.network === 'none' && otherMembers(cfg, id.peerId).length === 0) return { tasks: {} };
+  const heads = alg.message === 'head';
+  const services = {
+    ...(alg.network === 'peers' && alg.message !== 'body' ? {
+      heads: headExchange({
+        members: cfg.members, logger: log, signal: o.signal,
+        maxHeadBytes: heads ? cfg.limits.maxHeadBytes : cfg.limits.maxModelBytes,
+        protocol: heads ? HEAD_PROTOCOL : MODEL_PROTOCOL, topic: heads ? ANNOUNCE_TOPIC : MODEL_ANNOUNCE_TOPIC,
+      }),
+    } : {}),
+    // Bodies travel like heads (signed announcements, pulls, checks, strikes) on their own protocol and topic.
+    // Under secure aggregation a round is four messages per member, each needed: every version is delivered, not only the newest.
+    ...(sharesBodies(alg, siteAlgorithmOptions(cfg)) ? {
+      bodies: bodyExchange({
+        members: cfg.members, logger: log, signal: o.signal, maxHeadBytes: cfg.limits.maxModelBytes, ...(cfg.bodies.secureAggregation ? { everyVersion: true } : {}),
+      }),
+    } : {}),
+  };
+  const links: SiteLinks = { tasks: {} };
+  const node = await createSiteNode({
+    services,
+    ...(o.transports ? { transports: o.transports } : {}),
+    privateKey: id.privateKey,
+    listen: cfg.listen,
+    announce: cfg.announce,
+    allow: [...cfg.members.map((m) => m.peerId), ...(cfg.server ? [cfg.server.peerId] : [])],
+    psk: cfg.psk ? loadPsk(cfg.psk) : undefined,
+    onRefused: (peer, dir) => log.warn(`refused ${dir} connection from non-member ${peer}`),
+    metricsRegistry: prom?.registry,
+    isBlocked: (peer) => (links.heads?.isBlocked(peer) ?? false) || (links.bodies?.isBlocked(peer) ?? false),
+    relay: siteRelayOptions(cfg),
+    discovery: siteDiscoveryOptions(cfg, id.peerId, log),
+    onRelayRefused: (peer, what) => log.warn(`refused to relay a ${what} for non-member ${peer}`),
+    onRelayStatus: (s) => (s.state === 'reserved'
+      ? log.info(`reserved a slot on relay ${s.relay}; members reach this site at ${s.addrs.join(', ')}`)
+      : log.warn(`no reservation on relay ${s.relay} yet (retrying): ${s.error}`)),
+  });
+  links.node = node;
+  watchConnections(node, log, names);
+  Object.assign(links, node.services as { heads?: ExchangeService; bodies?: ExchangeService });
+  // Starting the node starts the exchanges: protocols registered, announcements subscribed, members dialled.
+  await startNode(node, cfg.listen);
+  log.info(`peer ${id.peerId} (${cfg.name ?? 'unnamed'}, ${alg.name}) listening on ${node.getMultiaddrs().map(String).join(', ')}`);
+  if (alg.network === 'server') {
+    links.server = new Libp2pServerLink(node, { server: cfg.server!, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs, signal: o.signal });
   }
-  const l = lines.find((x) => x.round === round);
+  return links;
+}
+
+/**
+ * The site's network for the round loop. Rounds wait for the members the site
+ * agreed on the data with, and only while they are connected: not for one left
+ * out (its data does not fit), never heard from (it came late, or never) or
+ * gone (it stopped, or crashed). Members left out are not experts here either.
+ */
+async function siteNetwork(
+  cfg: PeerConfig, selfId: string, links: SiteLinks, site: AlgorithmSite, prepared: PreparedSite, memberName: (p: string) => string,
+  signal: AbortSignal | undefined, log: Logger,
+): Promise<{ net: SiteNetwork; adaptive?: AdaptiveDeadline }> {
+  const { heads, bodies, server } = links;
+  const agreed = new Set(prepared.preprocessing.included);
+  const awaited = otherMembers(cfg, selfId).map((m) => m.peerId).filter((p) => agreed.has(p));
+  const others = awaited.length;
+  // With round.adaptive the deadline follows what the link delivers (measured on the exchange's waits).
+  const adaptive = cfg.round.adaptive ? new AdaptiveDeadline({ maxMs: cfg.round.deadlineMs, minMs: Math.min(cfg.round.minDeadlineMs, cfg.round.deadlineMs) }) : undefined;
+  const left = new Set(prepared.preprocessing.excluded.map((x) => x.peer));
+  const agreedExchange = heads && left.size > 0 ? withoutMembers(heads, left, log) : heads;
+  const net: SiteNetwork = {
+    exchange: agreedExchange && adaptive ? adaptive.wrap(agreedExchange) : agreedExchange, ...(bodies ? { bodies } : {}), server, logger: log,
+    quorum: Math.min(cfg.round.quorum ?? others, others),
+    others,
+    awaited,
+    memberName,
+    deadlineMs: cfg.round.deadlineMs,
+    transferSeconds: () => (heads?.transferSeconds ?? server?.transferSeconds ?? 0) + (bodies?.transferSeconds ?? 0),
+  };
+  if (adaptive) Object.defineProperty(net, 'deadlineMs', { get: () => adaptive.current, enumerable: true });
+  // dFLMoE's tasks: each exchanges heads on a channel of its own, among the members that learn it.
+  if (links.node && site.headTasks?.length) {
+    links.tasks = await openTaskChannels(links.node, site.headTasks, prepared.preprocessing, cfg, selfId, log, signal);
+    net.tasks = taskNetworks(links.tasks, prepared.preprocessing, cfg, selfId, log, memberName);
+  }
+  return { net, ...(adaptive ? { adaptive } : {}) };
+}
+
+/** Input the site's transports and its preprocessing dropped so far, by reason (prefixed by channel). */
+function droppedSoFar(links: SiteLinks, prepared: PreparedSite): Record<string, number> {
   return {
-    bytesSent: l?.bytesSent ?? 0, bytesReceived: l?.bytesReceived ?? 0, bodyBytesSent: l?.bodyBytesSent ?? 0, bodyBytesReceived: l?.bodyBytesReceived ?? 0,
-    seconds: l?.wallSeconds ?? 0,
+    ...(links.heads?.dropped ?? {}), ...prefixKeys(links.bodies?.dropped ?? {}, 'body-transfer:'), ...prefixKeys(prepared.agreement?.dropped ?? {}, 'preprocess:'),
+    ...Object.fromEntries(Object.entries(links.tasks).flatMap(([t, ex]) => Object.entries(prefixKeys(ex.dropped, `task:${t}:`)))),
+  } as Record<string, number>;
+}
+
+/**
+ * After the last round: stay a little so that slower members can fetch the
+ * last head or model, and keep serving the preprocessing statement to a
+ * member that still asks for it (it started later, or a short run ended
+ * first), within the preprocessing deadline.
+ */
+async function linger(cfg: PeerConfig, links: SiteLinks, prepared: PreparedSite, log: Logger, signal?: AbortSignal): Promise<void> {
+  if (links.heads || links.bodies || Object.keys(links.tasks).length > 0) await sleep(cfg.lingerMs, signal);
+  const agreement = prepared.agreement;
+  if (agreement && agreement.unserved().length > 0) {
+    log.info(`waiting (at most preprocess.deadlineMs) for ${agreement.unserved().map((p) => agreement.label(p)).join(', ')} to fetch this site's preprocessing statement`);
+    await agreement.waitServed(cfg.preprocess.deadlineMs, signal);
+  }
+}
+
+/** The run's traffic, cumulative: this part's (lingering included) plus the earlier parts'. */
+function runTraffic(net: SiteNetwork, links: SiteLinks, before: EarlierParts): Pick<PeerRunResult, 'bytesSent' | 'bytesReceived' | 'bodyBytesSent' | 'bodyBytesReceived'> {
+  const t = networkStats(net);
+  const bodies = links.bodies?.stats();
+  return {
+    bytesSent: t.bytesSent + before.bytesSent, bytesReceived: t.bytesReceived + before.bytesReceived,
+    ...(bodies ? { bodyBytesSent: bodies.bytesSent + before.bodyBytesSent, bodyBytesReceived: bodies.bytesReceived + before.bodyBytesReceived } : {}),
   };
 }
 
-function roundLine(m: SiteRoundRecord, names: Map<string, string | undefined>, dropped: Record<string, number>): RoundLine {
-  return {
-    ...m,
-    experts: m.experts.map((e) => ({ ...e, name: names.get(e.peer) })),
-    ...(m.bodies ? { bodies: m.bodies.map((b) => ({ ...b, name: names.get(b.peer) })) } : {}),
-    dropped,
-    time: new Date().toISOString(),
-  };
+/** Release what a run held, whether it finished, failed or was interrupted. */
+async function release(held: PeerRunHeld): Promise<void> {
+  held.watch?.stop();
+  held.site?.dispose();
+  if (held.prepared) disposePeerData(held.prepared.data);
+  await held.prepared?.agreement?.close();
+  await held.links.heads?.close();
+  for (const ex of Object.values(held.links.tasks)) await ex.close();
+  await held.links.bodies?.close();
+  await held.links.node?.stop();
+  await held.prom?.close();
 }
 
 function exportRound(prom: PeerMetrics, line: RoundLine): void {
@@ -411,7 +359,6 @@ function exportRound(prom: PeerMetrics, line: RoundLine): void {
   for (const part of ['train', 'wait', 'network'] as const) prom.roundSeconds.set({ part }, line[`${part}Seconds`]);
   prom.roundSeconds.set({ part: 'total' }, line.seconds);
 }
-
 
 /**
  * Open a head channel (`taskChannel`) for each of `tasks` on the running
