@@ -6,7 +6,7 @@
  * - `body/model.json` + `body/weights.bin`: the body in the tfjs layers
  *   format, loadable by `tf.loadLayersModel` (and tfjs-node, Python converters);
  * - `state.bin`: dFLMoE: own head, gate, FSTs, expert pool and optimizer
- *   state; other algorithms: every variable and optimizer state (our checked
+ *   state (algorithms/dflmoe-checkpoint.ts); other algorithms: every variable and optimizer state (our checked
  *   bundle format); the FedAvg server: `global.bin`, its newest global model;
  * - `manifest.json`: round, sizes and SHA-256 of every file, and the caller's
  *   extra state. Written last.
@@ -19,11 +19,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { decodeBundle, encodeBundle } from './codec.js';
-import type { DflmoePeer, DflmoeStateMeta } from './algorithms/dflmoe.js';
 import type { Logger } from './log.js';
-import type { BodyShare, BodyShareState } from './body-share.js';
-import { applyBodyWeights, bodyFiles } from './pretrained.js';
 
 const FORMAT = 1;
 const PREFIX = 'round-';
@@ -113,20 +109,6 @@ export function writeCheckpoint(
   return { path: final, bytes, seconds: (performance.now() - t0) / 1000, digest: sha256(Buffer.from(manifestText)) };
 }
 
-/** Write the checkpoint of `round` and keep the newest `keep` checkpoints (default 2). */
-export async function saveCheckpoint(
-  dir: string, peer: DflmoePeer, round: number, extra: Record<string, unknown> = {}, keep = 2, share?: BodyShare,
-): Promise<CheckpointWrite> {
-  const t0 = performance.now();
-  const files = await bodyFiles(peer.body);
-  const { meta, tensors } = await peer.exportState();
-  // With shareBody: the bodies held from the members, so that a resumed site combines what it had.
-  const bodies = share?.exportState();
-  files['state.bin'] = encodeBundle('model', { kind: 'dflmoe-state' }, bodies ? [...tensors, ...bodies.tensors] : tensors);
-  const w = writeCheckpoint(dir, round, files, bodies ? { ...meta, bodies: bodies.meta } : meta, extra, keep);
-  return { ...w, seconds: (performance.now() - t0) / 1000 };
-}
-
 /** Rounds that have a checkpoint directory, oldest first. */
 export function listCheckpoints(dir: string): number[] {
   if (!existsSync(dir)) return [];
@@ -210,21 +192,4 @@ export async function restoreNewest<T>(
     return { value: await load(v), checkpoint: v, skipped };
   }
   return undefined;
-}
-
-/**
- * Restore the newest good checkpoint in `dir` into `peer` (built fresh from
- * the same config). Returns undefined when there is none.
- */
-export async function restoreLatestCheckpoint(dir: string, peer: DflmoePeer, logger?: Logger, share?: BodyShare): Promise<RestoredCheckpoint | undefined> {
-  const r = await restoreNewest(dir, async (v) => {
-    const model = JSON.parse(Buffer.from(v.read('body/model.json')).toString('utf8'));
-    const data = v.read('body/weights.bin');
-    applyBodyWeights(peer.body, { source: v.path, specs: model.weightsManifest[0].weights, data: data.slice().buffer as ArrayBuffer });
-    const state = decodeBundle(v.read('state.bin'), { maxBytes: 2 ** 31 });
-    const meta = v.state as DflmoeStateMeta & { bodies?: BodyShareState };
-    await peer.importState(meta, state.tensors);
-    if (share && meta.bodies) share.importState(meta.bodies, state.tensors);
-  }, logger);
-  return r && { round: r.checkpoint.round, path: r.checkpoint.path, extra: r.checkpoint.extra, skipped: r.skipped };
 }

@@ -42,6 +42,7 @@ export * from './simulate.js';
 export * from './learner.js';
 export * from './agree.js';
 export * from './checkpoint.js';
+export * from './algorithms/dflmoe-checkpoint.js';
 export * from './pretrained.js';
 export * from './pretrain.js';
 export * from './privacy.js';

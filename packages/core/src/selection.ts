@@ -7,7 +7,7 @@
  * random order), then the ones it dropped, most promising and longest
  * untested first. With `k` or fewer candidates it takes them all.
  */
-import { Rng } from '@dflmoe/data/internal';
+import { Rng, deriveSeed } from '@dflmoe/data/internal';
 
 /** What a site remembers of an expert it held: its utility when last measured, and that round. */
 export interface ExpertMemory {
@@ -55,4 +55,85 @@ export function chooseExperts(o: ChooseExpertsOptions): string[] {
   };
   const tried = others.filter((id) => o.memory.has(id)).sort((a, b) => priority(b) - priority(a) || byId(a, b));
   return [...keep, ...[...untried, ...tried].slice(0, o.k - keep.length)].sort(byId);
+}
+
+/** What a bounded mixture saves in a checkpoint (`ExpertSelection.state`). */
+export interface ExpertSelectionState {
+  chosen?: string[];
+  memory: [string, number, number][];
+  dormant: string[];
+}
+
+/**
+ * A site's bounded mixture of at most `k` received experts: the experts
+ * chosen for the next round, what it remembers of experts it held, and the
+ * experts out of the pool whose gate slot, transform and optimizer state it
+ * keeps (at most 2k, least recent first) so that they resume where they were
+ * if chosen again. The site owns those variables; this decides which.
+ */
+export class ExpertSelection {
+  /** The experts chosen for the next round (undefined until the first choice). */
+  private chosen?: Set<string>;
+  private memory = new Map<string, ExpertMemory>();
+  private dormant: string[] = [];
+
+  /** `k` experts at most (0: unbounded, and this does nothing), `explore` of the slots for experts not held, seeded by `seed`. */
+  constructor(readonly k: number, private readonly explore: number, private readonly seed: number) {}
+
+  /** Whether the choice refuses a head from `peer` (a choice was made, and `peer` is not in it). */
+  refuses(peer: string): boolean {
+    return this.chosen !== undefined && !this.chosen.has(peer);
+  }
+
+  /** The experts chosen for the next round, sorted, or undefined. */
+  get current(): string[] | undefined {
+    return this.chosen && [...this.chosen].sort();
+  }
+
+  /**
+   * Choose among `candidates` (the site's own id left out, the experts held
+   * included) from the held experts' utility this round (measured only when
+   * a choice is made), or undefined while unbounded or no more than `k` were
+   * ever seen. Returns the choice and the held experts it drops.
+   */
+  choose(round: number, candidates: ReadonlySet<string>, utilities: () => ReadonlyMap<string, number>): { chosen: string[]; dropped: string[] } | undefined {
+    if (this.k === 0 || (!this.chosen && candidates.size <= this.k)) return undefined;
+    const held = utilities();
+    for (const [id, utility] of held) this.memory.set(id, { utility, round });
+    const chosen = chooseExperts({
+      k: this.k, explore: this.explore, candidates: [...candidates], held, memory: this.memory, round, seed: deriveSeed(this.seed, 'explore', round),
+    });
+    this.chosen = new Set(chosen);
+    return { chosen, dropped: [...held.keys()].filter((id) => !this.chosen!.has(id)) };
+  }
+
+  /** An expert is back in the pool: its state is no longer dormant. */
+  returned(peer: string): void {
+    this.dormant = this.dormant.filter((id) => id !== peer);
+  }
+
+  /** Experts that left the pool: their state is kept. Returns the least recent beyond 2k, whose state the site frees. */
+  retire(ids: readonly string[]): string[] {
+    this.dormant = [...this.dormant.filter((id) => !ids.includes(id)), ...ids];
+    const forgotten: string[] = [];
+    while (this.dormant.length > 2 * this.k) forgotten.push(this.dormant.shift()!);
+    return forgotten;
+  }
+
+  /** What a checkpoint keeps (undefined while unbounded). */
+  state(): ExpertSelectionState | undefined {
+    if (this.k === 0) return undefined;
+    return {
+      ...(this.chosen ? { chosen: [...this.chosen] } : {}),
+      memory: [...this.memory].map(([id, m]): [string, number, number] => [id, m.utility, m.round]),
+      dormant: this.dormant,
+    };
+  }
+
+  /** Restore what `state` saved. */
+  restore(s: ExpertSelectionState): void {
+    this.chosen = s.chosen && new Set(s.chosen);
+    this.memory = new Map(s.memory.map(([id, utility, round]) => [id, { utility, round }]));
+    this.dormant = [...s.dormant];
+  }
 }

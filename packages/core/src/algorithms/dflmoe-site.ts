@@ -4,7 +4,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { deriveSeed } from '@dflmoe/data/internal';
-import { restoreLatestCheckpoint, saveCheckpoint } from '../checkpoint.js';
+import { restoreLatestCheckpoint, saveCheckpoint } from './dflmoe-checkpoint.js';
 import { encodeHead } from '../codec.js';
 import { DepartedMembers, absorbMessages, awaitRound, type HeadExchange } from '../exchange.js';
 import type { Logger } from '../log.js';

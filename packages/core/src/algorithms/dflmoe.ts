@@ -6,12 +6,13 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { deriveSeed } from '@dflmoe/data/internal';
 import { CodecError, decodeHead, encodeHead, type CodecReason, type NamedArray, type Precision } from '../codec.js';
-import { KeyedAdam, RowAdam } from '../keyed-adam.js';
+import { KeyedAdam } from '../keyed-adam.js';
+import { ExpertStacks } from './expert-stacks.js';
 import {
   Gate, applyFst, createFst, stopGradient, type FstKind, headLogits, headParamCount, moeForward, moeForwardPerExpert, moeForwardStacked, moeLoss,
-  stackExperts, type DenseLayer, type Expert, type HeadWeights, type StackedExperts,
+  type DenseLayer, type Expert,
 } from '../model.js';
-import { chooseExperts, defaultExploration, type ExpertMemory } from '../selection.js';
+import { ExpertSelection, defaultExploration, type ExpertSelectionState } from '../selection.js';
 import { evaluateTask, rowsOf, trainEpochs, type ParamGroup } from '../train.js';
 import { SupervisedModel, peerEval, type PeerEval, type PeerModelOptions } from './common.js';
 import { DEFAULT_LIMITS } from '../limits.js';
@@ -45,29 +46,7 @@ export interface DflmoeStateMeta {
   counters: ReceiveCounters;
   accountant?: { orders: number[]; rdp: number[]; steps: number };
   /** Bounded mixture: the experts chosen, what is remembered of others, and the experts whose state is kept while out. */
-  selection?: { chosen?: string[]; memory: [string, number, number][]; dormant: string[] };
-}
-
-/** The received experts of a round, packed for training (see `DflmoePeer.trainRound`). */
-interface Packed {
-  ids: string[];
-  /** The pool's heads that `experts` stacks. */
-  heads: HeadWeights[];
-  adam: RowAdam;
-  experts: StackedExperts;
-  slots: { kernel: tf.Tensor2D; bias: tf.Tensor1D };
-}
-
-/**
- * The received experts stacked for inference (`moeForwardStacked`), kept
- * while they are the same: `key` holds, per expert in pool order, its head
- * tensors and the data of its FST and gate slot variables (an assignment
- * gives a variable new data), so any change to them is a different key.
- */
-interface InferenceStack {
-  key: object[];
-  experts: StackedExperts;
-  slots: { kernel: tf.Tensor2D; bias: tf.Tensor1D };
+  selection?: ExpertSelectionState;
 }
 
 /**
@@ -100,16 +79,11 @@ export class DflmoePeer extends SupervisedModel {
   readonly headPrecision: Precision;
   /** Bounded mixture: at most this many received experts (0: every one). */
   readonly maxExperts: number;
-  private readonly exploreExperts: number;
-  /** Bounded mixture: the experts chosen for the next round (undefined until the first choice). */
-  private chosen?: Set<string>;
-  /** Bounded mixture: an expert's utility when last measured, and that round. */
-  private memory = new Map<string, ExpertMemory>();
-  /** Bounded mixture: experts out of the pool whose gate slot, FST and optimizer state are kept, least recent first. */
-  private dormant: string[] = [];
+  /** Bounded mixture: which experts are pulled, and whose state is kept while out. */
+  private readonly selection: ExpertSelection;
   private readonly mixture: 'batched' | 'per-expert';
-  /** Inference over the received experts: their stacked copies (see `InferenceStack`). */
-  private stack?: InferenceStack;
+  /** The received experts as stacked tensors, for training and inference. */
+  private readonly stacks: ExpertStacks;
   /**
    * Whether the gate has had a gradient (or was restored): until then its
    * optimizer state is zero, and a round without received experts can leave
@@ -132,8 +106,12 @@ export class DflmoePeer extends SupervisedModel {
     this.distill = s.distill;
     this.headPrecision = s.headPrecision;
     this.maxExperts = s.maxExperts;
-    this.exploreExperts = o.exploreExperts ?? defaultExploration(this.maxExperts);
+    this.selection = new ExpertSelection(this.maxExperts, o.exploreExperts ?? defaultExploration(this.maxExperts), this.train.seed);
     this.mixture = o.mixture ?? 'batched';
+    this.stacks = new ExpertStacks({
+      pool: this.pool, gate: this.gate, expertAdam: this.expertAdam, withFst: this.fstKind !== 'none',
+      fstOf: (peer) => this.fsts.get(peer), expertVariables: (peer) => this.expertVariables(peer),
+    });
   }
 
   /** The experts present now: own head first, then received heads by peer id. */
@@ -161,14 +139,14 @@ export class DflmoePeer extends SupervisedModel {
       if (head.peer !== from) result = 'sender-mismatch';
       else if (from === this.id) result = 'self';
       else if (head.version <= (this.pool.get(from)?.version ?? -1)) result = 'stale-version';
-      else if (this.chosen && !this.chosen.has(from)) result = 'not-selected';
+      else if (this.selection.refuses(from)) result = 'not-selected';
       else if (this.admission !== undefined && !this.admits(head.layers, from)) result = 'admission';
       else {
         result = this.pool.offer(head, round, payload.length);
         if (result !== 'stale-version') {
           this.gate.ensureSlot(from);
           this.ensureFst(from);
-          this.dormant = this.dormant.filter((id) => id !== from);
+          this.selection.returned(from);
         }
       }
     } catch (e) {
@@ -238,37 +216,23 @@ export class DflmoePeer extends SupervisedModel {
    * or no more candidates than `maxExperts` so far: then every head is taken).
    */
   selectExperts(round: number, candidates: readonly string[]): string[] | undefined {
-    const k = this.maxExperts;
     const all = new Set([...candidates, ...this.pool.list().map((e) => e.peer)]);
     all.delete(this.id);
-    if (k === 0 || (!this.chosen && all.size <= k)) return undefined;
-    const held = this.expertUtilities();
-    for (const [id, utility] of held) this.memory.set(id, { utility, round });
-    const chosen = chooseExperts({
-      k, explore: this.exploreExperts, candidates: [...all], held, memory: this.memory, round,
-      seed: deriveSeed(this.train.seed, 'explore', round),
-    });
-    this.chosen = new Set(chosen);
-    const out = [...held.keys()].filter((id) => !this.chosen!.has(id));
-    for (const id of out) this.pool.remove(id);
-    this.retire(out);
-    return chosen;
+    const c = this.selection.choose(round, all, () => this.expertUtilities());
+    if (!c) return undefined;
+    for (const id of c.dropped) this.pool.remove(id);
+    this.retire(c.dropped);
+    return c.chosen;
   }
 
   /** The experts chosen for the next round (bounded mixture), or undefined. */
   get chosenExperts(): string[] | undefined {
-    return this.chosen && [...this.chosen].sort();
+    return this.selection.current;
   }
 
-  /**
-   * Experts that left the pool keep their gate slot, FST and optimizer state
-   * (so they resume where they were if chosen again), for at most 2k of
-   * them; the least recent beyond that are forgotten.
-   */
+  /** Experts that left the pool keep their state (see `ExpertSelection.retire`); the state of those it forgets is freed. */
   private retire(ids: string[]): void {
-    this.dormant = [...this.dormant.filter((id) => !ids.includes(id)), ...ids];
-    while (this.dormant.length > 2 * this.maxExperts) {
-      const id = this.dormant.shift()!;
+    for (const id of this.selection.retire(ids)) {
       this.gate.removeSlot(id);
       const f = this.fsts.get(id);
       if (f) tf.dispose([f.kernel, f.bias]);
@@ -325,7 +289,7 @@ export class DflmoePeer extends SupervisedModel {
         return loss(headLogits(this.head, z), out.probs, y, experts.length > 1);
       });
     }
-    const packed = this.pack(pool.map((e) => e.peer));
+    const packed = this.stacks.pack(pool.map((e) => e.peer));
     try {
       const groups = [{ optimizer: this.optimizer, vars: [...this.trainableVariables(), ...this.gate.sharedVariables(this.id)] }, { optimizer: packed.adam, vars: packed.adam.vars }];
       return await trainEpochs(this.data, this.train, round, () => groups, (x, y) => {
@@ -336,7 +300,7 @@ export class DflmoePeer extends SupervisedModel {
         return loss(own, out.probs, y, true);
       });
     } finally {
-      this.unpack(packed);
+      this.stacks.unpack(packed);
     }
   }
 
@@ -346,122 +310,13 @@ export class DflmoePeer extends SupervisedModel {
     return [...this.gate.slotVariables(peer), ...(f ? [f.kernel, f.bias] : [])];
   }
 
-  /** Stack the experts' heads, transforms, gate slots and Adam state for a round of training. */
-  private pack(ids: string[]): Packed {
-    const exVars = ids.map((id) => this.expertVariables(id));
-    // A new expert's moments are zero: one zero tensor per variable serves every such expert.
-    const states = ids.map((id, k) => this.expertAdam.takeStateLazily(id, exVars[k]));
-    let packed: Packed | undefined;
-    // Variables are not disposed by tidy; everything else that outlives it is kept explicitly.
-    tf.tidy(() => {
-      // Per expert: slot kernel [h, 1], slot bias [1], FST kernel, FST bias. Slots join along their last axis, FSTs stack on a new first one.
-      const join = (ts: tf.Tensor[], i: number) => (i < 2 ? tf.concat(ts, i === 0 ? 1 : 0) : tf.stack(ts));
-      const n = exVars[0].length;
-      const zeros: tf.Tensor[] = [];
-      const moments = (m: (tf.Tensor[] | undefined)[], i: number) => join(m.map((t) => t?.[i] ?? (zeros[i] ??= tf.zeros(exVars[0][i].shape))), i);
-      const vars = Array.from({ length: n }, (_, i) => tf.variable(join(exVars.map((vs) => vs[i]), i)));
-      const adam = new RowAdam(
-        this.expertAdam.learningRate, vars, [1, 0, 0, 0].slice(0, n), states.map(({ steps, acc1, acc2 }) => ({ steps, acc1, acc2 })),
-        vars.map((_, i) => tf.keep(moments(states.map((s) => s.m), i))), vars.map((_, i) => tf.keep(moments(states.map((s) => s.v), i))),
-      );
-      tf.dispose(states.flatMap((s) => [...(s.m ?? []), ...(s.v ?? [])]));
-      const pool = ids.map((id) => this.pool.get(id)!.head);
-      const experts: StackedExperts = {
-        layers: pool[0].map((_, i) => ({
-          kernel: tf.keep(tf.stack(pool.map((l) => l[i].kernel))) as tf.Tensor3D,
-          bias: tf.keep(tf.stack(pool.map((l) => l[i].bias))) as tf.Tensor2D,
-        })),
-        ...(n > 2 ? { fst: { kernel: vars[2], bias: vars[3] as unknown as tf.Tensor2D } } : {}),
-      };
-      packed = { ids, heads: pool, adam, experts, slots: { kernel: vars[0] as unknown as tf.Tensor2D, bias: vars[1] as unknown as tf.Tensor1D } };
-    });
-    return packed!;
-  }
-
-  /**
-   * Write the trained packed copies back to each expert's variables and Adam
-   * state. The packed heads, transforms and gate slots then serve inference
-   * (`stacked`) while they stay current; the rest is freed.
-   */
-  private unpack(p: Packed): void {
-    const { ids, adam } = p;
-    const K = ids.length;
-    tf.tidy(() => {
-      // Undo `join` on the values read back (exact copies): slot kernels are columns, slot biases entries, FSTs rows.
-      const split = (t: tf.Tensor, i: number): tf.Tensor[] => {
-        const data = t.dataSync() as Float32Array;
-        if (i === 0) {
-          const h = t.shape[0];
-          return ids.map((_, k) => tf.tensor2d(Float32Array.from({ length: h }, (_, r) => data[r * K + k]), [h, 1]));
-        }
-        const shape = i === 1 ? [1] : t.shape.slice(1);
-        const n = data.length / K;
-        return ids.map((_, k) => tf.tensor(data.slice(k * n, (k + 1) * n), shape));
-      };
-      const values = adam.vars.map(split);
-      const ms = adam.m.map(split);
-      const vs = adam.v.map(split);
-      ids.forEach((id, k) => {
-        const vars = this.expertVariables(id);
-        vars.forEach((x, i) => x.assign(values[i][k]));
-        this.expertAdam.putState(id, { vars, ...adam.rows[k], m: ms.map((r) => tf.keep(r[k])), v: vs.map((r) => tf.keep(r[k])) });
-      });
-    });
-    adam.dispose();
-    // The pool as packed: the stacks are its experts as they now are.
-    const pool = this.pool.list();
-    if (pool.length === K && pool.every((e, k) => e.peer === ids[k] && e.head === p.heads[k])) {
-      this.setStack({ key: this.stackKey(), experts: p.experts, slots: p.slots });
-    } else {
-      tf.dispose([...adam.vars, ...p.experts.layers.flatMap((l) => [l.kernel, l.bias])]);
-    }
-  }
-
-  /** See `InferenceStack`. */
-  private stackKey(): object[] {
-    return this.pool.list().flatMap((e) => [...e.head.flatMap((l) => [l.kernel.dataId, l.bias.dataId]), ...this.expertVariables(e.peer).map((v) => v.dataId)]);
-  }
-
-  private setStack(s: InferenceStack | undefined): void {
-    const old = this.stack;
-    this.stack = s;
-    if (old) tf.dispose([...old.experts.layers.flatMap((l) => [l.kernel, l.bias]), ...(old.experts.fst ? [old.experts.fst.kernel, old.experts.fst.bias] : []), old.slots.kernel, old.slots.bias]);
-  }
-
-  /**
-   * The received experts stacked for inference, built when they changed; or
-   * undefined when there are none, or their transforms differ in form.
-   */
-  private stacked(): InferenceStack | undefined {
-    const pool = this.pool.list();
-    const withFst = this.fstKind !== 'none';
-    if (pool.length === 0 || !pool.every((e) => this.fsts.has(e.peer) === withFst && this.gate.slotVariables(e.peer).length === 2)) return undefined;
-    const key = this.stackKey();
-    const cur = this.stack;
-    if (cur && cur.key.length === key.length && cur.key.every((k, i) => k === key[i])) return cur;
-    // Kept: this may run inside the caller's tidy.
-    const built = tf.tidy(() => {
-      const experts = stackExperts(pool.map((e) => ({ id: e.peer, head: e.head, fst: this.fsts.get(e.peer) })));
-      const slots = pool.map((e) => this.gate.slotVariables(e.peer));
-      return {
-        experts: {
-          layers: experts.layers.map((l) => ({ kernel: tf.keep(l.kernel), bias: tf.keep(l.bias) })),
-          ...(experts.fst ? { fst: { kernel: tf.keep(experts.fst.kernel), bias: tf.keep(experts.fst.bias) } } : {}),
-        },
-        slots: { kernel: tf.keep(tf.concat(slots.map((v) => v[0]), 1)) as tf.Tensor2D, bias: tf.keep(tf.concat(slots.map((v) => v[1]), 0)) as tf.Tensor1D },
-      };
-    });
-    this.setStack({ key, ...built });
-    return this.stack;
-  }
-
   /**
    * The mixture over the own head and the received experts, through their
    * stacked copies when there are any (equal to `moeForward` over `experts()`:
    * the same kernels on the same values).
    */
   private mixtureOf(z: tf.Tensor2D): { probs: tf.Tensor2D; gates: tf.Tensor2D; logits: tf.Tensor3D } {
-    const s = this.stacked();
+    const s = this.stacks.inference();
     return s ? moeForwardStacked(z, this.head, s.experts, this.gate, s.slots, 'auto', this.task.activate) : moeForward(z, this.experts(), this.gate, 'auto', this.task.activate);
   }
 
@@ -479,7 +334,7 @@ export class DflmoePeer extends SupervisedModel {
     const means = tf.tidy(() => {
       const z = this.features(this.data.xTest, false);
       // The stacked slots, when current, are the received experts' slots in this order.
-      const s = ids.length > 1 ? this.stacked() : undefined;
+      const s = ids.length > 1 ? this.stacks.inference() : undefined;
       return Array.from(tf.mean(s ? this.gate.weightsWith(z, s.slots) : this.gate.weights(z, ids), 0).dataSync());
     });
     return Object.fromEntries(ids.map((id, i) => [id, means[i]]));
@@ -530,13 +385,7 @@ export class DflmoePeer extends SupervisedModel {
         optimizers,
         counters: this.counters,
         accountant: this.accountant.state(),
-        ...(this.maxExperts > 0 ? {
-          selection: {
-            ...(this.chosen ? { chosen: [...this.chosen] } : {}),
-            memory: [...this.memory].map(([id, m]): [string, number, number] => [id, m.utility, m.round]),
-            dormant: this.dormant,
-          },
-        } : {}),
+        ...(this.maxExperts > 0 ? { selection: this.selection.state() } : {}),
       },
       tensors,
     };
@@ -587,18 +436,14 @@ export class DflmoePeer extends SupervisedModel {
       }
     }
     Object.assign(this.counters, meta.counters);
-    if (meta.selection) {
-      this.chosen = meta.selection.chosen && new Set(meta.selection.chosen);
-      this.memory = new Map(meta.selection.memory.map(([id, utility, round]) => [id, { utility, round }]));
-      this.dormant = [...meta.selection.dormant];
-    }
+    if (meta.selection) this.selection.restore(meta.selection);
     if (meta.accountant) this.accountant.restore(meta.accountant);
     this.gateTouched = true;
   }
 
   override dispose(): void {
     super.dispose();
-    this.setStack(undefined);
+    this.stacks.dispose();
     this.gate.dispose();
     this.pool.dispose();
     for (const f of this.fsts.values()) tf.dispose([f.kernel, f.bias]);
