@@ -18,6 +18,7 @@ export * from './service.js';
 export * from './frames.js';
 export * from './fedavg-net.js';
 export * from './run-peer.js';
+export * from './site-driver.js';
 export * from './files.js';
 export * from './strikes.js';
 export * from './audit.js';

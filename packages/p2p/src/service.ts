@@ -52,6 +52,8 @@ export interface ExchangeComponents {
   events: { addEventListener(type: string, l: (e: CustomEvent) => void): void };
   /** Used to check that members' addresses can be dialled by one of the node's transports (the check is skipped without it). */
   transportManager?: { dialTransportForMultiaddr?(ma: Multiaddr): unknown };
+  /** The node's other services by name (libp2p's components carry them): the exchange looks up its pubsub here. */
+  [service: string]: unknown;
 }
 
 /** What `headExchange` and `bodyExchange` take: the members, and the exchange's limits and timings. */
@@ -78,7 +80,7 @@ function nodeFromComponents(c: ExchangeComponents, pubsubName: string): Exchange
   const pubsub = () => {
     let p: unknown;
     try {
-      p = (c as unknown as Record<string, unknown>)[pubsubName];
+      p = c[pubsubName];
     } catch {
       p = undefined;
     }
@@ -104,7 +106,7 @@ function nodeFromComponents(c: ExchangeComponents, pubsubName: string): Exchange
       return { pubsub: pubsub() };
     },
   };
-  return node as unknown as ExchangeNode;
+  return node satisfies ExchangeNode;
 }
 
 /**
