@@ -15,7 +15,7 @@ import './polyfill.js';
 // a process that only reads configs, identities or audit trails (dflmoe simulate, audit, ...) never loads them.
 import type { gossipsub } from '@libp2p/gossipsub';
 import type { identify } from '@libp2p/identify';
-import type { Connection, Libp2p, PeerId, PrivateKey } from '@libp2p/interface';
+import type { Connection, ConnectionGater, Libp2p, PeerId, PrivateKey } from '@libp2p/interface';
 import type { ping } from '@libp2p/ping';
 import { multiaddr } from '@multiformats/multiaddr';
 import type { Libp2pOptions } from 'libp2p';
@@ -91,19 +91,7 @@ export type ExchangeNode = Pick<SiteNode, 'peerId' | 'handle' | 'unhandle' | 'ge
 
 export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
   const via = o.relay?.via ?? [];
-  // Relays this site reserves on may be run by the consortium without being members: they may connect.
-  const allowed = new Set([...o.allow, ...via.map(peerIdOfAddr).filter((p): p is string => p !== undefined)]);
-  const refuse = (peer: PeerId, direction: 'inbound' | 'outbound'): boolean => {
-    const ok = allowed.has(peer.toString()) && !o.isBlocked?.(peer.toString());
-    if (!ok) o.onRefused?.(peer.toString(), direction);
-    return !ok;
-  };
-  const relayFor = new Set(o.relay?.serve?.members ?? []);
-  const notRelayed = (peer: PeerId, what: string): boolean => {
-    if (relayFor.has(peer.toString()) && !o.isBlocked?.(peer.toString())) return false;
-    o.onRelayRefused?.(peer.toString(), what);
-    return true;
-  };
+  const { allowed, gater } = membersGater(o);
   const useWs = o.listen.some((a) => a.includes('/ws'));
   const [
     { createLibp2p }, { noise }, { yamux }, { circuitRelayServer, circuitRelayTransport }, { dcutr }, { gossipsub }, { identify }, { ping }, { tcp },
@@ -130,21 +118,7 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
     ...(o.psk && preSharedKey ? { connectionProtector: preSharedKey({ psk: o.psk }) } : {}),
     ...(o.metricsRegistry && prometheusMetrics ? { metrics: prometheusMetrics({ registry: o.metricsRegistry, collectDefaultMetrics: false, preserveExistingMetrics: true }) } : {}),
     ...(mdns ? { peerDiscovery: [mdns({ serviceTag: '_dflmoe-discovery._udp.local', interval: 5000 })] } : {}),
-    connectionGater: {
-      // Loopback and private addresses are fine: consortium members may sit on a LAN. With relay.only, the relays alone.
-      denyDialMultiaddr: (ma) => {
-        if (!o.relay?.only) return false;
-        const a = ma.toString();
-        return !(a.includes('/p2p-circuit') || via.some((r) => peerIdOfAddr(r) === peerIdOfAddr(a)));
-      },
-      denyDialPeer: (peer) => refuse(peer, 'outbound'),
-      denyInboundEncryptedConnection: (peer) => refuse(peer, 'inbound'),
-      denyOutboundEncryptedConnection: (peer) => refuse(peer, 'outbound'),
-      // Relaying: only for members, at both ends.
-      denyInboundRelayReservation: (peer) => notRelayed(peer, 'reservation'),
-      denyOutboundRelayedConnection: (source, destination) => notRelayed(source, 'relayed connection') || notRelayed(destination, 'relayed connection'),
-      denyInboundRelayedConnection: (relay, remote) => refuse(relay, 'inbound') || refuse(remote, 'inbound'),
-    },
+    connectionGater: gater,
     services: {
       identify: identify(),
       ping: ping(),
@@ -187,6 +161,43 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
     (node as unknown as { memberFinder: MemberFinder }).memberFinder = finder;
   }
   return node as unknown as SiteNode;
+}
+
+/**
+ * The site's connection gater: members only (and the relays it reserves on,
+ * which the consortium may run without their being members), a member it
+ * blocks for now refused too; relaying only for members, at both ends.
+ * Returns the peers allowed and the gater.
+ */
+function membersGater(o: NodeOptions): { allowed: Set<string>; gater: ConnectionGater } {
+  const via = o.relay?.via ?? [];
+  const allowed = new Set([...o.allow, ...via.map(peerIdOfAddr).filter((p): p is string => p !== undefined)]);
+  const refuse = (peer: PeerId, direction: 'inbound' | 'outbound'): boolean => {
+    const ok = allowed.has(peer.toString()) && !o.isBlocked?.(peer.toString());
+    if (!ok) o.onRefused?.(peer.toString(), direction);
+    return !ok;
+  };
+  const relayFor = new Set(o.relay?.serve?.members ?? []);
+  const notRelayed = (peer: PeerId, what: string): boolean => {
+    if (relayFor.has(peer.toString()) && !o.isBlocked?.(peer.toString())) return false;
+    o.onRelayRefused?.(peer.toString(), what);
+    return true;
+  };
+  const gater: ConnectionGater = {
+    // Loopback and private addresses are fine: consortium members may sit on a LAN. With relay.only, the relays alone.
+    denyDialMultiaddr: (ma) => {
+      if (!o.relay?.only) return false;
+      const a = ma.toString();
+      return !(a.includes('/p2p-circuit') || via.some((r) => peerIdOfAddr(r) === peerIdOfAddr(a)));
+    },
+    denyDialPeer: (peer) => refuse(peer, 'outbound'),
+    denyInboundEncryptedConnection: (peer) => refuse(peer, 'inbound'),
+    denyOutboundEncryptedConnection: (peer) => refuse(peer, 'outbound'),
+    denyInboundRelayReservation: (peer) => notRelayed(peer, 'reservation'),
+    denyOutboundRelayedConnection: (source, destination) => notRelayed(source, 'relayed connection') || notRelayed(destination, 'relayed connection'),
+    denyInboundRelayedConnection: (relay, remote) => refuse(relay, 'inbound') || refuse(remote, 'inbound'),
+  };
+  return { allowed, gater };
 }
 
 /** The MemberFinder of a node made with `discovery`, for its counters. */

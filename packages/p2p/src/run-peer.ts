@@ -9,6 +9,7 @@ import {
   createMultiTaskSite, getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, siteTasks, withoutMembers, type Algorithm, type AlgorithmSite, type SiteNetwork, type TaskResult,
 } from '@dflmoe/core/internal';
 import type { SiteData } from '@dflmoe/data';
+import type { PrivateKey } from '@libp2p/interface';
 import { checkQuorum, checkSelfMember, configSettings, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, Libp2pHeadExchange, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL, taskChannel } from './head-exchange.js';
@@ -152,26 +153,12 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     }
     // Federated preprocessing (or, resuming, the agreement saved before), then the site's own tensors.
     const resume = cfg.checkpoint.enabled && listCheckpoints(join(cfg.out, 'checkpoints')).length > 0;
-    const prepared = (held.prepared = await prepareSiteData(cfg, {
-      node: links.node, selfId: id.peerId, logger: log, resume, signal: o.signal, ...(o.data ? { source: o.data } : {}),
-    }));
-    const index = siteIndex(cfg, id.peerId);
-    const model = siteModelOptions(cfg, id.peerId, index, prepared.data, prepared.body, prepared.bodySpec);
-    const algorithmOptions = siteAlgorithmOptions(cfg);
-    // Several tasks (or one task of a multi-task agreement): every task a site of its own over the one body.
-    const site = (held.site = prepared.tasks ? createMultiTaskSite(alg, model, prepared.tasks, algorithmOptions) : alg.createSite(model, algorithmOptions));
-    writeSiteDescription(cfg, model, algorithmOptions, prepared.tasks?.tasks.map((t) => t.task));
+    const { prepared, site, index } = await buildSite(cfg, alg, id.peerId, links, resume, o, held);
     const { net, adaptive } = await siteNetwork(cfg, id.peerId, links, site, prepared, memberId, o.signal, log);
-    const { heads, bodies, server } = links;
     const driven = await driveSite(site, net, {
       out: cfg.out, rounds: cfg.rounds, checkpoint: cfg.checkpoint, resume, logger: log, signal: o.signal, names, adaptive, startedAt: t0,
       dropped: () => droppedSoFar(links, prepared), rejectedAs: alg.message ?? 'input',
-      // The audit trail: one signed, hash-chained entry per round (and one per start).
-      openAudit: (from) => SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, from, {
-        exchange: heads, server, serverPeer: cfg.server?.peerId,
-        // Under secure aggregation what the body channel carries is masked: the trail keeps the digest of the body itself, which never left.
-        ...(bodies ? { bodies: cfg.bodies.secureAggregation ? { published: () => site.bodyShare?.lastPublished ?? bodies.published() } : bodies } : {}),
-      }),
+      openAudit: (from) => openSiteAudit(cfg, alg, id, links, site, from),
       onLine: async (line, restored) => {
         feed?.record(line, memberId, Date.parse(line.time));
         if (restored) return;
@@ -206,12 +193,43 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
 }
 
 /**
+ * Agree on the data with the members (or, resuming, read the agreement saved
+ * before), read the site's own tensors, and make its algorithm's site (for
+ * several tasks, every task a site of its own over the one body).
+ */
+async function buildSite(
+  cfg: PeerConfig, alg: Algorithm, selfId: string, links: SiteLinks, resume: boolean, o: RunPeerOptions, held: PeerRunHeld,
+): Promise<{ prepared: PreparedSite; site: AlgorithmSite; index: number }> {
+  const prepared = (held.prepared = await prepareSiteData(cfg, {
+    node: links.node, selfId, logger: o.logger, resume, signal: o.signal, ...(o.data ? { source: o.data } : {}),
+  }));
+  const index = siteIndex(cfg, selfId);
+  const model = siteModelOptions(cfg, selfId, index, prepared.data, prepared.body, prepared.bodySpec);
+  const options = siteAlgorithmOptions(cfg);
+  const site = (held.site = prepared.tasks ? createMultiTaskSite(alg, model, prepared.tasks, options) : alg.createSite(model, options));
+  writeSiteDescription(cfg, model, options, prepared.tasks?.tasks.map((t) => t.task));
+  return { prepared, site, index };
+}
+
+/** The audit trail: one signed, hash-chained entry per round (and one per start), from what the site's links sent and received. */
+function openSiteAudit(
+  cfg: PeerConfig, alg: Algorithm, id: { peerId: string; privateKey: PrivateKey }, links: SiteLinks, site: AlgorithmSite, from: number,
+): Promise<SiteAudit> {
+  const { heads, bodies, server } = links;
+  return SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, from, {
+    exchange: heads, server, serverPeer: cfg.server?.peerId,
+    // Under secure aggregation what the body channel carries is masked: the trail keeps the digest of the body itself, which never left.
+    ...(bodies ? { bodies: cfg.bodies.secureAggregation ? { published: () => site.bodyShare?.lastPublished ?? bodies.published() } : bodies } : {}),
+  });
+}
+
+/**
  * Start the site's libp2p node with the exchanges its algorithm needs (the
  * same services a host adds to its own node: service.ts). Every member serves
  * federated preprocessing, so a local-only site with members starts one too.
  */
 async function startLinks(
-  cfg: PeerConfig, alg: Algorithm, id: { peerId: string; privateKey: Parameters<typeof createSiteNode>[0]['privateKey'] }, o: RunPeerOptions,
+  cfg: PeerConfig, alg: Algorithm, id: { peerId: string; privateKey: PrivateKey }, o: RunPeerOptions,
   names: Map<string, string | undefined>, prom: PeerMetrics | undefined,
 ): Promise<SiteLinks> {
   const log = o.logger;
