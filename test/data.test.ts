@@ -183,8 +183,8 @@ describe('partitions', () => {
     assert.throws(() => partition(digits.labels, 10, 4, 'shards:11', { seed: 1 }), /only 10 classes/);
   });
 
-  it('enforces a minimum size per peer', () => {
-    assert.throws(() => partition(digits.labels, 10, 200, 'iid', { seed: 1, minSize: 10 }), /cannot give 200 peers/);
+  it('enforces a minimum size per site', () => {
+    assert.throws(() => partition(digits.labels, 10, 200, 'iid', { seed: 1, minSize: 10 }), /cannot give 200 sites at least 10 each: use fewer sites/);
     const s = partition(digits.labels, 10, 20, 'dirichlet:0.1', { seed: 3, minSize: 25 });
     for (const p of s) assert.ok(p.train.length + p.test.length >= 25);
   });

@@ -198,7 +198,7 @@ export function decodeBundle(buf: Uint8Array, limits: DecodeLimits): DecodedBund
   for (let i = 0; i < 4; i++) if (buf[i] !== MAGIC[i]) throw new CodecError('magic', 'not a dflmoe bundle (bad magic)');
   const format = buf[4];
   if (format < FLOAT32_FORMAT || format > CODEC_VERSION) {
-    throw new CodecError('version', `unsupported bundle format version ${format} (this peer reads ${FLOAT32_FORMAT} to ${CODEC_VERSION})`);
+    throw new CodecError('version', `unsupported bundle format version ${format} (this site reads ${FLOAT32_FORMAT} to ${CODEC_VERSION})`);
   }
   const kind = (Object.keys(BundleKind) as BundleKind[]).find((k) => BundleKind[k] === buf[5]);
   if (!kind) throw new CodecError('kind', `unknown bundle kind ${buf[5]}`);

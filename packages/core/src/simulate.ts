@@ -316,7 +316,7 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   for (const b of new Set(bodies)) specs.set(b, await resolveBody(b));
   const results = emptyResults(cfg, backend.name, ds, splits);
   log.info(
-    `${ds.name}: ${ds.numSamples} samples, ${cfg.peers} peers, ${formatPartition(parsePartition(cfg.partition))}, ` +
+    `${ds.name}: ${ds.numSamples} samples, ${cfg.peers} sites, ${formatPartition(parsePartition(cfg.partition))}, ` +
       `${cfg.rounds} rounds${cfg.epochs !== undefined ? ` x ${cfg.epochs} epoch(s)` : ''}, bodies ${[...new Set(bodies)].join(', ')}`,
   );
   const initialBody = cfg.pretrainedBody !== undefined ? readBodyWeights(cfg.pretrainedBody) : undefined;

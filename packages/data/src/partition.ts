@@ -88,13 +88,13 @@ export function partition(
   opts: PartitionOptions,
 ): PeerSplit[] {
   const p = typeof spec === 'string' ? parsePartition(spec) : spec;
-  if (!Number.isInteger(numPeers) || numPeers < 1) throw new DataError(`number of peers must be a positive integer, got ${numPeers}`);
+  if (!Number.isInteger(numPeers) || numPeers < 1) throw new DataError(`number of sites must be a positive integer, got ${numPeers}`);
   const testFraction = opts.testFraction ?? 0.2;
   if (!(testFraction > 0 && testFraction < 1)) throw new DataError(`testFraction must be in (0, 1), got ${testFraction}`);
   const minSize = opts.minSize ?? 10;
   if (minSize * numPeers > labels.length) {
     throw new DataError(
-      `${labels.length} samples cannot give ${numPeers} peers at least ${minSize} each: use fewer peers or a smaller minimum size.`,
+      `${labels.length} samples cannot give ${numPeers} sites at least ${minSize} each: use fewer sites or a smaller minimum size.`,
     );
   }
   const rng = new Rng(deriveSeed(opts.seed, 'partition', formatPartition(p), numPeers));
@@ -110,8 +110,8 @@ export function partition(
   peers.forEach((rows, i) => {
     if (rows.length < minSize) {
       throw new DataError(
-        `partition ${formatPartition(p)} gives peer ${i} only ${rows.length} samples (minimum ${minSize}): ` +
-          'use fewer peers, a larger dataset, or a smaller minimum size.',
+        `partition ${formatPartition(p)} gives site ${i} only ${rows.length} samples (minimum ${minSize}): ` +
+          'use fewer sites, a larger dataset, or a smaller minimum size.',
       );
     }
   });
@@ -165,7 +165,7 @@ function splitDirichlet(byClass: number[][], numPeers: number, alpha: number, mi
 function splitShards(byClass: number[][], numPeers: number, k: number, rng: Rng): number[][] {
   const present = byClass.map((c, i) => (c.length > 0 ? i : -1)).filter((i) => i >= 0);
   if (k > present.length) {
-    throw new DataError(`shards:${k} asks for ${k} classes per peer but the data has only ${present.length} classes`);
+    throw new DataError(`shards:${k} asks for ${k} classes per site but the data has only ${present.length} classes`);
   }
   const perm = rng.shuffle([...present]) as number[];
   const holders: number[][] = byClass.map(() => []);
@@ -180,7 +180,7 @@ function splitShards(byClass: number[][], numPeers: number, k: number, rng: Rng)
     h.forEach((peer, t) => {
       const part = idx.slice(Math.floor((t * idx.length) / h.length), Math.floor(((t + 1) * idx.length) / h.length));
       if (part.length === 0) {
-        throw new DataError(`shards:${k}: class ${c} has too few samples (${idx.length}) for the ${h.length} peers that hold it`);
+        throw new DataError(`shards:${k}: class ${c} has too few samples (${idx.length}) for the ${h.length} sites that hold it`);
       }
       peers[peer].push(...part);
     });

@@ -275,7 +275,7 @@ async function startLinks(
   Object.assign(links, node.services as { heads?: ExchangeService; bodies?: ExchangeService });
   // Starting the node starts the exchanges: protocols registered, announcements subscribed, members dialled.
   await startNode(node, cfg.listen);
-  log.info(`peer ${id.peerId} (${cfg.name ?? 'unnamed'}, ${alg.name}) listening on ${node.getMultiaddrs().map(String).join(', ')}`);
+  log.info(`site ${cfg.name ?? '(unnamed)'} (${alg.name}, peer ID ${id.peerId}) listening on ${node.getMultiaddrs().map(String).join(', ')}`);
   if (alg.network === 'server') {
     links.server = new Libp2pServerLink(node, { server: cfg.server!, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs, signal: o.signal });
   }

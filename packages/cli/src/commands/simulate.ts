@@ -44,7 +44,7 @@ export function summaryTable(r: SimulationResults): string {
   const withBodies = Object.values(r.algorithms).some((a) => a?.bodyBytesSent !== undefined);
   const plain = Object.values(r.algorithms).every((a) => !a || oneClassification(a.tasks));
   const head = plain ? ['mean acc', 'std', 'min', 'weighted', ...(withPooled ? ['pooled test'] : [])] : ['task', 'metric', 'mean', 'std', 'worst', 'others (mean)'];
-  const rows = [['algorithm', ...head, 'bytes sent', ...(withBodies ? ['of which bodies'] : []), 'per peer/round', 'seconds']];
+  const rows = [['algorithm', ...head, 'bytes sent', ...(withBodies ? ['of which bodies'] : []), 'per site/round', 'seconds']];
   for (const [name, a] of Object.entries(r.algorithms)) {
     if (!a) continue;
     const label = name === 'dflmoe' && r.config.shareBody ? 'dflmoe (shared bodies)' : name;
@@ -93,15 +93,15 @@ export function simulateCommand(): Command {
     .option('--rounds <n>', 'communication rounds', int('--rounds'), d.rounds)
     .option('--algorithms <list>', `comma-separated: ${ALGORITHMS.join(',')}`, algorithms, d.algorithms)
     .option('--seed <n>', 'seed for partition, initial weights and batch order', (v) => Number(v), d.seed)
-    .option('--body <list>', 'body per peer, cycled: mlp[:h1xh2], cnn[:f1xf2] (e.g. mlp,cnn for heterogeneous sites)', list, d.bodies)
+    .option('--body <list>', 'body per site, cycled: mlp[:h1xh2], cnn[:f1xf2] (e.g. mlp,cnn for heterogeneous sites)', list, d.bodies)
     .option('--feature-dim <n>', 'size of the feature vector the body produces', int('--feature-dim'), d.featureDim)
     .option('--head-hidden <sizes>', 'hidden layers of the head, e.g. 32 or 64x32; none for a linear head', sizes, d.headHidden)
     .option('--epochs <n>', 'local epochs per round (default: 1; 2 for dflmoe with --share-body)', int('--epochs'))
     .option('--batch-size <n>', 'batch size', int('--batch-size'), d.batchSize)
     .option('--lr <x>', 'learning rate', num('--lr', 1e-8, 10), d.learningRate)
     .addOption(new Option('--optimizer <kind>', 'local optimiser of every algorithm (momentum: SGD with momentum 0.9)').choices(OPTIMIZERS).default(d.optimizer))
-    .option('--test-fraction <x>', "share of each peer's data held out for its test split", num('--test-fraction', 0.01, 0.99), d.testFraction)
-    .option('--min-size <n>', 'minimum samples per peer', int('--min-size'), d.minSize)
+    .option('--test-fraction <x>', "share of each site's data held out for its test split", num('--test-fraction', 0.01, 0.99), d.testFraction)
+    .option('--min-size <n>', 'minimum samples per site', int('--min-size'), d.minSize)
     .addOption(standardizeOption(d.standardize))
     .option('--no-shared-init', 'dflmoe/local: give every site its own random initial model')
     .option('--pretrained-body <dir>', 'every site starts from this body pretrained on public data (written by "dflmoe pretrain")')
@@ -160,7 +160,7 @@ export function simulateCommand(): Command {
         : await simulate(cfg, { onRound, status: board });
       const file = join(out, 'results.json');
       writeJsonAtomic(file, results);
-      process.stdout.write(`\n${results.dataset.name}, ${o.peers} peers, ${o.partition}, ${o.rounds} rounds, backend ${results.backend}\n`);
+      process.stdout.write(`\n${results.dataset.name}, ${o.peers} sites, ${o.partition}, ${o.rounds} rounds, backend ${results.backend}\n`);
       process.stdout.write(summaryTable(results) + '\n');
       const report = await writeRunReport(out);
       process.stdout.write(`\nResults written to ${file}\nReport (open in a browser, works offline): ${report}\n`);
