@@ -239,35 +239,9 @@ export function tableFromRows(
   const labelNames = opts.taskColumns ?? [labelName];
   const tolerance = opts.mixedTolerance ?? 0.05;
   if (!(tolerance >= 0 && tolerance < 0.5)) throw new DataError(`mixedTolerance must be in [0, 0.5), got ${tolerance}`);
-  const seen = new Map<string, number>();
-  header.forEach((h, c) => {
-    if (h === '') throw new DataError(`${source}, ${head}: column ${c + 1} has no name`);
-    if (seen.has(h)) throw new DataError(`${source}, ${head}: column "${h}" appears twice (columns ${seen.get(h)! + 1} and ${c + 1})`);
-    seen.set(h, c);
-  });
+  const seen = checkHeader(header, labelNames, opts, source, head);
   const labelCol = seen.get(labelName);
-  for (const l of labelNames) {
-    if (seen.get(l) !== undefined || opts.labelsOptional) continue;
-    throw new DataError(
-      `${source}: no label column "${l}". Columns are: ${header.join(', ')}. Name the label column with ${opts.labelColumnSetting ?? '--label-column'}.`,
-    );
-  }
-  const unknown = (list: string[] | undefined, what: string) => {
-    for (const name of list ?? []) {
-      if (!seen.has(name)) throw new DataError(`${source}, ${head}: column "${name}" in ${what} is not in the header. Columns are: ${header.join(', ')}`);
-      if (labelNames.includes(name)) throw new DataError(`${source}, ${head}: column "${name}" in ${what} is ${labelNames.length > 1 ? 'a' : 'the'} label column`);
-    }
-  };
-  unknown(opts.features, 'features');
-  unknown(opts.drop, 'drop');
-  unknown(opts.categorical, 'categorical');
   const kinds = opts.kinds;
-  if (kinds) {
-    const absent = Object.keys(kinds).filter((k) => !seen.has(k)).map((k) => `"${k}"`);
-    if (absent.length > 0) {
-      throw new DataError(`${source}: lacks column${absent.length > 1 ? 's' : ''} ${absent.join(', ')} of the schema. Columns are: ${header.join(', ')}`);
-    }
-  }
   let keep = opts.features ? [...opts.features] : header.filter((h) => !labelNames.includes(h) && (!kinds || Object.hasOwn(kinds, h)));
   if (opts.drop) keep = keep.filter((h) => !opts.drop!.includes(h));
   if (new Set(keep).size !== keep.length) throw new DataError(`${source}: a column is listed twice in features`);
@@ -283,21 +257,7 @@ export function tableFromRows(
   if (opts.taskColumns && labelCol !== undefined) {
     ({ rows, lines, taskLabels } = multiLabelRows(opts.taskColumns, seen, rows, lines, source, word, warnings));
   } else if (labelCol !== undefined) {
-    // A row without its label teaches nothing: it is left out, and counted.
-    const unlabelled = rows.flatMap((r, i) => (isMissingCell(r[labelCol]) ? [i] : []));
-    // New rows to predict or evaluate are never left out: a missing label there is an error naming the line.
-    if (opts.labelsOptional && unlabelled.length > 0) {
-      const i = unlabelled[0];
-      throw new DataError(`${source}, ${word} ${lines[i]}: missing label ("${rows[i][labelCol].trim()}") in column "${labelName}"`);
-    }
-    if (unlabelled.length === rows.length) throw new DataError(`${source}: every row's label in column "${labelName}" is missing`);
-    if (unlabelled.length > 0) {
-      const shown = unlabelled.slice(0, 5).map((i) => lines[i]).join(', ');
-      warnings.push(`${unlabelled.length} row(s) without a label in column "${labelName}" left out (${word} ${shown}${unlabelled.length > 5 ? ', ...' : ''})`);
-      const drop = new Set(unlabelled);
-      rows = rows.filter((_, i) => !drop.has(i));
-      lines = lines.filter((_, i) => !drop.has(i));
-    }
+    ({ rows, lines } = labelledRows(rows, lines, labelCol, labelName, Boolean(opts.labelsOptional), source, word, warnings));
   }
   const labels = taskLabels ? taskLabels[labelName] : rows.map((r) => (labelCol === undefined ? '' : r[labelCol].trim()));
   for (const [column, ls] of Object.entries(taskLabels ?? { [labelName]: labels })) {
@@ -315,6 +275,65 @@ export function tableFromRows(
     source, labelColumn: labelName, columns, labels, lines, ...(word === 'row' ? { rowWord: word } : {}), warnings, labelled: labelCol !== undefined,
     ...(invalid.length ? { invalid } : {}), ...(taskLabels ? { taskLabels } : {}),
   };
+}
+
+/**
+ * Check a table's header against its options: every column named once, the
+ * label column(s) present (unless labels are optional), the columns named in
+ * `features`, `drop`, `categorical` and the schema's `kinds` present and not
+ * labels. Returns each column's index by name.
+ */
+function checkHeader(header: string[], labelNames: string[], opts: TableOptions, source: string, head: string): Map<string, number> {
+  const seen = new Map<string, number>();
+  header.forEach((h, c) => {
+    if (h === '') throw new DataError(`${source}, ${head}: column ${c + 1} has no name`);
+    if (seen.has(h)) throw new DataError(`${source}, ${head}: column "${h}" appears twice (columns ${seen.get(h)! + 1} and ${c + 1})`);
+    seen.set(h, c);
+  });
+  for (const l of labelNames) {
+    if (seen.get(l) !== undefined || opts.labelsOptional) continue;
+    throw new DataError(
+      `${source}: no label column "${l}". Columns are: ${header.join(', ')}. Name the label column with ${opts.labelColumnSetting ?? '--label-column'}.`,
+    );
+  }
+  const unknown = (list: string[] | undefined, what: string) => {
+    for (const name of list ?? []) {
+      if (!seen.has(name)) throw new DataError(`${source}, ${head}: column "${name}" in ${what} is not in the header. Columns are: ${header.join(', ')}`);
+      if (labelNames.includes(name)) throw new DataError(`${source}, ${head}: column "${name}" in ${what} is ${labelNames.length > 1 ? 'a' : 'the'} label column`);
+    }
+  };
+  unknown(opts.features, 'features');
+  unknown(opts.drop, 'drop');
+  unknown(opts.categorical, 'categorical');
+  if (opts.kinds) {
+    const absent = Object.keys(opts.kinds).filter((k) => !seen.has(k)).map((k) => `"${k}"`);
+    if (absent.length > 0) {
+      throw new DataError(`${source}: lacks column${absent.length > 1 ? 's' : ''} ${absent.join(', ')} of the schema. Columns are: ${header.join(', ')}`);
+    }
+  }
+  return seen;
+}
+
+/**
+ * The rows of a one-label table that have their label: a row without one
+ * teaches nothing, so it is left out and counted in a warning. New rows to
+ * predict or evaluate (`labelsOptional`) are never left out: a missing label
+ * there is an error naming the line.
+ */
+function labelledRows(
+  rows: string[][], lines: number[], labelCol: number, labelName: string, labelsOptional: boolean, source: string, word: string, warnings: string[],
+): { rows: string[][]; lines: number[] } {
+  const unlabelled = rows.flatMap((r, i) => (isMissingCell(r[labelCol]) ? [i] : []));
+  if (labelsOptional && unlabelled.length > 0) {
+    const i = unlabelled[0];
+    throw new DataError(`${source}, ${word} ${lines[i]}: missing label ("${rows[i][labelCol].trim()}") in column "${labelName}"`);
+  }
+  if (unlabelled.length === rows.length) throw new DataError(`${source}: every row's label in column "${labelName}" is missing`);
+  if (unlabelled.length === 0) return { rows, lines };
+  const shown = unlabelled.slice(0, 5).map((i) => lines[i]).join(', ');
+  warnings.push(`${unlabelled.length} row(s) without a label in column "${labelName}" left out (${word} ${shown}${unlabelled.length > 5 ? ', ...' : ''})`);
+  const drop = new Set(unlabelled);
+  return { rows: rows.filter((_, i) => !drop.has(i)), lines: lines.filter((_, i) => !drop.has(i)) };
 }
 
 /**
