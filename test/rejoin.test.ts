@@ -9,9 +9,9 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULT_SIMULATION, DepartedMembers, MemoryHub, awaitRound, waitNoticeMs } from '@dflmoe/core/internal';
+import { DEFAULT_SIMULATION, DepartedMembers, MemoryHub, awaitRound, waitNoticeMs, type SiteNetwork } from '@dflmoe/core/internal';
 import { waitExit, writeConsortium } from '@dflmoe/cli/internal';
-import { readJsonLines, type RoundLine } from '@dflmoe/p2p/internal';
+import { awaitLateMembers, readJsonLines, type RoundLine } from '@dflmoe/p2p/internal';
 import { processGroup, until, untilValue } from './helpers.js';
 
 const DEADLINE_MS = 5000;
@@ -80,6 +80,40 @@ describe('awaitRound and the members a site agreed with', () => {
     const quick = await wait();
     assert.ok(quick < full / 3, `c and d are not waited for (${quick.toFixed(0)} ms against ${full.toFixed(0)} at the deadline)`);
     assert.deepEqual(lines, []);
+  });
+});
+
+describe('a member that took the agreement late', () => {
+  it('is waited for once it announces a message (the quorum grows with it unless set); a member left out by preprocessing never is', async () => {
+    const hub = new MemoryHub();
+    const [a, b, late, out] = ['a', 'b', 'late', 'out'].map((id) => hub.join(id));
+    const lines: string[] = [];
+    const logger = { debug() {}, info: (m: string) => lines.push(m), warn() {}, error() {} };
+    // a agreed with b only: late came after (its data fits), out was left out.
+    const net: SiteNetwork = { exchange: a, quorum: 1, others: 1, awaited: ['b'], deadlineMs: 1500, logger };
+    assert.deepEqual(awaitLateMembers(net, a, new Set(['out']), false, logger, (p) => `site-${p}`), [], 'nobody announced yet');
+    await late.publish(Uint8Array.of(1), 1);
+    await out.publish(Uint8Array.of(1), 1);
+    await until('announcements in', () => (a.announced?.().size ?? 0) >= 2, 5000);
+    assert.deepEqual(awaitLateMembers(net, a, new Set(['out']), false, logger, (p) => `site-${p}`), ['late']);
+    assert.deepEqual([net.awaited, net.quorum, net.others], [['b', 'late'], 2, 2]);
+    assert.deepEqual(lines, ['site-late took the agreement after this site agreed: rounds wait for it too from the next round']);
+    assert.deepEqual(awaitLateMembers(net, a, new Set(['out']), false, logger, (p) => `site-${p}`), [], 'taken in once');
+    // Round 2: b's head is in, late's is not: the wait is for late, until the deadline.
+    const newest = new Map<string, number>();
+    await b.publish(Uint8Array.of(2), 2);
+    const t0 = performance.now();
+    await awaitRound(a, new DepartedMembers(), {
+      round: 2, quorum: net.quorum, candidates: net.others!, awaited: net.awaited, deadlineMs: net.deadlineMs,
+      absorb: () => a.drain().map((m) => newest.set(m.from, m.payload[0])).length,
+      delivered: () => new Set([...newest].filter(([, v]) => v >= 2).map(([p]) => p)),
+    });
+    assert.ok(performance.now() - t0 >= net.deadlineMs - 100, 'late is waited for');
+    // With round.quorum set, the quorum stays what the site asked for.
+    const fixed: SiteNetwork = { exchange: a, quorum: 1, others: 1, awaited: ['b'], deadlineMs: 0, logger };
+    awaitLateMembers(fixed, a, new Set(), true, logger, String);
+    assert.deepEqual([fixed.awaited, fixed.quorum], [['b', 'late', 'out'], 1]);
+    for (const x of [a, b, late, out]) await x.close();
   });
 });
 

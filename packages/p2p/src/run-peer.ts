@@ -6,7 +6,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { initBackend, isInterrupted, type AlgorithmOptions, type Logger, type SiteFeed, type StatusBoard } from '@dflmoe/core';
 import {
-  createMultiTaskSite, getAlgorithm, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, siteTasks, withoutMembers, type Algorithm, type AlgorithmSite, type SiteNetwork, type TaskResult,
+  createMultiTaskSite, getAlgorithm, type HeadExchange, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, siteTasks, withoutMembers, type Algorithm, type AlgorithmSite, type SiteNetwork, type TaskResult,
 } from '@dflmoe/core/internal';
 import type { SiteData } from '@dflmoe/data';
 import type { PrivateKey } from '@libp2p/interface';
@@ -162,6 +162,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       onLine: async (line, restored) => {
         feed?.record(line, memberId, Date.parse(line.time));
         if (restored) return;
+        awaitLateMembers(net, links.heads, new Set(prepared.preprocessing.excluded.map((x) => x.peer)), cfg.round.quorum !== undefined, log, memberId);
         if (prom) exportRound(prom, line);
         if (held.watch) {
           held.watch.refresh();
@@ -316,6 +317,28 @@ async function siteNetwork(
     net.tasks = taskNetworks(links.tasks, prepared.preprocessing, cfg, selfId, log, memberName);
   }
   return { net, ...(adaptive ? { adaptive } : {}) };
+}
+
+/**
+ * Members that took this site's agreement after it agreed (they came late,
+ * and their data fits it) are not among those it agreed with, so its rounds
+ * did not wait for them. Once one announces a message, rounds wait for it
+ * too, as for the others (while it is connected and in step); without a
+ * configured `round.quorum` the quorum grows with it. Members left out by
+ * preprocessing are never taken in. Returns the members taken in now.
+ */
+export function awaitLateMembers(
+  net: SiteNetwork, ex: Pick<HeadExchange, 'announced'> | undefined, leftOut: ReadonlySet<string>, quorumSet: boolean, log: Logger, name: (p: string) => string,
+): string[] {
+  if (!net.awaited || !ex?.announced) return [];
+  const awaited = new Set(net.awaited);
+  const late = [...ex.announced().keys()].filter((p) => !awaited.has(p) && !leftOut.has(p)).sort();
+  if (late.length === 0) return [];
+  net.awaited = [...net.awaited, ...late];
+  net.others = net.awaited.length;
+  if (!quorumSet) net.quorum = net.awaited.length;
+  log.info(`${late.map(name).join(', ')} took the agreement after this site agreed: rounds wait for ${late.length > 1 ? 'them' : 'it'} too from the next round`);
+  return late;
 }
 
 /** Input the site's transports and its preprocessing dropped so far, by reason (prefixed by channel). */
