@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, DepartedMembers, MemoryHub, awaitRound, waitNoticeMs, type SiteNetwork } from '@dflmoe/core/internal';
 import { waitExit, writeConsortium } from '@dflmoe/cli/internal';
-import { awaitLateMembers, readJsonLines, type RoundLine } from '@dflmoe/p2p/internal';
+import { awaitConnected, awaitLateMembers, readJsonLines, type RoundLine } from '@dflmoe/p2p/internal';
 import { processGroup, until, untilValue } from './helpers.js';
 
 const DEADLINE_MS = 5000;
@@ -114,6 +114,27 @@ describe('a member that took the agreement late', () => {
     awaitLateMembers(fixed, a, new Set(), true, logger, String);
     assert.deepEqual([fixed.awaited, fixed.quorum], [['b', 'late', 'out'], 1]);
     for (const x of [a, b, late, out]) await x.close();
+  });
+});
+
+describe('a site resumed from its checkpoint', () => {
+  it('waits (bounded) for the connections to the members it agreed with before its first round, and says whom it waits for', async () => {
+    const hub = new MemoryHub();
+    const a = hub.join('a');
+    const b = hub.join('b');
+    const lines: string[] = [];
+    const logger = { debug() {}, info: (m: string) => lines.push(m), warn() {}, error() {} };
+    let c: ReturnType<MemoryHub['join']> | undefined;
+    const later = setTimeout(() => (c = hub.join('c')), 300);
+    assert.deepEqual(await awaitConnected(a, ['b', 'c'], 20000, logger, (p) => `site-${p}`), [], 'c connected within the bound');
+    assert.ok(a.members().includes('c'));
+    clearTimeout(later);
+    // A member that does not come: the wait ends at the bound, naming it.
+    const t0 = performance.now();
+    assert.deepEqual(await awaitConnected(a, ['b', 'd'], 1200, logger, (p) => `site-${p}`), ['d']);
+    assert.ok(performance.now() - t0 >= 1100, 'waited up to the bound');
+    assert.ok(lines.length >= 1 && lines.every((l) => /^resumed: waiting for connections to site-d \([\d.]+ s of 1\.2 s left\)$/.test(l)), lines.join('\n'));
+    for (const x of [a, b, c!]) await x.close();
   });
 });
 

@@ -6,7 +6,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { initBackend, isInterrupted, type AlgorithmOptions, type Logger, type SiteFeed, type StatusBoard } from '@dflmoe/core';
 import {
-  createMultiTaskSite, getAlgorithm, type HeadExchange, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, siteTasks, withoutMembers, type Algorithm, type AlgorithmSite, type SiteNetwork, type TaskResult,
+  createMultiTaskSite, getAlgorithm, pause, waitLeft, waitNoticeMs, type HeadExchange, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, siteTasks, withoutMembers, type Algorithm, type AlgorithmSite, type SiteNetwork, type TaskResult,
 } from '@dflmoe/core/internal';
 import type { SiteData } from '@dflmoe/data';
 import type { PrivateKey } from '@libp2p/interface';
@@ -159,6 +159,11 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       out: cfg.out, rounds: cfg.rounds, checkpoint: cfg.checkpoint, resume, logger: log, signal: o.signal, names, adaptive, startedAt: t0,
       dropped: () => droppedSoFar(links, prepared), rejectedAs: alg.message ?? 'input',
       openAudit: (from) => openSiteAudit(cfg, alg, id, links, site, from),
+      // Resumed, the agreement came from disk and no connection is up yet: the first round would wait for nobody.
+      beforeRounds: async (from) => {
+        const heads = links.heads;
+        if (from > 1 && heads && net.awaited) await awaitConnected(heads, net.awaited, Math.min(cfg.round.deadlineMs, 30000), log, memberId, o.signal);
+      },
       onLine: async (line, restored) => {
         feed?.record(line, memberId, Date.parse(line.time));
         if (restored) return;
@@ -339,6 +344,32 @@ export function awaitLateMembers(
   if (!quorumSet) net.quorum = net.awaited.length;
   log.info(`${late.map(name).join(', ')} took the agreement after this site agreed: rounds wait for ${late.length > 1 ? 'them' : 'it'} too from the next round`);
   return late;
+}
+
+/**
+ * Wait (at most `ms`) until every one of `members` is connected, saying every
+ * few seconds whom the site still waits for. A site resuming from its
+ * checkpoint reads its agreement from disk, so, unlike one that has just
+ * agreed, it has no connection when its first round begins; rounds wait only
+ * for connected members. Returns the members still not connected.
+ */
+export async function awaitConnected(
+  ex: Pick<HeadExchange, 'members'>, members: readonly string[], ms: number, log: Logger, name: (p: string) => string, signal?: AbortSignal,
+): Promise<string[]> {
+  const t0 = Date.now();
+  const noticeMs = waitNoticeMs(ms);
+  let noticed = t0;
+  for (;;) {
+    const connected = new Set(ex.members());
+    const missing = members.filter((p) => !connected.has(p));
+    const now = Date.now();
+    if (missing.length === 0 || now - t0 >= ms) return missing;
+    if (now - noticed >= noticeMs) {
+      noticed = now;
+      log.info(`resumed: waiting for connections to ${missing.map(name).join(', ')} ${waitLeft(ms - (now - t0), ms)}`);
+    }
+    await pause(Math.min(100, ms - (now - t0)), signal);
+  }
 }
 
 /** Input the site's transports and its preprocessing dropped so far, by reason (prefixed by channel). */

@@ -84,6 +84,8 @@ export interface SiteDriverOptions<A extends RoundAudit = RoundAudit> {
   adaptive?: AdaptiveDeadline;
   /** When the run began (`performance.now()`), for the lines' `wallSeconds`. */
   startedAt: number;
+  /** Called once before the first round this part runs (`from`: 1, or the round after the checkpoint), when there is one. */
+  beforeRounds?: (from: number) => Promise<void>;
   /** Called with each line: those a resumed run kept (`restored`), then each new one once it is written. */
   onLine?: (line: RoundLine, restored: boolean) => void | Promise<void>;
 }
@@ -105,6 +107,7 @@ export async function driveSite<A extends RoundAudit>(site: AlgorithmSite, net: 
   const checkpoint = o.checkpoint.enabled ? site.checkpoint : undefined;
   const { rounds, before, from } = await resumeSite(o, checkpoint);
   const audit = await o.openAudit(from);
+  if (from <= o.rounds) await o.beforeRounds?.(from);
   await runSite(site, net, {
     from, rounds: o.rounds, signal: o.signal,
     onRound: async (m) => {
