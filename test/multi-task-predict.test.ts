@@ -6,7 +6,7 @@
  * browser tab's zip of it). One training run serves every test here.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { parse as parseCsv } from 'csv-parse/sync';
@@ -145,6 +145,19 @@ describe('predict and evaluate a multi-task site', function () {
     const before = tf.memory().numTensors;
     (await loadSite(out)).dispose();
     assert.equal(tf.memory().numTensors, before, 'loading and disposing a multi-task site leaves no tensor');
+  });
+
+  it('a site.json whose tasks are not the agreement\'s, or of an unknown kind, is refused in one line before any checkpoint is read', async () => {
+    const copy = join(dir, 'tampered');
+    cpSync(out, copy, { recursive: true });
+    const desc = JSON.parse(readFileSync(join(out, 'site.json'), 'utf8'));
+    const write = (tasks: unknown[]) => writeFileSync(join(copy, 'site.json'), JSON.stringify({ ...desc, model: { ...desc.model, tasks } }));
+    write([desc.model.tasks[0], { ...desc.model.tasks[1], name: 'cost' }]);
+    await assert.rejects(loadSite(copy), /preprocessing\.json is not a dflmoe preprocessing file: the agreement has no regression task "cost" with the model's 0 classes/);
+    write([desc.model.tasks[0], { ...desc.model.tasks[1], kind: 'ranking' }]);
+    await assert.rejects(loadSite(copy), /site\.json is not a dflmoe site description: model\.tasks\[1\] \("stay"\) is of kind "ranking"; this version knows classification, regression/);
+    write([desc.model.tasks[0], { ...desc.model.tasks[1], scale: { mean: 1, std: 0 } }]);
+    await assert.rejects(loadSite(copy), /model\.tasks\[1\] \("stay"\): its target scale is not a finite mean and a positive standard deviation/);
   });
 
   it('dflmoe predict writes predicted:<task> columns (with each task\'s probabilities and gates), the same from the tab\'s zip; evaluate prints each task', async () => {
