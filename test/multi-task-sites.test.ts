@@ -177,11 +177,30 @@ describe('a multi-task consortium of site processes (dFLMoE over TCP)', function
     assert.match(north, /agreed with 3 site\(s\) on 2 task\(s\): "mortality" \(2 classes, 2 site\(s\)\), "stay" \(target pooled mean/);
     assert.match(north, /round 2\/2 .*mortality accuracy \d/);
     assert.match(north, /round 2\/2 .*stay rmse \d/);
-    // Every round left a checkpoint of all of north's tasks (what a restart resumes from); predict says it loads one-task sites only.
+    // Every round left a checkpoint of all of north's tasks (what a restart resumes from), which loadSite rebuilds with a head per task.
     const ckpt = sites.find((s) => s.name === 'north')!;
     assert.deepEqual(listCheckpoints(join(ckpt.out, 'checkpoints')), [1, 2]);
-    const site = JSON.parse(readFileSync(join(ckpt.out, 'site.json'), 'utf8')) as { model: { tasks: { name: string }[] } };
-    assert.deepEqual(site.model.tasks.map((t) => t.name), ['mortality', 'stay']);
-    await assert.rejects(loadSite(ckpt.out), /is a multi-task site \(mortality, stay\): predict and evaluate load sites of one task only for now/);
+    const site = JSON.parse(readFileSync(join(ckpt.out, 'site.json'), 'utf8')) as { model: { tasks: { name: string; column: string }[] } };
+    assert.deepEqual(site.model.tasks.map((t) => [t.name, t.column]), [['mortality', 'died'], ['stay', 'los_days']]);
+    const northSite = await loadSite(ckpt.out);
+    try {
+      assert.deepEqual(northSite.tasks.map((t) => t.name), ['mortality', 'stay']);
+      // south.csv has the died column only: north evaluates its mortality task on it.
+      const { evaluations } = await northSite.evaluateTasksFile(join(dir, 'south.csv'));
+      assert.deepEqual(Object.keys(evaluations), ['mortality']);
+      assert.equal(evaluations.mortality.samples, 80);
+    } finally {
+      northSite.dispose();
+    }
+    // south learns one task under a multi-task agreement: it loads as a one-task site; north's rows without `died` are skipped.
+    const southSite = await loadSite(sites.find((s) => s.name === 'south')!.out);
+    try {
+      assert.deepEqual(southSite.tasks.map((t) => t.name), ['mortality']);
+      const { evaluation } = await southSite.evaluateFile(join(dir, 'north.csv'));
+      const blank = Array.from({ length: 80 }, (_, r) => r % 9 === 4).filter(Boolean).length;
+      assert.deepEqual([evaluation.samples, evaluation.skipped], [80 - blank, blank]);
+    } finally {
+      southSite.dispose();
+    }
   });
 });

@@ -55,8 +55,8 @@ export {
 export { MemoryStatementHub, agreeOnData, type AgreedData, type DataAgreement, type StatementExchange } from './agree.js';
 export { BodyFileError, type BodyStandardizer, type BodyWeights } from './pretrained.js';
 export { pretrainBody, type PretrainOptions, type PretrainResult } from './pretrain.js';
-export { type Evaluation, type Predictions, type SampleInput } from './predict.js';
-export { loadSite, type ReadOptions, type SiteInputs, type TrainedSite, type SiteDescription, type SitePreprocessing } from './trained-site.js';
+export { type Evaluation, type Predictions, type SampleInput, type TaskEvaluations, type TaskPredictions } from './predict.js';
+export { loadSite, type ReadOptions, type SiteInputs, type TrainedSite, type SiteDescription, type SitePreprocessing, type SiteTaskInfo } from './trained-site.js';
 export {
   SITE_STATES, SiteFeed, StatusBoard,
   type AuditStatus, type MemberStatus, type MemberUpdate, type RecordedRound, type RoundUpdate, type SiteInit, type SiteState, type SiteStatus, type StatusListener,

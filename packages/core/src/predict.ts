@@ -1,14 +1,17 @@
 /**
  * Using a site's model: class probabilities, the predicted class and, for
  * dFLMoE, the gate weight of every expert, for new samples; and accuracy,
- * per-class recall and a confusion matrix for labelled ones. The same code
- * serves a live learner (`DflmoeLearner.predict`) and a site loaded from its
- * directory (`loadSite`), so both give the same numbers.
+ * per-class recall and a confusion matrix for labelled ones (a regression:
+ * values and RMSE, MAE, R^2 in the target's units). A multi-task site gives
+ * them per task. The same code serves a live learner
+ * (`DflmoeLearner.predict`) and a site loaded from its directory
+ * (`loadSite`), so both give the same numbers.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { applyStandardizer, featureSize, type Standardizer } from '@dflmoe/data';
 import type { AlgorithmSite } from './algorithms/api.js';
 import { DflmoeSite } from './algorithms/dflmoe-site.js';
+import { isMultiTask } from './algorithms/multi-task.js';
 import { moeForward } from './model.js';
 import { rowsOf } from './train.js';
 import { classificationTask, taskKind, type TaskInfo, type TaskKindName, type TaskMetrics } from './tasks/index.js';
@@ -56,7 +59,15 @@ export interface Evaluation {
   recall: (number | null)[];
   /** `confusion[true][predicted]` counts. */
   confusion: number[][];
+  /** Per-task evaluation (`evaluateTasks`): rows left out because they lack this task's label (absent elsewhere). */
+  skipped?: number;
 }
+
+/** Predictions of every task of a site, by task name, in the site's round order (a one-task site: its one task). */
+export type TaskPredictions = Record<string, Predictions>;
+
+/** Evaluations of a site's tasks, by task name (each over the rows that carry the task's label). */
+export type TaskEvaluations = Record<string, Evaluation>;
 
 /**
  * Probabilities (and gate weights) of `site`'s model for standardized
@@ -123,6 +134,37 @@ export function evaluatePredictions(p: Predictions, labels: ArrayLike<number>): 
   return { samples: p.numSamples, classNames: [...p.classNames], metrics, accuracy: p.numSamples > 0 ? ok / p.numSamples : NaN, recall, confusion };
 }
 
+/** `p` for the rows `rows` only (in that order). */
+export function takePredictionRows(p: Predictions, rows: ArrayLike<number>): Predictions {
+  const c = p.values ? 0 : p.classNames.length;
+  const k = p.experts.length;
+  const take = <T extends Float32Array | Int32Array>(a: T, w: number, make: (n: number) => T): T => {
+    const out = make(rows.length * w);
+    for (let i = 0; i < rows.length; i++) out.set(a.subarray(rows[i] * w, (rows[i] + 1) * w), i * w);
+    return out;
+  };
+  const f32 = (n: number) => new Float32Array(n);
+  return {
+    ...p, numSamples: rows.length, predicted: take(p.predicted, 1, (n) => new Int32Array(n)), probabilities: take(p.probabilities, c, f32),
+    gateWeights: take(p.gateWeights, k, f32), ...(p.values ? { values: take(p.values, 1, f32) } : {}),
+  };
+}
+
+/**
+ * `evaluatePredictions` over the rows that carry a label: a class index
+ * of -1 (or any negative) or a target of NaN marks a row that lacks the
+ * task's label (as training masks it); those rows are left out and
+ * counted in `skipped`.
+ */
+export function evaluateLabelled(p: Predictions, labels: ArrayLike<number>): Evaluation {
+  if (labels.length !== p.numSamples) throw new Error(`${labels.length} labels for ${p.numSamples} predictions`);
+  const has = (y: number) => (p.values ? !Number.isNaN(y) : !(y < 0));
+  const rows: number[] = [];
+  for (let i = 0; i < labels.length; i++) if (has(labels[i])) rows.push(i);
+  if (rows.length === labels.length) return { ...evaluatePredictions(p, labels), skipped: 0 };
+  return { ...evaluatePredictions(takePredictionRows(p, rows), rows.map((i) => labels[i])), skipped: labels.length - rows.length };
+}
+
 /**
  * Samples in the dataset's layout: features row-major (a `Float32Array` or
  * any array of numbers), one array per sample, or a tensor `[n, ...sampleShape]`.
@@ -168,18 +210,67 @@ export class SitePredictor {
     return tf.tensor(applyStandardizer(raw, d, rows, this.standardizer), [n, ...this.sampleShape]);
   }
 
-  /** Predictions for raw (not standardized) samples. */
-  predict(x: SampleInput): Predictions {
+  /** What the model predicts: its one task, or a multi-task site's tasks in round order. */
+  get tasks(): TaskInfo[] {
+    return this.parts().map((p) => p.task);
+  }
+
+  /** Each task with the site that predicts it (a one-task site: the site itself, over its classes). */
+  private parts(): { task: TaskInfo; site: AlgorithmSite; classNames: string[] }[] {
+    if (isMultiTask(this.site)) return this.site.taskSites().map((p) => ({ ...p, classNames: p.task.classNames }));
+    return [{ task: this.task, site: this.site, classNames: this.classNames }];
+  }
+
+  /** The task named `name` (none: the only one; a multi-task site needs a name). */
+  protected part(name: string | undefined): { task: TaskInfo; site: AlgorithmSite; classNames: string[] } {
+    const parts = this.parts();
+    const names = parts.map((p) => `"${p.task.name}"`).join(', ');
+    if (name === undefined) {
+      if (parts.length === 1) return parts[0];
+      throw new Error(`this site learns ${parts.length} tasks (${names}): name the task to predict, or predict them all with predictTasks`);
+    }
+    const p = parts.find((q) => q.task.name === name);
+    if (!p) throw new Error(`this site has no task "${name}"; its tasks are ${names}`);
+    return p;
+  }
+
+  /** Predictions for raw (not standardized) samples: of the site's one task, or of the task named `task` (a multi-task site needs it). */
+  predict(x: SampleInput, task?: string): Predictions {
+    const part = this.part(task);
     const t = this.standardize(x);
     try {
-      return sitePredictions(this.site, t, this.classNames, 512, this.task);
+      return sitePredictions(part.site, t, part.classNames, 512, part.task);
     } finally {
       t.dispose();
     }
   }
 
-  /** Evaluation on raw samples and their class indices. */
-  evaluate(x: SampleInput, labels: ArrayLike<number>): Evaluation {
-    return evaluatePredictions(this.predict(x), labels);
+  /** Predictions of every task for raw samples, by task name (a one-task site: its one task, as `predict` gives it). */
+  predictTasks(x: SampleInput): TaskPredictions {
+    const t = this.standardize(x);
+    try {
+      return Object.fromEntries(this.parts().map((p) => [p.task.name, sitePredictions(p.site, t, p.classNames, 512, p.task)]));
+    } finally {
+      t.dispose();
+    }
+  }
+
+  /** Evaluation on raw samples and their class indices (or targets): of the one task, or of the task named `task`. */
+  evaluate(x: SampleInput, labels: ArrayLike<number>, task?: string): Evaluation {
+    return evaluatePredictions(this.predict(x, task), labels);
+  }
+
+  /**
+   * Evaluation of each task given labels for, by task name: class indices
+   * (-1 where a row lacks the task's label) or targets in their units (NaN
+   * where it lacks one). Each task is scored over its labelled rows only
+   * (`skipped` counts the others), as training masks missing labels.
+   */
+  evaluateTasks(x: SampleInput, labels: Readonly<Record<string, ArrayLike<number>>>): TaskEvaluations {
+    const names = Object.keys(labels);
+    names.forEach((n) => this.part(n));
+    if (names.length === 0) throw new Error('evaluateTasks(x, labels): give the labels of at least one task, by task name');
+    const all = this.predictTasks(x);
+    return Object.fromEntries(this.tasks.filter((t) => names.includes(t.name)).map((t) => [t.name, evaluateLabelled(all[t.name], labels[t.name])]));
   }
 }

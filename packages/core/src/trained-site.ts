@@ -6,12 +6,16 @@
  * dFLMoE, the received heads it held, their transforms and the gate). The
  * site is rebuilt through the algorithm registry and restored by its own
  * checkpoint code, so it predicts exactly as it did at the end of training.
+ * A multi-task site (`site.json`'s `model.tasks`: each task's kind, classes
+ * or target scale, and label column) is rebuilt as one body with a head per
+ * task, restored from its checkpoint's `task-<i>/` parts, and predicts and
+ * evaluates per task.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { classificationTask, taskKind, type TaskInfo } from './tasks/index.js';
-import { readInputs, type AgreedSchema, type EncodedInputs, type InputSpec } from '@dflmoe/data';
+import { TASK_KINDS, classificationTask, taskKind, type TaskInfo } from './tasks/index.js';
+import { readInputs, type AgreedSchema, type EncodedInputs, type InputSpec, type InputTask } from '@dflmoe/data';
 import { readCsvTable } from '@dflmoe/data/internal';
 import type { AlgorithmSite } from './algorithms/api.js';
 import type { AlgorithmOptions } from './algorithms/registry.js';
@@ -21,13 +25,22 @@ import { silentLogger, type Logger } from './log.js';
 import { parseBodySpec, type BodySpec } from './model.js';
 import { listCheckpoints } from './checkpoint.js';
 import { loadBodyModel, resolveBody } from './custom-body.js';
-import { SitePredictor, evaluatePredictions, type Evaluation, type Predictions, type SampleInput } from './predict.js';
-import { disposePeerData, type PeerData, type TrainOptions } from './train.js';
+import { createMultiTaskSite } from './algorithms/multi-task.js';
+import {
+  SitePredictor, evaluateLabelled, evaluatePredictions, type Evaluation, type Predictions, type SampleInput, type TaskEvaluations, type TaskPredictions,
+} from './predict.js';
+import { disposePeerData, siteTasksData, type PeerData, type TrainOptions } from './train.js';
 import { isZipFile, unpackSiteArchive } from './site-archive.js';
 
 export const SITE_FILE = 'site.json';
 export const PREPROCESSING_FILE = 'preprocessing.json';
 export const CHECKPOINT_DIR = 'checkpoints';
+
+/** One task of a multi-task site as `site.json` records it: the task (kind, classes or target scale) and the column its labels are read from. */
+export interface SiteTaskInfo extends TaskInfo {
+  /** A table: the label column of the task (sites written before it was recorded: the task's name). */
+  column?: string;
+}
 
 /** `site.json`: what it takes to rebuild the site's model. */
 export interface SiteDescription {
@@ -50,8 +63,8 @@ export interface SiteDescription {
     numClasses: number;
     /** What the site learned (older sites: one classification task over the agreed classes); a multi-task site: its first task. */
     task?: TaskInfo;
-    /** A multi-task site: every task it learns. */
-    tasks?: TaskInfo[];
+    /** A multi-task site (several tasks, or one task under a multi-task agreement): every task it learns. */
+    tasks?: SiteTaskInfo[];
     train: Partial<TrainOptions>;
     initSeed?: number;
   };
@@ -107,18 +120,42 @@ export function readSiteFiles(dir: string): { site: SiteDescription; preprocessi
   const bad = (file: string, why: string) => new Error(`${join(root, file)} is not a dflmoe ${file === SITE_FILE ? 'site description' : 'preprocessing file'}: ${why}`);
   if (site?.format !== 1) throw bad(SITE_FILE, `format ${String(site?.format)} (this version reads 1)`);
   if (typeof site.peerId !== 'string' || typeof site.model?.body !== 'string' || !Array.isArray(site.model.sampleShape)) throw bad(SITE_FILE, 'fields missing');
-  if (site.model.tasks && site.model.tasks.length > 1) {
-    throw new Error(`${root} is a multi-task site (${site.model.tasks.map((t) => t.name).join(', ')}): predict and evaluate load sites of one task only for now (its checkpoints resume it)`);
-  }
   if (pre?.format !== 1) throw bad(PREPROCESSING_FILE, `format ${String(pre?.format)} (this version reads 1)`);
   const d = site.model.sampleShape.reduce((a, b) => a * b, 1);
   if (!Array.isArray(pre.standardizer?.mean) || pre.standardizer.mean.length !== d || pre.standardizer.std?.length !== d) {
     throw bad(PREPROCESSING_FILE, `the standardizer does not have ${d} features`);
   }
-  if (pre.agreed?.schema?.classNames?.length !== site.model.numClasses) {
+  if (site.model.tasks !== undefined) checkSiteTasks(site.model.tasks, pre, bad);
+  else if (pre.agreed?.schema?.classNames?.length !== site.model.numClasses) {
     throw bad(PREPROCESSING_FILE, `the agreed classes do not match the model's ${site.model.numClasses} outputs`);
   }
   return { site, preprocessing: pre };
+}
+
+/**
+ * A multi-task site's tasks in `site.json`: each named once, of a known
+ * kind, with its classes (or a finite target scale), and agreed in
+ * `preprocessing.json` under that name, kind and classes.
+ */
+function checkSiteTasks(tasks: unknown, pre: SitePreprocessing, bad: (file: string, why: string) => Error): void {
+  if (!Array.isArray(tasks) || tasks.length === 0) throw bad(SITE_FILE, 'model.tasks is not a list of tasks');
+  const seen = new Set<string>();
+  for (const [i, t] of (tasks as Partial<SiteTaskInfo>[]).entries()) {
+    const what = `model.tasks[${i}]`;
+    if (typeof t?.name !== 'string' || seen.has(t.name)) throw bad(SITE_FILE, `${what} has no name, or the name of another task`);
+    seen.add(t.name);
+    if (!(TASK_KINDS as readonly unknown[]).includes(t.kind)) throw bad(SITE_FILE, `${what} ("${t.name}") is of kind ${JSON.stringify(t.kind)}; this version knows ${TASK_KINDS.join(', ')}`);
+    if (!Array.isArray(t.classNames) || t.classNames.some((c) => typeof c !== 'string') || (t.column !== undefined && typeof t.column !== 'string')) {
+      throw bad(SITE_FILE, `${what} ("${t.name}") has no list of classes, or a column that is not a name`);
+    }
+    if (t.scale !== undefined && !(Number.isFinite(t.scale?.mean) && Number.isFinite(t.scale?.std) && t.scale.std > 0)) {
+      throw bad(SITE_FILE, `${what} ("${t.name}"): its target scale is not a finite mean and a positive standard deviation`);
+    }
+    const a = pre.agreed?.tasks?.find((x) => x.name === t.name);
+    if (!a || a.kind !== t.kind || !Array.isArray(a.classNames) || a.classNames.join('\u0000') !== t.classNames.join('\u0000')) {
+      throw bad(PREPROCESSING_FILE, `the agreement has no ${t.kind} task "${t.name}" with the model's ${t.classNames.length} classes`);
+    }
+  }
 }
 
 /** Zero-row tensors in place of training data: a site rebuilt for prediction holds none. */
@@ -142,12 +179,12 @@ export interface SiteInputs extends EncodedInputs {
   flags?: string[];
 }
 
-/** Per row of a table to predict: its unseen categories, or that every feature is missing (undefined when no row has either). */
-export function inputFlags(path: string, agreed: AgreedSchema, invalidAsMissing?: boolean): string[] | undefined {
+/** Per row of a table to predict: its unseen categories, or that every feature is missing (undefined when no row has either); `taskColumns`: a multi-task site's label columns. */
+export function inputFlags(path: string, agreed: AgreedSchema, invalidAsMissing?: boolean, taskColumns?: string[]): string[] | undefined {
   const schema = agreed.schema;
   if (schema.kind !== 'table') return undefined;
   const kinds = Object.fromEntries(schema.columns.map((c) => [c.name, c.kind]));
-  const table = readCsvTable(path, { labelColumn: schema.labelColumn, kinds, labelsOptional: true, invalidAsMissing });
+  const table = readCsvTable(path, { labelColumn: schema.labelColumn, ...(taskColumns ? { taskColumns } : {}), kinds, labelsOptional: true, invalidAsMissing });
   const byName = new Map(table.columns.map((c) => [c.name, c]));
   const flags = table.labels.map(() => [] as string[]);
   const present = table.labels.map(() => false);
@@ -170,12 +207,18 @@ export function inputFlags(path: string, agreed: AgreedSchema, invalidAsMissing?
 export interface ReadOptions {
   /** Read a cell that is not a number in a numeric column as missing (and mark its row in `inputs.invalid`) instead of refusing the file. */
   invalidAsMissing?: boolean;
+  /** `predictFile`, `evaluateFile`: the task to answer for (a multi-task site needs it; a one-task site: its task, or none). */
+  task?: string;
 }
 
 /**
  * A site trained by `dflmoe peer` (any algorithm), loaded from its out
  * directory by `loadSite`: it predicts exactly as the site did at the end of
  * training, from raw samples or from files read with the agreed schema.
+ * A multi-task site answers per task: `predictTasks`, `evaluateTasks` and
+ * their file forms give every task's predictions and metrics by task name,
+ * and the one-task forms (`predict`, `evaluate`, `predictFile`,
+ * `evaluateFile`) answer for the task they are given.
  */
 export interface TrainedSite {
   /** The site's out directory. */
@@ -190,25 +233,47 @@ export interface TrainedSite {
   readonly checkpointPath: string;
   /** The algorithm the site trained with. */
   readonly algorithm: AlgorithmName;
-  /** The class names, in the order of the model's outputs. */
+  /** The class names, in the order of the model's outputs (a multi-task site: its first task's; each task's are in `tasks`). */
   readonly classNames: string[];
+  /** What the site predicts: its one task, or a multi-task site's tasks in round order (the order of their names), each with its kind and classes or target scale. */
+  readonly tasks: TaskInfo[];
   /** The shape of one sample. */
   readonly sampleShape: number[];
   /** A member's name (or its peer ID), e.g. to label the experts of `Predictions`. */
   nameOf(peer: string): string;
-  /** Predictions for raw (not standardized) samples, the experts named as site.json names them (their peer IDs in `expertIds`). */
-  predict(x: SampleInput): Predictions;
-  /** Evaluation on raw samples and their class indices. */
-  evaluate(x: SampleInput, labels: ArrayLike<number>): Evaluation;
+  /**
+   * Predictions for raw (not standardized) samples, the experts named as site.json names them (their peer IDs in `expertIds`):
+   * of the site's one task, or of the task named `task` (a multi-task site needs it).
+   */
+  predict(x: SampleInput, task?: string): Predictions;
+  /** Predictions of every task for raw samples, by task name (a one-task site: its one task). */
+  predictTasks(x: SampleInput): TaskPredictions;
+  /** Evaluation on raw samples and their class indices (a regression: targets in their units), of the one task or of the task named `task`. */
+  evaluate(x: SampleInput, labels: ArrayLike<number>, task?: string): Evaluation;
+  /**
+   * Evaluation of each task labels are given for (by task name: class
+   * indices with -1 where a row lacks the label, or targets with NaN), each
+   * over its labelled rows (`skipped` counts the others).
+   */
+  evaluateTasks(x: SampleInput, labels: Readonly<Record<string, ArrayLike<number>>>): TaskEvaluations;
   /**
    * Read a CSV file or an image folder as this site's inputs (encoded with the agreed schema, not standardized).
    * A cell that is not a number in a numeric column is an error, unless `invalidAsMissing` (then `inputs.invalid` marks its row).
+   * A multi-task site reads each task's labels from its column into `inputs.taskLabels`.
    */
   readInputs(path: string, labels?: 'required' | 'optional', o?: ReadOptions): Promise<SiteInputs>;
-  /** Predictions for the rows of a CSV file or the images of a folder (`inputs.flags` marks rows with unseen categories or no features). */
+  /** Predictions for the rows of a CSV file or the images of a folder (`inputs.flags` marks rows with unseen categories or no features); `o.task` picks a multi-task site's task. */
   predictFile(path: string, o?: ReadOptions): Promise<{ inputs: SiteInputs; predictions: Predictions }>;
-  /** Evaluation on a labelled CSV file or image folder (one sub-folder per class). */
+  /** Evaluation on a labelled CSV file or image folder (one sub-folder per class); `o.task` picks a multi-task site's task. */
   evaluateFile(path: string, o?: ReadOptions): Promise<{ inputs: SiteInputs; predictions: Predictions; evaluation: Evaluation }>;
+  /** Predictions of every task for the rows of a CSV file (or the images of a folder), by task name. */
+  predictTasksFile(path: string, o?: ReadOptions): Promise<{ inputs: SiteInputs; predictions: TaskPredictions }>;
+  /**
+   * Every task's predictions, and the evaluation of each task whose label
+   * column the file has, over the rows that carry its label (a row without
+   * one is skipped for that task only, as training masks it).
+   */
+  evaluateTasksFile(path: string, o?: ReadOptions): Promise<{ inputs: SiteInputs; predictions: TaskPredictions; evaluations: TaskEvaluations }>;
   /** Free the site's tensors. */
   dispose(): void;
 }
@@ -229,7 +294,7 @@ export class SavedSite extends SitePredictor implements TrainedSite {
       site,
       { mean: Float32Array.from(preprocessing.standardizer.mean), std: Float32Array.from(preprocessing.standardizer.std) },
       description.model.sampleShape,
-      preprocessing.agreed.schema.classNames,
+      description.model.tasks ? site.data.task.classNames : preprocessing.agreed.schema.classNames,
       site.data.task,
     );
   }
@@ -243,34 +308,77 @@ export class SavedSite extends SitePredictor implements TrainedSite {
     return this.description.names[peer] ?? peer;
   }
 
-  /** Predictions whose experts are named as site.json names them (their peer IDs in `expertIds`). */
-  override predict(x: SampleInput): Predictions {
-    const p = super.predict(x);
+  /** `p` with its experts named as site.json names them (their peer IDs in `expertIds`). */
+  private named(p: Predictions): Predictions {
     return { ...p, experts: p.experts.map((id) => this.nameOf(id)), expertIds: p.experts };
+  }
+
+  /** Predictions whose experts are named as site.json names them (their peer IDs in `expertIds`); `task` picks a multi-task site's task. */
+  override predict(x: SampleInput, task?: string): Predictions {
+    return this.named(super.predict(x, task));
+  }
+
+  /** Predictions of every task, by task name, the experts named as site.json names them. */
+  override predictTasks(x: SampleInput): TaskPredictions {
+    return Object.fromEntries(Object.entries(super.predictTasks(x)).map(([t, p]) => [t, this.named(p)]));
+  }
+
+  /** A multi-task site's tasks as `readInputs` reads their labels: each from its column (a one-task table site: the column it read labels from). */
+  private inputTasks(): InputTask[] | undefined {
+    const ts = this.description.model.tasks;
+    if (!ts) return undefined;
+    const input = this.preprocessing.input;
+    return ts.map((t) => ({ name: t.name, kind: t.kind, classNames: t.classNames, column: t.column ?? (ts.length === 1 && input.kind === 'table' ? input.labelColumn : t.name) }));
   }
 
   /**
    * Read a CSV file or an image folder as this site's inputs (encoded with the agreed schema, not standardized).
    * A cell that is not a number in a numeric column is an error, unless `invalidAsMissing` (then `inputs.invalid` marks its row);
-   * `flags` marks rows with a category no site trained on, or with every feature missing.
+   * `flags` marks rows with a category no site trained on, or with every feature missing; a multi-task site's labels are in `taskLabels`.
    */
   async readInputs(path: string, labels: 'required' | 'optional' = 'optional', o: ReadOptions = {}): Promise<SiteInputs> {
-    const inputs = await readInputs(path, this.preprocessing.agreed, this.preprocessing.input, { labels, invalidAsMissing: o.invalidAsMissing });
-    const flags = this.preprocessing.input.kind === 'table' ? inputFlags(path, this.preprocessing.agreed, o.invalidAsMissing) : undefined;
+    const tasks = this.inputTasks();
+    const inputs = await readInputs(path, this.preprocessing.agreed, this.preprocessing.input, { labels, invalidAsMissing: o.invalidAsMissing, ...(tasks ? { tasks } : {}) });
+    const flags = this.preprocessing.input.kind === 'table' ? inputFlags(path, this.preprocessing.agreed, o.invalidAsMissing, tasks?.map((t) => t.column)) : undefined;
     return flags ? { ...inputs, flags } : inputs;
+  }
+
+  /** Each task's labels read from a file, by task name (a one-task site of the first format: its `labels`). */
+  private fileLabels(inputs: SiteInputs): Record<string, Int32Array | Float32Array> {
+    if (inputs.taskLabels) return inputs.taskLabels;
+    return inputs.labels ? { [this.tasks[0].name]: inputs.labels } : {};
   }
 
   /** Predictions for the rows of a CSV file or the images of a folder (`inputs.flags` marks rows with unseen categories or no features). */
   async predictFile(path: string, o: ReadOptions = {}): Promise<{ inputs: SiteInputs; predictions: Predictions }> {
     const inputs = await this.readInputs(path, 'optional', o);
-    return { inputs, predictions: this.predict(inputs.features) };
+    return { inputs, predictions: this.predict(inputs.features, o.task) };
   }
 
-  /** Evaluation on a labelled CSV file or image folder (one sub-folder per class). */
+  /** Evaluation on a labelled CSV file or image folder (one sub-folder per class); a multi-task site's task over the rows that carry its label. */
   async evaluateFile(path: string, o: ReadOptions = {}): Promise<{ inputs: SiteInputs; predictions: Predictions; evaluation: Evaluation }> {
+    this.part(o.task);
     const inputs = await this.readInputs(path, 'required', o);
-    const predictions = this.predict(inputs.features);
-    return { inputs, predictions, evaluation: evaluatePredictions(predictions, inputs.labels!) };
+    const predictions = this.predict(inputs.features, o.task);
+    if (!inputs.taskLabels) return { inputs, predictions, evaluation: evaluatePredictions(predictions, inputs.labels!) };
+    const labels = inputs.taskLabels[predictions.task.name];
+    if (!labels) throw new Error(`${path} has no label column "${this.inputTasks()!.find((t) => t.name === predictions.task.name)!.column}" of task "${predictions.task.name}"`);
+    return { inputs, predictions, evaluation: evaluateLabelled(predictions, labels) };
+  }
+
+  /** Predictions of every task for the rows of a CSV file (or the images of a folder), by task name. */
+  async predictTasksFile(path: string, o: ReadOptions = {}): Promise<{ inputs: SiteInputs; predictions: TaskPredictions }> {
+    const inputs = await this.readInputs(path, 'optional', o);
+    return { inputs, predictions: this.predictTasks(inputs.features) };
+  }
+
+  /** Every task's predictions, and each labelled task's evaluation over the rows that carry its label. */
+  async evaluateTasksFile(path: string, o: ReadOptions = {}): Promise<{ inputs: SiteInputs; predictions: TaskPredictions; evaluations: TaskEvaluations }> {
+    const inputs = await this.readInputs(path, 'required', o);
+    const predictions = this.predictTasks(inputs.features);
+    const labels = this.fileLabels(inputs);
+    const evaluations = Object.fromEntries(this.tasks.filter((t) => labels[t.name]).map((t) => [t.name, evaluateLabelled(predictions[t.name], labels[t.name])]));
+    return { inputs, predictions, evaluations };
   }
 
   dispose(): void {
@@ -316,15 +424,19 @@ async function loadSiteDir(root: string, o: { logger?: Logger }): Promise<Traine
   await initBackend({ logger: log });
   const alg = getAlgorithm(desc.algorithm);
   const schema = preprocessing.agreed.schema;
-  const data = noData(desc.model.sampleShape, desc.model.task ?? classificationTask('labelColumn' in schema ? schema.labelColumn : 'label', schema.classNames));
+  // A multi-task site: each task's (empty) data, for a body with a head per task, as dflmoe peer built it.
+  const tasks = desc.model.tasks?.map(({ column: _column, ...t }) => noData(desc.model.sampleShape, t));
+  const multi = tasks && { tasks, trainSamples: 0, testSamples: 0 };
+  const data = multi ? siteTasksData(multi) : noData(desc.model.sampleShape, desc.model.task ?? classificationTask('labelColumn' in schema ? schema.labelColumn : 'label', schema.classNames));
   let site: AlgorithmSite | undefined;
   try {
     // A custom body (a saved tfjs model) is rebuilt from the newest checkpoint's body/model.json, whose weights are restored below.
     const body = await checkpointedBody(root, parseBodySpec(desc.model.body));
-    site = alg.createSite({
+    const base = {
       id: desc.peerId, data, body, featureDim: desc.model.featureDim, headHidden: desc.model.headHidden,
       train: desc.model.train, ...(desc.model.initSeed !== undefined ? { initSeed: desc.model.initSeed } : {}),
-    }, desc.algorithmOptions);
+    };
+    site = multi ? createMultiTaskSite(alg, base, multi, desc.algorithmOptions) : alg.createSite(base, desc.algorithmOptions);
     if (!site.checkpoint) throw new Error(`${alg.label} sites keep no checkpoints in this version`);
     const ckpt = join(root, CHECKPOINT_DIR);
     const r = await site.checkpoint.restore(ckpt, log);

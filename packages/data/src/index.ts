@@ -31,7 +31,7 @@ export {
 } from './federated.js';
 export {
   encodeSiteData, loadSiteData, readInputs, reconcileStatements, siteStatement,
-  type EncodedInputs, type EncodedSite, type InputSpec, type Reconciled, type SiteData, type SiteDataBase, type SiteDataSpec,
+  type EncodedInputs, type EncodedSite, type InputSpec, type InputTask, type ReadInputsOptions, type Reconciled, type SiteData, type SiteDataBase, type SiteDataSpec,
   type SiteStatement, type SiteTask,
 } from './site-data.js';
 export {

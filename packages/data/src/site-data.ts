@@ -23,7 +23,7 @@ import { parse as parseCsv } from 'csv-parse/sync';
 import { loadDataset, refuseContinuousLabels, subsample } from './datasets.js';
 import {
   classificationEntry, encodeWithSchema, lackedColumns, mergeSummaries, summarizeDataset, summarizeMultiTask, summarizeTable, targetSums, validateSummary,
-  type AgreedSchema, type LocalSummary, type SummaryTaskEntry,
+  type AgreedSchema, type FeatureSchema, type LocalSummary, type SummaryTaskEntry,
 } from './federated.js';
 import { datasetTaskEntry } from './multi-task.js';
 import { decodeImages, listImageInputs, loadImageFolder } from './images.js';
@@ -609,8 +609,15 @@ export interface EncodedInputs {
   sampleShape: number[];
   /** Per row: `line <n>` of the CSV, or the image file relative to the folder. */
   ids: string[];
-  /** Class indices in the agreed classes, or a regression's targets in their units (only when the input is labelled). */
+  /** Class indices in the agreed classes, or a regression's targets in their units (only when the input is labelled; read with `tasks`: absent). */
   labels?: Int32Array | Float32Array;
+  /**
+   * Read with `tasks` (a multi-task site): each task's labels, by task name,
+   * for the tasks whose label column the input has: class indices in the
+   * task's classes (-1 where a row lacks its label), or targets in their
+   * units (NaN where it lacks one).
+   */
+  taskLabels?: Record<string, Int32Array | Float32Array>;
   /**
    * With `invalidAsMissing`: per row, the cells of numeric columns that were
    * not numbers and were read as missing (`age="sixty"`, `; `-separated;
@@ -619,50 +626,54 @@ export interface EncodedInputs {
   invalid?: string[];
 }
 
+/** One task of a trained multi-task site, as {@link readInputs} reads its labels: its name, label column, kind and classes. */
+export interface InputTask {
+  /** The task's name. */
+  name: string;
+  /** The column that holds its labels (a table; for images, the one task's labels are the sub-folders). */
+  column: string;
+  /** A classification or a regression. */
+  kind: 'classification' | 'regression';
+  /** Classification: its classes, in the order of the model's outputs (regression: empty). */
+  classNames: string[];
+}
+
+/** How {@link readInputs} reads new inputs. */
+export interface ReadInputsOptions {
+  /** `required` (evaluation): the input must be labelled (with `tasks`: have the label column of at least one task). */
+  labels: 'required' | 'optional';
+  /** Read a cell that is not a number in a numeric column as missing (and mark its row in `invalid`) instead of refusing the file. */
+  invalidAsMissing?: boolean;
+  /** A multi-task site: read each task's labels from its column into `taskLabels` (a row may lack some); its columns are never features. */
+  tasks?: InputTask[];
+}
+
 /**
  * Read `path` (a CSV file, or an image folder) as the site's new inputs,
  * encoded with the agreed schema. `labels: 'required'` (for evaluation)
  * needs a label column (or one sub-folder per class); every label must be
  * one of the agreed classes. A cell that is not a number in a numeric
  * column is an error naming its line and column, unless `invalidAsMissing`
- * (then it is missing, and `invalid` marks its row).
+ * (then it is missing, and `invalid` marks its row). With `tasks`, each
+ * task's labels are read from its own column (`taskLabels`).
  */
-export async function readInputs(
-  path: string, agreed: AgreedSchema, input: InputSpec, o: { labels: 'required' | 'optional'; invalidAsMissing?: boolean },
-): Promise<EncodedInputs> {
+export async function readInputs(path: string, agreed: AgreedSchema, input: InputSpec, o: ReadInputsOptions): Promise<EncodedInputs> {
   const schema = agreed.schema;
-  const classIndex = new Map(schema.classNames.map((c, i) => [c, i]));
-  if (input.kind === 'images') {
-    if (schema.kind !== 'tensor' || schema.shape.length !== 3) throw new DataError('this site was not trained on images');
-    const root = resolve(path);
-    const items = listImageInputs(root);
-    const [h, w, c] = schema.shape;
-    const { features } = await decodeImages(items.map((i) => i.file), { imageSize: [h, w], channels: c as 1 | 3, fit: input.fit });
-    const ids = items.map((i) => i.file.slice(root.length + 1));
-    let labels: Int32Array | undefined;
-    if (items.every((i) => i.label !== undefined)) {
-      labels = Int32Array.from(items, (i) => {
-        const k = classIndex.get(i.label!);
-        if (k === undefined) throw new DataError(`${root}: class folder "${i.label}" is not one of the classes ${schema.classNames.join(', ')}`);
-        return k;
-      });
-    } else if (o.labels === 'required') {
-      throw new DataError(`${root}: evaluation needs labelled images, one sub-folder per class (${schema.classNames.join(', ')})`);
-    }
-    return { features, numSamples: items.length, sampleShape: schema.shape, ids, ...(labels ? { labels } : {}) };
-  }
+  if (input.kind === 'images') return readImageInputs(path, schema, input, o);
   if (existsSync(path) && statSync(path).isDirectory()) {
     throw new DataError(`${resolve(path)} is a folder, but this site was trained on a table: give a CSV file with the columns it trained on`);
   }
+  const columns = o.tasks?.map((t) => t.column);
   let tableSchema: TableSchema;
   if (input.kind === 'table') {
     if (schema.kind !== 'table') throw new DataError('this site was not trained on a table');
     tableSchema = schema;
   } else {
     const d = schema.kind === 'tensor' ? featureSize({ sampleShape: schema.shape }) : agreed.featureNames.length;
-    const names = input.featureNames ?? csvHeader(path).filter((h) => h !== input.labelColumn);
+    const names = input.featureNames ?? csvHeader(path).filter((h) => h !== input.labelColumn && !columns?.includes(h));
     if (names.length !== d) {
-      throw new DataError(`${resolve(path)} has ${names.length} feature columns (besides "${input.labelColumn}"); this site's model reads ${d}`);
+      const besides = [...new Set([input.labelColumn, ...(columns ?? [])])].map((c) => `"${c}"`).join(', ');
+      throw new DataError(`${resolve(path)} has ${names.length} feature columns (besides ${besides}); this site's model reads ${d}`);
     }
     tableSchema = {
       kind: 'table', labelColumn: input.labelColumn, classNames: schema.classNames,
@@ -670,23 +681,73 @@ export async function readInputs(
     };
   }
   const kinds = Object.fromEntries(tableSchema.columns.map((c) => [c.name, c.kind]));
-  const table = readCsvTable(path, { labelColumn: tableSchema.labelColumn, kinds, labelsOptional: true, invalidAsMissing: o.invalidAsMissing });
+  const table = readCsvTable(path, { labelColumn: tableSchema.labelColumn, ...(columns ? { taskColumns: columns } : {}), kinds, labelsOptional: true, invalidAsMissing: o.invalidAsMissing });
   if (o.labels === 'required' && table.labelled === false) {
-    throw new DataError(`${table.source}: evaluation needs the label column "${tableSchema.labelColumn}"`);
+    const wanted = o.tasks ? `a label column of one of its tasks (${o.tasks.map((t) => `"${t.column}" for ${t.name}`).join(', ')})` : `the label column "${tableSchema.labelColumn}"`;
+    throw new DataError(`${table.source}: evaluation needs ${wanted}`);
   }
   const regression = agreed.task?.kind === 'regression';
-  const enc = encodeTable(regression ? { ...table, labelled: false } : table, tableSchema);
+  const enc = encodeTable(regression || o.tasks ? { ...table, labelled: false } : table, tableSchema);
   const d = enc.featureNames.length;
   let invalid: string[] | undefined;
   if (table.invalid) {
     invalid = table.labels.map(() => '');
     for (const c of table.invalid) invalid[c.row] += `${invalid[c.row] ? '; ' : ''}${c.column}=${JSON.stringify(c.cell)}`;
   }
+  const labels = o.tasks ? { taskLabels: tableTaskLabels(table, o.tasks) } : table.labelled === false ? {} : { labels: regression ? regressionTargets(table) : enc.labels };
   return {
     features: enc.features, numSamples: table.labels.length, sampleShape: [d], ids: table.lines.map((l) => `line ${l}`),
-    ...(table.labelled === false ? {} : { labels: regression ? regressionTargets(table) : enc.labels }),
-    ...(invalid ? { invalid } : {}),
+    ...labels, ...(invalid ? { invalid } : {}),
   };
+}
+
+/** Each task's labels of a table read with its task columns (see `EncodedInputs.taskLabels`); a class no model output has is an error naming its line. */
+function tableTaskLabels(table: RawTable, tasks: InputTask[]): Record<string, Int32Array | Float32Array> {
+  const out: Record<string, Int32Array | Float32Array> = {};
+  for (const t of tasks) {
+    const cells = table.taskLabels?.[t.column];
+    if (!cells) continue;
+    if (t.kind === 'regression') {
+      out[t.name] = regressionTargets({ ...table, labelColumn: t.column, labels: cells }, 'nan');
+      continue;
+    }
+    const index = new Map(t.classNames.map((c, k) => [c, k]));
+    out[t.name] = Int32Array.from(cells, (cell, i) => {
+      if (cell === '') return -1;
+      const k = index.get(cell);
+      if (k === undefined) {
+        throw new DataError(`${table.source}, ${table.rowWord ?? 'line'} ${table.lines[i]}: label "${cell}" in column "${t.column}" is not one of the classes of task "${t.name}" (${t.classNames.join(', ')})`);
+      }
+      return k;
+    });
+  }
+  return out;
+}
+
+/** `readInputs` of an image folder: its images, and its sub-folders as the classes (of the one task, with `tasks`). */
+async function readImageInputs(path: string, schema: FeatureSchema, input: InputSpec & { kind: 'images' }, o: ReadInputsOptions): Promise<EncodedInputs> {
+  if (schema.kind !== 'tensor' || schema.shape.length !== 3) throw new DataError('this site was not trained on images');
+  if (o.tasks && o.tasks.length !== 1) throw new DataError(`this site learns ${o.tasks.length} tasks: an image folder's sub-folders label one`);
+  const classNames = o.tasks?.[0].classNames ?? schema.classNames;
+  const classIndex = new Map(classNames.map((c, i) => [c, i]));
+  const root = resolve(path);
+  const items = listImageInputs(root);
+  const [h, w, c] = schema.shape;
+  const { features } = await decodeImages(items.map((i) => i.file), { imageSize: [h, w], channels: c as 1 | 3, fit: input.fit });
+  const ids = items.map((i) => i.file.slice(root.length + 1));
+  let labels: Int32Array | undefined;
+  if (items.every((i) => i.label !== undefined)) {
+    labels = Int32Array.from(items, (i) => {
+      const k = classIndex.get(i.label!);
+      if (k === undefined) throw new DataError(`${root}: class folder "${i.label}" is not one of the classes ${classNames.join(', ')}`);
+      return k;
+    });
+  } else if (o.labels === 'required') {
+    throw new DataError(`${root}: evaluation needs labelled images, one sub-folder per class (${classNames.join(', ')})`);
+  }
+  const out = { features, numSamples: items.length, sampleShape: schema.shape, ids };
+  if (!labels) return out;
+  return o.tasks ? { ...out, taskLabels: { [o.tasks[0].name]: labels } } : { ...out, labels };
 }
 
 /** The header row of a CSV file. */

@@ -156,7 +156,9 @@ export interface TableOptions {
    * A multi-task table: the label column of every task (the first is the
    * table's `labelColumn`). Each is a label, never a feature; a missing cell
    * means the row lacks that task's label (it stays for the others), and a
-   * row without any label is left out (counted in one warning).
+   * row without any label is left out (counted in one warning). With
+   * `labelsOptional` (new rows to predict or evaluate) every row is kept, and
+   * a task column the file lacks is absent from `taskLabels`.
    */
   taskColumns?: string[];
 }
@@ -254,12 +256,16 @@ export function tableFromRows(
   });
   const warnings: string[] = [];
   let taskLabels: Record<string, string[]> | undefined;
-  if (opts.taskColumns && labelCol !== undefined) {
+  if (opts.taskColumns && opts.labelsOptional) {
+    // New rows: none is left out; a task's missing cell (or column) is that task's to skip.
+    const present = opts.taskColumns.filter((c) => seen.has(c));
+    taskLabels = Object.fromEntries(present.map((c) => [c, rows.map((r) => (isMissingCell(r[seen.get(c)!]) ? '' : r[seen.get(c)!].trim()))]));
+  } else if (opts.taskColumns && labelCol !== undefined) {
     ({ rows, lines, taskLabels } = multiLabelRows(opts.taskColumns, seen, rows, lines, source, word, warnings));
   } else if (labelCol !== undefined) {
     ({ rows, lines } = labelledRows(rows, lines, labelCol, labelName, Boolean(opts.labelsOptional), source, word, warnings));
   }
-  const labels = taskLabels ? taskLabels[labelName] : rows.map((r) => (labelCol === undefined ? '' : r[labelCol].trim()));
+  const labels = taskLabels?.[labelName] ?? rows.map((r) => (labelCol === undefined ? '' : r[labelCol].trim()));
   for (const [column, ls] of Object.entries(taskLabels ?? { [labelName]: labels })) {
     for (const g of caseClashes(ls.filter((l) => l !== ''))) {
       warnings.push(`labels ${quoteGroup(g)} in column "${column}" differ only in case and count as ${g.length} classes; write them alike if they are one class`);
@@ -272,7 +278,8 @@ export function tableFromRows(
   });
   const invalid = kinds ? schemaNumericTextCells(columns, rows, keep.map((k) => seen.get(k)!), lines, source, Boolean(opts.invalidAsMissing), word) : [];
   return {
-    source, labelColumn: labelName, columns, labels, lines, ...(word === 'row' ? { rowWord: word } : {}), warnings, labelled: labelCol !== undefined,
+    source, labelColumn: labelName, columns, labels, lines, ...(word === 'row' ? { rowWord: word } : {}), warnings,
+    labelled: taskLabels ? Object.keys(taskLabels).length > 0 : labelCol !== undefined,
     ...(invalid.length ? { invalid } : {}), ...(taskLabels ? { taskLabels } : {}),
   };
 }

@@ -224,8 +224,13 @@ export function siteModelOptions(cfg: PeerConfig, id: string, index: number, dat
   };
 }
 
-/** Write `site.json`: what `loadSite` needs to rebuild the site's model. */
-export function writeSiteDescription(cfg: PeerConfig, model: PeerModelOptions, algorithmOptions: AlgorithmOptions, tasks?: TaskInfo[]): void {
+/** Write `site.json`: what `loadSite` needs to rebuild the site's model (with several tasks, each task's label column, for evaluate). */
+export function writeSiteDescription(cfg: PeerConfig, model: PeerModelOptions, algorithmOptions: AlgorithmOptions, taskInfos?: TaskInfo[]): void {
+  const declared = (cfg.data.tasks?.length ?? 0) > 1 ? cfg.data.tasks! : [];
+  const tasks = taskInfos?.map((t) => {
+    const d = declared.find((c) => (c.name ?? c.column) === t.name);
+    return d ? { ...t, column: (d.column ?? d.name)! } : t;
+  });
   const desc: SiteDescription = {
     format: 1, algorithm: cfg.algorithm, peerId: model.id, ...(cfg.name ? { name: cfg.name } : {}),
     names: Object.fromEntries([...cfg.members.filter((m) => m.name).map((m) => [m.peerId, m.name!]), ...(cfg.name ? [[model.id, cfg.name]] : [])]),

@@ -14,7 +14,7 @@ import { deriveSeed } from '@dflmoe/data/internal';
 import { CodecError, decodeBundle, encodeBundle, type DecodeLimits } from '../codec.js';
 import { bodyVariables, formatBodySpec } from '../model.js';
 import { createBodyShare, type BodySharingSettings, type BodyShare, type BodyShareState, type MixedBody } from '../body-share.js';
-import type { TaskResult } from '../tasks/index.js';
+import type { TaskInfo, TaskResult } from '../tasks/index.js';
 import { DEFAULT_TRAIN, evaluateTask, siteTasksData, type DpOptions, type PeerData, type SiteTasks } from '../train.js';
 import { RdpAccountant } from '../privacy.js';
 import { DepartedMembers, absorbMessages, awaitRound } from '../exchange.js';
@@ -133,6 +133,11 @@ export class MultiTaskSite implements AlgorithmSite {
   /** The tasks this site learns, in round order. */
   get taskNames(): string[] {
     return this.parts.map((p) => p.data.task.name);
+  }
+
+  /** Each task with the site that trains and predicts it on the shared body, in round order (`predict.ts` predicts with them). */
+  taskSites(): { task: TaskInfo; site: AlgorithmSite }[] {
+    return this.parts.map((p) => ({ task: p.data.task, site: p.site }));
   }
 
   /** Averaged bodies must have one architecture: the body's. */
