@@ -6,7 +6,7 @@ import {
 } from '@dflmoe/core';
 import { emptyResults, REGISTRY, isAlgorithmName, oneClassification, simulationSettings, summarize, taskKind, TASK_KINDS, unknownAlgorithmMessage, type TaskKindName } from '@dflmoe/core/internal';
 import { addSettingsOptions, givenSettings } from '../settings-options.js';
-import { SHIFT_KINDS, loadDatasetAsync, partition } from '@dflmoe/data';
+import { MODALITIES, SHIFT_KINDS, loadDatasetAsync, partition, type Modality } from '@dflmoe/data';
 import { collectResults, consortiumRound, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium } from '../consortium.js';
 import { stopSignal } from './network.js';
 import { writeJsonAtomic } from '@dflmoe/p2p/internal';
@@ -115,6 +115,7 @@ export function simulateCommand(): Command {
     .option('--train-per-site <n>', "cut each site's training split to n samples (same label mix), keeping its test split", int('--train-per-site'))
     .option('--feature-shift <kinds>', `every site sees its own transformation of the input: comma-separated ${SHIFT_KINDS.join(', ')} (rotate, contrast, noise: images; affine, noise: tables)`, list, d.featureShift)
     .addOption(new Option('--evaluate-on <split>', "test: each site's test split; validation: 20% held out of its training split (for tuning)").choices(['test', 'validation']).default(d.evaluateOn))
+    .option('--modalities <list>', `how each site holds the data, cycled: ${MODALITIES.join(', ')} (image datasets; e.g. image,table: images at even sites, tables of their pixels at odd ones; bodies default to cnn for images and mlp for tables)`, modalityList)
     .option('--site-tasks <plan>', "multi-task datasets (digits-tasks, fashion-mnist-tasks): each site's tasks, sites separated by ; and a site's tasks by commas, cycled over the sites (default: the dataset's own plan)", siteTaskPlan)
     .option('--max-samples <n>', 'use a seeded random subset of the dataset', int('--max-samples'))
     .option('--data-dir <dir>', 'fashion-mnist: directory of the idx files')
@@ -134,7 +135,8 @@ export function simulateCommand(): Command {
         dataset: o.dataset,
         datasetOptions: { maxSamples: o.maxSamples, dataDir: o.dataDir, labelColumn: o.labelColumn, ...(o.labelKind ? { taskKind: o.labelKind as TaskKindName } : {}) },
         peers: o.peers, partition: o.partition, rounds: o.rounds, algorithms: o.algorithms, seed: o.seed,
-        bodies: o.body, featureDim: o.featureDim, headHidden: o.headHidden, epochs: o.epochs, batchSize: o.batchSize,
+        bodies: o.body, ...(o.modalities ? { siteModalities: o.modalities } : {}),
+        featureDim: o.featureDim, headHidden: o.headHidden, epochs: o.epochs, batchSize: o.batchSize,
         learningRate: o.lr, optimizer: o.optimizer,
         testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
         sharedInit: o.sharedInit, freezeBody: o.freezeBody,
@@ -157,7 +159,7 @@ export function simulateCommand(): Command {
       };
       const results = o.transport === 'tcp'
         ? await simulateOverTcp(cfg, out, { deadlineMs: o.deadline, fresh: Boolean(o.fresh), signal: stopSignal(), board }, onRound)
-        : await simulate(cfg, { onRound, status: board });
+        : await simulate(modalityBodies(cfg, cmd.getOptionValueSource('body') === 'default'), { onRound, status: board });
       const file = join(out, 'results.json');
       writeJsonAtomic(file, results);
       process.stdout.write(`\n${results.dataset.name}, ${o.peers} peers, ${o.partition}, ${o.rounds} rounds, backend ${results.backend}\n`);
@@ -173,7 +175,7 @@ async function simulateOverTcp(
 ): Promise<SimulationResults> {
   const { deadlineMs, fresh, signal } = o;
   const unsupported = [
-    cfg.trainPerSite !== undefined && '--train-per-site', cfg.featureShift.length > 0 && '--feature-shift', cfg.evaluateOn !== 'test' && '--evaluate-on',
+    cfg.siteModalities !== undefined && '--modalities', cfg.trainPerSite !== undefined && '--train-per-site', cfg.featureShift.length > 0 && '--feature-shift', cfg.evaluateOn !== 'test' && '--evaluate-on',
   ].filter(Boolean);
   if (unsupported.length) throw new Error(`${unsupported.join(', ')} ${unsupported.length > 1 ? 'are' : 'is'} not available with --transport tcp yet; run it in memory (the default).`);
   // Image folders decode asynchronously; the sites' shares are written from this one copy.
@@ -225,6 +227,21 @@ async function simulateOverTcp(
     results.algorithms[alg] = a;
   }
   return results;
+}
+
+/** With --modalities and no --body, each site's modality chooses its body (the simulator's default for a site of that form). */
+function modalityBodies(cfg: SimulationConfig, defaultBody: boolean): Partial<SimulationConfig> & { dataset: string } {
+  if (!cfg.siteModalities || !defaultBody) return cfg;
+  const { bodies: _, ...rest } = cfg;
+  return rest;
+}
+
+/** `--modalities image,table`: each site's form of the data, cycled. */
+function modalityList(v: string): Modality[] {
+  const ms = v.split(',').map((m) => m.trim());
+  const bad = ms.find((m) => !(MODALITIES as readonly string[]).includes(m));
+  if (bad !== undefined) throw new InvalidArgumentError(`"${bad}" is not a modality; choose from ${MODALITIES.join(', ')}`);
+  return ms as Modality[];
 }
 
 /** `--site-tasks digit;parity,value`: each site's tasks (sites by ;, a site's tasks by commas). */
