@@ -557,7 +557,7 @@ async function runAlgorithm(
     const ids = sites.map((s) => s.id);
     // A site's members in the live view: the other sites (serverless), the server, or none (local-only).
     const memberIds = (i: number) => (alg.network === 'peers' ? ids.filter((o) => o !== ids[i]) : alg.network === 'server' ? ['server'] : []);
-    const feeds = hooks.status && sites.map((s, i) => hooks.status!.site({ id: s.id, algorithm: name, rounds: cfg.rounds, members: memberIds(i).map((id) => ({ id })), state: 'training' }));
+    const feeds = hooks.status && sites.map((s, i) => hooks.status!.site({ id: s.id, algorithm: name, ...(cfg.siteModalities ? { modality: siteModality(cfg.siteModalities, i) } : {}), rounds: cfg.rounds, members: memberIds(i).map((id) => ({ id })), state: 'training' }));
     // A round's result once every site has finished it.
     const records = sites.map(() => [] as SiteRoundRecord[]);
     const rounds: RoundResult[] = [];
