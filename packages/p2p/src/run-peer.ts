@@ -241,9 +241,9 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       if (checkpoint && resume) log.warn('no usable checkpoint: starting from round 1');
       writeFileSync(metricsFile, '');
     }
-    // Rounds wait for the members the site agreed on the data with, and only while they are connected: not for one
+    // Rounds wait for the members the site agreed on the data with (or that agreed apart, holding it in another form), and only while connected: not for one
     // left out (its data does not fit), never heard from (it came late, or never) or gone (it stopped, or crashed).
-    const agreed = new Set(prepared.preprocessing.included);
+    const agreed = new Set([...prepared.preprocessing.included, ...(prepared.preprocessing.otherForms ?? [])]);
     const awaited = otherMembers(cfg, id.peerId).map((m) => m.peerId).filter((p) => agreed.has(p));
     const others = awaited.length;
     // With round.adaptive the deadline follows what the link delivers (measured on the exchange's waits).
