@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadDataset, modalityView, partition } from '@dflmoe/data';
 import { agreedStandardizer, federatedAgreement } from '@dflmoe/data/internal';
-import { silentLogger, simulate } from '@dflmoe/core';
+import { silentLogger, simulate, type SimulationResults, type SitePreprocessing } from '@dflmoe/core';
 import { siteBodies, siteViews } from '@dflmoe/core/internal';
-import { backend, cli } from './helpers.js';
+import { backend, cli, cliAsync } from './helpers.js';
 
 describe('modalities: the same data held as images at some sites and as tables at others (issue #28)', () => {
   before(backend);
@@ -56,6 +59,26 @@ describe('modalities: the same data held as images at some sites and as tables a
     assert.equal(counts.length, 6);
     assert.deepEqual(counts.slice(2), counts.slice(2).map(() => counts[1]), `tensor counts per round: ${counts}`);
     assert.equal(tf.memory().numTensors, t0, 'the run frees its tensors');
+  });
+
+  it('over libp2p (simulate --transport tcp): each form agrees apart, the other form set apart, and every site mixes the heads of both forms', async function () {
+    this.timeout(240000);
+    const out = mkdtempSync(join(tmpdir(), 'dflmoe-modal-tcp-'));
+    const r = await cliAsync(['simulate', '--dataset', 'digits', '--peers', '4', '--rounds', '2', '--modalities', 'image,table', '--algorithms', 'dflmoe',
+      '--transport', 'tcp', '--quiet', '--out', out]);
+    assert.equal(r.status, 0, r.stderr);
+    const res = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as SimulationResults;
+    const peers = res.algorithms.dflmoe!.peers;
+    assert.deepEqual(peers.map((p) => [p.modality, p.body]), [['image', 'cnn'], ['table', 'mlp'], ['image', 'cnn'], ['table', 'mlp']]);
+    const pre = [0, 1, 2, 3].map((i) => JSON.parse(readFileSync(join(out, 'consortium', 'dflmoe', `site-${i}`, 'preprocessing.json'), 'utf8')) as SitePreprocessing);
+    const ids = [0, 1, 2, 3].map((i) => (JSON.parse(readFileSync(join(out, 'consortium', 'dflmoe', `site-${i}`, 'results.json'), 'utf8')) as { peerId: string }).peerId);
+    pre.forEach((p, i) => {
+      const same = ids.filter((_, k) => k % 2 === i % 2).sort();
+      assert.deepEqual(p.included, same, `site-${i} agreed with its form`);
+      assert.deepEqual(p.otherForms, ids.filter((_, k) => k % 2 !== i % 2).sort(), `site-${i} set the other form apart`);
+      assert.deepEqual(p.agreed.schema.kind === 'tensor' && p.agreed.schema.shape, i % 2 === 0 ? [8, 8, 1] : [64]);
+    });
+    for (const p of peers) assert.deepEqual(Object.keys(p.gateWeights!).sort(), ['site-0', 'site-1', 'site-2', 'site-3'], `${p.id} mixes every head`);
   });
 
   it('the CLI takes --modalities and refuses an unknown one in one line', () => {

@@ -34,7 +34,7 @@ import { fitStandardizer, type Standardizer } from './standardize.js';
 import { caseClashes, detectDelimiter, encodeTable, quoteGroup, readCsvTable, regressionTargets, sortNames, takeTableRows, type RawTable, type TableSchema } from './table.js';
 import { DataError } from './errors.js';
 import { featureSize, quantileStrata, type Dataset, type DatasetTaskColumn } from './types.js';
-import type { Modality } from './modality.js';
+import { modalityOf, type Modality } from './modality.js';
 
 /** A site's `data` settings (paths already resolved). */
 export interface SiteDataSpec {
@@ -406,8 +406,8 @@ export function reconcileStatements(statements: SiteStatement[], self?: string):
   return { agreed, included: accepted.map((s) => s.summary.site).sort(), excluded, warnings, ...(otherForms.length ? { otherForms } : {}) };
 }
 
-/** The form of a statement's data: a table, or fixed-shape samples (images). */
-export const statementForm = (s: SiteStatement): Modality => (s.summary.schema.kind === 'table' ? 'table' : 'image');
+/** The form of a statement's data: a table (columns, or fixed-shape samples of one axis, such as a simulator's share of pixels), or images. */
+export const statementForm = (s: SiteStatement): Modality => (s.summary.schema.kind === 'table' ? 'table' : modalityOf({ sampleShape: s.summary.schema.shape }) ?? 'image');
 
 /**
  * Seen from site `self` (when it is among them): the valid statements of its

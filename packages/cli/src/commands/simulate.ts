@@ -4,7 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import {
   ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, initBackend, simulate, type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
-import { emptyResults, REGISTRY, isAlgorithmName, oneClassification, simulationSettings, summarize, taskKind, TASK_KINDS, unknownAlgorithmMessage, type TaskKindName } from '@dflmoe/core/internal';
+import { emptyResults, REGISTRY, isAlgorithmName, siteBodies, siteModality, oneClassification, simulationSettings, summarize, taskKind, TASK_KINDS, unknownAlgorithmMessage, type TaskKindName } from '@dflmoe/core/internal';
 import { addSettingsOptions, givenSettings } from '../settings-options.js';
 import { MODALITIES, SHIFT_KINDS, loadDatasetAsync, partition, type Modality } from '@dflmoe/data';
 import { collectResults, consortiumRound, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium } from '../consortium.js';
@@ -158,7 +158,7 @@ export function simulateCommand(): Command {
         if (r.round === total) bars.get(alg)!.stop();
       };
       const results = o.transport === 'tcp'
-        ? await simulateOverTcp(cfg, out, { deadlineMs: o.deadline, fresh: Boolean(o.fresh), signal: stopSignal(), board }, onRound)
+        ? await simulateOverTcp(tcpBodies(cfg, cmd.getOptionValueSource('body') === 'default'), out, { deadlineMs: o.deadline, fresh: Boolean(o.fresh), signal: stopSignal(), board }, onRound)
         : await simulate(modalityBodies(cfg, cmd.getOptionValueSource('body') === 'default'), { onRound, status: board });
       const file = join(out, 'results.json');
       writeJsonAtomic(file, results);
@@ -175,7 +175,7 @@ async function simulateOverTcp(
 ): Promise<SimulationResults> {
   const { deadlineMs, fresh, signal } = o;
   const unsupported = [
-    cfg.siteModalities !== undefined && '--modalities', cfg.trainPerSite !== undefined && '--train-per-site', cfg.featureShift.length > 0 && '--feature-shift', cfg.evaluateOn !== 'test' && '--evaluate-on',
+    cfg.trainPerSite !== undefined && '--train-per-site', cfg.featureShift.length > 0 && '--feature-shift', cfg.evaluateOn !== 'test' && '--evaluate-on',
   ].filter(Boolean);
   if (unsupported.length) throw new Error(`${unsupported.join(', ')} ${unsupported.length > 1 ? 'are' : 'is'} not available with --transport tcp yet; run it in memory (the default).`);
   // Image folders decode asynchronously; the sites' shares are written from this one copy.
@@ -219,7 +219,9 @@ async function simulateOverTcp(
     }
     const a = collectResults(alg, files, seconds(), cfg.bodies, simulationSettings(cfg, alg));
     // Pooled test accuracy where the in-memory simulator reports it (every site standardizes alike): each site's saved model on every site's test rows.
-    if (!ds.tasks && (cfg.standardize === 'federated' || cfg.pretrainedBody !== undefined)) {
+    // (Not with modalities: each site would need every test row in its own form.)
+    if (cfg.siteModalities) a.peers.forEach((p, i) => (p.modality = siteModality(cfg.siteModalities, i)));
+    else if (!ds.tasks && (cfg.standardize === 'federated' || cfg.pretrainedBody !== undefined)) {
       const pooled = await pooledAccuracies(files.sites.map((s) => s.out), ds, splits);
       pooled.forEach((p, i) => (a.peers[i].pooledAccuracy = p));
       a.pooledAccuracy = summarize(pooled);
@@ -234,6 +236,11 @@ function modalityBodies(cfg: SimulationConfig, defaultBody: boolean): Partial<Si
   if (!cfg.siteModalities || !defaultBody) return cfg;
   const { bodies: _, ...rest } = cfg;
   return rest;
+}
+
+/** Over TCP, each site's config names its body: with --modalities and no --body, its modality's (as in memory). */
+function tcpBodies(cfg: SimulationConfig, defaultBody: boolean): SimulationConfig {
+  return cfg.siteModalities ? { ...cfg, bodies: siteBodies(cfg.peers, cfg.bodies, !defaultBody, cfg.siteModalities) } : cfg;
 }
 
 /** `--modalities image,table`: each site's form of the data, cycled. */
