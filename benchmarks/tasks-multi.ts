@@ -17,17 +17,21 @@
  *
  *   npm run bench:tasks-multi                       # both cells, writes benchmarks/results/tasks-multi, updates benchmarks/README.md
  *   npm run bench:tasks-multi -- --cells digits --seeds 1
+ *   npm run bench:cross                             # the cross-task cell (issue #28)
+ *   npm run bench:modal                             # the modality cell: digits as images at some sites, tables at others (issue #28)
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { initBackend, silentLogger, simulate, taskKind, type SimulationConfig } from '@dflmoe/core/internal';
-import { renderPage, type Chart } from '@dflmoe/cli/internal';
+import { gateUse, renderPage, type Chart } from '@dflmoe/cli/internal';
 
 const { values } = parseArgs({ options: { seeds: { type: 'string', default: '1,2,3' }, cells: { type: 'string', default: 'digits,fashion' }, out: { type: 'string' } } });
 const seeds = values.seeds.split(',').map(Number);
-const outDir = values.out ?? (values.cells === 'cross' ? 'benchmarks/results/tasks-cross' : 'benchmarks/results/tasks-multi');
+// The cross-task cell and the modality cell (issue #28) have results and a README section of their own.
+const own = ({ cross: 'tasks-cross', modal: 'tasks-modal' } as Record<string, string>)[values.cells] ?? 'tasks-multi';
+const outDir = values.out ?? `benchmarks/results/${own}`;
 mkdirSync(outDir, { recursive: true });
 const machine = `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -60,14 +64,37 @@ const CELLS: Record<string, Cell> = {
       { column: 'cross 0.3', run: { algorithms: ['dflmoe'], crossTask: true, crossTaskWeight: 0.3 } },
     ],
   },
+  // Modalities (issue #28): the digits as 8x8 images (a CNN body) at even sites and as 64-column tables (an MLP body) at odd ones.
+  modal: {
+    label: 'digits held as images (cnn) at 5 sites and as tables (mlp) at 5, 30 rows per site',
+    cfg: { dataset: 'digits', trainPerSite: 30, siteModalities: ['image', 'table'] },
+    runs: [
+      { run: { algorithms: ['local', 'dflmoe'] } },
+      { column: 'dflmoe+body', run: { algorithms: ['dflmoe'], shareBody: true } },
+      { column: 'local all-table', run: { algorithms: ['local'], siteModalities: ['table'] } },
+      { column: 'dflmoe all-table', run: { algorithms: ['dflmoe'], siteModalities: ['table'] } },
+      { column: 'dflmoe+body all-table', run: { algorithms: ['dflmoe'], siteModalities: ['table'], shareBody: true } },
+    ],
+  },
 };
 type Column = string;
 const columnsOf = (cell: string) => CELLS[cell].runs.flatMap((r) => r.column ? [r.column] : r.run.algorithms);
 /** One (cell, seed, column, task): the headline metric over the task's sites, and each site's. */
 interface Row { cell: string; seed: number; column: Column; task: string; metric: string; mean: number; perSite: Record<string, number>; bytesSent: number; seconds: number }
 
+/** A cell whose sites hold the data in several forms: each form's sites apart (as the cell gives them their forms, whatever form a column's run gives them). */
+function modalityRows(cfg: Cell['cfg'], row: Row): Row[] {
+  const forms = cfg.siteModalities;
+  if (!forms) return [];
+  return [...new Set(forms)].map((m) => {
+    const perSite = Object.fromEntries(Object.entries(row.perSite).filter(([id]) => forms[Number(id.replace('peer-', '')) % forms.length] === m));
+    return { ...row, task: `${row.task}, ${m} sites`, perSite, mean: mean(Object.values(perSite)) };
+  });
+}
+
 await initBackend({ logger: silentLogger });
 const rows: Row[] = [];
+const otherForm: { cell: string; seed: number; column: Column; weight: number }[] = [];
 const cells = values.cells.split(',');
 const t0 = performance.now();
 for (const cell of cells) {
@@ -79,11 +106,17 @@ for (const cell of cells) {
       for (const [alg, a] of Object.entries(r.algorithms)) {
         for (const [task, t] of Object.entries(a!.tasks)) {
           const metric = taskKind(t.kind).headline.metric;
-          rows.push({
+          const row = {
             cell, seed, column: column ?? alg, task, metric, mean: t.metrics[metric].mean,
             perSite: Object.fromEntries(a!.peers.filter((p) => p.tasks[task]).map((p) => [p.id, p.tasks[task][metric] as number])),
             bytesSent: a!.bytesSent, seconds: a!.wallSeconds,
-          });
+          };
+          rows.push(row, ...modalityRows(cfg, row));
+        }
+        // Sites in several forms: the gate weight each site gives the heads of the other forms.
+        if (alg === 'dflmoe' && new Set(a!.peers.map((p) => p.modality)).size > 1) {
+          const use = gateUse(a!.peers);
+          otherForm.push({ cell, seed, column: column ?? alg, weight: mean(a!.peers.map((p) => use.filter((u) => u.site === p.id && u.expert !== p.modality).reduce((w, u) => w + u.weight, 0))) });
         }
       }
     }
@@ -120,7 +153,7 @@ const summary = cells.map((cell) => {
 
 const fmt = (metric: string, v: number) => (metric === 'accuracy' ? `${(100 * v).toFixed(1)}%` : v.toFixed(3));
 const md = [
-  `${ROUNDS} rounds, Adam ${LR}, the simulator's default model (mlp body, feature size 64), Dirichlet 0.5, seeds ${seeds.join(', ')}; ${wallSeconds.toFixed(0)} s on ${machine}.`,
+  `${ROUNDS} rounds, Adam ${LR}, the simulator's default model (mlp body, feature size 64) unless a cell names its bodies, Dirichlet 0.5, seeds ${seeds.join(', ')}; ${wallSeconds.toFixed(0)} s on ${machine}.`,
   'Each task\'s headline metric over the sites that learn it, mean over seeds (accuracy: higher is better; RMSE, in the target\'s units: lower is better); "below local": site-seeds under their own local-only model (accuracy < local - 0.5 pt, RMSE > 1.01 x local).',
   ...summary.flatMap((s) => {
     const COLUMNS = columnsOf(s.cell);
@@ -133,6 +166,10 @@ const md = [
     ...s.tasks.map((t) => `| ${t.task} (${t.sites}): ${t.metric} | ${COLUMNS.map((c) => fmt(t.metric, t.columns[c].mean)).join(' | ')} |`),
     ...s.tasks.map((t) => `| ${t.task}: below local | ${COLUMNS.map((c) => (c === 'local' ? '-' : `${t.columns[c].belowLocal} / ${t.sites * seeds.length}`)).join(' | ')} |`),
     `| bytes sent | ${COLUMNS.map((c) => `${(s.tasks[0].columns[c].bytesSent / 2 ** 20).toFixed(1)} MiB`).join(' | ')} |`,
+    ...(otherForm.some((o) => o.cell === s.cell) ? [`| gate weight on the other form's heads | ${COLUMNS.map((c) => {
+      const ws = otherForm.filter((o) => o.cell === s.cell && o.column === c).map((o) => o.weight);
+      return ws.length ? `${(100 * mean(ws)).toFixed(1)}%` : '-';
+    }).join(' | ')} |`] : []),
     ];
   }),
 ].join('\n');
@@ -156,13 +193,13 @@ const chart = (metric: string, title: string): Chart => ({
   data: chartRows.filter((r) => r.metric === metric),
 });
 const charts = [chart('accuracy', 'Classification tasks: accuracy per algorithm'), ...(rows.some((r) => r.metric === 'rmse') ? [chart('rmse', 'Regression tasks: RMSE per algorithm')] : [])];
-writeFileSync(join(outDir, 'tasks-multi.json'), JSON.stringify({ date: new Date().toISOString(), machine, seeds, rounds: ROUNDS, learningRate: LR, wallSeconds, rows, summary }, null, 2) + '\n');
+writeFileSync(join(outDir, 'tasks-multi.json'), JSON.stringify({ date: new Date().toISOString(), machine, seeds, rounds: ROUNDS, learningRate: LR, wallSeconds, rows, summary, ...(otherForm.length ? { otherForm } : {}) }, null, 2) + '\n');
 writeFileSync(join(outDir, 'report.html'), await renderPage({ title: 'dflmoe benchmark: multi-task sites', intro: machine, tables: [], charts }));
 const readme = 'benchmarks/README.md';
 const text = readFileSync(readme, 'utf8');
-// The README's section of this set of cells: the standard two, or the cross-task cell.
-const marker = cells.join() === 'cross' ? 'tasks-cross' : 'tasks-multi';
+// The README's section of this set of cells: the standard two, the cross-task cell or the modality cell.
+const marker = own;
 const [a, b] = [`<!-- ${marker}:start -->`, `<!-- ${marker}:end -->`];
-if (values.out === undefined && (marker === 'tasks-cross' || cells.join() === 'digits,fashion') && seeds.length === 3 && text.includes(a) && text.includes(b)) {
+if (values.out === undefined && (marker !== 'tasks-multi' || cells.join() === 'digits,fashion') && seeds.length === 3 && text.includes(a) && text.includes(b)) {
   writeFileSync(readme, text.slice(0, text.indexOf(a) + a.length) + '\n' + md + '\n' + text.slice(text.indexOf(b)));
 }

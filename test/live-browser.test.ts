@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { request } from 'node:http';
 import type { ChildProcess } from 'node:child_process';
 import type { Browser, Page } from 'puppeteer-core';
-import { StatusBoard, gateWeights, type StatusSnapshot } from '@dflmoe/core/internal';
+import { StatusBoard, gateWeights, silentLogger, simulate, type StatusSnapshot } from '@dflmoe/core/internal';
 import { LiveServer } from '@dflmoe/live';
 import { freePort, startProcess, waitExit } from '@dflmoe/cli/internal';
 import { until } from './helpers.js';
@@ -165,6 +165,37 @@ describe('live view in a browser', function () {
       // Epsilon 1 of a budget of 4: a quarter of the gauge.
       assert.match(text, /ε 1\.00 of 4/);
       assert.equal(await page.$eval('svg.gauge rect.gauge-fill', (r) => r.getAttribute('width')), '50.0');
+    } finally {
+      await page.close();
+      await server.close();
+    }
+  });
+
+  it("sites holding the digits as images and as tables: each card sums its gate's weights by the experts' modality, round by round", async () => {
+    const board = new StatusBoard();
+    await simulate({ dataset: 'digits', peers: 4, rounds: 2, partition: 'iid', siteModalities: ['image', 'table'], algorithms: ['dflmoe'], seed: 2 }, { logger: silentLogger, status: board });
+    const server = await LiveServer.start({ board, listen: '127.0.0.1:0' });
+    const page = await browser.newPage();
+    try {
+      await page.goto(server.url);
+      await page.waitForSelector('[data-card] svg[aria-label$="by modality"] rect.cell');
+      const drawn = await page.$$eval('[data-card]', (cards) => cards.map((c) => ({
+        card: (c as HTMLElement).dataset.card!,
+        cells: [...c.querySelectorAll('svg[aria-label$="by modality"] rect.cell title')].map((t) => t.textContent!),
+      })));
+      assert.equal(drawn.length, 4);
+      const statuses = board.snapshot().sites;
+      for (const d of drawn) {
+        const s = statuses.find((x) => `${x.algorithm}/${x.id}` === d.card)!;
+        const formOf = (e: string) => statuses.find((x) => x.id === e)!.modality;
+        // Two rows (image, table) by two rounds, each the sum of that form's heads' weights.
+        const want = ['image', 'table'].flatMap((m) => [1, 2].map((r) => {
+          const w = Object.entries(s.gate[r - 1]!).filter(([e]) => formOf(e) === m).reduce((a, [, v]) => a + v, 0);
+          return `${m}, round ${r}: ${(w * 100).toFixed(1)}%`;
+        }));
+        assert.deepEqual([...d.cells].sort(), want.sort(), d.card);
+      }
+      assert.match(await page.$eval('[data-card="dflmoe/peer-1"] h3 small', (e) => e.textContent!), /table/);
     } finally {
       await page.close();
       await server.close();

@@ -121,9 +121,11 @@ describe('live view: status model', () => {
   it('refuses a site status that is not one', () => {
     const board = new StatusBoard();
     const ok = board.site({ id: 'x', algorithm: 'local', rounds: 2 }).status;
-    for (const bad of [null, {}, { ...ok, state: 'hacked' }, { ...ok, round: -1 }, { ...ok, id: 'x'.repeat(1000) }, { ...ok, accuracy: ['1'] }, { ...ok, members: [{ id: 3 }] }]) {
+    for (const bad of [null, {}, { ...ok, state: 'hacked' }, { ...ok, round: -1 }, { ...ok, id: 'x'.repeat(1000) }, { ...ok, accuracy: ['1'] }, { ...ok, members: [{ id: 3 }] }, { ...ok, modality: 7 }, { ...ok, modality: 'i'.repeat(1000) }]) {
       assert.throws(() => parseSiteStatus(bad));
     }
+    const image = board.site({ id: 'y', algorithm: 'dflmoe', modality: 'image', rounds: 2 }).status;
+    assert.equal(parseSiteStatus(JSON.parse(JSON.stringify(image))).modality, 'image');
   });
 
   it('the in-memory simulator feeds every site of every algorithm through its hooks', async function () {

@@ -116,6 +116,41 @@ describe('federated preprocessing over libp2p', function () {
     for (const a of agreements) assert.deepEqual(a.dropped, {});
   });
 
+  it('sites holding the digits as images and as tables agree in two groups, each on its own schema and pooled statistics, and set the other form apart (not left out)', async () => {
+    const net = await network(4);
+    nets = net.nodes;
+    // The same digits as a table of their 64 pixels, one CSV per table site.
+    const ds = loadDataset('digits');
+    const header = [...Array.from({ length: 64 }, (_, j) => `pixel_${Math.floor(j / 8)}_${j % 8}`), 'label'].join(',');
+    const csv = (rows: number[]) => writeText(join(tmpDir(), 'digits.csv'), [header, ...rows.map((r) => [...ds.features.subarray(r * 64, (r + 1) * 64), ds.labels[r]].join(','))].join('\n') + '\n');
+    const specs: SiteDataSpec[] = [0, 1, 2, 3].map((i) => (i % 2 === 0
+      ? { dataset: 'digits', seed: 4, testFraction: 0.2, simulate: { peers: 4, index: i, partition: 'iid', minSize: 10 } }
+      : { dataset: `csv:${csv(Array.from({ length: 300 }, (_, k) => k * 5 + i))}`, labelColumn: 'label', seed: 4, testFraction: 0.2 }));
+    const datas = await Promise.all(specs.map((sp) => loadSiteData(sp)));
+    const statements = datas.map((d, i) => siteStatement(d, net.ids[i]));
+    const logs = net.nodes.map(() => recorder());
+    const agreements = net.nodes.map((node, i) => new SchemaAgreement(node, {
+      members: net.members, statement: statements[i], deadlineMs: 20000, maxBytes: 1 << 20, logger: logs[i],
+    }));
+    for (const a of agreements) await a.register();
+    const results = await Promise.all(agreements.map((a) => a.agree()));
+    const images = [net.ids[0], net.ids[2]].sort();
+    const tables = [net.ids[1], net.ids[3]].sort();
+    results.forEach((r, i) => {
+      const [mine, theirs] = i % 2 === 0 ? [images, tables] : [tables, images];
+      assert.deepEqual(r.included, mine, `site ${i}: its own form's sites`);
+      assert.deepEqual(r.otherForms, theirs, `site ${i}: the other form set apart`);
+      assert.deepEqual(r.excluded, []);
+      assert.equal(r.agreed.schema.kind, i % 2 === 0 ? 'tensor' : 'table');
+      assert.deepEqual(r.agreed, reconcileStatements(statements.filter((_, k) => k % 2 === i % 2)).agreed, "the agreement of its form's sites alone");
+      assert.ok(logs[i].lines.some((l) => l.includes(`hold the data as ${i % 2 === 0 ? 'tables (this site: images)' : 'images (this site: tables)'}`)), logs[i].lines.join('\n'));
+    });
+    assert.deepEqual(results[0].agreed, results[2].agreed);
+    assert.deepEqual(results[1].agreed, results[3].agreed);
+    assert.notDeepEqual(results[0].agreed.mean, results[1].agreed.mean, 'each form pools its own rows');
+    for (const a of agreements) assert.deepEqual(a.dropped, {});
+  });
+
   it('a member whose schema cannot be reconciled gets an error naming the column; the others go on without it; a member lacking a column joins', async () => {
     const net = await network(4);
     nets = net.nodes;

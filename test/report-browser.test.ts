@@ -76,6 +76,28 @@ describe('run report in a browser', function () {
     assert.equal(table.rows.find((row) => row[0] === 'local')![bodiesCol], '-', 'local-only shares no body');
   });
 
+  it("report.html of a run whose sites hold the digits as images and as tables: the heatmap of what each site's gate uses draws a cell per site and modality", async () => {
+    const out = mkdtempSync(join(tmpdir(), 'dflmoe-report-browser-modal-'));
+    const r = cli(['simulate', '--dataset', 'digits', '--peers', '4', '--rounds', '2', '--modalities', 'image,table', '--algorithms', 'dflmoe,local', '--quiet', '--out', out]);
+    assert.equal(r.status, 0, r.stderr);
+    const { charts } = await openReport(out);
+    assert.ok(charts.some((c) => c.id === 'gate-use'), `charts ${charts.map((c) => c.id)}`);
+    const page = await browser.newPage();
+    try {
+      await page.goto(pathToFileURL(join(out, 'report.html')).href, { waitUntil: 'load' });
+      // Vega draws each cell as a path in the rect mark's group; the text layer prints each weight.
+      const { cells, labels } = await page.$eval('figure[data-chart="gate-use"] svg', (svg) => ({
+        cells: svg.querySelectorAll('g.mark-rect.role-mark path').length,
+        labels: [...svg.querySelectorAll('g.mark-text.role-mark text')].map((t) => t.textContent),
+      }));
+      assert.equal(cells, 4 * 2, 'a cell per site and modality');
+      assert.equal(labels.length, 4 * 2);
+      assert.ok(labels.every((l) => /^[01]\.\d\d$/.test(l ?? '')), `weights printed: ${labels}`);
+    } finally {
+      await page.close();
+    }
+  });
+
   it("report.html of a multi-task run: each task's charts drawn, a table row per task", async () => {
     const out = mkdtempSync(join(tmpdir(), 'dflmoe-report-browser-mt-'));
     const r = cli(['simulate', '--dataset', 'digits-tasks', '--peers', '3', '--rounds', '2', '--algorithms', 'dflmoe,local', '--site-tasks', 'digit;value,digit',

@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { simulate } from '@dflmoe/core';
-import { summaryTable, writeReport, writeRunReport } from '@dflmoe/cli/internal';
+import { gateUse, summaryTable, writeReport, writeRunReport, type GateUse } from '@dflmoe/cli/internal';
 import { backend, cli } from './helpers.js';
 
 const quiet = silentLogger;
@@ -37,6 +37,34 @@ describe('HTML report', () => {
     // Local-only sends no bytes, so it is absent from the bytes chart.
     assert.ok((data('bytes-per-round') as { algorithm: string }[]).every((x) => x.algorithm !== 'local'));
     assert.ok(!/https?:\/\/(?!www\.w3\.org|vega\.github\.io)/.test(html), 'nothing to fetch from the network');
+  });
+
+  it("charts what each site's gate uses by the experts' modality (sites holding the data as images and as tables), and by task (experts across tasks)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-report-modal-'));
+    const r = await simulate({ dataset: 'digits', peers: 4, rounds: 2, partition: 'iid', siteModalities: ['image', 'table'], algorithms: ['dflmoe'], seed: 3 }, { logger: quiet });
+    writeFileSync(join(dir, 'results.json'), JSON.stringify(r));
+    const html = readFileSync(await writeRunReport(dir), 'utf8');
+    const figure = /<figure data-chart="gate-use">([\s\S]*?)<\/figure>/.exec(html);
+    assert.ok(figure, 'a gate-use heatmap');
+    const cells = JSON.parse(/class="chart-data">([\s\S]*?)<\/script>/.exec(figure[1])![1]) as GateUse[];
+    const peers = r.algorithms.dflmoe!.peers;
+    assert.deepEqual(cells, gateUse(peers));
+    for (const p of peers) {
+      const mine = cells.filter((c) => c.site === p.id);
+      assert.deepEqual(mine.map((c) => c.expert).sort(), ['image', 'table'], `${p.id}: a column per modality`);
+      assert.ok(mine.every((c) => c.row === `${p.id} · label`));
+      // Each column sums the gate weights of that form's heads (the own head's form holds it).
+      for (const c of mine) {
+        const heads = Object.entries(p.gateWeights!).filter(([id]) => peers.find((q) => q.id === id)!.modality === c.expert);
+        assert.ok(Math.abs(c.weight - heads.reduce((a, [, w]) => a + w, 0)) < 1e-12, `${p.id} ${c.expert}`);
+      }
+      assert.ok(Math.abs(mine.reduce((a, c) => a + c.weight, 0) - 1) < 1e-5, 'the weights of a gate sum to 1');
+    }
+    for (const c of cells) assert.ok(figure[1].includes(`>${c.weight.toFixed(2)}<`), `cell ${c.row} / ${c.expert} printed`);
+    // A cross-task read-out: a row per site and task, a column per other task; sites of one form and task give no heatmap.
+    const cross = gateUse([{ id: 's0', tasks: {}, gateWeights: { 'high <- digit': 0.5, 'high <- parity': 0.25, 'parity <- digit': 0.75 } }]);
+    assert.deepEqual(cross.map((c) => [c.row, c.expert, c.weight]), [['s0 · high', 'digit', 0.5], ['s0 · high', 'parity', 0.25], ['s0 · parity', 'digit', 0.75]]);
+    assert.deepEqual(gateUse([{ id: 's0', tasks: { label: { kind: 'classification', testRows: 1 } }, gateWeights: { s0: 0.6, s1: 0.4 } }]), []);
   });
 
   it('a directory without results gives a clear error', async () => {

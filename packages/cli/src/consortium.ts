@@ -9,8 +9,8 @@ import { createServer } from 'node:net';
 import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Interrupted, type AlgorithmName, type AlgorithmResult, type PeerResult, type RoundResult, type SimulationConfig } from '@dflmoe/core';
-import { assignedTasks, getAlgorithm, networkBytes, roundHeadlines, summarize, summarizeTasks } from '@dflmoe/core/internal';
-import { loadDataset, partition, type Dataset, type PeerSplit } from '@dflmoe/data';
+import { assignedTasks, getAlgorithm, networkBytes, roundHeadlines, siteModality, summarize, summarizeTasks } from '@dflmoe/core/internal';
+import { loadDataset, modalityView, partition, type Dataset, type PeerSplit } from '@dflmoe/data';
 import { writeShare } from '@dflmoe/data/internal';
 import { generateIdentity, loadIdentity, parsePeerConfig, parseServerConfig, saveIdentity, type PeerRunResult, type RoundLine } from '@dflmoe/p2p';
 import { siteSettings, writeJsonAtomic } from '@dflmoe/p2p/internal';
@@ -108,7 +108,10 @@ export function writeShares(dir: string, sim: SimulationConfig, shares?: Consort
   return splits.map((split, i) => {
     const file = shareName(i);
     // A multi-task dataset: the site's share holds the label columns of its own tasks only.
-    const own = ds.tasks ? { ...ds, tasks: assignedTasks(ds, sim, i).map((t) => ds.tasks!.find((c) => c.name === t) ?? unknownTask(ds, t, i)) } : ds;
+    const tasks = ds.tasks ? { ...ds, tasks: assignedTasks(ds, sim, i).map((t) => ds.tasks!.find((c) => c.name === t) ?? unknownTask(ds, t, i)) } : ds;
+    // Sites with modalities: the share holds the site's rows in its form (images, or a table of their pixels).
+    const form = siteModality(sim.siteModalities, i);
+    const own = form ? modalityView(tasks, form) : tasks;
     writeShare(join(dir, file), own, split, { dataset: sim.dataset, peers: sim.peers, index: i, partition: sim.partition, seed: sim.seed });
     return file;
   });

@@ -81,8 +81,78 @@ export function runCharts(r: Pick<SimulationResults, 'algorithms'>): Chart[] {
     data: sending,
   });
   const d = r.algorithms.dflmoe;
-  if (d && d.peers.some((p) => p.gateWeights)) charts.push(gateChart(d));
+  // Weights by expert (site by whose head), where the keys are heads; and by the experts' task or modality, where the sites learn or hold several.
+  if (d && d.peers.some((p) => p.gateWeights && !Object.keys(p.gateWeights).some(isCrossKey))) charts.push(gateChart(d));
+  const use = d ? gateUse(d.peers) : [];
+  if (use.length) charts.push(gateUseChart(use));
   return charts;
+}
+
+/** A cross-task read-out's reliance: `<task> <- <other task>` (`MultiTaskSite.resultExtras`). */
+const CROSS = ' <- ';
+const isCrossKey = (k: string) => k.includes(CROSS);
+
+/** One cell of the gate-use heatmap: how much a site's task leans on the experts of one task or modality. */
+export interface GateUse {
+  /** The site. */
+  site: string;
+  /** The site's task whose gate (or read-out) it is. */
+  task: string;
+  /** `<site> · <task>`: the heatmap's row. */
+  row: string;
+  /** The experts' task (a cross-task read-out) or modality (sites holding the data in several forms): the heatmap's column. */
+  expert: string;
+  /** The summed gate weight (or read-out reliance) of those experts, the site's own head among them. */
+  weight: number;
+}
+
+/**
+ * What each site's gate uses, by the experts' task and modality, from the
+ * weights a run's results carry: a cross-task read-out's reliance on each
+ * other task (`"high <- digit"`), and, where sites hold the data in several
+ * forms (`PeerResult.modality`), the gate weights of each form's heads
+ * summed. Empty when neither (every expert of one task and form).
+ */
+export function gateUse(peers: readonly Pick<NonNullable<SimulationResults['algorithms']['dflmoe']>['peers'][number], 'id' | 'tasks' | 'modality' | 'gateWeights'>[]): GateUse[] {
+  const formOf = new Map(peers.map((p) => [p.id, p.modality]));
+  const forms = peers.some((p) => p.modality !== undefined);
+  const out: GateUse[] = [];
+  for (const p of peers) {
+    const sums = new Map<string, GateUse>();
+    for (const [key, weight] of Object.entries(p.gateWeights ?? {})) {
+      const [task, expert] = isCrossKey(key) ? key.split(CROSS) : [Object.keys(p.tasks)[0], formOf.get(key)];
+      if (expert === undefined || (!forms && !isCrossKey(key))) continue;
+      const k = `${task}\u0000${expert}`;
+      const cell = sums.get(k) ?? { site: p.id, task, row: `${p.id} · ${task}`, expert, weight: 0 };
+      cell.weight += weight;
+      sums.set(k, cell);
+    }
+    out.push(...sums.values());
+  }
+  return out;
+}
+
+/** The gate-use heatmap: a row per site and task, a column per expert task or modality. */
+function gateUseChart(use: GateUse[]): Chart {
+  return {
+    id: 'gate-use', title: "What each site's gate uses, by the experts' task and modality",
+    description: 'Rows: a site and one of its tasks; columns: the task or modality of the experts it mixes (heads of sites that hold the data in that form, the own head among them; ' +
+      'with experts across tasks, the share of the read-out that leans on each other task). Blank: no such expert.',
+    spec: {
+      $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 48 }, height: { step: 20 },
+      data: { values: use },
+      layer: [
+        { mark: 'rect', encoding: { color: { field: 'weight', type: 'quantitative', scale: { scheme: 'blues', domain: [0, 1] }, legend: { format: '.0%', title: 'weight' } } } },
+        { mark: { type: 'text', fontSize: 9 }, encoding: { text: { field: 'weight', type: 'quantitative', format: '.2f' }, color: { condition: { test: 'datum.weight > 0.5', value: 'white' }, value: 'black' } } },
+      ],
+      encoding: {
+        x: { field: 'expert', type: 'nominal', axis: { labelAngle: 0 }, title: "experts' task or modality" },
+        y: { field: 'row', type: 'nominal', sort: [...new Set(use.map((u) => u.row))], title: 'site · task' },
+        tooltip: [{ field: 'site' }, { field: 'task' }, { field: 'expert' }, { field: 'weight', format: '.3f' }],
+      },
+    } as TopLevelSpec,
+    data: use.map((u) => ({ ...u })),
+  };
 }
 
 /** The per-round and per-site charts of one metric (`idSuffix` tells a multi-task run's further tasks apart). */

@@ -39,6 +39,7 @@ export * from './algorithms/registry.js';
 export * from './rounds.js';
 export * from './interrupt.js';
 export * from './simulate.js';
+export * from './site-views.js';
 export * from './learner.js';
 export * from './agree.js';
 export * from './checkpoint.js';

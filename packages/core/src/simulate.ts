@@ -5,7 +5,7 @@
  * (`runSite`), concurrently, over in-memory transports.
  */
 import {
-  featureSize, labelledRows, loadDatasetAsync, partition, SHIFT_KINDS, taskDataset, type Dataset, type LoadOptions, type PeerSplit, type ShiftKind, type Standardizer,
+  featureSize, labelledRows, loadDatasetAsync, partition, SHIFT_KINDS, taskDataset, type Dataset, type LoadOptions, type Modality, type PeerSplit, type ShiftKind, type Standardizer,
 } from '@dflmoe/data';
 import { agreedStandardizer, capTrainPerSite, federatedAgreement, federatedTaskAgreement, deriveSeed, holdoutSplit, partitionHistograms, formatPartition, parsePartition, shiftDatasetBySite } from '@dflmoe/data/internal';
 import { initBackend } from './backend.js';
@@ -22,6 +22,7 @@ import { datasetTask, metricOf, oneClassification, scaledTask, taskKind, type Ta
 import { DEFAULT_TRAIN, disposePeerData, evaluateTask, preparePeerData, prepareSiteTasks, siteTasksData, type DpOptions, type OptimizerKind, type PeerData, type SiteTasks } from './train.js';
 import { createMultiTaskSite } from './algorithms/multi-task.js';
 import { createLogger, type Logger } from './log.js';
+import { checkModalities, siteBodies, siteModality, siteViews, type SiteView } from './site-views.js';
 import { networkMembers, type StatusBoard } from './status.js';
 
 /**
@@ -43,6 +44,14 @@ export interface SimulationConfig extends Partial<AlgorithmSettings> {
    * assignment (`Dataset.siteTasks`), else every task at every site.
    */
   siteTasks?: string[][];
+  /**
+   * How each site holds the data, by site number, cycled (issue #28): an
+   * image dataset as `image`s or as a `table` of its pixels. A site's body
+   * then takes its form (unless `bodies` is given: a CNN for images, an MLP
+   * for tables), and sites agree on standardization with the sites of their
+   * form; heads mix across forms. Default: every site holds the dataset as it is.
+   */
+  siteModalities?: Modality[];
   /** How the dataset is split over the sites: `iid`, `dirichlet:ALPHA`, ... (default `dirichlet:0.3`). */
   partition: string;
   /** Communication rounds each algorithm runs (default 10). */
@@ -162,6 +171,8 @@ export interface PeerResult {
   testSamples: number;
   /** The site's body architecture (`mlp`, `cnn:8x16`, ...). */
   body: string;
+  /** How the site held the data (`SimulationConfig.siteModalities`). */
+  modality?: Modality;
   /** dFLMoE: mean gate weight per expert on the peer's test split. */
   gateWeights?: Record<string, number>;
   /** dFLMoE: heads refused, by reason. */
@@ -310,7 +321,9 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   if (cfg.siteTasks && !ds.tasks) throw new Error(`siteTasks needs a multi-task dataset (digits-tasks, fashion-mnist-tasks); ${ds.name} has one task`);
   const splits = siteSplits(ds, cfg);
   if (cfg.featureShift.length > 0) ds = shiftDatasetBySite(ds, splits, deriveSeed(cfg.seed, 'shift'), cfg.featureShift);
-  const bodies = cfg.peers > 0 ? Array.from({ length: cfg.peers }, (_, i) => cfg.bodies[i % cfg.bodies.length]) : [];
+  const bodies = siteBodies(cfg.peers, cfg.bodies, partial.bodies !== undefined, cfg.siteModalities);
+  // Sites whose bodies their modalities chose: the results name each site's.
+  if (cfg.siteModalities && partial.bodies === undefined) cfg.bodies = bodies;
   // Each body once: a saved model (tfjs:<dir>) is read here.
   const specs = new Map<string, BodySpec>();
   for (const b of new Set(bodies)) specs.set(b, await resolveBody(b));
@@ -331,11 +344,16 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   // A regression target is standardized like the features: pooled over every site's training rows, or each site's own.
   // (The agreement's scale, from the sites' sums: what site processes agree on, to the bit.)
   const task = st ? scaledTask(ds, Int32Array.from(splits.flatMap((s) => [...s.train])), agreement?.task?.scale) : undefined;
-  const multi = ds.tasks ? multiTaskData(ds, cfg, splits, st) : undefined;
+  // Each site's form of the data, and the standardization agreed by the sites of its form.
+  const views = siteViews(ds, splits, cfg.siteModalities, cfg.standardize === 'federated', st);
+  const multi = ds.tasks ? multiTaskData(ds, cfg, splits, st, views) : undefined;
   const datas = multi ? multi.map(siteTasksData)
-    : splits.map((s, i) => preparePeerData(flipped(i) ? flipLabels(ds) : ds, s, st, task));
-  // Every site's test rows together, for the pooled metric.
-  const pooled = st && !multi ? preparePeerData(ds, { train: new Int32Array(0), test: Int32Array.from(splits.flatMap((s) => [...s.test])) }, st, task) : undefined;
+    : splits.map((s, i) => preparePeerData(flipped(i) ? flipLabels(views[i].ds) : views[i].ds, s, views[i].st, task));
+  // Every site's test rows together, for the pooled metric (in each form of the data, standardized as its sites agreed).
+  const allTest = { train: new Int32Array(0), test: Int32Array.from(splits.flatMap((s) => [...s.test])) };
+  const pooledByForm = new Map<Modality | undefined, PeerData>();
+  if (st && !multi) for (const v of views) if (!pooledByForm.has(v.modality)) pooledByForm.set(v.modality, preparePeerData(v.ds, allTest, v.st, task));
+  const pooled = pooledByForm.size ? views.map((v) => pooledByForm.get(v.modality)!) : undefined;
   try {
     for (const alg of cfg.algorithms) {
       try {
@@ -351,7 +369,7 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
     }
   } finally {
     datas.forEach(disposePeerData);
-    if (pooled) disposePeerData(pooled);
+    pooledByForm.forEach(disposePeerData);
   }
   return results;
 }
@@ -366,7 +384,7 @@ export function assignedTasks(ds: Dataset, cfg: Pick<SimulationConfig, 'siteTask
  * Each site's tasks of a multi-task dataset, as tensors: every task's
  * regression scale pooled over the training rows of the sites that learn it.
  */
-function multiTaskData(ds: Dataset, cfg: SimulationConfig, splits: PeerSplit[], st: Standardizer | undefined): SiteTasks[] {
+function multiTaskData(ds: Dataset, cfg: SimulationConfig, splits: PeerSplit[], st: Standardizer | undefined, views: SiteView[]): SiteTasks[] {
   if (cfg.poisoned > 0) throw new Error('poisoned sites are not simulated with a multi-task dataset');
   const names = new Set(ds.tasks!.map((t) => t.name));
   const plan = splits.map((_, i) => assignedTasks(ds, cfg, i));
@@ -384,7 +402,7 @@ function multiTaskData(ds: Dataset, cfg: SimulationConfig, splits: PeerSplit[], 
   }));
   const out: SiteTasks[] = [];
   try {
-    for (const [i, s] of splits.entries()) out.push(prepareSiteTasks(ds, s, st, plan[i].map((t) => infos.get(t)!)));
+    for (const [i, s] of splits.entries()) out.push(prepareSiteTasks(views[i].ds, s, views[i].st, plan[i].map((t) => infos.get(t)!)));
   } catch (e) {
     out.forEach((m) => m.tasks.forEach(disposePeerData));
     throw e;
@@ -467,6 +485,8 @@ function validateConfig(c: SimulationConfig): void {
   if (c.bodies.length === 0) throw new Error('at least one body is needed');
   if (!Number.isInteger(c.poisoned) || c.poisoned < 0 || c.poisoned >= c.peers) throw new Error(`poisoned must be an integer in [0, peers), got ${c.poisoned}`);
   c.bodies.forEach(parseBodySpec);
+  checkModalities(c.siteModalities);
+  if (c.siteModalities && c.pretrainedBody !== undefined) throw new Error('a pretrained body takes one form of the data; it is not simulated with siteModalities');
 }
 
 /** The settings algorithm `name` runs with in simulation `c`, and its local epochs (see `algorithmSettings`). */
@@ -514,7 +534,7 @@ function algorithmOptions(cfg: SimulationConfig, settings: AlgorithmSettings, i:
 
 async function runAlgorithm(
   name: AlgorithmName, cfg: SimulationConfig, datas: PeerData[], bodies: string[], specs: ReadonlyMap<string, BodySpec>, hooks: SimulationHooks, log: Logger,
-  pooled?: PeerData, initialBody?: BodyWeights, multi?: SiteTasks[],
+  pooled?: PeerData[], initialBody?: BodyWeights, multi?: SiteTasks[],
 ): Promise<AlgorithmResult> {
   const alg = getAlgorithm(name);
   const t0 = performance.now();
@@ -537,7 +557,7 @@ async function runAlgorithm(
     const ids = sites.map((s) => s.id);
     // A site's members in the live view: the other sites (serverless), the server, or none (local-only).
     const memberIds = (i: number) => (alg.network === 'peers' ? ids.filter((o) => o !== ids[i]) : alg.network === 'server' ? ['server'] : []);
-    const feeds = hooks.status && sites.map((s, i) => hooks.status!.site({ id: s.id, algorithm: name, rounds: cfg.rounds, members: memberIds(i).map((id) => ({ id })), state: 'training' }));
+    const feeds = hooks.status && sites.map((s, i) => hooks.status!.site({ id: s.id, algorithm: name, ...(cfg.siteModalities ? { modality: siteModality(cfg.siteModalities, i) } : {}), rounds: cfg.rounds, members: memberIds(i).map((id) => ({ id })), state: 'training' }));
     // A round's result once every site has finished it.
     const records = sites.map(() => [] as SiteRoundRecord[]);
     const rounds: RoundResult[] = [];
@@ -582,11 +602,12 @@ async function runAlgorithm(
       trainSamples: p.data.trainSamples,
       testSamples: p.data.testSamples,
       body: bodies[i],
+      ...(cfg.siteModalities ? { modality: siteModality(cfg.siteModalities, i) } : {}),
       ...(last[i].privacy ? { privacy: last[i].privacy } : {}),
       ...(p.resultExtras ? p.resultExtras() : Object.keys(last[i].rejected).length ? { rejected: last[i].rejected } : {}),
       tasks: last[i].tasks,
     }));
-    if (pooled && sites.every((s) => s.predict)) sites.forEach((s, i) => (peerResults[i].pooledAccuracy = accuracyOn(s, pooled)));
+    if (pooled && sites.every((s) => s.predict)) sites.forEach((s, i) => (peerResults[i].pooledAccuracy = accuracyOn(s, pooled[i])));
     const honest = (i: number) => i < cfg.peers - cfg.poisoned;
     const summary = (keep: (i: number) => boolean) =>
       summarize(peerResults.filter((_, i) => keep(i)).map((p) => p.accuracy), peerResults.filter((_, i) => keep(i)).map((p) => p.testSamples));

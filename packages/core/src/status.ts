@@ -55,6 +55,8 @@ export interface SiteStatus {
   peerId?: string;
   /** The algorithm the site runs (`dflmoe`, `fedavg`, ...). */
   algorithm: string;
+  /** How the site holds the data (`image`, `table`), where sites of one consortium hold it in several forms; the live view groups gate weights by it. */
+  modality?: string;
   /** Where the site is in its run. */
   state: SiteState;
   /** Why the site failed (one line). */
@@ -119,7 +121,7 @@ const perRound = <T extends z.ZodType>(t: T) => z.array(t).max(MAX_ROUNDS);
 
 /** What a site status must look like (checked where one arrives from another process). */
 const siteStatusSchema = z.object({
-  id: text, peerId: text.optional(), algorithm: text, state: z.enum(SITE_STATES), error: z.string().max(2000).optional(),
+  id: text, peerId: text.optional(), algorithm: text, modality: text.optional(), state: z.enum(SITE_STATES), error: z.string().max(2000).optional(),
   round: count, rounds: count, members: z.array(memberSchema).max(100_000),
   accuracy: perRound(num), loss: perRound(num),
   metric: z.object({ task: text, name: text, higherIsBetter: z.boolean(), values: perRound(num) }).optional(), gate: perRound(z.record(text, z.number().finite()).nullable()),
@@ -218,6 +220,8 @@ export interface SiteInit {
   peerId?: string;
   /** The algorithm the site runs; with `id`, the site's key on the board. */
   algorithm: string;
+  /** How the site holds the data, where the consortium's sites hold it in several forms. */
+  modality?: string;
   /** The rounds the run is to take in all. */
   rounds: number;
   /** The members known from the start, shown as not connected until told otherwise. */
@@ -250,7 +254,7 @@ export class StatusBoard {
     if (!this.sites.has(key)) {
       const now = Date.now();
       this.set({
-        id: init.id, ...(init.peerId ? { peerId: init.peerId } : {}), algorithm: init.algorithm, state: init.state ?? 'starting', round: 0, rounds: init.rounds,
+        id: init.id, ...(init.peerId ? { peerId: init.peerId } : {}), algorithm: init.algorithm, ...(init.modality ? { modality: init.modality } : {}), state: init.state ?? 'starting', round: 0, rounds: init.rounds,
         members: (init.members ?? []).map((m) => ({ id: m.id, ...(m.peerId ? { peerId: m.peerId } : {}), connected: false, strikes: 0, lastHeadRound: null })),
         accuracy: [], loss: [], gate: [], seconds: [], finishedAt: [], startedAt: now,
         bytesSent: 0, bytesReceived: 0, epsilon: null, delta: null, epsilonBudget: this.epsilonBudget, audit: { ok: null, lines: 0 }, updatedAt: now,

@@ -94,6 +94,8 @@ export interface SitePreprocessing {
   missing: string[];
   /** The site joined after the others agreed and took their agreement. */
   adopted: boolean;
+  /** Peer IDs of members that hold the data in another form (tables beside images): they agreed apart; their heads are experts here. */
+  otherForms?: string[];
   /** What the agreement was made from (a resumed run checks that its key and data are the same): peer ID, `data.dataset`, digest of the site's statement. */
   from?: { peerId: string; dataset: string; digest: string };
   /** When the agreement was made (ISO 8601). */

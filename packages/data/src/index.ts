@@ -39,3 +39,4 @@ export {
   type Cell, type Row, type RowsOptions, type SamplesInput, type SamplesOptions, type SplitOptions,
 } from './in-memory.js';
 export { SHIFT_KINDS, type ShiftKind } from './shift.js';
+export { MODALITIES, modalityOf, modalityView, type Modality } from './modality.js';

@@ -18,6 +18,7 @@ export * from './table.js';
 export * from './federated.js';
 export * from './images.js';
 export * from './shift.js';
+export * from './modality.js';
 export * from './share.js';
 export * from './site-data.js';
 export * from './in-memory.js';

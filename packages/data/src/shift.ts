@@ -29,6 +29,7 @@ import type { PeerSplit } from './partition.js';
 import { fitStandardizer } from './standardize.js';
 import { DataError } from './errors.js';
 import { featureSize, type Dataset } from './types.js';
+import { modalityOf } from './modality.js';
 
 /** A feature shift the simulator gives each site's images: rotation, contrast, noise, or an affine change. */
 export type ShiftKind = 'rotate' | 'contrast' | 'noise' | 'affine';
@@ -134,7 +135,7 @@ function valueRange(features: Float32Array, d: number, rows: ArrayLike<number>):
 }
 
 function checkKinds(sampleShape: number[], kinds: readonly ShiftKind[]): 'image' | 'table' {
-  const what = sampleShape.length === 3 ? 'image' : sampleShape.length === 1 ? 'table' : undefined;
+  const what = modalityOf({ sampleShape });
   if (!what) throw new DataError(`feature shift needs images [h, w, c] or tables [d], got samples of shape [${sampleShape.join(', ')}]`);
   for (const k of kinds) {
     if (!SHIFT_KINDS.includes(k)) throw new DataError(`unknown feature shift "${k}": use ${SHIFT_KINDS.join(', ')}`);

@@ -34,6 +34,7 @@ import { fitStandardizer, type Standardizer } from './standardize.js';
 import { caseClashes, detectDelimiter, encodeTable, quoteGroup, readCsvTable, regressionTargets, sortNames, takeTableRows, type RawTable, type TableSchema } from './table.js';
 import { DataError } from './errors.js';
 import { featureSize, quantileStrata, type Dataset, type DatasetTaskColumn } from './types.js';
+import { modalityOf, type Modality } from './modality.js';
 
 /** A site's `data` settings (paths already resolved). */
 export interface SiteDataSpec {
@@ -330,6 +331,12 @@ export interface Reconciled {
   excluded: { site: string; reason: string }[];
   /** Things that merge but look wrong (a site sharing no class with the others). */
   warnings: string[];
+  /**
+   * Seen from site `self`: sites that hold the data in another form (tables
+   * beside images), which agree on a schema of their own; set apart, not
+   * left out (their heads are experts here).
+   */
+  otherForms?: { site: string; form: Modality }[];
 }
 
 const quote = (xs: string[]) => xs.map((x) => `"${x}"`).join(', ');
@@ -393,9 +400,27 @@ export function reconcileStatements(statements: SiteStatement[], self?: string):
       excluded.push({ site: String(s.summary?.site), reason: (e as Error).message });
     }
   }
-  const { accepted, agreed } = acceptFitting(valid, checkGroup, excluded);
+  const { same, otherForms } = splitForms(valid, self);
+  const { accepted, agreed } = acceptFitting(same, checkGroup, excluded);
   const warnings = [...taskWarnings, ...groupWarnings(accepted, agreed)];
-  return { agreed, included: accepted.map((s) => s.summary.site).sort(), excluded, warnings };
+  return { agreed, included: accepted.map((s) => s.summary.site).sort(), excluded, warnings, ...(otherForms.length ? { otherForms } : {}) };
+}
+
+/** The form of a statement's data: a table (columns, or fixed-shape samples of one axis, such as a simulator's share of pixels), or images. */
+export const statementForm = (s: SiteStatement): Modality => (s.summary.schema.kind === 'table' ? 'table' : modalityOf({ sampleShape: s.summary.schema.shape }) ?? 'image');
+
+/**
+ * Seen from site `self` (when it is among them): the valid statements of its
+ * own form, and the sites of the other form, which agree apart.
+ */
+function splitForms(valid: SiteStatement[], self: string | undefined): { same: SiteStatement[]; otherForms: NonNullable<Reconciled['otherForms']> } {
+  const mine = valid.find((s) => s.summary.site === self);
+  if (!mine) return { same: valid, otherForms: [] };
+  const form = statementForm(mine);
+  return {
+    same: valid.filter((s) => statementForm(s) === form),
+    otherForms: valid.filter((s) => statementForm(s) !== form).map((s) => ({ site: s.summary.site, form: statementForm(s) })),
+  };
 }
 
 /**

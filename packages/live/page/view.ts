@@ -179,7 +179,7 @@ function renderTimeline(list: SiteStatus[]): void {
 function renderCard(s: SiteStatus): void {
   const key = keyOf(s);
   const card = h('section', { class: 'card', 'data-card': key });
-  const title = h('h3', {}, `${s.id} `, h('small', {}, `${s.algorithm}${s.peerId && s.peerId !== s.id ? ` · ${s.peerId}` : ''}`));
+  const title = h('h3', {}, `${s.id} `, h('small', {}, `${s.algorithm}${s.modality ? ` · ${s.modality}` : ''}${s.peerId && s.peerId !== s.id ? ` · ${s.peerId}` : ''}`));
   card.append(title);
   if (s.error) card.append(h('p', { class: 'bad' }, s.error));
   // Members.
@@ -199,6 +199,7 @@ function renderCard(s: SiteStatus): void {
   const gate = h('div', { class: 'gate' }, h('h4', {}, 'gate weights (experts by round)'), h('p', { class: 'muted small' }, 'mean gate weight per head on the test rows, own head first; darker: more weight. A weight near 1 is where the gate routes rows, not a measure of trust'));
   if (experts.length) gate.append(heatmap(experts, s.gate.length, (e, r) => s.gate[r - 1]?.[e], `gate weights of ${s.id}`));
   else gate.append(h('p', { class: 'muted' }, 'no gate (this algorithm mixes no experts)'));
+  if (experts.length) gate.append(...modalityHeatmap(s, experts));
   // Bytes, privacy, audit.
   const facts = h('dl', { class: 'facts' },
     h('dt', {}, 'bytes out'), h('dd', {}, bytes(s.bytesSent), s.bodyBytesSent !== undefined ? ` (bodies ${bytes(s.bodyBytesSent)})` : ''),
@@ -210,6 +211,26 @@ function renderCard(s: SiteStatus): void {
   const old = document.querySelector(`[data-card="${CSS.escape(key)}"]`);
   if (old) old.replaceWith(card);
   else $('cards').append(card);
+}
+
+/**
+ * Where the sites hold the data in several forms (images, tables): the gate
+ * weights of a site summed over the heads of each form, by round (the own
+ * head in the site's form). Nothing when the experts' forms are not known.
+ */
+function modalityHeatmap(s: SiteStatus, experts: string[]): Node[] {
+  const formOf = (e: string) => (e === s.id ? s.modality : sites.get(keyOf({ algorithm: s.algorithm, id: e }))?.modality);
+  const forms = [...new Set(experts.map(formOf))];
+  if (forms.includes(undefined) || forms.length < 2) return [];
+  const weight = (form: string | undefined, r: number) => {
+    const g = s.gate[r - 1];
+    return g ? experts.filter((e) => formOf(e) === form).reduce((a, e) => a + (g[e] ?? 0), 0) : undefined;
+  };
+  return [
+    h('h4', {}, "gate weights by the experts' modality (by round)"),
+    h('p', { class: 'muted small' }, "the weights above summed over the heads of the sites that hold the data in each form, the own head's form included"),
+    heatmap(forms as string[], s.gate.length, weight, `gate weights of ${s.id} by modality`),
+  ];
 }
 
 // ------------------------------------------------------------ taking status

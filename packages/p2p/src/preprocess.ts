@@ -29,7 +29,7 @@ import { z } from 'zod';
 import { TASK_KINDS, throwIfInterrupted, type Logger } from '@dflmoe/core';
 import { pause, waitLeft, waitNoticeMs } from '@dflmoe/core/internal';
 import { DataError, reconcileStatements, validateSummary, type AgreedSchema, type SiteStatement } from '@dflmoe/data';
-import { agreementFit } from '@dflmoe/data/internal';
+import { agreementFit, statementForm } from '@dflmoe/data/internal';
 import { readFrames, writeFrames } from './frames.js';
 import type { SiteNode } from './node.js';
 
@@ -146,6 +146,8 @@ export interface Agreement {
   missing: string[];
   /** True when the others had agreed already and this site took their agreement (its own statistics are not in it). */
   adopted: boolean;
+  /** Members that hold the data in another form (tables beside images): they agree apart, and their heads are experts here; sorted. */
+  otherForms: string[];
   warnings: string[];
   seconds: number;
 }
@@ -333,10 +335,13 @@ export class SchemaAgreement {
     const left = () => Math.max(0, end - Date.now());
     const got = new Map<string, SiteStatement>([[this.selfId, this.o.statement]]);
     const agreedBy = new Map<string, string[]>();
+    const form = statementForm(this.o.statement);
     const take = (m: PreprocessMember, r: Awaited<ReturnType<SchemaAgreement['ask']>>) => {
       if (!r) return;
       got.set(m.peerId, r.statement);
-      if (r.agreedSites) {
+      // The agreement of a member holding the data in another form is its form's, not ours to take.
+      if (r.agreedSites && statementForm(r.statement) !== form) this.gathering.delete(m.peerId);
+      else if (r.agreedSites) {
         agreedBy.set(m.peerId, r.agreedSites);
         this.gathering.delete(m.peerId);
       } else this.gathering.add(m.peerId);
@@ -386,10 +391,14 @@ export class SchemaAgreement {
       throwIfInterrupted(this.o.signal);
       await gather();
     }
+    return this.conclude(got, agreedSites(), agreedBy, t0, left);
+  }
+
+  /** Agree from the statements gathered: the sites of this site's form merged (or the agreement they made), the rest left out or set apart. */
+  private async conclude(got: Map<string, SiteStatement>, sites: string[] | undefined, agreedBy: Map<string, string[]>, t0: number, left: () => number): Promise<Agreement> {
     const missing = this.others.filter((m) => !got.has(m.peerId)).map((m) => m.peerId);
     let adopted = false;
     let pool = [...got.values()];
-    const sites = agreedSites();
     if (sites) {
       const absent = sites.filter((s) => !got.has(s));
       if (absent.length > 0) {
@@ -431,8 +440,21 @@ export class SchemaAgreement {
     }
     const warnings = r.warnings.map((w) => this.named(w));
     for (const w of warnings) this.o.logger.warn(`preprocessing: ${w}`);
+    const otherForms = this.otherForms(got);
     this.agreedSites = r.included;
-    return { agreed: r.agreed, included: r.included, excluded, missing, adopted, warnings, seconds: (performance.now() - t0) / 1000 };
+    return { agreed: r.agreed, included: r.included, excluded, missing, adopted, otherForms, warnings, seconds: (performance.now() - t0) / 1000 };
+  }
+
+  /** The members whose statements hold the data in another form than ours (said once): they agree among themselves. */
+  private otherForms(got: Map<string, SiteStatement>): string[] {
+    const form = statementForm(this.o.statement);
+    const other = [...got.values()].filter((st) => statementForm(st) !== form);
+    if (other.length > 0) {
+      const theirs = statementForm(other[0]);
+      this.o.logger.info(`preprocessing: ${other.map((st) => this.label(st.summary.site)).join(', ')} hold the data as ${theirs}s (this site: ${form}s): ` +
+        'they agree on a schema of their own; their heads are experts here, bodies are combined only within a form');
+    }
+    return other.map((st) => st.summary.site).sort();
   }
 
   /**

@@ -299,7 +299,8 @@ async function siteNetwork(
   signal: AbortSignal | undefined, log: Logger,
 ): Promise<{ net: SiteNetwork; adaptive?: AdaptiveDeadline }> {
   const { heads, bodies, server } = links;
-  const agreed = new Set(prepared.preprocessing.included);
+  // Members that agreed apart, holding the data in another form, are waited for too.
+  const agreed = new Set([...prepared.preprocessing.included, ...(prepared.preprocessing.otherForms ?? [])]);
   const awaited = otherMembers(cfg, selfId).map((m) => m.peerId).filter((p) => agreed.has(p));
   const others = awaited.length;
   // With round.adaptive the deadline follows what the link delivers (measured on the exchange's waits).

@@ -110,7 +110,7 @@ export async function prepareSiteData(
   } else {
     const ag = agreement
       ? await agreement.agree()
-      : { ...reconcileStatements([statement]), excluded: [], missing: [], adopted: false, seconds: 0 };
+      : { ...reconcileStatements([statement]), excluded: [], missing: [], adopted: false, otherForms: [], seconds: 0 };
     enc = encodeSiteData(source, ag.agreed, cfg.data.standardize);
     // A pretrained body's own input statistics win over the pooled ones: it learnt on inputs scaled with them.
     const bodySt = body?.standardizer;
@@ -124,6 +124,7 @@ export async function prepareSiteData(
       ...(bodySt ? { standardizerFrom: cfg.model.pretrainedBody } : {}),
       standardizer: { mean: Array.from(st.mean), std: Array.from(st.std) },
       input: source.input, included: ag.included, excluded: ag.excluded, missing: ag.missing, adopted: ag.adopted,
+      ...(ag.otherForms.length ? { otherForms: ag.otherForms } : {}),
       from, createdAt: new Date().toISOString(),
     };
     writeJsonAtomic(saved, pre);

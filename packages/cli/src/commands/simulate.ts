@@ -4,9 +4,9 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import {
   ALGORITHMS, DEFAULT_SIMULATION, OPTIMIZERS, initBackend, simulate, type AlgorithmName, type RoundResult, type SimulationConfig, type SimulationResults,
 } from '@dflmoe/core';
-import { emptyResults, REGISTRY, isAlgorithmName, oneClassification, simulationSettings, summarize, taskKind, TASK_KINDS, unknownAlgorithmMessage, type TaskKindName } from '@dflmoe/core/internal';
+import { emptyResults, REGISTRY, isAlgorithmName, siteBodies, siteModality, oneClassification, simulationSettings, summarize, taskKind, TASK_KINDS, unknownAlgorithmMessage, type TaskKindName } from '@dflmoe/core/internal';
 import { addSettingsOptions, givenSettings } from '../settings-options.js';
-import { SHIFT_KINDS, loadDatasetAsync, partition } from '@dflmoe/data';
+import { MODALITIES, SHIFT_KINDS, loadDatasetAsync, partition, type Modality } from '@dflmoe/data';
 import { collectResults, consortiumRound, earlierRunSeconds, recordRunSeconds, runConsortium, writeConsortium } from '../consortium.js';
 import { stopSignal } from './network.js';
 import { writeJsonAtomic } from '@dflmoe/p2p/internal';
@@ -115,6 +115,7 @@ export function simulateCommand(): Command {
     .option('--train-per-site <n>', "cut each site's training split to n samples (same label mix), keeping its test split", int('--train-per-site'))
     .option('--feature-shift <kinds>', `every site sees its own transformation of the input: comma-separated ${SHIFT_KINDS.join(', ')} (rotate, contrast, noise: images; affine, noise: tables)`, list, d.featureShift)
     .addOption(new Option('--evaluate-on <split>', "test: each site's test split; validation: 20% held out of its training split (for tuning)").choices(['test', 'validation']).default(d.evaluateOn))
+    .option('--modalities <list>', `how each site holds the data, cycled: ${MODALITIES.join(', ')} (image datasets; e.g. image,table: images at even sites, tables of their pixels at odd ones; bodies default to cnn for images and mlp for tables)`, modalityList)
     .option('--site-tasks <plan>', "multi-task datasets (digits-tasks, fashion-mnist-tasks): each site's tasks, sites separated by ; and a site's tasks by commas, cycled over the sites (default: the dataset's own plan)", siteTaskPlan)
     .option('--max-samples <n>', 'use a seeded random subset of the dataset', int('--max-samples'))
     .option('--data-dir <dir>', 'fashion-mnist: directory of the idx files')
@@ -134,7 +135,8 @@ export function simulateCommand(): Command {
         dataset: o.dataset,
         datasetOptions: { maxSamples: o.maxSamples, dataDir: o.dataDir, labelColumn: o.labelColumn, ...(o.labelKind ? { taskKind: o.labelKind as TaskKindName } : {}) },
         peers: o.peers, partition: o.partition, rounds: o.rounds, algorithms: o.algorithms, seed: o.seed,
-        bodies: o.body, featureDim: o.featureDim, headHidden: o.headHidden, epochs: o.epochs, batchSize: o.batchSize,
+        bodies: o.body, ...(o.modalities ? { siteModalities: o.modalities } : {}),
+        featureDim: o.featureDim, headHidden: o.headHidden, epochs: o.epochs, batchSize: o.batchSize,
         learningRate: o.lr, optimizer: o.optimizer,
         testFraction: o.testFraction, minSize: o.minSize, standardize: o.standardize,
         sharedInit: o.sharedInit, freezeBody: o.freezeBody,
@@ -156,8 +158,8 @@ export function simulateCommand(): Command {
         if (r.round === total) bars.get(alg)!.stop();
       };
       const results = o.transport === 'tcp'
-        ? await simulateOverTcp(cfg, out, { deadlineMs: o.deadline, fresh: Boolean(o.fresh), signal: stopSignal(), board }, onRound)
-        : await simulate(cfg, { onRound, status: board });
+        ? await simulateOverTcp(tcpBodies(cfg, cmd.getOptionValueSource('body') === 'default'), out, { deadlineMs: o.deadline, fresh: Boolean(o.fresh), signal: stopSignal(), board }, onRound)
+        : await simulate(modalityBodies(cfg, cmd.getOptionValueSource('body') === 'default'), { onRound, status: board });
       const file = join(out, 'results.json');
       writeJsonAtomic(file, results);
       process.stdout.write(`\n${results.dataset.name}, ${o.peers} sites, ${o.partition}, ${o.rounds} rounds, backend ${results.backend}\n`);
@@ -217,7 +219,9 @@ async function simulateOverTcp(
     }
     const a = collectResults(alg, files, seconds(), cfg.bodies, simulationSettings(cfg, alg));
     // Pooled test accuracy where the in-memory simulator reports it (every site standardizes alike): each site's saved model on every site's test rows.
-    if (!ds.tasks && (cfg.standardize === 'federated' || cfg.pretrainedBody !== undefined)) {
+    // (Not with modalities: each site would need every test row in its own form.)
+    if (cfg.siteModalities) a.peers.forEach((p, i) => (p.modality = siteModality(cfg.siteModalities, i)));
+    else if (!ds.tasks && (cfg.standardize === 'federated' || cfg.pretrainedBody !== undefined)) {
       const pooled = await pooledAccuracies(files.sites.map((s) => s.out), ds, splits);
       pooled.forEach((p, i) => (a.peers[i].pooledAccuracy = p));
       a.pooledAccuracy = summarize(pooled);
@@ -225,6 +229,26 @@ async function simulateOverTcp(
     results.algorithms[alg] = a;
   }
   return results;
+}
+
+/** With --modalities and no --body, each site's modality chooses its body (the simulator's default for a site of that form). */
+function modalityBodies(cfg: SimulationConfig, defaultBody: boolean): Partial<SimulationConfig> & { dataset: string } {
+  if (!cfg.siteModalities || !defaultBody) return cfg;
+  const { bodies: _, ...rest } = cfg;
+  return rest;
+}
+
+/** Over TCP, each site's config names its body: with --modalities and no --body, its modality's (as in memory). */
+function tcpBodies(cfg: SimulationConfig, defaultBody: boolean): SimulationConfig {
+  return cfg.siteModalities ? { ...cfg, bodies: siteBodies(cfg.peers, cfg.bodies, !defaultBody, cfg.siteModalities) } : cfg;
+}
+
+/** `--modalities image,table`: each site's form of the data, cycled. */
+function modalityList(v: string): Modality[] {
+  const ms = v.split(',').map((m) => m.trim());
+  const bad = ms.find((m) => !(MODALITIES as readonly string[]).includes(m));
+  if (bad !== undefined) throw new InvalidArgumentError(`"${bad}" is not a modality; choose from ${MODALITIES.join(', ')}`);
+  return ms as Modality[];
 }
 
 /** `--site-tasks digit;parity,value`: each site's tasks (sites by ;, a site's tasks by commas). */
