@@ -29,7 +29,7 @@ export {
 } from './service.js';
 export { runServer, type ServerRoundLine } from './fedavg-net.js';
 export { runPeer, type PeerRunResult, type RunPeerOptions } from './run-peer.js';
-export { driveSite, type DrivenSite, type EarlierParts, type RoundAudit, type RoundLine, type SiteDriverOptions } from './site-driver.js';
+export type { RoundLine } from './site-driver.js';
 export {
   AUDIT_FILE, verifyAudit, verifySiteAudit,
   type AuditDigest, type AuditEntry, type AuditProblem, type AuditReport, type AuditRound, type AuditSeal, type AuditTail,
