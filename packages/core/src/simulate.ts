@@ -9,7 +9,7 @@ import {
 } from '@dflmoe/data';
 import { agreedStandardizer, capTrainPerSite, federatedAgreement, federatedTaskAgreement, deriveSeed, holdoutSplit, partitionHistograms, formatPartition, parsePartition, shiftDatasetBySite } from '@dflmoe/data/internal';
 import { initBackend } from './backend.js';
-import { DEFAULT_LIMITS, type AlgorithmSite } from './algorithms/api.js';
+import { DEFAULT_LIMITS, type Algorithm, type AlgorithmSite } from './algorithms/api.js';
 import type { PeerModelOptions } from './algorithms/common.js';
 import { checkSameArchitecture } from './algorithms/fedavg.js';
 import { REGISTRY, algorithmSettings, getAlgorithm, type AlgorithmName, type AlgorithmOptions, type AlgorithmSettings } from './algorithms/registry.js';
@@ -506,6 +506,48 @@ export function sharedInitSeed(seed: number, body: string): number {
   return deriveSeed(seed, 'shared-init', body);
 }
 
+/**
+ * Make the algorithm's sites (into `sites`, so that the caller disposes those
+ * made before a refusal): a multi-task site per site with several tasks; an
+ * algorithm that needs one model everywhere refuses sites with different ones.
+ */
+function createSites(
+  sites: AlgorithmSite[], alg: Algorithm, cfg: SimulationConfig, settings: AlgorithmSettings & { epochs: number }, datas: PeerData[], bodies: string[],
+  specs: ReadonlyMap<string, BodySpec>, initialBody?: BodyWeights, multi?: SiteTasks[],
+): void {
+  datas.forEach((d, i) => {
+    const base = peerOptions(cfg, settings.epochs, d, i, bodies[i], specs.get(bodies[i])!, initialBody);
+    if (multi && !alg.multiTask) throw new MixedBodiesRefused(`${alg.label} has no multi-task form: it averages whole models, and a multi-task site's heads stay its own`);
+    sites.push(multi ? createMultiTaskSite(alg, base, multi[i], algorithmOptions(cfg, settings, i)) : alg.createSite(base, algorithmOptions(cfg, settings, i)));
+  });
+  if (alg.sameModel) {
+    try {
+      checkSameArchitecture(sites, alg.label, REGISTRY.filter((a) => !a.sameModel).map((a) => a.name).join(' and '));
+    } catch (e) {
+      throw new MixedBodiesRefused((e as Error).message);
+    }
+  }
+}
+
+/** A site's result: its last round's record, its data's size, body and form, and what its algorithm adds. */
+function peerResult(p: AlgorithmSite, last: SiteRoundRecord, body: string, modality: Modality | undefined): PeerResult {
+  return {
+    id: p.id,
+    accuracy: last.accuracy,
+    ownHeadAccuracy: last.ownHeadAccuracy,
+    bytesSent: last.bytesSent,
+    bytesReceived: last.bytesReceived,
+    ...(last.bodyBytesSent !== undefined ? { bodyBytesSent: last.bodyBytesSent, bodyBytesReceived: last.bodyBytesReceived } : {}),
+    trainSamples: p.data.trainSamples,
+    testSamples: p.data.testSamples,
+    body,
+    ...(modality ? { modality } : {}),
+    ...(last.privacy ? { privacy: last.privacy } : {}),
+    ...(p.resultExtras ? p.resultExtras() : Object.keys(last.rejected).length ? { rejected: last.rejected } : {}),
+    tasks: last.tasks,
+  };
+}
+
 function peerOptions(cfg: SimulationConfig, epochs: number, data: PeerData, i: number, body: string, bodySpec: BodySpec, initialBody?: BodyWeights): PeerModelOptions {
   return {
     id: `peer-${i}`,
@@ -541,18 +583,7 @@ async function runAlgorithm(
   const sites: AlgorithmSite[] = [];
   const settings = simulationSettings(cfg, name);
   try {
-    datas.forEach((d, i) => {
-      const base = peerOptions(cfg, settings.epochs, d, i, bodies[i], specs.get(bodies[i])!, initialBody);
-      if (multi && !alg.multiTask) throw new MixedBodiesRefused(`${alg.label} has no multi-task form: it averages whole models, and a multi-task site's heads stay its own`);
-      sites.push(multi ? createMultiTaskSite(alg, base, multi[i], algorithmOptions(cfg, settings, i)) : alg.createSite(base, algorithmOptions(cfg, settings, i)));
-    });
-    if (alg.sameModel) {
-      try {
-        checkSameArchitecture(sites, alg.label, REGISTRY.filter((a) => !a.sameModel).map((a) => a.name).join(' and '));
-      } catch (e) {
-        throw new MixedBodiesRefused((e as Error).message);
-      }
-    }
+    createSites(sites, alg, cfg, settings, datas, bodies, specs, initialBody, multi);
     const nets = memoryNetworks(alg, sites, 1 << 30, log);
     const ids = sites.map((s) => s.id);
     // A site's members in the live view: the other sites (serverless), the server, or none (local-only).
@@ -592,21 +623,7 @@ async function runAlgorithm(
       },
     )));
     const last = records.map((rs) => rs.at(-1)!);
-    const peerResults: PeerResult[] = sites.map((p, i) => ({
-      id: p.id,
-      accuracy: last[i].accuracy,
-      ownHeadAccuracy: last[i].ownHeadAccuracy,
-      bytesSent: last[i].bytesSent,
-      bytesReceived: last[i].bytesReceived,
-      ...(last[i].bodyBytesSent !== undefined ? { bodyBytesSent: last[i].bodyBytesSent, bodyBytesReceived: last[i].bodyBytesReceived } : {}),
-      trainSamples: p.data.trainSamples,
-      testSamples: p.data.testSamples,
-      body: bodies[i],
-      ...(cfg.siteModalities ? { modality: siteModality(cfg.siteModalities, i) } : {}),
-      ...(last[i].privacy ? { privacy: last[i].privacy } : {}),
-      ...(p.resultExtras ? p.resultExtras() : Object.keys(last[i].rejected).length ? { rejected: last[i].rejected } : {}),
-      tasks: last[i].tasks,
-    }));
+    const peerResults = sites.map((p, i) => peerResult(p, last[i], bodies[i], cfg.siteModalities ? siteModality(cfg.siteModalities, i) : undefined));
     if (pooled && sites.every((s) => s.predict)) sites.forEach((s, i) => (peerResults[i].pooledAccuracy = accuracyOn(s, pooled[i])));
     const honest = (i: number) => i < cfg.peers - cfg.poisoned;
     const summary = (keep: (i: number) => boolean) =>

@@ -108,32 +108,8 @@ export async function prepareSiteData(
     enc = encodeSiteData(source, pre.agreed, pre.standardize);
     log.info(`preprocessing: the agreement of ${pre.included.length} site(s) saved in ${saved}`);
   } else {
-    const ag = agreement
-      ? await agreement.agree()
-      : { ...reconcileStatements([statement]), excluded: [], missing: [], adopted: false, otherForms: [], seconds: 0 };
-    enc = encodeSiteData(source, ag.agreed, cfg.data.standardize);
-    // A pretrained body's own input statistics win over the pooled ones: it learnt on inputs scaled with them.
-    const bodySt = body?.standardizer;
-    if (body && bodySt) {
-      checkBodyStandardizer(body, enc.standardizer.mean.length, ag.agreed.schema.kind === 'table' ? ag.agreed.featureNames : undefined);
-      log.info(`preprocessing: inputs standardized with the statistics of the pretrained body ${body.source}`);
-    }
-    const st = bodySt ?? enc.standardizer;
-    pre = {
-      format: 1, agreed: ag.agreed, standardize: cfg.data.standardize,
-      ...(bodySt ? { standardizerFrom: cfg.model.pretrainedBody } : {}),
-      standardizer: { mean: Array.from(st.mean), std: Array.from(st.std) },
-      input: source.input, included: ag.included, excluded: ag.excluded, missing: ag.missing, adopted: ag.adopted,
-      ...(ag.otherForms.length ? { otherForms: ag.otherForms } : {}),
-      from, createdAt: new Date().toISOString(),
-    };
+    ({ pre, enc } = await agreeAnew(cfg, agreement, statement, source, body, from, o.selfId, log));
     writeJsonAtomic(saved, pre);
-    const a = ag.agreed;
-    if (a.tasks) log.info(`preprocessing: agreed with ${ag.included.length} site(s) on ${agreedTasksLine(a, o.selfId)} and ${featuresLine(a)} in ${ag.seconds.toFixed(2)} s`);
-    else log.info(
-      `preprocessing: agreed with ${ag.included.length} site(s) on ${a.task?.scale ? `the target "${a.task.name}" (pooled mean ${a.task.scale.mean.toPrecision(4)}, sd ${a.task.scale.std.toPrecision(4)})` : `${a.schema.classNames.length} classes`} and ` +
-        `${featuresLine(a)} in ${ag.seconds.toFixed(2)} s`,
-    );
   }
   // Standardized with what the site trained (or trains) with: the very numbers saved for prediction.
   const { dataset, split } = enc;
@@ -242,4 +218,40 @@ export function writeSiteDescription(cfg: PeerConfig, model: PeerModelOptions, a
     algorithmOptions,
   };
   writeJsonAtomic(join(cfg.out, SITE_FILE), desc);
+}
+
+/**
+ * Agree on the data with the members (alone, without a node), encode the
+ * site's own rows with the agreement, and say what was agreed.
+ */
+async function agreeAnew(
+  cfg: PeerConfig, agreement: SchemaAgreement | undefined, statement: SiteStatement, source: SiteData, body: BodyWeights | undefined,
+  from: SitePreprocessing['from'], selfId: string, log: Logger,
+): Promise<{ pre: SitePreprocessing; enc: EncodedSite }> {
+  const ag = agreement
+    ? await agreement.agree()
+    : { ...reconcileStatements([statement]), excluded: [], missing: [], adopted: false, otherForms: [], seconds: 0 };
+  const enc = encodeSiteData(source, ag.agreed, cfg.data.standardize);
+  // A pretrained body's own input statistics win over the pooled ones: it learnt on inputs scaled with them.
+  const bodySt = body?.standardizer;
+  if (body && bodySt) {
+    checkBodyStandardizer(body, enc.standardizer.mean.length, ag.agreed.schema.kind === 'table' ? ag.agreed.featureNames : undefined);
+    log.info(`preprocessing: inputs standardized with the statistics of the pretrained body ${body.source}`);
+  }
+  const st = bodySt ?? enc.standardizer;
+  const pre: SitePreprocessing = {
+    format: 1, agreed: ag.agreed, standardize: cfg.data.standardize,
+    ...(bodySt ? { standardizerFrom: cfg.model.pretrainedBody } : {}),
+    standardizer: { mean: Array.from(st.mean), std: Array.from(st.std) },
+    input: source.input, included: ag.included, excluded: ag.excluded, missing: ag.missing, adopted: ag.adopted,
+    ...(ag.otherForms.length ? { otherForms: ag.otherForms } : {}),
+    from, createdAt: new Date().toISOString(),
+  };
+  const a = ag.agreed;
+  if (a.tasks) log.info(`preprocessing: agreed with ${ag.included.length} site(s) on ${agreedTasksLine(a, selfId)} and ${featuresLine(a)} in ${ag.seconds.toFixed(2)} s`);
+  else log.info(
+    `preprocessing: agreed with ${ag.included.length} site(s) on ${a.task?.scale ? `the target "${a.task.name}" (pooled mean ${a.task.scale.mean.toPrecision(4)}, sd ${a.task.scale.std.toPrecision(4)})` : `${a.schema.classNames.length} classes`} and ` +
+      `${featuresLine(a)} in ${ag.seconds.toFixed(2)} s`,
+  );
+  return { pre, enc };
 }

@@ -83,49 +83,9 @@ export function roundProgress(r: RoundResult): string {
 }
 
 export function simulateCommand(): Command {
-  const d = DEFAULT_SIMULATION;
-  const cmd = withUiOptions(new Command('simulate')
+  const cmd = withUiOptions(simulateOptions(new Command('simulate')
     .description('Run algorithms side by side on one dataset and partition, with the same model, rounds, epochs and optimiser.')
-    .addHelpText('after', `\nAlgorithms:\n${REGISTRY.map((a) => `  ${a.name.padEnd(10)} ${a.description}`).join('\n')}\n`)
-    .requiredOption('--dataset <name>', 'breast-cancer | diabetes (regression) | digits | fashion-mnist | synthetic | csv:<path> | images:<dir> (one sub-folder of PNG/JPEG files per class)')
-    .option('--peers <n>', 'number of sites', int('--peers'), d.peers)
-    .option('--partition <spec>', 'iid | dirichlet:<alpha> | shards:<k>', d.partition)
-    .option('--rounds <n>', 'communication rounds', int('--rounds'), d.rounds)
-    .option('--algorithms <list>', `comma-separated: ${ALGORITHMS.join(',')}`, algorithms, d.algorithms)
-    .option('--seed <n>', 'seed for partition, initial weights and batch order', (v) => Number(v), d.seed)
-    .option('--body <list>', 'body per site, cycled: mlp[:h1xh2], cnn[:f1xf2] (e.g. mlp,cnn for heterogeneous sites)', list, d.bodies)
-    .option('--feature-dim <n>', 'size of the feature vector the body produces', int('--feature-dim'), d.featureDim)
-    .option('--head-hidden <sizes>', 'hidden layers of the head, e.g. 32 or 64x32; none for a linear head', sizes, d.headHidden)
-    .option('--epochs <n>', 'local epochs per round (default: 1; 2 for dflmoe with --share-body)', int('--epochs'))
-    .option('--batch-size <n>', 'batch size', int('--batch-size'), d.batchSize)
-    .option('--lr <x>', 'learning rate', num('--lr', 1e-8, 10), d.learningRate)
-    .addOption(new Option('--optimizer <kind>', 'local optimiser of every algorithm (momentum: SGD with momentum 0.9)').choices(OPTIMIZERS).default(d.optimizer))
-    .option('--test-fraction <x>', "share of each site's data held out for its test split", num('--test-fraction', 0.01, 0.99), d.testFraction)
-    .option('--min-size <n>', 'minimum samples per site', int('--min-size'), d.minSize)
-    .addOption(standardizeOption(d.standardize))
-    .option('--no-shared-init', 'dflmoe/local: give every site its own random initial model')
-    .option('--pretrained-body <dir>', 'every site starts from this body pretrained on public data (written by "dflmoe pretrain")')
-    .option('--freeze-body', 'never train the body: only heads (and dFLMoE gates and transforms) learn', false)
-    .option('--poisoned <n>', 'robustness: make the last n sites adversarial', (v) => Number(v), d.poisoned)
-    .addOption(new Option('--poison-kind <kind>', 'what adversarial sites do: random heads (dflmoe) and bodies (where shared), flipped labels, sign-flipped bodies (where shared)').choices(['random', 'flipped', 'sign-flip']).default(d.poisonKind))
-    .option('--dp-noise <x>', 'DP-SGD: noise multiplier (turns DP on)', num('--dp-noise', 0, 1000))
-    .option('--dp-clip <x>', 'DP-SGD: clipping norm', num('--dp-clip', 1e-9, 1e6), 1)
-    .option('--dp-microbatches <n>', 'DP-SGD: microbatches per batch (default: per-example)', int('--dp-microbatches'))
-    .option('--dp-delta <x>', 'DP-SGD: delta for the reported epsilon', num('--dp-delta', 1e-20, 0.5), 1e-5)
-    .option('--train-per-site <n>', "cut each site's training split to n samples (same label mix), keeping its test split", int('--train-per-site'))
-    .option('--feature-shift <kinds>', `every site sees its own transformation of the input: comma-separated ${SHIFT_KINDS.join(', ')} (rotate, contrast, noise: images; affine, noise: tables)`, list, d.featureShift)
-    .addOption(new Option('--evaluate-on <split>', "test: each site's test split; validation: 20% held out of its training split (for tuning)").choices(['test', 'validation']).default(d.evaluateOn))
-    .option('--modalities <list>', `how each site holds the data, cycled: ${MODALITIES.join(', ')} (image datasets; e.g. image,table: images at even sites, tables of their pixels at odd ones; bodies default to cnn for images and mlp for tables)`, modalityList)
-    .option('--site-tasks <plan>', "multi-task datasets (digits-tasks, fashion-mnist-tasks): each site's tasks, sites separated by ; and a site's tasks by commas, cycled over the sites (default: the dataset's own plan)", siteTaskPlan)
-    .option('--max-samples <n>', 'use a seeded random subset of the dataset', int('--max-samples'))
-    .option('--data-dir <dir>', 'fashion-mnist: directory of the idx files')
-    .option('--label-column <name>', 'csv: the label column', 'label')
-    .addOption(new Option('--label-kind <kind>', 'csv: what the label column holds: classes, or a number to predict').choices([...TASK_KINDS]))
-    .addOption(new Option('--transport <kind>', 'memory: one process; tcp: every site its own process over libp2p on 127.0.0.1').choices(['memory', 'tcp']).default('memory'))
-    .option('--deadline <ms>', 'tcp: round deadline in milliseconds', int('--deadline'), 60000)
-    .option('--out <dir>', 'output directory for results.json', 'runs/simulate')
-    .option('--fresh', "tcp: start over, removing an earlier run's sites in --out (without it, a rerun resumes them from their checkpoints)")
-    .option('--quiet', 'print only the final table'), 'every site of the run');
+    .addHelpText('after', `\nAlgorithms:\n${REGISTRY.map((a) => `  ${a.name.padEnd(10)} ${a.description}`).join('\n')}\n`)), 'every site of the run');
   // Every algorithm's settings, from their schemas.
   addSettingsOptions(cmd);
   return cmd.action(withLiveView(async (o, board) => {
@@ -167,6 +127,51 @@ export function simulateCommand(): Command {
       const report = await writeRunReport(out);
       process.stdout.write(`\nResults written to ${file}\nReport (open in a browser, works offline): ${report}\n`);
     }));
+}
+
+/** The options of `simulate` (the algorithms' settings come from their schemas: `addSettingsOptions`). */
+function simulateOptions(c: Command): Command {
+  const d = DEFAULT_SIMULATION;
+  return c
+    .requiredOption('--dataset <name>', 'breast-cancer | diabetes (regression) | digits | fashion-mnist | synthetic | csv:<path> | images:<dir> (one sub-folder of PNG/JPEG files per class)')
+    .option('--peers <n>', 'number of sites', int('--peers'), d.peers)
+    .option('--partition <spec>', 'iid | dirichlet:<alpha> | shards:<k>', d.partition)
+    .option('--rounds <n>', 'communication rounds', int('--rounds'), d.rounds)
+    .option('--algorithms <list>', `comma-separated: ${ALGORITHMS.join(',')}`, algorithms, d.algorithms)
+    .option('--seed <n>', 'seed for partition, initial weights and batch order', (v) => Number(v), d.seed)
+    .option('--body <list>', 'body per site, cycled: mlp[:h1xh2], cnn[:f1xf2] (e.g. mlp,cnn for heterogeneous sites)', list, d.bodies)
+    .option('--feature-dim <n>', 'size of the feature vector the body produces', int('--feature-dim'), d.featureDim)
+    .option('--head-hidden <sizes>', 'hidden layers of the head, e.g. 32 or 64x32; none for a linear head', sizes, d.headHidden)
+    .option('--epochs <n>', 'local epochs per round (default: 1; 2 for dflmoe with --share-body)', int('--epochs'))
+    .option('--batch-size <n>', 'batch size', int('--batch-size'), d.batchSize)
+    .option('--lr <x>', 'learning rate', num('--lr', 1e-8, 10), d.learningRate)
+    .addOption(new Option('--optimizer <kind>', 'local optimiser of every algorithm (momentum: SGD with momentum 0.9)').choices(OPTIMIZERS).default(d.optimizer))
+    .option('--test-fraction <x>', "share of each site's data held out for its test split", num('--test-fraction', 0.01, 0.99), d.testFraction)
+    .option('--min-size <n>', 'minimum samples per site', int('--min-size'), d.minSize)
+    .addOption(standardizeOption(d.standardize))
+    .option('--no-shared-init', 'dflmoe/local: give every site its own random initial model')
+    .option('--pretrained-body <dir>', 'every site starts from this body pretrained on public data (written by "dflmoe pretrain")')
+    .option('--freeze-body', 'never train the body: only heads (and dFLMoE gates and transforms) learn', false)
+    .option('--poisoned <n>', 'robustness: make the last n sites adversarial', (v) => Number(v), d.poisoned)
+    .addOption(new Option('--poison-kind <kind>', 'what adversarial sites do: random heads (dflmoe) and bodies (where shared), flipped labels, sign-flipped bodies (where shared)').choices(['random', 'flipped', 'sign-flip']).default(d.poisonKind))
+    .option('--dp-noise <x>', 'DP-SGD: noise multiplier (turns DP on)', num('--dp-noise', 0, 1000))
+    .option('--dp-clip <x>', 'DP-SGD: clipping norm', num('--dp-clip', 1e-9, 1e6), 1)
+    .option('--dp-microbatches <n>', 'DP-SGD: microbatches per batch (default: per-example)', int('--dp-microbatches'))
+    .option('--dp-delta <x>', 'DP-SGD: delta for the reported epsilon', num('--dp-delta', 1e-20, 0.5), 1e-5)
+    .option('--train-per-site <n>', "cut each site's training split to n samples (same label mix), keeping its test split", int('--train-per-site'))
+    .option('--feature-shift <kinds>', `every site sees its own transformation of the input: comma-separated ${SHIFT_KINDS.join(', ')} (rotate, contrast, noise: images; affine, noise: tables)`, list, d.featureShift)
+    .addOption(new Option('--evaluate-on <split>', "test: each site's test split; validation: 20% held out of its training split (for tuning)").choices(['test', 'validation']).default(d.evaluateOn))
+    .option('--modalities <list>', `how each site holds the data, cycled: ${MODALITIES.join(', ')} (image datasets; e.g. image,table: images at even sites, tables of their pixels at odd ones; bodies default to cnn for images and mlp for tables)`, modalityList)
+    .option('--site-tasks <plan>', "multi-task datasets (digits-tasks, fashion-mnist-tasks): each site's tasks, sites separated by ; and a site's tasks by commas, cycled over the sites (default: the dataset's own plan)", siteTaskPlan)
+    .option('--max-samples <n>', 'use a seeded random subset of the dataset', int('--max-samples'))
+    .option('--data-dir <dir>', 'fashion-mnist: directory of the idx files')
+    .option('--label-column <name>', 'csv: the label column', 'label')
+    .addOption(new Option('--label-kind <kind>', 'csv: what the label column holds: classes, or a number to predict').choices([...TASK_KINDS]))
+    .addOption(new Option('--transport <kind>', 'memory: one process; tcp: every site its own process over libp2p on 127.0.0.1').choices(['memory', 'tcp']).default('memory'))
+    .option('--deadline <ms>', 'tcp: round deadline in milliseconds', int('--deadline'), 60000)
+    .option('--out <dir>', 'output directory for results.json', 'runs/simulate')
+    .option('--fresh', "tcp: start over, removing an earlier run's sites in --out (without it, a rerun resumes them from their checkpoints)")
+    .option('--quiet', 'print only the final table');
 }
 
 /** Run each algorithm as a real consortium: one process per site, libp2p over 127.0.0.1. */
