@@ -529,6 +529,23 @@ function createSites(
   }
 }
 
+/** An algorithm's accuracy over its sites (weighted by test rows; the honest ones apart when some are poisoned), per task, and its bytes. */
+function algorithmSummary(
+  alg: Algorithm, cfg: SimulationConfig, peerResults: PeerResult[], last: SiteRoundRecord[],
+): Omit<AlgorithmResult, 'settings' | 'wallSeconds' | 'peers' | 'rounds'> {
+  const honest = (i: number) => i < cfg.peers - cfg.poisoned;
+  const summary = (keep: (i: number) => boolean) =>
+    summarize(peerResults.filter((_, i) => keep(i)).map((p) => p.accuracy), peerResults.filter((_, i) => keep(i)).map((p) => p.testSamples));
+  return {
+    accuracy: summary(() => true),
+    tasks: summarizeTasks(peerResults),
+    ...(cfg.poisoned > 0 ? { honestAccuracy: summary(honest) } : {}),
+    ...(peerResults.every((p) => p.pooledAccuracy !== undefined) ? { pooledAccuracy: summarize(peerResults.map((p) => p.pooledAccuracy!)) } : {}),
+    bytesSent: networkBytes(alg, last),
+    ...(last.some((r) => r.bodyBytesSent !== undefined) ? { bodyBytesSent: last.reduce((a, r) => a + (r.bodyBytesSent ?? 0), 0) } : {}),
+  };
+}
+
 /** A site's result: its last round's record, its data's size, body and form, and what its algorithm adds. */
 function peerResult(p: AlgorithmSite, last: SiteRoundRecord, body: string, modality: Modality | undefined): PeerResult {
   return {
@@ -625,21 +642,7 @@ async function runAlgorithm(
     const last = records.map((rs) => rs.at(-1)!);
     const peerResults = sites.map((p, i) => peerResult(p, last[i], bodies[i], cfg.siteModalities ? siteModality(cfg.siteModalities, i) : undefined));
     if (pooled && sites.every((s) => s.predict)) sites.forEach((s, i) => (peerResults[i].pooledAccuracy = accuracyOn(s, pooled[i])));
-    const honest = (i: number) => i < cfg.peers - cfg.poisoned;
-    const summary = (keep: (i: number) => boolean) =>
-      summarize(peerResults.filter((_, i) => keep(i)).map((p) => p.accuracy), peerResults.filter((_, i) => keep(i)).map((p) => p.testSamples));
-    return {
-      settings,
-      accuracy: summary(() => true),
-      tasks: summarizeTasks(peerResults),
-      ...(cfg.poisoned > 0 ? { honestAccuracy: summary(honest) } : {}),
-      ...(peerResults.every((p) => p.pooledAccuracy !== undefined) ? { pooledAccuracy: summarize(peerResults.map((p) => p.pooledAccuracy!)) } : {}),
-      bytesSent: networkBytes(alg, last),
-      ...(last.some((r) => r.bodyBytesSent !== undefined) ? { bodyBytesSent: last.reduce((a, r) => a + (r.bodyBytesSent ?? 0), 0) } : {}),
-      wallSeconds: (performance.now() - t0) / 1000,
-      peers: peerResults,
-      rounds,
-    };
+    return { settings, ...algorithmSummary(alg, cfg, peerResults, last), wallSeconds: (performance.now() - t0) / 1000, peers: peerResults, rounds };
   } finally {
     sites.forEach((p) => p.dispose());
   }

@@ -143,14 +143,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const prom = held.prom;
     if (prom) log.info(`Prometheus metrics on http://127.0.0.1:${await prom.listen(o.metricsPort!)}/metrics`);
     const links = (held.links = await startLinks(cfg, alg, id, o, names, prom));
-    if (feed) {
-      const { node, heads, bodies, server } = links;
-      held.watch = new PeerStatusWatch(feed, {
-        members: remote, node, auditFile: join(cfg.out, 'audit.jsonl'), exchanges: [heads, bodies].filter((x) => x !== undefined),
-        ...(server && cfg.server ? { server: { peerId: cfg.server.peerId, lastRound: () => server.lastGlobal?.round } } : {}),
-      });
-      feed.state('preprocessing');
-    }
+    if (feed) held.watch = watchLinks(feed, cfg, remote, links);
     // Federated preprocessing (or, resuming, the agreement saved before), then the site's own tensors.
     const resume = cfg.checkpoint.enabled && listCheckpoints(join(cfg.out, 'checkpoints')).length > 0;
     const { prepared, site, index } = await buildSite(cfg, alg, id.peerId, links, resume, o, held);
@@ -196,6 +189,17 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   } finally {
     await release(held);
   }
+}
+
+/** The live view's watch over the site's links (members connected, their newest heads, the audit trail), from preprocessing on. */
+function watchLinks(feed: SiteFeed, cfg: PeerConfig, remote: PeerConfig['members'], links: SiteLinks): PeerStatusWatch {
+  const { node, heads, bodies, server } = links;
+  const watch = new PeerStatusWatch(feed, {
+    members: remote, node, auditFile: join(cfg.out, 'audit.jsonl'), exchanges: [heads, bodies].filter((x) => x !== undefined),
+    ...(server && cfg.server ? { server: { peerId: cfg.server.peerId, lastRound: () => server.lastGlobal?.round } } : {}),
+  });
+  feed.state('preprocessing');
+  return watch;
 }
 
 /**
