@@ -97,6 +97,13 @@ function maxPoolGrad(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; at
   return out;
 }
 
+let fastPoolGrad = true;
+
+/** Turn the JavaScript max-pooling gradient on or off (tests compare it with the stock kernel). */
+export function setWasmFastPoolGrad(enabled: boolean): void {
+  fastPoolGrad = enabled;
+}
+
 let registered = false;
 
 /** Register the JavaScript `MaxPoolGrad` on the wasm backend (idempotent; no-op with `DFLMOE_WASM_KERNELS=stock`). */
@@ -105,10 +112,9 @@ export function registerWasmPoolKernels(): void {
   const stock = tf.getKernel('MaxPoolGrad', 'wasm');
   if (!stock) return;
   tf.unregisterKernel('MaxPoolGrad', 'wasm');
-  tf.registerKernel({ kernelName: 'MaxPoolGrad', backendName: 'wasm', kernelFunc: maxPoolGrad as tf.KernelFunc });
+  tf.registerKernel({
+    kernelName: 'MaxPoolGrad', backendName: 'wasm', setupFunc: stock.setupFunc,
+    kernelFunc: ((args) => (fastPoolGrad ? maxPoolGrad(args) : stock.kernelFunc(args))) as tf.KernelFunc,
+  });
   registered = true;
 }
-
-/** @internal The stock kernel, for tests that compare. */
-export { maxPoolGrad as wasmMaxPoolGradJs };
-export { poolGrad as wasmPoolGradForTest };
