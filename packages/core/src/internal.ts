@@ -53,6 +53,6 @@ export * from './keyed-adam.js';
 export * from './status.js';
 export * from './selection.js';
 export { registerWasmConvKernels, setWasmFastInputGrad } from './wasm-conv.js';
-export { registerWasmMatMulKernels, setWasmFastMatMul, stockWasmKernels, swapPays } from './wasm-matmul.js';
+export { registerWasmMatMulKernels, setWasmFastMatMul, setWasmMatMulSwap, stockWasmKernels, swapPays } from './wasm-matmul.js';
 export { registerWasmPoolKernels, setWasmFastPoolGrad } from './wasm-pool.js';
 export { FusedAdam, registerWasmAdamKernel } from './fused-adam.js';

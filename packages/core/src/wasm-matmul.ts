@@ -32,6 +32,12 @@ function swapLast(rank: number): number[] {
 }
 
 let fastMatMul = true;
+let swapMatMul = true;
+
+/** Turn the transposed computation of single products (`swapPays`) on or off (benchmarks compare it). */
+export function setWasmMatMulSwap(enabled: boolean): void {
+  swapMatMul = enabled;
+}
 
 /** Turn the transpose-first path on or off (tests and benchmarks compare it with the stock kernel). */
 export function setWasmFastMatMul(enabled: boolean): void {
@@ -84,7 +90,7 @@ function makeBatchMatMul(stock: tf.KernelFunc, transpose: tf.KernelFunc): tf.Ker
     const k = a.shape[transposeA ? ra - 2 : ra - 1]!;
     const n = b.shape[transposeB ? rb - 2 : rb - 1]!;
     let out: Info;
-    if (single && swapPays(m, k, n, transposeA, transposeB)) {
+    if (swapMatMul && single && swapPays(m, k, n, transposeA, transposeB)) {
       const outT = stock({ inputs: { a: transposeB ? b : flip(b), b: transposeA ? a : flip(a) }, backend, attrs: plain }) as Info;
       temps.push(outT);
       out = transpose({ inputs: { x: outT }, backend, attrs: { perm: swapLast(outT.shape.length) } }) as Info;
