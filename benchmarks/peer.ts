@@ -17,7 +17,9 @@ import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
-import { selectBackend, setWasmFastMatMul, stockWasmKernels } from '@dflmoe/core/internal';
+import {
+  createOptimizer, selectBackend, setWasmFastMatMul, setWasmFastPoolGrad, setWasmMatMulSwap, stockWasmKernels,
+} from '@dflmoe/core/internal';
 import { Rng } from '@dflmoe/data/internal';
 
 const { values } = parseArgs({
@@ -33,6 +35,7 @@ const PY = '/usr/bin/python3';
 const SITES = 10;
 const PER_SITE = 400;
 type Workload = 'dense' | 'cnn' | 'fedavg';
+type Rates = Record<Workload, number>;
 const WORKLOADS: Workload[] = ['dense', 'cnn', 'fedavg'];
 
 function hasTorch(): boolean {
@@ -73,9 +76,27 @@ function layers(kind: Workload): tfl.layers.Layer[] {
   ];
 }
 
+/**
+ * The kernel sets compared: `now` is dflmoe as it runs (every wasm override,
+ * Adam from `createOptimizer`); `previous` the transpose-first `BatchMatMul`
+ * alone with tfjs's Adam (before issue 30's second step); `tfjs` tfjs's own
+ * `BatchMatMul`, `MaxPoolGrad` and Adam. All keep the convolution gradient
+ * kernels of wasm-conv.ts (tfjs's wasm backend has no filter gradient).
+ */
+type KernelSet = 'now' | 'previous' | 'tfjs';
+let kernelSet: KernelSet = 'now';
+
+function useKernels(set: KernelSet): void {
+  kernelSet = set;
+  setWasmFastMatMul(set !== 'tfjs');
+  setWasmMatMulSwap(set === 'now');
+  setWasmFastPoolGrad(set === 'now');
+}
+
 function build(kind: Workload): tfl.LayersModel {
   const m = tfl.sequential({ layers: layers(kind) });
-  m.compile({ optimizer: tf.train.adam(1e-3), loss: 'categoricalCrossentropy' });
+  const optimizer = kernelSet === 'now' ? createOptimizer({ optimizer: 'adam', learningRate: 1e-3 }) : tf.train.adam(1e-3);
+  m.compile({ optimizer, loss: 'categoricalCrossentropy' });
   return m;
 }
 
@@ -86,28 +107,41 @@ function batchOf(rng: Rng, shape: number[]): { x: tf.Tensor; y: tf.Tensor } {
   return { x, y };
 }
 
-async function throughput(kind: 'dense' | 'cnn', batch: number): Promise<number> {
+/** Samples per wall second and per CPU second of this process (less moved by other load on the machine). */
+interface Rate {
+  wall: number;
+  cpu: number;
+}
+
+const cpuNow = () => {
+  const c = process.cpuUsage();
+  return (c.user + c.system) / 1e6;
+};
+
+async function throughput(kind: 'dense' | 'cnn', batch: number): Promise<Rate> {
   const { x, y } = batchOf(new Rng(1), kind === 'dense' ? [batch, 784] : [batch, 28, 28, 1]);
   const model = build(kind);
-  for (let i = 0; i < 2; i++) await model.trainOnBatch(x, y);
+  for (let i = 0; i < 10; i++) await model.trainOnBatch(x, y);
   let steps = 0;
   const t0 = performance.now();
+  const c0 = cpuNow();
   while (performance.now() - t0 < seconds * 1000 && steps < 2000) {
     await model.trainOnBatch(x, y);
     steps++;
   }
-  const rate = (steps * batch) / ((performance.now() - t0) / 1000);
+  const rate = { wall: (steps * batch) / ((performance.now() - t0) / 1000), cpu: (steps * batch) / (cpuNow() - c0) };
   model.dispose();
   tf.dispose([x, y]);
   return rate;
 }
 
 /** One FedAvg round: each site trains a copy of the global MLP for one epoch, then the weights are averaged. */
-async function fedavgRound(): Promise<number> {
+async function fedavgRound(): Promise<Rate> {
   const rng = new Rng(2);
   const data = Array.from({ length: SITES }, () => batchOf(rng, [PER_SITE, 784]));
   const global = build('fedavg');
   const t0 = performance.now();
+  const c0 = cpuNow();
   const sums = global.getWeights().map((w) => tf.zerosLike(w));
   for (const { x, y } of data) {
     const model = build('fedavg');
@@ -127,21 +161,24 @@ async function fedavgRound(): Promise<number> {
   const avg = sums.map((s) => tf.div(s, SITES));
   global.setWeights(avg);
   tf.dispose([...sums, ...avg]);
-  const rate = (SITES * PER_SITE) / ((performance.now() - t0) / 1000);
+  const rate = { wall: (SITES * PER_SITE) / ((performance.now() - t0) / 1000), cpu: (SITES * PER_SITE) / (cpuNow() - c0) };
   global.dispose();
   for (const d of data) tf.dispose([d.x, d.y]);
   return rate;
 }
 
-async function dflmoeSide(): Promise<Record<Workload, number>> {
+async function dflmoeSide(): Promise<{ wall: Rates; cpu: Rates }> {
   const dense = await throughput('dense', 64);
   const cnn = await throughput('cnn', 32);
-  let fedavg = 0;
-  for (let i = 0; i < 3; i++) fedavg = Math.max(fedavg, await fedavgRound());
-  return { dense, cnn, fedavg };
+  let fedavg = { wall: 0, cpu: 0 };
+  for (let i = 0; i < 3; i++) {
+    const r = await fedavgRound();
+    if (r.wall > fedavg.wall) fedavg = r;
+  }
+  return { wall: { dense: dense.wall, cnn: cnn.wall, fedavg: fedavg.wall }, cpu: { dense: dense.cpu, cnn: cnn.cpu, fedavg: fedavg.cpu } };
 }
 
-function torchSide(): Record<Workload, number> & { torch: string } {
+function torchSide(): Rates & { cpu: Rates; torch: string } {
   const out = execFileSync(PY, ['benchmarks/peer_torch.py', String(seconds), String(SITES), String(PER_SITE)], { encoding: 'utf8' });
   return JSON.parse(out.trim().split('\n').pop()!);
 }
@@ -154,40 +191,59 @@ tf.enableProdMode();
 const skipped = ensureTorch();
 if (skipped) console.log(skipped);
 console.log(`dflmoe on ${backend.name}${stockWasmKernels() ? ' (stock kernels)' : ''}; ${repeats} alternations of ${seconds} s per model`);
-const runs: { dflmoe: Record<Workload, number>; stockMatMul?: Record<Workload, number>; torch?: Record<Workload, number> }[] = [];
-const compareStock = backend.name === 'wasm' && !stockWasmKernels();
+const runs: { dflmoe: Rates; previous?: Rates; tfjs?: Rates; torch?: Rates; cpu: { dflmoe: Rates; previous?: Rates; tfjs?: Rates; torch?: Rates } }[] = [];
+const compare = backend.name === 'wasm' && !stockWasmKernels();
 let torchVersion: string | undefined;
+const fmt = (r: Rates) => WORKLOADS.map((w) => `${w} ${r[w].toFixed(0)}`).join('   ');
 for (let r = 0; r < repeats; r++) {
-  const d = await dflmoeSide();
-  let stock: Record<Workload, number> | undefined;
-  if (compareStock) {
-    setWasmFastMatMul(false);
-    stock = await dflmoeSide();
-    setWasmFastMatMul(true);
-    console.log(`repeat ${r + 1}: samples/s with tfjs's transposed BatchMatMul: ${WORKLOADS.map((w) => `${w} ${stock![w].toFixed(0)}`).join('   ')}`);
+  // The kernel sets take turns going first, so that none always meets the process's first compilations.
+  const sets: KernelSet[] = compare ? ['now', 'previous', 'tfjs'] : ['now'];
+  const got = new Map<KernelSet, { wall: Rates; cpu: Rates }>();
+  for (let i = 0; i < sets.length; i++) {
+    const set = sets[(i + r) % sets.length]!;
+    useKernels(set);
+    got.set(set, await dflmoeSide());
+  }
+  useKernels('now');
+  const d = got.get('now')!;
+  const previous = got.get('previous');
+  const stock = got.get('tfjs');
+  if (previous && stock) {
+    console.log(`repeat ${r + 1}: samples/s, transpose-first BatchMatMul only (before): ${fmt(previous.wall)}`);
+    console.log(`repeat ${r + 1}: samples/s, tfjs's kernels and Adam: ${fmt(stock.wall)}`);
   }
   const t = skipped ? undefined : torchSide();
   if (t) torchVersion = t.torch;
-  runs.push({ dflmoe: d, ...(stock ? { stockMatMul: stock } : {}), ...(t ? { torch: { dense: t.dense, cnn: t.cnn, fedavg: t.fedavg } } : {}) });
-  const line = WORKLOADS.map((w) => `${w} ${d[w].toFixed(0)}${t ? ` / ${t[w].toFixed(0)} = ${(d[w] / t[w]).toFixed(2)}` : ''}`).join('   ');
-  console.log(`repeat ${r + 1}: samples/s dflmoe${t ? ' / PyTorch 1 thread' : ''}: ${line}`);
+  runs.push({
+    dflmoe: d.wall, ...(previous ? { previous: previous.wall } : {}), ...(stock ? { tfjs: stock.wall } : {}), ...(t ? { torch: { dense: t.dense, cnn: t.cnn, fedavg: t.fedavg } } : {}),
+    cpu: { dflmoe: d.cpu, ...(previous ? { previous: previous.cpu } : {}), ...(stock ? { tfjs: stock.cpu } : {}), ...(t ? { torch: t.cpu } : {}) },
+  });
+  const line = WORKLOADS.map((w) => `${w} ${d.wall[w].toFixed(0)}${t ? ` / ${t[w].toFixed(0)} = ${(d.wall[w] / t[w]).toFixed(2)} (CPU ${(d.cpu[w] / t.cpu[w]).toFixed(2)})` : ''}`).join('   ');
+  console.log(`repeat ${r + 1}: samples/s dflmoe${t ? ' / PyTorch 1 thread (ratio per CPU second)' : ''}: ${line}`);
 }
-const summary = Object.fromEntries(WORKLOADS.map((w) => {
-  const d = median(runs.map((r) => r.dflmoe[w]));
-  const ratios = runs.filter((r) => r.torch).map((r) => r.dflmoe[w] / r.torch![w]);
-  const t = runs[0]!.torch ? median(runs.map((r) => r.torch![w])) : undefined;
-  const st = runs[0]!.stockMatMul ? median(runs.map((r) => r.stockMatMul![w])) : undefined;
-  return [w, { dflmoe: d, stockMatMul: st, torch: t, ratio: ratios.length ? median(ratios) : undefined }];
-})) as Record<Workload, { dflmoe: number; stockMatMul?: number; torch?: number; ratio?: number }>;
+type Run = (typeof runs)[number];
+const med = (pick: (r: Run) => number | undefined) => {
+  const xs = runs.map(pick).filter((x): x is number => x !== undefined);
+  return xs.length ? median(xs) : undefined;
+};
+const ratio = (a?: number, b?: number) => (a !== undefined && b !== undefined ? a / b : undefined);
+const summary = Object.fromEntries(WORKLOADS.map((w) => [w, {
+  dflmoe: med((r) => r.dflmoe[w])!, previous: med((r) => r.previous?.[w]), tfjs: med((r) => r.tfjs?.[w]), torch: med((r) => r.torch?.[w]),
+  ratio: med((r) => ratio(r.dflmoe[w], r.torch?.[w])), previousRatio: med((r) => ratio(r.previous?.[w], r.torch?.[w])),
+  cpuRatio: med((r) => ratio(r.cpu.dflmoe[w], r.cpu.torch?.[w])), cpuPreviousRatio: med((r) => ratio(r.cpu.previous?.[w], r.cpu.torch?.[w])),
+}])) as Record<Workload, Record<'previous' | 'tfjs' | 'torch' | 'ratio' | 'previousRatio' | 'cpuRatio' | 'cpuPreviousRatio', number | undefined> & { dflmoe: number }>;
 for (const w of WORKLOADS) {
   const s = summary[w];
-  console.log(`${w.padEnd(7)} dflmoe ${s.dflmoe.toFixed(0).padStart(6)} samples/s` + (s.stockMatMul ? ` (stock BatchMatMul ${s.stockMatMul.toFixed(0)})` : '') + (s.torch ? `   PyTorch ${s.torch.toFixed(0).padStart(6)}   ratio ${s.ratio!.toFixed(2)} (median of per-repeat ratios)` : ''));
+  console.log(`${w.padEnd(7)} dflmoe ${s.dflmoe.toFixed(0).padStart(6)} samples/s`
+    + (s.previous ? ` (before ${s.previous.toFixed(0)}, tfjs's kernels ${s.tfjs!.toFixed(0)})` : '')
+    + (s.torch ? `   PyTorch ${s.torch.toFixed(0).padStart(6)}   ratio ${s.ratio!.toFixed(2)}${s.previousRatio ? ` (before ${s.previousRatio.toFixed(2)})` : ''}`
+      + `, per CPU second ${s.cpuRatio!.toFixed(2)}${s.cpuPreviousRatio ? ` (before ${s.cpuPreviousRatio.toFixed(2)})` : ''} (medians of per-repeat ratios)` : ''));
 }
 mkdirSync(dirname(values.out!), { recursive: true });
 writeFileSync(values.out!, JSON.stringify({
   date: new Date().toISOString(), node: process.version, cpus: (await import('node:os')).cpus().length,
   backend: backend.name, stockKernels: stockWasmKernels(), torch: torchVersion ?? null, skipped: skipped ?? null,
-  seconds, repeats, fedavgCell: { sites: SITES, perSite: PER_SITE, model: 'MLP 784-128-64-10', batch: 32, optimizer: 'adam 1e-3' },
+  load: (await import('node:os')).loadavg(), seconds, repeats, fedavgCell: { sites: SITES, perSite: PER_SITE, model: 'MLP 784-128-64-10', batch: 32, optimizer: 'adam 1e-3' },
   summary, runs,
 }, null, 2) + '\n');
 console.log(`wrote ${values.out}`);

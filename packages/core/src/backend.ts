@@ -10,6 +10,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { createLogger, type Logger } from './log.js';
 import { registerWasmConvKernels } from './wasm-conv.js';
 import { registerWasmMatMulKernels } from './wasm-matmul.js';
+import { registerWasmPoolKernels } from './wasm-pool.js';
+import { registerWasmAdamKernel } from './fused-adam.js';
 
 /** Backends in the order Node tries them. */
 export const BACKENDS = ['tensorflow', 'wasm', 'cpu'] as const;
@@ -101,6 +103,8 @@ export async function selectBackend(opts: SelectOptions = {}): Promise<BackendIn
         info.simd = Boolean(await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT'));
         registerWasmConvKernels();
         registerWasmMatMulKernels();
+        registerWasmPoolKernels();
+        registerWasmAdamKernel();
       }
       if (name === 'cpu') tf.enableProdMode();
       return info;

@@ -3,7 +3,8 @@
  * (`@dflmoe/core`) and what only the workspace uses: the algorithms' sites,
  * the registry and the round loop's parts, models and their layers, the
  * codec, optimisers (including the keyed Adam variants), checkpoints,
- * privacy accounting, expert selection and the wasm convolution kernels.
+ * privacy accounting, expert selection and the wasm kernels (convolution
+ * gradients, matrix products, max-pooling gradient, Adam).
  * Tests, benchmarks and the other `@dflmoe` packages import these from
  * here. Not part of the documented API, not in `api/core.api.md`, and free
  * to change in any release.
@@ -54,4 +55,6 @@ export * from './keyed-adam.js';
 export * from './status.js';
 export * from './selection.js';
 export { registerWasmConvKernels, setWasmFastInputGrad } from './wasm-conv.js';
-export { registerWasmMatMulKernels, setWasmFastMatMul, stockWasmKernels } from './wasm-matmul.js';
+export { registerWasmMatMulKernels, setWasmFastMatMul, setWasmMatMulSwap, stockWasmKernels, swapPays } from './wasm-matmul.js';
+export { registerWasmPoolKernels, setWasmFastPoolGrad } from './wasm-pool.js';
+export { FusedAdam, registerWasmAdamKernel } from './fused-adam.js';

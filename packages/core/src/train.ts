@@ -1,5 +1,6 @@
 /** Local training and evaluation helpers shared by every algorithm. */
 import * as tf from '@tensorflow/tfjs-core';
+import { FusedAdam } from './fused-adam.js';
 import { poissonSample, secureGaussian } from './privacy.js';
 import { applyStandardizer, featureSize, fitStandardizer, labelledRows, taskDataset, type Dataset, type PeerSplit, type Standardizer } from '@dflmoe/data';
 import { Rng, deriveSeed, labelHistogram } from '@dflmoe/data/internal';
@@ -72,7 +73,7 @@ export const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => se
 export function createOptimizer(o: Pick<TrainOptions, 'optimizer' | 'learningRate'>, lrScale = 1): tf.Optimizer {
   const lr = o.learningRate * lrScale;
   switch (o.optimizer ?? 'adam') {
-    case 'adam': return tf.train.adam(lr);
+    case 'adam': return new FusedAdam(lr);
     case 'sgd': return tf.train.sgd(lr);
     case 'momentum': return tf.train.momentum(lr, 0.9);
     default: throw new Error(`unknown optimizer "${String(o.optimizer)}"; choose from ${OPTIMIZERS.join(', ')}`);
