@@ -51,8 +51,17 @@ async function measure(kind: ModelKind, batch: number): Promise<{ samplesPerSec:
   const rng = new Rng(1);
   const shape = kind === 'dense' ? [batch, 784] : [batch, 28, 28, 1];
   const n = shape.reduce((a, b) => a * b, 1);
-  const x = tf.tensor(Float32Array.from({ length: n }, () => rng.uniform()), shape);
-  const y = tf.oneHot(tf.tensor1d(Int32Array.from({ length: batch }, () => rng.int(10)), 'int32'), 10);
+  const x = tf.tensor(
+    Float32Array.from({ length: n }, () => rng.uniform()),
+    shape,
+  );
+  const y = tf.oneHot(
+    tf.tensor1d(
+      Int32Array.from({ length: batch }, () => rng.int(10)),
+      'int32',
+    ),
+    10,
+  );
   const model = build(kind);
   for (let i = 0; i < 2; i++) await model.trainOnBatch(x, y);
   let steps = 0;
@@ -101,11 +110,16 @@ for (const name of available) {
       : [{ label: name }];
   for (const v of variants) {
     v.setup?.();
-    for (const [kind, batch] of [['dense', 64], ['cnn', 32]] as [ModelKind, number][]) {
+    for (const [kind, batch] of [
+      ['dense', 64],
+      ['cnn', 32],
+    ] as [ModelKind, number][]) {
       if (v.label.includes('stock') && kind === 'dense') continue;
       const r = await measure(kind, batch);
       rows.push({ backend: v.label, model: kind, batch, ...r });
-      console.log(`${v.label.padEnd(24)} ${kind.padEnd(6)} batch ${String(batch).padStart(3)}  ${r.samplesPerSec.toFixed(0).padStart(7)} samples/s  (${r.steps} steps, ${r.seconds.toFixed(1)} s)`);
+      console.log(
+        `${v.label.padEnd(24)} ${kind.padEnd(6)} batch ${String(batch).padStart(3)}  ${r.samplesPerSec.toFixed(0).padStart(7)} samples/s  (${r.steps} steps, ${r.seconds.toFixed(1)} s)`,
+      );
     }
   }
 }
@@ -123,6 +137,10 @@ console.log('ratios:', JSON.stringify(ratios));
 mkdirSync(dirname(values.out!), { recursive: true });
 writeFileSync(
   values.out!,
-  JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: (await import('node:os')).cpus().length, budgetSeconds: budget / 1000, rows, ratios }, null, 2) + '\n',
+  JSON.stringify(
+    { date: new Date().toISOString(), node: process.version, cpus: (await import('node:os')).cpus().length, budgetSeconds: budget / 1000, rows, ratios },
+    null,
+    2,
+  ) + '\n',
 );
 console.log(`wrote ${values.out}`);

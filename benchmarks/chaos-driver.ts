@@ -117,7 +117,11 @@ async function consortium(o: ChaosOptions, sub: string): Promise<ConsortiumFiles
   const sim: SimulationConfig = { ...DEFAULT_SIMULATION, ...o.sim, peers: o.sites, rounds: o.rounds, algorithms: [o.algorithm] };
   const honest = o.sites - 1;
   return writeConsortium({
-    dir, algorithm: o.algorithm, sim, deadlineMs: o.deadlineMs, lingerMs: 4000,
+    dir,
+    algorithm: o.algorithm,
+    sim,
+    deadlineMs: o.deadlineMs,
+    lingerMs: 4000,
     // Wait for the honest others only (heads, and summaries in preprocessing): the hostile member never sends anything usable.
     quorum: honest - 1,
     serverQuorum: o.algorithm === 'fedavg' ? honest : undefined,
@@ -147,7 +151,10 @@ export async function chaosSoak(o: ChaosOptions): Promise<ChaosResult> {
     const cleanCodes = await Promise.all(cleanProcs.map((p) => waitExit(p, o.timeoutMs)));
     const finalAcc = (ss: SiteFiles[]) => ss.map((s) => metrics(s).at(-1)?.accuracy ?? NaN);
     const undisturbed: ChaosRun = {
-      seconds: (performance.now() - t0) / 1000, accuracy: finalAcc(honestClean), meanAccuracy: 0, exitCodes: cleanCodes,
+      seconds: (performance.now() - t0) / 1000,
+      accuracy: finalAcc(honestClean),
+      meanAccuracy: 0,
+      exitCodes: cleanCodes,
     };
     undisturbed.meanAccuracy = undisturbed.accuracy.reduce((a, b) => a + b, 0) / undisturbed.accuracy.length;
     if (cleanCodes.some((c) => c !== 0)) problems.push(`undisturbed run: exit codes ${cleanCodes}`);
@@ -168,11 +175,21 @@ export async function chaosSoak(o: ChaosOptions): Promise<ChaosResult> {
     };
     const server = f.server ? launch('server', ['server', '--config', f.server.config], f.server.out) : undefined;
     const sites = honest.map((s, i) => launch(`site-${i}`, ['peer', '--config', s.config], s.out));
-    const hostile = spawn(process.execPath, [
-      '--import', 'tsx', '--conditions=development', fixture(o.algorithm === 'dflmoe' ? 'hostile-peer.ts' : 'hostile-fedavg-client.ts'),
-      '--config', hostileSite.config, '--seconds', String(Math.ceil(o.timeoutMs / 1000)),
-      ...(o.algorithm === 'dflmoe' ? ['--classes', String(o.classes)] : []),
-    ], { stdio: 'ignore' });
+    const hostile = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        '--conditions=development',
+        fixture(o.algorithm === 'dflmoe' ? 'hostile-peer.ts' : 'hostile-fedavg-client.ts'),
+        '--config',
+        hostileSite.config,
+        '--seconds',
+        String(Math.ceil(o.timeoutMs / 1000)),
+        ...(o.algorithm === 'dflmoe' ? ['--classes', String(o.classes)] : []),
+      ],
+      { stdio: 'ignore' },
+    );
     procs.add(hostile);
     const stop = new AbortController();
     const s = stranger([...f.sites.map((x) => x.port), ...(f.server ? [f.server.port] : [])], stop.signal);
@@ -266,10 +283,13 @@ export async function chaosSoak(o: ChaosOptions): Promise<ChaosResult> {
     for (const x of honest) for (const [k, v] of Object.entries(metrics(x).at(-1)?.dropped ?? {})) hostileDrops[k] = (hostileDrops[k] ?? 0) + v;
     const serverLine = server ? readJsonLines<ServerRoundLine>(join(server.out, 'metrics.jsonl')).at(-1) : undefined;
     for (const [k, v] of Object.entries(serverLine?.dropped ?? {})) hostileDrops[`server:${k}`] = v;
-    log(`chaos: mean accuracy ${(100 * meanAccuracy).toFixed(2)}% in ${seconds.toFixed(1)} s; ${kills.length} kills; stranger ${s.writes()} garbage writes, ${s.dials()} dials`);
+    log(
+      `chaos: mean accuracy ${(100 * meanAccuracy).toFixed(2)}% in ${seconds.toFixed(1)} s; ${kills.length} kills; stranger ${s.writes()} garbage writes, ${s.dials()} dials`,
+    );
     const { log: _l, dir: _d, ...options } = o;
     return {
-      options, undisturbed,
+      options,
+      undisturbed,
       chaos: { seconds, accuracy, meanAccuracy, exitCodes: codes, kills, hostileDrops, strangerWrites: s.writes(), strangerDials: s.dials() },
       checks: { everyRoundOnce, noHangOrCrash, resumedFromCheckpoint, auditsVerify, withinTolerance },
       problems,

@@ -26,10 +26,17 @@ const { values } = parseArgs({
 const results: ChaosResult[] = [];
 for (const algorithm of values.algorithms!.split(',') as ('dflmoe' | 'fedavg')[]) {
   const r = await chaosSoak({
-    algorithm, dir: join(tmpdir(), `dflmoe-chaos-${algorithm}`), sites: Number(values.sites), rounds: Number(values.rounds),
-    sim: { dataset: values.dataset!, partition: 'dirichlet:0.5', seed: 1, epochs: 1 }, classes: values.dataset === 'digits' ? 10 : 2,
+    algorithm,
+    dir: join(tmpdir(), `dflmoe-chaos-${algorithm}`),
+    sites: Number(values.sites),
+    rounds: Number(values.rounds),
+    sim: { dataset: values.dataset!, partition: 'dirichlet:0.5', seed: 1, epochs: 1 },
+    classes: values.dataset === 'digits' ? 10 : 2,
     // FedAvg: the server waits its deadline every round for the hostile client's slot, so keep it short.
-    killEvery: Number(values['kill-every']), deadlineMs: algorithm === 'fedavg' ? 3000 : 5000, timeoutMs: 20 * 60 * 1000, log: (l) => console.log(`[${algorithm}] ${l}`),
+    killEvery: Number(values['kill-every']),
+    deadlineMs: algorithm === 'fedavg' ? 3000 : 5000,
+    timeoutMs: 20 * 60 * 1000,
+    log: (l) => console.log(`[${algorithm}] ${l}`),
   });
   results.push(r);
   const c = r.checks;
@@ -42,5 +49,8 @@ for (const algorithm of values.algorithms!.split(',') as ('dflmoe' | 'fedavg')[]
   for (const p of r.problems) console.log(`[${algorithm}] problem: ${p}`);
 }
 mkdirSync('benchmarks/results', { recursive: true });
-writeFileSync(values.out!, JSON.stringify({ date: new Date().toISOString(), note: 'shared 2-core machine; other work ran at the same time', results }, null, 2) + '\n');
+writeFileSync(
+  values.out!,
+  JSON.stringify({ date: new Date().toISOString(), note: 'shared 2-core machine; other work ran at the same time', results }, null, 2) + '\n',
+);
 console.log(`wrote ${values.out}`);

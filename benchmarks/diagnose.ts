@@ -11,7 +11,15 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  DflmoePeer, applyFst, headLogits, initBackend, evaluateTask, preparePeerData, silentLogger, sharedInitSeed, type PeerData,
+  DflmoePeer,
+  applyFst,
+  headLogits,
+  initBackend,
+  evaluateTask,
+  preparePeerData,
+  silentLogger,
+  sharedInitSeed,
+  type PeerData,
 } from '@dflmoe/core/internal';
 import { capTrainPerSite, deriveSeed, federatedStandardizer, loadDataset, parsePartition, partition } from '@dflmoe/data/internal';
 
@@ -32,10 +40,18 @@ for (const c of cells) {
   splits = capTrainPerSite(splits, ds.labels, c.perSite, deriveSeed(seed, 'cap'));
   const st = federatedStandardizer(ds, splits);
   const datas: PeerData[] = splits.map((s) => preparePeerData(ds, s, st));
-  const peers = datas.map((data, i) => new DflmoePeer({
-    id: `site-${i}`, data, body: { kind: 'mlp' }, featureDim: 64, headHidden: [],
-    train: { epochs: 1, batchSize: 32, learningRate: 3e-3, seed: deriveSeed(seed, 'peer', i) }, initSeed: sharedInitSeed(seed, 'mlp'),
-  }));
+  const peers = datas.map(
+    (data, i) =>
+      new DflmoePeer({
+        id: `site-${i}`,
+        data,
+        body: { kind: 'mlp' },
+        featureDim: 64,
+        headHidden: [],
+        train: { epochs: 1, batchSize: 32, learningRate: 3e-3, seed: deriveSeed(seed, 'peer', i) },
+        initSeed: sharedInitSeed(seed, 'mlp'),
+      }),
+  );
   for (let r = 1; r <= ROUNDS; r++) {
     for (const p of peers) {
       p.startRound(r);
@@ -51,11 +67,13 @@ for (const c of cells) {
     const experts = p.experts().slice(1);
     const withFst = experts.map((e) => acc((z) => headLogits(e.head, e.fst ? applyFst(e.fst, z) : z)));
     const raw = experts.map((e) => acc((z) => headLogits(e.head, z)));
-    const moved = experts.map((e) => tf.tidy(() => {
-      const k = e.fst!.kernel;
-      const eye = k.rank === 1 ? tf.onesLike(k) : tf.eye(k.shape[0]);
-      return tf.norm(tf.sub(k, eye)).dataSync()[0] / tf.norm(eye).dataSync()[0];
-    }));
+    const moved = experts.map((e) =>
+      tf.tidy(() => {
+        const k = e.fst!.kernel;
+        const eye = k.rank === 1 ? tf.onesLike(k) : tf.eye(k.shape[0]);
+        return tf.norm(tf.sub(k, eye)).dataSync()[0] / tf.norm(eye).dataSync()[0];
+      }),
+    );
     const agree = tf.tidy(() => {
       const z = p.features(d.xTest, false);
       const m = tf.argMax(p.moeProbs(d.xTest), 1);
@@ -65,15 +83,27 @@ for (const c of cells) {
     // A received head at its home site (through no transform: its own body).
     const home = experts.map((e) => own[Number(e.id.split('-')[1])]);
     return {
-      site: p.id, moe: p.evaluate().accuracy, own: own[i], ownGate: gw[p.id], agree,
-      expertWithFst: mean(withFst), expertRaw: mean(raw), expertAtHome: mean(home), fstMoved: mean(moved),
+      site: p.id,
+      moe: p.evaluate().accuracy,
+      own: own[i],
+      ownGate: gw[p.id],
+      agree,
+      expertWithFst: mean(withFst),
+      expertRaw: mean(raw),
+      expertAtHome: mean(home),
+      fstMoved: mean(moved),
     };
   });
   const row = {
     cell: c.label,
-    moe: mean(sites.map((s) => s.moe)), own: mean(sites.map((s) => s.own)), ownGate: mean(sites.map((s) => s.ownGate)),
-    agree: mean(sites.map((s) => s.agree)), expertWithFst: mean(sites.map((s) => s.expertWithFst)),
-    expertRaw: mean(sites.map((s) => s.expertRaw)), expertAtHome: mean(sites.map((s) => s.expertAtHome)), fstMoved: mean(sites.map((s) => s.fstMoved)),
+    moe: mean(sites.map((s) => s.moe)),
+    own: mean(sites.map((s) => s.own)),
+    ownGate: mean(sites.map((s) => s.ownGate)),
+    agree: mean(sites.map((s) => s.agree)),
+    expertWithFst: mean(sites.map((s) => s.expertWithFst)),
+    expertRaw: mean(sites.map((s) => s.expertRaw)),
+    expertAtHome: mean(sites.map((s) => s.expertAtHome)),
+    fstMoved: mean(sites.map((s) => s.fstMoved)),
     sites,
   };
   out.push(row);
@@ -82,8 +112,10 @@ for (const c of cells) {
   datas.forEach((d) => tf.dispose([d.xTrain, d.yTrain, d.xTest, d.yTest]));
 }
 const pct = (x: unknown) => (100 * (x as number)).toFixed(1);
-let md = '| cell | mixture % | own head % | mixture agrees with own head | gate weight on own head | received expert through its FST % | received expert, no FST % | same head at its home site % | FST moved (rel. Frobenius) |\n|---|---|---|---|---|---|---|---|---|\n';
-for (const r of out) md += `| ${r.cell} | ${pct(r.moe)} | ${pct(r.own)} | ${pct(r.agree)}% | ${(r.ownGate as number).toFixed(3)} | ${pct(r.expertWithFst)} | ${pct(r.expertRaw)} | ${pct(r.expertAtHome)} | ${(r.fstMoved as number).toFixed(3)} |\n`;
+let md =
+  '| cell | mixture % | own head % | mixture agrees with own head | gate weight on own head | received expert through its FST % | received expert, no FST % | same head at its home site % | FST moved (rel. Frobenius) |\n|---|---|---|---|---|---|---|---|---|\n';
+for (const r of out)
+  md += `| ${r.cell} | ${pct(r.moe)} | ${pct(r.own)} | ${pct(r.agree)}% | ${(r.ownGate as number).toFixed(3)} | ${pct(r.expertWithFst)} | ${pct(r.expertRaw)} | ${pct(r.expertAtHome)} | ${(r.fstMoved as number).toFixed(3)} |\n`;
 mkdirSync('benchmarks/results', { recursive: true });
 writeFileSync('benchmarks/results/diagnose.json', JSON.stringify({ date: new Date().toISOString(), rounds: ROUNDS, cells: out }, null, 2) + '\n');
 writeFileSync('benchmarks/results/diagnose.md', md);

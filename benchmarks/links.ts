@@ -42,17 +42,31 @@ const save = () => {
 // ------------------------------------------------------------ 1. compression
 if (values.part === 'compression' || values.part === 'all') {
   const backend = await initBackend({ logger: silentLogger });
-  const cells: { dataset: string; peers: number }[] = [{ dataset: 'breast-cancer', peers: 4 }, { dataset: 'digits', peers: 4 }];
+  const cells: { dataset: string; peers: number }[] = [
+    { dataset: 'breast-cancer', peers: 4 },
+    { dataset: 'digits', peers: 4 },
+  ];
   const rows: Record<string, unknown>[] = [];
   for (const cell of cells) {
     const per: Record<Precision, { acc: number[]; bytes: number[]; headBytes: number }> = {
-      float32: { acc: [], bytes: [], headBytes: 0 }, float16: { acc: [], bytes: [], headBytes: 0 }, int8: { acc: [], bytes: [], headBytes: 0 },
+      float32: { acc: [], bytes: [], headBytes: 0 },
+      float16: { acc: [], bytes: [], headBytes: 0 },
+      int8: { acc: [], bytes: [], headBytes: 0 },
     };
     for (const seed of seeds) {
       for (const p of PRECISIONS) {
         const cfg: SimulationConfig = {
-          ...DEFAULT_SIMULATION, dataset: cell.dataset, peers: cell.peers, partition: 'dirichlet:0.3', rounds, seed, algorithms: ['dflmoe'],
-          bodies: ['mlp:128'], featureDim: 64, learningRate: 3e-3, headPrecision: p,
+          ...DEFAULT_SIMULATION,
+          dataset: cell.dataset,
+          peers: cell.peers,
+          partition: 'dirichlet:0.3',
+          rounds,
+          seed,
+          algorithms: ['dflmoe'],
+          bodies: ['mlp:128'],
+          featureDim: 64,
+          learningRate: 3e-3,
+          headPrecision: p,
         };
         const r = await simulate(cfg, { logger: silentLogger });
         const a = r.algorithms.dflmoe!;
@@ -71,10 +85,18 @@ if (values.part === 'compression' || values.part === 'all') {
     for (const p of PRECISIONS) {
       const diffs = per[p].acc.map((v, i) => 100 * (v - per.float32.acc[i]));
       const row = {
-        dataset: cell.dataset, peers: cell.peers, precision: p, seeds: seeds.length, rounds,
-        headBytes: per[p].headBytes, bytesRatio: per[p].headBytes / per.float32.headBytes,
-        paramBytes: paramBytes(p), paramBytesRatio: paramBytes(p) / paramBytes('float32'),
-        meanAccuracy: mean(per[p].acc), deltaPoints: mean(diffs), worstDeltaPoints: Math.min(...diffs),
+        dataset: cell.dataset,
+        peers: cell.peers,
+        precision: p,
+        seeds: seeds.length,
+        rounds,
+        headBytes: per[p].headBytes,
+        bytesRatio: per[p].headBytes / per.float32.headBytes,
+        paramBytes: paramBytes(p),
+        paramBytesRatio: paramBytes(p) / paramBytes('float32'),
+        meanAccuracy: mean(per[p].acc),
+        deltaPoints: mean(diffs),
+        worstDeltaPoints: Math.min(...diffs),
       };
       rows.push(row);
       console.log(
@@ -84,7 +106,11 @@ if (values.part === 'compression' || values.part === 'all') {
       );
     }
   }
-  out.compression = { backend: backend.name, settings: { partition: 'dirichlet:0.3', body: 'mlp:128', featureDim: 64, head: 'linear', lr: 3e-3, rounds, seeds }, rows };
+  out.compression = {
+    backend: backend.name,
+    settings: { partition: 'dirichlet:0.3', body: 'mlp:128', featureDim: 64, head: 'linear', lr: 3e-3, rounds, seeds },
+    rows,
+  };
   save();
 }
 

@@ -19,7 +19,10 @@ const id = loadIdentity(keyFile);
 const allow = [id.peerId, puller];
 const node = await createSiteNode({ privateKey: id.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow });
 const ex = new Libp2pHeadExchange(node, {
-  members: allow.map((peerId) => ({ peerId, addrs: [] })), maxHeadBytes: 64 * 1024 * 1024, logger: silentLogger, heartbeatMs: 60000,
+  members: allow.map((peerId) => ({ peerId, addrs: [] })),
+  maxHeadBytes: 64 * 1024 * 1024,
+  logger: silentLogger,
+  heartbeatMs: 60000,
 });
 await ex.register();
 let raw: Uint8Array = new Uint8Array(0);

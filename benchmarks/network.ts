@@ -85,12 +85,18 @@ for (const mib of [1, 10, 50]) {
   }
   const mb = bytes.length / 1e6;
   const row = {
-    mib, headMBps: mb / median(hs), pullMBps: mb / median(ps), rawMBps: mb / median(rs),
-    ratio: median(rs) / median(hs), pullRatio: median(rs) / median(ps),
+    mib,
+    headMBps: mb / median(hs),
+    pullMBps: mb / median(ps),
+    rawMBps: mb / median(rs),
+    ratio: median(rs) / median(hs),
+    pullRatio: median(rs) / median(ps),
   };
   transfer.push(row);
-  console.log(`${String(mib).padStart(2)} MiB: raw stream ${row.rawMBps.toFixed(0)} MB/s; head pull ${row.pullMBps.toFixed(0)} MB/s (pull/raw ${row.pullRatio.toFixed(2)}); ` +
-    `publish to inbox ${row.headMBps.toFixed(0)} MB/s (${row.ratio.toFixed(2)})`);
+  console.log(
+    `${String(mib).padStart(2)} MiB: raw stream ${row.rawMBps.toFixed(0)} MB/s; head pull ${row.pullMBps.toFixed(0)} MB/s (pull/raw ${row.pullRatio.toFixed(2)}); ` +
+      `publish to inbox ${row.headMBps.toFixed(0)} MB/s (${row.ratio.toFixed(2)})`,
+  );
 }
 for (const e of exs) await e.close();
 for (const n of nodes) await n.stop();
@@ -101,13 +107,18 @@ const pullerId = await generateIdentity();
 const keyDir = mkdtempSync(join(tmpdir(), 'dflmoe-bench-net-key-'));
 saveIdentity(join(keyDir, 'serve.key'), serverId.privateKey, true);
 const child = fork(fileURLToPath(new URL('./network-serve.ts', import.meta.url)), [join(keyDir, 'serve.key'), pullerId.peerId], {
-  execArgv: process.execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  execArgv: process.execArgv,
+  stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
 });
-const fromChild = () => new Promise<{ addr?: string; ready?: boolean }>((resolve) => child.once('message', (m) => resolve(m as { addr?: string; ready?: boolean })));
+const fromChild = () =>
+  new Promise<{ addr?: string; ready?: boolean }>((resolve) => child.once('message', (m) => resolve(m as { addr?: string; ready?: boolean })));
 const { addr } = await fromChild();
 const pullerNode = await createSiteNode({ privateKey: pullerId.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow: [serverId.peerId, pullerId.peerId] });
 const puller = new Libp2pHeadExchange(pullerNode, {
-  members: [serverId, pullerId].map((i) => ({ peerId: i.peerId, addrs: [] as string[] })), maxHeadBytes: 64 * 1024 * 1024, logger: quiet, heartbeatMs: 60000,
+  members: [serverId, pullerId].map((i) => ({ peerId: i.peerId, addrs: [] as string[] })),
+  maxHeadBytes: 64 * 1024 * 1024,
+  logger: quiet,
+  heartbeatMs: 60000,
 });
 await puller.register();
 await pullerNode.start();
@@ -138,7 +149,9 @@ for (const mib of [1, 10, 50]) {
   const mb = (mib * 1024 * 1024) / 1e6;
   const row = { mib, pullMBps: mb / median(ps), rawMBps: mb / median(rs), pullRatio: median(rs) / median(ps) };
   twoProcess.push(row);
-  console.log(`${String(mib).padStart(2)} MiB, two processes: raw stream ${row.rawMBps.toFixed(0)} MB/s; head pull ${row.pullMBps.toFixed(0)} MB/s (pull/raw ${row.pullRatio.toFixed(2)})`);
+  console.log(
+    `${String(mib).padStart(2)} MiB, two processes: raw stream ${row.rawMBps.toFixed(0)} MB/s; head pull ${row.pullMBps.toFixed(0)} MB/s (pull/raw ${row.pullRatio.toFixed(2)})`,
+  );
 }
 child.send({ stop: true });
 await puller.close();
@@ -149,7 +162,10 @@ await initBackend({ logger: quiet });
 function headBytes(featureDim: number, classes: number): number {
   const spec = { inputDim: featureDim, hidden: [], outputDim: classes };
   const h = createHead(spec, 1);
-  const b = encodeHead({ spec, version: 1, peer: ids[0].peerId }, h.map((l) => ({ kernel: l.kernel.dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array })));
+  const b = encodeHead(
+    { spec, version: 1, peer: ids[0].peerId },
+    h.map((l) => ({ kernel: l.kernel.dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array })),
+  );
   h.forEach((l) => tf.dispose([l.kernel, l.bias]));
   return b.length;
 }
@@ -160,7 +176,14 @@ function modelBytes(dataset: string, body: string): number {
   const split = partition(ds.labels, ds.classNames.length, 1, 'iid', { seed: 1 })[0];
   const data = preparePeerData(ds, split);
   const [kind, arg] = body.split(':');
-  const c = new FedAvgClient({ id: 'x', data, body: kind === 'mlp' ? { kind, hidden: arg?.split('x').map(Number) } : { kind: 'cnn' }, featureDim: 64, headHidden: [], train: {} });
+  const c = new FedAvgClient({
+    id: 'x',
+    data,
+    body: kind === 'mlp' ? { kind, hidden: arg?.split('x').map(Number) } : { kind: 'cnn' },
+    featureDim: 64,
+    headHidden: [],
+    train: {},
+  });
   const n = c.encodeModel(1).length;
   c.dispose();
   return n;
@@ -176,7 +199,9 @@ const sizes = [
 });
 console.log('\nbytes per peer per round (N peers): dFLMoE sends its head to N-1 peers; FedAvg uploads and downloads the model');
 for (const s of sizes) {
-  console.log(`${s.dataset} ${s.body}: head ${s.headBytes} B, model ${s.modelBytes} B -> N=4: dFLMoE ${(3 * s.headBytes / 1024).toFixed(1)} KiB, FedAvg ${(2 * s.modelBytes / 1024).toFixed(1)} KiB; N=10: dFLMoE ${(9 * s.headBytes / 1024).toFixed(1)} KiB, FedAvg ${(2 * s.modelBytes / 1024).toFixed(1)} KiB`);
+  console.log(
+    `${s.dataset} ${s.body}: head ${s.headBytes} B, model ${s.modelBytes} B -> N=4: dFLMoE ${((3 * s.headBytes) / 1024).toFixed(1)} KiB, FedAvg ${((2 * s.modelBytes) / 1024).toFixed(1)} KiB; N=10: dFLMoE ${((9 * s.headBytes) / 1024).toFixed(1)} KiB, FedAvg ${((2 * s.modelBytes) / 1024).toFixed(1)} KiB`,
+  );
 }
 
 // ------------------------------------------------------------ 3. network vs training time
@@ -186,11 +211,25 @@ const files = await writeConsortium({ dir, algorithm: 'dflmoe', sim, deadlineMs:
 const t0 = performance.now();
 await runConsortium(files, 300000);
 const wall = (performance.now() - t0) / 1000;
-const lines: RoundLine[] = files.sites.flatMap((s) => readFileSync(join(s.out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)));
+const lines: RoundLine[] = files.sites.flatMap((s) =>
+  readFileSync(join(s.out, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l)),
+);
 const mean = (k: keyof RoundLine) => lines.reduce((a, l) => a + (l[k] as number), 0) / lines.length;
-const timing = { rounds: lines.length, seconds: mean('seconds'), trainSeconds: mean('trainSeconds'), waitSeconds: mean('waitSeconds'), networkSeconds: mean('networkSeconds'), wallSeconds: wall };
-console.log(`\n4-site dFLMoE round over TCP (breast-cancer, mean of ${lines.length} site-rounds): ${timing.seconds.toFixed(3)} s per round, ` +
-  `training ${timing.trainSeconds.toFixed(3)} s, waiting for heads ${timing.waitSeconds.toFixed(3)} s, moving head bytes ${timing.networkSeconds.toFixed(3)} s; whole run ${wall.toFixed(1)} s with process start`);
+const timing = {
+  rounds: lines.length,
+  seconds: mean('seconds'),
+  trainSeconds: mean('trainSeconds'),
+  waitSeconds: mean('waitSeconds'),
+  networkSeconds: mean('networkSeconds'),
+  wallSeconds: wall,
+};
+console.log(
+  `\n4-site dFLMoE round over TCP (breast-cancer, mean of ${lines.length} site-rounds): ${timing.seconds.toFixed(3)} s per round, ` +
+    `training ${timing.trainSeconds.toFixed(3)} s, waiting for heads ${timing.waitSeconds.toFixed(3)} s, moving head bytes ${timing.networkSeconds.toFixed(3)} s; whole run ${wall.toFixed(1)} s with process start`,
+);
 
 mkdirSync(dirname(values.out!), { recursive: true });
 writeFileSync(values.out!, JSON.stringify({ date: new Date().toISOString(), node: process.version, transfer, twoProcess, sizes, timing }, null, 2) + '\n');

@@ -17,9 +17,7 @@ import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
-import {
-  createOptimizer, selectBackend, setWasmFastMatMul, setWasmFastPoolGrad, setWasmMatMulSwap, stockWasmKernels,
-} from '@dflmoe/core/internal';
+import { createOptimizer, selectBackend, setWasmFastMatMul, setWasmFastPoolGrad, setWasmMatMulSwap, stockWasmKernels } from '@dflmoe/core/internal';
 import { Rng } from '@dflmoe/data/internal';
 
 const { values } = parseArgs({
@@ -102,8 +100,19 @@ function build(kind: Workload): tfl.LayersModel {
 
 function batchOf(rng: Rng, shape: number[]): { x: tf.Tensor; y: tf.Tensor } {
   const n = shape.reduce((a, b) => a * b, 1);
-  const x = tf.tensor(Float32Array.from({ length: n }, () => rng.uniform()), shape);
-  const y = tf.tidy(() => tf.oneHot(tf.tensor1d(Int32Array.from({ length: shape[0]! }, () => rng.int(10)), 'int32'), 10));
+  const x = tf.tensor(
+    Float32Array.from({ length: n }, () => rng.uniform()),
+    shape,
+  );
+  const y = tf.tidy(() =>
+    tf.oneHot(
+      tf.tensor1d(
+        Int32Array.from({ length: shape[0]! }, () => rng.int(10)),
+        'int32',
+      ),
+      10,
+    ),
+  );
   return { x, y };
 }
 
@@ -215,10 +224,15 @@ for (let r = 0; r < repeats; r++) {
   const t = skipped ? undefined : torchSide();
   if (t) torchVersion = t.torch;
   runs.push({
-    dflmoe: d.wall, ...(previous ? { previous: previous.wall } : {}), ...(stock ? { tfjs: stock.wall } : {}), ...(t ? { torch: { dense: t.dense, cnn: t.cnn, fedavg: t.fedavg } } : {}),
+    dflmoe: d.wall,
+    ...(previous ? { previous: previous.wall } : {}),
+    ...(stock ? { tfjs: stock.wall } : {}),
+    ...(t ? { torch: { dense: t.dense, cnn: t.cnn, fedavg: t.fedavg } } : {}),
     cpu: { dflmoe: d.cpu, ...(previous ? { previous: previous.cpu } : {}), ...(stock ? { tfjs: stock.cpu } : {}), ...(t ? { torch: t.cpu } : {}) },
   });
-  const line = WORKLOADS.map((w) => `${w} ${d.wall[w].toFixed(0)}${t ? ` / ${t[w].toFixed(0)} = ${(d.wall[w] / t[w]).toFixed(2)} (CPU ${(d.cpu[w] / t.cpu[w]).toFixed(2)})` : ''}`).join('   ');
+  const line = WORKLOADS.map(
+    (w) => `${w} ${d.wall[w].toFixed(0)}${t ? ` / ${t[w].toFixed(0)} = ${(d.wall[w] / t[w]).toFixed(2)} (CPU ${(d.cpu[w] / t.cpu[w]).toFixed(2)})` : ''}`,
+  ).join('   ');
   console.log(`repeat ${r + 1}: samples/s dflmoe${t ? ' / PyTorch 1 thread (ratio per CPU second)' : ''}: ${line}`);
 }
 type Run = (typeof runs)[number];
@@ -227,23 +241,56 @@ const med = (pick: (r: Run) => number | undefined) => {
   return xs.length ? median(xs) : undefined;
 };
 const ratio = (a?: number, b?: number) => (a !== undefined && b !== undefined ? a / b : undefined);
-const summary = Object.fromEntries(WORKLOADS.map((w) => [w, {
-  dflmoe: med((r) => r.dflmoe[w])!, previous: med((r) => r.previous?.[w]), tfjs: med((r) => r.tfjs?.[w]), torch: med((r) => r.torch?.[w]),
-  ratio: med((r) => ratio(r.dflmoe[w], r.torch?.[w])), previousRatio: med((r) => ratio(r.previous?.[w], r.torch?.[w])),
-  cpuRatio: med((r) => ratio(r.cpu.dflmoe[w], r.cpu.torch?.[w])), cpuPreviousRatio: med((r) => ratio(r.cpu.previous?.[w], r.cpu.torch?.[w])),
-}])) as Record<Workload, Record<'previous' | 'tfjs' | 'torch' | 'ratio' | 'previousRatio' | 'cpuRatio' | 'cpuPreviousRatio', number | undefined> & { dflmoe: number }>;
+const summary = Object.fromEntries(
+  WORKLOADS.map((w) => [
+    w,
+    {
+      dflmoe: med((r) => r.dflmoe[w])!,
+      previous: med((r) => r.previous?.[w]),
+      tfjs: med((r) => r.tfjs?.[w]),
+      torch: med((r) => r.torch?.[w]),
+      ratio: med((r) => ratio(r.dflmoe[w], r.torch?.[w])),
+      previousRatio: med((r) => ratio(r.previous?.[w], r.torch?.[w])),
+      cpuRatio: med((r) => ratio(r.cpu.dflmoe[w], r.cpu.torch?.[w])),
+      cpuPreviousRatio: med((r) => ratio(r.cpu.previous?.[w], r.cpu.torch?.[w])),
+    },
+  ]),
+) as Record<
+  Workload,
+  Record<'previous' | 'tfjs' | 'torch' | 'ratio' | 'previousRatio' | 'cpuRatio' | 'cpuPreviousRatio', number | undefined> & { dflmoe: number }
+>;
 for (const w of WORKLOADS) {
   const s = summary[w];
-  console.log(`${w.padEnd(7)} dflmoe ${s.dflmoe.toFixed(0).padStart(6)} samples/s`
-    + (s.previous ? ` (before ${s.previous.toFixed(0)}, tfjs's kernels ${s.tfjs!.toFixed(0)})` : '')
-    + (s.torch ? `   PyTorch ${s.torch.toFixed(0).padStart(6)}   ratio ${s.ratio!.toFixed(2)}${s.previousRatio ? ` (before ${s.previousRatio.toFixed(2)})` : ''}`
-      + `, per CPU second ${s.cpuRatio!.toFixed(2)}${s.cpuPreviousRatio ? ` (before ${s.cpuPreviousRatio.toFixed(2)})` : ''} (medians of per-repeat ratios)` : ''));
+  console.log(
+    `${w.padEnd(7)} dflmoe ${s.dflmoe.toFixed(0).padStart(6)} samples/s` +
+      (s.previous ? ` (before ${s.previous.toFixed(0)}, tfjs's kernels ${s.tfjs!.toFixed(0)})` : '') +
+      (s.torch
+        ? `   PyTorch ${s.torch.toFixed(0).padStart(6)}   ratio ${s.ratio!.toFixed(2)}${s.previousRatio ? ` (before ${s.previousRatio.toFixed(2)})` : ''}` +
+          `, per CPU second ${s.cpuRatio!.toFixed(2)}${s.cpuPreviousRatio ? ` (before ${s.cpuPreviousRatio.toFixed(2)})` : ''} (medians of per-repeat ratios)`
+        : ''),
+  );
 }
 mkdirSync(dirname(values.out!), { recursive: true });
-writeFileSync(values.out!, JSON.stringify({
-  date: new Date().toISOString(), node: process.version, cpus: (await import('node:os')).cpus().length,
-  backend: backend.name, stockKernels: stockWasmKernels(), torch: torchVersion ?? null, skipped: skipped ?? null,
-  load: (await import('node:os')).loadavg(), seconds, repeats, fedavgCell: { sites: SITES, perSite: PER_SITE, model: 'MLP 784-128-64-10', batch: 32, optimizer: 'adam 1e-3' },
-  summary, runs,
-}, null, 2) + '\n');
+writeFileSync(
+  values.out!,
+  JSON.stringify(
+    {
+      date: new Date().toISOString(),
+      node: process.version,
+      cpus: (await import('node:os')).cpus().length,
+      backend: backend.name,
+      stockKernels: stockWasmKernels(),
+      torch: torchVersion ?? null,
+      skipped: skipped ?? null,
+      load: (await import('node:os')).loadavg(),
+      seconds,
+      repeats,
+      fedavgCell: { sites: SITES, perSite: PER_SITE, model: 'MLP 784-128-64-10', batch: 32, optimizer: 'adam 1e-3' },
+      summary,
+      runs,
+    },
+    null,
+    2,
+  ) + '\n',
+);
 console.log(`wrote ${values.out}`);

@@ -13,9 +13,21 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { simulate, type SimulationConfig } from '@dflmoe/core';
 
-const { values } = parseArgs({ options: { dataset: { type: 'string', default: 'digits' }, rounds: { type: 'string', default: '10' }, out: { type: 'string', default: 'benchmarks/results/poisoning.json' } } });
+const { values } = parseArgs({
+  options: {
+    dataset: { type: 'string', default: 'digits' },
+    rounds: { type: 'string', default: '10' },
+    out: { type: 'string', default: 'benchmarks/results/poisoning.json' },
+  },
+});
 const quiet = silentLogger;
-const base: Partial<SimulationConfig> & { dataset: string } = { dataset: values.dataset!, peers: 5, partition: 'dirichlet:0.5', rounds: Number(values.rounds), seed: 1 };
+const base: Partial<SimulationConfig> & { dataset: string } = {
+  dataset: values.dataset!,
+  peers: 5,
+  partition: 'dirichlet:0.5',
+  rounds: Number(values.rounds),
+  seed: 1,
+};
 const cases: { name: string; cfg: Partial<SimulationConfig> }[] = [
   { name: 'no attacker', cfg: { poisoned: 0 } },
   { name: '1 of 5 random heads', cfg: { poisoned: 1, poisonKind: 'random' } },
@@ -41,11 +53,21 @@ for (const c of cases) {
     ? r.algorithms.dflmoe!.peers.filter((p) => honestIds.includes(p.id)).reduce((s, p) => s + (p.gateWeights?.[attacker] ?? 0), 0) / honestIds.length
     : undefined;
   const refused = r.algorithms.dflmoe!.peers.filter((p) => honestIds.includes(p.id)).reduce((s, p) => s + (p.rejectedHeads?.admission ?? 0), 0);
-  const row = { case: c.name, dflmoe: honestMean('dflmoe'), fedavg: honestMean('fedavg'), local: honestMean('local'), attackerGateWeight: gate, refusedByAdmission: refused };
+  const row = {
+    case: c.name,
+    dflmoe: honestMean('dflmoe'),
+    fedavg: honestMean('fedavg'),
+    local: honestMean('local'),
+    attackerGateWeight: gate,
+    refusedByAdmission: refused,
+  };
   rows.push(row);
   const f = (x?: number) => (x === undefined ? '   -  ' : `${(100 * x).toFixed(2)}%`);
-  console.log(`${c.name.padEnd(38)} honest mean accuracy: dFLMoE ${f(row.dflmoe)}  FedAvg ${f(row.fedavg)}  local ${f(row.local)}` +
-    (gate !== undefined ? `  gate weight on the attacker ${gate.toFixed(3)}` : '') + (c.cfg.admission ? `  heads refused ${refused}` : ''));
+  console.log(
+    `${c.name.padEnd(38)} honest mean accuracy: dFLMoE ${f(row.dflmoe)}  FedAvg ${f(row.fedavg)}  local ${f(row.local)}` +
+      (gate !== undefined ? `  gate weight on the attacker ${gate.toFixed(3)}` : '') +
+      (c.cfg.admission ? `  heads refused ${refused}` : ''),
+  );
 }
 
 // Shared bodies: 1 of 10 members sends random or sign-flipped bodies; each combiner. dFLMoE with shared bodies
@@ -54,13 +76,26 @@ const bodyBase: Partial<SimulationConfig> & { dataset: string } = { ...base, pee
 const bodyRows = [];
 for (const attack of ['none', 'random', 'sign-flip'] as const) {
   for (const bodyCombiner of ['mean', 'median', 'trimmed:0.1']) {
-    const r = await simulate({
-      ...bodyBase, algorithms: ['dflmoe', 'fedrep-p2p'], bodyCombiner, ...(attack === 'none' ? { poisoned: 0 } : { poisoned: 1, poisonKind: attack }),
-    }, { logger: quiet });
+    const r = await simulate(
+      {
+        ...bodyBase,
+        algorithms: ['dflmoe', 'fedrep-p2p'],
+        bodyCombiner,
+        ...(attack === 'none' ? { poisoned: 0 } : { poisoned: 1, poisonKind: attack }),
+      },
+      { logger: quiet },
+    );
     const honest = (alg: 'dflmoe' | 'fedrep-p2p') => r.algorithms[alg]!.peers.slice(0, 9).reduce((a, x) => a + x.accuracy, 0) / 9;
-    const row = { attack: attack === 'none' ? 'no attacker' : `1 of 10 ${attack} bodies`, combiner: bodyCombiner, dflmoe: honest('dflmoe'), fedrepP2p: honest('fedrep-p2p') };
+    const row = {
+      attack: attack === 'none' ? 'no attacker' : `1 of 10 ${attack} bodies`,
+      combiner: bodyCombiner,
+      dflmoe: honest('dflmoe'),
+      fedrepP2p: honest('fedrep-p2p'),
+    };
     bodyRows.push(row);
-    console.log(`shared bodies, ${row.attack.padEnd(24)} ${bodyCombiner.padEnd(12)} honest mean accuracy: dFLMoE+body ${(100 * row.dflmoe).toFixed(2)}%  fedrep-p2p ${(100 * row.fedrepP2p).toFixed(2)}%`);
+    console.log(
+      `shared bodies, ${row.attack.padEnd(24)} ${bodyCombiner.padEnd(12)} honest mean accuracy: dFLMoE+body ${(100 * row.dflmoe).toFixed(2)}%  fedrep-p2p ${(100 * row.fedrepP2p).toFixed(2)}%`,
+    );
   }
 }
 mkdirSync('benchmarks/results', { recursive: true });

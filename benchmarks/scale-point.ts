@@ -12,9 +12,17 @@ import { simulate, silentLogger } from '@dflmoe/core';
 
 const { values } = parseArgs({
   options: {
-    dataset: { type: 'string' }, peers: { type: 'string' }, rounds: { type: 'string', default: '10' }, 'max-experts': { type: 'string', default: '0' },
-    partition: { type: 'string', default: 'dirichlet:0.5' }, body: { type: 'string', default: 'mlp:64' }, 'feature-dim': { type: 'string', default: '32' },
-    'min-size': { type: 'string', default: '20' }, fedavg: { type: 'boolean', default: false }, local: { type: 'boolean', default: false }, lr: { type: 'string', default: '1e-3' },
+    dataset: { type: 'string' },
+    peers: { type: 'string' },
+    rounds: { type: 'string', default: '10' },
+    'max-experts': { type: 'string', default: '0' },
+    partition: { type: 'string', default: 'dirichlet:0.5' },
+    body: { type: 'string', default: 'mlp:64' },
+    'feature-dim': { type: 'string', default: '32' },
+    'min-size': { type: 'string', default: '20' },
+    fedavg: { type: 'boolean', default: false },
+    local: { type: 'boolean', default: false },
+    lr: { type: 'string', default: '1e-3' },
   },
 });
 const peers = Number(values.peers);
@@ -28,26 +36,44 @@ const cpuNow = () => {
 };
 const run = async (algorithms: ('dflmoe' | 'fedavg' | 'local')[]) => {
   const c0 = cpuNow();
-  const res = await simulate({
-    dataset: values.dataset!, peers, rounds, partition: values.partition!, algorithms,
-    bodies: [values.body!], featureDim: Number(values['feature-dim']), minSize: Number(values['min-size']), maxExperts, learningRate: Number(values.lr),
-  }, { logger: silentLogger, onRound: (alg) => cpuAt.set(alg, [...(cpuAt.get(alg) ?? []), cpuNow()]) });
+  const res = await simulate(
+    {
+      dataset: values.dataset!,
+      peers,
+      rounds,
+      partition: values.partition!,
+      algorithms,
+      bodies: [values.body!],
+      featureDim: Number(values['feature-dim']),
+      minSize: Number(values['min-size']),
+      maxExperts,
+      learningRate: Number(values.lr),
+    },
+    { logger: silentLogger, onRound: (alg) => cpuAt.set(alg, [...(cpuAt.get(alg) ?? []), cpuNow()]) },
+  );
   return { res, cpuSeconds: cpuNow() - c0 };
 };
 const main = await run(values.fedavg ? ['dflmoe', 'fedavg'] : ['dflmoe']);
 // Local-only in a simulation of its own, so that its CPU seconds (the whole call: sites, rounds, pooled accuracy) are its own.
 const local = values.local ? await run(['local']) : undefined;
-const out = Object.fromEntries([main, ...(local ? [local] : [])].flatMap(({ res, cpuSeconds }) => Object.entries(res.algorithms).map(([name, a]) => [name, {
-  secondsPerRound: a!.wallSeconds / rounds,
-  cpuSecondsPerRound: rounds > 1 ? (cpuAt.get(name)!.at(-1)! - cpuAt.get(name)![0]) / (rounds - 1) : undefined,
-  // CPU seconds of the whole simulate call (with FedAvg, dFLMoE's includes it).
-  cpuSeconds,
-  bytesPerSiteRound: a!.bytesSent / (peers * rounds),
-  accuracy: a!.accuracy.mean,
-  // Experts each site mixes at the end (own head included).
-  expertsPerSite: name === 'dflmoe' ? a!.peers.reduce((s, p) => s + Object.keys(p.gateWeights ?? {}).length, 0) / peers : undefined,
-  rounds: a!.rounds.length,
-}])));
+const out = Object.fromEntries(
+  [main, ...(local ? [local] : [])].flatMap(({ res, cpuSeconds }) =>
+    Object.entries(res.algorithms).map(([name, a]) => [
+      name,
+      {
+        secondsPerRound: a!.wallSeconds / rounds,
+        cpuSecondsPerRound: rounds > 1 ? (cpuAt.get(name)!.at(-1)! - cpuAt.get(name)![0]) / (rounds - 1) : undefined,
+        // CPU seconds of the whole simulate call (with FedAvg, dFLMoE's includes it).
+        cpuSeconds,
+        bytesPerSiteRound: a!.bytesSent / (peers * rounds),
+        accuracy: a!.accuracy.mean,
+        // Experts each site mixes at the end (own head included).
+        expertsPerSite: name === 'dflmoe' ? a!.peers.reduce((s, p) => s + Object.keys(p.gateWeights ?? {}).length, 0) / peers : undefined,
+        rounds: a!.rounds.length,
+      },
+    ]),
+  ),
+);
 // This process's own high-water mark (getrusage's maxRSS would carry the parent's over fork and exec).
 const hwm = /^VmHWM:\s+(\d+)\s+kB/m.exec(readFileSync('/proc/self/status', 'utf8'));
 console.log(JSON.stringify({ peers, rounds, maxExperts, peakRssMiB: hwm ? Number(hwm[1]) / 1024 : process.resourceUsage().maxRSS / 1024, ...out }));

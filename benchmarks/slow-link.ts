@@ -27,8 +27,18 @@ export async function slowLinkRun(o: SlowLinkOptions) {
   for (const precision of o.precisions ?? (['float32', 'float16'] as Precision[])) {
     const dir = mkdtempSync(join(tmpdir(), `dflmoe-slow-${precision}-`));
     const sim: SimulationConfig = {
-      ...DEFAULT_SIMULATION, dataset: 'digits', peers: 4, rounds, partition: 'dirichlet:0.5', seed: o.seed ?? 1, algorithms: ['dflmoe'],
-      bodies: ['mlp:128'], featureDim: 128, headHidden: [256], learningRate: 3e-3, headPrecision: precision,
+      ...DEFAULT_SIMULATION,
+      dataset: 'digits',
+      peers: 4,
+      rounds,
+      partition: 'dirichlet:0.5',
+      seed: o.seed ?? 1,
+      algorithms: ['dflmoe'],
+      bodies: ['mlp:128'],
+      featureDim: 128,
+      headHidden: [256],
+      learningRate: 3e-3,
+      headPrecision: precision,
     };
     const files = await writeConsortium({ dir, algorithm: 'dflmoe', sim, deadlineMs: 30000, lingerMs: 5000 });
     const links = await emulateLinks(files, { ...SLOW_LINK, forceResets: 0, seed: o.seed ?? 1 }, (cfg, i) => {
@@ -50,7 +60,11 @@ export async function slowLinkRun(o: SlowLinkOptions) {
     const deadlines = later.map((l) => l.deadlineMs ?? 0);
     const headBytes = res.reduce((a, r) => a + r.bytesSent, 0) / (rounds * 4 * 3);
     const row = {
-      precision, rounds, sites: 4, wallSeconds: wall, linkStats: links.stats(),
+      precision,
+      rounds,
+      sites: 4,
+      wallSeconds: wall,
+      linkStats: links.stats(),
       roundsCompleted: Math.min(...res.map((r) => r.rounds.length)),
       siteRounds: later.length,
       allHeadsWithinDeadline: complete.length,
@@ -69,5 +83,9 @@ export async function slowLinkRun(o: SlowLinkOptions) {
         `${row.linkStats.connections} connections, ${row.linkStats.resets} reset; accuracy ${(100 * row.meanAccuracy).toFixed(2)}%; ${wall.toFixed(0)} s`,
     );
   }
-  return { link: SLOW_LINK, settings: { dataset: 'digits', body: 'mlp:128', featureDim: 128, headHidden: [256], deadlineMs: 30000, minDeadlineMs: 2000, adaptive: true }, runs };
+  return {
+    link: SLOW_LINK,
+    settings: { dataset: 'digits', body: 'mlp:128', featureDim: 128, headHidden: [256], deadlineMs: 30000, minDeadlineMs: 2000, adaptive: true },
+    runs,
+  };
 }

@@ -30,14 +30,37 @@ import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as tfl from '@tensorflow/tfjs-layers';
 import {
-  DEFAULT_ALGORITHM_OPTIONS, DEFAULT_SIMULATION, DflmoePeer, Gate, LocalPeer, RowAdam, StatusBoard, createHead, decodeHead, encodeHead, initBackend, moeForwardStacked,
-  moeLoss, preparePeerData, silentLogger, simulate, tf, type StackedExperts,
+  DEFAULT_ALGORITHM_OPTIONS,
+  DEFAULT_SIMULATION,
+  DflmoePeer,
+  Gate,
+  LocalPeer,
+  RowAdam,
+  StatusBoard,
+  createHead,
+  decodeHead,
+  encodeHead,
+  initBackend,
+  moeForwardStacked,
+  moeLoss,
+  preparePeerData,
+  silentLogger,
+  simulate,
+  tf,
+  type StackedExperts,
 } from '@dflmoe/core/internal';
 import { LiveServer } from '@dflmoe/live';
 import { makeSynthetic, partition } from '@dflmoe/data/internal';
 import { runConsortium, writeConsortium } from '@dflmoe/cli/internal';
 import {
-  HEAD_PROTOCOL, HeadRequest, HeadResponse, createSiteNode, loopbackMembers, readFrames, writeFrames, type PeerRunResult,
+  HEAD_PROTOCOL,
+  HeadRequest,
+  HeadResponse,
+  createSiteNode,
+  loopbackMembers,
+  readFrames,
+  writeFrames,
+  type PeerRunResult,
   type RoundLine,
 } from '@dflmoe/p2p/internal';
 
@@ -115,15 +138,29 @@ if (parts.has('overhead')) {
     return (epochs * n) / sec;
   };
 
-  const opts = { data, body: { kind: 'mlp' as const, hidden: [256] }, featureDim: 64, headHidden: [], train: { epochs, batchSize: batch, learningRate: 1e-3, seed: 1 } };
+  const opts = {
+    data,
+    body: { kind: 'mlp' as const, hidden: [256] },
+    featureDim: 64,
+    headHidden: [],
+    train: { epochs, batchSize: batch, learningRate: 1e-3, seed: 1 },
+  };
   const ours = async (kind: 'local' | 'dflmoe' | 'per-expert'): Promise<number> => {
-    const p = kind === 'local' ? new LocalPeer({ id: 'a', ...opts }) : new DflmoePeer({ id: 'a', ...opts, mixture: kind === 'dflmoe' ? 'batched' : 'per-expert' });
+    const p =
+      kind === 'local' ? new LocalPeer({ id: 'a', ...opts }) : new DflmoePeer({ id: 'a', ...opts, mixture: kind === 'dflmoe' ? 'batched' : 'per-expert' });
     if (p instanceof DflmoePeer) {
       // Nine received experts, as in a 10-site consortium.
       for (let k = 0; k < 9; k++) {
         const spec = { inputDim: 64, hidden: [], outputDim: 10 };
         const h = createHead(spec, 100 + k);
-        p.receiveHead(encodeHead({ spec, version: 1, peer: `e${k}` }, h.map((l) => ({ kernel: l.kernel.dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array }))), `e${k}`, 1);
+        p.receiveHead(
+          encodeHead(
+            { spec, version: 1, peer: `e${k}` },
+            h.map((l) => ({ kernel: l.kernel.dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array })),
+          ),
+          `e${k}`,
+          1,
+        );
         h.forEach((l) => tf.dispose([l.kernel, l.bias]));
       }
     }
@@ -151,9 +188,11 @@ if (parts.has('overhead')) {
     dflmoeVsLocal: paired(runs.local, runs.dflmoe9),
     perExpertVsLocal: paired(runs.local, runs.perExpert9),
   };
-  console.log(`training samples per CPU second (mlp 256-256-64-10, batch ${batch}, median of 5): bare tfjs loop ${throughput.bare.toFixed(0)}, our local round ${throughput.local.toFixed(0)} ` +
-    `(bare/ours ${ratios.localVsBare.toFixed(2)}), dFLMoE round with 9 experts ${throughput.dflmoe9.toFixed(0)} (bare/ours ${ratios.dflmoeVsBare.toFixed(2)}; ` +
-    `dFLMoE/local ${ratios.dflmoeVsLocal.toFixed(2)}), per-expert path ${throughput.perExpert9.toFixed(0)} (per-expert/local ${ratios.perExpertVsLocal.toFixed(2)})`);
+  console.log(
+    `training samples per CPU second (mlp 256-256-64-10, batch ${batch}, median of 5): bare tfjs loop ${throughput.bare.toFixed(0)}, our local round ${throughput.local.toFixed(0)} ` +
+      `(bare/ours ${ratios.localVsBare.toFixed(2)}), dFLMoE round with 9 experts ${throughput.dflmoe9.toFixed(0)} (bare/ours ${ratios.dflmoeVsBare.toFixed(2)}; ` +
+      `dFLMoE/local ${ratios.dflmoeVsLocal.toFixed(2)}), per-expert path ${throughput.perExpert9.toFixed(0)} (per-expert/local ${ratios.perExpertVsLocal.toFixed(2)})`,
+  );
   save('overhead', { throughput, ratios, runs });
 }
 
@@ -172,7 +211,9 @@ if (parts.has('codec')) {
   for (let i = 0; i < 3; i++) decodeHead(enc, big, { maxBytes: 1 << 30 });
   const decSec = (performance.now() - td) / 3000;
   const codec = { headMB: enc.length / 1e6, encodeMBps: enc.length / 1e6 / encSec, decodeMBps: enc.length / 1e6 / decSec };
-  console.log(`head codec (${codec.headMB.toFixed(1)} MB head): encode ${codec.encodeMBps.toFixed(0)} MB/s, decode with checks ${codec.decodeMBps.toFixed(0)} MB/s`);
+  console.log(
+    `head codec (${codec.headMB.toFixed(1)} MB head): encode ${codec.encodeMBps.toFixed(0)} MB/s, decode with checks ${codec.decodeMBps.toFixed(0)} MB/s`,
+  );
   save('codec', codec);
 }
 
@@ -195,21 +236,34 @@ async function moeStepSeconds(K: number, d: number, classes: number, B: number, 
   };
   const slots = { kernel: tf.variable(tf.zeros([32, R])) as unknown as tf.Tensor2D, bias: tf.variable(tf.zeros([R])) as unknown as tf.Tensor1D };
   const packedVars = [slots.kernel, slots.bias, stacked.fst!.kernel, stacked.fst!.bias] as unknown as tf.Variable[];
-  const adam = new RowAdam(1e-3, packedVars, [1, 0, 0, 0], Array.from({ length: R }, () => ({ steps: 0, acc1: Math.fround(0.9), acc2: Math.fround(0.999) })),
-    packedVars.map((v) => tf.zerosLike(v)), packedVars.map((v) => tf.zerosLike(v)));
+  const adam = new RowAdam(
+    1e-3,
+    packedVars,
+    [1, 0, 0, 0],
+    Array.from({ length: R }, () => ({ steps: 0, acc1: Math.fround(0.9), acc2: Math.fround(0.999) })),
+    packedVars.map((v) => tf.zerosLike(v)),
+    packedVars.map((v) => tf.zerosLike(v)),
+  );
   const own = tf.train.adam(1e-3);
   const ownVars = [...ownHead.flatMap((l) => [l.kernel, l.bias]), ...gate.sharedVariables()];
   const z = tf.randomNormal([B, d], 0, 1, 'float32', 1) as tf.Tensor2D;
-  const y = tf.oneHot(tf.tensor1d(Array.from({ length: B }, (_, i) => i % classes), 'int32'), classes) as tf.Tensor2D;
-  const step = () => tf.tidy(() => {
-    const { value, grads } = tf.variableGrads(() => {
-      const { probs, logits } = moeForwardStacked(z, ownHead, stacked, gate, slots);
-      return moeLoss(tf.reshape(tf.slice(logits, [0, 0, 0], [-1, 1, -1]), [B, classes]) as tf.Tensor2D, probs, y, 0.2);
-    }, [...ownVars, ...packedVars]);
-    own.applyGradients(ownVars.map((v) => ({ name: v.name, tensor: grads[v.name] })));
-    adam.applyGradients(packedVars.map((v) => ({ name: v.name, tensor: grads[v.name] })));
-    value.dataSync();
-  });
+  const y = tf.oneHot(
+    tf.tensor1d(
+      Array.from({ length: B }, (_, i) => i % classes),
+      'int32',
+    ),
+    classes,
+  ) as tf.Tensor2D;
+  const step = () =>
+    tf.tidy(() => {
+      const { value, grads } = tf.variableGrads(() => {
+        const { probs, logits } = moeForwardStacked(z, ownHead, stacked, gate, slots);
+        return moeLoss(tf.reshape(tf.slice(logits, [0, 0, 0], [-1, 1, -1]), [B, classes]) as tf.Tensor2D, probs, y, 0.2);
+      }, [...ownVars, ...packedVars]);
+      own.applyGradients(ownVars.map((v) => ({ name: v.name, tensor: grads[v.name] })));
+      adam.applyGradients(packedVars.map((v) => ({ name: v.name, tensor: grads[v.name] })));
+      value.dataSync();
+    });
   for (let i = 0; i < 5; i++) step();
   const c0 = process.cpuUsage();
   for (let i = 0; i < steps; i++) step();
@@ -217,7 +271,14 @@ async function moeStepSeconds(K: number, d: number, classes: number, B: number, 
   gate.dispose();
   adam.dispose();
   own.dispose();
-  tf.dispose([...ownHead.flatMap((l) => [l.kernel, l.bias]), ...heads.flatMap((h) => h.flatMap((l) => [l.kernel, l.bias])), ...stacked.layers.flatMap((l) => [l.kernel, l.bias]), ...packedVars, z, y]);
+  tf.dispose([
+    ...ownHead.flatMap((l) => [l.kernel, l.bias]),
+    ...heads.flatMap((h) => h.flatMap((l) => [l.kernel, l.bias])),
+    ...stacked.layers.flatMap((l) => [l.kernel, l.bias]),
+    ...packedVars,
+    z,
+    y,
+  ]);
   return sec;
 }
 
@@ -225,26 +286,62 @@ if (parts.has('moe')) {
   // The scale sweep's model: feature size 32, 10 classes, batch 32.
   const moe: { experts: number; stepMs: number; macsPerSample: number }[] = [];
   for (const experts of [K + 1, 64]) {
-    const t = median([await moeStepSeconds(experts, 32, 10, 32, 100), await moeStepSeconds(experts, 32, 10, 32, 100), await moeStepSeconds(experts, 32, 10, 32, 100)]);
+    const t = median([
+      await moeStepSeconds(experts, 32, 10, 32, 100),
+      await moeStepSeconds(experts, 32, 10, 32, 100),
+      await moeStepSeconds(experts, 32, 10, 32, 100),
+    ]);
     moe.push({ experts, stepMs: t * 1000, macsPerSample: moeMacs(experts, 32, 10, 32, 32) });
-    console.log(`MoE step (forward, backward, update of the mixture alone; d 32, 10 classes, batch 32) with ${experts} experts: ${(t * 1000).toFixed(2)} CPU ms, ${moeMacs(experts, 32, 10, 32, 32).toFixed(0)} multiply-adds per sample`);
+    console.log(
+      `MoE step (forward, backward, update of the mixture alone; d 32, 10 classes, batch 32) with ${experts} experts: ${(t * 1000).toFixed(2)} CPU ms, ${moeMacs(experts, 32, 10, 32, 32).toFixed(0)} multiply-adds per sample`,
+    );
   }
-  console.log(`  ${K + 1} experts against 64: step time ${(moe[0].stepMs / moe[1].stepMs).toFixed(3)}, multiply-adds ${(moe[0].macsPerSample / moe[1].macsPerSample).toFixed(3)}`);
+  console.log(
+    `  ${K + 1} experts against 64: step time ${(moe[0].stepMs / moe[1].stepMs).toFixed(3)}, multiply-adds ${(moe[0].macsPerSample / moe[1].macsPerSample).toFixed(3)}`,
+  );
   save('moe', moe);
 }
 
 // ------------------------------------------------------------ 4, 5. scale in one process (each point its own process)
 interface PointResult {
-  peers: number; rounds: number; maxExperts: number; peakRssMiB: number;
+  peers: number;
+  rounds: number;
+  maxExperts: number;
+  peakRssMiB: number;
   dflmoe: { secondsPerRound: number; cpuSecondsPerRound: number; cpuSeconds: number; bytesPerSiteRound: number; accuracy: number; expertsPerSite: number };
   fedavg?: { secondsPerRound: number; cpuSecondsPerRound: number; bytesPerSiteRound: number; accuracy: number };
   local?: { secondsPerRound: number; cpuSeconds: number; accuracy: number };
 }
-function point(args: { dataset: string; peers: number; rounds: number; maxExperts: number; fedavg?: boolean; local?: boolean; partition?: string; minSize?: number; lr?: number }): PointResult {
-  const argv = ['--import', 'tsx', '--conditions=development', 'benchmarks/scale-point.ts', '--dataset', args.dataset, '--peers', String(args.peers),
-    '--rounds', String(args.rounds), '--max-experts', String(args.maxExperts), ...(args.fedavg ? ['--fedavg'] : []), ...(args.local ? ['--local'] : []),
-    ...(args.partition ? ['--partition', args.partition] : []), ...(args.minSize !== undefined ? ['--min-size', String(args.minSize)] : []),
-    ...(args.lr !== undefined ? ['--lr', String(args.lr)] : [])];
+function point(args: {
+  dataset: string;
+  peers: number;
+  rounds: number;
+  maxExperts: number;
+  fedavg?: boolean;
+  local?: boolean;
+  partition?: string;
+  minSize?: number;
+  lr?: number;
+}): PointResult {
+  const argv = [
+    '--import',
+    'tsx',
+    '--conditions=development',
+    'benchmarks/scale-point.ts',
+    '--dataset',
+    args.dataset,
+    '--peers',
+    String(args.peers),
+    '--rounds',
+    String(args.rounds),
+    '--max-experts',
+    String(args.maxExperts),
+    ...(args.fedavg ? ['--fedavg'] : []),
+    ...(args.local ? ['--local'] : []),
+    ...(args.partition ? ['--partition', args.partition] : []),
+    ...(args.minSize !== undefined ? ['--min-size', String(args.minSize)] : []),
+    ...(args.lr !== undefined ? ['--lr', String(args.lr)] : []),
+  ];
   const out = execFileSync(process.execPath, argv, { encoding: 'utf8', maxBuffer: 1 << 24, env: { ...process.env, DFLMOE_LOG_LEVEL: 'error' } });
   return JSON.parse(out.trim().split('\n').at(-1)!) as PointResult;
 }
@@ -256,12 +353,19 @@ if (parts.has('scale')) {
   for (const peers of sizes) {
     for (const maxExperts of peers - 1 > K ? [0, K] : [0]) {
       const t0 = performance.now();
-      const r = { ...point({ dataset: synthetic(peers), peers, rounds: ROUNDS, maxExperts, fedavg: maxExperts === 0 }), k: maxExperts ? String(maxExperts) : 'all' };
+      const r = {
+        ...point({ dataset: synthetic(peers), peers, rounds: ROUNDS, maxExperts, fedavg: maxExperts === 0 }),
+        k: maxExperts ? String(maxExperts) : 'all',
+      };
       scale.push(r);
-      console.log(`scale ${String(peers).padStart(3)} sites in one process, dFLMoE k=${r.k.padEnd(3)}: ${r.dflmoe.secondsPerRound.toFixed(3)} s/round (${r.dflmoe.cpuSecondsPerRound.toFixed(3)} CPU s), ` +
-        `${(r.dflmoe.bytesPerSiteRound / 1024).toFixed(1)} KiB per site per round, accuracy ${(r.dflmoe.accuracy * 100).toFixed(2)}%` +
-        (r.fedavg ? `; FedAvg ${r.fedavg.secondsPerRound.toFixed(3)} s/round (${r.fedavg.cpuSecondsPerRound.toFixed(3)} CPU s), ${(r.fedavg.bytesPerSiteRound / 1024).toFixed(1)} KiB` : '') +
-        `; peak RSS ${r.peakRssMiB.toFixed(0)} MiB (${(r.peakRssMiB / peers).toFixed(1)} MiB per site); ${r.rounds} rounds in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+      console.log(
+        `scale ${String(peers).padStart(3)} sites in one process, dFLMoE k=${r.k.padEnd(3)}: ${r.dflmoe.secondsPerRound.toFixed(3)} s/round (${r.dflmoe.cpuSecondsPerRound.toFixed(3)} CPU s), ` +
+          `${(r.dflmoe.bytesPerSiteRound / 1024).toFixed(1)} KiB per site per round, accuracy ${(r.dflmoe.accuracy * 100).toFixed(2)}%` +
+          (r.fedavg
+            ? `; FedAvg ${r.fedavg.secondsPerRound.toFixed(3)} s/round (${r.fedavg.cpuSecondsPerRound.toFixed(3)} CPU s), ${(r.fedavg.bytesPerSiteRound / 1024).toFixed(1)} KiB`
+            : '') +
+          `; peak RSS ${r.peakRssMiB.toFixed(0)} MiB (${(r.peakRssMiB / peers).toFixed(1)} MiB per site); ${r.rounds} rounds in ${((performance.now() - t0) / 1000).toFixed(0)} s`,
+      );
       save('scale', scale);
     }
   }
@@ -271,19 +375,26 @@ if (parts.has('compare')) {
   // 64 sites: the bounded mixture against the full one, on synthetic data and on digits (about 22 training samples per site),
   // with dFLMoE's tuned Adam rate (3e-3, bench:tune), so that 10 rounds come close to convergence.
   const compare: { dataset: string; full: PointResult; bounded: PointResult; bytesRatio: number; expertsRatio: number; accuracyPoints: number }[] = [];
-  for (const [dataset, minSize] of [[synthetic(64), 20], ['digits', 10]] as const) {
+  for (const [dataset, minSize] of [
+    [synthetic(64), 20],
+    ['digits', 10],
+  ] as const) {
     const full = point({ dataset, peers: 64, rounds: ROUNDS, maxExperts: 0, minSize, lr: 3e-3 });
     const bounded = point({ dataset, peers: 64, rounds: ROUNDS, maxExperts: K, minSize, lr: 3e-3 });
     const row = {
-      dataset, full, bounded,
+      dataset,
+      full,
+      bounded,
       bytesRatio: bounded.dflmoe.bytesPerSiteRound / full.dflmoe.bytesPerSiteRound,
       expertsRatio: bounded.dflmoe.expertsPerSite / full.dflmoe.expertsPerSite,
       accuracyPoints: (bounded.dflmoe.accuracy - full.dflmoe.accuracy) * 100,
     };
     compare.push(row);
-    console.log(`64 sites on ${dataset.split(':')[0]}: k=${K} against all: bytes per site per round ${row.bytesRatio.toFixed(3)}, experts mixed per site ${row.expertsRatio.toFixed(3)} ` +
-      `(${bounded.dflmoe.expertsPerSite.toFixed(1)} of ${full.dflmoe.expertsPerSite.toFixed(1)}), accuracy ${(bounded.dflmoe.accuracy * 100).toFixed(2)}% against ${(full.dflmoe.accuracy * 100).toFixed(2)}% ` +
-      `(${row.accuracyPoints >= 0 ? '+' : ''}${row.accuracyPoints.toFixed(2)} points), ${bounded.dflmoe.cpuSecondsPerRound.toFixed(2)} against ${full.dflmoe.cpuSecondsPerRound.toFixed(2)} CPU s per round (all 64 sites)`);
+    console.log(
+      `64 sites on ${dataset.split(':')[0]}: k=${K} against all: bytes per site per round ${row.bytesRatio.toFixed(3)}, experts mixed per site ${row.expertsRatio.toFixed(3)} ` +
+        `(${bounded.dflmoe.expertsPerSite.toFixed(1)} of ${full.dflmoe.expertsPerSite.toFixed(1)}), accuracy ${(bounded.dflmoe.accuracy * 100).toFixed(2)}% against ${(full.dflmoe.accuracy * 100).toFixed(2)}% ` +
+        `(${row.accuracyPoints >= 0 ? '+' : ''}${row.accuracyPoints.toFixed(2)} points), ${bounded.dflmoe.cpuSecondsPerRound.toFixed(2)} against ${full.dflmoe.cpuSecondsPerRound.toFixed(2)} CPU s per round (all 64 sites)`,
+    );
     save('compare', compare);
   }
 }
@@ -297,17 +408,34 @@ if (parts.has('vs-local')) {
     const r = point({ dataset: synthetic(100), peers: 100, rounds: 3, maxExperts: DEFAULT_ALGORITHM_OPTIONS.maxExperts, local: true });
     const d = r.dflmoe;
     const l = r.local!;
-    runs.push({ dflmoe: d.secondsPerRound * 3, local: l.secondsPerRound * 3, ratio: d.secondsPerRound / l.secondsPerRound, cpuDflmoe: d.cpuSeconds, cpuLocal: l.cpuSeconds, cpuRatio: d.cpuSeconds / l.cpuSeconds });
+    runs.push({
+      dflmoe: d.secondsPerRound * 3,
+      local: l.secondsPerRound * 3,
+      ratio: d.secondsPerRound / l.secondsPerRound,
+      cpuDflmoe: d.cpuSeconds,
+      cpuLocal: l.cpuSeconds,
+      cpuRatio: d.cpuSeconds / l.cpuSeconds,
+    });
     const x = runs[i];
-    console.log(`100 sites, 3 rounds in one process: dFLMoE (k=${DEFAULT_ALGORITHM_OPTIONS.maxExperts}) ${x.dflmoe.toFixed(1)} s (${x.cpuDflmoe.toFixed(1)} CPU s), local-only ${x.local.toFixed(1)} s (${x.cpuLocal.toFixed(1)} CPU s): ` +
-      `${x.ratio.toFixed(2)}x wall, ${x.cpuRatio.toFixed(2)}x CPU`);
+    console.log(
+      `100 sites, 3 rounds in one process: dFLMoE (k=${DEFAULT_ALGORITHM_OPTIONS.maxExperts}) ${x.dflmoe.toFixed(1)} s (${x.cpuDflmoe.toFixed(1)} CPU s), local-only ${x.local.toFixed(1)} s (${x.cpuLocal.toFixed(1)} CPU s): ` +
+        `${x.ratio.toFixed(2)}x wall, ${x.cpuRatio.toFixed(2)}x CPU`,
+    );
   }
   save('vsLocal', { runs, medianRatio: median(runs.map((r) => r.ratio)), medianCpuRatio: median(runs.map((r) => r.cpuRatio)) });
 }
 
 // ------------------------------------------------------------ 6. site processes over TCP
 if (parts.has('tcp')) {
-  const tcp: { peers: number; k: string; rounds: number; secondsPerRound: number; bytesPerSiteRound: number; peakRssMiB: { min: number; median: number; max: number }; wallSeconds: number }[] = [];
+  const tcp: {
+    peers: number;
+    k: string;
+    rounds: number;
+    secondsPerRound: number;
+    bytesPerSiteRound: number;
+    peakRssMiB: { min: number; median: number; max: number };
+    wallSeconds: number;
+  }[] = [];
   const dir = mkdtempSync(join(tmpdir(), 'dflmoe-tcp-scale-'));
   const sizes = values['tcp-sizes'] ? values['tcp-sizes'].split(',').map(Number) : [2, 4, 8, 16, 32, 64].filter((n) => n <= Number(values['max-tcp']));
   const runKs = values['tcp-k']!.split(',').map((k) => (k === 'k' ? String(K) : k));
@@ -318,18 +446,41 @@ if (parts.has('tcp')) {
     for (const maxExperts of peers - 1 > K ? [...(kinds.includes('all') ? [0] : []), ...(kinds.includes('k') ? [K] : [])] : [0]) {
       const k = maxExperts ? String(maxExperts) : 'all';
       const sim = {
-        ...DEFAULT_SIMULATION, dataset: synthetic(peers), peers, rounds: ROUNDS, partition: 'dirichlet:0.5', bodies: ['mlp:64'], featureDim: 32, minSize: 20,
-        algorithms: ['dflmoe' as const], maxExperts,
+        ...DEFAULT_SIMULATION,
+        dataset: synthetic(peers),
+        peers,
+        rounds: ROUNDS,
+        partition: 'dirichlet:0.5',
+        bodies: ['mlp:64'],
+        featureDim: 32,
+        minSize: 20,
+        algorithms: ['dflmoe' as const],
+        maxExperts,
       };
-      const files = await writeConsortium({ dir: join(dir, `${peers}-${k}`), algorithm: 'dflmoe', sim, deadlineMs: 600000, lingerMs: 5000, preprocessDeadlineMs: 600000 });
+      const files = await writeConsortium({
+        dir: join(dir, `${peers}-${k}`),
+        algorithm: 'dflmoe',
+        sim,
+        deadlineMs: 600000,
+        lingerMs: 5000,
+        preprocessDeadlineMs: 600000,
+      });
       const t0 = performance.now();
       await runConsortium(files, 3600000);
       const wallSeconds = (performance.now() - t0) / 1000;
       const res = files.sites.map((s) => JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8')) as PeerRunResult);
-      const lines: RoundLine[] = files.sites.flatMap((s) => readFileSync(join(s.out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)));
+      const lines: RoundLine[] = files.sites.flatMap((s) =>
+        readFileSync(join(s.out, 'metrics.jsonl'), 'utf8')
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l)),
+      );
       const rss = res.map((r) => r.peakRssMiB).sort((a, b) => a - b);
       const row = {
-        peers, k, rounds: ROUNDS, wallSeconds,
+        peers,
+        k,
+        rounds: ROUNDS,
+        wallSeconds,
         // Mean over sites of a site's round (training, choosing, publishing, waiting for the others' heads, evaluating).
         secondsPerRound: lines.reduce((a, l) => a + l.seconds, 0) / lines.length,
         bytesPerSiteRound: res.reduce((a, r) => a + r.bytesSent, 0) / (peers * ROUNDS),
@@ -337,8 +488,10 @@ if (parts.has('tcp')) {
       };
       tcp.push(row);
       tcp.sort((a, b) => a.peers - b.peers || a.k.localeCompare(b.k));
-      console.log(`tcp ${String(peers).padStart(2)} site processes, dFLMoE k=${k.padEnd(3)}: ${row.secondsPerRound.toFixed(2)} s/round, ${(row.bytesPerSiteRound / 1024).toFixed(1)} KiB per site per round, ` +
-        `peak RSS per site ${rss[0].toFixed(0)}-${rss.at(-1)!.toFixed(0)} MiB (median ${row.peakRssMiB.median.toFixed(0)}); ${ROUNDS} rounds in ${wallSeconds.toFixed(0)} s with process start`);
+      console.log(
+        `tcp ${String(peers).padStart(2)} site processes, dFLMoE k=${k.padEnd(3)}: ${row.secondsPerRound.toFixed(2)} s/round, ${(row.bytesPerSiteRound / 1024).toFixed(1)} KiB per site per round, ` +
+          `peak RSS per site ${rss[0].toFixed(0)}-${rss.at(-1)!.toFixed(0)} MiB (median ${row.peakRssMiB.median.toFixed(0)}); ${ROUNDS} rounds in ${wallSeconds.toFixed(0)} s with process start`,
+      );
       save('tcp', tcp);
     }
   }
@@ -350,10 +503,7 @@ async function pullOnce(node: Awaited<ReturnType<typeof createSiteNode>>, peer: 
   const signal = AbortSignal.timeout(60000);
   const stream = await node.dialProtocol(peer.peerId, HEAD_PROTOCOL, { signal });
   stream.maxReadBufferLength = 1 << 24;
-  const [, frames] = await Promise.all([
-    writeFrames(stream, [HeadRequest.encode({ format: 1, minVersion: 0n })]),
-    readFrames(stream, 2, 1 << 24, signal),
-  ]);
+  const [, frames] = await Promise.all([writeFrames(stream, [HeadRequest.encode({ format: 1, minVersion: 0n })]), readFrames(stream, 2, 1 << 24, signal)]);
   if (!HeadResponse.decode(frames[0]).available || !frames[1]) throw new Error('no head');
   return performance.now() - t0;
 }
@@ -366,7 +516,14 @@ if (parts.has('pull')) {
   const [split] = partition(ds.labels, 10, 1, 'iid', { seed: 2 });
   const data = preparePeerData(ds, split);
   const ac = new AbortController();
-  const site = new DflmoePeer({ id: ids[0].peerId, data, body: { kind: 'mlp', hidden: [256] }, featureDim: 64, headHidden: [], train: { seed: 1, batchSize: 32, epochs: 100, signal: ac.signal } });
+  const site = new DflmoePeer({
+    id: ids[0].peerId,
+    data,
+    body: { kind: 'mlp', hidden: [256] },
+    featureDim: 64,
+    headHidden: [],
+    train: { seed: 1, batchSize: 32, epochs: 100, signal: ac.signal },
+  });
   await exs[0].publish(site.encodeHead(1), 1);
   const idle: number[] = [];
   for (let i = 0; i < 10; i++) idle.push(await pullOnce(nodes[1], nodes[0]));
@@ -380,7 +537,9 @@ if (parts.has('pull')) {
   ac.abort();
   await training;
   const pull = { idleMedianMs: median(idle), trainingMedianMs: median(busy), trainingMaxMs: Math.max(...busy), trainingMs: busy };
-  console.log(`head pull (2.6 KB head) answered by a site: idle median ${pull.idleMedianMs.toFixed(1)} ms; while it trains (MLP 784-256-64, batch 32) median ${pull.trainingMedianMs.toFixed(1)} ms, max ${pull.trainingMaxMs.toFixed(1)} ms (20 pulls)`);
+  console.log(
+    `head pull (2.6 KB head) answered by a site: idle median ${pull.idleMedianMs.toFixed(1)} ms; while it trains (MLP 784-256-64, batch 32) median ${pull.trainingMedianMs.toFixed(1)} ms, max ${pull.trainingMaxMs.toFixed(1)} ms (20 pulls)`,
+  );
   site.dispose();
   await stop();
   save('pull', pull);
@@ -395,12 +554,20 @@ if (parts.has('pull')) {
  * round; with the view, the milliseconds its server spent answering and
  * writing events.
  */
-async function liveRun(withView: boolean): Promise<{ secondsPerRound: number; cpuSecondsPerRound: number; serverMsPerRound?: number; modelMsPerRound?: number; events?: number }> {
+async function liveRun(
+  withView: boolean,
+): Promise<{ secondsPerRound: number; cpuSecondsPerRound: number; serverMsPerRound?: number; modelMsPerRound?: number; events?: number }> {
   const rounds = 10;
   const board = withView ? new StatusBoard() : undefined;
   const server = board ? await LiveServer.start({ board, listen: '127.0.0.1:0' }) : undefined;
   // Two tabs in another process: the page, then the stream, counting the events they get.
-  const tabs = server && spawn(process.execPath, ['-e', `
+  const tabs =
+    server &&
+    spawn(
+      process.execPath,
+      [
+        '-e',
+        `
     const http = require('node:http');
     let events = 0;
     for (let i = 0; i < 2; i++) {
@@ -408,13 +575,28 @@ async function liveRun(withView: boolean): Promise<{ secondsPerRound: number; cp
       http.get(process.argv[1] + 'api/events', (r) => r.on('data', (d) => { events += (String(d).match(/^event: /gm) || []).length; }));
     }
     process.on('SIGTERM', () => { console.log(events); process.exit(0); });
-  `, server.url], { stdio: ['ignore', 'pipe', 'inherit'] });
+  `,
+        server.url,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
   if (server) while (server.openStreams < 2) await new Promise((r) => setTimeout(r, 20));
   const secs: number[] = [];
   const c0 = process.cpuUsage();
-  await simulate({
-    ...DEFAULT_SIMULATION, dataset: synthetic(10), peers: 10, rounds, algorithms: ['dflmoe'], bodies: ['mlp:64'], featureDim: 32, partition: 'dirichlet:0.5', minSize: 20,
-  }, { logger: quiet, status: board, onRound: (_a, r) => secs.push(r.seconds) });
+  await simulate(
+    {
+      ...DEFAULT_SIMULATION,
+      dataset: synthetic(10),
+      peers: 10,
+      rounds,
+      algorithms: ['dflmoe'],
+      bodies: ['mlp:64'],
+      featureDim: 32,
+      partition: 'dirichlet:0.5',
+      minSize: 20,
+    },
+    { logger: quiet, status: board, onRound: (_a, r) => secs.push(r.seconds) },
+  );
   const cpu = cpuSince(c0);
   let events: number | undefined;
   if (tabs) {
@@ -429,7 +611,8 @@ async function liveRun(withView: boolean): Promise<{ secondsPerRound: number; cp
   const busy = server?.busyMs;
   await server?.close();
   return {
-    secondsPerRound: secs.reduce((a, b) => a + b, 0) / rounds, cpuSecondsPerRound: cpu / rounds,
+    secondsPerRound: secs.reduce((a, b) => a + b, 0) / rounds,
+    cpuSecondsPerRound: cpu / rounds,
     ...(busy !== undefined ? { serverMsPerRound: busy / rounds, modelMsPerRound: feedingMs(board!) / rounds, events } : {}),
   };
 }
@@ -443,7 +626,15 @@ function feedingMs(board: StatusBoard): number {
   for (const s of sites) {
     const f = fresh.site({ id: s.id, algorithm: s.algorithm, rounds: s.rounds, members: s.members });
     for (let r = 1; r <= s.round; r++) {
-      f.round({ round: r, accuracy: s.accuracy[r - 1] ?? 0, loss: s.loss[r - 1] ?? 0, gate: s.gate[r - 1] ?? undefined, seconds: s.seconds[r - 1] ?? 0, bytesSent: r, bytesReceived: r });
+      f.round({
+        round: r,
+        accuracy: s.accuracy[r - 1] ?? 0,
+        loss: s.loss[r - 1] ?? 0,
+        gate: s.gate[r - 1] ?? undefined,
+        seconds: s.seconds[r - 1] ?? 0,
+        bytesSent: r,
+        bytesReceived: r,
+      });
       f.members(s.members.map((m) => ({ ...m, lastHeadRound: r })));
     }
   }
@@ -459,7 +650,9 @@ if (parts.has('live')) {
   const ratio = (f: (r: Awaited<ReturnType<typeof liveRun>>) => number) => median(ratios(f));
   const wallPairs = ratios((r) => r.secondsPerRound);
   const live = {
-    sites: 10, rounds: 10, tabs: 2,
+    sites: 10,
+    rounds: 10,
+    tabs: 2,
     wallOverhead: ratio((r) => r.secondsPerRound),
     wallOverheadRange: [Math.min(...wallPairs), Math.max(...wallPairs)],
     cpuOverhead: ratio((r) => r.cpuSecondsPerRound),
@@ -471,9 +664,11 @@ if (parts.has('live')) {
     eventsPerTab: median(runs.map((p) => p.with.events! / 2)),
     runs,
   };
-  console.log(`live view serving 2 tabs (10 sites in one process, 10 rounds, median of 7 interleaved pairs): round time ${(live.wallOverhead * 100).toFixed(2)}% ` +
-    `(${live.secondsPerRound.without.toFixed(3)} -> ${live.secondsPerRound.with.toFixed(3)} s; pairs from ${(Math.min(...wallPairs) * 100).toFixed(1)}% to ${(Math.max(...wallPairs) * 100).toFixed(1)}%), CPU ${(live.cpuOverhead * 100).toFixed(2)}%; measured directly, the server's own time ${(live.serverShare * 100).toFixed(3)}% of a round, with the status model ${(live.viewShare * 100).toFixed(3)}%; ` +
-    `${live.eventsPerTab} events per tab`);
+  console.log(
+    `live view serving 2 tabs (10 sites in one process, 10 rounds, median of 7 interleaved pairs): round time ${(live.wallOverhead * 100).toFixed(2)}% ` +
+      `(${live.secondsPerRound.without.toFixed(3)} -> ${live.secondsPerRound.with.toFixed(3)} s; pairs from ${(Math.min(...wallPairs) * 100).toFixed(1)}% to ${(Math.max(...wallPairs) * 100).toFixed(1)}%), CPU ${(live.cpuOverhead * 100).toFixed(2)}%; measured directly, the server's own time ${(live.serverShare * 100).toFixed(3)}% of a round, with the status model ${(live.viewShare * 100).toFixed(3)}%; ` +
+      `${live.eventsPerTab} events per tab`,
+  );
   save('live', live);
 }
 

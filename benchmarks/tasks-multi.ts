@@ -27,7 +27,9 @@ import { parseArgs } from 'node:util';
 import { initBackend, silentLogger, simulate, taskKind, type SimulationConfig } from '@dflmoe/core/internal';
 import { gateUse, renderPage, type Chart } from '@dflmoe/cli/internal';
 
-const { values } = parseArgs({ options: { seeds: { type: 'string', default: '1,2,3' }, cells: { type: 'string', default: 'digits,fashion' }, out: { type: 'string' } } });
+const { values } = parseArgs({
+  options: { seeds: { type: 'string', default: '1,2,3' }, cells: { type: 'string', default: 'digits,fashion' }, out: { type: 'string' } },
+});
 const seeds = values.seeds.split(',').map(Number);
 // The cross-task cell and the modality cell (issue #28) have results and a README section of their own.
 const own = ({ cross: 'tasks-cross', modal: 'tasks-modal' } as Record<string, string>)[values.cells] ?? 'tasks-multi';
@@ -40,7 +42,11 @@ const ROUNDS = 30;
 const LR = 3e-3;
 type Run = Partial<SimulationConfig> & { algorithms: SimulationConfig['algorithms'] };
 /** A cell: its data and the runs whose algorithms make its columns (a run of one algorithm names its column). */
-interface Cell { label: string; cfg: Partial<SimulationConfig> & { dataset: string }; runs: { column?: string; run: Run }[] }
+interface Cell {
+  label: string;
+  cfg: Partial<SimulationConfig> & { dataset: string };
+  runs: { column?: string; run: Run }[];
+}
 const STANDARD: Cell['runs'] = [
   { run: { algorithms: ['local', 'fedavg', 'fedrep-p2p', 'dflmoe'] } },
   { column: 'dflmoe+body', run: { algorithms: ['dflmoe'], shareBody: true } },
@@ -49,13 +55,15 @@ const CELLS: Record<string, Cell> = {
   digits: { label: 'digits, 4 tasks, 10 sites, 60 rows each', cfg: { dataset: 'digits-tasks', trainPerSite: 60 }, runs: STANDARD },
   fashion: {
     label: 'Fashion-MNIST, items at 5 sites and groups at 5, 100 rows each',
-    cfg: { dataset: 'fashion-mnist-tasks', trainPerSite: 100, datasetOptions: { maxSamples: 6000 } }, runs: STANDARD,
+    cfg: { dataset: 'fashion-mnist-tasks', trainPerSite: 100, datasetOptions: { maxSamples: 6000 } },
+    runs: STANDARD,
   },
   // Experts across tasks (issue #28): "high" (digit >= 5) is a new task at site 0 alone; the others learn the digit, its parity and its value.
   cross: {
     label: 'digits, a new task ("high") at one site, 30 rows per site',
     cfg: {
-      dataset: 'digits-tasks', trainPerSite: 30,
+      dataset: 'digits-tasks',
+      trainPerSite: 30,
       siteTasks: [['high'], ['digit'], ['parity'], ['digit', 'value'], ['digit'], ['parity', 'digit'], ['value'], ['digit'], ['parity'], ['digit']],
     },
     runs: [
@@ -78,9 +86,19 @@ const CELLS: Record<string, Cell> = {
   },
 };
 type Column = string;
-const columnsOf = (cell: string) => CELLS[cell].runs.flatMap((r) => r.column ? [r.column] : r.run.algorithms);
+const columnsOf = (cell: string) => CELLS[cell].runs.flatMap((r) => (r.column ? [r.column] : r.run.algorithms));
 /** One (cell, seed, column, task): the headline metric over the task's sites, and each site's. */
-interface Row { cell: string; seed: number; column: Column; task: string; metric: string; mean: number; perSite: Record<string, number>; bytesSent: number; seconds: number }
+interface Row {
+  cell: string;
+  seed: number;
+  column: Column;
+  task: string;
+  metric: string;
+  mean: number;
+  perSite: Record<string, number>;
+  bytesSent: number;
+  seconds: number;
+}
 
 /** A cell whose sites hold the data in several forms: each form's sites apart (as the cell gives them their forms, whatever form a column's run gives them). */
 function modalityRows(cfg: Cell['cfg'], row: Row): Row[] {
@@ -107,16 +125,27 @@ for (const cell of cells) {
         for (const [task, t] of Object.entries(a!.tasks)) {
           const metric = taskKind(t.kind).headline.metric;
           const row = {
-            cell, seed, column: column ?? alg, task, metric, mean: t.metrics[metric].mean,
+            cell,
+            seed,
+            column: column ?? alg,
+            task,
+            metric,
+            mean: t.metrics[metric].mean,
             perSite: Object.fromEntries(a!.peers.filter((p) => p.tasks[task]).map((p) => [p.id, p.tasks[task][metric] as number])),
-            bytesSent: a!.bytesSent, seconds: a!.wallSeconds,
+            bytesSent: a!.bytesSent,
+            seconds: a!.wallSeconds,
           };
           rows.push(row, ...modalityRows(cfg, row));
         }
         // Sites in several forms: the gate weight each site gives the heads of the other forms.
         if (alg === 'dflmoe' && new Set(a!.peers.map((p) => p.modality)).size > 1) {
           const use = gateUse(a!.peers);
-          otherForm.push({ cell, seed, column: column ?? alg, weight: mean(a!.peers.map((p) => use.filter((u) => u.site === p.id && u.expert !== p.modality).reduce((w, u) => w + u.weight, 0))) });
+          otherForm.push({
+            cell,
+            seed,
+            column: column ?? alg,
+            weight: mean(a!.peers.map((p) => use.filter((u) => u.site === p.id && u.expert !== p.modality).reduce((w, u) => w + u.weight, 0))),
+          });
         }
       }
     }
@@ -130,22 +159,32 @@ const summary = cells.map((cell) => {
   const COLUMNS = columnsOf(cell);
   const tasks = [...new Set(rows.filter((r) => r.cell === cell).map((r) => r.task))];
   return {
-    cell, label: CELLS[cell].label,
+    cell,
+    label: CELLS[cell].label,
     tasks: tasks.map((task) => {
       const of = (col: Column) => rows.filter((r) => r.cell === cell && r.task === task && r.column === col);
       const metric = of('local')[0].metric;
       const higher = metric === 'accuracy';
       const local = of('local');
       return {
-        task, metric, sites: Object.keys(local[0].perSite).length,
-        columns: Object.fromEntries(COLUMNS.map((col) => {
-          const rs = of(col);
-          const below = rs.reduce((n, r) => n + Object.entries(r.perSite).filter(([site, v]) => {
-            const l = local.find((x) => x.seed === r.seed)!.perSite[site];
-            return higher ? v < l - 0.005 : v > 1.01 * l;
-          }).length, 0);
-          return [col, { mean: mean(rs.map((r) => r.mean)), belowLocal: below, bytesSent: mean(rs.map((r) => r.bytesSent)) }];
-        })),
+        task,
+        metric,
+        sites: Object.keys(local[0].perSite).length,
+        columns: Object.fromEntries(
+          COLUMNS.map((col) => {
+            const rs = of(col);
+            const below = rs.reduce(
+              (n, r) =>
+                n +
+                Object.entries(r.perSite).filter(([site, v]) => {
+                  const l = local.find((x) => x.seed === r.seed)!.perSite[site];
+                  return higher ? v < l - 0.005 : v > 1.01 * l;
+                }).length,
+              0,
+            );
+            return [col, { mean: mean(rs.map((r) => r.mean)), belowLocal: below, bytesSent: mean(rs.map((r) => r.bytesSent)) }];
+          }),
+        ),
       };
     }),
   };
@@ -158,18 +197,25 @@ const md = [
   ...summary.flatMap((s) => {
     const COLUMNS = columnsOf(s.cell);
     return [
-    '',
-    `**${s.label}**`,
-    '',
-    `| task (sites) | ${COLUMNS.join(' | ')} |`,
-    `|---|${COLUMNS.map(() => '---').join('|')}|`,
-    ...s.tasks.map((t) => `| ${t.task} (${t.sites}): ${t.metric} | ${COLUMNS.map((c) => fmt(t.metric, t.columns[c].mean)).join(' | ')} |`),
-    ...s.tasks.map((t) => `| ${t.task}: below local | ${COLUMNS.map((c) => (c === 'local' ? '-' : `${t.columns[c].belowLocal} / ${t.sites * seeds.length}`)).join(' | ')} |`),
-    `| bytes sent | ${COLUMNS.map((c) => `${(s.tasks[0].columns[c].bytesSent / 2 ** 20).toFixed(1)} MiB`).join(' | ')} |`,
-    ...(otherForm.some((o) => o.cell === s.cell) ? [`| gate weight on the other form's heads | ${COLUMNS.map((c) => {
-      const ws = otherForm.filter((o) => o.cell === s.cell && o.column === c).map((o) => o.weight);
-      return ws.length ? `${(100 * mean(ws)).toFixed(1)}%` : '-';
-    }).join(' | ')} |`] : []),
+      '',
+      `**${s.label}**`,
+      '',
+      `| task (sites) | ${COLUMNS.join(' | ')} |`,
+      `|---|${COLUMNS.map(() => '---').join('|')}|`,
+      ...s.tasks.map((t) => `| ${t.task} (${t.sites}): ${t.metric} | ${COLUMNS.map((c) => fmt(t.metric, t.columns[c].mean)).join(' | ')} |`),
+      ...s.tasks.map(
+        (t) =>
+          `| ${t.task}: below local | ${COLUMNS.map((c) => (c === 'local' ? '-' : `${t.columns[c].belowLocal} / ${t.sites * seeds.length}`)).join(' | ')} |`,
+      ),
+      `| bytes sent | ${COLUMNS.map((c) => `${(s.tasks[0].columns[c].bytesSent / 2 ** 20).toFixed(1)} MiB`).join(' | ')} |`,
+      ...(otherForm.some((o) => o.cell === s.cell)
+        ? [
+            `| gate weight on the other form's heads | ${COLUMNS.map((c) => {
+              const ws = otherForm.filter((o) => o.cell === s.cell && o.column === c).map((o) => o.weight);
+              return ws.length ? `${(100 * mean(ws)).toFixed(1)}%` : '-';
+            }).join(' | ')} |`,
+          ]
+        : []),
     ];
   }),
 ].join('\n');
@@ -177,23 +223,54 @@ process.stdout.write(`${md}\n`);
 
 const chartRows = rows.map(({ perSite: _, ...r }) => ({ ...r, series: `${r.cell}: ${r.task}` }));
 const chart = (metric: string, title: string): Chart => ({
-  id: metric, title, description: 'Mean over the sites that learn each task and over seeds.',
+  id: metric,
+  title,
+  description: 'Mean over the sites that learn each task and over seeds.',
   spec: {
-    $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: 560, height: 260,
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    width: 560,
+    height: 260,
     data: { values: chartRows.filter((r) => r.metric === metric) },
     mark: 'bar',
     encoding: {
       x: { field: 'series', type: 'nominal', title: null },
       xOffset: { field: 'column', type: 'nominal' },
       color: { field: 'column', type: 'nominal', title: 'algorithm' },
-      y: { aggregate: 'mean', field: 'mean', type: 'quantitative', title: metric, scale: { zero: false }, ...(metric === 'accuracy' ? { axis: { format: '.0%' } } : {}) },
+      y: {
+        aggregate: 'mean',
+        field: 'mean',
+        type: 'quantitative',
+        title: metric,
+        scale: { zero: false },
+        ...(metric === 'accuracy' ? { axis: { format: '.0%' } } : {}),
+      },
       tooltip: [{ field: 'series' }, { field: 'column' }, { aggregate: 'mean', field: 'mean', format: '.4f' }],
     },
   },
   data: chartRows.filter((r) => r.metric === metric),
 });
-const charts = [chart('accuracy', 'Classification tasks: accuracy per algorithm'), ...(rows.some((r) => r.metric === 'rmse') ? [chart('rmse', 'Regression tasks: RMSE per algorithm')] : [])];
-writeFileSync(join(outDir, 'tasks-multi.json'), JSON.stringify({ date: new Date().toISOString(), machine, seeds, rounds: ROUNDS, learningRate: LR, wallSeconds, rows, summary, ...(otherForm.length ? { otherForm } : {}) }, null, 2) + '\n');
+const charts = [
+  chart('accuracy', 'Classification tasks: accuracy per algorithm'),
+  ...(rows.some((r) => r.metric === 'rmse') ? [chart('rmse', 'Regression tasks: RMSE per algorithm')] : []),
+];
+writeFileSync(
+  join(outDir, 'tasks-multi.json'),
+  JSON.stringify(
+    {
+      date: new Date().toISOString(),
+      machine,
+      seeds,
+      rounds: ROUNDS,
+      learningRate: LR,
+      wallSeconds,
+      rows,
+      summary,
+      ...(otherForm.length ? { otherForm } : {}),
+    },
+    null,
+    2,
+  ) + '\n',
+);
 writeFileSync(join(outDir, 'report.html'), await renderPage({ title: 'dflmoe benchmark: multi-task sites', intro: machine, tables: [], charts }));
 const readme = 'benchmarks/README.md';
 const text = readFileSync(readme, 'utf8');

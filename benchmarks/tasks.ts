@@ -17,7 +17,17 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import {
-  DEFAULT_SIMULATION, LocalPeer, disposePeerData, evaluateTask, fittedTask, initBackend, modelProbs, parseBodySpec, preparePeerData, silentLogger, simulate,
+  DEFAULT_SIMULATION,
+  LocalPeer,
+  disposePeerData,
+  evaluateTask,
+  fittedTask,
+  initBackend,
+  modelProbs,
+  parseBodySpec,
+  preparePeerData,
+  silentLogger,
+  simulate,
 } from '@dflmoe/core/internal';
 import { federatedStandardizer, loadDataset, parsePartition, partition } from '@dflmoe/data/internal';
 import { renderPage, type Chart } from '@dflmoe/cli/internal';
@@ -41,7 +51,17 @@ const LR = 3e-3;
 const PARTITIONS = ['iid', 'dirichlet:0.5'];
 const COLUMNS = ['local', 'fedavg', 'fedrep-p2p', 'dflmoe', 'dflmoe+body', 'pooled'] as const;
 type Column = (typeof COLUMNS)[number];
-interface Row { partition: string; seed: number; column: Column; rmse: number; mae: number; r2: number; perSite: number[]; bytesSent: number; seconds: number }
+interface Row {
+  partition: string;
+  seed: number;
+  column: Column;
+  rmse: number;
+  mae: number;
+  r2: number;
+  perSite: number[];
+  bytesSent: number;
+  seconds: number;
+}
 
 /** The centralized bound: one model on every site's training rows, each site's test rows evaluated apart (the simulator's splits and scaling). */
 async function pooledBound(part: string, seed: number): Promise<Omit<Row, 'partition' | 'seed' | 'column'>> {
@@ -54,7 +74,11 @@ async function pooledBound(part: string, seed: number): Promise<Omit<Row, 'parti
   const task = fittedTask(ds, train);
   const data = preparePeerData(ds, { train, test: new Int32Array(0) }, st, task);
   const peer = new LocalPeer({
-    id: 'pooled', data, body: parseBodySpec(BODY), featureDim: FEATURE_DIM, headHidden: c.headHidden,
+    id: 'pooled',
+    data,
+    body: parseBodySpec(BODY),
+    featureDim: FEATURE_DIM,
+    headHidden: c.headHidden,
     train: { epochs: 1, batchSize: c.batchSize, learningRate: LR, optimizer: 'adam', seed },
   });
   try {
@@ -68,7 +92,14 @@ async function pooledBound(part: string, seed: number): Promise<Omit<Row, 'parti
       }
     });
     const rmse = sites.map((m) => m.rmse);
-    return { rmse: mean(rmse), mae: mean(sites.map((m) => m.mae)), r2: mean(sites.map((m) => m.r2)), perSite: rmse, bytesSent: 0, seconds: (performance.now() - t0) / 1000 };
+    return {
+      rmse: mean(rmse),
+      mae: mean(sites.map((m) => m.mae)),
+      r2: mean(sites.map((m) => m.r2)),
+      perSite: rmse,
+      bytesSent: 0,
+      seconds: (performance.now() - t0) / 1000,
+    };
   } finally {
     peer.dispose();
     disposePeerData(data);
@@ -89,8 +120,15 @@ for (const part of PARTITIONS) {
       for (const [alg, a] of Object.entries(r.algorithms)) {
         const t = a!.tasks.progression.metrics;
         rows.push({
-          partition: part, seed, column: (k === 1 ? 'dflmoe+body' : alg) as Column, rmse: t.rmse.mean, mae: t.mae.mean, r2: t.r2.mean,
-          perSite: a!.peers.map((p) => p.tasks.progression.rmse as number), bytesSent: a!.bytesSent, seconds: a!.wallSeconds,
+          partition: part,
+          seed,
+          column: (k === 1 ? 'dflmoe+body' : alg) as Column,
+          rmse: t.rmse.mean,
+          mae: t.mae.mean,
+          r2: t.r2.mean,
+          perSite: a!.peers.map((p) => p.tasks.progression.rmse as number),
+          bytesSent: a!.bytesSent,
+          seconds: a!.wallSeconds,
         });
       }
     }
@@ -107,14 +145,28 @@ const summary = PARTITIONS.map((part) => {
   const pooled = mean(cell(part, 'pooled').map((r) => r.rmse));
   const localMean = mean(local.map((r) => r.rmse));
   return {
-    partition: part, pooled, local: localMean,
-    columns: Object.fromEntries(COLUMNS.map((col) => {
-      const rs = cell(part, col);
-      const rmse = mean(rs.map((r) => r.rmse));
-      // Sites (over seeds) whose RMSE is above 1.01 x their own local-only RMSE.
-      const worse = col === 'pooled' ? 0 : rs.reduce((n, r) => n + r.perSite.filter((v, i) => v > 1.01 * local.find((l) => l.seed === r.seed)!.perSite[i]).length, 0);
-      return [col, { rmse, r2: mean(rs.map((r) => r.r2)), gapClosed: localMean - pooled !== 0 ? (localMean - rmse) / (localMean - pooled) : NaN, sitesWorseThanLocal: worse, bytesPerSite: mean(rs.map((r) => r.bytesSent)) / PEERS }];
-    })),
+    partition: part,
+    pooled,
+    local: localMean,
+    columns: Object.fromEntries(
+      COLUMNS.map((col) => {
+        const rs = cell(part, col);
+        const rmse = mean(rs.map((r) => r.rmse));
+        // Sites (over seeds) whose RMSE is above 1.01 x their own local-only RMSE.
+        const worse =
+          col === 'pooled' ? 0 : rs.reduce((n, r) => n + r.perSite.filter((v, i) => v > 1.01 * local.find((l) => l.seed === r.seed)!.perSite[i]).length, 0);
+        return [
+          col,
+          {
+            rmse,
+            r2: mean(rs.map((r) => r.r2)),
+            gapClosed: localMean - pooled !== 0 ? (localMean - rmse) / (localMean - pooled) : NaN,
+            sitesWorseThanLocal: worse,
+            bytesPerSite: mean(rs.map((r) => r.bytesSent)) / PEERS,
+          },
+        ];
+      }),
+    ),
   };
 });
 
@@ -126,31 +178,58 @@ const md = [
   `|---|${COLUMNS.map(() => '---').join('|')}|`,
   ...summary.map((s) => `| ${s.partition} | ${COLUMNS.map((c) => s.columns[c].rmse.toFixed(2)).join(' | ')} |`),
   ...summary.map((s) => `| ${s.partition}: R^2 | ${COLUMNS.map((c) => s.columns[c].r2.toFixed(3)).join(' | ')} |`),
-  ...summary.map((s) => `| ${s.partition}: gap closed | ${COLUMNS.map((c) => (c === 'local' || c === 'pooled' ? '-' : `${(100 * s.columns[c].gapClosed).toFixed(0)}%`)).join(' | ')} |`),
-  ...summary.map((s) => `| ${s.partition}: sites > 1.01 local | ${COLUMNS.map((c) => (c === 'local' || c === 'pooled' ? '-' : `${s.columns[c].sitesWorseThanLocal} / ${PEERS * seeds.length}`)).join(' | ')} |`),
+  ...summary.map(
+    (s) =>
+      `| ${s.partition}: gap closed | ${COLUMNS.map((c) => (c === 'local' || c === 'pooled' ? '-' : `${(100 * s.columns[c].gapClosed).toFixed(0)}%`)).join(' | ')} |`,
+  ),
+  ...summary.map(
+    (s) =>
+      `| ${s.partition}: sites > 1.01 local | ${COLUMNS.map((c) => (c === 'local' || c === 'pooled' ? '-' : `${s.columns[c].sitesWorseThanLocal} / ${PEERS * seeds.length}`)).join(' | ')} |`,
+  ),
 ].join('\n');
 process.stdout.write(`${md}\n`);
 
 const chartRows = rows.map(({ perSite: _, ...r }) => r);
-const charts: Chart[] = [{
-  id: 'rmse', title: 'RMSE per algorithm (diabetes, 5 sites)', description: 'Mean over sites and seeds. Lower is better; "pooled" is the centralized bound (one model on every site\'s training rows).',
-  spec: {
-    $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: 520, height: 280,
-    data: { values: chartRows },
-    mark: 'bar',
-    encoding: {
-      x: { field: 'column', type: 'nominal', sort: [...COLUMNS], title: null },
-      xOffset: { field: 'partition', type: 'nominal' },
-      color: { field: 'partition', type: 'nominal' },
-      y: { aggregate: 'mean', field: 'rmse', type: 'quantitative', title: 'RMSE (mean over sites and seeds)', scale: { zero: false } },
-      tooltip: [{ field: 'column' }, { field: 'partition' }, { aggregate: 'mean', field: 'rmse', format: '.2f' }],
+const charts: Chart[] = [
+  {
+    id: 'rmse',
+    title: 'RMSE per algorithm (diabetes, 5 sites)',
+    description: 'Mean over sites and seeds. Lower is better; "pooled" is the centralized bound (one model on every site\'s training rows).',
+    spec: {
+      $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+      width: 520,
+      height: 280,
+      data: { values: chartRows },
+      mark: 'bar',
+      encoding: {
+        x: { field: 'column', type: 'nominal', sort: [...COLUMNS], title: null },
+        xOffset: { field: 'partition', type: 'nominal' },
+        color: { field: 'partition', type: 'nominal' },
+        y: { aggregate: 'mean', field: 'rmse', type: 'quantitative', title: 'RMSE (mean over sites and seeds)', scale: { zero: false } },
+        tooltip: [{ field: 'column' }, { field: 'partition' }, { aggregate: 'mean', field: 'rmse', format: '.2f' }],
+      },
     },
+    data: chartRows,
   },
-  data: chartRows,
-}];
-writeFileSync(join(outDir, 'tasks.json'), JSON.stringify({ date: new Date().toISOString(), machine, seeds, peers: PEERS, rounds: ROUNDS, learningRate: LR, wallSeconds, rows, summary }, null, 2) + '\n');
-writeFileSync(join(outDir, 'report.html'), await renderPage({ title: 'dflmoe benchmark: tasks', intro: machine, tables: [{ caption: 'Diabetes', rows: [['partition', ...COLUMNS], ...summary.map((s) => [s.partition, ...COLUMNS.map((c) => s.columns[c].rmse.toFixed(2))])] }], charts }));
+];
+writeFileSync(
+  join(outDir, 'tasks.json'),
+  JSON.stringify({ date: new Date().toISOString(), machine, seeds, peers: PEERS, rounds: ROUNDS, learningRate: LR, wallSeconds, rows, summary }, null, 2) +
+    '\n',
+);
+writeFileSync(
+  join(outDir, 'report.html'),
+  await renderPage({
+    title: 'dflmoe benchmark: tasks',
+    intro: machine,
+    tables: [
+      { caption: 'Diabetes', rows: [['partition', ...COLUMNS], ...summary.map((s) => [s.partition, ...COLUMNS.map((c) => s.columns[c].rmse.toFixed(2))])] },
+    ],
+    charts,
+  }),
+);
 const readme = 'benchmarks/README.md';
 const text = readFileSync(readme, 'utf8');
 const [a, b] = ['<!-- tasks:start -->', '<!-- tasks:end -->'];
-if (defaults && text.includes(a) && text.includes(b)) writeFileSync(readme, text.slice(0, text.indexOf(a) + a.length) + '\n' + md + '\n' + text.slice(text.indexOf(b)));
+if (defaults && text.includes(a) && text.includes(b))
+  writeFileSync(readme, text.slice(0, text.indexOf(a) + a.length) + '\n' + md + '\n' + text.slice(text.indexOf(b)));

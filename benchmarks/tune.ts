@@ -27,27 +27,42 @@ const algorithms = values.algorithms!.split(',').map((a) => getAlgorithm(a.trim(
 /** The grid: Adam at three rates, SGD with momentum 0.9 at three rates. */
 export const GRID: { optimizer: OptimizerKind; learningRate: number }[] = frozen
   ? [
-    { optimizer: 'adam', learningRate: 3e-3 }, { optimizer: 'adam', learningRate: 1e-2 }, { optimizer: 'adam', learningRate: 3e-2 },
-    { optimizer: 'momentum', learningRate: 0.1 }, { optimizer: 'momentum', learningRate: 0.3 }, { optimizer: 'momentum', learningRate: 1 },
-  ]
+      { optimizer: 'adam', learningRate: 3e-3 },
+      { optimizer: 'adam', learningRate: 1e-2 },
+      { optimizer: 'adam', learningRate: 3e-2 },
+      { optimizer: 'momentum', learningRate: 0.1 },
+      { optimizer: 'momentum', learningRate: 0.3 },
+      { optimizer: 'momentum', learningRate: 1 },
+    ]
   : [
-    { optimizer: 'adam', learningRate: 3e-4 }, { optimizer: 'adam', learningRate: 1e-3 }, { optimizer: 'adam', learningRate: 3e-3 },
-    { optimizer: 'momentum', learningRate: 0.01 }, { optimizer: 'momentum', learningRate: 0.03 }, { optimizer: 'momentum', learningRate: 0.1 },
-  ];
+      { optimizer: 'adam', learningRate: 3e-4 },
+      { optimizer: 'adam', learningRate: 1e-3 },
+      { optimizer: 'adam', learningRate: 3e-3 },
+      { optimizer: 'momentum', learningRate: 0.01 },
+      { optimizer: 'momentum', learningRate: 0.03 },
+      { optimizer: 'momentum', learningRate: 0.1 },
+    ];
 /** The frozen public body of seed 1 (written by `bench --regimes pretrained`). */
 const FROZEN_BODY = 'benchmarks/results/pretrained/bodies/s1';
-if (frozen && !existsSync(FROZEN_BODY)) throw new Error(`${FROZEN_BODY} is missing: run "npm run bench -- --regimes pretrained" first (it pretrains the public bodies)`);
+if (frozen && !existsSync(FROZEN_BODY))
+  throw new Error(`${FROZEN_BODY} is missing: run "npm run bench -- --regimes pretrained" first (it pretrains the public bodies)`);
 const FM100 = { dataset: 'fashion-mnist', datasetOptions: { maxSamples: 12000 }, peers: 10, trainPerSite: 100, testFraction: 0.25 };
 /** Two low-data cells of the matrix, one iid and one label-skewed, so the choice fits both regimes. */
 const CELLS: (Partial<SimulationConfig> & { dataset: string; label: string })[] = frozen
   ? [
-    { label: 'fashion-mnist, 10 sites, 100 per site, iid, frozen public body', ...FM100, partition: 'iid', pretrainedBody: FROZEN_BODY, freezeBody: true },
-    { label: 'fashion-mnist, 10 sites, 100 per site, dirichlet:0.5, frozen public body', ...FM100, partition: 'dirichlet:0.5', pretrainedBody: FROZEN_BODY, freezeBody: true },
-  ]
+      { label: 'fashion-mnist, 10 sites, 100 per site, iid, frozen public body', ...FM100, partition: 'iid', pretrainedBody: FROZEN_BODY, freezeBody: true },
+      {
+        label: 'fashion-mnist, 10 sites, 100 per site, dirichlet:0.5, frozen public body',
+        ...FM100,
+        partition: 'dirichlet:0.5',
+        pretrainedBody: FROZEN_BODY,
+        freezeBody: true,
+      },
+    ]
   : [
-    { label: 'digits, 10 sites, 50 per site, iid', dataset: 'digits', peers: 10, partition: 'iid', trainPerSite: 50, testFraction: 0.5 },
-    { label: 'fashion-mnist, 10 sites, 100 per site, dirichlet:0.5', ...FM100, partition: 'dirichlet:0.5' },
-  ];
+      { label: 'digits, 10 sites, 50 per site, iid', dataset: 'digits', peers: 10, partition: 'iid', trainPerSite: 50, testFraction: 0.5 },
+      { label: 'fashion-mnist, 10 sites, 100 per site, dirichlet:0.5', ...FM100, partition: 'dirichlet:0.5' },
+    ];
 const ROUNDS = 20;
 
 const runs: { algorithm: AlgorithmName; optimizer: OptimizerKind; learningRate: number; cell: string; accuracy: number }[] = [];
@@ -58,11 +73,13 @@ for (const cell of CELLS) {
     const { label, ...cfg } = cell;
     // One simulate per algorithm, so that a rate at which one diverges (TrainingDiverged) scores 0 for it alone.
     for (const a of algorithms) {
-      const accuracy = await simulate({ ...cfg, ...g, rounds: ROUNDS, seed: 1, algorithms: [a], evaluateOn: 'validation' }, { logger: silentLogger })
-        .then((r) => (Number.isFinite(r.algorithms[a]!.accuracy.mean) ? r.algorithms[a]!.accuracy.mean : 0), (e: Error) => {
+      const accuracy = await simulate({ ...cfg, ...g, rounds: ROUNDS, seed: 1, algorithms: [a], evaluateOn: 'validation' }, { logger: silentLogger }).then(
+        (r) => (Number.isFinite(r.algorithms[a]!.accuracy.mean) ? r.algorithms[a]!.accuracy.mean : 0),
+        (e: Error) => {
           if (e.name !== 'TrainingDiverged') throw e;
           return 0;
-        });
+        },
+      );
       runs.push({ algorithm: a, ...g, cell: label, accuracy });
     }
     progress.update(++done, `${label}: ${g.optimizer} ${g.learningRate}`);
@@ -74,7 +91,9 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const chosen: Record<string, { optimizer: OptimizerKind; learningRate: number; validationAccuracy: number }> = {};
 let md = `| algorithm | ${GRID.map((g) => `${g.optimizer} ${g.learningRate}`).join(' | ')} | chosen |\n|---|${GRID.map(() => '---|').join('')}---|\n`;
 for (const a of algorithms) {
-  const scores = GRID.map((g) => mean(runs.filter((r) => r.algorithm === a && r.optimizer === g.optimizer && r.learningRate === g.learningRate).map((r) => r.accuracy)));
+  const scores = GRID.map((g) =>
+    mean(runs.filter((r) => r.algorithm === a && r.optimizer === g.optimizer && r.learningRate === g.learningRate).map((r) => r.accuracy)),
+  );
   const best = scores.indexOf(Math.max(...scores));
   chosen[a] = { ...GRID[best], validationAccuracy: scores[best] };
   md += `| ${a} | ${scores.map((s) => (100 * s).toFixed(1)).join(' | ')} | ${GRID[best].optimizer} ${GRID[best].learningRate} |\n`;
@@ -83,6 +102,11 @@ for (const a of algorithms) {
 if (chosen.fedavg && !chosen.gossip) chosen.gossip = chosen.fedavg;
 mkdirSync('benchmarks/results', { recursive: true });
 const name = frozen ? 'tuning-frozen' : 'tuning';
-writeFileSync(`benchmarks/results/${name}.json`, JSON.stringify({ date: new Date().toISOString(), rounds: ROUNDS, cells: CELLS.map((c) => c.label), grid: GRID, runs, chosen }, null, 2) + '\n');
+writeFileSync(
+  `benchmarks/results/${name}.json`,
+  JSON.stringify({ date: new Date().toISOString(), rounds: ROUNDS, cells: CELLS.map((c) => c.label), grid: GRID, runs, chosen }, null, 2) + '\n',
+);
 writeFileSync(`benchmarks/results/${name}.md`, md);
-process.stdout.write(`Mean validation accuracy (%) over: ${CELLS.map((c) => c.label).join('; ')}; ${ROUNDS} rounds, seed 1\n\n${md}\nwrote benchmarks/results/${name}.json\n`);
+process.stdout.write(
+  `Mean validation accuracy (%) over: ${CELLS.map((c) => c.label).join('; ')}; ${ROUNDS} rounds, seed 1\n\n${md}\nwrote benchmarks/results/${name}.json\n`,
+);

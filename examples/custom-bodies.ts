@@ -27,15 +27,16 @@ const cnn = tfl.sequential({
 });
 
 // ...or a function that builds one from the input shape and the feature size.
-const mlp = (inputShape: number[], features: number) => tfl.sequential({
-  layers: [
-    tfl.layers.flatten({ inputShape }),
-    tfl.layers.dense({ units: 64, activation: 'relu' }),
-    tfl.layers.batchNormalization(),
-    tfl.layers.dropout({ rate: 0.1 }),
-    tfl.layers.dense({ units: features, activation: 'relu' }),
-  ],
-});
+const mlp = (inputShape: number[], features: number) =>
+  tfl.sequential({
+    layers: [
+      tfl.layers.flatten({ inputShape }),
+      tfl.layers.dense({ units: 64, activation: 'relu' }),
+      tfl.layers.batchNormalization(),
+      tfl.layers.dropout({ rate: 0.1 }),
+      tfl.layers.dense({ units: features, activation: 'relu' }),
+    ],
+  });
 
 function twoBranch(inputShape: number[], features: number): tfl.LayersModel {
   const input = tfl.input({ shape: inputShape });
@@ -54,14 +55,18 @@ const labs = [
 ];
 const splits = partition(ds.labels, ds.classNames.length, labs.length, 'dirichlet:0.5', { seed: 7 });
 const hub = new MemoryHub();
-const sites = await Promise.all(labs.map((lab, i) => createLearner({
-  id: lab.id,
-  dataset: ds,
-  split: splits[i],
-  model: { body: lab.body, featureDim },
-  train: { epochs: 2, seed: i, learningRate: 0.005 },
-  exchange: hub.join(lab.id),
-})));
+const sites = await Promise.all(
+  labs.map((lab, i) =>
+    createLearner({
+      id: lab.id,
+      dataset: ds,
+      split: splits[i],
+      model: { body: lab.body, featureDim },
+      train: { epochs: 2, seed: i, learningRate: 0.005 },
+      exchange: hub.join(lab.id),
+    }),
+  ),
+);
 
 for (let round = 1; round <= 5; round++) {
   for (const site of sites) {

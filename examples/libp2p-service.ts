@@ -27,20 +27,24 @@ const ids = keys.map((k) => peerIdFromPrivateKey(k).toString());
 // Fixed ports would do as well; here each node listens on a free port, and the program dials them once they run.
 const members = names.map((name, i) => ({ name, peerId: ids[i], addrs: [] as string[] }));
 
-const nodes = await Promise.all(keys.map((privateKey) => createLibp2p({
-  privateKey,
-  addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
-  transports: [tcp()],
-  connectionEncrypters: [noise()],
-  streamMuxers: [yamux()],
-  connectionGater: membersOnlyGater(ids), // optional: refuse everyone else at the door
-  services: {
-    identify: identify(),
-    ping: ping(), // the application's own service
-    pubsub: gossipsub({ allowPublishToZeroTopicPeers: true }),
-    heads: headExchange({ members }),
-  },
-})));
+const nodes = await Promise.all(
+  keys.map((privateKey) =>
+    createLibp2p({
+      privateKey,
+      addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
+      transports: [tcp()],
+      connectionEncrypters: [noise()],
+      streamMuxers: [yamux()],
+      connectionGater: membersOnlyGater(ids), // optional: refuse everyone else at the door
+      services: {
+        identify: identify(),
+        ping: ping(), // the application's own service
+        pubsub: gossipsub({ allowPublishToZeroTopicPeers: true }),
+        heads: headExchange({ members }),
+      },
+    }),
+  ),
+);
 for (const [i, node] of nodes.entries()) {
   for (const other of nodes.slice(i + 1)) await node.dial(other.getMultiaddrs()[0]);
 }
@@ -48,12 +52,21 @@ for (const [i, node] of nodes.entries()) {
 const ds = loadDataset('breast-cancer');
 const splits = partition(ds.labels, ds.classNames.length, 3, 'dirichlet:0.5', { seed: 7 });
 const standardizer = pooledStandardizer(ds.features, featureSize(ds), splits);
-const sites = await Promise.all(nodes.map((node, i) => createLearner({
-  id: ids[i], dataset: ds, split: splits[i], standardizer,
-  model: { body: 'mlp:32', featureDim: 16 }, train: { epochs: 2, seed: i },
-  exchange: node.services.heads,
-  quorum: 2, roundDeadlineMs: 10000, // wait (at most 10 s) for both other heads each round
-})));
+const sites = await Promise.all(
+  nodes.map((node, i) =>
+    createLearner({
+      id: ids[i],
+      dataset: ds,
+      split: splits[i],
+      standardizer,
+      model: { body: 'mlp:32', featureDim: 16 },
+      train: { epochs: 2, seed: i },
+      exchange: node.services.heads,
+      quorum: 2,
+      roundDeadlineMs: 10000, // wait (at most 10 s) for both other heads each round
+    }),
+  ),
+);
 
 for (let round = 1; round <= 4; round++) {
   const metrics = await Promise.all(sites.map((s) => s.runRound()));

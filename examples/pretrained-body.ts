@@ -19,7 +19,14 @@ const all = loadDataset('digits');
 const labRows = subsampleRows(all.numSamples, 450, 1);
 const bodyDir = join(mkdtempSync(join(tmpdir(), 'dflmoe-example-')), 'public-body');
 const pre = await pretrainBody(all, bodyDir, {
-  body: 'mlp:64', featureDim: 32, epochs: 10, batchSize: 32, learningRate: 3e-3, optimizer: 'adam', seed: 1, exclude: labRows,
+  body: 'mlp:64',
+  featureDim: 32,
+  epochs: 10,
+  batchSize: 32,
+  learningRate: 3e-3,
+  optimizer: 'adam',
+  seed: 1,
+  exclude: labRows,
 });
 console.log(`public body: ${pre.trainRows} images, held-out accuracy ${(pre.accuracy * 100).toFixed(1)}%, written to ${bodyDir}`);
 

@@ -5,10 +5,35 @@
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  ALGORITHMS, DEFAULT_ALGORITHM_OPTIONS, MemoryHub, REGISTRY, bodyVariables, createOptimizer, decodeBundle, disposePeerData, encodeBundle,
-  fedavg, fedavgFt, fedrep, getAlgorithm, gossip, memoryNetworks, runSite, silentLogger, simulate,
-  type Algorithm, type AlgorithmOptions, type AlgorithmSite, type FedAvgFtSite, type FedAvgSite, type GossipSite,
-  type Logger, type PeerData, type PeerModelOptions, type SiteNetwork, type DflmoeSite,
+  ALGORITHMS,
+  DEFAULT_ALGORITHM_OPTIONS,
+  MemoryHub,
+  REGISTRY,
+  bodyVariables,
+  createOptimizer,
+  decodeBundle,
+  disposePeerData,
+  encodeBundle,
+  fedavg,
+  fedavgFt,
+  fedrep,
+  getAlgorithm,
+  gossip,
+  memoryNetworks,
+  runSite,
+  silentLogger,
+  simulate,
+  type Algorithm,
+  type AlgorithmOptions,
+  type AlgorithmSite,
+  type FedAvgFtSite,
+  type FedAvgSite,
+  type GossipSite,
+  type Logger,
+  type PeerData,
+  type PeerModelOptions,
+  type SiteNetwork,
+  type DflmoeSite,
 } from '@dflmoe/core/internal';
 import { parsePeerConfig } from '@dflmoe/p2p';
 import { summaryTable } from '@dflmoe/cli/internal';
@@ -16,7 +41,12 @@ import { backend, cli, tinyPeers } from './helpers.js';
 
 const quiet = silentLogger;
 const base = (datas: PeerData[], i: number): PeerModelOptions => ({
-  id: `p${i}`, data: datas[i], body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: i },
+  id: `p${i}`,
+  data: datas[i],
+  body: { kind: 'mlp', hidden: [16] },
+  featureDim: 8,
+  headHidden: [],
+  train: { seed: i },
 });
 const opts = (o: Partial<AlgorithmOptions> = {}): AlgorithmOptions => ({ ...DEFAULT_ALGORITHM_OPTIONS, seed: 1, ...o });
 
@@ -110,21 +140,34 @@ describe('baselines in the simulator', () => {
       assert.equal(tf.memory().numTensors, t0, 'the run frees its tensors');
       assert.ok(a.accuracy.mean > 0.8, `accuracy ${a.accuracy.mean}`);
       assert.ok(a.bytesSent > 0);
-      assert.deepEqual(a.rounds.map((x) => x.round), [1, 2, 3, 4, 5]);
+      assert.deepEqual(
+        a.rounds.map((x) => x.round),
+        [1, 2, 3, 4, 5],
+      );
     });
   }
 
   it('bytes: server algorithms count uploads and downloads, gossip whole models to every other member; fedrep sends less than fedavg', async () => {
-    const r = await simulate({ dataset: 'breast-cancer', peers: 3, rounds: 2, partition: 'iid', algorithms: ['fedavg', 'fedavg-ft', 'fedrep', 'gossip'] }, { logger: quiet });
+    const r = await simulate(
+      { dataset: 'breast-cancer', peers: 3, rounds: 2, partition: 'iid', algorithms: ['fedavg', 'fedavg-ft', 'fedrep', 'gossip'] },
+      { logger: quiet },
+    );
     const [f, ft, rep, g] = (['fedavg', 'fedavg-ft', 'fedrep', 'gossip'] as const).map((k) => r.algorithms[k]!);
-    for (const a of [f, ft, rep]) assert.equal(a.bytesSent, a.peers.reduce((s, p) => s + p.bytesSent + p.bytesReceived, 0));
+    for (const a of [f, ft, rep])
+      assert.equal(
+        a.bytesSent,
+        a.peers.reduce((s, p) => s + p.bytesSent + p.bytesReceived, 0),
+      );
     assert.equal(ft.bytesSent, f.bytesSent, 'fine-tuning sends nothing');
     assert.ok(rep.bytesSent < f.bytesSent, 'the head stays home');
     // Gossip sends the whole model (its header also names the sender) to the 2 others; fedavg sends it once up and gets one back.
     const model = f.peers[0].bytesSent / 2;
     const message = g.peers[0].bytesSent / (2 * 2);
     assert.ok(Number.isInteger(message) && message > model && message <= model + 128, `gossip message ${message} B, model ${model} B`);
-    assert.equal(g.bytesSent, g.peers.reduce((s, p) => s + p.bytesSent, 0));
+    assert.equal(
+      g.bytesSent,
+      g.peers.reduce((s, p) => s + p.bytesSent, 0),
+    );
   });
 
   it('the local optimiser is a setting of every algorithm: sgd and momentum train differently from adam, reproducibly', async () => {
@@ -157,11 +200,17 @@ describe('baselines in the simulator', () => {
   it('heterogeneous bodies with several algorithms: the ones that need one model are skipped, saying why; the others run', async () => {
     const warnings: string[] = [];
     const logger = { ...quiet, warn: (m: string) => warnings.push(m) };
-    const r = await simulate({ dataset: 'digits', peers: 2, rounds: 1, algorithms: ['fedavg', 'dflmoe', 'gossip'], bodies: ['mlp', 'mlp:16'], partition: 'iid' }, { logger });
+    const r = await simulate(
+      { dataset: 'digits', peers: 2, rounds: 1, algorithms: ['fedavg', 'dflmoe', 'gossip'], bodies: ['mlp', 'mlp:16'], partition: 'iid' },
+      { logger },
+    );
     assert.deepEqual(Object.keys(r.algorithms), ['dflmoe']);
     assert.deepEqual(Object.keys(r.skipped ?? {}), ['fedavg', 'gossip']);
     assert.match(r.skipped!.fedavg!, /^FedAvg needs the same model at every site, but peer-0 has "mlp\|.*" and peer-1 has "mlp:16\|.*"/);
-    assert.deepEqual(warnings.map((w) => w.split(':')[0]), ['skipped fedavg', 'skipped gossip']);
+    assert.deepEqual(
+      warnings.map((w) => w.split(':')[0]),
+      ['skipped fedavg', 'skipped gossip'],
+    );
     const table = summaryTable(r);
     assert.match(table, /\nskipped fedavg: FedAvg needs the same model at every site/);
     assert.match(table, /\ndflmoe +[\d.]+%/);
@@ -186,7 +235,10 @@ describe('fedrep', () => {
     assert.ok(!bodyShapes.includes(headShape), 'the test can tell a head kernel from the body');
     for (const p of sent) {
       const b = decodeBundle(p, { maxBytes: 1 << 30 });
-      assert.deepEqual(b.tensors.map((t) => t.shape.join('x')), bodyShapes);
+      assert.deepEqual(
+        b.tensors.map((t) => t.shape.join('x')),
+        bodyShapes,
+      );
       assert.match(String(b.meta.arch), /\|body-only$/);
     }
     const weights = (s: FedAvgSite) => ({ body: s.model.getWeights(), head: s.model.headVariables().map((v) => ({ data: v.dataSync() as Float32Array })) });
@@ -201,7 +253,7 @@ describe('fedrep', () => {
 describe('fedavg-ft', () => {
   before(backend);
 
-  it('fine-tuning changes the evaluated copy, never the global model: after 3 rounds the global models equal plain FedAvg\'s', async () => {
+  it("fine-tuning changes the evaluated copy, never the global model: after 3 rounds the global models equal plain FedAvg's", async () => {
     const { datas } = tinyPeers(3);
     const plain = datas.map((_, i) => fedavg.createSite(base(datas, i), opts()) as FedAvgSite);
     const ft = datas.map((_, i) => fedavgFt.createSite(base(datas, i), opts({ fineTuneEpochs: 2 })) as FedAvgFtSite);
@@ -212,7 +264,11 @@ describe('fedavg-ft', () => {
       if (i === 0) net.server = { ...net.server!, download: async (r) => (lastGlobal = await down(r)) };
     });
     for (let i = 0; i < 3; i++) assert.equal(maxDiff(ft[i].model.getWeights(), plain[i].model.getWeights()), 0, `site ${i}: global model as in FedAvg`);
-    assert.equal(maxDiff(ft[0].model.getWeights(), decodeBundle(lastGlobal!, { maxBytes: 1 << 30 }).tensors), 0, 'the client holds the downloaded global model');
+    assert.equal(
+      maxDiff(ft[0].model.getWeights(), decodeBundle(lastGlobal!, { maxBytes: 1 << 30 }).tensors),
+      0,
+      'the client holds the downloaded global model',
+    );
     assert.ok(maxDiff(ft[0].tuned.getWeights(), ft[0].model.getWeights()) > 1e-4, 'the fine-tuned copy moved');
     assert.equal(ft[0].evaluate().accuracy, ft[0].tuned.evaluate().accuracy, 'evaluated with the copy');
     [...plain, ...ft].forEach((s) => s.dispose());
@@ -248,8 +304,14 @@ describe('gossip', () => {
   });
 
   it('on the complete graph with every model fresh it equals FedAvg (same initial model, same local training)', async () => {
-    const r = await simulate({ dataset: 'breast-cancer', peers: 3, rounds: 3, partition: 'dirichlet:0.5', algorithms: ['fedavg', 'gossip'] }, { logger: quiet });
-    assert.deepEqual(r.algorithms.gossip!.rounds.map((x) => x.peerAccuracy), r.algorithms.fedavg!.rounds.map((x) => x.peerAccuracy));
+    const r = await simulate(
+      { dataset: 'breast-cancer', peers: 3, rounds: 3, partition: 'dirichlet:0.5', algorithms: ['fedavg', 'gossip'] },
+      { logger: quiet },
+    );
+    assert.deepEqual(
+      r.algorithms.gossip!.rounds.map((x) => x.peerAccuracy),
+      r.algorithms.fedavg!.rounds.map((x) => x.peerAccuracy),
+    );
   });
 
   it('drops and counts bad models (sender, shape, NaN, corrupt, wrong model, stale) with a log line, and keeps running', async () => {
@@ -260,7 +322,14 @@ describe('gossip', () => {
     bad.set('sender-mismatch', a.encode(1));
     const w = b.model.getWeights();
     const meta = { arch: b.architecture(), round: 1, samples: 10, peer: b.id };
-    bad.set('shape', encodeBundle('model', meta, w.map((t, i) => (i === 0 ? { ...t, shape: [...t.shape].reverse() } : t))));
+    bad.set(
+      'shape',
+      encodeBundle(
+        'model',
+        meta,
+        w.map((t, i) => (i === 0 ? { ...t, shape: [...t.shape].reverse() } : t)),
+      ),
+    );
     const nan = w.map((t) => ({ ...t, data: t.data.slice() }));
     nan[0].data[3] = NaN;
     bad.set('nonfinite', encodeBundle('model', meta, nan));
@@ -285,7 +354,10 @@ describe('gossip', () => {
     await eb.publish(bad.get('nonfinite')!, 2);
     const round = await a.runRound(2, { exchange: ea, quorum: 0, deadlineMs: 0, logger });
     assert.equal(round.fresh, 0);
-    assert.ok(warned.some((m) => /dropped a model from p1: nonfinite/.test(m)), warned.join('\n'));
+    assert.ok(
+      warned.some((m) => /dropped a model from p1: nonfinite/.test(m)),
+      warned.join('\n'),
+    );
     assert.deepEqual(reported, ['p1:nonfinite']);
     [a, b].forEach((s) => s.dispose());
     datas.forEach(disposePeerData);
@@ -295,51 +367,55 @@ describe('gossip', () => {
 describe('the shared round loop in memory', () => {
   before(backend);
 
-  it('dflmoe rounds are synchronous: after round r every site holds every other site\'s round-r head', async () => {
+  it("dflmoe rounds are synchronous: after round r every site holds every other site's round-r head", async () => {
     const { datas } = tinyPeers(3);
     const alg = getAlgorithm('dflmoe');
     const sites = datas.map((_, i) => alg.createSite(base(datas, i), opts()) as DflmoeSite);
     const nets = memoryNetworks(alg, sites, 1 << 30, quiet);
     const seen: number[][] = [];
-    await Promise.all(sites.map((s, i) => runSite(s, nets[i], {
-      rounds: 3,
-      onRound: (rec) => void seen.push([rec.round, ...rec.experts.map((e) => e.version)]),
-    })));
+    await Promise.all(
+      sites.map((s, i) =>
+        runSite(s, nets[i], {
+          rounds: 3,
+          onRound: (rec) => void seen.push([rec.round, ...rec.experts.map((e) => e.version)]),
+        }),
+      ),
+    );
     for (const [round, ...versions] of seen) assert.deepEqual(versions, [round, round], `round ${round}: ${versions}`);
     sites.forEach((s) => s.dispose());
     datas.forEach(disposePeerData);
   });
 
   for (const name of ['dflmoe', 'gossip'] as const) {
-  it(`${name} does not wait out its deadline for a member that left without sending; one that stays is still waited for`, async () => {
-    const { datas } = tinyPeers(3);
-    const alg = getAlgorithm(name);
-    const sites = datas.map((_, i) => alg.createSite(base(datas, i), opts()));
-    const hub = new MemoryHub();
-    const ex = sites.map((s) => hub.join(s.id));
-    const net = (i: number): SiteNetwork => ({ exchange: ex[i], quorum: 2, others: 2, deadlineMs: 20000, logger: quiet });
-    // Round 1: everyone publishes (the wait is for the two others' heads).
-    await Promise.all(sites.map((s, i) => s.runRound(1, net(i))));
-    // Round 2: site 2 leaves before sending; site 1 sends late. Site 0 waits for site 1 only.
-    const t0 = performance.now();
-    const r0 = sites[0].runRound(2, net(0));
-    await new Promise((r) => setTimeout(r, 300));
-    await ex[2].close();
-    await new Promise((r) => setTimeout(r, 1500));
-    let done = false;
-    void r0.then(() => (done = true));
-    await new Promise((r) => setTimeout(r, 50));
-    assert.equal(done, false, 'still waiting for site 1, which has not left');
-    await sites[1].runRound(2, net(1)).catch(() => {});
-    const round = await r0;
-    const waited = (performance.now() - t0) / 1000;
-    assert.ok(waited < 10, `round 2 took ${waited.toFixed(1)} s against a 20 s deadline`);
-    assert.ok(round.waitSeconds < 10);
-    assert.ok(round.fresh >= 1, "site 1's round-2 message is taken in");
-    if (name === 'dflmoe') assert.equal(sites[0].experts!().find((e) => e.peer === sites[1].id)?.version, 2, "site 1's round-2 head is in");
-    sites.forEach((s) => s.dispose());
-    datas.forEach(disposePeerData);
-  });
+    it(`${name} does not wait out its deadline for a member that left without sending; one that stays is still waited for`, async () => {
+      const { datas } = tinyPeers(3);
+      const alg = getAlgorithm(name);
+      const sites = datas.map((_, i) => alg.createSite(base(datas, i), opts()));
+      const hub = new MemoryHub();
+      const ex = sites.map((s) => hub.join(s.id));
+      const net = (i: number): SiteNetwork => ({ exchange: ex[i], quorum: 2, others: 2, deadlineMs: 20000, logger: quiet });
+      // Round 1: everyone publishes (the wait is for the two others' heads).
+      await Promise.all(sites.map((s, i) => s.runRound(1, net(i))));
+      // Round 2: site 2 leaves before sending; site 1 sends late. Site 0 waits for site 1 only.
+      const t0 = performance.now();
+      const r0 = sites[0].runRound(2, net(0));
+      await new Promise((r) => setTimeout(r, 300));
+      await ex[2].close();
+      await new Promise((r) => setTimeout(r, 1500));
+      let done = false;
+      void r0.then(() => (done = true));
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(done, false, 'still waiting for site 1, which has not left');
+      await sites[1].runRound(2, net(1)).catch(() => {});
+      const round = await r0;
+      const waited = (performance.now() - t0) / 1000;
+      assert.ok(waited < 10, `round 2 took ${waited.toFixed(1)} s against a 20 s deadline`);
+      assert.ok(round.waitSeconds < 10);
+      assert.ok(round.fresh >= 1, "site 1's round-2 message is taken in");
+      if (name === 'dflmoe') assert.equal(sites[0].experts!().find((e) => e.peer === sites[1].id)?.version, 2, "site 1's round-2 head is in");
+      sites.forEach((s) => s.dispose());
+      datas.forEach(disposePeerData);
+    });
   }
 
   it('a lockstep MemoryHub delivers version v only once every member has published it', async () => {
@@ -350,8 +426,20 @@ describe('the shared round loop in memory', () => {
     assert.equal(c.drain().length, 0);
     await b.publish(new Uint8Array([3]), 2);
     await c.publish(new Uint8Array([4]), 1);
-    assert.deepEqual(c.drain().map((m) => [m.from, m.payload[0]]), [['a', 1], ['b', 2]]);
-    assert.deepEqual(a.drain().map((m) => [m.from, m.payload[0]]), [['b', 2], ['c', 4]]);
+    assert.deepEqual(
+      c.drain().map((m) => [m.from, m.payload[0]]),
+      [
+        ['a', 1],
+        ['b', 2],
+      ],
+    );
+    assert.deepEqual(
+      a.drain().map((m) => [m.from, m.payload[0]]),
+      [
+        ['b', 2],
+        ['c', 4],
+      ],
+    );
     assert.equal(a.stats().bytesSent, 2, 'a head to each of 2 others');
   });
 });

@@ -20,7 +20,17 @@ async function trail(rounds: number) {
   };
   const a = await SiteAudit.open(dir, id.privateKey, id.peerId, 'dflmoe', 1, sources);
   for (let r = 1; r <= rounds; r++) {
-    await a.round({ round: r, experts: [{ peer: 'p1', version: r }, { peer: 'p2', version: r - 1 }], privacy: { epsilon: r / 10, delta: 1e-5, steps: r * 10 } }, { digest: 'cd'.repeat(32) });
+    await a.round(
+      {
+        round: r,
+        experts: [
+          { peer: 'p1', version: r },
+          { peer: 'p2', version: r - 1 },
+        ],
+        privacy: { epsilon: r / 10, delta: 1e-5, steps: r * 10 },
+      },
+      { digest: 'cd'.repeat(32) },
+    );
   }
   return { dir, id, file: join(dir, AUDIT_FILE), sources };
 }
@@ -62,10 +72,16 @@ describe('audit trail', function () {
     const r = await verifyAudit(file);
     assert.deepEqual(r.problems, []);
     assert.equal(r.site, id.peerId);
-    assert.deepEqual(r.entries.map((e) => (e.kind === 'round' ? e.round : `start@${e.fromRound}`)), ['start@1', 1, 2, 3, 'start@4', 4]);
+    assert.deepEqual(
+      r.entries.map((e) => (e.kind === 'round' ? e.round : `start@${e.fromRound}`)),
+      ['start@1', 1, 2, 3, 'start@4', 4],
+    );
     const r2 = r.entries[2];
     assert.ok(r2.kind === 'round');
-    assert.deepEqual(r2.mixed, [{ peer: 'p1', version: 2, digest: 'p1-2'.padEnd(64, '0') }, { peer: 'p2', version: 1, digest: 'p2-1'.padEnd(64, '0') }]);
+    assert.deepEqual(r2.mixed, [
+      { peer: 'p1', version: 2, digest: 'p1-2'.padEnd(64, '0') },
+      { peer: 'p2', version: 1, digest: 'p2-1'.padEnd(64, '0') },
+    ]);
     assert.deepEqual(r2.own, { version: 1, digest: 'ab'.repeat(32) });
     assert.equal(r2.checkpoint, 'cd'.repeat(32));
     assert.deepEqual(r2.privacy, { epsilon: 0.2, delta: 1e-5, steps: 20 });
@@ -77,7 +93,10 @@ describe('audit trail', function () {
     // Line 4 is round 3: raise its privacy spend... the signature no longer matches.
     writeFileSync(file, [...lines.slice(0, 3), lines[3].replace('"epsilon":0.3', '"epsilon":0.01'), ...lines.slice(4)].join('\n') + '\n');
     let r = await verifyAudit(file);
-    assert.deepEqual(r.problems, [{ line: 4, round: 3, reason: 'the signature does not match (the line was changed)' }, { line: 5, round: 4, reason: r.problems[1]?.reason }]);
+    assert.deepEqual(r.problems, [
+      { line: 4, round: 3, reason: 'the signature does not match (the line was changed)' },
+      { line: 5, round: 4, reason: r.problems[1]?.reason },
+    ]);
     assert.match(r.problems[1].reason, /chain is broken/);
     // Drop round 2: the chain breaks at the line after the gap.
     writeFileSync(file, [...lines.slice(0, 2), ...lines.slice(3)].join('\n') + '\n');
@@ -91,7 +110,10 @@ describe('audit trail', function () {
     forged.site = other.peerId;
     writeFileSync(file, [lines[0], JSON.stringify(forged), ...lines.slice(2)].join('\n') + '\n');
     r = await verifyAudit(file);
-    assert.ok(r.problems.some((p) => p.line === 2 && p.round === 1 && /written for/.test(p.reason)), JSON.stringify(r.problems));
+    assert.ok(
+      r.problems.some((p) => p.line === 2 && p.round === 1 && /written for/.test(p.reason)),
+      JSON.stringify(r.problems),
+    );
   });
 
   it('a trail cut at its end verifies as a chain, but not against the checkpoint and the signed seal in results.json', async () => {
@@ -102,7 +124,13 @@ describe('audit trail', function () {
     keep(file, lines, 5);
     assert.deepEqual((await verifyAudit(file)).problems, []);
     let r = await verifySiteAudit(dir);
-    assert.deepEqual(r.problems.map((p) => [p.line, p.round]), [[5, 4], [5, 4]]);
+    assert.deepEqual(
+      r.problems.map((p) => [p.line, p.round]),
+      [
+        [5, 4],
+        [5, 4],
+      ],
+    );
     assert.match(r.problems[0].reason, /ends at round 4 but the newest checkpoint .*round-000005\) is of round 5: lines were removed from the end/);
     assert.match(r.problems[1].reason, /results\.json seals 6 lines, the trail has 5: 1 line\(s\) were removed/);
     // Half the trail kept (3 of 6 lines).
@@ -117,7 +145,10 @@ describe('audit trail', function () {
     res.audit = JSON.parse(readFileSync(join(other.dir, 'results.json'), 'utf8')).audit;
     writeFileSync(join(dir, 'results.json'), JSON.stringify(res));
     r = await verifySiteAudit(dir);
-    assert.deepEqual(r.problems.map((p) => p.reason), ["results.json's audit seal is not signed by the site's key"]);
+    assert.deepEqual(
+      r.problems.map((p) => p.reason),
+      ["results.json's audit seal is not signed by the site's key"],
+    );
   });
 
   it('during a run (no results.json yet) the newest checkpoint alone shows a removed last line, and a replaced checkpoint', async () => {
@@ -130,7 +161,10 @@ describe('audit trail', function () {
     keep(file, lines, 5);
     writeFileSync(join(dir, 'checkpoints', 'round-000004', 'manifest.json'), JSON.stringify({ format: 1, round: 4, files: { x: 1 } }));
     r = await verifySiteAudit(dir);
-    assert.deepEqual(r.problems.map((p) => [p.line, p.round]), [[5, 4]]);
+    assert.deepEqual(
+      r.problems.map((p) => [p.line, p.round]),
+      [[5, 4]],
+    );
     assert.match(r.problems[0].reason, /checkpoint digest of round 4 is not that of .*round-000004/);
   });
 
@@ -139,17 +173,26 @@ describe('audit trail', function () {
     const whole = readFileSync(file, 'utf8');
     appendFileSync(file, '{"kind":"round","site":"x","rou');
     let r = await verifyAudit(file);
-    assert.deepEqual(r.problems.map((p) => [p.line, p.reason]), [[4, 'the last line is cut off (no newline)'], [4, 'not valid JSON']]);
+    assert.deepEqual(
+      r.problems.map((p) => [p.line, p.reason]),
+      [
+        [4, 'the last line is cut off (no newline)'],
+        [4, 'not valid JSON'],
+      ],
+    );
     const again = await SiteAudit.open(dir, id.privateKey, id.peerId, 'dflmoe', 3, sources);
     await again.round({ round: 3, experts: [] });
     const text = readFileSync(file, 'utf8');
     assert.ok(text.startsWith(whole), 'the whole lines are kept as they were');
     r = await verifyAudit(file);
     assert.deepEqual(r.problems, []);
-    assert.deepEqual(r.entries.map((e) => (e.kind === 'start' ? e.note ?? '' : e.round)), ['', 1, 2, 'removed 31 bytes of a line cut by a crash', 3]);
+    assert.deepEqual(
+      r.entries.map((e) => (e.kind === 'start' ? (e.note ?? '') : e.round)),
+      ['', 1, 2, 'removed 31 bytes of a line cut by a crash', 3],
+    );
   });
 
-  it('dflmoe audit reads a browser tab\'s zip, checks a site directory\'s end, and calls a CSV not a trail (one line)', async () => {
+  it("dflmoe audit reads a browser tab's zip, checks a site directory's end, and calls a CSV not a trail (one line)", async () => {
     const { dir, file, lines } = await siteDirectory(3);
     const zip = join(dir, 'dflmoe-site.zip');
     const entries: Record<string, Uint8Array> = {};
@@ -159,7 +202,10 @@ describe('audit trail', function () {
     writeFileSync(zip, zipSync(entries));
     let r = cli(['audit', zip]);
     assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stdout, /audit trail of site-a \(.*\): 4 entries \(3 rounds\); hash chain and signatures verified; its end matches the checkpoint and results\.json/);
+    assert.match(
+      r.stdout,
+      /audit trail of site-a \(.*\): 4 entries \(3 rounds\); hash chain and signatures verified; its end matches the checkpoint and results\.json/,
+    );
     keep(file, lines, 3);
     r = cli(['audit', dir]);
     assert.equal(r.status, 1);

@@ -43,7 +43,10 @@ describe('compute backend', () => {
     let info = await selectBackend({ force: '', loaders: { tensorflow: fail } });
     assert.equal(info.name, 'wasm');
     assert.equal(info.simd, true);
-    assert.deepEqual(info.skipped.map((s) => s.name), ['tensorflow']);
+    assert.deepEqual(
+      info.skipped.map((s) => s.name),
+      ['tensorflow'],
+    );
     info = await selectBackend({ force: '', loaders: { tensorflow: fail, wasm: fail } });
     assert.equal(info.name, 'cpu');
     assert.equal(tf.getBackend(), 'cpu');
@@ -90,5 +93,4 @@ describe('compute backend', () => {
       assert.match(r.stderr, /cannot load/);
     }
   });
-
 });

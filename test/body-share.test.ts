@@ -11,9 +11,29 @@ import { crc32 } from 'node:zlib';
 import fc from 'fast-check';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  BodyShare, DEFAULT_ALGORITHM_OPTIONS, createLearner, MemoryHub, bodyVariables, choosePartners, combineBodies, decodeBundle, dflmoe, encodeBundle,
-  DEFAULT_SIMULATION, memoryNetworks, parseBodyCombiner, parseTopology, runSite, silentLogger, simulate,
-  type AlgorithmOptions, type DflmoeSite, type SimulationResults, type NamedArray, type PeerData, type PeerModelOptions,
+  BodyShare,
+  DEFAULT_ALGORITHM_OPTIONS,
+  createLearner,
+  MemoryHub,
+  bodyVariables,
+  choosePartners,
+  combineBodies,
+  decodeBundle,
+  dflmoe,
+  encodeBundle,
+  DEFAULT_SIMULATION,
+  memoryNetworks,
+  parseBodyCombiner,
+  parseTopology,
+  runSite,
+  silentLogger,
+  simulate,
+  type AlgorithmOptions,
+  type DflmoeSite,
+  type SimulationResults,
+  type NamedArray,
+  type PeerData,
+  type PeerModelOptions,
 } from '@dflmoe/core/internal';
 import { parsePeerConfig, siteSettings } from '@dflmoe/p2p/internal';
 import { loadDataset, partition } from '@dflmoe/data';
@@ -23,8 +43,13 @@ const quiet = silentLogger;
 const arr = (name: string, data: number[], shape = [data.length]): NamedArray => ({ name, shape, data: Float32Array.from(data) });
 const opts = (o: Partial<AlgorithmOptions> = {}): AlgorithmOptions => ({ ...DEFAULT_ALGORITHM_OPTIONS, seed: 1, ...o });
 const base = (datas: PeerData[], i: number, body = 'mlp'): PeerModelOptions => ({
-  id: `p${i}`, data: datas[i], body: body === 'mlp' ? { kind: 'mlp', hidden: [16] } : { kind: 'mlp', hidden: [12] }, featureDim: 8, headHidden: [],
-  train: { seed: i }, initSeed: 7,
+  id: `p${i}`,
+  data: datas[i],
+  body: body === 'mlp' ? { kind: 'mlp', hidden: [16] } : { kind: 'mlp', hidden: [12] },
+  featureDim: 8,
+  headHidden: [],
+  train: { seed: i },
+  initSeed: 7,
 });
 
 describe('combining bodies', () => {
@@ -34,31 +59,42 @@ describe('combining bodies', () => {
       { weights: [arr('b0', [2, 20])], samples: 30 },
       { weights: [arr('b0', [100, -50])], samples: 10 },
     ];
-    const close = (a: Float32Array, b: number[]) => assert.ok(b.every((x, i) => Math.abs(a[i] - x) < 1e-5), `${[...a]} vs ${b}`);
+    const close = (a: Float32Array, b: number[]) =>
+      assert.ok(
+        b.every((x, i) => Math.abs(a[i] - x) < 1e-5),
+        `${[...a]} vs ${b}`,
+      );
     close(combineBodies(parts, { kind: 'mean' })[0].data, [(0 * 10 + 2 * 30 + 100 * 10) / 50, (100 + 600 - 500) / 50]);
     assert.deepEqual([...combineBodies(parts, { kind: 'median' })[0].data], [2, 10]);
     // A claim of a million rows counts as 10 times the median claim.
-    const greedy = [{ weights: [arr('b0', [0])], samples: 10 }, { weights: [arr('b0', [0])], samples: 10 }, { weights: [arr('b0', [12])], samples: 1e6 }];
-    close(combineBodies(greedy, { kind: 'mean' })[0].data, [12 * 100 / 120]);
+    const greedy = [
+      { weights: [arr('b0', [0])], samples: 10 },
+      { weights: [arr('b0', [0])], samples: 10 },
+      { weights: [arr('b0', [12])], samples: 1e6 },
+    ];
+    close(combineBodies(greedy, { kind: 'mean' })[0].data, [(12 * 100) / 120]);
     const five = [1, 2, 3, 4, 100].map((v) => ({ weights: [arr('b0', [v])], samples: 1 }));
     assert.equal(combineBodies(five, { kind: 'trimmed', fraction: 0.2 })[0].data[0], 3);
     assert.equal(combineBodies(five, { kind: 'trimmed', fraction: 0 })[0].data[0], 22);
   });
 
   it('median and trimmed stay within the honest range whatever one member of five sends (property)', () => {
-    fc.assert(fc.property(
-      fc.array(fc.float({ min: -10, max: 10, noNaN: true }), { minLength: 4, maxLength: 4 }), fc.float({ min: Math.fround(-1e30), max: Math.fround(1e30), noNaN: true }),
-      (honest, evil) => {
-        const parts = [...honest, evil].map((v) => ({ weights: [arr('b0', [v])], samples: 1 }));
-        const lo = Math.min(...honest) - 1e-6;
-        const hi = Math.max(...honest) + 1e-6;
-        for (const c of [{ kind: 'median' } as const, { kind: 'trimmed', fraction: 0.2 } as const]) {
-          const v = combineBodies(parts, c)[0].data[0];
-          if (!(v >= lo && v <= hi)) return false;
-        }
-        return true;
-      },
-    ));
+    fc.assert(
+      fc.property(
+        fc.array(fc.float({ min: -10, max: 10, noNaN: true }), { minLength: 4, maxLength: 4 }),
+        fc.float({ min: Math.fround(-1e30), max: Math.fround(1e30), noNaN: true }),
+        (honest, evil) => {
+          const parts = [...honest, evil].map((v) => ({ weights: [arr('b0', [v])], samples: 1 }));
+          const lo = Math.min(...honest) - 1e-6;
+          const hi = Math.max(...honest) + 1e-6;
+          for (const c of [{ kind: 'median' } as const, { kind: 'trimmed', fraction: 0.2 } as const]) {
+            const v = combineBodies(parts, c)[0].data[0];
+            if (!(v >= lo && v <= hi)) return false;
+          }
+          return true;
+        },
+      ),
+    );
   });
 
   it('parses combiners and topologies, and refuses bad ones with the forms it takes', () => {
@@ -74,7 +110,10 @@ describe('body partners', () => {
   const members = Array.from({ length: 20 }, (_, i) => `s${String(i).padStart(2, '0')}`);
 
   it('full: every other member; ring: the two neighbours by id; random:k: k members, drawn afresh each round and the same on a re-run', () => {
-    assert.deepEqual(choosePartners('s05', members, 1, { kind: 'full' }, 1), members.filter((m) => m !== 's05'));
+    assert.deepEqual(
+      choosePartners('s05', members, 1, { kind: 'full' }, 1),
+      members.filter((m) => m !== 's05'),
+    );
     assert.deepEqual(choosePartners('s05', members, 1, { kind: 'ring' }, 1), ['s04', 's06']);
     assert.deepEqual(choosePartners('s00', members, 1, { kind: 'ring' }, 1).sort(), ['s01', 's19']);
     const draws = [1, 2, 3, 4].map((r) => choosePartners('s05', members, r, { kind: 'random', k: 4 }, 1));
@@ -93,7 +132,14 @@ describe('BodyShare', () => {
   const vars = (values: number[][]) => values.map((v) => tf.variable(tf.tensor1d(v)));
   const share = (id: string, vs: tf.Variable[], samples: number, arch = 'mlp', o: Partial<ConstructorParameters<typeof BodyShare>[4]> = {}) =>
     new BodyShare(id, () => vs, arch, samples, {
-      every: 1, combiner: { kind: 'mean' }, topology: { kind: 'full' }, precision: 'float32', maxBytes: 1 << 20, maxStaleness: 3, seed: 1, ...o,
+      every: 1,
+      combiner: { kind: 'mean' },
+      topology: { kind: 'full' },
+      precision: 'float32',
+      maxBytes: 1 << 20,
+      maxStaleness: 3,
+      seed: 1,
+      ...o,
     });
 
   it('publishes, pulls through an exchange, and replaces the body with the row-weighted mean of its own and its partners', async () => {
@@ -108,7 +154,10 @@ describe('BodyShare', () => {
     assert.equal(await b.gather(eb, 1, { quorum: 1, deadlineMs: 1000, logger: quiet }), 1);
     const mixed = a.mix(1, 1, ['b']);
     b.mix(1, 1, ['a']);
-    assert.deepEqual(mixed.map((m) => [m.peer, m.version]), [['b', 1]]);
+    assert.deepEqual(
+      mixed.map((m) => [m.peer, m.version]),
+      [['b', 1]],
+    );
     assert.match(mixed[0].digest, /^[0-9a-f]{64}$/);
     assert.equal(mixed[0].digest, b.lastPublished!.digest, 'the audit digest is the digest of the bytes published');
     for (const v of [va, vb]) {
@@ -162,8 +211,11 @@ describe('BodyShare', () => {
 describe('dFLMoE with shared bodies and fedrep-p2p', () => {
   before(backend);
 
-  it('fedrep-p2p reaches FedRep\'s accuracy with every member and no faults (same seed: within 0.5 points per site on average)', async () => {
-    const r = await simulate({ dataset: 'digits', peers: 4, rounds: 4, partition: 'dirichlet:0.5', algorithms: ['fedrep', 'fedrep-p2p'], seed: 2 }, { logger: quiet });
+  it("fedrep-p2p reaches FedRep's accuracy with every member and no faults (same seed: within 0.5 points per site on average)", async () => {
+    const r = await simulate(
+      { dataset: 'digits', peers: 4, rounds: 4, partition: 'dirichlet:0.5', algorithms: ['fedrep', 'fedrep-p2p'], seed: 2 },
+      { logger: quiet },
+    );
     const a = r.algorithms.fedrep!.peers.map((p) => p.accuracy);
     const b = r.algorithms['fedrep-p2p']!.peers.map((p) => p.accuracy);
     const gap = a.reduce((s, x, i) => s + Math.abs(x - b[i]), 0) / a.length;
@@ -184,19 +236,37 @@ describe('dFLMoE with shared bodies and fedrep-p2p', () => {
       assert.equal(r[1].bodyBytesSent, undefined);
     }
     sites.forEach((s) => s.dispose());
-    datas.forEach((d) => { d.xTrain.dispose(); d.yTrain.dispose(); d.xTest.dispose(); d.yTest.dispose(); });
+    datas.forEach((d) => {
+      d.xTrain.dispose();
+      d.yTrain.dispose();
+      d.xTest.dispose();
+      d.yTest.dispose();
+    });
   });
 
-  it('with shareBody every site combines the others\' bodies before training (bodies counted apart), and nothing leaks across rounds', async () => {
+  it("with shareBody every site combines the others' bodies before training (bodies counted apart), and nothing leaks across rounds", async () => {
     const { datas } = tinyPeers(3);
     const t0 = tf.memory().numTensors;
     const sites = datas.map((_, i) => dflmoe.createSite(base(datas, i), opts({ shareBody: true })));
     const nets = memoryNetworks(dflmoe, sites, 1 << 30, quiet);
     const counts: number[] = [];
-    const recs = await Promise.all(sites.map((s, i) => runSite(s, nets[i], { rounds: 5, onRound: () => { if (i === 0) counts.push(tf.memory().numTensors); } })));
+    const recs = await Promise.all(
+      sites.map((s, i) =>
+        runSite(s, nets[i], {
+          rounds: 5,
+          onRound: () => {
+            if (i === 0) counts.push(tf.memory().numTensors);
+          },
+        }),
+      ),
+    );
     for (const r of recs) {
-      assert.equal(r[0].bodies, undefined, 'round 1 starts from the site\'s own body');
-      assert.deepEqual(r[2].bodies!.map((b) => b.version), [2, 2], 'round 3 combines both members\' bodies of round 2');
+      assert.equal(r[0].bodies, undefined, "round 1 starts from the site's own body");
+      assert.deepEqual(
+        r[2].bodies!.map((b) => b.version),
+        [2, 2],
+        "round 3 combines both members' bodies of round 2",
+      );
       assert.ok(r[4].bodyBytesSent! > 0 && r[4].bodyBytesSent! < r[4].bytesSent);
     }
     assert.deepEqual(counts.slice(2), [counts[1], counts[1], counts[1]], `tensor counts per round: ${counts}`);
@@ -210,9 +280,18 @@ describe('dFLMoE with shared bodies and fedrep-p2p', () => {
     const sites = datas.map((_, i) => dflmoe.createSite(base(datas, i, i < 2 ? 'mlp' : 'other'), opts({ shareBody: true })));
     const nets = memoryNetworks(dflmoe, sites, 1 << 30, quiet);
     const recs = await Promise.all(sites.map((s, i) => runSite(s, nets[i], { rounds: 3 })));
-    assert.deepEqual(recs.map((r) => r[2].bodies!.map((b) => b.peer)), [['p1'], ['p0'], ['p3'], ['p2']]);
-    assert.ok(recs.every((r) => Number.isFinite(r[2].loss) && r[2].loss < r[0].loss), `losses ${recs.map((r) => [r[0].loss, r[2].loss])}`);
-    assert.ok(recs.every((r) => Object.keys(r[2].rejected).every((k) => !k.startsWith('body:'))), `another architecture is no offence: ${JSON.stringify(recs.map((r) => r[2].rejected))}`);
+    assert.deepEqual(
+      recs.map((r) => r[2].bodies!.map((b) => b.peer)),
+      [['p1'], ['p0'], ['p3'], ['p2']],
+    );
+    assert.ok(
+      recs.every((r) => Number.isFinite(r[2].loss) && r[2].loss < r[0].loss),
+      `losses ${recs.map((r) => [r[0].loss, r[2].loss])}`,
+    );
+    assert.ok(
+      recs.every((r) => Object.keys(r[2].rejected).every((k) => !k.startsWith('body:'))),
+      `another architecture is no offence: ${JSON.stringify(recs.map((r) => r[2].rejected))}`,
+    );
     sites.forEach((s) => s.dispose());
   });
 
@@ -238,7 +317,8 @@ describe('dFLMoE with shared bodies and fedrep-p2p', () => {
     const dp = { noiseMultiplier: 1.1, clipNorm: 1, delta: 1e-5 };
     // One epoch both ways (shareBody alone would bring its two): the same DP-SGD steps. Two rounds: the second combines the
     // bodies of the first.
-    const run = (shareBody: boolean) => simulate({ dataset: 'breast-cancer', peers: 3, rounds: 2, partition: 'iid', algorithms: ['dflmoe'], dp, shareBody, epochs: 1 }, { logger: quiet });
+    const run = (shareBody: boolean) =>
+      simulate({ dataset: 'breast-cancer', peers: 3, rounds: 2, partition: 'iid', algorithms: ['dflmoe'], dp, shareBody, epochs: 1 }, { logger: quiet });
     const [a, b] = [await run(false), await run(true)];
     const eps = (r: typeof a) => r.algorithms.dflmoe!.peers.map((p) => p.privacy!.epsilon);
     assert.deepEqual(eps(b), eps(a));
@@ -246,9 +326,20 @@ describe('dFLMoE with shared bodies and fedrep-p2p', () => {
   });
 
   it('one member sending sign-flipped bodies: with the median the honest sites keep their accuracy', async () => {
-    const run = (poisoned: number) => simulate({
-      dataset: 'breast-cancer', peers: 5, rounds: 4, partition: 'iid', algorithms: ['fedrep-p2p'], poisoned, poisonKind: 'sign-flip', bodyCombiner: 'median',
-    }, { logger: quiet });
+    const run = (poisoned: number) =>
+      simulate(
+        {
+          dataset: 'breast-cancer',
+          peers: 5,
+          rounds: 4,
+          partition: 'iid',
+          algorithms: ['fedrep-p2p'],
+          poisoned,
+          poisonKind: 'sign-flip',
+          bodyCombiner: 'median',
+        },
+        { logger: quiet },
+      );
     const clean = (await run(0)).algorithms['fedrep-p2p']!.peers.slice(0, 4).map((p) => p.accuracy);
     const attacked = (await run(1)).algorithms['fedrep-p2p']!;
     const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -259,12 +350,22 @@ describe('dFLMoE with shared bodies and fedrep-p2p', () => {
     const cfg = { key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], rounds: 1, out: 'o', data: { dataset: 'breast-cancer' } };
     const c = parsePeerConfig({ ...cfg, dflmoe: { shareBody: true }, bodies: { every: 2, combiner: 'trimmed:0.2', gossipPeers: 3 } });
     assert.equal(c.dflmoe.shareBody, true);
-    assert.deepEqual(c.bodies, { every: 2, combiner: 'trimmed:0.2', topology: 'random:3', gossipPeers: 3, secureAggregation: false }, 'gossipPeers is topology random:k');
+    assert.deepEqual(
+      c.bodies,
+      { every: 2, combiner: 'trimmed:0.2', topology: 'random:3', gossipPeers: 3, secureAggregation: false },
+      'gossipPeers is topology random:k',
+    );
     assert.equal(parsePeerConfig(cfg).dflmoe.shareBody, false, 'off by default');
     assert.throws(() => parsePeerConfig({ ...cfg, bodies: { combiner: 'avg' } }), /combiner.*use mean, median or trimmed/s);
     // A frozen body cannot be shared: refused when the config is read, by the simulator and by the site itself.
-    assert.throws(() => parsePeerConfig({ ...cfg, dflmoe: { shareBody: true }, model: { freezeBody: true } }), /dflmoe.shareBody: shareBody needs a body that trains/);
-    assert.throws(() => dflmoe.createSite({ ...base(tinyPeers(1).datas, 0), freezeBody: true }, opts({ shareBody: true })), /shareBody needs a body that trains/);
+    assert.throws(
+      () => parsePeerConfig({ ...cfg, dflmoe: { shareBody: true }, model: { freezeBody: true } }),
+      /dflmoe.shareBody: shareBody needs a body that trains/,
+    );
+    assert.throws(
+      () => dflmoe.createSite({ ...base(tinyPeers(1).datas, 0), freezeBody: true }, opts({ shareBody: true })),
+      /shareBody needs a body that trains/,
+    );
     const s = siteSettings({ ...DEFAULT_SIMULATION, dataset: 'breast-cancer', shareBody: true, bodyEvery: 3, topology: 'ring' }, 0);
     assert.equal(s.dflmoe.shareBody, true);
     assert.deepEqual(s.bodies, { every: 3, combiner: 'mean', topology: 'ring', secureAggregation: false });
@@ -278,29 +379,73 @@ describe('dFLMoE with shared bodies and fedrep-p2p', () => {
 describe('shared bodies over TCP', () => {
   it('simulate --transport tcp --share-body: dflmoe and fedrep-p2p run to the end, body bytes in the results, bodies in a verified audit trail', () => {
     const out = mkdtempSync(join(tmpdir(), 'dflmoe-bodies-tcp-'));
-    const r = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--rounds', '3', '--partition', 'iid', '--algorithms', 'dflmoe,fedrep-p2p',
-      '--share-body', '--transport', 'tcp', '--deadline', '20000', '--quiet', '--out', out]);
+    const r = cli([
+      'simulate',
+      '--dataset',
+      'breast-cancer',
+      '--peers',
+      '3',
+      '--rounds',
+      '3',
+      '--partition',
+      'iid',
+      '--algorithms',
+      'dflmoe,fedrep-p2p',
+      '--share-body',
+      '--transport',
+      'tcp',
+      '--deadline',
+      '20000',
+      '--quiet',
+      '--out',
+      out,
+    ]);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /dflmoe \(shared bodies\)/);
     const res = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as SimulationResults;
     for (const alg of ['dflmoe', 'fedrep-p2p'] as const) {
       const a = res.algorithms[alg]!;
       assert.ok(a.bodyBytesSent! > 0, alg);
-      assert.ok(a.peers.every((p) => p.bodyBytesSent! > 0 && p.bodyBytesSent! <= p.bytesSent), alg);
+      assert.ok(
+        a.peers.every((p) => p.bodyBytesSent! > 0 && p.bodyBytesSent! <= p.bytesSent),
+        alg,
+      );
     }
     const report = readFileSync(join(out, 'report.html'), 'utf8');
     assert.match(report, /of which bodies/);
     assert.match(report, /dflmoe \(shared bodies\)/);
     // A rerun into the same directory resumes the finished run: the whole run's body bytes, as before (dflmoe alone, to keep the test short).
-    const again = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--rounds', '3', '--partition', 'iid', '--algorithms', 'dflmoe',
-      '--share-body', '--transport', 'tcp', '--deadline', '20000', '--quiet', '--out', out]);
+    const again = cli([
+      'simulate',
+      '--dataset',
+      'breast-cancer',
+      '--peers',
+      '3',
+      '--rounds',
+      '3',
+      '--partition',
+      'iid',
+      '--algorithms',
+      'dflmoe',
+      '--share-body',
+      '--transport',
+      'tcp',
+      '--deadline',
+      '20000',
+      '--quiet',
+      '--out',
+      out,
+    ]);
     assert.equal(again.status, 0, again.stderr);
     const res2 = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as SimulationResults;
     assert.equal(res2.algorithms.dflmoe!.bodyBytesSent, res.algorithms.dflmoe!.bodyBytesSent);
     const site = join(out, 'consortium', 'dflmoe', 'site-0');
-    const lines = readFileSync(join(site, 'audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const lines = readFileSync(join(site, 'audit.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     const round3 = lines.find((l) => l.kind === 'round' && l.round === 3);
-    assert.equal(round3.bodies.length, 2, 'round 3 combined both members\' bodies');
+    assert.equal(round3.bodies.length, 2, "round 3 combined both members' bodies");
     assert.ok(round3.bodies.every((b: { digest: string; version: number }) => /^[0-9a-f]{64}$/.test(b.digest) && b.version === 2));
     assert.match(round3.ownBody.digest, /^[0-9a-f]{64}$/);
     const audit = cli(['audit', site]);
@@ -312,18 +457,28 @@ describe('shared bodies over TCP', () => {
 describe('the library learner with shared bodies', () => {
   before(backend);
 
-  it('createLearner({ bodies }) combines the other learner\'s body before its second round; without it, heads only', async () => {
+  it("createLearner({ bodies }) combines the other learner's body before its second round; without it, heads only", async () => {
     const ds = loadDataset('breast-cancer');
     const splits = partition(ds.labels, 2, 2, 'iid', { seed: 3 });
     const [heads, bodies] = [new MemoryHub(), new MemoryHub()];
-    const mk = (id: string, i: number, share: boolean) => createLearner({
-      id, dataset: ds, split: splits[i], exchange: heads.join(id), ...(share ? { bodies: bodies.join(id) } : {}), model: { initSeed: 5 }, logger: quiet,
-    });
+    const mk = (id: string, i: number, share: boolean) =>
+      createLearner({
+        id,
+        dataset: ds,
+        split: splits[i],
+        exchange: heads.join(id),
+        ...(share ? { bodies: bodies.join(id) } : {}),
+        model: { initSeed: 5 },
+        logger: quiet,
+      });
     const [a, b] = [await mk('a', 0, true), await mk('b', 1, true)];
     await a.runRound();
     await b.runRound();
     const m = await a.runRound();
-    assert.deepEqual(m.bodies?.map((x) => [x.peer, x.version]), [['b', 1]]);
+    assert.deepEqual(
+      m.bodies?.map((x) => [x.peer, x.version]),
+      [['b', 1]],
+    );
     assert.ok(m.bytesSent > 0);
     const c = await createLearner({ id: 'c', dataset: ds, split: splits[0], exchange: new MemoryHub().join('c'), logger: quiet });
     assert.equal((await c.runRound()).bodies, undefined);
@@ -336,7 +491,10 @@ describe('bundles of kind body', () => {
     for (const p of ['float32', 'float16', 'int8'] as const) {
       const b = decodeBundle(encodeBundle('body', { arch: 'a' }, [arr('b0', [0.5, -1])], p), { maxBytes: 1 << 20 });
       assert.equal(b.kind, 'body');
-      assert.deepEqual([...b.tensors[0].data].map((v) => Math.round(v * 100) / 100), [0.5, -1]);
+      assert.deepEqual(
+        [...b.tensors[0].data].map((v) => Math.round(v * 100) / 100),
+        [0.5, -1],
+      );
     }
   });
 });

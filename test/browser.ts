@@ -18,7 +18,16 @@ export async function launchChromium(): Promise<{ browser: Browser; close(): Pro
     headless: true,
     // waitForFunction is one protocol call for its whole wait: as long as the longest wait a test allows.
     protocolTimeout: 600000,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', `--user-data-dir=${profile}`],
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+      `--user-data-dir=${profile}`,
+    ],
   });
   return {
     browser,

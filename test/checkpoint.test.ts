@@ -24,7 +24,14 @@ describe('checkpoints', () => {
 
   async function setup() {
     const { datas } = tinyPeers(3);
-    const opts = (i: number): DflmoeOptions => ({ id: `p${i}`, data: datas[i], body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: i } });
+    const opts = (i: number): DflmoeOptions => ({
+      id: `p${i}`,
+      data: datas[i],
+      body: { kind: 'mlp', hidden: [16] },
+      featureDim: 8,
+      headHidden: [],
+      train: { seed: i },
+    });
     const ps = datas.map((_, i) => new DflmoePeer(opts(i)));
     for (let r = 1; r <= 2; r++) {
       for (const p of ps) await p.trainRound(r);
@@ -44,7 +51,10 @@ describe('checkpoints', () => {
     const r = await restoreLatestCheckpoint(dir, fresh);
     assert.equal(r!.round, 2);
     assert.deepEqual(r!.extra, { note: 'x' });
-    assert.deepEqual(fresh.pool.list().map((e) => [e.peer, e.version]), ps[0].pool.list().map((e) => [e.peer, e.version]));
+    assert.deepEqual(
+      fresh.pool.list().map((e) => [e.peer, e.version]),
+      ps[0].pool.list().map((e) => [e.peer, e.version]),
+    );
     close(probs(fresh), probs(ps[0]), 'predictions after restore');
     // One more round on both: identical only if Adam's moments and step count came back too.
     await ps[0].trainRound(3);
@@ -91,9 +101,13 @@ describe('checkpoints', () => {
     const modelJson = JSON.parse(readFileSync(join(path, 'body', 'model.json'), 'utf8'));
     assert.equal(modelJson.format, 'layers-model');
     const weights = readFileSync(join(path, 'body', 'weights.bin'));
-    const loaded = await tfl.loadLayersModel(tf.io.fromMemory({
-      modelTopology: modelJson.modelTopology, weightSpecs: modelJson.weightsManifest[0].weights, weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.length),
-    }));
+    const loaded = await tfl.loadLayersModel(
+      tf.io.fromMemory({
+        modelTopology: modelJson.modelTopology,
+        weightSpecs: modelJson.weightsManifest[0].weights,
+        weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.length),
+      }),
+    );
     const x = tf.slice(ps[0].data.xTest, 0, 5);
     const a = (loaded.predict(x) as tf.Tensor).dataSync();
     const b = (ps[0].body.predict(x) as tf.Tensor).dataSync();

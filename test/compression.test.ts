@@ -2,8 +2,21 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
-  CodecError, DEFAULT_SIMULATION, PRECISIONS, decodeBundle, decodeHead, encodeBundle, encodeHead, fromHalfBits, quantize, simulate, silentLogger, toHalfBits,
-  type HeadSpec, type NamedArray, type Precision,
+  CodecError,
+  DEFAULT_SIMULATION,
+  PRECISIONS,
+  decodeBundle,
+  decodeHead,
+  encodeBundle,
+  encodeHead,
+  fromHalfBits,
+  quantize,
+  simulate,
+  silentLogger,
+  toHalfBits,
+  type HeadSpec,
+  type NamedArray,
+  type Precision,
 } from '@dflmoe/core/internal';
 import { parsePeerConfig, siteSettings } from '@dflmoe/p2p/internal';
 import { backend, mutated } from './helpers.js';
@@ -28,10 +41,13 @@ describe('head compression (codec format 2)', () => {
     assert.equal(fromHalfBits(toHalfBits(-1e9)), -65504);
     assert.equal(fromHalfBits(toHalfBits(2 ** -26)), 0);
     assert.ok(Number.isNaN(fromHalfBits(toHalfBits(NaN))));
-    fc.assert(fc.property(fc.float({ min: -60000, max: 60000, noNaN: true }), (v) => {
-      const r = fromHalfBits(toHalfBits(v));
-      return Math.abs(r - v) <= Math.max(Math.abs(v) * 2 ** -11, 2 ** -25);
-    }), { numRuns: 5000 });
+    fc.assert(
+      fc.property(fc.float({ min: -60000, max: 60000, noNaN: true }), (v) => {
+        const r = fromHalfBits(toHalfBits(v));
+        return Math.abs(r - v) <= Math.max(Math.abs(v) * 2 ** -11, 2 ** -25);
+      }),
+      { numRuns: 5000 },
+    );
   });
 
   it('float16 and int8 heads decode within their error bounds at about 1/2 and 1/4 of the tensor bytes', () => {
@@ -90,7 +106,10 @@ describe('head compression (codec format 2)', () => {
       assert.equal(reason(fix(b)), 'nonfinite', `half bits ${bits.toString(16)}`);
     }
     const q8 = encodeBundle('head', {}, t([1, -2, 3]), 'int8');
-    assert.deepEqual([...decodeBundle(q8, { maxBytes: 1 << 20 }).tensors[0].data].map((v) => Math.round(v * 100) / 100), [0.99, -2.01, 3]);
+    assert.deepEqual(
+      [...decodeBundle(q8, { maxBytes: 1 << 20 }).tensors[0].data].map((v) => Math.round(v * 100) / 100),
+      [0.99, -2.01, 3],
+    );
     for (const scale of [NaN, Infinity, -1]) {
       const b = q8.slice();
       new DataView(b.buffer).setFloat32(dataAt(b), scale, true);
@@ -120,18 +139,22 @@ describe('head compression (codec format 2)', () => {
   it('fuzz: mutated float16 and int8 heads raise CodecError or decode to finite values of the right shape', () => {
     const small: HeadSpec = { inputDim: 8, hidden: [], outputDim: 4 };
     for (const p of ['float16', 'int8'] as Precision[]) {
-      const good = encodeHead({ spec: small, version: 2, peer: 'b' }, [{ kernel: Float32Array.from({ length: 32 }, (_, i) => Math.sin(i)), bias: new Float32Array(4) }], p);
-      fc.assert(fc.property(
-        mutated(good),
-        (b) => {
+      const good = encodeHead(
+        { spec: small, version: 2, peer: 'b' },
+        [{ kernel: Float32Array.from({ length: 32 }, (_, i) => Math.sin(i)), bias: new Float32Array(4) }],
+        p,
+      );
+      fc.assert(
+        fc.property(mutated(good), (b) => {
           try {
             const h = decodeHead(b, small, { maxBytes: 1 << 16, maxParams: 36 });
             return h.layers[0].kernel.length === 32 && h.layers[0].kernel.every(Number.isFinite);
           } catch (e) {
             return e instanceof CodecError;
           }
-        },
-      ), { numRuns: 1500 });
+        }),
+        { numRuns: 1500 },
+      );
     }
   });
 
@@ -147,9 +170,20 @@ describe('head compression (codec format 2)', () => {
   it('a float16 simulation sends about half the head bytes of float32 and learns as well', async function () {
     this.timeout(120000);
     await backend();
-    const run = (headPrecision: Precision) => simulate({
-      ...DEFAULT_SIMULATION, dataset: 'digits', peers: 3, rounds: 3, partition: 'dirichlet:0.5', seed: 2, algorithms: ['dflmoe'], headPrecision,
-    }, { logger: silentLogger });
+    const run = (headPrecision: Precision) =>
+      simulate(
+        {
+          ...DEFAULT_SIMULATION,
+          dataset: 'digits',
+          peers: 3,
+          rounds: 3,
+          partition: 'dirichlet:0.5',
+          seed: 2,
+          algorithms: ['dflmoe'],
+          headPrecision,
+        },
+        { logger: silentLogger },
+      );
     const [a, b] = [await run('float32'), await run('float16')];
     const bytes = (r: typeof a) => r.algorithms.dflmoe!.peers.reduce((s, p) => s + p.bytesSent, 0);
     const ratio = bytes(b) / bytes(a);

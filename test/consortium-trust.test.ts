@@ -11,11 +11,26 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, silentLogger, simulate, type SimulationConfig } from '@dflmoe/core';
 import { waitExit, writeConsortium } from '@dflmoe/cli/internal';
-import { Libp2pHeadExchange, createSiteNode, generateIdentity, loopbackMembers, readJsonLines, type RoundLine, type ServerRoundLine } from '@dflmoe/p2p/internal';
+import {
+  Libp2pHeadExchange,
+  createSiteNode,
+  generateIdentity,
+  loopbackMembers,
+  readJsonLines,
+  type RoundLine,
+  type ServerRoundLine,
+} from '@dflmoe/p2p/internal';
 import { processGroup, until } from './helpers.js';
 
 const sim = (o: Partial<SimulationConfig> = {}): SimulationConfig => ({
-  ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 4, rounds: 4, partition: 'dirichlet:0.5', seed: 5, algorithms: ['fedavg'], ...o,
+  ...DEFAULT_SIMULATION,
+  dataset: 'breast-cancer',
+  peers: 4,
+  rounds: 4,
+  partition: 'dirichlet:0.5',
+  seed: 5,
+  algorithms: ['fedavg'],
+  ...o,
 });
 
 const lines = <T = RoundLine>(file: string): T[] => readJsonLines<T>(file);
@@ -45,7 +60,9 @@ describe('trust and operations over TCP', function () {
       const server = start(['server', '--config', f.server!.config], `${f.server!.out}-${tag}.log`);
       if (withHostile) {
         // It needs no training, so it uploads first in round 1.
-        const h = spawn(process.execPath, [...process.execArgv, 'test/fixtures/hostile-fedavg-client.ts', '--config', f.sites[3].config, '--seconds', '60'], { stdio: 'ignore' });
+        const h = spawn(process.execPath, [...process.execArgv, 'test/fixtures/hostile-fedavg-client.ts', '--config', f.sites[3].config, '--seconds', '60'], {
+          stdio: 'ignore',
+        });
         procs.push(h);
       }
       const ps = honest.map((s) => start(['peer', '--config', s.config], `${s.out}-${tag}.log`));
@@ -56,12 +73,24 @@ describe('trust and operations over TCP', function () {
     const clean = await run(false);
     const attacked = await run(true);
     attacked.sites.forEach((ls, i) => {
-      assert.deepEqual(ls.map((l) => l.round), [1, 2, 3]);
-      assert.deepEqual(ls.map((l) => l.accuracy), clean.sites[i].map((l) => l.accuracy), `site ${i}: exactly the clean run's accuracy`);
+      assert.deepEqual(
+        ls.map((l) => l.round),
+        [1, 2, 3],
+      );
+      assert.deepEqual(
+        ls.map((l) => l.accuracy),
+        clean.sites[i].map((l) => l.accuracy),
+        `site ${i}: exactly the clean run's accuracy`,
+      );
     });
-    assert.deepEqual(attacked.server.map((l) => l.clients), [3, 3, 3], 'only honest models averaged');
+    assert.deepEqual(
+      attacked.server.map((l) => l.clients),
+      [3, 3, 3],
+      'only honest models averaged',
+    );
     const dropped = attacked.server.at(-1)!.dropped;
-    for (const reason of ['mismatch', 'magic', 'bad-request', 'nonfinite', 'header']) assert.ok((dropped[reason] ?? 0) > 0, `${reason} counted: ${JSON.stringify(dropped)}`);
+    for (const reason of ['mismatch', 'magic', 'bad-request', 'nonfinite', 'header'])
+      assert.ok((dropped[reason] ?? 0) > 0, `${reason} counted: ${JSON.stringify(dropped)}`);
     const log = readFileSync(`${f.server!.out}-hostile.log`, 'utf8');
     assert.match(log, /dropped FedAvg traffic from \S+: mismatch/);
     assert.match(log, /keeps sending bad data: disconnected and refused/);
@@ -88,11 +117,23 @@ describe('trust and operations over TCP', function () {
     const m = /resumed from round (\d+) \(its checkpoint/.exec(log);
     assert.ok(m, log.slice(0, 2000));
     assert.ok(Number(m[1]) >= before - 1 && Number(m[1]) <= before + 1, `resumed at ${m[1]}, had finished ${before}`);
-    assert.deepEqual(lines(serverLines).map((l) => l.round), [1, 2, 3, 4, 5, 6], 'every server round once');
+    assert.deepEqual(
+      lines(serverLines).map((l) => l.round),
+      [1, 2, 3, 4, 5, 6],
+      'every server round once',
+    );
     f.sites.forEach((s, i) => {
       const ls = lines(join(s.out, 'metrics.jsonl'));
-      assert.deepEqual(ls.map((l) => l.round), [1, 2, 3, 4, 5, 6], `site ${i}: every round once`);
-      assert.deepEqual(ls.map((l) => l.accuracy), mem.algorithms.fedavg!.rounds.map((r) => r.peerAccuracy[i]), `site ${i}: the in-memory accuracies`);
+      assert.deepEqual(
+        ls.map((l) => l.round),
+        [1, 2, 3, 4, 5, 6],
+        `site ${i}: every round once`,
+      );
+      assert.deepEqual(
+        ls.map((l) => l.accuracy),
+        mem.algorithms.fedavg!.rounds.map((r) => r.peerAccuracy[i]),
+        `site ${i}: the in-memory accuracies`,
+      );
     });
   });
 
@@ -100,7 +141,9 @@ describe('trust and operations over TCP', function () {
     const ids = await Promise.all([generateIdentity(), generateIdentity()]);
     const allow = ids.map((i) => i.peerId);
     let ex: Libp2pHeadExchange[] = [];
-    const nodes = await Promise.all(ids.map((i, k) => createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow, isBlocked: (p) => ex[k]?.isBlocked(p) ?? false })));
+    const nodes = await Promise.all(
+      ids.map((i, k) => createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow, isBlocked: (p) => ex[k]?.isBlocked(p) ?? false })),
+    );
     const members = ids.map((i) => ({ peerId: i.peerId, addrs: [] as string[] }));
     ex = nodes.map((n) => new Libp2pHeadExchange(n, { members, maxHeadBytes: 1 << 20, logger: silentLogger, maxStrikes: 3 }));
     for (const e of ex) await e.register();
@@ -121,11 +164,19 @@ describe('trust and operations over TCP', function () {
         await ex[1].settle(3000);
       }
       assert.equal(ex[1].stats().bytesReceived, got, 'the head it holds was not pulled again');
-      assert.equal(ex[0].isBlocked(ids[1].peerId) || ex[1].isBlocked(ids[0].peerId), false, `nobody blocked (dropped: ${JSON.stringify([ex[0].dropped, ex[1].dropped])})`);
+      assert.equal(
+        ex[0].isBlocked(ids[1].peerId) || ex[1].isBlocked(ids[0].peerId),
+        false,
+        `nobody blocked (dropped: ${JSON.stringify([ex[0].dropped, ex[1].dropped])})`,
+      );
       assert.equal((ex[1].dropped['old-version'] ?? 0) + (ex[1].dropped['blocked'] ?? 0), 0, JSON.stringify(ex[1].dropped));
       // A newer head still arrives.
       await ex[0].publish(new Uint8Array(5000).fill(2), 2);
-      assert.equal(await ex[1].waitForHeads(1, 30000), 1, `the newer head (dropped: ${JSON.stringify([ex[0].dropped, ex[1].dropped])}, connections ${nodes[1].getConnections().length})`);
+      assert.equal(
+        await ex[1].waitForHeads(1, 30000),
+        1,
+        `the newer head (dropped: ${JSON.stringify([ex[0].dropped, ex[1].dropped])}, connections ${nodes[1].getConnections().length})`,
+      );
     } finally {
       for (const e of ex) await e.close();
       for (const n of nodes) await n.stop();
@@ -143,10 +194,16 @@ describe('trust and operations over TCP', function () {
       await ex[0].publish(new Uint8Array(3000).fill(1), 1);
       assert.equal(await ex[1].waitForHeads(1, 10000), 1, 'version 1 arrived by polling');
       assert.ok(ex[1].polls > 0);
-      assert.deepEqual(ex[1].drain().map((m) => m.payload[0]), [1]);
+      assert.deepEqual(
+        ex[1].drain().map((m) => m.payload[0]),
+        [1],
+      );
       await ex[0].publish(new Uint8Array(3000).fill(2), 2);
       assert.equal(await ex[1].waitForHeads(1, 10000), 1, 'version 2 too');
-      assert.deepEqual(ex[1].drain().map((m) => m.payload[0]), [2]);
+      assert.deepEqual(
+        ex[1].drain().map((m) => m.payload[0]),
+        [2],
+      );
       // More polls find nothing newer: no bytes move.
       const got = ex[1].stats().bytesReceived;
       const polls = ex[1].polls;

@@ -12,12 +12,21 @@ import { startProcess, waitExit, writeConsortium, type ConsortiumFiles } from '@
 import type { RoundLine } from '@dflmoe/p2p';
 
 const sim = (o: Partial<SimulationConfig> = {}): SimulationConfig => ({
-  ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 4, rounds: 10, partition: 'dirichlet:0.5', seed: 3, ...o,
+  ...DEFAULT_SIMULATION,
+  dataset: 'breast-cancer',
+  peers: 4,
+  rounds: 10,
+  partition: 'dirichlet:0.5',
+  seed: 3,
+  ...o,
 });
 
 function lines(file: string): RoundLine[] {
   if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l));
 }
 
 async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | false>, timeoutMs: number): Promise<T> {
@@ -43,7 +52,11 @@ describe('consortium over TCP (multi-process)', function () {
     procs = [];
   });
 
-  async function consortium(alg: AlgorithmName, o: Partial<SimulationConfig>, extra: { deadlineMs?: number; quorum?: number; lingerMs?: number } = {}): Promise<ConsortiumFiles> {
+  async function consortium(
+    alg: AlgorithmName,
+    o: Partial<SimulationConfig>,
+    extra: { deadlineMs?: number; quorum?: number; lingerMs?: number } = {},
+  ): Promise<ConsortiumFiles> {
     const dir = mkdtempSync(join(tmpdir(), `dflmoe-${alg}-`));
     return writeConsortium({ dir, algorithm: alg, sim: sim(o), deadlineMs: extra.deadlineMs ?? 5000, quorum: extra.quorum, lingerMs: extra.lingerMs ?? 1500 });
   }
@@ -58,7 +71,10 @@ describe('consortium over TCP (multi-process)', function () {
       const ls = lines(metrics(s));
       assert.equal(ls.length, 10);
       const last = ls.at(-1)!;
-      const others = f.sites.filter((o) => o !== s).map((o) => o.peerId).sort();
+      const others = f.sites
+        .filter((o) => o !== s)
+        .map((o) => o.peerId)
+        .sort();
       assert.deepEqual(last.experts.map((e) => e.peer).sort(), others, `experts of ${s.peerId}`);
       for (const e of last.experts) assert.ok(e.version >= 8, `expert version ${e.version} is fresh`);
       assert.ok(last.accuracy > 0.8);
@@ -81,7 +97,14 @@ describe('consortium over TCP (multi-process)', function () {
       const withVictim = ls.filter((l) => l.experts.some((e) => e.peer === victim.peerId));
       assert.ok(withVictim.length > 0, 'the victim was an expert before it died');
       const lastSeen = withVictim.at(-1)!;
-      const lastVersionRound = ls.findIndex((l) => l.experts.some((e) => e.peer === victim.peerId && e.version === Math.max(...withVictim.flatMap((w) => w.experts.filter((e2) => e2.peer === victim.peerId).map((e2) => e2.version))))) + 1;
+      const lastVersionRound =
+        ls.findIndex((l) =>
+          l.experts.some(
+            (e) =>
+              e.peer === victim.peerId &&
+              e.version === Math.max(...withVictim.flatMap((w) => w.experts.filter((e2) => e2.peer === victim.peerId).map((e2) => e2.version))),
+          ),
+        ) + 1;
       // It ages out within maxStaleness (2) rounds of its last update.
       assert.ok(lastSeen.round <= lastVersionRound + 2, `victim seen until round ${lastSeen.round}, last updated in round ${lastVersionRound}`);
       assert.ok(!ls.at(-1)!.experts.some((e) => e.peer === victim.peerId));
@@ -105,11 +128,16 @@ describe('consortium over TCP (multi-process)', function () {
     assert.ok(m, log.slice(0, 2000));
     assert.ok(Number(m[1]) >= doneBefore - 1 && Number(m[1]) <= doneBefore + 1, `resumed at ${m[1]}, had finished ${doneBefore}`);
     assert.equal(Number(m[2]), 2, 'expert pool intact');
-    assert.deepEqual(lines(metrics(victim)).map((l) => l.round), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 'every round once, none lost or repeated');
+    assert.deepEqual(
+      lines(metrics(victim)).map((l) => l.round),
+      [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+      'every round once, none lost or repeated',
+    );
     for (const l of lines(metrics(victim))) assert.ok((l.checkpointBytes ?? 0) > 1000 && (l.checkpointSeconds ?? -1) >= 0);
     // Bytes and time count the whole run: the restarted part adds to what the killed part had moved.
     const vl = lines(metrics(victim));
-    for (let k = 1; k < vl.length; k++) assert.ok(vl[k].bytesSent >= vl[k - 1].bytesSent && vl[k].wallSeconds! > vl[k - 1].wallSeconds!, `round ${vl[k].round}: bytes and seconds so far go on`);
+    for (let k = 1; k < vl.length; k++)
+      assert.ok(vl[k].bytesSent >= vl[k - 1].bytesSent && vl[k].wallSeconds! > vl[k - 1].wallSeconds!, `round ${vl[k].round}: bytes and seconds so far go on`);
     for (const s of f.sites.slice(0, 2)) assert.equal(lines(metrics(s)).length, 10);
   });
 
@@ -118,13 +146,21 @@ describe('consortium over TCP (multi-process)', function () {
     const { spawn } = await import('node:child_process');
     // Well-separated synthetic classes: accuracy is high and stable, so run-to-run timing differences in
     // which head version a peer mixes do not move it, while a hostile head that got into a pool would.
-    const f = await consortium('dflmoe', { dataset: 'synthetic:classes=4,dim=16,samples=2400,separation=1', peers: 4, rounds: 6, partition: 'iid', epochs: 2 }, { deadlineMs: 4000, quorum: 2, lingerMs: 2500 });
+    const f = await consortium(
+      'dflmoe',
+      { dataset: 'synthetic:classes=4,dim=16,samples=2400,separation=1', peers: 4, rounds: 6, partition: 'iid', epochs: 2 },
+      { deadlineMs: 4000, quorum: 2, lingerMs: 2500 },
+    );
     const honest = f.sites.slice(0, 3);
     const run = async (withHostile: boolean) => {
       for (const s of honest) rmSync(s.out, { recursive: true, force: true });
       let hostile: ChildProcess | undefined;
       if (withHostile) {
-        hostile = spawn(process.execPath, [...process.execArgv, 'test/fixtures/hostile-peer.ts', '--config', f.sites[3].config, '--seconds', '60', '--classes', '4'], { stdio: 'ignore' });
+        hostile = spawn(
+          process.execPath,
+          [...process.execArgv, 'test/fixtures/hostile-peer.ts', '--config', f.sites[3].config, '--seconds', '60', '--classes', '4'],
+          { stdio: 'ignore' },
+        );
         procs.push(hostile);
       }
       const ps = honest.map((s) => start(['peer', '--config', s.config], `${s.out}-${withHostile ? 'hostile' : 'clean'}.log`));
@@ -136,16 +172,24 @@ describe('consortium over TCP (multi-process)', function () {
     const clean = await run(false);
     const attacked = await run(true);
     const mean = (ls: RoundLine[][]) => ls.reduce((a, l) => a + l.at(-1)!.accuracy, 0) / ls.length;
-    process.stdout.write(`      (honest mean accuracy: ${(100 * mean(clean)).toFixed(2)}% without, ${(100 * mean(attacked)).toFixed(2)}% with the hostile member)\n`);
+    process.stdout.write(
+      `      (honest mean accuracy: ${(100 * mean(clean)).toFixed(2)}% without, ${(100 * mean(attacked)).toFixed(2)}% with the hostile member)\n`,
+    );
     for (const ls of attacked) {
       assert.equal(ls.length, 6, 'every round finished');
       for (const l of ls) assert.ok(!l.experts.some((e) => e.peer === f.sites[3].peerId), 'no hostile head in a pool');
       assert.equal(ls.at(-1)!.experts.length, 2);
     }
     const dropped = attacked.map((ls) => Object.values(ls.at(-1)!.dropped).reduce((a, b) => a + b, 0));
-    assert.ok(dropped.every((d) => d > 0), `drops counted: ${dropped}`);
+    assert.ok(
+      dropped.every((d) => d > 0),
+      `drops counted: ${dropped}`,
+    );
     const logs = honest.map((s) => readFileSync(`${s.out}-hostile.log`, 'utf8'));
-    assert.ok(logs.some((l) => /keeps sending bad data: disconnected and refused/.test(l)), 'the hostile member was cut off');
+    assert.ok(
+      logs.some((l) => /keeps sending bad data: disconnected and refused/.test(l)),
+      'the hostile member was cut off',
+    );
     assert.ok(Math.abs(mean(clean) - mean(attacked)) <= 0.01, `within 1 point: ${mean(clean)} vs ${mean(attacked)}`);
   });
 
@@ -180,8 +224,13 @@ describe('consortium over TCP (multi-process)', function () {
     saveIdentity(join(dir, 'intruder.key'), id.privateKey, true);
     const cfg0 = JSON.parse(readFileSync(f.sites[0].config, 'utf8'));
     const intruder = {
-      ...cfg0, name: 'intruder', key: 'intruder.key', listen: [`/ip4/127.0.0.1/tcp/${await freePort()}`], out: 'intruder',
-      members: [...cfg0.members, { peerId: id.peerId, addrs: [] }], data: { ...cfg0.data, simulate: { ...cfg0.data.simulate, index: 1, share: 'site-1.share' } },
+      ...cfg0,
+      name: 'intruder',
+      key: 'intruder.key',
+      listen: [`/ip4/127.0.0.1/tcp/${await freePort()}`],
+      out: 'intruder',
+      members: [...cfg0.members, { peerId: id.peerId, addrs: [] }],
+      data: { ...cfg0.data, simulate: { ...cfg0.data.simulate, index: 1, share: 'site-1.share' } },
       // The members never answer it: it agrees with itself after 3 s.
       preprocess: { deadlineMs: 3000 },
     };
@@ -197,7 +246,10 @@ describe('consortium over TCP (multi-process)', function () {
       assert.match(log, new RegExp(`refused (inbound|outbound) connection from non-member ${id.peerId}`));
     }
     const il = lines(join(dir, 'intruder', 'metrics.jsonl'));
-    assert.ok(il.every((l) => l.experts.length === 0), 'the intruder got no head either');
+    assert.ok(
+      il.every((l) => l.experts.length === 0),
+      'the intruder got no head either',
+    );
   });
 
   it('dflmoe peer --metrics serves Prometheus metrics on 127.0.0.1, libp2p metrics included', async () => {
@@ -205,17 +257,24 @@ describe('consortium over TCP (multi-process)', function () {
     // Scraped from round 2 on: two more rounds and the linger keep the site up for the scrapes.
     const f = await consortium('dflmoe', { peers: 2, rounds: 4, epochs: 3 }, { deadlineMs: 3000, lingerMs: 3000 });
     const port = await freePort();
-    const ps = [start(['peer', '--config', f.sites[0].config, '--metrics', String(port)], `${f.sites[0].out}.log`), start(['peer', '--config', f.sites[1].config], `${f.sites[1].out}.log`)];
-    const body = await until('metrics with two rounds', async () => {
-      try {
-        const res = await fetch(`http://127.0.0.1:${port}/metrics`);
-        const text = await res.text();
-        const m = /^dflmoe_rounds_total (\d+)/m.exec(text);
-        return m && Number(m[1]) >= 2 ? text : false;
-      } catch {
-        return false;
-      }
-    }, 90000);
+    const ps = [
+      start(['peer', '--config', f.sites[0].config, '--metrics', String(port)], `${f.sites[0].out}.log`),
+      start(['peer', '--config', f.sites[1].config], `${f.sites[1].out}.log`),
+    ];
+    const body = await until(
+      'metrics with two rounds',
+      async () => {
+        try {
+          const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+          const text = await res.text();
+          const m = /^dflmoe_rounds_total (\d+)/m.exec(text);
+          return m && Number(m[1]) >= 2 ? text : false;
+        } catch {
+          return false;
+        }
+      },
+      90000,
+    );
     assert.match(body, /^dflmoe_accuracy 0\.\d+/m);
     assert.match(body, /^dflmoe_experts 1$/m);
     assert.match(body, /^dflmoe_bytes\{direction="in"\} [1-9]\d*/m);
@@ -238,13 +297,19 @@ describe('consortium over TCP (multi-process)', function () {
     let got = 0;
     for (const s of f.sites) {
       const ls = lines(metrics(s));
-      assert.deepEqual(ls.map((l) => l.round), [1, 2, 3, 4]);
+      assert.deepEqual(
+        ls.map((l) => l.round),
+        [1, 2, 3, 4],
+      );
       // No two rounds in a row without another's model, and nearly all of the 8 models the others sent are taken in. A round's
       // count may be 1 and the next one 3, or 2 and then 0 (members a round ahead: their next models came before this site's
       // round ended, so the next round has nothing new and does not wait: seen once as 2,2,0,2 with 0.0 s waited), and a model
       // overtaken by the same member's newer one is refused as stale.
       const fresh = ls.map((l) => l.fresh);
-      assert.ok(fresh.every((n, k) => n >= 1 || (k > 0 && fresh[k - 1] >= 1)) && fresh[0] >= 1 && fresh.reduce((a, b) => a + b, 0) >= 6, `models of both others mixed in: ${fresh}`);
+      assert.ok(
+        fresh.every((n, k) => n >= 1 || (k > 0 && fresh[k - 1] >= 1)) && fresh[0] >= 1 && fresh.reduce((a, b) => a + b, 0) >= 6,
+        `models of both others mixed in: ${fresh}`,
+      );
       assert.ok(!Object.keys(ls.at(-1)!.dropped).some((k) => k.startsWith('model:')), JSON.stringify(ls.at(-1)!.dropped));
       const res = JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8'));
       assert.equal(res.algorithm, 'gossip');
@@ -262,13 +327,20 @@ describe('consortium over TCP (multi-process)', function () {
       const cfg = sim({ peers: 3, rounds: 3, algorithms: [alg] });
       const f = await consortium(alg, cfg);
       assert.equal(JSON.parse(readFileSync(f.server!.config, 'utf8')).algorithm, alg);
-      const ps = [start(['server', '--config', f.server!.config], `${f.server!.out}.log`), ...f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`))];
+      const ps = [
+        start(['server', '--config', f.server!.config], `${f.server!.out}.log`),
+        ...f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`)),
+      ];
       // The in-memory run while the processes run.
       const mem = await simulate(cfg, { logger: { debug() {}, info() {}, warn() {}, error() {} } });
       assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 120000))), [0, 0, 0, 0]);
       f.sites.forEach((s, i) => {
         const ls = lines(metrics(s));
-        assert.deepEqual(ls.map((l) => l.accuracy), mem.algorithms[alg]!.rounds.map((r) => r.peerAccuracy[i]), `site ${i}`);
+        assert.deepEqual(
+          ls.map((l) => l.accuracy),
+          mem.algorithms[alg]!.rounds.map((r) => r.peerAccuracy[i]),
+          `site ${i}`,
+        );
         const res = JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8'));
         assert.equal(res.bytesSent, mem.algorithms[alg]!.peers[i].bytesSent);
       });
@@ -279,7 +351,10 @@ describe('consortium over TCP (multi-process)', function () {
     const { simulate } = await import('@dflmoe/core');
     const cfg = sim({ peers: 3, rounds: 4, algorithms: ['fedavg'] });
     const f = await consortium('fedavg', cfg);
-    const ps = [start(['server', '--config', f.server!.config], `${f.server!.out}.log`), ...f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`))];
+    const ps = [
+      start(['server', '--config', f.server!.config], `${f.server!.out}.log`),
+      ...f.sites.map((s) => start(['peer', '--config', s.config], `${s.out}.log`)),
+    ];
     // The in-memory run while the processes run.
     const mem = await simulate(cfg, { logger: { debug() {}, info() {}, warn() {}, error() {} } });
     const codes = await Promise.all(ps.map((p) => waitExit(p, 120000)));

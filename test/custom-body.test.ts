@@ -10,8 +10,24 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import {
-  BodyError, DflmoePeer, DflmoeSite, MemoryHub, bodyArchitecture, createLearner, loadSite, parseBodySpec, preparePeerData, disposePeerData, pretrainBody,
-  readBodyWeights, silentLogger, simulate, writeBody, type DflmoeLearner, type Learner, type SavedSite,
+  BodyError,
+  DflmoePeer,
+  DflmoeSite,
+  MemoryHub,
+  bodyArchitecture,
+  createLearner,
+  loadSite,
+  parseBodySpec,
+  preparePeerData,
+  disposePeerData,
+  pretrainBody,
+  readBodyWeights,
+  silentLogger,
+  simulate,
+  writeBody,
+  type DflmoeLearner,
+  type Learner,
+  type SavedSite,
 } from '@dflmoe/core/internal';
 import { loadDataset, partition, type Dataset } from '@dflmoe/data';
 import { generateIdentity, parsePeerConfig, runPeer, saveIdentity } from '@dflmoe/p2p';
@@ -60,13 +76,19 @@ describe('custom bodies', function () {
   async function learner(id: string, hub: MemoryHub, body: unknown, split: number, extra: Record<string, unknown> = {}) {
     const splits = partition(ds.labels, 2, 3, 'iid', { seed: 3 });
     const l = await createLearner({
-      id, dataset: ds, split: splits[split], exchange: hub.join(id), model: { body: body as never, featureDim: FEATURES }, train: { seed: split, learningRate: 0.01 }, ...extra,
+      id,
+      dataset: ds,
+      split: splits[split],
+      exchange: hub.join(id),
+      model: { body: body as never, featureDim: FEATURES },
+      train: { seed: split, learningRate: 0.01 },
+      ...extra,
     });
     learners.push(l);
     return l as Learner; // the class behind the public interface: the test looks at the site's model (peer)
   }
 
-  it('a LayersModel and a function train as bodies; the host\'s model is copied, not trained; no tensor leaks across rounds', async () => {
+  it("a LayersModel and a function train as bodies; the host's model is copied, not trained; no tensor leaks across rounds", async () => {
     const mine = tabular();
     const before = mine.getWeights().map((w) => Array.from(w.dataSync()));
     const hub = new MemoryHub();
@@ -81,10 +103,17 @@ describe('custom bodies', function () {
       if (r > 2) assert.equal(tf.memory().numTensors, tensors, `round ${r}: tensors`);
       if (r === 4) {
         assert.ok(ma.accuracy > 0.85 && mb.accuracy > 0.85, `${ma.accuracy} ${mb.accuracy}`);
-        assert.deepEqual(ma.experts.map((e) => e.peer), ['b']);
+        assert.deepEqual(
+          ma.experts.map((e) => e.peer),
+          ['b'],
+        );
       }
     }
-    assert.deepEqual(mine.getWeights().map((w) => Array.from(w.dataSync())), before, 'the host model is untouched');
+    assert.deepEqual(
+      mine.getWeights().map((w) => Array.from(w.dataSync())),
+      before,
+      'the host model is untouched',
+    );
     const p = a.predict(ds.features.subarray(0, 3 * 30));
     assert.equal(p.predicted.length, 3);
     mine.dispose();
@@ -93,12 +122,20 @@ describe('custom bodies', function () {
   it('refuses a body whose output is not featureDim features, naming the layer and both sizes', async () => {
     const hub = new MemoryHub();
     const wrong = tabular(8);
-    await assert.rejects(learner('a', hub, wrong, 0), (e: Error) => e instanceof BodyError && new RegExp(`last layer "${wrong.layers[3].name}" outputs \\[8\\] per sample; the head takes a vector of featureDim = 16`).test(e.message));
+    await assert.rejects(
+      learner('a', hub, wrong, 0),
+      (e: Error) =>
+        e instanceof BodyError &&
+        new RegExp(`last layer "${wrong.layers[3].name}" outputs \\[8\\] per sample; the head takes a vector of featureDim = 16`).test(e.message),
+    );
     const image = () => tfl.sequential({ layers: [tfl.layers.reshape({ inputShape: [30], targetShape: [15, 2] }), tfl.layers.dense({ units: FEATURES })] });
     await assert.rejects(learner('b', hub, image, 0), /outputs \[15,16\] per sample/);
     const otherInput = () => tfl.sequential({ layers: [tfl.layers.dense({ inputShape: [12], units: FEATURES })] });
     await assert.rejects(learner('c', hub, otherInput, 0), /takes samples of shape \[12\]; this data's samples have shape \[30\]/);
-    await assert.rejects(learner('d', hub, () => 'not a model', 0), /returned string, not a tfjs LayersModel/);
+    await assert.rejects(
+      learner('d', hub, () => 'not a model', 0),
+      /returned string, not a tfjs LayersModel/,
+    );
   });
 
   it('refuses a body holding a layer it cannot save, naming the layer', async () => {
@@ -106,9 +143,14 @@ describe('custom bodies', function () {
     const h = tfl.layers.dense({ units: FEATURES }).apply(input) as tfl.SymbolicTensor;
     const odd = new Unsaved({ name: 'my_scale' }).apply(h) as tfl.SymbolicTensor;
     const m = tfl.model({ inputs: input, outputs: odd });
-    await assert.rejects(learner('a', new MemoryHub(), m, 0), (e: Error) =>
-      e instanceof BodyError && /layer "my_scale" cannot be saved: its class UnsavedScale is not registered for serialization/.test(e.message));
-    await assert.rejects(learner('b', new MemoryHub(), () => m, 0), /layer "my_scale" cannot be saved/);
+    await assert.rejects(
+      learner('a', new MemoryHub(), m, 0),
+      (e: Error) => e instanceof BodyError && /layer "my_scale" cannot be saved: its class UnsavedScale is not registered for serialization/.test(e.message),
+    );
+    await assert.rejects(
+      learner('b', new MemoryHub(), () => m, 0),
+      /layer "my_scale" cannot be saved/,
+    );
   });
 
   it('the architecture string ignores names and initial weights; bodies are combined only with the same architecture', async () => {
@@ -118,11 +160,16 @@ describe('custom bodies', function () {
     const heads = new MemoryHub();
     const bodies = new MemoryHub();
     const share = { bodies: undefined as unknown, model: { body: start, featureDim: FEATURES } };
-    const mk = (id: string, body: unknown, i: number) => learner(id, heads, body, i, { ...share, bodies: bodies.join(id), model: { body, featureDim: FEATURES } });
+    const mk = (id: string, body: unknown, i: number) =>
+      learner(id, heads, body, i, { ...share, bodies: bodies.join(id), model: { body, featureDim: FEATURES } });
     const [a, b, c] = [await mk('a', start, 0), await mk('b', start, 1), await mk('c', branches, 2)];
     let last;
     for (let r = 1; r <= 3; r++) last = [await a.runRound(), await b.runRound(), await c.runRound()];
-    assert.deepEqual(last![0].bodies?.map((x) => x.peer), ['b'], 'a combines b\'s body (same network), not c\'s');
+    assert.deepEqual(
+      last![0].bodies?.map((x) => x.peer),
+      ['b'],
+      "a combines b's body (same network), not c's",
+    );
     assert.deepEqual(last![2].bodies?.map((x) => x.peer) ?? [], [], 'c has no partner with its network');
     start.dispose();
   });
@@ -133,12 +180,32 @@ describe('custom bodies', function () {
     await writeBody(join(dir, 'lab-body'), saved);
     const id = await generateIdentity();
     saveIdentity(join(dir, 'site.key'), id.privateKey, true);
-    const cfg = parsePeerConfig({
-      name: 'lab', key: 'site.key', listen: ['/ip4/127.0.0.1/tcp/0'], members: [{ name: 'lab', peerId: id.peerId }], rounds: 2, lingerMs: 0, out: 'out',
-      data: { dataset: 'breast-cancer' }, model: { body: 'tfjs:lab-body', featureDim: FEATURES }, round: { deadlineMs: 1000 },
-    }, join(dir, 'site.json'), dir);
+    const cfg = parsePeerConfig(
+      {
+        name: 'lab',
+        key: 'site.key',
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        members: [{ name: 'lab', peerId: id.peerId }],
+        rounds: 2,
+        lingerMs: 0,
+        out: 'out',
+        data: { dataset: 'breast-cancer' },
+        model: { body: 'tfjs:lab-body', featureDim: FEATURES },
+        round: { deadlineMs: 1000 },
+      },
+      join(dir, 'site.json'),
+      dir,
+    );
     assert.equal(cfg.model.body, `tfjs:${join(dir, 'lab-body')}`);
-    assert.throws(() => parsePeerConfig({ key: 'site.key', out: 'o', data: { dataset: 'digits' }, model: { body: 'tfjs:nowhere' }, rounds: 1, listen: ['/ip4/127.0.0.1/tcp/0'] }, 'x.json', dir), /model\.body: .*nowhere not found/);
+    assert.throws(
+      () =>
+        parsePeerConfig(
+          { key: 'site.key', out: 'o', data: { dataset: 'digits' }, model: { body: 'tfjs:nowhere' }, rounds: 1, listen: ['/ip4/127.0.0.1/tcp/0'] },
+          'x.json',
+          dir,
+        ),
+      /model\.body: .*nowhere not found/,
+    );
     const r = await runPeer(cfg, { logger: silentLogger });
     assert.equal(r.rounds.length, 2);
     assert.equal(JSON.parse(readFileSync(join(cfg.out, 'site.json'), 'utf8')).model.body, `tfjs:${join(dir, 'lab-body')}`);
@@ -181,13 +248,28 @@ describe('simulate with a saved body', () => {
 
   it('simulate --body tfjs:<dir> builds one sequential body per site, for every algorithm (the saved config is not used up by the first site)', async () => {
     const dir = tmpDir('dflmoe-sim-saved-body-');
-    const saved = tfl.sequential({ layers: [tfl.layers.flatten({ inputShape: [8, 8, 1] }), tfl.layers.dense({ units: 24, activation: 'relu' }), tfl.layers.dense({ units: FEATURES, activation: 'relu' })] });
+    const saved = tfl.sequential({
+      layers: [
+        tfl.layers.flatten({ inputShape: [8, 8, 1] }),
+        tfl.layers.dense({ units: 24, activation: 'relu' }),
+        tfl.layers.dense({ units: FEATURES, activation: 'relu' }),
+      ],
+    });
     await writeBody(join(dir, 'body'), saved);
     saved.dispose();
-    const r = await simulate({
-      dataset: 'digits', peers: 3, rounds: 3, partition: 'iid', algorithms: ['dflmoe', 'local'], bodies: [`tfjs:${join(dir, 'body')}`], featureDim: FEATURES,
-      learningRate: 3e-3,
-    }, { logger: silentLogger });
+    const r = await simulate(
+      {
+        dataset: 'digits',
+        peers: 3,
+        rounds: 3,
+        partition: 'iid',
+        algorithms: ['dflmoe', 'local'],
+        bodies: [`tfjs:${join(dir, 'body')}`],
+        featureDim: FEATURES,
+        learningRate: 3e-3,
+      },
+      { logger: silentLogger },
+    );
     for (const a of [r.algorithms.dflmoe!, r.algorithms.local!]) {
       assert.equal(a.peers.length, 3);
       // Ten classes: chance is 10%; three rounds of training on a built body get well above it.

@@ -28,14 +28,30 @@ describe('csv tables', () => {
   it('quoting, one-hot categories, missing values imputed with indicators', () => {
     const ds = loadDataset(`csv:${tmpCsv(PATIENTS)}`, { labelColumn: 'diagnosis', drop: ['id', 'name'] });
     assert.deepEqual(ds.featureNames, [
-      'age', 'age_missing', 'smoker=current', 'smoker=former', 'smoker=never', 'bmi', 'bmi_missing', 'ward=A, east', 'ward=B',
+      'age',
+      'age_missing',
+      'smoker=current',
+      'smoker=former',
+      'smoker=never',
+      'bmi',
+      'bmi_missing',
+      'ward=A, east',
+      'ward=B',
     ]);
     assert.deepEqual(ds.sampleShape, [9]);
     assert.deepEqual(ds.classNames, ['benign', 'malignant']);
     assert.deepEqual(Array.from(ds.labels), [0, 1, 0, 1]);
     // Numeric missing: the mean of the observed cells (age: 60, bmi: 25) plus a 1 in the indicator.
     assert.deepEqual(row(ds, 1), {
-      age: 60, age_missing: 1, 'smoker=current': 1, 'smoker=former': 0, 'smoker=never': 0, bmi: 25, bmi_missing: 1, 'ward=A, east': 0, 'ward=B': 1,
+      age: 60,
+      age_missing: 1,
+      'smoker=current': 1,
+      'smoker=former': 0,
+      'smoker=never': 0,
+      bmi: 25,
+      bmi_missing: 1,
+      'ward=A, east': 0,
+      'ward=B': 1,
     });
     // Categorical missing (empty, nan): all zeros.
     const r2 = row(ds, 2);
@@ -65,8 +81,11 @@ describe('csv tables', () => {
 
   it('unknown names in features or drop, and the label among them, are errors naming line 1 and the column', () => {
     const p = tmpCsv(PATIENTS);
-    assert.throws(() => loadCsv(p, { labelColumn: 'diagnosis', features: ['age', 'weight'] }), (e: Error) =>
-      e instanceof DataError && /line 1: column "weight" in features is not in the header/.test(e.message) && /Columns are: id, name/.test(e.message));
+    assert.throws(
+      () => loadCsv(p, { labelColumn: 'diagnosis', features: ['age', 'weight'] }),
+      (e: Error) =>
+        e instanceof DataError && /line 1: column "weight" in features is not in the header/.test(e.message) && /Columns are: id, name/.test(e.message),
+    );
     assert.throws(() => loadCsv(p, { labelColumn: 'diagnosis', drop: ['Name'] }), /line 1: column "Name" in drop/);
     assert.throws(() => loadCsv(p, { labelColumn: 'diagnosis', features: ['diagnosis'] }), /"diagnosis" in features is the label column/);
   });
@@ -77,7 +96,10 @@ describe('csv tables', () => {
     assert.equal(ds.numSamples, 3);
     assert.deepEqual(Array.from(ds.features), [1, 3, 5]);
     assert.deepEqual(ds.warnings, ['2 row(s) without a label in column "label" left out (line 3, 5)']);
-    assert.throws(() => loadCsv(tmpCsv('a,label\n1,\n2,NA\n')), (e: Error) => e instanceof DataError && /every row's label in column "label" is missing/.test(e.message));
+    assert.throws(
+      () => loadCsv(tmpCsv('a,label\n1,\n2,NA\n')),
+      (e: Error) => e instanceof DataError && /every row's label in column "label" is missing/.test(e.message),
+    );
   });
 
   it('a regression target: numbers kept as they are, quintiles as strata; text or an overflowing cell is refused naming its line', () => {
@@ -87,22 +109,36 @@ describe('csv tables', () => {
     assert.deepEqual(Array.from((ds.task as { values: Float32Array }).values).slice(0, 3), [0, 1.5, 3]);
     assert.deepEqual([...new Set(ds.labels)], [0, 1, 2, 3, 4]);
     assert.equal(ds.classNames.length, 5);
-    assert.throws(() => loadCsv(tmpCsv('a,y\n1,2\n2,high\n3,4\n'), { labelColumn: 'y', taskKind: 'regression' }), /line 3: "high" in column "y" is not a finite number/);
-    assert.throws(() => loadCsv(tmpCsv('a,y\n1,2\n2,1e39\n'), { labelColumn: 'y', taskKind: 'regression' }), /line 3: "1e39" in column "y" is not a finite number/);
+    assert.throws(
+      () => loadCsv(tmpCsv('a,y\n1,2\n2,high\n3,4\n'), { labelColumn: 'y', taskKind: 'regression' }),
+      /line 3: "high" in column "y" is not a finite number/,
+    );
+    assert.throws(
+      () => loadCsv(tmpCsv('a,y\n1,2\n2,1e39\n'), { labelColumn: 'y', taskKind: 'regression' }),
+      /line 3: "1e39" in column "y" is not a finite number/,
+    );
   });
 
   it('a label column of many distinct numbers is refused with the hint to declare it a regression task', () => {
     const rows = Array.from({ length: 60 }, (_, i) => `${i % 7},${20 + i}`).join('\n');
     const p = tmpCsv(`a,age\n${rows}\n`);
-    assert.throws(() => loadCsv(p, { labelColumn: 'age' }), /"age" holds 60 distinct numbers in 60 rows: it looks like a number to predict.*"kind": "regression"/);
+    assert.throws(
+      () => loadCsv(p, { labelColumn: 'age' }),
+      /"age" holds 60 distinct numbers in 60 rows: it looks like a number to predict.*"kind": "regression"/,
+    );
     // Declared classes are taken as they are.
     assert.equal(loadCsv(p, { labelColumn: 'age', taskKind: 'classification' }).classNames.length, 60);
   });
 
   it('a column mixing numbers and text is an error naming the line and column, unless the stray cells are rare', () => {
     const mixed = tmpCsv('a,b,label\n1,2,x\n2,3,y\n3,high,x\n4,low,y\n');
-    assert.throws(() => loadCsv(mixed), (e: Error) =>
-      e instanceof DataError && /line 4: column "b" holds "high", which is not a number/.test(e.message) && /2 of its 4 observed cells are numbers/.test(e.message));
+    assert.throws(
+      () => loadCsv(mixed),
+      (e: Error) =>
+        e instanceof DataError &&
+        /line 4: column "b" holds "high", which is not a number/.test(e.message) &&
+        /2 of its 4 observed cells are numbers/.test(e.message),
+    );
     // 1 stray text cell in 25 (4%): counted as missing, with a warning.
     const lines = ['a,label', ...Array.from({ length: 24 }, (_, i) => `${i},${i % 2 ? 'x' : 'y'}`), 'oops,x'];
     const p = tmpCsv(lines.join('\n'));
@@ -143,10 +179,13 @@ describe('csv tables', () => {
     const r0 = row(ds, 0);
     assert.equal(r0['smoker=current'] + r0['smoker=former'] + r0['smoker=never'], 0, 'unseen category "vaper"');
     assert.equal(r0.age_missing, 0);
-    assert.equal(row(ds, 1).bmi, 25, 'imputed with the schema value, not this file\'s mean');
+    assert.equal(row(ds, 1).bmi, 25, "imputed with the schema value, not this file's mean");
     assert.equal(row(ds, 1)['ward=A, east'], 0, '"A" is not "A, east"');
     const bad = tmpCsv('age,smoker,bmi,ward,diagnosis\n40,never,22,B,unclear\n');
-    assert.throws(() => loadCsv(bad, { labelColumn: 'diagnosis', schema: own.schema }), /line 2: label "unclear" in column "diagnosis" is not one of the classes benign, malignant/);
+    assert.throws(
+      () => loadCsv(bad, { labelColumn: 'diagnosis', schema: own.schema }),
+      /line 2: label "unclear" in column "diagnosis" is not one of the classes benign, malignant/,
+    );
     const lacking = tmpCsv('age,smoker,diagnosis\n40,never,benign\n');
     assert.throws(() => loadCsv(lacking, { labelColumn: 'diagnosis', schema: own.schema }), /lacks columns "bmi", "ward" of the schema/);
   });
@@ -160,20 +199,34 @@ describe('csv tables', () => {
 
   it('a semicolon- or tab-separated file is read with its delimiter; a comma in the header wins', () => {
     const semi = readCsvTable(tmpCsv('age;ward;risk\n50;"north; old";low\n60;south;high\n'), { labelColumn: 'risk' });
-    assert.deepEqual(semi.columns.map((c) => c.name), ['age', 'ward']);
+    assert.deepEqual(
+      semi.columns.map((c) => c.name),
+      ['age', 'ward'],
+    );
     assert.deepEqual(semi.labels, ['low', 'high']);
     assert.deepEqual(semi.columns[1].values, ['north; old', 'south']);
     const tab = readCsvTable(tmpCsv('\uFEFFage\tward\trisk\n50\tnorth\tlow\n'), { labelColumn: 'risk' });
-    assert.deepEqual(tab.columns.map((c) => c.name), ['age', 'ward']);
+    assert.deepEqual(
+      tab.columns.map((c) => c.name),
+      ['age', 'ward'],
+    );
     // A comma-separated file whose cells hold semicolons stays comma-separated.
     const comma = readCsvTable(tmpCsv('"a;b",risk\n1,low\n'), { labelColumn: 'risk' });
-    assert.deepEqual(comma.columns.map((c) => c.name), ['a;b']);
+    assert.deepEqual(
+      comma.columns.map((c) => c.name),
+      ['a;b'],
+    );
   });
 
   it('a cell beyond what a 32-bit float holds is an error naming the file, line and column (whichever split the row lands in)', () => {
     const p = tmpCsv('age,mg,risk\n50,2.1,low\n60,1e308,high\n61,-2,low\n');
-    assert.throws(() => readCsvTable(p, { labelColumn: 'risk' }), (e: Error) => e instanceof DataError &&
-      e.message === `${p}, line 3: column "mg" holds 1e308, beyond the largest number the model reads (±3.4e38, a 32-bit float). Fix the cell, or write NA if it is missing.`);
+    assert.throws(
+      () => readCsvTable(p, { labelColumn: 'risk' }),
+      (e: Error) =>
+        e instanceof DataError &&
+        e.message ===
+          `${p}, line 3: column "mg" holds 1e308, beyond the largest number the model reads (±3.4e38, a 32-bit float). Fix the cell, or write NA if it is missing.`,
+    );
     // The largest float32 itself is accepted, and so is its square in the sums (float64).
     assert.doesNotThrow(() => readCsvTable(tmpCsv('age,mg,risk\n50,3.4e38,low\n60,-3.4e38,high\n'), { labelColumn: 'risk' }));
   });

@@ -1,7 +1,24 @@
 import assert from 'node:assert/strict';
 import {
-  DataError, Rng, agreementFit, applyStandardizer, encodeWithSchema, federatedStandardizer, featureSize, pooledStandardizer, fitStandardizer, loadDataset, mergeSummaries, partition, summarizeDataset,
-  summarizeTable, tableFromRows, takeRows, validateSummary, type LocalSummary, type RawTable,
+  DataError,
+  Rng,
+  agreementFit,
+  applyStandardizer,
+  encodeWithSchema,
+  federatedStandardizer,
+  featureSize,
+  pooledStandardizer,
+  fitStandardizer,
+  loadDataset,
+  mergeSummaries,
+  partition,
+  summarizeDataset,
+  summarizeTable,
+  tableFromRows,
+  takeRows,
+  validateSummary,
+  type LocalSummary,
+  type RawTable,
 } from '@dflmoe/data/internal';
 
 /** A patient record as written in a CSV. */
@@ -25,7 +42,11 @@ function patients(seed: number, n: number, smokers: string[], classes: string[],
 }
 
 function toTable(recs: Rec[], header: string[], source: string): RawTable {
-  return tableFromRows(header, recs.map((r) => header.map((h) => r[h])), { source });
+  return tableFromRows(
+    header,
+    recs.map((r) => header.map((h) => r[h])),
+    { source },
+  );
 }
 
 const HEADER = ['age', 'bmi', 'smoker', 'sex', 'label'];
@@ -49,16 +70,28 @@ describe('federated preprocessing', () => {
   const agreed = mergeSummaries(summaries);
   const all = sites.flatMap((s) => s.recs);
 
-  it('agrees on the union of classes and vocabularies, sorted, in the first site\'s column order', () => {
+  it("agrees on the union of classes and vocabularies, sorted, in the first site's column order", () => {
     assert.deepEqual(agreed.sites, ['hospital-a', 'hospital-b', 'hospital-c']);
     assert.equal(agreed.schema.kind, 'table');
     assert.deepEqual(agreed.schema.classNames, ['benign', 'cyst', 'malignant']);
     assert.deepEqual(agreed.featureNames, [
-      'sex=F', 'sex=M', 'smoker=current', 'smoker=former', 'smoker=never', 'smoker=occasional', 'bmi', 'age', 'age_missing',
+      'sex=F',
+      'sex=M',
+      'smoker=current',
+      'smoker=former',
+      'smoker=never',
+      'smoker=occasional',
+      'bmi',
+      'age',
+      'age_missing',
     ]);
     assert.equal(agreed.numRows, 250);
     const counts = Object.fromEntries(agreed.schema.classNames.map((c, k) => [c, agreed.labelCounts[k]]));
-    assert.deepEqual(counts, { benign: all.filter((r) => r.label === 'benign').length, cyst: all.filter((r) => r.label === 'cyst').length, malignant: all.filter((r) => r.label === 'malignant').length });
+    assert.deepEqual(counts, {
+      benign: all.filter((r) => r.label === 'benign').length,
+      cyst: all.filter((r) => r.label === 'cyst').length,
+      malignant: all.filter((r) => r.label === 'malignant').length,
+    });
   });
 
   it('pooled statistics from 3 summaries equal the statistics of the concatenated rows within 1e-6', () => {
@@ -108,14 +141,25 @@ describe('federated preprocessing', () => {
     assert.equal(f('smoker=occasional'), 0);
     assert.equal(a.classNames[a.labels[0]], rec.label);
     // Standardized and pooled over the sites: mean 0 for every feature, std 1 where no cell is imputed.
-    const x = encoded.map((e) => applyStandardizer(e.dataset.features, d, Array.from({ length: e.dataset.numSamples }, (_, i) => i), e.standardizer));
+    const x = encoded.map((e) =>
+      applyStandardizer(
+        e.dataset.features,
+        d,
+        Array.from({ length: e.dataset.numSamples }, (_, i) => i),
+        e.standardizer,
+      ),
+    );
     const pooled = new Float32Array(x.reduce((n, a) => n + a.length, 0));
     let off = 0;
     for (const xs of x) {
       pooled.set(xs, off);
       off += xs.length;
     }
-    const st = fitStandardizer(pooled, d, Array.from({ length: 250 }, (_, i) => i));
+    const st = fitStandardizer(
+      pooled,
+      d,
+      Array.from({ length: 250 }, (_, i) => i),
+    );
     agreed.featureNames.forEach((name, j) => {
       assert.ok(Math.abs(st.mean[j]) < 1e-5, `${name} mean ${st.mean[j]}`);
       if (name !== 'age') assert.ok(Math.abs(st.std[j] - 1) < 1e-4, `${name} std ${st.std[j]}`);
@@ -134,7 +178,10 @@ describe('federated preprocessing', () => {
     const lacking = summarizeTable(noBmi, 'hospital-c');
     const ag = mergeSummaries([summaries[0], summaries[1], lacking]);
     const names = ag.featureNames;
-    assert.deepEqual(names.filter((n) => n.startsWith('bmi')), ['bmi', 'bmi_missing']);
+    assert.deepEqual(
+      names.filter((n) => n.startsWith('bmi')),
+      ['bmi', 'bmi_missing'],
+    );
     const bmi = names.indexOf('bmi');
     const ind = names.indexOf('bmi_missing');
     // The value's statistics are those of the two sites that have the column; hospital-c's 120 rows are all missing.
@@ -157,18 +204,41 @@ describe('federated preprocessing', () => {
     assert.equal(a.features[bmi], Math.fround(Number(sites[1].recs[0].bmi)));
     assert.equal(a.features[ind], 0);
     // The first site (by name) may be the one that lacks a column: the column comes after its own, in order.
-    const ward = summarizeTable(toTable(sites[0].recs.map((r) => ({ ...r, ward: r.sex === 'F' ? 'x' : 'y' })), [...HEADER, 'ward'], 'hospital-b'), 'hospital-b');
+    const ward = summarizeTable(
+      toTable(
+        sites[0].recs.map((r) => ({ ...r, ward: r.sex === 'F' ? 'x' : 'y' })),
+        [...HEADER, 'ward'],
+        'hospital-b',
+      ),
+      'hospital-b',
+    );
     const ag2 = mergeSummaries([ward, summaries[1], summaries[2]]);
     assert.deepEqual(ag2.featureNames.slice(-2), ['ward=x', 'ward=y']);
     assert.deepEqual(mergeSummaries([summaries[2], ward, summaries[1]]), ag2, 'order of the summaries does not matter');
   });
 
   it('a site sharing no column with the others, or a column numeric at one site and text at another, is an error naming them', () => {
-    const other = summarizeTable(toTable(sites[0].recs.map((r) => ({ height: r.age, label: r.label })), ['height', 'label'], 'hospital-z'), 'hospital-z');
-    assert.throws(() => mergeSummaries([summaries[0], summaries[1], other]), (e: Error) => e instanceof DataError && /^site "hospital-z" shares no column with the others/.test(e.message));
-    const textBmi = toTable(sites[1].recs.map((r) => ({ ...r, bmi: Number(r.bmi) > 24 ? 'high' : 'low' })), HEADER, 'hospital-a');
-    assert.throws(() => mergeSummaries([summaries[0], summarizeTable(textBmi, 'hospital-a'), summaries[2]]), (e: Error) =>
-      /column "bmi" is numeric at "hospital-b", "hospital-c" but categorical at "hospital-a"/.test(e.message));
+    const other = summarizeTable(
+      toTable(
+        sites[0].recs.map((r) => ({ height: r.age, label: r.label })),
+        ['height', 'label'],
+        'hospital-z',
+      ),
+      'hospital-z',
+    );
+    assert.throws(
+      () => mergeSummaries([summaries[0], summaries[1], other]),
+      (e: Error) => e instanceof DataError && /^site "hospital-z" shares no column with the others/.test(e.message),
+    );
+    const textBmi = toTable(
+      sites[1].recs.map((r) => ({ ...r, bmi: Number(r.bmi) > 24 ? 'high' : 'low' })),
+      HEADER,
+      'hospital-a',
+    );
+    assert.throws(
+      () => mergeSummaries([summaries[0], summarizeTable(textBmi, 'hospital-a'), summaries[2]]),
+      (e: Error) => /column "bmi" is numeric at "hospital-b", "hospital-c" but categorical at "hospital-a"/.test(e.message),
+    );
     assert.throws(() => mergeSummaries([summaries[0], summaries[0]]), /two summaries come from site "hospital-b"/);
   });
 
@@ -182,21 +252,38 @@ describe('federated preprocessing', () => {
     const same = summarizeTable(toTable(sites[0].recs.slice(0, 40), HEADER, 'x'), 'hospital-x');
     assert.deepEqual(agreementFit(same, early).problems, []);
     // Its own column the agreement lacks is a problem; a column of the agreement it lacks reads as missing (a note).
-    const extra = summarizeTable(toTable(sites[0].recs.map((r) => ({ ...r, ward: 'x' })), [...HEADER, 'ward'], 'w'), 'hospital-w');
+    const extra = summarizeTable(
+      toTable(
+        sites[0].recs.map((r) => ({ ...r, ward: 'x' })),
+        [...HEADER, 'ward'],
+        'w',
+      ),
+      'hospital-w',
+    );
     assert.deepEqual(agreementFit(extra, early).problems, ['column "ward" (not in the agreement)']);
     const noBmi = summarizeTable(toTable(sites[0].recs, ['age', 'smoker', 'sex', 'label'], 'n'), 'hospital-n');
     const f2 = agreementFit(noBmi, early);
     assert.deepEqual(f2.problems, []);
-    assert.ok(f2.notes.some((n) => /lacks column "bmi": its rows read as missing/.test(n)), f2.notes.join('\n'));
+    assert.ok(
+      f2.notes.some((n) => /lacks column "bmi": its rows read as missing/.test(n)),
+      f2.notes.join('\n'),
+    );
     // Another kind, another shape.
-    assert.match(agreementFit(summaries[0], mergeSummaries([summarizeDataset(loadDataset('digits'), 'd', [0, 1, 2])])).problems.join(), /a table \(the agreement is for fixed-shape samples\)/);
+    assert.match(
+      agreementFit(summaries[0], mergeSummaries([summarizeDataset(loadDataset('digits'), 'd', [0, 1, 2])])).problems.join(),
+      /a table \(the agreement is for fixed-shape samples\)/,
+    );
   });
 
   it('summaries of training rows only: test rows do not move the statistics', () => {
     const t = tables[0];
     const train = Array.from({ length: 60 }, (_, i) => i);
     const s1 = summarizeTable(t, 'b', train);
-    const changed = toTable(sites[0].recs.map((r, i) => (i >= 60 ? { ...r, bmi: '1000', smoker: 'vaper' } : r)), HEADER, 'b');
+    const changed = toTable(
+      sites[0].recs.map((r, i) => (i >= 60 ? { ...r, bmi: '1000', smoker: 'vaper' } : r)),
+      HEADER,
+      'b',
+    );
     assert.deepEqual(summarizeTable(changed, 'b', train), s1);
     assert.equal(s1.numRows, 60);
     // An unseen category in a test row encodes as all zeros.

@@ -45,7 +45,7 @@ describe('image folders', () => {
     dir = await fixture();
   });
 
-  it('defaults: the first image\'s size, grayscale, classes from sorted folder names, pixels in [0, 1]', async () => {
+  it("defaults: the first image's size, grayscale, classes from sorted folder names, pixels in [0, 1]", async () => {
     const ds = await loadImageFolder(dir);
     // The first file of the first class ("2"/a.png) is 12 wide, 10 high.
     assert.deepEqual(ds.sampleShape, [10, 12, 1]);
@@ -56,7 +56,11 @@ describe('image folders', () => {
     // PNG is lossless: exactly 64 / 255.
     assert.ok(ds.features.subarray(0, 120).every((v) => v === Math.fround(64 / 255)));
     // JPEG and the resized PNG: close to it.
-    for (const i of [1, 2]) assert.ok(ds.features.subarray(i * 120, (i + 1) * 120).every((v) => Math.abs(v - 64 / 255) < 0.03), `sample ${i}`);
+    for (const i of [1, 2])
+      assert.ok(
+        ds.features.subarray(i * 120, (i + 1) * 120).every((v) => Math.abs(v - 64 / 255) < 0.03),
+        `sample ${i}`,
+      );
     // Left half white, right half black (away from the edge, where JPEG and resizing blur).
     for (const i of [3, 4]) {
       for (let y = 0; y < 10; y++) {
@@ -77,7 +81,10 @@ describe('image folders', () => {
     assert.deepEqual(ds.sampleShape, [4, 6, 3]);
     assert.deepEqual(ds.classNames, ['clear', 'red']);
     const px = 4 * 6 * 3;
-    assert.ok(ds.features.subarray(0, px).every((v) => v === 0), 'fully transparent becomes black');
+    assert.ok(
+      ds.features.subarray(0, px).every((v) => v === 0),
+      'fully transparent becomes black',
+    );
     for (const i of [1, 2]) {
       const s = ds.features.subarray(i * px, (i + 1) * px);
       for (let p = 0; p < 24; p++) assert.ok(s[p * 3] > 0.95 && s[p * 3 + 1] < 0.05 && s[p * 3 + 2] < 0.05, `sample ${i} pixel ${p}`);

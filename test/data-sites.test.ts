@@ -1,8 +1,19 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
-  DataError, applyFeatureShift, capTrainPerSite, featureSize, holdoutSplit, labelHistogram, loadDataset, makeSynthetic, partition,
-  rotateImage, shiftDatasetBySite, siteShift, type PeerSplit,
+  DataError,
+  applyFeatureShift,
+  capTrainPerSite,
+  featureSize,
+  holdoutSplit,
+  labelHistogram,
+  loadDataset,
+  makeSynthetic,
+  partition,
+  rotateImage,
+  shiftDatasetBySite,
+  siteShift,
+  type PeerSplit,
 } from '@dflmoe/data/internal';
 
 const digits = loadDataset('digits');
@@ -10,7 +21,7 @@ const digits = loadDataset('digits');
 describe('capTrainPerSite', () => {
   const splits = partition(digits.labels, 10, 5, 'dirichlet:0.5', { seed: 3 });
 
-  it('cuts training splits to n, keeps test splits, stays within one sample of each class\'s share', () => {
+  it("cuts training splits to n, keeps test splits, stays within one sample of each class's share", () => {
     const capped = capTrainPerSite(splits, digits.labels, 40, 1);
     capped.forEach((c, i) => {
       const s = splits[i];
@@ -18,7 +29,10 @@ describe('capTrainPerSite', () => {
       assert.equal(c.train.length, Math.min(40, s.train.length));
       assert.equal(new Set(c.train).size, c.train.length, 'no row twice');
       const own = new Set(s.train);
-      assert.ok([...c.train].every((r) => own.has(r)), 'only the site\'s own training rows');
+      assert.ok(
+        [...c.train].every((r) => own.has(r)),
+        "only the site's own training rows",
+      );
       const full = labelHistogram(digits.labels, s.train, 10);
       const cut = labelHistogram(digits.labels, c.train, 10);
       full.forEach((m, k) => {
@@ -36,7 +50,10 @@ describe('capTrainPerSite', () => {
     for (let k = 1; k < sizes.length; k++) {
       caps[k].forEach((c, i) => {
         const bigger = new Set(c.train);
-        assert.ok([...caps[k - 1][i].train].every((r) => bigger.has(r)), `n=${sizes[k - 1]} within n=${sizes[k]} at site ${i}`);
+        assert.ok(
+          [...caps[k - 1][i].train].every((r) => bigger.has(r)),
+          `n=${sizes[k - 1]} within n=${sizes[k]} at site ${i}`,
+        );
       });
     }
     // n at least the split size keeps every row.
@@ -47,30 +64,28 @@ describe('capTrainPerSite', () => {
 
   it('property: any labels and n give a stratified subset within quota', () => {
     fc.assert(
-      fc.property(
-        fc.array(fc.integer({ min: 0, max: 6 }), { minLength: 2, maxLength: 200 }),
-        fc.integer({ min: 1, max: 200 }),
-        fc.integer(),
-        (ls, n, seed) => {
-          const labels = Int32Array.from(ls);
-          const split: PeerSplit = { train: Int32Array.from(labels.keys()), test: new Int32Array(0) };
-          const [c] = capTrainPerSite([split], labels, n, seed);
-          if (c.train.length !== Math.min(n, ls.length) || new Set(c.train).size !== c.train.length) return false;
-          const full = labelHistogram(labels, split.train, 7);
-          const cut = labelHistogram(labels, c.train, 7);
-          return full.every((m, k) => Math.abs(cut[k] - (c.train.length * m) / ls.length) < 1);
-        },
-      ),
+      fc.property(fc.array(fc.integer({ min: 0, max: 6 }), { minLength: 2, maxLength: 200 }), fc.integer({ min: 1, max: 200 }), fc.integer(), (ls, n, seed) => {
+        const labels = Int32Array.from(ls);
+        const split: PeerSplit = { train: Int32Array.from(labels.keys()), test: new Int32Array(0) };
+        const [c] = capTrainPerSite([split], labels, n, seed);
+        if (c.train.length !== Math.min(n, ls.length) || new Set(c.train).size !== c.train.length) return false;
+        const full = labelHistogram(labels, split.train, 7);
+        const cut = labelHistogram(labels, c.train, 7);
+        return full.every((m, k) => Math.abs(cut[k] - (c.train.length * m) / ls.length) < 1);
+      }),
       { numRuns: 300 },
     );
   });
 });
 
 describe('holdoutSplit', () => {
-  it('splits a site\'s training rows into disjoint, stratified, seeded train and validation', () => {
+  it("splits a site's training rows into disjoint, stratified, seeded train and validation", () => {
     const [site] = partition(digits.labels, 10, 3, 'dirichlet:0.3', { seed: 2 });
     const h = holdoutSplit(site.train, digits.labels, { seed: 4, validationFraction: 0.25 });
-    assert.deepEqual([...h.train, ...h.validation].sort((a, b) => a - b), [...site.train].sort((a, b) => a - b));
+    assert.deepEqual(
+      [...h.train, ...h.validation].sort((a, b) => a - b),
+      [...site.train].sort((a, b) => a - b),
+    );
     assert.equal(new Set([...h.train, ...h.validation]).size, site.train.length);
     const share = h.validation.length / site.train.length;
     assert.ok(share > 0.18 && share < 0.32, `validation share ${share}`);
@@ -137,7 +152,10 @@ describe('feature shift', () => {
     const reseeded = applyFeatureShift(digits.features, digits.sampleShape, rows, 2, 5, 12, ['rotate', 'contrast', 'noise']);
     assert.ok(!closeTo(a, reseeded, 1e-3), 'another seed, another transformation');
     const angles = Array.from({ length: 7 }, (_, i) => siteShift(i, 7, 11, 0).angle);
-    assert.deepEqual([...angles].sort((x, y) => x - y), [-30, -20, -10, 0, 10, 20, 30]);
+    assert.deepEqual(
+      [...angles].sort((x, y) => x - y),
+      [-30, -20, -10, 0, 10, 20, 30],
+    );
     assert.notDeepEqual(angles, [-30, -20, -10, 0, 10, 20, 30], 'dealt in a seeded order');
     const contrasts = Array.from({ length: 7 }, (_, i) => siteShift(i, 7, 11, 0).contrast);
     assert.equal(new Set(contrasts).size, 7);
@@ -147,7 +165,7 @@ describe('feature shift', () => {
     assert.deepEqual(alone, digits.features.slice(0, 4 * 64));
   });
 
-  it('rotates each image by its site\'s angle, and a row\'s noise does not depend on the other rows', () => {
+  it("rotates each image by its site's angle, and a row's noise does not depend on the other rows", () => {
     const rows = [7, 300];
     const p = siteShift(1, 4, 5, 0);
     const rot = applyFeatureShift(digits.features, digits.sampleShape, rows, 1, 4, 5, ['rotate']);

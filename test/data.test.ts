@@ -4,8 +4,20 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import {
-  DataError, DEFAULT_FASHION_MNIST_DIR, applyStandardizer, featureSize, fitStandardizer, labelHistogram, loadDataset,
-  makeSynthetic, parseIdx, parsePartition, partition, partitionHistograms, type Dataset, type PeerSplit,
+  DataError,
+  DEFAULT_FASHION_MNIST_DIR,
+  applyStandardizer,
+  featureSize,
+  fitStandardizer,
+  labelHistogram,
+  loadDataset,
+  makeSynthetic,
+  parseIdx,
+  parsePartition,
+  partition,
+  partitionHistograms,
+  type Dataset,
+  type PeerSplit,
 } from '@dflmoe/data/internal';
 
 function checkDataset(ds: Dataset, n: number, shape: number[], classes: number) {
@@ -33,7 +45,14 @@ describe('datasets', () => {
     const ds = loadDataset('breast-cancer');
     checkDataset(ds, 569, [30], 2);
     assert.deepEqual(ds.classNames, ['benign', 'malignant']);
-    assert.equal(labelHistogram(ds.labels, Array.from({ length: 569 }, (_, i) => i), 2).join(), '357,212');
+    assert.equal(
+      labelHistogram(
+        ds.labels,
+        Array.from({ length: 569 }, (_, i) => i),
+        2,
+      ).join(),
+      '357,212',
+    );
     assert.match(ds.source, /CC BY 4\.0/);
   });
 
@@ -53,8 +72,10 @@ describe('datasets', () => {
   });
 
   it('fashion-mnist: a missing directory says how to get the files', () => {
-    assert.throws(() => loadDataset('fashion-mnist:/nonexistent/dir'), (e: Error) =>
-      e instanceof DataError && /apt-get install dataset-fashion-mnist/.test(e.message));
+    assert.throws(
+      () => loadDataset('fashion-mnist:/nonexistent/dir'),
+      (e: Error) => e instanceof DataError && /apt-get install dataset-fashion-mnist/.test(e.message),
+    );
     const empty = mkdtempSync(join(tmpdir(), 'dflmoe-fm-'));
     assert.throws(() => loadDataset(`fashion-mnist:${empty}`), /train-images-idx3-ubyte.*not found/);
   });
@@ -91,10 +112,15 @@ describe('datasets', () => {
 
   it('csv: malformed rows name the line', () => {
     const p1 = tmpFile('bad.csv', 'a,b,label\n1,2,x\n3,oops,y\n');
-    assert.throws(() => loadDataset(`csv:${p1}`), (e: Error) =>
-      e instanceof DataError && /line 3/.test(e.message) && /column "b"/.test(e.message) && /oops/.test(e.message));
+    assert.throws(
+      () => loadDataset(`csv:${p1}`),
+      (e: Error) => e instanceof DataError && /line 3/.test(e.message) && /column "b"/.test(e.message) && /oops/.test(e.message),
+    );
     const p2 = tmpFile('bad2.csv', 'a,b,label\n1,2,x\n3,4,y\n5,6\n');
-    assert.throws(() => loadDataset(`csv:${p2}`), (e: Error) => e instanceof DataError && /line 4/.test(e.message));
+    assert.throws(
+      () => loadDataset(`csv:${p2}`),
+      (e: Error) => e instanceof DataError && /line 4/.test(e.message),
+    );
     // An empty cell is a missing value, not an error (see data-csv.test.ts): imputed, with an indicator.
     const p3 = tmpFile('bad3.csv', 'a,b,label\n1,,x\n3,4,y\n');
     assert.deepEqual(Array.from(loadDataset(`csv:${p3}`).features), [1, 4, 1, 3, 4, 0]);
@@ -192,7 +218,11 @@ describe('partitions', () => {
   it('partitionHistograms sums to the samples each peer holds', () => {
     const s = partition(digits.labels, 10, 4, 'dirichlet:0.5', { seed: 9 });
     partitionHistograms(digits.labels, s, 10).forEach((h, i) =>
-      assert.equal(h.reduce((a, b) => a + b, 0), s[i].train.length + s[i].test.length));
+      assert.equal(
+        h.reduce((a, b) => a + b, 0),
+        s[i].train.length + s[i].test.length,
+      ),
+    );
   });
 
   it('property: any labels, peers and seed give a disjoint partition of valid rows', () => {

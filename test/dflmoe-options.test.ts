@@ -8,7 +8,14 @@ import { backend, tinyPeers } from './helpers.js';
 async function pair(extra: Partial<DflmoeOptions>) {
   const { datas } = tinyPeers(2, 5);
   const opts = (i: number): DflmoeOptions => ({
-    id: `p${i}`, data: datas[i], body: { kind: 'mlp', hidden: [8] }, featureDim: 8, headHidden: [], train: { seed: 7 + i }, initSeed: 3, ...extra,
+    id: `p${i}`,
+    data: datas[i],
+    body: { kind: 'mlp', hidden: [8] },
+    featureDim: 8,
+    headHidden: [],
+    train: { seed: 7 + i },
+    initSeed: 3,
+    ...extra,
   });
   const a = new DflmoePeer(opts(0));
   const b = new DflmoePeer(opts(1));
@@ -62,21 +69,29 @@ describe('dFLMoE options: transform form and distillation', () => {
     assert.equal(diff(await run(0, false), await run(2, false)), 0, 'without experts it is a no-op');
   });
 
-  it('ownGateBias: the own head\'s initial gate logit, from the peer\'s options or a site config (and, like every setting, a flag: settings.test), checked by its schema', async () => {
+  it("ownGateBias: the own head's initial gate logit, from the peer's options or a site config (and, like every setting, a flag: settings.test), checked by its schema", async () => {
     // b has not trained yet: its own slot holds the initial bias.
-    const bias = (o: Partial<DflmoeOptions>) => pair(o).then(({ b, done }) => {
-      const v = b.gate.slotVariables(b.id)[1].dataSync()[0];
-      done();
-      return v;
-    });
+    const bias = (o: Partial<DflmoeOptions>) =>
+      pair(o).then(({ b, done }) => {
+        const v = b.gate.slotVariables(b.id)[1].dataSync()[0];
+        done();
+        return v;
+      });
     assert.equal(await bias({}), 1, 'default');
     assert.equal(await bias({ ownGateBias: 4 }), 4);
     await assert.rejects(pair({ ownGateBias: 99 }), /ownGateBias: Too big/);
-    assert.equal(parsePeerConfig({ key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], rounds: 1, out: 'o', data: { dataset: 'digits' }, dflmoe: { ownGateBias: 2 } }).dflmoe.ownGateBias, 2);
+    assert.equal(
+      parsePeerConfig({ key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], rounds: 1, out: 'o', data: { dataset: 'digits' }, dflmoe: { ownGateBias: 2 } }).dflmoe
+        .ownGateBias,
+      2,
+    );
   });
 
   it('simulate refuses an unknown transform form and a negative distillation weight', async () => {
-    await assert.rejects(simulate({ dataset: 'breast-cancer', rounds: 1, fst: 'wide' as FstKind }), /fst: Invalid option: expected one of "full"\|"diag"\|"none"/);
+    await assert.rejects(
+      simulate({ dataset: 'breast-cancer', rounds: 1, fst: 'wide' as FstKind }),
+      /fst: Invalid option: expected one of "full"\|"diag"\|"none"/,
+    );
     await assert.rejects(simulate({ dataset: 'breast-cancer', rounds: 1, distill: -1 }), /distill: Too small: expected number to be >=0/);
   });
 });
@@ -107,8 +122,16 @@ describe('gate weights of a TCP site include its own head', () => {
   it('the own head gets the weight the received experts leave', async () => {
     const { gateWeightsOf } = await import('@dflmoe/cli/internal');
     const w = gateWeightsOf({
-      name: 'site-0', peerId: '12D3KooWx',
-      rounds: [{ experts: [{ peer: 'p1', name: 'site-1', version: 3, gateWeight: 0.25 }, { peer: 'p2', version: 3, gateWeight: 0.15 }] }] as never,
+      name: 'site-0',
+      peerId: '12D3KooWx',
+      rounds: [
+        {
+          experts: [
+            { peer: 'p1', name: 'site-1', version: 3, gateWeight: 0.25 },
+            { peer: 'p2', version: 3, gateWeight: 0.15 },
+          ],
+        },
+      ] as never,
     });
     assert.deepEqual(Object.keys(w), ['site-0', 'site-1', 'p2']);
     assert.ok(Math.abs(w['site-0'] - 0.6) < 1e-12);

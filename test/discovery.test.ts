@@ -27,7 +27,9 @@ describe('discovery: members by peer ID only', function () {
     const found: string[] = [];
     const make = async (key: PrivateKey, bootstrap: string[], port = 0) => {
       const n = await createSiteNode({
-        privateKey: key, listen: [`/ip4/127.0.0.1/tcp/${port}`], allow,
+        privateKey: key,
+        listen: [`/ip4/127.0.0.1/tcp/${port}`],
+        allow,
         discovery: { members, bootstrap, dht: true, mdns: false, intervalMs: 300, onFound: (p, a, how) => found.push(`${p} ${how} ${a}`) },
       });
       nodes.push(n);
@@ -43,7 +45,7 @@ describe('discovery: members by peer ID only', function () {
     // queries, which may connect them first; either is discovery through the network).
     await until('b and c to find each other', () => linked(b, ids[2].peerId) && linked(c, ids[1].peerId), 30000);
     const learnt = async (x: SiteNode, peer: string) => (await x.peerStore.get(peerIdFromString(peer))).addresses.length > 0;
-    assert.ok(await learnt(b, ids[2].peerId) && await learnt(c, ids[1].peerId), found.join('\n'));
+    assert.ok((await learnt(b, ids[2].peerId)) && (await learnt(c, ids[1].peerId)), found.join('\n'));
 
     // c restarts on another port: b finds it there.
     const oldAddr = c.getMultiaddrs()[0].toString();
@@ -53,20 +55,32 @@ describe('discovery: members by peer ID only', function () {
     c = await make(ids[2].privateKey, [boot]);
     const newAddr = c.getMultiaddrs()[0].toString();
     assert.notEqual(newAddr, oldAddr);
-    const port = multiaddr(newAddr).getComponents().find((x) => x.name === 'tcp')!.value;
+    const port = multiaddr(newAddr)
+      .getComponents()
+      .find((x) => x.name === 'tcp')!.value;
     // c does not dial b (its finder is off): b must find c's new address itself.
     memberFinderOf(c)!.stop();
-    await until('b to find c on its new address', () => b.getConnections().some((k) => k.remotePeer.toString() === ids[2].peerId && k.remoteAddr.toString().includes(`/tcp/${port}/`)), 40000);
-    assert.ok(found.some((f) => f.startsWith(ids[2].peerId) && f.includes(`/tcp/${port}/`)), found.join('\n'));
+    await until(
+      'b to find c on its new address',
+      () => b.getConnections().some((k) => k.remotePeer.toString() === ids[2].peerId && k.remoteAddr.toString().includes(`/tcp/${port}/`)),
+      40000,
+    );
+    assert.ok(
+      found.some((f) => f.startsWith(ids[2].peerId) && f.includes(`/tcp/${port}/`)),
+      found.join('\n'),
+    );
   });
 
-  it('mDNS: two members on one LAN, listed by peer ID only and without bootstrap, find each other (in a network namespace of the test\'s own)', function () {
+  it("mDNS: two members on one LAN, listed by peer ID only and without bootstrap, find each other (in a network namespace of the test's own)", function () {
     // The LAN is the loopback of a namespace made for the test, with multicast on: the nodes listen on 127.0.0.1 and
     // their mDNS queries and answers stay inside it (test/fixtures/mdns-run.ts).
     const ns = testNamespace('dflmoe-mdns', [['link', 'set', 'lo', 'multicast', 'on']]);
     if (!ns) this.skip();
     try {
-      const r = ns.run([process.execPath, '--import', 'tsx', '--conditions=development', 'test/fixtures/mdns-run.ts'], { timeout: 60000, env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' } });
+      const r = ns.run([process.execPath, '--import', 'tsx', '--conditions=development', 'test/fixtures/mdns-run.ts'], {
+        timeout: 60000,
+        env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' },
+      });
       assert.equal(r.status, 0, r.stderr);
       const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { found?: boolean; remoteAddr?: string; error?: string };
       assert.equal(out.error, undefined);
@@ -88,12 +102,24 @@ describe('discovery: members by peer ID only', function () {
   it('config: bootstrap must name a member; members may have no address', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-disc-'));
     const [x, y, z] = await Promise.all([generateIdentity(), generateIdentity(), generateIdentity()]);
-    const base = { key: 'k.key', listen: ['/ip4/127.0.0.1/tcp/1'], data: { dataset: 'breast-cancer' }, rounds: 2, out: 'o', members: [x, y].map((i) => ({ peerId: i.peerId })) };
+    const base = {
+      key: 'k.key',
+      listen: ['/ip4/127.0.0.1/tcp/1'],
+      data: { dataset: 'breast-cancer' },
+      rounds: 2,
+      out: 'o',
+      members: [x, y].map((i) => ({ peerId: i.peerId })),
+    };
     const ok = parsePeerConfig({ ...base, discovery: { bootstrap: [`/ip4/10.0.0.1/tcp/9101/p2p/${x.peerId}`] } }, 'a.json', dir);
     assert.equal(ok.discovery.bootstrap.length, 1);
-    assert.throws(() => parsePeerConfig({ ...base, discovery: { bootstrap: [`/ip4/10.0.0.1/tcp/9101/p2p/${z.peerId}`] } }, 'a.json', dir),
-      (e: Error) => e instanceof ConfigError && /discovery\.bootstrap\.0: .* is not in members/.test(e.message));
-    assert.throws(() => parsePeerConfig({ ...base, discovery: { bootstrap: ['/ip4/10.0.0.1/tcp/9101'] } }, 'a.json', dir), /discovery\.bootstrap\.0: a relay address ends in \/p2p\//);
+    assert.throws(
+      () => parsePeerConfig({ ...base, discovery: { bootstrap: [`/ip4/10.0.0.1/tcp/9101/p2p/${z.peerId}`] } }, 'a.json', dir),
+      (e: Error) => e instanceof ConfigError && /discovery\.bootstrap\.0: .* is not in members/.test(e.message),
+    );
+    assert.throws(
+      () => parsePeerConfig({ ...base, discovery: { bootstrap: ['/ip4/10.0.0.1/tcp/9101'] } }, 'a.json', dir),
+      /discovery\.bootstrap\.0: a relay address ends in \/p2p\//,
+    );
   });
 });
 
@@ -104,13 +130,24 @@ describe('discovery: a consortium whose configs list peer IDs and one bootstrap 
 
   it('4 sites find each other through site-0 and the DHT and complete every round with all 3 experts', async () => {
     // Every config lists the members by peer ID only, and site-0's address to bootstrap from.
-    const { files: f, logs } = await runFourSites(procs, 'discovery', 4, (c, _s, files) => {
-      c.members = c.members.map((m) => ({ peerId: m.peerId, name: m.name }));
-      c.discovery = { bootstrap: [`/ip4/127.0.0.1/tcp/${files.sites[0].port}/p2p/${files.sites[0].peerId}`], intervalMs: 500 };
-    }, 2);
+    const { files: f, logs } = await runFourSites(
+      procs,
+      'discovery',
+      4,
+      (c, _s, files) => {
+        c.members = c.members.map((m) => ({ peerId: m.peerId, name: m.name }));
+        c.discovery = { bootstrap: [`/ip4/127.0.0.1/tcp/${files.sites[0].port}/p2p/${files.sites[0].peerId}`], intervalMs: 500 };
+      },
+      2,
+    );
     // Sites 1-3 knew only site-0's address: every pair of them found one another at run time (at an address the DHT
     // holds for it: its listen port, or the port another member observed it connecting from, which identify also passes on).
     const foundBy = (i: number, j: number) => new RegExp(`found site-${j} \\(${f.sites[j].peerId}\\) at /ip4/127\\.0\\.0\\.1/tcp/\\d+/`).test(logs[i]);
-    for (const [i, j] of [[1, 2], [1, 3], [2, 3]]) assert.ok(foundBy(i, j) || foundBy(j, i), `site-${i} and site-${j} found each other`);
+    for (const [i, j] of [
+      [1, 2],
+      [1, 3],
+      [2, 3],
+    ])
+      assert.ok(foundBy(i, j) || foundBy(j, i), `site-${i} and site-${j} found each other`);
   });
 });

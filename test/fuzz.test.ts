@@ -10,7 +10,10 @@ const spec: HeadSpec = { inputDim: 8, hidden: [], outputDim: 4 };
 
 function validHead(version: number, peer: string): Uint8Array {
   const h = createHead(spec, version);
-  const b = encodeHead({ spec, version, peer }, h.map((l) => ({ kernel: l.kernel.dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array })));
+  const b = encodeHead(
+    { spec, version, peer },
+    h.map((l) => ({ kernel: l.kernel.dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array })),
+  );
   h.forEach((l) => tf.dispose([l.kernel, l.bias]));
   return b;
 }
@@ -55,7 +58,10 @@ describe('fuzzing decoders', () => {
     k[5] = NaN;
     const b = encodeHead({ spec, version: 1, peer: 'x' }, [{ kernel: k, bias: h[0].bias.dataSync() as Float32Array }]);
     h.forEach((l) => tf.dispose([l.kernel, l.bias]));
-    assert.throws(() => decodeHead(b, spec, { maxBytes: 1 << 20 }), (e: Error) => e instanceof CodecError && e.reason === 'nonfinite');
+    assert.throws(
+      () => decodeHead(b, spec, { maxBytes: 1 << 20 }),
+      (e: Error) => e instanceof CodecError && e.reason === 'nonfinite',
+    );
   });
 
   it('DflmoePeer.receiveHead never throws and never leaks tensors, whatever arrives', () => {

@@ -133,10 +133,22 @@ export const mutated = (base: Uint8Array) =>
  * end); returns the files and the sites' logs.
  */
 export async function runFourSites(
-  procs: ReturnType<typeof processGroup>, name: string, seed: number, edit: (cfg: SiteConfigJson, site: SiteFiles, files: ConsortiumFiles) => void, from = 1,
+  procs: ReturnType<typeof processGroup>,
+  name: string,
+  seed: number,
+  edit: (cfg: SiteConfigJson, site: SiteFiles, files: ConsortiumFiles) => void,
+  from = 1,
 ): Promise<{ files: ConsortiumFiles; logs: string[] }> {
   const dir = mkdtempSync(join(tmpdir(), `dflmoe-${name}-`));
-  const sim: SimulationConfig = { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 4, rounds: 8, partition: 'dirichlet:0.5', seed, algorithms: ['dflmoe'] };
+  const sim: SimulationConfig = {
+    ...DEFAULT_SIMULATION,
+    dataset: 'breast-cancer',
+    peers: 4,
+    rounds: 8,
+    partition: 'dirichlet:0.5',
+    seed,
+    algorithms: ['dflmoe'],
+  };
   const files = await writeConsortium({ dir, algorithm: 'dflmoe', sim, deadlineMs: 20000, lingerMs: 3000 });
   for (const s of files.sites) {
     const c = JSON.parse(readFileSync(s.config, 'utf8')) as SiteConfigJson;
@@ -147,10 +159,20 @@ export async function runFourSites(
   assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 240000))), [0, 0, 0, 0], 'every site exits cleanly');
   for (const s of files.sites) {
     const ls = readJsonLines<RoundLine>(join(s.out, 'metrics.jsonl'));
-    assert.deepEqual(ls.map((l) => l.round), [1, 2, 3, 4, 5, 6, 7, 8], `rounds of ${s.out}`);
-    const others = files.sites.filter((o) => o !== s).map((o) => o.peerId).sort();
+    assert.deepEqual(
+      ls.map((l) => l.round),
+      [1, 2, 3, 4, 5, 6, 7, 8],
+      `rounds of ${s.out}`,
+    );
+    const others = files.sites
+      .filter((o) => o !== s)
+      .map((o) => o.peerId)
+      .sort();
     for (const l of ls.slice(from - 1)) assert.deepEqual(l.experts.map((e) => e.peer).sort(), others, `${s.out} round ${l.round}: experts`);
-    assert.ok(ls.at(-1)!.experts.every((e) => e.version >= 7), 'fresh experts at the end');
+    assert.ok(
+      ls.at(-1)!.experts.every((e) => e.version >= 7),
+      'fresh experts at the end',
+    );
     assert.ok(ls.at(-1)!.accuracy > 0.8);
   }
   return { files, logs: files.sites.map((s) => readFileSync(`${s.out}.log`, 'utf8')) };
@@ -177,7 +199,10 @@ export function majorityRate(labels: ArrayLike<number | string>): number {
  * Nothing sent inside it leaves it. Undefined when it cannot be made: the
  * reason is printed, so that a skipped test says why it was skipped.
  */
-export function testNamespace(prefix: string, setup: string[][] = []): { name: string; run(args: string[], o?: SpawnSyncOptions): SpawnSyncReturns<string>; remove(): void } | undefined {
+export function testNamespace(
+  prefix: string,
+  setup: string[][] = [],
+): { name: string; run(args: string[], o?: SpawnSyncOptions): SpawnSyncReturns<string>; remove(): void } | undefined {
   const name = `${prefix}-${process.pid}`;
   const ip = (...args: string[]) => spawnSync('ip', args, { encoding: 'utf8' });
   const made = ip('netns', 'add', name);

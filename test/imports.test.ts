@@ -54,9 +54,22 @@ export function importCircles(graph: Map<string, string[]>): string[][] {
 
 describe('module structure', () => {
   it('finds a circle in a graph that has one (the check can fail)', () => {
-    const g = new Map([['a', ['b']], ['b', ['c']], ['c', ['a']], ['d', ['a']]]);
+    const g = new Map([
+      ['a', ['b']],
+      ['b', ['c']],
+      ['c', ['a']],
+      ['d', ['a']],
+    ]);
     assert.deepEqual(importCircles(g), [['a', 'b', 'c']]);
-    assert.deepEqual(importCircles(new Map([['a', ['b']], ['b', []]])), []);
+    assert.deepEqual(
+      importCircles(
+        new Map([
+          ['a', ['b']],
+          ['b', []],
+        ]),
+      ),
+      [],
+    );
   });
 
   it('no two modules of a package import each other, directly or around a circle', () => {

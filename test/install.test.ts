@@ -6,7 +6,13 @@ import { createRequire } from 'node:module';
 const require = createRequire(import.meta.url);
 const semver = require('semver') as { satisfies(version: string, range: string): boolean };
 
-interface LockEntry { version?: string; engines?: { node?: string }; optional?: boolean; os?: string[]; cpu?: string[] }
+interface LockEntry {
+  version?: string;
+  engines?: { node?: string };
+  optional?: boolean;
+  os?: string[];
+  cpu?: string[];
+}
 
 /** The oldest release of every Node line the README names ("Node 20.19+, 22.13+ or 24+"). */
 function readmeNodeVersions(): string[] {
@@ -29,7 +35,9 @@ describe('install', () => {
     const refused = Object.entries(lock.packages)
       // Platform builds of optional native modules (sharp's) install only where their os and cpu match.
       .filter(([, e]) => e.engines?.node && !(e.optional && (e.os || e.cpu)))
-      .flatMap(([path, e]) => versions.filter((v) => !semver.satisfies(v, e.engines!.node!)).map((v) => `${path}@${e.version} wants Node ${e.engines!.node}, not ${v}`));
+      .flatMap(([path, e]) =>
+        versions.filter((v) => !semver.satisfies(v, e.engines!.node!)).map((v) => `${path}@${e.version} wants Node ${e.engines!.node}, not ${v}`),
+      );
     assert.deepEqual(refused, []);
     // The two that asked for Node 22 before the overrides (libp2p's p-retry, the circuit relay's nanoid) are in the lock.
     assert.ok(lock.packages['node_modules/p-retry'] && lock.packages['node_modules/nanoid']);

@@ -19,7 +19,13 @@ import { processGroup, until } from './helpers.js';
 const PROMPT_S = 10;
 
 const sim = (o: Partial<SimulationConfig> = {}): SimulationConfig => ({
-  ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 3, rounds: 3, partition: 'iid', seed: 4, ...o,
+  ...DEFAULT_SIMULATION,
+  dataset: 'breast-cancer',
+  peers: 3,
+  rounds: 3,
+  partition: 'iid',
+  seed: 4,
+  ...o,
 });
 
 const read = (f: string) => (existsSync(f) ? readFileSync(f, 'utf8') : '');

@@ -9,7 +9,16 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { MemoryHub, createLearner, disposePeerData, inputFlags, preparePeerData, takePeerData, type DflmoeLearner } from '@dflmoe/core/internal';
 import {
-  encodeSiteData, fitStandardizer, loadDataset, loadSiteData, partition, readInputs, readShare, reconcileStatements, siteStatement, writeShare,
+  encodeSiteData,
+  fitStandardizer,
+  loadDataset,
+  loadSiteData,
+  partition,
+  readInputs,
+  readShare,
+  reconcileStatements,
+  siteStatement,
+  writeShare,
   type SiteDataSpec,
 } from '@dflmoe/data/internal';
 import { backend } from './helpers.js';
@@ -23,10 +32,19 @@ async function consortium(specs: SiteDataSpec[], rounds: number, model: { body: 
   const learners: DflmoeLearner[] = [];
   for (const [i, d] of datas.entries()) {
     const { dataset, split, standardizer } = encodeSiteData(d, agreed, 'federated');
-    learners.push(await createLearner({
-      id: `s${i}`, dataset, split, standardizer, model, train: { seed: i, learningRate: 0.01 }, exchange: hub.join(`s${i}`),
-      quorum: specs.length - 1, roundDeadlineMs: 10000,
-    }));
+    learners.push(
+      await createLearner({
+        id: `s${i}`,
+        dataset,
+        split,
+        standardizer,
+        model,
+        train: { seed: i, learningRate: 0.01 },
+        exchange: hub.join(`s${i}`),
+        quorum: specs.length - 1,
+        roundDeadlineMs: 10000,
+      }),
+    );
   }
   for (let r = 0; r < rounds; r++) await Promise.all(learners.map((l) => l.runRound()));
   return { agreed, learners };
@@ -39,19 +57,30 @@ describe('real sites in one process (library)', function () {
   it('CSV files with categorical and missing cells train, and learner.predict reads new rows', async () => {
     const dir = tmpDir();
     const spec = (i: number, o: Parameters<typeof patientsCsv>[0]): SiteDataSpec => ({
-      dataset: `csv:${writeText(join(dir, `${i}.csv`), patientsCsv(o))}`, labelColumn: 'diagnosis', drop: ['id'], seed: 1, testFraction: 0.25,
+      dataset: `csv:${writeText(join(dir, `${i}.csv`), patientsCsv(o))}`,
+      labelColumn: 'diagnosis',
+      drop: ['id'],
+      seed: 1,
+      testFraction: 0.25,
     });
     const t0 = tf.memory().numTensors;
-    const { agreed, learners } = await consortium([
-      spec(0, { seed: 21, rows: 200, missing: 0.2, wards: ['A', 'B'] }),
-      spec(1, { seed: 22, rows: 160, missing: 0.05, wards: ['B', 'C'], header: [...PATIENT_HEADER].reverse() }),
-    ], 8, { body: 'mlp:32', featureDim: 16 });
+    const { agreed, learners } = await consortium(
+      [
+        spec(0, { seed: 21, rows: 200, missing: 0.2, wards: ['A', 'B'] }),
+        spec(1, { seed: 22, rows: 160, missing: 0.05, wards: ['B', 'C'], header: [...PATIENT_HEADER].reverse() }),
+      ],
+      8,
+      { body: 'mlp:32', featureDim: 16 },
+    );
     try {
       assert.ok(agreed.featureNames.includes('age_missing') && agreed.featureNames.includes('smoker=never') && agreed.featureNames.includes('ward=C'));
       for (const l of learners) {
         const e = l.evaluate();
         assert.ok(e.accuracy > 0.8, `accuracy ${e.accuracy}`);
-        assert.equal(e.confusion.flat().reduce((a, b) => a + b, 0), e.samples);
+        assert.equal(
+          e.confusion.flat().reduce((a, b) => a + b, 0),
+          e.samples,
+        );
         assert.equal(e.recall.length, 2);
       }
       const fresh = writeText(join(dir, 'fresh.csv'), patientsCsv({ seed: 23, rows: 30, missing: 0.3, wards: ['A', 'Z'], unlabelled: true }));
@@ -88,7 +117,7 @@ describe('real sites in one process (library)', function () {
     assert.equal(tf.memory().numTensors, t0, 'every tensor freed');
   });
 
-  it('a site process\'s own rows (a share, standardized in place, handed over as views) give exactly preparePeerData\'s tensors', () => {
+  it("a site process's own rows (a share, standardized in place, handed over as views) give exactly preparePeerData's tensors", () => {
     const ds = loadDataset('digits');
     const split = partition(ds.labels, 10, 4, 'dirichlet:0.5', { seed: 3 })[2];
     const file = join(tmpDir(), 'site.share');
@@ -112,7 +141,9 @@ describe('real sites in one process (library)', function () {
   it('image folders (generated PNG and JPEG files per class) train a CNN, and new images are predicted', async () => {
     const folders = await Promise.all([1, 2].map((seed) => imageFolder(tmpDir('dflmoe-img-'), { seed, perClass: 16, size: 12 })));
     const { agreed, learners } = await consortium(
-      folders.map((f) => ({ dataset: `images:${f}`, seed: 1, testFraction: 0.25 })), 6, { body: 'cnn:4', featureDim: 8 },
+      folders.map((f) => ({ dataset: `images:${f}`, seed: 1, testFraction: 0.25 })),
+      6,
+      { body: 'cnn:4', featureDim: 8 },
     );
     try {
       assert.deepEqual(agreed.schema.kind === 'tensor' && agreed.schema.shape, [12, 12, 1]);

@@ -21,12 +21,20 @@ describe('learner rounds as events', function () {
 
   async function site(id: string, i: number, exchange: HeadExchange, extra: Record<string, unknown> = {}) {
     const splits = partition(ds.labels, 2, 2, 'iid', { seed: 5 });
-    const l = await createLearner({ id, dataset: ds, split: splits[i], exchange, model: { body: 'mlp:16', featureDim: 8, initSeed: 1 }, train: { seed: i }, ...extra });
+    const l = await createLearner({
+      id,
+      dataset: ds,
+      split: splits[i],
+      exchange,
+      model: { body: 'mlp:16', featureDim: 8, initSeed: 1 },
+      train: { seed: i },
+      ...extra,
+    });
     learners.push(l);
     return l;
   }
 
-  it('yields every round\'s metrics in order, as many as asked; no tensor leaks', async () => {
+  it("yields every round's metrics in order, as many as asked; no tensor leaks", async () => {
     const hub = new MemoryHub();
     const a = await site('a', 0, hub.join('a'));
     const b = await site('b', 1, hub.join('b'));
@@ -38,8 +46,14 @@ describe('learner rounds as events', function () {
       if (m.round === 2) tensors = tf.memory().numTensors;
       if (m.round > 2) assert.equal(tf.memory().numTensors, tensors, `round ${m.round}`);
     }
-    assert.deepEqual(seen.map((m) => m.round), [1, 2, 3, 4]);
-    assert.deepEqual(seen.at(-1)!.experts.map((e) => e.peer), ['b']);
+    assert.deepEqual(
+      seen.map((m) => m.round),
+      [1, 2, 3, 4],
+    );
+    assert.deepEqual(
+      seen.at(-1)!.experts.map((e) => e.peer),
+      ['b'],
+    );
     // A loop may stop by itself; the next call goes on from the next round.
     for await (const m of a.rounds()) {
       assert.equal(m.round, 5);
@@ -47,7 +61,7 @@ describe('learner rounds as events', function () {
     }
   });
 
-  it('an abort ends the wait for the others\' heads at once, with Interrupted', async () => {
+  it("an abort ends the wait for the others' heads at once, with Interrupted", async () => {
     const hub = new MemoryHub();
     hub.join('silent'); // a member that never publishes
     // A deadline of 10 minutes: an abort that did not end the wait would show as a wait of that length, whatever the load.
@@ -59,16 +73,19 @@ describe('learner rounds as events', function () {
       aborted = Date.now();
       ac.abort();
     }, 300);
-    await assert.rejects(async () => {
-      for await (const m of a.rounds({ signal: ac.signal })) assert.fail(`round ${m.round} should not end`);
-    }, (e: unknown) => e instanceof Interrupted && isInterrupted(e));
+    await assert.rejects(
+      async () => {
+        for await (const m of a.rounds({ signal: ac.signal })) assert.fail(`round ${m.round} should not end`);
+      },
+      (e: unknown) => e instanceof Interrupted && isInterrupted(e),
+    );
     assert.ok(Date.now() - aborted < deadline / 100, `stopped ${Date.now() - aborted} ms after the abort (the deadline is ${deadline / 1000} s)`);
     // Already aborted: nothing runs.
     await assert.rejects(a.runRound({ signal: ac.signal }), Interrupted);
     assert.equal(a.round, 1);
   });
 
-  it('an abort ends the wait for the partners\' bodies too', async () => {
+  it("an abort ends the wait for the partners' bodies too", async () => {
     const heads = new MemoryHub();
     const bodies = new MemoryHub();
     // b shares heads but never publishes a body.

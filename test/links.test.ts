@@ -8,10 +8,29 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer, connect, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULT_ALGORITHM_OPTIONS, DEFAULT_SIMULATION, MemoryHub, disposePeerData, getAlgorithm, silentLogger, type SimulationConfig } from '@dflmoe/core/internal';
+import {
+  DEFAULT_ALGORITHM_OPTIONS,
+  DEFAULT_SIMULATION,
+  MemoryHub,
+  disposePeerData,
+  getAlgorithm,
+  silentLogger,
+  type SimulationConfig,
+} from '@dflmoe/core/internal';
 import { emulateLinks, runConsortium, writeConsortium } from '@dflmoe/cli/internal';
 import {
-  AdaptiveDeadline, HeadResponse, LinkEmulator, Libp2pHeadExchange, PartialHeads, RESUME_CHUNK, chunkFrames, createSiteNode, frameGuard, generateIdentity, parsePeerConfig, servePlan,
+  AdaptiveDeadline,
+  HeadResponse,
+  LinkEmulator,
+  Libp2pHeadExchange,
+  PartialHeads,
+  RESUME_CHUNK,
+  chunkFrames,
+  createSiteNode,
+  frameGuard,
+  generateIdentity,
+  parsePeerConfig,
+  servePlan,
   type PeerRunResult,
 } from '@dflmoe/p2p/internal';
 import { backend, tinyPeers } from './helpers.js';
@@ -88,12 +107,29 @@ describe('weak links: resumable head transfers', function () {
     await na.start();
     const port = Number(na.getMultiaddrs()[0].toString().split('/')[4]);
     // 4 MB/s: the head takes about 3 s; the first connection is reset 1-2 s after it opens.
-    const link = new LinkEmulator({ host: '127.0.0.1', port }, { bytesPerSecond: 4e6, rttMs: 20, resetProbability: 0, forceResets: 1, forceResetAfterMs: [1000, 2000] });
+    const link = new LinkEmulator(
+      { host: '127.0.0.1', port },
+      { bytesPerSecond: 4e6, rttMs: 20, resetProbability: 0, forceResets: 1, forceResetAfterMs: [1000, 2000] },
+    );
     const proxy = await link.start();
     const nb = await createSiteNode({ privateKey: b.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow });
-    const ea = new Libp2pHeadExchange(na, { members: [{ peerId: a.peerId, addrs: [] }, { peerId: b.peerId, addrs: [] }], maxHeadBytes: 32 << 20, logger: silentLogger, heartbeatMs: 500 });
+    const ea = new Libp2pHeadExchange(na, {
+      members: [
+        { peerId: a.peerId, addrs: [] },
+        { peerId: b.peerId, addrs: [] },
+      ],
+      maxHeadBytes: 32 << 20,
+      logger: silentLogger,
+      heartbeatMs: 500,
+    });
     const eb = new Libp2pHeadExchange(nb, {
-      members: [{ peerId: a.peerId, addrs: [`/ip4/127.0.0.1/tcp/${proxy}`] }, { peerId: b.peerId, addrs: [] }], maxHeadBytes: 32 << 20, logger: silentLogger, heartbeatMs: 500,
+      members: [
+        { peerId: a.peerId, addrs: [`/ip4/127.0.0.1/tcp/${proxy}`] },
+        { peerId: b.peerId, addrs: [] },
+      ],
+      maxHeadBytes: 32 << 20,
+      logger: silentLogger,
+      heartbeatMs: 500,
     });
     try {
       for (const e of [ea, eb]) await e.register();
@@ -111,7 +147,10 @@ describe('weak links: resumable head transfers', function () {
       assert.equal(eb.partials.resumes, 1, 'the second transfer resumed');
       assert.ok(eb.partials.resumedBytes >= RESUME_CHUNK, `resumed after ${eb.partials.resumedBytes} bytes`);
       // What crossed the link: about one head (plus framing and the other protocols), not a head and a half.
-      assert.ok(link.stats.bytes < head.length + eb.partials.resumedBytes / 2 + (1 << 20), `${link.stats.bytes} bytes through the link for a ${head.length}-byte head`);
+      assert.ok(
+        link.stats.bytes < head.length + eb.partials.resumedBytes / 2 + (1 << 20),
+        `${link.stats.bytes} bytes through the link for a ${head.length}-byte head`,
+      );
       assert.equal((eb.dropped['transfer-failed'] ?? 0) >= 1, true);
     } finally {
       await ea.close();
@@ -125,7 +164,15 @@ describe('weak links: resumable head transfers', function () {
   it('resume requests and responses are checked: an offset not asked for, extra bytes, a changed head, oversized frames', () => {
     const p = new PartialHeads(1 << 20);
     const digest = new Uint8Array(32).fill(1);
-    const res = (o: Partial<HeadResponse>): HeadResponse => ({ available: true, version: 3n, size: 600_000n, digest, chunkSize: RESUME_CHUNK, offset: 0n, ...o });
+    const res = (o: Partial<HeadResponse>): HeadResponse => ({
+      available: true,
+      version: 3n,
+      size: 600_000n,
+      digest,
+      chunkSize: RESUME_CHUNK,
+      offset: 0n,
+      ...o,
+    });
     assert.deepEqual(p.request('x'), { chunkSize: RESUME_CHUNK });
     // A resumed response we did not ask for.
     assert.equal((p.assemble('x', res({ offset: 1000n }), []) as { reason: string }).reason, 'bad-response');
@@ -202,7 +249,12 @@ describe('weak links: adaptive round deadlines', () => {
     await backend();
     const { datas } = tinyPeers(2);
     const alg = getAlgorithm('dflmoe');
-    const sites = datas.map((d, i) => alg.createSite({ id: `p${i}`, data: d, body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: i } }, { ...DEFAULT_ALGORITHM_OPTIONS, seed: 1 }));
+    const sites = datas.map((d, i) =>
+      alg.createSite(
+        { id: `p${i}`, data: d, body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: i } },
+        { ...DEFAULT_ALGORITHM_OPTIONS, seed: 1 },
+      ),
+    );
     const hub = new MemoryHub();
     // A long deadline: a round that waited it out would be plain, whatever the load.
     const deadlineMs = 60000;
@@ -239,14 +291,28 @@ describe('weak links: a consortium behind emulated slow links (multi-process)', 
   it('4 sites behind 1 MB/s, 100 ms links with connection resets, float16 heads, adaptive deadlines: every round completes, heads arrive within the deadline', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-slowlink-'));
     const sim: SimulationConfig = {
-      ...DEFAULT_SIMULATION, dataset: 'digits', peers: 4, rounds: 8, partition: 'dirichlet:0.5', seed: 2, algorithms: ['dflmoe'],
-      bodies: ['mlp:64'], featureDim: 128, headHidden: [256], learningRate: 3e-3, headPrecision: 'float16',
+      ...DEFAULT_SIMULATION,
+      dataset: 'digits',
+      peers: 4,
+      rounds: 8,
+      partition: 'dirichlet:0.5',
+      seed: 2,
+      algorithms: ['dflmoe'],
+      bodies: ['mlp:64'],
+      featureDim: 128,
+      headHidden: [256],
+      learningRate: 3e-3,
+      headPrecision: 'float16',
     };
     const files = await writeConsortium({ dir, algorithm: 'dflmoe', sim, deadlineMs: 30000, lingerMs: 5000 });
     // 2% of connections reset, and for sure the first two into a site still open 5-12 s after they opened (mid-run).
-    const links = await emulateLinks(files, { bytesPerSecond: 1e6, rttMs: 100, resetProbability: 0.02, forceResets: 2, forceResetAfterMs: [5000, 12000], seed: 5 }, (cfg) => {
-      cfg.round = { ...(cfg.round as object), adaptive: true, minDeadlineMs: 2000 };
-    });
+    const links = await emulateLinks(
+      files,
+      { bytesPerSecond: 1e6, rttMs: 100, resetProbability: 0.02, forceResets: 2, forceResetAfterMs: [5000, 12000], seed: 5 },
+      (cfg) => {
+        cfg.round = { ...(cfg.round as object), adaptive: true, minDeadlineMs: 2000 };
+      },
+    );
     try {
       await runConsortium(files, 8 * 60 * 1000);
     } finally {
@@ -257,7 +323,11 @@ describe('weak links: a consortium behind emulated slow links (multi-process)', 
     const res = files.sites.map((s) => JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8')) as PeerRunResult);
     const later = res.flatMap((r) => r.rounds.filter((l) => l.round > 1));
     for (const r of res) {
-      assert.deepEqual(r.rounds.map((l) => l.round), [1, 2, 3, 4, 5, 6, 7, 8], 'every round, once');
+      assert.deepEqual(
+        r.rounds.map((l) => l.round),
+        [1, 2, 3, 4, 5, 6, 7, 8],
+        'every round, once',
+      );
       assert.equal(r.rounds.at(-1)!.experts.length, 3, 'all experts at the end');
       // float16 heads of 128x256 + 256x10 (+ biases): about 71 KB, half of float32 (142 KB) and twice int8 (36 KB). The bytes
       // over 24 possible pulls: a member that moved on before pulling a round's head lowers it (59.6 KB seen once), so the
@@ -265,10 +335,16 @@ describe('weak links: a consortium behind emulated slow links (multi-process)', 
       assert.ok(r.bytesSent / (8 * 3) < 80_000 && r.bytesSent / (8 * 3) > 45_000, `bytes per head ${r.bytesSent / 24}`);
     }
     // Each wait ends at its deadline, which the site measured from the link (not a fixed allowance of milliseconds).
-    for (const l of later) assert.ok(l.deadlineMs !== undefined && l.waitSeconds * 1000 <= l.deadlineMs * 1.5, `round ${l.round}: waited ${l.waitSeconds} s of ${l.deadlineMs} ms`);
+    for (const l of later)
+      assert.ok(l.deadlineMs !== undefined && l.waitSeconds * 1000 <= l.deadlineMs * 1.5, `round ${l.round}: waited ${l.waitSeconds} s of ${l.deadlineMs} ms`);
     const complete = later.filter((l) => l.fresh >= 3).length;
-    process.stdout.write(`      (all heads within the deadline in ${complete}/${later.length} site-rounds; deadlines ${Math.min(...later.map((l) => l.deadlineMs!))}-${Math.max(...later.map((l) => l.deadlineMs!))} ms; ${stats.resets} of ${stats.connections} connections reset)\n`);
+    process.stdout.write(
+      `      (all heads within the deadline in ${complete}/${later.length} site-rounds; deadlines ${Math.min(...later.map((l) => l.deadlineMs!))}-${Math.max(...later.map((l) => l.deadlineMs!))} ms; ${stats.resets} of ${stats.connections} connections reset)\n`,
+    );
     assert.ok(complete >= 0.75 * later.length, `all heads within the deadline in ${complete}/${later.length} site-rounds`);
-    assert.ok(later.some((l) => l.deadlineMs! < 30000), 'the deadline adapted to the link');
+    assert.ok(
+      later.some((l) => l.deadlineMs! < 30000),
+      'the deadline adapted to the link',
+    );
   });
 });

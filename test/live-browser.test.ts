@@ -22,7 +22,6 @@ import { freePort, startProcess, waitExit } from '@dflmoe/cli/internal';
 import { until } from './helpers.js';
 import { launchChromium } from './browser.js';
 
-
 function getJson(url: string): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const req = request(url, (res) => {
@@ -48,9 +47,14 @@ function status(url: string): Promise<number> {
 }
 
 /** Rows of the sites table: site key, round and state. */
-const rows = (page: Page) => page.$$eval('#overview tbody tr[data-site]', (trs) => trs.map((tr) => ({
-  site: (tr as HTMLElement).dataset.site!, round: Number((tr as HTMLElement).dataset.round), state: (tr as HTMLElement).dataset.state!,
-})));
+const rows = (page: Page) =>
+  page.$$eval('#overview tbody tr[data-site]', (trs) =>
+    trs.map((tr) => ({
+      site: (tr as HTMLElement).dataset.site!,
+      round: Number((tr as HTMLElement).dataset.round),
+      state: (tr as HTMLElement).dataset.state!,
+    })),
+  );
 
 describe('live view in a browser', function () {
   this.timeout(240000);
@@ -79,15 +83,41 @@ describe('live view in a browser', function () {
     const port = await freePort();
     const token = 'browser-test-token-0123456789';
     const out = mkdtempSync(join(tmpdir(), 'dflmoe-live-tcp-'));
-    sim = startProcess(['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--rounds', '12', '--algorithms', 'dflmoe', '--transport', 'tcp',
-      '--ui', `127.0.0.1:${port}`, '--ui-token', token, '--out', out, '--quiet'], join(out, 'simulate.log'), { DFLMOE_LOG_LEVEL: 'warn' });
+    sim = startProcess(
+      [
+        'simulate',
+        '--dataset',
+        'breast-cancer',
+        '--peers',
+        '3',
+        '--rounds',
+        '12',
+        '--algorithms',
+        'dflmoe',
+        '--transport',
+        'tcp',
+        '--ui',
+        `127.0.0.1:${port}`,
+        '--ui-token',
+        token,
+        '--out',
+        out,
+        '--quiet',
+      ],
+      join(out, 'simulate.log'),
+      { DFLMOE_LOG_LEVEL: 'warn' },
+    );
     const exited = new Promise<number | null>((resolve) => sim!.once('exit', (code) => resolve(code)));
     const base = `http://127.0.0.1:${port}`;
     let up = false;
-    await until('the live view', () => {
-      void status(`${base}/api/status?token=${token}`).then((s) => (up = s === 200));
-      return up;
-    }, 60000);
+    await until(
+      'the live view',
+      () => {
+        void status(`${base}/api/status?token=${token}`).then((s) => (up = s === 200));
+        return up;
+      },
+      60000,
+    );
     // Wrong or missing token: 401, also for the page in a browser.
     assert.equal(await status(`${base}/api/status?token=wrong-token-wrong-token`), 401);
     assert.equal(await status(`${base}/api/events`), 401);
@@ -105,33 +135,55 @@ describe('live view in a browser', function () {
     await page.goto(`${base}/?token=${token}`);
     // The page keeps the token and takes it out of the address bar.
     assert.equal(await page.evaluate(() => location.search), '');
-    await page.waitForFunction(() => {
-      const trs = [...document.querySelectorAll<HTMLElement>('#overview tbody tr[data-site]')];
-      return trs.length === 3 && Math.max(...trs.map((tr) => Number(tr.dataset.round))) >= 2;
-    }, { timeout: 120000, polling: 200 });
+    await page.waitForFunction(
+      () => {
+        const trs = [...document.querySelectorAll<HTMLElement>('#overview tbody tr[data-site]')];
+        return trs.length === 3 && Math.max(...trs.map((tr) => Number(tr.dataset.round))) >= 2;
+      },
+      { timeout: 120000, polling: 200 },
+    );
     const r = await rows(page);
     assert.deepEqual(r.map((x) => x.site).sort(), ['dflmoe/site-0', 'dflmoe/site-1', 'dflmoe/site-2']);
     // Live: rounds go on arriving after the first view.
     const seen = Math.max(...r.map((x) => x.round));
-    await page.waitForFunction((n: number) => [...document.querySelectorAll<HTMLElement>('#overview tbody tr[data-site]')].some((tr) => Number(tr.dataset.round) > n), { timeout: 120000, polling: 200 }, seen);
+    await page.waitForFunction(
+      (n: number) => [...document.querySelectorAll<HTMLElement>('#overview tbody tr[data-site]')].some((tr) => Number(tr.dataset.round) > n),
+      { timeout: 120000, polling: 200 },
+      seen,
+    );
     // The accuracy chart has a line per site with a point per round; the gate heatmap has cells.
     const points = await page.$$eval('#accuracy svg.accuracy-chart g.series', (gs) => gs.map((g) => Number(g.getAttribute('data-points'))));
     assert.equal(points.length, 3);
-    assert.ok(points.every((p) => p >= 2), `points per site ${points}`);
+    assert.ok(
+      points.every((p) => p >= 2),
+      `points per site ${points}`,
+    );
     assert.ok(await page.$$eval('#accuracy path.line', (ps) => ps.every((p) => (p.getAttribute('d') ?? '').includes('L'))));
     const cells = await page.$$eval('[data-card]', (cards) => cards.map((c) => c.querySelectorAll('svg.gate-heatmap rect.cell').length));
     assert.equal(cells.length, 3);
-    assert.ok(cells.every((n) => n >= 3 * 2), `heatmap cells per site ${cells}`);
+    assert.ok(
+      cells.every((n) => n >= 3 * 2),
+      `heatmap cells per site ${cells}`,
+    );
     // Members: each site's two others, connected.
     const members = await page.$$eval('[data-card]', (cards) => cards.map((c) => [...c.querySelectorAll('tr[data-member]')].map((tr) => tr.textContent)));
-    assert.ok(members.every((m) => m.length === 2 && m.every((t) => t!.includes('connected'))), JSON.stringify(members));
+    assert.ok(
+      members.every((m) => m.length === 2 && m.every((t) => t!.includes('connected'))),
+      JSON.stringify(members),
+    );
     assert.match(await page.$eval('#conn', (e) => e.textContent!), /^live$/);
     // Each site process serves its own view (ui.listen in its config, on loopback): one site, as dflmoe peer --ui does.
     const site0 = JSON.parse(readFileSync(join(out, 'consortium', 'dflmoe', 'site-0.json'), 'utf8')) as { ui: { listen: string } };
-    const own = await getJson(`http://${site0.ui.listen}/api/status`) as StatusSnapshot;
-    assert.deepEqual(own.sites.map((x) => [x.id, x.algorithm, x.members.map((m) => m.id)]), [['site-0', 'dflmoe', ['site-1', 'site-2']]]);
+    const own = (await getJson(`http://${site0.ui.listen}/api/status`)) as StatusSnapshot;
+    assert.deepEqual(
+      own.sites.map((x) => [x.id, x.algorithm, x.members.map((m) => m.id)]),
+      [['site-0', 'dflmoe', ['site-1', 'site-2']]],
+    );
     if (process.env.DFLMOE_SCREENSHOT) {
-      await page.waitForFunction(() => [...document.querySelectorAll<HTMLElement>('#overview tbody tr[data-site]')].every((tr) => Number(tr.dataset.round) >= 8), { timeout: 120000, polling: 200 });
+      await page.waitForFunction(
+        () => [...document.querySelectorAll<HTMLElement>('#overview tbody tr[data-site]')].every((tr) => Number(tr.dataset.round) >= 8),
+        { timeout: 120000, polling: 200 },
+      );
       await page.screenshot({ path: process.env.DFLMOE_SCREENSHOT, fullPage: true });
     }
     // The run ends and its process exits: the page still shows the final state.
@@ -139,8 +191,14 @@ describe('live view in a browser', function () {
     await page.waitForFunction(() => /final state/.test(document.getElementById('conn')!.textContent!), { timeout: 30000, polling: 200 });
     const final = await rows(page);
     assert.equal(final.length, 3);
-    assert.ok(final.every((x) => x.round === 12 && x.state === 'done'), JSON.stringify(final));
-    assert.deepEqual(errors.filter((e) => !/ERR_CONNECTION_REFUSED|Failed to load resource/.test(e)), []);
+    assert.ok(
+      final.every((x) => x.round === 12 && x.state === 'done'),
+      JSON.stringify(final),
+    );
+    assert.deepEqual(
+      errors.filter((e) => !/ERR_CONNECTION_REFUSED|Failed to load resource/.test(e)),
+      [],
+    );
     await page.close();
   });
 
@@ -150,7 +208,17 @@ describe('live view in a browser', function () {
     const evilMember = '</td><script>window.__pwned=2</script>';
     const feed = board.site({ id: evil, algorithm: 'dflmoe"><b>x</b>', rounds: 3, members: [{ id: evilMember }] });
     feed.members([{ id: evilMember, connected: true, strikes: 4 }]);
-    feed.round({ round: 1, accuracy: 0.5, loss: 1, seconds: 0.1, bytesSent: 1, bytesReceived: 1, gate: gateWeights(evil, [{ peer: evilMember, gateWeight: 0.3 }]), epsilon: 1, delta: 1e-5 });
+    feed.round({
+      round: 1,
+      accuracy: 0.5,
+      loss: 1,
+      seconds: 0.1,
+      bytesSent: 1,
+      bytesReceived: 1,
+      gate: gateWeights(evil, [{ peer: evilMember, gateWeight: 0.3 }]),
+      epsilon: 1,
+      delta: 1e-5,
+    });
     feed.state('failed', '<svg onload="window.__pwned=3">');
     const server = await LiveServer.start({ board, listen: '127.0.0.1:0' });
     const page = await browser.newPage();
@@ -173,26 +241,35 @@ describe('live view in a browser', function () {
 
   it("sites holding the digits as images and as tables: each card sums its gate's weights by the experts' modality, round by round", async () => {
     const board = new StatusBoard();
-    await simulate({ dataset: 'digits', peers: 4, rounds: 2, partition: 'iid', siteModalities: ['image', 'table'], algorithms: ['dflmoe'], seed: 2 }, { logger: silentLogger, status: board });
+    await simulate(
+      { dataset: 'digits', peers: 4, rounds: 2, partition: 'iid', siteModalities: ['image', 'table'], algorithms: ['dflmoe'], seed: 2 },
+      { logger: silentLogger, status: board },
+    );
     const server = await LiveServer.start({ board, listen: '127.0.0.1:0' });
     const page = await browser.newPage();
     try {
       await page.goto(server.url);
       await page.waitForSelector('[data-card] svg[aria-label$="by modality"] rect.cell');
-      const drawn = await page.$$eval('[data-card]', (cards) => cards.map((c) => ({
-        card: (c as HTMLElement).dataset.card!,
-        cells: [...c.querySelectorAll('svg[aria-label$="by modality"] rect.cell title')].map((t) => t.textContent!),
-      })));
+      const drawn = await page.$$eval('[data-card]', (cards) =>
+        cards.map((c) => ({
+          card: (c as HTMLElement).dataset.card!,
+          cells: [...c.querySelectorAll('svg[aria-label$="by modality"] rect.cell title')].map((t) => t.textContent!),
+        })),
+      );
       assert.equal(drawn.length, 4);
       const statuses = board.snapshot().sites;
       for (const d of drawn) {
         const s = statuses.find((x) => `${x.algorithm}/${x.id}` === d.card)!;
         const formOf = (e: string) => statuses.find((x) => x.id === e)!.modality;
         // Two rows (image, table) by two rounds, each the sum of that form's heads' weights.
-        const want = ['image', 'table'].flatMap((m) => [1, 2].map((r) => {
-          const w = Object.entries(s.gate[r - 1]!).filter(([e]) => formOf(e) === m).reduce((a, [, v]) => a + v, 0);
-          return `${m}, round ${r}: ${(w * 100).toFixed(1)}%`;
-        }));
+        const want = ['image', 'table'].flatMap((m) =>
+          [1, 2].map((r) => {
+            const w = Object.entries(s.gate[r - 1]!)
+              .filter(([e]) => formOf(e) === m)
+              .reduce((a, [, v]) => a + v, 0);
+            return `${m}, round ${r}: ${(w * 100).toFixed(1)}%`;
+          }),
+        );
         assert.deepEqual([...d.cells].sort(), want.sort(), d.card);
       }
       assert.match(await page.$eval('[data-card="dflmoe/peer-1"] h3 small', (e) => e.textContent!), /table/);

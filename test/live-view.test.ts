@@ -20,7 +20,10 @@ import { DEFAULT_SIMULATION } from '@dflmoe/core';
 import { backend, cli, cliCommand, until } from './helpers.js';
 
 /** GET (or another method) on the server; resolves with the status, headers and body. */
-function http(url: string, o: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; headers: Record<string, unknown>; body: string }> {
+function http(
+  url: string,
+  o: { method?: string; headers?: Record<string, string>; body?: string } = {},
+): Promise<{ status: number; headers: Record<string, unknown>; body: string }> {
   return new Promise((resolve, reject) => {
     const req = request(url, { method: o.method ?? 'GET', headers: o.headers }, (res) => {
       let body = '';
@@ -90,7 +93,20 @@ describe('live view: status model', () => {
     const feed = board.site({ id: 'a', algorithm: 'dflmoe', rounds: 5, members: [{ id: 'b' }, { id: 'c' }] });
     assert.equal(changes.length, 1);
     assert.equal(feed.status.state, 'starting');
-    feed.round({ round: 1, accuracy: 0.5, loss: 1.2, seconds: 0.3, bytesSent: 100, bytesReceived: 200, gate: gateWeights('a', [{ peer: 'b', gateWeight: 0.25 }, { peer: 'c', gateWeight: 0.15 }]), epsilon: 1.5, delta: 1e-5 });
+    feed.round({
+      round: 1,
+      accuracy: 0.5,
+      loss: 1.2,
+      seconds: 0.3,
+      bytesSent: 100,
+      bytesReceived: 200,
+      gate: gateWeights('a', [
+        { peer: 'b', gateWeight: 0.25 },
+        { peer: 'c', gateWeight: 0.15 },
+      ]),
+      epsilon: 1.5,
+      delta: 1e-5,
+    });
     // A resumed site reports round 3 next: round 2 is a gap, not a shifted entry.
     feed.round({ round: 3, accuracy: 0.7, loss: Number.NaN, seconds: 0.2, bytesSent: 300, bytesReceived: 400 });
     const s = feed.status;
@@ -108,7 +124,10 @@ describe('live view: status model', () => {
     feed.members([{ id: 'b', connected: true, strikes: 0 }]);
     assert.equal(changes.length, before + 1, 'the same member state twice is one change');
     feed.members([{ id: 'b', strikes: 2 }]);
-    assert.deepEqual(feed.status.members.find((m) => m.id === 'b'), { id: 'b', connected: true, strikes: 2, lastHeadRound: null });
+    assert.deepEqual(
+      feed.status.members.find((m) => m.id === 'b'),
+      { id: 'b', connected: true, strikes: 2, lastHeadRound: null },
+    );
     feed.state('failed', 'line one\nline two');
     assert.equal(feed.status.error, 'line one');
     // Statuses handed out are never changed in place.
@@ -121,7 +140,17 @@ describe('live view: status model', () => {
   it('refuses a site status that is not one', () => {
     const board = new StatusBoard();
     const ok = board.site({ id: 'x', algorithm: 'local', rounds: 2 }).status;
-    for (const bad of [null, {}, { ...ok, state: 'hacked' }, { ...ok, round: -1 }, { ...ok, id: 'x'.repeat(1000) }, { ...ok, accuracy: ['1'] }, { ...ok, members: [{ id: 3 }] }, { ...ok, modality: 7 }, { ...ok, modality: 'i'.repeat(1000) }]) {
+    for (const bad of [
+      null,
+      {},
+      { ...ok, state: 'hacked' },
+      { ...ok, round: -1 },
+      { ...ok, id: 'x'.repeat(1000) },
+      { ...ok, accuracy: ['1'] },
+      { ...ok, members: [{ id: 3 }] },
+      { ...ok, modality: 7 },
+      { ...ok, modality: 'i'.repeat(1000) },
+    ]) {
       assert.throws(() => parseSiteStatus(bad));
     }
     const image = board.site({ id: 'y', algorithm: 'dflmoe', modality: 'image', rounds: 2 }).status;
@@ -137,7 +166,10 @@ describe('live view: status model', () => {
     board.onChange((s) => {
       if (s.algorithm === 'dflmoe' && s.state === 'training') seen.set(`${s.id}@${s.round}`, [s.members.map((m) => m.connected)]);
     });
-    const r = await simulate({ ...DEFAULT_SIMULATION, dataset: 'synthetic:classes=3,dim=8,samples=240', peers: 3, rounds: 3, algorithms: ['dflmoe', 'local', 'fedavg'], minSize: 5 }, { status: board });
+    const r = await simulate(
+      { ...DEFAULT_SIMULATION, dataset: 'synthetic:classes=3,dim=8,samples=240', peers: 3, rounds: 3, algorithms: ['dflmoe', 'local', 'fedavg'], minSize: 5 },
+      { status: board },
+    );
     const sites = board.snapshot().sites;
     assert.equal(sites.length, 9);
     for (const s of sites) {
@@ -153,13 +185,23 @@ describe('live view: status model', () => {
       assert.ok(Math.abs(Object.values(s.gate[2]!).reduce((a, b) => a + b, 0) - 1) < 1e-6);
       assert.deepEqual(seen.get(`${s.id}@3`), [[true, true]], 'connected while it ran');
       // Once done, the site has left: no member is shown connected to it (their newest head stays).
-      assert.deepEqual(s.members.map((m) => [m.connected, m.lastHeadRound]), [[false, 3], [false, 3]]);
+      assert.deepEqual(
+        s.members.map((m) => [m.connected, m.lastHeadRound]),
+        [
+          [false, 3],
+          [false, 3],
+        ],
+      );
       assert.ok(s.bytesSent > 0 && s.bytesReceived > 0);
     }
     assert.equal(d[0].accuracy[2], r.algorithms.dflmoe!.peers[0].accuracy);
     assert.ok(sites.filter((s) => s.algorithm === 'local').every((s) => s.gate.every((g) => g === null) && s.bytesSent === 0 && s.members.length === 0));
     // A server algorithm's member is the server.
-    assert.ok(sites.filter((s) => s.algorithm === 'fedavg').every((s) => JSON.stringify(s.members) === JSON.stringify([{ id: 'server', connected: false, strikes: 0, lastHeadRound: 3 }])));
+    assert.ok(
+      sites
+        .filter((s) => s.algorithm === 'fedavg')
+        .every((s) => JSON.stringify(s.members) === JSON.stringify([{ id: 'server', connected: false, strikes: 0, lastHeadRound: 3 }])),
+    );
   });
 
   it("a peer's members: connections, strikes of both exchanges, blocked, newest head round, the server's last round", () => {
@@ -172,8 +214,12 @@ describe('live view: status model', () => {
     const heads = { strikesOf: (p: string) => strikes.get(p) ?? 0, isBlocked: (p: string) => p === 'P2', announced: () => new Map([['P1', 4]]) };
     const bodies = { strikesOf: (p: string) => (p === 'P2' ? 1 : 0), isBlocked: () => false, announced: () => new Map([['P1', 5]]) };
     const watch = new PeerStatusWatch(feed, {
-      members: [{ peerId: 'P1', name: 'one' }, { peerId: 'P2' }, { peerId: 'S', name: 'server' }], node: node as unknown as SiteNode,
-      exchanges: [heads, bodies], server: { peerId: 'S', lastRound: () => 3 }, auditFile: '/nonexistent', periodMs: 60000,
+      members: [{ peerId: 'P1', name: 'one' }, { peerId: 'P2' }, { peerId: 'S', name: 'server' }],
+      node: node as unknown as SiteNode,
+      exchanges: [heads, bodies],
+      server: { peerId: 'S', lastRound: () => 3 },
+      auditFile: '/nonexistent',
+      periodMs: 60000,
     });
     try {
       const m = () => Object.fromEntries(feed.status.members.map((x) => [x.id, x]));
@@ -200,7 +246,13 @@ describe('live view: status model', () => {
     const { ids, nodes, exchanges, stop } = await loopbackMembers(2, { maxHeadBytes: 1 << 20, logger: silentLogger, heartbeatMs: 60000 });
     const board = new StatusBoard();
     const feed = board.site({ id: 'a', algorithm: 'dflmoe', rounds: 2 });
-    const watch = new PeerStatusWatch(feed, { members: [{ peerId: ids[1].peerId, name: 'b' }], node: nodes[0], exchanges: [exchanges[0]], auditFile: '/nonexistent', periodMs: 60000 });
+    const watch = new PeerStatusWatch(feed, {
+      members: [{ peerId: ids[1].peerId, name: 'b' }],
+      node: nodes[0],
+      exchanges: [exchanges[0]],
+      auditFile: '/nonexistent',
+      periodMs: 60000,
+    });
     try {
       assert.equal(feed.status.members[0].connected, false);
       await nodes[0].dial(nodes[1].getMultiaddrs()[0]);
@@ -210,10 +262,14 @@ describe('live view: status model', () => {
       exchanges[0].reportBad(ids[1].peerId, 'not a head');
       watch.refresh();
       assert.equal(feed.status.members[0].strikes, 2);
-      await until('the announced round', () => {
-        watch.refresh();
-        return feed.status.members[0].lastHeadRound === 1;
-      }, 10000);
+      await until(
+        'the announced round',
+        () => {
+          watch.refresh();
+          return feed.status.members[0].lastHeadRound === 1;
+        },
+        10000,
+      );
     } finally {
       watch.stop();
       await stop();
@@ -299,7 +355,11 @@ describe('live view: server', () => {
     server = await LiveServer.start({ board: board(), listen: '127.0.0.1:0', token });
     const base = `http://127.0.0.1:${server.address.port}`;
     for (const path of ['/', '/api/status', '/api/events', '/nothing']) {
-      for (const r of [await http(`${base}${path}`), await http(`${base}${path}?token=wrong-token-wrong-token`), await http(`${base}${path}`, { headers: { Authorization: 'Bearer nope' } })]) {
+      for (const r of [
+        await http(`${base}${path}`),
+        await http(`${base}${path}?token=wrong-token-wrong-token`),
+        await http(`${base}${path}`, { headers: { Authorization: 'Bearer nope' } }),
+      ]) {
         assert.equal(r.status, 401, path);
         assert.equal(r.body, 'unauthorized\n');
         assert.doesNotMatch(r.body, /site-0/);
@@ -336,7 +396,10 @@ describe('live view: server', () => {
     const upd = tabs[0].events[1];
     assert.equal(upd.event, 'update');
     const sites = (upd.data as StatusSnapshot).sites;
-    assert.deepEqual(sites.map((s) => [siteKey(s), s.round, s.state]), [['dflmoe/site-0', 2, 'done']]);
+    assert.deepEqual(
+      sites.map((s) => [siteKey(s), s.round, s.state]),
+      [['dflmoe/site-0', 2, 'done']],
+    );
     tabs[0].close();
     await until('one stream left', () => server!.openStreams === 1, 5000);
     tabs[1].close();
@@ -356,7 +419,15 @@ describe('live view: server', () => {
     const b = new StatusBoard();
     const base = b.site({ id: 'long', algorithm: 'dflmoe', rounds: 1_000_000 }).status;
     const rounds = 50000;
-    const big = (r: number) => ({ ...base, round: r, accuracy: Array(rounds).fill(0.123456789), loss: Array(rounds).fill(1.23456789), seconds: Array(rounds).fill(0.5), finishedAt: Array(rounds).fill(Date.now()), updatedAt: Date.now() + r });
+    const big = (r: number) => ({
+      ...base,
+      round: r,
+      accuracy: Array(rounds).fill(0.123456789),
+      loss: Array(rounds).fill(1.23456789),
+      seconds: Array(rounds).fill(0.5),
+      finishedAt: Array(rounds).fill(Date.now()),
+      updatedAt: Date.now() + r,
+    });
     b.put(big(1));
     server = await LiveServer.start({ board: b, listen: '127.0.0.1:0', throttleMs: 1 });
     const port = server.address.port;
@@ -378,8 +449,10 @@ describe('live view: server', () => {
   it('a port in use is a LiveViewError naming the option', async () => {
     const busy = await occupy();
     try {
-      await assert.rejects(LiveServer.start({ board: board(), listen: `127.0.0.1:${portOf(busy)}`, option: 'ui.listen' }),
-        (e: Error) => e instanceof LiveViewError && e.message === `ui.listen 127.0.0.1:${portOf(busy)}: the port is in use; choose another port for ui.listen`);
+      await assert.rejects(
+        LiveServer.start({ board: board(), listen: `127.0.0.1:${portOf(busy)}`, option: 'ui.listen' }),
+        (e: Error) => e instanceof LiveViewError && e.message === `ui.listen 127.0.0.1:${portOf(busy)}: the port is in use; choose another port for ui.listen`,
+      );
     } finally {
       busy.close();
     }
@@ -400,7 +473,11 @@ describe('live view: server', () => {
     assert.equal(dst.get('gossip/site-1')!.state, 'failed');
     // A stream that sends something else than statuses changes nothing.
     const fake = createServer((sock) => {
-      sock.on('data', () => sock.end('HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\nevent: status\ndata: {"sites":[{"id":"<b>x</b>"}]}\n\nevent: update\ndata: not json\n\n'));
+      sock.on('data', () =>
+        sock.end(
+          'HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\nevent: status\ndata: {"sites":[{"id":"<b>x</b>"}]}\n\nevent: update\ndata: not json\n\n',
+        ),
+      );
     });
     await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
     const other = new StatusBoard();
@@ -417,8 +494,28 @@ describe('live view: command line', () => {
   it('simulate --ui --ui-keep serves the finished run until Ctrl-C, then exits 0; --ui-keep without --ui is refused', async function () {
     this.timeout(120000);
     const out = mkdtempSync(join(tmpdir(), 'dflmoe-live-keep-'));
-    const p = spawn(process.execPath, [...cliCommand(), 'simulate', '--dataset', 'synthetic:classes=2,dim=4,samples=120', '--peers', '2', '--rounds', '2',
-      '--algorithms', 'dflmoe', '--quiet', '--ui', '127.0.0.1:0', '--ui-keep', '--out', out], { env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' } });
+    const p = spawn(
+      process.execPath,
+      [
+        ...cliCommand(),
+        'simulate',
+        '--dataset',
+        'synthetic:classes=2,dim=4,samples=120',
+        '--peers',
+        '2',
+        '--rounds',
+        '2',
+        '--algorithms',
+        'dflmoe',
+        '--quiet',
+        '--ui',
+        '127.0.0.1:0',
+        '--ui-keep',
+        '--out',
+        out,
+      ],
+      { env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn' } },
+    );
     let stderr = '';
     p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<number | null>((resolve) => p.on('exit', (code) => resolve(code)));
@@ -428,21 +525,55 @@ describe('live view: command line', () => {
       const status = await http(`${url}api/status`);
       assert.equal(status.status, 200);
       const sites = (JSON.parse(status.body) as StatusSnapshot).sites;
-      assert.deepEqual(sites.map((x) => [x.state, x.round]), [['done', 2], ['done', 2]]);
+      assert.deepEqual(
+        sites.map((x) => [x.state, x.round]),
+        [
+          ['done', 2],
+          ['done', 2],
+        ],
+      );
       p.kill('SIGINT');
       assert.equal(await exited, 0, stderr);
       await assert.rejects(http(`${url}api/status`), /ECONNREFUSED/);
     } finally {
       p.kill('SIGKILL');
     }
-    const plain = cli(['simulate', '--dataset', 'synthetic:classes=2,dim=4,samples=120', '--peers', '2', '--rounds', '1', '--algorithms', 'local', '--quiet', '--ui-keep', '--out', out]);
+    const plain = cli([
+      'simulate',
+      '--dataset',
+      'synthetic:classes=2,dim=4,samples=120',
+      '--peers',
+      '2',
+      '--rounds',
+      '1',
+      '--algorithms',
+      'local',
+      '--quiet',
+      '--ui-keep',
+      '--out',
+      out,
+    ]);
     assert.equal(plain.stderr, 'dflmoe: error: --ui-keep keeps the live view of --ui: give --ui <host:port> too\n');
   });
 
   it('simulate --ui on a port in use: one line naming --ui, before any training', async () => {
     const busy = await occupy();
     try {
-      const r = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '2', '--rounds', '2', '--algorithms', 'local', '--ui', `127.0.0.1:${portOf(busy)}`, '--out', mkdtempSync(join(tmpdir(), 'dflmoe-live-'))]);
+      const r = cli([
+        'simulate',
+        '--dataset',
+        'breast-cancer',
+        '--peers',
+        '2',
+        '--rounds',
+        '2',
+        '--algorithms',
+        'local',
+        '--ui',
+        `127.0.0.1:${portOf(busy)}`,
+        '--out',
+        mkdtempSync(join(tmpdir(), 'dflmoe-live-')),
+      ]);
       assert.equal(r.status, 1);
       assert.equal(r.stderr, `dflmoe: error: --ui 127.0.0.1:${portOf(busy)}: the port is in use; choose another port for --ui\n`);
       assert.equal(r.stdout, '');
@@ -455,7 +586,11 @@ describe('live view: command line', () => {
     const busy = await occupy();
     try {
       const dir = mkdtempSync(join(tmpdir(), 'dflmoe-live-peer-'));
-      const files = await writeConsortium({ dir, algorithm: 'local', sim: { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 1, rounds: 2, algorithms: ['local'] } });
+      const files = await writeConsortium({
+        dir,
+        algorithm: 'local',
+        sim: { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 1, rounds: 2, algorithms: ['local'] },
+      });
       const cfgFile = files.sites[0].config;
       const cfg = JSON.parse(readFileSync(cfgFile, 'utf8')) as Record<string, unknown>;
       writeFileSync(cfgFile, JSON.stringify({ ...cfg, ui: { listen: `127.0.0.1:${portOf(busy)}` } }));

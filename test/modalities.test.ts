@@ -30,8 +30,14 @@ describe('modalities: the same data held as images at some sites and as tables a
     const ds = loadDataset('digits');
     const splits = partition(ds.labels, 10, 4, 'dirichlet:0.3', { seed: 1 });
     const views = siteViews(ds, splits, ['image', 'table'], true, undefined);
-    assert.deepEqual(views.map((v) => v.modality), ['image', 'table', 'image', 'table']);
-    assert.deepEqual(views.map((v) => v.ds.sampleShape.length), [3, 1, 3, 1]);
+    assert.deepEqual(
+      views.map((v) => v.modality),
+      ['image', 'table', 'image', 'table'],
+    );
+    assert.deepEqual(
+      views.map((v) => v.ds.sampleShape.length),
+      [3, 1, 3, 1],
+    );
     const tables = agreedStandardizer(federatedAgreement(modalityView(ds, 'table'), [splits[1], splits[3]]));
     assert.deepEqual(views[3].st, tables, "the table sites' own agreement");
     assert.equal(views[1].st, views[3].st);
@@ -42,36 +48,90 @@ describe('modalities: the same data held as images at some sites and as tables a
     const t0 = tf.memory().numTensors;
     const counts: number[] = [];
     const r = await simulate(
-      { dataset: 'digits', peers: 4, rounds: 6, partition: 'dirichlet:0.5', siteModalities: ['image', 'table'], algorithms: ['dflmoe', 'local', 'fedavg'], seed: 1 },
+      {
+        dataset: 'digits',
+        peers: 4,
+        rounds: 6,
+        partition: 'dirichlet:0.5',
+        siteModalities: ['image', 'table'],
+        algorithms: ['dflmoe', 'local', 'fedavg'],
+        seed: 1,
+      },
       { logger: silentLogger, onRound: (alg) => alg === 'dflmoe' && counts.push(tf.memory().numTensors) },
     );
     const d = r.algorithms.dflmoe!;
     const l = r.algorithms.local!;
-    assert.deepEqual(d.peers.map((p) => [p.modality, p.body]), [['image', 'cnn'], ['table', 'mlp'], ['image', 'cnn'], ['table', 'mlp']]);
+    assert.deepEqual(
+      d.peers.map((p) => [p.modality, p.body]),
+      [
+        ['image', 'cnn'],
+        ['table', 'mlp'],
+        ['image', 'cnn'],
+        ['table', 'mlp'],
+      ],
+    );
     assert.match(r.skipped!.fedavg!, /FedAvg needs the same model at every site, but peer-0 has "cnn\|in=8x8x1/);
     for (const p of d.peers) {
       const others = d.peers.filter((q) => q.modality !== p.modality).map((q) => q.id);
       const pool = Object.keys(p.gateWeights!);
-      assert.ok(others.every((o) => pool.includes(o)), `${p.id} (${p.modality}) mixes the other modality's heads: pool ${pool}`);
+      assert.ok(
+        others.every((o) => pool.includes(o)),
+        `${p.id} (${p.modality}) mixes the other modality's heads: pool ${pool}`,
+      );
     }
     assert.ok(d.accuracy.mean > l.accuracy.mean, `dflmoe ${d.accuracy.mean} against local-only ${l.accuracy.mean}`);
-    assert.ok(d.peers.every((p) => p.pooledAccuracy! > 0), 'pooled test in each form of the data');
+    assert.ok(
+      d.peers.every((p) => p.pooledAccuracy! > 0),
+      'pooled test in each form of the data',
+    );
     assert.equal(counts.length, 6);
-    assert.deepEqual(counts.slice(2), counts.slice(2).map(() => counts[1]), `tensor counts per round: ${counts}`);
+    assert.deepEqual(
+      counts.slice(2),
+      counts.slice(2).map(() => counts[1]),
+      `tensor counts per round: ${counts}`,
+    );
     assert.equal(tf.memory().numTensors, t0, 'the run frees its tensors');
   });
 
   it('over libp2p (simulate --transport tcp): each form agrees apart, the other form set apart, and every site mixes the heads of both forms', async function () {
     this.timeout(240000);
     const out = mkdtempSync(join(tmpdir(), 'dflmoe-modal-tcp-'));
-    const r = await cliAsync(['simulate', '--dataset', 'digits', '--peers', '4', '--rounds', '2', '--modalities', 'image,table', '--algorithms', 'dflmoe',
-      '--transport', 'tcp', '--quiet', '--out', out]);
+    const r = await cliAsync([
+      'simulate',
+      '--dataset',
+      'digits',
+      '--peers',
+      '4',
+      '--rounds',
+      '2',
+      '--modalities',
+      'image,table',
+      '--algorithms',
+      'dflmoe',
+      '--transport',
+      'tcp',
+      '--quiet',
+      '--out',
+      out,
+    ]);
     assert.equal(r.status, 0, r.stderr);
     const res = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as SimulationResults;
     const peers = res.algorithms.dflmoe!.peers;
-    assert.deepEqual(peers.map((p) => [p.modality, p.body]), [['image', 'cnn'], ['table', 'mlp'], ['image', 'cnn'], ['table', 'mlp']]);
-    const pre = [0, 1, 2, 3].map((i) => JSON.parse(readFileSync(join(out, 'consortium', 'dflmoe', `site-${i}`, 'preprocessing.json'), 'utf8')) as SitePreprocessing);
-    const ids = [0, 1, 2, 3].map((i) => (JSON.parse(readFileSync(join(out, 'consortium', 'dflmoe', `site-${i}`, 'results.json'), 'utf8')) as { peerId: string }).peerId);
+    assert.deepEqual(
+      peers.map((p) => [p.modality, p.body]),
+      [
+        ['image', 'cnn'],
+        ['table', 'mlp'],
+        ['image', 'cnn'],
+        ['table', 'mlp'],
+      ],
+    );
+    const pre = [0, 1, 2, 3].map(
+      (i) => JSON.parse(readFileSync(join(out, 'consortium', 'dflmoe', `site-${i}`, 'preprocessing.json'), 'utf8')) as SitePreprocessing,
+    );
+    const ids = [0, 1, 2, 3].map(
+      (i) => (JSON.parse(readFileSync(join(out, 'consortium', 'dflmoe', `site-${i}`, 'results.json'), 'utf8')) as { peerId: string }).peerId,
+    );
     pre.forEach((p, i) => {
       const same = ids.filter((_, k) => k % 2 === i % 2).sort();
       assert.deepEqual(p.included, same, `site-${i} agreed with its form`);

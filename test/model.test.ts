@@ -2,8 +2,19 @@ import { silentLogger } from '@dflmoe/core';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  DflmoePeer, ExpertPool, FedAvgClient, Gate, LocalPeer, createHead, decodeHead, disposePeerData, encodeHead, federatedAverage,
-  headLogits, moeForward, type HeadSpec,
+  DflmoePeer,
+  ExpertPool,
+  FedAvgClient,
+  Gate,
+  LocalPeer,
+  createHead,
+  decodeHead,
+  disposePeerData,
+  encodeHead,
+  federatedAverage,
+  headLogits,
+  moeForward,
+  type HeadSpec,
 } from '@dflmoe/core/internal';
 import { backend, tinyPeers } from './helpers.js';
 
@@ -11,7 +22,10 @@ const spec: HeadSpec = { inputDim: 8, hidden: [], outputDim: 4 };
 
 function headBytes(seed: number, version: number, peer: string): Uint8Array {
   const h = createHead(spec, seed);
-  const bytes = encodeHead({ spec, version, peer }, h.map((l) => ({ kernel: l.kernel.dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array })));
+  const bytes = encodeHead(
+    { spec, version, peer },
+    h.map((l) => ({ kernel: l.kernel.dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array })),
+  );
   h.forEach((l) => tf.dispose([l.kernel, l.bias]));
   return bytes;
 }
@@ -86,7 +100,10 @@ describe('expert pool', () => {
     assert.equal(pool.offer(dec(4, 2, 'a'), 2, 100), 'stale-version');
     assert.equal(pool.offer(dec(4, 1, 'a'), 2, 100), 'stale-version');
     assert.equal(pool.get('a')!.version, 2);
-    assert.deepEqual(pool.list().map((e) => e.peer), ['a', 'b']);
+    assert.deepEqual(
+      pool.list().map((e) => e.peer),
+      ['a', 'b'],
+    );
     assert.deepEqual(pool.expire(3), []);
     assert.deepEqual(pool.expire(4), ['b']); // b last refreshed in round 1
     assert.deepEqual(pool.expire(5), ['a']);
@@ -108,7 +125,12 @@ describe('dFLMoE peer', () => {
     const received = a.pool.get('b')!.head.map((l) => [l.kernel.dataSync().slice(), l.bias.dataSync().slice()]);
     const own = a.head[0].kernel.dataSync().slice();
     const gateBefore = a.gate.slotVariables('b')[1].dataSync()[0];
-    const fstBefore = tf.tidy(() => a.transformed('b', tf.eye(8) as tf.Tensor2D).dataSync().slice());
+    const fstBefore = tf.tidy(() =>
+      a
+        .transformed('b', tf.eye(8) as tf.Tensor2D)
+        .dataSync()
+        .slice(),
+    );
     await a.trainRound(2);
     a.pool.get('b')!.head.forEach((l, i) => {
       assert.deepEqual(l.kernel.dataSync(), received[i][0]);
@@ -116,7 +138,16 @@ describe('dFLMoE peer', () => {
     });
     assert.notDeepEqual(a.head[0].kernel.dataSync(), own, 'own head trains');
     assert.notEqual(a.gate.slotVariables('b')[1].dataSync()[0], gateBefore, 'gate slot trains');
-    assert.notDeepEqual(tf.tidy(() => a.transformed('b', tf.eye(8) as tf.Tensor2D).dataSync().slice()), fstBefore, 'FST trains');
+    assert.notDeepEqual(
+      tf.tidy(() =>
+        a
+          .transformed('b', tf.eye(8) as tf.Tensor2D)
+          .dataSync()
+          .slice(),
+      ),
+      fstBefore,
+      'FST trains',
+    );
     a.dispose();
     b.dispose();
     datas.forEach(disposePeerData);
@@ -135,7 +166,10 @@ describe('dFLMoE peer', () => {
     assert.equal(a.receiveHead(new Uint8Array(3), 'b', 1), 'size');
     const otherSpec: HeadSpec = { inputDim: 8, hidden: [], outputDim: 3 };
     const h = createHead(otherSpec, 1);
-    const wrong = encodeHead({ spec: otherSpec, version: 1, peer: 'b' }, h.map((l) => ({ kernel: l.kernel.dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array })));
+    const wrong = encodeHead(
+      { spec: otherSpec, version: 1, peer: 'b' },
+      h.map((l) => ({ kernel: l.kernel.dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array })),
+    );
     h.forEach((l) => tf.dispose([l.kernel, l.bias]));
     assert.equal(a.receiveHead(wrong, 'b', 1), 'mismatch');
     assert.equal(a.receiveHead(good, 'b', 1), 'added');
@@ -154,7 +188,11 @@ describe('FedAvg', () => {
     const { datas } = tinyPeers(3);
     const c = new FedAvgClient({ id: 'a', data: datas[0], body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [4], train: { seed: 1 } });
     const w = c.getWeights();
-    const avg = federatedAverage([{ weights: w, samples: 10 }, { weights: w, samples: 77 }, { weights: w, samples: 3 }]);
+    const avg = federatedAverage([
+      { weights: w, samples: 10 },
+      { weights: w, samples: 77 },
+      { weights: w, samples: 3 },
+    ]);
     avg.forEach((t, i) => {
       assert.deepEqual(t.shape, w[i].shape);
       for (let j = 0; j < t.data.length; j++) assert.ok(Math.abs(t.data[j] - w[i].data[j]) < 1e-6);
@@ -165,7 +203,10 @@ describe('FedAvg', () => {
 
   it('weights the average by sample count', () => {
     const mk = (v: number) => [{ name: 'w', shape: [2], data: new Float32Array([v, 2 * v]) }];
-    const avg = federatedAverage([{ weights: mk(1), samples: 1 }, { weights: mk(4), samples: 3 }]);
+    const avg = federatedAverage([
+      { weights: mk(1), samples: 1 },
+      { weights: mk(4), samples: 3 },
+    ]);
     assert.deepEqual(Array.from(avg[0].data), [3.25, 6.5]);
   });
 
@@ -186,7 +227,14 @@ describe('no tensor leaks across rounds', () => {
   for (const kind of ['dflmoe', 'fedavg', 'local'] as const) {
     it(`${kind}: tf.memory().numTensors is steady over 5 rounds`, async () => {
       const { datas } = tinyPeers(3);
-      const opts = (i: number) => ({ id: `p${i}`, data: datas[i], body: { kind: 'mlp' as const, hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: i } });
+      const opts = (i: number) => ({
+        id: `p${i}`,
+        data: datas[i],
+        body: { kind: 'mlp' as const, hidden: [16] },
+        featureDim: 8,
+        headHidden: [],
+        train: { seed: i },
+      });
       const counts: number[] = [];
       if (kind === 'dflmoe') {
         const ps = datas.map((_, i) => new DflmoePeer(opts(i)));

@@ -1,8 +1,20 @@
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  DflmoePeer, Gate, KeyedAdam, createFst, createHead, disposePeerData, moeForward, moeForwardPerExpert, moeLoss,
-  type DenseLayer, type Expert, type FstKind, type HeadSpec, type MoeFusion,
+  DflmoePeer,
+  Gate,
+  KeyedAdam,
+  createFst,
+  createHead,
+  disposePeerData,
+  moeForward,
+  moeForwardPerExpert,
+  moeLoss,
+  type DenseLayer,
+  type Expert,
+  type FstKind,
+  type HeadSpec,
+  type MoeFusion,
 } from '@dflmoe/core/internal';
 import { backend, tinyPeers } from './helpers.js';
 
@@ -36,7 +48,8 @@ function mixture(spec: HeadSpec, forms: FstKind[], seed: number) {
   const vars = [
     ...own.head.flatMap((l) => [l.kernel, l.bias] as tf.Variable[]),
     ...fsts.flatMap((f) => [f.kernel, f.bias]),
-    ...gate.sharedVariables(), ...received.flatMap((e) => gate.slotVariables(e.id)),
+    ...gate.sharedVariables(),
+    ...received.flatMap((e) => gate.slotVariables(e.id)),
   ];
   const dispose = () => {
     gate.dispose();
@@ -72,7 +85,11 @@ describe('batched mixture of experts', () => {
           assert.deepEqual(bat.logits.shape, [16, m.experts.length, 4]);
           m.experts.forEach((e, k) => {
             const own = tf.reshape(tf.slice(bat.logits, [0, k, 0], [-1, 1, -1]), [16, 4]);
-            const zk = e.fst ? (e.fst.kernel.rank === 1 ? tf.add(tf.mul(z, e.fst.kernel), e.fst.bias) : tf.add(tf.matMul(z, e.fst.kernel as tf.Tensor2D), e.fst.bias)) : z;
+            const zk = e.fst
+              ? e.fst.kernel.rank === 1
+                ? tf.add(tf.mul(z, e.fst.kernel), e.fst.bias)
+                : tf.add(tf.matMul(z, e.fst.kernel as tf.Tensor2D), e.fst.bias)
+              : z;
             let h = zk as tf.Tensor2D;
             e.head.forEach((l, i) => {
               h = tf.add(tf.matMul(h, l.kernel as tf.Tensor2D), l.bias) as tf.Tensor2D;
@@ -86,14 +103,21 @@ describe('batched mixture of experts', () => {
             return moeLoss(tf.reshape(own, [16, 4]) as tf.Tensor2D, probs, y, 0.3);
           };
           const gr = tf.variableGrads(lossOf(moeForwardPerExpert), m.vars);
-          const gb = tf.variableGrads(lossOf((zz, ee, gg) => moeForward(zz, ee, gg, fusion)), m.vars);
+          const gb = tf.variableGrads(
+            lossOf((zz, ee, gg) => moeForward(zz, ee, gg, fusion)),
+            m.vars,
+          );
           assert.ok(Math.abs(gr.value.dataSync()[0] - gb.value.dataSync()[0]) < 1e-5, 'loss');
           for (const v of m.vars) {
             const scale = Math.max(1, tf.max(tf.abs(gr.grads[v.name])).dataSync()[0]);
-            assert.ok(maxDiff(gb.grads[v.name], gr.grads[v.name]) / scale < 1e-5, `gradient of ${v.name} differs by ${maxDiff(gb.grads[v.name], gr.grads[v.name])}`);
+            assert.ok(
+              maxDiff(gb.grads[v.name], gr.grads[v.name]) / scale < 1e-5,
+              `gradient of ${v.name} differs by ${maxDiff(gb.grads[v.name], gr.grads[v.name])}`,
+            );
           }
           // Every received expert's transform gets a gradient of its own.
-          for (const e of m.experts) if (e.fst) assert.ok(tf.max(tf.abs(gb.grads[(e.fst.kernel as tf.Variable).name])).dataSync()[0] > 0, `no gradient reaches ${e.id}'s FST`);
+          for (const e of m.experts)
+            if (e.fst) assert.ok(tf.max(tf.abs(gb.grads[(e.fst.kernel as tf.Variable).name])).dataSync()[0] > 0, `no gradient reaches ${e.id}'s FST`);
         });
         assert.equal(tf.memory().numTensors, n0, 'no tensors left behind');
         m.dispose();
@@ -115,14 +139,19 @@ describe('batched mixture of experts', () => {
     m.dispose();
   });
 
-  it('a dFLMoE peer with four received experts trains each expert\'s own FST and gate slot with its own optimizer', async () => {
+  it("a dFLMoE peer with four received experts trains each expert's own FST and gate slot with its own optimizer", async () => {
     const { datas } = tinyPeers(5, 4);
-    const peers = datas.map((d, i) => new DflmoePeer({ id: `p${i}`, data: d, body: { kind: 'mlp', hidden: [8] }, featureDim: 8, headHidden: [], train: { seed: i }, initSeed: 1 }));
+    const peers = datas.map(
+      (d, i) => new DflmoePeer({ id: `p${i}`, data: d, body: { kind: 'mlp', hidden: [8] }, featureDim: 8, headHidden: [], train: { seed: i }, initSeed: 1 }),
+    );
     for (const p of peers.slice(1)) await p.trainRound(1);
     const a = peers[0];
     peers.slice(1).forEach((p) => assert.equal(a.receiveHead(p.encodeHead(1), p.id, 1), 'added'));
     const ids = peers.slice(1).map((p) => p.id);
-    const snap = () => ids.map((id) => tf.tidy(() => [...a.transformed(id, tf.eye(8) as tf.Tensor2D).dataSync(), ...a.gate.slotVariables(id).flatMap((v) => [...v.dataSync()])]));
+    const snap = () =>
+      ids.map((id) =>
+        tf.tidy(() => [...a.transformed(id, tf.eye(8) as tf.Tensor2D).dataSync(), ...a.gate.slotVariables(id).flatMap((v) => [...v.dataSync()])]),
+      );
     const before = snap();
     assert.equal(a.paramGroups().length, 1 + ids.length, 'one optimizer per received expert');
     await a.trainRound(2);
@@ -142,17 +171,34 @@ describe('packed training of the received experts', () => {
   for (const fst of ['full', 'diag', 'none'] as FstKind[]) {
     it(`fst ${fst}: a round on packed experts trains like the per-expert path (own head, body, every expert's FST and gate slot, Adam state)`, async () => {
       const { datas } = tinyPeers(4, 6);
-      const mk = (i: number, mixture: 'batched' | 'per-expert') => new DflmoePeer({
-        id: `p${i}`, data: datas[i], body: { kind: 'mlp', hidden: [8] }, featureDim: 8, headHidden: [], train: { seed: i, batchSize: 16 }, initSeed: 1, fst, mixture,
-      });
+      const mk = (i: number, mixture: 'batched' | 'per-expert') =>
+        new DflmoePeer({
+          id: `p${i}`,
+          data: datas[i],
+          body: { kind: 'mlp', hidden: [8] },
+          featureDim: 8,
+          headHidden: [],
+          train: { seed: i, batchSize: 16 },
+          initSeed: 1,
+          fst,
+          mixture,
+        });
       const senders = [1, 2, 3].map((i) => mk(i, 'batched'));
       for (const p of senders) await p.trainRound(1);
       const heads = senders.map((p) => p.encodeHead(1));
       const [a, b] = [mk(0, 'batched'), mk(0, 'per-expert')];
       for (const p of [a, b]) senders.forEach((q, k) => assert.equal(p.receiveHead(heads[k], q.id, 1), 'added'));
       const values = (p: DflmoePeer) => [
-        ...p.variables(), ...p.gate.sharedVariables(),
-        ...senders.flatMap((q) => [...p.gate.slotVariables(q.id), ...p.paramGroups().slice(1).find((g) => g.vars.includes(p.gate.slotVariables(q.id)[0]))!.vars.slice(2)]),
+        ...p.variables(),
+        ...p.gate.sharedVariables(),
+        ...senders.flatMap((q) => [
+          ...p.gate.slotVariables(q.id),
+          ...p
+            .paramGroups()
+            .slice(1)
+            .find((g) => g.vars.includes(p.gate.slotVariables(q.id)[0]))!
+            .vars.slice(2),
+        ]),
       ];
       // Two rounds: the second starts from the Adam state the first left behind.
       for (const r of [2, 3]) {
@@ -172,20 +218,31 @@ describe('packed training of the received experts', () => {
   }
 });
 
-describe('a dFLMoE peer\'s shortcuts (100 sites against local-only)', () => {
+describe("a dFLMoE peer's shortcuts (100 sites against local-only)", () => {
   before(backend);
 
   it('a round without received experts trains exactly as the mixture of the own head alone does, and leaves the gate as it was', async () => {
     const { datas } = tinyPeers(2, 8);
-    const mk = (mixture: 'batched' | 'per-expert') => new DflmoePeer({
-      id: 'p0', data: datas[0], body: { kind: 'mlp', hidden: [8] }, featureDim: 8, headHidden: [], train: { seed: 3, batchSize: 16 }, initSeed: 1, mixture,
-    });
+    const mk = (mixture: 'batched' | 'per-expert') =>
+      new DflmoePeer({
+        id: 'p0',
+        data: datas[0],
+        body: { kind: 'mlp', hidden: [8] },
+        featureDim: 8,
+        headHidden: [],
+        train: { seed: 3, batchSize: 16 },
+        initSeed: 1,
+        mixture,
+      });
     // The per-expert path keeps the one-expert mixture (gate included) in the loss.
     const [a, b] = [mk('batched'), mk('per-expert')];
     const gate0 = a.gate.sharedVariables().map((v) => v.dataSync().slice());
     const [la, lb] = [await a.trainRound(1), await b.trainRound(1)];
     assert.equal(la, lb, 'the same loss');
-    const [va, vb] = [[...a.variables(), ...a.gate.sharedVariables()], [...b.variables(), ...b.gate.sharedVariables()]];
+    const [va, vb] = [
+      [...a.variables(), ...a.gate.sharedVariables()],
+      [...b.variables(), ...b.gate.sharedVariables()],
+    ];
     va.forEach((v, i) => assert.equal(maxDiff(v, vb[i]), 0, `variable ${i} (${v.shape})`));
     a.gate.sharedVariables().forEach((v, i) => assert.deepEqual(v.dataSync(), gate0[i], `gate variable ${i} unchanged`));
     [a, b].forEach((p) => p.dispose());
@@ -194,19 +251,22 @@ describe('a dFLMoE peer\'s shortcuts (100 sites against local-only)', () => {
 
   it('inference through the stacked experts equals moeForward over experts() exactly, and follows a changed gate slot or a new head', async () => {
     const { datas } = tinyPeers(4, 9);
-    const peers = datas.map((d, i) => new DflmoePeer({ id: `p${i}`, data: d, body: { kind: 'mlp', hidden: [8] }, featureDim: 8, headHidden: [4], train: { seed: i }, initSeed: 1 }));
+    const peers = datas.map(
+      (d, i) => new DflmoePeer({ id: `p${i}`, data: d, body: { kind: 'mlp', hidden: [8] }, featureDim: 8, headHidden: [4], train: { seed: i }, initSeed: 1 }),
+    );
     for (const p of peers) await p.trainRound(1);
     const a = peers[0];
     peers.slice(1).forEach((p) => assert.equal(a.receiveHead(p.encodeHead(1), p.id, 1), 'added'));
     const x = datas[0].xTest;
-    const check = (what: string) => tf.tidy(() => {
-      const z = a.features(x, false);
-      const ref = moeForward(z, a.experts(), a.gate);
-      assert.equal(maxDiff(a.moeProbs(x), ref.probs), 0, `probabilities ${what}`);
-      const gw = a.meanGateWeights();
-      const means = tf.mean(ref.gates, 0).dataSync();
-      a.experts().forEach((e, j) => assert.equal(gw[e.id], means[j], `gate weight of ${e.id} ${what}`));
-    });
+    const check = (what: string) =>
+      tf.tidy(() => {
+        const z = a.features(x, false);
+        const ref = moeForward(z, a.experts(), a.gate);
+        assert.equal(maxDiff(a.moeProbs(x), ref.probs), 0, `probabilities ${what}`);
+        const gw = a.meanGateWeights();
+        const means = tf.mean(ref.gates, 0).dataSync();
+        a.experts().forEach((e, j) => assert.equal(gw[e.id], means[j], `gate weight of ${e.id} ${what}`));
+      });
     check('before training');
     await a.trainRound(2);
     check('after a round (the packed copies)');
@@ -226,8 +286,10 @@ describe('KeyedAdam (one Adam state per expert, updated in one batched step)', (
   it('equals a tf.train.adam per key, also for a key that joins later and one that leaves; state round-trips; frees its state', () => {
     const mk = (seed: number, shapes: number[][]) => shapes.map((s, i) => tf.variable(tf.randomNormal(s, 0, 1, 'float32', seed + i)));
     const shapes = [[3, 4], [4], [5, 1], [1]];
-    const a1 = mk(1, shapes), a2 = mk(1, shapes);
-    const b1 = mk(9, shapes.slice(0, 2)), b2 = mk(9, shapes.slice(0, 2));
+    const a1 = mk(1, shapes),
+      a2 = mk(1, shapes);
+    const b1 = mk(9, shapes.slice(0, 2)),
+      b2 = mk(9, shapes.slice(0, 2));
     const keyed = new KeyedAdam(0.05);
     const ref = { a: tf.train.adam(0.05), b: tf.train.adam(0.05) };
     const grad = (vs: tf.Variable[], step: number) => vs.map((v, i) => ({ name: v.name, tensor: tf.randomNormal(v.shape, 0, 1, 'float32', 100 * step + i) }));

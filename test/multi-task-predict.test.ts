@@ -17,7 +17,10 @@ import { generateIdentity, parsePeerConfig, runPeer, saveIdentity } from '@dflmo
 import { backend, cliAsync } from './helpers.js';
 import { tmpDir } from './fixtures/sites.js';
 
-const TASKS = [{ name: 'mortality', column: 'died', kind: 'classification' as const }, { name: 'stay', column: 'los_days', kind: 'regression' as const }];
+const TASKS = [
+  { name: 'mortality', column: 'died', kind: 'classification' as const },
+  { name: 'stay', column: 'los_days', kind: 'regression' as const },
+];
 
 /** Patients: age, bmi, ward; `died` (older patients more often), `los_days` (longer with age, in ward B); some label cells empty. */
 function patients(file: string, rows: number, seed: number): { died: string[]; stay: number[] } {
@@ -74,10 +77,23 @@ describe('predict and evaluate a multi-task site', function () {
     truth = patients(evalFile, 120, 2);
     const id = await generateIdentity();
     saveIdentity(join(dir, 'site.key'), id.privateKey, true);
-    const cfg = parsePeerConfig({
-      name: 'ward', key: 'site.key', listen: ['/ip4/127.0.0.1/tcp/0'], members: [{ name: 'ward', peerId: id.peerId }], rounds: 12, lingerMs: 0, out: 'out',
-      data: { dataset: 'csv:train.csv', tasks: TASKS }, model: { body: 'mlp:16', featureDim: 8 }, train: { learningRate: 0.02 }, round: { deadlineMs: 1000 },
-    }, join(dir, 'site.json'), dir);
+    const cfg = parsePeerConfig(
+      {
+        name: 'ward',
+        key: 'site.key',
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        members: [{ name: 'ward', peerId: id.peerId }],
+        rounds: 12,
+        lingerMs: 0,
+        out: 'out',
+        data: { dataset: 'csv:train.csv', tasks: TASKS },
+        model: { body: 'mlp:16', featureDim: 8 },
+        train: { learningRate: 0.02 },
+        round: { deadlineMs: 1000 },
+      },
+      join(dir, 'site.json'),
+      dir,
+    );
     out = cfg.out;
     const r = await runPeer(cfg, { logger: silentLogger });
     assert.equal(r.rounds.length, 12);
@@ -85,18 +101,41 @@ describe('predict and evaluate a multi-task site', function () {
   });
   after(() => site?.dispose());
 
-  it('site.json records each task\'s kind, classes, target scale and column; loadSite rebuilds a head per task', () => {
-    const desc = JSON.parse(readFileSync(join(out, 'site.json'), 'utf8')) as { model: { tasks: { name: string; kind: string; column: string; classNames: string[]; scale?: { mean: number; std: number } }[] } };
-    assert.deepEqual(desc.model.tasks.map((t) => [t.name, t.kind, t.column]), [['mortality', 'classification', 'died'], ['stay', 'regression', 'los_days']]);
+  it("site.json records each task's kind, classes, target scale and column; loadSite rebuilds a head per task", () => {
+    const desc = JSON.parse(readFileSync(join(out, 'site.json'), 'utf8')) as {
+      model: { tasks: { name: string; kind: string; column: string; classNames: string[]; scale?: { mean: number; std: number } }[] };
+    };
+    assert.deepEqual(
+      desc.model.tasks.map((t) => [t.name, t.kind, t.column]),
+      [
+        ['mortality', 'classification', 'died'],
+        ['stay', 'regression', 'los_days'],
+      ],
+    );
     assert.deepEqual(desc.model.tasks[0].classNames, ['0', '1']);
     const scale = desc.model.tasks[1].scale!;
-    const m = moments(readFileSync(join(dir, 'train.csv'), 'utf8').trim().split('\n').slice(1).map((l) => (l.split(',')[4] === '' ? NaN : Number(l.split(',')[4]))));
-    assert.ok(Math.abs(scale.mean - m.mean) < 0.5 && scale.std > 0.5 * m.std && scale.std < 2 * m.std, `scale ${JSON.stringify(scale)} vs the training targets' ${m.mean}, ${m.std}`);
-    assert.deepEqual(site.tasks.map((t) => [t.name, t.kind]), [['mortality', 'classification'], ['stay', 'regression']]);
-    assert.deepEqual(site.classNames, ['0', '1'], 'the first task\'s classes');
+    const m = moments(
+      readFileSync(join(dir, 'train.csv'), 'utf8')
+        .trim()
+        .split('\n')
+        .slice(1)
+        .map((l) => (l.split(',')[4] === '' ? NaN : Number(l.split(',')[4]))),
+    );
+    assert.ok(
+      Math.abs(scale.mean - m.mean) < 0.5 && scale.std > 0.5 * m.std && scale.std < 2 * m.std,
+      `scale ${JSON.stringify(scale)} vs the training targets' ${m.mean}, ${m.std}`,
+    );
+    assert.deepEqual(
+      site.tasks.map((t) => [t.name, t.kind]),
+      [
+        ['mortality', 'classification'],
+        ['stay', 'regression'],
+      ],
+    );
+    assert.deepEqual(site.classNames, ['0', '1'], "the first task's classes");
   });
 
-  it('the library predicts every task (classes with probabilities; values in the target\'s units) and evaluates each over its labelled rows', async () => {
+  it("the library predicts every task (classes with probabilities; values in the target's units) and evaluates each over its labelled rows", async () => {
     const { inputs, predictions } = await site.predictTasksFile(evalFile);
     assert.deepEqual(Object.keys(predictions), ['mortality', 'stay']);
     const { mortality, stay } = predictions;
@@ -107,11 +146,17 @@ describe('predict and evaluate a multi-task site', function () {
     assert.equal(stay.probabilities.length, 0);
     const target = moments(truth.stay);
     const predicted = moments(Array.from(stay.values!));
-    assert.ok(predicted.mean > target.min && predicted.mean < target.max, `mean prediction ${predicted.mean} outside the target's range [${target.min}, ${target.max}]`);
+    assert.ok(
+      predicted.mean > target.min && predicted.mean < target.max,
+      `mean prediction ${predicted.mean} outside the target's range [${target.min}, ${target.max}]`,
+    );
     assert.ok(Math.abs(predicted.mean - target.mean) < 0.5 * target.std, `mean prediction ${predicted.mean}, target mean ${target.mean}`);
     // One task by name gives the same numbers; without a name a multi-task site says what to do.
     assert.deepEqual(site.predict(inputs.features, 'stay').values, stay.values);
-    assert.throws(() => site.predict(inputs.features), /this site learns 2 tasks \("mortality", "stay"\): name the task to predict, or predict them all with predictTasks/);
+    assert.throws(
+      () => site.predict(inputs.features),
+      /this site learns 2 tasks \("mortality", "stay"\): name the task to predict, or predict them all with predictTasks/,
+    );
     assert.throws(() => site.predict(inputs.features, 'age'), /this site has no task "age"; its tasks are "mortality", "stay"/);
 
     const { evaluations } = await site.evaluateTasksFile(evalFile);
@@ -135,8 +180,11 @@ describe('predict and evaluate a multi-task site', function () {
     assert.deepEqual((await site.evaluateFile(evalFile, { task: 'stay' })).evaluation, r);
   });
 
-  it('a file with one task\'s label column evaluates that task only; the tensors are freed with the site', async () => {
-    const lines = readFileSync(evalFile, 'utf8').trim().split('\n').map((l) => l.split(',').slice(0, 4).join(','));
+  it("a file with one task's label column evaluates that task only; the tensors are freed with the site", async () => {
+    const lines = readFileSync(evalFile, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => l.split(',').slice(0, 4).join(','));
     const onlyDied = join(dir, 'died-only.csv');
     writeFileSync(onlyDied, lines.join('\n') + '\n');
     const { evaluations } = await site.evaluateTasksFile(onlyDied);
@@ -147,20 +195,26 @@ describe('predict and evaluate a multi-task site', function () {
     assert.equal(tf.memory().numTensors, before, 'loading and disposing a multi-task site leaves no tensor');
   });
 
-  it('a site.json whose tasks are not the agreement\'s, or of an unknown kind, is refused in one line before any checkpoint is read', async () => {
+  it("a site.json whose tasks are not the agreement's, or of an unknown kind, is refused in one line before any checkpoint is read", async () => {
     const copy = join(dir, 'tampered');
     cpSync(out, copy, { recursive: true });
     const desc = JSON.parse(readFileSync(join(out, 'site.json'), 'utf8'));
     const write = (tasks: unknown[]) => writeFileSync(join(copy, 'site.json'), JSON.stringify({ ...desc, model: { ...desc.model, tasks } }));
     write([desc.model.tasks[0], { ...desc.model.tasks[1], name: 'cost' }]);
-    await assert.rejects(loadSite(copy), /preprocessing\.json is not a dflmoe preprocessing file: the agreement has no regression task "cost" with the model's 0 classes/);
+    await assert.rejects(
+      loadSite(copy),
+      /preprocessing\.json is not a dflmoe preprocessing file: the agreement has no regression task "cost" with the model's 0 classes/,
+    );
     write([desc.model.tasks[0], { ...desc.model.tasks[1], kind: 'ranking' }]);
-    await assert.rejects(loadSite(copy), /site\.json is not a dflmoe site description: model\.tasks\[1\] \("stay"\) is of kind "ranking"; this version knows classification, regression/);
+    await assert.rejects(
+      loadSite(copy),
+      /site\.json is not a dflmoe site description: model\.tasks\[1\] \("stay"\) is of kind "ranking"; this version knows classification, regression/,
+    );
     write([desc.model.tasks[0], { ...desc.model.tasks[1], scale: { mean: 1, std: 0 } }]);
     await assert.rejects(loadSite(copy), /model\.tasks\[1\] \("stay"\): its target scale is not a finite mean and a positive standard deviation/);
   });
 
-  it('dflmoe predict writes predicted:<task> columns (with each task\'s probabilities and gates), the same from the tab\'s zip; evaluate prints each task', async () => {
+  it("dflmoe predict writes predicted:<task> columns (with each task's probabilities and gates), the same from the tab's zip; evaluate prints each task", async () => {
     const zip = zipOf(out, join(dir, 'dflmoe-site.zip'));
     const [p, z, text, json] = await Promise.all([
       cliAsync(['predict', '--site', out, '--input', evalFile]),
@@ -170,7 +224,15 @@ describe('predict and evaluate a multi-task site', function () {
     ]);
     for (const r of [p, z, text, json]) assert.equal(r.status, 0, r.stderr);
     const rows = parseCsv(p.stdout) as string[][];
-    assert.deepEqual(rows[0], ['input', 'predicted:mortality', 'prob:mortality:0', 'prob:mortality:1', 'gate:mortality:ward', 'predicted:stay', 'gate:stay:ward']);
+    assert.deepEqual(rows[0], [
+      'input',
+      'predicted:mortality',
+      'prob:mortality:0',
+      'prob:mortality:1',
+      'gate:mortality:ward',
+      'predicted:stay',
+      'gate:stay:ward',
+    ]);
     assert.equal(rows.length, 121);
     const { predictions } = await site.predictTasksFile(evalFile);
     rows.slice(1).forEach((row, i) => {
@@ -180,9 +242,19 @@ describe('predict and evaluate a multi-task site', function () {
     assert.equal(z.stdout, p.stdout, 'the zip predicts as the directory does');
     const { evaluations } = await site.evaluateTasksFile(evalFile);
     const lackDied = truth.died.filter((d) => d === '').length;
-    assert.match(text.stdout, new RegExp(`task mortality \\(classification\\): accuracy [\\d.]+%, balanced accuracy [\\d.]+%, macro F1 [\\d.]+ on ${120 - lackDied} rows \\(${lackDied} without its label skipped\\)`));
+    assert.match(
+      text.stdout,
+      new RegExp(
+        `task mortality \\(classification\\): accuracy [\\d.]+%, balanced accuracy [\\d.]+%, macro F1 [\\d.]+ on ${120 - lackDied} rows \\(${lackDied} without its label skipped\\)`,
+      ),
+    );
     const lackStay = truth.stay.filter((s) => Number.isNaN(s)).length;
-    assert.match(text.stdout, new RegExp(`task stay \\(regression\\): rmse [\\d.]+, mae [\\d.]+, r2 -?[\\d.]+ on ${120 - lackStay} rows \\(${lackStay} without its label skipped\\), in the target's units`));
+    assert.match(
+      text.stdout,
+      new RegExp(
+        `task stay \\(regression\\): rmse [\\d.]+, mae [\\d.]+, r2 -?[\\d.]+ on ${120 - lackStay} rows \\(${lackStay} without its label skipped\\), in the target's units`,
+      ),
+    );
     assert.match(text.stdout, /confusion matrix/);
     const parsed = JSON.parse(json.stdout) as { tasks: Record<string, { metrics: Record<string, number>; skipped: number }> };
     assert.deepEqual(Object.keys(parsed.tasks), ['mortality', 'stay']);

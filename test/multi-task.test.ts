@@ -6,8 +6,23 @@
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  RdpAccountant, algorithmSettings, createMultiTaskSite, decodeTaskHeads, encodeTaskHeads, getAlgorithm, CodecError, memoryNetworks, prepareSiteTasks, runSite, silentLogger, simulate, datasetTask, scaledTask,
-  type AlgorithmName, type MultiTaskSite, type SiteRoundRecord,
+  RdpAccountant,
+  algorithmSettings,
+  createMultiTaskSite,
+  decodeTaskHeads,
+  encodeTaskHeads,
+  getAlgorithm,
+  CodecError,
+  memoryNetworks,
+  prepareSiteTasks,
+  runSite,
+  silentLogger,
+  simulate,
+  datasetTask,
+  scaledTask,
+  type AlgorithmName,
+  type MultiTaskSite,
+  type SiteRoundRecord,
 } from '@dflmoe/core/internal';
 import { fitStandardizer, labelledRows, loadDataset, partition, taskDataset, featureSize, type Dataset } from '@dflmoe/data';
 import { mkdtempSync, readFileSync } from 'node:fs';
@@ -19,15 +34,27 @@ import { backend, cli } from './helpers.js';
 function withMissingLabels(ds: Dataset): Dataset {
   return {
     ...ds,
-    tasks: ds.tasks!.map((t) => t.name === 'parity' ? { ...t, labels: t.labels.map((y, r) => (r % 3 === 0 ? -1 : y)) }
-      : t.name === 'value' ? { ...t, values: t.values!.map((v, r) => (r % 5 === 0 ? NaN : v)) } : t),
+    tasks: ds.tasks!.map((t) =>
+      t.name === 'parity'
+        ? { ...t, labels: t.labels.map((y, r) => (r % 3 === 0 ? -1 : y)) }
+        : t.name === 'value'
+          ? { ...t, values: t.values!.map((v, r) => (r % 5 === 0 ? NaN : v)) }
+          : t,
+    ),
   };
 }
 
 /** Four sites of `alg` on digits-tasks (site tasks: digit | parity,high | high | value,digit), in memory. */
-function buildSites(alg: AlgorithmName, ds: Dataset, o: Record<string, unknown> = {}, train: Record<string, unknown> = {}): { sites: MultiTaskSite[]; dispose(): void } {
-  const splits = partition(ds.labels, ds.classNames.length, 4, 'iid', { seed: 3, testFraction: 0.3, minSize: 10 })
-    .map((s) => ({ train: s.train.subarray(0, 60), test: s.test.subarray(0, 40) }));
+function buildSites(
+  alg: AlgorithmName,
+  ds: Dataset,
+  o: Record<string, unknown> = {},
+  train: Record<string, unknown> = {},
+): { sites: MultiTaskSite[]; dispose(): void } {
+  const splits = partition(ds.labels, ds.classNames.length, 4, 'iid', { seed: 3, testFraction: 0.3, minSize: 10 }).map((s) => ({
+    train: s.train.subarray(0, 60),
+    test: s.test.subarray(0, 40),
+  }));
   const plan = ds.siteTasks!;
   const st = fitStandardizer(ds.features, featureSize(ds), Int32Array.from(splits.flatMap((s) => [...s.train])));
   const info = (name: string) => {
@@ -36,9 +63,21 @@ function buildSites(alg: AlgorithmName, ds: Dataset, o: Record<string, unknown> 
   };
   const datas = splits.map((s, i) => prepareSiteTasks(ds, s, st, plan[i].map(info)));
   const a = getAlgorithm(alg);
-  const sites = datas.map((d, i) => createMultiTaskSite(a, {
-    id: `site-${i}`, data: d.tasks[0], body: { kind: 'mlp', hidden: [32] }, featureDim: 16, headHidden: [], train: { seed: 10 + i, learningRate: 1e-2, epochs: 2, ...train },
-  }, d, { seed: 1, maxHeadBytes: 1 << 22, maxModelBytes: 1 << 26, ...algorithmSettings(a, {}).settings, ...o } as never));
+  const sites = datas.map((d, i) =>
+    createMultiTaskSite(
+      a,
+      {
+        id: `site-${i}`,
+        data: d.tasks[0],
+        body: { kind: 'mlp', hidden: [32] },
+        featureDim: 16,
+        headHidden: [],
+        train: { seed: 10 + i, learningRate: 1e-2, epochs: 2, ...train },
+      },
+      d,
+      { seed: 1, maxHeadBytes: 1 << 22, maxModelBytes: 1 << 26, ...algorithmSettings(a, {}).settings, ...o } as never,
+    ),
+  );
   return {
     sites,
     dispose: () => {
@@ -53,7 +92,15 @@ describe('multi-task sites', () => {
 
   it('digits-tasks: four tasks of one image, a plan of one or two tasks per site, and labelled rows per task', () => {
     const ds = loadDataset('digits-tasks');
-    assert.deepEqual(ds.tasks!.map((t) => [t.name, t.kind]), [['digit', 'classification'], ['parity', 'classification'], ['high', 'classification'], ['value', 'regression']]);
+    assert.deepEqual(
+      ds.tasks!.map((t) => [t.name, t.kind]),
+      [
+        ['digit', 'classification'],
+        ['parity', 'classification'],
+        ['high', 'classification'],
+        ['value', 'regression'],
+      ],
+    );
     const [digit, parity, high, value] = ds.tasks!;
     for (let r = 0; r < ds.numSamples; r += 97) {
       assert.equal(digit.labels[r], ds.labels[r]);
@@ -69,7 +116,10 @@ describe('multi-task sites', () => {
     assert.equal(labelledRows(taskDataset(withMissingLabels(ds), 'value'), Int32Array.from([0, 1, 5, 6])).join(), '1,6');
     assert.throws(() => taskDataset(ds, 'colour'), /digits-tasks has no task "colour"; its tasks are digit, parity, high, value/);
     const fm = loadDataset('fashion-mnist-tasks', { maxSamples: 300 });
-    assert.deepEqual(fm.tasks!.map((t) => t.name), ['item', 'group']);
+    assert.deepEqual(
+      fm.tasks!.map((t) => t.name),
+      ['item', 'group'],
+    );
     const group = fm.tasks![1];
     // Footwear is sandals (5), sneakers (7) and ankle boots (9).
     for (let r = 0; r < fm.numSamples; r++) assert.equal(group.labels[r] === 2, [5, 7, 9].includes(fm.labels[r]));
@@ -89,18 +139,30 @@ describe('multi-task sites', () => {
       // Tensors held once every site has finished round 2, 3 and 4.
       const counts: number[] = [];
       let recs: SiteRoundRecord[][] = [];
-      for (const [from, rounds] of [[1, 2], [3, 3], [4, 4]]) {
+      for (const [from, rounds] of [
+        [1, 2],
+        [3, 3],
+        [4, 4],
+      ]) {
         recs = await Promise.all(sites.map((s, i) => runSite(s, nets[i], { from, rounds })));
         counts.push(tf.memory().numTensors);
       }
       assert.equal(counts[2], counts[1], `tensors after rounds 2, 3, 4: ${counts.join(', ')}`);
       const last = recs.map((r) => r.at(-1)!);
-      assert.deepEqual(last.map((r) => Object.keys(r.tasks).sort()), [['digit'], ['high', 'parity'], ['high'], ['digit', 'value']]);
+      assert.deepEqual(
+        last.map((r) => Object.keys(r.tasks).sort()),
+        [['digit'], ['high', 'parity'], ['high'], ['digit', 'value']],
+      );
       for (const r of last) for (const t of Object.values(r.tasks)) assert.ok(t.testRows > 0);
-      assert.ok(last[0].tasks.digit.accuracy as number > 0.3, `digit accuracy ${String(last[0].tasks.digit.accuracy)}`);
+      assert.ok((last[0].tasks.digit.accuracy as number) > 0.3, `digit accuracy ${String(last[0].tasks.digit.accuracy)}`);
       assert.ok(Number.isFinite(last[3].tasks.value.rmse as number));
       // Experts are task-matched: site 0's digit pool holds site 3's digit head, site 1's high pool site 2's; lone tasks have none.
-      const experts = sites.map((s) => s.experts().map((e) => `${e.task}:${e.peer}`).sort());
+      const experts = sites.map((s) =>
+        s
+          .experts()
+          .map((e) => `${e.task}:${e.peer}`)
+          .sort(),
+      );
       assert.deepEqual(experts, [['digit:site-3'], ['high:site-2'], ['high:site-1'], ['digit:site-0']]);
       // Only heads travel: a lone task's sites send nothing for it.
       assert.equal(nets[1].tasks!.parity.exchange!.stats().bytesSent, 0);
@@ -112,7 +174,10 @@ describe('multi-task sites', () => {
 
   it('a checkpoint after a round holds every task (and the bodies held): a fresh site restored from it evaluates the same', async () => {
     const ds = loadDataset('digits-tasks');
-    for (const [alg, o] of [['dflmoe', { shareBody: true }], ['fedavg', {}]] as const) {
+    for (const [alg, o] of [
+      ['dflmoe', { shareBody: true }],
+      ['fedavg', {}],
+    ] as const) {
       const a = buildSites(alg, ds, o);
       const b = buildSites(alg, ds, o);
       const dir = mkdtempSync(join(tmpdir(), 'dflmoe-mt-ckpt-'));
@@ -122,15 +187,25 @@ describe('multi-task sites', () => {
         const want = a.sites.map((s) => s.taskResults());
         for (const [i, s] of a.sites.entries()) await s.checkpoint!.save(join(dir, `s${i}`, 'checkpoints'), 2, { note: i }, 2);
         // Before restoring, the fresh sites differ.
-        assert.notDeepEqual(b.sites.map((s) => s.taskResults()), want);
+        assert.notDeepEqual(
+          b.sites.map((s) => s.taskResults()),
+          want,
+        );
         for (const [i, s] of b.sites.entries()) {
           const r = await s.checkpoint!.restore(join(dir, `s${i}`, 'checkpoints'), silentLogger);
           assert.equal(r?.round, 2);
           assert.deepEqual(r?.extra, { note: i });
         }
-        assert.deepEqual(b.sites.map((s) => s.taskResults()), want, alg);
+        assert.deepEqual(
+          b.sites.map((s) => s.taskResults()),
+          want,
+          alg,
+        );
         // Another site's checkpoint (other tasks) is refused.
-        await assert.rejects(b.sites[1].checkpoint!.restore(join(dir, 's0', 'checkpoints'), silentLogger), /not a checkpoint of this site's tasks \(high, parity\)/);
+        await assert.rejects(
+          b.sites[1].checkpoint!.restore(join(dir, 's0', 'checkpoints'), silentLogger),
+          /not a checkpoint of this site's tasks \(high, parity\)/,
+        );
       } finally {
         a.dispose();
         b.dispose();
@@ -180,7 +255,10 @@ describe('multi-task sites', () => {
     try {
       const nets = memoryNetworks(getAlgorithm('local'), sites, 1 << 26, silentLogger);
       const recs = await Promise.all(sites.map((s, i) => runSite(s, nets[i], { rounds: 2 })));
-      assert.notDeepEqual(recs.map((r) => Object.fromEntries(Object.entries(r[1].tasks).map(([k, t]) => [k, (t.accuracy ?? t.rmse) as number]))), results[0]);
+      assert.notDeepEqual(
+        recs.map((r) => Object.fromEntries(Object.entries(r[1].tasks).map(([k, t]) => [k, (t.accuracy ?? t.rmse) as number]))),
+        results[0],
+      );
     } finally {
       dispose();
     }
@@ -188,10 +266,21 @@ describe('multi-task sites', () => {
 
   it('simulate: every algorithm with a multi-task form, per-task summaries over the sites that learn each task, gossip skipped with the reason', async function () {
     this.timeout(120_000);
-    const r = await simulate({
-      dataset: 'digits-tasks', peers: 5, rounds: 2, trainPerSite: 50, seed: 2, partition: 'iid', bodies: ['mlp:32'], featureDim: 16,
-      algorithms: ['local', 'fedavg', 'fedavg-ft', 'fedrep', 'fedrep-p2p', 'dflmoe', 'gossip'], siteTasks: [['digit', 'value'], ['parity'], ['digit']],
-    }, { logger: silentLogger });
+    const r = await simulate(
+      {
+        dataset: 'digits-tasks',
+        peers: 5,
+        rounds: 2,
+        trainPerSite: 50,
+        seed: 2,
+        partition: 'iid',
+        bodies: ['mlp:32'],
+        featureDim: 16,
+        algorithms: ['local', 'fedavg', 'fedavg-ft', 'fedrep', 'fedrep-p2p', 'dflmoe', 'gossip'],
+        siteTasks: [['digit', 'value'], ['parity'], ['digit']],
+      },
+      { logger: silentLogger },
+    );
     assert.deepEqual(r.dataset.siteTasks, [['digit', 'value'], ['parity'], ['digit'], ['digit', 'value'], ['parity']]);
     assert.match(r.skipped?.gossip ?? '', /Gossip has no multi-task form/i);
     for (const alg of ['local', 'fedavg', 'fedavg-ft', 'fedrep', 'fedrep-p2p', 'dflmoe'] as const) {
@@ -205,17 +294,44 @@ describe('multi-task sites', () => {
       assert.ok(a.rounds[1].tasks.value.metric === 'rmse');
     }
     assert.ok(r.algorithms.local!.bytesSent === 0 && r.algorithms.dflmoe!.bytesSent > 0 && r.algorithms.fedavg!.bytesSent > r.algorithms.dflmoe!.bytesSent);
-    await assert.rejects(simulate({ dataset: 'digits-tasks', peers: 3, rounds: 1, algorithms: ['local'], siteTasks: [['digit', 'colour']] }, { logger: silentLogger }),
-      /site 0's task "colour" is not a task of digits-tasks; its tasks are digit, parity, high, value/);
-    await assert.rejects(simulate({ dataset: 'digits', peers: 3, rounds: 1, algorithms: ['local'], siteTasks: [['digit']] }, { logger: silentLogger }), /siteTasks needs a multi-task dataset/);
-    await assert.rejects(simulate({ dataset: 'digits-tasks', peers: 3, rounds: 1, algorithms: ['dflmoe'], crossTask: true, dp: { noiseMultiplier: 1, clipNorm: 1 } }, { logger: silentLogger }),
-      /crossTask is not available with differential privacy/);
+    await assert.rejects(
+      simulate({ dataset: 'digits-tasks', peers: 3, rounds: 1, algorithms: ['local'], siteTasks: [['digit', 'colour']] }, { logger: silentLogger }),
+      /site 0's task "colour" is not a task of digits-tasks; its tasks are digit, parity, high, value/,
+    );
+    await assert.rejects(
+      simulate({ dataset: 'digits', peers: 3, rounds: 1, algorithms: ['local'], siteTasks: [['digit']] }, { logger: silentLogger }),
+      /siteTasks needs a multi-task dataset/,
+    );
+    await assert.rejects(
+      simulate(
+        { dataset: 'digits-tasks', peers: 3, rounds: 1, algorithms: ['dflmoe'], crossTask: true, dp: { noiseMultiplier: 1, clipNorm: 1 } },
+        { logger: silentLogger },
+      ),
+      /crossTask is not available with differential privacy/,
+    );
   });
 
   it('the CLI: --site-tasks, a table row per task, a report with a chart per task; a bad plan is one line', async function () {
     this.timeout(60_000);
     const out = mkdtempSync(join(tmpdir(), 'dflmoe-mt-'));
-    const r = cli(['simulate', '--dataset', 'digits-tasks', '--peers', '3', '--rounds', '1', '--algorithms', 'local,dflmoe', '--site-tasks', 'digit;value,digit', '--train-per-site', '40', '--quiet', '--out', out]);
+    const r = cli([
+      'simulate',
+      '--dataset',
+      'digits-tasks',
+      '--peers',
+      '3',
+      '--rounds',
+      '1',
+      '--algorithms',
+      'local,dflmoe',
+      '--site-tasks',
+      'digit;value,digit',
+      '--train-per-site',
+      '40',
+      '--quiet',
+      '--out',
+      out,
+    ]);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /dflmoe\s+digit\s+accuracy/);
     assert.match(r.stdout, /^\s+value\s+rmse/m);
@@ -228,21 +344,42 @@ describe('multi-task sites', () => {
   });
 
   it("experts across tasks: a site's task heads as one message, refused when they disagree with their shapes", () => {
-    const task = (name: string, kind: 'classification' | 'regression', classes: number) => ({ name, kind, classNames: kind === 'classification' ? Array.from({ length: classes }, String) : [] });
+    const task = (name: string, kind: 'classification' | 'regression', classes: number) => ({
+      name,
+      kind,
+      classNames: kind === 'classification' ? Array.from({ length: classes }, String) : [],
+    });
     const layer = (i: number, o: number, v = 0.5) => ({ kernel: tf.fill([i, o], v), bias: tf.zeros([o]) });
-    const heads = [{ task: task('digit', 'classification', 10), layers: [layer(8, 10)] }, { task: task('value', 'regression', 0), layers: [layer(8, 4), layer(4, 1)] }];
+    const heads = [
+      { task: task('digit', 'classification', 10), layers: [layer(8, 10)] },
+      { task: task('value', 'regression', 0), layers: [layer(8, 4), layer(4, 1)] },
+    ];
     try {
       const before = tf.memory().numTensors;
       const r = decodeTaskHeads(encodeTaskHeads('site-1', 3, heads), 'site-1', 8, { maxBytes: 1 << 20 });
       assert.equal(r.round, 3);
-      assert.deepEqual(r.heads.map((h) => [h.id, h.task, h.kind, h.layers.length]), [['site-1/digit', 'digit', 'classification', 1], ['site-1/value', 'value', 'regression', 2]]);
+      assert.deepEqual(
+        r.heads.map((h) => [h.id, h.task, h.kind, h.layers.length]),
+        [
+          ['site-1/digit', 'digit', 'classification', 1],
+          ['site-1/value', 'value', 'regression', 2],
+        ],
+      );
       r.heads.forEach((h) => tf.dispose(h.layers.flatMap((l) => [l.kernel, l.bias])));
       assert.equal(tf.memory().numTensors, before);
-      const refused = (bytes: Uint8Array, width: number, why: RegExp) => assert.throws(() => decodeTaskHeads(bytes, 'x', width, { maxBytes: 1 << 20 }), (e: unknown) => e instanceof CodecError && why.test(e.message));
+      const refused = (bytes: Uint8Array, width: number, why: RegExp) =>
+        assert.throws(
+          () => decodeTaskHeads(bytes, 'x', width, { maxBytes: 1 << 20 }),
+          (e: unknown) => e instanceof CodecError && why.test(e.message),
+        );
       refused(encodeTaskHeads('s', 1, heads), 16, /layer 0 has kernel \[8,10\].*expected \[16, n\]/);
       refused(encodeTaskHeads('s', 1, [heads[0], heads[0]]), 8, /unique name/);
       refused(encodeTaskHeads('s', 1, [{ task: task('digit', 'classification', 10), layers: [layer(8, 10, NaN)] }]), 8, /non-finite/);
-      refused(encodeTaskHeads('s', 1, [{ task: { ...task('digit', 'classification', 10), kind: 'ranking' as 'regression' }, layers: [layer(8, 10)] }]), 8, /unknown kind/);
+      refused(
+        encodeTaskHeads('s', 1, [{ task: { ...task('digit', 'classification', 10), kind: 'ranking' as 'regression' }, layers: [layer(8, 10)] }]),
+        8,
+        /unknown kind/,
+      );
     } finally {
       heads.forEach((h) => tf.dispose(h.layers.flatMap((l) => [l.kernel, l.bias])));
     }
@@ -251,8 +388,17 @@ describe('multi-task sites', () => {
   it('experts across tasks: a new task at one site reads the digit heads of the others; the bytes carry every task; nothing leaks', async function () {
     this.timeout(120_000);
     const cfg = {
-      dataset: 'digits-tasks', peers: 4, rounds: 3, trainPerSite: 30, seed: 1, partition: 'iid', bodies: ['mlp:32'], featureDim: 16, learningRate: 3e-3,
-      algorithms: ['dflmoe' as const], siteTasks: [['high'], ['digit'], ['digit', 'value'], ['parity']],
+      dataset: 'digits-tasks',
+      peers: 4,
+      rounds: 3,
+      trainPerSite: 30,
+      seed: 1,
+      partition: 'iid',
+      bodies: ['mlp:32'],
+      featureDim: 16,
+      learningRate: 3e-3,
+      algorithms: ['dflmoe' as const],
+      siteTasks: [['high'], ['digit'], ['digit', 'value'], ['parity']],
     };
     const before = tf.memory().numTensors;
     const plain = await simulate(cfg, { logger: silentLogger });
@@ -267,6 +413,9 @@ describe('multi-task sites', () => {
     // Off by default: the setting's absence and false give the same run.
     const off = await simulate({ ...cfg, crossTask: false }, { logger: silentLogger });
     assert.deepEqual(off.algorithms.dflmoe!.tasks, plain.algorithms.dflmoe!.tasks);
-    await assert.rejects(simulate({ dataset: 'digits', peers: 2, rounds: 1, algorithms: ['dflmoe'], crossTask: true }, { logger: silentLogger }), /crossTask reads the heads of other tasks: it needs multi-task sites/);
+    await assert.rejects(
+      simulate({ dataset: 'digits', peers: 2, rounds: 1, algorithms: ['dflmoe'], crossTask: true }, { logger: silentLogger }),
+      /crossTask reads the heads of other tasks: it needs multi-task sites/,
+    );
   });
 });

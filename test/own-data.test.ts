@@ -35,24 +35,36 @@ describe('sites with their own data over TCP (multi-process)', function () {
   async function hospitals(dir: string, o: { rounds: number; extra?: { name: string; csv: string } }) {
     const files = [
       { name: 'hospital-a', csv: patientsCsv({ seed: 11, rows: 160, missing: 0.1, wards: ['north', 'south'] }) },
-      { name: 'hospital-b', csv: patientsCsv({ seed: 12, rows: 120, missing: 0, wards: ['south', 'east'], ageShift: 6, header: [...PATIENT_HEADER].reverse() }) },
+      {
+        name: 'hospital-b',
+        csv: patientsCsv({ seed: 12, rows: 120, missing: 0, wards: ['south', 'east'], ageShift: 6, header: [...PATIENT_HEADER].reverse() }),
+      },
       { name: 'hospital-c', csv: patientsCsv({ seed: 13, rows: 200, missing: 0.2, wards: ['north', 'west', 'east'], ageShift: -6 }) },
       ...(o.extra ? [o.extra] : []),
     ];
-    const sites = await Promise.all(files.map(async (f) => {
-      const id = await generateIdentity();
-      saveIdentity(join(dir, `${f.name}.key`), id.privateKey, true);
-      writeText(join(dir, `${f.name}.csv`), f.csv);
-      return { ...f, peerId: id.peerId, port: await freePort(), config: join(dir, `${f.name}.json`), out: join(dir, f.name) };
-    }));
+    const sites = await Promise.all(
+      files.map(async (f) => {
+        const id = await generateIdentity();
+        saveIdentity(join(dir, `${f.name}.key`), id.privateKey, true);
+        writeText(join(dir, `${f.name}.csv`), f.csv);
+        return { ...f, peerId: id.peerId, port: await freePort(), config: join(dir, `${f.name}.json`), out: join(dir, f.name) };
+      }),
+    );
     const members = sites.map((s) => ({ name: s.name, peerId: s.peerId, addrs: [`/ip4/127.0.0.1/tcp/${s.port}`] }));
     for (const s of sites) {
       const cfg = {
-        name: s.name, key: `${s.name}.key`, listen: [`/ip4/127.0.0.1/tcp/${s.port}`], members,
+        name: s.name,
+        key: `${s.name}.key`,
+        listen: [`/ip4/127.0.0.1/tcp/${s.port}`],
+        members,
         data: { dataset: `csv:${s.name}.csv`, labelColumn: 'diagnosis', drop: ['id'] },
         model: { body: 'mlp:32', featureDim: 16 },
         train: { learningRate: 0.01 },
-        rounds: o.rounds, round: { deadlineMs: 10000 }, preprocess: { deadlineMs: 60000 }, lingerMs: 1500, out: s.name,
+        rounds: o.rounds,
+        round: { deadlineMs: 10000 },
+        preprocess: { deadlineMs: 60000 },
+        lingerMs: 1500,
+        out: s.name,
       };
       parsePeerConfig(cfg, s.config, dir);
       writeFileSync(s.config, JSON.stringify(cfg, null, 2));
@@ -65,7 +77,11 @@ describe('sites with their own data over TCP (multi-process)', function () {
     const sites = await hospitals(dir, { rounds: 5 });
     const ps = sites.map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`));
     procs.push(...ps);
-    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 180000))), [0, 0, 0], sites.map((s) => readFileSync(`${s.out}.log`, 'utf8').slice(-1500)).join('\n'));
+    assert.deepEqual(
+      await Promise.all(ps.map((p) => waitExit(p, 180000))),
+      [0, 0, 0],
+      sites.map((s) => readFileSync(`${s.out}.log`, 'utf8').slice(-1500)).join('\n'),
+    );
 
     // One agreement everywhere, from the three sites' summaries.
     const pre = sites.map((s) => JSON.parse(readFileSync(join(s.out, 'preprocessing.json'), 'utf8')));
@@ -83,7 +99,14 @@ describe('sites with their own data over TCP (multi-process)', function () {
     }
 
     // Fresh patients, without a diagnosis, columns in another order, an extra column.
-    const freshCsv = patientsCsv({ seed: 99, rows: 40, missing: 0.15, wards: ['north', 'unknown-ward'], unlabelled: true, header: ['sex', 'ward', 'id', 'bmi', 'smoker', 'age', 'diagnosis'] });
+    const freshCsv = patientsCsv({
+      seed: 99,
+      rows: 40,
+      missing: 0.15,
+      wards: ['north', 'unknown-ward'],
+      unlabelled: true,
+      header: ['sex', 'ward', 'id', 'bmi', 'smoker', 'age', 'diagnosis'],
+    });
     const fresh = writeText(join(dir, 'fresh.csv'), freshCsv);
     const site = sites[0];
     const out = join(dir, 'predictions.csv');
@@ -119,14 +142,20 @@ describe('sites with their own data over TCP (multi-process)', function () {
     const loaded = await loadSite(site.out);
     try {
       const { inputs, predictions: mine } = await loaded.predictFile(fresh);
-      assert.deepEqual(rows.map((x) => x.input), inputs.ids);
+      assert.deepEqual(
+        rows.map((x) => x.input),
+        inputs.ids,
+      );
       rows.forEach((row, i) => {
         assert.equal(row.predicted, mine.classNames[mine.predicted[i]]);
         mine.classNames.forEach((c, k) => assert.equal(Number(row[`prob:${c}`]), mine.probabilities[i * 2 + k], `row ${i} ${c}`));
         mine.experts.forEach((e, k) => assert.equal(Number(row[`gate:${loaded.nameOf(e)}`]), mine.gateWeights[i * 3 + k]));
       });
       assert.equal(loaded.round, 5);
-      assert.deepEqual(mine.experts.map((e) => `gate:${loaded.nameOf(e)}`), columns.slice(4).filter((c) => c !== 'flags'));
+      assert.deepEqual(
+        mine.experts.map((e) => `gate:${loaded.nameOf(e)}`),
+        columns.slice(4).filter((c) => c !== 'flags'),
+      );
     } finally {
       loaded.dispose();
     }
@@ -139,14 +168,20 @@ describe('sites with their own data over TCP (multi-process)', function () {
     const e = JSON.parse(ev.stdout);
     assert.equal(e.samples, results(site.out).testSamples);
     assert.equal(e.accuracy, results(site.out).accuracy);
-    assert.equal(e.confusion.flat().reduce((a: number, b: number) => a + b, 0), e.samples);
+    assert.equal(
+      e.confusion.flat().reduce((a: number, b: number) => a + b, 0),
+      e.samples,
+    );
     assert.match(text.stdout, /accuracy [\d.]+% on \d+ samples/);
     assert.match(text.stdout, /confusion matrix \(rows: true class, columns: predicted\)/);
   });
 
   it('a member whose CSV lacks a column joins: the column reads as missing there, every member says so, and all four train on one agreement', async () => {
     const dir = tmpDir('dflmoe-own-');
-    const sites = await hospitals(dir, { rounds: 2, extra: { name: 'hospital-x', csv: patientsCsv({ seed: 14, rows: 80, header: PATIENT_HEADER.filter((h) => h !== 'bmi') }) } });
+    const sites = await hospitals(dir, {
+      rounds: 2,
+      extra: { name: 'hospital-x', csv: patientsCsv({ seed: 14, rows: 80, header: PATIENT_HEADER.filter((h) => h !== 'bmi') }) },
+    });
     const ps = sites.map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`));
     procs.push(...ps);
     const codes = await Promise.all(ps.map((p) => waitExit(p, 180000)));
@@ -157,7 +192,10 @@ describe('sites with their own data over TCP (multi-process)', function () {
       assert.deepEqual(pre[i].excluded, []);
       assert.equal(pre[i].adopted, false);
       assert.deepEqual(pre[i].agreed, pre[0].agreed);
-      assert.match(readFileSync(`${s.out}.log`, 'utf8'), /preprocessing: site "hospital-x" lacks column "bmi": its rows read as missing there \(imputed with the others' pooled mean, with the indicator "bmi_missing"\)/);
+      assert.match(
+        readFileSync(`${s.out}.log`, 'utf8'),
+        /preprocessing: site "hospital-x" lacks column "bmi": its rows read as missing there \(imputed with the others' pooled mean, with the indicator "bmi_missing"\)/,
+      );
       const r = results(s.out);
       assert.equal(r.rounds.length, 2);
       assert.equal(r.rounds.at(-1)!.experts.length, 3, `${s.name} holds the three other heads`);
@@ -185,15 +223,23 @@ describe('sites with their own data over TCP (multi-process)', function () {
     for (const s of sites.slice(1, 3)) {
       const log = readFileSync(`${s.out}.log`, 'utf8');
       assert.doesNotMatch(log, /\n\s+at /, 'no stack trace');
-      assert.equal(log.trim().split('\n').at(-1),
-        `dflmoe: error: this site came after hospital-a had agreed on the data without it, and the agreement leaves out its ${wards[s.name as keyof typeof wards]} of column "ward". ${fix}`);
+      assert.equal(
+        log.trim().split('\n').at(-1),
+        `dflmoe: error: this site came after hospital-a had agreed on the data without it, and the agreement leaves out its ${wards[s.name as keyof typeof wards]} of column "ward". ${fix}`,
+      );
       assert.ok(!existsSync(join(s.out, 'results.json')), `${s.name} did not train`);
     }
     a.kill('SIGINT');
     assert.equal(await waitExit(a, 120000), 0);
     const pre = JSON.parse(readFileSync(join(sites[0].out, 'preprocessing.json'), 'utf8'));
     assert.deepEqual(pre.included, [sites[0].peerId]);
-    assert.deepEqual([...pre.missing].sort(), sites.slice(1).map((s) => s.peerId).sort());
+    assert.deepEqual(
+      [...pre.missing].sort(),
+      sites
+        .slice(1)
+        .map((s) => s.peerId)
+        .sort(),
+    );
     // While it waited it said, every second or so, for whom (by name); it agreed with nobody, so its round waited for nobody
     // (not its 10 s deadline for hospital-d, which never came, nor for the late sites until they left).
     const logA = readFileSync(`${sites[0].out}.log`, 'utf8');
@@ -213,12 +259,21 @@ describe('sites with their own data over TCP (multi-process)', function () {
       const cfg = loadPeerConfig(f.sites[0].config);
       assert.deepEqual(cfg.data.simulate, { peers: 2, index: 0, partition: 'iid', minSize: 10, share: join(dir, 'site-0.share') });
       assert.equal(cfg.data.standardize, 'federated');
-      const ps = [...(f.server ? [startProcess(['server', '--config', f.server.config], `${f.server.out}.log`)] : []), ...f.sites.map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`))];
+      const ps = [
+        ...(f.server ? [startProcess(['server', '--config', f.server.config], `${f.server.out}.log`)] : []),
+        ...f.sites.map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`)),
+      ];
       procs.push(...ps);
       const codes = await Promise.all(ps.map((p) => waitExit(p, 120000)));
-      assert.ok(codes.every((c) => c === 0), `exit codes ${codes}: ${[...(f.server ? [f.server] : []), ...f.sites].map((s) => readFileSync(`${s.out}.log`, 'utf8').slice(-800)).join('\n')}`);
+      assert.ok(
+        codes.every((c) => c === 0),
+        `exit codes ${codes}: ${[...(f.server ? [f.server] : []), ...f.sites].map((s) => readFileSync(`${s.out}.log`, 'utf8').slice(-800)).join('\n')}`,
+      );
       // New rows of the built-in table, by column name: dflmoe predict runs while this process loads the sites.
-      const csv = readFileSync(new URL('../packages/data/datasets/breast-cancer.csv', import.meta.url), 'utf8').split('\n').slice(0, 11).join('\n');
+      const csv = readFileSync(new URL('../packages/data/datasets/breast-cancer.csv', import.meta.url), 'utf8')
+        .split('\n')
+        .slice(0, 11)
+        .join('\n');
       const input = writeText(join(dir, 'new.csv'), csv);
       const predicting = cliAsync(['predict', '--site', f.sites[1].out, '--input', input]);
       for (const s of f.sites) {
@@ -230,7 +285,10 @@ describe('sites with their own data over TCP (multi-process)', function () {
         const site = await loadSite(s.out);
         try {
           assert.equal(site.algorithm, alg);
-          const e = site.evaluate(x, Array.from(rows, (r) => share.dataset.labels[r]));
+          const e = site.evaluate(
+            x,
+            Array.from(rows, (r) => share.dataset.labels[r]),
+          );
           assert.equal(e.accuracy, results(s.out).accuracy);
           assert.deepEqual(site.predict(x).experts, [], 'no gate');
         } finally {
@@ -247,18 +305,29 @@ describe('sites with their own data over TCP (multi-process)', function () {
 
   it('2 sites with image folders train a CNN; dflmoe predict reads a folder of new images and dflmoe evaluate a folder per class', async () => {
     const dir = tmpDir('dflmoe-img-sites-');
-    const sites = await Promise.all(['lab-a', 'lab-b'].map(async (name, i) => {
-      const id = await generateIdentity();
-      saveIdentity(join(dir, `${name}.key`), id.privateKey, true);
-      await imageFolder(join(dir, `${name}-images`), { seed: 31 + i, perClass: 20, size: 12 });
-      return { name, peerId: id.peerId, port: await freePort(), config: join(dir, `${name}.json`), out: join(dir, name) };
-    }));
+    const sites = await Promise.all(
+      ['lab-a', 'lab-b'].map(async (name, i) => {
+        const id = await generateIdentity();
+        saveIdentity(join(dir, `${name}.key`), id.privateKey, true);
+        await imageFolder(join(dir, `${name}-images`), { seed: 31 + i, perClass: 20, size: 12 });
+        return { name, peerId: id.peerId, port: await freePort(), config: join(dir, `${name}.json`), out: join(dir, name) };
+      }),
+    );
     const members = sites.map((s) => ({ name: s.name, peerId: s.peerId, addrs: [`/ip4/127.0.0.1/tcp/${s.port}`] }));
     for (const s of sites) {
       const cfg = {
-        name: s.name, key: `${s.name}.key`, listen: [`/ip4/127.0.0.1/tcp/${s.port}`], members,
-        data: { dataset: `images:${s.name}-images`, testFraction: 0.25 }, model: { body: 'cnn:4', featureDim: 8 }, train: { learningRate: 0.01 },
-        rounds: 4, round: { deadlineMs: 10000 }, preprocess: { deadlineMs: 60000 }, lingerMs: 1500, out: s.name,
+        name: s.name,
+        key: `${s.name}.key`,
+        listen: [`/ip4/127.0.0.1/tcp/${s.port}`],
+        members,
+        data: { dataset: `images:${s.name}-images`, testFraction: 0.25 },
+        model: { body: 'cnn:4', featureDim: 8 },
+        train: { learningRate: 0.01 },
+        rounds: 4,
+        round: { deadlineMs: 10000 },
+        preprocess: { deadlineMs: 60000 },
+        lingerMs: 1500,
+        out: s.name,
       };
       parsePeerConfig(cfg, s.config, dir);
       writeFileSync(s.config, JSON.stringify(cfg, null, 2));
@@ -272,7 +341,10 @@ describe('sites with their own data over TCP (multi-process)', function () {
     const flat = join(dir, 'flat');
     mkdirSync(flat);
     for (const cls of ['blob', 'stripes']) for (const f of readdirSync(join(fresh, cls))) copyFileSync(join(fresh, cls, f), join(flat, `${cls}-${f}`));
-    const [r, e] = await Promise.all([cliAsync(['predict', '--site', sites[0].out, '--input', flat]), cliAsync(['evaluate', '--site', sites[1].out, '--input', fresh, '--json'])]);
+    const [r, e] = await Promise.all([
+      cliAsync(['predict', '--site', sites[0].out, '--input', flat]),
+      cliAsync(['evaluate', '--site', sites[1].out, '--input', fresh, '--json']),
+    ]);
     assert.equal(r.status, 0, r.stderr);
     const rows = parse(r.stdout, { columns: true }) as Record<string, string>[];
     assert.equal(rows.length, 6);
@@ -286,7 +358,7 @@ describe('sites with their own data over TCP (multi-process)', function () {
     assert.ok(ev.accuracy >= 5 / 6, `accuracy ${ev.accuracy}`);
   });
 
-  it('a local consortium whose site fails stops at once, with that site\'s error in the message (nobody waits out deadlines)', async () => {
+  it("a local consortium whose site fails stops at once, with that site's error in the message (nobody waits out deadlines)", async () => {
     const sim: SimulationConfig = { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 3, rounds: 3, partition: 'iid', seed: 5, algorithms: ['fedavg'] };
     const dir = tmpDir('dflmoe-fail-');
     const f = await writeConsortium({ dir, algorithm: 'fedavg', sim, deadlineMs: 60000, lingerMs: 1000 });
@@ -307,10 +379,20 @@ describe('sites with their own data over TCP (multi-process)', function () {
     for (const k of ['a', 'b']) saveIdentity(join(dir, `${k}.key`), (await generateIdentity()).privateKey, true);
     const config = (o: { key?: string; csv?: string }) => {
       const file = join(dir, 'site.json');
-      writeFileSync(file, JSON.stringify({
-        name: 'clinic', key: o.key ?? 'a.key', listen: ['/ip4/127.0.0.1/tcp/0'], algorithm: 'local', rounds: 2, out: 'out', lingerMs: 0,
-        data: { dataset: `csv:${o.csv ?? 'a.csv'}`, labelColumn: 'diagnosis', drop: ['id'] }, model: { body: 'mlp:16', featureDim: 8 },
-      }));
+      writeFileSync(
+        file,
+        JSON.stringify({
+          name: 'clinic',
+          key: o.key ?? 'a.key',
+          listen: ['/ip4/127.0.0.1/tcp/0'],
+          algorithm: 'local',
+          rounds: 2,
+          out: 'out',
+          lingerMs: 0,
+          data: { dataset: `csv:${o.csv ?? 'a.csv'}`, labelColumn: 'diagnosis', drop: ['id'] },
+          model: { body: 'mlp:16', featureDim: 8 },
+        }),
+      );
       return ['peer', '--config', file, '--quiet'];
     };
     const out = join(dir, 'out');
@@ -321,15 +403,22 @@ describe('sites with their own data over TCP (multi-process)', function () {
       assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
       return r.stderr.trim().split('\n').at(-1);
     };
-    assert.equal(refusal(cli(config({ csv: 'b.csv' }))),
-      `dflmoe: error: ${out} holds a run made from other data (csv:${join(dir, 'a.csv')}; this config reads csv:${join(dir, 'b.csv')}): rerun with --fresh to start over there, or set another out`);
+    assert.equal(
+      refusal(cli(config({ csv: 'b.csv' }))),
+      `dflmoe: error: ${out} holds a run made from other data (csv:${join(dir, 'a.csv')}; this config reads csv:${join(dir, 'b.csv')}): rerun with --fresh to start over there, or set another out`,
+    );
     const b = loadPeerConfig(config({ key: 'b.key' })[2]);
     const aId = JSON.parse(readFileSync(join(out, 'preprocessing.json'), 'utf8')).from.peerId;
-    assert.equal(refusal(cli(config({ key: 'b.key' }))),
-      `dflmoe: error: ${out} holds a run made with another key (peer ${aId}; this config's key is peer ${loadIdentity(b.key).peerId}): rerun with --fresh to start over there, or set another out`);
+    assert.equal(
+      refusal(cli(config({ key: 'b.key' }))),
+      `dflmoe: error: ${out} holds a run made with another key (peer ${aId}; this config's key is peer ${loadIdentity(b.key).peerId}): rerun with --fresh to start over there, or set another out`,
+    );
     // The same file with other rows.
     writeText(join(dir, 'a.csv'), patientsCsv({ seed: 23, rows: 60 }));
-    assert.match(refusal(cli(config({})))!, new RegExp(`holds a run made from other rows of csv:${join(dir, 'a.csv')}, or other data settings: rerun with --fresh`));
+    assert.match(
+      refusal(cli(config({})))!,
+      new RegExp(`holds a run made from other rows of csv:${join(dir, 'a.csv')}, or other data settings: rerun with --fresh`),
+    );
     // Unchanged data resumes (nothing left to run).
     writeText(join(dir, 'a.csv'), patientsCsv({ seed: 21, rows: 60 }));
     assert.equal(cli(config({})).status, 0);
@@ -339,23 +428,53 @@ describe('sites with their own data over TCP (multi-process)', function () {
     const pre = JSON.parse(readFileSync(join(out, 'preprocessing.json'), 'utf8'));
     assert.equal(pre.from.dataset, `csv:${join(dir, 'b.csv')}`);
     assert.equal(results(out).rounds.length, 2);
-    assert.equal(readFileSync(join(out, 'audit.jsonl'), 'utf8').split('\n').filter(Boolean).every((l) => l.includes(pre.from.peerId)), true, 'the audit trail is the new key\'s');
+    assert.equal(
+      readFileSync(join(out, 'audit.jsonl'), 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .every((l) => l.includes(pre.from.peerId)),
+      true,
+      "the audit trail is the new key's",
+    );
     // Without a checkpoint to resume (checkpoints off) a rerun starts over, but not under another key in the same out.
-    writeFileSync(join(dir, 'site.json'), JSON.stringify({ ...JSON.parse(readFileSync(join(dir, 'site.json'), 'utf8')), key: 'a.key', checkpoint: { enabled: false } }));
-    assert.match(refusal(cli(['peer', '--config', join(dir, 'site.json'), '--quiet']))!, /holds a run made with another key \(peer .*; this config's key is peer .*\): rerun with --fresh/);
+    writeFileSync(
+      join(dir, 'site.json'),
+      JSON.stringify({ ...JSON.parse(readFileSync(join(dir, 'site.json'), 'utf8')), key: 'a.key', checkpoint: { enabled: false } }),
+    );
+    assert.match(
+      refusal(cli(['peer', '--config', join(dir, 'site.json'), '--quiet']))!,
+      /holds a run made with another key \(peer .*; this config's key is peer .*\): rerun with --fresh/,
+    );
     // Every row of one class: one line, not the tensor library's oneHot error.
     writeText(join(dir, 'a.csv'), patientsCsv({ seed: 21, rows: 60 }).replace(/,malignant$/gm, ',benign'));
-    assert.equal(refusal(cli([...config({}), '--fresh'])),
-      'dflmoe: error: the label column holds only the class "benign" at this site: a classifier needs at least two classes (check data.labelColumn, or declare every class in data.classes)');
+    assert.equal(
+      refusal(cli([...config({}), '--fresh'])),
+      'dflmoe: error: the label column holds only the class "benign" at this site: a classifier needs at least two classes (check data.labelColumn, or declare every class in data.classes)',
+    );
   });
 
   it('clear errors: not a site directory, an old config (with how to migrate it)', () => {
     const r = cli(['predict', '--site', tmpDir(), '--input', 'x.csv']);
     assert.equal(r.status, 1);
-    assert.match(r.stderr, /^dflmoe: error: .* is not a trained site's directory \(no site\.json\): pass the "out" directory of a site that ran dflmoe peer\n$/);
-    const old = { key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], rounds: 1, out: 'o', data: { dataset: 'fashion-mnist', peers: 10, index: 3, partition: 'dirichlet:0.1' } };
-    assert.throws(() => parsePeerConfig(old, 'old.json'), /data.peers, data.index, data.partition are the simulator's partition mode and moved into data.simulate: write "data": \{"dataset": "fashion-mnist", "simulate": \{"peers":10,"index":3,"partition":"dirichlet:0.1"\}\}/);
-    assert.throws(() => parsePeerConfig({ ...old, data: { dataset: 'x', standardize: 'global' } }, 'old.json'), /"global" read every site's rows; write "federated"/);
+    assert.match(
+      r.stderr,
+      /^dflmoe: error: .* is not a trained site's directory \(no site\.json\): pass the "out" directory of a site that ran dflmoe peer\n$/,
+    );
+    const old = {
+      key: 'k',
+      listen: ['/ip4/127.0.0.1/tcp/1'],
+      rounds: 1,
+      out: 'o',
+      data: { dataset: 'fashion-mnist', peers: 10, index: 3, partition: 'dirichlet:0.1' },
+    };
+    assert.throws(
+      () => parsePeerConfig(old, 'old.json'),
+      /data.peers, data.index, data.partition are the simulator's partition mode and moved into data.simulate: write "data": \{"dataset": "fashion-mnist", "simulate": \{"peers":10,"index":3,"partition":"dirichlet:0.1"\}\}/,
+    );
+    assert.throws(
+      () => parsePeerConfig({ ...old, data: { dataset: 'x', standardize: 'global' } }, 'old.json'),
+      /"global" read every site's rows; write "federated"/,
+    );
   });
 
   it('a listen port another program holds is one clear line naming the address, and ports handed out are below the ephemeral range', async () => {
@@ -369,7 +488,12 @@ describe('sites with their own data over TCP (multi-process)', function () {
     try {
       const r = cli(['peer', '--config', f.sites[0].config]);
       assert.equal(r.status, 1, r.stderr);
-      assert.match(r.stderr, new RegExp(`dflmoe: error: cannot listen on /ip4/127.0.0.1/tcp/${f.sites[0].port}: the port is in use by another program; change "listen" in the config`));
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `dflmoe: error: cannot listen on /ip4/127.0.0.1/tcp/${f.sites[0].port}: the port is in use by another program; change "listen" in the config`,
+        ),
+      );
       assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
     } finally {
       holder.close();

@@ -7,7 +7,14 @@ import { join } from 'node:path';
 import { multiaddr } from '@multiformats/multiaddr';
 import { cliCommand, until } from './helpers.js';
 import {
-  ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, loadIdentity, loopbackMembers, parsePeerConfig, type SiteNode,
+  ConfigError,
+  Libp2pHeadExchange,
+  createSiteNode,
+  generateIdentity,
+  loadIdentity,
+  loopbackMembers,
+  parsePeerConfig,
+  type SiteNode,
 } from '@dflmoe/p2p/internal';
 
 const quiet = silentLogger;
@@ -53,7 +60,7 @@ describe('p2p', function () {
   });
 
   for (const mib of [10, 50]) {
-  it(`a ${mib} MiB head arrives bit-identical`, async () => {
+    it(`a ${mib} MiB head arrives bit-identical`, async () => {
       const { ids, nodes, exs } = await pair(64 * 1024 * 1024);
       try {
         const head = new Uint8Array(mib * 1024 * 1024);
@@ -100,7 +107,13 @@ describe('p2p', function () {
     const allow = ids.map((i) => i.peerId);
     const honest = await createSiteNode({ privateKey: ids[0].privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow, isBlocked: (p) => ex.isBlocked(p) });
     const evil = await createSiteNode({ privateKey: ids[1].privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow });
-    const ex = new Libp2pHeadExchange(honest, { members: ids.map((i) => ({ peerId: i.peerId, addrs: [] })), maxHeadBytes: 1 << 20, logger: quiet, maxStrikes: 3, blockMs: 30000 });
+    const ex = new Libp2pHeadExchange(honest, {
+      members: ids.map((i) => ({ peerId: i.peerId, addrs: [] })),
+      maxHeadBytes: 1 << 20,
+      logger: quiet,
+      maxStrikes: 3,
+      blockMs: 30000,
+    });
     await ex.register();
     // The hostile member answers head requests with a header whose digest does not match the bytes.
     await evil.handle(HEAD_PROTOCOL, async (stream) => {
@@ -122,7 +135,9 @@ describe('p2p', function () {
         await new Promise((r) => setTimeout(r, 100));
       }
       assert.ok(ex.isBlocked(ids[1].peerId), `member blocked; dropped: ${JSON.stringify(ex.dropped)}`);
-      assert.ok((ex.dropped['digest-mismatch'] ?? 0) + (ex.dropped['too-large'] ?? 0) + (ex.dropped['spoofed-announce'] ?? 0) + (ex.dropped['bad-announce'] ?? 0) >= 3);
+      assert.ok(
+        (ex.dropped['digest-mismatch'] ?? 0) + (ex.dropped['too-large'] ?? 0) + (ex.dropped['spoofed-announce'] ?? 0) + (ex.dropped['bad-announce'] ?? 0) >= 3,
+      );
       assert.equal(ex.drain().length, 0, 'nothing from it reached the inbox');
       for (let t = 0; t < 50 && honest.getConnections().length > 0; t++) await new Promise((r) => setTimeout(r, 50));
       assert.equal(honest.getConnections().length, 0, 'disconnected');
@@ -188,7 +203,12 @@ describe('p2p', function () {
   it('config errors name the field and what is wrong', () => {
     const base = { key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], data: { dataset: 'breast-cancer' }, rounds: 3, out: 'o' };
     assert.doesNotThrow(() => parsePeerConfig(base));
-    const bad = (raw: unknown, re: RegExp) => assert.throws(() => parsePeerConfig(raw, 'site.json'), (e: Error) => e instanceof ConfigError && re.test(e.message), String(re));
+    const bad = (raw: unknown, re: RegExp) =>
+      assert.throws(
+        () => parsePeerConfig(raw, 'site.json'),
+        (e: Error) => e instanceof ConfigError && re.test(e.message),
+        String(re),
+      );
     bad({ ...base, rounds: 0 }, /rounds: Too small/i);
     bad({ ...base, listen: ['127.0.0.1:9000'] }, /listen\.0: not a valid multiaddr/);
     bad({ ...base, members: [{ peerId: 'nope' }] }, /members\.0\.peerId: not a valid peer ID/);

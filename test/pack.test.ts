@@ -44,8 +44,17 @@ describe('installed from npm pack tarballs, outside the repository', function ()
     const core = JSON.parse(readFileSync('packages/core/package.json', 'utf8')) as { dependencies: Record<string, string> };
     const rootDev = JSON.parse(readFileSync('package.json', 'utf8')) as { devDependencies: Record<string, string> };
     const hostDeps = [
-      ...['@chainsafe/libp2p-noise', '@chainsafe/libp2p-yamux', '@libp2p/crypto', '@libp2p/gossipsub', '@libp2p/identify', '@libp2p/peer-id', '@libp2p/ping', '@libp2p/tcp', 'libp2p']
-        .map((d) => `${d}@${p2p.dependencies[d]}`),
+      ...[
+        '@chainsafe/libp2p-noise',
+        '@chainsafe/libp2p-yamux',
+        '@libp2p/crypto',
+        '@libp2p/gossipsub',
+        '@libp2p/identify',
+        '@libp2p/peer-id',
+        '@libp2p/ping',
+        '@libp2p/tcp',
+        'libp2p',
+      ].map((d) => `${d}@${p2p.dependencies[d]}`),
       `@tensorflow/tfjs-layers@${core.dependencies['@tensorflow/tfjs-layers']}`,
       `tsx@${rootDev.devDependencies.tsx}`,
     ];
@@ -66,14 +75,18 @@ describe('installed from npm pack tarballs, outside the repository', function ()
     // The live view's page, bundled at build time, ships with it.
     assert.ok(existsSync(join(app, 'node_modules', '@dflmoe', 'live', 'dist', 'page.json')), '@dflmoe/live has its page');
     // So does the browser app (its bundle inputs are development dependencies: none of them is installed).
-    for (const f of ['index.html', 'app.js', 'wasm/tfjs-backend-wasm-simd.wasm']) assert.ok(existsSync(join(app, 'node_modules', '@dflmoe', 'web', 'dist', 'app', f)), `@dflmoe/web has ${f}`);
+    for (const f of ['index.html', 'app.js', 'wasm/tfjs-backend-wasm-simd.wasm'])
+      assert.ok(existsSync(join(app, 'node_modules', '@dflmoe', 'web', 'dist', 'app', f)), `@dflmoe/web has ${f}`);
     assert.ok(!existsSync(join(app, 'node_modules', '@libp2p', 'webrtc')), 'the browser-only packages stay out of an install');
   });
 
   it("the README's library snippets and the custom-body example run there", () => {
     const blocks = [...readFileSync('README.md', 'utf8').matchAll(/<!-- run by test\/examples\.test\.ts -->\n```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
     assert.ok(blocks.length >= 3, 'the simulate, custom body and libp2p snippets are marked');
-    const programs = [...blocks.map((code, i) => ({ name: `readme-${i}.ts`, code })), { name: 'custom-bodies.ts', code: readFileSync('examples/custom-bodies.ts', 'utf8') }];
+    const programs = [
+      ...blocks.map((code, i) => ({ name: `readme-${i}.ts`, code })),
+      { name: 'custom-bodies.ts', code: readFileSync('examples/custom-bodies.ts', 'utf8') },
+    ];
     let ex = '';
     for (const p of programs) {
       writeFileSync(join(app, p.name), p.code);
@@ -83,13 +96,25 @@ describe('installed from npm pack tarballs, outside the repository', function ()
       assert.ok(!r.out.includes(root) && !/packages\/(core|data|p2p)\/src/.test(r.out), `${p.name} ran code from the repository`);
       ex = r.stdout;
     }
-    assert.equal(ex.trim().split('\n').filter((l) => /^round 5 lab-\w+ .*experts 2$/.test(l)).length, 3, ex);
+    assert.equal(
+      ex
+        .trim()
+        .split('\n')
+        .filter((l) => /^round 5 lab-\w+ .*experts 2$/.test(l)).length,
+      3,
+      ex,
+    );
   });
 
   it('npx dflmoe web serves the browser app from the installed package', async () => {
     // In a process group of its own, stopped as a whole: npx runs dflmoe through a shell, which does not pass SIGINT on
     // (the dflmoe web process outlived the test).
-    const child = spawn('npx', ['--no-install', 'dflmoe', 'web', '--listen', '127.0.0.1:0'], { cwd: app, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_OPTIONS: '' }, detached: true });
+    const child = spawn('npx', ['--no-install', 'dflmoe', 'web', '--listen', '127.0.0.1:0'], {
+      cwd: app,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, NODE_OPTIONS: '' },
+      detached: true,
+    });
     try {
       const url = await new Promise<string>((resolve, reject) => {
         let out = '';

@@ -9,11 +9,17 @@ import { join } from 'node:path';
 import { multiaddr } from '@multiformats/multiaddr';
 import { silentLogger, type Logger } from '@dflmoe/core';
 import {
-  DataError, encodeSiteData, fitStandardizer, loadDataset, loadSiteData, reconcileStatements, siteStatement, type SiteDataSpec, type SiteStatement,
+  DataError,
+  encodeSiteData,
+  fitStandardizer,
+  loadDataset,
+  loadSiteData,
+  reconcileStatements,
+  siteStatement,
+  type SiteDataSpec,
+  type SiteStatement,
 } from '@dflmoe/data';
-import {
-  PREPROCESS_PROTOCOL, SchemaAgreement, createSiteNode, generateIdentity, readFrames, writeFrames, type SiteNode,
-} from '@dflmoe/p2p/internal';
+import { PREPROCESS_PROTOCOL, SchemaAgreement, createSiteNode, generateIdentity, readFrames, writeFrames, type SiteNode } from '@dflmoe/p2p/internal';
 import { PATIENT_HEADER, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
 interface Net {
@@ -27,7 +33,11 @@ async function network(n: number): Promise<Net> {
   const ids = keys.map((k) => k.peerId);
   const nodes = await Promise.all(keys.map((k) => createSiteNode({ privateKey: k.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow: ids })));
   for (const node of nodes) await node.start();
-  const members = nodes.map((node, i) => ({ peerId: ids[i], addrs: node.getMultiaddrs().map((a) => a.decapsulateCode(421).toString()), name: `hospital-${i}` }));
+  const members = nodes.map((node, i) => ({
+    peerId: ids[i],
+    addrs: node.getMultiaddrs().map((a) => a.decapsulateCode(421).toString()),
+    name: `hospital-${i}`,
+  }));
   return { nodes, ids, members };
 }
 
@@ -51,13 +61,26 @@ describe('federated preprocessing over libp2p', function () {
   it('a site that agreed keeps serving until a member it merged has fetched its statement; a member that came late owes nobody; one that disconnected without its statement is not waited for', async () => {
     const net = await network(3);
     nets = net.nodes;
-    const spec = (i: number): SiteDataSpec => ({ dataset: 'digits', seed: 4, testFraction: 0.2, simulate: { peers: 2, index: i, partition: 'iid', minSize: 10 } });
+    const spec = (i: number): SiteDataSpec => ({
+      dataset: 'digits',
+      seed: 4,
+      testFraction: 0.2,
+      simulate: { peers: 2, index: i, partition: 'iid', minSize: 10 },
+    });
     const statements = await Promise.all([0, 1].map(async (i) => siteStatement(await loadSiteData(spec(i)), net.ids[i])));
     const logA = recorder();
     const DEADLINE_MS = 20000;
-    const [a, b] = net.nodes.slice(0, 2).map((node, i) => new SchemaAgreement(node, {
-      members: net.members, statement: statements[i], deadlineMs: DEADLINE_MS, graceMs: 500, maxBytes: 1 << 20, logger: i === 0 ? logA : silentLogger,
-    }));
+    const [a, b] = net.nodes.slice(0, 2).map(
+      (node, i) =>
+        new SchemaAgreement(node, {
+          members: net.members,
+          statement: statements[i],
+          deadlineMs: DEADLINE_MS,
+          graceMs: 500,
+          maxBytes: 1 << 20,
+          logger: i === 0 ? logA : silentLogger,
+        }),
+    );
     await a.register();
     await b.register();
     // hospital-2 connects to A and stops before it serves a statement (its data failed to load, say): A does not wait for it.
@@ -68,7 +91,12 @@ describe('federated preprocessing over libp2p', function () {
     assert.deepEqual(ra.included, net.ids.slice(0, 2).sort());
     assert.deepEqual(ra.missing, [net.ids[2]]);
     assert.ok(ra.seconds < DEADLINE_MS / 1000 / 4, `agreed after ${ra.seconds.toFixed(1)} s, not at the ${DEADLINE_MS / 1000} s deadline`);
-    assert.ok(logA.lines.includes('preprocessing: hospital-2 disconnected before sending its statement: not waiting for it (it takes the agreement when it comes back, if its data fits)'), logA.lines.join('\n'));
+    assert.ok(
+      logA.lines.includes(
+        'preprocessing: hospital-2 disconnected before sending its statement: not waiting for it (it takes the agreement when it comes back, if its data fits)',
+      ),
+      logA.lines.join('\n'),
+    );
     assert.deepEqual(a.unserved(), [net.ids[1]]);
     let waited = false;
     const wait = a.waitServed(20000).then(() => (waited = true));
@@ -83,15 +111,27 @@ describe('federated preprocessing over libp2p', function () {
     await b.close();
   });
 
-  it('pooled statistics equal those of every site\'s training rows within 1e-6, and every member agrees on the same schema', async () => {
+  it("pooled statistics equal those of every site's training rows within 1e-6, and every member agrees on the same schema", async () => {
     const net = await network(3);
     nets = net.nodes;
-    const spec = (i: number): SiteDataSpec => ({ dataset: 'digits', seed: 4, testFraction: 0.2, simulate: { peers: 3, index: i, partition: 'dirichlet:0.5', minSize: 10 } });
+    const spec = (i: number): SiteDataSpec => ({
+      dataset: 'digits',
+      seed: 4,
+      testFraction: 0.2,
+      simulate: { peers: 3, index: i, partition: 'dirichlet:0.5', minSize: 10 },
+    });
     const datas = await Promise.all([0, 1, 2].map((i) => loadSiteData(spec(i))));
     const statements = datas.map((d, i) => siteStatement(d, net.ids[i]));
-    const agreements = net.nodes.map((node, i) => new SchemaAgreement(node, {
-      members: net.members, statement: statements[i], deadlineMs: 20000, maxBytes: 1 << 20, logger: silentLogger,
-    }));
+    const agreements = net.nodes.map(
+      (node, i) =>
+        new SchemaAgreement(node, {
+          members: net.members,
+          statement: statements[i],
+          deadlineMs: 20000,
+          maxBytes: 1 << 20,
+          logger: silentLogger,
+        }),
+    );
     for (const a of agreements) await a.register();
     const results = await Promise.all(agreements.map((a) => a.agree()));
     for (const r of results) {
@@ -122,16 +162,29 @@ describe('federated preprocessing over libp2p', function () {
     // The same digits as a table of their 64 pixels, one CSV per table site.
     const ds = loadDataset('digits');
     const header = [...Array.from({ length: 64 }, (_, j) => `pixel_${Math.floor(j / 8)}_${j % 8}`), 'label'].join(',');
-    const csv = (rows: number[]) => writeText(join(tmpDir(), 'digits.csv'), [header, ...rows.map((r) => [...ds.features.subarray(r * 64, (r + 1) * 64), ds.labels[r]].join(','))].join('\n') + '\n');
-    const specs: SiteDataSpec[] = [0, 1, 2, 3].map((i) => (i % 2 === 0
-      ? { dataset: 'digits', seed: 4, testFraction: 0.2, simulate: { peers: 4, index: i, partition: 'iid', minSize: 10 } }
-      : { dataset: `csv:${csv(Array.from({ length: 300 }, (_, k) => k * 5 + i))}`, labelColumn: 'label', seed: 4, testFraction: 0.2 }));
+    const csv = (rows: number[]) =>
+      writeText(
+        join(tmpDir(), 'digits.csv'),
+        [header, ...rows.map((r) => [...ds.features.subarray(r * 64, (r + 1) * 64), ds.labels[r]].join(','))].join('\n') + '\n',
+      );
+    const specs: SiteDataSpec[] = [0, 1, 2, 3].map((i) =>
+      i % 2 === 0
+        ? { dataset: 'digits', seed: 4, testFraction: 0.2, simulate: { peers: 4, index: i, partition: 'iid', minSize: 10 } }
+        : { dataset: `csv:${csv(Array.from({ length: 300 }, (_, k) => k * 5 + i))}`, labelColumn: 'label', seed: 4, testFraction: 0.2 },
+    );
     const datas = await Promise.all(specs.map((sp) => loadSiteData(sp)));
     const statements = datas.map((d, i) => siteStatement(d, net.ids[i]));
     const logs = net.nodes.map(() => recorder());
-    const agreements = net.nodes.map((node, i) => new SchemaAgreement(node, {
-      members: net.members, statement: statements[i], deadlineMs: 20000, maxBytes: 1 << 20, logger: logs[i],
-    }));
+    const agreements = net.nodes.map(
+      (node, i) =>
+        new SchemaAgreement(node, {
+          members: net.members,
+          statement: statements[i],
+          deadlineMs: 20000,
+          maxBytes: 1 << 20,
+          logger: logs[i],
+        }),
+    );
     for (const a of agreements) await a.register();
     const results = await Promise.all(agreements.map((a) => a.agree()));
     const images = [net.ids[0], net.ids[2]].sort();
@@ -143,7 +196,10 @@ describe('federated preprocessing over libp2p', function () {
       assert.deepEqual(r.excluded, []);
       assert.equal(r.agreed.schema.kind, i % 2 === 0 ? 'tensor' : 'table');
       assert.deepEqual(r.agreed, reconcileStatements(statements.filter((_, k) => k % 2 === i % 2)).agreed, "the agreement of its form's sites alone");
-      assert.ok(logs[i].lines.some((l) => l.includes(`hold the data as ${i % 2 === 0 ? 'tables (this site: images)' : 'images (this site: tables)'}`)), logs[i].lines.join('\n'));
+      assert.ok(
+        logs[i].lines.some((l) => l.includes(`hold the data as ${i % 2 === 0 ? 'tables (this site: images)' : 'images (this site: tables)'}`)),
+        logs[i].lines.join('\n'),
+      );
     });
     assert.deepEqual(results[0].agreed, results[2].agreed);
     assert.deepEqual(results[1].agreed, results[3].agreed);
@@ -158,25 +214,48 @@ describe('federated preprocessing over libp2p', function () {
     const csv = (i: number, text = patientsCsv({ seed: i + 1, rows: 60, missing: 0.1 })) => `csv:${writeText(join(dir, `${i}.csv`), text)}`;
     // hospital-2 writes ages as words (numeric elsewhere); hospital-3 has no bmi column.
     const words = patientsCsv({ seed: 3, rows: 60 }).replace(/^(p3-\d+),[\d.]+/gm, '$1,old');
-    const specs: SiteDataSpec[] = [csv(0), csv(1), csv(2, words), csv(3, patientsCsv({ seed: 4, rows: 60, header: PATIENT_HEADER.filter((h) => h !== 'bmi') }))]
-      .map((dataset) => ({ dataset, labelColumn: 'diagnosis', drop: ['id'], seed: 1, testFraction: 0.2 }));
+    const specs: SiteDataSpec[] = [
+      csv(0),
+      csv(1),
+      csv(2, words),
+      csv(3, patientsCsv({ seed: 4, rows: 60, header: PATIENT_HEADER.filter((h) => h !== 'bmi') })),
+    ].map((dataset) => ({ dataset, labelColumn: 'diagnosis', drop: ['id'], seed: 1, testFraction: 0.2 }));
     const datas = await Promise.all(specs.map(loadSiteData));
     const logs = [recorder(), recorder(), recorder(), recorder()];
-    const agreements = net.nodes.map((node, i) => new SchemaAgreement(node, {
-      members: net.members, statement: siteStatement(datas[i], net.ids[i]), deadlineMs: 20000, maxBytes: 1 << 20, logger: logs[i],
-    }));
+    const agreements = net.nodes.map(
+      (node, i) =>
+        new SchemaAgreement(node, {
+          members: net.members,
+          statement: siteStatement(datas[i], net.ids[i]),
+          deadlineMs: 20000,
+          maxBytes: 1 << 20,
+          logger: logs[i],
+        }),
+    );
     for (const a of agreements) await a.register();
     const settled = await Promise.allSettled(agreements.map((a) => a.agree()));
     const odd = settled[2];
     assert.equal(odd.status, 'rejected');
-    assert.match((odd as PromiseRejectedResult).reason.message, /^this site's data cannot join the consortium: site "hospital-2" cannot join sites "hospital-\d", "hospital-\d", "hospital-\d": column "age" is numeric at .* but categorical at "hospital-2"/);
+    assert.match(
+      (odd as PromiseRejectedResult).reason.message,
+      /^this site's data cannot join the consortium: site "hospital-2" cannot join sites "hospital-\d", "hospital-\d", "hospital-\d": column "age" is numeric at .* but categorical at "hospital-2"/,
+    );
     for (const i of [0, 1, 3]) {
       const r = (settled[i] as PromiseFulfilledResult<Awaited<ReturnType<SchemaAgreement['agree']>>>).value;
       assert.deepEqual(r.included, [net.ids[0], net.ids[1], net.ids[3]].sort());
-      assert.deepEqual(r.excluded.map((x) => x.peer), [net.ids[2]]);
+      assert.deepEqual(
+        r.excluded.map((x) => x.peer),
+        [net.ids[2]],
+      );
       assert.ok(r.agreed.featureNames.includes('bmi') && r.agreed.featureNames.includes('bmi_missing'));
-      assert.ok(logs[i].lines.some((l) => /left out hospital-2: .*column "age" is numeric/.test(l)), logs[i].lines.join('\n'));
-      assert.ok(logs[i].lines.some((l) => /preprocessing: site "hospital-3" lacks column "bmi": its rows read as missing there/.test(l)), logs[i].lines.join('\n'));
+      assert.ok(
+        logs[i].lines.some((l) => /left out hospital-2: .*column "age" is numeric/.test(l)),
+        logs[i].lines.join('\n'),
+      );
+      assert.ok(
+        logs[i].lines.some((l) => /preprocessing: site "hospital-3" lacks column "bmi": its rows read as missing there/.test(l)),
+        logs[i].lines.join('\n'),
+      );
     }
   });
 
@@ -184,7 +263,8 @@ describe('federated preprocessing over libp2p', function () {
     const net = await network(3);
     nets = net.nodes;
     const dir = tmpDir();
-    const site = (i: number, text: string) => loadSiteData({ dataset: `csv:${writeText(join(dir, `${i}.csv`), text)}`, labelColumn: 'diagnosis', drop: ['id'], seed: 1, testFraction: 0.2 });
+    const site = (i: number, text: string) =>
+      loadSiteData({ dataset: `csv:${writeText(join(dir, `${i}.csv`), text)}`, labelColumn: 'diagnosis', drop: ['id'], seed: 1, testFraction: 0.2 });
     const datas = await Promise.all([
       site(0, patientsCsv({ seed: 1, rows: 80, wards: ['north', 'south'] })),
       // Comes late with a ward and a class the first site never saw.
@@ -193,23 +273,37 @@ describe('federated preprocessing over libp2p', function () {
       site(2, patientsCsv({ seed: 3, rows: 50, wards: ['north'], header: PATIENT_HEADER.filter((h) => h !== 'bmi') })),
     ]);
     const logs = [recorder(), recorder(), recorder()];
-    const make = (i: number, deadlineMs: number) => new SchemaAgreement(net.nodes[i], {
-      members: net.members, statement: siteStatement(datas[i], net.ids[i]), deadlineMs, maxBytes: 1 << 20, logger: logs[i], retryMs: 100,
-    });
+    const make = (i: number, deadlineMs: number) =>
+      new SchemaAgreement(net.nodes[i], {
+        members: net.members,
+        statement: siteStatement(datas[i], net.ids[i]),
+        deadlineMs,
+        maxBytes: 1 << 20,
+        logger: logs[i],
+        retryMs: 100,
+      });
     // hospital-0 is alone until its deadline: it agrees with itself.
     const first = make(0, 1500);
     await first.register();
     const r0 = await first.agree();
     assert.deepEqual(r0.included, [net.ids[0]]);
     assert.deepEqual(r0.missing, [net.ids[1], net.ids[2]]);
-    assert.ok(logs[0].lines.some((l) => /agreeing without them \(when they come, they take the agreement if their data fits it, else they stop\)/.test(l)), logs[0].lines.join('\n'));
+    assert.ok(
+      logs[0].lines.some((l) => /agreeing without them \(when they come, they take the agreement if their data fits it, else they stop\)/.test(l)),
+      logs[0].lines.join('\n'),
+    );
 
     const late = make(1, 10000);
     await late.register();
-    await assert.rejects(late.agree(), (e: Error) => e instanceof DataError && e.message ===
-      'this site came after hospital-0 had agreed on the data without it, and the agreement leaves out its class "cyst" (the agreed classes are "benign", "malignant"); ' +
-        'category "east" of column "ward". Stop every site and start them over together (each with --fresh), within preprocess.deadlineMs of each other ' +
-        '(raise it at every site), with every class declared in data.classes at every site');
+    await assert.rejects(
+      late.agree(),
+      (e: Error) =>
+        e instanceof DataError &&
+        e.message ===
+          'this site came after hospital-0 had agreed on the data without it, and the agreement leaves out its class "cyst" (the agreed classes are "benign", "malignant"); ' +
+            'category "east" of column "ward". Stop every site and start them over together (each with --fresh), within preprocess.deadlineMs of each other ' +
+            '(raise it at every site), with every class declared in data.classes at every site',
+    );
 
     const fits = make(2, 10000);
     await fits.register();
@@ -220,25 +314,44 @@ describe('federated preprocessing over libp2p', function () {
     const said = logs[2].lines.find((l) => l.startsWith('preprocessing: this site came after hospital-0 had agreed and takes their agreement: '));
     assert.ok(said, logs[2].lines.join('\n'));
     assert.match(said, /this site lacks column "bmi": its rows read as missing there/);
-    assert.match(said, new RegExp(`inputs are standardized with the statistics of "hospital-0" \\(${r0.agreed.numRows} training rows\\), without this site's own ${datas[2].split.train.length}$`));
+    assert.match(
+      said,
+      new RegExp(
+        `inputs are standardized with the statistics of "hospital-0" \\(${r0.agreed.numRows} training rows\\), without this site's own ${datas[2].split.train.length}$`,
+      ),
+    );
     // It encodes with the agreed layout: bmi read as missing at every row.
     const enc = encodeSiteData(datas[2], r2.agreed, 'federated').dataset;
     assert.deepEqual(enc.featureNames, r0.agreed.featureNames);
     for (const a of [first, late, fits]) await a.close();
   });
 
-  it('a site\'s own summary that cannot be shared is its own error, named by the site\'s name, before it serves anything', async () => {
+  it("a site's own summary that cannot be shared is its own error, named by the site's name, before it serves anything", async () => {
     const net = await network(1);
     nets = net.nodes;
     const d = await loadSiteData({ dataset: 'breast-cancer', seed: 1, testFraction: 0.2 });
     const st = siteStatement(d, net.ids[0]);
     st.summary.stats.sumSq[4] = Infinity;
-    assert.throws(() => new SchemaAgreement(net.nodes[0], { members: net.members, statement: st, deadlineMs: 1000, maxBytes: 1 << 20, logger: silentLogger }), (e: Error) =>
-      e instanceof DataError && e.message === 'this site\'s own data cannot be summarized for the others: summary from site "hospital-0" is invalid: stats.sumSq holds a value that is not a finite number');
+    assert.throws(
+      () => new SchemaAgreement(net.nodes[0], { members: net.members, statement: st, deadlineMs: 1000, maxBytes: 1 << 20, logger: silentLogger }),
+      (e: Error) =>
+        e instanceof DataError &&
+        e.message ===
+          'this site\'s own data cannot be summarized for the others: summary from site "hospital-0" is invalid: stats.sumSq holds a value that is not a finite number',
+    );
     // Named by selfName when the members do not name it.
-    assert.throws(() => new SchemaAgreement(net.nodes[0], {
-      members: [{ peerId: net.ids[0], addrs: [] }], selfName: 'clinic', statement: st, deadlineMs: 1000, maxBytes: 1 << 20, logger: silentLogger,
-    }), /summary from site "clinic" is invalid/);
+    assert.throws(
+      () =>
+        new SchemaAgreement(net.nodes[0], {
+          members: [{ peerId: net.ids[0], addrs: [] }],
+          selfName: 'clinic',
+          statement: st,
+          deadlineMs: 1000,
+          maxBytes: 1 << 20,
+          logger: silentLogger,
+        }),
+      /summary from site "clinic" is invalid/,
+    );
   });
 
   it('bad responses (not JSON, too large, wrong shape, inconsistent, another sender) are dropped with a log line and counted', async () => {
@@ -262,7 +375,12 @@ describe('federated preprocessing over libp2p', function () {
     });
     const log = recorder();
     const agreement = new SchemaAgreement(honest, {
-      members: net.members, statement: siteStatement(d, net.ids[0]), deadlineMs: 4000, maxBytes: 64 * 1024, logger: log, retryMs: 100,
+      members: net.members,
+      statement: siteStatement(d, net.ids[0]),
+      deadlineMs: 4000,
+      maxBytes: 64 * 1024,
+      logger: log,
+      retryMs: 100,
     });
     await agreement.register();
     const t0 = Date.now();

@@ -24,7 +24,11 @@ function machine(o: { chromium?: boolean; fashion?: boolean; root?: boolean; apt
   const apt: string[][] = [];
   const said: string[] = [];
   const p: Prerequisites = {
-    chromium, chromiumFromEnv: o.fromEnv ?? false, fashionDir, canInstall: o.root ?? false, say: (l) => said.push(l),
+    chromium,
+    chromiumFromEnv: o.fromEnv ?? false,
+    fashionDir,
+    canInstall: o.root ?? false,
+    say: (l) => said.push(l),
     apt: (args) => {
       apt.push(args);
       if (args[0] === 'install') install();
@@ -44,16 +48,25 @@ describe('npm test prerequisites (chromium, Fashion-MNIST)', () => {
   it('missing, as root with apt-get: installs exactly what is missing, then goes on', () => {
     const m = machine({ fashion: true, root: true });
     assert.equal(ensurePrerequisites(m.p), undefined);
-    assert.deepEqual(m.apt, [['update', '-qq'], ['install', '-y', '-qq', 'chromium']]);
+    assert.deepEqual(m.apt, [
+      ['update', '-qq'],
+      ['install', '-y', '-qq', 'chromium'],
+    ]);
     assert.deepEqual(m.said, ['npm test: installing chromium with apt-get (the browser and Fashion-MNIST tests need them)']);
   });
 
   it('missing and not root, or apt-get failing: one line with the command to run', () => {
     const user = machine({});
-    assert.equal(ensurePrerequisites(user.p), 'npm test: chromium and dataset-fashion-mnist missing, needed by the browser and Fashion-MNIST tests: run  sudo apt-get install -y chromium dataset-fashion-mnist  and then npm test again');
+    assert.equal(
+      ensurePrerequisites(user.p),
+      'npm test: chromium and dataset-fashion-mnist missing, needed by the browser and Fashion-MNIST tests: run  sudo apt-get install -y chromium dataset-fashion-mnist  and then npm test again',
+    );
     assert.deepEqual(user.apt, []);
     const broken = machine({ chromium: true, root: true, aptWorks: false });
-    assert.match(ensurePrerequisites(broken.p)!, /^npm test: dataset-fashion-mnist missing, .*: run {2}sudo apt-get install -y dataset-fashion-mnist {2}and then npm test again$/);
+    assert.match(
+      ensurePrerequisites(broken.p)!,
+      /^npm test: dataset-fashion-mnist missing, .*: run {2}sudo apt-get install -y dataset-fashion-mnist {2}and then npm test again$/,
+    );
     assert.deepEqual(broken.apt, [['update', '-qq']]);
   });
 
@@ -61,8 +74,14 @@ describe('npm test prerequisites (chromium, Fashion-MNIST)', () => {
     const m = machine({ fashion: true, root: true, fromEnv: true });
     assert.match(ensurePrerequisites(m.p)!, /^npm test: DFLMOE_CHROMIUM is .*chromium, which does not exist: point it to a Chromium binary/);
     assert.deepEqual(m.apt, []);
-    const r = spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', 'test/prerequisites.ts'], { encoding: 'utf8', env: { ...process.env, DFLMOE_CHROMIUM: '/nonexistent/chromium' } });
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--conditions=development', 'test/prerequisites.ts'], {
+      encoding: 'utf8',
+      env: { ...process.env, DFLMOE_CHROMIUM: '/nonexistent/chromium' },
+    });
     assert.equal(r.status, 1);
-    assert.equal(r.stderr, 'npm test: DFLMOE_CHROMIUM is /nonexistent/chromium, which does not exist: point it to a Chromium binary, or unset it to use Debian\'s /usr/bin/chromium\n');
+    assert.equal(
+      r.stderr,
+      "npm test: DFLMOE_CHROMIUM is /nonexistent/chromium, which does not exist: point it to a Chromium binary, or unset it to use Debian's /usr/bin/chromium\n",
+    );
   });
 });

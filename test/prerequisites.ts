@@ -49,8 +49,12 @@ export function ensurePrerequisites(p: Prerequisites): string | undefined {
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const root = process.getuid?.() === 0 && spawnSync('apt-get', ['--version'], { stdio: 'ignore' }).status === 0;
   const failure = ensurePrerequisites({
-    chromium: CHROMIUM, chromiumFromEnv: process.env.DFLMOE_CHROMIUM !== undefined, fashionDir: DEFAULT_FASHION_MNIST_DIR, canInstall: root,
-    apt: (args) => spawnSync('apt-get', args, { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } }).status === 0,
+    chromium: CHROMIUM,
+    chromiumFromEnv: process.env.DFLMOE_CHROMIUM !== undefined,
+    fashionDir: DEFAULT_FASHION_MNIST_DIR,
+    canInstall: root,
+    apt: (args) =>
+      spawnSync('apt-get', args, { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } }).status === 0,
     say: (line) => process.stdout.write(`${line}\n`),
   });
   if (failure) {

@@ -10,8 +10,20 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  BodyFileError, DflmoePeer, checkBodyStandardizer, LocalPeer, disposePeerData, parseBodySpec, preparePeerData, pretrainBody, publicRows, readBodyWeights, silentLogger, simulate,
-  type PeerData, type PeerModelOptions,
+  BodyFileError,
+  DflmoePeer,
+  checkBodyStandardizer,
+  LocalPeer,
+  disposePeerData,
+  parseBodySpec,
+  preparePeerData,
+  pretrainBody,
+  publicRows,
+  readBodyWeights,
+  silentLogger,
+  simulate,
+  type PeerData,
+  type PeerModelOptions,
 } from '@dflmoe/core/internal';
 import { featureSize, loadDataset, subsampleRows, type Dataset } from '@dflmoe/data';
 import { ConfigError, parsePeerConfig, prepareSiteData, siteSettings } from '@dflmoe/p2p/internal';
@@ -31,8 +43,13 @@ describe('a body pretrained on public data', function () {
   let holdoutRows = 0;
   let accuracy = 0;
   const opts = (extra: Partial<PeerModelOptions> = {}): PeerModelOptions => ({
-    id: 'a', data, body: parseBodySpec('mlp:32'), featureDim: 16, headHidden: [],
-    train: { epochs: 1, batchSize: 32, learningRate: 3e-3, optimizer: 'adam', seed: 4 }, ...extra,
+    id: 'a',
+    data,
+    body: parseBodySpec('mlp:32'),
+    featureDim: 16,
+    headHidden: [],
+    train: { epochs: 1, batchSize: 32, learningRate: 3e-3, optimizer: 'adam', seed: 4 },
+    ...extra,
   });
 
   before(async () => {
@@ -41,7 +58,14 @@ describe('a body pretrained on public data', function () {
     bodyDir = join(tmpDir('dflmoe-body-'), 'body');
     // Public rows: every digits row a 600-row subset with seed 1 leaves out.
     const r = await pretrainBody(ds, bodyDir, {
-      body: 'mlp:32', featureDim: 16, epochs: 8, batchSize: 32, learningRate: 3e-3, optimizer: 'adam', seed: 1, exclude: subsampleRows(ds.numSamples, SUBSET, 1),
+      body: 'mlp:32',
+      featureDim: 16,
+      epochs: 8,
+      batchSize: 32,
+      learningRate: 3e-3,
+      optimizer: 'adam',
+      seed: 1,
+      exclude: subsampleRows(ds.numSamples, SUBSET, 1),
     });
     ({ trainRows, holdoutRows, accuracy } = r);
     const rows = subsampleRows(ds.numSamples, SUBSET, 1);
@@ -53,7 +77,10 @@ describe('a body pretrained on public data', function () {
     const excluded = new Set(subsampleRows(ds.numSamples, SUBSET, 1));
     const pub = publicRows(ds.numSamples, 1, [...excluded]);
     assert.equal(pub.length, ds.numSamples - SUBSET);
-    assert.ok(pub.every((r) => !excluded.has(r)), 'no pretraining row is a site row');
+    assert.ok(
+      pub.every((r) => !excluded.has(r)),
+      'no pretraining row is a site row',
+    );
     assert.equal(trainRows + holdoutRows, ds.numSamples - SUBSET);
     assert.ok(accuracy > 0.85, `held-out accuracy ${accuracy}`);
     const w = readBodyWeights(bodyDir);
@@ -80,7 +107,10 @@ describe('a body pretrained on public data', function () {
   it('a body that does not fit, or a damaged file, is one clear error', () => {
     const w = readBodyWeights(bodyDir);
     const t0 = tf.memory().numTensors;
-    assert.throws(() => new LocalPeer(opts({ initialBody: w, featureDim: 8 })), (e: Error) => e instanceof BodyFileError && /shape \[32,16\].*expects \[32,8\]/.test(e.message));
+    assert.throws(
+      () => new LocalPeer(opts({ initialBody: w, featureDim: 8 })),
+      (e: Error) => e instanceof BodyFileError && /shape \[32,16\].*expects \[32,8\]/.test(e.message),
+    );
     assert.throws(() => new LocalPeer(opts({ initialBody: w, body: parseBodySpec('mlp:32x32') })), /holds 4 body weights, this body has 6/);
     assert.equal(tf.memory().numTensors, t0, 'a refused body leaves no tensors behind');
     assert.throws(() => readBodyWeights(join(bodyDir, 'nope')), /no such file/);
@@ -127,8 +157,17 @@ describe('a body pretrained on public data', function () {
 
   it('simulate: every site starts from the body; frozen, it is far ahead of a frozen random body', async () => {
     const base = {
-      dataset: 'digits', datasetOptions: { maxSamples: SUBSET }, seed: 1, peers: 3, partition: 'iid', rounds: 3, algorithms: ['local' as const, 'dflmoe' as const],
-      bodies: ['mlp:32'], featureDim: 16, learningRate: 0.03, freezeBody: true,
+      dataset: 'digits',
+      datasetOptions: { maxSamples: SUBSET },
+      seed: 1,
+      peers: 3,
+      partition: 'iid',
+      rounds: 3,
+      algorithms: ['local' as const, 'dflmoe' as const],
+      bodies: ['mlp:32'],
+      featureDim: 16,
+      learningRate: 0.03,
+      freezeBody: true,
     };
     const pre = await simulate({ ...base, pretrainedBody: bodyDir }, { logger: quiet });
     const scratch = await simulate({ ...base, algorithms: ['local'] }, { logger: quiet });
@@ -138,10 +177,14 @@ describe('a body pretrained on public data', function () {
     await assert.rejects(simulate({ ...base, featureDim: 8, pretrainedBody: bodyDir }, { logger: quiet }), BodyFileError);
   });
 
-  it('a site config names the body relative to itself; the site standardizes with the body\'s statistics', async () => {
+  it("a site config names the body relative to itself; the site standardizes with the body's statistics", async () => {
     const dir = tmpDir();
     const raw = {
-      key: 'site.key', listen: ['/ip4/127.0.0.1/tcp/0'], rounds: 1, out: 'out', algorithm: 'local',
+      key: 'site.key',
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      rounds: 1,
+      out: 'out',
+      algorithm: 'local',
       data: { dataset: 'digits', simulate: { peers: 2, index: 0, partition: 'iid' } },
       model: { body: 'mlp:32', featureDim: 16, pretrainedBody: join('..', ...bodyDir.split('/').slice(-2)), freezeBody: true },
     };
@@ -150,7 +193,10 @@ describe('a body pretrained on public data', function () {
     mkdirSync(cfg.out);
     assert.equal(cfg.model.pretrainedBody, bodyDir);
     assert.equal(cfg.model.freezeBody, true);
-    assert.throws(() => parsePeerConfig({ ...raw, model: { pretrainedBody: 'missing' } }, 'site.json', dir), (e: Error) => e instanceof ConfigError && /model\.pretrainedBody: .*missing not found/.test(e.message));
+    assert.throws(
+      () => parsePeerConfig({ ...raw, model: { pretrainedBody: 'missing' } }, 'site.json', dir),
+      (e: Error) => e instanceof ConfigError && /model\.pretrainedBody: .*missing not found/.test(e.message),
+    );
 
     const prepared = await prepareSiteData(cfg, { selfId: 'self', logger: quiet, resume: false });
     try {
@@ -164,7 +210,10 @@ describe('a body pretrained on public data', function () {
     }
 
     const settings = siteSettings({ ...DEFAULT_SIMULATION, dataset: 'digits', pretrainedBody: 'rel/body', freezeBody: true }, 0);
-    assert.ok(settings.model.pretrainedBody?.endsWith('/rel/body') && settings.model.pretrainedBody.startsWith('/'), 'simulate --transport tcp writes an absolute path');
+    assert.ok(
+      settings.model.pretrainedBody?.endsWith('/rel/body') && settings.model.pretrainedBody.startsWith('/'),
+      'simulate --transport tcp writes an absolute path',
+    );
     assert.equal(settings.model.freezeBody, true);
   });
 
@@ -173,7 +222,17 @@ describe('a body pretrained on public data', function () {
     // Three independent runs, at once (the bad one stops before it writes anything).
     const [ok, csv, bad] = await Promise.all([
       cliAsync(['pretrain', '--dataset', 'digits', '--body', 'mlp:16', '--feature-dim', '8', '--epochs', '1', '--max-rows', '300', '--out', out]),
-      cliAsync(['pretrain', '--dataset', 'csv:packages/data/datasets/breast-cancer.csv', '--label-column', 'diagnosis', '--epochs', '1', '--out', `${out}-csv`]),
+      cliAsync([
+        'pretrain',
+        '--dataset',
+        'csv:packages/data/datasets/breast-cancer.csv',
+        '--label-column',
+        'diagnosis',
+        '--epochs',
+        '1',
+        '--out',
+        `${out}-csv`,
+      ]),
       cliAsync(['pretrain', '--dataset', 'nope', '--out', out]),
     ]);
     assert.equal(ok.status, 0, ok.stderr);

@@ -3,7 +3,14 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  DEFAULT_ORDERS as DEFAULT_ORDERS_FOR_TEST, RdpAccountant, computeRdp, epsilonFromRdp, noiseForEpsilon, rdpSampledGaussian, silentLogger, simulate,
+  DEFAULT_ORDERS as DEFAULT_ORDERS_FOR_TEST,
+  RdpAccountant,
+  computeRdp,
+  epsilonFromRdp,
+  noiseForEpsilon,
+  rdpSampledGaussian,
+  silentLogger,
+  simulate,
   type SimulationResults,
 } from '@dflmoe/core/internal';
 import { backend, cliAsync } from './helpers.js';
@@ -21,7 +28,11 @@ describe('RDP accountant', () => {
 
   it('matches dp_accounting for the RDP -> (epsilon, delta) conversion (pure DP, rdp 1.1)', () => {
     const orders = Array.from({ length: 31 }, (_, i) => i + 2);
-    const r = epsilonFromRdp(orders, orders.map(() => 1.1), 1e-5);
+    const r = epsilonFromRdp(
+      orders,
+      orders.map(() => 1.1),
+      1e-5,
+    );
     assert.ok(Math.abs(r.epsilon - 1.32783806176) < 1e-9, String(r.epsilon));
     assert.equal(r.order, 32);
   });
@@ -62,8 +73,18 @@ describe('DP-SGD training', () => {
     const { datas } = tinyPeers(1);
     const mk = (noise?: number) =>
       new LocalPeer({
-        id: 'a', data: datas[0], body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [],
-        train: { seed: 1, batchSize: 16, learningRate: 1e-2, epochs: 2, ...(noise !== undefined ? { dp: { noiseMultiplier: noise, clipNorm: 1, microbatches: 4 } } : {}) },
+        id: 'a',
+        data: datas[0],
+        body: { kind: 'mlp', hidden: [16] },
+        featureDim: 8,
+        headHidden: [],
+        train: {
+          seed: 1,
+          batchSize: 16,
+          learningRate: 1e-2,
+          epochs: 2,
+          ...(noise !== undefined ? { dp: { noiseMultiplier: noise, clipNorm: 1, microbatches: 4 } } : {}),
+        },
       });
     const dp = mk(1.3);
     const counts: number[] = [];
@@ -98,13 +119,39 @@ describe('DP-SGD over libp2p', function () {
 
   it('a consortium of processes reports the epsilon the in-memory simulator reports for the same run', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-dp-'));
-    const args = ['--dataset', 'breast-cancer', '--peers', '2', '--partition', 'iid', '--rounds', '2', '--algorithms', 'dflmoe,local', '--seed', '3', '--dp-noise', '1.1', '--dp-clip', '1'];
+    const args = [
+      '--dataset',
+      'breast-cancer',
+      '--peers',
+      '2',
+      '--partition',
+      'iid',
+      '--rounds',
+      '2',
+      '--algorithms',
+      'dflmoe,local',
+      '--seed',
+      '3',
+      '--dp-noise',
+      '1.1',
+      '--dp-clip',
+      '1',
+    ];
     // The consortium's processes and the in-memory run of the same settings at the same time.
     const running = cliAsync(['simulate', ...args, '--transport', 'tcp', '--deadline', '20000', '--quiet', '--out', dir]);
     await backend();
-    const mem = await simulate({
-      dataset: 'breast-cancer', peers: 2, partition: 'iid', rounds: 2, algorithms: ['dflmoe', 'local'], seed: 3, dp: { noiseMultiplier: 1.1, clipNorm: 1 },
-    }, { logger: silentLogger });
+    const mem = await simulate(
+      {
+        dataset: 'breast-cancer',
+        peers: 2,
+        partition: 'iid',
+        rounds: 2,
+        algorithms: ['dflmoe', 'local'],
+        seed: 3,
+        dp: { noiseMultiplier: 1.1, clipNorm: 1 },
+      },
+      { logger: silentLogger },
+    );
     const r = await running;
     assert.equal(r.status, 0, r.stderr);
     const tcp = JSON.parse(readFileSync(join(dir, 'results.json'), 'utf8')) as SimulationResults;

@@ -10,7 +10,16 @@ import { silentLogger } from '@dflmoe/core';
 import type { SiteFiles } from '@dflmoe/cli/internal';
 import { multiaddr } from '@multiformats/multiaddr';
 import {
-  ConfigError, Libp2pHeadExchange, createSiteNode, generateIdentity, isRelayed, parsePeerConfig, parseRelayConfig, saveIdentity, startRelay, type SiteNode,
+  ConfigError,
+  Libp2pHeadExchange,
+  createSiteNode,
+  generateIdentity,
+  isRelayed,
+  parsePeerConfig,
+  parseRelayConfig,
+  saveIdentity,
+  startRelay,
+  type SiteNode,
 } from '@dflmoe/p2p/internal';
 import { processGroup, runFourSites, testNamespace, untilValue as until } from './helpers.js';
 
@@ -29,8 +38,11 @@ describe('reach: circuit relay for members only', function () {
     const refusedRelay: string[] = [];
     const r = await createSiteNode({
       // The stranger may connect to the relay (as a FedAvg server or another relay could) but is no member.
-      privateKey: relay.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow: [...members, stranger.peerId],
-      relay: { serve: { members } }, onRelayRefused: (p, what) => refusedRelay.push(`${what}:${p}`),
+      privateKey: relay.privateKey,
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      allow: [...members, stranger.peerId],
+      relay: { serve: { members } },
+      onRelayRefused: (p, what) => refusedRelay.push(`${what}:${p}`),
     });
     nodes.push(r);
     await r.start();
@@ -39,7 +51,13 @@ describe('reach: circuit relay for members only', function () {
     const n = await createSiteNode({ privateKey: nat.privateKey, listen: [], allow: members, relay: { via: [relayAddr] } });
     const o = await createSiteNode({ privateKey: other.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow: members });
     nodes.push(n, o);
-    const mk = (node: SiteNode) => new Libp2pHeadExchange(node, { members: members.map((peerId) => ({ peerId, addrs: [] })), maxHeadBytes: 1 << 20, logger: silentLogger, heartbeatMs: 500 });
+    const mk = (node: SiteNode) =>
+      new Libp2pHeadExchange(node, {
+        members: members.map((peerId) => ({ peerId, addrs: [] })),
+        maxHeadBytes: 1 << 20,
+        logger: silentLogger,
+        heartbeatMs: 500,
+      });
     const [en, eo] = [mk(n), mk(o)];
     exs.push(en, eo);
     for (const e of [en, eo]) await e.register();
@@ -48,7 +66,10 @@ describe('reach: circuit relay for members only', function () {
     for (const e of [en, eo]) e.start();
     // The NAT'd site has no address of its own: only the one through the relay, once its reservation holds.
     const circuit = await until('a reservation on the relay', () => n.getMultiaddrs().find((a) => a.toString().includes('/p2p-circuit')), 20000);
-    assert.ok(n.getMultiaddrs().every((a) => a.toString().includes('/p2p-circuit')), n.getMultiaddrs().join());
+    assert.ok(
+      n.getMultiaddrs().every((a) => a.toString().includes('/p2p-circuit')),
+      n.getMultiaddrs().join(),
+    );
     const conn = await o.dial(circuit);
     assert.ok(isRelayed(conn), `relayed: ${conn.remoteAddr}`);
     assert.equal(conn.remotePeer.toString(), nat.peerId);
@@ -67,7 +88,11 @@ describe('reach: circuit relay for members only', function () {
     // even when the stranger's own node would accept everyone.
     const status: string[] = [];
     const s = await createSiteNode({
-      privateKey: stranger.privateKey, listen: [], allow: [...members, stranger.peerId], relay: { via: [relayAddr] }, onRelayStatus: (x) => status.push(x.state),
+      privateKey: stranger.privateKey,
+      listen: [],
+      allow: [...members, stranger.peerId],
+      relay: { via: [relayAddr] },
+      onRelayStatus: (x) => status.push(x.state),
     });
     nodes.push(s);
     await s.start();
@@ -75,7 +100,10 @@ describe('reach: circuit relay for members only', function () {
     await until('the stranger to see its reservation fail', () => status.includes('failed'), 20000);
     assert.ok(!s.getMultiaddrs().some((a) => a.toString().includes('/p2p-circuit')), 'the stranger holds no reservation');
     await assert.rejects(s.dial(multiaddr(`${relayAddr}/p2p-circuit/p2p/${nat.peerId}`), { signal: AbortSignal.timeout(10000) }));
-    assert.ok(refusedRelay.some((x) => x === `relayed connection:${stranger.peerId}`), refusedRelay.join());
+    assert.ok(
+      refusedRelay.some((x) => x === `relayed connection:${stranger.peerId}`),
+      refusedRelay.join(),
+    );
   });
 });
 
@@ -85,16 +113,25 @@ describe('reach: hole punching (DCUtR) in a network namespace', function () {
   // carries 5.5.5.1-3 (nothing leaves the namespace) and runs a relay and two members there (test/fixtures/dcutr-run.ts).
   let ns: ReturnType<typeof testNamespace>;
   before(function () {
-    ns = testNamespace('dflmoe-dcutr', [1, 2, 3].map((i) => ['addr', 'add', `5.5.5.${i}/32`, 'dev', 'lo']));
+    ns = testNamespace(
+      'dflmoe-dcutr',
+      [1, 2, 3].map((i) => ['addr', 'add', `5.5.5.${i}/32`, 'dev', 'lo']),
+    );
     if (!ns) this.skip();
   });
   after(() => ns?.remove());
   const run = (holePunch: boolean) => {
     const r = ns!.run([process.execPath, '--import', 'tsx', '--conditions=development', 'test/fixtures/dcutr-run.ts'], {
-      timeout: 60000, env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn', HOLE_PUNCH: holePunch ? 'on' : 'off' },
+      timeout: 60000,
+      env: { ...process.env, DFLMOE_LOG_LEVEL: 'warn', HOLE_PUNCH: holePunch ? 'on' : 'off' },
     });
     assert.equal(r.status, 0, r.stderr);
-    return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { firstRelayed?: boolean; direct?: string | null; directDirection?: string | null; error?: string };
+    return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as {
+      firstRelayed?: boolean;
+      direct?: string | null;
+      directDirection?: string | null;
+      error?: string;
+    };
   };
 
   it('a member reached through the relay opens a direct connection to the member that dialed it; with hole punching off, none comes', () => {
@@ -116,7 +153,11 @@ describe('reach: config', () => {
     const r = await generateIdentity();
     const base = { key: 'k.key', data: { dataset: 'breast-cancer' }, rounds: 2, out: 'o' };
     const via = `/ip4/10.0.0.1/tcp/9101/p2p/${r.peerId}`;
-    const bad = (cfg: object, re: RegExp) => assert.throws(() => parsePeerConfig(cfg, 'a.json', dir), (e: Error) => e instanceof ConfigError && re.test(e.message));
+    const bad = (cfg: object, re: RegExp) =>
+      assert.throws(
+        () => parsePeerConfig(cfg, 'a.json', dir),
+        (e: Error) => e instanceof ConfigError && re.test(e.message),
+      );
     bad({ ...base, listen: [] }, /listen: give at least one address to listen on, or \(behind NAT\) relay\.via/);
     bad({ ...base, listen: ['/ip4/127.0.0.1/tcp/1'], relay: { only: true } }, /relay\.only: needs relay\.via/);
     bad({ ...base, listen: [], relay: { via: ['/ip4/10.0.0.1/tcp/9101'] } }, /relay\.via\.0: a relay address ends in \/p2p\//);
@@ -133,7 +174,10 @@ describe('reach: a relay the consortium runs (dflmoe relay)', function () {
     const [relayId, a, b, stranger] = await Promise.all([generateIdentity(), generateIdentity(), generateIdentity(), generateIdentity()]);
     saveIdentity(join(dir, 'relay.key'), relayId.privateKey, true);
     const members = [a, b].map((i) => ({ peerId: i.peerId }));
-    assert.throws(() => parseRelayConfig({ key: 'relay.key', listen: [], members }, 'relay.json', dir), (e: Error) => e instanceof ConfigError && /listen/.test(e.message));
+    assert.throws(
+      () => parseRelayConfig({ key: 'relay.key', listen: [], members }, 'relay.json', dir),
+      (e: Error) => e instanceof ConfigError && /listen/.test(e.message),
+    );
     const cfg = parseRelayConfig({ name: 'relay', key: 'relay.key', listen: ['/ip4/127.0.0.1/tcp/0'], members }, 'relay.json', dir);
     const relay = await startRelay(cfg, silentLogger);
     const nodes: SiteNode[] = [];
@@ -144,10 +188,14 @@ describe('reach: a relay the consortium runs (dflmoe relay)', function () {
       const allow = [a.peerId, b.peerId];
       for (const i of [a, b]) nodes.push(await createSiteNode({ privateKey: i.privateKey, listen: [], allow, relay: { via: [via] } }));
       for (const n of nodes) await n.start();
-      const circuits = await until('both reservations', () => {
-        const c = nodes.map((n) => n.getMultiaddrs().find((x) => x.toString().includes('/p2p-circuit')));
-        return c.every(Boolean) && c;
-      }, 20000);
+      const circuits = await until(
+        'both reservations',
+        () => {
+          const c = nodes.map((n) => n.getMultiaddrs().find((x) => x.toString().includes('/p2p-circuit')));
+          return c.every(Boolean) && c;
+        },
+        20000,
+      );
       assert.equal(relay.reservations(), 2);
       const conn = await nodes[0].dial(circuits[1]!);
       assert.ok(isRelayed(conn) && conn.remotePeer.toString() === b.peerId);
@@ -171,20 +219,26 @@ describe('reach: a consortium with a site behind NAT (multi-process)', function 
 
   it('4 sites, one with no listen address reachable only through a member relay: every round completes, with all 3 experts at every site from round 2', async () => {
     let relayAddr = '';
-    const { files: f, logs } = await runFourSites(procs, 'relay', 3, (c, s, files) => {
-      const [relay, , , nat] = files.sites;
-      relayAddr = `/ip4/127.0.0.1/tcp/${relay.port}/p2p/${relay.peerId}`;
-      if (s === relay) c.relay = { serve: true };
-      if (s === nat) {
-        // No address of its own, and a firewall that lets connections out to the relay alone.
-        c.listen = [];
-        c.relay = { via: [relayAddr], only: true };
-        for (const m of c.members) if (m.peerId !== relay.peerId) m.addrs = [];
-      } else {
-        const m = c.members.find((x) => x.peerId === nat.peerId)!;
-        m.addrs = s === relay ? [] : [`${relayAddr}/p2p-circuit`];
-      }
-    }, 2); // round 1: on a heavily loaded machine the NAT'd site's first head can miss the deadline while its reservation is made
+    const { files: f, logs } = await runFourSites(
+      procs,
+      'relay',
+      3,
+      (c, s, files) => {
+        const [relay, , , nat] = files.sites;
+        relayAddr = `/ip4/127.0.0.1/tcp/${relay.port}/p2p/${relay.peerId}`;
+        if (s === relay) c.relay = { serve: true };
+        if (s === nat) {
+          // No address of its own, and a firewall that lets connections out to the relay alone.
+          c.listen = [];
+          c.relay = { via: [relayAddr], only: true };
+          for (const m of c.members) if (m.peerId !== relay.peerId) m.addrs = [];
+        } else {
+          const m = c.members.find((x) => x.peerId === nat.peerId)!;
+          m.addrs = s === relay ? [] : [`${relayAddr}/p2p-circuit`];
+        }
+      },
+      2,
+    ); // round 1: on a heavily loaded machine the NAT'd site's first head can miss the deadline while its reservation is made
 
     const [relay, , , nat] = f.sites;
     const log = (s: SiteFiles) => logs[f.sites.indexOf(s)];

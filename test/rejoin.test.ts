@@ -27,7 +27,12 @@ describe('awaitRound and members far behind', () => {
     const wait = async (round: number | undefined, step?: number) => {
       const t0 = performance.now();
       await awaitRound(a, new DepartedMembers(), {
-        ...(round !== undefined ? { round } : {}), ...(step ? { step } : {}), quorum: 2, candidates: 2, deadlineMs: 1500, absorb,
+        ...(round !== undefined ? { round } : {}),
+        ...(step ? { step } : {}),
+        quorum: 2,
+        candidates: 2,
+        deadlineMs: 1500,
+        absorb,
         delivered: () => new Set([...newest].filter(([, v]) => v >= (round ?? 10)).map(([p]) => p)),
       });
       return performance.now() - t0;
@@ -63,7 +68,12 @@ describe('awaitRound and the members a site agreed with', () => {
     const wait = async () => {
       const t0 = performance.now();
       await awaitRound(a, new DepartedMembers(), {
-        round: 1, quorum: 3, candidates: 3, awaited: ['b', 'c', 'd'], deadlineMs: DEADLINE_MS, absorb,
+        round: 1,
+        quorum: 3,
+        candidates: 3,
+        awaited: ['b', 'c', 'd'],
+        deadlineMs: DEADLINE_MS,
+        absorb,
         delivered: () => new Set([...newest].filter(([, v]) => v >= 1).map(([p]) => p)),
         notice: { logger, what: 'heads', name: (p) => `site-${p}` },
       });
@@ -91,20 +101,35 @@ describe('a member that took the agreement late', () => {
     const logger = { debug() {}, info: (m: string) => lines.push(m), warn() {}, error() {} };
     // a agreed with b only: late came after (its data fits), out was left out.
     const net: SiteNetwork = { exchange: a, quorum: 1, others: 1, awaited: ['b'], deadlineMs: 1500, logger };
-    assert.deepEqual(awaitLateMembers(net, a, new Set(['out']), false, logger, (p) => `site-${p}`), [], 'nobody announced yet');
+    assert.deepEqual(
+      awaitLateMembers(net, a, new Set(['out']), false, logger, (p) => `site-${p}`),
+      [],
+      'nobody announced yet',
+    );
     await late.publish(Uint8Array.of(1), 1);
     await out.publish(Uint8Array.of(1), 1);
     await until('announcements in', () => (a.announced?.().size ?? 0) >= 2, 5000);
-    assert.deepEqual(awaitLateMembers(net, a, new Set(['out']), false, logger, (p) => `site-${p}`), ['late']);
+    assert.deepEqual(
+      awaitLateMembers(net, a, new Set(['out']), false, logger, (p) => `site-${p}`),
+      ['late'],
+    );
     assert.deepEqual([net.awaited, net.quorum, net.others], [['b', 'late'], 2, 2]);
     assert.deepEqual(lines, ['site-late took the agreement after this site agreed: rounds wait for it too from the next round']);
-    assert.deepEqual(awaitLateMembers(net, a, new Set(['out']), false, logger, (p) => `site-${p}`), [], 'taken in once');
+    assert.deepEqual(
+      awaitLateMembers(net, a, new Set(['out']), false, logger, (p) => `site-${p}`),
+      [],
+      'taken in once',
+    );
     // Round 2: b's head is in, late's is not: the wait is for late, until the deadline.
     const newest = new Map<string, number>();
     await b.publish(Uint8Array.of(2), 2);
     const t0 = performance.now();
     await awaitRound(a, new DepartedMembers(), {
-      round: 2, quorum: net.quorum, candidates: net.others!, awaited: net.awaited, deadlineMs: net.deadlineMs,
+      round: 2,
+      quorum: net.quorum,
+      candidates: net.others!,
+      awaited: net.awaited,
+      deadlineMs: net.deadlineMs,
       absorb: () => a.drain().map((m) => newest.set(m.from, m.payload[0])).length,
       delivered: () => new Set([...newest].filter(([, v]) => v >= 2).map(([p]) => p)),
     });
@@ -143,9 +168,18 @@ describe('a site that rejoins far behind (multi-process)', function () {
   const group = processGroup();
   afterEach(() => group.kill());
 
-  it("does not hold the others to the deadline: their waits are back to normal within two rounds", async () => {
+  it('does not hold the others to the deadline: their waits are back to normal within two rounds', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-rejoin-'));
-    const sim = { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 3, rounds: ROUNDS, partition: 'iid', seed: 6, epochs: 1, algorithms: ['dflmoe' as const] };
+    const sim = {
+      ...DEFAULT_SIMULATION,
+      dataset: 'breast-cancer',
+      peers: 3,
+      rounds: ROUNDS,
+      partition: 'iid',
+      seed: 6,
+      epochs: 1,
+      algorithms: ['dflmoe' as const],
+    };
     const f = await writeConsortium({ dir, algorithm: 'dflmoe', sim, deadlineMs: DEADLINE_MS, lingerMs: 2000 });
     const metrics = (i: number) => readJsonLines<RoundLine>(join(f.sites[i].out, 'metrics.jsonl'));
     const ps = f.sites.map((s) => group.start(['peer', '--config', s.config], `${s.out}.log`));
@@ -159,10 +193,17 @@ describe('a site that rejoins far behind (multi-process)', function () {
     // ...and it comes back from its old checkpoint.
     const log = `${victim.out}-rejoin.log`;
     const again = group.start(['peer', '--config', victim.config], log);
-    const resumedAt = await untilValue('the victim to resume', () => existsSync(log) && Number(/resumed from round (\d+)/.exec(readFileSync(log, 'utf8'))?.[1]), 60000);
+    const resumedAt = await untilValue(
+      'the victim to resume',
+      () => existsSync(log) && Number(/resumed from round (\d+)/.exec(readFileSync(log, 'utf8'))?.[1]),
+      60000,
+    );
     const rejoined = Date.now();
     const at = [0, 1].map((i) => metrics(i).length);
-    assert.ok(at.every((n) => n >= resumedAt + ahead && n < ROUNDS - 12), `the others are far ahead (rounds ${at}, the victim at ${resumedAt}) with rounds to go`);
+    assert.ok(
+      at.every((n) => n >= resumedAt + ahead && n < ROUNDS - 12),
+      `the others are far ahead (rounds ${at}, the victim at ${resumedAt}) with rounds to go`,
+    );
     // Eight rounds of the others after the rejoin (at the deadline each, this would take 40 s).
     const after = (i: number) => metrics(i).filter((l) => Date.parse(l.time) > rejoined);
     await until('8 rounds of the others after the rejoin', () => [0, 1].every((i) => after(i).length >= 8), 120000);
@@ -172,10 +213,18 @@ describe('a site that rejoins far behind (multi-process)', function () {
       // The first two rounds may still be the old regime; from then on no wait runs to the 5 s deadline (a wait that
       // does lasts at least the deadline, however loaded the machine; one the quorum ends is shorter).
       const atDeadline = waits.slice(2).filter((w) => w * 1000 >= DEADLINE_MS);
-      assert.equal(atDeadline.length, 0, `site-${i}: ${atDeadline.length} of ${waits.length - 2} rounds waited out the deadline (${waits.map((w) => w.toFixed(2)).join(' ')})`);
+      assert.equal(
+        atDeadline.length,
+        0,
+        `site-${i}: ${atDeadline.length} of ${waits.length - 2} rounds waited out the deadline (${waits.map((w) => w.toFixed(2)).join(' ')})`,
+      );
     }
     // Everyone finishes, the rejoined site too (its rounds after the others left are its own).
     assert.deepEqual(await Promise.all([ps[0], ps[1], again].map((p) => waitExit(p, 180000))), [0, 0, 0]);
-    assert.deepEqual(metrics(2).map((l) => l.round), Array.from({ length: ROUNDS }, (_, k) => k + 1), 'the rejoined site ran every round once');
+    assert.deepEqual(
+      metrics(2).map((l) => l.round),
+      Array.from({ length: ROUNDS }, (_, k) => k + 1),
+      'the rejoined site ran every round once',
+    );
   });
 });

@@ -43,15 +43,26 @@ describe('run report in a browser', function () {
         }
       });
       await page.goto(pathToFileURL(join(out, 'report.html')).href, { waitUntil: 'load' });
-      const charts = await page.$$eval('figure[data-chart]', (fs) => fs.map((f) => {
-        const svg = f.querySelector('svg');
-        const box = svg?.getBoundingClientRect();
-        return { id: (f as HTMLElement).dataset.chart!, width: box?.width ?? 0, height: box?.height ?? 0, marks: svg?.querySelectorAll('path, rect, line').length ?? 0 };
-      }));
-      const table = await page.$$eval('table', (ts) => ts.map((t) => ({
-        head: [...t.querySelectorAll('th')].map((th) => th.textContent),
-        rows: [...t.querySelectorAll('tbody tr')].map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent)),
-      }))[0]);
+      const charts = await page.$$eval('figure[data-chart]', (fs) =>
+        fs.map((f) => {
+          const svg = f.querySelector('svg');
+          const box = svg?.getBoundingClientRect();
+          return {
+            id: (f as HTMLElement).dataset.chart!,
+            width: box?.width ?? 0,
+            height: box?.height ?? 0,
+            marks: svg?.querySelectorAll('path, rect, line').length ?? 0,
+          };
+        }),
+      );
+      const table = await page.$$eval(
+        'table',
+        (ts) =>
+          ts.map((t) => ({
+            head: [...t.querySelectorAll('th')].map((th) => th.textContent),
+            rows: [...t.querySelectorAll('tbody tr')].map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent)),
+          }))[0],
+      );
       for (const c of charts) assert.ok(c.width > 100 && c.height > 50 && c.marks > 5, `chart ${c.id} is not drawn: ${JSON.stringify(c)}`);
       assert.deepEqual(errors, []);
       assert.deepEqual(outside, [], 'the report asks for nothing outside its file');
@@ -63,8 +74,23 @@ describe('run report in a browser', function () {
 
   it('report.html of a shared-body run renders offline: charts drawn, the table names dFLMoE with shared bodies and its body bytes', async () => {
     const out = mkdtempSync(join(tmpdir(), 'dflmoe-report-browser-'));
-    const r = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--rounds', '3', '--partition', 'iid', '--algorithms', 'dflmoe,fedrep-p2p,local',
-      '--share-body', '--quiet', '--out', out]);
+    const r = cli([
+      'simulate',
+      '--dataset',
+      'breast-cancer',
+      '--peers',
+      '3',
+      '--rounds',
+      '3',
+      '--partition',
+      'iid',
+      '--algorithms',
+      'dflmoe,fedrep-p2p,local',
+      '--share-body',
+      '--quiet',
+      '--out',
+      out,
+    ]);
     assert.equal(r.status, 0, r.stderr);
     const { charts, table } = await openReport(out);
     assert.ok(charts.length >= 2, `charts: ${JSON.stringify(charts)}`);
@@ -78,10 +104,28 @@ describe('run report in a browser', function () {
 
   it("report.html of a run whose sites hold the digits as images and as tables: the heatmap of what each site's gate uses draws a cell per site and modality", async () => {
     const out = mkdtempSync(join(tmpdir(), 'dflmoe-report-browser-modal-'));
-    const r = cli(['simulate', '--dataset', 'digits', '--peers', '4', '--rounds', '2', '--modalities', 'image,table', '--algorithms', 'dflmoe,local', '--quiet', '--out', out]);
+    const r = cli([
+      'simulate',
+      '--dataset',
+      'digits',
+      '--peers',
+      '4',
+      '--rounds',
+      '2',
+      '--modalities',
+      'image,table',
+      '--algorithms',
+      'dflmoe,local',
+      '--quiet',
+      '--out',
+      out,
+    ]);
     assert.equal(r.status, 0, r.stderr);
     const { charts } = await openReport(out);
-    assert.ok(charts.some((c) => c.id === 'gate-use'), `charts ${charts.map((c) => c.id)}`);
+    assert.ok(
+      charts.some((c) => c.id === 'gate-use'),
+      `charts ${charts.map((c) => c.id)}`,
+    );
     const page = await browser.newPage();
     try {
       await page.goto(pathToFileURL(join(out, 'report.html')).href, { waitUntil: 'load' });
@@ -92,7 +136,10 @@ describe('run report in a browser', function () {
       }));
       assert.equal(cells, 4 * 2, 'a cell per site and modality');
       assert.equal(labels.length, 4 * 2);
-      assert.ok(labels.every((l) => /^[01]\.\d\d$/.test(l ?? '')), `weights printed: ${labels}`);
+      assert.ok(
+        labels.every((l) => /^[01]\.\d\d$/.test(l ?? '')),
+        `weights printed: ${labels}`,
+      );
     } finally {
       await page.close();
     }
@@ -100,13 +147,38 @@ describe('run report in a browser', function () {
 
   it("report.html of a multi-task run: each task's charts drawn, a table row per task", async () => {
     const out = mkdtempSync(join(tmpdir(), 'dflmoe-report-browser-mt-'));
-    const r = cli(['simulate', '--dataset', 'digits-tasks', '--peers', '3', '--rounds', '2', '--algorithms', 'dflmoe,local', '--site-tasks', 'digit;value,digit',
-      '--train-per-site', '40', '--quiet', '--out', out]);
+    const r = cli([
+      'simulate',
+      '--dataset',
+      'digits-tasks',
+      '--peers',
+      '3',
+      '--rounds',
+      '2',
+      '--algorithms',
+      'dflmoe,local',
+      '--site-tasks',
+      'digit;value,digit',
+      '--train-per-site',
+      '40',
+      '--quiet',
+      '--out',
+      out,
+    ]);
     assert.equal(r.status, 0, r.stderr);
     const { charts, table } = await openReport(out);
     const ids = charts.map((c) => c.id);
-    for (const id of ['accuracy-per-round', 'accuracy-per-peer', 'accuracy-per-round:value', 'accuracy-per-peer:value']) assert.ok(ids.includes(id), `charts ${ids}`);
+    for (const id of ['accuracy-per-round', 'accuracy-per-peer', 'accuracy-per-round:value', 'accuracy-per-peer:value'])
+      assert.ok(ids.includes(id), `charts ${ids}`);
     assert.deepEqual(table.head.slice(0, 4), ['algorithm', 'task', 'metric', 'mean']);
-    assert.deepEqual(table.rows.map((row) => row.slice(1, 3)), [['digit', 'accuracy'], ['value', 'rmse'], ['digit', 'accuracy'], ['value', 'rmse']]);
+    assert.deepEqual(
+      table.rows.map((row) => row.slice(1, 3)),
+      [
+        ['digit', 'accuracy'],
+        ['value', 'rmse'],
+        ['digit', 'accuracy'],
+        ['value', 'rmse'],
+      ],
+    );
   });
 });

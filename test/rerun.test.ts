@@ -17,8 +17,25 @@ import { until, cliCommand } from './helpers.js';
 
 const ROUNDS = 12;
 const args = (out: string, more: string[] = []) => [
-  'simulate', '--transport', 'tcp', '--dataset', 'breast-cancer', '--peers', '2', '--rounds', String(ROUNDS), '--epochs', '3',
-  '--algorithms', 'dflmoe,fedavg', '--deadline', '20000', '--out', out, '--quiet', ...more,
+  'simulate',
+  '--transport',
+  'tcp',
+  '--dataset',
+  'breast-cancer',
+  '--peers',
+  '2',
+  '--rounds',
+  String(ROUNDS),
+  '--epochs',
+  '3',
+  '--algorithms',
+  'dflmoe,fedavg',
+  '--deadline',
+  '20000',
+  '--out',
+  out,
+  '--quiet',
+  ...more,
 ];
 
 describe('simulate over TCP into an earlier run (multi-process)', function () {
@@ -32,7 +49,8 @@ describe('simulate over TCP into an earlier run (multi-process)', function () {
   /** Start the CLI (its sites log at info level); resolves with its exit code and output. */
   function start(argv: string[]) {
     const p = spawn(process.execPath, [...cliCommand(), ...argv], {
-      stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DFLMOE_LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, DFLMOE_LOG_LEVEL: 'info' },
     });
     procs.push(p);
     let out = '';
@@ -49,7 +67,10 @@ describe('simulate over TCP into an earlier run (multi-process)', function () {
       const r = await verifyAudit(join(s, 'audit.jsonl'));
       assert.deepEqual(r.problems, [], `${s}: audit trail`);
       assert.equal(r.entries.filter((e) => e.kind === 'start').length, starts, `${s}: starts`);
-      assert.deepEqual(r.entries.filter((e) => e.kind === 'round').map((e) => (e as { round: number }).round), Array.from({ length: rounds }, (_, i) => i + 1));
+      assert.deepEqual(
+        r.entries.filter((e) => e.kind === 'round').map((e) => (e as { round: number }).round),
+        Array.from({ length: rounds }, (_, i) => i + 1),
+      );
     }
   }
 
@@ -63,7 +84,10 @@ describe('simulate over TCP into an earlier run (multi-process)', function () {
     assert.equal(a.code, 130, a.out);
     assert.match(a.out, /^dflmoe: interrupted; rerun to resume$/m);
     const stoppedAt = sites(out, 'dflmoe').map((s) => readJsonLines<RoundLine>(join(s, 'metrics.jsonl')).length);
-    assert.ok(stoppedAt.every((n) => n < ROUNDS), `stopped mid-run (${stoppedAt})`);
+    assert.ok(
+      stoppedAt.every((n) => n < ROUNDS),
+      `stopped mid-run (${stoppedAt})`,
+    );
 
     // Part 2: the rerun resumes dFLMoE where each site stopped, then runs FedAvg.
     const b = await start(args(out)).done;
@@ -72,7 +96,11 @@ describe('simulate over TCP into an earlier run (multi-process)', function () {
     sites(out, 'dflmoe').forEach((s, i) => {
       assert.match(readFileSync(`${s}.log`, 'utf8'), new RegExp(`resumed from round ${stoppedAt[i]} `), `${s} logs where it resumed`);
       const ls = readJsonLines<RoundLine>(join(s, 'metrics.jsonl'));
-      assert.deepEqual(ls.map((l) => l.round), Array.from({ length: ROUNDS }, (_, k) => k + 1), 'every round once');
+      assert.deepEqual(
+        ls.map((l) => l.round),
+        Array.from({ length: ROUNDS }, (_, k) => k + 1),
+        'every round once',
+      );
       // Bytes and time run on across the restart: the lines count the whole run.
       for (let k = 1; k < ls.length; k++) {
         assert.ok(ls[k].bytesSent >= ls[k - 1].bytesSent, `${s} round ${ls[k].round}: bytes out ${ls[k].bytesSent} < ${ls[k - 1].bytesSent}`);
@@ -94,7 +122,10 @@ describe('simulate over TCP into an earlier run (multi-process)', function () {
       for (const s of sites(out, alg)) assert.match(readFileSync(`${s}.log`, 'utf8'), new RegExp(`resumed from round ${ROUNDS} `));
       assert.equal(rc.algorithms[alg]!.bytesSent, rb.algorithms[alg]!.bytesSent, `${alg}: bytes of the whole run`);
       assert.ok(rc.algorithms[alg]!.wallSeconds > rb.algorithms[alg]!.wallSeconds, `${alg}: seconds of every part`);
-      assert.deepEqual(rc.algorithms[alg]!.peers.map((p) => p.accuracy), rb.algorithms[alg]!.peers.map((p) => p.accuracy));
+      assert.deepEqual(
+        rc.algorithms[alg]!.peers.map((p) => p.accuracy),
+        rb.algorithms[alg]!.peers.map((p) => p.accuracy),
+      );
     }
     await auditsVerify(out, 'dflmoe', 3);
     await auditsVerify(out, 'fedavg', 2);

@@ -2,8 +2,23 @@
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  DEFAULT_ALGORITHM_OPTIONS, MemoryHub, decodeBundle, digestHex, dflmoe, fedrepP2p, memoryNetworks, runSite, secAggVersion, silentLogger, simulate,
-  type AlgorithmOptions, type AlgorithmSite, type HeadExchange, type PeerData, type PeerModelOptions, type SiteRoundRecord,
+  DEFAULT_ALGORITHM_OPTIONS,
+  MemoryHub,
+  decodeBundle,
+  digestHex,
+  dflmoe,
+  fedrepP2p,
+  memoryNetworks,
+  runSite,
+  secAggVersion,
+  silentLogger,
+  simulate,
+  type AlgorithmOptions,
+  type AlgorithmSite,
+  type HeadExchange,
+  type PeerData,
+  type PeerModelOptions,
+  type SiteRoundRecord,
 } from '@dflmoe/core/internal';
 import { loopbackMembers } from '@dflmoe/p2p/internal';
 import { backend, tinyPeers } from './helpers.js';
@@ -11,7 +26,13 @@ import { backend, tinyPeers } from './helpers.js';
 const quiet = silentLogger;
 const opts = (o: Partial<AlgorithmOptions> = {}): AlgorithmOptions => ({ ...DEFAULT_ALGORITHM_OPTIONS, seed: 1, ...o });
 const base = (datas: PeerData[], i: number): PeerModelOptions => ({
-  id: `p${i}`, data: datas[i], body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: i }, initSeed: 7,
+  id: `p${i}`,
+  data: datas[i],
+  body: { kind: 'mlp', hidden: [16] },
+  featureDim: 8,
+  headHidden: [],
+  train: { seed: i },
+  initSeed: 7,
 });
 /** A site's body, read through its body share (float32: exact). */
 const bodyOf = (s: AlgorithmSite) => decodeBundle(s.bodyShare!.encode(1), { maxBytes: 1 << 30 }).tensors.map((t) => t.data);
@@ -45,7 +66,7 @@ function dying(ex: HeadExchange, version: number): HeadExchange {
 describe('secure aggregation of shared bodies', () => {
   before(backend);
 
-  it('fedrep-p2p: the combined body is the plain mean\'s up to fixed-point rounding at every site, and no plain body travels', async () => {
+  it("fedrep-p2p: the combined body is the plain mean's up to fixed-point rounding at every site, and no plain body travels", async () => {
     const run = async (secureAggregation: boolean) => {
       const { datas } = tinyPeers(4);
       const sites = datas.map((_, i) => fedrepP2p.createSite(base(datas, i), opts({ secureAggregation })));
@@ -60,10 +81,12 @@ describe('secure aggregation of shared bodies', () => {
     const plain = await run(false);
     const secure = await run(true);
     for (let i = 0; i < 4; i++) {
-      secure.bodies[i].forEach((t, k) => t.forEach((x, j) => assert.ok(Math.abs(x - plain.bodies[i][k][j]) < 1e-4, `site ${i} tensor ${k}[${j}]: ${x} against ${plain.bodies[i][k][j]}`)));
+      secure.bodies[i].forEach((t, k) =>
+        t.forEach((x, j) => assert.ok(Math.abs(x - plain.bodies[i][k][j]) < 1e-4, `site ${i} tensor ${k}[${j}]: ${x} against ${plain.bodies[i][k][j]}`)),
+      );
       const mixed = secure.recs[i][0].bodies!;
-      assert.equal(mixed.length, 3, 'the three others\' masked bodies');
-      for (const b of mixed) assert.ok(!secure.own.includes(b.digest) && !plain.own.includes(b.digest), 'a received digest is no member\'s body');
+      assert.equal(mixed.length, 3, "the three others' masked bodies");
+      for (const b of mixed) assert.ok(!secure.own.includes(b.digest) && !plain.own.includes(b.digest), "a received digest is no member's body");
     }
     const bytes = (r: SiteRoundRecord[][]) => r.reduce((a, x) => a + x[0].bodyBytesSent!, 0);
     // The masked body is as large as a float32 body (a word per weight, one more for the weight); keys, shares and
@@ -77,7 +100,16 @@ describe('secure aggregation of shared bodies', () => {
     const sites = datas.map((_, i) => dflmoe.createSite(base(datas, i), opts({ shareBody: true, secureAggregation: true, topology: 'random:2' })));
     const nets = memoryNetworks(dflmoe, sites, 1 << 30, quiet);
     const counts: number[] = [];
-    const recs = await Promise.all(sites.map((s, i) => runSite(s, nets[i], { rounds: 4, onRound: () => { if (i === 0) counts.push(tf.memory().numTensors); } })));
+    const recs = await Promise.all(
+      sites.map((s, i) =>
+        runSite(s, nets[i], {
+          rounds: 4,
+          onRound: () => {
+            if (i === 0) counts.push(tf.memory().numTensors);
+          },
+        }),
+      ),
+    );
     for (const r of recs) {
       assert.equal(r[0].bodies, undefined);
       for (const k of [1, 2, 3]) assert.equal(r[k].bodies!.length, 2, 'the two others of the group');
@@ -85,7 +117,11 @@ describe('secure aggregation of shared bodies', () => {
     // Groups are drawn per round: over rounds 1 to 3 site p0 combines with more than two members.
     assert.ok(new Set(recs[0].slice(1).flatMap((x) => x.bodies!.map((b) => b.peer))).size > 2);
     assert.deepEqual(counts.slice(2), [counts[1], counts[1]], `tensor counts per round: ${counts}`);
-    for (const s of sites) assert.deepEqual(Object.keys(s.rejected()).filter((k) => k.startsWith('body:')), []);
+    for (const s of sites)
+      assert.deepEqual(
+        Object.keys(s.rejected()).filter((k) => k.startsWith('body:')),
+        [],
+      );
     sites.forEach((s) => s.dispose());
     datas.forEach((d) => tf.dispose([d.xTrain, d.yTrain, d.xTest, d.yTest]));
   });
@@ -99,7 +135,7 @@ describe('secure aggregation of shared bodies', () => {
     await assert.rejects(runs[4], /closed|killed/);
     const recs = await Promise.all(runs.slice(0, 4));
     for (const r of recs) {
-      assert.equal(r[1].bodies!.length, 4, 'round 2 sums the dead member\'s masked body too');
+      assert.equal(r[1].bodies!.length, 4, "round 2 sums the dead member's masked body too");
       assert.ok(r[1].bodies!.some((b) => b.peer === 'p4'));
       assert.equal(r[2].bodies!.length, 3, 'round 3 goes on without it');
       assert.equal(r[3].bodies!.length, 3);
@@ -114,7 +150,7 @@ describe('secure aggregation of shared bodies', () => {
     datas.forEach((d) => tf.dispose([d.xTrain, d.yTrain, d.xTest, d.yTest]));
   });
 
-  it('a member killed before sending its masked body: its masks are removed from the others\' sums', async () => {
+  it("a member killed before sending its masked body: its masks are removed from the others' sums", async () => {
     const { datas } = tinyPeers(5);
     const sites = datas.map((_, i) => fedrepP2p.createSite(base(datas, i), opts({ secureAggregation: true })));
     const nets = memoryNetworks(fedrepP2p, sites, 1 << 30, quiet);
@@ -123,11 +159,18 @@ describe('secure aggregation of shared bodies', () => {
     await assert.rejects(runs[1], /closed|killed/);
     const recs = await Promise.all([0, 2, 3, 4].map((i) => runs[i]));
     for (const r of recs) {
-      assert.deepEqual(r[0].bodies!.map((b) => b.peer).filter((p) => p === 'p1'), []);
+      assert.deepEqual(
+        r[0].bodies!.map((b) => b.peer).filter((p) => p === 'p1'),
+        [],
+      );
       assert.equal(r[0].bodies!.length, 3);
     }
     const b = [0, 2, 3, 4].map((i) => bodyOf(sites[i])[0]);
-    for (const x of b) assert.ok(x.every((v, j) => Math.abs(v - b[0][j]) < 1e-6), 'the same mean at every survivor');
+    for (const x of b)
+      assert.ok(
+        x.every((v, j) => Math.abs(v - b[0][j]) < 1e-6),
+        'the same mean at every survivor',
+      );
     sites.forEach((s) => s.dispose());
     datas.forEach((d) => tf.dispose([d.xTrain, d.yTrain, d.xTest, d.yTest]));
   });
@@ -159,7 +202,7 @@ describe('secure aggregation of shared bodies', () => {
     const recs = await Promise.all(sites.slice(0, 4).map((s, i) => runSite(s, nets[i], { rounds: 2 })));
     const seconds = (performance.now() - t0) / 1000;
     // Round 1 waits one deadline for its masked body (phase 3), round 2 one for its keys (phase 1).
-    assert.ok(seconds < 4 * deadlineMs / 1000 + 2, `${seconds.toFixed(1)} s`);
+    assert.ok(seconds < (4 * deadlineMs) / 1000 + 2, `${seconds.toFixed(1)} s`);
     for (const r of recs) {
       for (const k of [0, 1]) {
         assert.equal(r[k].bodies!.length, 3, `round ${k + 1}: the three other survivors`);
@@ -167,7 +210,11 @@ describe('secure aggregation of shared bodies', () => {
       }
     }
     const b = sites.slice(0, 4).map((s) => bodyOf(s)[0]);
-    for (const x of b) assert.ok(x.every((v, j) => Math.abs(v - b[0][j]) < 1e-6), 'the same mean at every survivor');
+    for (const x of b)
+      assert.ok(
+        x.every((v, j) => Math.abs(v - b[0][j]) < 1e-6),
+        'the same mean at every survivor',
+      );
     await frozen.close();
     sites.forEach((s) => s.dispose());
     datas.forEach((d) => tf.dispose([d.xTrain, d.yTrain, d.xTest, d.yTest]));
@@ -203,11 +250,17 @@ describe('secure aggregation of shared bodies', () => {
 
   it('the robust combiners are refused with one line saying why', async () => {
     await assert.rejects(
-      simulate({ dataset: 'breast-cancer', peers: 3, rounds: 1, algorithms: ['fedrep-p2p'], bodyCombiner: 'median', secureAggregation: true }, { logger: quiet }),
+      simulate(
+        { dataset: 'breast-cancer', peers: 3, rounds: 1, algorithms: ['fedrep-p2p'], bodyCombiner: 'median', secureAggregation: true },
+        { logger: quiet },
+      ),
       /secure aggregation combines bodies by their mean only: under masking no site sees another's body, so the median cannot be taken/,
     );
     const { datas } = tinyPeers(1);
-    assert.throws(() => fedrepP2p.createSite(base(datas, 0), opts({ secureAggregation: true, bodyCombiner: 'trimmed:0.2' })), /the trimmed:0.2 cannot be taken/);
+    assert.throws(
+      () => fedrepP2p.createSite(base(datas, 0), opts({ secureAggregation: true, bodyCombiner: 'trimmed:0.2' })),
+      /the trimmed:0.2 cannot be taken/,
+    );
     datas.forEach((d) => tf.dispose([d.xTrain, d.yTrain, d.xTest, d.yTest]));
   });
 });

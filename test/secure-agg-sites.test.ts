@@ -19,20 +19,38 @@ import { processGroup, until } from './helpers.js';
 const ROUNDS = 6;
 const read = (f: string) => (existsSync(f) ? readFileSync(f, 'utf8') : '');
 
-interface AuditRound { kind: string; round: number; bodies?: { peer: string; digest: string }[]; ownBody?: { version: number; digest: string } | null }
+interface AuditRound {
+  kind: string;
+  round: number;
+  bodies?: { peer: string; digest: string }[];
+  ownBody?: { version: number; digest: string } | null;
+}
 
 describe('secure aggregation among site processes (libp2p)', function () {
   this.timeout(120000);
   const group = processGroup();
   after(() => group.kill());
 
-  it('fedrep-p2p, 4 sites, one killed with SIGKILL mid-round: the others complete that round and every later one, and no one holds a member\'s body', async () => {
+  it("fedrep-p2p, 4 sites, one killed with SIGKILL mid-round: the others complete that round and every later one, and no one holds a member's body", async () => {
     const t0 = performance.now();
     const sim: SimulationConfig = {
-      ...DEFAULT_SIMULATION, dataset: 'breast-cancer', peers: 4, rounds: ROUNDS, partition: 'iid', seed: 5, algorithms: ['fedrep-p2p'], secureAggregation: true,
+      ...DEFAULT_SIMULATION,
+      dataset: 'breast-cancer',
+      peers: 4,
+      rounds: ROUNDS,
+      partition: 'iid',
+      seed: 5,
+      algorithms: ['fedrep-p2p'],
+      secureAggregation: true,
     };
     // The deadline is far above a round (under a second here): a round that waited it out would break the time bound below.
-    const f: ConsortiumFiles = await writeConsortium({ dir: mkdtempSync(join(tmpdir(), 'dflmoe-secagg-')), algorithm: 'fedrep-p2p', sim, deadlineMs: 30000, lingerMs: 1000 });
+    const f: ConsortiumFiles = await writeConsortium({
+      dir: mkdtempSync(join(tmpdir(), 'dflmoe-secagg-')),
+      algorithm: 'fedrep-p2p',
+      sim,
+      deadlineMs: 30000,
+      lingerMs: 1000,
+    });
     const cfg = JSON.parse(read(f.sites[0].config)) as { bodies?: { secureAggregation?: boolean } };
     assert.equal(cfg.bodies?.secureAggregation, true, 'the site configs turn secure aggregation on');
     const [victim, ...rest] = [f.sites[3], ...f.sites.slice(0, 3)];
@@ -58,11 +76,18 @@ describe('secure aggregation among site processes (libp2p)', function () {
     assert.ok(ownBodies.size >= 3 * ROUNDS + dead - 1, `${ownBodies.size} own-body digests`);
     for (const [i, s] of rest.entries()) {
       const ls = readJsonLines<RoundLine>(join(s.out, 'metrics.jsonl'));
-      assert.deepEqual(ls.map((l) => l.round), Array.from({ length: ROUNDS }, (_, k) => k + 1), `${s.out}: every round once`);
+      assert.deepEqual(
+        ls.map((l) => l.round),
+        Array.from({ length: ROUNDS }, (_, k) => k + 1),
+        `${s.out}: every round once`,
+      );
       const results = JSON.parse(read(join(s.out, 'results.json'))) as { rounds: unknown[]; accuracy: number };
       assert.equal(results.rounds.length, ROUNDS);
       assert.ok(results.accuracy > 0.6, `${s.out}: accuracy ${results.accuracy}`);
-      const others = rest.filter((o) => o !== s).map((o) => o.peerId).sort();
+      const others = rest
+        .filter((o) => o !== s)
+        .map((o) => o.peerId)
+        .sort();
       for (const l of ls) {
         const peers = (l.bodies ?? []).map((b) => b.peer).sort();
         // Before the kill: the three others' masked bodies. After it: the two other survivors', every round.

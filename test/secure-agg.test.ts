@@ -2,7 +2,20 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
-  FIXED_POINT, SecAggMember, boundSampleCounts, maskedDigest, decodeSecAgg, decodeSum, encodeFixed, encodeSecAgg, secAggGroups, secAggGroupOf, secAggThreshold, inputDigest, type SecAggGroup, type SecAggResult,
+  FIXED_POINT,
+  SecAggMember,
+  boundSampleCounts,
+  maskedDigest,
+  decodeSecAgg,
+  decodeSum,
+  encodeFixed,
+  encodeSecAgg,
+  secAggGroups,
+  secAggGroupOf,
+  secAggThreshold,
+  inputDigest,
+  type SecAggGroup,
+  type SecAggResult,
 } from '@dflmoe/core/internal';
 import { mutated } from './helpers.js';
 
@@ -40,7 +53,11 @@ function broadcast(members: SecAggMember[], msgs: (Uint8Array | undefined)[], al
  * Run a round among `n` members with inputs `values`: members in `dropAfter[phase]` stop after sending that
  * phase's message (0: before advertising). Returns every live member's result.
  */
-async function runRound(values: Float32Array[], samples: number[], dropAfter: Record<number, number[]> = {}): Promise<{ members: SecAggMember[]; results: (SecAggResult | undefined)[] }> {
+async function runRound(
+  values: Float32Array[],
+  samples: number[],
+  dropAfter: Record<number, number[]> = {},
+): Promise<{ members: SecAggMember[]; results: (SecAggResult | undefined)[] }> {
   const g = group(values.length);
   const members = await Promise.all(g.members.map((id, i) => SecAggMember.create(id, g, values[0].length, { samples: samples[i], arch: 'mlp' })));
   const gone = new Set<number>();
@@ -62,7 +79,10 @@ async function runRound(values: Float32Array[], samples: number[], dropAfter: Re
 
 function assertMean(r: SecAggResult | undefined, values: Float32Array[], samples: number[], who: number[]): Float32Array {
   assert.ok(r?.ok, r && !r.ok ? `${r.reason}: ${r.detail}` : 'no result');
-  const want = plainMean(who.map((i) => values[i]), who.map((i) => samples[i]));
+  const want = plainMean(
+    who.map((i) => values[i]),
+    who.map((i) => samples[i]),
+  );
   // Rounding: at most 2^-17 per member and coordinate (and the weight word's), divided by the total relative weight.
   const tol = ((who.length + 1) * 2 ** -17) / Math.min(1, r.weight);
   r.mean.forEach((x, j) => assert.ok(Math.abs(x - want[j]) < tol, `coordinate ${j}: ${x} against ${want[j]}`));
@@ -83,7 +103,13 @@ describe('secure aggregation', () => {
   });
 
   it('groups: every member in exactly one group of at least the size asked, the same draw at every site, re-drawn per round', () => {
-    for (const [n, size] of [[10, 9], [50, 9], [7, 3], [5, 9], [300, 300]] as const) {
+    for (const [n, size] of [
+      [10, 9],
+      [50, 9],
+      [7, 3],
+      [5, 9],
+      [300, 300],
+    ] as const) {
       const gs = secAggGroups(ids(n), 4, size, 7);
       assert.deepEqual(gs.flatMap((g) => g.members).sort(), ids(n).sort());
       for (const g of gs) {
@@ -93,14 +119,26 @@ describe('secure aggregation', () => {
       }
       if (n >= size && size < 255) assert.ok(gs.every((g) => g.members.length >= size));
       assert.deepEqual(secAggGroups([...ids(n)].reverse(), 4, size, 7), gs);
-      assert.deepEqual(secAggGroupOf(ids(n)[3], ids(n).filter((m) => m !== ids(n)[3]), 4, size, 7).members, gs.find((g) => g.members.includes(ids(n)[3]))!.members);
+      assert.deepEqual(
+        secAggGroupOf(
+          ids(n)[3],
+          ids(n).filter((m) => m !== ids(n)[3]),
+          4,
+          size,
+          7,
+        ).members,
+        gs.find((g) => g.members.includes(ids(n)[3]))!.members,
+      );
     }
-    assert.notDeepEqual(secAggGroups(ids(50), 4, 9, 7).map((g) => g.members), secAggGroups(ids(50), 5, 9, 7).map((g) => g.members));
+    assert.notDeepEqual(
+      secAggGroups(ids(50), 4, 9, 7).map((g) => g.members),
+      secAggGroups(ids(50), 5, 9, 7).map((g) => g.members),
+    );
     assert.equal(secAggThreshold(10), 7);
     assert.equal(secAggThreshold(3), 2);
   });
 
-  it('the unmasked sum is the plain weighted mean up to fixed-point rounding, at every member, and no masked input is a member\'s input', async () => {
+  it("the unmasked sum is the plain weighted mean up to fixed-point rounding, at every member, and no masked input is a member's input", async () => {
     const values = inputs(6, 200, 11);
     const samples = [120, 80, 200, 50, 90, 3000];
     const { members, results } = await runRound(values, samples);
@@ -141,15 +179,22 @@ describe('secure aggregation', () => {
     // Three never advertise: the others do not even share their keys.
     const g = group(6);
     const members = await Promise.all(g.members.map((id) => SecAggMember.create(id, g, 16, { samples: 10, arch: 'mlp' })));
-    broadcast(members, members.map((m, i) => (i < 3 ? undefined : m.advertise())));
+    broadcast(
+      members,
+      members.map((m, i) => (i < 3 ? undefined : m.advertise())),
+    );
     assert.equal(await members[4].shareKeys(), undefined);
   });
 
   it('fast-check: for any inputs, weights and dropouts within the threshold, the unmasked mean equals the plain mean', async () => {
     await fc.assert(
       fc.asyncProperty(
-        fc.integer({ min: 3, max: 8 }), fc.integer({ min: 1, max: 40 }), fc.integer({ min: 0, max: 1000 }), fc.array(fc.integer({ min: 1, max: 500 }), { minLength: 8, maxLength: 8 }),
-        fc.integer({ min: 2, max: 3 }), fc.nat(),
+        fc.integer({ min: 3, max: 8 }),
+        fc.integer({ min: 1, max: 40 }),
+        fc.integer({ min: 0, max: 1000 }),
+        fc.array(fc.integer({ min: 1, max: 500 }), { minLength: 8, maxLength: 8 }),
+        fc.integer({ min: 2, max: 3 }),
+        fc.nat(),
         async (n, length, seed, rows, phase, pick) => {
           const values = inputs(n, length, seed);
           const samples = rows.slice(0, n);
@@ -224,7 +269,10 @@ describe('secure aggregation: hostile input', () => {
     assert.deepEqual(probe.advertised(), g.members.slice(0, 3));
     assert.equal(probe.receive(encodeSecAgg(bad), g.members[3]), 'bad-key');
     // A ciphertext that does not decrypt.
-    broadcast(ms, ms.map((m) => m.advertise()));
+    broadcast(
+      ms,
+      ms.map((m) => m.advertise()),
+    );
     await Promise.all(ms.map((m) => m.shareKeys()));
     const sh = decodeSecAgg((await ms[1].shareKeys())!, { maxBytes: 1 << 20 });
     sh.shares!.get(g.members[0])![5] ^= 1;
@@ -233,7 +281,10 @@ describe('secure aggregation: hostile input', () => {
 
   it('a member that sends different masked bodies to different peers: the others refuse the round and name it', async () => {
     const ms = await fresh();
-    broadcast(ms, ms.map((m) => m.advertise()));
+    broadcast(
+      ms,
+      ms.map((m) => m.advertise()),
+    );
     broadcast(ms, await Promise.all(ms.map((m) => m.shareKeys())));
     const honest = ms.map((m, i) => m.maskedInput(new Float32Array(8).fill(0.1 * i))!.message);
     // Member 3 sends its real input to members 0 and 1 and another one (masked alike, a different body) to member 2.

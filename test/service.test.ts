@@ -44,28 +44,41 @@ describe('the exchange as a libp2p service', function () {
   it('a node without pubsub is refused by createLibp2p, naming what is missing', async () => {
     const id = await generateIdentity();
     await assert.rejects(hostNode(id.privateKey, { identify: identify(), heads: headExchange({ members: [] }) }), (e: Error) =>
-      /Service "@dflmoe\/exchange" required capability "@libp2p\/pubsub"/.test(e.message));
+      /Service "@dflmoe\/exchange" required capability "@libp2p\/pubsub"/.test(e.message),
+    );
     // A pubsub under another name: the service says which name it looked for.
     const node = await hostNode(id.privateKey, { identify: identify(), gossip: gossipsub(), heads: headExchange({ members: [] }) });
-    await assert.rejects(async () => node.start(), (e: Error) => e instanceof ExchangeServiceError && /needs a pubsub service named "pubsub"/.test(e.message));
+    await assert.rejects(
+      async () => node.start(),
+      (e: Error) => e instanceof ExchangeServiceError && /needs a pubsub service named "pubsub"/.test(e.message),
+    );
     await node.stop();
   });
 
   it('a node whose transports reach no member fails to start with a clear error, at once', async () => {
     const [a, b] = await Promise.all([generateIdentity(), generateIdentity()]);
-    const members = [{ peerId: a.peerId, addrs: [] }, { peerId: b.peerId, addrs: ['/ip4/127.0.0.1/tcp/9'] }];
+    const members = [
+      { peerId: a.peerId, addrs: [] },
+      { peerId: b.peerId, addrs: ['/ip4/127.0.0.1/tcp/9'] },
+    ];
     const node = await hostNode(a.privateKey, { identify: identify(), pubsub: gossipsub(), heads: headExchange({ members }) }, { transports: 'ws' });
     const t0 = Date.now();
-    await assert.rejects(async () => node.start(), (e: Error) =>
-      e instanceof ExchangeServiceError && /cannot reach any member: no transport of this node dials \/ip4\/127\.0\.0\.1\/tcp\/9/.test(e.message));
+    await assert.rejects(
+      async () => node.start(),
+      (e: Error) => e instanceof ExchangeServiceError && /cannot reach any member: no transport of this node dials \/ip4\/127\.0\.0\.1\/tcp\/9/.test(e.message),
+    );
     assert.ok(Date.now() - t0 < 5000);
     await node.stop();
   });
 
-  it('serves members only; a member that keeps sending bad requests is struck, hung up on and refused, without the site\'s gater', async () => {
+  it("serves members only; a member that keeps sending bad requests is struck, hung up on and refused, without the site's gater", async () => {
     const [host, member, stranger] = await Promise.all([generateIdentity(), generateIdentity(), generateIdentity()]);
     const members = [host, member].map((i) => ({ peerId: i.peerId, addrs: [] }));
-    const node = await hostNode(host.privateKey, { identify: identify(), pubsub: gossipsub(), heads: headExchange({ members, maxStrikes: 3, blockMs: 30000 }) });
+    const node = await hostNode(host.privateKey, {
+      identify: identify(),
+      pubsub: gossipsub(),
+      heads: headExchange({ members, maxStrikes: 3, blockMs: 30000 }),
+    });
     const m = await hostNode(member.privateKey, { identify: identify(), pubsub: gossipsub() });
     const x = await hostNode(stranger.privateKey, { identify: identify(), pubsub: gossipsub() });
     await Promise.all([node.start(), m.start(), x.start()]);

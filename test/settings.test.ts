@@ -7,8 +7,22 @@
 import assert from 'node:assert/strict';
 import { Command } from 'commander';
 import {
-  DEFAULT_SIMULATION, DflmoePeer, MemoryHub, SETTINGS, SettingError, configPath, createLearner, dflmoe, disposePeerData, fromSections, getAlgorithm,
-  settingDefault, settingsList, simulationSettings, toSections, type AlgorithmName,
+  DEFAULT_SIMULATION,
+  DflmoePeer,
+  MemoryHub,
+  SETTINGS,
+  SettingError,
+  configPath,
+  createLearner,
+  dflmoe,
+  disposePeerData,
+  fromSections,
+  getAlgorithm,
+  settingDefault,
+  settingsList,
+  simulationSettings,
+  toSections,
+  type AlgorithmName,
 } from '@dflmoe/core/internal';
 import { ConfigError, parsePeerConfig, siteSettings } from '@dflmoe/p2p/internal';
 import { addSettingsOptions, givenSettings } from '@dflmoe/cli/internal';
@@ -17,7 +31,16 @@ import { backend, cli, tinyDataset, tinyPeers } from './helpers.js';
 const site = { key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], rounds: 1, out: 'o', data: { dataset: 'breast-cancer' } };
 /** A value of a setting other than its default, that its schema accepts. */
 function otherValue(name: string, dflt: unknown): unknown {
-  const special: Record<string, unknown> = { alpha: 0.5, fst: 'diag', headPrecision: 'float16', bodyCombiner: 'median', topology: 'ring', admission: 0.5, gossipPeers: 4, crossTaskWeight: 0.3 };
+  const special: Record<string, unknown> = {
+    alpha: 0.5,
+    fst: 'diag',
+    headPrecision: 'float16',
+    bodyCombiner: 'median',
+    topology: 'ring',
+    admission: 0.5,
+    gossipPeers: 4,
+    crossTaskWeight: 0.3,
+  };
   if (name in special) return special[name];
   if (typeof dflt === 'boolean') return !dflt;
   if (typeof dflt === 'number') return dflt + 1;
@@ -47,11 +70,23 @@ describe('algorithm settings: one schema, every entry point', () => {
   });
 
   it('a bad value is refused where it enters, naming the setting as that entry names it', () => {
-    assert.throws(() => parsePeerConfig({ ...site, dflmoe: { alpha: 2 } }), (e: Error) => e instanceof ConfigError && /dflmoe\.alpha: .*<=1/.test(e.message));
-    assert.throws(() => parsePeerConfig({ ...site, bodies: { every: 0 } }), (e: Error) => e instanceof ConfigError && /bodies\.every/.test(e.message));
+    assert.throws(
+      () => parsePeerConfig({ ...site, dflmoe: { alpha: 2 } }),
+      (e: Error) => e instanceof ConfigError && /dflmoe\.alpha: .*<=1/.test(e.message),
+    );
+    assert.throws(
+      () => parsePeerConfig({ ...site, bodies: { every: 0 } }),
+      (e: Error) => e instanceof ConfigError && /bodies\.every/.test(e.message),
+    );
     assert.throws(() => parsePeerConfig({ ...site, dflmoe: { alpah: 0.3 } }), /unknown key "alpah" \(did you mean "alpha"\?\)/);
-    assert.throws(() => addSettingsOptions(new Command('x').exitOverride().configureOutput({ writeErr: () => {} })).parse(['--alpha', '2'], { from: 'user' }), /alpha.*<=1/);
-    assert.throws(() => simulationSettings({ ...DEFAULT_SIMULATION, dataset: 'digits', maxExperts: -1 }, 'dflmoe'), (e: Error) => e instanceof SettingError && e.setting === 'maxExperts');
+    assert.throws(
+      () => addSettingsOptions(new Command('x').exitOverride().configureOutput({ writeErr: () => {} })).parse(['--alpha', '2'], { from: 'user' }),
+      /alpha.*<=1/,
+    );
+    assert.throws(
+      () => simulationSettings({ ...DEFAULT_SIMULATION, dataset: 'digits', maxExperts: -1 }, 'dflmoe'),
+      (e: Error) => e instanceof SettingError && e.setting === 'maxExperts',
+    );
     const r = cli(['simulate', '--dataset', 'breast-cancer', '--max-experts', 'some']);
     assert.equal(r.status, 2);
     assert.match(r.stderr, /--max-experts/);
@@ -68,7 +103,7 @@ describe('algorithm settings: one schema, every entry point', () => {
     const c = parsePeerConfig({ ...site, dflmoe: { shareBody: true } });
     assert.deepEqual([c.dflmoe.fst, c.train.epochs], ['none', 2]);
     const f = parsePeerConfig({ ...site, algorithm: 'fedrep-p2p', dflmoe: { shareBody: true } });
-    assert.deepEqual([f.dflmoe.fst, f.train.epochs], ['full', 1], 'the variant is dFLMoE\'s own');
+    assert.deepEqual([f.dflmoe.fst, f.train.epochs], ['full', 1], "the variant is dFLMoE's own");
     assert.deepEqual(siteSettings({ ...sim, shareBody: true }, 0, 'dflmoe').train.epochs, 2, 'simulate --transport tcp writes what the simulator runs');
     const hub = new MemoryHub();
     const bodies = new MemoryHub();
@@ -87,7 +122,10 @@ describe('algorithm settings: one schema, every entry point', () => {
     assert.equal(peer(l).maxExperts, c.dflmoe.maxExperts);
     assert.equal(peer(k).maxExperts, 3);
     assert.equal(peer(k).gate.hiddenDim, 4);
-    await assert.rejects(createLearner({ id: 'c', dataset: tinyDataset(), exchange: hub.join('c'), alpha: -1 }), (e: Error) => e instanceof SettingError && e.setting === 'alpha');
+    await assert.rejects(
+      createLearner({ id: 'c', dataset: tinyDataset(), exchange: hub.join('c'), alpha: -1 }),
+      (e: Error) => e instanceof SettingError && e.setting === 'alpha',
+    );
     l.dispose();
     k.dispose();
   });
@@ -95,7 +133,13 @@ describe('algorithm settings: one schema, every entry point', () => {
   it('an algorithm site made from options that skip the schema is still checked (a frozen body cannot be shared)', () => {
     const { datas } = tinyPeers(1);
     const base = { id: 'p0', data: datas[0], body: { kind: 'mlp' as const, hidden: [8] }, featureDim: 4, headHidden: [], train: { seed: 1 }, freezeBody: true };
-    const o = { ...simulationSettings({ ...DEFAULT_SIMULATION, dataset: 'digits' }, 'dflmoe'), shareBody: true, seed: 1, maxHeadBytes: 1 << 20, maxModelBytes: 1 << 20 };
+    const o = {
+      ...simulationSettings({ ...DEFAULT_SIMULATION, dataset: 'digits' }, 'dflmoe'),
+      shareBody: true,
+      seed: 1,
+      maxHeadBytes: 1 << 20,
+      maxModelBytes: 1 << 20,
+    };
     assert.throws(() => getAlgorithm('dflmoe').createSite(base, o), /shareBody needs a body that trains/);
     assert.equal(dflmoe.settings.length, 3);
     datas.forEach(disposePeerData);

@@ -15,7 +15,10 @@ describe('simulate: regimes (data per site, feature shift, validation, pooled te
     const c = cut.algorithms.local!.peers;
     assert.ok(f.every((p) => p.trainSamples > 30));
     assert.ok(c.every((p) => p.trainSamples === 30));
-    assert.deepEqual(c.map((p) => p.testSamples), f.map((p) => p.testSamples));
+    assert.deepEqual(
+      c.map((p) => p.testSamples),
+      f.map((p) => p.testSamples),
+    );
   });
 
   it('--feature-shift changes what sites see, reproducibly', async () => {

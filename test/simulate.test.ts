@@ -15,7 +15,6 @@ function strip(r: SimulationResults) {
   );
 }
 
-
 describe('simulate', () => {
   before(backend);
 
@@ -35,7 +34,10 @@ describe('simulate', () => {
       { dataset: 'digits', peers: 2, rounds: 2, epochs: 3, partition: 'iid', algorithms: ['dflmoe', 'local'], bodies: ['mlp:64', 'cnn:8x16'], featureDim: 32 },
       { logger: quiet },
     );
-    assert.deepEqual(r.algorithms.dflmoe!.peers.map((p) => p.body), ['mlp:64', 'cnn:8x16']);
+    assert.deepEqual(
+      r.algorithms.dflmoe!.peers.map((p) => p.body),
+      ['mlp:64', 'cnn:8x16'],
+    );
     for (const p of r.algorithms.dflmoe!.peers) {
       assert.ok(p.accuracy > 0.5, `peer ${p.id} accuracy ${p.accuracy}`);
       assert.equal(Object.keys(p.gateWeights!).length, 2, 'each peer mixes its own and the other head');
@@ -49,8 +51,14 @@ describe('simulate', () => {
     // Each head goes to the 2 other peers every round.
     const headBytes = d.peers[0].bytesSent / (2 * 2);
     assert.ok(headBytes > 64 * 2 * 4 && headBytes < 64 * 2 * 4 + 1024, `head message ${headBytes} bytes`);
-    assert.equal(d.bytesSent, d.peers.reduce((a, p) => a + p.bytesSent, 0));
-    assert.equal(f.bytesSent, f.peers.reduce((a, p) => a + p.bytesSent + p.bytesReceived, 0));
+    assert.equal(
+      d.bytesSent,
+      d.peers.reduce((a, p) => a + p.bytesSent, 0),
+    );
+    assert.equal(
+      f.bytesSent,
+      f.peers.reduce((a, p) => a + p.bytesSent + p.bytesReceived, 0),
+    );
     assert.ok(f.bytesSent > 20 * d.bytesSent);
     assert.equal(r.algorithms.local!.bytesSent, 0);
   });
@@ -74,7 +82,10 @@ describe('dflmoe simulate (CLI)', () => {
       assert.equal(typeof alg.wallSeconds, 'number');
       assert.equal(alg.peers.length, 3);
       for (const p of alg.peers) for (const k of ['id', 'accuracy', 'bytesSent', 'bytesReceived', 'trainSamples', 'testSamples']) assert.ok(k in p, k);
-      assert.deepEqual(alg.rounds.map((x: { round: number }) => x.round), [1, 2]);
+      assert.deepEqual(
+        alg.rounds.map((x: { round: number }) => x.round),
+        [1, 2],
+      );
       for (const x of alg.rounds) for (const k of ['accuracyMean', 'bytesSent', 'seconds']) assert.equal(typeof x[k], 'number');
     }
   });
@@ -87,8 +98,24 @@ describe('dflmoe simulate (CLI)', () => {
   });
 
   it('a diverging run stops with a clear message that says what to change, not a codec error or a stack trace', () => {
-    const r = cli(['simulate', '--dataset', 'breast-cancer', '--peers', '2', '--rounds', '3', '--algorithms', 'fedavg', '--optimizer', 'sgd', '--lr', '10',
-      '--quiet', '--out', mkdtempSync(join(tmpdir(), 'dflmoe-sim-'))]);
+    const r = cli([
+      'simulate',
+      '--dataset',
+      'breast-cancer',
+      '--peers',
+      '2',
+      '--rounds',
+      '3',
+      '--algorithms',
+      'fedavg',
+      '--optimizer',
+      'sgd',
+      '--lr',
+      '10',
+      '--quiet',
+      '--out',
+      mkdtempSync(join(tmpdir(), 'dflmoe-sim-')),
+    ]);
     assert.equal(r.status, 1, r.stderr);
     assert.match(r.stderr, /dflmoe: error: training diverged in round \d+ .*lower the learning rate \(--lr/);
     assert.doesNotMatch(r.stderr, /\n\s+at /);
@@ -127,10 +154,14 @@ describe('poisoned experts', () => {
     }
     assert.ok(guarded.algorithms.dflmoe!.honestAccuracy!.mean > 0.8);
     const open = await simulate(cfg, { logger: quiet });
-    for (const p of open.algorithms.dflmoe!.peers.slice(0, 3)) assert.ok(p.gateWeights!['peer-3'] < 0.25, `${p.id} gives the attacker ${p.gateWeights!['peer-3']}`);
+    for (const p of open.algorithms.dflmoe!.peers.slice(0, 3))
+      assert.ok(p.gateWeights!['peer-3'] < 0.25, `${p.id} gives the attacker ${p.gateWeights!['peer-3']}`);
   });
 
   it('refuses an impossible number of attackers', async () => {
-    await assert.rejects(simulate({ dataset: 'breast-cancer', peers: 2, rounds: 1, poisoned: 2 }, { logger: quiet }), /poisoned must be an integer in \[0, peers\)/);
+    await assert.rejects(
+      simulate({ dataset: 'breast-cancer', peers: 2, rounds: 1, poisoned: 2 }, { logger: quiet }),
+      /poisoned must be an integer in \[0, peers\)/,
+    );
   });
 });

@@ -8,8 +8,20 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  DataError, encodeSiteData, featureSize, fitStandardizer, loadDataset, loadSiteData, partition, readInputs, readShare, reconcileStatements,
-  siteStatement, writeShare, type SiteDataSpec, type SiteStatement,
+  DataError,
+  encodeSiteData,
+  featureSize,
+  fitStandardizer,
+  loadDataset,
+  loadSiteData,
+  partition,
+  readInputs,
+  readShare,
+  reconcileStatements,
+  siteStatement,
+  writeShare,
+  type SiteDataSpec,
+  type SiteStatement,
 } from '@dflmoe/data/internal';
 import { PATIENT_HEADER, imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
@@ -35,7 +47,8 @@ describe('site data', () => {
     assert.deepEqual(r.included, ['site-0', 'site-1', 'site-2']);
     assert.deepEqual(r.excluded, []);
     const names = r.agreed.featureNames;
-    for (const f of ['age', 'age_missing', 'bmi', 'smoker=current', 'smoker=former', 'smoker=never', 'ward=A', 'ward=E', 'sex=F']) assert.ok(names.includes(f), f);
+    for (const f of ['age', 'age_missing', 'bmi', 'smoker=current', 'smoker=former', 'smoker=never', 'ward=A', 'ward=E', 'sex=F'])
+      assert.ok(names.includes(f), f);
     assert.ok(!names.includes('bmi_missing'), 'no site misses bmi');
     assert.deepEqual(r.agreed.schema.classNames, ['benign', 'malignant']);
     // The same agreement from the statements in another order, after a JSON round trip.
@@ -65,10 +78,13 @@ describe('site data', () => {
     assert.deepEqual(r.included, ['site-0', 'site-1', 'site-2', 'site-x']);
     assert.deepEqual(r.excluded, []);
     assert.ok(r.agreed.featureNames.includes('bmi_missing'));
-    assert.deepEqual(r.warnings.filter((w) => /lacks column/.test(w)), [
-      'site "site-x" lacks column "bmi": its rows read as missing there (imputed with the others\' pooled mean, with the indicator "bmi_missing"); ' +
-        'to leave the column out instead, drop it at every site ("drop": ["bmi"])',
-    ]);
+    assert.deepEqual(
+      r.warnings.filter((w) => /lacks column/.test(w)),
+      [
+        'site "site-x" lacks column "bmi": its rows read as missing there (imputed with the others\' pooled mean, with the indicator "bmi_missing"); ' +
+          'to leave the column out instead, drop it at every site ("drop": ["bmi"])',
+      ],
+    );
 
     // A column numeric here and text there.
     const textAge = writeText(join(dir, 'e.csv'), patientsCsv({ seed: 5, rows: 40 }).replace(/^(p5-\d+),[\d.]+/gm, '$1,old'));
@@ -76,29 +92,54 @@ describe('site data', () => {
     assert.match(r2.excluded[0].reason, /column "age" is numeric at .* but categorical at "site-y"/);
 
     // Declared label sets: a class outside it, or another declared set.
-    const declared = (d: Awaited<ReturnType<typeof loadSiteData>>, site: string, classes: string[]): SiteStatement => ({ ...siteStatement(d, site), declaredClasses: classes });
+    const declared = (d: Awaited<ReturnType<typeof loadSiteData>>, site: string, classes: string[]): SiteStatement => ({
+      ...siteStatement(d, site),
+      declaredClasses: classes,
+    });
     const cyst = writeText(join(dir, 'f.csv'), patientsCsv({ seed: 6, rows: 40 }).replace(/benign$/m, 'cyst'));
     const r3 = reconcileStatements([
-      declared(good[0], 'site-0', ['benign', 'malignant']), declared(good[1], 'site-1', ['benign', 'malignant']),
+      declared(good[0], 'site-0', ['benign', 'malignant']),
+      declared(good[1], 'site-1', ['benign', 'malignant']),
       siteStatement(await loadSiteData(csvSpec(cyst)), 'site-z'),
     ]);
-    assert.deepEqual(r3.excluded.map((e) => e.site), ['site-z']);
+    assert.deepEqual(
+      r3.excluded.map((e) => e.site),
+      ['site-z'],
+    );
     assert.match(r3.excluded[0].reason, /class "cyst", not among the declared classes "benign", "malignant"/);
-    const r4 = reconcileStatements([declared(good[0], 'site-0', ['benign', 'malignant']), declared(good[1], 'site-1', ['malignant', 'benign']), declared(good[2], 'site-2', ['benign', 'malignant'])]);
-    assert.deepEqual(r4.excluded.map((e) => e.site), ['site-1']);
+    const r4 = reconcileStatements([
+      declared(good[0], 'site-0', ['benign', 'malignant']),
+      declared(good[1], 'site-1', ['malignant', 'benign']),
+      declared(good[2], 'site-2', ['benign', 'malignant']),
+    ]);
+    assert.deepEqual(
+      r4.excluded.map((e) => e.site),
+      ['site-1'],
+    );
     assert.match(r4.excluded[0].reason, /declares the classes "malignant", "benign" but site "site-0" declares "benign", "malignant"/);
     // The agreed classes follow the declared order.
     assert.deepEqual(reconcileStatements([declared(good[0], 'a', ['malignant', 'benign'])]).agreed.schema.classNames, ['malignant', 'benign']);
     // Classes that differ only in case across sites: a warning naming where each is.
     const low = writeText(join(dir, 'g.csv'), patientsCsv({ seed: 7, rows: 40 }).replace(/,benign$/gm, ',Benign'));
     const r5 = reconcileStatements([siteStatement(good[0], 'site-0'), siteStatement(await loadSiteData(csvSpec(low)), 'site-w')]);
-    assert.ok(r5.warnings.includes('classes "Benign" and "benign" differ only in case and count as 2 classes ("Benign" at "site-w"; "benign" at "site-0"); write them alike at every site if they are one class'), r5.warnings.join('\n'));
+    assert.ok(
+      r5.warnings.includes(
+        'classes "Benign" and "benign" differ only in case and count as 2 classes ("Benign" at "site-w"; "benign" at "site-0"); write them alike at every site if they are one class',
+      ),
+      r5.warnings.join('\n'),
+    );
     // One class among all the sites: a clear error when encoding, not the tensor library's later.
     const one = await loadSiteData(csvSpec(writeText(join(dir, 'h.csv'), patientsCsv({ seed: 8, rows: 40 }).replace(/,malignant$/gm, ',benign'))));
-    assert.throws(() => encodeSiteData(one, reconcileStatements([siteStatement(one, 'a')]).agreed, 'federated'), (e: Error) => e instanceof DataError &&
-      /^the label column holds only the class "benign" at this site: a classifier needs at least two classes/.test(e.message));
+    assert.throws(
+      () => encodeSiteData(one, reconcileStatements([siteStatement(one, 'a')]).agreed, 'federated'),
+      (e: Error) =>
+        e instanceof DataError && /^the label column holds only the class "benign" at this site: a classifier needs at least two classes/.test(e.message),
+    );
     // A site's own labels outside its declared classes: an error before anything is shared.
-    await assert.rejects(loadSiteData({ ...csvSpec(cyst), classes: ['benign', 'malignant'] }), /has class "cyst" that data.classes \(benign, malignant\) does not list/);
+    await assert.rejects(
+      loadSiteData({ ...csvSpec(cyst), classes: ['benign', 'malignant'] }),
+      /has class "cyst" that data.classes \(benign, malignant\) does not list/,
+    );
   });
 
   it('image folders: every site reads only its own folder; shapes must agree, and new images are read at the agreed size', async () => {
@@ -122,7 +163,7 @@ describe('site data', () => {
     assert.equal(inputs.ids[0], join('blob', 'blob-0.jpg'));
   });
 
-  it('a simulator share holds one site\'s rows and split, and is checked when read', () => {
+  it("a simulator share holds one site's rows and split, and is checked when read", () => {
     const ds = loadDataset('digits');
     const splits = partition(ds.labels, 10, 5, 'dirichlet:0.3', { seed: 2 });
     const file = join(tmpDir(), 'site-3.share');
@@ -135,10 +176,16 @@ describe('site data', () => {
       assert.equal(dataset.labels[i], ds.labels[row]);
       assert.deepEqual(dataset.features.subarray(i * 64, (i + 1) * 64), ds.features.subarray(row * 64, (row + 1) * 64));
     });
-    assert.deepEqual(Array.from(split.train), Array.from({ length: splits[3].train.length }, (_, i) => i));
+    assert.deepEqual(
+      Array.from(split.train),
+      Array.from({ length: splits[3].train.length }, (_, i) => i),
+    );
     const bytes = readFileSync(file);
     writeFileSync(file, bytes.subarray(0, bytes.length - 7));
-    assert.throws(() => readShare(file), (e: Error) => e instanceof DataError && /not a valid dflmoe share \(size/.test(e.message));
+    assert.throws(
+      () => readShare(file),
+      (e: Error) => e instanceof DataError && /not a valid dflmoe share \(size/.test(e.message),
+    );
     writeFileSync(file, 'hello');
     assert.throws(() => readShare(file), /wrong magic/);
   });
@@ -165,7 +212,10 @@ describe('site data', () => {
     const noAge = writeText(join(dir, 'no-age.csv'), 'ward,smoker,bmi,sex\nA,never,25,F\n');
     await assert.rejects(readInputs(noAge, agreed, input, { labels: 'optional' }), /lacks column "age" of the schema/);
     const badLabel = writeText(join(dir, 'bad-label.csv'), 'ward,smoker,age,bmi,sex,diagnosis\nA,never,50,25,F,benign\nA,never,50,25,F,cyst\n');
-    await assert.rejects(readInputs(badLabel, agreed, input, { labels: 'required' }), /line 3: label "cyst" in column "diagnosis" is not one of the classes benign, malignant/);
+    await assert.rejects(
+      readInputs(badLabel, agreed, input, { labels: 'required' }),
+      /line 3: label "cyst" in column "diagnosis" is not one of the classes benign, malignant/,
+    );
     await assert.rejects(readInputs(dir, agreed, input, { labels: 'optional' }), /is a folder, but this site was trained on a table: give a CSV file/);
     await assert.rejects(readInputs(fresh, agreed, { kind: 'images' }, { labels: 'optional' }), /this site was not trained on images/);
   });

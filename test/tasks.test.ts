@@ -5,7 +5,21 @@
  */
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
-import { ALGORITHMS, MemoryHub, StatusBoard, parseSiteStatus, withoutMembers, classificationMetrics, createLearner, regressionMetrics, silentLogger, simulate, taskKind, TASK_KINDS, type DflmoeLearner } from '@dflmoe/core/internal';
+import {
+  ALGORITHMS,
+  MemoryHub,
+  StatusBoard,
+  parseSiteStatus,
+  withoutMembers,
+  classificationMetrics,
+  createLearner,
+  regressionMetrics,
+  silentLogger,
+  simulate,
+  taskKind,
+  TASK_KINDS,
+  type DflmoeLearner,
+} from '@dflmoe/core/internal';
 import { encodeSiteData, loadSiteData, mergeSummaries, reconcileStatements, siteStatement, type SiteDataSpec } from '@dflmoe/data/internal';
 import { loadDataset } from '@dflmoe/data';
 import { freePort, runCharts, startProcess, summaryTable, waitExit } from '@dflmoe/cli/internal';
@@ -52,10 +66,24 @@ describe('task kinds', () => {
         const labels = tf.tensor1d(name === 'classification' ? [0, 2] : [0.5, -1], kind.labelDtype);
         const y = kind.encode(labels, task);
         assert.deepEqual(y.shape, [2, d]);
-        const right = name === 'classification' ? tf.tensor2d([[9, 0, 0], [0, 0, 9]]) : tf.tensor2d([[0.5], [-1]]);
-        const wrong = name === 'classification' ? tf.tensor2d([[0, 9, 0], [9, 0, 0]]) : tf.tensor2d([[3], [2]]);
+        const right =
+          name === 'classification'
+            ? tf.tensor2d([
+                [9, 0, 0],
+                [0, 0, 9],
+              ])
+            : tf.tensor2d([[0.5], [-1]]);
+        const wrong =
+          name === 'classification'
+            ? tf.tensor2d([
+                [0, 9, 0],
+                [9, 0, 0],
+              ])
+            : tf.tensor2d([[3], [2]]);
         assert.ok(kind.loss(right, y).dataSync()[0] < kind.loss(wrong, y).dataSync()[0], `${name}: a right output costs less`);
-        assert.ok(kind.mixtureLoss(kind.activate(right) as tf.Tensor2D, y).dataSync()[0] < kind.mixtureLoss(kind.activate(wrong) as tf.Tensor2D, y).dataSync()[0]);
+        assert.ok(
+          kind.mixtureLoss(kind.activate(right) as tf.Tensor2D, y).dataSync()[0] < kind.mixtureLoss(kind.activate(wrong) as tf.Tensor2D, y).dataSync()[0],
+        );
         assert.deepEqual(Array.from(kind.predict(right).dataSync()), Array.from(labels.dataSync()));
         const scores = kind.rowScores(tf.stack([right, wrong], 1) as tf.Tensor3D, labels).arraySync();
         for (const [r, w] of scores) assert.ok(r > 0.99 && w < 0.5, `${name}: row scores ${r}, ${w}`);
@@ -104,32 +132,44 @@ describe('a regression consortium (diabetes)', () => {
     }
   });
 
-  it('dFLMoE mixes the other sites\' heads as experts, and no round leaks a tensor', () => {
+  it("dFLMoE mixes the other sites' heads as experts, and no round leaks a tensor", () => {
     const d = r.algorithms.dflmoe!;
-    assert.ok(d.peers.every((p) => Object.keys(p.gateWeights ?? {}).length === 4), 'own head and three experts');
+    assert.ok(
+      d.peers.every((p) => Object.keys(p.gateWeights ?? {}).length === 4),
+      'own head and three experts',
+    );
     assert.equal(counts.length, 6);
     assert.deepEqual(counts.slice(2), counts.slice(1, -1), `tensor counts per round: ${counts}`);
     assert.equal(tf.memory().numTensors, t0, 'the run frees its tensors');
   });
 
-  it('the report charts the task\'s headline metric per round and per site', () => {
+  it("the report charts the task's headline metric per round and per site", () => {
     const [perRound, perSite] = runCharts(r);
     assert.equal(perRound.title, 'Mean personalized rmse of task "progression" per round');
     assert.equal(perSite.title, 'Final rmse of task "progression" per site');
     const values = perSite.data.map((x) => x.rmse as number);
     assert.equal(values.length, ALGORITHMS.length * 4);
-    assert.ok(values.every((v) => v > 20 && v < 120), `rmse per site ${values}`);
+    assert.ok(
+      values.every((v) => v > 20 && v < 120),
+      `rmse per site ${values}`,
+    );
     assert.ok(perRound.data.every((x) => Number.isFinite(x.rmse as number)));
   });
 
-  it('the live view\'s status carries the task\'s RMSE per round, and a status from elsewhere with it parses', () => {
+  it("the live view's status carries the task's RMSE per round, and a status from elsewhere with it parses", () => {
     const board = new StatusBoard();
     const feed = board.site({ id: 'peer-0', algorithm: 'dflmoe', rounds: 6, members: [] });
     const recs = r.algorithms.dflmoe!.rounds;
     for (const x of recs) {
       feed.record({
-        round: x.round, accuracy: NaN, tasks: { progression: { kind: 'regression', testRows: 10, rmse: x.tasks.progression.mean, mae: 1, r2: 0 } },
-        loss: x.loss, experts: [], seconds: x.seconds, bytesSent: 0, bytesReceived: 0,
+        round: x.round,
+        accuracy: NaN,
+        tasks: { progression: { kind: 'regression', testRows: 10, rmse: x.tasks.progression.mean, mae: 1, r2: 0 } },
+        loss: x.loss,
+        experts: [],
+        seconds: x.seconds,
+        bytesSent: 0,
+        bytesReceived: 0,
       });
     }
     const s = board.snapshot().sites[0];
@@ -137,7 +177,7 @@ describe('a regression consortium (diabetes)', () => {
     assert.deepEqual(parseSiteStatus(JSON.parse(JSON.stringify(s))).metric, s.metric);
   });
 
-  it('the results table shows each task\'s headline metric, not accuracy', () => {
+  it("the results table shows each task's headline metric, not accuracy", () => {
     const text = summaryTable(r);
     assert.match(text, /task\s+metric\s+mean\s+std\s+worst/);
     assert.match(text, /dflmoe\s+progression\s+rmse\s+\d+\.\d+/);
@@ -151,14 +191,31 @@ describe('a regression target from the command line', () => {
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-reg-'));
     // age = 30 + 4 x + noise: 150 rows, about 150 distinct ages.
     let seed = 7;
-    const rand = () => ((seed = (seed * 16807) % 2147483647) / 2147483647);
+    const rand = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
     const rows = Array.from({ length: 150 }, () => {
       const x = 10 * rand();
       return `${x.toFixed(3)},${(rand() * 2).toFixed(3)},${(30 + 4 * x + 2 * rand()).toFixed(2)}`;
     });
     const file = join(dir, 'ages.csv');
     writeFileSync(file, `x,z,age\n${rows.join('\n')}\n`);
-    const args = ['simulate', '--dataset', `csv:${file}`, '--label-column', 'age', '--peers', '3', '--rounds', '4', '--partition', 'iid', '--algorithms', 'local,dflmoe', '--lr', '0.01', '--quiet'];
+    const args = [
+      'simulate',
+      '--dataset',
+      `csv:${file}`,
+      '--label-column',
+      'age',
+      '--peers',
+      '3',
+      '--rounds',
+      '4',
+      '--partition',
+      'iid',
+      '--algorithms',
+      'local,dflmoe',
+      '--lr',
+      '0.01',
+      '--quiet',
+    ];
     const refused = cli([...args, '--out', join(dir, 'a')]);
     assert.notEqual(refused.status, 0);
     assert.match(refused.stderr, /holds \d+ distinct numbers in 150 rows: it looks like a number to predict/);
@@ -176,7 +233,7 @@ describe('a regression target from the command line', () => {
 /** A site's CSV: stay = 2 + 1.5 age/10 - 0.8 bmi/10 + noise (+ a site's offset), with a text column. */
 function stayCsv(dir: string, name: string, rows: number, seed: number, offset = 0): string {
   let x = seed;
-  const rand = () => ((x = (x * 16807) % 2147483647) / 2147483647);
+  const rand = () => (x = (x * 16807) % 2147483647) / 2147483647;
   const lines = Array.from({ length: rows }, () => {
     const age = 20 + 60 * rand();
     const bmi = 18 + 20 * rand();
@@ -193,10 +250,14 @@ describe('regression sites with their own data', function () {
   before(backend);
   const dir = mkdtempSync(join(tmpdir(), 'dflmoe-stay-'));
   const spec = (file: string, kind: 'classification' | 'regression' = 'regression'): SiteDataSpec => ({
-    dataset: `csv:${file}`, labelColumn: 'stay', task: { name: 'stay', kind }, seed: 1, testFraction: 0.25,
+    dataset: `csv:${file}`,
+    labelColumn: 'stay',
+    task: { name: 'stay', kind },
+    seed: 1,
+    testFraction: 0.25,
   });
 
-  it('the sites agree on the target\'s pooled mean and standard deviation from sums, not rows', async () => {
+  it("the sites agree on the target's pooled mean and standard deviation from sums, not rows", async () => {
     const files = [stayCsv(dir, 'a.csv', 120, 3), stayCsv(dir, 'b.csv', 80, 4, 3)];
     const datas = await Promise.all(files.map((f) => loadSiteData(spec(f))));
     const statements = datas.map((d, i) => siteStatement(d, `s${i}`));
@@ -206,11 +267,14 @@ describe('regression sites with their own data', function () {
     }
     const { agreed } = reconcileStatements(statements);
     // The pooled statistics are those of every site's training targets together.
-    const targets = datas.flatMap((d) => d.kind === 'table' ? [...d.split.train].map((r) => Number(d.table.labels[r])) : []);
+    const targets = datas.flatMap((d) => (d.kind === 'table' ? [...d.split.train].map((r) => Number(d.table.labels[r])) : []));
     const mean = targets.reduce((a, b) => a + b, 0) / targets.length;
     const std = Math.sqrt(targets.reduce((a, b) => a + (b - mean) ** 2, 0) / targets.length);
     assert.equal(agreed.task?.kind, 'regression');
-    assert.ok(Math.abs(agreed.task!.scale!.mean - mean) < 1e-5 && Math.abs(agreed.task!.scale!.std - std) < 1e-5, `${JSON.stringify(agreed.task)} vs ${mean}, ${std}`);
+    assert.ok(
+      Math.abs(agreed.task!.scale!.mean - mean) < 1e-5 && Math.abs(agreed.task!.scale!.std - std) < 1e-5,
+      `${JSON.stringify(agreed.task)} vs ${mean}, ${std}`,
+    );
     const enc = encodeSiteData(datas[0], agreed, 'federated');
     assert.deepEqual(enc.targetScale, agreed.task!.scale);
     assert.equal(enc.dataset.task?.kind, 'regression');
@@ -220,8 +284,10 @@ describe('regression sites with their own data', function () {
   it('a task that is a regression at one site and classes at another is refused naming both', async () => {
     const a = await loadSiteData(spec(stayCsv(dir, 'c.csv', 40, 5)));
     const b = await loadSiteData({ ...spec(stayCsv(dir, 'd.csv', 40, 6), 'classification') });
-    assert.throws(() => mergeSummaries([siteStatement(a, 'east').summary, siteStatement(b, 'west').summary]),
-      /the label is a regression target at "east" but classes at "west": declare one kind for task "stay" at every site/);
+    assert.throws(
+      () => mergeSummaries([siteStatement(a, 'east').summary, siteStatement(b, 'west').summary]),
+      /the label is a regression target at "east" but classes at "west": declare one kind for task "stay" at every site/,
+    );
   });
 
   it('a site merges with the sites that learn its task; one whose task no other site has trains alone and says so', async () => {
@@ -231,8 +297,14 @@ describe('regression sites with their own data', function () {
     const statements = [siteStatement(stay, 'a'), siteStatement(cost, 'b'), siteStatement(stay2, 'c')];
     const fromA = reconcileStatements(statements, 'a');
     assert.deepEqual(fromA.included, ['a', 'c']);
-    assert.deepEqual(fromA.excluded.map((x) => x.reason), ['site "b" learns task "cost", this site "stay": sites merge with those that learn their task']);
-    assert.deepEqual(fromA.warnings.filter((w) => /trains alone/.test(w)), []);
+    assert.deepEqual(
+      fromA.excluded.map((x) => x.reason),
+      ['site "b" learns task "cost", this site "stay": sites merge with those that learn their task'],
+    );
+    assert.deepEqual(
+      fromA.warnings.filter((w) => /trains alone/.test(w)),
+      [],
+    );
     const fromB = reconcileStatements(statements, 'b');
     assert.deepEqual(fromB.included, ['b']);
     assert.ok(fromB.warnings.includes('no other site learns task "cost": this site trains alone on it'), fromB.warnings.join('; '));
@@ -248,7 +320,10 @@ describe('regression sites with their own data', function () {
     await c.publish(new Uint8Array([2]), 1);
     await c.publish(new Uint8Array([3]), 2);
     await a.waitForHeads(2, 2000);
-    assert.deepEqual(only.drain().map((m) => m.from), ['b']);
+    assert.deepEqual(
+      only.drain().map((m) => m.from),
+      ['b'],
+    );
     assert.equal(only.dropped, 1, 'the newest head of c waited, and was dropped');
     assert.deepEqual(only.members(), ['b']);
     assert.deepEqual(said, ['not taking messages from c: learns task "cost"']);
@@ -265,10 +340,17 @@ describe('regression sites with their own data', function () {
     try {
       for (const [i, d] of datas.entries()) {
         const enc = encodeSiteData(d, agreed, 'federated');
-        learners.push(await createLearner({
-          id: `s${i}`, data: { ...enc, agreed, included: agreed.sites, excluded: [], missing: [], warnings: [] },
-          model: { body: 'mlp:32', featureDim: 16 }, train: { seed: i, learningRate: 0.01 }, exchange: hub.join(`s${i}`), quorum: 2, roundDeadlineMs: 10000,
-        }));
+        learners.push(
+          await createLearner({
+            id: `s${i}`,
+            data: { ...enc, agreed, included: agreed.sites, excluded: [], missing: [], warnings: [] },
+            model: { body: 'mlp:32', featureDim: 16 },
+            train: { seed: i, learningRate: 0.01 },
+            exchange: hub.join(`s${i}`),
+            quorum: 2,
+            roundDeadlineMs: 10000,
+          }),
+        );
       }
       let last: Awaited<ReturnType<DflmoeLearner['runRound']>>[] = [];
       for (let r = 0; r < 8; r++) last = await Promise.all(learners.map((l) => l.runRound()));
@@ -278,12 +360,21 @@ describe('regression sites with their own data', function () {
         assert.ok(Math.abs(e.metrics.rmse - (last[i].tasks.stay.rmse as number)) < 1e-4, `evaluate ${e.metrics.rmse}, round ${last[i].tasks.stay.rmse}`);
         assert.ok(Number.isNaN(e.accuracy));
         // Two new rows in the agreed layout (age, bmi, ward=A, ward=B): the older patient stays longer.
-        const p = l.predict([[30, 25, 1, 0], [75, 25, 1, 0]]);
+        const p = l.predict([
+          [30, 25, 1, 0],
+          [75, 25, 1, 0],
+        ]);
         assert.equal(p.task.kind, 'regression');
         assert.deepEqual(p.probabilities.length, 0);
         const [young, old] = p.values!;
         assert.ok(old - young > 3, `predicted ${young} and ${old}: age moves the stay by 0.15 a year`);
-        const again = l.evaluate([[30, 25, 1, 0], [75, 25, 1, 0]], [young, old + 2]);
+        const again = l.evaluate(
+          [
+            [30, 25, 1, 0],
+            [75, 25, 1, 0],
+          ],
+          [young, old + 2],
+        );
         assert.ok(Math.abs(again.metrics.rmse - Math.sqrt(2)) < 1e-3 && Math.abs(again.metrics.mae - 1) < 1e-3);
       }
       for (const m of last) {
@@ -308,12 +399,34 @@ describe('a regression simulation over TCP', function () {
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-diab-tcp-'));
     const args = { dataset: 'diabetes', peers: 3, rounds: 3, partition: 'iid', algorithms: ['local', 'dflmoe'] as ('local' | 'dflmoe')[], seed: 1 };
     const mem = await simulate(args, { logger: silentLogger });
-    const t = cli(['simulate', '--dataset', 'diabetes', '--peers', '3', '--rounds', '3', '--partition', 'iid', '--algorithms', 'local,dflmoe', '--seed', '1', '--transport', 'tcp', '--quiet', '--out', dir]);
+    const t = cli([
+      'simulate',
+      '--dataset',
+      'diabetes',
+      '--peers',
+      '3',
+      '--rounds',
+      '3',
+      '--partition',
+      'iid',
+      '--algorithms',
+      'local,dflmoe',
+      '--seed',
+      '1',
+      '--transport',
+      'tcp',
+      '--quiet',
+      '--out',
+      dir,
+    ]);
     assert.equal(t.status, 0, t.stderr);
     const tcp = JSON.parse(readFileSync(join(dir, 'results.json'), 'utf8')) as typeof mem;
     for (const alg of ['local', 'dflmoe'] as const) assert.equal(tcp.algorithms[alg]!.tasks.progression.kind, 'regression', alg);
     // Local-only is the same computation to the bit: the shares, their agreement on the target's scale, the training.
-    assert.deepEqual(tcp.algorithms.local!.peers.map((p) => p.tasks.progression.rmse), mem.algorithms.local!.peers.map((p) => p.tasks.progression.rmse));
+    assert.deepEqual(
+      tcp.algorithms.local!.peers.map((p) => p.tasks.progression.rmse),
+      mem.algorithms.local!.peers.map((p) => p.tasks.progression.rmse),
+    );
     // dFLMoE mixes the heads in the order they arrived, which TCP does not fix: close, not equal.
     const [a, b] = [tcp, mem].map((x) => x.algorithms.dflmoe!.tasks.progression.metrics.rmse.mean);
     assert.ok(Math.abs(a - b) / b < 0.05, `dflmoe rmse ${a} over TCP, ${b} in memory`);
@@ -330,29 +443,46 @@ describe('regression sites over TCP (multi-process): site configs with data.task
 
   it('two sites agree on the target, train, and dflmoe predict / evaluate answer in its units', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-stay-tcp-'));
-    const sites = await Promise.all(['north', 'south'].map(async (name, i) => {
-      const id = await generateIdentity();
-      saveIdentity(join(dir, `${name}.key`), id.privateKey, true);
-      stayCsv(dir, `${name}.csv`, 120 + 40 * i, 31 + i, i);
-      return { name, peerId: id.peerId, port: await freePort(), config: join(dir, `${name}.json`), out: join(dir, name) };
-    }));
+    const sites = await Promise.all(
+      ['north', 'south'].map(async (name, i) => {
+        const id = await generateIdentity();
+        saveIdentity(join(dir, `${name}.key`), id.privateKey, true);
+        stayCsv(dir, `${name}.csv`, 120 + 40 * i, 31 + i, i);
+        return { name, peerId: id.peerId, port: await freePort(), config: join(dir, `${name}.json`), out: join(dir, name) };
+      }),
+    );
     const members = sites.map((s) => ({ name: s.name, peerId: s.peerId, addrs: [`/ip4/127.0.0.1/tcp/${s.port}`] }));
     for (const s of sites) {
       const cfg = {
-        name: s.name, key: `${s.name}.key`, listen: [`/ip4/127.0.0.1/tcp/${s.port}`], members,
+        name: s.name,
+        key: `${s.name}.key`,
+        listen: [`/ip4/127.0.0.1/tcp/${s.port}`],
+        members,
         data: { dataset: `csv:${s.name}.csv`, tasks: [{ name: 'stay', column: 'stay', kind: 'regression' }] },
-        model: { body: 'mlp:32', featureDim: 16 }, train: { learningRate: 0.01 },
-        rounds: 4, round: { deadlineMs: 10000 }, preprocess: { deadlineMs: 60000 }, lingerMs: 1000, out: s.name,
+        model: { body: 'mlp:32', featureDim: 16 },
+        train: { learningRate: 0.01 },
+        rounds: 4,
+        round: { deadlineMs: 10000 },
+        preprocess: { deadlineMs: 60000 },
+        lingerMs: 1000,
+        out: s.name,
       };
       parsePeerConfig(cfg, s.config, dir);
       writeFileSync(s.config, JSON.stringify(cfg, null, 2));
     }
     const ps = sites.map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`));
     procs.push(...ps);
-    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 180000))), [0, 0], sites.map((s) => readFileSync(`${s.out}.log`, 'utf8').slice(-1500)).join('\n'));
-    const pre = sites.map((s) => JSON.parse(readFileSync(join(s.out, 'preprocessing.json'), 'utf8')) as { agreed: { task: { kind: string; scale: { mean: number; std: number } } } });
+    assert.deepEqual(
+      await Promise.all(ps.map((p) => waitExit(p, 180000))),
+      [0, 0],
+      sites.map((s) => readFileSync(`${s.out}.log`, 'utf8').slice(-1500)).join('\n'),
+    );
+    const pre = sites.map(
+      (s) =>
+        JSON.parse(readFileSync(join(s.out, 'preprocessing.json'), 'utf8')) as { agreed: { task: { kind: string; scale: { mean: number; std: number } } } },
+    );
     assert.equal(pre[0].agreed.task.kind, 'regression');
-    assert.deepEqual(pre[1].agreed.task, pre[0].agreed.task, 'one agreement on the target\'s scale');
+    assert.deepEqual(pre[1].agreed.task, pre[0].agreed.task, "one agreement on the target's scale");
     // The round lines show the task's RMSE, not an accuracy it does not have.
     const log = readFileSync(`${sites[0].out}.log`, 'utf8');
     assert.match(log, /round 4\/4 {2}stay rmse \d+\.\d+ {2}experts 1/);
@@ -362,7 +492,7 @@ describe('regression sites over TCP (multi-process): site configs with data.task
       assert.equal(r.tasks.stay.kind, 'regression');
       assert.ok((r.tasks.stay.rmse as number) < 2, `${s.name}: rmse ${r.tasks.stay.rmse}`);
       assert.equal(r.rounds.at(-1)!.tasks.stay.kind, 'regression');
-      assert.equal(r.rounds.at(-1)!.experts.length, 1, 'the other site\'s head');
+      assert.equal(r.rounds.at(-1)!.experts.length, 1, "the other site's head");
     }
     // predict: one value per row, in days; evaluate: RMSE on labelled rows.
     const fresh = join(dir, 'fresh.csv');

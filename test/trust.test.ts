@@ -6,8 +6,21 @@
  */
 import assert from 'node:assert/strict';
 import {
-  CodecError, SETTINGS, settingsList, simulationSettings, DEFAULT_SIMULATION, FedAvgClient, GossipSite, RoundAggregator, disposePeerData, encodeBundle, federatedAverage, silentLogger,
-  type NamedArray, type PeerData, type SimulationConfig,
+  CodecError,
+  SETTINGS,
+  settingsList,
+  simulationSettings,
+  DEFAULT_SIMULATION,
+  FedAvgClient,
+  GossipSite,
+  RoundAggregator,
+  disposePeerData,
+  encodeBundle,
+  federatedAverage,
+  silentLogger,
+  type NamedArray,
+  type PeerData,
+  type SimulationConfig,
 } from '@dflmoe/core/internal';
 import { ConfigError, SIMULATION_OPTION_KINDS, StrikeBook, generateIdentity, parsePeerConfig, saveIdentity, siteSettings } from '@dflmoe/p2p/internal';
 import { mkdtempSync } from 'node:fs';
@@ -45,14 +58,20 @@ describe('FedAvg uploads are checked before they are accepted', () => {
     cs[0].loadModel(r.global, { maxBytes: 1 << 26 });
     assert.ok(close(cs[0].getWeights(), expected), 'the global model is the honest average');
     // From now on the consortium's layout is known: wrong sizes, names and counts are refused on arrival.
-    assert.throws(() => agg.accept('evil', 9, 100, encodeBundle('model', { arch }, bad)), (e: Error) => e instanceof CodecError && e.reason === 'mismatch');
+    assert.throws(
+      () => agg.accept('evil', 9, 100, encodeBundle('model', { arch }, bad)),
+      (e: Error) => e instanceof CodecError && e.reason === 'mismatch',
+    );
     const renamed = good[0].map((t, i) => ({ ...t, name: `x${i}` }));
     assert.throws(() => agg.accept('evil', 9, 100, encodeBundle('model', { arch }, renamed)), /tensor 0 is "?x0/);
     assert.throws(() => agg.accept('evil', 9, 100, encodeBundle('model', { arch }, good[0].slice(1))), /tensors, expected/);
     const repeated = good[0].map((t) => ({ ...t, name: 'w0' }));
     assert.throws(() => agg.accept('evil', 9, 100, encodeBundle('model', { arch }, repeated)), /repeated/);
     const nan = good[0].map((t, i) => (i === 0 ? { ...t, data: t.data.map((v, j) => (j === 2 ? NaN : v)) } : t));
-    assert.throws(() => agg.accept('evil', 9, 100, encodeBundle('model', { arch }, nan)), (e: Error) => e instanceof CodecError && e.reason === 'nonfinite');
+    assert.throws(
+      () => agg.accept('evil', 9, 100, encodeBundle('model', { arch }, nan)),
+      (e: Error) => e instanceof CodecError && e.reason === 'nonfinite',
+    );
     assert.throws(() => agg.accept('evil', 9, 2 ** 60, encodeBundle('model', { arch }, good[0])), /sample count/);
     assert.equal(agg.size, 0, 'nothing bad was kept');
     dispose();
@@ -78,9 +97,15 @@ describe('FedAvg uploads are checked before they are accepted', () => {
     dispose();
   });
 
-  it('gossip: a member\'s sample count is the one it declared first, clipped to 10x the median of the mix', async () => {
+  it("gossip: a member's sample count is the one it declared first, clipped to 10x the median of the mix", async () => {
     const { datas } = tinyPeers(3);
-    const sites = datas.map((d, i) => new GossipSite({ id: `g${i}`, data: d, body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: i } }, { seed: 1, maxModelBytes: 1 << 26, maxStaleness: 3 }));
+    const sites = datas.map(
+      (d, i) =>
+        new GossipSite(
+          { id: `g${i}`, data: d, body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: i } },
+          { seed: 1, maxModelBytes: 1 << 26, maxStaleness: 3 },
+        ),
+    );
     for (const [i, s] of sites.entries()) await s.model.trainRound(i + 1);
     const w = sites.map((s) => s.model.getWeights());
     const evil = sites[2].model.encodeModel(1, { peer: 'g2', samples: 2 ** 31 });
@@ -89,7 +114,11 @@ describe('FedAvg uploads are checked before they are accepted', () => {
     sites[0].mix(1);
     const n = sites.map((s) => s.data.trainSamples);
     const median = [n[0], n[1], 2 ** 31].sort((a, b) => a - b)[1];
-    const expected = federatedAverage([{ weights: w[0], samples: n[0] }, { weights: w[1], samples: n[1] }, { weights: w[2], samples: 10 * median }]);
+    const expected = federatedAverage([
+      { weights: w[0], samples: n[0] },
+      { weights: w[1], samples: n[1] },
+      { weights: w[2], samples: 10 * median },
+    ]);
     assert.ok(close(sites[0].model.getWeights(), expected), 'weighted with the clipped count');
     // Its next model claims another count: counted, and the first declaration stays.
     assert.equal(sites[0].take(sites[2].model.encodeModel(2, { peer: 'g2', samples: 3 }), 'g2', 2), 'replaced');
@@ -123,18 +152,35 @@ describe('strikes decay; a quorum counts the other members', () => {
     const ids = await Promise.all([generateIdentity(), generateIdentity(), generateIdentity()]);
     saveIdentity(join(dir, 'a.key'), ids[0].privateKey, true);
     const members = ids.map((i) => ({ peerId: i.peerId, addrs: [] }));
-    const cfg = (quorum: number) => ({ key: 'a.key', listen: ['/ip4/127.0.0.1/tcp/1'], members, data: { dataset: 'breast-cancer' }, rounds: 3, out: 'o', round: { quorum } });
+    const cfg = (quorum: number) => ({
+      key: 'a.key',
+      listen: ['/ip4/127.0.0.1/tcp/1'],
+      members,
+      data: { dataset: 'breast-cancer' },
+      rounds: 3,
+      out: 'o',
+      round: { quorum },
+    });
     assert.doesNotThrow(() => parsePeerConfig(cfg(2), 'a.json', dir));
-    assert.throws(() => parsePeerConfig(cfg(3), 'a.json', dir), (e: Error) => e instanceof ConfigError && /round\.quorum \(3\) exceeds the number of other members \(2\)/.test(e.message));
+    assert.throws(
+      () => parsePeerConfig(cfg(3), 'a.json', dir),
+      (e: Error) => e instanceof ConfigError && /round\.quorum \(3\) exceeds the number of other members \(2\)/.test(e.message),
+    );
   });
 });
 
 describe('site configs carry every simulation option', () => {
-  const allKeys = (): string[] => [...new Set([...Object.keys(DEFAULT_SIMULATION), 'dataset', 'datasetOptions', 'epochs', 'dp', 'trainPerSite', ...settingsList(SETTINGS).map((x) => x.name)])];
+  const allKeys = (): string[] => [
+    ...new Set([...Object.keys(DEFAULT_SIMULATION), 'dataset', 'datasetOptions', 'epochs', 'dp', 'trainPerSite', ...settingsList(SETTINGS).map((x) => x.name)]),
+  ];
 
   it('every simulation option is carried into site configs, or refused as simulation-only (none silently dropped)', () => {
     const known = new Set<string>([...SIMULATION_OPTION_KINDS.perSite, ...SIMULATION_OPTION_KINDS.perConsortium, ...SIMULATION_OPTION_KINDS.simulationOnly]);
-    assert.deepEqual(allKeys().filter((k) => !known.has(k)), [], 'options that siteSettings does not know');
+    assert.deepEqual(
+      allKeys().filter((k) => !known.has(k)),
+      [],
+      'options that siteSettings does not know',
+    );
     const sim: SimulationConfig = { ...DEFAULT_SIMULATION, dataset: 'breast-cancer', poisoned: 1 };
     assert.throws(() => siteSettings(sim, 0), /poisoned is a simulation-only option/);
     assert.throws(() => siteSettings({ ...sim, poisoned: 0, trainPerSite: 50 }, 0), /trainPerSite/);
@@ -142,8 +188,19 @@ describe('site configs carry every simulation option', () => {
 
   it('a DP and admission simulation gives site configs with the same effective settings as the simulator', () => {
     const sim: SimulationConfig = {
-      ...DEFAULT_SIMULATION, dataset: 'digits', peers: 3, seed: 9, bodies: ['mlp:32', 'cnn:4x8'], alpha: 0.35, admission: 0.5, standardize: 'local',
-      dp: { noiseMultiplier: 1.1, clipNorm: 0.7, microbatches: 4, delta: 1e-6 }, optimizer: 'sgd', learningRate: 0.05, fst: 'diag', distill: 0.1,
+      ...DEFAULT_SIMULATION,
+      dataset: 'digits',
+      peers: 3,
+      seed: 9,
+      bodies: ['mlp:32', 'cnn:4x8'],
+      alpha: 0.35,
+      admission: 0.5,
+      standardize: 'local',
+      dp: { noiseMultiplier: 1.1, clipNorm: 0.7, microbatches: 4, delta: 1e-6 },
+      optimizer: 'sgd',
+      learningRate: 0.05,
+      fst: 'diag',
+      distill: 0.1,
       datasetOptions: { maxSamples: 900 },
     };
     const eff = simulationSettings(sim, 'dflmoe');
@@ -159,28 +216,95 @@ describe('site configs carry every simulation option', () => {
         { ...c.train, dp: undefined },
         { epochs: eff.epochs, batchSize: sim.batchSize, learningRate: sim.learningRate, optimizer: sim.optimizer, dp: undefined },
       );
-      assert.deepEqual(c.model, { body: sim.bodies[i], featureDim: sim.featureDim, headHidden: sim.headHidden, sharedInit: sim.sharedInit, freezeBody: sim.freezeBody });
+      assert.deepEqual(c.model, {
+        body: sim.bodies[i],
+        featureDim: sim.featureDim,
+        headHidden: sim.headHidden,
+        sharedInit: sim.sharedInit,
+        freezeBody: sim.freezeBody,
+      });
       // The partition settings sit in data or in data.simulate, as the config schema has them.
       const d = c.data as unknown as Record<string, unknown>;
       const part = (d.simulate ?? d) as Record<string, unknown>;
       assert.deepEqual(
-        { dataset: d.dataset, seed: d.seed, testFraction: d.testFraction, standardize: d.standardize, maxSamples: d.maxSamples, peers: part.peers, index: part.index, partition: part.partition, minSize: part.minSize },
-        { dataset: 'digits', seed: 9, testFraction: sim.testFraction, standardize: 'local', maxSamples: 900, peers: 3, index: i, partition: sim.partition, minSize: sim.minSize },
+        {
+          dataset: d.dataset,
+          seed: d.seed,
+          testFraction: d.testFraction,
+          standardize: d.standardize,
+          maxSamples: d.maxSamples,
+          peers: part.peers,
+          index: part.index,
+          partition: part.partition,
+          minSize: part.minSize,
+        },
+        {
+          dataset: 'digits',
+          seed: 9,
+          testFraction: sim.testFraction,
+          standardize: 'local',
+          maxSamples: 900,
+          peers: 3,
+          index: i,
+          partition: sim.partition,
+          minSize: sim.minSize,
+        },
       );
       assert.equal(c.round.maxStaleness, eff.maxStaleness);
     }
   });
 
-  it('a site config\'s defaults are the simulator\'s defaults', () => {
-    const c = parsePeerConfig({ key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], out: 'o', rounds: 2, data: { dataset: 'digits', simulate: { peers: 2, index: 0 } } });
+  it("a site config's defaults are the simulator's defaults", () => {
+    const c = parsePeerConfig({
+      key: 'k',
+      listen: ['/ip4/127.0.0.1/tcp/1'],
+      out: 'o',
+      rounds: 2,
+      data: { dataset: 'digits', simulate: { peers: 2, index: 0 } },
+    });
     const d = { ...DEFAULT_SIMULATION, ...simulationSettings({ ...DEFAULT_SIMULATION, dataset: 'digits' }, 'dflmoe') };
     assert.deepEqual(
       // A site's federated statistics are the simulator's pooled ones (both call them federated).
-      [c.data.standardize, c.data.seed, c.data.testFraction, c.data.simulate!.minSize, c.model.body, c.model.featureDim, c.model.sharedInit, c.train.epochs,
-        c.train.batchSize, c.train.learningRate, c.train.optimizer, c.dflmoe.alpha, c.dflmoe.gateHidden, c.dflmoe.fst, c.dflmoe.distill,
-        c.finetune.epochs, c.fedrep.headEpochs, c.round.maxStaleness],
-      [d.standardize, d.seed, d.testFraction, d.minSize, d.bodies[0], d.featureDim, d.sharedInit, d.epochs, d.batchSize, d.learningRate, d.optimizer,
-        d.alpha, d.gateHidden, d.fst, d.distill, d.fineTuneEpochs, d.headEpochs, d.maxStaleness],
+      [
+        c.data.standardize,
+        c.data.seed,
+        c.data.testFraction,
+        c.data.simulate!.minSize,
+        c.model.body,
+        c.model.featureDim,
+        c.model.sharedInit,
+        c.train.epochs,
+        c.train.batchSize,
+        c.train.learningRate,
+        c.train.optimizer,
+        c.dflmoe.alpha,
+        c.dflmoe.gateHidden,
+        c.dflmoe.fst,
+        c.dflmoe.distill,
+        c.finetune.epochs,
+        c.fedrep.headEpochs,
+        c.round.maxStaleness,
+      ],
+      [
+        d.standardize,
+        d.seed,
+        d.testFraction,
+        d.minSize,
+        d.bodies[0],
+        d.featureDim,
+        d.sharedInit,
+        d.epochs,
+        d.batchSize,
+        d.learningRate,
+        d.optimizer,
+        d.alpha,
+        d.gateHidden,
+        d.fst,
+        d.distill,
+        d.fineTuneEpochs,
+        d.headEpochs,
+        d.maxStaleness,
+      ],
     );
   });
 });
@@ -198,7 +322,10 @@ describe('DP training samples and noises the way the accountant assumes', () => 
       const b = poissonSample(n, q);
       sizes.push(b.length);
       for (const i of b) hits[i]++;
-      assert.ok(b.every((v, k) => k === 0 || v > b[k - 1]), 'sorted, no repeats');
+      assert.ok(
+        b.every((v, k) => k === 0 || v > b[k - 1]),
+        'sorted, no repeats',
+      );
     }
     const mean = sizes.reduce((a, b) => a + b, 0) / sizes.length;
     const variance = sizes.reduce((a, b) => a + (b - mean) ** 2, 0) / sizes.length;
@@ -233,10 +360,15 @@ describe('DP training samples and noises the way the accountant assumes', () => 
       sizes.push(b.length);
       return b;
     };
-    const mk = (dp: boolean) => new LocalPeer({
-      id: 'a', data: datas[0], body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [],
-      train: { seed: 1, batchSize: 16, epochs: 2, sampler, ...(dp ? { dp: { noiseMultiplier: 1, clipNorm: 1 } } : {}) },
-    });
+    const mk = (dp: boolean) =>
+      new LocalPeer({
+        id: 'a',
+        data: datas[0],
+        body: { kind: 'mlp', hidden: [16] },
+        featureDim: 8,
+        headHidden: [],
+        train: { seed: 1, batchSize: 16, epochs: 2, sampler, ...(dp ? { dp: { noiseMultiplier: 1, clipNorm: 1 } } : {}) },
+      });
     const n = datas[0].trainSamples;
     const [a, b] = [mk(true), mk(true)];
     await a.trainRound(1);
@@ -265,10 +397,24 @@ describe('every site kind checkpoints and resumes', () => {
       const { getAlgorithm, DEFAULT_ALGORITHM_OPTIONS } = await import('@dflmoe/core/internal');
       const { datas } = tinyPeers(1);
       const alg = getAlgorithm(name);
-      const mk = () => alg.createSite(
-        { id: 's', data: datas[0], body: { kind: 'mlp', hidden: [16] }, featureDim: 8, headHidden: [], train: { seed: 3, dp: { noiseMultiplier: 0, clipNorm: 100 } } },
-        { ...DEFAULT_ALGORITHM_OPTIONS, seed: 1 },
-      ) as unknown as { model: FedAvgClient; tuned?: FedAvgClient; checkpoint: NonNullable<import('@dflmoe/core/internal').AlgorithmSite['checkpoint']>; dispose(): void; privacySpent(): unknown };
+      const mk = () =>
+        alg.createSite(
+          {
+            id: 's',
+            data: datas[0],
+            body: { kind: 'mlp', hidden: [16] },
+            featureDim: 8,
+            headHidden: [],
+            train: { seed: 3, dp: { noiseMultiplier: 0, clipNorm: 100 } },
+          },
+          { ...DEFAULT_ALGORITHM_OPTIONS, seed: 1 },
+        ) as unknown as {
+          model: FedAvgClient;
+          tuned?: FedAvgClient;
+          checkpoint: NonNullable<import('@dflmoe/core/internal').AlgorithmSite['checkpoint']>;
+          dispose(): void;
+          privacySpent(): unknown;
+        };
       const a = mk();
       await a.model.trainRound(1);
       if (a.tuned) await a.tuned.trainRound(1);

@@ -19,10 +19,21 @@ function trainedSite(dir: string): string {
   writeText(join(dir, 'a.csv'), patientsCsv({ seed: 3, rows: 120, missing: 0.1 }));
   const key = cli(['keygen', '--out', join(dir, 'a.key')]);
   assert.equal(key.status, 0, key.stderr);
-  writeFileSync(join(dir, 'a.json'), JSON.stringify({
-    name: 'hospital-a', key: 'a.key', listen: ['/ip4/127.0.0.1/tcp/0'], members: [], algorithm: 'local',
-    data: { dataset: 'csv:a.csv', labelColumn: 'diagnosis', drop: ['id'] }, model: { body: 'mlp:8', featureDim: 8 }, rounds: 1, lingerMs: 0, out: 'site-a',
-  }));
+  writeFileSync(
+    join(dir, 'a.json'),
+    JSON.stringify({
+      name: 'hospital-a',
+      key: 'a.key',
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      members: [],
+      algorithm: 'local',
+      data: { dataset: 'csv:a.csv', labelColumn: 'diagnosis', drop: ['id'] },
+      model: { body: 'mlp:8', featureDim: 8 },
+      rounds: 1,
+      lingerMs: 0,
+      out: 'site-a',
+    }),
+  );
   const r = cli(['peer', '--config', join(dir, 'a.json')]);
   assert.equal(r.status, 0, r.stderr);
   return join(dir, 'site-a');
@@ -95,8 +106,10 @@ describe('command line usability', function () {
 
   it('a site config with a bad body spec is refused when the config is read, saying what a body looks like', () => {
     const base = { key: 'k', listen: ['/ip4/127.0.0.1/tcp/1'], data: { dataset: 'breast-cancer' }, rounds: 3, out: 'o' };
-    assert.throws(() => parsePeerConfig({ ...base, model: { body: 'mlp:abc' } }, 'site.json'),
-      (e: Error) => e instanceof ConfigError && /^config site\.json: model\.body: Bad body "mlp:abc": sizes must be positive integers/.test(e.message));
+    assert.throws(
+      () => parsePeerConfig({ ...base, model: { body: 'mlp:abc' } }, 'site.json'),
+      (e: Error) => e instanceof ConfigError && /^config site\.json: model\.body: Bad body "mlp:abc": sizes must be positive integers/.test(e.message),
+    );
     assert.throws(() => parsePeerConfig({ ...base, model: { body: 'transformer' } }, 'site.json'), /model\.body: Unknown body "transformer": use mlp/);
     assert.equal(parsePeerConfig({ ...base, model: { body: 'cnn:8x16:k5' } }, 'site.json').model.body, 'cnn:8x16:k5');
     // dflmoe peer stops at once, before any network or data.
@@ -117,11 +130,17 @@ describe('command line usability', function () {
     };
     assert.equal(msg({ ...base, rouds: 3 }), 'config site.json: unknown key "rouds" (did you mean "rounds"?)');
     assert.equal(msg({ ...base, rounds: 3, dflmoe: { alpah: 0.5 } }), 'config site.json: dflmoe: unknown key "alpah" (did you mean "alpha"?)');
-    assert.equal(msg({ ...base, rounds: 3, data: { dataset: 'x', lableColumn: 'y' } }), 'config site.json: data: unknown key "lableColumn" (did you mean "labelColumn"?)');
+    assert.equal(
+      msg({ ...base, rounds: 3, data: { dataset: 'x', lableColumn: 'y' } }),
+      'config site.json: data: unknown key "lableColumn" (did you mean "labelColumn"?)',
+    );
     assert.equal(msg({ ...base, rounds: 3, members: [{ peerID: 'x' }] }), 'config site.json: members.0: unknown key "peerID" (did you mean "peerId"?)');
     assert.equal(msg({ ...base, rounds: 3, zzzzzz: 1 }), 'config site.json: unknown key "zzzzzz"', 'no suggestion when nothing is close');
     // Several problems: one line each.
-    assert.equal(msg({ ...base, rounds: 0, rouds: 3 }), 'config site.json is not valid:\n  rounds: Too small: expected number to be >=1\n  unknown key "rouds" (did you mean "rounds"?)');
+    assert.equal(
+      msg({ ...base, rounds: 0, rouds: 3 }),
+      'config site.json is not valid:\n  rounds: Too small: expected number to be >=1\n  unknown key "rouds" (did you mean "rounds"?)',
+    );
     const dir = tmpDir('dflmoe-key-');
     writeFileSync(join(dir, 'site.json'), JSON.stringify({ ...base, rouds: 3 }));
     assert.match(oneLineError(cli(['peer', '--config', join(dir, 'site.json')])), /unknown key "rouds" \(did you mean "rounds"\?\)$/);
@@ -131,23 +150,43 @@ describe('command line usability', function () {
     const dir = tmpDir('dflmoe-self-');
     const [self, other] = await Promise.all([generateIdentity(), generateIdentity()]);
     saveIdentity(join(dir, 'a.key'), self.privateKey, true);
-    const cfg = parsePeerConfig({
-      key: 'a.key', listen: ['/ip4/127.0.0.1/tcp/0'], members: [{ peerId: other.peerId, addrs: ['/ip4/127.0.0.1/tcp/1'], name: 'hospital-b' }],
-      data: { dataset: 'breast-cancer' }, rounds: 1, out: 'o',
-    }, join(dir, 'a.json'), dir);
+    const cfg = parsePeerConfig(
+      {
+        key: 'a.key',
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        members: [{ peerId: other.peerId, addrs: ['/ip4/127.0.0.1/tcp/1'], name: 'hospital-b' }],
+        data: { dataset: 'breast-cancer' },
+        rounds: 1,
+        out: 'o',
+      },
+      join(dir, 'a.json'),
+      dir,
+    );
     // A ConfigError: the command prints its message as its one line (see the test above), before any node starts.
-    await assert.rejects(runPeer(cfg, { logger: silentLogger }), (e: Error) => e instanceof ConfigError && e.message ===
-      `this site's key ${join(dir, 'a.key')} is peer ${self.peerId}, which is not among "members": add {"peerId": "${self.peerId}"} ` +
-        '(with the addresses the others reach it at) to "members" in every site\'s config (members refuse a site they do not list), or use the key of a member');
+    await assert.rejects(
+      runPeer(cfg, { logger: silentLogger }),
+      (e: Error) =>
+        e instanceof ConfigError &&
+        e.message ===
+          `this site's key ${join(dir, 'a.key')} is peer ${self.peerId}, which is not among "members": add {"peerId": "${self.peerId}"} ` +
+            '(with the addresses the others reach it at) to "members" in every site\'s config (members refuse a site they do not list), or use the key of a member',
+    );
     assert.ok(!existsSync(join(dir, 'o')), 'nothing was started or written');
   });
 
   it('a site config without the label column names data.labelColumn; simulate names --label-column', async () => {
     const dir = tmpDir('dflmoe-label-');
     writeText(join(dir, 'a.csv'), patientsCsv({ seed: 1, rows: 40 }));
-    const cfg = parsePeerConfig({ key: 'a.key', listen: ['/ip4/127.0.0.1/tcp/1'], data: { dataset: 'csv:a.csv' }, rounds: 1, out: 'o' }, join(dir, 'site.json'), dir);
+    const cfg = parsePeerConfig(
+      { key: 'a.key', listen: ['/ip4/127.0.0.1/tcp/1'], data: { dataset: 'csv:a.csv' }, rounds: 1, out: 'o' },
+      join(dir, 'site.json'),
+      dir,
+    );
     await assert.rejects(prepareSiteData(cfg, { selfId: 'x', logger: silentLogger, resume: false }), (e: Error) => {
-      assert.match(e.message, /no label column "label"\. Columns are: id, age, bmi, smoker, sex, ward, diagnosis\. Name the label column with data\.labelColumn in the site config\.$/);
+      assert.match(
+        e.message,
+        /no label column "label"\. Columns are: id, age, bmi, smoker, sex, ward, diagnosis\. Name the label column with data\.labelColumn in the site config\.$/,
+      );
       return true;
     });
     const r = cli(['simulate', '--dataset', `csv:${join(dir, 'a.csv')}`, '--peers', '2', '--rounds', '1', '--quiet', '--out', join(dir, 'sim')]);
@@ -182,15 +221,24 @@ describe('command line usability', function () {
 
     it('--invalid-as-missing reads it as missing, as NA would be, and marks the row', async () => {
       const [sixty, naFile] = [fresh('sixty'), fresh('NA')];
-      const [r, na] = await Promise.all([cliAsync(['predict', '--site', site, '--input', sixty, '--invalid-as-missing']), cliAsync(['predict', '--site', site, '--input', naFile])]);
+      const [r, na] = await Promise.all([
+        cliAsync(['predict', '--site', site, '--input', sixty, '--invalid-as-missing']),
+        cliAsync(['predict', '--site', site, '--input', naFile]),
+      ]);
       assert.equal(r.status, 0, r.stderr);
       assert.match(r.stderr, /read as missing, not numbers: 1 row: line 4 \(age="sixty"\)/);
       const rows = parse(r.stdout, { columns: true }) as Record<string, string>[];
-      assert.deepEqual(rows.map((x) => x['read as missing']), ['', '', 'age="sixty"', '', '', '']);
+      assert.deepEqual(
+        rows.map((x) => x['read as missing']),
+        ['', '', 'age="sixty"', '', '', ''],
+      );
       assert.equal(na.status, 0, na.stderr);
       const naRows = parse(na.stdout, { columns: true }) as Record<string, string>[];
       assert.equal(naRows[2]['read as missing'], undefined, 'no marks column without the option');
-      assert.deepEqual(rows.map(({ 'read as missing': _, ...rest }) => rest), naRows);
+      assert.deepEqual(
+        rows.map(({ 'read as missing': _, ...rest }) => rest),
+        naRows,
+      );
     });
 
     it('rows with a ward no site trained on, or with every cell missing, are flagged in a last column and on stderr', () => {
@@ -203,12 +251,21 @@ describe('command line usability', function () {
       const r = cli(['predict', '--site', site, '--input', file]);
       assert.equal(r.status, 0, r.stderr);
       const rows = parse(r.stdout, { columns: true }) as Record<string, string>[];
-      assert.deepEqual(rows.map((x) => x.flags), ['', 'unseen ward="Z"', '', 'every feature missing']);
-      assert.match(r.stderr, /flagged \(a category no site trained on encodes as all zeros; missing cells take the pooled means\): 2 rows: line 3 \(unseen ward="Z"\), line 5 \(every feature missing\)/);
+      assert.deepEqual(
+        rows.map((x) => x.flags),
+        ['', 'unseen ward="Z"', '', 'every feature missing'],
+      );
+      assert.match(
+        r.stderr,
+        /flagged \(a category no site trained on encodes as all zeros; missing cells take the pooled means\): 2 rows: line 3 \(unseen ward="Z"\), line 5 \(every feature missing\)/,
+      );
     });
 
     it('--output and keygen --out into a directory that does not exist: one line naming it, before any work', async () => {
-      const [predict, keygen] = await Promise.all([cliAsync(['predict', '--site', site, '--input', fresh('61'), '--output', '/no/dir/p.csv']), cliAsync(['keygen', '--out', '/no/dir/k'])]);
+      const [predict, keygen] = await Promise.all([
+        cliAsync(['predict', '--site', site, '--input', fresh('61'), '--output', '/no/dir/p.csv']),
+        cliAsync(['keygen', '--out', '/no/dir/k']),
+      ]);
       const line = oneLineError(predict);
       assert.match(line, /--output \/no\/dir\/p\.csv: the directory \/no\/dir does not exist \(create it first: mkdir -p \/no\/dir\)$/);
       assert.match(oneLineError(keygen), /--out \/no\/dir\/k: the directory \/no\/dir does not exist/);
@@ -223,16 +280,39 @@ describe('command line usability', function () {
     it('--dataset images:<dir> runs on both transports, and --help lists it', async () => {
       const dir = tmpDir('dflmoe-simimg-');
       const images = await imageFolder(join(dir, 'images'), { seed: 4, perClass: 24 });
-      const args = ['simulate', '--dataset', `images:${images}`, '--peers', '2', '--partition', 'iid', '--rounds', '2', '--algorithms', 'local',
-        '--body', 'mlp:8', '--feature-dim', '8', '--quiet'];
+      const args = [
+        'simulate',
+        '--dataset',
+        `images:${images}`,
+        '--peers',
+        '2',
+        '--partition',
+        'iid',
+        '--rounds',
+        '2',
+        '--algorithms',
+        'local',
+        '--body',
+        'mlp:8',
+        '--feature-dim',
+        '8',
+        '--quiet',
+      ];
       // Both transports at once (separate outs).
-      const [mem, tcp] = await Promise.all([cliAsync([...args, '--out', join(dir, 'mem')]), cliAsync([...args, '--transport', 'tcp', '--deadline', '20000', '--out', join(dir, 'tcp')])]);
+      const [mem, tcp] = await Promise.all([
+        cliAsync([...args, '--out', join(dir, 'mem')]),
+        cliAsync([...args, '--transport', 'tcp', '--deadline', '20000', '--out', join(dir, 'tcp')]),
+      ]);
       assert.equal(mem.status, 0, mem.stderr);
       assert.equal(tcp.status, 0, tcp.stderr);
       const [m, t] = [results(join(dir, 'mem')), results(join(dir, 'tcp'))];
       assert.deepEqual(m.dataset.sampleShape, [12, 12, 1]);
       assert.equal(m.dataset.samples, 48);
-      assert.deepEqual(t.algorithms.local!.peers.map((p) => p.accuracy), m.algorithms.local!.peers.map((p) => p.accuracy), 'the same sites train the same models');
+      assert.deepEqual(
+        t.algorithms.local!.peers.map((p) => p.accuracy),
+        m.algorithms.local!.peers.map((p) => p.accuracy),
+        'the same sites train the same models',
+      );
       assert.match(simulateHelp().stdout.replace(/\s+/g, ' '), /--dataset <name> .*\| images:<dir>/);
     });
 
@@ -240,7 +320,22 @@ describe('command line usability', function () {
       let dir: string;
       let tcp: CliResult;
       let mem: CliResult;
-      const args = ['simulate', '--dataset', 'breast-cancer', '--peers', '3', '--partition', 'iid', '--rounds', '2', '--algorithms', 'local,dflmoe', '--seed', '2', '--quiet'];
+      const args = [
+        'simulate',
+        '--dataset',
+        'breast-cancer',
+        '--peers',
+        '3',
+        '--partition',
+        'iid',
+        '--rounds',
+        '2',
+        '--algorithms',
+        'local,dflmoe',
+        '--seed',
+        '2',
+        '--quiet',
+      ];
       before(async () => {
         dir = tmpDir('dflmoe-simtcp-');
         // Without --quiet: the per-round progress lines too. The same run in one process (the pooled test compares them) at the same time.
@@ -255,7 +350,10 @@ describe('command line usability', function () {
         const progress = tcp.stderr.split('\n').filter((l) => /^dflmoe round \d\/2 /.test(l));
         assert.equal(progress.length, 2, tcp.stderr);
         for (const l of progress) assert.match(l, /accuracy [\d.]+% \(min [\d.]+%\) {2}[\d.]+ (B|KiB|MiB) {2}[\d.]+ s\/round$/);
-        const log = (alg: string) => readFileSync(join(dir, 'tcp', 'consortium', alg, 'site-0.log'), 'utf8').split('\n').filter((l) => l.startsWith('round '));
+        const log = (alg: string) =>
+          readFileSync(join(dir, 'tcp', 'consortium', alg, 'site-0.log'), 'utf8')
+            .split('\n')
+            .filter((l) => l.startsWith('round '));
         assert.match(log('dflmoe')[1], /^round 2\/2 {2}accuracy [\d.]+% {2}experts 2 {2}so far in [\d.]+ KiB out [\d.]+ KiB {2}[\d.]+ s$/);
         assert.match(log('local')[1], /^round 2\/2 {2}accuracy [\d.]+% {2}so far in 0 B out 0 B {2}[\d.]+ s$/);
       });
@@ -270,15 +368,29 @@ describe('command line usability', function () {
         // Above what always answering the most common class scores on breast-cancer (62.7%), not just above a coin.
         const majority = majorityRate(loadDataset('breast-cancer').labels);
         assert.ok(majority > 0.6 && majority < 0.65, `majority ${majority}`);
-        assert.ok(pooled(t, 'local').every((p) => p! > majority && p! <= 1), `local pooled ${pooled(t, 'local')}`);
-        assert.ok(pooled(t, 'dflmoe').every((p) => p !== undefined && p > majority && p <= 1), `dflmoe pooled ${pooled(t, 'dflmoe')}`);
+        assert.ok(
+          pooled(t, 'local').every((p) => p! > majority && p! <= 1),
+          `local pooled ${pooled(t, 'local')}`,
+        );
+        assert.ok(
+          pooled(t, 'dflmoe').every((p) => p !== undefined && p > majority && p <= 1),
+          `dflmoe pooled ${pooled(t, 'dflmoe')}`,
+        );
         assert.ok(Math.abs(t.algorithms.dflmoe!.pooledAccuracy!.mean - pooled(t, 'dflmoe').reduce((a, b) => a! + b!, 0)! / 3) < 1e-12);
       });
 
       it("dflmoe report on the sites' directories draws the charts the run's report draws from its results.json", async () => {
-        const charts = (html: string) => Object.fromEntries([...html.matchAll(/<figure data-chart="([^"]+)">[\s\S]*?<script type="application\/json" class="chart-data">([\s\S]*?)<\/script>/g)]
-          .map((m) => [m[1], (JSON.parse(m[2]) as { algorithm?: string }[]).filter((x) => x.algorithm === undefined || x.algorithm === 'dflmoe')]));
-        const [run, sites] = await Promise.all([cliAsync(['report', join(dir, 'tcp')]), cliAsync(['report', join(dir, 'tcp', 'consortium', 'dflmoe'), '--output', join(dir, 'sites.html')])]);
+        const charts = (html: string) =>
+          Object.fromEntries(
+            [...html.matchAll(/<figure data-chart="([^"]+)">[\s\S]*?<script type="application\/json" class="chart-data">([\s\S]*?)<\/script>/g)].map((m) => [
+              m[1],
+              (JSON.parse(m[2]) as { algorithm?: string }[]).filter((x) => x.algorithm === undefined || x.algorithm === 'dflmoe'),
+            ]),
+          );
+        const [run, sites] = await Promise.all([
+          cliAsync(['report', join(dir, 'tcp')]),
+          cliAsync(['report', join(dir, 'tcp', 'consortium', 'dflmoe'), '--output', join(dir, 'sites.html')]),
+        ]);
         assert.equal(run.status, 0, run.stderr);
         assert.equal(sites.status, 0, sites.stderr);
         const [a, b] = [charts(readFileSync(join(dir, 'tcp', 'report.html'), 'utf8')), charts(readFileSync(join(dir, 'sites.html'), 'utf8'))];
@@ -310,7 +422,10 @@ describe('command line usability', function () {
           const { predictions: p } = await trained.predictFile('packages/data/datasets/breast-cancer.csv');
           assert.deepEqual([...p.experts].sort(), ['site-0', 'site-1', 'site-2']);
           assert.equal(p.experts[0], 'site-0', 'own head first');
-          assert.deepEqual(p.expertIds!.map((id) => desc.names[id]), p.experts);
+          assert.deepEqual(
+            p.expertIds!.map((id) => desc.names[id]),
+            p.experts,
+          );
         } finally {
           trained.dispose();
         }
@@ -324,8 +439,10 @@ describe('command line usability', function () {
     const [a, b] = await Promise.all(ids.map((i) => createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow })));
     const logs = [[], []] as { level: string; msg: string }[][];
     const logger = (k: number) => ({
-      debug: (msg: string) => logs[k].push({ level: 'debug', msg }), info: (msg: string) => logs[k].push({ level: 'info', msg }),
-      warn: (msg: string) => logs[k].push({ level: 'warn', msg }), error: (msg: string) => logs[k].push({ level: 'error', msg }),
+      debug: (msg: string) => logs[k].push({ level: 'debug', msg }),
+      info: (msg: string) => logs[k].push({ level: 'info', msg }),
+      warn: (msg: string) => logs[k].push({ level: 'warn', msg }),
+      error: (msg: string) => logs[k].push({ level: 'error', msg }),
     });
     try {
       await Promise.all([a.start(), b.start()]);

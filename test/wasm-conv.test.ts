@@ -18,7 +18,6 @@ const cases: Case[] = [
   { x: [4, 6, 6, 1], f: [1, 1, 1, 1], stride: 1, pad: 'valid' },
 ];
 
-
 describe('wasm Conv2D gradient kernels', () => {
   before(async () => {
     tf.enableProdMode();
@@ -41,14 +40,16 @@ describe('wasm Conv2D gradient kernels', () => {
       const w = rand(outShape.reduce((a, b) => a * b));
       const ref = tf.tidy(() => {
         const g = tf.grads((a: tf.Tensor, b: tf.Tensor) =>
-          tf.sum(tf.mul(tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.stride, c.pad), tf.tensor(w, outShape))));
+          tf.sum(tf.mul(tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.stride, c.pad), tf.tensor(w, outShape))),
+        );
         return g([tf.tensor4d(xs, c.x), tf.tensor4d(fs, c.f)]).map((t) => t.dataSync().slice());
       });
       await tf.setBackend('wasm');
       const before = tf.memory().numTensors;
       const got = tf.tidy(() => {
         const g = tf.grads((a: tf.Tensor, b: tf.Tensor) =>
-          tf.sum(tf.mul(tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.stride, c.pad), tf.tensor(w, outShape))));
+          tf.sum(tf.mul(tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.stride, c.pad), tf.tensor(w, outShape))),
+        );
         return g([tf.tensor4d(xs, c.x), tf.tensor4d(fs, c.f)]).map((t) => t.dataSync().slice());
       });
       assert.equal(tf.memory().numTensors, before, 'no tensors leaked');
@@ -90,6 +91,8 @@ describe('wasm Conv2D gradient kernels', () => {
     const h = await model.fit(x, y, { epochs: 15, batchSize: 16, verbose: 0, shuffle: false });
     const losses = h.history.loss as number[];
     assert.ok(losses[losses.length - 1] < losses[0] * 0.5, `loss ${losses[0]} -> ${losses[losses.length - 1]}`);
-    x.dispose(); y.dispose(); model.dispose();
+    x.dispose();
+    y.dispose();
+    model.dispose();
   });
 });

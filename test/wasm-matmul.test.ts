@@ -22,7 +22,11 @@ describe('wasm transpose-first BatchMatMul', () => {
 
   for (const c of cases) {
     it(`matches the stock kernel for batch [${c.batch}] ${c.m}x${c.k}x${c.n} transposeA=${c.ta} transposeB=${c.tb}`, () => {
-      const rand = (shape: number[]) => tf.tensor(Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rnd() * 2 - 1), shape);
+      const rand = (shape: number[]) =>
+        tf.tensor(
+          Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rnd() * 2 - 1),
+          shape,
+        );
       const a = rand([...c.batch, ...(c.ta ? [c.k, c.m] : [c.m, c.k])]);
       const b = rand([...c.batch, ...(c.tb ? [c.n, c.k] : [c.k, c.n])]);
       const before = tf.memory().numTensors;

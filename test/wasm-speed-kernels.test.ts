@@ -3,7 +3,13 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-wasm';
 import fc from 'fast-check';
 import {
-  FusedAdam, registerWasmAdamKernel, registerWasmMatMulKernels, registerWasmPoolKernels, setWasmFastMatMul, setWasmFastPoolGrad, swapPays,
+  FusedAdam,
+  registerWasmAdamKernel,
+  registerWasmMatMulKernels,
+  registerWasmPoolKernels,
+  setWasmFastMatMul,
+  setWasmFastPoolGrad,
+  swapPays,
 } from '@dflmoe/core/internal';
 import { mulberry32 } from '@dflmoe/data/internal';
 
@@ -12,7 +18,10 @@ const bits = (t: tf.Tensor) => Array.from(new Uint32Array(Float32Array.from(t.da
 
 function randomTensor(shape: number[], seed: number, draw: (r: number) => number = (r) => r * 2 - 1): tf.Tensor {
   const rnd = mulberry32(seed);
-  return tf.tensor(Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => draw(rnd())), shape);
+  return tf.tensor(
+    Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => draw(rnd())),
+    shape,
+  );
 }
 
 describe('wasm kernels of issue 30 (bit for bit the stock results)', () => {
@@ -30,24 +39,33 @@ describe('wasm kernels of issue 30 (bit for bit the stock results)', () => {
 
   it('a product computed transposed equals the product of the materialised operands, bits and all', () => {
     let swapped = 0;
-    fc.assert(fc.property(
-      fc.integer({ min: 1, max: 90 }), fc.integer({ min: 1, max: 300 }), fc.integer({ min: 1, max: 200 }), fc.boolean(), fc.boolean(), fc.integer(),
-      (m, k, n, ta, tb, seed) => {
-        if (swapPays(m, k, n, ta, tb)) swapped++;
-        const a = randomTensor(ta ? [k, m] : [m, k], seed);
-        const b = randomTensor(tb ? [n, k] : [k, n], seed + 1);
-        const before = tf.memory().numTensors;
-        setWasmFastMatMul(true);
-        const fast = tf.matMul(a, b, ta, tb);
-        assert.equal(tf.memory().numTensors, before + 1, 'one output, no intermediates left');
-        // The reference: the operands transposed first, then the stock kernel's XNNPACK product.
-        setWasmFastMatMul(false);
-        const ref = tf.tidy(() => tf.matMul(ta ? tf.transpose(a) : a, tb ? tf.transpose(b) : b));
-        setWasmFastMatMul(true);
-        assert.deepEqual(fast.shape, [m, n]);
-        assert.deepEqual(bits(fast), bits(ref));
-        tf.dispose([a, b, fast, ref]);
-      }), { numRuns: 60, seed: 30 });
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 90 }),
+        fc.integer({ min: 1, max: 300 }),
+        fc.integer({ min: 1, max: 200 }),
+        fc.boolean(),
+        fc.boolean(),
+        fc.integer(),
+        (m, k, n, ta, tb, seed) => {
+          if (swapPays(m, k, n, ta, tb)) swapped++;
+          const a = randomTensor(ta ? [k, m] : [m, k], seed);
+          const b = randomTensor(tb ? [n, k] : [k, n], seed + 1);
+          const before = tf.memory().numTensors;
+          setWasmFastMatMul(true);
+          const fast = tf.matMul(a, b, ta, tb);
+          assert.equal(tf.memory().numTensors, before + 1, 'one output, no intermediates left');
+          // The reference: the operands transposed first, then the stock kernel's XNNPACK product.
+          setWasmFastMatMul(false);
+          const ref = tf.tidy(() => tf.matMul(ta ? tf.transpose(a) : a, tb ? tf.transpose(b) : b));
+          setWasmFastMatMul(true);
+          assert.deepEqual(fast.shape, [m, n]);
+          assert.deepEqual(bits(fast), bits(ref));
+          tf.dispose([a, b, fast, ref]);
+        },
+      ),
+      { numRuns: 60, seed: 30 },
+    );
     assert.ok(swapped > 5, `the transposed path ran in ${swapped} of 60 cases`);
   });
 
@@ -69,29 +87,49 @@ describe('wasm kernels of issue 30 (bit for bit the stock results)', () => {
   });
 
   it('MaxPoolGrad equals the stock kernel bit for bit, ties and windows of non-positive values included', () => {
-    fc.assert(fc.property(
-      fc.integer({ min: 1, max: 3 }), fc.integer({ min: 1, max: 9 }), fc.integer({ min: 1, max: 9 }), fc.integer({ min: 1, max: 6 }),
-      fc.integer({ min: 1, max: 3 }), fc.integer({ min: 1, max: 3 }), fc.constantFrom('valid' as const, 'same' as const), fc.integer({ min: 0, max: 3 }), fc.integer(),
-      (batch, h, w, c, size, stride, pad, kind, seed) => {
-        fc.pre(pad === 'same' || (size <= h && size <= w));
-        // Uniform values, small integers (ties), ReLU'd integers (all-zero windows), negatives only.
-        const draws = [(r: number) => r * 2 - 1, (r: number) => Math.round(r * 4 - 2), (r: number) => Math.max(0, Math.round(r * 4 - 2)), (r: number) => -0.1 - r];
-        const x = randomTensor([batch, h, w, c], seed, draws[kind]) as tf.Tensor4D;
-        const before = tf.memory().numTensors;
-        const grad = (fast: boolean) => {
-          setWasmFastPoolGrad(fast);
-          return tf.tidy(() => tf.grad((xx: tf.Tensor) => tf.sum(tf.mul(tf.maxPool(xx as tf.Tensor4D, size, stride, pad), randomTensor(tf.maxPool(x, size, stride, pad).shape, seed + 1))))(x));
-        };
-        const fast = grad(true);
-        const stock = grad(false);
-        setWasmFastPoolGrad(true);
-        assert.equal(tf.memory().numTensors, before + 2, 'two gradients, nothing else left');
-        assert.deepEqual(bits(fast), bits(stock));
-        tf.dispose([x, fast, stock]);
-      }), { numRuns: 80, seed: 30 });
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 3 }),
+        fc.integer({ min: 1, max: 9 }),
+        fc.integer({ min: 1, max: 9 }),
+        fc.integer({ min: 1, max: 6 }),
+        fc.integer({ min: 1, max: 3 }),
+        fc.integer({ min: 1, max: 3 }),
+        fc.constantFrom('valid' as const, 'same' as const),
+        fc.integer({ min: 0, max: 3 }),
+        fc.integer(),
+        (batch, h, w, c, size, stride, pad, kind, seed) => {
+          fc.pre(pad === 'same' || (size <= h && size <= w));
+          // Uniform values, small integers (ties), ReLU'd integers (all-zero windows), negatives only.
+          const draws = [
+            (r: number) => r * 2 - 1,
+            (r: number) => Math.round(r * 4 - 2),
+            (r: number) => Math.max(0, Math.round(r * 4 - 2)),
+            (r: number) => -0.1 - r,
+          ];
+          const x = randomTensor([batch, h, w, c], seed, draws[kind]) as tf.Tensor4D;
+          const before = tf.memory().numTensors;
+          const grad = (fast: boolean) => {
+            setWasmFastPoolGrad(fast);
+            return tf.tidy(() =>
+              tf.grad((xx: tf.Tensor) =>
+                tf.sum(tf.mul(tf.maxPool(xx as tf.Tensor4D, size, stride, pad), randomTensor(tf.maxPool(x, size, stride, pad).shape, seed + 1))),
+              )(x),
+            );
+          };
+          const fast = grad(true);
+          const stock = grad(false);
+          setWasmFastPoolGrad(true);
+          assert.equal(tf.memory().numTensors, before + 2, 'two gradients, nothing else left');
+          assert.deepEqual(bits(fast), bits(stock));
+          tf.dispose([x, fast, stock]);
+        },
+      ),
+      { numRuns: 80, seed: 30 },
+    );
   });
 
-  it('FusedAdam takes exactly tf.train.adam\'s steps and keeps its state layout, without leaking tensors', async () => {
+  it("FusedAdam takes exactly tf.train.adam's steps and keeps its state layout, without leaking tensors", async () => {
     const shapes = [[40, 30], [30], [3, 3, 4, 8], [70, 70], [1]]; // small ones take the kernel, [70, 70] the stock chain
     const start = shapes.map((s, i) => randomTensor(s, 10 + i));
     const make = () => start.map((t) => tf.variable(t.clone()));
@@ -111,7 +149,10 @@ describe('wasm kernels of issue 30 (bit for bit the stock results)', () => {
     va.forEach((v, i) => assert.deepEqual(bits(vb[i]!), bits(v), `variable ${i}`));
     const [wa, wb] = [await stock.getWeights(), await fused.getWeights()];
     const rename = new Map(va.map((v, i) => [v.name, vb[i]!.name]));
-    assert.deepEqual(wb.map((w) => w.name), wa.map((w) => w.name.replace(/^(.*)\/([mv])$/, (_, n: string, k: string) => `${rename.get(n)}/${k}`)));
+    assert.deepEqual(
+      wb.map((w) => w.name),
+      wa.map((w) => w.name.replace(/^(.*)\/([mv])$/, (_, n: string, k: string) => `${rename.get(n)}/${k}`)),
+    );
     wa.forEach((w, i) => assert.deepEqual(bits(wb[i]!.tensor), bits(w.tensor), w.name));
     stock.dispose();
     fused.dispose();

@@ -62,22 +62,32 @@ describe('a site in a browser tab (dflmoe web)', function () {
     assert.ok(['webgl', 'wasm', 'cpu'].includes(String(backend)), String(backend));
 
     // Two node sites that list the tab among their members, each with its own CSV.
-    const nodes = await Promise.all(['hospital-a', 'hospital-b'].map(async (name, i) => {
-      const id = await generateIdentity();
-      saveIdentity(join(dir, `${name}.key`), id.privateKey, true);
-      writeText(join(dir, `${name}.csv`), patientsCsv({ seed: 21 + i, rows: 150, missing: 0.1, wards: i ? ['south', 'east'] : ['north', 'south'] }));
-      return { name, peerId: id.peerId, tcp: await freePort(), ws: await freePort(), config: join(dir, `${name}.json`), out: join(dir, name) };
-    }));
+    const nodes = await Promise.all(
+      ['hospital-a', 'hospital-b'].map(async (name, i) => {
+        const id = await generateIdentity();
+        saveIdentity(join(dir, `${name}.key`), id.privateKey, true);
+        writeText(join(dir, `${name}.csv`), patientsCsv({ seed: 21 + i, rows: 150, missing: 0.1, wards: i ? ['south', 'east'] : ['north', 'south'] }));
+        return { name, peerId: id.peerId, tcp: await freePort(), ws: await freePort(), config: join(dir, `${name}.json`), out: join(dir, name) };
+      }),
+    );
     const members = [
       ...nodes.map((n) => ({ name: n.name, peerId: n.peerId, addrs: [`/ip4/127.0.0.1/tcp/${n.tcp}`, `/ip4/127.0.0.1/tcp/${n.ws}/ws`] })),
       { name: 'clinic-tab', peerId: tabId },
     ];
     for (const n of nodes) {
       const cfg = {
-        name: n.name, key: `${n.name}.key`, listen: [`/ip4/127.0.0.1/tcp/${n.tcp}`, `/ip4/127.0.0.1/tcp/${n.ws}/ws`], members,
+        name: n.name,
+        key: `${n.name}.key`,
+        listen: [`/ip4/127.0.0.1/tcp/${n.tcp}`, `/ip4/127.0.0.1/tcp/${n.ws}/ws`],
+        members,
         data: { dataset: `csv:${n.name}.csv`, labelColumn: 'diagnosis', drop: ['id'] },
-        model: { body: 'mlp:32', featureDim: 16 }, train: { learningRate: 0.01 },
-        rounds: 3, round: { deadlineMs: 30000 }, preprocess: { deadlineMs: 120000 }, lingerMs: 5000, out: n.name,
+        model: { body: 'mlp:32', featureDim: 16 },
+        train: { learningRate: 0.01 },
+        rounds: 3,
+        round: { deadlineMs: 30000 },
+        preprocess: { deadlineMs: 120000 },
+        lingerMs: 5000,
+        out: n.name,
       };
       parsePeerConfig(cfg, n.config, dir);
       writeFileSync(n.config, JSON.stringify(cfg, null, 2));
@@ -112,7 +122,10 @@ describe('a site in a browser tab (dflmoe web)', function () {
     assert.match(await message(page), /diagnosis.*data\.labelColumn|data\.labelColumn.*diagnosis/);
     // A member nobody answers for: the page says what to check, and Stop ends the run.
     const closed = await freePort();
-    const unreachable = JSON.stringify({ ...details, members: [{ peerId: nodes[0].peerId, name: 'gone', addrs: [`/ip4/127.0.0.1/tcp/${closed}/ws/p2p/${nodes[0].peerId}`] }, { peerId: tabId }] });
+    const unreachable = JSON.stringify({
+      ...details,
+      members: [{ peerId: nodes[0].peerId, name: 'gone', addrs: [`/ip4/127.0.0.1/tcp/${closed}/ws/p2p/${nodes[0].peerId}`] }, { peerId: tabId }],
+    });
     await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), unreachable);
     await input!.uploadFile(csv);
     await page.click('#join');
@@ -130,22 +143,37 @@ describe('a site in a browser tab (dflmoe web)', function () {
     await page.waitForFunction(() => ['done', 'failed'].includes(document.body.dataset.phase ?? ''), { timeout: 240000, polling: 500 });
     const log = await page.$eval('#log', (l) => l.textContent ?? '');
     assert.equal(await page.evaluate(() => document.body.dataset.phase), 'done', `${await message(page)}\n${log.slice(-3000)}`);
-    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 120000))), [0, 0], nodes.map((n) => readFileSync(`${n.out}.log`, 'utf8').slice(-1500)).join('\n'));
+    assert.deepEqual(
+      await Promise.all(ps.map((p) => waitExit(p, 120000))),
+      [0, 0],
+      nodes.map((n) => readFileSync(`${n.out}.log`, 'utf8').slice(-1500)).join('\n'),
+    );
 
     // The tab: a number for its accuracy, 3 rounds, both node sites' heads mixed in.
     // Above what always answering the tab's most common diagnosis would score.
-    const majority = majorityRate(readFileSync(csv, 'utf8').trim().split('\n').slice(1).map((l) => l.split(',').at(-1)!));
+    const majority = majorityRate(
+      readFileSync(csv, 'utf8')
+        .trim()
+        .split('\n')
+        .slice(1)
+        .map((l) => l.split(',').at(-1)!),
+    );
     const acc = Number(await page.evaluate(() => document.body.dataset.accuracy));
     assert.ok(Number.isFinite(acc) && acc > majority && acc <= 1, `tab accuracy ${acc}, majority class ${majority}`);
     assert.equal(await page.evaluate(() => document.body.dataset.rounds), '3');
-    const tabExperts = String(await page.evaluate(() => document.body.dataset.experts)).split(' ').sort();
+    const tabExperts = String(await page.evaluate(() => document.body.dataset.experts))
+      .split(' ')
+      .sort();
     assert.deepEqual(tabExperts, nodes.map((n) => n.peerId).sort());
     // The node sites: the tab's statement merged in preprocessing, its head mixed in.
     for (const n of nodes) {
       const pre = JSON.parse(readFileSync(join(n.out, 'preprocessing.json'), 'utf8')) as { included: string[] };
       assert.ok(pre.included.includes(tabId), `${n.name} agreed with the tab`);
       const r = JSON.parse(readFileSync(join(n.out, 'results.json'), 'utf8')) as PeerRunResult;
-      assert.ok(r.rounds.at(-1)!.experts.some((e) => e.peer === tabId), `${n.name} holds the tab's head`);
+      assert.ok(
+        r.rounds.at(-1)!.experts.some((e) => e.peer === tabId),
+        `${n.name} holds the tab's head`,
+      );
     }
     // `DFLMOE_SCREENSHOT=docs/browser-site.png npx mocha test/web-site.test.ts` also writes docs/browser.md's screenshot.
     if (process.env.DFLMOE_SCREENSHOT) {
@@ -166,7 +194,10 @@ describe('a site in a browser tab (dflmoe web)', function () {
     const wsPorts = new Set(nodes.map((n) => String(n.ws)));
     assert.ok(sockets.length > 0, 'the tab opened WebSockets');
     for (const s of sockets) assert.ok(wsPorts.has(new URL(s).port) && new URL(s).hostname === '127.0.0.1', `a WebSocket to ${s}`);
-    assert.deepEqual(web.requests.filter((r) => !r.startsWith('GET ')), []);
+    assert.deepEqual(
+      web.requests.filter((r) => !r.startsWith('GET ')),
+      [],
+    );
 
     // The download: a zip that dflmoe evaluate reads as a site.
     await page.click('#download');
@@ -188,33 +219,42 @@ describe('a site in a browser tab (dflmoe web)', function () {
     assert.deepEqual(errors, []);
   });
 
-  it('two tabs reach each other over WebRTC through a member\'s relay: each mixes the other\'s head', async () => {
+  it("two tabs reach each other over WebRTC through a member's relay: each mixes the other's head", async () => {
     const dir = tmpDir('dflmoe-web2-');
     web ??= await serveWebApp({ listen: '127.0.0.1:0' });
     chromium ??= await launchChromium();
     // Two browser profiles (incognito contexts): two keys, two sites.
-    const tabs = await Promise.all([0, 1].map(async (i) => {
-      const context = await chromium!.browser.createBrowserContext();
-      const page = await context.newPage();
-      // wasm: two tabs training at once on software WebGL (no GPU here) would crawl.
-      if (process.env.DEBUG_TABS) page.on('console', (m) => console.log(`tab-${i}:`, m.text().slice(0, 400)));
-      await page.goto(`${web!.url}?backend=wasm`);
-      const peerId = await page.waitForFunction(() => document.body.dataset.peerId, { timeout: 60000 }).then((h) => h.jsonValue() as Promise<string>);
-      const csv = writeText(join(dir, `tab-${i}.csv`), patientsCsv({ seed: 31 + i, rows: 120, missing: 0.1, wards: ['north', 'east'] }));
-      return { page, peerId, csv, name: `tab-${i}` };
-    }));
+    const tabs = await Promise.all(
+      [0, 1].map(async (i) => {
+        const context = await chromium!.browser.createBrowserContext();
+        const page = await context.newPage();
+        // wasm: two tabs training at once on software WebGL (no GPU here) would crawl.
+        if (process.env.DEBUG_TABS) page.on('console', (m) => console.log(`tab-${i}:`, m.text().slice(0, 400)));
+        await page.goto(`${web!.url}?backend=wasm`);
+        const peerId = await page.waitForFunction(() => document.body.dataset.peerId, { timeout: 60000 }).then((h) => h.jsonValue() as Promise<string>);
+        const csv = writeText(join(dir, `tab-${i}.csv`), patientsCsv({ seed: 31 + i, rows: 120, missing: 0.1, wards: ['north', 'east'] }));
+        return { page, peerId, csv, name: `tab-${i}` };
+      }),
+    );
     assert.notEqual(tabs[0].peerId, tabs[1].peerId);
     const id = await generateIdentity();
     saveIdentity(join(dir, 'hub.key'), id.privateKey, true);
     writeText(join(dir, 'hub.csv'), patientsCsv({ seed: 30, rows: 150, missing: 0.1 }));
     const [tcp, ws] = [await freePort(), await freePort()];
     const cfg = {
-      name: 'hub', key: 'hub.key', listen: [`/ip4/127.0.0.1/tcp/${tcp}`, `/ip4/127.0.0.1/tcp/${ws}/ws`],
+      name: 'hub',
+      key: 'hub.key',
+      listen: [`/ip4/127.0.0.1/tcp/${tcp}`, `/ip4/127.0.0.1/tcp/${ws}/ws`],
       members: [{ name: 'hub', peerId: id.peerId }, ...tabs.map((t) => ({ name: t.name, peerId: t.peerId }))],
       relay: { serve: true },
       data: { dataset: 'csv:hub.csv', labelColumn: 'diagnosis', drop: ['id'] },
-      model: { body: 'mlp:32', featureDim: 16 }, train: { learningRate: 0.01 },
-      rounds: 3, round: { deadlineMs: 30000 }, preprocess: { deadlineMs: 120000 }, lingerMs: 5000, out: 'hub',
+      model: { body: 'mlp:32', featureDim: 16 },
+      train: { learningRate: 0.01 },
+      rounds: 3,
+      round: { deadlineMs: 30000 },
+      preprocess: { deadlineMs: 120000 },
+      lingerMs: 5000,
+      out: 'hub',
     };
     writeFileSync(join(dir, 'hub.json'), JSON.stringify(cfg, null, 2));
     const hub = startProcess(['peer', '--config', join(dir, 'hub.json')], join(dir, 'hub.log'));
@@ -234,13 +274,19 @@ describe('a site in a browser tab (dflmoe web)', function () {
       assert.equal(await t.page.evaluate(() => document.body.dataset.phase), 'done', `${t.name}: ${await message(t.page)}\n${log.slice(-3000)}`);
     }
     assert.equal(await waitExit(hub, 120000), 0, readFileSync(join(dir, 'hub.log'), 'utf8').slice(-2000));
-    for (const [t, other] of [[tabs[0], tabs[1]], [tabs[1], tabs[0]]]) {
+    for (const [t, other] of [
+      [tabs[0], tabs[1]],
+      [tabs[1], tabs[0]],
+    ]) {
       const experts = String(await t.page.evaluate(() => document.body.dataset.experts)).split(' ');
       assert.deepEqual(experts.sort(), [id.peerId, other.peerId].sort(), `${t.name} mixes the hub's and the other tab's heads`);
     }
     // Besides the relayed connection, the tabs open a direct WebRTC one (signalled through the hub's relay).
     const logs = await Promise.all(tabs.map((t) => t.page.$eval('#log', (l) => l.textContent ?? '')));
-    assert.ok(logs.some((l) => /connected to tab-[01] \(\S+\) direct (in|out)bound at \S*\/webrtc\//.test(l)), logs.join('\n').slice(-3000));
+    assert.ok(
+      logs.some((l) => /connected to tab-[01] \(\S+\) direct (in|out)bound at \S*\/webrtc\//.test(l)),
+      logs.join('\n').slice(-3000),
+    );
   });
 
   it('an image folder picked in the page: decoded by the browser, trained in the tab; the download predicts the same folder decoded by sharp', async () => {
@@ -253,8 +299,12 @@ describe('a site in a browser tab (dflmoe web)', function () {
     const tabId = await page.waitForFunction(() => document.body.dataset.peerId, { timeout: 60000 }).then((h) => h.jsonValue() as Promise<string>);
     // A consortium of one (the tab): nothing to wait for, the data path is what is tested.
     const details = {
-      format: 'dflmoe-join/1', members: [{ peerId: tabId }], algorithm: 'dflmoe', rounds: 8,
-      data: {}, model: { body: 'mlp:32', featureDim: 16 },
+      format: 'dflmoe-join/1',
+      members: [{ peerId: tabId }],
+      algorithm: 'dflmoe',
+      rounds: 8,
+      data: {},
+      model: { body: 'mlp:32', featureDim: 16 },
     };
     const images = await imageFolder(join(dir, 'images'), { seed: 3, perClass: 20 });
     await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), JSON.stringify(details));
@@ -290,9 +340,20 @@ describe('a site in a browser tab (dflmoe web)', function () {
     writeText(join(dir, 'site.csv'), patientsCsv({ seed: 40, rows: 120 }));
     const ws = await freePort();
     const cfg = {
-      name: 'site', key: 'site.key', listen: [`/ip4/127.0.0.1/tcp/${ws}/ws`], members: [{ name: 'site', peerId: id.peerId }, { name: 'tab', peerId: tabId }],
-      data: { dataset: 'csv:site.csv', labelColumn: 'diagnosis', drop: ['id'] }, model: { body: 'mlp:16', featureDim: 8 },
-      rounds: 6, round: { deadlineMs: 3000 }, preprocess: { deadlineMs: 60000 }, lingerMs: 500, out: 'site',
+      name: 'site',
+      key: 'site.key',
+      listen: [`/ip4/127.0.0.1/tcp/${ws}/ws`],
+      members: [
+        { name: 'site', peerId: id.peerId },
+        { name: 'tab', peerId: tabId },
+      ],
+      data: { dataset: 'csv:site.csv', labelColumn: 'diagnosis', drop: ['id'] },
+      model: { body: 'mlp:16', featureDim: 8 },
+      rounds: 6,
+      round: { deadlineMs: 3000 },
+      preprocess: { deadlineMs: 60000 },
+      lingerMs: 500,
+      out: 'site',
     };
     writeFileSync(join(dir, 'site.json'), JSON.stringify(cfg));
     // Info lines: the connection going is logged at info (other suites may have turned the level down in this process's environment).
@@ -304,12 +365,18 @@ describe('a site in a browser tab (dflmoe web)', function () {
     await ((await page.$('#csv-file')) as ElementHandle<HTMLInputElement>).uploadFile(join(dir, 'site.csv'));
     await page.click('#join');
     // Gone once the tab has trained a round with the site.
-    await page.waitForFunction(() => Number(document.querySelector<HTMLElement>('#overview tbody tr[data-site]')?.dataset.round ?? 0) >= 1, { timeout: 120000, polling: 200 });
+    await page.waitForFunction(() => Number(document.querySelector<HTMLElement>('#overview tbody tr[data-site]')?.dataset.round ?? 0) >= 1, {
+      timeout: 120000,
+      polling: 200,
+    });
     await context.close();
     assert.equal(await waitExit(site, 120000), 0, readFileSync(join(dir, 'site.log'), 'utf8').slice(-2000));
     const r = JSON.parse(readFileSync(join(dir, 'site', 'results.json'), 'utf8')) as PeerRunResult;
     assert.equal(r.rounds.length, 6, 'every round, without the tab');
-    assert.ok(r.rounds.some((l) => l.experts.some((e) => e.peer === tabId)), 'the tab\'s head arrived before it closed');
+    assert.ok(
+      r.rounds.some((l) => l.experts.some((e) => e.peer === tabId)),
+      "the tab's head arrived before it closed",
+    );
     assert.match(readFileSync(join(dir, 'site.log'), 'utf8'), new RegExp(`no connection to tab \\(${tabId}\\) any more`));
   });
 });

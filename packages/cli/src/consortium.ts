@@ -102,8 +102,9 @@ const shareName = (i: number) => `site-${i}.share`;
  */
 export function writeShares(dir: string, sim: SimulationConfig, shares?: ConsortiumOptions['shares']): string[] {
   const ds = shares?.dataset ?? loadDataset(sim.dataset, { seed: sim.seed, ...sim.datasetOptions });
-  const splits = shares?.splits
-    ?? partition(ds.labels, ds.classNames.length, sim.peers, sim.partition, { seed: sim.seed, testFraction: sim.testFraction, minSize: sim.minSize });
+  const splits =
+    shares?.splits ??
+    partition(ds.labels, ds.classNames.length, sim.peers, sim.partition, { seed: sim.seed, testFraction: sim.testFraction, minSize: sim.minSize });
   if (splits.length !== sim.peers) throw new Error(`${splits.length} splits for ${sim.peers} sites`);
   return splits.map((split, i) => {
     const file = shareName(i);
@@ -167,10 +168,15 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
   });
   if (server) {
     const cfg = {
-      name: 'server', algorithm: o.algorithm, key: 'server.key', listen: [addr(server)],
+      name: 'server',
+      algorithm: o.algorithm,
+      key: 'server.key',
+      listen: [addr(server)],
       clients: sites.map((m, j) => ({ peerId: m.peerId, addrs: [addr(m)], name: `site-${j}` })),
-      rounds: o.sim.rounds, round: { deadlineMs: o.deadlineMs ?? 60000, ...(o.serverQuorum !== undefined ? { quorum: o.serverQuorum } : {}) },
-      lingerMs: o.lingerMs ?? 3000, out: 'server',
+      rounds: o.sim.rounds,
+      round: { deadlineMs: o.deadlineMs ?? 60000, ...(o.serverQuorum !== undefined ? { quorum: o.serverQuorum } : {}) },
+      lingerMs: o.lingerMs ?? 3000,
+      out: 'server',
     };
     parseServerConfig(cfg, server.config, o.dir);
     configs.push({ file: server, cfg });
@@ -192,10 +198,14 @@ export async function writeConsortium(o: ConsortiumOptions): Promise<ConsortiumF
 function settingsOf(cfg: Record<string, unknown>): Record<string, unknown> {
   const noAddrs = (ms: unknown) => (Array.isArray(ms) ? ms.map((m: Record<string, unknown>) => ({ ...m, addrs: undefined })) : ms);
   const { listen: _listen, ui: _ui, ...rest } = cfg;
-  return JSON.parse(JSON.stringify({
-    ...rest, members: noAddrs(cfg.members), clients: noAddrs(cfg.clients),
-    ...(cfg.server ? { server: { ...(cfg.server as Record<string, unknown>), addrs: undefined } } : {}),
-  })) as Record<string, unknown>;
+  return JSON.parse(
+    JSON.stringify({
+      ...rest,
+      members: noAddrs(cfg.members),
+      clients: noAddrs(cfg.clients),
+      ...(cfg.server ? { server: { ...(cfg.server as Record<string, unknown>), addrs: undefined } } : {}),
+    }),
+  ) as Record<string, unknown>;
 }
 
 /** The top-level settings in which two configs of a site differ. */
@@ -276,13 +286,23 @@ export function waitExit(child: ChildProcess, timeoutMs: number): Promise<number
  * When `signal` aborts (Ctrl-C), every process is asked to stop (SIGTERM: each
  * saves what it has and exits), and this throws `Interrupted` once they have.
  */
-export async function runConsortium(files: ConsortiumFiles, timeoutMs: number, onRound?: (site: number, line: RoundLine) => void, signal?: AbortSignal): Promise<void> {
+export async function runConsortium(
+  files: ConsortiumFiles,
+  timeoutMs: number,
+  onRound?: (site: number, line: RoundLine) => void,
+  signal?: AbortSignal,
+): Promise<void> {
   const procs: { name: string; log: string; child: ChildProcess }[] = [];
   const launch = (name: string, args: string[], out: string) => procs.push({ name, log: `${out}.log`, child: startProcess(args, `${out}.log`) });
   if (files.server) launch('server', ['server', '--config', files.server.config], files.server.out);
   files.sites.forEach((s, i) => launch(`site-${i}`, ['peer', '--config', s.config], s.out));
   // Progress from the sites' round records (metrics.jsonl), the file every reader of a site reads.
-  const follow = onRound ? followRounds(files.sites.map((s) => join(s.out, 'metrics.jsonl')), onRound) : undefined;
+  const follow = onRound
+    ? followRounds(
+        files.sites.map((s) => join(s.out, 'metrics.jsonl')),
+        onRound,
+      )
+    : undefined;
   try {
     await waitConsortium(files, procs, timeoutMs, signal);
   } finally {
@@ -299,28 +319,29 @@ export async function runConsortium(files: ConsortiumFiles, timeoutMs: number, o
  */
 export function followRounds(files: string[], onRound: (site: number, line: RoundLine) => void, intervalMs = 250): { stop(): void } {
   const state = files.map(() => ({ offset: 0, last: 0 }));
-  const poll = () => files.forEach((f, i) => {
-    const st = state[i];
-    const size = existsSync(f) ? statSync(f).size : 0;
-    if (size < st.offset) st.offset = 0;
-    if (size === st.offset) return;
-    const text = readFileSync(f).subarray(st.offset).toString('utf8');
-    const complete = text.slice(0, text.lastIndexOf('\n') + 1);
-    st.offset += Buffer.byteLength(complete);
-    for (const l of complete.split('\n')) {
-      if (!l) continue;
-      let line: RoundLine;
-      try {
-        line = JSON.parse(l) as RoundLine;
-      } catch {
-        continue;
+  const poll = () =>
+    files.forEach((f, i) => {
+      const st = state[i];
+      const size = existsSync(f) ? statSync(f).size : 0;
+      if (size < st.offset) st.offset = 0;
+      if (size === st.offset) return;
+      const text = readFileSync(f).subarray(st.offset).toString('utf8');
+      const complete = text.slice(0, text.lastIndexOf('\n') + 1);
+      st.offset += Buffer.byteLength(complete);
+      for (const l of complete.split('\n')) {
+        if (!l) continue;
+        let line: RoundLine;
+        try {
+          line = JSON.parse(l) as RoundLine;
+        } catch {
+          continue;
+        }
+        if (Number.isInteger(line.round) && line.round > st.last) {
+          st.last = line.round;
+          onRound(i, line);
+        }
       }
-      if (Number.isInteger(line.round) && line.round > st.last) {
-        st.last = line.round;
-        onRound(i, line);
-      }
-    }
-  });
+    });
   const timer = setInterval(poll, intervalMs);
   return {
     stop() {
@@ -330,7 +351,12 @@ export function followRounds(files: string[], onRound: (site: number, line: Roun
   };
 }
 
-async function waitConsortium(files: ConsortiumFiles, procs: { name: string; log: string; child: ChildProcess }[], timeoutMs: number, signal?: AbortSignal): Promise<void> {
+async function waitConsortium(
+  files: ConsortiumFiles,
+  procs: { name: string; log: string; child: ChildProcess }[],
+  timeoutMs: number,
+  signal?: AbortSignal,
+): Promise<void> {
   // A site that fails makes the comparison void, and the others (and the server) would wait out their deadlines for it:
   // the first failure stops every process still running.
   let stopping = false;
@@ -345,11 +371,13 @@ async function waitConsortium(files: ConsortiumFiles, procs: { name: string; log
   signal?.addEventListener('abort', interrupt, { once: true });
   if (signal?.aborted) interrupt();
   const sites = procs.filter((p) => p.name !== 'server');
-  const siteCodes = await Promise.all(sites.map(async (p) => {
-    const code = await waitExit(p.child, timeoutMs);
-    if (code !== 0 && !stopping && !signal?.aborted) stopAll();
-    return code;
-  }));
+  const siteCodes = await Promise.all(
+    sites.map(async (p) => {
+      const code = await waitExit(p.child, timeoutMs);
+      if (code !== 0 && !stopping && !signal?.aborted) stopAll();
+      return code;
+    }),
+  );
   // The server ends by itself after the last round.
   const server = procs.find((p) => p.name === 'server');
   const serverCode = server ? await waitExit(server.child, stopping || signal?.aborted ? 5000 : 60000) : 0;
@@ -358,12 +386,23 @@ async function waitConsortium(files: ConsortiumFiles, procs: { name: string; log
   const codes = [...(server ? [serverCode] : []), ...siteCodes];
   // What a failed process said last about its error, so the cause shows without opening the logs.
   const why = (f: string) => {
-    const line = existsSync(f) ? readFileSync(f, 'utf8').split('\n').reverse().find((l) => /error/i.test(l)) : undefined;
+    const line = existsSync(f)
+      ? readFileSync(f, 'utf8')
+          .split('\n')
+          .reverse()
+          .find((l) => /error/i.test(l))
+      : undefined;
     return line ? `: ${line.trim()}` : '';
   };
   // The processes stopped because another failed are not failures of their own.
   const failed = procs.flatMap((p, i) => (codes[i] !== 0 && codes[i] !== null ? [`${p.name} (exit ${codes[i]})${why(p.log)}`] : []));
-  if (!failed.length && codes.some((c) => c !== 0)) failed.push(`${procs.filter((_, i) => codes[i] !== 0).map((p) => p.name).join(', ')} (killed at the time limit)`);
+  if (!failed.length && codes.some((c) => c !== 0))
+    failed.push(
+      `${procs
+        .filter((_, i) => codes[i] !== 0)
+        .map((p) => p.name)
+        .join(', ')} (killed at the time limit)`,
+    );
   if (failed.length) throw new Error(`consortium processes failed: ${failed.join('; ')}; see the .log files in ${join(files.sites[0].out, '..')}`);
 }
 
@@ -388,27 +427,44 @@ export function consortiumRound(alg: AlgorithmName, round: number, lines: RoundL
   const s = summarize(accs);
   const before = earlier.reduce((a, r) => a + r.bytesSent, 0);
   return {
-    round, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: accs, tasks: roundHeadlines(lines),
-    loss: lines.reduce((a, l) => a + l.loss, 0) / lines.length, bytesSent: networkBytes(getAlgorithm(alg), lines) - before,
+    round,
+    accuracyMean: s.mean,
+    accuracyStd: s.std,
+    accuracyMin: s.min,
+    peerAccuracy: accs,
+    tasks: roundHeadlines(lines),
+    loss: lines.reduce((a, l) => a + l.loss, 0) / lines.length,
+    bytesSent: networkBytes(getAlgorithm(alg), lines) - before,
     seconds: Math.max(...lines.map((l) => l.seconds)),
   };
 }
 
 /** Collect the sites' results.json into the simulator's result shape. */
 export function collectResults(
-  alg: AlgorithmName, files: { sites: { out: string }[]; server?: { out: string } }, wallSeconds: number, bodies: string[], settings: AlgorithmResult['settings'],
+  alg: AlgorithmName,
+  files: { sites: { out: string }[]; server?: { out: string } },
+  wallSeconds: number,
+  bodies: string[],
+  settings: AlgorithmResult['settings'],
 ): AlgorithmResult {
   const res: PeerRunResult[] = files.sites.map((s) => {
     const f = join(s.out, 'results.json');
     if (!existsSync(f)) throw new Error(`${f} is missing: the site did not finish`);
     return JSON.parse(readFileSync(f, 'utf8')) as PeerRunResult;
   });
-  const server = files.server ? JSON.parse(readFileSync(join(files.server.out, 'results.json'), 'utf8')) as { bytesIn: number; bytesOut: number } : undefined;
+  const server = files.server ? (JSON.parse(readFileSync(join(files.server.out, 'results.json'), 'utf8')) as { bytesIn: number; bytesOut: number }) : undefined;
   const peers: PeerResult[] = res.map((r, i) => {
     const last = r.rounds.at(-1);
     return {
-      id: r.name ?? r.peerId, accuracy: r.accuracy, ownHeadAccuracy: r.ownHeadAccuracy, bytesSent: r.bytesSent, bytesReceived: r.bytesReceived,
-      trainSamples: r.trainSamples, testSamples: r.testSamples, body: bodies[i % bodies.length], tasks: r.tasks,
+      id: r.name ?? r.peerId,
+      accuracy: r.accuracy,
+      ownHeadAccuracy: r.ownHeadAccuracy,
+      bytesSent: r.bytesSent,
+      bytesReceived: r.bytesReceived,
+      trainSamples: r.trainSamples,
+      testSamples: r.testSamples,
+      body: bodies[i % bodies.length],
+      tasks: r.tasks,
       ...(r.bodyBytesSent !== undefined ? { bodyBytesSent: r.bodyBytesSent, bodyBytesReceived: r.bodyBytesReceived } : {}),
       ...(last?.experts.length ? { gateWeights: gateWeightsOf(r) } : {}),
       // With DP-SGD: the privacy a site spent, as its last round reported it (the simulator's figure, from the same accountant).
@@ -422,9 +478,15 @@ export function collectResults(
   const bytesSent = peers.reduce((a, p) => a + p.bytesSent, 0) + (server?.bytesOut ?? 0);
   return {
     settings,
-    accuracy: summarize(peers.map((p) => p.accuracy), peers.map((p) => p.testSamples)),
+    accuracy: summarize(
+      peers.map((p) => p.accuracy),
+      peers.map((p) => p.testSamples),
+    ),
     tasks: summarizeTasks(peers),
-    bytesSent, wallSeconds, peers, rounds,
+    bytesSent,
+    wallSeconds,
+    peers,
+    rounds,
     ...(peers.some((p) => p.bodyBytesSent !== undefined) ? { bodyBytesSent: peers.reduce((a, p) => a + (p.bodyBytesSent ?? 0), 0) } : {}),
   };
 }

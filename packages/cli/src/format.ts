@@ -56,7 +56,9 @@ function optionDescription(o: Option): string {
 
 /** Render every option's help of `cmd` and its subcommands with {@link optionDescription}. */
 export function plainHelp(cmd: Command): Command {
-  cmd.configureHelp({ optionDescription: (o: Option) => (o.argChoices || o.defaultValue !== undefined ? optionDescription(o) : new Help().optionDescription(o)) });
+  cmd.configureHelp({
+    optionDescription: (o: Option) => (o.argChoices || o.defaultValue !== undefined ? optionDescription(o) : new Help().optionDescription(o)),
+  });
   for (const c of cmd.commands) plainHelp(c);
   return cmd;
 }
@@ -65,8 +67,10 @@ export function plainHelp(cmd: Command): Command {
 export function siteScore(tasks: Record<string, TaskResult> | undefined, accuracy: number): string {
   const entries = Object.entries(tasks ?? {});
   if (oneClassification(tasks ?? {})) return `accuracy ${pct(accuracy)}`;
-  return entries.map(([name, t]) => {
-    const metric = taskKind(t.kind).headline.metric;
-    return `${name} ${metric} ${metricOf(t, metric).toPrecision(4)}`;
-  }).join(', ');
+  return entries
+    .map(([name, t]) => {
+      const metric = taskKind(t.kind).headline.metric;
+      return `${name} ${metric} ${metricOf(t, metric).toPrecision(4)}`;
+    })
+    .join(', ');
 }

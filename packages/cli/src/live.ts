@@ -11,9 +11,15 @@ import { num } from './format.js';
 /** Add `--ui`, `--ui-keep`, `--ui-token` and `--ui-epsilon-budget` to a command. */
 export function withUiOptions(cmd: Command, what: string): Command {
   return cmd
-    .option('--ui <host:port>', `serve a live view of ${what} in a browser at this address (host default 127.0.0.1; another address than loopback needs a token)`)
+    .option(
+      '--ui <host:port>',
+      `serve a live view of ${what} in a browser at this address (host default 127.0.0.1; another address than loopback needs a token)`,
+    )
     .option('--ui-keep', 'keep serving the live view after the run has ended, until Ctrl-C (else it closes with the run)')
-    .option('--ui-token <token>', 'the token every request to the live view must carry (Authorization: Bearer, or ?token=); generated and printed once when --ui is not loopback')
+    .option(
+      '--ui-token <token>',
+      'the token every request to the live view must carry (Authorization: Bearer, or ?token=); generated and printed once when --ui is not loopback',
+    )
     .option('--ui-epsilon-budget <x>', 'live view: show the DP epsilon spent against this budget', num('--ui-epsilon-budget', 1e-9, 1e9));
 }
 
@@ -24,14 +30,14 @@ export interface LiveView {
 }
 
 /** Start the live view at `listen`; prints its address (with the token, once) on stderr. */
-export async function startLiveView(o: {
-  listen: string; token?: string; epsilonBudget?: number; option?: string; tokenOption?: string;
-}): Promise<LiveView> {
+export async function startLiveView(o: { listen: string; token?: string; epsilonBudget?: number; option?: string; tokenOption?: string }): Promise<LiveView> {
   const board = new StatusBoard({ epsilonBudget: o.epsilonBudget });
   const server = await LiveServer.start({ board, listen: o.listen, token: o.token, option: o.option, tokenOption: o.tokenOption });
-  process.stderr.write(server.generatedToken
-    ? `live view: ${server.url}  (a token was generated for this run and is printed only here; give it as ?token= or Authorization: Bearer)\n`
-    : `live view: ${server.url}\n`);
+  process.stderr.write(
+    server.generatedToken
+      ? `live view: ${server.url}  (a token was generated for this run and is printed only here; give it as ?token= or Authorization: Bearer)\n`
+      : `live view: ${server.url}\n`,
+  );
   return { board, server, close: () => server.close() };
 }
 

@@ -17,21 +17,23 @@ import { reportCommand } from './commands/report.js';
  * server, relay, keygen, predict, evaluate, pretrain, report, ...
  */
 export function program(): Command {
-  return plainHelp(new Command('dflmoe')
-    .description('Decentralized federated learning with a mixture of experts, with a FedAvg baseline.')
-    .version('0.1.0')
-    .showHelpAfterError('(run with --help for usage)')
-    .addCommand(simulateCommand())
-    .addCommand(peerCommand())
-    .addCommand(serverCommand())
-    .addCommand(relayCommand())
-    .addCommand(keygenCommand())
-    .addCommand(auditCommand())
-    .addCommand(predictCommand())
-    .addCommand(evaluateCommand())
-    .addCommand(pretrainCommand())
-    .addCommand(webCommand())
-    .addCommand(reportCommand()));
+  return plainHelp(
+    new Command('dflmoe')
+      .description('Decentralized federated learning with a mixture of experts, with a FedAvg baseline.')
+      .version('0.1.0')
+      .showHelpAfterError('(run with --help for usage)')
+      .addCommand(simulateCommand())
+      .addCommand(peerCommand())
+      .addCommand(serverCommand())
+      .addCommand(relayCommand())
+      .addCommand(keygenCommand())
+      .addCommand(auditCommand())
+      .addCommand(predictCommand())
+      .addCommand(evaluateCommand())
+      .addCommand(pretrainCommand())
+      .addCommand(webCommand())
+      .addCommand(reportCommand()),
+  );
 }
 
 /** Output into a closed pipe (`dflmoe simulate --help | head -2`) ends the program quietly. */

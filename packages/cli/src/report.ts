@@ -20,7 +20,6 @@ export interface Chart {
   data: Record<string, unknown>[];
 }
 
-
 export async function renderSvg(spec: TopLevelSpec): Promise<string> {
   // Loaded when a chart is drawn: every dflmoe process (a site, a server) would otherwise load them at start.
   const [vega, { compile }] = await Promise.all([import('vega'), import('vega-lite')]);
@@ -43,7 +42,8 @@ function lineChart(data: { algorithm: string }[], y: string, yTitle: string, yFo
   const colors = colorsOf(data);
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    width: 520, height: 260,
+    width: 520,
+    height: 260,
     data: { values: data },
     mark: { type: 'line', point: true },
     encoding: {
@@ -75,8 +75,10 @@ export function runCharts(r: Pick<SimulationResults, 'algorithms'>): Chart[] {
   const perRound = algs.flatMap(([algorithm, a]) => a.rounds.map((x) => ({ algorithm, round: x.round, bytes: x.bytesSent })));
   const sending = perRound.filter((x) => x.bytes > 0);
   charts.push({
-    id: 'bytes-per-round', title: 'Bytes on the network per round',
-    description: 'All sites together: heads for dFLMoE, whole models to the other members for gossip, models (bodies for FedRep) up and down for the server algorithms (log scale; algorithms that send nothing are left out).',
+    id: 'bytes-per-round',
+    title: 'Bytes on the network per round',
+    description:
+      'All sites together: heads for dFLMoE, whole models to the other members for gossip, models (bodies for FedRep) up and down for the server algorithms (log scale; algorithms that send nothing are left out).',
     spec: lineChart(sending, 'bytes', 'bytes per round', '~s', { type: 'log' }),
     data: sending,
   });
@@ -113,7 +115,9 @@ export interface GateUse {
  * forms (`PeerResult.modality`), the gate weights of each form's heads
  * summed. Empty when neither (every expert of one task and form).
  */
-export function gateUse(peers: readonly Pick<NonNullable<SimulationResults['algorithms']['dflmoe']>['peers'][number], 'id' | 'tasks' | 'modality' | 'gateWeights'>[]): GateUse[] {
+export function gateUse(
+  peers: readonly Pick<NonNullable<SimulationResults['algorithms']['dflmoe']>['peers'][number], 'id' | 'tasks' | 'modality' | 'gateWeights'>[],
+): GateUse[] {
   const formOf = new Map(peers.map((p) => [p.id, p.modality]));
   const forms = peers.some((p) => p.modality !== undefined);
   const out: GateUse[] = [];
@@ -135,15 +139,30 @@ export function gateUse(peers: readonly Pick<NonNullable<SimulationResults['algo
 /** The gate-use heatmap: a row per site and task, a column per expert task or modality. */
 function gateUseChart(use: GateUse[]): Chart {
   return {
-    id: 'gate-use', title: "What each site's gate uses, by the experts' task and modality",
-    description: 'Rows: a site and one of its tasks; columns: the task or modality of the experts it mixes (heads of sites that hold the data in that form, the own head among them; ' +
+    id: 'gate-use',
+    title: "What each site's gate uses, by the experts' task and modality",
+    description:
+      'Rows: a site and one of its tasks; columns: the task or modality of the experts it mixes (heads of sites that hold the data in that form, the own head among them; ' +
       'with experts across tasks, the share of the read-out that leans on each other task). Blank: no such expert.',
     spec: {
-      $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 48 }, height: { step: 20 },
+      $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+      width: { step: 48 },
+      height: { step: 20 },
       data: { values: use },
       layer: [
-        { mark: 'rect', encoding: { color: { field: 'weight', type: 'quantitative', scale: { scheme: 'blues', domain: [0, 1] }, legend: { format: '.0%', title: 'weight' } } } },
-        { mark: { type: 'text', fontSize: 9 }, encoding: { text: { field: 'weight', type: 'quantitative', format: '.2f' }, color: { condition: { test: 'datum.weight > 0.5', value: 'white' }, value: 'black' } } },
+        {
+          mark: 'rect',
+          encoding: {
+            color: { field: 'weight', type: 'quantitative', scale: { scheme: 'blues', domain: [0, 1] }, legend: { format: '.0%', title: 'weight' } },
+          },
+        },
+        {
+          mark: { type: 'text', fontSize: 9 },
+          encoding: {
+            text: { field: 'weight', type: 'quantitative', format: '.2f' },
+            color: { condition: { test: 'datum.weight > 0.5', value: 'white' }, value: 'black' },
+          },
+        },
       ],
       encoding: {
         x: { field: 'expert', type: 'nominal', axis: { labelAngle: 0 }, title: "experts' task or modality" },
@@ -157,27 +176,43 @@ function gateUseChart(use: GateUse[]): Chart {
 
 /** The per-round and per-site charts of one metric (`idSuffix` tells a multi-task run's further tasks apart). */
 function metricCharts(
-  algs: [string, NonNullable<SimulationResults['algorithms']['dflmoe']>][], h: ReturnType<typeof reportedMetrics>[number], idSuffix: string,
+  algs: [string, NonNullable<SimulationResults['algorithms']['dflmoe']>][],
+  h: ReturnType<typeof reportedMetrics>[number],
+  idSuffix: string,
 ): Chart[] {
-  const perRound = algs.flatMap(([algorithm, a]) => a.rounds.map((x) => ({
-    algorithm, round: x.round, [h.field]: h.task ? x.tasks[h.task].mean : x.accuracyMean, worst: h.task ? x.tasks[h.task].worst : x.accuracyMin,
-  })));
+  const perRound = algs.flatMap(([algorithm, a]) =>
+    a.rounds.map((x) => ({
+      algorithm,
+      round: x.round,
+      [h.field]: h.task ? x.tasks[h.task].mean : x.accuracyMean,
+      worst: h.task ? x.tasks[h.task].worst : x.accuracyMin,
+    })),
+  );
   const share = h.format.endsWith('%');
   // A multi-task run: the sites that learn the task.
-  const perPeer = algs.flatMap(([algorithm, a]) => a.peers.filter((p) => !h.task || p.tasks[h.task])
-    .map((p) => ({ algorithm, peer: p.id, [h.field]: h.task ? metricOf(p.tasks[h.task], h.field) : p.accuracy })));
+  const perPeer = algs.flatMap(([algorithm, a]) =>
+    a.peers
+      .filter((p) => !h.task || p.tasks[h.task])
+      .map((p) => ({ algorithm, peer: p.id, [h.field]: h.task ? metricOf(p.tasks[h.task], h.field) : p.accuracy })),
+  );
   return [
     {
-      id: `accuracy-per-round${idSuffix}`, title: `Mean personalized ${h.title} per round`,
+      id: `accuracy-per-round${idSuffix}`,
+      title: `Mean personalized ${h.title} per round`,
       description: "Each site's model on its own test split, averaged over sites.",
-      spec: lineChart(perRound, h.field, `mean ${h.title}`, h.format), data: perRound,
+      spec: lineChart(perRound, h.field, `mean ${h.title}`, h.format),
+      data: perRound,
     },
     {
-      id: `accuracy-per-peer${idSuffix}`, title: `Final ${h.title} per site`,
+      id: `accuracy-per-peer${idSuffix}`,
+      title: `Final ${h.title} per site`,
       description: `Personalized ${h.title} of every site after the last round.`,
       spec: {
-        $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 14 }, height: 260,
-        data: { values: perPeer }, mark: 'bar',
+        $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+        width: { step: 14 },
+        height: 260,
+        data: { values: perPeer },
+        mark: 'bar',
         encoding: {
           x: { field: 'peer', type: 'nominal', title: 'site', sort: null },
           xOffset: { field: 'algorithm', type: 'nominal' },
@@ -195,14 +230,27 @@ function metricCharts(
 function gateChart(d: NonNullable<SimulationResults['algorithms']['dflmoe']>): Chart {
   const gates = d.peers.flatMap((p) => Object.entries(p.gateWeights ?? {}).map(([expert, weight]) => ({ peer: p.id, expert, weight })));
   return {
-    id: 'gate-weights', title: 'dFLMoE gate weights',
-    description: "Mean weight each site gives each expert on its test split. Rows: sites; columns: whose head; the diagonal is a site's own head; blank: not in the pool.",
+    id: 'gate-weights',
+    title: 'dFLMoE gate weights',
+    description:
+      "Mean weight each site gives each expert on its test split. Rows: sites; columns: whose head; the diagonal is a site's own head; blank: not in the pool.",
     spec: {
-      $schema: 'https://vega.github.io/schema/vega-lite/v6.json', width: { step: 34 }, height: { step: 22 },
+      $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+      width: { step: 34 },
+      height: { step: 22 },
       data: { values: gates },
       layer: [
-        { mark: 'rect', encoding: { color: { field: 'weight', type: 'quantitative', scale: { scheme: 'greens', domain: [0, 1] }, legend: { format: '.0%' } } } },
-        { mark: { type: 'text', fontSize: 9 }, encoding: { text: { field: 'weight', type: 'quantitative', format: '.2f' }, color: { condition: { test: 'datum.weight > 0.5', value: 'white' }, value: 'black' } } },
+        {
+          mark: 'rect',
+          encoding: { color: { field: 'weight', type: 'quantitative', scale: { scheme: 'greens', domain: [0, 1] }, legend: { format: '.0%' } } },
+        },
+        {
+          mark: { type: 'text', fontSize: 9 },
+          encoding: {
+            text: { field: 'weight', type: 'quantitative', format: '.2f' },
+            color: { condition: { test: 'datum.weight > 0.5', value: 'white' }, value: 'black' },
+          },
+        },
       ],
       encoding: {
         x: { field: 'expert', type: 'nominal', sort: d.peers.map((p) => p.id), axis: { labelAngle: -40 }, title: 'expert (whose head)' },
@@ -225,15 +273,22 @@ export interface PageOptions {
 /** One HTML page with inline SVG charts and their data. */
 export async function renderPage(o: PageOptions): Promise<string> {
   const figures = await Promise.all(
-    o.charts.map(async (c) => `<figure data-chart="${esc(c.id)}">
+    o.charts.map(
+      async (c) => `<figure data-chart="${esc(c.id)}">
   <figcaption><h2>${esc(c.title)}</h2><p>${esc(c.description)}</p></figcaption>
   ${await renderSvg(c.spec)}
   <script type="application/json" class="chart-data">${JSON.stringify(c.data).replace(/</g, '\\u003c')}</script>
-</figure>`),
+</figure>`,
+    ),
   );
-  const tables = (o.tables ?? []).map((t) => `<table><caption>${esc(t.caption)}</caption>
+  const tables = (o.tables ?? []).map(
+    (t) => `<table><caption>${esc(t.caption)}</caption>
 <thead><tr>${t.rows[0].map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead>
-<tbody>${t.rows.slice(1).map((r) => `<tr>${r.map((c) => `<td>${esc(c)}</td>`).join('')}</tr>`).join('\n')}</tbody></table>`);
+<tbody>${t.rows
+      .slice(1)
+      .map((r) => `<tr>${r.map((c) => `<td>${esc(c)}</td>`).join('')}</tr>`)
+      .join('\n')}</tbody></table>`,
+  );
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${esc(o.title)}</title>
 <style>
@@ -255,7 +310,8 @@ function pct(x: number): string {
 }
 
 /** What `report` takes, for its errors. */
-const REPORT_TAKES = "report takes the directory a dflmoe simulate (or bench) run wrote, its --out, which holds results.json with every algorithm; or the out directories of a consortium's sites (dflmoe peer), or a directory holding them";
+const REPORT_TAKES =
+  "report takes the directory a dflmoe simulate (or bench) run wrote, its --out, which holds results.json with every algorithm; or the out directories of a consortium's sites (dflmoe peer), or a directory holding them";
 
 const isSiteDir = (dir: string) => existsSync(join(dir, SITE_FILE));
 
@@ -264,7 +320,10 @@ export function siteDirectories(dirs: string[]): string[] {
   return dirs.flatMap((d) => {
     if (isSiteDir(d)) return [d];
     if (!existsSync(d) || !statSync(d).isDirectory()) return [];
-    return readdirSync(d).sort().map((n) => join(d, n)).filter((p) => statSync(p).isDirectory() && isSiteDir(p));
+    return readdirSync(d)
+      .sort()
+      .map((n) => join(d, n))
+      .filter((p) => statSync(p).isDirectory() && isSiteDir(p));
   });
 }
 
@@ -298,19 +357,37 @@ export async function writeSitesReport(dirs: string[], output?: string): Promise
     // The settings the first site ran with, as its site description holds them.
     const d = list[0].desc;
     const settings = { ...d.algorithmOptions, epochs: d.model.train.epochs ?? DEFAULT_TRAIN.epochs };
-    algorithms[alg] = collectResults(alg, { sites: list.map((s) => ({ out: s.dir })) }, Math.max(...list.map((s) => s.result.wallSeconds)), list.map((s) => s.desc.model.body), settings);
+    algorithms[alg] = collectResults(
+      alg,
+      { sites: list.map((s) => ({ out: s.dir })) },
+      Math.max(...list.map((s) => s.result.wallSeconds)),
+      list.map((s) => s.desc.model.body),
+      settings,
+    );
   }
   const all = [...byAlg.values()].flat();
   const rows = [['site', 'algorithm', 'accuracy', 'rounds', 'train rows', 'test rows', 'bytes sent', 'bytes received', 'seconds', 'directory']];
   for (const s of all) {
     const r = s.result;
-    rows.push([r.name ?? r.peerId, s.desc.algorithm, pct(r.accuracy), String(r.rounds.length), String(r.trainSamples), String(r.testSamples), formatBytes(r.bytesSent), formatBytes(r.bytesReceived), r.wallSeconds.toFixed(1), s.dir]);
+    rows.push([
+      r.name ?? r.peerId,
+      s.desc.algorithm,
+      pct(r.accuracy),
+      String(r.rounds.length),
+      String(r.trainSamples),
+      String(r.testSamples),
+      formatBytes(r.bytesSent),
+      formatBytes(r.bytesReceived),
+      r.wallSeconds.toFixed(1),
+      s.dir,
+    ]);
   }
   const names = [...byAlg.keys()].map((a) => getAlgorithm(a).label);
   const html = await renderPage({
     title: `dflmoe: a consortium of ${all.length} site${all.length > 1 ? 's' : ''} (${names.join(', ')})`,
-    intro: "From the sites' own directories (each dflmoe peer's results.json). Metrics are personalized: each site's model on its own held-out split. " +
-      'Bytes are what the sites counted (a server algorithm\'s server is not among them).',
+    intro:
+      "From the sites' own directories (each dflmoe peer's results.json). Metrics are personalized: each site's model on its own held-out split. " +
+      "Bytes are what the sites counted (a server algorithm's server is not among them).",
     tables: [{ caption: 'Sites', rows }],
     charts: runCharts({ algorithms }),
   });
@@ -345,9 +422,17 @@ export async function writeRunReport(dir: string, output?: string): Promise<stri
   const hs = reportedMetrics(r);
   const one = hs.length === 1;
   const h0 = hs[0];
-  const rows = [[
-    'algorithm', ...(one ? [h0.task ? `mean ${h0.title}` : 'mean acc'] : ['task', 'metric', 'mean']), 'std', 'worst site', 'bytes sent', ...(withBodies ? ['of which bodies'] : []), 'seconds',
-  ]];
+  const rows = [
+    [
+      'algorithm',
+      ...(one ? [h0.task ? `mean ${h0.title}` : 'mean acc'] : ['task', 'metric', 'mean']),
+      'std',
+      'worst site',
+      'bytes sent',
+      ...(withBodies ? ['of which bodies'] : []),
+      'seconds',
+    ],
+  ];
   for (const [name, a] of Object.entries(r.algorithms)) {
     if (!a) continue;
     const label = name === 'dflmoe' && r.config.shareBody ? 'dflmoe (shared bodies)' : name;
@@ -363,7 +448,8 @@ export async function writeRunReport(dir: string, output?: string): Promise<stri
   const c = r.config;
   const html = await renderPage({
     title: `dflmoe: ${r.dataset.name}, ${c.peers} sites, ${c.partition}`,
-    intro: `${c.rounds} rounds${c.epochs !== undefined ? ` x ${c.epochs} epoch(s)` : ''}, bodies ${c.bodies.join(', ')}, feature size ${c.featureDim}, seed ${c.seed}, backend ${r.backend}. ` +
+    intro:
+      `${c.rounds} rounds${c.epochs !== undefined ? ` x ${c.epochs} epoch(s)` : ''}, bodies ${c.bodies.join(', ')}, feature size ${c.featureDim}, seed ${c.seed}, backend ${r.backend}. ` +
       `Metrics are personalized: each site's model on its own held-out split. Data: ${r.dataset.source}`,
     tables: [{ caption: 'Summary', rows }],
     charts: runCharts(r),

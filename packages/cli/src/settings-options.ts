@@ -24,7 +24,10 @@ interface FlagSetting {
 
 function flagSettings(groups: readonly SettingsGroup[]): FlagSetting[] {
   return settingsList(groups).map(({ group, name, schema }) => ({
-    name, schema, group, flag: (group.flags as Record<string, string | undefined> | undefined)?.[name] ?? kebab(name),
+    name,
+    schema,
+    group,
+    flag: (group.flags as Record<string, string | undefined> | undefined)?.[name] ?? kebab(name),
   }));
 }
 

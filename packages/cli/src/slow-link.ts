@@ -19,7 +19,11 @@ export interface EmulatedLinks {
  * Start one emulated link per site and rewrite the site configs to use them.
  * `edit` may change each config further (precision, deadlines).
  */
-export async function emulateLinks(files: ConsortiumFiles, o: LinkOptions, edit?: (cfg: Record<string, unknown>, index: number) => void): Promise<EmulatedLinks> {
+export async function emulateLinks(
+  files: ConsortiumFiles,
+  o: LinkOptions,
+  edit?: (cfg: Record<string, unknown>, index: number) => void,
+): Promise<EmulatedLinks> {
   const links = files.sites.map((s, i) => new LinkEmulator({ host: '127.0.0.1', port: s.port }, { ...o, seed: (o.seed ?? 1) * 1000 + i }));
   const ports: number[] = [];
   for (const l of links) ports.push(await l.start());
@@ -33,7 +37,12 @@ export async function emulateLinks(files: ConsortiumFiles, o: LinkOptions, edit?
   });
   return {
     ports,
-    stats: () => links.reduce((a, l) => ({ connections: a.connections + l.stats.connections, resets: a.resets + l.stats.resets, bytes: a.bytes + l.stats.bytes }), { connections: 0, resets: 0, bytes: 0 }),
+    stats: () =>
+      links.reduce((a, l) => ({ connections: a.connections + l.stats.connections, resets: a.resets + l.stats.resets, bytes: a.bytes + l.stats.bytes }), {
+        connections: 0,
+        resets: 0,
+        bytes: 0,
+      }),
     close: async () => {
       await Promise.all(links.map((l) => l.close()));
     },

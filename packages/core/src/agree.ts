@@ -13,8 +13,16 @@
  * service (the `/dflmoe/preprocess/1.0.0` protocol that `dflmoe peer` uses).
  */
 import {
-  DataError, encodeSiteData, reconcileStatements, siteStatement,
-  type AgreedSchema, type Dataset, type PeerSplit, type SiteData, type SiteStatement, type Standardizer,
+  DataError,
+  encodeSiteData,
+  reconcileStatements,
+  siteStatement,
+  type AgreedSchema,
+  type Dataset,
+  type PeerSplit,
+  type SiteData,
+  type SiteStatement,
+  type Standardizer,
 } from '@dflmoe/data';
 import { Interrupted, throwIfInterrupted } from './interrupt.js';
 
@@ -136,9 +144,11 @@ export interface AgreedData extends DataAgreement {
  * (`federated`, default) or the site's own training rows (`local`).
  */
 export async function agreeOnData(
-  data: SiteData, exchange?: StatementExchange | string, o: { standardize?: 'federated' | 'local'; signal?: AbortSignal } = {},
+  data: SiteData,
+  exchange?: StatementExchange | string,
+  o: { standardize?: 'federated' | 'local'; signal?: AbortSignal } = {},
 ): Promise<AgreedData> {
-  const self = typeof exchange === 'string' || exchange === undefined ? exchange ?? 'site' : exchange.selfId;
+  const self = typeof exchange === 'string' || exchange === undefined ? (exchange ?? 'site') : exchange.selfId;
   const statement = siteStatement(data, self);
   let ag: DataAgreement;
   if (typeof exchange === 'object') ag = await exchange.agree(statement, { signal: o.signal });

@@ -105,12 +105,14 @@ export const bodySettings = defineSettings({
   usedBy: 'dflmoe --share-body and fedrep-p2p',
   shape: {
     bodyEvery: z.number().int().min(1).default(1).describe('publish and combine bodies every this many rounds'),
-    bodyCombiner: parsedString(parseBodyCombiner).default('mean')
-      .describe('mean (weighted by training rows), median or trimmed:<fraction> (coordinate-wise)'),
-    topology: parsedString(parseTopology).default('full')
-      .describe("whose bodies a site combines: full (every member), ring (its two neighbours by id) or random:<k> (k drawn afresh each round)"),
+    bodyCombiner: parsedString(parseBodyCombiner).default('mean').describe('mean (weighted by training rows), median or trimmed:<fraction> (coordinate-wise)'),
+    topology: parsedString(parseTopology)
+      .default('full')
+      .describe('whose bodies a site combines: full (every member), ring (its two neighbours by id) or random:<k> (k drawn afresh each round)'),
     gossipPeers: z.number().int().min(1).optional().describe('combine with k members drawn afresh each round (topology random:<k>)'),
-    secureAggregation: z.boolean().default(false)
+    secureAggregation: z
+      .boolean()
+      .default(false)
       .describe("combine bodies under secure aggregation (pairwise masks, mean only): no member sees another's body"),
   },
   keys: { bodyEvery: 'every', bodyCombiner: 'combiner' },
@@ -194,7 +196,11 @@ export function choosePartners(self: string, members: readonly string[], round: 
 const metaSchema = z.object({
   arch: z.string().max(1000),
   round: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
-  samples: z.number().int().min(1).max(2 ** 31),
+  samples: z
+    .number()
+    .int()
+    .min(1)
+    .max(2 ** 31),
   peer: z.string().min(1).max(256),
 });
 
@@ -247,12 +253,20 @@ export class BodyShare {
    * @param arch a string two sites share exactly when their bodies can be averaged
    * @param samples this site's training rows (its weight in a mean)
    */
-  constructor(readonly selfId: string, private readonly vars: () => tf.Variable[], readonly arch: string, readonly samples: number, readonly o: BodyShareOptions) {
+  constructor(
+    readonly selfId: string,
+    private readonly vars: () => tf.Variable[],
+    readonly arch: string,
+    readonly samples: number,
+    readonly o: BodyShareOptions,
+  ) {
     if (!Number.isInteger(o.every) || o.every < 1) throw new Error(`bodyEvery must be a positive integer, got ${o.every}`);
     if (o.secureAggregation) {
       const problem = secureAggregationProblem({ secureAggregation: true, bodyCombiner: formatBodyCombiner(o.combiner) });
       if (problem) throw new Error(problem);
-      this.secure = new SecureBodyRounds(selfId, vars, arch, samples, { topology: o.topology, seed: o.seed, maxBytes: o.maxBytes, every: o.every }, (r) => this.count(r));
+      this.secure = new SecureBodyRounds(selfId, vars, arch, samples, { topology: o.topology, seed: o.seed, maxBytes: o.maxBytes, every: o.every }, (r) =>
+        this.count(r),
+      );
     }
   }
 
@@ -269,7 +283,13 @@ export class BodyShare {
   partners(round: number, members: readonly string[]): string[] {
     const drawn = this.drawn.get(round);
     if (drawn) return drawn.filter((m) => !this.otherArch.has(m));
-    const p = choosePartners(this.selfId, members.filter((m) => !this.otherArch.has(m)), round, this.o.topology, this.o.seed);
+    const p = choosePartners(
+      this.selfId,
+      members.filter((m) => !this.otherArch.has(m)),
+      round,
+      this.o.topology,
+      this.o.seed,
+    );
     this.drawn.set(round, p);
     for (const r of this.drawn.keys()) if (r < round - 2 * this.o.every) this.drawn.delete(r);
     return p;
@@ -338,7 +358,12 @@ export class BodyShare {
         if (!this.declared.has(from)) this.declared.set(from, m.data.samples);
         else if (this.declared.get(from) !== m.data.samples) this.count('samples-changed');
         this.held.set(from, {
-          peer: from, version: m.data.round, receivedRound: round, samples: this.declared.get(from)!, weights: b.tensors, digest: digestHex(payload),
+          peer: from,
+          version: m.data.round,
+          receivedRound: round,
+          samples: this.declared.get(from)!,
+          weights: b.tensors,
+          digest: digestHex(payload),
         });
       }
     } catch (e) {
@@ -374,7 +399,12 @@ export class BodyShare {
     let fresh = this.absorb(ex, round, w.logger, refused);
     if (w.deadlineMs > 0 && partners.length > 0) {
       fresh += await awaitRound(ex, this.departed, {
-        round, step: this.o.every, quorum: Math.min(w.quorum, partners.length), candidates: partners.length, from: partners, deadlineMs: w.deadlineMs,
+        round,
+        step: this.o.every,
+        quorum: Math.min(w.quorum, partners.length),
+        candidates: partners.length,
+        from: partners,
+        deadlineMs: w.deadlineMs,
         delivered: () => new Set(partners.filter((p) => (this.held.get(p)?.version ?? 0) >= round)),
         refused: () => refused.count,
         absorb: () => this.absorb(ex, round, w.logger, refused),
@@ -398,8 +428,9 @@ export class BodyShare {
     if (used.length === 0) return [];
     const vars = this.vars();
     const own = vars.map((v, i) => ({ name: `b${i}`, shape: v.shape, data: v.dataSync() as Float32Array }));
-    const parts = [{ id: this.selfId, weights: own, samples: this.samples }, ...used.map((h) => ({ id: h.peer, weights: h.weights, samples: h.samples }))]
-      .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const parts = [{ id: this.selfId, weights: own, samples: this.samples }, ...used.map((h) => ({ id: h.peer, weights: h.weights, samples: h.samples }))].sort(
+      (a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
+    );
     const combined = combineBodies(parts, this.o.combiner);
     vars.forEach((v, i) => tf.tidy(() => v.assign(tf.tensor(combined[i].data, v.shape))));
     return this.lastMixed;
@@ -410,8 +441,17 @@ export class BodyShare {
     const held = [...this.held.values()];
     return {
       meta: {
-        held: held.map((h) => ({ peer: h.peer, version: h.version, receivedRound: h.receivedRound, samples: h.samples, digest: h.digest, tensors: h.weights.length })),
-        declared: [...this.declared], otherArch: [...this.otherArch], counters: { ...this.counters },
+        held: held.map((h) => ({
+          peer: h.peer,
+          version: h.version,
+          receivedRound: h.receivedRound,
+          samples: h.samples,
+          digest: h.digest,
+          tensors: h.weights.length,
+        })),
+        declared: [...this.declared],
+        otherArch: [...this.otherArch],
+        counters: { ...this.counters },
       },
       tensors: held.flatMap((h) => h.weights.map((w, i) => ({ ...w, name: `bodies/${h.peer}/${i}` }))),
     };
@@ -452,13 +492,19 @@ export interface BodySharingSettings extends Pick<BodySettings, 'bodyEvery' | 'b
 
 /** A body share for a site's body, from the algorithm options (the head precision and model size limit apply). */
 export function createBodyShare(
-  id: string, body: { vars: () => tf.Variable[]; spec: BodySpec; sampleShape: number[]; featureDim: number; samples: number },
+  id: string,
+  body: { vars: () => tf.Variable[]; spec: BodySpec; sampleShape: number[]; featureDim: number; samples: number },
   o: BodySharingSettings,
 ): BodyShare {
   const arch = `${formatBodySpec(body.spec)}|in=${body.sampleShape.join('x')}|features=${body.featureDim}`;
   return new BodyShare(id, body.vars, arch, body.samples, {
-    every: o.bodyEvery, combiner: parseBodyCombiner(o.bodyCombiner), topology: parseTopology(o.topology),
-    precision: o.headPrecision ?? 'float32', maxBytes: o.maxModelBytes, maxStaleness: o.maxStaleness, seed: o.seed,
+    every: o.bodyEvery,
+    combiner: parseBodyCombiner(o.bodyCombiner),
+    topology: parseTopology(o.topology),
+    precision: o.headPrecision ?? 'float32',
+    maxBytes: o.maxModelBytes,
+    maxStaleness: o.maxStaleness,
+    seed: o.seed,
     ...(o.secureAggregation ? { secureAggregation: true } : {}),
   });
 }

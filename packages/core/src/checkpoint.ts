@@ -73,7 +73,12 @@ const roundDir = (dir: string, round: number) => join(dir, `${PREFIX}${String(ro
  * FedAvg server write theirs through this.
  */
 export function writeCheckpoint(
-  dir: string, round: number, data: Record<string, Uint8Array | string>, state: unknown, extra: Record<string, unknown> = {}, keep = 2,
+  dir: string,
+  round: number,
+  data: Record<string, Uint8Array | string>,
+  state: unknown,
+  extra: Record<string, unknown> = {},
+  keep = 2,
 ): CheckpointWrite {
   const t0 = performance.now();
   mkdirSync(dir, { recursive: true });
@@ -141,7 +146,11 @@ function readVerified(path: string): VerifiedCheckpoint {
     cache.set(name, new Uint8Array(b));
   }
   return {
-    round: manifest.round, path, state: manifest.state, extra: manifest.extra, digest: sha256(text),
+    round: manifest.round,
+    path,
+    state: manifest.state,
+    extra: manifest.extra,
+    digest: sha256(text),
     read: (name) => {
       const b = cache.get(name);
       if (!b) throw new Error(`${path}: the checkpoint has no ${name}`);
@@ -175,7 +184,9 @@ export interface RestoredCheckpoint {
  * reported and skipped. Undefined when there is none.
  */
 export async function restoreNewest<T>(
-  dir: string, load: (c: VerifiedCheckpoint) => Promise<T> | T, logger?: Logger,
+  dir: string,
+  load: (c: VerifiedCheckpoint) => Promise<T> | T,
+  logger?: Logger,
 ): Promise<{ value: T; checkpoint: VerifiedCheckpoint; skipped: RestoredCheckpoint['skipped'] } | undefined> {
   const skipped: RestoredCheckpoint['skipped'] = [];
   for (const round of listCheckpoints(dir).reverse()) {

@@ -68,7 +68,16 @@ function tensorBytes(dtype: Dtype, n: number): number {
 
 const tensorEntry = z.object({
   name: z.string().max(128),
-  shape: z.array(z.number().int().min(1).max(1 << 24)).min(0).max(5),
+  shape: z
+    .array(
+      z
+        .number()
+        .int()
+        .min(1)
+        .max(1 << 24),
+    )
+    .min(0)
+    .max(5),
 });
 const headerSchema = z.object({
   meta: z.record(z.string(), z.unknown()),
@@ -276,9 +285,25 @@ export function encodeHead(info: EncodedHeadInfo, layers: { kernel: Float32Array
 
 const headMetaSchema = z.object({
   spec: z.object({
-    inputDim: z.number().int().min(1).max(1 << 16),
-    hidden: z.array(z.number().int().min(1).max(1 << 16)).max(8),
-    outputDim: z.number().int().min(1).max(1 << 16),
+    inputDim: z
+      .number()
+      .int()
+      .min(1)
+      .max(1 << 16),
+    hidden: z
+      .array(
+        z
+          .number()
+          .int()
+          .min(1)
+          .max(1 << 16),
+      )
+      .max(8),
+    outputDim: z
+      .number()
+      .int()
+      .min(1)
+      .max(1 << 16),
   }),
   version: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
   peer: z.string().min(1).max(256),

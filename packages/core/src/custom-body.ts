@@ -49,7 +49,10 @@ export class BodyError extends Error {
 }
 
 function isLayersModel(x: unknown): x is tfl.LayersModel {
-  return x instanceof tfl.LayersModel || (typeof x === 'object' && x !== null && typeof (x as tfl.LayersModel).getConfig === 'function' && Array.isArray((x as tfl.LayersModel).layers));
+  return (
+    x instanceof tfl.LayersModel ||
+    (typeof x === 'object' && x !== null && typeof (x as tfl.LayersModel).getConfig === 'function' && Array.isArray((x as tfl.LayersModel).layers))
+  );
 }
 
 /** A model's class and configuration: enough to build an equal model (`fromConfig`). */
@@ -82,18 +85,19 @@ function checkSerializable(m: tfl.LayersModel, what: string): void {
     const why = !known[cls]
       ? `its class ${cls} is not registered for serialization (tf.serialization.registerClass)`
       : (() => {
-        try {
-          l.getConfig();
-          return undefined;
-        } catch (e) {
-          return `its getConfig() fails (${(e as Error).message.split('\n')[0]})`;
-        }
-      })();
+          try {
+            l.getConfig();
+            return undefined;
+          } catch (e) {
+            return `its getConfig() fails (${(e as Error).message.split('\n')[0]})`;
+          }
+        })();
     if (why) {
       throw new BodyError(`${what}: layer "${l.name}" cannot be saved: ${why}; a site checkpoints its body as model.json and rebuilds it from there`);
     }
     for (const w of l.weights) {
-      if (w.dtype !== 'float32') throw new BodyError(`${what}: layer "${l.name}" holds weight ${w.originalName} of type ${w.dtype}; body weights must be float32`);
+      if (w.dtype !== 'float32')
+        throw new BodyError(`${what}: layer "${l.name}" holds weight ${w.originalName} of type ${w.dtype}; body weights must be float32`);
     }
   }
 }
@@ -106,7 +110,9 @@ export function checkBody(m: tfl.LayersModel, inputShape: number[], featureDim: 
   const first = m.layers[0];
   const inShape = m.inputs[0].shape.slice(1);
   if (inShape.length !== inputShape.length || inShape.some((d, i) => d !== null && d !== inputShape[i])) {
-    throw new BodyError(`${what}: its input "${first?.name ?? 'input'}" takes samples of shape [${inShape.map((d) => d ?? '?')}]; this data's samples have shape [${inputShape}]`);
+    throw new BodyError(
+      `${what}: its input "${first?.name ?? 'input'}" takes samples of shape [${inShape.map((d) => d ?? '?')}]; this data's samples have shape [${inputShape}]`,
+    );
   }
   const last = m.layers.at(-1)!;
   const out = m.outputs[0].shape.slice(1);
@@ -144,7 +150,8 @@ export function customBody(model: tfl.LayersModel | BodyBuilder, o: { source?: s
 /** Read a saved tfjs layers model (a directory with model.json and its weights, or the model.json) as a body spec. */
 export async function loadBodyModel(path: string): Promise<CustomBodySpec> {
   const json = existsSync(path) && statSync(path).isDirectory() ? join(path, 'model.json') : path;
-  if (!existsSync(json)) throw new BodyFileError(`${json}: no such file (a saved body is a directory with model.json and its weights, as tfjs's model.save writes)`);
+  if (!existsSync(json))
+    throw new BodyFileError(`${json}: no such file (a saved body is a directory with model.json and its weights, as tfjs's model.save writes)`);
   const w = readBodyWeights(json);
   let topology: unknown;
   try {
@@ -178,7 +185,8 @@ export async function resolveBody(input: BodyInput | undefined, baseDir = '.'): 
     return parseBodySpec(input);
   }
   if (typeof input === 'function' || isLayersModel(input)) return customBody(input);
-  if (input.kind === 'custom' && !input.build && input.source?.startsWith(SAVED_BODY_PREFIX)) return loadBodyModel(input.source.slice(SAVED_BODY_PREFIX.length));
+  if (input.kind === 'custom' && !input.build && input.source?.startsWith(SAVED_BODY_PREFIX))
+    return loadBodyModel(input.source.slice(SAVED_BODY_PREFIX.length));
   return input;
 }
 
@@ -198,7 +206,9 @@ export function buildCustomBody(spec: CustomBodySpec, inputShape: number[], feat
     model = spec.build(inputShape, featureDim);
   } catch (e) {
     if (e instanceof BodyError) throw e;
-    throw new BodyError(`${what}: building it for samples of shape [${inputShape}] and featureDim ${featureDim} failed: ${(e as Error).message.split('\n')[0]}`);
+    throw new BodyError(
+      `${what}: building it for samples of shape [${inputShape}] and featureDim ${featureDim} failed: ${(e as Error).message.split('\n')[0]}`,
+    );
   }
   if (!isLayersModel(model)) throw new BodyError(`${what}: the body function returned ${typeof model}, not a tfjs LayersModel (tf.sequential or tf.model)`);
   try {
@@ -215,7 +225,12 @@ const IGNORED = /(^name$|Initializer$|Regularizer$|Constraint$)/;
 function stripConfig(v: unknown): unknown {
   if (Array.isArray(v)) return v.map(stripConfig);
   if (v && typeof v === 'object') {
-    return Object.fromEntries(Object.entries(v).filter(([k]) => !IGNORED.test(k)).sort(([a], [b]) => (a < b ? -1 : 1)).map(([k, x]) => [k, stripConfig(x)]));
+    return Object.fromEntries(
+      Object.entries(v)
+        .filter(([k]) => !IGNORED.test(k))
+        .sort(([a], [b]) => (a < b ? -1 : 1))
+        .map(([k, x]) => [k, stripConfig(x)]),
+    );
   }
   return v;
 }

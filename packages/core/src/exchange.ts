@@ -363,16 +363,22 @@ export function absorbMessages(ex: HeadExchange, log: Logger, what: string, take
  * are dropped when drained, each sender logged once and counted in
  * `dropped`, and they are not among `members()` or `announced()`.
  */
-export function withoutMembers<E extends HeadExchange>(exchange: E, excluded: ReadonlySet<string>, log: Logger, why = 'left out of the data agreement'): E & { dropped: number } {
+export function withoutMembers<E extends HeadExchange>(
+  exchange: E,
+  excluded: ReadonlySet<string>,
+  log: Logger,
+  why = 'left out of the data agreement',
+): E & { dropped: number } {
   let dropped = 0;
   const told = new Set<string>();
-  const drain = () => exchange.drain().filter((m) => {
-    if (!excluded.has(m.from)) return true;
-    dropped++;
-    if (!told.has(m.from)) log.info(`not taking messages from ${m.from}: ${why}`);
-    told.add(m.from);
-    return false;
-  });
+  const drain = () =>
+    exchange.drain().filter((m) => {
+      if (!excluded.has(m.from)) return true;
+      dropped++;
+      if (!told.has(m.from)) log.info(`not taking messages from ${m.from}: ${why}`);
+      told.add(m.from);
+      return false;
+    });
   const members = () => exchange.members().filter((p) => !excluded.has(p));
   const announced = exchange.announced && (() => new Map([...exchange.announced!()].filter(([p]) => !excluded.has(p))));
   return new Proxy(exchange, {

@@ -37,8 +37,16 @@ interface StepAttrs {
 
 /** The update of `adamStep`, element by element in float32, in tfjs's order of operations. */
 function adamLoop(
-  X: Float32Array, M: Float32Array, V: Float32Array, G: Float32Array, nx: Float32Array, nm: Float32Array, nv: Float32Array,
-  oneMinusAcc1: number, oneMinusAcc2: number, a: StepAttrs,
+  X: Float32Array,
+  M: Float32Array,
+  V: Float32Array,
+  G: Float32Array,
+  nx: Float32Array,
+  nm: Float32Array,
+  nv: Float32Array,
+  oneMinusAcc1: number,
+  oneMinusAcc2: number,
+  a: StepAttrs,
 ): void {
   // The scalars tfjs makes of these numbers, in float32.
   const b1 = f(a.beta1);
@@ -112,8 +120,10 @@ export class FusedAdam extends tf.AdamOptimizer {
     }
     // The fields tfjs's AdamOptimizer keeps its state in (protected there).
     const self = this as unknown as {
-      accBeta1: tf.Variable; accBeta2: tf.Variable;
-      accumulatedFirstMoment: Slot[]; accumulatedSecondMoment: Slot[];
+      accBeta1: tf.Variable;
+      accBeta2: tf.Variable;
+      accumulatedFirstMoment: Slot[];
+      accumulatedSecondMoment: Slot[];
     };
     const names = Array.isArray(variableGradients) ? variableGradients.map((v) => v.name) : Object.keys(variableGradients);
     tf.tidy(() => {
@@ -128,9 +138,10 @@ export class FusedAdam extends tf.AdamOptimizer {
         if (g == null) return;
         const m = self.accumulatedFirstMoment[i]!.variable;
         const v = self.accumulatedSecondMoment[i]!.variable;
-        const [nx, nm, nv] = value.size <= FUSED_MAX_SIZE
-          ? tf.engine().runKernel(KERNEL, { x: value, m, v, g, c1, c2 }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[]
-          : stockStep(value, m, v, g, c1, c2, attrs);
+        const [nx, nm, nv] =
+          value.size <= FUSED_MAX_SIZE
+            ? (tf.engine().runKernel(KERNEL, { x: value, m, v, g, c1, c2 }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[])
+            : stockStep(value, m, v, g, c1, c2, attrs);
         m.assign(nm!);
         v.assign(nv!);
         value.assign(nx!);

@@ -17,16 +17,19 @@
  */
 export { createLogger, silentLogger, type LogLevel, type Logger } from './log.js';
 export {
-  BACKENDS, BROWSER_BACKENDS, initBackend, selectBackend,
-  type BackendInfo, type BackendLoader, type BackendName, type SelectOptions,
+  BACKENDS,
+  BROWSER_BACKENDS,
+  initBackend,
+  selectBackend,
+  type BackendInfo,
+  type BackendLoader,
+  type BackendName,
+  type SelectOptions,
 } from './backend.js';
 export { FST_KINDS, type BodySpec, type CustomBodySpec, type FstKind, type HeadSpec, type MoeFusion } from './model.js';
 export { BodyError, type BodyBuilder, type BodyInput } from './custom-body.js';
 export { CodecError, PRECISIONS, type CodecReason, type Precision } from './codec.js';
-export {
-  HeadInbox, MemoryExchange, MemoryHub,
-  type ExchangeStats, type HeadExchange, type HeadMessage, type MembershipEvent,
-} from './exchange.js';
+export { HeadInbox, MemoryExchange, MemoryHub, type ExchangeStats, type HeadExchange, type HeadMessage, type MembershipEvent } from './exchange.js';
 export { type BodyCombiner, type MixedBody, type Topology } from './body-share.js';
 export { DEFAULT_TRAIN, OPTIMIZERS, type DpOptions, type OptimizerKind, type TrainOptions } from './train.js';
 export { type AccuracySummary } from './metrics.js';
@@ -43,22 +46,54 @@ export { ALGORITHMS, type AlgorithmName } from './algorithms/registry.js';
 export { TrainingDiverged, type SiteRoundRecord } from './rounds.js';
 export { Interrupted, isInterrupted, throwIfInterrupted, unlessInterrupted } from './interrupt.js';
 export {
-  DEFAULT_SIMULATION, simulate,
-  type AlgorithmResult, type PeerResult, type RoundHeadline, type RoundResult, type SimulationConfig, type SimulationHooks, type SimulationResults,
+  DEFAULT_SIMULATION,
+  simulate,
+  type AlgorithmResult,
+  type PeerResult,
+  type RoundHeadline,
+  type RoundResult,
+  type SimulationConfig,
+  type SimulationHooks,
+  type SimulationResults,
   type TaskSummary,
 } from './simulate.js';
-export { TASK_KINDS, metricOf, taskKind, type TargetScale, type TaskInfo, type TaskKind, type TaskKindName, type TaskMetrics, type TaskResult } from './tasks/index.js';
 export {
-  createLearner,
-  type DflmoeLearner, type LearnerLoopOptions, type LearnerOptions, type LearnerRoundMetrics,
-} from './learner.js';
+  TASK_KINDS,
+  metricOf,
+  taskKind,
+  type TargetScale,
+  type TaskInfo,
+  type TaskKind,
+  type TaskKindName,
+  type TaskMetrics,
+  type TaskResult,
+} from './tasks/index.js';
+export { createLearner, type DflmoeLearner, type LearnerLoopOptions, type LearnerOptions, type LearnerRoundMetrics } from './learner.js';
 export { MemoryStatementHub, agreeOnData, type AgreedData, type DataAgreement, type StatementExchange } from './agree.js';
 export { BodyFileError, type BodyStandardizer, type BodyWeights } from './pretrained.js';
 export { pretrainBody, type PretrainOptions, type PretrainResult } from './pretrain.js';
 export { type Evaluation, type Predictions, type SampleInput, type TaskEvaluations, type TaskPredictions } from './predict.js';
-export { loadSite, type ReadOptions, type SiteInputs, type TrainedSite, type SiteDescription, type SitePreprocessing, type SiteTaskInfo } from './trained-site.js';
 export {
-  SITE_STATES, SiteFeed, StatusBoard,
-  type AuditStatus, type MemberStatus, type MemberUpdate, type RecordedRound, type RoundUpdate, type SiteInit, type SiteState, type SiteStatus, type StatusListener,
+  loadSite,
+  type ReadOptions,
+  type SiteInputs,
+  type TrainedSite,
+  type SiteDescription,
+  type SitePreprocessing,
+  type SiteTaskInfo,
+} from './trained-site.js';
+export {
+  SITE_STATES,
+  SiteFeed,
+  StatusBoard,
+  type AuditStatus,
+  type MemberStatus,
+  type MemberUpdate,
+  type RecordedRound,
+  type RoundUpdate,
+  type SiteInit,
+  type SiteState,
+  type SiteStatus,
+  type StatusListener,
   type StatusSnapshot,
 } from './status.js';

@@ -36,7 +36,12 @@ export class KeyedAdam extends tf.Optimizer {
   private owners = new Map<string, string>();
   readonly epsilon: number;
 
-  constructor(readonly learningRate: number, readonly beta1 = 0.9, readonly beta2 = 0.999, epsilon?: number) {
+  constructor(
+    readonly learningRate: number,
+    readonly beta1 = 0.9,
+    readonly beta2 = 0.999,
+    epsilon?: number,
+  ) {
     super();
     this.epsilon = epsilon ?? tf.backend().epsilon();
   }
@@ -157,7 +162,8 @@ export class KeyedAdam extends tf.Optimizer {
 
   /** Put back what `keyWeights` gave (or what `tf.train.adam` saved for these variables). */
   setKeyWeights(key: string, vars: tf.Variable[], ws: NamedTensor[]): void {
-    if (ws.length !== 1 + 2 * vars.length) throw new Error(`KeyedAdam: ${key} has ${vars.length} variables, so its state has ${1 + 2 * vars.length} tensors, not ${ws.length}`);
+    if (ws.length !== 1 + 2 * vars.length)
+      throw new Error(`KeyedAdam: ${key} has ${vars.length} variables, so its state has ${1 + 2 * vars.length} tensors, not ${ws.length}`);
     ws.slice(1).forEach((w, i) => {
       const v = vars[i % vars.length];
       if (w.tensor.size !== v.size) throw new Error(`KeyedAdam: state tensor ${w.name} of ${key} has ${w.tensor.size} values, its variable ${v.size}`);
@@ -168,8 +174,12 @@ export class KeyedAdam extends tf.Optimizer {
     const n = vars.length;
     const copy = (w: NamedTensor, i: number) => tf.keep(tf.reshape(tf.clone(w.tensor), vars[i].shape));
     this.put(key, {
-      vars, m: tf.tidy(() => ws.slice(1, 1 + n).map(copy)), v: tf.tidy(() => ws.slice(1 + n).map(copy)),
-      steps, acc1: Math.fround(Math.pow(this.beta1, steps + 1)), acc2: Math.fround(Math.pow(this.beta2, steps + 1)),
+      vars,
+      m: tf.tidy(() => ws.slice(1, 1 + n).map(copy)),
+      v: tf.tidy(() => ws.slice(1 + n).map(copy)),
+      steps,
+      acc1: Math.fround(Math.pow(this.beta1, steps + 1)),
+      acc2: Math.fround(Math.pow(this.beta2, steps + 1)),
     });
   }
 
@@ -238,8 +248,15 @@ export class RowAdam extends tf.Optimizer {
    * moments (same shape; taken over); `rows` the per-row bookkeeping.
    */
   constructor(
-    readonly learningRate: number, readonly vars: tf.Variable[], private readonly axes: number[], readonly rows: RowState[],
-    readonly m: tf.Tensor[], readonly v: tf.Tensor[], readonly beta1 = 0.9, readonly beta2 = 0.999, epsilon?: number,
+    readonly learningRate: number,
+    readonly vars: tf.Variable[],
+    private readonly axes: number[],
+    readonly rows: RowState[],
+    readonly m: tf.Tensor[],
+    readonly v: tf.Tensor[],
+    readonly beta1 = 0.9,
+    readonly beta2 = 0.999,
+    epsilon?: number,
   ) {
     super();
     this.epsilon = epsilon ?? tf.backend().epsilon();

@@ -61,7 +61,11 @@ export interface LearnerOptions extends Partial<DflmoeSettings>, Partial<BodySet
      * spec, a tfjs LayersModel (the site trains a copy) or a function
      * `(inputShape, featureDim) => LayersModel`; default `mlp`.
      */
-    body?: BodyInput; featureDim?: number; headHidden?: number[]; pretrainedBody?: string; freezeBody?: boolean;
+    body?: BodyInput;
+    featureDim?: number;
+    headHidden?: number[];
+    pretrainedBody?: string;
+    freezeBody?: boolean;
     /** Seed of the initial body and head (default: derived from `train.seed`); sites that share bodies should start from one. */
     initSeed?: number;
   };
@@ -172,12 +176,21 @@ export class Learner implements DflmoeLearner {
   /** Standardizes raw samples as the training data was, then predicts. */
   private readonly predictor: SitePredictor;
 
-  constructor(readonly peer: DflmoePeer, o: LearnerLoopOptions & { standardizer: Standardizer; classNames: string[] }) {
+  constructor(
+    readonly peer: DflmoePeer,
+    o: LearnerLoopOptions & { standardizer: Standardizer; classNames: string[] },
+  ) {
     const share = o.bodies ? siteBodyShare(peer, { ...o.settings, seed: peer.train.seed, maxModelBytes: DEFAULT_LIMITS.maxModelBytes }) : undefined;
     this.site = new DflmoeSite(peer, {}, share);
     // The exchanges' waits end with Interrupted when the signal of the running round aborts.
     const stoppable = (ex: HeadExchange) => interruptible(ex, () => this.signal);
-    this.net = { exchange: stoppable(o.exchange), ...(o.bodies ? { bodies: stoppable(o.bodies) } : {}), quorum: o.quorum ?? 0, deadlineMs: o.roundDeadlineMs ?? 0, logger: o.logger ?? createLogger(`learner:${peer.id}`) };
+    this.net = {
+      exchange: stoppable(o.exchange),
+      ...(o.bodies ? { bodies: stoppable(o.bodies) } : {}),
+      quorum: o.quorum ?? 0,
+      deadlineMs: o.roundDeadlineMs ?? 0,
+      logger: o.logger ?? createLogger(`learner:${peer.id}`),
+    };
     this.predictor = new SitePredictor(this.site, o.standardizer, peer.data.sampleShape, o.classNames, peer.data.task);
   }
 
@@ -304,9 +317,16 @@ export async function createLearner(o: LearnerOptions): Promise<DflmoeLearner> {
   let peer: DflmoePeer;
   try {
     peer = new DflmoePeer({
-      id: o.id, data, body, featureDim: o.model?.featureDim ?? 64, headHidden: o.model?.headHidden ?? [],
-      train: { ...o.train, ...(epochs !== undefined ? { epochs } : {}) }, ...settings, maxHeadBytes: o.maxHeadBytes,
-      ...(pre ? { initialBody: pre } : {}), freezeBody: o.model?.freezeBody ?? false,
+      id: o.id,
+      data,
+      body,
+      featureDim: o.model?.featureDim ?? 64,
+      headHidden: o.model?.headHidden ?? [],
+      train: { ...o.train, ...(epochs !== undefined ? { epochs } : {}) },
+      ...settings,
+      maxHeadBytes: o.maxHeadBytes,
+      ...(pre ? { initialBody: pre } : {}),
+      freezeBody: o.model?.freezeBody ?? false,
       ...(o.model?.initSeed !== undefined ? { initSeed: o.model.initSeed } : {}),
     });
   } catch (e) {

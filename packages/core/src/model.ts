@@ -18,9 +18,7 @@ import { deriveSeed } from '@dflmoe/data/internal';
 
 /** A body: an MLP with its hidden sizes, a small CNN with its filters, or one the host brought (`CustomBodySpec`). */
 export type BodySpec =
-  | { kind: 'mlp'; hidden?: number[] }
-  | { kind: 'cnn'; filters?: number[]; kernelSize?: number; padding?: 'same' | 'valid' }
-  | CustomBodySpec;
+  { kind: 'mlp'; hidden?: number[] } | { kind: 'cnn'; filters?: number[]; kernelSize?: number; padding?: 'same' | 'valid' } | CustomBodySpec;
 
 /**
  * A body the host brings (see `custom-body.ts`): `build` makes a fresh one
@@ -98,7 +96,12 @@ export function buildBody(spec: BodySpec, inputShape: number[], featureDim: numb
     (spec.filters ?? [16, 32]).forEach((f, i) => {
       layers.push(
         tfl.layers.conv2d({
-          ...(i === 0 ? { inputShape } : {}), filters: f, kernelSize: k, padding: spec.padding ?? 'same', activation: 'relu', kernelInitializer: init(),
+          ...(i === 0 ? { inputShape } : {}),
+          filters: f,
+          kernelSize: k,
+          padding: spec.padding ?? 'same',
+          activation: 'relu',
+          kernelInitializer: init(),
         }),
       );
       layers.push(tfl.layers.maxPooling2d({ poolSize: 2, padding: 'same' }));
@@ -204,7 +207,13 @@ export class Gate {
   readonly hidden: DenseLayer<tf.Variable>;
   private slots = new Map<string, DenseLayer<tf.Variable>>();
 
-  constructor(readonly featureDim: number, readonly hiddenDim: number, private seed: number, private ownId: string, ownBias = 0) {
+  constructor(
+    readonly featureDim: number,
+    readonly hiddenDim: number,
+    private seed: number,
+    private ownId: string,
+    ownBias = 0,
+  ) {
     const lim = Math.sqrt(6 / (featureDim + hiddenDim));
     this.hidden = {
       kernel: newVariable(() => tf.randomUniform([featureDim, hiddenDim], -lim, lim, 'float32', deriveSeed(seed, 'gate'))),
@@ -255,8 +264,20 @@ export class Gate {
       return s;
     });
     const h = tf.relu(applyFst(this.hidden, z));
-    const kernel = slots.length === 1 ? slots[0].kernel : tf.concat(slots.map((s) => s.kernel), 1);
-    const bias = slots.length === 1 ? slots[0].bias : tf.concat(slots.map((s) => s.bias), 0);
+    const kernel =
+      slots.length === 1
+        ? slots[0].kernel
+        : tf.concat(
+            slots.map((s) => s.kernel),
+            1,
+          );
+    const bias =
+      slots.length === 1
+        ? slots[0].bias
+        : tf.concat(
+            slots.map((s) => s.bias),
+            0,
+          );
     return tf.softmax(tf.add(tf.matMul(h, kernel), bias) as tf.Tensor2D);
   }
 
@@ -303,9 +324,20 @@ export interface Expert {
  * MoE prediction, one small kernel chain per expert (the reference path;
  * `moeForward` computes the same batched): `sum_j g_j(z) * softmax(head_j(fst_j(z)))`.
  */
-export function moeForwardPerExpert(z: tf.Tensor2D, experts: Expert[], gate: Gate, activate: Activation = tf.softmax): { probs: tf.Tensor2D; gates: tf.Tensor2D } {
-  const g = gate.weights(z, experts.map((e) => e.id));
-  const p = tf.stack(experts.map((e) => activate(headLogits(e.head, e.fst ? applyFst(e.fst, z) : z))), 1); // [B, K, C]
+export function moeForwardPerExpert(
+  z: tf.Tensor2D,
+  experts: Expert[],
+  gate: Gate,
+  activate: Activation = tf.softmax,
+): { probs: tf.Tensor2D; gates: tf.Tensor2D } {
+  const g = gate.weights(
+    z,
+    experts.map((e) => e.id),
+  );
+  const p = tf.stack(
+    experts.map((e) => activate(headLogits(e.head, e.fst ? applyFst(e.fst, z) : z))),
+    1,
+  ); // [B, K, C]
   const probs = tf.sum(tf.mul(p, tf.expandDims(g, 2)), 1) as tf.Tensor2D;
   return { probs, gates: g };
 }
@@ -390,7 +422,12 @@ export function stackedLogits(z: tf.Tensor2D, s: StackedExperts, fusion: MoeFusi
  * `moeForward` over the same experts in the same order.
  */
 export function moeForwardStacked(
-  z: tf.Tensor2D, own: HeadWeights, stacked: StackedExperts, gate: Gate, slots: { kernel: tf.Tensor2D; bias: tf.Tensor1D }, fusion: MoeFusion = 'auto',
+  z: tf.Tensor2D,
+  own: HeadWeights,
+  stacked: StackedExperts,
+  gate: Gate,
+  slots: { kernel: tf.Tensor2D; bias: tf.Tensor1D },
+  fusion: MoeFusion = 'auto',
   activate: Activation = tf.softmax,
 ): { probs: tf.Tensor2D; gates: tf.Tensor2D; logits: tf.Tensor3D } {
   const g = gate.weightsWith(z, slots);
@@ -412,9 +449,16 @@ export function moeForwardStacked(
  * expert's logits `[batch, K, classes]`, all in the order of `experts`.
  */
 export function moeForward(
-  z: tf.Tensor2D, experts: Expert[], gate: Gate, fusion: MoeFusion = 'auto', activate: Activation = tf.softmax,
+  z: tf.Tensor2D,
+  experts: Expert[],
+  gate: Gate,
+  fusion: MoeFusion = 'auto',
+  activate: Activation = tf.softmax,
 ): { probs: tf.Tensor2D; gates: tf.Tensor2D; logits: tf.Tensor3D } {
-  const g = gate.weights(z, experts.map((e) => e.id));
+  const g = gate.weights(
+    z,
+    experts.map((e) => e.id),
+  );
   const groups = new Map<string, number[]>();
   experts.forEach((e, j) => {
     const key = `${fstForm(e)}:${e.head[0].kernel instanceof tf.Variable && e.head[0].kernel.trainable}`;
@@ -434,7 +478,10 @@ export function moeForward(
       else runs.push([pos[j], 1]);
     }
     const grouped = logits;
-    logits = tf.concat(runs.map(([start, size]) => tf.slice(grouped, [0, start, 0], [-1, size, -1])), 1) as tf.Tensor3D;
+    logits = tf.concat(
+      runs.map(([start, size]) => tf.slice(grouped, [0, start, 0], [-1, size, -1])),
+      1,
+    ) as tf.Tensor3D;
   }
   const probs = tf.sum(tf.mul(activate(logits), tf.expandDims(g, 2)), 1) as tf.Tensor2D;
   return { probs, gates: g, logits };

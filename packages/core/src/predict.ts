@@ -73,7 +73,13 @@ export type TaskEvaluations = Record<string, Evaluation>;
  * Probabilities (and gate weights) of `site`'s model for standardized
  * samples `x` `[n, ...sampleShape]`, in chunks of `chunk` samples.
  */
-export function sitePredictions(site: AlgorithmSite, x: tf.Tensor, classNames: string[], chunk = 512, task: TaskInfo = classificationTask('label', classNames)): Predictions {
+export function sitePredictions(
+  site: AlgorithmSite,
+  x: tf.Tensor,
+  classNames: string[],
+  chunk = 512,
+  task: TaskInfo = classificationTask('label', classNames),
+): Predictions {
   const kind = taskKind(task);
   const n = x.shape[0];
   const c = kind.probabilities ? classNames.length : 0;
@@ -104,8 +110,14 @@ export function sitePredictions(site: AlgorithmSite, x: tf.Tensor, classNames: s
     });
   }
   return {
-    numSamples: n, task: { name: task.name, kind: task.kind }, classNames: [...classNames], predicted, probabilities,
-    ...(kind.probabilities ? {} : { values }), experts: experts.map((e) => e.id), gateWeights,
+    numSamples: n,
+    task: { name: task.name, kind: task.kind },
+    classNames: [...classNames],
+    predicted,
+    probabilities,
+    ...(kind.probabilities ? {} : { values }),
+    experts: experts.map((e) => e.id),
+    gateWeights,
   };
 }
 
@@ -145,8 +157,12 @@ export function takePredictionRows(p: Predictions, rows: ArrayLike<number>): Pre
   };
   const f32 = (n: number) => new Float32Array(n);
   return {
-    ...p, numSamples: rows.length, predicted: take(p.predicted, 1, (n) => new Int32Array(n)), probabilities: take(p.probabilities, c, f32),
-    gateWeights: take(p.gateWeights, k, f32), ...(p.values ? { values: take(p.values, 1, f32) } : {}),
+    ...p,
+    numSamples: rows.length,
+    predicted: take(p.predicted, 1, (n) => new Int32Array(n)),
+    probabilities: take(p.probabilities, c, f32),
+    gateWeights: take(p.gateWeights, k, f32),
+    ...(p.values ? { values: take(p.values, 1, f32) } : {}),
   };
 }
 
@@ -162,7 +178,13 @@ export function evaluateLabelled(p: Predictions, labels: ArrayLike<number>): Eva
   const rows: number[] = [];
   for (let i = 0; i < labels.length; i++) if (has(labels[i])) rows.push(i);
   if (rows.length === labels.length) return { ...evaluatePredictions(p, labels), skipped: 0 };
-  return { ...evaluatePredictions(takePredictionRows(p, rows), rows.map((i) => labels[i])), skipped: labels.length - rows.length };
+  return {
+    ...evaluatePredictions(
+      takePredictionRows(p, rows),
+      rows.map((i) => labels[i]),
+    ),
+    skipped: labels.length - rows.length,
+  };
 }
 
 /**
@@ -203,7 +225,9 @@ export class SitePredictor {
     // A NaN would come out as a confident-looking prediction: missing values are the reader's to fill (readInputs, predictFile).
     const bad = raw.findIndex((v) => !Number.isFinite(v));
     if (bad >= 0) {
-      throw new Error(`sample ${Math.floor(bad / d)}, feature ${bad % d} is ${raw[bad]}: samples must be finite (read a file with predictFile, which fills missing cells as the site was trained)`);
+      throw new Error(
+        `sample ${Math.floor(bad / d)}, feature ${bad % d} is ${raw[bad]}: samples must be finite (read a file with predictFile, which fills missing cells as the site was trained)`,
+      );
     }
     const n = raw.length / d;
     const rows = Int32Array.from({ length: n }, (_, i) => i);

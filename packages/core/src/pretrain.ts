@@ -72,7 +72,11 @@ export async function pretrainBody(ds: Dataset, outDir: string, o: PretrainOptio
   const body = await resolveBody(o.body);
   const data = preparePeerData(ds, split, st);
   const peer = new LocalPeer({
-    id: 'pretrain', data, body, featureDim: o.featureDim, headHidden: [],
+    id: 'pretrain',
+    data,
+    body,
+    featureDim: o.featureDim,
+    headHidden: [],
     train: { epochs: 1, batchSize: o.batchSize, learningRate: o.learningRate, optimizer: o.optimizer, seed: o.seed },
   });
   try {

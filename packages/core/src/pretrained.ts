@@ -57,7 +57,8 @@ export class BodyFileError extends Error {
 /** Read a body's weights from a layers-format directory or its `model.json`. */
 export function readBodyWeights(path: string): BodyWeights {
   const json = existsSync(path) && statSync(path).isDirectory() ? join(path, 'model.json') : path;
-  if (!existsSync(json)) throw new BodyFileError(`${json}: no such file (a pretrained body is a directory with model.json and weights.bin, as "dflmoe pretrain" writes)`);
+  if (!existsSync(json))
+    throw new BodyFileError(`${json}: no such file (a pretrained body is a directory with model.json and weights.bin, as "dflmoe pretrain" writes)`);
   let manifest: unknown;
   try {
     manifest = JSON.parse(readFileSync(json, 'utf8'));
@@ -125,7 +126,10 @@ export function checkBodyStandardizer(w: Pick<BodyWeights, 'source' | 'standardi
   if (st.mean.length !== features) throw new BodyFileError(`${w.source}: the body was trained on ${st.mean.length} input features, this data has ${features}`);
   if (st.featureNames && featureNames) {
     const i = featureNames.findIndex((n, k) => n !== st.featureNames![k]);
-    if (i >= 0) throw new BodyFileError(`${w.source}: input feature ${i + 1} is "${featureNames[i]}" here but "${st.featureNames[i]}" in the body's public data; the encoded columns must match`);
+    if (i >= 0)
+      throw new BodyFileError(
+        `${w.source}: input feature ${i + 1} is "${featureNames[i]}" here but "${st.featureNames[i]}" in the body's public data; the encoded columns must match`,
+      );
   }
 }
 
@@ -133,14 +137,18 @@ export function checkBodyStandardizer(w: Pick<BodyWeights, 'source' | 'standardi
 export function applyBodyWeights(body: tfl.LayersModel, w: BodyWeights): void {
   const own = body.weights;
   if (own.length !== w.specs.length) {
-    throw new BodyFileError(`${w.source}: the file holds ${w.specs.length} body weights, this body has ${own.length}; was it written for another body (model.body, featureDim) or input shape?`);
+    throw new BodyFileError(
+      `${w.source}: the file holds ${w.specs.length} body weights, this body has ${own.length}; was it written for another body (model.body, featureDim) or input shape?`,
+    );
   }
   const decoded = tf.io.decodeWeights(w.data, w.specs);
   try {
     const ordered = w.specs.map((s, i) => {
       const t = decoded[s.name];
       if (t.shape.join() !== own[i].shape.join()) {
-        throw new BodyFileError(`${w.source}: body weight ${s.name} has shape [${t.shape}], this body expects [${own[i].shape}] (another body, featureDim or input shape?)`);
+        throw new BodyFileError(
+          `${w.source}: body weight ${s.name} has shape [${t.shape}], this body expects [${own[i].shape}] (another body, featureDim or input shape?)`,
+        );
       }
       return t;
     });
@@ -157,8 +165,11 @@ export async function bodyFiles(body: tfl.LayersModel): Promise<Record<string, U
     tf.io.withSaveHandler(async (a) => {
       out['body/weights.bin'] = new Uint8Array(a.weightData as ArrayBuffer);
       out['body/model.json'] = JSON.stringify({
-        format: 'layers-model', generatedBy: 'dflmoe', convertedBy: null,
-        modelTopology: a.modelTopology, weightsManifest: [{ paths: ['weights.bin'], weights: a.weightSpecs }],
+        format: 'layers-model',
+        generatedBy: 'dflmoe',
+        convertedBy: null,
+        modelTopology: a.modelTopology,
+        weightsManifest: [{ paths: ['weights.bin'], weights: a.weightSpecs }],
       });
       return { modelArtifactsInfo: { dateSaved: new Date(), modelTopologyType: 'JSON' } };
     }),

@@ -61,12 +61,22 @@ const NO_TRAFFIC: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent
 
 /** A site's traffic so far: heads or models, bodies, server. */
 export function networkStats(net: SiteNetwork): ExchangeStats {
-  const parts = [net.exchange?.stats(), net.bodies?.stats(), net.server?.stats(), ...Object.values(net.tasks ?? {}).map((t) => t.exchange?.stats()), net.crossTask?.stats()]
-    .filter((s) => s !== undefined);
-  return parts.reduce((a, s) => ({
-    bytesSent: a.bytesSent + s.bytesSent, bytesReceived: a.bytesReceived + s.bytesReceived,
-    messagesSent: a.messagesSent + s.messagesSent, messagesReceived: a.messagesReceived + s.messagesReceived,
-  }), NO_TRAFFIC);
+  const parts = [
+    net.exchange?.stats(),
+    net.bodies?.stats(),
+    net.server?.stats(),
+    ...Object.values(net.tasks ?? {}).map((t) => t.exchange?.stats()),
+    net.crossTask?.stats(),
+  ].filter((s) => s !== undefined);
+  return parts.reduce(
+    (a, s) => ({
+      bytesSent: a.bytesSent + s.bytesSent,
+      bytesReceived: a.bytesReceived + s.bytesReceived,
+      messagesSent: a.messagesSent + s.messagesSent,
+      messagesReceived: a.messagesReceived + s.messagesReceived,
+    }),
+    NO_TRAFFIC,
+  );
 }
 
 /** A site's weights or loss became NaN or infinite: the learning rate is too high for this model and data. */
@@ -82,7 +92,10 @@ export class TrainingDiverged extends Error {
     readonly round: number,
     cause?: Error,
   ) {
-    super(`training diverged in round ${round} (the model's weights or loss became NaN or infinite); lower the learning rate (--lr, or train.learningRate in a site config) or try --optimizer adam`, cause ? { cause } : undefined);
+    super(
+      `training diverged in round ${round} (the model's weights or loss became NaN or infinite); lower the learning rate (--lr, or train.learningRate in a site config) or try --optimizer adam`,
+      cause ? { cause } : undefined,
+    );
   }
 }
 
@@ -109,14 +122,22 @@ export async function siteRound(site: AlgorithmSite, net: SiteNetwork, round: nu
   const b = net.bodies?.stats();
   const privacy = site.privacySpent();
   return {
-    round, accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy,
+    round,
+    accuracy: ev.accuracy,
+    ownHeadAccuracy: ev.ownHeadAccuracy,
     tasks: site.taskResults?.() ?? siteTasks(site.data, ev),
     loss: r.loss,
-    experts: site.experts?.() ?? [], fresh: r.fresh, expired: r.expired ?? [], rejected: site.rejected(),
-    bytesSent: s.bytesSent, bytesReceived: s.bytesReceived,
+    experts: site.experts?.() ?? [],
+    fresh: r.fresh,
+    expired: r.expired ?? [],
+    rejected: site.rejected(),
+    bytesSent: s.bytesSent,
+    bytesReceived: s.bytesReceived,
     ...(b ? { bodyBytesSent: b.bytesSent, bodyBytesReceived: b.bytesReceived } : {}),
     ...(r.bodies ? { bodies: r.bodies } : {}),
-    trainSeconds: r.trainSeconds, waitSeconds: r.waitSeconds, networkSeconds: (net.transferSeconds?.() ?? 0) - moved,
+    trainSeconds: r.trainSeconds,
+    waitSeconds: r.waitSeconds,
+    networkSeconds: (net.transferSeconds?.() ?? 0) - moved,
     seconds: (performance.now() - t0) / 1000,
     ...(privacy ? { privacy } : {}),
   };
@@ -176,12 +197,10 @@ export interface AggregatorState {
   declared: Record<string, number>;
 }
 
-
 /** Architecture, tensor names and shapes (as JSON): two models can be averaged exactly when their layouts are equal. */
 export function modelLayout(arch: string, tensors: { name: string; shape: number[] }[]): string {
   return JSON.stringify([arch, ...tensors.map((t) => `${t.name}:${t.shape.join('x')}`)]);
 }
-
 
 /**
  * A server's round: validated uploads in, one aggregate out. Uploads are
@@ -201,7 +220,10 @@ export class RoundAggregator {
   private readonly maxSamples: number;
   private readonly ratio: number;
 
-  constructor(private readonly combine: (ups: Upload[]) => NamedArray[], private readonly o: AggregatorOptions) {
+  constructor(
+    private readonly combine: (ups: Upload[]) => NamedArray[],
+    private readonly o: AggregatorOptions,
+  ) {
     this.maxSamples = o.maxSamples ?? DEFAULT_MAX_SAMPLES;
     this.ratio = o.maxSampleRatio ?? DEFAULT_MAX_SAMPLE_RATIO;
   }
@@ -265,7 +287,11 @@ export class RoundAggregator {
       this.layout = layout;
     }
     const ups = all.filter((u) => u.layout === layout).sort((a, b) => a.rank - b.rank || (a.from < b.from ? -1 : 1));
-    const bounded = boundSampleCounts(ups.map((u) => u.samples), this.ratio, this.maxSamples);
+    const bounded = boundSampleCounts(
+      ups.map((u) => u.samples),
+      this.ratio,
+      this.maxSamples,
+    );
     const clipped = ups.filter((u, i) => bounded[i] < u.samples).map((u) => u.from);
     const global = encodeBundle('model', { arch: ups[0].arch, round }, this.combine(ups.map((u, i) => ({ weights: u.weights, samples: bounded[i] }))));
     return { global, clients: ups.length, refused: all.filter((u) => u.layout !== layout).map((u) => u.from), clipped };
@@ -296,7 +322,11 @@ export class MemoryServer {
   private globals = new Map<number, Uint8Array>();
   private waiters = new Set<() => void>();
 
-  constructor(private readonly clients: number, combine: (ups: Upload[]) => NamedArray[], maxBytes: number) {
+  constructor(
+    private readonly clients: number,
+    combine: (ups: Upload[]) => NamedArray[],
+    maxBytes: number,
+  ) {
     this.agg = new RoundAggregator(combine, { maxBytes });
   }
 
@@ -312,18 +342,19 @@ export class MemoryServer {
         this.globals.delete(round - 2);
         for (const w of [...this.waiters]) w();
       },
-      download: (round) => new Promise((resolve) => {
-        const check = () => {
-          const g = this.globals.get(round);
-          if (!g) return;
-          this.waiters.delete(check);
-          s.bytesReceived += g.length;
-          s.messagesReceived++;
-          resolve(g);
-        };
-        this.waiters.add(check);
-        check();
-      }),
+      download: (round) =>
+        new Promise((resolve) => {
+          const check = () => {
+            const g = this.globals.get(round);
+            if (!g) return;
+            this.waiters.delete(check);
+            s.bytesReceived += g.length;
+            s.messagesReceived++;
+            resolve(g);
+          };
+          this.waiters.add(check);
+          check();
+        }),
       stats: () => ({ ...s }),
     };
   }
@@ -336,14 +367,28 @@ const MEMORY_DEADLINE_MS = 2 ** 31 - 1;
 export function memoryNetworks(alg: Algorithm, sites: AlgorithmSite[], combineLimitBytes: number, logger: Logger): SiteNetwork[] {
   const n = sites.length;
   // Multi-task sites whose tasks exchange heads do so on the tasks' hubs (`withTaskHubs`), not on one of the site's.
-  if (sites.some((s) => s.headTasks)) return withTaskHubs(sites, memoryNetworks({ ...alg, message: 'body' }, sites.map((s) => ({ id: s.id, bodyShare: s.bodyShare }) as AlgorithmSite), combineLimitBytes, logger), logger);
+  if (sites.some((s) => s.headTasks))
+    return withTaskHubs(
+      sites,
+      memoryNetworks(
+        { ...alg, message: 'body' },
+        sites.map((s) => ({ id: s.id, bodyShare: s.bodyShare }) as AlgorithmSite),
+        combineLimitBytes,
+        logger,
+      ),
+      logger,
+    );
   if (alg.network === 'peers') {
     const hub = alg.message === 'body' ? undefined : new MemoryHub({ lockstep: true });
     // Bodies travel on a hub of their own, so that they are counted and pulled apart from heads.
     const bodies = sites.some((s) => s.bodyShare) ? new MemoryHub({ lockstep: true }) : undefined;
     return sites.map((s) => ({
-      ...(hub ? { exchange: hub.join(s.id) } : {}), ...(bodies && s.bodyShare ? { bodies: bodies.join(s.id) } : {}),
-      quorum: n - 1, others: n - 1, deadlineMs: MEMORY_DEADLINE_MS, logger,
+      ...(hub ? { exchange: hub.join(s.id) } : {}),
+      ...(bodies && s.bodyShare ? { bodies: bodies.join(s.id) } : {}),
+      quorum: n - 1,
+      others: n - 1,
+      deadlineMs: MEMORY_DEADLINE_MS,
+      logger,
     }));
   }
   if (alg.network === 'server') {
@@ -366,10 +411,12 @@ function withTaskHubs(sites: AlgorithmSite[], nets: SiteNetwork[], logger: Logge
   const crossing = sites.filter((s) => s.crossTask);
   const cross = crossing.length > 0 ? new MemoryHub({ lockstep: true }) : undefined;
   return sites.map((s, i) => {
-    const tasks = Object.fromEntries((s.headTasks ?? []).map((t) => {
-      const others = learners.get(t)!.length - 1;
-      return [t, { exchange: hubs.get(t)!.join(s.id), quorum: others, others, deadlineMs: MEMORY_DEADLINE_MS, logger }];
-    }));
+    const tasks = Object.fromEntries(
+      (s.headTasks ?? []).map((t) => {
+        const others = learners.get(t)!.length - 1;
+        return [t, { exchange: hubs.get(t)!.join(s.id), quorum: others, others, deadlineMs: MEMORY_DEADLINE_MS, logger }];
+      }),
+    );
     return { ...nets[i], tasks, ...(cross && s.crossTask ? { crossTask: cross.join(s.id), crossOthers: crossing.length - 1 } : {}) };
   });
 }

@@ -46,7 +46,10 @@ export function chooseExperts(o: ChooseExpertsOptions): string[] {
   if (all.length <= o.k) return all;
   const others = all.filter((id) => !o.held.has(id));
   const explore = Math.min(others.length, Math.max(0, Math.min(o.k, o.explore)));
-  const keep = [...o.held].sort((a, b) => b[1] - a[1] || byId(a[0], b[0])).slice(0, o.k - explore).map(([id]) => id);
+  const keep = [...o.held]
+    .sort((a, b) => b[1] - a[1] || byId(a[0], b[0]))
+    .slice(0, o.k - explore)
+    .map(([id]) => id);
   const untried = new Rng(o.seed).shuffle(others.filter((id) => !o.memory.has(id))) as string[];
   const bonus = o.staleBonus ?? 0.02;
   const priority = (id: string) => {
@@ -78,7 +81,11 @@ export class ExpertSelection {
   private dormant: string[] = [];
 
   /** `k` experts at most (0: unbounded, and this does nothing), `explore` of the slots for experts not held, seeded by `seed`. */
-  constructor(readonly k: number, private readonly explore: number, private readonly seed: number) {}
+  constructor(
+    readonly k: number,
+    private readonly explore: number,
+    private readonly seed: number,
+  ) {}
 
   /** Whether the choice refuses a head from `peer` (a choice was made, and `peer` is not in it). */
   refuses(peer: string): boolean {
@@ -101,7 +108,13 @@ export class ExpertSelection {
     const held = utilities();
     for (const [id, utility] of held) this.memory.set(id, { utility, round });
     const chosen = chooseExperts({
-      k: this.k, explore: this.explore, candidates: [...candidates], held, memory: this.memory, round, seed: deriveSeed(this.seed, 'explore', round),
+      k: this.k,
+      explore: this.explore,
+      candidates: [...candidates],
+      held,
+      memory: this.memory,
+      round,
+      seed: deriveSeed(this.seed, 'explore', round),
     });
     this.chosen = new Set(chosen);
     return { chosen, dropped: [...held.keys()].filter((id) => !this.chosen!.has(id)) };

@@ -46,12 +46,15 @@ export interface SettingsContext {
 export type SettingsOf<G> = G extends SettingsGroup<infer S, infer _K> ? z.output<z.ZodObject<S>> : never;
 
 /** The values of a group once resolved, as its section of the site config names them. */
-export type SectionOf<G> = G extends SettingsGroup<infer S, infer K>
-  ? { [N in keyof z.output<z.ZodObject<S>> as N extends keyof K ? (K[N] extends string ? K[N] : N) : N]: z.output<z.ZodObject<S>>[N] }
-  : never;
+export type SectionOf<G> =
+  G extends SettingsGroup<infer S, infer K>
+    ? { [N in keyof z.output<z.ZodObject<S>> as N extends keyof K ? (K[N] extends string ? K[N] : N) : N]: z.output<z.ZodObject<S>>[N] }
+    : never;
 
 /** A group, typed (its section's keys kept as literals). */
-export function defineSettings<S extends z.ZodRawShape, const K extends { readonly [N in keyof S]?: string } = Record<never, string>>(g: SettingsGroup<S, K>): SettingsGroup<S, K> {
+export function defineSettings<S extends z.ZodRawShape, const K extends { readonly [N in keyof S]?: string } = Record<never, string>>(
+  g: SettingsGroup<S, K>,
+): SettingsGroup<S, K> {
   return g;
 }
 
@@ -114,7 +117,10 @@ export function checkSetting(groups: readonly SettingsGroup[], name: string, val
  * Throws a `SettingError` naming the setting.
  */
 export function resolveSettings(
-  all: readonly SettingsGroup[], own: readonly SettingsGroup[], given: object, context: SettingsContext = {},
+  all: readonly SettingsGroup[],
+  own: readonly SettingsGroup[],
+  given: object,
+  context: SettingsContext = {},
 ): { values: Record<string, unknown>; outside: Record<string, unknown> } {
   const list = settingsList(all);
   const known = new Set(list.map((s) => s.name));
@@ -146,10 +152,12 @@ export function configKey(group: SettingsGroup, name: string): string {
  * defaults are applied once the algorithm is known (`resolveSettings`).
  */
 export function sectionShape<S extends z.ZodRawShape, K extends { readonly [N in keyof S]?: string }>(group: SettingsGroup<S, K>): SectionShape<S, K> {
-  return Object.fromEntries(Object.entries(group.shape).map(([name, s]) => {
-    const inner = innerSchema(s as z.ZodType);
-    return [configKey(group as SettingsGroup, name), inner.optional().describe(settingDescription(s as z.ZodType))];
-  })) as SectionShape<S, K>;
+  return Object.fromEntries(
+    Object.entries(group.shape).map(([name, s]) => {
+      const inner = innerSchema(s as z.ZodType);
+      return [configKey(group as SettingsGroup, name), inner.optional().describe(settingDescription(s as z.ZodType))];
+    }),
+  ) as SectionShape<S, K>;
 }
 
 /** The zod shape of a group's section: its keys, each optional. */
@@ -169,7 +177,10 @@ export function parsedString(parse: (s: string) => unknown) {
 }
 
 /** Flat settings from a config's sections (`{ bodies: { every: 2 } }` to `{ bodyEvery: 2 }`). */
-export function fromSections(groups: readonly SettingsGroup[], sections: Readonly<Record<string, Readonly<Record<string, unknown>> | undefined>>): Record<string, unknown> {
+export function fromSections(
+  groups: readonly SettingsGroup[],
+  sections: Readonly<Record<string, Readonly<Record<string, unknown>> | undefined>>,
+): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const { group, name } of settingsList(groups)) {
     const v = sections[group.section]?.[configKey(group, name)];

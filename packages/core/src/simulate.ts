@@ -5,9 +5,31 @@
  * (`runSite`), concurrently, over in-memory transports.
  */
 import {
-  featureSize, labelledRows, loadDatasetAsync, partition, SHIFT_KINDS, taskDataset, type Dataset, type LoadOptions, type Modality, type PeerSplit, type ShiftKind, type Standardizer,
+  featureSize,
+  labelledRows,
+  loadDatasetAsync,
+  partition,
+  SHIFT_KINDS,
+  taskDataset,
+  type Dataset,
+  type LoadOptions,
+  type Modality,
+  type PeerSplit,
+  type ShiftKind,
+  type Standardizer,
 } from '@dflmoe/data';
-import { agreedStandardizer, capTrainPerSite, federatedAgreement, federatedTaskAgreement, deriveSeed, holdoutSplit, partitionHistograms, formatPartition, parsePartition, shiftDatasetBySite } from '@dflmoe/data/internal';
+import {
+  agreedStandardizer,
+  capTrainPerSite,
+  federatedAgreement,
+  federatedTaskAgreement,
+  deriveSeed,
+  holdoutSplit,
+  partitionHistograms,
+  formatPartition,
+  parsePartition,
+  shiftDatasetBySite,
+} from '@dflmoe/data/internal';
 import { initBackend } from './backend.js';
 import { DEFAULT_LIMITS, type Algorithm, type AlgorithmSite } from './algorithms/api.js';
 import type { PeerModelOptions } from './algorithms/common.js';
@@ -19,7 +41,18 @@ import { checkBodyStandardizer, readBodyWeights, type BodyWeights } from './pret
 import { summarize, type AccuracySummary } from './metrics.js';
 import { memoryNetworks, networkBytes, runSite, type SiteRoundRecord } from './rounds.js';
 import { datasetTask, metricOf, oneClassification, scaledTask, taskKind, type TaskKindName, type TaskResult } from './tasks/index.js';
-import { DEFAULT_TRAIN, disposePeerData, evaluateTask, preparePeerData, prepareSiteTasks, siteTasksData, type DpOptions, type OptimizerKind, type PeerData, type SiteTasks } from './train.js';
+import {
+  DEFAULT_TRAIN,
+  disposePeerData,
+  evaluateTask,
+  preparePeerData,
+  prepareSiteTasks,
+  siteTasksData,
+  type DpOptions,
+  type OptimizerKind,
+  type PeerData,
+  type SiteTasks,
+} from './train.js';
 import { createMultiTaskSite } from './algorithms/multi-task.js';
 import { createLogger, type Logger } from './log.js';
 import { checkModalities, siteBodies, siteModality, siteViews, type SiteView } from './site-views.js';
@@ -270,9 +303,15 @@ export interface SimulationResults {
   backend: string;
   /** The dataset: name, rows, class names, sample shape, where it came from, and its task. */
   dataset: {
-    name: string; samples: number; classes: string[]; sampleShape: number[]; source: string; task: { name: string; kind: TaskKindName };
+    name: string;
+    samples: number;
+    classes: string[];
+    sampleShape: number[];
+    source: string;
+    task: { name: string; kind: TaskKindName };
     /** A multi-task dataset: its tasks, and the tasks each site learns (by site). */
-    tasks?: { name: string; kind: TaskKindName }[]; siteTasks?: string[][];
+    tasks?: { name: string; kind: TaskKindName }[];
+    siteTasks?: string[][];
   };
   /** Rows per class at each site after partitioning (site, then class). */
   labelHistograms: number[][];
@@ -301,7 +340,12 @@ export function emptyResults(cfg: SimulationConfig, backend: string, ds: Dataset
     config: cfg,
     backend,
     dataset: {
-      name: ds.name, samples: ds.numSamples, classes: ds.classNames, sampleShape: ds.sampleShape, source: ds.source, task: (({ name, kind }) => ({ name, kind }))(datasetTask(ds)),
+      name: ds.name,
+      samples: ds.numSamples,
+      classes: ds.classNames,
+      sampleShape: ds.sampleShape,
+      source: ds.source,
+      task: (({ name, kind }) => ({ name, kind }))(datasetTask(ds)),
       ...(ds.tasks ? { tasks: ds.tasks.map((t) => ({ name: t.name, kind: t.kind })), siteTasks: splits.map((_, i) => assignedTasks(ds, cfg, i)) } : {}),
     },
     labelHistograms: partitionHistograms(ds.labels, splits, ds.classNames.length),
@@ -335,7 +379,9 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   const initialBody = cfg.pretrainedBody !== undefined ? readBodyWeights(cfg.pretrainedBody) : undefined;
   if (initialBody) {
     checkBodyStandardizer(initialBody, featureSize(ds), ds.featureNames);
-    log.info(`every site starts from the pretrained body ${initialBody.source}${cfg.freezeBody ? ' (frozen)' : ''}${initialBody.standardizer ? ', inputs standardized as it was trained' : ''}`);
+    log.info(
+      `every site starts from the pretrained body ${initialBody.source}${cfg.freezeBody ? ' (frozen)' : ''}${initialBody.standardizer ? ', inputs standardized as it was trained' : ''}`,
+    );
   }
   // A pretrained body's own input statistics win: it learnt on inputs scaled with them.
   const agreement = cfg.standardize === 'federated' ? federatedAgreement(ds, splits) : undefined;
@@ -347,7 +393,8 @@ export async function simulate(partial: Partial<SimulationConfig> & { dataset: s
   // Each site's form of the data, and the standardization agreed by the sites of its form.
   const views = siteViews(ds, splits, cfg.siteModalities, cfg.standardize === 'federated', st);
   const multi = ds.tasks ? multiTaskData(ds, cfg, splits, st, views) : undefined;
-  const datas = multi ? multi.map(siteTasksData)
+  const datas = multi
+    ? multi.map(siteTasksData)
     : splits.map((s, i) => preparePeerData(flipped(i) ? flipLabels(views[i].ds) : views[i].ds, s, views[i].st, task));
   // Every site's test rows together, for the pooled metric (in each form of the data, standardized as its sites agreed).
   const allTest = { train: new Int32Array(0), test: Int32Array.from(splits.flatMap((s) => [...s.test])) };
@@ -395,14 +442,24 @@ function multiTaskData(ds: Dataset, cfg: SimulationConfig, splits: PeerSplit[], 
   }
   // A regression target's pooled scale from the sites' sums, as site processes agree on it (to the bit).
   const agreed = cfg.standardize === 'federated' ? federatedTaskAgreement(ds, splits, plan) : undefined;
-  const infos = new Map([...names].map((name) => {
-    const view = taskDataset(ds, name);
-    const rows = Int32Array.from(splits.flatMap((s, i) => (plan[i].includes(name) ? [...labelledRows(view, s.train)] : [])));
-    return [name, st ? scaledTask(view, rows, agreed?.find((a) => a.name === name)?.scale) : datasetTask(view)];
-  }));
+  const infos = new Map(
+    [...names].map((name) => {
+      const view = taskDataset(ds, name);
+      const rows = Int32Array.from(splits.flatMap((s, i) => (plan[i].includes(name) ? [...labelledRows(view, s.train)] : [])));
+      return [name, st ? scaledTask(view, rows, agreed?.find((a) => a.name === name)?.scale) : datasetTask(view)];
+    }),
+  );
   const out: SiteTasks[] = [];
   try {
-    for (const [i, s] of splits.entries()) out.push(prepareSiteTasks(views[i].ds, s, views[i].st, plan[i].map((t) => infos.get(t)!)));
+    for (const [i, s] of splits.entries())
+      out.push(
+        prepareSiteTasks(
+          views[i].ds,
+          s,
+          views[i].st,
+          plan[i].map((t) => infos.get(t)!),
+        ),
+      );
   } catch (e) {
     out.forEach((m) => m.tasks.forEach(disposePeerData));
     throw e;
@@ -413,7 +470,9 @@ function multiTaskData(ds: Dataset, cfg: SimulationConfig, splits: PeerSplit[], 
 /** The sites' splits: partition, then the optional cap on training samples, then the optional validation holdout. */
 function siteSplits(ds: Dataset, cfg: SimulationConfig): PeerSplit[] {
   let splits = partition(ds.labels, ds.classNames.length, cfg.peers, parsePartition(cfg.partition), {
-    seed: cfg.seed, testFraction: cfg.testFraction, minSize: cfg.minSize,
+    seed: cfg.seed,
+    testFraction: cfg.testFraction,
+    minSize: cfg.minSize,
   });
   if (cfg.trainPerSite !== undefined) splits = capTrainPerSite(splits, ds.labels, cfg.trainPerSite, deriveSeed(cfg.seed, 'cap'));
   if (cfg.evaluateOn === 'validation') {
@@ -433,8 +492,17 @@ export function summarizeTasks(peers: { tasks: Record<string, TaskResult> }[]): 
     const rs = peers.flatMap((p) => (p.tasks[name] ? [p.tasks[name]] : []));
     const kind = taskKind(rs[0].kind);
     out[name] = {
-      kind: kind.name, sites: rs.length,
-      metrics: Object.fromEntries(kind.metricNames.map((m) => [m, summarize(rs.map((r) => metricOf(r, m)), rs.map((r) => r.testRows))])),
+      kind: kind.name,
+      sites: rs.length,
+      metrics: Object.fromEntries(
+        kind.metricNames.map((m) => [
+          m,
+          summarize(
+            rs.map((r) => metricOf(r, m)),
+            rs.map((r) => r.testRows),
+          ),
+        ]),
+      ),
     };
   }
   return out;
@@ -451,15 +519,16 @@ export function roundHeadlines(recs: Pick<SiteRoundRecord, 'tasks'>[]): Record<s
   return out;
 }
 
-
 /** `mean accuracy 0.9113 (min 0.8438)`, or each task's headline metric (`label: mean rmse 54.2 (worst 61.0)`) when a site learns another kind. */
 export function headlineLine(a: Pick<AlgorithmResult, 'accuracy' | 'tasks'>): string {
   if (oneClassification(a.tasks)) return `mean accuracy ${a.accuracy.mean.toFixed(4)} (min ${a.accuracy.min.toFixed(4)})`;
-  return Object.entries(a.tasks).map(([name, t]) => {
-    const h = taskKind(t.kind).headline;
-    const m = t.metrics[h.metric];
-    return `${name}: mean ${h.metric} ${m.mean.toPrecision(4)} (worst ${(h.higherIsBetter ? m.min : m.max).toPrecision(4)})`;
-  }).join('; ');
+  return Object.entries(a.tasks)
+    .map(([name, t]) => {
+      const h = taskKind(t.kind).headline;
+      const m = t.metrics[h.metric];
+      return `${name}: mean ${h.metric} ${m.mean.toPrecision(4)} (worst ${(h.higherIsBetter ? m.min : m.max).toPrecision(4)})`;
+    })
+    .join('; ');
 }
 
 /** Accuracy of `site`'s model on `data`'s test rows. */
@@ -476,7 +545,8 @@ function validateConfig(c: SimulationConfig): void {
   if (c.epochs !== undefined) posInt('epochs');
   if (c.standardize !== 'federated' && c.standardize !== 'local') throw new Error(`standardize must be federated or local, got ${c.standardize}`);
   if (!(c.learningRate > 0)) throw new Error(`learningRate must be positive, got ${c.learningRate}`);
-  if (c.trainPerSite !== undefined && (!Number.isInteger(c.trainPerSite) || c.trainPerSite < 1)) throw new Error(`trainPerSite must be a positive integer, got ${c.trainPerSite}`);
+  if (c.trainPerSite !== undefined && (!Number.isInteger(c.trainPerSite) || c.trainPerSite < 1))
+    throw new Error(`trainPerSite must be a positive integer, got ${c.trainPerSite}`);
   for (const k of c.featureShift) if (!SHIFT_KINDS.includes(k)) throw new Error(`unknown feature shift "${k}"; choose from ${SHIFT_KINDS.join(', ')}`);
   if (c.evaluateOn !== 'test' && c.evaluateOn !== 'validation') throw new Error(`evaluateOn must be test or validation, got ${String(c.evaluateOn)}`);
   if (c.algorithms.length === 0) throw new Error('no algorithms selected');
@@ -486,7 +556,8 @@ function validateConfig(c: SimulationConfig): void {
   if (!Number.isInteger(c.poisoned) || c.poisoned < 0 || c.poisoned >= c.peers) throw new Error(`poisoned must be an integer in [0, peers), got ${c.poisoned}`);
   c.bodies.forEach(parseBodySpec);
   checkModalities(c.siteModalities);
-  if (c.siteModalities && c.pretrainedBody !== undefined) throw new Error('a pretrained body takes one form of the data; it is not simulated with siteModalities');
+  if (c.siteModalities && c.pretrainedBody !== undefined)
+    throw new Error('a pretrained body takes one form of the data; it is not simulated with siteModalities');
 }
 
 /** The settings algorithm `name` runs with in simulation `c`, and its local epochs (see `algorithmSettings`). */
@@ -512,17 +583,31 @@ export function sharedInitSeed(seed: number, body: string): number {
  * algorithm that needs one model everywhere refuses sites with different ones.
  */
 function createSites(
-  sites: AlgorithmSite[], alg: Algorithm, cfg: SimulationConfig, settings: AlgorithmSettings & { epochs: number }, datas: PeerData[], bodies: string[],
-  specs: ReadonlyMap<string, BodySpec>, initialBody?: BodyWeights, multi?: SiteTasks[],
+  sites: AlgorithmSite[],
+  alg: Algorithm,
+  cfg: SimulationConfig,
+  settings: AlgorithmSettings & { epochs: number },
+  datas: PeerData[],
+  bodies: string[],
+  specs: ReadonlyMap<string, BodySpec>,
+  initialBody?: BodyWeights,
+  multi?: SiteTasks[],
 ): void {
   datas.forEach((d, i) => {
     const base = peerOptions(cfg, settings.epochs, d, i, bodies[i], specs.get(bodies[i])!, initialBody);
-    if (multi && !alg.multiTask) throw new MixedBodiesRefused(`${alg.label} has no multi-task form: it averages whole models, and a multi-task site's heads stay its own`);
+    if (multi && !alg.multiTask)
+      throw new MixedBodiesRefused(`${alg.label} has no multi-task form: it averages whole models, and a multi-task site's heads stay its own`);
     sites.push(multi ? createMultiTaskSite(alg, base, multi[i], algorithmOptions(cfg, settings, i)) : alg.createSite(base, algorithmOptions(cfg, settings, i)));
   });
   if (alg.sameModel) {
     try {
-      checkSameArchitecture(sites, alg.label, REGISTRY.filter((a) => !a.sameModel).map((a) => a.name).join(' and '));
+      checkSameArchitecture(
+        sites,
+        alg.label,
+        REGISTRY.filter((a) => !a.sameModel)
+          .map((a) => a.name)
+          .join(' and '),
+      );
     } catch (e) {
       throw new MixedBodiesRefused((e as Error).message);
     }
@@ -531,11 +616,17 @@ function createSites(
 
 /** An algorithm's accuracy over its sites (weighted by test rows; the honest ones apart when some are poisoned), per task, and its bytes. */
 function algorithmSummary(
-  alg: Algorithm, cfg: SimulationConfig, peerResults: PeerResult[], last: SiteRoundRecord[],
+  alg: Algorithm,
+  cfg: SimulationConfig,
+  peerResults: PeerResult[],
+  last: SiteRoundRecord[],
 ): Omit<AlgorithmResult, 'settings' | 'wallSeconds' | 'peers' | 'rounds'> {
   const honest = (i: number) => i < cfg.peers - cfg.poisoned;
   const summary = (keep: (i: number) => boolean) =>
-    summarize(peerResults.filter((_, i) => keep(i)).map((p) => p.accuracy), peerResults.filter((_, i) => keep(i)).map((p) => p.testSamples));
+    summarize(
+      peerResults.filter((_, i) => keep(i)).map((p) => p.accuracy),
+      peerResults.filter((_, i) => keep(i)).map((p) => p.testSamples),
+    );
   return {
     accuracy: summary(() => true),
     tasks: summarizeTasks(peerResults),
@@ -565,7 +656,15 @@ function peerResult(p: AlgorithmSite, last: SiteRoundRecord, body: string, modal
   };
 }
 
-function peerOptions(cfg: SimulationConfig, epochs: number, data: PeerData, i: number, body: string, bodySpec: BodySpec, initialBody?: BodyWeights): PeerModelOptions {
+function peerOptions(
+  cfg: SimulationConfig,
+  epochs: number,
+  data: PeerData,
+  i: number,
+  body: string,
+  bodySpec: BodySpec,
+  initialBody?: BodyWeights,
+): PeerModelOptions {
   return {
     id: `peer-${i}`,
     data,
@@ -573,8 +672,12 @@ function peerOptions(cfg: SimulationConfig, epochs: number, data: PeerData, i: n
     featureDim: cfg.featureDim,
     headHidden: cfg.headHidden,
     train: {
-      epochs, batchSize: cfg.batchSize, learningRate: cfg.learningRate, optimizer: cfg.optimizer,
-      seed: deriveSeed(cfg.seed, 'peer', i), ...(cfg.dp ? { dp: cfg.dp } : {}),
+      epochs,
+      batchSize: cfg.batchSize,
+      learningRate: cfg.learningRate,
+      optimizer: cfg.optimizer,
+      seed: deriveSeed(cfg.seed, 'peer', i),
+      ...(cfg.dp ? { dp: cfg.dp } : {}),
     },
     ...(cfg.sharedInit ? { initSeed: sharedInitSeed(cfg.seed, body) } : {}),
     ...(initialBody ? { initialBody } : {}),
@@ -585,15 +688,26 @@ function peerOptions(cfg: SimulationConfig, epochs: number, data: PeerData, i: n
 function algorithmOptions(cfg: SimulationConfig, settings: AlgorithmSettings, i: number): AlgorithmOptions {
   const poisoned = i >= cfg.peers - cfg.poisoned;
   return {
-    ...settings, seed: cfg.seed, maxHeadBytes: DEFAULT_LIMITS.maxHeadBytes, maxModelBytes: 1 << 30,
+    ...settings,
+    seed: cfg.seed,
+    maxHeadBytes: DEFAULT_LIMITS.maxHeadBytes,
+    maxModelBytes: 1 << 30,
     ...(poisoned && cfg.poisonKind !== 'flipped' ? { poisonBody: cfg.poisonKind } : {}),
     randomUpdates: cfg.poisonKind === 'random' && poisoned,
   };
 }
 
 async function runAlgorithm(
-  name: AlgorithmName, cfg: SimulationConfig, datas: PeerData[], bodies: string[], specs: ReadonlyMap<string, BodySpec>, hooks: SimulationHooks, log: Logger,
-  pooled?: PeerData[], initialBody?: BodyWeights, multi?: SiteTasks[],
+  name: AlgorithmName,
+  cfg: SimulationConfig,
+  datas: PeerData[],
+  bodies: string[],
+  specs: ReadonlyMap<string, BodySpec>,
+  hooks: SimulationHooks,
+  log: Logger,
+  pooled?: PeerData[],
+  initialBody?: BodyWeights,
+  multi?: SiteTasks[],
 ): Promise<AlgorithmResult> {
   const alg = getAlgorithm(name);
   const t0 = performance.now();
@@ -605,7 +719,18 @@ async function runAlgorithm(
     const ids = sites.map((s) => s.id);
     // A site's members in the live view: the other sites (serverless), the server, or none (local-only).
     const memberIds = (i: number) => (alg.network === 'peers' ? ids.filter((o) => o !== ids[i]) : alg.network === 'server' ? ['server'] : []);
-    const feeds = hooks.status && sites.map((s, i) => hooks.status!.site({ id: s.id, algorithm: name, ...(cfg.siteModalities ? { modality: siteModality(cfg.siteModalities, i) } : {}), rounds: cfg.rounds, members: memberIds(i).map((id) => ({ id })), state: 'training' }));
+    const feeds =
+      hooks.status &&
+      sites.map((s, i) =>
+        hooks.status!.site({
+          id: s.id,
+          algorithm: name,
+          ...(cfg.siteModalities ? { modality: siteModality(cfg.siteModalities, i) } : {}),
+          rounds: cfg.rounds,
+          members: memberIds(i).map((id) => ({ id })),
+          state: 'training',
+        }),
+      );
     // A round's result once every site has finished it.
     const records = sites.map(() => [] as SiteRoundRecord[]);
     const rounds: RoundResult[] = [];
@@ -624,21 +749,32 @@ async function runAlgorithm(
       const total = networkBytes(alg, recs);
       const now = performance.now();
       const r: RoundResult = {
-        round: rec.round, accuracyMean: s.mean, accuracyStd: s.std, accuracyMin: s.min, peerAccuracy: accs, tasks: roundHeadlines(recs),
-        loss: recs.reduce((a, x) => a + x.loss, 0) / recs.length, bytesSent: total - prevBytes, seconds: (now - prevTime) / 1000,
+        round: rec.round,
+        accuracyMean: s.mean,
+        accuracyStd: s.std,
+        accuracyMin: s.min,
+        peerAccuracy: accs,
+        tasks: roundHeadlines(recs),
+        loss: recs.reduce((a, x) => a + x.loss, 0) / recs.length,
+        bytesSent: total - prevBytes,
+        seconds: (now - prevTime) / 1000,
       };
       prevBytes = total;
       prevTime = now;
       rounds.push(r);
       hooks.onRound?.(name, r, cfg.rounds);
     };
-    await Promise.all(sites.map((site, i) => runSite(site, nets[i], { rounds: cfg.rounds, onRound: (rec) => onRecord(i, rec) }).then(
-      () => feeds?.[i].state('done'),
-      (e: unknown) => {
-        feeds?.[i].state('failed', e instanceof Error ? e.message : String(e));
-        throw e;
-      },
-    )));
+    await Promise.all(
+      sites.map((site, i) =>
+        runSite(site, nets[i], { rounds: cfg.rounds, onRound: (rec) => onRecord(i, rec) }).then(
+          () => feeds?.[i].state('done'),
+          (e: unknown) => {
+            feeds?.[i].state('failed', e instanceof Error ? e.message : String(e));
+            throw e;
+          },
+        ),
+      ),
+    );
     const last = records.map((rs) => rs.at(-1)!);
     const peerResults = sites.map((p, i) => peerResult(p, last[i], bodies[i], cfg.siteModalities ? siteModality(cfg.siteModalities, i) : undefined));
     if (pooled && sites.every((s) => s.predict)) sites.forEach((s, i) => (peerResults[i].pooledAccuracy = accuracyOn(s, pooled[i])));

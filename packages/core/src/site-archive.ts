@@ -48,4 +48,3 @@ export function unpackSiteArchive(path: string): { dir: string; remove: () => vo
   }
   return { dir: join(root, 'site'), remove };
 }
-

@@ -24,7 +24,8 @@ export interface SiteView {
 export function checkModalities(modalities: readonly string[] | undefined): void {
   if (modalities === undefined) return;
   if (modalities.length === 0) throw new Error('siteModalities must name at least one modality');
-  for (const m of modalities) if (!(MODALITIES as readonly string[]).includes(m)) throw new Error(`unknown modality "${m}"; choose from ${MODALITIES.join(', ')}`);
+  for (const m of modalities)
+    if (!(MODALITIES as readonly string[]).includes(m)) throw new Error(`unknown modality "${m}"; choose from ${MODALITIES.join(', ')}`);
 }
 
 /** Site `i`'s modality (cycled), or undefined without `modalities`. */
@@ -39,7 +40,8 @@ export function siteBodies(peers: number, bodies: readonly string[], given: bool
   return Array.from({ length: peers }, (_, i) => {
     const m = siteModality(modalities, i);
     const body = m && !given ? MODALITY_BODIES[m] : bodies[i % bodies.length];
-    if (m === 'table' && parseBodySpec(body).kind === 'cnn') throw new Error(`site ${i} holds the data as a table, but its body "${body}" is a cnn, which takes images: give table sites an mlp body`);
+    if (m === 'table' && parseBodySpec(body).kind === 'cnn')
+      throw new Error(`site ${i} holds the data as a table, but its body "${body}" is a cnn, which takes images: give table sites an mlp body`);
     return body;
   });
 }
@@ -49,7 +51,13 @@ export function siteBodies(peers: number, bodies: readonly string[], given: bool
  * (with federated standardization) one agreement per form over the training
  * rows of the sites that hold it; else `ds` with `st` at every site.
  */
-export function siteViews(ds: Dataset, splits: PeerSplit[], modalities: readonly Modality[] | undefined, federated: boolean, st: Standardizer | undefined): SiteView[] {
+export function siteViews(
+  ds: Dataset,
+  splits: PeerSplit[],
+  modalities: readonly Modality[] | undefined,
+  federated: boolean,
+  st: Standardizer | undefined,
+): SiteView[] {
   if (!modalities) return splits.map(() => ({ ds, st }));
   const forms = new Map<Modality, Dataset>();
   const stOf = new Map<Modality, Standardizer | undefined>();

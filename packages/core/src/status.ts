@@ -115,19 +115,40 @@ const text = z.string().max(256);
 const count = z.number().finite().min(0);
 const num = z.number().finite().nullable();
 const memberSchema = z.object({
-  id: text, peerId: text.optional(), connected: z.boolean(), strikes: count, blocked: z.boolean().optional(), lastHeadRound: num,
+  id: text,
+  peerId: text.optional(),
+  connected: z.boolean(),
+  strikes: count,
+  blocked: z.boolean().optional(),
+  lastHeadRound: num,
 });
 const perRound = <T extends z.ZodType>(t: T) => z.array(t).max(MAX_ROUNDS);
 
 /** What a site status must look like (checked where one arrives from another process). */
 const siteStatusSchema = z.object({
-  id: text, peerId: text.optional(), algorithm: text, modality: text.optional(), state: z.enum(SITE_STATES), error: z.string().max(2000).optional(),
-  round: count, rounds: count, members: z.array(memberSchema).max(100_000),
-  accuracy: perRound(num), loss: perRound(num),
-  metric: z.object({ task: text, name: text, higherIsBetter: z.boolean(), values: perRound(num) }).optional(), gate: perRound(z.record(text, z.number().finite()).nullable()),
-  seconds: perRound(num), finishedAt: perRound(num), startedAt: count,
-  bytesSent: count, bytesReceived: count, bodyBytesSent: count.optional(), bodyBytesReceived: count.optional(),
-  epsilon: num, delta: num, epsilonBudget: num,
+  id: text,
+  peerId: text.optional(),
+  algorithm: text,
+  modality: text.optional(),
+  state: z.enum(SITE_STATES),
+  error: z.string().max(2000).optional(),
+  round: count,
+  rounds: count,
+  members: z.array(memberSchema).max(100_000),
+  accuracy: perRound(num),
+  loss: perRound(num),
+  metric: z.object({ task: text, name: text, higherIsBetter: z.boolean(), values: perRound(num) }).optional(),
+  gate: perRound(z.record(text, z.number().finite()).nullable()),
+  seconds: perRound(num),
+  finishedAt: perRound(num),
+  startedAt: count,
+  bytesSent: count,
+  bytesReceived: count,
+  bodyBytesSent: count.optional(),
+  bodyBytesReceived: count.optional(),
+  epsilon: num,
+  delta: num,
+  epsilonBudget: num,
   audit: z.object({ ok: z.boolean().nullable(), lines: count, problem: z.string().max(2000).optional() }),
   updatedAt: count,
 });
@@ -176,7 +197,10 @@ export interface RoundUpdate {
 }
 
 /** What the status takes of a round record. */
-export type RecordedRound = Pick<SiteRoundRecord, 'round' | 'accuracy' | 'tasks' | 'loss' | 'experts' | 'seconds' | 'bytesSent' | 'bytesReceived' | 'bodyBytesSent' | 'bodyBytesReceived' | 'privacy'>;
+export type RecordedRound = Pick<
+  SiteRoundRecord,
+  'round' | 'accuracy' | 'tasks' | 'loss' | 'experts' | 'seconds' | 'bytesSent' | 'bytesReceived' | 'bodyBytesSent' | 'bodyBytesReceived' | 'privacy'
+>;
 
 /** A change to what a site knows of a member (by id); fields left out stay as they were. */
 export type MemberUpdate = Pick<MemberStatus, 'id'> & Partial<Omit<MemberStatus, 'id'>>;
@@ -186,7 +210,11 @@ export type MemberUpdate = Pick<MemberStatus, 'id'> & Partial<Omit<MemberStatus,
  * (`name` maps a peer to its id on the board), and the rest for the own head,
  * under `self`. Undefined without experts (algorithms that have no gate).
  */
-export function gateWeights(self: string, experts: readonly { peer: string; gateWeight: number }[], name: (peer: string) => string = (p) => p): Record<string, number> | undefined {
+export function gateWeights(
+  self: string,
+  experts: readonly { peer: string; gateWeight: number }[],
+  name: (peer: string) => string = (p) => p,
+): Record<string, number> | undefined {
   if (experts.length === 0) return undefined;
   const out: Record<string, number> = {};
   let received = 0;
@@ -254,10 +282,27 @@ export class StatusBoard {
     if (!this.sites.has(key)) {
       const now = Date.now();
       this.set({
-        id: init.id, ...(init.peerId ? { peerId: init.peerId } : {}), algorithm: init.algorithm, ...(init.modality ? { modality: init.modality } : {}), state: init.state ?? 'starting', round: 0, rounds: init.rounds,
+        id: init.id,
+        ...(init.peerId ? { peerId: init.peerId } : {}),
+        algorithm: init.algorithm,
+        ...(init.modality ? { modality: init.modality } : {}),
+        state: init.state ?? 'starting',
+        round: 0,
+        rounds: init.rounds,
         members: (init.members ?? []).map((m) => ({ id: m.id, ...(m.peerId ? { peerId: m.peerId } : {}), connected: false, strikes: 0, lastHeadRound: null })),
-        accuracy: [], loss: [], gate: [], seconds: [], finishedAt: [], startedAt: now,
-        bytesSent: 0, bytesReceived: 0, epsilon: null, delta: null, epsilonBudget: this.epsilonBudget, audit: { ok: null, lines: 0 }, updatedAt: now,
+        accuracy: [],
+        loss: [],
+        gate: [],
+        seconds: [],
+        finishedAt: [],
+        startedAt: now,
+        bytesSent: 0,
+        bytesReceived: 0,
+        epsilon: null,
+        delta: null,
+        epsilonBudget: this.epsilonBudget,
+        audit: { ok: null, lines: 0 },
+        updatedAt: now,
       });
     }
     return new SiteFeed(this, key);
@@ -325,8 +370,14 @@ export class SiteFeed {
    */
   record(r: RecordedRound, name?: (peer: string) => string, at?: number): void {
     this.round({
-      round: r.round, accuracy: r.accuracy, ...headlineOf(r.tasks), loss: r.loss, gate: gateWeights(this.status.id, r.experts, name), seconds: r.seconds,
-      bytesSent: r.bytesSent, bytesReceived: r.bytesReceived,
+      round: r.round,
+      accuracy: r.accuracy,
+      ...headlineOf(r.tasks),
+      loss: r.loss,
+      gate: gateWeights(this.status.id, r.experts, name),
+      seconds: r.seconds,
+      bytesSent: r.bytesSent,
+      bytesReceived: r.bytesReceived,
       ...(r.bodyBytesSent !== undefined ? { bodyBytesSent: r.bodyBytesSent, bodyBytesReceived: r.bodyBytesReceived } : {}),
       ...(r.privacy ? { epsilon: r.privacy.epsilon, delta: r.privacy.delta } : {}),
       ...(at !== undefined ? { at } : {}),
@@ -342,12 +393,22 @@ export class SiteFeed {
       ...(s.state === 'starting' || s.state === 'preprocessing' ? { state: 'training' as const } : {}),
       round: Math.max(s.round, u.round),
       accuracy: withRound(s.accuracy, u.round, finite(u.accuracy)),
-      ...(u.metric ? { metric: { task: u.metric.task, name: u.metric.name, higherIsBetter: u.metric.higherIsBetter, values: withRound(s.metric?.values ?? [], u.round, finite(u.metric.value)) } } : {}),
+      ...(u.metric
+        ? {
+            metric: {
+              task: u.metric.task,
+              name: u.metric.name,
+              higherIsBetter: u.metric.higherIsBetter,
+              values: withRound(s.metric?.values ?? [], u.round, finite(u.metric.value)),
+            },
+          }
+        : {}),
       loss: withRound(s.loss, u.round, finite(u.loss)),
       gate: withRound(s.gate, u.round, u.gate ?? null),
       seconds: withRound(s.seconds, u.round, finite(u.seconds)),
       finishedAt: withRound(s.finishedAt, u.round, u.at ?? Date.now()),
-      bytesSent: u.bytesSent, bytesReceived: u.bytesReceived,
+      bytesSent: u.bytesSent,
+      bytesReceived: u.bytesReceived,
       ...(u.bodyBytesSent !== undefined ? { bodyBytesSent: u.bodyBytesSent, bodyBytesReceived: u.bodyBytesReceived ?? 0 } : {}),
       ...(u.epsilon !== undefined ? { epsilon: finite(u.epsilon), delta: finite(u.delta) } : {}),
     });

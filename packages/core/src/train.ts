@@ -73,10 +73,14 @@ export const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => se
 export function createOptimizer(o: Pick<TrainOptions, 'optimizer' | 'learningRate'>, lrScale = 1): tf.Optimizer {
   const lr = o.learningRate * lrScale;
   switch (o.optimizer ?? 'adam') {
-    case 'adam': return new FusedAdam(lr);
-    case 'sgd': return tf.train.sgd(lr);
-    case 'momentum': return tf.train.momentum(lr, 0.9);
-    default: throw new Error(`unknown optimizer "${String(o.optimizer)}"; choose from ${OPTIMIZERS.join(', ')}`);
+    case 'adam':
+      return new FusedAdam(lr);
+    case 'sgd':
+      return tf.train.sgd(lr);
+    case 'momentum':
+      return tf.train.momentum(lr, 0.9);
+    default:
+      throw new Error(`unknown optimizer "${String(o.optimizer)}"; choose from ${OPTIMIZERS.join(', ')}`);
   }
 }
 
@@ -155,7 +159,10 @@ export function preparePeerData(ds: Dataset, split: PeerSplit, st?: Standardizer
   const tr = mk(split.train);
   const te = mk(split.test);
   return {
-    xTrain: tr.x, yTrain: tr.y, xTest: te.x, yTest: te.y,
+    xTrain: tr.x,
+    yTrain: tr.y,
+    xTest: te.x,
+    yTest: te.y,
     sampleShape: ds.sampleShape,
     task,
     trainSamples: split.train.length,
@@ -178,11 +185,28 @@ export function takePeerData(ds: Dataset, split: PeerSplit, st: Standardizer, ta
   if (!inOrder(split.train, 0) || !inOrder(split.test, nTrain)) return preparePeerData(ds, split, st, task);
   const kind = taskKind(task);
   const d = featureSize(ds);
-  applyStandardizer(ds.features, d, Int32Array.from({ length: n }, (_, i) => i), st, ds.features);
+  applyStandardizer(
+    ds.features,
+    d,
+    Int32Array.from({ length: n }, (_, i) => i),
+    st,
+    ds.features,
+  );
   const x = (a: number, b: number) => tf.tensor(ds.features.subarray(a * d, b * d), [b - a, ...ds.sampleShape]);
-  const y = (a: number, b: number) => tf.tensor1d(kind.labelsOf(ds, Int32Array.from({ length: b - a }, (_, i) => a + i), task), kind.labelDtype);
+  const y = (a: number, b: number) =>
+    tf.tensor1d(
+      kind.labelsOf(
+        ds,
+        Int32Array.from({ length: b - a }, (_, i) => a + i),
+        task,
+      ),
+      kind.labelDtype,
+    );
   return {
-    xTrain: x(0, nTrain), yTrain: y(0, nTrain), xTest: x(nTrain, n), yTest: y(nTrain, n),
+    xTrain: x(0, nTrain),
+    yTrain: y(0, nTrain),
+    xTest: x(nTrain, n),
+    yTest: y(nTrain, n),
     sampleShape: ds.sampleShape,
     task,
     trainSamples: nTrain,
@@ -234,7 +258,7 @@ export async function trainEpochs(
   const sample = opts.sampler ?? poissonSample;
   const kind = taskKind(data.task);
   for (let e = 0; e < opts.epochs; e++) {
-    const order = dp ? undefined : new Rng(deriveSeed(opts.seed, 'epoch', round, e)).shuffle(Int32Array.from({ length: n }, (_, i) => i)) as Int32Array;
+    const order = dp ? undefined : (new Rng(deriveSeed(opts.seed, 'epoch', round, e)).shuffle(Int32Array.from({ length: n }, (_, i) => i)) as Int32Array);
     const gs = groups();
     const varList = gs.flatMap((g) => g.vars);
     // Groups that share an optimizer are updated in one call (a KeyedAdam batches its keys).
@@ -283,7 +307,12 @@ function secureNoise(shape: number[], std: number): tf.Tensor {
  * alone. Runs inside the caller's tidy.
  */
 function dpGradients(
-  xb: tf.Tensor, yb: tf.Tensor2D, vars: tf.Variable[], loss: (x: tf.Tensor, y: tf.Tensor2D) => tf.Scalar, dp: DpOptions, expected: number,
+  xb: tf.Tensor,
+  yb: tf.Tensor2D,
+  vars: tf.Variable[],
+  loss: (x: tf.Tensor, y: tf.Tensor2D) => tf.Scalar,
+  dp: DpOptions,
+  expected: number,
 ): { value: tf.Scalar; grads: tf.NamedTensorMap } {
   const n = xb.shape[0];
   const m = Math.min(n, Math.max(1, dp.microbatches ?? n));

@@ -27,7 +27,14 @@ import { listCheckpoints } from './checkpoint.js';
 import { loadBodyModel, resolveBody } from './custom-body.js';
 import { createMultiTaskSite } from './algorithms/multi-task.js';
 import {
-  SitePredictor, evaluateLabelled, evaluatePredictions, type Evaluation, type Predictions, type SampleInput, type TaskEvaluations, type TaskPredictions,
+  SitePredictor,
+  evaluateLabelled,
+  evaluatePredictions,
+  type Evaluation,
+  type Predictions,
+  type SampleInput,
+  type TaskEvaluations,
+  type TaskPredictions,
 } from './predict.js';
 import { disposePeerData, siteTasksData, type PeerData, type TrainOptions } from './train.js';
 import { isZipFile, unpackSiteArchive } from './site-archive.js';
@@ -119,7 +126,8 @@ export function readSiteFiles(dir: string): { site: SiteDescription; preprocessi
   }
   const site = readJson<SiteDescription>(join(root, SITE_FILE), 'the site description');
   const pre = readJson<SitePreprocessing>(join(root, PREPROCESSING_FILE), 'the preprocessing agreement (was the site trained with this version?)');
-  const bad = (file: string, why: string) => new Error(`${join(root, file)} is not a dflmoe ${file === SITE_FILE ? 'site description' : 'preprocessing file'}: ${why}`);
+  const bad = (file: string, why: string) =>
+    new Error(`${join(root, file)} is not a dflmoe ${file === SITE_FILE ? 'site description' : 'preprocessing file'}: ${why}`);
   if (site?.format !== 1) throw bad(SITE_FILE, `format ${String(site?.format)} (this version reads 1)`);
   if (typeof site.peerId !== 'string' || typeof site.model?.body !== 'string' || !Array.isArray(site.model.sampleShape)) throw bad(SITE_FILE, 'fields missing');
   if (pre?.format !== 1) throw bad(PREPROCESSING_FILE, `format ${String(pre?.format)} (this version reads 1)`);
@@ -146,7 +154,8 @@ function checkSiteTasks(tasks: unknown, pre: SitePreprocessing, bad: (file: stri
     const what = `model.tasks[${i}]`;
     if (typeof t?.name !== 'string' || seen.has(t.name)) throw bad(SITE_FILE, `${what} has no name, or the name of another task`);
     seen.add(t.name);
-    if (!(TASK_KINDS as readonly unknown[]).includes(t.kind)) throw bad(SITE_FILE, `${what} ("${t.name}") is of kind ${JSON.stringify(t.kind)}; this version knows ${TASK_KINDS.join(', ')}`);
+    if (!(TASK_KINDS as readonly unknown[]).includes(t.kind))
+      throw bad(SITE_FILE, `${what} ("${t.name}") is of kind ${JSON.stringify(t.kind)}; this version knows ${TASK_KINDS.join(', ')}`);
     if (!Array.isArray(t.classNames) || t.classNames.some((c) => typeof c !== 'string') || (t.column !== undefined && typeof t.column !== 'string')) {
       throw bad(SITE_FILE, `${what} ("${t.name}") has no list of classes, or a column that is not a name`);
     }
@@ -164,9 +173,15 @@ function checkSiteTasks(tasks: unknown, pre: SitePreprocessing, bad: (file: stri
 function noData(sampleShape: number[], task: TaskInfo): PeerData {
   const dtype = taskKind(task).labelDtype;
   return {
-    xTrain: tf.zeros([0, ...sampleShape]), yTrain: tf.zeros([0], dtype) as tf.Tensor1D,
-    xTest: tf.zeros([0, ...sampleShape]), yTest: tf.zeros([0], dtype) as tf.Tensor1D,
-    sampleShape, task, trainSamples: 0, testSamples: 0, trainHistogram: new Array(task.classNames.length).fill(0),
+    xTrain: tf.zeros([0, ...sampleShape]),
+    yTrain: tf.zeros([0], dtype) as tf.Tensor1D,
+    xTest: tf.zeros([0, ...sampleShape]),
+    yTest: tf.zeros([0], dtype) as tf.Tensor1D,
+    sampleShape,
+    task,
+    trainSamples: 0,
+    testSamples: 0,
+    trainHistogram: new Array(task.classNames.length).fill(0),
   };
 }
 
@@ -330,7 +345,12 @@ export class SavedSite extends SitePredictor implements TrainedSite {
     const ts = this.description.model.tasks;
     if (!ts) return undefined;
     const input = this.preprocessing.input;
-    return ts.map((t) => ({ name: t.name, kind: t.kind, classNames: t.classNames, column: t.column ?? (ts.length === 1 && input.kind === 'table' ? input.labelColumn : t.name) }));
+    return ts.map((t) => ({
+      name: t.name,
+      kind: t.kind,
+      classNames: t.classNames,
+      column: t.column ?? (ts.length === 1 && input.kind === 'table' ? input.labelColumn : t.name),
+    }));
   }
 
   /**
@@ -340,8 +360,20 @@ export class SavedSite extends SitePredictor implements TrainedSite {
    */
   async readInputs(path: string, labels: 'required' | 'optional' = 'optional', o: ReadOptions = {}): Promise<SiteInputs> {
     const tasks = this.inputTasks();
-    const inputs = await readInputs(path, this.preprocessing.agreed, this.preprocessing.input, { labels, invalidAsMissing: o.invalidAsMissing, ...(tasks ? { tasks } : {}) });
-    const flags = this.preprocessing.input.kind === 'table' ? inputFlags(path, this.preprocessing.agreed, o.invalidAsMissing, tasks?.map((t) => t.column)) : undefined;
+    const inputs = await readInputs(path, this.preprocessing.agreed, this.preprocessing.input, {
+      labels,
+      invalidAsMissing: o.invalidAsMissing,
+      ...(tasks ? { tasks } : {}),
+    });
+    const flags =
+      this.preprocessing.input.kind === 'table'
+        ? inputFlags(
+            path,
+            this.preprocessing.agreed,
+            o.invalidAsMissing,
+            tasks?.map((t) => t.column),
+          )
+        : undefined;
     return flags ? { ...inputs, flags } : inputs;
   }
 
@@ -364,7 +396,10 @@ export class SavedSite extends SitePredictor implements TrainedSite {
     const predictions = this.predict(inputs.features, o.task);
     if (!inputs.taskLabels) return { inputs, predictions, evaluation: evaluatePredictions(predictions, inputs.labels!) };
     const labels = inputs.taskLabels[predictions.task.name];
-    if (!labels) throw new Error(`${path} has no label column "${this.inputTasks()!.find((t) => t.name === predictions.task.name)!.column}" of task "${predictions.task.name}"`);
+    if (!labels)
+      throw new Error(
+        `${path} has no label column "${this.inputTasks()!.find((t) => t.name === predictions.task.name)!.column}" of task "${predictions.task.name}"`,
+      );
     return { inputs, predictions, evaluation: evaluateLabelled(predictions, labels) };
   }
 
@@ -379,7 +414,9 @@ export class SavedSite extends SitePredictor implements TrainedSite {
     const inputs = await this.readInputs(path, 'required', o);
     const predictions = this.predictTasks(inputs.features);
     const labels = this.fileLabels(inputs);
-    const evaluations = Object.fromEntries(this.tasks.filter((t) => labels[t.name]).map((t) => [t.name, evaluateLabelled(predictions[t.name], labels[t.name])]));
+    const evaluations = Object.fromEntries(
+      this.tasks.filter((t) => labels[t.name]).map((t) => [t.name, evaluateLabelled(predictions[t.name], labels[t.name])]),
+    );
     return { inputs, predictions, evaluations };
   }
 
@@ -429,14 +466,21 @@ async function loadSiteDir(root: string, o: { logger?: Logger }): Promise<Traine
   // A multi-task site: each task's (empty) data, for a body with a head per task, as dflmoe peer built it.
   const tasks = desc.model.tasks?.map(({ column: _column, ...t }) => noData(desc.model.sampleShape, t));
   const multi = tasks && { tasks, trainSamples: 0, testSamples: 0 };
-  const data = multi ? siteTasksData(multi) : noData(desc.model.sampleShape, desc.model.task ?? classificationTask('labelColumn' in schema ? schema.labelColumn : 'label', schema.classNames));
+  const data = multi
+    ? siteTasksData(multi)
+    : noData(desc.model.sampleShape, desc.model.task ?? classificationTask('labelColumn' in schema ? schema.labelColumn : 'label', schema.classNames));
   let site: AlgorithmSite | undefined;
   try {
     // A custom body (a saved tfjs model) is rebuilt from the newest checkpoint's body/model.json, whose weights are restored below.
     const body = await checkpointedBody(root, parseBodySpec(desc.model.body));
     const base = {
-      id: desc.peerId, data, body, featureDim: desc.model.featureDim, headHidden: desc.model.headHidden,
-      train: desc.model.train, ...(desc.model.initSeed !== undefined ? { initSeed: desc.model.initSeed } : {}),
+      id: desc.peerId,
+      data,
+      body,
+      featureDim: desc.model.featureDim,
+      headHidden: desc.model.headHidden,
+      train: desc.model.train,
+      ...(desc.model.initSeed !== undefined ? { initSeed: desc.model.initSeed } : {}),
     };
     site = multi ? createMultiTaskSite(alg, base, multi, desc.algorithmOptions) : alg.createSite(base, desc.algorithmOptions);
     if (!site.checkpoint) throw new Error(`${alg.label} sites keep no checkpoints in this version`);

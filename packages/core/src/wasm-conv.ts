@@ -59,20 +59,30 @@ function filterGrad({ inputs, backend, attrs }: { inputs: tf.NamedTensorInfoMap;
   const { x, dy } = inputs as { x: Info; dy: Info };
   const a = attrs as unknown as ConvAttrs & { filterShape: [number, number, number, number] };
   if (a.dataFormat === 'NCHW') throw new Error('wasm Conv2DBackpropFilter supports only NHWC (channelsLast)');
-  const info = tf.backend_util.computeConv2DInfo(
-    x.shape as [number, number, number, number], a.filterShape, a.strides, 1, a.pad, a.dimRoundingMode,
-  );
+  const info = tf.backend_util.computeConv2DInfo(x.shape as [number, number, number, number], a.filterShape, a.strides, 1, a.pad, a.dimRoundingMode);
   const { top, bottom, left, right } = info.padInfo;
   const [fh, fw] = [info.filterHeight, info.filterWidth];
   const s = new KernelScope(backend as AnyBackend);
   let xp = x;
   if (top || bottom || left || right) {
-    xp = s.run('PadV2', { x }, { paddings: [[0, 0], [top, bottom], [left, right], [0, 0]], constantValue: 0 } as unknown as tf.NamedAttrMap);
+    xp = s.run('PadV2', { x }, {
+      paddings: [
+        [0, 0],
+        [top, bottom],
+        [left, right],
+        [0, 0],
+      ],
+      constantValue: 0,
+    } as unknown as tf.NamedAttrMap);
   }
   const xt = s.run('Transpose', { x: xp }, { perm: [3, 1, 2, 0] }); // [ci, Hp, Wp, b]
   const dyt = s.run('Transpose', { x: dy }, { perm: [1, 2, 0, 3] }); // [oh, ow, b, co]
   let g = s.run('Conv2D', { x: xt, filter: dyt }, {
-    strides: [1, 1], pad: 'valid', dataFormat: 'NHWC', dilations: [info.strideHeight, info.strideWidth], dimRoundingMode: undefined,
+    strides: [1, 1],
+    pad: 'valid',
+    dataFormat: 'NHWC',
+    dilations: [info.strideHeight, info.strideWidth],
+    dimRoundingMode: undefined,
   } as unknown as tf.NamedAttrMap); // [ci, >=fh, >=fw, co]
   if (g.shape[1] !== fh || g.shape[2] !== fw) {
     g = s.run('Slice', { x: g }, { begin: [0, 0, 0, 0], size: [g.shape[0], fh, fw, g.shape[3]] });
@@ -95,9 +105,7 @@ function makeInputGrad(stock: tf.KernelFunc): tf.KernelFunc {
     const { dy, filter } = inputs as { dy: Info; filter: Info };
     const a = attrs as unknown as ConvAttrs & { inputShape: [number, number, number, number] };
     if (a.dataFormat === 'NCHW') return stock(args);
-    const info = tf.backend_util.computeConv2DInfo(
-      a.inputShape, filter.shape as [number, number, number, number], a.strides, 1, a.pad, a.dimRoundingMode,
-    );
+    const info = tf.backend_util.computeConv2DInfo(a.inputShape, filter.shape as [number, number, number, number], a.strides, 1, a.pad, a.dimRoundingMode);
     const [fh, fw] = [info.filterHeight, info.filterWidth];
     const padTop = fh - 1 - info.padInfo.top;
     const padLeft = fw - 1 - info.padInfo.left;
@@ -108,12 +116,22 @@ function makeInputGrad(stock: tf.KernelFunc): tf.KernelFunc {
     }
     const s = new KernelScope(backend as AnyBackend);
     const dyp = s.run('PadV2', { x: dy }, {
-      paddings: [[0, 0], [padTop, padBottom], [padLeft, padRight], [0, 0]], constantValue: 0,
+      paddings: [
+        [0, 0],
+        [padTop, padBottom],
+        [padLeft, padRight],
+        [0, 0],
+      ],
+      constantValue: 0,
     } as unknown as tf.NamedAttrMap);
     const rot = s.run('Reverse', { x: filter }, { dims: [0, 1] });
     const wt = s.run('Transpose', { x: rot }, { perm: [0, 1, 3, 2] }); // [fh, fw, co, ci]
     const out = s.run('Conv2D', { x: dyp, filter: wt }, {
-      strides: [1, 1], pad: 'valid', dataFormat: 'NHWC', dilations: [1, 1], dimRoundingMode: undefined,
+      strides: [1, 1],
+      pad: 'valid',
+      dataFormat: 'NHWC',
+      dilations: [1, 1],
+      dimRoundingMode: undefined,
     } as unknown as tf.NamedAttrMap);
     return s.finish(out);
   };
@@ -131,8 +149,10 @@ export function registerWasmConvKernels(): void {
   if (stockInput) {
     tf.unregisterKernel('Conv2DBackpropInput', 'wasm');
     tf.registerKernel({
-      kernelName: 'Conv2DBackpropInput', backendName: 'wasm',
-      kernelFunc: makeInputGrad(stockInput.kernelFunc), setupFunc: stockInput.setupFunc,
+      kernelName: 'Conv2DBackpropInput',
+      backendName: 'wasm',
+      kernelFunc: makeInputGrad(stockInput.kernelFunc),
+      setupFunc: stockInput.setupFunc,
     });
   }
   registered = true;

@@ -114,9 +114,10 @@ export function registerWasmMatMulKernels(): void {
   if (!stock || !transpose) return;
   tf.unregisterKernel('BatchMatMul', 'wasm');
   tf.registerKernel({
-    kernelName: 'BatchMatMul', backendName: 'wasm',
-    kernelFunc: makeBatchMatMul(stock.kernelFunc, transpose.kernelFunc), setupFunc: stock.setupFunc,
+    kernelName: 'BatchMatMul',
+    backendName: 'wasm',
+    kernelFunc: makeBatchMatMul(stock.kernelFunc, transpose.kernelFunc),
+    setupFunc: stock.setupFunc,
   });
   registered = true;
 }
-

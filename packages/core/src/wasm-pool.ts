@@ -28,8 +28,18 @@ interface HeapBackend {
 const FLT_MIN = 1.1754943508222875e-38;
 
 interface PoolInfo {
-  batch: number; channels: number; inH: number; inW: number; outH: number; outW: number;
-  strideH: number; strideW: number; filterH: number; filterW: number; padTop: number; padLeft: number;
+  batch: number;
+  channels: number;
+  inH: number;
+  inW: number;
+  outH: number;
+  outW: number;
+  strideH: number;
+  strideW: number;
+  filterH: number;
+  filterW: number;
+  padTop: number;
+  padLeft: number;
 }
 
 /**
@@ -79,13 +89,25 @@ function poolGrad(x: Float32Array, g: Float32Array, dx: Float32Array, p: PoolInf
 function maxPoolGrad(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): Info {
   const { dy, input } = args.inputs as { dy: Info; input: Info };
   const { filterSize, strides, pad, dimRoundingMode } = args.attrs as unknown as {
-    filterSize: number | [number, number]; strides: number | [number, number]; pad: 'valid' | 'same' | number; dimRoundingMode?: 'floor' | 'round' | 'ceil';
+    filterSize: number | [number, number];
+    strides: number | [number, number];
+    pad: 'valid' | 'same' | number;
+    dimRoundingMode?: 'floor' | 'round' | 'ceil';
   };
   const info = tf.backend_util.computePool2DInfo(input.shape as [number, number, number, number], filterSize, strides, 1, pad, dimRoundingMode);
   const p: PoolInfo = {
-    batch: info.batchSize, channels: info.inChannels, inH: info.inHeight, inW: info.inWidth, outH: info.outHeight, outW: info.outWidth,
-    strideH: info.strideHeight, strideW: info.strideWidth, filterH: info.effectiveFilterHeight, filterW: info.effectiveFilterWidth,
-    padTop: info.padInfo.top, padLeft: info.padInfo.left,
+    batch: info.batchSize,
+    channels: info.inChannels,
+    inH: info.inHeight,
+    inW: info.inWidth,
+    outH: info.outHeight,
+    outW: info.outWidth,
+    strideH: info.strideHeight,
+    strideW: info.strideWidth,
+    filterH: info.effectiveFilterHeight,
+    filterW: info.effectiveFilterWidth,
+    padTop: info.padInfo.top,
+    padLeft: info.padInfo.left,
   };
   const backend = args.backend as HeapBackend;
   const out = backend.makeOutput(input.shape, 'float32');
@@ -113,7 +135,9 @@ export function registerWasmPoolKernels(): void {
   if (!stock) return;
   tf.unregisterKernel('MaxPoolGrad', 'wasm');
   tf.registerKernel({
-    kernelName: 'MaxPoolGrad', backendName: 'wasm', setupFunc: stock.setupFunc,
+    kernelName: 'MaxPoolGrad',
+    backendName: 'wasm',
+    setupFunc: stock.setupFunc,
     kernelFunc: ((args) => (fastPoolGrad ? maxPoolGrad(args) : stock.kernelFunc(args))) as tf.KernelFunc,
   });
   registered = true;

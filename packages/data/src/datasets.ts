@@ -74,9 +74,7 @@ export function loadDataset(spec: string, opts: LoadOptions = {}): Dataset {
       ds = makeSynthetic({ ...parseKeyValues(arg ?? ''), ...pick(opts, ['classes', 'dim', 'samples', 'separation', 'seed']) });
       break;
     default:
-      throw new DataError(
-        `Unknown dataset "${spec}". Use one of: ${BUILTIN_DATASETS.join(', ')}, or csv:<path> for your own table.`,
-      );
+      throw new DataError(`Unknown dataset "${spec}". Use one of: ${BUILTIN_DATASETS.join(', ')}, or csv:<path> for your own table.`);
   }
   if (opts.maxSamples != null && opts.maxSamples < ds.numSamples) ds = subsample(ds, opts.maxSamples, opts.seed ?? 0);
   return kind === 'digits-tasks' || kind === 'fashion-mnist-tasks' ? withDerivedTasks(kind, ds) : ds;
@@ -123,9 +121,12 @@ export function takeRows(ds: Dataset, rows: ArrayLike<number>): Dataset {
     features.set(ds.features.subarray(r * d, (r + 1) * d), i * d);
     labels[i] = ds.labels[r];
   }
-  const task = ds.task?.kind === 'regression' ? { ...ds.task, values: Float32Array.from(rows, (r) => (ds.task as { values: Float32Array }).values[r]) } : ds.task;
+  const task =
+    ds.task?.kind === 'regression' ? { ...ds.task, values: Float32Array.from(rows, (r) => (ds.task as { values: Float32Array }).values[r]) } : ds.task;
   const tasks = ds.tasks?.map((t) => ({
-    ...t, labels: Int32Array.from(rows, (r) => t.labels[r]), ...(t.values ? { values: Float32Array.from(rows, (r) => t.values![r]) } : {}),
+    ...t,
+    labels: Int32Array.from(rows, (r) => t.labels[r]),
+    ...(t.values ? { values: Float32Array.from(rows, (r) => t.values![r]) } : {}),
   }));
   return { ...ds, features, labels, numSamples: rows.length, ...(task ? { task } : {}), ...(tasks ? { tasks } : {}) };
 }
@@ -175,7 +176,9 @@ export function refuseContinuousLabels(table: RawTable, classNames: string[]): v
   if (classNames.length < 20 || classNames.length < n / 10 || !classNames.every((c) => Number.isFinite(Number(c)))) return;
   throw new DataError(
     `${table.source}: the label column "${table.labelColumn}" holds ${classNames.length} distinct numbers in ${n} rows: it looks like a number to predict, ` +
-      'not classes. Declare it a regression task (--label-kind regression, or "tasks": [{ "column": "' + table.labelColumn + '", "kind": "regression" }] ' +
+      'not classes. Declare it a regression task (--label-kind regression, or "tasks": [{ "column": "' +
+      table.labelColumn +
+      '", "kind": "regression" }] ' +
       'in a site config), or classification if they are class codes',
   );
 }
@@ -216,8 +219,7 @@ export function loadBreastCancer(): Dataset {
   return {
     ...ds,
     name: 'breast-cancer',
-    description:
-      'Breast Cancer Wisconsin (Diagnostic): 569 tumours, 30 features computed from digitized images of fine needle aspirates; benign vs malignant.',
+    description: 'Breast Cancer Wisconsin (Diagnostic): 569 tumours, 30 features computed from digitized images of fine needle aspirates; benign vs malignant.',
     source:
       'W. Wolberg, O. Mangasarian, N. Street, W. Street. Breast Cancer Wisconsin (Diagnostic). UCI Machine Learning Repository, 1993. doi:10.24432/C5DW2B. CC BY 4.0.',
   };
@@ -259,14 +261,11 @@ export function loadDigits(): Dataset {
     sampleShape: [8, 8, 1],
     classNames: Array.from({ length: 10 }, (_, i) => String(i)),
     description: '1797 handwritten digits as 8x8 images of counts 0-16 (the test part of the UCI optical digits set).',
-    source:
-      'E. Alpaydin, C. Kaynak. Optical Recognition of Handwritten Digits. UCI Machine Learning Repository, 1998. doi:10.24432/C50P49. CC BY 4.0.',
+    source: 'E. Alpaydin, C. Kaynak. Optical Recognition of Handwritten Digits. UCI Machine Learning Repository, 1998. doi:10.24432/C50P49. CC BY 4.0.',
   };
 }
 
-export const FASHION_MNIST_CLASSES = [
-  'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot',
-];
+export const FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'];
 
 function readMaybeGz(dir: string, base: string): Uint8Array {
   for (const name of [base, `${base}.gz`]) {
@@ -348,7 +347,11 @@ export function makeSynthetic(o: SyntheticOptions = {}): Dataset {
   const samples = o.samples ?? 1000;
   const sep = o.separation ?? 1.5;
   const seed = o.seed ?? 0;
-  for (const [k, v, min] of [['classes', classes, 2], ['dim', dim, 1], ['samples', samples, classes]] as const) {
+  for (const [k, v, min] of [
+    ['classes', classes, 2],
+    ['dim', dim, 1],
+    ['samples', samples, classes],
+  ] as const) {
     if (!Number.isInteger(v) || v < min) throw new DataError(`synthetic: ${k} must be an integer >= ${min}, got ${v}`);
   }
   const rng = new Rng(seed);

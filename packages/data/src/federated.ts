@@ -23,8 +23,16 @@
  */
 import type { Standardizer } from './standardize.js';
 import {
-  encodeTable, featureLayout, inferTableSchema, regressionTargets, sortNames, takeTableRows,
-  type ColumnSchema, type RawColumn, type RawTable, type TableSchema,
+  encodeTable,
+  featureLayout,
+  inferTableSchema,
+  regressionTargets,
+  sortNames,
+  takeTableRows,
+  type ColumnSchema,
+  type RawColumn,
+  type RawTable,
+  type TableSchema,
 } from './table.js';
 import { DataError } from './errors.js';
 import { featureSize, quantileStrata, type Dataset } from './types.js';
@@ -191,8 +199,13 @@ export function summarizeTable(table: RawTable, site: string, rows?: ArrayLike<n
   const { featureNames, stats } = tableStats(sub, schema, regression);
   const n = sub.labels.length;
   return {
-    version: 1, site, numRows: n, schema, labelCounts: regression ? [] : countLabels(schema.classNames, sub.labels),
-    featureNames, stats,
+    version: 1,
+    site,
+    numRows: n,
+    schema,
+    labelCounts: regression ? [] : countLabels(schema.classNames, sub.labels),
+    featureNames,
+    stats,
     ...(task ? { task: regression ? { ...task, ...targetSums(regressionTargets(sub)) } : { name: task.name, kind: task.kind } } : {}),
   };
 }
@@ -210,8 +223,14 @@ export function summarizeMultiTask(data: RawTable | Dataset, site: string, rows:
   }
   const idx = Array.from(rows);
   return {
-    version: 1, site, numRows: idx.length, schema: { kind: 'tensor', classNames: [], shape: [...data.sampleShape] }, labelCounts: [], featureNames: [],
-    stats: datasetStats(data, idx), tasks,
+    version: 1,
+    site,
+    numRows: idx.length,
+    schema: { kind: 'tensor', classNames: [], shape: [...data.sampleShape] },
+    labelCounts: [],
+    featureNames: [],
+    stats: datasetStats(data, idx),
+    tasks,
   };
 }
 
@@ -260,16 +279,28 @@ export function summarizeDataset(ds: Dataset, site: string, rows?: ArrayLike<num
   const dsTask = ds.task;
   if (dsTask?.kind === 'regression') {
     return {
-      version: 1, site, numRows: idx.length, schema: { kind: 'tensor', classNames: [], shape: [...ds.sampleShape] }, labelCounts: [], featureNames: [], stats,
+      version: 1,
+      site,
+      numRows: idx.length,
+      schema: { kind: 'tensor', classNames: [], shape: [...ds.sampleShape] },
+      labelCounts: [],
+      featureNames: [],
+      stats,
       task: { name: task?.name ?? dsTask.name, kind: 'regression', ...targetSums(Float32Array.from(idx, (r) => dsTask.values[r])) },
     };
   }
   const classNames = sortNames([...present].map((k) => ds.classNames[k]));
   return {
-    version: 1, site, numRows: idx.length,
+    version: 1,
+    site,
+    numRows: idx.length,
     schema: { kind: 'tensor', classNames, shape: [...ds.sampleShape] },
-    labelCounts: countLabels(classNames, idx.map((r) => ds.classNames[ds.labels[r]])),
-    featureNames: [], stats,
+    labelCounts: countLabels(
+      classNames,
+      idx.map((r) => ds.classNames[ds.labels[r]]),
+    ),
+    featureNames: [],
+    stats,
     ...(task ? { task: { name: task.name, kind: task.kind } } : {}),
   };
 }
@@ -295,7 +326,8 @@ function validateTasks(s: LocalSummary, bad: (why: string) => DataError): void {
     if (t.kind !== 'classification' && t.kind !== 'regression') throw bad(`task "${t.name}": unknown kind`);
     if (!isCount(t.numRows) || t.numRows > s.numRows) throw bad(`task "${t.name}": numRows must be a count of at most the summary's rows`);
     if (!isStrings(t.classNames) || new Set(t.classNames).size !== t.classNames.length) throw bad(`task "${t.name}": classNames must be distinct strings`);
-    if (!Array.isArray(t.labelCounts) || t.labelCounts.length !== t.classNames.length || !t.labelCounts.every(isCount)) throw bad(`task "${t.name}": labelCounts must give a count per class`);
+    if (!Array.isArray(t.labelCounts) || t.labelCounts.length !== t.classNames.length || !t.labelCounts.every(isCount))
+      throw bad(`task "${t.name}": labelCounts must give a count per class`);
     if (t.declared !== undefined && (!isStrings(t.declared) || t.kind === 'regression')) throw bad(`task "${t.name}": bad declared classes`);
     if (t.kind === 'regression') {
       if (t.classNames.length > 0) throw bad(`task "${t.name}" is a regression: it has no classes`);
@@ -339,7 +371,8 @@ export function validateSummary(s: LocalSummary): void {
       if (c.kind === 'numeric') {
         if (!Number.isFinite(c.impute) || typeof c.indicator !== 'boolean') throw bad(`column "${c.name}": bad impute or indicator`);
       } else if (c.kind === 'categorical') {
-        if (!isStrings(c.categories) || new Set(c.categories).size !== c.categories.length) throw bad(`column "${c.name}": categories must be distinct strings`);
+        if (!isStrings(c.categories) || new Set(c.categories).size !== c.categories.length)
+          throw bad(`column "${c.name}": categories must be distinct strings`);
       } else throw bad(`column "${(c as { name: string }).name}": unknown kind`);
     }
     if (new Set(sch.columns.map((c) => c.name)).size !== sch.columns.length) throw bad('a column name appears twice');
@@ -415,7 +448,11 @@ export function mergeSummaries(summaries: LocalSummary[]): AgreedSchema {
     }
     schema = { kind: 'tensor', classNames, shape: [...shape] };
     featureNames = [];
-    stats = poolStats(sorted.map((s) => s.stats), shape.reduce((a, b) => a * b, 1), (_, j) => j);
+    stats = poolStats(
+      sorted.map((s) => s.stats),
+      shape.reduce((a, b) => a * b, 1),
+      (_, j) => j,
+    );
   } else {
     ({ schema, featureNames, stats } = mergeTables(sorted, classNames));
   }
@@ -436,7 +473,10 @@ function agreedTask(sorted: LocalSummary[]): AgreedSchema['task'] {
   const named = sorted.filter((s) => s.task);
   if (named.length === 0) return undefined;
   const name = named[0].task!.name;
-  const kind = agreedKind(name, sorted.map((s) => ({ site: s.site, kind: s.task?.kind ?? 'classification' })));
+  const kind = agreedKind(
+    name,
+    sorted.map((s) => ({ site: s.site, kind: s.task?.kind ?? 'classification' })),
+  );
   if (kind === 'classification') return { name, kind: 'classification' };
   return { name, kind: 'regression', scale: pooledScale(sorted.map((s) => ({ numRows: s.numRows, sum: s.task!.sum!, sumSq: s.task!.sumSq! }))) };
 }
@@ -446,7 +486,9 @@ function agreedKind(name: string, at: { site: string; kind: 'classification' | '
   const regression = at.filter((s) => s.kind === 'regression').map((s) => s.site);
   const classification = at.filter((s) => s.kind === 'classification').map((s) => s.site);
   if (regression.length > 0 && classification.length > 0) {
-    throw new DataError(`the label is a regression target at ${list(regression)} but classes at ${list(classification)}: declare one kind for task "${name}" at every site`);
+    throw new DataError(
+      `the label is a regression target at ${list(regression)} but classes at ${list(classification)}: declare one kind for task "${name}" at every site`,
+    );
   }
   return regression.length > 0 ? 'regression' : 'classification';
 }
@@ -455,7 +497,10 @@ function agreedKind(name: string, at: { site: string; kind: 'classification' | '
 function pooledScale(parts: { numRows: number; sum: number; sumSq: number }[]): { mean: number; std: number } {
   const n = parts.reduce((a, s) => a + s.numRows, 0);
   // In ascending order, as the features' sums: the same bits whatever order the sites come in.
-  const add = (xs: number[]) => Float64Array.from(xs).sort().reduce((a, b) => a + b, 0);
+  const add = (xs: number[]) =>
+    Float64Array.from(xs)
+      .sort()
+      .reduce((a, b) => a + b, 0);
   const mean = n > 0 ? add(parts.map((s) => s.sum)) / n : 0;
   const sd = n > 0 ? Math.sqrt(Math.max(0, add(parts.map((s) => s.sumSq)) / n - mean * mean)) : 0;
   return { mean, std: sd > MIN_STD ? sd : 1 };
@@ -464,7 +509,14 @@ function pooledScale(parts: { numRows: number; sum: number; sumSq: number }[]): 
 /** A classification task's summary entry from the labels of its rows (`extra`: classes the site has beyond them, with no rows). */
 export function classificationEntry(name: string, labels: string[], extra: string[], declared?: string[]): SummaryTaskEntry {
   const classNames = sortNames([...labels, ...extra]);
-  return { name, kind: 'classification', numRows: labels.length, classNames, labelCounts: countLabels(classNames, labels), ...(declared ? { declared: [...declared] } : {}) };
+  return {
+    name,
+    kind: 'classification',
+    numRows: labels.length,
+    classNames,
+    labelCounts: countLabels(classNames, labels),
+    ...(declared ? { declared: [...declared] } : {}),
+  };
 }
 
 /**
@@ -479,20 +531,29 @@ export function agreedTasks(sites: { site: string; tasks: SummaryTaskEntry[] }[]
   const names = [...new Set(sorted.flatMap((s) => s.tasks.map((t) => t.name)))].sort();
   return names.map((name): AgreedTask => {
     const at = sorted.flatMap((s) => s.tasks.filter((t) => t.name === name).map((t) => ({ site: s.site, t })));
-    const kind = agreedKind(name, at.map((a) => ({ site: a.site, kind: a.t.kind })));
+    const kind = agreedKind(
+      name,
+      at.map((a) => ({ site: a.site, kind: a.t.kind })),
+    );
     const base = { name, kind, numRows: at.reduce((a, x) => a + x.t.numRows, 0), sites: at.map((a) => a.site) };
-    if (kind === 'regression') return { ...base, classNames: [], labelCounts: [], scale: pooledScale(at.map((a) => ({ numRows: a.t.numRows, sum: a.t.sum!, sumSq: a.t.sumSq! }))) };
+    if (kind === 'regression')
+      return { ...base, classNames: [], labelCounts: [], scale: pooledScale(at.map((a) => ({ numRows: a.t.numRows, sum: a.t.sum!, sumSq: a.t.sumSq! }))) };
     const declaring = at.filter((a) => a.t.declared);
     const first = declaring[0];
     for (const d of declaring.slice(1)) {
       if (d.t.declared!.join('\u0000') !== first.t.declared!.join('\u0000')) {
-        throw new DataError(`site "${d.site}" declares the classes ${list(d.t.declared!)} of task "${name}" but site "${first.site}" declares ${list(first.t.declared!)}`);
+        throw new DataError(
+          `site "${d.site}" declares the classes ${list(d.t.declared!)} of task "${name}" but site "${first.site}" declares ${list(first.t.declared!)}`,
+        );
       }
     }
     const classNames = first ? [...first.t.declared!] : sortNames(at.flatMap((a) => a.t.classNames));
     for (const a of at) {
       const extra = a.t.classNames.filter((c) => !classNames.includes(c));
-      if (extra.length > 0) throw new DataError(`site "${a.site}" has class${extra.length > 1 ? 'es' : ''} ${list(extra)} of task "${name}", not among the declared classes ${list(classNames)}`);
+      if (extra.length > 0)
+        throw new DataError(
+          `site "${a.site}" has class${extra.length > 1 ? 'es' : ''} ${list(extra)} of task "${name}", not among the declared classes ${list(classNames)}`,
+        );
     }
     const index = new Map(classNames.map((c, k) => [c, k]));
     const labelCounts = new Array<number>(classNames.length).fill(0);
@@ -520,8 +581,13 @@ function mergeTables(sorted: LocalSummary[], classNames: string[]): { schema: Ta
   }
   const has = tables.map((t) => new Map(t.columns.map((c) => [c.name, c])));
   if (tables.length > 1) {
-    const alone = tables.map((t, i) => (t.columns.some((c) => has.some((h, k) => k !== i && h.has(c.name))) ? undefined : sites[i])).filter((x) => x !== undefined);
-    if (alone.length > 0) throw new DataError(`site${alone.length > 1 ? 's' : ''} ${list(alone)} share${alone.length > 1 ? '' : 's'} no column with the others: check that every site reads the same kind of table`);
+    const alone = tables
+      .map((t, i) => (t.columns.some((c) => has.some((h, k) => k !== i && h.has(c.name))) ? undefined : sites[i]))
+      .filter((x) => x !== undefined);
+    if (alone.length > 0)
+      throw new DataError(
+        `site${alone.length > 1 ? 's' : ''} ${list(alone)} share${alone.length > 1 ? '' : 's'} no column with the others: check that every site reads the same kind of table`,
+      );
   }
   const clashes: string[] = [];
   for (const name of order) {
@@ -547,8 +613,10 @@ function mergeTables(sorted: LocalSummary[], classNames: string[]): { schema: Ta
   // with no missing cell), and for a column it lacks, a value never observed and an indicator always 1.
   const locals = sorted.map((s) => new Map(s.featureNames.map((name, j) => [name, j])));
   const withAbsent = sorted.map((s) => ({
-    count: [...s.stats.count, s.numRows, 0, s.numRows], missing: [...s.stats.missing, 0, s.numRows, 0],
-    sum: [...s.stats.sum, 0, 0, s.numRows], sumSq: [...s.stats.sumSq, 0, 0, s.numRows],
+    count: [...s.stats.count, s.numRows, 0, s.numRows],
+    missing: [...s.stats.missing, 0, s.numRows, 0],
+    sum: [...s.stats.sum, 0, 0, s.numRows],
+    sumSq: [...s.stats.sumSq, 0, 0, s.numRows],
   }));
   const at = (i: number, j: number) => {
     const d = sorted[i].featureNames.length;
@@ -582,12 +650,14 @@ export function agreementFit(own: LocalSummary, agreed: AgreedSchema): { problem
   const notes: string[] = [];
   const s = (n: number, one: string, more: string) => (n > 1 ? more : one);
   const newClasses = own.schema.classNames.filter((c) => !agreed.schema.classNames.includes(c));
-  if (newClasses.length > 0) problems.push(`${s(newClasses.length, 'class', 'classes')} ${list(newClasses)} (the agreed classes are ${list(agreed.schema.classNames)})`);
+  if (newClasses.length > 0)
+    problems.push(`${s(newClasses.length, 'class', 'classes')} ${list(newClasses)} (the agreed classes are ${list(agreed.schema.classNames)})`);
   const sch = agreed.schema;
   if (own.schema.kind !== sch.kind) {
     problems.push(own.schema.kind === 'table' ? 'a table (the agreement is for fixed-shape samples)' : 'fixed-shape samples (the agreement is for tables)');
   } else if (own.schema.kind === 'tensor' && sch.kind === 'tensor') {
-    if (own.schema.shape.join('x') !== sch.shape.join('x')) problems.push(`samples of shape ${own.schema.shape.join('x')} (the agreement's are ${sch.shape.join('x')})`);
+    if (own.schema.shape.join('x') !== sch.shape.join('x'))
+      problems.push(`samples of shape ${own.schema.shape.join('x')} (the agreement's are ${sch.shape.join('x')})`);
   } else if (own.schema.kind === 'table' && sch.kind === 'table') {
     const agreedCols = new Map(sch.columns.map((c) => [c.name, c]));
     const extra = own.schema.columns.filter((c) => !agreedCols.has(c.name)).map((c) => c.name);
@@ -601,7 +671,10 @@ export function agreementFit(own: LocalSummary, agreed: AgreedSchema): { problem
         if (cats.length > 0) problems.push(`${s(cats.length, 'category', 'categories')} ${list(cats)} of column "${c.name}"`);
       } else if (c.kind === 'numeric' && a.kind === 'numeric' && !a.indicator) {
         const k = own.featureNames.indexOf(c.name);
-        if (own.stats.missing[k] > 0) notes.push(`column "${c.name}" has ${own.stats.missing[k]} missing training cells here, imputed with the agreed mean and no "${c.name}_missing" indicator`);
+        if (own.stats.missing[k] > 0)
+          notes.push(
+            `column "${c.name}" has ${own.stats.missing[k]} missing training cells here, imputed with the agreed mean and no "${c.name}_missing" indicator`,
+          );
       }
     }
     for (const c of lackedColumns(own, sch)) notes.push(`this site lacks column "${c.name}": its rows read as missing there`);
@@ -660,9 +733,13 @@ export function encodeWithSchema(data: RawTable | Dataset, agreed: AgreedSchema)
     if (schema.kind !== 'table') throw new DataError(`${data.source} is a table but the agreed schema is for samples of shape ${schema.shape.join('x')}`);
     // A column of the agreement this site lacks is all-missing here (the agreement gave it an indicator).
     const rows = data.labels.length;
-    const absent = schema.columns.filter((c) => !data.columns.some((d) => d.name === c.name)).map((c): RawColumn => (c.kind === 'numeric'
-      ? { name: c.name, kind: 'numeric', values: new Float64Array(rows).fill(NaN) }
-      : { name: c.name, kind: 'categorical', values: new Array<string | null>(rows).fill(null) }));
+    const absent = schema.columns
+      .filter((c) => !data.columns.some((d) => d.name === c.name))
+      .map((c): RawColumn =>
+        c.kind === 'numeric'
+          ? { name: c.name, kind: 'numeric', values: new Float64Array(rows).fill(NaN) }
+          : { name: c.name, kind: 'categorical', values: new Array<string | null>(rows).fill(null) },
+      );
     const full = absent.length > 0 ? { ...data, columns: [...data.columns, ...absent] } : data;
     const regression = agreed.task?.kind === 'regression';
     // Multi-task: the labels are each task's (encoded by the caller).
@@ -673,10 +750,20 @@ export function encodeWithSchema(data: RawTable | Dataset, agreed: AgreedSchema)
     const strata = target ? quantileStrata(target) : { labels, classNames: [...schema.classNames] };
     return {
       dataset: {
-        name: data.source, features, ...strata, numSamples: n, sampleShape: [featureNames.length],
+        name: data.source,
+        features,
+        ...strata,
+        numSamples: n,
+        sampleShape: [featureNames.length],
         description: `${data.source}: ${n} rows encoded with the consortium's schema of sites ${agreed.sites.join(', ')} (${featureNames.length} features).`,
-        source: data.source, featureNames, schema,
-        ...(target ? { task: { name: agreed.task!.name, kind: 'regression' as const, values: target } } : agreed.task ? { task: { name: agreed.task.name, kind: 'classification' as const } } : {}),
+        source: data.source,
+        featureNames,
+        schema,
+        ...(target
+          ? { task: { name: agreed.task!.name, kind: 'regression' as const, values: target } }
+          : agreed.task
+            ? { task: { name: agreed.task.name, kind: 'classification' as const } }
+            : {}),
       },
       standardizer,
     };
@@ -688,13 +775,15 @@ export function encodeWithSchema(data: RawTable | Dataset, agreed: AgreedSchema)
   // A regression target travels as it is (its quintiles stay the labels); a multi-task site's labels are encoded per task.
   if (agreed.tasks) return { dataset: data, standardizer };
   if (agreed.task?.kind === 'regression') {
-    if (data.task?.kind !== 'regression') throw new DataError(`${data.name} has no regression target, but the consortium agreed on the regression task "${agreed.task.name}"`);
+    if (data.task?.kind !== 'regression')
+      throw new DataError(`${data.name} has no regression target, but the consortium agreed on the regression task "${agreed.task.name}"`);
     return { dataset: data, standardizer };
   }
   const index = new Map(schema.classNames.map((c, i) => [c, i]));
   const labels = Int32Array.from(data.labels, (l, i) => {
     const k = index.get(data.classNames[l]);
-    if (k === undefined) throw new DataError(`${data.name}, sample ${i}: class "${data.classNames[l]}" is not one of the agreed classes ${schema.classNames.join(', ')}`);
+    if (k === undefined)
+      throw new DataError(`${data.name}, sample ${i}: class "${data.classNames[l]}" is not one of the agreed classes ${schema.classNames.join(', ')}`);
     return k;
   });
   return { dataset: { ...data, labels, classNames: [...schema.classNames] }, standardizer };

@@ -74,7 +74,10 @@ export async function loadImageFolder(dir: string, opts: ImageFolderOptions = {}
   const root = resolve(dir);
   const classes = listClasses(root);
   const files = classes.flatMap((c, k) => c.files.map((file) => ({ file, label: k })));
-  const { features, sampleShape } = await decodeImages(files.map((f) => f.file), opts);
+  const { features, sampleShape } = await decodeImages(
+    files.map((f) => f.file),
+    opts,
+  );
   const [h, w, channels] = sampleShape;
   const counts = classes.map((c) => `${c.name} ${c.files.length}`).join(', ');
   return {
@@ -105,14 +108,18 @@ export function listImageInputs(dir: string): { file: string; label?: string }[]
   if (!st.isDirectory()) throw new DataError(`${root} is not a folder of PNG or JPEG images`);
   const entries = readdirSync(root, { withFileTypes: true }).filter((e) => !e.name.startsWith('.'));
   const isImage = (name: string) => IMAGE_EXTENSIONS.includes(extname(name).toLowerCase());
-  const direct = entries.filter((e) => e.isFile() && isImage(e.name)).map((e) => e.name).sort();
+  const direct = entries
+    .filter((e) => e.isFile() && isImage(e.name))
+    .map((e) => e.name)
+    .sort();
   if (direct.length > 0) return direct.map((f) => ({ file: join(root, f) }));
   const out = sortNames(entries.filter((e) => e.isDirectory()).map((e) => e.name)).flatMap((label) =>
     readdirSync(join(root, label), { withFileTypes: true })
       .filter((e) => e.isFile() && !e.name.startsWith('.') && isImage(e.name))
       .map((e) => e.name)
       .sort()
-      .map((f) => ({ file: join(root, label, f), label })));
+      .map((f) => ({ file: join(root, label, f), label })),
+  );
   if (out.length === 0) throw new DataError(`${root} holds no PNG or JPEG images (directly or in sub-folders)`);
   return out;
 }
@@ -126,8 +133,7 @@ export async function decodeImages(files: string[], opts: ImageFolderOptions = {
   if (channels !== 1 && channels !== 3) throw new DataError(`channels must be 1 or 3, got ${String(channels)}`);
   if (files.length === 0) throw new DataError('no images to decode');
   const sharp = await loadSharp();
-  const unreadable = (file: string, err: unknown) =>
-    new DataError(`cannot read image ${file}: ${err instanceof Error ? err.message : String(err)}`);
+  const unreadable = (file: string, err: unknown) => new DataError(`cannot read image ${file}: ${err instanceof Error ? err.message : String(err)}`);
   let size = opts.imageSize;
   if (size === undefined) {
     const first = files[0];
@@ -144,7 +150,8 @@ export async function decodeImages(files: string[], opts: ImageFolderOptions = {
     size = [h, w];
   }
   const [h, w] = size;
-  if (!Number.isInteger(h) || !Number.isInteger(w) || h < 1 || w < 1) throw new DataError(`imageSize must be two positive integers [height, width], got ${JSON.stringify(size)}`);
+  if (!Number.isInteger(h) || !Number.isInteger(w) || h < 1 || w < 1)
+    throw new DataError(`imageSize must be two positive integers [height, width], got ${JSON.stringify(size)}`);
   const d = h * w * channels;
   const features = new Float32Array(files.length * d);
 
@@ -153,7 +160,10 @@ export async function decodeImages(files: string[], opts: ImageFolderOptions = {
     let data: Buffer;
     let info: { width: number; height: number; channels: number };
     try {
-      let img = sharp(file).autoOrient().flatten({ background: '#000000' }).resize(w, h, { fit: opts.fit ?? 'fill', background: '#000000' });
+      let img = sharp(file)
+        .autoOrient()
+        .flatten({ background: '#000000' })
+        .resize(w, h, { fit: opts.fit ?? 'fill', background: '#000000' });
       img = channels === 1 ? img.grayscale() : img.toColourspace('srgb');
       ({ data, info } = await img.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true }));
     } catch (err) {

@@ -69,9 +69,12 @@ function rowCells(rows: readonly Row[], o: RowsOptions, source: string, labelCol
   const header = o.columns ? [...o.columns] : first !== undefined ? Object.keys(first) : [];
   if (objects && labelColumn !== undefined && o.columns && !header.includes(labelColumn)) header.push(labelColumn);
   const cells = rows.map((r, i) => {
-    if (r === null || typeof r !== 'object') throw new DataError(`${source}, row ${i}: a ${r === null ? 'null' : typeof r}, not a row (an object or an array of cells)`);
+    if (r === null || typeof r !== 'object')
+      throw new DataError(`${source}, row ${i}: a ${r === null ? 'null' : typeof r}, not a row (an object or an array of cells)`);
     if (Array.isArray(r) !== !objects) {
-      throw new DataError(`${source}, row ${i}: an ${Array.isArray(r) ? 'array' : 'object'} where row 0 is an ${objects ? 'object' : 'array'}; give every row the same form`);
+      throw new DataError(
+        `${source}, row ${i}: an ${Array.isArray(r) ? 'array' : 'object'} where row 0 is an ${objects ? 'object' : 'array'}; give every row the same form`,
+      );
     }
     if (Array.isArray(r)) {
       if (r.length !== header.length) {
@@ -82,12 +85,16 @@ function rowCells(rows: readonly Row[], o: RowsOptions, source: string, labelCol
     const obj = r as Record<string, Cell>;
     const absent = header.filter((h) => !Object.hasOwn(obj, h));
     if (absent.length > 0) {
-      throw new DataError(`${source}, row ${i}: lacks column${absent.length > 1 ? 's' : ''} ${absent.map((h) => `"${h}"`).join(', ')} (write null for a missing cell)`);
+      throw new DataError(
+        `${source}, row ${i}: lacks column${absent.length > 1 ? 's' : ''} ${absent.map((h) => `"${h}"`).join(', ')} (write null for a missing cell)`,
+      );
     }
     if (!o.columns) {
       const extra = Object.keys(obj).filter((k) => !header.includes(k));
       if (extra.length > 0) {
-        throw new DataError(`${source}, row ${i}: column${extra.length > 1 ? 's' : ''} ${extra.map((h) => `"${h}"`).join(', ')} that row 0 does not have (every row needs the same columns)`);
+        throw new DataError(
+          `${source}, row ${i}: column${extra.length > 1 ? 's' : ''} ${extra.map((h) => `"${h}"`).join(', ')} that row 0 does not have (every row needs the same columns)`,
+        );
       }
     }
     return header.map((h) => cellText(obj[h], () => `${source}, row ${i}, column "${h}"`));
@@ -99,7 +106,7 @@ function rowCells(rows: readonly Row[], o: RowsOptions, source: string, labelCol
 export function tableFromRecords(rows: readonly Row[], o: RowsOptions & Pick<TableOptions, 'kinds' | 'labelsOptional' | 'invalidAsMissing'> = {}): RawTable {
   const source = o.name ?? 'rows';
   if (rows.length === 0) throw new DataError(`${source}: no rows`);
-  const { header, cells } = rowCells(rows, o, source, o.labelsOptional ? undefined : o.labelColumn ?? 'label');
+  const { header, cells } = rowCells(rows, o, source, o.labelsOptional ? undefined : (o.labelColumn ?? 'label'));
   return tableFromRows(header, cells, { ...o, labelColumnSetting: 'labelColumn', source, lines: cells.map((_, i) => i), rowWord: 'row' });
 }
 
@@ -122,7 +129,9 @@ function checkClasses(declared: string[] | undefined, classes: string[], source:
   if (new Set(declared).size !== declared.length) throw new DataError(`classes lists a class twice: ${declared.join(', ')}`);
   const extra = classes.filter((c) => !declared.includes(c));
   if (extra.length > 0) {
-    throw new DataError(`${source} has class${extra.length > 1 ? 'es' : ''} ${extra.map((c) => `"${c}"`).join(', ')} that classes (${declared.join(', ')}) does not list`);
+    throw new DataError(
+      `${source} has class${extra.length > 1 ? 'es' : ''} ${extra.map((c) => `"${c}"`).join(', ')} that classes (${declared.join(', ')}) does not list`,
+    );
   }
 }
 
@@ -143,7 +152,11 @@ export function siteDataFromRows(rows: readonly Row[], o: RowsOptions = {}): Sit
   const labels = Int32Array.from(table.labels, (l) => index.get(l)!);
   const split = siteSplit(labels, classes.length, o, table.source);
   return {
-    kind: 'table', table, split, classes: sortNames([...classes, ...(o.classes ?? [])]), ...(o.classes ? { declared: [...o.classes] } : {}),
+    kind: 'table',
+    table,
+    split,
+    classes: sortNames([...classes, ...(o.classes ?? [])]),
+    ...(o.classes ? { declared: [...o.classes] } : {}),
     input: { kind: 'table', labelColumn: table.labelColumn },
     description: `${table.source}: ${split.train.length} training and ${split.test.length} test rows, ${table.columns.length} feature columns`,
     warnings: table.warnings,
@@ -166,7 +179,8 @@ function flatSamples(x: SamplesInput, shape: number[] | undefined, source: strin
   const arr = x as ArrayLike<unknown>;
   if (arr.length > 0 && typeof arr[0] === 'object' && arr[0] !== null) {
     // One (possibly nested) array per sample.
-    const dims = (v: unknown): number[] => (Array.isArray(v) || ArrayBuffer.isView(v) ? [(v as ArrayLike<unknown>).length, ...dims((v as ArrayLike<unknown>)[0])] : []);
+    const dims = (v: unknown): number[] =>
+      Array.isArray(v) || ArrayBuffer.isView(v) ? [(v as ArrayLike<unknown>).length, ...dims((v as ArrayLike<unknown>)[0])] : [];
     const sampleShape = shape ?? dims(arr[0]);
     const d = size(sampleShape);
     const values = new Float32Array(arr.length * d);
@@ -189,7 +203,8 @@ function flatSamples(x: SamplesInput, shape: number[] | undefined, source: strin
   }
   if (!shape) throw new DataError(`${source}: flat values need sampleShape (the shape of one sample)`);
   const d = size(shape);
-  if (d < 1 || arr.length % d !== 0) throw new DataError(`${source}: ${arr.length} values are not a whole number of samples of shape [${shape.join(', ')}] (${d} values each)`);
+  if (d < 1 || arr.length % d !== 0)
+    throw new DataError(`${source}: ${arr.length} values are not a whole number of samples of shape [${shape.join(', ')}] (${d} values each)`);
   return { values: Float32Array.from(arr as ArrayLike<number>), n: arr.length / d, sampleShape: [...shape] };
 }
 
@@ -237,14 +252,25 @@ export function siteDataFromSamples(x: SamplesInput, labels: ArrayLike<number | 
   const present = sortNames([...new Set(idx)].map((k) => classNames[k]));
   checkClasses(o.classes, present, source);
   const dataset: Dataset = {
-    name: source, features: values, labels: idx, numSamples: n, sampleShape, classNames,
-    description: `${n} samples of shape ${sampleShape.join('x')} held in memory`, source: 'in memory',
+    name: source,
+    features: values,
+    labels: idx,
+    numSamples: n,
+    sampleShape,
+    classNames,
+    description: `${n} samples of shape ${sampleShape.join('x')} held in memory`,
+    source: 'in memory',
   };
   const split = siteSplit(idx, classNames.length, o, source);
   const declared = o.classes ?? (o.classNames ? classNames : undefined);
   const input: InputSpec = { kind: 'features', labelColumn: 'label' };
   return {
-    kind: 'tensor', dataset, split, classes: declared ? [...declared] : present, ...(declared ? { declared: [...declared] } : {}), input,
+    kind: 'tensor',
+    dataset,
+    split,
+    classes: declared ? [...declared] : present,
+    ...(declared ? { declared: [...declared] } : {}),
+    input,
     description: `${source}: ${split.train.length} training and ${split.test.length} test samples of shape ${sampleShape.join('x')}`,
     warnings: [],
   };
@@ -257,15 +283,21 @@ export function siteDataFromSamples(x: SamplesInput, labels: ArrayLike<number | 
  * agreement: text in a numeric column is an error naming the row and the
  * column, unless `invalidAsMissing`. The label column may be absent.
  */
-export function encodeRows(rows: readonly Row[], agreed: AgreedSchema, o: { columns?: string[]; invalidAsMissing?: boolean; name?: string } = {}): { features: Float32Array; labels?: Int32Array } {
+export function encodeRows(
+  rows: readonly Row[],
+  agreed: AgreedSchema,
+  o: { columns?: string[]; invalidAsMissing?: boolean; name?: string } = {},
+): { features: Float32Array; labels?: Int32Array } {
   if (agreed.schema.kind !== 'table') throw new DataError('these sites agreed on samples of a fixed shape, not on rows: give samples to predict');
   const schema: TableSchema = agreed.schema;
   const kinds = Object.fromEntries(schema.columns.map((c) => [c.name, c.kind]));
   // Object rows: the schema's columns, and the label column when the rows have it (extra keys are ignored).
   const first = rows[0];
-  const columns = o.columns ?? (first !== undefined && !Array.isArray(first)
-    ? [...schema.columns.map((c) => c.name), ...(Object.hasOwn(first, schema.labelColumn) ? [schema.labelColumn] : [])]
-    : undefined);
+  const columns =
+    o.columns ??
+    (first !== undefined && !Array.isArray(first)
+      ? [...schema.columns.map((c) => c.name), ...(Object.hasOwn(first, schema.labelColumn) ? [schema.labelColumn] : [])]
+      : undefined);
   const table = tableFromRecords(rows, { ...o, ...(columns ? { columns } : {}), labelColumn: schema.labelColumn, kinds, labelsOptional: true });
   const enc = encodeTable(table, schema);
   return { features: enc.features, ...(table.labelled === false ? {} : { labels: enc.labels }) };

@@ -27,7 +27,9 @@ export function modalityView(ds: Dataset, m: Modality): Dataset {
   const own = modalityOf(ds);
   if (own === m) return ds;
   if (m === 'image' || own !== 'image') {
-    throw new DataError(`${ds.name} has samples of shape [${ds.sampleShape.join(', ')}]: it can be held as ${own ?? 'neither'} only, not as ${m}s (a table cannot be read as images)`);
+    throw new DataError(
+      `${ds.name} has samples of shape [${ds.sampleShape.join(', ')}]: it can be held as ${own ?? 'neither'} only, not as ${m}s (a table cannot be read as images)`,
+    );
   }
   const [h, w, c] = ds.sampleShape;
   const featureNames: string[] = [];

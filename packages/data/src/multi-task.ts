@@ -16,7 +16,9 @@ export function taskDataset(ds: Dataset, name: string): Dataset {
   }
   const { tasks: _tasks, siteTasks: _siteTasks, ...rest } = ds;
   return {
-    ...rest, labels: col.labels, classNames: col.classNames,
+    ...rest,
+    labels: col.labels,
+    classNames: col.classNames,
     task: col.kind === 'regression' ? { name: col.name, kind: 'regression', values: col.values! } : { name: col.name, kind: 'classification' },
   };
 }
@@ -58,7 +60,8 @@ export function withDerivedTasks(cell: 'digits-tasks' | 'fashion-mnist-tasks', b
   if (cell === 'digits-tasks') {
     const names = ['digit', 'parity', 'high', 'value'];
     return {
-      ...base, name: cell,
+      ...base,
+      name: cell,
       description: `${base.description} Four tasks per image: the digit, its parity, whether it is 5 or more, and its value as a number.`,
       tasks: [
         classes('digit', base.classNames, (r) => y[r], n),
@@ -70,12 +73,10 @@ export function withDerivedTasks(cell: 'digits-tasks' | 'fashion-mnist-tasks', b
     };
   }
   return {
-    ...base, name: cell,
+    ...base,
+    name: cell,
     description: `${base.description} Two tasks: the item (10 classes) and its group (tops, bottoms, footwear, bags).`,
-    tasks: [
-      classes('item', base.classNames, (r) => y[r], n),
-      classes('group', [...FASHION_MNIST_GROUPS.names], (r) => FASHION_MNIST_GROUPS.ofItem[y[r]], n),
-    ],
+    tasks: [classes('item', base.classNames, (r) => y[r], n), classes('group', [...FASHION_MNIST_GROUPS.names], (r) => FASHION_MNIST_GROUPS.ofItem[y[r]], n)],
     siteTasks: [['item'], ['group']],
   };
 }
@@ -93,7 +94,12 @@ export function datasetTaskEntry(ds: Dataset, name: string, rows: ArrayLike<numb
     const values = view.task.values;
     return { name, kind: 'regression', numRows: own.length, classNames: [], labelCounts: [], ...targetSums(Array.from(own, (r) => values[r])) };
   }
-  return classificationEntry(name, Array.from(own, (r) => view.classNames[view.labels[r]]), declared ?? [], declared);
+  return classificationEntry(
+    name,
+    Array.from(own, (r) => view.classNames[view.labels[r]]),
+    declared ?? [],
+    declared,
+  );
 }
 
 /**
@@ -103,8 +109,10 @@ export function datasetTaskEntry(ds: Dataset, name: string, rows: ArrayLike<numb
  * the bit; the simulator takes a regression target's scale from it).
  */
 export function federatedTaskAgreement(ds: Dataset, splits: { train: ArrayLike<number> }[], plan: string[][]): AgreedTask[] {
-  return agreedTasks(splits.map((s, i) => ({
-    site: `peer-${i}`,
-    tasks: plan[i].map((t) => datasetTaskEntry(ds, t, s.train, taskDataset(ds, t).task?.kind === 'regression' ? undefined : taskDataset(ds, t).classNames)),
-  })));
+  return agreedTasks(
+    splits.map((s, i) => ({
+      site: `peer-${i}`,
+      tasks: plan[i].map((t) => datasetTaskEntry(ds, t, s.train, taskDataset(ds, t).task?.kind === 'regression' ? undefined : taskDataset(ds, t).classNames)),
+    })),
+  );
 }

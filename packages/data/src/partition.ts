@@ -25,15 +25,11 @@ import { DataError } from './errors.js';
  * How a dataset is split among sites: at random (`iid`), by Dirichlet(alpha)
  * class proportions, or k class shards per site.
  */
-export type PartitionSpec =
-  | { kind: 'iid' }
-  | { kind: 'dirichlet'; alpha: number }
-  | { kind: 'shards'; k: number };
+export type PartitionSpec = { kind: 'iid' } | { kind: 'dirichlet'; alpha: number } | { kind: 'shards'; k: number };
 
 export function parsePartition(s: string): PartitionSpec {
   const [kind, arg, extra] = s.trim().split(':');
-  const bad = (why: string) =>
-    new DataError(`Bad partition "${s}": ${why}. Use iid, dirichlet:<alpha> (e.g. dirichlet:0.3) or shards:<k> (e.g. shards:2).`);
+  const bad = (why: string) => new DataError(`Bad partition "${s}": ${why}. Use iid, dirichlet:<alpha> (e.g. dirichlet:0.3) or shards:<k> (e.g. shards:2).`);
   if (extra !== undefined) throw bad('too many parts');
   if (kind === 'iid') {
     if (arg !== undefined) throw bad('iid takes no argument');
@@ -80,22 +76,14 @@ export interface PartitionOptions {
  * Split a dataset's rows among `numPeers` sites (`iid`, `dirichlet:<alpha>` or
  * `shards:<k>`), each into train and test, seeded and stratified.
  */
-export function partition(
-  labels: Int32Array,
-  numClasses: number,
-  numPeers: number,
-  spec: PartitionSpec | string,
-  opts: PartitionOptions,
-): PeerSplit[] {
+export function partition(labels: Int32Array, numClasses: number, numPeers: number, spec: PartitionSpec | string, opts: PartitionOptions): PeerSplit[] {
   const p = typeof spec === 'string' ? parsePartition(spec) : spec;
   if (!Number.isInteger(numPeers) || numPeers < 1) throw new DataError(`number of sites must be a positive integer, got ${numPeers}`);
   const testFraction = opts.testFraction ?? 0.2;
   if (!(testFraction > 0 && testFraction < 1)) throw new DataError(`testFraction must be in (0, 1), got ${testFraction}`);
   const minSize = opts.minSize ?? 10;
   if (minSize * numPeers > labels.length) {
-    throw new DataError(
-      `${labels.length} samples cannot give ${numPeers} sites at least ${minSize} each: use fewer sites or a smaller minimum size.`,
-    );
+    throw new DataError(`${labels.length} samples cannot give ${numPeers} sites at least ${minSize} each: use fewer sites or a smaller minimum size.`);
   }
   const rng = new Rng(deriveSeed(opts.seed, 'partition', formatPartition(p), numPeers));
   const byClass: number[][] = Array.from({ length: numClasses }, () => []);

@@ -56,9 +56,17 @@ export function writeShare(path: string, ds: Dataset, split: PeerSplit, info: Sh
   const d = featureSize(ds);
   const rows = [...split.train, ...split.test];
   const header: ShareHeader = {
-    format: 1, ...info, name: ds.name, classNames: ds.classNames, sampleShape: ds.sampleShape,
-    ...(ds.featureNames ? { featureNames: ds.featureNames } : {}), ...(ds.schema ? { schema: ds.schema } : {}),
-    description: ds.description, source: ds.source, train: split.train.length, test: split.test.length,
+    format: 1,
+    ...info,
+    name: ds.name,
+    classNames: ds.classNames,
+    sampleShape: ds.sampleShape,
+    ...(ds.featureNames ? { featureNames: ds.featureNames } : {}),
+    ...(ds.schema ? { schema: ds.schema } : {}),
+    description: ds.description,
+    source: ds.source,
+    train: split.train.length,
+    test: split.test.length,
     ...(ds.task?.kind === 'regression' ? { regression: ds.task.name } : {}),
     ...(ds.tasks ? { tasks: ds.tasks.map((t) => ({ name: t.name, kind: t.kind, classNames: t.classNames })) } : {}),
   };
@@ -77,7 +85,8 @@ export function writeShare(path: string, ds: Dataset, split: PeerSplit, info: Sh
   const task = ds.task;
   const targets = task?.kind === 'regression' ? [Buffer.from(Float32Array.from(rows, (r) => task.values[r]).buffer)] : [];
   const columns = (ds.tasks ?? []).flatMap((t) => [
-    Buffer.from(Int32Array.from(rows, (r) => t.labels[r]).buffer), ...(t.values ? [Buffer.from(Float32Array.from(rows, (r) => t.values![r]).buffer)] : []),
+    Buffer.from(Int32Array.from(rows, (r) => t.labels[r]).buffer),
+    ...(t.values ? [Buffer.from(Float32Array.from(rows, (r) => t.values![r]).buffer)] : []),
   ]);
   writeFileSync(tmp, Buffer.concat([MAGIC, len, head, Buffer.from(features.buffer), Buffer.from(labels.buffer), ...targets, ...columns]));
   renameSync(tmp, path);
@@ -86,8 +95,17 @@ export function writeShare(path: string, ds: Dataset, split: PeerSplit, info: Sh
 /** A share header's tasks, checked (none: a one-task share). */
 function shareTasks(v: unknown, bad: (why: string) => DataError): NonNullable<ShareHeader['tasks']> {
   if (v === undefined) return [];
-  const ok = Array.isArray(v) && v.length > 0 && v.every((t) => typeof t?.name === 'string' && t.name !== '' && (t.kind === 'classification' || t.kind === 'regression')
-    && Array.isArray(t.classNames) && t.classNames.every((c: unknown) => typeof c === 'string'));
+  const ok =
+    Array.isArray(v) &&
+    v.length > 0 &&
+    v.every(
+      (t) =>
+        typeof t?.name === 'string' &&
+        t.name !== '' &&
+        (t.kind === 'classification' || t.kind === 'regression') &&
+        Array.isArray(t.classNames) &&
+        t.classNames.every((c: unknown) => typeof c === 'string'),
+    );
   if (!ok) throw bad('bad tasks');
   return v as NonNullable<ShareHeader['tasks']>;
 }
@@ -113,8 +131,16 @@ export function readShare(path: string): { dataset: Dataset; split: PeerSplit; i
     throw bad('header is not JSON');
   }
   const count = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
-  if (h?.format !== 1 || !count(h.train) || !count(h.test) || !Array.isArray(h.sampleShape) || !h.sampleShape.every((v) => Number.isInteger(v) && v > 0)
-    || !Array.isArray(h.classNames) || h.classNames.length < 1 || !h.classNames.every((c) => typeof c === 'string')) {
+  if (
+    h?.format !== 1 ||
+    !count(h.train) ||
+    !count(h.test) ||
+    !Array.isArray(h.sampleShape) ||
+    !h.sampleShape.every((v) => Number.isInteger(v) && v > 0) ||
+    !Array.isArray(h.classNames) ||
+    h.classNames.length < 1 ||
+    !h.classNames.every((c) => typeof c === 'string')
+  ) {
     throw bad('bad header');
   }
   const n = h.train + h.test;
@@ -123,7 +149,8 @@ export function readShare(path: string): { dataset: Dataset; split: PeerSplit; i
   const regression = typeof h.regression === 'string' && h.regression !== '' ? h.regression : undefined;
   const taskHeads = shareTasks(h.tasks, bad);
   const columnBytes = taskHeads.reduce((a, t) => a + n * 4 * (t.kind === 'regression' ? 2 : 1), 0);
-  if (buf.length !== body + n * d * 4 + n * 4 + (regression ? n * 4 : 0) + columnBytes) throw bad(`size ${buf.length} does not match ${n} rows of ${d} features`);
+  if (buf.length !== body + n * d * 4 + n * 4 + (regression ? n * 4 : 0) + columnBytes)
+    throw bad(`size ${buf.length} does not match ${n} rows of ${d} features`);
   let features: Float32Array;
   let labels: Int32Array;
   if ((buf.byteOffset + body) % 4 === 0) {
@@ -161,9 +188,16 @@ export function readShare(path: string): { dataset: Dataset; split: PeerSplit; i
   });
   if (!labels.every((l) => l >= 0 && l < h.classNames.length)) throw bad('a label is out of range');
   const dataset: Dataset = {
-    name: h.name, features, labels, numSamples: n, sampleShape: h.sampleShape, classNames: h.classNames,
+    name: h.name,
+    features,
+    labels,
+    numSamples: n,
+    sampleShape: h.sampleShape,
+    classNames: h.classNames,
     description: `${h.description} (site ${h.index} of ${h.peers}, ${h.partition}: ${h.train} training and ${h.test} test rows)`,
-    source: h.source, ...(h.featureNames ? { featureNames: h.featureNames } : {}), ...(h.schema ? { schema: h.schema } : {}),
+    source: h.source,
+    ...(h.featureNames ? { featureNames: h.featureNames } : {}),
+    ...(h.schema ? { schema: h.schema } : {}),
     ...(regression && values ? { task: { name: regression, kind: 'regression' as const, values } } : {}),
     ...(taskHeads.length > 0 ? { tasks } : {}),
   };

@@ -202,13 +202,7 @@ export function applyFeatureShift(
  * no split are left as they are. The value range or feature stds are
  * measured once over the whole dataset, so every site shares the reference.
  */
-export function shiftDatasetBySite(
-  ds: Dataset,
-  splits: PeerSplit[],
-  seed: number,
-  kinds: readonly ShiftKind[],
-  opts: ShiftOptions = {},
-): Dataset {
+export function shiftDatasetBySite(ds: Dataset, splits: PeerSplit[], seed: number, kinds: readonly ShiftKind[], opts: ShiftOptions = {}): Dataset {
   const what = checkKinds(ds.sampleShape, kinds);
   const d = featureSize(ds);
   const all = Array.from({ length: ds.numSamples }, (_, i) => i);

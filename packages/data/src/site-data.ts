@@ -22,8 +22,19 @@ import { resolve } from 'node:path';
 import { parse as parseCsv } from 'csv-parse/sync';
 import { loadDataset, refuseContinuousLabels, subsample } from './datasets.js';
 import {
-  classificationEntry, encodeWithSchema, lackedColumns, mergeSummaries, summarizeDataset, summarizeMultiTask, summarizeTable, targetSums, validateSummary,
-  type AgreedSchema, type FeatureSchema, type LocalSummary, type SummaryTaskEntry,
+  classificationEntry,
+  encodeWithSchema,
+  lackedColumns,
+  mergeSummaries,
+  summarizeDataset,
+  summarizeMultiTask,
+  summarizeTable,
+  targetSums,
+  validateSummary,
+  type AgreedSchema,
+  type FeatureSchema,
+  type LocalSummary,
+  type SummaryTaskEntry,
 } from './federated.js';
 import { datasetTaskEntry } from './multi-task.js';
 import { decodeImages, listImageInputs, loadImageFolder } from './images.js';
@@ -31,7 +42,18 @@ import { partition, type PeerSplit } from './partition.js';
 import { Rng } from './rng.js';
 import { readShare } from './share.js';
 import { fitStandardizer, type Standardizer } from './standardize.js';
-import { caseClashes, detectDelimiter, encodeTable, quoteGroup, readCsvTable, regressionTargets, sortNames, takeTableRows, type RawTable, type TableSchema } from './table.js';
+import {
+  caseClashes,
+  detectDelimiter,
+  encodeTable,
+  quoteGroup,
+  readCsvTable,
+  regressionTargets,
+  sortNames,
+  takeTableRows,
+  type RawTable,
+  type TableSchema,
+} from './table.js';
 import { DataError } from './errors.js';
 import { featureSize, quantileStrata, type Dataset, type DatasetTaskColumn } from './types.js';
 import { modalityOf, type Modality } from './modality.js';
@@ -147,7 +169,9 @@ function checkDeclared(declared: string[] | undefined, classes: string[], where:
   if (new Set(declared).size !== declared.length) throw new DataError(`data.classes lists a class twice: ${declared.join(', ')}`);
   const extra = classes.filter((c) => !declared.includes(c));
   if (extra.length > 0) {
-    throw new DataError(`${where} has class${extra.length > 1 ? 'es' : ''} ${extra.map((c) => `"${c}"`).join(', ')} that data.classes (${declared.join(', ')}) does not list`);
+    throw new DataError(
+      `${where} has class${extra.length > 1 ? 'es' : ''} ${extra.map((c) => `"${c}"`).join(', ')} that data.classes (${declared.join(', ')}) does not list`,
+    );
   }
 }
 
@@ -181,9 +205,14 @@ export async function loadSiteData(spec: SiteDataSpec): Promise<SiteData> {
     if (split.train.length === 0) throw new DataError(`${table.source}: no training rows (it has ${table.labels.length} rows)`);
     const siteClasses = regression ? [] : sortNames([...split.train, ...split.test].map((r) => table.labels[r]));
     return {
-      kind: 'table', table, split, classes: regression ? [] : sortNames([...siteClasses, ...(spec.classes ?? [])]), declared: regression ? undefined : spec.classes,
+      kind: 'table',
+      table,
+      split,
+      classes: regression ? [] : sortNames([...siteClasses, ...(spec.classes ?? [])]),
+      declared: regression ? undefined : spec.classes,
       input: { kind: 'table', labelColumn: table.labelColumn },
-      description: `${table.source}: ${split.train.length} training and ${split.test.length} test rows, ${table.columns.length} feature columns` +
+      description:
+        `${table.source}: ${split.train.length} training and ${split.test.length} test rows, ${table.columns.length} feature columns` +
         (task ? `, task "${task.name}" (${task.kind} of column "${table.labelColumn}")` : ''),
       warnings: table.warnings,
       ...(task ? { task } : {}),
@@ -192,12 +221,15 @@ export async function loadSiteData(spec: SiteDataSpec): Promise<SiteData> {
   const ds = spec.dataset.startsWith('images:')
     ? await loadImageFolder(spec.dataset.slice('images:'.length), { imageSize: spec.imageSize, channels: spec.channels, fit: spec.fit })
     : loadDataset(spec.dataset, { seed: spec.seed, maxSamples: spec.maxSamples, dataDir: spec.dataDir, labelColumn: spec.labelColumn });
-  const sub = spec.dataset.startsWith('images:') && spec.maxSamples !== undefined && spec.maxSamples < ds.numSamples
-    ? subsample(ds, spec.maxSamples, spec.seed) : ds;
-  if (spec.task?.kind === 'regression' && sub.task?.kind !== 'regression') throw new DataError(`${sub.name}: a regression task needs a table (csv:<file>) whose column holds the numbers`);
+  const sub =
+    spec.dataset.startsWith('images:') && spec.maxSamples !== undefined && spec.maxSamples < ds.numSamples ? subsample(ds, spec.maxSamples, spec.seed) : ds;
+  if (spec.task?.kind === 'regression' && sub.task?.kind !== 'regression')
+    throw new DataError(`${sub.name}: a regression task needs a table (csv:<file>) whose column holds the numbers`);
   checkDeclared(spec.classes, sub.classNames, sub.name);
   const split = sim
-    ? partition(sub.labels, sub.classNames.length, sim.peers, sim.partition, { seed: spec.seed, testFraction: spec.testFraction, minSize: sim.minSize })[sim.index]
+    ? partition(sub.labels, sub.classNames.length, sim.peers, sim.partition, { seed: spec.seed, testFraction: spec.testFraction, minSize: sim.minSize })[
+        sim.index
+      ]
     : ownSplit(sub.labels, sub.classNames.length, spec.seed, spec.testFraction);
   // A built-in dataset names its label set; an image folder's classes are its own sub-folders.
   const declared = spec.classes ?? (spec.dataset.startsWith('images:') ? undefined : sub.classNames);
@@ -234,13 +266,25 @@ function multiTaskTable(spec: SiteDataSpec): SiteData {
     }
     checkDeclared(t.classes, sortNames(labels.filter((l) => l !== '')), `${table.source} (task "${t.name}")`);
     const own = sortNames(rows.map((r) => labels[r]).filter((l) => l !== ''));
-    return { name: t.name, kind: t.kind, column: t.column, classes: sortNames([...own, ...(t.classes ?? [])]), ...(t.classes ? { declared: [...t.classes] } : {}) };
+    return {
+      name: t.name,
+      kind: t.kind,
+      column: t.column,
+      classes: sortNames([...own, ...(t.classes ?? [])]),
+      ...(t.classes ? { declared: [...t.classes] } : {}),
+    };
   });
   return {
-    kind: 'table', table, split, classes: [], input: { kind: 'table', labelColumn: table.labelColumn },
-    description: `${table.source}: ${split.train.length} training and ${split.test.length} test rows, ${table.columns.length} feature columns, ` +
+    kind: 'table',
+    table,
+    split,
+    classes: [],
+    input: { kind: 'table', labelColumn: table.labelColumn },
+    description:
+      `${table.source}: ${split.train.length} training and ${split.test.length} test rows, ${table.columns.length} feature columns, ` +
       `tasks ${tasks.map((t) => `"${t.name}" (${t.kind} of column "${t.column}")`).join(', ')}`,
-    warnings: table.warnings, tasks,
+    warnings: table.warnings,
+    tasks,
   };
 }
 
@@ -267,7 +311,11 @@ function tensorSite(ds: Dataset, split: PeerSplit, spec: SiteDataSpec, declared:
   const kind = ds.task?.kind ?? 'classification';
   return {
     ...(name !== undefined ? { task: { name, kind } } : {}),
-    kind: 'tensor', dataset: ds, split, ...(kind === 'regression' ? { classes: [], declared: undefined } : { classes: declared ? [...declared] : sortNames(own), declared }), input,
+    kind: 'tensor',
+    dataset: ds,
+    split,
+    ...(kind === 'regression' ? { classes: [], declared: undefined } : { classes: declared ? [...declared] : sortNames(own), declared }),
+    input,
     description: `${ds.name}: ${split.train.length} training and ${split.test.length} test samples of shape ${ds.sampleShape.join('x')}`,
     warnings: [],
   };
@@ -276,18 +324,27 @@ function tensorSite(ds: Dataset, split: PeerSplit, spec: SiteDataSpec, declared:
 /** A multi-task dataset's site (a simulator's share of `digits-tasks`, say): the tasks it learns (`spec.tasks`, default all), each declaring its classes. */
 function multiTaskTensorSite(ds: Dataset, split: PeerSplit, spec: SiteDataSpec): SiteData {
   const wanted = spec.tasks?.map((t) => t.name);
-  const cols = wanted ? wanted.map((name) => {
-    const c = ds.tasks!.find((t) => t.name === name);
-    if (!c) throw new DataError(`${ds.name} has no task "${name}"; its tasks are ${ds.tasks!.map((t) => t.name).join(', ')}`);
-    return c;
-  }) : ds.tasks!;
-  const tasks = cols.map((c): SiteTask => (c.kind === 'regression'
-    ? { name: c.name, kind: 'regression', classes: [] }
-    : { name: c.name, kind: 'classification', classes: [...c.classNames], declared: [...c.classNames] }));
+  const cols = wanted
+    ? wanted.map((name) => {
+        const c = ds.tasks!.find((t) => t.name === name);
+        if (!c) throw new DataError(`${ds.name} has no task "${name}"; its tasks are ${ds.tasks!.map((t) => t.name).join(', ')}`);
+        return c;
+      })
+    : ds.tasks!;
+  const tasks = cols.map((c): SiteTask =>
+    c.kind === 'regression'
+      ? { name: c.name, kind: 'regression', classes: [] }
+      : { name: c.name, kind: 'classification', classes: [...c.classNames], declared: [...c.classNames] },
+  );
   return {
-    kind: 'tensor', dataset: { ...ds, tasks: cols }, split, classes: [], input: { kind: 'features', labelColumn: spec.labelColumn ?? 'label', ...(ds.featureNames ? { featureNames: ds.featureNames } : {}) },
+    kind: 'tensor',
+    dataset: { ...ds, tasks: cols },
+    split,
+    classes: [],
+    input: { kind: 'features', labelColumn: spec.labelColumn ?? 'label', ...(ds.featureNames ? { featureNames: ds.featureNames } : {}) },
     description: `${ds.name}: ${split.train.length} training and ${split.test.length} test samples of shape ${ds.sampleShape.join('x')}, tasks ${tasks.map((t) => `"${t.name}" (${t.kind})`).join(', ')}`,
-    warnings: [], tasks,
+    warnings: [],
+    tasks,
   };
 }
 
@@ -303,9 +360,17 @@ export function withClasses(summary: LocalSummary, classes: string[]): LocalSumm
 export function siteStatement(data: SiteData, site: string): SiteStatement {
   if (data.tasks) {
     const train = data.split.train;
-    return { summary: summarizeMultiTask(data.kind === 'table' ? data.table : data.dataset, site, train, data.tasks.map((t) => taskEntry(data, t, train))) };
+    return {
+      summary: summarizeMultiTask(
+        data.kind === 'table' ? data.table : data.dataset,
+        site,
+        train,
+        data.tasks.map((t) => taskEntry(data, t, train)),
+      ),
+    };
   }
-  const summary = data.kind === 'table' ? summarizeTable(data.table, site, data.split.train, data.task) : summarizeDataset(data.dataset, site, data.split.train, data.task);
+  const summary =
+    data.kind === 'table' ? summarizeTable(data.table, site, data.split.train, data.task) : summarizeDataset(data.dataset, site, data.split.train, data.task);
   return { summary: withClasses(summary, data.classes), ...(data.declared ? { declaredClasses: [...data.declared] } : {}) };
 }
 
@@ -318,7 +383,12 @@ function taskEntry(data: SiteData, t: SiteTask, train: Int32Array): SummaryTaskE
     const values = regressionTargets({ ...data.table, labelColumn: t.column!, labels }, 'nan');
     return { name: t.name, kind: t.kind, numRows: own.length, classNames: [], labelCounts: [], ...targetSums(own.map((r) => values[r])) };
   }
-  return classificationEntry(t.name, own.map((r) => labels[r]), t.classes, t.declared);
+  return classificationEntry(
+    t.name,
+    own.map((r) => labels[r]),
+    t.classes,
+    t.declared,
+  );
 }
 
 /** What `reconcileStatements` agreed: the schema, the sites merged, those left out with the reason, and warnings. */
@@ -356,7 +426,9 @@ function checkGroup(group: SiteStatement[]): AgreedSchema {
     for (const s of group) {
       const extra = s.summary.schema.classNames.filter((c) => !first.declaredClasses!.includes(c));
       if (extra.length > 0) {
-        throw new DataError(`site "${s.summary.site}" has class${extra.length > 1 ? 'es' : ''} ${quote(extra)}, not among the declared classes ${quote(first.declaredClasses!)}`);
+        throw new DataError(
+          `site "${s.summary.site}" has class${extra.length > 1 ? 'es' : ''} ${quote(extra)}, not among the declared classes ${quote(first.declaredClasses!)}`,
+        );
       }
     }
   }
@@ -388,7 +460,11 @@ export function reconcileStatements(statements: SiteStatement[], self?: string):
   const taskWarnings: string[] = [];
   if (own !== undefined) {
     const others = statements.filter((s) => s.summary?.site !== self && typeof s.summary?.task?.name === 'string' && s.summary.task.name !== own);
-    for (const s of others) excluded.push({ site: s.summary.site, reason: `site "${s.summary.site}" learns task "${s.summary.task!.name}", this site "${own}": sites merge with those that learn their task` });
+    for (const s of others)
+      excluded.push({
+        site: s.summary.site,
+        reason: `site "${s.summary.site}" learns task "${s.summary.task!.name}", this site "${own}": sites merge with those that learn their task`,
+      });
     if (others.length > 0 && others.length === statements.length - 1) taskWarnings.push(`no other site learns task "${own}": this site trains alone on it`);
     statements = statements.filter((s) => !others.includes(s));
   }
@@ -407,7 +483,8 @@ export function reconcileStatements(statements: SiteStatement[], self?: string):
 }
 
 /** The form of a statement's data: a table (columns, or fixed-shape samples of one axis, such as a simulator's share of pixels), or images. */
-export const statementForm = (s: SiteStatement): Modality => (s.summary.schema.kind === 'table' ? 'table' : modalityOf({ sampleShape: s.summary.schema.shape }) ?? 'image');
+export const statementForm = (s: SiteStatement): Modality =>
+  s.summary.schema.kind === 'table' ? 'table' : (modalityOf({ sampleShape: s.summary.schema.shape }) ?? 'image');
 
 /**
  * Seen from site `self` (when it is among them): the valid statements of its
@@ -429,7 +506,9 @@ function splitForms(valid: SiteStatement[], self: string | undefined): { same: S
  * agreement; each one that does not fit is added to `excluded` with the reason.
  */
 function acceptFitting(
-  valid: SiteStatement[], check: (group: SiteStatement[]) => AgreedSchema, excluded: Reconciled['excluded'],
+  valid: SiteStatement[],
+  check: (group: SiteStatement[]) => AgreedSchema,
+  excluded: Reconciled['excluded'],
 ): { accepted: SiteStatement[]; agreed: AgreedSchema } {
   const checkGroup = check;
   const sites = [...valid].sort((a, b) => (a.summary.site < b.summary.site ? -1 : a.summary.site > b.summary.site ? 1 : 0));
@@ -443,14 +522,20 @@ function acceptFitting(
     }
   };
   const degree = sites.map((a, i) => sites.filter((b, j) => i !== j && fits([a, b]) === undefined).length);
-  const order = sites.map((s, i) => ({ s, d: degree[i], i })).sort((x, y) => y.d - x.d || x.i - y.i).map((x) => x.s);
+  const order = sites
+    .map((s, i) => ({ s, d: degree[i], i }))
+    .sort((x, y) => y.d - x.d || x.i - y.i)
+    .map((x) => x.s);
   const accepted: SiteStatement[] = [];
   for (const s of order) {
     const why = fits([...accepted, s]);
     if (why === undefined) accepted.push(s);
     else {
       const others = accepted.map((a) => a.summary.site);
-      excluded.push({ site: s.summary.site, reason: `site "${s.summary.site}" cannot join ${others.length ? `sites ${quote(others)}` : 'the consortium'}: ${why}` });
+      excluded.push({
+        site: s.summary.site,
+        reason: `site "${s.summary.site}" cannot join ${others.length ? `sites ${quote(others)}` : 'the consortium'}: ${why}`,
+      });
     }
   }
   if (accepted.length === 0) throw new DataError(`no site has a usable summary: ${excluded.map((e) => e.reason).join('; ')}`);
@@ -492,8 +577,13 @@ function asMultiTask(st: SiteStatement): SiteStatement {
   const kind = s.task?.kind ?? 'classification';
   const name = s.task?.name ?? (s.schema.kind === 'table' ? s.schema.labelColumn : 'label');
   const entry: SummaryTaskEntry = {
-    name, kind, numRows: s.numRows, classNames: s.schema.classNames, labelCounts: s.labelCounts,
-    ...(kind === 'regression' ? { sum: s.task?.sum, sumSq: s.task?.sumSq } : {}), ...(st.declaredClasses ? { declared: st.declaredClasses } : {}),
+    name,
+    kind,
+    numRows: s.numRows,
+    classNames: s.schema.classNames,
+    labelCounts: s.labelCounts,
+    ...(kind === 'regression' ? { sum: s.task?.sum, sumSq: s.task?.sumSq } : {}),
+    ...(st.declaredClasses ? { declared: st.declaredClasses } : {}),
   };
   const { task: _task, ...rest } = s;
   return { summary: { ...rest, schema: { ...s.schema, classNames: [] }, labelCounts: [], tasks: [entry] } };
@@ -514,12 +604,15 @@ function groupWarnings(accepted: SiteStatement[], agreed: AgreedSchema): string[
     }
     for (const c of agreed.schema.columns) {
       if (c.kind !== 'categorical') continue;
-      for (const g of caseClashes(c.categories)) warnings.push(`column "${c.name}": the sites' categories ${quoteGroup(g)} differ only in case and count as ${g.length}`);
+      for (const g of caseClashes(c.categories))
+        warnings.push(`column "${c.name}": the sites' categories ${quoteGroup(g)} differ only in case and count as ${g.length}`);
     }
   }
   for (const g of caseClashes(agreed.schema.classNames)) {
     const at = g.map((c) => `"${c}" at ${quote(accepted.filter((s) => s.summary.schema.classNames.includes(c)).map((s) => s.summary.site))}`);
-    warnings.push(`classes ${quoteGroup(g)} differ only in case and count as ${g.length} classes (${at.join('; ')}); write them alike at every site if they are one class`);
+    warnings.push(
+      `classes ${quoteGroup(g)} differ only in case and count as ${g.length} classes (${at.join('; ')}); write them alike at every site if they are one class`,
+    );
   }
   if (accepted.length > 1) {
     for (const s of accepted) {
@@ -589,10 +682,17 @@ function encodeMultiTask(data: SiteData, agreed: AgreedSchema, standardize: 'fed
       return { name: t.name, kind: 'regression', values, ...quantileStrata(values) };
     }
     if (at.classNames.length < 2) {
-      throw new DataError(`task "${t.name}" has only the class ${quote(at.classNames)} at ${at.sites.length > 1 ? `all ${at.sites.length} sites that learn it` : 'this site'}: a classifier needs at least two classes`);
+      throw new DataError(
+        `task "${t.name}" has only the class ${quote(at.classNames)} at ${at.sites.length > 1 ? `all ${at.sites.length} sites that learn it` : 'this site'}: a classifier needs at least two classes`,
+      );
     }
     const index = new Map(at.classNames.map((c, k) => [c, k]));
-    return { name: t.name, kind: 'classification', classNames: [...at.classNames], labels: Int32Array.from(labels as string[], (l) => (l === '' ? -1 : index.get(l) ?? -1)) };
+    return {
+      name: t.name,
+      kind: 'classification',
+      classNames: [...at.classNames],
+      labels: Int32Array.from(labels as string[], (l) => (l === '' ? -1 : (index.get(l) ?? -1))),
+    };
   });
   const scales = Object.fromEntries(agreed.tasks!.filter((a) => a.scale && tasks.some((t) => t.name === a.name)).map((a) => [a.name, a.scale!]));
   const { task: _task, ...rest } = dataset;
@@ -607,8 +707,14 @@ function encodeMultiTask(data: SiteData, agreed: AgreedSchema, standardize: 'fed
 /** A one-task site's task, as a multi-task agreement takes it. */
 function oneTask(data: SiteData): SiteTask {
   const kind = data.task?.kind ?? (data.kind === 'tensor' && data.dataset.task?.kind === 'regression' ? 'regression' : 'classification');
-  const fallback = data.kind === 'table' ? data.table.labelColumn : data.dataset.task?.name ?? data.dataset.schema?.labelColumn ?? 'label';
-  return { name: data.task?.name ?? fallback, kind, ...(data.kind === 'table' ? { column: data.table.labelColumn } : {}), classes: data.classes, ...(data.declared ? { declared: data.declared } : {}) };
+  const fallback = data.kind === 'table' ? data.table.labelColumn : (data.dataset.task?.name ?? data.dataset.schema?.labelColumn ?? 'label');
+  return {
+    name: data.task?.name ?? fallback,
+    kind,
+    ...(data.kind === 'table' ? { column: data.table.labelColumn } : {}),
+    classes: data.classes,
+    ...(data.declared ? { declared: data.declared } : {}),
+  };
 }
 
 /** Each row's label of task `t`: a class name (`''`: the row lacks it) or a regression target (NaN: it lacks it). */
@@ -701,14 +807,24 @@ export async function readInputs(path: string, agreed: AgreedSchema, input: Inpu
       throw new DataError(`${resolve(path)} has ${names.length} feature columns (besides ${besides}); this site's model reads ${d}`);
     }
     tableSchema = {
-      kind: 'table', labelColumn: input.labelColumn, classNames: schema.classNames,
+      kind: 'table',
+      labelColumn: input.labelColumn,
+      classNames: schema.classNames,
       columns: names.map((name, j) => ({ name, kind: 'numeric' as const, impute: agreed.mean[j], indicator: false })),
     };
   }
   const kinds = Object.fromEntries(tableSchema.columns.map((c) => [c.name, c.kind]));
-  const table = readCsvTable(path, { labelColumn: tableSchema.labelColumn, ...(columns ? { taskColumns: columns } : {}), kinds, labelsOptional: true, invalidAsMissing: o.invalidAsMissing });
+  const table = readCsvTable(path, {
+    labelColumn: tableSchema.labelColumn,
+    ...(columns ? { taskColumns: columns } : {}),
+    kinds,
+    labelsOptional: true,
+    invalidAsMissing: o.invalidAsMissing,
+  });
   if (o.labels === 'required' && table.labelled === false) {
-    const wanted = o.tasks ? `a label column of one of its tasks (${o.tasks.map((t) => `"${t.column}" for ${t.name}`).join(', ')})` : `the label column "${tableSchema.labelColumn}"`;
+    const wanted = o.tasks
+      ? `a label column of one of its tasks (${o.tasks.map((t) => `"${t.column}" for ${t.name}`).join(', ')})`
+      : `the label column "${tableSchema.labelColumn}"`;
     throw new DataError(`${table.source}: evaluation needs ${wanted}`);
   }
   const regression = agreed.task?.kind === 'regression';
@@ -719,10 +835,18 @@ export async function readInputs(path: string, agreed: AgreedSchema, input: Inpu
     invalid = table.labels.map(() => '');
     for (const c of table.invalid) invalid[c.row] += `${invalid[c.row] ? '; ' : ''}${c.column}=${JSON.stringify(c.cell)}`;
   }
-  const labels = o.tasks ? { taskLabels: tableTaskLabels(table, o.tasks) } : table.labelled === false ? {} : { labels: regression ? regressionTargets(table) : enc.labels };
+  const labels = o.tasks
+    ? { taskLabels: tableTaskLabels(table, o.tasks) }
+    : table.labelled === false
+      ? {}
+      : { labels: regression ? regressionTargets(table) : enc.labels };
   return {
-    features: enc.features, numSamples: table.labels.length, sampleShape: [d], ids: table.lines.map((l) => `line ${l}`),
-    ...labels, ...(invalid ? { invalid } : {}),
+    features: enc.features,
+    numSamples: table.labels.length,
+    sampleShape: [d],
+    ids: table.lines.map((l) => `line ${l}`),
+    ...labels,
+    ...(invalid ? { invalid } : {}),
   };
 }
 
@@ -741,7 +865,9 @@ function tableTaskLabels(table: RawTable, tasks: InputTask[]): Record<string, In
       if (cell === '') return -1;
       const k = index.get(cell);
       if (k === undefined) {
-        throw new DataError(`${table.source}, ${table.rowWord ?? 'line'} ${table.lines[i]}: label "${cell}" in column "${t.column}" is not one of the classes of task "${t.name}" (${t.classNames.join(', ')})`);
+        throw new DataError(
+          `${table.source}, ${table.rowWord ?? 'line'} ${table.lines[i]}: label "${cell}" in column "${t.column}" is not one of the classes of task "${t.name}" (${t.classNames.join(', ')})`,
+        );
       }
       return k;
     });
@@ -758,7 +884,10 @@ async function readImageInputs(path: string, schema: FeatureSchema, input: Input
   const root = resolve(path);
   const items = listImageInputs(root);
   const [h, w, c] = schema.shape;
-  const { features } = await decodeImages(items.map((i) => i.file), { imageSize: [h, w], channels: c as 1 | 3, fit: input.fit });
+  const { features } = await decodeImages(
+    items.map((i) => i.file),
+    { imageSize: [h, w], channels: c as 1 | 3, fit: input.fit },
+  );
   const ids = items.map((i) => i.file.slice(root.length + 1));
   let labels: Int32Array | undefined;
   if (items.every((i) => i.label !== undefined)) {

@@ -36,7 +36,11 @@ export function fitStandardizer(features: Float32Array, dim: number, rows: Array
  * `rows[i]` (standardizing in place).
  */
 export function applyStandardizer(
-  features: Float32Array, dim: number, rows: ArrayLike<number>, st: Standardizer, out: Float32Array = new Float32Array(rows.length * dim),
+  features: Float32Array,
+  dim: number,
+  rows: ArrayLike<number>,
+  st: Standardizer,
+  out: Float32Array = new Float32Array(rows.length * dim),
 ): Float32Array {
   for (let i = 0; i < rows.length; i++) {
     const off = rows[i] * dim;

@@ -268,7 +268,9 @@ export function tableFromRows(
   const labels = taskLabels?.[labelName] ?? rows.map((r) => (labelCol === undefined ? '' : r[labelCol].trim()));
   for (const [column, ls] of Object.entries(taskLabels ?? { [labelName]: labels })) {
     for (const g of caseClashes(ls.filter((l) => l !== ''))) {
-      warnings.push(`labels ${quoteGroup(g)} in column "${column}" differ only in case and count as ${g.length} classes; write them alike if they are one class`);
+      warnings.push(
+        `labels ${quoteGroup(g)} in column "${column}" differ only in case and count as ${g.length} classes; write them alike if they are one class`,
+      );
     }
   }
   const columns = keep.map((name) => {
@@ -276,11 +278,28 @@ export function tableFromRows(
     const forced = fixed ?? (opts.categorical?.includes(name) ? 'categorical' : undefined);
     return typeColumn(name, seen.get(name)!, rows, lines, source, tolerance, forced, warnings, fixed !== undefined, word);
   });
-  const invalid = kinds ? schemaNumericTextCells(columns, rows, keep.map((k) => seen.get(k)!), lines, source, Boolean(opts.invalidAsMissing), word) : [];
+  const invalid = kinds
+    ? schemaNumericTextCells(
+        columns,
+        rows,
+        keep.map((k) => seen.get(k)!),
+        lines,
+        source,
+        Boolean(opts.invalidAsMissing),
+        word,
+      )
+    : [];
   return {
-    source, labelColumn: labelName, columns, labels, lines, ...(word === 'row' ? { rowWord: word } : {}), warnings,
+    source,
+    labelColumn: labelName,
+    columns,
+    labels,
+    lines,
+    ...(word === 'row' ? { rowWord: word } : {}),
+    warnings,
     labelled: taskLabels ? Object.keys(taskLabels).length > 0 : labelCol !== undefined,
-    ...(invalid.length ? { invalid } : {}), ...(taskLabels ? { taskLabels } : {}),
+    ...(invalid.length ? { invalid } : {}),
+    ...(taskLabels ? { taskLabels } : {}),
   };
 }
 
@@ -306,14 +325,17 @@ function checkHeader(header: string[], labelNames: string[], opts: TableOptions,
   const unknown = (list: string[] | undefined, what: string) => {
     for (const name of list ?? []) {
       if (!seen.has(name)) throw new DataError(`${source}, ${head}: column "${name}" in ${what} is not in the header. Columns are: ${header.join(', ')}`);
-      if (labelNames.includes(name)) throw new DataError(`${source}, ${head}: column "${name}" in ${what} is ${labelNames.length > 1 ? 'a' : 'the'} label column`);
+      if (labelNames.includes(name))
+        throw new DataError(`${source}, ${head}: column "${name}" in ${what} is ${labelNames.length > 1 ? 'a' : 'the'} label column`);
     }
   };
   unknown(opts.features, 'features');
   unknown(opts.drop, 'drop');
   unknown(opts.categorical, 'categorical');
   if (opts.kinds) {
-    const absent = Object.keys(opts.kinds).filter((k) => !seen.has(k)).map((k) => `"${k}"`);
+    const absent = Object.keys(opts.kinds)
+      .filter((k) => !seen.has(k))
+      .map((k) => `"${k}"`);
     if (absent.length > 0) {
       throw new DataError(`${source}: lacks column${absent.length > 1 ? 's' : ''} ${absent.join(', ')} of the schema. Columns are: ${header.join(', ')}`);
     }
@@ -328,7 +350,14 @@ function checkHeader(header: string[], labelNames: string[], opts: TableOptions,
  * there is an error naming the line.
  */
 function labelledRows(
-  rows: string[][], lines: number[], labelCol: number, labelName: string, labelsOptional: boolean, source: string, word: string, warnings: string[],
+  rows: string[][],
+  lines: number[],
+  labelCol: number,
+  labelName: string,
+  labelsOptional: boolean,
+  source: string,
+  word: string,
+  warnings: string[],
 ): { rows: string[][]; lines: number[] } {
   const unlabelled = rows.flatMap((r, i) => (isMissingCell(r[labelCol]) ? [i] : []));
   if (labelsOptional && unlabelled.length > 0) {
@@ -337,7 +366,10 @@ function labelledRows(
   }
   if (unlabelled.length === rows.length) throw new DataError(`${source}: every row's label in column "${labelName}" is missing`);
   if (unlabelled.length === 0) return { rows, lines };
-  const shown = unlabelled.slice(0, 5).map((i) => lines[i]).join(', ');
+  const shown = unlabelled
+    .slice(0, 5)
+    .map((i) => lines[i])
+    .join(', ');
   warnings.push(`${unlabelled.length} row(s) without a label in column "${labelName}" left out (${word} ${shown}${unlabelled.length > 5 ? ', ...' : ''})`);
   const drop = new Set(unlabelled);
   return { rows: rows.filter((_, i) => !drop.has(i)), lines: lines.filter((_, i) => !drop.has(i)) };
@@ -349,14 +381,25 @@ function labelledRows(
  * one warning, and each column's missing labels are counted in another.
  */
 function multiLabelRows(
-  columns: string[], seen: Map<string, number>, rows: string[][], lines: number[], source: string, word: string, warnings: string[],
+  columns: string[],
+  seen: Map<string, number>,
+  rows: string[][],
+  lines: number[],
+  source: string,
+  word: string,
+  warnings: string[],
 ): { rows: string[][]; lines: number[]; taskLabels: Record<string, string[]> } {
   const at = columns.map((c) => seen.get(c)!);
   const none = rows.flatMap((r, i) => (at.every((c) => isMissingCell(r[c])) ? [i] : []));
   if (none.length === rows.length) throw new DataError(`${source}: no row has a label in any of the columns ${columns.map((c) => `"${c}"`).join(', ')}`);
   if (none.length > 0) {
-    const shown = none.slice(0, 5).map((i) => lines[i]).join(', ');
-    warnings.push(`${none.length} row(s) without a label in any of the columns ${columns.map((c) => `"${c}"`).join(', ')} left out (${word} ${shown}${none.length > 5 ? ', ...' : ''})`);
+    const shown = none
+      .slice(0, 5)
+      .map((i) => lines[i])
+      .join(', ');
+    warnings.push(
+      `${none.length} row(s) without a label in any of the columns ${columns.map((c) => `"${c}"`).join(', ')} left out (${word} ${shown}${none.length > 5 ? ', ...' : ''})`,
+    );
     const drop = new Set(none);
     rows = rows.filter((_, i) => !drop.has(i));
     lines = lines.filter((_, i) => !drop.has(i));
@@ -379,7 +422,13 @@ function multiLabelRows(
  * `asMissing`; then the cells are returned (row order) and stay missing.
  */
 function schemaNumericTextCells(
-  columns: RawColumn[], rows: string[][], at: number[], lines: number[], source: string, asMissing: boolean, word = 'line',
+  columns: RawColumn[],
+  rows: string[][],
+  at: number[],
+  lines: number[],
+  source: string,
+  asMissing: boolean,
+  word = 'line',
 ): { row: number; column: string; cell: string }[] {
   const found: { row: number; column: string; cell: string }[] = [];
   rows.forEach((r, i) => {
@@ -399,8 +448,16 @@ function schemaNumericTextCells(
 }
 
 function typeColumn(
-  name: string, c: number, rows: string[][], lines: number[], source: string, tolerance: number,
-  forced: 'numeric' | 'categorical' | undefined, warnings: string[], fromSchema = false, word = 'line',
+  name: string,
+  c: number,
+  rows: string[][],
+  lines: number[],
+  source: string,
+  tolerance: number,
+  forced: 'numeric' | 'categorical' | undefined,
+  warnings: string[],
+  fromSchema = false,
+  word = 'line',
 ): RawColumn {
   const cells = rows.map((r) => r[c].trim());
   let observed = 0;
@@ -418,9 +475,11 @@ function typeColumn(
   const texts = observed - numbers;
   const numeric = (): RawColumn => {
     if (texts > 0) {
-      warnings.push(`column "${name}": ${texts} of ${observed} cells are not numbers (first at ${word} ${lines[firstText]}: "${cells[firstText]}") and count as missing`);
+      warnings.push(
+        `column "${name}": ${texts} of ${observed} cells are not numbers (first at ${word} ${lines[firstText]}: "${cells[firstText]}") and count as missing`,
+      );
     }
-    const values = Float64Array.from(cells, (s) => (isMissingCell(s) ? NaN : parseNumber(s) ?? NaN));
+    const values = Float64Array.from(cells, (s) => (isMissingCell(s) ? NaN : (parseNumber(s) ?? NaN)));
     const huge = values.findIndex((v) => Math.abs(v) > MAX_CELL);
     if (huge >= 0) {
       throw new DataError(
@@ -445,7 +504,9 @@ function typeColumn(
   if (texts === 0 || (texts > 0 && numbers > 0 && texts / observed <= tolerance)) return numeric();
   if (numbers === 0 || numbers / observed <= tolerance) {
     if (numbers > 0) {
-      warnings.push(`column "${name}": ${numbers} of ${observed} cells are numbers in a text column (first at ${word} ${lines[firstNumber]}: "${cells[firstNumber]}") and count as categories`);
+      warnings.push(
+        `column "${name}": ${numbers} of ${observed} cells are numbers in a text column (first at ${word} ${lines[firstNumber]}: "${cells[firstNumber]}") and count as categories`,
+      );
     }
     return categorical();
   }
@@ -464,9 +525,7 @@ export function takeTableRows(table: RawTable, rows: ArrayLike<number>): RawTabl
   return {
     ...table,
     columns: table.columns.map((col) =>
-      col.kind === 'numeric'
-        ? { ...col, values: Float64Array.from(idx, (r) => col.values[r]) }
-        : { ...col, values: idx.map((r) => col.values[r]) },
+      col.kind === 'numeric' ? { ...col, values: Float64Array.from(idx, (r) => col.values[r]) } : { ...col, values: idx.map((r) => col.values[r]) },
     ),
     labels: idx.map((r) => table.labels[r]),
     lines: idx.map((r) => table.lines[r]),
@@ -548,7 +607,9 @@ export function encodeTable(table: RawTable, schema: TableSchema): EncodedTable 
   for (const c of schema.columns) {
     const have = byName.get(c.name)!.kind;
     if (have !== c.kind) {
-      throw new DataError(`${table.source}: column "${c.name}" is ${have} here but ${c.kind} in the schema${c.kind === 'categorical' ? ' (list it in categorical)' : ''}`);
+      throw new DataError(
+        `${table.source}: column "${c.name}" is ${have} here but ${c.kind} in the schema${c.kind === 'categorical' ? ' (list it in categorical)' : ''}`,
+      );
     }
   }
   const slots = featureLayout(schema);
@@ -580,15 +641,16 @@ export function encodeTable(table: RawTable, schema: TableSchema): EncodedTable 
   const classOf = new Map(schema.classNames.map((l, i) => [l, i]));
   const labels = new Int32Array(n);
   if (table.labelled === false) labels.fill(-1);
-  else for (let i = 0; i < n; i++) {
-    const k = classOf.get(table.labels[i]);
-    if (k === undefined) {
-      throw new DataError(
-        `${table.source}, ${table.rowWord ?? 'line'} ${table.lines[i]}: label "${table.labels[i]}" in column "${table.labelColumn}" is not one of the classes ${schema.classNames.join(', ')}`,
-      );
+  else
+    for (let i = 0; i < n; i++) {
+      const k = classOf.get(table.labels[i]);
+      if (k === undefined) {
+        throw new DataError(
+          `${table.source}, ${table.rowWord ?? 'line'} ${table.lines[i]}: label "${table.labels[i]}" in column "${table.labelColumn}" is not one of the classes ${schema.classNames.join(', ')}`,
+        );
+      }
+      labels[i] = k;
     }
-    labels[i] = k;
-  }
   return { features, labels, featureNames: slots.map((s) => s.name) };
 }
 
@@ -598,7 +660,9 @@ export function regressionTargets(table: RawTable, missing: 'error' | 'nan' = 'e
     if (cell === '' && missing === 'nan') return NaN;
     const v = Number(cell);
     if (cell === '' || !Number.isFinite(v) || Math.abs(v) > MAX_CELL) {
-      throw new DataError(`${table.source}, ${table.rowWord ?? 'line'} ${table.lines[i]}: "${cell}" in column "${table.labelColumn}" is not a finite number (the column is a regression target)`);
+      throw new DataError(
+        `${table.source}, ${table.rowWord ?? 'line'} ${table.lines[i]}: "${cell}" in column "${table.labelColumn}" is not a finite number (the column is a regression target)`,
+      );
     }
     return v;
   });

@@ -60,9 +60,7 @@ export interface DatasetTaskColumn {
  * A dataset's task: its name (shared across a consortium) and kind; a
  * regression task's target per sample (NaN: missing).
  */
-export type DatasetTask =
-  | { name: string; kind: 'classification' }
-  | { name: string; kind: 'regression'; values: Float32Array };
+export type DatasetTask = { name: string; kind: 'classification' } | { name: string; kind: 'regression'; values: Float32Array };
 
 /** Quintile bins of `values` (NaN: bin 0): the strata a regression dataset is partitioned by, and the bins' names. */
 export function quantileStrata(values: Float32Array, bins = 5): { labels: Int32Array; classNames: string[] } {
@@ -70,7 +68,9 @@ export function quantileStrata(values: Float32Array, bins = 5): { labels: Int32A
   const cuts = Array.from({ length: bins - 1 }, (_, k) => sorted[Math.floor(((k + 1) * sorted.length) / bins)] ?? 0);
   const labels = Int32Array.from(values, (v) => (Number.isFinite(v) ? cuts.filter((c) => v >= c).length : 0));
   const fmt = (v: number) => String(Number(v.toPrecision(4)));
-  const classNames = Array.from({ length: bins }, (_, k) => (k === 0 ? `< ${fmt(cuts[0])}` : k === bins - 1 ? `>= ${fmt(cuts[k - 1])}` : `${fmt(cuts[k - 1])}..${fmt(cuts[k])}`));
+  const classNames = Array.from({ length: bins }, (_, k) =>
+    k === 0 ? `< ${fmt(cuts[0])}` : k === bins - 1 ? `>= ${fmt(cuts[k - 1])}` : `${fmt(cuts[k - 1])}..${fmt(cuts[k])}`,
+  );
   return { labels, classNames };
 }
 

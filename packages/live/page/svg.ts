@@ -36,7 +36,12 @@ function ticks(lo: number, hi: number, n = 4): number[] {
 
 /** Lines over rounds, one per series; rounds without a value break the line. */
 export function lineChart(series: Series[], o: { label: string; cls: string; format: (v: number) => string; min?: number; max?: number }): SVGSVGElement {
-  const W = 460, H = 236, L = 48, R = 12, T = 10, B = 40;
+  const W = 460,
+    H = 236,
+    L = 48,
+    R = 12,
+    T = 10,
+    B = 40;
   const svg = svgRoot(W, H, `chart ${o.cls}`, o.label);
   const all = series.flatMap((s) => s.values.filter((v): v is number => v !== null && Number.isFinite(v)));
   const rounds = Math.max(1, ...series.map((s) => s.values.length));
@@ -85,8 +90,12 @@ export function lineChart(series: Series[], o: { label: string; cls: string; for
 /** Gate weights: one row per expert, one column per round, darker for more weight. */
 export function heatmap(experts: string[], rounds: number, weight: (expert: string, round: number) => number | undefined, label: string): SVGSVGElement {
   const cell = Math.max(4, Math.min(22, Math.floor(360 / Math.max(1, rounds))));
-  const rowH = 20, L = 110, T = 4, B = 18;
-  const W = L + rounds * cell + 8, H = T + experts.length * rowH + B;
+  const rowH = 20,
+    L = 110,
+    T = 4,
+    B = 18;
+  const W = L + rounds * cell + 8,
+    H = T + experts.length * rowH + B;
   const svg = svgRoot(W, H, 'gate-heatmap', label);
   svg.setAttribute('width', String(W));
   experts.forEach((ex, i) => {
@@ -97,7 +106,14 @@ export function heatmap(experts: string[], rounds: number, weight: (expert: stri
     for (let r = 1; r <= rounds; r++) {
       const w = weight(ex, r);
       if (w === undefined) continue;
-      const rect = el('rect', { x: L + (r - 1) * cell, y: T + i * rowH, width: cell - 1, height: rowH - 2, class: 'cell', 'fill-opacity': (0.08 + 0.92 * Math.min(1, Math.max(0, w))).toFixed(3) });
+      const rect = el('rect', {
+        x: L + (r - 1) * cell,
+        y: T + i * rowH,
+        width: cell - 1,
+        height: rowH - 2,
+        class: 'cell',
+        'fill-opacity': (0.08 + 0.92 * Math.min(1, Math.max(0, w))).toFixed(3),
+      });
       rect.append(el('title', {}, `${ex}, round ${r}: ${(w * 100).toFixed(1)}%`));
       svg.append(rect);
     }
@@ -119,7 +135,12 @@ export interface TimelineRow {
 
 /** Each site's rounds on one time axis. */
 export function timeline(rows: TimelineRow[], now: number): SVGSVGElement {
-  const W = 940, rowH = 18, L = 150, R = 12, T = 4, B = 22;
+  const W = 940,
+    rowH = 18,
+    L = 150,
+    R = 12,
+    T = 4,
+    B = 22;
   const H = T + Math.max(1, rows.length) * rowH + B;
   const svg = svgRoot(W, H, 'timeline', 'round timeline per site');
   const all = rows.flatMap((r) => r.rounds);
@@ -147,7 +168,8 @@ export function timeline(rows: TimelineRow[], now: number): SVGSVGElement {
 
 /** A horizontal gauge of `value` against `max` (no max: the bar shows the value alone). */
 export function gauge(value: number, max: number | null, label: string): SVGSVGElement {
-  const W = 200, H = 14;
+  const W = 200,
+    H = 14;
   const svg = svgRoot(W, H, 'gauge', label);
   svg.append(el('rect', { x: 0, y: 0, width: W, height: H, class: 'gauge-bg', rx: 3 }));
   const frac = max ? Math.min(1, value / max) : 0;

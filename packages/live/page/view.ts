@@ -95,9 +95,11 @@ function render(): void {
   list.forEach((s, i) => colors.set(keyOf(s), PALETTE[i % PALETTE.length]));
   document.body.dataset.sites = String(list.length);
   document.body.dataset.maxRound = String(Math.max(0, ...list.map((s) => s.round)));
-  $('summary').textContent = list.length === 0 ? 'waiting for the first site…'
-    : `${list.length} site${list.length === 1 ? '' : 's'}, ${[...new Set(list.map((s) => s.algorithm))].join(', ')}; ` +
-      `${list.filter((s) => FINAL.has(s.state)).length} finished`;
+  $('summary').textContent =
+    list.length === 0
+      ? 'waiting for the first site…'
+      : `${list.length} site${list.length === 1 ? '' : 's'}, ${[...new Set(list.map((s) => s.algorithm))].join(', ')}; ` +
+        `${list.filter((s) => FINAL.has(s.state)).length} finished`;
   renderOverview(list);
   renderCharts(list);
   renderTimeline(list);
@@ -139,26 +141,48 @@ function renderOverview(list: SiteStatus[]): void {
     const swatch = h('span', { class: 'swatch' });
     swatch.style.background = colorOf(key);
     const connected = s.members.filter((m) => m.connected).length;
-    const tr = h('tr', { 'data-site': key, 'data-round': String(s.round), 'data-state': s.state },
-      h('td', {}, swatch, s.id), h('td', {}, s.algorithm), h('td', {}, stateCell(s)),
-      h('td', { class: 'num' }, `${s.round}/${s.rounds}`), h('td', { class: 'num' }, scoreText(s)),
+    const tr = h(
+      'tr',
+      { 'data-site': key, 'data-round': String(s.round), 'data-state': s.state },
+      h('td', {}, swatch, s.id),
+      h('td', {}, s.algorithm),
+      h('td', {}, stateCell(s)),
+      h('td', { class: 'num' }, `${s.round}/${s.rounds}`),
+      h('td', { class: 'num' }, scoreText(s)),
       h('td', { class: 'num' }, s.members.length ? `${connected}/${s.members.length}` : '–'),
       h('td', { class: 'num' }, String(s.members.reduce((a, m) => a + m.strikes, 0))),
-      h('td', { class: 'num' }, bytes(s.bytesSent)), h('td', { class: 'num' }, bytes(s.bytesReceived)),
-      h('td', {}, epsilonText(s)), h('td', { class: s.audit.ok === false ? 'bad' : '' }, auditText(s)));
+      h('td', { class: 'num' }, bytes(s.bytesSent)),
+      h('td', { class: 'num' }, bytes(s.bytesReceived)),
+      h('td', {}, epsilonText(s)),
+      h('td', { class: s.audit.ok === false ? 'bad' : '' }, auditText(s)),
+    );
     body.append(tr);
   }
   $('overview').querySelector('tbody')!.replaceWith(body);
 }
 
 function renderCharts(list: SiteStatus[]): void {
-  const series = (f: (s: SiteStatus) => readonly (number | null)[]): Series[] => list.map((s) => ({ name: `${s.id} (${s.algorithm})`, color: colorOf(keyOf(s)), values: f(s) }));
+  const series = (f: (s: SiteStatus) => readonly (number | null)[]): Series[] =>
+    list.map((s) => ({ name: `${s.id} (${s.algorithm})`, color: colorOf(keyOf(s)), values: f(s) }));
   // Sites of a task that is not a classification chart its headline metric (one metric for the chart: the first such site's).
   const metric = list.find((s) => s.metric)?.metric;
-  $('accuracy').replaceChildren(metric
-    ? lineChart(series((s) => s.metric?.values ?? []), { label: `${metric.name} per round (task "${metric.task}")`, cls: 'accuracy-chart', format: (v) => v.toPrecision(3), min: 0 })
-    : lineChart(series((s) => s.accuracy), { label: 'accuracy per round', cls: 'accuracy-chart', format: (v) => `${Math.round(v * 100)}%`, min: 0, max: 1 }));
-  $('loss').replaceChildren(lineChart(series((s) => s.loss), { label: 'training loss per round', cls: 'loss-chart', format: (v) => v.toFixed(2), min: 0 }));
+  $('accuracy').replaceChildren(
+    metric
+      ? lineChart(
+          series((s) => s.metric?.values ?? []),
+          { label: `${metric.name} per round (task "${metric.task}")`, cls: 'accuracy-chart', format: (v) => v.toPrecision(3), min: 0 },
+        )
+      : lineChart(
+          series((s) => s.accuracy),
+          { label: 'accuracy per round', cls: 'accuracy-chart', format: (v) => `${Math.round(v * 100)}%`, min: 0, max: 1 },
+        ),
+  );
+  $('loss').replaceChildren(
+    lineChart(
+      series((s) => s.loss),
+      { label: 'training loss per round', cls: 'loss-chart', format: (v) => v.toFixed(2), min: 0 },
+    ),
+  );
   const legend = h('div', { class: 'legend' });
   for (const s of list) {
     const sw = h('span', { class: 'swatch' });
@@ -170,7 +194,8 @@ function renderCharts(list: SiteStatus[]): void {
 
 function renderTimeline(list: SiteStatus[]): void {
   const rows = list.map((s) => ({
-    name: `${s.id} (${s.algorithm})`, color: colorOf(keyOf(s)),
+    name: `${s.id} (${s.algorithm})`,
+    color: colorOf(keyOf(s)),
     rounds: s.finishedAt.flatMap((end, i) => (end === null ? [] : [{ round: i + 1, end, start: end - (s.seconds[i] ?? 0) * 1000 }])),
   }));
   $('timeline').replaceChildren(timeline(rows, Date.now()));
@@ -179,33 +204,66 @@ function renderTimeline(list: SiteStatus[]): void {
 function renderCard(s: SiteStatus): void {
   const key = keyOf(s);
   const card = h('section', { class: 'card', 'data-card': key });
-  const title = h('h3', {}, `${s.id} `, h('small', {}, `${s.algorithm}${s.modality ? ` · ${s.modality}` : ''}${s.peerId && s.peerId !== s.id ? ` · ${s.peerId}` : ''}`));
+  const title = h(
+    'h3',
+    {},
+    `${s.id} `,
+    h('small', {}, `${s.algorithm}${s.modality ? ` · ${s.modality}` : ''}${s.peerId && s.peerId !== s.id ? ` · ${s.peerId}` : ''}`),
+  );
   card.append(title);
   if (s.error) card.append(h('p', { class: 'bad' }, s.error));
   // Members.
-  const members = h('table', { class: 'members' }, h('thead', {}, h('tr', {}, h('th', {}, 'member'), h('th', {}, 'connection'), h('th', {}, 'strikes'), h('th', {}, 'last head'))));
+  const members = h(
+    'table',
+    { class: 'members' },
+    h('thead', {}, h('tr', {}, h('th', {}, 'member'), h('th', {}, 'connection'), h('th', {}, 'strikes'), h('th', {}, 'last head'))),
+  );
   const mb = h('tbody');
   for (const m of s.members) {
     const dot = h('span', { class: `dot ${m.blocked ? 'blocked' : m.connected ? 'up' : 'down'}` });
     const name = h('td', {}, m.id);
     if (m.peerId && m.peerId !== m.id) name.title = m.peerId;
-    mb.append(h('tr', { 'data-member': m.id }, name, h('td', {}, dot, m.blocked ? 'refused' : m.connected ? 'connected' : 'not connected'),
-      h('td', { class: m.strikes > 0 ? 'num bad' : 'num' }, String(m.strikes)), h('td', { class: 'num' }, m.lastHeadRound === null ? '–' : String(m.lastHeadRound))));
+    mb.append(
+      h(
+        'tr',
+        { 'data-member': m.id },
+        name,
+        h('td', {}, dot, m.blocked ? 'refused' : m.connected ? 'connected' : 'not connected'),
+        h('td', { class: m.strikes > 0 ? 'num bad' : 'num' }, String(m.strikes)),
+        h('td', { class: 'num' }, m.lastHeadRound === null ? '–' : String(m.lastHeadRound)),
+      ),
+    );
   }
   if (!s.members.length) mb.append(h('tr', {}, h('td', { colspan: '4' }, 'no members (local training)')));
   members.append(mb);
   // Gate heatmap: experts by round.
   const experts = [...new Set(s.gate.flatMap((g) => (g ? Object.keys(g) : [])))];
-  const gate = h('div', { class: 'gate' }, h('h4', {}, 'gate weights (experts by round)'), h('p', { class: 'muted small' }, 'mean gate weight per head on the test rows, own head first; darker: more weight. A weight near 1 is where the gate routes rows, not a measure of trust'));
+  const gate = h(
+    'div',
+    { class: 'gate' },
+    h('h4', {}, 'gate weights (experts by round)'),
+    h(
+      'p',
+      { class: 'muted small' },
+      'mean gate weight per head on the test rows, own head first; darker: more weight. A weight near 1 is where the gate routes rows, not a measure of trust',
+    ),
+  );
   if (experts.length) gate.append(heatmap(experts, s.gate.length, (e, r) => s.gate[r - 1]?.[e], `gate weights of ${s.id}`));
   else gate.append(h('p', { class: 'muted' }, 'no gate (this algorithm mixes no experts)'));
   if (experts.length) gate.append(...modalityHeatmap(s, experts));
   // Bytes, privacy, audit.
-  const facts = h('dl', { class: 'facts' },
-    h('dt', {}, 'bytes out'), h('dd', {}, bytes(s.bytesSent), s.bodyBytesSent !== undefined ? ` (bodies ${bytes(s.bodyBytesSent)})` : ''),
-    h('dt', {}, 'bytes in'), h('dd', {}, bytes(s.bytesReceived), s.bodyBytesReceived !== undefined ? ` (bodies ${bytes(s.bodyBytesReceived)})` : ''),
-    h('dt', {}, 'privacy'), h('dd', {}, epsilonText(s), s.delta !== null ? ` (δ ${s.delta})` : ''),
-    h('dt', {}, 'audit trail'), h('dd', { class: s.audit.ok === false ? 'bad' : '' }, auditText(s)));
+  const facts = h(
+    'dl',
+    { class: 'facts' },
+    h('dt', {}, 'bytes out'),
+    h('dd', {}, bytes(s.bytesSent), s.bodyBytesSent !== undefined ? ` (bodies ${bytes(s.bodyBytesSent)})` : ''),
+    h('dt', {}, 'bytes in'),
+    h('dd', {}, bytes(s.bytesReceived), s.bodyBytesReceived !== undefined ? ` (bodies ${bytes(s.bodyBytesReceived)})` : ''),
+    h('dt', {}, 'privacy'),
+    h('dd', {}, epsilonText(s), s.delta !== null ? ` (δ ${s.delta})` : ''),
+    h('dt', {}, 'audit trail'),
+    h('dd', { class: s.audit.ok === false ? 'bad' : '' }, auditText(s)),
+  );
   if (s.epsilon !== null) facts.append(h('dt', {}, 'budget spent'), h('dd', {}, gauge(s.epsilon, s.epsilonBudget, `epsilon of ${s.id} against its budget`)));
   card.append(h('div', { class: 'card-body' }, h('div', {}, h('h4', {}, 'members'), members, facts), gate));
   const old = document.querySelector(`[data-card="${CSS.escape(key)}"]`);
@@ -243,7 +301,6 @@ export function take(snapshot: StatusSnapshot, full: boolean): void {
   for (const s of snapshot.sites) sites.set(keyOf(s), s);
   schedule(snapshot.sites.map(keyOf));
 }
-
 
 /** The sites drawn so far. */
 export function drawnSites(): SiteStatus[] {

@@ -34,7 +34,10 @@ export class RemoteSites {
   /** Events that could not be used, by reason (tests). */
   readonly refused = new Map<string, number>();
 
-  constructor(private readonly board: StatusBoard, private readonly o: { retryMs?: number } = {}) {}
+  constructor(
+    private readonly board: StatusBoard,
+    private readonly o: { retryMs?: number } = {},
+  ) {}
 
   /** Follow `site` until it reports every one of its sites finished, or until `stop`. */
   follow(site: RemoteSite): void {
@@ -78,7 +81,11 @@ export class RemoteSites {
   }
 
   private event(site: RemoteSite, block: string): void {
-    const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');
+    const data = block
+      .split('\n')
+      .filter((l) => l.startsWith('data:'))
+      .map((l) => l.slice(5).trimStart())
+      .join('\n');
     if (!data) return;
     let sites: unknown[];
     try {

@@ -91,7 +91,8 @@ export class LiveServer {
   readonly responses = new Map<number, number>();
 
   private constructor(
-    private readonly server: Server, private readonly o: LiveServerOptions,
+    private readonly server: Server,
+    private readonly o: LiveServerOptions,
     /** Where the server listens (the port bound, when 0 was asked for). */
     readonly address: ListenAddress,
     /** The token clients must send (undefined: none needed). */
@@ -113,7 +114,9 @@ export class LiveServer {
     const token = serverToken(address, o);
     // The handler needs the LiveServer, which needs the bound server.
     const ref: { live?: LiveServer } = {};
-    const server = createServer({ maxHeaderSize: 8192, requestTimeout: 10000, headersTimeout: 10000, keepAliveTimeout: 5000 }, (req, res) => ref.live!.handle(req, res, asset));
+    const server = createServer({ maxHeaderSize: 8192, requestTimeout: 10000, headersTimeout: 10000, keepAliveTimeout: 5000 }, (req, res) =>
+      ref.live!.handle(req, res, asset),
+    );
     server.maxHeadersCount = 64;
     server.maxConnections = 256;
     // Malformed requests and over-long headers: 400 and close, as Node does, without an exception.
@@ -310,12 +313,17 @@ export class LiveServer {
 export async function listenAt(server: Server, address: ListenAddress, where: string, option: string): Promise<void> {
   await new Promise<void>((resolve, reject) => {
     const fail = (e: NodeJS.ErrnoException) => {
-      reject(new LiveViewError(
-        e.code === 'EADDRINUSE' ? `${where}: the port is in use; choose another port for ${option}`
-          : e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' ? `${where}: not an address of this machine`
-            : e.code === 'EACCES' ? `${where}: not allowed to listen there (ports below 1024 need privileges)`
-              : `${where}: cannot listen (${e.code ?? e.message})`,
-      ));
+      reject(
+        new LiveViewError(
+          e.code === 'EADDRINUSE'
+            ? `${where}: the port is in use; choose another port for ${option}`
+            : e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN'
+              ? `${where}: not an address of this machine`
+              : e.code === 'EACCES'
+                ? `${where}: not allowed to listen there (ports below 1024 need privileges)`
+                : `${where}: cannot listen (${e.code ?? e.message})`,
+        ),
+      );
     };
     server.once('error', fail);
     server.listen(address.port, address.host, () => {

@@ -70,7 +70,7 @@ export interface AuditRound {
 
 /** One line of an audit trail: the start of a run, or a round. */
 export type AuditEntry =
-  | ({ kind: 'start'; site: string; time: string; algorithm: string; fromRound: number; note?: string })
+  | { kind: 'start'; site: string; time: string; algorithm: string; fromRound: number; note?: string }
   | ({ kind: 'round'; site: string; time: string } & AuditRound);
 
 const sha256 = (s: string | Uint8Array) => createHash('sha256').update(s).digest('hex');
@@ -103,7 +103,13 @@ export class AuditLog {
   private prev: string;
   private count: number;
 
-  private constructor(private readonly file: string, private readonly key: PrivateKey, readonly site: string, prev: string, count: number) {
+  private constructor(
+    private readonly file: string,
+    private readonly key: PrivateKey,
+    readonly site: string,
+    prev: string,
+    count: number,
+  ) {
     this.prev = prev;
     this.count = count;
   }
@@ -203,7 +209,12 @@ export async function verifyAudit(file: string, verified?: Set<string>, tail?: A
     }
     const round = typeof (e as { round?: unknown }).round === 'number' ? (e as { round: number }).round : undefined;
     const bad = (reason: string) => problems.push({ line: n, ...(round !== undefined ? { round } : {}), reason });
-    if (e.prev !== prev) bad(i === 0 ? 'the first line does not start the chain' : 'the chain is broken: prev is not the hash of the line before (a line was changed, removed or inserted)');
+    if (e.prev !== prev)
+      bad(
+        i === 0
+          ? 'the first line does not start the chain'
+          : 'the chain is broken: prev is not the hash of the line before (a line was changed, removed or inserted)',
+      );
     prev = sha256(line);
     hashes.push(prev);
     const known = verified?.has(prev) ?? false;
@@ -250,7 +261,10 @@ function lastRound(entries: AuditEntry[]): number {
 
 /** Lines removed from the end of a trail, shown by the checkpoint and the seal the site wrote after them. */
 async function tailProblems(
-  entries: AuditEntry[], hashes: string[], key: { verify(data: Uint8Array, sig: Uint8Array): boolean | Promise<boolean> } | undefined, tail: AuditTail,
+  entries: AuditEntry[],
+  hashes: string[],
+  key: { verify(data: Uint8Array, sig: Uint8Array): boolean | Promise<boolean> } | undefined,
+  tail: AuditTail,
 ): Promise<AuditProblem[]> {
   const out: AuditProblem[] = [];
   const n = hashes.length;
@@ -258,20 +272,28 @@ async function tailProblems(
   const c = tail.checkpoint;
   if (c && c.round > end) {
     out.push({
-      line: n, round: end,
+      line: n,
+      round: end,
       reason: `the trail ends at round ${end} but the newest checkpoint (${c.path}) is of round ${c.round}: lines were removed from the end (or the site stopped between the two writes; starting it again records that)`,
     });
   } else if (c) {
     const at = entries.findLastIndex((e) => e.kind === 'round' && e.round === c.round);
     const digest = at >= 0 ? (entries[at] as { checkpoint: string | null }).checkpoint : null;
-    if (digest !== null && digest !== c.digest) out.push({ line: at + 1, round: c.round, reason: `the checkpoint digest of round ${c.round} is not that of ${c.path} (the checkpoint or the line was replaced)` });
+    if (digest !== null && digest !== c.digest)
+      out.push({
+        line: at + 1,
+        round: c.round,
+        reason: `the checkpoint digest of round ${c.round} is not that of ${c.path} (the checkpoint or the line was replaced)`,
+      });
   }
   const s = tail.seal;
   if (s) {
-    const signed = key && typeof s.sig === 'string' && await checkSignature(key, sealText(s.lines, s.hash), s.sig);
+    const signed = key && typeof s.sig === 'string' && (await checkSignature(key, sealText(s.lines, s.hash), s.sig));
     if (!signed) out.push({ line: n, reason: "results.json's audit seal is not signed by the site's key" });
-    else if (s.lines > n) out.push({ line: n, round: end, reason: `results.json seals ${s.lines} lines, the trail has ${n}: ${s.lines - n} line(s) were removed from the end` });
-    else if (s.lines > 0 && hashes[s.lines - 1] !== s.hash) out.push({ line: s.lines, reason: `line ${s.lines} is not the one results.json seals (lines were replaced at the end)` });
+    else if (s.lines > n)
+      out.push({ line: n, round: end, reason: `results.json seals ${s.lines} lines, the trail has ${n}: ${s.lines - n} line(s) were removed from the end` });
+    else if (s.lines > 0 && hashes[s.lines - 1] !== s.hash)
+      out.push({ line: s.lines, reason: `line ${s.lines} is not the one results.json seals (lines were replaced at the end)` });
   }
   return out;
 }
@@ -346,14 +368,19 @@ export interface AuditSources {
 
 /** The audit trail of a running site: a `start` entry when opened, a `round` entry per round. */
 export class SiteAudit {
-  private constructor(private readonly log: AuditLog, private readonly sources: AuditSources) {}
+  private constructor(
+    private readonly log: AuditLog,
+    private readonly sources: AuditSources,
+  ) {}
 
-  static async open(
-    out: string, key: PrivateKey, site: string, algorithm: string, fromRound: number, sources: AuditSources,
-  ): Promise<SiteAudit> {
+  static async open(out: string, key: PrivateKey, site: string, algorithm: string, fromRound: number, sources: AuditSources): Promise<SiteAudit> {
     const { log, tornBytes } = AuditLog.open(join(out, AUDIT_FILE), key, site);
     await log.append({
-      kind: 'start', site, time: new Date().toISOString(), algorithm, fromRound,
+      kind: 'start',
+      site,
+      time: new Date().toISOString(),
+      algorithm,
+      fromRound,
       ...(tornBytes ? { note: `removed ${tornBytes} bytes of a line cut by a crash` } : {}),
     });
     return new SiteAudit(log, sources);
@@ -367,23 +394,32 @@ export class SiteAudit {
   /** Record round `m.round`: the experts in the pool (dFLMoE) or what arrived (gossip, server), what was sent, the checkpoint. */
   async round(
     m: {
-      round: number; experts: { peer: string; version: number }[]; privacy?: { epsilon: number; delta: number; steps: number };
+      round: number;
+      experts: { peer: string; version: number }[];
+      privacy?: { epsilon: number; delta: number; steps: number };
       bodies?: AuditDigest[];
     },
     checkpoint?: { digest: string },
   ): Promise<void> {
     const { exchange, server, serverPeer } = this.sources;
     const arrived = exchange?.takeReceived() ?? [];
-    const mixed: AuditDigest[] = m.experts.length > 0
-      ? m.experts.map((e) => ({ peer: e.peer, version: e.version, digest: exchange?.receivedDigest(e.peer, e.version) ?? null }))
-      : server?.lastGlobal
-        ? [{ peer: serverPeer ?? 'server', version: server.lastGlobal.round, digest: server.lastGlobal.digest }]
-        : arrived;
+    const mixed: AuditDigest[] =
+      m.experts.length > 0
+        ? m.experts.map((e) => ({ peer: e.peer, version: e.version, digest: exchange?.receivedDigest(e.peer, e.version) ?? null }))
+        : server?.lastGlobal
+          ? [{ peer: serverPeer ?? 'server', version: server.lastGlobal.round, digest: server.lastGlobal.digest }]
+          : arrived;
     const up = server?.lastUpload();
     const own = exchange?.published() ?? (up ? { version: up.round, digest: up.digest } : null);
     await this.log.append({
-      kind: 'round', site: this.log.site, time: new Date().toISOString(), round: m.round, mixed, own,
-      checkpoint: checkpoint?.digest ?? null, privacy: m.privacy ?? null,
+      kind: 'round',
+      site: this.log.site,
+      time: new Date().toISOString(),
+      round: m.round,
+      mixed,
+      own,
+      checkpoint: checkpoint?.digest ?? null,
+      privacy: m.privacy ?? null,
       ...(this.sources.bodies ? { bodies: m.bodies ?? [], ownBody: this.sources.bodies.published() ?? null } : {}),
     });
   }

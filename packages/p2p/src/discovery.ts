@@ -80,7 +80,10 @@ export class MemberFinder {
   lookups = 0;
   lookupHits = 0;
 
-  constructor(private readonly node: RoutingNode, private readonly o: MemberFinderOptions) {}
+  constructor(
+    private readonly node: RoutingNode,
+    private readonly o: MemberFinderOptions,
+  ) {}
 
   start(): void {
     this.stopped = false;
@@ -103,7 +106,10 @@ export class MemberFinder {
     if (this.stopped) return;
     const self = this.node.peerId.toString();
     for (const b of this.o.bootstrap) {
-      const id = multiaddr(b).getComponents().filter((c) => c.name === 'p2p').at(-1)?.value;
+      const id = multiaddr(b)
+        .getComponents()
+        .filter((c) => c.name === 'p2p')
+        .at(-1)?.value;
       if (id && id !== self && !this.connected(id)) void this.attempt(`bootstrap:${b}`, () => this.dialAddr(id, multiaddr(b), 'bootstrap'));
     }
     for (const m of this.o.members) {
@@ -168,11 +174,17 @@ export class MemberFinder {
     }
     if (!this.o.dht || this.stopped) return false;
     this.lookups++;
-    const info = await this.node.peerRouting.findPeer(id, { useCache: false, signal: AbortSignal.timeout(10000) } as Parameters<RoutingNode['peerRouting']['findPeer']>[1]);
+    const info = await this.node.peerRouting.findPeer(id, { useCache: false, signal: AbortSignal.timeout(10000) } as Parameters<
+      RoutingNode['peerRouting']['findPeer']
+    >[1]);
     const { kept, dropped } = boundedAddrs(info.multiaddrs);
     if (dropped > 0) this.o.onDroppedAddrs?.(m.peerId, dropped);
     if (kept.length === 0) return false;
     this.lookupHits++;
-    return this.dialAddr(m.peerId, kept.map((a) => (a.toString().includes(`/p2p/${m.peerId}`) ? a : a.encapsulate(`/p2p/${m.peerId}`))), 'dht');
+    return this.dialAddr(
+      m.peerId,
+      kept.map((a) => (a.toString().includes(`/p2p/${m.peerId}`) ? a : a.encapsulate(`/p2p/${m.peerId}`))),
+      'dht',
+    );
   }
 }

@@ -31,7 +31,14 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { CodecError, throwIfInterrupted, type ExchangeStats, type Logger } from '@dflmoe/core';
 import {
-  RoundAggregator, getAlgorithm, listCheckpoints, pause, restoreNewest, writeCheckpoint, type AggregatorState, type ServerLink,
+  RoundAggregator,
+  getAlgorithm,
+  listCheckpoints,
+  pause,
+  restoreNewest,
+  writeCheckpoint,
+  type AggregatorState,
+  type ServerLink,
 } from '@dflmoe/core/internal';
 import type { ServerConfig } from './config.js';
 import { readFrames, writeFrames } from './frames.js';
@@ -47,7 +54,6 @@ const MAX_CONTROL = 4096;
 /** How long the server waits for a quorum, a deadline at a time, before it gives up (sites may start late or restart). */
 const GIVE_UP_MS = 10 * 60 * 1000;
 
-
 /** The client side of the server protocol (`ServerLink`), for every server algorithm. */
 export class Libp2pServerLink implements ServerLink {
   private s: ExchangeStats = { bytesSent: 0, bytesReceived: 0, messagesSent: 0, messagesReceived: 0 };
@@ -61,7 +67,10 @@ export class Libp2pServerLink implements ServerLink {
   constructor(
     private node: SiteNode,
     private o: {
-      server: { peerId: string; addrs: string[] }; maxModelBytes: number; logger: Logger; deadlineMs: number;
+      server: { peerId: string; addrs: string[] };
+      maxModelBytes: number;
+      logger: Logger;
+      deadlineMs: number;
       /** The site is stopping (SIGINT/SIGTERM): requests and waits end with `Interrupted`. */
       signal?: AbortSignal;
     },
@@ -221,12 +230,19 @@ export class FedAvgServer {
   private finished = false;
 
   /** @param signal the server is stopping (SIGINT/SIGTERM): its waits end, and `collect` throws `Interrupted`. */
-  constructor(private node: SiteNode, private cfg: ServerConfig, private log: Logger, private readonly signal?: AbortSignal) {
+  constructor(
+    private node: SiteNode,
+    private cfg: ServerConfig,
+    private log: Logger,
+    private readonly signal?: AbortSignal,
+  ) {
     this.ranks = new Map(cfg.clients.map((c, i) => [c.peerId, i]));
     const alg = getAlgorithm(cfg.algorithm);
     if (!alg.aggregate) throw new Error(`${alg.name} does not use a server`);
     this.uploads = new RoundAggregator(alg.aggregate, {
-      maxBytes: cfg.limits.maxModelBytes, maxSamples: cfg.limits.maxSamples, maxSampleRatio: cfg.limits.maxSampleRatio,
+      maxBytes: cfg.limits.maxModelBytes,
+      maxSamples: cfg.limits.maxSamples,
+      maxSampleRatio: cfg.limits.maxSampleRatio,
     });
     this.strikes = new StrikeBook({ maxStrikes: cfg.strikes.max, blockMs: cfg.strikes.blockMs, decayMs: cfg.strikes.decayMs });
   }
@@ -323,7 +339,10 @@ export class FedAvgServer {
       }
       const round = Number(req.round);
       const reply = (r: Partial<FedAvgResponse>, model?: Uint8Array) =>
-        writeFrames(stream, [FedAvgResponse.encode({ ok: false, round: BigInt(this.round), hasModel: false, finished: this.finished, error: '', ...r }), ...(model ? [model] : [])]);
+        writeFrames(stream, [
+          FedAvgResponse.encode({ ok: false, round: BigInt(this.round), hasModel: false, finished: this.finished, error: '', ...r }),
+          ...(model ? [model] : []),
+        ]);
       if (req.kind === FedAvgRequest.Kind.UPLOAD) {
         const body = frames[1];
         // A client behind or ahead of us is not an offence (it restarted, or we did): it learns our round.
@@ -382,7 +401,9 @@ export class FedAvgServer {
       throwIfInterrupted(this.signal);
     }
     if (this.uploads.agreeing < quorum) {
-      throw new Error(`round ${this.round}: only ${this.uploads.agreeing} of ${quorum} required uploads after ${Math.round((Date.now() - t0) / 1000)} s; giving up`);
+      throw new Error(
+        `round ${this.round}: only ${this.uploads.agreeing} of ${quorum} required uploads after ${Math.round((Date.now() - t0) / 1000)} s; giving up`,
+      );
     }
     const round = this.round;
     const { global, clients, refused, clipped } = this.uploads.finish(round);
@@ -405,23 +426,31 @@ export class FedAvgServer {
 }
 
 /** `dflmoe server`: run a FedAvg server from its config (resuming from its newest checkpoint). */
-export async function runServer(cfg: ServerConfig, log: Logger, signal?: AbortSignal): Promise<{ peerId: string; rounds: ServerRoundLine[]; bytesIn: number; bytesOut: number; wallSeconds: number }> {
+export async function runServer(
+  cfg: ServerConfig,
+  log: Logger,
+  signal?: AbortSignal,
+): Promise<{ peerId: string; rounds: ServerRoundLine[]; bytesIn: number; bytesOut: number; wallSeconds: number }> {
   const t0 = performance.now();
   const id = loadIdentity(cfg.key);
   mkdirSync(cfg.out, { recursive: true });
   const metricsFile = join(cfg.out, 'metrics.jsonl');
   const ckptDir = join(cfg.out, 'checkpoints');
   const node = await createSiteNode({
-    privateKey: id.privateKey, listen: cfg.listen, allow: cfg.clients.map((c) => c.peerId), psk: cfg.psk ? loadPsk(cfg.psk) : undefined,
+    privateKey: id.privateKey,
+    listen: cfg.listen,
+    allow: cfg.clients.map((c) => c.peerId),
+    psk: cfg.psk ? loadPsk(cfg.psk) : undefined,
     onRefused: (p, d) => log.warn(`refused ${d} connection from non-client ${p}`),
     isBlocked: (p) => server.isBlocked(p),
   });
   const server = new FedAvgServer(node, cfg, log, signal);
   const rounds: ServerRoundLine[] = [];
   let earlierSeconds = 0;
-  const restored = cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0
-    ? await restoreNewest(ckptDir, (c) => server.restore(c.round, c.state as ServerState, c.read('global.bin')), log)
-    : undefined;
+  const restored =
+    cfg.checkpoint.enabled && listCheckpoints(ckptDir).length > 0
+      ? await restoreNewest(ckptDir, (c) => server.restore(c.round, c.state as ServerState, c.read('global.bin')), log)
+      : undefined;
   if (restored) {
     const r = restored.checkpoint.round;
     const kept = readJsonLines<ServerRoundLine>(metricsFile).filter((l) => l.round <= r);
@@ -449,8 +478,13 @@ export async function runServer(cfg: ServerConfig, log: Logger, signal?: AbortSi
       const [bi, bo] = [server.bytesIn, server.bytesOut];
       const { global, clients: n } = await server.collect();
       const line: ServerRoundLine = {
-        round: r, clients: n, bytesIn: server.bytesIn - bi, bytesOut: server.bytesOut - bo, seconds: (performance.now() - rt) / 1000,
-        dropped: { ...server.dropped }, time: new Date().toISOString(),
+        round: r,
+        clients: n,
+        bytesIn: server.bytesIn - bi,
+        bytesOut: server.bytesOut - bo,
+        seconds: (performance.now() - rt) / 1000,
+        dropped: { ...server.dropped },
+        time: new Date().toISOString(),
       };
       // Checkpoint first: a global model that a client has seen is never lost by a crash.
       if (cfg.checkpoint.enabled) writeCheckpoint(ckptDir, r, { 'global.bin': global }, server.state(), { line }, cfg.checkpoint.keep);
@@ -465,7 +499,13 @@ export async function runServer(cfg: ServerConfig, log: Logger, signal?: AbortSi
   } finally {
     await node.stop();
   }
-  const result = { peerId: id.peerId, rounds, bytesIn: server.bytesIn, bytesOut: server.bytesOut, wallSeconds: earlierSeconds + (performance.now() - t0) / 1000 };
+  const result = {
+    peerId: id.peerId,
+    rounds,
+    bytesIn: server.bytesIn,
+    bytesOut: server.bytesOut,
+    wallSeconds: earlierSeconds + (performance.now() - t0) / 1000,
+  };
   writeJsonAtomic(join(cfg.out, 'results.json'), result);
   return result;
 }

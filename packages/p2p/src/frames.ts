@@ -25,7 +25,11 @@ const CONSUMED = new Uint8Array(0);
  * array in its place, and no copy is made), or throw to stop reading.
  */
 export async function readFrames(
-  stream: Stream, n: number | ((frames: Uint8Array[]) => number), maxLen: number, signal: AbortSignal, out: Uint8Array[] = [],
+  stream: Stream,
+  n: number | ((frames: Uint8Array[]) => number),
+  maxLen: number,
+  signal: AbortSignal,
+  out: Uint8Array[] = [],
   onFrame?: (f: FrameBytes, i: number) => boolean | void,
 ): Promise<Uint8Array[]> {
   // `n` as a function: how many frames this message has, from the frames read so far (a request whose first frame
@@ -44,17 +48,20 @@ export async function readFrames(
   if (signal.aborted) onAbort();
   signal.addEventListener('abort', onAbort, { once: true });
   try {
-    return await Promise.race([aborted, pipe(
-      duplex.source,
-      (src) => lp.decode(src, { maxDataLength: maxLen }),
-      async (src) => {
-        for await (const f of src) {
-          out.push(onFrame?.(f, out.length) === true ? CONSUMED : f.subarray());
-          if (out.length >= count(out)) break;
-        }
-        return out;
-      },
-    )]);
+    return await Promise.race([
+      aborted,
+      pipe(
+        duplex.source,
+        (src) => lp.decode(src, { maxDataLength: maxLen }),
+        async (src) => {
+          for await (const f of src) {
+            out.push(onFrame?.(f, out.length) === true ? CONSUMED : f.subarray());
+            if (out.length >= count(out)) break;
+          }
+          return out;
+        },
+      ),
+    ]);
   } finally {
     signal.removeEventListener('abort', onAbort);
   }
@@ -77,4 +84,3 @@ export async function writeFrames(stream: Stream, frames: Uint8Array[]): Promise
     duplex.sink,
   );
 }
-

@@ -24,7 +24,16 @@ import type { Connection, PeerId, Stream } from '@libp2p/interface';
 import type { Message } from '@libp2p/gossipsub';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { readFrames, writeFrames, type FrameBytes } from './frames.js';
-import { HeadInbox, throwIfInterrupted, unlessInterrupted, type ExchangeStats, type HeadExchange, type HeadMessage, type Logger, type MembershipEvent } from '@dflmoe/core';
+import {
+  HeadInbox,
+  throwIfInterrupted,
+  unlessInterrupted,
+  type ExchangeStats,
+  type HeadExchange,
+  type HeadMessage,
+  type Logger,
+  type MembershipEvent,
+} from '@dflmoe/core';
 import { Announce, HeadRequest, HeadResponse } from './proto/messages.js';
 import { dialMembers, type ExchangeNode } from './node.js';
 import { StrikeBook } from './strikes.js';
@@ -109,8 +118,19 @@ export const EVERY_VERSION_KEPT = 8;
 
 /** Why a received announcement or head was dropped (counted per reason; most count as a strike against the sender). */
 export type DropReason =
-  | 'blocked' | 'bad-head' | 'not-member' | 'bad-announce' | 'spoofed-announce' | 'too-large' | 'bad-response' | 'digest-mismatch'
-  | 'transfer-failed' | 'old-version' | 'duplicate' | 'not-selected' | 'other-task';
+  | 'blocked'
+  | 'bad-head'
+  | 'not-member'
+  | 'bad-announce'
+  | 'spoofed-announce'
+  | 'too-large'
+  | 'bad-response'
+  | 'digest-mismatch'
+  | 'transfer-failed'
+  | 'old-version'
+  | 'duplicate'
+  | 'not-selected'
+  | 'other-task';
 
 /** Counted, but no offence: transfers cut by a restart, strangers (the gater refuses them), heads we already hold. */
 const NO_STRIKE: ReadonlySet<DropReason> = new Set<DropReason>(['transfer-failed', 'not-member', 'duplicate']);
@@ -181,7 +201,10 @@ export class Libp2pHeadExchange implements HeadExchange {
   private readonly protocol: string;
   private readonly topic: string;
 
-  constructor(private node: ExchangeNode, private o: Libp2pExchangeOptions) {
+  constructor(
+    private node: ExchangeNode,
+    private o: Libp2pExchangeOptions,
+  ) {
     this.selfId = node.peerId.toString();
     this.protocol = o.protocol ?? HEAD_PROTOCOL;
     this.topic = o.topic ?? ANNOUNCE_TOPIC;
@@ -472,7 +495,13 @@ export class Libp2pHeadExchange implements HeadExchange {
    * into the stream's buffers, not `owned`, is copied then).
    */
   private deliver(
-    peer: string, res: HeadResponse, head: { body: Uint8Array; owned: boolean }, d: Uint8Array, minVersion: bigint, digest: Uint8Array | undefined, t0: number,
+    peer: string,
+    res: HeadResponse,
+    head: { body: Uint8Array; owned: boolean },
+    d: Uint8Array,
+    minVersion: bigint,
+    digest: Uint8Array | undefined,
+    t0: number,
   ): void {
     const { body, owned } = head;
     if (!equal(d, res.digest) || (digest && res.version === minVersion && !equal(d, digest))) {
@@ -562,7 +591,11 @@ export class Libp2pHeadExchange implements HeadExchange {
       // Resumable: in frames, from where the requester's broken-off transfer of this same head stopped.
       const plan = servePlan(r, h);
       const head = HeadResponse.encode({
-        available: true, version: h.version, size: BigInt(h.bytes.length), digest: h.digest, ...(plan.chunkSize ? { chunkSize: plan.chunkSize, offset: BigInt(plan.offset) } : {}),
+        available: true,
+        version: h.version,
+        size: BigInt(h.bytes.length),
+        digest: h.digest,
+        ...(plan.chunkSize ? { chunkSize: plan.chunkSize, offset: BigInt(plan.offset) } : {}),
         ...this.taskField(),
       });
       await writeFrames(stream, [head, ...(plan.chunkSize ? chunkFrames(h.bytes, plan.offset, plan.chunkSize) : [h.bytes])]);
@@ -578,7 +611,14 @@ export class Libp2pHeadExchange implements HeadExchange {
   private async announce(): Promise<void> {
     const h = this.latest;
     if (!h || this.closed) return;
-    const data = Announce.encode({ format: WIRE_FORMAT, peer: this.selfId, version: h.version, digest: h.digest, size: BigInt(h.bytes.length), ...this.taskField() });
+    const data = Announce.encode({
+      format: WIRE_FORMAT,
+      peer: this.selfId,
+      version: h.version,
+      digest: h.digest,
+      size: BigInt(h.bytes.length),
+      ...this.taskField(),
+    });
     await this.node.services.pubsub.publish(this.topic, data);
   }
 

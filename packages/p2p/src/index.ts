@@ -17,25 +17,49 @@
 import './polyfill.js';
 export { generateIdentity, loadIdentity, loadPsk, saveIdentity, savePsk } from './identity.js';
 export {
-  ConfigError, loadPeerConfig, loadRelayConfig, loadServerConfig, parsePeerConfig, parseRelayConfig, parseServerConfig,
-  peerConfigSchema, relayConfigSchema, serverConfigSchema,
-  type ParsedConfig, type PeerConfig, type RelayConfig, type ServerConfig,
+  ConfigError,
+  loadPeerConfig,
+  loadRelayConfig,
+  loadServerConfig,
+  parsePeerConfig,
+  parseRelayConfig,
+  parseServerConfig,
+  peerConfigSchema,
+  relayConfigSchema,
+  serverConfigSchema,
+  type ParsedConfig,
+  type PeerConfig,
+  type RelayConfig,
+  type ServerConfig,
 } from './config.js';
 export { type NodeTransport, type SiteNode } from './node.js';
 export { type DropReason, type Libp2pExchangeOptions, type Member } from './head-exchange.js';
 export {
-  ExchangeServiceError, StatementService, bodyExchange, headExchange, membersOnlyGater, statementExchange,
-  type ExchangeComponents, type ExchangeService, type ExchangeServiceInit, type StatementServiceInit,
+  ExchangeServiceError,
+  StatementService,
+  bodyExchange,
+  headExchange,
+  membersOnlyGater,
+  statementExchange,
+  type ExchangeComponents,
+  type ExchangeService,
+  type ExchangeServiceInit,
+  type StatementServiceInit,
 } from './service.js';
 export { runServer, type ServerRoundLine } from './fedavg-net.js';
 export { runPeer, type PeerRunResult, type RunPeerOptions } from './run-peer.js';
 export type { RoundLine } from './site-driver.js';
 export {
-  AUDIT_FILE, verifyAudit, verifySiteAudit,
-  type AuditDigest, type AuditEntry, type AuditProblem, type AuditReport, type AuditRound, type AuditSeal, type AuditTail,
+  AUDIT_FILE,
+  verifyAudit,
+  verifySiteAudit,
+  type AuditDigest,
+  type AuditEntry,
+  type AuditProblem,
+  type AuditReport,
+  type AuditRound,
+  type AuditSeal,
+  type AuditTail,
 } from './audit.js';
 export { startRelay, type RelayHandle } from './relay.js';
-export {
-  JOIN_FORMAT, JoinError, browserDialable, joinDetails, parseJoinDetails, siteConfigFromJoin,
-  type JoinDetails, type JoiningSite,
-} from './join.js';
+export { JOIN_FORMAT, JoinError, browserDialable, joinDetails, parseJoinDetails, siteConfigFromJoin, type JoinDetails, type JoiningSite } from './join.js';

@@ -19,14 +19,17 @@ const SHARED = ['algorithm', 'preprocess', 'model', 'train', 'dflmoe', 'bodies',
 const dataSettings = peerConfigSchema.shape.data.omit({ dataset: true, dataDir: true, simulate: true, maxSamples: true });
 
 /** The schema of join details (zod); `parseJoinDetails` checks with it. */
-export const joinSchema = peerConfigSchema.pick(Object.fromEntries(SHARED.map((k) => [k, true])) as { [K in (typeof SHARED)[number]]: true }).extend({
-  format: z.literal(JOIN_FORMAT),
-  /** Every member: peer ID, name and the addresses it can be reached at (a browser tab dials the WebSockets ones). */
-  members: z.array(memberSchema).min(1),
-  /** Relays of the consortium (members that serve one), through which browser tabs reach each other. */
-  relays: z.array(z.string()).default([]),
-  data: dataSettings,
-}).strict();
+export const joinSchema = peerConfigSchema
+  .pick(Object.fromEntries(SHARED.map((k) => [k, true])) as { [K in (typeof SHARED)[number]]: true })
+  .extend({
+    format: z.literal(JOIN_FORMAT),
+    /** Every member: peer ID, name and the addresses it can be reached at (a browser tab dials the WebSockets ones). */
+    members: z.array(memberSchema).min(1),
+    /** Relays of the consortium (members that serve one), through which browser tabs reach each other. */
+    relays: z.array(z.string()).default([]),
+    data: dataSettings,
+  })
+  .strict();
 
 /**
  * Join details: the consortium's shared sections of a site config, its
@@ -34,7 +37,10 @@ export const joinSchema = peerConfigSchema.pick(Object.fromEntries(SHARED.map((k
  * (Written out rather than inferred from `joinSchema`, so that the type
  * reads the same wherever it is printed.)
  */
-export type JoinDetails = Pick<ParsedConfig, 'algorithm' | 'preprocess' | 'model' | 'train' | 'dflmoe' | 'bodies' | 'finetune' | 'fedrep' | 'rounds' | 'round' | 'limits'> & {
+export type JoinDetails = Pick<
+  ParsedConfig,
+  'algorithm' | 'preprocess' | 'model' | 'train' | 'dflmoe' | 'bodies' | 'finetune' | 'fedrep' | 'rounds' | 'round' | 'limits'
+> & {
   format: typeof JOIN_FORMAT;
   /** Every member: peer ID, name and the addresses it can be reached at (a browser tab dials the WebSockets ones). */
   members: PeerConfig['members'];
@@ -51,7 +57,9 @@ void sameJoinType;
 /** Whether a browser can dial this address (WebSockets, or WebRTC through a relay). */
 export function browserDialable(addr: string): boolean {
   try {
-    const names = multiaddr(addr).getComponents().map((c) => c.name);
+    const names = multiaddr(addr)
+      .getComponents()
+      .map((c) => c.name);
     return names.includes('ws') || names.includes('wss') || names.includes('webrtc');
   } catch {
     return false;
@@ -72,7 +80,9 @@ export function joinDetails(cfg: PeerConfig, selfId: string): { join: JoinDetail
   if (cfg.model.pretrainedBody !== undefined) throw new Error('model.pretrainedBody names a file on this machine: a browser tab cannot start from it');
   if (cfg.model.body.startsWith('tfjs:')) throw new Error(`model.body ${cfg.model.body} is a saved model on this machine: a browser tab cannot load it`);
   const own = (cfg.announce.length > 0 ? cfg.announce : cfg.listen).filter((a) => !a.includes('/p2p-circuit'));
-  for (const a of own) if (/\/ip[46]\/(0\.0\.0\.0|::)\//.test(a)) warnings.push(`${a} listens on every interface: members cannot dial it; set "announce" to the address they reach this site at`);
+  for (const a of own)
+    if (/\/ip[46]\/(0\.0\.0\.0|::)\//.test(a))
+      warnings.push(`${a} listens on every interface: members cannot dial it; set "announce" to the address they reach this site at`);
   // Member addresses are written without the peer ID (the dialler appends /p2p/<member>); a relay's with it.
   const withoutId = (a: string) => a.replace(new RegExp(`/p2p/${selfId}$`), '');
   const withId = (a: string) => `${withoutId(a)}/p2p/${selfId}`;
@@ -104,7 +114,9 @@ export function parseJoinDetails(input: unknown): JoinDetails {
     }
   }
   if (raw === null || typeof raw !== 'object' || (raw as { format?: unknown }).format !== JOIN_FORMAT) {
-    throw new JoinError(`these are not dflmoe join details (they start with "format": "${JOIN_FORMAT}"); a member prints them with: dflmoe peer --config <file> --print-join`);
+    throw new JoinError(
+      `these are not dflmoe join details (they start with "format": "${JOIN_FORMAT}"); a member prints them with: dflmoe peer --config <file> --print-join`,
+    );
   }
   const r = joinSchema.safeParse(raw);
   if (!r.success) throw new JoinError(`join details: ${r.error.issues.map((i) => `${i.path.join('.') || '(top)'}: ${i.message}`).join('; ')}`);
@@ -149,9 +161,14 @@ export function siteConfigFromJoin(join: JoinDetails, site: JoiningSite): PeerCo
     ...shared,
     // Members with no address of their own (browser tabs, sites behind NAT) hold reservations on the
     // consortium's relays: reach them there, over WebRTC (tabs) or the relayed connection itself.
-    members: members.map((m) => (m.addrs.length > 0 || m.peerId === site.peerId ? m : {
-      ...m, addrs: relays.flatMap((r) => [`${r}/p2p-circuit/webrtc`, `${r}/p2p-circuit`]),
-    })),
+    members: members.map((m) =>
+      m.addrs.length > 0 || m.peerId === site.peerId
+        ? m
+        : {
+            ...m,
+            addrs: relays.flatMap((r) => [`${r}/p2p-circuit/webrtc`, `${r}/p2p-circuit`]),
+          },
+    ),
     ...(site.name ? { name: site.name } : {}),
     key: site.key,
     listen: site.listen,

@@ -83,10 +83,18 @@ export class LinkEmulator {
   private readonly o: Required<LinkOptions>;
 
   /** Proxy connections to `target` (host:port); listen with `start()`. */
-  constructor(private readonly target: { host: string; port: number }, o: LinkOptions = {}) {
+  constructor(
+    private readonly target: { host: string; port: number },
+    o: LinkOptions = {},
+  ) {
     this.o = {
-      bytesPerSecond: o.bytesPerSecond ?? 1e6, rttMs: o.rttMs ?? 100, resetProbability: o.resetProbability ?? 0.02,
-      resetWithinMs: o.resetWithinMs ?? 30000, forceResets: o.forceResets ?? 0, forceResetAfterMs: o.forceResetAfterMs ?? [1000, 4000], seed: o.seed ?? 1,
+      bytesPerSecond: o.bytesPerSecond ?? 1e6,
+      rttMs: o.rttMs ?? 100,
+      resetProbability: o.resetProbability ?? 0.02,
+      resetWithinMs: o.resetWithinMs ?? 30000,
+      forceResets: o.forceResets ?? 0,
+      forceResetAfterMs: o.forceResetAfterMs ?? [1000, 4000],
+      seed: o.seed ?? 1,
     };
     // Reset decisions are reproducible for a seed.
     this.random = mulberry32(this.o.seed);
@@ -128,16 +136,19 @@ export class LinkEmulator {
     const when = this.random() * this.o.resetWithinMs;
     if (forced) this.forcedPending++;
     if (reset) {
-      const t = setTimeout(() => {
-        this.timers.delete(t);
-        if (forced) this.forcedPending--;
-        // A connection that closed by itself first leaves its forced reset to a later one.
-        if (client.destroyed) return;
-        if (forced) this.forcedDone++;
-        this.stats.resets++;
-        client.resetAndDestroy();
-        upstream.resetAndDestroy();
-      }, forced ? this.o.forceResetAfterMs[0] + (when / this.o.resetWithinMs) * (this.o.forceResetAfterMs[1] - this.o.forceResetAfterMs[0]) : when);
+      const t = setTimeout(
+        () => {
+          this.timers.delete(t);
+          if (forced) this.forcedPending--;
+          // A connection that closed by itself first leaves its forced reset to a later one.
+          if (client.destroyed) return;
+          if (forced) this.forcedDone++;
+          this.stats.resets++;
+          client.resetAndDestroy();
+          upstream.resetAndDestroy();
+        },
+        forced ? this.o.forceResetAfterMs[0] + (when / this.o.resetWithinMs) * (this.o.forceResetAfterMs[1] - this.o.forceResetAfterMs[0]) : when,
+      );
       t.unref();
       this.timers.add(t);
     }

@@ -29,7 +29,10 @@ export class PeerStatusWatch {
   private readonly onConnection = () => this.refresh();
   private auditing?: Promise<void>;
 
-  constructor(private readonly feed: SiteFeed, private readonly o: PeerStatusSources) {
+  constructor(
+    private readonly feed: SiteFeed,
+    private readonly o: PeerStatusSources,
+  ) {
     o.node?.addEventListener('connection:open', this.onConnection);
     o.node?.addEventListener('connection:close', this.onConnection);
     this.timer = setInterval(() => this.refresh(), o.periodMs ?? 2000);
@@ -47,7 +50,9 @@ export class PeerStatusWatch {
         if (r !== undefined) rounds.push(r);
       }
       return {
-        id: m.name ?? m.peerId, peerId: m.peerId, connected: open.has(m.peerId),
+        id: m.name ?? m.peerId,
+        peerId: m.peerId,
+        connected: open.has(m.peerId),
         strikes: this.o.exchanges.reduce((a, x) => a + x.strikesOf(m.peerId), 0),
         blocked: this.o.exchanges.some((x) => x.isBlocked(m.peerId)),
         lastHeadRound: rounds.length ? Math.max(...rounds) : null,

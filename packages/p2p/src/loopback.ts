@@ -17,7 +17,10 @@ export interface LoopbackMembers {
   stop(): Promise<void>;
 }
 
-export async function loopbackMembers(n: number, o: { maxHeadBytes: number; heartbeatMs?: number; logger: Logger } & Pick<Libp2pExchangeOptions, 'everyVersion'>): Promise<LoopbackMembers> {
+export async function loopbackMembers(
+  n: number,
+  o: { maxHeadBytes: number; heartbeatMs?: number; logger: Logger } & Pick<Libp2pExchangeOptions, 'everyVersion'>,
+): Promise<LoopbackMembers> {
   const ids = await Promise.all(Array.from({ length: n }, () => generateIdentity()));
   const allow = ids.map((i) => i.peerId);
   const nodes = await Promise.all(ids.map((i) => createSiteNode({ privateKey: i.privateKey, listen: ['/ip4/127.0.0.1/tcp/0'], allow })));
@@ -27,7 +30,9 @@ export async function loopbackMembers(n: number, o: { maxHeadBytes: number; hear
   for (const node of nodes) await node.start();
   for (const e of exchanges) e.start();
   return {
-    ids, nodes, exchanges,
+    ids,
+    nodes,
+    exchanges,
     stop: async () => {
       for (const e of exchanges) await e.close();
       for (const node of nodes) await node.stop();

@@ -19,13 +19,41 @@ export class PeerMetrics {
   private readonly prom = prom();
   readonly registry = new this.prom.Registry();
   readonly rounds = new this.prom.Counter({ name: 'dflmoe_rounds_total', help: 'Local rounds completed', registers: [this.registry] });
-  readonly accuracy = new this.prom.Gauge({ name: 'dflmoe_accuracy', help: 'Personalized accuracy on the local test split after the last round', registers: [this.registry] });
-  readonly ownHeadAccuracy = new this.prom.Gauge({ name: 'dflmoe_own_head_accuracy', help: 'Accuracy of the own head alone after the last round', registers: [this.registry] });
+  readonly accuracy = new this.prom.Gauge({
+    name: 'dflmoe_accuracy',
+    help: 'Personalized accuracy on the local test split after the last round',
+    registers: [this.registry],
+  });
+  readonly ownHeadAccuracy = new this.prom.Gauge({
+    name: 'dflmoe_own_head_accuracy',
+    help: 'Accuracy of the own head alone after the last round',
+    registers: [this.registry],
+  });
   readonly experts = new this.prom.Gauge({ name: 'dflmoe_experts', help: 'Received experts in the pool', registers: [this.registry] });
-  readonly expertVersion = new this.prom.Gauge({ name: 'dflmoe_expert_version', help: 'Head version held per expert', labelNames: ['peer'], registers: [this.registry] });
-  readonly bytes = new this.prom.Gauge({ name: 'dflmoe_bytes', help: 'Head or model bytes moved since start', labelNames: ['direction'], registers: [this.registry] });
-  readonly dropped = new this.prom.Gauge({ name: 'dflmoe_dropped_messages', help: 'Messages dropped since start, by reason', labelNames: ['reason'], registers: [this.registry] });
-  readonly roundSeconds = new this.prom.Gauge({ name: 'dflmoe_round_seconds', help: 'Duration of the last round, by part', labelNames: ['part'], registers: [this.registry] });
+  readonly expertVersion = new this.prom.Gauge({
+    name: 'dflmoe_expert_version',
+    help: 'Head version held per expert',
+    labelNames: ['peer'],
+    registers: [this.registry],
+  });
+  readonly bytes = new this.prom.Gauge({
+    name: 'dflmoe_bytes',
+    help: 'Head or model bytes moved since start',
+    labelNames: ['direction'],
+    registers: [this.registry],
+  });
+  readonly dropped = new this.prom.Gauge({
+    name: 'dflmoe_dropped_messages',
+    help: 'Messages dropped since start, by reason',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
+  readonly roundSeconds = new this.prom.Gauge({
+    name: 'dflmoe_round_seconds',
+    help: 'Duration of the last round, by part',
+    labelNames: ['part'],
+    registers: [this.registry],
+  });
   private server?: Server;
 
   constructor() {

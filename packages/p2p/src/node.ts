@@ -70,7 +70,10 @@ export interface RelayOptions {
 
 /** The peer ID a multiaddr names last (`/p2p/<id>`), if any. */
 export function peerIdOfAddr(a: string): string | undefined {
-  return multiaddr(a).getComponents().filter((c) => c.name === 'p2p').at(-1)?.value;
+  return multiaddr(a)
+    .getComponents()
+    .filter((c) => c.name === 'p2p')
+    .at(-1)?.value;
 }
 
 /** Whether a connection runs through a relay. */
@@ -79,7 +82,11 @@ export function isRelayed(c: Connection): boolean {
 }
 
 /** A site's libp2p node, with the identify, ping and gossipsub services it runs. */
-export type SiteNode = Libp2p<{ identify: ReturnType<ReturnType<typeof identify>>; ping: ReturnType<ReturnType<typeof ping>>; pubsub: ReturnType<ReturnType<typeof gossipsub>> }>;
+export type SiteNode = Libp2p<{
+  identify: ReturnType<ReturnType<typeof identify>>;
+  ping: ReturnType<ReturnType<typeof ping>>;
+  pubsub: ReturnType<ReturnType<typeof gossipsub>>;
+}>;
 
 /**
  * What the head exchange uses of a node: a site's own node, or a host's
@@ -93,12 +100,18 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
   const via = o.relay?.via ?? [];
   const { allowed, gater } = membersGater(o);
   const useWs = o.listen.some((a) => a.includes('/ws'));
-  const [
-    { createLibp2p }, { noise }, { yamux }, { circuitRelayServer, circuitRelayTransport }, { dcutr }, { gossipsub }, { identify }, { ping }, { tcp },
-  ] = await Promise.all([
-    import('libp2p'), import('@chainsafe/libp2p-noise'), import('@chainsafe/libp2p-yamux'), import('@libp2p/circuit-relay-v2'), import('@libp2p/dcutr'),
-    import('@libp2p/gossipsub'), import('@libp2p/identify'), import('@libp2p/ping'), import('@libp2p/tcp'),
-  ]);
+  const [{ createLibp2p }, { noise }, { yamux }, { circuitRelayServer, circuitRelayTransport }, { dcutr }, { gossipsub }, { identify }, { ping }, { tcp }] =
+    await Promise.all([
+      import('libp2p'),
+      import('@chainsafe/libp2p-noise'),
+      import('@chainsafe/libp2p-yamux'),
+      import('@libp2p/circuit-relay-v2'),
+      import('@libp2p/dcutr'),
+      import('@libp2p/gossipsub'),
+      import('@libp2p/identify'),
+      import('@libp2p/ping'),
+      import('@libp2p/tcp'),
+    ]);
   // What only some nodes use loads only for them.
   const webSockets = useWs && !o.transports ? (await import('@libp2p/websockets')).webSockets : undefined;
   const preSharedKey = o.psk ? (await import('@libp2p/pnet')).preSharedKey : undefined;
@@ -116,7 +129,9 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
     // (5 inbound connections per host per second, 10 pending) refused most of a 64-site consortium's dials.
     connectionManager: { inboundConnectionThreshold: Math.max(5, 2 * allowed.size), maxIncomingPendingConnections: Math.max(10, 2 * allowed.size) },
     ...(o.psk && preSharedKey ? { connectionProtector: preSharedKey({ psk: o.psk }) } : {}),
-    ...(o.metricsRegistry && prometheusMetrics ? { metrics: prometheusMetrics({ registry: o.metricsRegistry, collectDefaultMetrics: false, preserveExistingMetrics: true }) } : {}),
+    ...(o.metricsRegistry && prometheusMetrics
+      ? { metrics: prometheusMetrics({ registry: o.metricsRegistry, collectDefaultMetrics: false, preserveExistingMetrics: true }) }
+      : {}),
     ...(mdns ? { peerDiscovery: [mdns({ serviceTag: '_dflmoe-discovery._udp.local', interval: 5000 })] } : {}),
     connectionGater: gater,
     services: {
@@ -124,11 +139,11 @@ export async function createSiteNode(o: NodeOptions): Promise<SiteNode> {
       ping: ping(),
       ...(o.relay?.serve
         ? {
-          relay: circuitRelayServer({
-            reservations: { maxReservations: o.relay.serve.maxReservations ?? 64, applyDefaultLimit: false },
-            hopTimeout: 30000,
-          }),
-        }
+            relay: circuitRelayServer({
+              reservations: { maxReservations: o.relay.serve.maxReservations ?? 64, applyDefaultLimit: false },
+              hopTimeout: 30000,
+            }),
+          }
         : {}),
       ...(o.relay?.holePunch !== false ? { dcutr: dcutr() } : {}),
       ...(o.discovery?.dht && kadDHT
@@ -216,7 +231,13 @@ export async function startNode(node: SiteNode, listen: readonly string[]): Prom
   } catch (e) {
     const msg = (e as Error).message ?? String(e);
     const bad = listen.filter((a) => msg.includes(a));
-    const why = /EADDRINUSE/.test(msg) ? 'the port is in use by another program' : /EADDRNOTAVAIL/.test(msg) ? 'the address is not one of this machine\'s' : /EACCES/.test(msg) ? 'permission denied (ports below 1024 need privileges)' : undefined;
+    const why = /EADDRINUSE/.test(msg)
+      ? 'the port is in use by another program'
+      : /EADDRNOTAVAIL/.test(msg)
+        ? "the address is not one of this machine's"
+        : /EACCES/.test(msg)
+          ? 'permission denied (ports below 1024 need privileges)'
+          : undefined;
     if (why) {
       await Promise.resolve(node.stop()).catch(() => {});
       throw new Error(`cannot listen on ${(bad.length ? bad : listen).join(', ')}: ${why}; change "listen" in the config`, { cause: e });

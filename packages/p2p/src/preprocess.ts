@@ -47,32 +47,68 @@ const column = z.discriminatedUnion('kind', [
 ]);
 const featureSchema = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('table'), labelColumn: name, classNames: names, columns: z.array(column) }).strict(),
-  z.object({ kind: z.literal('tensor'), classNames: names, shape: z.array(z.number().int().min(1).max(1 << 20)).min(1).max(8) }).strict(),
+  z
+    .object({
+      kind: z.literal('tensor'),
+      classNames: names,
+      shape: z
+        .array(
+          z
+            .number()
+            .int()
+            .min(1)
+            .max(1 << 20),
+        )
+        .min(1)
+        .max(8),
+    })
+    .strict(),
 ]);
 
 /** A `LocalSummary` as it must arrive (the structure; `validateSummary` checks that its parts fit together). */
-export const localSummarySchema = z.object({
-  version: z.literal(1),
-  site: z.string().min(1).max(256),
-  numRows: count,
-  schema: featureSchema,
-  labelCounts: z.array(count),
-  featureNames: names,
-  stats: z.object({ count: z.array(count), missing: z.array(count), sum: z.array(finite), sumSq: z.array(finite) }).strict(),
-  task: z.object({ name: z.string().min(1).max(256), kind: z.enum(TASK_KINDS), sum: finite.optional(), sumSq: finite.optional() }).strict().optional(),
-  /** A multi-task site's tasks (`validateSummary` checks that they fit the rows). */
-  tasks: z.array(z.object({
-    name: z.string().min(1).max(256), kind: z.enum(TASK_KINDS), numRows: count, classNames: names, labelCounts: z.array(count),
-    sum: finite.optional(), sumSq: finite.optional(), declared: names.min(1).optional(),
-  }).strict()).min(1).max(64).optional(),
-}).strict();
+export const localSummarySchema = z
+  .object({
+    version: z.literal(1),
+    site: z.string().min(1).max(256),
+    numRows: count,
+    schema: featureSchema,
+    labelCounts: z.array(count),
+    featureNames: names,
+    stats: z.object({ count: z.array(count), missing: z.array(count), sum: z.array(finite), sumSq: z.array(finite) }).strict(),
+    task: z
+      .object({ name: z.string().min(1).max(256), kind: z.enum(TASK_KINDS), sum: finite.optional(), sumSq: finite.optional() })
+      .strict()
+      .optional(),
+    /** A multi-task site's tasks (`validateSummary` checks that they fit the rows). */
+    tasks: z
+      .array(
+        z
+          .object({
+            name: z.string().min(1).max(256),
+            kind: z.enum(TASK_KINDS),
+            numRows: count,
+            classNames: names,
+            labelCounts: z.array(count),
+            sum: finite.optional(),
+            sumSq: finite.optional(),
+            declared: names.min(1).optional(),
+          })
+          .strict(),
+      )
+      .min(1)
+      .max(64)
+      .optional(),
+  })
+  .strict();
 
 const statementSchema = z.object({ summary: localSummarySchema, declaredClasses: names.min(1).optional() }).strict();
-const responseSchema = z.object({
-  format: z.literal(FORMAT),
-  statement: statementSchema,
-  agreedSites: z.array(z.string().min(1).max(256)).max(100000).optional(),
-}).strict();
+const responseSchema = z
+  .object({
+    format: z.literal(FORMAT),
+    statement: statementSchema,
+    agreedSites: z.array(z.string().min(1).max(256)).max(100000).optional(),
+  })
+  .strict();
 const requestSchema = z.object({ format: z.literal(FORMAT) }).strict();
 
 export type PreprocessDrop = 'not-member' | 'too-large' | 'bad-json' | 'bad-schema' | 'invalid-summary' | 'sender-mismatch' | 'transfer-failed';
@@ -81,8 +117,10 @@ export type PreprocessDrop = 'not-member' | 'too-large' | 'bad-json' | 'bad-sche
  * Check a response received from `from` (its authenticated peer ID): the
  * statement, and the sites it agreed on (if it has), or the reason to drop it.
  */
-export function checkPreprocessResponse(bytes: Uint8Array, from: string):
-  { statement: SiteStatement; agreedSites?: string[] } | { reason: PreprocessDrop; detail: string } {
+export function checkPreprocessResponse(
+  bytes: Uint8Array,
+  from: string,
+): { statement: SiteStatement; agreedSites?: string[] } | { reason: PreprocessDrop; detail: string } {
   let raw: unknown;
   try {
     raw = JSON.parse(Buffer.from(bytes).toString('utf8'));
@@ -170,7 +208,10 @@ export class SchemaAgreement {
   readonly dropped: Partial<Record<PreprocessDrop, number>> = {};
   private readonly names: Map<string, string>;
 
-  constructor(private readonly node: Pick<SiteNode, 'peerId' | 'handle' | 'unhandle' | 'dialProtocol' | 'getConnections' | 'addEventListener'>, private readonly o: PreprocessOptions) {
+  constructor(
+    private readonly node: Pick<SiteNode, 'peerId' | 'handle' | 'unhandle' | 'dialProtocol' | 'getConnections' | 'addEventListener'>,
+    private readonly o: PreprocessOptions,
+  ) {
     this.selfId = node.peerId.toString();
     if (o.statement.summary.site !== this.selfId) throw new Error(`the statement names site ${o.statement.summary.site}, not this node ${this.selfId}`);
     this.others = o.members.filter((m) => m.peerId !== this.selfId);
@@ -366,7 +407,9 @@ export class SchemaAgreement {
         for (const m of missing) {
           if (waiting.includes(m) || this.saidGone.has(m.peerId)) continue;
           this.saidGone.add(m.peerId);
-          this.o.logger.warn(`preprocessing: ${this.label(m.peerId)} disconnected before sending its statement: not waiting for it (it takes the agreement when it comes back, if its data fits)`);
+          this.o.logger.warn(
+            `preprocessing: ${this.label(m.peerId)} disconnected before sending its statement: not waiting for it (it takes the agreement when it comes back, if its data fits)`,
+          );
         }
         if (waiting.length === 0) {
           goneAt ??= Date.now();
@@ -378,7 +421,9 @@ export class SchemaAgreement {
         }
         if (waiting.length > 0 && Date.now() - noticed >= noticeMs) {
           noticed = Date.now();
-          this.o.logger.info(`preprocessing: waiting for the statements of ${waiting.map((m) => this.label(m.peerId)).join(', ')} ${waitLeft(left(), this.o.deadlineMs)}`);
+          this.o.logger.info(
+            `preprocessing: waiting for the statements of ${waiting.map((m) => this.label(m.peerId)).join(', ')} ${waitLeft(left(), this.o.deadlineMs)}`,
+          );
         }
         await Promise.all(waiting.map(async (m) => take(m, await this.ask(m, timeout()))));
         if (missing.some((m) => !got.has(m.peerId)) && left() > 0) await pause(Math.min(this.o.retryMs ?? 250, left()), this.o.signal);
@@ -395,7 +440,13 @@ export class SchemaAgreement {
   }
 
   /** Agree from the statements gathered: the sites of this site's form merged (or the agreement they made), the rest left out or set apart. */
-  private async conclude(got: Map<string, SiteStatement>, sites: string[] | undefined, agreedBy: Map<string, string[]>, t0: number, left: () => number): Promise<Agreement> {
+  private async conclude(
+    got: Map<string, SiteStatement>,
+    sites: string[] | undefined,
+    agreedBy: Map<string, string[]>,
+    t0: number,
+    left: () => number,
+  ): Promise<Agreement> {
     const missing = this.others.filter((m) => !got.has(m.peerId)).map((m) => m.peerId);
     let adopted = false;
     let pool = [...got.values()];
@@ -436,7 +487,9 @@ export class SchemaAgreement {
     for (const x of excluded) this.o.logger.warn(`preprocessing: left out ${this.label(x.peer)}: ${x.reason}`);
     if (missing.length > 0) {
       const waited = Math.round((performance.now() - t0) / 1000);
-      this.o.logger.warn(`preprocessing: no statement from ${missing.map((p) => this.label(p)).join(', ')} within ${waited} s; agreeing without them (when they come, they take the agreement if their data fits it, else they stop)`);
+      this.o.logger.warn(
+        `preprocessing: no statement from ${missing.map((p) => this.label(p)).join(', ')} within ${waited} s; agreeing without them (when they come, they take the agreement if their data fits it, else they stop)`,
+      );
     }
     const warnings = r.warnings.map((w) => this.named(w));
     for (const w of warnings) this.o.logger.warn(`preprocessing: ${w}`);
@@ -451,8 +504,10 @@ export class SchemaAgreement {
     const other = [...got.values()].filter((st) => statementForm(st) !== form);
     if (other.length > 0) {
       const theirs = statementForm(other[0]);
-      this.o.logger.info(`preprocessing: ${other.map((st) => this.label(st.summary.site)).join(', ')} hold the data as ${theirs}s (this site: ${form}s): ` +
-        'they agree on a schema of their own; their heads are experts here, bodies are combined only within a form');
+      this.o.logger.info(
+        `preprocessing: ${other.map((st) => this.label(st.summary.site)).join(', ')} hold the data as ${theirs}s (this site: ${form}s): ` +
+          'they agree on a schema of their own; their heads are experts here, bodies are combined only within a form',
+      );
     }
     return other.map((st) => st.summary.site).sort();
   }

@@ -29,8 +29,15 @@ export function siteDiscoveryOptions(cfg: Pick<PeerConfig, 'members' | 'discover
   const names = new Map(cfg.members.map((m) => [m.peerId, m.name ?? 'member']));
   const dropped = new Set<string>();
   return {
-    members: cfg.members, bootstrap: d.bootstrap, dht, mdns: d.mdns, intervalMs: d.intervalMs,
-    onFound: (peer, addr, how) => log.info(`found ${names.get(peer)} (${peer}) at ${addr} (${how === 'dht' ? 'DHT lookup' : how === 'bootstrap' ? 'bootstrap' : 'address known or learnt at run time'})`),
+    members: cfg.members,
+    bootstrap: d.bootstrap,
+    dht,
+    mdns: d.mdns,
+    intervalMs: d.intervalMs,
+    onFound: (peer, addr, how) =>
+      log.info(
+        `found ${names.get(peer)} (${peer}) at ${addr} (${how === 'dht' ? 'DHT lookup' : how === 'bootstrap' ? 'bootstrap' : 'address known or learnt at run time'})`,
+      ),
     onDroppedAddrs: (peer, n) => {
       if (dropped.has(peer)) return;
       dropped.add(peer);

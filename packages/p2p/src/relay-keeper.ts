@@ -33,13 +33,19 @@ export class RelayKeeper {
 
   /** Relay peer ID of a relay address (its last /p2p/ component). */
   private static relayId(a: string): string {
-    return multiaddr(a).getComponents().filter((c) => c.name === 'p2p').at(-1)!.value!;
+    return multiaddr(a)
+      .getComponents()
+      .filter((c) => c.name === 'p2p')
+      .at(-1)!.value!;
   }
 
   /** Our circuit addresses through `relay`. */
   addrsVia(relay: string): string[] {
     const id = RelayKeeper.relayId(relay);
-    return this.node.getMultiaddrs().map(String).filter((a) => a.includes(`/p2p/${id}/p2p-circuit`));
+    return this.node
+      .getMultiaddrs()
+      .map(String)
+      .filter((a) => a.includes(`/p2p/${id}/p2p-circuit`));
   }
 
   start(): void {
@@ -79,7 +85,13 @@ export class RelayKeeper {
       const n = (this.failures.get(relay) ?? 0) + 1;
       this.failures.set(relay, n);
       this.nextTry.set(relay, Date.now() + Math.min(10000, 1000 * n));
-      this.report(relay, { relay, state: 'failed', error: String((e as Error | undefined)?.message ?? e).split('\n')[0].slice(0, 200) });
+      this.report(relay, {
+        relay,
+        state: 'failed',
+        error: String((e as Error | undefined)?.message ?? e)
+          .split('\n')[0]
+          .slice(0, 200),
+      });
     } finally {
       this.inflight.delete(relay);
     }

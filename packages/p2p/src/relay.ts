@@ -32,7 +32,10 @@ export async function startRelay(cfg: RelayConfig, log: Logger): Promise<RelayHa
   const id = loadIdentity(cfg.key);
   const members = cfg.members.map((m) => m.peerId);
   const node = await createSiteNode({
-    privateKey: id.privateKey, listen: cfg.listen, announce: cfg.announce, allow: members,
+    privateKey: id.privateKey,
+    listen: cfg.listen,
+    announce: cfg.announce,
+    allow: members,
     psk: cfg.psk ? loadPsk(cfg.psk) : undefined,
     relay: { serve: { members, maxReservations: cfg.maxReservations }, holePunch: false },
     onRefused: (peer, dir) => log.warn(`refused ${dir} connection from non-member ${peer}`),
@@ -49,9 +52,13 @@ export async function startRelay(cfg: RelayConfig, log: Logger): Promise<RelayHa
   }, 2000);
   timer.unref();
   const addrs = node.getMultiaddrs().map(String);
-  log.info(`relay ${id.peerId} (${cfg.name ?? 'unnamed'}) for ${members.length} members; members behind NAT put one of these in relay.via: ${addrs.join(', ')}`);
+  log.info(
+    `relay ${id.peerId} (${cfg.name ?? 'unnamed'}) for ${members.length} members; members behind NAT put one of these in relay.via: ${addrs.join(', ')}`,
+  );
   return {
-    node, peerId: id.peerId, addrs,
+    node,
+    peerId: id.peerId,
+    addrs,
     reservations: () => service.reservations.size,
     stop: async () => {
       clearInterval(timer);

@@ -29,7 +29,10 @@ interface Partial {
 const equal = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((v, i) => v === b[i]);
 
 /** Server side: the chunk size to answer with (0: one frame, for a requester that did not ask) and the offset to send from. */
-export function servePlan(req: { chunkSize?: number; offset?: bigint; resumeDigest?: Uint8Array }, head: { digest: Uint8Array; bytes: Uint8Array }): { chunkSize: number; offset: number } {
+export function servePlan(
+  req: { chunkSize?: number; offset?: bigint; resumeDigest?: Uint8Array },
+  head: { digest: Uint8Array; bytes: Uint8Array },
+): { chunkSize: number; offset: number } {
   if (!req.chunkSize) return { chunkSize: 0, offset: 0 };
   const chunkSize = Math.min(MAX_CHUNK, Math.max(MIN_CHUNK, req.chunkSize));
   const off = req.offset ?? 0n;
@@ -132,7 +135,8 @@ export class PartialHeads {
       return { bytes };
     }
     // Keep a prefix worth resuming from (at least one frame).
-    if (at >= Math.min(RESUME_CHUNK, size)) this.byPeer.set(peer, { digest: new Uint8Array(res.digest), version: res.version, size, bytes, have: at, at: Date.now() });
+    if (at >= Math.min(RESUME_CHUNK, size))
+      this.byPeer.set(peer, { digest: new Uint8Array(res.digest), version: res.version, size, bytes, have: at, at: Date.now() });
     else this.byPeer.delete(peer);
     return { incomplete: at };
   }
@@ -149,8 +153,12 @@ export class PartialHeads {
  */
 export class HeadSink {
   constructor(
-    private readonly partials: PartialHeads, private readonly peer: string, private readonly res: HeadResponse,
-    readonly bytes: Uint8Array, private readonly offset: number, private at = offset,
+    private readonly partials: PartialHeads,
+    private readonly peer: string,
+    private readonly res: HeadResponse,
+    readonly bytes: Uint8Array,
+    private readonly offset: number,
+    private at = offset,
   ) {}
 
   /** Append `piece`; throws when the head would grow beyond the size its header gave. */

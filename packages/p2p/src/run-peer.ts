@@ -6,7 +6,23 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { initBackend, isInterrupted, type AlgorithmOptions, type Logger, type SiteFeed, type StatusBoard } from '@dflmoe/core';
 import {
-  createMultiTaskSite, getAlgorithm, pause, waitLeft, waitNoticeMs, type HeadExchange, sharesBodies, networkStats, prefixKeys, listCheckpoints, disposePeerData, siteTasks, withoutMembers, type Algorithm, type AlgorithmSite, type SiteNetwork, type TaskResult,
+  createMultiTaskSite,
+  getAlgorithm,
+  pause,
+  waitLeft,
+  waitNoticeMs,
+  type HeadExchange,
+  sharesBodies,
+  networkStats,
+  prefixKeys,
+  listCheckpoints,
+  disposePeerData,
+  siteTasks,
+  withoutMembers,
+  type Algorithm,
+  type AlgorithmSite,
+  type SiteNetwork,
+  type TaskResult,
 } from '@dflmoe/core/internal';
 import type { SiteData } from '@dflmoe/data';
 import type { PrivateKey } from '@libp2p/interface';
@@ -136,7 +152,10 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
   const remote = [...otherMembers(cfg, id.peerId), ...(cfg.server ? [cfg.server] : [])];
   const held: PeerRunHeld = { links: { tasks: {} }, prom: o.metricsPort !== undefined ? new PeerMetrics() : undefined };
   const feed: SiteFeed | undefined = o.status?.site({
-    id: names.get(id.peerId) ?? cfg.name ?? id.peerId, peerId: id.peerId, algorithm: alg.name, rounds: cfg.rounds,
+    id: names.get(id.peerId) ?? cfg.name ?? id.peerId,
+    peerId: id.peerId,
+    algorithm: alg.name,
+    rounds: cfg.rounds,
     members: remote.map((m) => ({ id: m.name ?? m.peerId, peerId: m.peerId })),
   });
   try {
@@ -149,8 +168,17 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     const { prepared, site, index } = await buildSite(cfg, alg, id.peerId, links, resume, o, held);
     const { net, adaptive } = await siteNetwork(cfg, id.peerId, links, site, prepared, memberId, o.signal, log);
     const driven = await driveSite(site, net, {
-      out: cfg.out, rounds: cfg.rounds, checkpoint: cfg.checkpoint, resume, logger: log, signal: o.signal, names, adaptive, startedAt: t0,
-      dropped: () => droppedSoFar(links, prepared), rejectedAs: alg.message ?? 'input',
+      out: cfg.out,
+      rounds: cfg.rounds,
+      checkpoint: cfg.checkpoint,
+      resume,
+      logger: log,
+      signal: o.signal,
+      names,
+      adaptive,
+      startedAt: t0,
+      dropped: () => droppedSoFar(links, prepared),
+      rejectedAs: alg.message ?? 'input',
       openAudit: (from) => openSiteAudit(cfg, alg, id, links, site, from),
       // Resumed, the agreement came from disk and no connection is up yet: the first round would wait for nobody.
       beforeRounds: async (from) => {
@@ -173,10 +201,20 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     // Stay a little so that slower peers can fetch our last head or model.
     await linger(cfg, links, prepared, log, o.signal);
     const result: PeerRunResult = {
-      peerId: id.peerId, name: cfg.name, algorithm: cfg.algorithm, backend: backend.name, index,
-      trainSamples: prepared.data.trainSamples, testSamples: prepared.data.testSamples, accuracy: ev.accuracy, ownHeadAccuracy: ev.ownHeadAccuracy,
-      tasks: site.taskResults?.() ?? siteTasks(prepared.data, ev), ...runTraffic(net, links, driven.before),
-      wallSeconds: driven.before.seconds + (performance.now() - t0) / 1000, peakRssMiB: peakRssMiB(), rounds: driven.rounds,
+      peerId: id.peerId,
+      name: cfg.name,
+      algorithm: cfg.algorithm,
+      backend: backend.name,
+      index,
+      trainSamples: prepared.data.trainSamples,
+      testSamples: prepared.data.testSamples,
+      accuracy: ev.accuracy,
+      ownHeadAccuracy: ev.ownHeadAccuracy,
+      tasks: site.taskResults?.() ?? siteTasks(prepared.data, ev),
+      ...runTraffic(net, links, driven.before),
+      wallSeconds: driven.before.seconds + (performance.now() - t0) / 1000,
+      peakRssMiB: peakRssMiB(),
+      rounds: driven.rounds,
       audit: await driven.audit.seal(),
     };
     writeJsonAtomic(join(cfg.out, 'results.json'), result);
@@ -195,7 +233,10 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
 function watchLinks(feed: SiteFeed, cfg: PeerConfig, remote: PeerConfig['members'], links: SiteLinks): PeerStatusWatch {
   const { node, heads, bodies, server } = links;
   const watch = new PeerStatusWatch(feed, {
-    members: remote, node, auditFile: join(cfg.out, 'audit.jsonl'), exchanges: [heads, bodies].filter((x) => x !== undefined),
+    members: remote,
+    node,
+    auditFile: join(cfg.out, 'audit.jsonl'),
+    exchanges: [heads, bodies].filter((x) => x !== undefined),
     ...(server && cfg.server ? { server: { peerId: cfg.server.peerId, lastRound: () => server.lastGlobal?.round } } : {}),
   });
   feed.state('preprocessing');
@@ -208,26 +249,49 @@ function watchLinks(feed: SiteFeed, cfg: PeerConfig, remote: PeerConfig['members
  * several tasks, every task a site of its own over the one body).
  */
 async function buildSite(
-  cfg: PeerConfig, alg: Algorithm, selfId: string, links: SiteLinks, resume: boolean, o: RunPeerOptions, held: PeerRunHeld,
+  cfg: PeerConfig,
+  alg: Algorithm,
+  selfId: string,
+  links: SiteLinks,
+  resume: boolean,
+  o: RunPeerOptions,
+  held: PeerRunHeld,
 ): Promise<{ prepared: PreparedSite; site: AlgorithmSite; index: number }> {
   const prepared = (held.prepared = await prepareSiteData(cfg, {
-    node: links.node, selfId, logger: o.logger, resume, signal: o.signal, ...(o.data ? { source: o.data } : {}),
+    node: links.node,
+    selfId,
+    logger: o.logger,
+    resume,
+    signal: o.signal,
+    ...(o.data ? { source: o.data } : {}),
   }));
   const index = siteIndex(cfg, selfId);
   const model = siteModelOptions(cfg, selfId, index, prepared.data, prepared.body, prepared.bodySpec);
   const options = siteAlgorithmOptions(cfg);
   const site = (held.site = prepared.tasks ? createMultiTaskSite(alg, model, prepared.tasks, options) : alg.createSite(model, options));
-  writeSiteDescription(cfg, model, options, prepared.tasks?.tasks.map((t) => t.task));
+  writeSiteDescription(
+    cfg,
+    model,
+    options,
+    prepared.tasks?.tasks.map((t) => t.task),
+  );
   return { prepared, site, index };
 }
 
 /** The audit trail: one signed, hash-chained entry per round (and one per start), from what the site's links sent and received. */
 function openSiteAudit(
-  cfg: PeerConfig, alg: Algorithm, id: { peerId: string; privateKey: PrivateKey }, links: SiteLinks, site: AlgorithmSite, from: number,
+  cfg: PeerConfig,
+  alg: Algorithm,
+  id: { peerId: string; privateKey: PrivateKey },
+  links: SiteLinks,
+  site: AlgorithmSite,
+  from: number,
 ): Promise<SiteAudit> {
   const { heads, bodies, server } = links;
   return SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, from, {
-    exchange: heads, server, serverPeer: cfg.server?.peerId,
+    exchange: heads,
+    server,
+    serverPeer: cfg.server?.peerId,
     // Under secure aggregation what the body channel carries is masked: the trail keeps the digest of the body itself, which never left.
     ...(bodies ? { bodies: cfg.bodies.secureAggregation ? { published: () => site.bodyShare?.lastPublished ?? bodies.published() } : bodies } : {}),
   });
@@ -239,27 +303,42 @@ function openSiteAudit(
  * federated preprocessing, so a local-only site with members starts one too.
  */
 async function startLinks(
-  cfg: PeerConfig, alg: Algorithm, id: { peerId: string; privateKey: PrivateKey }, o: RunPeerOptions,
-  names: Map<string, string | undefined>, prom: PeerMetrics | undefined,
+  cfg: PeerConfig,
+  alg: Algorithm,
+  id: { peerId: string; privateKey: PrivateKey },
+  o: RunPeerOptions,
+  names: Map<string, string | undefined>,
+  prom: PeerMetrics | undefined,
 ): Promise<SiteLinks> {
   const log = o.logger;
   if (alg.network === 'none' && otherMembers(cfg, id.peerId).length === 0) return { tasks: {} };
   const heads = alg.message === 'head';
   const services = {
-    ...(alg.network === 'peers' && alg.message !== 'body' ? {
-      heads: headExchange({
-        members: cfg.members, logger: log, signal: o.signal,
-        maxHeadBytes: heads ? cfg.limits.maxHeadBytes : cfg.limits.maxModelBytes,
-        protocol: heads ? HEAD_PROTOCOL : MODEL_PROTOCOL, topic: heads ? ANNOUNCE_TOPIC : MODEL_ANNOUNCE_TOPIC,
-      }),
-    } : {}),
+    ...(alg.network === 'peers' && alg.message !== 'body'
+      ? {
+          heads: headExchange({
+            members: cfg.members,
+            logger: log,
+            signal: o.signal,
+            maxHeadBytes: heads ? cfg.limits.maxHeadBytes : cfg.limits.maxModelBytes,
+            protocol: heads ? HEAD_PROTOCOL : MODEL_PROTOCOL,
+            topic: heads ? ANNOUNCE_TOPIC : MODEL_ANNOUNCE_TOPIC,
+          }),
+        }
+      : {}),
     // Bodies travel like heads (signed announcements, pulls, checks, strikes) on their own protocol and topic.
     // Under secure aggregation a round is four messages per member, each needed: every version is delivered, not only the newest.
-    ...(sharesBodies(alg, siteAlgorithmOptions(cfg)) ? {
-      bodies: bodyExchange({
-        members: cfg.members, logger: log, signal: o.signal, maxHeadBytes: cfg.limits.maxModelBytes, ...(cfg.bodies.secureAggregation ? { everyVersion: true } : {}),
-      }),
-    } : {}),
+    ...(sharesBodies(alg, siteAlgorithmOptions(cfg))
+      ? {
+          bodies: bodyExchange({
+            members: cfg.members,
+            logger: log,
+            signal: o.signal,
+            maxHeadBytes: cfg.limits.maxModelBytes,
+            ...(cfg.bodies.secureAggregation ? { everyVersion: true } : {}),
+          }),
+        }
+      : {}),
   };
   const links: SiteLinks = { tasks: {} };
   const node = await createSiteNode({
@@ -276,9 +355,10 @@ async function startLinks(
     relay: siteRelayOptions(cfg),
     discovery: siteDiscoveryOptions(cfg, id.peerId, log),
     onRelayRefused: (peer, what) => log.warn(`refused to relay a ${what} for non-member ${peer}`),
-    onRelayStatus: (s) => (s.state === 'reserved'
-      ? log.info(`reserved a slot on relay ${s.relay}; members reach this site at ${s.addrs.join(', ')}`)
-      : log.warn(`no reservation on relay ${s.relay} yet (retrying): ${s.error}`)),
+    onRelayStatus: (s) =>
+      s.state === 'reserved'
+        ? log.info(`reserved a slot on relay ${s.relay}; members reach this site at ${s.addrs.join(', ')}`)
+        : log.warn(`no reservation on relay ${s.relay} yet (retrying): ${s.error}`),
   });
   links.node = node;
   watchConnections(node, log, names);
@@ -287,7 +367,13 @@ async function startLinks(
   await startNode(node, cfg.listen);
   log.info(`site ${cfg.name ?? '(unnamed)'} (${alg.name}, peer ID ${id.peerId}) listening on ${node.getMultiaddrs().map(String).join(', ')}`);
   if (alg.network === 'server') {
-    links.server = new Libp2pServerLink(node, { server: cfg.server!, maxModelBytes: cfg.limits.maxModelBytes, logger: log, deadlineMs: cfg.round.deadlineMs, signal: o.signal });
+    links.server = new Libp2pServerLink(node, {
+      server: cfg.server!,
+      maxModelBytes: cfg.limits.maxModelBytes,
+      logger: log,
+      deadlineMs: cfg.round.deadlineMs,
+      signal: o.signal,
+    });
   }
   return links;
 }
@@ -299,20 +385,33 @@ async function startLinks(
  * gone (it stopped, or crashed). Members left out are not experts here either.
  */
 async function siteNetwork(
-  cfg: PeerConfig, selfId: string, links: SiteLinks, site: AlgorithmSite, prepared: PreparedSite, memberName: (p: string) => string,
-  signal: AbortSignal | undefined, log: Logger,
+  cfg: PeerConfig,
+  selfId: string,
+  links: SiteLinks,
+  site: AlgorithmSite,
+  prepared: PreparedSite,
+  memberName: (p: string) => string,
+  signal: AbortSignal | undefined,
+  log: Logger,
 ): Promise<{ net: SiteNetwork; adaptive?: AdaptiveDeadline }> {
   const { heads, bodies, server } = links;
   // Members that agreed apart, holding the data in another form, are waited for too.
   const agreed = new Set([...prepared.preprocessing.included, ...(prepared.preprocessing.otherForms ?? [])]);
-  const awaited = otherMembers(cfg, selfId).map((m) => m.peerId).filter((p) => agreed.has(p));
+  const awaited = otherMembers(cfg, selfId)
+    .map((m) => m.peerId)
+    .filter((p) => agreed.has(p));
   const others = awaited.length;
   // With round.adaptive the deadline follows what the link delivers (measured on the exchange's waits).
-  const adaptive = cfg.round.adaptive ? new AdaptiveDeadline({ maxMs: cfg.round.deadlineMs, minMs: Math.min(cfg.round.minDeadlineMs, cfg.round.deadlineMs) }) : undefined;
+  const adaptive = cfg.round.adaptive
+    ? new AdaptiveDeadline({ maxMs: cfg.round.deadlineMs, minMs: Math.min(cfg.round.minDeadlineMs, cfg.round.deadlineMs) })
+    : undefined;
   const left = new Set(prepared.preprocessing.excluded.map((x) => x.peer));
   const agreedExchange = heads && left.size > 0 ? withoutMembers(heads, left, log) : heads;
   const net: SiteNetwork = {
-    exchange: agreedExchange && adaptive ? adaptive.wrap(agreedExchange) : agreedExchange, ...(bodies ? { bodies } : {}), server, logger: log,
+    exchange: agreedExchange && adaptive ? adaptive.wrap(agreedExchange) : agreedExchange,
+    ...(bodies ? { bodies } : {}),
+    server,
+    logger: log,
     quorum: Math.min(cfg.round.quorum ?? others, others),
     others,
     awaited,
@@ -338,7 +437,12 @@ async function siteNetwork(
  * preprocessing are never taken in. Returns the members taken in now.
  */
 export function awaitLateMembers(
-  net: SiteNetwork, ex: Pick<HeadExchange, 'announced'> | undefined, leftOut: ReadonlySet<string>, quorumSet: boolean, log: Logger, name: (p: string) => string,
+  net: SiteNetwork,
+  ex: Pick<HeadExchange, 'announced'> | undefined,
+  leftOut: ReadonlySet<string>,
+  quorumSet: boolean,
+  log: Logger,
+  name: (p: string) => string,
 ): string[] {
   if (!net.awaited || !ex?.announced) return [];
   const awaited = new Set(net.awaited);
@@ -347,7 +451,9 @@ export function awaitLateMembers(
   net.awaited = [...net.awaited, ...late];
   net.others = net.awaited.length;
   if (!quorumSet) net.quorum = net.awaited.length;
-  log.info(`${late.map(name).join(', ')} took the agreement after this site agreed: rounds wait for ${late.length > 1 ? 'them' : 'it'} too from the next round`);
+  log.info(
+    `${late.map(name).join(', ')} took the agreement after this site agreed: rounds wait for ${late.length > 1 ? 'them' : 'it'} too from the next round`,
+  );
   return late;
 }
 
@@ -359,7 +465,12 @@ export function awaitLateMembers(
  * for connected members. Returns the members still not connected.
  */
 export async function awaitConnected(
-  ex: Pick<HeadExchange, 'members'>, members: readonly string[], ms: number, log: Logger, name: (p: string) => string, signal?: AbortSignal,
+  ex: Pick<HeadExchange, 'members'>,
+  members: readonly string[],
+  ms: number,
+  log: Logger,
+  name: (p: string) => string,
+  signal?: AbortSignal,
 ): Promise<string[]> {
   const t0 = Date.now();
   const noticeMs = waitNoticeMs(ms);
@@ -380,7 +491,9 @@ export async function awaitConnected(
 /** Input the site's transports and its preprocessing dropped so far, by reason (prefixed by channel). */
 function droppedSoFar(links: SiteLinks, prepared: PreparedSite): Record<string, number> {
   return {
-    ...(links.heads?.dropped ?? {}), ...prefixKeys(links.bodies?.dropped ?? {}, 'body-transfer:'), ...prefixKeys(prepared.agreement?.dropped ?? {}, 'preprocess:'),
+    ...(links.heads?.dropped ?? {}),
+    ...prefixKeys(links.bodies?.dropped ?? {}, 'body-transfer:'),
+    ...prefixKeys(prepared.agreement?.dropped ?? {}, 'preprocess:'),
     ...Object.fromEntries(Object.entries(links.tasks).flatMap(([t, ex]) => Object.entries(prefixKeys(ex.dropped, `task:${t}:`)))),
   } as Record<string, number>;
 }
@@ -395,17 +508,27 @@ async function linger(cfg: PeerConfig, links: SiteLinks, prepared: PreparedSite,
   if (links.heads || links.bodies || Object.keys(links.tasks).length > 0) await sleep(cfg.lingerMs, signal);
   const agreement = prepared.agreement;
   if (agreement && agreement.unserved().length > 0) {
-    log.info(`waiting (at most preprocess.deadlineMs) for ${agreement.unserved().map((p) => agreement.label(p)).join(', ')} to fetch this site's preprocessing statement`);
+    log.info(
+      `waiting (at most preprocess.deadlineMs) for ${agreement
+        .unserved()
+        .map((p) => agreement.label(p))
+        .join(', ')} to fetch this site's preprocessing statement`,
+    );
     await agreement.waitServed(cfg.preprocess.deadlineMs, signal);
   }
 }
 
 /** The run's traffic, cumulative: this part's (lingering included) plus the earlier parts'. */
-function runTraffic(net: SiteNetwork, links: SiteLinks, before: EarlierParts): Pick<PeerRunResult, 'bytesSent' | 'bytesReceived' | 'bodyBytesSent' | 'bodyBytesReceived'> {
+function runTraffic(
+  net: SiteNetwork,
+  links: SiteLinks,
+  before: EarlierParts,
+): Pick<PeerRunResult, 'bytesSent' | 'bytesReceived' | 'bodyBytesSent' | 'bodyBytesReceived'> {
   const t = networkStats(net);
   const bodies = links.bodies?.stats();
   return {
-    bytesSent: t.bytesSent + before.bytesSent, bytesReceived: t.bytesReceived + before.bytesReceived,
+    bytesSent: t.bytesSent + before.bytesSent,
+    bytesReceived: t.bytesReceived + before.bytesReceived,
     ...(bodies ? { bodyBytesSent: bodies.bytesSent + before.bodyBytesSent, bodyBytesReceived: bodies.bytesReceived + before.bodyBytesReceived } : {}),
   };
 }
@@ -444,13 +567,23 @@ function exportRound(prom: PeerMetrics, line: RoundLine): void {
  * logged and counted (`task:<name>:<reason>` in a round's `dropped`).
  */
 async function openTaskChannels(
-  node: SiteNode, tasks: readonly string[], pre: PreparedSite['preprocessing'], cfg: PeerConfig, selfId: string, log: Logger, signal?: AbortSignal,
+  node: SiteNode,
+  tasks: readonly string[],
+  pre: PreparedSite['preprocessing'],
+  cfg: PeerConfig,
+  selfId: string,
+  log: Logger,
+  signal?: AbortSignal,
 ): Promise<Record<string, Libp2pHeadExchange>> {
   const out: Record<string, Libp2pHeadExchange> = {};
   for (const t of tasks) {
     const learners = new Set(taskLearners(pre, t, selfId));
     const ex = new Libp2pHeadExchange(node, {
-      members: cfg.members.filter((m) => m.peerId === selfId || learners.has(m.peerId)), logger: log, signal, maxHeadBytes: cfg.limits.maxHeadBytes, ...taskChannel(t),
+      members: cfg.members.filter((m) => m.peerId === selfId || learners.has(m.peerId)),
+      logger: log,
+      signal,
+      maxHeadBytes: cfg.limits.maxHeadBytes,
+      ...taskChannel(t),
     });
     await ex.register();
     ex.start();
@@ -468,22 +601,33 @@ function taskLearners(pre: PreparedSite['preprocessing'], t: string, selfId: str
 
 /** Each task's network: its channel, waiting (up to the quorum) for the members that learn it. */
 function taskNetworks(
-  exchanges: Record<string, Libp2pHeadExchange>, pre: PreparedSite['preprocessing'], cfg: PeerConfig, selfId: string, log: Logger, memberName: (p: string) => string,
+  exchanges: Record<string, Libp2pHeadExchange>,
+  pre: PreparedSite['preprocessing'],
+  cfg: PeerConfig,
+  selfId: string,
+  log: Logger,
+  memberName: (p: string) => string,
 ): Record<string, SiteNetwork> {
-  return Object.fromEntries(Object.entries(exchanges).map(([t, ex]) => {
-    const awaited = taskLearners(pre, t, selfId);
-    const n = awaited.length;
-    if (n === 0) log.info(`task "${t}": no other member learns it; its head stays here`);
-    return [t, { exchange: ex, quorum: Math.min(cfg.round.quorum ?? n, n), others: n, awaited, memberName, deadlineMs: cfg.round.deadlineMs, logger: log }];
-  }));
+  return Object.fromEntries(
+    Object.entries(exchanges).map(([t, ex]) => {
+      const awaited = taskLearners(pre, t, selfId);
+      const n = awaited.length;
+      if (n === 0) log.info(`task "${t}": no other member learns it; its head stays here`);
+      return [t, { exchange: ex, quorum: Math.min(cfg.round.quorum ?? n, n), others: n, awaited, memberName, deadlineMs: cfg.round.deadlineMs, logger: log }];
+    }),
+  );
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => {
-      clearTimeout(t);
-      resolve();
-    }, { once: true });
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(t);
+        resolve();
+      },
+      { once: true },
+    );
   });
 }

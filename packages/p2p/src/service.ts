@@ -99,7 +99,8 @@ function nodeFromComponents(c: ExchangeComponents, pubsubName: string): Exchange
     unhandle: (protocol: string) => c.registrar.unhandle(protocol),
     getConnections: (peer?: PeerId) => c.connectionManager.getConnections(peer),
     hangUp: (peer: PeerId) => c.connectionManager.closeConnections(peer),
-    dialProtocol: (peer: unknown, protocols: string | string[], o?: unknown) => c.connectionManager.openStream(peer, Array.isArray(protocols) ? protocols : [protocols], o),
+    dialProtocol: (peer: unknown, protocols: string | string[], o?: unknown) =>
+      c.connectionManager.openStream(peer, Array.isArray(protocols) ? protocols : [protocols], o),
     dial: (peer: unknown, o?: unknown) => c.connectionManager.openConnection(peer, { priority: 75, ...(o as object | undefined) }),
     addEventListener: (type: string, l: (e: CustomEvent) => void) => c.events.addEventListener(type, l),
     get services() {
@@ -132,7 +133,10 @@ export class Libp2pExchangeService extends Libp2pHeadExchange implements Exchang
   readonly [serviceDependencies]: string[] = ['@libp2p/pubsub'];
   private running = false;
 
-  constructor(private readonly components: ExchangeComponents, private readonly init: ExchangeServiceInit & { maxHeadBytes: number }) {
+  constructor(
+    private readonly components: ExchangeComponents,
+    private readonly init: ExchangeServiceInit & { maxHeadBytes: number },
+  ) {
     super(nodeFromComponents(components, init.pubsub ?? 'pubsub'), { ...init, logger: init.logger ?? silentLogger });
   }
 
@@ -192,9 +196,13 @@ export function headExchange(init: ExchangeServiceInit): (components: ExchangeCo
  * (`maxHeadBytes`, the largest body, default 256 MiB).
  */
 export function bodyExchange(init: ExchangeServiceInit): (components: ExchangeComponents) => ExchangeService {
-  return (components) => new Libp2pExchangeService(components, {
-    protocol: BODY_PROTOCOL, topic: BODY_ANNOUNCE_TOPIC, ...init, maxHeadBytes: init.maxHeadBytes ?? DEFAULT_MAX_BODY_BYTES,
-  });
+  return (components) =>
+    new Libp2pExchangeService(components, {
+      protocol: BODY_PROTOCOL,
+      topic: BODY_ANNOUNCE_TOPIC,
+      ...init,
+      maxHeadBytes: init.maxHeadBytes ?? DEFAULT_MAX_BODY_BYTES,
+    });
 }
 
 /**
@@ -240,7 +248,10 @@ export class StatementService implements StatementExchange, Startable {
   readonly selfId: string;
   private agreement?: SchemaAgreement;
 
-  constructor(private readonly components: ExchangeComponents, private readonly init: StatementServiceInit) {
+  constructor(
+    private readonly components: ExchangeComponents,
+    private readonly init: StatementServiceInit,
+  ) {
     this.selfId = components.peerId.toString();
   }
 
@@ -249,12 +260,24 @@ export class StatementService implements StatementExchange, Startable {
     if (this.agreement) throw new Error('this site has agreed already (one agreement per statement service)');
     const logger = this.init.logger ?? silentLogger;
     this.agreement = new SchemaAgreement(nodeFromComponents(this.components, 'pubsub'), {
-      members: this.init.members, statement, deadlineMs: this.init.deadlineMs ?? 120000, quorum: this.init.quorum, graceMs: this.init.graceMs,
-      maxBytes: this.init.maxBytes ?? 32 * 1024 * 1024, logger, signal: o.signal,
+      members: this.init.members,
+      statement,
+      deadlineMs: this.init.deadlineMs ?? 120000,
+      quorum: this.init.quorum,
+      graceMs: this.init.graceMs,
+      maxBytes: this.init.maxBytes ?? 32 * 1024 * 1024,
+      logger,
+      signal: o.signal,
     });
     await this.agreement.register();
     const a = await this.agreement.agree();
-    return { agreed: a.agreed, included: a.included, excluded: a.excluded.map((x) => ({ site: x.peer, reason: x.reason })), missing: a.missing, warnings: a.warnings };
+    return {
+      agreed: a.agreed,
+      included: a.included,
+      excluded: a.excluded.map((x) => ({ site: x.peer, reason: x.reason })),
+      missing: a.missing,
+      warnings: a.warnings,
+    };
   }
 
   /** libp2p's start hook: nothing to do until `agree`. */

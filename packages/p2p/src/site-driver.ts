@@ -109,7 +109,9 @@ export async function driveSite<A extends RoundAudit>(site: AlgorithmSite, net: 
   const audit = await o.openAudit(from);
   if (from <= o.rounds) await o.beforeRounds?.(from);
   await runSite(site, net, {
-    from, rounds: o.rounds, signal: o.signal,
+    from,
+    rounds: o.rounds,
+    signal: o.signal,
     onRound: async (m) => {
       const line = roundLine(m, o.names, { ...o.dropped(), ...prefixKeys(m.rejected, `${o.rejectedAs}:`) });
       if (o.adaptive?.history.length) line.deadlineMs = o.adaptive.history.at(-1)!.deadlineMs;
@@ -137,7 +139,8 @@ export async function driveSite<A extends RoundAudit>(site: AlgorithmSite, net: 
  * lost it); else start `metrics.jsonl` afresh.
  */
 async function resumeSite(
-  o: SiteDriverOptions<RoundAudit>, checkpoint: AlgorithmSite['checkpoint'],
+  o: SiteDriverOptions<RoundAudit>,
+  checkpoint: AlgorithmSite['checkpoint'],
 ): Promise<{ rounds: RoundLine[]; before: EarlierParts; from: number }> {
   const metricsFile = join(o.out, 'metrics.jsonl');
   const restored = checkpoint && o.resume ? await checkpoint.restore(join(o.out, 'checkpoints'), o.logger) : undefined;
@@ -171,18 +174,29 @@ function addEarlierParts(line: RoundLine, before: EarlierParts): void {
  * metrics line (bytes and seconds so far, including the parts before it).
  */
 function earlierParts(out: string, lines: RoundLine[], round: number): EarlierParts {
-  const done = readJsonFile<{ rounds?: RoundLine[]; bytesSent: number; bytesReceived: number; bodyBytesSent?: number; bodyBytesReceived?: number; wallSeconds: number }>(
-    join(out, 'results.json'),
-  );
+  const done = readJsonFile<{
+    rounds?: RoundLine[];
+    bytesSent: number;
+    bytesReceived: number;
+    bodyBytesSent?: number;
+    bodyBytesReceived?: number;
+    wallSeconds: number;
+  }>(join(out, 'results.json'));
   if (done?.rounds?.at(-1)?.round === round && Number.isFinite(done.bytesSent)) {
     return {
-      bytesSent: done.bytesSent, bytesReceived: done.bytesReceived, bodyBytesSent: done.bodyBytesSent ?? 0, bodyBytesReceived: done.bodyBytesReceived ?? 0,
+      bytesSent: done.bytesSent,
+      bytesReceived: done.bytesReceived,
+      bodyBytesSent: done.bodyBytesSent ?? 0,
+      bodyBytesReceived: done.bodyBytesReceived ?? 0,
       seconds: done.wallSeconds,
     };
   }
   const l = lines.find((x) => x.round === round);
   return {
-    bytesSent: l?.bytesSent ?? 0, bytesReceived: l?.bytesReceived ?? 0, bodyBytesSent: l?.bodyBytesSent ?? 0, bodyBytesReceived: l?.bodyBytesReceived ?? 0,
+    bytesSent: l?.bytesSent ?? 0,
+    bytesReceived: l?.bytesReceived ?? 0,
+    bodyBytesSent: l?.bodyBytesSent ?? 0,
+    bodyBytesReceived: l?.bodyBytesReceived ?? 0,
     seconds: l?.wallSeconds ?? 0,
   };
 }

@@ -10,12 +10,35 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { type AlgorithmOptions, type BodySpec, type BodyWeights, type Logger, type SiteDescription, type SitePreprocessing, type TaskInfo } from '@dflmoe/core';
 import {
-  PREPROCESSING_FILE, SITE_FILE, checkBodyStandardizer, parseBodySpec, prepareSiteTasks, readBodyWeights, readSiteFiles, resolveBody, sharedInitSeed, scaledTask, siteTasksData, takePeerData,
-  type PeerData, type PeerModelOptions, type SiteTasks,
+  PREPROCESSING_FILE,
+  SITE_FILE,
+  checkBodyStandardizer,
+  parseBodySpec,
+  prepareSiteTasks,
+  readBodyWeights,
+  readSiteFiles,
+  resolveBody,
+  sharedInitSeed,
+  scaledTask,
+  siteTasksData,
+  takePeerData,
+  type PeerData,
+  type PeerModelOptions,
+  type SiteTasks,
 } from '@dflmoe/core/internal';
 import {
-  DataError, encodeSiteData, labelledRows, loadSiteData, reconcileStatements, siteStatement, taskDataset,
-  type AgreedSchema, type EncodedSite, type SiteData, type SiteDataSpec, type SiteStatement,
+  DataError,
+  encodeSiteData,
+  labelledRows,
+  loadSiteData,
+  reconcileStatements,
+  siteStatement,
+  taskDataset,
+  type AgreedSchema,
+  type EncodedSite,
+  type SiteData,
+  type SiteDataSpec,
+  type SiteStatement,
 } from '@dflmoe/data';
 import { deriveSeed } from '@dflmoe/data/internal';
 import type { PeerConfig } from './config.js';
@@ -33,7 +56,8 @@ export function siteDataSpec(cfg: PeerConfig): SiteDataSpec {
     // Several tasks: each names its label column (the config check makes sure).
     const { labelColumn: _l, classes: _c, tasks, ...rest } = d;
     return {
-      ...rest, labelColumnSetting: 'data.tasks[].column in the site config',
+      ...rest,
+      labelColumnSetting: 'data.tasks[].column in the site config',
       tasks: tasks.map((t) => ({ name: (t.name ?? t.column)!, column: t.column ?? t.name, kind: t.kind, ...(t.classes ? { classes: t.classes } : {}) })),
     };
   }
@@ -42,16 +66,34 @@ export function siteDataSpec(cfg: PeerConfig): SiteDataSpec {
     throw new DataError(`data.labelColumn "${d.labelColumn}" and data.tasks[0].column "${t.column}" name two label columns: keep one`);
   }
   return {
-    dataset: d.dataset, labelColumn: t?.column ?? d.labelColumn, labelColumnSetting: t ? 'data.tasks[0].column in the site config' : 'data.labelColumn in the site config',
-    ...(t ? { task: { ...(t.name !== undefined || t.column !== undefined ? { name: t.name ?? t.column } : {}), kind: t.kind } } : {}), features: d.features, drop: d.drop, categorical: d.categorical, classes: d.classes,
-    imageSize: d.imageSize, channels: d.channels, fit: d.fit, seed: d.seed, testFraction: d.testFraction, maxSamples: d.maxSamples,
-    dataDir: d.dataDir, simulate: d.simulate,
+    dataset: d.dataset,
+    labelColumn: t?.column ?? d.labelColumn,
+    labelColumnSetting: t ? 'data.tasks[0].column in the site config' : 'data.labelColumn in the site config',
+    ...(t ? { task: { ...(t.name !== undefined || t.column !== undefined ? { name: t.name ?? t.column } : {}), kind: t.kind } } : {}),
+    features: d.features,
+    drop: d.drop,
+    categorical: d.categorical,
+    classes: d.classes,
+    imageSize: d.imageSize,
+    channels: d.channels,
+    fit: d.fit,
+    seed: d.seed,
+    testFraction: d.testFraction,
+    maxSamples: d.maxSamples,
+    dataDir: d.dataDir,
+    simulate: d.simulate,
   };
 }
 
 /** The site's number among the members: its simulator index, else its place in `members` (seeds and ranks derive from it). */
 export function siteIndex(cfg: PeerConfig, selfId: string): number {
-  return cfg.data.simulate?.index ?? Math.max(0, cfg.members.findIndex((m) => m.peerId === selfId));
+  return (
+    cfg.data.simulate?.index ??
+    Math.max(
+      0,
+      cfg.members.findIndex((m) => m.peerId === selfId),
+    )
+  );
 }
 
 export interface PreparedSite {
@@ -75,12 +117,13 @@ export interface PreparedSite {
  * trained with. Throws a DataError when the site's data cannot join.
  */
 export async function prepareSiteData(
-  cfg: PeerConfig, o: { node?: SiteNode; selfId: string; logger: Logger; resume: boolean; signal?: AbortSignal; source?: SiteData },
+  cfg: PeerConfig,
+  o: { node?: SiteNode; selfId: string; logger: Logger; resume: boolean; signal?: AbortSignal; source?: SiteData },
 ): Promise<PreparedSite> {
   const log = o.logger;
   const body = cfg.model.pretrainedBody !== undefined ? readBodyWeights(cfg.model.pretrainedBody) : undefined;
   const bodySpec = await resolveBody(cfg.model.body);
-  const source = o.source ?? await loadSiteData(siteDataSpec(cfg));
+  const source = o.source ?? (await loadSiteData(siteDataSpec(cfg)));
   for (const w of source.warnings) log.warn(`${cfg.data.dataset}: ${w}`);
   log.info(`own data: ${source.description}`);
   const statement = siteStatement(source, o.selfId);
@@ -95,9 +138,16 @@ export async function prepareSiteData(
   }
   const agreement = o.node
     ? new SchemaAgreement(o.node, {
-      members: cfg.members, statement, deadlineMs: cfg.preprocess.deadlineMs, graceMs: cfg.preprocess.graceMs,
-      quorum: cfg.round.quorum, maxBytes: cfg.limits.maxSummaryBytes, logger: log, signal: o.signal, ...(cfg.name ? { selfName: cfg.name } : {}),
-    })
+        members: cfg.members,
+        statement,
+        deadlineMs: cfg.preprocess.deadlineMs,
+        graceMs: cfg.preprocess.graceMs,
+        quorum: cfg.round.quorum,
+        maxBytes: cfg.limits.maxSummaryBytes,
+        logger: log,
+        signal: o.signal,
+        ...(cfg.name ? { selfName: cfg.name } : {}),
+      })
     : undefined;
   await agreement?.register();
   let pre: SitePreprocessing;
@@ -126,7 +176,13 @@ export async function prepareSiteData(
   }
   // The site's rows are its own: standardized in place and handed to the backend once.
   // A regression target standardized as the features are: with the pooled statistics, or the site's own.
-  return { data: takePeerData(dataset, split, standardizer, scaledTask(dataset, split.train, enc.targetScale)), preprocessing: pre, agreement, bodySpec, ...(body ? { body } : {}) };
+  return {
+    data: takePeerData(dataset, split, standardizer, scaledTask(dataset, split.train, enc.targetScale)),
+    preprocessing: pre,
+    agreement,
+    bodySpec,
+    ...(body ? { body } : {}),
+  };
 }
 
 /** `samples of shape 8x8x1`, or `30 encoded features`. */
@@ -137,13 +193,20 @@ function featuresLine(a: AgreedSchema): string {
 /** A multi-task agreement's tasks as the log line names them: classes or the target's scale, and how many sites learn each (this site's first). */
 function agreedTasksLine(a: AgreedSchema, self: string): string {
   const ts = [...a.tasks!].sort((x, y) => Number(y.sites.includes(self)) - Number(x.sites.includes(self)));
-  return `${ts.length} task(s): ${ts.map((t) => `"${t.name}" (${t.scale ? `target pooled mean ${t.scale.mean.toPrecision(4)}, sd ${t.scale.std.toPrecision(4)}` : `${t.classNames.length} classes`}, ` +
-    `${t.sites.length} site(s)${t.sites.includes(self) ? '' : ', not learnt here'})`).join(', ')}`;
+  return `${ts.length} task(s): ${ts
+    .map(
+      (t) =>
+        `"${t.name}" (${t.scale ? `target pooled mean ${t.scale.mean.toPrecision(4)}, sd ${t.scale.std.toPrecision(4)}` : `${t.classNames.length} classes`}, ` +
+        `${t.sites.length} site(s)${t.sites.includes(self) ? '' : ', not learnt here'})`,
+    )
+    .join(', ')}`;
 }
 
 /** The digest of a site's statement without its peer ID: the same data (rows, split, columns read) gives the same digest. */
 export function statementDigest(st: SiteStatement): string {
-  return createHash('sha256').update(JSON.stringify({ ...st, summary: { ...st.summary, site: '' } })).digest('hex');
+  return createHash('sha256')
+    .update(JSON.stringify({ ...st, summary: { ...st.summary, site: '' } }))
+    .digest('hex');
 }
 
 /**
@@ -155,7 +218,11 @@ export function checkSameRun(out: string, savedPeerId: string, saved: SitePrepro
   const peerId = saved?.peerId ?? savedPeerId;
   if (peerId !== now.peerId) changed.push(`with another key (peer ${peerId}; this config's key is peer ${now.peerId})`);
   if (saved && saved.digest !== now.digest) {
-    changed.push(saved.dataset !== now.dataset ? `from other data (${saved.dataset}; this config reads ${now.dataset})` : `from other rows of ${now.dataset}, or other data settings`);
+    changed.push(
+      saved.dataset !== now.dataset
+        ? `from other data (${saved.dataset}; this config reads ${now.dataset})`
+        : `from other rows of ${now.dataset}, or other data settings`,
+    );
   }
   if (changed.length > 0) throw new DataError(`${out} holds a run made ${changed.join(' and ')}: rerun with --fresh to start over there, or set another out`);
 }
@@ -209,11 +276,21 @@ export function writeSiteDescription(cfg: PeerConfig, model: PeerModelOptions, a
     return d ? { ...t, column: (d.column ?? d.name)! } : t;
   });
   const desc: SiteDescription = {
-    format: 1, algorithm: cfg.algorithm, peerId: model.id, ...(cfg.name ? { name: cfg.name } : {}),
+    format: 1,
+    algorithm: cfg.algorithm,
+    peerId: model.id,
+    ...(cfg.name ? { name: cfg.name } : {}),
     names: Object.fromEntries([...cfg.members.filter((m) => m.name).map((m) => [m.peerId, m.name!]), ...(cfg.name ? [[model.id, cfg.name]] : [])]),
     model: {
-      body: cfg.model.body, featureDim: model.featureDim, headHidden: model.headHidden, sampleShape: model.data.sampleShape,
-      numClasses: model.data.task.classNames.length, task: model.data.task, ...(tasks ? { tasks } : {}), train: model.train, ...(model.initSeed !== undefined ? { initSeed: model.initSeed } : {}),
+      body: cfg.model.body,
+      featureDim: model.featureDim,
+      headHidden: model.headHidden,
+      sampleShape: model.data.sampleShape,
+      numClasses: model.data.task.classNames.length,
+      task: model.data.task,
+      ...(tasks ? { tasks } : {}),
+      train: model.train,
+      ...(model.initSeed !== undefined ? { initSeed: model.initSeed } : {}),
     },
     algorithmOptions,
   };
@@ -225,8 +302,14 @@ export function writeSiteDescription(cfg: PeerConfig, model: PeerModelOptions, a
  * site's own rows with the agreement, and say what was agreed.
  */
 async function agreeAnew(
-  cfg: PeerConfig, agreement: SchemaAgreement | undefined, statement: SiteStatement, source: SiteData, body: BodyWeights | undefined,
-  from: SitePreprocessing['from'], selfId: string, log: Logger,
+  cfg: PeerConfig,
+  agreement: SchemaAgreement | undefined,
+  statement: SiteStatement,
+  source: SiteData,
+  body: BodyWeights | undefined,
+  from: SitePreprocessing['from'],
+  selfId: string,
+  log: Logger,
 ): Promise<{ pre: SitePreprocessing; enc: EncodedSite }> {
   const ag = agreement
     ? await agreement.agree()
@@ -240,18 +323,27 @@ async function agreeAnew(
   }
   const st = bodySt ?? enc.standardizer;
   const pre: SitePreprocessing = {
-    format: 1, agreed: ag.agreed, standardize: cfg.data.standardize,
+    format: 1,
+    agreed: ag.agreed,
+    standardize: cfg.data.standardize,
     ...(bodySt ? { standardizerFrom: cfg.model.pretrainedBody } : {}),
     standardizer: { mean: Array.from(st.mean), std: Array.from(st.std) },
-    input: source.input, included: ag.included, excluded: ag.excluded, missing: ag.missing, adopted: ag.adopted,
+    input: source.input,
+    included: ag.included,
+    excluded: ag.excluded,
+    missing: ag.missing,
+    adopted: ag.adopted,
     ...(ag.otherForms.length ? { otherForms: ag.otherForms } : {}),
-    from, createdAt: new Date().toISOString(),
+    from,
+    createdAt: new Date().toISOString(),
   };
   const a = ag.agreed;
-  if (a.tasks) log.info(`preprocessing: agreed with ${ag.included.length} site(s) on ${agreedTasksLine(a, selfId)} and ${featuresLine(a)} in ${ag.seconds.toFixed(2)} s`);
-  else log.info(
-    `preprocessing: agreed with ${ag.included.length} site(s) on ${a.task?.scale ? `the target "${a.task.name}" (pooled mean ${a.task.scale.mean.toPrecision(4)}, sd ${a.task.scale.std.toPrecision(4)})` : `${a.schema.classNames.length} classes`} and ` +
-      `${featuresLine(a)} in ${ag.seconds.toFixed(2)} s`,
-  );
+  if (a.tasks)
+    log.info(`preprocessing: agreed with ${ag.included.length} site(s) on ${agreedTasksLine(a, selfId)} and ${featuresLine(a)} in ${ag.seconds.toFixed(2)} s`);
+  else
+    log.info(
+      `preprocessing: agreed with ${ag.included.length} site(s) on ${a.task?.scale ? `the target "${a.task.name}" (pooled mean ${a.task.scale.mean.toPrecision(4)}, sd ${a.task.scale.std.toPrecision(4)})` : `${a.schema.classNames.length} classes`} and ` +
+        `${featuresLine(a)} in ${ag.seconds.toFixed(2)} s`,
+    );
   return { pre, enc };
 }

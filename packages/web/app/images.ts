@@ -57,7 +57,10 @@ export async function readImageFolder(files: File[], data: JoinDetails['data'], 
   const flat = new Float32Array(samples.reduce((n, s) => n + s.length, 0));
   samples.reduce((at, s) => (flat.set(s, at), at + s.length), 0);
   const site = siteDataFromSamples(flat, labels, {
-    sampleShape: [size![0], size![1], channels], name: 'the image folder', seed: data.seed, testFraction: data.testFraction,
+    sampleShape: [size![0], size![1], channels],
+    name: 'the image folder',
+    seed: data.seed,
+    testFraction: data.testFraction,
     ...(data.classes ? { classes: data.classes } : {}),
   });
   // New inputs for the trained site are image folders too (stretched to the size, as drawn here).

@@ -53,16 +53,22 @@ function newBoard(): StatusBoard {
 }
 
 const identity = tabIdentity();
-void identity.then((id) => {
-  $('peer-id').textContent = id.peerId;
-  document.body.dataset.peerId = id.peerId;
-}, (e) => message(`this browser cannot keep a key (IndexedDB: ${(e as Error).message}); allow site data for this page and reload`, 'bad'));
+void identity.then(
+  (id) => {
+    $('peer-id').textContent = id.peerId;
+    document.body.dataset.peerId = id.peerId;
+  },
+  (e) => message(`this browser cannot keep a key (IndexedDB: ${(e as Error).message}); allow site data for this page and reload`, 'bad'),
+);
 $('copy-id').addEventListener('click', () => void identity.then((id) => navigator.clipboard?.writeText(id.peerId)));
 
-void tabBackend(logger, new URLSearchParams(location.search).get('backend') ?? undefined).then((b) => {
-  $('backend').textContent = `compute: ${b.name}${b.name === 'wasm' ? ` (SIMD ${b.simd ? 'on' : 'off'})` : ''}`;
-  document.body.dataset.backend = b.name;
-}, (e) => message(`no compute backend could start in this browser: ${(e as Error).message}`, 'bad'));
+void tabBackend(logger, new URLSearchParams(location.search).get('backend') ?? undefined).then(
+  (b) => {
+    $('backend').textContent = `compute: ${b.name}${b.name === 'wasm' ? ` (SIMD ${b.simd ? 'on' : 'off'})` : ''}`;
+    document.body.dataset.backend = b.name;
+  },
+  (e) => message(`no compute backend could start in this browser: ${(e as Error).message}`, 'bad'),
+);
 
 $<HTMLInputElement>('join-file').addEventListener('change', async (e) => {
   const f = (e.target as HTMLInputElement).files?.[0];
@@ -96,7 +102,7 @@ $('join').addEventListener('click', async () => {
   const csvFile = $<HTMLInputElement>('csv-file').files?.[0];
   const images = [...($<HTMLInputElement>('image-folder').files ?? [])];
   if (!csvFile && images.length === 0) {
-    message('pick this site\'s data: a CSV file, or a folder of images with one sub-folder per class', 'bad');
+    message("pick this site's data: a CSV file, or a folder of images with one sub-folder per class", 'bad');
     return;
   }
   const ac = new AbortController();
@@ -105,7 +111,10 @@ $('join').addEventListener('click', async () => {
   const lock = await acquireSiteLock();
   if (!lock) {
     running = undefined;
-    message('this site is already running in another tab of this browser (the tabs share its key); use that tab, or another browser profile for another site', 'bad');
+    message(
+      'this site is already running in another tab of this browser (the tabs share its key); use that tab, or another browser profile for another site',
+      'bad',
+    );
     return;
   }
   $<HTMLButtonElement>('join').disabled = true;
@@ -126,7 +135,8 @@ $('join').addEventListener('click', async () => {
       message(
         `no member can be reached yet (tried ${addrs.length ? addrs.join(', ') : 'no WebSockets address'}). Check that the members are running, that one of them ` +
           'listens on a WebSockets address ("/ws" in its "listen") that this browser can reach, that this tab\'s peer ID is in their "members", and that a page ' +
-          'served over https dials wss:// addresses only. Still trying.', 'bad',
+          'served over https dials wss:// addresses only. Still trying.',
+        'bad',
       );
     }
   }, 1000);
@@ -134,8 +144,14 @@ $('join').addEventListener('click', async () => {
     const id = await identity;
     const samples = csvFile ? undefined : await readImageFolder(images, join.data, logger);
     const r = await runTabSite({
-      join, name: $<HTMLInputElement>('site-name').value.trim() || undefined, privateKey: id.privateKey, peerId: id.peerId,
-      ...(csvFile ? { csv: await csvFile.text() } : { samples }), logger, status: newBoard(), signal: ac.signal,
+      join,
+      name: $<HTMLInputElement>('site-name').value.trim() || undefined,
+      privateKey: id.privateKey,
+      peerId: id.peerId,
+      ...(csvFile ? { csv: await csvFile.text() } : { samples }),
+      logger,
+      status: newBoard(),
+      signal: ac.signal,
     });
     // For scripts driving the page (and tests): the outcome, and whose heads were mixed in the last round.
     document.body.dataset.accuracy = String(r.accuracy);
@@ -154,7 +170,7 @@ $('join').addEventListener('click', async () => {
       message((e as Error).message ?? String(e), 'bad');
       // Input the user can fix is one line; anything else keeps its stack for a bug report.
       const known = ['JoinError', 'ConfigError', 'DataError', 'Interrupted'].includes((e as Error).name);
-      logger.error(known ? `${(e as Error).message}` : (e as Error).stack ?? String(e));
+      logger.error(known ? `${(e as Error).message}` : ((e as Error).stack ?? String(e)));
     }
   } finally {
     lock();

@@ -70,13 +70,19 @@ export async function runTabSite(o: TabSiteOptions): Promise<PeerRunResult> {
     dataset = `csv:${SITE_ROOT}/data.csv`;
   } else if (!o.samples) throw new Error('pick a CSV file or an image folder first');
   const cfg = siteConfigFromJoin(o.join, {
-    ...(o.name ? { name: o.name } : {}), key: `${SITE_ROOT}/key`, dataset, out: OUT, peerId: o.peerId,
+    ...(o.name ? { name: o.name } : {}),
+    key: `${SITE_ROOT}/key`,
+    dataset,
+    out: OUT,
+    peerId: o.peerId,
     // Reached by the others through the consortium's relays (WebRTC between tabs); members themselves are dialled over WebSockets.
     listen: ['/p2p-circuit', '/webrtc'],
   });
   await tabBackend(o.logger);
   return runPeer(cfg, {
-    logger: o.logger, signal: o.signal, status: o.status,
+    logger: o.logger,
+    signal: o.signal,
+    status: o.status,
     transports: [webSockets(), webRTC()],
     ...(o.samples ? { data: o.samples } : {}),
     onRound: (l) => o.onRound?.(l.round, l.accuracy),

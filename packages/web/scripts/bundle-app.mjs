@@ -10,7 +10,16 @@ import { fileURLToPath } from 'node:url';
 const at = (p) => fileURLToPath(new URL(`../${p}`, import.meta.url));
 const shim = (name) => at(`app/shims/${name}.ts`);
 /** Built-ins the shared code uses in a browser site, and what stands in for them. */
-const SHIMS = { fs: shim('fs'), crypto: shim('crypto'), zlib: shim('zlib'), url: shim('url'), process: shim('process'), path: 'path-browserify', buffer: 'buffer', stream: 'readable-stream' };
+const SHIMS = {
+  fs: shim('fs'),
+  crypto: shim('crypto'),
+  zlib: shim('zlib'),
+  url: shim('url'),
+  process: shim('process'),
+  path: 'path-browserify',
+  buffer: 'buffer',
+  stream: 'readable-stream',
+};
 /** Built-ins replaced by the stub (printed with DFLMOE_WEB_DEBUG). */
 const stubbed = new Set();
 const builtins = new Set(builtinModules.filter((m) => !m.startsWith('_')));

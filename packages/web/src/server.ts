@@ -15,7 +15,10 @@ import { LiveViewError, listenAt, parseListen, type ListenAddress } from '@dflmo
 export const WEB_APP_DIR = fileURLToPath(new URL('../dist/app/', import.meta.url));
 
 const TYPES: Record<string, string> = {
-  '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8', '.wasm': 'application/wasm',
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.wasm': 'application/wasm',
 };
 
 /** The app's files, read once: only these paths are answered. */
@@ -64,10 +67,14 @@ export async function serveWebApp(o: { listen: string; option?: string }): Promi
       return;
     }
     res.writeHead(200, {
-      'Content-Type': f.type, 'Content-Length': f.body.length, 'Cache-Control': 'no-cache', 'X-Content-Type-Options': 'nosniff',
+      'Content-Type': f.type,
+      'Content-Length': f.body.length,
+      'Cache-Control': 'no-cache',
+      'X-Content-Type-Options': 'nosniff',
       'Referrer-Policy': 'no-referrer',
       // Script and wasm from here only; connections to anywhere (the members' WebSockets and WebRTC).
-      'Content-Security-Policy': "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; connect-src *; img-src 'self' blob: data:; style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+      'Content-Security-Policy':
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; connect-src *; img-src 'self' blob: data:; style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     });
     res.end(req.method === 'HEAD' ? undefined : f.body);
   });
@@ -75,10 +82,13 @@ export async function serveWebApp(o: { listen: string; option?: string }): Promi
   const bound = { ...address, port: (server.address() as AddressInfo).port };
   const host = bound.host.includes(':') ? `[${bound.host}]` : bound.host;
   return {
-    address: bound, url: `http://${host}:${bound.port}/`, requests,
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    address: bound,
+    url: `http://${host}:${bound.port}/`,
+    requests,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
 }

@@ -50,7 +50,9 @@ function auditTarget(path: string): { file: string; dir?: string } {
 
 export function auditCommand(): Command {
   return new Command('audit')
-    .description("Verify a site's audit trail (<site dir>/audit.jsonl): the hash chain, every signature, and its end against the site's newest checkpoint and results.json (lines removed from the end); print the history. Exit 1 if it does not check out.")
+    .description(
+      "Verify a site's audit trail (<site dir>/audit.jsonl): the hash chain, every signature, and its end against the site's newest checkpoint and results.json (lines removed from the end); print the history. Exit 1 if it does not check out.",
+    )
     .argument('<site dir>', "the site's out directory, the .zip a browser tab's site downloads, or an audit.jsonl")
     .option('--quiet', 'print only the verdict')
     .action(async (path: string, o: { quiet?: boolean }) => {
@@ -61,7 +63,7 @@ export function auditCommand(): Command {
       for (const p of r.problems) process.stderr.write(`TAMPERED line ${p.line}${p.round !== undefined ? ` (round ${p.round})` : ''}: ${p.reason}\n`);
       if (r.problems.length) throw new Error(`${path}: ${r.problems.length} problem(s): the audit trail does not verify`);
       const rounds = r.entries.filter((e) => e.kind === 'round').length;
-      const site = r.site && names[r.site] ? `${names[r.site]} (${r.site})` : r.site ?? '?';
+      const site = r.site && names[r.site] ? `${names[r.site]} (${r.site})` : (r.site ?? '?');
       const against = dir !== undefined ? '; its end matches the checkpoint and results.json' : ' (a bare trail: its end is not checked)';
       process.stdout.write(`audit trail of ${site}: ${r.entries.length} entries (${rounds} rounds); hash chain and signatures verified${against}\n`);
     });

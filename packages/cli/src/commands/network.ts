@@ -1,7 +1,19 @@
 import { writeFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { Interrupted, PRECISIONS, createLogger, type Precision } from '@dflmoe/core';
-import { generateIdentity, joinDetails, loadIdentity, loadPeerConfig, loadRelayConfig, loadServerConfig, runPeer, runServer, saveIdentity, savePsk, startRelay } from '@dflmoe/p2p';
+import {
+  generateIdentity,
+  joinDetails,
+  loadIdentity,
+  loadPeerConfig,
+  loadRelayConfig,
+  loadServerConfig,
+  runPeer,
+  runServer,
+  saveIdentity,
+  savePsk,
+  startRelay,
+} from '@dflmoe/p2p';
 import { formatBytes, siteScore } from '../format.js';
 import { checkOutputPath } from '../output.js';
 import { DATA_POLICY } from './predict.js';
@@ -50,58 +62,79 @@ export function keygenCommand(): Command {
 }
 
 export function peerCommand(): Command {
-  return withUiOptions(new Command('peer')
-    .description('Run one site of a consortium from its config file (its `algorithm`: dflmoe, a server algorithm\'s client, gossip or local-only).')
-    .requiredOption('--config <file>', 'site config (JSON)')
-    .addHelpText('after', DATA_POLICY)
-    .option('--quiet', 'no per-round lines')
-    .option('--fresh', "start over: remove an earlier run's checkpoints, agreement, audit trail and metrics from the config's out (without it, a rerun resumes)")
-    .addOption(new Option('--head-precision <p>', 'dflmoe: precision of the heads this site publishes (overrides dflmoe.headPrecision): float32, float16, int8').choices([...PRECISIONS]))
-    .option('--metrics <port>', 'serve Prometheus metrics on 127.0.0.1:<port>/metrics', (v) => {
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('--metrics needs a port number (0-65535).');
-      return n;
-    })
-    .option('--print-join [file]', 'print the consortium\'s join details (for a site joining from a browser tab: dflmoe web) to stdout or <file>, and exit'), 'this site')
-    .action(async (o) => {
-      const cfg = loadPeerConfig(o.config);
-      if (o.printJoin !== undefined) {
-        const { join, warnings } = joinDetails(cfg, loadIdentity(cfg.key).peerId);
-        for (const w of warnings) process.stderr.write(`warning: ${w}\n`);
-        const text = `${JSON.stringify(join, null, 2)}\n`;
-        if (typeof o.printJoin === 'string') {
-          writeFileSync(o.printJoin, text);
-          process.stderr.write(`wrote the join details to ${o.printJoin}\n`);
-        } else process.stdout.write(text);
-        return;
-      }
-      if (o.headPrecision) cfg.dflmoe.headPrecision = o.headPrecision as Precision;
-      const log = createLogger(`peer:${cfg.name ?? 'site'}`);
-      // The live view (--ui, or ui.listen in the config) binds before anything starts.
-      const listen: string | undefined = o.ui ?? cfg.ui?.listen;
-      const view = listen === undefined ? undefined : await startLiveView({
-        listen, token: o.uiToken ?? cfg.ui?.token, epsilonBudget: o.uiEpsilonBudget ?? cfg.ui?.epsilonBudget,
-        option: o.ui !== undefined ? '--ui' : 'ui.listen', tokenOption: o.uiToken !== undefined ? '--ui-token' : 'ui.token',
-      });
-      const signal = stopSignal();
-      const r = await interruptible(signal, () => runPeer(cfg, {
+  return withUiOptions(
+    new Command('peer')
+      .description("Run one site of a consortium from its config file (its `algorithm`: dflmoe, a server algorithm's client, gossip or local-only).")
+      .requiredOption('--config <file>', 'site config (JSON)')
+      .addHelpText('after', DATA_POLICY)
+      .option('--quiet', 'no per-round lines')
+      .option(
+        '--fresh',
+        "start over: remove an earlier run's checkpoints, agreement, audit trail and metrics from the config's out (without it, a rerun resumes)",
+      )
+      .addOption(
+        new Option(
+          '--head-precision <p>',
+          'dflmoe: precision of the heads this site publishes (overrides dflmoe.headPrecision): float32, float16, int8',
+        ).choices([...PRECISIONS]),
+      )
+      .option('--metrics <port>', 'serve Prometheus metrics on 127.0.0.1:<port>/metrics', (v) => {
+        const n = Number(v);
+        if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('--metrics needs a port number (0-65535).');
+        return n;
+      })
+      .option('--print-join [file]', "print the consortium's join details (for a site joining from a browser tab: dflmoe web) to stdout or <file>, and exit"),
+    'this site',
+  ).action(async (o) => {
+    const cfg = loadPeerConfig(o.config);
+    if (o.printJoin !== undefined) {
+      const { join, warnings } = joinDetails(cfg, loadIdentity(cfg.key).peerId);
+      for (const w of warnings) process.stderr.write(`warning: ${w}\n`);
+      const text = `${JSON.stringify(join, null, 2)}\n`;
+      if (typeof o.printJoin === 'string') {
+        writeFileSync(o.printJoin, text);
+        process.stderr.write(`wrote the join details to ${o.printJoin}\n`);
+      } else process.stdout.write(text);
+      return;
+    }
+    if (o.headPrecision) cfg.dflmoe.headPrecision = o.headPrecision as Precision;
+    const log = createLogger(`peer:${cfg.name ?? 'site'}`);
+    // The live view (--ui, or ui.listen in the config) binds before anything starts.
+    const listen: string | undefined = o.ui ?? cfg.ui?.listen;
+    const view =
+      listen === undefined
+        ? undefined
+        : await startLiveView({
+            listen,
+            token: o.uiToken ?? cfg.ui?.token,
+            epsilonBudget: o.uiEpsilonBudget ?? cfg.ui?.epsilonBudget,
+            option: o.ui !== undefined ? '--ui' : 'ui.listen',
+            tokenOption: o.uiToken !== undefined ? '--ui-token' : 'ui.token',
+          });
+    const signal = stopSignal();
+    const r = await interruptible(signal, () =>
+      runPeer(cfg, {
         logger: log,
         signal,
         status: view?.board,
         metricsPort: o.metrics,
         fresh: Boolean(o.fresh),
         // Bytes so far (the run's, with its earlier parts); experts only where the algorithm mixes them (dFLMoE).
-        onRound: o.quiet ? undefined : (l) => process.stderr.write(
-          `round ${l.round}/${cfg.rounds}  ${siteScore(l.tasks, l.accuracy)}  ${cfg.algorithm === 'dflmoe' ? `experts ${l.experts.length}  ` : ''}` +
-            `so far in ${formatBytes(l.bytesReceived)} out ${formatBytes(l.bytesSent)}  ${l.seconds.toFixed(2)} s\n`,
-        ),
-      })).catch(async (e: unknown) => {
-        await view?.close();
-        throw e;
-      });
-      await endLiveView(view, o.uiKeep, true);
-      process.stdout.write(`final ${siteScore(r.tasks, r.accuracy)} after ${r.rounds.length} rounds; results in ${cfg.out}\n`);
+        onRound: o.quiet
+          ? undefined
+          : (l) =>
+              process.stderr.write(
+                `round ${l.round}/${cfg.rounds}  ${siteScore(l.tasks, l.accuracy)}  ${cfg.algorithm === 'dflmoe' ? `experts ${l.experts.length}  ` : ''}` +
+                  `so far in ${formatBytes(l.bytesReceived)} out ${formatBytes(l.bytesSent)}  ${l.seconds.toFixed(2)} s\n`,
+              ),
+      }),
+    ).catch(async (e: unknown) => {
+      await view?.close();
+      throw e;
     });
+    await endLiveView(view, o.uiKeep, true);
+    process.stdout.write(`final ${siteScore(r.tasks, r.accuracy)} after ${r.rounds.length} rounds; results in ${cfg.out}\n`);
+  });
 }
 
 export function relayCommand(): Command {

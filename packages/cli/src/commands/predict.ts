@@ -1,7 +1,16 @@
 import { writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { stringify } from 'csv-stringify/sync';
-import { loadSite, silentLogger, createLogger, type Evaluation, type Predictions, type TaskEvaluations, type TaskPredictions, type TrainedSite } from '@dflmoe/core';
+import {
+  loadSite,
+  silentLogger,
+  createLogger,
+  type Evaluation,
+  type Predictions,
+  type TaskEvaluations,
+  type TaskPredictions,
+  type TrainedSite,
+} from '@dflmoe/core';
 import { pct, table } from '../format.js';
 import { checkOutputPath } from '../output.js';
 
@@ -51,7 +60,8 @@ function taskColumns(site: TrainedSite, p: Predictions, multi: boolean): { heade
   const tag = multi ? `${p.task.name}:` : '';
   // A regression predicts one value per row (in the target's units), a classifier a class and its probabilities.
   const header = [
-    p.values || multi ? `predicted:${p.task.name}` : 'predicted', ...(p.values ? [] : p.classNames.map((n) => `prob:${tag}${n}`)),
+    p.values || multi ? `predicted:${p.task.name}` : 'predicted',
+    ...(p.values ? [] : p.classNames.map((n) => `prob:${tag}${n}`)),
     ...expertNames(site, p).map((n) => `gate:${tag}${n}`),
   ];
   const cells = (i: number) => [
@@ -87,7 +97,8 @@ const INVALID_AS_MISSING = 'read a cell that is not a number in a numeric column
 function reportInvalid(ids: string[], invalid: string[] | undefined, flags?: string[]): void {
   const say = (what: string, marks: string[] | undefined) => {
     const rows = (marks ?? []).flatMap((v, i) => (v ? [`${ids[i]} (${v})`] : []));
-    if (rows.length) process.stderr.write(`${what}: ${rows.length} row${rows.length > 1 ? 's' : ''}: ${rows.slice(0, 5).join(', ')}${rows.length > 5 ? ', ...' : ''}\n`);
+    if (rows.length)
+      process.stderr.write(`${what}: ${rows.length} row${rows.length > 1 ? 's' : ''}: ${rows.slice(0, 5).join(', ')}${rows.length > 5 ? ', ...' : ''}\n`);
   };
   say('read as missing, not numbers', invalid);
   say('flagged (a category no site trained on encodes as all zeros; missing cells take the pooled means)', flags);
@@ -101,9 +112,12 @@ export function predictCommand(): Command {
   return new Command('predict')
     .description(
       'Predict with a trained site: one row per input with the predicted class, the probability of every class and the gate weight of every expert ' +
-        '(a regression: the value, in the target\'s units; a multi-task site: those of every task, in columns named after it, predicted:<task>).',
+        "(a regression: the value, in the target's units; a multi-task site: those of every task, in columns named after it, predicted:<task>).",
     )
-    .requiredOption('--site <dir>', 'the site\'s out directory (holds site.json, preprocessing.json and checkpoints/), or the .zip a browser tab\'s site downloads')
+    .requiredOption(
+      '--site <dir>',
+      "the site's out directory (holds site.json, preprocessing.json and checkpoints/), or the .zip a browser tab's site downloads",
+    )
     .requiredOption('--input <path>', 'a CSV file with the columns the site trained on (the label column may be absent), or a folder of images')
     .option('--output <file>', 'write the rows to this CSV file (default: print them)')
     .option('--invalid-as-missing', INVALID_AS_MISSING)
@@ -139,7 +153,10 @@ function regressionLine(e: Evaluation): string {
 
 /** Per-class recall and the confusion matrix. */
 function classTables(e: Evaluation): string {
-  const recall = table([['class', 'samples', 'recall'], ...e.classNames.map((c, k) => [c, String(e.confusion[k].reduce((a, b) => a + b, 0)), e.recall[k] === null ? '-' : pct(e.recall[k]!)])]);
+  const recall = table([
+    ['class', 'samples', 'recall'],
+    ...e.classNames.map((c, k) => [c, String(e.confusion[k].reduce((a, b) => a + b, 0)), e.recall[k] === null ? '-' : pct(e.recall[k]!)]),
+  ]);
   const confusion = table([['true \\ predicted', ...e.classNames], ...e.classNames.map((c, k) => [c, ...e.confusion[k].map(String)])]);
   return `${recall}\n\nconfusion matrix (rows: true class, columns: predicted)\n${confusion}\n`;
 }
@@ -150,14 +167,16 @@ function classTables(e: Evaluation): string {
  * recall and confusion matrix; a task whose label column the file lacks is named.
  */
 export function taskEvaluationReport(site: TrainedSite, evaluations: TaskEvaluations): string {
-  return site.tasks.map((t) => {
-    const e = evaluations[t.name];
-    if (!e) return `task ${t.name} (${t.kind}): not evaluated, the file has no label column for it\n`;
-    const rows = `on ${e.samples} row${e.samples === 1 ? '' : 's'}${e.skipped ? ` (${e.skipped} without its label skipped)` : ''}`;
-    if (e.confusion.length === 0 && e.metrics.rmse !== undefined) return `task ${t.name} (regression): ${regressionLine(e)} ${rows}, in the target's units\n`;
-    const m = e.metrics;
-    return `task ${t.name} (classification): accuracy ${pct(m.accuracy)}, balanced accuracy ${pct(m.balancedAccuracy)}, macro F1 ${Number.isFinite(m.macroF1) ? m.macroF1.toFixed(3) : '-'} ${rows}\n\n${e.samples > 0 ? classTables(e) : ''}`;
-  }).join('\n');
+  return site.tasks
+    .map((t) => {
+      const e = evaluations[t.name];
+      if (!e) return `task ${t.name} (${t.kind}): not evaluated, the file has no label column for it\n`;
+      const rows = `on ${e.samples} row${e.samples === 1 ? '' : 's'}${e.skipped ? ` (${e.skipped} without its label skipped)` : ''}`;
+      if (e.confusion.length === 0 && e.metrics.rmse !== undefined) return `task ${t.name} (regression): ${regressionLine(e)} ${rows}, in the target's units\n`;
+      const m = e.metrics;
+      return `task ${t.name} (classification): accuracy ${pct(m.accuracy)}, balanced accuracy ${pct(m.balancedAccuracy)}, macro F1 ${Number.isFinite(m.macroF1) ? m.macroF1.toFixed(3) : '-'} ${rows}\n\n${e.samples > 0 ? classTables(e) : ''}`;
+    })
+    .join('\n');
 }
 
 export function evaluateCommand(): Command {
@@ -166,8 +185,11 @@ export function evaluateCommand(): Command {
       'Evaluate a trained site on labelled data: accuracy, per-class recall and a confusion matrix (a regression: RMSE, MAE, R^2; ' +
         'a multi-task site: every task whose label column the file has, over the rows that carry its label).',
     )
-    .requiredOption('--site <dir>', 'the site\'s out directory, or the .zip a browser tab\'s site downloads')
-    .requiredOption('--input <path>', 'a labelled CSV file (with the label column; a multi-task site: its tasks\' label columns, where an empty cell skips the row for that task), or a folder with one sub-folder of images per class')
+    .requiredOption('--site <dir>', "the site's out directory, or the .zip a browser tab's site downloads")
+    .requiredOption(
+      '--input <path>',
+      "a labelled CSV file (with the label column; a multi-task site: its tasks' label columns, where an empty cell skips the row for that task), or a folder with one sub-folder of images per class",
+    )
     .option('--json', 'print the evaluation as JSON')
     .option('--invalid-as-missing', INVALID_AS_MISSING)
     .addHelpText('after', DATA_POLICY)

@@ -36,8 +36,15 @@ export function pretrainCommand(): Command {
       const out = resolve(o.out);
       try {
         const r = await pretrainBody(ds, out, {
-          body: o.body, featureDim: o.featureDim, epochs: o.epochs, batchSize: o.batchSize, learningRate: o.lr, optimizer: o.optimizer,
-          seed: o.seed, ...(exclude ? { exclude } : {}), ...(o.maxRows !== undefined ? { maxRows: o.maxRows } : {}),
+          body: o.body,
+          featureDim: o.featureDim,
+          epochs: o.epochs,
+          batchSize: o.batchSize,
+          learningRate: o.lr,
+          optimizer: o.optimizer,
+          seed: o.seed,
+          ...(exclude ? { exclude } : {}),
+          ...(o.maxRows !== undefined ? { maxRows: o.maxRows } : {}),
           onEpoch: (e, loss, acc) => bar.update(e, `loss ${loss.toFixed(4)}, held-out accuracy ${(100 * acc).toFixed(2)}%`),
         });
         bar.stop();

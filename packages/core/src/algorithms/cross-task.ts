@@ -49,7 +49,13 @@ export function encodeTaskHeads(site: string, round: number, heads: { task: Task
  * a known kind, layers chained from `featureDim` with finite weights, at most
  * `maxOutputs` outputs. Throws a CodecError. The caller disposes the layers.
  */
-export function decodeTaskHeads(buf: Uint8Array, from: string, featureDim: number, limits: DecodeLimits, maxOutputs = 1024): { round: number; heads: TaskHead[] } {
+export function decodeTaskHeads(
+  buf: Uint8Array,
+  from: string,
+  featureDim: number,
+  limits: DecodeLimits,
+  maxOutputs = 1024,
+): { round: number; heads: TaskHead[] } {
   const b = decodeBundle(buf, limits);
   if (b.kind !== 'heads') throw new CodecError('kind', `expected task heads, got a ${b.kind}`);
   const round = b.meta.round;
@@ -61,7 +67,8 @@ export function decodeTaskHeads(buf: Uint8Array, from: string, featureDim: numbe
   const out: { task: string; kind: TaskKindName; arrays: { kernel: NamedArray; bias: NamedArray }[] }[] = [];
   for (const t of tasks as unknown[]) {
     const { name, kind, layers } = (t ?? {}) as Record<string, unknown>;
-    if (typeof name !== 'string' || name.length === 0 || name.length > 100 || seen.has(name)) throw new CodecError('header', 'a task head needs a unique name of 1 to 100 characters');
+    if (typeof name !== 'string' || name.length === 0 || name.length > 100 || seen.has(name))
+      throw new CodecError('header', 'a task head needs a unique name of 1 to 100 characters');
     if (!TASK_KINDS.includes(kind as TaskKindName)) throw new CodecError('header', `task "${name}": unknown kind`);
     if (!Number.isInteger(layers) || (layers as number) < 1 || (layers as number) > 8) throw new CodecError('header', `task "${name}": 1 to 8 layers`);
     seen.add(name);
@@ -84,7 +91,9 @@ export function decodeTaskHeads(buf: Uint8Array, from: string, featureDim: numbe
   return {
     round: round as number,
     heads: out.map((h) => ({
-      id: `${from}/${h.task}`, task: h.task, kind: h.kind,
+      id: `${from}/${h.task}`,
+      task: h.task,
+      kind: h.kind,
       layers: h.arrays.map((a) => ({ kernel: tf.tensor(a.kernel.data, a.kernel.shape), bias: tf.tensor(a.bias.data, a.bias.shape) })),
     })),
   };
@@ -124,7 +133,10 @@ export class CrossTaskReadOut {
   private readonly maps = new Map<string, DenseLayer<tf.Variable>>();
   private readonly outputDim: number;
 
-  constructor(readonly task: TaskInfo, private readonly o: CrossTaskOptions) {
+  constructor(
+    readonly task: TaskInfo,
+    private readonly o: CrossTaskOptions,
+  ) {
     this.kind = taskKind(task);
     this.outputDim = this.kind.outputDim(task);
   }
@@ -140,10 +152,12 @@ export class CrossTaskReadOut {
 
   /** The read-out's activated outputs from the experts' activated outputs. */
   private readOut(outs: tf.Tensor2D[], experts: TaskHead[]): tf.Tensor2D {
-    const logits = tf.addN(experts.map((e, j) => {
-      const m = this.maps.get(e.id)!;
-      return tf.add(tf.matMul(outs[j], m.kernel as tf.Tensor2D), m.bias) as tf.Tensor2D;
-    }));
+    const logits = tf.addN(
+      experts.map((e, j) => {
+        const m = this.maps.get(e.id)!;
+        return tf.add(tf.matMul(outs[j], m.kernel as tf.Tensor2D), m.bias) as tf.Tensor2D;
+      }),
+    );
     return this.kind.activate(logits) as tf.Tensor2D;
   }
 
@@ -151,7 +165,19 @@ export class CrossTaskReadOut {
   predict(z: tf.Tensor2D, own: tf.Tensor2D, experts: TaskHead[]): tf.Tensor2D {
     if (experts.length === 0) return tf.clone(own);
     this.ensure(experts);
-    return tf.tidy(() => tf.add(tf.mul(1 - this.o.weight, own), tf.mul(this.o.weight, this.readOut(experts.map((e) => headOutputs(e, z)), experts))) as tf.Tensor2D);
+    return tf.tidy(
+      () =>
+        tf.add(
+          tf.mul(1 - this.o.weight, own),
+          tf.mul(
+            this.o.weight,
+            this.readOut(
+              experts.map((e) => headOutputs(e, z)),
+              experts,
+            ),
+          ),
+        ) as tf.Tensor2D,
+    );
   }
 
   /** Train the maps on the task's rows (features `z`, labels `y` in the label tensor's units); the mean loss (NaN without experts). */

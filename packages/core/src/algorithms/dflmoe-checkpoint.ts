@@ -13,7 +13,12 @@ import type { DflmoePeer, DflmoeStateMeta } from './dflmoe.js';
 
 /** Write the checkpoint of `round` and keep the newest `keep` checkpoints (default 2). */
 export async function saveCheckpoint(
-  dir: string, peer: DflmoePeer, round: number, extra: Record<string, unknown> = {}, keep = 2, share?: BodyShare,
+  dir: string,
+  peer: DflmoePeer,
+  round: number,
+  extra: Record<string, unknown> = {},
+  keep = 2,
+  share?: BodyShare,
 ): Promise<CheckpointWrite> {
   const t0 = performance.now();
   const files = await bodyFiles(peer.body);
@@ -30,14 +35,18 @@ export async function saveCheckpoint(
  * the same config). Returns undefined when there is none.
  */
 export async function restoreLatestCheckpoint(dir: string, peer: DflmoePeer, logger?: Logger, share?: BodyShare): Promise<RestoredCheckpoint | undefined> {
-  const r = await restoreNewest(dir, async (v) => {
-    const model = JSON.parse(Buffer.from(v.read('body/model.json')).toString('utf8'));
-    const data = v.read('body/weights.bin');
-    applyBodyWeights(peer.body, { source: v.path, specs: model.weightsManifest[0].weights, data: data.slice().buffer as ArrayBuffer });
-    const state = decodeBundle(v.read('state.bin'), { maxBytes: 2 ** 31 });
-    const meta = v.state as DflmoeStateMeta & { bodies?: BodyShareState };
-    await peer.importState(meta, state.tensors);
-    if (share && meta.bodies) share.importState(meta.bodies, state.tensors);
-  }, logger);
+  const r = await restoreNewest(
+    dir,
+    async (v) => {
+      const model = JSON.parse(Buffer.from(v.read('body/model.json')).toString('utf8'));
+      const data = v.read('body/weights.bin');
+      applyBodyWeights(peer.body, { source: v.path, specs: model.weightsManifest[0].weights, data: data.slice().buffer as ArrayBuffer });
+      const state = decodeBundle(v.read('state.bin'), { maxBytes: 2 ** 31 });
+      const meta = v.state as DflmoeStateMeta & { bodies?: BodyShareState };
+      await peer.importState(meta, state.tensors);
+      if (share && meta.bodies) share.importState(meta.bodies, state.tensors);
+    },
+    logger,
+  );
   return r && { round: r.checkpoint.round, path: r.checkpoint.path, extra: r.checkpoint.extra, skipped: r.skipped };
 }

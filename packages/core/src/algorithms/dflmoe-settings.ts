@@ -15,30 +15,56 @@ export const dflmoeSettings = defineSettings({
   shape: {
     alpha: z.number().min(0).max(1).default(0.2).describe("weight of the own head's loss (the rest goes to the mixture's loss)"),
     gateHidden: z.number().int().min(1).default(32).describe('hidden units of the gate'),
-    ownGateBias: z.number().min(-20).max(20).default(1).describe("initial gate logit of the own head: how much a new mixture trusts it before it has learnt"),
-    expertLrScale: z.number().min(0).max(1000).default(1).describe("learning rate of the received experts' gate slots and transforms, as a multiple of the learning rate"),
-    admission: z.number().min(0).max(10).optional()
+    ownGateBias: z.number().min(-20).max(20).default(1).describe('initial gate logit of the own head: how much a new mixture trusts it before it has learnt'),
+    expertLrScale: z
+      .number()
+      .min(0)
+      .max(1000)
+      .default(1)
+      .describe("learning rate of the received experts' gate slots and transforms, as a multiple of the learning rate"),
+    admission: z
+      .number()
+      .min(0)
+      .max(10)
+      .optional()
       .describe("refuse received heads scoring below this fraction of the own head's accuracy on local training rows (off when unset)"),
-    fst: z.enum(FST_KINDS).default('full')
+    fst: z
+      .enum(FST_KINDS)
+      .default('full')
       .describe("each received expert's feature-space transform: full (dim x dim), diag (scale and shift per feature) or none"),
     distill: z.number().min(0).max(100).default(0).describe('weight of distilling the mixture into the own head (0: off)'),
-    headPrecision: z.enum(PRECISIONS).default('float32')
+    headPrecision: z
+      .enum(PRECISIONS)
+      .default('float32')
       .describe('precision of published heads: float32, float16 (half the bytes) or int8 (a quarter, with a scale per tensor)'),
-    maxExperts: z.number().int().min(0).default(32)
+    maxExperts: z
+      .number()
+      .int()
+      .min(0)
+      .default(32)
       .describe('mix at most this many received experts, chosen each round from announcements, local scores and gate weights (0: every one)'),
-    crossTask: z.boolean().default(false)
-      .describe("multi-task consortia: each task also reads the heads of the other tasks (the members' and the site's own) through a learned map to its outputs"),
-    crossTaskWeight: z.number().min(0).max(1).default(0.5).describe("crossTask: the read-out's share of each task's output (the rest is the task's own mixture)"),
-    shareBody: z.boolean().default(false)
-      .describe('also share bodies, combined peer to peer before each round (see the body settings); heads stay experts'),
+    crossTask: z
+      .boolean()
+      .default(false)
+      .describe(
+        "multi-task consortia: each task also reads the heads of the other tasks (the members' and the site's own) through a learned map to its outputs",
+      ),
+    crossTaskWeight: z
+      .number()
+      .min(0)
+      .max(1)
+      .default(0.5)
+      .describe("crossTask: the read-out's share of each task's output (the rest is the task's own mixture)"),
+    shareBody: z.boolean().default(false).describe('also share bodies, combined peer to peer before each round (see the body settings); heads stay experts'),
   },
   aliases: { maxExperts: { all: 0 } },
   // Shared bodies won with plain experts and two passes over the data per round (npm run bench:bodies).
   variants: (given) => (given.shareBody === true ? { fst: 'none', epochs: 2 } : {}),
   variantNotes: { fst: 'none with shareBody' },
-  finish: (v, context) => (v.shareBody && context.freezeBody
-    ? ['shareBody', 'shareBody needs a body that trains: a frozen body is the same at every site (drop freezeBody or shareBody)']
-    : undefined),
+  finish: (v, context) =>
+    v.shareBody && context.freezeBody
+      ? ['shareBody', 'shareBody needs a body that trains: a frozen body is the same at every site (drop freezeBody or shareBody)']
+      : undefined,
 });
 
 /** dFLMoE's settings, resolved. */

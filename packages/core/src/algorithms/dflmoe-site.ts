@@ -35,7 +35,9 @@ export class DflmoeSite implements AlgorithmSite {
    * before each round's training, combines its partners' bodies into its own.
    */
   constructor(
-    readonly peer: DflmoePeer, private readonly o: Partial<Pick<AlgorithmBaseOptions, 'randomUpdates' | 'poisonBody' | 'seed'>> = {}, readonly bodyShare?: BodyShare,
+    readonly peer: DflmoePeer,
+    private readonly o: Partial<Pick<AlgorithmBaseOptions, 'randomUpdates' | 'poisonBody' | 'seed'>> = {},
+    readonly bodyShare?: BodyShare,
   ) {
     this.checkpoint = {
       save: (dir, round, extra, keep) => saveCheckpoint(dir, peer, round, extra, keep, bodyShare),
@@ -119,11 +121,28 @@ export class DflmoeSite implements AlgorithmSite {
   }
 
   /** Wait (bounded) for this round's heads; members that left are not waited for (see `awaitRound`). */
-  private waitForRound(ex: HeadExchange, net: SiteNetwork, round: number, quorum: number, chosen: string[] | undefined, refused: { count: number }): Promise<number> {
+  private waitForRound(
+    ex: HeadExchange,
+    net: SiteNetwork,
+    round: number,
+    quorum: number,
+    chosen: string[] | undefined,
+    refused: { count: number },
+  ): Promise<number> {
     return awaitRound(ex, this.departed, {
-      round, quorum, candidates: chosen?.length ?? net.others ?? quorum, ...(chosen ? { from: chosen } : {}), deadlineMs: net.deadlineMs,
+      round,
+      quorum,
+      candidates: chosen?.length ?? net.others ?? quorum,
+      ...(chosen ? { from: chosen } : {}),
+      deadlineMs: net.deadlineMs,
       ...waitOptions(net, 'heads'),
-      delivered: () => new Set(this.peer.pool.list().filter((e) => e.version >= round).map((e) => e.peer)),
+      delivered: () =>
+        new Set(
+          this.peer.pool
+            .list()
+            .filter((e) => e.version >= round)
+            .map((e) => e.peer),
+        ),
       refused: () => refused.count,
       absorb: () => this.absorb(ex, round, net.logger, refused),
     });
@@ -177,7 +196,10 @@ export const dflmoe: Algorithm<'dflmoe', DflmoeSiteOptions> = {
   createSite: (base, o) => {
     // The settings' own checks (a frozen body cannot be shared), whoever built `o`.
     resolveSettings([dflmoeSettings], [], o, { freezeBody: base.freezeBody });
-    if (o.crossTask) throw new Error('crossTask reads the heads of other tasks: it needs multi-task sites (a multi-task dataset such as digits-tasks); this site learns one task');
+    if (o.crossTask)
+      throw new Error(
+        'crossTask reads the heads of other tasks: it needs multi-task sites (a multi-task dataset such as digits-tasks); this site learns one task',
+      );
     const peer = new DflmoePeer({ ...base, ...o });
     return new DflmoeSite(peer, o, o.shareBody ? siteBodyShare(peer, o) : undefined);
   },

@@ -9,8 +9,19 @@ import { CodecError, decodeHead, encodeHead, type CodecReason, type NamedArray, 
 import { KeyedAdam } from '../keyed-adam.js';
 import { ExpertStacks } from './expert-stacks.js';
 import {
-  Gate, applyFst, createFst, stopGradient, type FstKind, headLogits, headParamCount, moeForward, moeForwardPerExpert, moeForwardStacked, moeLoss,
-  type DenseLayer, type Expert,
+  Gate,
+  applyFst,
+  createFst,
+  stopGradient,
+  type FstKind,
+  headLogits,
+  headParamCount,
+  moeForward,
+  moeForwardPerExpert,
+  moeForwardStacked,
+  moeLoss,
+  type DenseLayer,
+  type Expert,
 } from '../model.js';
 import { ExpertSelection, defaultExploration, type ExpertSelectionState } from '../selection.js';
 import { evaluateTask, rowsOf, trainEpochs, type ParamGroup } from '../train.js';
@@ -109,17 +120,18 @@ export class DflmoePeer extends SupervisedModel {
     this.selection = new ExpertSelection(this.maxExperts, o.exploreExperts ?? defaultExploration(this.maxExperts), this.train.seed);
     this.mixture = o.mixture ?? 'batched';
     this.stacks = new ExpertStacks({
-      pool: this.pool, gate: this.gate, expertAdam: this.expertAdam, withFst: this.fstKind !== 'none',
-      fstOf: (peer) => this.fsts.get(peer), expertVariables: (peer) => this.expertVariables(peer),
+      pool: this.pool,
+      gate: this.gate,
+      expertAdam: this.expertAdam,
+      withFst: this.fstKind !== 'none',
+      fstOf: (peer) => this.fsts.get(peer),
+      expertVariables: (peer) => this.expertVariables(peer),
     });
   }
 
   /** The experts present now: own head first, then received heads by peer id. */
   experts(): Expert[] {
-    return [
-      { id: this.id, head: this.head },
-      ...this.pool.list().map((e) => ({ id: e.peer, head: e.head, fst: this.fsts.get(e.peer) })),
-    ];
+    return [{ id: this.id, head: this.head }, ...this.pool.list().map((e) => ({ id: e.peer, head: e.head, fst: this.fsts.get(e.peer) }))];
   }
 
   /** Serialize the own head for publishing. */
@@ -274,31 +286,53 @@ export class DflmoePeer extends SupervisedModel {
       // probabilities are the head's softmax and the gate's gradient is exactly 0. Adam leaves a variable
       // whose moments are 0 unchanged by a zero gradient as by none, so the gate is left out of the loss.
       // (A second head pass keeps the two loss terms' gradients apart, as the mixture computes them.)
-      return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => {
-        const z = this.features(x, true);
-        return loss(headLogits(this.head, z), this.task.activate(headLogits(this.head, z)) as tf.Tensor2D, y, false);
-      });
+      return trainEpochs(
+        this.data,
+        this.train,
+        round,
+        () => this.paramGroups(),
+        (x, y) => {
+          const z = this.features(x, true);
+          return loss(headLogits(this.head, z), this.task.activate(headLogits(this.head, z)) as tf.Tensor2D, y, false);
+        },
+      );
     }
     this.gateTouched = true;
     if (this.mixture === 'per-expert' || pool.length === 0) {
-      return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => {
-        const z = this.features(x, true);
-        const experts = this.experts();
-        if (this.mixture === 'per-expert') return loss(headLogits(this.head, z), moeForwardPerExpert(z, experts, this.gate, this.task.activate).probs, y, experts.length > 1);
-        const out = moeForward(z, experts, this.gate, 'auto', this.task.activate);
-        return loss(headLogits(this.head, z), out.probs, y, experts.length > 1);
-      });
+      return trainEpochs(
+        this.data,
+        this.train,
+        round,
+        () => this.paramGroups(),
+        (x, y) => {
+          const z = this.features(x, true);
+          const experts = this.experts();
+          if (this.mixture === 'per-expert')
+            return loss(headLogits(this.head, z), moeForwardPerExpert(z, experts, this.gate, this.task.activate).probs, y, experts.length > 1);
+          const out = moeForward(z, experts, this.gate, 'auto', this.task.activate);
+          return loss(headLogits(this.head, z), out.probs, y, experts.length > 1);
+        },
+      );
     }
     const packed = this.stacks.pack(pool.map((e) => e.peer));
     try {
-      const groups = [{ optimizer: this.optimizer, vars: [...this.trainableVariables(), ...this.gate.sharedVariables(this.id)] }, { optimizer: packed.adam, vars: packed.adam.vars }];
-      return await trainEpochs(this.data, this.train, round, () => groups, (x, y) => {
-        const z = this.features(x, true);
-        const out = moeForwardStacked(z, this.head, packed.experts, this.gate, packed.slots, 'auto', this.task.activate);
-        // The own head is expert 0 of the mixture.
-        const own = tf.reshape(tf.slice(out.logits, [0, 0, 0], [-1, 1, -1]), [z.shape[0], this.headSpec.outputDim]) as tf.Tensor2D;
-        return loss(own, out.probs, y, true);
-      });
+      const groups = [
+        { optimizer: this.optimizer, vars: [...this.trainableVariables(), ...this.gate.sharedVariables(this.id)] },
+        { optimizer: packed.adam, vars: packed.adam.vars },
+      ];
+      return await trainEpochs(
+        this.data,
+        this.train,
+        round,
+        () => groups,
+        (x, y) => {
+          const z = this.features(x, true);
+          const out = moeForwardStacked(z, this.head, packed.experts, this.gate, packed.slots, 'auto', this.task.activate);
+          // The own head is expert 0 of the mixture.
+          const own = tf.reshape(tf.slice(out.logits, [0, 0, 0], [-1, 1, -1]), [z.shape[0], this.headSpec.outputDim]) as tf.Tensor2D;
+          return loss(own, out.probs, y, true);
+        },
+      );
     } finally {
       this.stacks.unpack(packed);
     }
@@ -317,7 +351,9 @@ export class DflmoePeer extends SupervisedModel {
    */
   private mixtureOf(z: tf.Tensor2D): { probs: tf.Tensor2D; gates: tf.Tensor2D; logits: tf.Tensor3D } {
     const s = this.stacks.inference();
-    return s ? moeForwardStacked(z, this.head, s.experts, this.gate, s.slots, 'auto', this.task.activate) : moeForward(z, this.experts(), this.gate, 'auto', this.task.activate);
+    return s
+      ? moeForwardStacked(z, this.head, s.experts, this.gate, s.slots, 'auto', this.task.activate)
+      : moeForward(z, this.experts(), this.gate, 'auto', this.task.activate);
   }
 
   moeProbs(x: tf.Tensor): tf.Tensor2D {
@@ -325,7 +361,10 @@ export class DflmoePeer extends SupervisedModel {
   }
 
   evaluate(): PeerEval {
-    return peerEval(evaluateTask(this.data.task, this.data.xTest, this.data.yTest, (xb) => this.moeProbs(xb)), this.evaluateOwn());
+    return peerEval(
+      evaluateTask(this.data.task, this.data.xTest, this.data.yTest, (xb) => this.moeProbs(xb)),
+      this.evaluateOwn(),
+    );
   }
 
   /** Mean gate weight given to each expert present, over the local test split. */

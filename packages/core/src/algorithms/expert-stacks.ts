@@ -65,11 +65,40 @@ export class ExpertStacks {
       const join = (ts: tf.Tensor[], i: number) => (i < 2 ? tf.concat(ts, i === 0 ? 1 : 0) : tf.stack(ts));
       const n = exVars[0].length;
       const zeros: tf.Tensor[] = [];
-      const moments = (m: (tf.Tensor[] | undefined)[], i: number) => join(m.map((t) => t?.[i] ?? (zeros[i] ??= tf.zeros(exVars[0][i].shape))), i);
-      const vars = Array.from({ length: n }, (_, i) => tf.variable(join(exVars.map((vs) => vs[i]), i)));
+      const moments = (m: (tf.Tensor[] | undefined)[], i: number) =>
+        join(
+          m.map((t) => t?.[i] ?? (zeros[i] ??= tf.zeros(exVars[0][i].shape))),
+          i,
+        );
+      const vars = Array.from({ length: n }, (_, i) =>
+        tf.variable(
+          join(
+            exVars.map((vs) => vs[i]),
+            i,
+          ),
+        ),
+      );
       const adam = new RowAdam(
-        this.src.expertAdam.learningRate, vars, [1, 0, 0, 0].slice(0, n), states.map(({ steps, acc1, acc2 }) => ({ steps, acc1, acc2 })),
-        vars.map((_, i) => tf.keep(moments(states.map((s) => s.m), i))), vars.map((_, i) => tf.keep(moments(states.map((s) => s.v), i))),
+        this.src.expertAdam.learningRate,
+        vars,
+        [1, 0, 0, 0].slice(0, n),
+        states.map(({ steps, acc1, acc2 }) => ({ steps, acc1, acc2 })),
+        vars.map((_, i) =>
+          tf.keep(
+            moments(
+              states.map((s) => s.m),
+              i,
+            ),
+          ),
+        ),
+        vars.map((_, i) =>
+          tf.keep(
+            moments(
+              states.map((s) => s.v),
+              i,
+            ),
+          ),
+        ),
       );
       tf.dispose(states.flatMap((s) => [...(s.m ?? []), ...(s.v ?? [])]));
       const pool = ids.map((id) => this.src.pool.get(id)!.head);
@@ -99,7 +128,12 @@ export class ExpertStacks {
         const data = t.dataSync() as Float32Array;
         if (i === 0) {
           const h = t.shape[0];
-          return ids.map((_, k) => tf.tensor2d(Float32Array.from({ length: h }, (_, r) => data[r * K + k]), [h, 1]));
+          return ids.map((_, k) =>
+            tf.tensor2d(
+              Float32Array.from({ length: h }, (_, r) => data[r * K + k]),
+              [h, 1],
+            ),
+          );
         }
         const shape = i === 1 ? [1] : t.shape.slice(1);
         const n = data.length / K;
@@ -126,13 +160,21 @@ export class ExpertStacks {
 
   /** See `InferenceStack`. */
   private stackKey(): object[] {
-    return this.src.pool.list().flatMap((e) => [...e.head.flatMap((l) => [l.kernel.dataId, l.bias.dataId]), ...this.src.expertVariables(e.peer).map((v) => v.dataId)]);
+    return this.src.pool
+      .list()
+      .flatMap((e) => [...e.head.flatMap((l) => [l.kernel.dataId, l.bias.dataId]), ...this.src.expertVariables(e.peer).map((v) => v.dataId)]);
   }
 
   private setStack(s: InferenceStack | undefined): void {
     const old = this.stack;
     this.stack = s;
-    if (old) tf.dispose([...old.experts.layers.flatMap((l) => [l.kernel, l.bias]), ...(old.experts.fst ? [old.experts.fst.kernel, old.experts.fst.bias] : []), old.slots.kernel, old.slots.bias]);
+    if (old)
+      tf.dispose([
+        ...old.experts.layers.flatMap((l) => [l.kernel, l.bias]),
+        ...(old.experts.fst ? [old.experts.fst.kernel, old.experts.fst.bias] : []),
+        old.slots.kernel,
+        old.slots.bias,
+      ]);
   }
 
   /**
@@ -142,7 +184,8 @@ export class ExpertStacks {
   inference(): InferenceStack | undefined {
     const pool = this.src.pool.list();
     const withFst = this.src.withFst;
-    if (pool.length === 0 || !pool.every((e) => this.src.fstOf(e.peer) !== undefined === withFst && this.src.gate.slotVariables(e.peer).length === 2)) return undefined;
+    if (pool.length === 0 || !pool.every((e) => (this.src.fstOf(e.peer) !== undefined) === withFst && this.src.gate.slotVariables(e.peer).length === 2))
+      return undefined;
     const key = this.stackKey();
     const cur = this.stack;
     if (cur && cur.key.length === key.length && cur.key.every((k, i) => k === key[i])) return cur;
@@ -155,7 +198,20 @@ export class ExpertStacks {
           layers: experts.layers.map((l) => ({ kernel: tf.keep(l.kernel), bias: tf.keep(l.bias) })),
           ...(experts.fst ? { fst: { kernel: tf.keep(experts.fst.kernel), bias: tf.keep(experts.fst.bias) } } : {}),
         },
-        slots: { kernel: tf.keep(tf.concat(slots.map((v) => v[0]), 1)) as tf.Tensor2D, bias: tf.keep(tf.concat(slots.map((v) => v[1]), 0)) as tf.Tensor1D },
+        slots: {
+          kernel: tf.keep(
+            tf.concat(
+              slots.map((v) => v[0]),
+              1,
+            ),
+          ) as tf.Tensor2D,
+          bias: tf.keep(
+            tf.concat(
+              slots.map((v) => v[1]),
+              0,
+            ),
+          ) as tf.Tensor1D,
+        },
       };
     });
     this.setStack({ key, ...built });

@@ -85,7 +85,13 @@ export class FedAvgClient extends SupervisedModel {
   trainRound(round: number): Promise<number> {
     this.resetOptimizer();
     this.account();
-    return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => this.ownLoss(x, y));
+    return trainEpochs(
+      this.data,
+      this.train,
+      round,
+      () => this.paramGroups(),
+      (x, y) => this.ownLoss(x, y),
+    );
   }
 
   evaluate(): PeerEval {
@@ -135,11 +141,8 @@ export class FedAvgSite<C extends FedAvgClient = FedAvgClient> extends ModelSite
   protected async afterGlobal(_round: number): Promise<void> {}
 }
 
-
 /** Throws a clear error when sites cannot be averaged (heterogeneous bodies). */
-export function checkSameArchitecture(
-  clients: { id: string; architecture?(): string }[], label = 'FedAvg', heterogeneousOk = 'dflmoe and local',
-): void {
+export function checkSameArchitecture(clients: { id: string; architecture?(): string }[], label = 'FedAvg', heterogeneousOk = 'dflmoe and local'): void {
   const arch = (c: { architecture?(): string }) => c.architecture?.() ?? '';
   const first = clients[0] ? arch(clients[0]) : '';
   const odd = clients.find((c) => arch(c) !== first);

@@ -25,7 +25,10 @@ import { federatedAverage } from '../averaging.js';
 export class FedRepClient extends FedAvgClient {
   private headOptimizer: tf.Optimizer;
 
-  constructor(o: PeerModelOptions, readonly headEpochs: number) {
+  constructor(
+    o: PeerModelOptions,
+    readonly headEpochs: number,
+  ) {
     super(o);
     if (!Number.isInteger(headEpochs) || headEpochs < 0) throw new Error(`headEpochs must be a non-negative integer, got ${headEpochs}`);
     this.headOptimizer = createOptimizer(this.train);
@@ -44,7 +47,9 @@ export class FedRepClient extends FedAvgClient {
     this.account(this.headEpochs + this.train.epochs);
     const head = this.headVariables();
     const headLoss = await trainEpochs(
-      this.data, { ...this.train, epochs: this.headEpochs, seed: deriveSeed(this.train.seed, 'fedrep-head') }, round,
+      this.data,
+      { ...this.train, epochs: this.headEpochs, seed: deriveSeed(this.train.seed, 'fedrep-head') },
+      round,
       () => [{ optimizer: this.headOptimizer, vars: head }],
       (x, y) => this.task.loss(headLogits(this.head, this.features(x, false)), y),
     );
@@ -52,7 +57,13 @@ export class FedRepClient extends FedAvgClient {
     // A frozen body: the head epochs are the whole round.
     if (this.freezeBody) return headLoss;
     const body = this.sharedVariables();
-    return trainEpochs(this.data, this.train, round, () => [{ optimizer: this.optimizer, vars: body }], (x, y) => this.ownLoss(x, y));
+    return trainEpochs(
+      this.data,
+      this.train,
+      round,
+      () => [{ optimizer: this.optimizer, vars: body }],
+      (x, y) => this.ownLoss(x, y),
+    );
   }
 
   /** The head's optimizer, kept across rounds (and in checkpoints). */
@@ -90,7 +101,8 @@ type FedRepP2pOptions = AlgorithmBaseOptions & FedRepSettings & BodySettings & S
 export const fedrep: Algorithm<'fedrep', AlgorithmBaseOptions & FedRepSettings> = {
   name: 'fedrep',
   label: 'FedRep',
-  description: 'a server averages only the body; each site keeps its own head, trained first each round with the body frozen (headEpochs), then the body with the head frozen',
+  description:
+    'a server averages only the body; each site keeps its own head, trained first each round with the body frozen (headEpochs), then the body with the head frozen',
   color: '#2166ac',
   network: 'server',
   message: 'model',
@@ -113,7 +125,10 @@ export const fedrep: Algorithm<'fedrep', AlgorithmBaseOptions & FedRepSettings> 
 class FedRepP2pSite extends FedRepSite {
   override readonly bodyShare: BodyShare;
 
-  constructor(client: FedRepClient, private readonly o: FedRepP2pOptions) {
+  constructor(
+    client: FedRepClient,
+    private readonly o: FedRepP2pOptions,
+  ) {
     super(client, o);
     this.bodyShare = siteBodyShare(client, o);
   }
@@ -136,7 +151,7 @@ class FedRepP2pSite extends FedRepSite {
 export const fedrepP2p: Algorithm<'fedrep-p2p', FedRepP2pOptions> = {
   name: 'fedrep-p2p',
   label: 'FedRep-p2p',
-  description: 'serverless FedRep: each site keeps its own head and combines its body with the members\' bodies peer to peer every round (no experts)',
+  description: "serverless FedRep: each site keeps its own head and combines its body with the members' bodies peer to peer every round (no experts)",
   color: '#67a9cf',
   network: 'peers',
   message: 'body',

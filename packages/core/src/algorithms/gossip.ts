@@ -24,7 +24,11 @@ import { ModelSite, secondsSince, waitOptions } from './site.js';
 const metaSchema = z.object({
   arch: z.string(),
   round: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
-  samples: z.number().int().min(1).max(2 ** 31),
+  samples: z
+    .number()
+    .int()
+    .min(1)
+    .max(2 ** 31),
   peer: z.string().min(1).max(256),
 });
 
@@ -113,7 +117,12 @@ export class GossipSite extends ModelSite<FedAvgClient> {
     let fresh = absorb();
     if (net.quorum > 0 && net.deadlineMs > 0) {
       fresh += await awaitRound(ex, this.departed, {
-        round, quorum: net.quorum, candidates: net.others ?? net.quorum, deadlineMs: net.deadlineMs, absorb, ...waitOptions(net, 'models'),
+        round,
+        quorum: net.quorum,
+        candidates: net.others ?? net.quorum,
+        deadlineMs: net.deadlineMs,
+        absorb,
+        ...waitOptions(net, 'models'),
         // A member's model of this round (or a newer one, from a site ahead of this one).
         delivered: () => new Set([...this.held].filter(([, h]) => h.round >= round).map(([id]) => id)),
       });

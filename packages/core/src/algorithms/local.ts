@@ -7,7 +7,13 @@ import { ModelSite, secondsSince } from './site.js';
 export class LocalPeer extends SupervisedModel {
   trainRound(round: number): Promise<number> {
     this.account();
-    return trainEpochs(this.data, this.train, round, () => this.paramGroups(), (x, y) => this.ownLoss(x, y));
+    return trainEpochs(
+      this.data,
+      this.train,
+      round,
+      () => this.paramGroups(),
+      (x, y) => this.ownLoss(x, y),
+    );
   }
 
   evaluate(): PeerEval {

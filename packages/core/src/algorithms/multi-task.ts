@@ -33,7 +33,6 @@ import { assignVariables, checkShapes, readVariables, sharedModelSeed } from './
 import { local } from './local.js';
 import { ModelSite, secondsSince, waitOptions } from './site.js';
 
-
 /** One task of a multi-task site: its data, the site that trains it on the shared body and, with `crossTask`, its mixer. */
 interface TaskPart {
   data: PeerData;
@@ -82,7 +81,10 @@ export class MultiTaskSite implements AlgorithmSite {
   readonly checkpoint?: SiteCheckpointing;
 
   constructor(
-    private readonly alg: Algorithm, readonly form: MultiTaskForm, base: PeerModelOptions, site: SiteTasks,
+    private readonly alg: Algorithm,
+    readonly form: MultiTaskForm,
+    base: PeerModelOptions,
+    site: SiteTasks,
     o: AlgorithmBaseOptions & Partial<BodySharingSettings> & MultiTaskOptions,
   ) {
     const tasks = site.tasks;
@@ -91,7 +93,7 @@ export class MultiTaskSite implements AlgorithmSite {
     this.dp = base.train.dp;
     const ordered = [...tasks].sort((a, b) => (a.task.name < b.task.name ? -1 : a.task.name > b.task.name ? 1 : 0));
     // A body that is combined starts the same at every site, as FedAvg's model does.
-    const initSeed = form.body === 'none' ? base.initSeed ?? base.train.seed ?? 0 : sharedModelSeed(o.seed);
+    const initSeed = form.body === 'none' ? (base.initSeed ?? base.train.seed ?? 0) : sharedModelSeed(o.seed);
     this.body = buildSiteBody({ ...base, data: ordered[0] }, initSeed);
     this.arch = `${formatBodySpec(this.body.spec)}|in=${ordered[0].sampleShape.join('x')}|features=${base.featureDim}`;
     this.limits = { maxBytes: o.maxModelBytes };
@@ -99,16 +101,26 @@ export class MultiTaskSite implements AlgorithmSite {
     const taskAlg = form.heads === 'experts' ? this.alg : local;
     const train = { ...DEFAULT_TRAIN, ...base.train };
     // The read-out's weight as dFLMoE's settings resolve it (their default where it is not given).
-    const crossWeight = o.crossTask ? resolveSettings([dflmoeSettings], [], { crossTaskWeight: o.crossTaskWeight }).values.crossTaskWeight as number : 0;
+    const crossWeight = o.crossTask ? (resolveSettings([dflmoeSettings], [], { crossTaskWeight: o.crossTaskWeight }).values.crossTaskWeight as number) : 0;
     this.parts = [];
     try {
       for (const data of ordered) {
         const seed = deriveSeed(base.train.seed ?? 0, 'task', data.task.name);
         const { initSeed: _i, ...rest } = base;
-        const site = taskAlg.createSite({ ...rest, data, sharedBody: this.body, train: { ...base.train, seed } }, { ...o, shareBody: false, crossTask: false } as never);
-        const cross = form.heads === 'experts' && o.crossTask === true ? new CrossTaskReadOut(data.task, {
-          weight: crossWeight, learningRate: train.learningRate, batchSize: train.batchSize, seed: deriveSeed(seed, 'cross'),
-        }) : undefined;
+        const site = taskAlg.createSite({ ...rest, data, sharedBody: this.body, train: { ...base.train, seed } }, {
+          ...o,
+          shareBody: false,
+          crossTask: false,
+        } as never);
+        const cross =
+          form.heads === 'experts' && o.crossTask === true
+            ? new CrossTaskReadOut(data.task, {
+                weight: crossWeight,
+                learningRate: train.learningRate,
+                batchSize: train.batchSize,
+                seed: deriveSeed(seed, 'cross'),
+              })
+            : undefined;
         this.parts.push({ data, site, ...(cross ? { cross } : {}) });
       }
     } catch (e) {
@@ -120,9 +132,17 @@ export class MultiTaskSite implements AlgorithmSite {
     this.data = siteTasksData({ ...site, tasks: ordered });
     if (this.parts.every((p) => p.site.checkpoint)) this.checkpoint = { save: (...a) => this.save(...a), restore: (...a) => this.restore(...a) };
     if (form.body === 'peers') {
-      this.bodyShare = createBodyShare(base.id, {
-        vars: () => bodyVariables(this.body.model), spec: this.body.spec, sampleShape: this.data.sampleShape, featureDim: base.featureDim, samples: this.data.trainSamples,
-      }, o as BodySharingSettings);
+      this.bodyShare = createBodyShare(
+        base.id,
+        {
+          vars: () => bodyVariables(this.body.model),
+          spec: this.body.spec,
+          sampleShape: this.data.sampleShape,
+          featureDim: base.featureDim,
+          samples: this.data.trainSamples,
+        },
+        o as BodySharingSettings,
+      );
     }
   }
 
@@ -154,7 +174,9 @@ export class MultiTaskSite implements AlgorithmSite {
    */
   async runRound(round: number, net: SiteNetwork): Promise<SiteRound> {
     if (this.crossTask && !net.crossTask) {
-      throw new Error("crossTask needs a network that carries every task's heads to every site: the in-memory simulator has one, site processes (dflmoe peer, --transport tcp) not yet");
+      throw new Error(
+        "crossTask needs a network that carries every task's heads to every site: the in-memory simulator has one, site processes (dflmoe peer, --transport tcp) not yet",
+      );
     }
     const t0 = performance.now();
     let fresh = 0;
@@ -162,7 +184,12 @@ export class MultiTaskSite implements AlgorithmSite {
     if (round > 1 && this.form.body === 'server' && net.server) fresh += await this.loadAverage(round - 1, net);
     const share = net.bodies ? this.bodyShare : undefined;
     if (round > 1 && share?.due(round - 1)) {
-      fresh += await share.gather(net.bodies!, round - 1, { quorum: net.quorum, deadlineMs: net.deadlineMs, logger: net.logger, ...waitOptions(net, 'bodies') });
+      fresh += await share.gather(net.bodies!, round - 1, {
+        quorum: net.quorum,
+        deadlineMs: net.deadlineMs,
+        logger: net.logger,
+        ...waitOptions(net, 'bodies'),
+      });
       bodies = share.mix(round - 1, round, net.bodies!.members());
     }
     let waitSeconds = secondsSince(t0);
@@ -186,7 +213,11 @@ export class MultiTaskSite implements AlgorithmSite {
     }
     const tw = performance.now();
     if (this.form.body === 'server' && net.server) {
-      await net.server.upload(round, encodeBundle('model', { arch: this.arch, round, samples: this.data.trainSamples }, readVariables(bodyVariables(this.body.model))), this.data.trainSamples);
+      await net.server.upload(
+        round,
+        encodeBundle('model', { arch: this.arch, round, samples: this.data.trainSamples }, readVariables(bodyVariables(this.body.model))),
+        this.data.trainSamples,
+      );
     }
     if (share?.due(round)) await share.publish(net.bodies!, round);
     waitSeconds += secondsSince(tw);
@@ -201,32 +232,44 @@ export class MultiTaskSite implements AlgorithmSite {
   private async crossRound(round: number, net: SiteNetwork): Promise<{ waitSeconds: number; trainSeconds: number; fresh: number }> {
     const ex = net.crossTask!;
     const peers = this.parts.map((p) => (p.site as DflmoeSite).peer);
-    await ex.publish(encodeTaskHeads(this.id, round, peers.map((peer) => ({ task: peer.data.task, layers: peer.head }))), round);
+    await ex.publish(
+      encodeTaskHeads(
+        this.id,
+        round,
+        peers.map((peer) => ({ task: peer.data.task, layers: peer.head })),
+      ),
+      round,
+    );
     const tw = performance.now();
     const others = net.crossOthers ?? 0;
     const refused = { count: 0 };
-    const take = () => absorbMessages(ex, net.logger, 'task heads', (m) => {
-      try {
-        const r = decodeTaskHeads(m.payload, m.from, this.featureDim, this.limits);
-        const old = this.received.get(m.from);
-        if (old && old.round > r.round) {
-          disposeHeads(r.heads);
-          return 'stale-version';
+    const take = () =>
+      absorbMessages(ex, net.logger, 'task heads', (m) => {
+        try {
+          const r = decodeTaskHeads(m.payload, m.from, this.featureDim, this.limits);
+          const old = this.received.get(m.from);
+          if (old && old.round > r.round) {
+            disposeHeads(r.heads);
+            return 'stale-version';
+          }
+          if (old) disposeHeads(old.heads);
+          this.received.set(m.from, r);
+          return 'added';
+        } catch (e) {
+          if (!(e instanceof CodecError)) throw e;
+          this.counters[`cross:${e.reason}`] = (this.counters[`cross:${e.reason}`] ?? 0) + 1;
+          refused.count++;
+          return e.reason as never;
         }
-        if (old) disposeHeads(old.heads);
-        this.received.set(m.from, r);
-        return 'added';
-      } catch (e) {
-        if (!(e instanceof CodecError)) throw e;
-        this.counters[`cross:${e.reason}`] = (this.counters[`cross:${e.reason}`] ?? 0) + 1;
-        refused.count++;
-        return e.reason as never;
-      }
-    });
+      });
     let fresh = take();
     // Bounded, as every wait of a round: members that left, or are far behind, are not waited for.
     fresh += await awaitRound(ex, this.departed, {
-      round, quorum: others, candidates: others, deadlineMs: net.deadlineMs, ...waitOptions(net, 'task heads'),
+      round,
+      quorum: others,
+      candidates: others,
+      deadlineMs: net.deadlineMs,
+      ...waitOptions(net, 'task heads'),
       delivered: () => new Set([...this.received].filter(([, r]) => r.round >= round).map(([peer]) => peer)),
       refused: () => refused.count,
       absorb: take,
@@ -235,7 +278,9 @@ export class MultiTaskSite implements AlgorithmSite {
     const tt = performance.now();
     disposeHeads(this.ownHeads);
     this.ownHeads = peers.map((peer) => ({
-      id: `${this.id}/${peer.data.task.name}`, task: peer.data.task.name, kind: peer.data.task.kind,
+      id: `${this.id}/${peer.data.task.name}`,
+      task: peer.data.task.name,
+      kind: peer.data.task.kind,
       layers: peer.head.map((l) => ({ kernel: tf.clone(l.kernel), bias: tf.clone(l.bias) })),
     }));
     for (const p of this.parts) {
@@ -285,7 +330,13 @@ export class MultiTaskSite implements AlgorithmSite {
       }
       const bodies = this.bodyShare?.exportState();
       if (bodies) data['bodies.bin'] = encodeBundle('body', { kind: 'body-share-state' }, bodies.tensors);
-      const state: MultiTaskState = { kind: 'multi-task', tasks: this.taskNames, files, counters: { ...this.counters }, ...(bodies ? { bodies: bodies.meta } : {}) };
+      const state: MultiTaskState = {
+        kind: 'multi-task',
+        tasks: this.taskNames,
+        files,
+        counters: { ...this.counters },
+        ...(bodies ? { bodies: bodies.meta } : {}),
+      };
       return { ...writeCheckpoint(dir, round, data, state, extra, keep), seconds: secondsSince(t0) };
     } finally {
       rmSync(tmp, { recursive: true, force: true });
@@ -293,28 +344,33 @@ export class MultiTaskSite implements AlgorithmSite {
   }
 
   private async restore(dir: string, logger: Logger): Promise<{ round: number; path: string; extra: Record<string, unknown>; summary: string } | undefined> {
-    const r = await restoreNewest(dir, async (c) => {
-      const st = c.state as MultiTaskState;
-      if (st?.kind !== 'multi-task' || st.tasks.join() !== this.taskNames.join()) {
-        throw new Error(`${c.path} is not a checkpoint of this site's tasks (${this.taskNames.join(', ')}): was the algorithm, the model or a task changed?`);
-      }
-      const tmp = mkdtempSync(join(dir, '..', `.multi-task-${process.pid}-`));
-      try {
-        for (const [i, p] of this.parts.entries()) {
-          // The task's own checkpoint, laid out again as its site wrote it, and read back by that site.
-          const into = join(tmp, `task-${i}`, basename(c.path));
-          for (const f of st.files[i]) {
-            mkdirSync(dirname(join(into, f)), { recursive: true });
-            writeFileSync(join(into, f), c.read(`task-${i}/${f}`));
-          }
-          if (!(await p.site.checkpoint!.restore(join(tmp, `task-${i}`), logger))) throw new Error(`${c.path}: task ${p.data.task.name}'s checkpoint did not restore`);
+    const r = await restoreNewest(
+      dir,
+      async (c) => {
+        const st = c.state as MultiTaskState;
+        if (st?.kind !== 'multi-task' || st.tasks.join() !== this.taskNames.join()) {
+          throw new Error(`${c.path} is not a checkpoint of this site's tasks (${this.taskNames.join(', ')}): was the algorithm, the model or a task changed?`);
         }
-      } finally {
-        rmSync(tmp, { recursive: true, force: true });
-      }
-      Object.assign(this.counters, st.counters);
-      if (st.bodies && this.bodyShare) this.bodyShare.importState(st.bodies, decodeBundle(c.read('bodies.bin'), { maxBytes: 2 ** 31 }).tensors);
-    }, logger);
+        const tmp = mkdtempSync(join(dir, '..', `.multi-task-${process.pid}-`));
+        try {
+          for (const [i, p] of this.parts.entries()) {
+            // The task's own checkpoint, laid out again as its site wrote it, and read back by that site.
+            const into = join(tmp, `task-${i}`, basename(c.path));
+            for (const f of st.files[i]) {
+              mkdirSync(dirname(join(into, f)), { recursive: true });
+              writeFileSync(join(into, f), c.read(`task-${i}/${f}`));
+            }
+            if (!(await p.site.checkpoint!.restore(join(tmp, `task-${i}`), logger)))
+              throw new Error(`${c.path}: task ${p.data.task.name}'s checkpoint did not restore`);
+          }
+        } finally {
+          rmSync(tmp, { recursive: true, force: true });
+        }
+        Object.assign(this.counters, st.counters);
+        if (st.bodies && this.bodyShare) this.bodyShare.importState(st.bodies, decodeBundle(c.read('bodies.bin'), { maxBytes: 2 ** 31 }).tensors);
+      },
+      logger,
+    );
     return r && { round: r.checkpoint.round, path: r.checkpoint.path, extra: r.checkpoint.extra, summary: `its ${this.parts.length} tasks` };
   }
 
@@ -370,7 +426,9 @@ export class MultiTaskSite implements AlgorithmSite {
     if (!this.dp) return undefined;
     const states = this.parts.map((p) => modelOf(p.site).accountant.state());
     const total = RdpAccountant.fromState({
-      orders: states[0].orders, rdp: states[0].rdp.map((_, k) => states.reduce((a, s) => a + s.rdp[k], 0)), steps: states.reduce((a, s) => a + s.steps, 0),
+      orders: states[0].orders,
+      rdp: states[0].rdp.map((_, k) => states.reduce((a, s) => a + s.rdp[k], 0)),
+      steps: states.reduce((a, s) => a + s.steps, 0),
     });
     const delta = this.dp.delta ?? 1e-5;
     return { epsilon: total.epsilon(delta), delta, steps: total.steps };
@@ -386,11 +444,18 @@ export class MultiTaskSite implements AlgorithmSite {
   }
 }
 
-
 /** Sites of `alg` that learn several tasks, or one task of a multi-task dataset; throws when `alg` has no multi-task form. */
-export function createMultiTaskSite(alg: Algorithm, base: PeerModelOptions, tasks: SiteTasks, o: AlgorithmBaseOptions & Partial<BodySharingSettings> & MultiTaskOptions): MultiTaskSite {
+export function createMultiTaskSite(
+  alg: Algorithm,
+  base: PeerModelOptions,
+  tasks: SiteTasks,
+  o: AlgorithmBaseOptions & Partial<BodySharingSettings> & MultiTaskOptions,
+): MultiTaskSite {
   const form = alg.multiTask?.(o);
-  if (!form) throw new Error(`${alg.label} has no multi-task form: ${alg.name} averages whole models, and a multi-task site's heads stay its own; use fedrep-p2p (body peer to peer) or fedavg (body through a server)`);
+  if (!form)
+    throw new Error(
+      `${alg.label} has no multi-task form: ${alg.name} averages whole models, and a multi-task site's heads stay its own; use fedrep-p2p (body peer to peer) or fedavg (body through a server)`,
+    );
   return new MultiTaskSite(alg, form, base, tasks, o);
 }
 
@@ -413,8 +478,9 @@ interface MultiTaskState {
 
 /** Every file under `dir`, as paths relative to it. */
 function filesUnder(dir: string, prefix = ''): string[] {
-  return readdirSync(join(dir, prefix), { withFileTypes: true })
-    .flatMap((e) => (e.isDirectory() ? filesUnder(dir, join(prefix, e.name)) : e.isFile() ? [join(prefix, e.name)] : []));
+  return readdirSync(join(dir, prefix), { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? filesUnder(dir, join(prefix, e.name)) : e.isFile() ? [join(prefix, e.name)] : [],
+  );
 }
 
 /** The model a task's site trains (its accountant counts its DP-SGD steps). */

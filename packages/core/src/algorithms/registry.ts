@@ -40,7 +40,9 @@ export interface AlgorithmOptions extends AlgorithmBaseOptions, AlgorithmSetting
  * `given` has none (dFLMoE with shared bodies: 2). Throws a `SettingError`.
  */
 export function algorithmSettings(
-  alg: { readonly settings: readonly SettingsGroup[] }, given: Partial<AlgorithmSettings> & { epochs?: number }, context: SettingsContext = {},
+  alg: { readonly settings: readonly SettingsGroup[] },
+  given: Partial<AlgorithmSettings> & { epochs?: number },
+  context: SettingsContext = {},
 ): { settings: AlgorithmSettings; epochs?: number } {
   const r = resolveSettings(SETTINGS, alg.settings, given, context);
   const epochs = given.epochs ?? (r.outside.epochs as number | undefined);

@@ -18,19 +18,34 @@ export const secondsSince = (t0: number) => (performance.now() - t0) / 1000;
  */
 export function waitOptions(net: SiteNetwork, what: string): Pick<RoundWait, 'awaited' | 'notice'> {
   const name = net.memberName;
-  return { ...(net.awaited ? { awaited: net.awaited } : {}), ...(name ? { notice: { logger: net.logger, what, name: (p: string) => name.call(net, p) } } : {}) };
+  return {
+    ...(net.awaited ? { awaited: net.awaited } : {}),
+    ...(name ? { notice: { logger: net.logger, what, name: (p: string) => name.call(net, p) } } : {}),
+  };
 }
 
 /** The body share of a site's model (dFLMoE with shareBody, fedrep-p2p). */
 export function siteBodyShare(m: SupervisedModel, o: BodySharingSettings): BodyShare {
-  return createBodyShare(m.id, {
-    vars: () => bodyVariables(m.body), spec: m.bodySpec, sampleShape: m.data.sampleShape, featureDim: m.headSpec.inputDim, samples: m.data.trainSamples,
-  }, o);
+  return createBodyShare(
+    m.id,
+    {
+      vars: () => bodyVariables(m.body),
+      spec: m.bodySpec,
+      sampleShape: m.data.sampleShape,
+      featureDim: m.headSpec.inputDim,
+      samples: m.data.trainSamples,
+    },
+    o,
+  );
 }
 
 /** `r`'s counts with `prefix` before each key; zero and undefined counts left out (none for undefined `r`). */
 export function prefixKeys(r: Partial<Record<string, number>> | undefined, prefix: string): Record<string, number> {
-  return Object.fromEntries(Object.entries(r ?? {}).filter((e): e is [string, number] => Boolean(e[1])).map(([k, v]) => [`${prefix}${k}`, v]));
+  return Object.fromEntries(
+    Object.entries(r ?? {})
+      .filter((e): e is [string, number] => Boolean(e[1]))
+      .map(([k, v]) => [`${prefix}${k}`, v]),
+  );
 }
 
 /** One body + head model's activated outputs (class probabilities: the softmax of its logits; a regression's prediction). */
@@ -77,45 +92,54 @@ export abstract class ModelSite<M extends SupervisedModel & { evaluate(): PeerEv
       if (bodies) tensors.push(...bodies.tensors);
       files['state.bin'] = encodeBundle('model', { kind: 'model-site-state' }, tensors);
       const state: ModelSiteState = {
-        kind: 'model-site', variables: models.map((m) => m.variables().length), optimizers,
-        accountants: models.map((m) => m.accountant.state()), counters: { ...this.counters },
+        kind: 'model-site',
+        variables: models.map((m) => m.variables().length),
+        optimizers,
+        accountants: models.map((m) => m.accountant.state()),
+        counters: { ...this.counters },
         ...(bodies ? { bodies: bodies.meta } : {}),
       };
       const w = writeCheckpoint(dir, round, files, state, extra, keep);
       return { ...w, seconds: secondsSince(t0) };
     },
     restore: async (dir, logger) => {
-      const r = await restoreNewest(dir, async (c) => {
-        const st = c.state as ModelSiteState;
-        const models = this.checkpointModels();
-        if (st?.kind !== 'model-site' || st.variables.join() !== models.map((m) => m.variables().length).join()) {
-          throw new Error(`${c.path} is not a checkpoint of this kind of site (was the algorithm or model config changed?)`);
-        }
-        const all = decodeBundle(c.read('state.bin'), { maxBytes: 2 ** 31 }).tensors;
-        const byName = new Map(all.map((t) => [t.name, t]));
-        const get = (name: string, shape?: number[]): tf.Tensor => {
-          const t = byName.get(name);
-          if (!t) throw new Error(`${c.path} lacks tensor ${name}`);
-          if (shape && t.shape.join() !== shape.join()) throw new Error(`${c.path}: ${name} has shape [${t.shape}], this site expects [${shape}]`);
-          return tf.tensor(t.data.slice(), t.shape);
-        };
-        models.forEach((m, k) => m.variables().forEach((v, i) => {
-          const t = get(`m${k}/${i}`, v.shape);
-          v.assign(t);
-          t.dispose();
-        }));
-        const opts = this.checkpointOptimizers();
-        for (const [key, n] of Object.entries(st.optimizers)) {
-          const opt = opts[key];
-          if (!opt) continue;
-          const ws = Array.from({ length: n }, (_, i) => ({ name: `opt/${key}/${i}`, tensor: get(`opt/${key}/${i}`) }));
-          await opt.setWeights(ws);
-          tf.dispose(ws.map((w) => w.tensor));
-        }
-        models.forEach((m, k) => st.accountants[k] && m.accountant.restore(st.accountants[k]));
-        Object.assign(this.counters, st.counters);
-        if (st.bodies && this.bodyShare) this.bodyShare.importState(st.bodies, all);
-      }, logger);
+      const r = await restoreNewest(
+        dir,
+        async (c) => {
+          const st = c.state as ModelSiteState;
+          const models = this.checkpointModels();
+          if (st?.kind !== 'model-site' || st.variables.join() !== models.map((m) => m.variables().length).join()) {
+            throw new Error(`${c.path} is not a checkpoint of this kind of site (was the algorithm or model config changed?)`);
+          }
+          const all = decodeBundle(c.read('state.bin'), { maxBytes: 2 ** 31 }).tensors;
+          const byName = new Map(all.map((t) => [t.name, t]));
+          const get = (name: string, shape?: number[]): tf.Tensor => {
+            const t = byName.get(name);
+            if (!t) throw new Error(`${c.path} lacks tensor ${name}`);
+            if (shape && t.shape.join() !== shape.join()) throw new Error(`${c.path}: ${name} has shape [${t.shape}], this site expects [${shape}]`);
+            return tf.tensor(t.data.slice(), t.shape);
+          };
+          models.forEach((m, k) =>
+            m.variables().forEach((v, i) => {
+              const t = get(`m${k}/${i}`, v.shape);
+              v.assign(t);
+              t.dispose();
+            }),
+          );
+          const opts = this.checkpointOptimizers();
+          for (const [key, n] of Object.entries(st.optimizers)) {
+            const opt = opts[key];
+            if (!opt) continue;
+            const ws = Array.from({ length: n }, (_, i) => ({ name: `opt/${key}/${i}`, tensor: get(`opt/${key}/${i}`) }));
+            await opt.setWeights(ws);
+            tf.dispose(ws.map((w) => w.tensor));
+          }
+          models.forEach((m, k) => st.accountants[k] && m.accountant.restore(st.accountants[k]));
+          Object.assign(this.counters, st.counters);
+          if (st.bodies && this.bodyShare) this.bodyShare.importState(st.bodies, all);
+        },
+        logger,
+      );
       return r && { round: r.checkpoint.round, path: r.checkpoint.path, extra: r.checkpoint.extra, summary: 'its model' };
     },
   };

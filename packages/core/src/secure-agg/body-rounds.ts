@@ -48,8 +48,12 @@ export class SecureBodyRounds {
   private readonly departed = new DepartedMembers();
 
   constructor(
-    readonly selfId: string, private readonly vars: () => tf.Variable[], readonly arch: string, readonly samples: number,
-    private readonly o: SecureBodyOptions, private readonly count: (reason: string) => void,
+    readonly selfId: string,
+    private readonly vars: () => tf.Variable[],
+    readonly arch: string,
+    readonly samples: number,
+    private readonly o: SecureBodyOptions,
+    private readonly count: (reason: string) => void,
   ) {}
 
   /** Draw this round's group and publish this site's keys. */
@@ -61,7 +65,10 @@ export class SecureBodyRounds {
     const length = this.vars().reduce((a, v) => a + v.size, 0);
     const member = await SecAggMember.create(this.selfId, group, length, { samples: this.samples, arch: this.arch }, this.o.maxBytes);
     this.current = { round, member, refused: new Set() };
-    ex.select?.(group.members.filter((m) => m !== this.selfId), secAggVersion(round, 1));
+    ex.select?.(
+      group.members.filter((m) => m !== this.selfId),
+      secAggVersion(round, 1),
+    );
     for (const [from, e] of [...this.early]) {
       if (e.round <= round) this.early.delete(from);
       if (e.round === round) this.take(e.payload, from);
@@ -111,13 +118,25 @@ export class SecureBodyRounds {
    * that goes silent without its departure being seen (frozen, or cut off)
    * costs the round one deadline, in the phase it went silent in.
    */
-  private async wait(ex: HeadExchange, round: number, phase: number, from: () => string[], have: () => string[], w: { deadlineMs: number; logger: Logger } & Pick<RoundWait, 'awaited'>): Promise<void> {
+  private async wait(
+    ex: HeadExchange,
+    round: number,
+    phase: number,
+    from: () => string[],
+    have: () => string[],
+    w: { deadlineMs: number; logger: Logger } & Pick<RoundWait, 'awaited'>,
+  ): Promise<void> {
     this.absorb(ex, w.logger);
     const want = from().filter((m) => m !== this.selfId);
     if (want.length === 0 || w.deadlineMs <= 0) return;
     const t0 = performance.now();
     await awaitRound(ex, this.departed, {
-      round: secAggVersion(round, phase), step: 4 * this.o.every, quorum: want.length, candidates: want.length, from: want, deadlineMs: w.deadlineMs,
+      round: secAggVersion(round, phase),
+      step: 4 * this.o.every,
+      quorum: want.length,
+      candidates: want.length,
+      from: want,
+      deadlineMs: w.deadlineMs,
       ...(w.awaited ? { awaited: w.awaited } : {}),
       delivered: () => new Set([...have(), ...this.current!.refused].filter((m) => want.includes(m))),
       absorb: () => this.absorb(ex, w.logger),
@@ -142,12 +161,21 @@ export class SecureBodyRounds {
       }
       return r.ok ? r.survivors.length - 1 : 0;
     };
-    await wait(1, () => m.group.members, () => m.advertised());
+    await wait(
+      1,
+      () => m.group.members,
+      () => m.advertised(),
+    );
     const shares = await m.shareKeys();
-    if (!shares) return done({ ok: false, reason: 'too-few', detail: `${m.advertised().length} members of the group advertised keys, fewer than the threshold ${t}` });
+    if (!shares)
+      return done({ ok: false, reason: 'too-few', detail: `${m.advertised().length} members of the group advertised keys, fewer than the threshold ${t}` });
     this.absorb(ex, w.logger);
     await ex.publish(shares, secAggVersion(round, 2));
-    await wait(2, () => m.advertised(), () => m.sharers());
+    await wait(
+      2,
+      () => m.advertised(),
+      () => m.sharers(),
+    );
     const flat = new Float32Array(m.length);
     let at = 0;
     for (const v of this.vars()) {
@@ -155,12 +183,21 @@ export class SecureBodyRounds {
       at += v.size;
     }
     const masked = m.maskedInput(flat);
-    if (!masked) return done({ ok: false, reason: 'too-few', detail: `${m.sharers().length} members of the group shared their keys, fewer than the threshold ${t}` });
+    if (!masked)
+      return done({ ok: false, reason: 'too-few', detail: `${m.sharers().length} members of the group shared their keys, fewer than the threshold ${t}` });
     if (masked.clipped) this.count('secagg-clipped');
     await ex.publish(masked.message, secAggVersion(round, 3));
-    await wait(3, () => m.sharers(), () => m.holders());
+    await wait(
+      3,
+      () => m.sharers(),
+      () => m.holders(),
+    );
     await ex.publish(m.reveal()!, secAggVersion(round, 4));
-    await wait(4, () => m.holders(), () => m.revealers());
+    await wait(
+      4,
+      () => m.holders(),
+      () => m.revealers(),
+    );
     return done(await m.result());
   }
 

@@ -59,29 +59,64 @@ export type SecAggDecodeReason = 'too-large' | 'truncated' | 'magic' | 'format' 
 
 /** A message that cannot be read, with the reason (a strike against the sender). */
 export class SecAggError extends Error {
-  constructor(readonly reason: SecAggDecodeReason, message: string) {
+  constructor(
+    readonly reason: SecAggDecodeReason,
+    message: string,
+  ) {
     super(message);
     this.name = 'SecAggError';
   }
 }
 
-const hexOf = (bytes: number) => z.string().length(2 * bytes).regex(/^[0-9a-f]*$/);
+const hexOf = (bytes: number) =>
+  z
+    .string()
+    .length(2 * bytes)
+    .regex(/^[0-9a-f]*$/);
 const peer = z.string().min(1).max(256);
 const list = <T extends z.ZodTypeAny>(t: T) => z.array(t).max(FIXED_POINT.maxGroup);
-const headerSchema = z.object({
-  phase: z.number().int().min(1).max(4),
-  round: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
-  group: hexOf(16),
-  peer,
-  keys: z.object({ c: hexOf(32), s: hexOf(32), samples: z.number().int().min(1).max(2 ** 31), arch: z.string().max(1000), commit: hexOf(32) }).strict(),
-  shares: list(z.object({ to: peer, ct: hexOf(SHARE_CIPHERTEXT_BYTES) }).strict()).optional(),
-  masked: z.object({ with: list(peer), length: z.number().int().min(1).max(2 ** 28), digest: hexOf(32) }).strict().optional(),
-  reveal: z.object({
-    held: list(z.object({ peer, digest: hexOf(32) }).strict()),
-    b: list(z.object({ of: peer, share: hexOf(33) }).strict()),
-    s: list(z.object({ of: peer, share: hexOf(33) }).strict()),
-  }).strict().optional(),
-}).strict();
+const headerSchema = z
+  .object({
+    phase: z.number().int().min(1).max(4),
+    round: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
+    group: hexOf(16),
+    peer,
+    keys: z
+      .object({
+        c: hexOf(32),
+        s: hexOf(32),
+        samples: z
+          .number()
+          .int()
+          .min(1)
+          .max(2 ** 31),
+        arch: z.string().max(1000),
+        commit: hexOf(32),
+      })
+      .strict(),
+    shares: list(z.object({ to: peer, ct: hexOf(SHARE_CIPHERTEXT_BYTES) }).strict()).optional(),
+    masked: z
+      .object({
+        with: list(peer),
+        length: z
+          .number()
+          .int()
+          .min(1)
+          .max(2 ** 28),
+        digest: hexOf(32),
+      })
+      .strict()
+      .optional(),
+    reveal: z
+      .object({
+        held: list(z.object({ peer, digest: hexOf(32) }).strict()),
+        b: list(z.object({ of: peer, share: hexOf(33) }).strict()),
+        s: list(z.object({ of: peer, share: hexOf(33) }).strict()),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
 
 const toMap = <T>(entries: [string, T][], what: string): Map<string, T> => {
   const m = new Map(entries);
@@ -94,17 +129,22 @@ export const maskedDigest = (words: Uint32Array): string => bytesToHex(sha256(by
 
 export function encodeSecAgg(m: SecAggMessage): Uint8Array {
   const header = {
-    phase: m.phase, round: m.round, group: m.group, peer: m.peer,
+    phase: m.phase,
+    round: m.round,
+    group: m.group,
+    peer: m.peer,
     keys: { c: bytesToHex(m.keys.c), s: bytesToHex(m.keys.s), samples: m.keys.samples, arch: m.keys.arch, commit: bytesToHex(m.keys.commit) },
     ...(m.shares ? { shares: [...m.shares].map(([to, ct]) => ({ to, ct: bytesToHex(ct) })) } : {}),
     ...(m.masked ? { masked: m.masked } : {}),
-    ...(m.reveal ? {
-      reveal: {
-        held: [...m.reveal.held].map(([p, digest]) => ({ peer: p, digest })),
-        b: [...m.reveal.b].map(([of, s]) => ({ of, share: bytesToHex(s) })),
-        s: [...m.reveal.s].map(([of, s]) => ({ of, share: bytesToHex(s) })),
-      },
-    } : {}),
+    ...(m.reveal
+      ? {
+          reveal: {
+            held: [...m.reveal.held].map(([p, digest]) => ({ peer: p, digest })),
+            b: [...m.reveal.b].map(([of, s]) => ({ of, share: bytesToHex(s) })),
+            s: [...m.reveal.s].map(([of, s]) => ({ of, share: bytesToHex(s) })),
+          },
+        }
+      : {}),
   };
   const h = new TextEncoder().encode(JSON.stringify(header));
   const payload = m.vector ? bytesOf(m.vector) : new Uint8Array(0);
@@ -137,13 +177,20 @@ export function decodeSecAgg(bytes: Uint8Array, o: { maxBytes: number }): SecAgg
   const payload = bytes.subarray(8 + hl);
   const phase = h.phase as SecAggPhase;
   if ((phase === 2 || phase === 3) !== (h.shares !== undefined)) throw new SecAggError('header', `phase ${phase} ${h.shares ? 'carries' : 'lacks'} shares`);
-  if ((phase >= 3) !== (h.masked !== undefined)) throw new SecAggError('header', `phase ${phase} ${h.masked ? 'carries' : 'lacks'} a masked input`);
+  if (phase >= 3 !== (h.masked !== undefined)) throw new SecAggError('header', `phase ${phase} ${h.masked ? 'carries' : 'lacks'} a masked input`);
   if ((phase === 4) !== (h.reveal !== undefined)) throw new SecAggError('header', `phase ${phase} ${h.reveal ? 'carries' : 'lacks'} revealed shares`);
   const m: SecAggMessage = {
-    phase, round: h.round, group: h.group, peer: h.peer,
+    phase,
+    round: h.round,
+    group: h.group,
+    peer: h.peer,
     keys: { c: hexToBytes(h.keys.c), s: hexToBytes(h.keys.s), samples: h.keys.samples, arch: h.keys.arch, commit: hexToBytes(h.keys.commit) },
   };
-  if (h.shares) m.shares = toMap(h.shares.map((s) => [s.to, hexToBytes(s.ct)]), 'shares');
+  if (h.shares)
+    m.shares = toMap(
+      h.shares.map((s) => [s.to, hexToBytes(s.ct)]),
+      'shares',
+    );
   if (h.masked) {
     if (new Set(h.masked.with).size !== h.masked.with.length) throw new SecAggError('header', 'masked.with names a member twice');
     m.masked = h.masked;
@@ -155,9 +202,18 @@ export function decodeSecAgg(bytes: Uint8Array, o: { maxBytes: number }): SecAgg
   } else if (payload.length > 0) throw new SecAggError('length', `phase ${phase} carries ${payload.length} payload bytes`);
   if (h.reveal) {
     m.reveal = {
-      held: toMap(h.reveal.held.map((x) => [x.peer, x.digest]), 'reveal.held'),
-      b: toMap(h.reveal.b.map((x) => [x.of, hexToBytes(x.share)]), 'reveal.b'),
-      s: toMap(h.reveal.s.map((x) => [x.of, hexToBytes(x.share)]), 'reveal.s'),
+      held: toMap(
+        h.reveal.held.map((x) => [x.peer, x.digest]),
+        'reveal.held',
+      ),
+      b: toMap(
+        h.reveal.b.map((x) => [x.of, hexToBytes(x.share)]),
+        'reveal.b',
+      ),
+      s: toMap(
+        h.reveal.s.map((x) => [x.of, hexToBytes(x.share)]),
+        'reveal.s',
+      ),
     };
   }
   return m;

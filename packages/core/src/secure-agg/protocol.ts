@@ -34,14 +34,33 @@ import { bytesToHex, randomBytes } from '@noble/hashes/utils.js';
 import { combine, split } from 'shamir-secret-sharing';
 import { boundSampleCounts } from '../averaging.js';
 import { addWords, decodeSum, encodeFixed, prgWords } from './fixed-point.js';
-import { SecAggError, decodeSecAgg, encodeSecAgg, maskedDigest, type SecAggDecodeReason, type SecAggKeys, type SecAggMessage, type SecAggPhase } from './messages.js';
+import {
+  SecAggError,
+  decodeSecAgg,
+  encodeSecAgg,
+  maskedDigest,
+  type SecAggDecodeReason,
+  type SecAggKeys,
+  type SecAggMessage,
+  type SecAggPhase,
+} from './messages.js';
 import type { SecAggGroup } from './groups.js';
 import { X25519Key, agreeWith, publicKeyOf } from './x25519.js';
 
 /** Why a message was refused (all but `other-architecture` and `late` are the sender's fault). */
 export type SecAggReason =
-  | SecAggDecodeReason | 'wrong-round' | 'wrong-group' | 'not-in-group' | 'sender-mismatch' | 'self' | 'changed-keys' | 'bad-key'
-  | 'bad-share' | 'changed-input' | 'other-architecture' | 'late';
+  | SecAggDecodeReason
+  | 'wrong-round'
+  | 'wrong-group'
+  | 'not-in-group'
+  | 'sender-mismatch'
+  | 'self'
+  | 'changed-keys'
+  | 'bad-key'
+  | 'bad-share'
+  | 'changed-input'
+  | 'other-architecture'
+  | 'late';
 
 /** Refusals that are no fault of the sender. */
 export const SECAGG_BENIGN: ReadonlySet<string> = new Set(['other-architecture', 'late']);
@@ -90,8 +109,13 @@ export class SecAggMember {
   readonly faulty = new Set<string>();
 
   private constructor(
-    readonly self: string, readonly group: SecAggGroup, readonly length: number, o: { samples: number; arch: string }, private readonly maxBytes: number,
-    private readonly cKey: X25519Key, private readonly sKey: X25519Key,
+    readonly self: string,
+    readonly group: SecAggGroup,
+    readonly length: number,
+    o: { samples: number; arch: string },
+    private readonly maxBytes: number,
+    private readonly cKey: X25519Key,
+    private readonly sKey: X25519Key,
   ) {
     if (!group.members.includes(self)) throw new Error(`${self} is not in its group`);
     this.ownKeys = { c: cKey.publicKey, s: sKey.publicKey, samples: o.samples, arch: o.arch, commit: sha256(this.bSeed) };
@@ -112,17 +136,19 @@ export class SecAggMember {
   /** Agree secrets with every member whose keys arrived; a key that agrees none drops its member. */
   private async agree(): Promise<void> {
     const todo = [...this.keys.keys()].filter((m) => m !== this.self && !this.shared.has(m));
-    await Promise.all(todo.map(async (m) => {
-      const k = this.keys.get(m)!;
-      try {
-        const [c, s] = await Promise.all([this.cKey.agree(k.c), this.sKey.agree(k.s)]);
-        this.shared.set(m, { c, s });
-      } catch {
-        this.keys.delete(m);
-        this.badKeys.add(m);
-        this.later.push({ peer: m, reason: 'bad-key' });
-      }
-    }));
+    await Promise.all(
+      todo.map(async (m) => {
+        const k = this.keys.get(m)!;
+        try {
+          const [c, s] = await Promise.all([this.cKey.agree(k.c), this.sKey.agree(k.s)]);
+          this.shared.set(m, { c, s });
+        } catch {
+          this.keys.delete(m);
+          this.badKeys.add(m);
+          this.later.push({ peer: m, reason: 'bad-key' });
+        }
+      }),
+    );
     this.settle();
   }
 
@@ -340,10 +366,12 @@ export class SecAggMember {
     if (survivors.length < t) return { ok: false, reason: 'too-few', detail: `${survivors.length} masked inputs, fewer than the threshold ${t}` };
     const liars = this.equivocators();
     liars.forEach((m) => this.faulty.add(m));
-    if (liars.length) return { ok: false, reason: 'equivocation', detail: `${liars.join(', ')} sent different masked bodies to different members`, faulty: liars };
+    if (liars.length)
+      return { ok: false, reason: 'equivocation', detail: `${liars.join(', ')} sent different masked bodies to different members`, faulty: liars };
     for (const j of survivors) {
       for (const k of this.inputs.get(j)!.with) {
-        if (this.committed.has(k) && !this.inputs.get(k)!.with.includes(j)) return { ok: false, reason: 'asymmetric-masks', detail: `${j} masked with ${k} but not the other way round` };
+        if (this.committed.has(k) && !this.inputs.get(k)!.with.includes(j))
+          return { ok: false, reason: 'asymmetric-masks', detail: `${j} masked with ${k} but not the other way round` };
       }
     }
     const sum = new Uint32Array(this.length + 1);
@@ -363,7 +391,14 @@ export class SecAggMember {
     }
     const d = decodeSum(sum, survivors.length);
     if ('reason' in d) return { ok: false, reason: 'out-of-range', detail: d.reason };
-    return { ok: true, mean: d.mean, weight: d.weight, survivors, dropped, digests: new Map(survivors.filter((m) => m !== this.self).map((m) => [m, this.inputs.get(m)!.digest])) };
+    return {
+      ok: true,
+      mean: d.mean,
+      weight: d.weight,
+      survivors,
+      dropped,
+      digests: new Map(survivors.filter((m) => m !== this.self).map((m) => [m, this.inputs.get(m)!.digest])),
+    };
   }
 }
 

@@ -29,7 +29,11 @@ const fromB64url = (s: string): Uint8Array => Uint8Array.from(atob(s.replace(/-/
 
 /** A fresh X25519 key pair that agrees secrets with members' public keys. */
 export class X25519Key {
-  private constructor(readonly secretKey: Uint8Array, readonly publicKey: Uint8Array, private readonly native?: CryptoKey) {}
+  private constructor(
+    readonly secretKey: Uint8Array,
+    readonly publicKey: Uint8Array,
+    private readonly native?: CryptoKey,
+  ) {}
 
   static async generate(): Promise<X25519Key> {
     if (await hasNative()) {

@@ -12,8 +12,10 @@ const handle = (id: number): Handle => {
 };
 const native = { setTimeout: globalThis.setTimeout.bind(globalThis), setInterval: globalThis.setInterval.bind(globalThis) };
 
-export const setTimeout = ((fn: (...a: unknown[]) => void, ms?: number, ...args: unknown[]) => handle(native.setTimeout(fn, ms, ...args) as unknown as number)) as unknown as typeof globalThis.setTimeout;
-export const setInterval = ((fn: (...a: unknown[]) => void, ms?: number, ...args: unknown[]) => handle(native.setInterval(fn, ms, ...args) as unknown as number)) as unknown as typeof globalThis.setInterval;
+export const setTimeout = ((fn: (...a: unknown[]) => void, ms?: number, ...args: unknown[]) =>
+  handle(native.setTimeout(fn, ms, ...args) as unknown as number)) as unknown as typeof globalThis.setTimeout;
+export const setInterval = ((fn: (...a: unknown[]) => void, ms?: number, ...args: unknown[]) =>
+  handle(native.setInterval(fn, ms, ...args) as unknown as number)) as unknown as typeof globalThis.setInterval;
 
 // setImmediate (training yields to the event loop with it between batches): a MessageChannel
 // message runs as soon as the loop is free, without the 4 ms floor of nested setTimeout(0).

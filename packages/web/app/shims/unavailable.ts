@@ -4,12 +4,15 @@
  * (serving metrics, emulating links, reading /proc). Using one is an error
  * that says so, not a silent no-op.
  */
-const unavailable = new Proxy({}, {
-  get(_, name) {
-    if (name === '__esModule' || name === 'default' || typeof name === 'symbol') return undefined;
-    return () => {
-      throw new Error(`${String(name)} is a Node.js facility that a site in a browser tab does not have`);
-    };
+const unavailable = new Proxy(
+  {},
+  {
+    get(_, name) {
+      if (name === '__esModule' || name === 'default' || typeof name === 'symbol') return undefined;
+      return () => {
+        throw new Error(`${String(name)} is a Node.js facility that a site in a browser tab does not have`);
+      };
+    },
   },
-});
+);
 module.exports = unavailable;
