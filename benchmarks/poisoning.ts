@@ -40,7 +40,7 @@ const rows = [];
 for (const c of cases) {
   const withBaselines = !c.cfg.admission;
   const r = await simulate({ ...base, ...c.cfg, algorithms: withBaselines ? ['dflmoe', 'fedavg', 'local'] : ['dflmoe'] }, { logger: quiet });
-  // The same four sites count as honest in every case (peer-4 is the attacker when there is one).
+  // The same four sites count as honest in every case (site-4 is the attacker when there is one).
   const honestIds = r.algorithms.dflmoe!.peers.slice(0, 4).map((p) => p.id);
   const honestMean = (alg: 'dflmoe' | 'fedavg' | 'local') => {
     const a = r.algorithms[alg];
@@ -48,7 +48,7 @@ for (const c of cases) {
     const ps = a.peers.filter((p) => honestIds.includes(p.id));
     return ps.reduce((s, p) => s + p.accuracy, 0) / ps.length;
   };
-  const attacker = c.cfg.poisoned ? 'peer-4' : undefined;
+  const attacker = c.cfg.poisoned ? 'site-4' : undefined;
   const gate = attacker
     ? r.algorithms.dflmoe!.peers.filter((p) => honestIds.includes(p.id)).reduce((s, p) => s + (p.gateWeights?.[attacker] ?? 0), 0) / honestIds.length
     : undefined;

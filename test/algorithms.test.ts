@@ -206,7 +206,7 @@ describe('baselines in the simulator', () => {
     );
     assert.deepEqual(Object.keys(r.algorithms), ['dflmoe']);
     assert.deepEqual(Object.keys(r.skipped ?? {}), ['fedavg', 'gossip']);
-    assert.match(r.skipped!.fedavg!, /^FedAvg needs the same model at every site, but peer-0 has "mlp\|.*" and peer-1 has "mlp:16\|.*"/);
+    assert.match(r.skipped!.fedavg!, /^FedAvg needs the same model at every site, but site-0 has "mlp\|.*" and site-1 has "mlp:16\|.*"/);
     assert.deepEqual(
       warnings.map((w) => w.split(':')[0]),
       ['skipped fedavg', 'skipped gossip'],

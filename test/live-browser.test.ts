@@ -272,7 +272,7 @@ describe('live view in a browser', function () {
         );
         assert.deepEqual([...d.cells].sort(), want.sort(), d.card);
       }
-      assert.match(await page.$eval('[data-card="dflmoe/peer-1"] h3 small', (e) => e.textContent!), /table/);
+      assert.match(await page.$eval('[data-card="dflmoe/site-1"] h3 small', (e) => e.textContent!), /table/);
     } finally {
       await page.close();
       await server.close();

@@ -181,7 +181,7 @@ describe('live view: status model', () => {
     const d = sites.filter((s) => s.algorithm === 'dflmoe');
     // dFLMoE: the gate over the own head and the two others' heads, every round; members connected with their newest head.
     for (const s of d) {
-      assert.deepEqual(Object.keys(s.gate[2]!).sort(), ['peer-0', 'peer-1', 'peer-2']);
+      assert.deepEqual(Object.keys(s.gate[2]!).sort(), ['site-0', 'site-1', 'site-2']);
       assert.ok(Math.abs(Object.values(s.gate[2]!).reduce((a, b) => a + b, 0) - 1) < 1e-6);
       assert.deepEqual(seen.get(`${s.id}@3`), [[true, true]], 'connected while it ran');
       // Once done, the site has left: no member is shown connected to it (their newest head stays).

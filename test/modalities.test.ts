@@ -70,7 +70,7 @@ describe('modalities: the same data held as images at some sites and as tables a
         ['table', 'mlp'],
       ],
     );
-    assert.match(r.skipped!.fedavg!, /FedAvg needs the same model at every site, but peer-0 has "cnn\|in=8x8x1/);
+    assert.match(r.skipped!.fedavg!, /FedAvg needs the same model at every site, but site-0 has "cnn\|in=8x8x1/);
     for (const p of d.peers) {
       const others = d.peers.filter((q) => q.modality !== p.modality).map((q) => q.id);
       const pool = Object.keys(p.gateWeights!);

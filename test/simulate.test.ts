@@ -149,13 +149,13 @@ describe('poisoned experts', () => {
     const honest = guarded.algorithms.dflmoe!.peers.slice(0, 3);
     for (const p of honest) {
       assert.equal(p.rejectedHeads?.admission, 4, `${p.id} refused the attacker's head every round`);
-      assert.ok(!('peer-3' in p.gateWeights!), 'attacker not in the pool');
+      assert.ok(!('site-3' in p.gateWeights!), 'attacker not in the pool');
       assert.equal(Object.keys(p.gateWeights!).length, 3, 'honest experts admitted');
     }
     assert.ok(guarded.algorithms.dflmoe!.honestAccuracy!.mean > 0.8);
     const open = await simulate(cfg, { logger: quiet });
     for (const p of open.algorithms.dflmoe!.peers.slice(0, 3))
-      assert.ok(p.gateWeights!['peer-3'] < 0.25, `${p.id} gives the attacker ${p.gateWeights!['peer-3']}`);
+      assert.ok(p.gateWeights!['site-3'] < 0.25, `${p.id} gives the attacker ${p.gateWeights!['site-3']}`);
   });
 
   it('refuses an impossible number of attackers', async () => {

@@ -184,7 +184,7 @@ export const DEFAULT_SIMULATION: Omit<SimulationConfig, 'dataset'> = {
 
 /** One site's result in one algorithm's run: accuracy, bytes, seconds, and what the algorithm adds. */
 export interface PeerResult {
-  /** The site's id in the simulation (`peer-0`, `peer-1`, ...). */
+  /** The site's id in the simulation (`site-0`, `site-1`, ...). */
   id: string;
   /** The site's test accuracy after the last round (0..1). */
   accuracy: number;
@@ -666,7 +666,7 @@ function peerOptions(
   initialBody?: BodyWeights,
 ): PeerModelOptions {
   return {
-    id: `peer-${i}`,
+    id: `site-${i}`,
     data,
     body: bodySpec,
     featureDim: cfg.featureDim,

@@ -800,5 +800,5 @@ export function federatedStandardizer(ds: Dataset, splits: { train: ArrayLike<nu
 
 /** The agreement a consortium makes when site i holds rows `splits[i].train` of `ds` (its standardizer, and a regression target's pooled scale). */
 export function federatedAgreement(ds: Dataset, splits: { train: ArrayLike<number> }[]): AgreedSchema {
-  return mergeSummaries(splits.map((s, i) => summarizeDataset(ds, `peer-${i}`, s.train)));
+  return mergeSummaries(splits.map((s, i) => summarizeDataset(ds, `site-${i}`, s.train)));
 }

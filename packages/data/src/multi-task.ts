@@ -111,7 +111,7 @@ export function datasetTaskEntry(ds: Dataset, name: string, rows: ArrayLike<numb
 export function federatedTaskAgreement(ds: Dataset, splits: { train: ArrayLike<number> }[], plan: string[][]): AgreedTask[] {
   return agreedTasks(
     splits.map((s, i) => ({
-      site: `peer-${i}`,
+      site: `site-${i}`,
       tasks: plan[i].map((t) => datasetTaskEntry(ds, t, s.train, taskDataset(ds, t).task?.kind === 'regression' ? undefined : taskDataset(ds, t).classNames)),
     })),
   );
