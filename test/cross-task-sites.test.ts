@@ -41,10 +41,8 @@ describe('experts across tasks over TCP (site processes)', function () {
     // TCP does not fix the order heads arrive in (nor so the order of the read-out's sum): close, not necessarily equal.
     for (const [i, p] of a.entries()) {
       for (const [task, r] of Object.entries(p.tasks)) {
-        assert.ok(
-          Math.abs(r.accuracy! - b[i].tasks[task].accuracy!) <= 0.02,
-          `${p.id} ${task}: ${r.accuracy} over TCP, ${b[i].tasks[task].accuracy} in memory`,
-        );
+        const [x, y] = [r.accuracy, b[i].tasks[task].accuracy].map(Number);
+        assert.ok(Math.abs(x - y) <= 0.02, `${p.id} ${task}: ${x} over TCP, ${y} in memory`);
       }
       for (const [k, w] of Object.entries(p.gateWeights!))
         assert.ok(Math.abs(w - b[i].gateWeights![k]) <= 0.02, `${p.id} ${k}: ${w} vs ${b[i].gateWeights![k]}`);
