@@ -14,6 +14,7 @@ import {
   getAlgorithm,
   CodecError,
   memoryNetworks,
+  MemoryHub,
   prepareSiteTasks,
   runSite,
   silentLogger,
@@ -382,6 +383,38 @@ describe('multi-task sites', () => {
       );
     } finally {
       heads.forEach((h) => tf.dispose(h.layers.flatMap((l) => [l.kernel, l.bias])));
+    }
+  });
+
+  it("experts across tasks: a member's bundle that does not decode, or names a task the agreement does not hold, is dropped and counted; the site goes on", async () => {
+    const { sites, dispose } = buildSites('dflmoe', loadDataset('digits-tasks'), { crossTask: true });
+    const hub = new MemoryHub();
+    const evil = hub.join('evil');
+    const net = {
+      crossTask: hub.join('site-0'),
+      crossOthers: 1,
+      crossTaskNames: ['digit', 'parity', 'high'],
+      tasks: { digit: { exchange: new MemoryHub().join('site-0'), quorum: 0, deadlineMs: 0, logger: silentLogger } },
+      quorum: 0,
+      deadlineMs: 2000,
+      logger: silentLogger,
+    };
+    const value = { name: 'value', kind: 'regression' as const, classNames: [] };
+    const head = [{ kernel: tf.fill([16, 1], 0.1), bias: tf.zeros([1]) }];
+    try {
+      await evil.publish(encodeTaskHeads('evil', 1, [{ task: value, layers: head }]), 1);
+      await runSite(sites[0], net, { from: 1, rounds: 1 });
+      const t1 = tf.memory().numTensors;
+      await evil.publish(Uint8Array.from([1, 2, 3, 4]), 2);
+      const [rec] = await runSite(sites[0], net, { from: 2, rounds: 2 });
+      assert.equal(tf.memory().numTensors, t1, 'the refused heads were disposed');
+      const refused = sites[0].rejected();
+      assert.equal(refused['cross:mismatch'], 1, JSON.stringify(refused));
+      assert.equal(Object.keys(refused).filter((k) => k.startsWith('cross:')).length, 2, JSON.stringify(refused));
+      assert.ok(Number.isFinite(rec.tasks!.digit.accuracy), 'the site went on with its own heads');
+    } finally {
+      tf.dispose(head.flatMap((l) => [l.kernel, l.bias]));
+      dispose();
     }
   });
 

@@ -58,6 +58,14 @@ export function taskChannel(name: string): { protocol: string; topic: string; ta
   const tail = `/task/${encodeURIComponent(name)}`;
   return { protocol: `${HEAD_PROTOCOL}${tail}`, topic: `${ANNOUNCE_TOPIC}${tail}`, task: name };
 }
+
+/**
+ * dFLMoE's cross-task channel (`crossTask`): each multi-task site's bundle
+ * of all its tasks' heads, on a protocol and topic of its own, among the
+ * members that agreed (its messages name no task: the bundle names them).
+ */
+export const CROSS_TASK_PROTOCOL = `${HEAD_PROTOCOL}/cross-task`;
+export const CROSS_TASK_TOPIC = `${ANNOUNCE_TOPIC}/cross-task`;
 const MAX_CONTROL = 4096;
 
 /** A consortium member: its peer ID, the addresses to dial it at (when known) and its name. */

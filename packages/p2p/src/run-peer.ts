@@ -28,7 +28,16 @@ import type { SiteData } from '@dflmoe/data';
 import type { PrivateKey } from '@libp2p/interface';
 import { checkQuorum, checkSelfMember, configSettings, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
-import { ANNOUNCE_TOPIC, HEAD_PROTOCOL, Libp2pHeadExchange, MODEL_ANNOUNCE_TOPIC, MODEL_PROTOCOL, taskChannel } from './head-exchange.js';
+import {
+  ANNOUNCE_TOPIC,
+  CROSS_TASK_PROTOCOL,
+  CROSS_TASK_TOPIC,
+  HEAD_PROTOCOL,
+  Libp2pHeadExchange,
+  MODEL_ANNOUNCE_TOPIC,
+  MODEL_PROTOCOL,
+  taskChannel,
+} from './head-exchange.js';
 import { bodyExchange, headExchange, type Libp2pExchangeService as ExchangeService } from './service.js';
 import { createSiteNode, startNode, type NodeTransport, type SiteNode } from './node.js';
 import { siteDiscoveryOptions, siteRelayOptions, watchConnections } from './reach.js';
@@ -64,6 +73,8 @@ export interface PeerRunResult {
   ownHeadAccuracy: number;
   /** Every task of the site, by name: its kind, test rows and metrics (`accuracy`, ... or `rmse`, `mae`, `r2`). */
   tasks: Record<string, TaskResult>;
+  /** Multi-task dFLMoE with `crossTask`: how much each task's read-out leans on each other task (`"<task> <- <other>"`), as in the simulator. */
+  gateWeights?: Record<string, number>;
   /** Bytes sent over the whole run, cumulative: every part of a resumed run, and what was served while lingering after the last round. */
   bytesSent: number;
   /** Bytes received over the whole run, cumulative as `bytesSent` is. */
@@ -121,6 +132,8 @@ interface SiteLinks {
   server?: Libp2pServerLink;
   /** dFLMoE at a multi-task site: each task's head channel. */
   tasks: Record<string, Libp2pHeadExchange>;
+  /** Multi-task dFLMoE with `crossTask`: the channel of every site's bundle of all its tasks' heads. */
+  cross?: Libp2pHeadExchange;
 }
 
 /** What a run holds while it lasts, released (in this order) when it ends however it ends. */
@@ -211,6 +224,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       accuracy: ev.accuracy,
       ownHeadAccuracy: ev.ownHeadAccuracy,
       tasks: site.taskResults?.() ?? siteTasks(prepared.data, ev),
+      ...(site.crossTask && site.resultExtras?.().gateWeights ? { gateWeights: site.resultExtras().gateWeights } : {}),
       ...runTraffic(net, links, driven.before),
       wallSeconds: driven.before.seconds + (performance.now() - t0) / 1000,
       peakRssMiB: peakRssMiB(),
@@ -425,6 +439,10 @@ async function siteNetwork(
     links.tasks = await openTaskChannels(links.node, site.headTasks, prepared.preprocessing, cfg, selfId, log, signal);
     net.tasks = taskNetworks(links.tasks, prepared.preprocessing, cfg, selfId, log, memberName);
   }
+  if (links.node && site.crossTask) {
+    links.cross = await openCrossChannel(links.node, [selfId, ...awaited], prepared.preprocessing, cfg, log, signal);
+    Object.assign(net, { crossTask: links.cross, crossOthers: others, crossTaskNames: (prepared.preprocessing.agreed.tasks ?? []).map((t) => t.name) });
+  }
   return { net, ...(adaptive ? { adaptive } : {}) };
 }
 
@@ -495,6 +513,7 @@ function droppedSoFar(links: SiteLinks, prepared: PreparedSite): Record<string, 
     ...prefixKeys(links.bodies?.dropped ?? {}, 'body-transfer:'),
     ...prefixKeys(prepared.agreement?.dropped ?? {}, 'preprocess:'),
     ...Object.fromEntries(Object.entries(links.tasks).flatMap(([t, ex]) => Object.entries(prefixKeys(ex.dropped, `task:${t}:`)))),
+    ...prefixKeys(links.cross?.dropped ?? {}, 'cross-transfer:'),
   } as Record<string, number>;
 }
 
@@ -505,7 +524,7 @@ function droppedSoFar(links: SiteLinks, prepared: PreparedSite): Record<string, 
  * first), within the preprocessing deadline.
  */
 async function linger(cfg: PeerConfig, links: SiteLinks, prepared: PreparedSite, log: Logger, signal?: AbortSignal): Promise<void> {
-  if (links.heads || links.bodies || Object.keys(links.tasks).length > 0) await sleep(cfg.lingerMs, signal);
+  if (links.heads || links.bodies || links.cross || Object.keys(links.tasks).length > 0) await sleep(cfg.lingerMs, signal);
   const agreement = prepared.agreement;
   if (agreement && agreement.unserved().length > 0) {
     log.info(
@@ -541,6 +560,7 @@ async function release(held: PeerRunHeld): Promise<void> {
   await held.prepared?.agreement?.close();
   await held.links.heads?.close();
   for (const ex of Object.values(held.links.tasks)) await ex.close();
+  await held.links.cross?.close();
   await held.links.bodies?.close();
   await held.links.node?.stop();
   await held.prom?.close();
@@ -592,6 +612,37 @@ async function openTaskChannels(
     out[t] = ex;
   }
   return out;
+}
+
+/**
+ * Open the cross-task channel (`CROSS_TASK_PROTOCOL`) on the running node
+ * among `members` (this site and the others it agreed with): a message is a
+ * site's bundle of all its tasks' heads, so it may be as large as a head of
+ * every task the agreement holds. What anyone else sends is dropped, logged
+ * and counted (`cross-transfer:<reason>`); a bundle that does not decode, or
+ * names a task the agreement does not hold, is the site's `cross:<reason>`.
+ */
+async function openCrossChannel(
+  node: SiteNode,
+  members: readonly string[],
+  pre: PreparedSite['preprocessing'],
+  cfg: PeerConfig,
+  log: Logger,
+  signal?: AbortSignal,
+): Promise<Libp2pHeadExchange> {
+  const ids = new Set(members);
+  const ex = new Libp2pHeadExchange(node, {
+    members: cfg.members.filter((m) => ids.has(m.peerId)),
+    logger: log,
+    signal,
+    maxHeadBytes: cfg.limits.maxHeadBytes * Math.max(1, pre.agreed.tasks?.length ?? 1),
+    protocol: CROSS_TASK_PROTOCOL,
+    topic: CROSS_TASK_TOPIC,
+  });
+  await ex.register();
+  ex.start();
+  ex.greetConnected();
+  return ex;
 }
 
 /** The other members that learn task `t`, as the data agreement says. */

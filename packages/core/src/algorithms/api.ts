@@ -56,6 +56,8 @@ export interface SiteNetwork {
   crossTask?: HeadExchange;
   /** ...of which there are this many others. */
   crossOthers?: number;
+  /** The tasks the consortium agreed on (`dflmoe peer`): a bundle on `crossTask` naming any other is dropped (`cross:mismatch`). */
+  crossTaskNames?: readonly string[];
   /** A member's name for messages; with it, a wait says every few seconds whom it is still waiting for. */
   memberName?(peer: string): string;
   logger: Logger;

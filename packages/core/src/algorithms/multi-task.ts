@@ -174,9 +174,7 @@ export class MultiTaskSite implements AlgorithmSite {
    */
   async runRound(round: number, net: SiteNetwork): Promise<SiteRound> {
     if (this.crossTask && !net.crossTask) {
-      throw new Error(
-        "crossTask needs a network that carries every task's heads to every site: the in-memory simulator has one, site processes (dflmoe peer, --transport tcp) not yet",
-      );
+      throw new Error("crossTask needs a network that carries every task's heads to every site (the simulator's, or a site process's cross-task channel)");
     }
     const t0 = performance.now();
     let fresh = 0;
@@ -247,6 +245,11 @@ export class MultiTaskSite implements AlgorithmSite {
       absorbMessages(ex, net.logger, 'task heads', (m) => {
         try {
           const r = decodeTaskHeads(m.payload, m.from, this.featureDim, this.limits);
+          const stranger = net.crossTaskNames && r.heads.find((h) => !net.crossTaskNames!.includes(h.task));
+          if (stranger) {
+            disposeHeads(r.heads);
+            throw new CodecError('mismatch', `task heads from ${m.from} name task "${stranger.task.slice(0, 80)}", which the agreement does not hold`);
+          }
           const old = this.received.get(m.from);
           if (old && old.round > r.round) {
             disposeHeads(r.heads);
