@@ -105,7 +105,7 @@ function modalityRows(cfg: Cell['cfg'], row: Row): Row[] {
   const forms = cfg.siteModalities;
   if (!forms) return [];
   return [...new Set(forms)].map((m) => {
-    const perSite = Object.fromEntries(Object.entries(row.perSite).filter(([id]) => forms[Number(id.replace('peer-', '')) % forms.length] === m));
+    const perSite = Object.fromEntries(Object.entries(row.perSite).filter(([id]) => forms[Number(/\d+$/.exec(id)?.[0]) % forms.length] === m));
     return { ...row, task: `${row.task}, ${m} sites`, perSite, mean: mean(Object.values(perSite)) };
   });
 }
