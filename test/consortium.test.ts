@@ -142,23 +142,24 @@ describe('consortium over TCP (multi-process)', function () {
   });
 
   it('a hostile member sending garbage, truncated streams, oversized prefixes, NaN and wrong-shape heads changes nothing for the honest peers', async () => {
-    const { rmSync } = await import('node:fs');
     const { spawn } = await import('node:child_process');
     // Well-separated synthetic classes: accuracy is high and stable, so run-to-run timing differences in
     // which head version a peer mixes do not move it, while a hostile head that got into a pool would.
-    const f = await consortium(
-      'dflmoe',
-      { dataset: 'synthetic:classes=4,dim=16,samples=2400,separation=1', peers: 4, rounds: 6, partition: 'iid', epochs: 2 },
-      { deadlineMs: 4000, quorum: 2, lingerMs: 2500 },
-    );
-    const honest = f.sites.slice(0, 3);
-    const run = async (withHostile: boolean) => {
-      for (const s of honest) rmSync(s.out, { recursive: true, force: true });
+    const make = () =>
+      consortium(
+        'dflmoe',
+        { dataset: 'synthetic:classes=4,dim=16,samples=2400,separation=1', peers: 4, rounds: 6, partition: 'iid', epochs: 2 },
+        { deadlineMs: 4000, quorum: 2, lingerMs: 2500 },
+      );
+    // Two consortia of the same data and settings, run at once (the suite's time): one clean, one with its fourth member hostile.
+    const [fc, f] = [await make(), await make()];
+    const run = async (c: ConsortiumFiles, withHostile: boolean) => {
+      const honest = c.sites.slice(0, 3);
       let hostile: ChildProcess | undefined;
       if (withHostile) {
         hostile = spawn(
           process.execPath,
-          [...process.execArgv, 'test/fixtures/hostile-peer.ts', '--config', f.sites[3].config, '--seconds', '60', '--classes', '4'],
+          [...process.execArgv, 'test/fixtures/hostile-peer.ts', '--config', c.sites[3].config, '--seconds', '60', '--classes', '4'],
           { stdio: 'ignore' },
         );
         procs.push(hostile);
@@ -169,8 +170,8 @@ describe('consortium over TCP (multi-process)', function () {
       assert.deepEqual(codes, [0, 0, 0]);
       return honest.map((s) => lines(metrics(s)));
     };
-    const clean = await run(false);
-    const attacked = await run(true);
+    const [clean, attacked] = await Promise.all([run(fc, false), run(f, true)]);
+    const honest = f.sites.slice(0, 3);
     const mean = (ls: RoundLine[][]) => ls.reduce((a, l) => a + l.at(-1)!.accuracy, 0) / ls.length;
     process.stdout.write(
       `      (honest mean accuracy: ${(100 * mean(clean)).toFixed(2)}% without, ${(100 * mean(attacked)).toFixed(2)}% with the hostile member)\n`,
