@@ -70,6 +70,9 @@ const CELLS: Record<string, Cell> = {
       { run: { algorithms: ['local', 'dflmoe'] } },
       { column: 'cross 0.5', run: { algorithms: ['dflmoe'], crossTask: true } },
       { column: 'cross 0.3', run: { algorithms: ['dflmoe'], crossTask: true, crossTaskWeight: 0.3 } },
+      // With shared bodies every site's body learns from all the tasks' rows, so that the other tasks' heads read features the new task's site also computes.
+      { column: 'dflmoe+body', run: { algorithms: ['dflmoe'], shareBody: true } },
+      { column: 'cross 0.5+body', run: { algorithms: ['dflmoe'], crossTask: true, shareBody: true } },
     ],
   },
   // Modalities (issue #28): the digits as 8x8 images (a CNN body) at even sites and as 64-column tables (an MLP body) at odd ones.

@@ -8,6 +8,7 @@ import { agreedStandardizer, federatedAgreement } from '@dflmoe/data/internal';
 import { silentLogger, simulate, type SimulationResults, type SitePreprocessing } from '@dflmoe/core';
 import { siteBodies, siteViews } from '@dflmoe/core/internal';
 import { backend, cli, cliAsync } from './helpers.js';
+import type { PeerRunResult } from '@dflmoe/p2p';
 
 describe('modalities: the same data held as images at some sites and as tables at others (issue #28)', () => {
   before(backend);
@@ -138,6 +139,11 @@ describe('modalities: the same data held as images at some sites and as tables a
       assert.deepEqual(p.otherForms, ids.filter((_, k) => k % 2 !== i % 2).sort(), `site-${i} set the other form apart`);
       assert.deepEqual(p.agreed.schema.kind === 'tensor' && p.agreed.schema.shape, i % 2 === 0 ? [8, 8, 1] : [64]);
     });
+    // Each site process names its own form (its results, and its card in the live view), from what the agreement found.
+    const own = [0, 1, 2, 3].map(
+      (i) => (JSON.parse(readFileSync(join(out, 'consortium', 'dflmoe', `site-${i}`, 'results.json'), 'utf8')) as PeerRunResult).modality,
+    );
+    assert.deepEqual(own, ['image', 'table', 'image', 'table']);
     for (const p of peers) assert.deepEqual(Object.keys(p.gateWeights!).sort(), ['site-0', 'site-1', 'site-2', 'site-3'], `${p.id} mixes every head`);
   });
 

@@ -468,6 +468,7 @@ export function collectResults(
       ...(r.bodyBytesSent !== undefined ? { bodyBytesSent: r.bodyBytesSent, bodyBytesReceived: r.bodyBytesReceived } : {}),
       // A cross-task site's reliance on the other tasks, as the simulator reports it; else the gate's weights of its last round.
       ...(r.gateWeights ? { gateWeights: r.gateWeights } : last?.experts.length ? { gateWeights: gateWeightsOf(r) } : {}),
+      ...(r.modality ? { modality: r.modality } : {}),
       // With DP-SGD: the privacy a site spent, as its last round reported it (the simulator's figure, from the same accountant).
       ...(last?.privacy ? { privacy: last.privacy } : {}),
     };

@@ -433,6 +433,11 @@ export class SiteFeed {
     if (changed) this.change({ members: next });
   }
 
+  /** Set how the site holds the data (`image`, `table`), once it knows that members hold it in other forms; reported only when it changed. */
+  modality(m: string): void {
+    if (this.status.modality !== m) this.change({ modality: m });
+  }
+
   /** Set the cumulative bytes sent and received (between rounds); reported only when they changed. */
   bytes(b: Pick<SiteStatus, 'bytesSent' | 'bytesReceived'>): void {
     const s = this.status;

@@ -24,7 +24,7 @@ import {
   type SiteNetwork,
   type TaskResult,
 } from '@dflmoe/core/internal';
-import type { SiteData } from '@dflmoe/data';
+import { modalityOf, type Modality, type SiteData } from '@dflmoe/data';
 import type { PrivateKey } from '@libp2p/interface';
 import { checkQuorum, checkSelfMember, configSettings, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
@@ -75,6 +75,8 @@ export interface PeerRunResult {
   tasks: Record<string, TaskResult>;
   /** Multi-task dFLMoE with `crossTask`: how much each task's read-out leans on each other task (`"<task> <- <other>"`), as in the simulator. */
   gateWeights?: Record<string, number>;
+  /** How the site holds the data (`image`, `table`), where the agreement found members holding it in other forms. */
+  modality?: Modality;
   /** Bytes sent over the whole run, cumulative: every part of a resumed run, and what was served while lingering after the last round. */
   bytesSent: number;
   /** Bytes received over the whole run, cumulative as `bytesSent` is. */
@@ -179,6 +181,9 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
     // Federated preprocessing (or, resuming, the agreement saved before), then the site's own tensors.
     const resume = cfg.checkpoint.enabled && listCheckpoints(join(cfg.out, 'checkpoints')).length > 0;
     const { prepared, site, index } = await buildSite(cfg, alg, id.peerId, links, resume, o, held);
+    // Members hold the data in other forms: the live view groups gate weights by each card's form.
+    const form = prepared.preprocessing.otherForms?.length ? modalityOf(prepared.data) : undefined;
+    if (feed && form) feed.modality(form);
     const { net, adaptive } = await siteNetwork(cfg, id.peerId, links, site, prepared, memberId, o.signal, log);
     const driven = await driveSite(site, net, {
       out: cfg.out,
@@ -225,6 +230,7 @@ export async function runPeer(cfg: PeerConfig, o: RunPeerOptions): Promise<PeerR
       ownHeadAccuracy: ev.ownHeadAccuracy,
       tasks: site.taskResults?.() ?? siteTasks(prepared.data, ev),
       ...(site.crossTask && site.resultExtras?.().gateWeights ? { gateWeights: site.resultExtras().gateWeights } : {}),
+      ...(form ? { modality: form } : {}),
       ...runTraffic(net, links, driven.before),
       wallSeconds: driven.before.seconds + (performance.now() - t0) / 1000,
       peakRssMiB: peakRssMiB(),

@@ -365,7 +365,8 @@ async function simulateOverTcp(
     const a = collectResults(alg, files, seconds(), cfg.bodies, simulationSettings(cfg, alg));
     // Pooled test accuracy where the in-memory simulator reports it (every site standardizes alike): each site's saved model on every site's test rows.
     // (Not with modalities: each site would need every test row in its own form.)
-    if (cfg.siteModalities) a.peers.forEach((p, i) => (p.modality = siteModality(cfg.siteModalities, i)));
+    // A site names its form where members hold the data in other forms; one form for all is the plan's.
+    if (cfg.siteModalities) a.peers.forEach((p, i) => (p.modality ??= siteModality(cfg.siteModalities, i)));
     else if (!ds.tasks && (cfg.standardize === 'federated' || cfg.pretrainedBody !== undefined)) {
       const pooled = await pooledAccuracies(
         files.sites.map((s) => s.out),
