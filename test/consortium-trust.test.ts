@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_SIMULATION, silentLogger, simulate, type SimulationConfig } from '@dflmoe/core';
-import { waitExit, writeConsortium } from '@dflmoe/cli/internal';
+import { waitExit, writeConsortium, type ConsortiumFiles } from '@dflmoe/cli/internal';
 import {
   Libp2pHeadExchange,
   createSiteNode,
@@ -48,19 +48,27 @@ describe('trust and operations over TCP', function () {
   });
 
   it('a hostile FedAvg client (wrong sizes first, garbage, NaN, renamed tensors, 2^60 samples) changes nothing: the server runs on and the average is the honest one', async () => {
-    const { rmSync } = await import('node:fs');
-    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-hostile-fedavg-'));
     // The server waits its whole deadline for the fourth client each round: keep it short (the quorum of 3 is waited for regardless).
     // Sites: quorum 2 (the honest others), so that preprocessing does not wait for the hostile client's summary.
-    const f = await writeConsortium({ dir, algorithm: 'fedavg', sim: sim({ rounds: 3 }), deadlineMs: 2000, quorum: 2, serverQuorum: 3, lingerMs: 1000 });
-    const honest = f.sites.slice(0, 3);
-    const run = async (withHostile: boolean) => {
-      for (const s of [...honest, f.server!]) rmSync(s.out, { recursive: true, force: true });
+    // Two consortia of the same data and settings, run at once (the suite's time): one clean, one with its fourth client hostile.
+    const make = () =>
+      writeConsortium({
+        dir: mkdtempSync(join(tmpdir(), 'dflmoe-hostile-fedavg-')),
+        algorithm: 'fedavg',
+        sim: sim({ rounds: 3 }),
+        deadlineMs: 2000,
+        quorum: 2,
+        serverQuorum: 3,
+        lingerMs: 1000,
+      });
+    const [fc, f] = [await make(), await make()];
+    const run = async (c: ConsortiumFiles, withHostile: boolean) => {
+      const honest = c.sites.slice(0, 3);
       const tag = withHostile ? 'hostile' : 'clean';
-      const server = start(['server', '--config', f.server!.config], `${f.server!.out}-${tag}.log`);
+      const server = start(['server', '--config', c.server!.config], `${c.server!.out}-${tag}.log`);
       if (withHostile) {
         // It needs no training, so it uploads first in round 1.
-        const h = spawn(process.execPath, [...process.execArgv, 'test/fixtures/hostile-fedavg-client.ts', '--config', f.sites[3].config, '--seconds', '60'], {
+        const h = spawn(process.execPath, [...process.execArgv, 'test/fixtures/hostile-fedavg-client.ts', '--config', c.sites[3].config, '--seconds', '60'], {
           stdio: 'ignore',
         });
         procs.push(h);
@@ -68,10 +76,9 @@ describe('trust and operations over TCP', function () {
       const ps = honest.map((s) => start(['peer', '--config', s.config], `${s.out}-${tag}.log`));
       const codes = await Promise.all([server, ...ps].map((p) => waitExit(p, 120000)));
       assert.deepEqual(codes, [0, 0, 0, 0], `${tag}: server and honest clients exit cleanly`);
-      return { sites: honest.map((s) => lines(join(s.out, 'metrics.jsonl'))), server: lines<ServerRoundLine>(join(f.server!.out, 'metrics.jsonl')) };
+      return { sites: honest.map((s) => lines(join(s.out, 'metrics.jsonl'))), server: lines<ServerRoundLine>(join(c.server!.out, 'metrics.jsonl')) };
     };
-    const clean = await run(false);
-    const attacked = await run(true);
+    const [clean, attacked] = await Promise.all([run(fc, false), run(f, true)]);
     attacked.sites.forEach((ls, i) => {
       assert.deepEqual(
         ls.map((l) => l.round),
