@@ -2,14 +2,17 @@
  * Experts across tasks between site processes: `simulate --transport tcp
  * --cross-task` runs three dFLMoE site processes over 127.0.0.1 whose tasks
  * (digit; parity and high; high) read each other's heads on the cross-task
- * channel, and agrees with the in-memory run of the same seed.
+ * channel, and agrees with the in-memory run of the same seed; and a member
+ * whose `crossTask` is off is not waited for on that channel.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { simulate, silentLogger } from '@dflmoe/core/internal';
-import { backend, cli } from './helpers.js';
+import { DEFAULT_SIMULATION, simulate, silentLogger } from '@dflmoe/core/internal';
+import { waitExit, writeConsortium } from '@dflmoe/cli/internal';
+import { readJsonLines, type RoundLine } from '@dflmoe/p2p/internal';
+import { backend, cli, processGroup } from './helpers.js';
 
 describe('experts across tasks over TCP (site processes)', function () {
   this.timeout(180_000);
@@ -54,5 +57,45 @@ describe('experts across tasks over TCP (site processes)', function () {
         .split('\n');
       for (const l of lines) assert.deepEqual((JSON.parse(l) as { dropped: object }).dropped, {}, `site-${s}`);
     }
+  });
+
+  const procs = processGroup();
+  afterEach(() => procs.kill());
+
+  it('a member with crossTask off is not waited for on the cross-task channel (said once); every site trains its tasks', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-xtask-off-'));
+    const deadlineMs = 20000;
+    const sim = { ...DEFAULT_SIMULATION, dataset: 'digits-tasks', peers: 3, rounds: 2, algorithms: ['dflmoe' as const], crossTask: true, seed: 1 };
+    const files = await writeConsortium({ dir, algorithm: 'dflmoe', sim, deadlineMs, lingerMs: 1000 });
+    const off = files.sites[2];
+    const cfg = JSON.parse(readFileSync(off.config, 'utf8')) as { dflmoe: { crossTask?: boolean } };
+    cfg.dflmoe.crossTask = false;
+    writeFileSync(off.config, JSON.stringify(cfg, null, 2));
+    const ps = files.sites.map((s) => procs.start(['peer', '--config', s.config], `${s.out}.log`));
+    assert.deepEqual(await Promise.all(ps.map((p) => waitExit(p, 120000))), [0, 0, 0], 'every site exits cleanly');
+    const notice = /site-2 does not take part in experts across tasks: not waiting for its bundles/g;
+    for (const [i, s] of files.sites.entries()) {
+      const log = readFileSync(`${s.out}.log`, 'utf8');
+      const lines = readJsonLines<RoundLine>(join(s.out, 'metrics.jsonl'));
+      assert.deepEqual(
+        lines.map((l) => l.round),
+        [1, 2],
+        `rounds of site-${i}`,
+      );
+      for (const l of lines) {
+        assert.ok(
+          Object.values(l.tasks!).every((t) => Number.isFinite(t.accuracy)),
+          `site-${i} round ${l.round}: its tasks trained`,
+        );
+        // Waiting out the cross-task deadline for site-2 would take 20 s a round.
+        assert.ok(l.waitSeconds < deadlineMs / 2000, `site-${i} round ${l.round} waited ${l.waitSeconds} s`);
+        assert.deepEqual(l.dropped, {}, `site-${i} round ${l.round}`);
+      }
+      assert.equal(log.match(notice)?.length ?? 0, i < 2 ? 1 : 0, `site-${i}'s log:\n${log}`);
+    }
+    const results = files.sites.map((s) => JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8')) as { gateWeights?: Record<string, number> });
+    // site-0 (digit) reads site-1's parity and high; site-2 has no read-outs.
+    assert.deepEqual(Object.keys(results[0].gateWeights ?? {}).sort(), ['digit <- high', 'digit <- parity']);
+    assert.equal(results[2].gateWeights, undefined);
   });
 });
