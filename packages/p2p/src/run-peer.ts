@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { initBackend, isInterrupted, type AlgorithmOptions, type Logger, type SiteFeed, type StatusBoard } from '@dflmoe/core';
 import {
   createMultiTaskSite,
+  isMultiTask,
   getAlgorithm,
   pause,
   waitLeft,
@@ -302,13 +303,25 @@ function openSiteAudit(
   site: AlgorithmSite,
   from: number,
 ): Promise<SiteAudit> {
-  const { heads, bodies, server } = links;
+  const { heads, bodies, server, cross } = links;
   return SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, from, {
     exchange: heads,
     server,
     serverPeer: cfg.server?.peerId,
     // Under secure aggregation what the body channel carries is masked: the trail keeps the digest of the body itself, which never left.
     ...(bodies ? { bodies: cfg.bodies.secureAggregation ? { published: () => site.bodyShare?.lastPublished ?? bodies.published() } : bodies } : {}),
+    // A multi-task site's task channels, and the cross-task channel with the members' bundles its read-outs read.
+    ...(Object.keys(links.tasks).length > 0 ? { tasks: links.tasks } : {}),
+    ...(cross && isMultiTask(site)
+      ? {
+          cross: {
+            receivedDigest: (p: string, v: number) => cross.receivedDigest(p, v),
+            takeReceived: () => cross.takeReceived(),
+            published: () => cross.published(),
+            used: () => site.crossBundles(),
+          },
+        }
+      : {}),
   });
 }
 

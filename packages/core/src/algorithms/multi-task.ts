@@ -322,6 +322,11 @@ export class MultiTaskSite implements AlgorithmSite {
     return [...this.ownHeads, ...[...this.received.values()].flatMap((r) => r.heads)].filter((h) => h.task !== name);
   }
 
+  /** `crossTask`: the members' bundles the read-outs read now, by member and round (the audit trail's). */
+  crossBundles(): { peer: string; version: number }[] {
+    return [...this.received].map(([peer, r]) => ({ peer, version: r.round }));
+  }
+
   /** `crossTask`: the heads the read-outs read (the site's own of its last round, and the members' newest bundles). */
   private crossHeads(): CrossTaskHeads {
     return { own: this.ownHeads, received: this.received };
