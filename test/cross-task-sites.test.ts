@@ -92,6 +92,8 @@ describe('experts across tasks over TCP (site processes)', function () {
         assert.deepEqual(l.dropped, {}, `site-${i} round ${l.round}`);
       }
       assert.equal(log.match(notice)?.length ?? 0, i < 2 ? 1 : 0, `site-${i}'s log:\n${log}`);
+      // The members that take part are known to (identify says so from the first connection on).
+      assert.equal(log.match(/does not take part in experts across tasks/g)?.length ?? 0, i < 2 ? 1 : 0, `site-${i}'s log:\n${log}`);
     }
     const results = files.sites.map((s) => JSON.parse(readFileSync(join(s.out, 'results.json'), 'utf8')) as { gateWeights?: Record<string, number> });
     // The audit trails: what a site mixed (task channels) or read (the cross-task channel) has the digest its sender published.
