@@ -235,9 +235,12 @@ export class Libp2pHeadExchange implements HeadExchange {
     this.strikes = new StrikeBook({ maxStrikes: o.maxStrikes, blockMs: o.blockMs, decayMs: o.strikeDecayMs });
   }
 
-  /** Register the protocol handler and gossip subscription; call before `node.start()`. */
-  async register(): Promise<void> {
-    await this.node.handle(this.protocol, (stream, connection) => this.serve(stream, connection), { maxInboundStreams: 64 });
+  /** Register the protocol handler and gossip subscription; call before `node.start()`. `replace`: in place of a handler registered before. */
+  async register(o: { replace?: boolean } = {}): Promise<void> {
+    await this.node.handle(this.protocol, (stream, connection) => this.serve(stream, connection), {
+      maxInboundStreams: 64,
+      ...(o.replace ? { force: true as const } : {}),
+    });
     this.node.services.pubsub.addEventListener('message', (evt) => this.onGossip(evt.detail));
     this.node.addEventListener('peer:connect', (evt) => this.onConnect(evt.detail));
     if (this.o.servedOnly) this.node.addEventListener('peer:identify', (evt) => this.noteProtocols(evt.detail.peerId.toString(), evt.detail.protocols));

@@ -663,9 +663,8 @@ async function openCrossChannel(
       onNotServing: (p) => o.log.info(`${o.memberName(p)} does not take part in experts across tasks: not waiting for its bundles`),
     },
   });
-  // The placeholder served since the node started (startLinks) gives way to the channel.
-  await node.unhandle(CROSS_TASK_PROTOCOL);
-  await ex.register();
+  // In place of the placeholder served since the node started (startLinks): the protocol is never unserved.
+  await ex.register({ replace: true });
   ex.start();
   ex.greetConnected();
   return ex;
