@@ -85,6 +85,43 @@ describe('audit trail', function () {
     assert.deepEqual(r2.own, { version: 1, digest: 'ab'.repeat(32) });
     assert.equal(r2.checkpoint, 'cd'.repeat(32));
     assert.deepEqual(r2.privacy, { epsilon: 0.2, delta: 1e-5, steps: 20 });
+    assert.equal(r2.ownTasks, undefined, 'a one-task site has no task channels');
+    assert.equal(r2.cross, undefined);
+  });
+
+  it("a multi-task site records each task channel's heads (with their task) and its own, and with crossTask the bundles its read-outs read", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dflmoe-audit-tasks-'));
+    const id = await generateIdentity();
+    // Each channel knows the digests of what it carried: a head of another channel has none here.
+    const channel = (tag: string, own?: number) => ({
+      receivedDigest: (p: string, v: number) => (p.startsWith(tag) ? `${tag}-${p}-${v}`.padEnd(64, '0') : undefined),
+      takeReceived: () => [],
+      published: () => (own === undefined ? undefined : { version: own, digest: tag.repeat(64).slice(0, 64) }),
+    });
+    const a = await SiteAudit.open(dir, id.privateKey, id.peerId, 'dflmoe', 1, {
+      exchange: channel('x'),
+      tasks: { digit: channel('d', 2), high: channel('h') },
+      cross: { ...channel('c', 2), used: () => [{ peer: 'c1', version: 2 }] },
+    });
+    await a.round({
+      round: 2,
+      experts: [
+        { peer: 'd1', version: 2, task: 'digit' },
+        { peer: 'h1', version: 1, task: 'high' },
+        { peer: 'd2', version: 2, task: 'high' },
+      ],
+    });
+    const r = await verifyAudit(join(dir, AUDIT_FILE));
+    assert.deepEqual(r.problems, []);
+    const e = r.entries[1];
+    assert.ok(e.kind === 'round');
+    assert.deepEqual(e.mixed, [
+      { peer: 'd1', version: 2, digest: 'd-d1-2'.padEnd(64, '0'), task: 'digit' },
+      { peer: 'h1', version: 1, digest: 'h-h1-1'.padEnd(64, '0'), task: 'high' },
+      { peer: 'd2', version: 2, digest: null, task: 'high' },
+    ]);
+    assert.deepEqual(e.ownTasks, { digit: { version: 2, digest: 'd'.repeat(64) }, high: null });
+    assert.deepEqual(e.cross, { mixed: [{ peer: 'c1', version: 2, digest: 'c-c1-2'.padEnd(64, '0') }], own: { version: 2, digest: 'c'.repeat(64) } });
   });
 
   it('a changed, removed or forged line is reported with its line and round', async () => {

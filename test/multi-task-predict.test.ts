@@ -3,15 +3,29 @@
  * tasks (a classification and a regression) trained briefly over libp2p,
  * then loaded through the library (`loadSite`) and through the CLI
  * (`dflmoe predict` / `evaluate`, from the site's directory and from a
- * browser tab's zip of it). One training run serves every test here.
+ * browser tab's zip of it). One training run serves every test here. And a
+ * `crossTask` site restored from its checkpoint (in memory).
  */
 import assert from 'node:assert/strict';
-import { cpSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { parse as parseCsv } from 'csv-parse/sync';
 import { zipSync } from 'fflate';
 import { loadSite, silentLogger, type TrainedSite } from '@dflmoe/core';
+import {
+  SitePredictor,
+  algorithmSettings,
+  createMultiTaskSite,
+  getAlgorithm,
+  memoryNetworks,
+  prepareSiteTasks,
+  runSite,
+  scaledTask,
+  sitePredictions,
+  type MultiTaskSite,
+} from '@dflmoe/core/internal';
+import { featureSize, fitStandardizer, labelledRows, loadDataset, partition, taskDataset, type Dataset, type Standardizer } from '@dflmoe/data';
 import { Rng } from '@dflmoe/data/internal';
 import { generateIdentity, parsePeerConfig, runPeer, saveIdentity } from '@dflmoe/p2p';
 import { backend, cliAsync } from './helpers.js';
@@ -260,5 +274,103 @@ describe('predict and evaluate a multi-task site', function () {
     assert.deepEqual(Object.keys(parsed.tasks), ['mortality', 'stay']);
     assert.equal(parsed.tasks.mortality.metrics.accuracy, evaluations.mortality.metrics.accuracy);
     assert.equal(parsed.tasks.stay.metrics.rmse, evaluations.stay.metrics.rmse);
+  });
+});
+
+/** Three dFLMoE sites on digits-tasks (digit | parity, high | high) with `crossTask`, in memory; `make(i)` builds site i afresh. */
+function crossSites(ds: Dataset): { make(i: number): MultiTaskSite; st: Standardizer; test: Int32Array[]; dispose(): void } {
+  const splits = partition(ds.labels, ds.classNames.length, 3, 'iid', { seed: 3, testFraction: 0.3, minSize: 10 }).map((s) => ({
+    train: s.train.subarray(0, 60),
+    test: s.test.subarray(0, 40),
+  }));
+  const st = fitStandardizer(ds.features, featureSize(ds), Int32Array.from(splits.flatMap((s) => [...s.train])));
+  const info = (name: string) => {
+    const view = taskDataset(ds, name);
+    return scaledTask(view, Int32Array.from(splits.flatMap((s) => [...labelledRows(view, s.train)])));
+  };
+  const datas = splits.map((s, i) => prepareSiteTasks(ds, s, st, ds.siteTasks![i].map(info)));
+  const a = getAlgorithm('dflmoe');
+  const make = (i: number) =>
+    createMultiTaskSite(
+      a,
+      {
+        id: `site-${i}`,
+        data: datas[i].tasks[0],
+        body: { kind: 'mlp', hidden: [32] },
+        featureDim: 16,
+        headHidden: [],
+        train: { seed: 10 + i, learningRate: 1e-2, epochs: 2 },
+      },
+      datas[i],
+      { seed: 1, maxHeadBytes: 1 << 22, maxModelBytes: 1 << 26, ...algorithmSettings(a, {}).settings, crossTask: true } as never,
+    );
+  return {
+    make,
+    st,
+    test: splits.map((s) => s.test),
+    dispose: () => datas.forEach((d) => d.tasks.forEach((t) => tf.dispose([t.xTrain, t.yTrain, t.xTest, t.yTest]))),
+  };
+}
+
+describe('a crossTask site restored from its checkpoint', function () {
+  this.timeout(120_000);
+  before(backend);
+
+  it('predicts and reports exactly as the trained site, read-outs included; a checkpoint from before read-outs were kept still loads', async () => {
+    const ds = loadDataset('digits-tasks');
+    const before = tf.memory().numTensors;
+    const built = crossSites(ds);
+    const sites = [0, 1, 2].map((i) => built.make(i));
+    const dir = tmpDir('dflmoe-xtask-ckpt-');
+    const restored: MultiTaskSite[] = [];
+    try {
+      const nets = memoryNetworks(getAlgorithm('dflmoe'), sites, 1 << 26, silentLogger);
+      await Promise.all(sites.map((s, i) => runSite(s, nets[i], { from: 1, rounds: 2 })));
+      // site-1 learns parity and high; each task reads the other tasks' heads (digit from site-0).
+      const site = sites[1];
+      await site.checkpoint!.save(dir, 2, {}, 2);
+      const rows = Array.from(built.test[1]);
+      const raw = rows.flatMap((r) => Array.from(ds.features.subarray(r * featureSize(ds), (r + 1) * featureSize(ds))));
+      const predictor = (s: MultiTaskSite) => new SitePredictor(s, built.st, ds.sampleShape, ds.classNames);
+      const trained = predictor(site).predictTasks(raw);
+
+      const again = built.make(1);
+      restored.push(again);
+      assert.equal((await again.checkpoint!.restore(dir, silentLogger))?.round, 2);
+      assert.deepEqual(predictor(again).predictTasks(raw), trained, 'the same predictions, bit for bit');
+      assert.deepEqual(again.taskResults(), site.taskResults(), 'a site resumed after its last round reports as the trained one');
+      assert.deepEqual(again.resultExtras(), site.resultExtras());
+
+      // The read-outs take part: each task's mixture alone predicts otherwise.
+      const x = predictor(site).standardize(raw);
+      try {
+        const parts = site.taskSites();
+        assert.ok(parts.every((p) => p.readOut));
+        const mixture = parts.map((p) => sitePredictions(p.site, x, p.task.classNames, 512, p.task));
+        for (const [i, p] of parts.entries()) assert.notDeepEqual(mixture[i].probabilities, trained[p.task.name].probabilities, p.task.name);
+
+        // A checkpoint written before read-outs were kept (no cross.bin): it loads, and each task predicts with its own mixture.
+        const [round] = readdirSync(dir).filter((d) => d.startsWith('round-'));
+        const mf = join(dir, round, 'manifest.json');
+        const m = JSON.parse(readFileSync(mf, 'utf8')) as { state: { cross?: unknown }; files: Record<string, unknown> };
+        assert.ok(m.state.cross && m.files['cross.bin']);
+        delete m.state.cross;
+        delete m.files['cross.bin'];
+        rmSync(join(dir, round, 'cross.bin'));
+        writeFileSync(mf, JSON.stringify(m));
+        const old = built.make(1);
+        restored.push(old);
+        assert.equal((await old.checkpoint!.restore(dir, silentLogger))?.round, 2);
+        assert.ok(old.taskSites().every((p) => !p.readOut));
+        const oldPredictions = predictor(old).predictTasks(raw);
+        for (const [i, p] of parts.entries()) assert.deepEqual(oldPredictions[p.task.name].probabilities, mixture[i].probabilities, p.task.name);
+      } finally {
+        x.dispose();
+      }
+    } finally {
+      [...sites, ...restored].forEach((s) => s.dispose());
+      built.dispose();
+    }
+    assert.equal(tf.memory().numTensors, before, 'every tensor disposed');
   });
 });

@@ -71,7 +71,10 @@ export type TaskEvaluations = Record<string, Evaluation>;
 
 /**
  * Probabilities (and gate weights) of `site`'s model for standardized
- * samples `x` `[n, ...sampleShape]`, in chunks of `chunk` samples.
+ * samples `x` `[n, ...sampleShape]`, in chunks of `chunk` samples. A
+ * multi-task site's task with `crossTask` read-outs passes `readOut`, which
+ * turns the mixture's outputs into the task's (the gate weights stay the
+ * mixture's).
  */
 export function sitePredictions(
   site: AlgorithmSite,
@@ -79,6 +82,7 @@ export function sitePredictions(
   classNames: string[],
   chunk = 512,
   task: TaskInfo = classificationTask('label', classNames),
+  readOut?: (x: tf.Tensor, own: tf.Tensor2D) => tf.Tensor2D,
 ): Predictions {
   const kind = taskKind(task);
   const n = x.shape[0];
@@ -100,6 +104,7 @@ export function sitePredictions(
         probs = out.probs;
         gateWeights.set(out.gates.dataSync(), s * experts.length);
       } else probs = site.predict!(xb);
+      if (readOut) probs = readOut(xb, probs);
       if (!kind.probabilities) {
         values.set(kind.toUnits(kind.predict(probs).dataSync() as Float32Array, task), s);
         return;
@@ -203,6 +208,9 @@ function rawValues(x: SampleInput): Float32Array {
   return Float32Array.from(rows as number[]);
 }
 
+/** A task a site predicts: the site that does, its classes and, with `crossTask`, its read-out (`MultiTaskSite.taskSites`). */
+type TaskPart = { task: TaskInfo; site: AlgorithmSite; classNames: string[]; readOut?: (x: tf.Tensor, own: tf.Tensor2D) => tf.Tensor2D };
+
 /** A site's model with the standardizer and classes it was trained with. */
 export class SitePredictor {
   constructor(
@@ -240,13 +248,13 @@ export class SitePredictor {
   }
 
   /** Each task with the site that predicts it (a one-task site: the site itself, over its classes). */
-  private parts(): { task: TaskInfo; site: AlgorithmSite; classNames: string[] }[] {
+  private parts(): TaskPart[] {
     if (isMultiTask(this.site)) return this.site.taskSites().map((p) => ({ ...p, classNames: p.task.classNames }));
     return [{ task: this.task, site: this.site, classNames: this.classNames }];
   }
 
   /** The task named `name` (none: the only one; a multi-task site needs a name). */
-  protected part(name: string | undefined): { task: TaskInfo; site: AlgorithmSite; classNames: string[] } {
+  protected part(name: string | undefined): TaskPart {
     const parts = this.parts();
     const names = parts.map((p) => `"${p.task.name}"`).join(', ');
     if (name === undefined) {
@@ -263,7 +271,7 @@ export class SitePredictor {
     const part = this.part(task);
     const t = this.standardize(x);
     try {
-      return sitePredictions(part.site, t, part.classNames, 512, part.task);
+      return sitePredictions(part.site, t, part.classNames, 512, part.task, part.readOut);
     } finally {
       t.dispose();
     }
@@ -273,7 +281,7 @@ export class SitePredictor {
   predictTasks(x: SampleInput): TaskPredictions {
     const t = this.standardize(x);
     try {
-      return Object.fromEntries(this.parts().map((p) => [p.task.name, sitePredictions(p.site, t, p.classNames, 512, p.task)]));
+      return Object.fromEntries(this.parts().map((p) => [p.task.name, sitePredictions(p.site, t, p.classNames, 512, p.task, p.readOut)]));
     } finally {
       t.dispose();
     }

@@ -16,7 +16,11 @@
  *   received, null when unknown), the digest of what it sent, the digest of
  *   its checkpoint's manifest, and its privacy spend so far; sites that share
  *   bodies add `"bodies":[{"peer","version","digest"}]` (the members' bodies
- *   combined into theirs that round) and `"ownBody":{"version","digest"}`.
+ *   combined into theirs that round) and `"ownBody":{"version","digest"}`;
+ *   a multi-task site names each mixed head's `task` (its digest from that
+ *   task's channel) and adds `"ownTasks":{"<task>":{"version","digest"}}`;
+ *   with `crossTask`, `"cross":{"mixed":[{"peer","version","digest"}],"own"}`
+ *   (the members' bundles its read-outs read, the bundle it published).
  *
  * `verifyAudit` checks the chain and every signature and names the first
  * line (and round) that does not check out. A chain alone cannot show that
@@ -45,6 +49,14 @@ export interface AuditDigest {
   version: number;
   /** null; | Hex SHA-256 of the bytes received; null where the site no longer holds them. */
   digest: string | null;
+  /** A multi-task site's head: the task (its digest is from that task's channel). */
+  task?: string;
+}
+
+/** What a site published on one channel: the version and its SHA-256 (hex). */
+export interface AuditPublished {
+  version: number;
+  digest: string;
 }
 
 /**
@@ -66,6 +78,10 @@ export interface AuditRound {
   bodies?: AuditDigest[];
   /** null; | Sites that share bodies: the body this site published; null before it published one. */
   ownBody?: { version: number; digest: string } | null;
+  /** A multi-task site (dFLMoE): the head each task published on its channel, by task; null before one was (the heads it mixed are in `mixed`, each with its task). */
+  ownTasks?: Record<string, AuditPublished | null>;
+  /** `crossTask`: the members' bundles of all their tasks' heads that the read-outs read, and the bundle this site published (null before it did). */
+  cross?: { mixed: AuditDigest[]; own: AuditPublished | null };
 }
 
 /** One line of an audit trail: the start of a run, or a round. */
@@ -353,13 +369,20 @@ async function checkSignature(key: { verify(data: Uint8Array, sig: Uint8Array): 
 /** Digest helper for what a site sends and receives. */
 export const auditDigest = (bytes: Uint8Array): string => sha256(bytes);
 
+/** What a channel knows of what it carried (`Libp2pHeadExchange`): digests of what arrived, and of what the site published. */
+export interface AuditChannel {
+  receivedDigest(peer: string, version: number): string | undefined;
+  takeReceived(): AuditDigest[];
+  published(): { version: number; digest: string } | undefined;
+}
+
 /** What a site's transport knows of what it sent and received (`Libp2pHeadExchange`, `Libp2pServerLink`). */
 export interface AuditSources {
-  exchange?: {
-    receivedDigest(peer: string, version: number): string | undefined;
-    takeReceived(): AuditDigest[];
-    published(): { version: number; digest: string } | undefined;
-  };
+  exchange?: AuditChannel;
+  /** A multi-task dFLMoE site: each task's head channel, by task. */
+  tasks?: Record<string, AuditChannel>;
+  /** `crossTask`: the cross-task channel, and the members' bundles (peer, round) the read-outs read now. */
+  cross?: AuditChannel & { used(): { peer: string; version: number }[] };
   server?: { lastGlobal?: { round: number; digest: string }; lastUpload(): { round: number; digest: string } | undefined };
   serverPeer?: string;
   /** Sites that share bodies: the body exchange (what the site published). */
@@ -395,17 +418,20 @@ export class SiteAudit {
   async round(
     m: {
       round: number;
-      experts: { peer: string; version: number }[];
+      experts: { peer: string; version: number; task?: string }[];
       privacy?: { epsilon: number; delta: number; steps: number };
       bodies?: AuditDigest[];
     },
     checkpoint?: { digest: string },
   ): Promise<void> {
-    const { exchange, server, serverPeer } = this.sources;
+    const { exchange, server, serverPeer, tasks, cross } = this.sources;
     const arrived = exchange?.takeReceived() ?? [];
+    // A multi-task site's experts came on their tasks' channels.
+    const digestOf = (e: { peer: string; version: number; task?: string }) =>
+      (e.task !== undefined && tasks ? tasks[e.task] : exchange)?.receivedDigest(e.peer, e.version) ?? null;
     const mixed: AuditDigest[] =
       m.experts.length > 0
-        ? m.experts.map((e) => ({ peer: e.peer, version: e.version, digest: exchange?.receivedDigest(e.peer, e.version) ?? null }))
+        ? m.experts.map((e) => ({ peer: e.peer, version: e.version, digest: digestOf(e), ...(e.task !== undefined ? { task: e.task } : {}) }))
         : server?.lastGlobal
           ? [{ peer: serverPeer ?? 'server', version: server.lastGlobal.round, digest: server.lastGlobal.digest }]
           : arrived;
@@ -421,6 +447,16 @@ export class SiteAudit {
       checkpoint: checkpoint?.digest ?? null,
       privacy: m.privacy ?? null,
       ...(this.sources.bodies ? { bodies: m.bodies ?? [], ownBody: this.sources.bodies.published() ?? null } : {}),
+      ...(tasks ? { ownTasks: Object.fromEntries(Object.entries(tasks).map(([t, ch]) => [t, ch.published() ?? null])) } : {}),
+      ...(cross ? { cross: crossEntry(cross) } : {}),
     });
   }
+}
+
+/** The cross-task channel's part of a round line: the bundles read, with the digests they arrived with, and the one published. */
+function crossEntry(cross: NonNullable<AuditSources['cross']>): NonNullable<AuditRound['cross']> {
+  return {
+    mixed: cross.used().map((b) => ({ peer: b.peer, version: b.version, digest: cross.receivedDigest(b.peer, b.version) ?? null })),
+    own: cross.published() ?? null,
+  };
 }

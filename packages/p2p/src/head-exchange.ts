@@ -119,6 +119,15 @@ export interface Libp2pExchangeOptions {
    * oldest), and again after each transfer, until it has caught up.
    */
   everyVersion?: boolean;
+  /**
+   * Count as members (`members()`: whom rounds wait for and heartbeats poll)
+   * only those that serve this exchange's protocol, as libp2p's identify
+   * reports it: `protocolsOf` gives a member's protocols from the peer store
+   * (empty while it is not identified; it counts then), and `peer:identify`
+   * events update them. `onNotServing` is told once when a member is found
+   * not to serve it (again only after it served it in between).
+   */
+  servedOnly?: { protocolsOf(peer: string): Promise<readonly string[]>; onNotServing?(peer: string): void };
 }
 
 /** Messages an exchange with `everyVersion` keeps to serve. */
@@ -208,6 +217,10 @@ export class Libp2pHeadExchange implements HeadExchange {
 
   private readonly protocol: string;
   private readonly topic: string;
+  /** `servedOnly`: whether each member identified serves the protocol; members looked up now; members connected before they were identified. */
+  private serving = new Map<string, boolean>();
+  private lookingUp = new Set<string>();
+  private unpulled = new Set<string>();
 
   constructor(
     private node: ExchangeNode,
@@ -222,14 +235,19 @@ export class Libp2pHeadExchange implements HeadExchange {
     this.strikes = new StrikeBook({ maxStrikes: o.maxStrikes, blockMs: o.blockMs, decayMs: o.strikeDecayMs });
   }
 
-  /** Register the protocol handler and gossip subscription; call before `node.start()`. */
-  async register(): Promise<void> {
-    await this.node.handle(this.protocol, (stream, connection) => this.serve(stream, connection), { maxInboundStreams: 64 });
+  /** Register the protocol handler and gossip subscription; call before `node.start()`. `replace`: in place of a handler registered before. */
+  async register(o: { replace?: boolean } = {}): Promise<void> {
+    await this.node.handle(this.protocol, (stream, connection) => this.serve(stream, connection), {
+      maxInboundStreams: 64,
+      ...(o.replace ? { force: true as const } : {}),
+    });
     this.node.services.pubsub.addEventListener('message', (evt) => this.onGossip(evt.detail));
     this.node.addEventListener('peer:connect', (evt) => this.onConnect(evt.detail));
+    if (this.o.servedOnly) this.node.addEventListener('peer:identify', (evt) => this.noteProtocols(evt.detail.peerId.toString(), evt.detail.protocols));
     this.node.addEventListener('peer:disconnect', (evt) => {
       const id = evt.detail.toString();
       this.asked.delete(id);
+      this.unpulled.delete(id);
       if (this.memberIds.has(id)) this.emit({ type: 'leave', peer: id });
     });
   }
@@ -322,6 +340,11 @@ export class Libp2pHeadExchange implements HeadExchange {
     // Catch up with whatever the peer has that is newer than what we hold.
     this.asked.add(id);
     if (this.wanted && !this.wanted.has(id)) return;
+    // servedOnly: pulled once identify says it serves the protocol (a pull from one that does not would fail).
+    if (this.o.servedOnly && this.serving.get(id) !== true) {
+      this.unpulled.add(id);
+      return;
+    }
     const next = (this.known.get(id) ?? -1n) + 1n;
     this.fetch(id, next > this.wantedFrom ? next : this.wantedFrom);
   }
@@ -674,7 +697,32 @@ export class Libp2pHeadExchange implements HeadExchange {
   }
 
   members(): string[] {
-    return [...new Set(this.node.getConnections().map((c) => c.remotePeer.toString()))].filter((id) => this.memberIds.has(id));
+    const connected = [...new Set(this.node.getConnections().map((c) => c.remotePeer.toString()))].filter((id) => this.memberIds.has(id));
+    const served = this.o.servedOnly;
+    if (!served) return connected;
+    for (const id of connected) {
+      if (this.serving.has(id) || this.lookingUp.has(id)) continue;
+      this.lookingUp.add(id);
+      void served
+        .protocolsOf(id)
+        .then((p) => this.noteProtocols(id, p))
+        .catch(() => {})
+        .finally(() => this.lookingUp.delete(id));
+    }
+    return connected.filter((id) => this.serving.get(id) !== false);
+  }
+
+  /** `servedOnly`: what identify says `peer` serves (nothing yet: not identified, unknown). */
+  private noteProtocols(peer: string, protocols: readonly string[]): void {
+    if (!this.memberIds.has(peer) || protocols.length === 0) return;
+    const serves = protocols.includes(this.protocol);
+    const before = this.serving.get(peer);
+    this.serving.set(peer, serves);
+    if (!serves && before !== false) this.o.servedOnly?.onNotServing?.(peer);
+    if (serves && this.unpulled.delete(peer) && !this.closed) {
+      const next = (this.known.get(peer) ?? -1n) + 1n;
+      this.fetch(peer, next > this.wantedFrom ? next : this.wantedFrom);
+    }
   }
 
   stats(): ExchangeStats {

@@ -58,6 +58,7 @@ export {
   type AuditProblem,
   type AuditReport,
   type AuditRound,
+  type AuditPublished,
   type AuditSeal,
   type AuditTail,
 } from './audit.js';

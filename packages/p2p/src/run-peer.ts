@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { initBackend, isInterrupted, type AlgorithmOptions, type Logger, type SiteFeed, type StatusBoard } from '@dflmoe/core';
 import {
   createMultiTaskSite,
+  isMultiTask,
   getAlgorithm,
   pause,
   waitLeft,
@@ -26,6 +27,7 @@ import {
 } from '@dflmoe/core/internal';
 import { modalityOf, type Modality, type SiteData } from '@dflmoe/data';
 import type { PrivateKey } from '@libp2p/interface';
+import { peerIdFromString } from '@libp2p/peer-id';
 import { checkQuorum, checkSelfMember, configSettings, otherMembers, type PeerConfig } from './config.js';
 import { loadIdentity, loadPsk } from './identity.js';
 import {
@@ -307,13 +309,25 @@ function openSiteAudit(
   site: AlgorithmSite,
   from: number,
 ): Promise<SiteAudit> {
-  const { heads, bodies, server } = links;
+  const { heads, bodies, server, cross } = links;
   return SiteAudit.open(cfg.out, id.privateKey, id.peerId, alg.name, from, {
     exchange: heads,
     server,
     serverPeer: cfg.server?.peerId,
     // Under secure aggregation what the body channel carries is masked: the trail keeps the digest of the body itself, which never left.
     ...(bodies ? { bodies: cfg.bodies.secureAggregation ? { published: () => site.bodyShare?.lastPublished ?? bodies.published() } : bodies } : {}),
+    // A multi-task site's task channels, and the cross-task channel with the members' bundles its read-outs read.
+    ...(Object.keys(links.tasks).length > 0 ? { tasks: links.tasks } : {}),
+    ...(cross && isMultiTask(site)
+      ? {
+          cross: {
+            receivedDigest: (p: string, v: number) => cross.receivedDigest(p, v),
+            takeReceived: () => cross.takeReceived(),
+            published: () => cross.published(),
+            used: () => site.crossBundles(),
+          },
+        }
+      : {}),
   });
 }
 
@@ -383,6 +397,10 @@ async function startLinks(
   links.node = node;
   watchConnections(node, log, names);
   Object.assign(links, node.services as { heads?: ExchangeService; bodies?: ExchangeService });
+  // crossTask: the cross-task protocol is served from the start, so that identify tells every member, from the first
+  // connection on, that this site takes part (its channel opens after the agreement; until then a pull finds nothing).
+  if (alg.name === 'dflmoe' && siteAlgorithmOptions(cfg).crossTask === true)
+    await node.handle(CROSS_TASK_PROTOCOL, (stream) => stream.abort(new Error('the cross-task channel is not open yet')));
   // Starting the node starts the exchanges: protocols registered, announcements subscribed, members dialled.
   await startNode(node, cfg.listen);
   log.info(`site ${cfg.name ?? '(unnamed)'} (${alg.name}, peer ID ${id.peerId}) listening on ${node.getMultiaddrs().map(String).join(', ')}`);
@@ -446,7 +464,7 @@ async function siteNetwork(
     net.tasks = taskNetworks(links.tasks, prepared.preprocessing, cfg, selfId, log, memberName);
   }
   if (links.node && site.crossTask) {
-    links.cross = await openCrossChannel(links.node, [selfId, ...awaited], prepared.preprocessing, cfg, log, signal);
+    links.cross = await openCrossChannel(links.node, [selfId, ...awaited], prepared.preprocessing, cfg, { log, memberName }, signal);
     Object.assign(net, { crossTask: links.cross, crossOthers: others, crossTaskNames: (prepared.preprocessing.agreed.tasks ?? []).map((t) => t.name) });
   }
   return { net, ...(adaptive ? { adaptive } : {}) };
@@ -627,25 +645,32 @@ async function openTaskChannels(
  * every task the agreement holds. What anyone else sends is dropped, logged
  * and counted (`cross-transfer:<reason>`); a bundle that does not decode, or
  * names a task the agreement does not hold, is the site's `cross:<reason>`.
+ * A member that does not serve the protocol (identify says so: its
+ * `crossTask` is off) is not waited for, said once.
  */
 async function openCrossChannel(
   node: SiteNode,
   members: readonly string[],
   pre: PreparedSite['preprocessing'],
   cfg: PeerConfig,
-  log: Logger,
+  o: { log: Logger; memberName: (p: string) => string },
   signal?: AbortSignal,
 ): Promise<Libp2pHeadExchange> {
   const ids = new Set(members);
   const ex = new Libp2pHeadExchange(node, {
     members: cfg.members.filter((m) => ids.has(m.peerId)),
-    logger: log,
+    logger: o.log,
     signal,
     maxHeadBytes: cfg.limits.maxHeadBytes * Math.max(1, pre.agreed.tasks?.length ?? 1),
     protocol: CROSS_TASK_PROTOCOL,
     topic: CROSS_TASK_TOPIC,
+    servedOnly: {
+      protocolsOf: async (p) => (await node.peerStore.get(peerIdFromString(p))).protocols,
+      onNotServing: (p) => o.log.info(`${o.memberName(p)} does not take part in experts across tasks: not waiting for its bundles`),
+    },
   });
-  await ex.register();
+  // In place of the placeholder served since the node started (startLinks): the protocol is never unserved.
+  await ex.register({ replace: true });
   ex.start();
   ex.greetConnected();
   return ex;

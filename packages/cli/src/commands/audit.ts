@@ -23,10 +23,12 @@ function memberNames(auditFile: string): Record<string, string> {
 /** One line of history per entry; members by name where `names` knows them. */
 export function formatAuditEntry(e: AuditEntry, names: Record<string, string> = {}): string {
   if (e.kind === 'start') return `${e.time}  start      ${e.algorithm}, from round ${e.fromRound}${e.note ? ` (${e.note})` : ''}`;
-  const mixed = e.mixed.map((m) => `${names[m.peer] ?? peer(m.peer)} v${m.version} ${short(m.digest, 8)}`).join(', ') || 'nothing';
+  const list = (ms: typeof e.mixed) =>
+    ms.map((m) => `${m.task !== undefined ? `${m.task}:` : ''}${names[m.peer] ?? peer(m.peer)} v${m.version} ${short(m.digest, 8)}`).join(', ') || 'nothing';
   const own = e.own ? `v${e.own.version} ${short(e.own.digest, 8)}` : '-';
   const eps = e.privacy ? `  epsilon ${e.privacy.epsilon.toFixed(3)} (delta ${e.privacy.delta})` : '';
-  return `${e.time}  round ${String(e.round).padEnd(4)} mixed [${mixed}]  own ${own}  checkpoint ${short(e.checkpoint, 8)}${eps}`;
+  const cross = e.cross ? `  cross-task [${list(e.cross.mixed)}]` : '';
+  return `${e.time}  round ${String(e.round).padEnd(4)} mixed [${list(e.mixed)}]  own ${own}${cross}  checkpoint ${short(e.checkpoint, 8)}${eps}`;
 }
 
 /**

@@ -223,8 +223,123 @@ export class CrossTaskReadOut {
     return Object.fromEntries(experts.map((e, j) => [e.id, mass[j] / total]));
   }
 
+  /** Its maps as a checkpoint keeps them: the experts' ids (in the order the maps were made) and the tensors, named `<prefix><k>/kernel|bias`. */
+  exportMaps(prefix: string): { ids: string[]; tensors: NamedArray[] } {
+    const ids = [...this.maps.keys()];
+    const tensors = ids.flatMap((id, k) => layerArrays(`${prefix}${k}`, this.maps.get(id)!));
+    return { ids, tensors };
+  }
+
+  /** Put back the maps `exportMaps` wrote (the read-out's own are dropped first); throws when one does not fit this task. */
+  importMaps(ids: readonly string[], byName: ReadonlyMap<string, NamedArray>, prefix: string): void {
+    const loaded = ids.map((id, k) => {
+      const [kernel, bias] = [byName.get(`${prefix}${k}/kernel`), byName.get(`${prefix}${k}/bias`)];
+      if (!kernel || !bias || kernel.shape.length !== 2 || kernel.shape[1] !== this.outputDim || bias.shape.join() !== String(this.outputDim)) {
+        throw new Error(`the read-out of task "${this.task.name}" over ${id}: its map is missing or not [n, ${this.outputDim}]`);
+      }
+      return { id, kernel, bias };
+    });
+    this.dispose();
+    for (const m of loaded) {
+      this.maps.set(m.id, {
+        kernel: newVariable(() => tf.tensor(m.kernel.data, m.kernel.shape)),
+        bias: newVariable(() => tf.tensor(m.bias.data, m.bias.shape)),
+      });
+    }
+  }
+
   dispose(): void {
     tf.dispose([...this.maps.values()].flatMap((l) => [l.kernel, l.bias]));
     this.maps.clear();
+  }
+}
+
+/** A dense layer's kernel and bias as named arrays (`<prefix>/kernel`, `<prefix>/bias`). */
+function layerArrays(prefix: string, l: DenseLayer<tf.Tensor>): NamedArray[] {
+  return [
+    { name: `${prefix}/kernel`, shape: l.kernel.shape, data: Float32Array.from(l.kernel.dataSync()) },
+    { name: `${prefix}/bias`, shape: l.bias.shape, data: Float32Array.from(l.bias.dataSync()) },
+  ];
+}
+
+/** A frozen head as a checkpoint records it (its layers' tensors beside it, by position). */
+interface HeadRecord {
+  id: string;
+  task: string;
+  kind: TaskKindName;
+  layers: number;
+}
+
+/**
+ * What a multi-task site's checkpoint keeps of its cross-task read-outs, so
+ * that a restored site predicts (and reports) as it did: the heads they read
+ * and each task's maps.
+ */
+export interface CrossTaskState {
+  /** The site's own heads of its last round, as the read-outs read them. */
+  own: HeadRecord[];
+  /** The members' newest bundles, in the order they came in (the read-outs sum their heads in that order). */
+  received: { site: string; round: number; heads: HeadRecord[] }[];
+  /** Per task, in the site's round order: the experts its read-out has a map for. */
+  maps: string[][];
+}
+
+/** The heads the read-outs read: the site's own of its last round, and each member's newest bundle. */
+export interface CrossTaskHeads {
+  own: TaskHead[];
+  received: Map<string, { round: number; heads: TaskHead[] }>;
+}
+
+/** The read-outs and the heads they read as checkpoint metadata and tensors (`importCrossTask` reads them back). */
+export function exportCrossTask(heads: CrossTaskHeads, readOuts: readonly CrossTaskReadOut[]): { state: CrossTaskState; tensors: NamedArray[] } {
+  const tensors: NamedArray[] = [];
+  const record = (prefix: string, hs: TaskHead[]): HeadRecord[] =>
+    hs.map((h, i) => {
+      h.layers.forEach((l, j) => tensors.push(...layerArrays(`${prefix}${i}/${j}`, l)));
+      return { id: h.id, task: h.task, kind: h.kind, layers: h.layers.length };
+    });
+  const own = record('own/', heads.own);
+  const received = [...heads.received].map(([site, r], j) => ({ site, round: r.round, heads: record(`received/${j}/`, r.heads) }));
+  const maps = readOuts.map((c, t) => {
+    const m = c.exportMaps(`map/${t}/`);
+    tensors.push(...m.tensors);
+    return m.ids;
+  });
+  return { state: { own, received, maps }, tensors };
+}
+
+/**
+ * Restore what `exportCrossTask` wrote: the read-outs' maps, and the heads
+ * they read (returned; the caller owns their tensors). Throws an Error
+ * naming what does not fit (another number of tasks, a missing tensor).
+ */
+export function importCrossTask(state: CrossTaskState, tensors: readonly NamedArray[], readOuts: readonly CrossTaskReadOut[]): CrossTaskHeads {
+  if (state.maps.length !== readOuts.length)
+    throw new Error(`the checkpoint has cross-task read-outs of ${state.maps.length} tasks, this site ${readOuts.length}`);
+  const byName = new Map(tensors.map((t) => [t.name, t]));
+  const made: tf.Tensor[] = [];
+  const heads = (prefix: string, rs: HeadRecord[]): TaskHead[] =>
+    rs.map((r, i) => ({
+      id: r.id,
+      task: r.task,
+      kind: r.kind,
+      layers: Array.from({ length: r.layers }, (_, j) => {
+        const [k, b] = [byName.get(`${prefix}${i}/${j}/kernel`), byName.get(`${prefix}${i}/${j}/bias`)];
+        if (!k || !b) throw new Error(`the checkpoint's cross-task head ${r.id} lacks layer ${j}`);
+        const l = { kernel: tf.tensor(k.data, k.shape), bias: tf.tensor(b.data, b.shape) };
+        made.push(l.kernel, l.bias);
+        return l;
+      }),
+    }));
+  try {
+    const out: CrossTaskHeads = {
+      own: heads('own/', state.own),
+      received: new Map(state.received.map((r, j) => [r.site, { round: r.round, heads: heads(`received/${j}/`, r.heads) }])),
+    };
+    readOuts.forEach((c, t) => c.importMaps(state.maps[t], byName, `map/${t}/`));
+    return out;
+  } catch (e) {
+    tf.dispose(made);
+    throw e;
   }
 }

@@ -20,7 +20,16 @@ import { RdpAccountant } from '../privacy.js';
 import { DepartedMembers, absorbMessages, awaitRound } from '../exchange.js';
 import { resolveSettings } from '../settings.js';
 import { dflmoeSettings } from './dflmoe-settings.js';
-import { CrossTaskReadOut, decodeTaskHeads, encodeTaskHeads, type TaskHead } from './cross-task.js';
+import {
+  CrossTaskReadOut,
+  decodeTaskHeads,
+  encodeTaskHeads,
+  exportCrossTask,
+  importCrossTask,
+  type CrossTaskHeads,
+  type CrossTaskState,
+  type TaskHead,
+} from './cross-task.js';
 import { DflmoeSite } from './dflmoe-site.js';
 import * as tf from '@tensorflow/tfjs-core';
 import type { Algorithm, AlgorithmBaseOptions, AlgorithmSite, ExpertInfo, MultiTaskForm, SiteCheckpointing, SiteNetwork, SiteRound } from './api.js';
@@ -74,9 +83,8 @@ export class MultiTaskSite implements AlgorithmSite {
    * After every round: each task's site writes its own checkpoint (body,
    * head, gate, experts, optimizers, counters), and the site keeps them
    * together in one checkpoint of its own, under `task-<i>/`, with the
-   * bodies held from the members; restored into a site built from the same
-   * config. `crossTask` read-outs start again after a restore (they learn
-   * anew from the next round's heads).
+   * bodies held from the members (and, with `crossTask`, the read-outs and
+   * the heads they read); restored into a site built from the same config.
    */
   readonly checkpoint?: SiteCheckpointing;
 
@@ -155,9 +163,23 @@ export class MultiTaskSite implements AlgorithmSite {
     return this.parts.map((p) => p.data.task.name);
   }
 
-  /** Each task with the site that trains and predicts it on the shared body, in round order (`predict.ts` predicts with them). */
-  taskSites(): { task: TaskInfo; site: AlgorithmSite }[] {
-    return this.parts.map((p) => ({ task: p.data.task, site: p.site }));
+  /**
+   * Each task with the site that trains and predicts it on the shared body,
+   * in round order (`predict.ts` predicts with them); with `crossTask`, once
+   * the read-outs have heads to read, `readOut` turns the task's mixture
+   * (activated outputs) for samples `x` into the task's output.
+   */
+  taskSites(): { task: TaskInfo; site: AlgorithmSite; readOut?: (x: tf.Tensor, own: tf.Tensor2D) => tf.Tensor2D }[] {
+    return this.parts.map((p) => ({
+      task: p.data.task,
+      site: p.site,
+      ...(p.cross && this.ownHeads.length > 0 ? { readOut: (x: tf.Tensor, own: tf.Tensor2D) => this.readOut(p, x, own) } : {}),
+    }));
+  }
+
+  /** `crossTask`: task `p`'s output for samples `x` from its mixture's `own`. */
+  private readOut(p: TaskPart, x: tf.Tensor, own: tf.Tensor2D): tf.Tensor2D {
+    return tf.tidy(() => p.cross!.predict(this.body.model.apply(x, { training: false }) as tf.Tensor2D, own, this.crossExperts(p)));
   }
 
   /** Averaged bodies must have one architecture: the body's. */
@@ -300,6 +322,29 @@ export class MultiTaskSite implements AlgorithmSite {
     return [...this.ownHeads, ...[...this.received.values()].flatMap((r) => r.heads)].filter((h) => h.task !== name);
   }
 
+  /** `crossTask`: the members' bundles the read-outs read now, by member and round (the audit trail's). */
+  crossBundles(): { peer: string; version: number }[] {
+    return [...this.received].map(([peer, r]) => ({ peer, version: r.round }));
+  }
+
+  /** `crossTask`: the heads the read-outs read (the site's own of its last round, and the members' newest bundles). */
+  private crossHeads(): CrossTaskHeads {
+    return { own: this.ownHeads, received: this.received };
+  }
+
+  /** `crossTask`: put back the read-outs and the heads they read from a checkpoint's `cross.bin`. */
+  private restoreCross(state: CrossTaskState, bytes: Uint8Array): void {
+    const restored = importCrossTask(
+      state,
+      decodeBundle(bytes, { maxBytes: 2 ** 31 }).tensors,
+      this.parts.map((p) => p.cross!),
+    );
+    disposeHeads([...this.ownHeads, ...[...this.received.values()].flatMap((r) => r.heads)]);
+    this.received.clear();
+    this.ownHeads = restored.own;
+    for (const [site, r] of restored.received) this.received.set(site, r);
+  }
+
   /** Load the server's average of the bodies of `round` (a bad one is counted, logged and skipped). */
   private async loadAverage(round: number, net: SiteNetwork): Promise<number> {
     const vars = bodyVariables(this.body.model);
@@ -333,12 +378,21 @@ export class MultiTaskSite implements AlgorithmSite {
       }
       const bodies = this.bodyShare?.exportState();
       if (bodies) data['bodies.bin'] = encodeBundle('body', { kind: 'body-share-state' }, bodies.tensors);
+      const cross =
+        this.crossTask && this.ownHeads.length > 0
+          ? exportCrossTask(
+              this.crossHeads(),
+              this.parts.map((p) => p.cross!),
+            )
+          : undefined;
+      if (cross) data['cross.bin'] = encodeBundle('model', { kind: 'cross-task-state' }, cross.tensors);
       const state: MultiTaskState = {
         kind: 'multi-task',
         tasks: this.taskNames,
         files,
         counters: { ...this.counters },
         ...(bodies ? { bodies: bodies.meta } : {}),
+        ...(cross ? { cross: cross.state } : {}),
       };
       return { ...writeCheckpoint(dir, round, data, state, extra, keep), seconds: secondsSince(t0) };
     } finally {
@@ -371,6 +425,8 @@ export class MultiTaskSite implements AlgorithmSite {
         }
         Object.assign(this.counters, st.counters);
         if (st.bodies && this.bodyShare) this.bodyShare.importState(st.bodies, decodeBundle(c.read('bodies.bin'), { maxBytes: 2 ** 31 }).tensors);
+        // crossTask: the read-outs and the heads they read (a checkpoint from before they were kept has none: they learn anew).
+        if (st.cross && this.crossTask) this.restoreCross(st.cross, c.read('cross.bin'));
       },
       logger,
     );
@@ -389,11 +445,7 @@ export class MultiTaskSite implements AlgorithmSite {
   /** A task's metrics: its site's, or with `crossTask` its mixer's over the task's mixture and the other tasks' heads. */
   private taskMetrics(p: TaskPart): Record<string, number> {
     if (!p.cross || this.ownHeads.length === 0) return p.site.evaluate().metrics;
-    const experts = this.crossExperts(p);
-    return evaluateTask(p.data.task, p.data.xTest, p.data.yTest, (xb) => {
-      const z = this.body.model.apply(xb, { training: false }) as tf.Tensor2D;
-      return p.cross!.predict(z, p.site.predict!(xb), experts);
-    });
+    return evaluateTask(p.data.task, p.data.xTest, p.data.yTest, (xb) => this.readOut(p, xb, p.site.predict!(xb)));
   }
 
   /** `crossTask`: how much each task's read-out leans on each other task (`<task> <- <other>`: the share of its map weights). */
@@ -477,6 +529,8 @@ interface MultiTaskState {
   counters: Record<string, number>;
   /** Sharing bodies: what the body share held (its tensors in `bodies.bin`). */
   bodies?: BodyShareState;
+  /** `crossTask`: the read-outs and the heads they read (their tensors in `cross.bin`). */
+  cross?: CrossTaskState;
 }
 
 /** Every file under `dir`, as paths relative to it. */
