@@ -63,9 +63,14 @@ export async function newPage(within: Browser | BrowserContext, o: { console?: b
   return { page, errors };
 }
 
-/** The browser app opened at `url` in a new page, once it shows the tab's peer ID. */
-export async function openTab(within: Browser | BrowserContext, url: string): Promise<{ page: Page; peerId: string; errors: string[] }> {
+/** The browser app opened at `url` in a new page (`setup` runs first), once it shows the tab's peer ID. */
+export async function openTab(
+  within: Browser | BrowserContext,
+  url: string,
+  setup?: (page: Page) => Promise<unknown>,
+): Promise<{ page: Page; peerId: string; errors: string[] }> {
   const { page, errors } = await newPage(within);
+  await setup?.(page);
   await page.goto(url);
   const peerId = await page.waitForFunction(() => document.body.dataset.peerId, { timeout: 60000 }).then((h) => h.jsonValue() as Promise<string>);
   return { page, peerId, errors };
