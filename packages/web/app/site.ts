@@ -27,7 +27,7 @@ export const KERNEL_SETS = ['dflmoe', 'stock'] as const;
  * The renderer's name when the browser's WebGL is drawn by the CPU
  * (SwiftShader, llvmpipe: no GPU, or one the browser will not use), else
  * undefined. Training there is several times slower than on wasm
- * (`npm run bench:tab`: 8x for an MLP, 30x for a CNN on this machine).
+ * (`npm run bench:tab`: 8x for an MLP, 28x for a CNN on a 2-core machine).
  */
 function softwareWebgl(): string | undefined {
   const gl = new OffscreenCanvas(1, 1).getContext('webgl2');
