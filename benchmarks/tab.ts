@@ -16,7 +16,8 @@
  * backend); training samples/s are the training rows over the training
  * part of those rounds.
  *
- *   npm run bench:tab -- [--repeats 3] [--rounds 4] [--rows 3000] [--images 600] [--out benchmarks/results/tab.json]
+ *   npm run bench:tab -- [--repeats 3] [--rounds 4] [--rows 3000] [--images 600] [--workloads dense,cnn] [--skip-webgl]
+ *                        [--out benchmarks/results/tab.json]
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -36,6 +37,7 @@ const { values } = parseArgs({
     rows: { type: 'string', default: '3000' },
     images: { type: 'string', default: '600' },
     workloads: { type: 'string', default: 'dense,cnn' },
+    'skip-webgl': { type: 'boolean', default: false },
     out: { type: 'string', default: 'benchmarks/results/tab.json' },
   },
 });
@@ -157,8 +159,8 @@ try {
   const configs: Config[] = [
     { name: 'wasm, dflmoe kernels', query: 'backend=wasm' },
     { name: "wasm, tfjs's kernels", query: 'backend=wasm&kernels=stock' },
-    ...(picked !== 'webgl' ? [{ name: 'webgl (forced)', query: 'backend=webgl' }] : []),
-    ...(picked !== 'wasm' ? [{ name: `${picked} (picked)`, query: '' }] : []),
+    ...(picked !== 'webgl' && !values['skip-webgl'] ? [{ name: 'webgl (forced)', query: 'backend=webgl' }] : []),
+    ...(picked !== 'wasm' && (picked !== 'webgl' || !values['skip-webgl']) ? [{ name: `${picked} (picked)`, query: '' }] : []),
   ];
   for (let r = 0; r < repeats; r++) {
     for (const w of workloads) {

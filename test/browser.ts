@@ -54,7 +54,7 @@ export function sharedChromium(): () => Promise<Browser> {
   return async () => (await (launched ??= launchChromium())).browser;
 }
 
-/** A new page (in `in`, a browser or an incognito context) whose page errors, and console errors with `console`, land in `errors`. */
+/** A new page (in `within`, a browser or an incognito context) whose page errors, and console errors with `console`, land in `errors`. */
 export async function newPage(within: Browser | BrowserContext, o: { console?: boolean } = {}): Promise<{ page: Page; errors: string[] }> {
   const page = await within.newPage();
   const errors: string[] = [];

@@ -30,11 +30,17 @@ export const KERNEL_SETS = ['dflmoe', 'stock'] as const;
  * (`npm run bench:tab`: 8x for an MLP, 28x for a CNN on a 2-core machine).
  */
 function softwareWebgl(): string | undefined {
-  const gl = new OffscreenCanvas(1, 1).getContext('webgl2');
-  if (!gl) return undefined;
-  const info = gl.getExtension('WEBGL_debug_renderer_info');
-  const renderer = String(gl.getParameter(info ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
-  gl.getExtension('WEBGL_lose_context')?.loseContext();
+  let renderer = '';
+  try {
+    const gl = new OffscreenCanvas(1, 1).getContext('webgl2');
+    if (!gl) return undefined;
+    const info = gl.getExtension('WEBGL_debug_renderer_info');
+    renderer = String(gl.getParameter(info ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+    gl.getExtension('WEBGL_lose_context')?.loseContext();
+  } catch {
+    // A browser that cannot ask (no OffscreenCanvas WebGL): tfjs's own check decides.
+    return undefined;
+  }
   return /swiftshader|llvmpipe|softpipe|software/i.test(renderer) ? renderer : undefined;
 }
 
