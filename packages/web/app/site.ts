@@ -30,7 +30,7 @@ export const KERNEL_SETS = ['dflmoe', 'stock'] as const;
  * (`npm run bench:tab`: 8x for an MLP, 28x for a CNN on a 2-core machine).
  */
 function softwareWebgl(): string | undefined {
-  let renderer = '';
+  let renderer: string;
   try {
     const gl = new OffscreenCanvas(1, 1).getContext('webgl2');
     if (!gl) return undefined;
