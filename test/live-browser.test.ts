@@ -20,7 +20,7 @@ import { StatusBoard, gateWeights, silentLogger, simulate, type StatusSnapshot }
 import { LiveServer } from '@dflmoe/live';
 import { freePort, startProcess, waitExit } from '@dflmoe/cli/internal';
 import { until } from './helpers.js';
-import { launchChromium } from './browser.js';
+import { newPage, sharedChromium } from './browser.js';
 
 function getJson(url: string): Promise<unknown> {
   return new Promise((resolve, reject) => {
@@ -58,15 +58,10 @@ const rows = (page: Page) =>
 
 describe('live view in a browser', function () {
   this.timeout(240000);
+  const shared = sharedChromium();
   let browser: Browser;
-  let close: (() => Promise<void>) | undefined;
-
   before(async () => {
-    ({ browser, close } = await launchChromium());
-  });
-
-  after(async () => {
-    await close?.();
+    browser = await shared();
   });
 
   let sim: ChildProcess | undefined;
@@ -85,24 +80,13 @@ describe('live view in a browser', function () {
     const out = mkdtempSync(join(tmpdir(), 'dflmoe-live-tcp-'));
     sim = startProcess(
       [
-        'simulate',
-        '--dataset',
-        'breast-cancer',
-        '--peers',
-        '3',
-        '--rounds',
-        '12',
-        '--algorithms',
-        'dflmoe',
-        '--transport',
-        'tcp',
+        ...'simulate --dataset breast-cancer --peers 3 --rounds 12 --algorithms dflmoe --transport tcp --quiet'.split(' '),
         '--ui',
         `127.0.0.1:${port}`,
         '--ui-token',
         token,
         '--out',
         out,
-        '--quiet',
       ],
       join(out, 'simulate.log'),
       { DFLMOE_LOG_LEVEL: 'warn' },
@@ -127,11 +111,8 @@ describe('live view in a browser', function () {
     assert.equal(await denied.evaluate(() => document.body.innerText.trim()), 'unauthorized');
     await denied.close();
 
-    const page = await browser.newPage();
+    const { page, errors } = await newPage(browser, { console: true });
     await page.setViewport({ width: 1400, height: 1000 });
-    const errors: string[] = [];
-    page.on('pageerror', (e) => errors.push(String(e)));
-    page.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
     await page.goto(`${base}/?token=${token}`);
     // The page keeps the token and takes it out of the address bar.
     assert.equal(await page.evaluate(() => location.search), '');

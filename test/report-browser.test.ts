@@ -10,30 +10,30 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import type { Browser } from 'puppeteer-core';
+import type { Page } from 'puppeteer-core';
 import { cli } from './helpers.js';
-import { launchChromium } from './browser.js';
+import { newPage, sharedChromium } from './browser.js';
+
+/** `dflmoe simulate <args> --quiet` into a fresh directory, which it returns. */
+function simulateInto(args: string, prefix: string): string {
+  const out = mkdtempSync(join(tmpdir(), prefix));
+  const r = cli(['simulate', ...args.split(' '), '--quiet', '--out', out]);
+  assert.equal(r.status, 0, r.stderr);
+  return out;
+}
 
 describe('run report in a browser', function () {
   this.timeout(180000);
-  let browser: Browser;
-  let close: (() => Promise<void>) | undefined;
+  const browser = sharedChromium();
 
-  before(async () => {
-    ({ browser, close } = await launchChromium());
-  });
-
-  after(async () => {
-    await close?.();
-  });
-
-  /** Open `out`/report.html offline: its charts (size and marks), its first table, page errors and requests that left the file. */
-  async function openReport(out: string) {
-    const page = await browser.newPage();
+  /**
+   * Open `out`/report.html offline: its charts (size and marks), its first table, and what `more` reads from the page;
+   * no page errors, no request that left the file.
+   */
+  async function openReport<T>(out: string, more?: (page: Page) => Promise<T>) {
+    const { page, errors } = await newPage(await browser());
     try {
-      const errors: string[] = [];
       const outside: string[] = [];
-      page.on('pageerror', (e) => errors.push(String(e)));
       await page.setRequestInterception(true);
       page.on('request', (req) => {
         if (req.url().startsWith('file:')) void req.continue();
@@ -66,32 +66,18 @@ describe('run report in a browser', function () {
       for (const c of charts) assert.ok(c.width > 100 && c.height > 50 && c.marks > 5, `chart ${c.id} is not drawn: ${JSON.stringify(c)}`);
       assert.deepEqual(errors, []);
       assert.deepEqual(outside, [], 'the report asks for nothing outside its file');
-      return { charts, table };
+      const extra = await more?.(page);
+      return { charts, table, extra };
     } finally {
       await page.close();
     }
   }
 
   it('report.html of a shared-body run renders offline: charts drawn, the table names dFLMoE with shared bodies and its body bytes', async () => {
-    const out = mkdtempSync(join(tmpdir(), 'dflmoe-report-browser-'));
-    const r = cli([
-      'simulate',
-      '--dataset',
-      'breast-cancer',
-      '--peers',
-      '3',
-      '--rounds',
-      '3',
-      '--partition',
-      'iid',
-      '--algorithms',
-      'dflmoe,fedrep-p2p,local',
-      '--share-body',
-      '--quiet',
-      '--out',
-      out,
-    ]);
-    assert.equal(r.status, 0, r.stderr);
+    const out = simulateInto(
+      '--dataset breast-cancer --peers 3 --rounds 3 --partition iid --algorithms dflmoe,fedrep-p2p,local --share-body',
+      'dflmoe-report-browser-',
+    );
     const { charts, table } = await openReport(out);
     assert.ok(charts.length >= 2, `charts: ${JSON.stringify(charts)}`);
     assert.ok(table.head.includes('of which bodies'), `header ${table.head}`);
@@ -103,69 +89,32 @@ describe('run report in a browser', function () {
   });
 
   it("report.html of a run whose sites hold the digits as images and as tables: the heatmap of what each site's gate uses draws a cell per site and modality", async () => {
-    const out = mkdtempSync(join(tmpdir(), 'dflmoe-report-browser-modal-'));
-    const r = cli([
-      'simulate',
-      '--dataset',
-      'digits',
-      '--peers',
-      '4',
-      '--rounds',
-      '2',
-      '--modalities',
-      'image,table',
-      '--algorithms',
-      'dflmoe,local',
-      '--quiet',
-      '--out',
-      out,
-    ]);
-    assert.equal(r.status, 0, r.stderr);
-    const { charts } = await openReport(out);
+    const out = simulateInto('--dataset digits --peers 4 --rounds 2 --modalities image,table --algorithms dflmoe,local', 'dflmoe-report-browser-modal-');
+    // Vega draws each cell as a path in the rect mark's group; the text layer prints each weight.
+    const { charts, extra } = await openReport(out, (page) =>
+      page.$eval('figure[data-chart="gate-use"] svg', (svg) => ({
+        cells: svg.querySelectorAll('g.mark-rect.role-mark path').length,
+        labels: [...svg.querySelectorAll('g.mark-text.role-mark text')].map((t) => t.textContent),
+      })),
+    );
     assert.ok(
       charts.some((c) => c.id === 'gate-use'),
       `charts ${charts.map((c) => c.id)}`,
     );
-    const page = await browser.newPage();
-    try {
-      await page.goto(pathToFileURL(join(out, 'report.html')).href, { waitUntil: 'load' });
-      // Vega draws each cell as a path in the rect mark's group; the text layer prints each weight.
-      const { cells, labels } = await page.$eval('figure[data-chart="gate-use"] svg', (svg) => ({
-        cells: svg.querySelectorAll('g.mark-rect.role-mark path').length,
-        labels: [...svg.querySelectorAll('g.mark-text.role-mark text')].map((t) => t.textContent),
-      }));
-      assert.equal(cells, 4 * 2, 'a cell per site and modality');
-      assert.equal(labels.length, 4 * 2);
-      assert.ok(
-        labels.every((l) => /^[01]\.\d\d$/.test(l ?? '')),
-        `weights printed: ${labels}`,
-      );
-    } finally {
-      await page.close();
-    }
+    const { cells, labels } = extra!;
+    assert.equal(cells, 4 * 2, 'a cell per site and modality');
+    assert.equal(labels.length, 4 * 2);
+    assert.ok(
+      labels.every((l) => /^[01]\.\d\d$/.test(l ?? '')),
+      `weights printed: ${labels}`,
+    );
   });
 
   it("report.html of a multi-task run: each task's charts drawn, a table row per task", async () => {
-    const out = mkdtempSync(join(tmpdir(), 'dflmoe-report-browser-mt-'));
-    const r = cli([
-      'simulate',
-      '--dataset',
-      'digits-tasks',
-      '--peers',
-      '3',
-      '--rounds',
-      '2',
-      '--algorithms',
-      'dflmoe,local',
-      '--site-tasks',
-      'digit;value,digit',
-      '--train-per-site',
-      '40',
-      '--quiet',
-      '--out',
-      out,
-    ]);
-    assert.equal(r.status, 0, r.stderr);
+    const out = simulateInto(
+      '--dataset digits-tasks --peers 3 --rounds 2 --algorithms dflmoe,local --site-tasks digit;value,digit --train-per-site 40',
+      'dflmoe-report-browser-mt-',
+    );
     const { charts, table } = await openReport(out);
     const ids = charts.map((c) => c.id);
     for (const id of ['accuracy-per-round', 'accuracy-per-peer', 'accuracy-per-round:value', 'accuracy-per-peer:value'])

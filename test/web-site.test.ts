@@ -16,50 +16,60 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
-import type { ElementHandle, Page } from 'puppeteer-core';
+import type { Page } from 'puppeteer-core';
 import { freePort, startProcess, waitExit } from '@dflmoe/cli/internal';
 import { generateIdentity, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
 import { serveWebApp, type WebAppServer } from '@dflmoe/web';
 import { loadSite } from '@dflmoe/core';
 import { cli, majorityRate, until } from './helpers.js';
-import { launchChromium } from './browser.js';
+import { fillJoin, openTab, runEnd, sharedChromium } from './browser.js';
 import { imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
 
 const message = (page: Page) => page.$eval('#message', (m) => m.textContent ?? '');
+/** The model, training and waits of the node sites that train 3 rounds with tabs. */
+const NODE_SITE = {
+  model: { body: 'mlp:32', featureDim: 16 },
+  train: { learningRate: 0.01 },
+  rounds: 3,
+  round: { deadlineMs: 30000 },
+  preprocess: { deadlineMs: 120000 },
+  lingerMs: 5000,
+};
 
 describe('a site in a browser tab (dflmoe web)', function () {
   this.timeout(300000);
   let procs: ChildProcess[] = [];
   let web: WebAppServer | undefined;
-  let chromium: Awaited<ReturnType<typeof launchChromium>> | undefined;
+  const browser = sharedChromium();
   after(async () => {
     for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
     procs = [];
-    await chromium?.close();
     await web?.close();
   });
 
   it('joins two node sites from a tab: CSV read in the page, 3 rounds, heads both ways, no row sent, a download that dflmoe evaluate reads', async () => {
     const dir = tmpDir('dflmoe-web-');
     web = await serveWebApp({ listen: '127.0.0.1:0' });
-    chromium = await launchChromium();
-    const page = await chromium.browser.newPage();
-    const errors: string[] = [];
-    page.on('pageerror', (e) => errors.push(String(e)));
     // Every HTTP request the page makes, with its body: it may fetch the app's files, nothing else.
     const requests: { url: string; method: string; body?: string }[] = [];
-    page.on('request', (r) => requests.push({ url: r.url(), method: r.method(), body: r.postData() }));
-    const cdp = await page.createCDPSession();
-    await cdp.send('Network.enable');
     const sockets: string[] = [];
-    cdp.on('Network.webSocketCreated', (e: { url: string }) => sockets.push(e.url));
-    await cdp.send('Browser.setDownloadBehavior', { behavior: 'allow', downloadPath: dir });
     // The page says so when no member can be reached after 3 s (15 s by default).
-    await page.goto(`${web.url}?unreachable=3000`);
-    const tabId = await page.waitForFunction(() => document.body.dataset.peerId, { timeout: 60000 }).then((h) => h.jsonValue() as Promise<string>);
+    const {
+      page,
+      peerId: tabId,
+      errors,
+    } = await openTab(await browser(), `${web.url}?unreachable=3000`, async (page) => {
+      page.on('request', (r) => requests.push({ url: r.url(), method: r.method(), body: r.postData() }));
+      const cdp = await page.createCDPSession();
+      await cdp.send('Network.enable');
+      cdp.on('Network.webSocketCreated', (e: { url: string }) => sockets.push(e.url));
+      await cdp.send('Browser.setDownloadBehavior', { behavior: 'allow', downloadPath: dir });
+    });
     assert.match(tabId, /^12D3KooW/);
     const backend = await page.waitForFunction(() => document.body.dataset.backend, { timeout: 60000 }).then((h) => h.jsonValue());
     assert.ok(['webgl', 'wasm', 'cpu'].includes(String(backend)), String(backend));
+    // Software WebGL (SwiftShader, as on a machine without a GPU) is skipped for wasm, and the log says why.
+    if (backend !== 'webgl') assert.match(await page.$eval('#log', (l) => l.textContent ?? ''), /webgl not used: /);
 
     // Two node sites that list the tab among their members, each with its own CSV.
     const nodes = await Promise.all(
@@ -81,12 +91,7 @@ describe('a site in a browser tab (dflmoe web)', function () {
         listen: [`/ip4/127.0.0.1/tcp/${n.tcp}`, `/ip4/127.0.0.1/tcp/${n.ws}/ws`],
         members,
         data: { dataset: `csv:${n.name}.csv`, labelColumn: 'diagnosis', drop: ['id'] },
-        model: { body: 'mlp:32', featureDim: 16 },
-        train: { learningRate: 0.01 },
-        rounds: 3,
-        round: { deadlineMs: 30000 },
-        preprocess: { deadlineMs: 120000 },
-        lingerMs: 5000,
+        ...NODE_SITE,
         out: n.name,
       };
       parsePeerConfig(cfg, n.config, dir);
@@ -98,24 +103,21 @@ describe('a site in a browser tab (dflmoe web)', function () {
     assert.ok(details.members.find((m) => m.peerId === nodes[0].peerId)!.addrs.includes(`/ip4/127.0.0.1/tcp/${nodes[0].ws}/ws`), joinRun.stdout);
 
     // Bad input first: each says what to fix, and nothing starts.
-    await page.$eval('#join-text', (t) => ((t as HTMLTextAreaElement).value = '{"format": "dflmoe-join/1", "members": ['));
+    await fillJoin(page, '{"format": "dflmoe-join/1", "members": [');
     await page.click('#join');
     assert.match(await message(page), /not JSON.*--print-join/);
-    await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), joinRun.stdout);
+    await fillJoin(page, joinRun.stdout);
     await page.click('#join');
     assert.match(await message(page), /pick this site's data: a CSV file/);
     const notMember = JSON.stringify({ ...details, members: details.members.filter((m) => m.peerId !== tabId) });
-    await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), notMember);
     const csv = writeText(join(dir, 'clinic.csv'), patientsCsv({ seed: 23, rows: 130, missing: 0.1, wards: ['north', 'east'], ageShift: 4 }));
-    const input = (await page.$('#csv-file')) as ElementHandle<HTMLInputElement> | null;
-    await input!.uploadFile(csv);
+    await fillJoin(page, notMember, csv);
     await page.click('#join');
     await page.waitForFunction(() => document.body.dataset.phase === 'failed', { timeout: 60000 });
     assert.match(await message(page), new RegExp(`this site \\(${tabId}\\) is not among the consortium's members yet`));
     // A CSV without the consortium's label column: the message names the setting.
     const noLabel = writeText(join(dir, 'no-label.csv'), patientsCsv({ seed: 5, rows: 40, unlabelled: true }));
-    await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), joinRun.stdout);
-    await input!.uploadFile(noLabel);
+    await fillJoin(page, joinRun.stdout, noLabel);
     await page.evaluate(() => delete document.body.dataset.phase);
     await page.click('#join');
     await page.waitForFunction(() => document.body.dataset.phase === 'failed', { timeout: 60000 });
@@ -126,8 +128,7 @@ describe('a site in a browser tab (dflmoe web)', function () {
       ...details,
       members: [{ peerId: nodes[0].peerId, name: 'gone', addrs: [`/ip4/127.0.0.1/tcp/${closed}/ws/p2p/${nodes[0].peerId}`] }, { peerId: tabId }],
     });
-    await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), unreachable);
-    await input!.uploadFile(csv);
+    await fillJoin(page, unreachable, csv);
     await page.click('#join');
     await page.waitForFunction(() => document.body.dataset.unreachable === 'true', { timeout: 60000 });
     assert.match(await message(page), new RegExp(`no member can be reached yet \\(tried /ip4/127.0.0.1/tcp/${closed}/ws/.*WebSockets address`));
@@ -137,12 +138,10 @@ describe('a site in a browser tab (dflmoe web)', function () {
     // The real run.
     const ps = nodes.map((n) => startProcess(['peer', '--config', n.config], `${n.out}.log`));
     procs.push(...ps);
-    await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), joinRun.stdout);
-    await page.type('#site-name', 'clinic-tab');
+    await fillJoin(page, joinRun.stdout, undefined, { name: 'clinic-tab' });
     await page.click('#join');
-    await page.waitForFunction(() => ['done', 'failed'].includes(document.body.dataset.phase ?? ''), { timeout: 240000, polling: 500 });
-    const log = await page.$eval('#log', (l) => l.textContent ?? '');
-    assert.equal(await page.evaluate(() => document.body.dataset.phase), 'done', `${await message(page)}\n${log.slice(-3000)}`);
+    const end = await runEnd(page, 240000);
+    assert.equal(end.phase, 'done', `${end.message}\n${end.log}`);
     assert.deepEqual(
       await Promise.all(ps.map((p) => waitExit(p, 120000))),
       [0, 0],
@@ -222,16 +221,15 @@ describe('a site in a browser tab (dflmoe web)', function () {
   it("two tabs reach each other over WebRTC through a member's relay: each mixes the other's head", async () => {
     const dir = tmpDir('dflmoe-web2-');
     web ??= await serveWebApp({ listen: '127.0.0.1:0' });
-    chromium ??= await launchChromium();
+    const chromium = await browser();
     // Two browser profiles (incognito contexts): two keys, two sites.
     const tabs = await Promise.all(
       [0, 1].map(async (i) => {
-        const context = await chromium!.browser.createBrowserContext();
-        const page = await context.newPage();
+        const context = await chromium.createBrowserContext();
         // wasm: two tabs training at once on software WebGL (no GPU here) would crawl.
-        if (process.env.DEBUG_TABS) page.on('console', (m) => console.log(`tab-${i}:`, m.text().slice(0, 400)));
-        await page.goto(`${web!.url}?backend=wasm`);
-        const peerId = await page.waitForFunction(() => document.body.dataset.peerId, { timeout: 60000 }).then((h) => h.jsonValue() as Promise<string>);
+        const { page, peerId } = await openTab(context, `${web!.url}?backend=wasm`, async (page) => {
+          if (process.env.DEBUG_TABS) page.on('console', (m) => console.log(`tab-${i}:`, m.text().slice(0, 400)));
+        });
         const csv = writeText(join(dir, `tab-${i}.csv`), patientsCsv({ seed: 31 + i, rows: 120, missing: 0.1, wards: ['north', 'east'] }));
         return { page, peerId, csv, name: `tab-${i}` };
       }),
@@ -248,12 +246,7 @@ describe('a site in a browser tab (dflmoe web)', function () {
       members: [{ name: 'hub', peerId: id.peerId }, ...tabs.map((t) => ({ name: t.name, peerId: t.peerId }))],
       relay: { serve: true },
       data: { dataset: 'csv:hub.csv', labelColumn: 'diagnosis', drop: ['id'] },
-      model: { body: 'mlp:32', featureDim: 16 },
-      train: { learningRate: 0.01 },
-      rounds: 3,
-      round: { deadlineMs: 30000 },
-      preprocess: { deadlineMs: 120000 },
-      lingerMs: 5000,
+      ...NODE_SITE,
       out: 'hub',
     };
     writeFileSync(join(dir, 'hub.json'), JSON.stringify(cfg, null, 2));
@@ -263,15 +256,12 @@ describe('a site in a browser tab (dflmoe web)', function () {
     assert.equal(printed.status, 0, printed.stderr);
     assert.deepEqual((JSON.parse(printed.stdout) as { relays: string[] }).relays, [`/ip4/127.0.0.1/tcp/${ws}/ws/p2p/${id.peerId}`]);
     for (const t of tabs) {
-      await t.page.$eval('#join-text', (el, j) => ((el as HTMLTextAreaElement).value = j), printed.stdout);
-      await ((await t.page.$('#csv-file')) as ElementHandle<HTMLInputElement>).uploadFile(t.csv);
-      await t.page.type('#site-name', t.name);
+      await fillJoin(t.page, printed.stdout, t.csv, { name: t.name });
       await t.page.click('#join');
     }
     for (const t of tabs) {
-      await t.page.waitForFunction(() => ['done', 'failed'].includes(document.body.dataset.phase ?? ''), { timeout: 240000, polling: 500 });
-      const log = await t.page.$eval('#log', (l) => l.textContent ?? '');
-      assert.equal(await t.page.evaluate(() => document.body.dataset.phase), 'done', `${t.name}: ${await message(t.page)}\n${log.slice(-3000)}`);
+      const end = await runEnd(t.page, 240000);
+      assert.equal(end.phase, 'done', `${t.name}: ${end.message}\n${end.log}`);
     }
     assert.equal(await waitExit(hub, 120000), 0, readFileSync(join(dir, 'hub.log'), 'utf8').slice(-2000));
     for (const [t, other] of [
@@ -292,11 +282,11 @@ describe('a site in a browser tab (dflmoe web)', function () {
   it('an image folder picked in the page: decoded by the browser, trained in the tab; the download predicts the same folder decoded by sharp', async () => {
     const dir = tmpDir('dflmoe-web3-');
     web ??= await serveWebApp({ listen: '127.0.0.1:0' });
-    chromium ??= await launchChromium();
-    const page = await chromium.browser.newPage();
-    await (await page.createCDPSession()).send('Browser.setDownloadBehavior', { behavior: 'allow', downloadPath: dir });
-    await page.goto(`${web.url}?backend=wasm`);
-    const tabId = await page.waitForFunction(() => document.body.dataset.peerId, { timeout: 60000 }).then((h) => h.jsonValue() as Promise<string>);
+    // WebGL, forced: the tab picks it by itself only where a GPU draws it; here it is software-rendered, slow but correct.
+    const { page, peerId: tabId } = await openTab(await browser(), `${web.url}?backend=webgl`, (page) =>
+      page.createCDPSession().then((cdp) => cdp.send('Browser.setDownloadBehavior', { behavior: 'allow', downloadPath: dir })),
+    );
+    assert.equal(await page.waitForFunction(() => document.body.dataset.backend, { timeout: 60000 }).then((h) => h.jsonValue()), 'webgl');
     // A consortium of one (the tab): nothing to wait for, the data path is what is tested.
     const details = {
       format: 'dflmoe-join/1',
@@ -307,13 +297,11 @@ describe('a site in a browser tab (dflmoe web)', function () {
       model: { body: 'mlp:32', featureDim: 16 },
     };
     const images = await imageFolder(join(dir, 'images'), { seed: 3, perClass: 20 });
-    await page.$eval('#join-text', (t, j) => ((t as HTMLTextAreaElement).value = j), JSON.stringify(details));
-    await ((await page.$('#image-folder')) as ElementHandle<HTMLInputElement>).uploadFile(images);
+    await fillJoin(page, JSON.stringify(details), images, { images: true });
     await page.click('#join');
-    await page.waitForFunction(() => ['done', 'failed'].includes(document.body.dataset.phase ?? ''), { timeout: 120000, polling: 500 });
-    const log = await page.$eval('#log', (l) => l.textContent ?? '');
-    assert.equal(await page.evaluate(() => document.body.dataset.phase), 'done', `${await message(page)}\n${log.slice(-2000)}`);
-    assert.match(log, /image folder: 40 images in 2 classes, 12x12x1/);
+    const end = await runEnd(page, 120000);
+    assert.equal(end.phase, 'done', `${end.message}\n${end.log}`);
+    assert.match(end.log, /image folder: 40 images in 2 classes, 12x12x1/);
     const acc = Number(await page.evaluate(() => document.body.dataset.accuracy));
     assert.ok(acc >= 0.75, `tab accuracy ${acc}`);
     await page.click('#download');
@@ -327,14 +315,35 @@ describe('a site in a browser tab (dflmoe web)', function () {
     await page.close();
   });
 
+  it("the tab's wasm backend runs dflmoe's kernels, ?kernels=stock tfjs's own (to compare); a bad value says what to use", async () => {
+    web ??= await serveWebApp({ listen: '127.0.0.1:0' });
+    const chromium = await browser();
+    /** The page's kernels, its backend line and its message, at `query`. */
+    const shown = async (query: string) => {
+      const { page } = await openTab(chromium, `${web!.url}?${query}`);
+      try {
+        await page.waitForFunction(() => document.body.dataset.kernels || document.getElementById('message')!.textContent, { timeout: 60000 });
+        return await page.evaluate(() => [
+          document.body.dataset.kernels ?? '',
+          document.getElementById('backend')!.textContent,
+          document.getElementById('message')!.textContent,
+        ]);
+      } finally {
+        await page.close();
+      }
+    };
+    assert.deepEqual(await shown('backend=wasm'), ['dflmoe', 'compute: wasm (SIMD on)', '']);
+    assert.deepEqual(await shown('backend=wasm&kernels=stock'), ['stock', "compute: wasm (SIMD on, tfjs's own kernels)", '']);
+    const [kernels, , message] = await shown('backend=wasm&kernels=fast');
+    assert.equal(kernels, '', 'no backend, no kernels');
+    assert.match(message!, /^no compute backend could start in this browser: unknown kernels=fast in the page's address: use dflmoe or stock$/);
+  });
+
   it('a tab closed mid-run is a site that drops out: the node site finishes its rounds', async () => {
     const dir = tmpDir('dflmoe-web4-');
     web ??= await serveWebApp({ listen: '127.0.0.1:0' });
-    chromium ??= await launchChromium();
-    const context = await chromium.browser.createBrowserContext();
-    const page = await context.newPage();
-    await page.goto(`${web.url}?backend=wasm`);
-    const tabId = await page.waitForFunction(() => document.body.dataset.peerId, { timeout: 60000 }).then((h) => h.jsonValue() as Promise<string>);
+    const context = await (await browser()).createBrowserContext();
+    const { page, peerId: tabId } = await openTab(context, `${web.url}?backend=wasm`);
     const id = await generateIdentity();
     saveIdentity(join(dir, 'site.key'), id.privateKey, true);
     writeText(join(dir, 'site.csv'), patientsCsv({ seed: 40, rows: 120 }));
@@ -361,8 +370,7 @@ describe('a site in a browser tab (dflmoe web)', function () {
     procs.push(site);
     const printed = cli(['peer', '--config', join(dir, 'site.json'), '--print-join']);
     assert.equal(printed.status, 0, printed.stderr);
-    await page.$eval('#join-text', (el, j) => ((el as HTMLTextAreaElement).value = j), printed.stdout);
-    await ((await page.$('#csv-file')) as ElementHandle<HTMLInputElement>).uploadFile(join(dir, 'site.csv'));
+    await fillJoin(page, printed.stdout, join(dir, 'site.csv'));
     await page.click('#join');
     // Gone once the tab has trained a round with the site.
     await page.waitForFunction(() => Number(document.querySelector<HTMLElement>('#overview tbody tr[data-site]')?.dataset.round ?? 0) >= 1, {

@@ -8,7 +8,7 @@ import { JoinError, browserDialable, parseJoinDetails, type JoinDetails } from '
 import { mountLiveView, take } from '@dflmoe/live/view';
 import { tabIdentity } from './key.js';
 import { readImageFolder } from './images.js';
-import { runTabSite, siteArchive, tabBackend } from './site.js';
+import { runTabSite, siteArchive, tabBackend, tabKernels } from './site.js';
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
 const logBox = $('log');
@@ -62,10 +62,15 @@ void identity.then(
 );
 $('copy-id').addEventListener('click', () => void identity.then((id) => navigator.clipboard?.writeText(id.peerId)));
 
-void tabBackend(logger, new URLSearchParams(location.search).get('backend') ?? undefined).then(
+const pageParams = new URLSearchParams(location.search);
+void tabBackend(logger, pageParams.get('backend') ?? undefined, pageParams.get('kernels') ?? undefined).then(
   (b) => {
-    $('backend').textContent = `compute: ${b.name}${b.name === 'wasm' ? ` (SIMD ${b.simd ? 'on' : 'off'})` : ''}`;
+    const kernels = tabKernels(b);
+    const wasm = `SIMD ${b.simd ? 'on' : 'off'}${kernels === 'stock' ? ", tfjs's own kernels" : ''}`;
+    $('backend').textContent = `compute: ${b.name}${b.name === 'wasm' ? ` (${wasm})` : ''}`;
     document.body.dataset.backend = b.name;
+    document.body.dataset.kernels = kernels;
+    for (const s of b.skipped) logger.info(`${s.name} not used: ${s.reason}`);
   },
   (e) => message(`no compute backend could start in this browser: ${(e as Error).message}`, 'bad'),
 );
@@ -92,7 +97,7 @@ function readJoin(): JoinDetails | undefined {
 
 let running: AbortController | undefined;
 /** How long a run may go without any member connected before the page says so (?unreachable=<ms> for tests). */
-const UNREACHABLE_MS = Number(new URLSearchParams(location.search).get('unreachable') ?? 15000);
+const UNREACHABLE_MS = Number(pageParams.get('unreachable') ?? 15000);
 
 $('join').addEventListener('click', async () => {
   if (running) return;
@@ -157,6 +162,10 @@ $('join').addEventListener('click', async () => {
     document.body.dataset.accuracy = String(r.accuracy);
     document.body.dataset.rounds = String(r.rounds.length);
     document.body.dataset.experts = (r.rounds.at(-1)?.experts ?? []).map((e) => e.peer).join(' ');
+    // Each round's wall and training seconds, and the training rows (bench:tab reads them).
+    document.body.dataset.roundSeconds = r.rounds.map((l) => l.seconds).join(' ');
+    document.body.dataset.trainSeconds = r.rounds.map((l) => l.trainSeconds).join(' ');
+    document.body.dataset.trainSamples = String(r.trainSamples);
     message(`done: accuracy ${(r.accuracy * 100).toFixed(1)}% after ${r.rounds.length} rounds; download the trained site to run dflmoe predict on it`, 'ok');
     phase('done');
     $<HTMLButtonElement>('download').disabled = false;

@@ -6,6 +6,7 @@
  */
 import { webSockets } from '@libp2p/websockets';
 import { webRTC } from '@libp2p/webrtc';
+import { getKernel } from '@tensorflow/tfjs-core';
 import { BROWSER_BACKENDS, initBackend, type BackendInfo, type Logger, type StatusBoard } from '@dflmoe/core';
 import { runPeer, saveIdentity, siteConfigFromJoin, type JoinDetails, type PeerRunResult } from '@dflmoe/p2p';
 import type { SiteData } from '@dflmoe/data';
@@ -19,17 +20,51 @@ const OUT = `${SITE_ROOT}/out`;
 
 let backend: Promise<BackendInfo> | undefined;
 
+/** The page's `?kernels=`: dflmoe's wasm kernels (the default), or tfjs's own (`stock`) to compare. */
+export const KERNEL_SETS = ['dflmoe', 'stock'] as const;
+
 /**
- * WebGL where the browser has it, else wasm (its binaries served beside the
- * app), else plain JS; `force` (the page's `?backend=wasm`) picks one.
+ * The renderer's name when the browser's WebGL is drawn by the CPU
+ * (SwiftShader, llvmpipe: no GPU, or one the browser will not use), else
+ * undefined. Training there is several times slower than on wasm
+ * (`npm run bench:tab`: 8x for an MLP, 28x for a CNN on a 2-core machine).
  */
-export function tabBackend(logger?: Logger, force?: string): Promise<BackendInfo> {
+function softwareWebgl(): string | undefined {
+  let renderer: string;
+  try {
+    const gl = new OffscreenCanvas(1, 1).getContext('webgl2');
+    if (!gl) return undefined;
+    const info = gl.getExtension('WEBGL_debug_renderer_info');
+    renderer = String(gl.getParameter(info ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+    gl.getExtension('WEBGL_lose_context')?.loseContext();
+  } catch {
+    // A browser that cannot ask (no OffscreenCanvas WebGL): tfjs's own check decides.
+    return undefined;
+  }
+  return /swiftshader|llvmpipe|softpipe|software/i.test(renderer) ? renderer : undefined;
+}
+
+/**
+ * WebGL where the browser has it on a GPU, else wasm (its binaries served
+ * beside the app), else plain JS; `force` (the page's `?backend=wasm`)
+ * picks one.
+ * `kernels: 'stock'` (the page's `?kernels=stock`) keeps tfjs's own wasm
+ * kernels, as `DFLMOE_WASM_KERNELS=stock` does in Node: the tab's `process`
+ * shim holds the same variable, which the backend's start reads.
+ */
+export function tabBackend(logger?: Logger, force?: string, kernels?: string): Promise<BackendInfo> {
+  if (kernels !== undefined && !(KERNEL_SETS as readonly string[]).includes(kernels)) {
+    return Promise.reject(new Error(`unknown kernels=${kernels} in the page's address: use ${KERNEL_SETS.join(' or ')}`));
+  }
+  if (backend === undefined && kernels === 'stock') process.env.DFLMOE_WASM_KERNELS = 'stock';
   backend ??= initBackend({
     order: BROWSER_BACKENDS,
     ...(force ? { force } : {}),
     logger,
     loaders: {
       webgl: async () => {
+        const software = force?.trim().toLowerCase() === 'webgl' ? undefined : softwareWebgl();
+        if (software) throw new Error(`WebGL is software-rendered here (${software}), slower than wasm; ?backend=webgl uses it anyway`);
         await import('@tensorflow/tfjs-backend-webgl');
       },
       wasm: async () => {
@@ -42,6 +77,16 @@ export function tabBackend(logger?: Logger, force?: string): Promise<BackendInfo
     },
   });
   return backend;
+}
+
+/**
+ * Which wasm kernels the tab runs: `dflmoe` when the backend start registered
+ * dflmoe's own (they register together; the fused Adam step is the one a
+ * name shows), `stock` when it kept tfjs's, `none` on another backend.
+ */
+export function tabKernels(b: BackendInfo): 'dflmoe' | 'stock' | 'none' {
+  if (b.name !== 'wasm') return 'none';
+  return getKernel('DflmoeAdamStep', 'wasm') ? 'dflmoe' : 'stock';
 }
 
 export interface TabSiteOptions {
