@@ -56,6 +56,9 @@ describe('experts across tasks over TCP (site processes)', function () {
         .trim()
         .split('\n');
       for (const l of lines) assert.deepEqual((JSON.parse(l) as { dropped: object }).dropped, {}, `site-${s}`);
+      // Each round's line carries the read-outs' reliance (what the live view draws by round); the last round's is the results'.
+      const last = JSON.parse(lines.at(-1)!) as RoundLine;
+      assert.deepEqual(last.reliance, tcp.algorithms.dflmoe!.peers[s].gateWeights, `site-${s}`);
     }
   });
 

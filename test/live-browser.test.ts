@@ -226,12 +226,26 @@ describe('live view in a browser', function () {
       { dataset: 'digits', peers: 4, rounds: 2, partition: 'iid', siteModalities: ['image', 'table'], algorithms: ['dflmoe'], seed: 2 },
       { logger: silentLogger, status: board },
     );
+    // And a multi-task site with experts across tasks: what each task's read-out leans on, by round.
+    const xt = board.site({ id: 'lab', algorithm: 'dflmoe-tasks', rounds: 2 });
+    const reliance = [
+      { 'high <- digit': 0.7, 'high <- parity': 0.3 },
+      { 'high <- digit': 0.9, 'high <- parity': 0.1 },
+    ];
+    reliance.forEach((g, i) => xt.round({ round: i + 1, accuracy: 0.9, loss: 0.3, seconds: 0.1, bytesSent: 1, bytesReceived: 1, reliance: g }));
     const server = await LiveServer.start({ board, listen: '127.0.0.1:0' });
     const page = await browser.newPage();
     try {
       await page.goto(server.url);
       await page.waitForSelector('[data-card] svg[aria-label$="by modality"] rect.cell');
-      const drawn = await page.$$eval('[data-card]', (cards) =>
+      const across = await page.$$eval('[data-card="dflmoe-tasks/lab"] svg[aria-label$="across tasks"] rect.cell title', (ts) => ts.map((t) => t.textContent!));
+      assert.deepEqual(across.sort(), [
+        'high <- digit, round 1: 70.0%',
+        'high <- digit, round 2: 90.0%',
+        'high <- parity, round 1: 30.0%',
+        'high <- parity, round 2: 10.0%',
+      ]);
+      const drawn = await page.$$eval('[data-card^="dflmoe/"]', (cards) =>
         cards.map((c) => ({
           card: (c as HTMLElement).dataset.card!,
           cells: [...c.querySelectorAll('svg[aria-label$="by modality"] rect.cell title')].map((t) => t.textContent!),

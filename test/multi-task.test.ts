@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import {
+  StatusBoard,
   RdpAccountant,
   algorithmSettings,
   createMultiTaskSite,
@@ -435,12 +436,23 @@ describe('multi-task sites', () => {
     };
     const before = tf.memory().numTensors;
     const plain = await simulate(cfg, { logger: silentLogger });
-    const cross = await simulate({ ...cfg, crossTask: true }, { logger: silentLogger });
+    const board = new StatusBoard();
+    const cross = await simulate({ ...cfg, crossTask: true }, { logger: silentLogger, status: board });
     assert.equal(tf.memory().numTensors, before, 'every tensor of both runs disposed');
     const c = cross.algorithms.dflmoe!;
     // The lone task's read-out leans on the digit heads most (digit >= 5 is a linear read-out of a digit's class probabilities).
     const w = c.peers[0].gateWeights!;
     assert.ok(w['high <- digit'] > w['high <- parity'] && w['high <- digit'] > w['high <- value'], JSON.stringify(w));
+    // The live view has that reliance round by round (the last round's is the results'), and a gate per task of a two-task site.
+    const live = new Map(board.snapshot().sites.map((s) => [s.id, s]));
+    const r0 = live.get('site-0')!.reliance!;
+    assert.equal(r0.length, 3);
+    assert.ok(r0.every((g) => g && Math.abs(Object.values(g).reduce((a, b) => a + b, 0) - 1) < 1e-5));
+    assert.deepEqual(r0[2], w);
+    // site-2's digit task mixes site-1's digit head; its value task has no other site's head (no gate for it).
+    const g2 = live.get('site-2')!.gate[2]!;
+    assert.deepEqual(Object.keys(g2).sort(), ['digit · site-1', 'digit · site-2']);
+    assert.ok(Math.abs(g2['digit · site-1'] + g2['digit · site-2'] - 1) < 1e-5);
     assert.ok(c.bytesSent > plain.algorithms.dflmoe!.bytesSent, 'every task head goes to every site');
     for (const p of c.peers) for (const t of Object.values(p.tasks)) assert.ok(Number.isFinite((t.accuracy ?? t.rmse) as number));
     // Off by default: the setting's absence and false give the same run.

@@ -29,6 +29,8 @@ export interface SiteRoundRecord {
   loss: number;
   /** dFLMoE: the experts the site's gate mixed this round and their mean gate weights (empty for other algorithms). */
   experts: ExpertInfo[];
+  /** A multi-task site with `crossTask`: how much each task's read-out leans on each other task after the round (`"<task> <- <other>"`: shares of its map weights). */
+  reliance?: Record<string, number>;
   /** Messages from other sites taken in this round. */
   fresh: number;
   /** dFLMoE: experts dropped as stale at the start of the round. */
@@ -121,6 +123,7 @@ export async function siteRound(site: AlgorithmSite, net: SiteNetwork, round: nu
   const s = networkStats(net);
   const b = net.bodies?.stats();
   const privacy = site.privacySpent();
+  const reliance = site.crossTaskReliance?.();
   return {
     round,
     accuracy: ev.accuracy,
@@ -128,6 +131,7 @@ export async function siteRound(site: AlgorithmSite, net: SiteNetwork, round: nu
     tasks: site.taskResults?.() ?? siteTasks(site.data, ev),
     loss: r.loss,
     experts: site.experts?.() ?? [],
+    ...(reliance ? { reliance } : {}),
     fresh: r.fresh,
     expired: r.expired ?? [],
     rejected: site.rejected(),

@@ -75,6 +75,8 @@ export interface SiteStatus {
   loss: (number | null)[];
   /** dFLMoE: the mean gate weight of each expert (by member id; the own head under the site's id) per round. */
   gate: (Record<string, number> | null)[];
+  /** A multi-task site with `crossTask`: how much each task's read-out leans on each other task (`"<task> <- <other>"`) per round, kept as `gate` is. */
+  reliance?: (Record<string, number> | null)[];
   /** Seconds each round took, and when it finished (ms since the epoch): the round timeline. */
   seconds: (number | null)[];
   /** null)[]; | When each round finished (ms since the epoch), kept as `accuracy` is. */
@@ -139,6 +141,7 @@ const siteStatusSchema = z.object({
   loss: perRound(num),
   metric: z.object({ task: text, name: text, higherIsBetter: z.boolean(), values: perRound(num) }).optional(),
   gate: perRound(z.record(text, z.number().finite()).nullable()),
+  reliance: perRound(z.record(text, z.number().finite()).nullable()).optional(),
   seconds: perRound(num),
   finishedAt: perRound(num),
   startedAt: count,
@@ -178,6 +181,8 @@ export interface RoundUpdate {
   loss: number;
   /** dFLMoE: the mean gate weight of each expert this round, by member id (the own head under the site's id). */
   gate?: Record<string, number>;
+  /** A multi-task site with `crossTask`: each task's reliance on each other task this round (`"<task> <- <other>"`). */
+  reliance?: Record<string, number>;
   /** Wall-clock seconds the round took. */
   seconds: number;
   /** Bytes sent so far, cumulative over the run (not this round's). */
@@ -199,7 +204,18 @@ export interface RoundUpdate {
 /** What the status takes of a round record. */
 export type RecordedRound = Pick<
   SiteRoundRecord,
-  'round' | 'accuracy' | 'tasks' | 'loss' | 'experts' | 'seconds' | 'bytesSent' | 'bytesReceived' | 'bodyBytesSent' | 'bodyBytesReceived' | 'privacy'
+  | 'round'
+  | 'accuracy'
+  | 'tasks'
+  | 'loss'
+  | 'experts'
+  | 'reliance'
+  | 'seconds'
+  | 'bytesSent'
+  | 'bytesReceived'
+  | 'bodyBytesSent'
+  | 'bodyBytesReceived'
+  | 'privacy'
 >;
 
 /** A change to what a site knows of a member (by id); fields left out stay as they were. */
@@ -208,21 +224,25 @@ export type MemberUpdate = Pick<MemberStatus, 'id'> & Partial<Omit<MemberStatus,
 /**
  * The gate weights of a round by expert: the received experts' mean weights
  * (`name` maps a peer to its id on the board), and the rest for the own head,
- * under `self`. Undefined without experts (algorithms that have no gate).
+ * under `self`. A multi-task site's experts carry their task: each task's
+ * gate is keyed `<task> · <id>`, its own head's share included. Undefined
+ * without experts (algorithms that have no gate).
  */
 export function gateWeights(
   self: string,
-  experts: readonly { peer: string; gateWeight: number }[],
+  experts: readonly { peer: string; gateWeight: number; task?: string }[],
   name: (peer: string) => string = (p) => p,
 ): Record<string, number> | undefined {
   if (experts.length === 0) return undefined;
+  // A multi-task site has a gate per task: its experts, and its own head, under `<task> · <id>`.
+  const key = (task: string | undefined, id: string) => (task === undefined ? id : `${task} · ${id}`);
+  const own = new Map<string | undefined, number>();
   const out: Record<string, number> = {};
-  let received = 0;
   for (const e of experts) {
-    out[name(e.peer)] = e.gateWeight;
-    received += e.gateWeight;
+    out[key(e.task, name(e.peer))] = e.gateWeight;
+    own.set(e.task, (own.get(e.task) ?? 0) + e.gateWeight);
   }
-  return { [self]: Math.max(0, 1 - received), ...out };
+  return { ...Object.fromEntries([...own].map(([task, received]) => [key(task, self), Math.max(0, 1 - received)])), ...out };
 }
 
 /** What the live view asks of an exchange (a `HeadExchange`): who is a member now, and their newest announced rounds. */
@@ -375,6 +395,7 @@ export class SiteFeed {
       ...headlineOf(r.tasks),
       loss: r.loss,
       gate: gateWeights(this.status.id, r.experts, name),
+      ...(r.reliance ? { reliance: r.reliance } : {}),
       seconds: r.seconds,
       bytesSent: r.bytesSent,
       bytesReceived: r.bytesReceived,
@@ -405,6 +426,7 @@ export class SiteFeed {
         : {}),
       loss: withRound(s.loss, u.round, finite(u.loss)),
       gate: withRound(s.gate, u.round, u.gate ?? null),
+      ...(u.reliance ? { reliance: withRound(s.reliance ?? [], u.round, u.reliance) } : {}),
       seconds: withRound(s.seconds, u.round, finite(u.seconds)),
       finishedAt: withRound(s.finishedAt, u.round, u.at ?? Date.now()),
       bytesSent: u.bytesSent,

@@ -251,6 +251,7 @@ function renderCard(s: SiteStatus): void {
   if (experts.length) gate.append(heatmap(experts, s.gate.length, (e, r) => s.gate[r - 1]?.[e], `gate weights of ${s.id}`));
   else gate.append(h('p', { class: 'muted' }, 'no gate (this algorithm mixes no experts)'));
   if (experts.length) gate.append(...modalityHeatmap(s, experts));
+  if (s.reliance?.some(Boolean)) gate.append(...relianceHeatmap(s, s.reliance));
   // Bytes, privacy, audit.
   const facts = h(
     'dl',
@@ -288,6 +289,16 @@ function modalityHeatmap(s: SiteStatus, experts: string[]): Node[] {
     h('h4', {}, "gate weights by the experts' modality (by round)"),
     h('p', { class: 'muted small' }, "the weights above summed over the heads of the sites that hold the data in each form, the own head's form included"),
     heatmap(forms as string[], s.gate.length, weight, `gate weights of ${s.id} by modality`),
+  ];
+}
+
+/** A multi-task site with `crossTask`: how much each task's read-out leans on each other task's heads, by round. */
+function relianceHeatmap(s: SiteStatus, reliance: (Record<string, number> | null)[]): Node[] {
+  const pairs = [...new Set(reliance.flatMap((g) => (g ? Object.keys(g) : [])))].sort();
+  return [
+    h('h4', {}, 'experts across tasks: what each task reads (by round)'),
+    h('p', { class: 'muted small' }, "each row a task and another task whose heads its read-out takes: that task's share of the read-out's weights"),
+    heatmap(pairs, reliance.length, (k, r) => reliance[r - 1]?.[k], `read-outs of ${s.id} across tasks`),
   ];
 }
 

@@ -130,6 +130,8 @@ export interface AlgorithmSite {
   rejected(): Record<string, number>;
   privacySpent(): { epsilon: number; delta: number; steps: number } | undefined;
   resultExtras?(): SiteResultExtras;
+  /** A multi-task site with `crossTask`: how much each task's read-out leans on each other task now (`"<task> <- <other>"`); undefined before it reads any. */
+  crossTaskReliance?(): Record<string, number> | undefined;
   /** Algorithms that average models: a string two sites share exactly when their models can be averaged. */
   architecture?(): string;
   checkpoint?: SiteCheckpointing;

@@ -450,14 +450,19 @@ export class MultiTaskSite implements AlgorithmSite {
 
   /** `crossTask`: how much each task's read-out leans on each other task (`<task> <- <other>`: the share of its map weights). */
   resultExtras() {
-    if (!this.crossTask || this.ownHeads.length === 0) return {};
-    const gateWeights: Record<string, number> = {};
+    const gateWeights = this.crossTaskReliance();
+    return gateWeights ? { gateWeights } : {};
+  }
+
+  crossTaskReliance(): Record<string, number> | undefined {
+    if (!this.crossTask || this.ownHeads.length === 0) return undefined;
+    const out: Record<string, number> = {};
     for (const p of this.parts) {
       const experts = this.crossExperts(p);
       const w = p.cross!.reliance(experts);
-      for (const e of experts) gateWeights[`${p.data.task.name} <- ${e.task}`] = (gateWeights[`${p.data.task.name} <- ${e.task}`] ?? 0) + w[e.id];
+      for (const e of experts) out[`${p.data.task.name} <- ${e.task}`] = (out[`${p.data.task.name} <- ${e.task}`] ?? 0) + w[e.id];
     }
-    return { gateWeights };
+    return out;
   }
 
   experts(): ExpertInfo[] {
