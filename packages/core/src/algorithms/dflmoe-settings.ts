@@ -62,7 +62,9 @@ export const dflmoeSettings = defineSettings({
       .min(0)
       .max(64)
       .default(0)
-      .describe("with a frozen body: each site also trains low-rank adapters of this rank on the body's dense layers and publishes them with its head (0: off)"),
+      .describe(
+        "with a frozen body: each site also trains low-rank adapters of this rank on the body's dense layers and publishes them with its head (0: off)",
+      ),
   },
   aliases: { maxExperts: { all: 0 } },
   // Shared bodies won with plain experts and two passes over the data per round (npm run bench:bodies).

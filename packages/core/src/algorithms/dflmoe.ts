@@ -165,9 +165,7 @@ export class DflmoePeer extends SupervisedModel {
     let result: ReceiveResult;
     try {
       const limits = { maxBytes: this.maxHeadBytes, maxParams: headParamCount(this.headSpec) + (this.lora?.paramCount() ?? 0) };
-      const head = this.lora
-        ? decodeLoraHead(payload, this.headSpec, this.lora.dims(), this.lora.rank, limits)
-        : decodeHead(payload, this.headSpec, limits);
+      const head = this.lora ? decodeLoraHead(payload, this.headSpec, this.lora.dims(), this.lora.rank, limits) : decodeHead(payload, this.headSpec, limits);
       if (head.peer !== from) result = 'sender-mismatch';
       else if (from === this.id) result = 'self';
       else if (head.version <= (this.pool.get(from)?.version ?? -1)) result = 'stale-version';
@@ -486,7 +484,8 @@ export class DflmoePeer extends SupervisedModel {
       v.assign(t);
       t.dispose();
     };
-    if ((meta.lora ?? 0) !== (this.lora?.rank ?? 0)) throw new Error(`checkpoint was written with loraRank ${meta.lora ?? 0}; this site uses ${this.lora?.rank ?? 0}`);
+    if ((meta.lora ?? 0) !== (this.lora?.rank ?? 0))
+      throw new Error(`checkpoint was written with loraRank ${meta.lora ?? 0}; this site uses ${this.lora?.rank ?? 0}`);
     this.head.forEach((l, i) => (assign(l.kernel, `head/${i}/kernel`), assign(l.bias, `head/${i}/bias`)));
     this.lora?.own.forEach((l, i) => (assign(l.a, `lora/${i}/a`), assign(l.b, `lora/${i}/b`)));
     assign(this.gate.hidden.kernel, 'gate/hidden/kernel');
