@@ -212,18 +212,19 @@ describe('LoRA adapters on a frozen body (loraRank)', function () {
     [...ps, fresh, other].forEach((p) => p.dispose());
   });
 
-  it('in the simulator: tensor counts steady across rounds, more bytes than heads alone, everything freed', async () => {
+  it('in the simulator: tensor counts steady across rounds, more bytes than heads alone and better on a random frozen body, everything freed', async () => {
     const t0 = tf.memory().numTensors;
     const counts: number[] = [];
     const cfg = { dataset: 'breast-cancer', peers: 3, rounds: 4, partition: 'iid', algorithms: ['dflmoe' as const], freezeBody: true };
-    const r = await simulate({ ...cfg, loraRank: 4 }, { logger: quiet, onRound: () => counts.push(tf.memory().numTensors) });
+    const r = await simulate({ ...cfg, loraRank: 4, loraScale: 1 }, { logger: quiet, onRound: () => counts.push(tf.memory().numTensors) });
     assert.deepEqual(counts.slice(2), [counts[1], counts[1]], `tensor counts per round: ${counts}`);
     assert.equal(tf.memory().numTensors, t0, 'the run frees its tensors');
     const heads = await simulate(cfg, { logger: quiet });
     const a = r.algorithms.dflmoe!;
     const h = heads.algorithms.dflmoe!;
     assert.ok(a.bytesSent > h.bytesSent, `bytes with adapters ${a.bytesSent}, heads alone ${h.bytesSent}`);
-    assert.ok(a.accuracy.mean > 0.8, `accuracy ${a.accuracy.mean}`);
+    // A random frozen body gives poor features; adapters at full scale (loraScale 1) let every site fix them.
+    assert.ok(a.accuracy.mean > h.accuracy.mean + 0.1, `accuracy with adapters ${a.accuracy.mean}, heads alone ${h.accuracy.mean}`);
     assert.ok(a.peers.every((p) => Object.keys(p.rejectedHeads ?? {}).length === 0));
   });
 

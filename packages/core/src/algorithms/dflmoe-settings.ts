@@ -65,6 +65,12 @@ export const dflmoeSettings = defineSettings({
       .describe(
         "with a frozen body: each site also trains low-rank adapters of this rank on the body's dense layers and publishes them with its head (0: off)",
       ),
+    loraScale: z
+      .number()
+      .gt(0)
+      .max(1)
+      .default(0.03)
+      .describe("loraRank: an adapter's update is this times A B (LoRA's alpha / r); larger moves the body further from the frozen one"),
   },
   aliases: { maxExperts: { all: 0 } },
   // Shared bodies won with plain experts and two passes over the data per round (npm run bench:bodies).

@@ -124,7 +124,7 @@ export class DflmoePeer extends SupervisedModel {
     this.maxExperts = s.maxExperts;
     this.selection = new ExpertSelection(this.maxExperts, o.exploreExperts ?? defaultExploration(this.maxExperts), this.train.seed);
     this.mixture = o.mixture ?? 'batched';
-    if (s.loraRank > 0) this.lora = new LoraBody(this.body, s.loraRank, deriveSeed(this.train.seed, 'lora'));
+    if (s.loraRank > 0) this.lora = new LoraBody(this.body, s.loraRank, s.loraScale, deriveSeed(this.train.seed, 'lora'));
     this.stacks = new ExpertStacks({
       pool: this.pool,
       gate: this.gate,
@@ -153,7 +153,8 @@ export class DflmoePeer extends SupervisedModel {
   /** Serialize the own head (with `loraRank`, and its adapters) for publishing. */
   encodeHead(version: number): Uint8Array {
     const layers = this.head.map((l) => ({ kernel: l.kernel.dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array }));
-    if (this.lora) return encodeLoraHead({ spec: this.headSpec, version, peer: this.id }, layers, this.lora.own, this.headPrecision);
+    const lora = this.lora;
+    if (lora) return tf.tidy(() => encodeLoraHead({ spec: this.headSpec, version, peer: this.id }, layers, lora.effective(), this.headPrecision));
     return encodeHead({ spec: this.headSpec, version, peer: this.id }, layers, this.headPrecision);
   }
 

@@ -77,9 +77,14 @@ export class LoraBody {
   /** The site's own adapters (trained with its head), one per adapted layer. */
   readonly own: LowRank<tf.Variable>[];
 
+  /**
+   * @param scale the own adapters' update is `scale * A B` (LoRA's alpha / r);
+   * they are published as `A` and `scale * B`, so receivers need not know it.
+   */
   constructor(
     body: tfl.LayersModel,
     readonly rank: number,
+    readonly scale: number,
     seed: number,
   ) {
     if (!(body instanceof tfl.Sequential))
@@ -139,8 +144,13 @@ export class LoraBody {
     return bias ? (tf.add(y, bias) as tf.Tensor2D) : y;
   }
 
-  /** Features of the body with one set of adapters, `[batch, featureDim]`. */
-  features(x: tf.Tensor, adapters: LowRank[] = this.own): tf.Tensor2D {
+  /** The own adapters as they act and are published: `A` and `scale * B`. */
+  effective(): LowRank[] {
+    return this.own.map((l) => ({ a: l.a, b: this.scale === 1 ? l.b : tf.mul(l.b, this.scale) }));
+  }
+
+  /** Features of the body with one set of adapters (default: the own), `[batch, featureDim]`. */
+  features(x: tf.Tensor, adapters: LowRank[] = this.effective()): tf.Tensor2D {
     let h = this.prefixOf(x);
     this.adapted.forEach((l, i) => {
       const low = tf.matMul(tf.matMul(h, adapters[i].a as tf.Tensor2D), adapters[i].b as tf.Tensor2D);
@@ -206,7 +216,7 @@ export function loraMixture(
   gate: Gate,
   activate: Activation,
 ): { probs: tf.Tensor2D; gates: tf.Tensor2D; logits: tf.Tensor3D; z: tf.Tensor2D } {
-  const Z = body.featuresStacked(x, [body.own, ...experts.map((e) => e.adapters)]);
+  const Z = body.featuresStacked(x, [body.effective(), ...experts.map((e) => e.adapters)]);
   const [K1, B, d] = Z.shape;
   const z = tf.reshape(tf.slice(Z, [0, 0, 0], [1, -1, -1]), [B, d]) as tf.Tensor2D;
   let h = tf.matMul(z, own[0].kernel as tf.Tensor2D);
