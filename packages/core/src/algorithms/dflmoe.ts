@@ -317,26 +317,18 @@ export class DflmoePeer extends SupervisedModel {
       );
     }
     this.gateTouched = true;
-    if (this.lora && pool.length > 0) {
+    // With adapters, every expert reads the body through its own (see `loraMixtureOf`).
+    if (this.mixture === 'per-expert' || pool.length === 0 || this.lora) {
       return trainEpochs(
         this.data,
         this.train,
         round,
         () => this.paramGroups(),
         (x, y) => {
-          const out = this.loraMixtureOf(x);
-          const own = tf.reshape(tf.slice(out.logits, [0, 0, 0], [-1, 1, -1]), [out.z.shape[0], this.headSpec.outputDim]) as tf.Tensor2D;
-          return loss(own, out.probs, y, true);
-        },
-      );
-    }
-    if (this.mixture === 'per-expert' || pool.length === 0) {
-      return trainEpochs(
-        this.data,
-        this.train,
-        round,
-        () => this.paramGroups(),
-        (x, y) => {
+          if (this.lora && pool.length > 0) {
+            const out = this.loraMixtureOf(x);
+            return loss(tf.reshape(tf.slice(out.logits, [0, 0, 0], [-1, 1, -1]), [out.z.shape[0], this.headSpec.outputDim]), out.probs, y, true);
+          }
           const z = this.features(x, true);
           const experts = this.experts();
           if (this.mixture === 'per-expert')
