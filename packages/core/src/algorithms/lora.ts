@@ -31,7 +31,7 @@ import {
   type EncodedHeadInfo,
   type Precision,
 } from '../codec.js';
-import { newVariable, type Activation, type DenseLayer, type Gate, type HeadSpec, type HeadWeights } from '../model.js';
+import { headLogits, newVariable, type Activation, type DenseLayer, type Gate, type HeadSpec, type HeadWeights } from '../model.js';
 
 /** One adapted layer's low-rank update `A B`: `a` is `[in, rank]`, `b` is `[rank, out]`. */
 export interface LowRank<T extends tf.Tensor = tf.Tensor> {
@@ -216,33 +216,55 @@ export function loraMixture(
   gate: Gate,
   activate: Activation,
 ): { probs: tf.Tensor2D; gates: tf.Tensor2D; logits: tf.Tensor3D; z: tf.Tensor2D } {
-  const Z = body.featuresStacked(x, [body.effective(), ...experts.map((e) => e.adapters)]);
-  const [K1, B, d] = Z.shape;
-  const z = tf.reshape(tf.slice(Z, [0, 0, 0], [1, -1, -1]), [B, d]) as tf.Tensor2D;
-  let h = tf.matMul(z, own[0].kernel as tf.Tensor2D);
-  own.forEach((l, i) => {
-    if (i > 0) h = tf.matMul(tf.relu(h), l.kernel as tf.Tensor2D);
-    h = tf.add(h, l.bias);
-  });
-  let logits = tf.expandDims(h, 1) as tf.Tensor3D;
-  if (K1 > 1) {
-    let e: tf.Tensor3D = tf.slice(Z, [1, 0, 0], [-1, -1, -1]); // [K, B, d]
-    const fst = experts[0].fst;
-    if (fst) {
-      const w = tf.stack(experts.map((x) => x.fst!.kernel));
-      const shift = tf.expandDims(tf.stack(experts.map((x) => x.fst!.bias)), 1);
-      e = tf.add(fst.kernel.rank === 1 ? tf.mul(e, tf.expandDims(w, 1)) : tf.matMul(e, w as tf.Tensor3D), shift);
-    }
-    experts[0].head.forEach((_, i) => {
-      if (i > 0) e = tf.relu(e);
-      const k = tf.stack(experts.map((x) => x.head[i].kernel)) as tf.Tensor3D;
-      e = tf.add(tf.matMul(e, k), tf.expandDims(tf.stack(experts.map((x) => x.head[i].bias)), 1));
-    });
-    logits = tf.concat([logits, tf.transpose(e, [1, 0, 2])], 1) as tf.Tensor3D;
-  }
+  // The own features apart from the experts': only they lead to variables, so the backward pass skips the experts' body passes.
+  const z = body.features(x);
+  let logits = tf.expandDims(headLogits(own, z), 1) as tf.Tensor3D;
+  if (experts.length > 0)
+    logits = tf.concat(
+      [
+        logits,
+        tf.transpose(
+          expertLogits(
+            body.featuresStacked(
+              x,
+              experts.map((e) => e.adapters),
+            ),
+            experts,
+          ),
+          [1, 0, 2],
+        ),
+      ],
+      1,
+    ) as tf.Tensor3D;
   const gates = gate.weights(z, [ownId, ...experts.map((e) => e.id)]);
   const probs = tf.sum(tf.mul(activate(logits), tf.expandDims(gates, 2)), 1) as tf.Tensor2D;
   return { probs, gates, logits, z };
+}
+
+/**
+ * Logits `[K, batch, out]` of K experts on their own features `e` `[K, batch, d]`:
+ * each one's transform folded into its head's first layer (`W H`, `b H + c`:
+ * both linear), as `stackedLogits` does, then the further head layers.
+ */
+function expertLogits(e: tf.Tensor3D, experts: LoraExpert[]): tf.Tensor3D {
+  const stacked = (i: number) => ({
+    kernel: tf.stack(experts.map((x) => x.head[i].kernel)) as tf.Tensor3D,
+    bias: tf.expandDims(tf.stack(experts.map((x) => x.head[i].bias)), 1) as tf.Tensor3D,
+  });
+  let { kernel, bias } = stacked(0);
+  const fst = experts[0].fst;
+  if (fst) {
+    const w = tf.stack(experts.map((x) => x.fst!.kernel));
+    const b = tf.expandDims(tf.stack(experts.map((x) => x.fst!.bias)), 1) as tf.Tensor3D;
+    bias = tf.add(tf.matMul(b, kernel), bias);
+    kernel = fst.kernel.rank === 1 ? tf.mul(tf.expandDims(w, 2), kernel) : tf.matMul(w as tf.Tensor3D, kernel);
+  }
+  let h = tf.add(tf.matMul(e, kernel), bias) as tf.Tensor3D;
+  for (let i = 1; i < experts[0].head.length; i++) {
+    const l = stacked(i);
+    h = tf.add(tf.matMul(tf.relu(h), l.kernel), l.bias);
+  }
+  return h;
 }
 
 // ---------------------------------------------------------------- wire
