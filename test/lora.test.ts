@@ -6,7 +6,7 @@
  * leaks across rounds.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -16,17 +16,22 @@ import {
   DflmoeSite,
   disposePeerData,
   encodeLoraHead,
+  decodeBundle,
   headLogits,
+  loadSite,
   restoreLatestCheckpoint,
   saveCheckpoint,
   silentLogger,
   simulate,
   sitePredictions,
   type DflmoeOptions,
+  type SavedSite,
   type HeadExchange,
   type PeerData,
 } from '@dflmoe/core/internal';
-import { parsePeerConfig } from '@dflmoe/p2p/internal';
+import { generateIdentity, parsePeerConfig, runPeer, saveIdentity } from '@dflmoe/p2p/internal';
+import { loadDataset } from '@dflmoe/data';
+import { tmpDir } from './fixtures/sites.js';
 import { backend, cliAsync, tinyPeers } from './helpers.js';
 
 const quiet = silentLogger;
@@ -226,6 +231,52 @@ describe('LoRA adapters on a frozen body (loraRank)', function () {
     // A random frozen body gives poor features; adapters at full scale (loraScale 1) let every site fix them.
     assert.ok(a.accuracy.mean > h.accuracy.mean + 0.1, `accuracy with adapters ${a.accuracy.mean}, heads alone ${h.accuracy.mean}`);
     assert.ok(a.peers.every((p) => Object.keys(p.rejectedHeads ?? {}).length === 0));
+  });
+
+  it('a site process with adapters: loadSite rebuilds them from the checkpoint, and predict and evaluate use them', async () => {
+    const dir = tmpDir('dflmoe-lora-site-');
+    const id = await generateIdentity();
+    saveIdentity(join(dir, 'site.key'), id.privateKey, true);
+    const cfg = parsePeerConfig(
+      {
+        name: 'lab',
+        key: 'site.key',
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        members: [{ name: 'lab', peerId: id.peerId }],
+        rounds: 2,
+        lingerMs: 0,
+        out: 'out',
+        data: { dataset: 'breast-cancer' },
+        model: { body: 'mlp:16', featureDim: 8, freezeBody: true },
+        dflmoe: { loraRank: 2, loraScale: 1 },
+        round: { deadlineMs: 1000 },
+      },
+      join(dir, 'site.json'),
+      dir,
+    );
+    await runPeer(cfg, { logger: quiet });
+    const ds = loadDataset('breast-cancer');
+    const site = await loadSite(cfg.out);
+    try {
+      const peer = ((site as SavedSite).site as DflmoeSite).peer;
+      assert.equal(peer.lora?.rank, 2, 'rebuilt with its adapters');
+      const state = decodeBundle(readFileSync(join(cfg.out, 'checkpoints', 'round-000002', 'state.bin')), { maxBytes: 2 ** 30 });
+      const saved = state.tensors.find((t) => t.name === 'lora/0/b')!;
+      assert.deepEqual(read(peer.lora!.own[0].b), saved.data, 'the checkpoint adapters');
+      assert.ok(saved.data.some((v) => v !== 0));
+      const x = ds.features.subarray(0, 100 * 30);
+      const with_ = site.predict(x);
+      // The same site with its adapters set to zero predicts otherwise: predict runs them.
+      const kept = peer.lora!.own.map((l) => read(l.b));
+      peer.lora!.own.forEach((l) => l.b.assign(tf.zerosLike(l.b)));
+      assert.notDeepEqual(site.predict(x).probabilities, with_.probabilities);
+      peer.lora!.own.forEach((l, i) => l.b.assign(tf.tensor(kept[i], l.b.shape)));
+      const labels = ds.labels.subarray(0, 100);
+      const hits = Array.from(labels).filter((y, i) => with_.predicted[i] === y).length;
+      assert.equal(site.evaluate(x, labels).accuracy, hits / 100, 'evaluate scores what predict predicts');
+    } finally {
+      site.dispose();
+    }
   });
 
   it('is a setting of the CLI and site configs, refused in one line without a frozen body', async () => {
