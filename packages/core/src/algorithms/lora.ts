@@ -5,15 +5,16 @@
  *
  * The adapted layers are the body's trailing run of dense layers (every
  * dense layer of an `mlp` body; the last one of a `cnn` body, whose
- * convolutions stay as they are). Each gets `W + A B` with `A: in x r`
- * (seeded Gaussian) and `B: r x out` (zero at the start, so the adapted
- * body starts as the pretrained one). What comes before the run (a
- * flatten, the convolutions) is computed once per batch for every expert;
- * the adapted layers run once per expert, batched.
+ * convolutions stay as they are). Each gets `W + s A B` with `A: in x r`
+ * (seeded Gaussian), `B: r x out` (zero at the start, so the adapted body
+ * starts as the pretrained one) and `s = loraScale`. What comes before the
+ * run (a flatten, the convolutions) and the first adapted layer's frozen
+ * product are computed once per batch for the own adapters and every
+ * expert's; the adapted layers run once per expert, batched.
  *
  * A site publishes its head together with its adapters (one head bundle:
- * the head's tensors, then `lora<i>/a`, `lora<i>/b`, and `lora: {rank}` in
- * the header). A received expert is `(frozen body + its adapters) -> its
+ * the head's tensors, then `lora<i>/a` with `A` and `lora<i>/b` with `s B`,
+ * and `lora: {rank}` in the header). A received expert is `(frozen body + its adapters) -> its
  * transform -> its head`, and the gate mixes the experts as without adapters.
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -62,6 +63,12 @@ const ACTIVATIONS: Record<string, (x: tf.Tensor) => tf.Tensor> = {
   sigmoid: (x) => tf.sigmoid(x),
   elu: (x) => tf.elu(x),
 };
+
+/** A batch's pass through the frozen part, shared by every set of adapters (`LoraBody.shared`). */
+export interface SharedPass {
+  h0: tf.Tensor2D;
+  base0: tf.Tensor2D;
+}
 
 interface AdaptedLayer {
   layer: tfl.layers.Layer;
@@ -149,24 +156,31 @@ export class LoraBody {
     return this.own.map((l) => ({ a: l.a, b: this.scale === 1 ? l.b : tf.mul(l.b, this.scale) }));
   }
 
+  /** What every set of adapters shares for a batch: the frozen part before them, and the first adapted layer's frozen product. */
+  shared(x: tf.Tensor): SharedPass {
+    const h0 = this.prefixOf(x);
+    return { h0, base0: this.dense(this.adapted[0], h0) };
+  }
+
   /** Features of the body with one set of adapters (default: the own), `[batch, featureDim]`. */
-  features(x: tf.Tensor, adapters: LowRank[] = this.effective()): tf.Tensor2D {
-    let h = this.prefixOf(x);
+  features(x: tf.Tensor | SharedPass, adapters: LowRank[] = this.effective()): tf.Tensor2D {
+    const { h0, base0 } = x instanceof tf.Tensor ? this.shared(x) : x;
+    let h = h0;
     this.adapted.forEach((l, i) => {
       const low = tf.matMul(tf.matMul(h, adapters[i].a as tf.Tensor2D), adapters[i].b as tf.Tensor2D);
-      h = l.activate(tf.add(this.dense(l, h), low)) as tf.Tensor2D;
+      h = l.activate(tf.add(i === 0 ? base0 : this.dense(l, h), low)) as tf.Tensor2D;
     });
     return h;
   }
 
   /**
    * Features of the body with K sets of adapters at once, `[K, batch,
-   * featureDim]`: the prefix and the first frozen product are computed once,
-   * every adapted layer after the first once per set (batched).
+   * featureDim]`: the prefix and the first frozen product are computed once
+   * (or given), every adapted layer after the first once per set (batched).
    */
-  featuresStacked(x: tf.Tensor, sets: LowRank[][]): tf.Tensor3D {
+  featuresStacked(x: tf.Tensor | SharedPass, sets: LowRank[][]): tf.Tensor3D {
     const K = sets.length;
-    const h0 = this.prefixOf(x);
+    const { h0, base0 } = x instanceof tf.Tensor ? this.shared(x) : x;
     const B = h0.shape[0];
     let h!: tf.Tensor3D;
     this.adapted.forEach((l, i) => {
@@ -178,7 +192,7 @@ export class LoraBody {
         // One [in, K*r] product for every set's A.
         const ha = tf.matMul(h0, tf.reshape(tf.transpose(a, [1, 0, 2]), [l.inputDim, K * r]) as tf.Tensor2D);
         const low = tf.matMul(tf.transpose(tf.reshape(ha, [B, K, r]), [1, 0, 2]) as tf.Tensor3D, b);
-        pre = tf.add(tf.expandDims(this.dense(l, h0), 0), low);
+        pre = tf.add(tf.expandDims(base0, 0), low);
       } else {
         const base = tf.reshape(this.dense(l, tf.reshape(h, [K * B, l.inputDim])), [K, B, l.units]);
         pre = tf.add(base, tf.matMul(tf.matMul(h, a), b));
@@ -216,8 +230,9 @@ export function loraMixture(
   gate: Gate,
   activate: Activation,
 ): { probs: tf.Tensor2D; gates: tf.Tensor2D; logits: tf.Tensor3D; z: tf.Tensor2D } {
-  // The own features apart from the experts': only they lead to variables, so the backward pass skips the experts' body passes.
-  const z = body.features(x);
+  // The own features apart from the experts' (the frozen part shared): only they lead to variables, so the backward pass skips the experts' body passes.
+  const pass = body.shared(x);
+  const z = body.features(pass);
   let logits = tf.expandDims(headLogits(own, z), 1) as tf.Tensor3D;
   if (experts.length > 0)
     logits = tf.concat(
@@ -226,7 +241,7 @@ export function loraMixture(
         tf.transpose(
           expertLogits(
             body.featuresStacked(
-              x,
+              pass,
               experts.map((e) => e.adapters),
             ),
             experts,
