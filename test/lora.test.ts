@@ -11,9 +11,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import * as tf from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
 import {
   DflmoePeer,
   DflmoeSite,
+  LoraBody,
+  buildBody,
   disposePeerData,
   encodeLoraHead,
   decodeBundle,
@@ -114,6 +117,22 @@ describe('LoRA adapters on a frozen body (loraRank)', function () {
     const moved = tf.tidy(() => tf.max(tf.abs(tf.sub(p.features(x, false), p.body.apply(x) as tf.Tensor))).dataSync()[0]);
     assert.ok(moved > 1e-4, `the adapted features differ from the frozen body's (${moved})`);
     p.dispose();
+  });
+
+  it("adapts a cnn body's last dense layer (the convolutions stay), and refuses a body it cannot adapt in one line", () => {
+    const cnn = buildBody({ kind: 'cnn', filters: [2] }, [4, 4, 1], 6, 1);
+    const lora = new LoraBody(cnn, 3, 1, 5);
+    assert.deepEqual(lora.dims(), [[8, 6]], 'conv 2 filters, 2x2 pooling: 2x2x2 = 8 inputs to the dense layer');
+    const x = tf.randomNormal([5, 4, 4, 1], 0, 1, 'float32', 3);
+    close(read(tf.tidy(() => lora.features(x))), read(tf.tidy(() => cnn.apply(x) as tf.Tensor)), 'cnn features at the start');
+    lora.dispose();
+    const input = tfl.input({ shape: [4] });
+    const functional = tfl.model({ inputs: input, outputs: tfl.layers.dense({ units: 2 }).apply(input) as tfl.SymbolicTensor });
+    assert.throws(() => new LoraBody(functional, 2, 1, 1), /^Error: loraRank needs a sequential body/);
+    const pooled = tfl.sequential({ layers: [tfl.layers.flatten({ inputShape: [4, 4, 1] })] });
+    assert.throws(() => new LoraBody(pooled, 2, 1, 1), /loraRank needs a body that ends in dense layers/);
+    tf.dispose([x]);
+    [cnn, functional, pooled].forEach((m) => m.dispose());
   });
 
   it('a received expert computes what its site computes: its head on the body through its adapters', async () => {
