@@ -40,6 +40,7 @@ function otherValue(name: string, dflt: unknown): unknown {
     admission: 0.5,
     gossipPeers: 4,
     crossTaskWeight: 0.3,
+    loraScale: 0.5,
   };
   if (name in special) return special[name];
   if (typeof dflt === 'boolean') return !dflt;
@@ -59,7 +60,9 @@ describe('algorithm settings: one schema, every entry point', () => {
       assert.ok((schema.description ?? '').length > 10 && !schema.description!.includes('\n'), `${name}: a one-line description`);
       const v = otherValue(name, settingDefault(schema));
       // Site config: its section and key, parsed and resolved.
-      const c = parsePeerConfig({ ...site, algorithm: 'dflmoe', ...toSections(SETTINGS, { [name]: v }) });
+      // Adapters need a frozen body.
+      const model = name === 'loraRank' ? { model: { freezeBody: true } } : {};
+      const c = parsePeerConfig({ ...site, algorithm: 'dflmoe', ...model, ...toSections(SETTINGS, { [name]: v }) });
       assert.deepEqual(fromSections(SETTINGS, c as never)[name], v, `${name} through ${configPath(SETTINGS, name)}`);
       // CLI: its flag, checked by the schema, and given (not defaulted).
       const args = typeof v === 'boolean' ? [flagOf(name)] : [flagOf(name), String(v)];

@@ -274,13 +274,17 @@ export interface EncodedHeadInfo {
 }
 
 export function encodeHead(info: EncodedHeadInfo, layers: { kernel: Float32Array; bias: Float32Array }[], precision: Precision = 'float32'): Uint8Array {
-  const shapes = headShapes(info.spec);
+  return encodeBundle('head', { spec: info.spec, version: info.version, peer: info.peer }, headTensors(info.spec, layers), precision);
+}
+
+/** A head's layers as the named tensors of its bundle. */
+export function headTensors(spec: HeadSpec, layers: { kernel: Float32Array; bias: Float32Array }[]): NamedArray[] {
+  const shapes = headShapes(spec);
   if (shapes.length !== layers.length) throw new Error('head layers do not match its spec');
-  const tensors: NamedArray[] = layers.flatMap((l, i) => [
+  return layers.flatMap((l, i) => [
     { name: `dense${i}/kernel`, shape: shapes[i].kernel, data: l.kernel },
     { name: `dense${i}/bias`, shape: shapes[i].bias, data: l.bias },
   ]);
-  return encodeBundle('head', { spec: info.spec, version: info.version, peer: info.peer }, tensors, precision);
 }
 
 const headMetaSchema = z.object({
@@ -318,7 +322,11 @@ export interface DecodedHead extends EncodedHeadInfo {
  * a head of another shape cannot be mixed in, so it is rejected.
  */
 export function decodeHead(buf: Uint8Array, expected: HeadSpec, limits: DecodeLimits): DecodedHead {
-  const b = decodeBundle(buf, limits);
+  return headOfBundle(decodeBundle(buf, limits), expected);
+}
+
+/** The head a decoded bundle holds, checked against `expected` (see `decodeHead`). */
+export function headOfBundle(b: DecodedBundle, expected: HeadSpec): DecodedHead {
   if (b.kind !== 'head') throw new CodecError('kind', `expected a head, got a ${b.kind} bundle`);
   const meta = headMetaSchema.safeParse(b.meta);
   if (!meta.success) throw new CodecError('header', `bad head metadata: ${meta.error.message.slice(0, 200)}`);

@@ -16,7 +16,12 @@ export interface PoolEntry {
   receivedRound: number;
   head: HeadWeights;
   bytes: number;
+  /** With `loraRank`: the expert's low-rank adapters on the shared frozen body, `a` `[in, r]` and `b` `[r, out]` per adapted layer. */
+  adapters?: { a: tf.Tensor; b: tf.Tensor }[];
 }
+
+/** A decoded head, with its adapters when it carries them. */
+type OfferedHead = DecodedHead & { adapters?: { a: Float32Array; aShape: number[]; b: Float32Array; bShape: number[] }[] };
 
 export type OfferResult = 'added' | 'replaced' | 'stale-version';
 
@@ -49,7 +54,7 @@ export class ExpertPool {
    * Take in a decoded head. Versions only move forward: a head whose version
    * is not newer than the one held is refused (and nothing is allocated).
    */
-  offer(head: DecodedHead, round: number, bytes: number): OfferResult {
+  offer(head: OfferedHead, round: number, bytes: number): OfferResult {
     const old = this.entries.get(head.peer);
     if (old && head.version <= old.version) return 'stale-version';
     const weights: DenseLayer[] = head.layers.map((l, i) => ({
@@ -57,15 +62,16 @@ export class ExpertPool {
       kernel: tf.tensor2d(l.kernel.slice(), kernelShape(head, i)),
       bias: tf.tensor1d(l.bias.slice()),
     }));
-    if (old) disposeHead(old.head);
-    this.entries.set(head.peer, { peer: head.peer, version: head.version, receivedRound: round, head: weights, bytes });
+    const adapters = head.adapters?.map((l) => ({ a: tf.tensor(l.a.slice(), l.aShape), b: tf.tensor(l.b.slice(), l.bShape) }));
+    if (old) disposeEntry(old);
+    this.entries.set(head.peer, { peer: head.peer, version: head.version, receivedRound: round, head: weights, bytes, ...(adapters ? { adapters } : {}) });
     return old ? 'replaced' : 'added';
   }
 
   /** Put back an entry saved in a checkpoint (takes ownership of `head`). */
   restore(e: PoolEntry): void {
     const old = this.entries.get(e.peer);
-    if (old) disposeHead(old.head);
+    if (old) disposeEntry(old);
     this.entries.set(e.peer, e);
   }
 
@@ -74,7 +80,7 @@ export class ExpertPool {
     const dropped: string[] = [];
     for (const [peer, e] of this.entries) {
       if (round - e.receivedRound > this.maxStaleness) {
-        disposeHead(e.head);
+        disposeEntry(e);
         this.entries.delete(peer);
         dropped.push(peer);
       }
@@ -86,7 +92,7 @@ export class ExpertPool {
   remove(peer: string): boolean {
     const e = this.entries.get(peer);
     if (!e) return false;
-    disposeHead(e.head);
+    disposeEntry(e);
     this.entries.delete(peer);
     return true;
   }
@@ -105,7 +111,7 @@ export class ExpertPool {
   }
 
   dispose(): void {
-    for (const e of this.entries.values()) disposeHead(e.head);
+    for (const e of this.entries.values()) disposeEntry(e);
     this.entries.clear();
   }
 }
@@ -113,6 +119,11 @@ export class ExpertPool {
 function kernelShape(head: DecodedHead, i: number): [number, number] {
   const dims = [head.spec.inputDim, ...head.spec.hidden, head.spec.outputDim];
   return [dims[i], dims[i + 1]];
+}
+
+function disposeEntry(e: PoolEntry): void {
+  disposeHead(e.head);
+  for (const l of e.adapters ?? []) tf.dispose([l.a, l.b]);
 }
 
 export function disposeHead(h: HeadWeights): void {

@@ -34,6 +34,7 @@ export { type BodyCombiner, type MixedBody, type Topology } from './body-share.j
 export { DEFAULT_TRAIN, OPTIMIZERS, type DpOptions, type OptimizerKind, type TrainOptions } from './train.js';
 export { type AccuracySummary } from './metrics.js';
 export { type ReceiveResult } from './algorithms/dflmoe.js';
+export { type LoraReason } from './algorithms/lora.js';
 export { type AlgorithmBaseOptions, type ExpertInfo } from './algorithms/api.js';
 export { SETTINGS, algorithmSettings, type AlgorithmOptions, type AlgorithmSettings } from './algorithms/registry.js';
 export { SettingError, type SectionOf, type SectionShape, type SettingsContext, type SettingsGroup, type SettingsOf } from './settings.js';

@@ -25,6 +25,7 @@ export * from './metrics.js';
 export * from './algorithms/common.js';
 export * from './algorithms/dflmoe.js';
 export * from './algorithms/dflmoe-settings.js';
+export * from './algorithms/lora.js';
 export * from './settings.js';
 export * from './algorithms/fedavg.js';
 export * from './algorithms/local.js';

@@ -100,7 +100,7 @@ export function sitePredictions(
       const xb = rowsOf(x, s, m);
       let probs: tf.Tensor2D;
       if (peer) {
-        const out = moeForward(peer.features(xb, false), experts, peer.gate, 'auto', kind.activate);
+        const out = peer.lora ? peer.loraMixtureOf(xb) : moeForward(peer.features(xb, false), experts, peer.gate, 'auto', kind.activate);
         probs = out.probs;
         gateWeights.set(out.gates.dataSync(), s * experts.length);
       } else probs = site.predict!(xb);

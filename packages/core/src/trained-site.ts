@@ -74,6 +74,8 @@ export interface SiteDescription {
     tasks?: SiteTaskInfo[];
     train: Partial<TrainOptions>;
     initSeed?: number;
+    /** The body never trained (`model.freezeBody`); written only when true. */
+    freezeBody?: boolean;
   };
   /** The algorithm's options as the site ran it (settings, seed, limits). */
   algorithmOptions: AlgorithmOptions;
@@ -481,6 +483,7 @@ async function loadSiteDir(root: string, o: { logger?: Logger }): Promise<Traine
       headHidden: desc.model.headHidden,
       train: desc.model.train,
       ...(desc.model.initSeed !== undefined ? { initSeed: desc.model.initSeed } : {}),
+      ...(desc.model.freezeBody ? { freezeBody: true } : {}),
     };
     site = multi ? createMultiTaskSite(alg, base, multi, desc.algorithmOptions) : alg.createSite(base, desc.algorithmOptions);
     if (!site.checkpoint) throw new Error(`${alg.label} sites keep no checkpoints in this version`);

@@ -291,6 +291,8 @@ export function writeSiteDescription(cfg: PeerConfig, model: PeerModelOptions, a
       ...(tasks ? { tasks } : {}),
       train: model.train,
       ...(model.initSeed !== undefined ? { initSeed: model.initSeed } : {}),
+      // Adapters (dflmoe.loraRank) are defined on a frozen body: a loaded site is rebuilt with it.
+      ...(cfg.model.freezeBody ? { freezeBody: true } : {}),
     },
     algorithmOptions,
   };

@@ -56,15 +56,35 @@ export const dflmoeSettings = defineSettings({
       .default(0.5)
       .describe("crossTask: the read-out's share of each task's output (the rest is the task's own mixture)"),
     shareBody: z.boolean().default(false).describe('also share bodies, combined peer to peer before each round (see the body settings); heads stay experts'),
+    loraRank: z
+      .number()
+      .int()
+      .min(0)
+      .max(64)
+      .default(0)
+      .describe(
+        "with a frozen body: each site also trains low-rank adapters of this rank on the body's dense layers and publishes them with its head (0: off)",
+      ),
+    loraScale: z
+      .number()
+      .gt(0)
+      .max(1)
+      .default(0.03)
+      .describe("loraRank: an adapter's update is this times A B (LoRA's alpha / r); larger moves the body further from the frozen one"),
   },
   aliases: { maxExperts: { all: 0 } },
   // Shared bodies won with plain experts and two passes over the data per round (npm run bench:bodies).
   variants: (given) => (given.shareBody === true ? { fst: 'none', epochs: 2 } : {}),
   variantNotes: { fst: 'none with shareBody' },
-  finish: (v, context) =>
-    v.shareBody && context.freezeBody
-      ? ['shareBody', 'shareBody needs a body that trains: a frozen body is the same at every site (drop freezeBody or shareBody)']
-      : undefined,
+  finish: (v, context) => {
+    if (v.shareBody && context.freezeBody)
+      return ['shareBody', 'shareBody needs a body that trains: a frozen body is the same at every site (drop freezeBody or shareBody)'];
+    if (Number(v.loraRank) > 0 && !context.freezeBody)
+      return ['loraRank', 'loraRank needs a frozen body (freezeBody): adapters are defined on a body that is the same at every site'];
+    if (Number(v.loraRank) > 0 && v.admission !== undefined)
+      return ['loraRank', 'loraRank does not combine with admission yet (admission scores heads without their adapters): drop one'];
+    return undefined;
+  },
 });
 
 /** dFLMoE's settings, resolved. */

@@ -196,6 +196,8 @@ export const dflmoe: Algorithm<'dflmoe', DflmoeSiteOptions> = {
   createSite: (base, o) => {
     // The settings' own checks (a frozen body cannot be shared), whoever built `o`.
     resolveSettings([dflmoeSettings], [], o, { freezeBody: base.freezeBody });
+    if (o.loraRank > 0 && base.sharedBody)
+      throw new Error('loraRank covers single-task sites; a multi-task site shares one body among its tasks (drop loraRank)');
     if (o.crossTask)
       throw new Error(
         'crossTask reads the heads of other tasks: it needs multi-task sites (a multi-task dataset such as digits-tasks); this site learns one task',

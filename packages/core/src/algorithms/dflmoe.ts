@@ -30,6 +30,7 @@ import { DEFAULT_LIMITS } from '../limits.js';
 import { dflmoeSettings, type DflmoeSettings } from './dflmoe-settings.js';
 import { ExpertPool, stalenessSettings, type StalenessSettings } from '../experts.js';
 import { resolveSettings } from '../settings.js';
+import { LoraBody, LoraError, decodeLoraHead, encodeLoraHead, loraMixture, type LoraReason } from './lora.js';
 
 /**
  * A dFLMoE peer's options: the model, dFLMoE's settings (`dflmoeSettings`:
@@ -58,13 +59,15 @@ export interface DflmoeStateMeta {
   accountant?: { orders: number[]; rdp: number[]; steps: number };
   /** Bounded mixture: the experts chosen, what is remembered of others, and the experts whose state is kept while out. */
   selection?: ExpertSelectionState;
+  /** With `loraRank`: the rank of the own adapters (`lora/<i>/a|b`) and of the pool's (`pool/<peer>/lora/<i>/a|b`). */
+  lora?: number;
 }
 
 /**
  * What became of a received head: taken in (`added`, `replaced`) or why it was
  * refused (a codec check's reason included).
  */
-export type ReceiveResult = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender-mismatch' | 'admission' | 'not-selected' | CodecReason;
+export type ReceiveResult = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender-mismatch' | 'admission' | 'not-selected' | CodecReason | LoraReason;
 
 export interface ReceiveCounters {
   accepted: number;
@@ -101,11 +104,13 @@ export class DflmoePeer extends SupervisedModel {
    * it out of the loss (see `trainRound`).
    */
   private gateTouched = false;
+  /** With `loraRank`: the frozen body split for adapters, and the own adapters (see `lora.ts`). */
+  readonly lora?: LoraBody;
 
   constructor(o: DflmoeOptions) {
     super(o);
     // Unset settings take dFLMoE's defaults; a bad value is a SettingError naming it.
-    const s = resolveSettings([dflmoeSettings, stalenessSettings], [], o).values as DflmoeSettings & StalenessSettings;
+    const s = resolveSettings([dflmoeSettings, stalenessSettings], [], o, { freezeBody: o.freezeBody }).values as DflmoeSettings & StalenessSettings;
     this.alpha = s.alpha;
     this.gate = new Gate(o.featureDim, s.gateHidden, deriveSeed(this.train.seed, 'gate'), this.id, s.ownGateBias);
     this.pool = new ExpertPool({ maxStaleness: s.maxStaleness });
@@ -119,6 +124,7 @@ export class DflmoePeer extends SupervisedModel {
     this.maxExperts = s.maxExperts;
     this.selection = new ExpertSelection(this.maxExperts, o.exploreExperts ?? defaultExploration(this.maxExperts), this.train.seed);
     this.mixture = o.mixture ?? 'batched';
+    if (s.loraRank > 0) this.lora = new LoraBody(this.body, s.loraRank, s.loraScale, deriveSeed(this.train.seed, 'lora'));
     this.stacks = new ExpertStacks({
       pool: this.pool,
       gate: this.gate,
@@ -134,9 +140,21 @@ export class DflmoePeer extends SupervisedModel {
     return [{ id: this.id, head: this.head }, ...this.pool.list().map((e) => ({ id: e.peer, head: e.head, fst: this.fsts.get(e.peer) }))];
   }
 
-  /** Serialize the own head for publishing. */
+  /** With `loraRank`: the body's features through the own adapters. */
+  override features(x: tf.Tensor, training: boolean): tf.Tensor2D {
+    return this.lora ? this.lora.features(x) : super.features(x, training);
+  }
+
+  /** With `loraRank`: the own adapters train with the head. */
+  override trainableVariables(): tf.Variable[] {
+    return this.lora ? [...super.trainableVariables(), ...this.lora.variables()] : super.trainableVariables();
+  }
+
+  /** Serialize the own head (with `loraRank`, and its adapters) for publishing. */
   encodeHead(version: number): Uint8Array {
     const layers = this.head.map((l) => ({ kernel: l.kernel.dataSync() as Float32Array, bias: l.bias.dataSync() as Float32Array }));
+    const lora = this.lora;
+    if (lora) return tf.tidy(() => encodeLoraHead({ spec: this.headSpec, version, peer: this.id }, layers, lora.effective(), this.headPrecision));
     return encodeHead({ spec: this.headSpec, version, peer: this.id }, layers, this.headPrecision);
   }
 
@@ -147,7 +165,8 @@ export class DflmoePeer extends SupervisedModel {
   receiveHead(payload: Uint8Array, from: string, round: number): ReceiveResult {
     let result: ReceiveResult;
     try {
-      const head = decodeHead(payload, this.headSpec, { maxBytes: this.maxHeadBytes, maxParams: headParamCount(this.headSpec) });
+      const limits = { maxBytes: this.maxHeadBytes, maxParams: headParamCount(this.headSpec) + (this.lora?.paramCount() ?? 0) };
+      const head = this.lora ? decodeLoraHead(payload, this.headSpec, this.lora.dims(), this.lora.rank, limits) : decodeHead(payload, this.headSpec, limits);
       if (head.peer !== from) result = 'sender-mismatch';
       else if (from === this.id) result = 'self';
       else if (head.version <= (this.pool.get(from)?.version ?? -1)) result = 'stale-version';
@@ -162,7 +181,7 @@ export class DflmoePeer extends SupervisedModel {
         }
       }
     } catch (e) {
-      if (!(e instanceof CodecError)) throw e;
+      if (!(e instanceof CodecError) && !(e instanceof LoraError)) throw e;
       result = e.reason;
     }
     if (result === 'added' || result === 'replaced') this.counters.accepted++;
@@ -211,8 +230,8 @@ export class DflmoePeer extends SupervisedModel {
     if (experts.length < 2) return new Map();
     const { acc, gate } = tf.tidy(() => {
       const n = Math.min(EVIDENCE_SAMPLES, this.data.trainSamples);
-      const z = this.features(rowsOf(this.data.xTrain, 0, n), false);
-      const { logits, gates } = this.mixtureOf(z);
+      const x = rowsOf(this.data.xTrain, 0, n);
+      const { logits, gates } = this.lora ? this.loraMixtureOf(x) : this.mixtureOf(this.features(x, false));
       const hit = this.task.rowScores(logits, rowsOf(this.data.yTrain, 0, n) as tf.Tensor1D);
       return { acc: tf.mean(hit, 0).dataSync(), gate: tf.mean(gates, 0).dataSync() };
     });
@@ -298,13 +317,18 @@ export class DflmoePeer extends SupervisedModel {
       );
     }
     this.gateTouched = true;
-    if (this.mixture === 'per-expert' || pool.length === 0) {
+    // With adapters, every expert reads the body through its own (see `loraMixtureOf`).
+    if (this.mixture === 'per-expert' || pool.length === 0 || this.lora) {
       return trainEpochs(
         this.data,
         this.train,
         round,
         () => this.paramGroups(),
         (x, y) => {
+          if (this.lora && pool.length > 0) {
+            const out = this.loraMixtureOf(x);
+            return loss(tf.reshape(tf.slice(out.logits, [0, 0, 0], [-1, 1, -1]), [out.z.shape[0], this.headSpec.outputDim]), out.probs, y, true);
+          }
           const z = this.features(x, true);
           const experts = this.experts();
           if (this.mixture === 'per-expert')
@@ -356,8 +380,14 @@ export class DflmoePeer extends SupervisedModel {
       : moeForward(z, this.experts(), this.gate, 'auto', this.task.activate);
   }
 
+  /** With `loraRank`: the mixture in which every expert reads the body through its own adapters (see `loraMixture`). */
+  loraMixtureOf(x: tf.Tensor): ReturnType<typeof loraMixture> {
+    const experts = this.pool.list().map((e) => ({ id: e.peer, head: e.head, adapters: e.adapters!, fst: this.fsts.get(e.peer) }));
+    return loraMixture(this.lora!, x, this.id, this.head, experts, this.gate, this.task.activate);
+  }
+
   moeProbs(x: tf.Tensor): tf.Tensor2D {
-    return this.mixtureOf(this.features(x, false)).probs;
+    return this.lora ? this.loraMixtureOf(x).probs : this.mixtureOf(this.features(x, false)).probs;
   }
 
   evaluate(): PeerEval {
@@ -403,6 +433,8 @@ export class DflmoePeer extends SupervisedModel {
     }
     const pool = this.pool.list();
     for (const e of pool) e.head.forEach((l, i) => (add(`pool/${e.peer}/${i}/kernel`, l.kernel), add(`pool/${e.peer}/${i}/bias`, l.bias)));
+    this.lora?.own.forEach((l, i) => (add(`lora/${i}/a`, l.a), add(`lora/${i}/b`, l.b)));
+    for (const e of pool) e.adapters?.forEach((l, i) => (add(`pool/${e.peer}/lora/${i}/a`, l.a), add(`pool/${e.peer}/lora/${i}/b`, l.b)));
     const optimizers: Record<string, number> = {};
     const base = await this.optimizer.getWeights();
     optimizers.base = base.length;
@@ -425,6 +457,7 @@ export class DflmoePeer extends SupervisedModel {
         counters: this.counters,
         accountant: this.accountant.state(),
         ...(this.maxExperts > 0 ? { selection: this.selection.state() } : {}),
+        ...(this.lora ? { lora: this.lora.rank } : {}),
       },
       tensors,
     };
@@ -444,7 +477,10 @@ export class DflmoePeer extends SupervisedModel {
       v.assign(t);
       t.dispose();
     };
+    if ((meta.lora ?? 0) !== (this.lora?.rank ?? 0))
+      throw new Error(`checkpoint was written with loraRank ${meta.lora ?? 0}; this site uses ${this.lora?.rank ?? 0}`);
     this.head.forEach((l, i) => (assign(l.kernel, `head/${i}/kernel`), assign(l.bias, `head/${i}/bias`)));
+    this.lora?.own.forEach((l, i) => (assign(l.a, `lora/${i}/a`), assign(l.b, `lora/${i}/b`)));
     assign(this.gate.hidden.kernel, 'gate/hidden/kernel');
     assign(this.gate.hidden.bias, 'gate/hidden/bias');
     for (const id of meta.slots) {
@@ -460,7 +496,8 @@ export class DflmoePeer extends SupervisedModel {
     }
     for (const e of meta.pool) {
       const head = Array.from({ length: e.layers }, (_, i) => ({ kernel: get(`pool/${e.peer}/${i}/kernel`), bias: get(`pool/${e.peer}/${i}/bias`) }));
-      this.pool.restore({ peer: e.peer, version: e.version, receivedRound: e.receivedRound, bytes: e.bytes, head });
+      const adapters = this.lora?.own.map((_, i) => ({ a: get(`pool/${e.peer}/lora/${i}/a`), b: get(`pool/${e.peer}/lora/${i}/b`) }));
+      this.pool.restore({ peer: e.peer, version: e.version, receivedRound: e.receivedRound, bytes: e.bytes, head, ...(adapters ? { adapters } : {}) });
     }
     for (const [key, n] of Object.entries(meta.optimizers)) {
       const ws = Array.from({ length: n }, (_, k) => ({ name: `opt/${key}/${k}`, tensor: get(`opt/${key}/${k}`) }));
@@ -483,6 +520,7 @@ export class DflmoePeer extends SupervisedModel {
   override dispose(): void {
     super.dispose();
     this.stacks.dispose();
+    this.lora?.dispose();
     this.gate.dispose();
     this.pool.dispose();
     for (const f of this.fsts.values()) tf.dispose([f.kernel, f.bias]);
