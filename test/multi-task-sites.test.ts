@@ -8,9 +8,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { namedSites, writeSiteConfigs } from './fixtures/sites.js';
 import { encodeSiteData, loadSiteData, reconcileStatements, siteStatement, type SiteDataSpec } from '@dflmoe/data/internal';
-import { freePort, waitExit } from '@dflmoe/cli/internal';
-import { ConfigError, generateIdentity, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
+import { waitExit } from '@dflmoe/cli/internal';
+import { ConfigError, parsePeerConfig, type PeerRunResult } from '@dflmoe/p2p';
 import { Rng } from '@dflmoe/data/internal';
 import { processGroup } from './helpers.js';
 import { listCheckpoints, loadSite } from '@dflmoe/core/internal';
@@ -178,41 +179,20 @@ describe('a multi-task consortium of site processes (dFLMoE over TCP)', function
       south: { columns: ['died'] as ('died' | 'los_days')[], tasks: [TWO_TASKS[0]] },
       east: { columns: ['los_days'] as ('died' | 'los_days')[], tasks: [TWO_TASKS[1]] },
     };
-    const sites = await Promise.all(
-      Object.entries(plan).map(async ([name, p], i) => {
-        const id = await generateIdentity();
-        saveIdentity(join(dir, `${name}.key`), id.privateKey, true);
-        patients(dir, `${name}.csv`, 80, 11 + i, p.columns, (r) => (name === 'north' && r % 9 === 4 ? ['died'] : []));
-        return {
-          name,
-          tasks: p.tasks.map((t) => t.name),
-          peerId: id.peerId,
-          port: await freePort(),
-          config: join(dir, `${name}.json`),
-          out: join(dir, name),
-          p,
-        };
-      }),
+    const sites = await namedSites(
+      dir,
+      Object.entries(plan).map(([name, p]) => ({ name, tasks: p.tasks.map((t) => t.name), p })),
+      (s, i) => patients(dir, `${s.name}.csv`, 80, 11 + i, s.p.columns, (r) => (s.name === 'north' && r % 9 === 4 ? ['died'] : [])),
     );
-    const members = sites.map((s) => ({ name: s.name, peerId: s.peerId, addrs: [`/ip4/127.0.0.1/tcp/${s.port}`] }));
-    for (const s of sites) {
-      const cfg = {
-        name: s.name,
-        key: `${s.name}.key`,
-        listen: [`/ip4/127.0.0.1/tcp/${s.port}`],
-        members,
-        data: { dataset: `csv:${s.name}.csv`, tasks: s.p.tasks },
-        model: { body: 'mlp:16', featureDim: 8 },
-        train: { learningRate: 0.01 },
-        rounds: 2,
-        round: { deadlineMs: 15000 },
-        preprocess: { deadlineMs: 30000 },
-        lingerMs: 1000,
-        out: s.name,
-      };
-      parsePeerConfig(cfg, s.config, dir);
-      writeFileSync(s.config, JSON.stringify(cfg, null, 2));
-    }
+    writeSiteConfigs(dir, sites, (s) => ({
+      data: { dataset: `csv:${s.name}.csv`, tasks: s.p.tasks },
+      model: { body: 'mlp:16', featureDim: 8 },
+      train: { learningRate: 0.01 },
+      rounds: 2,
+      round: { deadlineMs: 15000 },
+      preprocess: { deadlineMs: 30000 },
+      lingerMs: 1000,
+    }));
     const t0 = Date.now();
     const ps = sites.map((s) => procs.start(['peer', '--config', s.config], `${s.out}.log`));
     const logs = () => sites.map((s) => `${s.name}:\n${readFileSync(`${s.out}.log`, 'utf8').slice(-2000)}`).join('\n');

@@ -14,12 +14,12 @@ import { basename, join } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { DEFAULT_SIMULATION, loadSite, type SimulationConfig } from '@dflmoe/core';
 import { loadSiteData, readShare } from '@dflmoe/data/internal';
-import { freePort, runConsortium, startProcess, waitExit, writeConsortium } from '@dflmoe/cli/internal';
+import { runConsortium, startProcess, waitExit, writeConsortium } from '@dflmoe/cli/internal';
 import { generateIdentity, loadIdentity, loadPeerConfig, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
 import { readJsonLines, type RoundLine } from '@dflmoe/p2p/internal';
 import { waitNoticeMs } from '@dflmoe/core/internal';
 import { cli, cliAsync, until } from './helpers.js';
-import { PATIENT_HEADER, imageFolder, patientsCsv, tmpDir, writeText } from './fixtures/sites.js';
+import { PATIENT_HEADER, imageFolder, namedSites, patientsCsv, tmpDir, writeSiteConfigs, writeText } from './fixtures/sites.js';
 
 const results = (out: string) => JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as PeerRunResult;
 
@@ -42,33 +42,16 @@ describe('sites with their own data over TCP (multi-process)', function () {
       { name: 'hospital-c', csv: patientsCsv({ seed: 13, rows: 200, missing: 0.2, wards: ['north', 'west', 'east'], ageShift: -6 }) },
       ...(o.extra ? [o.extra] : []),
     ];
-    const sites = await Promise.all(
-      files.map(async (f) => {
-        const id = await generateIdentity();
-        saveIdentity(join(dir, `${f.name}.key`), id.privateKey, true);
-        writeText(join(dir, `${f.name}.csv`), f.csv);
-        return { ...f, peerId: id.peerId, port: await freePort(), config: join(dir, `${f.name}.json`), out: join(dir, f.name) };
-      }),
-    );
-    const members = sites.map((s) => ({ name: s.name, peerId: s.peerId, addrs: [`/ip4/127.0.0.1/tcp/${s.port}`] }));
-    for (const s of sites) {
-      const cfg = {
-        name: s.name,
-        key: `${s.name}.key`,
-        listen: [`/ip4/127.0.0.1/tcp/${s.port}`],
-        members,
-        data: { dataset: `csv:${s.name}.csv`, labelColumn: 'diagnosis', drop: ['id'] },
-        model: { body: 'mlp:32', featureDim: 16 },
-        train: { learningRate: 0.01 },
-        rounds: o.rounds,
-        round: { deadlineMs: 10000 },
-        preprocess: { deadlineMs: 60000 },
-        lingerMs: 1500,
-        out: s.name,
-      };
-      parsePeerConfig(cfg, s.config, dir);
-      writeFileSync(s.config, JSON.stringify(cfg, null, 2));
-    }
+    const sites = await namedSites(dir, files, (f) => writeText(join(dir, `${f.name}.csv`), f.csv));
+    writeSiteConfigs(dir, sites, (s) => ({
+      data: { dataset: `csv:${s.name}.csv`, labelColumn: 'diagnosis', drop: ['id'] },
+      model: { body: 'mlp:32', featureDim: 16 },
+      train: { learningRate: 0.01 },
+      rounds: o.rounds,
+      round: { deadlineMs: 10000 },
+      preprocess: { deadlineMs: 60000 },
+      lingerMs: 1500,
+    }));
     return sites;
   }
 
@@ -305,33 +288,20 @@ describe('sites with their own data over TCP (multi-process)', function () {
 
   it('2 sites with image folders train a CNN; dflmoe predict reads a folder of new images and dflmoe evaluate a folder per class', async () => {
     const dir = tmpDir('dflmoe-img-sites-');
-    const sites = await Promise.all(
-      ['lab-a', 'lab-b'].map(async (name, i) => {
-        const id = await generateIdentity();
-        saveIdentity(join(dir, `${name}.key`), id.privateKey, true);
-        await imageFolder(join(dir, `${name}-images`), { seed: 31 + i, perClass: 20, size: 12 });
-        return { name, peerId: id.peerId, port: await freePort(), config: join(dir, `${name}.json`), out: join(dir, name) };
-      }),
+    const sites = await namedSites(
+      dir,
+      ['lab-a', 'lab-b'].map((name) => ({ name })),
+      (s, i) => imageFolder(join(dir, `${s.name}-images`), { seed: 31 + i, perClass: 20, size: 12 }),
     );
-    const members = sites.map((s) => ({ name: s.name, peerId: s.peerId, addrs: [`/ip4/127.0.0.1/tcp/${s.port}`] }));
-    for (const s of sites) {
-      const cfg = {
-        name: s.name,
-        key: `${s.name}.key`,
-        listen: [`/ip4/127.0.0.1/tcp/${s.port}`],
-        members,
-        data: { dataset: `images:${s.name}-images`, testFraction: 0.25 },
-        model: { body: 'cnn:4', featureDim: 8 },
-        train: { learningRate: 0.01 },
-        rounds: 4,
-        round: { deadlineMs: 10000 },
-        preprocess: { deadlineMs: 60000 },
-        lingerMs: 1500,
-        out: s.name,
-      };
-      parsePeerConfig(cfg, s.config, dir);
-      writeFileSync(s.config, JSON.stringify(cfg, null, 2));
-    }
+    writeSiteConfigs(dir, sites, (s) => ({
+      data: { dataset: `images:${s.name}-images`, testFraction: 0.25 },
+      model: { body: 'cnn:4', featureDim: 8 },
+      train: { learningRate: 0.01 },
+      rounds: 4,
+      round: { deadlineMs: 10000 },
+      preprocess: { deadlineMs: 60000 },
+      lingerMs: 1500,
+    }));
     const ps = sites.map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`));
     procs.push(...ps);
     const codes = await Promise.all(ps.map((p) => waitExit(p, 180000)));

@@ -22,12 +22,13 @@ import {
 } from '@dflmoe/core/internal';
 import { encodeSiteData, loadSiteData, mergeSummaries, reconcileStatements, siteStatement, type SiteDataSpec } from '@dflmoe/data/internal';
 import { loadDataset } from '@dflmoe/data';
-import { freePort, runCharts, startProcess, summaryTable, waitExit } from '@dflmoe/cli/internal';
-import { generateIdentity, parsePeerConfig, saveIdentity, type PeerRunResult } from '@dflmoe/p2p';
+import { runCharts, startProcess, summaryTable, waitExit } from '@dflmoe/cli/internal';
+import type { PeerRunResult } from '@dflmoe/p2p';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { namedSites, writeSiteConfigs } from './fixtures/sites.js';
 import { backend, cli } from './helpers.js';
 
 describe('task kinds', () => {
@@ -443,33 +444,20 @@ describe('regression sites over TCP (multi-process): site configs with data.task
 
   it('two sites agree on the target, train, and dflmoe predict / evaluate answer in its units', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'dflmoe-stay-tcp-'));
-    const sites = await Promise.all(
-      ['north', 'south'].map(async (name, i) => {
-        const id = await generateIdentity();
-        saveIdentity(join(dir, `${name}.key`), id.privateKey, true);
-        stayCsv(dir, `${name}.csv`, 120 + 40 * i, 31 + i, i);
-        return { name, peerId: id.peerId, port: await freePort(), config: join(dir, `${name}.json`), out: join(dir, name) };
-      }),
+    const sites = await namedSites(
+      dir,
+      ['north', 'south'].map((name) => ({ name })),
+      (s, i) => stayCsv(dir, `${s.name}.csv`, 120 + 40 * i, 31 + i, i),
     );
-    const members = sites.map((s) => ({ name: s.name, peerId: s.peerId, addrs: [`/ip4/127.0.0.1/tcp/${s.port}`] }));
-    for (const s of sites) {
-      const cfg = {
-        name: s.name,
-        key: `${s.name}.key`,
-        listen: [`/ip4/127.0.0.1/tcp/${s.port}`],
-        members,
-        data: { dataset: `csv:${s.name}.csv`, tasks: [{ name: 'stay', column: 'stay', kind: 'regression' }] },
-        model: { body: 'mlp:32', featureDim: 16 },
-        train: { learningRate: 0.01 },
-        rounds: 4,
-        round: { deadlineMs: 10000 },
-        preprocess: { deadlineMs: 60000 },
-        lingerMs: 1000,
-        out: s.name,
-      };
-      parsePeerConfig(cfg, s.config, dir);
-      writeFileSync(s.config, JSON.stringify(cfg, null, 2));
-    }
+    writeSiteConfigs(dir, sites, (s) => ({
+      data: { dataset: `csv:${s.name}.csv`, tasks: [{ name: 'stay', column: 'stay', kind: 'regression' }] },
+      model: { body: 'mlp:32', featureDim: 16 },
+      train: { learningRate: 0.01 },
+      rounds: 4,
+      round: { deadlineMs: 10000 },
+      preprocess: { deadlineMs: 60000 },
+      lingerMs: 1000,
+    }));
     const ps = sites.map((s) => startProcess(['peer', '--config', s.config], `${s.out}.log`));
     procs.push(...ps);
     assert.deepEqual(
