@@ -19,6 +19,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { createOptimizer, selectBackend, setWasmFastMatMul, setWasmFastPoolGrad, setWasmMatMulSwap, stockWasmKernels } from '@dflmoe/core/internal';
 import { Rng } from '@dflmoe/data/internal';
+import { modelLayers } from './throughput-models.js';
 
 const { values } = parseArgs({
   options: {
@@ -50,26 +51,10 @@ function ensureTorch(): string | undefined {
 }
 
 function layers(kind: Workload): tfl.layers.Layer[] {
-  if (kind === 'dense') {
-    return [
-      tfl.layers.dense({ inputShape: [784], units: 256, activation: 'relu' }),
-      tfl.layers.dense({ units: 128, activation: 'relu' }),
-      tfl.layers.dense({ units: 10, activation: 'softmax' }),
-    ];
-  }
-  if (kind === 'fedavg') {
-    return [
-      tfl.layers.dense({ inputShape: [784], units: 128, activation: 'relu' }),
-      tfl.layers.dense({ units: 64, activation: 'relu' }),
-      tfl.layers.dense({ units: 10, activation: 'softmax' }),
-    ];
-  }
+  if (kind !== 'fedavg') return modelLayers(kind);
   return [
-    tfl.layers.conv2d({ inputShape: [28, 28, 1], filters: 16, kernelSize: 3, activation: 'relu', padding: 'same' }),
-    tfl.layers.maxPooling2d({ poolSize: 2 }),
-    tfl.layers.conv2d({ filters: 32, kernelSize: 3, activation: 'relu', padding: 'same' }),
-    tfl.layers.maxPooling2d({ poolSize: 2 }),
-    tfl.layers.flatten(),
+    tfl.layers.dense({ inputShape: [784], units: 128, activation: 'relu' }),
+    tfl.layers.dense({ units: 64, activation: 'relu' }),
     tfl.layers.dense({ units: 10, activation: 'softmax' }),
   ];
 }

@@ -9,26 +9,26 @@ import { Rng } from '@dflmoe/data/internal';
 
 export type ModelKind = 'dense' | 'cnn';
 
+/** The layers of `kind` (bench:peer builds the same nets with its own optimizers). */
+export function modelLayers(kind: ModelKind): tfl.layers.Layer[] {
+  return kind === 'dense'
+    ? [
+        tfl.layers.dense({ inputShape: [784], units: 256, activation: 'relu' }),
+        tfl.layers.dense({ units: 128, activation: 'relu' }),
+        tfl.layers.dense({ units: 10, activation: 'softmax' }),
+      ]
+    : [
+        tfl.layers.conv2d({ inputShape: [28, 28, 1], filters: 16, kernelSize: 3, activation: 'relu', padding: 'same' }),
+        tfl.layers.maxPooling2d({ poolSize: 2 }),
+        tfl.layers.conv2d({ filters: 32, kernelSize: 3, activation: 'relu', padding: 'same' }),
+        tfl.layers.maxPooling2d({ poolSize: 2 }),
+        tfl.layers.flatten(),
+        tfl.layers.dense({ units: 10, activation: 'softmax' }),
+      ];
+}
+
 export function build(kind: ModelKind): tfl.LayersModel {
-  const m =
-    kind === 'dense'
-      ? tfl.sequential({
-          layers: [
-            tfl.layers.dense({ inputShape: [784], units: 256, activation: 'relu' }),
-            tfl.layers.dense({ units: 128, activation: 'relu' }),
-            tfl.layers.dense({ units: 10, activation: 'softmax' }),
-          ],
-        })
-      : tfl.sequential({
-          layers: [
-            tfl.layers.conv2d({ inputShape: [28, 28, 1], filters: 16, kernelSize: 3, activation: 'relu', padding: 'same' }),
-            tfl.layers.maxPooling2d({ poolSize: 2 }),
-            tfl.layers.conv2d({ filters: 32, kernelSize: 3, activation: 'relu', padding: 'same' }),
-            tfl.layers.maxPooling2d({ poolSize: 2 }),
-            tfl.layers.flatten(),
-            tfl.layers.dense({ units: 10, activation: 'softmax' }),
-          ],
-        });
+  const m = tfl.sequential({ layers: modelLayers(kind) });
   m.compile({ optimizer: tf.train.adam(1e-3), loss: 'categoricalCrossentropy' });
   return m;
 }

@@ -5,7 +5,7 @@ import { bodyVariables, buildBody, createHead, headLogits, type BodySpec, type D
 import { bodySpecOf, buildCustomBody, type BodyBuilder } from '../custom-body.js';
 import { applyBodyWeights, type BodyWeights } from '../pretrained.js';
 import { RdpAccountant } from '../privacy.js';
-import { DEFAULT_TRAIN, createOptimizer, evaluateTask, type ParamGroup, type PeerData, type TrainOptions } from '../train.js';
+import { DEFAULT_TRAIN, createOptimizer, evaluateTask, trainEpochs, type ParamGroup, type PeerData, type TrainOptions } from '../train.js';
 import { taskKind, type TaskKind, type TaskMetrics } from '../tasks/index.js';
 
 /** What every peer of every algorithm is built from. */
@@ -163,6 +163,23 @@ export class SupervisedModel {
   /** The own model's (body and head) metrics on the site's test split. */
   evaluateOwn(): TaskMetrics {
     return evaluateTask(this.data.task, this.data.xTest, this.data.yTest, (xb) => this.logits(xb));
+  }
+
+  /** A round of training the own model (body and head) on the site's rows, privacy accounted; the mean loss. */
+  protected trainOwn(round: number): Promise<number> {
+    this.account();
+    return trainEpochs(
+      this.data,
+      this.train,
+      round,
+      () => this.paramGroups(),
+      (x, y) => this.ownLoss(x, y),
+    );
+  }
+
+  /** The own model's metrics as the site's. */
+  evaluate(): PeerEval {
+    return peerEval(this.evaluateOwn());
   }
 
   /** The task's loss of the own model's outputs on a batch. */

@@ -390,7 +390,7 @@ export class DflmoePeer extends SupervisedModel {
     return this.lora ? this.loraMixtureOf(x).probs : this.mixtureOf(this.features(x, false)).probs;
   }
 
-  evaluate(): PeerEval {
+  override evaluate(): PeerEval {
     return peerEval(
       evaluateTask(this.data.task, this.data.xTest, this.data.yTest, (xb) => this.moeProbs(xb)),
       this.evaluateOwn(),

@@ -9,9 +9,9 @@ import { deriveSeed } from '@dflmoe/data/internal';
 import { decodeBundle, encodeBundle, CodecError, type DecodeLimits, type NamedArray } from '../codec.js';
 import { formatBodySpec } from '../model.js';
 import { federatedAverage } from '../averaging.js';
-import { createOptimizer, trainEpochs } from '../train.js';
+import { createOptimizer } from '../train.js';
 import type { Algorithm, AlgorithmBaseOptions, SiteNetwork, SiteRound } from './api.js';
-import { SupervisedModel, peerEval, type PeerEval } from './common.js';
+import { SupervisedModel } from './common.js';
 import { ModelSite, secondsSince } from './site.js';
 
 /** Seed of the one initial model that the sites of model-averaging algorithms share. */
@@ -84,18 +84,7 @@ export class FedAvgClient extends SupervisedModel {
   /** Train every variable from the current (global) weights with a fresh optimizer. */
   trainRound(round: number): Promise<number> {
     this.resetOptimizer();
-    this.account();
-    return trainEpochs(
-      this.data,
-      this.train,
-      round,
-      () => this.paramGroups(),
-      (x, y) => this.ownLoss(x, y),
-    );
-  }
-
-  evaluate(): PeerEval {
-    return peerEval(this.evaluateOwn());
+    return this.trainOwn(round);
   }
 }
 

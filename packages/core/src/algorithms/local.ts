@@ -1,23 +1,11 @@
-import { trainEpochs } from '../train.js';
 import type { Algorithm, SiteRound } from './api.js';
-import { SupervisedModel, peerEval, type PeerEval } from './common.js';
+import { SupervisedModel } from './common.js';
 import { ModelSite, secondsSince } from './site.js';
 
 /** Local-only baseline: each peer trains on its own data and never communicates. */
 export class LocalPeer extends SupervisedModel {
   trainRound(round: number): Promise<number> {
-    this.account();
-    return trainEpochs(
-      this.data,
-      this.train,
-      round,
-      () => this.paramGroups(),
-      (x, y) => this.ownLoss(x, y),
-    );
-  }
-
-  evaluate(): PeerEval {
-    return peerEval(this.evaluateOwn());
+    return this.trainOwn(round);
   }
 }
 
