@@ -33,7 +33,7 @@ import { z } from 'zod';
 import { sha256 } from '@noble/hashes/sha2.js';
 import { bytesToHex } from '@noble/hashes/utils.js';
 import { Rng, deriveSeed } from '@dflmoe/data/internal';
-import { CodecError, decodeBundle, encodeBundle, type CodecReason, type NamedArray, type Precision } from './codec.js';
+import { CodecError, decodeBundle, encodeBundle, modelBundleMeta, type CodecReason, type NamedArray, type Precision } from './codec.js';
 import { DepartedMembers, absorbMessages, awaitRound, type HeadExchange, type RoundWait } from './exchange.js';
 import type { Logger } from './log.js';
 import { formatBodySpec, type BodySpec } from './model.js';
@@ -193,17 +193,6 @@ export function choosePartners(self: string, members: readonly string[], round: 
 
 // ---------------------------------------------------------------- the share
 
-const metaSchema = z.object({
-  arch: z.string().max(1000),
-  round: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
-  samples: z
-    .number()
-    .int()
-    .min(1)
-    .max(2 ** 31),
-  peer: z.string().min(1).max(256),
-});
-
 export type BodyTake = 'added' | 'replaced' | 'stale-version' | 'self' | 'sender-mismatch' | 'other-architecture' | 'not-selected' | CodecReason;
 
 /** A body that went into a combination, for the audit trail. */
@@ -337,7 +326,7 @@ export class BodyShare {
     try {
       // Bounded by bytes only: a body of another architecture may be larger than ours, and is no offence.
       const b = decodeBundle(payload, { maxBytes: this.o.maxBytes });
-      const m = metaSchema.safeParse(b.meta);
+      const m = modelBundleMeta.safeParse(b.meta);
       if (b.kind !== 'body') r = 'kind';
       else if (!m.success) r = 'header';
       else if (m.data.peer !== from) r = 'sender-mismatch';

@@ -287,6 +287,18 @@ export function headTensors(spec: HeadSpec, layers: { kernel: Float32Array; bias
   ]);
 }
 
+/** What a site's model (or body) bundle says of itself: its architecture, round, training rows and sender; checked before its tensors are used. */
+export const modelBundleMeta = z.object({
+  arch: z.string().max(1000),
+  round: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
+  samples: z
+    .number()
+    .int()
+    .min(1)
+    .max(2 ** 31),
+  peer: z.string().min(1).max(256),
+});
+
 const headMetaSchema = z.object({
   spec: z.object({
     inputDim: z

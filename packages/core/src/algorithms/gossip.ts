@@ -11,8 +11,7 @@
  * average) is the one it declared first, clipped like a server clips it
  * (`boundSampleCounts`): at most 10 times the median of the mix.
  */
-import { z } from 'zod';
-import { CodecError, type DecodeLimits, type NamedArray } from '../codec.js';
+import { CodecError, modelBundleMeta, type DecodeLimits, type NamedArray } from '../codec.js';
 import { DepartedMembers, absorbMessages, awaitRound } from '../exchange.js';
 import { boundSampleCounts, federatedAverage } from '../averaging.js';
 import type { Algorithm, AlgorithmBaseOptions, SiteNetwork, SiteRound } from './api.js';
@@ -20,17 +19,6 @@ import { stalenessSettings, type StalenessSettings } from '../experts.js';
 import type { PeerModelOptions } from './common.js';
 import { FedAvgClient, sharedModelSeed } from './fedavg.js';
 import { ModelSite, secondsSince, waitOptions } from './site.js';
-
-const metaSchema = z.object({
-  arch: z.string(),
-  round: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER),
-  samples: z
-    .number()
-    .int()
-    .min(1)
-    .max(2 ** 31),
-  peer: z.string().min(1).max(256),
-});
 
 interface Held {
   round: number;
@@ -70,7 +58,7 @@ export class GossipSite extends ModelSite<FedAvgClient> {
     let r: GossipTake;
     try {
       const { meta, weights } = this.model.decodeModel(payload, this.limits);
-      const m = metaSchema.safeParse(meta);
+      const m = modelBundleMeta.safeParse(meta);
       if (!m.success) r = 'header';
       else if (m.data.peer !== from) r = 'sender-mismatch';
       else if (from === this.id) r = 'self';
