@@ -30,9 +30,9 @@ import {
   type SavedSite,
 } from '@dflmoe/core/internal';
 import { loadDataset, partition, type Dataset } from '@dflmoe/data';
-import { generateIdentity, parsePeerConfig, runPeer, saveIdentity } from '@dflmoe/p2p';
+import { parsePeerConfig, runPeer } from '@dflmoe/p2p';
 import { backend } from './helpers.js';
-import { tmpDir } from './fixtures/sites.js';
+import { loneSiteConfig, tmpDir } from './fixtures/sites.js';
 
 const FEATURES = 16;
 
@@ -178,24 +178,10 @@ describe('custom bodies', function () {
     const dir = tmpDir('dflmoe-custom-');
     const saved = branches([30], FEATURES);
     await writeBody(join(dir, 'lab-body'), saved);
-    const id = await generateIdentity();
-    saveIdentity(join(dir, 'site.key'), id.privateKey, true);
-    const cfg = parsePeerConfig(
-      {
-        name: 'lab',
-        key: 'site.key',
-        listen: ['/ip4/127.0.0.1/tcp/0'],
-        members: [{ name: 'lab', peerId: id.peerId }],
-        rounds: 2,
-        lingerMs: 0,
-        out: 'out',
-        data: { dataset: 'breast-cancer' },
-        model: { body: 'tfjs:lab-body', featureDim: FEATURES },
-        round: { deadlineMs: 1000 },
-      },
-      join(dir, 'site.json'),
-      dir,
-    );
+    const cfg = await loneSiteConfig(dir, 'lab', {
+      data: { dataset: 'breast-cancer' },
+      model: { body: 'tfjs:lab-body', featureDim: FEATURES },
+    });
     assert.equal(cfg.model.body, `tfjs:${join(dir, 'lab-body')}`);
     assert.throws(
       () =>

@@ -32,9 +32,9 @@ import {
   type HeadExchange,
   type PeerData,
 } from '@dflmoe/core/internal';
-import { generateIdentity, parsePeerConfig, runPeer, saveIdentity } from '@dflmoe/p2p/internal';
+import { parsePeerConfig, runPeer } from '@dflmoe/p2p/internal';
 import { loadDataset } from '@dflmoe/data';
-import { tmpDir } from './fixtures/sites.js';
+import { loneSiteConfig, tmpDir } from './fixtures/sites.js';
 import { backend, cliAsync, tinyPeers } from './helpers.js';
 
 const quiet = silentLogger;
@@ -254,25 +254,11 @@ describe('LoRA adapters on a frozen body (loraRank)', function () {
 
   it('a site process with adapters: loadSite rebuilds them from the checkpoint, and predict and evaluate use them', async () => {
     const dir = tmpDir('dflmoe-lora-site-');
-    const id = await generateIdentity();
-    saveIdentity(join(dir, 'site.key'), id.privateKey, true);
-    const cfg = parsePeerConfig(
-      {
-        name: 'lab',
-        key: 'site.key',
-        listen: ['/ip4/127.0.0.1/tcp/0'],
-        members: [{ name: 'lab', peerId: id.peerId }],
-        rounds: 2,
-        lingerMs: 0,
-        out: 'out',
-        data: { dataset: 'breast-cancer' },
-        model: { body: 'mlp:16', featureDim: 8, freezeBody: true },
-        dflmoe: { loraRank: 2, loraScale: 1 },
-        round: { deadlineMs: 1000 },
-      },
-      join(dir, 'site.json'),
-      dir,
-    );
+    const cfg = await loneSiteConfig(dir, 'lab', {
+      data: { dataset: 'breast-cancer' },
+      model: { body: 'mlp:16', featureDim: 8, freezeBody: true },
+      dflmoe: { loraRank: 2, loraScale: 1 },
+    });
     await runPeer(cfg, { logger: quiet });
     const ds = loadDataset('breast-cancer');
     const site = await loadSite(cfg.out);

@@ -27,9 +27,9 @@ import {
 } from '@dflmoe/core/internal';
 import { featureSize, fitStandardizer, labelledRows, loadDataset, partition, taskDataset, type Dataset, type Standardizer } from '@dflmoe/data';
 import { Rng } from '@dflmoe/data/internal';
-import { generateIdentity, parsePeerConfig, runPeer, saveIdentity } from '@dflmoe/p2p';
+import { runPeer } from '@dflmoe/p2p';
 import { backend, cliAsync } from './helpers.js';
-import { tmpDir } from './fixtures/sites.js';
+import { loneSiteConfig, tmpDir } from './fixtures/sites.js';
 
 const TASKS = [
   { name: 'mortality', column: 'died', kind: 'classification' as const },
@@ -89,25 +89,12 @@ describe('predict and evaluate a multi-task site', function () {
     await backend();
     patients(join(dir, 'train.csv'), 240, 1);
     truth = patients(evalFile, 120, 2);
-    const id = await generateIdentity();
-    saveIdentity(join(dir, 'site.key'), id.privateKey, true);
-    const cfg = parsePeerConfig(
-      {
-        name: 'ward',
-        key: 'site.key',
-        listen: ['/ip4/127.0.0.1/tcp/0'],
-        members: [{ name: 'ward', peerId: id.peerId }],
-        rounds: 12,
-        lingerMs: 0,
-        out: 'out',
-        data: { dataset: 'csv:train.csv', tasks: TASKS },
-        model: { body: 'mlp:16', featureDim: 8 },
-        train: { learningRate: 0.02 },
-        round: { deadlineMs: 1000 },
-      },
-      join(dir, 'site.json'),
-      dir,
-    );
+    const cfg = await loneSiteConfig(dir, 'ward', {
+      rounds: 12,
+      data: { dataset: 'csv:train.csv', tasks: TASKS },
+      model: { body: 'mlp:16', featureDim: 8 },
+      train: { learningRate: 0.02 },
+    });
     out = cfg.out;
     const r = await runPeer(cfg, { logger: silentLogger });
     assert.equal(r.rounds.length, 12);
